@@ -1,0 +1,79 @@
+"""The ``phasestem`` command: parse, call the library, report. Thin by design.
+
+Each area registers its own sub-commands through a ``register(subparsers, train_subparsers)``
+function; handlers are stored as ``func`` and return an exit code.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import logging
+import sys
+
+from . import __version__
+from .errors import PhasestemError
+
+#: modules that add sub-commands, in the order they appear in ``--help``
+COMMAND_MODULES = (
+    "phasestem.simulate.commands",
+    "phasestem.recon.commands",
+    "phasestem.learn.commands",
+    "phasestem.learn.commands_restore",
+    "phasestem.commands_misc",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="phasestem",
+        description="Phase retrieval from 4D-STEM data: simulate, reconstruct (AD ptychography), learn.",
+        epilog="Example: phasestem simulate configs/simulate_tiny.yaml --out data/",
+    )
+    parser.add_argument("--version", action="version", version=f"phasestem {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    train = sub.add_parser(
+        "train", help="train a network from a YAML config",
+        description="Train one of phasestem's networks.",
+        epilog="Example: phasestem train patch configs/train_patch_tiny.yaml",
+    )
+    train_sub = train.add_subparsers(dest="network", metavar="NETWORK")
+    for name in COMMAND_MODULES:
+        if importlib.util.find_spec(name) is None:
+            continue
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:  # an optional area whose extra is not installed
+            if exc.name and exc.name.startswith("phasestem"):
+                raise
+            logging.getLogger("phasestem").debug("sub-commands of %s unavailable: %s", name, exc)
+            continue
+        module.register(sub, train_sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(func(args) or 0)
+    except (PhasestemError, FileNotFoundError, ValueError, KeyError) as exc:
+        if args.debug:
+            raise
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"phasestem {args.command}: error: {msg}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,259 @@
+"""FourDSTEM: the one in-memory dataset type (patterns + scan geometry + optics metadata).
+
+Patterns may be a NumPy array, a torch tensor or a lazy array-like (an open ``h5py.Dataset``,
+a ``numpy.memmap``) of shape (Sy, Sx, H, W); nothing is read until asked for. Pattern
+pixels are fftshift-ed (zero frequency at (H//2, W//2), as :mod:`phasestem.optics` states).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import ShapeError
+from .optics import wavelength
+
+
+@dataclass
+class FourDSTEM:
+    """A 4D-STEM scan.
+
+    Attributes
+    ----------
+    patterns : (Sy, Sx, H, W) array-like, lazy allowed. Intensities (counts or fractions).
+    energy : beam energy (eV).
+    scan_step : (dy, dx) scan step in Å.
+    angular_sampling : (dky, dkx) detector pixel size in mrad (sets the reconstruction pixel
+        ``λ / (H · dky)``); ``None`` when unknown, then ``sampling`` must be given.
+    semiangle : probe semi-angle (mrad), when known.
+    aberrations : aberration coefficients (Å / rad, :class:`phasestem.optics.Aberrations` keys).
+    scan_origin : (y0, x0) Å of scan position (0, 0).
+    positions : optional explicit probe positions (Sy·Sx, 2) Å, overriding the grid.
+    metadata : free-form provenance (file, keys, detector, dose …).
+    truth : optional ground truth, e.g. ``{"phase": (Ny, Nx) rad, "sampling": (dy, dx)}``.
+    """
+
+    patterns: Any
+    energy: float
+    scan_step: tuple[float, float]
+    angular_sampling: tuple[float, float] | None = None
+    semiangle: float | None = None
+    aberrations: dict[str, float] = field(default_factory=dict)
+    scan_origin: tuple[float, float] = (0.0, 0.0)
+    positions: np.ndarray | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    truth: dict[str, Any] | None = None
+    sampling_override: tuple[float, float] | None = None
+
+    def __post_init__(self):
+        shape = tuple(self.patterns.shape)
+        if len(shape) != 4:
+            src = self.metadata.get("source", "patterns")
+            raise ShapeError(f"{src}: patterns must have 4 axes (scan_y, scan_x, ky, kx), got shape {shape}")
+        if self.positions is not None:
+            pos = np.asarray(self.positions, dtype=np.float64)
+            if pos.shape != (shape[0] * shape[1], 2):
+                raise ShapeError(
+                    f"positions must have shape ({shape[0] * shape[1]}, 2) for a {shape[0]}×{shape[1]} scan, "
+                    f"got {pos.shape}"
+                )
+            self.positions = pos
+        if self.energy <= 0:
+            raise ShapeError(f"energy must be positive (eV), got {self.energy}")
+        self.scan_step = (float(self.scan_step[0]), float(self.scan_step[1]))
+
+    # ---- geometry --------------------------------------------------------------------
+    @property
+    def scan_shape(self) -> tuple[int, int]:
+        return int(self.patterns.shape[0]), int(self.patterns.shape[1])
+
+    @property
+    def pattern_shape(self) -> tuple[int, int]:
+        return int(self.patterns.shape[2]), int(self.patterns.shape[3])
+
+    @property
+    def n_patterns(self) -> int:
+        return self.scan_shape[0] * self.scan_shape[1]
+
+    @property
+    def wavelength(self) -> float:
+        return wavelength(self.energy)
+
+    @property
+    def sampling(self) -> tuple[float, float]:
+        """Real-space pixel size (Å) of the probe window matched to the detector: λ / (N · dk)."""
+        if self.sampling_override is not None:
+            return self.sampling_override
+        if self.angular_sampling is None:
+            raise ShapeError("dataset has neither angular_sampling (mrad/px) nor an explicit real-space sampling")
+        H, W = self.pattern_shape
+        lam = self.wavelength
+        return (lam / (H * self.angular_sampling[0] * 1e-3), lam / (W * self.angular_sampling[1] * 1e-3))
+
+    def positions_angstrom(self) -> np.ndarray:
+        """Probe positions (Sy·Sx, 2) in Å, row-major over the scan."""
+        if self.positions is not None:
+            return self.positions
+        sy, sx = self.scan_shape
+        iy, ix = np.meshgrid(np.arange(sy), np.arange(sx), indexing="ij")
+        pos = np.stack([iy.ravel() * self.scan_step[0], ix.ravel() * self.scan_step[1]], -1)
+        return pos + np.asarray(self.scan_origin)
+
+    # ---- data access -----------------------------------------------------------------
+    def get_patterns(self, index=None, dtype=torch.float32, device=None) -> torch.Tensor:
+        """Patterns for flat scan indices ``index`` (B,) (all when None) → (B, H, W) tensor."""
+        H, W = self.pattern_shape
+        if index is None:
+            arr = np.asarray(self.patterns[...]).reshape(-1, H, W)
+        else:
+            idx = np.asarray(index).ravel()
+            if isinstance(self.patterns, np.ndarray | torch.Tensor):
+                arr = self.patterns.reshape(-1, H, W)[idx]
+            else:  # lazy: read row by row in sorted order
+                sy, sx = self.scan_shape
+                order = np.argsort(idx)
+                out = np.empty((len(idx), H, W), dtype=np.float32)
+                for j in order:
+                    out[j] = self.patterns[idx[j] // sx, idx[j] % sx]
+                arr = out
+        return torch.as_tensor(np.asarray(arr), dtype=dtype, device=device)
+
+    def load(self) -> FourDSTEM:
+        """Read lazy patterns into memory (float32)."""
+        self.patterns = np.asarray(self.patterns[...], dtype=np.float32)
+        return self
+
+    def mean_pattern(self, chunk: int = 256) -> np.ndarray:
+        """Mean diffraction pattern (PACBED), (H, W), read in chunks of scan rows."""
+        acc = np.zeros(self.pattern_shape, dtype=np.float64)
+        sy = self.scan_shape[0]
+        step = max(1, chunk // max(1, self.scan_shape[1]))
+        for r in range(0, sy, step):
+            acc += np.asarray(self.patterns[r : r + step], dtype=np.float64).sum((0, 1))
+        return (acc / self.n_patterns).astype(np.float32)
+
+    def virtual_image(self, inner: float = 0.0, outer: float | None = None, chunk_rows: int = 8) -> np.ndarray:
+        """Virtual detector image (Sy, Sx) summing pixels with inner ≤ angle < outer (mrad).
+
+        Without ``angular_sampling`` the radii are taken in pixels.
+        """
+        H, W = self.pattern_shape
+        ky = (np.arange(H) - H // 2) * (self.angular_sampling[0] if self.angular_sampling else 1.0)
+        kx = (np.arange(W) - W // 2) * (self.angular_sampling[1] if self.angular_sampling else 1.0)
+        r = np.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2)
+        outer = np.inf if outer is None else outer
+        mask = (r >= inner) & (r < outer)
+        out = np.empty(self.scan_shape, dtype=np.float64)
+        for row in range(0, self.scan_shape[0], chunk_rows):
+            block = np.asarray(self.patterns[row : row + chunk_rows], dtype=np.float64)
+            out[row : row + chunk_rows] = (block * mask).sum((-2, -1))
+        return out
+
+    def center_of_mass(self, chunk_rows: int = 8) -> np.ndarray:
+        """Centre of mass (Sy, Sx, 2) of each pattern in pixels relative to (H//2, W//2)."""
+        H, W = self.pattern_shape
+        ky = np.arange(H) - H // 2
+        kx = np.arange(W) - W // 2
+        out = np.empty((*self.scan_shape, 2))
+        for row in range(0, self.scan_shape[0], chunk_rows):
+            b = np.asarray(self.patterns[row : row + chunk_rows], dtype=np.float64)
+            tot = b.sum((-2, -1)) + 1e-30
+            out[row : row + chunk_rows, :, 0] = (b.sum(-1) * ky).sum(-1) / tot
+            out[row : row + chunk_rows, :, 1] = (b.sum(-2) * kx).sum(-1) / tot
+        return out
+
+    # ---- transforms (return new datasets; in memory) ---------------------------------
+    def transformed(self, flip_y: bool = False, flip_x: bool = False, transpose: bool = False) -> FourDSTEM:
+        """Flip/transpose the detector axes (for cameras mounted differently from our convention)."""
+        p = np.asarray(self.patterns[...])
+        if transpose:
+            p = np.swapaxes(p, -1, -2)
+        if flip_y:
+            p = p[..., ::-1, :]
+        if flip_x:
+            p = p[..., ::-1]
+        ang = self.angular_sampling
+        if transpose and ang is not None:
+            ang = (ang[1], ang[0])
+        return self._replace(patterns=np.ascontiguousarray(p), angular_sampling=ang)
+
+    def binned(self, factor: int) -> FourDSTEM:
+        """Sum detector pixels in ``factor × factor`` bins (crops the remainder)."""
+        if factor == 1:
+            return self
+        p = np.asarray(self.patterns[...], dtype=np.float32)
+        H, W = p.shape[-2:]
+        h, w = H // factor, W // factor
+        # keep the zero-frequency pixel at (h//2, w//2): crop symmetrically around H//2
+        y0 = H // 2 - (h // 2) * factor
+        x0 = W // 2 - (w // 2) * factor
+        p = p[..., y0 : y0 + h * factor, x0 : x0 + w * factor]
+        p = p.reshape(*p.shape[:-2], h, factor, w, factor).sum((-3, -1))
+        ang = None if self.angular_sampling is None else tuple(a * factor for a in self.angular_sampling)
+        return self._replace(patterns=p, angular_sampling=ang)
+
+    def cropped(self, shape: tuple[int, int]) -> FourDSTEM:
+        """Keep the central ``shape`` detector pixels around zero frequency."""
+        p = np.asarray(self.patterns[...])
+        H, W = p.shape[-2:]
+        if shape[0] > H or shape[1] > W:
+            raise ShapeError(f"crop {tuple(shape)} is larger than the patterns {(H, W)}")
+        y0, x0 = H // 2 - shape[0] // 2, W // 2 - shape[1] // 2
+        return self._replace(patterns=np.ascontiguousarray(p[..., y0 : y0 + shape[0], x0 : x0 + shape[1]]))
+
+    def padded(self, shape: tuple[int, int]) -> FourDSTEM:
+        """Zero-pad the patterns to ``shape`` around zero frequency (finer real-space pixels)."""
+        p = np.asarray(self.patterns[...])
+        H, W = p.shape[-2:]
+        if shape[0] < H or shape[1] < W:
+            raise ShapeError(f"pad target {tuple(shape)} is smaller than the patterns {(H, W)}")
+        out = np.zeros((*p.shape[:-2], *shape), dtype=p.dtype)
+        y0, x0 = shape[0] // 2 - H // 2, shape[1] // 2 - W // 2
+        out[..., y0 : y0 + H, x0 : x0 + W] = p
+        return self._replace(patterns=out)
+
+    def scan_subset(self, rows: slice, cols: slice) -> FourDSTEM:
+        """A rectangular part of the scan (positions kept in the original frame)."""
+        pos = self.positions_angstrom().reshape(*self.scan_shape, 2)[rows, cols].reshape(-1, 2)
+        return self._replace(patterns=self.patterns[rows, cols], positions=pos)
+
+    def _replace(self, **changes) -> FourDSTEM:
+        kw = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        kw.update(changes)
+        kw["metadata"] = dict(self.metadata)
+        return FourDSTEM(**kw)
+
+    # ---- look ------------------------------------------------------------------------
+    def inspect(self, index: tuple[int, int] | None = None, path=None):
+        """Figure: mean pattern (log), virtual bright/dark field, centre of mass and one pattern.
+
+        Saves a PNG when ``path`` is given; returns the matplotlib figure.
+        """
+        from .plot import inspect_dataset
+
+        return inspect_dataset(self, index=index, path=path)
+
+    def summary(self) -> str:
+        sy, sx = self.scan_shape
+        H, W = self.pattern_shape
+        parts = [f"{sy}×{sx} scan, step {self.scan_step[0]:g}×{self.scan_step[1]:g} Å", f"patterns {H}×{W}",
+                 f"{self.energy / 1e3:g} keV"]
+        if self.angular_sampling:
+            parts.append(f"{self.angular_sampling[0]:.4g} mrad/px (pixel {self.sampling[0]:.4g} Å)")
+        if self.semiangle:
+            parts.append(f"α = {self.semiangle:g} mrad")
+        return ", ".join(parts)
+
+    def __repr__(self) -> str:
+        return f"FourDSTEM({self.summary()})"
+
+
+def angular_sampling_for(energy: float, sampling: float | tuple[float, float], shape: tuple[int, int]):
+    """Detector pixel (mrad) that matches a real-space pixel ``sampling`` (Å) on an (H, W) window."""
+    if not isinstance(sampling, tuple | list):
+        sampling = (sampling, sampling)
+    lam = wavelength(energy)
+    return (lam / (shape[0] * sampling[0]) * 1e3, lam / (shape[1] * sampling[1]) * 1e3)
+

@@ -1,0 +1,18 @@
+"""User-facing errors: one class so the CLI can print them as one actionable line."""
+from __future__ import annotations
+
+
+class PhasestemError(Exception):
+    """An error in the user's input (file, key, field or value) with what was expected."""
+
+
+class InputFileError(PhasestemError, FileNotFoundError):
+    """A file is missing or unreadable, or lacks a key."""
+
+
+class ConfigError(PhasestemError, ValueError):
+    """A configuration field is missing, unknown or out of range."""
+
+
+class ShapeError(PhasestemError, ValueError):
+    """An array has a shape that does not match what it must fit."""

@@ -1,0 +1,265 @@
+"""HDF5 of any layout (keys named by the user), the seed-000 layout, and phasestem's own 4D-STEM file.
+
+``read(path, patterns_key=None, ...)`` finds the patterns:
+* phasestem's own file (attr ``format="phasestem-4dstem"``): everything from the file;
+* a seed-000 file (ours, or the user's original generator's ``dp_set_{i}``/``phase_{i}``): sample
+  ``sample`` (default: the first) with its ground truth;
+* any other file: ``patterns_key``, or the only 3-D/4-D dataset in it.
+Calibrations given as options override those found in the file.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..dataset import FourDSTEM
+from ..errors import InputFileError, ShapeError
+from ..optics import interaction_constant, wavelength
+
+log = logging.getLogger("phasestem.io")
+
+OWN_FORMAT = "phasestem-4dstem"
+SEED_FORMAT = "phasestem-seed000"
+LAZY_BYTES = 2 * 1024**3
+
+
+def _pair(v):
+    if v is None:
+        return None
+    if np.ndim(v) == 0:
+        return (float(v), float(v))
+    v = [float(x) for x in np.asarray(v).ravel()]
+    if len(v) != 2:
+        raise ShapeError(f"expected a number or a (y, x) pair, got {v}")
+    return (v[0], v[1])
+
+
+def build_dataset(patterns, source: str, energy=None, scan_step=None, angular_sampling=None, sampling=None,
+                  semiangle=None, aberrations=None, scan_shape=None, positions=None, scan_origin=(0.0, 0.0),
+                  truth=None, metadata=None, lazy=None) -> FourDSTEM:
+    """Shared tail of every reader: reshape to (Sy, Sx, H, W), check counts, attach calibrations.
+
+    ``patterns`` (Sy, Sx, H, W) or (N, H, W) with ``scan_shape``; ``lazy`` None loads arrays
+    smaller than 2 GiB into memory and keeps larger ones on disk.
+    """
+    shape = tuple(patterns.shape)
+    if len(shape) == 3:
+        if scan_shape is None:
+            n = shape[0]
+            side = int(round(n**0.5))
+            if side * side != n:
+                raise ShapeError(f"{source}: {n} patterns in a flat stack; give scan_shape (rows, cols)")
+            scan_shape = (side, side)
+        sy, sx = (int(s) for s in scan_shape)
+        if sy * sx != shape[0]:
+            raise ShapeError(
+                f"{source}: {shape[0]} patterns do not fill the scan shape {sy}×{sx} = {sy * sx} positions"
+            )
+        patterns = np.asarray(patterns[...]).reshape(sy, sx, *shape[1:]) if not _is_lazy(patterns, lazy) else \
+            _FlatView(patterns, (sy, sx))
+    elif len(shape) == 4:
+        if scan_shape is not None and tuple(int(s) for s in scan_shape) != shape[:2]:
+            raise ShapeError(f"{source}: patterns have scan shape {shape[:2]} but scan_shape {tuple(scan_shape)} "
+                             "was given")
+    else:
+        raise ShapeError(f"{source}: patterns must have 3 (N, H, W) or 4 (Sy, Sx, H, W) axes, got shape {shape}")
+    if not isinstance(patterns, np.ndarray | _FlatView) and not _is_lazy(patterns, lazy):
+        patterns = np.asarray(patterns[...], dtype=np.float32)
+    if energy is None:
+        raise ShapeError(f"{source}: the beam energy is not in the file; give energy (eV)")
+    if scan_step is None:
+        raise ShapeError(f"{source}: the scan step is not in the file; give scan_step (Å)")
+    H, W = patterns.shape[-2:]
+    if angular_sampling is None and sampling is not None:
+        samp = _pair(sampling)
+        lam = wavelength(energy)
+        angular_sampling = (lam / (H * samp[0]) * 1e3, lam / (W * samp[1]) * 1e3)
+    return FourDSTEM(
+        patterns=patterns, energy=float(energy), scan_step=_pair(scan_step), angular_sampling=_pair(angular_sampling),
+        semiangle=None if semiangle is None else float(semiangle), aberrations=dict(aberrations or {}),
+        scan_origin=_pair(scan_origin), positions=positions, metadata={"source": source, **(metadata or {})},
+        truth=truth,
+    )
+
+
+def _is_lazy(arr, lazy) -> bool:
+    if isinstance(arr, np.ndarray):
+        return False
+    if lazy is None:
+        return int(np.prod(arr.shape)) * arr.dtype.itemsize > LAZY_BYTES
+    return bool(lazy)
+
+
+class _FlatView:
+    """A lazy (N, H, W) dataset seen as (Sy, Sx, H, W)."""
+
+    def __init__(self, data, scan_shape):
+        self.data, self.scan_shape = data, scan_shape
+        self.shape = (*scan_shape, *data.shape[1:])
+        self.dtype = data.dtype
+
+    def __getitem__(self, key):
+        if key is Ellipsis:
+            return np.asarray(self.data[...]).reshape(self.shape)
+        if not isinstance(key, tuple):
+            key = (key,)
+        rows = key[0] if len(key) > 0 else slice(None)
+        cols = key[1] if len(key) > 1 else slice(None)
+        sy, sx = self.scan_shape
+        r = np.arange(sy)[rows]
+        c = np.arange(sx)[cols]
+        flat = (np.atleast_1d(r)[:, None] * sx + np.atleast_1d(c)[None, :]).ravel()
+        order = np.argsort(flat)
+        block = np.empty((len(flat), *self.shape[2:]), dtype=self.dtype)
+        block[order] = self.data[np.sort(flat)]
+        block = block.reshape(np.atleast_1d(r).size, np.atleast_1d(c).size, *self.shape[2:])
+        if np.ndim(r) == 0:
+            block = block[0]
+            if np.ndim(c) == 0:
+                block = block[0]
+        elif np.ndim(c) == 0:
+            block = block[:, 0]
+        return block[(Ellipsis, *key[2:])] if len(key) > 2 else block
+
+
+def _datasets(f: h5py.File) -> dict[str, h5py.Dataset]:
+    found = {}
+    f.visititems(lambda name, obj: found.__setitem__(name, obj) if isinstance(obj, h5py.Dataset) else None)
+    return found
+
+
+def _attr(attrs, key, default=None):
+    if key not in attrs:
+        return default
+    v = attrs[key]
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def read(path: str | Path, patterns_key: str | None = None, sample: int | None = None, lazy: bool | None = None,
+         phase_key: str | None = None, positions_key: str | None = None, potential_energy: float | None = None,
+         **options) -> FourDSTEM:
+    """Read a 4D-STEM HDF5 file (see the module docstring). ``options`` = calibrations for build_dataset."""
+    path = Path(path)
+    if not path.exists():
+        raise InputFileError(f"{path}: no such file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise InputFileError(f"{path}: not a readable HDF5 file ({exc})") from exc
+    fmt = _attr(f.attrs, "format")
+    if fmt == OWN_FORMAT:
+        return _read_own(f, path, lazy, **options)
+    seed_keys = sorted(int(m.group(1)) for k in f.keys() if (m := re.fullmatch(r"dp_set_(\d+)", k)))
+    if patterns_key is None and seed_keys:
+        return _read_seed(f, path, seed_keys, sample, lazy, potential_energy, **options)
+    dsets = _datasets(f)
+    if patterns_key is None:
+        cands = [k for k, d in dsets.items() if d.ndim in (3, 4)]
+        if len(cands) != 1:
+            f.close()
+            raise InputFileError(
+                f"{path}: give patterns_key: " + (f"several 3-D/4-D datasets {cands}" if cands else
+                                                  f"no 3-D/4-D dataset among {sorted(dsets)}")
+            )
+        patterns_key = cands[0]
+    if patterns_key not in f:
+        keys = sorted(dsets)
+        f.close()
+        raise InputFileError(f"{path}: no dataset '{patterns_key}' (patterns_key); datasets present: {keys}")
+    truth = None
+    if phase_key is not None:
+        if phase_key not in f:
+            raise InputFileError(f"{path}: no dataset '{phase_key}' (phase_key); datasets present: {sorted(dsets)}")
+        truth = {"phase": np.asarray(f[phase_key][...], dtype=np.float32)}
+    positions = None
+    if positions_key is not None:
+        if positions_key not in f:
+            raise InputFileError(f"{path}: no dataset '{positions_key}' (positions_key); datasets: {sorted(dsets)}")
+        positions = np.asarray(f[positions_key][...], dtype=np.float64).reshape(-1, 2)
+    return build_dataset(f[patterns_key], f"{path}:{patterns_key}", truth=truth, positions=positions, lazy=lazy,
+                         metadata={"file": str(path), "patterns_key": patterns_key}, **options)
+
+
+def _read_seed(f, path, samples, sample, lazy, potential_energy, **options) -> FourDSTEM:
+    sample = samples[0] if sample is None else int(sample)
+    key = f"dp_set_{sample}"
+    if key not in f:
+        raise InputFileError(f"{path}: no sample {sample} ('{key}'); samples {samples[0]}…{samples[-1]} are here")
+    ours = _attr(f.attrs, "format") == SEED_FORMAT
+    meta = {"file": str(path), "patterns_key": key, "sample": sample}
+    if ours:
+        energy = float(f.attrs["energy"])
+        defaults = dict(energy=energy, scan_step=tuple(f.attrs["scan_step"]),
+                        angular_sampling=tuple(f.attrs["angular_sampling"]), semiangle=float(f.attrs["semiangle"]),
+                        aberrations=json.loads(_attr(f.attrs, "aberrations", "{}")),
+                        scan_origin=tuple(f.attrs["scan_origin"]))
+        phase = np.asarray(f[f"phase_{sample}"][...], dtype=np.float32)
+        meta["phase_target"] = "phase_rad (stored)"
+        sampling = tuple(f.attrs["phase_sampling"])
+    else:  # the user's original generator: phase_{i} holds abTEM's projected potential (V·Å)
+        energy = float(options.get("energy") or potential_energy or 300e3)
+        H = f[key].shape[-2]
+        lam = wavelength(energy)
+        defaults = dict(energy=energy, scan_step=(2.0, 2.0), angular_sampling=(lam / 100.0 * 1e3 * 256 / H,) * 2)
+        phase = None
+        if f"phase_{sample}" in f:
+            phase = np.asarray(f[f"phase_{sample}"][...], dtype=np.float32) * interaction_constant(energy)
+        meta["phase_target"] = f"sigma({energy:g} eV) x projected potential (original generator file)"
+        sampling = (100.0 / 256, 100.0 / 256)
+        log.warning("%s: original-generator file without calibrations: assuming %g keV, 2 Å step, patterns over the "
+                    "full angular range of a 100 Å cell; pass energy/scan_step/angular_sampling to override",
+                    path, energy / 1e3)
+    defaults.update({k: v for k, v in options.items() if v is not None})
+    truth = None if phase is None else {"phase": phase, "sampling": sampling}
+    return build_dataset(f[key], f"{path}:{key}", truth=truth, lazy=lazy, metadata=meta, **defaults)
+
+
+def _read_own(f, path, lazy, **options) -> FourDSTEM:
+    a = f.attrs
+    kw = dict(energy=float(a["energy"]), scan_step=tuple(a["scan_step"]),
+              angular_sampling=tuple(a["angular_sampling"]) if "angular_sampling" in a else None,
+              semiangle=float(a["semiangle"]) if "semiangle" in a else None,
+              aberrations=json.loads(_attr(a, "aberrations", "{}")), scan_origin=tuple(a.get("scan_origin", (0, 0))))
+    kw.update({k: v for k, v in options.items() if v is not None})
+    positions = np.asarray(f["positions"][...]) if "positions" in f else None
+    truth = None
+    if "truth/phase" in f:
+        truth = {"phase": np.asarray(f["truth/phase"][...]), "sampling": tuple(f["truth"].attrs["sampling"])}
+    return build_dataset(f["patterns"], f"{path}:patterns", positions=positions, truth=truth, lazy=lazy,
+                         metadata={"file": str(path)}, **kw)
+
+
+def write(path: str | Path, dataset: FourDSTEM, compression: int = 4) -> Path:
+    """Write ``dataset`` as phasestem's own HDF5 (atomically: temporary name, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    H, W = dataset.pattern_shape
+    with h5py.File(tmp, "w") as f:
+        f.attrs["format"] = OWN_FORMAT
+        f.attrs["energy"] = dataset.energy
+        f.attrs["scan_step"] = dataset.scan_step
+        f.attrs["scan_origin"] = dataset.scan_origin
+        if dataset.angular_sampling is not None:
+            f.attrs["angular_sampling"] = dataset.angular_sampling
+        if dataset.semiangle is not None:
+            f.attrs["semiangle"] = dataset.semiangle
+        f.attrs["aberrations"] = json.dumps(dataset.aberrations)
+        d = f.create_dataset("patterns", shape=(*dataset.scan_shape, H, W), dtype=np.float32,
+                             chunks=(1, min(8, dataset.scan_shape[1]), H, W), compression="gzip",
+                             compression_opts=compression, shuffle=True)
+        for r in range(dataset.scan_shape[0]):
+            d[r] = np.asarray(dataset.patterns[r], dtype=np.float32)
+        if dataset.positions is not None:
+            f["positions"] = dataset.positions
+        if dataset.truth and "phase" in dataset.truth:
+            g = f.create_group("truth")
+            g["phase"] = np.asarray(dataset.truth["phase"])
+            g.attrs["sampling"] = dataset.truth.get("sampling", dataset.sampling)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,207 @@
+"""The differentiable forward model shared by simulation and reconstruction.
+
+Conventions (FFT normalisation, shift and propagation signs, window centre) are those
+stated in :mod:`phasestem.optics`. Shapes use B = scan positions in a batch, M = probe
+modes, K = object modes, S = slices, (ny, nx) = probe window, (Ny, Nx) = full object.
+Every function is differentiable w.r.t. its floating-point inputs and runs on any device
+and dtype (complex64 by default, complex128 for gradient checks).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .optics import antialias_mask, wavelength
+
+
+def fft2(x: torch.Tensor) -> torch.Tensor:
+    """Unitary 2-D FFT over the last two axes."""
+    return torch.fft.fft2(x, norm="ortho")
+
+
+def ifft2(x: torch.Tensor) -> torch.Tensor:
+    """Unitary inverse 2-D FFT over the last two axes."""
+    return torch.fft.ifft2(x, norm="ortho")
+
+
+def _real_dtype(t: torch.Tensor) -> torch.dtype:
+    return t.real.dtype if t.is_complex() else t.dtype
+
+
+def shift_ramp(shifts: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Phase ramps exp(−2πi k·s) for shifts ``s`` (..., 2) in pixels → (..., ny, nx) complex."""
+    ky = torch.fft.fftfreq(shape[0], device=shifts.device, dtype=shifts.dtype)
+    kx = torch.fft.fftfreq(shape[1], device=shifts.device, dtype=shifts.dtype)
+    phase = ky * shifts[..., 0:1]  # (..., ny)
+    phase = phase[..., :, None] + (kx * shifts[..., 1:2])[..., None, :]
+    return torch.polar(torch.ones_like(phase), -2 * math.pi * phase)
+
+
+def fourier_shift(wave: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """Shift ``wave`` (..., ny, nx) by ``shifts`` (..., 2) pixels (y, x), periodic, sub-pixel."""
+    shifts = shifts.to(_real_dtype(wave))
+    return ifft2(fft2(wave) * shift_ramp(shifts, wave.shape[-2:]))
+
+
+def propagator(
+    shape: tuple[int, int],
+    sampling: tuple[float, float],
+    energy: float,
+    dz: float | torch.Tensor,
+    tilt: torch.Tensor | None = None,
+    antialias: bool = False,
+    dtype: torch.dtype = torch.float32,
+    device=None,
+) -> torch.Tensor:
+    """Fresnel propagator M(k) for one slice of thickness ``dz`` (Å).
+
+    ``M(k) = exp(−iπλ|k|²Δz + 2πiΔz(ky·tanθy + kx·tanθx))`` with ``tilt`` = (θy, θx) in
+    mrad, shape (2,) (global) or (B, 2) (per position). Returns (ny, nx) or (B, ny, nx),
+    complex, fftfreq order; differentiable w.r.t. ``dz`` and ``tilt``.
+    """
+    if isinstance(dz, torch.Tensor):
+        dtype, device = dz.dtype, dz.device
+    elif tilt is not None:
+        dtype, device = tilt.dtype, tilt.device
+    lam = wavelength(energy)
+    ky = torch.fft.fftfreq(shape[0], d=sampling[0], device=device, dtype=dtype)
+    kx = torch.fft.fftfreq(shape[1], d=sampling[1], device=device, dtype=dtype)
+    k2 = ky[:, None] ** 2 + kx[None, :] ** 2
+    phase = -math.pi * lam * k2 * dz
+    if tilt is not None:
+        t = torch.tan(tilt.to(dtype) * 1e-3)
+        tilt_term = ky[:, None] * t[..., 0, None, None] + kx[None, :] * t[..., 1, None, None]
+        phase = phase + 2 * math.pi * dz * tilt_term
+    out = torch.polar(torch.ones_like(phase), phase)
+    if antialias:
+        out = out * antialias_mask(shape, sampling, device=device)
+    return out
+
+
+def window_origins(positions_px: torch.Tensor, window: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split probe-centre positions (B, 2) px into integer window corners and sub-pixel rests.
+
+    Returns ``(top_left, frac)``: top-left object pixel (B, 2) long of each (ny, nx) window
+    and the residual shift (B, 2) in [−0.5, 0.5] px to apply to the probe. Gradients flow
+    through ``frac``.
+    """
+    rounded = torch.round(positions_px.detach())
+    frac = positions_px - rounded
+    half = torch.tensor([window[0] // 2, window[1] // 2], device=positions_px.device)
+    return rounded.long() - half, frac
+
+
+def gather_patches(obj: torch.Tensor, top_left: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
+    """Crop windows from ``obj`` (..., Ny, Nx) at ``top_left`` (B, 2), periodically.
+
+    Returns (B, ..., ny, nx). Indices wrap modulo the object size, so a window that leaves
+    the object continues on its other side (a periodic cell; pad the object to avoid it).
+    """
+    Ny, Nx = obj.shape[-2:]
+    iy = (top_left[:, 0, None] + torch.arange(window[0], device=obj.device)) % Ny  # (B, ny)
+    ix = (top_left[:, 1, None] + torch.arange(window[1], device=obj.device)) % Nx  # (B, nx)
+    patches = obj[..., iy[:, :, None], ix[:, None, :]]  # (..., B, ny, nx)
+    lead = obj.dim() - 2
+    return patches.permute(lead, *range(lead), lead + 1, lead + 2)
+
+
+def shifted_probes(probe: torch.Tensor, frac: torch.Tensor, probe_spectrum: torch.Tensor | None = None) -> torch.Tensor:
+    """Probe modes (M, ny, nx) shifted by sub-pixel ``frac`` (B, 2) → (B, M, ny, nx)."""
+    spec = fft2(probe) if probe_spectrum is None else probe_spectrum
+    ramp = shift_ramp(frac.to(_real_dtype(spec)), spec.shape[-2:])  # (B, ny, nx)
+    return ifft2(spec[None] * ramp[:, None])
+
+
+def multislice(
+    psi: torch.Tensor, transmission: torch.Tensor, prop: torch.Tensor | None, propagate_last: bool = False
+) -> torch.Tensor:
+    """Exit waves of incident waves through sliced transmission functions.
+
+    ``psi`` (B, M, ny, nx) incident waves; ``transmission`` (B, K, S, ny, nx) complex
+    transmission patches; ``prop`` the propagator (ny, nx) or (B, ny, nx) for one slice.
+    Each slice transmits, then (except after the last, unless ``propagate_last``) the
+    wave propagates by one slice thickness. Returns (B, M, K, ny, nx).
+    """
+    n_slices = transmission.shape[2]
+    if prop is not None and prop.dim() == 3:
+        prop = prop[:, None, None]
+    wave = psi[:, :, None]  # (B, M, 1, ny, nx)
+    for s in range(n_slices):
+        wave = wave * transmission[:, None, :, s]
+        if s < n_slices - 1 or propagate_last:
+            wave = ifft2(fft2(wave) * prop)
+    return wave
+
+
+def farfield_intensity(exit_waves: torch.Tensor, object_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Σ_m Σ_k w_k |F[ψ_mk]|² of exit waves (B, M, K, ny, nx) → (B, ny, nx), fftfreq order."""
+    inten = fft2(exit_waves).abs().square()
+    if object_weights is not None:
+        inten = inten * object_weights[:, None, None]
+    return inten.sum(dim=(1, 2))
+
+
+class ForwardModel:
+    """The ptychographic forward operator A: (object, probe, positions, tilt, Δz) → patterns.
+
+    Parameters
+    ----------
+    window : (ny, nx) probe window / diffraction pattern size in pixels.
+    sampling : (dy, dx) real-space pixel size in Å (object and probe share it).
+    energy : beam energy in eV.
+    antialias : multiply each propagator by the 2/3-Nyquist band-limit mask.
+    centred : return patterns ``fftshift``-ed (zero frequency at (ny//2, nx//2)).
+    """
+
+    def __init__(self, window, sampling, energy: float, antialias: bool = False, centred: bool = True):
+        self.window = (int(window[0]), int(window[1]))
+        self.sampling = (float(sampling[0]), float(sampling[1]))
+        self.energy = float(energy)
+        self.antialias = antialias
+        self.centred = centred
+
+    def propagator(self, dz, tilt=None, dtype=torch.float32, device=None) -> torch.Tensor:
+        return propagator(self.window, self.sampling, self.energy, dz, tilt, self.antialias, dtype, device)
+
+    def exit_waves(
+        self,
+        obj: torch.Tensor,
+        probe: torch.Tensor,
+        positions: torch.Tensor,
+        dz: float | torch.Tensor = 1.0,
+        tilt: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Exit waves (B, M, K, ny, nx) for transmission ``obj`` (K, S, Ny, Nx) (or (S, Ny, Nx)),
+        probe modes ``probe`` (M, ny, nx) (or (ny, nx)) and probe centres ``positions`` (B, 2) in Å."""
+        if obj.dim() == 3:
+            obj = obj[None]
+        if probe.dim() == 2:
+            probe = probe[None]
+        scale = torch.tensor(self.sampling, dtype=positions.dtype, device=positions.device)
+        top_left, frac = window_origins(positions / scale, self.window)
+        patches = gather_patches(obj, top_left, self.window)  # (B, K, S, ny, nx)
+        psi = shifted_probes(probe, frac)
+        prop = None
+        if obj.shape[1] > 1:
+            prop = self.propagator(dz, tilt, _real_dtype(probe), probe.device)
+        return multislice(psi, patches, prop)
+
+    def __call__(
+        self,
+        obj: torch.Tensor,
+        probe: torch.Tensor,
+        positions: torch.Tensor,
+        dz: float | torch.Tensor = 1.0,
+        tilt: torch.Tensor | None = None,
+        object_weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Diffraction intensities (B, ny, nx); each sums to the probe's total intensity × |O|²."""
+        inten = farfield_intensity(self.exit_waves(obj, probe, positions, dz, tilt), object_weights)
+        return torch.fft.fftshift(inten, dim=(-2, -1)) if self.centred else inten
+
+
+def transmission_function(phase: torch.Tensor, amplitude: torch.Tensor | None = None) -> torch.Tensor:
+    """Complex transmission ``amplitude · exp(i·phase)`` (amplitude 1 when omitted)."""
+    amp = torch.ones_like(phase) if amplitude is None else amplitude
+    return torch.polar(amp, phase)

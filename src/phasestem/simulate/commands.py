@@ -1,0 +1,92 @@
+"""``phasestem simulate`` and ``phasestem probe-extent``."""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from ..errors import ConfigError
+
+log = logging.getLogger("phasestem.simulate")
+
+
+def register(sub, train_sub) -> None:
+    p = sub.add_parser(
+        "simulate", help="simulate 4D-STEM training data in the seed-000 HDF5 layout",
+        description="Simulate samples (random specimens → projected potential → 4D-STEM scan) into "
+        "<prefix>1.h5 … <prefix>N.h5. Resumable: rerun the same command after an interruption.",
+        epilog="Examples:\n  phasestem simulate configs/simulate_tiny.yaml --out data/tiny\n"
+        "  phasestem simulate configs/simulate_seed.yaml --out data/seed --workers 2\n"
+        "  phasestem simulate --dump-config > my_sim.yaml",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("config", nargs="?", help="YAML config (defaults = the seed-000 generator when omitted)")
+    p.add_argument("--out", default="simulated", help="output folder (default: ./simulated)")
+    p.add_argument("--workers", type=int, help="local Dask worker processes (overrides compute.workers)")
+    p.add_argument("--scheduler", help="Dask scheduler address for many machines (overrides compute.scheduler)")
+    p.add_argument("--device", help="torch device (overrides compute.device)")
+    p.add_argument("--dump-config", action="store_true", help="print the fully resolved config as YAML and exit")
+    p.set_defaults(func=_simulate)
+
+    q = sub.add_parser(
+        "probe-extent", help="side of the area one 14×14 block of probe positions illuminates",
+        description="Prints the side (pixels at --px-per-angstrom) of the square holding every pixel above "
+        "--threshold × the maximum probe intensity over a --block × --block raster at --step Å.",
+        epilog="Example: phasestem probe-extent --energy 300e3 --semiangle 30 --C30 1e6",
+    )
+    q.add_argument("--config", help="take energy, semi-angle and aberrations from a simulation config")
+    q.add_argument("--energy", type=float, default=300e3, help="eV (default 300e3)")
+    q.add_argument("--semiangle", type=float, default=30.0, help="mrad (default 30)")
+    q.add_argument("--C10", type=float, default=0.0, help="C10 = -defocus in Å (default 0)")
+    q.add_argument("--C30", type=float, default=1e6, help="spherical aberration in Å (default 1e6 = 0.1 mm)")
+    q.add_argument("--block", type=int, default=14)
+    q.add_argument("--step", type=float, default=2.0, help="scan step in Å")
+    q.add_argument("--threshold", type=float, default=0.05)
+    q.add_argument("--px-per-angstrom", type=float, default=2.56)
+    q.add_argument("--sampling", type=float, default=100 / 512, help="grid pixel for the probe in Å")
+    q.set_defaults(func=_probe_extent)
+
+
+def _simulate(args) -> int:
+    from .config import load_config
+    from .writer import simulate_dataset
+
+    overrides = {}
+    for key, name in (("workers", "compute.workers"), ("scheduler", "compute.scheduler"), ("device", "compute.device")):
+        if getattr(args, key) is not None:
+            overrides[name] = getattr(args, key)
+    cfg = load_config(args.config, overrides)
+    if args.dump_config:
+        print(cfg.to_yaml(), end="")
+        return 0
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(out / "simulate.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.getLogger("phasestem").addHandler(handler)
+    try:
+        paths = simulate_dataset(cfg, out)
+    finally:
+        logging.getLogger("phasestem").removeHandler(handler)
+    for p in paths:
+        print(p)
+    return 0
+
+
+def _probe_extent(args) -> int:
+    from .probe_extent import illuminated_extent
+
+    energy, semiangle, ab = args.energy, args.semiangle, {"C10": args.C10, "C30": args.C30}
+    if args.config:
+        from .config import load_config
+
+        cfg = load_config(args.config)
+        energy, semiangle, ab = cfg.optics.energy, cfg.optics.semiangle, cfg.optics.aberrations
+    e = illuminated_extent(energy, semiangle, ab, sampling=args.sampling, block=args.block, step=args.step,
+                           threshold=args.threshold, pixels_per_angstrom=args.px_per_angstrom)
+    print(f"probe above {args.threshold:.0%} of its peak: {e.probe_diameter_angstrom:.2f} Å across; over a "
+          f"{args.block}×{args.block} block at {args.step:g} Å: {e.side_angstrom:.2f} Å = {e.side_px} px at "
+          f"{args.px_per_angstrom:g} px/Å")
+    return 0

@@ -1,0 +1,187 @@
+"""4D-STEM scans of a periodic specimen on the shared physics core, and one seed-000 sample."""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .. import specimen as spec
+from ..errors import ConfigError
+from ..optics import antialias_mask, band_limit_mrad, interaction_constant, make_probe, wavelength
+from ..physics import farfield_intensity, fft2, ifft2, multislice, propagator, shifted_probes
+from .config import SimulationConfig
+
+
+def scan_positions(shape: tuple[int, int], step: tuple[float, float], origin=(0.0, 0.0)) -> np.ndarray:
+    """Probe positions (Sy·Sx, 2) in Å, row-major."""
+    iy, ix = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    return np.stack([iy.ravel() * step[0] + origin[0], ix.ravel() * step[1] + origin[1]], -1)
+
+
+@dataclass
+class DetectorGeometry:
+    """How full-grid patterns (N, N) become stored patterns: central crop then integer binning."""
+
+    crop: tuple[int, int]
+    factor: tuple[int, int]
+    angular_sampling: tuple[float, float]  # mrad per stored pixel
+
+    @classmethod
+    def make(cls, gpts, sampling, energy, shape, max_angle=None) -> DetectorGeometry:
+        lam = wavelength(energy)
+        dk = (lam / (gpts[0] * sampling[0]) * 1e3, lam / (gpts[1] * sampling[1]) * 1e3)  # mrad / px
+        max_angle = band_limit_mrad(sampling, energy) if max_angle is None else max_angle
+        crop, factor = [], []
+        for ax in range(2):
+            avail = min(2 * int(math.floor(max_angle / dk[ax])), gpts[ax])
+            f = avail // shape[ax]
+            if f < 1:
+                raise ConfigError(
+                    f"detector.shape {tuple(shape)} needs {shape[ax]} pixels along axis {ax} but only {avail} lie "
+                    f"within {max_angle:.1f} mrad on this grid; lower detector.shape or raise detector.max_angle"
+                )
+            crop.append(f * shape[ax])
+            factor.append(f)
+        return cls(tuple(crop), tuple(factor), (dk[0] * factor[0], dk[1] * factor[1]))
+
+    def apply(self, centred: torch.Tensor) -> torch.Tensor:
+        """(B, N, N) fftshift-ed intensities → (B, H, W) summed into detector pixels."""
+        N = centred.shape[-2:]
+        y0, x0 = N[0] // 2 - self.crop[0] // 2, N[1] // 2 - self.crop[1] // 2
+        c = centred[..., y0 : y0 + self.crop[0], x0 : x0 + self.crop[1]]
+        h, w = self.crop[0] // self.factor[0], self.crop[1] // self.factor[1]
+        return c.reshape(*c.shape[:-2], h, self.factor[0], w, self.factor[1]).sum((-3, -1))
+
+
+def simulate_patterns(
+    transmissions: torch.Tensor,
+    probe: torch.Tensor,
+    positions: np.ndarray,
+    sampling: tuple[float, float],
+    energy: float,
+    slice_thickness: float,
+    detector: DetectorGeometry,
+    batch: int = 32,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Mean diffraction patterns over frozen-phonon configurations of a periodic cell.
+
+    ``transmissions`` (P, S, N, N) complex: P configurations × S slices covering the whole
+    cell; ``probe`` (N, N) or (M, N, N) with its centre at (N//2, N//2); ``positions`` (B, 2) Å.
+    The probe window is the cell, so each probe is placed by a Fourier shift of the whole
+    position (periodic, as abTEM does) and computed once per position for all configurations.
+    Returns (B, H, W) float32 detector patterns (fftshift-ed), each summing to ≤ 1.
+    """
+    if probe.dim() == 2:
+        probe = probe[None]
+    P, S, Ny, Nx = transmissions.shape
+    device = transmissions.device
+    prop = None
+    if S > 1:
+        prop = propagator((Ny, Nx), sampling, energy, slice_thickness, antialias=True, device=device)
+    spec_probe = fft2(probe.to(device))
+    pos = torch.as_tensor(positions, dtype=torch.float32, device=device)
+    shifts = pos / torch.tensor(sampling, device=device) - torch.tensor([Ny // 2, Nx // 2], device=device)
+    out = []
+    for start in tqdm(range(0, len(pos), batch), disable=not progress, desc="positions", leave=False):
+        psi = shifted_probes(probe, shifts[start : start + batch], spec_probe)  # (B, M, N, N)
+        acc = None
+        for p in range(P):
+            t = transmissions[p][None, None].expand(psi.shape[0], 1, S, Ny, Nx)
+            inten = farfield_intensity(multislice(psi, t, prop))
+            acc = inten if acc is None else acc + inten
+        out.append(detector.apply(torch.fft.fftshift(acc / P, dim=(-2, -1))).float().cpu())
+    return torch.cat(out)
+
+
+def transmission_slices(potential: torch.Tensor, energy: float, sampling) -> torch.Tensor:
+    """Band-limited transmission functions exp(iσV) of potential slices (..., N, N) V·Å."""
+    t = torch.polar(torch.ones_like(potential), interaction_constant(energy) * potential)
+    mask = antialias_mask(potential.shape[-2:], sampling, device=potential.device)
+    return ifft2(fft2(t) * mask)
+
+
+@functools.lru_cache(maxsize=4)
+def _materials(path: str, keys: tuple) -> list:
+    k = dict(keys)
+    return spec.read_materials_h5(path, k["numbers"], k["positions"], k["lattice"], k["pbc"])
+
+
+def make_atoms(cfg: SimulationConfig, rng: np.random.Generator, thickness: float):
+    """The specimen of one sample (ase.Atoms), drawn with ``rng``."""
+    s, extent = cfg.specimen, cfg.grid.extent
+    if s.kind == "crystal":
+        return spec.random_crystal(rng, extent, thickness, s.max_tilt, s.prototypes)
+    if s.kind == "amorphous":
+        return spec.amorphous(rng, extent, thickness, tuple(s.elements), s.density)
+    if s.kind == "structures":
+        if not s.files:
+            raise ConfigError("specimen.files: kind 'structures' needs at least one structure file")
+        return spec.load_structure(s.files[rng.integers(len(s.files))], extent, thickness, rng, s.max_tilt)
+    if s.kind == "materials":
+        if len(s.files) != 1:
+            raise ConfigError("specimen.files: kind 'materials' needs exactly one materials HDF5 file")
+        mats = _materials(str(s.files[0]), tuple(sorted(s.materials_keys.items())))
+        name, unit = mats[rng.integers(len(mats))]
+        atoms = spec._cut_unit(unit, extent, thickness, rng, s.max_tilt, name)
+        return atoms
+    raise ConfigError(f"specimen.kind: unknown kind {s.kind!r}")
+
+
+def simulate_sample(cfg: SimulationConfig, index: int, progress: bool = False) -> dict:
+    """Simulate sample ``index``: a reproducible function of (cfg.compute.seed, index) alone.
+
+    Returns ``patterns`` (Sy, Sx, H, W) float32, ``phase`` (rad) and ``potential`` (V·Å) on the
+    phase grid (thermal mean, binned from the simulation grid), and per-sample ``attrs``.
+    """
+    rng = np.random.default_rng([cfg.compute.seed, index])
+    device = torch.device(cfg.compute.device)
+    g, o = cfg.grid, cfg.optics
+    sampling = (g.extent[0] / g.sim_gpts[0], g.extent[1] / g.sim_gpts[1])
+    thickness = float(rng.uniform(*cfg.specimen.depth))
+    s = cfg.specimen
+    if s.slice_thickness is None:
+        edges, dz = None, thickness
+    else:
+        n_sl = max(1, int(math.ceil(thickness / s.slice_thickness)))
+        edges, dz = np.linspace(0, thickness, n_sl + 1), thickness / n_sl
+        edges[0], edges[-1] = -np.inf, np.inf
+    attrs = {"thickness": thickness, "index": index, "seed": cfg.compute.seed}
+    if s.kind == "synthetic":
+        phase = spec.synthetic_phase(g.sim_gpts, rng, "atoms", s.synthetic_max_phase, width=0.5 / sampling[0])
+        pots = torch.as_tensor(phase / interaction_constant(o.energy), device=device)[None, None]
+        attrs["specimen"] = "synthetic"
+    else:
+        atoms = make_atoms(cfg, rng, thickness)
+        attrs["specimen"] = str(atoms.info.get("name", "structure"))
+        attrs["n_atoms"] = len(atoms)
+        confs = []
+        for _ in range(s.phonons):
+            xyz = atoms.positions
+            if s.phonon_sigma:
+                xyz = spec.frozen_phonon_positions(xyz, s.phonon_sigma, rng)
+            confs.append(spec.projected_potential(xyz, atoms.numbers, g.extent, g.sim_gpts, edges, device=device))
+        pots = torch.stack(confs)  # (P, S, N, N)
+    probe = make_probe(g.sim_gpts, sampling, o.energy, o.semiangle, o.aberrations, device=device,
+                       on_band_limit=o.on_band_limit)
+    det = DetectorGeometry.make(g.sim_gpts, sampling, o.energy, cfg.detector.shape, cfg.detector.max_angle)
+    positions = scan_positions(cfg.scan.shape, cfg.scan.step, cfg.scan.origin)
+    patterns = simulate_patterns(transmission_slices(pots, o.energy, sampling), probe, positions, sampling, o.energy,
+                                 dz, det, cfg.compute.batch, progress)
+    patterns = patterns.numpy().reshape(*cfg.scan.shape, *cfg.detector.shape)
+    if cfg.detector.dose is not None:
+        electrons = cfg.detector.dose * cfg.scan.step[0] * cfg.scan.step[1]
+        patterns = rng.poisson(np.clip(patterns, 0, None) * electrons).astype(np.float32)
+        attrs["electrons_per_pattern"] = electrons
+    potential = spec.bin_image(pots.sum(1).mean(0).cpu(), g.phase_gpts).numpy().astype(np.float32)
+    return {
+        "patterns": patterns.astype(np.float32),
+        "potential": potential,
+        "phase": (potential * interaction_constant(o.energy)).astype(np.float32),
+        "attrs": attrs,
+        "angular_sampling": det.angular_sampling,
+    }

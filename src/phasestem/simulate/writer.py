@@ -1,0 +1,217 @@
+"""The seed-000 training-data writer: sharded, resumable, parallel through Dask.
+
+Layout: ``<prefix>1.h5`` … ``<prefix>N.h5``; file k holds global samples
+[(k−1)·n, k·n) as ``dp_set_{i}`` (Sy, Sx, H, W), ``phase_{i}`` (rad) and ``potential_{i}``
+(V·Å). Each sample is first written atomically to ``.work/sample_{i}.h5`` (temporary name,
+then rename), so a run killed at any point loses at most the samples in flight; a file is
+assembled (again under a temporary name) only when all its samples exist, and its sample
+files are removed only after the rename. Rerunning the same command skips what is done.
+Sample i depends only on (seed, i), so the result is the same whatever the number of
+processes or machines.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..errors import ConfigError
+from ..optics import interaction_constant
+from .config import SimulationConfig
+
+log = logging.getLogger("phasestem.simulate")
+
+FORMAT = "phasestem-seed000"
+WORK_DIR = ".work"
+
+
+def file_name(cfg: SimulationConfig, k: int) -> str:
+    """Name of shard k (1-based)."""
+    return f"{cfg.output.prefix}{k}.h5"
+
+
+def sample_path(out: Path, index: int) -> Path:
+    return out / WORK_DIR / f"sample_{index:07d}.h5"
+
+
+def _write_sample(path: Path, result: dict) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    with h5py.File(tmp, "w") as f:
+        f.create_dataset("patterns", data=result["patterns"], track_times=False)
+        f.create_dataset("phase", data=result["phase"], track_times=False)
+        f.create_dataset("potential", data=result["potential"], track_times=False)
+        for k, v in result["attrs"].items():
+            f.attrs[k] = v
+        f.attrs["angular_sampling"] = result["angular_sampling"]
+    os.replace(tmp, path)
+
+
+def run_sample(cfg_json: str, out: str, index: int, threads: int = 0) -> int:
+    """Simulate sample ``index`` into its work file (skips a finished one). Returns ``index``.
+
+    Takes the config as JSON so it can be shipped to Dask workers.
+    """
+    import torch
+
+    from .scan import simulate_sample
+
+    if threads:
+        torch.set_num_threads(threads)
+    path = sample_path(Path(out), index)
+    if path.exists():
+        return index
+    cfg = SimulationConfig.model_validate_json(cfg_json)
+    _write_sample(path, simulate_sample(cfg, index))
+    return index
+
+
+def root_attrs(cfg: SimulationConfig, k: int, angular_sampling) -> dict:
+    g, o = cfg.grid, cfg.optics
+    return {
+        "format": FORMAT,
+        "version": 1,
+        "phase_convention": "phase_rad",
+        "energy": o.energy,
+        "semiangle": o.semiangle,
+        "aberrations": json.dumps(o.aberrations, sort_keys=True),
+        "scan_shape": np.asarray(cfg.scan.shape),
+        "scan_step": np.asarray(cfg.scan.step),
+        "scan_origin": np.asarray(cfg.scan.origin),
+        "extent": np.asarray(g.extent),
+        "sim_gpts": np.asarray(g.sim_gpts),
+        "phase_shape": np.asarray(g.phase_gpts),
+        "phase_sampling": np.asarray([g.extent[0] / g.phase_gpts[0], g.extent[1] / g.phase_gpts[1]]),
+        "pattern_shape": np.asarray(cfg.detector.shape),
+        "angular_sampling": np.asarray(angular_sampling),
+        "sigma": interaction_constant(o.energy),
+        "dose": -1.0 if cfg.detector.dose is None else cfg.detector.dose,
+        "samples_per_file": cfg.output.samples_per_file,
+        "first_sample": (k - 1) * cfg.output.samples_per_file,
+        "config": cfg.to_yaml(),
+    }
+
+
+def assemble_file(cfg: SimulationConfig, out: Path, k: int) -> Path:
+    """Gather the samples of shard k into ``<prefix>k.h5`` (atomically), then drop the work files."""
+    n = cfg.output.samples_per_file
+    indices = range((k - 1) * n, k * n)
+    final = out / file_name(cfg, k)
+    tmp = final.with_name(final.name + ".partial")
+    H, W = cfg.detector.shape
+    sy, sx = cfg.scan.shape
+    chunks = (min(5, sy), min(5, sx), H, W)
+    comp = {"compression": "gzip", "compression_opts": cfg.output.compression, "shuffle": True} \
+        if cfg.output.compression else {}
+    with h5py.File(tmp, "w", track_order=True) as f:
+        ang = None
+        for i in indices:
+            with h5py.File(sample_path(out, i), "r") as s:
+                ang = s.attrs["angular_sampling"]
+                d = f.create_dataset(f"dp_set_{i}", data=s["patterns"][...], chunks=chunks, track_times=False, **comp)
+                for key, val in s.attrs.items():
+                    if key != "angular_sampling":
+                        d.attrs[key] = val
+                f.create_dataset(f"phase_{i}", data=s["phase"][...], track_times=False)
+                f.create_dataset(f"potential_{i}", data=s["potential"][...], track_times=False)
+        for key, val in root_attrs(cfg, k, ang).items():
+            f.attrs[key] = val
+    os.replace(tmp, final)
+    for i in indices:
+        sample_path(out, i).unlink(missing_ok=True)
+    return final
+
+
+def pending_samples(cfg: SimulationConfig, out: Path) -> tuple[list[int], list[int]]:
+    """(files still to assemble, their samples not yet simulated)."""
+    n = cfg.output.samples_per_file
+    files = [k for k in range(1, cfg.output.n_files + 1) if not (out / file_name(cfg, k)).exists()]
+    todo = [i for k in files for i in range((k - 1) * n, k * n) if not sample_path(out, i).exists()]
+    return files, todo
+
+
+def _check_out(cfg: SimulationConfig, out: Path) -> None:
+    """Refuse to mix runs: a folder keeps the config it was started with."""
+    stamp = out / WORK_DIR / "config.yaml"
+    text = cfg.to_yaml()
+    done = out / f"{cfg.output.prefix}_config.yaml"
+    if not stamp.exists() and done.exists() and done.read_text() != text:
+        raise ConfigError(f"{out}: holds a finished run with a different configuration ({done}); use another folder")
+    if stamp.exists() and stamp.read_text() != text:
+        raise ConfigError(
+            f"{out}: holds an unfinished run with a different configuration ({stamp}); use another output folder "
+            "or rerun with the same config to resume"
+        )
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    if not stamp.exists():
+        tmp = stamp.with_name("config.yaml.partial")
+        tmp.write_text(text)
+        os.replace(tmp, stamp)
+
+
+def simulate_dataset(cfg: SimulationConfig, out: str | Path, progress: bool = True) -> list[Path]:
+    """Write (or finish writing) the seed-layout files of ``cfg`` into ``out``. Returns the file paths."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("*.partial"):
+        stale.unlink()
+    _check_out(cfg, out)
+    for stale in (out / WORK_DIR).glob("*.partial"):
+        stale.unlink()
+    files, todo = pending_samples(cfg, out)
+    log.info("%d file(s) to write, %d sample(s) to simulate into %s", len(files), len(todo), out)
+    cfg_json = cfg.model_dump_json()
+    n = cfg.output.samples_per_file
+    done_per_file = {k: sum(sample_path(out, i).exists() for i in range((k - 1) * n, k * n)) for k in files}
+    bar = tqdm(total=len(todo), desc="samples", unit="sample", disable=not progress)
+
+    def finished(index: int) -> None:
+        bar.update(1)
+        k = index // n + 1
+        done_per_file[k] += 1
+        if done_per_file[k] == n:
+            path = assemble_file(cfg, out, k)
+            log.info("wrote %s", path)
+
+    for k in [k for k in files if done_per_file[k] == n]:  # complete but not assembled
+        assemble_file(cfg, out, k)
+        done_per_file[k] = -1
+    c = cfg.compute
+    if c.workers == 0 and c.scheduler is None:
+        for i in todo:
+            finished(run_sample(cfg_json, str(out), i))
+    else:
+        _run_dask(cfg_json, out, todo, c, finished)
+    bar.close()
+    paths = [out / file_name(cfg, k) for k in range(1, cfg.output.n_files + 1)]
+    if all(p.exists() for p in paths):  # finished: keep the config beside the files, drop the work folder
+        work = out / WORK_DIR
+        os.replace(work / "config.yaml", out / f"{cfg.output.prefix}_config.yaml")
+        for leftover in work.glob("*"):
+            leftover.unlink()
+        work.rmdir()
+    return paths
+
+
+def _run_dask(cfg_json: str, out: Path, todo: list[int], c, finished) -> None:
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    cluster = None
+    if c.scheduler:
+        client = Client(c.scheduler)
+    else:
+        cluster = LocalCluster(n_workers=c.workers, threads_per_worker=1, processes=True, dashboard_address=None)
+        client = Client(cluster)
+    try:
+        futures = [client.submit(run_sample, cfg_json, str(out.resolve()), i, c.threads_per_worker, pure=False)
+                   for i in todo]
+        for fut in as_completed(futures):
+            finished(fut.result())
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
