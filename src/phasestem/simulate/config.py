@@ -134,6 +134,12 @@ class SimulationConfig(_Strict):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
+    def results_yaml(self) -> str:
+        """The config less the settings that cannot change the results (devices, parallelism, batch)."""
+        data = self.model_dump(mode="json")
+        data["compute"] = {"seed": self.compute.seed}
+        return yaml.safe_dump(data, sort_keys=False)
+
 
 def format_validation_error(exc: ValidationError, source: str) -> str:
     """One line per problem: ``source: field.path: message``."""

@@ -92,7 +92,7 @@ def root_attrs(cfg: SimulationConfig, k: int, angular_sampling) -> dict:
         "dose": -1.0 if cfg.detector.dose is None else cfg.detector.dose,
         "samples_per_file": cfg.output.samples_per_file,
         "first_sample": (k - 1) * cfg.output.samples_per_file,
-        "config": cfg.to_yaml(),
+        "config": cfg.results_yaml(),
     }
 
 
@@ -137,7 +137,7 @@ def pending_samples(cfg: SimulationConfig, out: Path) -> tuple[list[int], list[i
 def _check_out(cfg: SimulationConfig, out: Path) -> None:
     """Refuse to mix runs: a folder keeps the config it was started with."""
     stamp = out / WORK_DIR / "config.yaml"
-    text = cfg.to_yaml()
+    text = cfg.results_yaml()
     done = out / f"{cfg.output.prefix}_config.yaml"
     if not stamp.exists() and done.exists() and done.read_text() != text:
         raise ConfigError(f"{out}: holds a finished run with a different configuration ({done}); use another folder")
