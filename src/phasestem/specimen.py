@@ -107,14 +107,18 @@ def projected_potential(
             if not sel.any():
                 continue
             pos = torch.as_tensor(positions[sel], dtype=torch.float64, device=device)
-            sf = torch.zeros((ny, nx), dtype=torch.complex128, device=device)
+            sf = torch.zeros((ny, nx), dtype=torch.complex64, device=device)
             for start in range(0, len(pos), atom_chunk):
                 p = pos[start : start + atom_chunk]
-                ey = torch.exp(-2j * math.pi * ky[:, None] * p[None, :, 1])  # (ny, N)
-                ex = torch.exp(-2j * math.pi * kx[:, None] * p[None, :, 0])  # (nx, N)
-                sf += ey @ ex.T
-            out[s] += torch.fft.ifft2(form * sf).real / (dy * dx)
+                sf += _phase_factors(ky, p[:, 1]) @ _phase_factors(kx, p[:, 0]).T
+            out[s] += torch.fft.ifft2(form * sf.to(torch.complex128)).real / (dy * dx)
     return out.float()
+
+
+def _phase_factors(k: torch.Tensor, coord: torch.Tensor) -> torch.Tensor:
+    """exp(−2πi k·x) as complex64 (len(k), len(x)); the phase is reduced mod 1 cycle in float64 first."""
+    cycles = torch.remainder(k[:, None] * coord[None, :], 1.0)
+    return torch.polar(torch.ones_like(cycles), -2 * math.pi * cycles).to(torch.complex64)
 
 
 def bin_image(image: torch.Tensor | np.ndarray, shape: tuple[int, int]):

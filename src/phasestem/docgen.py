@@ -1,0 +1,111 @@
+"""Generate the configuration reference (docs/config_reference.md) from the pydantic schemas.
+
+``python -m phasestem.docgen [OUT.md]`` writes it; a test keeps the committed page current and
+fails when a field has no description.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+import typing
+from pathlib import Path
+
+from pydantic import BaseModel
+
+#: (title, "module:Class") of every schema a user writes as YAML
+SCHEMAS = [
+    ("phasestem simulate", "phasestem.simulate.config:SimulationConfig"),
+    ("phasestem reconstruct / tune", "phasestem.recon.params:ReconParams"),
+    ("phasestem train patch | stitch | end2end", "phasestem.learn.config:TrainConfig"),
+    ("phasestem train autoencoder", "phasestem.learn.commands_restore:AutoencoderTrainConfig"),
+    ("phasestem train phaseformer", "phasestem.learn.commands_restore:PhaseformerTrainConfig"),
+]
+
+
+def load_schema(target: str) -> type[BaseModel]:
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _submodels(annotation) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    out = []
+    for arg in typing.get_args(annotation):
+        out += _submodels(arg)
+    return out
+
+
+def _type_name(annotation) -> str:
+    text = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
+    text = text or str(annotation).replace("typing.", "")
+    return text.replace("|", "\\|")
+
+
+def _default(field) -> str:
+    if field.is_required():
+        return "**required**"
+    if field.default_factory is not None:
+        try:
+            value = field.default_factory()
+        except TypeError:
+            return "(computed)"
+    else:
+        value = field.default
+    if isinstance(value, BaseModel):
+        return "(section)"
+    return f"`{value!r}`".replace("|", "\\|")
+
+
+def missing_descriptions(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Dotted names of fields (recursively) that have no description."""
+    out = []
+    for name, field in model.model_fields.items():
+        if not (field.description or "").strip():
+            out.append(prefix + name)
+        for sub in _submodels(field.annotation):
+            out += missing_descriptions(sub, f"{prefix}{name}.")
+    return out
+
+
+def _section(model: type[BaseModel], prefix: str, lines: list[str], seen: set) -> None:
+    lines += ["", f"#### `{prefix or '(top level)'}`", ""]
+    doc = (model.__doc__ or "").strip().splitlines()
+    if doc and prefix:
+        lines += [doc[0], ""]
+    lines += ["| key | type | default | description |", "|---|---|---|---|"]
+    nested = []
+    for name, field in model.model_fields.items():
+        desc = (field.description or "").replace("\n", " ").replace("|", "\\|")
+        lines.append(f"| `{name}` | {_type_name(field.annotation)} | {_default(field)} | {desc} |")
+        for sub in _submodels(field.annotation):
+            nested.append((sub, f"{prefix}{name}."))
+    for sub, p in nested:
+        if (sub, p) not in seen:
+            seen.add((sub, p))
+            _section(sub, p.rstrip(".") , lines, seen)
+
+
+def config_reference() -> str:
+    lines = ["# Configuration reference", "",
+             "Generated from the pydantic schemas by `python -m phasestem.docgen docs/config_reference.md`; "
+             "do not edit by hand. Every command also writes its fully resolved config with `--dump-config`."]
+    for title, target in SCHEMAS:
+        model = load_schema(target)
+        lines += ["", f"## {title}", "", f"Schema `{target.replace(':', '.')}`."]
+        _section(model, "", lines, set())
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    text = config_reference()
+    if argv:
+        Path(argv[0]).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
