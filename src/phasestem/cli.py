@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(func(args) or 0)
-    except (PhasestemError, FileNotFoundError, ValueError, KeyError) as exc:
+    except (PhasestemError, OSError, ValueError, KeyError) as exc:
         if args.debug:
             raise
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc

@@ -45,6 +45,8 @@ _C = 299792458.0  # m/s
 
 #: Default fraction of Nyquist kept by the anti-aliasing band limit (as abTEM).
 ANTIALIAS_FRACTION = 2.0 / 3.0
+#: Width of its raised-cosine edge in units of 1 / pixel size (as abTEM's default).
+ANTIALIAS_TAPER = 0.01
 
 #: Aberration symbols -> (n, m); the azimuth of C_nm (m > 0) is ``phi{n}{m}``.
 ABERRATION_ORDERS: dict[str, tuple[int, int]] = {
@@ -96,11 +98,18 @@ def band_limit_mrad(sampling: tuple[float, float], energy: float, fraction: floa
     return fraction * wavelength(energy) / (2 * max(sampling)) * 1e3
 
 
-def antialias_mask(shape, sampling, fraction: float = ANTIALIAS_FRACTION, device=None) -> torch.Tensor:
-    """Boolean (ny, nx) mask in fftfreq order keeping |k| ≤ fraction · k_Nyquist."""
+def antialias_mask(shape, sampling, fraction: float = ANTIALIAS_FRACTION, taper: float = ANTIALIAS_TAPER,
+                   device=None) -> torch.Tensor:
+    """Anti-aliasing aperture (ny, nx) in [0, 1], fftfreq order: 1 inside |k| ≤ fraction · k_Nyquist, with a
+    raised-cosine roll-off of width ``taper / max(sampling)`` (Å⁻¹) just inside the cut (0 = hard edge)."""
     KY, KX = k_grid(shape, sampling, device)
+    k = torch.sqrt(KY**2 + KX**2)
     k_max = fraction / (2 * max(sampling))
-    return (KY**2 + KX**2) <= k_max**2
+    width = taper / max(sampling)
+    if width <= 0:
+        return (k <= k_max).float()
+    edge = 0.5 * (1 + torch.cos(math.pi * (k - k_max + width) / width))
+    return torch.where(k > k_max - width, edge, torch.ones_like(k)) * (k <= k_max)
 
 
 @dataclass

@@ -134,9 +134,14 @@ def multislice(
     return wave
 
 
+def squared_modulus(x: torch.Tensor) -> torch.Tensor:
+    """|x|² of a complex tensor (faster than ``x.abs().square()`` on CPU, forward and backward)."""
+    return torch.view_as_real(x).square().sum(-1)
+
+
 def farfield_intensity(exit_waves: torch.Tensor, object_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Σ_m Σ_k w_k |F[ψ_mk]|² of exit waves (B, M, K, ny, nx) → (B, ny, nx), fftfreq order."""
-    inten = fft2(exit_waves).abs().square()
+    inten = squared_modulus(fft2(exit_waves))
     if object_weights is not None:
         inten = inten * object_weights[:, None, None]
     return inten.sum(dim=(1, 2))
