@@ -30,12 +30,17 @@ def _real_dtype(t: torch.Tensor) -> torch.dtype:
 
 
 def shift_ramp(shifts: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """Phase ramps exp(−2πi k·s) for shifts ``s`` (..., 2) in pixels → (..., ny, nx) complex."""
+    """Phase ramps exp(−2πi k·s) for shifts ``s`` (..., 2) in pixels → (..., ny, nx) complex.
+
+    Built as the outer product of the two 1-D ramps (no trigonometry over every pixel).
+    """
     ky = torch.fft.fftfreq(shape[0], device=shifts.device, dtype=shifts.dtype)
     kx = torch.fft.fftfreq(shape[1], device=shifts.device, dtype=shifts.dtype)
-    phase = ky * shifts[..., 0:1]  # (..., ny)
-    phase = phase[..., :, None] + (kx * shifts[..., 1:2])[..., None, :]
-    return torch.polar(torch.ones_like(phase), -2 * math.pi * phase)
+    ry = ky * shifts[..., 0:1]  # (..., ny) cycles
+    rx = kx * shifts[..., 1:2]  # (..., nx)
+    ey = torch.polar(torch.ones_like(ry), -2 * math.pi * ry)
+    ex = torch.polar(torch.ones_like(rx), -2 * math.pi * rx)
+    return ey[..., :, None] * ex[..., None, :]
 
 
 def fourier_shift(wave: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
@@ -101,9 +106,12 @@ def gather_patches(obj: torch.Tensor, top_left: torch.Tensor, window: tuple[int,
     Ny, Nx = obj.shape[-2:]
     iy = (top_left[:, 0, None] + torch.arange(window[0], device=obj.device)) % Ny  # (B, ny)
     ix = (top_left[:, 1, None] + torch.arange(window[1], device=obj.device)) % Nx  # (B, nx)
-    patches = obj[..., iy[:, :, None], ix[:, None, :]]  # (..., B, ny, nx)
-    lead = obj.dim() - 2
-    return patches.permute(lead, *range(lead), lead + 1, lead + 2)
+    flat = (iy[:, :, None] * Nx + ix[:, None, :]).reshape(-1)  # (B·ny·nx,)
+    lead = obj.shape[:-2]
+    patches = obj.reshape(-1, Ny * Nx).index_select(1, flat)  # (L, B·ny·nx)
+    patches = patches.reshape(*lead, len(top_left), *window)  # (..., B, ny, nx)
+    n = len(lead)
+    return patches.permute(n, *range(n), n + 1, n + 2)
 
 
 def shifted_probes(probe: torch.Tensor, frac: torch.Tensor, probe_spectrum: torch.Tensor | None = None) -> torch.Tensor:
@@ -127,20 +135,54 @@ def multislice(
     if prop is not None and prop.dim() == 3:
         prop = prop[:, None, None]
     wave = psi[:, :, None]  # (B, M, 1, ny, nx)
+    slices = transmission.unbind(2)  # views: no full-size zero gradient per slice in the backward pass
     for s in range(n_slices):
-        wave = wave * transmission[:, None, :, s]
+        wave = wave * slices[s][:, None]
         if s < n_slices - 1 or propagate_last:
             wave = ifft2(fft2(wave) * prop)
     return wave
 
 
 def squared_modulus(x: torch.Tensor) -> torch.Tensor:
-    """|x|² of a complex tensor (faster than ``x.abs().square()`` on CPU, forward and backward)."""
-    return torch.view_as_real(x).square().sum(-1)
+    """|x|² of a complex tensor as a contiguous real tensor (cheaper than ``x.abs().square()``)."""
+    return torch.addcmul(x.real.square(), x.imag, x.imag)
+
+
+class _FarfieldIntensity(torch.autograd.Function):
+    """Σ_m Σ_k w_k |F[ψ_mk]|² with the backward ∂L/∂ψ = F⁻¹[2·w_k·(∂L/∂I)·F[ψ]] (unitary F).
+
+    Same values as autograd through ``abs``, without its complex ``abs``/``sgn`` chain; the
+    far-field waves are kept from the forward pass.
+    """
+
+    @staticmethod
+    def forward(ctx, exit_waves: torch.Tensor, weights: torch.Tensor | None = None):
+        far = fft2(exit_waves)
+        inten = squared_modulus(far)  # (B, M, K, ny, nx)
+        if weights is not None:
+            inten = inten * weights[:, None, None]
+        ctx.save_for_backward(far, weights)
+        B, M, K, ny, nx = inten.shape
+        return inten.view(B, ny, nx) if M * K == 1 else inten.sum(dim=(1, 2))
+
+    @staticmethod
+    def backward(ctx, grad_i: torch.Tensor):
+        far, weights = ctx.saved_tensors
+        g = 2 * grad_i[:, None, None]  # (B, 1, 1, ny, nx)
+        if weights is not None:
+            g = g * weights[:, None, None]
+        grad_w = None
+        if weights is not None and ctx.needs_input_grad[1]:
+            grad_w = (squared_modulus(far) * grad_i[:, None, None]).sum(dim=(0, 1, 3, 4))
+        grad_psi = ifft2(far * g) if ctx.needs_input_grad[0] else None
+        return grad_psi, grad_w
 
 
 def farfield_intensity(exit_waves: torch.Tensor, object_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Σ_m Σ_k w_k |F[ψ_mk]|² of exit waves (B, M, K, ny, nx) → (B, ny, nx), fftfreq order."""
+    if torch.is_grad_enabled() and (exit_waves.requires_grad or (object_weights is not None
+                                                                  and object_weights.requires_grad)):
+        return _FarfieldIntensity.apply(exit_waves, object_weights)
     inten = squared_modulus(fft2(exit_waves))
     if object_weights is not None:
         inten = inten * object_weights[:, None, None]

@@ -1,0 +1,114 @@
+"""Seconds per iteration of phasestem's AD ptychography vs the FFT bound (the FFTs alone).
+
+Data: 32×32 scan (1024 patterns) of 128² patterns, 1 Å step, 0.2 Å pixels, 300 keV, 20 mrad,
+100 Å defocus (C10 = −100, abTEM defocus +100), simulated with phasestem's forward model.
+Cases: 1 slice / 1 mode; 8 slices of 10 Å / 1 mode; 8 slices / 4 modes. Batch 32, Adam on
+object (amplitude + phase) and probe, 2 CPU threads.
+
+The FFT bound per iteration is the time of the 2-D FFTs a mixed-state multislice forward
++ backward pass needs, run alone on the same batch tensors: per batch of B patterns with M
+probe modes and S slices, 4·S batched FFTs of (B·M, 128, 128) (forward: probe shift,
+2(S−1) propagations, far field; the backward pass as many again).
+
+Times are the minimum over iterations (robust to other load on a shared machine).
+
+Usage: python benchmarks/recon_speed.py [--iterations 3] [--cases a,b,c] [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from phasestem.recon import Ptychography
+from phasestem.recon.synthetic import simulate_dataset
+
+CASES = {"a": (1, 1), "b": (8, 1), "c": (8, 4)}
+
+
+def batch_times(model, dataset, batch: int, n_fft: int, n_modes: int, repeats: int = 10) -> tuple[float, float]:
+    """Minimum seconds of one engine batch step (forward, loss, backward, Adam) and of its FFTs alone,
+    measured back to back ``repeats`` times (robust on a loaded machine)."""
+    from phasestem.recon.engine import prepared_data
+    from phasestem.recon.losses import LossConfig, total_loss
+
+    cfg = LossConfig()
+    data = prepared_data(model, dataset, cfg.power)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=1e-4)
+    idx = torch.arange(batch)
+    x = torch.randn(batch * n_modes, *model.window, dtype=torch.complex64)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss, _ = total_loss(cfg, model(idx), None, data.meas_p[idx], None, None, data.counts, batch)
+        loss.backward()
+        opt.step()
+
+    def ffts():
+        y = x
+        for j in range(n_fft):
+            y = torch.fft.fft2(y, norm="ortho") if j % 2 == 0 else torch.fft.ifft2(y, norm="ortho")
+
+    torch.set_flush_denormal(True)
+    best_step = best_fft = float("inf")
+    step()
+    for _ in range(repeats):
+        t = time.perf_counter()
+        step()
+        best_step = min(best_step, time.perf_counter() - t)
+        t = time.perf_counter()
+        ffts()
+        best_fft = min(best_fft, time.perf_counter() - t)
+    return best_step, best_fft
+
+
+def fft_bound(n_patterns: int, batch: int, window: int, n_slices: int, n_modes: int, repeats: int = 2) -> float:
+    """Seconds of the FFTs alone for one iteration (epoch)."""
+    x = torch.randn(batch * n_modes, window, window, dtype=torch.complex64)
+    n_fft = 4 * n_slices
+    n_batches = -(-n_patterns // batch)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for _ in range(n_batches):
+            y = x
+            for j in range(n_fft):
+                y = torch.fft.fft2(y, norm="ortho") if j % 2 == 0 else torch.fft.ifft2(y, norm="ortho")
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--iterations", type=int, default=3)
+    ap.add_argument("--cases", default="a,b,c")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--scan", type=int, default=32)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(f"{'case':>4} {'slices':>6} {'modes':>5} {'s/iter':>8} {'FFT s/iter':>10} {'ratio':>6} "
+          f"{'batch ms':>9} {'FFT ms':>7} {'batch ratio':>11}")
+    for case in args.cases.split(","):
+        S, M = CASES[case]
+        ds = simulate_dataset(window=(128, 128), sampling=0.2, scan_shape=(args.scan, args.scan), scan_step=1.0,
+                              energy=300e3, semiangle=20.0, defocus=-100.0, n_slices=S, slice_thickness=10.0,
+                              max_phase=0.5 if S == 1 else 0.3, seed=0)
+        model = Ptychography.from_dataset(ds, n_slices=S, slice_thickness=10.0, n_probe_modes=M)
+        model.positions.requires_grad_(False)
+        gen = model.Adam_optimize(args.iterations + 1, ds, batch_size=32, progress=False)
+        next(gen)  # warm-up epoch (data preparation, allocator)
+        per_iter = float("inf")
+        t = time.perf_counter()
+        for _ in gen:
+            per_iter = min(per_iter, time.perf_counter() - t)
+            t = time.perf_counter()
+        bound = fft_bound(ds.n_patterns, 32, 128, S, M, repeats=3)
+        b_step, b_fft = batch_times(model, ds, 32, 4 * S, M)
+        print(f"{case:>4} {S:>6} {M:>5} {per_iter:8.3f} {bound:10.3f} {per_iter / bound:6.2f} "
+              f"{b_step * 1e3:9.1f} {b_fft * 1e3:7.1f} {b_step / b_fft:11.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

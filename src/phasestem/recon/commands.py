@@ -1,0 +1,134 @@
+"""CLI: ``phasestem reconstruct PARAMS.yaml`` and ``phasestem tune PARAMS.yaml``."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .params import (
+    ReconstructParams,
+    build_dataset,
+    build_model,
+    dump_params,
+    load_params,
+    optimizer_options,
+    resolve_device,
+)
+
+log = logging.getLogger("phasestem.recon")
+
+RECON_EPILOG = """examples:
+  phasestem reconstruct configs/reconstruct_tiny.yaml
+  phasestem reconstruct configs/reconstruct_multislice.yaml --out runs/ms1 --epochs 50
+  phasestem reconstruct params.yaml --resume          # continue from OUT/checkpoint.pt
+  phasestem reconstruct params.yaml --dump-config     # print the fully resolved config
+
+Writes OUT/config.yaml, OUT/reconstruct.log, OUT/checkpoint.pt, OUT/results.h5 and PNG figures."""
+
+TUNE_EPILOG = """examples:
+  phasestem tune configs/reconstruct_tiny.yaml --n-trials 10
+  phasestem tune params.yaml --out runs/tune1            # stored in runs/tune1/tune.db; rerun to resume
+
+The parameter file needs a 'tune' section (C10, slice_thickness, learning_rates ranges)."""
+
+
+def register(subparsers, train_subparsers) -> None:
+    p = subparsers.add_parser(
+        "reconstruct", help="AD ptychography from a YAML parameter file",
+        description="Reconstruct object, probe, positions, tilt and thickness by automatic-differentiation "
+                    "ptychography as described by PARAMS.yaml.",
+        epilog=RECON_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("params", type=Path, help="YAML parameter file")
+    p.add_argument("--out", type=Path, default=None, help="output folder (overrides run.out_dir)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--dump-config", action="store_true", help="print the fully resolved config and exit")
+    p.add_argument("--epochs", type=int, default=None, help="override run.n_epochs")
+    p.add_argument("--device", default=None, help="override run.device (cpu, cuda, auto)")
+    p.set_defaults(func=_reconstruct_cmd)
+    t = subparsers.add_parser(
+        "tune", help="Optuna search of defocus, thickness and learning rates",
+        description="Hyper-parameter search for a reconstruction (objective: data error).",
+        epilog=TUNE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    t.add_argument("params", type=Path, help="YAML parameter file with a 'tune' section")
+    t.add_argument("--out", type=Path, default=None, help="output folder (overrides run.out_dir)")
+    t.add_argument("--n-trials", type=int, default=None, help="override tune.n_trials")
+    t.set_defaults(func=_tune_cmd)
+
+
+def _load(args) -> ReconstructParams:
+    params = load_params(args.params)
+    if args.out is not None:
+        params.run.out_dir = args.out
+    if getattr(args, "epochs", None):
+        params.run.n_epochs = args.epochs
+    if getattr(args, "device", None):
+        params.run.device = args.device
+    return params
+
+
+def _reconstruct_cmd(args) -> int:
+    params = _load(args)
+    if args.dump_config:
+        sys.stdout.write(dump_params(params))
+        return 0
+    run_reconstruction(params, resume=args.resume)
+    return 0
+
+
+def _tune_cmd(args) -> int:
+    from .tune import run_tuning
+
+    params = _load(args)
+    study = run_tuning(params, n_trials=args.n_trials)
+    best = study.best_trial
+    print(f"best data error {best.value:.6g} with {best.params} ({len(study.trials)} trials in the study)")
+    return 0
+
+
+def run_reconstruction(params: ReconstructParams, resume: bool = False):
+    """Run a reconstruction described by ``params``; returns the model (on rank 0 with several processes)."""
+    if params.run.n_processes > 1:
+        from .distributed import launch
+
+        launch(params.run.n_processes, _reconstruct_rank, params.model_dump(mode="json"), resume)
+        return None
+    return _reconstruct_rank(params, resume)
+
+
+def _reconstruct_rank(params, resume: bool):
+    import matplotlib.pyplot as plt
+
+    from .distributed import is_main_process
+    from .engine import load_checkpoint, optimize
+
+    if isinstance(params, dict):
+        params = ReconstructParams.model_validate(params)
+    main = is_main_process()
+    out = Path(params.run.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config_text = dump_params(params)
+    if main:
+        (out / "config.yaml").write_text(config_text)
+    dataset = build_dataset(params)
+    model = build_model(params, dataset).to(resolve_device(params.run.device))
+    ckpt = out / "checkpoint.pt"
+    if resume:
+        load_checkpoint(ckpt, model)
+        log.info("resumed from %s after epoch %d", ckpt, model.epoch)
+    remaining = params.run.n_epochs - model.epoch
+    opts = optimizer_options(params)
+    opts["progress"] = opts["progress"] and main
+    for _ in optimize(model, dataset, max(0, remaining), checkpoint_path=ckpt,
+                      checkpoint_every=params.run.checkpoint_every, out_dir=out,
+                      figures_every=params.run.figures_every, **opts):
+        pass
+    if main:
+        path = model.save_results(out / "results.h5", config_text=config_text)
+        plt.close(model.inspect(dataset, path=out / "reconstruction.png"))
+        plt.close(model.compare(dataset, path=out / "compare.png"))
+        last = model.loss_history[-1]["loss"] if model.loss_history else float("nan")
+        print(f"reconstruction: {model.epoch} epochs, final loss {last:.6g}; results in {path}")
+    return model

@@ -1,0 +1,263 @@
+"""Scheduled constraints applied to a :class:`~phasestem.recon.model.Ptychography` after an epoch.
+
+Each constraint has a schedule ``{start_iter, step, end_iter}`` (1-based epochs; the legacy key
+``freq`` is accepted as ``step``): it runs at epochs ``start_iter, start_iter + step, …`` up
+to ``end_iter`` (``None`` = the end). A constraint is off unless ``enabled``.
+
+=====================  =====================================================================
+name                   effect
+=====================  =====================================================================
+``ortho_probe``        orthogonalise probe modes (SVD), each kept closest to its previous self
+``probe_mask``         zero the probe spectrum beyond ``radius_mrad`` (soft edge ``width``)
+``obj_clamp``          clamp amplitude to [amp_min, amp_max] and phase to [phase_min, phase_max]
+``obj_blur``           lateral Gaussian blur of amplitude and phase, ``sigma`` px
+``kz_filter``          missing-wedge filter W = 1 − (2/π)·atan(β²k_z²/(k_x²+k_y²+ε)) over slices
+``rz_filter``          real-space Gaussian depth blur over slices, ``sigma`` Å (no wrap-around)
+``tilt_smooth``        Gaussian smoothing of per-position tilts, ``sigma`` Å over the scan
+``position_limit``     clamp position corrections to ``max_shift`` Å from the start positions
+=====================  =====================================================================
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .. import optics
+from ..physics import fft2, ifft2
+
+
+class Schedule(BaseModel):
+    """When a constraint runs: epochs start_iter, start_iter + step, … ≤ end_iter (1-based)."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = Field(False, description="apply this constraint")
+    start_iter: int = Field(1, ge=1, description="first epoch (1-based) at which the constraint runs")
+    step: int = Field(1, ge=1, description="run every `step` epochs (legacy name: freq)")
+    end_iter: int | None = Field(None, description="last epoch at which it runs (null: to the end)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_freq(cls, data):
+        if isinstance(data, dict) and "freq" in data:
+            data = dict(data)
+            freq = data.pop("freq")
+            if "step" not in data and freq is not None:
+                data["step"] = freq
+        return data
+
+    def due(self, epoch: int) -> bool:
+        if not self.enabled or epoch < self.start_iter or (self.end_iter is not None and epoch > self.end_iter):
+            return False
+        return (epoch - self.start_iter) % self.step == 0
+
+
+class ProbeMask(Schedule):
+    """Fourier probe mask."""
+
+    radius_mrad: float = Field(30.0, gt=0, description="keep probe spectrum within this semi-angle (mrad)")
+    width_mrad: float = Field(1.0, ge=0, description="soft edge width (mrad)")
+
+
+class ObjClamp(Schedule):
+    """Object amplitude / phase clamps."""
+
+    amp_min: float = Field(0.0, description="lowest object amplitude")
+    amp_max: float = Field(1.0, description="highest object amplitude")
+    phase_min: float | None = Field(None, description="lowest object phase (rad); null: no limit")
+    phase_max: float | None = Field(None, description="highest object phase (rad); null: no limit")
+
+
+class ObjBlur(Schedule):
+    """Lateral Gaussian blur."""
+
+    sigma: float = Field(0.5, gt=0, description="Gaussian standard deviation in object pixels")
+
+
+class KzFilter(Schedule):
+    """Missing-wedge (k_z) filter."""
+
+    beta: float = Field(1.0, gt=0, description="strength β of the wedge W = 1 − 2/π·atan(β²k_z²/(k_r²+ε))")
+    alpha: float = Field(1.0, ge=0, le=1, description="mix: x ← (1−α)·x + α·filtered(x)")
+    obj_type: str = Field("both", pattern="^(both|phase|amplitude)$", description="filter phase, amplitude or both")
+
+
+class RzFilter(Schedule):
+    """Real-space Gaussian depth filter."""
+
+    sigma: float = Field(10.0, gt=0, description="Gaussian standard deviation along z in Å")
+
+
+class TiltSmooth(Schedule):
+    """Tilt smoothing over neighbouring positions."""
+
+    sigma: float = Field(2.0, gt=0, description="Gaussian standard deviation over the scan in Å")
+
+
+class PositionLimit(Schedule):
+    """Position-shift limit."""
+
+    max_shift: float = Field(2.0, gt=0, description="largest allowed correction of a position in Å")
+
+
+class Constraints(BaseModel):
+    """All constraints with their schedules (every one is off by default)."""
+
+    model_config = ConfigDict(extra="forbid")
+    ortho_probe: Schedule = Field(default_factory=Schedule, description="probe-mode orthogonalisation")
+    probe_mask: ProbeMask = Field(default_factory=ProbeMask, description="Fourier probe mask")
+    obj_clamp: ObjClamp = Field(default_factory=ObjClamp, description="object amplitude/phase clamps")
+    obj_blur: ObjBlur = Field(default_factory=ObjBlur, description="lateral object blur")
+    kz_filter: KzFilter = Field(default_factory=KzFilter, description="k_z missing-wedge filter")
+    rz_filter: RzFilter = Field(default_factory=RzFilter, description="r_z real-space Gaussian depth filter")
+    tilt_smooth: TiltSmooth = Field(default_factory=TiltSmooth, description="tilt smoothing")
+    position_limit: PositionLimit = Field(default_factory=PositionLimit, description="position-shift limits")
+
+
+# ---- the operations (in place, no gradients) --------------------------------------------
+def orthogonalize_probe(model, tol: float = 1e-4) -> None:
+    """Make the probe modes mutually orthogonal without changing the incoherent sum Σ_m ψ_m ψ_m*.
+
+    New modes are ``W·ψ`` with ``W = D·Uᴴ`` from the SVD ``ψ = U S Vᴴ``; ``D`` (a permutation with
+    phases) keeps each new mode as close as possible to the old one of the same index, so the
+    optimiser's moments stay meaningful. Modes already orthogonal (relative overlap < ``tol``)
+    are left alone.
+    """
+    p = torch.view_as_complex(model.probe.data)
+    M = p.shape[0]
+    if M < 2:
+        return
+    flat = p.reshape(M, -1)
+    gram = flat @ flat.conj().T
+    norms = gram.diagonal().real.clamp_min(1e-30).sqrt()
+    off = (gram / (norms[:, None] * norms[None, :])).abs() - torch.eye(M, device=p.device)
+    if float(off.max()) < tol:
+        return
+    u, s, vh = torch.linalg.svd(flat, full_matrices=False)
+    new = s[:, None] * vh  # = Uᴴ ψ, row j ↔ column j of U
+    order, used = [], set()
+    for i in range(M):  # greedy match: old mode i ← new mode with the largest |U[i, j]|
+        cand = [j for j in torch.argsort(u[i].abs(), descending=True).tolist() if j not in used]
+        order.append(cand[0])
+        used.add(cand[0])
+    out = torch.stack([new[j] * (u[i, j] / u[i, j].abs().clamp_min(1e-30)) for i, j in enumerate(order)])
+    model.probe.data.copy_(torch.view_as_real(out.reshape(p.shape).to(p.dtype)))
+
+
+def probe_fourier_mask(model, radius_mrad: float, width_mrad: float = 1.0) -> None:
+    """Multiply the probe spectrum by a soft aperture of ``radius_mrad``."""
+    p = torch.view_as_complex(model.probe.data)
+    lam = optics.wavelength(model.energy)
+    KY, KX = optics.k_grid(model.window, model.sampling, device=p.device)
+    alpha = torch.sqrt(KY**2 + KX**2) * lam * 1e3
+    mask = torch.clamp((radius_mrad - alpha) / max(width_mrad, 1e-6) + 0.5, 0, 1) if width_mrad > 0 else (
+        alpha <= radius_mrad).float()
+    model.probe.data.copy_(torch.view_as_real(ifft2(fft2(p) * mask)))
+
+
+def clamp_object(model, c: ObjClamp) -> None:
+    model.obj_amplitude.data.clamp_(c.amp_min, c.amp_max)
+    if c.phase_min is not None or c.phase_max is not None:
+        model.obj_phase.data.clamp_(c.phase_min, c.phase_max)
+
+
+def _gauss_kernel_fourier(shape, sigma_px: float, device) -> torch.Tensor:
+    ky = torch.fft.fftfreq(shape[0], device=device)
+    kx = torch.fft.fftfreq(shape[1], device=device)
+    return torch.exp(-2 * math.pi**2 * sigma_px**2 * (ky[:, None] ** 2 + kx[None, :] ** 2))
+
+
+def blur_object(model, sigma_px: float) -> None:
+    """Lateral Gaussian blur (periodic) of amplitude and phase."""
+    ker = _gauss_kernel_fourier(model.object_shape, sigma_px, model.device)
+    for t in (model.obj_amplitude, model.obj_phase):
+        t.data.copy_(torch.fft.ifft2(torch.fft.fft2(t.data) * ker).real)
+
+
+def kz_filter(model, c: KzFilter) -> None:
+    """Missing-wedge filter over (slices, y, x) of phase and/or amplitude (PtyRAD-style arctan)."""
+    S = model.n_slices
+    if S < 2:
+        return
+    dz = float(model.slice_thickness.detach())
+    Ny, Nx = model.object_shape
+    kz = torch.fft.fftfreq(S, d=dz, device=model.device)
+    ky = torch.fft.fftfreq(Ny, d=model.sampling[0], device=model.device)
+    kx = torch.fft.fftfreq(Nx, d=model.sampling[1], device=model.device)
+    kr2 = ky[:, None] ** 2 + kx[None, :] ** 2
+    w = 1 - 2 / math.pi * torch.atan(c.beta**2 * kz[:, None, None] ** 2 / (kr2[None] + 1e-3))
+    targets = {"both": (model.obj_phase, model.obj_amplitude), "phase": (model.obj_phase,),
+               "amplitude": (model.obj_amplitude,)}[c.obj_type]
+    for t in targets:
+        filt = torch.fft.ifftn(torch.fft.fftn(t.data, dim=(-3, -2, -1)) * w, dim=(-3, -2, -1)).real
+        t.data.mul_(1 - c.alpha).add_(c.alpha * filt)
+
+
+def rz_filter(model, sigma_angstrom: float) -> None:
+    """Real-space Gaussian blur along z (slices) with replicate edges: no top/bottom wrap-around."""
+    S = model.n_slices
+    if S < 2:
+        return
+    dz = float(model.slice_thickness.detach())
+    sig = sigma_angstrom / dz  # in slices
+    r = max(1, int(math.ceil(3 * sig)))
+    z = torch.arange(-r, r + 1, dtype=torch.float32, device=model.device)
+    ker = torch.exp(-0.5 * (z / sig) ** 2)
+    ker = ker / ker.sum()
+    for t in (model.obj_phase, model.obj_amplitude):
+        x = t.data  # (K, S, Ny, Nx)
+        K, _, Ny, Nx = x.shape
+        flat = x.permute(0, 2, 3, 1).reshape(-1, 1, S)
+        flat = torch.nn.functional.pad(flat, (r, r), mode="replicate")
+        out = torch.nn.functional.conv1d(flat, ker.view(1, 1, -1))
+        t.data.copy_(out.reshape(K, Ny, Nx, S).permute(0, 3, 1, 2))
+
+
+def smooth_tilt(model, sigma_angstrom: float) -> None:
+    """Gaussian-weighted average of per-position tilts over neighbours within the scan."""
+    if model.tilt.dim() == 1:
+        return
+    pos = model.positions.detach()
+    d2 = torch.cdist(pos, pos).square()
+    w = torch.exp(-d2 / (2 * sigma_angstrom**2))
+    model.tilt.data.copy_((w @ model.tilt.data) / w.sum(1, keepdim=True))
+
+
+def limit_positions(model, max_shift: float) -> None:
+    """Clamp each position correction (vector length) to ``max_shift`` Å."""
+    d = model.positions.data - model.initial_positions
+    n = d.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    scale = torch.clamp(max_shift / n, max=1.0)
+    model.positions.data.copy_(model.initial_positions + d * scale)
+
+
+def apply_constraints(model, c: Constraints, epoch: int) -> list[str]:
+    """Apply every constraint due at ``epoch``; returns the names applied."""
+    done = []
+    with torch.no_grad():
+        if c.ortho_probe.due(epoch):
+            orthogonalize_probe(model)
+            done.append("ortho_probe")
+        if c.probe_mask.due(epoch):
+            probe_fourier_mask(model, c.probe_mask.radius_mrad, c.probe_mask.width_mrad)
+            done.append("probe_mask")
+        if c.obj_blur.due(epoch):
+            blur_object(model, c.obj_blur.sigma)
+            done.append("obj_blur")
+        if c.kz_filter.due(epoch):
+            kz_filter(model, c.kz_filter)
+            done.append("kz_filter")
+        if c.rz_filter.due(epoch):
+            rz_filter(model, c.rz_filter.sigma)
+            done.append("rz_filter")
+        if c.obj_clamp.due(epoch):
+            clamp_object(model, c.obj_clamp)
+            done.append("obj_clamp")
+        if c.tilt_smooth.due(epoch):
+            smooth_tilt(model, c.tilt_smooth.sigma)
+            done.append("tilt_smooth")
+        if c.position_limit.due(epoch):
+            limit_positions(model, c.position_limit.max_shift)
+            done.append("position_limit")
+    return done

@@ -1,0 +1,334 @@
+"""The epoch generator behind ``Ptychography.Adam_optimize`` / ``SGD_optimize`` / ``LBFGS_optimize``.
+
+:func:`optimize` yields the mean total loss of each epoch (a float), so the caller may look
+at, change or stop the reconstruction between epochs. Per epoch: the scan is split into
+mini-batches (``batch_mode='random'`` permutation, or ``'compact'``: spatially compact groups
+by recursive bisection of the positions); for each batch the model intensities are compared
+with the measured patterns, the loss is back-propagated and the optimiser steps. After the
+epoch the scheduled constraints run, the loss history grows, and optionally a checkpoint
+and a figure are written.
+
+A non-finite loss stops the run with :class:`NonFiniteLossError`; the model is first restored
+to its state after the last good epoch (and that state is checkpointed when a path is set).
+
+Under ``torch.distributed`` (see :mod:`phasestem.recon.distributed`) every rank takes its share
+``batch[rank::world]`` of each mini-batch and the gradients are summed across ranks, so all
+ranks take identical optimiser steps.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import PhasestemError
+from .constraints import Constraints, apply_constraints
+from .losses import LossConfig, total_loss
+
+log = logging.getLogger("phasestem.recon")
+
+
+class NonFiniteLossError(PhasestemError, FloatingPointError):
+    """The loss became NaN or Inf; the model holds the last good state."""
+
+
+# ---- data -------------------------------------------------------------------------------
+class PreparedData:
+    """Measured patterns in the engine's internal form (unshifted, normalised, on the device).
+
+    ``meas`` (N, ny, nx) = patterns / ``counts`` (the mean total count per pattern);
+    ``meas_p`` = meas^p for the Gaussian term; ``pacbed_p`` the mean pattern^p.
+    """
+
+    def __init__(self, dataset, device, power: float = 0.5):
+        pats = dataset.get_patterns()  # (N, H, W) float32, fftshift-ed
+        if tuple(pats.shape[-2:]) != tuple(dataset.pattern_shape):
+            raise PhasestemError("dataset patterns do not match its pattern_shape")
+        self.counts = float(pats.sum((-2, -1)).mean())
+        if not math.isfinite(self.counts) or self.counts <= 0:
+            raise PhasestemError(f"measured patterns have a mean total intensity of {self.counts}: nothing to fit")
+        meas = torch.fft.ifftshift(pats / self.counts, dim=(-2, -1)).contiguous()
+        self.meas = meas.to(device)
+        self.power = power
+        self.meas_p = self.meas.clamp_min(0).pow(power) if power != 1 else self.meas
+        self.pacbed_p = self.meas.mean(0).clamp_min(0).pow(power)
+        self.n = self.meas.shape[0]
+
+
+def prepared_data(model, dataset, power: float) -> PreparedData:
+    key = (id(dataset), power, str(model.device))
+    cache = model._data_cache
+    if cache is not None and cache[0] == key:
+        return cache[1]
+    data = PreparedData(dataset, model.device, power)
+    if data.n != model.positions.shape[0]:
+        raise PhasestemError(f"the dataset has {data.n} patterns but the model {model.positions.shape[0]} positions")
+    model._data_cache = (key, data)
+    return data
+
+
+# ---- batches ----------------------------------------------------------------------------
+def compact_groups(positions: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Split positions (N, 2) into spatially compact groups of ≤ ``batch_size`` (recursive bisection)."""
+    out: list[np.ndarray] = []
+
+    def split(idx: np.ndarray):
+        if len(idx) <= batch_size:
+            out.append(idx)
+            return
+        p = positions[idx]
+        axis = int(np.argmax(p.max(0) - p.min(0)))
+        order = idx[np.argsort(p[:, axis], kind="stable")]
+        n_groups = math.ceil(len(idx) / batch_size)
+        cut = (n_groups // 2) * batch_size
+        split(order[:cut])
+        split(order[cut:])
+
+    split(np.arange(len(positions)))
+    return out
+
+
+def make_batches(n: int, batch_size: int, mode: str, gen: torch.Generator, positions=None) -> list[torch.Tensor]:
+    """Mini-batches of flat indices for one epoch ('random' or 'compact', order shuffled)."""
+    if mode == "random":
+        return list(torch.randperm(n, generator=gen).split(batch_size))
+    if mode == "compact":
+        groups = compact_groups(np.asarray(positions), batch_size)
+        order = torch.randperm(len(groups), generator=gen).tolist()
+        return [torch.as_tensor(groups[i], dtype=torch.long) for i in order]
+    raise PhasestemError(f"batch_mode must be 'random' or 'compact', got {mode!r}")
+
+
+# ---- checkpoints ------------------------------------------------------------------------
+def save_checkpoint(path, model, optimizer=None, extra: dict | None = None) -> None:
+    """Write model state (+ optimiser state) atomically to ``path`` (torch format, tensors only)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = model.state_for_checkpoint()
+    state["optimizer"] = None if optimizer is None else optimizer.state_dict()
+    state["extra"] = extra or {}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, model) -> dict:
+    """Restore ``model`` from a checkpoint written by :func:`save_checkpoint`; returns the raw state."""
+    path = Path(path)
+    if not path.exists():
+        raise PhasestemError(f"{path}: checkpoint not found (nothing to resume)")
+    state = torch.load(path, map_location=model.device, weights_only=True)
+    model.load_checkpoint_state(state)
+    model._resume_optimizer_state = state.get("optimizer")
+    return state
+
+
+# ---- optimiser --------------------------------------------------------------------------
+def _build_optimizer(kind: str, model, names: list[str], lr_scale: float, momentum: float, lbfgs_options: dict):
+    params = dict(model.named_parameters())
+    if kind == "adam":
+        groups = [{"params": [params[n]], "lr": model.schedules[n].lr * lr_scale, "name": n} for n in names]
+        return torch.optim.Adam(groups)
+    if kind == "sgd":
+        groups = [{"params": [params[n]], "lr": model.schedules[n].lr * lr_scale, "name": n} for n in names]
+        return torch.optim.SGD(groups, momentum=momentum)
+    if kind == "lbfgs":
+        opts = {"lr": 1.0, "max_iter": 4, "history_size": 10, "line_search_fn": "strong_wolfe"}
+        opts.update(lbfgs_options)
+        return torch.optim.LBFGS([params[n] for n in names], **opts)
+    raise PhasestemError(f"optimizer must be 'adam', 'sgd' or 'lbfgs', got {kind!r}")
+
+
+def _dist():
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def optimize(
+    model,
+    dataset,
+    n_epochs: int,
+    optimizer: str = "adam",
+    batch_size: int | None = 32,
+    batch_mode: str = "random",
+    losses: LossConfig | None = None,
+    constraints: Constraints | None = None,
+    lr_scale: float = 1.0,
+    momentum: float = 0.9,
+    lbfgs_options: dict | None = None,
+    seed: int = 0,
+    checkpoint_path: str | Path | None = None,
+    checkpoint_every: int = 0,
+    resume: bool = False,
+    out_dir: str | Path | None = None,
+    figures_every: int = 0,
+    progress: bool = True,
+    log_file: str | Path | None = None,
+):
+    """Run ``n_epochs`` more epochs; yield each epoch's mean total loss (float).
+
+    ``resume``: first restore model and optimiser state from ``checkpoint_path``.
+    ``checkpoint_every``: write ``checkpoint_path`` every that many epochs (and at the end).
+    ``figures_every``: write ``out_dir/epoch_NNNN.png`` every that many epochs.
+    ``log_file`` (default ``out_dir/reconstruct.log`` when ``out_dir`` is set) receives the log.
+    """
+    losses = losses or LossConfig()
+    constraints = constraints or Constraints()
+    rank, world = _dist()
+    if resume:
+        if checkpoint_path is None:
+            raise PhasestemError("resume needs a checkpoint_path")
+        load_checkpoint(checkpoint_path, model)
+    data = prepared_data(model, dataset, losses.power)
+    n = data.n
+    bs = n if not batch_size else min(int(batch_size), n)
+    handler = None
+    if out_dir is not None or log_file is not None:
+        log_path = Path(log_file) if log_file is not None else Path(out_dir) / "reconstruct.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        if rank == 0:
+            handler = logging.FileHandler(log_path)
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+            log.addHandler(handler)
+            if log.level == logging.NOTSET or log.level > logging.INFO:
+                log.setLevel(logging.INFO)
+    named = dict(model.named_parameters())
+    disabled: set[str] = set()  # parameters the engine switched off (not frozen by the user)
+    opt = None
+    opt_names: list[str] = []
+    pending_state = getattr(model, "_resume_optimizer_state", None)
+    model._resume_optimizer_state = None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=n_epochs, desc=f"{optimizer} epochs", disable=not progress or rank != 0, leave=False)
+    torch.set_flush_denormal(True)  # tiny gradients in the padding otherwise slow Adam down on CPU
+    try:
+        for _ in range(n_epochs):
+            epoch = model.epoch + 1
+            t0 = time.perf_counter()
+            active = []
+            for name, p in named.items():
+                if not p.requires_grad:
+                    continue  # frozen by the user
+                sched = model.schedules.get(name)
+                if sched is not None and sched.active(epoch):
+                    active.append(name)
+                else:
+                    p.requires_grad_(False)
+                    disabled.add(name)
+            if not active:
+                raise PhasestemError("no parameter is being optimised (all frozen or outside their schedules)")
+            # Adam/SGD hold every parameter that may be optimised, so moments survive schedule switches
+            # (a parameter outside its epochs has no gradient and is skipped); L-BFGS holds the active ones.
+            wanted = active if optimizer == "lbfgs" else [
+                k for k in named if (k in active or k in disabled) and model.schedules[k].lr > 0]
+            if opt is None or wanted != opt_names:
+                opt = _build_optimizer(optimizer, model, wanted, lr_scale, momentum, lbfgs_options or {})
+                opt_names = list(wanted)
+                if pending_state is not None:
+                    try:
+                        opt.load_state_dict(pending_state)
+                    except (ValueError, KeyError, RuntimeError) as exc:
+                        log.warning("optimizer state in the checkpoint not reused: %s", exc)
+                    pending_state = None
+            if optimizer != "lbfgs":  # learning rates may have been changed between epochs
+                for group in opt.param_groups:
+                    group["lr"] = model.schedules[group["name"]].lr * lr_scale
+            snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            gen = torch.Generator().manual_seed(seed * 100003 + epoch)
+            positions = model.positions.detach().cpu().numpy() if batch_mode == "compact" else None
+            batches = make_batches(n, bs, batch_mode, gen, positions)
+            sums: dict[str, torch.Tensor] = {}
+            total_acc = torch.zeros((), device=model.device)
+            for idx in batches:
+                n_total = len(idx)
+                share = idx[rank::world].to(model.device)
+
+                def closure(share=share, n_total=n_total, opt=opt):
+                    opt.zero_grad(set_to_none=True)
+                    if len(share):
+                        inten = model(share)
+                        phase = model.obj_phase if losses.sparsity > 0 else None
+                        meas = data.meas[share] if losses.poisson > 0 else None  # the Gaussian term needs D^p only
+                        loss, parts = total_loss(losses, inten, meas, data.meas_p[share], data.pacbed_p, phase,
+                                                 data.counts, n_total)
+                        loss.backward()
+                    else:
+                        loss, parts = torch.zeros((), device=model.device), {}
+                    if world > 1:
+                        _all_reduce_grads(opt)
+                    closure.last = (loss.detach(), parts)
+                    return loss
+
+                if optimizer == "lbfgs":
+                    opt.step(closure)
+                else:
+                    closure()
+                    opt.step()
+                loss_b, parts = closure.last
+                total_acc += loss_b
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0) + v
+            if world > 1:
+                packed = torch.stack([total_acc] + [torch.as_tensor(sums[k]) for k in sorted(sums)])
+                torch.distributed.all_reduce(packed)
+                total_acc = packed[0]
+                sums = {k: packed[i + 1] for i, k in enumerate(sorted(sums))}
+            mean_loss = float(total_acc) / len(batches)
+            if not math.isfinite(mean_loss):
+                model.load_state_dict(snapshot)
+                msg = (f"the loss became {mean_loss} in epoch {epoch}; stopped and restored the state after epoch "
+                       f"{model.epoch}. Lower the learning rates or check the data for NaN/Inf.")
+                if checkpoint_path is not None and rank == 0:
+                    save_checkpoint(checkpoint_path, model)
+                    msg += f" Last good state saved to {checkpoint_path}."
+                log.error(msg)
+                raise NonFiniteLossError(msg)
+            for name in disabled:  # between epochs the user sees (and may change) their own settings
+                named[name].requires_grad_(True)
+            disabled.clear()
+            applied = apply_constraints(model, constraints, epoch)
+            model.epoch = epoch
+            record = {"epoch": epoch, "loss": mean_loss, "seconds": time.perf_counter() - t0}
+            record.update({k: float(v) / len(batches) for k, v in sums.items()})
+            model.loss_history.append(record)
+            log.info("epoch %d loss %.6g %s%s (%.2f s)", epoch, mean_loss,
+                     " ".join(f"{k}={record[k]:.4g}" for k in sorted(sums)),
+                     f" constraints: {','.join(applied)}" if applied else "", record["seconds"])
+            if rank == 0 and checkpoint_path is not None and checkpoint_every and epoch % checkpoint_every == 0:
+                save_checkpoint(checkpoint_path, model, opt)
+            if rank == 0 and out_dir is not None and figures_every and epoch % figures_every == 0:
+                import matplotlib.pyplot as plt
+
+                fig = model.inspect(dataset, path=Path(out_dir) / f"epoch_{epoch:04d}.png")
+                plt.close(fig)
+            bar.update(1)
+            bar.set_postfix(loss=f"{mean_loss:.4g}")
+            yield mean_loss
+        if rank == 0 and checkpoint_path is not None and checkpoint_every:
+            save_checkpoint(checkpoint_path, model, opt)
+    finally:
+        torch.set_flush_denormal(False)
+        for name in disabled:
+            named[name].requires_grad_(True)
+        bar.close()
+        if handler is not None:
+            log.removeHandler(handler)
+            handler.close()
+
+
+def _all_reduce_grads(opt) -> None:
+    """Sum gradients over ranks (a missing gradient of an active parameter counts as zero)."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            if not p.requires_grad:  # outside its schedule this epoch: no gradient, no step
+                continue
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            torch.distributed.all_reduce(p.grad)

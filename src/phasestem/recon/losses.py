@@ -1,0 +1,90 @@
+"""Reconstruction losses: a weighted sum whose components are reported separately.
+
+All data terms compare model intensities ``I`` (B, ny, nx) with measured ``D`` (B, ny, nx),
+both in the same (normalised) units and pixel order. Each term is a *sum over the batch*
+divided by ``n_total`` (the full mini-batch size), so the shares computed by several
+processes add up to the single-process loss (see :mod:`phasestem.recon.distributed`).
+
+* ``gaussian``: Σ (I^p − D^p)² / n_total, p = 0.5 by default (amplitude loss); patterns are
+  normalised to a mean total of 1, so this is a per-pattern relative error.
+* ``poisson``: Σ (c·I − c·D·log(c·I + ε)) / (c · n_total), ``c`` = counts per normalised
+  unit (the mean total count of a pattern), the negative log-likelihood (constants dropped).
+* ``pacbed``: Σ (mean_b I^p − PACBED^p)² × (B / n_total): the batch-mean pattern against the
+  measured position-averaged CBED.
+* ``sparsity``: mean |φ| of the object phase (L1), once per batch (weighted by B / n_total).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+LOSS_NAMES = ("gaussian", "poisson", "pacbed", "sparsity")
+
+
+@dataclass
+class LossConfig:
+    """Weights of the loss terms (0 disables a term) and their parameters."""
+
+    gaussian: float = 1.0
+    poisson: float = 0.0
+    pacbed: float = 0.0
+    sparsity: float = 0.0
+    power: float = 0.5  # exponent p of the Gaussian / PACBED terms
+    eps: float = 1e-8  # floor inside the power / logarithm
+
+    def active(self) -> list[str]:
+        return [n for n in LOSS_NAMES if getattr(self, n) > 0]
+
+
+def gaussian_loss(model_i: torch.Tensor, meas_p: torch.Tensor, power: float, eps: float, n_total: int) -> torch.Tensor:
+    """Σ (I^p − D^p)² / n_total; ``meas_p`` = D^p precomputed."""
+    mp = (model_i + eps).sqrt() if power == 0.5 else (model_i.clamp_min(0) + eps).pow(power)
+    return (mp - meas_p).square().sum() / n_total
+
+
+def poisson_loss(model_i: torch.Tensor, meas: torch.Tensor, counts: float, eps: float, n_total: int) -> torch.Tensor:
+    """Poisson NLL Σ (cI − cD·log(cI + ε)) / (c · n_total), constant terms dropped."""
+    ci = model_i * counts
+    return (ci - meas * counts * torch.log(ci + eps)).sum() / (counts * n_total)
+
+
+def pacbed_loss(model_i: torch.Tensor, pacbed_p: torch.Tensor, power: float, eps: float, n_total: int):
+    """Batch-mean pattern^p against PACBED^p (unshifted, same units), weighted by B / n_total."""
+    mean = model_i.mean(0)
+    return (mean.clamp_min(0) + eps).pow(power).sub(pacbed_p).square().sum() * (model_i.shape[0] / n_total)
+
+
+def sparsity_loss(phase: torch.Tensor, batch: int, n_total: int) -> torch.Tensor:
+    """L1 sparsity of the object phase: mean |φ|, weighted by B / n_total."""
+    return phase.abs().mean() * (batch / n_total)
+
+
+def total_loss(
+    cfg: LossConfig,
+    model_i: torch.Tensor,
+    meas: torch.Tensor | None,
+    meas_p: torch.Tensor | None,
+    pacbed_p: torch.Tensor | None,
+    phase: torch.Tensor | None,
+    counts: float,
+    n_total: int,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Weighted sum of the active terms and the (detached) components by name.
+
+    ``meas`` (B, ny, nx) is needed by the Poisson term and ``meas_p`` = meas^p by the Gaussian one
+    (computed from ``meas`` when None).
+    """
+    parts: dict[str, torch.Tensor] = {}
+    if cfg.gaussian > 0:
+        if meas_p is None:
+            meas_p = meas.clamp_min(0).pow(cfg.power)
+        parts["gaussian"] = gaussian_loss(model_i, meas_p, cfg.power, cfg.eps, n_total)
+    if cfg.poisson > 0:
+        parts["poisson"] = poisson_loss(model_i, meas, counts, cfg.eps, n_total)
+    if cfg.pacbed > 0 and pacbed_p is not None:
+        parts["pacbed"] = pacbed_loss(model_i, pacbed_p, cfg.power, cfg.eps, n_total)
+    if cfg.sparsity > 0 and phase is not None:
+        parts["sparsity"] = sparsity_loss(phase, model_i.shape[0], n_total)
+    total = sum(getattr(cfg, k) * v for k, v in parts.items())
+    return total, {k: v.detach() for k, v in parts.items()}

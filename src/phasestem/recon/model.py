@@ -1,0 +1,428 @@
+"""The optimisable state of an AD ptychographic reconstruction (CDTools-style Python interface).
+
+Typical use::
+
+    from phasestem.recon import Ptychography
+    model = Ptychography.from_dataset(dataset, n_slices=1, n_probe_modes=1)
+    model.to("cpu")
+    for i, loss in enumerate(model.Adam_optimize(20, dataset, batch_size=32)):
+        print(i, loss)                      # one item per epoch (mean total loss)
+    model.save_results("out/results.h5")
+
+Parameters (all ``nn.Parameter``; set ``requires_grad = False`` to freeze one):
+
+=================  ======================  ===============================================
+name               shape                   meaning
+=================  ======================  ===============================================
+``obj_amplitude``  (K, S, Ny, Nx)          object amplitude per object mode K and slice S
+``obj_phase``      (K, S, Ny, Nx)          object phase (rad)
+``probe``          (M, ny, nx, 2)          probe modes, real view, scaled by sqrt(ny·nx)
+``positions``      (N, 2)                  probe centres (Å) in the object frame
+``tilt``           (2,) or (N, 2)          specimen tilt (θy, θx) in mrad
+``slice_thickness``  ()                    slice thickness Δz (Å)
+``obj_weights``    (K,)                    object-mode occupancies (frozen by default)
+=================  ======================  ===============================================
+
+Each parameter has a :class:`ParamSchedule` (learning rate, first and last epoch, 1-based)
+in ``model.schedules``; defaults (Adam): object amplitude and phase 3e-3, probe 3e-3, all from
+epoch 1; positions, tilt, thickness and object-mode weights off (lr 0). Change them with
+``model.set_learning_rates(positions={"lr": 1e-2, "start": 5}, probe=5e-3)``.
+Reconstructed phase in the dataset frame: ``model.phase_in_dataset_frame(shape)``.
+Intensities are handled in normalised units: the engine divides the
+measured patterns by their mean total count, and the probe has Σ|ψ|² = 1.
+
+Exit waves come from :meth:`phasestem.physics.ForwardModel.exit_waves` (no second forward model); the
+far field from ``physics.farfield_intensity``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import optics
+from ..errors import ConfigError, InputFileError, ShapeError
+from ..physics import ForwardModel, farfield_intensity
+
+PARAM_NAMES = ("obj_amplitude", "obj_phase", "probe", "positions", "tilt", "slice_thickness", "obj_weights")
+
+#: default learning rates (Adam, parameter units per update) and start epochs
+DEFAULT_SCHEDULES = {
+    "obj_amplitude": (3e-3, 1),
+    "obj_phase": (3e-3, 1),
+    "probe": (3e-3, 1),
+    "positions": (0.0, 1),  # off by default: enable with set_learning_rates(positions={"lr": 1e-2, "start": 5})
+    "tilt": (0.0, 1),
+    "slice_thickness": (0.0, 1),
+    "obj_weights": (0.0, 1),
+}
+
+
+@dataclass
+class ParamSchedule:
+    """Learning rate and active epoch range (1-based, ``end=None`` = to the end) of one parameter.
+
+    A learning rate of 0 freezes the parameter (as ``requires_grad = False`` does).
+    """
+
+    lr: float
+    start: int = 1
+    end: int | None = None
+
+    def active(self, epoch: int) -> bool:
+        return self.lr > 0 and epoch >= self.start and (self.end is None or epoch <= self.end)
+
+
+def load_phase_image(path: str | Path, key: str | None = None) -> np.ndarray:
+    """Read a 2-D phase image (rad) from ``.npy``, ``.npz`` (``key``) or HDF5 (``key``)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputFileError(f"{path}: initial phase image not found")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        arr = np.load(path, allow_pickle=False)
+    elif suffix == ".npz":
+        with np.load(path, allow_pickle=False) as z:
+            names = list(z.keys())
+            k = key or (names[0] if len(names) == 1 else None)
+            if k not in names:
+                raise InputFileError(f"{path}: key {key!r} not found; the file holds {names}")
+            arr = z[k]
+    elif suffix in (".h5", ".hdf5", ".hdf"):
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            if key is None or key not in f:
+                raise InputFileError(f"{path}: key {key!r} not found; the file holds {sorted(f.keys())}")
+            arr = f[key][...]
+    else:
+        raise InputFileError(f"{path}: initial phase must be .npy, .npz or HDF5, got '{suffix}'")
+    arr = np.asarray(arr, dtype=np.float32)
+    if arr.ndim != 2:
+        raise ShapeError(f"{path}: initial phase must be a 2-D image (y, x), got shape {arr.shape}")
+    return arr
+
+
+class Ptychography(nn.Module):
+    """Mixed-state multislice ptychography model.
+
+    Parameters
+    ----------
+    probe : (M, ny, nx) complex probe modes, Σ_m Σ|ψ_m|² = 1 (normalised intensity units).
+    positions : (N, 2) probe centres in Å in the *object* frame (object pixel (0,0) at 0 Å).
+    object_shape : (Ny, Nx) object size in pixels.
+    sampling : (dy, dx) real-space pixel in Å; energy in eV.
+    n_slices, n_object_modes : S and K.
+    slice_thickness : Δz (Å); tilt : (2,) global or (N, 2) per-position tilt in mrad.
+    origin : (y, x) Å to add to the dataset positions to get object-frame positions.
+    """
+
+    def __init__(
+        self,
+        probe: torch.Tensor,
+        positions: torch.Tensor,
+        object_shape: tuple[int, int],
+        sampling: tuple[float, float],
+        energy: float,
+        n_slices: int = 1,
+        n_object_modes: int = 1,
+        slice_thickness: float = 10.0,
+        tilt: torch.Tensor | tuple[float, float] | None = None,
+        per_position_tilt: bool = False,
+        origin: tuple[float, float] = (0.0, 0.0),
+        antialias: bool = False,
+        object_weights: torch.Tensor | None = None,
+    ):
+        super().__init__()
+        probe = torch.as_tensor(probe)
+        if probe.dim() == 2:
+            probe = probe[None]
+        if not probe.is_complex():
+            raise ShapeError(f"probe must be complex (M, ny, nx), got dtype {probe.dtype}")
+        window = tuple(probe.shape[-2:])
+        self.window = (int(window[0]), int(window[1]))
+        self.sampling = (float(sampling[0]), float(sampling[1]))
+        self.energy = float(energy)
+        self.origin = (float(origin[0]), float(origin[1]))
+        self.forward_model = ForwardModel(self.window, self.sampling, self.energy, antialias=antialias, centred=False)
+        self.probe_scale = math.sqrt(self.window[0] * self.window[1])
+        K, S = int(n_object_modes), int(n_slices)
+        Ny, Nx = int(object_shape[0]), int(object_shape[1])
+        if Ny < self.window[0] or Nx < self.window[1]:
+            raise ShapeError(f"object {(Ny, Nx)} is smaller than the probe window {self.window}")
+        positions = torch.as_tensor(positions, dtype=torch.float32)
+        if positions.dim() != 2 or positions.shape[1] != 2:
+            raise ShapeError(f"positions must be (N, 2) Å, got shape {tuple(positions.shape)}")
+        self.obj_amplitude = nn.Parameter(torch.ones(K, S, Ny, Nx))
+        self.obj_phase = nn.Parameter(torch.zeros(K, S, Ny, Nx))
+        self.probe = nn.Parameter(torch.view_as_real(probe.to(torch.complex64) * self.probe_scale).contiguous())
+        self.positions = nn.Parameter(positions.clone())
+        self.register_buffer("initial_positions", positions.clone())
+        tilt_t = torch.zeros(2) if tilt is None else torch.as_tensor(tilt, dtype=torch.float32).clone()
+        if per_position_tilt and tilt_t.dim() == 1:
+            tilt_t = tilt_t.expand(positions.shape[0], 2).clone()
+        if tilt_t.shape not in ((2,), (positions.shape[0], 2)):
+            raise ShapeError(f"tilt must be (2,) or (N, 2) = ({positions.shape[0]}, 2) mrad, got {tuple(tilt_t.shape)}")
+        self.tilt = nn.Parameter(tilt_t)
+        self.slice_thickness = nn.Parameter(torch.tensor(float(slice_thickness)))
+        w = torch.full((K,), 1.0 / K) if object_weights is None else torch.as_tensor(object_weights).float()
+        self.obj_weights = nn.Parameter(w.clone())
+        self.schedules: dict[str, ParamSchedule] = {
+            name: ParamSchedule(lr, start) for name, (lr, start) in DEFAULT_SCHEDULES.items()
+        }
+        self.detector_blur = 0.0  # Gaussian σ in detector pixels applied to model patterns (0: off)
+        self.epoch = 0  # completed epochs
+        self.loss_history: list[dict[str, float]] = []
+        self._data_cache: tuple | None = None
+
+    # ---- construction ------------------------------------------------------------------
+    @classmethod
+    def from_dataset(
+        cls,
+        dataset,
+        n_slices: int = 1,
+        slice_thickness: float | None = None,
+        n_probe_modes: int = 1,
+        n_object_modes: int = 1,
+        probe: torch.Tensor | np.ndarray | None = None,
+        source_size: float | None = None,
+        mode_power: float = 0.02,
+        object_padding: int | None = None,
+        tilt: tuple[float, float] = (0.0, 0.0),
+        per_position_tilt: bool = False,
+        initial_phase: np.ndarray | str | Path | None = None,
+        initial_phase_key: str | None = None,
+        initial_phase_sampling: tuple[float, float] | None = None,
+        learning_rates: dict[str, float] | None = None,
+        antialias: bool = False,
+        on_band_limit: str = "warn",
+        detector_blur: float = 0.0,
+    ) -> Ptychography:
+        """Build a model matched to ``dataset`` (a :class:`phasestem.dataset.FourDSTEM`).
+
+        The nominal probe comes from the dataset optics (``optics.make_probe`` on the pattern
+        window at ``dataset.sampling``; defocus etc. from ``dataset.aberrations``) unless
+        ``probe`` (M, ny, nx) is given. More probe modes come from ``source_size`` (Å FWHM,
+        ``optics.partial_coherence_modes``) or ``optics.initial_probe_modes`` (``mode_power``).
+        The object is padded by ``object_padding`` px (default ⌈window/8⌉) beyond every window.
+        ``initial_phase`` (array or .npy/.npz/.h5 path, rad, in the dataset frame with the
+        object pixel size or ``initial_phase_sampling``) starts the object from a phase image
+        (e.g. a learned prediction), divided evenly over the slices.
+        ``slice_thickness`` defaults to 10 Å (1 slice: 1 Å; irrelevant without propagation).
+        ``detector_blur`` (σ, detector pixels) blurs the model patterns like the detector's PSF.
+        """
+        window = dataset.pattern_shape
+        sampling = tuple(float(s) for s in dataset.sampling)
+        if probe is None:
+            if dataset.semiangle is None:
+                raise ConfigError("dataset has no semiangle (mrad): give optics.semiangle or an explicit probe")
+            nominal = optics.make_probe(window, sampling, dataset.energy, dataset.semiangle, dataset.aberrations,
+                                        on_band_limit=on_band_limit)
+            if n_probe_modes > 1 and source_size:
+                modes, occ = optics.partial_coherence_modes(nominal, sampling, source_size, n_probe_modes)
+                probe_t = modes
+            else:
+                probe_t = optics.initial_probe_modes(nominal, n_probe_modes, mode_power)
+        else:
+            probe_t = torch.as_tensor(probe)
+            if probe_t.dim() == 2:
+                probe_t = probe_t[None]
+            if tuple(probe_t.shape[-2:]) != tuple(window):
+                raise ShapeError(f"probe window {tuple(probe_t.shape[-2:])} must equal the pattern shape {window}")
+            probe_t = probe_t.to(torch.complex64)
+            if probe_t.shape[0] < n_probe_modes:
+                extra = optics.initial_probe_modes(probe_t[0], n_probe_modes - probe_t.shape[0] + 1, mode_power)[1:]
+                probe_t = torch.cat([probe_t, extra * probe_t.abs().square().sum().sqrt()])
+            probe_t = probe_t / probe_t.abs().square().sum().sqrt()
+        pos = torch.as_tensor(dataset.positions_angstrom(), dtype=torch.float32)
+        pad = int(math.ceil(max(window) / 8)) if object_padding is None else int(object_padding)
+        pos_px = pos / torch.tensor(sampling)
+        lo = torch.floor(pos_px.min(0).values)
+        hi = torch.ceil(pos_px.max(0).values)
+        half = torch.tensor([window[0] // 2, window[1] // 2], dtype=torch.float32)
+        origin_px = half + pad - lo  # integer pixels: object frame = dataset frame + origin
+        obj_shape = (int(hi[0] - lo[0]) + window[0] + 2 * pad + 1, int(hi[1] - lo[1]) + window[1] + 2 * pad + 1)
+        origin = (float(origin_px[0]) * sampling[0], float(origin_px[1]) * sampling[1])
+        if slice_thickness is None:
+            slice_thickness = 10.0 if n_slices > 1 else 1.0
+        model = cls(probe_t, pos + torch.tensor(origin), obj_shape, sampling, dataset.energy, n_slices=n_slices,
+                    n_object_modes=n_object_modes, slice_thickness=slice_thickness, tilt=torch.tensor(tilt),
+                    per_position_tilt=per_position_tilt, origin=origin, antialias=antialias)
+        if initial_phase is not None:
+            if isinstance(initial_phase, str | Path):
+                initial_phase = load_phase_image(initial_phase, initial_phase_key)
+            model.set_initial_phase(np.asarray(initial_phase), initial_phase_sampling)
+        if learning_rates:
+            model.set_learning_rates(**learning_rates)
+        model.detector_blur = float(detector_blur)
+        return model
+
+    def set_initial_phase(self, phase: np.ndarray, sampling: tuple[float, float] | None = None) -> None:
+        """Start the object phase from a 2-D image (rad) in the dataset frame (hybrid start).
+
+        The image is resampled to the object pixel when ``sampling`` (Å) differs, placed at the
+        object-frame origin and divided evenly over the slices (all object modes).
+        """
+        img = torch.as_tensor(np.asarray(phase, dtype=np.float32))
+        if img.dim() != 2:
+            raise ShapeError(f"initial phase must be 2-D (y, x), got shape {tuple(img.shape)}")
+        if sampling is not None and tuple(sampling) != self.sampling:
+            new = (max(1, round(img.shape[0] * sampling[0] / self.sampling[0])),
+                   max(1, round(img.shape[1] * sampling[1] / self.sampling[1])))
+            img = torch.nn.functional.interpolate(img[None, None], size=new, mode="bilinear", align_corners=False)[0, 0]
+        oy, ox = round(self.origin[0] / self.sampling[0]), round(self.origin[1] / self.sampling[1])
+        Ny, Nx = self.object_shape
+        h, w = min(img.shape[0], Ny - oy), min(img.shape[1], Nx - ox)
+        S = self.n_slices
+        with torch.no_grad():
+            self.obj_phase[:, :, oy : oy + h, ox : ox + w] = img[:h, :w].to(self.obj_phase) / S
+
+    def set_learning_rates(self, **rates) -> None:
+        """Set learning rates, e.g. ``set_learning_rates(probe=1e-3, positions=0)``; also accepts
+        ``{name: {"lr": .., "start": .., "end": ..}}`` dicts for the full schedule."""
+        for name, val in rates.items():
+            if name not in self.schedules:
+                raise ConfigError(f"unknown parameter '{name}' for a learning rate: expected one of {PARAM_NAMES}")
+            if isinstance(val, dict):
+                sched = self.schedules[name]
+                self.schedules[name] = ParamSchedule(float(val.get("lr", sched.lr)), int(val.get("start", sched.start)),
+                                                     val.get("end", sched.end))
+            else:
+                self.schedules[name].lr = float(val)
+
+    # ---- properties --------------------------------------------------------------------
+    @property
+    def n_slices(self) -> int:
+        return self.obj_phase.shape[1]
+
+    @property
+    def n_object_modes(self) -> int:
+        return self.obj_phase.shape[0]
+
+    @property
+    def n_probe_modes(self) -> int:
+        return self.probe.shape[0]
+
+    @property
+    def object_shape(self) -> tuple[int, int]:
+        return tuple(self.obj_phase.shape[-2:])
+
+    @property
+    def device(self) -> torch.device:
+        return self.obj_phase.device
+
+    def get_probe(self) -> torch.Tensor:
+        """Probe modes (M, ny, nx) complex in physical normalisation (Σ|ψ|² ≈ 1)."""
+        return torch.view_as_complex(self.probe) / self.probe_scale
+
+    def get_object(self) -> torch.Tensor:
+        """Complex transmission (K, S, Ny, Nx) = amplitude · exp(i·phase)."""
+        return torch.polar(self.obj_amplitude, self.obj_phase)
+
+    def dataset_positions(self) -> torch.Tensor:
+        """Current positions (N, 2) Å in the dataset frame."""
+        return self.positions.detach() - torch.tensor(self.origin, device=self.device)
+
+    # ---- forward -----------------------------------------------------------------------
+    def forward(self, index: torch.Tensor) -> torch.Tensor:
+        """Model intensities (B, ny, nx), fftfreq order (unshifted), for flat scan indices ``index``.
+
+        Exit waves come from ``ForwardModel.exit_waves``; the far field from
+        ``physics.farfield_intensity`` (a lean custom backward).
+        """
+        tilt = self.tilt if self.tilt.dim() == 1 else self.tilt[index]
+        exit_waves = self.forward_model.exit_waves(self.get_object(), self.get_probe(), self.positions[index],
+                                                   self.slice_thickness, tilt)
+        inten = farfield_intensity(exit_waves, self.obj_weights if self.n_object_modes > 1 else None)
+        if self.detector_blur > 0:  # point-spread of the detector: periodic Gaussian blur of each pattern
+            u = torch.fft.fftfreq(self.window[0], device=inten.device)[:, None]
+            v = torch.fft.fftfreq(self.window[1], device=inten.device)[None, :]
+            mtf = torch.exp(-2 * math.pi**2 * self.detector_blur**2 * (u**2 + v**2))
+            inten = torch.fft.ifft2(torch.fft.fft2(inten) * mtf).real
+        return inten
+
+    def simulate(self, index=None) -> torch.Tensor:
+        """Model patterns (B, ny, nx) fftshift-ed like measured data, without gradients."""
+        if index is None:
+            index = torch.arange(self.positions.shape[0], device=self.device)
+        with torch.no_grad():
+            return torch.fft.fftshift(self.forward(torch.as_tensor(index, device=self.device)), dim=(-2, -1))
+
+    # ---- optimisation (generators: one mean loss per epoch) ----------------------------
+    def Adam_optimize(self, n_epochs: int, dataset, batch_size: int = 32, **options):
+        """Adam for ``n_epochs`` epochs; yields the mean total loss of each epoch.
+
+        Options (see :func:`phasestem.recon.engine.optimize`): ``batch_mode`` ('random' |
+        'compact'), ``losses`` (:class:`~phasestem.recon.losses.LossConfig`), ``constraints``
+        (:class:`~phasestem.recon.constraints.Constraints`), ``lr_scale``, ``checkpoint_path``,
+        ``checkpoint_every``, ``figures_every``, ``out_dir``, ``seed``, ``progress``.
+        """
+        from .engine import optimize
+
+        return optimize(self, dataset, n_epochs, optimizer="adam", batch_size=batch_size, **options)
+
+    def SGD_optimize(self, n_epochs: int, dataset, batch_size: int = 32, momentum: float = 0.9, **options):
+        """SGD with momentum (same options as :meth:`Adam_optimize`)."""
+        from .engine import optimize
+
+        return optimize(self, dataset, n_epochs, optimizer="sgd", batch_size=batch_size, momentum=momentum, **options)
+
+    def LBFGS_optimize(self, n_epochs: int, dataset, batch_size: int | None = None, **options):
+        """L-BFGS (full batch by default; same options as :meth:`Adam_optimize`)."""
+        from .engine import optimize
+
+        return optimize(self, dataset, n_epochs, optimizer="lbfgs", batch_size=batch_size, **options)
+
+    # ---- results -----------------------------------------------------------------------
+    def phase_in_dataset_frame(self, shape: tuple[int, int] | None = None, summed: bool = True) -> np.ndarray:
+        """Object phase (rad) cropped to the dataset frame (pixel (0,0) at dataset 0 Å).
+
+        ``summed``: sum over slices and (occupancy-weighted) object modes → (Ny', Nx');
+        else (K, S, Ny', Nx'). ``shape`` limits the crop (e.g. the truth image shape).
+        """
+        oy, ox = round(self.origin[0] / self.sampling[0]), round(self.origin[1] / self.sampling[1])
+        ph = self.obj_phase.detach().cpu()
+        if summed:
+            w = self.obj_weights.detach().cpu()
+            ph = (ph.sum(1) * (w / w.sum())[:, None, None]).sum(0)
+        Ny, Nx = ph.shape[-2:]
+        h, w_ = (Ny - oy, Nx - ox) if shape is None else (min(shape[0], Ny - oy), min(shape[1], Nx - ox))
+        return ph[..., oy : oy + h, ox : ox + w_].numpy()
+
+    def inspect(self, dataset=None, path=None):
+        """Figure of the current state (phase, amplitude, probe modes, positions, loss); PNG if ``path``."""
+        from .figures import plot_model
+
+        return plot_model(self, dataset=dataset, path=path)
+
+    def compare(self, dataset=None, truth: np.ndarray | None = None, path=None):
+        """Measured vs modelled patterns and (when known) reconstructed vs true phase; PNG if ``path``."""
+        from .figures import plot_compare
+
+        return plot_compare(self, dataset=dataset, truth=truth, path=path)
+
+    def save_results(self, path, config_text: str | None = None) -> Path:
+        """Write the results HDF5 (see :mod:`phasestem.recon.results`) atomically; returns the path."""
+        from .results import save_results
+
+        return save_results(self, path, config_text=config_text)
+
+    # ---- checkpoints -------------------------------------------------------------------
+    def state_for_checkpoint(self) -> dict:
+        return {
+            "params": {k: v.detach().clone() for k, v in self.state_dict().items()},
+            "epoch": self.epoch,
+            "loss_history": [dict(h) for h in self.loss_history],
+            "schedules": {k: [s.lr, s.start, -1 if s.end is None else s.end] for k, s in self.schedules.items()},
+        }
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        self.load_state_dict(state["params"])
+        self.epoch = int(state["epoch"])
+        self.loss_history = [dict(h) for h in state["loss_history"]]
+        for k, (lr, start, end) in state["schedules"].items():
+            self.schedules[k] = ParamSchedule(float(lr), int(start), None if int(end) < 0 else int(end))

@@ -1,0 +1,413 @@
+"""The YAML parameter file of ``phasestem reconstruct`` / ``phasestem tune`` (pydantic schema).
+
+Sections: ``data`` (file, keys, detector flips/transposes, crop/bin/pad/resample), ``optics``,
+``scan`` (shape, step, origin, rotation/affine), ``model``, ``losses``, ``constraints``, ``run``
+and (for tuning) ``tune``. Every error names the field, e.g.
+``params.yaml: model.n_slicez: unknown key``. See ``configs/reconstruct_*.yaml``.
+
+Python use::
+
+    params = load_params("configs/reconstruct_tiny.yaml")
+    dataset = build_dataset(params)
+    model = build_model(params, dataset)
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..errors import ConfigError, InputFileError, PhasestemError, ShapeError
+from .constraints import Constraints
+from .model import PARAM_NAMES, Ptychography
+
+
+def _pair(v, name: str, positive: bool = False):
+    if v is None:
+        return None
+    if isinstance(v, int | float):
+        v = (float(v), float(v))
+    v = tuple(v)
+    if len(v) != 2:
+        raise ValueError(f"{name} must be one number or two (y, x), got {len(v)} values")
+    if positive and min(v) <= 0:
+        raise ValueError(f"{name} must be positive, got {v}")
+    return v
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(Strict):
+    """Where the patterns come from and how to adapt them to phasestem's conventions."""
+
+    file: Path = Field(description="4D-STEM file (HDF5, CXI, .mat, .npy/.npz, EMD, raw); relative to the YAML file")
+    format: str | None = Field(None, description="reader name (hdf5, numpy, cxi, mat, emd, raw); null: by extension")
+    patterns_key: str | None = Field(None, description="dataset/array name of the patterns inside the file")
+    reader_options: dict[str, Any] = Field(default_factory=dict,
+                                           description="extra options for the reader (e.g. sample, shape, dtype)")
+    flip_y: bool = Field(False, description="flip the detector rows")
+    flip_x: bool = Field(False, description="flip the detector columns")
+    transpose: bool = Field(False, description="swap the detector axes (before flips)")
+    crop: tuple[int, int] | None = Field(None, description="keep the central (H, W) detector pixels")
+    bin: int = Field(1, ge=1, description="sum detector pixels in bin × bin blocks")
+    pad: tuple[int, int] | None = Field(None, description="zero-pad patterns to (H, W) (finer real-space pixel)")
+    resample: tuple[int, int] | None = Field(None, description="resample patterns to (H, W) pixels (counts kept)")
+    scan_subset: tuple[int, int, int, int] | None = Field(
+        None, description="use scan rows [r0, r1) and columns [c0, c1): (r0, r1, c0, c1)")
+
+
+class OpticsConfig(Strict):
+    """Beam and probe."""
+
+    energy: float = Field(gt=0, description="beam energy in eV")
+    semiangle: float = Field(gt=0, description="probe convergence semi-angle in mrad")
+    aberrations: dict[str, float] = Field(default_factory=dict,
+                                          description="aberrations in Å/rad (C10 (= −defocus), C30 or Cs, …)")
+    angular_sampling: tuple[float, float] | float | None = Field(
+        None, description="detector pixel in mrad (one or two values); null: from the file or sampling")
+    sampling: tuple[float, float] | float | None = Field(
+        None, description="real-space pixel in Å instead of angular_sampling")
+
+    @field_validator("angular_sampling", "sampling", mode="before")
+    @classmethod
+    def _two(cls, v, info):
+        return _pair(v, info.field_name, positive=True)
+
+    @field_validator("aberrations")
+    @classmethod
+    def _known(cls, v):
+        from ..optics import Aberrations
+
+        Aberrations.from_dict(v)
+        return v
+
+
+class ScanConfig(Strict):
+    """Scan geometry (positions are the probe centres in Å)."""
+
+    shape: tuple[int, int] | None = Field(None, description="(rows, cols) of the scan; null: from the file")
+    step: tuple[float, float] | float = Field(description="scan step in Å (one or two values (dy, dx))")
+    origin: tuple[float, float] = Field((0.0, 0.0), description="(y, x) Å of the first position")
+    rotation: float = Field(0.0, description="scan rotation in degrees, counter-clockwise as displayed (y down)")
+    affine: tuple[tuple[float, float], tuple[float, float]] | None = Field(
+        None, description="2×2 matrix applied to the (y, x) grid positions (scale/shear), after rotation"
+    )
+    positions_file: Path | None = Field(None, description=".npy file of explicit (N, 2) positions in Å")
+
+    @field_validator("step", mode="before")
+    @classmethod
+    def _step(cls, v):
+        return _pair(v, "step", positive=True)
+
+
+class ScheduleConfig(Strict):
+    """Learning rate and active epoch range of one parameter."""
+
+    lr: float = Field(ge=0, description="learning rate (0 freezes the parameter)")
+    start: int = Field(1, ge=1, description="first epoch (1-based) in which the parameter is optimised")
+    end: int | None = Field(None, description="last epoch (null: to the end)")
+
+
+class InitialPhase(Strict):
+    """Start the object from a phase image (hybrid: e.g. a learned prediction)."""
+
+    file: Path = Field(description="phase image (.npy, .npz or HDF5), rad, in the dataset frame")
+    key: str | None = Field(None, description="array/dataset name inside .npz/HDF5")
+    sampling: tuple[float, float] | float | None = Field(None, description="pixel of the image in Å (null: same)")
+
+    @field_validator("sampling", mode="before")
+    @classmethod
+    def _two(cls, v):
+        return _pair(v, "sampling", positive=True)
+
+
+class ModelConfig(Strict):
+    """The reconstruction model."""
+
+    n_slices: int = Field(1, ge=1, description="number of object slices S")
+    slice_thickness: float | None = Field(None, gt=0, description="slice thickness Δz in Å (default 10 Å)")
+    n_probe_modes: int = Field(1, ge=1, description="number of probe modes M (mixed state)")
+    n_object_modes: int = Field(1, ge=1, description="number of object modes K")
+    source_size: float | None = Field(None, gt=0, description="source FWHM in Å to seed the probe modes")
+    mode_power: float = Field(0.02, ge=0, lt=1, description="start intensity fraction of the higher probe modes")
+    object_padding: int | None = Field(None, ge=0, description="object pixels beyond every window (default ⌈N/8⌉)")
+    tilt: tuple[float, float] = Field((0.0, 0.0), description="start specimen tilt (θy, θx) in mrad")
+    per_position_tilt: bool = Field(False, description="one tilt per position instead of a global one")
+    antialias: bool = Field(False, description="apply the 2/3 band limit in the propagator")
+    detector_blur: float = Field(0.0, ge=0, description="Gaussian σ (detector pixels) of the detector blur")
+    initial_phase: InitialPhase | None = Field(None, description="start the object phase from an image")
+    learning_rates: dict[str, ScheduleConfig | float] = Field(
+        default_factory=dict, description=f"per-parameter lr or {{lr, start, end}}; keys: {', '.join(PARAM_NAMES)}")
+
+    @field_validator("learning_rates")
+    @classmethod
+    def _names(cls, v):
+        for k in v:
+            if k not in PARAM_NAMES:
+                raise ValueError(f"unknown parameter '{k}': expected one of {list(PARAM_NAMES)}")
+        return v
+
+
+class LossesConfig(Strict):
+    """Loss weights (0 disables a term)."""
+
+    gaussian: float = Field(1.0, ge=0, description="weight of the Gaussian term on intensity^power")
+    poisson: float = Field(0.0, ge=0, description="weight of the Poisson negative log-likelihood")
+    pacbed: float = Field(0.0, ge=0, description="weight of the PACBED consistency term")
+    sparsity: float = Field(0.0, ge=0, description="weight of the L1 sparsity of the object phase")
+    power: float = Field(0.5, gt=0, le=1, description="exponent p of the Gaussian term (0.5 = amplitudes)")
+
+
+class RunConfig(Strict):
+    """How to run."""
+
+    optimizer: Literal["adam", "sgd", "lbfgs"] = Field("adam", description="optimiser")
+    n_epochs: int = Field(20, ge=1, description="number of epochs (iterations over all patterns)")
+    batch_size: int = Field(32, ge=1, description="patterns per mini-batch")
+    batch_mode: Literal["random", "compact"] = Field("random", description="random or spatially compact batches")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    lr_scale: float = Field(1.0, gt=0, description="multiplies every learning rate")
+    seed: int = Field(0, description="seed of the batch order")
+    device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1, auto")
+    out_dir: Path = Field(Path("recon_out"), description="output folder (relative to the YAML file)")
+    checkpoint_every: int = Field(5, ge=0, description="write a checkpoint every N epochs (0: never)")
+    figures_every: int = Field(0, ge=0, description="write a figure every N epochs (0: only at the end)")
+    n_processes: int = Field(1, ge=1, description="data-parallel processes (torch.distributed, gloo on CPU)")
+    progress: bool = Field(True, description="show a progress bar")
+
+
+class TuneParam(Strict):
+    """One tuned quantity."""
+
+    low: float = Field(description="lower bound")
+    high: float = Field(description="upper bound")
+    log: bool = Field(False, description="sample on a log scale")
+
+
+class TuneConfig(Strict):
+    """Optuna search (``phasestem tune``)."""
+
+    n_trials: int = Field(20, ge=1, description="number of trials (added to those already stored)")
+    n_epochs: int = Field(5, ge=1, description="epochs per trial")
+    storage: str | None = Field(None, description="Optuna storage URL; default sqlite:///OUT/tune.db")
+    study_name: str = Field("phasestem-tune", description="study name (resumed when it exists)")
+    pruning: bool = Field(True, description="stop unpromising trials early (median pruner)")
+    seed: int = Field(0, description="sampler seed")
+    C10: TuneParam | None = Field(None, description="search range of the aberration C10 (= −defocus) in Å")
+    slice_thickness: TuneParam | None = Field(None, description="search range of the slice thickness in Å")
+    learning_rates: dict[str, TuneParam] = Field(default_factory=dict, description="search ranges of learning rates")
+
+
+class ReconstructParams(Strict):
+    """A complete reconstruction parameter file."""
+
+    data: DataConfig = Field(description="data source")
+    optics: OpticsConfig = Field(description="beam and probe")
+    scan: ScanConfig = Field(description="scan geometry")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="reconstruction model")
+    losses: LossesConfig = Field(default_factory=LossesConfig, description="loss weights")
+    constraints: Constraints = Field(default_factory=Constraints, description="scheduled constraints")
+    run: RunConfig = Field(default_factory=RunConfig, description="run settings")
+    tune: TuneConfig | None = Field(None, description="hyper-parameter search (phasestem tune)")
+
+
+# ---- loading -----------------------------------------------------------------------------
+def _format_errors(source: str, exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+        if err["type"] == "extra_forbidden":
+            parts.append(f"{loc}: unknown key")
+        elif err["type"] == "missing":
+            parts.append(f"{loc}: required field missing")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            parts.append(f"{loc}: {msg} (got {err.get('input')!r})")
+    return f"{source}: " + "; ".join(parts)
+
+
+def parse_params(data: dict, source: str = "params", base_dir: Path | None = None) -> ReconstructParams:
+    """Validate a dict; relative paths are taken relative to ``base_dir``."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping with data, optics, scan, … "
+                          f"(got {type(data).__name__})")
+    try:
+        params = ReconstructParams.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(source, exc)) from None
+    except ValueError as exc:  # e.g. an unknown aberration raised inside a validator
+        raise ConfigError(f"{source}: {exc}") from None
+    if base_dir is not None:
+        params.data.file = _rel(params.data.file, base_dir)
+        params.run.out_dir = _rel(params.run.out_dir, base_dir)
+        if params.model.initial_phase is not None:
+            params.model.initial_phase.file = _rel(params.model.initial_phase.file, base_dir)
+        if params.scan.positions_file is not None:
+            params.scan.positions_file = _rel(params.scan.positions_file, base_dir)
+    return params
+
+
+def _rel(p: Path, base: Path) -> Path:
+    p = Path(p).expanduser()
+    return p if p.is_absolute() else (base / p)
+
+
+def load_params(path: str | Path) -> ReconstructParams:
+    """Read and validate a YAML parameter file (``yaml.safe_load``)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputFileError(f"{path}: parameter file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+    return parse_params(data, str(path), path.parent)
+
+
+def dump_params(params: ReconstructParams) -> str:
+    """The fully resolved configuration as YAML text."""
+    return yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False)
+
+
+# ---- building the dataset and the model ---------------------------------------------------
+def _resampled(dataset, shape: tuple[int, int]):
+    import torch
+
+    p = torch.as_tensor(np.asarray(dataset.patterns[...], dtype=np.float32))
+    sy, sx, H, W = p.shape
+    out = torch.nn.functional.interpolate(p.reshape(-1, 1, H, W), size=tuple(shape), mode="bilinear",
+                                          align_corners=False).reshape(sy, sx, *shape)
+    out = out * (H * W) / (shape[0] * shape[1])
+    ang = None if dataset.angular_sampling is None else (dataset.angular_sampling[0] * H / shape[0],
+                                                         dataset.angular_sampling[1] * W / shape[1])
+    return dataset._replace(patterns=out.numpy(), angular_sampling=ang)
+
+
+def scan_positions(scan: ScanConfig, scan_shape: tuple[int, int]) -> np.ndarray:
+    """(N, 2) Å positions of the scan grid after rotation and affine (about ``origin``)."""
+    if scan.positions_file is not None:
+        if not Path(scan.positions_file).exists():
+            raise InputFileError(f"scan.positions_file: {scan.positions_file} not found")
+        pos = np.load(scan.positions_file, allow_pickle=False).reshape(-1, 2).astype(np.float64)
+        if len(pos) != scan_shape[0] * scan_shape[1]:
+            raise ConfigError(f"scan.positions_file: {len(pos)} positions for {scan_shape[0] * scan_shape[1]} patterns")
+        return pos
+    iy, ix = np.meshgrid(np.arange(scan_shape[0]), np.arange(scan_shape[1]), indexing="ij")
+    grid = np.stack([iy.ravel() * scan.step[0], ix.ravel() * scan.step[1]], -1)
+    th = math.radians(scan.rotation)
+    # counter-clockwise as displayed (x right, y down): y' = y cos − x sin, x' = y sin + x cos
+    rot = np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])
+    grid = grid @ rot.T
+    if scan.affine is not None:
+        grid = grid @ np.asarray(scan.affine, dtype=np.float64).T
+    return grid + np.asarray(scan.origin)
+
+
+def build_dataset(params: ReconstructParams):
+    """Load the data file with :func:`phasestem.io.load` and apply the data/optics/scan settings."""
+    from .. import io
+
+    d, o, s = params.data, params.optics, params.scan
+    options = dict(d.reader_options)
+    options.update(energy=o.energy, scan_step=s.step, semiangle=o.semiangle, aberrations=dict(o.aberrations))
+    if o.angular_sampling is not None:
+        options["angular_sampling"] = o.angular_sampling
+    elif o.sampling is not None:
+        options["sampling"] = o.sampling
+    if s.shape is not None:
+        options["scan_shape"] = s.shape
+    if d.patterns_key is not None:
+        options["patterns_key"] = d.patterns_key
+    try:
+        ds = io.load(d.file, format=d.format, **options)
+    except ShapeError as exc:
+        if s.shape is not None and "scan" in str(exc):
+            n = s.shape[0] * s.shape[1]
+            raise ConfigError(f"scan.shape: {tuple(s.shape)} = {n} positions does not match the data ({exc})") from None
+        raise ConfigError(f"data.file: {exc}") from None
+    except InputFileError as exc:
+        field = "data.patterns_key" if d.patterns_key is not None and d.patterns_key in str(exc) else "data.file"
+        raise InputFileError(f"{field}: {exc}") from None
+    if s.shape is not None and tuple(ds.scan_shape) != tuple(s.shape):
+        raise ConfigError(f"scan.shape: {tuple(s.shape)} = {s.shape[0] * s.shape[1]} positions but {d.file} has "
+                          f"{ds.n_patterns} patterns in a {ds.scan_shape[0]}×{ds.scan_shape[1]} scan")
+    # calibrations given in the YAML win over the file's
+    changes: dict[str, Any] = {"energy": o.energy, "semiangle": o.semiangle, "aberrations": dict(o.aberrations),
+                               "scan_step": s.step, "scan_origin": tuple(s.origin)}
+    if o.angular_sampling is not None:
+        changes["angular_sampling"] = o.angular_sampling
+    elif o.sampling is not None:
+        from ..dataset import angular_sampling_for
+
+        changes["angular_sampling"] = angular_sampling_for(o.energy, o.sampling, ds.pattern_shape)
+    ds = ds._replace(**changes)
+    if ds.angular_sampling is None and ds.sampling_override is None:
+        raise ConfigError("optics.angular_sampling: the detector pixel (mrad) is not in the file; give "
+                          "optics.angular_sampling or optics.sampling")
+    if s.rotation or s.affine is not None or s.positions_file is not None:
+        ds = ds._replace(positions=scan_positions(s, ds.scan_shape))
+    if d.scan_subset is not None:
+        r0, r1, c0, c1 = d.scan_subset
+        ds = ds.scan_subset(slice(r0, r1), slice(c0, c1))
+    if d.transpose or d.flip_y or d.flip_x:
+        ds = ds.transformed(flip_y=d.flip_y, flip_x=d.flip_x, transpose=d.transpose)
+    if d.crop is not None:
+        ds = ds.cropped(tuple(d.crop))
+    if d.bin > 1:
+        ds = ds.binned(d.bin)
+    if d.resample is not None:
+        ds = _resampled(ds, tuple(d.resample))
+    if d.pad is not None:
+        ds = ds.padded(tuple(d.pad))
+    return ds
+
+
+def build_model(params: ReconstructParams, dataset) -> Ptychography:
+    """The model of ``params.model`` for ``dataset`` (nominal probe from the optics)."""
+    m = params.model
+    ip = m.initial_phase
+    try:
+        model = Ptychography.from_dataset(
+            dataset, n_slices=m.n_slices, slice_thickness=m.slice_thickness, n_probe_modes=m.n_probe_modes,
+            n_object_modes=m.n_object_modes, source_size=m.source_size, mode_power=m.mode_power,
+            object_padding=m.object_padding, tilt=m.tilt, per_position_tilt=m.per_position_tilt,
+            initial_phase=None if ip is None else ip.file, initial_phase_key=None if ip is None else ip.key,
+            initial_phase_sampling=None if ip is None else ip.sampling, antialias=m.antialias,
+            detector_blur=m.detector_blur,
+        )
+    except InputFileError as exc:
+        raise InputFileError(f"model.initial_phase: {exc}") from None
+    except PhasestemError:
+        raise
+    except ValueError as exc:  # band-limit and similar optics errors
+        raise ConfigError(f"optics: {exc}") from None
+    rates = {k: (v.model_dump() if isinstance(v, ScheduleConfig) else v) for k, v in m.learning_rates.items()}
+    model.set_learning_rates(**rates)
+    return model
+
+
+def optimizer_options(params: ReconstructParams) -> dict:
+    """Keyword arguments of :func:`phasestem.recon.engine.optimize` from the ``run``/``losses``/``constraints``."""
+    from .losses import LossConfig
+
+    r = params.run
+    return {"optimizer": r.optimizer, "batch_size": r.batch_size, "batch_mode": r.batch_mode,
+            "losses": LossConfig(**params.losses.model_dump()), "constraints": params.constraints,
+            "lr_scale": r.lr_scale, "momentum": r.momentum, "seed": r.seed, "progress": r.progress}
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name

@@ -1,0 +1,115 @@
+"""Small simulated ptychography datasets made with the physics core (for tests, demos, benchmarks).
+
+:func:`simulate_dataset` builds a phase object, a nominal probe and a raster scan and runs
+:class:`phasestem.physics.ForwardModel` once; it returns a :class:`FourDSTEM` whose ``truth``
+holds the phase (rad, dataset frame, summed over slices), the per-slice phases and the true
+positions.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .. import optics
+from ..dataset import FourDSTEM, angular_sampling_for
+from ..physics import ForwardModel, transmission_function
+from ..specimen import synthetic_phase
+
+
+def simulate_dataset(
+    window: tuple[int, int] = (32, 32),
+    sampling: float = 0.4,
+    scan_shape: tuple[int, int] = (8, 8),
+    scan_step: float = 1.0,
+    energy: float = 300e3,
+    semiangle: float = 15.0,
+    defocus: float = 50.0,
+    n_slices: int = 1,
+    slice_thickness: float = 10.0,
+    max_phase: float = 0.5,
+    tilt: tuple[float, float] = (0.0, 0.0),
+    source_size: float | None = None,
+    n_modes: int = 6,
+    position_noise: float = 0.0,
+    dose: float | None = None,
+    seed: int = 0,
+    phase_slices: np.ndarray | None = None,
+) -> FourDSTEM:
+    """Simulated 4D-STEM scan (noise-free unless ``dose`` electrons/pattern is given).
+
+    The probe has ``C10 = defocus`` Å; ``source_size`` (Å FWHM) makes it partially coherent
+    (``n_modes`` modes). ``position_noise`` (Å, std) perturbs the true positions; the dataset
+    keeps the nominal grid and ``truth['positions']`` the true ones. ``truth['object_phase']``
+    (S, Ny, Nx) is the whole simulated object, whose pixel ``truth['object_origin']`` (Å) is the
+    dataset's 0 Å. Per-slice phases are
+    independent synthetic 'atom' images with maximum ``max_phase`` (or ``phase_slices``
+    (S, Ny, Nx) when given).
+    """
+    rng = np.random.default_rng(seed)
+    samp = (sampling, sampling)
+    half = (window[0] // 2, window[1] // 2)
+    margin = 4
+    origin_px = np.array([half[0] + margin, half[1] + margin])
+    extent_px = (int(round((scan_shape[0] - 1) * scan_step / sampling)) + window[0] + 2 * margin + 2,
+                 int(round((scan_shape[1] - 1) * scan_step / sampling)) + window[1] + 2 * margin + 2)
+    if phase_slices is None:
+        phase_slices = np.stack([synthetic_phase(extent_px, rng, "atoms", max_phase) for _ in range(n_slices)])
+    phase_slices = np.asarray(phase_slices, dtype=np.float32)
+    obj = transmission_function(torch.as_tensor(phase_slices))[None]  # (1, S, Ny, Nx)
+    probe = optics.make_probe(window, samp, energy, semiangle, {"C10": defocus})
+    occ = None
+    if source_size:
+        probe, occ = optics.partial_coherence_modes(probe, samp, source_size, n_modes)
+    iy, ix = np.meshgrid(np.arange(scan_shape[0]), np.arange(scan_shape[1]), indexing="ij")
+    nominal = np.stack([iy.ravel(), ix.ravel()], -1) * scan_step
+    true_pos = nominal + rng.normal(0, position_noise, nominal.shape) if position_noise else nominal.copy()
+    fm = ForwardModel(window, samp, energy)
+    pos_obj = torch.as_tensor(true_pos + origin_px * sampling, dtype=torch.float32)
+    with torch.no_grad():
+        pats = fm(obj, probe, pos_obj, slice_thickness, torch.tensor(tilt, dtype=torch.float32))
+    pats = pats.numpy().astype(np.float64)
+    if dose:
+        pats = rng.poisson(pats * dose).astype(np.float64)
+    pats = pats.reshape(*scan_shape, *window).astype(np.float32)
+    oy, ox = origin_px
+    phase_ds = phase_slices[:, oy:, ox:]  # dataset frame: pixel (0,0) at 0 Å
+    return FourDSTEM(
+        patterns=pats, energy=energy, scan_step=(scan_step, scan_step),
+        angular_sampling=angular_sampling_for(energy, samp, window), semiangle=semiangle,
+        aberrations={"C10": defocus},
+        metadata={"source": "phasestem.recon.synthetic", "occupancies": None if occ is None else occ.tolist()},
+        truth={"phase": phase_ds.sum(0), "phase_slices": phase_ds, "sampling": samp, "positions": true_pos,
+               "slice_thickness": slice_thickness, "tilt": tuple(tilt), "probe": probe.numpy(),
+               "object_phase": phase_slices, "object_origin": (float(oy * sampling), float(ox * sampling))},
+    )
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two equally shaped arrays."""
+    a = np.asarray(a, dtype=np.float64).ravel()
+    b = np.asarray(b, dtype=np.float64).ravel()
+    a = a - a.mean()
+    b = b - b.mean()
+    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum() + 1e-30))
+
+
+def write_npz(path, **options) -> FourDSTEM:
+    """Simulate with :func:`simulate_dataset` (``options``) and write ``path`` (.npz: patterns, phase)
+    as read by ``phasestem.io.load(path, patterns_key="patterns")``; returns the dataset."""
+    import os
+    from pathlib import Path
+
+    ds = simulate_dataset(**options)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".partial.npz")
+    np.savez(tmp, patterns=np.asarray(ds.patterns, dtype=np.float32), phase=ds.truth["phase"],
+             positions=ds.truth["positions"])
+    os.replace(tmp, path)
+    return ds
+
+
+if __name__ == "__main__":  # python -m phasestem.recon.synthetic OUT.npz
+    import sys
+
+    write_npz(sys.argv[1] if len(sys.argv) > 1 else "data/recon_tiny.npz")

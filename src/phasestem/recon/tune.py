@@ -1,0 +1,70 @@
+"""Hyper-parameter search for reconstructions with Optuna (``phasestem tune PARAMS.yaml``).
+
+Searched (each optional, ranges in the ``tune`` section of the parameter file): the defocus
+``C10`` (Å), the slice thickness (Å) and per-parameter learning rates. Each trial builds the
+model from the dataset, runs ``tune.n_epochs`` epochs and returns the data error (the Gaussian
+term of the last epoch, else the total loss). Intermediate errors are reported every epoch so
+the median pruner can stop poor trials. The study lives in SQLite (default ``OUT/tune.db``);
+running the command again adds trials to the same study.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ..errors import ConfigError
+from .engine import optimize
+from .params import ReconstructParams, ScheduleConfig, build_dataset, build_model, optimizer_options, resolve_device
+
+log = logging.getLogger("phasestem.recon")
+
+
+def run_tuning(params: ReconstructParams, out_dir: str | Path | None = None, n_trials: int | None = None):
+    """Run (or resume) the study; returns the ``optuna.Study``."""
+    import optuna
+
+    t = params.tune
+    if t is None:
+        raise ConfigError("tune: the parameter file has no 'tune' section (ranges to search)")
+    if t.C10 is None and t.slice_thickness is None and not t.learning_rates:
+        raise ConfigError("tune: give at least one of tune.C10, tune.slice_thickness, tune.learning_rates")
+    out = Path(out_dir or params.run.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    storage = t.storage or f"sqlite:///{(out / 'tune.db').resolve()}"
+    pruners = optuna.pruners
+    pruner = pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1) if t.pruning else pruners.NopPruner()
+    study = optuna.create_study(study_name=t.study_name, storage=storage, load_if_exists=True, direction="minimize",
+                                sampler=optuna.samplers.TPESampler(seed=t.seed), pruner=pruner)
+    dataset = build_dataset(params)
+
+    def objective(trial):
+        p = params.model_copy(deep=True)
+        ds = dataset
+        if t.C10 is not None:
+            c10 = trial.suggest_float("C10", t.C10.low, t.C10.high, log=t.C10.log)
+            p.optics.aberrations = {**p.optics.aberrations, "C10": c10}
+            p.optics.aberrations.pop("defocus", None)
+            ds = dataset._replace(aberrations=dict(p.optics.aberrations))
+        if t.slice_thickness is not None:
+            p.model.slice_thickness = trial.suggest_float("slice_thickness", t.slice_thickness.low,
+                                                          t.slice_thickness.high, log=t.slice_thickness.log)
+        for name, rng in t.learning_rates.items():
+            lr = trial.suggest_float(f"lr_{name}", rng.low, rng.high, log=rng.log)
+            old = p.model.learning_rates.get(name)
+            p.model.learning_rates[name] = (ScheduleConfig(lr=lr, start=old.start, end=old.end)
+                                            if isinstance(old, ScheduleConfig) else ScheduleConfig(lr=lr))
+        model = build_model(p, ds).to(resolve_device(p.run.device))
+        opts = optimizer_options(p)
+        opts["progress"] = False
+        err = float("inf")
+        for i, loss in enumerate(optimize(model, ds, t.n_epochs, **opts)):
+            err = model.loss_history[-1].get("gaussian", loss)
+            trial.report(err, i)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return err
+
+    done = len([tr for tr in study.trials if tr.state.is_finished()])
+    log.info("study %s in %s: %d trials stored, running %d more", t.study_name, storage, done, n_trials or t.n_trials)
+    study.optimize(objective, n_trials=n_trials or t.n_trials, catch=(FloatingPointError,))
+    return study
