@@ -1,0 +1,122 @@
+"""``phasestem train patch|stitch|end2end``, ``predict`` and ``evaluate``: parse, call the library, report."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("phasestem.learn")
+
+_TRAIN_HELP = {
+    "patch": ("train PatchRecoveryNet (14×14 pattern blocks → 76×76 phase patches)", "train_patch_tiny.yaml"),
+    "stitch": ("train PhaseStitchingNet (25 ground-truth patches → 256² phase)", "train_stitch_tiny.yaml"),
+    "end2end": ("chain both trained nets and train end to end", "train_end2end_tiny.yaml"),
+}
+
+
+def register(subparsers, train_subparsers) -> None:
+    """Add the learned-route sub-commands to the ``phasestem`` parser."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    for stage, (text, example) in _TRAIN_HELP.items():
+        p = train_subparsers.add_parser(
+            stage, help=text, description=f"{text[0].upper()}{text[1:]}. Settings come from a YAML file "
+            "(see configs/); a copy is written to the run folder.", formatter_class=fmt,
+            epilog=f"Examples:\n  phasestem train {stage} configs/{example}\n"
+                   f"  phasestem train {stage} configs/{example} --epochs 2 --out-dir runs/try --resume\n"
+                   f"  phasestem train {stage} configs/{example} --dump-config",
+        )
+        p.add_argument("config", help="training YAML (stage, data, model, loss, trainer, out_dir)")
+        p.add_argument("--out-dir", help="run folder (overrides out_dir)")
+        p.add_argument("--epochs", type=int, help="override trainer.epochs")
+        p.add_argument("--lr", type=float, help="override trainer.lr")
+        p.add_argument("--device", help="override trainer.device (cpu, cuda, auto)")
+        p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last")
+        p.add_argument("--dump-config", action="store_true", help="print the fully resolved config and exit")
+        p.set_defaults(func=_train, stage=stage)
+
+    p = subparsers.add_parser(
+        "predict", help="learned phase of a 4D-STEM scan (HDF5 + PNG)", formatter_class=fmt,
+        description="Apply a trained End2End model (or a patch model + a stitching model) to one 4D-STEM scan "
+                    "and write the 256² phase as HDF5 and PNG. The model's stored preprocessing is reapplied.",
+        epilog="Examples:\n  phasestem predict data/simulation_data1.h5 --sample 3 --model runs/e2e --out phase.h5\n"
+               "  phasestem predict scan.h5 --model runs/patch --stitch-model runs/stitch --out phase.h5",
+    )
+    p.add_argument("input", help="4D-STEM file (any format phasestem.io reads)")
+    p.add_argument("--model", required=True, help="end2end (or patch) model: weights file or run folder")
+    p.add_argument("--stitch-model", help="stitching model, when --model is a patch model")
+    p.add_argument("--out", default="phase_learned.h5", help="output HDF5 (a PNG is written next to it)")
+    p.add_argument("--sample", type=int, help="sample index in a seed-000 training file")
+    p.add_argument("--energy", type=float, help="beam energy (eV) when the file lacks it")
+    p.add_argument("--device", default="cpu", help="torch device")
+    p.add_argument("--no-png", action="store_true", help="skip the PNG")
+    p.set_defaults(func=_predict)
+
+    p = subparsers.add_parser(
+        "evaluate", help="PSNR / SSIM / phase error of a learned model on its test split", formatter_class=fmt,
+        description="Evaluate an End2End model on the held-out test split it was trained with (or on other "
+                    "files): per-sample CSV, a Markdown table against the training-mean baseline, and a figure.",
+        epilog="Examples:\n  phasestem evaluate --model runs/e2e --out runs/e2e/eval\n"
+               "  phasestem evaluate --model runs/e2e --files data/simulation_data5.h5 --max-samples 20",
+    )
+    p.add_argument("--model", required=True, help="end2end model: weights file or run folder")
+    p.add_argument("--stitch-model", help="stitching model, when --model is a patch model")
+    p.add_argument("--files", nargs="+", help="evaluate on these files instead of the stored test split")
+    p.add_argument("--split", default="test", choices=["test", "val", "train"], help="stored split to use")
+    p.add_argument("--max-samples", type=int, help="evaluate at most N samples")
+    p.add_argument("--batch-size", type=int, default=2, help="samples per batch")
+    p.add_argument("--device", default="cpu", help="torch device")
+    p.add_argument("--out", default="evaluation", help="output folder (metrics.csv, summary.md, examples.png)")
+    p.set_defaults(func=_evaluate)
+
+
+def _train(args) -> int:
+    from .config import load_train_config
+    from .pipeline import train_run
+
+    overrides = {}
+    if args.out_dir:
+        overrides["out_dir"] = args.out_dir
+    if args.epochs:
+        overrides["trainer.epochs"] = args.epochs
+    if args.lr:
+        overrides["trainer.lr"] = args.lr
+    if args.device:
+        overrides["trainer.device"] = args.device
+    if args.resume:
+        overrides["resume"] = True
+    cfg = load_train_config(args.config, args.stage, overrides)
+    if args.dump_config:
+        import yaml
+
+        sys.stdout.write(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        return 0
+    summary = train_run(cfg)
+    best = summary["best"]
+    print(f"{args.stage}: {summary['epochs_run']} epochs, {summary['global_step']} steps, best {summary['monitor']} = "
+          f"{best if best is None else round(best, 5)} (epoch {summary['best_epoch']}); model: "
+          f"{Path(cfg.out_dir) / 'best'}")
+    return 0
+
+
+def _predict(args) -> int:
+    from .predict import predict_file
+
+    path = predict_file(args.input, args.model, args.out, stitch_path=args.stitch_model, device=args.device,
+                        png=not args.no_png, sample=args.sample, energy=args.energy)
+    print(f"phase written to {path}" + ("" if args.no_png else f" and {path.with_suffix('.png')}"))
+    return 0
+
+
+def _evaluate(args) -> int:
+    from .evaluate import evaluate_model, format_table, test_index, write_report
+    from .predict import load_predictor
+
+    model, meta = load_predictor(args.model, args.stitch_model, args.device)
+    index, train_index = test_index(meta, args.files, args.split)
+    result = evaluate_model(model, meta, index, train_index, args.batch_size, args.device, args.max_samples)
+    paths = write_report(result, args.out)
+    print(format_table(result))
+    print(json.dumps({k: str(v) for k, v in paths.items()}))
+    return 0

@@ -1,0 +1,142 @@
+"""YAML configs of the learned route: ``phasestem train patch|stitch|end2end CONFIG.yaml``.
+
+One file describes a run completely (data, model, loss, trainer, output folder); the run folder
+receives a copy (``config.yaml``) so it can be repeated. Example (tiny, CPU)::
+
+    stage: patch
+    out_dir: runs/patch_tiny
+    data: {files: [data/simulation_data1.h5], block: 14, stride: 9, patch: 76, batch_size: 8,
+           preprocess: {bin: 2, normalize: pattern, scale: sqrt}}
+    model: {size: tiny}
+    trainer: {epochs: 5, lr: 1e-3}
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..errors import ConfigError, InputFileError
+from .data import OriginalLayout, Preprocess
+from .patch_recovery import PatchRecoveryConfig
+from .phase_stitching import PhaseStitchingConfig
+from .trainer import TrainerConfig
+
+
+class DataConfig(BaseModel):
+    """Training files, geometry, split, augmentation, preprocessing and loaders."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    files: list[str] = Field(..., description="HDF5 files, folders or glob patterns (seed-000 layout)")
+    layout: Literal["auto", "phasestem", "original"] = Field(
+        "auto", description="'auto' = ours when the file says format=phasestem-seed000, else the user's original"
+    )
+    original: OriginalLayout = Field(default_factory=OriginalLayout, description="geometry of original-layout files")
+    target: Literal["phase", "potential"] = Field("phase", description="train on the phase (rad) or potential (V·Å)")
+    block: int = Field(14, ge=1, description="patterns per block side")
+    stride: int = Field(9, ge=1, description="block stride on the scan grid")
+    patch: int = Field(76, ge=4, description="target patch side (phase pixels)")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="fraction of samples for validation")
+    test_fraction: float = Field(0.1, ge=0, lt=1, description="fraction of samples held out for evaluate")
+    split_seed: int = Field(0, description="seed of the train/val/test split (same seed → same split)")
+    max_samples: int | None = Field(None, ge=1, description="use only the first N samples (quick runs)")
+    augment: bool = Field(True, description="random exact symmetries (flips/transposes) of the training samples")
+    preprocess: Preprocess = Field(default_factory=Preprocess, description="pattern preprocessing (kept in the model)")
+    batch_size: int = Field(8, ge=1, description="items per training batch (blocks for patch, samples otherwise)")
+    val_batch_size: int | None = Field(None, ge=1, description="validation batch size (default: batch_size)")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    stitch_noise: float = Field(0.0, ge=0, description="stitch stage: Gaussian noise (rad) added to GT patches")
+
+
+class LossConfig(BaseModel):
+    """Loss terms."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["mse", "l1"] = Field("mse", description="pixel loss")
+    patch_weight: float = Field(0.5, ge=0, description="end2end: weight of the patch-level term")
+    image_weight: float = Field(1.0, ge=0, description="end2end: weight of the full-image term")
+
+
+class TrainRunConfig(BaseModel):
+    """One training run of one stage."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stage: Literal["patch", "stitch", "end2end"] = Field(..., description="which network to train")
+    out_dir: str = Field("runs/learn", description="run folder (checkpoints, logs, copy of this config)")
+    data: DataConfig = Field(..., description="data settings")
+    model: PatchRecoveryConfig | None = Field(None, description="patch stage (and end2end without checkpoints)")
+    stitch_model: PhaseStitchingConfig | None = Field(None, description="stitch stage (and end2end without "
+                                                      "checkpoints); image_size/patch come from the data")
+    patch_checkpoint: str | None = Field(None, description="end2end: trained PatchRecoveryNet (file or run folder)")
+    stitch_checkpoint: str | None = Field(None, description="end2end: trained PhaseStitchingNet (file or run folder)")
+    freeze_patch_epochs: int = Field(0, ge=0, description="end2end: keep the patch net frozen for the first K epochs")
+    patch_chunk: int | None = Field(None, ge=1, description="end2end: blocks per patch-net pass (memory)")
+    grad_checkpoint: bool = Field(False, description="end2end: recompute patch-net activations in the backward pass "
+                                  "(much less memory, ~30 % more time)")
+    loss: LossConfig = Field(default_factory=LossConfig, description="loss settings")
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig, description="optimisation and checkpoints")
+    resume: bool = Field(False, description="continue from out_dir/last when it exists")
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def load_train_config(path: str | Path, stage: str | None = None, overrides: dict[str, Any] | None = None
+                      ) -> TrainRunConfig:
+    """Read and validate a training YAML; ``stage`` (from the command line) must agree with the file."""
+    data = load_yaml(path)
+    if stage is not None:
+        if data.get("stage", stage) != stage:
+            raise ConfigError(f"{path}: file is for stage '{data['stage']}', command asked for '{stage}'")
+        data["stage"] = stage
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *head, last = dotted.split(".")
+        for k in head:
+            node = node.setdefault(k, {})
+        node[last] = value
+    try:
+        cfg = TrainRunConfig(**data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"{path}: field '{loc}': {err['msg']}") from exc
+    cfg.data.files = [_resolve_relative(f, Path(path).parent) for f in cfg.data.files]
+    return cfg
+
+
+def _resolve_relative(pattern: str, base: Path) -> str:
+    """A relative path/glob is taken from the working directory when it matches there, else from the config's."""
+    import glob
+
+    if Path(pattern).is_absolute() or glob.glob(pattern):
+        return pattern
+    alt = str(base / pattern)
+    return alt if glob.glob(alt) else pattern
+
+
+def dump_config(cfg: BaseModel, path: str | Path) -> Path:
+    """Write a config as YAML (atomically)."""
+    import os
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    os.replace(tmp, path)
+    return path

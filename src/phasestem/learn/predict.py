@@ -1,0 +1,139 @@
+"""Apply a trained End2End (or a patch + stitching pair) to a 4D-STEM scan → full phase image.
+
+``predict_phase(model, meta, dataset)`` → (N, N) float32 in the unit the model was trained on
+(``meta["data"]["target_description"]``). The scan must have the training scan shape (50 × 50)
+and pattern shape (after the stored preprocessing); its step and origin come from the file and
+enter the network as physical coordinates, and the output pixel scales with the step.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+from torch import nn
+
+from ..dataset import FourDSTEM
+from ..errors import ConfigError, ShapeError
+from .data import BlockGeometry, Preprocess, blocks_from_scan
+from .end2end import End2End
+from .pipeline import load_model
+
+log = logging.getLogger("phasestem.learn")
+
+
+def load_predictor(model_path: str | Path, stitch_path: str | Path | None = None,
+                   device: str = "cpu") -> tuple[End2End, dict[str, Any]]:
+    """An End2End from one end2end model, or from a patch model plus a stitching model."""
+    model, meta = load_model(model_path)
+    if isinstance(model, End2End):
+        if stitch_path is not None:
+            raise ConfigError("an end2end model already contains its stitching net; drop --stitch-model")
+        return model.to(device).eval(), meta
+    if stitch_path is None:
+        raise ConfigError(f"{model_path}: a '{meta['model']['kind']}' model alone cannot predict a full phase; give an "
+                          "end2end model, or a patch model with --stitch-model")
+    stitch, _ = load_model(stitch_path)
+    if meta["model"]["kind"] != "patch" or not hasattr(stitch, "canvas"):
+        raise ConfigError("give a patch model as MODEL and a stitch model as --stitch-model")
+    return End2End(model, stitch).to(device).eval(), meta
+
+
+def geometry_for(dataset: FourDSTEM, meta: dict[str, Any]) -> BlockGeometry:
+    """The training geometry adapted to ``dataset``'s scan step and origin (same pixel count per step)."""
+    g = BlockGeometry.from_dict(meta["data"]["geometry"])
+    if tuple(dataset.scan_shape) != tuple(g.scan_shape):
+        raise ShapeError(f"scan {dataset.scan_shape} differs from the training scan {g.scan_shape}; the model "
+                         f"stitches {g.n_blocks} blocks of a {g.scan_shape[0]}×{g.scan_shape[1]} scan")
+    ratio = (dataset.scan_step[0] / g.scan_step[0], dataset.scan_step[1] / g.scan_step[1])
+    if max(abs(r - 1) for r in ratio) > 1e-6:
+        log.warning("scan step %s Å differs from training %s Å: output pixel scaled by %s", dataset.scan_step,
+                    g.scan_step, ratio)
+    return replace(g, scan_step=tuple(dataset.scan_step), scan_origin=tuple(dataset.scan_origin),
+                   phase_sampling=(g.phase_sampling[0] * ratio[0], g.phase_sampling[1] * ratio[1]))
+
+
+@torch.no_grad()
+def predict_phase(model: End2End, meta: dict[str, Any], dataset: FourDSTEM, device: str | None = None) -> np.ndarray:
+    """Phase image (N, N) float32 of one scan (see the module docstring)."""
+    device = device or next(model.parameters()).device
+    g = geometry_for(dataset, meta)
+    pre = Preprocess(**meta["data"]["preprocess"])
+    expect = tuple(meta["data"]["pattern_shape"])
+    if tuple(dataset.pattern_shape) != expect:
+        raise ShapeError(f"patterns are {dataset.pattern_shape} px but the model was trained on {expect} px; "
+                         "bin/crop/pad the data to match (FourDSTEM.binned/cropped/padded)")
+    blocks = blocks_from_scan(np.asarray(dataset.patterns[...], dtype=np.float32), g, pre)[None].to(device)
+    coords = torch.from_numpy(g.block_coords()).expand(1, g.n_blocks, -1, -1).to(device)
+    centres = torch.from_numpy(g.centres())[None].to(device)
+    out = model(blocks, coords, centres)["phase"][0]
+    return out.float().cpu().numpy()
+
+
+def write_prediction(path: str | Path, phase: np.ndarray, sampling: tuple[float, float], meta: dict[str, Any],
+                     source: str, png: bool = True, truth: np.ndarray | None = None) -> Path:
+    """Write ``phase`` (HDF5 dataset ``phase`` with units/sampling attrs, atomically) and a PNG next to it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with h5py.File(tmp, "w") as f:
+        d = f.create_dataset("phase", data=phase.astype(np.float32))
+        d.attrs["sampling"] = np.asarray(sampling)
+        d.attrs["target"] = meta["data"]["target_description"]
+        f.attrs["source"] = source
+        f.attrs["model_kind"] = meta["model"]["kind"]
+        if truth is not None:
+            f.create_dataset("truth", data=np.asarray(truth, np.float32))
+    os.replace(tmp, path)
+    if png:
+        save_png(path.with_suffix(".png"), phase, sampling, meta["data"]["target_description"], truth)
+    return path
+
+
+def save_png(path: Path, phase: np.ndarray, sampling, label: str, truth: np.ndarray | None = None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    images = [("prediction", phase)] + ([("truth", truth)] if truth is not None else [])
+    fig, axes = plt.subplots(1, len(images), figsize=(4.2 * len(images), 4), squeeze=False)
+    ext = [0, phase.shape[1] * sampling[1], phase.shape[0] * sampling[0], 0]
+    for ax, (title, img) in zip(axes[0], images, strict=True):
+        im = ax.imshow(img, cmap="gray", extent=ext)
+        ax.set_title(title)
+        ax.set_xlabel("x (Å)")
+        ax.set_ylabel("y (Å)")
+        fig.colorbar(im, ax=ax, label=label.split(" ")[0] + (" (rad)" if "rad" in label else ""))
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def predict_file(input_path: str | Path, model_path: str | Path, out_path: str | Path,
+                 stitch_path: str | Path | None = None, device: str = "cpu", png: bool = True,
+                 **load_options) -> Path:
+    """4D-STEM file → phase HDF5 (+ PNG). ``load_options`` go to :func:`phasestem.io.load` (e.g. ``sample=``)."""
+    from ..io import load
+
+    model, meta = load_predictor(model_path, stitch_path, device)
+    ds = load(input_path, **{k: v for k, v in load_options.items() if v is not None})
+    phase = predict_phase(model, meta, ds)
+    g = geometry_for(ds, meta)
+    truth = None
+    if ds.truth is not None and np.shape(ds.truth.get("phase")) == phase.shape:
+        truth = ds.truth["phase"]
+    return write_prediction(out_path, phase, g.phase_sampling, meta, str(input_path), png, truth)
+
+
+def model_summary(model: nn.Module) -> str:
+    n = sum(p.numel() for p in model.parameters())
+    return f"{type(model).__name__}: {n / 1e6:.2f} M parameters"
