@@ -45,9 +45,15 @@ def test_help_exits_zero_and_shows_an_example(command, capsys):
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
 def test_user_error_is_one_actionable_line(command, tmp_path):
     missing = str(tmp_path / "missing.yaml")
+    model = str(tmp_path / "no_model")
     args = {
         ("probe-extent",): ["--config", missing],
         ("demo",): ["--out", str(tmp_path / "f.txt" / "x")],
+        ("predict",): [missing, "--model", model],
+        ("evaluate",): ["--model", model],
+        ("embed",): [missing, "--checkpoint", model],
+        ("refine",): [missing, "--checkpoint", model],
+        ("make-pairs",): [missing],
     }.get(command, [missing])
     if command == ("demo",):
         (tmp_path / "f.txt").write_text("a file where a folder is needed")

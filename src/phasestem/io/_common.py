@@ -1,0 +1,289 @@
+"""Shared helpers of the format readers: lazy scan views and ``build_dataset``.
+
+``build_dataset(patterns, path, **options)`` turns whatever a reader found — flat
+(N, H, W) or gridded (Sy, Sx, H, W) patterns, lazy or not — plus the user's options into a
+:class:`~phasestem.dataset.FourDSTEM`. Options given by the user override values read from the
+file (passed as ``file_values``).
+
+Common reader options (all formats)
+-----------------------------------
+energy : beam energy (eV).
+scan_step : scan step (Å), a number or (dy, dx).
+scan_shape : (Sy, Sx) to reshape flat (N, H, W) patterns; N must equal Sy·Sx.
+scan_order : 'C' (x fastest, row-major; default) or 'F' (y fastest, MATLAB column-major) for flat data.
+angular_sampling : detector pixel (mrad), a number or (dky, dkx).
+sampling : real-space pixel (Å) instead of ``angular_sampling``.
+semiangle : probe semi-angle (mrad).
+aberrations : dict of aberrations (:class:`phasestem.optics.Aberrations` keys/aliases).
+scan_origin : (y0, x0) Å of the first scan position.
+positions : explicit (N, 2) probe positions (Å).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..dataset import FourDSTEM, angular_sampling_for
+from ..errors import ConfigError, InputFileError, ShapeError
+from ..optics import Aberrations
+
+COMMON_OPTIONS = ("energy", "scan_step", "scan_shape", "scan_order", "angular_sampling", "sampling", "semiangle",
+                  "aberrations", "scan_origin", "positions")
+
+_H = 6.62607015e-34
+_E = 1.602176634e-19
+_M0 = 9.1093837015e-31
+_C = 299792458.0
+
+
+def energy_from_wavelength(wavelength_m: float) -> float:
+    """Electron kinetic energy (eV) for a relativistic wavelength in metres."""
+    p = _H / wavelength_m
+    mc2 = _M0 * _C**2
+    return (math.sqrt((p * _C) ** 2 + mc2**2) - mc2) / _E
+
+
+def pair(value, name: str, path: str | Path | None = None) -> tuple[float, float] | None:
+    """A number or a 2-sequence → (y, x) floats (None stays None)."""
+    if value is None:
+        return None
+    arr = np.atleast_1d(np.asarray(value, dtype=np.float64)).ravel()
+    if arr.size == 1:
+        return (float(arr[0]), float(arr[0]))
+    if arr.size == 2:
+        return (float(arr[0]), float(arr[1]))
+    where = f"{path}: " if path else ""
+    raise ConfigError(f"{where}{name} must be a number or a (y, x) pair, got {value!r}")
+
+
+def missing_key(path: str | Path, key: str, present) -> InputFileError:
+    """The error for a key that is not in a file, listing the keys that are."""
+    keys = sorted(present)
+    shown = ", ".join(keys[:40]) + (" …" if len(keys) > 40 else "")
+    return InputFileError(f"{path}: no key '{key}'; keys present: {shown or '(none)'}")
+
+
+class LazyView:
+    """A lazy (Sy, Sx, H, W) view of a source array-like (h5py dataset, memmap, ndarray).
+
+    The source is flat (N, H, W) (``scan_shape`` given) or already (Sy, Sx, H, W).
+    ``axes`` permutes the source first (a tuple of source axes giving (N, H, W) or
+    (Sy, Sx, H, W) order, e.g. ``(2, 1, 0)`` for a MATLAB (H, W, N) array read by h5py as
+    (N, W, H)); ``scan_order='F'`` numbers flat patterns with y fastest. Only the requested
+    patterns are read.
+    """
+
+    def __init__(self, source, scan_shape: tuple[int, int] | None = None, axes: tuple[int, ...] | None = None,
+                 scan_order: str = "C"):
+        self.source = source
+        self.axes = tuple(axes) if axes is not None else tuple(range(len(source.shape)))
+        shp = tuple(int(source.shape[a]) for a in self.axes)
+        self.flat = scan_shape is not None
+        if self.flat:
+            if len(shp) != 3:
+                raise ShapeError(f"flat patterns must have 3 axes (N, H, W), got {shp}")
+            self.shape = (int(scan_shape[0]), int(scan_shape[1]), shp[1], shp[2])
+        else:
+            if len(shp) != 4:
+                raise ShapeError(f"patterns must have 4 axes (Sy, Sx, H, W), got {shp}")
+            self.shape = shp
+        self.scan_order = scan_order
+        self.dtype = np.dtype(getattr(source, "dtype", np.float32))
+        self.ndim = 4
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _source_index(self, iy: np.ndarray, ix: np.ndarray):
+        if self.flat:
+            sy, sx = self.shape[:2]
+            return (iy * sx + ix,) if self.scan_order == "C" else (iy + ix * sy,)
+        return (iy, ix)
+
+    def _read(self, iy: np.ndarray, ix: np.ndarray) -> np.ndarray:
+        """Patterns at scan indices (iy, ix) (1-D, equal length) → (len, H, W), one read each."""
+        H, W = self.shape[2:]
+        out = np.empty((len(iy), H, W), dtype=self.dtype)
+        scan_axes = self.axes[:-2]
+        swap = self.axes[-2] > self.axes[-1]  # the two detector axes come out as (W, H)
+        for j, idx in enumerate(zip(*self._source_index(iy, ix), strict=True)):
+            key: list[Any] = [slice(None)] * len(self.source.shape)
+            for a, v in zip(scan_axes, idx, strict=True):
+                key[a] = int(v)
+            block = np.asarray(self.source[tuple(key)])
+            out[j] = block.T if swap else block
+        return out
+
+    def _canonical(self) -> np.ndarray:
+        """The whole source in (Sy, Sx, H, W) order (one read)."""
+        arr = np.asarray(self.source[()]).transpose(self.axes)
+        if self.flat:
+            sy, sx = self.shape[:2]
+            if self.scan_order == "C":
+                arr = arr.reshape(sy, sx, *arr.shape[1:])
+            else:  # y fastest: flat n = iy + ix · Sy
+                arr = arr.reshape(sx, sy, *arr.shape[1:]).swapaxes(0, 1)
+        return arr
+
+    def __getitem__(self, key) -> np.ndarray:
+        if not isinstance(key, tuple):
+            key = (key,)
+        if any(k is Ellipsis for k in key):
+            i = next(i for i, k in enumerate(key) if k is Ellipsis)
+            key = key[:i] + (slice(None),) * (4 - len(key) + 1) + key[i + 1 :]
+        key = key + (slice(None),) * (4 - len(key))
+        full = slice(None)
+        if key[0] == full and key[1] == full:
+            return self._canonical()[(Ellipsis, key[2], key[3])]
+        sy, sx = self.shape[:2]
+        ky = np.arange(sy)[key[0]]
+        kx = np.arange(sx)[key[1]]
+        gy, gx = np.meshgrid(np.atleast_1d(ky), np.atleast_1d(kx), indexing="ij")
+        if self.flat and self.scan_order == "C" and self.axes == (0, 1, 2):
+            block = self._read_fast(gy.ravel(), gx.ravel())
+        else:
+            block = self._read(gy.ravel(), gx.ravel())
+        block = block.reshape(*gy.shape, *self.shape[2:])
+        if np.ndim(ky) == 0:
+            block = block[0]
+            if np.ndim(kx) == 0:
+                block = block[0]
+        elif np.ndim(kx) == 0:
+            block = block[:, 0]
+        return block[(Ellipsis, key[2], key[3])]
+
+    def _read_fast(self, iy: np.ndarray, ix: np.ndarray) -> np.ndarray:
+        """Row-major flat source: read one contiguous range (h5py needs increasing indices)."""
+        flat = iy * self.shape[1] + ix
+        lo, hi = int(flat.min()), int(flat.max()) + 1
+        block = np.asarray(self.source[lo:hi])
+        return block[flat - lo]
+
+    def __array__(self, dtype=None, copy=None):
+        arr = self[...]
+        return arr.astype(dtype) if dtype is not None else arr
+
+
+def infer_grid(positions: np.ndarray, decimals: int = 3) -> tuple[tuple[int, int], tuple[float, float]] | None:
+    """(scan_shape, scan_step) if (N, 2) positions form a row-major raster, else None."""
+    pos = np.round(np.asarray(positions, dtype=np.float64), decimals)
+    ys, xs = np.unique(pos[:, 0]), np.unique(pos[:, 1])
+    if len(ys) * len(xs) != len(pos):
+        return None
+    gy, gx = np.meshgrid(ys, xs, indexing="ij")
+    if not np.allclose(np.stack([gy.ravel(), gx.ravel()], -1), pos, atol=10.0 ** (-decimals)):
+        return None
+    dy = float(np.median(np.diff(ys))) if len(ys) > 1 else 1.0
+    dx = float(np.median(np.diff(xs))) if len(xs) > 1 else 1.0
+    return (len(ys), len(xs)), (dy, dx)
+
+
+def build_dataset(patterns, path: str | Path, file_values: Mapping[str, Any] | None = None,
+                  metadata: Mapping[str, Any] | None = None, **options) -> FourDSTEM:
+    """A :class:`FourDSTEM` from patterns (N, H, W) or (Sy, Sx, H, W) and reader options.
+
+    ``file_values`` holds what the reader found in the file (same names as the options);
+    explicit ``options`` win. A flat pattern count that does not match ``scan_shape`` raises
+    :class:`ShapeError` naming the file and both numbers; a missing energy or scan step raises
+    :class:`ConfigError` naming the option.
+    """
+    unknown = set(options) - set(COMMON_OPTIONS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown reader option(s) {sorted(unknown)}; expected one of {list(COMMON_OPTIONS)}")
+    vals: dict[str, Any] = {k: v for k, v in (file_values or {}).items() if v is not None}
+    vals.update({k: v for k, v in options.items() if v is not None})
+    shape = tuple(int(s) for s in patterns.shape)
+    scan_order = str(vals.get("scan_order", "C")).upper()
+    if scan_order not in ("C", "F"):
+        raise ConfigError(f"{path}: scan_order must be 'C' (x fastest) or 'F' (y fastest), got {scan_order!r}")
+
+    if len(shape) == 3:
+        n = shape[0]
+        scan_shape = vals.get("scan_shape")
+        if scan_shape is None:
+            side = int(round(math.sqrt(n)))
+            if side * side != n:
+                raise ShapeError(
+                    f"{path}: {n} patterns do not form a square scan; give scan_shape=(Sy, Sx) with Sy·Sx = {n}"
+                )
+            scan_shape = (side, side)
+        scan_shape = (int(scan_shape[0]), int(scan_shape[1]))
+        if scan_shape[0] * scan_shape[1] != n:
+            raise ShapeError(
+                f"{path}: the file holds {n} patterns but scan_shape {scan_shape} needs "
+                f"{scan_shape[0] * scan_shape[1]}"
+            )
+        if isinstance(patterns, np.ndarray) and scan_order == "C":
+            patterns4 = patterns.reshape(*scan_shape, *shape[1:])  # a view (memmap stays lazy)
+        else:
+            patterns4 = LazyView(patterns, scan_shape=scan_shape, scan_order=scan_order)
+    elif len(shape) == 4:
+        if vals.get("scan_shape") is not None and tuple(int(s) for s in vals["scan_shape"]) != shape[:2]:
+            want = tuple(int(s) for s in vals["scan_shape"])
+            raise ShapeError(
+                f"{path}: the file holds a {shape[0]}×{shape[1]} scan ({shape[0] * shape[1]} patterns) but "
+                f"scan_shape {want} needs {want[0] * want[1]}"
+            )
+        patterns4 = patterns
+    else:
+        raise ShapeError(f"{path}: patterns must have 3 (N, H, W) or 4 (Sy, Sx, H, W) axes, got shape {shape}")
+
+    energy = vals.get("energy")
+    if energy is None:
+        raise ConfigError(f"{path}: the beam energy is not in the file; give energy= (eV)")
+    energy = float(energy)
+
+    positions = vals.get("positions")
+    if positions is not None:
+        positions = np.asarray(positions, dtype=np.float64).reshape(-1, 2)
+        if scan_order == "F" and len(shape) == 3:  # file order (y fastest) → our row-major order
+            sy, sx = patterns4.shape[:2]
+            positions = positions.reshape(sx, sy, 2).transpose(1, 0, 2).reshape(-1, 2)
+    scan_step = pair(vals.get("scan_step"), "scan_step", path)
+    if scan_step is None:
+        if positions is None:
+            raise ConfigError(f"{path}: the scan step is not in the file; give scan_step= (Å, or (dy, dx))")
+        grid = infer_grid(positions)
+        scan_step = grid[1] if grid else (0.0, 0.0)
+
+    H, W = patterns4.shape[-2:]
+    ang = pair(vals.get("angular_sampling"), "angular_sampling", path)
+    samp = pair(vals.get("sampling"), "sampling", path)
+    if ang is None and samp is not None:
+        ang = angular_sampling_for(energy, samp, (H, W))
+    semiangle = vals.get("semiangle")
+    ab = vals.get("aberrations") or {}
+    try:
+        ab = Aberrations.from_dict(ab).to_dict()
+    except ValueError as err:
+        raise ConfigError(f"{path}: aberrations: {err}") from None
+    meta = {"source": str(path)}
+    meta.update(dict(metadata or {}))
+    return FourDSTEM(
+        patterns=patterns4,
+        energy=energy,
+        scan_step=scan_step,
+        angular_sampling=ang,
+        semiangle=None if semiangle is None else float(semiangle),
+        aberrations=ab,
+        scan_origin=pair(vals.get("scan_origin"), "scan_origin", path) or (0.0, 0.0),
+        positions=positions,
+        metadata=meta,
+    )
+
+
+def decode(value) -> Any:
+    """h5py attribute/dataset value → plain Python (bytes → str, 0-d → scalar)."""
+    if isinstance(value, bytes):
+        return value.decode()
+    arr = np.asarray(value)
+    if arr.dtype.kind in "SO" and arr.size == 1:
+        v = arr.reshape(()).item()
+        return v.decode() if isinstance(v, bytes) else v
+    if arr.ndim == 0:
+        return arr.item()
+    return arr

@@ -1,0 +1,194 @@
+"""Sub-commands of the autoencoder and Phaseformer: ``train autoencoder|phaseformer``, ``embed``,
+``refine`` and ``make-pairs``. Thin: parse, call :mod:`.restore_train` / :mod:`.restore_apply`, report."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from ..errors import ConfigError, InputFileError
+
+log = logging.getLogger("phasestem.learn")
+
+_FMT = argparse.RawDescriptionHelpFormatter
+
+
+def _overrides(items: list[str] | None) -> dict:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects KEY=VALUE (dotted key), got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+def _train(network: str):
+    def handler(args) -> int:
+        from .restore_config import load_run_config
+        from .restore_train import train_autoencoder, train_phaseformer
+
+        over = _overrides(args.set)
+        if args.out_dir:
+            over["out_dir"] = args.out_dir
+        if args.resume:
+            over["resume"] = True
+        cfg = load_run_config(args.config, network, over)
+        summary = (train_autoencoder if network == "autoencoder" else train_phaseformer)(cfg)
+        best = summary.get("best")
+        print(f"{network}: {summary['epochs_run']} epochs, {summary['global_step']} steps; best "
+              f"{summary['monitor']} = {best if best is None else f'{best:.4g}'} (epoch {summary['best_epoch']}); "
+              f"run folder {cfg.out_dir}")
+        return 0
+
+    return handler
+
+
+def _embed(args) -> int:
+    from .. import io
+    from .restore_apply import autoencoder_report, embed_scan, load_autoencoder, write_latent_maps
+
+    model, meta = load_autoencoder(args.checkpoint, args.device)
+    opts = {}
+    if args.patterns_key:
+        opts["patterns_key"] = args.patterns_key
+    if args.sample is not None:
+        opts["sample"] = args.sample
+    ds = io.load(args.data, **opts)
+    if args.summary:
+        from .autoencoder import show
+
+        b = int(meta.get("preprocess", {}).get("bin", 1))
+        show(model, input_size=(1, ds.pattern_shape[0] // b, ds.pattern_shape[1] // b))
+    maps = embed_scan(model, ds.patterns, meta, batch_size=args.batch_size)
+    out = Path(args.out or Path(args.data).with_suffix("").name + "_latent.h5")
+    png = out.with_suffix(".png") if not args.no_png else None
+    write_latent_maps(out, maps, {"source": str(args.data), "checkpoint": str(args.checkpoint),
+                                  "scan_step": list(ds.scan_step)}, png=png)
+    print(f"latent maps {maps.shape} (latent, scan_y, scan_x) → {out}" + (f" and {png}" if png else ""))
+    if args.report:
+        import numpy as np
+
+        pats = np.asarray(ds.patterns).reshape(-1, *ds.pattern_shape)
+        idx = np.random.default_rng(0).choice(len(pats), min(args.report, len(pats)), replace=False)
+        res = autoencoder_report(model, pats[np.sort(idx)], meta, png=out.with_name(out.stem + "_comparison.png"))
+        print("reconstruction of {n} patterns: PSNR {psnr:.2f} dB, SSIM {ssim:.4f}, MSE {mse:.3g}".format(**res))
+    return 0
+
+
+def _refine(args) -> int:
+    from .restore_apply import load_phaseformer, read_phase_image, refine_phase, write_refined
+
+    net, meta = load_phaseformer(args.checkpoint, args.device)
+    coarse = read_phase_image(args.image, args.key)
+    low, high = refine_phase(net, coarse, None if args.size == 0 else args.size)
+    out = Path(args.out or Path(args.image).with_suffix("").name + "_refined.h5")
+    png = out.with_suffix(".png") if not args.no_png else None
+    write_refined(out, low, high, {"source": str(args.image), "checkpoint": str(args.checkpoint)}, png=png,
+                  coarse=coarse)
+    print(f"refined phase {low.shape} and ×2 {high.shape} (rad) → {out}" + (f" and {png}" if png else ""))
+    return 0
+
+
+def _make_pairs(args) -> int:
+    from .restore_apply import make_pairs
+    from .restore_config import MakePairsConfig
+
+    data = {}
+    if args.config:
+        if not Path(args.config).is_file():
+            raise InputFileError(f"{args.config}: config file not found")
+        data = yaml.safe_load(Path(args.config).read_text()) or {}
+    if args.files:
+        data["files"] = args.files
+    if args.out:
+        data["out"] = args.out
+    if args.copies is not None:
+        data["copies"] = args.copies
+    if args.seed is not None:
+        data["seed"] = args.seed
+    try:
+        cfg = MakePairsConfig(**data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(f"make-pairs: field '{'.'.join(map(str, err['loc']))}': {err['msg']}") from exc
+    path = make_pairs(cfg.files, cfg.out, cfg.degradation, cfg.copies, cfg.seed)
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        n, shape = f["gt"].shape[0], f["gt"].shape[1:]
+    print(f"{n} pairs of {shape} (input = degraded phase, gt = true phase) → {path}")
+    print(json.dumps(cfg.degradation.model_dump()))
+    return 0
+
+
+def register(subparsers, train_subparsers) -> None:
+    """Add ``train autoencoder``, ``train phaseformer``, ``embed``, ``refine`` and ``make-pairs``."""
+    for network, what in (("autoencoder", "the 4D-STEM diffraction-pattern autoencoder (SPEC §4)"),
+                          ("phaseformer", "Phaseformer, the phase-image restoration transformer (SPEC §5)")):
+        p = train_subparsers.add_parser(
+            network, help=f"train {what}", formatter_class=_FMT,
+            description=f"Train {what} with the shared trainer from a YAML config.",
+            epilog=f"Examples:\n  phasestem train {network} configs/train_{network}_tiny.yaml\n"
+                   f"  phasestem train {network} configs/train_{network}.yaml --set trainer.epochs=50 --resume")
+        p.add_argument("config", help=f"YAML run config (see configs/train_{network}*.yaml)")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a config field, e.g. trainer.lr=3e-4 (repeatable)")
+        p.add_argument("--out-dir", help="run folder (overrides out_dir)")
+        p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last")
+        p.set_defaults(func=_train(network))
+
+    p = subparsers.add_parser(
+        "embed", help="latent maps of a 4D-STEM scan with a trained autoencoder", formatter_class=_FMT,
+        description="Encode every diffraction pattern of a scan; write each latent channel as an image over "
+                    "the scan grid (HDF5 'latent_maps' (D, Sy, Sx) + a PNG grid).",
+        epilog="Examples:\n  phasestem embed data/simulation_data1.h5 --sample 0 --checkpoint runs/autoencoder\n"
+               "  phasestem embed scan.npy --checkpoint runs/ae/best --out ae_latent.h5 --report 16 --summary")
+    p.add_argument("data", help="4D-STEM file (any format phasestem.io reads)")
+    p.add_argument("--checkpoint", required=True, help="model file or run folder (best/ then last/)")
+    p.add_argument("--out", help="output HDF5 (default: DATA_latent.h5 in the current folder)")
+    p.add_argument("--sample", type=int, help="sample index in a simulation file (default: the first)")
+    p.add_argument("--patterns-key", help="dataset holding the patterns (HDF5/npz of other layouts)")
+    p.add_argument("--batch-size", type=int, default=256, help="patterns per forward pass")
+    p.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
+    p.add_argument("--report", type=int, default=0, metavar="N",
+                   help="also reconstruct N random patterns: PSNR/SSIM/MSE and a comparison PNG")
+    p.add_argument("--summary", action="store_true", help="print the model summary (parameters, shapes per size)")
+    p.add_argument("--no-png", action="store_true", help="skip the PNG grid")
+    p.set_defaults(func=_embed)
+
+    p = subparsers.add_parser(
+        "refine", help="restore a coarse phase image with a trained Phaseformer (256² and 512² outputs)",
+        formatter_class=_FMT,
+        description="Resize a coarse phase image (stitched or reconstructed) to SIZE², run Phaseformer and write "
+                    "'phase' (SIZE²) and 'phase_x2' ((2·SIZE)²) in rad to HDF5 (+ a PNG).",
+        epilog="Examples:\n  phasestem refine stitched_phase.npy --checkpoint runs/phaseformer\n"
+               "  phasestem refine recon.h5 --key object_phase --checkpoint runs/pf/best --size 0 --out pf.h5")
+    p.add_argument("image", help="coarse phase: .npy, .png, .tif or HDF5 (--key)")
+    p.add_argument("--checkpoint", required=True, help="model file or run folder (best/ then last/)")
+    p.add_argument("--key", help="HDF5 dataset of the phase (default: 'phase' or the only 2-D dataset)")
+    p.add_argument("--size", type=int, default=256, help="working size in px (0: keep the input size)")
+    p.add_argument("--out", help="output HDF5 (default: IMAGE_refined.h5 in the current folder)")
+    p.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
+    p.add_argument("--no-png", action="store_true", help="skip the comparison PNG")
+    p.set_defaults(func=_refine)
+
+    p = subparsers.add_parser(
+        "make-pairs", help="coarse → true phase training pairs for Phaseformer from simulation files",
+        formatter_class=_FMT,
+        description="Degrade the true phases phase_{i} of simulation files (blur, binning, noise) and write a "
+                    "pairs file with datasets 'input' and 'gt' (N, H, W), usable in data.train of a Phaseformer "
+                    "config. (Training configs may also list simulation files directly: pairs are then made on "
+                    "the fly.)",
+        epilog="Examples:\n  phasestem make-pairs data/simulation_data*.h5 --out pairs/train_pairs.h5 --copies 4\n"
+               "  phasestem make-pairs --config configs/make_pairs.yaml")
+    p.add_argument("files", nargs="*", help="simulation HDF5 files (or set 'files' in --config)")
+    p.add_argument("--config", help="YAML with files, out, copies, seed and degradation settings")
+    p.add_argument("--out", help="output pairs file (default pairs.h5)")
+    p.add_argument("--copies", type=int, help="degraded versions per phase image")
+    p.add_argument("--seed", type=int, help="random seed")
+    p.set_defaults(func=_make_pairs)

@@ -1,0 +1,289 @@
+"""Applying trained restoration models: latent maps of a scan (autoencoder), phase refinement
+(Phaseformer), training-pair generation, and the autoencoder report (metrics + comparison images).
+
+Model files are those written by the shared trainer (``model.safetensors`` + ``meta``); a run folder
+(``best/`` then ``last/``) or a file may be given.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .. import metrics
+from ..errors import ConfigError, InputFileError, ShapeError
+from .autoencoder import Autoencoder, scale_patterns
+from .pairs import Degrade, degrade, simulation_phases, write_pairs
+from .phaseformer import Phaseformer, PhaseformerConfig
+from .restore_train import _bin, build_autoencoder
+from .trainer import load_weights
+
+log = logging.getLogger("phasestem.learn.restore")
+
+__all__ = ["load_autoencoder", "load_phaseformer", "embed_patterns", "embed_scan", "write_latent_maps",
+           "refine_phase", "read_phase_image", "write_refined", "make_pairs", "autoencoder_report"]
+
+
+def _device(name: str | None) -> torch.device:
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_autoencoder(path: str | Path, device: str | None = None) -> tuple[Autoencoder, dict[str, Any]]:
+    """(model in eval mode, meta) from a model file or run folder written by ``train autoencoder``."""
+    state, meta = load_weights(path)
+    if meta.get("network") != "autoencoder":
+        raise InputFileError(f"{path}: not an autoencoder model (network={meta.get('network')!r})")
+    model = build_autoencoder(meta.get("model", {}))
+    model.load_state_dict(state)
+    return model.to(_device(device)).eval(), meta
+
+
+def load_phaseformer(path: str | Path, device: str | None = None) -> tuple[Phaseformer, dict[str, Any]]:
+    """(network in eval mode, meta) from a model file or run folder written by ``train phaseformer``.
+
+    Accepts the trainable wrapper's ``net.*`` weights or a bare Phaseformer state_dict.
+    """
+    state, meta = load_weights(path)
+    if meta.get("network", "phaseformer") != "phaseformer":
+        raise InputFileError(f"{path}: not a Phaseformer model (network={meta.get('network')!r})")
+    net = Phaseformer(PhaseformerConfig.from_dict(meta.get("model", {})))
+    if any(k.startswith("net.") for k in state):
+        state = {k[4:]: v for k, v in state.items() if k.startswith("net.")}
+    net.load_state_dict(state)
+    return net.to(_device(device)).eval(), meta
+
+
+# ------------------------------------------------------------------------------------- embedding
+@torch.no_grad()
+def embed_patterns(model: Autoencoder, patterns: np.ndarray | torch.Tensor, meta: dict[str, Any] | None = None,
+                   batch_size: int = 256, progress: bool = True) -> np.ndarray:
+    """Latent vectors (N, D) of raw patterns (N, H, W), preprocessed as recorded in ``meta``."""
+    pre = (meta or {}).get("preprocess", {})
+    dev = next(model.parameters()).device
+    n = len(patterns)
+    out = np.empty((n, model.latent_dim), np.float32)
+    it = range(0, n, batch_size)
+    for s in tqdm(it, desc="embed", disable=not progress, leave=False):
+        chunk = np.asarray(patterns[s:s + batch_size], dtype=np.float32)
+        chunk = _bin(chunk, int(pre.get("bin", 1)))
+        x = scale_patterns(torch.from_numpy(chunk), pre.get("scaling", "log"), pre.get("log_floor", 1e-3))
+        out[s:s + len(chunk)] = model.embed(x[:, None].to(dev)).float().cpu().numpy()
+    return out
+
+
+def embed_scan(model: Autoencoder, patterns, meta: dict[str, Any] | None = None, batch_size: int = 256,
+               progress: bool = True) -> np.ndarray:
+    """Latent maps (D, Sy, Sx) of a whole scan (Sy, Sx, H, W) (array-like, read row by row)."""
+    if len(patterns.shape) != 4:
+        raise ShapeError(f"embed needs a 4D-STEM scan (Sy, Sx, H, W), got {tuple(patterns.shape)}")
+    sy, sx = patterns.shape[:2]
+    rows_per = max(1, batch_size // sx)
+    maps = np.empty((sy * sx, model.latent_dim), np.float32)
+    for r in tqdm(range(0, sy, rows_per), desc="embed rows", disable=not progress, leave=False):
+        block = np.asarray(patterns[r:r + rows_per], dtype=np.float32)
+        flat = block.reshape(-1, *block.shape[-2:])
+        maps[r * sx:r * sx + len(flat)] = embed_patterns(model, flat, meta, batch_size, progress=False)
+    return maps.T.reshape(model.latent_dim, sy, sx)
+
+
+def write_latent_maps(path: str | Path, maps: np.ndarray, attrs: dict[str, Any] | None = None,
+                      png: str | Path | None = None) -> Path:
+    """Write ``latent_maps`` (D, Sy, Sx) to HDF5 atomically (+ a PNG grid of the D maps when ``png``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with h5py.File(tmp, "w") as f:
+        f.create_dataset("latent_maps", data=maps.astype(np.float32))
+        f.attrs["format"] = "phasestem-latent-maps"
+        f.attrs["axes"] = "latent, scan_y, scan_x"
+        for k, v in (attrs or {}).items():
+            f.attrs[k] = v if isinstance(v, (int, float, str, np.ndarray)) else json.dumps(v, default=str)
+    os.replace(tmp, path)
+    if png is not None:
+        _latent_png(maps, Path(png))
+    return path
+
+
+def _save_fig(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _latent_png(maps: np.ndarray, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    d = maps.shape[0]
+    cols = int(np.ceil(np.sqrt(d)))
+    rows = int(np.ceil(d / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.8 * cols, 1.8 * rows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < d:
+            ax.imshow(maps[i], cmap="magma")
+            ax.set_title(f"z{i} [{maps[i].min():.2g}, {maps[i].max():.2g}]", fontsize=6)
+    fig.suptitle("latent channels over the scan grid (each on its own scale)", fontsize=8)
+    return _save_fig(fig, path)
+
+
+# ------------------------------------------------------------------------------------- refinement
+def read_phase_image(path: str | Path, key: str | None = None) -> np.ndarray:
+    """A 2-D phase image from ``.npy``, ``.png``/``.tif`` or HDF5 (``key``, or ``phase``/the only 2-D dataset)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"{path}: no such file")
+    if path.suffix.lower() in (".h5", ".hdf5", ".hdf"):
+        with h5py.File(path, "r") as f:
+            if key is None:
+                cands = [k for k in ("phase", "object_phase") if k in f]
+                if not cands:
+                    cands = [k for k, v in f.items() if isinstance(v, h5py.Dataset) and v.ndim == 2]
+                if len(cands) != 1:
+                    raise InputFileError(f"{path}: name the phase dataset with --key (2-D candidates: {cands})")
+                key = cands[0]
+            if key not in f:
+                raise InputFileError(f"{path}: dataset '{key}' not found")
+            img = np.asarray(f[key], dtype=np.float32)
+    else:
+        from .pairs import read_image
+
+        img = read_image(path)
+    img = np.squeeze(img)
+    if img.ndim != 2:
+        raise ShapeError(f"{path}: expected a 2-D phase image, got shape {img.shape}")
+    return img
+
+
+@torch.no_grad()
+def refine_phase(net: Phaseformer, phase: np.ndarray, size: int | None = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Coarse phase (H, W) → (refined (S, S), refined ×2 (2S, 2S)), S = ``size`` (bilinear resize first).
+
+    ``size=None`` keeps the input size (padded by reflection to a multiple of 8, cropped back).
+    """
+    dev = next(net.parameters()).device
+    x = torch.as_tensor(np.asarray(phase, np.float32))[None, None].to(dev)
+    if size is not None:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % 8, (-w) % 8
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph), mode="reflect")
+    out_l, out_h = net(x)
+    return (out_l[0, 0, :h, :w].float().cpu().numpy(), out_h[0, 0, :2 * h, :2 * w].float().cpu().numpy())
+
+
+def write_refined(path: str | Path, low: np.ndarray, high: np.ndarray, attrs: dict[str, Any] | None = None,
+                  png: str | Path | None = None, coarse: np.ndarray | None = None) -> Path:
+    """HDF5 with ``phase`` (S, S) and ``phase_x2`` (2S, 2S) in rad (+ a PNG comparison when ``png``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with h5py.File(tmp, "w") as f:
+        f.create_dataset("phase", data=low.astype(np.float32))
+        f.create_dataset("phase_x2", data=high.astype(np.float32))
+        f.attrs["format"] = "phasestem-refined-phase"
+        f.attrs["units"] = "rad"
+        for k, v in (attrs or {}).items():
+            f.attrs[k] = v if isinstance(v, (int, float, str)) else json.dumps(v, default=str)
+    os.replace(tmp, path)
+    if png is not None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        imgs = ([("coarse input", coarse)] if coarse is not None else []) + [
+            (f"refined {low.shape[0]}²", low), (f"refined ×2 {high.shape[0]}²", high)]
+        fig, axes = plt.subplots(1, len(imgs), figsize=(3.2 * len(imgs), 3.2))
+        for ax, (title, im) in zip(np.atleast_1d(axes), imgs, strict=True):
+            m = ax.imshow(im, cmap="gray")
+            ax.set_title(title, fontsize=8)
+            ax.axis("off")
+            fig.colorbar(m, ax=ax, fraction=0.046, label="rad")
+        _save_fig(fig, Path(png))
+    return path
+
+
+# ------------------------------------------------------------------------------------- pairs
+def make_pairs(files: list[str], out: str | Path, degradation: Degrade | None = None, copies: int = 1,
+               seed: int = 0, progress: bool = True) -> Path:
+    """Write a pairs file (``input``, ``gt`` (N, H, W)) from the true phases of simulation files."""
+    from .data import expand_paths
+
+    deg = degradation or Degrade()
+    rng = np.random.default_rng(seed)
+    inputs, gts, origin = [], [], []
+    paths = expand_paths(files)
+    for path in paths:
+        keys = simulation_phases(path)
+        if not keys:
+            raise InputFileError(f"{path}: no 'phase_{{i}}' datasets (expected a simulation file)")
+        with h5py.File(path, "r") as f:
+            for k in tqdm(keys, desc=Path(path).name, disable=not progress, leave=False):
+                phase = np.asarray(f[k], dtype=np.float32)
+                for _ in range(copies):
+                    inputs.append(degrade(phase, deg, rng).numpy())
+                    gts.append(phase)
+                    origin.append(f"{Path(path).name}:{k}")
+    if not gts:
+        raise ConfigError("make-pairs: no phase images found")
+    return write_pairs(out, np.stack(inputs), np.stack(gts),
+                       {"degradation": deg.model_dump_json(), "sources": json.dumps(origin), "seed": seed,
+                        "units": "rad"})
+
+
+# ------------------------------------------------------------------------------------- report
+@torch.no_grad()
+def autoencoder_report(model: Autoencoder, patterns: np.ndarray, meta: dict[str, Any] | None = None,
+                       png: str | Path | None = None, n_show: int = 4) -> dict[str, float]:
+    """PSNR / SSIM / MSE of reconstructions of raw patterns (N, H, W) on the [0, 1] model scale,
+    and a comparison figure (input, reconstruction, difference) for ``n_show`` patterns."""
+    pre = (meta or {}).get("preprocess", {})
+    dev = next(model.parameters()).device
+    pats = _bin(np.asarray(patterns, np.float32), int(pre.get("bin", 1)))
+    x = scale_patterns(torch.from_numpy(pats), pre.get("scaling", "log"), pre.get("log_floor", 1e-3))[:, None]
+    recs = []
+    for s in range(0, len(x), 128):
+        xb = x[s:s + 128].to(dev)
+        r = model(xb).float()
+        if r.shape[-2:] != xb.shape[-2:]:
+            r = F.interpolate(r, size=tuple(xb.shape[-2:]), mode="bilinear", align_corners=False)
+        recs.append(r.cpu())
+    rec = torch.cat(recs)
+    res = {"psnr": float(metrics.psnr(rec, x, data_range=1.0)), "ssim": float(metrics.ssim(rec, x, data_range=1.0)),
+           "mse": float(metrics.mse(rec, x)), "n": len(x)}
+    if png is not None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        k = min(n_show, len(x))
+        fig, axes = plt.subplots(3, k, figsize=(2.2 * k, 6.6), squeeze=False)
+        for j in range(k):
+            for i, (name, im) in enumerate((("input", x[j, 0]), ("reconstruction", rec[j, 0]),
+                                            ("difference", rec[j, 0] - x[j, 0]))):
+                axes[i, j].imshow(im.numpy(), cmap="RdBu_r" if i == 2 else "inferno")
+                axes[i, j].set_title(name, fontsize=7)
+                axes[i, j].axis("off")
+        fig.suptitle(f"PSNR {res['psnr']:.2f} dB, SSIM {res['ssim']:.3f} (scaled patterns)", fontsize=8)
+        _save_fig(fig, Path(png))
+    return res
