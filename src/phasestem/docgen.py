@@ -15,10 +15,11 @@ from pydantic import BaseModel
 #: (title, "module:Class") of every schema a user writes as YAML
 SCHEMAS = [
     ("phasestem simulate", "phasestem.simulate.config:SimulationConfig"),
-    ("phasestem reconstruct / tune", "phasestem.recon.params:ReconParams"),
-    ("phasestem train patch | stitch | end2end", "phasestem.learn.config:TrainConfig"),
-    ("phasestem train autoencoder", "phasestem.learn.commands_restore:AutoencoderTrainConfig"),
-    ("phasestem train phaseformer", "phasestem.learn.commands_restore:PhaseformerTrainConfig"),
+    ("phasestem reconstruct / tune", "phasestem.recon.params:ReconstructParams"),
+    ("phasestem train patch | stitch | end2end", "phasestem.learn.config:TrainRunConfig"),
+    ("phasestem train autoencoder", "phasestem.learn.restore_config:AutoencoderRunConfig"),
+    ("phasestem train phaseformer", "phasestem.learn.restore_config:PhaseformerRunConfig"),
+    ("phasestem make-pairs", "phasestem.learn.restore_config:MakePairsConfig"),
 ]
 
 
