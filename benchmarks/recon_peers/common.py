@@ -1,0 +1,46 @@
+"""Helpers shared by the runners (NumPy only: imported from the peer tools' own venvs too).
+
+Case file (``case_X.npz``, written by ``bench.py``):
+  patterns (Sy, Sx, H, W) float32, fftshift-ed, noise-free, each summing to ≈ 1;
+  truth_phase (Ny, Nx) float32 rad, summed over slices, dataset frame (pixel (0, 0) at the
+  first probe position, 0 Å); scalars energy (eV), semiangle (mrad), c10 (Å, phasestem/PtyRAD
+  convention: + = crossover before the entrance surface), sampling (Å), scan_step (Å),
+  n_slices, dz (Å), n_modes, iters, batch.
+Result file (written by each runner): phase (Ny', Nx') summed over slices (and modes), the
+  object-pixel coordinate origin_px (y, x) of the dataset-frame origin (the first probe centre),
+  iter_times (s, one per iteration), settings (JSON text).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+
+def load_case(path: str) -> dict:
+    with np.load(path) as z:
+        case = {k: z[k] for k in z.files}
+    for k in ("energy", "semiangle", "c10", "sampling", "scan_step", "dz"):
+        case[k] = float(case[k])
+    for k in ("n_slices", "n_modes", "iters", "batch"):
+        case[k] = int(case[k])
+    return case
+
+
+def save_result(path: str, phase, origin_px, iter_times, settings: dict) -> None:
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, phase=np.asarray(phase, dtype=np.float32), origin_px=np.asarray(origin_px, dtype=np.float64),
+             iter_times=np.asarray(iter_times, dtype=np.float64), settings=json.dumps(settings))
+    os.replace(tmp, path)
+
+
+def set_threads(n: int) -> None:
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
+        os.environ[var] = str(n)
+    try:
+        import torch
+
+        torch.set_num_threads(n)
+    except ImportError:
+        pass

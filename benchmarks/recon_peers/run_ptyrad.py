@@ -1,0 +1,108 @@
+"""PtyRAD 1.0.0 on one benchmark case (run with the ptyrad venv's python, see setup_envs.sh):
+``python run_ptyrad.py CASE.npz RESULT.npz [--threads 2] [--obj-lr 2e-3]``.
+
+Fairness settings (PEERS.md): pixel size given (``meas_calibration: dx``), no random jitter of the
+given positions (``pos_scan_rand_std: null``), no pattern flips (``meas_flipT: null``), position
+learning rate 0 (positions are exact), probe simulated from the nominal optics (C10 = +Δf), no
+regularising blur (``obj_rblur``/``obj_zblur`` off, like phasestem), probe-mode orthogonalisation
+when there are several modes. Loss: PtyRAD's default ``loss_single`` (NRMSE of sqrt(I)).
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+from common import load_case, save_result, set_threads
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("case")
+    ap.add_argument("result")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--obj-lr", type=float, default=2e-3)
+    ap.add_argument("--probe-lr", type=float, default=1e-4)
+    args = ap.parse_args()
+    set_threads(args.threads)
+    import numpy as np
+    from ptyrad.params.ptyrad_params import PtyRADParams
+    from ptyrad.solver import PtyRADSolver
+
+    c = load_case(args.case)
+    sy, sx, H, W = c["patterns"].shape
+    step_px = c["scan_step"] / c["sampling"]
+    iy, ix = np.meshgrid(np.arange(sy), np.arange(sx), indexing="ij")
+    grid = np.stack([iy.ravel(), ix.ravel()], -1) * step_px
+    extent = (1.2 * np.ceil(grid.max(0) + np.array([H, W]))).astype(int)  # PtyRAD's own canvas rule
+    offset = np.floor((extent - (grid.max(0) + np.array([H, W]))) / 2)
+    pos = grid + offset  # top-left corners of the probe windows (y, x), integer px here
+    M = c["n_modes"]
+    off = {"start_iter": None}
+    out_dir = tempfile.mkdtemp(prefix="ptyrad_bench_")
+    params = {
+        "init_params": {
+            "random_seed": 0,
+            "probe_illum_type": "electron", "probe_kv": c["energy"] / 1e3, "probe_conv_angle": c["semiangle"],
+            "probe_aberrations": {"C10": c["c10"]},
+            "meas_Npix": H, "pos_N_scans": sy * sx, "pos_N_scan_slow": sy, "pos_N_scan_fast": sx,
+            "pos_scan_step_size": c["scan_step"],
+            "meas_calibration": {"mode": "dx", "value": c["sampling"]},
+            "probe_pmode_max": M, "probe_pmode_init_pows": [0.02],
+            "obj_omode_max": 1, "obj_Nlayer": c["n_slices"], "obj_slice_thickness": c["dz"],
+            "meas_flipT": None, "pos_scan_rand_std": None,
+            "meas_source": "custom", "meas_params": c["patterns"].reshape(sy * sx, H, W).astype(np.float32),
+            "probe_source": "simu", "probe_params": None,
+            "pos_source": "custom", "pos_params": pos.astype(np.float32),
+            "obj_source": "simu", "obj_params": None,
+        },
+        "model_params": {
+            "optimizer_params": {"name": "Adam", "configs": {}},
+            "update_params": {
+                "obja": {"start_iter": 1, "lr": args.obj_lr}, "objp": {"start_iter": 1, "lr": args.obj_lr},
+                "probe": {"start_iter": 1, "lr": args.probe_lr},
+                "probe_pos_shifts": {"start_iter": None, "lr": 0.0},
+                "obj_tilts": {"start_iter": None, "lr": 0.0}, "slice_thickness": {"start_iter": None, "lr": 0.0},
+            },
+        },
+        "constraint_params": {
+            "ortho_pmode": {"start_iter": 1 if M > 1 else None},
+            "obj_rblur": off, "obj_zblur": off, "pos_recenter": off,
+        },
+        "recon_params": {
+            "NITER": c["iters"], "BATCH_SIZE": {"size": c["batch"]}, "GROUP_MODE": "random",
+            "SAVE_ITERS": None, "output_dir": out_dir, "copy_params": False, "save_result": [],
+            "selected_figs": [],
+        },
+    }
+    params = PtyRADParams(**params).model_dump()
+    # per-iteration CPU time: PtyRAD's recon_step calls time_sync() at the start and end of each iteration
+    import ptyrad.solver.reconstruction as recon_mod
+
+    marks = []
+    orig_sync = recon_mod.time_sync
+
+    def time_sync(device=None):
+        marks.append(time.process_time())
+        return orig_sync(device)
+
+    recon_mod.time_sync = time_sync
+    solver = PtyRADSolver(params, device="cpu", seed=0)
+    cpu0 = time.process_time()
+    solver.reconstruct()
+    cpu = time.process_time() - cpu0
+    model = solver.reconstruct_results
+    objp = model.opt_objp.detach().cpu().numpy()  # (omode, Nz, Ny, Nx)
+    phase = objp.sum(1).mean(0)
+    # probe centre of scan position 0 = its window's top-left corner + (H//2, W//2)
+    origin = (model.crop_pos[0] + model.opt_probe_pos_shifts[0]).detach().cpu().numpy() + np.array([H // 2, W // 2])
+    settings = {"tool": "PtyRAD 1.0.0", "optimizer": "Adam", "obj_lr": args.obj_lr, "probe_lr": args.probe_lr,
+                "pos_lr": 0, "batch": c["batch"], "probe_modes": M, "slices": c["n_slices"],
+                "constraints": ["ortho_pmode"] * (M > 1) + ["fix_probe_int (default)"],
+                "loss": "loss_single (dp_pow 0.5)", "cpu_s_per_iter": cpu / c["iters"],
+                "iter_cpu": [marks[i + 1] - marks[i] for i in range(0, len(marks) - 1, 2)]}
+    save_result(args.result, phase, origin, list(model.iter_times), settings)
+
+
+if __name__ == "__main__":
+    main()

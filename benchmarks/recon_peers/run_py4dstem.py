@@ -1,0 +1,82 @@
+"""py4DSTEM 0.14.18 on one benchmark case (run with the py4dstem venv's python, see setup_envs.sh):
+``python run_py4dstem.py CASE.npz RESULT.npz [--threads 2] [--step-size 0.5]``.
+
+Class by case: 1 slice 1 mode → SingleslicePtychography; several slices → MultislicePtychography;
+several slices and probe modes → MixedstateMultislicePtychography. Fairness settings (PEERS.md):
+geometry forced (``force_com_rotation=0``, ``force_com_transpose=False``, ``force_com_shifts`` =
+pattern centre), aberrations as ``polar_parameters={'C10': c10}`` (its ``defocus`` is −C10),
+gradient descent with ``step_size`` 0.5, batch 32, positions fixed, no filters or denoising.
+py4DSTEM pads the object and re-centres the positions: the phase is mapped back to the dataset
+frame through its initial pixel positions (probe centres).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+from common import load_case, save_result, set_threads
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("case")
+    ap.add_argument("result")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--step-size", type=float, default=0.5)
+    args = ap.parse_args()
+    set_threads(args.threads)
+    import numpy as np
+    import py4DSTEM
+    from py4DSTEM.process.phase import (
+        MixedstateMultislicePtychography,
+        MixedstatePtychography,
+        MultislicePtychography,
+        SingleslicePtychography,
+    )
+
+    c = load_case(args.case)
+    sy, sx, H, W = c["patterns"].shape
+    lam = 12.2643 / np.sqrt(c["energy"] * (1 + 0.978476e-6 * c["energy"]))  # Å
+    dk_mrad = lam / (H * c["sampling"]) * 1e3
+    dc = py4DSTEM.DataCube(data=c["patterns"].astype(np.float32))
+    dc.calibration.set_R_pixel_size(c["scan_step"])
+    dc.calibration.set_R_pixel_units("A")
+    dc.calibration.set_Q_pixel_size(dk_mrad)
+    dc.calibration.set_Q_pixel_units("mrad")
+    S, M = c["n_slices"], c["n_modes"]
+    common = dict(datacube=dc, energy=c["energy"], semiangle_cutoff=c["semiangle"],
+                  polar_parameters={"C10": c["c10"]}, device="cpu", verbose=False, object_type="complex")
+    if S > 1 and M > 1:
+        cls, extra = MixedstateMultislicePtychography, dict(num_slices=S, slice_thicknesses=c["dz"], num_probes=M)
+    elif S > 1:
+        cls, extra = MultislicePtychography, dict(num_slices=S, slice_thicknesses=c["dz"])
+    elif M > 1:
+        cls, extra = MixedstatePtychography, dict(num_probes=M)
+    else:
+        cls, extra = SingleslicePtychography, {}
+    ptycho = cls(**common, **extra)
+    ptycho.preprocess(plot_center_of_mass=False, plot_rotation=False, plot_probe_overlaps=False,
+                      force_com_rotation=0, force_com_transpose=False, force_com_shifts=(H / 2, W / 2))
+    kw = dict(num_iter=c["iters"], reconstruction_method="gradient-descent", step_size=args.step_size,
+              max_batch_size=c["batch"], seed_random=0, progress_bar=False, reset=True, fix_positions=True)
+    if M > 1:
+        kw["orthogonalize_probe"] = True
+    cpu0 = time.process_time()
+    t0 = time.perf_counter()
+    ptycho.reconstruct(**kw)
+    total = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
+    obj = np.asarray(ptycho.object)
+    phase = np.angle(obj)
+    if phase.ndim == 3:
+        phase = phase.sum(0)
+    origin = np.asarray(ptycho._positions_px_initial[0], dtype=np.float64)
+    settings = {"tool": f"py4DSTEM {py4DSTEM.__version__}", "class": cls.__name__,
+                "method": "gradient-descent", "step_size": args.step_size, "batch": c["batch"],
+                "probe_modes": M, "slices": S, "time_note": "whole reconstruct() call / iterations",
+                "cpu_s_per_iter": cpu / c["iters"]}
+    save_result(args.result, phase, origin, [total / c["iters"]] * c["iters"], settings)
+
+
+if __name__ == "__main__":
+    main()
