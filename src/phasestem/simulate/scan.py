@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from .. import specimen as spec
 from ..errors import ConfigError
 from ..optics import antialias_mask, band_limit_mrad, interaction_constant, make_probe, wavelength
-from ..physics import farfield_intensity, fft2, ifft2, multislice, propagator, shifted_probes
+from ..physics import fft2, ifft2, multislice, propagator, shifted_probes, squared_modulus
 from .config import SimulationConfig
 
 
@@ -48,13 +48,20 @@ class DetectorGeometry:
             factor.append(f)
         return cls(tuple(crop), tuple(factor), (dk[0] * factor[0], dk[1] * factor[1]))
 
+    def unshifted_indices(self, n: int, crop: int, device=None) -> torch.Tensor:
+        """fftfreq-order indices of the ``crop`` central (fftshift-ed) pixels of an axis of length ``n``."""
+        return (torch.arange(crop, device=device) - crop // 2) % n
+
+    def bin(self, cropped: torch.Tensor) -> torch.Tensor:
+        """(B, crop_y, crop_x) fftshift-ed intensities → (B, H, W) summed into detector pixels."""
+        h, w = self.crop[0] // self.factor[0], self.crop[1] // self.factor[1]
+        return cropped.reshape(*cropped.shape[:-2], h, self.factor[0], w, self.factor[1]).sum((-3, -1))
+
     def apply(self, centred: torch.Tensor) -> torch.Tensor:
         """(B, N, N) fftshift-ed intensities → (B, H, W) summed into detector pixels."""
         N = centred.shape[-2:]
         y0, x0 = N[0] // 2 - self.crop[0] // 2, N[1] // 2 - self.crop[1] // 2
-        c = centred[..., y0 : y0 + self.crop[0], x0 : x0 + self.crop[1]]
-        h, w = self.crop[0] // self.factor[0], self.crop[1] // self.factor[1]
-        return c.reshape(*c.shape[:-2], h, self.factor[0], w, self.factor[1]).sum((-3, -1))
+        return self.bin(centred[..., y0 : y0 + self.crop[0], x0 : x0 + self.crop[1]])
 
 
 def simulate_patterns(
@@ -86,15 +93,19 @@ def simulate_patterns(
     spec_probe = fft2(probe.to(device))
     pos = torch.as_tensor(positions, dtype=torch.float32, device=device)
     shifts = pos / torch.tensor(sampling, device=device) - torch.tensor([Ny // 2, Nx // 2], device=device)
+    # only the detector's crop of the far field is ever used: gather it (in fftshift order) before |·|²,
+    # and band-limit it as the propagator is (the exit wave of the last slice is not propagated)
+    ry, rx = (detector.unshifted_indices(n, c, device) for n, c in zip((Ny, Nx), detector.crop, strict=True))
+    mask = antialias_mask((Ny, Nx), sampling, device=device)[ry[:, None], rx[None, :]]
     out = []
     for start in tqdm(range(0, len(pos), batch), disable=not progress, desc="positions", leave=False):
         psi = shifted_probes(probe, shifts[start : start + batch], spec_probe)  # (B, M, N, N)
-        acc = None
+        acc = torch.zeros((psi.shape[0], *detector.crop), device=device)
         for p in range(P):
-            t = transmissions[p][None, None].expand(psi.shape[0], 1, S, Ny, Nx)
-            inten = farfield_intensity(multislice(psi, t, prop))
-            acc = inten if acc is None else acc + inten
-        out.append(detector.apply(torch.fft.fftshift(acc / P, dim=(-2, -1))).float().cpu())
+            t = transmissions[p][None].expand(psi.shape[0], S, Ny, Nx)[:, None]  # (B, 1, S, N, N)
+            far = fft2(multislice(psi, t, prop)[:, :, 0])[..., ry[:, None], rx[None, :]]  # (B, M, c, c)
+            acc += squared_modulus(far * mask).sum(1)
+        out.append(detector.bin(acc / P).float().cpu())
     return torch.cat(out)
 
 
