@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import ConfigError, InputFileError
+from ..configfile import apply_overrides, read_yaml_mapping, validate
+from ..errors import ConfigError
 from .data import OriginalLayout, Preprocess
 from .patch_recovery import PatchRecoveryConfig
 from .phase_stitching import PhaseStitchingConfig
@@ -84,16 +85,7 @@ class TrainRunConfig(BaseModel):
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise InputFileError(f"{path}: config file not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    return data
+    return read_yaml_mapping(path)
 
 
 def load_train_config(path: str | Path, stage: str | None = None, overrides: dict[str, Any] | None = None
@@ -104,18 +96,7 @@ def load_train_config(path: str | Path, stage: str | None = None, overrides: dic
         if data.get("stage", stage) != stage:
             raise ConfigError(f"{path}: file is for stage '{data['stage']}', command asked for '{stage}'")
         data["stage"] = stage
-    for dotted, value in (overrides or {}).items():
-        node = data
-        *head, last = dotted.split(".")
-        for k in head:
-            node = node.setdefault(k, {})
-        node[last] = value
-    try:
-        cfg = TrainRunConfig(**data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"{path}: field '{loc}': {err['msg']}") from exc
+    cfg = validate(TrainRunConfig, apply_overrides(data, overrides), str(path))
     cfg.data.files = [_resolve_relative(f, Path(path).parent) for f in cfg.data.files]
     return cfg
 

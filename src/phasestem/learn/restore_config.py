@@ -23,10 +23,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import ConfigError, InputFileError
+from ..configfile import apply_overrides, read_yaml_mapping, validate
+from ..errors import ConfigError
 from .autoencoder import (
     DEFAULT_DIV_EPS,
     DEFAULT_LAMBDA_ACT,
@@ -173,29 +173,11 @@ def load_run_config(path: str | Path, network: str, overrides: dict[str, Any] | 
                     ) -> AutoencoderRunConfig | PhaseformerRunConfig:
     """Read and validate a training YAML for ``network`` ('autoencoder' or 'phaseformer')."""
     path = Path(path)
-    if not path.is_file():
-        raise InputFileError(f"{path}: config file not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
+    data = read_yaml_mapping(path)
     if data.get("network", network) != network:
         raise ConfigError(f"{path}: file is for network '{data['network']}', command asked for '{network}'")
     data["network"] = network
-    for dotted, value in (overrides or {}).items():
-        node = data
-        *head, last = dotted.split(".")
-        for k in head:
-            node = node.setdefault(k, {})
-        node[last] = value
-    try:
-        cfg = _RUNS[network](**data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"{path}: field '{loc}': {err['msg']}") from exc
+    cfg = validate(_RUNS[network], apply_overrides(data, overrides), str(path))
     base = path.parent
     if isinstance(cfg, AutoencoderRunConfig):
         cfg.data.files = _resolve(cfg.data.files, base)

@@ -19,8 +19,9 @@ from typing import Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..configfile import read_yaml_mapping, validate
 from ..errors import ConfigError, InputFileError, PhasestemError, ShapeError
 from .constraints import Constraints
 from .model import PARAM_NAMES, Ptychography
@@ -218,31 +219,12 @@ class ReconstructParams(Strict):
 
 
 # ---- loading -----------------------------------------------------------------------------
-def _format_errors(source: str, exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
-        if err["type"] == "extra_forbidden":
-            parts.append(f"{loc}: unknown key")
-        elif err["type"] == "missing":
-            parts.append(f"{loc}: required field missing")
-        else:
-            msg = err["msg"].removeprefix("Value error, ")
-            parts.append(f"{loc}: {msg} (got {err.get('input')!r})")
-    return f"{source}: " + "; ".join(parts)
-
-
 def parse_params(data: dict, source: str = "params", base_dir: Path | None = None) -> ReconstructParams:
     """Validate a dict; relative paths are taken relative to ``base_dir``."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping with data, optics, scan, … "
                           f"(got {type(data).__name__})")
-    try:
-        params = ReconstructParams.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(_format_errors(source, exc)) from None
-    except ValueError as exc:  # e.g. an unknown aberration raised inside a validator
-        raise ConfigError(f"{source}: {exc}") from None
+    params = validate(ReconstructParams, data, source)
     if base_dir is not None:
         params.data.file = _rel(params.data.file, base_dir)
         params.run.out_dir = _rel(params.run.out_dir, base_dir)
@@ -261,15 +243,7 @@ def _rel(p: Path, base: Path) -> Path:
 def load_params(path: str | Path) -> ReconstructParams:
     """Read and validate a YAML parameter file (``yaml.safe_load``)."""
     path = Path(path)
-    if not path.exists():
-        raise InputFileError(f"{path}: parameter file not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+    data = read_yaml_mapping(path, "parameter file")
     return parse_params(data, str(path), path.parent)
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..errors import ConfigError, InputFileError
+from ..configfile import apply_overrides, read_yaml_mapping, validate
 
 
 class _Strict(BaseModel):
@@ -141,35 +141,7 @@ class SimulationConfig(_Strict):
         return yaml.safe_dump(data, sort_keys=False)
 
 
-def format_validation_error(exc: ValidationError, source: str) -> str:
-    """One line per problem: ``source: field.path: message``."""
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see --dump-config for every valid key)"
-        lines.append(f"{source}: {loc}: {msg}")
-    return "; ".join(lines)
-
-
 def load_config(path: str | Path | None, overrides: dict | None = None) -> SimulationConfig:
     """Read and validate a YAML config (``None`` = defaults); raise ConfigError naming the field."""
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise InputFileError(f"{path}: no such config file")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections (optics, grid, scan, …) at the top level")
-    for key, value in (overrides or {}).items():
-        section, _, field = key.partition(".")
-        data.setdefault(section, {})[field] = value
-    try:
-        return SimulationConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, str(path or "config"))) from None
+    data = {} if path is None else read_yaml_mapping(path)
+    return validate(SimulationConfig, apply_overrides(data, overrides), str(path or "config"))
