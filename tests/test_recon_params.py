@@ -111,7 +111,7 @@ def test_missing_dataset_key_names_the_field(tiny, tmp_path):
 def test_scan_shape_pattern_count_mismatch_names_the_field(tiny, tmp_path):
     cfg = yaml.safe_load(tiny[0].read_text())
     cfg["scan"]["shape"] = [5, 5]
-    with pytest.raises(ConfigError, match=r"scan\.shape: \(5, 5\) = 25 positions .*\(6, 6\)"):
+    with pytest.raises(ConfigError, match=r"scan\.shape: \(5, 5\) = 25 positions .*6×6 scan \(36 patterns\)"):
         build_dataset(parse_params(cfg))
     flat = np.load(cfg["data"]["file"])["patterns"].reshape(36, 32, 32)
     np.save(tmp_path / "flat.npy", flat)

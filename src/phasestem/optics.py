@@ -71,6 +71,13 @@ def wavelength(energy: float) -> float:
     return _H / p * 1e10
 
 
+def energy_from_wavelength(wavelength_m: float) -> float:
+    """Electron kinetic energy (eV) for a relativistic wavelength given in metres (CXI files store λ)."""
+    p = _H / wavelength_m
+    mc2 = _M0 * _C**2
+    return (math.sqrt((p * _C) ** 2 + mc2**2) - mc2) / _E
+
+
 def interaction_constant(energy: float) -> float:
     """Interaction constant σ (rad / (V·Å)): phase = σ · projected potential."""
     lam = wavelength(energy)

@@ -34,19 +34,6 @@ from ..optics import Aberrations
 COMMON_OPTIONS = ("energy", "scan_step", "scan_shape", "scan_order", "angular_sampling", "sampling", "semiangle",
                   "aberrations", "scan_origin", "positions")
 
-_H = 6.62607015e-34
-_E = 1.602176634e-19
-_M0 = 9.1093837015e-31
-_C = 299792458.0
-
-
-def energy_from_wavelength(wavelength_m: float) -> float:
-    """Electron kinetic energy (eV) for a relativistic wavelength in metres."""
-    p = _H / wavelength_m
-    mc2 = _M0 * _C**2
-    return (math.sqrt((p * _C) ** 2 + mc2**2) - mc2) / _E
-
-
 def pair(value, name: str, path: str | Path | None = None) -> tuple[float, float] | None:
     """A number or a 2-sequence → (y, x) floats (None stays None)."""
     if value is None:

@@ -44,8 +44,8 @@ import numpy as np
 
 from ..dataset import FourDSTEM
 from ..errors import ConfigError, InputFileError
-from ..optics import wavelength
-from ._common import build_dataset, decode, energy_from_wavelength, infer_grid, missing_key
+from ..optics import energy_from_wavelength, wavelength
+from ._common import build_dataset, decode, infer_grid, missing_key
 
 _E = 1.602176634e-19
 _DATA_KEYS = ("entry_1/data_1/data", "entry_1/instrument_1/detector_1/data")

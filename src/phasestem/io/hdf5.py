@@ -19,8 +19,9 @@ import h5py
 import numpy as np
 
 from ..dataset import FourDSTEM
-from ..errors import InputFileError, ShapeError
+from ..errors import InputFileError
 from ..optics import interaction_constant, wavelength
+from ._common import build_dataset as common_build_dataset
 
 log = logging.getLogger("phasestem.io")
 
@@ -29,63 +30,15 @@ SEED_FORMAT = "phasestem-seed000"
 LAZY_BYTES = 2 * 1024**3
 
 
-def _pair(v):
-    if v is None:
-        return None
-    if np.ndim(v) == 0:
-        return (float(v), float(v))
-    v = [float(x) for x in np.asarray(v).ravel()]
-    if len(v) != 2:
-        raise ShapeError(f"expected a number or a (y, x) pair, got {v}")
-    return (v[0], v[1])
-
-
-def build_dataset(patterns, source: str, energy=None, scan_step=None, angular_sampling=None, sampling=None,
-                  semiangle=None, aberrations=None, scan_shape=None, positions=None, scan_origin=(0.0, 0.0),
-                  truth=None, metadata=None, lazy=None) -> FourDSTEM:
-    """Shared tail of every reader: reshape to (Sy, Sx, H, W), check counts, attach calibrations.
-
-    ``patterns`` (Sy, Sx, H, W) or (N, H, W) with ``scan_shape``; ``lazy`` None loads arrays
-    smaller than 2 GiB into memory and keeps larger ones on disk.
-    """
-    shape = tuple(patterns.shape)
-    if len(shape) == 3:
-        if scan_shape is None:
-            n = shape[0]
-            side = int(round(n**0.5))
-            if side * side != n:
-                raise ShapeError(f"{source}: {n} patterns in a flat stack; give scan_shape (rows, cols)")
-            scan_shape = (side, side)
-        sy, sx = (int(s) for s in scan_shape)
-        if sy * sx != shape[0]:
-            raise ShapeError(
-                f"{source}: {shape[0]} patterns do not fill the scan shape {sy}×{sx} = {sy * sx} positions"
-            )
-        patterns = np.asarray(patterns[...]).reshape(sy, sx, *shape[1:]) if not _is_lazy(patterns, lazy) else \
-            _FlatView(patterns, (sy, sx))
-    elif len(shape) == 4:
-        if scan_shape is not None and tuple(int(s) for s in scan_shape) != shape[:2]:
-            raise ShapeError(f"{source}: patterns have scan shape {shape[:2]} but scan_shape {tuple(scan_shape)} "
-                             "was given")
-    else:
-        raise ShapeError(f"{source}: patterns must have 3 (N, H, W) or 4 (Sy, Sx, H, W) axes, got shape {shape}")
-    if not isinstance(patterns, np.ndarray | _FlatView) and not _is_lazy(patterns, lazy):
+def build_dataset(patterns, source: str, truth=None, lazy=None, metadata=None, file_values=None,
+                  **options) -> FourDSTEM:
+    """Shared tail of the hdf5/numpy readers: :func:`phasestem.io._common.build_dataset` plus ground truth,
+    with arrays smaller than 2 GiB read into memory (``lazy=None``) and larger ones kept on disk."""
+    if not _is_lazy(patterns, lazy) and not isinstance(patterns, np.ndarray):
         patterns = np.asarray(patterns[...], dtype=np.float32)
-    if energy is None:
-        raise ShapeError(f"{source}: the beam energy is not in the file; give energy (eV)")
-    if scan_step is None:
-        raise ShapeError(f"{source}: the scan step is not in the file; give scan_step (Å)")
-    H, W = patterns.shape[-2:]
-    if angular_sampling is None and sampling is not None:
-        samp = _pair(sampling)
-        lam = wavelength(energy)
-        angular_sampling = (lam / (H * samp[0]) * 1e3, lam / (W * samp[1]) * 1e3)
-    return FourDSTEM(
-        patterns=patterns, energy=float(energy), scan_step=_pair(scan_step), angular_sampling=_pair(angular_sampling),
-        semiangle=None if semiangle is None else float(semiangle), aberrations=dict(aberrations or {}),
-        scan_origin=_pair(scan_origin), positions=positions, metadata={"source": source, **(metadata or {})},
-        truth=truth,
-    )
+    ds = common_build_dataset(patterns, source, file_values=file_values, metadata=metadata, **options)
+    ds.truth = truth
+    return ds
 
 
 def _is_lazy(arr, lazy) -> bool:
@@ -94,38 +47,6 @@ def _is_lazy(arr, lazy) -> bool:
     if lazy is None:
         return int(np.prod(arr.shape)) * arr.dtype.itemsize > LAZY_BYTES
     return bool(lazy)
-
-
-class _FlatView:
-    """A lazy (N, H, W) dataset seen as (Sy, Sx, H, W)."""
-
-    def __init__(self, data, scan_shape):
-        self.data, self.scan_shape = data, scan_shape
-        self.shape = (*scan_shape, *data.shape[1:])
-        self.dtype = data.dtype
-
-    def __getitem__(self, key):
-        if key is Ellipsis:
-            return np.asarray(self.data[...]).reshape(self.shape)
-        if not isinstance(key, tuple):
-            key = (key,)
-        rows = key[0] if len(key) > 0 else slice(None)
-        cols = key[1] if len(key) > 1 else slice(None)
-        sy, sx = self.scan_shape
-        r = np.arange(sy)[rows]
-        c = np.arange(sx)[cols]
-        flat = (np.atleast_1d(r)[:, None] * sx + np.atleast_1d(c)[None, :]).ravel()
-        order = np.argsort(flat)
-        block = np.empty((len(flat), *self.shape[2:]), dtype=self.dtype)
-        block[order] = self.data[np.sort(flat)]
-        block = block.reshape(np.atleast_1d(r).size, np.atleast_1d(c).size, *self.shape[2:])
-        if np.ndim(r) == 0:
-            block = block[0]
-            if np.ndim(c) == 0:
-                block = block[0]
-        elif np.ndim(c) == 0:
-            block = block[:, 0]
-        return block[(Ellipsis, *key[2:])] if len(key) > 2 else block
 
 
 def _datasets(f: h5py.File) -> dict[str, h5py.Dataset]:
