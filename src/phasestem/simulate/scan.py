@@ -96,7 +96,7 @@ def simulate_patterns(
     # only the detector's crop of the far field is ever used: gather it (in fftshift order) before |·|²,
     # and band-limit it as the propagator is (the exit wave of the last slice is not propagated)
     ry, rx = (detector.unshifted_indices(n, c, device) for n, c in zip((Ny, Nx), detector.crop, strict=True))
-    mask = antialias_mask((Ny, Nx), sampling, device=device)[ry[:, None], rx[None, :]]
+    mask2 = antialias_mask((Ny, Nx), sampling, device=device)[ry[:, None], rx[None, :]].square()
     out = []
     for start in tqdm(range(0, len(pos), batch), disable=not progress, desc="positions", leave=False):
         psi = shifted_probes(probe, shifts[start : start + batch], spec_probe)  # (B, M, N, N)
@@ -104,7 +104,8 @@ def simulate_patterns(
         for p in range(P):
             t = transmissions[p][None].expand(psi.shape[0], S, Ny, Nx)[:, None]  # (B, 1, S, N, N)
             far = fft2(multislice(psi, t, prop)[:, :, 0])[..., ry[:, None], rx[None, :]]  # (B, M, c, c)
-            acc += squared_modulus(far * mask).sum(1)
+            inten = squared_modulus(far)
+            acc.addcmul_(inten.sum(1) if inten.shape[1] > 1 else inten[:, 0], mask2)
         out.append(detector.bin(acc / P).float().cpu())
     return torch.cat(out)
 
