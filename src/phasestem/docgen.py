@@ -20,6 +20,7 @@ SCHEMAS = [
     ("phasestem train autoencoder", "phasestem.learn.restore_config:AutoencoderRunConfig"),
     ("phasestem train phaseformer", "phasestem.learn.restore_config:PhaseformerRunConfig"),
     ("phasestem make-pairs", "phasestem.learn.restore_config:MakePairsConfig"),
+    ("phasestem demo (built-in settings)", "phasestem.demo:DemoConfig"),
 ]
 
 

@@ -32,25 +32,33 @@ class DetectorGeometry:
 
     @classmethod
     def make(cls, gpts, sampling, energy, shape, max_angle=None) -> DetectorGeometry:
+        """Odd binning factors only, so that the zero frequency is the central pixel of its bin and lands on
+        stored pixel (H//2, W//2) exactly; the factor is the smallest odd one whose crop reaches ``max_angle``
+        (the band limit by default; pixels beyond it are zero), or the largest odd one the grid allows."""
         lam = wavelength(energy)
         dk = (lam / (gpts[0] * sampling[0]) * 1e3, lam / (gpts[1] * sampling[1]) * 1e3)  # mrad / px
         max_angle = band_limit_mrad(sampling, energy) if max_angle is None else max_angle
         crop, factor = [], []
         for ax in range(2):
-            avail = min(2 * int(math.floor(max_angle / dk[ax])), gpts[ax])
-            f = avail // shape[ax]
-            if f < 1:
-                raise ConfigError(
-                    f"detector.shape {tuple(shape)} needs {shape[ax]} pixels along axis {ax} but only {avail} lie "
-                    f"within {max_angle:.1f} mrad on this grid; lower detector.shape or raise detector.max_angle"
-                )
+            if shape[ax] > gpts[ax]:
+                raise ConfigError(f"detector.shape {tuple(shape)} has more pixels than the simulation grid "
+                                  f"{tuple(gpts)}; lower detector.shape or raise grid.sim_gpts")
+            f = max(1, math.ceil(2 * max_angle / dk[ax] / shape[ax]))
+            f += 1 - f % 2  # odd
+            while f > 1 and f * shape[ax] > gpts[ax]:
+                f -= 2
             crop.append(f * shape[ax])
             factor.append(f)
         return cls(tuple(crop), tuple(factor), (dk[0] * factor[0], dk[1] * factor[1]))
 
-    def unshifted_indices(self, n: int, crop: int, device=None) -> torch.Tensor:
-        """fftfreq-order indices of the ``crop`` central (fftshift-ed) pixels of an axis of length ``n``."""
-        return (torch.arange(crop, device=device) - crop // 2) % n
+    def zero_offset(self, axis: int) -> int:
+        """Index of the zero frequency inside the crop along ``axis`` (0 = y, 1 = x): the centre of bin H//2."""
+        f = self.factor[axis]
+        return (self.crop[axis] // f) // 2 * f + f // 2
+
+    def unshifted_indices(self, n: int, crop: int, device=None, axis: int = 0) -> torch.Tensor:
+        """fftfreq-order indices of the ``crop`` detector pixels of a spectrum axis of length ``n``."""
+        return (torch.arange(crop, device=device) - self.zero_offset(axis)) % n
 
     def bin(self, cropped: torch.Tensor) -> torch.Tensor:
         """(B, crop_y, crop_x) fftshift-ed intensities → (B, H, W) summed into detector pixels."""
@@ -60,7 +68,7 @@ class DetectorGeometry:
     def apply(self, centred: torch.Tensor) -> torch.Tensor:
         """(B, N, N) fftshift-ed intensities → (B, H, W) summed into detector pixels."""
         N = centred.shape[-2:]
-        y0, x0 = N[0] // 2 - self.crop[0] // 2, N[1] // 2 - self.crop[1] // 2
+        y0, x0 = N[0] // 2 - self.zero_offset(0), N[1] // 2 - self.zero_offset(1)
         return self.bin(centred[..., y0 : y0 + self.crop[0], x0 : x0 + self.crop[1]])
 
 
@@ -95,7 +103,8 @@ def simulate_patterns(
     shifts = pos / torch.tensor(sampling, device=device) - torch.tensor([Ny // 2, Nx // 2], device=device)
     # only the detector's crop of the far field is ever used: gather it (in fftshift order) before |·|²,
     # and band-limit it as the propagator is (the exit wave of the last slice is not propagated)
-    ry, rx = (detector.unshifted_indices(n, c, device) for n, c in zip((Ny, Nx), detector.crop, strict=True))
+    ry, rx = (detector.unshifted_indices(n, c, device, ax) for ax, (n, c) in enumerate(zip((Ny, Nx), detector.crop,
+                                                                                               strict=True)))
     mask2 = antialias_mask((Ny, Nx), sampling, device=device)[ry[:, None], rx[None, :]].square()
     out = []
     for start in tqdm(range(0, len(pos), batch), disable=not progress, desc="positions", leave=False):
