@@ -62,10 +62,9 @@ class Scan(_Strict):
 class Detector(_Strict):
     shape: tuple[int, int] = Field((64, 64), description="Stored pattern size (H, W) after cropping and binning.")
     max_angle: float | None = Field(
-        None, gt=0, description="Smallest half-width of the kept square of the pattern in mrad (reached with an odd "
-        "binning "
-        "factor, so the zero frequency stays on pixel (H//2, W//2)); null = the anti-aliased band "
-        "limit of the simulation grid."
+        None, gt=0, description="Half-width of the kept square of the pattern in mrad, approximately: the binning "
+        "factor is the nearest odd one, so the zero frequency stays on pixel (H//2, W//2); null = the anti-aliased "
+        "band limit of the simulation grid."
     )
     dose: float | None = Field(
         None, description="Electron dose in e/Å² (Poisson noise on counts = dose × scan-step area); null = noise-free "

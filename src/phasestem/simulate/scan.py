@@ -33,8 +33,8 @@ class DetectorGeometry:
     @classmethod
     def make(cls, gpts, sampling, energy, shape, max_angle=None) -> DetectorGeometry:
         """Odd binning factors only, so that the zero frequency is the central pixel of its bin and lands on
-        stored pixel (H//2, W//2) exactly; the factor is the smallest odd one whose crop reaches ``max_angle``
-        (the band limit by default; pixels beyond it are zero), or the largest odd one the grid allows."""
+        stored pixel (H//2, W//2) exactly: the odd factor nearest to the one whose crop spans ±``max_angle``
+        (the band limit by default), or the largest odd one the grid allows."""
         lam = wavelength(energy)
         dk = (lam / (gpts[0] * sampling[0]) * 1e3, lam / (gpts[1] * sampling[1]) * 1e3)  # mrad / px
         max_angle = band_limit_mrad(sampling, energy) if max_angle is None else max_angle
@@ -43,8 +43,8 @@ class DetectorGeometry:
             if shape[ax] > gpts[ax]:
                 raise ConfigError(f"detector.shape {tuple(shape)} has more pixels than the simulation grid "
                                   f"{tuple(gpts)}; lower detector.shape or raise grid.sim_gpts")
-            f = max(1, math.ceil(2 * max_angle / dk[ax] / shape[ax]))
-            f += 1 - f % 2  # odd
+            span = 2 * max_angle / dk[ax] / shape[ax]  # binning factor that would span ±max_angle exactly
+            f = 2 * max(0, round((span - 1) / 2)) + 1  # the nearest odd factor
             while f > 1 and f * shape[ax] > gpts[ax]:
                 f -= 2
             crop.append(f * shape[ax])
