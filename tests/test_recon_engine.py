@@ -9,13 +9,7 @@ from phasestem.recon import Constraints, LossConfig, NonFiniteLossError, Ptychog
 from phasestem.recon.results import load_results
 from phasestem.recon.synthetic import pearson, simulate_dataset
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """YAML interface: schema errors name the field; CLI reconstruct/tune; dump-config; resume."""
 import numpy as np
 import pytest
-import torch
 import yaml
 
 from phasestem.errors import ConfigError, InputFileError, PhasestemError
@@ -18,12 +17,7 @@ from phasestem.recon.synthetic import write_npz
 CONFIGS = __import__("pathlib").Path(__file__).resolve().parents[1] / "configs"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,7 @@ from phasestem.recon.synthetic import pearson, simulate_dataset
 SCANNED = (slice(0, 18), slice(0, 18))  # dataset-frame pixels covered by an 8×8 scan of 1 Å at 0.4 Å/px
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: thread barriers cost more than they give
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _run(model, ds, epochs, batch_size=16, **kw):
