@@ -1,7 +1,7 @@
 """Issue 3 benchmark: phasestem vs PtyRAD vs py4DSTEM on the same simulated datasets, same run.
 
     python benchmarks/recon_peers/bench.py [--cases a b c] [--tools phasestem ptyrad py4dstem]
-                                           [--workdir /tmp/recon_peers] [--envs /work/bench_envs] [--quick]
+                                           [--workdir runs/recon_peers] [--envs .bench_envs] [--quick]
 
 Datasets (simulated with phasestem's physics core, ``phasestem.physics.ForwardModel``): 32 × 32
 raster, 1 Å step, 128² patterns, 0.2 Å pixels, 300 keV, 20 mrad, C10 = +100 Å (crossover 100 Å
@@ -155,8 +155,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     ap.add_argument("--tools", nargs="+", default=["phasestem", "ptyrad", "py4dstem"])
-    ap.add_argument("--workdir", default="/tmp/recon_peers")
-    ap.add_argument("--envs", default="/work/bench_envs")
+    ap.add_argument("--workdir", default="runs/recon_peers")
+    ap.add_argument("--envs", default=".bench_envs")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--timeout", type=int, default=1800)
     ap.add_argument("--quick", action="store_true", help="tiny 8×8 scan of 64² patterns (smoke test)")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create the peer-tool environments for benchmarks/recon_peers (not committed; outside the repo).
 #
-#   bash benchmarks/recon_peers/setup_envs.sh [ENV_ROOT]      (default ENV_ROOT=/work/bench_envs)
+#   bash benchmarks/recon_peers/setup_envs.sh [ENV_ROOT]      (default ENV_ROOT=.bench_envs)
 #
 # Makes two virtual environments from PyPI, each with its own pins:
 #   ENV_ROOT/ptyrad    PtyRAD 1.0.0 (+ torch, torchvision)
@@ -17,7 +17,7 @@
 # the installed copy (swap the inner quotes) rather than pinning an earlier release; the patch is a
 # no-op on Python >= 3.12 or when the file is already fixed.
 set -euo pipefail
-ENV_ROOT="${1:-/work/bench_envs}"
+ENV_ROOT="${1:-.bench_envs}"
 PY="${PYTHON:-python3.11}"
 TORCH_SPEC="${TORCH_SPEC:-torch torchvision}"
 mkdir -p "$ENV_ROOT"
