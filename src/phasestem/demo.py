@@ -296,11 +296,9 @@ def iterations_to_reach(errors: list[float], target: float) -> int | None:
 
 # ------------------------------------------------------------------------------------------ report
 def _hybrid_plot(flat: dict, hybrid: dict, path: Path) -> Path:
-    import matplotlib
+    from .plot import _plt, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     for run, name in ((flat, "flat start"), (hybrid, "learned start (hybrid)")):
         axes[0].plot(range(len(run["errors"])), run["errors"], marker=".", label=name)
@@ -312,10 +310,7 @@ def _hybrid_plot(flat: dict, hybrid: dict, path: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=110, close=True)
     return path
 
 

@@ -18,13 +18,21 @@ def _plt():
     return plt
 
 
+def save_figure(fig, path, dpi: int = 120, close: bool = False):
+    """Write ``fig`` to ``path`` atomically (temporary name, then rename); optionally close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".partial" + path.suffix)
+    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+    tmp.replace(path)
+    if close:
+        _plt().close(fig)
+    return path
+
+
 def _save(fig, path):
     if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.stem + ".partial" + path.suffix)
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        tmp.replace(path)
+        save_figure(fig, path)
     return fig
 
 

@@ -8,9 +8,9 @@ import logging
 from pathlib import Path
 
 import yaml
-from pydantic import ValidationError
 
-from ..errors import ConfigError, InputFileError
+from ..configfile import read_yaml_mapping, validate
+from ..errors import ConfigError
 
 log = logging.getLogger("phasestem.learn")
 
@@ -98,11 +98,7 @@ def _make_pairs(args) -> int:
     from .restore_apply import make_pairs
     from .restore_config import MakePairsConfig
 
-    data = {}
-    if args.config:
-        if not Path(args.config).is_file():
-            raise InputFileError(f"{args.config}: config file not found")
-        data = yaml.safe_load(Path(args.config).read_text()) or {}
+    data = read_yaml_mapping(args.config) if args.config else {}
     if args.files:
         data["files"] = args.files
     if args.out:
@@ -111,11 +107,7 @@ def _make_pairs(args) -> int:
         data["copies"] = args.copies
     if args.seed is not None:
         data["seed"] = args.seed
-    try:
-        cfg = MakePairsConfig(**data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise ConfigError(f"make-pairs: field '{'.'.join(map(str, err['loc']))}': {err['msg']}") from exc
+    cfg = validate(MakePairsConfig, data, args.config or "make-pairs")
     path = make_pairs(cfg.files, cfg.out, cfg.degradation, cfg.copies, cfg.seed)
     import h5py
 

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 
 from ..errors import InputFileError
 from ..metrics import phase_error, psnr, ssim
+from ..plot import save_figure
 from .data import Preprocess, SampleDataset, SampleIndex, Symmetry
 
 log = logging.getLogger("phasestem.learn")
@@ -137,8 +138,5 @@ def _figure(result: dict[str, Any], path: Path) -> Path:
             ax.axis("off")
             fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=100, close=True)
     return path

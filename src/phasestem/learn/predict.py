@@ -20,6 +20,7 @@ from torch import nn
 
 from ..dataset import FourDSTEM
 from ..errors import ConfigError, ShapeError
+from ..plot import save_figure
 from .data import BlockGeometry, Preprocess, blocks_from_scan
 from .end2end import End2End
 from .pipeline import load_model
@@ -111,10 +112,7 @@ def save_png(path: Path, phase: np.ndarray, sampling, label: str, truth: np.ndar
         ax.set_ylabel("y (Å)")
         fig.colorbar(im, ax=ax, label=label.split(" ")[0] + (" (rad)" if "rad" in label else ""))
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=110, close=True)
     return path
 
 

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from .. import metrics
 from ..errors import ConfigError, InputFileError, ShapeError
+from ..plot import save_figure
 from .autoencoder import Autoencoder, scale_patterns
 from .pairs import Degrade, degrade, simulation_phases, write_pairs
 from .phaseformer import Phaseformer, PhaseformerConfig
@@ -114,17 +115,6 @@ def write_latent_maps(path: str | Path, maps: np.ndarray, attrs: dict[str, Any] 
     return path
 
 
-def _save_fig(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
-
-
 def _latent_png(maps: np.ndarray, path: Path) -> Path:
     import matplotlib
 
@@ -141,7 +131,7 @@ def _latent_png(maps: np.ndarray, path: Path) -> Path:
             ax.imshow(maps[i], cmap="magma")
             ax.set_title(f"z{i} [{maps[i].min():.2g}, {maps[i].max():.2g}]", fontsize=6)
     fig.suptitle("latent channels over the scan grid (each on its own scale)", fontsize=8)
-    return _save_fig(fig, path)
+    return save_figure(fig, path, dpi=110, close=True)
 
 
 # ------------------------------------------------------------------------------------- refinement
@@ -218,7 +208,7 @@ def write_refined(path: str | Path, low: np.ndarray, high: np.ndarray, attrs: di
             ax.set_title(title, fontsize=8)
             ax.axis("off")
             fig.colorbar(m, ax=ax, fraction=0.046, label="rad")
-        _save_fig(fig, Path(png))
+        save_figure(fig, png, dpi=110, close=True)
     return path
 
 
@@ -285,5 +275,5 @@ def autoencoder_report(model: Autoencoder, patterns: np.ndarray, meta: dict[str,
                 axes[i, j].set_title(name, fontsize=7)
                 axes[i, j].axis("off")
         fig.suptitle(f"PSNR {res['psnr']:.2f} dB, SSIM {res['ssim']:.3f} (scaled patterns)", fontsize=8)
-        _save_fig(fig, Path(png))
+        save_figure(fig, png, dpi=110, close=True)
     return res
