@@ -7,13 +7,15 @@ extension                  module            reader options
 =========================  ================  ==========================================
 .h5 .hdf5 .hdf             ``hdf5``          patterns_key, energy, scan_step, … (any layout)
 .npy .npz                  ``numpy``         patterns_key (npz), energy, scan_step, …
-.cxi                       ``cxi``           (CDTools / CXI 1.x layout)
-.mat                       ``mat``           patterns_key (v5 and v7.3; PtychoShelves)
-.emd .h5 (py4DSTEM)        ``emd``           patterns_key (EMD 1.0 / py4DSTEM)
-.raw .bin .dat             ``raw``           shape, dtype, offset (header bytes), order
+.cxi                       ``cxi``           position_sign, recentre (CDTools / CXI 1.x layout)
+.mat                       ``mat``           patterns_key, layout, keys, scan_order (v5, v7.3; PtychoShelves)
+.emd (py4DSTEM)            ``emd``           patterns_key (EMD 1.0 / py4DSTEM; pass format="emd" for .h5)
+.raw .bin .dat             ``raw``           shape, dtype, offset, frame_header/footer, detector="empad"
 =========================  ================  ==========================================
 
 Every module exposes ``read(path, **options) -> FourDSTEM``; writers are ``write(path, dataset)``.
+All readers also take the calibrations of :func:`phasestem.io._common.build_dataset` (energy, scan_step,
+scan_shape, scan_order, angular_sampling or sampling, semiangle, aberrations, scan_origin, positions).
 """
 from __future__ import annotations
 
