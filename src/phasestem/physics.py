@@ -97,21 +97,76 @@ def window_origins(positions_px: torch.Tensor, window: tuple[int, int]) -> tuple
     return rounded.long() - half, frac
 
 
+class WindowIndex:
+    """Where the B probe windows (ny, nx) sit in an (Ny, Nx) object.
+
+    ``corners`` (B, 2) long are top-left object pixels. Windows that lie inside the object are
+    read and written as slices on CPU (``slices`` set); otherwise, or on other devices, through
+    a flat periodic index (``flat``) with ``index_select`` / ``index_add_``.
+    """
+
+    def __init__(self, corners: torch.Tensor, window: tuple[int, int], obj_shape: tuple[int, int]):
+        self.window = (int(window[0]), int(window[1]))
+        self.obj_shape = (int(obj_shape[0]), int(obj_shape[1]))
+        ny, nx = self.window
+        Ny, Nx = self.obj_shape
+        self.slices: list[tuple[int, int]] | None = None
+        self.flat: torch.Tensor | None = None
+        if corners.device.type == "cpu":
+            pairs = corners.tolist()
+            if all(0 <= y <= Ny - ny and 0 <= x <= Nx - nx for y, x in pairs):
+                self.slices = [(int(y), int(x)) for y, x in pairs]
+                return
+        iy = (corners[:, 0, None] + torch.arange(ny, device=corners.device)) % Ny
+        ix = (corners[:, 1, None] + torch.arange(nx, device=corners.device)) % Nx
+        self.flat = (iy[:, :, None] * Nx + ix[:, None, :]).reshape(-1)
+        self.n = len(corners)
+
+    def gather(self, plane: torch.Tensor) -> torch.Tensor:
+        """Windows of ``plane`` (..., Ny, Nx) → (B, ..., ny, nx)."""
+        ny, nx = self.window
+        if self.slices is not None:
+            return torch.stack([plane[..., y : y + ny, x : x + nx] for y, x in self.slices])
+        lead = plane.shape[:-2]
+        out = plane.reshape(-1, self.obj_shape[0] * self.obj_shape[1]).index_select(1, self.flat)
+        out = out.reshape(*lead, self.n, ny, nx)
+        n = len(lead)
+        return out.permute(n, *range(n), n + 1, n + 2)
+
+    def add_into(self, target: torch.Tensor, values: torch.Tensor) -> None:
+        """``target`` (..., Ny, Nx) += ``values`` (B, ..., ny, nx) at the windows (overlaps add)."""
+        ny, nx = self.window
+        if self.slices is not None:
+            for v, (y, x) in zip(values.unbind(0), self.slices, strict=True):
+                target[..., y : y + ny, x : x + nx] += v
+            return
+        n = values.dim() - 3
+        v = values.permute(*range(1, n + 1), 0, n + 1, n + 2).reshape(*values.shape[1 : n + 1], -1)
+        target.view(*target.shape[:-2], -1).index_add_(-1, self.flat, v)
+
+
+class _GatherWindows(torch.autograd.Function):
+    """Object windows at a :class:`WindowIndex`; the backward adds each window's gradient back."""
+
+    @staticmethod
+    def forward(ctx, obj: torch.Tensor, where: WindowIndex):
+        ctx.where, ctx.obj_shape = where, obj.shape
+        return where.gather(obj)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        out = grad.new_zeros(ctx.obj_shape)
+        ctx.where.add_into(out, grad)
+        return out, None
+
+
 def gather_patches(obj: torch.Tensor, top_left: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
     """Crop windows from ``obj`` (..., Ny, Nx) at ``top_left`` (B, 2), periodically.
 
     Returns (B, ..., ny, nx). Indices wrap modulo the object size, so a window that leaves
     the object continues on its other side (a periodic cell; pad the object to avoid it).
     """
-    Ny, Nx = obj.shape[-2:]
-    iy = (top_left[:, 0, None] + torch.arange(window[0], device=obj.device)) % Ny  # (B, ny)
-    ix = (top_left[:, 1, None] + torch.arange(window[1], device=obj.device)) % Nx  # (B, nx)
-    flat = (iy[:, :, None] * Nx + ix[:, None, :]).reshape(-1)  # (B·ny·nx,)
-    lead = obj.shape[:-2]
-    patches = obj.reshape(-1, Ny * Nx).index_select(1, flat)  # (L, B·ny·nx)
-    patches = patches.reshape(*lead, len(top_left), *window)  # (..., B, ny, nx)
-    n = len(lead)
-    return patches.permute(n, *range(n), n + 1, n + 2)
+    return _GatherWindows.apply(obj, WindowIndex(top_left, window, obj.shape[-2:]))
 
 
 def shifted_probes(probe: torch.Tensor, frac: torch.Tensor, probe_spectrum: torch.Tensor | None = None) -> torch.Tensor:
@@ -243,8 +298,28 @@ class ForwardModel:
         tilt: torch.Tensor | None = None,
         object_weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Diffraction intensities (B, ny, nx); each sums to the probe's total intensity × |O|²."""
-        inten = farfield_intensity(self.exit_waves(obj, probe, positions, dz, tilt), object_weights)
+        """Diffraction intensities (B, ny, nx); each sums to the probe's total intensity × |O|².
+
+        Computed by the fused operator :func:`phasestem.fused.fused_intensity` (one autograd
+        node with a hand-written backward; the same values as ``farfield_intensity(exit_waves(…))``).
+        Positions get gradients through an autograd probe shift when they require them.
+        """
+        from .fused import fused_intensity
+
+        if obj.dim() == 3:
+            obj = obj[None]
+        if probe.dim() == 2:
+            probe = probe[None]
+        scale = torch.tensor(self.sampling, dtype=positions.dtype, device=positions.device)
+        top_left, frac = window_origins(positions / scale, self.window)
+        shifted = shifted_probes(probe, frac) if positions.requires_grad and torch.is_grad_enabled() else None
+        prop = None
+        if obj.shape[1] > 1:
+            prop = self.propagator(dz, tilt, _real_dtype(probe), probe.device)
+        weights = object_weights if obj.shape[0] > 1 else None
+        inten = fused_intensity(obj, probe, top_left, frac, prop, weights, shifted_probe=shifted)
+        if object_weights is not None and obj.shape[0] == 1:
+            inten = inten * object_weights[0]
         return torch.fft.fftshift(inten, dim=(-2, -1)) if self.centred else inten
 
 

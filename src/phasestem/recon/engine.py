@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import PhasestemError
+from ..runtime import retain_freed_memory
 from .constraints import Constraints, apply_constraints
 from .losses import LossConfig, total_loss
 
@@ -208,6 +209,7 @@ def optimize(
 
     bar = tqdm(total=n_epochs, desc=f"{optimizer} epochs", disable=not progress or rank != 0, leave=False)
     torch.set_flush_denormal(True)  # tiny gradients in the padding otherwise slow Adam down on CPU
+    retain_freed_memory()  # reuse freed batch buffers instead of page-faulting fresh ones every step
     try:
         for _ in range(n_epochs):
             epoch = model.epoch + 1

@@ -31,8 +31,7 @@ Reconstructed phase in the dataset frame: ``model.phase_in_dataset_frame(shape)`
 Intensities are handled in normalised units: the engine divides the
 measured patterns by their mean total count, and the probe has Σ|ψ|² = 1.
 
-Exit waves come from :meth:`phasestem.physics.ForwardModel.exit_waves` (no second forward model); the
-far field from ``physics.farfield_intensity``.
+Model patterns come from :class:`phasestem.physics.ForwardModel` (no second forward model).
 """
 from __future__ import annotations
 
@@ -46,7 +45,7 @@ from torch import nn
 
 from .. import optics
 from ..errors import ConfigError, InputFileError, ShapeError
-from ..physics import ForwardModel, farfield_intensity
+from ..physics import ForwardModel
 
 PARAM_NAMES = ("obj_amplitude", "obj_phase", "probe", "positions", "tilt", "slice_thickness", "obj_weights")
 
@@ -331,13 +330,12 @@ class Ptychography(nn.Module):
     def forward(self, index: torch.Tensor) -> torch.Tensor:
         """Model intensities (B, ny, nx), fftfreq order (unshifted), for flat scan indices ``index``.
 
-        Exit waves come from ``ForwardModel.exit_waves``; the far field from
-        ``physics.farfield_intensity`` (a lean custom backward).
+        The intensities come from ``ForwardModel.__call__`` (the fused operator of
+        :mod:`phasestem.fused`, one autograd node with a hand-written backward).
         """
         tilt = self.tilt if self.tilt.dim() == 1 else self.tilt[index]
-        exit_waves = self.forward_model.exit_waves(self.get_object(), self.get_probe(), self.positions[index],
-                                                   self.slice_thickness, tilt)
-        inten = farfield_intensity(exit_waves, self.obj_weights if self.n_object_modes > 1 else None)
+        inten = self.forward_model(self.get_object(), self.get_probe(), self.positions[index], self.slice_thickness,
+                                   tilt, self.obj_weights if self.n_object_modes > 1 else None)
         if self.detector_blur > 0:  # point-spread of the detector: periodic Gaussian blur of each pattern
             u = torch.fft.fftfreq(self.window[0], device=inten.device)[:, None]
             v = torch.fft.fftfreq(self.window[1], device=inten.device)[None, :]

@@ -1,0 +1,57 @@
+"""Process-level settings that make long CPU runs faster (allocator behaviour).
+
+PyTorch's CPU allocator takes every tensor from the C library's ``malloc``. glibc hands
+buffers above its mmap threshold straight back to the kernel when they are freed, and trims
+the top of the heap, so an optimisation loop that creates and frees the same few
+multi-megabyte tensors every step pays page faults (the kernel zeroing fresh pages) on every
+one of them. Measured on the AD benchmark batch (32 patterns of 128², 2 threads): the median
+step went from 17 ms to 11 ms with the settings below.
+
+:func:`retain_freed_memory` keeps freed memory inside the process for reuse instead. The price
+is that the resident size stays at its peak until the process exits. Set the environment
+variable ``PHASESTEM_KEEP_FREED_MEMORY=0`` to leave the C library's defaults alone.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import sys
+
+log = logging.getLogger(__name__)
+
+# mallopt parameter numbers from glibc's <malloc.h>
+_M_TRIM_THRESHOLD = -1
+_M_TOP_PAD = -2
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_MAX = 32 << 20  # glibc's upper limit on 64-bit systems
+_TRIM_THRESHOLD = 2**31 - 1  # trim the heap only above 2 GiB of free memory at its top (mallopt takes an int)
+_TOP_PAD = 64 << 20  # grow the heap in 64 MiB steps
+
+_applied: bool | None = None
+
+
+def retain_freed_memory() -> bool:
+    """Tell glibc to keep freed buffers (up to 32 MiB each) for reuse; ``True`` when applied.
+
+    Idempotent and process-wide; a no-op (``False``) off Linux/glibc or when
+    ``PHASESTEM_KEEP_FREED_MEMORY=0``.
+    """
+    global _applied
+    if _applied is not None:
+        return _applied
+    _applied = False
+    if os.environ.get("PHASESTEM_KEEP_FREED_MEMORY", "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl or another C library without mallopt
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    ok = all(mallopt(param, value) == 1 for param, value in (
+        (_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX), (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD), (_M_TOP_PAD, _TOP_PAD)))
+    _applied = ok
+    log.debug("glibc mallopt (keep freed memory for reuse): %s", "applied" if ok else "refused")
+    return ok
