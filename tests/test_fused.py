@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+from phasestem import fused as fused_op
 from phasestem import physics
 from phasestem.physics import ForwardModel, WindowIndex, farfield_intensity
 
@@ -41,7 +42,10 @@ def _problem(K, M, S, per_position_tilt, wrap, seed=0):
     (1, 2, 4, True, False, True),
     (3, 1, 2, False, True, True),
 ])
-def test_fused_operator_equals_autograd_through_the_composed_steps(K, M, S, per_tilt, pos_grad, wrap):
+@pytest.mark.parametrize("chunk_bytes", [1 << 30, 1])  # whole batch at once / one position per chunk
+def test_fused_operator_equals_autograd_through_the_composed_steps(K, M, S, per_tilt, pos_grad, wrap, chunk_bytes,
+                                                                   monkeypatch):
+    monkeypatch.setattr(fused_op, "CPU_CHUNK_BYTES", chunk_bytes)
     fm, obj, probe, pos, tilt, weights = _problem(K, M, S, per_tilt, wrap)
     dz = torch.tensor(7.0, dtype=F64)
     leaves = [obj, probe] + ([dz, tilt] if S > 1 else [])
@@ -59,7 +63,8 @@ def test_fused_operator_equals_autograd_through_the_composed_steps(K, M, S, per_
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10 * b.abs().max().item())
 
 
-def test_fused_gradcheck_with_frozen_positions_mode_weights_and_per_position_tilt():
+def test_fused_gradcheck_with_frozen_positions_mode_weights_and_per_position_tilt(monkeypatch):
+    monkeypatch.setattr(fused_op, "CPU_CHUNK_BYTES", 2 * 2 * 6 * 6 * 16)  # two positions per chunk
     fm = ForwardModel((6, 6), (0.4, 0.4), 200e3)
     g = torch.Generator().manual_seed(1)
     obj = (torch.randn(2, 2, 11, 11, dtype=C128, generator=g) * 0.2 + 1).requires_grad_()

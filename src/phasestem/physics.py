@@ -8,6 +8,7 @@ and dtype (complex64 by default, complex128 for gradient checks).
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -110,6 +111,7 @@ class WindowIndex:
         self.obj_shape = (int(obj_shape[0]), int(obj_shape[1]))
         ny, nx = self.window
         Ny, Nx = self.obj_shape
+        self.n = len(corners)
         self.slices: list[tuple[int, int]] | None = None
         self.flat: torch.Tensor | None = None
         if corners.device.type == "cpu":
@@ -120,7 +122,19 @@ class WindowIndex:
         iy = (corners[:, 0, None] + torch.arange(ny, device=corners.device)) % Ny
         ix = (corners[:, 1, None] + torch.arange(nx, device=corners.device)) % Nx
         self.flat = (iy[:, :, None] * Nx + ix[:, None, :]).reshape(-1)
-        self.n = len(corners)
+
+    def subset(self, rows: slice) -> WindowIndex:
+        """The windows ``rows`` (a slice of the B positions) as their own index."""
+        part = copy.copy(self)
+        if self.slices is not None:
+            part.slices = self.slices[rows]
+            part.n = len(part.slices)
+        else:
+            start, stop, _ = rows.indices(self.n)
+            part.n = stop - start
+            size = self.window[0] * self.window[1]
+            part.flat = self.flat[start * size : stop * size]
+        return part
 
     def gather(self, plane: torch.Tensor) -> torch.Tensor:
         """Windows of ``plane`` (..., Ny, Nx) → (B, ..., ny, nx)."""

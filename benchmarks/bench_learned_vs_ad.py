@@ -1,0 +1,98 @@
+"""Issue 4 benchmark: time to predict a phase with a trained network vs the AD engine's time to reach the
+same phase error on the same sample.
+
+    python benchmarks/bench_learned_vs_ad.py --model RUNS/end2end --sample heldout.h5
+                                             [--epochs 60] [--device cpu|cuda] [--threads 2]
+
+``--model``: a trained End2End run folder or weights file (or ``--model PATCH --stitch-model STITCH``) as
+written by ``phasestem train``; ``--sample``: a simulated file with its truth phase (``phasestem simulate``), sample
+``--index``. The script
+
+1. predicts the phase (``phasestem.learn.predict``) — timed after one warm-up call, on ``--device``;
+2. runs Adam AD ptychography (``phasestem.recon``, 1 slice, 1 probe mode, probe fixed to the nominal one,
+   batch 32) from a flat object on the same patterns, measuring E_φ against the truth on the truth grid
+   after every epoch (the same protocol as ``phasestem demo``);
+3. prints E_φ of the prediction, the AD epoch and seconds at which AD first reaches it, and the ratio
+   (AD seconds ÷ prediction seconds; target ≥ 20).
+
+E_φ = sqrt(Σ|φ−φ_true−c|² / Σ|φ_true|²) over the scanned field of view (``phasestem.metrics.phase_error``).
+With ``phasestem demo``'s outputs: ``--model demo_output/runs/end2end --sample
+demo_output/data/heldout/heldout1.h5``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="trained end2end (or patch) model file")
+    ap.add_argument("--stitch-model", default=None, help="stitching model when --model is a patch model")
+    ap.add_argument("--sample", required=True, help="simulated HDF5 file holding the truth phase")
+    ap.add_argument("--index", type=int, default=0, help="sample index in the file")
+    ap.add_argument("--epochs", type=int, default=60, help="most AD epochs to run")
+    ap.add_argument("--lr", type=float, default=0.01, help="AD learning rate of the object phase")
+    ap.add_argument("--device", default="cpu", help="device of the network (AD runs on the same device)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3, help="timed predictions (the median is reported)")
+    ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from phasestem import io
+    from phasestem.demo import DemoRecon, ad_run, field_of_view, iterations_to_reach
+    from phasestem.learn.predict import load_predictor, predict_phase
+    from phasestem.metrics import phase_error
+
+    ds = io.load(args.sample, sample=args.index)
+    if "phase" not in ds.truth:
+        raise SystemExit(f"{args.sample}: sample {args.index} has no truth phase; use a simulated file")
+    truth = np.asarray(ds.truth["phase"], np.float32)
+    ts = tuple(float(s) for s in ds.truth.get("sampling", ds.sampling))
+    fov = field_of_view(ds, ts, truth.shape)
+
+    model, meta = load_predictor(args.model, args.stitch_model, device=args.device)
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    with torch.inference_mode():
+        pred = predict_phase(model, meta, ds)  # warm-up
+        times = []
+        for _ in range(args.repeats):
+            sync()
+            t0 = time.perf_counter()
+            pred = predict_phase(model, meta, ds)
+            sync()
+            times.append(time.perf_counter() - t0)
+    t_pred = float(np.median(times))
+    e_pred = float(phase_error(pred[fov], truth[fov]))
+    print(f"prediction: E_phi {e_pred:.3f} in {t_pred:.3f} s (median of {args.repeats}, {args.device})", flush=True)
+
+    rc = DemoRecon(n_epochs=args.epochs, batch_size=32, lr_phase=args.lr, lr_amplitude=args.lr / 2)
+    ad_run(ds, DemoRecon(n_epochs=1, batch_size=32), truth, ts, fov, label="warm-up", progress=False)
+    ad = ad_run(ds, rc, truth, ts, fov, label="flat")
+    n = iterations_to_reach(ad["errors"], e_pred)
+    t_ad = float(ad["seconds"][n]) if n is not None else float("nan")
+    ratio = t_ad / t_pred if n is not None else float("nan")
+    print()
+    print("| route | E_φ | seconds | AD epochs | AD seconds ÷ prediction seconds |")
+    print("|---|---|---|---|---|")
+    print(f"| learned prediction | {e_pred:.3f} | {t_pred:.3f} | | |")
+    if n is None:
+        print(f"| AD ptychography | {min(ad['errors']):.3f} (best) | > {ad['seconds'][-1]:.1f} | > {args.epochs} | "
+              f"> {ad['seconds'][-1] / t_pred:.1f} |")
+    else:
+        print(f"| AD ptychography to the same E_φ | {ad['errors'][n]:.3f} | {t_ad:.2f} | {n} | {ratio:.1f} |")
+    print(f"\nAD E_φ by epoch: {' '.join(f'{e:.3f}' for e in ad['errors'])}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"predict_seconds": t_pred, "predict_error": e_pred, "ad_epochs": n, "ad_seconds": t_ad,
+                       "ratio": ratio, "ad_errors": ad["errors"], "ad_seconds_per_epoch": ad["seconds"],
+                       "device": args.device, "threads": args.threads}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
