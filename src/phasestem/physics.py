@@ -280,6 +280,16 @@ class ForwardModel:
     def propagator(self, dz, tilt=None, dtype=torch.float32, device=None) -> torch.Tensor:
         return propagator(self.window, self.sampling, self.energy, dz, tilt, self.antialias, dtype, device)
 
+    def _prepare(self, obj, probe, positions):
+        """(K, S, Ny, Nx) object, (M, ny, nx) probe, window corners and sub-pixel rests of ``positions`` (Å)."""
+        if obj.dim() == 3:
+            obj = obj[None]
+        if probe.dim() == 2:
+            probe = probe[None]
+        scale = torch.tensor(self.sampling, dtype=positions.dtype, device=positions.device)
+        top_left, frac = window_origins(positions / scale, self.window)
+        return obj, probe, top_left, frac
+
     def exit_waves(
         self,
         obj: torch.Tensor,
@@ -290,12 +300,7 @@ class ForwardModel:
     ) -> torch.Tensor:
         """Exit waves (B, M, K, ny, nx) for transmission ``obj`` (K, S, Ny, Nx) (or (S, Ny, Nx)),
         probe modes ``probe`` (M, ny, nx) (or (ny, nx)) and probe centres ``positions`` (B, 2) in Å."""
-        if obj.dim() == 3:
-            obj = obj[None]
-        if probe.dim() == 2:
-            probe = probe[None]
-        scale = torch.tensor(self.sampling, dtype=positions.dtype, device=positions.device)
-        top_left, frac = window_origins(positions / scale, self.window)
+        obj, probe, top_left, frac = self._prepare(obj, probe, positions)
         patches = gather_patches(obj, top_left, self.window)  # (B, K, S, ny, nx)
         psi = shifted_probes(probe, frac)
         prop = None
@@ -320,12 +325,7 @@ class ForwardModel:
         """
         from .fused import fused_intensity
 
-        if obj.dim() == 3:
-            obj = obj[None]
-        if probe.dim() == 2:
-            probe = probe[None]
-        scale = torch.tensor(self.sampling, dtype=positions.dtype, device=positions.device)
-        top_left, frac = window_origins(positions / scale, self.window)
+        obj, probe, top_left, frac = self._prepare(obj, probe, positions)
         shifted = shifted_probes(probe, frac) if positions.requires_grad and torch.is_grad_enabled() else None
         prop = None
         if obj.shape[1] > 1:
