@@ -12,7 +12,7 @@ fewer full-size passes over memory than autograd through the separate steps:
   in-place sign flip of the imaginary part at the far field and those of the small gradients;
 * object patches are gathered inside the node and their gradients added straight into the
   object gradient (window slices on CPU, one ``index_add_`` elsewhere);
-* the probe shift is one multiplication by the outer product of two 1-D phase ramps, and its
+* the probe shift is one multiplication by :func:`phasestem.physics.shift_ramp`, and its
   gradient is summed over the batch in place;
 * probe modes accumulate into the transmission gradient in place, and on CPU the batch runs
   in cache-sized chunks (:data:`CPU_CHUNK_BYTES`).
@@ -31,7 +31,7 @@ import math
 import torch
 from torch.autograd.function import once_differentiable
 
-from .physics import WindowIndex, fft2, ifft2
+from .physics import WindowIndex, add_squared_modulus, fft2, ifft2, shift_ramp
 
 #: on CPU the batch is processed in chunks whose (b, M, K, ny, nx) waves take about this many bytes, so that the
 #: chain transmit → FFT → propagate → inverse FFT of one slice runs in cache (measured with 1024 patterns of
@@ -58,9 +58,6 @@ class _FusedIntensity(torch.autograd.Function):
         ny, nx = probe_in.shape[-2:]
         M = probe_in.shape[-3]
         B = where.n
-        if ramps is not None:  # probe_in = spectrum (M, ny, nx); shifts as separable ramps
-            ey, ex = ramps
-            ramps = ey[:, :, None] * ex[:, None, :]  # (B, ny, nx): one pass over (b, M, ny, nx) below
         patches = [where.gather(obj[:, s]) for s in range(S)]  # S × (B, K, ny, nx)
         keep_spectra = prop is not None and ctx.needs_input_grad[2]
         w = None if weights is None else [float(x) for x in weights]
@@ -69,6 +66,7 @@ class _FusedIntensity(torch.autograd.Function):
         step = chunk_size(B, (M, K, ny, nx), obj.element_size(), obj.device)
         for c0 in range(0, B, step):
             c = slice(c0, min(B, c0 + step))
+            # probe_in: the spectrum (M, ny, nx) shifted by the phase ramps (B, ny, nx), or shifted probes
             psi = ifft2(probe_in[None] * ramps[c, None]) if ramps is not None else probe_in[c]  # (b, M, ny, nx)
             prop_b = prop[c, None, None] if prop is not None and prop.dim() == 3 else prop
             wave = psi[:, :, None]  # (b, M, 1, ny, nx)
@@ -86,11 +84,9 @@ class _FusedIntensity(torch.autograd.Function):
                         w_hat.mul_(prop_b)
                     wave = ifft2(w_hat)
             far = fft2(wave)  # (b, M, K, ny, nx)
-            out, re, im = inten[c], far.real, far.imag
             for m in range(M):
                 for k in range(K):
-                    v = 1.0 if w is None else w[k]
-                    out.addcmul_(re[:, m, k], re[:, m, k], value=v).addcmul_(im[:, m, k], im[:, m, k], value=v)
+                    add_squared_modulus(inten[c], far[:, m, k], 1.0 if w is None else w[k])
             saved += [far, *incident, *spectra]
         ctx.where, ctx.ramps, ctx.obj_shape, ctx.step = where, ramps, obj.shape, step
         ctx.save_for_backward(prop, weights, *patches, *saved)
@@ -168,18 +164,6 @@ class _FusedIntensity(torch.autograd.Function):
         return grad_obj, grad_probe, grad_prop, grad_w, None, None
 
 
-def separable_ramps(frac: torch.Tensor, shape: tuple[int, int],
-                    dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """1-D phase ramps exp(−2πi k·s) along y (B, ny) and x (B, nx) for shifts ``frac`` (B, 2) px."""
-    real = torch.float64 if dtype == torch.complex128 else torch.float32
-    f = frac.detach().to(real)
-    ky = torch.fft.fftfreq(shape[0], device=f.device, dtype=real)
-    kx = torch.fft.fftfreq(shape[1], device=f.device, dtype=real)
-    ey = torch.polar(torch.ones_like(ky).expand(len(f), -1), -2 * math.pi * ky * f[:, 0:1])
-    ex = torch.polar(torch.ones_like(kx).expand(len(f), -1), -2 * math.pi * kx * f[:, 1:2])
-    return ey, ex
-
-
 def fused_intensity(
     obj: torch.Tensor,
     probe: torch.Tensor,
@@ -200,5 +184,6 @@ def fused_intensity(
     where = WindowIndex(corners, probe.shape[-2:], obj.shape[-2:])
     if shifted_probe is not None:
         return _FusedIntensity.apply(obj, shifted_probe, prop, weights, None, where)
-    ramps = separable_ramps(frac, probe.shape[-2:], probe.dtype)
+    real = torch.float64 if probe.dtype == torch.complex128 else torch.float32
+    ramps = shift_ramp(frac.detach().to(real), probe.shape[-2:])  # (B, ny, nx)
     return _FusedIntensity.apply(obj, fft2(probe), prop, weights, ramps, where)

@@ -217,6 +217,12 @@ def squared_modulus(x: torch.Tensor) -> torch.Tensor:
     return torch.addcmul(x.real.square(), x.imag, x.imag)
 
 
+def add_squared_modulus(out: torch.Tensor, x: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
+    """``out += weight·|x|²`` in place for complex ``x`` of ``out``'s shape (no temporary)."""
+    re, im = x.real, x.imag
+    return out.addcmul_(re, re, value=weight).addcmul_(im, im, value=weight)
+
+
 class _FarfieldIntensity(torch.autograd.Function):
     """Σ_m Σ_k w_k |F[ψ_mk]|² with the backward ∂L/∂ψ = F⁻¹[2·w_k·(∂L/∂I)·F[ψ]] (unitary F).
 
@@ -330,10 +336,7 @@ class ForwardModel:
         prop = None
         if obj.shape[1] > 1:
             prop = self.propagator(dz, tilt, _real_dtype(probe), probe.device)
-        weights = object_weights if obj.shape[0] > 1 else None
-        inten = fused_intensity(obj, probe, top_left, frac, prop, weights, shifted_probe=shifted)
-        if object_weights is not None and obj.shape[0] == 1:
-            inten = inten * object_weights[0]
+        inten = fused_intensity(obj, probe, top_left, frac, prop, object_weights, shifted_probe=shifted)
         return torch.fft.fftshift(inten, dim=(-2, -1)) if self.centred else inten
 
 

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from .. import specimen as spec
 from ..errors import ConfigError
 from ..optics import antialias_mask, band_limit_mrad, interaction_constant, make_probe, wavelength
-from ..physics import fft2, ifft2, multislice, propagator, shifted_probes
+from ..physics import add_squared_modulus, fft2, ifft2, multislice, propagator, shifted_probes
 from ..runtime import retain_freed_memory
 from .config import SimulationConfig
 
@@ -131,12 +131,10 @@ def simulate_patterns(
         for p in range(P):
             t = transmissions[p][None].expand(psi.shape[0], S, Ny, Nx)[:, None]  # (B, 1, S, N, N)
             far = fft2(multislice(psi, t, prop)[:, :, 0])  # (B, M, N, N)
-            re, im = far.real, far.imag
             for dy, sy, dx, sx in blocks:
-                a = acc[:, dy, dx]
                 for m in range(far.shape[1]):
-                    a.addcmul_(re[:, m, sy, sx], re[:, m, sy, sx]).addcmul_(im[:, m, sy, sx], im[:, m, sy, sx])
-            del far, re, im
+                    add_squared_modulus(acc[:, dy, dx], far[:, m, sy, sx])
+            del far
         acc.mul_(mask2 / P)
         out.append(detector.bin(acc).float().cpu())
     return torch.cat(out)
