@@ -93,10 +93,11 @@ def _train(args) -> int:
         sys.stdout.write(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         return 0
     summary = train_run(cfg)
-    best = summary["best"]
-    print(f"{args.stage}: {summary['epochs_run']} epochs, {summary['global_step']} steps, best {summary['monitor']} = "
-          f"{best if best is None else round(best, 5)} (epoch {summary['best_epoch']}); model: "
-          f"{Path(cfg.out_dir) / 'best'}")
+    best = summary["best"] if summary["best"] is None else round(summary["best"], 5)
+    if summary["main_process"]:  # one line per run, not one per data-parallel process
+        print(f"{args.stage}: {summary['epochs_run']} epochs, {summary['global_step']} steps, "
+              f"best {summary['monitor']} = {best} (epoch {summary['best_epoch']}); "
+              f"model: {Path(cfg.out_dir) / 'best'}")
     return 0
 
 

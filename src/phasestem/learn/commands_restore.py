@@ -40,9 +40,10 @@ def _train(network: str):
         cfg = load_run_config(args.config, network, over)
         summary = (train_autoencoder if network == "autoencoder" else train_phaseformer)(cfg)
         best = summary.get("best")
-        print(f"{network}: {summary['epochs_run']} epochs, {summary['global_step']} steps; best "
-              f"{summary['monitor']} = {best if best is None else f'{best:.4g}'} (epoch {summary['best_epoch']}); "
-              f"run folder {cfg.out_dir}")
+        if summary.get("main_process", True):
+            print(f"{network}: {summary['epochs_run']} epochs, {summary['global_step']} steps; best "
+                  f"{summary['monitor']} = {best if best is None else f'{best:.4g}'} (epoch {summary['best_epoch']}); "
+                  f"run folder {cfg.out_dir}")
         return 0
 
     return handler

@@ -131,7 +131,7 @@ def build_run(cfg: TrainRunConfig) -> Trainer:
              train_idx.target_description)
     # every loss_fn also reports "psnr" (of the patch or the image), so validation needs no second pass
     return Trainer(model, loss_fn, train, val, config=cfg.trainer, out_dir=cfg.out_dir, meta=meta,
-                   callbacks=callbacks)
+                   callbacks=callbacks, find_unused_parameters=bool(cfg.stage == "end2end" and cfg.freeze_patch_epochs))
 
 
 def train_run(cfg: TrainRunConfig) -> dict[str, Any]:

@@ -299,6 +299,7 @@ class Trainer:
         meta: Mapping[str, Any] | None = None,
         callbacks: Iterable[Any] = (),
         optimizer: torch.optim.Optimizer | None = None,
+        find_unused_parameters: bool = False,
     ):
         self.config = config if isinstance(config, TrainerConfig) else TrainerConfig(**(config or {}))
         cfg = self.config
@@ -314,27 +315,31 @@ class Trainer:
         use_acc = cfg.accelerate == "on" or (cfg.accelerate == "auto" and _launched_by_accelerate())
         if use_acc:
             from accelerate import Accelerator
+            from accelerate.utils import DistributedDataParallelKwargs
 
-            self.accelerator = Accelerator(cpu=cfg.device == "cpu")
+            # find_unused_parameters: parameters frozen for a while (End2End's patch net) get no gradient,
+            # which plain DistributedDataParallel treats as an error
+            ddp = DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)
+            self.accelerator = Accelerator(cpu=cfg.device == "cpu", kwargs_handlers=[ddp])
             self.device = self.accelerator.device
         else:
             self.device = _resolve_device(cfg.device)
         self.amp_dtype = self._amp_dtype()
         self.model = model.to(self.device)
         self.optimizer = optimizer or self._build_optimizer()
-        self.steps_per_epoch = self._steps_per_epoch()
+        if self.accelerator is not None:  # wraps the model for data parallelism and shards the loaders
+            prepared = self.accelerator.prepare(self.model, self.optimizer, self.train_loader,
+                                                *( [self.val_loader] if self.val_loader is not None else []))
+            self.model, self.optimizer, self.train_loader = prepared[:3]
+            if self.val_loader is not None:
+                self.val_loader = prepared[3]
+        self.steps_per_epoch = self._steps_per_epoch()  # of this process's shard
         self.total_steps = cfg.epochs * self.steps_per_epoch
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
         self.scheduler = self._build_scheduler()
         use_scaler = self.amp_dtype == torch.float16 and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-        if self.accelerator is not None:
-            prepared = self.accelerator.prepare(self.model, self.optimizer, self.train_loader,
-                                                *( [self.val_loader] if self.val_loader is not None else []))
-            self.model, self.optimizer, self.train_loader = prepared[:3]
-            if self.val_loader is not None:
-                self.val_loader = prepared[3]
         # progress state
         self.epoch = 0  # epoch currently running (0-based)
         self.batch_in_epoch = 0  # micro-batches consumed in the current epoch
@@ -608,7 +613,7 @@ class Trainer:
         summary = {
             "best": self.best, "best_epoch": self.best_epoch, "monitor": self._monitor_key(),
             "epochs_run": self.epoch, "global_step": self.global_step, "history": self.history,
-            "wall_s": time.perf_counter() - start,
+            "wall_s": time.perf_counter() - start, "main_process": self.is_main,
         }
         if self.out_dir is not None and self.is_main:
             summary.update(best_path=str(self.out_dir / "best"), last_path=str(self.out_dir / "last"))
