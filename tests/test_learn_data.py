@@ -15,6 +15,7 @@ from phasestem.learn.data import (
     SampleIndex,
     StitchDataset,
     Symmetry,
+    blocks_from_scan,
     check_augmentable,
     check_coverage,
     extract_patches,
@@ -166,6 +167,18 @@ def test_preprocess_binning_scaling_normalisation():
     torch.testing.assert_close(s, Preprocess(scale="sqrt")(x))  # dose-independent
     assert Preprocess(crop=4, bin=2).output_shape((8, 8)) == (2, 2)
     assert Preprocess(crop=4, bin=2)(x).shape == (2, 3, 2, 2)
+
+
+@pytest.mark.parametrize("normalize", ["pattern", "block", "none"])
+def test_blocks_from_scan_equals_per_block_preprocessing(normalize):
+    g = BlockGeometry(scan_shape=(12, 12), phase_shape=(48, 48), phase_sampling=(0.5, 0.5), block=6, stride=3,
+                      patch=24)
+    scan = torch.rand(12, 12, 8, 8) * 50
+    pre = Preprocess(bin=2, normalize=normalize, scale="log")
+    got = blocks_from_scan(scan.numpy(), g, pre)
+    want = torch.stack([pre(scan[y:y + 6, x:x + 6].reshape(36, 8, 8)) for y, x in g.blocks()])
+    assert got.shape == (len(list(g.blocks())), 36, 4, 4)
+    torch.testing.assert_close(got, want)
 
 
 def test_missing_and_bad_files(tmp_path):

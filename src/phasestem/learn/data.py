@@ -637,6 +637,10 @@ def blocks_from_scan(patterns: torch.Tensor | np.ndarray, geometry: BlockGeometr
     scan = torch.as_tensor(np.asarray(patterns) if not isinstance(patterns, torch.Tensor) else patterns)
     if tuple(scan.shape[:2]) != tuple(g.scan_shape):
         raise ShapeError(f"scan shape {tuple(scan.shape[:2])} does not match the geometry {g.scan_shape}")
+    if preprocess.normalize != "block":  # per-pattern preprocessing: once per pattern, not once per block
+        scan = preprocess(scan.float())
+        return torch.stack([scan[y:y + g.block, x:x + g.block].reshape(g.block**2, *scan.shape[2:])
+                            for y, x in g.blocks()])
     out = [preprocess(scan[y:y + g.block, x:x + g.block].reshape(g.block**2, *scan.shape[2:]).float())
            for y, x in g.blocks()]
     return torch.stack(out)
