@@ -45,7 +45,9 @@ bit on the same machine (model, optimizer, scheduler, scaler and all RNG states;
 checkpoints replay the sampler and skip the batches already seen), best-model selection on
 ``monitor``, early stopping, a tqdm bar (loss / running average / lr), CSV logs (and TensorBoard
 when installed), and data-parallel training through HF Accelerate when launched with
-``accelerate launch`` (or ``accelerate="on"``).
+``accelerate launch --multi_gpu`` or ``torchrun`` (or ``accelerate="on"``): each process trains on its
+shard of the loader, steps and the schedule count per process, only the first process writes files,
+and ``find_unused_parameters=True`` lets parameters that are frozen for a while go without gradients.
 
 Output folder (``out_dir``)::
 
