@@ -46,4 +46,6 @@ def test_learned_like_start_reaches_the_flat_error_in_fewer_epochs(scan):
     assert flat["errors"][0] > hybrid["errors"][0]  # the imperfect start is better than flat …
     assert hybrid["errors"][0] > target  # … but worse than where the flat run ends
     assert n_hybrid is not None and n_hybrid < n_flat, (flat["errors"], hybrid["errors"])
-    assert hybrid["seconds"][n_hybrid] < flat["seconds"][n_flat]
+    # AD seconds are recorded per epoch (wall-clock comparisons between the runs belong in benchmarks: they
+    # fail on a loaded machine)
+    assert len(hybrid["seconds"]) == len(hybrid["errors"]) and all(np.diff(hybrid["seconds"]) > 0)
