@@ -10,7 +10,7 @@ from phasestem.learn.backbones import adapt_first_conv, create_cnn, create_vit
 from phasestem.learn.data import BlockGeometry, extract_patches
 from phasestem.learn.end2end import End2End, FreezePatchNet, end2end_loss_fn
 from phasestem.learn.patch_recovery import PatchRecoveryConfig, PatchRecoveryNet
-from phasestem.learn.phase_stitching import PhaseStitchingConfig, PhaseStitchingNet
+from phasestem.learn.phase_stitching import PhaseStitchingConfig, PhaseStitchingNet, stitch_loss_fn
 from phasestem.learn.trainer import save_weights
 
 SMALL = BlockGeometry(scan_shape=(12, 12), phase_shape=(48, 48), phase_sampling=(0.5, 0.5), block=6, stride=3,
@@ -22,6 +22,22 @@ def tiny_pair():
     pn = PatchRecoveryNet({"size": "tiny", "block": 6, "patch": 24})
     sn = PhaseStitchingNet({"size": "tiny", "image_size": 48, "patch": 24, "vit_patch": 8})
     return pn, sn
+
+
+def test_stitch_validation_sees_the_training_noise_from_a_fixed_seed():
+    """Clean validation patches would reward a net that copies them; validation gets seeded noise instead."""
+    _, sn = tiny_pair()
+    n = SMALL.n_blocks
+    batch = {"patches": torch.rand(2, n, 24, 24), "centres": torch.tensor(SMALL.centres(), dtype=torch.float32)
+             .expand(2, n, 2), "phase": torch.rand(2, 48, 48)}
+    noisy, clean = stitch_loss_fn(noise=0.3), stitch_loss_fn(noise=0.0)
+    sn.eval()
+    with torch.no_grad():
+        a, b, c = noisy(sn, batch)["loss"], noisy(sn, batch)["loss"], clean(sn, batch)["loss"]
+        sn.train()
+        d, e = noisy(sn, batch)["loss"], noisy(sn, batch)["loss"]
+    assert a == b and a != c  # validation: the same noise every time, and not the clean loss
+    assert d != e  # training: fresh noise each call
 
 
 def test_full_size_shapes_tiny_models():

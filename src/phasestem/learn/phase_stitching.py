@@ -122,12 +122,16 @@ class PhaseStitchingNet(nn.Module):
 
 def stitch_loss_fn(kind: Literal["mse", "l1"] = "mse", noise: float = 0.0):
     """``loss_fn(model, batch)`` for StitchDataset batches; ``noise`` (rad) perturbs the input patches
-    during training so the net learns to reconcile imperfect patches, as it will see in End2End."""
+    so the net learns to reconcile imperfect patches, as it will see in End2End. Validation sees the same
+    level of noise, drawn from a fixed seed: clean patches would reward a net that merely copies them, and
+    best-model selection would keep that one."""
 
     def loss_fn(model, batch):
         patches = batch["patches"]
-        if noise > 0 and model.training:
-            patches = patches + noise * torch.randn_like(patches)
+        if noise > 0:
+            gen = None if model.training else torch.Generator(patches.device).manual_seed(0)
+            patches = patches + noise * torch.randn(patches.shape, generator=gen, device=patches.device,
+                                                    dtype=patches.dtype)
         pred = model(patches, batch["centres"]).float()
         err = pred - batch["phase"]
         mse = err.square().mean()
