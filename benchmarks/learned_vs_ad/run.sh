@@ -4,9 +4,10 @@
 #   bash benchmarks/learned_vs_ad/run.sh [OUT_DIR] [extra bench_learned_vs_ad.py options, e.g. --device cuda]
 #
 # Simulates 60 training samples and one held-out sample (different seed), trains the tiny PatchRecoveryNet
-# (6 epochs) and PhaseStitchingNet (25 epochs), then times the chained prediction against AD from a flat
-# object at three learning rates (benchmarks/bench_learned_vs_ad.py). About 25 minutes on 2 CPU cores,
-# almost all of it patch-network training. Steps whose output exists are skipped, so a rerun only re-times.
+# (6 epochs), PhaseStitchingNet (25 epochs) and End2End from both (2 epochs), then times the End2End
+# prediction against AD from a flat object at four learning rates (benchmarks/bench_learned_vs_ad.py).
+# About 40 minutes on 2 CPU cores, most of it network training. Steps whose output exists are skipped,
+# so a rerun only re-times.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 OUT="${1:-learned_vs_ad_output}"
@@ -18,5 +19,6 @@ cd "$OUT"
 [ -f heldout/simulation_data1.h5 ] || phasestem simulate "$HERE/simulate_heldout.yaml" --out heldout
 [ -d runs/patch/best ] || phasestem train patch "$HERE/train_patch.yaml"
 [ -d runs/stitch/best ] || phasestem train stitch "$HERE/train_stitch.yaml"
-"$PY" "$HERE/../bench_learned_vs_ad.py" --model runs/patch --stitch-model runs/stitch \
-    --sample heldout/simulation_data1.h5 --epochs 80 --lr 0.002 0.004 0.01 --repeats 5 --json result.json "$@"
+[ -d runs/end2end/best ] || phasestem train end2end "$HERE/train_end2end.yaml"
+"$PY" "$HERE/../bench_learned_vs_ad.py" --model runs/end2end --sample heldout/simulation_data1.h5 \
+    --epochs 80 --lr 0.001 0.002 0.004 0.01 --repeats 5 --json result.json "$@"
