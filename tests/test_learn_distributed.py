@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 import yaml
 
@@ -30,8 +29,10 @@ def test_two_process_end2end_with_frozen_patch_net(tmp_path):
                     "device": "cpu"},
     }
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    env.pop("WORLD_SIZE", None)
+    # a fresh launch: no rank variables inherited from whatever started pytest
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR",
+                                                           "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            str(HERE / "scripts" / "ddp_train.py"), str(tmp_path / "cfg.yaml"), str(tmp_path)],
                           capture_output=True, text=True, env=env, timeout=600)
@@ -51,8 +52,3 @@ def test_two_process_end2end_with_frozen_patch_net(tmp_path):
     # one checkpoint folder, written by rank 0 only
     assert (tmp_path / "run" / "best" / "model.safetensors").exists()
 
-
-@pytest.fixture(autouse=True)
-def _no_inherited_rank(monkeypatch):
-    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(k, raising=False)

@@ -31,7 +31,7 @@ import math
 import torch
 from torch.autograd.function import once_differentiable
 
-from .physics import WindowIndex, add_squared_modulus, fft2, ifft2, shift_ramp
+from .physics import WindowIndex, _real_dtype, add_squared_modulus, fft2, ifft2, shift_ramp
 
 #: on CPU the batch is processed in chunks whose (b, M, K, ny, nx) waves take about this many bytes, so that the
 #: chain transmit → FFT → propagate → inverse FFT of one slice runs in cache (measured with 1024 patterns of
@@ -184,6 +184,5 @@ def fused_intensity(
     where = WindowIndex(corners, probe.shape[-2:], obj.shape[-2:])
     if shifted_probe is not None:
         return _FusedIntensity.apply(obj, shifted_probe, prop, weights, None, where)
-    real = torch.float64 if probe.dtype == torch.complex128 else torch.float32
-    ramps = shift_ramp(frac.detach().to(real), probe.shape[-2:])  # (B, ny, nx)
+    ramps = shift_ramp(frac.detach().to(_real_dtype(probe)), probe.shape[-2:])  # (B, ny, nx)
     return _FusedIntensity.apply(obj, fft2(probe), prop, weights, ramps, where)

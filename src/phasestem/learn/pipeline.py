@@ -129,9 +129,11 @@ def build_run(cfg: TrainRunConfig) -> Trainer:
     meta = model_meta(model, train_idx, cfg)
     log.info("%s: %d train / %d val items; target %s", cfg.stage, len(train_ds), len(val_ds),
              train_idx.target_description)
-    # every loss_fn also reports "psnr" (of the patch or the image), so validation needs no second pass
+    # every loss_fn also reports "psnr" (of the patch or the image), so validation needs no second pass;
+    # a frozen patch net gets no gradients, which data-parallel training must be told about
+    freezes = any(isinstance(cb, FreezePatchNet) for cb in callbacks)
     return Trainer(model, loss_fn, train, val, config=cfg.trainer, out_dir=cfg.out_dir, meta=meta,
-                   callbacks=callbacks, find_unused_parameters=bool(cfg.stage == "end2end" and cfg.freeze_patch_epochs))
+                   callbacks=callbacks, find_unused_parameters=freezes)
 
 
 def train_run(cfg: TrainRunConfig) -> dict[str, Any]:
