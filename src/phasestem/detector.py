@@ -1,0 +1,312 @@
+"""The pixelated detector: how a camera's raw frames become phasestem's patterns.
+
+A :class:`PixelatedDetector` describes the camera (raw frame ``shape`` (H, W), ``angular_sampling``
+mrad per raw pixel, the raw pixel ``centre`` (cy, cx) where the zero frequency (the bright-field
+disk's centre) falls, how the camera is mounted: ``transpose``, ``flip_y``, ``flip_x``, ``rotation``)
+and how frames are reduced (``crop``, ``binning``) and corrected (``bad_pixels``, ``dark``, ``gain``).
+
+:meth:`PixelatedDetector.apply` maps raw frames (..., H, W) to patterns in phasestem's convention
+(zero frequency at (h//2, w//2), axes (ky, kx) as the scan's (y, x)), in this order:
+
+1. ``(frame − dark) · gain`` (each optional, (H, W) raw frames);
+2. bad pixels (True in the (H, W) mask) replaced by the mean of their good 3×3 neighbours
+   (``bad_pixel_fill='neighbours'``, 0 where none is good) or by 0 (``'zero'``);
+3. ``transpose`` (swap the axes), then ``flip_y`` (reverse rows), then ``flip_x`` (reverse columns);
+4. resampling so that ``centre`` lands on the central pixel, turned by ``rotation`` degrees
+   counter-clockwise as displayed (y down; :func:`phasestem.scan.rotation_matrix`) about it —
+   integer shifts are exact, otherwise bilinear with zeros outside the frame;
+5. ``crop`` (h, w) central pixels around the zero frequency (the whole frame when None);
+6. ``binning`` × ``binning`` sums, cropped symmetrically about the zero frequency as
+   :meth:`phasestem.dataset.FourDSTEM.binned` does.
+
+``centre`` is given in raw pixels (before the flips), as a calibration measures it on raw frames;
+None means the raw (H//2, W//2). Per-pattern centres (descan) go to ``apply(..., centres=...)``.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import numpy as np
+
+from .errors import ConfigError, ShapeError
+from .scan import rotation_matrix
+
+_OFFSETS = np.array([(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)])
+
+
+def _pair(value, name: str, cast=float):
+    if value is None:
+        return None
+    arr = np.atleast_1d(np.asarray(value, dtype=np.float64)).ravel()
+    if arr.size == 1:
+        arr = np.array([arr[0], arr[0]])
+    if arr.size != 2:
+        raise ConfigError(f"detector.{name} must be one number or two (y, x), got {value!r}")
+    return (cast(arr[0]), cast(arr[1]))
+
+
+@dataclass(frozen=True)
+class PixelatedDetector:
+    """A pixelated camera and the map from its raw frames to phasestem's patterns.
+
+    Attributes
+    ----------
+    shape : (H, W) raw frame.
+    angular_sampling : (dky, dkx) mrad per raw pixel (None when unknown).
+    centre : (cy, cx) raw pixel of the zero frequency; None → (H//2, W//2).
+    rotation : degrees the frames are turned, counter-clockwise as displayed (y down).
+    transpose, flip_y, flip_x : camera mounting, applied in this order.
+    binning : integer factor of the final pixel sums.
+    crop : (h, w) pixels kept around the zero frequency before binning (None: the whole frame).
+    bad_pixels : (H, W) bool mask, True = hot/dead pixel.
+    dark : (H, W) dark frame subtracted first; gain : (H, W) gain multiplied after.
+    bad_pixel_fill : 'neighbours' (mean of good 3×3 neighbours) or 'zero'.
+    """
+
+    shape: tuple[int, int]
+    angular_sampling: tuple[float, float] | None = None
+    centre: tuple[float, float] | None = None
+    rotation: float = 0.0
+    transpose: bool = False
+    flip_y: bool = False
+    flip_x: bool = False
+    binning: int = 1
+    crop: tuple[int, int] | None = None
+    bad_pixels: np.ndarray | None = field(default=None, compare=False)
+    dark: np.ndarray | None = field(default=None, compare=False)
+    gain: np.ndarray | None = field(default=None, compare=False)
+    bad_pixel_fill: Literal["neighbours", "zero"] = "neighbours"
+
+    def __post_init__(self):
+        shape = _pair(self.shape, "shape", int)
+        if shape is None or min(shape) <= 0:
+            raise ConfigError(f"detector.shape must be two positive integers (H, W), got {self.shape!r}")
+        set_ = lambda k, v: object.__setattr__(self, k, v)
+        set_("shape", shape)
+        set_("angular_sampling", _pair(self.angular_sampling, "angular_sampling"))
+        set_("centre", _pair(self.centre, "centre"))
+        set_("crop", _pair(self.crop, "crop", int))
+        set_("rotation", float(self.rotation))
+        if int(self.binning) < 1:
+            raise ConfigError(f"detector.binning must be a positive integer, got {self.binning!r}")
+        set_("binning", int(self.binning))
+        if self.bad_pixel_fill not in ("neighbours", "zero"):
+            raise ConfigError(f"detector.bad_pixel_fill must be 'neighbours' or 'zero', got {self.bad_pixel_fill!r}")
+        for name in ("bad_pixels", "dark", "gain"):
+            arr = getattr(self, name)
+            if arr is None:
+                continue
+            arr = np.asarray(arr, dtype=bool if name == "bad_pixels" else np.float32)
+            if arr.shape != shape:
+                raise ShapeError(f"detector.{name}: shape {arr.shape} does not match the raw frame {shape}")
+            set_(name, arr)
+        oriented = self.oriented_shape
+        if self.crop is not None and (self.crop[0] > oriented[0] or self.crop[1] > oriented[1] or min(self.crop) < 1):
+            raise ConfigError(f"detector.crop {self.crop} must be positive and within the frame {oriented}")
+        if self.rotation and self.angular_sampling is not None and not np.isclose(*self.angular_sampling, rtol=1e-6):
+            raise ConfigError(f"detector.rotation needs square pixels; angular_sampling is {self.angular_sampling}")
+
+    # ---- construction / serialisation -----------------------------------------------------
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> PixelatedDetector:
+        """From :meth:`to_dict` output; ``bad_pixels`` may be an (H, W) bool mask or a list of [y, x]."""
+        allowed = set(cls.__dataclass_fields__)
+        unknown = set(values) - allowed
+        if unknown:
+            raise ConfigError(f"detector: unknown key(s) {sorted(unknown)}; expected {sorted(allowed)}")
+        if "shape" not in values:
+            raise ConfigError("detector.shape: missing; give the raw frame (H, W)")
+        kw = dict(values)
+        bad = kw.get("bad_pixels")
+        if bad is not None:
+            arr = np.asarray(bad)
+            if arr.size == 0:
+                kw["bad_pixels"] = None
+            elif arr.dtype != bool:  # a list of [y, x] pixels; a mask is boolean
+                kw["bad_pixels"] = pixel_list_to_mask(arr, _pair(kw["shape"], "shape", int))
+        return cls(**kw)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values for YAML: bad pixels as a list of [y, x]; dark/gain are left out (save them as .npy)."""
+        out: dict[str, Any] = {"shape": list(self.shape), "rotation": self.rotation, "transpose": self.transpose,
+                               "flip_y": self.flip_y, "flip_x": self.flip_x, "binning": self.binning,
+                               "bad_pixel_fill": self.bad_pixel_fill}
+        for name in ("angular_sampling", "centre", "crop"):
+            v = getattr(self, name)
+            out[name] = None if v is None else list(v)
+        out["bad_pixels"] = [] if self.bad_pixels is None else np.argwhere(self.bad_pixels).tolist()
+        return out
+
+    def replace(self, **changes) -> PixelatedDetector:
+        """A copy with some attributes changed."""
+        return replace(self, **changes)
+
+    # ---- geometry --------------------------------------------------------------------------
+    @property
+    def oriented_shape(self) -> tuple[int, int]:
+        """(H, W) after the transpose."""
+        return (self.shape[1], self.shape[0]) if self.transpose else self.shape
+
+    @property
+    def output_shape(self) -> tuple[int, int]:
+        """(h, w) of the patterns :meth:`apply` returns."""
+        h, w = self.crop if self.crop is not None else self.oriented_shape
+        return h // self.binning, w // self.binning
+
+    @property
+    def output_angular_sampling(self) -> tuple[float, float] | None:
+        """(dky, dkx) mrad per output pixel (transposed and binned)."""
+        if self.angular_sampling is None:
+            return None
+        a = self.angular_sampling[::-1] if self.transpose else self.angular_sampling
+        return (a[0] * self.binning, a[1] * self.binning)
+
+    def raw_centre(self) -> tuple[float, float]:
+        """(cy, cx) raw pixel of the zero frequency."""
+        return self.centre if self.centre is not None else (float(self.shape[0] // 2), float(self.shape[1] // 2))
+
+    def oriented_point(self, points) -> np.ndarray:
+        """Raw (y, x) pixel coordinates (..., 2) → coordinates after transpose and flips."""
+        p = np.asarray(points, dtype=np.float64)
+        if self.transpose:
+            p = p[..., ::-1]
+        H, W = self.oriented_shape
+        y = (H - 1) - p[..., 0] if self.flip_y else p[..., 0]
+        x = (W - 1) - p[..., 1] if self.flip_x else p[..., 1]
+        return np.stack([y, x], -1)
+
+    def oriented_vectors(self, vectors) -> np.ndarray:
+        """Raw-frame displacement vectors (..., 2) (e.g. centres of mass) → phasestem's (ky, kx) frame.
+
+        Applies the transpose, flips and rotation (no shift): what :meth:`apply` does to a pattern's
+        features, without resampling.
+        """
+        v = np.asarray(vectors, dtype=np.float64)
+        if self.transpose:
+            v = v[..., ::-1]
+        v = v * np.array([-1.0 if self.flip_y else 1.0, -1.0 if self.flip_x else 1.0])
+        return v @ rotation_matrix(self.rotation).T
+
+    # ---- the map ---------------------------------------------------------------------------
+    def apply(self, patterns, centres=None) -> np.ndarray:
+        """Raw frames (..., H, W) → float32 patterns (..., h, w) in phasestem's convention.
+
+        ``centres``: optional per-frame raw centres (..., 2) px (descan), overriding ``centre``.
+        """
+        p = np.asarray(patterns, dtype=np.float32)
+        if p.ndim < 2 or tuple(p.shape[-2:]) != self.shape:
+            raise ShapeError(f"detector: frames of shape {tuple(p.shape[-2:])} do not match the detector "
+                             f"{self.shape} (H, W)")
+        batch = p.shape[:-2]
+        p = self.corrected(p).reshape(-1, *self.shape)
+        if centres is not None:
+            c = np.asarray(centres, dtype=np.float64)
+            if c.shape != (*batch, 2):
+                raise ShapeError(f"detector: centres must have shape {(*batch, 2)}, got {c.shape}")
+            c = c.reshape(-1, 2)
+        else:
+            c = np.asarray(self.raw_centre(), dtype=np.float64)[None]
+        out = self._resample(self._orient(p), self.oriented_point(c))
+        out = self._bin(out)
+        return out.reshape(*batch, *out.shape[-2:])
+
+    def corrected(self, patterns) -> np.ndarray:
+        """Steps 1–2 only: dark, gain and bad pixels on raw frames (..., H, W) → float32, same frame."""
+        p = np.array(patterns, dtype=np.float32)  # a copy: the caller's frames are never changed
+        if self.dark is not None:
+            p -= self.dark
+        if self.gain is not None:
+            p *= self.gain
+        if self.bad_pixels is not None and self.bad_pixels.any():
+            p = self._fill_bad(p)
+        return p
+
+    def valid_mask(self) -> np.ndarray:
+        """(h, w) bool: output pixels computed only from good raw pixels inside the frame."""
+        good = np.ones(self.shape, np.float32) if self.bad_pixels is None else (~self.bad_pixels).astype(np.float32)
+        c = self.oriented_point(np.asarray(self.raw_centre())[None])
+        out = self._bin(self._resample(self._orient(good[None]), c))[0]
+        return out >= self.binning**2 - 1e-4
+
+    def _fill_bad(self, p: np.ndarray) -> np.ndarray:
+        bad = np.argwhere(self.bad_pixels)
+        if self.bad_pixel_fill == "zero":
+            p[..., bad[:, 0], bad[:, 1]] = 0.0
+            return p
+        H, W = self.shape
+        nb = bad[:, None, :] + _OFFSETS[None]  # (K, 8, 2)
+        inside = (nb[..., 0] >= 0) & (nb[..., 0] < H) & (nb[..., 1] >= 0) & (nb[..., 1] < W)
+        ny, nx = np.clip(nb[..., 0], 0, H - 1), np.clip(nb[..., 1], 0, W - 1)
+        weight = (inside & ~self.bad_pixels[ny, nx]).astype(np.float32)  # (K, 8)
+        total = weight.sum(1)
+        vals = (p[..., ny, nx] * weight).sum(-1) / np.maximum(total, 1.0)
+        p[..., bad[:, 0], bad[:, 1]] = np.where(total > 0, vals, 0.0)
+        return p
+
+    def _orient(self, p: np.ndarray) -> np.ndarray:
+        if self.transpose:
+            p = np.swapaxes(p, -1, -2)
+        if self.flip_y:
+            p = p[..., ::-1, :]
+        if self.flip_x:
+            p = p[..., ::-1]
+        return p
+
+    def _resample(self, p: np.ndarray, centres: np.ndarray) -> np.ndarray:
+        """(B, H', W') oriented frames, (1 or B, 2) oriented centres → (B, hc, wc) about the centre."""
+        B, H, W = p.shape
+        hc, wc = self.crop if self.crop is not None else (H, W)
+        d = np.stack(np.meshgrid(np.arange(hc) - hc // 2, np.arange(wc) - wc // 2, indexing="ij"), -1)
+        d = d.astype(np.float64) @ rotation_matrix(-self.rotation).T  # source offset of each output pixel
+        src = centres[:, None, None, :] + d[None]  # (1 or B, hc, wc, 2)
+        rounded = np.round(src)
+        if np.allclose(src, rounded, atol=1e-9):
+            iy, ix = rounded[..., 0].astype(np.int64), rounded[..., 1].astype(np.int64)
+            inside = (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
+            iy, ix = np.clip(iy, 0, H - 1), np.clip(ix, 0, W - 1)
+            b = np.arange(B)[:, None, None] if len(centres) == B else np.zeros((1, 1, 1), np.int64)
+            b = np.broadcast_to(b, (B, hc, wc))
+            return np.where(inside, p[b, iy, ix], np.float32(0.0)).astype(np.float32)
+        from scipy.ndimage import map_coordinates
+
+        src = np.broadcast_to(src, (B, hc, wc, 2))
+        coords = np.stack([np.broadcast_to(np.arange(B, dtype=np.float64)[:, None, None], (B, hc, wc)),
+                           src[..., 0], src[..., 1]])
+        out = map_coordinates(np.ascontiguousarray(p), coords, order=1, mode="grid-constant", cval=0.0)
+        return out.astype(np.float32)
+
+    def _bin(self, p: np.ndarray) -> np.ndarray:
+        f = self.binning
+        if f == 1:
+            return p
+        H, W = p.shape[-2:]
+        h, w = H // f, W // f
+        y0, x0 = H // 2 - (h // 2) * f, W // 2 - (w // 2) * f
+        p = p[..., y0 : y0 + h * f, x0 : x0 + w * f]
+        return p.reshape(*p.shape[:-2], h, f, w, f).sum((-3, -1))
+
+    def apply_dataset(self, dataset, chunk_rows: int = 8):
+        """A :class:`~phasestem.dataset.FourDSTEM` with :meth:`apply` done on every pattern (in memory),
+        read ``chunk_rows`` scan rows at a time; its angular sampling becomes :attr:`output_angular_sampling`
+        when known."""
+        sy, sx = dataset.scan_shape
+        out = np.empty((sy, sx, *self.output_shape), dtype=np.float32)
+        for r in range(0, sy, chunk_rows):
+            out[r : r + chunk_rows] = self.apply(np.asarray(dataset.patterns[r : r + chunk_rows]))
+        ang = self.output_angular_sampling or dataset.angular_sampling
+        ds = dataset._replace(patterns=out, angular_sampling=ang)
+        ds.metadata["detector"] = self.to_dict()
+        return ds
+
+
+def pixel_list_to_mask(pixels, shape: tuple[int, int]) -> np.ndarray:
+    """(K, 2) integer (y, x) pixels → (H, W) bool mask (True = bad)."""
+    pix = np.asarray(pixels, dtype=np.int64).reshape(-1, 2)
+    H, W = shape
+    if len(pix) and (pix.min() < 0 or (pix[:, 0] >= H).any() or (pix[:, 1] >= W).any()):
+        raise ShapeError(f"detector.bad_pixels: pixels outside the {H}×{W} frame")
+    mask = np.zeros((H, W), dtype=bool)
+    mask[pix[:, 0], pix[:, 1]] = True
+    return mask
