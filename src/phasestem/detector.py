@@ -266,8 +266,7 @@ class PixelatedDetector:
             iy, ix = rounded[..., 0].astype(np.int64), rounded[..., 1].astype(np.int64)
             inside = (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
             iy, ix = np.clip(iy, 0, H - 1), np.clip(ix, 0, W - 1)
-            b = np.arange(B)[:, None, None] if len(centres) == B else np.zeros((1, 1, 1), np.int64)
-            b = np.broadcast_to(b, (B, hc, wc))
+            b = np.arange(B)[:, None, None]  # one centre for all frames broadcasts over the batch
             return np.where(inside, p[b, iy, ix], np.float32(0.0)).astype(np.float32)
         from scipy.ndimage import map_coordinates
 

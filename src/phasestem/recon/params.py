@@ -13,7 +13,6 @@ Python use::
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -133,8 +132,8 @@ class ModelConfig(Strict):
 
     n_slices: int = Field(1, ge=1, description="number of object slices S")
     slice_thickness: float | None = Field(None, gt=0, description="slice thickness Δz in Å (default 10 Å)")
-    n_probe_modes: int = Field(1, ge=1, description="number of probe modes M (mixed state)")
-    n_object_modes: int = Field(1, ge=1, description="number of object modes K")
+    n_probe_modes: int = Field(1, ge=1, le=64, description="number of probe modes M (mixed state), at most 64")
+    n_object_modes: int = Field(1, ge=1, le=64, description="number of object modes K, at most 64")
     source_size: float | None = Field(None, gt=0, description="source FWHM in Å to seed the probe modes")
     mode_power: float = Field(0.02, ge=0, lt=1, description="start intensity fraction of the higher probe modes")
     object_padding: int | None = Field(None, ge=0, description="object pixels beyond every window (default ⌈N/8⌉)")
@@ -275,15 +274,10 @@ def scan_positions(scan: ScanConfig, scan_shape: tuple[int, int]) -> np.ndarray:
         if len(pos) != scan_shape[0] * scan_shape[1]:
             raise ConfigError(f"scan.positions_file: {len(pos)} positions for {scan_shape[0] * scan_shape[1]} patterns")
         return pos
-    iy, ix = np.meshgrid(np.arange(scan_shape[0]), np.arange(scan_shape[1]), indexing="ij")
-    grid = np.stack([iy.ravel() * scan.step[0], ix.ravel() * scan.step[1]], -1)
-    th = math.radians(scan.rotation)
-    # counter-clockwise as displayed (x right, y down): y' = y cos − x sin, x' = y sin + x cos
-    rot = np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])
-    grid = grid @ rot.T
-    if scan.affine is not None:
-        grid = grid @ np.asarray(scan.affine, dtype=np.float64).T
-    return grid + np.asarray(scan.origin)
+    from ..scan import GridScan
+
+    return GridScan(shape=scan_shape, step=scan.step, origin=scan.origin, rotation=scan.rotation,
+                    affine=scan.affine).positions()
 
 
 def build_dataset(params: ReconstructParams):

@@ -1,0 +1,175 @@
+"""GridScan positions and PixelatedDetector transforms (phasestem.scan, phasestem.detector)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from phasestem.dataset import FourDSTEM
+from phasestem.detector import PixelatedDetector
+from phasestem.errors import ConfigError, ShapeError
+from phasestem.recon.params import ScanConfig, scan_positions
+from phasestem.scan import GridScan, as_grid_scan
+
+
+def _reference_positions(shape, step, origin, rotation, affine):
+    """The raster builder recon/params.py used before GridScan (written out independently)."""
+    out = []
+    th = math.radians(rotation)
+    for iy in range(shape[0]):
+        for ix in range(shape[1]):
+            y, x = iy * step[0], ix * step[1]
+            y, x = y * math.cos(th) - x * math.sin(th), y * math.sin(th) + x * math.cos(th)
+            if affine is not None:
+                y, x = affine[0][0] * y + affine[0][1] * x, affine[1][0] * y + affine[1][1] * x
+            out.append((y + origin[0], x + origin[1]))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("rotation", [0.0, 17.3, 90.0, -123.0])
+@pytest.mark.parametrize("affine", [None, ((1.02, 0.03), (-0.01, 0.97))])
+def test_gridscan_matches_reference_and_scan_positions(rotation, affine):
+    shape, step, origin = (3, 4), (0.4, 0.5), (1.5, -2.0)
+    ref = _reference_positions(shape, step, origin, rotation, affine)
+    scan = GridScan(shape, step, origin=origin, rotation=rotation, affine=affine)
+    np.testing.assert_allclose(scan.positions(), ref, atol=1e-12)
+    cfg = ScanConfig(shape=shape, step=step, origin=origin, rotation=rotation, affine=affine)
+    np.testing.assert_allclose(scan_positions(cfg, shape), ref, atol=1e-12)
+    # matrix: position = origin + M · (iy, ix)
+    np.testing.assert_allclose(scan.positions()[5], np.asarray(origin) + scan.matrix @ np.array([1, 1]), atol=1e-12)
+
+
+def test_gridscan_rotation_is_counter_clockwise_as_displayed():
+    # a step along +x (to the right) turned 90° ccw on a y-down display points up: −y
+    pos = GridScan((1, 2), (1.0, 1.0), rotation=90.0).positions()
+    np.testing.assert_allclose(pos[1], [-1.0, 0.0], atol=1e-12)
+
+
+def test_gridscan_plain_raster_equals_dataset_grid_and_round_trips_dict():
+    scan = GridScan((2, 3), 0.7, origin=(0.1, 0.2))
+    ds = FourDSTEM(np.zeros((2, 3, 4, 4)), energy=300e3, scan_step=(0.7, 0.7), scan_origin=(0.1, 0.2))
+    np.testing.assert_allclose(scan.positions(), ds.positions_angstrom())
+    assert scan.is_plain_raster
+    again = GridScan.from_dict(scan.replace(rotation=12.0, affine=np.eye(2)).to_dict())
+    assert again.rotation == 12.0 and not again.is_plain_raster
+    np.testing.assert_allclose(again.positions(), scan.replace(rotation=12.0).positions())
+    assert as_grid_scan((2, 3)).shape == (2, 3)
+
+
+def test_gridscan_explicit_positions_and_errors():
+    pos = np.random.default_rng(0).normal(size=(6, 2))
+    scan = GridScan.from_positions(pos, shape=(2, 3))
+    np.testing.assert_array_equal(scan.positions(), pos)
+    with pytest.raises(ShapeError, match="5 positions for a 2×3 scan"):
+        GridScan((2, 3), explicit=pos[:5])
+    with pytest.raises(ConfigError, match="scan.shape"):
+        GridScan((0, 3))
+    with pytest.raises(ConfigError, match="scan.affine"):
+        GridScan((2, 2), affine=np.eye(3))
+
+
+def _frames(shape=(2, 7, 9), seed=1):
+    return np.random.default_rng(seed).random(shape).astype(np.float32)
+
+
+def test_detector_identity_and_mounting_round_trip():
+    p = _frames()
+    np.testing.assert_array_equal(PixelatedDetector((7, 9)).apply(p), p)
+    # odd sizes: the central pixel is fixed by flips, so flips/transposes are exact permutations
+    det = PixelatedDetector((7, 9), transpose=True, flip_y=True)
+    out = det.apply(p)
+    np.testing.assert_array_equal(out, np.swapaxes(p, -1, -2)[..., ::-1, :])
+    assert det.output_shape == (9, 7)
+    # undoing the mounting: flip back then transpose back
+    back = PixelatedDetector((9, 7), flip_y=True).apply(out)
+    np.testing.assert_array_equal(PixelatedDetector((9, 7), transpose=True).apply(back), p)
+
+
+def test_detector_even_flip_keeps_zero_frequency_on_the_centre():
+    p = np.zeros((6, 6), np.float32)
+    p[3, 3] = 1.0  # zero frequency at the raw (H//2, W//2)
+    out = PixelatedDetector((6, 6), flip_y=True, flip_x=True).apply(p)
+    assert out[3, 3] == 1.0 and out.sum() == 1.0
+
+
+def test_detector_rotation_matches_rot90_and_vectors():
+    p = _frames((7, 7))
+    np.testing.assert_allclose(PixelatedDetector((7, 7), rotation=90.0).apply(p), np.rot90(p), atol=1e-6)
+    # 90° then −90° (bilinear path with a tiny extra angle) restores the frame
+    there = PixelatedDetector((7, 7), rotation=90.0 + 1e-7).apply(p)
+    np.testing.assert_allclose(PixelatedDetector((7, 7), rotation=-90.0).apply(there), p, atol=1e-4)
+    # a feature to the right of the centre goes up after 90° ccw; oriented_vectors says the same
+    det = PixelatedDetector((7, 7), rotation=90.0)
+    q = np.zeros((7, 7), np.float32)
+    q[3, 5] = 1.0
+    assert det.apply(q)[1, 3] == 1.0
+    np.testing.assert_allclose(det.oriented_vectors([0.0, 2.0]), [-2.0, 0.0], atol=1e-12)
+
+
+def test_detector_centring_crop_binning_and_sampling():
+    p = np.zeros((2, 10, 12), np.float32)
+    p[0, 6, 4] = 5.0  # disc centres of two frames (descan): (6, 4) and (3, 8)
+    p[1, 3, 8] = 7.0
+    det = PixelatedDetector((10, 12), angular_sampling=(0.5, 0.6), crop=(6, 6), binning=3)
+    out = det.apply(p, centres=[[6, 4], [3, 8]])
+    assert out.shape == (2, 2, 2) and det.output_shape == (2, 2)
+    assert out[0, 1, 1] == 5.0 and out[1, 1, 1] == 7.0  # zero frequency lands in bin (h//2, w//2)
+    assert det.output_angular_sampling == pytest.approx((1.5, 1.8))
+    assert PixelatedDetector((10, 12), angular_sampling=(0.5, 0.6), transpose=True).output_angular_sampling == (
+        0.6, 0.5)
+    # a fixed fractional centre: bilinear, total intensity of an interior feature kept
+    q = np.zeros((9, 9), np.float32)
+    q[4, 4] = 1.0
+    sub = PixelatedDetector((9, 9), centre=(4.5, 4.0)).apply(q)
+    np.testing.assert_allclose(sub[3:5, 4], [0.5, 0.5], atol=1e-6)
+
+
+def test_detector_bad_pixels_dark_gain_and_mask():
+    rng = np.random.default_rng(3)
+    clean = rng.random((3, 8, 8)).astype(np.float32) + 1.0
+    clean[..., 2, 5] = clean[..., 1:4, 4:7].sum((-2, -1)) / 9  # make the neighbour mean exact below
+    raw = clean.copy()
+    raw[..., 2, 5] = 1e6  # hot
+    raw[..., 7, 0] = 0.0  # dead, in the corner
+    bad = np.zeros((8, 8), bool)
+    bad[2, 5] = bad[7, 0] = True
+    dark = np.full((8, 8), 0.25, np.float32)
+    gain = np.full((8, 8), 2.0, np.float32)
+    det = PixelatedDetector((8, 8), bad_pixels=bad, dark=dark, gain=gain)
+    out = det.apply(raw + dark)
+    good = ~bad
+    np.testing.assert_allclose(out[..., good], 2.0 * clean[..., good], rtol=1e-6)
+    neighbours = np.array([(1, 4), (1, 5), (1, 6), (2, 4), (2, 6), (3, 4), (3, 5), (3, 6)])
+    expect = 2.0 * clean[..., neighbours[:, 0], neighbours[:, 1]].mean(-1)
+    np.testing.assert_allclose(out[..., 2, 5], expect, rtol=1e-5)
+    expect_corner = 2.0 * clean[..., [6, 6, 7], [0, 1, 1]].mean(-1)
+    np.testing.assert_allclose(out[..., 7, 0], expect_corner, rtol=1e-5)
+    assert raw[0, 2, 5] == 1e6  # the caller's frames are untouched
+    zero = PixelatedDetector((8, 8), bad_pixels=bad, bad_pixel_fill="zero").apply(raw)
+    assert zero[..., 2, 5].max() == 0.0 and zero[..., 7, 0].max() == 0.0
+    mask = det.valid_mask()
+    assert not mask[2, 5] and not mask[7, 0] and mask.sum() == 62
+    # YAML form: bad pixels as a list of [y, x]
+    again = PixelatedDetector.from_dict(det.to_dict())
+    np.testing.assert_array_equal(again.bad_pixels, bad)
+
+
+def test_detector_errors_name_the_field():
+    with pytest.raises(ShapeError, match=r"frames of shape \(8, 8\) do not match the detector \(7, 9\)"):
+        PixelatedDetector((7, 9)).apply(np.zeros((8, 8)))
+    with pytest.raises(ShapeError, match="detector.bad_pixels"):
+        PixelatedDetector((7, 9), bad_pixels=np.zeros((9, 7), bool))
+    with pytest.raises(ConfigError, match="detector.crop"):
+        PixelatedDetector((7, 9), crop=(8, 8))
+    with pytest.raises(ConfigError, match="unknown key"):
+        PixelatedDetector.from_dict({"shape": (4, 4), "rotate": 3})
+
+
+def test_detector_apply_dataset_reads_chunks():
+    p = _frames((3, 2, 7, 9))
+    ds = FourDSTEM(p, energy=200e3, scan_step=(1.0, 1.0), angular_sampling=(0.4, 0.4))
+    det = PixelatedDetector((7, 9), angular_sampling=(0.4, 0.4), transpose=True, binning=1)
+    out = det.apply_dataset(ds, chunk_rows=2)
+    np.testing.assert_array_equal(out.patterns, np.swapaxes(p, -1, -2))
+    assert out.metadata["detector"]["transpose"] is True
