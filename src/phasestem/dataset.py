@@ -1,7 +1,8 @@
 """FourDSTEM: the one in-memory dataset type (patterns + scan geometry + optics metadata).
 
 Patterns may be a NumPy array, a torch tensor or a lazy array-like (an open ``h5py.Dataset``,
-a ``numpy.memmap``) of shape (Sy, Sx, H, W); nothing is read until asked for. Pattern
+a ``numpy.memmap``, a dask array) of shape (Sy, Sx, H, W); nothing is read until asked for (a
+dask array is computed per block of scan rows or per batch of patterns). Pattern
 pixels are fftshift-ed (zero frequency at (H//2, W//2), as :mod:`phasestem.optics` states).
 """
 from __future__ import annotations
@@ -111,6 +112,9 @@ class FourDSTEM:
             idx = np.asarray(index).ravel()
             if isinstance(self.patterns, np.ndarray | torch.Tensor):
                 arr = self.patterns.reshape(-1, H, W)[idx]
+            elif hasattr(self.patterns, "vindex"):  # dask: one computation reading only the chunks asked for
+                sx = self.scan_shape[1]
+                arr = self.patterns.vindex[idx // sx, idx % sx].compute()
             else:  # lazy: read row by row in sorted order
                 sy, sx = self.scan_shape
                 order = np.argsort(idx)
