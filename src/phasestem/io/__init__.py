@@ -20,10 +20,11 @@ scan_shape, scan_order, angular_sampling or sampling, semiangle, aberrations, sc
 from __future__ import annotations
 
 import importlib
+import zipfile
 from pathlib import Path
 
 from ..dataset import FourDSTEM
-from ..errors import ConfigError, InputFileError
+from ..errors import ConfigError, InputFileError, PhasestemError
 
 _BY_EXTENSION = {
     ".h5": "hdf5", ".hdf5": "hdf5", ".hdf": "hdf5",
@@ -49,9 +50,49 @@ def reader_module(path: str | Path, format: str | None = None):
     return importlib.import_module(f"{__name__}.{name}")
 
 
-def load(path: str | Path, format: str | None = None, **options) -> FourDSTEM:
-    """Load a 4D-STEM file into a :class:`FourDSTEM` (lazily where the format allows)."""
+def load(path: str | Path, format: str | None = None, bad_pixels: str = "refuse", **options) -> FourDSTEM:
+    """Load a 4D-STEM file into a :class:`FourDSTEM` (lazily where the format allows).
+
+    Every pattern value is checked to be finite: NaN/Inf are refused naming the file, dataset and first
+    bad index (``bad_pixels='refuse'``) or replaced by the median of their finite neighbours
+    (``bad_pixels='mask'``; the count is in ``metadata['bad_pixels_masked']``). Any failure of a reader
+    is raised as a :mod:`phasestem.errors` class whose one-line message names the file.
+    """
+    from ._common import screen_patterns
+
+    path = Path(path)
+    check_input_file(path)
+    module = reader_module(path, format)
+    try:
+        ds = module.read(path, **options)
+    except PhasestemError as exc:
+        if str(path) in str(exc):
+            raise
+        raise type(exc)(f"{path}: {exc}") from None
+    except TypeError as exc:
+        if "unexpected keyword" not in str(exc):
+            raise
+        raise ConfigError(f"{path}: unknown reader option ({exc})") from None
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        kind = module.__name__.rsplit(".", 1)[-1]
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        raise InputFileError(f"{path}: not a readable {kind} file, truncated or damaged? ({detail})") from None
+    return screen_patterns(ds, bad_pixels)
+
+
+#: formats stored as a folder (zarr stores)
+_FOLDER_FORMATS = (".zspy", ".zarr")
+
+
+def check_input_file(path: str | Path) -> Path:
+    """``path`` if it is a non-empty file; else :class:`InputFileError` saying what it is instead."""
     path = Path(path)
     if not path.exists():
         raise InputFileError(f"{path}: no such file")
-    return reader_module(path, format).read(path, **options)
+    if path.is_dir() and path.suffix.lower() not in _FOLDER_FORMATS:
+        raise InputFileError(f"{path}: is a folder; expected a 4D-STEM file")
+    if path.is_dir():
+        return path
+    if path.stat().st_size == 0:
+        raise InputFileError(f"{path}: is empty (0 bytes); expected a 4D-STEM file")
+    return path

@@ -20,6 +20,7 @@ positions : explicit (N, 2) probe positions (Å).
 """
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,6 +31,9 @@ import numpy as np
 from ..dataset import FourDSTEM, angular_sampling_for
 from ..errors import ConfigError, InputFileError, ShapeError
 from ..optics import Aberrations
+from ..safety import check_bad_pixel_mode, check_finite, mask_nonfinite
+
+log = logging.getLogger("phasestem.io")
 
 COMMON_OPTIONS = ("energy", "scan_step", "scan_shape", "scan_order", "angular_sampling", "sampling", "semiangle",
                   "aberrations", "scan_origin", "positions")
@@ -178,6 +182,7 @@ def build_dataset(patterns, path: str | Path, file_values: Mapping[str, Any] | N
     :class:`ShapeError` naming the file and both numbers; a missing energy or scan step raises
     :class:`ConfigError` naming the option.
     """
+    check_real(patterns, source_name(path, metadata))
     unknown = set(options) - set(COMMON_OPTIONS)
     if unknown:
         raise ConfigError(f"{path}: unknown reader option(s) {sorted(unknown)}; expected one of {list(COMMON_OPTIONS)}")
@@ -261,6 +266,68 @@ def build_dataset(patterns, path: str | Path, file_values: Mapping[str, Any] | N
         positions=positions,
         metadata=meta,
     )
+
+
+def source_name(path: str | Path, metadata: Mapping[str, Any] | None = None) -> str:
+    """``file:dataset`` for messages (the dataset from ``metadata['patterns_key']`` when not in ``path``)."""
+    key = (metadata or {}).get("patterns_key")
+    name = str(path)
+    return f"{name}:{key}" if key and not name.endswith(str(key)) else name
+
+
+def check_real(patterns, source: str) -> None:
+    """Refuse complex or non-numeric patterns (they would be cast to real silently) naming ``source``."""
+    dt = np.dtype(getattr(patterns, "dtype", np.float32))
+    if dt.kind == "c":
+        raise InputFileError(f"{source}: complex patterns ({dt}); expected real intensities — store |ψ|² "
+                             "(or the part you mean) as a real array")
+    if dt.kind not in "biuf":
+        raise InputFileError(f"{source}: patterns of dtype {dt}; expected real numbers (integers or floats)")
+
+
+def _rows_per_block(patterns, budget: int = 64 * 1024**2) -> int:
+    """Scan rows per block so that one block of float32 patterns stays under ``budget`` bytes."""
+    row = int(np.prod(patterns.shape[1:])) * 4
+    return max(1, budget // max(row, 1))
+
+
+def _row_blocks(patterns):
+    """(first row, block as an ndarray) over the scan rows of (Sy, Sx, H, W) patterns, lazily read."""
+    step = _rows_per_block(patterns)
+    for r0 in range(0, int(patterns.shape[0]), step):
+        yield r0, np.asarray(patterns[r0:r0 + step])
+
+
+def screen_patterns(ds: FourDSTEM, mode: str = "refuse") -> FourDSTEM:
+    """Check that every pattern value is finite, reading lazily in blocks of scan rows.
+
+    ``mode='refuse'``: :class:`InputFileError` naming the file, dataset and first bad (iy, ix, ky, kx).
+    ``mode='mask'``: NaN/Inf replaced by the median of their finite 3 × 3 neighbours (0 if none); the
+    patterns are then held in memory (float32) and ``metadata['bad_pixels_masked']`` says how many.
+    """
+    check_bad_pixel_mode(mode, "bad_pixels")
+    pats = ds.patterns
+    if np.dtype(getattr(pats, "dtype", np.float32)).kind != "f":
+        return ds
+    source = source_name(ds.metadata.get("file", ds.metadata.get("source", "patterns")), ds.metadata)
+    hint = "use --bad-pixels mask (reconstruct: data.reader_options: {bad_pixels: mask}) to replace them by the " \
+           "median of their finite neighbours"
+    n_bad = 0
+    for r0, block in _row_blocks(pats):
+        if mode == "refuse":
+            check_finite(block, source, offset=(r0,), what="pattern value", hint=hint)
+        else:
+            n_bad += int(block.size - np.count_nonzero(np.isfinite(block)))
+    if n_bad == 0:
+        return ds
+    out = np.empty(pats.shape, dtype=np.float32)
+    for r0, block in _row_blocks(pats):
+        out[r0:r0 + len(block)] = block
+        mask_nonfinite(out[r0:r0 + len(block)])
+    log.warning("%s: replaced %d non-finite pattern values by the median of their finite neighbours", source, n_bad)
+    masked = ds._replace(patterns=out)
+    masked.metadata["bad_pixels_masked"] = n_bad
+    return masked
 
 
 def decode(value) -> Any:

@@ -21,31 +21,48 @@ import numpy as np
 from ..dataset import FourDSTEM
 from ..errors import InputFileError
 from ..optics import interaction_constant, wavelength
+from ..safety import available_memory
 from ._common import build_dataset as common_build_dataset
+from ._common import check_real
 
 log = logging.getLogger("phasestem.io")
 
 OWN_FORMAT = "phasestem-4dstem"
 SEED_FORMAT = "phasestem-seed000"
-LAZY_BYTES = 2 * 1024**3
+#: an HDF5 array is read into memory (``lazy=None``) only if its float32 copy is below this share of the
+#: memory still available; larger ones stay on disk and are read pattern block by pattern block
+EAGER_MEMORY_FRACTION = 0.25
 
 
 def build_dataset(patterns, source: str, truth=None, lazy=None, metadata=None, file_values=None,
                   **options) -> FourDSTEM:
-    """Shared tail of the hdf5/numpy readers: :func:`phasestem.io._common.build_dataset` plus ground truth,
-    with arrays smaller than 2 GiB read into memory (``lazy=None``) and larger ones kept on disk."""
+    """Shared tail of the hdf5/numpy readers: :func:`phasestem.io._common.build_dataset` plus ground truth.
+
+    With ``lazy=None`` an on-disk array is read into memory when its float32 copy fits in
+    :data:`EAGER_MEMORY_FRACTION` of the available memory (straight into one float32 buffer: never two
+    copies), and kept on disk otherwise.
+    """
+    check_real(patterns, source)
     if not _is_lazy(patterns, lazy) and not isinstance(patterns, np.ndarray):
-        patterns = np.asarray(patterns[...], dtype=np.float32)
+        patterns = read_float32(patterns)
     ds = common_build_dataset(patterns, source, file_values=file_values, metadata=metadata, **options)
     ds.truth = truth
     return ds
+
+
+def read_float32(dset) -> np.ndarray:
+    """The whole of an h5py dataset as float32, converted by HDF5 while reading (one buffer, no copy)."""
+    out = np.empty(dset.shape, dtype=np.float32)
+    if out.size:
+        dset.read_direct(out)
+    return out
 
 
 def _is_lazy(arr, lazy) -> bool:
     if isinstance(arr, np.ndarray):
         return False
     if lazy is None:
-        return int(np.prod(arr.shape)) * arr.dtype.itemsize > LAZY_BYTES
+        return int(np.prod(arr.shape)) * 4 > EAGER_MEMORY_FRACTION * available_memory()
     return bool(lazy)
 
 

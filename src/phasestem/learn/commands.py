@@ -51,6 +51,9 @@ def register(subparsers, train_subparsers) -> None:
     p.add_argument("--energy", type=float, help="beam energy (eV) when the file lacks it")
     p.add_argument("--device", default="cpu", help="torch device")
     p.add_argument("--no-png", action="store_true", help="skip the PNG")
+    p.add_argument("--bad-pixels", choices=["refuse", "mask"], default="refuse",
+                   help="NaN/Inf pattern values: refuse the file (default) or replace them by the median of their "
+                        "finite neighbours (the count is logged)")
     p.set_defaults(func=_predict)
 
     p = subparsers.add_parser(
@@ -68,6 +71,9 @@ def register(subparsers, train_subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=2, help="samples per batch")
     p.add_argument("--device", default="cpu", help="torch device")
     p.add_argument("--out", default="evaluation", help="output folder (metrics.csv, summary.md, examples.png)")
+    p.add_argument("--bad-pixels", choices=["refuse", "mask"], default="refuse",
+                   help="NaN/Inf values in the data: refuse (default) or replace them by the median of their "
+                        "finite neighbours (the count is printed)")
     p.set_defaults(func=_evaluate)
 
 
@@ -105,19 +111,25 @@ def _predict(args) -> int:
     from .predict import predict_file
 
     path = predict_file(args.input, args.model, args.out, stitch_path=args.stitch_model, device=args.device,
-                        png=not args.no_png, sample=args.sample, energy=args.energy)
+                        png=not args.no_png, sample=args.sample, energy=args.energy, bad_pixels=args.bad_pixels)
     print(f"phase written to {path}" + ("" if args.no_png else f" and {path.with_suffix('.png')}"))
     return 0
 
 
 def _evaluate(args) -> int:
-    from .evaluate import evaluate_model, format_table, test_index, write_report
+    from ..safety import refuse_output_over_inputs
+    from .evaluate import REPORT_FILES, evaluate_model, format_table, test_index, write_report
     from .predict import load_predictor
 
+    refuse_output_over_inputs(args.out, [args.model, args.stitch_model, *(args.files or [])], written=REPORT_FILES)
     model, meta = load_predictor(args.model, args.stitch_model, args.device)
     index, train_index = test_index(meta, args.files, args.split)
-    result = evaluate_model(model, meta, index, train_index, args.batch_size, args.device, args.max_samples)
+    refuse_output_over_inputs(args.out, [fi.path for fi in index.files], written=REPORT_FILES)
+    result = evaluate_model(model, meta, index, train_index, args.batch_size, args.device, args.max_samples,
+                            bad_pixels=args.bad_pixels)
     paths = write_report(result, args.out)
     print(format_table(result))
+    if result.get("bad_pixels_masked"):
+        print(f"replaced {result['bad_pixels_masked']} non-finite values by the median of their finite neighbours")
     print(json.dumps({k: str(v) for k, v in paths.items()}))
     return 0

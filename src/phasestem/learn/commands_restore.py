@@ -51,23 +51,29 @@ def _train(network: str):
 
 def _embed(args) -> int:
     from .. import io
+    from ..safety import refuse_output_over_inputs
     from .restore_apply import autoencoder_report, embed_scan, load_autoencoder, write_latent_maps
 
-    model, meta = load_autoencoder(args.checkpoint, args.device)
+    out = Path(args.out or Path(args.data).with_suffix("").name + "_latent.h5")
+    png = out.with_suffix(".png") if not args.no_png else None
+    comparison = out.with_name(out.stem + "_comparison.png") if args.report else None
+    refuse_output_over_inputs([p for p in (out, png, comparison) if p], [args.data, args.checkpoint])
     opts = {}
     if args.patterns_key:
         opts["patterns_key"] = args.patterns_key
     if args.sample is not None:
         opts["sample"] = args.sample
-    ds = io.load(args.data, **opts)
+    ds = io.load(args.data, bad_pixels=args.bad_pixels, **opts)
+    if ds.metadata.get("bad_pixels_masked"):
+        print(f"{args.data}: replaced {ds.metadata['bad_pixels_masked']} non-finite values by the median of their "
+              "finite neighbours")
+    model, meta = load_autoencoder(args.checkpoint, args.device)
     if args.summary:
         from .autoencoder import show
 
         b = int(meta.get("preprocess", {}).get("bin", 1))
         show(model, input_size=(1, ds.pattern_shape[0] // b, ds.pattern_shape[1] // b))
     maps = embed_scan(model, ds.patterns, meta, batch_size=args.batch_size)
-    out = Path(args.out or Path(args.data).with_suffix("").name + "_latent.h5")
-    png = out.with_suffix(".png") if not args.no_png else None
     write_latent_maps(out, maps, {"source": str(args.data), "checkpoint": str(args.checkpoint),
                                   "scan_step": list(ds.scan_step)}, png=png)
     print(f"latent maps {maps.shape} (latent, scan_y, scan_x) → {out}" + (f" and {png}" if png else ""))
@@ -76,19 +82,21 @@ def _embed(args) -> int:
 
         pats = np.asarray(ds.patterns).reshape(-1, *ds.pattern_shape)
         idx = np.random.default_rng(0).choice(len(pats), min(args.report, len(pats)), replace=False)
-        res = autoencoder_report(model, pats[np.sort(idx)], meta, png=out.with_name(out.stem + "_comparison.png"))
+        res = autoencoder_report(model, pats[np.sort(idx)], meta, png=comparison)
         print("reconstruction of {n} patterns: PSNR {psnr:.2f} dB, SSIM {ssim:.4f}, MSE {mse:.3g}".format(**res))
     return 0
 
 
 def _refine(args) -> int:
+    from ..safety import refuse_output_over_inputs
     from .restore_apply import load_phaseformer, read_phase_image, refine_phase, write_refined
 
-    net, meta = load_phaseformer(args.checkpoint, args.device)
-    coarse = read_phase_image(args.image, args.key)
-    low, high = refine_phase(net, coarse, None if args.size == 0 else args.size)
     out = Path(args.out or Path(args.image).with_suffix("").name + "_refined.h5")
     png = out.with_suffix(".png") if not args.no_png else None
+    refuse_output_over_inputs([p for p in (out, png) if p], [args.image, args.checkpoint])
+    coarse = read_phase_image(args.image, args.key, bad_pixels=args.bad_pixels)
+    net, meta = load_phaseformer(args.checkpoint, args.device)
+    low, high = refine_phase(net, coarse, None if args.size == 0 else args.size)
     write_refined(out, low, high, {"source": str(args.image), "checkpoint": str(args.checkpoint)}, png=png,
                   coarse=coarse)
     print(f"refined phase {low.shape} and ×2 {high.shape} (rad) → {out}" + (f" and {png}" if png else ""))
@@ -109,6 +117,10 @@ def _make_pairs(args) -> int:
     if args.seed is not None:
         data["seed"] = args.seed
     cfg = validate(MakePairsConfig, data, args.config or "make-pairs")
+    from ..safety import refuse_output_over_inputs
+    from .data import expand_paths
+
+    refuse_output_over_inputs(cfg.out, [args.config, *expand_paths(cfg.files)])
     path = make_pairs(cfg.files, cfg.out, cfg.degradation, cfg.copies, cfg.seed)
     import h5py
 
@@ -152,6 +164,9 @@ def register(subparsers, train_subparsers) -> None:
                    help="also reconstruct N random patterns: PSNR/SSIM/MSE and a comparison PNG")
     p.add_argument("--summary", action="store_true", help="print the model summary (parameters, shapes per size)")
     p.add_argument("--no-png", action="store_true", help="skip the PNG grid")
+    p.add_argument("--bad-pixels", choices=["refuse", "mask"], default="refuse",
+                   help="NaN/Inf pattern values: refuse the file (default) or replace them by the median of their "
+                        "finite neighbours (the count is printed)")
     p.set_defaults(func=_embed)
 
     p = subparsers.add_parser(
@@ -168,6 +183,9 @@ def register(subparsers, train_subparsers) -> None:
     p.add_argument("--out", help="output HDF5 (default: IMAGE_refined.h5 in the current folder)")
     p.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
     p.add_argument("--no-png", action="store_true", help="skip the comparison PNG")
+    p.add_argument("--bad-pixels", choices=["refuse", "mask"], default="refuse",
+                   help="NaN/Inf pixels: refuse the image (default) or replace them by the median of their finite "
+                        "neighbours (the count is logged)")
     p.set_defaults(func=_refine)
 
     p = subparsers.add_parser(

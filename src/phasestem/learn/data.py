@@ -56,6 +56,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ConfigError, InputFileError, ShapeError
 from ..optics import ABERRATION_ORDERS, interaction_constant
+from ..safety import check_bad_pixel_mode, first_nonfinite, mask_nonfinite
 
 log = logging.getLogger("phasestem.learn")
 
@@ -362,6 +363,10 @@ def inspect_file(path: str | Path, block: int = 14, stride: int = 9, patch: int 
         if missing:
             raise InputFileError(f"{path}: 'phase_{missing[0]}' missing for 'dp_set_{missing[0]}'")
         dp = f[f"dp_set_{ids[0]}"]
+        for name in (f"dp_set_{ids[0]}", f"phase_{ids[0]}"):
+            if f[name].dtype.kind not in "biuf":
+                raise InputFileError(f"{path}: '{name}' holds {f[name].dtype} values; expected real numbers "
+                                     "(complex data would be cast to real silently)")
         if dp.ndim != 4:
             raise ShapeError(f"{path}: 'dp_set_{ids[0]}' must be (Sy, Sx, H, W), got shape {dp.shape}")
         phase_shape = tuple(int(n) for n in f[f"phase_{ids[0]}"].shape)
@@ -518,8 +523,11 @@ def read_scan_grid(ds, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
 class _BaseDataset(torch.utils.data.Dataset):
     """Shared machinery: index, handles, target reading, random symmetry per item."""
 
-    def __init__(self, index: SampleIndex, preprocess: Preprocess | None = None, augment: bool = False):
+    def __init__(self, index: SampleIndex, preprocess: Preprocess | None = None, augment: bool = False,
+                 bad_pixels: str = "refuse"):
         self.index = index
+        self.bad_pixels = check_bad_pixel_mode(bad_pixels, "bad_pixels")
+        self.bad_pixels_masked = 0  # values replaced in this process (bad_pixels='mask')
         self.geometry = index.geometry
         self.preprocess = preprocess or Preprocess()
         self.augment = augment
@@ -543,13 +551,11 @@ class _BaseDataset(torch.utils.data.Dataset):
     def read_target(self, entry: tuple[int, int], sym: Symmetry) -> np.ndarray:
         """Full target image (Ny, Nx) float32 (phase in rad or potential in V·Å), transformed by ``sym``."""
         f, fi, sid = self._file(entry)
-        if fi.layout == "phasestem":
-            key = f"phase_{sid}" if self.index.target == "phase" else f"potential_{sid}"
-            arr = np.asarray(f[key][...], dtype=np.float32)
-        else:
-            arr = np.asarray(f[f"phase_{sid}"][...], dtype=np.float32)
-            if self.index.target == "phase":
-                arr = arr * np.float32(fi.sigma)
+        key = f"potential_{sid}" if fi.layout == "phasestem" and self.index.target == "potential" else f"phase_{sid}"
+        arr = np.asarray(f[key][...], dtype=np.float32)
+        if fi.layout != "phasestem" and self.index.target == "phase":
+            arr = arr * np.float32(fi.sigma)
+        self._screen(arr, f"{fi.path}:{key}", lambda i: i)
         return transform_phase(arr, sym)
 
     def read_patterns(self, entry: tuple[int, int], rows: np.ndarray, cols: np.ndarray, sym: Symmetry) -> np.ndarray:
@@ -557,9 +563,21 @@ class _BaseDataset(torch.utils.data.Dataset):
         f, fi, sid = self._file(entry)
         r, c = scan_source_indices(rows, cols, sym, self.geometry)
         arr = read_scan_grid(f[f"dp_set_{sid}"], r, c)
+        self._screen(arr, f"{fi.path}:dp_set_{sid}", lambda i: (int(r[i[0]]), int(c[i[1]]), *i[2:]))
         if sym.transpose:
             arr = np.swapaxes(arr, 0, 1)
         return transform_patterns(arr, sym)
+
+    def _screen(self, arr: np.ndarray, source: str, to_file_index) -> None:
+        """Refuse NaN/Inf (naming ``source`` and the file index ``to_file_index(i)``) or mask them in place."""
+        idx = first_nonfinite(arr)
+        if idx is None:
+            return
+        if self.bad_pixels == "mask":
+            self.bad_pixels_masked += mask_nonfinite(arr)
+            return
+        raise InputFileError(f"{source}: value at index {to_file_index(idx)} is {arr[idx]}; expected finite numbers "
+                             "(evaluate: --bad-pixels mask replaces them by the median of their finite neighbours)")
 
     def _block(self, patterns: np.ndarray) -> torch.Tensor:
         b = self.geometry.block

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +18,13 @@ from torch.utils.data import DataLoader
 from ..errors import InputFileError
 from ..metrics import phase_error, psnr, ssim
 from ..plot import save_figure
+from ..safety import atomic_file, check_bad_pixel_mode
 from .data import Preprocess, SampleDataset, SampleIndex, Symmetry
 
 log = logging.getLogger("phasestem.learn")
+
+#: the files ``write_report`` writes into its output folder
+REPORT_FILES = ("metrics.csv", "summary.md", "examples.png")
 
 
 def test_index(meta: dict[str, Any], files: list[str] | None = None, split: str = "test"
@@ -50,18 +53,22 @@ def test_index(meta: dict[str, Any], files: list[str] | None = None, split: str 
 @torch.no_grad()
 def evaluate_model(model, meta: dict[str, Any], index: SampleIndex, train_index: SampleIndex | None = None,
                    batch_size: int = 2, device: str = "cpu", max_samples: int | None = None,
-                   max_mean_samples: int = 256) -> dict[str, Any]:
+                   max_mean_samples: int = 256, bad_pixels: str = "refuse") -> dict[str, Any]:
     """Per-sample metrics of ``model`` (End2End) on ``index``; returns rows, means and a few examples.
 
-    The baseline is the mean target of (at most ``max_mean_samples``) training samples.
+    The baseline is the mean target of (at most ``max_mean_samples``) training samples. NaN/Inf in the
+    data are refused naming file, dataset and index, or masked (``bad_pixels='mask'``; the count is
+    returned as ``bad_pixels_masked``).
     """
+    check_bad_pixel_mode(bad_pixels)
     pre = Preprocess(**meta["data"]["preprocess"])
     if max_samples is not None:
         index = index.subset(range(min(max_samples, len(index))))
-    ds = SampleDataset(index, pre)
+    ds = SampleDataset(index, pre, bad_pixels=bad_pixels)
     mean_img = None
+    tds = None
     if train_index is not None and len(train_index):
-        tds = SampleDataset(train_index, pre)
+        tds = SampleDataset(train_index, pre, bad_pixels=bad_pixels)
         entries = train_index.entries[:max_mean_samples]
         mean_img = np.mean([tds.read_target(e, Symmetry()) for e in entries], axis=0)
     model = model.to(device).eval()
@@ -86,7 +93,9 @@ def evaluate_model(model, meta: dict[str, Any], index: SampleIndex, train_index:
             if len(examples) < 4:
                 examples.append((row["sample"], pred[j].numpy(), gt[j].numpy()))
     means = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "sample"}
-    return {"rows": rows, "mean": means, "examples": examples, "target": meta["data"]["target_description"]}
+    masked = ds.bad_pixels_masked + (tds.bad_pixels_masked if tds is not None else 0)
+    return {"rows": rows, "mean": means, "examples": examples, "target": meta["data"]["target_description"],
+            "bad_pixels_masked": masked}
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -105,15 +114,13 @@ def write_report(result: dict[str, Any], out_dir: str | Path) -> dict[str, Path]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
-    tmp = out / "metrics.csv.tmp"
-    with open(tmp, "w", newline="") as fh:
+    with atomic_file(out / "metrics.csv") as tmp, open(tmp, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(result["rows"][0]))
         w.writeheader()
         w.writerows(result["rows"])
-    os.replace(tmp, out / "metrics.csv")
     paths["csv"] = out / "metrics.csv"
-    (out / "summary.md.tmp").write_text(format_table(result) + "\n")
-    os.replace(out / "summary.md.tmp", out / "summary.md")
+    with atomic_file(out / "summary.md") as tmp:
+        tmp.write_text(format_table(result) + "\n")
     paths["table"] = out / "summary.md"
     paths["figure"] = _figure(result, out / "examples.png")
     return paths

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ConfigError, InputFileError, ShapeError
+from ..safety import atomic_file
 
 log = logging.getLogger("phasestem.learn.pairs")
 
@@ -92,8 +93,10 @@ def read_image(path: str | Path) -> np.ndarray:
                 img = np.asarray(im)
             if ext == ".png":
                 img = img.astype(np.float32) / (65535.0 if img.dtype == np.uint16 else 255.0)
-    except (OSError, ValueError) as exc:
-        raise InputFileError(f"{path}: cannot read image ({exc})") from exc
+    except (OSError, ValueError, EOFError) as exc:
+        raise InputFileError(f"{path}: cannot read image, empty or damaged? ({type(exc).__name__}: {exc})") from None
+    if img.dtype.kind not in "biuf":
+        raise InputFileError(f"{path}: image of dtype {img.dtype}; expected real numbers (complex is not cast)")
     if img.ndim == 3 and ext == ".png":
         img = img[..., :3].mean(-1)
     img = np.squeeze(img)
@@ -300,13 +303,10 @@ def write_pairs(path: str | Path, inputs: np.ndarray, targets: np.ndarray, attrs
     inputs, targets = np.asarray(inputs, np.float32), np.asarray(targets, np.float32)
     if inputs.ndim != 3 or inputs.shape[0] != targets.shape[0] or targets.ndim != 3:
         raise ShapeError(f"pairs must be (N, H, W) each, got {inputs.shape} and {targets.shape}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
+    with atomic_file(path) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("input", data=inputs, chunks=(1, *inputs.shape[1:]))
         f.create_dataset("gt", data=targets, chunks=(1, *targets.shape[1:]))
         f.attrs["format"] = PAIRS_FORMAT
         for k, v in (attrs or {}).items():
             f.attrs[k] = v
-    os.replace(tmp, path)
     return path

@@ -8,7 +8,6 @@ enter the network as physical coordinates, and the output pixel scales with the 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from torch import nn
 from ..dataset import FourDSTEM
 from ..errors import ConfigError, ShapeError
 from ..plot import save_figure
+from ..safety import atomic_file, refuse_output_over_inputs
 from .data import BlockGeometry, Preprocess, blocks_from_scan
 from .end2end import End2End
 from .pipeline import load_model
@@ -85,9 +85,7 @@ def write_prediction(path: str | Path, phase: np.ndarray, sampling: tuple[float,
                      source: str, png: bool = True, truth: np.ndarray | None = None) -> Path:
     """Write ``phase`` (HDF5 dataset ``phase`` with units/sampling attrs, atomically) and a PNG next to it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
+    with atomic_file(path) as tmp, h5py.File(tmp, "w") as f:
         d = f.create_dataset("phase", data=phase.astype(np.float32))
         d.attrs["sampling"] = np.asarray(sampling)
         d.attrs["target"] = meta["data"]["target_description"]
@@ -95,7 +93,6 @@ def write_prediction(path: str | Path, phase: np.ndarray, sampling: tuple[float,
         f.attrs["model_kind"] = meta["model"]["kind"]
         if truth is not None:
             f.create_dataset("truth", data=np.asarray(truth, np.float32))
-    os.replace(tmp, path)
     if png:
         save_png(path.with_suffix(".png"), phase, sampling, meta["data"]["target_description"], truth)
     return path
@@ -124,17 +121,25 @@ def save_png(path: Path, phase: np.ndarray, sampling, label: str, truth: np.ndar
 def predict_file(input_path: str | Path, model_path: str | Path, out_path: str | Path,
                  stitch_path: str | Path | None = None, device: str = "cpu", png: bool = True,
                  **load_options) -> Path:
-    """4D-STEM file → phase HDF5 (+ PNG). ``load_options`` go to :func:`phasestem.io.load` (e.g. ``sample=``)."""
+    """4D-STEM file → phase HDF5 (+ PNG). ``load_options`` go to :func:`phasestem.io.load` (e.g. ``sample=``,
+    ``bad_pixels=``). The output may not resolve to an input; the data are read (and checked) first."""
     from ..io import load
 
-    model, meta = load_predictor(model_path, stitch_path, device)
+    refuse_output_over_inputs(prediction_outputs(out_path, png), [input_path, model_path, stitch_path])
     ds = load(input_path, **{k: v for k, v in load_options.items() if v is not None})
+    model, meta = load_predictor(model_path, stitch_path, device)
     phase = predict_phase(model, meta, ds)
     g = geometry_for(ds, meta)
     truth = None
     if ds.truth is not None and np.shape(ds.truth.get("phase")) == phase.shape:
         truth = ds.truth["phase"]
     return write_prediction(out_path, phase, g.phase_sampling, meta, str(input_path), png, truth)
+
+
+def prediction_outputs(out_path: str | Path, png: bool = True) -> list[Path]:
+    """The files ``predict`` writes: the HDF5 and (``png``) the PNG next to it."""
+    out = Path(out_path)
+    return [out, out.with_suffix(".png")] if png else [out]
 
 
 def model_summary(model: nn.Module) -> str:

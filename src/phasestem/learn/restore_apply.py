@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from tqdm.auto import tqdm
 from .. import metrics
 from ..errors import ConfigError, InputFileError, ShapeError
 from ..plot import save_figure
+from ..safety import atomic_file, check_bad_pixel_mode, check_finite, mask_nonfinite
 from .autoencoder import Autoencoder, scale_patterns
 from .pairs import Degrade, degrade, simulation_phases, write_pairs
 from .phaseformer import Phaseformer, PhaseformerConfig
@@ -101,15 +101,12 @@ def write_latent_maps(path: str | Path, maps: np.ndarray, attrs: dict[str, Any] 
                       png: str | Path | None = None) -> Path:
     """Write ``latent_maps`` (D, Sy, Sx) to HDF5 atomically (+ a PNG grid of the D maps when ``png``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
+    with atomic_file(path) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("latent_maps", data=maps.astype(np.float32))
         f.attrs["format"] = "phasestem-latent-maps"
         f.attrs["axes"] = "latent, scan_y, scan_x"
         for k, v in (attrs or {}).items():
             f.attrs[k] = v if isinstance(v, (int, float, str, np.ndarray)) else json.dumps(v, default=str)
-    os.replace(tmp, path)
     if png is not None:
         _latent_png(maps, Path(png))
     return path
@@ -135,13 +132,24 @@ def _latent_png(maps: np.ndarray, path: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------- refinement
-def read_phase_image(path: str | Path, key: str | None = None) -> np.ndarray:
-    """A 2-D phase image from ``.npy``, ``.png``/``.tif`` or HDF5 (``key``, or ``phase``/the only 2-D dataset)."""
+def read_phase_image(path: str | Path, key: str | None = None, bad_pixels: str = "refuse") -> np.ndarray:
+    """A 2-D phase image from ``.npy``, ``.png``/``.tif`` or HDF5 (``key``, or ``phase``/the only 2-D dataset).
+
+    NaN/Inf are refused naming the file, dataset and first bad pixel, or (``bad_pixels='mask'``) replaced by
+    the median of their finite neighbours, with the count logged. Complex images are refused.
+    """
+    check_bad_pixel_mode(bad_pixels)
     path = Path(path)
+    if path.is_dir():
+        raise InputFileError(f"{path}: is a folder; expected a phase image file")
     if not path.is_file():
         raise InputFileError(f"{path}: no such file")
     if path.suffix.lower() in (".h5", ".hdf5", ".hdf"):
-        with h5py.File(path, "r") as f:
+        try:
+            f = h5py.File(path, "r")
+        except OSError as exc:
+            raise InputFileError(f"{path}: not a readable HDF5 file ({' '.join(str(exc).split())[:200]})") from None
+        with f:
             if key is None:
                 cands = [k for k in ("phase", "object_phase") if k in f]
                 if not cands:
@@ -151,6 +159,8 @@ def read_phase_image(path: str | Path, key: str | None = None) -> np.ndarray:
                 key = cands[0]
             if key not in f:
                 raise InputFileError(f"{path}: dataset '{key}' not found")
+            if f[key].dtype.kind not in "biuf":
+                raise InputFileError(f"{path}:{key}: {f[key].dtype} values; expected a real phase image (rad)")
             img = np.asarray(f[key], dtype=np.float32)
     else:
         from .pairs import read_image
@@ -159,6 +169,11 @@ def read_phase_image(path: str | Path, key: str | None = None) -> np.ndarray:
     img = np.squeeze(img)
     if img.ndim != 2:
         raise ShapeError(f"{path}: expected a 2-D phase image, got shape {img.shape}")
+    source = f"{path}:{key}" if key else str(path)
+    if bad_pixels == "refuse":
+        check_finite(img, source, what="pixel")
+    elif (n := mask_nonfinite(img)):
+        log.warning("%s: replaced %d non-finite pixels by the median of their finite neighbours", source, n)
     return img
 
 
@@ -184,16 +199,13 @@ def write_refined(path: str | Path, low: np.ndarray, high: np.ndarray, attrs: di
                   png: str | Path | None = None, coarse: np.ndarray | None = None) -> Path:
     """HDF5 with ``phase`` (S, S) and ``phase_x2`` (2S, 2S) in rad (+ a PNG comparison when ``png``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
+    with atomic_file(path) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("phase", data=low.astype(np.float32))
         f.create_dataset("phase_x2", data=high.astype(np.float32))
         f.attrs["format"] = "phasestem-refined-phase"
         f.attrs["units"] = "rad"
         for k, v in (attrs or {}).items():
             f.attrs[k] = v if isinstance(v, (int, float, str)) else json.dumps(v, default=str)
-    os.replace(tmp, path)
     if png is not None:
         import matplotlib
 
@@ -229,6 +241,7 @@ def make_pairs(files: list[str], out: str | Path, degradation: Degrade | None = 
         with h5py.File(path, "r") as f:
             for k in tqdm(keys, desc=Path(path).name, disable=not progress, leave=False):
                 phase = np.asarray(f[k], dtype=np.float32)
+                check_finite(phase, f"{path}:{k}", what="phase value", hint="")
                 for _ in range(copies):
                     inputs.append(degrade(phase, deg, rng).numpy())
                     gts.append(phase)

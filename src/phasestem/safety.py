@@ -1,0 +1,165 @@
+"""Guards shared by every command that reads user files or writes results.
+
+* :func:`refuse_output_over_inputs`: an output path never resolves to an input file (symlinks,
+  hard links and relative paths included).
+* :func:`atomic_file`: write under a temporary name in the same folder, rename on success, remove
+  the temporary file on any failure; an existing folder is refused as a file output.
+* :func:`check_finite` / :func:`mask_nonfinite`: refuse NaN/Inf values with the source and the first
+  bad index, or replace them by the median of their finite neighbours and say how many.
+* :func:`available_memory`: what the machine can still hold (to decide eager vs lazy reads).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConfigError, InputFileError
+
+BAD_PIXEL_MODES = ("refuse", "mask")
+#: files inside an input *folder* (a model run folder) that a command may read: an output must not be one of them
+_FOLDER_INPUT_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".json", ".yaml", ".yml")
+
+PathLike = str | os.PathLike
+
+
+def _same(a: Path, b: Path) -> bool:
+    """True if ``a`` and ``b`` name the same file (after links and relative parts are resolved)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _input_files(inputs: Iterable[PathLike | None]) -> list[Path]:
+    """Input paths; an input folder (a model run folder) contributes the model/config files inside it."""
+    files: list[Path] = []
+    for item in inputs:
+        if item is None:
+            continue
+        p = Path(item)
+        files.append(p)
+        if p.is_dir():
+            for depth in ("*", "*/*", "*/*/*"):
+                files.extend(q for q in p.glob(depth) if q.suffix.lower() in _FOLDER_INPUT_SUFFIXES and q.is_file())
+    return files
+
+
+def refuse_output_over_inputs(out: PathLike | Sequence[PathLike], inputs: Iterable[PathLike | None],
+                              field: str = "--out", written: Sequence[str] = ()) -> None:
+    """Raise :class:`ConfigError` if an output would overwrite an input.
+
+    ``out`` is one output path or several (e.g. an HDF5 file and the PNG next to it); for an output
+    *folder* give the names the command writes inside it as ``written``. ``inputs`` are the files
+    (or model folders) the command reads; ``None`` entries are skipped.
+    """
+    outs = [Path(out)] if isinstance(out, str | os.PathLike) else [Path(o) for o in out]
+    targets = outs + [o / name for o in outs for name in written]
+    files = _input_files(inputs)
+    for target in targets:
+        for inp in files:
+            if _same(target, inp):
+                what = "input folder" if inp.is_dir() else "input file"
+                raise ConfigError(f"{field} {outs[0]}: would overwrite the {what} {inp}"
+                                  + (f" (as {target})" if target not in outs else "")
+                                  + "; choose another output path")
+
+
+@contextmanager
+def atomic_file(path: PathLike, field: str = "--out") -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success rename it to ``path``, on failure remove it.
+
+    An existing folder at ``path`` is refused before anything is written (it cannot be replaced by a file).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{field} {path}: is a folder; give a file name (e.g. {path / ('output' + '.h5')})")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.is_file() or tmp.is_symlink():
+            tmp.unlink()
+
+
+def available_memory() -> int:
+    """Bytes the machine can still hand out (``MemAvailable``; psutil elsewhere; 4 GiB if unknown)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:  # pragma: no cover - neither source present
+        return 4 * 1024**3
+
+
+# ------------------------------------------------------------------------------------- finiteness
+def check_bad_pixel_mode(mode: str, field: str = "--bad-pixels") -> str:
+    """``mode`` if it is one of :data:`BAD_PIXEL_MODES`, else a :class:`ConfigError` naming ``field``."""
+    if mode not in BAD_PIXEL_MODES:
+        raise ConfigError(f"{field}: expected one of {list(BAD_PIXEL_MODES)}, got {mode!r}")
+    return mode
+
+
+def first_nonfinite(arr: np.ndarray) -> tuple[int, ...] | None:
+    """Index of the first NaN/Inf of ``arr`` (C order), or None (integer arrays are always finite)."""
+    if arr.dtype.kind not in "fc":
+        return None
+    bad = ~np.isfinite(arr)
+    if not bad.any():
+        return None
+    return tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), arr.shape))
+
+
+def check_finite(arr: np.ndarray, source: str, offset: Sequence[int] = (), what: str = "value",
+                 hint: str = "--bad-pixels mask replaces them by the median of their finite neighbours") -> None:
+    """Raise :class:`InputFileError` naming ``source`` and the first NaN/Inf index (``offset`` added to the
+    leading axes, for blocks of a larger array)."""
+    idx = first_nonfinite(arr)
+    if idx is None:
+        return
+    full = tuple(i + o for i, o in zip(idx, offset, strict=False)) + idx[len(offset):]
+    raise InputFileError(f"{source}: {what} at index {full} is {arr[idx]}; expected finite numbers"
+                         + (f" ({hint})" if hint else ""))
+
+
+def mask_nonfinite(arr: np.ndarray) -> int:
+    """Replace NaN/Inf of a float array in place by the median of the finite values among their 3 × 3
+    neighbours in the last two axes (0 where none is finite); returns how many were replaced."""
+    if arr.dtype.kind != "f":
+        return 0
+    bad = np.nonzero(~np.isfinite(arr))
+    n = len(bad[0]) if bad else 0
+    if n == 0:
+        return 0
+    H, W = arr.shape[-2:]
+    lead, ys, xs = bad[:-2], bad[-2], bad[-1]
+    neighbours = np.full((n, 9), np.nan, dtype=np.float64)
+    k = 0
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            yy, xx = ys + dy, xs + dx
+            ok = (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
+            vals = arr[(*(a[ok] for a in lead), yy[ok], xx[ok])].astype(np.float64)
+            vals[~np.isfinite(vals)] = np.nan
+            neighbours[ok, k] = vals
+            k += 1
+    finite = np.isfinite(neighbours).any(axis=1)
+    fill = np.zeros(n, dtype=np.float64)
+    if finite.any():
+        fill[finite] = np.nanmedian(neighbours[finite], axis=1)
+    arr[bad] = fill.astype(arr.dtype)
+    return int(n)
