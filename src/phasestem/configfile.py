@@ -14,14 +14,47 @@ from .errors import ConfigError, InputFileError
 
 M = TypeVar("M", bound=BaseModel)
 
+#: most values (after expanding YAML aliases) a config may hold: anchors cannot blow up validation time
+MAX_VALUES = 100_000
+
+
+def _count_values(node: Any, source: str) -> int:
+    """Values in ``node`` with aliases expanded (ConfigError for a recursive alias or more than MAX_VALUES)."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(n: Any) -> int:
+        if not isinstance(n, dict | list):
+            return 1
+        if id(n) in sizes:
+            return sizes[id(n)]
+        if id(n) in active:
+            raise ConfigError(f"{source}: a YAML alias refers to itself (recursive anchor)")
+        active.add(id(n))
+        children = list(n.keys()) + list(n.values()) if isinstance(n, dict) else n
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > MAX_VALUES:
+                raise ConfigError(f"{source}: more than {MAX_VALUES:,} values once YAML aliases are expanded")
+        active.discard(id(n))
+        sizes[id(n)] = total
+        return total
+
+    return size(node)
+
 
 def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict[str, Any]:
     """``yaml.safe_load`` a file whose top level must be a mapping (an empty file gives {})."""
     path = Path(path)
+    if path.is_dir():
+        raise InputFileError(f"{path}: is a folder, expected a YAML {what}")
     if not path.is_file():
         raise InputFileError(f"{path}: {what} not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file, expected a YAML {what}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -31,7 +64,26 @@ def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict[str, 
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections (got {type(data).__name__})")
+    _count_values(data, str(path))
     return data
+
+
+def parse_set_options(items: list[str] | None, option: str = "--set") -> dict[str, Any]:
+    """``["a.b=1", "c=[2, 3]"]`` → ``{"a.b": 1, "c": [2, 3]}``; values are plain YAML (tags refused, one line)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key or "" in key.split("."):
+            raise ConfigError(f"{option} expects KEY=VALUE (dotted key), got {item!r}")
+        try:
+            out[key] = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            problem = (getattr(exc, "problem", None) or str(exc)).splitlines()[0]
+            raise ConfigError(f"{option} {key}: not a plain YAML value ({problem}); YAML tags such as "
+                              "!!python/... are refused") from None
+        _count_values(out[key], f"{option} {key}")
+    return out
 
 
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
@@ -39,8 +91,10 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | None) -> d
     for dotted, value in (overrides or {}).items():
         node = data
         *head, last = dotted.split(".")
-        for key in head:
+        for i, key in enumerate(head):
             node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{'.'.join(head[: i + 1])}: is a value, not a section, so {dotted} cannot be set")
         node[last] = value
     return data
 
@@ -68,6 +122,8 @@ def validate(model: type[M], data: dict[str, Any], source: str) -> M:
         raise ConfigError(format_validation_error(exc, source)) from None
     except ValueError as exc:  # raised inside a validator that is not a pydantic one
         raise ConfigError(f"{source}: {exc}") from None
+    except (TypeError, ArithmeticError, LookupError, RecursionError) as exc:  # a validator's bug: still one line
+        raise ConfigError(f"{source}: invalid configuration ({type(exc).__name__}: {exc})") from None
 
 
 def load_yaml_config(model: type[M], path: str | Path, overrides: dict[str, Any] | None = None,

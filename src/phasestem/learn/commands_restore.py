@@ -7,10 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-import yaml
-
-from ..configfile import read_yaml_mapping, validate
-from ..errors import ConfigError
+from ..configfile import parse_set_options, read_yaml_mapping, validate
 
 log = logging.getLogger("phasestem.learn")
 
@@ -18,13 +15,7 @@ _FMT = argparse.RawDescriptionHelpFormatter
 
 
 def _overrides(items: list[str] | None) -> dict:
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ConfigError(f"--set expects KEY=VALUE (dotted key), got {item!r}")
-        k, v = item.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
-    return out
+    return parse_set_options(items)
 
 
 def _train(network: str):

@@ -28,14 +28,16 @@ def run_tuning(params: ReconstructParams, out_dir: str | Path | None = None, n_t
         raise ConfigError("tune: the parameter file has no 'tune' section (ranges to search)")
     if t.C10 is None and t.slice_thickness is None and not t.learning_rates:
         raise ConfigError("tune: give at least one of tune.C10, tune.slice_thickness, tune.learning_rates")
+    dataset = build_dataset(params)  # the data are checked before anything is created on disk
     out = Path(out_dir or params.run.out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     storage = t.storage or f"sqlite:///{(out / 'tune.db').resolve()}"
     pruners = optuna.pruners
     pruner = pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1) if t.pruning else pruners.NopPruner()
     study = optuna.create_study(study_name=t.study_name, storage=storage, load_if_exists=True, direction="minimize",
                                 sampler=optuna.samplers.TPESampler(seed=t.seed), pruner=pruner)
-    dataset = build_dataset(params)
 
     def objective(trial):
         p = params.model_copy(deep=True)

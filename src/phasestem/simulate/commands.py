@@ -21,7 +21,12 @@ def register(sub, train_sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("config", nargs="?", help="YAML config (defaults = the seed-000 generator when omitted)")
-    p.add_argument("--out", default="simulated", help="output folder (default: ./simulated)")
+    p.add_argument("--out", help="output folder (required here or as 'out' in the config)")
+    p.add_argument("--yes", action="store_true",
+                   help="accept the default output size (5 files × 700 samples) when the config does not set it")
+    p.add_argument("--restart", action="store_true",
+                   help="when --out holds an unfinished run with another config: delete that run's own files "
+                   "(work samples and shards) and start this one")
     p.add_argument("--workers", type=int, help="local Dask worker processes (overrides compute.workers)")
     p.add_argument("--scheduler", help="Dask scheduler address for many machines (overrides compute.scheduler)")
     p.add_argument("--device", help="torch device (overrides compute.device)")
@@ -48,6 +53,7 @@ def register(sub, train_sub) -> None:
 
 
 def _simulate(args) -> int:
+    from .budget import check_memory
     from .config import load_config
     from .writer import simulate_dataset
 
@@ -59,20 +65,45 @@ def _simulate(args) -> int:
     if args.dump_config:
         print(cfg.to_yaml(), end="")
         return 0
-    out = Path(args.out)
+    if not args.out and not cfg.out:
+        raise ConfigError(f"{args.config or 'simulate'}: no output folder: give --out DIR or 'out: DIR' in the config")
+    out = Path(args.out or cfg.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: exists and is not a folder")
+    _confirm_default_size(cfg, args.yes)
+    check_memory(cfg, processes=max(1, cfg.compute.workers) if cfg.compute.scheduler is None else 1,
+                 source=str(args.config or "config"))
     out.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(out / "simulate.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logging.getLogger("phasestem").addHandler(handler)
     try:
-        paths = simulate_dataset(cfg, out)
+        paths = simulate_dataset(cfg, out, restart=args.restart)
     finally:
         logging.getLogger("phasestem").removeHandler(handler)
     for p in paths:
         print(p)
     return 0
+
+
+#: output size (bytes, before compression) above which default file counts need --yes
+DEFAULT_SIZE_LIMIT = 1e9
+
+
+def _confirm_default_size(cfg, yes: bool) -> None:
+    """Refuse a large run whose size comes from the defaults (output.n_files/samples_per_file not set) without --yes."""
+    from .budget import gb, output_bytes
+
+    if yes or {"n_files", "samples_per_file"} & cfg.output.model_fields_set:
+        return
+    size = output_bytes(cfg)
+    if size <= DEFAULT_SIZE_LIMIT:
+        return
+    o, s, d = cfg.output, cfg.scan, cfg.detector
+    raise ConfigError(
+        f"output: not set, so the defaults would write {o.n_files * o.samples_per_file:,} samples in {o.n_files} "
+        f"files, about {gb(size)} before compression ({s.shape[0]}×{s.shape[1]} patterns of {d.shape[0]}×"
+        f"{d.shape[1]} per sample); set output.n_files and output.samples_per_file, or pass --yes to accept")
 
 
 def _probe_extent(args) -> int:

@@ -12,7 +12,14 @@ from ..configfile import apply_overrides, read_yaml_mapping, validate
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+def _positive_pair(v: tuple, info) -> tuple:
+    """Both numbers of a (y, x) pair must be > 0."""
+    if min(v) <= 0:
+        raise ValueError("both values must be positive")
+    return v
 
 
 class Optics(_Strict):
@@ -26,6 +33,14 @@ class Optics(_Strict):
         "raise", description="What to do when the probe exceeds the anti-aliased band limit of the grid."
     )
 
+    @field_validator("aberrations")
+    @classmethod
+    def _known(cls, v):
+        from ..optics import Aberrations
+
+        Aberrations.from_dict(v)
+        return v
+
 
 class Grid(_Strict):
     extent: tuple[float, float] = Field((100.0, 100.0), description="Cell size (y, x) in Å; the specimen is periodic.")
@@ -37,6 +52,8 @@ class Grid(_Strict):
     phase_gpts: tuple[int, int] = Field(
         (256, 256), description="Grid of the stored phase/potential images (y, x); sim_gpts must be a multiple."
     )
+
+    _positive = field_validator("extent", "sim_gpts", "phase_gpts")(_positive_pair)
 
     @model_validator(mode="after")
     def _multiples(self):
@@ -51,12 +68,7 @@ class Scan(_Strict):
     step: tuple[float, float] = Field((2.0, 2.0), description="Scan step (y, x) in Å.")
     origin: tuple[float, float] = Field((0.0, 0.0), description="Position of the first probe (y, x) in Å.")
 
-    @field_validator("step")
-    @classmethod
-    def _positive(cls, v):
-        if min(v) <= 0:
-            raise ValueError(f"scan.step must be positive (Å), got {v}")
-        return v
+    _positive = field_validator("shape", "step")(_positive_pair)
 
 
 class Detector(_Strict):
@@ -70,6 +82,8 @@ class Detector(_Strict):
         None, description="Electron dose in e/Å² (Poisson noise on counts = dose × scan-step area); null = noise-free "
         "patterns normalised to the incident beam."
     )
+
+    _positive = field_validator("shape")(_positive_pair)
 
     @field_validator("dose")
     @classmethod
@@ -103,12 +117,46 @@ class Specimen(_Strict):
     )
     synthetic_max_phase: float = Field(1.0, gt=0, description="Maximum phase (rad) of synthetic objects.")
 
+    @field_validator("depth")
+    @classmethod
+    def _depth(cls, v):
+        if not 0 < v[0] <= v[1]:
+            raise ValueError("must be (low, high) Å with 0 < low <= high")
+        return v
+
+    @field_validator("prototypes")
+    @classmethod
+    def _prototypes(cls, v):
+        from ..specimen import CRYSTAL_PROTOTYPES
+
+        known = [p[0] for p in CRYSTAL_PROTOTYPES]
+        if v is not None and (not v or any(p not in known for p in v)):
+            raise ValueError(f"expected a non-empty list among {known} or null")
+        return v
+
+    @field_validator("elements")
+    @classmethod
+    def _elements(cls, v):
+        from ase.data import atomic_numbers
+
+        bad = [e for e in v if e not in atomic_numbers]
+        if not v or bad:
+            raise ValueError(f"expected a non-empty list of element symbols, unknown: {bad}")
+        return v
+
 
 class Output(_Strict):
     n_files: int = Field(5, ge=1, description="Number of HDF5 files (shards).")
     samples_per_file: int = Field(700, ge=1, description="Samples per file.")
     prefix: str = Field("simulation_data", description="File name prefix: <prefix>1.h5 … <prefix>N.h5.")
     compression: int = Field(4, ge=0, le=9, description="gzip level of the stored patterns (0 = none).")
+
+    @field_validator("prefix")
+    @classmethod
+    def _file_name(cls, v):
+        if not v or any(c in v for c in "/\\\0") or v.startswith("."):
+            raise ValueError("must be a plain file name prefix (no path separator, not hidden)")
+        return v
 
 
 class Compute(_Strict):
@@ -124,6 +172,8 @@ class Compute(_Strict):
 class SimulationConfig(_Strict):
     """A complete simulation run."""
 
+    out: str | None = Field(None, description="Output folder (relative to the working directory); --out overrides "
+                            "it. One of the two is required.")
     optics: Optics = Field(default_factory=Optics, description="Probe optics.")
     grid: Grid = Field(default_factory=Grid, description="Simulation and output grids.")
     scan: Scan = Field(default_factory=Scan, description="Scan raster.")
@@ -137,7 +187,7 @@ class SimulationConfig(_Strict):
 
     def results_yaml(self) -> str:
         """The config less the settings that cannot change the results (devices, parallelism, batch)."""
-        data = self.model_dump(mode="json")
+        data = self.model_dump(mode="json", exclude={"out"})
         data["compute"] = {"seed": self.compute.seed}
         return yaml.safe_dump(data, sort_keys=False)
 

@@ -8,6 +8,11 @@ assembled (again under a temporary name) only when all its samples exist, and it
 files are removed only after the rename. Rerunning the same command skips what is done.
 Sample i depends only on (seed, i), so the result is the same whatever the number of
 processes or machines.
+
+The run only ever creates, and only ever deletes, its own names: the shards, ``<prefix>_config.yaml``,
+the ``.work`` folder, temporary files ``.phasestem-*.partial`` and the lock ``.phasestem-simulate.lock``
+(held by the driver process for the whole run, see :mod:`.lock`), so a user's files in the folder
+are never touched.
 """
 from __future__ import annotations
 
@@ -18,16 +23,26 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import yaml
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from ..optics import interaction_constant
+from .budget import check_memory
 from .config import SimulationConfig
+from .lock import OutputLock
 
 log = logging.getLogger("phasestem.simulate")
 
 FORMAT = "phasestem-seed000"
 WORK_DIR = ".work"
+#: prefix of every temporary file the run creates (and the only ``*.partial`` files it ever deletes)
+TMP_PREFIX = ".phasestem-"
+
+
+def temporary_path(path: Path) -> Path:
+    """Where ``path`` is written before its atomic rename: ``.phasestem-<name>.partial`` beside it."""
+    return path.with_name(f"{TMP_PREFIX}{path.name}.partial")
 
 
 def file_name(cfg: SimulationConfig, k: int) -> str:
@@ -40,7 +55,7 @@ def sample_path(out: Path, index: int) -> Path:
 
 
 def _write_sample(path: Path, result: dict) -> None:
-    tmp = path.with_name(path.name + ".partial")
+    tmp = temporary_path(path)
     with h5py.File(tmp, "w") as f:
         f.create_dataset("patterns", data=result["patterns"], track_times=False)
         f.create_dataset("phase", data=result["phase"], track_times=False)
@@ -101,7 +116,7 @@ def assemble_file(cfg: SimulationConfig, out: Path, k: int) -> Path:
     n = cfg.output.samples_per_file
     indices = range((k - 1) * n, k * n)
     final = out / file_name(cfg, k)
-    tmp = final.with_name(final.name + ".partial")
+    tmp = temporary_path(final)
     H, W = cfg.detector.shape
     sy, sx = cfg.scan.shape
     chunks = (min(5, sy), min(5, sx), H, W)
@@ -134,34 +149,92 @@ def pending_samples(cfg: SimulationConfig, out: Path) -> tuple[list[int], list[i
     return files, todo
 
 
-def _check_out(cfg: SimulationConfig, out: Path) -> None:
-    """Refuse to mix runs: a folder keeps the config it was started with."""
+def _shard_config(path: Path) -> str | None:
+    """The results config stored in a shard (None when unreadable or absent)."""
+    try:
+        with h5py.File(path, "r") as f:
+            value = f.attrs.get("config")
+    except OSError:
+        return None
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def run_files(out: Path, stamp_text: str) -> tuple[list[Path], list[Path]]:
+    """The committed files of the unfinished run whose stamp is ``stamp_text``: (its work samples, its shards).
+
+    Shards count only when they store that same config, so a user's file of the same name is never the run's.
+    """
+    samples = sorted((out / WORK_DIR).glob("sample_*.h5"))
+    try:
+        old = yaml.safe_load(stamp_text)["output"]
+        names = [out / f"{old['prefix']}{k}.h5" for k in range(1, int(old["n_files"]) + 1)]
+    except (yaml.YAMLError, KeyError, TypeError, ValueError):
+        names = []
+    shards = [p for p in names if p.is_file() and _shard_config(p) == stamp_text]
+    return samples, shards
+
+
+def _write_stamp(stamp: Path, text: str) -> None:
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_path(stamp)
+    tmp.write_text(text)
+    os.replace(tmp, stamp)
+
+
+def _check_out(cfg: SimulationConfig, out: Path, restart: bool = False) -> None:
+    """Refuse to mix runs: a folder keeps the config it was started with, unless nothing of the old run was
+    committed yet (its stamp is replaced) or ``restart`` (the old run's own files are deleted first)."""
     stamp = out / WORK_DIR / "config.yaml"
     text = cfg.results_yaml()
     done = out / f"{cfg.output.prefix}_config.yaml"
     if not stamp.exists() and done.exists() and done.read_text() != text:
         raise ConfigError(f"{out}: holds a finished run with a different configuration ({done}); use another folder")
     if stamp.exists() and stamp.read_text() != text:
-        raise ConfigError(
-            f"{out}: holds an unfinished run with a different configuration ({stamp}); use another output folder "
-            "or rerun with the same config to resume"
-        )
-    stamp.parent.mkdir(parents=True, exist_ok=True)
+        samples, shards = run_files(out, stamp.read_text())
+        if samples or shards:
+            if not restart:
+                raise ConfigError(
+                    f"{out}: holds an unfinished run with a different configuration ({stamp}; {len(samples)} "
+                    f"sample(s) and {len(shards)} file(s) done): rerun with that config to resume, use another "
+                    "--out, or add --restart to delete that run's own files and start this one")
+            for path in samples + shards:
+                path.unlink()
+            log.warning("--restart: deleted %d sample(s) and %d file(s) of the previous run in %s",
+                        len(samples), len(shards), out)
+        else:
+            log.info("%s: the previous run committed no sample; its configuration is replaced", out)
+        _write_stamp(stamp, text)
     if not stamp.exists():
-        tmp = stamp.with_name("config.yaml.partial")
-        tmp.write_text(text)
-        os.replace(tmp, stamp)
+        _write_stamp(stamp, text)
 
 
-def simulate_dataset(cfg: SimulationConfig, out: str | Path, progress: bool = True) -> list[Path]:
-    """Write (or finish writing) the seed-layout files of ``cfg`` into ``out``. Returns the file paths."""
+def _remove_own_temporaries(out: Path) -> None:
+    """Delete what a killed run of this folder left mid-write: only the run's own temporary names."""
+    stale = list(out.glob(f"{TMP_PREFIX}*.partial"))
+    if (out / WORK_DIR).is_dir():
+        stale += list((out / WORK_DIR).glob("*.partial"))  # the work folder is the run's own
+    for path in stale:
+        path.unlink(missing_ok=True)
+
+
+def simulate_dataset(cfg: SimulationConfig, out: str | Path, progress: bool = True,
+                     restart: bool = False) -> list[Path]:
+    """Write (or finish writing) the seed-layout files of ``cfg`` into ``out``. Returns the file paths.
+
+    Refuses (ConfigError) a sample that does not fit in memory before anything is written, and
+    (FolderBusyError) a folder that another run holds. ``restart``: delete the files of an unfinished
+    run with another configuration instead of refusing.
+    """
     out = Path(out)
+    check_memory(cfg, processes=max(1, cfg.compute.workers) if cfg.compute.scheduler is None else 1)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob("*.partial"):
-        stale.unlink()
-    _check_out(cfg, out)
-    for stale in (out / WORK_DIR).glob("*.partial"):
-        stale.unlink()
+    with OutputLock(out):
+        _remove_own_temporaries(out)
+        _check_out(cfg, out, restart)
+        return _simulate_locked(cfg, out, progress)
+
+
+def _simulate_locked(cfg: SimulationConfig, out: Path, progress: bool) -> list[Path]:
     files, todo = pending_samples(cfg, out)
     log.info("%d file(s) to write, %d sample(s) to simulate into %s", len(files), len(todo), out)
     cfg_json = cfg.model_dump_json()
