@@ -11,7 +11,16 @@ extension                  module            reader options
 .mat                       ``mat``           patterns_key, layout, keys, scan_order (v5, v7.3; PtychoShelves)
 .emd (py4DSTEM)            ``emd``           patterns_key (EMD 1.0 / py4DSTEM; pass format="emd" for .h5)
 .raw .bin .dat             ``raw``           shape, dtype, offset, frame_header/footer, detector="empad"
+.mib (+ .hdr)              ``rosetta``       Merlin/Medipix via rsciio; scan shape from the .hdr
+.dm3 .dm4                  ``rosetta``       Gatan DigitalMicrograph via rsciio
+.xml (+ .raw)              ``rosetta``       EMPAD via rsciio (a .raw named by an EMPAD .xml beside it too)
+.blo .hspy .zspy .mrc      ``rosetta``       blockfile, HyperSpy HDF5/zarr, MRC, TVIPS via rsciio
+.tvips                                       (``plugin=``, ``reader_options=`` for the rsciio reader)
+NAME_master.h5             ``dectris``       Dectris Arina/Eiger master + linked data files (h5py)
 =========================  ================  ==========================================
+
+The ``rosetta`` and ``dectris`` readers read lazily (dask / h5py) and take the scan step, beam energy and
+detector pixel from the file when present; ``metadata['missing_from_file']`` lists what was not there.
 
 Every module exposes ``read(path, **options) -> FourDSTEM``; writers are ``write(path, dataset)``.
 All readers also take the calibrations of :func:`phasestem.io._common.build_dataset` (energy, scan_step,
@@ -33,13 +42,16 @@ _BY_EXTENSION = {
     ".mat": "mat",
     ".emd": "emd",
     ".raw": "raw", ".bin": "raw", ".dat": "raw",
+    ".mib": "rosetta", ".dm3": "rosetta", ".dm4": "rosetta", ".xml": "rosetta", ".blo": "rosetta",
+    ".hspy": "rosetta", ".zspy": "rosetta", ".mrc": "rosetta", ".tvips": "rosetta",
 }
-FORMATS = sorted(set(_BY_EXTENSION.values()))
+FORMATS = sorted(set(_BY_EXTENSION.values()) | {"dectris"})
 
 
 def reader_module(path: str | Path, format: str | None = None):
     """The reader module for ``path`` (by ``format`` or the file extension)."""
-    name = format or _BY_EXTENSION.get(Path(path).suffix.lower())
+    master = Path(path).name.lower().endswith("_master.h5")  # Dectris Arina/Eiger
+    name = format or ("dectris" if master else _BY_EXTENSION.get(Path(path).suffix.lower()))
     if name is None:
         raise ConfigError(
             f"{path}: cannot tell the file format from the extension '{Path(path).suffix}'; "

@@ -4,7 +4,10 @@ File layout: ``offset`` header bytes, then N frames, each ``frame_header`` bytes
 pixels of ``dtype`` (row-major, ``order='C'``; ``'F'`` for column-major frames) and
 ``frame_footer`` bytes. ``footer_rows`` / ``header_rows`` give the per-frame extras in whole
 detector rows instead (e.g. the EMPAD: 128 × 128 pixels of float32 plus 2 footer rows per
-frame, i.e. frames of 130 × 128 — ``detector='empad'`` sets exactly that).
+frame, i.e. frames of 130 × 128 — ``detector='empad'`` sets exactly that). A .raw named by an EMPAD
+.xml beside it (``<raw_file filename="…"/>``) is read through that .xml by :mod:`phasestem.io.rosetta`
+(rsciio's EMPAD reader, with the scan shape and step the .xml holds) when no ``shape`` is given or
+``detector='empad'``; the preset is the fallback for a .raw without its .xml.
 
 Options:
 
@@ -31,11 +34,32 @@ from ._common import build_dataset
 PRESETS = {"empad": {"shape": (128, 128), "dtype": "<f4", "footer_rows": 2}}
 
 
+def empad_xml(path: Path) -> Path | None:
+    """The EMPAD .xml beside ``path`` that names it as its raw file, or None."""
+    for xml in sorted(path.parent.glob("*.xml")):
+        try:
+            with open(xml, errors="replace") as f:
+                text = f.read(1 << 16)
+        except OSError:
+            continue
+        if "raw_file" in text and f'"{path.name}"' in text:
+            return xml
+    return None
+
+
 def read(path: str | Path, shape=None, dtype: str = "float32", offset: int = 0, frame_header: int = 0,
          frame_footer: int = 0, header_rows: int = 0, footer_rows: int = 0, order: str = "C",
          detector: str | None = None, **options) -> FourDSTEM:
     """Memory-map a raw dump → :class:`FourDSTEM` (nothing read until asked for)."""
     path = Path(path)
+    if detector in (None, "empad", "EMPAD") and (shape is None or detector is not None):
+        xml = empad_xml(path)
+        if xml is not None:  # an EMPAD acquisition: read it with rsciio through its .xml (scan shape, step)
+            from . import rosetta
+
+            if shape is not None and len(shape) == 4:
+                options.setdefault("scan_shape", tuple(shape[:2]))
+            return rosetta.read(xml, plugin="empad", **options)
     if detector is not None:
         preset = PRESETS.get(detector.lower())
         if preset is None:
