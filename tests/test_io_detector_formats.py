@@ -253,7 +253,7 @@ def test_dectris_master_concatenates_links_lazily_with_metadata(tmp_path, monkey
     assert ds.energy == pytest.approx(300e3, rel=1e-9)
     assert ds.angular_sampling == pytest.approx((0.75, 0.75))
     assert ds.metadata["missing_from_file"] == ["scan_step"]
-    det = PixelatedDetector.from_dict(ds.metadata["detector"])
+    det = PixelatedDetector.from_dataset(ds)
     np.testing.assert_array_equal(det.bad_pixels, mask)
     assert det.centre == (2.5, 3.0)
     with pytest.raises(ShapeError, match=r"run_master\.h5: the file's metadata says a 3×4 scan but scan_shape is 2×6"):

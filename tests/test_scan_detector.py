@@ -50,6 +50,9 @@ def test_gridscan_plain_raster_equals_dataset_grid_and_round_trips_dict():
     scan = GridScan((2, 3), 0.7, origin=(0.1, 0.2))
     ds = FourDSTEM(np.zeros((2, 3, 4, 4)), energy=300e3, scan_step=(0.7, 0.7), scan_origin=(0.1, 0.2))
     np.testing.assert_allclose(scan.positions(), ds.positions_angstrom())
+    np.testing.assert_allclose(GridScan.from_dataset(ds).positions(), ds.positions_angstrom())
+    det = PixelatedDetector.from_dataset(ds)
+    assert det.shape == (4, 4) and det.angular_sampling is None
     assert scan.is_plain_raster
     again = GridScan.from_dict(scan.replace(rotation=12.0, affine=np.eye(2)).to_dict())
     assert again.rotation == 12.0 and not again.is_plain_raster

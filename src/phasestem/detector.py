@@ -128,6 +128,18 @@ class PixelatedDetector:
                 kw["bad_pixels"] = pixel_list_to_mask(arr, _pair(kw["shape"], "shape", int))
         return cls(**kw)
 
+    @classmethod
+    def from_dataset(cls, dataset) -> PixelatedDetector:
+        """The detector of a :class:`~phasestem.dataset.FourDSTEM`: ``metadata['detector']`` when a reader
+        stored one (e.g. a Dectris pixel mask and beam centre), else its frame shape and angular sampling."""
+        stored = dataset.metadata.get("detector")
+        if isinstance(stored, Mapping) and tuple(stored.get("shape", ())) == tuple(dataset.pattern_shape):
+            det = cls.from_dict(stored)
+            if det.angular_sampling is None and dataset.angular_sampling is not None:
+                det = det.replace(angular_sampling=dataset.angular_sampling)
+            return det
+        return cls(shape=dataset.pattern_shape, angular_sampling=dataset.angular_sampling)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain values for YAML: bad pixels as a list of [y, x]; dark/gain are left out (save them as .npy)."""
         out: dict[str, Any] = {"shape": list(self.shape), "rotation": self.rotation, "transpose": self.transpose,

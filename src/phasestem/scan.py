@@ -88,6 +88,12 @@ class GridScan:
         return cls(shape=tuple(shape) if shape is not None else (1, len(pos)), explicit=pos)
 
     @classmethod
+    def from_dataset(cls, dataset) -> GridScan:
+        """The scan of a :class:`~phasestem.dataset.FourDSTEM`: its grid, or its explicit positions."""
+        return cls(shape=dataset.scan_shape, step=dataset.scan_step, origin=dataset.scan_origin,
+                   explicit=dataset.positions)
+
+    @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> GridScan:
         """From a mapping with the attribute names (as written by :meth:`to_dict`)."""
         allowed = {"shape", "step", "origin", "rotation", "affine", "explicit"}
