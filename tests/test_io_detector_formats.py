@@ -1,6 +1,8 @@
 """Detector formats: rsciio round trips (blockfile, hspy), files built from the documented byte layouts
-(Merlin .mib + .hdr, EMPAD .xml + .raw, MRC, Dectris master + data files) and bad input."""
+(Merlin .mib + .hdr, EMPAD .xml + .raw, MRC, Gatan DM4 tags, Dectris master + data files) and bad input."""
 from __future__ import annotations
+
+import struct
 
 import h5py
 import numpy as np
@@ -213,6 +215,76 @@ def test_mrc_stack_by_byte_layout(tmp_path):
     ds_f = io.load(tmp_path / "stack.mrc", energy=300e3, scan_step=1.0, angular_sampling=0.5, scan_shape=SCAN,
                    scan_order="F")  # frames numbered with y fastest
     np.testing.assert_array_equal(np.asarray(ds_f.patterns)[2, 1], frames[2 + 1 * SCAN[0]])
+
+
+# ---- Gatan DM4 by its tag-file layout ----------------------------------------------------------------
+def _dm4_name(tag_type: int, name: str) -> bytes:
+    return struct.pack(">bH", tag_type, len(name)) + name.encode("latin-1")
+
+
+def _dm4_data(name: str, info: list[int], payload: bytes) -> bytes:
+    """A data tag: header, 8-byte size, '%%%%', info-array length and entries (big endian), then the
+    value in the file's byte order (little endian here)."""
+    body = b"%%%%" + struct.pack(">Q", len(info)) + b"".join(struct.pack(">Q", i) for i in info) + payload
+    return _dm4_name(21, name) + struct.pack(">Q", len(body)) + body
+
+
+def _dm4_group(name: str, tags: list[bytes]) -> bytes:
+    """A tag group: header, 8-byte size, sorted and open flags, 8-byte tag count, the tags."""
+    body = struct.pack(">bbQ", 0, 1, len(tags)) + b"".join(tags)
+    return _dm4_name(20, name) + struct.pack(">Q", len(body)) + body
+
+
+def _dm4_long(name: str, v: int) -> bytes:
+    return _dm4_data(name, [3], struct.pack("<i", v))
+
+
+def _dm4_float(name: str, v: float) -> bytes:
+    return _dm4_data(name, [6], struct.pack("<f", v))
+
+
+def _dm4_double(name: str, v: float) -> bytes:
+    return _dm4_data(name, [7], struct.pack("<d", v))
+
+
+def _dm4_text(name: str, text: str) -> bytes:  # DM strings: arrays of 2-byte characters
+    return _dm4_data(name, [20, 4, len(text)], text.encode("utf-16-le"))
+
+
+def _write_dm4(path, data: np.ndarray, nav_nm: float, sig_per_nm: float, voltage: float) -> None:
+    """A DM4 image of float32 ``data`` (Sy, Sx, H, W): ImageList/TagGroup0/{ImageData, ImageTags, Name}."""
+    sy, sx, h, w = data.shape
+    dims = [w, h, sx, sy]  # DM lists dimensions x fastest
+    cal = [(sig_per_nm, "1/nm"), (sig_per_nm, "1/nm"), (nav_nm, "nm"), (nav_nm, "nm")]
+    image_data = _dm4_group("ImageData", [
+        _dm4_group("Calibrations", [
+            _dm4_group("Brightness", [_dm4_float("Origin", 0.0), _dm4_float("Scale", 1.0), _dm4_text("Units", "")]),
+            _dm4_group("Dimension", [_dm4_group("", [_dm4_float("Origin", 0.0), _dm4_float("Scale", sc),
+                                                     _dm4_text("Units", u)]) for sc, u in cal]),
+        ]),
+        _dm4_data("Data", [20, 6, data.size], data.astype("<f4").tobytes()),
+        _dm4_long("DataType", 2),  # real4
+        _dm4_group("Dimensions", [_dm4_long("", d) for d in dims]),
+        _dm4_long("PixelDepth", 4),
+    ])
+    tags = _dm4_group("ImageTags", [_dm4_group("Microscope Info", [
+        _dm4_double("Voltage", voltage), _dm4_text("Illumination Mode", "STEM")])])
+    image = _dm4_group("", [image_data, tags, _dm4_text("Name", "4D scan")])
+    root = struct.pack(">bbQ", 0, 1, 1) + _dm4_group("ImageList", [image])
+    body = root + b"\0" * 8
+    path.write_bytes(struct.pack(">iQi", 4, len(body), 1) + body)
+
+
+def test_dm4_by_tag_layout(tmp_path):
+    data = np.random.default_rng(8).random((*SCAN, 6, 5)).astype(np.float32)
+    _write_dm4(tmp_path / "scan.dm4", data, nav_nm=0.04, sig_per_nm=0.25, voltage=300e3)
+    ds = io.load(tmp_path / "scan.dm4")
+    assert _is_lazy(ds)
+    np.testing.assert_array_equal(np.asarray(ds.patterns), data)
+    assert ds.energy == pytest.approx(300e3)
+    assert ds.scan_step == pytest.approx((0.4, 0.4), rel=1e-6)
+    assert ds.angular_sampling == pytest.approx((0.025 * wavelength(300e3) * 1e3,) * 2, rel=1e-6)
+    assert ds.metadata["missing_from_file"] == []
 
 
 # ---- Dectris Arina/Eiger master + data files --------------------------------------------------------
