@@ -245,6 +245,47 @@ def test_reconstruct_refuses_nan_data(tmp_path, capsys):
         "scan": {"step": 1.0}, "run": {"out_dir": str(tmp_path / "run"), "n_epochs": 1, "device": "cpu"}}))
     assert main(["reconstruct", str(tmp_path / "p.yaml")]) == 1
     _one_error_line(capsys, "scan.npy", str(BAD), "is nan")
+    assert not (tmp_path / "run" / "results.h5").exists()
+    from phasestem.recon.params import build_dataset, load_params
+
+    params = load_params(tmp_path / "p.yaml")
+    params.data.reader_options = {"bad_pixels": "mask"}
+    assert np.isfinite(np.asarray(build_dataset(params).patterns)).all()
+
+
+def test_training_pairs_refuse_nan_naming_file_dataset_and_index(tmp_path):
+    from phasestem.learn.pairs import H5Pairs, write_pairs
+
+    gt = np.zeros((3, 16, 16), np.float32)
+    gt[2, 5, 6] = np.nan
+    write_pairs(tmp_path / "pairs.h5", np.zeros_like(gt), gt)
+    pairs = H5Pairs(tmp_path / "pairs.h5")
+    assert np.isfinite(pairs[1]["target"].numpy()).all()
+    with pytest.raises(InputFileError, match=r"pairs\.h5:gt: pixel at index \(2, 5, 6\) is nan"):
+        pairs[2]
+
+
+class _Payload:
+    """Pickling this object would create a file: proof that code ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_pickled_arrays_are_refused_without_running_code(tmp_path):
+    marker = tmp_path / "code_ran"
+    for name in ("evil.npy", "evil.npz"):
+        payload = np.array([_Payload(marker)], dtype=object)
+        if name.endswith(".npy"):
+            np.save(tmp_path / name, payload, allow_pickle=True)
+        else:
+            np.savez(tmp_path / name, patterns=payload)
+        with pytest.raises(InputFileError, match=name):
+            io.load(tmp_path / name, energy=3e5, scan_step=1.0)
+    assert not marker.exists()
 
 
 # --------------------------------------------------------------------------------- 10: complex data refused

@@ -30,11 +30,12 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ConfigError, InputFileError, ShapeError
-from ..safety import atomic_file
+from ..safety import atomic_file, check_finite
 
 log = logging.getLogger("phasestem.learn.pairs")
 
 IMAGE_EXTENSIONS = (".npy", ".png", ".tif", ".tiff")
+_DROP = "replace or drop this image"
 PAIRS_FORMAT = "phasestem-pairs"
 
 __all__ = ["Degrade", "degrade", "read_image", "FolderPairs", "H5Pairs", "SimulationPairs", "paired_dataset",
@@ -166,7 +167,10 @@ class FolderPairs(_PairsBase):
 
     def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
         n = self.names[int(item)]
-        return _pair_item(read_image(self.root / "input" / n), read_image(self.root / "gt" / n), self.crop,
+        inp, gt = read_image(self.root / "input" / n), read_image(self.root / "gt" / n)
+        for arr, kind in ((inp, "input"), (gt, "gt")):
+            check_finite(arr, str(self.root / kind / n), what="pixel", hint=_DROP)
+        return _pair_item(inp, gt, self.crop,
                           self._rng(int(item)), str(self.root / "input" / n))
 
 
@@ -203,7 +207,10 @@ class H5Pairs(_PairsBase):
     def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
         f = self._h5()
         i = int(item)
-        return _pair_item(f[self.input_key][i], f[self.gt_key][i], self.crop, self._rng(i), self.path)
+        inp, gt = f[self.input_key][i], f[self.gt_key][i]
+        for arr, key in ((inp, self.input_key), (gt, self.gt_key)):
+            check_finite(np.asarray(arr)[None], f"{self.path}:{key}", offset=(i,), what="pixel", hint=_DROP)
+        return _pair_item(inp, gt, self.crop, self._rng(i), self.path)
 
 
 def simulation_phases(path: str | Path, target: str = "phase") -> list[str]:
@@ -242,6 +249,7 @@ class SimulationPairs(_PairsBase):
         phase = np.asarray(self._h5()[self.keys[i]], dtype=np.float32)
         if phase.ndim != 2:
             raise ShapeError(f"{self.path}: '{self.keys[i]}' must be 2-D, got {phase.shape}")
+        check_finite(phase, f"{self.path}:{self.keys[i]}", what="phase value", hint=_DROP)
         rng = np.random.default_rng([self.seed, i]) if self.fixed else self._fresh_rng(i)
         inp = degrade(phase, self.degradation, rng)
         return _pair_item(inp, phase, self.crop, rng if self.augment else None, self.path)
