@@ -70,6 +70,11 @@ def test_mib_with_hdr_scan_shape_lazy_and_flipped_like_rsciio(tmp_path):
     np.testing.assert_array_equal(np.asarray(ds.patterns), expect)
     np.testing.assert_array_equal(ds.get_patterns([7, 2]).numpy(), expect.reshape(-1, 6, 5)[[7, 2]])
     assert set(ds.metadata["missing_from_file"]) == {"energy", "scan_step", "angular_sampling"}
+    # memory-mapped chunks of 2 frames: a batch or a block of rows computes only the chunks it needs
+    chunked = io.load(path, energy=300e3, scan_step=0.5, reader_options={"chunks": (2, 6, 5)})
+    assert chunked.patterns.numblocks[:2] == (3, 2)
+    np.testing.assert_array_equal(chunked.get_patterns([11, 3]).numpy(), expect.reshape(-1, 6, 5)[[11, 3]])
+    np.testing.assert_allclose(chunked.mean_pattern(chunk=4), expect.mean((0, 1)), rtol=1e-6)
     with pytest.raises(ShapeError, match=r"scan\.mib: the file's metadata says a 3×4 scan but scan_shape is 4×3"):
         io.load(path, energy=300e3, scan_step=0.5, scan_shape=(4, 3))
 

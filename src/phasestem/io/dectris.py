@@ -141,5 +141,7 @@ def read(path: str | Path, **options) -> FourDSTEM:
         "detector": detector.to_dict(),
     }
     if missing:
-        log.info("%s: not in the file: %s", path, ", ".join(missing))
+        given = [k for k in missing if options.get(k) is not None or k == "scan_shape"]
+        log.info("%s: not in the file: %s%s", path, ", ".join(missing),
+                 f" (given: {', '.join(given)})" if given else "")
     return build_dataset(patterns, path, file_values=found, metadata=meta, scan_shape=scan_shape, **options)

@@ -295,5 +295,7 @@ def read(path: str | Path, plugin: str | None = None, reader_options: Mapping[st
     if camera_length is not None:
         meta["camera_length_mm"] = camera_length
     if missing:
-        log.info("%s: not in the file: %s", path, ", ".join(missing))
+        given = [k for k in missing if options.get(k) is not None or k == "scan_shape"]
+        log.info("%s: not in the file: %s%s", path, ", ".join(missing),
+                 f" (given: {', '.join(given)})" if given else "")
     return build_dataset(data, path, file_values=found, metadata=meta, scan_shape=scan_shape, **options)
