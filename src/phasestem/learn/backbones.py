@@ -139,19 +139,18 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         path = files[0]
     if not path.is_file():
         raise InputFileError(f"{path}: pretrained weights file not found")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    from .trainer import read_safetensors, torch_load
 
-        sd = load_file(str(path))
+    if path.suffix == ".safetensors":
+        sd = read_safetensors(path)[0]
     else:
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise InputFileError(f"{path}: not a readable state_dict ({exc})") from exc
+        sd = torch_load(path, "cpu", "pretrained weights file")
     for key in ("state_dict", "model", "state_dict_ema"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]
             break
+    if not isinstance(sd, dict):
+        raise InputFileError(f"{path}: expected a state_dict (names → tensors), found {type(sd).__name__}")
     return {k.removeprefix("module."): v for k, v in sd.items() if isinstance(v, torch.Tensor)}
 
 

@@ -60,13 +60,19 @@ class End2End(nn.Module):
         for path, net_cls, cfg_cls, kind in ((patch_checkpoint, PatchRecoveryNet, PatchRecoveryConfig, "patch"),
                                              (stitch_checkpoint, PhaseStitchingNet, PhaseStitchingConfig, "stitch")):
             state, meta = load_weights(path)
-            model_meta = meta.get("model", {})
-            if model_meta.get("kind") != kind:
-                raise ConfigError(f"{path}: expected a '{kind}' checkpoint, found kind '{model_meta.get('kind')}'")
-            cfg = cfg_cls(**{**model_meta["config"], "cnn_pretrained": None, "vit_pretrained": None}
-                          if kind == "patch" else {**model_meta["config"], "vit_pretrained": None})
-            net = net_cls(cfg)
-            net.load_state_dict(state)
+            model_meta = meta.get("model") if isinstance(meta.get("model"), dict) else {}
+            if model_meta.get("kind") != kind or not isinstance(model_meta.get("config"), dict):
+                found = model_meta.get("kind") or meta.get("network")
+                raise ConfigError(f"{path}: expected a '{kind}' model written by phasestem train, found "
+                                  f"{f'kind {found!r}' if found else 'no network kind in its metadata'}")
+            try:
+                cfg = cfg_cls(**{**model_meta["config"], "cnn_pretrained": None, "vit_pretrained": None}
+                              if kind == "patch" else {**model_meta["config"], "vit_pretrained": None})
+                net = net_cls(cfg)
+                net.load_state_dict(state)
+            except (ValueError, TypeError, RuntimeError) as exc:
+                detail = " ".join(str(exc).split())[:300]
+                raise ConfigError(f"{path}: the {kind} model cannot be rebuilt from its file ({detail})") from exc
             nets.append(net)
         return cls(nets[0], nets[1], patch_chunk)
 

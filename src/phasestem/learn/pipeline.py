@@ -15,13 +15,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .. import __version__
-from ..errors import ConfigError
+from ..errors import ConfigError, InputFileError
 from .config import TrainRunConfig, dump_config
 from .data import PatchDataset, SampleDataset, SampleIndex, StitchDataset
 from .end2end import End2End, FreezePatchNet, end2end_loss_fn
 from .patch_recovery import PatchRecoveryConfig, PatchRecoveryNet, patch_loss_fn
 from .phase_stitching import PhaseStitchingConfig, PhaseStitchingNet, stitch_loss_fn
-from .trainer import Trainer, load_weights
+from .trainer import Trainer, load_weights, seed_everything
 
 log = logging.getLogger("phasestem.learn")
 
@@ -61,10 +61,15 @@ def model_meta(model: nn.Module, index: SampleIndex, cfg: TrainRunConfig) -> dic
     }
 
 
-def build_model(meta: dict[str, Any]) -> nn.Module:
-    """A network (random weights) from the ``meta`` stored with its weights."""
-    m = meta.get("model", {})
-    kind, config = m.get("kind"), m.get("config")
+def build_model(meta: dict[str, Any], source: str | Path = "model meta") -> nn.Module:
+    """A network (random weights) from the ``meta`` stored with its weights (``source`` names it in errors)."""
+    m = meta.get("model")
+    kind, config = (m.get("kind"), m.get("config")) if isinstance(m, dict) else (None, None)
+    if kind is None or not isinstance(config, dict):
+        other = meta.get("network")
+        found = f"a '{other}' model (use the {other} commands)" if other else "no patch/stitch/end2end network"
+        raise InputFileError(f"{source}: not a patch, stitch or end2end model written by phasestem train: its "
+                             f"metadata names {found}")
     if kind == "patch":
         return PatchRecoveryNet({**config, "cnn_pretrained": None, "vit_pretrained": None})
     if kind == "stitch":
@@ -73,14 +78,24 @@ def build_model(meta: dict[str, Any]) -> nn.Module:
         config = {**config, "patch": {**config["patch"], "cnn_pretrained": None, "vit_pretrained": None},
                   "stitch": {**config["stitch"], "vit_pretrained": None}}
         return End2End.from_config(config)
-    raise ConfigError(f"model meta names an unknown network kind {kind!r} (expected patch, stitch or end2end)")
+    raise ConfigError(f"{source}: unknown network kind {kind!r} (expected patch, stitch or end2end)")
 
 
 def load_model(path: str | Path, map_location: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild and load a trained network from its weights file or run folder → (model in eval mode, meta)."""
     state, meta = load_weights(path, map_location)
-    model = build_model(meta)
-    model.load_state_dict(state)
+    try:
+        model = build_model(meta, path)
+    except (TypeError, KeyError, ValueError) as exc:  # a config in the metadata that this version cannot build
+        if isinstance(exc, InputFileError | ConfigError):
+            raise
+        detail = " ".join(str(exc).split())[:300]
+        raise InputFileError(f"{path}: its model metadata cannot be rebuilt ({type(exc).__name__}: {detail})") from exc
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())[:300]
+        raise InputFileError(f"{path}: the weights do not fit the network its metadata describes ({detail})") from exc
     return model.eval(), meta
 
 
@@ -94,7 +109,12 @@ def _loaders(train_ds, val_ds, cfg: TrainRunConfig):
 
 
 def build_run(cfg: TrainRunConfig) -> Trainer:
-    """Datasets, model, loss, metrics and trainer of one run (not started)."""
+    """Datasets, model, loss, metrics and trainer of one run (not started).
+
+    torch, numpy and ``random`` are seeded with ``trainer.seed`` before anything random is built, so
+    the same config gives the same initial weights (and, on one machine, the same training).
+    """
+    seed_everything(cfg.trainer.seed)
     splits = build_index(cfg)
     train_idx, val_idx = splits["train"], splits["val"]
     g = train_idx.geometry

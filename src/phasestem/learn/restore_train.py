@@ -28,7 +28,7 @@ from .losses import PhaseformerLoss
 from .pairs import paired_dataset
 from .phaseformer import Phaseformer, PhaseformerConfig
 from .restore_config import AutoencoderRunConfig, PhaseformerRunConfig
-from .trainer import Trainer
+from .trainer import Trainer, seed_everything
 
 log = logging.getLogger("phasestem.learn.restore")
 
@@ -136,6 +136,7 @@ def build_autoencoder_trainer(cfg: AutoencoderRunConfig, patterns: np.ndarray | 
                               out_dir: str | Path | None = None) -> Trainer:
     """The trainer for one autoencoder run (``patterns`` (N, H, W) raw, else read from ``cfg.data``)."""
     d = cfg.data
+    seed_everything(cfg.trainer.seed)  # before the network is built: same seed → same initial weights
     if patterns is None:
         patterns = load_patterns(d.files, d.patterns_key, d.patterns_per_scan, d.bin, d.seed)
     full = PatternSet(patterns, d.scaling, d.log_floor)
@@ -219,6 +220,7 @@ def phaseformer_metrics_fn(m: nn.Module, batch) -> dict[str, float]:
 def build_phaseformer_trainer(cfg: PhaseformerRunConfig, out_dir: str | Path | None = None) -> Trainer:
     """The trainer for one Phaseformer run (data sources, model, loss, loaders from ``cfg``)."""
     d = cfg.data
+    seed_everything(cfg.trainer.seed)  # before the network is built: same seed → same initial weights
     train_ds = paired_dataset(d.train, "train", d.crop, d.augment, d.degradation, fixed=False, seed=d.seed)
     if d.test:
         val_ds = paired_dataset(d.test, "test", d.test_crop, False, d.degradation, fixed=True, seed=d.seed + 1)

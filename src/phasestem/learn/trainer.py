@@ -51,20 +51,47 @@ and ``find_unused_parameters=True`` lets parameters that are frozen for a while 
 
 Output folder (``out_dir``)::
 
-    last/   model.safetensors (or model.pt), trainer_state.pt, meta.json   ← resume from here
+    last/   model.safetensors (or model.pt), trainer_state.pt, meta.json, checkpoint.json  ← resume from here
     best/   model.safetensors, meta.json                                   ← best on ``monitor``
     epochs.csv, steps.csv, summary.json, tb/ (TensorBoard, if installed)
+
+Reliability
+-----------
+* **Atomic checkpoints.** ``last/`` and ``best/`` are each written whole under ``<name>.tmp/`` and
+  renamed into place; the previous folder is kept until the new one is complete (as ``<name>.prev/``
+  for the instant between the two renames, which resume also finds). ``checkpoint.json`` holds the
+  step and the sha256 of every file; resume verifies it and refuses a torn or corrupted checkpoint
+  (:class:`CheckpointError`) as well as one whose network or data geometry differ from the run's.
+* **Finiteness.** The loss (every micro-batch), the gradients (before each optimizer step, unless an
+  fp16 scaler is skipping Inf steps by design) and the weights (after each step) are checked; on
+  NaN/Inf training stops with :class:`TrainingDivergedError` naming epoch and step, and nothing
+  non-finite is ever saved as ``last`` or ``best``: the last good checkpoint stays.
+* **Resume semantics.** Weights, optimizer moments, step counters, RNG states and the loader
+  position come from the checkpoint; learning rates, weight decay, betas, momentum and the
+  schedule come from *this* run's config (YAML, ``--lr``, ``--set``), and each changed setting is
+  logged as ``old → new``. ``steps.csv`` rows past the checkpoint's step are dropped.
+* **Reproducibility.** Callers seed (:func:`seed_everything`) before building the network, and the
+  trainer re-seeds before training, so the same seed, data, config and machine give bit-identical
+  losses and weights on the CPU. What may still vary: other machines or library versions (different
+  kernels and thread counts), and on GPUs cuDNN's algorithm choice (``benchmark``) and kernels that
+  accumulate with atomics (scatter/index_add, some convolution backward passes), whose floating-
+  point sums depend on scheduling. For GPU determinism call
+  ``torch.use_deterministic_algorithms(True)`` with ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (slower).
 """
 from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import json
 import logging
 import math
 import os
+import pickle
 import random
+import shutil
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -73,9 +100,22 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import ConfigError, InputFileError
+from ..errors import ConfigError, InputFileError, PhasestemError
 
 log = logging.getLogger("phasestem.learn")
+
+MANIFEST = "checkpoint.json"  # step, epoch and the sha256 of every file of a checkpoint folder
+# meta entries a resumed run must share with its checkpoint (network and data geometry), dotted keys
+RESUME_MUST_MATCH = ("model", "network", "data.geometry", "data.target", "data.pattern_shape", "data.preprocess",
+                     "pattern_shape", "preprocess")
+
+
+class CheckpointError(InputFileError):
+    """A checkpoint is torn, corrupted or does not fit the run that resumes from it."""
+
+
+class TrainingDivergedError(PhasestemError, FloatingPointError):
+    """The loss, the gradients or the weights became NaN/Inf; the last good checkpoint is kept."""
 
 LossFn = Callable[[torch.nn.Module, Any], Mapping[str, torch.Tensor]]
 MetricsFn = Callable[[torch.nn.Module, Any], Mapping[str, Any]]
@@ -157,20 +197,75 @@ def load_weights(path: str | Path, map_location: str | torch.device = "cpu") -> 
     """Read ``(state_dict, meta)`` from a file written by :func:`save_weights` (or a plain state_dict file).
 
     ``path`` may also be a run folder (``best/`` then ``last/`` are tried) or a checkpoint folder.
+    An empty, truncated or foreign file raises :class:`~phasestem.errors.InputFileError` naming it.
     """
     path = resolve_weights_path(path)
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get("phasestem", "{}"))
-        return load_file(str(path), device=str(map_location)), meta
-    obj = torch.load(path, map_location=map_location, weights_only=True)
+        return read_safetensors(path, map_location)
+    obj = torch_load(path, map_location, "PyTorch weights file")
+    meta: Any = "{}"
     if isinstance(obj, dict) and "state_dict" in obj:
-        meta = obj.get("meta", "{}")
-        return dict(obj["state_dict"]), json.loads(meta) if isinstance(meta, str) else dict(meta)
-    return dict(obj), {}
+        obj, meta = obj["state_dict"], obj.get("meta", "{}")
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise InputFileError(f"{path}: expected a state_dict (names → tensors), found {type(obj).__name__}")
+    return dict(obj), _parse_meta(meta, path)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _parse_meta(meta: Any, path: Path) -> dict:
+    if isinstance(meta, Mapping):
+        return dict(meta)
+    try:
+        out = json.loads(meta)
+    except (TypeError, json.JSONDecodeError) as exc:
+        raise InputFileError(f"{path}: its 'phasestem' metadata is not valid JSON ({_first_line(exc)})") from exc
+    if not isinstance(out, dict):
+        raise InputFileError(f"{path}: its 'phasestem' metadata is not a JSON object")
+    return out
+
+
+def _require_nonempty(path: Path, what: str) -> None:
+    if not path.is_file():
+        raise InputFileError(f"{path}: file not found (expected a {what})")
+    if path.stat().st_size == 0:
+        raise InputFileError(f"{path}: empty file (expected a {what})")
+
+
+def read_safetensors(path: str | Path, map_location: str | torch.device = "cpu"
+                     ) -> tuple[dict[str, torch.Tensor], dict]:
+    """``(tensors, phasestem meta)`` of a safetensors file; an empty/truncated one raises InputFileError."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    _require_nonempty(path, "safetensors weights file")
+    try:
+        with safe_open(str(path), framework="pt", device=str(map_location)) as f:
+            raw = (f.metadata() or {}).get("phasestem", "{}")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    except Exception as exc:  # safetensors raises its own SafetensorError (and OSError)
+        raise InputFileError(f"{path}: not a readable safetensors file, truncated or corrupted? "
+                             f"({_first_line(exc)})") from exc
+    return tensors, _parse_meta(raw, path)
+
+
+def torch_load(path: str | Path, map_location: str | torch.device = "cpu", what: str = "PyTorch file") -> Any:
+    """``torch.load(path, weights_only=True)`` (tensors and plain containers only, never code) with one-line errors."""
+    path = Path(path)
+    _require_nonempty(path, what)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "pickle protocol 4" notes of the safe unpickler
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise InputFileError(f"{path}: not a {what}: not a torch file, or it holds Python objects other than "
+                             "tensors (phasestem loads tensors only and never unpickles code)") from exc
+    except Exception as exc:
+        raise InputFileError(f"{path}: not a readable {what}, truncated or corrupted? "
+                             f"({type(exc).__name__}: {_first_line(exc)})") from exc
 
 
 def resolve_weights_path(path: str | Path) -> Path:
@@ -352,6 +447,7 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.stop_training = False
         self._resume_rng: dict | None = None
+        self._last_good: tuple[Path, int] | None = None  # (folder, step) of the newest complete checkpoint
         self._tb = None
 
     # ---- construction helpers -----------------------------------------------------------
@@ -443,10 +539,7 @@ class Trainer:
             out = self._forward(batch)
             loss = out["loss"]
             if not torch.isfinite(loss.detach()):
-                raise FloatingPointError(
-                    f"non-finite training loss {float(loss):g} at epoch {self.epoch + 1}, step {self.global_step}: "
-                    "lower the learning rate, enable grad_clip, or check the inputs"
-                )
+                self._diverged(f"the training loss is {float(loss):g}")
             scaled = loss / self.config.grad_accum
             if self.accelerator is not None:
                 self.accelerator.backward(scaled)
@@ -470,15 +563,25 @@ class Trainer:
             norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
         else:
             norm = torch.zeros(())
+        # an fp16 gradient scaler skips steps with Inf gradients by design; otherwise they are an error
+        if not self.scaler.is_enabled() and not bool(torch.isfinite(torch.as_tensor(norm)).all()):
+            self.optimizer.zero_grad(set_to_none=True)
+            self._diverged(f"the gradients are NaN/Inf (norm {float(norm):g}) before the optimizer step")
         if self.accelerator is None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self._check_finite_params()
         self.scheduler.step()
         self.global_step += 1
         return norm.detach() if isinstance(norm, torch.Tensor) else torch.tensor(float(norm))
+
+    def _check_finite_params(self) -> None:
+        params = [p.detach() for g in self.optimizer.param_groups for p in g["params"]]
+        if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+            self._diverged("the weights became NaN/Inf in the optimizer step")
 
     # ---- epochs -------------------------------------------------------------------------
     def _seed_loader(self, loader, epoch: int) -> None:
@@ -581,8 +684,13 @@ class Trainer:
             if resume is True and self.out_dir is None:
                 raise ConfigError("fit(resume=True) needs out_dir (or give the checkpoint folder)")
             path = self.out_dir / "last" if resume is True else Path(str(resume))
-            if resume is not True or path.exists():
-                self.load_checkpoint(path)
+            found = checkpoint_folder(path)
+            if found is not None:
+                self.load_checkpoint(found)
+            elif resume is not True:
+                raise CheckpointError(f"{path}: checkpoint folder not found")
+        if self.global_step == 0 and self.batch_in_epoch == 0 and self._resume_rng is None:
+            seed_everything(cfg.seed)  # a fresh run starts from the seed, whatever ran since construction
         if self.out_dir is not None and self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self._open_tensorboard()
@@ -601,6 +709,8 @@ class Trainer:
             if self.val_loader is not None and ((self.epoch + 1) % cfg.val_every_epochs == 0 or self.stop_training
                                                 or self.epoch + 1 == cfg.epochs):
                 logs.update(self.evaluate())
+                if not math.isfinite(logs.get("val/loss", 0.0)):
+                    self._diverged(f"the validation loss is {logs['val/loss']:g}", in_step=False)
             logs["time_s"] = time.perf_counter() - t0
             self._after_epoch(logs)
             for cb in self.callbacks:
@@ -688,14 +798,24 @@ class Trainer:
         return "model.safetensors" if self.config.save_format == "safetensors" else "model.pt"
 
     def save_model(self, folder: str | Path) -> Path:
-        """Write the (unwrapped) model weights + meta into ``folder``."""
+        """Write the (unwrapped) model weights + meta into ``folder``, as one unit (see :func:`commit_folder`)."""
         folder = Path(folder)
-        path = save_weights(self.unwrapped_model.state_dict(), folder / self._weights_name(), self.meta)
+        self.check_finite_weights(f"saving {folder.name}/")
+        commit_folder(folder, self._write_model)
+        return folder / self._weights_name()
+
+    def _write_model(self, folder: Path) -> list[str]:
+        save_weights(self.unwrapped_model.state_dict(), folder / self._weights_name(), self.meta)
         _write_json(folder / "meta.json", self.meta)
-        return path
+        return [self._weights_name(), "meta.json"]
 
     def save_checkpoint(self, folder: str | Path | None = None) -> Path | None:
-        """Write weights + optimizer/scheduler/scaler/RNG/progress state (default ``out_dir/last``)."""
+        """Write weights + optimizer/scheduler/scaler/RNG/progress state (default ``out_dir/last``).
+
+        The folder is written whole under ``<folder>.tmp`` with a manifest (``checkpoint.json``: step,
+        epoch, sha256 of every file) and then renamed into place; the previous checkpoint stays until
+        the new one is complete. Non-finite weights are never saved (:class:`TrainingDivergedError`).
+        """
         if folder is None:
             if self.out_dir is None:
                 return None
@@ -705,7 +825,13 @@ class Trainer:
             self.accelerator.wait_for_everyone()
         if not self.is_main:
             return folder
-        self.save_model(folder)
+        self.check_finite_weights(f"saving {folder.name}/")
+        commit_folder(folder, self._write_checkpoint_files)
+        self._last_good = (folder, self.global_step)
+        return folder
+
+    def _write_checkpoint_files(self, folder: Path) -> list[str]:
+        names = self._write_model(folder)
         state = {
             "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "global_step": self.global_step,
             "best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
@@ -713,32 +839,259 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "rng": _rng_state(),
             "config": self.config.model_dump_json(),
         }
-        tmp = _atomic_path(folder / "trainer_state.pt")
-        torch.save(state, tmp)
-        os.replace(tmp, folder / "trainer_state.pt")
-        return folder
+        torch.save(state, folder / "trainer_state.pt")
+        names.append("trainer_state.pt")
+        manifest = {"format": 1, "global_step": self.global_step, "epoch": self.epoch,
+                    "batch_in_epoch": self.batch_in_epoch, "files": {n: _sha256(folder / n) for n in names}}
+        _write_json(folder / MANIFEST, manifest)
+        return [*names, MANIFEST]
 
     def load_checkpoint(self, folder: str | Path) -> None:
-        """Restore a checkpoint written by :meth:`save_checkpoint`; the next :meth:`fit` continues it."""
+        """Restore a checkpoint written by :meth:`save_checkpoint`; the next :meth:`fit` continues it.
+
+        The checkpoint is verified against its manifest (a torn or corrupted one raises
+        :class:`CheckpointError`) and must fit this run (network, data geometry). Settings of this
+        run's config win over the checkpoint's: learning rates, weight decay, betas, momentum and
+        the schedule are taken from ``config``, and every changed field is logged (old → new).
+        """
         folder = Path(folder)
         state_path = folder / "trainer_state.pt"
         if not state_path.is_file():
-            raise InputFileError(f"{folder}: not a trainer checkpoint (trainer_state.pt missing)")
-        weights, _ = load_weights(resolve_weights_path(folder), map_location="cpu")
-        self.unwrapped_model.load_state_dict(weights)
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+            raise CheckpointError(f"{folder}: not a trainer checkpoint (trainer_state.pt missing)")
+        manifest = verify_checkpoint(folder)
+        weights, meta = load_weights(resolve_weights_path(folder), map_location="cpu")
+        self._check_resume_meta(folder, meta)
+        state = torch_load(state_path, "cpu", "trainer state (trainer_state.pt)")
+        _check_state(state_path, state)
+        if manifest is not None and int(state.get("global_step", -1)) != int(manifest["global_step"]):
+            raise CheckpointError(f"{folder}: torn checkpoint: trainer_state.pt is at step {state.get('global_step')}, "
+                                  f"{MANIFEST} says step {manifest['global_step']}")
+        self._load_model_state(folder, weights)
+        self._load_optimizer_state(folder, state)
         self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
         self.global_step = int(state["global_step"])
         self.best, self.best_epoch, self.bad_epochs = state["best"], state["best_epoch"], int(state["bad_epochs"])
         self.history = json.loads(state["history"])
         self._resume_rng = state["rng"]
+        self._last_good = (folder, self.global_step)
         if self.batch_in_epoch >= len(self.train_loader):  # type: ignore[arg-type]
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        self._truncate_steps_csv()
         log.info("resumed from %s at epoch %d, batch %d, step %d", folder, self.epoch + 1, self.batch_in_epoch,
                  self.global_step)
+
+    def _check_resume_meta(self, folder: Path, meta: Mapping[str, Any]) -> None:
+        for key in RESUME_MUST_MATCH:
+            old, new = _dotted(meta, key), _dotted(self.meta, key)
+            if old is not _MISSING and new is not _MISSING and _jsonable(old) != _jsonable(new):
+                raise CheckpointError(
+                    f"{folder}: checkpoint was trained with a different {key} ({_short(old)}; this run: "
+                    f"{_short(new)}); resume with the config it was trained with, or use a new out_dir")
+
+    def _load_model_state(self, folder: Path, weights: Mapping[str, torch.Tensor]) -> None:
+        try:
+            self.unwrapped_model.load_state_dict(weights)
+        except RuntimeError as exc:
+            detail = " ".join(str(exc).split())
+            raise CheckpointError(f"{folder}: the checkpoint's weights do not fit this run's network ({detail[:300]}); "
+                                  "resume with the config it was trained with, or use a new out_dir") from exc
+
+    def _load_optimizer_state(self, folder: Path, state: Mapping[str, Any]) -> None:
+        """Optimizer moments and the step count from ``state``; rates and schedule from this run's config."""
+        fresh = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scaler.load_state_dict(state["scaler"])
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise CheckpointError(f"{folder}: the checkpoint's optimizer state does not fit this run "
+                                  f"({_first_line(exc)}); keep trainer.optimizer and trainer.lr_scale as they "
+                                  "were, or use a new out_dir") from exc
+        for group, settings in zip(self.optimizer.param_groups, fresh, strict=True):
+            group.update(settings)  # the config's lr, weight decay, betas … win over the checkpoint's
+        self.scheduler.last_epoch = int(state["scheduler"]["last_epoch"])
+        self.scheduler._step_count = int(state["scheduler"].get("_step_count", self.scheduler.last_epoch + 1))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # get_lr outside step(): intended here
+            try:
+                lrs = self.scheduler.get_lr()
+            except ValueError:  # one-cycle past its (new, shorter) end
+                lrs = [g["lr"] for g in self.optimizer.param_groups]
+        for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
+            group["lr"] = lr
+        self.scheduler._last_lr = list(lrs)
+        self._log_config_changes(folder, state.get("config"))
+
+    def _log_config_changes(self, folder: Path, old_json: str | None) -> None:
+        if not old_json:
+            return
+        old = json.loads(old_json)
+        new = self.config.model_dump(mode="json")
+        changed = [f"trainer.{k}: {_short(old.get(k))} → {_short(v)}" for k, v in new.items()
+                   if k in old and old[k] != v]
+        if changed:
+            log.info("resume from %s with changed settings (this run's values are used): %s", folder,
+                     "; ".join(changed))
+
+    def _truncate_steps_csv(self) -> None:
+        """Drop ``steps.csv`` rows past the checkpoint's step, so a resumed run does not log a step twice."""
+        if self.out_dir is None or not self.is_main:
+            return
+        path = self.out_dir / "steps.csv"
+        if not path.is_file():
+            return
+        with open(path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            fields = list(reader.fieldnames or [])
+            rows = [r for r in reader if _step_of(r) <= self.global_step]
+        tmp = _atomic_path(path)
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+
+    # ---- finiteness ---------------------------------------------------------------------
+    def check_finite_weights(self, when: str = "") -> None:
+        """Raise :class:`TrainingDivergedError` when any parameter or buffer is NaN/Inf."""
+        tensors = [t for t in self.unwrapped_model.state_dict().values() if t.is_floating_point() or t.is_complex()]
+        if tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+            bad = next(n for n, t in self.unwrapped_model.state_dict().items()
+                       if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()))
+            self._diverged(f"weights are NaN/Inf (first: {bad})" + (f" when {when}" if when else ""), in_step=False)
+
+    def _diverged(self, what: str, in_step: bool = True) -> None:
+        cfg = self.config
+        step = self.global_step + 1 if in_step else self.global_step
+        if self._last_good is not None:
+            kept = f"the last good checkpoint is kept in {self._last_good[0]} (step {self._last_good[1]})"
+        else:
+            kept = "no checkpoint was written yet"
+        clip = f"grad_clip {cfg.grad_clip:g}" if cfg.grad_clip is not None else "no grad_clip"
+        raise TrainingDivergedError(
+            f"training diverged at epoch {self.epoch + 1}, step {step}: {what} (lr {self.lr:g}, {clip}); "
+            f"{kept}; lower trainer.lr or set trainer.grad_clip, check the inputs, then --resume")
+
+
+_MISSING = object()
+_STATE_KEYS = ("epoch", "batch_in_epoch", "global_step", "best", "best_epoch", "bad_epochs", "history", "optimizer",
+               "scheduler", "scaler", "rng")
+
+
+def _check_state(path: Path, state: Any) -> None:
+    missing = [k for k in _STATE_KEYS if not isinstance(state, Mapping) or k not in state]
+    if missing or not isinstance(state["scheduler"], Mapping) or "last_epoch" not in state["scheduler"]:
+        raise CheckpointError(f"{path}: not a phasestem trainer state (missing {', '.join(missing) or 'scheduler'})")
+
+
+def _dotted(meta: Mapping[str, Any], key: str) -> Any:
+    value: Any = meta
+    for part in key.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = json.dumps(_jsonable(value)) if not isinstance(value, str) else value
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _step_of(row: Mapping[str, str]) -> float:
+    try:
+        return float(row.get("step") or 0)
+    except ValueError:
+        return 0.0
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file (or, on POSIX, a folder's entries) to disk; best effort."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def commit_folder(folder: str | Path, write: Callable[[Path], Iterable[str]]) -> Path:
+    """Replace ``folder`` by what ``write(tmp)`` puts in a fresh ``<folder>.tmp``, as one unit.
+
+    The new folder is complete and on disk before it is renamed into place; the old one is moved
+    to ``<folder>.prev`` first and removed after. A kill at any point leaves either the old or the
+    new folder complete (``<folder>.prev`` when it struck between the two renames; resume finds it).
+    """
+    folder = Path(folder)
+    tmp, prev = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".prev")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    if tmp.exists():  # a write killed earlier: our own namespace
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    for name in write(tmp):
+        _fsync(tmp / name)
+    _fsync(tmp)
+    if folder.exists():
+        if prev.exists():
+            shutil.rmtree(prev)
+        os.replace(folder, prev)
+    os.replace(tmp, folder)
+    _fsync(folder.parent)
+    if prev.exists():
+        shutil.rmtree(prev, ignore_errors=True)
+    return folder
+
+
+def checkpoint_folder(folder: str | Path) -> Path | None:
+    """``folder``, or ``<folder>.prev`` when a kill struck between the two renames of :func:`commit_folder`."""
+    folder = Path(folder)
+    if folder.is_dir():
+        return folder
+    prev = folder.with_name(folder.name + ".prev")
+    if (prev / "trainer_state.pt").is_file():
+        log.warning("%s is missing; resuming from the complete previous checkpoint %s", folder, prev)
+        return prev
+    return None
+
+
+def verify_checkpoint(folder: str | Path) -> dict | None:
+    """Check every file of a checkpoint against its manifest; the manifest, or None for an older checkpoint."""
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not path.is_file():
+        log.warning("%s has no %s (written by an older phasestem): cannot verify that it is complete", folder,
+                    MANIFEST)
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+        files = dict(manifest["files"])
+        int(manifest["global_step"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{folder / MANIFEST}: unreadable checkpoint manifest ({_first_line(exc)})") from exc
+    for name, digest in files.items():
+        if not (folder / name).is_file():
+            raise CheckpointError(f"{folder}: incomplete checkpoint: {name} is missing (listed in {MANIFEST}, step "
+                                  f"{manifest['global_step']}); resume from an intact copy or start a new out_dir")
+        if _sha256(folder / name) != digest:
+            raise CheckpointError(f"{folder}: torn or corrupted checkpoint: {name} does not match the sha256 in "
+                                  f"{MANIFEST} (step {manifest['global_step']}); resume from an intact copy or "
+                                  "start a new out_dir")
+    return manifest
 
 
 def _write_json(path: Path, obj: Any) -> None:
