@@ -349,3 +349,15 @@ def test_dectris_scan_shape_from_options_and_missing_data_file(tmp_path):
     with pytest.raises(InputFileError, match=r"run_master\.h5: /entry/data/data_000001 links to "
                                              r"run_data_000001\.h5:/entry/data/data, which cannot be opened"):
         io.load(master, scan_step=0.4, scan_shape=SCAN)
+
+
+def test_dectris_undecodable_compression_fails_at_open(tmp_path):
+    frames = _frames(4, 4, seed=8)
+    master = _write_dectris(tmp_path, [frames])
+    with h5py.File(tmp_path / "run_data_000001.h5", "w") as f:  # chunks marked as passed through a filter
+        d = f.create_dataset("entry/data/data", shape=frames.shape, dtype=frames.dtype, chunks=(1, 4, 4),
+                             compression=32123, allow_unknown_filter=True)  # that HDF5 here does not have
+        for i, frame in enumerate(frames):
+            d.id.write_direct_chunk((i, 0, 0), frame.tobytes(), filter_mask=0)
+    with pytest.raises(InputFileError, match=r"run_master\.h5: cannot decode the frames of .*run_data_000001\.h5"):
+        io.load(master, scan_step=0.4)

@@ -76,6 +76,15 @@ def _blocks(f: h5py.File, path: Path) -> list[h5py.Dataset]:
         if not isinstance(ds, h5py.Dataset) or ds.ndim != 3:
             raise InputFileError(f"{path}: /entry/data/{name} is not a (frames, H, W) dataset")
         blocks.append(ds)
+    try:  # Dectris data files are usually bitshuffle/LZ4-compressed: those filters come with hdf5plugin
+        import hdf5plugin  # noqa: F401
+    except ImportError:
+        pass
+    try:
+        blocks[0][:1]
+    except OSError as exc:
+        raise InputFileError(f"{path}: cannot decode the frames of {blocks[0].file.filename} ({exc}); a "
+                             f"compression filter is missing: pip install hdf5plugin") from None
     if len({b.shape[1:] for b in blocks}) != 1:
         raise InputFileError(f"{path}: the linked data files hold frames of different shapes "
                              f"{sorted({b.shape[1:] for b in blocks})}")
