@@ -314,24 +314,46 @@ def test_same_seed_gives_bit_identical_training_autoencoder(tmp_path):
     assert_same(runs[0][2], runs[1][2])
 
 
-def test_same_seed_gives_bit_identical_training_pipeline(tmp_path):
-    from phasestem.learn.config import load_train_config
+@pytest.fixture(scope="module")
+def patch_config(tmp_path_factory):
+    """A tiny patch-stage config on a tiny simulated file (two 2-step epochs take about a second)."""
     from phasestem.learn.data import write_synthetic_file
+
+    tmp = tmp_path_factory.mktemp("patch")
+    write_synthetic_file(tmp / "simulation_data1.h5", 3, 0, extent=24.0, phase_px=48, scan=12, window=8,
+                         defocus=100.0, n_blobs=8)
+    path = tmp / "p.yaml"
+    path.write_text(yaml.safe_dump({
+        "stage": "patch", "out_dir": str(tmp / "p"), "model": {"size": "tiny"},
+        "data": {"files": [str(tmp / "simulation_data1.h5")], "block": 6, "stride": 3, "patch": 24,
+                 "val_fraction": 0.0, "test_fraction": 0.0, "batch_size": 9, "max_samples": 2},
+        "trainer": {"epochs": 1, "progress": False, "tensorboard": False, "device": "cpu", "max_steps": 2,
+                    "schedule": "constant", "warmup_steps": 0, "lr": 1e-3},
+    }))
+    return path
+
+
+def test_same_seed_gives_bit_identical_training_pipeline(tmp_path, patch_config):
+    from phasestem.learn.config import load_train_config
     from phasestem.learn.pipeline import build_run
 
-    write_synthetic_file(tmp_path / "simulation_data1.h5", 3, 0, extent=24.0, phase_px=48, scan=12, window=8,
-                         defocus=100.0, n_blobs=8)
-    cfg_path = tmp_path / "p.yaml"
-    cfg_path.write_text(yaml.safe_dump({
-        "stage": "patch", "out_dir": str(tmp_path / "p"), "model": {"size": "tiny"},
-        "data": {"files": [str(tmp_path / "simulation_data1.h5")], "block": 6, "stride": 3, "patch": 24,
-                 "val_fraction": 0.0, "test_fraction": 0.0, "batch_size": 9, "max_samples": 2},
-        "trainer": {"epochs": 1, "progress": False, "tensorboard": False, "device": "cpu", "max_steps": 2},
-    }))
     runs = []
     for i in range(2):
-        t = build_run(load_train_config(cfg_path, overrides={"out_dir": str(tmp_path / f"p{i}")}))
+        t = build_run(load_train_config(patch_config, overrides={"out_dir": str(tmp_path / f"p{i}")}))
         torch.rand(7)
         runs.append((t.fit()["history"][0]["train/loss"], weights(t)))
     assert runs[0][0] == runs[1][0]
     assert_same(runs[0][1], runs[1][1])
+
+
+def test_cli_resume_takes_the_new_lr(tmp_path, patch_config, caplog):
+    out = str(tmp_path / "run")
+    assert main(["train", "patch", str(patch_config), "--out-dir", out]) == 0
+    with caplog.at_level(logging.INFO, logger="phasestem.learn"):
+        assert main(["train", "patch", str(patch_config), "--out-dir", out, "--resume", "--epochs", "2",
+                     "--lr", "1e-4"]) == 0
+    with open(tmp_path / "run" / "epochs.csv", newline="") as fh:
+        lrs = [float(r["lr"]) for r in csv.DictReader(fh)]
+    assert lrs == pytest.approx([1e-3, 1e-4])
+    assert "trainer.lr: 0.001 → 0.0001" in caplog.text
+    assert (tmp_path / "run" / "last" / "checkpoint.json").is_file()
