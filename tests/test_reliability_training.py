@@ -249,6 +249,13 @@ def test_wrong_kind_of_model_file_names_it(tmp_path, capsys):
     assert main(["evaluate", "--model", str(path)]) == 1
     err = capsys.readouterr().err
     assert "ae.safetensors" in err and "autoencoder" in err and "None" not in err
+    from phasestem.learn.patch_recovery import PatchRecoveryConfig
+
+    config = PatchRecoveryConfig(size="tiny", block=6, patch=24).model_dump(mode="json")
+    meta = {"model": {"kind": "patch", "config": config}}
+    path = save_weights({"w": torch.zeros(2)}, tmp_path / "p.safetensors", meta)
+    with pytest.raises(InputFileError, match=r"p.safetensors: the weights do not fit .* 1 unexpected, e.g. w"):
+        load_model(path)
 
 
 def test_garbage_trainer_state_is_one_line(tmp_path):

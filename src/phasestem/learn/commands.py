@@ -84,9 +84,9 @@ def _train(args) -> int:
     overrides = {}
     if args.out_dir:
         overrides["out_dir"] = args.out_dir
-    if args.epochs:
+    if args.epochs is not None:  # 0 is refused by the config, not ignored
         overrides["trainer.epochs"] = args.epochs
-    if args.lr:
+    if args.lr is not None:  # 0 is refused by the config, not ignored
         overrides["trainer.lr"] = args.lr
     if args.device:
         overrides["trainer.device"] = args.device

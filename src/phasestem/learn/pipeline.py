@@ -21,7 +21,7 @@ from .data import PatchDataset, SampleDataset, SampleIndex, StitchDataset
 from .end2end import End2End, FreezePatchNet, end2end_loss_fn
 from .patch_recovery import PatchRecoveryConfig, PatchRecoveryNet, patch_loss_fn
 from .phase_stitching import PhaseStitchingConfig, PhaseStitchingNet, stitch_loss_fn
-from .trainer import Trainer, load_weights, seed_everything
+from .trainer import Trainer, load_weights, seed_everything, state_dict_mismatch
 
 log = logging.getLogger("phasestem.learn")
 
@@ -91,11 +91,10 @@ def load_model(path: str | Path, map_location: str = "cpu") -> tuple[nn.Module, 
             raise
         detail = " ".join(str(exc).split())[:300]
         raise InputFileError(f"{path}: its model metadata cannot be rebuilt ({type(exc).__name__}: {detail})") from exc
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        detail = " ".join(str(exc).split())[:300]
-        raise InputFileError(f"{path}: the weights do not fit the network its metadata describes ({detail})") from exc
+    problem = state_dict_mismatch(model.state_dict(), state)
+    if problem:
+        raise InputFileError(f"{path}: the weights do not fit the network its metadata describes ({problem})")
+    model.load_state_dict(state)
     return model.eval(), meta
 
 

@@ -889,12 +889,11 @@ class Trainer:
                     f"{_short(new)}); resume with the config it was trained with, or use a new out_dir")
 
     def _load_model_state(self, folder: Path, weights: Mapping[str, torch.Tensor]) -> None:
-        try:
-            self.unwrapped_model.load_state_dict(weights)
-        except RuntimeError as exc:
-            detail = " ".join(str(exc).split())
-            raise CheckpointError(f"{folder}: the checkpoint's weights do not fit this run's network ({detail[:300]}); "
-                                  "resume with the config it was trained with, or use a new out_dir") from exc
+        problem = state_dict_mismatch(self.unwrapped_model.state_dict(), weights)
+        if problem:
+            raise CheckpointError(f"{folder}: the checkpoint's weights do not fit this run's network ({problem}); "
+                                  "resume with the config it was trained with, or use a new out_dir")
+        self.unwrapped_model.load_state_dict(weights)
 
     def _load_optimizer_state(self, folder: Path, state: Mapping[str, Any]) -> None:
         """Optimizer moments and the step count from ``state``; rates and schedule from this run's config."""
@@ -964,12 +963,29 @@ class Trainer:
         step = self.global_step + 1 if in_step else self.global_step
         if self._last_good is not None:
             kept = f"the last good checkpoint is kept in {self._last_good[0]} (step {self._last_good[1]})"
+            again = "then --resume"
         else:
-            kept = "no checkpoint was written yet"
-        clip = f"grad_clip {cfg.grad_clip:g}" if cfg.grad_clip is not None else "no grad_clip"
+            kept, again = "no checkpoint was written yet", "then run again"
+        if cfg.grad_clip is not None:
+            clip, advice = f"grad_clip {cfg.grad_clip:g}", "lower trainer.lr or trainer.grad_clip"
+        else:
+            clip, advice = "no grad_clip", "lower trainer.lr or set trainer.grad_clip (e.g. 1.0)"
         raise TrainingDivergedError(
             f"training diverged at epoch {self.epoch + 1}, step {step}: {what} (lr {self.lr:g}, {clip}); "
-            f"{kept}; lower trainer.lr or set trainer.grad_clip, check the inputs, then --resume")
+            f"{kept}; {advice}, check the inputs, {again}")
+
+
+def state_dict_mismatch(own: Mapping[str, torch.Tensor], other: Mapping[str, torch.Tensor]) -> str:
+    """'' when ``other`` fits ``own`` (same names and shapes), else a short description of the first differences."""
+    shapes = [f"{k}: {tuple(other[k].shape)} vs {tuple(v.shape)} here" for k, v in own.items()
+              if k in other and tuple(other[k].shape) != tuple(v.shape)]
+    missing = [k for k in own if k not in other]
+    extra = [k for k in other if k not in own]
+    parts = []
+    for label, items in (("shape", shapes), ("missing", missing), ("unexpected", extra)):
+        if items:
+            parts.append(f"{len(items)} {label}, e.g. {items[0]}")
+    return "; ".join(parts)
 
 
 _MISSING = object()
