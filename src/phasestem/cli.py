@@ -18,6 +18,7 @@ from .errors import PhasestemError
 COMMAND_MODULES = (
     "phasestem.simulate.commands",
     "phasestem.recon.commands",
+    "phasestem.calibrate.commands",
     "phasestem.learn.commands",
     "phasestem.learn.commands_restore",
     "phasestem.commands_misc",

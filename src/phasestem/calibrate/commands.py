@@ -1,0 +1,93 @@
+"""CLI: ``phasestem calibrate FILE --energy E --semiangle A --scan-step S [--out calib/]``."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import ConfigError
+
+EPILOG = """examples:
+  phasestem calibrate scan.npy --energy 300e3 --semiangle 21.4 --scan-step 0.4 --out calib
+  phasestem calibrate scan.h5 --key /entry/data --energy 200e3 --angular-sampling 0.8 --scan-step 0.5
+  phasestem reconstruct calib/params.yaml --out runs/scan1       # after checking/editing params.yaml
+
+Writes OUT/params.yaml (the 'phasestem reconstruct' schema with the calibrated angular sampling,
+transpose, scan rotation, origin and C10), OUT/calibrated.npy (bad pixels filled, descan removed),
+OUT/calibration.json (every fitted number) and OUT/calibration*.png (one figure per fit)."""
+
+
+def add_reader_arguments(p: argparse.ArgumentParser) -> None:
+    """Options that say how to read a 4D-STEM file and what the acquisition was."""
+    p.add_argument("--key", dest="patterns_key", help="dataset/array holding the patterns")
+    p.add_argument("--format", help="reader name (hdf5, numpy, cxi, mat, emd, raw, …); default: by extension")
+    p.add_argument("--scan-shape", type=int, nargs=2, metavar=("ROWS", "COLS"), help="for flat (N, H, W) data")
+    p.add_argument("--reader-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra reader option (value parsed as YAML), repeatable")
+    p.add_argument("--energy", type=float, help="beam energy in eV")
+    p.add_argument("--semiangle", type=float, help="probe semi-angle in mrad (gives the angular sampling)")
+    p.add_argument("--angular-sampling", type=float, help="detector pixel in mrad (gives the semi-angle instead)")
+    p.add_argument("--scan-step", type=float, nargs="+", help="scan step in Å (one value or dy dx)")
+
+
+def reader_options(args) -> dict[str, Any]:
+    """Reader keyword arguments from :func:`add_reader_arguments`' options."""
+    opts: dict[str, Any] = {}
+    if getattr(args, "patterns_key", None):
+        opts["patterns_key"] = args.patterns_key
+    if getattr(args, "scan_shape", None):
+        opts["scan_shape"] = tuple(args.scan_shape)
+    for item in getattr(args, "reader_option", []) or []:
+        if "=" not in item:
+            raise ConfigError(f"--reader-option {item!r}: expected KEY=VALUE")
+        key, val = item.split("=", 1)
+        opts[key.strip()] = yaml.safe_load(val)
+    return opts
+
+
+def scan_step(args):
+    step = args.scan_step
+    if step is None:
+        return None
+    if len(step) not in (1, 2):
+        raise ConfigError("--scan-step: give one value or two (dy dx) in Å")
+    return (step[0], step[0]) if len(step) == 1 else tuple(step)
+
+
+def register(subparsers, train_subparsers) -> None:
+    p = subparsers.add_parser(
+        "calibrate", help="calibrate a 4D-STEM file from its data (sampling, rotation, defocus, bad pixels)",
+        description="Find the bright-field disk (angular sampling, descan), hot and dead pixels, the scan–detector "
+                    "rotation and transpose (centre-of-mass curl) and the defocus (tcBF parallax); write an "
+                    "editable params YAML for 'phasestem reconstruct' and a figure of each fit.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("file", type=Path, help="4D-STEM file")
+    add_reader_arguments(p)
+    p.add_argument("--out", type=Path, default=Path("calib"), help="output folder (default: calib)")
+    p.add_argument("--transpose", choices=["auto", "yes", "no"], default="auto",
+                   help="detector transpose: fit it (auto) or fix it")
+    p.add_argument("--no-parallax", action="store_true", help="skip the tcBF defocus fit")
+    p.add_argument("--edge-threshold", type=float, default=0.5,
+                   help="disk edge as a fraction of the disk level (0.5 real apertures; 0.25 soft simulated ones)")
+    p.set_defaults(func=_calibrate_cmd)
+
+
+def transpose_choice(value: str) -> bool | None:
+    return {"auto": None, "yes": True, "no": False}[value]
+
+
+def _calibrate_cmd(args) -> int:
+    from .files import calibrate_file
+
+    calib, files = calibrate_file(
+        args.file, args.out, energy=args.energy, scan_step=scan_step(args), semiangle=args.semiangle,
+        angular_sampling=args.angular_sampling, reader_options=reader_options(args), format=args.format,
+        transpose=transpose_choice(args.transpose), parallax=not args.no_parallax, edge_threshold=args.edge_threshold)
+    print(calib.summary())
+    for note in calib.notes:
+        print(f"note: {note}")
+    print(f"wrote {files['params']} (edit it, then: phasestem reconstruct {files['params']})")
+    return 0

@@ -1,0 +1,155 @@
+"""The bright-field disk: its radius, its centre at every scan position and the descan plane.
+
+The disk is the largest connected region of the mean pattern above half its level (the median
+inside a first estimate of the disk); its radius is √(area/π), averaged over the per-pattern
+disks, which the descan drift does not blur. The centre of every pattern is the centroid of its
+own thresholded disk; a plane ``c(iy, ix) = c0 + a·iy + b·ix`` (px) fitted to the centres is the
+descan, and the per-position residual is reported.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from ..errors import PhasestemError
+from .reading import row_chunks
+
+
+class NoDiskError(PhasestemError):
+    """No bright-field disk could be found in the data."""
+
+
+@dataclass
+class DiskFit:
+    """Bright-field disk in the detector frame of the file (px, (y, x))."""
+
+    radius: float  # px, from the per-pattern disk areas
+    threshold: float  # fraction of each pattern's disk level
+    centres: np.ndarray  # (Sy, Sx, 2) measured centre per position
+    plane: np.ndarray  # (3, 2): rows c0, d/d(iy), d/d(ix)
+    residual: np.ndarray  # (Sy, Sx) |measured − plane| px
+    mean_mask: np.ndarray  # (H, W) bool, disk of the mean pattern
+    profile: np.ndarray | None = None  # (2, n) radial profile: radius px, intensity / disk level
+
+    def plane_at(self, shape: tuple[int, int]) -> np.ndarray:
+        """Descan plane evaluated on a scan of ``shape``: (Sy, Sx, 2) px."""
+        iy, ix = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+        return self.plane[0] + iy[..., None] * self.plane[1] + ix[..., None] * self.plane[2]
+
+    @property
+    def drift(self) -> tuple[float, float]:
+        """Largest descan displacement across the scan (px), |Δ| over rows and columns."""
+        n = self.centres.shape[:2]
+        d = np.abs(self.plane[1]) * (n[0] - 1) + np.abs(self.plane[2]) * (n[1] - 1)
+        return float(d[0]), float(d[1])
+
+    def to_dict(self) -> dict:
+        return {"radius_px": self.radius, "plane_px": self.plane.tolist(),
+                "residual_rms_px": float(np.sqrt((self.residual**2).mean())),
+                "residual_max_px": float(self.residual.max())}
+
+
+def mean_disk(mean: np.ndarray, min_area: int = 12) -> tuple[np.ndarray, float]:
+    """Mask (H, W) and level of the bright-field disk of a mean pattern; :class:`NoDiskError` if none."""
+    mean = np.asarray(mean, dtype=np.float64)
+    smooth = ndimage.median_filter(mean, size=3)
+    top = smooth.max()
+    if not np.isfinite(top) or top <= 0:
+        raise NoDiskError(f"no bright-field disk: the patterns are dark (largest mean count {top:.3g})")
+    mask = _largest(smooth > 0.5 * top)
+    level = float(np.median(mean[mask]))
+    mask = _largest(mean > 0.5 * level)
+    outside = float(np.median(mean[~ndimage.binary_dilation(mask, iterations=2)])) if (~mask).any() else level
+    area, H, W = int(mask.sum()), *mean.shape
+    if area < min_area:
+        raise NoDiskError(f"no bright-field disk: the brightest region has only {area} px (need ≥ {min_area})")
+    if area > 0.8 * H * W or level < 3 * max(outside, 0.0):
+        raise NoDiskError("no bright-field disk: the detector is evenly lit (bright region "
+                          f"{100 * area / (H * W):.0f} % of the pixels, contrast {level / max(outside, 1e-30):.2g}×)")
+    ys, xs = np.nonzero(mask)
+    r = np.sqrt(area / np.pi)
+    extent = max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1) / 2
+    if extent > 1.5 * r + 1:
+        raise NoDiskError(f"no bright-field disk: the bright region is not round ({extent:.1f} px across vs a "
+                          f"disk radius of {r:.1f} px from its area)")
+    return mask, level
+
+
+def _largest(mask: np.ndarray) -> np.ndarray:
+    lab, n = ndimage.label(mask)
+    if n == 0:
+        return mask
+    sizes = ndimage.sum(mask, lab, index=np.arange(1, n + 1))
+    return lab == (1 + int(np.argmax(sizes)))
+
+
+def fit_disk(dataset, mean: np.ndarray, plan=None, threshold: float = 0.5) -> DiskFit:
+    """Per-position disk centres, their descan plane and the disk radius (px)."""
+    mask, _ = mean_disk(mean)
+    H, W = dataset.pattern_shape
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float64)
+    sy, sx = dataset.scan_shape
+    centres = np.zeros((sy, sx, 2))
+    areas = np.zeros((sy, sx))
+    region = ndimage.binary_dilation(mask, iterations=max(3, int(0.3 * np.sqrt(mask.sum() / np.pi))))
+    for rows, block in row_chunks(dataset, plan):
+        level = np.median(block[..., mask], axis=-1)  # (r, Sx)
+        b = (block > threshold * level[..., None, None]) & region
+        n = b.sum((-2, -1)).astype(np.float64)
+        areas[rows] = n
+        n = np.maximum(n, 1)
+        centres[rows, :, 0] = (b * yy).sum((-2, -1)) / n
+        centres[rows, :, 1] = (b * xx).sum((-2, -1)) / n
+    iy, ix = np.meshgrid(np.arange(sy), np.arange(sx), indexing="ij")
+    design = np.stack([np.ones(sy * sx), iy.ravel(), ix.ravel()], -1)
+    flat = centres.reshape(-1, 2)
+    keep = np.ones(len(flat), bool)
+    for _ in range(2):  # one pass of outlier rejection
+        plane, *_ = np.linalg.lstsq(design[keep], flat[keep], rcond=None)
+        res = np.linalg.norm(flat - design @ plane, axis=-1)
+        keep = res <= max(3 * np.median(res), 1e-9) if sy * sx > 8 else keep
+    fit = DiskFit(radius=float(np.sqrt(np.median(areas) / np.pi)), threshold=threshold, centres=centres,
+                  plane=plane, residual=res.reshape(sy, sx), mean_mask=mask)
+    fit.radius, fit.profile = edge_radius(dataset, fit.plane_at((sy, sx)), fit.radius, plan, threshold)
+    return fit
+
+
+def edge_radius(dataset, centres: np.ndarray, r0: float, plan=None, threshold: float = 0.5,
+                bin_width: float = 0.05, smooth: float = 0.5) -> tuple[float, np.ndarray]:
+    """Disk radius (px) where the radial profile about each pattern's descan centre falls to ``threshold``.
+
+    Pixels of all patterns are binned by their distance to that pattern's centre (``centres``
+    (Sy, Sx, 2) px) in bins of ``bin_width`` px, averaged over ``smooth`` px; each pattern is
+    normalised by its level inside 0.7·``r0``. Returns the radius and the profile (2, n):
+    radius (px), mean normalised intensity.
+    """
+    H, W = dataset.pattern_shape
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float64)
+    n_bins = int(np.ceil(1.6 * r0 / bin_width))
+    acc, cnt = np.zeros(n_bins + 1), np.zeros(n_bins + 1)
+    for rows, block in row_chunks(dataset, plan):
+        c = centres[rows]
+        r = np.hypot(yy - c[..., 0, None, None], xx - c[..., 1, None, None])
+        inner = r < 0.7 * r0
+        level = (block * inner).sum((-2, -1)) / np.maximum(inner.sum((-2, -1)), 1)
+        v = block / np.maximum(level, 1e-30)[..., None, None]
+        idx = np.minimum((r / bin_width).astype(int), n_bins).ravel()
+        acc += np.bincount(idx, v.ravel(), n_bins + 1)
+        cnt += np.bincount(idx, None, n_bins + 1)
+    # running means over ``smooth`` px (weighted by pixel counts): single bins hold few pixels
+    width = 2 * int(round(smooth / bin_width / 2)) + 1  # odd: no shift
+    kernel = np.ones(width)
+    a = np.convolve(acc[:-1], kernel, "same")
+    c = np.convolve(cnt[:-1], kernel, "same")
+    radii = (np.arange(n_bins) + 0.5) * bin_width
+    ok = c > 0
+    radii, prof = radii[ok], a[ok] / c[ok]
+    above = np.nonzero(prof >= threshold)[0]
+    if len(above) == 0 or above[-1] + 1 >= len(prof):
+        return r0, np.stack([radii, prof])
+    i = above[-1] + 1  # the outermost crossing: dips inside the disk do not count
+    r1, r2, p1, p2 = radii[i - 1], radii[i], prof[i - 1], prof[i]
+    return float(r1 + (p1 - threshold) * (r2 - r1) / max(p1 - p2, 1e-30)), np.stack([radii, prof])
+

@@ -1,0 +1,118 @@
+"""PNG figures of every calibration fit (disk and descan, bad pixels, rotation, parallax) and an overview."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .pipeline import Calibration
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _disk_panels(calib: Calibration, ax_pattern, ax_profile, ax_resid) -> None:
+    d = calib.disk
+    mean_mask = d.mean_mask
+    ax_pattern.imshow(mean_mask * 0.3, cmap="gray", vmin=0, vmax=1)
+    c = d.plane[0]
+    t = np.linspace(0, 2 * np.pi, 200)
+    ax_pattern.plot(c[1] + d.radius * np.cos(t), c[0] + d.radius * np.sin(t), "c-", lw=1, label="fitted disk")
+    for name, pts, mk in (("hot", calib.bad_pixels.hot, "r^"), ("dead", calib.bad_pixels.dead, "bv")):
+        if pts:
+            p = np.asarray(pts)
+            ax_pattern.plot(p[:, 1], p[:, 0], mk, ms=5, label=f"{name} ({len(pts)})")
+    ax_pattern.legend(fontsize=6, loc="lower right")
+    ax_pattern.set_title(f"disk r = {d.radius:.2f} px → {calib.angular_sampling:.4g} mrad/px", fontsize=8)
+    if d.profile is not None:
+        ax_profile.plot(d.profile[0], d.profile[1], "k-", lw=1)
+        ax_profile.axhline(d.threshold, color="gray", ls=":")
+        ax_profile.axvline(d.radius, color="c")
+        ax_profile.set_xlabel("radius (px)", fontsize=7)
+        ax_profile.set_ylabel("intensity / disk level", fontsize=7)
+        ax_profile.set_title("edge fit (radial profile)", fontsize=8)
+    im = ax_resid.imshow(d.residual, cmap="magma")
+    plt = _plt()
+    plt.colorbar(im, ax=ax_resid, fraction=0.046)
+    dy, dx = d.drift
+    ax_resid.set_title(f"descan {dy:.2f}×{dx:.2f} px; residual (px)", fontsize=8)
+
+
+def _rotation_panels(calib: Calibration, ax_curve, ax_idpc, ax_dark) -> None:
+    from .rotation import idpc_scan_frame
+
+    for t, curve in calib.com.curve.items():
+        ax_curve.plot(np.arange(180), curve, label=f"transpose {t}")
+    for t, fit in calib.com_alternatives.items():
+        if t != calib.com.transpose:
+            ax_curve.plot(np.arange(180), fit.curve[t], label=f"transpose {t}")
+    ax_curve.axvline(calib.rotation % 180, color="k", ls=":", lw=1)
+    ax_curve.set_xlabel("θ mod 180 (°)", fontsize=7)
+    ax_curve.set_ylabel("relative curl energy", fontsize=7)
+    ax_curve.legend(fontsize=6)
+    ax_curve.set_title(f"CoM: θ = {calib.com.rotation:.2f}°, final {calib.rotation:.2f}°", fontsize=8)
+    phase = idpc_scan_frame(calib.com_field, calib.rotation, calib.transpose, calib.scan_step)
+    ax_idpc.imshow(phase, cmap="gray")
+    ax_idpc.set_title("iDPC (scan grid)", fontsize=8)
+    ax_dark.imshow(calib.dark_field, cmap="gray")
+    ax_dark.set_title(f"dark field (r = {calib.com.branch_score:.2f}: θ branch)", fontsize=8)
+
+
+def _parallax_panels(calib: Calibration, ax_search, ax_shifts) -> None:
+    p = calib.parallax
+    if p is None:
+        for ax in (ax_search, ax_shifts):
+            ax.text(0.5, 0.5, "no parallax fit", ha="center", va="center", transform=ax.transAxes)
+        return
+    ax_search.plot(p.search[0], p.search[1] / p.search[1].max(), "k-", lw=1)
+    ax_search.axvline(p.C10, color="r", ls=":")
+    ax_search.set_xlabel("C10 (Å)", fontsize=7)
+    ax_search.set_title(f"tcBF sharpness; C10 = {p.C10:.1f} Å", fontsize=8)
+    ax_shifts.quiver(p.k[:, 1], p.k[:, 0], p.measured[:, 1], p.measured[:, 0], color="k", angles="xy",
+                     scale_units="xy", scale=0.5, width=0.004, label="measured")
+    ax_shifts.quiver(p.k[:, 1], p.k[:, 0], p.fitted[:, 1], p.fitted[:, 0], color="r", angles="xy",
+                     scale_units="xy", scale=0.5, width=0.002, label="linear fit")
+    ax_shifts.invert_yaxis()
+    ax_shifts.set_aspect("equal")
+    ax_shifts.legend(fontsize=6)
+    ax_shifts.set_title(f"parallax shifts (scan px), rms misfit {p.residual:.2f}", fontsize=8)
+
+
+def write_figures(calib: Calibration, out_dir: str | Path) -> dict[str, Path]:
+    """Write calibration_disk.png, calibration_rotation.png, calibration_parallax.png and calibration.png."""
+    plt = _plt()
+    out = Path(out_dir)
+    files = {}
+    fig, ax = plt.subplots(1, 3, figsize=(10, 3.2))
+    _disk_panels(calib, *ax)
+    files["figure_disk"] = out / "calibration_disk.png"
+    fig.tight_layout()
+    fig.savefig(files["figure_disk"], dpi=90)
+    plt.close(fig)
+    fig, ax = plt.subplots(1, 3, figsize=(10, 3.2))
+    _rotation_panels(calib, *ax)
+    files["figure_rotation"] = out / "calibration_rotation.png"
+    fig.tight_layout()
+    fig.savefig(files["figure_rotation"], dpi=90)
+    plt.close(fig)
+    fig, ax = plt.subplots(1, 2, figsize=(7, 3.2))
+    _parallax_panels(calib, *ax)
+    files["figure_parallax"] = out / "calibration_parallax.png"
+    fig.tight_layout()
+    fig.savefig(files["figure_parallax"], dpi=90)
+    plt.close(fig)
+    fig, ax = plt.subplots(2, 3, figsize=(10, 6))
+    _disk_panels(calib, ax[0, 0], ax[0, 1], ax[0, 2])
+    _rotation_panels(calib, ax[1, 0], ax[1, 1], ax[1, 2])
+    fig.suptitle(calib.summary()[:150], fontsize=7)
+    fig.tight_layout()
+    files["figure"] = out / "calibration.png"
+    fig.savefig(files["figure"], dpi=72)
+    plt.close(fig)
+    return files

@@ -1,0 +1,37 @@
+"""Calibrate a file: read it, calibrate it, write the results (the work behind ``phasestem calibrate``)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from .pipeline import Calibration, calibrate
+
+
+def load_for_calibration(path: str | Path, energy: float, scan_step: float | tuple[float, float],
+                         reader_options: dict[str, Any] | None = None, format: str | None = None):
+    """The file as a lazy :class:`phasestem.dataset.FourDSTEM` with the energy and scan step set."""
+    from .. import io
+
+    if energy is None or scan_step is None:
+        raise ConfigError("calibrate: --energy (eV) and --scan-step (Å) are needed")
+    step = tuple(scan_step) if isinstance(scan_step, list | tuple) else (float(scan_step), float(scan_step))
+    return io.load(path, format=format, energy=float(energy), scan_step=step, **(reader_options or {}))
+
+
+def calibrate_file(path: str | Path, out_dir: str | Path, energy: float, scan_step, semiangle: float | None = None,
+                   angular_sampling: float | None = None, reader_options: dict[str, Any] | None = None,
+                   format: str | None = None, figures: bool = True, extra_params: dict[str, Any] | None = None,
+                   **options) -> tuple[Calibration, dict[str, Path]]:
+    """Calibrate ``path`` and write ``calibrated.npy``, ``params.yaml``, ``calibration.json`` and figures.
+
+    ``options`` go to :func:`phasestem.calibrate.pipeline.calibrate` (transpose, parallax,
+    c10_range, edge_threshold); ``extra_params`` adds sections (model, run, …) to the YAML.
+    """
+    from .output import write_outputs
+
+    dataset = load_for_calibration(path, energy, scan_step, reader_options, format)
+    calib = calibrate(dataset, semiangle=semiangle, angular_sampling=angular_sampling, **options)
+    calib.source = str(path)
+    files = write_outputs(dataset, calib, out_dir, path, figures=figures, extra=extra_params)
+    return calib, files

@@ -1,0 +1,167 @@
+"""Defocus, astigmatism and a rotation check from the parallax of bright-field pixel images (tcBF).
+
+Model (:mod:`phasestem.direct.tcbf`): the image of bright-field group g (detector offset k_g px,
+angle α_g = k_g·dk) is shifted by s_g = −C·α_g Å (object frame), S⁻¹R(θ)ᵀ·s_g in scan pixels.
+
+1. A search over C10 (rotation θ from the CoM) for the sharpest parallax-corrected sum.
+2. Each group image is cross-correlated with that sum (up-sampled, near the predicted shift).
+3. A linear map s_g = M·k_g + b is fitted. Its polar decomposition S·M = U·P gives the rotation
+   (U = ∓R(θ)ᵀ, θ mod 180°; det U = −1 flags a wrong transpose) and C = −R(θ)·S·M / dk the
+   aberration matrix: C10 = tr C / 2, C12 and φ12 from its traceless part
+   (C = C10·I + C12·[[−cos 2φ12, sin 2φ12], [sin 2φ12, cos 2φ12]], χ's Krivanek convention).
+Steps 2–3 are repeated with the fitted shifts.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..direct.tcbf import padded_spectra, parallax_shifts, shifted_sum
+from ..optics import wavelength
+
+
+@dataclass
+class ParallaxFit:
+    """Aberrations and rotation from the bright-field parallax."""
+
+    C10: float  # Å
+    C12: float  # Å
+    phi12: float  # rad
+    rotation: float  # degrees, mod 180 branch nearest the rotation given
+    determinant: float  # det of the fitted map's orthogonal factor (+1 expected)
+    k: np.ndarray  # (G, 2) group offsets, detector px
+    measured: np.ndarray  # (G, 2) measured shifts, scan px
+    fitted: np.ndarray  # (G, 2) shifts of the linear fit, scan px
+    matrix: np.ndarray  # (2, 2) M, scan px per detector px
+    search: np.ndarray = field(default_factory=lambda: np.zeros((2, 0)))  # (2, n): C10 grid Å, sharpness
+
+    @property
+    def residual(self) -> float:
+        """RMS misfit of the linear model (scan px)."""
+        return float(np.sqrt(((self.measured - self.fitted) ** 2).sum(-1).mean()))
+
+    @property
+    def max_shift(self) -> float:
+        return float(np.linalg.norm(self.fitted, axis=-1).max())
+
+    def aberrations(self) -> dict[str, float]:
+        return {"C10": self.C10, "C12": self.C12, "phi12": self.phi12}
+
+    def to_dict(self) -> dict:
+        return {"C10": self.C10, "C12": self.C12, "phi12": self.phi12, "rotation_deg": self.rotation,
+                "determinant": self.determinant, "residual_px": self.residual, "max_shift_px": self.max_shift}
+
+
+def _xcorr_peak(spec_a: np.ndarray, spec_ref: np.ndarray, guess: np.ndarray, radius: float,
+                upsample: int = 4) -> np.ndarray:
+    """Shift s (scan px) with a(r) ≈ ref(r − s), searched within ``radius`` of ``guess``, sub-pixel."""
+    ny, nx = spec_a.shape
+    prod = np.fft.fftshift(spec_a * np.conj(spec_ref))
+    big = np.zeros((ny * upsample, nx * upsample), complex)
+    y0, x0 = (ny * upsample - ny) // 2, (nx * upsample - nx) // 2
+    big[y0 : y0 + ny, x0 : x0 + nx] = prod
+    xc = np.fft.ifft2(np.fft.ifftshift(big)).real
+    sy = np.fft.fftfreq(ny * upsample, 1 / ny)  # shift in original pixels per index
+    sx = np.fft.fftfreq(nx * upsample, 1 / nx)
+    SY, SX = np.meshgrid(sy, sx, indexing="ij")
+    near = (SY - guess[0]) ** 2 + (SX - guess[1]) ** 2 <= radius**2
+    xc = np.where(near, xc, -np.inf)
+    iy, ix = np.unravel_index(np.argmax(xc), xc.shape)
+    out = np.array([sy[iy], sx[ix]], dtype=np.float64)
+    for axis, (i, n) in enumerate(((iy, ny * upsample), (ix, nx * upsample))):
+        idx = [iy, ix]
+        vals = []
+        for d in (-1, 0, 1):
+            idx[axis] = (i + d) % n
+            vals.append(xc[tuple(idx)])
+        lo, mid, hi = vals
+        den = lo - 2 * mid + hi
+        if np.isfinite(den) and den < 0:
+            out[axis] += 0.5 * (lo - hi) / den / upsample
+    return out
+
+
+def _gaussian_lowpass(shape, step, q_c: float) -> np.ndarray:
+    """exp(−q²/2q_c²) on the padded scan grid, q in Å⁻¹."""
+    qy = np.fft.fftfreq(shape[0], step[0])[:, None]
+    qx = np.fft.fftfreq(shape[1], step[1])[None, :]
+    return np.exp(-(qy**2 + qx**2) / (2 * q_c**2))
+
+
+def _fit_map(k: np.ndarray, s: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    design = np.concatenate([k, np.ones((len(k), 1))], 1) * np.sqrt(w)[:, None]
+    coef, *_ = np.linalg.lstsq(design, s * np.sqrt(w)[:, None], rcond=None)
+    return coef[:2].T, coef[2]
+
+
+def _decompose(M: np.ndarray, step, dk_mrad: float, rotation_hint: float) -> tuple[float, float, np.ndarray]:
+    """Rotation (deg, branch nearest ``rotation_hint``), det of the orthogonal factor, and C (2×2, Å)."""
+    B = np.diag(np.asarray(step, dtype=np.float64)) @ M  # Å of scan displacement per detector px
+    u, _, vt = np.linalg.svd(B)
+    U = u @ vt
+    det = float(np.linalg.det(U))
+    theta = math.degrees(math.atan2(U.T[1, 0], U.T[0, 0]))
+    # U = ∓R(θ)ᵀ: θ and θ + 180° are both candidates; take the one nearest the hint
+    cands = [theta % 360, (theta + 180) % 360]
+    theta = min(cands, key=lambda t: abs((t - rotation_hint + 180) % 360 - 180))
+    th = math.radians(theta)
+    R = np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])
+    C = -R @ B / (dk_mrad * 1e-3)
+    return theta, det, 0.5 * (C + C.T)
+
+
+def fit_parallax(images: np.ndarray, weights: np.ndarray, k_px: np.ndarray, dk_mrad: float, rotation: float,
+                 step: tuple[float, float], c10_range: float | None = None, iterations: int = 2,
+                 lowpass: float | None = 0.5, energy: float | None = None) -> ParallaxFit:
+    """Fit the parallax of contrast images (G, Sy, Sx) of groups at offsets ``k_px`` (G, 2) px.
+
+    ``rotation`` (degrees) comes from the CoM fit; the C10 search covers ±``c10_range`` Å
+    (default: shifts up to half the scanned field). A group image is a pure shift of the central
+    one only at frequencies that both side-bands of the pixel transmit (q < k_aperture − |k|), so
+    the images are weighted by a Gaussian of σ = ``lowpass`` · α_max/λ (α_max: the outermost group;
+    needs ``energy`` in eV; None: no weighting).
+    """
+    G, sy, sx = images.shape
+    spectra = padded_spectra(images)
+    alpha_max = float(np.linalg.norm(k_px, axis=-1).max()) * dk_mrad * 1e-3
+    if lowpass and energy:
+        spectra = spectra * _gaussian_lowpass(spectra.shape[-2:], step, lowpass * alpha_max / wavelength(energy))
+    fov = min((sy - 1) * step[0], (sx - 1) * step[1])
+    c_max = c10_range if c10_range is not None else 0.5 * fov / max(alpha_max, 1e-9)
+    dc = 0.2 * min(step) / max(alpha_max, 1e-9)
+    grid = np.arange(-c_max, c_max + dc / 2, dc)
+    unit = parallax_shifts(k_px, np.eye(2), dk_mrad, rotation, step)  # scan px per Å of C10
+    ny, nx = spectra.shape[-2:]
+    qy = np.fft.fftfreq(ny)[:, None]
+    qx = np.fft.fftfreq(nx)[None, :]
+    qs = qy[None] * unit[:, 0, None, None] + qx[None] * unit[:, 1, None, None]  # (G, ny, nx)
+    wspec = spectra * weights[:, None, None]
+    score = np.empty(len(grid))
+    for i, c in enumerate(grid):
+        score[i] = (np.abs((wspec * np.exp(2j * np.pi * c * qs)).sum(0)) ** 2).sum()
+    best = int(np.argmax(score))
+    c10 = float(grid[best])
+    if 0 < best < len(grid) - 1:
+        lo, mid, hi = score[best - 1 : best + 2]
+        den = lo - 2 * mid + hi
+        if den < 0:
+            c10 += 0.5 * (lo - hi) / den * dc
+    shifts = c10 * unit
+    theta, C, M = rotation, c10 * np.eye(2), None
+    measured = shifts
+    for _ in range(iterations):
+        ref = shifted_sum(spectra, shifts, weights)
+        measured = np.stack([_xcorr_peak(spectra[g], ref, shifts[g], radius=1.5) for g in range(G)])
+        M, b = _fit_map(k_px, measured, weights)
+        theta, det, C = _decompose(M, step, dk_mrad, rotation)
+        shifts = k_px @ M.T + b
+    fitted = shifts
+    c10 = float(np.trace(C) / 2)
+    d11, d12 = C[0, 0] - c10, C[0, 1]
+    c12 = float(math.hypot(d11, d12))
+    phi12 = float(0.5 * math.atan2(d12, -d11)) if c12 > 0 else 0.0
+    return ParallaxFit(C10=c10, C12=c12, phi12=phi12, rotation=theta, determinant=det, k=k_px,
+                       measured=measured, fitted=fitted, matrix=M, search=np.stack([grid, score]))
+

@@ -1,0 +1,179 @@
+"""Calibration of a 4D-STEM scan from its own data: one function, one result object.
+
+Order: bad pixels (summed pattern) → bright-field disk, descan plane and radius → angular
+sampling (or semi-angle) → CoM field → rotation and transpose → tcBF parallax (defocus,
+astigmatism, refined rotation, transpose check).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError
+from .badpixels import BadPixels, fill_plan, find_bad_pixels
+from .com import com_field
+from .disk import DiskFit, fit_disk
+from .parallax import ParallaxFit, fit_parallax
+from .reading import summed_pattern
+from .rotation import NoContrastError, RotationFit, fit_rotation
+
+
+@dataclass
+class Calibration:
+    """Everything measured from the data (units: Å, mrad, degrees; detector px of the file's axes)."""
+
+    energy: float
+    scan_shape: tuple[int, int]
+    scan_step: tuple[float, float]
+    pattern_shape: tuple[int, int]
+    semiangle: float
+    angular_sampling: float  # mrad / px
+    rotation: float  # degrees (phasestem's scan.rotation)
+    transpose: bool
+    aberrations: dict[str, float]
+    rotation_source: str  # 'parallax' or 'centre of mass'
+    bad_pixels: BadPixels
+    disk: DiskFit
+    com: RotationFit
+    com_alternatives: dict[bool, RotationFit]
+    parallax: ParallaxFit | None
+    com_field: np.ndarray  # (Sy, Sx, 2) px, file frame, descan removed
+    dark_field: np.ndarray  # (Sy, Sx)
+    notes: list[str] = field(default_factory=list)
+    source: str = ""
+
+    @property
+    def plan(self):
+        """Bad-pixel fill plan for :func:`phasestem.calibrate.badpixels.fill_bad_pixels`."""
+        return fill_plan(self.bad_pixels.mask)
+
+    def centres(self) -> np.ndarray:
+        """Descan plane (Sy, Sx, 2): the bright-field disk centre of every pattern (px, file frame)."""
+        return self.disk.plane_at(self.scan_shape)
+
+    def scan_origin(self) -> tuple[float, float]:
+        """(y0, x0) Å that puts the rotated scan's top-left corner at 0 Å (dataset frame ≥ 0)."""
+        from ..recon.params import ScanConfig, scan_positions
+
+        pos = scan_positions(ScanConfig(step=self.scan_step, rotation=self.rotation), self.scan_shape)
+        lo = pos.min(0)
+        return (float(-lo[0]), float(-lo[1]))
+
+    def sampling(self) -> float:
+        """Real-space pixel (Å) of the reconstruction window: λ / (H · dk)."""
+        from ..optics import wavelength
+
+        return wavelength(self.energy) / (max(self.pattern_shape) * self.angular_sampling * 1e-3)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values for a JSON/YAML record."""
+        out = {"source": self.source, "energy_eV": self.energy, "semiangle_mrad": self.semiangle,
+               "angular_sampling_mrad": self.angular_sampling, "rotation_deg": self.rotation,
+               "transpose": self.transpose, "rotation_source": self.rotation_source,
+               "aberrations": dict(self.aberrations), "scan_shape": list(self.scan_shape),
+               "scan_step": list(self.scan_step), "bad_pixels": self.bad_pixels.to_dict(),
+               "disk": self.disk.to_dict(), "centre_of_mass": self.com.to_dict(),
+               "parallax": None if self.parallax is None else self.parallax.to_dict(), "notes": list(self.notes)}
+        return out
+
+    def summary(self) -> str:
+        ab = ", ".join(f"{k} = {v:.4g}" for k, v in self.aberrations.items())
+        hot, dead = len(self.bad_pixels.hot), len(self.bad_pixels.dead)
+        dy, dx = self.disk.drift
+        return (f"angular sampling {self.angular_sampling:.4g} mrad/px (disk radius {self.disk.radius:.2f} px, "
+                f"α = {self.semiangle:.4g} mrad); rotation {self.rotation:.2f}° ({self.rotation_source}), "
+                f"transpose {self.transpose}; {ab}; bad pixels {hot} hot, {dead} dead; descan drift "
+                f"{dy:.2f} × {dx:.2f} px (residual rms {self.disk.to_dict()['residual_rms_px']:.2f} px)")
+
+
+def _group_contrast(dataset, plan, centres, radius):
+    from ..direct.tcbf import bf_groups, group_images, normalised
+    from .correct import corrected_chunks
+
+    labels, k, _ = bf_groups(dataset.pattern_shape, radius, fraction=0.7)
+    images = group_images(corrected_chunks(dataset, plan, centres), labels, dataset.scan_shape)
+    con, weights = normalised(images)
+    return con, weights, k
+
+
+def calibrate(dataset, semiangle: float | None = None, angular_sampling: float | None = None,
+              transpose: bool | None = None, parallax: bool = True, c10_range: float | None = None,
+              edge_threshold: float = 0.5) -> Calibration:
+    """Calibrate a :class:`phasestem.dataset.FourDSTEM` (energy and scan step known) from its patterns.
+
+    Give ``semiangle`` (mrad) to get the angular sampling from the disk radius, or
+    ``angular_sampling`` (mrad/px) to get the semi-angle. ``transpose`` fixes the detector
+    transpose. ``parallax=False`` skips the tcBF fit (no defocus; rotation from the CoM only).
+    ``edge_threshold`` is the fraction of the disk level taken as its edge (0.5: the
+    half-intensity edge of a real aperture; 0.25 for simulations with a soft amplitude edge).
+    """
+    if (semiangle is None) == (angular_sampling is None):
+        raise ConfigError("calibrate: give exactly one of semiangle (mrad) or angular_sampling (mrad/px)")
+    notes: list[str] = []
+    bad = find_bad_pixels(summed_pattern(dataset))
+    plan = fill_plan(bad.mask)
+    mean = summed_pattern(dataset, plan) / dataset.n_patterns
+    disk = fit_disk(dataset, mean, plan, threshold=edge_threshold)
+    if semiangle is not None:
+        dk = float(semiangle) / disk.radius
+    else:
+        dk = float(angular_sampling)
+        semiangle = dk * disk.radius
+    centres = disk.plane_at(dataset.scan_shape)
+    com, dark = com_field(dataset, centres, plan, dark_radius=1.15 * disk.radius)
+    step = dataset.scan_step
+    options = [False, True] if transpose is None else [bool(transpose)]
+    fits = {}
+    for t in options:
+        try:
+            fits[t] = fit_rotation(com, step, dark, transpose=t)
+        except NoContrastError:
+            if len(options) == 1:
+                raise
+    if not fits:
+        fit_rotation(com, step, dark)  # raises the one-line error
+    best = min(fits, key=lambda t: fits[t].curl_ratio[t])
+    chosen, pfit, source = best, None, "centre of mass"
+    if parallax:
+        con, weights, k_file = _group_contrast(dataset, plan, centres, disk.radius)
+        pfits = {t: fit_parallax(con, weights, k_file[:, ::-1] if t else k_file, dk, fits[t].rotation, step,
+                                 c10_range, energy=dataset.energy) for t in fits}
+        usable = {t: p for t, p in pfits.items() if p.determinant > 0 and p.max_shift >= 1.0
+                  and p.residual < 0.3 * p.max_shift}
+        if usable:
+            chosen = min(usable, key=lambda t: usable[t].residual)
+            pfit, source = usable[chosen], "parallax"
+            if chosen != best:
+                notes.append(f"transpose {chosen} from the parallax (det +1, residual {pfit.residual:.2f} px); the "
+                             f"CoM curl preferred {best} ({fits[best].curl_ratio[best]:.2f} vs "
+                             f"{fits[chosen].curl_ratio[chosen]:.2f})")
+        else:
+            p = pfits[best]
+            notes.append(f"parallax not used: largest shift {p.max_shift:.2f} scan px, residual {p.residual:.2f} px, "
+                         f"det {p.determinant:+.0f} (focused data or too little contrast); no defocus fitted")
+    rot = fits[chosen]
+    rotation = pfit.rotation if pfit is not None else rot.rotation
+    if pfit is not None:
+        diff = abs((pfit.rotation - rot.rotation + 180) % 360 - 180)
+        notes.append(f"rotation: parallax {pfit.rotation:.2f}°, centre of mass {rot.rotation:.2f}° "
+                     f"(differ {diff:.2f}°)")
+    aberrations = {} if pfit is None else {k: float(v) for k, v in pfit.aberrations().items()}
+    if aberrations and aberrations.get("C12", 0.0) < 0.05 * max(abs(aberrations["C10"]), 1.0):
+        notes.append(f"astigmatism C12 = {aberrations['C12']:.3g} Å is below 5 % of |C10|: not written")
+        aberrations = {"C10": aberrations["C10"]}
+    return Calibration(
+        energy=dataset.energy, scan_shape=dataset.scan_shape, scan_step=tuple(step),
+        pattern_shape=dataset.pattern_shape, semiangle=float(semiangle), angular_sampling=dk,
+        rotation=float(rotation % 360.0), transpose=bool(chosen), aberrations=aberrations, rotation_source=source,
+        bad_pixels=bad, disk=disk, com=rot, com_alternatives=fits, parallax=pfit, com_field=com, dark_field=dark,
+        notes=notes, source=str(dataset.metadata.get("source", "")),
+    )
+
+
+def rotation_matrix(degrees: float) -> np.ndarray:
+    """R(θ) acting on (y, x) column vectors, counter-clockwise as displayed."""
+    th = math.radians(degrees)
+    return np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])

@@ -1,0 +1,139 @@
+"""Scan–detector rotation and transpose from the centre-of-mass (CoM) field.
+
+Convention (as :mod:`phasestem.scan`): the probe at scan index g = (iy, ix) sits at
+``R(θ)·S·g`` with S = diag(dy, dx) and R(θ) turning (y, x) counter-clockwise as displayed.
+For a thin specimen the CoM in the detector frame is ``(1/2π)·⟨∇φ⟩`` (Ehrenfest), so the field
+``v(g) = S·R(θ)ᵀ·c(g)`` is the gradient of φ over the scan indices: curl-free at the right θ and
+transpose. The curl is taken spectrally on the mirror-extended field (exact for a gradient
+field, unlike finite differences) with a Gaussian low-pass that keeps the frequencies where the
+DPC signal lies; it is linear in (cos θ, sin θ), so the θ of least curl energy is an
+eigenvector of a 2 × 2 matrix (no search). The transpose is the option with the smaller
+relative curl.
+
+That leaves θ and θ + 180° (both curl-free; a thin phase object's patterns cannot tell them
+apart, as (θ, C10, φ) and (θ + 180°, −C10, −φ) give the same data). **Sign convention:** a
+positive projected potential attracts electrons, so the CoM points *towards* atom columns and
+the integrated CoM (iDPC) phase is high where the dark-field intensity (scattered outside the
+bright-field disk) is high. Of θ and θ + 180° the one whose iDPC phase correlates positively
+with the dark field is taken (the skewness of the iDPC phase, positive peaks, when the detector
+records no dark field).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import PhasestemError
+from .com import to_detector_frame
+
+
+class NoContrastError(PhasestemError):
+    """The centre-of-mass field has no specimen signal (vacuum or too few counts)."""
+
+
+@dataclass
+class RotationFit:
+    """Result of the curl minimisation."""
+
+    rotation: float  # degrees, phasestem's scan.rotation
+    transpose: bool
+    curl_ratio: dict[bool, float]  # transpose -> least / largest curl energy over θ
+    curve: dict[bool, np.ndarray]  # transpose -> (180,) relative curl energy at 0..179°
+    branch: str  # how θ vs θ + 180° was decided: 'dark field' or 'skewness'
+    branch_score: float  # correlation with the dark field (or skewness) at the chosen θ
+
+    def to_dict(self) -> dict:
+        return {"rotation_deg": self.rotation, "transpose": self.transpose,
+                "curl_ratio": {str(k).lower(): v for k, v in self.curl_ratio.items()},
+                "branch": self.branch, "branch_score": self.branch_score}
+
+
+def scan_frame_field(com: np.ndarray, rotation: float, transpose: bool, step: tuple[float, float]) -> np.ndarray:
+    """(Sy, Sx, 2) field S·R(θ)ᵀ·c: the CoM (file frame, px) as a gradient over scan indices."""
+    c = to_detector_frame(com, transpose)
+    th = math.radians(rotation)
+    rt = np.array([[math.cos(th), math.sin(th)], [-math.sin(th), math.cos(th)]])
+    return (c @ rt.T) * np.asarray(step)
+
+
+def _mirror(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Even extension of φ: gy odd across y edges, gx odd across x edges; (2Sy, 2Sx) each."""
+    gy, gx = v[..., 0], v[..., 1]
+    gy = np.concatenate([gy, -gy[::-1]], 0)
+    gy = np.concatenate([gy, gy[:, ::-1]], 1)
+    gx = np.concatenate([gx, gx[::-1]], 0)
+    gx = np.concatenate([gx, -gx[:, ::-1]], 1)
+    return gy, gx
+
+
+def _curl_spectrum(v: np.ndarray, lowpass: float) -> np.ndarray:
+    """Spectral curl (q × ĝ)/|q| of the mirror-extended field, low-passed (σ ``lowpass`` cycles/px)."""
+    gy, gx = _mirror(v)
+    qy = np.fft.fftfreq(gy.shape[0])[:, None]
+    qx = np.fft.fftfreq(gy.shape[1])[None, :]
+    q2 = qy**2 + qx**2
+    weight = np.exp(-q2 / lowpass**2) / np.sqrt(np.where(q2 > 0, q2, 1.0))
+    return weight * (qy * np.fft.fft2(gx) - qx * np.fft.fft2(gy))
+
+
+def _least_curl(com: np.ndarray, transpose: bool, step, lowpass: float) -> tuple[float, float, np.ndarray]:
+    a = _curl_spectrum(scan_frame_field(com, 0.0, transpose, step), lowpass)
+    b = _curl_spectrum(scan_frame_field(com, 90.0, transpose, step), lowpass)
+    m = np.array([[np.vdot(a, a), np.vdot(a, b)], [np.vdot(a, b), np.vdot(b, b)]]).real
+    w, u = np.linalg.eigh(m)
+    theta = math.degrees(math.atan2(u[1, 0], u[0, 0])) % 180.0
+    g = np.radians(np.arange(180.0))
+    curve = np.cos(g) ** 2 * m[0, 0] + 2 * np.cos(g) * np.sin(g) * m[0, 1] + np.sin(g) ** 2 * m[1, 1]
+    top = max(w[1], 1e-300)
+    return theta, float(w[0] / top), curve / top
+
+
+def skewness(x: np.ndarray) -> float:
+    x = x - x.mean()
+    return float((x**3).mean() / max((x**2).mean() ** 1.5, 1e-300))
+
+
+def idpc_scan_frame(com: np.ndarray, rotation: float, transpose: bool, step) -> np.ndarray:
+    """iDPC phase (Sy, Sx), arbitrary scale, on the scan grid for a given rotation and transpose."""
+    from ..direct.integrate import integrate_gradient
+
+    v = scan_frame_field(com, rotation, transpose, step)
+    return integrate_gradient(v[..., 0], v[..., 1])
+
+
+def choose_branch(com: np.ndarray, theta: float, transpose: bool, step, dark: np.ndarray | None
+                  ) -> tuple[float, str, float]:
+    """θ or θ + 180° by the sign convention of this module; returns (θ, rule, score)."""
+    phase = idpc_scan_frame(com, theta, transpose, step)
+    if dark is not None and np.std(dark) > 0:
+        score = float(np.corrcoef(phase.ravel(), np.asarray(dark).ravel())[0, 1])
+        rule = "dark field"
+    else:
+        score, rule = skewness(phase), "skewness"
+    if score < 0:
+        theta, score = theta + 180.0, -score
+    return theta % 360.0, rule, score
+
+
+def fit_rotation(com: np.ndarray, step: tuple[float, float], dark: np.ndarray | None = None,
+                 transpose: bool | None = None, lowpass: float = 0.15, max_curl_ratio: float = 0.5) -> RotationFit:
+    """Rotation (degrees) and transpose of the scan relative to the detector from a CoM field (Sy, Sx, 2).
+
+    ``dark`` (Sy, Sx) is the dark-field image that fixes θ vs θ + 180°; ``transpose`` fixes the
+    transpose instead of choosing it. Raises :class:`NoContrastError` when no rotation makes the
+    field notably curl-free (relative curl above ``max_curl_ratio``; pure noise gives ≈ 1).
+    """
+    options = [False, True] if transpose is None else [bool(transpose)]
+    fits = {t: _least_curl(com, t, step, lowpass) for t in options}
+    best = min(fits, key=lambda t: fits[t][1])
+    theta, ratio, _ = fits[best]
+    if not ratio <= max_curl_ratio:
+        raise NoContrastError(
+            f"no specimen contrast: the centre-of-mass field is nearly as curled as it is divergent at every "
+            f"rotation (relative curl {ratio:.2f} > {max_curl_ratio}); vacuum-only data, or too few counts to "
+            "calibrate the rotation")
+    theta, rule, score = choose_branch(com, theta, best, step, dark)
+    return RotationFit(rotation=theta, transpose=best, curl_ratio={t: f[1] for t, f in fits.items()},
+                       curve={t: f[2] for t, f in fits.items()}, branch=rule, branch_score=score)

@@ -1,0 +1,105 @@
+"""Calibration from the data, checked on independent abTEM data (tests/abtem_scan.py) and on bad input."""
+from __future__ import annotations
+
+import abtem_scan
+import numpy as np
+import pytest
+
+from phasestem.calibrate import NoContrastError, NoDiskError, calibrate, load_for_calibration
+from phasestem.errors import PhasestemError
+
+
+@pytest.fixture(scope="session")
+def abtem_data(tmp_path_factory):
+    return abtem_scan.make(tmp_path_factory.getbasetemp() / "abtem_scan")
+
+
+@pytest.fixture(scope="session")
+def calibration(abtem_data):
+    ds = load_for_calibration(abtem_data["file"], abtem_scan.ENERGY, abtem_scan.STEP)
+    return calibrate(ds, semiangle=abtem_scan.SEMIANGLE)
+
+
+def _angle_diff(a: float, b: float) -> float:
+    return abs((a - b + 180.0) % 360.0 - 180.0)
+
+
+def test_calibration_recovers_the_acquisition_of_an_abtem_scan(calibration, abtem_data):
+    truth = abtem_data["truth"]
+    cal = calibration
+    assert cal.transpose is truth["transpose"]
+    assert _angle_diff(cal.rotation, truth["rotation"]) < 1.0, cal.summary()
+    assert abs(cal.angular_sampling / truth["angular_sampling"] - 1) < 0.02, cal.summary()
+    c10 = cal.aberrations["C10"]
+    assert abs(c10 - truth["C10"]) < max(20.0, 0.1 * abs(truth["C10"])), cal.summary()
+    assert sorted(cal.bad_pixels.hot) == sorted(abtem_scan.HOT)
+    assert sorted(cal.bad_pixels.dead) == sorted(abtem_scan.DEAD)
+    # descan: the plane reproduces the planted offset and drift (stored frame, px)
+    sy, sx = abtem_scan.SCAN
+    plane = cal.disk.plane
+    drift = np.array([plane[1, 0] * (sy - 1), plane[2, 1] * (sx - 1)])
+    np.testing.assert_allclose(drift, truth["descan_drift"], atol=0.15)
+    np.testing.assert_allclose(plane[0] - 32, truth["descan_offset"], atol=0.15)
+    # the parallax and the CoM agree on the rotation; the parallax map is a rotation, not a reflection
+    assert cal.parallax is not None and cal.parallax.determinant > 0
+    assert _angle_diff(cal.com.rotation, cal.parallax.rotation) < 5.0
+
+
+def test_calibrate_cli_writes_params_that_reconstruct_loads(abtem_data, tmp_path, capsys):
+    from phasestem.cli import main
+    from phasestem.recon.params import build_dataset, load_params
+
+    out = tmp_path / "calib"
+    rc = main(["calibrate", str(abtem_data["file"]), "--energy", "300e3", "--semiangle", "21.4",
+               "--scan-step", "0.45", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    params = load_params(out / "params.yaml")
+    assert params.data.transpose is True
+    assert abs(params.optics.aberrations["C10"] - abtem_data["truth"]["C10"]) < 20
+    ds = build_dataset(params)
+    assert ds.pattern_shape == (64, 64) and ds.positions_angstrom().min() > -1e-6
+    # the corrected patterns are centred: the mean pattern's centre of mass sits at (H//2, W//2)
+    com = ds.center_of_mass().mean((0, 1))
+    assert np.abs(com).max() < 0.3
+    assert not np.isin(0, np.asarray(ds.patterns)[..., 26, 24])  # a dead pixel was filled
+    for name in ("calibration.png", "calibration_disk.png", "calibration_rotation.png",
+                 "calibration_parallax.png", "calibration.json"):
+        assert (out / name).stat().st_size > 1000
+    header = (out / "params.yaml").read_text().splitlines()[:6]
+    assert any("hot (row, col)" in line for line in header)
+
+
+def test_parallax_defocus_sign_matches_phasestem_forward_model():
+    """Over-focus (C10 > 0) simulated by phasestem's own physics is fitted as C10 > 0."""
+    from phasestem.recon.synthetic import simulate_dataset
+
+    ds = simulate_dataset(window=(48, 48), sampling=0.3, scan_shape=(16, 16), scan_step=0.4, semiangle=20.0,
+                          defocus=60.0, max_phase=0.5, dose=2e4, seed=1)
+    cal = calibrate(ds._replace(angular_sampling=None), semiangle=20.0)
+    assert cal.transpose is False and _angle_diff(cal.rotation, 0.0) < 1.0, cal.summary()
+    assert abs(cal.aberrations["C10"] - 60.0) < 6.0, cal.summary()
+
+
+def test_dark_data_is_refused_in_one_line(tmp_path, capsys):
+    from phasestem.cli import main
+
+    path = tmp_path / "dark.npy"
+    np.save(path, np.zeros((6, 6, 32, 32), dtype=np.uint16))
+    with pytest.raises(NoDiskError, match="no bright-field disk"):
+        calibrate(load_for_calibration(path, 300e3, 0.5), semiangle=20.0)
+    rc = main(["calibrate", str(path), "--energy", "300e3", "--semiangle", "20", "--scan-step", "0.5",
+               "--out", str(tmp_path / "c")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and "no bright-field disk" in err[0]
+
+
+def test_vacuum_data_is_refused_not_guessed():
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:48, 0:48]
+    disk = ((yy - 24) ** 2 + (xx - 24) ** 2 < 12**2) * 30.0
+    from phasestem.dataset import FourDSTEM
+
+    ds = FourDSTEM(rng.poisson(np.broadcast_to(disk, (12, 12, 48, 48))).astype(np.float32), 300e3, (0.5, 0.5))
+    with pytest.raises(NoContrastError, match="no specimen contrast") as info:
+        calibrate(ds, semiangle=20.0)
+    assert isinstance(info.value, PhasestemError)
