@@ -4,6 +4,7 @@ Errors name the file and the dotted field, e.g. ``run.yaml: model.n_slicez: unkn
 """
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -99,19 +100,30 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | None) -> d
     return data
 
 
+def one_line(text: str, limit: int = 2000) -> str:
+    """``text`` with line breaks and other control characters escaped, cut to ``limit`` characters."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _key(part: Any) -> str:
+    text = str(part)
+    return text if text and text.isprintable() and "." not in text else repr(text)
+
+
 def format_validation_error(exc: ValidationError, source: str) -> str:
     """One line naming every bad field: ``source: a.b: message; c: message``."""
     parts = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-")) or "(top level)"
+        loc = ".".join(_key(p) for p in err["loc"] if not str(p).startswith("function-")) or "(top level)"
         if err["type"] == "extra_forbidden":
             parts.append(f"{loc}: unknown key (see --dump-config for every valid key)")
         elif err["type"] == "missing":
             parts.append(f"{loc}: required field missing")
         else:
             msg = err["msg"].removeprefix("Value error, ")
-            parts.append(f"{loc}: {msg} (got {err.get('input')!r})")
-    return f"{source}: " + "; ".join(parts)
+            parts.append(f"{loc}: {msg} (got {one_line(repr(err.get('input')), 80)})")
+    return one_line(f"{source}: " + "; ".join(parts))
 
 
 def validate(model: type[M], data: dict[str, Any], source: str) -> M:
@@ -121,9 +133,44 @@ def validate(model: type[M], data: dict[str, Any], source: str) -> M:
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source)) from None
     except ValueError as exc:  # raised inside a validator that is not a pydantic one
-        raise ConfigError(f"{source}: {exc}") from None
+        raise ConfigError(one_line(f"{source}: {exc}")) from None
     except (TypeError, ArithmeticError, LookupError, RecursionError) as exc:  # a validator's bug: still one line
-        raise ConfigError(f"{source}: invalid configuration ({type(exc).__name__}: {exc})") from None
+        where = _locate(model, data)
+        raise ConfigError(one_line(f"{source}: {where or '(top level)'}: invalid value ({type(exc).__name__}: {exc})")
+                          ) from None
+
+
+def _submodels(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _submodels(arg)]
+
+
+def _raises_outside_pydantic(model: type[BaseModel], data: Any) -> bool:
+    try:
+        model.model_validate(data)
+    except ValidationError:
+        return False
+    except Exception:  # noqa: BLE001 - any other exception is what is being located
+        return True
+    return False
+
+
+def _locate(model: type[BaseModel], data: Any) -> str | None:
+    """Dotted name of the field whose value makes a validator raise something other than a validation error."""
+    if not isinstance(data, dict) or _raises_outside_pydantic(model, {}):
+        return None
+    for key, value in data.items():
+        field = model.model_fields.get(key) if isinstance(key, str) else None
+        if field is None:
+            continue
+        for sub in _submodels(field.annotation):
+            deeper = _locate(sub, value)
+            if deeper:
+                return f"{key}.{deeper}"
+        if _raises_outside_pydantic(model, {key: value}):
+            return key
+    return None
 
 
 def load_yaml_config(model: type[M], path: str | Path, overrides: dict[str, Any] | None = None,
