@@ -276,7 +276,7 @@ def test_resume_with_another_network_is_refused(tmp_path):
 
 def test_resume_with_another_geometry_is_refused(tmp_path):
     make_trainer(tmp_path, epochs=1, meta={"data": {"geometry": {"scan_step": 0.5}}}).fit()
-    with pytest.raises(CheckpointError, match="different data.geometry"):
+    with pytest.raises(CheckpointError, match=r"different data\.geometry\.scan_step \(0\.5; this run: 0\.4\)"):
         make_trainer(tmp_path, epochs=2, meta={"data": {"geometry": {"scan_step": 0.4}}}).fit(resume=True)
 
 

@@ -884,6 +884,7 @@ class Trainer:
         for key in RESUME_MUST_MATCH:
             old, new = _dotted(meta, key), _dotted(self.meta, key)
             if old is not _MISSING and new is not _MISSING and _jsonable(old) != _jsonable(new):
+                key, old, new = _first_difference(key, _jsonable(old), _jsonable(new))
                 raise CheckpointError(
                     f"{folder}: checkpoint was trained with a different {key} ({_short(old)}; this run: "
                     f"{_short(new)}); resume with the config it was trained with, or use a new out_dir")
@@ -1006,6 +1007,18 @@ def _dotted(meta: Mapping[str, Any], key: str) -> Any:
             return _MISSING
         value = value[part]
     return value
+
+
+def _first_difference(key: str, old: Any, new: Any) -> tuple[str, Any, Any]:
+    """The first dotted key below ``key`` where two JSON values differ, with both values there."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in [*old, *(k for k in new if k not in old)]:
+            a, b = old.get(k, _MISSING), new.get(k, _MISSING)
+            if a != b:
+                if a is _MISSING or b is _MISSING:
+                    return f"{key}.{k}", "absent" if a is _MISSING else a, "absent" if b is _MISSING else b
+                return _first_difference(f"{key}.{k}", a, b)
+    return key, old, new
 
 
 def _jsonable(value: Any) -> Any:
