@@ -275,9 +275,17 @@ def source_name(path: str | Path, metadata: Mapping[str, Any] | None = None) -> 
     return f"{name}:{key}" if key and not name.endswith(str(key)) else name
 
 
+def _dtype(patterns) -> np.dtype:
+    """The NumPy dtype of an array-like (NumPy, h5py, dask, memmap, torch); float32 when it has none."""
+    dt = getattr(patterns, "dtype", np.float32)
+    if hasattr(dt, "is_complex"):  # a torch dtype
+        return np.dtype(np.complex64 if dt.is_complex else np.float32 if dt.is_floating_point else np.int64)
+    return np.dtype(dt)
+
+
 def check_real(patterns, source: str) -> None:
     """Refuse complex or non-numeric patterns (they would be cast to real silently) naming ``source``."""
-    dt = np.dtype(getattr(patterns, "dtype", np.float32))
+    dt = _dtype(patterns)
     if dt.kind == "c":
         raise InputFileError(f"{source}: complex patterns ({dt}); expected real intensities — store |ψ|² "
                              "(or the part you mean) as a real array")
@@ -307,7 +315,7 @@ def screen_patterns(ds: FourDSTEM, mode: str = "refuse") -> FourDSTEM:
     """
     check_bad_pixel_mode(mode, "bad_pixels")
     pats = ds.patterns
-    if np.dtype(getattr(pats, "dtype", np.float32)).kind != "f":
+    if _dtype(pats).kind != "f":
         return ds
     source = source_name(ds.metadata.get("file", ds.metadata.get("source", "patterns")), ds.metadata)
     hint = "use --bad-pixels mask (reconstruct: data.reader_options: {bad_pixels: mask}) to replace them by the " \
