@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import numpy as np
 from ..dataset import FourDSTEM
 from ..errors import InputFileError
 from ..optics import interaction_constant, wavelength
-from ..safety import available_memory
+from ..safety import atomic_file, available_memory
 from ._common import build_dataset as common_build_dataset
 from ._common import check_real
 
@@ -176,9 +175,8 @@ def _read_own(f, path, lazy, **options) -> FourDSTEM:
 def write(path: str | Path, dataset: FourDSTEM, compression: int = 4) -> Path:
     """Write ``dataset`` as phasestem's own HDF5 (atomically: temporary name, then rename)."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
     H, W = dataset.pattern_shape
-    with h5py.File(tmp, "w") as f:
+    with atomic_file(path, "path") as tmp, h5py.File(tmp, "w") as f:
         f.attrs["format"] = OWN_FORMAT
         f.attrs["energy"] = dataset.energy
         f.attrs["scan_step"] = dataset.scan_step
@@ -199,5 +197,4 @@ def write(path: str | Path, dataset: FourDSTEM, compression: int = 4) -> Path:
             g = f.create_group("truth")
             g["phase"] = np.asarray(dataset.truth["phase"])
             g.attrs["sampling"] = dataset.truth.get("sampling", dataset.sampling)
-    os.replace(tmp, path)
     return path

@@ -7,6 +7,7 @@ import numpy as np
 
 from ..dataset import FourDSTEM
 from ..errors import InputFileError
+from ..safety import atomic_file
 from .hdf5 import build_dataset
 
 
@@ -45,17 +46,14 @@ def read(path: str | Path, patterns_key: str | None = None, positions_key: str |
 
 
 def write(path: str | Path, dataset: FourDSTEM) -> Path:
-    """Write patterns and calibrations to an .npz (temporary name, then rename)."""
-    import os
-
+    """Write patterns and calibrations to an .npz (temporary name, then rename; nothing left on failure)."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".partial.npz")
     extra = {}
     if dataset.positions is not None:
         extra["positions"] = dataset.positions
     if dataset.angular_sampling is not None:
         extra["angular_sampling"] = np.asarray(dataset.angular_sampling)
-    np.savez(tmp, patterns=np.asarray(dataset.patterns[...], dtype=np.float32), energy=dataset.energy,
-             scan_step=np.asarray(dataset.scan_step), **extra)
-    os.replace(tmp, path)
+    with atomic_file(path, "path") as tmp, open(tmp, "wb") as fh:  # a file object: savez adds no suffix
+        np.savez(fh, patterns=np.asarray(dataset.patterns[...], dtype=np.float32), energy=dataset.energy,
+                 scan_step=np.asarray(dataset.scan_step), **extra)
     return path
