@@ -108,6 +108,7 @@ def test_refuse_output_over_inputs_same_relative_symlink_hardlink(tmp_path, monk
     (tmp_path / "run" / "best" / "model.safetensors").write_bytes(b"w")
     with pytest.raises(ConfigError, match="model.safetensors"):
         refuse_output_over_inputs(tmp_path / "run" / "best" / "model.safetensors", [tmp_path / "run"])
+    refuse_output_over_inputs(tmp_path / "run", [tmp_path / "run"], written=["metrics.csv"])  # eval into the run
 
 
 def _command(name: str, models, inp: Path, out: str) -> list[str]:

@@ -63,6 +63,8 @@ def refuse_output_over_inputs(out: PathLike | Sequence[PathLike], inputs: Iterab
     files = _input_files(inputs)
     for target in targets:
         for inp in files:
+            if written and target in outs and inp.is_dir():
+                continue  # an output folder may be an input folder: only the files it writes matter
             if _same(target, inp):
                 what = "input folder" if inp.is_dir() else "input file"
                 raise ConfigError(f"{field} {outs[0]}: would overwrite the {what} {inp}"
