@@ -1,10 +1,11 @@
 """Size estimates of a simulation run, checked before anything is allocated or written.
 
 :func:`sample_memory` estimates the peak memory (bytes) of simulating one sample from the grid,
-slices, phonons, wave batch, scan and detector sizes (an upper-side estimate of the arrays
-:func:`phasestem.simulate.scan.simulate_sample` holds at once); :func:`check_memory` refuses a
-config whose sample does not fit in the memory available now, naming the field to change.
-:func:`output_bytes` is the size of the written files before compression.
+slices, phonons, wave batch, atoms, scan and detector sizes (an upper-side estimate of the arrays
+:func:`phasestem.simulate.scan.simulate_sample` holds at once; measured 1.8-2.2× the peak resident
+memory a fresh process adds for 128²-512² grids); :func:`check_memory` refuses a config whose sample
+does not fit in the memory available now, naming the field to change. :func:`output_bytes` is the
+size of the written files before compression.
 """
 from __future__ import annotations
 
@@ -18,6 +19,11 @@ from .config import SimulationConfig
 CRYSTAL_DENSITY = 0.2
 #: bytes held per atom and phonon configuration (positions, numbers, ASE bookkeeping), generous
 BYTES_PER_ATOM = 256
+#: memory a fresh process takes on its first sample beyond the arrays (FFT plans, thread pools, allocator padding):
+#: measured 60-80 MB on a 2-core CPU, rounded up
+OVERHEAD = 128_000_000
+#: atoms whose structure factors :func:`phasestem.specimen.projected_potential` evaluates at once
+ATOM_CHUNK = 4096
 
 
 @dataclass(frozen=True)
@@ -30,7 +36,8 @@ class Estimate:
 
     @property
     def total(self) -> int:
-        return self.grid + self.patterns + self.atoms
+        """Everything, library workspaces (:data:`OVERHEAD`) included."""
+        return self.grid + self.patterns + self.atoms + OVERHEAD
 
 
 def gb(n: float) -> str:
@@ -72,12 +79,23 @@ def sample_memory(cfg: SimulationConfig) -> Estimate:
     grid = volume * (2 * 4 + 3 * 8) + n2 * (8 * n_slices(cfg) + 80)
     # waves: incident, exit and far-field batches plus one temporary (complex64); probe, its spectrum and masks
     grid += 4 * wave_batch(cfg) * n2 * 8 + 6 * n2 * 8
+    # structure factors: per axis, exp(-2πi k·x) of up to ATOM_CHUNK atoms at a time (float64 phase, its
+    # complex128 polar form, the complex64 copy and one temporary: 48 bytes per grid line and atom)
+    n_atoms = atom_count(cfg)
+    grid += 2 * max(ny, nx) * min(ATOM_CHUNK, math.ceil(n_atoms)) * 48
     sy, sx = cfg.scan.shape
     h, w = cfg.detector.shape
     per_pattern = h * w * (3 * 4 + (8 if cfg.detector.dose is not None else 0)) + 2 * 8 * 2  # + positions
-    density = s.density if s.kind == "amorphous" else CRYSTAL_DENSITY
-    n_atoms = 0 if s.kind == "synthetic" else cfg.grid.extent[0] * cfg.grid.extent[1] * s.depth[1] * density
     return Estimate(grid=int(grid), patterns=sy * sx * per_pattern, atoms=int(n_atoms * BYTES_PER_ATOM * 2))
+
+
+def atom_count(cfg: SimulationConfig) -> float:
+    """Upper-side number of atoms of the thickest specimen (0 for synthetic objects)."""
+    s = cfg.specimen
+    if s.kind == "synthetic":
+        return 0.0
+    density = s.density if s.kind == "amorphous" else CRYSTAL_DENSITY
+    return cfg.grid.extent[0] * cfg.grid.extent[1] * s.depth[1] * density
 
 
 def output_bytes(cfg: SimulationConfig) -> int:
@@ -125,7 +143,7 @@ def check_memory(cfg: SimulationConfig, processes: int = 1, source: str = "confi
     """
     est = sample_memory(cfg)
     device_free = available_device_memory(cfg.compute.device)
-    host_need = processes * (est.patterns + est.atoms + (est.grid if device_free is None else 0))
+    host_need = processes * (est.patterns + est.atoms + OVERHEAD + (est.grid if device_free is None else 0))
     host_free = available_host_memory()
     g, sc, d = cfg.grid, cfg.scan, cfg.detector
     grid_fix = (f"lower grid.sim_gpts {tuple(g.sim_gpts)}" + (f" or specimen.phonons ({cfg.specimen.phonons})"
