@@ -366,6 +366,16 @@ def test_hdf5_eager_read_holds_one_float32_copy(tmp_path):
     assert peak < 0.8 * arr.nbytes, peak  # reading as float64 and then converting would peak at 1.5x
 
 
+def test_predict_from_a_lazy_file_equals_the_eager_read(models):
+    from phasestem.learn.predict import load_predictor, predict_phase
+
+    model, meta = load_predictor(models["e2e"])
+    lazy = io.load(models["sim"], sample=1, lazy=True)
+    assert isinstance(lazy.patterns, h5py.Dataset)
+    eager = io.load(models["sim"], sample=1, lazy=False)
+    np.testing.assert_array_equal(predict_phase(model, meta, lazy), predict_phase(model, meta, eager))
+
+
 # --------------------------------------------------------------------------------- 14: one line naming the file
 def _broken_inputs(tmp_path: Path) -> list[Path]:
     np.save(tmp_path / "ok.npy", np.ones((4, 4, 8, 8), np.float32))

@@ -19,6 +19,7 @@ from torch import nn
 
 from ..dataset import FourDSTEM
 from ..errors import ConfigError, ShapeError
+from ..io.hdf5 import read_float32
 from ..plot import save_figure
 from ..safety import atomic_file, refuse_output_over_inputs
 from .data import BlockGeometry, Preprocess, blocks_from_scan
@@ -74,7 +75,9 @@ def predict_phase(model: End2End, meta: dict[str, Any], dataset: FourDSTEM, devi
     if tuple(dataset.pattern_shape) != expect:
         raise ShapeError(f"patterns are {dataset.pattern_shape} px but the model was trained on {expect} px; "
                          "bin/crop/pad the data to match (FourDSTEM.binned/cropped/padded)")
-    blocks = blocks_from_scan(np.asarray(dataset.patterns[...], dtype=np.float32), g, pre)[None].to(device)
+    pats = dataset.patterns
+    scan = read_float32(pats) if isinstance(pats, h5py.Dataset) else np.asarray(pats[...], dtype=np.float32)
+    blocks = blocks_from_scan(scan, g, pre)[None].to(device)
     coords = torch.from_numpy(g.block_coords()).expand(1, g.n_blocks, -1, -1).to(device)
     centres = torch.from_numpy(g.centres())[None].to(device)
     out = model(blocks, coords, centres)["phase"][0]
