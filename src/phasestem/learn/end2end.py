@@ -63,7 +63,7 @@ class End2End(nn.Module):
             model_meta = meta.get("model") if isinstance(meta.get("model"), dict) else {}
             if model_meta.get("kind") != kind or not isinstance(model_meta.get("config"), dict):
                 found = model_meta.get("kind") or meta.get("network")
-                raise ConfigError(f"{path}: expected a '{kind}' model written by phasestem train, found "
+                raise ConfigError(f"{path}: expected a '{kind}' checkpoint written by phasestem train, found "
                                   f"{f'kind {found!r}' if found else 'no network kind in its metadata'}")
             try:
                 cfg = cfg_cls(**{**model_meta["config"], "cnn_pretrained": None, "vit_pretrained": None}
