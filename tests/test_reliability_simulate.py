@@ -98,6 +98,17 @@ def test_user_partial_files_survive_and_only_the_runs_own_temporaries_are_remove
     assert (out / "simulation_data1.h5").is_file()
 
 
+def test_a_torn_work_sample_is_simulated_again_instead_of_breaking_every_resume(tmp_path):
+    cfg = load_config(tiny_yaml(tmp_path, output__samples_per_file=2))
+    out = tmp_path / "out"
+    out.mkdir()
+    sim_writer._check_out(cfg, out)  # the stamp of this config, as a run writes it first
+    (out / ".work" / "sample_0000000.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(88))  # 96 bytes, "committed"
+    files = simulate_dataset(cfg, out, progress=False)
+    with h5py.File(files[0], "r") as f:
+        np.testing.assert_array_equal(f["dp_set_0"][...], simulate_sample(cfg, 0)["patterns"])
+
+
 # ---- item 11: output folder required, default size needs --yes ------------------------------------------------
 @pytest.fixture
 def fake_run(monkeypatch):

@@ -11,12 +11,15 @@ would let two runs in); it is one of the run's own files.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import time
 from pathlib import Path
 
 from ..errors import PhasestemError
+
+log = logging.getLogger("phasestem.simulate")
 
 LOCK_NAME = ".phasestem-simulate.lock"
 
@@ -45,8 +48,11 @@ class OutputLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        import fcntl
-
+        try:
+            import fcntl
+        except ImportError:  # not POSIX (Windows): no OS lock to take
+            log.warning("%s: this platform has no flock; the folder is not locked against a second run", self.path)
+            return
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

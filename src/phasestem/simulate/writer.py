@@ -234,7 +234,22 @@ def simulate_dataset(cfg: SimulationConfig, out: str | Path, progress: bool = Tr
         return _simulate_locked(cfg, out, progress)
 
 
+def _drop_unreadable_samples(out: Path) -> None:
+    """Delete work samples that cannot be read whole (a torn write from outside this run's atomic renames): they
+    are the run's own files and are simulated again, instead of breaking the assembly of their shard."""
+    for path in sorted((out / WORK_DIR).glob("sample_*.h5")):
+        try:
+            with h5py.File(path, "r") as f:
+                ok = all(k in f for k in ("patterns", "phase", "potential")) and "angular_sampling" in f.attrs
+        except OSError:
+            ok = False
+        if not ok:
+            log.warning("%s: unreadable work sample, simulating it again", path)
+            path.unlink()
+
+
 def _simulate_locked(cfg: SimulationConfig, out: Path, progress: bool) -> list[Path]:
+    _drop_unreadable_samples(out)
     files, todo = pending_samples(cfg, out)
     log.info("%d file(s) to write, %d sample(s) to simulate into %s", len(files), len(todo), out)
     cfg_json = cfg.model_dump_json()
