@@ -8,7 +8,9 @@ Case file (``case_X.npz``, written by ``bench.py``):
   n_slices, dz (Å), n_modes, iters, batch.
 Result file (written by each runner): phase (Ny', Nx') summed over slices (and modes), the
   object-pixel coordinate origin_px (y, x) of the dataset-frame origin (the first probe centre),
-  iter_times (s, one per iteration), settings (JSON text).
+  iter_times (s, one per iteration), settings (JSON text), and optionally phase_history
+  (n_iter, Ny', Nx') float32: the phase after each iteration in the frame of ``phase`` (same
+  origin_px), for time-to-accuracy curves (``benchmarks/independent/bench.py``).
 """
 from __future__ import annotations
 
@@ -28,10 +30,14 @@ def load_case(path: str) -> dict:
     return case
 
 
-def save_result(path: str, phase, origin_px, iter_times, settings: dict) -> None:
+def save_result(path: str, phase, origin_px, iter_times, settings: dict, phase_history=None) -> None:
+    """Write a result file atomically; ``phase_history`` (list or array of per-iteration phases) is optional."""
     tmp = path + ".tmp.npz"
+    extra = {}
+    if phase_history is not None and len(phase_history):
+        extra["phase_history"] = np.stack([np.asarray(p, dtype=np.float32) for p in phase_history])
     np.savez(tmp, phase=np.asarray(phase, dtype=np.float32), origin_px=np.asarray(origin_px, dtype=np.float64),
-             iter_times=np.asarray(iter_times, dtype=np.float64), settings=json.dumps(settings))
+             iter_times=np.asarray(iter_times, dtype=np.float64), settings=json.dumps(settings), **extra)
     os.replace(tmp, path)
 
 

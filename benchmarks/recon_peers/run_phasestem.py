@@ -13,14 +13,19 @@ def main() -> None:
     ap.add_argument("result")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--lr", type=float, default=None, help="object and probe learning rate (default: phasestem's)")
+    ap.add_argument("--loss", choices=["case", "gaussian", "poisson"], default="case",
+                    help="data term: the case file's 'loss' entry (default; gaussian when absent) or as given")
     args = ap.parse_args()
     set_threads(args.threads)
     import numpy as np
 
     from phasestem.dataset import FourDSTEM, angular_sampling_for
     from phasestem.recon import Constraints, Ptychography
+    from phasestem.recon.losses import LossConfig
 
     c = load_case(args.case)
+    loss_name = str(c.get("loss", "gaussian")) if args.loss == "case" else args.loss
+    losses = LossConfig(gaussian=0.0, poisson=1.0) if loss_name == "poisson" else LossConfig()
     H, W = c["patterns"].shape[-2:]
     ds = FourDSTEM(patterns=c["patterns"], energy=c["energy"], scan_step=(c["scan_step"],) * 2,
                    angular_sampling=angular_sampling_for(c["energy"], c["sampling"], (H, W)),
@@ -33,23 +38,26 @@ def main() -> None:
         rates.update(obj_phase=args.lr, obj_amplitude=args.lr, probe=args.lr)
     model.set_learning_rates(**rates)
     cons = Constraints(ortho_probe={"enabled": c["n_modes"] > 1})
-    times, cpu_times = [], []
+    times, cpu_times, history = [], [], []
     c0 = cpu0 = time.process_time()
     t0 = time.perf_counter()
-    for _loss in model.Adam_optimize(c["iters"], ds, batch_size=c["batch"], constraints=cons, progress=False):
+    for _loss in model.Adam_optimize(c["iters"], ds, batch_size=c["batch"], constraints=cons, losses=losses,
+                                     progress=False):
         t1 = time.perf_counter()
         c1 = time.process_time()
         times.append(t1 - t0)
         cpu_times.append(c1 - c0)
-        t0, c0 = t1, c1
+        history.append(model.phase_in_dataset_frame())  # per-iteration phase, not timed
+        t0, c0 = time.perf_counter(), time.process_time()
     cpu = time.process_time() - cpu0
     phase = model.phase_in_dataset_frame()
     settings = {"tool": "phasestem", "optimizer": "Adam",
                 "learning_rates": {k: s.lr for k, s in model.schedules.items()},
                 "batch": c["batch"], "probe_modes": model.n_probe_modes, "slices": model.n_slices,
-                "ortho_probe": c["n_modes"] > 1, "losses": "gaussian on sqrt(I)",
+                "ortho_probe": c["n_modes"] > 1,
+                "losses": "poisson NLL" if loss_name == "poisson" else "gaussian on sqrt(I)",
                 "cpu_s_per_iter": cpu / c["iters"], "iter_cpu": cpu_times}
-    save_result(args.result, phase, np.zeros(2), times, settings)
+    save_result(args.result, phase, np.zeros(2), times, settings, phase_history=history)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ def main() -> None:
     args = ap.parse_args()
     set_threads(args.threads)
     import numpy as np
+    import torch
     from ptyrad.params.ptyrad_params import PtyRADParams
     from ptyrad.solver import PtyRADSolver
 
@@ -87,6 +88,18 @@ def main() -> None:
         return orig_sync(device)
 
     recon_mod.time_sync = time_sync
+    # phase after each iteration (not timed: taken after recon_step's own clock has stopped)
+    history = []
+    orig_step = recon_mod.recon_step
+
+    def recon_step(batches, grad_accumulation, model, *a, **kw):
+        out = orig_step(batches, grad_accumulation, model, *a, **kw)
+        inst = getattr(model, "module", model)
+        with torch.no_grad():
+            history.append(inst.opt_objp.detach().cpu().numpy().sum(1).mean(0))
+        return out
+
+    recon_mod.recon_step = recon_step
     solver = PtyRADSolver(params, device="cpu", seed=0)
     cpu0 = time.process_time()
     solver.reconstruct()
@@ -101,7 +114,7 @@ def main() -> None:
                 "constraints": ["ortho_pmode"] * (M > 1) + ["fix_probe_int (default)"],
                 "loss": "loss_single (dp_pow 0.5)", "cpu_s_per_iter": cpu / c["iters"],
                 "iter_cpu": [marks[i + 1] - marks[i] for i in range(0, len(marks) - 1, 2)]}
-    save_result(args.result, phase, origin, list(model.iter_times), settings)
+    save_result(args.result, phase, origin, list(model.iter_times), settings, phase_history=history)
 
 
 if __name__ == "__main__":

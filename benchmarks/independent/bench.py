@@ -1,0 +1,261 @@
+"""Issue 11 benchmark: five engines on data none of them made (independent NumPy multislice, abTEM).
+
+    python benchmarks/independent/bench.py [--cases thin thick noisy coherent] [--quick]
+        [--tools phasestem ptyrad py4dstem quantem ptychi] [--workdir runs/independent]
+        [--envs .bench_envs] [--reuse] [--resimulate]
+
+Cases (``cases.py``; ``abtem`` from ``cases_abtem.py``): 32 × 32 raster at 1 Å, 128² patterns of
+0.2 Å pixels, 300 keV, 20 mrad, focus 100 Å before the entrance surface. Every tool: batch 32, 2
+threads, one tool at a time, nominal probe, exact positions not refined (runners in
+``benchmarks/recon_peers/run_{phasestem,ptyrad,py4dstem}.py`` and here ``run_{quantem,ptychi}.py``).
+Each runner saves the phase after every iteration (``phase_history``) and its per-iteration wall
+times, so this script scores every iteration: Pearson r and NRMSE of the summed phase against the
+truth over the scanned field of view (origin alignment of ``recon_peers/bench.py``: ``metrics``),
+at the report iterations of each case, the peak r and whether r fell by more than 0.001 after it,
+and the time each tool needs to reach the best peer's final r (cumulative wall time of its
+iterations; "not reached" otherwise). The load average at each tool's start is recorded: the
+machine may be shared, so compare times within one run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+PEERS = HERE.parent / "recon_peers"
+sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(PEERS))
+
+from cases import CASES, GEOM, QUICK, make_case  # noqa: E402
+
+TOOLS = ("phasestem", "ptyrad", "py4dstem", "quantem", "ptychi")
+RUNNERS = {"phasestem": PEERS / "run_phasestem.py", "ptyrad": PEERS / "run_ptyrad.py",
+           "py4dstem": PEERS / "run_py4dstem.py", "quantem": HERE / "run_quantem.py",
+           "ptychi": HERE / "run_ptychi.py"}
+# iterations at which r and NRMSE are reported; each tool runs max(...) iterations
+REPORT_ITERS = {"thin": (20,), "thick": (5, 20), "noisy": (20,), "coherent": (20,), "abtem": (10, 20)}
+QUICK_ITERS = {"thin": (3, 5), "thick": (2, 4), "noisy": (4,), "coherent": (4,), "abtem": (3, 5)}
+DROP_TOL = 1e-3  # a fall of r after its peak larger than this is flagged
+
+
+def all_cases() -> list[str]:
+    names = list(CASES)
+    if (HERE / "cases_abtem.py").exists():
+        names.append("abtem")
+    return names
+
+
+def build_case(name: str, quick: bool, path: Path, iters: int) -> None:
+    """Write case_NAME.npz (NumPy multislice of cases.py, or abTEM) with ``iters`` iterations."""
+    if name == "abtem":
+        from cases_abtem import make_abtem_case
+
+        case = make_abtem_case(quick=quick)
+    else:
+        case = make_case(name, QUICK if quick else GEOM)
+    case["iters"] = iters
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **case)
+    os.replace(tmp, path)
+
+
+def interpreter(tool: str, envs: Path) -> str:
+    return sys.executable if tool == "phasestem" else str(envs / tool / "bin" / "python")
+
+
+def run_tool(tool: str, case_path: Path, result_path: Path, envs: Path, threads: int, timeout: int,
+             extra: list[str] | None = None) -> str | None:
+    py = interpreter(tool, envs)
+    if not Path(py).exists():
+        return f"no interpreter {py} (run benchmarks/independent/setup_envs.sh)"
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), MPLBACKEND="Agg",
+               PYTHONPATH=os.pathsep.join([str(PEERS), str(HERE)]))
+    cmd = [py, str(RUNNERS[tool]), str(case_path), str(result_path), "--threads", str(threads), *(extra or [])]
+    log = result_path.with_suffix(".log")
+    with open(log, "w") as fh:
+        try:
+            proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return f"timed out after {timeout} s (log {log})"
+    if proc.returncode != 0:
+        tail = log.read_text().strip().splitlines()[-3:]
+        return f"failed (rc {proc.returncode}, log {log}): {' | '.join(tail)}"
+    return None
+
+
+def peer_metrics():
+    """``metrics`` of recon_peers/bench.py (origin alignment, E_φ = NRMSE after the best constant, r)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("recon_peers_bench", PEERS / "bench.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.metrics
+
+
+def score(result: dict, truth: np.ndarray, fov: tuple[int, int]) -> dict:
+    """r and NRMSE per iteration (from phase_history, else the final phase only) and the wall-time axis."""
+    metrics = peer_metrics()
+    times = np.asarray(result["iter_times"], dtype=float)
+    hist = result.get("phase_history")
+    if hist is not None and len(hist) == len(times):
+        with np.errstate(invalid="ignore", divide="ignore"):  # a constant phase gives r = nan
+            per = [metrics(dict(phase=h, origin_px=result["origin_px"]), truth, fov) for h in hist]
+        iters = list(range(1, len(hist) + 1))
+    else:  # no history: only the final iteration
+        per = [metrics(result, truth, fov)]
+        iters = [len(times)]
+    nrmse = [p[0] for p in per]
+    r = [p[1] for p in per]
+    return dict(iters=iters, r=r, nrmse=nrmse, cum_time=np.cumsum(times).tolist(), history=hist is not None)
+
+
+def summarise(sc: dict, report: tuple[int, ...]) -> dict:
+    r = np.nan_to_num(np.asarray(sc["r"], dtype=float), nan=-1.0)  # nan: a constant phase (no update yet)
+    k = int(np.argmax(r))
+    drop = float(r[k] - r[k:].min())
+    out = dict(peak_r=float(r[k]), peak_iter=sc["iters"][k], final_r=float(r[-1]), drop_after_peak=drop,
+               fell=bool(drop > DROP_TOL))
+    for n in report:
+        if n in sc["iters"]:
+            i = sc["iters"].index(n)
+            out[f"r@{n}"] = float(r[i])
+            out[f"nrmse@{n}"] = float(sc["nrmse"][i])
+    return out
+
+
+def time_to(sc: dict, target: float) -> float | None:
+    """Cumulative wall time (s) of the first iteration whose r ≥ target (None: never)."""
+    if not sc["history"]:
+        return None
+    for it, rr in zip(sc["iters"], sc["r"], strict=True):
+        if rr == rr and rr >= target:  # rr == rr: not nan
+            return float(sc["cum_time"][it - 1])
+    return None
+
+
+def fmt(v, spec: str = ".4f") -> str:
+    return "–" if v is None else format(v, spec)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cases", nargs="+", default=None, help=f"default: all ({', '.join(all_cases())})")
+    ap.add_argument("--tools", nargs="+", default=list(TOOLS), choices=list(TOOLS))
+    ap.add_argument("--workdir", default="runs/independent")
+    ap.add_argument("--envs", default=".bench_envs")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--timeout", type=int, default=3600)
+    ap.add_argument("--quick", action="store_true", help="tiny 10×10 scan of 64² patterns, few iterations")
+    ap.add_argument("--resimulate", action="store_true", help="rebuild the case files")
+    ap.add_argument("--reuse", action="store_true", help="reuse existing result files instead of rerunning")
+    args = ap.parse_args()
+    cases = args.cases or all_cases()
+    for c in cases:
+        if c not in REPORT_ITERS:
+            ap.error(f"unknown case {c!r}; choose from {all_cases()}")
+    from common import load_case
+
+    work = Path(args.workdir) / ("quick" if args.quick else "full")
+    work.mkdir(parents=True, exist_ok=True)
+    out_path = work / "results.json"
+    results = json.loads(out_path.read_text()) if out_path.exists() else {}
+    envs = Path(args.envs)
+    for name in cases:
+        report = (QUICK_ITERS if args.quick else REPORT_ITERS)[name]
+        n_iter = max(report)
+        case_path = work / f"case_{name}.npz"
+        if args.resimulate or not case_path.exists():
+            t0 = time.perf_counter()
+            build_case(name, args.quick, case_path, n_iter)
+            print(f"[{name}] case built in {time.perf_counter() - t0:.1f} s -> {case_path}", flush=True)
+        case = load_case(str(case_path))
+        sy, sx = case["patterns"].shape[:2]
+        fov = (int(round((sy - 1) * case["scan_step"] / case["sampling"])) + 1,
+               int(round((sx - 1) * case["scan_step"] / case["sampling"])) + 1)
+        entry = results.setdefault(name, {"tools": {}})
+        entry.update(report_iters=list(report), n_iter=n_iter, fov_px=list(fov),
+                     loss=str(case.get("loss", "gaussian")), dose=float(case.get("dose", 0.0)))
+        for tool in args.tools:
+            rp = work / f"result_{name}_{tool}.npz"
+            side = rp.with_suffix(".run.json")  # load average, wall time and date of the run that made rp
+            rec = json.loads(side.read_text()) if side.exists() else entry["tools"].get(tool, {})
+            if not (args.reuse and rp.exists()):
+                load = os.getloadavg()
+                print(f"[{name}] {tool}: start, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
+                t0 = time.perf_counter()
+                err = run_tool(tool, case_path, rp, envs, args.threads, args.timeout)
+                wall = time.perf_counter() - t0
+                print(f"[{name}] {tool}: {'ok' if err is None else err} ({wall:.0f} s wall)", flush=True)
+                rec = dict(load_at_start=list(load), wall_s=wall, when=time.strftime("%Y-%m-%d %H:%M:%S"))
+                if err is not None:
+                    rec["error"] = err
+                    rp.unlink(missing_ok=True)
+                side.write_text(json.dumps(rec))
+            if rp.exists():
+                with np.load(rp) as z:
+                    res = {k: z[k] for k in z.files}
+                sc = score(res, case["truth_phase"], fov)
+                times = np.asarray(res["iter_times"], dtype=float)
+                rec.pop("error", None)
+                st = json.loads(str(res["settings"]))
+                cpu = st.get("iter_cpu") or []
+                cpu_it = float(np.mean(cpu[1:] if len(cpu) > 2 else cpu)) if cpu else st.get("cpu_s_per_iter")
+                rec.update(sc, **summarise(sc, report), s_per_it=float(np.mean(times[1:] if len(times) > 2 else times)),
+                           cpu_per_it=cpu_it, settings=st)
+            elif "error" not in rec:
+                rec["error"] = "no result"
+            entry["tools"][tool] = rec
+        # time to reach the best peer's final r (peers = every tool but phasestem)
+        peers = {t: v for t, v in entry["tools"].items() if t != "phasestem" and "final_r" in v}
+        if peers:
+            best_tool = max(peers, key=lambda t: peers[t]["final_r"])
+            target = peers[best_tool]["final_r"]
+            entry.update(target_r=target, target_tool=best_tool)
+            for v in entry["tools"].values():
+                if "r" in v:
+                    v["time_to_target"] = time_to(v, target)
+        out_path.write_text(json.dumps(results, indent=1, default=str))
+    print_table(results, cases)
+    print(f"\nresults: {out_path}")
+
+
+def print_table(results: dict, cases: list[str]) -> None:
+    for name in cases:
+        entry = results.get(name)
+        if not entry:
+            continue
+        report = entry["report_iters"]
+        tgt = entry.get("target_r")
+        print(f"\n### {name} (loss {entry['loss']}, dose {entry['dose']:g}; target = best peer's final r "
+              f"{fmt(tgt)} from {entry.get('target_tool', '–')})\n")
+        head = " | ".join(f"r @ {n} | NRMSE @ {n}" for n in report)
+        print(f"| tool | {head} | peak r (iter) | fell > {DROP_TOL:g} after peak | s / iteration | "
+              f"CPU s / iteration | time to target (s) | load at start |")
+        print("|---|" + "---|" * (2 * len(report) + 6))
+        for tool, v in entry["tools"].items():
+            load = v.get("load_at_start")
+            load_s = f"{load[0]:.1f}" if load else "–"
+            if "r" not in v:
+                print(f"| {tool} | " + " | ".join(["–"] * (2 * len(report) + 4)) +
+                      f" | – ({v.get('error', 'no result')[:70]}) | {load_s} |")
+                continue
+            cells = " | ".join(f"{fmt(v.get(f'r@{n}'))} | {fmt(v.get(f'nrmse@{n}'), '.3f')}" for n in report)
+            fell = ("yes" if v["fell"] else "no") + f" ({v['drop_after_peak']:.4f})"
+            if not v["history"]:
+                fell += ", final only"
+            ttt = v.get("time_to_target")
+            ttt_s = "not reached" if ttt is None and v["history"] else fmt(ttt, ".1f")
+            print(f"| {tool} | {cells} | {v['peak_r']:.4f} ({v['peak_iter']}) | {fell} | {v['s_per_it']:.2f} | "
+                  f"{fmt(v.get('cpu_per_it'), '.2f')} | {ttt_s} | {load_s} |")
+
+
+if __name__ == "__main__":
+    main()
