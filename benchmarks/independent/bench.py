@@ -177,6 +177,14 @@ def main() -> None:
             build_case(name, args.quick, case_path, n_iter)
             print(f"[{name}] case built in {time.perf_counter() - t0:.1f} s -> {case_path}", flush=True)
         case = load_case(str(case_path))
+        if case["iters"] != n_iter:  # e.g. a case file written by cases.py / cases_abtem.py directly
+            with np.load(case_path) as z:
+                data = {k: z[k] for k in z.files}
+            data["iters"] = np.asarray(n_iter)
+            tmp = case_path.with_name(case_path.name + ".tmp.npz")
+            np.savez(tmp, **data)
+            os.replace(tmp, case_path)
+            case["iters"] = n_iter
         sy, sx = case["patterns"].shape[:2]
         fov = (int(round((sy - 1) * case["scan_step"] / case["sampling"])) + 1,
                int(round((sx - 1) * case["scan_step"] / case["sampling"])) + 1)
