@@ -58,7 +58,7 @@ def _fourier_shift_real(p: np.ndarray, shift: np.ndarray) -> np.ndarray:
     return np.fft.ifft2(np.fft.fft2(p) * ramp).real
 
 
-def simulate_clean(origin=(4.0, 6.0)) -> dict:
+def simulate_clean(origin=(4.0, 6.0), rotation: float | None = None, c10: float | None = None) -> dict:
     """abTEM patterns (Sy, Sx, 64, 64) in the specimen frame, intensities summing to ≈ 1, plus the truth phase."""
     import abtem
 
@@ -67,8 +67,8 @@ def simulate_clean(origin=(4.0, 6.0)) -> dict:
     abtem.config.set({"progress_bar": False})
     atoms = _atoms()
     pot = abtem.Potential(atoms, gpts=GPTS, slice_thickness=CELL / 2, projection="infinite")
-    pos = grid_positions(TRUTH["rotation"]) + np.asarray(origin)
-    probe = abtem.Probe(energy=ENERGY, semiangle_cutoff=SEMIANGLE, defocus=-TRUTH["C10"])
+    pos = grid_positions(TRUTH["rotation"] if rotation is None else rotation) + np.asarray(origin)
+    probe = abtem.Probe(energy=ENERGY, semiangle_cutoff=SEMIANGLE, defocus=-(TRUTH["C10"] if c10 is None else c10))
     meas = probe.scan(pot, scan=abtem.CustomScan(pos), detectors=abtem.PixelatedDetector(max_angle="cutoff"))
     pats = np.asarray(meas.compute().array, dtype=np.float64).reshape(*SCAN, *meas.array.shape[-2:])
     proj = np.asarray(pot.build().project().compute().array, dtype=np.float64)
@@ -113,23 +113,49 @@ def make(folder: Path) -> dict:
     return {"file": data, "truth": truth}
 
 
-def truth_on_grid(phase: np.ndarray, sampling: float, box: float) -> np.ndarray:
-    """Periodic truth phase Fourier-resampled to pixels of ``sampling`` Å over the ``box`` Å period."""
-    n = int(round(box / sampling))
-    N = phase.shape[0]
-    f = np.fft.fftshift(np.fft.fft2(phase))
-    c = N // 2
-    crop = f[c - n // 2 : c - n // 2 + n, c - n // 2 : c - n // 2 + n]
-    return np.fft.ifft2(np.fft.ifftshift(crop)).real * (n * n) / (N * N)
+def pearson_vs_truth(image: np.ndarray, sampling: float, truth: np.ndarray, truth_sampling: float,
+                     cell: float = CELL) -> float:
+    """Largest Pearson r of ``image`` (pixels of ``sampling`` Å) against the periodic ``truth`` over all
+    translations (a search over one unit cell, then a finer one); the truth is band-limited to the image's
+    Nyquist frequency first."""
+    from scipy import ndimage
 
-
-def best_periodic_pearson(image: np.ndarray, truth: np.ndarray) -> float:
-    """Largest Pearson r of ``image`` against every cyclic translation of the periodic ``truth``."""
+    n = truth.shape[0]
+    q = np.fft.fftfreq(n, truth_sampling)
+    band = np.hypot(q[:, None], q[None, :]) <= 1 / (2 * sampling)
+    t = np.fft.ifft2(np.fft.fft2(truth) * band).real
     h, w = image.shape
-    n0, n1 = truth.shape
-    tiled = np.tile(truth, (h // n0 + 2, w // n1 + 2))
-    win = np.lib.stride_tricks.sliding_window_view(tiled[: n0 + h, : n1 + w], (h, w))[:n0, :n1]
+    iy, ix = np.meshgrid(np.arange(h) * sampling, np.arange(w) * sampling, indexing="ij")
     a = (image - image.mean()) / image.std()
-    wm = win.mean((-2, -1), keepdims=True)
-    ws = win.std((-2, -1), keepdims=True) + 1e-12
-    return float((((win - wm) / ws) * a).mean((-2, -1)).max())
+
+    def scores(shifts: np.ndarray) -> np.ndarray:
+        y = (iy[None] + shifts[:, 0, None, None]) / truth_sampling
+        x = (ix[None] + shifts[:, 1, None, None]) / truth_sampling
+        v = ndimage.map_coordinates(t, [y.ravel(), x.ravel()], order=3, mode="grid-wrap").reshape(len(shifts), h, w)
+        v = (v - v.mean((1, 2), keepdims=True)) / (v.std((1, 2), keepdims=True) + 1e-12)
+        return (v * a).mean((1, 2))
+
+    grid = np.arange(0, cell, 0.1)
+    cand = np.stack(np.meshgrid(grid, grid, indexing="ij"), -1).reshape(-1, 2)
+    best = cand[np.argmax(scores(cand))]
+    fine = np.arange(-0.1, 0.101, 0.02)
+    cand = best + np.stack(np.meshgrid(fine, fine, indexing="ij"), -1).reshape(-1, 2)
+    return float(scores(cand).max())
+
+
+def make_focused(folder: Path, rotation: float = -31.0) -> dict:
+    """A focused (C10 = 0) scan in the specimen frame with Poisson counts only (for DPC/SSB): ``focused.npy``."""
+    folder = Path(folder)
+    data, truth_file = folder / "focused.npy", folder / "focused_truth.npz"
+    if not data.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        sim = simulate_clean(rotation=rotation, c10=0.0)
+        p = sim["patterns"]
+        rng = np.random.default_rng(1)
+        np.save(data, rng.poisson(p / p.sum((-2, -1), keepdims=True).mean() * DOSE).astype(np.int32))
+        np.savez(truth_file, phase=sim["phase"], phase_sampling=sim["phase_sampling"], dk=sim["dk"])
+    z = np.load(truth_file)
+    from phasestem.optics import wavelength
+
+    return {"file": data, "rotation": rotation, "phase": z["phase"], "phase_sampling": float(z["phase_sampling"]),
+            "angular_sampling": float(z["dk"]) * wavelength(ENERGY) * 1e3}

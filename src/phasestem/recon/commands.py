@@ -23,6 +23,8 @@ RECON_EPILOG = """examples:
   phasestem reconstruct configs/reconstruct_multislice.yaml --out runs/ms1 --epochs 50
   phasestem reconstruct params.yaml --resume          # continue from OUT/checkpoint.pt
   phasestem reconstruct params.yaml --dump-config     # print the fully resolved config
+  phasestem reconstruct params.yaml --init ssb        # start the object from a direct method
+  phasestem reconstruct scan.npy --auto --energy 300e3 --semiangle 21.4 --scan-step 0.4 --out runs/scan1
 
 Writes OUT/config.yaml, OUT/reconstruct.log, OUT/checkpoint.pt, OUT/results.h5 and PNG figures."""
 
@@ -40,12 +42,13 @@ def register(subparsers, train_subparsers) -> None:
                     "ptychography as described by PARAMS.yaml.",
         epilog=RECON_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("params", type=Path, help="YAML parameter file")
+    p.add_argument("params", type=Path, help="YAML parameter file (with --auto: the 4D-STEM data file)")
     p.add_argument("--out", type=Path, default=None, help="output folder (overrides run.out_dir)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--dump-config", action="store_true", help="print the fully resolved config and exit")
     p.add_argument("--epochs", type=int, default=None, help="override run.n_epochs")
     p.add_argument("--device", default=None, help="override run.device (cpu, cuda, auto)")
+    _add_auto_arguments(p)
     p.set_defaults(func=_reconstruct_cmd)
     t = subparsers.add_parser(
         "tune", help="Optuna search of defocus, thickness and learning rates",
@@ -69,8 +72,32 @@ def _load(args) -> ReconstructParams:
     return params
 
 
+def _add_auto_arguments(p) -> None:
+    """--auto (read → calibrate → direct start → AD) and --init (start the object from a direct method)."""
+    from ..calibrate.commands import add_reader_arguments
+
+    g = p.add_argument_group("real data in one command (--auto) and direct-method starts (--init)")
+    g.add_argument("--auto", action="store_true",
+                   help="PARAMS is a data file: calibrate it, start from --init, reconstruct; writes OUT/params.yaml")
+    g.add_argument("--init", choices=["none", "dpc", "parallax", "ssb"], default=None,
+                   help="start the object phase from a direct method (--auto default: ssb)")
+    add_reader_arguments(g)
+
+
 def _reconstruct_cmd(args) -> int:
+    if args.auto:
+        from ..calibrate.commands import reader_options, scan_step
+        from .auto import run_auto
+
+        run_auto(args.params, args.out or Path("recon_out"), energy=args.energy, semiangle=args.semiangle,
+                 scan_step=scan_step(args), angular_sampling=args.angular_sampling, init=args.init or "ssb",
+                 reader_options=reader_options(args), format=args.format, epochs=args.epochs, device=args.device)
+        return 0
     params = _load(args)
+    if args.init:
+        from .auto import apply_init
+
+        params = apply_init(params, args.init, params.run.out_dir)
     if args.dump_config:
         sys.stdout.write(dump_params(params))
         return 0

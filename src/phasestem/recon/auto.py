@@ -1,0 +1,142 @@
+"""``phasestem reconstruct FILE --auto``: read → calibrate → direct-method start → AD ptychography.
+
+Everything measured is written beside the results, so the run can be repeated with
+``phasestem reconstruct OUT/params.yaml``:
+
+    OUT/calibration/   calibrated.npy, calibration.json, calibration*.png (phasestem calibrate's output)
+    OUT/init_<method>.npy   the direct-method phase that starts the object
+    OUT/params.yaml     the calibrated parameter file of this run (data → calibration/calibrated.npy)
+    OUT/results.h5 …    what 'phasestem reconstruct' writes
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from ..errors import ConfigError
+from .params import InitialPhase, ReconstructParams, build_dataset, dump_params, parse_params
+
+log = logging.getLogger("phasestem.recon")
+
+INIT_METHODS = ("none", "dpc", "parallax", "ssb")
+
+#: AD settings of an --auto run (every one can be changed in OUT/params.yaml and re-run)
+AUTO_MODEL: dict[str, Any] = {
+    "n_slices": 1, "n_probe_modes": 1,
+    "learning_rates": {"obj_phase": 0.01, "obj_amplitude": 0.01, "probe": {"lr": 0.005, "start": 3}},
+}
+AUTO_RUN: dict[str, Any] = {"n_epochs": 12, "batch_size": 16, "checkpoint_every": 0}
+
+
+def direct_phase(dataset, method: str):
+    """A :class:`phasestem.direct.frame.PhaseImage` of ``method`` (dpc, parallax, ssb) for a calibrated dataset."""
+    if method == "dpc":
+        from ..direct.dpc import dpc_phase
+
+        return dpc_phase(dataset)
+    if method == "parallax":
+        from ..direct.parallax import parallax_phase
+
+        if not dataset.aberrations.get("C10"):
+            raise ConfigError("--init parallax needs a defocus: optics.aberrations.C10 is 0 or missing "
+                              "(focused data: use --init ssb or dpc)")
+        return parallax_phase(dataset)
+    if method == "ssb":
+        from ..direct.ssb import ssb_phase
+
+        return ssb_phase(dataset)
+    raise ConfigError(f"--init {method!r}: expected one of {', '.join(INIT_METHODS)}")
+
+
+def fit_defocus(dataset) -> dict[str, float]:
+    """C10 (and C12, φ12) from the tcBF parallax of a dataset in phasestem's frame (rotation from its positions)."""
+    from ..calibrate.parallax import fit_parallax
+    from ..direct.frame import scan_map
+    from ..direct.tcbf import bf_groups, group_images, normalised
+
+    L, _ = scan_map(dataset)
+    step = tuple(float(v) for v in np.sqrt((L**2).sum(0)))
+    rotation = math.degrees(math.atan2(L[1, 0], L[0, 0]))
+    radius = dataset.semiangle / float(np.mean(dataset.angular_sampling))
+    labels, k, _ = bf_groups(dataset.pattern_shape, radius, fraction=0.7)
+    chunks = ((slice(r, r + 1), np.asarray(dataset.patterns[r : r + 1], dtype=np.float64))
+              for r in range(dataset.scan_shape[0]))
+    con, w = normalised(group_images(chunks, labels, dataset.scan_shape))
+    fit = fit_parallax(con, w, k, float(np.mean(dataset.angular_sampling)), rotation, step, energy=dataset.energy)
+    return fit.aberrations()
+
+
+def apply_init(params: ReconstructParams, method: str, out_dir: str | Path, dataset=None) -> ReconstructParams:
+    """Compute the ``method`` phase, save it as OUT/init_<method>.npy and start ``params``' object from it.
+
+    ``parallax`` also fits C10 from the data when the parameters have none.
+    """
+    if method in (None, "none"):
+        return params
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dataset = build_dataset(params) if dataset is None else dataset
+    if method == "parallax" and not params.optics.aberrations.get("C10"):
+        fitted = fit_defocus(dataset)
+        log.info("tcBF parallax: C10 = %.1f Å", fitted["C10"])
+        params.optics.aberrations["C10"] = round(float(fitted["C10"]), 3)
+        dataset = dataset._replace(aberrations=dict(params.optics.aberrations))
+    image = direct_phase(dataset, method)
+    path = out / f"init_{method}.npy"
+    image.save(path)
+    params.model.initial_phase = InitialPhase(file=path.resolve(), sampling=tuple(image.sampling))
+    log.info("%s start: phase image %s at %.4g Å/px → %s", method, image.phase.shape, image.sampling[0], path)
+    return params
+
+
+def auto_params(calib_params: Path, out_dir: Path, epochs: int | None = None, device: str | None = None
+                ) -> ReconstructParams:
+    """The calibrated YAML of ``phasestem calibrate`` completed with the --auto AD settings."""
+    data = yaml.safe_load(Path(calib_params).read_text())
+    data["data"]["file"] = str((Path(calib_params).parent / data["data"]["file"]).resolve())
+    data.setdefault("model", {}).update({k: v for k, v in AUTO_MODEL.items() if k not in data["model"]})
+    run = data.setdefault("run", {})
+    run.update({k: v for k, v in AUTO_RUN.items() if k not in run})
+    run["out_dir"] = str(Path(out_dir).resolve())
+    if epochs:
+        run["n_epochs"] = int(epochs)
+    if device:
+        run["device"] = device
+    return parse_params(data, str(calib_params))
+
+
+def write_params(params: ReconstructParams, path: Path, header: str = "") -> Path:
+    """The resolved parameter file, with a comment header."""
+    path.write_text(header + dump_params(params))
+    return path
+
+
+def run_auto(file: str | Path, out_dir: str | Path, energy: float, semiangle: float | None, scan_step,
+             angular_sampling: float | None = None, init: str = "ssb", reader_options: dict | None = None,
+             format: str | None = None, epochs: int | None = None, device: str | None = None,
+             run: bool = True, **calibrate_options):
+    """Read → calibrate → direct-method start → AD. Returns (params, calibration, model or None)."""
+    from ..calibrate.files import calibrate_file
+    from .commands import run_reconstruction
+
+    out = Path(out_dir)
+    calib, files = calibrate_file(file, out / "calibration", energy=energy, scan_step=scan_step,
+                                  semiangle=semiangle, angular_sampling=angular_sampling,
+                                  reader_options=reader_options, format=format, **calibrate_options)
+    log.info("calibration: %s", calib.summary())
+    params = auto_params(files["params"], out, epochs, device)
+    if init == "parallax" and not calib.aberrations.get("C10"):
+        log.info("no defocus measured (focused data): starting from SSB instead of parallax")
+        init = "ssb"
+    params = apply_init(params, init, out)
+    header = "".join(line + "\n" for line in files["params"].read_text().splitlines() if line.startswith("#"))
+    header += f"# phasestem reconstruct {file} --auto (--init {init}); repeat with: phasestem reconstruct " \
+              f"{out / 'params.yaml'}\n"
+    write_params(params, out / "params.yaml", header)
+    model = run_reconstruction(params) if run else None
+    return params, calib, model
