@@ -19,8 +19,9 @@ def _plt():
 
 def _disk_panels(calib: Calibration, ax_pattern, ax_profile, ax_resid) -> None:
     d = calib.disk
-    mean_mask = d.mean_mask
-    ax_pattern.imshow(mean_mask * 0.3, cmap="gray", vmin=0, vmax=1)
+    shown = calib.mean_pattern if calib.mean_pattern is not None else d.mean_mask.astype(float)
+    ax_pattern.imshow(np.log1p(np.maximum(shown, 0) / max(float(np.median(shown[d.mean_mask])), 1e-30) * 100),
+                      cmap="gray")
     c = d.plane[0]
     t = np.linspace(0, 2 * np.pi, 200)
     ax_pattern.plot(c[1] + d.radius * np.cos(t), c[0] + d.radius * np.sin(t), "c-", lw=1, label="fitted disk")
@@ -107,10 +108,13 @@ def write_figures(calib: Calibration, out_dir: str | Path) -> dict[str, Path]:
     fig.tight_layout()
     fig.savefig(files["figure_parallax"], dpi=90)
     plt.close(fig)
-    fig, ax = plt.subplots(2, 3, figsize=(10, 6))
+    fig, ax = plt.subplots(2, 4, figsize=(12, 5.6))
     _disk_panels(calib, ax[0, 0], ax[0, 1], ax[0, 2])
     _rotation_panels(calib, ax[1, 0], ax[1, 1], ax[1, 2])
-    fig.suptitle(calib.summary()[:150], fontsize=7)
+    _parallax_panels(calib, ax[1, 3], ax[0, 3])
+    text = calib.summary()
+    cut = text.find("; bad pixels")
+    fig.suptitle(text[:cut] + "\n" + text[cut + 2 :] if cut > 0 else text, fontsize=8)
     fig.tight_layout()
     files["figure"] = out / "calibration.png"
     fig.savefig(files["figure"], dpi=72)

@@ -44,6 +44,7 @@ class Calibration:
     dark_field: np.ndarray  # (Sy, Sx)
     notes: list[str] = field(default_factory=list)
     source: str = ""
+    mean_pattern: np.ndarray | None = None  # (H, W) bad pixels filled
 
     @property
     def plan(self):
@@ -169,7 +170,7 @@ def calibrate(dataset, semiangle: float | None = None, angular_sampling: float |
         pattern_shape=dataset.pattern_shape, semiangle=float(semiangle), angular_sampling=dk,
         rotation=float(rotation % 360.0), transpose=bool(chosen), aberrations=aberrations, rotation_source=source,
         bad_pixels=bad, disk=disk, com=rot, com_alternatives=fits, parallax=pfit, com_field=com, dark_field=dark,
-        notes=notes, source=str(dataset.metadata.get("source", "")),
+        notes=notes, source=str(dataset.metadata.get("source", "")), mean_pattern=mean,
     )
 
 
