@@ -50,3 +50,26 @@ def test_auto_reaches_the_truth_and_a_wrong_rotation_is_clearly_worse(tmp_path_f
                          data["truth"])
     print(f"phase Pearson r: --auto {r_auto:.3f}, told rotation 0° {r_wrong:.3f}")
     assert r_wrong < r_auto - 0.15, (r_auto, r_wrong)
+
+
+def test_init_parallax_fits_the_defocus_of_a_params_run(tmp_path_factory, capsys):
+    """'reconstruct PARAMS --init parallax' on a calibrated YAML without C10 fits C10 by tcBF and starts from it."""
+    import yaml
+
+    from phasestem.calibrate import calibrate_file
+    from phasestem.cli import main
+
+    data = abtem_scan.make(tmp_path_factory.getbasetemp() / "abtem_scan")
+    out = tmp_path_factory.mktemp("init")
+    calibrate_file(data["file"], out, energy=abtem_scan.ENERGY, scan_step=abtem_scan.STEP,
+                   semiangle=abtem_scan.SEMIANGLE, figures=False)
+    params = yaml.safe_load((out / "params.yaml").read_text())
+    params["optics"]["aberrations"] = {}
+    params["run"] = {"n_epochs": 1, "batch_size": 64, "checkpoint_every": 0, "progress": False, "out_dir": "run"}
+    (out / "no_defocus.yaml").write_text(yaml.safe_dump(params))
+    rc = main(["reconstruct", str(out / "no_defocus.yaml"), "--init", "parallax"])
+    assert rc == 0, capsys.readouterr().err
+    config = yaml.safe_load((out / "run" / "config.yaml").read_text())
+    assert abs(config["optics"]["aberrations"]["C10"] - data["truth"]["C10"]) < 20
+    assert config["model"]["initial_phase"]["file"].endswith("init_parallax.npy")
+    assert np.load(out / "run" / "init_parallax.npy").std() > 0
