@@ -137,3 +137,19 @@ def test_astigmatism_from_the_parallax_map():
     ab = cal.aberrations
     assert abs(ab["C10"] - 60.0) < 6.0 and abs(ab["C12"] - 20.0) < 5.0, ab
     assert abs((ab["phi12"] - 0.6 + np.pi / 2) % np.pi - np.pi / 2) < 0.15, ab
+
+
+def test_calibration_as_scan_and_detector_objects(calibration, abtem_data):
+    """The result as phasestem.scan.GridScan and phasestem.detector.PixelatedDetector (raw frames → patterns)."""
+    from phasestem import io
+
+    det, scan = calibration.detector(), calibration.scan()
+    assert det.transpose is True and scan.rotation == pytest.approx(calibration.rotation)
+    assert sorted(map(tuple, np.argwhere(det.bad_pixels))) == sorted(abtem_scan.HOT + abtem_scan.DEAD)
+    assert scan.positions().min() == pytest.approx(0.0, abs=1e-9)
+    raw = np.asarray(io.load(abtem_data["file"], energy=3e5, scan_step=0.45).patterns[:4], dtype=np.float32)
+    patterns = det.apply(raw, centres=calibration.centres()[:4])
+    k = np.arange(64) - 32
+    mean = patterns.mean((0, 1))
+    com = np.array([(mean.sum(1) * k).sum(), (mean.sum(0) * k).sum()]) / mean.sum()
+    assert np.abs(com).max() < 0.3  # centred in phasestem's convention

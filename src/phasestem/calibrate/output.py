@@ -29,11 +29,11 @@ def write_corrected(dataset, calib: Calibration, path: str | Path) -> Path:
 
 def params_dict(calib: Calibration, data_file: str | Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """A ``phasestem reconstruct`` parameter mapping with the calibrated values."""
-    from ..recon.params import ScanConfig, scan_positions
+    from ..scan import GridScan
 
     dk = round(calib.angular_sampling, 6)
     rotation = round(calib.rotation, 3)
-    pos = scan_positions(ScanConfig(step=calib.scan_step, rotation=rotation), calib.scan_shape)
+    pos = GridScan(calib.scan_shape, calib.scan_step, rotation=rotation).positions()
     origin = [float(np.ceil(-v * 1e4) / 1e4) for v in pos.min(0)]  # rounded up: positions ≥ 0 Å
     params: dict[str, Any] = {
         "data": {"file": str(data_file), "transpose": calib.transpose},

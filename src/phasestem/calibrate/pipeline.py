@@ -57,11 +57,27 @@ class Calibration:
 
     def scan_origin(self) -> tuple[float, float]:
         """(y0, x0) Å that puts the rotated scan's top-left corner at 0 Å (dataset frame ≥ 0)."""
-        from ..recon.params import ScanConfig, scan_positions
+        from ..scan import GridScan
 
-        pos = scan_positions(ScanConfig(step=self.scan_step, rotation=self.rotation), self.scan_shape)
-        lo = pos.min(0)
+        lo = GridScan(self.scan_shape, self.scan_step, rotation=self.rotation).positions().min(0)
         return (float(-lo[0]), float(-lo[1]))
+
+    def scan(self):
+        """The calibrated :class:`phasestem.scan.GridScan` (rotation, origin from :meth:`scan_origin`)."""
+        from ..scan import GridScan
+
+        return GridScan(self.scan_shape, self.scan_step, origin=self.scan_origin(), rotation=self.rotation)
+
+    def detector(self):
+        """The calibrated :class:`phasestem.detector.PixelatedDetector` of the raw frames: angular sampling,
+        the disk centre at the middle of the scan, transpose and bad pixels (per-pattern descan centres:
+        :meth:`centres`, for ``detector.apply(frames, centres=...)``)."""
+        from ..detector import PixelatedDetector
+
+        mid = self.disk.plane_at(self.scan_shape)[self.scan_shape[0] // 2, self.scan_shape[1] // 2]
+        return PixelatedDetector(shape=self.pattern_shape, angular_sampling=(self.angular_sampling,) * 2,
+                                 centre=(float(mid[0]), float(mid[1])), transpose=self.transpose,
+                                 bad_pixels=self.bad_pixels.mask)
 
     def sampling(self) -> float:
         """Real-space pixel (Å) of the reconstruction window: λ / (H · dk)."""
@@ -77,7 +93,8 @@ class Calibration:
                "aberrations": dict(self.aberrations), "scan_shape": list(self.scan_shape),
                "scan_step": list(self.scan_step), "bad_pixels": self.bad_pixels.to_dict(),
                "disk": self.disk.to_dict(), "centre_of_mass": self.com.to_dict(),
-               "parallax": None if self.parallax is None else self.parallax.to_dict(), "notes": list(self.notes)}
+               "parallax": None if self.parallax is None else self.parallax.to_dict(), "notes": list(self.notes),
+               "scan": self.scan().to_dict(), "detector": self.detector().to_dict()}
         return out
 
     def summary(self) -> str:
