@@ -153,3 +153,17 @@ def test_calibration_as_scan_and_detector_objects(calibration, abtem_data):
     mean = patterns.mean((0, 1))
     com = np.array([(mean.sum(1) * k).sum(), (mean.sum(0) * k).sum()]) / mean.sum()
     assert np.abs(com).max() < 0.3  # centred in phasestem's convention
+
+
+@pytest.mark.slow
+def test_rotation_from_the_parallax_alone_when_the_com_is_too_weak(abtem_data, monkeypatch):
+    """With the CoM declared unusable, the (θ, C10) search of the parallax still finds the geometry."""
+    import phasestem.calibrate.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "MAX_CURL_RATIO", 0.0)
+    cal = calibrate(load_for_calibration(abtem_data["file"], abtem_scan.ENERGY, abtem_scan.STEP),
+                    semiangle=abtem_scan.SEMIANGLE)
+    truth = abtem_data["truth"]
+    assert any("parallax alone" in n for n in cal.notes)
+    assert cal.transpose is True and _angle_diff(cal.rotation, truth["rotation"]) < 1.0, cal.summary()
+    assert abs(cal.aberrations["C10"] - truth["C10"]) < 20, cal.summary()

@@ -112,12 +112,23 @@ def _decompose(M: np.ndarray, step, dk_mrad: float, rotation_hint: float) -> tup
     return theta, det, 0.5 * (C + C.T)
 
 
-def fit_parallax(images: np.ndarray, weights: np.ndarray, k_px: np.ndarray, dk_mrad: float, rotation: float,
+def _sharpness(wspec: np.ndarray, unit: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Energy of the shift-corrected sum for every C10 in ``grid`` (shifts = C10 · ``unit`` scan px)."""
+    ny, nx = wspec.shape[-2:]
+    qy = np.fft.fftfreq(ny)[:, None]
+    qx = np.fft.fftfreq(nx)[None, :]
+    qs = qy[None] * unit[:, 0, None, None] + qx[None] * unit[:, 1, None, None]  # (G, ny, nx)
+    return np.array([(np.abs((wspec * np.exp(2j * np.pi * c * qs)).sum(0)) ** 2).sum() for c in grid])
+
+
+def fit_parallax(images: np.ndarray, weights: np.ndarray, k_px: np.ndarray, dk_mrad: float, rotation: float | None,
                  step: tuple[float, float], c10_range: float | None = None, iterations: int = 2,
-                 lowpass: float | None = 0.5, energy: float | None = None) -> ParallaxFit:
+                 lowpass: float | None = 0.5, energy: float | None = None, rotation_step: float = 10.0
+                 ) -> ParallaxFit:
     """Fit the parallax of contrast images (G, Sy, Sx) of groups at offsets ``k_px`` (G, 2) px.
 
-    ``rotation`` (degrees) comes from the CoM fit; the C10 search covers ±``c10_range`` Å
+    ``rotation`` (degrees) comes from the CoM fit; None searches it too (every ``rotation_step``
+    degrees over 180°: θ + 180° is the same as −C10). The C10 search covers ±``c10_range`` Å
     (default: shifts up to half the scanned field). A group image is a pure shift of the central
     one only at frequencies that both side-bands of the pixel transmit (q < k_aperture − |k|), so
     the images are weighted by a Gaussian of σ = ``lowpass`` · α_max/λ (α_max: the outermost group;
@@ -132,15 +143,14 @@ def fit_parallax(images: np.ndarray, weights: np.ndarray, k_px: np.ndarray, dk_m
     c_max = c10_range if c10_range is not None else 0.5 * fov / max(alpha_max, 1e-9)
     dc = 0.2 * min(step) / max(alpha_max, 1e-9)
     grid = np.arange(-c_max, c_max + dc / 2, dc)
-    unit = parallax_shifts(k_px, np.eye(2), dk_mrad, rotation, step)  # scan px per Å of C10
-    ny, nx = spectra.shape[-2:]
-    qy = np.fft.fftfreq(ny)[:, None]
-    qx = np.fft.fftfreq(nx)[None, :]
-    qs = qy[None] * unit[:, 0, None, None] + qx[None] * unit[:, 1, None, None]  # (G, ny, nx)
     wspec = spectra * weights[:, None, None]
-    score = np.empty(len(grid))
-    for i, c in enumerate(grid):
-        score[i] = (np.abs((wspec * np.exp(2j * np.pi * c * qs)).sum(0)) ** 2).sum()
+    angles = [rotation] if rotation is not None else list(np.arange(0.0, 180.0, rotation_step))
+    best_score, score = -np.inf, None
+    for angle in angles:
+        s = _sharpness(wspec, parallax_shifts(k_px, np.eye(2), dk_mrad, angle, step), grid)
+        if s.max() > best_score:
+            best_score, score, rotation = s.max(), s, angle
+    unit = parallax_shifts(k_px, np.eye(2), dk_mrad, rotation, step)  # scan px per Å of C10
     best = int(np.argmax(score))
     c10 = float(grid[best])
     if 0 < best < len(grid) - 1:
@@ -164,4 +174,3 @@ def fit_parallax(images: np.ndarray, weights: np.ndarray, k_px: np.ndarray, dk_m
     phi12 = float(0.5 * math.atan2(d12, -d11)) if c12 > 0 else 0.0
     return ParallaxFit(C10=c10, C12=c12, phi12=phi12, rotation=theta, determinant=det, k=k_px,
                        measured=measured, fitted=fitted, matrix=M, search=np.stack([grid, score]))
-

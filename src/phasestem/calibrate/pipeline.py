@@ -18,7 +18,7 @@ from .com import com_field
 from .disk import DiskFit, fit_disk
 from .parallax import ParallaxFit, fit_parallax
 from .reading import summed_pattern
-from .rotation import NoContrastError, RotationFit, fit_rotation
+from .rotation import MAX_CURL_RATIO, NoContrastError, RotationFit, choose_branch, fit_rotation
 
 
 @dataclass
@@ -117,6 +117,16 @@ def _group_contrast(dataset, plan, centres, radius):
     return con, weights, k
 
 
+def _branch_from_dark_field(pfit: ParallaxFit, com, transpose: bool, step, dark, notes: list[str],
+                            ratio: float) -> None:
+    """θ vs θ + 180° of a parallax-only rotation by the dark-field rule of :mod:`.rotation` (flips C in place)."""
+    theta, rule, score = choose_branch(com, pfit.rotation, transpose, step, dark)
+    if abs((theta - pfit.rotation + 180) % 360 - 180) > 90:  # θ + 180° ≡ −C
+        pfit.rotation, pfit.C10, pfit.phi12 = theta, -pfit.C10, pfit.phi12 + math.pi / 2
+    notes.append(f"centre-of-mass field too weak for the rotation (relative curl {ratio:.2f}): rotation and transpose "
+                 f"from the parallax alone; θ vs θ + 180° by the {rule} (score {score:.2f}, weak below 0.1)")
+
+
 def calibrate(dataset, semiangle: float | None = None, angular_sampling: float | None = None,
               transpose: bool | None = None, parallax: bool = True, c10_range: float | None = None,
               edge_threshold: float = 0.5) -> Calibration:
@@ -144,37 +154,39 @@ def calibrate(dataset, semiangle: float | None = None, angular_sampling: float |
     com, dark = com_field(dataset, centres, plan, dark_radius=1.15 * disk.radius)
     step = dataset.scan_step
     options = [False, True] if transpose is None else [bool(transpose)]
-    fits = {}
-    for t in options:
-        try:
-            fits[t] = fit_rotation(com, step, dark, transpose=t)
-        except NoContrastError:
-            if len(options) == 1:
-                raise
-    if not fits:
-        fit_rotation(com, step, dark)  # raises the one-line error
+    fits = {t: fit_rotation(com, step, dark, transpose=t, strict=False) for t in options}
     best = min(fits, key=lambda t: fits[t].curl_ratio[t])
+    ratio = fits[best].curl_ratio[best]
+    com_ok = ratio <= MAX_CURL_RATIO
     chosen, pfit, source = best, None, "centre of mass"
     if parallax:
         con, weights, k_file = _group_contrast(dataset, plan, centres, disk.radius)
-        pfits = {t: fit_parallax(con, weights, k_file[:, ::-1] if t else k_file, dk, fits[t].rotation, step,
-                                 c10_range, energy=dataset.energy) for t in fits}
+        pfits = {t: fit_parallax(con, weights, k_file[:, ::-1] if t else k_file, dk,
+                                 fits[t].rotation if com_ok else None, step, c10_range, energy=dataset.energy)
+                 for t in fits}
         usable = {t: p for t, p in pfits.items() if p.determinant > 0 and p.max_shift >= 1.0
                   and p.residual < 0.3 * p.max_shift}
         if usable:
             chosen = min(usable, key=lambda t: usable[t].residual)
             pfit, source = usable[chosen], "parallax"
-            if chosen != best:
+            if com_ok and chosen != best:
                 notes.append(f"transpose {chosen} from the parallax (det +1, residual {pfit.residual:.2f} px); the "
                              f"CoM curl preferred {best} ({fits[best].curl_ratio[best]:.2f} vs "
                              f"{fits[chosen].curl_ratio[chosen]:.2f})")
+            if not com_ok:
+                _branch_from_dark_field(pfit, com, chosen, step, dark, notes, ratio)
         else:
             p = pfits[best]
             notes.append(f"parallax not used: largest shift {p.max_shift:.2f} scan px, residual {p.residual:.2f} px, "
                          f"det {p.determinant:+.0f} (focused data or too little contrast); no defocus fitted")
+    if not com_ok and pfit is None:
+        raise NoContrastError(
+            f"no specimen contrast: the centre-of-mass field is nearly as curled as it is divergent at every rotation "
+            f"(relative curl {ratio:.2f} > {MAX_CURL_RATIO}) and the bright-field parallax gives no shift map; "
+            "vacuum-only data, or too few counts to calibrate the rotation")
     rot = fits[chosen]
     rotation = pfit.rotation if pfit is not None else rot.rotation
-    if pfit is not None:
+    if pfit is not None and com_ok:
         diff = abs((pfit.rotation - rot.rotation + 180) % 360 - 180)
         notes.append(f"rotation: parallax {pfit.rotation:.2f}°, centre of mass {rot.rotation:.2f}° "
                      f"(differ {diff:.2f}°)")

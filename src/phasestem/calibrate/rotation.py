@@ -28,6 +28,9 @@ import numpy as np
 from ..errors import PhasestemError
 from .com import to_detector_frame
 
+#: a CoM field whose least relative curl is above this carries no usable rotation (noise gives ≈ 1)
+MAX_CURL_RATIO = 0.5
+
 
 class NoContrastError(PhasestemError):
     """The centre-of-mass field has no specimen signal (vacuum or too few counts)."""
@@ -118,18 +121,20 @@ def choose_branch(com: np.ndarray, theta: float, transpose: bool, step, dark: np
 
 
 def fit_rotation(com: np.ndarray, step: tuple[float, float], dark: np.ndarray | None = None,
-                 transpose: bool | None = None, lowpass: float = 0.15, max_curl_ratio: float = 0.5) -> RotationFit:
+                 transpose: bool | None = None, lowpass: float = 0.15, max_curl_ratio: float = MAX_CURL_RATIO,
+                 strict: bool = True) -> RotationFit:
     """Rotation (degrees) and transpose of the scan relative to the detector from a CoM field (Sy, Sx, 2).
 
     ``dark`` (Sy, Sx) is the dark-field image that fixes θ vs θ + 180°; ``transpose`` fixes the
     transpose instead of choosing it. Raises :class:`NoContrastError` when no rotation makes the
-    field notably curl-free (relative curl above ``max_curl_ratio``; pure noise gives ≈ 1).
+    field notably curl-free (relative curl above ``max_curl_ratio``; pure noise gives ≈ 1), unless
+    ``strict`` is False (the caller then checks ``curl_ratio`` itself).
     """
     options = [False, True] if transpose is None else [bool(transpose)]
     fits = {t: _least_curl(com, t, step, lowpass) for t in options}
     best = min(fits, key=lambda t: fits[t][1])
     theta, ratio, _ = fits[best]
-    if not ratio <= max_curl_ratio:
+    if strict and not ratio <= max_curl_ratio:
         raise NoContrastError(
             f"no specimen contrast: the centre-of-mass field is nearly as curled as it is divergent at every "
             f"rotation (relative curl {ratio:.2f} > {max_curl_ratio}); vacuum-only data, or too few counts to "
