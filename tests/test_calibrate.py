@@ -167,3 +167,15 @@ def test_rotation_from_the_parallax_alone_when_the_com_is_too_weak(abtem_data, m
     assert any("parallax alone" in n for n in cal.notes)
     assert cal.transpose is True and _angle_diff(cal.rotation, truth["rotation"]) < 1.0, cal.summary()
     assert abs(cal.aberrations["C10"] - truth["C10"]) < 20, cal.summary()
+
+
+def test_float32_file_is_read_not_written(abtem_data, tmp_path):
+    """A float32 .npy is memory-mapped by the reader; filling bad pixels must not write into it."""
+    raw = np.load(abtem_data["file"]).astype(np.float32)
+    path = tmp_path / "scan32.npy"
+    np.save(path, raw)
+    cal = calibrate(load_for_calibration(path, abtem_scan.ENERGY, abtem_scan.STEP), semiangle=abtem_scan.SEMIANGLE,
+                    parallax=False)
+    assert cal.bad_pixels.count == len(abtem_scan.HOT) + len(abtem_scan.DEAD)
+    assert cal.parallax is None and "C10" not in cal.aberrations
+    np.testing.assert_array_equal(np.load(path), raw)

@@ -126,7 +126,7 @@ def edge_radius(dataset, centres: np.ndarray, r0: float, plan=None, threshold: f
     radius (px), mean normalised intensity.
     """
     H, W = dataset.pattern_shape
-    yy, xx = np.mgrid[0:H, 0:W].astype(np.float64)
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
     n_bins = int(np.ceil(1.6 * r0 / bin_width))
     acc, cnt = np.zeros(n_bins + 1), np.zeros(n_bins + 1)
     for rows, block in row_chunks(dataset, plan):

@@ -113,12 +113,21 @@ def _decompose(M: np.ndarray, step, dk_mrad: float, rotation_hint: float) -> tup
 
 
 def _sharpness(wspec: np.ndarray, unit: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    """Energy of the shift-corrected sum for every C10 in ``grid`` (shifts = C10 · ``unit`` scan px)."""
+    """Energy of the shift-corrected sum for every C10 of a uniform ``grid`` (shifts = C10 · ``unit`` scan px)."""
     ny, nx = wspec.shape[-2:]
     qy = np.fft.fftfreq(ny)[:, None]
     qx = np.fft.fftfreq(nx)[None, :]
-    qs = qy[None] * unit[:, 0, None, None] + qx[None] * unit[:, 1, None, None]  # (G, ny, nx)
-    return np.array([(np.abs((wspec * np.exp(2j * np.pi * c * qs)).sum(0)) ** 2).sum() for c in grid])
+    keep = np.abs(wspec).sum(0) > 1e-6 * np.abs(wspec).sum(0).max()  # frequencies the low-pass left
+    qs = (qy * unit[:, 0, None, None] + qx * unit[:, 1, None, None])[:, keep].astype(np.float32)  # (G, n_q)
+    w = wspec[:, keep].astype(np.complex64) * np.exp(2j * np.pi * grid[0] * qs).astype(np.complex64)
+    if len(grid) < 2:
+        return np.array([(np.abs(w.sum(0)) ** 2).sum()])
+    advance = np.exp(2j * np.pi * (grid[1] - grid[0]) * qs).astype(np.complex64)  # uniform grid: one product a step
+    out = np.empty(len(grid))
+    for i in range(len(grid)):
+        out[i] = (np.abs(w.sum(0)) ** 2).sum()
+        w *= advance
+    return out
 
 
 def fit_parallax(images: np.ndarray, weights: np.ndarray, k_px: np.ndarray, dk_mrad: float, rotation: float | None,
@@ -144,16 +153,20 @@ def fit_parallax(images: np.ndarray, weights: np.ndarray, k_px: np.ndarray, dk_m
     dc = 0.2 * min(step) / max(alpha_max, 1e-9)
     grid = np.arange(-c_max, c_max + dc / 2, dc)
     wspec = spectra * weights[:, None, None]
+    coarse = grid[::3]  # 0.6 scan px apart at the outermost group; the peak is ≈ 1 px wide
     angles = [rotation] if rotation is not None else list(np.arange(0.0, 180.0, rotation_step))
-    best_score, score = -np.inf, None
+    best_score = -np.inf
     for angle in angles:
-        s = _sharpness(wspec, parallax_shifts(k_px, np.eye(2), dk_mrad, angle, step), grid)
+        s = _sharpness(wspec, parallax_shifts(k_px, np.eye(2), dk_mrad, angle, step), coarse)
         if s.max() > best_score:
-            best_score, score, rotation = s.max(), s, angle
+            best_score, rotation, centre, curve = s.max(), angle, coarse[int(np.argmax(s))], s
     unit = parallax_shifts(k_px, np.eye(2), dk_mrad, rotation, step)  # scan px per Å of C10
-    best = int(np.argmax(score))
+    near = np.abs(grid - centre) <= 3 * dc
+    score = np.full(len(grid), np.nan)
+    score[near] = _sharpness(wspec, unit, grid[near])
+    best = int(np.nanargmax(score))
     c10 = float(grid[best])
-    if 0 < best < len(grid) - 1:
+    if 0 < best < len(grid) - 1 and near[best - 1] and near[best + 1]:
         lo, mid, hi = score[best - 1 : best + 2]
         den = lo - 2 * mid + hi
         if den < 0:
@@ -173,4 +186,4 @@ def fit_parallax(images: np.ndarray, weights: np.ndarray, k_px: np.ndarray, dk_m
     c12 = float(math.hypot(d11, d12))
     phi12 = float(0.5 * math.atan2(d12, -d11)) if c12 > 0 else 0.0
     return ParallaxFit(C10=c10, C12=c12, phi12=phi12, rotation=theta, determinant=det, k=k_px,
-                       measured=measured, fitted=fitted, matrix=M, search=np.stack([grid, score]))
+                       measured=measured, fitted=fitted, matrix=M, search=np.stack([coarse, curve]))

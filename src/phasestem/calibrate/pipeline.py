@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from .badpixels import BadPixels, fill_plan, find_bad_pixels
+from .badpixels import BadPixels, fill_bad_pixels, fill_plan, find_bad_pixels
 from .com import com_field
 from .disk import DiskFit, fit_disk
 from .parallax import ParallaxFit, fit_parallax
@@ -107,10 +107,20 @@ class Calibration:
                 f"{dy:.2f} × {dx:.2f} px (residual rms {self.disk.to_dict()['residual_rms_px']:.2f} px)")
 
 
+#: the parallax is fitted on at most this many scan rows and columns (the central block)
+PARALLAX_SCAN = 64
+
+
 def _group_contrast(dataset, plan, centres, radius):
+    """Contrast images of the bright-field groups over the central ≤ PARALLAX_SCAN² block of the scan."""
     from ..direct.tcbf import bf_groups, group_images, normalised
     from .correct import corrected_chunks
 
+    (sy, sx), n = dataset.scan_shape, PARALLAX_SCAN
+    rows = slice(max(0, sy // 2 - n // 2), max(0, sy // 2 - n // 2) + min(sy, n))
+    cols = slice(max(0, sx // 2 - n // 2), max(0, sx // 2 - n // 2) + min(sx, n))
+    if (rows.stop - rows.start, cols.stop - cols.start) != (sy, sx):
+        dataset, centres = dataset.scan_subset(rows, cols), centres[rows, cols]
     labels, k, _ = bf_groups(dataset.pattern_shape, radius, fraction=0.7)
     images = group_images(corrected_chunks(dataset, plan, centres), labels, dataset.scan_shape)
     con, weights = normalised(images)
@@ -141,9 +151,10 @@ def calibrate(dataset, semiangle: float | None = None, angular_sampling: float |
     if (semiangle is None) == (angular_sampling is None):
         raise ConfigError("calibrate: give exactly one of semiangle (mrad) or angular_sampling (mrad/px)")
     notes: list[str] = []
-    bad = find_bad_pixels(summed_pattern(dataset))
+    total = summed_pattern(dataset)
+    bad = find_bad_pixels(total)
     plan = fill_plan(bad.mask)
-    mean = summed_pattern(dataset, plan) / dataset.n_patterns
+    mean = fill_bad_pixels(total, plan) / dataset.n_patterns  # filling is linear: fill the sum
     disk = fit_disk(dataset, mean, plan, threshold=edge_threshold)
     if semiangle is not None:
         dk = float(semiangle) / disk.radius
