@@ -30,7 +30,7 @@ AUTO_MODEL: dict[str, Any] = {
     "n_slices": 1, "n_probe_modes": 1,
     "learning_rates": {"obj_phase": 0.01, "obj_amplitude": 0.01, "probe": {"lr": 0.005, "start": 3}},
 }
-AUTO_RUN: dict[str, Any] = {"n_epochs": 12, "batch_size": 16, "checkpoint_every": 0}
+AUTO_RUN: dict[str, Any] = {"n_epochs": 20, "batch_size": 16, "checkpoint_every": 0}
 
 
 def direct_phase(dataset, method: str):
