@@ -216,14 +216,21 @@ def check_band_limit(semiangle: float, shape, sampling, energy: float, on_violat
 
 def probe_spectrum(
     shape, sampling, energy: float, semiangle: float, aberrations=None, soft: bool = True, device=None,
-    on_band_limit: str = "raise",
+    on_band_limit: str = "raise", amplitude: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Probe in reciprocal space, complex64 (ny, nx), fftfreq order, centred at window pixel (ny//2, nx//2).
 
+    ``amplitude`` (ny, nx, fftfreq order) replaces the aperture A(k) (e.g. one measured from the
+    bright-field disk, :func:`phasestem.recon.probe_init.measured_aperture`).
     Normalised so that Σ|ψ(r)|² = Σ|ψ(k)|² = 1 (unitary FFT).
     """
     check_band_limit(semiangle, shape, sampling, energy, on_band_limit)
-    amp = aperture(shape, sampling, energy, semiangle, soft, device)
+    if amplitude is not None:
+        if tuple(amplitude.shape) != tuple(shape):
+            raise ValueError(f"aperture amplitude of shape {tuple(amplitude.shape)} for a {tuple(shape)} probe")
+        amp = amplitude.to(device=device, dtype=torch.float64)
+    else:
+        amp = aperture(shape, sampling, energy, semiangle, soft, device)
     chi = aberration_phase(shape, sampling, energy, aberrations, device, torch.float64)
     # place the probe centre at the window centre: multiply by exp(-2πi k·c), c = (ny//2, nx//2) px
     KY, KX = k_grid(shape, sampling, device, torch.float64)
@@ -237,9 +244,11 @@ def probe_spectrum(
 def make_probe(
     shape: tuple[int, int], sampling: tuple[float, float], energy: float, semiangle: float,
     aberrations=None, soft: bool = True, device=None, on_band_limit: str = "raise",
+    amplitude: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Real-space probe, complex64 (ny, nx), centre at pixel (ny//2, nx//2), Σ|ψ|² = 1."""
-    spec = probe_spectrum(shape, sampling, energy, semiangle, aberrations, soft, device, on_band_limit)
+    """Real-space probe, complex64 (ny, nx), centre at pixel (ny//2, nx//2), Σ|ψ|² = 1 (``amplitude``:
+    see :func:`probe_spectrum`)."""
+    spec = probe_spectrum(shape, sampling, energy, semiangle, aberrations, soft, device, on_band_limit, amplitude)
     return torch.fft.ifft2(spec, norm="ortho")
 
 

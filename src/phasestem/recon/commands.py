@@ -6,6 +6,8 @@ import logging
 import sys
 from pathlib import Path
 
+from ..safety import atomic_file, refuse_output_over_inputs
+from .model import ParamSchedule
 from .params import (
     ReconstructParams,
     build_dataset,
@@ -101,8 +103,44 @@ def _reconstruct_cmd(args) -> int:
     if args.dump_config:
         sys.stdout.write(dump_params(params))
         return 0
+    refuse_output_over_inputs(params.run.out_dir, [args.params], field="--out", written=RUN_FILES)
     run_reconstruction(params, resume=args.resume)
     return 0
+
+
+#: files a reconstruction writes into its output folder (none may be an input)
+RUN_FILES = ("config.yaml", "checkpoint.pt", "results.h5", "reconstruction.png", "compare.png", "reconstruct.log")
+
+
+def _keep_configured_schedules(model, wanted: dict) -> None:
+    """After a resume, the learning rates and epochs of this run's parameter file win over the checkpoint's."""
+    for name, sched in wanted.items():
+        old = model.schedules[name]
+        if (old.lr, old.start, old.end) != (sched.lr, sched.start, sched.end):
+            log.info("learning rate of %s: checkpoint %s -> parameter file %s", name,
+                     _describe(old), _describe(sched))
+        model.schedules[name] = sched
+
+
+def _describe(s) -> str:
+    lr = "solver default" if s.lr is None else f"{s.lr:g}"
+    return f"{lr} (epochs {s.start}-{'end' if s.end is None else s.end})"
+
+
+def _check_optics(params: ReconstructParams, dataset, opts: dict) -> None:
+    """Warn (log and stderr) when the flipped defocus sign fits the centre of the scan far better."""
+    from .optics_check import check_defocus_sign
+
+    quick = {k: v for k, v in opts.items() if k not in ("progress",)}
+    device = resolve_device(params.run.device)
+    result = check_defocus_sign(dataset, lambda ds: build_model(params, ds).to(device), **quick)
+    if result is None:
+        return
+    log.info("optics check: data error %.4g with C10 = %g Å, %.4g with C10 = %g Å", result.loss_given, result.c10,
+             result.loss_flipped, -result.c10)
+    if result.flipped_fits_better:
+        log.warning(result.message())
+        print(f"phasestem reconstruct: warning: {result.message()}", file=sys.stderr)
 
 
 def _tune_cmd(args) -> int:
@@ -135,19 +173,28 @@ def _reconstruct_rank(params, resume: bool):
         params = ReconstructParams.model_validate(params)
     main = is_main_process()
     out = Path(params.run.out_dir)
+    refuse_output_over_inputs(out, [params.data.file,
+                                    params.scan.positions_file,
+                                    None if params.model.initial_phase is None else params.model.initial_phase.file],
+                              field="run.out_dir", written=RUN_FILES)
     out.mkdir(parents=True, exist_ok=True)
     config_text = dump_params(params)
     if main:
-        (out / "config.yaml").write_text(config_text)
+        with atomic_file(out / "config.yaml", field="run.out_dir") as tmp:
+            tmp.write_text(config_text)
     dataset = build_dataset(params)
     model = build_model(params, dataset).to(resolve_device(params.run.device))
     ckpt = out / "checkpoint.pt"
     if resume:
+        wanted = {k: ParamSchedule(s.lr, s.start, s.end) for k, s in model.schedules.items()}
         load_checkpoint(ckpt, model)
         log.info("resumed from %s after epoch %d", ckpt, model.epoch)
+        _keep_configured_schedules(model, wanted)
     remaining = params.run.n_epochs - model.epoch
     opts = optimizer_options(params)
     opts["progress"] = opts["progress"] and main
+    if main and not resume and params.run.check_optics and params.model.initial_phase is None:
+        _check_optics(params, dataset, opts)
     for _ in optimize(model, dataset, max(0, remaining), checkpoint_path=ckpt,
                       checkpoint_every=params.run.checkpoint_every, out_dir=out,
                       figures_every=params.run.figures_every, **opts):

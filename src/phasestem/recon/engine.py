@@ -8,8 +8,11 @@ with the measured patterns, the loss is back-propagated and the optimiser steps.
 epoch the scheduled constraints run, the loss history grows, and optionally a checkpoint
 and a figure are written.
 
-A non-finite loss stops the run with :class:`NonFiniteLossError`; the model is first restored
-to its state after the last good epoch (and that state is checkpointed when a path is set).
+A run that diverges stops with :class:`DivergenceError`: a non-finite loss
+(:class:`NonFiniteLossError`), an epoch loss above ``divergence_factor`` × the best loss so far
+(the first mini-batch's loss counts as the starting point), or non-physical object values
+(|phase| or amplitude above :data:`PHYSICAL_LIMIT`). The model is first restored to its state
+after the last good epoch, and that state is checkpointed when a path is set.
 
 Under ``torch.distributed`` (see :mod:`phasestem.recon.distributed`) every rank takes its share
 ``batch[rank::world]`` of each mini-batch and the gradients are summed across ranks, so all
@@ -30,12 +33,41 @@ from ..errors import PhasestemError
 from ..runtime import retain_freed_memory
 from .constraints import Constraints, apply_constraints
 from .losses import LossConfig, total_loss
+from .precondition import PRECONDITIONED, precondition_gradients
 
 log = logging.getLogger("phasestem.recon")
 
 
-class NonFiniteLossError(PhasestemError, FloatingPointError):
+#: largest |object phase| (rad, per slice) or object amplitude a run may reach before it counts as diverged
+PHYSICAL_LIMIT = 1e3
+
+
+class DivergenceError(PhasestemError, FloatingPointError):
+    """The reconstruction diverged; the model holds the last good state."""
+
+
+class NonFiniteLossError(DivergenceError):
     """The loss became NaN or Inf; the model holds the last good state."""
+
+
+def divergence_reason(model, mean_loss: float, best: float, start: float, factor: float) -> str | None:
+    """Why the epoch just run counts as diverged (None if it does not): a non-finite loss, a loss above both
+    ``factor`` × ``best`` and the starting loss ``start`` (near-exact fits of noise-free data may fluctuate by
+    large factors far below the start), or non-finite / non-physical object values."""
+    if not math.isfinite(mean_loss):
+        return f"the loss became {mean_loss}"
+    if factor > 0 and math.isfinite(best) and mean_loss > factor * best and mean_loss > start:
+        return (f"the loss rose to {mean_loss:.4g}, more than {factor:g} × its best {best:.4g} and above its "
+                f"start {start:.4g}")
+    with torch.no_grad():
+        for name in ("obj_phase", "obj_amplitude", "probe"):
+            p = getattr(model, name)
+            if not bool(torch.isfinite(p).all()):
+                return f"{name} holds NaN/Inf"
+        peak = max(float(model.obj_phase.abs().max()), float(model.obj_amplitude.abs().max()))
+    if peak > PHYSICAL_LIMIT:
+        return f"the object reached non-physical values (|phase| or amplitude {peak:.3g} > {PHYSICAL_LIMIT:g})"
+    return None
 
 
 # ---- data -------------------------------------------------------------------------------
@@ -43,10 +75,10 @@ class PreparedData:
     """Measured patterns in the engine's internal form (unshifted, normalised, on the device).
 
     ``meas`` (N, ny, nx) = patterns / ``counts`` (the mean total count per pattern);
-    ``meas_p`` = meas^p for the Gaussian term; ``pacbed_p`` the mean pattern^p.
+    ``meas_p`` = (meas + ε)^p for the Gaussian term; ``pacbed_p`` the mean pattern^p.
     """
 
-    def __init__(self, dataset, device, power: float = 0.5):
+    def __init__(self, dataset, device, power: float = 0.5, eps: float = 1e-8):
         pats = dataset.get_patterns()  # (N, H, W) float32, fftshift-ed
         if tuple(pats.shape[-2:]) != tuple(dataset.pattern_shape):
             raise PhasestemError("dataset patterns do not match its pattern_shape")
@@ -56,17 +88,17 @@ class PreparedData:
         meas = torch.fft.ifftshift(pats / self.counts, dim=(-2, -1)).contiguous()
         self.meas = meas.to(device)
         self.power = power
-        self.meas_p = self.meas.clamp_min(0).pow(power) if power != 1 else self.meas
+        self.meas_p = (self.meas.clamp_min(0) + eps).pow(power)
         self.pacbed_p = self.meas.mean(0).clamp_min(0).pow(power)
         self.n = self.meas.shape[0]
 
 
-def prepared_data(model, dataset, power: float) -> PreparedData:
-    key = (id(dataset), power, str(model.device))
+def prepared_data(model, dataset, power: float, eps: float = 1e-8) -> PreparedData:
+    key = (id(dataset), power, eps, str(model.device))
     cache = model._data_cache
     if cache is not None and cache[0] == key:
         return cache[1]
-    data = PreparedData(dataset, model.device, power)
+    data = PreparedData(dataset, model.device, power, eps)
     if data.n != model.positions.shape[0]:
         raise PhasestemError(f"the dataset has {data.n} patterns but the model {model.positions.shape[0]} positions")
     model._data_cache = (key, data)
@@ -130,19 +162,58 @@ def load_checkpoint(path, model) -> dict:
 
 
 # ---- optimiser --------------------------------------------------------------------------
+class _Composite:
+    """Two optimisers stepped as one: SGD on preconditioned object/probe gradients and Adam for the rest (``lsq``)."""
+
+    def __init__(self, parts: list[torch.optim.Optimizer]):
+        self.parts = parts
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for opt in self.parts for g in opt.param_groups]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.parts:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for opt in self.parts:
+            opt.step()
+
+    def state_dict(self) -> dict:
+        return {"composite": [opt.state_dict() for opt in self.parts]}
+
+    def load_state_dict(self, state: dict) -> None:
+        parts = state.get("composite") if isinstance(state, dict) else None
+        if parts is None or len(parts) != len(self.parts):
+            raise ValueError("the checkpoint's optimiser state is not that of the lsq solver")
+        for opt, st in zip(self.parts, parts, strict=True):
+            opt.load_state_dict(st)
+
+
 def _build_optimizer(kind: str, model, names: list[str], lr_scale: float, momentum: float, lbfgs_options: dict):
     params = dict(model.named_parameters())
+
+    def groups(subset):
+        return [{"params": [params[n]], "lr": model.schedules[n].resolved_lr(n, kind) * lr_scale, "name": n}
+                for n in subset]
+
     if kind == "adam":
-        groups = [{"params": [params[n]], "lr": model.schedules[n].lr * lr_scale, "name": n} for n in names]
-        return torch.optim.Adam(groups)
+        return torch.optim.Adam(groups(names))
     if kind == "sgd":
-        groups = [{"params": [params[n]], "lr": model.schedules[n].lr * lr_scale, "name": n} for n in names]
-        return torch.optim.SGD(groups, momentum=momentum)
+        return torch.optim.SGD(groups(names), momentum=momentum)
+    if kind == "lsq":
+        scaled = [n for n in names if n in PRECONDITIONED]
+        rest = [n for n in names if n not in PRECONDITIONED]
+        parts = [torch.optim.SGD(groups(scaled), momentum=0.0)] if scaled else []
+        if rest:
+            parts.append(torch.optim.Adam(groups(rest)))
+        return _Composite(parts)
     if kind == "lbfgs":
         opts = {"lr": 1.0, "max_iter": 4, "history_size": 10, "line_search_fn": "strong_wolfe"}
         opts.update(lbfgs_options)
         return torch.optim.LBFGS([params[n] for n in names], **opts)
-    raise PhasestemError(f"optimizer must be 'adam', 'sgd' or 'lbfgs', got {kind!r}")
+    raise PhasestemError(f"optimizer must be 'lsq', 'adam', 'sgd' or 'lbfgs', got {kind!r}")
 
 
 def _dist():
@@ -171,6 +242,8 @@ def optimize(
     figures_every: int = 0,
     progress: bool = True,
     log_file: str | Path | None = None,
+    precondition_reg: float = 0.1,
+    divergence_factor: float = 10.0,
 ):
     """Run ``n_epochs`` more epochs; yield each epoch's mean total loss (float).
 
@@ -186,7 +259,7 @@ def optimize(
         if checkpoint_path is None:
             raise PhasestemError("resume needs a checkpoint_path")
         load_checkpoint(checkpoint_path, model)
-    data = prepared_data(model, dataset, losses.power)
+    data = prepared_data(model, dataset, losses.power, losses.eps)
     n = data.n
     bs = n if not batch_size else min(int(batch_size), n)
     handler = None
@@ -207,6 +280,11 @@ def optimize(
     model._resume_optimizer_state = None
     from tqdm.auto import tqdm
 
+    finite = [h["loss"] for h in model.loss_history if math.isfinite(h["loss"])]
+    best_loss = min(finite, default=math.inf)
+    best_state: tuple[int, dict] | None = None  # (epoch, state) of the best epoch of this call
+    # the first mini-batch's loss (before any step) is where a new run starts; a rank's share is not the loss
+    start_loss = finite[0] if finite else (None if world == 1 else math.inf)
     bar = tqdm(total=n_epochs, desc=f"{optimizer} epochs", disable=not progress or rank != 0, leave=False)
     torch.set_flush_denormal(True)  # tiny gradients in the padding otherwise slow Adam down on CPU
     retain_freed_memory()  # reuse freed batch buffers instead of page-faulting fresh ones every step
@@ -229,7 +307,7 @@ def optimize(
             # Adam/SGD hold every parameter that may be optimised, so moments survive schedule switches
             # (a parameter outside its epochs has no gradient and is skipped); L-BFGS holds the active ones.
             wanted = active if optimizer == "lbfgs" else [
-                k for k in named if (k in active or k in disabled) and model.schedules[k].lr > 0]
+                k for k in named if (k in active or k in disabled) and model.schedules[k].resolved_lr(k, optimizer) > 0]
             if opt is None or wanted != opt_names:
                 opt = _build_optimizer(optimizer, model, wanted, lr_scale, momentum, lbfgs_options or {})
                 opt_names = list(wanted)
@@ -241,18 +319,19 @@ def optimize(
                     pending_state = None
             if optimizer != "lbfgs":  # learning rates may have been changed between epochs
                 for group in opt.param_groups:
-                    group["lr"] = model.schedules[group["name"]].lr * lr_scale
+                    group["lr"] = model.schedules[group["name"]].resolved_lr(group["name"], optimizer) * lr_scale
             snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
             gen = torch.Generator().manual_seed(seed * 100003 + epoch)
             positions = model.positions.detach().cpu().numpy() if batch_mode == "compact" else None
             batches = make_batches(n, bs, batch_mode, gen, positions)
             sums: dict[str, torch.Tensor] = {}
             total_acc = torch.zeros((), device=model.device)
+            first_loss = None
             for idx in batches:
                 n_total = len(idx)
                 share = idx[rank::world].to(model.device)
 
-                def closure(share=share, n_total=n_total, opt=opt):
+                def closure(share=share, n_total=n_total, opt=opt, idx=idx):
                     opt.zero_grad(set_to_none=True)
                     if len(share):
                         inten = model(share)
@@ -265,6 +344,8 @@ def optimize(
                         loss, parts = torch.zeros((), device=model.device), {}
                     if world > 1:
                         _all_reduce_grads(opt)
+                    if optimizer == "lsq":
+                        precondition_gradients(model, idx, n_total, losses, precondition_reg)
                     closure.last = (loss.detach(), parts)
                     return loss
 
@@ -274,6 +355,8 @@ def optimize(
                     closure()
                     opt.step()
                 loss_b, parts = closure.last
+                if first_loss is None:
+                    first_loss = loss_b.clone()
                 total_acc += loss_b
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0) + v
@@ -283,15 +366,24 @@ def optimize(
                 total_acc = packed[0]
                 sums = {k: packed[i + 1] for i, k in enumerate(sorted(sums))}
             mean_loss = float(total_acc) / len(batches)
-            if not math.isfinite(mean_loss):
+            if start_loss is None:
+                start_loss = float(first_loss) if math.isfinite(float(first_loss)) else math.inf
+                best_loss = min(best_loss, start_loss)
+            reason = divergence_reason(model, mean_loss, best_loss, start_loss, divergence_factor)
+            if reason is not None:
+                if best_state is not None and math.isfinite(mean_loss):  # back to the best epoch, not just the last
+                    model.epoch, snapshot = best_state
+                    model.loss_history = model.loss_history[: model.epoch]
                 model.load_state_dict(snapshot)
-                msg = (f"the loss became {mean_loss} in epoch {epoch}; stopped and restored the state after epoch "
-                       f"{model.epoch}. Lower the learning rates or check the data for NaN/Inf.")
+                msg = (f"{reason} in epoch {epoch}; stopped and restored the state after epoch {model.epoch}. "
+                       "Lower the learning rates (or run.lr_scale) or check the data and optics.")
                 if checkpoint_path is not None and rank == 0:
                     save_checkpoint(checkpoint_path, model)
                     msg += f" Last good state saved to {checkpoint_path}."
                 log.error(msg)
-                raise NonFiniteLossError(msg)
+                raise (NonFiniteLossError if not math.isfinite(mean_loss) else DivergenceError)(msg)
+            improved = mean_loss <= best_loss
+            best_loss = min(best_loss, mean_loss)
             for name in disabled:  # between epochs the user sees (and may change) their own settings
                 named[name].requires_grad_(True)
             disabled.clear()
@@ -300,6 +392,8 @@ def optimize(
             record = {"epoch": epoch, "loss": mean_loss, "seconds": time.perf_counter() - t0}
             record.update({k: float(v) / len(batches) for k, v in sums.items()})
             model.loss_history.append(record)
+            if improved and divergence_factor > 0:
+                best_state = (epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
             log.info("epoch %d loss %.6g %s%s (%.2f s)", epoch, mean_loss,
                      " ".join(f"{k}={record[k]:.4g}" for k in sorted(sums)),
                      f" constraints: {','.join(applied)}" if applied else "", record["seconds"])

@@ -38,7 +38,8 @@ class LossConfig:
 
 
 def gaussian_loss(model_i: torch.Tensor, meas_p: torch.Tensor, power: float, eps: float, n_total: int) -> torch.Tensor:
-    """Σ (I^p − D^p)² / n_total; ``meas_p`` = D^p precomputed."""
+    """Σ ((I + ε)^p − (D + ε)^p)² / n_total; ``meas_p`` = (D + ε)^p precomputed (same ε on both sides, so the
+    minimum stays at I = D however dark the pixel)."""
     mp = (model_i + eps).sqrt() if power == 0.5 else (model_i.clamp_min(0) + eps).pow(power)
     return (mp - meas_p).square().sum() / n_total
 
@@ -78,7 +79,7 @@ def total_loss(
     parts: dict[str, torch.Tensor] = {}
     if cfg.gaussian > 0:
         if meas_p is None:
-            meas_p = meas.clamp_min(0).pow(cfg.power)
+            meas_p = (meas.clamp_min(0) + cfg.eps).pow(cfg.power)
         parts["gaussian"] = gaussian_loss(model_i, meas_p, cfg.power, cfg.eps, n_total)
     if cfg.poisson > 0:
         parts["poisson"] = poisson_loss(model_i, meas, counts, cfg.eps, n_total)

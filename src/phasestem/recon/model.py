@@ -24,9 +24,11 @@ name               shape                   meaning
 =================  ======================  ===============================================
 
 Each parameter has a :class:`ParamSchedule` (learning rate, first and last epoch, 1-based)
-in ``model.schedules``; defaults (Adam): object amplitude and phase 3e-3, probe 3e-3, all from
-epoch 1; positions, tilt, thickness and object-mode weights off (lr 0). Change them with
-``model.set_learning_rates(positions={"lr": 1e-2, "start": 5}, probe=5e-3)``.
+in ``model.schedules``. The object and probe rates default to ``None``: the solver's own default
+(``lsq``: a step of 0.5 of a Gauss–Newton step, see :mod:`phasestem.recon.precondition`; Adam/SGD:
+3e-3 per update); positions, tilt, thickness and object-mode weights are off (lr 0) and are
+stepped by Adam when switched on. Change them with
+``model.set_learning_rates(positions={"lr": 1e-2, "start": 5}, probe=0.3)``.
 Reconstructed phase in the dataset frame: ``model.phase_in_dataset_frame(shape)``.
 Intensities are handled in normalised units: the engine divides the
 measured patterns by their mean total count, and the probe has Σ|ψ|² = 1.
@@ -49,11 +51,11 @@ from ..physics import ForwardModel
 
 PARAM_NAMES = ("obj_amplitude", "obj_phase", "probe", "positions", "tilt", "slice_thickness", "obj_weights")
 
-#: default learning rates (Adam, parameter units per update) and start epochs
+#: default learning rates and start epochs; None = the solver's default (:data:`SOLVER_DEFAULTS`)
 DEFAULT_SCHEDULES = {
-    "obj_amplitude": (3e-3, 1),
-    "obj_phase": (3e-3, 1),
-    "probe": (3e-3, 1),
+    "obj_amplitude": (None, 1),
+    "obj_phase": (None, 1),
+    "probe": (None, 1),
     "positions": (0.0, 1),  # off by default: enable with set_learning_rates(positions={"lr": 1e-2, "start": 5})
     "tilt": (0.0, 1),
     "slice_thickness": (0.0, 1),
@@ -61,19 +63,36 @@ DEFAULT_SCHEDULES = {
 }
 
 
+#: what a learning rate of ``None`` means for each solver: Adam/SGD in parameter units per update,
+#: ``lsq`` as a fraction of the Gauss–Newton step (dimensionless)
+SOLVER_DEFAULTS = {
+    "adam": {"obj_amplitude": 3e-3, "obj_phase": 3e-3, "probe": 3e-3},
+    "sgd": {"obj_amplitude": 3e-3, "obj_phase": 3e-3, "probe": 3e-3},
+    "lbfgs": {"obj_amplitude": 1.0, "obj_phase": 1.0, "probe": 1.0},
+    "lsq": {"obj_amplitude": 0.7, "obj_phase": 0.7, "probe": 0.2},
+}
+
+
 @dataclass
 class ParamSchedule:
     """Learning rate and active epoch range (1-based, ``end=None`` = to the end) of one parameter.
 
-    A learning rate of 0 freezes the parameter (as ``requires_grad = False`` does).
+    A learning rate of 0 freezes the parameter (as ``requires_grad = False`` does); ``None`` takes
+    the solver's default (:data:`SOLVER_DEFAULTS`).
     """
 
-    lr: float
+    lr: float | None
     start: int = 1
     end: int | None = None
 
     def active(self, epoch: int) -> bool:
-        return self.lr > 0 and epoch >= self.start and (self.end is None or epoch <= self.end)
+        return (self.lr is None or self.lr > 0) and epoch >= self.start and (self.end is None or epoch <= self.end)
+
+    def resolved_lr(self, name: str, optimizer: str) -> float:
+        """The learning rate this schedule means for ``optimizer``."""
+        if self.lr is not None:
+            return float(self.lr)
+        return SOLVER_DEFAULTS.get(optimizer, SOLVER_DEFAULTS["adam"]).get(name, 0.0)
 
 
 def load_phase_image(path: str | Path, key: str | None = None) -> np.ndarray:
@@ -200,6 +219,7 @@ class Ptychography(nn.Module):
         antialias: bool = False,
         on_band_limit: str = "warn",
         detector_blur: float = 0.0,
+        aperture_edge: str = "soft",
     ) -> Ptychography:
         """Build a model matched to ``dataset`` (a :class:`phasestem.dataset.FourDSTEM`).
 
@@ -213,14 +233,25 @@ class Ptychography(nn.Module):
         (e.g. a learned prediction), divided evenly over the slices.
         ``slice_thickness`` defaults to 10 Å (1 slice: 1 Å; irrelevant without propagation).
         ``detector_blur`` (σ, detector pixels) blurs the model patterns like the detector's PSF.
+        ``aperture_edge``: the nominal aperture's edge, 'soft' (linear roll-off over one reciprocal pixel),
+        'hard', or 'measured' (amplitude from the mean measured pattern, :mod:`phasestem.recon.probe_init`).
         """
         window = dataset.pattern_shape
         sampling = tuple(float(s) for s in dataset.sampling)
         if probe is None:
             if dataset.semiangle is None:
                 raise ConfigError("dataset has no semiangle (mrad): give optics.semiangle or an explicit probe")
+            amplitude = None
+            if aperture_edge == "measured":
+                from .probe_init import measured_aperture
+
+                ang = [optics.wavelength(dataset.energy) / (n * d) * 1e3 for n, d in zip(window, sampling, strict=True)]
+                amplitude = measured_aperture(dataset.mean_pattern(), dataset.semiangle / float(np.mean(ang)))
+            elif aperture_edge not in ("soft", "hard"):
+                raise ConfigError(f"aperture_edge must be 'soft', 'hard' or 'measured', got {aperture_edge!r}")
             nominal = optics.make_probe(window, sampling, dataset.energy, dataset.semiangle, dataset.aberrations,
-                                        on_band_limit=on_band_limit)
+                                        soft=aperture_edge == "soft", on_band_limit=on_band_limit,
+                                        amplitude=amplitude)
             if n_probe_modes > 1 and source_size:
                 modes, occ = optics.partial_coherence_modes(nominal, sampling, source_size, n_probe_modes)
                 probe_t = modes
@@ -288,10 +319,11 @@ class Ptychography(nn.Module):
                 raise ConfigError(f"unknown parameter '{name}' for a learning rate: expected one of {PARAM_NAMES}")
             if isinstance(val, dict):
                 sched = self.schedules[name]
-                self.schedules[name] = ParamSchedule(float(val.get("lr", sched.lr)), int(val.get("start", sched.start)),
-                                                     val.get("end", sched.end))
+                lr = val.get("lr", sched.lr)
+                self.schedules[name] = ParamSchedule(None if lr is None else float(lr),
+                                                     int(val.get("start", sched.start)), val.get("end", sched.end))
             else:
-                self.schedules[name].lr = float(val)
+                self.schedules[name].lr = None if val is None else float(val)
 
     # ---- properties --------------------------------------------------------------------
     @property
@@ -363,6 +395,14 @@ class Ptychography(nn.Module):
 
         return optimize(self, dataset, n_epochs, optimizer="adam", batch_size=batch_size, **options)
 
+    def LSQ_optimize(self, n_epochs: int, dataset, batch_size: int = 32, **options):
+        """Illumination-preconditioned least-squares steps for object and probe (Adam for positions, tilt,
+        thickness, weights); learning rates of object and probe are fractions of a Gauss–Newton step
+        (:mod:`phasestem.recon.precondition`). Same options as :meth:`Adam_optimize`."""
+        from .engine import optimize
+
+        return optimize(self, dataset, n_epochs, optimizer="lsq", batch_size=batch_size, **options)
+
     def SGD_optimize(self, n_epochs: int, dataset, batch_size: int = 32, momentum: float = 0.9, **options):
         """SGD with momentum (same options as :meth:`Adam_optimize`)."""
         from .engine import optimize
@@ -415,7 +455,8 @@ class Ptychography(nn.Module):
             "params": {k: v.detach().clone() for k, v in self.state_dict().items()},
             "epoch": self.epoch,
             "loss_history": [dict(h) for h in self.loss_history],
-            "schedules": {k: [s.lr, s.start, -1 if s.end is None else s.end] for k, s in self.schedules.items()},
+            "schedules": {k: [-1.0 if s.lr is None else s.lr, s.start, -1 if s.end is None else s.end]
+                          for k, s in self.schedules.items()},
         }
 
     def load_checkpoint_state(self, state: dict) -> None:
@@ -423,4 +464,5 @@ class Ptychography(nn.Module):
         self.epoch = int(state["epoch"])
         self.loss_history = [dict(h) for h in state["loss_history"]]
         for k, (lr, start, end) in state["schedules"].items():
-            self.schedules[k] = ParamSchedule(float(lr), int(start), None if int(end) < 0 else int(end))
+            self.schedules[k] = ParamSchedule(None if float(lr) < 0 else float(lr), int(start),
+                                              None if int(end) < 0 else int(end))

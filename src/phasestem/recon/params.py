@@ -73,6 +73,9 @@ class OpticsConfig(Strict):
         None, description="detector pixel in mrad (one or two values); null: from the file or sampling")
     sampling: tuple[float, float] | float | None = Field(
         None, description="real-space pixel in Å instead of angular_sampling")
+    aperture_edge: Literal["soft", "hard", "measured"] = Field(
+        "soft", description="edge of the nominal probe's aperture: soft (one-pixel roll-off), hard, or measured "
+        "(amplitude from the mean measured pattern)")
 
     @field_validator("angular_sampling", "sampling", mode="before")
     @classmethod
@@ -109,7 +112,8 @@ class ScanConfig(Strict):
 class ScheduleConfig(Strict):
     """Learning rate and active epoch range of one parameter."""
 
-    lr: float = Field(ge=0, description="learning rate (0 freezes the parameter)")
+    lr: float = Field(ge=0, description="learning rate: Adam/SGD units per update; for lsq (object, probe) a "
+                      "fraction of the Gauss–Newton step; 0 freezes the parameter")
     start: int = Field(1, ge=1, description="first epoch (1-based) in which the parameter is optimised")
     end: int | None = Field(None, description="last epoch (null: to the end)")
 
@@ -167,7 +171,15 @@ class LossesConfig(Strict):
 class RunConfig(Strict):
     """How to run."""
 
-    optimizer: Literal["adam", "sgd", "lbfgs"] = Field("adam", description="optimiser")
+    optimizer: Literal["lsq", "adam", "sgd", "lbfgs"] = Field(
+        "lsq", description="lsq: illumination-preconditioned least-squares steps for object and probe (Adam for "
+        "positions, tilt, thickness); or adam, sgd, lbfgs")
+    precondition_reg: float = Field(0.1, gt=0, le=10, description="lsq: relative floor of the curvature (dim pixels "
+                                    "step at most 1/reg of a bright pixel's step)")
+    check_optics: bool = Field(True, description="before the run, fit the scan centre briefly with C10 and −C10 and "
+                               "warn when the flipped defocus sign fits the data far better")
+    divergence_factor: float = Field(10.0, ge=0, description="stop (exit 1, last good state kept) when an epoch's "
+                                     "loss exceeds this many times the best so far (0: only NaN/Inf)")
     n_epochs: int = Field(20, ge=1, description="number of epochs (iterations over all patterns)")
     batch_size: int = Field(32, ge=1, description="patterns per mini-batch")
     batch_mode: Literal["random", "compact"] = Field("random", description="random or spatially compact batches")
@@ -200,6 +212,7 @@ class TuneConfig(Strict):
     pruning: bool = Field(True, description="stop unpromising trials early (median pruner)")
     seed: int = Field(0, description="sampler seed")
     C10: TuneParam | None = Field(None, description="search range of the aberration C10 (= −defocus) in Å")
+    C10_both_signs: bool = Field(True, description="with a C10 range of magnitudes (low ≥ 0), also try −C10")
     slice_thickness: TuneParam | None = Field(None, description="search range of the slice thickness in Å")
     learning_rates: dict[str, TuneParam] = Field(default_factory=dict, description="search ranges of learning rates")
 
@@ -350,7 +363,7 @@ def build_model(params: ReconstructParams, dataset) -> Ptychography:
             object_padding=m.object_padding, tilt=m.tilt, per_position_tilt=m.per_position_tilt,
             initial_phase=None if ip is None else ip.file, initial_phase_key=None if ip is None else ip.key,
             initial_phase_sampling=None if ip is None else ip.sampling, antialias=m.antialias,
-            detector_blur=m.detector_blur,
+            detector_blur=m.detector_blur, aperture_edge=params.optics.aperture_edge,
         )
     except InputFileError as exc:
         raise InputFileError(f"model.initial_phase: {exc}") from None
@@ -370,7 +383,8 @@ def optimizer_options(params: ReconstructParams) -> dict:
     r = params.run
     return {"optimizer": r.optimizer, "batch_size": r.batch_size, "batch_mode": r.batch_mode,
             "losses": LossConfig(**params.losses.model_dump()), "constraints": params.constraints,
-            "lr_scale": r.lr_scale, "momentum": r.momentum, "seed": r.seed, "progress": r.progress}
+            "lr_scale": r.lr_scale, "momentum": r.momentum, "seed": r.seed, "progress": r.progress,
+            "precondition_reg": r.precondition_reg, "divergence_factor": r.divergence_factor}
 
 
 def resolve_device(name: str) -> str:

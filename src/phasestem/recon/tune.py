@@ -1,7 +1,9 @@
 """Hyper-parameter search for reconstructions with Optuna (``phasestem tune PARAMS.yaml``).
 
 Searched (each optional, ranges in the ``tune`` section of the parameter file): the defocus
-``C10`` (Å), the slice thickness (Å) and per-parameter learning rates. Each trial builds the
+``C10`` (Å; with ``C10_both_signs`` a range of magnitudes is searched with either sign, since a
+flipped defocus sign is the commonest wrong setup), the slice thickness (Å) and per-parameter
+learning rates. A trial that diverges is pruned. Each trial builds the
 model from the dataset, runs ``tune.n_epochs`` epochs and returns the data error (the Gaussian
 term of the last epoch, else the total loss). Intermediate errors are reported every epoch so
 the median pruner can stop poor trials. The study lives in SQLite (default ``OUT/tune.db``);
@@ -13,7 +15,7 @@ import logging
 from pathlib import Path
 
 from ..errors import ConfigError
-from .engine import optimize
+from .engine import DivergenceError, optimize
 from .params import ReconstructParams, ScheduleConfig, build_dataset, build_model, optimizer_options, resolve_device
 
 log = logging.getLogger("phasestem.recon")
@@ -44,6 +46,8 @@ def run_tuning(params: ReconstructParams, out_dir: str | Path | None = None, n_t
         ds = dataset
         if t.C10 is not None:
             c10 = trial.suggest_float("C10", t.C10.low, t.C10.high, log=t.C10.log)
+            if t.C10_both_signs and t.C10.low >= 0:
+                c10 *= trial.suggest_categorical("C10_sign", [1, -1])
             p.optics.aberrations = {**p.optics.aberrations, "C10": c10}
             p.optics.aberrations.pop("defocus", None)
             ds = dataset._replace(aberrations=dict(p.optics.aberrations))
@@ -59,11 +63,15 @@ def run_tuning(params: ReconstructParams, out_dir: str | Path | None = None, n_t
         opts = optimizer_options(p)
         opts["progress"] = False
         err = float("inf")
-        for i, loss in enumerate(optimize(model, ds, t.n_epochs, **opts)):
-            err = model.loss_history[-1].get("gaussian", loss)
-            trial.report(err, i)
-            if trial.should_prune():
-                raise optuna.TrialPruned()
+        try:
+            for i, loss in enumerate(optimize(model, ds, t.n_epochs, **opts)):
+                err = model.loss_history[-1].get("gaussian", loss)
+                trial.report(err, i)
+                if trial.should_prune():
+                    raise optuna.TrialPruned()
+        except DivergenceError as exc:  # a setting that diverges is a poor trial, not the end of the study
+            log.warning("trial %d diverged: %s", trial.number, exc)
+            raise optuna.TrialPruned() from None
         return err
 
     done = len([tr for tr in study.trials if tr.state.is_finished()])
