@@ -36,6 +36,7 @@ class ParallaxFit:
     fitted: np.ndarray  # (G, 2) shifts of the linear fit, scan px
     matrix: np.ndarray  # (2, 2) M, scan px per detector px
     search: np.ndarray = field(default_factory=lambda: np.zeros((2, 0)))  # (2, n): C10 grid Å, sharpness
+    coherence: float = 0.0  # mean Pearson r of each aligned group image with the sum of the others
 
     @property
     def residual(self) -> float:
@@ -51,7 +52,8 @@ class ParallaxFit:
 
     def to_dict(self) -> dict:
         return {"C10": self.C10, "C12": self.C12, "phi12": self.phi12, "rotation_deg": self.rotation,
-                "determinant": self.determinant, "residual_px": self.residual, "max_shift_px": self.max_shift}
+                "determinant": self.determinant, "residual_px": self.residual, "max_shift_px": self.max_shift,
+                "coherence": self.coherence}
 
 
 def _xcorr_peak(spec_a: np.ndarray, spec_ref: np.ndarray, guess: np.ndarray, radius: float,
@@ -88,6 +90,29 @@ def _gaussian_lowpass(shape, step, q_c: float) -> np.ndarray:
     qy = np.fft.fftfreq(shape[0], step[0])[:, None]
     qx = np.fft.fftfreq(shape[1], step[1])[None, :]
     return np.exp(-(qy**2 + qx**2) / (2 * q_c**2))
+
+
+def _coherence(spectra: np.ndarray, shifts: np.ndarray, weights: np.ndarray, shape: tuple[int, int]) -> float:
+    """Weighted mean Pearson r of every group image, shifted back, with the sum of the others (scan area only).
+
+    Near 1 when the images are shifted copies of one image (parallax); near 0 or below when they
+    differ in contrast rather than position (a focused probe: pixels at ±k see opposite DPC contrast).
+    """
+    ny, nx = spectra.shape[-2:]
+    qy = np.fft.fftfreq(ny)[:, None]
+    qx = np.fft.fftfreq(nx)[None, :]
+    ramp = np.exp(2j * np.pi * (qy * shifts[:, 0, None, None] + qx * shifts[:, 1, None, None]))
+    aligned = np.fft.ifft2(spectra * ramp).real
+    m = int(np.ceil(np.abs(shifts).max()))
+    sy, sx = shape
+    core = aligned[:, m : max(m + 1, sy - m), m : max(m + 1, sx - m)].reshape(len(spectra), -1)
+    total = (weights[:, None] * core).sum(0)
+    rs = []
+    for g in range(len(spectra)):
+        other = total - weights[g] * core[g]
+        a, b = core[g] - core[g].mean(), other - other.mean()
+        rs.append(float((a * b).sum() / max(np.sqrt((a * a).sum() * (b * b).sum()), 1e-30)))
+    return float(np.average(rs, weights=weights))
 
 
 def _fit_map(k: np.ndarray, s: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -181,9 +206,11 @@ def fit_parallax(images: np.ndarray, weights: np.ndarray, k_px: np.ndarray, dk_m
         theta, det, C = _decompose(M, step, dk_mrad, rotation)
         shifts = k_px @ M.T + b
     fitted = shifts
+    coherence = _coherence(spectra, fitted, weights, (sy, sx))
     c10 = float(np.trace(C) / 2)
     d11, d12 = C[0, 0] - c10, C[0, 1]
     c12 = float(math.hypot(d11, d12))
     phi12 = float(0.5 * math.atan2(d12, -d11)) if c12 > 0 else 0.0
     return ParallaxFit(C10=c10, C12=c12, phi12=phi12, rotation=theta, determinant=det, k=k_px,
-                       measured=measured, fitted=fitted, matrix=M, search=np.stack([coarse, curve]))
+                       measured=measured, fitted=fitted, matrix=M, search=np.stack([coarse, curve]),
+                       coherence=coherence)

@@ -107,6 +107,10 @@ class Calibration:
                 f"{dy:.2f} × {dx:.2f} px (residual rms {self.disk.to_dict()['residual_rms_px']:.2f} px)")
 
 
+#: the parallax is used only when its aligned group images agree at least this well (mean Pearson r); at
+#: focus the bright-field images differ in contrast, not position, and a "defocus" fitted to them is spurious
+MIN_COHERENCE = 0.7
+
 #: the parallax is fitted on at most this many scan rows and columns (the central block)
 PARALLAX_SCAN = 64
 
@@ -176,7 +180,7 @@ def calibrate(dataset, semiangle: float | None = None, angular_sampling: float |
                                  fits[t].rotation if com_ok else None, step, c10_range, energy=dataset.energy)
                  for t in fits}
         usable = {t: p for t, p in pfits.items() if p.determinant > 0 and p.max_shift >= 1.0
-                  and p.residual < 0.3 * p.max_shift}
+                  and p.residual < 0.3 * p.max_shift and p.coherence >= MIN_COHERENCE}
         if usable:
             chosen = min(usable, key=lambda t: usable[t].residual)
             pfit, source = usable[chosen], "parallax"
@@ -189,7 +193,8 @@ def calibrate(dataset, semiangle: float | None = None, angular_sampling: float |
         else:
             p = pfits[best]
             notes.append(f"parallax not used: largest shift {p.max_shift:.2f} scan px, residual {p.residual:.2f} px, "
-                         f"det {p.determinant:+.0f} (focused data or too little contrast); no defocus fitted")
+                         f"det {p.determinant:+.0f}, aligned images agree to r = {p.coherence:.2f} (< {MIN_COHERENCE}: "
+                         "focused data or too little contrast); no defocus fitted")
     if not com_ok and pfit is None:
         raise NoContrastError(
             f"no specimen contrast: the centre-of-mass field is nearly as curled as it is divergent at every rotation "
