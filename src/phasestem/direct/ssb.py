@@ -40,9 +40,11 @@ def ssb_phase(dataset, sampling: tuple[float, float] | None = None, eps: float =
     ky, kx = (yy - H // 2).ravel().astype(float), (xx - W // 2).ravel().astype(float)
     bf = ky**2 + kx**2 <= radius**2
     ky, kx = ky[bf], kx[bf]
-    pats = np.asarray(dataset.patterns[...], dtype=np.float64).reshape(sy, sx, -1)[..., bf]
-    norm = pats.mean((0, 1)).mean()
-    G = np.fft.fft2(pats / norm, axes=(0, 1)) / (sy * sx)  # (Sy, Sx, Npix)
+    pats = np.empty((sy, sx, int(bf.sum())), dtype=np.float32)  # bright-field pixels only, read by rows
+    for r in range(0, sy, 8):
+        pats[r : r + 8] = np.asarray(dataset.patterns[r : r + 8], dtype=np.float32).reshape(-1, sx, H * W)[..., bf]
+    norm = float(pats.mean(dtype=np.float64))
+    G = (np.fft.fft2(pats, axes=(0, 1)) / (norm * sy * sx)).astype(np.complex64)  # (Sy, Sx, Npix)
     L, _ = scan_map(dataset)
     fy, fx = np.meshgrid(np.fft.fftfreq(sy), np.fft.fftfreq(sx), indexing="ij")
     Q = np.linalg.solve(L.T, np.stack([fy.ravel(), fx.ravel()])).T / dk  # (Sy·Sx, 2) detector px
