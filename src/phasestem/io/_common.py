@@ -226,7 +226,8 @@ def build_dataset(patterns, path: str | Path, file_values: Mapping[str, Any] | N
 
     energy = vals.get("energy")
     if energy is None:
-        raise ConfigError(f"{path}: the beam energy is not in the file; give energy= (eV)")
+        raise ConfigError(f"{path}: the beam energy is not in the file; give it in eV "
+                          "(--energy on the command line, optics.energy in a parameter file, energy= in Python)")
     energy = float(energy)
 
     positions = vals.get("positions")
@@ -238,7 +239,8 @@ def build_dataset(patterns, path: str | Path, file_values: Mapping[str, Any] | N
     scan_step = pair(vals.get("scan_step"), "scan_step", path)
     if scan_step is None:
         if positions is None:
-            raise ConfigError(f"{path}: the scan step is not in the file; give scan_step= (Å, or (dy, dx))")
+            raise ConfigError(f"{path}: the scan step is not in the file; give it in Å (--scan-step on the command "
+                              "line, scan.step in a parameter file, scan_step= in Python)")
         grid = infer_grid(positions)
         scan_step = grid[1] if grid else (0.0, 0.0)
 

@@ -120,7 +120,25 @@ def read(path: str | Path, patterns_key: str | None = None, sample: int | None =
             raise InputFileError(f"{path}: no dataset '{positions_key}' (positions_key); datasets: {sorted(dsets)}")
         positions = np.asarray(f[positions_key][...], dtype=np.float64).reshape(-1, 2)
     return build_dataset(f[patterns_key], f"{path}:{patterns_key}", truth=truth, positions=positions, lazy=lazy,
-                         metadata={"file": str(path), "patterns_key": patterns_key}, **options)
+                         metadata={"file": str(path), "patterns_key": patterns_key},
+                         **{**_root_calibrations(f.attrs), **options})
+
+
+#: calibrations a generic file may carry as root attributes (the caller's options win)
+ROOT_CALIBRATIONS = ("energy", "scan_step", "angular_sampling", "sampling", "semiangle")
+
+
+def _root_calibrations(attrs) -> dict:
+    """Calibrations stored as root attributes of a generic HDF5 file (energy in eV, steps in Å, mrad)."""
+    out = {}
+    for key in ROOT_CALIBRATIONS:
+        v = _attr(attrs, key)
+        if v is None:
+            continue
+        arr = np.asarray(v, dtype=np.float64).ravel()
+        if arr.size in (1, 2) and np.isfinite(arr).all():
+            out[key] = float(arr[0]) if arr.size == 1 else (float(arr[0]), float(arr[1]))
+    return out
 
 
 def _read_seed(f, path, samples, sample, lazy, potential_energy, **options) -> FourDSTEM:

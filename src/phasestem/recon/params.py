@@ -13,6 +13,7 @@ Python use::
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +25,8 @@ from ..configfile import read_yaml_mapping, validate
 from ..errors import ConfigError, InputFileError, PhasestemError, ShapeError
 from .constraints import Constraints
 from .model import PARAM_NAMES, Ptychography
+
+log = logging.getLogger("phasestem.recon")
 
 
 def _pair(v, name: str, positive: bool = False):
@@ -298,6 +301,11 @@ def build_dataset(params: ReconstructParams):
     from .. import io
 
     d, o, s = params.data, params.optics, params.scan
+    if "defocus" in o.aberrations:
+        log.warning("optics.aberrations.defocus = %g is abTEM's/py4DSTEM's convention: C10 = %g Å (a crossover %g Å "
+                    "%s the entrance surface). If your file's 'defocus' means the opposite, give C10 instead.",
+                    o.aberrations["defocus"], -o.aberrations["defocus"], abs(o.aberrations["defocus"]),
+                    "beyond" if o.aberrations["defocus"] > 0 else "before")
     options = dict(d.reader_options)
     options.update(energy=o.energy, scan_step=s.step, semiangle=o.semiangle, aberrations=dict(o.aberrations))
     if o.angular_sampling is not None:
