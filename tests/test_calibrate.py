@@ -192,3 +192,16 @@ def test_focused_scan_rotation_from_the_com_and_no_spurious_defocus(tmp_path_fac
     assert "C10" not in cal.aberrations
     assert cal.transpose is False and _angle_diff(cal.rotation, f["rotation"]) < 1.0, cal.summary()
     assert abs(cal.angular_sampling / f["angular_sampling"] - 1) < 0.02
+
+
+def test_a_known_defocus_sign_decides_the_180_degree_branch(abtem_data):
+    """(θ, C10) and (θ + 180°, −C10) fit the same data; a given C10 sign picks one (here the wrong one on purpose).
+
+    Also: the semi-angle from a given angular sampling.
+    """
+    truth = abtem_data["truth"]
+    ds = load_for_calibration(abtem_data["file"], abtem_scan.ENERGY, abtem_scan.STEP)
+    cal = calibrate(ds, angular_sampling=truth["angular_sampling"], c10_sign=+1.0)
+    assert _angle_diff(cal.rotation, truth["rotation"] + 180.0) < 1.0, cal.summary()
+    assert abs(cal.aberrations["C10"] + truth["C10"]) < 20, cal.summary()
+    assert abs(cal.semiangle / abtem_scan.SEMIANGLE - 1) < 0.02

@@ -70,6 +70,8 @@ def register(subparsers, train_subparsers) -> None:
     p.add_argument("--transpose", choices=["auto", "yes", "no"], default="auto",
                    help="detector transpose: fit it (auto) or fix it")
     p.add_argument("--no-parallax", action="store_true", help="skip the tcBF defocus fit")
+    p.add_argument("--c10-sign", type=float, default=None, metavar="C10",
+                   help="a C10 (Å, = −defocus) of the right sign, if known: fixes θ vs θ + 180° through the parallax")
     p.add_argument("--edge-threshold", type=float, default=0.5,
                    help="disk edge as a fraction of the disk level (0.5 real apertures; 0.25 soft simulated ones)")
     p.set_defaults(func=_calibrate_cmd)
@@ -85,7 +87,8 @@ def _calibrate_cmd(args) -> int:
     calib, files = calibrate_file(
         args.file, args.out, energy=args.energy, scan_step=scan_step(args), semiangle=args.semiangle,
         angular_sampling=args.angular_sampling, reader_options=reader_options(args), format=args.format,
-        transpose=transpose_choice(args.transpose), parallax=not args.no_parallax, edge_threshold=args.edge_threshold)
+        transpose=transpose_choice(args.transpose), parallax=not args.no_parallax, edge_threshold=args.edge_threshold,
+        c10_sign=args.c10_sign)
     print(calib.summary())
     for note in calib.notes:
         print(f"note: {note}")

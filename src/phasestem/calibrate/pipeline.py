@@ -143,7 +143,7 @@ def _branch_from_dark_field(pfit: ParallaxFit, com, transpose: bool, step, dark,
 
 def calibrate(dataset, semiangle: float | None = None, angular_sampling: float | None = None,
               transpose: bool | None = None, parallax: bool = True, c10_range: float | None = None,
-              edge_threshold: float = 0.5) -> Calibration:
+              edge_threshold: float = 0.5, c10_sign: float | None = None) -> Calibration:
     """Calibrate a :class:`phasestem.dataset.FourDSTEM` (energy and scan step known) from its patterns.
 
     Give ``semiangle`` (mrad) to get the angular sampling from the disk radius, or
@@ -151,6 +151,8 @@ def calibrate(dataset, semiangle: float | None = None, angular_sampling: float |
     transpose. ``parallax=False`` skips the tcBF fit (no defocus; rotation from the CoM only).
     ``edge_threshold`` is the fraction of the disk level taken as its edge (0.5: the
     half-intensity edge of a real aperture; 0.25 for simulations with a soft amplitude edge).
+    ``c10_sign`` (any number of the right sign, e.g. the microscope's C10 = −defocus in Å) decides
+    θ vs θ + 180° through the fitted defocus instead of the dark-field rule, when the parallax is used.
     """
     if (semiangle is None) == (angular_sampling is None):
         raise ConfigError("calibrate: give exactly one of semiangle (mrad) or angular_sampling (mrad/px)")
@@ -200,6 +202,10 @@ def calibrate(dataset, semiangle: float | None = None, angular_sampling: float |
             f"no specimen contrast: the centre-of-mass field is nearly as curled as it is divergent at every rotation "
             f"(relative curl {ratio:.2f} > {MAX_CURL_RATIO}) and the bright-field parallax gives no shift map; "
             "vacuum-only data, or too few counts to calibrate the rotation")
+    if c10_sign and pfit is not None and np.sign(pfit.C10) != np.sign(c10_sign):
+        pfit.rotation, pfit.C10, pfit.phi12 = (pfit.rotation + 180.0) % 360.0, -pfit.C10, pfit.phi12 + math.pi / 2
+        notes.append(f"θ + 180° taken so that C10 has the sign given ({c10_sign:+g}); the dark-field rule chose "
+                     "the other")
     rot = fits[chosen]
     rotation = pfit.rotation if pfit is not None else rot.rotation
     if pfit is not None and com_ok:
