@@ -12,7 +12,9 @@ def main() -> None:
     ap.add_argument("case")
     ap.add_argument("result")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--lr", type=float, default=None, help="object and probe learning rate (default: phasestem's)")
+    ap.add_argument("--optimizer", choices=["lsq", "adam"], default="lsq",
+                    help="solver (default: lsq, the parameter file's default)")
+    ap.add_argument("--lr", type=float, default=None, help="object and probe learning rate (default: the solver's)")
     ap.add_argument("--loss", choices=["case", "gaussian", "poisson"], default="case",
                     help="data term: the case file's 'loss' entry (default; gaussian when absent) or as given")
     args = ap.parse_args()
@@ -41,8 +43,8 @@ def main() -> None:
     times, cpu_times, history = [], [], []
     c0 = cpu0 = time.process_time()
     t0 = time.perf_counter()
-    for _loss in model.Adam_optimize(c["iters"], ds, batch_size=c["batch"], constraints=cons, losses=losses,
-                                     progress=False):
+    method = model.LSQ_optimize if args.optimizer == "lsq" else model.Adam_optimize
+    for _loss in method(c["iters"], ds, batch_size=c["batch"], constraints=cons, losses=losses, progress=False):
         t1 = time.perf_counter()
         c1 = time.process_time()
         times.append(t1 - t0)
@@ -51,8 +53,10 @@ def main() -> None:
         t0, c0 = time.perf_counter(), time.process_time()
     cpu = time.process_time() - cpu0
     phase = model.phase_in_dataset_frame()
-    settings = {"tool": "phasestem", "optimizer": "Adam",
-                "learning_rates": {k: s.lr for k, s in model.schedules.items()},
+    import phasestem
+
+    settings = {"tool": f"phasestem {phasestem.__version__}", "optimizer": args.optimizer,
+                "learning_rates": {k: s.resolved_lr(k, args.optimizer) for k, s in model.schedules.items()},
                 "batch": c["batch"], "probe_modes": model.n_probe_modes, "slices": model.n_slices,
                 "ortho_probe": c["n_modes"] > 1,
                 "losses": "poisson NLL" if loss_name == "poisson" else "gaussian on sqrt(I)",

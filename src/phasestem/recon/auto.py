@@ -28,7 +28,7 @@ INIT_METHODS = ("none", "dpc", "parallax", "ssb")
 #: AD settings of an --auto run (every one can be changed in OUT/params.yaml and re-run)
 AUTO_MODEL: dict[str, Any] = {
     "n_slices": 1, "n_probe_modes": 1,
-    "learning_rates": {"obj_phase": 0.01, "obj_amplitude": 0.01, "probe": {"lr": 0.005, "start": 3}},
+    "learning_rates": {"probe": {"start": 3}},  # lsq solver: object and probe steps at its defaults
 }
 AUTO_RUN: dict[str, Any] = {"n_epochs": 20, "batch_size": 16, "checkpoint_every": 0}
 

@@ -216,6 +216,15 @@ def _build_optimizer(kind: str, model, names: list[str], lr_scale: float, moment
     raise PhasestemError(f"optimizer must be 'lsq', 'adam', 'sgd' or 'lbfgs', got {kind!r}")
 
 
+def decay_factor(kind: str, step: int, n_steps: int, final: float) -> float:
+    """Learning-rate factor of epoch ``step`` (0-based) of ``n_steps``: 'none' → 1; 'cosine' → 1 … ``final``."""
+    if kind == "none" or n_steps <= 1:
+        return 1.0
+    if kind == "cosine":
+        return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * min(step, n_steps - 1) / (n_steps - 1)))
+    raise PhasestemError(f"run.lr_decay must be 'none' or 'cosine', got {kind!r}")
+
+
 def _dist():
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -244,6 +253,8 @@ def optimize(
     log_file: str | Path | None = None,
     precondition_reg: float = 0.1,
     divergence_factor: float = 10.0,
+    lr_decay: str = "none",
+    lr_final: float = 0.1,
 ):
     """Run ``n_epochs`` more epochs; yield each epoch's mean total loss (float).
 
@@ -251,6 +262,9 @@ def optimize(
     ``checkpoint_every``: write ``checkpoint_path`` every that many epochs (and at the end).
     ``figures_every``: write ``out_dir/epoch_NNNN.png`` every that many epochs.
     ``log_file`` (default ``out_dir/reconstruct.log`` when ``out_dir`` is set) receives the log.
+    ``precondition_reg``: the lsq solver's relative curvature floor (:mod:`phasestem.recon.precondition`).
+    ``divergence_factor``: stop when an epoch's loss exceeds this many times the best (and the start); 0: only NaN.
+    ``lr_decay`` ('none' | 'cosine'): every learning rate falls from 1× to ``lr_final``× over this call's epochs.
     """
     losses = losses or LossConfig()
     constraints = constraints or Constraints()
@@ -280,6 +294,7 @@ def optimize(
     model._resume_optimizer_state = None
     from tqdm.auto import tqdm
 
+    first_epoch = model.epoch + 1
     finite = [h["loss"] for h in model.loss_history if math.isfinite(h["loss"])]
     best_loss = min(finite, default=math.inf)
     best_state: tuple[int, dict] | None = None  # (epoch, state) of the best epoch of this call
@@ -318,8 +333,10 @@ def optimize(
                         log.warning("optimizer state in the checkpoint not reused: %s", exc)
                     pending_state = None
             if optimizer != "lbfgs":  # learning rates may have been changed between epochs
+                decay = decay_factor(lr_decay, epoch - first_epoch, n_epochs, lr_final)
                 for group in opt.param_groups:
-                    group["lr"] = model.schedules[group["name"]].resolved_lr(group["name"], optimizer) * lr_scale
+                    group["lr"] = (model.schedules[group["name"]].resolved_lr(group["name"], optimizer) * lr_scale
+                                   * decay)
             snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
             gen = torch.Generator().manual_seed(seed * 100003 + epoch)
             positions = model.positions.detach().cpu().numpy() if batch_mode == "compact" else None

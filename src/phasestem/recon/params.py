@@ -115,8 +115,9 @@ class ScanConfig(Strict):
 class ScheduleConfig(Strict):
     """Learning rate and active epoch range of one parameter."""
 
-    lr: float = Field(ge=0, description="learning rate: Adam/SGD units per update; for lsq (object, probe) a "
-                      "fraction of the Gauss–Newton step; 0 freezes the parameter")
+    lr: float | None = Field(None, ge=0, description="learning rate: Adam/SGD units per update; for lsq (object, "
+                             "probe) a fraction of the Gauss–Newton step; 0 freezes the parameter; null: the "
+                             "solver's default")
     start: int = Field(1, ge=1, description="first epoch (1-based) in which the parameter is optimised")
     end: int | None = Field(None, description="last epoch (null: to the end)")
 
@@ -188,6 +189,9 @@ class RunConfig(Strict):
     batch_mode: Literal["random", "compact"] = Field("random", description="random or spatially compact batches")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
     lr_scale: float = Field(1.0, gt=0, description="multiplies every learning rate")
+    lr_decay: Literal["none", "cosine"] = Field("none", description="cosine: every learning rate falls to lr_final × "
+                                                "its value over the run's epochs (restarts on --resume)")
+    lr_final: float = Field(0.1, gt=0, le=1, description="final learning-rate fraction of lr_decay: cosine")
     seed: int = Field(0, description="seed of the batch order")
     device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1, auto")
     out_dir: Path = Field(Path("recon_out"), description="output folder (relative to the YAML file)")
@@ -392,7 +396,8 @@ def optimizer_options(params: ReconstructParams) -> dict:
     return {"optimizer": r.optimizer, "batch_size": r.batch_size, "batch_mode": r.batch_mode,
             "losses": LossConfig(**params.losses.model_dump()), "constraints": params.constraints,
             "lr_scale": r.lr_scale, "momentum": r.momentum, "seed": r.seed, "progress": r.progress,
-            "precondition_reg": r.precondition_reg, "divergence_factor": r.divergence_factor}
+            "precondition_reg": r.precondition_reg, "divergence_factor": r.divergence_factor,
+            "lr_decay": r.lr_decay, "lr_final": r.lr_final}
 
 
 def resolve_device(name: str) -> str:
