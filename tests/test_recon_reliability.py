@@ -90,3 +90,31 @@ def test_flipped_defocus_sign_warns(data, tmp_path, capsys):
     code, out, err = _cli(capsys, "reconstruct", path)
     assert code == 0
     assert "defocus sign is probably flipped" in err, err
+
+
+def test_calibrate_out_over_its_input_is_refused(tmp_path, capsys):
+    import numpy as np
+
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    data = folder / "calibrated.npy"
+    np.save(data, np.ones((4, 4, 8, 8), dtype=np.float32))
+    before = data.read_bytes()
+    code, out, err = _cli(capsys, "calibrate", data, "--energy", "300e3", "--semiangle", "20", "--scan-step", "1",
+                          "--out", folder)
+    assert code == 1 and "would overwrite" in err
+    assert data.read_bytes() == before
+
+
+def test_an_object_larger_than_memory_is_refused_before_allocating(monkeypatch):
+    import numpy as np
+
+    from phasestem.dataset import FourDSTEM, angular_sampling_for
+    from phasestem.errors import ConfigError
+    from phasestem.recon import Ptychography, model
+
+    monkeypatch.setattr(model, "available_memory", lambda: 50 << 20)  # 50 MB
+    ds = FourDSTEM(patterns=np.ones((2, 2, 32, 32), np.float32), energy=300e3, scan_step=(1e4, 1e4),
+                   angular_sampling=angular_sampling_for(300e3, 0.4, (32, 32)), semiangle=15.0)
+    with pytest.raises(ConfigError, match="scan.step|object"):
+        Ptychography.from_dataset(ds)

@@ -81,9 +81,16 @@ def transpose_choice(value: str) -> bool | None:
     return {"auto": None, "yes": True, "no": False}[value]
 
 
+#: files ``phasestem calibrate`` writes into its output folder (none may be the input)
+CALIBRATE_FILES = ("calibrated.npy", "params.yaml", "calibration.json", "calibration.png", "calibration_disk.png",
+                   "calibration_rotation.png", "calibration_parallax.png")
+
+
 def _calibrate_cmd(args) -> int:
+    from ..safety import refuse_output_over_inputs
     from .files import calibrate_file
 
+    refuse_output_over_inputs(args.out, [args.file], field="--out", written=CALIBRATE_FILES)
     calib, files = calibrate_file(
         args.file, args.out, energy=args.energy, scan_step=scan_step(args), semiangle=args.semiangle,
         angular_sampling=args.angular_sampling, reader_options=reader_options(args), format=args.format,

@@ -48,6 +48,7 @@ from torch import nn
 from .. import optics
 from ..errors import ConfigError, InputFileError, ShapeError
 from ..physics import ForwardModel
+from ..safety import available_memory
 
 PARAM_NAMES = ("obj_amplitude", "obj_phase", "probe", "positions", "tilt", "slice_thickness", "obj_weights")
 
@@ -93,6 +94,22 @@ class ParamSchedule:
         if self.lr is not None:
             return float(self.lr)
         return SOLVER_DEFAULTS.get(optimizer, SOLVER_DEFAULTS["adam"]).get(name, 0.0)
+
+
+#: float32 copies of the object (amplitude and phase) an optimisation holds: values, gradients, two Adam
+#: moments, the best-state and the epoch snapshot
+OBJECT_COPIES = 2 * 6
+
+
+def check_object_memory(obj_shape: tuple[int, int], n_slices: int, n_object_modes: int) -> None:
+    """Refuse an object whose optimisation would not fit in the memory available now (before allocating)."""
+    need = OBJECT_COPIES * 4 * n_slices * n_object_modes * obj_shape[0] * obj_shape[1]
+    have = available_memory()
+    if need > have:
+        raise ConfigError(
+            f"the object would be {obj_shape[0]}×{obj_shape[1]} px × {n_slices} slices × {n_object_modes} modes, "
+            f"about {need / 1e9:.3g} GB to optimise, but {have / 1e9:.3g} GB is available: check scan.step and "
+            "scan.shape (Å, px?) and the detector sampling, or use fewer model.n_slices")
 
 
 def load_phase_image(path: str | Path, key: str | None = None) -> np.ndarray:
@@ -276,6 +293,7 @@ class Ptychography(nn.Module):
         half = torch.tensor([window[0] // 2, window[1] // 2], dtype=torch.float32)
         origin_px = half + pad - lo  # integer pixels: object frame = dataset frame + origin
         obj_shape = (int(hi[0] - lo[0]) + window[0] + 2 * pad + 1, int(hi[1] - lo[1]) + window[1] + 2 * pad + 1)
+        check_object_memory(obj_shape, n_slices, n_object_modes)
         origin = (float(origin_px[0]) * sampling[0], float(origin_px[1]) * sampling[1])
         if slice_thickness is None:
             slice_thickness = 10.0 if n_slices > 1 else 1.0
