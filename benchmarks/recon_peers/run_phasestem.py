@@ -24,6 +24,7 @@ def main() -> None:
     from phasestem.dataset import FourDSTEM, angular_sampling_for
     from phasestem.recon import Constraints, Ptychography
     from phasestem.recon.losses import LossConfig
+    from phasestem.recon.params import RunConfig
 
     c = load_case(args.case)
     loss_name = str(c.get("loss", "gaussian")) if args.loss == "case" else args.loss
@@ -44,7 +45,10 @@ def main() -> None:
     c0 = cpu0 = time.process_time()
     t0 = time.perf_counter()
     method = model.LSQ_optimize if args.optimizer == "lsq" else model.Adam_optimize
-    for _loss in method(c["iters"], ds, batch_size=c["batch"], constraints=cons, losses=losses, progress=False):
+    run = RunConfig()  # the parameter file's defaults
+    defaults = {"precondition_reg": run.precondition_reg, "lr_decay": run.lr_decay, "lr_final": run.lr_final}
+    for _loss in method(c["iters"], ds, batch_size=c["batch"], constraints=cons, losses=losses, progress=False,
+                        **defaults):
         t1 = time.perf_counter()
         c1 = time.process_time()
         times.append(t1 - t0)
@@ -57,7 +61,7 @@ def main() -> None:
 
     settings = {"tool": f"phasestem {phasestem.__version__}", "optimizer": args.optimizer,
                 "learning_rates": {k: s.resolved_lr(k, args.optimizer) for k, s in model.schedules.items()},
-                "batch": c["batch"], "probe_modes": model.n_probe_modes, "slices": model.n_slices,
+                **defaults, "batch": c["batch"], "probe_modes": model.n_probe_modes, "slices": model.n_slices,
                 "ortho_probe": c["n_modes"] > 1,
                 "losses": "poisson NLL" if loss_name == "poisson" else "gaussian on sqrt(I)",
                 "cpu_s_per_iter": cpu / c["iters"], "iter_cpu": cpu_times}

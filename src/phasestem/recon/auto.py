@@ -30,7 +30,7 @@ AUTO_MODEL: dict[str, Any] = {
     "n_slices": 1, "n_probe_modes": 1,
     "learning_rates": {"probe": {"start": 3}},  # lsq solver: object and probe steps at its defaults
 }
-AUTO_RUN: dict[str, Any] = {"n_epochs": 20, "batch_size": 16, "checkpoint_every": 0}
+AUTO_RUN: dict[str, Any] = {"n_epochs": 10, "batch_size": 16, "checkpoint_every": 0}
 
 
 def direct_phase(dataset, method: str):

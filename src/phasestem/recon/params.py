@@ -178,7 +178,7 @@ class RunConfig(Strict):
     optimizer: Literal["lsq", "adam", "sgd", "lbfgs"] = Field(
         "lsq", description="lsq: illumination-preconditioned least-squares steps for object and probe (Adam for "
         "positions, tilt, thickness); or adam, sgd, lbfgs")
-    precondition_reg: float = Field(0.1, gt=0, le=10, description="lsq: relative floor of the curvature (dim pixels "
+    precondition_reg: float = Field(0.03, gt=0, le=10, description="lsq: relative floor of the curvature (dim pixels "
                                     "step at most 1/reg of a bright pixel's step)")
     check_optics: bool = Field(True, description="before the run, fit the scan centre briefly with C10 and −C10 and "
                                "warn when the flipped defocus sign fits the data far better")
@@ -189,8 +189,9 @@ class RunConfig(Strict):
     batch_mode: Literal["random", "compact"] = Field("random", description="random or spatially compact batches")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
     lr_scale: float = Field(1.0, gt=0, description="multiplies every learning rate")
-    lr_decay: Literal["none", "cosine"] = Field("none", description="cosine: every learning rate falls to lr_final × "
-                                                "its value over the run's epochs (restarts on --resume)")
+    lr_decay: Literal["none", "cosine"] = Field("cosine", description="cosine: every learning rate falls to lr_final "
+                                                "× its value over the run's epochs (restarts on --resume), which keeps "
+                                                "noisy data from being over-fitted late in a run; none: constant")
     lr_final: float = Field(0.1, gt=0, le=1, description="final learning-rate fraction of lr_decay: cosine")
     seed: int = Field(0, description="seed of the batch order")
     device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1, auto")
