@@ -120,7 +120,7 @@ def ad_seconds_per_epoch(epochs: int) -> float:
     from phasestem.recon.synthetic import simulate_dataset
 
     ds = simulate_dataset(window=(64, 64), sampling=100 / 256, scan_shape=(50, 50), scan_step=2.0, energy=300e3,
-                          semiangle=15.0, defocus=50.0, max_phase=0.5, seed=0)
+                          semiangle=15.0, c10=50.0, max_phase=0.5, seed=0)
     model = Ptychography.from_dataset(ds)
     model.positions.requires_grad_(False)
     gen = model.Adam_optimize(epochs + 1, ds, batch_size=32, progress=False)

@@ -93,7 +93,7 @@ def main(argv=None) -> None:
     for case in args.cases.split(","):
         S, M = CASES[case]
         ds = simulate_dataset(window=(128, 128), sampling=0.2, scan_shape=(args.scan, args.scan), scan_step=1.0,
-                              energy=300e3, semiangle=20.0, defocus=-100.0, n_slices=S, slice_thickness=10.0,
+                              energy=300e3, semiangle=20.0, c10=-100.0, n_slices=S, slice_thickness=10.0,
                               max_phase=0.5 if S == 1 else 0.3, seed=0)
         model = Ptychography.from_dataset(ds, n_slices=S, slice_thickness=10.0, n_probe_modes=M)
         model.positions.requires_grad_(False)

@@ -74,7 +74,7 @@ def test_parallax_defocus_sign_matches_phasestem_forward_model():
     from phasestem.recon.synthetic import simulate_dataset
 
     ds = simulate_dataset(window=(48, 48), sampling=0.3, scan_shape=(16, 16), scan_step=0.4, semiangle=20.0,
-                          defocus=60.0, max_phase=0.5, dose=2e4, seed=1)
+                          c10=60.0, max_phase=0.5, dose=2e4, seed=1)
     cal = calibrate(ds._replace(angular_sampling=None), semiangle=20.0)
     assert cal.transpose is False and _angle_diff(cal.rotation, 0.0) < 1.0, cal.summary()
     assert abs(cal.aberrations["C10"] - 60.0) < 6.0, cal.summary()

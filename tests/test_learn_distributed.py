@@ -12,7 +12,7 @@ import yaml
 from phasestem.learn.data import write_synthetic_file
 
 HERE = Path(__file__).resolve().parent
-GEO = dict(extent=24.0, phase_px=48, scan=12, window=8, defocus=100.0, n_blobs=8)
+GEO = dict(extent=24.0, phase_px=48, scan=12, window=8, c10=100.0, n_blobs=8)
 DATA = {"block": 6, "stride": 3, "patch": 24, "preprocess": {"normalize": "pattern", "scale": "sqrt"}}
 
 

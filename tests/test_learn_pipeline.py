@@ -17,7 +17,7 @@ from phasestem.learn.config import load_train_config
 from phasestem.learn.data import write_synthetic_file
 
 ROOT = Path(__file__).resolve().parents[1]
-GEO = dict(extent=24.0, phase_px=48, scan=12, window=16, defocus=100.0, n_blobs=8)
+GEO = dict(extent=24.0, phase_px=48, scan=12, window=16, c10=100.0, n_blobs=8)
 DATA = {"block": 6, "stride": 3, "patch": 24, "preprocess": {"normalize": "pattern", "scale": "sqrt"}}
 
 

@@ -328,7 +328,7 @@ def patch_config(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("patch")
     write_synthetic_file(tmp / "simulation_data1.h5", 3, 0, extent=24.0, phase_px=48, scan=12, window=8,
-                         defocus=100.0, n_blobs=8)
+                         c10=100.0, n_blobs=8)
     path = tmp / "p.yaml"
     path.write_text(yaml.safe_dump({
         "stage": "patch", "out_dir": str(tmp / "p"), "model": {"size": "tiny"},

@@ -699,16 +699,17 @@ def synthetic_phase(n_px: int, sampling: float, rng: np.random.Generator, n_blob
 
 def write_synthetic_file(path: str | Path, n_samples: int, first_sample: int = 0, seed: int = 0,
                          extent: float = 32.0, phase_px: int = 64, scan: int = 16, window: int = 16,
-                         energy: float = 300e3, semiangle: float = 12.0, defocus: float = 100.0,
+                         energy: float = 300e3, semiangle: float = 12.0, c10: float = 100.0,
                          dose: float | None = None, n_blobs: int = 12) -> Path:
     """Write a small seed-000-layout file of weak phase objects simulated with :class:`ForwardModel`.
 
     The object is a single slice ``exp(i·phase)`` on a ``phase_px``² grid over ``extent`` Å (pixel =
     ``extent/phase_px``); a ``scan``² raster spans the cell; patterns are ``window``² (one object
     pixel per real-space pixel), fftshift-ed, summing to 1 (or Poisson counts with ``dose`` e⁻/pattern).
-    ``defocus`` is C10 in Å (over-focus), which spreads the probe over about one scan step.
+    ``c10`` is C10 in Å (> 0: over-focus), which spreads the probe over about one scan step.
     """
     from ..dataset import angular_sampling_for as ang_for
+    from ..noise import poisson_counts
     from ..optics import make_probe
     from ..physics import ForwardModel, transmission_function
 
@@ -716,7 +717,7 @@ def write_synthetic_file(path: str | Path, n_samples: int, first_sample: int = 0
     rng = np.random.default_rng(seed + 7919 * first_sample)
     ps = extent / phase_px
     step = extent / scan
-    probe = make_probe((window, window), (ps, ps), energy, semiangle, {"C10": defocus})
+    probe = make_probe((window, window), (ps, ps), energy, semiangle, {"C10": c10})
     fm = ForwardModel((window, window), (ps, ps), energy)
     iy, ix = np.meshgrid(np.arange(scan), np.arange(scan), indexing="ij")
     pos = torch.tensor(np.stack([iy.ravel(), ix.ravel()], -1) * step, dtype=torch.float32)
@@ -729,14 +730,14 @@ def write_synthetic_file(path: str | Path, n_samples: int, first_sample: int = 0
             with torch.no_grad():
                 pats = fm(obj, probe, pos).reshape(scan, scan, window, window).numpy()
             if dose is not None:
-                pats = rng.poisson(pats * dose).astype(np.float32)
+                pats = poisson_counts(pats, dose, rng)
             f.create_dataset(f"dp_set_{i}", data=pats.astype(np.float32), chunks=(min(5, scan), min(5, scan),
                                                                                    window, window))
             f.create_dataset(f"phase_{i}", data=phase)
             f.create_dataset(f"potential_{i}", data=(phase / sigma).astype(np.float32))
         a = f.attrs
         a["format"], a["phase_convention"], a["energy"], a["semiangle"] = SEED_FORMAT, "phase_rad", energy, semiangle
-        a["aberrations"] = json.dumps({"C10": defocus})
+        a["aberrations"] = json.dumps({"C10": c10})
         a["scan_shape"], a["scan_step"], a["scan_origin"] = np.array([scan, scan]), np.array([step, step]), np.zeros(2)
         a["extent"], a["phase_shape"] = np.array([extent, extent]), np.array([phase_px, phase_px])
         a["phase_sampling"], a["pattern_shape"] = np.array([ps, ps]), np.array([window, window])

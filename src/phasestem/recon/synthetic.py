@@ -12,6 +12,7 @@ import torch
 
 from .. import optics
 from ..dataset import FourDSTEM, angular_sampling_for
+from ..noise import poisson_counts
 from ..physics import ForwardModel, transmission_function
 from ..specimen import synthetic_phase
 
@@ -23,7 +24,7 @@ def simulate_dataset(
     scan_step: float = 1.0,
     energy: float = 300e3,
     semiangle: float = 15.0,
-    defocus: float = 50.0,
+    c10: float = 50.0,
     n_slices: int = 1,
     slice_thickness: float = 10.0,
     max_phase: float = 0.5,
@@ -37,11 +38,11 @@ def simulate_dataset(
 ) -> FourDSTEM:
     """Simulated 4D-STEM scan (noise-free unless ``dose`` electrons/pattern is given).
 
-    The probe has ``C10 = defocus`` Å; ``source_size`` (Å FWHM) makes it partially coherent
-    (``n_modes`` modes). ``position_noise`` (Å, std) perturbs the true positions; the dataset
-    keeps the nominal grid and ``truth['positions']`` the true ones. ``truth['object_phase']``
-    (S, Ny, Nx) is the whole simulated object, whose pixel ``truth['object_origin']`` (Å) is the
-    dataset's 0 Å. Per-slice phases are
+    The probe has aberration ``c10`` = C10 Å (> 0: crossover before the specimen); ``source_size``
+    (Å FWHM) makes it partially coherent (``n_modes`` modes). ``position_noise`` (Å, std) perturbs
+    the true positions; the dataset keeps the nominal grid and ``truth['positions']`` the true ones.
+    ``truth['object_phase']`` (S, Ny, Nx) is the whole simulated object, whose pixel
+    ``truth['object_origin']`` (Å) is the dataset's 0 Å. Per-slice phases are
     independent synthetic 'atom' images with maximum ``max_phase`` (or ``phase_slices``
     (S, Ny, Nx) when given).
     """
@@ -56,7 +57,7 @@ def simulate_dataset(
         phase_slices = np.stack([synthetic_phase(extent_px, rng, "atoms", max_phase) for _ in range(n_slices)])
     phase_slices = np.asarray(phase_slices, dtype=np.float32)
     obj = transmission_function(torch.as_tensor(phase_slices))[None]  # (1, S, Ny, Nx)
-    probe = optics.make_probe(window, samp, energy, semiangle, {"C10": defocus})
+    probe = optics.make_probe(window, samp, energy, semiangle, {"C10": c10})
     occ = None
     if source_size:
         probe, occ = optics.partial_coherence_modes(probe, samp, source_size, n_modes)
@@ -69,14 +70,14 @@ def simulate_dataset(
         pats = fm(obj, probe, pos_obj, slice_thickness, torch.tensor(tilt, dtype=torch.float32))
     pats = pats.numpy().astype(np.float64)
     if dose:
-        pats = rng.poisson(pats * dose).astype(np.float64)
+        pats = poisson_counts(pats, dose, rng, np.float64)
     pats = pats.reshape(*scan_shape, *window).astype(np.float32)
     oy, ox = origin_px
     phase_ds = phase_slices[:, oy:, ox:]  # dataset frame: pixel (0,0) at 0 Å
     return FourDSTEM(
         patterns=pats, energy=energy, scan_step=(scan_step, scan_step),
         angular_sampling=angular_sampling_for(energy, samp, window), semiangle=semiangle,
-        aberrations={"C10": defocus},
+        aberrations={"C10": c10},
         metadata={"source": "phasestem.recon.synthetic", "occupancies": None if occ is None else occ.tolist()},
         truth={"phase": phase_ds.sum(0), "phase_slices": phase_ds, "sampling": samp, "positions": true_pos,
                "slice_thickness": slice_thickness, "tilt": tuple(tilt), "probe": probe.numpy(),

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from .. import specimen as spec
 from ..errors import ConfigError
+from ..noise import electrons_per_pattern, poisson_counts
 from ..optics import antialias_mask, band_limit_mrad, interaction_constant, make_probe, wavelength
 from ..physics import add_squared_modulus, fft2, ifft2, multislice, propagator, shifted_probes
 from ..runtime import retain_freed_memory
@@ -217,8 +218,8 @@ def simulate_sample(cfg: SimulationConfig, index: int, progress: bool = False) -
                                  dz, det, cfg.compute.batch, progress)
     patterns = patterns.numpy().reshape(*cfg.scan.shape, *cfg.detector.shape)
     if cfg.detector.dose is not None:
-        electrons = cfg.detector.dose * cfg.scan.step[0] * cfg.scan.step[1]
-        patterns = rng.poisson(np.clip(patterns, 0, None) * electrons).astype(np.float32)
+        electrons = electrons_per_pattern(cfg.detector.dose, cfg.scan.step)
+        patterns = poisson_counts(patterns, electrons, rng)
         attrs["electrons_per_pattern"] = electrons
     potential = spec.bin_image(pots.sum(1).mean(0).cpu(), g.phase_gpts).numpy().astype(np.float32)
     return {
