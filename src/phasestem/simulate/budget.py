@@ -107,21 +107,10 @@ def output_bytes(cfg: SimulationConfig) -> int:
 
 
 def available_host_memory() -> int:
-    """Bytes of host memory available now (psutil, else /proc/meminfo; unknown = no limit)."""
-    try:
-        import psutil
+    """Bytes of host memory available now (:func:`phasestem.safety.available_memory`)."""
+    from ..safety import available_memory
 
-        return int(psutil.virtual_memory().available)
-    except ImportError:
-        pass
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 1 << 62
+    return available_memory()
 
 
 def available_device_memory(device: str) -> int | None:
