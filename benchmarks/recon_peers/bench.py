@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -139,16 +138,9 @@ def run_tool(tool: str, case_path: Path, result_path: Path, envs: Path, threads:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), MPLBACKEND="Agg",
                PYTHONPATH=str(HERE))
     cmd = [py, str(HERE / f"run_{tool}.py"), str(case_path), str(result_path), "--threads", str(threads)]
-    log = result_path.with_suffix(".log")
-    with open(log, "w") as fh:
-        try:
-            proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return f"timed out after {timeout} s (log {log})"
-    if proc.returncode != 0:
-        tail = log.read_text().strip().splitlines()[-3:]
-        return f"failed (rc {proc.returncode}, log {log}): {' | '.join(tail)}"
-    return None
+    from common import run_logged
+
+    return run_logged(cmd, env, result_path.with_suffix(".log"), timeout)
 
 
 def main() -> None:

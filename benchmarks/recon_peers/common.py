@@ -50,3 +50,20 @@ def set_threads(n: int) -> None:
         torch.set_num_threads(n)
     except ImportError:
         pass
+
+
+def run_logged(cmd: list[str], env: dict, log, timeout: int) -> str | None:
+    """Run a runner with its output in ``log``; None on success, else one line saying what went wrong."""
+    import subprocess
+    from pathlib import Path
+
+    log = Path(log)
+    with open(log, "w") as fh:
+        try:
+            proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return f"timed out after {timeout} s (log {log})"
+    if proc.returncode != 0:
+        tail = log.read_text().strip().splitlines()[-3:]
+        return f"failed (rc {proc.returncode}, log {log}): {' | '.join(tail)}"
+    return None
