@@ -30,7 +30,8 @@ AUTO_MODEL: dict[str, Any] = {
     "n_slices": 1, "n_probe_modes": 1,
     "learning_rates": {"probe": {"start": 3}},  # lsq solver: object and probe steps at its defaults
 }
-AUTO_RUN: dict[str, Any] = {"n_epochs": 10, "batch_size": 16, "checkpoint_every": 0}
+#: (no defocus-sign check: --auto takes C10 with its sign from the parallax fit)
+AUTO_RUN: dict[str, Any] = {"n_epochs": 10, "batch_size": 16, "checkpoint_every": 0, "check_optics": False}
 
 
 def direct_phase(dataset, method: str):

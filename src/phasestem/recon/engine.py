@@ -251,7 +251,7 @@ def optimize(
     figures_every: int = 0,
     progress: bool = True,
     log_file: str | Path | None = None,
-    precondition_reg: float = 0.03,
+    precondition_reg: float = 0.1,
     divergence_factor: float = 10.0,
     lr_decay: str = "none",
     lr_final: float = 0.1,

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 
 log = logging.getLogger("phasestem.recon")
 
+#: the flipped sign is reported when its data error is this many times lower than the given sign's
+FLIP_FACTOR = 1.5
+
 
 @dataclass
 class SignCheck:
@@ -25,7 +28,7 @@ class SignCheck:
 
     @property
     def flipped_fits_better(self) -> bool:
-        return self.loss_flipped * 2.0 < self.loss_given
+        return self.loss_flipped * FLIP_FACTOR < self.loss_given
 
     def message(self) -> str:
         return (f"the data fit C10 = {-self.c10:g} Å far better than the given C10 = {self.c10:g} Å (data error "

@@ -178,7 +178,7 @@ class RunConfig(Strict):
     optimizer: Literal["lsq", "adam", "sgd", "lbfgs"] = Field(
         "lsq", description="lsq: illumination-preconditioned least-squares steps for object and probe (Adam for "
         "positions, tilt, thickness); or adam, sgd, lbfgs")
-    precondition_reg: float = Field(0.03, gt=0, le=10, description="lsq: relative floor of the curvature (dim pixels "
+    precondition_reg: float = Field(0.1, gt=0, le=10, description="lsq: relative floor of the curvature (dim pixels "
                                     "step at most 1/reg of a bright pixel's step)")
     check_optics: bool = Field(True, description="before the run, fit the scan centre briefly with C10 and −C10 and "
                                "warn when the flipped defocus sign fits the data far better")
