@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..plot import save_figure
 from .pipeline import Calibration
 
 
@@ -90,24 +91,13 @@ def write_figures(calib: Calibration, out_dir: str | Path) -> dict[str, Path]:
     plt = _plt()
     out = Path(out_dir)
     files = {}
-    fig, ax = plt.subplots(1, 3, figsize=(10, 3.2))
-    _disk_panels(calib, *ax)
-    files["figure_disk"] = out / "calibration_disk.png"
-    fig.tight_layout()
-    fig.savefig(files["figure_disk"], dpi=90)
-    plt.close(fig)
-    fig, ax = plt.subplots(1, 3, figsize=(10, 3.2))
-    _rotation_panels(calib, *ax)
-    files["figure_rotation"] = out / "calibration_rotation.png"
-    fig.tight_layout()
-    fig.savefig(files["figure_rotation"], dpi=90)
-    plt.close(fig)
-    fig, ax = plt.subplots(1, 2, figsize=(7, 3.2))
-    _parallax_panels(calib, *ax)
-    files["figure_parallax"] = out / "calibration_parallax.png"
-    fig.tight_layout()
-    fig.savefig(files["figure_parallax"], dpi=90)
-    plt.close(fig)
+    for key, name, panels, n, width in (("figure_disk", "calibration_disk.png", _disk_panels, 3, 10),
+                                        ("figure_rotation", "calibration_rotation.png", _rotation_panels, 3, 10),
+                                        ("figure_parallax", "calibration_parallax.png", _parallax_panels, 2, 7)):
+        fig, ax = plt.subplots(1, n, figsize=(width, 3.2))
+        panels(calib, *ax)
+        fig.tight_layout()
+        files[key] = save_figure(fig, out / name, dpi=90, close=True)
     fig, ax = plt.subplots(2, 4, figsize=(12, 5.6))
     _disk_panels(calib, ax[0, 0], ax[0, 1], ax[0, 2])
     _rotation_panels(calib, ax[1, 0], ax[1, 1], ax[1, 2])
@@ -116,7 +106,5 @@ def write_figures(calib: Calibration, out_dir: str | Path) -> dict[str, Path]:
     cut = text.find("; bad pixels")
     fig.suptitle(text[:cut] + "\n" + text[cut + 2 :] if cut > 0 else text, fontsize=8)
     fig.tight_layout()
-    files["figure"] = out / "calibration.png"
-    fig.savefig(files["figure"], dpi=72)
-    plt.close(fig)
+    files["figure"] = save_figure(fig, out / "calibration.png", dpi=72, close=True)
     return files
