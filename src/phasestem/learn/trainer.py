@@ -101,6 +101,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ConfigError, InputFileError, PhasestemError
+from ..schedules import lr_lambda
 
 log = logging.getLogger("phasestem.learn")
 
@@ -352,16 +353,6 @@ def _resolve_device(name: str) -> torch.device:
 
 def _launched_by_accelerate() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 or any(k.startswith("ACCELERATE_") for k in os.environ)
-
-
-def lr_lambda(step: int, total: int, warmup: int, schedule: str, min_ratio: float) -> float:
-    """Multiplier of the peak lr at optimizer step ``step`` (0-based) for warm-up + cosine/constant."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    t = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
 
 class _Averager:
@@ -943,12 +934,7 @@ class Trainer:
             reader = csv.DictReader(fh)
             fields = list(reader.fieldnames or [])
             rows = [r for r in reader if _step_of(r) <= self.global_step]
-        tmp = _atomic_path(path)
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
+        _write_csv(path, rows, fields)
 
     # ---- finiteness ---------------------------------------------------------------------
     def check_finite_weights(self, when: str = "") -> None:
@@ -1129,8 +1115,9 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def _write_csv(path: Path, rows: list[dict[str, float]]) -> None:
-    keys: list[str] = []
+def _write_csv(path: Path, rows: list[dict[str, float]], fields: list[str] | None = None) -> None:
+    """Write ``rows`` atomically; columns ``fields`` first (in their order), then any others the rows have."""
+    keys: list[str] = list(fields or [])
     for r in rows:
         keys.extend(k for k in r if k not in keys)
     tmp = _atomic_path(path)

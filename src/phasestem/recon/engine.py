@@ -31,6 +31,7 @@ import torch
 
 from ..errors import PhasestemError
 from ..runtime import retain_freed_memory
+from ..schedules import lr_lambda
 from .constraints import Constraints, apply_constraints
 from .losses import LossConfig, total_loss
 from .precondition import PRECONDITIONED, precondition_gradients
@@ -217,12 +218,13 @@ def _build_optimizer(kind: str, model, names: list[str], lr_scale: float, moment
 
 
 def decay_factor(kind: str, step: int, n_steps: int, final: float) -> float:
-    """Learning-rate factor of epoch ``step`` (0-based) of ``n_steps``: 'none' → 1; 'cosine' → 1 … ``final``."""
+    """Learning-rate factor of epoch ``step`` (0-based) of ``n_steps``: 'none' → 1; 'cosine' → 1 … ``final`` (at
+    the last epoch), the training schedule's shape (:func:`phasestem.schedules.lr_lambda`)."""
+    if kind not in ("none", "cosine"):
+        raise PhasestemError(f"run.lr_decay must be 'none' or 'cosine', got {kind!r}")
     if kind == "none" or n_steps <= 1:
         return 1.0
-    if kind == "cosine":
-        return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * min(step, n_steps - 1) / (n_steps - 1)))
-    raise PhasestemError(f"run.lr_decay must be 'none' or 'cosine', got {kind!r}")
+    return lr_lambda(step, n_steps - 1, 0, "cosine", final)
 
 
 def _dist():

@@ -260,9 +260,10 @@ class Ptychography(nn.Module):
                 raise ConfigError("dataset has no semiangle (mrad): give optics.semiangle or an explicit probe")
             amplitude = None
             if aperture_edge == "measured":
+                from ..dataset import angular_sampling_for
                 from .probe_init import measured_aperture
 
-                ang = [optics.wavelength(dataset.energy) / (n * d) * 1e3 for n, d in zip(window, sampling, strict=True)]
+                ang = angular_sampling_for(dataset.energy, sampling, window)
                 amplitude = measured_aperture(dataset.mean_pattern(), dataset.semiangle / float(np.mean(ang)))
             elif aperture_edge not in ("soft", "hard"):
                 raise ConfigError(f"aperture_edge must be 'soft', 'hard' or 'measured', got {aperture_edge!r}")

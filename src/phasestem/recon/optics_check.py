@@ -12,6 +12,8 @@ import logging
 import math
 from dataclasses import dataclass
 
+from ..optics import Aberrations
+
 log = logging.getLogger("phasestem.recon")
 
 #: the flipped sign is reported when its data error is this many times lower than the given sign's
@@ -55,7 +57,7 @@ def check_defocus_sign(dataset, build, n_epochs: int = 3, block: int = 8, min_c1
     """
     from .engine import DivergenceError, optimize
 
-    c10 = float((dataset.aberrations or {}).get("C10", 0.0)) - float((dataset.aberrations or {}).get("defocus", 0.0))
+    c10 = Aberrations.from_dict(dataset.aberrations).get("C10")
     if abs(c10) < min_c10:
         return None
     sub = _central_block(dataset, block)
