@@ -176,3 +176,51 @@ def test_detector_apply_dataset_reads_chunks():
     out = det.apply_dataset(ds, chunk_rows=2)
     np.testing.assert_array_equal(out.patterns, np.swapaxes(p, -1, -2))
     assert out.metadata["detector"]["transpose"] is True
+
+
+# ---- the former raster builders and crop/bin copies now give exactly GridScan's / PixelatedDetector's ----------
+def test_former_raster_builders_equal_gridscan():
+    from phasestem.calibrate.disk import DiskFit
+    from phasestem.direct.frame import scan_map
+    from phasestem.direct.tcbf import scan_shift_per_angle
+    from phasestem.learn.data import BlockGeometry
+    from phasestem.recon.synthetic import simulate_dataset
+    from phasestem.scan import rotation_matrix
+    from phasestem.simulate.scan import scan_positions as sim_scan_positions
+
+    for shape, step, origin in [((3, 4), (1 / 3, 0.7), (0.1, -2.3)), ((17, 9), (0.123456789, 1.1), (0.0, 0.0))]:
+        grid = GridScan(shape, step, origin=origin).positions()
+        np.testing.assert_array_equal(sim_scan_positions(shape, step, origin), grid)
+        ds = FourDSTEM(np.zeros((*shape, 2, 2)), energy=300e3, scan_step=step, scan_origin=origin)
+        np.testing.assert_array_equal(ds.positions_angstrom(), grid)
+        np.testing.assert_array_equal(GridScan.from_dataset(ds).positions(), grid)
+        # the raster a reader infers from its positions is the same scan
+        again = GridScan.raster_from_positions(grid)
+        assert again.shape == shape and again.origin == origin
+        np.testing.assert_allclose(again.step, step, atol=1e-3)  # from positions rounded to 3 decimals
+    assert GridScan.raster_from_positions(np.random.default_rng(0).random((12, 2))) is None
+
+    # recon.synthetic: the nominal grid (no position noise) is the plain GridScan
+    syn = simulate_dataset(window=(16, 16), scan_shape=(3, 4), scan_step=0.7, max_phase=0.1)
+    np.testing.assert_array_equal(syn.truth["positions"], GridScan((3, 4), 0.7).positions())
+
+    # learn.data: a block's coordinates are its GridScan centred on 0 Å (float32)
+    for block, step in [(14, (2.0, 2.0)), (5, (0.37, 1 / 7))]:
+        g = BlockGeometry(scan_shape=(20, 20), scan_step=step, block=block, stride=9, patch=16)
+        centred = GridScan((block, block), step, origin=(-(block - 1) / 2 * step[0], -(block - 1) / 2 * step[1]))
+        np.testing.assert_array_equal(g.block_coords(), centred.positions().astype(np.float32))
+        np.testing.assert_allclose(g.block_coords().mean(0), 0.0, atol=1e-5)
+
+    # direct.frame / tcbf / calibrate.disk: the scan's affine map, rotation and index grid
+    scan = GridScan((5, 6), (0.4, 0.5), origin=(1.0, -0.5), rotation=23.0)
+    rotated = FourDSTEM(np.zeros((5, 6, 2, 2)), energy=300e3, scan_step=(0.4, 0.5), positions=scan.positions())
+    L, origin = scan_map(rotated)
+    np.testing.assert_allclose(L, scan.matrix, atol=1e-12)
+    np.testing.assert_allclose(origin, scan.origin, atol=1e-12)
+    np.testing.assert_array_equal(scan_shift_per_angle(23.0, (0.4, 0.5)),
+                                  np.diag([1 / 0.4, 1 / 0.5]) @ rotation_matrix(23.0).T)
+    fit = DiskFit.__new__(DiskFit)
+    fit.plane = np.array([[10.0, 11.0], [0.5, -0.25], [0.125, 1.0]])
+    idx = GridScan((5, 6)).indices()
+    np.testing.assert_array_equal(fit.plane_at((5, 6)).reshape(-1, 2),
+                                  fit.plane[0] + idx[:, :1] * fit.plane[1] + idx[:, 1:] * fit.plane[2])

@@ -15,6 +15,7 @@ import torch
 
 from .errors import ShapeError
 from .optics import wavelength
+from .scan import GridScan
 
 
 @dataclass
@@ -94,13 +95,11 @@ class FourDSTEM:
         return (lam / (H * self.angular_sampling[0] * 1e-3), lam / (W * self.angular_sampling[1] * 1e-3))
 
     def positions_angstrom(self) -> np.ndarray:
-        """Probe positions (Sy·Sx, 2) in Å, row-major over the scan."""
+        """Probe positions (Sy·Sx, 2) in Å, row-major over the scan: the explicit ``positions`` when given,
+        else the :class:`~phasestem.scan.GridScan` of ``scan_step`` and ``scan_origin``."""
         if self.positions is not None:
             return self.positions
-        sy, sx = self.scan_shape
-        iy, ix = np.meshgrid(np.arange(sy), np.arange(sx), indexing="ij")
-        pos = np.stack([iy.ravel() * self.scan_step[0], ix.ravel() * self.scan_step[1]], -1)
-        return pos + np.asarray(self.scan_origin)
+        return GridScan(self.scan_shape, self.scan_step, origin=self.scan_origin).positions()
 
     # ---- data access -----------------------------------------------------------------
     def get_patterns(self, index=None, dtype=torch.float32, device=None) -> torch.Tensor:

@@ -88,6 +88,26 @@ class GridScan:
         return cls(shape=tuple(shape) if shape is not None else (1, len(pos)), explicit=pos)
 
     @classmethod
+    def raster_from_positions(cls, positions, decimals: int = 3) -> GridScan | None:
+        """The plain raster that (N, 2) Å positions form, or None when they are not one.
+
+        The positions, rounded to ``decimals``, must be row-major over every pair of their distinct y and x
+        values. ``shape`` counts those values, ``step`` is the median spacing of each (1 Å for a single one)
+        and ``origin`` the first position.
+        """
+        raw = np.asarray(positions, dtype=np.float64).reshape(-1, 2)
+        pos = np.round(raw, decimals)
+        ys, xs = np.unique(pos[:, 0]), np.unique(pos[:, 1])
+        if len(ys) * len(xs) != len(pos):
+            return None
+        gy, gx = np.meshgrid(ys, xs, indexing="ij")  # the product of the distinct values, not a uniform grid
+        if not np.allclose(np.stack([gy.ravel(), gx.ravel()], -1), pos, atol=10.0 ** (-decimals)):
+            return None
+        dy = float(np.median(np.diff(ys))) if len(ys) > 1 else 1.0
+        dx = float(np.median(np.diff(xs))) if len(xs) > 1 else 1.0
+        return cls(shape=(len(ys), len(xs)), step=(dy, dx), origin=tuple(raw[0]))
+
+    @classmethod
     def from_dataset(cls, dataset) -> GridScan:
         """The scan of a :class:`~phasestem.dataset.FourDSTEM`: its grid, or its explicit positions."""
         return cls(shape=dataset.scan_shape, step=dataset.scan_step, origin=dataset.scan_origin,
@@ -139,6 +159,8 @@ class GridScan:
         """(N, 2) probe positions (y, x) in Å, row-major over the scan."""
         if self.explicit is not None:
             return self.explicit.copy()
+        if self.is_plain_raster:  # (iy·dy + y0, ix·dx + x0) directly, as a plain raster builder computes it
+            return self.indices() * np.asarray(self.step) + np.asarray(self.origin)
         return self.indices().astype(np.float64) @ self.matrix.T + np.asarray(self.origin)
 
     @property

@@ -14,6 +14,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import PhasestemError
+from ..scan import GridScan
 from .reading import row_chunks
 
 
@@ -35,7 +36,7 @@ class DiskFit:
 
     def plane_at(self, shape: tuple[int, int]) -> np.ndarray:
         """Descan plane evaluated on a scan of ``shape``: (Sy, Sx, 2) px."""
-        iy, ix = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+        iy, ix = GridScan(shape).indices().T.reshape(2, *shape)
         return self.plane[0] + iy[..., None] * self.plane[1] + ix[..., None] * self.plane[2]
 
     @property
@@ -102,8 +103,7 @@ def fit_disk(dataset, mean: np.ndarray, plan=None, threshold: float = 0.5) -> Di
         n = np.maximum(n, 1)
         centres[rows, :, 0] = (b * yy).sum((-2, -1)) / n
         centres[rows, :, 1] = (b * xx).sum((-2, -1)) / n
-    iy, ix = np.meshgrid(np.arange(sy), np.arange(sx), indexing="ij")
-    design = np.stack([np.ones(sy * sx), iy.ravel(), ix.ravel()], -1)
+    design = np.column_stack([np.ones(sy * sx), GridScan((sy, sx)).indices()])  # 1, iy, ix
     flat = centres.reshape(-1, 2)
     keep = np.ones(len(flat), bool)
     for _ in range(2):  # one pass of outlier rejection

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from ..scan import GridScan
+
 
 @dataclass
 class PhaseImage:
@@ -22,9 +24,8 @@ class PhaseImage:
 
 def scan_map(dataset) -> tuple[np.ndarray, np.ndarray]:
     """(L, origin): least-squares affine map position = origin + L·(iy, ix) Å of the dataset's scan."""
-    sy, sx = dataset.scan_shape
-    iy, ix = np.meshgrid(np.arange(sy), np.arange(sx), indexing="ij")
-    design = np.stack([iy.ravel(), ix.ravel(), np.ones(sy * sx)], -1)
+    index = GridScan(dataset.scan_shape).indices()  # (N, 2) (iy, ix)
+    design = np.column_stack([index, np.ones(len(index))])
     coef, *_ = np.linalg.lstsq(design, dataset.positions_angstrom(), rcond=None)
     return coef[:2].T, coef[2]
 

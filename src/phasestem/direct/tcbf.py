@@ -9,9 +9,9 @@ phasestem's convention) the shift is antiparallel to α. In scan pixels, ``s_sca
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
+
+from ..scan import GridScan, rotation_matrix
 
 
 def bf_groups(shape: tuple[int, int], radius: float, fraction: float = 0.9, per_radius: float = 5.0
@@ -59,9 +59,7 @@ def normalised(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def scan_shift_per_angle(rotation: float, step: tuple[float, float]) -> np.ndarray:
     """2×2 matrix T with s_scan = T·s_obj: S⁻¹·R(θ)ᵀ (scan px per Å)."""
-    th = math.radians(rotation)
-    rt = np.array([[math.cos(th), math.sin(th)], [-math.sin(th), math.cos(th)]])
-    return np.diag(1.0 / np.asarray(step, dtype=np.float64)) @ rt
+    return np.diag(1.0 / np.asarray(step, dtype=np.float64)) @ rotation_matrix(rotation).T
 
 
 def parallax_shifts(k_px: np.ndarray, aberration_matrix: np.ndarray, dk_mrad: float, rotation: float,
@@ -104,7 +102,7 @@ def tcbf_image(images: np.ndarray, shifts: np.ndarray, weights: np.ndarray | Non
     u = int(upsample)
     acc = np.zeros((sy * u, sx * u))
     cnt = np.zeros_like(acc)
-    iy, ix = np.meshgrid(np.arange(sy), np.arange(sx), indexing="ij")
+    iy, ix = GridScan((sy, sx)).indices().T.reshape(2, sy, sx)
     for g in range(G):
         # pixel value of image g at scan index p belongs to object point p − s_g
         fy = np.rint((iy - shifts[g, 0]) * u).astype(int)

@@ -32,6 +32,7 @@ from ..dataset import FourDSTEM, angular_sampling_for
 from ..errors import ConfigError, InputFileError, ShapeError
 from ..optics import Aberrations
 from ..safety import check_bad_pixel_mode, check_finite, mask_nonfinite
+from ..scan import GridScan
 
 log = logging.getLogger("phasestem.io")
 
@@ -159,20 +160,6 @@ class LazyView:
         return arr.astype(dtype) if dtype is not None else arr
 
 
-def infer_grid(positions: np.ndarray, decimals: int = 3) -> tuple[tuple[int, int], tuple[float, float]] | None:
-    """(scan_shape, scan_step) if (N, 2) positions form a row-major raster, else None."""
-    pos = np.round(np.asarray(positions, dtype=np.float64), decimals)
-    ys, xs = np.unique(pos[:, 0]), np.unique(pos[:, 1])
-    if len(ys) * len(xs) != len(pos):
-        return None
-    gy, gx = np.meshgrid(ys, xs, indexing="ij")
-    if not np.allclose(np.stack([gy.ravel(), gx.ravel()], -1), pos, atol=10.0 ** (-decimals)):
-        return None
-    dy = float(np.median(np.diff(ys))) if len(ys) > 1 else 1.0
-    dx = float(np.median(np.diff(xs))) if len(xs) > 1 else 1.0
-    return (len(ys), len(xs)), (dy, dx)
-
-
 def build_dataset(patterns, path: str | Path, file_values: Mapping[str, Any] | None = None,
                   metadata: Mapping[str, Any] | None = None, **options) -> FourDSTEM:
     """A :class:`FourDSTEM` from patterns (N, H, W) or (Sy, Sx, H, W) and reader options.
@@ -241,8 +228,8 @@ def build_dataset(patterns, path: str | Path, file_values: Mapping[str, Any] | N
         if positions is None:
             raise ConfigError(f"{path}: the scan step is not in the file; give it in Å (--scan-step on the command "
                               "line, scan.step in a parameter file, scan_step= in Python)")
-        grid = infer_grid(positions)
-        scan_step = grid[1] if grid else (0.0, 0.0)
+        grid = GridScan.raster_from_positions(positions)
+        scan_step = grid.step if grid is not None else (0.0, 0.0)
 
     H, W = patterns4.shape[-2:]
     ang = pair(vals.get("angular_sampling"), "angular_sampling", path)

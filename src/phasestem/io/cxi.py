@@ -45,7 +45,8 @@ import numpy as np
 from ..dataset import FourDSTEM
 from ..errors import ConfigError, InputFileError
 from ..optics import energy_from_wavelength, wavelength
-from ._common import build_dataset, decode, infer_grid, missing_key
+from ..scan import GridScan
+from ._common import build_dataset, decode, missing_key
 
 _E = 1.602176634e-19
 _DATA_KEYS = ("entry_1/data_1/data", "entry_1/instrument_1/detector_1/data")
@@ -123,11 +124,11 @@ def read(path: str | Path, position_sign: float = -1.0, recentre: bool = True, *
             pos = pos - offset
             meta["cxi_position_offset"] = offset.tolist()
         meta["positions_key"] = t_key
-        grid = infer_grid(pos)
+        grid = GridScan.raster_from_positions(pos)
         if grid is not None:
-            found.setdefault("scan_shape", grid[0])
-            found.setdefault("scan_step", grid[1])
-            found["scan_origin"] = tuple(pos[0])
+            found.setdefault("scan_shape", grid.shape)
+            found.setdefault("scan_step", grid.step)
+            found["scan_origin"] = grid.origin  # the first position
         else:  # not a raster: keep the positions; a (1, N) "scan" unless scan_shape is given
             found["positions"] = pos
             found["scan_shape"] = (1, len(pos))

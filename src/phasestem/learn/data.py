@@ -57,6 +57,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..errors import ConfigError, InputFileError, ShapeError
 from ..optics import ABERRATION_ORDERS, interaction_constant
 from ..safety import check_bad_pixel_mode, first_nonfinite, mask_nonfinite
+from ..scan import GridScan
 
 log = logging.getLogger("phasestem.learn")
 
@@ -125,10 +126,10 @@ class BlockGeometry:
         return np.array([(self.bright_centre(y, 0), self.bright_centre(x, 1)) for y, x in self.blocks()], np.int64)
 
     def block_coords(self) -> np.ndarray:
-        """(block², 2) float32 scan positions (Å) of a block's patterns relative to the block centre."""
-        off = (np.arange(self.block) - (self.block - 1) / 2)
-        iy, ix = np.meshgrid(off * self.scan_step[0], off * self.scan_step[1], indexing="ij")
-        return np.stack([iy.ravel(), ix.ravel()], -1).astype(np.float32)
+        """(block², 2) float32 scan positions (Å) of a block's patterns relative to the block centre: the
+        block's :class:`~phasestem.scan.GridScan` with its centre at 0 Å."""
+        origin = tuple(-(self.block - 1) / 2 * s for s in self.scan_step)
+        return GridScan((self.block, self.block), self.scan_step, origin=origin).positions().astype(np.float32)
 
     def patch_indices(self, centre: int, axis: int = 0) -> np.ndarray:
         """Phase pixel indices (patch,) of the target crop around ``centre`` (periodic)."""
@@ -719,8 +720,7 @@ def write_synthetic_file(path: str | Path, n_samples: int, first_sample: int = 0
     step = extent / scan
     probe = make_probe((window, window), (ps, ps), energy, semiangle, {"C10": c10})
     fm = ForwardModel((window, window), (ps, ps), energy)
-    iy, ix = np.meshgrid(np.arange(scan), np.arange(scan), indexing="ij")
-    pos = torch.tensor(np.stack([iy.ravel(), ix.ravel()], -1) * step, dtype=torch.float32)
+    pos = torch.tensor(GridScan((scan, scan), step).positions(), dtype=torch.float32)
     sigma = interaction_constant(energy)
     tmp = path.with_name(path.name + ".tmp")
     with h5py.File(tmp, "w") as f:

@@ -14,6 +14,7 @@ from .. import optics
 from ..dataset import FourDSTEM, angular_sampling_for
 from ..noise import poisson_counts
 from ..physics import ForwardModel, transmission_function
+from ..scan import GridScan
 from ..specimen import synthetic_phase
 
 
@@ -61,8 +62,7 @@ def simulate_dataset(
     occ = None
     if source_size:
         probe, occ = optics.partial_coherence_modes(probe, samp, source_size, n_modes)
-    iy, ix = np.meshgrid(np.arange(scan_shape[0]), np.arange(scan_shape[1]), indexing="ij")
-    nominal = np.stack([iy.ravel(), ix.ravel()], -1) * scan_step
+    nominal = GridScan(scan_shape, scan_step).positions()
     true_pos = nominal + rng.normal(0, position_noise, nominal.shape) if position_noise else nominal.copy()
     fm = ForwardModel(window, samp, energy)
     pos_obj = torch.as_tensor(true_pos + origin_px * sampling, dtype=torch.float32)

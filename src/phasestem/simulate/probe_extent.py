@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..optics import make_probe
+from ..scan import GridScan
 
 
 @dataclass
@@ -54,8 +55,7 @@ def illuminated_extent_on_grid(energy: float, semiangle: float, aberrations: dic
 
     s = extent / gpts
     probe = make_probe((gpts, gpts), (s, s), energy, semiangle, aberrations, on_band_limit=on_band_limit)
-    iy, ix = np.meshgrid(np.arange(block), np.arange(block), indexing="ij")
-    shifts = torch.tensor(np.stack([iy.ravel(), ix.ravel()], -1) * step / s, dtype=torch.float32)
+    shifts = torch.tensor(GridScan((block, block), step).positions() / s, dtype=torch.float32)
     stack = fourier_shift(probe.expand(len(shifts), gpts, gpts), shifts).abs().square()
     peak = stack.amax(0)
     mask = (peak > threshold * peak.max()).numpy()

@@ -15,6 +15,7 @@ from ..noise import electrons_per_pattern, poisson_counts
 from ..optics import antialias_mask, band_limit_mrad, interaction_constant, make_probe, wavelength
 from ..physics import add_squared_modulus, fft2, ifft2, multislice, propagator, shifted_probes
 from ..runtime import retain_freed_memory
+from ..scan import GridScan
 from .config import SimulationConfig
 
 #: on CPU, the largest batch of waves (bytes) simulated at once; more gains nothing there and leaves the memory
@@ -24,9 +25,8 @@ CPU_WAVE_BYTES = 8 << 20
 
 
 def scan_positions(shape: tuple[int, int], step: tuple[float, float], origin=(0.0, 0.0)) -> np.ndarray:
-    """Probe positions (Sy·Sx, 2) in Å, row-major."""
-    iy, ix = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
-    return np.stack([iy.ravel() * step[0] + origin[0], ix.ravel() * step[1] + origin[1]], -1)
+    """Probe positions (Sy·Sx, 2) in Å, row-major: ``GridScan(shape, step, origin=origin).positions()``."""
+    return GridScan(shape, step, origin=origin).positions()
 
 
 @dataclass
@@ -213,7 +213,7 @@ def simulate_sample(cfg: SimulationConfig, index: int, progress: bool = False) -
     probe = make_probe(g.sim_gpts, sampling, o.energy, o.semiangle, o.aberrations, device=device,
                        on_band_limit=o.on_band_limit)
     det = DetectorGeometry.make(g.sim_gpts, sampling, o.energy, cfg.detector.shape, cfg.detector.max_angle)
-    positions = scan_positions(cfg.scan.shape, cfg.scan.step, cfg.scan.origin)
+    positions = GridScan(cfg.scan.shape, cfg.scan.step, origin=cfg.scan.origin).positions()
     patterns = simulate_patterns(transmission_slices(pots, o.energy, sampling), probe, positions, sampling, o.energy,
                                  dz, det, cfg.compute.batch, progress)
     patterns = patterns.numpy().reshape(*cfg.scan.shape, *cfg.detector.shape)
