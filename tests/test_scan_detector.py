@@ -224,3 +224,68 @@ def test_former_raster_builders_equal_gridscan():
     idx = GridScan((5, 6)).indices()
     np.testing.assert_array_equal(fit.plane_at((5, 6)).reshape(-1, 2),
                                   fit.plane[0] + idx[:, :1] * fit.plane[1] + idx[:, 1:] * fit.plane[2])
+
+
+@pytest.mark.parametrize("frame", [(10, 12), (9, 7), (64, 64), (15, 16)])
+def test_former_crop_and_binning_equal_pixelated_detector(frame):
+    import torch
+
+    from phasestem.detector import centre_window
+    from phasestem.learn.data import Preprocess
+
+    p = _frames((2, 3, *frame), seed=4)
+    ds = FourDSTEM(p, energy=300e3, scan_step=(1.0, 1.0), angular_sampling=(0.5, 0.6))
+    for f in (2, 3, 4):
+        det = PixelatedDetector(frame, angular_sampling=(0.5, 0.6), binning=f)
+        b = ds.binned(f)
+        np.testing.assert_array_equal(b.patterns, det.apply(p))
+        np.testing.assert_array_equal(b.patterns, det.reduce(p))
+        assert b.angular_sampling == det.output_angular_sampling and b.pattern_shape == det.output_shape
+    for crop in [(5, 6), (frame[0] - 1, frame[1])]:
+        np.testing.assert_array_equal(ds.cropped(crop).patterns, PixelatedDetector(frame, crop=crop).apply(p))
+    for t, fy, fx in [(True, False, False), (False, True, True), (True, True, False)]:
+        det = PixelatedDetector(frame, angular_sampling=(0.5, 0.6), transpose=t, flip_y=fy, flip_x=fx)
+        out = ds.transformed(flip_y=fy, flip_x=fx, transpose=t)
+        np.testing.assert_array_equal(out.patterns, det.orient(p))
+        assert out.angular_sampling == det.output_angular_sampling
+        if frame[0] % 2 and frame[1] % 2:  # odd frames: reversing the axes keeps the centre, as apply does
+            np.testing.assert_array_equal(out.patterns, det.apply(p))
+    padded = ds.padded((frame[0] + 3, frame[1] + 2))
+    np.testing.assert_array_equal(padded.patterns, centre_window(p, (frame[0] + 3, frame[1] + 2)))
+    np.testing.assert_array_equal(padded.cropped(frame).patterns, p)
+    # learning preprocessing: crop then bin, as the detector does (torch in, torch out)
+    for crop, f in [(8, 2), (None, 3), (100, 4)]:
+        pre = Preprocess(crop=crop, bin=f, normalize="none", scale="none")
+        c = None if crop is None else (min(crop, frame[0]), min(crop, frame[1]))
+        det = PixelatedDetector(frame, crop=c, binning=f)
+        np.testing.assert_array_equal(pre(torch.from_numpy(p)).numpy(), det.reduce(torch.from_numpy(p)).numpy())
+        np.testing.assert_allclose(pre(torch.from_numpy(p)).numpy(), det.apply(p), rtol=1e-6)  # torch vs numpy sums
+        assert pre.output_shape(frame) == det.output_shape
+
+
+def test_binning_keeps_zero_frequency_in_the_central_bin_when_the_bins_do_not_fit_evenly():
+    # 10 px in bins of 2 (5 bins) or 64 px in bins of 3 (21 bins): the window can not start at H//2 − (h//2)·f
+    for H, f in [(10, 2), (64, 3), (9, 3), (13, 4)]:
+        p = np.zeros((H, H), np.float32)
+        p[H // 2, H // 2] = 1.0
+        out = PixelatedDetector((H, H), binning=f).apply(p)
+        h = H // f
+        assert out.shape == (h, h) and out[h // 2, h // 2] == 1.0 and out.sum() == 1.0
+        ones = PixelatedDetector((H, H), binning=f).apply(np.ones((H, H), np.float32))
+        np.testing.assert_array_equal(ones, np.full((h, h), f * f, np.float32))
+
+
+def test_simulator_bins_are_the_detector_with_the_zero_frequency_centred_in_its_bin():
+    """simulate.scan.DetectorGeometry (odd factors) = PixelatedDetector binning a crop whose central bin is
+    centred on the zero frequency: the detector's centre moved by crop//2 − (the zero frequency's crop index)."""
+    import torch
+
+    from phasestem.simulate.scan import DetectorGeometry
+
+    for gpts, shape in [((128, 128), (32, 32)), ((200, 180), (33, 31))]:
+        geo = DetectorGeometry.make(gpts, (0.1, 0.11), 200e3, shape)
+        assert geo.factor[0] == geo.factor[1] == 3
+        full = torch.rand(2, *gpts, generator=torch.Generator().manual_seed(2))
+        centre = [gpts[a] // 2 + geo.crop[a] // 2 - geo.zero_offset(a) for a in (0, 1)]
+        det = PixelatedDetector(gpts, centre=centre, crop=geo.crop, binning=3)
+        np.testing.assert_allclose(geo.apply(full).numpy(), det.apply(full.numpy()), rtol=1e-6)  # torch vs numpy sums

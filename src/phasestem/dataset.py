@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .detector import PixelatedDetector, centre_window
 from .errors import ShapeError
 from .optics import wavelength
 from .scan import GridScan
@@ -169,53 +170,40 @@ class FourDSTEM:
 
     # ---- transforms (return new datasets; in memory) ---------------------------------
     def transformed(self, flip_y: bool = False, flip_x: bool = False, transpose: bool = False) -> FourDSTEM:
-        """Flip/transpose the detector axes (for cameras mounted differently from our convention)."""
-        p = np.asarray(self.patterns[...])
-        if transpose:
-            p = np.swapaxes(p, -1, -2)
-        if flip_y:
-            p = p[..., ::-1, :]
-        if flip_x:
-            p = p[..., ::-1]
-        ang = self.angular_sampling
-        if transpose and ang is not None:
-            ang = (ang[1], ang[0])
-        return self._replace(patterns=np.ascontiguousarray(p), angular_sampling=ang)
+        """Flip/transpose the detector axes (for cameras mounted differently from our convention):
+        :meth:`phasestem.detector.PixelatedDetector.orient` (axes reversed, not re-centred)."""
+        det = PixelatedDetector(self.pattern_shape, angular_sampling=self.angular_sampling, transpose=transpose,
+                                flip_y=flip_y, flip_x=flip_x)
+        p = det.orient(np.asarray(self.patterns[...]))
+        return self._replace(patterns=np.ascontiguousarray(p), angular_sampling=det.output_angular_sampling)
 
     def binned(self, factor: int) -> FourDSTEM:
-        """Sum detector pixels in ``factor × factor`` bins (crops the remainder)."""
+        """Sum detector pixels in ``factor × factor`` bins (float32; crops the remainder), as
+        :meth:`phasestem.detector.PixelatedDetector.reduce` does: the zero frequency stays in bin (h//2, w//2)."""
         if factor == 1:
             return self
-        p = np.asarray(self.patterns[...], dtype=np.float32)
-        H, W = p.shape[-2:]
-        h, w = H // factor, W // factor
-        # keep the zero-frequency pixel at (h//2, w//2): crop symmetrically around H//2
-        y0 = H // 2 - (h // 2) * factor
-        x0 = W // 2 - (w // 2) * factor
-        p = p[..., y0 : y0 + h * factor, x0 : x0 + w * factor]
-        p = p.reshape(*p.shape[:-2], h, factor, w, factor).sum((-3, -1))
-        ang = None if self.angular_sampling is None else tuple(a * factor for a in self.angular_sampling)
-        return self._replace(patterns=p, angular_sampling=ang)
+        det = PixelatedDetector(self.pattern_shape, angular_sampling=self.angular_sampling, binning=factor)
+        p = det.reduce(np.asarray(self.patterns[...], dtype=np.float32))
+        return self._replace(patterns=p, angular_sampling=det.output_angular_sampling)
 
     def cropped(self, shape: tuple[int, int]) -> FourDSTEM:
-        """Keep the central ``shape`` detector pixels around zero frequency."""
+        """Keep the central ``shape`` detector pixels around zero frequency
+        (:func:`phasestem.detector.centre_window`)."""
         p = np.asarray(self.patterns[...])
         H, W = p.shape[-2:]
         if shape[0] > H or shape[1] > W:
             raise ShapeError(f"crop {tuple(shape)} is larger than the patterns {(H, W)}")
-        y0, x0 = H // 2 - shape[0] // 2, W // 2 - shape[1] // 2
-        return self._replace(patterns=np.ascontiguousarray(p[..., y0 : y0 + shape[0], x0 : x0 + shape[1]]))
+        return self._replace(patterns=np.ascontiguousarray(centre_window(p, shape)))
 
     def padded(self, shape: tuple[int, int]) -> FourDSTEM:
-        """Zero-pad the patterns to ``shape`` around zero frequency (finer real-space pixels)."""
+        """Zero-pad the patterns to ``shape`` around zero frequency (finer real-space pixels;
+        :func:`phasestem.detector.centre_window`)."""
         p = np.asarray(self.patterns[...])
         H, W = p.shape[-2:]
         if shape[0] < H or shape[1] < W:
             raise ShapeError(f"pad target {tuple(shape)} is smaller than the patterns {(H, W)}")
-        out = np.zeros((*p.shape[:-2], *shape), dtype=p.dtype)
-        y0, x0 = shape[0] // 2 - H // 2, shape[1] // 2 - W // 2
-        out[..., y0 : y0 + H, x0 : x0 + W] = p
-        return self._replace(patterns=out)
+        out = centre_window(p, shape)
+        return self._replace(patterns=out.copy() if np.may_share_memory(out, p) else out)
 
     def scan_subset(self, rows: slice, cols: slice) -> FourDSTEM:
         """A rectangular part of the scan (positions kept in the original frame)."""

@@ -16,8 +16,11 @@ and how frames are reduced (``crop``, ``binning``) and corrected (``bad_pixels``
    counter-clockwise as displayed (y down; :func:`phasestem.scan.rotation_matrix`) about it —
    integer shifts are exact, otherwise bilinear with zeros outside the frame;
 5. ``crop`` (h, w) central pixels around the zero frequency (the whole frame when None);
-6. ``binning`` × ``binning`` sums, cropped symmetrically about the zero frequency as
-   :meth:`phasestem.dataset.FourDSTEM.binned` does.
+6. ``binning`` × ``binning`` sums (:func:`bin_pixels`: the zero frequency stays in bin (h//2, w//2)).
+
+:meth:`~PixelatedDetector.orient` (step 3) and :meth:`~PixelatedDetector.reduce` (steps 5–6 by slicing,
+for frames already centred) are the same steps alone; :class:`phasestem.dataset.FourDSTEM`'s
+``transformed``/``cropped``/``binned`` and the learning preprocessing use them.
 
 ``centre`` is given in raw pixels (before the flips), as a calibration measures it on raw frames;
 None means the raw (H//2, W//2). Per-pattern centres (descan) go to ``apply(..., centres=...)``.
@@ -220,8 +223,8 @@ class PixelatedDetector:
             c = c.reshape(-1, 2)
         else:
             c = np.asarray(self.raw_centre(), dtype=np.float64)[None]
-        out = self._resample(self._orient(p), self.oriented_point(c))
-        out = self._bin(out)
+        out = self._resample(self.orient(p), self.oriented_point(c))
+        out = bin_pixels(out, self.binning)
         return out.reshape(*batch, *out.shape[-2:])
 
     def corrected(self, patterns) -> np.ndarray:
@@ -239,7 +242,7 @@ class PixelatedDetector:
         """(h, w) bool: output pixels computed only from good raw pixels inside the frame."""
         good = np.ones(self.shape, np.float32) if self.bad_pixels is None else (~self.bad_pixels).astype(np.float32)
         c = self.oriented_point(np.asarray(self.raw_centre())[None])
-        out = self._bin(self._resample(self._orient(good[None]), c))[0]
+        out = bin_pixels(self._resample(self.orient(good[None]), c), self.binning)[0]
         return out >= self.binning**2 - 1e-4
 
     def _fill_bad(self, p: np.ndarray) -> np.ndarray:
@@ -257,7 +260,26 @@ class PixelatedDetector:
         p[..., bad[:, 0], bad[:, 1]] = np.where(total > 0, vals, 0.0)
         return p
 
-    def _orient(self, p: np.ndarray) -> np.ndarray:
+    def reduce(self, patterns):
+        """Steps 5–6 only, on frames already oriented and centred on (H//2, W//2): the central ``crop``
+        (:func:`centre_window`) then the ``binning`` sums (:func:`bin_pixels`), by slicing (no resampling).
+
+        (..., H, W) NumPy array or torch tensor, (H, W) = :attr:`oriented_shape` → (..., h, w) =
+        :attr:`output_shape` of the same type (a crop keeps the dtype; the bins sum as ``.sum`` does).
+        """
+        if tuple(patterns.shape[-2:]) != self.oriented_shape:
+            raise ShapeError(f"detector: frames of shape {tuple(patterns.shape[-2:])} do not match the oriented "
+                             f"detector {self.oriented_shape} (H, W)")
+        p = patterns if self.crop is None else centre_window(patterns, self.crop)
+        return bin_pixels(p, self.binning)
+
+    def orient(self, patterns) -> np.ndarray:
+        """Step 3 only: ``transpose``, then ``flip_y``, then ``flip_x`` of (..., H, W) frames (a view, any dtype).
+
+        The flips reverse the axes; they do not re-centre (on an even axis the pixel H//2 goes to H//2 − 1;
+        :meth:`apply` puts ``centre`` back on the central pixel).
+        """
+        p = patterns
         if self.transpose:
             p = np.swapaxes(p, -1, -2)
         if self.flip_y:
@@ -288,16 +310,6 @@ class PixelatedDetector:
         out = map_coordinates(np.ascontiguousarray(p), coords, order=1, mode="grid-constant", cval=0.0)
         return out.astype(np.float32)
 
-    def _bin(self, p: np.ndarray) -> np.ndarray:
-        f = self.binning
-        if f == 1:
-            return p
-        H, W = p.shape[-2:]
-        h, w = H // f, W // f
-        y0, x0 = H // 2 - (h // 2) * f, W // 2 - (w // 2) * f
-        p = p[..., y0 : y0 + h * f, x0 : x0 + w * f]
-        return p.reshape(*p.shape[:-2], h, f, w, f).sum((-3, -1))
-
     def apply_dataset(self, dataset, chunk_rows: int = 8):
         """A :class:`~phasestem.dataset.FourDSTEM` with :meth:`apply` done on every pattern (in memory),
         read ``chunk_rows`` scan rows at a time; its angular sampling becomes :attr:`output_angular_sampling`
@@ -310,6 +322,44 @@ class PixelatedDetector:
         ds = dataset._replace(patterns=out, angular_sampling=ang)
         ds.metadata["detector"] = self.to_dict()
         return ds
+
+
+def centre_window(patterns, shape: tuple[int, int]):
+    """The (h, w) pixels of (..., H, W) frames about (H//2, W//2): cropped where h < H, zero-padded where h > H.
+
+    Pixel (H//2, W//2) (the zero frequency) lands on (h//2, w//2). A crop is a view (NumPy array or torch
+    tensor); a pad is a new array of the same dtype.
+    """
+    H, W = patterns.shape[-2:]
+    h, w = int(shape[0]), int(shape[1])
+    y0, x0 = H // 2 - h // 2, W // 2 - w // 2  # input pixel of output pixel (0, 0)
+    if y0 >= 0 and x0 >= 0 and h <= H - y0 and w <= W - x0:
+        return patterns[..., y0 : y0 + h, x0 : x0 + w]
+    p = np.asarray(patterns)
+    out = np.zeros((*p.shape[:-2], h, w), dtype=p.dtype)
+    sy, sx = slice(max(0, y0), min(H, y0 + h)), slice(max(0, x0), min(W, x0 + w))
+    out[..., sy.start - y0 : sy.stop - y0, sx.start - x0 : sx.stop - x0] = p[..., sy, sx]
+    return out
+
+
+def bin_pixels(patterns, factor: int | tuple[int, int]):
+    """Sums of ``factor`` × ``factor`` pixels (or (fy, fx)) of (..., H, W) frames → (..., H//fy, W//fx).
+
+    The zero frequency (H//2, W//2) falls in bin (h//2, w//2): the window of h·fy × w·fx summed pixels
+    starts at H//2 − (h//2)·fy (the zero frequency is the bin's first pixel), or at H − h·fy where that
+    window would run past the frame; pixels outside the window are dropped. NumPy arrays or torch tensors.
+    """
+    fy, fx = (factor, factor) if np.ndim(factor) == 0 else factor
+    fy, fx = int(fy), int(fx)
+    if fy == fx == 1:
+        return patterns
+    H, W = patterns.shape[-2:]
+    h, w = H // fy, W // fx
+    # the zero frequency H//2 is the first pixel of bin h//2; where those bins would run past the frame
+    # (h odd), the window is the last h·fy pixels instead, which still holds H//2 in bin h//2
+    y0, x0 = min(H // 2 - (h // 2) * fy, H - h * fy), min(W // 2 - (w // 2) * fx, W - w * fx)
+    p = patterns[..., y0 : y0 + h * fy, x0 : x0 + w * fx]
+    return p.reshape(*p.shape[:-2], h, fy, w, fx).sum((-3, -1))
 
 
 def pixel_list_to_mask(pixels, shape: tuple[int, int]) -> np.ndarray:

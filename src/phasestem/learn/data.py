@@ -54,6 +54,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..detector import PixelatedDetector
 from ..errors import ConfigError, InputFileError, ShapeError
 from ..optics import ABERRATION_ORDERS, interaction_constant
 from ..safety import check_bad_pixel_mode, first_nonfinite, mask_nonfinite
@@ -182,11 +183,14 @@ class Preprocess(BaseModel):
     scale: Literal["none", "sqrt", "log"] = Field("sqrt", description="intensity scaling after normalisation")
     log_floor: float = Field(1e-2, gt=0, description="log scaling: log1p(I / log_floor)")
 
-    def output_shape(self, shape: tuple[int, int]) -> tuple[int, int]:
+    def detector(self, shape: tuple[int, int]) -> PixelatedDetector:
+        """The crop and binning of (H, W) patterns as a :class:`~phasestem.detector.PixelatedDetector`."""
         h, w = shape
-        if self.crop is not None:
-            h, w = min(h, self.crop), min(w, self.crop)
-        return h // self.bin, w // self.bin
+        crop = None if self.crop is None else (min(h, self.crop), min(w, self.crop))
+        return PixelatedDetector((h, w), crop=crop, binning=self.bin)
+
+    def output_shape(self, shape: tuple[int, int]) -> tuple[int, int]:
+        return self.detector(shape).output_shape
 
     def __call__(self, patterns: torch.Tensor) -> torch.Tensor:
         """Apply to (..., H, W) intensities (counts or fractions) → (..., H', W') float32.
@@ -194,18 +198,7 @@ class Preprocess(BaseModel):
         For ``normalize="block"`` the leading axis −3 is the block (…, block², H, W).
         """
         x = torch.as_tensor(patterns).float()
-        H, W = x.shape[-2:]
-        if self.crop is not None and (self.crop < H or self.crop < W):
-            ch, cw = min(self.crop, H), min(self.crop, W)
-            y0, x0 = H // 2 - ch // 2, W // 2 - cw // 2
-            x = x[..., y0:y0 + ch, x0:x0 + cw]
-            H, W = ch, cw
-        if self.bin > 1:
-            f = self.bin
-            h, w = H // f, W // f
-            y0, x0 = H // 2 - (h // 2) * f, W // 2 - (w // 2) * f
-            x = x[..., y0:y0 + h * f, x0:x0 + w * f]
-            x = x.reshape(*x.shape[:-2], h, f, w, f).sum((-3, -1))
+        x = self.detector(tuple(x.shape[-2:])).reduce(x)
         n_pix = x.shape[-1] * x.shape[-2]
         if self.normalize == "pattern":
             x = x / x.sum((-2, -1), keepdim=True).clamp_min(1e-12) * n_pix

@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import specimen as spec
+from ..detector import bin_pixels
 from ..errors import ConfigError
 from ..noise import electrons_per_pattern, poisson_counts
 from ..optics import antialias_mask, band_limit_mrad, interaction_constant, make_probe, wavelength
@@ -75,9 +76,9 @@ class DetectorGeometry:
         return [(dst, src) for dst, src in runs if dst.stop > dst.start]
 
     def bin(self, cropped: torch.Tensor) -> torch.Tensor:
-        """(B, crop_y, crop_x) fftshift-ed intensities → (B, H, W) summed into detector pixels."""
-        h, w = self.crop[0] // self.factor[0], self.crop[1] // self.factor[1]
-        return cropped.reshape(*cropped.shape[:-2], h, self.factor[0], w, self.factor[1]).sum((-3, -1))
+        """(B, crop_y, crop_x) fftshift-ed intensities → (B, H, W) summed into detector pixels
+        (:func:`phasestem.detector.bin_pixels`; the crop is a whole number of bins)."""
+        return bin_pixels(cropped, self.factor)
 
     def apply(self, centred: torch.Tensor) -> torch.Tensor:
         """(B, N, N) fftshift-ed intensities → (B, H, W) summed into detector pixels."""
