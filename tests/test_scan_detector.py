@@ -246,10 +246,10 @@ def test_former_crop_and_binning_equal_pixelated_detector(frame):
     for t, fy, fx in [(True, False, False), (False, True, True), (True, True, False)]:
         det = PixelatedDetector(frame, angular_sampling=(0.5, 0.6), transpose=t, flip_y=fy, flip_x=fx)
         out = ds.transformed(flip_y=fy, flip_x=fx, transpose=t)
-        np.testing.assert_array_equal(out.patterns, det.orient(p))
+        np.testing.assert_array_equal(out.patterns, det.apply(p))
         assert out.angular_sampling == det.output_angular_sampling
-        if frame[0] % 2 and frame[1] % 2:  # odd frames: reversing the axes keeps the centre, as apply does
-            np.testing.assert_array_equal(out.patterns, det.apply(p))
+        if frame[0] % 2 and frame[1] % 2:  # odd frames: the flip about the centre is the plain reversal
+            np.testing.assert_array_equal(out.patterns, det.orient(p))
     padded = ds.padded((frame[0] + 3, frame[1] + 2))
     np.testing.assert_array_equal(padded.patterns, centre_window(p, (frame[0] + 3, frame[1] + 2)))
     np.testing.assert_array_equal(padded.cropped(frame).patterns, p)
@@ -289,3 +289,16 @@ def test_simulator_bins_are_the_detector_with_the_zero_frequency_centred_in_its_
         centre = [gpts[a] // 2 + geo.crop[a] // 2 - geo.zero_offset(a) for a in (0, 1)]
         det = PixelatedDetector(gpts, centre=centre, crop=geo.crop, binning=3)
         np.testing.assert_allclose(geo.apply(full).numpy(), det.apply(full.numpy()), rtol=1e-6)  # torch vs numpy sums
+
+
+def test_flipped_data_keep_the_zero_frequency_on_the_central_pixel():
+    """``data.flip_y``/``flip_x`` mirror k → −k: a bright pixel at (H//2, W//2) stays there, and a
+    pixel at +(2, 3) from it goes to −(2, 3), on even and odd frames alike."""
+    for frame in [(8, 10), (7, 9)]:
+        p = np.zeros((1, 1, *frame), np.float32)
+        cy, cx = frame[0] // 2, frame[1] // 2
+        p[0, 0, cy, cx] = 5.0
+        p[0, 0, cy + 2, cx + 3] = 1.0
+        ds = FourDSTEM(p, energy=300e3, scan_step=(1.0, 1.0), angular_sampling=(0.5, 0.5))
+        out = ds.transformed(flip_y=True, flip_x=True).patterns[0, 0]
+        assert out[cy, cx] == 5.0 and out[cy - 2, cx - 3] == 1.0 and out.sum() == 6.0

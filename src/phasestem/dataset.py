@@ -170,12 +170,12 @@ class FourDSTEM:
 
     # ---- transforms (return new datasets; in memory) ---------------------------------
     def transformed(self, flip_y: bool = False, flip_x: bool = False, transpose: bool = False) -> FourDSTEM:
-        """Flip/transpose the detector axes (for cameras mounted differently from our convention):
-        :meth:`phasestem.detector.PixelatedDetector.orient` (axes reversed, not re-centred)."""
+        """Flip/transpose the detector axes (for cameras mounted differently from our convention), about the
+        zero frequency at pixel (H//2, W//2) as :meth:`phasestem.detector.PixelatedDetector.apply` does: it
+        stays on that pixel (on an even axis the outermost row, frequency −H/2, has no mirror and becomes 0)."""
         det = PixelatedDetector(self.pattern_shape, angular_sampling=self.angular_sampling, transpose=transpose,
                                 flip_y=flip_y, flip_x=flip_x)
-        p = det.orient(np.asarray(self.patterns[...]))
-        return self._replace(patterns=np.ascontiguousarray(p), angular_sampling=det.output_angular_sampling)
+        return self._replace(patterns=det.apply(self.patterns[...]), angular_sampling=det.output_angular_sampling)
 
     def binned(self, factor: int) -> FourDSTEM:
         """Sum detector pixels in ``factor × factor`` bins (float32; crops the remainder), as
