@@ -113,3 +113,30 @@ def test_divergence_stops_with_the_last_good_state(one_torch_thread, thin):
             pass
     assert model.epoch == 0
     assert float(model.obj_phase.detach().abs().max()) == 0.0  # the untouched start, not ±1e7 rad
+
+
+def test_small_amplitude_step_keeps_noise_out_of_a_phase_object(one_torch_thread):
+    """On counted data of a pure phase object the default object-amplitude step (0.1 of a Gauss–Newton step)
+    gives a better phase than the phase's own step (0.7) would: the weakly determined amplitude otherwise
+    takes up noise that leaks into the phase (``recon.precondition``)."""
+    rng = np.random.default_rng(3)
+    margin = WINDOW // 2 + 4
+    shape = tuple(int((s - 1) * STEP / SAMPLING) + 2 * margin for s in SCAN)
+    phases = atom_phase(shape, SAMPLING, rng, int(0.5 * shape[0] * shape[1] * SAMPLING**2), 0.4)[None]
+    pos = raster(SCAN, STEP, (margin * SAMPLING, margin * SAMPLING))
+    pats = simulate_patterns(phases, SAMPLING, pos, WINDOW, ENERGY, SEMIANGLE, DEFOCUS, dose=1e4, rng=rng)
+    pats, truth = pats.reshape(*SCAN, WINDOW, WINDOW), phases[0, margin:, margin:]
+    from phasestem.recon.losses import LossConfig
+
+    def final_r(amplitude_lr):
+        ds = _dataset(pats, DEFOCUS)
+        model = Ptychography.from_dataset(ds, n_slices=1)
+        if amplitude_lr is not None:
+            model.set_learning_rates(obj_amplitude=amplitude_lr)
+        for _ in model.LSQ_optimize(10, ds, batch_size=16, progress=False,
+                                    losses=LossConfig(gaussian=0.5, poisson=0.5)):
+            pass
+        return _pearson(model.phase_in_dataset_frame(FOV), truth)
+
+    default, full = final_r(None), final_r(0.7)  # measured 0.839 vs 0.821
+    assert default > full + 0.005, (default, full)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from phasestem.dataset import FourDSTEM
 from phasestem.recon import Constraints, LossConfig, NonFiniteLossError, Ptychography, constraints, engine
 from phasestem.recon.results import load_results
 from phasestem.recon.synthetic import pearson, simulate_dataset
@@ -122,9 +123,27 @@ def test_poisson_loss_minimal_at_the_data():
     from phasestem.recon.losses import poisson_loss
 
     d = torch.rand(4, 8, 8) + 0.1
+    d[0, 0, :4] = 0.0  # dark pixels too
     best = poisson_loss(d, d, 100.0, 1e-8, 4)
+    assert float(best) == pytest.approx(0.0, abs=1e-6)  # the deviance: 0 at the data, never negative
     for f in (0.9, 1.1):
         assert poisson_loss(d * f, d, 100.0, 1e-8, 4) > best
+    # the same gradients as the negative log-likelihood it replaces
+    m = (d * 1.3).requires_grad_(True)
+    poisson_loss(m, d, 100.0, 1e-8, 4).backward()
+    c = m.detach().clamp_min(0) * 100.0 + 0.5
+    np.testing.assert_allclose(m.grad, (1 - (d * 100.0 + 0.5) / c) / 4, rtol=1e-5, atol=1e-7)
+
+
+def test_poisson_data_do_not_trigger_the_divergence_check():
+    """The Poisson term is a deviance (≥ 0): with a negative NLL, 'loss above 10 × best' was always true
+    and a converging run on counted data stopped as diverged."""
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(np.full((4, 4, 16, 16), 50.0)).astype(np.float32)
+    ds = FourDSTEM(counts, energy=300e3, scan_step=(1.0, 1.0), angular_sampling=(1.5, 1.5), semiangle=6.0)
+    model = Ptychography.from_dataset(ds, n_slices=1)
+    losses = list(model.LSQ_optimize(3, ds, batch_size=8, progress=False, losses=LossConfig(gaussian=0, poisson=1)))
+    assert len(losses) == 3 and all(v >= 0 for v in losses)
 
 
 def test_constraints_schedule_and_effects(ds):

@@ -7,10 +7,11 @@ processes add up to the single-process loss (see :mod:`phasestem.recon.distribut
 
 * ``gaussian``: Σ (I^p − D^p)² / n_total, p = 0.5 by default (amplitude loss); patterns are
   normalised to a mean total of 1, so this is a per-pattern relative error.
-* ``poisson``: Σ ((c·I + ε) − (c·D + ε)·log(c·I + ε)) / (c · n_total), ``c`` = counts per normalised
-  unit (the mean total count of a pattern): the negative log-likelihood (constants dropped) of the
-  counts shifted by ε = :data:`POISSON_EPS_COUNTS` on both sides, so the minimum stays at c·I = c·D
-  and the gradient stays bounded where the model is dark but a count was measured.
+* ``poisson``: Σ ((c·I + ε) − (c·D + ε) − (c·D + ε)·log((c·I + ε)/(c·D + ε))) / (c · n_total), ``c`` =
+  counts per normalised unit (the mean total count of a pattern): the Poisson deviance (negative
+  log-likelihood minus its value at the data, so ≥ 0 and 0 at the data) of the counts shifted by
+  ε = :data:`POISSON_EPS_COUNTS` on both sides, so the minimum stays at c·I = c·D and the gradient
+  stays bounded where the model is dark but a count was measured.
 * ``pacbed``: Σ (mean_b I^p − PACBED^p)² × (B / n_total): the batch-mean pattern against the
   measured position-averaged CBED.
 * ``sparsity``: mean |φ| of the object phase (L1), once per batch (weighted by B / n_total).
@@ -49,10 +50,16 @@ def gaussian_loss(model_i: torch.Tensor, meas_p: torch.Tensor, power: float, eps
 
 
 def poisson_loss(model_i: torch.Tensor, meas: torch.Tensor, counts: float, eps: float, n_total: int) -> torch.Tensor:
-    """Poisson NLL Σ ((cI + ε) − (cD + ε)·log(cI + ε)) / (c · n_total), ε = :data:`POISSON_EPS_COUNTS` counts
-    (``eps``, the Gaussian term's floor, is not used: a count is the natural unit here)."""
+    """Poisson deviance Σ ((cI + ε) − (cD + ε) − (cD + ε)·log((cI + ε)/(cD + ε))) / (c · n_total),
+    ε = :data:`POISSON_EPS_COUNTS` counts (``eps``, the Gaussian term's floor, is not used: a count is the
+    natural unit here).
+
+    The negative log-likelihood minus its value at the data: the same gradients, but ≥ 0 with its minimum 0
+    at c·I = c·D, so loss ratios (divergence checks, relative changes) mean what they do for the other terms;
+    the plain NLL is negative and its size depends on the counts."""
     ci = model_i.clamp_min(0) * counts + POISSON_EPS_COUNTS
-    return (ci - (meas * counts + POISSON_EPS_COUNTS) * torch.log(ci)).sum() / (counts * n_total)
+    cd = meas * counts + POISSON_EPS_COUNTS
+    return (ci - cd - cd * torch.log(ci / cd)).sum() / (counts * n_total)
 
 
 def pacbed_loss(model_i: torch.Tensor, pacbed_p: torch.Tensor, power: float, eps: float, n_total: int):

@@ -70,7 +70,7 @@ SOLVER_DEFAULTS = {
     "adam": {"obj_amplitude": 3e-3, "obj_phase": 3e-3, "probe": 3e-3},
     "sgd": {"obj_amplitude": 3e-3, "obj_phase": 3e-3, "probe": 3e-3},
     "lbfgs": {"obj_amplitude": 1.0, "obj_phase": 1.0, "probe": 1.0},
-    "lsq": {"obj_amplitude": 0.7, "obj_phase": 0.7, "probe": 0.2},
+    "lsq": {"obj_amplitude": 0.1, "obj_phase": 0.7, "probe": 0.2},  # amplitude: see recon.precondition
 }
 
 
