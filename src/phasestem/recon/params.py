@@ -166,7 +166,9 @@ class LossesConfig(Strict):
     """Loss weights (0 disables a term)."""
 
     gaussian: float = Field(1.0, ge=0, description="weight of the Gaussian term on intensity^power")
-    poisson: float = Field(0.0, ge=0, description="weight of the Poisson negative log-likelihood")
+    poisson: float = Field(0.0, ge=0, description="weight of the Poisson deviance (negative log-likelihood minus its "
+                           "value at the data); for counted data gaussian 0.5 + poisson 0.5 (robust to "
+                           "model mismatch and right at low counts)")
     pacbed: float = Field(0.0, ge=0, description="weight of the PACBED consistency term")
     sparsity: float = Field(0.0, ge=0, description="weight of the L1 sparsity of the object phase")
     power: float = Field(0.5, gt=0, le=1, description="exponent p of the Gaussian term (0.5 = amplitudes)")
