@@ -1,9 +1,21 @@
-"""Data-parallel reconstruction: a 2-process gloo run matches a 1-process run."""
+"""Data-parallel reconstruction: 2-process gloo runs (spawn and the CLI under torchrun) match a 1-process run; rank 0
+alone writes; a 2-process checkpoint resumes in 1 process; L-BFGS is refused with several processes.
+
+Plumbing tests on phasestem's own simulated data (``recon.synthetic``).
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
 import torch
+import yaml
 
 from phasestem.recon import Ptychography
 from phasestem.recon.distributed import data_parallel_optimize
-from phasestem.recon.synthetic import simulate_dataset
+from phasestem.recon.synthetic import simulate_dataset, write_npz
 
 
 def test_two_process_gloo_run_matches_one_process():
@@ -33,3 +45,131 @@ def test_two_process_gloo_run_matches_one_process():
     assert not torch.equal(state["positions"], single.initial_positions)  # positions were refined
     assert [round(v, 6) for v in out["loss"]] == [round(v, 6) for v in ref_loss] or all(
         abs(a - b) <= 1e-4 * abs(b) for a, b in zip(out["loss"], ref_loss, strict=True))
+
+
+# ---- the CLI under torchrun (two real processes, gloo) ---------------------------------------------------------
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+RUN_FILES = {"config.yaml", "checkpoint.pt", "results.h5", "reconstruction.png", "compare.png", "reconstruct.log"}
+
+
+def _params(tmp, data, out, **run):
+    cfg = yaml.safe_load((CONFIGS / "reconstruct_tiny.yaml").read_text())
+    cfg["data"]["file"] = str(data)
+    cfg["scan"]["shape"] = [6, 6]
+    cfg["model"]["learning_rates"]["positions"] = {"lr": 0.005, "start": 1}  # per-position parameters refine too
+    cfg["run"].update({"out_dir": str(out), "n_epochs": 2, "batch_size": 12, "progress": False,
+                       "checkpoint_every": 1, **run})
+    cfg.pop("tune", None)
+    path = tmp / f"params_{Path(out).name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _torchrun(*args, n=2):
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE",
+                                                           "MASTER_ADDR", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
+                           "-m", "phasestem.cli", *map(str, args)], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def torchrun_case(tmp_path_factory):
+    """A 2-process torchrun reconstruction (2 epochs) and the same run in this one process."""
+    from phasestem.recon.commands import run_reconstruction
+    from phasestem.recon.params import load_params
+
+    tmp = tmp_path_factory.mktemp("torchrun")
+    write_npz(tmp / "tiny.npz", scan_shape=(6, 6), seed=7)
+    two = _params(tmp, tmp / "tiny.npz", tmp / "two")
+    proc = _torchrun("reconstruct", two)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_reconstruction(load_params(_params(tmp, tmp / "tiny.npz", tmp / "one")))
+    finally:
+        torch.set_num_threads(n)
+    return tmp, proc
+
+
+def test_torchrun_cli_two_processes_match_one_process(torchrun_case):
+    tmp, proc = torchrun_case
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    # the CLI joined the group torchrun described: two ranks, gloo on CPU
+    assert "rank 0 of 2 on cpu" in proc.stderr and "rank 1 of 2 on cpu" in proc.stderr, proc.stderr[-4000:]
+    assert proc.stdout.count("reconstruction: 2 epochs") == 1  # rank 0 alone reports
+    two = torch.load(tmp / "two" / "checkpoint.pt", weights_only=True)
+    one = torch.load(tmp / "one" / "checkpoint.pt", weights_only=True)
+    assert two["epoch"] == one["epoch"] == 2
+    start = torch.load(tmp / "one" / "checkpoint.pt", weights_only=True)["params"]["initial_positions"]
+    assert not torch.equal(two["params"]["positions"], start)  # positions refined, and global in the checkpoint
+    for name in ("obj_phase", "obj_amplitude", "probe", "positions"):
+        a, b = one["params"][name], two["params"][name]
+        scale = float(a.abs().max()) or 1.0
+        assert float((a - b).abs().max()) <= 1e-4 * scale, name  # same steps up to float32 summation order
+    for h1, h2 in zip(one["loss_history"], two["loss_history"], strict=True):
+        assert abs(h1["loss"] - h2["loss"]) <= 1e-4 * abs(h1["loss"])
+
+
+def test_torchrun_rank_0_alone_writes(torchrun_case):
+    tmp, proc = torchrun_case
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert {p.name for p in (tmp / "two").iterdir()} == RUN_FILES  # one of each, no per-rank or temporary files
+    assert {p.name for p in tmp.iterdir()} >= {"two", "one"}
+    assert len([p for p in tmp.iterdir() if p.is_dir()]) == 2
+
+
+def test_two_process_checkpoint_resumes_in_one_process(torchrun_case):
+    from phasestem.recon.commands import run_reconstruction
+    from phasestem.recon.params import load_params
+
+    tmp, proc = torchrun_case
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    before = torch.load(tmp / "two" / "checkpoint.pt", weights_only=True)
+    params = load_params(_params(tmp, tmp / "tiny.npz", tmp / "two", n_epochs=4))
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = run_reconstruction(params, resume=True)
+    finally:
+        torch.set_num_threads(n)
+    assert model.epoch == 4
+    after = torch.load(tmp / "two" / "checkpoint.pt", weights_only=True)
+    assert after["epoch"] == 4 and [h["epoch"] for h in after["loss_history"]] == [1, 2, 3, 4]
+    assert after["loss_history"][:2] == before["loss_history"]  # the history continues
+    assert after["loss_history"][3]["loss"] < before["loss_history"][0]["loss"]
+
+
+def test_torchrun_lbfgs_is_refused_in_one_line(tmp_path):
+    write_npz(tmp_path / "tiny.npz", scan_shape=(6, 6), seed=7)
+    path = _params(tmp_path, tmp_path / "tiny.npz", tmp_path / "out", optimizer="lbfgs")
+    proc = _torchrun("reconstruct", path)
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if "phasestem reconstruct: error" in ln]
+    assert len(lines) == 1 and "run.optimizer" in lines[0] and "2 processes" in lines[0], proc.stderr[-3000:]
+    assert not (tmp_path / "out").exists()
+
+
+def test_n_processes_lbfgs_is_refused_in_one_line(tmp_path, capsys):
+    from phasestem.cli import main
+
+    path = _params(tmp_path, tmp_path / "none.npz", tmp_path / "out", optimizer="lbfgs", n_processes=3)
+    assert main(["reconstruct", str(path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "run.optimizer" in err[0] and "3 processes" in err[0], err
+
+
+def test_shards_are_compact_blocks_and_compact_batches_draw_from_every_block():
+    from phasestem.recon.distributed import shard_owners
+    from phasestem.recon.engine import make_batches
+
+    yy, xx = np.meshgrid(np.arange(6.0), np.arange(6.0), indexing="ij")
+    pos = np.stack([yy.ravel(), xx.ravel()], 1)
+    owner = shard_owners(pos, 2)
+    assert np.bincount(owner).tolist() == [18, 18]
+    assert np.ptp(pos[owner == 0], 0).min() < 3 and np.ptp(pos[owner == 1], 0).min() < 3  # two halves of the scan
+    batches = make_batches(36, 8, "compact", torch.Generator().manual_seed(0), pos, owner)
+    assert sorted(torch.cat(batches).tolist()) == list(range(36))
+    assert all(set(owner[b.numpy()]) == {0, 1} for b in batches)  # every rank has work in every step
+    assert shard_owners(pos, 1).tolist() == [0] * 36

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..safety import atomic_file, refuse_output_over_inputs
+from .distributed import rank_device
 from .model import ParamSchedule
 from .params import (
     ReconstructParams,
@@ -15,7 +16,6 @@ from .params import (
     dump_params,
     load_params,
     optimizer_options,
-    resolve_device,
 )
 
 log = logging.getLogger("phasestem.recon")
@@ -27,6 +27,7 @@ RECON_EPILOG = """examples:
   phasestem reconstruct params.yaml --dump-config     # print the fully resolved config
   phasestem reconstruct params.yaml --init ssb        # start the object from a direct method
   phasestem reconstruct scan.npy --auto --energy 300e3 --semiangle 21.4 --scan-step 0.4 --out runs/scan1
+  torchrun --nproc_per_node 4 -m phasestem.cli reconstruct params.yaml   # 4 processes / GPUs
 
 Writes OUT/config.yaml, OUT/reconstruct.log, OUT/checkpoint.pt, OUT/results.h5 and PNG figures."""
 
@@ -104,7 +105,15 @@ def _reconstruct_cmd(args) -> int:
         sys.stdout.write(dump_params(params))
         return 0
     refuse_output_over_inputs(params.run.out_dir, [args.params], field="--out", written=RUN_FILES)
-    run_reconstruction(params, resume=args.resume)
+    from ..errors import ConfigError
+    from .distributed import env_rank
+
+    try:
+        run_reconstruction(params, resume=args.resume)
+    except ConfigError:
+        if env_rank() != 0:  # every rank of a torchrun launch sees the same setting: rank 0 alone says so
+            return 1
+        raise
     return 0
 
 
@@ -132,7 +141,8 @@ def _check_optics(params: ReconstructParams, dataset, opts: dict) -> None:
     from .optics_check import check_defocus_sign
 
     quick = {k: v for k, v in opts.items() if k not in ("progress",)}
-    device = resolve_device(params.run.device)
+    quick["distributed"] = False  # rank 0 alone runs the check
+    device = rank_device(params.run.device)
     result = check_defocus_sign(dataset, lambda ds: build_model(params, ds).to(device), **quick)
     if result is None:
         return
@@ -154,11 +164,32 @@ def _tune_cmd(args) -> int:
 
 
 def run_reconstruction(params: ReconstructParams, resume: bool = False):
-    """Run a reconstruction described by ``params``; returns the model (on rank 0 with several processes)."""
-    if params.run.n_processes > 1:
-        from .distributed import launch
+    """Run a reconstruction described by ``params``; returns the model (None in the parent of
+    ``run.n_processes`` > 1 spawned processes).
 
-        launch(params.run.n_processes, _reconstruct_rank, params.model_dump(mode="json"), resume)
+    Under ``torchrun`` (RANK, WORLD_SIZE, LOCAL_RANK in the environment) this process joins the process group
+    itself (nccl on CUDA, gloo on CPU) and ``run.n_processes`` is ignored; ``run.n_processes`` > 1 otherwise
+    starts that many local processes (the single-node shortcut)."""
+    from .distributed import backend_for, init_from_environment, is_initialized, launch, torchrun_world
+    from .engine import refuse_lbfgs
+
+    world = torchrun_world() if torchrun_world() > 1 else params.run.n_processes
+    refuse_lbfgs(params.run.optimizer, world)  # before any process starts
+    if torchrun_world() > 1 or is_initialized():
+        if params.run.n_processes > 1:
+            log.warning("run.n_processes = %d ignored: the processes were started by torchrun (%d)",
+                        params.run.n_processes, torchrun_world())
+        own_group = init_from_environment(params.run.device)
+        try:
+            return _reconstruct_rank(params, resume)
+        finally:
+            if own_group:
+                import torch.distributed as dist
+
+                dist.destroy_process_group()
+    if params.run.n_processes > 1:
+        launch(params.run.n_processes, _reconstruct_rank, params.model_dump(mode="json"), resume,
+               backend=backend_for(params.run.device))
         return None
     return _reconstruct_rank(params, resume)
 
@@ -166,24 +197,24 @@ def run_reconstruction(params: ReconstructParams, resume: bool = False):
 def _reconstruct_rank(params, resume: bool):
     import matplotlib.pyplot as plt
 
-    from .distributed import is_main_process
+    from .distributed import is_main_process, rank_and_world
     from .engine import load_checkpoint, optimize
 
     if isinstance(params, dict):
         params = ReconstructParams.model_validate(params)
-    main = is_main_process()
+    main = is_main_process()  # only rank 0 writes files
     out = Path(params.run.out_dir)
     refuse_output_over_inputs(out, [params.data.file,
                                     params.scan.positions_file,
                                     None if params.model.initial_phase is None else params.model.initial_phase.file],
                               field="run.out_dir", written=RUN_FILES)
-    out.mkdir(parents=True, exist_ok=True)
     config_text = dump_params(params)
     if main:
+        out.mkdir(parents=True, exist_ok=True)
         with atomic_file(out / "config.yaml", field="run.out_dir") as tmp:
             tmp.write_text(config_text)
     dataset = build_dataset(params)
-    model = build_model(params, dataset).to(resolve_device(params.run.device))
+    model = build_model(params, dataset).to(rank_device(params.run.device))
     ckpt = out / "checkpoint.pt"
     if resume:
         wanted = {k: ParamSchedule(s.lr, s.start, s.end) for k, s in model.schedules.items()}
@@ -195,6 +226,8 @@ def _reconstruct_rank(params, resume: bool):
     opts["progress"] = opts["progress"] and main
     if main and not resume and params.run.check_optics and params.model.initial_phase is None:
         _check_optics(params, dataset, opts)
+    if rank_and_world()[1] > 1:
+        log.info("rank %d of %d on %s", *rank_and_world(), model.device)
     for _ in optimize(model, dataset, max(0, remaining), checkpoint_path=ckpt,
                       checkpoint_every=params.run.checkpoint_every, out_dir=out,
                       figures_every=params.run.figures_every, **opts):

@@ -1,28 +1,49 @@
 """Data-parallel reconstruction over processes with ``torch.distributed`` (gloo on CPU, nccl on GPUs).
 
-Every rank holds the whole model and takes its share ``batch[rank::world]`` of each mini-batch;
-:func:`phasestem.recon.engine.optimize` sums the gradients over ranks (loss terms are
-normalised by the full batch size), so all ranks take the same steps and end with the same
-model as a single process would (up to floating-point summation order). The PACBED term is
-evaluated per share (an approximation when it is used). Only rank 0 writes files.
+Every rank holds the whole model. The scan is split once into ``world`` spatially compact blocks
+of positions (:func:`shard_owners`, recursive bisection as for compact mini-batches); each rank
+evaluates only the positions of its own block in every mini-batch and
+:func:`phasestem.recon.engine.optimize` sums the gradients over ranks (loss terms are normalised
+by the full batch size), so all ranks take the same steps and end with the same model as a single
+process would (up to floating-point summation order). A per-position parameter (positions,
+per-position tilt) gets its gradient only from the rank that owns the position; the sum over
+ranks is then that rank's value, which keeps the global position array identical on every rank
+(the lsq preconditioner, compact batches and checkpoints need it) at a cost of 2 numbers per
+position and step. The PACBED term is evaluated per share (an approximation when it is used).
+Only rank 0 writes files.
 
-Use :func:`launch` to start ``n`` local processes running a picklable function, or start the
-processes yourself (``torchrun`` / Accelerate) and call the engine inside them — it detects an
-initialised process group.
+Three ways to run:
+
+* ``torchrun --nproc_per_node N -m phasestem.cli reconstruct params.yaml`` (also multi-node):
+  :func:`init_from_environment` sees ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` and joins the group
+  (nccl when the run's device is CUDA, gloo otherwise); :func:`rank_device` puts each rank on
+  ``cuda:LOCAL_RANK``;
+* ``run.n_processes: N`` — a single-node shortcut that starts the N processes with
+  :func:`launch` (``torch.multiprocessing.spawn``);
+* start the processes yourself, initialise a group and call the engine inside them: it detects
+  an initialised process group.
 """
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+#: the variables ``torchrun`` (torch.distributed.run) sets in every process it starts
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
 
 def _worker(rank: int, world: int, init_file: str, backend: str, threads: int, fn, args) -> None:
     torch.set_num_threads(threads)
+    os.environ["LOCAL_RANK"] = str(rank)  # one node: the local rank is the rank
+    if backend == "nccl":
+        torch.cuda.set_device(rank % torch.cuda.device_count())
     dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         fn(*args)
@@ -38,8 +59,91 @@ def launch(n_processes: int, fn, *args, backend: str = "gloo", threads_per_proce
         mp.spawn(_worker, args=(n_processes, init_file, backend, threads, fn, args), nprocs=n_processes, join=True)
 
 
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of the initialised process group; (0, 1) without one."""
+    if is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def is_main_process() -> bool:
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    return rank_and_world()[0] == 0
+
+
+def torchrun_world() -> int:
+    """The world size ``torchrun`` announced in the environment (1 when not started by it)."""
+    if not all(k in os.environ for k in TORCHRUN_VARIABLES):
+        return 1
+    try:
+        return max(1, int(os.environ["WORLD_SIZE"]))
+    except ValueError:
+        return 1
+
+
+def env_rank() -> int:
+    """This process's rank as ``torchrun`` announced it (0 when not started by it)."""
+    try:
+        return int(os.environ.get("RANK", "0")) if torchrun_world() > 1 else 0
+    except ValueError:
+        return 0
+
+
+def local_rank() -> int:
+    """The rank of this process on its node (``LOCAL_RANK``; else the global rank)."""
+    try:
+        return int(os.environ["LOCAL_RANK"])
+    except (KeyError, ValueError):
+        return rank_and_world()[0]
+
+
+def uses_cuda(device: str) -> bool:
+    """Whether a run with ``run.device`` = ``device`` computes on a GPU."""
+    return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+
+
+def backend_for(device: str) -> str:
+    """nccl when the run computes on GPUs, gloo otherwise."""
+    return "nccl" if uses_cuda(device) and torch.cuda.is_available() else "gloo"
+
+
+def rank_device(device: str) -> str:
+    """The torch device of this rank: ``cuda:LOCAL_RANK`` for 'cuda'/'auto' with GPUs in a process group of
+    several ranks; 'auto' without GPUs → 'cpu'; anything else as given."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and rank_and_world()[1] > 1 and torch.cuda.is_available():
+        return f"cuda:{local_rank() % torch.cuda.device_count()}"
+    return device
+
+
+def init_from_environment(device: str) -> bool:
+    """Join the process group ``torchrun`` describes in the environment (RANK, WORLD_SIZE, LOCAL_RANK,
+    MASTER_ADDR, MASTER_PORT); returns True when this call initialised it (the caller then destroys it)."""
+    if is_initialized() or torchrun_world() <= 1:
+        return False
+    backend = backend_for(device)
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank() % torch.cuda.device_count())
+    dist.init_process_group(backend, init_method="env://")
+    return True
+
+
+def shard_owners(positions: np.ndarray, world: int) -> np.ndarray:
+    """The rank (0 … world−1) owning each position (N, 2): ``world`` spatially compact blocks of nearly equal
+    size by recursive bisection (:func:`phasestem.recon.engine.compact_groups`)."""
+    from .engine import compact_groups
+
+    positions = np.asarray(positions)
+    owner = np.zeros(len(positions), dtype=np.int64)
+    if world <= 1 or len(positions) == 0:
+        return owner
+    for rank, group in enumerate(compact_groups(positions, math.ceil(len(positions) / world))):
+        owner[group] = rank
+    return owner
 
 
 def _optimize_worker(dataset, n_epochs: int, model_options: dict, optimize_options: dict, result_path: str,

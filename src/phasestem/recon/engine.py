@@ -14,9 +14,12 @@ A run that diverges stops with :class:`DivergenceError`: a non-finite loss
 (|phase| or amplitude above :data:`PHYSICAL_LIMIT`). The model is first restored to its state
 after the last good epoch, and that state is checkpointed when a path is set.
 
-Under ``torch.distributed`` (see :mod:`phasestem.recon.distributed`) every rank takes its share
-``batch[rank::world]`` of each mini-batch and the gradients are summed across ranks, so all
-ranks take identical optimiser steps.
+Under ``torch.distributed`` (see :mod:`phasestem.recon.distributed`) the scan is split into one
+spatially compact block of positions per rank; every rank takes the part of each mini-batch that
+lies in its block and the gradients are summed across ranks, so all ranks take identical
+optimiser steps. With ``batch_mode='compact'`` each mini-batch is then made of one compact group
+from every rank's block. L-BFGS is refused there (each line search would see only its share of
+the loss).
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import PhasestemError
+from ..errors import ConfigError, PhasestemError
 from ..runtime import retain_freed_memory
 from ..schedules import lr_lambda
 from .constraints import Constraints, apply_constraints
@@ -127,10 +130,26 @@ def compact_groups(positions: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return out
 
 
-def make_batches(n: int, batch_size: int, mode: str, gen: torch.Generator, positions=None) -> list[torch.Tensor]:
-    """Mini-batches of flat indices for one epoch ('random' or 'compact', order shuffled)."""
+def make_batches(n: int, batch_size: int, mode: str, gen: torch.Generator, positions=None,
+                 owner: np.ndarray | None = None) -> list[torch.Tensor]:
+    """Mini-batches of flat indices for one epoch ('random' or 'compact', order shuffled).
+
+    ``owner`` (N,) (the rank owning each position, several ranks): a 'compact' mini-batch is one compact group of
+    ≤ ⌈batch_size / ranks⌉ positions from every rank's block, so every rank has work in every step."""
     if mode == "random":
         return list(torch.randperm(n, generator=gen).split(batch_size))
+    if mode == "compact" and owner is not None and int(owner.max(initial=0)) > 0:
+        positions = np.asarray(positions)
+        sub = max(1, math.ceil(batch_size / (int(owner.max()) + 1)))
+        per_rank = []
+        for r in range(int(owner.max()) + 1):
+            sel = np.flatnonzero(owner == r)
+            groups = [sel[g] for g in compact_groups(positions[sel], sub)] if len(sel) else []
+            order = torch.randperm(len(groups), generator=gen).tolist()
+            per_rank.append([groups[i] for i in order])
+        n_steps = max(len(g) for g in per_rank)
+        return [torch.as_tensor(np.concatenate([g[k] for g in per_rank if k < len(g)]), dtype=torch.long)
+                for k in range(n_steps)]
     if mode == "compact":
         groups = compact_groups(np.asarray(positions), batch_size)
         order = torch.randperm(len(groups), generator=gen).tolist()
@@ -233,6 +252,13 @@ def _dist():
     return 0, 1
 
 
+def refuse_lbfgs(optimizer: str, world: int) -> None:
+    """L-BFGS needs the whole loss in every line search; with several processes each sees only its share."""
+    if optimizer == "lbfgs" and world > 1:
+        raise ConfigError(f"run.optimizer: lbfgs cannot run in {world} processes (each line search would see only "
+                          "its process's share of the loss); use lsq, adam or sgd, or run.n_processes: 1")
+
+
 def optimize(
     model,
     dataset,
@@ -257,6 +283,7 @@ def optimize(
     divergence_factor: float = 10.0,
     lr_decay: str = "none",
     lr_final: float = 0.1,
+    distributed: bool = True,
 ):
     """Run ``n_epochs`` more epochs; yield each epoch's mean total loss (float).
 
@@ -267,10 +294,13 @@ def optimize(
     ``precondition_reg``: the lsq solver's relative curvature floor (:mod:`phasestem.recon.precondition`).
     ``divergence_factor``: stop when an epoch's loss exceeds this many times the best (and the start); 0: only NaN.
     ``lr_decay`` ('none' | 'cosine'): every learning rate falls from 1× to ``lr_final``× over this call's epochs.
+    ``distributed``: in an initialised process group, share the work with the other ranks (False: this rank
+    alone runs the whole call, e.g. a check on rank 0 only).
     """
     losses = losses or LossConfig()
     constraints = constraints or Constraints()
-    rank, world = _dist()
+    rank, world = _dist() if distributed else (0, 1)
+    refuse_lbfgs(optimizer, world)
     if resume:
         if checkpoint_path is None:
             raise PhasestemError("resume needs a checkpoint_path")
@@ -281,8 +311,8 @@ def optimize(
     handler = None
     if out_dir is not None or log_file is not None:
         log_path = Path(log_file) if log_file is not None else Path(out_dir) / "reconstruct.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        if rank == 0:
+        if rank == 0:  # the other ranks write nothing
+            log_path.parent.mkdir(parents=True, exist_ok=True)
             handler = logging.FileHandler(log_path)
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
             log.addHandler(handler)
@@ -300,8 +330,14 @@ def optimize(
     finite = [h["loss"] for h in model.loss_history if math.isfinite(h["loss"])]
     best_loss = min(finite, default=math.inf)
     best_state: tuple[int, dict] | None = None  # (epoch, state) of the best epoch of this call
-    # the first mini-batch's loss (before any step) is where a new run starts; a rank's share is not the loss
-    start_loss = finite[0] if finite else (None if world == 1 else math.inf)
+    # the first mini-batch's loss (before any step) is where a new run starts (summed over the ranks' shares)
+    start_loss = finite[0] if finite else None
+    owner = None
+    if world > 1:  # every rank evaluates the positions of its own compact block
+        from .distributed import shard_owners
+
+        owner = shard_owners(model.initial_positions.detach().cpu().numpy(), world)
+        mine = torch.as_tensor(owner == rank)
     bar = tqdm(total=n_epochs, desc=f"{optimizer} epochs", disable=not progress or rank != 0, leave=False)
     torch.set_flush_denormal(True)  # tiny gradients in the padding otherwise slow Adam down on CPU
     retain_freed_memory()  # reuse freed batch buffers instead of page-faulting fresh ones every step
@@ -342,13 +378,13 @@ def optimize(
             snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
             gen = torch.Generator().manual_seed(seed * 100003 + epoch)
             positions = model.positions.detach().cpu().numpy() if batch_mode == "compact" else None
-            batches = make_batches(n, bs, batch_mode, gen, positions)
+            batches = make_batches(n, bs, batch_mode, gen, positions, owner)
             sums: dict[str, torch.Tensor] = {}
             total_acc = torch.zeros((), device=model.device)
             first_loss = None
             for idx in batches:
                 n_total = len(idx)
-                share = idx[rank::world].to(model.device)
+                share = (idx[mine[idx]] if world > 1 else idx).to(model.device)
 
                 def closure(share=share, n_total=n_total, opt=opt, idx=idx):
                     opt.zero_grad(set_to_none=True)
@@ -380,10 +416,13 @@ def optimize(
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0) + v
             if world > 1:
-                packed = torch.stack([total_acc] + [torch.as_tensor(sums[k]) for k in sorted(sums)])
+                # the same terms on every rank, also on one whose shares were all empty
+                names = sorted(k for k in ("gaussian", "poisson", "pacbed", "sparsity") if getattr(losses, k) > 0)
+                packed = torch.stack([total_acc, first_loss] + [torch.as_tensor(sums.get(k, 0.0), device=model.device,
+                                                                                 dtype=total_acc.dtype) for k in names])
                 torch.distributed.all_reduce(packed)
-                total_acc = packed[0]
-                sums = {k: packed[i + 1] for i, k in enumerate(sorted(sums))}
+                total_acc, first_loss = packed[0], packed[1]
+                sums = {k: packed[i + 2] for i, k in enumerate(names)}
             mean_loss = float(total_acc) / len(batches)
             if start_loss is None:
                 start_loss = float(first_loss) if math.isfinite(float(first_loss)) else math.inf
