@@ -173,3 +173,17 @@ def test_shards_are_compact_blocks_and_compact_batches_draw_from_every_block():
     assert sorted(torch.cat(batches).tolist()) == list(range(36))
     assert all(set(owner[b.numpy()]) == {0, 1} for b in batches)  # every rank has work in every step
     assert shard_owners(pos, 1).tolist() == [0] * 36
+
+
+def test_n_processes_shortcut_spawns_the_ranks_and_rank_0_alone_writes(tmp_path):
+    """run.n_processes: 2 through spawn, with compact batches drawn from both ranks' blocks."""
+    from phasestem.recon.commands import run_reconstruction
+    from phasestem.recon.params import load_params
+
+    write_npz(tmp_path / "tiny.npz", scan_shape=(6, 6), seed=7)
+    path = _params(tmp_path, tmp_path / "tiny.npz", tmp_path / "out", n_processes=2, batch_mode="compact",
+                   check_optics=False)
+    assert run_reconstruction(load_params(path)) is None  # the parent only waits
+    assert {p.name for p in (tmp_path / "out").iterdir()} == RUN_FILES
+    state = torch.load(tmp_path / "out" / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 2 and state["loss_history"][1]["loss"] < state["loss_history"][0]["loss"]
