@@ -153,6 +153,21 @@ def _check_optics(params: ReconstructParams, dataset, opts: dict) -> None:
         print(f"phasestem reconstruct: warning: {result.message()}", file=sys.stderr)
 
 
+def _setup_reports(params: ReconstructParams, dataset, model, out: Path):
+    """System information at the top of the run's log; per-epoch loss_ptyrad and ground-truth metrics; returns the
+    ground-truth phase (None without data.ground_truth_key)."""
+    from .report import epoch_reporter, load_ground_truth, log_system_info
+
+    truth = None
+    if params.data.ground_truth_key is not None:
+        truth = load_ground_truth(params.data.file, params.data.ground_truth_key)
+    log_system_info(out / "reconstruct.log", model.device)
+    if params.run.ptyrad_loss or truth is not None:
+        model.epoch_callbacks.append(epoch_reporter(dataset, truth, params.run.ptyrad_loss, params.losses.power,
+                                                    params.run.batch_size))
+    return truth
+
+
 def _tune_cmd(args) -> int:
     from .tune import run_tuning
 
@@ -206,7 +221,8 @@ def _reconstruct_rank(params, resume: bool):
     out = Path(params.run.out_dir)
     refuse_output_over_inputs(out, [params.data.file,
                                     params.scan.positions_file,
-                                    None if params.model.initial_phase is None else params.model.initial_phase.file],
+                                    None if params.model.initial_phase is None else params.model.initial_phase.file,
+                                    None if params.model.initial_probe is None else params.model.initial_probe.file],
                               field="run.out_dir", written=RUN_FILES)
     config_text = dump_params(params)
     if main:
@@ -228,14 +244,23 @@ def _reconstruct_rank(params, resume: bool):
         _check_optics(params, dataset, opts)
     if rank_and_world()[1] > 1:
         log.info("rank %d of %d on %s", *rank_and_world(), model.device)
+    truth = _setup_reports(params, dataset, model, out) if main else None
     for _ in optimize(model, dataset, max(0, remaining), checkpoint_path=ckpt,
                       checkpoint_every=params.run.checkpoint_every, out_dir=out,
                       figures_every=params.run.figures_every, **opts):
         pass
     if main:
-        path = model.save_results(out / "results.h5", config_text=config_text)
+        metrics = None
+        if truth is not None:
+            from .report import final_metrics
+
+            metrics = final_metrics(model, truth, params.data.ground_truth_key, out / "reconstruct.log")
+        path = model.save_results(out / "results.h5", config_text=config_text, metrics=metrics)
         plt.close(model.inspect(dataset, path=out / "reconstruction.png"))
         plt.close(model.compare(dataset, path=out / "compare.png"))
         last = model.loss_history[-1]["loss"] if model.loss_history else float("nan")
         print(f"reconstruction: {model.epoch} epochs, final loss {last:.6g}; results in {path}")
+        if metrics is not None:
+            print("against the ground truth: PSNR {psnr:.3g} dB, SSIM {ssim:.3g}, E_phi {phase_error:.3g}, "
+                  "FRC resolution {frc_resolution:.3g} Å".format(**metrics))
     return model

@@ -15,6 +15,8 @@ name                   effect
 ``rz_filter``          real-space Gaussian depth blur over slices, ``sigma`` Å (no wrap-around)
 ``tilt_smooth``        Gaussian smoothing of per-position tilts, ``sigma`` Å over the scan
 ``position_limit``     clamp position corrections to ``max_shift`` Å from the start positions
+``tv``                 total-variation denoising of phase and/or amplitude: ``n_iter`` steps of size
+                       ``weight`` down the gradient of Σ√(|∇x|² + ε²) (per slice, lateral)
 =====================  =====================================================================
 """
 from __future__ import annotations
@@ -101,6 +103,17 @@ class PositionLimit(Schedule):
     max_shift: float = Field(2.0, gt=0, description="largest allowed correction of a position in Å")
 
 
+class TotalVariation(Schedule):
+    """Total-variation (TV) regularisation of the object, as a scheduled proximal-style step."""
+
+    weight: float = Field(0.01, gt=0, description="step size per iteration (rad for the phase): how far each "
+                          "iteration moves a pixel against the TV gradient (whose entries are of order 1)")
+    n_iter: int = Field(1, ge=1, le=100, description="gradient steps per application")
+    eps: float = Field(1e-3, gt=0, description="smoothing ε of √(|∇x|² + ε²) (same units as the object)")
+    obj_type: str = Field("phase", pattern="^(both|phase|amplitude)$",
+                          description="regularise phase, amplitude or both")
+
+
 class Constraints(BaseModel):
     """All constraints with their schedules (every one is off by default)."""
 
@@ -113,6 +126,7 @@ class Constraints(BaseModel):
     rz_filter: RzFilter = Field(default_factory=RzFilter, description="r_z real-space Gaussian depth filter")
     tilt_smooth: TiltSmooth = Field(default_factory=TiltSmooth, description="tilt smoothing")
     position_limit: PositionLimit = Field(default_factory=PositionLimit, description="position-shift limits")
+    tv: TotalVariation = Field(default_factory=TotalVariation, description="total-variation regularisation")
 
 
 # ---- the operations (in place, no gradients) --------------------------------------------
@@ -214,6 +228,35 @@ def rz_filter(model, sigma_angstrom: float) -> None:
         t.data.copy_(out.reshape(K, Ny, Nx, S).permute(0, 3, 1, 2))
 
 
+def total_variation(x: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
+    """Isotropic TV Σ√(|∇x|² + ε²) over the last two axes (forward differences, nothing across the edges)."""
+    dy = torch.nn.functional.pad(x[..., 1:, :] - x[..., :-1, :], (0, 0, 0, 1))
+    dx = torch.nn.functional.pad(x[..., :, 1:] - x[..., :, :-1], (0, 1, 0, 0))
+    return (dy.square() + dx.square() + eps**2).sqrt().sum()
+
+
+def tv_step(x: torch.Tensor, weight: float, eps: float, n_iter: int = 1) -> torch.Tensor:
+    """``n_iter`` steps x ← x − weight · ∇TV_ε(x) (the analytic gradient of :func:`total_variation`)."""
+    for _ in range(n_iter):
+        dy = torch.nn.functional.pad(x[..., 1:, :] - x[..., :-1, :], (0, 0, 0, 1))
+        dx = torch.nn.functional.pad(x[..., :, 1:] - x[..., :, :-1], (0, 1, 0, 0))
+        norm = (dy.square() + dx.square() + eps**2).sqrt()
+        py, px = dy / norm, dx / norm
+        # ∇TV = −div(p) with the adjoint of the forward differences
+        div = py - torch.nn.functional.pad(py[..., :-1, :], (0, 0, 1, 0))
+        div = div + px - torch.nn.functional.pad(px[..., :, :-1], (1, 0, 0, 0))
+        x = x + weight * div
+    return x
+
+
+def tv_regularize(model, c: TotalVariation) -> None:
+    """Apply :func:`tv_step` to the object phase and/or amplitude (every mode and slice) in place."""
+    targets = {"both": (model.obj_phase, model.obj_amplitude), "phase": (model.obj_phase,),
+               "amplitude": (model.obj_amplitude,)}[c.obj_type]
+    for t in targets:
+        t.data.copy_(tv_step(t.data, c.weight, c.eps, c.n_iter))
+
+
 def smooth_tilt(model, sigma_angstrom: float) -> None:
     """Gaussian-weighted average of per-position tilts over neighbours within the scan."""
     if model.tilt.dim() == 1:
@@ -251,6 +294,9 @@ def apply_constraints(model, c: Constraints, epoch: int) -> list[str]:
         if c.rz_filter.due(epoch):
             rz_filter(model, c.rz_filter.sigma)
             done.append("rz_filter")
+        if c.tv.due(epoch):
+            tv_regularize(model, c.tv)
+            done.append("tv")
         if c.obj_clamp.due(epoch):
             clamp_object(model, c.obj_clamp)
             done.append("obj_clamp")

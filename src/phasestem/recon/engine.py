@@ -450,6 +450,8 @@ def optimize(
             record = {"epoch": epoch, "loss": mean_loss, "seconds": time.perf_counter() - t0}
             record.update({k: float(v) / len(batches) for k, v in sums.items()})
             model.loss_history.append(record)
+            if hasattr(model, "record_epoch"):  # geometry history and per-epoch reports (before the checkpoint)
+                model.record_epoch(record)
             if improved and divergence_factor > 0:
                 best_state = (epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
             log.info("epoch %d loss %.6g %s%s (%.2f s)", epoch, mean_loss,

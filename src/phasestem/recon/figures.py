@@ -7,12 +7,17 @@ import torch
 from ..plot import _plt, _save
 
 
-def plot_model(model, dataset=None, path=None):
-    """Summed phase, amplitude, probe modes (real and Fourier), positions and loss history."""
+def plot_model(model, dataset=None, path=None, fig=None):
+    """Summed phase, amplitude, probe modes (real and Fourier), positions and loss history; ``fig``: redraw that
+    figure (cleared first) instead of making a new one."""
     plt = _plt()
     M = model.n_probe_modes
     ncol = max(4, M)
-    fig, ax = plt.subplots(3, ncol, figsize=(3 * ncol, 9), squeeze=False)
+    if fig is None:
+        fig, ax = plt.subplots(3, ncol, figsize=(3 * ncol, 9), squeeze=False)
+    else:
+        fig.clf()
+        ax = fig.subplots(3, ncol, squeeze=False)
     for a in ax.ravel():
         a.axis("off")
     with torch.no_grad():

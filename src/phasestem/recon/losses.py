@@ -101,3 +101,14 @@ def total_loss(
         parts["sparsity"] = sparsity_loss(phase, model_i.shape[0], n_total)
     total = sum(getattr(cfg, k) * v for k, v in parts.items())
     return total, {k: v.detach() for k, v in parts.items()}
+
+
+def ptyrad_gaussian_loss(model_i: torch.Tensor, meas: torch.Tensor, power: float = 0.5) -> torch.Tensor:
+    """PtyRAD's normalised Gaussian loss √⟨(I_model^p − I_meas^p)²⟩ / ⟨I_meas^p⟩, means over all pixels and patterns.
+
+    A report only (not part of :func:`total_loss`): it is independent of the intensity units and comparable with the
+    ``loss`` PtyRAD prints for ``dp_pow`` = ``power``. Negative intensities count as 0.
+    """
+    mp = model_i.clamp_min(0).pow(power)
+    dp = meas.clamp_min(0).pow(power)
+    return (mp - dp).square().mean().sqrt() / dp.mean().clamp_min(1e-30)

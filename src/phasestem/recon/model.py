@@ -142,6 +142,68 @@ def load_phase_image(path: str | Path, key: str | None = None) -> np.ndarray:
     return arr
 
 
+def load_probe_file(path: str | Path, key: str | None = None) -> np.ndarray:
+    """Read complex probe modes (M, ny, nx) from ``.npy``, ``.npz`` (``key``) or HDF5 (``key``; a phasestem
+    ``results.h5`` needs none: ``probe/real_space`` is used). A 2-D array is one mode."""
+    path = Path(path)
+    if not path.exists():
+        raise InputFileError(f"{path}: initial probe file not found")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        arr = np.load(path, allow_pickle=False)
+    elif suffix == ".npz":
+        with np.load(path, allow_pickle=False) as z:
+            names = list(z.keys())
+            k = key or (names[0] if len(names) == 1 else None)
+            if k not in names:
+                raise InputFileError(f"{path}: key {key!r} not found; the file holds {names}")
+            arr = z[k]
+    elif suffix in (".h5", ".hdf5", ".hdf"):
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            k = key if key is not None else ("probe/real_space" if "probe/real_space" in f else None)
+            if k is None or k not in f:
+                raise InputFileError(f"{path}: key {key!r} not found; the file holds {sorted(f.keys())}")
+            arr = f[k][...]
+    else:
+        raise InputFileError(f"{path}: initial probe must be .npy, .npz or HDF5, got '{suffix}'")
+    arr = np.asarray(arr)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise ShapeError(f"{path}: initial probe must be (M, ny, nx) or (ny, nx), got shape {arr.shape}")
+    return arr.astype(np.complex64)
+
+
+def circular_support(window: tuple[int, int], radius_px: float) -> torch.Tensor:
+    """1 inside a circle of ``radius_px`` pixels about the window centre (ny // 2, nx // 2), else 0."""
+    y = torch.arange(window[0], dtype=torch.float32)[:, None] - window[0] // 2
+    x = torch.arange(window[1], dtype=torch.float32)[None, :] - window[1] // 2
+    return (y.square() + x.square() <= float(radius_px) ** 2).float()
+
+
+def bin_intensities(inten: torch.Tensor, factor: int) -> torch.Tensor:
+    """Sum fine far-field pixels (unshifted order, (…, f·H, f·W)) onto the detector's (…, H, W) grid.
+
+    Detector pixel q collects the fine pixels f·q + d: d = −(f−1)/2 … (f−1)/2 for odd f, and −f/2 … f/2 with half
+    weights at the two ends for even f, so every detector pixel stays centred on its own frequency and the total
+    is kept."""
+    f = int(factor)
+    if f == 1:
+        return inten
+    if f % 2:
+        offsets = [(d, 1.0) for d in range(-(f // 2), f // 2 + 1)]
+    else:
+        offsets = [(d, 0.5 if abs(d) == f // 2 else 1.0) for d in range(-(f // 2), f // 2 + 1)]
+    out = None
+    for dy, wy in offsets:
+        for dx, wx in offsets:
+            part = torch.roll(inten, shifts=(-dy, -dx), dims=(-2, -1))[..., ::f, ::f] * (wy * wx)
+            out = part if out is None else out + part
+    return out
+
+
 class Ptychography(nn.Module):
     """Mixed-state multislice ptychography model.
 
@@ -210,8 +272,15 @@ class Ptychography(nn.Module):
             name: ParamSchedule(lr, start) for name, (lr, start) in DEFAULT_SCHEDULES.items()
         }
         self.detector_blur = 0.0  # Gaussian σ in detector pixels applied to model patterns (0: off)
+        self.oversampling = 1  # CDTools' oversampling: window = oversampling × the detector, patterns binned
+        self.register_buffer("probe_support", None, persistent=False)  # real-space probe support (ny, nx) or None
+        self._inspect_figure = None
         self.epoch = 0  # completed epochs
         self.loss_history: list[dict[str, float]] = []
+        #: per epoch: {"epoch", "slice_thickness" (), "tilt" (2,) or (N, 2)} (see :meth:`record_epoch`)
+        self.geometry_history: list[dict[str, torch.Tensor]] = []
+        #: functions ``f(model, record)`` run after every epoch; they may add scalars to ``record``
+        self.epoch_callbacks: list = []
         self._data_cache: tuple | None = None
 
     # ---- construction ------------------------------------------------------------------
@@ -237,6 +306,10 @@ class Ptychography(nn.Module):
         on_band_limit: str = "warn",
         detector_blur: float = 0.0,
         aperture_edge: str = "soft",
+        random_phase: float | None = None,
+        random_seed: int = 0,
+        oversampling: int = 1,
+        probe_support_radius: float | None = None,
     ) -> Ptychography:
         """Build a model matched to ``dataset`` (a :class:`phasestem.dataset.FourDSTEM`).
 
@@ -252,8 +325,18 @@ class Ptychography(nn.Module):
         ``detector_blur`` (σ, detector pixels) blurs the model patterns like the detector's PSF.
         ``aperture_edge``: the nominal aperture's edge, 'soft' (linear roll-off over one reciprocal pixel),
         'hard', or 'measured' (amplitude from the mean measured pattern, :mod:`phasestem.recon.probe_init`).
+        ``random_phase`` (rad) adds uniform noise in [−random_phase, random_phase] to the start phase, drawn with
+        ``random_seed`` (:meth:`randomize_phase`).
+
+        As in CDTools' ``from_dataset``: ``oversampling`` (integer) makes the real-space probe window that many
+        times the detector size at the same pixel (a larger "stage" for a probe that does not fit); the model's
+        far field is then binned back onto the detector (:func:`bin_intensities`). ``probe_support_radius``
+        (pixels of the probe window) keeps the probe zero outside a circle about the window centre.
         """
-        window = dataset.pattern_shape
+        oversampling = int(oversampling)
+        if oversampling < 1:
+            raise ConfigError(f"oversampling must be a positive integer, got {oversampling}")
+        window = tuple(int(n) * oversampling for n in dataset.pattern_shape)
         sampling = tuple(float(s) for s in dataset.sampling)
         if probe is None:
             if dataset.semiangle is None:
@@ -280,7 +363,8 @@ class Ptychography(nn.Module):
             if probe_t.dim() == 2:
                 probe_t = probe_t[None]
             if tuple(probe_t.shape[-2:]) != tuple(window):
-                raise ShapeError(f"probe window {tuple(probe_t.shape[-2:])} must equal the pattern shape {window}")
+                what = "the pattern shape" if oversampling == 1 else f"{oversampling} × the pattern shape"
+                raise ShapeError(f"probe window {tuple(probe_t.shape[-2:])} must equal {what} {window}")
             probe_t = probe_t.to(torch.complex64)
             if probe_t.shape[0] < n_probe_modes:
                 extra = optics.initial_probe_modes(probe_t[0], n_probe_modes - probe_t.shape[0] + 1, mode_power)[1:]
@@ -301,10 +385,15 @@ class Ptychography(nn.Module):
         model = cls(probe_t, pos + torch.tensor(origin), obj_shape, sampling, dataset.energy, n_slices=n_slices,
                     n_object_modes=n_object_modes, slice_thickness=slice_thickness, tilt=torch.tensor(tilt),
                     per_position_tilt=per_position_tilt, origin=origin, antialias=antialias)
+        model.oversampling = oversampling
+        if probe_support_radius is not None:
+            model.set_probe_support(probe_support_radius)
         if initial_phase is not None:
             if isinstance(initial_phase, str | Path):
                 initial_phase = load_phase_image(initial_phase, initial_phase_key)
             model.set_initial_phase(np.asarray(initial_phase), initial_phase_sampling)
+        if random_phase:
+            model.randomize_phase(random_phase, random_seed)
         if learning_rates:
             model.set_learning_rates(**learning_rates)
         model.detector_blur = float(detector_blur)
@@ -329,6 +418,38 @@ class Ptychography(nn.Module):
         S = self.n_slices
         with torch.no_grad():
             self.obj_phase[:, :, oy : oy + h, ox : ox + w] = img[:h, :w].to(self.obj_phase) / S
+
+    def randomize_phase(self, scale: float = 0.1, seed: int = 0) -> None:
+        """Add uniform noise in [−``scale``, ``scale``] rad to the object phase (every mode and slice), drawn from a
+        generator seeded with ``seed``: the same seed gives the same start on any device."""
+        gen = torch.Generator().manual_seed(int(seed))
+        noise = (torch.rand(self.obj_phase.shape, generator=gen) * 2 - 1) * float(scale)
+        with torch.no_grad():
+            self.obj_phase.add_(noise.to(self.obj_phase))
+
+    def set_probe_support(self, radius_px: float | None) -> None:
+        """Real-space probe support: a circle of ``radius_px`` window pixels about the centre (None: none). The
+        probe is multiplied by it wherever it is used and renormalised once now."""
+        if radius_px is None:
+            self.probe_support = None
+            return
+        mask = circular_support(self.window, radius_px).to(self.probe.device)
+        with torch.no_grad():
+            p = torch.view_as_complex(self.probe.data) * mask
+            total = p.abs().square().sum().sqrt().clamp_min(1e-30)
+            self.probe.data.copy_(torch.view_as_real(p / total * self.probe_scale))
+        self.probe_support = mask
+
+    @property
+    def translation_offsets(self) -> nn.Parameter:
+        """CDTools' name for the scan-position parameter (here :attr:`positions`, Å):
+        ``model.translation_offsets.requires_grad = False`` freezes the positions."""
+        return self.positions
+
+    @property
+    def detector_shape(self) -> tuple[int, int]:
+        """Pattern shape the model produces: the probe window divided by :attr:`oversampling`."""
+        return (self.window[0] // self.oversampling, self.window[1] // self.oversampling)
 
     def set_learning_rates(self, **rates) -> None:
         """Set learning rates, e.g. ``set_learning_rates(probe=1e-3, positions=0)``; also accepts
@@ -366,8 +487,9 @@ class Ptychography(nn.Module):
         return self.obj_phase.device
 
     def get_probe(self) -> torch.Tensor:
-        """Probe modes (M, ny, nx) complex in physical normalisation (Σ|ψ|² ≈ 1)."""
-        return torch.view_as_complex(self.probe) / self.probe_scale
+        """Probe modes (M, ny, nx) complex in physical normalisation (Σ|ψ|² ≈ 1), inside the probe support if set."""
+        probe = torch.view_as_complex(self.probe) / self.probe_scale
+        return probe if self.probe_support is None else probe * self.probe_support
 
     def get_object(self) -> torch.Tensor:
         """Complex transmission (K, S, Ny, Nx) = amplitude · exp(i·phase)."""
@@ -387,9 +509,11 @@ class Ptychography(nn.Module):
         tilt = self.tilt if self.tilt.dim() == 1 else self.tilt[index]
         inten = self.forward_model(self.get_object(), self.get_probe(), self.positions[index], self.slice_thickness,
                                    tilt, self.obj_weights if self.n_object_modes > 1 else None)
+        if self.oversampling > 1:
+            inten = bin_intensities(inten, self.oversampling)
         if self.detector_blur > 0:  # point-spread of the detector: periodic Gaussian blur of each pattern
-            u = torch.fft.fftfreq(self.window[0], device=inten.device)[:, None]
-            v = torch.fft.fftfreq(self.window[1], device=inten.device)[None, :]
+            u = torch.fft.fftfreq(inten.shape[-2], device=inten.device)[:, None]
+            v = torch.fft.fftfreq(inten.shape[-1], device=inten.device)[None, :]
             mtf = torch.exp(-2 * math.pi**2 * self.detector_blur**2 * (u**2 + v**2))
             inten = torch.fft.ifft2(torch.fft.fft2(inten) * mtf).real
         return inten
@@ -451,10 +575,24 @@ class Ptychography(nn.Module):
         return ph[..., oy : oy + h, ox : ox + w_].numpy()
 
     def inspect(self, dataset=None, path=None):
-        """Figure of the current state (phase, amplitude, probe modes, positions, loss); PNG if ``path``."""
+        """Figure of the current state (phase, amplitude, probe modes, positions, loss); PNG if ``path``.
+
+        Without ``path`` (interactive use, e.g. once per epoch in the optimisation loop as in CDTools) every call
+        redraws the same figure while it is open, instead of opening a new one; with ``path`` a new figure is
+        made, written and returned (the caller closes it)."""
         from .figures import plot_model
 
-        return plot_model(self, dataset=dataset, path=path)
+        if path is not None:
+            return plot_model(self, dataset=dataset, path=path)
+        fig = self._inspect_figure
+        import matplotlib.pyplot as plt
+
+        if fig is None or not plt.fignum_exists(fig.number):
+            fig = None
+        self._inspect_figure = plot_model(self, dataset=dataset, fig=fig)
+        if plt.isinteractive():
+            plt.pause(0.001)
+        return self._inspect_figure
 
     def compare(self, dataset=None, truth: np.ndarray | None = None, path=None):
         """Measured vs modelled patterns and (when known) reconstructed vs true phase; PNG if ``path``."""
@@ -462,11 +600,40 @@ class Ptychography(nn.Module):
 
         return plot_compare(self, dataset=dataset, truth=truth, path=path)
 
-    def save_results(self, path, config_text: str | None = None) -> Path:
-        """Write the results HDF5 (see :mod:`phasestem.recon.results`) atomically; returns the path."""
-        from .results import save_results
+    def save_results(self, path_or_dataset=None, config_text: str | None = None, metrics: dict | None = None):
+        """With a path (str or ``Path``): write the results HDF5 (see :mod:`phasestem.recon.results`) atomically and
+        return the path. With a dataset or nothing (CDTools' ``model.save_results(dataset)``): return the results
+        as a plain dict of numpy arrays and numbers (the keys of :func:`~phasestem.recon.results.load_results`),
+        ready for ``pickle.dump`` or ``np.savez``."""
+        from .results import results_dict, save_results
 
-        return save_results(self, path, config_text=config_text)
+        if isinstance(path_or_dataset, str | Path):
+            return save_results(self, path_or_dataset, config_text=config_text, metrics=metrics)
+        return results_dict(self, metrics=metrics)
+
+    # ---- per-epoch history -------------------------------------------------------------
+    def record_epoch(self, record: dict) -> None:
+        """Called by the engine after each epoch (constraints applied, ``record`` appended to the loss
+        history): stores the slice thickness and tilt of this epoch in :attr:`geometry_history` and runs
+        :attr:`epoch_callbacks`, which may add scalars (metrics) to ``record``."""
+        epoch = int(record["epoch"])
+        self.geometry_history = [g for g in self.geometry_history if int(g["epoch"]) < epoch]
+        self.geometry_history.append({"epoch": torch.tensor(epoch),
+                                      "slice_thickness": self.slice_thickness.detach().cpu().clone(),
+                                      "tilt": self.tilt.detach().cpu().clone()})
+        for fn in self.epoch_callbacks:
+            fn(self, record)
+
+    def geometry_arrays(self) -> dict[str, np.ndarray]:
+        """Per-epoch history as arrays: ``epoch`` (E,), ``slice_thickness`` (E,) Å, ``tilt`` (E, 2) or (E, N, 2) mrad
+        (epochs up to :attr:`epoch`, one row each)."""
+        rows = [g for g in self.geometry_history if int(g["epoch"]) <= self.epoch]
+        if not rows:
+            return {"epoch": np.zeros(0, np.int64), "slice_thickness": np.zeros(0),
+                    "tilt": np.zeros((0, *self.tilt.shape))}
+        return {"epoch": np.array([int(g["epoch"]) for g in rows]),
+                "slice_thickness": np.array([float(g["slice_thickness"]) for g in rows]),
+                "tilt": np.stack([g["tilt"].numpy() for g in rows]).astype(np.float64)}
 
     # ---- checkpoints -------------------------------------------------------------------
     def state_for_checkpoint(self) -> dict:
@@ -474,6 +641,7 @@ class Ptychography(nn.Module):
             "params": {k: v.detach().clone() for k, v in self.state_dict().items()},
             "epoch": self.epoch,
             "loss_history": [dict(h) for h in self.loss_history],
+            "geometry_history": [dict(g) for g in self.geometry_history],
             "schedules": {k: [-1.0 if s.lr is None else s.lr, s.start, -1 if s.end is None else s.end]
                           for k, s in self.schedules.items()},
         }
@@ -482,6 +650,7 @@ class Ptychography(nn.Module):
         self.load_state_dict(state["params"])
         self.epoch = int(state["epoch"])
         self.loss_history = [dict(h) for h in state["loss_history"]]
+        self.geometry_history = [dict(g) for g in state.get("geometry_history", [])]
         for k, (lr, start, end) in state["schedules"].items():
             self.schedules[k] = ParamSchedule(None if float(lr) < 0 else float(lr), int(start),
                                               None if int(end) < 0 else int(end))

@@ -63,6 +63,10 @@ class DataConfig(Strict):
     resample: tuple[int, int] | None = Field(None, description="resample patterns to (H, W) pixels (counts kept)")
     scan_subset: tuple[int, int, int, int] | None = Field(
         None, description="use scan rows [r0, r1) and columns [c0, c1): (r0, r1, c0, c1)")
+    ground_truth_key: str | None = Field(
+        None, description="name of a ground-truth phase (rad, 2-D, dataset frame, the reconstruction's pixel) in the "
+        "data file (.npy/.npz/HDF5): PSNR, SSIM, E_φ and FRC resolution per epoch in the log and at the end in "
+        "results.h5")
 
 
 class OpticsConfig(Strict):
@@ -135,6 +139,21 @@ class InitialPhase(Strict):
         return _pair(v, "sampling", positive=True)
 
 
+class RandomPhase(Strict):
+    """Start the object phase from seeded uniform noise (PtyRAD's random start)."""
+
+    scale: float = Field(0.1, gt=0, description="half-width of the uniform phase noise in rad ([−scale, scale])")
+    seed: int = Field(0, description="seed of the noise (the same seed gives the same start)")
+
+
+class InitialProbe(Strict):
+    """Start the probe from a file instead of the nominal optics."""
+
+    file: Path = Field(description="complex probe (M, ny, nx) or (ny, nx) in .npy/.npz/HDF5 (e.g. a previous "
+                       "results.h5, key probe/real_space); window = the pattern shape")
+    key: str | None = Field(None, description="array/dataset name inside .npz/HDF5")
+
+
 class ModelConfig(Strict):
     """The reconstruction model."""
 
@@ -150,6 +169,8 @@ class ModelConfig(Strict):
     antialias: bool = Field(False, description="apply the 2/3 band limit in the propagator")
     detector_blur: float = Field(0.0, ge=0, description="Gaussian σ (detector pixels) of the detector blur")
     initial_phase: InitialPhase | None = Field(None, description="start the object phase from an image")
+    random_phase: RandomPhase | None = Field(None, description="add seeded uniform noise to the start phase")
+    initial_probe: InitialProbe | None = Field(None, description="start the probe from a file")
     learning_rates: dict[str, ScheduleConfig | float] = Field(
         default_factory=dict, description=f"per-parameter lr or {{lr, start, end}}; keys: {', '.join(PARAM_NAMES)}")
 
@@ -202,6 +223,8 @@ class RunConfig(Strict):
     figures_every: int = Field(0, ge=0, description="write a figure every N epochs (0: only at the end)")
     n_processes: int = Field(1, ge=1, description="data-parallel processes (torch.distributed, gloo on CPU)")
     progress: bool = Field(True, description="show a progress bar")
+    ptyrad_loss: bool = Field(True, description="after every epoch also log PtyRAD's normalised Gaussian loss "
+                              "√⟨(I^p − D^p)²⟩/⟨D^p⟩ over all patterns as loss_ptyrad (one forward pass, no gradients)")
 
 
 class TuneParam(Strict):
@@ -252,6 +275,8 @@ def parse_params(data: dict, source: str = "params", base_dir: Path | None = Non
         params.run.out_dir = _rel(params.run.out_dir, base_dir)
         if params.model.initial_phase is not None:
             params.model.initial_phase.file = _rel(params.model.initial_phase.file, base_dir)
+        if params.model.initial_probe is not None:
+            params.model.initial_probe.file = _rel(params.model.initial_probe.file, base_dir)
         if params.scan.positions_file is not None:
             params.scan.positions_file = _rel(params.scan.positions_file, base_dir)
     return params
@@ -371,6 +396,14 @@ def build_model(params: ReconstructParams, dataset) -> Ptychography:
     """The model of ``params.model`` for ``dataset`` (nominal probe from the optics)."""
     m = params.model
     ip = m.initial_phase
+    probe = None
+    if m.initial_probe is not None:
+        from .model import load_probe_file
+
+        try:
+            probe = load_probe_file(m.initial_probe.file, m.initial_probe.key)
+        except (InputFileError, ShapeError) as exc:
+            raise type(exc)(f"model.initial_probe: {exc}") from None
     try:
         model = Ptychography.from_dataset(
             dataset, n_slices=m.n_slices, slice_thickness=m.slice_thickness, n_probe_modes=m.n_probe_modes,
@@ -378,7 +411,9 @@ def build_model(params: ReconstructParams, dataset) -> Ptychography:
             object_padding=m.object_padding, tilt=m.tilt, per_position_tilt=m.per_position_tilt,
             initial_phase=None if ip is None else ip.file, initial_phase_key=None if ip is None else ip.key,
             initial_phase_sampling=None if ip is None else ip.sampling, antialias=m.antialias,
-            detector_blur=m.detector_blur, aperture_edge=params.optics.aperture_edge,
+            detector_blur=m.detector_blur, aperture_edge=params.optics.aperture_edge, probe=probe,
+            random_phase=None if m.random_phase is None else m.random_phase.scale,
+            random_seed=0 if m.random_phase is None else m.random_phase.seed,
         )
     except InputFileError as exc:
         raise InputFileError(f"model.initial_phase: {exc}") from None

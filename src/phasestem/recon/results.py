@@ -13,7 +13,13 @@ Layout of ``results.h5``::
     positions_initial       (N, 2)  Å  dataset frame (start)
     tilt                    (2,) or (N, 2)  mrad
     slice_thickness         ()  Å
-    loss/<name>             (E,)  per-epoch history (loss, seconds, gaussian, …)
+    loss/<name>             (E,)  per-epoch history (loss, seconds, gaussian, …, loss_ptyrad, and psnr, ssim,
+                                  phase_error, frc_resolution when a ground truth was given)
+    history/epoch           (E,)  epochs of the rows below
+    history/slice_thickness (E,)  Å after each epoch
+    history/tilt            (E, 2) or (E, N, 2)  mrad after each epoch
+    metrics/<name>          ()    final comparison with the ground truth (when given): psnr, ssim, phase_error,
+                                  frc_resolution (Å); metrics/frc_frequencies, metrics/frc_curve (rings)
     attrs: sampling (Å), energy (eV), origin (Å: object-frame position of dataset 0 Å),
            epoch, format = "phasestem-recon-results", config (YAML text, when given)
 """
@@ -33,16 +39,46 @@ def _np(t) -> np.ndarray:
     return t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
 
 
-def save_results(model, path, config_text: str | None = None) -> Path:
-    """Write the model's results to ``path`` (``name.tmp`` then rename)."""
+def results_dict(model, metrics: dict | None = None) -> dict:
+    """The results as a plain dict of numpy arrays and numbers, with the keys of :func:`load_results`
+    (``obj_phase``, ``obj_amplitude``, ``phase_sum``, ``amplitude_prod``, ``obj_weights``, ``probe``,
+    ``probe_fourier``, ``positions``, ``positions_initial``, ``tilt``, ``slice_thickness``, ``loss``, ``history``,
+    ``metrics`` when given, and ``attrs``)."""
+    w = _np(model.obj_weights).astype(np.float64)
+    w = w / w.sum()
+    phase = _np(model.obj_phase).astype(np.float32)
+    amp = _np(model.obj_amplitude).astype(np.float32)
+    probe = _np(model.get_probe()).astype(np.complex64)
+    keys = sorted({k for h in model.loss_history for k in h})
+    out = {
+        "attrs": {"format": FORMAT, "sampling": list(model.sampling), "energy": model.energy,
+                  "origin": list(model.origin), "epoch": model.epoch},
+        "obj_phase": phase,
+        "obj_amplitude": amp,
+        "phase_sum": (phase.sum(1) * w[:, None, None]).sum(0).astype(np.float32),
+        "amplitude_prod": (amp.prod(1) * w[:, None, None]).sum(0).astype(np.float32),
+        "obj_weights": w.astype(np.float32),
+        "probe": probe,
+        "probe_fourier": np.fft.fftshift(np.fft.fft2(probe, norm="ortho"), axes=(-2, -1)).astype(np.complex64),
+        "positions": _np(model.dataset_positions()),
+        "positions_initial": _np(model.initial_positions) - np.asarray(model.origin),
+        "tilt": _np(model.tilt),
+        "slice_thickness": np.asarray(float(model.slice_thickness.detach())),
+        "loss": {k: np.array([h.get(k, np.nan) for h in model.loss_history], dtype=np.float64) for k in keys},
+        "history": model.geometry_arrays(),
+    }
+    if metrics:
+        out["metrics"] = {k: np.asarray(v) for k, v in metrics.items()}
+    return out
+
+
+def save_results(model, path, config_text: str | None = None, metrics: dict | None = None) -> Path:
+    """Write the model's results to ``path`` (``name.tmp`` then rename); ``metrics``: scalars/arrays for
+    ``metrics/`` (comparison with a ground truth)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    w = _np(model.obj_weights).astype(np.float64)
-    w = w / w.sum()
-    phase = _np(model.obj_phase)
-    amp = _np(model.obj_amplitude)
-    probe = _np(model.get_probe())
+    r = results_dict(model, metrics)
     with h5py.File(tmp, "w") as f:
         f.attrs["format"] = FORMAT
         f.attrs["sampling"] = model.sampling
@@ -52,23 +88,23 @@ def save_results(model, path, config_text: str | None = None) -> Path:
         if config_text:
             f.attrs["config"] = config_text
         g = f.create_group("object")
-        g.create_dataset("phase", data=phase.astype(np.float32), compression="gzip")
-        g.create_dataset("amplitude", data=amp.astype(np.float32), compression="gzip")
-        g.create_dataset("phase_sum", data=(phase.sum(1) * w[:, None, None]).sum(0).astype(np.float32))
-        g.create_dataset("amplitude_prod", data=(amp.prod(1) * w[:, None, None]).sum(0).astype(np.float32))
-        g.create_dataset("weights", data=w.astype(np.float32))
+        g.create_dataset("phase", data=r["obj_phase"], compression="gzip")
+        g.create_dataset("amplitude", data=r["obj_amplitude"], compression="gzip")
+        g.create_dataset("phase_sum", data=r["phase_sum"])
+        g.create_dataset("amplitude_prod", data=r["amplitude_prod"])
+        g.create_dataset("weights", data=r["obj_weights"])
         p = f.create_group("probe")
-        p.create_dataset("real_space", data=probe.astype(np.complex64))
-        spec = np.fft.fftshift(np.fft.fft2(probe, norm="ortho"), axes=(-2, -1))
-        p.create_dataset("fourier_space", data=spec.astype(np.complex64))
-        f.create_dataset("positions", data=_np(model.dataset_positions()))
-        f.create_dataset("positions_initial", data=_np(model.initial_positions) - np.asarray(model.origin))
-        f.create_dataset("tilt", data=_np(model.tilt))
-        f.create_dataset("slice_thickness", data=float(model.slice_thickness.detach()))
-        lg = f.create_group("loss")
-        keys = sorted({k for h in model.loss_history for k in h})
-        for k in keys:
-            lg.create_dataset(k, data=np.array([h.get(k, np.nan) for h in model.loss_history], dtype=np.float64))
+        p.create_dataset("real_space", data=r["probe"])
+        p.create_dataset("fourier_space", data=r["probe_fourier"])
+        f.create_dataset("positions", data=r["positions"])
+        f.create_dataset("positions_initial", data=r["positions_initial"])
+        f.create_dataset("tilt", data=r["tilt"])
+        f.create_dataset("slice_thickness", data=float(r["slice_thickness"]))
+        for group in ("loss", "history", "metrics"):
+            if group in r:
+                g = f.create_group(group)
+                for k, v in r[group].items():
+                    g.create_dataset(k, data=v)
     os.replace(tmp, path)
     return path
 
@@ -93,4 +129,7 @@ def load_results(path) -> dict:
         for k in ("positions", "positions_initial", "tilt", "slice_thickness"):
             out[k] = f[k][...]
         out["loss"] = {k: f["loss"][k][...] for k in f["loss"]}
+        for group in ("history", "metrics"):
+            if group in f:
+                out[group] = {k: f[group][k][...] for k in f[group]}
     return out
