@@ -30,6 +30,9 @@ in ``model.schedules``. The object and probe rates default to ``None``: the solv
 stepped by Adam when switched on. Change them with
 ``model.set_learning_rates(positions={"lr": 1e-2, "start": 5}, probe=0.3)``.
 Reconstructed phase in the dataset frame: ``model.phase_in_dataset_frame(shape)``.
+CDTools' tutorial calls work as written: ``Ptychography.from_dataset(dataset, oversampling=2,
+probe_support_radius=90)``, ``model.translation_offsets.requires_grad = False``, ``model.inspect(dataset)``
+in the epoch loop (one figure, redrawn), ``pickle.dump(model.save_results(dataset), f)`` (a dict).
 Intensities are handled in normalised units: the engine divides the
 measured patterns by their mean total count, and the probe has Σ|ψ|² = 1.
 
