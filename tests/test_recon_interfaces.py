@@ -56,6 +56,7 @@ def test_reconstruct_reports_ground_truth_metrics_per_epoch_and_at_the_end(tiny,
     _, cfg = tiny
     cfg = yaml.safe_load(yaml.safe_dump(cfg))
     cfg["data"]["ground_truth_key"] = "phase"
+    cfg.setdefault("run", {})["ptyrad_loss"] = True  # off by default (an extra forward pass per epoch)
     code, out, err = _cli(capsys, "reconstruct", _write(tmp_path, cfg), "--out", tmp_path / "run")
     assert code == 0, err
     assert "against the ground truth: PSNR" in out

@@ -223,8 +223,9 @@ class RunConfig(Strict):
     figures_every: int = Field(0, ge=0, description="write a figure every N epochs (0: only at the end)")
     n_processes: int = Field(1, ge=1, description="data-parallel processes (torch.distributed, gloo on CPU)")
     progress: bool = Field(True, description="show a progress bar")
-    ptyrad_loss: bool = Field(True, description="after every epoch also log PtyRAD's normalised Gaussian loss "
-                              "√⟨(I^p − D^p)²⟩/⟨D^p⟩ over all patterns as loss_ptyrad (one forward pass, no gradients)")
+    ptyrad_loss: bool = Field(False, description="after every epoch also log PtyRAD's normalised Gaussian loss "
+                              "√⟨(I^p − D^p)²⟩/⟨D^p⟩ over all patterns as loss_ptyrad (one more forward pass "
+                              "per epoch, no gradients: about a third of an epoch's time)")
 
 
 class TuneParam(Strict):
