@@ -3,6 +3,7 @@ checkpoint round trip, and a small CPU learning test."""
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -46,12 +47,35 @@ def test_output_shapes_and_api(one_thread):
     assert ((out > 0) & (out < 1)).all()  # sigmoid output
     same = A.Autoencoder(out_shape=None, channels=8, decoder_blocks=2)
     assert same(torch.rand(2, 40, 40)).shape == (2, 1, 40, 40)  # (B, H, W) accepted, output at input size
-    with pytest.raises(ShapeError, match=r"\[32, 512\]"):
+    with pytest.raises(ShapeError, match=r"\[32, 4096\]"):
         model(torch.rand(1, 1, 16, 16))
     with pytest.raises(ShapeError, match="B, 1, H, W"):
         model(torch.rand(1, 2, 32, 32))
     text = A.show(A.Autoencoder(), input_size=(1, 64, 64), print_fn=None)
-    assert "3,914,404" in text and "(1, 1, 512, 512)" not in text and "512×512" in text
+    assert "3,914,404" in text and "(1, 1, 512, 512)" not in text and "512×512" in text and "1024×1024" in text
+
+
+def test_inputs_above_512_are_accepted(one_thread):
+    """The seed says 512×512+: a 576² pattern goes through the (reduced-width) network."""
+    model = A.Autoencoder(out_shape=None, channels=4, decoder_blocks=1).eval()
+    with torch.no_grad():
+        out, z = model.encode_decode(torch.rand(1, 1, 576, 576))
+    assert out.shape == (1, 1, 576, 576) and z.shape == (1, 32)
+
+
+def test_show_prints_metrics_when_given_data(one_thread):
+    torch.manual_seed(0)
+    model = A.Autoencoder(out_shape=(32, 32), channels=8, decoder_blocks=1).train()
+    data = torch.rand(5, 32, 32) * 100
+    lines = []
+    text = A.show(model, input_size=(1, 32, 32), print_fn=lines.append, data=data, batch_size=2)
+    assert model.training  # mode restored
+    model.eval()
+    with torch.no_grad():
+        x = A.scale_patterns(data[:, None])
+        mse = float(model.compute_loss(x, *model.encode_decode(x))["mse"])
+    assert "on 5 patterns (scaled log)" in text and f"mse {mse:.4g}" in text
+    assert f"PSNR {-10 * math.log10(mse):.2f} dB" in text and "never active" in text and lines == [text]
 
 
 def test_batch_norm_skipped_on_1x1_maps(one_thread):

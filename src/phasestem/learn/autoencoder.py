@@ -10,7 +10,8 @@ map is larger than 1 × 1 — the BN modules always exist, so the parameter coun
 * Decoder (1,990,401 parameters): Linear(32 → 2048) → reshape (128, 4, 4) → conv_initial 128→128
   (no BN, no activation) → 3 × ResNetUpBlock (bilinear ×4, ConvBlock + IdentityBlock:
   4 → 16 → 64 → 256) → conv_final 128→1 → Sigmoid → bilinear resize to the output shape.
-* Total 3,914,404 parameters for every input size from 32² to 512².
+* Total 3,914,404 parameters for every input size from 32² up (the seed's "512×512+"; sides up to
+  :data:`MAX_SIZE` are accepted, memory grows with H·W).
 
 Inputs are (B, 1, H, W) patterns scaled to [0, 1] (the decoder ends in a Sigmoid); see
 :func:`scale_patterns` for the log scaling used by ``phasestem train autoencoder``.
@@ -67,7 +68,9 @@ __all__ = [
 ENCODER_PARAMETERS = 1_924_003
 DECODER_PARAMETERS = 1_990_401
 TOTAL_PARAMETERS = 3_914_404
-MIN_SIZE, MAX_SIZE = 32, 512
+#: accepted input sides (px): 32 is the smallest the three pooling stages keep ≥ 1 px; the upper bound only
+#: catches a wrong axis order (a (H·W)-long side), the network itself is fully convolutional
+MIN_SIZE, MAX_SIZE = 32, 4096
 
 DEFAULT_LAMBDA_ACT = 1e-4
 DEFAULT_LAMBDA_SIM = 5e-5
@@ -152,7 +155,7 @@ class ResNetUpBlock(nn.Module):
 
 
 class Encoder(nn.Module):
-    """(B, 1, H, W) patterns, 32 ≤ H, W ≤ 512 → (B, latent_dim) non-negative embeddings."""
+    """(B, 1, H, W) patterns, 32 ≤ H, W ≤ :data:`MAX_SIZE` → (B, latent_dim) non-negative embeddings."""
 
     def __init__(self, latent_dim: int = 32, channels: int = 128, n_blocks: int = 3, final_relu: bool = False):
         super().__init__()
@@ -220,7 +223,7 @@ class Autoencoder(nn.Module):
     ReLU after conv_final (see the module docstring).
 
     ``model(x)`` → reconstruction (B, 1, *out_shape); ``model.embed(x)`` → latent (B, latent_dim);
-    ``model.encode_decode(x)`` → both in one pass. ``x``: (B, 1, H, W) or (B, H, W), 32 ≤ H, W ≤ 512.
+    ``model.encode_decode(x)`` → both in one pass. ``x``: (B, 1, H, W) or (B, H, W), 32 ≤ H, W ≤ :data:`MAX_SIZE`.
     """
 
     def __init__(self, latent_dim: int = 32, out_shape: tuple[int, int] | None = (256, 256), *,
@@ -308,12 +311,17 @@ def scale_patterns(patterns: torch.Tensor, mode: str = "log", floor: float = 1e-
 
 
 def show(model: Autoencoder, input_size: tuple[int, int, int] = (1, 256, 256),
-         sizes: tuple[int, ...] = (32, 64, 128, 256, 512), print_fn=print) -> str:
+         sizes: tuple[int, ...] = (32, 64, 128, 256, 512, 1024), print_fn=print, data: torch.Tensor | None = None,
+         scale: str | None = "log", batch_size: int = 16) -> str:
     """Print and return a summary: parameter counts, per-stage shapes at ``input_size`` and
-    latent/output shapes for each input size in ``sizes``.
+    latent/output shapes for each input size in ``sizes``; with ``data`` (patterns (N, H, W) or
+    (N, 1, H, W); scaled by :func:`scale_patterns` with ``scale``, or taken as they are with None)
+    also the model's metrics on them: the loss terms of :meth:`Autoencoder.compute_loss`, the
+    reconstruction PSNR (dB, peak 1) and the fraction of latent units that are never active.
 
     Shapes are traced on a copy of the model on PyTorch's ``meta`` device (no arithmetic, instant
-    even at 512²); the model itself is not touched.
+    even at 1024²); the model itself is not touched (the metrics run it in eval mode, no gradients,
+    and restore its mode).
     """
     ghost = copy.deepcopy(model).to("meta").eval()
     lines = [
@@ -339,7 +347,40 @@ def show(model: Autoencoder, input_size: tuple[int, int, int] = (1, 256, 256),
         for s in sizes:
             out, z = ghost.encode_decode(torch.zeros((1, 1, s, s), device="meta"))
             lines.append(f"    {s:>4}×{s:<4} → {tuple(z.shape)}, {tuple(out.shape)}")
+    if data is not None:
+        lines.extend(_data_metrics(model, data, scale, batch_size))
     text = "\n".join(lines)
     if print_fn is not None:
         print_fn(text)
     return text
+
+
+def _data_metrics(model: Autoencoder, data: torch.Tensor, scale: str | None, batch_size: int) -> list[str]:
+    """Summary lines of the model's loss terms, PSNR and dead latent units on ``data``."""
+    x_all = torch.as_tensor(data)
+    if x_all.ndim == 3:
+        x_all = x_all[:, None]
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    sums: dict[str, float] = {}
+    active = None
+    n = len(x_all)
+    try:
+        with torch.no_grad():
+            for i in range(0, n, batch_size):
+                x = x_all[i : i + batch_size].to(device)
+                x = scale_patterns(x, scale) if scale is not None else x.float()
+                x_hat, z = model.encode_decode(x)
+                for k, v in model.compute_loss(x, x_hat, z).items():
+                    sums[k] = sums.get(k, 0.0) + float(v) * len(x)
+                hit = (z > 0).any(0)
+                active = hit if active is None else active | hit
+    finally:
+        model.train(was_training)
+    mean = {k: v / n for k, v in sums.items()}
+    psnr = -10 * math.log10(max(mean["mse"], 1e-12))
+    dead = 1.0 - float(active.float().mean())
+    return [f"  on {n} patterns ({'scaled ' + scale if scale else 'as given'}):",
+            "    " + ", ".join(f"{k} {v:.4g}" for k, v in mean.items()),
+            f"    PSNR {psnr:.2f} dB; latent units never active {dead:.0%}"]
