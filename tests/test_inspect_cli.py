@@ -30,3 +30,26 @@ def test_inspect_without_calibrations_names_the_cli_flag(tmp_path, capsys):
     assert "--energy" in err and len(err.strip().splitlines()) == 1
     assert main(["inspect", str(path), "--energy", "300e3", "--out", str(tmp_path / "c.png")]) == 1
     assert "--scan-step" in capsys.readouterr().err
+
+
+def test_dataset_inspect_click_shows_the_pattern_of_that_position():
+    """A click on a scan image puts that position's pattern in the pattern panel (interactive in a notebook)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.backend_bases import MouseEvent
+
+    from phasestem.dataset import FourDSTEM
+
+    p = np.zeros((4, 5, 16, 16), np.float32)
+    p[..., 8, 8] = 1.0
+    p[2, 3, 3, 12] = 7.0  # one position with a bright off-axis pixel
+    fig = FourDSTEM(p, energy=300e3, scan_step=(1.0, 1.0), angular_sampling=(2.0, 2.0), semiangle=4.0).inspect()
+    bf_ax, pattern_ax = fig.axes[1], fig.axes[5]
+    x, y = bf_ax.transData.transform((3, 2))  # (col, row) → display pixels
+    fig.canvas.callbacks.process("button_press_event", MouseEvent("button_press_event", fig.canvas, x, y, 1))
+    shown = pattern_ax.images[0].get_array()
+    assert pattern_ax.get_title() == "pattern at scan (2, 3) (log)"
+    assert np.unravel_index(np.argmax(shown), shown.shape) == (3, 12)
+    fig.select_position((0, 0))
+    assert pattern_ax.get_title() == "pattern at scan (0, 0) (log)"

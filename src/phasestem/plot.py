@@ -43,7 +43,13 @@ def _np(x):
 
 
 def inspect_dataset(dataset, index: tuple[int, int] | None = None, path=None, bf_fraction: float = 1.0):
-    """Mean pattern (log), virtual BF/ADF images, centre of mass, and the pattern at ``index``."""
+    """Mean pattern (log), virtual BF/ADF images, centre of mass, and the pattern at ``index``.
+
+    Interactive where the figure is (a notebook with ``%matplotlib widget``, a desktop window): a click on
+    any of the four scan images shows the pattern of that scan position (marked by a red cross); the
+    same happens from code with ``fig.select_position((row, col))``. A static backend (Agg, PNG) draws
+    the figure once.
+    """
     plt = _plt()
     mean = dataset.mean_pattern()
     H, W = dataset.pattern_shape
@@ -69,12 +75,37 @@ def inspect_dataset(dataset, index: tuple[int, int] | None = None, path=None, bf
         (com[..., 0], "centre of mass y (px)"),
         (np.log1p(one / (one.max() + 1e-30) * 1e4), f"pattern at scan {tuple(index)} (log)"),
     ]
+    images = []
     for ax, (img, title) in zip(axes.ravel(), panels, strict=True):
         im = ax.imshow(img, cmap="gray" if "pattern" in title else "viridis")
         ax.set_title(title)
         ax.axis("off")
         fig.colorbar(im, ax=ax, fraction=0.046)
+        images.append(im)
     fig.suptitle(dataset.summary(), fontsize=9)
+    scan_axes = [axes.ravel()[i] for i in (1, 2, 3, 4)]
+    marks = [ax.plot([index[1]], [index[0]], "r+", markersize=10)[0] for ax in scan_axes]
+    pattern_ax, pattern_im = axes.ravel()[5], images[5]
+
+    def select_position(where: tuple[int, int]) -> None:
+        """Show the pattern at scan position ``where`` (row, col) in the last panel."""
+        iy = int(np.clip(where[0], 0, dataset.scan_shape[0] - 1))
+        ix = int(np.clip(where[1], 0, dataset.scan_shape[1] - 1))
+        p = np.asarray(dataset.patterns[iy, ix], dtype=np.float64)
+        shown = np.log1p(p / (p.max() + 1e-30) * 1e4)
+        pattern_im.set_data(shown)
+        pattern_im.set_clim(shown.min(), shown.max())
+        pattern_ax.set_title(f"pattern at scan {(iy, ix)} (log)")
+        for m in marks:
+            m.set_data([ix], [iy])
+        fig.canvas.draw_idle()
+
+    def on_click(event) -> None:
+        if event.inaxes in scan_axes and event.xdata is not None:
+            select_position((round(event.ydata), round(event.xdata)))
+
+    fig.select_position = select_position
+    fig.canvas.mpl_connect("button_press_event", on_click)
     return _save(fig, path)
 
 
