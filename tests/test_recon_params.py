@@ -83,6 +83,19 @@ def test_unknown_key_names_the_field(tiny, tmp_path):
     assert "p.yaml" in str(exc.value)
 
 
+def test_constraint_names_legacy_freq_and_unknown_names(tiny, tmp_path):
+    """PtyRAD's normaliser maps the legacy ``freq`` to ``step`` (so do we) and passes unknown names on; we refuse
+    an unknown constraint name in one line: a misspelt constraint silently dropped would run another
+    reconstruction than the one asked for and still exit 0."""
+    cfg = yaml.safe_load(tiny[0].read_text())
+    cfg["constraints"] = {"obj_blur": {"enabled": True, "freq": 3, "sigma": 0.5}}
+    assert load_params(_write(tmp_path, cfg)).constraints.obj_blur.step == 3
+    cfg["constraints"] = {"obj_blurr": {"enabled": True}}
+    with pytest.raises(ConfigError, match=r"constraints\.obj_blurr: unknown key") as exc:
+        load_params(_write(tmp_path, cfg))
+    assert "\n" not in str(exc.value)
+
+
 def test_wrong_shape_names_the_field(tiny, tmp_path):
     cfg = yaml.safe_load(tiny[0].read_text())
     cfg["scan"]["step"] = [1.0, 1.0, 1.0]
