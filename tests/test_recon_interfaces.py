@@ -232,3 +232,29 @@ def test_oversampling_bins_onto_the_detector_and_support_limits_the_probe(ds):
     plain = Ptychography.from_dataset(ds)
     sim2, sim1 = model.simulate([12]), plain.simulate([12])
     assert sim2.shape == sim1.shape and float(sim2.sum()) == pytest.approx(float(sim1.sum()), rel=0.05)
+
+
+def test_object_preblur_blurs_what_the_forward_model_sees_not_the_object():
+    """PtyRAD's obj_preblur_std: the forward model sees a laterally blurred object; the stored one stays sharp."""
+    from phasestem.dataset import FourDSTEM
+
+    rng = np.random.default_rng(0)
+    ds = FourDSTEM(rng.random((3, 3, 24, 24)).astype(np.float32), energy=300e3, scan_step=(1.0, 1.0),
+                   angular_sampling=(2.0, 2.0), semiangle=8.0)
+    model = Ptychography.from_dataset(ds, obj_preblur=1.5)
+    with torch.no_grad():
+        model.obj_phase.copy_(torch.as_tensor(rng.normal(0, 0.3, model.obj_phase.shape), dtype=torch.float32))
+    sharp = model.obj_phase.detach().clone()
+    with torch.no_grad():
+        seen = model.blurred_object(1.5).angle()
+    tv = lambda x: float((x[..., 1:, :] - x[..., :-1, :]).abs().mean())  # noqa: E731
+    assert tv(seen) < 0.5 * tv(sharp)
+    assert abs(float(seen.mean()) - float(sharp.mean())) < 1e-3  # the blur keeps the mean
+    idx = torch.arange(9)
+    blurred = model(idx)
+    model.obj_preblur = 0.0
+    plain = model(idx)
+    assert not torch.allclose(blurred, plain)
+    model.obj_preblur = 1.5
+    model(idx).sum().backward()
+    assert model.obj_phase.grad is not None and torch.equal(model.obj_phase.detach(), sharp)

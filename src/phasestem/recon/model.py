@@ -275,6 +275,7 @@ class Ptychography(nn.Module):
             name: ParamSchedule(lr, start) for name, (lr, start) in DEFAULT_SCHEDULES.items()
         }
         self.detector_blur = 0.0  # Gaussian σ in detector pixels applied to model patterns (0: off)
+        self.obj_preblur = 0.0  # Gaussian σ in object pixels applied to the object the forward model sees (0: off)
         self.oversampling = 1  # CDTools' oversampling: window = oversampling × the detector, patterns binned
         self.register_buffer("probe_support", None, persistent=False)  # real-space probe support (ny, nx) or None
         self._inspect_figure = None
@@ -308,6 +309,7 @@ class Ptychography(nn.Module):
         antialias: bool = False,
         on_band_limit: str = "warn",
         detector_blur: float = 0.0,
+        obj_preblur: float = 0.0,
         aperture_edge: str = "soft",
         random_phase: float | None = None,
         random_seed: int = 0,
@@ -326,6 +328,9 @@ class Ptychography(nn.Module):
         (e.g. a learned prediction), divided evenly over the slices.
         ``slice_thickness`` defaults to 10 Å (1 slice: 1 Å; irrelevant without propagation).
         ``detector_blur`` (σ, detector pixels) blurs the model patterns like the detector's PSF.
+        ``obj_preblur`` (σ, object pixels; PtyRAD's ``obj_preblur_std``) blurs the object's amplitude and phase
+        laterally before the forward model sees them (the stored object stays sharp): a conditioning that damps
+        high-frequency artefacts, e.g. in the first epochs (0: off).
         ``aperture_edge``: the nominal aperture's edge, 'soft' (linear roll-off over one reciprocal pixel),
         'hard', or 'measured' (amplitude from the mean measured pattern, :mod:`phasestem.recon.probe_init`).
         ``random_phase`` (rad) adds uniform noise in [−random_phase, random_phase] to the start phase, drawn with
@@ -400,6 +405,7 @@ class Ptychography(nn.Module):
         if learning_rates:
             model.set_learning_rates(**learning_rates)
         model.detector_blur = float(detector_blur)
+        model.obj_preblur = float(obj_preblur)
         return model
 
     def set_initial_phase(self, phase: np.ndarray, sampling: tuple[float, float] | None = None) -> None:
@@ -498,6 +504,19 @@ class Ptychography(nn.Module):
         """Complex transmission (K, S, Ny, Nx) = amplitude · exp(i·phase)."""
         return torch.polar(self.obj_amplitude, self.obj_phase)
 
+    def blurred_object(self, sigma: float) -> torch.Tensor:
+        """Complex transmission (K, S, Ny, Nx) from amplitude and phase each blurred laterally by a periodic
+        Gaussian of σ = ``sigma`` object pixels (differentiable; the object's padding absorbs the wrap-around)."""
+        ny, nx = self.obj_phase.shape[-2:]
+        u = torch.fft.fftfreq(ny, device=self.device)[:, None]
+        v = torch.fft.rfftfreq(nx, device=self.device)[None, :]
+        mtf = torch.exp(-2 * math.pi**2 * sigma**2 * (u**2 + v**2))
+
+        def blur(x: torch.Tensor) -> torch.Tensor:
+            return torch.fft.irfft2(torch.fft.rfft2(x) * mtf, s=(ny, nx))
+
+        return torch.polar(blur(self.obj_amplitude), blur(self.obj_phase))
+
     def dataset_positions(self) -> torch.Tensor:
         """Current positions (N, 2) Å in the dataset frame."""
         return self.positions.detach() - torch.tensor(self.origin, device=self.device)
@@ -510,7 +529,8 @@ class Ptychography(nn.Module):
         :mod:`phasestem.fused`, one autograd node with a hand-written backward).
         """
         tilt = self.tilt if self.tilt.dim() == 1 else self.tilt[index]
-        inten = self.forward_model(self.get_object(), self.get_probe(), self.positions[index], self.slice_thickness,
+        obj = self.get_object() if self.obj_preblur <= 0 else self.blurred_object(self.obj_preblur)
+        inten = self.forward_model(obj, self.get_probe(), self.positions[index], self.slice_thickness,
                                    tilt, self.obj_weights if self.n_object_modes > 1 else None)
         if self.oversampling > 1:
             inten = bin_intensities(inten, self.oversampling)

@@ -168,6 +168,8 @@ class ModelConfig(Strict):
     per_position_tilt: bool = Field(False, description="one tilt per position instead of a global one")
     antialias: bool = Field(False, description="apply the 2/3 band limit in the propagator")
     detector_blur: float = Field(0.0, ge=0, description="Gaussian σ (detector pixels) of the detector blur")
+    obj_preblur: float = Field(0.0, ge=0, description="Gaussian σ (object pixels) by which the forward model sees "
+                               "the object's amplitude and phase blurred (PtyRAD's obj_preblur_std; 0: off)")
     initial_phase: InitialPhase | None = Field(None, description="start the object phase from an image")
     random_phase: RandomPhase | None = Field(None, description="add seeded uniform noise to the start phase")
     initial_probe: InitialProbe | None = Field(None, description="start the probe from a file")
@@ -412,7 +414,8 @@ def build_model(params: ReconstructParams, dataset) -> Ptychography:
             object_padding=m.object_padding, tilt=m.tilt, per_position_tilt=m.per_position_tilt,
             initial_phase=None if ip is None else ip.file, initial_phase_key=None if ip is None else ip.key,
             initial_phase_sampling=None if ip is None else ip.sampling, antialias=m.antialias,
-            detector_blur=m.detector_blur, aperture_edge=params.optics.aperture_edge, probe=probe,
+            detector_blur=m.detector_blur, obj_preblur=m.obj_preblur, aperture_edge=params.optics.aperture_edge,
+            probe=probe,
             random_phase=None if m.random_phase is None else m.random_phase.scale,
             random_seed=0 if m.random_phase is None else m.random_phase.seed,
         )
