@@ -8,21 +8,47 @@ import numpy as np
 from .reading import CHUNK_PIXELS, row_chunks
 
 
+def _keys_weights(u):
+    """Weights (N, 4) of Keys' cubic convolution (a = −0.5) at taps −1, 0, 1, 2 for fractions ``u`` (N,) in [0, 1)."""
+    import torch
+
+    d = torch.stack([1 + u, u, 1 - u, 2 - u], -1)  # distance of each tap
+    a = -0.5
+    near = (a + 2) * d**3 - (a + 3) * d**2 + 1
+    far = a * d**3 - 5 * a * d**2 + 8 * a * d - 4 * a
+    return torch.where(d <= 1, near, far)
+
+
+def _shift_matrices(s, n: int):
+    """(N, n, n) matrices that shift a length-``n`` axis by s (N,) px (content to larger indices), periodic."""
+    import torch
+
+    t = -s
+    j = torch.floor(t)
+    w = _keys_weights(t - j).to(torch.float32)  # (N, 4)
+    idx = (torch.arange(n)[None, :, None] + j.long()[:, None, None] + torch.arange(-1, 3)[None, None, :]) % n
+    out = torch.zeros(len(s), n, n)
+    return out.scatter_add_(2, idx, w[:, None, :].expand(-1, n, -1).contiguous())
+
+
 def shift_images(block: np.ndarray, shifts: np.ndarray) -> np.ndarray:
     """Shift real images (..., H, W) by ``shifts`` (..., 2) px (content to larger indices), sub-pixel, periodic.
 
-    Fourier interpolation; negative ringing is clipped to 0 (counts).
+    Keys' cubic convolution, separable (4 taps per axis): local, so the noise and the hard edge of the
+    bright-field disk stay where they are. A Fourier shift of the intensities would ring: a pattern is
+    not band-limited on its own grid (|FFT|² of a window has twice its support), and the ringing of the
+    disk edge and of every Poisson count spreads over the whole frame (benchmarks/real_data, 32 × 32 scan:
+    --auto phase r 0.75 with Fourier shifts, 0.955 with this kernel, 0.976 with no descan to remove; wider
+    kernels, Lanczos-3 or a cubic B-spline, 0.94). Negative overshoot is clipped to 0 (counts); whole-pixel
+    shifts are exact.
     """
     import torch
 
     H, W = block.shape[-2:]
-    ky = torch.fft.fftfreq(H)[:, None]
-    kx = torch.fft.rfftfreq(W)[None, :]
-    s = torch.as_tensor(np.asarray(shifts), dtype=torch.float32)
-    angle = -2 * np.pi * (ky * s[..., 0, None, None] + kx * s[..., 1, None, None])
-    ramp = torch.complex(torch.cos(angle), torch.sin(angle))
-    out = torch.fft.irfft2(torch.fft.rfft2(torch.as_tensor(block, dtype=torch.float32)) * ramp, s=(H, W))
-    return out.clamp_(min=0.0).numpy()
+    x = torch.as_tensor(np.ascontiguousarray(block), dtype=torch.float32).reshape(-1, H, W)
+    s = torch.as_tensor(np.asarray(shifts), dtype=torch.float64).reshape(-1, 2)
+    out = _shift_matrices(s[:, 0], H) @ x @ _shift_matrices(s[:, 1], W).transpose(1, 2)
+    return out.clamp_(min=0.0).reshape(block.shape).numpy()
 
 
 def corrected_chunks(dataset, plan, centres: np.ndarray, transpose: bool = False,
