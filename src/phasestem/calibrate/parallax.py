@@ -10,6 +10,8 @@ angle α_g = k_g·dk) is shifted by s_g = −C·α_g Å (object frame), S⁻¹R(
    aberration matrix: C10 = tr C / 2, C12 and φ12 from its traceless part
    (C = C10·I + C12·[[−cos 2φ12, sin 2φ12], [sin 2φ12, cos 2φ12]], χ's Krivanek convention).
 Steps 2–3 are repeated with the fitted shifts.
+
+θ vs θ + 180° (same data with −C): :func:`phase_skewness` of the parallax phase (atoms are positive peaks).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..direct.tcbf import padded_spectra, parallax_shifts, shifted_sum
+from ..direct.tcbf import padded_spectra, parallax_shifts, shifted_sum, tcbf_image
 from ..optics import wavelength
 
 
@@ -37,6 +39,7 @@ class ParallaxFit:
     matrix: np.ndarray  # (2, 2) M, scan px per detector px
     search: np.ndarray = field(default_factory=lambda: np.zeros((2, 0)))  # (2, n): C10 grid Å, sharpness
     coherence: float = 0.0  # mean Pearson r of each aligned group image with the sum of the others
+    skewness: float | None = None  # of the parallax phase at this C10 (> 0: atoms come out as positive peaks)
 
     @property
     def residual(self) -> float:
@@ -53,7 +56,13 @@ class ParallaxFit:
     def to_dict(self) -> dict:
         return {"C10": self.C10, "C12": self.C12, "phi12": self.phi12, "rotation_deg": self.rotation,
                 "determinant": self.determinant, "residual_px": self.residual, "max_shift_px": self.max_shift,
-                "coherence": self.coherence}
+                "coherence": self.coherence, "phase_skewness": self.skewness}
+
+    def flip_branch(self) -> None:
+        """Take θ + 180°: the same data with C → −C (C10, and φ12 turned by 90°)."""
+        self.rotation, self.C10, self.phi12 = (self.rotation + 180.0) % 360.0, -self.C10, self.phi12 + math.pi / 2
+        if self.skewness is not None:
+            self.skewness = -self.skewness
 
 
 def _xcorr_peak(spec_a: np.ndarray, spec_ref: np.ndarray, guess: np.ndarray, radius: float,
@@ -214,3 +223,28 @@ def fit_parallax(images: np.ndarray, weights: np.ndarray, k_px: np.ndarray, dk_m
     return ParallaxFit(C10=c10, C12=c12, phi12=phi12, rotation=theta, determinant=det, k=k_px,
                        measured=measured, fitted=fitted, matrix=M, search=np.stack([coarse, curve]),
                        coherence=coherence)
+
+
+def phase_skewness(images: np.ndarray, weights: np.ndarray, shifts: np.ndarray, c10: float,
+                   step: tuple[float, float], energy: float, semiangle: float, upsample: int = 2,
+                   wiener: float = 0.1) -> float:
+    """Skewness of the parallax phase of contrast images (G, Sy, Sx) aligned by ``shifts`` (G, 2) scan px.
+
+    The tcBF contrast of a weak phase object is 2·sin χ(q)·φ̂(q) (:mod:`phasestem.direct.parallax`), so the
+    same images give −φ with −C10: of θ and θ + 180° the right one makes the projected potential positive
+    peaks on a lower background, a positive skewness. Taken inside the area every shifted image covers.
+    """
+    from .rotation import skewness
+
+    img = tcbf_image(images, shifts, weights, upsample)
+    fine = np.asarray(step, dtype=np.float64) / upsample
+    qy = np.fft.fftfreq(img.shape[0], fine[0])[:, None]
+    qx = np.fft.fftfreq(img.shape[1], fine[1])[None, :]
+    lam = wavelength(energy)
+    q2 = qy**2 + qx**2
+    transfer = 2 * np.sin(np.pi * lam * c10 * q2)
+    transfer[q2 > (2 * semiangle * 1e-3 / lam) ** 2] = 0.0
+    phi = np.fft.ifft2(np.fft.fft2(img - img.mean()) * transfer / (transfer**2 + wiener)).real
+    m = (int(math.ceil(np.abs(shifts).max())) + 1) * upsample
+    core = phi[m:-m, m:-m] if min(phi.shape) > 4 * m else phi
+    return skewness(core)

@@ -3,6 +3,12 @@
 Order: bad pixels (summed pattern) → bright-field disk, descan plane and radius → angular
 sampling (or semi-angle) → CoM field → rotation and transpose → tcBF parallax (defocus,
 astigmatism, refined rotation, transpose check).
+
+θ vs θ + 180° (the same data with −C10 and −φ): the dark-field rule of :mod:`.rotation`, then, when the
+parallax is used, the skewness of the parallax phase (:func:`.parallax.phase_skewness`) where it is
+clear (|skewness| ≥ MIN_SKEWNESS): it comes from the bright field, so anything in the dark field that is
+not the specimen (the ringing of intensities shifted by Fourier interpolation upstream, a background)
+cannot flip it; a known C10 sign (``c10_sign``) overrides both.
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ from ..errors import ConfigError
 from .badpixels import BadPixels, fill_bad_pixels, fill_plan, find_bad_pixels
 from .com import com_field
 from .disk import DiskFit, fit_disk
-from .parallax import ParallaxFit, fit_parallax
+from .parallax import ParallaxFit, fit_parallax, phase_skewness
 from .reading import summed_pattern
 from .rotation import MAX_CURL_RATIO, NoContrastError, RotationFit, choose_branch, fit_rotation
 
@@ -114,6 +120,9 @@ MIN_COHERENCE = 0.7
 #: the parallax is fitted on at most this many scan rows and columns (the central block)
 PARALLAX_SCAN = 64
 
+#: the parallax phase decides θ vs θ + 180° when its skewness is at least this large (else the dark-field rule)
+MIN_SKEWNESS = 0.2
+
 
 def _group_contrast(dataset, plan, centres, radius):
     """Contrast images of the bright-field groups over the central ≤ PARALLAX_SCAN² block of the scan."""
@@ -136,9 +145,25 @@ def _branch_from_dark_field(pfit: ParallaxFit, com, transpose: bool, step, dark,
     """θ vs θ + 180° of a parallax-only rotation by the dark-field rule of :mod:`.rotation` (flips C in place)."""
     theta, rule, score = choose_branch(com, pfit.rotation, transpose, step, dark)
     if abs((theta - pfit.rotation + 180) % 360 - 180) > 90:  # θ + 180° ≡ −C
-        pfit.rotation, pfit.C10, pfit.phi12 = theta, -pfit.C10, pfit.phi12 + math.pi / 2
+        pfit.flip_branch()
     notes.append(f"centre-of-mass field too weak for the rotation (relative curl {ratio:.2f}): rotation and transpose "
                  f"from the parallax alone; θ vs θ + 180° by the {rule} (score {score:.2f}, weak below 0.1)")
+
+
+def _branch_from_skewness(pfit: ParallaxFit, con, weights, step, energy: float, semiangle: float,
+                          com: RotationFit, notes: list[str]) -> None:
+    """θ vs θ + 180° of a parallax fit by the skewness of its phase, where it is clear (flips C in place)."""
+    pfit.skewness = phase_skewness(con, weights, pfit.fitted, pfit.C10, step, energy, semiangle)
+    if abs(pfit.skewness) < MIN_SKEWNESS:
+        notes.append(f"θ vs θ + 180°: the parallax phase is hardly skewed ({pfit.skewness:+.2f}); kept the "
+                     f"{com.branch} rule's choice (score {com.branch_score:.2f}); give --c10-sign if the defocus "
+                     "sign is known")
+    elif pfit.skewness < 0:
+        old = pfit.C10
+        pfit.flip_branch()
+        notes.append(f"θ vs θ + 180° from the parallax phase: skewness {-pfit.skewness:+.2f} with C10 = {old:.0f} Å, "
+                     f"{pfit.skewness:+.2f} with C10 = {pfit.C10:.0f} Å (atoms are positive peaks); the "
+                     f"{com.branch} rule (score {com.branch_score:.2f}) chose the other")
 
 
 def calibrate(dataset, semiangle: float | None = None, angular_sampling: float | None = None,
@@ -202,10 +227,12 @@ def calibrate(dataset, semiangle: float | None = None, angular_sampling: float |
             f"no specimen contrast: the centre-of-mass field is nearly as curled as it is divergent at every rotation "
             f"(relative curl {ratio:.2f} > {MAX_CURL_RATIO}) and the bright-field parallax gives no shift map; "
             "vacuum-only data, or too few counts to calibrate the rotation")
+    if pfit is not None:
+        _branch_from_skewness(pfit, con, weights, step, dataset.energy, float(semiangle), fits[chosen], notes)
     if c10_sign and pfit is not None and np.sign(pfit.C10) != np.sign(c10_sign):
-        pfit.rotation, pfit.C10, pfit.phi12 = (pfit.rotation + 180.0) % 360.0, -pfit.C10, pfit.phi12 + math.pi / 2
-        notes.append(f"θ + 180° taken so that C10 has the sign given ({c10_sign:+g}); the dark-field rule chose "
-                     "the other")
+        pfit.flip_branch()
+        notes.append(f"θ + 180° taken so that C10 has the sign given ({c10_sign:+g}); the data's branch rules "
+                     "chose the other")
     rot = fits[chosen]
     rotation = pfit.rotation if pfit is not None else rot.rotation
     if pfit is not None and com_ok:
