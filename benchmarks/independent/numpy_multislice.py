@@ -106,6 +106,7 @@ def simulate_patterns(
     n_source: int = 5,
     dose: float | None = None,
     rng: np.random.Generator | None = None,
+    detector_shift: np.ndarray | None = None,
 ) -> np.ndarray:
     """4D-STEM patterns (N, window, window) float32 for probe centres ``positions`` (N, 2) Å.
 
@@ -135,6 +136,8 @@ def simulate_patterns(
         jitter, weights = np.zeros((1, 2)), np.ones(1)
     half = window // 2
     out = np.zeros((len(positions), window, window))
+    wy = np.arange(window)[:, None] / window
+    wx = np.arange(window)[None, :] / window
     for i, r0 in enumerate(np.asarray(positions, dtype=float)):
         cy, cx = (int(math.floor(v / sampling + 0.5)) for v in r0)
         for d, w in zip(jitter, weights, strict=True):
@@ -146,6 +149,8 @@ def simulate_patterns(
                     wave = np.fft.ifft2(np.fft.fft2(wave, norm="ortho") * prop, norm="ortho")
             cut = np.take(np.take(wave, np.arange(cy - half, cy - half + window) % Ny, 0),
                           np.arange(cx - half, cx - half + window) % Nx, 1)
+            if detector_shift is not None:
+                cut = cut * np.exp(2j * math.pi * (wy * detector_shift[i][0] + wx * detector_shift[i][1]))
             far = np.fft.fftshift(np.fft.fft2(cut, norm="ortho"))
             out[i] += w * np.abs(far) ** 2
     out /= out.sum((-2, -1), keepdims=True)
