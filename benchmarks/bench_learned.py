@@ -8,6 +8,10 @@ machine); a GPU is used too when present. Random weights and inputs: speed does 
     python benchmarks/bench_learned.py                 # tiny, small, base on CPU (+ GPU)
     python benchmarks/bench_learned.py --sizes base --repeats 2
     python benchmarks/bench_learned.py --sizes tiny --ad 3   # + seconds per epoch of the AD engine
+    python benchmarks/bench_learned.py --devices cuda --amp bf16 --json out.json   # GPU, bf16 autocast
+
+On a GPU each step's peak memory is recorded too (``peak_GiB_*``: the largest
+``torch.cuda.max_memory_allocated`` over the step, weights and optimiser state included).
 
 ``--ad N`` times N epochs of phasestem's AD ptychography (1 slice, 1 probe mode, Adam, batch 32, 15 mrad —
 the band limit of 0.39 Å pixels at 300 keV) on a simulated scan of the same size (50×50 positions at
@@ -18,6 +22,8 @@ this CPU-only benchmark does not have.)
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import sys
 import time
 
@@ -50,7 +56,7 @@ def timed(fn, device, repeats: int, slow: float = 5.0) -> float:
     return (time.perf_counter() - t0) / repeats
 
 
-def bench(size: str, device: torch.device, repeats: int, pattern: int = 64) -> dict[str, float]:
+def bench(size: str, device: torch.device, repeats: int, pattern: int = 64, amp: str = "off") -> dict[str, float]:
     g = BlockGeometry()
     torch.manual_seed(0)
     pn = PatchRecoveryNet({"size": size}).to(device)
@@ -100,6 +106,11 @@ def bench(size: str, device: torch.device, repeats: int, pattern: int = 64) -> d
     def patch_infer():
         pn(x, coords1.expand(bp, -1, -1))
 
+    def autocast():
+        if amp == "off":
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
     out = {"params_M": n_par}
     steps = [("patch_train_blocks_s", patch_step, bp), ("patch_infer_blocks_s", patch_infer, bp),
              ("stitch_train_samples_s", stitch_step, bs), ("e2e_train_samples_s", e2e_step, 1),
@@ -108,8 +119,17 @@ def bench(size: str, device: torch.device, repeats: int, pattern: int = 64) -> d
         if key == "e2e_train_samples_s" and device.type == "cpu" and size in ("medium", "base"):
             out[key] = float("nan")  # backprop through 4900 patterns of ResNet34 needs > 24 GB of host memory
             continue
-        t = timed(fn, device, repeats)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+
+        def under_amp(fn=fn):
+            with autocast():
+                fn()
+
+        t = timed(under_amp, device, repeats)
         out[key] = t if n is None else n / t
+        if device.type == "cuda":
+            out["peak_GiB_" + key] = torch.cuda.max_memory_allocated(device) / 2**30
         print(f"  {size} {device.type} {key}: {out[key]:.3g}", file=sys.stderr, flush=True)
     return out
 
@@ -138,9 +158,16 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ad", type=int, default=0, help="also time N epochs of the AD engine (CPU)")
+    ap.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when there is one")
+    ap.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off", help="autocast of every timed step")
+    ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    if args.devices:
+        devices = [torch.device(d) for d in args.devices]
+    else:
+        devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    rows = []
     cols = ["params_M", "patch_train_blocks_s", "patch_infer_blocks_s", "stitch_train_samples_s",
             "e2e_train_samples_s", "predict_one_s"]
     print("| device | size | " + " | ".join(cols) + " |")
@@ -148,12 +175,16 @@ def main() -> None:
     predict_cpu = {}
     for dev in devices:
         for size in args.sizes:
-            r = bench(size, dev, args.repeats)
+            r = bench(size, dev, args.repeats, amp=args.amp)
             name = f"cpu×{args.threads}" if dev.type == "cpu" else torch.cuda.get_device_name()
+            rows.append(dict(device=name, size=size, amp=args.amp, **r))
             if dev.type == "cpu":
                 predict_cpu[size] = r["predict_one_s"]
             print(f"| {name} | {size} | " + " | ".join(f"{r[c]:.3g}" for c in cols) + " |", flush=True)
     print("\npredict_one_s: 2500 patterns (64²) → one 256² phase, End2End forward incl. stitching.")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=1)
     if args.ad:
         ad = ad_seconds_per_epoch(args.ad)
         print(f"\nAD ptychography (CPU×{args.threads}, 1 slice, 1 mode, batch 32): {ad:.3g} s per epoch")

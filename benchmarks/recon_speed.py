@@ -10,13 +10,17 @@ The FFT bound per iteration is the time of the 2-D FFTs a mixed-state multislice
 probe modes and S slices, 4·S batched FFTs of (B·M, 128, 128) (forward: probe shift,
 2(S−1) propagations, far field; the backward pass as many again).
 
-Times are the minimum over iterations (robust to other load on a shared machine).
+Times are the minimum over iterations (robust to other load on a shared machine). On a GPU
+(``--device cuda``) every timing is closed by a device synchronisation, and the peak GPU memory of
+each case is printed.
 
-Usage: python benchmarks/recon_speed.py [--iterations 3] [--cases a,b,c] [--threads 2]
+Usage: python benchmarks/recon_speed.py [--iterations 3] [--cases a,b,c] [--threads 2] [--device cuda]
+                                        [--scan 32] [--batch 32] [--json FILE]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import torch
@@ -25,6 +29,11 @@ from phasestem.recon import Ptychography
 from phasestem.recon.synthetic import simulate_dataset
 
 CASES = {"a": (1, 1), "b": (8, 1), "c": (8, 4)}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def batch_times(model, dataset, batch: int, n_fft: int, n_modes: int, repeats: int = 10) -> tuple[float, float]:
@@ -37,19 +46,22 @@ def batch_times(model, dataset, batch: int, n_fft: int, n_modes: int, repeats: i
     data = prepared_data(model, dataset, cfg.power)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=1e-4)
-    idx = torch.arange(batch)
-    x = torch.randn(batch * n_modes, *model.window, dtype=torch.complex64)
+    dev = model.device
+    idx = torch.arange(batch, device=dev)
+    x = torch.randn(batch * n_modes, *model.window, dtype=torch.complex64, device=dev)
 
     def step():
         opt.zero_grad(set_to_none=True)
         loss, _ = total_loss(cfg, model(idx), None, data.meas_p[idx], None, None, data.counts, batch)
         loss.backward()
         opt.step()
+        sync(dev)
 
     def ffts():
         y = x
         for j in range(n_fft):
             y = torch.fft.fft2(y, norm="ortho") if j % 2 == 0 else torch.fft.ifft2(y, norm="ortho")
+        sync(dev)
 
     torch.set_flush_denormal(True)
     best_step = best_fft = float("inf")
@@ -64,9 +76,10 @@ def batch_times(model, dataset, batch: int, n_fft: int, n_modes: int, repeats: i
     return best_step, best_fft
 
 
-def fft_bound(n_patterns: int, batch: int, window: int, n_slices: int, n_modes: int, repeats: int = 2) -> float:
+def fft_bound(n_patterns: int, batch: int, window: int, n_slices: int, n_modes: int, repeats: int = 2,
+              device: torch.device = torch.device("cpu")) -> float:
     """Seconds of the FFTs alone for one iteration (epoch)."""
-    x = torch.randn(batch * n_modes, window, window, dtype=torch.complex64)
+    x = torch.randn(batch * n_modes, window, window, dtype=torch.complex64, device=device)
     n_fft = 4 * n_slices
     n_batches = -(-n_patterns // batch)
     best = float("inf")
@@ -76,6 +89,7 @@ def fft_bound(n_patterns: int, batch: int, window: int, n_slices: int, n_modes: 
             y = x
             for j in range(n_fft):
                 y = torch.fft.fft2(y, norm="ortho") if j % 2 == 0 else torch.fft.ifft2(y, norm="ortho")
+        sync(device)
         best = min(best, time.perf_counter() - t)
     return best
 
@@ -85,29 +99,44 @@ def main(argv=None) -> None:
     ap.add_argument("--iterations", type=int, default=3)
     ap.add_argument("--cases", default="a,b,c")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--scan", type=int, default=32)
+    ap.add_argument("--scan", type=int, default=32, help="scan of N × N positions")
+    ap.add_argument("--batch", type=int, default=32, help="patterns per optimiser step")
+    ap.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    rows = []
     print(f"{'case':>4} {'slices':>6} {'modes':>5} {'s/iter':>8} {'FFT s/iter':>10} {'ratio':>6} "
-          f"{'batch ms':>9} {'FFT ms':>7} {'batch ratio':>11}")
+          f"{'batch ms':>9} {'FFT ms':>7} {'batch ratio':>11} {'peak GiB':>8}")
     for case in args.cases.split(","):
         S, M = CASES[case]
         ds = simulate_dataset(window=(128, 128), sampling=0.2, scan_shape=(args.scan, args.scan), scan_step=1.0,
                               energy=300e3, semiangle=20.0, c10=-100.0, n_slices=S, slice_thickness=10.0,
                               max_phase=0.5 if S == 1 else 0.3, seed=0)
-        model = Ptychography.from_dataset(ds, n_slices=S, slice_thickness=10.0, n_probe_modes=M)
+        model = Ptychography.from_dataset(ds, n_slices=S, slice_thickness=10.0, n_probe_modes=M).to(device)
         model.positions.requires_grad_(False)
-        gen = model.Adam_optimize(args.iterations + 1, ds, batch_size=32, progress=False)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        gen = model.Adam_optimize(args.iterations + 1, ds, batch_size=args.batch, progress=False)
         next(gen)  # warm-up epoch (data preparation, allocator)
         per_iter = float("inf")
         t = time.perf_counter()
         for _ in gen:
+            sync(device)
             per_iter = min(per_iter, time.perf_counter() - t)
             t = time.perf_counter()
-        bound = fft_bound(ds.n_patterns, 32, 128, S, M, repeats=3)
-        b_step, b_fft = batch_times(model, ds, 32, 4 * S, M)
+        peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+        bound = fft_bound(ds.n_patterns, args.batch, 128, S, M, repeats=3, device=device)
+        b_step, b_fft = batch_times(model, ds, args.batch, 4 * S, M)
         print(f"{case:>4} {S:>6} {M:>5} {per_iter:8.3f} {bound:10.3f} {per_iter / bound:6.2f} "
-              f"{b_step * 1e3:9.1f} {b_fft * 1e3:7.1f} {b_step / b_fft:11.2f}", flush=True)
+              f"{b_step * 1e3:9.1f} {b_fft * 1e3:7.1f} {b_step / b_fft:11.2f} {peak:8.2f}", flush=True)
+        rows.append(dict(case=case, slices=S, modes=M, patterns=ds.n_patterns, batch=args.batch, device=str(device),
+                         s_per_iter=per_iter, fft_bound_s=bound, batch_ms=b_step * 1e3, fft_ms=b_fft * 1e3,
+                         peak_gib=peak))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=1)
 
 
 if __name__ == "__main__":

@@ -187,3 +187,18 @@ def test_n_processes_shortcut_spawns_the_ranks_and_rank_0_alone_writes(tmp_path)
     assert {p.name for p in (tmp_path / "out").iterdir()} == RUN_FILES
     state = torch.load(tmp_path / "out" / "checkpoint.pt", weights_only=True)
     assert state["epoch"] == 2 and state["loss_history"][1]["loss"] < state["loss_history"][0]["loss"]
+
+
+def test_a_cuda_device_that_is_not_there_is_refused_in_one_line(monkeypatch):
+    from phasestem.errors import ConfigError
+    from phasestem.recon.distributed import rank_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"run.device: 'cuda' but torch sees no CUDA GPU"):
+        rank_device("cuda")
+    assert rank_device("auto") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match=r"'cuda:1' but this machine has 1 GPU"):
+        rank_device("cuda:1")
+    assert rank_device("cuda:0") == "cuda:0"

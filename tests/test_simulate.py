@@ -144,3 +144,23 @@ def test_original_generator_files_are_read_with_sigma_conversion(tmp_path):
     np.testing.assert_allclose(ds.truth["phase"], pot * interaction_constant(200e3), rtol=1e-6)
     assert "projected potential" in ds.metadata["phase_target"]
     assert ds.scan_shape == (50, 50) and ds.scan_step == (2.0, 2.0)
+
+
+@pytest.mark.parametrize("shape", [(10, 10, 16, 16), (7, 6, 8, 8)])  # whole chunks; edge chunks padded
+def test_parallel_chunk_compression_writes_what_h5py_gzip_shuffle_writes(tmp_path, shape):
+    from phasestem.simulate.writer import write_chunked
+
+    rng = np.random.default_rng(0)
+    data = (rng.random(shape, dtype=np.float32) * np.exp(-8 * rng.random(shape, dtype=np.float32)))
+    with h5py.File(tmp_path / "ours.h5", "w") as f:
+        write_chunked(f, "x", data, (5, 5, *shape[2:]), 4)
+    with h5py.File(tmp_path / "h5py.h5", "w") as f:
+        f.create_dataset("x", data=data, chunks=(5, 5, *shape[2:]), compression="gzip", compression_opts=4,
+                         shuffle=True)
+    with h5py.File(tmp_path / "ours.h5", "r") as a, h5py.File(tmp_path / "h5py.h5", "r") as b:
+        assert (a["x"].compression, a["x"].compression_opts, a["x"].shuffle) == ("gzip", 4, True)
+        np.testing.assert_array_equal(a["x"][...], data)  # any HDF5 reader decodes our raw chunks
+        for i in range(a["x"].id.get_num_chunks()):  # byte for byte the chunks h5py's own filters write
+            ca, cb = a["x"].id.get_chunk_info(i), b["x"].id.get_chunk_info(i)
+            assert ca.chunk_offset == cb.chunk_offset
+            assert a["x"].id.read_direct_chunk(ca.chunk_offset) == b["x"].id.read_direct_chunk(cb.chunk_offset)

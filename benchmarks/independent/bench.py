@@ -2,7 +2,7 @@
 
     python benchmarks/independent/bench.py [--cases thin thick noisy coherent] [--quick]
         [--tools phasestem ptyrad py4dstem quantem ptychi] [--workdir runs/independent]
-        [--envs .bench_envs] [--reuse] [--resimulate]
+        [--envs .bench_envs] [--reuse] [--resimulate] [--device cuda --python python3]
 
 Cases (``cases.py``; ``abtem`` from ``cases_abtem.py``): 32 × 32 raster at 1 Å, 128² patterns of
 0.2 Å pixels, 300 keV, 20 mrad, focus 100 Å before the entrance surface. Every tool: batch 32, 2
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -70,17 +71,31 @@ def build_case(name: str, quick: bool, path: Path, iters: int) -> None:
     os.replace(tmp, path)
 
 
-def interpreter(tool: str, envs: Path) -> str:
+# tools whose runner takes --device (the others run on the CPU only)
+DEVICE_TOOLS = ("phasestem", "ptyrad", "ptychi")
+
+
+def interpreter(tool: str, envs: Path, one_python: str | None = None) -> str:
+    """The tool's venv python (``envs/TOOL/bin/python``), phasestem's own, or ``one_python`` for every tool."""
+    if one_python:
+        return one_python
     return sys.executable if tool == "phasestem" else str(envs / tool / "bin" / "python")
 
 
 def run_tool(tool: str, case_path: Path, result_path: Path, envs: Path, threads: int, timeout: int,
-             extra: list[str] | None = None) -> str | None:
-    py = interpreter(tool, envs)
-    if not Path(py).exists():
+             extra: list[str] | None = None, device: str = "cpu", one_python: str | None = None) -> str | None:
+    py = interpreter(tool, envs, one_python)
+    if not (Path(py).exists() or shutil.which(py)):
         return f"no interpreter {py} (run benchmarks/independent/setup_envs.sh)"
+    if device != "cpu":
+        if tool not in DEVICE_TOOLS:
+            return f"its runner has no --device (only {', '.join(DEVICE_TOOLS)} run on {device})"
+        extra = [*(extra or []), "--device", device]
+    path = [str(PEERS), str(HERE)]
+    if one_python and os.environ.get("PYTHONPATH"):  # one environment: keep its own path (e.g. unpacked wheels)
+        path.append(os.environ["PYTHONPATH"])
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), MPLBACKEND="Agg",
-               PYTHONPATH=os.pathsep.join([str(PEERS), str(HERE)]), OMP_WAIT_POLICY=OMP_WAIT_POLICY)
+               PYTHONPATH=os.pathsep.join(path), OMP_WAIT_POLICY=OMP_WAIT_POLICY)
     cmd = [py, str(RUNNERS[tool]), str(case_path), str(result_path), "--threads", str(threads), *(extra or [])]
     from common import run_logged
 
@@ -153,6 +168,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny 10×10 scan of 64² patterns, few iterations")
     ap.add_argument("--resimulate", action="store_true", help="rebuild the case files")
     ap.add_argument("--reuse", action="store_true", help="reuse existing result files instead of rerunning")
+    ap.add_argument("--device", default="cpu", help=f"torch device of {', '.join(DEVICE_TOOLS)} (e.g. cuda)")
+    ap.add_argument("--python", default=None,
+                    help="one interpreter for every tool (all installed in one environment, e.g. on a GPU machine) "
+                         "instead of the venvs under --envs")
     ap.add_argument("--omp-wait-policy", default=OMP_WAIT_POLICY, choices=["PASSIVE", "ACTIVE"],
                     help="OMP_WAIT_POLICY given to every tool (default PASSIVE: fair on a shared machine)")
     args = ap.parse_args()
@@ -199,11 +218,12 @@ def main() -> None:
                 load = os.getloadavg()
                 print(f"[{name}] {tool}: start, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
                 t0 = time.perf_counter()
-                err = run_tool(tool, case_path, rp, envs, args.threads, args.timeout)
+                err = run_tool(tool, case_path, rp, envs, args.threads, args.timeout, device=args.device,
+                               one_python=args.python)
                 wall = time.perf_counter() - t0
                 print(f"[{name}] {tool}: {'ok' if err is None else err} ({wall:.0f} s wall)", flush=True)
                 rec = dict(load_at_start=list(load), wall_s=wall, when=time.strftime("%Y-%m-%d %H:%M:%S"),
-                           threads=args.threads, omp_wait_policy=OMP_WAIT_POLICY)
+                           threads=args.threads, omp_wait_policy=OMP_WAIT_POLICY, device=args.device)
                 if err is not None:
                     rec["error"] = err
                     rp.unlink(missing_ok=True)

@@ -1,5 +1,5 @@
 """PtyRAD 1.0.0 on one benchmark case (run with the ptyrad venv's python, see setup_envs.sh):
-``python run_ptyrad.py CASE.npz RESULT.npz [--threads 2] [--obj-lr 2e-3]``.
+``python run_ptyrad.py CASE.npz RESULT.npz [--threads 2] [--obj-lr 2e-3] [--device cuda]``.
 
 Fairness settings (PEERS.md): pixel size given (``meas_calibration: dx``), no random jitter of the
 given positions (``pos_scan_rand_std: null``), no pattern flips (``meas_flipT: null``), position
@@ -23,6 +23,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--obj-lr", type=float, default=2e-3)
     ap.add_argument("--probe-lr", type=float, default=1e-4)
+    ap.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     args = ap.parse_args()
     set_threads(args.threads)
     import numpy as np
@@ -100,7 +101,7 @@ def main() -> None:
         return out
 
     recon_mod.recon_step = recon_step
-    solver = PtyRADSolver(params, device="cpu", seed=0)
+    solver = PtyRADSolver(params, device=args.device, seed=0)
     cpu0 = time.process_time()
     solver.reconstruct()
     cpu = time.process_time() - cpu0
@@ -110,7 +111,7 @@ def main() -> None:
     # probe centre of scan position 0 = its window's top-left corner + (H//2, W//2)
     origin = (model.crop_pos[0] + model.opt_probe_pos_shifts[0]).detach().cpu().numpy() + np.array([H // 2, W // 2])
     settings = {"tool": "PtyRAD 1.0.0", "optimizer": "Adam", "obj_lr": args.obj_lr, "probe_lr": args.probe_lr,
-                "pos_lr": 0, "batch": c["batch"], "probe_modes": M, "slices": c["n_slices"],
+                "pos_lr": 0, "batch": c["batch"], "device": args.device, "probe_modes": M, "slices": c["n_slices"],
                 "constraints": ["ortho_pmode"] * (M > 1) + ["fix_probe_int (default)"],
                 "loss": "loss_single (dp_pow 0.5)", "cpu_s_per_iter": cpu / c["iters"],
                 "iter_cpu": [marks[i + 1] - marks[i] for i in range(0, len(marks) - 1, 2)]}

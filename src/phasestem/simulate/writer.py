@@ -111,6 +111,45 @@ def root_attrs(cfg: SimulationConfig, k: int, angular_sampling) -> dict:
     }
 
 
+def _shuffled_deflate(block: np.ndarray, level: int) -> bytes:
+    """One chunk through HDF5's shuffle filter (byte k of every element together) and its deflate filter."""
+    import zlib
+
+    raw = np.ascontiguousarray(block).view(np.uint8).reshape(-1, block.dtype.itemsize).T
+    return zlib.compress(np.ascontiguousarray(raw).tobytes(), level)
+
+
+def write_chunked(f: h5py.File, name: str, data: np.ndarray, chunks: tuple[int, ...], level: int) -> h5py.Dataset:
+    """``f[name] = data`` in ``chunks``, gzip ``level`` with the shuffle filter (0: uncompressed).
+
+    The chunks are compressed on all CPU cores (zlib releases the GIL) and written as raw chunks
+    (``write_direct_chunk``): the file is the one h5py's own gzip + shuffle writes, read back by any
+    HDF5 reader, ~the core count times faster to write (the shard assembly was the slowest step of a
+    GPU simulation: 1.0 s per seed sample single-threaded vs 0.3 s to simulate it).
+    """
+    if not level:
+        return f.create_dataset(name, data=data, chunks=chunks, track_times=False)
+    from concurrent.futures import ThreadPoolExecutor
+    from itertools import product
+
+    d = f.create_dataset(name, shape=data.shape, dtype=data.dtype, chunks=chunks, compression="gzip",
+                         compression_opts=level, shuffle=True, track_times=False)
+    offsets = list(product(*(range(0, n, c) for n, c in zip(data.shape, chunks, strict=True))))
+
+    def chunk(offset: tuple[int, ...]) -> bytes:
+        block = data[tuple(slice(o, o + c) for o, c in zip(offset, chunks, strict=True))]
+        if block.shape != chunks:  # an edge chunk is stored whole: pad with the fill value (0)
+            full = np.zeros(chunks, dtype=data.dtype)
+            full[tuple(slice(0, n) for n in block.shape)] = block
+            block = full
+        return _shuffled_deflate(block, level)
+
+    with ThreadPoolExecutor(max_workers=min(len(offsets), os.cpu_count() or 1)) as pool:
+        for offset, payload in zip(offsets, pool.map(chunk, offsets), strict=True):
+            d.id.write_direct_chunk(offset, payload)
+    return d
+
+
 def assemble_file(cfg: SimulationConfig, out: Path, k: int) -> Path:
     """Gather the samples of shard k into ``<prefix>k.h5`` (atomically), then drop the work files."""
     n = cfg.output.samples_per_file
@@ -120,14 +159,12 @@ def assemble_file(cfg: SimulationConfig, out: Path, k: int) -> Path:
     H, W = cfg.detector.shape
     sy, sx = cfg.scan.shape
     chunks = (min(5, sy), min(5, sx), H, W)
-    comp = {"compression": "gzip", "compression_opts": cfg.output.compression, "shuffle": True} \
-        if cfg.output.compression else {}
     with h5py.File(tmp, "w", track_order=True) as f:
         ang = None
         for i in indices:
             with h5py.File(sample_path(out, i), "r") as s:
                 ang = s.attrs["angular_sampling"]
-                d = f.create_dataset(f"dp_set_{i}", data=s["patterns"][...], chunks=chunks, track_times=False, **comp)
+                d = write_chunked(f, f"dp_set_{i}", s["patterns"][...], chunks, cfg.output.compression)
                 for key, val in s.attrs.items():
                     if key != "angular_sampling":
                         d.attrs[key] = val

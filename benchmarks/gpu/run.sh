@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# GPU benchmark suite: one command, each part under 10 minutes, on whatever GPU it finds.
+#
+#   bash benchmarks/gpu/run.sh [PART ...]        # default: env cuda speed learned sim recon
+#
+# Parts (figures as JSON under $RESULTS, default runs/gpu; logs beside them):
+#   env      device name, driver, torch/CUDA versions
+#   cuda     the reconstruct CLI on cuda and under torchrun (NCCL) against the CPU run (cuda_paths.py)
+#   speed    AD seconds per iteration vs the FFT bound, peak GPU memory (recon_speed.py; batch 32 and 256)
+#   learned  network training throughput and prediction time, AMP bf16 and fp32, peak memory (bench_learned.py)
+#   sim      one seed-spec sample vs abTEM on the GPU (sim_abtem/bench_abtem.py) and 64 samples of the
+#            seed generator through `phasestem simulate`, in one process and with SIM_WORKERS (8) Dask
+#            worker processes sharing the GPU (extrapolated to the 3,500-sample set)
+#   recon    time to accuracy vs PtyRAD and pty-chi on the CPU benchmark's independent cases
+#            (independent/bench.py --device cuda; cases simulated here by the same NumPy code;
+#            RECON_CASES="thin thick" picks cases)
+# Then benchmarks/gpu/report.py writes $RESULTS/table.md and the GPU section of docs/benchmarks.md.
+#
+# PYTHON (default: .venv/bin/python if present, else python3) must hold phasestem's dependencies and,
+# for `recon`, PtyRAD and pty-chi; `sim` needs abTEM with CuPy for abTEM's GPU run.
+set -u
+cd "$(dirname "$0")/../.."
+RESULTS=${RESULTS:-runs/gpu}
+PART_TIMEOUT=${PART_TIMEOUT:-570}
+if [ -z "${PYTHON:-}" ]; then
+    if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+fi
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 MPLBACKEND=Agg
+mkdir -p "$RESULTS"
+parts=("$@")
+[ ${#parts[@]} -eq 0 ] && parts=(env cuda speed learned sim recon)
+
+part() {  # part NAME COMMAND...: run with a time limit, log, record rc and wall time
+    local name=$1; shift
+    local t0=$SECONDS
+    echo "== $name: $*"
+    timeout "$PART_TIMEOUT" "$@" >"$RESULTS/$name.log" 2>&1
+    local rc=$?
+    echo "{\"part\": \"$name\", \"rc\": $rc, \"wall_s\": $((SECONDS - t0)), \"when\": \"$(date -u +%FT%TZ)\"}" \
+        >>"$RESULTS/parts.jsonl"
+    tail -n 25 "$RESULTS/$name.log"
+    echo "== $name: rc $rc, $((SECONDS - t0)) s"
+}
+
+for p in "${parts[@]}"; do
+    case $p in
+    env)
+        part env "$PYTHON" -c "
+import json, os, platform, torch
+d = dict(device=torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU', torch=torch.__version__,
+         cuda=torch.version.cuda, cpus=os.cpu_count(), python=platform.python_version(),
+         memory_gib=torch.cuda.get_device_properties(0).total_memory / 2**30 if torch.cuda.is_available() else None)
+print(json.dumps(d)); open('$RESULTS/env.json', 'w').write(json.dumps(d))"
+        nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >>"$RESULTS/env.log" 2>&1 ;;
+    cuda)
+        part cuda "$PYTHON" benchmarks/gpu/cuda_paths.py "$RESULTS/cuda_paths" --json "$RESULTS/cuda_paths.json" ;;
+    speed)
+        part speed "$PYTHON" benchmarks/recon_speed.py --device cuda --iterations 3 --batch 32 \
+            --json "$RESULTS/speed_b32.json"
+        part speed_b256 "$PYTHON" benchmarks/recon_speed.py --device cuda --iterations 3 --batch 256 --scan 64 \
+            --json "$RESULTS/speed_b256.json" ;;
+    learned)
+        part learned_bf16 "$PYTHON" benchmarks/bench_learned.py --devices cuda --sizes tiny small base --amp bf16 \
+            --repeats 3 --json "$RESULTS/learned_bf16.json"
+        part learned_fp32 "$PYTHON" benchmarks/bench_learned.py --devices cuda --sizes base --repeats 3 \
+            --json "$RESULTS/learned_fp32.json" ;;
+    sim)
+        part sim_abtem "$PYTHON" benchmarks/sim_abtem/bench_abtem.py --device cuda --threads 8 \
+            --json "$RESULTS/sim_abtem.json"
+        rm -rf "$RESULTS/seed_subset"
+        part sim_seed "$PYTHON" -m phasestem.cli simulate benchmarks/gpu/simulate_seed_subset.yaml \
+            --out "$RESULTS/seed_subset"
+        rm -rf "$RESULTS"/seed_subset  # 64 × 40 MB of patterns: the time is the figure
+        part sim_seed_workers "$PYTHON" -m phasestem.cli simulate benchmarks/gpu/simulate_seed_subset.yaml \
+            --out "$RESULTS/seed_subset" --workers "${SIM_WORKERS:-8}"
+        rm -rf "$RESULTS"/seed_subset ;;
+    recon)
+        part recon "$PYTHON" benchmarks/independent/bench.py --device cuda --python "$PYTHON" --threads 4 \
+            --tools phasestem ptyrad ptychi --timeout 300 --workdir "$RESULTS/independent" ${RECON_CASES:+--cases $RECON_CASES} ;;
+    *) echo "unknown part $p (env cuda speed learned sim recon)"; exit 2 ;;
+    esac
+done
+"$PYTHON" benchmarks/gpu/report.py "$RESULTS" --docs docs/benchmarks.md
