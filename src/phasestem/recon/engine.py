@@ -79,10 +79,13 @@ class PreparedData:
     """Measured patterns in the engine's internal form (unshifted, normalised, on the device).
 
     ``meas`` (N, ny, nx) = patterns / ``counts`` (the mean total count per pattern);
-    ``meas_p`` = (meas + ε)^p for the Gaussian term; ``pacbed_p`` the mean pattern^p.
+    ``meas_p`` = (meas + ε)^p for the Gaussian term; ``pacbed_p`` the mean pattern^p (summed in float64, as the
+    streamed form sums it).
     """
 
     def __init__(self, dataset, device, power: float = 0.5, eps: float = 1e-8):
+        from .streaming import pacbed_power
+
         pats = dataset.get_patterns()  # (N, H, W) float32, fftshift-ed
         if tuple(pats.shape[-2:]) != tuple(dataset.pattern_shape):
             raise PhasestemError("dataset patterns do not match its pattern_shape")
@@ -93,19 +96,45 @@ class PreparedData:
         self.meas = meas.to(device)
         self.power = power
         self.meas_p = (self.meas.clamp_min(0) + eps).pow(power)
-        self.pacbed_p = self.meas.mean(0).clamp_min(0).pow(power)
+        step = max(1, 2**26 // max(1, pats[0].numel()))  # float64 partial sums of ≤ 512 MiB
+        total = sum(pats[a : a + step].sum(0, dtype=torch.float64).numpy() for a in range(0, len(pats), step))
+        self.pacbed_p = pacbed_power(total, len(pats), self.counts, power, device)
         self.n = self.meas.shape[0]
 
+    def schedule(self, batches) -> None:
+        """The coming batches' order (used by :class:`~phasestem.recon.streaming.StreamedData` to read ahead)."""
 
-def prepared_data(model, dataset, power: float, eps: float = 1e-8) -> PreparedData:
+    def batch(self, index, need_meas: bool = True):
+        """(meas or None, meas_p) rows ``index`` on the device."""
+        index = torch.as_tensor(index).to(self.meas.device)
+        return (self.meas[index] if need_meas else None), self.meas_p[index]
+
+
+def prepared_data(model, dataset, power: float, eps: float = 1e-8, data_in_memory=None,
+                  memory_budget_gb: float | None = None):
+    """The measured data in the engine's form, cached on the model: :class:`PreparedData` (every pattern on the
+    device) or :class:`~phasestem.recon.streaming.StreamedData` (read per batch), as ``data_in_memory``
+    ('auto' | True | False; None: whichever form is cached, else 'auto') and ``memory_budget_gb`` (GiB) choose
+    (:func:`~phasestem.recon.streaming.choose_in_memory`)."""
+    from .streaming import StreamedData, budget_bytes, choose_in_memory, normalise_mode
+
     key = (id(dataset), power, eps, str(model.device))
+    setting = None if data_in_memory is None else (normalise_mode(data_in_memory), memory_budget_gb)
     cache = model._data_cache
-    if cache is not None and cache[0] == key:
+    if cache is not None and cache[0] == key and (setting is None or cache[2] == setting):
         return cache[1]
-    data = PreparedData(dataset, model.device, power, eps)
+    setting = setting or ("auto", memory_budget_gb)
+    if cache is not None and isinstance(cache[1], StreamedData):
+        cache[1].close()
+    if choose_in_memory(setting[0], setting[1], dataset.n_patterns, dataset.pattern_shape, model.device):
+        data = PreparedData(dataset, model.device, power, eps)
+    else:
+        data = StreamedData(dataset, model.device, power, eps, budget_bytes(setting[1]))
+        log.info("measured patterns streamed from the data file (%d patterns, budget %.3g GiB)", data.n,
+                 data.budget / 1024**3)
     if data.n != model.positions.shape[0]:
         raise PhasestemError(f"the dataset has {data.n} patterns but the model {model.positions.shape[0]} positions")
-    model._data_cache = (key, data)
+    model._data_cache = (key, data, setting)
     return data
 
 
@@ -284,6 +313,8 @@ def optimize(
     lr_decay: str = "none",
     lr_final: float = 0.1,
     distributed: bool = True,
+    data_in_memory: str | bool = "auto",
+    memory_budget_gb: float | None = None,
 ):
     """Run ``n_epochs`` more epochs; yield each epoch's mean total loss (float).
 
@@ -296,6 +327,8 @@ def optimize(
     ``lr_decay`` ('none' | 'cosine'): every learning rate falls from 1× to ``lr_final``× over this call's epochs.
     ``distributed``: in an initialised process group, share the work with the other ranks (False: this rank
     alone runs the whole call, e.g. a check on rank 0 only).
+    ``data_in_memory`` ('auto' | True | False) and ``memory_budget_gb`` (GiB): hold every measured pattern on the
+    device, or stream them from the dataset's source per batch (:mod:`phasestem.recon.streaming`).
     """
     losses = losses or LossConfig()
     constraints = constraints or Constraints()
@@ -305,7 +338,7 @@ def optimize(
         if checkpoint_path is None:
             raise PhasestemError("resume needs a checkpoint_path")
         load_checkpoint(checkpoint_path, model)
-    data = prepared_data(model, dataset, losses.power, losses.eps)
+    data = prepared_data(model, dataset, losses.power, losses.eps, data_in_memory, memory_budget_gb)
     n = data.n
     bs = n if not batch_size else min(int(batch_size), n)
     handler = None
@@ -382,17 +415,20 @@ def optimize(
             sums: dict[str, torch.Tensor] = {}
             total_acc = torch.zeros((), device=model.device)
             first_loss = None
-            for idx in batches:
+            shares = [idx[mine[idx]] if world > 1 else idx for idx in batches]
+            data.schedule(shares)  # streamed data read the next batch while this one is computed
+            for idx, share in zip(batches, shares, strict=True):
                 n_total = len(idx)
-                share = (idx[mine[idx]] if world > 1 else idx).to(model.device)
+                # the Gaussian term needs D^p only
+                meas, meas_p = data.batch(share, need_meas=losses.poisson > 0) if len(share) else (None, None)
+                share = share.to(model.device)
 
-                def closure(share=share, n_total=n_total, opt=opt, idx=idx):
+                def closure(share=share, n_total=n_total, opt=opt, idx=idx, meas=meas, meas_p=meas_p):
                     opt.zero_grad(set_to_none=True)
                     if len(share):
                         inten = model(share)
                         phase = model.obj_phase if losses.sparsity > 0 else None
-                        meas = data.meas[share] if losses.poisson > 0 else None  # the Gaussian term needs D^p only
-                        loss, parts = total_loss(losses, inten, meas, data.meas_p[share], data.pacbed_p, phase,
+                        loss, parts = total_loss(losses, inten, meas, meas_p, data.pacbed_p, phase,
                                                  data.counts, n_total)
                         loss.backward()
                     else:

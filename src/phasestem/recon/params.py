@@ -228,6 +228,26 @@ class RunConfig(Strict):
     ptyrad_loss: bool = Field(False, description="after every epoch also log PtyRAD's normalised Gaussian loss "
                               "√⟨(I^p − D^p)²⟩/⟨D^p⟩ over all patterns as loss_ptyrad (one more forward pass "
                               "per epoch, no gradients: about a third of an epoch's time)")
+    data_in_memory: Literal["auto", True, False] = Field(
+        "auto", description="true: every measured pattern on the device (two float32 copies: 8 bytes per pixel per "
+        "pattern); false: patterns streamed from the data file per mini-batch (a chunked pass for the mean "
+        "pattern, then each batch read in index order into host memory and copied to the device while the previous "
+        "batch is computed); auto: stream when the two copies would exceed run.memory_budget_gb or half the free GPU "
+        "memory")
+    memory_budget_gb: float | None = Field(
+        None, gt=0, description="memory (GiB, 2^30 bytes) the measured patterns may take: auto streams above it, and "
+        "streaming holds at most about this much of pattern buffers at once (keep it above 8 × run.batch_size "
+        "patterns); null: half the host memory available when the run starts")
+
+    @field_validator("data_in_memory", mode="before")
+    @classmethod
+    def _in_memory(cls, v):
+        if isinstance(v, bool):
+            return v
+        text = str(v).strip().lower() if isinstance(v, str) else None
+        if text in ("auto", "true", "false"):
+            return {"auto": "auto", "true": True, "false": False}[text]
+        raise ValueError("must be auto, true or false")
 
 
 class TuneParam(Strict):
@@ -439,7 +459,8 @@ def optimizer_options(params: ReconstructParams) -> dict:
             "losses": LossConfig(**params.losses.model_dump()), "constraints": params.constraints,
             "lr_scale": r.lr_scale, "momentum": r.momentum, "seed": r.seed, "progress": r.progress,
             "precondition_reg": r.precondition_reg, "divergence_factor": r.divergence_factor,
-            "lr_decay": r.lr_decay, "lr_final": r.lr_final}
+            "lr_decay": r.lr_decay, "lr_final": r.lr_final, "data_in_memory": r.data_in_memory,
+            "memory_budget_gb": r.memory_budget_gb}
 
 
 def resolve_device(name: str) -> str:
