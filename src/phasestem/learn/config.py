@@ -60,6 +60,10 @@ class LossConfig(BaseModel):
     kind: Literal["mse", "l1"] = Field("mse", description="pixel loss")
     patch_weight: float = Field(0.5, ge=0, description="end2end: weight of the patch-level term")
     image_weight: float = Field(1.0, ge=0, description="end2end: weight of the full-image term")
+    consistency_weight: float = Field(
+        0.0, ge=0, description="end2end: weight of the measurement-consistency term (physics-informed fine-tuning): "
+        "the data residual of the predicted phase pushed through the forward model with the nominal probe, against "
+        "the sample's own patterns (phasestem.learn.consistency; needs the files' optics attributes); 0: off")
 
 
 class TrainRunConfig(BaseModel):

@@ -2,7 +2,8 @@
 
 Shapes: patterns (B, n, T, H, W), coords (B, n, T, 2) Å, centres (B, n, 2) → ``{"patches":
 (B, n, p, p), "phase": (B, N, N)}``. Loss = ``patch_weight``·L(patches, GT patches) +
-``image_weight``·L(phase, GT phase); gradients of the image term reach both networks through
+``image_weight``·L(phase, GT phase) [+ ``consistency_weight``·data residual of the predicted phase against the
+block patterns, :mod:`phasestem.learn.consistency`]; gradients of the image term reach both networks through
 the stitching canvas. :class:`FreezePatchNet` keeps the patch network frozen for the first K
 epochs (the stitching net first adapts to predicted patches).
 """
@@ -107,10 +108,20 @@ class End2End(nn.Module):
         return {"patches": patches, "phase": self.stitch_net(patches, centres)}
 
 
-def end2end_loss_fn(patch_weight: float = 0.5, image_weight: float = 1.0, kind: Literal["mse", "l1"] = "mse"):
-    """``loss_fn(model, batch)`` for SampleDataset batches: weighted patch + full-image terms."""
+def end2end_loss_fn(patch_weight: float = 0.5, image_weight: float = 1.0, kind: Literal["mse", "l1"] = "mse",
+                    consistency_weight: float = 0.0, measurement=None):
+    """``loss_fn(model, batch)`` for SampleDataset batches: weighted patch + full-image terms, plus
+    ``consistency_weight`` × the data residual of the predicted phase against the batch's own patterns
+    (:func:`phasestem.learn.consistency.consistency_loss`; ``measurement`` is the
+    :class:`~phasestem.learn.consistency.MeasurementModel` of the training data, see
+    :func:`measurement_for_training`). The residual is reported as ``consistency`` whenever ``measurement`` is
+    given."""
     if patch_weight < 0 or image_weight < 0 or patch_weight + image_weight == 0:
         raise ConfigError(f"loss weights must be ≥ 0 and not both 0 (patch {patch_weight}, image {image_weight})")
+    if consistency_weight < 0:
+        raise ConfigError(f"loss.consistency_weight must be ≥ 0, got {consistency_weight}")
+    if consistency_weight > 0 and measurement is None:
+        raise ConfigError("loss.consistency_weight > 0 needs the measurement model of the training data")
 
     def err(a, b):
         d = a.float() - b
@@ -121,10 +132,43 @@ def end2end_loss_fn(patch_weight: float = 0.5, image_weight: float = 1.0, kind: 
         lp = err(out["patches"], batch["patches"])
         li = err(out["phase"], batch["phase"])
         mse = (out["phase"].float() - batch["phase"]).square().mean()
-        return {"loss": patch_weight * lp + image_weight * li, "patch": lp.detach(), "image": li.detach(),
-                "mse": mse.detach(), "psnr": psnr(out["phase"].detach().float(), batch["phase"])}
+        loss = patch_weight * lp + image_weight * li
+        terms = {}
+        if measurement is not None:
+            from .consistency import consistency_loss
+
+            if consistency_weight > 0:
+                lc = consistency_loss(out["phase"], batch, measurement)
+                loss = loss + consistency_weight * lc
+            else:  # reported only
+                with torch.no_grad():
+                    lc = consistency_loss(out["phase"].detach(), batch, measurement)
+            terms["consistency"] = lc.detach()
+        return {"loss": loss, "patch": lp.detach(), "image": li.detach(), "mse": mse.detach(),
+                "psnr": psnr(out["phase"].detach().float(), batch["phase"]), **terms}
 
     return loss_fn
+
+
+def measurement_for_training(index, preprocess):
+    """The :class:`~phasestem.learn.consistency.MeasurementModel` of a training index's samples (optics from its
+    first file; the files of one index share one simulation setup), comparing with patterns preprocessed by
+    ``preprocess``; a projected-potential target is converted to phase with the file's σ."""
+    from .consistency import MeasurementModel
+
+    fi = index.files[0]
+    scale = fi.sigma if index.target == "potential" else 1.0
+    return MeasurementModel.from_file(fi.path, index.geometry, fi.pattern_shape, preprocess,
+                                      phase_scale=scale).with_blocks(index.geometry)
+
+
+def loss_fn_from_config(loss_config, train_index, preprocess):
+    """The End2End ``loss_fn`` a run's ``loss`` settings describe (the measurement model is built only when
+    ``loss.consistency_weight`` > 0)."""
+    weight = float(getattr(loss_config, "consistency_weight", 0.0))
+    measurement = measurement_for_training(train_index, preprocess) if weight > 0 else None
+    return end2end_loss_fn(loss_config.patch_weight, loss_config.image_weight, loss_config.kind, weight,
+                           measurement)
 
 
 class FreezePatchNet:

@@ -4,6 +4,10 @@
 (``meta["data"]["target_description"]``). The scan must have the training scan shape (50 × 50)
 and pattern shape (after the stored preprocessing); its step and origin come from the file and
 enter the network as physical coordinates, and the output pixel scales with the step.
+
+``predict_file`` also reports the measurement consistency of the prediction (:mod:`phasestem.learn.consistency`:
+the phase through the forward model with the nominal probe against the measured patterns; no ground truth
+needed): root attribute ``residual`` and dataset ``residual_map`` (Sy, Sx) of the output, and a log line.
 """
 from __future__ import annotations
 
@@ -85,8 +89,10 @@ def predict_phase(model: End2End, meta: dict[str, Any], dataset: FourDSTEM, devi
 
 
 def write_prediction(path: str | Path, phase: np.ndarray, sampling: tuple[float, float], meta: dict[str, Any],
-                     source: str, png: bool = True, truth: np.ndarray | None = None) -> Path:
-    """Write ``phase`` (HDF5 dataset ``phase`` with units/sampling attrs, atomically) and a PNG next to it."""
+                     source: str, png: bool = True, truth: np.ndarray | None = None,
+                     residual: dict[str, Any] | None = None) -> Path:
+    """Write ``phase`` (HDF5 dataset ``phase`` with units/sampling attrs, atomically) and a PNG next to it;
+    ``residual`` (:func:`prediction_residual`) adds the root attribute ``residual`` and dataset ``residual_map``."""
     path = Path(path)
     with atomic_file(path) as tmp, h5py.File(tmp, "w") as f:
         d = f.create_dataset("phase", data=phase.astype(np.float32))
@@ -96,6 +102,12 @@ def write_prediction(path: str | Path, phase: np.ndarray, sampling: tuple[float,
         f.attrs["model_kind"] = meta["model"]["kind"]
         if truth is not None:
             f.create_dataset("truth", data=np.asarray(truth, np.float32))
+        if residual is not None:
+            f.attrs["residual"] = residual["residual"]
+            r = f.create_dataset("residual_map", data=np.asarray(residual["map"], np.float32))
+            r.attrs["meaning"] = ("per scan position: sum over the pattern of (sqrt(I_model) - sqrt(I_meas))^2, both "
+                                  "normalised to a total of 1; I_model = the phase through the forward model with "
+                                  "the nominal probe")
     if png:
         save_png(path.with_suffix(".png"), phase, sampling, meta["data"]["target_description"], truth)
     return path
@@ -136,7 +148,27 @@ def predict_file(input_path: str | Path, model_path: str | Path, out_path: str |
     truth = None
     if ds.truth is not None and np.shape(ds.truth.get("phase")) == phase.shape:
         truth = ds.truth["phase"]
-    return write_prediction(out_path, phase, g.phase_sampling, meta, str(input_path), png, truth)
+    residual = prediction_residual(phase, ds, g.phase_sampling, meta)
+    return write_prediction(out_path, phase, g.phase_sampling, meta, str(input_path), png, truth, residual)
+
+
+def prediction_residual(phase: np.ndarray, dataset: FourDSTEM, sampling: tuple[float, float],
+                        meta: dict[str, Any]) -> dict[str, Any] | None:
+    """Measurement residual of a predicted image (:func:`phasestem.learn.consistency.measurement_residual`; a
+    potential in V·Å is converted with σ of the data's energy); None, with a log line, when the data do not
+    carry the optics it needs (semiangle, angular sampling)."""
+    from ..optics import interaction_constant
+    from .consistency import measurement_residual
+
+    scale = interaction_constant(dataset.energy) if meta["data"].get("target") == "potential" else 1.0
+    try:
+        res = measurement_residual(phase, dataset, sampling, phase_scale=scale)
+    except (ConfigError, ShapeError) as exc:
+        log.info("no measurement residual: %s", exc)
+        return None
+    log.info("measurement residual of the prediction: %.4g (mean over %d patterns of Σ(√I_model − √I_meas)², "
+             "each normalised to 1; 0 = the patterns are explained exactly)", res["residual"], res["map"].size)
+    return res
 
 
 def prediction_outputs(out_path: str | Path, png: bool = True) -> list[Path]:
