@@ -18,7 +18,7 @@ from .. import __version__
 from ..errors import ConfigError, InputFileError
 from .config import TrainRunConfig, dump_config
 from .data import PatchDataset, SampleDataset, SampleIndex, StitchDataset
-from .end2end import End2End, FreezePatchNet, end2end_loss_fn
+from .end2end import End2End, FreezePatchNet, loss_fn_from_config
 from .patch_recovery import PatchRecoveryConfig, PatchRecoveryNet, patch_loss_fn
 from .phase_stitching import PhaseStitchingConfig, PhaseStitchingNet, stitch_loss_fn
 from .trainer import Trainer, load_weights, seed_everything, state_dict_mismatch
@@ -141,7 +141,7 @@ def build_run(cfg: TrainRunConfig) -> Trainer:
             raise ConfigError(f"patch checkpoint was trained for block {model.patch_net.config.block}, patch "
                               f"{model.patch_net.config.patch}; the data use block {g.block}, patch {g.patch}")
         train_ds, val_ds = SampleDataset(train_idx, pre, cfg.data.augment), SampleDataset(val_idx, pre)
-        loss_fn = end2end_loss_fn(cfg.loss.patch_weight, cfg.loss.image_weight, cfg.loss.kind)
+        loss_fn = loss_fn_from_config(cfg.loss, train_idx, pre)
         if cfg.freeze_patch_epochs:
             callbacks.append(FreezePatchNet(cfg.freeze_patch_epochs))
     train, val = _loaders(train_ds, val_ds, cfg)

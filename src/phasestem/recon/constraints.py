@@ -17,6 +17,8 @@ name                   effect
 ``position_limit``     clamp position corrections to ``max_shift`` Å from the start positions
 ``tv``                 total-variation denoising of phase and/or amplitude: ``n_iter`` steps of size
                        ``weight`` down the gradient of Σ√(|∇x|² + ε²) (per slice, lateral)
+``obj_ramp``           move the object's phase ramp over the scanned area into the probe as a tilt
+                       (the data cannot tell the two apart; see :func:`transfer_phase_ramp`)
 =====================  =====================================================================
 """
 from __future__ import annotations
@@ -114,6 +116,12 @@ class TotalVariation(Schedule):
                           description="regularise phase, amplitude or both")
 
 
+class ObjRamp(Schedule):
+    """Phase-ramp transfer from the object to the probe (see :func:`transfer_phase_ramp`)."""
+
+    smooth: float = Field(1.0, gt=0, description="low-pass σ of the phase before the fit, in scan steps")
+
+
 class Constraints(BaseModel):
     """All constraints with their schedules (every one is off by default)."""
 
@@ -127,6 +135,10 @@ class Constraints(BaseModel):
     tilt_smooth: TiltSmooth = Field(default_factory=TiltSmooth, description="tilt smoothing")
     position_limit: PositionLimit = Field(default_factory=PositionLimit, description="position-shift limits")
     tv: TotalVariation = Field(default_factory=TotalVariation, description="total-variation regularisation")
+    obj_ramp: ObjRamp = Field(default_factory=ObjRamp, description="move the object's phase ramp over the scanned "
+                              "area into the probe as a tilt (same intensities: the data cannot tell them apart). "
+                              "On in the files `phasestem calibrate` and `--auto` write, where the pattern centre is "
+                              "only as good as its fit; off by default, where the untilted nominal probe decides")
 
 
 # ---- the operations (in place, no gradients) --------------------------------------------
@@ -275,6 +287,57 @@ def limit_positions(model, max_shift: float) -> None:
     model.positions.data.copy_(model.initial_positions + d * scale)
 
 
+@torch.no_grad()
+def transfer_phase_ramp(model, smooth_steps: float = 1.0) -> tuple[float, float]:
+    """Move the plane that best fits the object phase over the scanned area into the probe; returns the
+    ramp removed (gy, gx) in rad per object pixel.
+
+    An object phase ramp exp(i·g·r) and a probe tilt exp(i·g·r) give the same intensities: the exit
+    wave O(R + r)·P(r) becomes O(R + r)·e^(−i·g·(R + r))·P(r)·e^(i·g·r) = O·P·e^(−i·g·R), a constant
+    phase per position (exact for one slice and whole-pixel positions; a sub-pixel position shifts the
+    tilted probe in its periodic window, ~0.2 % of the intensity for a 0.1-px tilt in a 64-px window and
+    no change of the loss in its sixth digit at 256 px; with several slices the tilt's walk through the
+    thickness, λ·|g|/2π·t, is far below a pixel for any ramp this removes). The data therefore do not fix the
+    ramp, and a residual shift δ of the patterns (a descan or centre error of a few hundredths of a
+    pixel) puts one of 2π·δ/N rad per pixel into the object: 0.3 rad across a 57 Å field for δ = 0.03
+    px of 256 (``benchmarks/real_data``), enough to take a weak object's r from 0.90 to 0.36. The
+    plane is fitted to the slice-summed phase, low-passed (Gaussian of ``smooth_steps`` scan steps),
+    at the probe positions; it is removed evenly from every slice and the probe gets the tilt.
+    """
+    pos_px = model.positions.detach() / torch.tensor(model.sampling, dtype=model.positions.dtype,
+                                                     device=model.device)  # (N, 2) probe centres, object px
+    if pos_px.shape[0] < 3:
+        return 0.0, 0.0
+    phase = model.obj_phase.detach()
+    w = model.obj_weights.detach()
+    w = w / w.sum() if model.n_object_modes > 1 else torch.ones_like(w)
+    total = (w[:, None, None] * phase.sum(1)).sum(0) if phase.shape[0] > 1 else phase[0].sum(0)  # (Ny, Nx)
+    d = torch.diff(pos_px, dim=0).norm(dim=1)
+    step_px = float(d[d > 1e-3].median()) if bool((d > 1e-3).any()) else 1.0
+    ny, nx = total.shape
+    sigma = smooth_steps * step_px
+    u = torch.fft.fftfreq(ny, device=model.device)[:, None]
+    v = torch.fft.rfftfreq(nx, device=model.device)[None, :]
+    low = torch.fft.irfft2(torch.fft.rfft2(total) * torch.exp(-2 * math.pi**2 * sigma**2 * (u**2 + v**2)), s=(ny, nx))
+    iy = pos_px[:, 0].round().long().clamp(0, ny - 1)
+    ix = pos_px[:, 1].round().long().clamp(0, nx - 1)
+    A = torch.stack([iy.double(), ix.double(), torch.ones_like(iy, dtype=torch.float64)], 1)
+    coef = torch.linalg.lstsq(A, low[iy, ix].double()[:, None]).solution[:, 0]
+    gy, gx = float(coef[0]), float(coef[1])
+    if not (math.isfinite(gy) and math.isfinite(gx)):
+        return 0.0, 0.0
+    yy = torch.arange(ny, device=model.device, dtype=phase.dtype)[:, None]
+    xx = torch.arange(nx, device=model.device, dtype=phase.dtype)[None, :]
+    model.obj_phase.sub_((gy * yy + gx * xx) / model.n_slices)
+    wy, wx = model.window
+    ry = torch.arange(wy, device=model.device, dtype=torch.float32)[:, None]
+    rx = torch.arange(wx, device=model.device, dtype=torch.float32)[None, :]
+    tilt = torch.polar(torch.ones((wy, wx), device=model.device), gy * ry + gx * rx)
+    probe = torch.view_as_complex(model.probe.detach()) * tilt
+    model.probe.copy_(torch.view_as_real(probe))
+    return gy, gx
+
+
 def apply_constraints(model, c: Constraints, epoch: int) -> list[str]:
     """Apply every constraint due at ``epoch``; returns the names applied."""
     done = []
@@ -297,6 +360,9 @@ def apply_constraints(model, c: Constraints, epoch: int) -> list[str]:
         if c.tv.due(epoch):
             tv_regularize(model, c.tv)
             done.append("tv")
+        if c.obj_ramp.due(epoch):
+            transfer_phase_ramp(model, c.obj_ramp.smooth)
+            done.append("obj_ramp")
         if c.obj_clamp.due(epoch):
             clamp_object(model, c.obj_clamp)
             done.append("obj_clamp")
