@@ -164,3 +164,16 @@ def test_parallel_chunk_compression_writes_what_h5py_gzip_shuffle_writes(tmp_pat
             ca, cb = a["x"].id.get_chunk_info(i), b["x"].id.get_chunk_info(i)
             assert ca.chunk_offset == cb.chunk_offset
             assert a["x"].id.read_direct_chunk(ca.chunk_offset) == b["x"].id.read_direct_chunk(cb.chunk_offset)
+
+
+def test_dask_workers_spread_over_the_gpus_of_their_machine():
+    from phasestem.simulate.writer import gpu_for_worker, worker_device
+
+    assert [gpu_for_worker("cuda", k, 4) for k in range(6)] == ["cuda:0", "cuda:1", "cuda:2", "cuda:3",
+                                                                 "cuda:0", "cuda:1"]  # LocalCluster names 0 … N−1
+    assert gpu_for_worker("cuda", "tcp://node3:4321-2", 4) == "cuda:2"  # `dask worker --nworkers N` names …-k
+    assert gpu_for_worker("cuda", "alice", 4) == "cuda"  # no number in the name: as given
+    assert gpu_for_worker("cuda:1", 0, 4) == "cuda:1"  # an explicit GPU is kept
+    assert gpu_for_worker("cuda", 3, 1) == "cuda"  # one GPU
+    assert gpu_for_worker("cpu", 3, 4) == "cpu"
+    assert worker_device("cuda") == "cuda"  # outside a Dask worker: unchanged

@@ -161,7 +161,9 @@ class Output(_Strict):
 
 class Compute(_Strict):
     seed: int = Field(0, description="Master seed; sample i uses the stream (seed, i), whatever process runs it.")
-    device: str = Field("cpu", description="torch device for the simulation (cpu, cuda, cuda:1, mps).")
+    device: str = Field("cpu", description="torch device for the simulation (cpu, cuda, cuda:1, mps). With "
+                        "`cuda` and Dask workers on a machine of several GPUs, worker k uses cuda:(k mod GPUs): "
+                        "set `workers` to the number of GPUs for one worker per GPU.")
     batch: int = Field(32, ge=1, description="Scan positions simulated at once.")
     workers: int = Field(0, ge=0, description="Local Dask worker processes (0 = run in this process).")
     threads_per_worker: int = Field(1, ge=1, description="torch threads in each Dask worker.")

@@ -81,8 +81,42 @@ def run_sample(cfg_json: str, out: str, index: int, threads: int = 0) -> int:
     if path.exists():
         return index
     cfg = SimulationConfig.model_validate_json(cfg_json)
+    device = worker_device(cfg.compute.device)
+    if device != cfg.compute.device:
+        cfg = cfg.model_copy(update={"compute": cfg.compute.model_copy(update={"device": device})})
     _write_sample(path, simulate_sample(cfg, index))
     return index
+
+
+def gpu_for_worker(device: str, worker_name, n_gpus: int) -> str:
+    """The GPU of a Dask worker: ``cuda`` (no index) becomes ``cuda:k`` with k = the worker's number mod the
+    GPUs of its machine, so N local workers on N GPUs use one GPU each. The number is the worker's name
+    when it is an integer (``LocalCluster``: 0 … N−1) or the name's trailing ``-k`` (``dask worker
+    --nworkers N`` names its workers ``…-0`` … ``…-(N−1)``); any other name, an explicit index (``cuda:1``),
+    a CPU device or one GPU keep ``device`` as given."""
+    if device != "cuda" or n_gpus <= 1:
+        return device
+    text = str(worker_name)
+    tail = text.rsplit("-", 1)[-1]
+    if not tail.isdigit():
+        return device
+    return f"cuda:{int(tail) % n_gpus}"
+
+
+def worker_device(device: str) -> str:
+    """``device`` for this process: inside a Dask worker on a machine with several GPUs, its own GPU
+    (:func:`gpu_for_worker`); elsewhere unchanged."""
+    if device != "cuda":
+        return device
+    import torch
+
+    try:
+        from distributed import get_worker
+
+        name = get_worker().name
+    except (ImportError, ValueError):  # not inside a Dask worker
+        return device
+    return gpu_for_worker(device, name, torch.cuda.device_count() if torch.cuda.is_available() else 0)
 
 
 def root_attrs(cfg: SimulationConfig, k: int, angular_sampling) -> dict:
