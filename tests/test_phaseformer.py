@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from phasestem import metrics
-from phasestem.errors import InputFileError, ShapeError
+from phasestem.errors import ConfigError, InputFileError, ShapeError
 from phasestem.learn import losses as L
 from phasestem.learn.pairs import Degrade, degrade, paired_dataset, write_pairs
 from phasestem.learn.phaseformer import ECA, Phaseformer, phase_only
@@ -78,10 +78,27 @@ def test_charbonnier_gradient_msssim_hand_values():
     assert float(L.MSSSIMLoss()(img, img)) == pytest.approx(0.0, abs=1e-6)
 
 
-def test_every_component_finite_and_nonzero_with_defaults(one_thread):
+def _vgg_file(tmp_path):
+    from safetensors.torch import save_file
+
+    state = {f"features.{k}": torch.randn_like(v) for k, v in L.PerceptualLoss()._net[0].state_dict().items()}
+    save_file(state, str(tmp_path / "vgg16.safetensors"))
+    return tmp_path / "vgg16.safetensors"
+
+
+def test_without_vgg_weights_the_perceptual_term_is_off_and_the_log_says_so(caplog):
+    with caplog.at_level("WARNING", logger="phasestem"):
+        crit = L.PhaseformerLoss()
+    assert crit.components == ("charbonnier", "gradient", "ms_ssim") and "perceptual" not in crit.terms
+    assert "perceptual term is OFF" in caplog.text
+    with pytest.raises(ConfigError, match="only 'perceptual'"):
+        L.PhaseformerLoss(("perceptual",))
+
+
+def test_every_component_finite_and_nonzero_with_defaults(one_thread, tmp_path):
     torch.manual_seed(0)
-    crit = L.PhaseformerLoss()  # all four components; perceptual uses the random-feature fallback
-    assert crit.terms["perceptual"].source.startswith("random")
+    crit = L.PhaseformerLoss(perceptual_weights=_vgg_file(tmp_path))  # all four components
+    assert crit.terms["perceptual"].source.endswith("vgg16.safetensors")
     net = Phaseformer(**TINY)
     x, y = torch.rand(2, 1, 64, 64), torch.rand(2, 1, 64, 64)
     out = crit(*net(x), y)

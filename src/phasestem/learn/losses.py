@@ -224,7 +224,8 @@ class PhaseformerLoss(nn.Module):
     Per branch (out_L against the target, out_H against the target up-sampled ×2, bilinear):
     ``WeightedLoss4(charbonnier, perceptual, gradient, 1 − MS-SSIM)`` with its own learnable weights;
     then ``WeightedLoss2(branch_L, branch_H)``. ``components`` may drop terms (e.g. without
-    ``perceptual`` on a CPU). ``forward`` returns a dict: ``loss`` plus every component per branch
+    ``perceptual`` on a CPU). Without ``perceptual_weights`` (a local VGG16 file) the perceptual term
+    is switched off and a warning says so: random VGG features carry no perceptual prior. ``forward`` returns a dict: ``loss`` plus every component per branch
     (``L/charbonnier`` …), the branch losses and the current soft-max weights (``wL/…``, ``wH/…``,
     ``w_branch/L``, ``w_branch/H``) so the trainer logs them.
     """
@@ -235,6 +236,13 @@ class PhaseformerLoss(nn.Module):
         unknown = [c for c in components if c not in COMPONENTS]
         if unknown or not components:
             raise ConfigError(f"loss components must be a non-empty subset of {COMPONENTS}, got {list(components)}")
+        if "perceptual" in components and perceptual_weights is None:
+            if tuple(components) == ("perceptual",):
+                raise ConfigError("loss.components: only 'perceptual', but no local VGG16 weights are given "
+                                  "(loss.perceptual_weights: a torchvision vgg16 .pth/.safetensors file)")
+            components = tuple(c for c in components if c != "perceptual")
+            log.warning("Phaseformer loss: the perceptual term is OFF (no local VGG16 weights in "
+                        "loss.perceptual_weights; nothing is downloaded); training with %s", ", ".join(components))
         self.components = tuple(components)
         self.terms = nn.ModuleDict()
         for c in self.components:

@@ -133,7 +133,7 @@ class PhaseformerLossConfig(_Strict):
     components: list[Literal["charbonnier", "perceptual", "gradient", "ms_ssim"]] = Field(
         list(COMPONENTS), description="loss components per branch")
     perceptual_weights: str | None = Field(None, description="LOCAL torchvision VGG16 weights (.pth/.safetensors); "
-                                           "None: fixed random VGG features (logged); never downloaded")
+                                           "None: the perceptual term is off (logged); never downloaded")
     perceptual_max_size: int = Field(256, ge=16, description="down-sample larger images before the VGG features")
     charbonnier_eps: float = Field(1e-3, gt=0, description="ε of mean √(d² + ε²)")
 
