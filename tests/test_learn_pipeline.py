@@ -160,3 +160,38 @@ def test_notebook_runs(tmp_path):
     torch.set_num_threads(torch.get_num_threads())
     NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     assert all(c.get("outputs") is not None for c in nb.cells if c.cell_type == "code")
+
+
+def test_the_seeds_three_scripts_train_through_the_one_pipeline(tmp_path, capsys):
+    """scripts/patchRecovery.py → PhaseStiching.py → End2End.py with the seed's flags (--data, --out, --epochs,
+    --patch-model, --stitch-model) on configs written like the shipped ones."""
+    import subprocess
+    import sys
+
+    from phasestem.learn.commands import stage_script
+
+    for name in ("patchRecovery", "PhaseStiching", "End2End"):  # each file runs as a script
+        proc = subprocess.run([sys.executable, str(ROOT / "scripts" / f"{name}.py"), "--help"], capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0 and "--data" in proc.stdout, name
+    write_synthetic_file(tmp_path / "simulation_data1.h5", 4, 0, **_geo(window=8))
+    data = {"files": ["nowhere/*.h5"], **DATA, "val_fraction": 0.25, "test_fraction": 0.0}  # replaced by --data
+    trainer = {"epochs": 3, "progress": False, "tensorboard": False}
+    cfgs = {"patch": dict(stage="patch", model={"size": "tiny"}, data={**data, "batch_size": 9}),
+            "stitch": dict(stage="stitch", stitch_model={"size": "tiny", "vit_patch": 8},
+                           data={**data, "batch_size": 2, "stitch_noise": 0.05}),
+            "end2end": dict(stage="end2end", freeze_patch_epochs=1, data={**data, "batch_size": 1})}
+    for stage, cfg in cfgs.items():
+        _write_config(tmp_path / f"train_{stage}.yaml", out_dir="unused", trainer=trainer, **cfg)
+    common = ["--data", str(tmp_path / "simulation_data*.h5"), "--epochs", "1", "--device", "cpu"]
+    configs = tmp_path
+    assert stage_script("patchRecovery", [*common, "--out", str(tmp_path / "p")], configs) == 0
+    assert stage_script("PhaseStiching", [*common, "--out", str(tmp_path / "s")], configs) == 0
+    assert stage_script("End2End", [*common, "--out", str(tmp_path / "e"), "--patch-model", str(tmp_path / "p"),
+                                    "--stitch-model", str(tmp_path / "s")], configs) == 0
+    assert "End2End: 1 epochs" in capsys.readouterr().out
+    assert (tmp_path / "e" / "best" / "model.safetensors").exists()
+    # a missing checkpoint folder is one line naming it, exit 1
+    assert stage_script("End2End", [*common, "--out", str(tmp_path / "e2"), "--patch-model",
+                                    str(tmp_path / "none"), "--stitch-model", str(tmp_path / "s")], configs) == 1
+    assert "End2End.py: error:" in capsys.readouterr().err

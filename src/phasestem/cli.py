@@ -66,13 +66,18 @@ def main(argv: list[str] | None = None) -> int:
     if func is None:
         parser.print_help()
         return 2
+    return run_with_errors(lambda: func(args), f"phasestem {args.command}", args.debug)
+
+
+def run_with_errors(fn, prefix: str, debug: bool = False) -> int:
+    """``fn()`` as a command: its return code, or 1 after one line ``PREFIX: error: …`` on a user error."""
     try:
-        return int(func(args) or 0)
+        return int(fn() or 0)
     except (PhasestemError, OSError, ValueError, KeyError) as exc:
-        if args.debug:
+        if debug:
             raise
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"phasestem {args.command}: error: {msg}", file=sys.stderr)
+        print(f"{prefix}: error: {msg}", file=sys.stderr)
         return 1
 
 

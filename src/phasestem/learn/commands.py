@@ -133,3 +133,57 @@ def _evaluate(args) -> int:
         print(f"replaced {result['bad_pixels_masked']} non-finite values by the median of their finite neighbours")
     print(json.dumps({k: str(v) for k, v in paths.items()}))
     return 0
+
+
+#: the seed's three training scripts (scripts/<name>.py): stage, default config, what it trains
+STAGE_SCRIPTS = {
+    "patchRecovery": ("patch", "train_patch.yaml", "PatchRecoveryNet (14×14 pattern blocks → 76×76 phase patches)"),
+    "PhaseStiching": ("stitch", "train_stitch.yaml", "PhaseStitchingNet on ground-truth patches (25 patches → "
+                      "256² phase)"),
+    "End2End": ("end2end", "train_end2end.yaml", "End2End (the two trained networks joined, then trained together)"),
+}
+
+
+def stage_script(name: str, argv: list[str] | None = None, configs: Path | None = None) -> int:
+    """``scripts/<name>.py``: train one stage of the learned route through the one pipeline (``phasestem train``).
+
+    Flags: ``--data`` seed-000 files or globs (replace ``data.files``), ``--config`` (default: the repository's
+    ``configs/<stage>.yaml``), ``--out``, ``--epochs``, ``--lr``, ``--device`` (default auto), ``--resume``, and for
+    End2End ``--patch-model`` / ``--stitch-model`` (the run folders of the first two scripts).
+    """
+    stage, default_config, text = STAGE_SCRIPTS[name]
+    p = argparse.ArgumentParser(
+        prog=f"{name}.py", description=f"Train {text}: `phasestem train {stage}` with the seed's flags.",
+        epilog=f"Example:\n  python scripts/{name}.py --data 'data/seed/simulation_data*.h5' --out runs/{stage}",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", nargs="+", help="seed-000 HDF5 files or globs (default: the config's data.files)")
+    p.add_argument("--config", help=f"training YAML (default: configs/{default_config})")
+    p.add_argument("--out", help="run folder (default: the config's out_dir)")
+    p.add_argument("--epochs", type=int, help="override trainer.epochs")
+    p.add_argument("--lr", type=float, help="override trainer.lr")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last")
+    if stage == "end2end":
+        p.add_argument("--patch-model", help="run folder of patchRecovery.py (overrides patch_checkpoint)")
+        p.add_argument("--stitch-model", help="run folder of PhaseStiching.py (overrides stitch_checkpoint)")
+    args = p.parse_args(argv)
+    from ..cli import run_with_errors
+    from .config import load_train_config
+    from .pipeline import train_run
+
+    config = Path(args.config) if args.config else (configs or Path.cwd() / "configs") / default_config
+    overrides: dict = {"trainer.device": args.device}
+    for key, value in (("data.files", args.data), ("out_dir", args.out), ("trainer.epochs", args.epochs),
+                       ("trainer.lr", args.lr), ("resume", args.resume or None),
+                       ("patch_checkpoint", getattr(args, "patch_model", None)),
+                       ("stitch_checkpoint", getattr(args, "stitch_model", None))):
+        if value is not None:
+            overrides[key] = value
+
+    def run() -> int:
+        summary = train_run(load_train_config(config, stage, overrides))
+        if summary["main_process"]:
+            print(f"{name}: {summary['epochs_run']} epochs, best {summary['monitor']} = {summary['best']}")
+        return 0
+
+    return run_with_errors(run, f"{name}.py")

@@ -225,9 +225,10 @@ class PhaseformerLoss(nn.Module):
     ``WeightedLoss4(charbonnier, perceptual, gradient, 1 − MS-SSIM)`` with its own learnable weights;
     then ``WeightedLoss2(branch_L, branch_H)``. ``components`` may drop terms (e.g. without
     ``perceptual`` on a CPU). Without ``perceptual_weights`` (a local VGG16 file) the perceptual term
-    is switched off and a warning says so: random VGG features carry no perceptual prior. ``forward`` returns a dict: ``loss`` plus every component per branch
-    (``L/charbonnier`` …), the branch losses and the current soft-max weights (``wL/…``, ``wH/…``,
-    ``w_branch/L``, ``w_branch/H``) so the trainer logs them.
+    is switched off and a warning says so: random VGG features carry no perceptual prior.
+    ``forward`` returns a dict: ``loss`` plus every component per branch (``L/charbonnier`` …), the
+    branch losses and the current soft-max weights (``wL/…``, ``wH/…``, ``w_branch/L``, ``w_branch/H``)
+    so the trainer logs them.
     """
 
     def __init__(self, components: Sequence[str] = COMPONENTS, perceptual_weights: str | Path | None = None,

@@ -1,0 +1,17 @@
+"""Step 1 of the learned route: train PatchRecoveryNet.
+
+The seed's `patchRecovery.py`, as a thin command over the one training pipeline (`phasestem train`):
+
+    python scripts/patchRecovery.py --data 'data/seed/simulation_data*.h5' --out runs/NAME [--epochs N] [--lr LR]
+                         [--device auto] [--config YAML] [--resume]
+
+`python scripts/patchRecovery.py --help` lists the flags; every other setting is in the training YAML
+(default: the repository's configs/, see docs/config_reference.md).
+"""
+import sys
+from pathlib import Path
+
+from phasestem.learn.commands import stage_script
+
+if __name__ == "__main__":
+    sys.exit(stage_script("patchRecovery", configs=Path(__file__).resolve().parents[1] / "configs"))
