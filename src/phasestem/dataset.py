@@ -175,7 +175,18 @@ class FourDSTEM:
         stays on that pixel (on an even axis the outermost row, frequency −H/2, has no mirror and becomes 0)."""
         det = PixelatedDetector(self.pattern_shape, angular_sampling=self.angular_sampling, transpose=transpose,
                                 flip_y=flip_y, flip_x=flip_x)
-        return self._replace(patterns=det.apply(self.patterns[...]), angular_sampling=det.output_angular_sampling)
+        out = self._by_rows(det.output_shape, det.apply)
+        return self._replace(patterns=out, angular_sampling=det.output_angular_sampling)
+
+    def _by_rows(self, shape: tuple[int, int], fn, rows: int = 8) -> np.ndarray:
+        """``fn`` (frames (r, Sx, H, W) → float32 (r, Sx, h, w)) over the patterns ``rows`` scan rows at a time
+        into one new float32 array (Sy, Sx, h, w): peak memory = the result + one chunk, not the several
+        whole-array copies of applying ``fn`` to everything at once (16.6 GiB for a 4 GiB transposed scan)."""
+        sy, sx = self.scan_shape
+        out = np.empty((sy, sx, *shape), dtype=np.float32)
+        for r in range(0, sy, rows):
+            out[r : r + rows] = fn(np.asarray(self.patterns[r : r + rows]))
+        return out
 
     def binned(self, factor: int) -> FourDSTEM:
         """Sum detector pixels in ``factor × factor`` bins (float32; crops the remainder), as
@@ -183,7 +194,7 @@ class FourDSTEM:
         if factor == 1:
             return self
         det = PixelatedDetector(self.pattern_shape, angular_sampling=self.angular_sampling, binning=factor)
-        p = det.reduce(np.asarray(self.patterns[...], dtype=np.float32))
+        p = self._by_rows(det.output_shape, lambda block: det.reduce(block.astype(np.float32, copy=False)))
         return self._replace(patterns=p, angular_sampling=det.output_angular_sampling)
 
     def cropped(self, shape: tuple[int, int]) -> FourDSTEM:
