@@ -92,10 +92,12 @@ class PreparedData:
         self.counts = float(pats.sum((-2, -1)).mean())
         if not math.isfinite(self.counts) or self.counts <= 0:
             raise PhasestemError(f"measured patterns have a mean total intensity of {self.counts}: nothing to fit")
-        meas = torch.fft.ifftshift(pats / self.counts, dim=(-2, -1)).contiguous()
+        # one new array per result, the arithmetic in place: the whole-data temporaries of `pats / counts`,
+        # `+ eps` and `.pow` took the --auto run of a 4 GiB scan from 12.6 to 16.4 GiB while they lived
+        meas = torch.fft.ifftshift(pats, dim=(-2, -1)).contiguous().div_(self.counts)
         self.meas = meas.to(device)
         self.power = power
-        self.meas_p = (self.meas.clamp_min(0) + eps).pow(power)
+        self.meas_p = self.meas.clamp_min(0).add_(eps).pow_(power)
         step = max(1, 2**26 // max(1, pats[0].numel()))  # float64 partial sums of ≤ 512 MiB
         total = sum(pats[a : a + step].sum(0, dtype=torch.float64).numpy() for a in range(0, len(pats), step))
         self.pacbed_p = pacbed_power(total, len(pats), self.counts, power, device)
