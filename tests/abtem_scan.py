@@ -64,7 +64,9 @@ def simulate_clean(origin=(4.0, 6.0), rotation: float | None = None, c10: float 
 
     from phasestem.optics import interaction_constant
 
-    abtem.config.set({"progress_bar": False})
+    # FFTW plans chosen by timing (FFTW_MEASURE) differ with the machine's load and change the last bits of the
+    # patterns, and so the Poisson draws: plans by estimate give the same data on every run
+    abtem.config.set({"progress_bar": False, "fftw.planning_effort": "FFTW_ESTIMATE"})
     atoms = _atoms()
     pot = abtem.Potential(atoms, gpts=GPTS, slice_thickness=CELL / 2, projection="infinite")
     pos = grid_positions(TRUTH["rotation"] if rotation is None else rotation) + np.asarray(origin)
