@@ -175,10 +175,10 @@ class FourDSTEM:
         stays on that pixel (on an even axis the outermost row, frequency −H/2, has no mirror and becomes 0)."""
         det = PixelatedDetector(self.pattern_shape, angular_sampling=self.angular_sampling, transpose=transpose,
                                 flip_y=flip_y, flip_x=flip_x)
-        out = self._by_rows(det.output_shape, det.apply)
+        out = self.map_rows(det.output_shape, det.apply)
         return self._replace(patterns=out, angular_sampling=det.output_angular_sampling)
 
-    def _by_rows(self, shape: tuple[int, int], fn, rows: int = 8) -> np.ndarray:
+    def map_rows(self, shape: tuple[int, int], fn, rows: int = 8) -> np.ndarray:
         """``fn`` (frames (r, Sx, H, W) → float32 (r, Sx, h, w)) over the patterns ``rows`` scan rows at a time
         into one new float32 array (Sy, Sx, h, w): peak memory = the result + one chunk, not the several
         whole-array copies of applying ``fn`` to everything at once (16.6 GiB for a 4 GiB transposed scan)."""
@@ -194,7 +194,7 @@ class FourDSTEM:
         if factor == 1:
             return self
         det = PixelatedDetector(self.pattern_shape, angular_sampling=self.angular_sampling, binning=factor)
-        p = self._by_rows(det.output_shape, lambda block: det.reduce(block.astype(np.float32, copy=False)))
+        p = self.map_rows(det.output_shape, lambda block: det.reduce(block.astype(np.float32, copy=False)))
         return self._replace(patterns=p, angular_sampling=det.output_angular_sampling)
 
     def cropped(self, shape: tuple[int, int]) -> FourDSTEM:

@@ -314,10 +314,7 @@ class PixelatedDetector:
         """A :class:`~phasestem.dataset.FourDSTEM` with :meth:`apply` done on every pattern (in memory),
         read ``chunk_rows`` scan rows at a time; its angular sampling becomes :attr:`output_angular_sampling`
         when known."""
-        sy, sx = dataset.scan_shape
-        out = np.empty((sy, sx, *self.output_shape), dtype=np.float32)
-        for r in range(0, sy, chunk_rows):
-            out[r : r + chunk_rows] = self.apply(np.asarray(dataset.patterns[r : r + chunk_rows]))
+        out = dataset.map_rows(self.output_shape, self.apply, chunk_rows)
         ang = self.output_angular_sampling or dataset.angular_sampling
         ds = dataset._replace(patterns=out, angular_sampling=ang)
         ds.metadata["detector"] = self.to_dict()

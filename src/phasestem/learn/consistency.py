@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from ..dataset import FourDSTEM
 from ..errors import ConfigError, ShapeError
+from ..recon.model import resample_image
 from .data import BlockGeometry, Preprocess
 
 log = logging.getLogger("phasestem.learn")
@@ -141,8 +142,6 @@ class MeasurementModel:
         self.phase_scale = float(phase_scale)
         self.chunk = int(chunk)
         self.block_selection: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-        self._resampled = tuple(max(1, round(n * s / m)) for n, s, m in
-                                zip(self.phase_shape, self.phase_sampling, self.sampling, strict=True))
 
     @classmethod
     def from_file(cls, path: str | Path, geometry: BlockGeometry, pattern_shape: tuple[int, int],
@@ -173,8 +172,7 @@ class MeasurementModel:
         img = phase.float() * self.phase_scale
         if tuple(img.shape) != self.phase_shape:
             raise ShapeError(f"phase image {tuple(img.shape)} does not match the grid {self.phase_shape}")
-        if self._resampled != self.phase_shape:
-            img = F.interpolate(img[None, None], size=self._resampled, mode="bilinear", align_corners=False)[0, 0]
+        img = resample_image(img, self.phase_sampling, self.sampling)
         h, w = img.shape
         Ny, Nx = self.object_shape
         oy, ox = self.origin_px

@@ -160,6 +160,15 @@ def load_probe_file(path: str | Path, key: str | None = None) -> np.ndarray:
     return arr.astype(np.complex64)
 
 
+def resample_image(img: torch.Tensor, sampling: tuple[float, float], target: tuple[float, float]) -> torch.Tensor:
+    """A 2-D image on pixels of ``sampling`` Å → the same field of view on pixels of ``target`` Å (bilinear;
+    differentiable). Unchanged when the grid size would not change."""
+    new = tuple(max(1, round(n * s / t)) for n, s, t in zip(img.shape[-2:], sampling, target, strict=True))
+    if new == tuple(img.shape[-2:]):
+        return img
+    return torch.nn.functional.interpolate(img[None, None], size=new, mode="bilinear", align_corners=False)[0, 0]
+
+
 def circular_support(window: tuple[int, int], radius_px: float) -> torch.Tensor:
     """1 inside a circle of ``radius_px`` pixels about the window centre (ny // 2, nx // 2), else 0."""
     y = torch.arange(window[0], dtype=torch.float32)[:, None] - window[0] // 2
@@ -399,9 +408,7 @@ class Ptychography(nn.Module):
         if img.dim() != 2:
             raise ShapeError(f"initial phase must be 2-D (y, x), got shape {tuple(img.shape)}")
         if sampling is not None and tuple(sampling) != self.sampling:
-            new = (max(1, round(img.shape[0] * sampling[0] / self.sampling[0])),
-                   max(1, round(img.shape[1] * sampling[1] / self.sampling[1])))
-            img = torch.nn.functional.interpolate(img[None, None], size=new, mode="bilinear", align_corners=False)[0, 0]
+            img = resample_image(img, sampling, self.sampling)
         oy, ox = round(self.origin[0] / self.sampling[0]), round(self.origin[1] / self.sampling[1])
         Ny, Nx = self.object_shape
         h, w = min(img.shape[0], Ny - oy), min(img.shape[1], Nx - ox)
