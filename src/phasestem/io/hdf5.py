@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from pathlib import Path
 
 import h5py
@@ -19,15 +18,16 @@ import numpy as np
 
 from ..dataset import FourDSTEM
 from ..errors import InputFileError
-from ..optics import interaction_constant, wavelength
+from ..optics import wavelength
 from ..safety import atomic_file, available_memory
+from . import seed
 from ._common import build_dataset as common_build_dataset
 from ._common import check_real
 
 log = logging.getLogger("phasestem.io")
 
 OWN_FORMAT = "phasestem-4dstem"
-SEED_FORMAT = "phasestem-seed000"
+SEED_FORMAT = seed.FORMAT
 #: an HDF5 array is read into memory (``lazy=None``) only if its float32 copy is below this share of the
 #: memory still available; larger ones stay on disk and are read pattern block by pattern block
 EAGER_MEMORY_FRACTION = 0.25
@@ -92,7 +92,7 @@ def read(path: str | Path, patterns_key: str | None = None, sample: int | None =
     fmt = _attr(f.attrs, "format")
     if fmt == OWN_FORMAT:
         return _read_own(f, path, lazy, **options)
-    seed_keys = sorted(int(m.group(1)) for k in f.keys() if (m := re.fullmatch(r"dp_set_(\d+)", k)))
+    seed_keys = seed.sample_ids(f.keys())
     if patterns_key is None and seed_keys:
         return _read_seed(f, path, seed_keys, sample, lazy, potential_energy, **options)
     dsets = _datasets(f)
@@ -143,10 +143,10 @@ def _root_calibrations(attrs) -> dict:
 
 def _read_seed(f, path, samples, sample, lazy, potential_energy, **options) -> FourDSTEM:
     sample = samples[0] if sample is None else int(sample)
-    key = f"dp_set_{sample}"
+    key = seed.patterns_key(sample)
     if key not in f:
         raise InputFileError(f"{path}: no sample {sample} ('{key}'); samples {samples[0]}…{samples[-1]} are here")
-    ours = _attr(f.attrs, "format") == SEED_FORMAT
+    ours = seed.is_own(f.attrs)
     meta = {"file": str(path), "patterns_key": key, "sample": sample}
     if ours:
         energy = float(f.attrs["energy"])
@@ -154,19 +154,21 @@ def _read_seed(f, path, samples, sample, lazy, potential_energy, **options) -> F
                         angular_sampling=tuple(f.attrs["angular_sampling"]), semiangle=float(f.attrs["semiangle"]),
                         aberrations=json.loads(_attr(f.attrs, "aberrations", "{}")),
                         scan_origin=tuple(f.attrs["scan_origin"]))
-        phase = np.asarray(f[f"phase_{sample}"][...], dtype=np.float32)
+        phase = seed.read_phase(f, seed.phase_key(sample))
         meta["phase_target"] = "phase_rad (stored)"
         sampling = tuple(f.attrs["phase_sampling"])
     else:  # the user's original generator: phase_{i} holds abTEM's projected potential (V·Å)
-        energy = float(options.get("energy") or potential_energy or 300e3)
+        energy = float(options.get("energy") or potential_energy or seed.ORIGINAL_ENERGY)
         H = f[key].shape[-2]
         lam = wavelength(energy)
-        defaults = dict(energy=energy, scan_step=(2.0, 2.0), angular_sampling=(lam / 100.0 * 1e3 * 256 / H,) * 2)
+        cell = seed.ORIGINAL_EXTENT
+        defaults = dict(energy=energy, scan_step=(seed.ORIGINAL_SCAN_STEP,) * 2,
+                        angular_sampling=(lam / cell * 1e3 * 256 / H,) * 2)
         phase = None
-        if f"phase_{sample}" in f:
-            phase = np.asarray(f[f"phase_{sample}"][...], dtype=np.float32) * interaction_constant(energy)
+        if seed.phase_key(sample) in f:
+            phase = seed.read_phase(f, seed.phase_key(sample), energy)
         meta["phase_target"] = f"sigma({energy:g} eV) x projected potential (original generator file)"
-        sampling = (100.0 / 256, 100.0 / 256)
+        sampling = (cell / 256, cell / 256)
         log.warning("%s: original-generator file without calibrations: assuming %g keV, 2 Å step, patterns over the "
                     "full angular range of a 100 Å cell; pass energy/scan_step/angular_sampling to override",
                     path, energy / 1e3)

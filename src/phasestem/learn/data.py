@@ -56,13 +56,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..detector import PixelatedDetector
 from ..errors import ConfigError, InputFileError, ShapeError
+from ..io import seed as seedfile
 from ..optics import ABERRATION_ORDERS, interaction_constant
 from ..safety import check_bad_pixel_mode, first_nonfinite, mask_nonfinite
 from ..scan import GridScan
 
 log = logging.getLogger("phasestem.learn")
 
-SEED_FORMAT = "phasestem-seed000"
+SEED_FORMAT = seedfile.FORMAT
 
 
 # =============================================================================================
@@ -332,11 +333,7 @@ class FileInfo:
 
 
 def _sample_ids(f: h5py.File) -> list[int]:
-    ids = []
-    for key in f.keys():
-        if key.startswith("dp_set_") and key[7:].isdigit():
-            ids.append(int(key[7:]))
-    return sorted(ids)
+    return seedfile.sample_ids(f.keys())
 
 
 def inspect_file(path: str | Path, block: int = 14, stride: int = 9, patch: int = 76,
@@ -353,20 +350,19 @@ def inspect_file(path: str | Path, block: int = 14, stride: int = 9, patch: int 
         ids = _sample_ids(f)
         if not ids:
             raise InputFileError(f"{path}: no 'dp_set_{{i}}' datasets (expected the seed-000 training layout)")
-        missing = [i for i in ids if f"phase_{i}" not in f]
+        missing = [i for i in ids if seedfile.phase_key(i) not in f]
         if missing:
-            raise InputFileError(f"{path}: 'phase_{missing[0]}' missing for 'dp_set_{missing[0]}'")
-        dp = f[f"dp_set_{ids[0]}"]
-        for name in (f"dp_set_{ids[0]}", f"phase_{ids[0]}"):
+            raise InputFileError(f"{path}: '{seedfile.phase_key(missing[0])}' missing for "
+                                 f"'{seedfile.patterns_key(missing[0])}'")
+        dp = f[seedfile.patterns_key(ids[0])]
+        for name in (seedfile.patterns_key(ids[0]), seedfile.phase_key(ids[0])):
             if f[name].dtype.kind not in "biuf":
                 raise InputFileError(f"{path}: '{name}' holds {f[name].dtype} values; expected real numbers "
                                      "(complex data would be cast to real silently)")
         if dp.ndim != 4:
             raise ShapeError(f"{path}: 'dp_set_{ids[0]}' must be (Sy, Sx, H, W), got shape {dp.shape}")
-        phase_shape = tuple(int(n) for n in f[f"phase_{ids[0]}"].shape)
-        fmt = f.attrs.get("format", "")
-        fmt = fmt.decode() if isinstance(fmt, bytes) else str(fmt)
-        kind = layout if layout != "auto" else ("phasestem" if fmt == SEED_FORMAT else "original")
+        phase_shape = tuple(int(n) for n in f[seedfile.phase_key(ids[0])].shape)
+        kind = layout if layout != "auto" else ("phasestem" if seedfile.is_own(f.attrs) else "original")
         if kind == "phasestem":
             a = f.attrs
             try:
@@ -376,7 +372,7 @@ def inspect_file(path: str | Path, block: int = 14, stride: int = 9, patch: int 
                     scan_origin=tuple(float(v) for v in a["scan_origin"]), phase_shape=phase_shape,
                     phase_sampling=phase_sampling, block=block, stride=stride, patch=patch)
                 energy = float(a["energy"])
-                sigma = float(a.get("sigma", interaction_constant(energy)))
+                sigma = seedfile.file_sigma(a, energy)
                 ab = a.get("aberrations", "{}")
                 aberrations = json.loads(ab.decode() if isinstance(ab, bytes) else ab)
             except KeyError as exc:
@@ -386,7 +382,7 @@ def inspect_file(path: str | Path, block: int = 14, stride: int = 9, patch: int 
             s = o.extent / phase_shape[0], o.extent / phase_shape[1]
             geometry = BlockGeometry(scan_shape=tuple(int(v) for v in dp.shape[:2]), scan_step=(o.scan_step,) * 2,
                                      phase_shape=phase_shape, phase_sampling=s, block=block, stride=stride, patch=patch)
-            energy, sigma, aberrations = o.energy, interaction_constant(o.energy), {}
+            energy, sigma, aberrations = o.energy, seedfile.phase_scale(False, o.energy), {}
         return FileInfo(path, kind, ids, geometry, tuple(int(v) for v in dp.shape[2:]), energy, sigma, aberrations)
 
 
@@ -545,7 +541,8 @@ class _BaseDataset(torch.utils.data.Dataset):
     def read_target(self, entry: tuple[int, int], sym: Symmetry) -> np.ndarray:
         """Full target image (Ny, Nx) float32 (phase in rad or potential in V·Å), transformed by ``sym``."""
         f, fi, sid = self._file(entry)
-        key = f"potential_{sid}" if fi.layout == "phasestem" and self.index.target == "potential" else f"phase_{sid}"
+        key = seedfile.target_key(sid, "potential" if fi.layout == "phasestem" and self.index.target == "potential"
+                              else "phase")
         arr = np.asarray(f[key][...], dtype=np.float32)
         if fi.layout != "phasestem" and self.index.target == "phase":
             arr = arr * np.float32(fi.sigma)
@@ -556,8 +553,8 @@ class _BaseDataset(torch.utils.data.Dataset):
         """Raw patterns (len(rows), len(cols), H, W) of the transformed sample at scan rows × cols."""
         f, fi, sid = self._file(entry)
         r, c = scan_source_indices(rows, cols, sym, self.geometry)
-        arr = read_scan_grid(f[f"dp_set_{sid}"], r, c)
-        self._screen(arr, f"{fi.path}:dp_set_{sid}", lambda i: (int(r[i[0]]), int(c[i[1]]), *i[2:]))
+        arr = read_scan_grid(f[seedfile.patterns_key(sid)], r, c)
+        self._screen(arr, f"{fi.path}:{seedfile.patterns_key(sid)}", lambda i: (int(r[i[0]]), int(c[i[1]]), *i[2:]))
         if sym.transpose:
             arr = np.swapaxes(arr, 0, 1)
         return transform_patterns(arr, sym)
@@ -724,12 +721,13 @@ def write_synthetic_file(path: str | Path, n_samples: int, first_sample: int = 0
                 pats = fm(obj, probe, pos).reshape(scan, scan, window, window).numpy()
             if dose is not None:
                 pats = poisson_counts(pats, dose, rng)
-            f.create_dataset(f"dp_set_{i}", data=pats.astype(np.float32), chunks=(min(5, scan), min(5, scan),
+            f.create_dataset(seedfile.patterns_key(i), data=pats.astype(np.float32), chunks=(min(5, scan), min(5, scan),
                                                                                    window, window))
-            f.create_dataset(f"phase_{i}", data=phase)
-            f.create_dataset(f"potential_{i}", data=(phase / sigma).astype(np.float32))
+            f.create_dataset(seedfile.phase_key(i), data=phase)
+            f.create_dataset(seedfile.potential_key(i), data=(phase / sigma).astype(np.float32))
         a = f.attrs
-        a["format"], a["phase_convention"], a["energy"], a["semiangle"] = SEED_FORMAT, "phase_rad", energy, semiangle
+        a["format"], a["phase_convention"], a["energy"], a["semiangle"] = (SEED_FORMAT, seedfile.PHASE_CONVENTION,
+                                                                              energy, semiangle)
         a["aberrations"] = json.dumps({"C10": c10})
         a["scan_shape"], a["scan_step"], a["scan_origin"] = np.array([scan, scan]), np.array([step, step]), np.zeros(2)
         a["extent"], a["phase_shape"] = np.array([extent, extent]), np.array([phase_px, phase_px])

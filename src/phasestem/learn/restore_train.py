@@ -23,6 +23,7 @@ from torch import nn
 
 from .. import metrics
 from ..errors import ConfigError, ShapeError
+from ..io import seed as seedfile
 from .autoencoder import Autoencoder, count_parameters, scale_patterns
 from .losses import PhaseformerLoss
 from .pairs import paired_dataset
@@ -49,8 +50,7 @@ def _scans(path: str, patterns_key: str | None):
     """Yield (name, (Sy, Sx, H, W) or (N, H, W) array-like) for each scan in a file."""
     if path.lower().endswith((".h5", ".hdf5", ".hdf")) and patterns_key is None:
         with h5py.File(path, "r") as f:
-            keys = [k for k in f.keys() if k.startswith("dp_set_") and k[7:].isdigit()]
-            keys.sort(key=lambda k: int(k[7:]))
+            keys = [seedfile.patterns_key(i) for i in seedfile.sample_ids(f.keys())]
             if keys:
                 for k in keys:
                     yield f"{path}:{k}", f[k][()]

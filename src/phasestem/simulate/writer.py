@@ -27,6 +27,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
+from ..io import seed
 from ..optics import interaction_constant
 from .budget import check_memory
 from .config import SimulationConfig
@@ -34,7 +35,7 @@ from .lock import OutputLock
 
 log = logging.getLogger("phasestem.simulate")
 
-FORMAT = "phasestem-seed000"
+FORMAT = seed.FORMAT
 WORK_DIR = ".work"
 #: prefix of every temporary file the run creates (and the only ``*.partial`` files it ever deletes)
 TMP_PREFIX = ".phasestem-"
@@ -47,7 +48,7 @@ def temporary_path(path: Path) -> Path:
 
 def file_name(cfg: SimulationConfig, k: int) -> str:
     """Name of shard k (1-based)."""
-    return f"{cfg.output.prefix}{k}.h5"
+    return seed.file_name(k, cfg.output.prefix)
 
 
 def sample_path(out: Path, index: int) -> Path:
@@ -124,7 +125,7 @@ def root_attrs(cfg: SimulationConfig, k: int, angular_sampling) -> dict:
     return {
         "format": FORMAT,
         "version": 1,
-        "phase_convention": "phase_rad",
+        "phase_convention": seed.PHASE_CONVENTION,
         "energy": o.energy,
         "semiangle": o.semiangle,
         "aberrations": json.dumps(o.aberrations, sort_keys=True),
@@ -198,12 +199,12 @@ def assemble_file(cfg: SimulationConfig, out: Path, k: int) -> Path:
         for i in indices:
             with h5py.File(sample_path(out, i), "r") as s:
                 ang = s.attrs["angular_sampling"]
-                d = write_chunked(f, f"dp_set_{i}", s["patterns"][...], chunks, cfg.output.compression)
+                d = write_chunked(f, seed.patterns_key(i), s["patterns"][...], chunks, cfg.output.compression)
                 for key, val in s.attrs.items():
                     if key != "angular_sampling":
                         d.attrs[key] = val
-                f.create_dataset(f"phase_{i}", data=s["phase"][...], track_times=False)
-                f.create_dataset(f"potential_{i}", data=s["potential"][...], track_times=False)
+                f.create_dataset(seed.phase_key(i), data=s["phase"][...], track_times=False)
+                f.create_dataset(seed.potential_key(i), data=s["potential"][...], track_times=False)
         for key, val in root_attrs(cfg, k, ang).items():
             f.attrs[key] = val
     os.replace(tmp, final)
