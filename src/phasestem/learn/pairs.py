@@ -6,8 +6,9 @@ Sources, any number at once (:func:`paired_dataset` concatenates them):
   images (a folder holding ``train/`` and ``test/`` such folders is resolved with ``split``);
 * an HDF5 pairs file with datasets ``input`` and ``gt`` of shape (N, H, W) (written by
   :func:`write_pairs` / ``phasestem make-pairs``);
-* a simulation file (seed-000 layout, ``phase_{i}`` datasets): pairs are made on the fly by
-  :class:`Degrade` from the true phase (a new random degradation each time an item is read, or a
+* a simulation file (seed-000 layout, ``phase_{i}`` datasets; :mod:`phasestem.io.seed`): pairs are made on
+  the fly by :class:`Degrade` from the true phase in rad (the original generator's ``phase_{i}``, a projected
+  potential, times σ at 300 keV) (a new random degradation each time an item is read, or a
   fixed one per item when ``fixed=True``, as used for test splits).
 
 Items are dicts ``{"input": (1, H, W), "target": (1, H, W)}`` float32 in the images' own units (rad
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ConfigError, InputFileError, ShapeError
+from ..io import seed as seedfile
 from ..safety import atomic_file, check_finite
 
 log = logging.getLogger("phasestem.learn.pairs")
@@ -216,8 +218,7 @@ class H5Pairs(_PairsBase):
 def simulation_phases(path: str | Path, target: str = "phase") -> list[str]:
     """Names of the ``phase_{i}`` (or ``potential_{i}``) datasets of a simulation file, sorted by i."""
     with h5py.File(path, "r") as f:
-        keys = [k for k in f.keys() if k.startswith(f"{target}_") and k.split("_")[-1].isdigit()]
-    return sorted(keys, key=lambda k: int(k.split("_")[-1]))
+        return [seedfile.target_key(i, target) for i in seedfile.sample_ids(f.keys(), target)]
 
 
 class SimulationPairs(_PairsBase):
@@ -246,7 +247,7 @@ class SimulationPairs(_PairsBase):
 
     def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
         i = int(item)
-        phase = np.asarray(self._h5()[self.keys[i]], dtype=np.float32)
+        phase = seedfile.read_phase(self._h5(), self.keys[i])  # rad
         if phase.ndim != 2:
             raise ShapeError(f"{self.path}: '{self.keys[i]}' must be 2-D, got {phase.shape}")
         check_finite(phase, f"{self.path}:{self.keys[i]}", what="phase value", hint=_DROP)

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from .. import metrics
 from ..errors import ConfigError, InputFileError, ShapeError
+from ..io import seed as seedfile
 from ..plot import save_figure
 from ..safety import atomic_file, check_bad_pixel_mode, check_finite, mask_nonfinite
 from .autoencoder import Autoencoder, scale_patterns
@@ -240,7 +241,7 @@ def make_pairs(files: list[str], out: str | Path, degradation: Degrade | None = 
             raise InputFileError(f"{path}: no 'phase_{{i}}' datasets (expected a simulation file)")
         with h5py.File(path, "r") as f:
             for k in tqdm(keys, desc=Path(path).name, disable=not progress, leave=False):
-                phase = np.asarray(f[k], dtype=np.float32)
+                phase = seedfile.read_phase(f, k)  # rad (× σ for the original generator's files)
                 check_finite(phase, f"{path}:{k}", what="phase value", hint="")
                 for _ in range(copies):
                     inputs.append(degrade(phase, deg, rng).numpy())
