@@ -107,18 +107,28 @@ def _make_pairs(args) -> int:
         data["copies"] = args.copies
     if args.seed is not None:
         data["seed"] = args.seed
+    for key in ("inputs_from", "stitch_model", "ad_epochs", "device"):
+        if getattr(args, key, None) is not None:
+            data[key] = getattr(args, key)
     cfg = validate(MakePairsConfig, data, args.config or "make-pairs")
     from ..safety import refuse_output_over_inputs
     from .data import expand_paths
 
     refuse_output_over_inputs(cfg.out, [args.config, *expand_paths(cfg.files)])
-    path = make_pairs(cfg.files, cfg.out, cfg.degradation, cfg.copies, cfg.seed)
+    from .pair_sources import make_measured_pairs, parse_inputs_from
+
+    kind, _ = parse_inputs_from(cfg.inputs_from)
+    if kind == "degrade":
+        path = make_pairs(cfg.files, cfg.out, cfg.degradation, cfg.copies, cfg.seed)
+    else:
+        path = make_measured_pairs(cfg.files, cfg.out, cfg.inputs_from, cfg.stitch_model, cfg.ad_epochs, cfg.device)
     import h5py
 
     with h5py.File(path, "r") as f:
         n, shape = f["gt"].shape[0], f["gt"].shape[1:]
-    print(f"{n} pairs of {shape} (input = degraded phase, gt = true phase) → {path}")
-    print(json.dumps(cfg.degradation.model_dump()))
+    what = {"degrade": "degraded phase", "stitch": "network prediction", "ad": "AD reconstruction"}[kind]
+    print(f"{n} pairs of {shape} (input = {what}, gt = true phase) → {path}")
+    print(json.dumps(cfg.degradation.model_dump() if kind == "degrade" else {"inputs_from": cfg.inputs_from}))
     return 0
 
 
@@ -182,15 +192,28 @@ def register(subparsers, train_subparsers) -> None:
     p = subparsers.add_parser(
         "make-pairs", help="coarse → true phase training pairs for Phaseformer from simulation files",
         formatter_class=_FMT,
-        description="Degrade the true phases phase_{i} of simulation files (blur, binning, noise) and write a "
-                    "pairs file with datasets 'input' and 'gt' (N, H, W), usable in data.train of a Phaseformer "
-                    "config. (Training configs may also list simulation files directly: pairs are then made on "
+        description="Write a pairs file with datasets 'input' and 'gt' (N, H, W) from the samples of simulation "
+                    "files, usable in data.train of a Phaseformer config. gt is the true phase phase_{i}; the input "
+                    "is, with --inputs-from: 'degrade' (default) the true phase degraded (blur, binning, noise; "
+                    "--copies versions each); 'stitch:MODEL' the phase a trained end2end model (or a patch model "
+                    "with --stitch-model) predicts from the sample's own patterns, as `phasestem predict` does; "
+                    "'ad' a fast AD reconstruction of the patterns (--ad-epochs epochs of the lsq solver from a "
+                    "flat object, nominal probe). The last two train Phaseformer on the route's real errors. "
+                    "(Training configs may also list simulation files directly: degraded pairs are then made on "
                     "the fly.)",
         epilog="Examples:\n  phasestem make-pairs data/simulation_data*.h5 --out pairs/train_pairs.h5 --copies 4\n"
+               "  phasestem make-pairs data/simulation_data1.h5 --inputs-from stitch:runs/end2end --out pairs/e2e.h5\n"
+               "  phasestem make-pairs data/simulation_data1.h5 --inputs-from ad --ad-epochs 4 --out pairs/ad.h5\n"
                "  phasestem make-pairs --config configs/make_pairs.yaml")
     p.add_argument("files", nargs="*", help="simulation HDF5 files (or set 'files' in --config)")
     p.add_argument("--config", help="YAML with files, out, copies, seed and degradation settings")
     p.add_argument("--out", help="output pairs file (default pairs.h5)")
     p.add_argument("--copies", type=int, help="degraded versions per phase image")
     p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument("--inputs-from", dest="inputs_from", metavar="SOURCE",
+                   help="'degrade' (default), 'stitch:MODEL' (network predictions) or 'ad' (fast AD reconstructions)")
+    p.add_argument("--stitch-model", dest="stitch_model", help="stitching model when MODEL of stitch:MODEL is a "
+                   "patch model")
+    p.add_argument("--ad-epochs", dest="ad_epochs", type=int, help="lsq epochs of --inputs-from ad (default 4)")
+    p.add_argument("--device", help="torch device of the stitch / AD inputs (default cpu)")
     p.set_defaults(func=_make_pairs)

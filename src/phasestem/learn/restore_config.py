@@ -157,8 +157,14 @@ class MakePairsConfig(_Strict):
     files: list[str] = Field(..., description="simulation HDF5 files (phase_{i} datasets)")
     out: str = Field("pairs.h5", description="output pairs file (input, gt)")
     copies: int = Field(1, ge=1, description="degraded versions per phase image")
-    degradation: Degrade = Field(default_factory=Degrade, description="how inputs are made")
+    degradation: Degrade = Field(default_factory=Degrade, description="how inputs are made (inputs_from degrade)")
     seed: int = Field(0, description="random seed")
+    inputs_from: str = Field("degrade", description="where inputs come from: 'degrade' (synthetic degradations of "
+                             "the true phase), 'stitch:<model>' (a trained end2end model's prediction from the "
+                             "sample's patterns) or 'ad' (a fast lsq AD reconstruction of the patterns)")
+    stitch_model: str | None = Field(None, description="stitching model when inputs_from is 'stitch:<patch model>'")
+    ad_epochs: int = Field(4, ge=1, description="lsq epochs of the AD inputs (inputs_from ad)")
+    device: str = Field("cpu", description="torch device of the stitch / AD inputs")
 
 
 _RUNS = {"autoencoder": AutoencoderRunConfig, "phaseformer": PhaseformerRunConfig}

@@ -1,0 +1,137 @@
+"""Where the coarse inputs of ``phasestem make-pairs`` come from (``--inputs-from``).
+
+* ``degrade`` (default): synthetic degradations of the true phase (:class:`~phasestem.learn.pairs.Degrade`);
+* ``stitch:<model>``: the phase that a trained End2End network (or a patch network with ``stitch_model``)
+  predicts from each sample's own diffraction patterns — exactly what ``phasestem predict`` writes for that
+  sample — so that Phaseformer learns to correct the errors the stitching route really makes;
+* ``ad``: a fast AD ptychography of each sample's patterns (a few epochs of the ``lsq`` solver from a flat
+  object, nominal probe kept fixed), the coarse reconstruction a user would refine.
+
+Both measured sources give one input per sample (``copies`` applies to ``degrade`` only), resampled to the true
+phase's grid when the pixel differs. The AD source reconstructs with :mod:`phasestem.recon`, imported only when
+it is used (the hybrid exception to "learn does not import recon": the command, not the learned library, calls it).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+
+log = logging.getLogger("phasestem.learn.pairs")
+
+__all__ = ["parse_inputs_from", "measured_inputs", "ad_phase", "make_measured_pairs"]
+
+
+def parse_inputs_from(spec: str | None) -> tuple[str, str | None]:
+    """``'degrade'`` | ``'ad'`` | ``'stitch:<model>'`` → (kind, model path or None)."""
+    spec = (spec or "degrade").strip()
+    if spec in ("degrade", "ad"):
+        return spec, None
+    if spec.startswith("stitch:") and spec[len("stitch:"):].strip():
+        return "stitch", spec[len("stitch:"):].strip()
+    raise ConfigError(f"inputs_from: expected 'degrade', 'ad' or 'stitch:<model folder or file>', got {spec!r}")
+
+
+def _to_grid(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``image`` on ``shape`` pixels (bilinear) when its size differs."""
+    if tuple(image.shape) == tuple(shape):
+        return np.asarray(image, np.float32)
+    t = torch.as_tensor(np.asarray(image, np.float32))[None, None]
+    return F.interpolate(t, size=tuple(shape), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def ad_phase(dataset, truth_shape: tuple[int, int], truth_sampling: tuple[float, float], epochs: int = 4,
+             batch_size: int = 32, device: str = "cpu") -> np.ndarray:
+    """A fast AD reconstruction of ``dataset`` (``epochs`` of the ``lsq`` solver, flat start, 1 slice, nominal
+    probe fixed) on the truth grid (pixel (0, 0) at 0 Å, ``truth_shape`` pixels of ``truth_sampling`` Å; 0
+    outside the reconstructed field)."""
+    from ..recon import Ptychography
+    from ..recon.model import resample_image
+
+    torch.manual_seed(0)
+    model = Ptychography.from_dataset(dataset, learning_rates={"probe": 0.0}, on_band_limit="ignore").to(device)
+    for _ in model.LSQ_optimize(epochs, dataset, batch_size=batch_size, seed=0, progress=False):
+        pass
+    ph = torch.as_tensor(model.phase_in_dataset_frame())
+    ph = resample_image(ph, tuple(model.sampling), tuple(truth_sampling)).numpy()
+    out = np.zeros(truth_shape, np.float32)
+    h, w = min(truth_shape[0], ph.shape[0]), min(truth_shape[1], ph.shape[1])
+    out[:h, :w] = ph[:h, :w]
+    return out
+
+
+def measured_inputs(paths: list[str], kind: str, model: str | None = None, stitch_model: str | None = None,
+                    ad_epochs: int = 4, device: str = "cpu", progress: bool = True
+                    ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """(origin ``file:phase_i``, input, true phase) of every sample of the simulation files ``paths``, the input
+    predicted by ``model`` (``kind='stitch'``) or reconstructed by AD (``kind='ad'``)."""
+    from tqdm.auto import tqdm
+
+    from .. import io
+    from ..io import seed as seedfile
+    from ..safety import check_finite
+
+    predictor = None
+    if kind == "stitch":
+        from .predict import load_predictor
+
+        predictor = load_predictor(model, stitch_model, device=device)
+    elif kind != "ad":
+        raise ConfigError(f"measured_inputs: unknown kind {kind!r}")
+    for path in paths:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            ids = seedfile.sample_ids(f.keys(), "phase")
+        for i in tqdm(ids, desc=Path(path).name, disable=not progress, leave=False):
+            ds = io.load(path, sample=int(i))
+            if "phase" not in ds.truth:
+                raise ConfigError(f"{path}: sample {i} has no true phase")
+            truth = np.asarray(ds.truth["phase"], np.float32)
+            check_finite(truth, f"{path}:phase_{i}", what="phase value", hint="")
+            if predictor is not None:
+                from .predict import predict_phase
+
+                with torch.inference_mode():
+                    inp = predict_phase(predictor[0], predictor[1], ds)
+            else:
+                ts = tuple(float(s) for s in ds.truth.get("sampling", ds.sampling))
+                inp = ad_phase(ds, truth.shape, ts, epochs=ad_epochs, device=device)
+            inp = _to_grid(inp, truth.shape)
+            check_finite(inp, f"{path}:phase_{i} ({kind} input)", what="input value", hint="")
+            yield f"{Path(path).name}:{seedfile.target_key(i, 'phase')}", inp, truth
+
+
+def make_measured_pairs(files: list[str], out: str | Path, inputs_from: str, stitch_model: str | None = None,
+                        ad_epochs: int = 4, device: str = "cpu", progress: bool = True) -> Path:
+    """Write a pairs file (``input``, ``gt`` (N, H, W), the format of :func:`~phasestem.learn.pairs.write_pairs`)
+    whose inputs come from ``inputs_from`` (``'ad'`` or ``'stitch:<model>'``), one pair per sample."""
+    import json
+
+    from .data import expand_paths
+    from .pairs import write_pairs
+
+    kind, model = parse_inputs_from(inputs_from)
+    if kind == "degrade":
+        raise ConfigError("make_measured_pairs: 'degrade' inputs are made by make_pairs")
+    if stitch_model is not None and kind != "stitch":
+        raise ConfigError("stitch_model applies to inputs_from 'stitch:<patch model>' only")
+    inputs, gts, origin = [], [], []
+    for name, inp, gt in measured_inputs(expand_paths(files), kind, model, stitch_model, ad_epochs, device,
+                                         progress):
+        inputs.append(inp)
+        gts.append(gt)
+        origin.append(name)
+    if not gts:
+        raise ConfigError("make-pairs: no phase images found")
+    source = {"kind": kind, "model": model, "stitch_model": stitch_model}
+    if kind == "ad":
+        source.update(solver="lsq", epochs=ad_epochs)
+    return write_pairs(out, np.stack(inputs), np.stack(gts),
+                       {"inputs_from": json.dumps(source), "sources": json.dumps(origin), "units": "rad"})

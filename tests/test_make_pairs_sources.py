@@ -1,0 +1,90 @@
+"""make-pairs inputs from the route's real degradations (issue 14, item 6): a trained network's predictions
+(``--inputs-from stitch:MODEL``) and fast AD reconstructions (``--inputs-from ad``)."""
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from phasestem.cli import main
+
+# a tiny scan: 24 Å periodic cell, 0.5 Å pixels, 12×12 positions at 2 Å, 32² patterns, synthetic phase objects
+SIM = {
+    "optics": {"energy": 300e3, "semiangle": 12.0, "aberrations": {"C10": 80.0}},
+    "grid": {"extent": [24.0, 24.0], "sim_gpts": [48, 48], "phase_gpts": [48, 48]},
+    "scan": {"shape": [12, 12], "step": [2.0, 2.0]},
+    "detector": {"shape": [32, 32]},
+    "specimen": {"kind": "synthetic", "synthetic_max_phase": 0.6, "phonons": 1},
+    "output": {"n_files": 1, "samples_per_file": 4},
+    "compute": {"seed": 3},
+}
+DATA = {"block": 6, "stride": 3, "patch": 24, "val_fraction": 0.25, "test_fraction": 0.0, "batch_size": 2,
+        "preprocess": {"normalize": "pattern", "scale": "sqrt"}}
+TRAINER = {"epochs": 1, "device": "cpu", "progress": False, "tensorboard": False}
+
+
+def _yaml(path, data) -> str:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory):
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("pairs_sources")
+    assert main(["simulate", _yaml(tmp / "sim.yaml", SIM), "--out", str(tmp / "data")]) == 0
+    return tmp, tmp / "data" / "simulation_data1.h5"
+
+
+def test_pairs_from_network_predictions_equal_predict_and_train_phaseformer(sim):
+    tmp, file = sim
+    e2e = {"stage": "end2end", "out_dir": str(tmp / "e2e"), "data": {"files": [str(file)], **DATA},
+           "model": {"size": "tiny", "decoder_channels": [8, 8, 8], "pos_frequencies": 2},
+           "stitch_model": {"size": "tiny", "vit_patch": 8, "decoder_channels": [8, 8, 8, 8, 8]}, "trainer": TRAINER}
+    assert main(["train", "end2end", _yaml(tmp / "e2e.yaml", e2e)]) == 0
+    pairs = tmp / "stitch_pairs.h5"
+    assert main(["make-pairs", str(file), "--inputs-from", f"stitch:{tmp / 'e2e'}", "--out", str(pairs)]) == 0
+    with h5py.File(pairs) as f, h5py.File(file) as s:
+        inputs, gts = f["input"][...], f["gt"][...]
+        assert inputs.shape == gts.shape == (4, 48, 48)
+        assert '"stitch"' in f.attrs["inputs_from"]
+        for i in range(4):
+            np.testing.assert_array_equal(gts[i], s[f"phase_{i}"][...])
+    for i in (0, 3):
+        out = tmp / f"pred{i}.h5"
+        assert main(["predict", str(file), "--sample", str(i), "--model", str(tmp / "e2e"), "--out", str(out),
+                     "--no-png"]) == 0
+        with h5py.File(out) as f:
+            np.testing.assert_allclose(inputs[i], f["phase"][...], rtol=0, atol=1e-5)
+    pf = {"network": "phaseformer", "out_dir": str(tmp / "pf"),
+          "data": {"train": [str(pairs)], "crop": 32, "batch_size": 2, "val_fraction": 0.25},
+          "model": {"dim": 4, "blocks": [1, 1, 1, 1], "heads": [1, 1, 1, 1], "refinement_blocks": 0},
+          "loss": {"components": ["charbonnier", "gradient"]}, "trainer": TRAINER}
+    assert main(["train", "phaseformer", _yaml(tmp / "pf.yaml", pf)]) == 0
+    assert len((tmp / "pf" / "epochs.csv").read_text().splitlines()) == 2
+
+
+def test_pairs_from_fast_ad_reconstructions(sim):
+    from phasestem.metrics import phase_error
+
+    tmp, file = sim
+    pairs = tmp / "ad_pairs.h5"
+    assert main(["make-pairs", str(file), "--inputs-from", "ad", "--ad-epochs", "4", "--out", str(pairs)]) == 0
+    with h5py.File(pairs) as f:
+        inputs, gts = f["input"][...], f["gt"][...]
+    assert inputs.shape == gts.shape == (4, 48, 48) and np.isfinite(inputs).all()
+    rng = np.random.default_rng(0)
+    fov = (slice(2, 44), slice(2, 44))  # inside the scanned field (0 … 22 Å at 0.5 Å/px)
+    for inp, gt in zip(inputs[:2], gts[:2], strict=True):
+        rand = gt.mean() + gt.std() * rng.standard_normal(gt.shape).astype(np.float32)
+        e_ad, e_rand = phase_error(inp[fov], gt[fov]), phase_error(rand[fov], gt[fov])
+        assert e_ad < 0.8 * e_rand, (e_ad, e_rand)
+
+
+def test_inputs_from_is_validated(sim, capsys):
+    tmp, file = sim
+    assert main(["make-pairs", str(file), "--inputs-from", "stitch:", "--out", str(tmp / "x.h5")]) != 0
+    assert "inputs_from" in capsys.readouterr().err
+    assert not (tmp / "x.h5").exists()
