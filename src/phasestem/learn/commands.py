@@ -1,4 +1,5 @@
-"""``phasestem train patch|stitch|end2end``, ``predict`` and ``evaluate``: parse, call the library, report."""
+"""``phasestem train patch|stitch|end2end|autoencoder|phaseformer``, ``predict`` and ``evaluate``: parse, call the
+library, report. Every network is trained by the same command with the same flags (:mod:`.registry`)."""
 from __future__ import annotations
 
 import argparse
@@ -9,32 +10,31 @@ from pathlib import Path
 
 log = logging.getLogger("phasestem.learn")
 
-_TRAIN_HELP = {
-    "patch": ("train PatchRecoveryNet (14×14 pattern blocks → 76×76 phase patches)", "train_patch_tiny.yaml"),
-    "stitch": ("train PhaseStitchingNet (25 ground-truth patches → 256² phase)", "train_stitch_tiny.yaml"),
-    "end2end": ("chain both trained nets and train end to end", "train_end2end_tiny.yaml"),
-}
-
-
 def register(subparsers, train_subparsers) -> None:
     """Add the learned-route sub-commands to the ``phasestem`` parser."""
+    from .registry import NETWORKS
+
     fmt = argparse.RawDescriptionHelpFormatter
-    for stage, (text, example) in _TRAIN_HELP.items():
+    for name, e in NETWORKS.items():
+        example = f"train_{name}_tiny.yaml"
         p = train_subparsers.add_parser(
-            stage, help=text, description=f"{text[0].upper()}{text[1:]}. Settings come from a YAML file "
-            "(see configs/); a copy is written to the run folder.", formatter_class=fmt,
-            epilog=f"Examples:\n  phasestem train {stage} configs/{example}\n"
-                   f"  phasestem train {stage} configs/{example} --epochs 2 --out-dir runs/try --resume\n"
-                   f"  phasestem train {stage} configs/{example} --dump-config",
+            name, help=f"train {e.help}", description=f"Train {e.help}. Settings come from a YAML file "
+            "(see configs/; key 'network:'); flags override it; a copy is written to the run folder.",
+            formatter_class=fmt,
+            epilog=f"Examples:\n  phasestem train {name} configs/{example}\n"
+                   f"  phasestem train {name} configs/{example} --epochs 2 --out-dir runs/try --resume\n"
+                   f"  phasestem train {name} configs/{example} --set trainer.lr=3e-4 --dump-config",
         )
-        p.add_argument("config", help="training YAML (stage, data, model, loss, trainer, out_dir)")
+        p.add_argument("config", help="training YAML (network, data, model, loss, trainer, out_dir)")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a config field, e.g. trainer.lr=3e-4 (repeatable)")
         p.add_argument("--out-dir", help="run folder (overrides out_dir)")
         p.add_argument("--epochs", type=int, help="override trainer.epochs")
         p.add_argument("--lr", type=float, help="override trainer.lr")
-        p.add_argument("--device", help="override trainer.device (cpu, cuda, auto)")
+        p.add_argument("--device", help="override trainer.device (cpu, cuda, cuda:1, auto)")
         p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last")
         p.add_argument("--dump-config", action="store_true", help="print the fully resolved config and exit")
-        p.set_defaults(func=_train, stage=stage)
+        p.set_defaults(func=_train, stage=name)
 
     p = subparsers.add_parser(
         "predict", help="learned phase of a 4D-STEM scan (HDF5 + PNG)", formatter_class=fmt,
@@ -49,7 +49,7 @@ def register(subparsers, train_subparsers) -> None:
     p.add_argument("--out", default="phase_learned.h5", help="output HDF5 (a PNG is written next to it)")
     p.add_argument("--sample", type=int, help="sample index in a seed-000 training file")
     p.add_argument("--energy", type=float, help="beam energy (eV) when the file lacks it")
-    p.add_argument("--device", default="cpu", help="torch device")
+    p.add_argument("--device", default="auto", help="'auto' (a GPU when there is one), 'cpu', 'cuda', 'cuda:1'")
     p.add_argument("--no-png", action="store_true", help="skip the PNG")
     p.add_argument("--bad-pixels", choices=["refuse", "mask"], default="refuse",
                    help="NaN/Inf pattern values: refuse the file (default) or replace them by the median of their "
@@ -69,7 +69,7 @@ def register(subparsers, train_subparsers) -> None:
     p.add_argument("--split", default="test", choices=["test", "val", "train"], help="stored split to use")
     p.add_argument("--max-samples", type=int, help="evaluate at most N samples")
     p.add_argument("--batch-size", type=int, default=2, help="samples per batch")
-    p.add_argument("--device", default="cpu", help="torch device")
+    p.add_argument("--device", default="auto", help="'auto' (a GPU when there is one), 'cpu', 'cuda', 'cuda:1'")
     p.add_argument("--out", default="evaluation", help="output folder (metrics.csv, summary.md, examples.png)")
     p.add_argument("--bad-pixels", choices=["refuse", "mask"], default="refuse",
                    help="NaN/Inf values in the data: refuse (default) or replace them by the median of their "
@@ -78,10 +78,10 @@ def register(subparsers, train_subparsers) -> None:
 
 
 def _train(args) -> int:
-    from .config import load_train_config
-    from .pipeline import train_run
+    from ..configfile import parse_set_options
+    from .registry import load_run_config, train_run
 
-    overrides = {}
+    overrides = parse_set_options(args.set)
     if args.out_dir:
         overrides["out_dir"] = args.out_dir
     if args.epochs is not None:  # 0 is refused by the config, not ignored
@@ -92,7 +92,7 @@ def _train(args) -> int:
         overrides["trainer.device"] = args.device
     if args.resume:
         overrides["resume"] = True
-    cfg = load_train_config(args.config, args.stage, overrides)
+    cfg = load_run_config(args.config, args.stage, overrides)
     if args.dump_config:
         import yaml
 
@@ -103,7 +103,7 @@ def _train(args) -> int:
     if summary["main_process"]:  # one line per run, not one per data-parallel process
         print(f"{args.stage}: {summary['epochs_run']} epochs, {summary['global_step']} steps, "
               f"best {summary['monitor']} = {best} (epoch {summary['best_epoch']}); "
-              f"model: {Path(cfg.out_dir) / 'best'}")
+              f"model: {Path(cfg.out_dir) / 'best'} (run folder {cfg.out_dir})")
     return 0
 
 

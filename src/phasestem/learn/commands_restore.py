@@ -1,5 +1,5 @@
-"""Sub-commands of the autoencoder and Phaseformer: ``train autoencoder|phaseformer``, ``embed``,
-``refine`` and ``make-pairs``. Thin: parse, call :mod:`.restore_train` / :mod:`.restore_apply`, report."""
+"""Sub-commands that apply the autoencoder and Phaseformer: ``embed``, ``refine`` and ``make-pairs``. Thin: parse,
+call :mod:`.restore_apply`, report. (They are trained by ``phasestem train autoencoder|phaseformer``.)"""
 from __future__ import annotations
 
 import argparse
@@ -18,26 +18,17 @@ def _overrides(items: list[str] | None) -> dict:
     return parse_set_options(items)
 
 
-def _train(network: str):
-    def handler(args) -> int:
-        from .restore_config import load_run_config
-        from .restore_train import train_autoencoder, train_phaseformer
+class _ModelFlag(argparse.Action):
+    """``--model`` (``--checkpoint``, its older name, still works with a warning)."""
 
-        over = _overrides(args.set)
-        if args.out_dir:
-            over["out_dir"] = args.out_dir
-        if args.resume:
-            over["resume"] = True
-        cfg = load_run_config(args.config, network, over)
-        summary = (train_autoencoder if network == "autoencoder" else train_phaseformer)(cfg)
-        best = summary.get("best")
-        if summary.get("main_process", True):
-            print(f"{network}: {summary['epochs_run']} epochs, {summary['global_step']} steps; best "
-                  f"{summary['monitor']} = {best if best is None else f'{best:.4g}'} (epoch {summary['best_epoch']}); "
-                  f"run folder {cfg.out_dir}")
-        return 0
+    def __call__(self, parser, namespace, values, option_string=None):
+        namespace.old_model_flag = option_string == "--checkpoint"  # warned once logging is set up
+        setattr(namespace, self.dest, values)
 
-    return handler
+
+def _warn_old_flags(args) -> None:
+    if getattr(args, "old_model_flag", False):
+        log.warning("--checkpoint is deprecated: use --model (same meaning)")
 
 
 def _embed(args) -> int:
@@ -45,10 +36,11 @@ def _embed(args) -> int:
     from ..safety import refuse_output_over_inputs
     from .restore_apply import autoencoder_report, embed_scan, load_autoencoder, write_latent_maps
 
+    _warn_old_flags(args)
     out = Path(args.out or Path(args.data).with_suffix("").name + "_latent.h5")
     png = out.with_suffix(".png") if not args.no_png else None
     comparison = out.with_name(out.stem + "_comparison.png") if args.report else None
-    refuse_output_over_inputs([p for p in (out, png, comparison) if p], [args.data, args.checkpoint])
+    refuse_output_over_inputs([p for p in (out, png, comparison) if p], [args.data, args.model])
     opts = {}
     if args.patterns_key:
         opts["patterns_key"] = args.patterns_key
@@ -58,14 +50,14 @@ def _embed(args) -> int:
     if ds.metadata.get("bad_pixels_masked"):
         print(f"{args.data}: replaced {ds.metadata['bad_pixels_masked']} non-finite values by the median of their "
               "finite neighbours")
-    model, meta = load_autoencoder(args.checkpoint, args.device)
+    model, meta = load_autoencoder(args.model, args.device)
     if args.summary:
         from .autoencoder import show
 
-        b = int(meta.get("preprocess", {}).get("bin", 1))
+        b = int(meta["data"].get("preprocess", {}).get("bin", 1))
         show(model, input_size=(1, ds.pattern_shape[0] // b, ds.pattern_shape[1] // b))
     maps = embed_scan(model, ds.patterns, meta, batch_size=args.batch_size)
-    write_latent_maps(out, maps, {"source": str(args.data), "checkpoint": str(args.checkpoint),
+    write_latent_maps(out, maps, {"source": str(args.data), "checkpoint": str(args.model),
                                   "scan_step": list(ds.scan_step)}, png=png)
     print(f"latent maps {maps.shape} (latent, scan_y, scan_x) → {out}" + (f" and {png}" if png else ""))
     if args.report:
@@ -82,13 +74,14 @@ def _refine(args) -> int:
     from ..safety import refuse_output_over_inputs
     from .restore_apply import load_phaseformer, read_phase_image, refine_phase, write_refined
 
+    _warn_old_flags(args)
     out = Path(args.out or Path(args.image).with_suffix("").name + "_refined.h5")
     png = out.with_suffix(".png") if not args.no_png else None
-    refuse_output_over_inputs([p for p in (out, png) if p], [args.image, args.checkpoint])
+    refuse_output_over_inputs([p for p in (out, png) if p], [args.image, args.model])
     coarse = read_phase_image(args.image, args.key, bad_pixels=args.bad_pixels)
-    net, meta = load_phaseformer(args.checkpoint, args.device)
+    net, meta = load_phaseformer(args.model, args.device)
     low, high = refine_phase(net, coarse, None if args.size == 0 else args.size)
-    write_refined(out, low, high, {"source": str(args.image), "checkpoint": str(args.checkpoint)}, png=png,
+    write_refined(out, low, high, {"source": str(args.image), "checkpoint": str(args.model)}, png=png,
                   coarse=coarse)
     print(f"refined phase {low.shape} and ×2 {high.shape} (rad) → {out}" + (f" and {png}" if png else ""))
     return 0
@@ -133,29 +126,16 @@ def _make_pairs(args) -> int:
 
 
 def register(subparsers, train_subparsers) -> None:
-    """Add ``train autoencoder``, ``train phaseformer``, ``embed``, ``refine`` and ``make-pairs``."""
-    for network, what in (("autoencoder", "the 4D-STEM diffraction-pattern autoencoder (SPEC §4)"),
-                          ("phaseformer", "Phaseformer, the phase-image restoration transformer (SPEC §5)")):
-        p = train_subparsers.add_parser(
-            network, help=f"train {what}", formatter_class=_FMT,
-            description=f"Train {what} with the shared trainer from a YAML config.",
-            epilog=f"Examples:\n  phasestem train {network} configs/train_{network}_tiny.yaml\n"
-                   f"  phasestem train {network} configs/train_{network}.yaml --set trainer.epochs=50 --resume")
-        p.add_argument("config", help=f"YAML run config (see configs/train_{network}*.yaml)")
-        p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                       help="override a config field, e.g. trainer.lr=3e-4 (repeatable)")
-        p.add_argument("--out-dir", help="run folder (overrides out_dir)")
-        p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last")
-        p.set_defaults(func=_train(network))
-
+    """Add ``embed``, ``refine`` and ``make-pairs`` (``train autoencoder|phaseformer`` are in :mod:`.commands`)."""
     p = subparsers.add_parser(
         "embed", help="latent maps of a 4D-STEM scan with a trained autoencoder", formatter_class=_FMT,
         description="Encode every diffraction pattern of a scan; write each latent channel as an image over "
                     "the scan grid (HDF5 'latent_maps' (D, Sy, Sx) + a PNG grid).",
-        epilog="Examples:\n  phasestem embed data/simulation_data1.h5 --sample 0 --checkpoint runs/autoencoder\n"
-               "  phasestem embed scan.npy --checkpoint runs/ae/best --out ae_latent.h5 --report 16 --summary")
+        epilog="Examples:\n  phasestem embed data/simulation_data1.h5 --sample 0 --model runs/autoencoder\n"
+               "  phasestem embed scan.npy --model runs/ae/best --out ae_latent.h5 --report 16 --summary")
     p.add_argument("data", help="4D-STEM file (any format phasestem.io reads)")
-    p.add_argument("--checkpoint", required=True, help="model file or run folder (best/ then last/)")
+    p.add_argument("--model", "--checkpoint", dest="model", required=True, action=_ModelFlag,
+                   help="model file or run folder (best/ then last/); --checkpoint: older name")
     p.add_argument("--out", help="output HDF5 (default: DATA_latent.h5 in the current folder)")
     p.add_argument("--sample", type=int, help="sample index in a simulation file (default: the first)")
     p.add_argument("--patterns-key", help="dataset holding the patterns (HDF5/npz of other layouts)")
@@ -175,10 +155,11 @@ def register(subparsers, train_subparsers) -> None:
         formatter_class=_FMT,
         description="Resize a coarse phase image (stitched or reconstructed) to SIZE², run Phaseformer and write "
                     "'phase' (SIZE²) and 'phase_x2' ((2·SIZE)²) in rad to HDF5 (+ a PNG).",
-        epilog="Examples:\n  phasestem refine stitched_phase.npy --checkpoint runs/phaseformer\n"
-               "  phasestem refine recon.h5 --key object_phase --checkpoint runs/pf/best --size 0 --out pf.h5")
+        epilog="Examples:\n  phasestem refine stitched_phase.npy --model runs/phaseformer\n"
+               "  phasestem refine recon.h5 --key object_phase --model runs/pf/best --size 0 --out pf.h5")
     p.add_argument("image", help="coarse phase: .npy, .png, .tif or HDF5 (--key)")
-    p.add_argument("--checkpoint", required=True, help="model file or run folder (best/ then last/)")
+    p.add_argument("--model", "--checkpoint", dest="model", required=True, action=_ModelFlag,
+                   help="model file or run folder (best/ then last/); --checkpoint: older name")
     p.add_argument("--key", help="HDF5 dataset of the phase (default: 'phase' or the only 2-D dataset)")
     p.add_argument("--size", type=int, default=256, help="working size in px (0: keep the input size)")
     p.add_argument("--out", help="output HDF5 (default: IMAGE_refined.h5 in the current folder)")

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
-from ..configfile import apply_overrides, read_yaml_mapping, validate
+from ..configfile import read_yaml_mapping
 from ..errors import ConfigError
 from .data import OriginalLayout, Preprocess
 from .patch_recovery import PatchRecoveryConfig
@@ -71,7 +71,9 @@ class TrainRunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    stage: Literal["patch", "stitch", "end2end"] = Field(..., description="which network to train")
+    network: Literal["patch", "stitch", "end2end"] = Field(
+        ..., validation_alias=AliasChoices("network", "stage"),
+        description="which network to train (older files say 'stage:', also accepted)")
     out_dir: str = Field("runs/learn", description="run folder (checkpoints, logs, copy of this config)")
     data: DataConfig = Field(..., description="data settings")
     model: PatchRecoveryConfig | None = Field(None, description="patch stage (and end2end without checkpoints)")
@@ -87,6 +89,16 @@ class TrainRunConfig(BaseModel):
     trainer: TrainerConfig = Field(default_factory=TrainerConfig, description="optimisation and checkpoints")
     resume: bool = Field(False, description="continue from out_dir/last when it exists")
 
+    @property
+    def stage(self) -> str:
+        """The network's name under its older key."""
+        return self.network
+
+    def resolve_paths(self, base: Path) -> TrainRunConfig:
+        """Relative data files that do not exist from the working directory are taken from ``base``."""
+        self.data.files = [_resolve_relative(f, Path(base)) for f in self.data.files]
+        return self
+
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     return read_yaml_mapping(path)
@@ -94,15 +106,16 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 def load_train_config(path: str | Path, stage: str | None = None, overrides: dict[str, Any] | None = None
                       ) -> TrainRunConfig:
-    """Read and validate a training YAML; ``stage`` (from the command line) must agree with the file."""
-    data = load_yaml(path)
-    if stage is not None:
-        if data.get("stage", stage) != stage:
-            raise ConfigError(f"{path}: file is for stage '{data['stage']}', command asked for '{stage}'")
-        data["stage"] = stage
-    cfg = validate(TrainRunConfig, apply_overrides(data, overrides), str(path))
-    cfg.data.files = [_resolve_relative(f, Path(path).parent) for f in cfg.data.files]
-    return cfg
+    """Read and validate a patch / stitch / end2end training YAML; ``stage`` (the command's network) must agree
+    with the file's ``network:`` (or ``stage:``); without it the file decides."""
+    if stage is None:
+        data = load_yaml(path)
+        stage = data.get("network", data.get("stage"))
+        if stage not in ("patch", "stitch", "end2end"):
+            raise ConfigError(f"{path}: 'network:' must be patch, stitch or end2end, got {stage!r}")
+    from .registry import load_run_config
+
+    return load_run_config(path, stage, overrides)
 
 
 def _resolve_relative(pattern: str, base: Path) -> str:

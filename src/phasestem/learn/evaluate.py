@@ -26,6 +26,7 @@ from ..plot import save_figure
 from ..safety import atomic_file, check_bad_pixel_mode
 from .consistency import MeasurementModel
 from .data import Preprocess, SampleDataset, SampleIndex, Symmetry
+from .trainer import resolve_device
 
 log = logging.getLogger("phasestem.learn")
 
@@ -79,6 +80,7 @@ def evaluate_model(model, meta: dict[str, Any], index: SampleIndex, train_index:
         tds = SampleDataset(train_index, pre, bad_pixels=bad_pixels)
         entries = train_index.entries[:max_mean_samples]
         mean_img = np.mean([tds.read_target(e, Symmetry()) for e in entries], axis=0)
+    device = resolve_device(device)
     model = model.to(device).eval()
     residuals = _Residuals(index, bad_pixels) if residual else None
     rows, examples = [], []

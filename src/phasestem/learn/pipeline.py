@@ -14,16 +14,19 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .. import __version__
-from ..errors import ConfigError, InputFileError
-from .config import TrainRunConfig, dump_config
+from ..errors import ConfigError
+from .config import TrainRunConfig
 from .data import PatchDataset, SampleDataset, SampleIndex, StitchDataset
 from .end2end import End2End, FreezePatchNet, loss_fn_from_config
+from .meta import make_meta, normalize_meta, require_kind
 from .patch_recovery import PatchRecoveryConfig, PatchRecoveryNet, patch_loss_fn
 from .phase_stitching import PhaseStitchingConfig, PhaseStitchingNet, stitch_loss_fn
-from .trainer import Trainer, load_weights, seed_everything, state_dict_mismatch
+from .trainer import Trainer, seed_everything
 
 log = logging.getLogger("phasestem.learn")
+
+#: the networks of the seed's route, trained by :func:`build_run` from a :class:`TrainRunConfig`
+KINDS = ("patch", "stitch", "end2end")
 
 
 def build_index(cfg: TrainRunConfig) -> dict[str, SampleIndex]:
@@ -50,26 +53,23 @@ def _stitch_config(cfg: TrainRunConfig, geometry) -> PhaseStitchingConfig:
 
 def model_meta(model: nn.Module, index: SampleIndex, cfg: TrainRunConfig) -> dict[str, Any]:
     config = model.config if isinstance(model, End2End) else model.config.model_dump(mode="json")
-    return {
-        "model": {"kind": model.kind, "config": config},
-        "data": {"geometry": index.geometry.to_dict(), "preprocess": cfg.data.preprocess.model_dump(),
-                 "target": index.target, "target_description": index.target_description,
-                 "pattern_shape": list(index.pattern_shape), "files": cfg.data.files,
-                 "split_seed": cfg.data.split_seed, "val_fraction": cfg.data.val_fraction,
-                 "test_fraction": cfg.data.test_fraction, "max_samples": cfg.data.max_samples},
-        "phasestem_version": __version__,
-    }
+    return make_meta(model.kind, config, {
+        "geometry": index.geometry.to_dict(), "preprocess": cfg.data.preprocess.model_dump(),
+        "target": index.target, "target_description": index.target_description,
+        "pattern_shape": list(index.pattern_shape), "files": cfg.data.files,
+        "split_seed": cfg.data.split_seed, "val_fraction": cfg.data.val_fraction,
+        "test_fraction": cfg.data.test_fraction, "max_samples": cfg.data.max_samples})
 
 
 def build_model(meta: dict[str, Any], source: str | Path = "model meta") -> nn.Module:
     """A network (random weights) from the ``meta`` stored with its weights (``source`` names it in errors)."""
-    m = meta.get("model")
-    kind, config = (m.get("kind"), m.get("config")) if isinstance(m, dict) else (None, None)
-    if kind is None or not isinstance(config, dict):
-        other = meta.get("network")
-        found = f"a '{other}' model (use the {other} commands)" if other else "no patch/stitch/end2end network"
-        raise InputFileError(f"{source}: not a patch, stitch or end2end model written by phasestem train: its "
-                             f"metadata names {found}")
+    meta = normalize_meta(meta)
+    kind = require_kind(meta, source, KINDS)
+    return network_from_config(kind, meta["model"]["config"])
+
+
+def network_from_config(kind: str, config: dict[str, Any]) -> nn.Module:
+    """A patch / stitch / end2end network with random weights from its settings (no pretrained weights)."""
     if kind == "patch":
         return PatchRecoveryNet({**config, "cnn_pretrained": None, "vit_pretrained": None})
     if kind == "stitch":
@@ -78,24 +78,14 @@ def build_model(meta: dict[str, Any], source: str | Path = "model meta") -> nn.M
         config = {**config, "patch": {**config["patch"], "cnn_pretrained": None, "vit_pretrained": None},
                   "stitch": {**config["stitch"], "vit_pretrained": None}}
         return End2End.from_config(config)
-    raise ConfigError(f"{source}: unknown network kind {kind!r} (expected patch, stitch or end2end)")
+    raise ConfigError(f"unknown network kind {kind!r} (expected patch, stitch or end2end)")
 
 
 def load_model(path: str | Path, map_location: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild and load a trained network from its weights file or run folder → (model in eval mode, meta)."""
-    state, meta = load_weights(path, map_location)
-    try:
-        model = build_model(meta, path)
-    except (TypeError, KeyError, ValueError) as exc:  # a config in the metadata that this version cannot build
-        if isinstance(exc, InputFileError | ConfigError):
-            raise
-        detail = " ".join(str(exc).split())[:300]
-        raise InputFileError(f"{path}: its model metadata cannot be rebuilt ({type(exc).__name__}: {detail})") from exc
-    problem = state_dict_mismatch(model.state_dict(), state)
-    if problem:
-        raise InputFileError(f"{path}: the weights do not fit the network its metadata describes ({problem})")
-    model.load_state_dict(state)
-    return model.eval(), meta
+    """Rebuild and load a trained patch / stitch / end2end network from its weights file or run folder."""
+    from .registry import load_model as load_any
+
+    return load_any(path, KINDS, map_location)
 
 
 def _loaders(train_ds, val_ds, cfg: TrainRunConfig):
@@ -156,7 +146,7 @@ def build_run(cfg: TrainRunConfig) -> Trainer:
 
 
 def train_run(cfg: TrainRunConfig) -> dict[str, Any]:
-    """Train one stage as configured; writes ``config.yaml`` into the run folder first."""
-    trainer = build_run(cfg)
-    dump_config(cfg, Path(cfg.out_dir) / "config.yaml")
-    return trainer.fit(resume=cfg.resume)
+    """Train one stage as configured (:func:`phasestem.learn.registry.train_run`)."""
+    from .registry import train_run as run
+
+    return run(cfg)

@@ -29,6 +29,7 @@ from ..safety import atomic_file, refuse_output_over_inputs
 from .data import BlockGeometry, Preprocess, blocks_from_scan
 from .end2end import End2End
 from .pipeline import load_model
+from .trainer import resolve_device
 
 log = logging.getLogger("phasestem.learn")
 
@@ -48,7 +49,7 @@ def load_predictor(model_path: str | Path, stitch_path: str | Path | None = None
         if meta["model"]["kind"] != "patch" or not hasattr(stitch, "canvas"):
             raise ConfigError("give a patch model as MODEL and a stitch model as --stitch-model")
         model = End2End(model, stitch)
-    model = model.to(device).eval()
+    model = model.to(resolve_device(device)).eval()
     # the per-pattern CNN runs on thousands of patterns per scan: channels-last convolutions are 1.3-1.7x faster on
     # CPU (measured, tiny and small sizes) and are the fast layout for cuDNN too
     model.patch_net.cnn.to(memory_format=torch.channels_last)

@@ -23,10 +23,11 @@ from ..io import seed as seedfile
 from ..plot import save_figure
 from ..safety import atomic_file, check_bad_pixel_mode, check_finite, mask_nonfinite
 from .autoencoder import Autoencoder, scale_patterns
+from .meta import normalize_meta, require_kind
 from .pairs import Degrade, degrade, simulation_phases, write_pairs
 from .phaseformer import Phaseformer, PhaseformerConfig
 from .restore_train import _bin, build_autoencoder
-from .trainer import load_weights
+from .trainer import load_weights, resolve_device
 
 log = logging.getLogger("phasestem.learn.restore")
 
@@ -34,20 +35,13 @@ __all__ = ["load_autoencoder", "load_phaseformer", "embed_patterns", "embed_scan
            "refine_phase", "read_phase_image", "write_refined", "make_pairs", "autoencoder_report"]
 
 
-def _device(name: str | None) -> torch.device:
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def load_autoencoder(path: str | Path, device: str | None = None) -> tuple[Autoencoder, dict[str, Any]]:
     """(model in eval mode, meta) from a model file or run folder written by ``train autoencoder``."""
     state, meta = load_weights(path)
-    if meta.get("network") != "autoencoder":
-        raise InputFileError(f"{path}: not an autoencoder model (network={meta.get('network')!r})")
-    model = build_autoencoder(meta.get("model", {}))
+    require_kind(meta, path, ("autoencoder",))
+    model = build_autoencoder(meta["model"]["config"])
     model.load_state_dict(state)
-    return model.to(_device(device)).eval(), meta
+    return model.to(resolve_device(device or "auto")).eval(), meta
 
 
 def load_phaseformer(path: str | Path, device: str | None = None) -> tuple[Phaseformer, dict[str, Any]]:
@@ -56,21 +50,26 @@ def load_phaseformer(path: str | Path, device: str | None = None) -> tuple[Phase
     Accepts the trainable wrapper's ``net.*`` weights or a bare Phaseformer state_dict.
     """
     state, meta = load_weights(path)
-    if meta.get("network", "phaseformer") != "phaseformer":
-        raise InputFileError(f"{path}: not a Phaseformer model (network={meta.get('network')!r})")
-    net = Phaseformer(PhaseformerConfig.from_dict(meta.get("model", {})))
+    if meta:  # a bare state_dict file (no metadata) is taken as a default-size Phaseformer
+        require_kind(meta, path, ("phaseformer",))
+    net = Phaseformer(PhaseformerConfig.from_dict(meta["model"]["config"] if meta else {}))
     if any(k.startswith("net.") for k in state):
         state = {k[4:]: v for k, v in state.items() if k.startswith("net.")}
     net.load_state_dict(state)
-    return net.to(_device(device)).eval(), meta
+    return net.to(resolve_device(device or "auto")).eval(), meta
 
 
 # ------------------------------------------------------------------------------------- embedding
+def _preprocess(meta: dict[str, Any] | None) -> dict[str, Any]:
+    """The pattern preprocessing recorded in an autoencoder's meta (any schema)."""
+    return normalize_meta(meta or {}).get("data", {}).get("preprocess", {})
+
+
 @torch.no_grad()
 def embed_patterns(model: Autoencoder, patterns: np.ndarray | torch.Tensor, meta: dict[str, Any] | None = None,
                    batch_size: int = 256, progress: bool = True) -> np.ndarray:
     """Latent vectors (N, D) of raw patterns (N, H, W), preprocessed as recorded in ``meta``."""
-    pre = (meta or {}).get("preprocess", {})
+    pre = _preprocess(meta)
     dev = next(model.parameters()).device
     n = len(patterns)
     out = np.empty((n, model.latent_dim), np.float32)
@@ -260,7 +259,7 @@ def autoencoder_report(model: Autoencoder, patterns: np.ndarray, meta: dict[str,
                        png: str | Path | None = None, n_show: int = 4) -> dict[str, float]:
     """PSNR / SSIM / MSE of reconstructions of raw patterns (N, H, W) on the [0, 1] model scale,
     and a comparison figure (input, reconstruction, difference) for ``n_show`` patterns."""
-    pre = (meta or {}).get("preprocess", {})
+    pre = _preprocess(meta)
     dev = next(model.parameters()).device
     pats = _bin(np.asarray(patterns, np.float32), int(pre.get("bin", 1)))
     x = scale_patterns(torch.from_numpy(pats), pre.get("scaling", "log"), pre.get("log_floor", 1e-3))[:, None]

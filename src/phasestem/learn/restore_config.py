@@ -25,7 +25,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..configfile import apply_overrides, read_yaml_mapping, validate
 from ..errors import ConfigError
 from .autoencoder import (
     DEFAULT_DIV_EPS,
@@ -95,6 +94,11 @@ class AutoencoderRunConfig(_Strict):
                                    description="optimisation and checkpoints (the shared trainer)")
     resume: bool = Field(False, description="continue from out_dir/last when it exists")
 
+    def resolve_paths(self, base: Path) -> AutoencoderRunConfig:
+        """Relative data paths that do not exist as given are taken from ``base`` (the config's folder)."""
+        self.data.files = _resolve(self.data.files, Path(base))
+        return self
+
 
 # ------------------------------------------------------------------------------------- phaseformer
 class PhaseformerDataConfig(_Strict):
@@ -150,6 +154,15 @@ class PhaseformerRunConfig(_Strict):
                                    description="optimisation and checkpoints (the shared trainer)")
     resume: bool = Field(False, description="continue from out_dir/last when it exists")
 
+    def resolve_paths(self, base: Path) -> PhaseformerRunConfig:
+        """Relative data (and VGG weights) paths that do not exist as given are taken from ``base``."""
+        base = Path(base)
+        self.data.train = _resolve(self.data.train, base)
+        self.data.test = _resolve(self.data.test, base)
+        if self.loss.perceptual_weights is not None:
+            self.loss.perceptual_weights = _resolve([self.loss.perceptual_weights], base)[0]
+        return self
+
 
 class MakePairsConfig(_Strict):
     """``phasestem make-pairs``: coarse → true phase pairs from simulation files."""
@@ -178,18 +191,8 @@ def _resolve(paths: list[str], base: Path) -> list[str]:
 def load_run_config(path: str | Path, network: str, overrides: dict[str, Any] | None = None
                     ) -> AutoencoderRunConfig | PhaseformerRunConfig:
     """Read and validate a training YAML for ``network`` ('autoencoder' or 'phaseformer')."""
-    path = Path(path)
-    data = read_yaml_mapping(path)
-    if data.get("network", network) != network:
-        raise ConfigError(f"{path}: file is for network '{data['network']}', command asked for '{network}'")
-    data["network"] = network
-    cfg = validate(_RUNS[network], apply_overrides(data, overrides), str(path))
-    base = path.parent
-    if isinstance(cfg, AutoencoderRunConfig):
-        cfg.data.files = _resolve(cfg.data.files, base)
-    else:
-        cfg.data.train = _resolve(cfg.data.train, base)
-        cfg.data.test = _resolve(cfg.data.test, base)
-        if cfg.loss.perceptual_weights is not None:
-            cfg.loss.perceptual_weights = _resolve([cfg.loss.perceptual_weights], base)[0]
-    return cfg
+    if network not in _RUNS:
+        raise ConfigError(f"expected network 'autoencoder' or 'phaseformer', got {network!r}")
+    from .registry import load_run_config as load
+
+    return load(path, network, overrides)

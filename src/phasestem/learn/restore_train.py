@@ -26,6 +26,7 @@ from ..errors import ConfigError, ShapeError
 from ..io import seed as seedfile
 from .autoencoder import Autoencoder, count_parameters, scale_patterns
 from .losses import PhaseformerLoss
+from .meta import make_meta
 from .pairs import paired_dataset
 from .phaseformer import Phaseformer, PhaseformerConfig
 from .restore_config import AutoencoderRunConfig, PhaseformerRunConfig
@@ -120,9 +121,19 @@ def write_config(cfg: Any, out_dir: str | Path) -> Path:
 
 def autoencoder_meta(cfg: AutoencoderRunConfig, pattern_shape: tuple[int, int]) -> dict[str, Any]:
     d = cfg.data
-    return {"network": "autoencoder", "model": cfg.model.model_dump(mode="json"),
-            "preprocess": {"scaling": d.scaling, "log_floor": d.log_floor, "bin": d.bin},
-            "pattern_shape": list(pattern_shape), "loss": cfg.loss.model_dump(mode="json")}
+    return make_meta("autoencoder", cfg.model.model_dump(mode="json"),
+                     {"preprocess": {"scaling": d.scaling, "log_floor": d.log_floor, "bin": d.bin},
+                      "pattern_shape": list(pattern_shape)}, cfg.loss.model_dump(mode="json"))
+
+
+def autoencoder_from_config(kind: str, config: dict[str, Any]) -> Autoencoder:
+    """Registry entry: an autoencoder with random weights from its settings."""
+    return build_autoencoder(config)
+
+
+def phaseformer_from_config(kind: str, config: dict[str, Any]) -> Phaseformer:
+    """Registry entry: a Phaseformer with random weights from its settings."""
+    return Phaseformer(PhaseformerConfig.from_dict(config))
 
 
 def build_autoencoder(model_cfg: dict[str, Any]) -> Autoencoder:
@@ -175,8 +186,9 @@ def build_autoencoder_trainer(cfg: AutoencoderRunConfig, patterns: np.ndarray | 
 
 def train_autoencoder(cfg: AutoencoderRunConfig) -> dict[str, Any]:
     """Run one autoencoder training (config copy → run folder); returns the trainer's summary."""
-    write_config(cfg, cfg.out_dir)
-    return build_autoencoder_trainer(cfg).fit(resume=cfg.resume)
+    from .registry import train_run
+
+    return train_run(cfg)
 
 
 # ------------------------------------------------------------------------------------- phaseformer
@@ -241,9 +253,9 @@ def build_phaseformer_trainer(cfg: PhaseformerRunConfig, out_dir: str | Path | N
     lc = cfg.loss
     criterion = PhaseformerLoss(lc.components, lc.perceptual_weights, lc.charbonnier_eps, lc.perceptual_max_size)
     model = PhaseformerTrainable(net, criterion)
-    meta = {"network": "phaseformer", "model": net.config.to_dict(), "loss": lc.model_dump(mode="json"),
-            "perceptual_source": getattr(criterion.terms["perceptual"], "source", None)
-            if "perceptual" in criterion.terms else None}
+    meta = make_meta("phaseformer", net.config.to_dict(), {}, lc.model_dump(mode="json"),
+                     perceptual_source=getattr(criterion.terms["perceptual"], "source", None)
+                     if "perceptual" in criterion.terms else None)
     log.info("phaseformer: %d parameters; %d training pairs, %d test pairs", count_parameters(net), len(train_ds),
              0 if val_ds is None else len(val_ds))
     return Trainer(model, phaseformer_loss_fn, train_loader, val_loader, metrics_fn=phaseformer_metrics_fn,
@@ -252,5 +264,6 @@ def build_phaseformer_trainer(cfg: PhaseformerRunConfig, out_dir: str | Path | N
 
 def train_phaseformer(cfg: PhaseformerRunConfig) -> dict[str, Any]:
     """Run one Phaseformer training (config copy → run folder); returns the trainer's summary."""
-    write_config(cfg, cfg.out_dir)
-    return build_phaseformer_trainer(cfg).fit(resume=cfg.resume)
+    from .registry import train_run
+
+    return train_run(cfg)

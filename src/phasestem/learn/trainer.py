@@ -218,15 +218,18 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _parse_meta(meta: Any, path: Path) -> dict:
+    """The ``phasestem`` metadata of a file as a dict in the current schema (older layouts converted)."""
+    from .meta import normalize_meta
+
     if isinstance(meta, Mapping):
-        return dict(meta)
+        return normalize_meta(dict(meta))
     try:
         out = json.loads(meta)
     except (TypeError, json.JSONDecodeError) as exc:
         raise InputFileError(f"{path}: its 'phasestem' metadata is not valid JSON ({_first_line(exc)})") from exc
     if not isinstance(out, dict):
         raise InputFileError(f"{path}: its 'phasestem' metadata is not a JSON object")
-    return out
+    return normalize_meta(out)
 
 
 def _require_nonempty(path: Path, what: str) -> None:
@@ -345,7 +348,8 @@ def _float(v: Any) -> float:
     return float(v.detach().float().cpu()) if isinstance(v, torch.Tensor) else float(v)
 
 
-def _resolve_device(name: str) -> torch.device:
+def resolve_device(name: str | torch.device) -> torch.device:
+    """``"auto"``: the GPU when there is one, else the CPU; any other name as torch reads it."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -411,7 +415,7 @@ class Trainer:
             self.accelerator = Accelerator(cpu=cfg.device == "cpu", kwargs_handlers=[ddp])
             self.device = self.accelerator.device
         else:
-            self.device = _resolve_device(cfg.device)
+            self.device = resolve_device(cfg.device)
         self.amp_dtype = self._amp_dtype()
         self.model = model.to(self.device)
         self.optimizer = optimizer or self._build_optimizer()

@@ -1,0 +1,134 @@
+"""The five networks of the learned route by name: run config, network, trainer, loading — one registry.
+
+===========  =========================================  ========================================
+name         network                                    trained from
+===========  =========================================  ========================================
+patch        PatchRecoveryNet (14×14 blocks → patches)  seed-000 files
+stitch       PhaseStitchingNet (patches → full phase)   seed-000 files (ground-truth patches)
+end2end      End2End (the two chained)                  seed-000 files (+ the two trained models)
+autoencoder  diffraction-pattern autoencoder            any 4D-STEM files
+phaseformer  Phaseformer (coarse → refined phase)       pairs (folders, pairs files, seed-000 files)
+===========  =========================================  ========================================
+
+``load_run_config(path, name)`` reads a training YAML (key ``network:``; ``stage:`` is accepted as its older
+spelling), ``build_run(cfg)`` returns the shared :class:`~phasestem.learn.trainer.Trainer` of one run,
+``train_run(cfg)`` writes the config into the run folder and trains, ``build_network(name, config)`` makes a
+network with random weights, and ``load_model(path)`` rebuilds any saved model from its file alone
+(metadata: :mod:`phasestem.learn.meta`). Entries name their modules as strings so that nothing heavy
+(timm) is imported until a network is used.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..configfile import apply_overrides, read_yaml_mapping
+from ..errors import ConfigError, InputFileError
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    help: str
+    run_config: str  #: "module:Class" of the YAML run config
+    builder: str  #: "module:function" (run config) → Trainer
+    network: str  #: "module:function" (config dict) → network with random weights
+
+
+NETWORKS: dict[str, Entry] = {e.name: e for e in (
+    Entry("patch", "PatchRecoveryNet (14×14 pattern blocks → 76×76 phase patches)",
+          "config:TrainRunConfig", "pipeline:build_run", "pipeline:network_from_config"),
+    Entry("stitch", "PhaseStitchingNet (25 ground-truth patches → 256² phase)",
+          "config:TrainRunConfig", "pipeline:build_run", "pipeline:network_from_config"),
+    Entry("end2end", "End2End: both trained nets chained and trained together",
+          "config:TrainRunConfig", "pipeline:build_run", "pipeline:network_from_config"),
+    Entry("autoencoder", "the 4D-STEM diffraction-pattern autoencoder (SPEC §4)",
+          "restore_config:AutoencoderRunConfig", "restore_train:build_autoencoder_trainer",
+          "restore_train:autoencoder_from_config"),
+    Entry("phaseformer", "Phaseformer, the phase-image restoration transformer (SPEC §5)",
+          "restore_config:PhaseformerRunConfig", "restore_train:build_phaseformer_trainer",
+          "restore_train:phaseformer_from_config"),
+)}
+
+
+def names() -> tuple[str, ...]:
+    return tuple(NETWORKS)
+
+
+def entry(name: str) -> Entry:
+    try:
+        return NETWORKS[name]
+    except KeyError:
+        raise ConfigError(f"unknown network {name!r}; known: {', '.join(NETWORKS)}") from None
+
+
+def _resolve(ref: str):
+    module, attr = ref.split(":")
+    return getattr(importlib.import_module(f"{__package__}.{module}"), attr)
+
+
+def run_config_class(name: str):
+    return _resolve(entry(name).run_config)
+
+
+def build_network(name: str, config: dict[str, Any] | None = None):
+    """A ``name`` network with random weights from its settings (``config``: the ``model`` block of a run
+    config, or a saved model's ``meta["model"]["config"]``; ``None``: the defaults)."""
+    return _resolve(entry(name).network)(name, dict(config or {}))
+
+
+def load_run_config(path: str | Path, name: str, overrides: dict[str, Any] | None = None):
+    """Read and validate the training YAML of ``name``; ``network:`` (or the older ``stage:``) must agree."""
+    from ..configfile import validate
+
+    entry(name)
+    path = Path(path)
+    data = read_yaml_mapping(path)
+    if "stage" in data and "network" in data and data["stage"] != data["network"]:
+        raise ConfigError(f"{path}: 'stage: {data['stage']}' and 'network: {data['network']}' disagree")
+    key = "stage" if "stage" in data else "network"
+    said = data.pop("stage", None) or data.get("network")
+    if said is not None and said != name:
+        raise ConfigError(f"{path}: file is for {key} '{said}', command asked for '{name}'")
+    data["network"] = name
+    cfg = validate(run_config_class(name), apply_overrides(data, overrides), str(path))
+    return cfg.resolve_paths(path.parent)
+
+
+def build_run(cfg):
+    """The trainer of one run (data, network, loss; not started) for any network's run config."""
+    return _resolve(entry(cfg.network).builder)(cfg)
+
+
+def train_run(cfg) -> dict[str, Any]:
+    """Train one run as configured; ``config.yaml`` is written into the run folder first."""
+    from .config import dump_config
+
+    trainer = build_run(cfg)
+    dump_config(cfg, Path(cfg.out_dir) / "config.yaml")
+    return trainer.fit(resume=cfg.resume)
+
+
+def load_model(path: str | Path, kinds: tuple[str, ...] | None = None, map_location: str = "cpu"):
+    """Any saved model (file or run folder) → (network in eval mode, meta); ``kinds`` limits what is accepted."""
+    from .meta import require_kind
+    from .trainer import load_weights, state_dict_mismatch
+
+    state, meta = load_weights(path, map_location)
+    kind = require_kind(meta, path, kinds or names())
+    try:
+        model = build_network(kind, meta["model"]["config"])
+    except (TypeError, KeyError, ValueError) as exc:  # a config in the metadata that this version cannot build
+        if isinstance(exc, InputFileError | ConfigError):
+            raise
+        detail = " ".join(str(exc).split())[:300]
+        raise InputFileError(f"{path}: its model metadata cannot be rebuilt ({type(exc).__name__}: {detail})") from exc
+    if kind == "phaseformer" and any(k.startswith("net.") for k in state):  # saved with its trainable loss
+        state = {k[4:]: v for k, v in state.items() if k.startswith("net.")}
+    problem = state_dict_mismatch(model.state_dict(), state)
+    if problem:
+        raise InputFileError(f"{path}: the weights do not fit the network its metadata describes ({problem})")
+    model.load_state_dict(state)
+    return model.eval(), meta
