@@ -1,0 +1,200 @@
+"""Held-out samples simulated by abTEM, written in the layout of ``phasestem simulate`` (seed-000 format).
+
+Nothing of phasestem's physics makes these samples: abTEM builds the potential, the probe, the scan and the
+diffraction patterns; the random crystals are drawn here with ASE. phasestem only supplies the geometry (its
+simulation YAML is read, so the abTEM samples match the phasestem-simulated held-out samples it describes) and
+the file layout (``phasestem.simulate.writer.root_attrs`` for the root attributes, so the learned route reads
+both sources alike).
+
+Conventions of the abTEM samples
+--------------------------------
+* Frame: abTEM's first array axis is phasestem's y (row), its second phasestem's x. The atoms are drawn
+  in abTEM's frame and never compared with phasestem's own specimens, so this is only a naming of the axes:
+  phase image ``[i, j]`` is abTEM's potential at (x = i·Δ, y = j·Δ), probe position (y, x) of the phasestem
+  raster is abTEM's CustomScan position (x, y) = (y, x), and pattern ``[ky, kx]`` is abTEM's ``[kx, ky]``. The
+  relabelling is a mirror of real and reciprocal space together, under which a round aperture with
+  C10 / C30 only is unchanged.
+* Probe: ``abtem.Probe(energy, semiangle_cutoff=semiangle, defocus=-C10, Cs=C30)`` (abTEM's defocus is −C10;
+  phasestem's C10 > 0 is an underfocus of the same sign in both), abTEM's soft aperture edge. Only C10 and
+  C30 are passed; a config with other aberrations is refused.
+* Potential: ``abtem.Potential(..., parametrization="kirkland", projection="infinite")`` in one slice as thick
+  as the specimen (as phasestem's default ``slice_thickness: null``), on the config's ``grid.sim_gpts`` over
+  ``grid.extent`` (periodic cell); ``--parametrization lobato`` uses abTEM's default table instead.
+* Frozen phonons: ``abtem.FrozenPhonons(atoms, specimen.phonons, sigmas=specimen.phonon_sigma)`` (isotropic,
+  x, y and z), the patterns are the mean over configurations (abTEM's ensemble mean).
+* Truth: ``phase = σ(E) × mean over configurations of abTEM's projected potential`` (σ from
+  ``abtem.core.energy.energy2sigma``), average-pooled from ``sim_gpts`` to ``phase_gpts``; ``potential`` is the
+  pooled projected potential (V·Å).
+* Detector: abTEM's full pixelated detector (the anti-aliasing aperture zeroes the corners), zero frequency at
+  pixel (N//2, N//2); the central ``detector.shape`` pixels are kept so that the zero frequency lands on
+  (H//2, W//2) as in phasestem's files. Only unbinned detectors (the config's pattern pixel = the grid's
+  reciprocal pixel) are supported; the file's ``angular_sampling`` is abTEM's.
+* Noise: with ``detector.dose`` set, Poisson counts (NumPy) at dose × step area electrons per pattern;
+  otherwise noise-free patterns as abTEM normalises them (the probe's intensity sums to 1).
+* Specimens: random crystals like the simulator's ``kind: crystal`` (fcc, bcc, diamond, rocksalt, zincblende,
+  perovskite prototypes from ASE, a random in-plane rotation, a tilt of the zone axis up to
+  ``specimen.max_tilt``, a random origin, cut to the cell × a depth drawn in ``specimen.depth``), drawn
+  with NumPy from (seed, sample index) independently of phasestem's specimen module.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+#: (ASE structure, candidate elements or compounds with lattice constants in Å) of the random crystals
+PROTOTYPES = [
+    ("fcc", ["Al", "Cu", "Ni", "Ag", "Au", "Pt", "Pd"]),
+    ("bcc", ["Fe", "Mo", "W", "Cr", "V", "Nb"]),
+    ("diamond", ["Si", "Ge", "C"]),
+    ("rocksalt", [("NaCl", 5.64), ("MgO", 4.21), ("PbTe", 6.46)]),
+    ("zincblende", [("GaAs", 5.65), ("ZnS", 5.41), ("InP", 5.87)]),
+    ("perovskite", [("SrTiO3", 3.905)]),
+]
+
+
+def _unit_cell(rng: np.random.Generator):
+    from ase import Atoms
+    from ase.build import bulk
+
+    kind, choices = PROTOTYPES[rng.integers(len(PROTOTYPES))]
+    pick = choices[rng.integers(len(choices))]
+    if kind == "perovskite":
+        a = pick[1]
+        return Atoms("SrTiO3", scaled_positions=[(0, 0, 0), (0.5, 0.5, 0.5), (0.5, 0.5, 0), (0.5, 0, 0.5),
+                                                  (0, 0.5, 0.5)], cell=[a, a, a], pbc=True)
+    if isinstance(pick, tuple):
+        return bulk(pick[0], kind, a=pick[1], cubic=True)
+    return bulk(pick, kind, cubic=True)
+
+
+def _rotation(rng: np.random.Generator, max_tilt_deg: float) -> np.ndarray:
+    """In-plane rotation by a random angle after a tilt of the zone axis (z) by up to ``max_tilt_deg``."""
+    phi = rng.uniform(0, 2 * math.pi)
+    tilt = math.radians(rng.uniform(0, max_tilt_deg))
+    az = rng.uniform(0, 2 * math.pi)
+    axis = np.array([math.cos(az), math.sin(az), 0.0])
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    r_tilt = np.eye(3) + math.sin(tilt) * k + (1 - math.cos(tilt)) * k @ k  # Rodrigues
+    c, s = math.cos(phi), math.sin(phi)
+    r_z = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+    return r_z @ r_tilt
+
+
+def random_crystal(rng: np.random.Generator, extent: tuple[float, float], depth: float, max_tilt: float):
+    """ase.Atoms: a random crystal cut to the box (extent along abTEM x, y; ``depth`` along z), periodic in x, y."""
+    from ase import Atoms
+
+    unit = _unit_cell(rng)
+    box = np.array([extent[0], extent[1], depth])
+    rot = _rotation(rng, max_tilt)
+    corners = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], float) * box
+    frac = ((corners - box / 2) @ rot) @ np.linalg.inv(unit.cell.array)  # box corners in the crystal's cells
+    lo, hi = np.floor(frac.min(0)).astype(int) - 1, np.ceil(frac.max(0)).astype(int) + 1
+    big = unit.repeat(tuple(int(n) for n in hi - lo))
+    pos = big.positions + lo @ unit.cell.array - rng.uniform(0, 1, 3) @ unit.cell.array
+    pos = pos @ rot.T + box / 2
+    keep = np.all((pos >= 0) & (pos < box), axis=1)
+    atoms = Atoms(numbers=big.numbers[keep], positions=pos[keep], cell=np.diag(box), pbc=[True, True, False])
+    atoms.info["name"] = f"{unit.get_chemical_formula()}"
+    return atoms
+
+
+def _check_geometry(cfg) -> None:
+    ab = dict(cfg.optics.aberrations)
+    other = {k: v for k, v in ab.items() if k not in ("C10", "C30") and v}
+    if other:
+        raise ValueError(f"only C10 and C30 are passed to abTEM, the config also sets {other}")
+    if cfg.specimen.kind not in ("crystal",):
+        raise ValueError(f"abTEM samples are random crystals; the config's specimen.kind is {cfg.specimen.kind!r}")
+    if cfg.specimen.slice_thickness is not None:
+        raise ValueError("only specimen.slice_thickness: null (one slice, infinite projection) is supported")
+    if cfg.detector.max_angle is not None:
+        raise ValueError("only detector.max_angle: null is supported")
+    for ax in range(2):
+        if cfg.detector.shape[ax] > cfg.grid.sim_gpts[ax]:
+            raise ValueError("detector.shape larger than the simulation grid")
+
+
+def simulate_abtem_sample(cfg, index: int, seed: int, parametrization: str = "kirkland") -> dict:
+    """One sample (patterns (Sy, Sx, H, W) float32, phase and potential on the phase grid, attrs) by abTEM."""
+    import abtem
+    from abtem.core.energy import energy2sigma, energy2wavelength
+
+    abtem.config.set({"progress_bar": False, "fftw.planning_effort": "FFTW_ESTIMATE"})
+    _check_geometry(cfg)
+    rng = np.random.default_rng([seed, index, 7])
+    g, o, s = cfg.grid, cfg.optics, cfg.specimen
+    depth = float(rng.uniform(*s.depth))
+    atoms = random_crystal(rng, g.extent, depth, s.max_tilt)
+    phonons = abtem.FrozenPhonons(atoms, num_configs=s.phonons, sigmas=s.phonon_sigma,
+                                  seed=int(rng.integers(2**31))) if s.phonon_sigma else atoms
+    pot = abtem.Potential(phonons, gpts=tuple(g.sim_gpts), slice_thickness=depth + 1e-3,
+                          parametrization=parametrization, projection="infinite")
+    ab = dict(o.aberrations)
+    probe = abtem.Probe(energy=o.energy, semiangle_cutoff=o.semiangle, defocus=-float(ab.get("C10", 0.0)),
+                        Cs=float(ab.get("C30", 0.0)))
+    iy, ix = np.meshgrid(np.arange(cfg.scan.shape[0]), np.arange(cfg.scan.shape[1]), indexing="ij")
+    pos = np.stack([cfg.scan.origin[0] + iy.ravel() * cfg.scan.step[0],
+                    cfg.scan.origin[1] + ix.ravel() * cfg.scan.step[1]], -1)
+    meas = probe.scan(pot, scan=abtem.CustomScan(pos), detectors=abtem.PixelatedDetector(max_angle="full"))
+    meas = meas.compute()
+    full = np.asarray(meas.array, dtype=np.float64)
+    full = full.reshape(-1, *full.shape[-2:])
+    if len(full) != len(pos):  # ensemble axis kept: average it
+        full = full.reshape(-1, len(pos), *full.shape[-2:]).mean(0)
+    n = full.shape[-2:]
+    H, W = cfg.detector.shape
+    y0, x0 = n[0] // 2 - H // 2, n[1] // 2 - W // 2
+    pats = full[:, y0:y0 + H, x0:x0 + W].reshape(*cfg.scan.shape, H, W)
+    lam = energy2wavelength(o.energy)
+    ang = tuple(float(v) * lam * 1e3 for v in meas.sampling[-2:])
+    proj = np.asarray(pot.build().project().compute().array, dtype=np.float64)
+    proj = proj.reshape(-1, *proj.shape[-2:]).mean(0)
+    fy, fx = g.sim_gpts[0] // g.phase_gpts[0], g.sim_gpts[1] // g.phase_gpts[1]
+    potential = proj.reshape(g.phase_gpts[0], fy, g.phase_gpts[1], fx).mean((1, 3))
+    attrs = {"thickness": depth, "index": index, "seed": seed, "specimen": "abtem:" + atoms.info["name"],
+             "n_atoms": len(atoms), "simulator": f"abtem {abtem.__version__}", "parametrization": parametrization}
+    if cfg.detector.dose is not None:
+        electrons = cfg.detector.dose * cfg.scan.step[0] * cfg.scan.step[1]
+        pats = rng.poisson(np.clip(pats, 0, None) * electrons).astype(np.float32)
+        attrs["electrons_per_pattern"] = electrons
+    return {"patterns": pats.astype(np.float32), "potential": potential.astype(np.float32),
+            "phase": (potential * energy2sigma(o.energy)).astype(np.float32), "attrs": attrs,
+            "angular_sampling": ang}
+
+
+def write_abtem_file(cfg, path: str | Path, n_samples: int, seed: int, parametrization: str = "kirkland",
+                     progress: bool = True) -> Path:
+    """Write ``n_samples`` abTEM samples of ``cfg``'s geometry to ``path`` in ``phasestem simulate``'s layout."""
+    from phasestem.simulate.writer import root_attrs
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cfg = cfg.model_copy(deep=True)
+    cfg.output.samples_per_file = n_samples
+    cfg.output.n_files = 1
+    cfg.compute.seed = seed
+    tmp = path.with_name(f".{path.name}.partial")
+    H, W = cfg.detector.shape
+    sy, sx = cfg.scan.shape
+    ang = None
+    with h5py.File(tmp, "w", track_order=True) as f:
+        for i in range(n_samples):
+            r = simulate_abtem_sample(cfg, i, seed, parametrization)
+            ang = r["angular_sampling"]
+            d = f.create_dataset(f"dp_set_{i}", data=r["patterns"], chunks=(min(5, sy), min(5, sx), H, W),
+                                 compression="gzip", compression_opts=4, shuffle=True)
+            for k, v in r["attrs"].items():
+                d.attrs[k] = v
+            f.create_dataset(f"phase_{i}", data=r["phase"])
+            f.create_dataset(f"potential_{i}", data=r["potential"])
+            if progress:
+                print(f"  abTEM sample {i + 1}/{n_samples} ({r['attrs']['specimen']})", flush=True)
+        for k, v in root_attrs(cfg, 1, ang).items():
+            f.attrs[k] = v
+        f.attrs["simulator"] = "abtem"
+    tmp.replace(path)
+    return path
