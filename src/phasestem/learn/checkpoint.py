@@ -1,0 +1,314 @@
+"""Weight files and checkpoint folders of the one trainer: safetensors/torch weights with the ``phasestem``
+metadata (:mod:`.meta`), atomic folder commits with a sha256 manifest, verification, small CSV/JSON writers."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+import pickle
+import shutil
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import InputFileError
+
+log = logging.getLogger("phasestem.learn")
+
+MANIFEST = "checkpoint.json"  # step, epoch and the sha256 of every file of a checkpoint folder
+# meta entries a resumed run must share with its checkpoint (network and data geometry), dotted keys
+RESUME_MUST_MATCH = ("model", "network", "data.geometry", "data.target", "data.pattern_shape", "data.preprocess",
+                     "pattern_shape", "preprocess")
+
+
+class CheckpointError(InputFileError):
+    """A checkpoint is torn, corrupted or does not fit the run that resumes from it."""
+
+
+def _atomic_path(path: Path) -> Path:
+    return path.with_name(path.name + ".tmp")
+
+
+def save_weights(
+    state_dict: Mapping[str, torch.Tensor], path: str | Path, meta: Mapping[str, Any] | None = None
+) -> Path:
+    """Write a state_dict atomically as safetensors (``.safetensors``) or torch (``.pt``), with ``meta``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
+    meta_json = json.dumps(meta or {}, default=str)
+    tmp = _atomic_path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(tensors, str(tmp), metadata={"phasestem": meta_json})
+    else:
+        torch.save({"state_dict": tensors, "meta": meta_json}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_weights(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict]:
+    """Read ``(state_dict, meta)`` from a file written by :func:`save_weights` (or a plain state_dict file).
+
+    ``path`` may also be a run folder (``best/`` then ``last/`` are tried) or a checkpoint folder.
+    An empty, truncated or foreign file raises :class:`~phasestem.errors.InputFileError` naming it.
+    """
+    path = resolve_weights_path(path)
+    if path.suffix == ".safetensors":
+        return read_safetensors(path, map_location)
+    obj = torch_load(path, map_location, "PyTorch weights file")
+    meta: Any = "{}"
+    if isinstance(obj, dict) and "state_dict" in obj:
+        obj, meta = obj["state_dict"], obj.get("meta", "{}")
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise InputFileError(f"{path}: expected a state_dict (names → tensors), found {type(obj).__name__}")
+    return dict(obj), _parse_meta(meta, path)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _parse_meta(meta: Any, path: Path) -> dict:
+    """The ``phasestem`` metadata of a file as a dict in the current schema (older layouts converted)."""
+    from .meta import normalize_meta
+
+    if isinstance(meta, Mapping):
+        return normalize_meta(dict(meta))
+    try:
+        out = json.loads(meta)
+    except (TypeError, json.JSONDecodeError) as exc:
+        raise InputFileError(f"{path}: its 'phasestem' metadata is not valid JSON ({_first_line(exc)})") from exc
+    if not isinstance(out, dict):
+        raise InputFileError(f"{path}: its 'phasestem' metadata is not a JSON object")
+    return normalize_meta(out)
+
+
+def _require_nonempty(path: Path, what: str) -> None:
+    if not path.is_file():
+        raise InputFileError(f"{path}: file not found (expected a {what})")
+    if path.stat().st_size == 0:
+        raise InputFileError(f"{path}: empty file (expected a {what})")
+
+
+def read_safetensors(path: str | Path, map_location: str | torch.device = "cpu"
+                     ) -> tuple[dict[str, torch.Tensor], dict]:
+    """``(tensors, phasestem meta)`` of a safetensors file; an empty/truncated one raises InputFileError."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    _require_nonempty(path, "safetensors weights file")
+    try:
+        with safe_open(str(path), framework="pt", device=str(map_location)) as f:
+            raw = (f.metadata() or {}).get("phasestem", "{}")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    except Exception as exc:  # safetensors raises its own SafetensorError (and OSError)
+        raise InputFileError(f"{path}: not a readable safetensors file, truncated or corrupted? "
+                             f"({_first_line(exc)})") from exc
+    return tensors, _parse_meta(raw, path)
+
+
+def torch_load(path: str | Path, map_location: str | torch.device = "cpu", what: str = "PyTorch file") -> Any:
+    """``torch.load(path, weights_only=True)`` (tensors and plain containers only, never code) with one-line errors."""
+    path = Path(path)
+    _require_nonempty(path, what)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "pickle protocol 4" notes of the safe unpickler
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise InputFileError(f"{path}: not a {what}: not a torch file, or it holds Python objects other than "
+                             "tensors (phasestem loads tensors only and never unpickles code)") from exc
+    except Exception as exc:
+        raise InputFileError(f"{path}: not a readable {what}, truncated or corrupted? "
+                             f"({type(exc).__name__}: {_first_line(exc)})") from exc
+
+
+def resolve_weights_path(path: str | Path) -> Path:
+    """A model file from a file, a checkpoint folder (``model.*``) or a run folder (``best/``, ``last/``)."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        for sub in ("", "best", "last"):
+            for name in ("model.safetensors", "model.pt"):
+                cand = path / sub / name
+                if cand.is_file():
+                    return cand
+    raise InputFileError(
+        f"{path}: no model weights found (expected a .safetensors/.pt file, or a folder holding "
+        "model.safetensors, best/model.safetensors or last/model.safetensors)"
+    )
+
+
+def state_dict_mismatch(own: Mapping[str, torch.Tensor], other: Mapping[str, torch.Tensor]) -> str:
+    """'' when ``other`` fits ``own`` (same names and shapes), else a short description of the first differences."""
+    shapes = [f"{k}: {tuple(other[k].shape)} vs {tuple(v.shape)} here" for k, v in own.items()
+              if k in other and tuple(other[k].shape) != tuple(v.shape)]
+    missing = [k for k in own if k not in other]
+    extra = [k for k in other if k not in own]
+    parts = []
+    for label, items in (("shape", shapes), ("missing", missing), ("unexpected", extra)):
+        if items:
+            parts.append(f"{len(items)} {label}, e.g. {items[0]}")
+    return "; ".join(parts)
+
+
+_MISSING = object()
+_STATE_KEYS = ("epoch", "batch_in_epoch", "global_step", "best", "best_epoch", "bad_epochs", "history", "optimizer",
+               "scheduler", "scaler", "rng")
+
+
+def _check_state(path: Path, state: Any) -> None:
+    missing = [k for k in _STATE_KEYS if not isinstance(state, Mapping) or k not in state]
+    if missing or not isinstance(state["scheduler"], Mapping) or "last_epoch" not in state["scheduler"]:
+        raise CheckpointError(f"{path}: not a phasestem trainer state (missing {', '.join(missing) or 'scheduler'})")
+
+
+def _dotted(meta: Mapping[str, Any], key: str) -> Any:
+    value: Any = meta
+    for part in key.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+def _first_difference(key: str, old: Any, new: Any) -> tuple[str, Any, Any]:
+    """The first dotted key below ``key`` where two JSON values differ, with both values there."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in [*old, *(k for k in new if k not in old)]:
+            a, b = old.get(k, _MISSING), new.get(k, _MISSING)
+            if a != b:
+                if a is _MISSING or b is _MISSING:
+                    return f"{key}.{k}", "absent" if a is _MISSING else a, "absent" if b is _MISSING else b
+                return _first_difference(f"{key}.{k}", a, b)
+    return key, old, new
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = json.dumps(_jsonable(value)) if not isinstance(value, str) else value
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _step_of(row: Mapping[str, str]) -> float:
+    try:
+        return float(row.get("step") or 0)
+    except ValueError:
+        return 0.0
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file (or, on POSIX, a folder's entries) to disk; best effort."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def commit_folder(folder: str | Path, write: Callable[[Path], Iterable[str]]) -> Path:
+    """Replace ``folder`` by what ``write(tmp)`` puts in a fresh ``<folder>.tmp``, as one unit.
+
+    The new folder is complete and on disk before it is renamed into place; the old one is moved
+    to ``<folder>.prev`` first and removed after. A kill at any point leaves either the old or the
+    new folder complete (``<folder>.prev`` when it struck between the two renames; resume finds it).
+    """
+    folder = Path(folder)
+    tmp, prev = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".prev")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    if tmp.exists():  # a write killed earlier: our own namespace
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    for name in write(tmp):
+        _fsync(tmp / name)
+    _fsync(tmp)
+    if folder.exists():
+        if prev.exists():
+            shutil.rmtree(prev)
+        os.replace(folder, prev)
+    os.replace(tmp, folder)
+    _fsync(folder.parent)
+    if prev.exists():
+        shutil.rmtree(prev, ignore_errors=True)
+    return folder
+
+
+def checkpoint_folder(folder: str | Path) -> Path | None:
+    """``folder``, or ``<folder>.prev`` when a kill struck between the two renames of :func:`commit_folder`."""
+    folder = Path(folder)
+    if folder.is_dir():
+        return folder
+    prev = folder.with_name(folder.name + ".prev")
+    if (prev / "trainer_state.pt").is_file():
+        log.warning("%s is missing; resuming from the complete previous checkpoint %s", folder, prev)
+        return prev
+    return None
+
+
+def verify_checkpoint(folder: str | Path) -> dict | None:
+    """Check every file of a checkpoint against its manifest; the manifest, or None for an older checkpoint."""
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not path.is_file():
+        log.warning("%s has no %s (written by an older phasestem): cannot verify that it is complete", folder,
+                    MANIFEST)
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+        files = dict(manifest["files"])
+        int(manifest["global_step"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{folder / MANIFEST}: unreadable checkpoint manifest ({_first_line(exc)})") from exc
+    for name, digest in files.items():
+        if not (folder / name).is_file():
+            raise CheckpointError(f"{folder}: incomplete checkpoint: {name} is missing (listed in {MANIFEST}, step "
+                                  f"{manifest['global_step']}); resume from an intact copy or start a new out_dir")
+        if _sha256(folder / name) != digest:
+            raise CheckpointError(f"{folder}: torn or corrupted checkpoint: {name} does not match the sha256 in "
+                                  f"{MANIFEST} (step {manifest['global_step']}); resume from an intact copy or "
+                                  "start a new out_dir")
+    return manifest
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = _atomic_path(path)
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def _write_csv(path: Path, rows: list[dict[str, float]], fields: list[str] | None = None) -> None:
+    """Write ``rows`` atomically; columns ``fields`` first (in their order), then any others the rows have."""
+    keys: list[str] = list(fields or [])
+    for r in rows:
+        keys.extend(k for k in r if k not in keys)
+    tmp = _atomic_path(path)
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
