@@ -1,0 +1,192 @@
+"""Training files (seed-000 layout, :mod:`phasestem.io.seed`): their samples and geometry, and the sample index."""
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import h5py
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from ...errors import ConfigError, InputFileError, ShapeError
+from ...io import seed as seedfile
+from .geometry import BlockGeometry
+
+log = logging.getLogger("phasestem.learn")
+
+SEED_FORMAT = seedfile.FORMAT
+
+
+# =============================================================================================
+# files
+# =============================================================================================
+class OriginalLayout(BaseModel):
+    """Geometry of the user's original files (no attributes stored in them)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    energy: float = Field(300e3, gt=0, description="beam energy (eV) used for σ when converting potential → phase")
+    scan_step: float = Field(2.0, gt=0, description="scan step in Å")
+    extent: float = Field(100.0, gt=0, description="side of the periodic cell (and of the phase image) in Å")
+
+
+@dataclass
+class FileInfo:
+    """One HDF5 file: its samples and geometry."""
+
+    path: str
+    layout: Literal["phasestem", "original"]
+    samples: list[int]
+    geometry: BlockGeometry
+    pattern_shape: tuple[int, int]
+    energy: float
+    sigma: float
+    aberrations: dict[str, float] = field(default_factory=dict)
+
+
+def _sample_ids(f: h5py.File) -> list[int]:
+    return seedfile.sample_ids(f.keys())
+
+
+def inspect_file(path: str | Path, block: int = 14, stride: int = 9, patch: int = 76,
+                 original: OriginalLayout | None = None, layout: str = "auto") -> FileInfo:
+    """Read the sample list and geometry of one training file (ours or the user's original layout)."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise InputFileError(f"{path}: no such training file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise InputFileError(f"{path}: not a readable HDF5 file ({exc})") from exc
+    with f:
+        ids = _sample_ids(f)
+        if not ids:
+            raise InputFileError(f"{path}: no 'dp_set_{{i}}' datasets (expected the seed-000 training layout)")
+        missing = [i for i in ids if seedfile.phase_key(i) not in f]
+        if missing:
+            raise InputFileError(f"{path}: '{seedfile.phase_key(missing[0])}' missing for "
+                                 f"'{seedfile.patterns_key(missing[0])}'")
+        dp = f[seedfile.patterns_key(ids[0])]
+        for name in (seedfile.patterns_key(ids[0]), seedfile.phase_key(ids[0])):
+            if f[name].dtype.kind not in "biuf":
+                raise InputFileError(f"{path}: '{name}' holds {f[name].dtype} values; expected real numbers "
+                                     "(complex data would be cast to real silently)")
+        if dp.ndim != 4:
+            raise ShapeError(f"{path}: 'dp_set_{ids[0]}' must be (Sy, Sx, H, W), got shape {dp.shape}")
+        phase_shape = tuple(int(n) for n in f[seedfile.phase_key(ids[0])].shape)
+        kind = layout if layout != "auto" else ("phasestem" if seedfile.is_own(f.attrs) else "original")
+        if kind == "phasestem":
+            a = f.attrs
+            try:
+                phase_sampling = tuple(float(v) for v in a["phase_sampling"])
+                geometry = BlockGeometry(
+                    scan_shape=tuple(int(v) for v in dp.shape[:2]), scan_step=tuple(float(v) for v in a["scan_step"]),
+                    scan_origin=tuple(float(v) for v in a["scan_origin"]), phase_shape=phase_shape,
+                    phase_sampling=phase_sampling, block=block, stride=stride, patch=patch)
+                energy = float(a["energy"])
+                sigma = seedfile.file_sigma(a, energy)
+                ab = a.get("aberrations", "{}")
+                aberrations = json.loads(ab.decode() if isinstance(ab, bytes) else ab)
+            except KeyError as exc:
+                raise InputFileError(f"{path}: root attribute {exc} missing (format {SEED_FORMAT})") from exc
+        else:
+            o = original or OriginalLayout()
+            s = o.extent / phase_shape[0], o.extent / phase_shape[1]
+            geometry = BlockGeometry(scan_shape=tuple(int(v) for v in dp.shape[:2]), scan_step=(o.scan_step,) * 2,
+                                     phase_shape=phase_shape, phase_sampling=s, block=block, stride=stride, patch=patch)
+            energy, sigma, aberrations = o.energy, seedfile.phase_scale(False, o.energy), {}
+        return FileInfo(path, kind, ids, geometry, tuple(int(v) for v in dp.shape[2:]), energy, sigma, aberrations)
+
+
+def expand_paths(patterns: Sequence[str | Path]) -> list[str]:
+    """Files from paths, folders (``*.h5`` inside) and glob patterns, sorted naturally."""
+    out: list[str] = []
+    for p in patterns:
+        p = str(p)
+        if os.path.isdir(p):
+            out.extend(sorted(glob.glob(os.path.join(p, "*.h5"))))
+        elif any(ch in p for ch in "*?["):
+            out.extend(sorted(glob.glob(p)))
+        else:
+            out.append(p)
+    if not out:
+        raise InputFileError(f"no training files match {list(map(str, patterns))}")
+
+    def key(s: str):
+        digits = "".join(ch for ch in Path(s).stem if ch.isdigit())
+        return (str(Path(s).parent), int(digits) if digits else -1, s)
+
+    return sorted(dict.fromkeys(out), key=key)
+
+
+@dataclass
+class SampleIndex:
+    """All samples of a set of files: (file, sample id) pairs plus shared geometry and target kind."""
+
+    files: list[FileInfo]
+    target: Literal["phase", "potential"] = "phase"
+    entries: list[tuple[int, int]] = field(default_factory=list)  # (file number, sample id)
+
+    def __post_init__(self):
+        if not self.entries:
+            self.entries = [(k, i) for k, fi in enumerate(self.files) for i in fi.samples]
+        g0, p0 = self.files[0].geometry, self.files[0].pattern_shape
+        for fi in self.files[1:]:
+            if fi.geometry != g0 or fi.pattern_shape != p0:
+                raise ShapeError(f"{fi.path}: geometry/pattern shape differ from {self.files[0].path}; "
+                                 "train on files from one simulation setup")
+
+    @classmethod
+    def from_paths(cls, paths: Sequence[str | Path], target: str = "phase", **kw) -> SampleIndex:
+        if target not in ("phase", "potential"):
+            raise ConfigError(f"data.target must be 'phase' or 'potential', got {target!r}")
+        return cls([inspect_file(p, **kw) for p in expand_paths(paths)], target)  # type: ignore[arg-type]
+
+    @property
+    def geometry(self) -> BlockGeometry:
+        return self.files[0].geometry
+
+    @property
+    def pattern_shape(self) -> tuple[int, int]:
+        return self.files[0].pattern_shape
+
+    @property
+    def target_description(self) -> str:
+        fi = self.files[0]
+        if self.target == "potential":
+            return "projected potential (V·Å)"
+        if fi.layout == "original":
+            return f"phase (rad) = σ·V_proj, σ = {fi.sigma:.6g} rad/(V·Å) at {fi.energy / 1e3:g} keV (given)"
+        return f"phase (rad) = σ·V_proj from the file, {fi.energy / 1e3:g} keV"
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def subset(self, positions: Sequence[int]) -> SampleIndex:
+        return SampleIndex(self.files, self.target, [self.entries[p] for p in positions])
+
+    def split(self, val_fraction: float, test_fraction: float, seed: int = 0) -> dict[str, SampleIndex]:
+        """Deterministic random split of samples into train / val / test."""
+        n = len(self)
+        perm = np.random.default_rng(seed).permutation(n)
+        n_test = int(round(test_fraction * n))
+        n_val = int(round(val_fraction * n))
+        if n - n_test - n_val < 1:
+            raise ConfigError(f"split leaves no training samples ({n} samples, val {n_val}, test {n_test})")
+        return {
+            "test": self.subset(sorted(perm[:n_test].tolist())),
+            "val": self.subset(sorted(perm[n_test:n_test + n_val].tolist())),
+            "train": self.subset(sorted(perm[n_test + n_val:].tolist())),
+        }
+
+
+def with_geometry(index: SampleIndex, **changes) -> SampleIndex:
+    """A copy of ``index`` whose files use a modified geometry (e.g. another ``patch`` size)."""
+    files = [replace(fi, geometry=replace(fi.geometry, **changes)) for fi in index.files]
+    return SampleIndex(files, index.target, list(index.entries))
