@@ -167,3 +167,9 @@ def test_a_file_without_metadata_gets_the_conversion_message(tmp_path):
     with pytest.raises(InputFileError, match="bare.safetensors: not a .* model written by phasestem train: its "
                                              "metadata names no network .*make_meta"):
         load_model(path)
+
+
+def test_no_file_in_learn_is_over_400_lines():
+    learn = ROOT / "src" / "phasestem" / "learn"
+    sizes = {str(p.relative_to(learn)): len(p.read_text().splitlines()) for p in learn.rglob("*.py")}
+    assert {name: n for name, n in sizes.items() if n > 400} == {}

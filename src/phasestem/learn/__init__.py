@@ -1,17 +1,19 @@
-"""Learned phase retrieval (SPEC §3): 14×14 pattern blocks → phase patches → full phase image.
+"""Learned phase retrieval (SPEC §3–5): five networks on one pipeline.
 
-Modules, one job each (the user's ``patchRecovery.py`` / ``PhaseStiching.py`` / ``End2End.py``
-correspond to :mod:`.patch_recovery`, :mod:`.phase_stitching` and :mod:`.end2end`):
-
-* :mod:`.data` — block geometry (start indices, bright centres, 76-px targets), lazy HDF5
-  datasets, physically consistent augmentations, pattern preprocessing.
-* :mod:`.backbones` — timm ResNet / ViT trunks with offline-safe pretrained loading.
-* :mod:`.patch_recovery`, :mod:`.phase_stitching`, :mod:`.end2end` — the three networks.
-* :mod:`.trainer` — the one trainer used by every network in phasestem.
-* :mod:`.config`, :mod:`.pipeline` — YAML run configs, and their assembly into datasets, networks and
-  a trainer (``train_run``; ``load_model`` rebuilds a network from its weights file alone).
-* :mod:`.predict`, :mod:`.evaluate`, :mod:`.commands` — inference, test-split evaluation and the
-  ``phasestem train patch|stitch|end2end`` / ``predict`` / ``evaluate`` sub-commands.
+* :mod:`.registry` — the five networks by name (patch, stitch, end2end, autoencoder, phaseformer): run config,
+  ``build_run`` / ``train_run``, ``build_network``, ``load_model``; :mod:`.meta` — the one metadata schema of
+  saved models (older files converted when read).
+* Networks: :mod:`.patch_recovery`, :mod:`.phase_stitching`, :mod:`.end2end` (the user's ``patchRecovery.py`` /
+  ``PhaseStiching.py`` / ``End2End.py``), :mod:`.autoencoder`, :mod:`.phaseformer` (+ :mod:`.losses`);
+  :mod:`.backbones` — timm trunks with offline-safe pretrained loading.
+* Runs: :mod:`.config` / :mod:`.pipeline` (patch, stitch, end2end) and :mod:`.restore_config` /
+  :mod:`.restore_train` (autoencoder, Phaseformer) build each run's data, network and loss for the one trainer
+  (:mod:`.trainer`, :mod:`.trainer_config`, :mod:`.trainer_state`, :mod:`.checkpoint`).
+* Data: :mod:`.data` (geometry, preprocessing, augmentation, files, datasets, synthetic files), :mod:`.pairs`
+  (Phaseformer pairs); the seed-000 file format is :mod:`phasestem.io.seed`.
+* Applying models: :mod:`.predict`, :mod:`.evaluate`, :mod:`.consistency`, :mod:`.restore_apply`; commands in
+  :mod:`.commands` (``train <network>``, ``predict``, ``evaluate``) and :mod:`.commands_restore` (``embed``,
+  ``refine``, ``make-pairs``).
 
 Sub-modules are imported on demand so ``import phasestem.learn.trainer`` does not pull in timm.
 """
