@@ -48,12 +48,19 @@ def test_untrained_residual_model_is_identity(one_thread):
 
 
 def test_phase_only_transform_and_eca():
-    x = torch.randn(2, 3, 16, 16)
+    # seeded: the spectrum of a random image has, now and then, a coefficient within eps (1e-6) of zero, where
+    # F/(|F| + eps) is not of unit modulus; the checks below say exactly what phase_only does there
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     p = phase_only(x)
     assert p.shape == x.shape and p.dtype == x.dtype
+    f = torch.fft.fft2(x, norm="ortho").to(torch.complex128)  # as phase_only computes it (float32)
     mag = torch.fft.fft2(p.double(), norm="ortho").abs()
-    assert torch.allclose(mag, torch.ones_like(mag), atol=1e-4)  # unit-modulus spectrum
-    assert torch.allclose(phase_only(5 * x), p, atol=1e-5)  # amplitude scale removed
+    assert torch.allclose(mag, f.abs() / (f.abs() + 1e-6), atol=1e-4)  # |F| / (|F| + eps) everywhere
+    good = f.abs() > 1e-2  # unit modulus wherever eps is negligible (almost every coefficient)
+    assert good.double().mean() > 0.95 and torch.allclose(mag[good], torch.ones_like(mag[good]), atol=1e-4)
+    f5 = torch.fft.fft2(phase_only(5 * x).double(), norm="ortho")  # amplitude scale removed:
+    assert torch.allclose(f5[good], torch.fft.fft2(p.double(), norm="ortho")[good], atol=1e-4)
+    assert not torch.allclose(p, x / x.std(), atol=0.1)  # the transform does something
     assert ECA(16).conv.kernel_size == (3,) and ECA(128).conv.kernel_size == (5,)
 
 
