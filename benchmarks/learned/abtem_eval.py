@@ -7,12 +7,16 @@ geometry. The gap between the two is what the own-simulator figures overstate.
 
 Steps (a step whose output exists is skipped, so a rerun only re-evaluates):
 
-1. ``phasestem simulate`` of the training set (``simulate_train.yaml``: random crystals, 25.6 Å cell, 16×16 scan
-   of 64² patterns → 64² phase) and of a held-out set (same config, another seed);
-2. the abTEM held-out set (:mod:`abtem_samples`, conventions at its top: abTEM probe with defocus = −C10,
-   Kirkland potential in one slice with the infinite projection, abTEM frozen phonons, 0.2 Å simulation
-   pixels binned to the 0.4 Å phase pixels, abTEM's own reciprocal pixel, random crystals drawn with ASE),
-   written in ``phasestem simulate``'s file layout;
+1. ``phasestem simulate`` of the training set (``simulate_train.yaml``: phasestem's random crystals, 25.6 Å
+   cell, 16×16 scan of 64² patterns → 64² phase) and of a held-out set: the same config with another seed and
+   ``specimen.kind: structures``, the specimens being random crystals drawn with ASE by :mod:`abtem_samples`
+   and written as structure files;
+2. the abTEM held-out set: the same specimens, sample by sample, simulated by abTEM (:mod:`abtem_samples`,
+   conventions at its top: abTEM probe with defocus = −C10, Kirkland potential in one slice with the infinite
+   projection, abTEM frozen phonons, 0.2 Å simulation pixels binned to the 0.4 Å phase pixels, abTEM's own
+   reciprocal pixel), written in ``phasestem simulate``'s file layout. The two held-out sets differ only by
+   the simulator (and their phonon draws), so the gap is paired: mean ± standard error over the samples of
+   (abTEM − phasestem);
 3. ``phasestem train patch|stitch|end2end`` for each model size (``--runs-from DIR``: reuse
    ``DIR/<size>/end2end`` instead of training);
 4. ``phasestem evaluate`` of each model on each held-out set: mean E_φ, PSNR, SSIM and the measurement
@@ -34,6 +38,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 HERE = Path(__file__).resolve().parent
@@ -45,7 +50,7 @@ ABTEM_SEED = 2022
 EPOCHS = {"tiny": {"patch": 12, "stitch": 6, "end2end": 4}, "small": {"patch": 6, "stitch": 4, "end2end": 2}}
 LEARNED = {"block": 4, "stride": 4, "patch": 24, "vit_patch": 8, "lr": 3e-3,
            "preprocess": {"bin": 2, "normalize": "pattern", "scale": "sqrt"}}
-METRICS = ("phase_error", "psnr", "ssim", "residual", "truth_residual")
+METRICS = ("phase_error", "psnr", "ssim", "residual", "truth_residual", "baseline_phase_error")
 
 
 def cli(*args: str) -> None:
@@ -79,10 +84,17 @@ def train_configs(size: str, train_file: Path, runs: Path, scale: float) -> dict
 
 
 def simulate(out: Path, n_train: int, n_heldout: int) -> tuple[Path, Path, dict]:
+    from abtem_samples import write_structures
+
+    from phasestem.simulate import load_config
+
     base = yaml.safe_load((HERE / "simulate_train.yaml").read_text())
     train = {**base, "output": {**base["output"], "samples_per_file": n_train}}
+    structures = write_structures(out / "data" / "structures", n_heldout, load_config(HERE / "simulate_train.yaml"),
+                                  HELDOUT_SEED)
     held = {**base, "output": {**base["output"], "samples_per_file": n_heldout, "prefix": "heldout"},
-            "compute": {**base["compute"], "seed": HELDOUT_SEED}}
+            "compute": {**base["compute"], "seed": HELDOUT_SEED},
+            "specimen": {**base["specimen"], "kind": "structures", "files": [str(p.resolve()) for p in structures]}}
     cfg_dir = out / "configs"
     cfg_dir.mkdir(parents=True, exist_ok=True)
     files = {}
@@ -97,17 +109,22 @@ def simulate(out: Path, n_train: int, n_heldout: int) -> tuple[Path, Path, dict]
     return files["train"], files["heldout"], held
 
 
-def abtem_heldout(out: Path, held_cfg: dict, n: int, parametrization: str) -> Path:
+def abtem_heldout(out: Path, held_file: Path, parametrization: str) -> Path:
+    """abTEM simulations of the specimens of phasestem's held-out samples, sample by sample."""
+    import h5py
     from abtem_samples import write_abtem_file
 
     from phasestem.simulate import load_config
 
     path = out / "data" / "abtem" / "abtem_heldout1.h5"
     if not path.exists():
-        cfg_path = out / "configs" / "simulate_heldout.yaml"
-        cfg = load_config(cfg_path)
-        print(f"abTEM: {n} held-out samples ({parametrization})", flush=True)
-        write_abtem_file(cfg, path, n, seed=ABTEM_SEED, parametrization=parametrization)
+        cfg = load_config(out / "configs" / "simulate_heldout.yaml")
+        folder = out / "data" / "structures"
+        with h5py.File(held_file) as f:
+            n = int(f.attrs["samples_per_file"])
+            structures = [folder / f[f"dp_set_{i}"].attrs["specimen"] for i in range(n)]
+        print(f"abTEM: {n} held-out samples ({parametrization}), the specimens of {held_file}", flush=True)
+        write_abtem_file(cfg, path, n, seed=ABTEM_SEED, parametrization=parametrization, structures=structures)
     return path
 
 
@@ -116,22 +133,39 @@ def evaluate(run: Path, file: Path, out: Path) -> dict:
         cli("evaluate", "--model", str(run), "--files", str(file), "--out", str(out))
     with open(out / "metrics.csv") as fh:
         rows = list(csv.DictReader(fh))
-    res = {k: sum(float(r[k]) for r in rows) / len(rows) for k in METRICS if k in rows[0]}
+    res = {k: float(np.mean([float(r[k]) for r in rows])) for k in METRICS if k in rows[0]}
+    # standard error of the mean E_φ over the samples (the held-out sets are small)
+    res["phase_error_sem"] = float(np.std([float(r["phase_error"]) for r in rows], ddof=1) / np.sqrt(len(rows))) \
+        if len(rows) > 1 else float("nan")
     res["n"] = len(rows)
+    res["rows"] = {int(r["sample"]): {k: float(r[k]) for k in METRICS if k in r} for r in rows}
     return res
 
 
+def paired_gap(a: dict, p: dict) -> dict:
+    """Mean and standard error over samples of (abTEM − phasestem), sample i of both holding the same specimen."""
+    gap = {}
+    for k in METRICS:
+        d = np.array([a["rows"][i][k] - p["rows"][i][k] for i in sorted(p["rows"]) if i in a["rows"]])
+        gap[k] = float(d.mean())
+        gap[k + "_sem"] = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+    return gap
+
+
 def table(result: dict) -> str:
-    lines = ["| model | held-out source | E_φ | PSNR (dB) | SSIM | data residual | true phase's residual |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| model | held-out source (samples) | E_φ (± s.e.m.) | E_φ of the training-mean image | PSNR (dB) | SSIM "
+             "| data residual | true phase's residual |", "|---|---|---|---|---|---|---|---|"]
     for size, r in result["models"].items():
         for src in ("phasestem", "abtem"):
             m = r[src]
-            lines.append(f"| {size} | {src} ({m['n']}) | {m['phase_error']:.3f} | {m['psnr']:.2f} | {m['ssim']:.3f} | "
-                         f"{m['residual']:.4f} | {m['truth_residual']:.4f} |")
+            lines.append(f"| {size} | {src} ({m['n']}) | {m['phase_error']:.3f} ± {m['phase_error_sem']:.3f} | "
+                         f"{m['baseline_phase_error']:.3f} | {m['psnr']:.2f} | {m['ssim']:.3f} | {m['residual']:.4f} | "
+                         f"{m['truth_residual']:.4f} |")
         g = r["gap"]
-        lines.append(f"| {size} | gap (abTEM − phasestem) | {g['phase_error']:+.3f} | {g['psnr']:+.2f} | "
-                     f"{g['ssim']:+.3f} | {g['residual']:+.4f} | {g['truth_residual']:+.4f} |")
+        lines.append(f"| {size} | gap (abTEM − phasestem, paired) | {g['phase_error']:+.3f} ± "
+                     f"{g['phase_error_sem']:.3f} | "
+                     f"{g['baseline_phase_error']:+.3f} | {g['psnr']:+.2f} | {g['ssim']:+.3f} | {g['residual']:+.4f} | "
+                     f"{g['truth_residual']:+.4f} |")
     return "\n".join(lines)
 
 
@@ -140,7 +174,8 @@ def main() -> None:
     ap.add_argument("--out", default="learned_abtem_output", help="output folder (reruns skip finished steps)")
     ap.add_argument("--sizes", nargs="+", default=["tiny", "small"], choices=sorted(EPOCHS))
     ap.add_argument("--n-train", type=int, default=64, help="phasestem-simulated training samples")
-    ap.add_argument("--n-heldout", type=int, default=8, help="held-out samples of each source")
+    ap.add_argument("--n-heldout", type=int, default=12, help="held-out samples of each source (the same "
+                    "specimens in both)")
     ap.add_argument("--epochs-scale", type=float, default=1.0, help="multiply every stage's epochs")
     ap.add_argument("--runs-from", default=None, help="reuse trained models DIR/<size>/end2end instead of training")
     ap.add_argument("--parametrization", default="kirkland", choices=["kirkland", "lobato"],
@@ -155,7 +190,7 @@ def main() -> None:
     train_file, held_file, held_cfg = simulate(out, args.n_train, args.n_heldout)
     seconds["phasestem_simulate"] = time.perf_counter() - t0
     t = time.perf_counter()
-    ab_file = abtem_heldout(out, held_cfg, args.n_heldout, args.parametrization)
+    ab_file = abtem_heldout(out, held_file, args.parametrization)
     seconds["abtem_simulate"] = time.perf_counter() - t
     result = {"config": vars(args), "epochs": {s: {k: max(1, round(v * args.epochs_scale))
                                                    for k, v in EPOCHS[s].items()} for s in args.sizes},
@@ -179,7 +214,7 @@ def main() -> None:
             run = runs / "end2end"
         r = {src: evaluate(run, f, out / "eval" / f"{size}_{src}") for src, f in (("phasestem", held_file),
                                                                                  ("abtem", ab_file))}
-        r["gap"] = {k: r["abtem"][k] - r["phasestem"][k] for k in METRICS}
+        r["gap"] = paired_gap(r["abtem"], r["phasestem"])
         result["models"][size] = r
     seconds["total"] = time.perf_counter() - t0
     md = table(result)

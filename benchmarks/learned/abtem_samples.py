@@ -8,12 +8,13 @@ both sources alike).
 
 Conventions of the abTEM samples
 --------------------------------
-* Frame: abTEM's first array axis is phasestem's y (row), its second phasestem's x. The atoms are drawn
-  in abTEM's frame and never compared with phasestem's own specimens, so this is only a naming of the axes:
-  phase image ``[i, j]`` is abTEM's potential at (x = i·Δ, y = j·Δ), probe position (y, x) of the phasestem
-  raster is abTEM's CustomScan position (x, y) = (y, x), and pattern ``[ky, kx]`` is abTEM's ``[kx, ky]``. The
-  relabelling is a mirror of real and reciprocal space together, under which a round aperture with
-  C10 / C30 only is unchanged.
+* Frame: abTEM's first array axis is its x, phasestem's first axis (row) is y; atoms are (x, y, z) in both
+  (ASE). So abTEM is given the atoms with x and y swapped: its first axis then runs along the atoms' y, and
+  phase image ``[i, j]`` is the potential at (y = i·Δ, x = j·Δ) as in phasestem's files; probe position
+  (y, x) of the phasestem raster is abTEM's CustomScan position (its x, its y) = (y, x), and pattern
+  ``[ky, kx]`` is abTEM's ``[kx, ky]`` of the swapped frame. (The swap is a mirror of real and reciprocal
+  space together, under which a round aperture with C10 / C30 only is unchanged.) The same structure file
+  therefore gives the same phase image in both simulators (``test_learned_abtem_eval.py`` checks it).
 * Probe: ``abtem.Probe(energy, semiangle_cutoff=semiangle, defocus=-C10, Cs=C30)`` (abTEM's defocus is −C10;
   phasestem's C10 > 0 is an underfocus of the same sign in both), abTEM's soft aperture edge. Only C10 and
   C30 are passed; a config with other aberrations is refused.
@@ -84,11 +85,11 @@ def _rotation(rng: np.random.Generator, max_tilt_deg: float) -> np.ndarray:
 
 
 def random_crystal(rng: np.random.Generator, extent: tuple[float, float], depth: float, max_tilt: float):
-    """ase.Atoms: a random crystal cut to the box (extent along abTEM x, y; ``depth`` along z), periodic in x, y."""
+    """ase.Atoms: a random crystal cut to the box (``extent`` (y, x) Å, ``depth`` along z), periodic in x, y."""
     from ase import Atoms
 
     unit = _unit_cell(rng)
-    box = np.array([extent[0], extent[1], depth])
+    box = np.array([extent[1], extent[0], depth])
     rot = _rotation(rng, max_tilt)
     corners = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], float) * box
     frac = ((corners - box / 2) @ rot) @ np.linalg.inv(unit.cell.array)  # box corners in the crystal's cells
@@ -102,12 +103,32 @@ def random_crystal(rng: np.random.Generator, extent: tuple[float, float], depth:
     return atoms
 
 
+def write_structures(folder: str | Path, n: int, cfg, seed: int) -> list[Path]:
+    """``n`` random crystals of ``cfg``'s cell (depth drawn in ``specimen.depth``) as extended-XYZ files
+    ``crystal_000.xyz`` …: the same specimens can then be simulated by phasestem (``specimen.kind: structures``)
+    and by abTEM, so the two held-out sets differ only by the simulator."""
+    from ase.io import write
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k in range(n):
+        rng = np.random.default_rng([seed, k, 11])
+        depth = float(rng.uniform(*cfg.specimen.depth))
+        atoms = random_crystal(rng, cfg.grid.extent, depth, cfg.specimen.max_tilt)
+        atoms.positions -= atoms.positions.min(0)  # phasestem puts a non-periodic structure's minimum at 0 too
+        path = folder / f"crystal_{k:03d}.xyz"
+        write(path, atoms, format="extxyz")
+        paths.append(path)
+    return paths
+
+
 def _check_geometry(cfg) -> None:
     ab = dict(cfg.optics.aberrations)
     other = {k: v for k, v in ab.items() if k not in ("C10", "C30") and v}
     if other:
         raise ValueError(f"only C10 and C30 are passed to abTEM, the config also sets {other}")
-    if cfg.specimen.kind not in ("crystal",):
+    if cfg.specimen.kind not in ("crystal", "structures"):
         raise ValueError(f"abTEM samples are random crystals; the config's specimen.kind is {cfg.specimen.kind!r}")
     if cfg.specimen.slice_thickness is not None:
         raise ValueError("only specimen.slice_thickness: null (one slice, infinite projection) is supported")
@@ -118,17 +139,32 @@ def _check_geometry(cfg) -> None:
             raise ValueError("detector.shape larger than the simulation grid")
 
 
-def simulate_abtem_sample(cfg, index: int, seed: int, parametrization: str = "kirkland") -> dict:
-    """One sample (patterns (Sy, Sx, H, W) float32, phase and potential on the phase grid, attrs) by abTEM."""
+def simulate_abtem_sample(cfg, index: int, seed: int, parametrization: str = "kirkland",
+                          structure: str | Path | None = None) -> dict:
+    """One sample (patterns (Sy, Sx, H, W) float32, phase and potential on the phase grid, attrs) by abTEM: a random
+    crystal, or the atoms of ``structure`` (an ASE-readable file whose cell is the simulation box)."""
     import abtem
     from abtem.core.energy import energy2sigma, energy2wavelength
 
-    abtem.config.set({"progress_bar": False, "fftw.planning_effort": "FFTW_ESTIMATE"})
+    abtem.config.set({"diagnostics.progress_bar": False, "fftw.planning_effort": "FFTW_ESTIMATE"})
     _check_geometry(cfg)
     rng = np.random.default_rng([seed, index, 7])
     g, o, s = cfg.grid, cfg.optics, cfg.specimen
-    depth = float(rng.uniform(*s.depth))
-    atoms = random_crystal(rng, g.extent, depth, s.max_tilt)
+    if structure is None:
+        depth = float(rng.uniform(*s.depth))
+        atoms = random_crystal(rng, g.extent, depth, s.max_tilt)
+    else:
+        from ase.io import read
+
+        atoms = read(structure)
+        atoms.info["name"] = Path(structure).name
+        depth = float(atoms.cell.lengths()[2])
+        if not np.allclose(atoms.cell.lengths()[[1, 0]], g.extent):
+            raise ValueError(f"{structure}: cell (y, x) {atoms.cell.lengths()[[1, 0]]} is not the config's extent "
+                             f"{g.extent}")
+    atoms = atoms.copy()
+    atoms.positions = atoms.positions[:, [1, 0, 2]]  # abTEM's first axis along the atoms' y (phasestem's rows)
+    atoms.set_cell(np.diag(atoms.cell.lengths()[[1, 0, 2]]))
     phonons = abtem.FrozenPhonons(atoms, num_configs=s.phonons, sigmas=s.phonon_sigma,
                                   seed=int(rng.integers(2**31))) if s.phonon_sigma else atoms
     pot = abtem.Potential(phonons, gpts=tuple(g.sim_gpts), slice_thickness=depth + 1e-3,
@@ -140,7 +176,7 @@ def simulate_abtem_sample(cfg, index: int, seed: int, parametrization: str = "ki
     pos = np.stack([cfg.scan.origin[0] + iy.ravel() * cfg.scan.step[0],
                     cfg.scan.origin[1] + ix.ravel() * cfg.scan.step[1]], -1)
     meas = probe.scan(pot, scan=abtem.CustomScan(pos), detectors=abtem.PixelatedDetector(max_angle="full"))
-    meas = meas.compute()
+    meas = meas.compute(progress_bar=False)
     full = np.asarray(meas.array, dtype=np.float64)
     full = full.reshape(-1, *full.shape[-2:])
     if len(full) != len(pos):  # ensemble axis kept: average it
@@ -151,7 +187,7 @@ def simulate_abtem_sample(cfg, index: int, seed: int, parametrization: str = "ki
     pats = full[:, y0:y0 + H, x0:x0 + W].reshape(*cfg.scan.shape, H, W)
     lam = energy2wavelength(o.energy)
     ang = tuple(float(v) * lam * 1e3 for v in meas.sampling[-2:])
-    proj = np.asarray(pot.build().project().compute().array, dtype=np.float64)
+    proj = np.asarray(pot.build().project().compute(progress_bar=False).array, dtype=np.float64)
     proj = proj.reshape(-1, *proj.shape[-2:]).mean(0)
     fy, fx = g.sim_gpts[0] // g.phase_gpts[0], g.sim_gpts[1] // g.phase_gpts[1]
     potential = proj.reshape(g.phase_gpts[0], fy, g.phase_gpts[1], fx).mean((1, 3))
@@ -167,8 +203,9 @@ def simulate_abtem_sample(cfg, index: int, seed: int, parametrization: str = "ki
 
 
 def write_abtem_file(cfg, path: str | Path, n_samples: int, seed: int, parametrization: str = "kirkland",
-                     progress: bool = True) -> Path:
-    """Write ``n_samples`` abTEM samples of ``cfg``'s geometry to ``path`` in ``phasestem simulate``'s layout."""
+                     progress: bool = True, structures: list | None = None) -> Path:
+    """Write ``n_samples`` abTEM samples of ``cfg``'s geometry to ``path`` in ``phasestem simulate``'s layout
+    (sample i of the atoms in ``structures[i]`` when given, else a random crystal)."""
     from phasestem.simulate.writer import root_attrs
 
     path = Path(path)
@@ -183,7 +220,7 @@ def write_abtem_file(cfg, path: str | Path, n_samples: int, seed: int, parametri
     ang = None
     with h5py.File(tmp, "w", track_order=True) as f:
         for i in range(n_samples):
-            r = simulate_abtem_sample(cfg, i, seed, parametrization)
+            r = simulate_abtem_sample(cfg, i, seed, parametrization, None if structures is None else structures[i])
             ang = r["angular_sampling"]
             d = f.create_dataset(f"dp_set_{i}", data=r["patterns"], chunks=(min(5, sy), min(5, sx), H, W),
                                  compression="gzip", compression_opts=4, shuffle=True)
