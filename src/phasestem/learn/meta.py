@@ -12,6 +12,11 @@ Schema 2, stored with the weights (safetensors metadata ``phasestem``, and ``met
 Older files are converted when read (:func:`normalize_meta`): the patch/stitch/end2end files had this
 layout without ``schema``; the autoencoder / Phaseformer files had ``network`` with the settings in
 ``model`` and the preprocessing at the top level. Nothing has to be rewritten on disk.
+
+The pattern coordinates of a patch network (``model.config.coords``, in an end2end model
+``model.config.patch.coords``): ``patch_frame`` since they carry each block's sub-pixel offset; a file
+without the key was trained on block-centred coordinates and reads as ``block_centre``, so it is fed
+what it was trained on.
 """
 from __future__ import annotations
 
@@ -38,8 +43,31 @@ def make_meta(kind: str, config: dict[str, Any], data: dict[str, Any] | None = N
 
 def normalize_meta(meta: dict[str, Any]) -> dict[str, Any]:
     """``meta`` in schema 2 (a copy when converted; older layouts are recognised, unknown ones returned as is)."""
-    if not isinstance(meta, dict) or meta.get("schema") == SCHEMA:
+    if not isinstance(meta, dict):
         return meta
+    return _coords_convention(meta if meta.get("schema") == SCHEMA else _to_schema(meta))
+
+
+#: the coordinate convention of patch networks saved before ``coords`` was recorded
+OLD_COORDS = "block_centre"
+
+
+def _coords_convention(meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` with ``coords: block_centre`` in a patch network's config that lacks the key (a copy if so)."""
+    kind, model = kind_of(meta), meta.get("model")
+    cfg = model.get("config") if isinstance(model, dict) else None
+    if not isinstance(cfg, dict):
+        return meta
+    if kind == "patch" and "coords" not in cfg:
+        cfg = {**cfg, "coords": OLD_COORDS}
+    elif kind == "end2end" and isinstance(cfg.get("patch"), dict) and "coords" not in cfg["patch"]:
+        cfg = {**cfg, "patch": {**cfg["patch"], "coords": OLD_COORDS}}
+    else:
+        return meta
+    return {**meta, "model": {**meta["model"], "config": cfg}}
+
+
+def _to_schema(meta: dict[str, Any]) -> dict[str, Any]:
     network = meta.get("network")
     if network in ("autoencoder", "phaseformer") and not _has_kind(meta):
         out = {k: v for k, v in meta.items() if k not in ("network", "model", "preprocess", "pattern_shape")}

@@ -1,12 +1,16 @@
 """PatchRecoveryNet (the user's ``patchRecovery.py``): one block of patterns → one phase patch.
 
-Shapes: patterns (B, T, H, W) with T = block² (196), coords (B, T, 2) in Å relative to the block
-centre → phase patch (B, patch, patch) (76 × 76) in rad.
+Shapes: patterns (B, T, H, W) with T = block² (196), coords (B, T, 2) in Å relative to the pixel frame of
+the target patch (0 Å = its bright-centre pixel, :meth:`BlockGeometry.frame_coords`) → phase patch
+(B, patch, patch) (76 × 76) in rad.
 
 1. a CNN trunk (ResNet34 … tiny) embeds every pattern (one channel) into a vector;
 2. the scan coordinates enter as Fourier features of the *physical* offsets (Å), so blocks at
    any position and other scan steps are described correctly (the user's first attempt ignored
-   them); optionally the pretrained ViT's learned 14 × 14 grid embedding is added as well;
+   them); they are taken in the target patch's pixel frame, so the ±0.5 px rounding of each
+   block's bright centre (up to 0.92 px between the seed's blocks) reaches the network (models
+   saved before, ``coords: block_centre``, re-centre them on the block, as they were trained);
+   optionally the pretrained ViT's learned 14 × 14 grid embedding is added as well;
 3. the ViT blocks mix the T tokens; 4. a CNN decoder maps the token grid to the patch.
 """
 from __future__ import annotations
@@ -52,6 +56,12 @@ class PatchRecoveryConfig(BaseModel):
     pos_frequencies: int = Field(16, ge=1, description="Fourier frequencies per axis for the scan coordinates")
     pos_wavelengths: tuple[float, float] = Field(
         (1.0, 64.0), description="shortest and longest wavelength (Å) of the coordinate Fourier features"
+    )
+    coords: Literal["patch_frame", "block_centre", "none"] = Field(
+        "patch_frame", description="what the pattern coordinates are relative to: 'patch_frame' (the target patch's "
+        "pixel frame, so the sub-pixel rounding of each block's bright centre is seen), 'block_centre' (the block's "
+        "centre, the same for every block: models saved before the patch frame, whose metadata lack this key), "
+        "'none' (coordinates zeroed: an ablation)"
     )
     grid_pos_embed: bool = Field(True, description="also add the ViT's (resampled) learned grid position embedding")
     decoder_channels: list[int] = Field([256, 128, 64], description="decoder widths; each after the first doubles "
@@ -153,13 +163,23 @@ class PatchRecoveryNet(nn.Module):
         self.norm = vit.norm
         self.decoder = GridDecoder(dim, list(cfg.decoder_channels), cfg.patch)
 
+    def frame(self, coords: torch.Tensor) -> torch.Tensor:
+        """Coordinates (…, T, 2) Å in the patch frame (what every caller gives) → what this network was trained on
+        (``config.coords``): as given, re-centred on the block (older models; exact, as the block's positions are
+        symmetric about its centre), or zeros."""
+        if self.config.coords == "block_centre":
+            return coords - coords.mean(-2, keepdim=True)
+        if self.config.coords == "none":
+            return torch.zeros_like(coords)
+        return coords
+
     def forward(self, patterns: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         B, T, H, W = patterns.shape
         b = self.config.block
         if T != b * b:
             raise ValueError(f"PatchRecoveryNet expects {b}² = {b * b} patterns per block, got {T}")
         feats = self.cnn(patterns.reshape(B * T, 1, H, W)).reshape(B, T, -1)
-        tokens = self.embed(feats) + self.positions(coords.to(feats.dtype))
+        tokens = self.embed(feats) + self.positions(self.frame(coords).to(feats.dtype))
         if self.grid_pos is not None:
             tokens = tokens + self.grid_pos
         tokens = self.norm(self.blocks(self.drop(tokens)))

@@ -83,7 +83,7 @@ def predict_phase(model: End2End, meta: dict[str, Any], dataset: FourDSTEM, devi
     pats = dataset.patterns
     scan = read_float32(pats) if isinstance(pats, h5py.Dataset) else np.asarray(pats[...], dtype=np.float32)
     blocks = blocks_from_scan(scan, g, pre)[None].to(device)
-    coords = torch.from_numpy(g.block_coords()).expand(1, g.n_blocks, -1, -1).to(device)
+    coords = torch.from_numpy(g.frame_coords())[None].to(device)  # patch frames; older models re-centre them
     centres = torch.from_numpy(g.centres())[None].to(device)
     out = model(blocks, coords, centres)["phase"][0]
     return out.float().cpu().numpy()

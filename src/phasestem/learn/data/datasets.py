@@ -76,7 +76,7 @@ class _BaseDataset(torch.utils.data.Dataset):
         if augment:
             for fi in index.files:
                 check_augmentable(fi.geometry, fi.aberrations, fi.path)
-        self._coords = torch.from_numpy(self.geometry.block_coords())
+        self._coords = torch.from_numpy(self.geometry.frame_coords())  # (n_blocks, block², 2) Å, patch frame
         self._centres = torch.from_numpy(self.geometry.centres())
 
     def _symmetry(self) -> Symmetry:
@@ -130,7 +130,8 @@ class PatchDataset(_BaseDataset):
     """One item per (sample, block): the block's patterns and its 76 × 76 target patch.
 
     Item: ``patterns`` (block², H', W') float32 (preprocessed), ``coords`` (block², 2) Å relative
-    to the block centre, ``target`` (patch, patch), ``centre`` (2,) int64 bright centre,
+    to the target patch's pixel frame (:meth:`BlockGeometry.frame_coords`), ``target`` (patch, patch),
+    ``centre`` (2,) int64 bright centre,
     ``sample`` and ``block`` (int64 ids).
     """
 
@@ -147,7 +148,7 @@ class PatchDataset(_BaseDataset):
         phase = self.read_target(entry, sym)
         centre = self.geometry.centres()[b]
         target = extract_patches(phase, self.geometry, centre[None])[0]
-        return {"patterns": self._block(patterns), "coords": self._coords.clone(), "target": target.float(),
+        return {"patterns": self._block(patterns), "coords": self._coords[b].clone(), "target": target.float(),
                 "centre": torch.from_numpy(centre), "sample": torch.tensor(entry[1]), "block": torch.tensor(b)}
 
 
@@ -170,7 +171,7 @@ class StitchDataset(_BaseDataset):
 class SampleDataset(_BaseDataset):
     """One item per sample with every block (End2End training and evaluation).
 
-    Item: ``patterns`` (n_blocks, block², H', W'), ``coords`` (n_blocks, block², 2) Å,
+    Item: ``patterns`` (n_blocks, block², H', W'), ``coords`` (n_blocks, block², 2) Å (patch frames),
     ``centres`` (n_blocks, 2), ``patches`` (n_blocks, patch, patch), ``phase`` (Ny, Nx).
     """
 
@@ -185,6 +186,6 @@ class SampleDataset(_BaseDataset):
         scan = self.read_patterns(entry, rows, cols, sym)
         blocks = [self._block(scan[y:y + g.block, x:x + g.block]) for y, x in g.blocks()]
         phase = torch.from_numpy(self.read_target(entry, sym))
-        return {"patterns": torch.stack(blocks), "coords": self._coords.expand(g.n_blocks, -1, -1).clone(),
+        return {"patterns": torch.stack(blocks), "coords": self._coords.clone(),
                 "centres": self._centres.clone(), "patches": extract_patches(phase, g).float(), "phase": phase,
                 "sample": torch.tensor(entry[1])}

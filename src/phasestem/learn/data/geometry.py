@@ -77,9 +77,28 @@ class BlockGeometry:
 
     def block_coords(self) -> np.ndarray:
         """(block², 2) float32 scan positions (Å) of a block's patterns relative to the block centre: the
-        block's :class:`~phasestem.scan.GridScan` with its centre at 0 Å."""
+        block's :class:`~phasestem.scan.GridScan` with its centre at 0 Å (the same for every block; the
+        coordinates of models trained before the patch frame, ``coords: block_centre``)."""
         origin = tuple(-(self.block - 1) / 2 * s for s in self.scan_step)
         return GridScan((self.block, self.block), self.scan_step, origin=origin).positions().astype(np.float32)
+
+    def exact_centres(self) -> np.ndarray:
+        """(n_blocks, 2) float64 block centres in phase pixels before rounding (:meth:`centres` rounds them)."""
+        ppa = self.pixels_per_angstrom
+        return np.array([(self.block_centre_angstrom(y, 0) * ppa[0], self.block_centre_angstrom(x, 1) * ppa[1])
+                         for y, x in self.blocks()], np.float64)
+
+    def frame_offsets(self) -> np.ndarray:
+        """(n_blocks, 2) float64 Å: each block's centre relative to its bright-centre pixel, the centre of its
+        target patch (|offset| ≤ half a phase pixel: the rounding of ``bright_center``)."""
+        return (self.exact_centres() - self.centres()) * np.asarray(self.phase_sampling)
+
+    def frame_coords(self) -> np.ndarray:
+        """(n_blocks, block², 2) float32 scan positions (Å) of each block's patterns relative to the pixel frame
+        of its target patch (0 Å = the bright-centre pixel): :meth:`block_coords` + :meth:`frame_offsets`.
+        Unlike :meth:`block_coords` they differ between blocks by the rounding of their bright centres, the
+        sub-pixel offset between the patterns and the patch a network has to predict."""
+        return (self.block_coords()[None].astype(np.float64) + self.frame_offsets()[:, None]).astype(np.float32)
 
     def patch_indices(self, centre: int, axis: int = 0) -> np.ndarray:
         """Phase pixel indices (patch,) of the target crop around ``centre`` (periodic)."""

@@ -1,0 +1,97 @@
+"""Coordinates that carry information (issue 14, item 2): PatchRecoveryNet sees its patterns' positions in the
+target patch's pixel frame (the rounding of bright_center included), older models get what they were trained on,
+and a tiny trained net uses them (the longer measurement: benchmarks/learned/coordinates.py)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from phasestem.learn.data import BlockGeometry, PatchDataset, Preprocess, SampleDataset, SampleIndex
+from phasestem.learn.data.synthetic import write_synthetic_file
+from phasestem.learn.meta import make_meta, normalize_meta
+from phasestem.learn.patch_recovery import PatchRecoveryNet
+
+ROOT = Path(__file__).resolve().parents[1]
+LEGACY = ROOT / "tests" / "data" / "legacy_models"
+
+
+@pytest.fixture
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_seed_blocks_differ_by_exactly_their_rounding():
+    """Every pattern's coordinate = its scan position − the bright-centre pixel of the block's target, with the
+    seed's own formula; two blocks whose bright centres round differently differ by exactly that rounding."""
+    g = BlockGeometry()
+    ps = 100 / 256
+    coords = g.frame_coords().astype(np.float64)  # (25, 196, 2)
+    for b, (y0, x0) in enumerate(g.blocks()):
+        cy, cx = (round((2 * s + 13) * 2.56) for s in (y0, x0))  # bright_center, as the user wrote it
+        iy, ix = np.divmod(np.arange(196), 14)
+        np.testing.assert_allclose(coords[b, :, 0], 2.0 * (y0 + iy) - cy * ps, atol=2e-6)
+        np.testing.assert_allclose(coords[b, :, 1], 2.0 * (x0 + ix) - cx * ps, atol=2e-6)
+    # rows starting at scan index 18 and 27: centres 125.44 → 125 and 171.52 → 172 px, i.e. +0.44 and −0.48 px
+    b18, b27 = g.blocks().index((18, 0)), g.blocks().index((27, 0))
+    diff = coords[b18] - coords[b27]
+    np.testing.assert_allclose(diff[:, 0], (0.44 - -0.48) * ps, atol=2e-6)  # 0.92 px, the issue's figure
+    np.testing.assert_allclose(diff[:, 1], 0.0, atol=2e-6)
+    np.testing.assert_allclose(g.frame_offsets()[[b18, b27], 0], [0.44 * ps, -0.48 * ps], atol=1e-9)
+    assert np.abs(g.frame_offsets()).max() <= 0.5 * ps + 1e-12
+    # the old coordinates are the same for every block: frame coordinates re-centred
+    np.testing.assert_allclose(coords - coords.mean(1, keepdims=True), np.broadcast_to(g.block_coords(), coords.shape),
+                               atol=2e-6)
+
+
+def _index(tmp_path):
+    # 72 px over 32 Å: 4.5 px per 2 Å step, so block centres fall at 6.75, 20.25, … px and round by ∓0.25 px
+    path = write_synthetic_file(tmp_path / "sim.h5", 2, extent=32.0, phase_px=72, scan=16, window=16, c10=100.0)
+    return SampleIndex.from_paths([path], block=4, stride=3, patch=24)
+
+
+def test_datasets_give_each_block_its_frame_coordinates(tmp_path):
+    idx = _index(tmp_path)
+    g = idx.geometry
+    offs = g.frame_offsets() / np.asarray(g.phase_sampling)
+    np.testing.assert_allclose(np.unique(np.round(offs, 6)), [-0.25, 0.25])
+    pre = Preprocess()
+    pds, sds = PatchDataset(idx, pre), SampleDataset(idx, pre)
+    for b in (0, 1, 6):
+        item = pds[b]
+        np.testing.assert_array_equal(item["coords"].numpy(), g.frame_coords()[b])
+        assert tuple(item["centre"].tolist()) == tuple(g.centres()[b])
+    np.testing.assert_array_equal(sds[0]["coords"].numpy(), g.frame_coords())
+    assert not np.allclose(sds[0]["coords"][0].numpy(), sds[0]["coords"][1].numpy())
+
+
+def test_old_models_are_fed_the_coordinates_they_were_trained_on(tmp_path, one_thread):
+    """A model saved before the patch frame (no ``coords`` in its metadata) reads as block_centre and gives the
+    same output for patch-frame coordinates as for the block-centred ones it was trained on; a new model's
+    metadata says patch_frame, and the offsets reach it."""
+    from phasestem.learn.registry import load_model
+
+    model, meta = load_model(LEGACY / "patch")
+    assert meta["model"]["config"]["coords"] == "block_centre" and model.config.coords == "block_centre"
+    _, meta_e2e = load_model(LEGACY / "end2end")
+    assert meta_e2e["model"]["config"]["patch"]["coords"] == "block_centre"
+    g = BlockGeometry(scan_shape=(12, 12), scan_step=(2.0, 2.0), phase_shape=(54, 54), phase_sampling=(24 / 54,) * 2,
+                      block=6, stride=3, patch=24)  # 4.5 px per step: offsets ±0.25 px
+    assert np.abs(g.frame_offsets()).max() > 0.1
+    pats = torch.rand(2, 36, 16, 16, generator=torch.Generator().manual_seed(0))
+    frame = torch.from_numpy(g.frame_coords()[:2])
+    old = torch.from_numpy(g.block_coords()).expand(2, -1, -1)
+    with torch.no_grad():
+        torch.testing.assert_close(model(pats, frame), model(pats, old), atol=1e-5, rtol=0)
+        new = PatchRecoveryNet({**model.config.model_dump(), "coords": "patch_frame"}).eval()
+        new.load_state_dict(model.state_dict())
+        assert (new(pats, frame) - new(pats, old)).abs().max() > 1e-4
+    saved = normalize_meta(make_meta("patch", new.config.model_dump(mode="json")))
+    assert saved["model"]["config"]["coords"] == "patch_frame"
+    assert PatchRecoveryNet().config.coords == "patch_frame"
+
