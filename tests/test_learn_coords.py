@@ -3,6 +3,7 @@ target patch's pixel frame (the rounding of bright_center included), older model
 and a tiny trained net uses them (the longer measurement: benchmarks/learned/coordinates.py)."""
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -95,3 +96,42 @@ def test_old_models_are_fed_the_coordinates_they_were_trained_on(tmp_path, one_t
     assert saved["model"]["config"]["coords"] == "patch_frame"
     assert PatchRecoveryNet().config.coords == "patch_frame"
 
+
+
+def _bench():
+    path = ROOT / "benchmarks" / "learned" / "coordinates.py"
+    spec = importlib.util.spec_from_file_location("coordinates_bench", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_coordinate_benchmark_smoke(one_thread):
+    """The plumbing of benchmarks/learned/coordinates.py (the learning itself takes ~6 min there: a net trained with
+    coordinates beats the same net with them zeroed on held-out blocks, and moving the coordinates moves its patch
+    the same way; figures in its docstring and docs/benchmarks.md). Here: the shift estimator is exact on known
+    shifts, a target crop sits in the pixel frame of the coordinates, a net with zeroed coordinates cannot move,
+    and a net given them responds to a sub-pixel change."""
+    bench = _bench()
+    assert bench.estimator_check(0.4, n=4) == pytest.approx(0.4, abs=0.01)
+    assert bench.estimator_check(-0.25, n=4) == pytest.approx(-0.25, abs=0.01)
+    # the same object under a block offset by +0.3 px: same target (the pixel frame), coordinates 0.15 Å apart,
+    # and windows showing the object moved by −0.3 px — only the coordinates say where the patterns sit
+    a = bench.make_blocks(1, 3, offsets=np.array([[0.0, 0.0]]))
+    b = bench.make_blocks(1, 3, offsets=np.array([[0.3 * 0.5, 0.0]]))
+    np.testing.assert_allclose(b["coords"][0] - a["coords"][0], np.broadcast_to([0.15, 0.0], (16, 2)), atol=1e-6)
+    torch.testing.assert_close(a["target"], b["target"])
+    got = np.median([bench.measure_shift(x, y, margin=2)[0] for x, y in zip(a["patterns"][0].numpy(),
+                                                                            b["patterns"][0].numpy(), strict=True)])
+    assert got == pytest.approx(-0.3, abs=0.03)
+    data = bench.make_blocks(48, 0)
+    nets = {m: bench.tiny_net(m) for m in ("patch_frame", "none")}
+    for net in nets.values():
+        losses = bench.train(net, data, 15, batch=8)
+        assert np.isfinite(losses).all()
+    test = {k: v[:3] for k, v in bench.make_blocks(3, 1).items()}
+    assert np.all(bench.shift_response(nets["none"], test, 0.4, 0.5) == 0.0)
+    moved = test["coords"].clone()
+    moved[..., 0] += 0.2
+    assert (bench.predict(nets["patch_frame"], test["patterns"], moved)
+            - bench.predict(nets["patch_frame"], test["patterns"], test["coords"])).abs().max() > 1e-4
