@@ -135,3 +135,43 @@ def test_coordinate_benchmark_smoke(one_thread):
     moved[..., 0] += 0.2
     assert (bench.predict(nets["patch_frame"], test["patterns"], moved)
             - bench.predict(nets["patch_frame"], test["patterns"], test["coords"])).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("coords", ["block_centre", "patch_frame"])
+def test_resume_keeps_the_checkpoints_coordinates(tmp_path, one_thread, coords):
+    """A run folder whose config.yaml does not name ``coords`` (written before the key existed) is resumed with the
+    convention its checkpoint's metadata records, not the default: block_centre stays block_centre (an old run
+    folder), patch_frame stays patch_frame."""
+    import json
+
+    import yaml
+
+    from phasestem.learn.registry import build_run, load_run_config, train_run
+
+    path = write_synthetic_file(tmp_path / "sim.h5", 3, extent=32.0, phase_px=72, scan=16, window=16, c10=100.0)
+    run = tmp_path / "run"
+    model = {"size": "tiny"} if coords == "patch_frame" else {"size": "tiny", "coords": coords}
+    first = tmp_path / "first.yaml"
+    first.write_text(yaml.safe_dump({
+        "network": "patch", "out_dir": str(run), "model": model,
+        "data": {"files": [str(path)], "block": 4, "stride": 3, "patch": 24, "batch_size": 4,
+                 "val_fraction": 0.0, "test_fraction": 0.0, "augment": False},
+        "trainer": {"epochs": 1, "progress": False, "tensorboard": False}}))
+    train_run(load_run_config(first, "patch"))
+    saved = json.loads((run / "last" / "meta.json").read_text())
+    assert saved["model"]["config"]["coords"] == coords
+    # the run folder as an older version left it: its config.yaml says nothing about coords
+    written = yaml.safe_load((run / "config.yaml").read_text())
+    del written["model"]["coords"]
+    written["trainer"]["epochs"] = 2
+    (run / "config.yaml").write_text(yaml.safe_dump(written))
+    cfg = load_run_config(run / "config.yaml", "patch", {"resume": True})
+    assert build_run(cfg).unwrapped_model.config.coords == coords
+    cfg = load_run_config(run / "config.yaml", "patch", {"resume": True})
+    summary = train_run(cfg)
+    assert summary["epochs_run"] == 2 and summary["global_step"] > 1
+    assert json.loads((run / "last" / "meta.json").read_text())["model"]["config"]["coords"] == coords
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["coords"] == coords
+    # without resume the default holds (a new run in that folder is a new network)
+    assert build_run(load_run_config(first, "patch", {"model.coords": "patch_frame"})).unwrapped_model.config.coords \
+        == "patch_frame"

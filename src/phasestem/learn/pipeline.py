@@ -44,6 +44,48 @@ def _patch_config(cfg: TrainRunConfig, geometry) -> PatchRecoveryConfig:
     return PatchRecoveryConfig(**{**base, "block": geometry.block, "patch": geometry.patch})
 
 
+def resumed_coords(cfg: TrainRunConfig) -> str | None:
+    """The coordinate convention of the patch net in the checkpoint a ``resume`` run continues, or None.
+
+    A run folder started before ``coords`` existed has a ``config.yaml`` without it (the default would now be
+    ``patch_frame``) and a checkpoint whose metadata reads as ``block_centre``: resuming must keep training the
+    saved weights on the coordinates they were trained on. None when not resuming, when there is no checkpoint
+    yet, when the config sets ``model.coords`` itself (a disagreement is then refused by the resume check), or
+    when an end2end run is built from patch/stitch checkpoints (their own metadata decides)."""
+    from .checkpoint import checkpoint_folder, load_weights, resolve_weights_path
+
+    if not cfg.resume or cfg.stage not in ("patch", "end2end") or cfg.patch_checkpoint:
+        return None
+    if cfg.model is not None and "coords" in cfg.model.model_fields_set:
+        return None
+    folder = checkpoint_folder(Path(cfg.out_dir) / "last")
+    if folder is None:
+        return None
+    meta_json = folder / "meta.json"
+    if meta_json.is_file():
+        import json
+
+        meta = normalize_meta(json.loads(meta_json.read_text()))
+    else:
+        meta = load_weights(resolve_weights_path(folder))[1]
+    config = (meta.get("model") or {}).get("config") or {}
+    if cfg.stage == "end2end":
+        config = config.get("patch") or {}
+    coords = config.get("coords")
+    return coords if isinstance(coords, str) else None
+
+
+def _follow_checkpoint_coords(cfg: TrainRunConfig) -> None:
+    """On resume, set ``cfg.model.coords`` from the checkpoint (see :func:`resumed_coords`), so that the network
+    and the ``config.yaml`` written into the run folder both say what the saved weights were trained on."""
+    coords = resumed_coords(cfg)
+    if coords is None:
+        return
+    base = cfg.model.model_dump(exclude_unset=True) if cfg.model is not None else {"size": "base"}
+    cfg.model = PatchRecoveryConfig(**{**base, "coords": coords})
+    log.info("resume: the checkpoint's patch net uses %s coordinates (config.yaml does not say); kept", coords)
+
+
 def _stitch_config(cfg: TrainRunConfig, geometry) -> PhaseStitchingConfig:
     if geometry.phase_shape[0] != geometry.phase_shape[1]:
         raise ConfigError(f"PhaseStitchingNet needs a square phase image, got {geometry.phase_shape}")
@@ -104,6 +146,7 @@ def build_run(cfg: TrainRunConfig) -> Trainer:
     the same config gives the same initial weights (and, on one machine, the same training).
     """
     seed_everything(cfg.trainer.seed)
+    _follow_checkpoint_coords(cfg)
     splits = build_index(cfg)
     train_idx, val_idx = splits["train"], splits["val"]
     g = train_idx.geometry
