@@ -63,7 +63,8 @@ def bench(size: str, device: torch.device, repeats: int, pattern: int = 64, amp:
     sn = PhaseStitchingNet({"size": size}).to(device)
     model = End2End(pn, sn, patch_chunk=5 if device.type == "cpu" else 25)
     n_par = sum(p.numel() for p in model.parameters()) / 1e6
-    coords1 = torch.from_numpy(g.block_coords()).to(device)
+    frames = torch.from_numpy(g.frame_coords()).to(device)  # (25, 196, 2): each block in its target's frame
+    coords1 = frames[:1]  # one block's coordinates for the patch-net steps
     centres = torch.from_numpy(g.centres()).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     bp = 2 if device.type == "cpu" else 32  # blocks per patch-net training step
@@ -87,7 +88,7 @@ def bench(size: str, device: torch.device, repeats: int, pattern: int = 64, amp:
         opt.zero_grad(set_to_none=True)
 
     one = {"patterns": torch.rand(1, 25, 196, pattern, pattern, device=device),
-           "coords": coords1.expand(1, 25, -1, -1), "centres": centres[None], "phase": phase[:1],
+           "coords": frames[None], "centres": centres[None], "phase": phase[:1],
            "patches": patches[:1]}
     loss_fn = end2end_loss_fn()
 
