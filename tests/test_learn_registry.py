@@ -173,3 +173,28 @@ def test_no_file_in_learn_is_over_400_lines():
     learn = ROOT / "src" / "phasestem" / "learn"
     sizes = {str(p.relative_to(learn)): len(p.read_text().splitlines()) for p in learn.rglob("*.py")}
     assert {name: n for name, n in sizes.items() if n > 400} == {}
+
+
+def test_networks_live_one_per_file_and_the_old_names_still_import():
+    """learn/nets/<network>.py holds each network with its settings and loss; the older module names give the
+    same objects (code written against them, and pickled references to them, keep working)."""
+    import importlib
+
+    from phasestem.learn.nets import autoencoder, end2end, patch, phaseformer, stitch
+
+    for old, new in (("patch_recovery", patch), ("phase_stitching", stitch), ("end2end", end2end),
+                     ("phaseformer", phaseformer)):
+        assert importlib.import_module(f"phasestem.learn.{old}") is new
+    from phasestem.learn import autoencoder as old_ae
+    from phasestem.learn import losses, restore_config
+
+    assert old_ae.Autoencoder is autoencoder.Autoencoder and callable(old_ae.show)
+    assert losses.PhaseformerLoss is phaseformer.PhaseformerLoss
+    assert restore_config.PhaseformerModelConfig is phaseformer.PhaseformerModelConfig
+    assert restore_config.AutoencoderLossConfig is autoencoder.AutoencoderLossConfig
+    for module, names in ((patch, ("PatchRecoveryNet", "PatchRecoveryConfig", "patch_loss_fn")),
+                          (stitch, ("PhaseStitchingNet", "PhaseStitchingConfig", "stitch_loss_fn")),
+                          (end2end, ("End2End", "end2end_loss_fn")),
+                          (autoencoder, ("Autoencoder", "AutoencoderModelConfig", "AutoencoderLossConfig")),
+                          (phaseformer, ("Phaseformer", "PhaseformerModelConfig", "PhaseformerLoss"))):
+        assert all(hasattr(module, n) for n in names), module.__name__

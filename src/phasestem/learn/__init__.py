@@ -3,9 +3,12 @@
 * :mod:`.registry` — the five networks by name (patch, stitch, end2end, autoencoder, phaseformer): run config,
   ``build_run`` / ``train_run``, ``build_network``, ``load_model``; :mod:`.meta` — the one metadata schema of
   saved models (older files converted when read).
-* Networks: :mod:`.patch_recovery`, :mod:`.phase_stitching`, :mod:`.end2end` (the user's ``patchRecovery.py`` /
-  ``PhaseStiching.py`` / ``End2End.py``), :mod:`.autoencoder`, :mod:`.phaseformer` (+ :mod:`.losses`);
-  :mod:`.backbones` — timm trunks with offline-safe pretrained loading.
+* Networks, one per file with their settings and loss, in :mod:`.nets`: :mod:`.nets.patch`, :mod:`.nets.stitch`,
+  :mod:`.nets.end2end` (the user's ``patchRecovery.py`` / ``PhaseStiching.py`` / ``End2End.py``),
+  :mod:`.nets.autoencoder`, :mod:`.nets.phaseformer` (the older names ``learn.patch_recovery``,
+  ``learn.phase_stitching``, ``learn.end2end``, ``learn.autoencoder``, ``learn.phaseformer`` still import
+  them); :mod:`.losses` — the loss components; :mod:`.backbones` — timm trunks with offline-safe pretrained
+  loading.
 * Runs: :mod:`.config` / :mod:`.pipeline` (patch, stitch, end2end) and :mod:`.restore_config` /
   :mod:`.restore_train` (autoencoder, Phaseformer) build each run's data, network and loss for the one trainer
   (:mod:`.trainer`, :mod:`.trainer_config`, :mod:`.trainer_state`, :mod:`.checkpoint`).

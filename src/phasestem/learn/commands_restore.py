@@ -52,7 +52,7 @@ def _embed(args) -> int:
               "finite neighbours")
     model, meta = load_autoencoder(args.model, args.device)
     if args.summary:
-        from .autoencoder import show
+        from .restore_apply import show
 
         b = int(meta["data"].get("preprocess", {}).get("bin", 1))
         show(model, input_size=(1, ds.pattern_shape[0] // b, ds.pattern_shape[1] // b))

@@ -21,8 +21,8 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from ..configfile import read_yaml_mapping
 from ..errors import ConfigError
 from .data import OriginalLayout, Preprocess
-from .patch_recovery import PatchRecoveryConfig
-from .phase_stitching import PhaseStitchingConfig
+from .nets.patch import PatchRecoveryConfig
+from .nets.stitch import PhaseStitchingConfig
 from .trainer import TrainerConfig
 
 

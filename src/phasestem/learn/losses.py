@@ -1,6 +1,7 @@
 """Losses of the restoration networks (SPEC §5): Charbonnier, Laplacian gradient, perceptual, 1 − MS-SSIM,
-learnable soft-max weights, and the two-branch Phaseformer loss. Every piece is an ``nn.Module`` so
-learnable weights are ordinary parameters (they must reach the optimiser: train the
+learnable soft-max weights; the two-branch Phaseformer loss built from them is
+:class:`phasestem.learn.nets.phaseformer.PhaseformerLoss` (still importable from here). Every piece is an
+``nn.Module`` so learnable weights are ordinary parameters (they must reach the optimiser: train the
 :class:`PhaseformerLoss` together with the network, e.g. as a sub-module of the trained module).
 
 Images are (B, 1, H, W) (or (B, H, W)); losses are computed in float32 even under autocast.
@@ -27,7 +28,7 @@ log = logging.getLogger("phasestem.learn.losses")
 
 __all__ = [
     "charbonnier", "CharbonnierLoss", "laplacian", "GradientLoss", "MSSSIMLoss", "PerceptualLoss",
-    "WeightedLoss", "PhaseformerLoss", "COMPONENTS",
+    "WeightedLoss", "COMPONENTS",
 ]
 
 COMPONENTS = ("charbonnier", "perceptual", "gradient", "ms_ssim")
@@ -218,63 +219,10 @@ class WeightedLoss(nn.Module):
         return (self.weights() * torch.stack([loss.float() for loss in losses])).sum()
 
 
-class PhaseformerLoss(nn.Module):
-    """Two-branch Phaseformer loss (SPEC §5).
+def __getattr__(name: str):
+    # the Phaseformer loss lives with its network (imported on first use: that module imports this one)
+    if name == "PhaseformerLoss":
+        from .nets.phaseformer import PhaseformerLoss
 
-    Per branch (out_L against the target, out_H against the target up-sampled ×2, bilinear):
-    ``WeightedLoss4(charbonnier, perceptual, gradient, 1 − MS-SSIM)`` with its own learnable weights;
-    then ``WeightedLoss2(branch_L, branch_H)``. ``components`` may drop terms (e.g. without
-    ``perceptual`` on a CPU). Without ``perceptual_weights`` (a local VGG16 file) the perceptual term
-    is switched off and a warning says so: random VGG features carry no perceptual prior.
-    ``forward`` returns a dict: ``loss`` plus every component per branch (``L/charbonnier`` …), the
-    branch losses and the current soft-max weights (``wL/…``, ``wH/…``, ``w_branch/L``, ``w_branch/H``)
-    so the trainer logs them.
-    """
-
-    def __init__(self, components: Sequence[str] = COMPONENTS, perceptual_weights: str | Path | None = None,
-                 charbonnier_eps: float = 1e-3, perceptual_max_size: int = 256, data_range: float | None = None):
-        super().__init__()
-        unknown = [c for c in components if c not in COMPONENTS]
-        if unknown or not components:
-            raise ConfigError(f"loss components must be a non-empty subset of {COMPONENTS}, got {list(components)}")
-        if "perceptual" in components and perceptual_weights is None:
-            if tuple(components) == ("perceptual",):
-                raise ConfigError("loss.components: only 'perceptual', but no local VGG16 weights are given "
-                                  "(loss.perceptual_weights: a torchvision vgg16 .pth/.safetensors file)")
-            components = tuple(c for c in components if c != "perceptual")
-            log.warning("Phaseformer loss: the perceptual term is OFF (no local VGG16 weights in "
-                        "loss.perceptual_weights; nothing is downloaded); training with %s", ", ".join(components))
-        self.components = tuple(components)
-        self.terms = nn.ModuleDict()
-        for c in self.components:
-            if c == "charbonnier":
-                self.terms[c] = CharbonnierLoss(charbonnier_eps)
-            elif c == "perceptual":
-                self.terms[c] = PerceptualLoss(perceptual_weights, max_size=perceptual_max_size)
-            elif c == "gradient":
-                self.terms[c] = GradientLoss()
-            else:
-                self.terms[c] = MSSSIMLoss(data_range=data_range)
-        self.weight_l = WeightedLoss(len(self.components), self.components)
-        self.weight_h = WeightedLoss(len(self.components), self.components)
-        self.weight_branch = WeightedLoss(2, ("L", "H"))
-
-    def branch(self, pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Unweighted components of one branch."""
-        return {c: self.terms[c](pred, target) for c in self.components}
-
-    def forward(self, out_l: torch.Tensor, out_h: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        target = _b1hw(target)
-        target_h = F.interpolate(target, scale_factor=2, mode="bilinear", align_corners=False)
-        parts_l, parts_h = self.branch(out_l, target), self.branch(out_h, target_h)
-        loss_l = self.weight_l(*parts_l.values())
-        loss_h = self.weight_h(*parts_h.values())
-        out = {"loss": self.weight_branch(loss_l, loss_h), "loss_L": loss_l.detach(), "loss_H": loss_h.detach()}
-        for name, v in parts_l.items():
-            out[f"L/{name}"] = v.detach()
-        for name, v in parts_h.items():
-            out[f"H/{name}"] = v.detach()
-        for tag, wl in (("wL", self.weight_l), ("wH", self.weight_h), ("w_branch", self.weight_branch)):
-            for name, w in zip(wl.names, wl.weights().detach(), strict=True):
-                out[f"{tag}/{name}"] = w
-        return out
+        return PhaseformerLoss
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

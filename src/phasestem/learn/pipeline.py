@@ -17,10 +17,10 @@ from torch.utils.data import DataLoader
 from ..errors import ConfigError
 from .config import TrainRunConfig
 from .data import PatchDataset, SampleDataset, SampleIndex, StitchDataset
-from .end2end import End2End, FreezePatchNet, loss_fn_from_config
 from .meta import make_meta, normalize_meta, require_kind
-from .patch_recovery import PatchRecoveryConfig, PatchRecoveryNet, patch_loss_fn
-from .phase_stitching import PhaseStitchingConfig, PhaseStitchingNet, stitch_loss_fn
+from .nets.end2end import End2End, FreezePatchNet, loss_fn_from_config
+from .nets.patch import PatchRecoveryConfig, PatchRecoveryNet, patch_loss_fn
+from .nets.stitch import PhaseStitchingConfig, PhaseStitchingNet, stitch_loss_fn
 from .trainer import Trainer, seed_everything
 
 log = logging.getLogger("phasestem.learn")

@@ -27,7 +27,7 @@ from ..io.hdf5 import read_float32
 from ..plot import save_figure
 from ..safety import atomic_file, refuse_output_over_inputs
 from .data import BlockGeometry, Preprocess, blocks_from_scan
-from .end2end import End2End
+from .nets.end2end import End2End
 from .pipeline import load_model
 from .trainer import resolve_device
 

@@ -6,8 +6,10 @@ Model files are those written by the shared trainer (``model.safetensors`` + ``m
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +24,18 @@ from ..errors import ConfigError, InputFileError, ShapeError
 from ..io import seed as seedfile
 from ..plot import save_figure
 from ..safety import atomic_file, check_bad_pixel_mode, check_finite, mask_nonfinite
-from .autoencoder import Autoencoder, scale_patterns
 from .meta import normalize_meta, require_kind
+from .nets.autoencoder import Autoencoder, count_parameters, scale_patterns
+from .nets.phaseformer import Phaseformer, PhaseformerConfig
 from .pairs import Degrade, degrade, simulation_phases, write_pairs
-from .phaseformer import Phaseformer, PhaseformerConfig
 from .restore_train import _bin, build_autoencoder
 from .trainer import load_weights, resolve_device
 
 log = logging.getLogger("phasestem.learn.restore")
 
 __all__ = ["load_autoencoder", "load_phaseformer", "embed_patterns", "embed_scan", "write_latent_maps",
-           "refine_phase", "read_phase_image", "write_refined", "make_pairs", "autoencoder_report"]
+           "refine_phase", "read_phase_image", "write_refined", "make_pairs", "autoencoder_report",
+           "show"]
 
 
 def load_autoencoder(path: str | Path, device: str | None = None) -> tuple[Autoencoder, dict[str, Any]]:
@@ -290,3 +293,79 @@ def autoencoder_report(model: Autoencoder, patterns: np.ndarray, meta: dict[str,
         fig.suptitle(f"PSNR {res['psnr']:.2f} dB, SSIM {res['ssim']:.3f} (scaled patterns)", fontsize=8)
         save_figure(fig, png, dpi=110, close=True)
     return res
+
+
+def show(model: Autoencoder, input_size: tuple[int, int, int] = (1, 256, 256),
+         sizes: tuple[int, ...] = (32, 64, 128, 256, 512, 1024), print_fn=print, data: torch.Tensor | None = None,
+         scale: str | None = "log", batch_size: int = 16) -> str:
+    """Print and return a summary: parameter counts, per-stage shapes at ``input_size`` and
+    latent/output shapes for each input size in ``sizes``; with ``data`` (patterns (N, H, W) or
+    (N, 1, H, W); scaled by :func:`scale_patterns` with ``scale``, or taken as they are with None)
+    also the model's metrics on them: the loss terms of :meth:`Autoencoder.compute_loss`, the
+    reconstruction PSNR (dB, peak 1) and the fraction of latent units that are never active.
+
+    Shapes are traced on a copy of the model on PyTorch's ``meta`` device (no arithmetic, instant
+    even at 1024²); the model itself is not touched (the metrics run it in eval mode, no gradients,
+    and restore its mode).
+    """
+    ghost = copy.deepcopy(model).to("meta").eval()
+    lines = [
+        f"Autoencoder(latent_dim={model.latent_dim}, out_shape={model.out_shape})",
+        f"  parameters: total {count_parameters(model):,} = encoder {count_parameters(model.encoder):,}"
+        f" + decoder {count_parameters(model.decoder):,}",
+        f"  stages at input {tuple(input_size)}:",
+    ]
+    with torch.no_grad():
+        x = torch.zeros((1, *input_size), device="meta")
+        enc = ghost.encoder
+        h = enc.conv_pre(enc.conv_input(x))
+        lines.append(f"    conv_input/conv_pre   {tuple(h.shape[1:])}")
+        for i, blk in enumerate(enc.blocks):
+            h = blk(h)
+            lines.append(f"    encoder block {i + 1}       {tuple(h.shape[1:])}")
+        h = enc.conv_final(enc.conv_post(h))
+        lines.append(f"    conv_post/conv_final  {tuple(h.shape[1:])}")
+        out, z = ghost.encode_decode(x)
+        lines.append(f"    latent                {tuple(z.shape[1:])}")
+        lines.append(f"    output                {tuple(out.shape[1:])}")
+        lines.append("  input size → latent, output:")
+        for s in sizes:
+            out, z = ghost.encode_decode(torch.zeros((1, 1, s, s), device="meta"))
+            lines.append(f"    {s:>4}×{s:<4} → {tuple(z.shape)}, {tuple(out.shape)}")
+    if data is not None:
+        lines.extend(_data_metrics(model, data, scale, batch_size))
+    text = "\n".join(lines)
+    if print_fn is not None:
+        print_fn(text)
+    return text
+
+
+def _data_metrics(model: Autoencoder, data: torch.Tensor, scale: str | None, batch_size: int) -> list[str]:
+    """Summary lines of the model's loss terms, PSNR and dead latent units on ``data``."""
+    x_all = torch.as_tensor(data)
+    if x_all.ndim == 3:
+        x_all = x_all[:, None]
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    sums: dict[str, float] = {}
+    active = None
+    n = len(x_all)
+    try:
+        with torch.no_grad():
+            for i in range(0, n, batch_size):
+                x = x_all[i : i + batch_size].to(device)
+                x = scale_patterns(x, scale) if scale is not None else x.float()
+                x_hat, z = model.encode_decode(x)
+                for k, v in model.compute_loss(x, x_hat, z).items():
+                    sums[k] = sums.get(k, 0.0) + float(v) * len(x)
+                hit = (z > 0).any(0)
+                active = hit if active is None else active | hit
+    finally:
+        model.train(was_training)
+    mean = {k: v / n for k, v in sums.items()}
+    psnr = -10 * math.log10(max(mean["mse"], 1e-12))
+    dead = 1.0 - float(active.float().mean())
+    return [f"  on {n} patterns ({'scaled ' + scale if scale else 'as given'}):",
+            "    " + ", ".join(f"{k} {v:.4g}" for k, v in mean.items()),
+            f"    PSNR {psnr:.2f} dB; latent units never active {dead:.0%}"]

@@ -16,7 +16,9 @@ Phaseformer example::
     loss: {components: [charbonnier, perceptual, gradient, ms_ssim], perceptual_weights: null}
     trainer: {epochs: 50, lr: 1e-3, warmup_fraction: 0.05, monitor: val/psnr, monitor_mode: max}
 
-Relative data paths are resolved against the config file's folder when they do not exist as given.
+Relative data paths are resolved against the config file's folder when they do not exist as given. The
+networks' own settings and loss settings (``model:``, ``loss:``) are defined with the networks
+(:mod:`.nets.autoencoder`, :mod:`.nets.phaseformer`) and exported here too.
 """
 from __future__ import annotations
 
@@ -26,14 +28,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ConfigError
-from .autoencoder import (
-    DEFAULT_DIV_EPS,
-    DEFAULT_LAMBDA_ACT,
-    DEFAULT_LAMBDA_DIV,
-    DEFAULT_LAMBDA_SIM,
-    DEFAULT_MARGIN,
-)
-from .losses import COMPONENTS
+from .nets.autoencoder import AutoencoderLossConfig, AutoencoderModelConfig
+from .nets.phaseformer import PhaseformerLossConfig, PhaseformerModelConfig
 from .pairs import Degrade
 from .trainer import TrainerConfig
 
@@ -58,28 +54,6 @@ class AutoencoderDataConfig(_Strict):
     batch_size: int = Field(32, ge=2, description="patterns per batch (≥ 2: batch statistics in the loss)")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     seed: int = Field(0, description="seed of the pattern subset and the split")
-
-
-class AutoencoderModelConfig(_Strict):
-    """Autoencoder architecture (defaults = SPEC §4, 3,914,404 parameters)."""
-
-    latent_dim: int = Field(32, ge=1, description="latent dimension")
-    channels: int = Field(128, ge=4, description="ResNet-block channels (128 in the SPEC model)")
-    decoder_blocks: int = Field(3, ge=1, le=4, description="decoder up-blocks ×4 each (3: 4 → 256 px)")
-    out_shape: tuple[int, int] | None = Field(None, description="reconstruction size (None: the input size)")
-    final_relu: bool = Field(False, description="the seed's ReLU after the encoder's 1-channel conv_final "
-                             "(off: on 1×1 maps it can zero the whole latent)")
-
-
-class AutoencoderLossConfig(_Strict):
-    """Weights of MSE + λ_act·L1(z) + λ_sim·contrastive + λ_div·divergence (see learn.autoencoder)."""
-
-    lambda_act: float = Field(DEFAULT_LAMBDA_ACT, ge=0, description="weight of the latent L1 term")
-    lambda_sim: float = Field(DEFAULT_LAMBDA_SIM, ge=0, description="weight of the contrastive term")
-    lambda_div: float = Field(DEFAULT_LAMBDA_DIV, ge=0, description="weight of the divergence term")
-    margin: float = Field(DEFAULT_MARGIN, ge=-1, le=1, description="cosine margin of the contrastive term "
-                          "(1.0 makes it identically zero)")
-    div_eps: float = Field(DEFAULT_DIV_EPS, gt=0, description="ε of mean(1/(var+ε)); 1e-8 (seed) gives ~1e7")
 
 
 class AutoencoderRunConfig(_Strict):
@@ -116,30 +90,6 @@ class PhaseformerDataConfig(_Strict):
     val_batch_size: int | None = Field(None, ge=1, description="test batch size (default: batch_size)")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     seed: int = Field(0, description="seed of the split and of the fixed test degradations")
-
-
-class PhaseformerModelConfig(_Strict):
-    """Phaseformer architecture (defaults = the published model, ≈ 1.8 M parameters)."""
-
-    dim: int = Field(16, ge=2, description="channels of level 1 (levels: dim, 2·dim, 4·dim, 8·dim)")
-    blocks: tuple[int, int, int, int] = Field((2, 3, 3, 4), description="transformer blocks per level")
-    heads: tuple[int, int, int, int] = Field((1, 2, 4, 8), description="attention heads per level")
-    refinement_blocks: int = Field(4, ge=0, description="refinement blocks at full resolution")
-    ffn_expansion: float = Field(2.66, gt=0, description="GDFN hidden-channel expansion")
-    phase_attention: bool = Field(True, description="phase-only transform on the attention queries/keys")
-    phase_skips: bool = Field(True, description="phase-only transform + ECA on the encoder skips")
-    residual: bool = Field(True, description="predict a correction added to the (up-sampled) input")
-
-
-class PhaseformerLossConfig(_Strict):
-    """Per-branch learnable soft-max mix of the components; learnable 2-way branch weight."""
-
-    components: list[Literal["charbonnier", "perceptual", "gradient", "ms_ssim"]] = Field(
-        list(COMPONENTS), description="loss components per branch")
-    perceptual_weights: str | None = Field(None, description="LOCAL torchvision VGG16 weights (.pth/.safetensors); "
-                                           "None: the perceptual term is off (logged); never downloaded")
-    perceptual_max_size: int = Field(256, ge=16, description="down-sample larger images before the VGG features")
-    charbonnier_eps: float = Field(1e-3, gt=0, description="ε of mean √(d² + ε²)")
 
 
 class PhaseformerRunConfig(_Strict):

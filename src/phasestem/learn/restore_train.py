@@ -24,11 +24,10 @@ from torch import nn
 from .. import metrics
 from ..errors import ConfigError, ShapeError
 from ..io import seed as seedfile
-from .autoencoder import Autoencoder, count_parameters, scale_patterns
-from .losses import PhaseformerLoss
 from .meta import make_meta
+from .nets.autoencoder import Autoencoder, count_parameters, scale_patterns
+from .nets.phaseformer import Phaseformer, PhaseformerConfig, PhaseformerLoss
 from .pairs import paired_dataset
-from .phaseformer import Phaseformer, PhaseformerConfig
 from .restore_config import AutoencoderRunConfig, PhaseformerRunConfig
 from .trainer import Trainer, seed_everything
 

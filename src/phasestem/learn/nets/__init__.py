@@ -1,0 +1,19 @@
+"""The five networks of the learned route, one per file, each with its settings and its loss.
+
+===========  ===================  ===========================================================================
+name         module               holds
+===========  ===================  ===========================================================================
+patch        :mod:`.patch`        PatchRecoveryNet, PatchRecoveryConfig, patch_loss_fn
+stitch       :mod:`.stitch`       PhaseStitchingNet, PhaseStitchingConfig, place_patches, stitch_loss_fn
+end2end      :mod:`.end2end`      End2End (the two chained), end2end_loss_fn, FreezePatchNet
+autoencoder  :mod:`.autoencoder`  Autoencoder (its loss: compute_loss), AutoencoderModelConfig / LossConfig
+phaseformer  :mod:`.phaseformer`  Phaseformer, PhaseformerConfig, PhaseformerModelConfig / LossConfig,
+                                  PhaseformerLoss
+===========  ===================  ===========================================================================
+
+Training data and run configs: :mod:`..config`, :mod:`..restore_config`; trainers:
+:mod:`..pipeline`, :mod:`..restore_train`; by name: :mod:`..registry`. The older module names
+(``learn.patch_recovery``, ``learn.phase_stitching``, ``learn.end2end``, ``learn.autoencoder``,
+``learn.phaseformer``) still import these modules. Nothing is imported here, so naming one network does
+not load the others' dependencies.
+"""
