@@ -5,7 +5,8 @@
 #
 # Simulates 60 training samples and one held-out sample (different seed), trains the tiny PatchRecoveryNet
 # (6 epochs), PhaseStitchingNet (25 epochs) and End2End from both (2 epochs), then times the End2End
-# prediction against AD from a flat object at four learning rates (benchmarks/bench_learned_vs_ad.py).
+# prediction against AD from a flat object: the lsq solver (the engine's default) at three step fractions, then
+# Adam at four learning rates (benchmarks/bench_learned_vs_ad.py).
 # About 40 minutes on 2 CPU cores, most of it network training. Steps whose output exists are skipped,
 # so a rerun only re-times.
 set -euo pipefail
@@ -20,5 +21,8 @@ cd "$OUT"
 [ -d runs/patch/best ] || phasestem train patch "$HERE/train_patch.yaml"
 [ -d runs/stitch/best ] || phasestem train stitch "$HERE/train_stitch.yaml"
 [ -d runs/end2end/best ] || phasestem train end2end "$HERE/train_end2end.yaml"
+# AD with the engine's default solver (lsq; --lr = fractions of the Gauss-Newton step), then Adam as before
 "$PY" "$HERE/../bench_learned_vs_ad.py" --model runs/end2end --sample heldout/simulation_data1.h5 \
-    --epochs 80 --lr 0.001 0.002 0.004 0.01 --repeats 5 --json result.json "$@"
+    --solver lsq --epochs 40 --lr 0.35 0.7 1.0 --repeats 5 --json result_lsq.json "$@"
+"$PY" "$HERE/../bench_learned_vs_ad.py" --model runs/end2end --sample heldout/simulation_data1.h5 \
+    --solver adam --epochs 80 --lr 0.001 0.002 0.004 0.01 --repeats 5 --json result.json "$@"
