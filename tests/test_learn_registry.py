@@ -198,3 +198,26 @@ def test_networks_live_one_per_file_and_the_old_names_still_import():
                           (autoencoder, ("Autoencoder", "AutoencoderModelConfig", "AutoencoderLossConfig")),
                           (phaseformer, ("Phaseformer", "PhaseformerModelConfig", "PhaseformerLoss"))):
         assert all(hasattr(module, n) for n in names), module.__name__
+
+
+def test_one_apply_module_applies_every_kind(tmp_path):
+    """learn.apply: model_kind reads any saved model's kind; apply_file runs the autoencoder (latent maps) and
+    the Phaseformer (refined phase) of tests/data/legacy_models by that kind, and refuses a stitch model alone;
+    the commands' entry points are the same functions as in predict / restore_apply."""
+    from phasestem.errors import ConfigError
+    from phasestem.learn import apply, predict, restore_apply
+    from phasestem.learn.data.synthetic import write_synthetic_file
+
+    assert apply.predict_file is predict.predict_file and apply.embed_scan is restore_apply.embed_scan
+    for kind in ("patch", "stitch", "end2end", "autoencoder", "phaseformer"):
+        assert apply.model_kind(LEGACY / kind) == kind
+    scan = write_synthetic_file(tmp_path / "scan.h5", 1, scan=4, window=32, phase_px=32, extent=16.0)
+    res = apply.apply_file(LEGACY / "autoencoder", scan, tmp_path / "latent.h5", png=False, device="cpu")
+    with h5py.File(res["out"]) as f:
+        assert f["latent_maps"].shape == (4, 4, 4) and np.isfinite(f["latent_maps"][()]).all()
+    np.save(tmp_path / "coarse.npy", np.random.default_rng(0).random((16, 16)).astype(np.float32))
+    res = apply.apply_file(LEGACY / "phaseformer", tmp_path / "coarse.npy", tmp_path / "refined.h5", png=False,
+                           device="cpu", size=0)
+    assert res["shape"] == (16, 16) and res["shape_x2"] == (32, 32)
+    with pytest.raises(ConfigError, match="stitch"):
+        apply.apply_file(LEGACY / "stitch", scan, tmp_path / "x.h5")

@@ -14,7 +14,9 @@
   (:mod:`.trainer`, :mod:`.trainer_config`, :mod:`.trainer_state`, :mod:`.checkpoint`).
 * Data: :mod:`.data` (geometry, preprocessing, augmentation, files, datasets, synthetic files), :mod:`.pairs`
   (Phaseformer pairs); the seed-000 file format is :mod:`phasestem.io.seed`.
-* Applying models: :mod:`.predict`, :mod:`.evaluate`, :mod:`.consistency`, :mod:`.restore_apply`; commands in
+* Applying models: :mod:`.apply` — every kind, file to file (``predict_file``, ``embed_file``, ``refine_file``,
+  ``apply_file`` by the model's kind) and the in-memory steps, implemented in :mod:`.predict` and
+  :mod:`.restore_apply`; :mod:`.evaluate`, :mod:`.consistency`; commands in
   :mod:`.commands` (``train <network>``, ``predict``, ``evaluate``) and :mod:`.commands_restore` (``embed``,
   ``refine``, ``make-pairs``).
 

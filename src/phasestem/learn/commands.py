@@ -108,7 +108,7 @@ def _train(args) -> int:
 
 
 def _predict(args) -> int:
-    from .predict import predict_file
+    from .apply import predict_file
 
     path = predict_file(args.input, args.model, args.out, stitch_path=args.stitch_model, device=args.device,
                         png=not args.no_png, sample=args.sample, energy=args.energy, bad_pixels=args.bad_pixels)
@@ -118,8 +118,8 @@ def _predict(args) -> int:
 
 def _evaluate(args) -> int:
     from ..safety import refuse_output_over_inputs
+    from .apply import load_predictor
     from .evaluate import REPORT_FILES, evaluate_model, format_table, test_index, write_report
-    from .predict import load_predictor
 
     refuse_output_over_inputs(args.out, [args.model, args.stitch_model, *(args.files or [])], written=REPORT_FILES)
     model, meta = load_predictor(args.model, args.stitch_model, args.device)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from pathlib import Path
 
 from ..configfile import parse_set_options, read_yaml_mapping, validate
 
@@ -32,63 +31,35 @@ def _warn_old_flags(args) -> None:
 
 
 def _embed(args) -> int:
-    from .. import io
-    from ..safety import refuse_output_over_inputs
-    from .restore_apply import autoencoder_report, embed_scan, load_autoencoder, write_latent_maps
+    from .apply import embed_file
 
     _warn_old_flags(args)
-    out = Path(args.out or Path(args.data).with_suffix("").name + "_latent.h5")
-    png = out.with_suffix(".png") if not args.no_png else None
-    comparison = out.with_name(out.stem + "_comparison.png") if args.report else None
-    refuse_output_over_inputs([p for p in (out, png, comparison) if p], [args.data, args.model])
-    opts = {}
-    if args.patterns_key:
-        opts["patterns_key"] = args.patterns_key
-    if args.sample is not None:
-        opts["sample"] = args.sample
-    ds = io.load(args.data, bad_pixels=args.bad_pixels, **opts)
-    if ds.metadata.get("bad_pixels_masked"):
-        print(f"{args.data}: replaced {ds.metadata['bad_pixels_masked']} non-finite values by the median of their "
-              "finite neighbours")
-    model, meta = load_autoencoder(args.model, args.device)
-    if args.summary:
-        from .restore_apply import show
-
-        b = int(meta["data"].get("preprocess", {}).get("bin", 1))
-        show(model, input_size=(1, ds.pattern_shape[0] // b, ds.pattern_shape[1] // b))
-    maps = embed_scan(model, ds.patterns, meta, batch_size=args.batch_size)
-    write_latent_maps(out, maps, {"source": str(args.data), "checkpoint": str(args.model),
-                                  "scan_step": list(ds.scan_step)}, png=png)
-    print(f"latent maps {maps.shape} (latent, scan_y, scan_x) → {out}" + (f" and {png}" if png else ""))
-    if args.report:
-        import numpy as np
-
-        pats = np.asarray(ds.patterns).reshape(-1, *ds.pattern_shape)
-        idx = np.random.default_rng(0).choice(len(pats), min(args.report, len(pats)), replace=False)
-        res = autoencoder_report(model, pats[np.sort(idx)], meta, png=comparison)
-        print("reconstruction of {n} patterns: PSNR {psnr:.2f} dB, SSIM {ssim:.4f}, MSE {mse:.3g}".format(**res))
+    res = embed_file(args.data, args.model, args.out, png=not args.no_png, device=args.device,
+                     batch_size=args.batch_size, report=args.report, summary=args.summary,
+                     patterns_key=args.patterns_key, sample=args.sample, bad_pixels=args.bad_pixels)
+    if res["masked"]:
+        print(f"{args.data}: replaced {res['masked']} non-finite values by the median of their finite neighbours")
+    print(f"latent maps {res['shape']} (latent, scan_y, scan_x) → {res['out']}"
+          + (f" and {res['png']}" if res["png"] else ""))
+    if res["report"]:
+        print("reconstruction of {n} patterns: PSNR {psnr:.2f} dB, SSIM {ssim:.4f}, MSE {mse:.3g}".format(
+            **res["report"]))
     return 0
 
 
 def _refine(args) -> int:
-    from ..safety import refuse_output_over_inputs
-    from .restore_apply import load_phaseformer, read_phase_image, refine_phase, write_refined
+    from .apply import refine_file
 
     _warn_old_flags(args)
-    out = Path(args.out or Path(args.image).with_suffix("").name + "_refined.h5")
-    png = out.with_suffix(".png") if not args.no_png else None
-    refuse_output_over_inputs([p for p in (out, png) if p], [args.image, args.model])
-    coarse = read_phase_image(args.image, args.key, bad_pixels=args.bad_pixels)
-    net, meta = load_phaseformer(args.model, args.device)
-    low, high = refine_phase(net, coarse, None if args.size == 0 else args.size)
-    write_refined(out, low, high, {"source": str(args.image), "checkpoint": str(args.model)}, png=png,
-                  coarse=coarse)
-    print(f"refined phase {low.shape} and ×2 {high.shape} (rad) → {out}" + (f" and {png}" if png else ""))
+    res = refine_file(args.image, args.model, args.out, png=not args.no_png, device=args.device,
+                      size=None if args.size == 0 else args.size, key=args.key, bad_pixels=args.bad_pixels)
+    print(f"refined phase {res['shape']} and ×2 {res['shape_x2']} (rad) → {res['out']}"
+          + (f" and {res['png']}" if res["png"] else ""))
     return 0
 
 
 def _make_pairs(args) -> int:
-    from .restore_apply import make_pairs
+    from .apply import make_pairs
     from .restore_config import MakePairsConfig
 
     data = read_yaml_mapping(args.config) if args.config else {}
