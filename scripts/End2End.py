@@ -3,11 +3,13 @@
 The seed's `End2End.py`, as a thin command over the one training pipeline (`phasestem train`):
 
     python scripts/End2End.py --data 'data/seed/simulation_data*.h5' --out runs/NAME [--epochs N] [--lr LR]
-                         [--device auto] [--config YAML] [--resume]
-                         [--patch-model runs/patch] [--stitch-model runs/stitch]
+                         [--device auto] [--config YAML] [--set KEY=VALUE ...] [--resume] [--dump-config]
+                         [--model runs/patch] [--stitch-model runs/stitch]
 
-`python scripts/End2End.py --help` lists the flags; every other setting is in the training YAML
-(default: the repository's configs/, see docs/config_reference.md).
+The flags are those of `phasestem train` (`--out-dir`, `--set`, `--dump-config`, `--device auto`, …), and the
+two trained networks are `--model` (patch) and `--stitch-model`, as in `phasestem predict`; the seed's spellings
+(`--out`, `--patch-model`) still work. `python scripts/End2End.py --help` lists them; every other setting is in
+the training YAML (default: the repository's configs/, see docs/config_reference.md).
 """
 import sys
 from pathlib import Path

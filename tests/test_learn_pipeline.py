@@ -196,3 +196,35 @@ def test_the_seeds_three_scripts_train_through_the_one_pipeline(tmp_path, capsys
     assert stage_script("End2End", [*common, "--out", str(tmp_path / "e2"), "--patch-model",
                                     str(tmp_path / "none"), "--stitch-model", str(tmp_path / "s")], configs) == 1
     assert "End2End.py: error:" in capsys.readouterr().err
+
+
+def test_the_seeds_scripts_take_the_flags_of_phasestem_train(tmp_path, capsys):
+    """scripts/*.py accept --set, --dump-config, --out-dir, --device auto (the default) like `phasestem train`, and
+    End2End.py names its two networks --model / --stitch-model like `phasestem predict`; --out and --patch-model
+    still work and give the same config."""
+    from phasestem.learn.commands import stage_script
+
+    data = {"files": ["nowhere/*.h5"], **DATA}
+    for stage in ("patch", "stitch", "end2end"):
+        _write_config(tmp_path / f"train_{stage}.yaml", stage=stage, out_dir="unused", data=data,
+                      trainer={"epochs": 3, "device": "cpu"})
+    files = str(tmp_path / "simulation_data*.h5")
+
+    def dump(name, *flags):
+        assert stage_script(name, ["--data", files, "--dump-config", *flags], tmp_path) == 0
+        return yaml.safe_load(capsys.readouterr().out)
+
+    for name, stage in (("patchRecovery", "patch"), ("PhaseStiching", "stitch"), ("End2End", "end2end")):
+        cfg = dump(name, "--set", "trainer.lr=0.002", "--set", "data.stride=2", "--out-dir", str(tmp_path / "r"))
+        assert cfg["network"] == stage and cfg["trainer"]["lr"] == 0.002 and cfg["data"]["stride"] == 2
+        assert cfg["trainer"]["device"] == "auto" and cfg["out_dir"] == str(tmp_path / "r")
+        assert cfg["data"]["files"] == [files] and not (tmp_path / "r").exists()  # printed, nothing trained
+        assert dump(name, "--out", str(tmp_path / "r"), "--set", "trainer.lr=0.002", "--set", "data.stride=2") == cfg
+        assert dump(name, "--set", "trainer.device=cpu")["trainer"]["device"] == "cpu"
+        assert dump(name, "--set", "trainer.device=cpu", "--device", "auto")["trainer"]["device"] == "auto"
+    new = dump("End2End", "--model", "runs/p", "--stitch-model", "runs/s")
+    assert new["patch_checkpoint"] == "runs/p" and new["stitch_checkpoint"] == "runs/s"
+    assert dump("End2End", "--patch-model", "runs/p", "--stitch-model", "runs/s") == new
+    # a bad --set is one line naming the script, exit 1
+    assert stage_script("patchRecovery", ["--set", "trainer.lr"], tmp_path) == 1
+    assert "patchRecovery.py: error:" in capsys.readouterr().err

@@ -147,41 +147,62 @@ STAGE_SCRIPTS = {
 def stage_script(name: str, argv: list[str] | None = None, configs: Path | None = None) -> int:
     """``scripts/<name>.py``: train one stage of the learned route through the one pipeline (``phasestem train``).
 
-    Flags: ``--data`` seed-000 files or globs (replace ``data.files``), ``--config`` (default: the repository's
-    ``configs/<stage>.yaml``), ``--out``, ``--epochs``, ``--lr``, ``--device`` (default auto), ``--resume``, and for
-    End2End ``--patch-model`` / ``--stitch-model`` (the run folders of the first two scripts).
+    The flags of ``phasestem train``: ``--config`` (default: the repository's ``configs/<stage>.yaml``),
+    ``--set KEY=VALUE`` (repeatable), ``--out-dir``, ``--epochs``, ``--lr``, ``--device`` (default auto),
+    ``--resume``, ``--dump-config``; ``--data`` seed-000 files or globs (replace ``data.files``); for End2End the
+    two trained networks as in ``phasestem predict``: ``--model`` (the patch model) and ``--stitch-model``. The
+    seed's spellings stay: ``--out`` (= ``--out-dir``), ``--patch-model`` (= ``--model``). Explicit flags win
+    over ``--set``, which wins over the YAML.
     """
     stage, default_config, text = STAGE_SCRIPTS[name]
     p = argparse.ArgumentParser(
-        prog=f"{name}.py", description=f"Train {text}: `phasestem train {stage}` with the seed's flags.",
-        epilog=f"Example:\n  python scripts/{name}.py --data 'data/seed/simulation_data*.h5' --out runs/{stage}",
+        prog=f"{name}.py", description=f"Train {text}: `phasestem train {stage}` with the same flags (and the "
+        "seed's --data, --out).",
+        epilog=f"Examples:\n  python scripts/{name}.py --data 'data/seed/simulation_data*.h5' --out runs/{stage}"
+               + (" --model runs/patch --stitch-model runs/stitch" if stage == "end2end" else "")
+               + f"\n  python scripts/{name}.py --set trainer.lr=3e-4 --epochs 2 --dump-config",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", nargs="+", help="seed-000 HDF5 files or globs (default: the config's data.files)")
     p.add_argument("--config", help=f"training YAML (default: configs/{default_config})")
-    p.add_argument("--out", help="run folder (default: the config's out_dir)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config field, e.g. trainer.lr=3e-4 (repeatable)")
+    p.add_argument("--out-dir", "--out", dest="out_dir", help="run folder (default: the config's out_dir)")
     p.add_argument("--epochs", type=int, help="override trainer.epochs")
     p.add_argument("--lr", type=float, help="override trainer.lr")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 or auto (default, unless --set trainer.device=…)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last")
+    p.add_argument("--dump-config", action="store_true", help="print the fully resolved config and exit")
     if stage == "end2end":
-        p.add_argument("--patch-model", help="run folder of patchRecovery.py (overrides patch_checkpoint)")
-        p.add_argument("--stitch-model", help="run folder of PhaseStiching.py (overrides stitch_checkpoint)")
+        p.add_argument("--model", "--patch-model", dest="patch_model", metavar="MODEL",
+                       help="trained patch model: run folder of patchRecovery.py or weights file (patch_checkpoint)")
+        p.add_argument("--stitch-model", metavar="MODEL",
+                       help="trained stitching model: run folder of PhaseStiching.py or weights file "
+                            "(stitch_checkpoint)")
     args = p.parse_args(argv)
     from ..cli import run_with_errors
+    from ..configfile import parse_set_options
     from .config import load_train_config
     from .pipeline import train_run
 
     config = Path(args.config) if args.config else (configs or Path.cwd() / "configs") / default_config
-    overrides: dict = {"trainer.device": args.device}
-    for key, value in (("data.files", args.data), ("out_dir", args.out), ("trainer.epochs", args.epochs),
-                       ("trainer.lr", args.lr), ("resume", args.resume or None),
-                       ("patch_checkpoint", getattr(args, "patch_model", None)),
-                       ("stitch_checkpoint", getattr(args, "stitch_model", None))):
-        if value is not None:
-            overrides[key] = value
 
     def run() -> int:
-        summary = train_run(load_train_config(config, stage, overrides))
+        overrides = parse_set_options(args.set)
+        if args.device or "trainer.device" not in overrides:
+            overrides["trainer.device"] = args.device or "auto"
+        for key, value in (("data.files", args.data), ("out_dir", args.out_dir), ("trainer.epochs", args.epochs),
+                           ("trainer.lr", args.lr), ("resume", args.resume or None),
+                           ("patch_checkpoint", getattr(args, "patch_model", None)),
+                           ("stitch_checkpoint", getattr(args, "stitch_model", None))):
+            if value is not None:
+                overrides[key] = value
+        cfg = load_train_config(config, stage, overrides)
+        if args.dump_config:
+            import yaml
+
+            sys.stdout.write(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+            return 0
+        summary = train_run(cfg)
         if summary["main_process"]:
             print(f"{name}: {summary['epochs_run']} epochs, best {summary['monitor']} = {summary['best']}")
         return 0
