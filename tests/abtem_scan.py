@@ -2,7 +2,8 @@
 
 Nothing here uses phasestem's physics. abTEM simulates the patterns on a rotated scan; this module then
 corrupts them the way a real detector does: transposed detector axes, a descan drift of the bright-field
-disk across the scan, hot and dead pixels and Poisson counts. ``TRUTH`` holds what the calibration must
+disk across the scan (the far field displaced on the detector, as a descan does: nothing resampled), hot and dead
+pixels and Poisson counts. ``TRUTH`` holds what the calibration must
 recover. abTEM's first array axis is phasestem's y; its ``defocus`` is −C10.
 """
 from __future__ import annotations
@@ -58,8 +59,39 @@ def _fourier_shift_real(p: np.ndarray, shift: np.ndarray) -> np.ndarray:
     return np.fft.ifft2(np.fft.fft2(p) * ramp).real
 
 
-def simulate_clean(origin=(4.0, 6.0), rotation: float | None = None, c10: float | None = None) -> dict:
-    """abTEM patterns (Sy, Sx, 64, 64) in the specimen frame, intensities summing to ≈ 1, plus the truth phase."""
+def descan_shifts(shape=SCAN) -> np.ndarray:
+    """(N, 2) px: the disk centre of every pattern relative to (H//2, W//2) in the stored (transposed) frame."""
+    iy, ix = np.meshgrid(np.arange(shape[0]) / (shape[0] - 1), np.arange(shape[1]) / (shape[1] - 1), indexing="ij")
+    off, drift = np.asarray(TRUTH["descan_offset"]), np.asarray(TRUTH["descan_drift"])
+    return off + np.stack([iy.ravel() * drift[0], ix.ravel() * drift[1]], -1)
+
+
+def _displaced_far_field(waves, positions: np.ndarray, shifts: np.ndarray, crop: tuple[int, int]) -> np.ndarray:
+    """|F[ψ · ramp]|² (N, h, w) of abTEM exit waves (N, G, G): each far field displaced by ``shifts`` (N, 2) px
+    toward larger indices (a descan as the detector sees it: the far field lands elsewhere, nothing is
+    resampled), cropped to the central (h, w) like abTEM's 'cutoff' detector. The ramp is centred on the probe
+    position, so its wrap lies where the wave is weakest."""
+    arr = np.asarray(waves.array)
+    G = arr.shape[-1]
+    samp = float(waves.sampling[0])
+    r = np.arange(G)
+    out = []
+    for wave, p, s in zip(arr, positions, shifts, strict=True):
+        ry = (r - p[0] / samp + G / 2) % G - G / 2  # px from the probe centre, wrapped
+        rx = (r - p[1] / samp + G / 2) % G - G / 2
+        ramp = np.exp(2j * np.pi * (s[0] * ry[:, None] + s[1] * rx[None, :]) / G)
+        far = np.fft.fftshift(np.abs(np.fft.fft2(wave * ramp)) ** 2)
+        y0, x0 = (G - crop[0]) // 2, (G - crop[1]) // 2
+        out.append(far[y0 : y0 + crop[0], x0 : x0 + crop[1]])
+    return np.stack(out)
+
+
+def simulate_clean(origin=(4.0, 6.0), rotation: float | None = None, c10: float | None = None,
+                   detector_shifts: np.ndarray | None = None) -> dict:
+    """abTEM patterns (Sy, Sx, 64, 64) in the specimen frame, intensities summing to ≈ 1, plus the truth phase.
+
+    ``detector_shifts`` (N, 2) px, specimen frame: displace each far field on the detector (descan) by a phase
+    ramp on abTEM's exit wave (:func:`_displaced_far_field`, checked against abTEM's detector at zero shift)."""
     import abtem
 
     from phasestem.optics import interaction_constant
@@ -72,22 +104,27 @@ def simulate_clean(origin=(4.0, 6.0), rotation: float | None = None, c10: float 
     pos = grid_positions(TRUTH["rotation"] if rotation is None else rotation) + np.asarray(origin)
     probe = abtem.Probe(energy=ENERGY, semiangle_cutoff=SEMIANGLE, defocus=-(TRUTH["C10"] if c10 is None else c10))
     meas = probe.scan(pot, scan=abtem.CustomScan(pos), detectors=abtem.PixelatedDetector(max_angle="cutoff"))
-    pats = np.asarray(meas.compute().array, dtype=np.float64).reshape(*SCAN, *meas.array.shape[-2:])
+    meas = meas.compute()
+    pats = np.asarray(meas.array, dtype=np.float64)
+    if detector_shifts is not None:
+        waves = probe.multislice(pot, scan=abtem.CustomScan(pos)).compute()
+        own = _displaced_far_field(waves, pos, np.zeros_like(pos), pats.shape[-2:])
+        scale = pats.sum() / own.sum()
+        assert np.abs(own * scale - pats).max() < 1e-5 * pats.max(), "the exit-wave crop is not abTEM's detector"
+        pats = _displaced_far_field(waves, pos, np.asarray(detector_shifts), pats.shape[-2:]) * scale
+    pats = pats.reshape(*SCAN, *pats.shape[-2:])
     proj = np.asarray(pot.build().project().compute().array, dtype=np.float64)
     return {"patterns": pats, "phase": proj * interaction_constant(ENERGY), "phase_sampling": CELL * REPEAT / GPTS,
             "positions": pos, "dk": float(meas.sampling[0])}
 
 
-def corrupt(clean: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Detector effects on (Sy, Sx, H, W) patterns: transpose, descan, Poisson counts, hot and dead pixels."""
+def corrupt(descanned: np.ndarray, seed: int = 0, dose: float = DOSE) -> np.ndarray:
+    """Detector effects on (Sy, Sx, H, W) patterns already displaced by the descan (specimen frame): transpose,
+    Poisson counts, hot and dead pixels."""
     rng = np.random.default_rng(seed)
-    sy, sx, H, W = clean.shape
-    p = np.swapaxes(clean, -1, -2).reshape(-1, H, W)
-    iy, ix = np.meshgrid(np.arange(sy) / (sy - 1), np.arange(sx) / (sx - 1), indexing="ij")
-    off, drift = np.asarray(TRUTH["descan_offset"]), np.asarray(TRUTH["descan_drift"])
-    shifts = off + np.stack([iy.ravel() * drift[0], ix.ravel() * drift[1]], -1)
-    p = np.clip(_fourier_shift_real(p, shifts), 0, None)
-    p = rng.poisson(p / p.sum((-2, -1), keepdims=True).mean() * DOSE).astype(np.int32)
+    sy, sx, H, W = descanned.shape
+    p = np.swapaxes(descanned, -1, -2).reshape(-1, H, W)
+    p = rng.poisson(p / p.sum((-2, -1), keepdims=True).mean() * dose).astype(np.int32)
     for y, x in HOT:
         p[:, y, x] += rng.poisson(400, len(p))
     for y, x in DEAD:
@@ -101,17 +138,17 @@ def make(folder: Path) -> dict:
     data, truth_file = folder / "scan.npy", folder / "truth.npz"
     if not data.exists():
         folder.mkdir(parents=True, exist_ok=True)
-        sim = simulate_clean()
+        sim = simulate_clean(detector_shifts=descan_shifts()[:, ::-1])  # stored frame → specimen frame
         np.save(data, corrupt(sim["patterns"]))
         np.savez(truth_file, phase=sim["phase"], phase_sampling=sim["phase_sampling"], positions=sim["positions"],
-                 dk=sim["dk"], clean=sim["patterns"])
+                 dk=sim["dk"], descanned=sim["patterns"])
     z = np.load(truth_file)
     from phasestem.optics import wavelength
 
     truth = dict(TRUTH)
     truth["angular_sampling"] = float(z["dk"]) * wavelength(ENERGY) * 1e3
     truth.update(phase=z["phase"], phase_sampling=float(z["phase_sampling"]), positions=z["positions"],
-                 clean=z["clean"])
+                 descanned=z["descanned"])
     return {"file": data, "truth": truth}
 
 

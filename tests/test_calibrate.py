@@ -40,9 +40,21 @@ def test_calibration_recovers_the_acquisition_of_an_abtem_scan(calibration, abte
     drift = np.array([plane[1, 0] * (sy - 1), plane[2, 1] * (sx - 1)])
     np.testing.assert_allclose(drift, truth["descan_drift"], atol=0.15)
     np.testing.assert_allclose(plane[0] - 32, truth["descan_offset"], atol=0.15)
-    # the parallax and the CoM agree on the rotation; the parallax map is a rotation, not a reflection
+    # the parallax map is a rotation, not a reflection (the CoM's rotation: the next test, at a dose it can read)
     assert cal.parallax is not None and cal.parallax.determinant > 0
-    assert _angle_diff(cal.com.rotation, cal.parallax.rotation) < 5.0
+
+
+def test_centre_of_mass_rotation_agrees_with_the_parallax_where_the_dose_allows(abtem_data, tmp_path):
+    """The curl-free CoM fit of this 16 × 16 scan scatters with the Poisson draw at 3e4 e⁻/pattern (measured,
+    seeds 0/1/2: 38.7°, 16.7°, 33.2° against the parallax's 24.2°, 23.7°, 24.0°; truth 23.7°); at 3e6 e⁻ it
+    reads 25.5°, 22.9°, 24.5°, within 2° of the parallax (23.8°). Checked at 3e6 so that the check tests
+    the fit, not the draw."""
+    truth = abtem_data["truth"]
+    path = tmp_path / "high_dose.npy"
+    np.save(path, abtem_scan.corrupt(truth["descanned"], seed=0, dose=3e6))
+    cal = calibrate(load_for_calibration(path, abtem_scan.ENERGY, abtem_scan.STEP), semiangle=abtem_scan.SEMIANGLE)
+    assert _angle_diff(cal.com.rotation, cal.parallax.rotation) < 3.0, (cal.com.rotation, cal.parallax.rotation)
+    assert _angle_diff(cal.rotation, truth["rotation"]) < 0.5
 
 
 def test_calibrate_cli_writes_params_that_reconstruct_loads(abtem_data, tmp_path, capsys):

@@ -8,6 +8,7 @@ from phasestem.recon.params import (
     build_dataset,
     build_model,
     dump_params,
+    load_detector_shifts,
     load_params,
     parse_params,
     scan_positions,
@@ -162,6 +163,33 @@ def test_data_transforms_and_scan_geometry(tiny, tmp_path):
     ds = build_dataset(parse_params(cfg))
     assert ds.pattern_shape == (16, 16)
     assert float(ds.get_patterns().sum((-2, -1)).mean()) == pytest.approx(1.0, rel=0.05)
+
+
+def test_detector_shifts_follow_the_data_transforms_and_bad_files_name_the_field(tiny, tmp_path):
+    """data.detector_shifts is given in the file's detector axes; subset, transpose, flips and binning apply."""
+    cfg = yaml.safe_load(tiny[0].read_text())
+    shifts = np.stack(np.meshgrid(np.arange(6.0), np.arange(6.0) / 10, indexing="ij"), -1)  # (6, 6, 2)
+    np.save(tmp_path / "shifts.npy", shifts)
+    cfg["data"].update(detector_shifts="shifts.npy", scan_subset=[1, 3, 2, 5], transpose=True, flip_y=True, bin=2)
+    params = load_params(_write(tmp_path, cfg))
+    got = load_detector_shifts(params)
+    sub = shifts[1:3, 2:5].reshape(-1, 2)
+    np.testing.assert_allclose(got, np.stack([-sub[:, 1], sub[:, 0]], -1) / 2, rtol=1e-6)
+    model = build_model(params, build_dataset(params))
+    np.testing.assert_allclose(model.detector_shifts.numpy(), got)
+    cfg["data"].update(scan_subset=None, transpose=False, flip_y=False, bin=1)
+    np.save(tmp_path / "bad.npy", np.zeros((6, 6, 3)))
+    for name, message in (("missing.npy", "data.detector_shifts: .*missing.npy not found"),
+                          ("bad.npy", r"data.detector_shifts: .*\(Sy, Sx, 2\) or \(N, 2\)")):
+        cfg["data"]["detector_shifts"] = name
+        params = load_params(_write(tmp_path, cfg))
+        with pytest.raises(PhasestemError, match=message):
+            build_model(params, build_dataset(params))
+    np.save(tmp_path / "short.npy", np.zeros((5, 2)))
+    cfg["data"]["detector_shifts"] = "short.npy"
+    params = load_params(_write(tmp_path, cfg))
+    with pytest.raises(PhasestemError, match="data.detector_shifts: .*short.npy holds 5 shifts for 36 patterns"):
+        build_model(params, build_dataset(params))
 
 
 def test_build_model_from_params(tiny):

@@ -15,7 +15,8 @@ EPILOG = """examples:
   phasestem reconstruct calib/params.yaml --out runs/scan1       # after checking/editing params.yaml
 
 Writes OUT/params.yaml (the 'phasestem reconstruct' schema with the calibrated angular sampling,
-transpose, scan rotation, origin and C10), OUT/calibrated.npy (bad pixels filled, descan removed),
+transpose, scan rotation, origin and C10), OUT/calibrated.npy (bad pixels filled, descan removed to the
+nearest whole pixel), OUT/detector_shifts.npy (the sub-pixel rest of the descan, which the model applies),
 OUT/calibration.json (every fitted number) and OUT/calibration*.png (one figure per fit)."""
 
 
@@ -74,6 +75,9 @@ def register(subparsers, train_subparsers) -> None:
                    help="a C10 (Å, = −defocus) of the right sign, if known: fixes θ vs θ + 180° through the parallax")
     p.add_argument("--edge-threshold", type=float, default=0.5,
                    help="disk edge as a fraction of the disk level (0.5 real apertures; 0.25 soft simulated ones)")
+    p.add_argument("--resample-descan", action="store_true",
+                   help="move every disk centre onto the central pixel by sub-pixel interpolation of the counts (for "
+                        "tools that need centred data); default: whole pixels, the rest in detector_shifts.npy")
     p.set_defaults(func=_calibrate_cmd)
 
 
@@ -82,8 +86,8 @@ def transpose_choice(value: str) -> bool | None:
 
 
 #: files ``phasestem calibrate`` writes into its output folder (none may be the input)
-CALIBRATE_FILES = ("calibrated.npy", "params.yaml", "calibration.json", "calibration.png", "calibration_disk.png",
-                   "calibration_rotation.png", "calibration_parallax.png")
+CALIBRATE_FILES = ("calibrated.npy", "detector_shifts.npy", "params.yaml", "calibration.json", "calibration.png",
+                   "calibration_disk.png", "calibration_rotation.png", "calibration_parallax.png")
 
 
 def _calibrate_cmd(args) -> int:
@@ -95,6 +99,7 @@ def _calibrate_cmd(args) -> int:
         args.file, args.out, energy=args.energy, scan_step=scan_step(args), semiangle=args.semiangle,
         angular_sampling=args.angular_sampling, reader_options=reader_options(args), format=args.format,
         transpose=transpose_choice(args.transpose), parallax=not args.no_parallax, edge_threshold=args.edge_threshold,
+        resample_descan=args.resample_descan,
         c10_sign=args.c10_sign)
     print(calib.summary())
     for note in calib.notes:

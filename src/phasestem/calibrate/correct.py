@@ -51,12 +51,53 @@ def shift_images(block: np.ndarray, shifts: np.ndarray) -> np.ndarray:
     return out.clamp_(min=0.0).reshape(block.shape).numpy()
 
 
-def corrected_chunks(dataset, plan, centres: np.ndarray, transpose: bool = False,
+def whole_pixel_shifts(centres: np.ndarray, pattern_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Split the move of each disk centre ``centres`` (..., 2) px to the central pixel (H//2, W//2) into whole
+    pixels and a rest: returns ``(shift, rest)``, ``shift`` (..., 2) integer px that bring each centre nearest to
+    the central pixel, and ``rest`` (..., 2) in [−½, ½] px, where the centre then sits relative to it."""
+    target = np.array([pattern_shape[0] // 2, pattern_shape[1] // 2], dtype=np.float64)
+    shift = np.round(target - np.asarray(centres, dtype=np.float64))
+    return shift, np.asarray(centres, dtype=np.float64) + shift - target
+
+
+def corrected_chunks(dataset, plan, centres: np.ndarray, transpose: bool = False, subpixel: bool = True,
                      max_pixels: int = CHUNK_PIXELS) -> Iterator[tuple[slice, np.ndarray]]:
     """Yield (rows, patterns) with bad pixels filled, each pattern's disk centre ``centres`` (Sy, Sx, 2) px
-    moved to (H//2, W//2), and the detector axes swapped when ``transpose`` (phasestem's frame)."""
+    moved to (H//2, W//2), and the detector axes swapped when ``transpose`` (phasestem's frame).
+
+    ``subpixel=False`` moves each pattern by whole pixels only (:func:`whole_pixel_shifts`): the counts are
+    kept exactly and the rest of the descan is left for the model (``data.detector_shifts``)."""
     H, W = dataset.pattern_shape
-    target = np.array([H // 2, W // 2], dtype=np.float64)
+    centres = np.asarray(centres, dtype=np.float64)
+    moves = np.array([H // 2, W // 2]) - centres if subpixel else whole_pixel_shifts(centres, (H, W))[0]
     for rows, block in row_chunks(dataset, plan, max_pixels):
-        out = shift_images(block, target - centres[rows])
+        out = shift_images(block, moves[rows])
         yield rows, (np.swapaxes(out, -1, -2) if transpose else out)
+
+
+class ResampledPatterns:
+    """Patterns (Sy, Sx, H, W) with each one moved by ``moves`` (Sy, Sx, 2) px (Keys' cubic, :func:`shift_images`)
+    when read, a few scan rows at a time: for the direct methods (DPC, tcBF, SSB), which need every disk on the
+    central pixel, on data whose sub-pixel descan was left to the model (``data.detector_shifts``)."""
+
+    def __init__(self, patterns, moves: np.ndarray):
+        self.patterns = patterns
+        self.moves = np.asarray(moves, dtype=np.float64)
+        if self.moves.shape != (*patterns.shape[:2], 2):
+            raise ValueError(f"moves must be (Sy, Sx, 2) = {(*patterns.shape[:2], 2)}, got {self.moves.shape}")
+        self.shape = tuple(patterns.shape)
+        self.dtype = np.dtype(np.float32)
+        self.ndim = 4
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        lead = key if not isinstance(key, tuple) else tuple(k for k in key[:2])
+        if isinstance(key, tuple) and (len(key) > 2 or any(k is Ellipsis for k in key)):
+            raise IndexError("ResampledPatterns reads scan rows/positions only: index the first two axes")
+        return shift_images(np.asarray(self.patterns[key], dtype=np.float32), self.moves[lead])
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[...]
+        return out if dtype is None else out.astype(dtype)

@@ -22,16 +22,18 @@ def load_for_calibration(path: str | Path, energy: float, scan_step: float | tup
 def calibrate_file(path: str | Path, out_dir: str | Path, energy: float, scan_step, semiangle: float | None = None,
                    angular_sampling: float | None = None, reader_options: dict[str, Any] | None = None,
                    format: str | None = None, figures: bool = True, extra_params: dict[str, Any] | None = None,
-                   **options) -> tuple[Calibration, dict[str, Path]]:
+                   resample_descan: bool = False, **options) -> tuple[Calibration, dict[str, Path]]:
     """Calibrate ``path`` and write ``calibrated.npy``, ``params.yaml``, ``calibration.json`` and figures.
 
     ``options`` go to :func:`phasestem.calibrate.pipeline.calibrate` (transpose, parallax,
-    c10_range, edge_threshold); ``extra_params`` adds sections (model, run, …) to the YAML.
+    c10_range, edge_threshold); ``extra_params`` adds sections (model, run, …) to the YAML;
+    ``resample_descan``: see :func:`phasestem.calibrate.output.write_outputs`.
     """
     from .output import write_outputs
 
     dataset = load_for_calibration(path, energy, scan_step, reader_options, format)
     calib = calibrate(dataset, semiangle=semiangle, angular_sampling=angular_sampling, **options)
     calib.source = str(path)
-    files = write_outputs(dataset, calib, out_dir, path, figures=figures, extra=extra_params)
+    files = write_outputs(dataset, calib, out_dir, path, figures=figures, extra=extra_params,
+                          resample_descan=resample_descan)
     return calib, files

@@ -8,26 +8,39 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .correct import corrected_chunks
+from .correct import corrected_chunks, whole_pixel_shifts
 from .pipeline import Calibration
 
 CORRECTED = "calibrated.npy"
+DETECTOR_SHIFTS = "detector_shifts.npy"
 
 
-def write_corrected(dataset, calib: Calibration, path: str | Path) -> Path:
+def write_corrected(dataset, calib: Calibration, path: str | Path, subpixel: bool = False) -> Path:
     """Patterns (Sy, Sx, H, W) float32 with bad pixels filled and the descan removed, in the file's
-    detector axes (the transpose is left to ``data.transpose``); written chunk by chunk."""
+    detector axes (the transpose is left to ``data.transpose``); written chunk by chunk.
+
+    By default each pattern moves by whole pixels only, so the counts are not resampled (a sub-pixel
+    interpolation blurs the disk edge by an amount that follows the descan's fractional part across the scan,
+    a pattern the object then takes up as a phase: ``benchmarks/real_data``). The rest, within ±½ px, is what
+    :func:`descan_rest` returns, for ``data.detector_shifts``. ``subpixel=True`` resamples the whole move."""
     path = Path(path)
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(*dataset.scan_shape,
                                                                               *dataset.pattern_shape))
-    for rows, block in corrected_chunks(dataset, calib.plan, calib.centres()):
+    for rows, block in corrected_chunks(dataset, calib.plan, calib.centres(), subpixel=subpixel):
         out[rows] = block
     out.flush()
     del out
     return path
 
 
-def params_dict(calib: Calibration, data_file: str | Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def descan_rest(calib: Calibration) -> np.ndarray:
+    """(Sy, Sx, 2) px, file axes: where each disk centre sits relative to the central pixel after the whole-pixel
+    moves of :func:`write_corrected` (|rest| ≤ ½ px)."""
+    return whole_pixel_shifts(calib.centres(), calib.pattern_shape)[1].astype(np.float32)
+
+
+def params_dict(calib: Calibration, data_file: str | Path, extra: dict[str, Any] | None = None,
+                detector_shifts: str | None = DETECTOR_SHIFTS) -> dict[str, Any]:
     """A ``phasestem reconstruct`` parameter mapping with the calibrated values."""
     from ..scan import GridScan
 
@@ -46,6 +59,8 @@ def params_dict(calib: Calibration, data_file: str | Path, extra: dict[str, Any]
         # as a phase ramp (recon.constraints.transfer_phase_ramp; benchmarks/real_data: r 0.36 → 0.89)
         "constraints": {"obj_ramp": {"enabled": True}},
     }
+    if detector_shifts:
+        params["data"]["detector_shifts"] = detector_shifts
     for key, val in (extra or {}).items():
         params.setdefault(key, {}).update(val)
     return params
@@ -59,7 +74,8 @@ def yaml_text(calib: Calibration, params: dict[str, Any], original: str | Path) 
         f"# phasestem calibrate {original}",
         f"# {calib.summary()}",
         f"# data.file holds the patterns of {Path(original).name} with {bp.count} bad pixels filled from their "
-        "neighbours and the descan removed:",
+        "neighbours and the descan removed " + ("to the nearest whole pixel (the rest: data.detector_shifts):"
+                                                if params["data"].get("detector_shifts") else "by resampling:"),
         f"#   hot (row, col): {bp.hot}",
         f"#   dead (row, col): {bp.dead}",
         f"#   descan plane (px, file axes): centre = {np.round(calib.disk.plane[0], 3).tolist()} + iy·"
@@ -71,14 +87,19 @@ def yaml_text(calib: Calibration, params: dict[str, Any], original: str | Path) 
 
 
 def write_outputs(dataset, calib: Calibration, out_dir: str | Path, original: str | Path,
-                  figures: bool = True, extra: dict[str, Any] | None = None) -> dict[str, Path]:
-    """Write ``calibrated.npy``, ``params.yaml``, ``calibration.json`` and the fit figures into ``out_dir``."""
+                  figures: bool = True, extra: dict[str, Any] | None = None,
+                  resample_descan: bool = False) -> dict[str, Path]:
+    """Write ``calibrated.npy``, ``detector_shifts.npy``, ``params.yaml``, ``calibration.json`` and the fit figures
+    into ``out_dir``. ``resample_descan``: resample the counts for the whole descan (no detector_shifts.npy)."""
     from ..recon.params import parse_params
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    files = {"patterns": write_corrected(dataset, calib, out / CORRECTED)}
-    params = params_dict(calib, CORRECTED, extra)
+    files = {"patterns": write_corrected(dataset, calib, out / CORRECTED, subpixel=resample_descan)}
+    if not resample_descan:
+        files["detector_shifts"] = out / DETECTOR_SHIFTS
+        np.save(files["detector_shifts"], descan_rest(calib))
+    params = params_dict(calib, CORRECTED, extra, None if resample_descan else DETECTOR_SHIFTS)
     parse_params(params, "calibrated params", out)  # the YAML must load as written
     files["params"] = out / "params.yaml"
     files["params"].write_text(yaml_text(calib, params, original))

@@ -19,7 +19,7 @@ import numpy as np
 import yaml
 
 from ..errors import ConfigError
-from .params import InitialPhase, ReconstructParams, build_dataset, dump_params, parse_params
+from .params import InitialPhase, ReconstructParams, build_dataset, dump_params, load_detector_shifts, parse_params
 
 log = logging.getLogger("phasestem.recon")
 
@@ -82,6 +82,12 @@ def apply_init(params: ReconstructParams, method: str, out_dir: str | Path, data
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dataset = build_dataset(params) if dataset is None else dataset
+    shifts = load_detector_shifts(params)
+    if shifts is not None:  # the direct methods need every disk on the central pixel: resample for them alone
+        from ..calibrate.correct import ResampledPatterns
+
+        moves = -shifts.reshape(*dataset.scan_shape, 2)
+        dataset = dataset._replace(patterns=ResampledPatterns(dataset.patterns, moves))
     if method == "parallax" and not params.optics.aberrations.get("C10"):
         fitted = fit_defocus(dataset)
         log.info("tcBF parallax: C10 = %.1f Å", fitted["C10"])
@@ -99,7 +105,9 @@ def auto_params(calib_params: Path, out_dir: Path, epochs: int | None = None, de
                 ) -> ReconstructParams:
     """The calibrated YAML of ``phasestem calibrate`` completed with the --auto AD settings."""
     data = yaml.safe_load(Path(calib_params).read_text())
-    data["data"]["file"] = str((Path(calib_params).parent / data["data"]["file"]).resolve())
+    for key in ("file", "detector_shifts"):
+        if data["data"].get(key):
+            data["data"][key] = str((Path(calib_params).parent / data["data"][key]).resolve())
     data.setdefault("model", {}).update({k: v for k, v in AUTO_MODEL.items() if k not in data["model"]})
     run = data.setdefault("run", {})
     run.update({k: v for k, v in AUTO_RUN.items() if k not in run})

@@ -219,7 +219,7 @@ def _reconstruct_rank(params, resume: bool):
         params = ReconstructParams.model_validate(params)
     main = is_main_process()  # only rank 0 writes files
     out = Path(params.run.out_dir)
-    refuse_output_over_inputs(out, [params.data.file,
+    refuse_output_over_inputs(out, [params.data.file, params.data.detector_shifts,
                                     params.scan.positions_file,
                                     None if params.model.initial_phase is None else params.model.initial_phase.file,
                                     None if params.model.initial_probe is None else params.model.initial_probe.file],

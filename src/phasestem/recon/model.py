@@ -268,6 +268,9 @@ class Ptychography(nn.Module):
         self.obj_preblur = 0.0  # Gaussian σ in object pixels applied to the object the forward model sees (0: off)
         self.oversampling = 1  # CDTools' oversampling: window = oversampling × the detector, patterns binned
         self.register_buffer("probe_support", None, persistent=False)  # real-space probe support (ny, nx) or None
+        #: (N, 2) px: where each measured pattern's zero frequency sits relative to the detector's central pixel
+        #: (the descan the data were not resampled for); the model displaces its patterns by it (None: 0)
+        self.register_buffer("detector_shifts", None, persistent=False)
         self._inspect_figure = None
         self.epoch = 0  # completed epochs
         self.loss_history: list[dict[str, float]] = []
@@ -305,6 +308,7 @@ class Ptychography(nn.Module):
         random_seed: int = 0,
         oversampling: int = 1,
         probe_support_radius: float | None = None,
+        detector_shifts: np.ndarray | torch.Tensor | None = None,
     ) -> Ptychography:
         """Build a model matched to ``dataset`` (a :class:`phasestem.dataset.FourDSTEM`).
 
@@ -330,6 +334,9 @@ class Ptychography(nn.Module):
         times the detector size at the same pixel (a larger "stage" for a probe that does not fit); the model's
         far field is then binned back onto the detector (:func:`bin_intensities`). ``probe_support_radius``
         (pixels of the probe window) keeps the probe zero outside a circle about the window centre.
+        ``detector_shifts`` (N, 2) detector px, one per pattern: the displacement of each measured pattern's zero
+        frequency from the central pixel (descan left in the data); the model's patterns are displaced alike
+        (:meth:`set_detector_shifts`).
         """
         oversampling = int(oversampling)
         if oversampling < 1:
@@ -396,7 +403,22 @@ class Ptychography(nn.Module):
             model.set_learning_rates(**learning_rates)
         model.detector_blur = float(detector_blur)
         model.obj_preblur = float(obj_preblur)
+        if detector_shifts is not None:
+            model.set_detector_shifts(detector_shifts)
         return model
+
+    def set_detector_shifts(self, shifts: np.ndarray | torch.Tensor | None) -> None:
+        """Displace the model pattern of position j by ``shifts[j]`` (N, 2) detector px (row, col), toward larger
+        indices: the descan of data whose patterns were not resampled to a common centre (None: no shifts)."""
+        if shifts is None:
+            self.detector_shifts = None
+            return
+        t = torch.as_tensor(np.asarray(shifts, dtype=np.float32) if not torch.is_tensor(shifts) else shifts,
+                            dtype=torch.float32)
+        if t.shape != (self.positions.shape[0], 2) or not bool(torch.isfinite(t).all()):
+            raise ShapeError(f"detector shifts must be finite (N, 2) = ({self.positions.shape[0]}, 2) px, got "
+                             f"{tuple(t.shape)}")
+        self.detector_shifts = t.to(self.positions.device)
 
     def set_initial_phase(self, phase: np.ndarray, sampling: tuple[float, float] | None = None) -> None:
         """Start the object phase from a 2-D image (rad) in the dataset frame (hybrid start).
@@ -518,8 +540,9 @@ class Ptychography(nn.Module):
         """
         tilt = self.tilt if self.tilt.dim() == 1 else self.tilt[index]
         obj = self.get_object() if self.obj_preblur <= 0 else self.blurred_object(self.obj_preblur)
+        shifts = None if self.detector_shifts is None else self.detector_shifts[index] * self.oversampling
         inten = self.forward_model(obj, self.get_probe(), self.positions[index], self.slice_thickness,
-                                   tilt, self.obj_weights if self.n_object_modes > 1 else None)
+                                   tilt, self.obj_weights if self.n_object_modes > 1 else None, shifts)
         if self.oversampling > 1:
             inten = bin_intensities(inten, self.oversampling)
         if self.detector_blur > 0:  # point-spread of the detector: periodic Gaussian blur of each pattern

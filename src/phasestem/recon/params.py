@@ -63,6 +63,11 @@ class DataConfig(Strict):
     resample: tuple[int, int] | None = Field(None, description="resample patterns to (H, W) pixels (counts kept)")
     scan_subset: tuple[int, int, int, int] | None = Field(
         None, description="use scan rows [r0, r1) and columns [c0, c1): (r0, r1, c0, c1)")
+    detector_shifts: Path | None = Field(
+        None, description=".npy of (Sy, Sx, 2) or (N, 2) px: where each pattern's zero frequency (the bright-field "
+        "disk centre) sits relative to the detector's central pixel (H//2, W//2), (row, col) in the file's detector "
+        "axes; the model displaces its patterns alike instead of the counts being resampled (the descan; written by "
+        "phasestem calibrate). Transposes, flips, subsets and binning of the data apply to it too")
     ground_truth_key: str | None = Field(
         None, description="name of a ground-truth phase (rad, 2-D, dataset frame, the reconstruction's pixel) in the "
         "data file (.npy/.npz/HDF5): PSNR, SSIM, E_φ and FRC resolution per epoch in the log and at the end in "
@@ -295,6 +300,8 @@ def parse_params(data: dict, source: str = "params", base_dir: Path | None = Non
     params = validate(ReconstructParams, data, source)
     if base_dir is not None:
         params.data.file = _rel(params.data.file, base_dir)
+        if params.data.detector_shifts is not None:
+            params.data.detector_shifts = _rel(params.data.detector_shifts, base_dir)
         params.run.out_dir = _rel(params.run.out_dir, base_dir)
         if params.model.initial_phase is not None:
             params.model.initial_phase.file = _rel(params.model.initial_phase.file, base_dir)
@@ -415,6 +422,41 @@ def build_dataset(params: ReconstructParams):
     return ds
 
 
+def load_detector_shifts(params: ReconstructParams, n_patterns: int | None = None) -> np.ndarray | None:
+    """``data.detector_shifts`` (N, 2) px in the frame of the patterns :func:`build_dataset` returns (after the
+    scan subset, transpose, flips and binning), or None; ``n_patterns``: the number it must hold."""
+    d = params.data
+    if d.detector_shifts is None:
+        return None
+    path = Path(d.detector_shifts)
+    if not path.exists():
+        raise InputFileError(f"data.detector_shifts: {path} not found")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise InputFileError(f"data.detector_shifts: {path} is not a readable .npy ({exc})") from None
+    if arr.shape[-1:] != (2,) or arr.ndim not in (2, 3) or not np.isfinite(arr).all():
+        raise ConfigError(f"data.detector_shifts: {path} must hold finite (Sy, Sx, 2) or (N, 2) px, got shape "
+                          f"{arr.shape}")
+    arr = arr.astype(np.float64)
+    if d.scan_subset is not None:
+        if arr.ndim != 3:
+            raise ConfigError("data.detector_shifts: data.scan_subset needs the (Sy, Sx, 2) form")
+        r0, r1, c0, c1 = d.scan_subset
+        arr = arr[r0:r1, c0:c1]
+    arr = arr.reshape(-1, 2)
+    if d.transpose:
+        arr = arr[:, ::-1]
+    arr = arr * np.array([-1.0 if d.flip_y else 1.0, -1.0 if d.flip_x else 1.0])
+    arr = arr / d.bin
+    if d.resample is not None:
+        raise ConfigError("data.detector_shifts cannot be combined with data.resample (scale the shifts by the "
+                          "resampling factor yourself, or resample nothing)")
+    if n_patterns is not None and len(arr) != n_patterns:
+        raise ConfigError(f"data.detector_shifts: {path} holds {len(arr)} shifts for {n_patterns} patterns")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
 def build_model(params: ReconstructParams, dataset) -> Ptychography:
     """The model of ``params.model`` for ``dataset`` (nominal probe from the optics)."""
     m = params.model
@@ -438,6 +480,7 @@ def build_model(params: ReconstructParams, dataset) -> Ptychography:
             probe=probe,
             random_phase=None if m.random_phase is None else m.random_phase.scale,
             random_seed=0 if m.random_phase is None else m.random_phase.seed,
+            detector_shifts=load_detector_shifts(params, dataset.n_patterns),
         )
     except InputFileError as exc:
         raise InputFileError(f"model.initial_phase: {exc}") from None
