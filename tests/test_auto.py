@@ -36,7 +36,7 @@ def test_auto_reaches_the_truth_and_a_wrong_rotation_is_clearly_worse(tmp_path_f
     assert (out / "calibration" / "calibration.png").exists()
     positions = scan_positions(params.scan, params.scan.shape)
     r_auto = _central_r(out / "results.h5", positions, data["truth"])
-    assert r_auto >= 0.95, r_auto  # measured 0.97
+    assert r_auto >= 0.95, r_auto  # measured 0.969 (0.950 with the amplitude term alone)
 
     wrong = params.model_copy(deep=True)
     wrong.scan.rotation = 0.0  # the uncalibrated default; the truth is 23.7°

@@ -19,6 +19,8 @@ def main() -> None:
                     help="data term: the case file's 'loss' entry (default; gaussian when absent; its 'poisson' "
                          "runs phasestem's setting for counted data, 'counted') or as given")
     ap.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
+    ap.add_argument("--precondition-batches", type=int, default=None,
+                    help="lsq: run.precondition_batches (default: the parameter file's)")
     args = ap.parse_args()
     set_threads(args.threads)
     import numpy as np
@@ -28,6 +30,7 @@ def main() -> None:
     from phasestem.recon import Constraints, Ptychography
     from phasestem.recon.losses import LossConfig
     from phasestem.recon.params import RunConfig
+    from phasestem.recon.precondition import resolve_batches
 
     c = load_case(args.case)
     loss_name = args.loss
@@ -54,7 +57,8 @@ def main() -> None:
     t0 = time.perf_counter()
     method = model.LSQ_optimize if args.optimizer == "lsq" else model.Adam_optimize
     run = RunConfig()  # the parameter file's defaults
-    defaults = {"precondition_reg": run.precondition_reg, "lr_decay": run.lr_decay, "lr_final": run.lr_final}
+    defaults = {"precondition_reg": run.precondition_reg, "lr_decay": run.lr_decay, "lr_final": run.lr_final,
+                "precondition_batches": resolve_batches(args.precondition_batches or run.precondition_batches, losses)}
     for _loss in method(c["iters"], ds, batch_size=c["batch"], constraints=cons, losses=losses, progress=False,
                         **defaults):
         if model.device.type == "cuda":

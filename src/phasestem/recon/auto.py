@@ -30,8 +30,12 @@ AUTO_MODEL: dict[str, Any] = {
     "n_slices": 1, "n_probe_modes": 1,
     "learning_rates": {"probe": {"start": 3}},  # lsq solver: object and probe steps at its defaults
 }
-#: (no defocus-sign check: --auto takes C10 with its sign from the parallax fit)
-AUTO_RUN: dict[str, Any] = {"n_epochs": 10, "batch_size": 16, "checkpoint_every": 0, "check_optics": False}
+#: (no defocus-sign check: --auto takes C10 with its sign from the parallax fit.) precondition_batches: 16 Gauss–Newton
+#: steps of the whole data per epoch whatever the scan size, with small, fast batches. Measured on 64 × 64 positions
+#: of the 128 × 128 Merlin benchmark (0.45 Å step, 1e5 e⁻, 10 epochs from the same SSB start): batch 16 alone →
+#: phase r 0.9705; batch 256 → 0.9807 at 1.6× the time per epoch; batch 16 with precondition_batches 16 → 0.9810.
+AUTO_RUN: dict[str, Any] = {"n_epochs": 10, "batch_size": 16, "precondition_batches": 16, "checkpoint_every": 0,
+                            "check_optics": False}
 
 
 def direct_phase(dataset, method: str):

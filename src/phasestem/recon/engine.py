@@ -37,7 +37,7 @@ from ..runtime import retain_freed_memory
 from ..schedules import lr_lambda
 from .constraints import Constraints, apply_constraints
 from .losses import LossConfig, total_loss
-from .precondition import PRECONDITIONED, precondition_gradients
+from .precondition import PRECONDITIONED, ScanCurvature, precondition_gradients, resolve_batches
 
 log = logging.getLogger("phasestem.recon")
 
@@ -311,6 +311,7 @@ def optimize(
     progress: bool = True,
     log_file: str | Path | None = None,
     precondition_reg: float = 0.1,
+    precondition_batches: int | str | None = "auto",
     divergence_factor: float = 10.0,
     lr_decay: str = "none",
     lr_final: float = 0.1,
@@ -325,6 +326,9 @@ def optimize(
     ``figures_every``: write ``out_dir/epoch_NNNN.png`` every that many epochs.
     ``log_file`` (default ``out_dir/reconstruct.log`` when ``out_dir`` is set) receives the log.
     ``precondition_reg``: the lsq solver's relative curvature floor (:mod:`phasestem.recon.precondition`).
+    ``precondition_batches`` (T): the lsq curvature of every step gets the whole scan's curvature / T added, so an
+    epoch takes about T Gauss–Newton steps of the whole data whatever the batch size (None: the batch's own;
+    'auto': 16 for counted data, i.e. a Poisson term in ``losses``, else None).
     ``divergence_factor``: stop when an epoch's loss exceeds this many times the best (and the start); 0: only NaN.
     ``lr_decay`` ('none' | 'cosine'): every learning rate falls from 1× to ``lr_final``× over this call's epochs.
     ``distributed``: in an initialised process group, share the work with the other ranks (False: this rank
@@ -334,6 +338,7 @@ def optimize(
     """
     losses = losses or LossConfig()
     constraints = constraints or Constraints()
+    precondition_batches = resolve_batches(precondition_batches, losses)
     rank, world = _dist() if distributed else (0, 1)
     refuse_lbfgs(optimizer, world)
     if resume:
@@ -411,6 +416,8 @@ def optimize(
                     group["lr"] = (model.schedules[group["name"]].resolved_lr(group["name"], optimizer) * lr_scale
                                    * decay)
             snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            scan_curv = ScanCurvature(model, precondition_batches) if optimizer == "lsq" and precondition_batches \
+                else None
             gen = torch.Generator().manual_seed(seed * 100003 + epoch)
             positions = model.positions.detach().cpu().numpy() if batch_mode == "compact" else None
             batches = make_batches(n, bs, batch_mode, gen, positions, owner)
@@ -425,7 +432,8 @@ def optimize(
                 meas, meas_p = data.batch(share, need_meas=losses.poisson > 0) if len(share) else (None, None)
                 share = share.to(model.device)
 
-                def closure(share=share, n_total=n_total, opt=opt, idx=idx, meas=meas, meas_p=meas_p):
+                def closure(share=share, n_total=n_total, opt=opt, idx=idx, meas=meas, meas_p=meas_p,
+                            scan_curv=scan_curv):
                     opt.zero_grad(set_to_none=True)
                     if len(share):
                         inten = model(share)
@@ -438,7 +446,7 @@ def optimize(
                     if world > 1:
                         _all_reduce_grads(opt)
                     if optimizer == "lsq":
-                        precondition_gradients(model, idx, n_total, losses, precondition_reg)
+                        precondition_gradients(model, idx, n_total, losses, precondition_reg, scan_curv)
                     closure.last = (loss.detach(), parts)
                     return loss
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import yaml
@@ -210,6 +210,11 @@ class RunConfig(Strict):
         "positions, tilt, thickness); or adam, sgd, lbfgs")
     precondition_reg: float = Field(0.1, gt=0, le=10, description="lsq: relative floor of the curvature (dim pixels "
                                     "step at most 1/reg of a bright pixel's step)")
+    precondition_batches: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
+        "auto", description="lsq: add the whole scan's curvature / this number to every step's, so that an epoch "
+        "takes about this many Gauss–Newton steps of the whole data whatever the batch size (noisy counts: fewer, "
+        "better-averaged steps); null: each batch's own curvature; auto: 16 when the loss has a Poisson term "
+        "(counted data), else null")
     check_optics: bool = Field(True, description="before the run, fit the scan centre briefly with C10 and −C10 and "
                                "warn when the flipped defocus sign fits the data far better")
     divergence_factor: float = Field(10.0, ge=0, description="stop (exit 1, last good state kept) when an epoch's "
@@ -501,7 +506,8 @@ def optimizer_options(params: ReconstructParams) -> dict:
     return {"optimizer": r.optimizer, "batch_size": r.batch_size, "batch_mode": r.batch_mode,
             "losses": LossConfig(**params.losses.model_dump()), "constraints": params.constraints,
             "lr_scale": r.lr_scale, "momentum": r.momentum, "seed": r.seed, "progress": r.progress,
-            "precondition_reg": r.precondition_reg, "divergence_factor": r.divergence_factor,
+            "precondition_reg": r.precondition_reg, "precondition_batches": r.precondition_batches,
+            "divergence_factor": r.divergence_factor,
             "lr_decay": r.lr_decay, "lr_final": r.lr_final, "data_in_memory": r.data_in_memory,
             "memory_budget_gb": r.memory_budget_gb}
 
