@@ -19,14 +19,6 @@ ROOT = Path(__file__).resolve().parents[1]
 LEGACY = ROOT / "tests" / "data" / "legacy_models"
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_seed_blocks_differ_by_exactly_their_rounding():
     """Every pattern's coordinate = its scan position − the bright-centre pixel of the block's target, with the
     seed's own formula; two blocks whose bright centres round differently differ by exactly that rounding."""
@@ -71,7 +63,7 @@ def test_datasets_give_each_block_its_frame_coordinates(tmp_path):
     assert not np.allclose(sds[0]["coords"][0].numpy(), sds[0]["coords"][1].numpy())
 
 
-def test_old_models_are_fed_the_coordinates_they_were_trained_on(tmp_path, one_thread):
+def test_old_models_are_fed_the_coordinates_they_were_trained_on(tmp_path, one_torch_thread):
     """A model saved before the patch frame (no ``coords`` in its metadata) reads as block_centre and gives the
     same output for patch-frame coordinates as for the block-centred ones it was trained on; a new model's
     metadata says patch_frame, and the offsets reach it."""
@@ -106,7 +98,7 @@ def _bench():
     return mod
 
 
-def test_coordinate_benchmark_smoke(one_thread):
+def test_coordinate_benchmark_smoke(one_torch_thread):
     """The plumbing of benchmarks/learned/coordinates.py (the learning itself takes ~6 min there: a net trained with
     coordinates beats the same net with them zeroed on held-out blocks, and moving the coordinates moves its patch
     the same way; figures in its docstring and docs/benchmarks.md). Here: the shift estimator is exact on known
@@ -138,7 +130,7 @@ def test_coordinate_benchmark_smoke(one_thread):
 
 
 @pytest.mark.parametrize("coords", ["block_centre", "patch_frame"])
-def test_resume_keeps_the_checkpoints_coordinates(tmp_path, one_thread, coords):
+def test_resume_keeps_the_checkpoints_coordinates(tmp_path, one_torch_thread, coords):
     """A run folder whose config.yaml does not name ``coords`` (written before the key existed) is resumed with the
     convention its checkpoint's metadata records, not the default: block_centre stays block_centre (an old run
     folder), patch_frame stays patch_frame."""

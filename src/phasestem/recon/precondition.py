@@ -88,11 +88,18 @@ class ScanCurvature:
         self.update(model)
 
     @torch.no_grad()
-    def update(self, model) -> None:
-        every = torch.arange(model.positions.shape[0], device=model.device)
-        illum, where = _illumination(model, every)
+    def update(self, model, chunk: int = 256) -> None:
+        """Sum over every position, ``chunk`` windows at a time (the windows of a whole scan at once would be
+        N × window² floats: 4 GiB for 16384 patterns of 256²)."""
+        trans_obj = _mean_transmission(model)
+        illum = trans = None
+        n = model.positions.shape[0]
+        for start in range(0, n, chunk):
+            part, where = _illumination(model, torch.arange(start, min(n, start + chunk), device=model.device))
+            t = where.gather(trans_obj).sum(0)
+            illum, trans = (part, t) if illum is None else (illum.add_(part), trans.add_(t))
         self.illumination = illum / self.batches
-        self.transmission = where.gather(_mean_transmission(model)).sum(0) / self.batches
+        self.transmission = trans / self.batches
 
 
 def _mean_transmission(model) -> torch.Tensor:
