@@ -71,22 +71,20 @@ def measured_inputs(paths: list[str], kind: str, model: str | None = None, stitc
                     ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """(origin ``file:phase_i``, input, true phase) of every sample of the simulation files ``paths``, the input
     predicted by ``model`` (``kind='stitch'``) or reconstructed by AD (``kind='ad'``)."""
+    import h5py
     from tqdm.auto import tqdm
 
     from .. import io
     from ..io import seed as seedfile
     from ..safety import check_finite
+    from .predict import load_predictor, predict_phase
 
     predictor = None
     if kind == "stitch":
-        from .predict import load_predictor
-
         predictor = load_predictor(model, stitch_model, device=device)
     elif kind != "ad":
         raise ConfigError(f"measured_inputs: unknown kind {kind!r}")
     for path in paths:
-        import h5py
-
         with h5py.File(path, "r") as f:
             ids = seedfile.sample_ids(f.keys(), "phase")
         for i in tqdm(ids, desc=Path(path).name, disable=not progress, leave=False):
@@ -96,8 +94,6 @@ def measured_inputs(paths: list[str], kind: str, model: str | None = None, stitc
             truth = np.asarray(ds.truth["phase"], np.float32)
             check_finite(truth, f"{path}:phase_{i}", what="phase value", hint="")
             if predictor is not None:
-                from .predict import predict_phase
-
                 with torch.inference_mode():
                     inp = predict_phase(predictor[0], predictor[1], ds)
             else:

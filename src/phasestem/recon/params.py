@@ -449,11 +449,11 @@ def load_detector_shifts(params: ReconstructParams, n_patterns: int | None = Non
             raise ConfigError("data.detector_shifts: data.scan_subset needs the (Sy, Sx, 2) form")
         r0, r1, c0, c1 = d.scan_subset
         arr = arr[r0:r1, c0:c1]
-    arr = arr.reshape(-1, 2)
-    if d.transpose:
-        arr = arr[:, ::-1]
-    arr = arr * np.array([-1.0 if d.flip_y else 1.0, -1.0 if d.flip_x else 1.0])
-    arr = arr / d.bin
+    from ..detector import PixelatedDetector
+
+    # displacement vectors follow the detector's transpose and flips (the frame size does not matter to them)
+    orient = PixelatedDetector(shape=(1, 1), transpose=d.transpose, flip_y=d.flip_y, flip_x=d.flip_x)
+    arr = orient.oriented_vectors(arr.reshape(-1, 2)) / d.bin
     if d.resample is not None:
         raise ConfigError("data.detector_shifts cannot be combined with data.resample (scale the shifts by the "
                           "resampling factor yourself, or resample nothing)")
