@@ -5,6 +5,7 @@ Errors name the file and the dotted field, e.g. ``run.yaml: model.n_slicez: unkn
 from __future__ import annotations
 
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -85,6 +86,16 @@ def parse_set_options(items: list[str] | None, option: str = "--set") -> dict[st
                               "!!python/... are refused") from None
         _count_values(out[key], f"{option} {key}")
     return out
+
+
+def get_dotted(tree: Any, dotted: str, default: Any = None) -> Any:
+    """The value at ``"section.key"`` in nested mappings, or ``default`` where a part is missing."""
+    node = tree
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return default
+        node = node[part]
+    return node
 
 
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from ..configfile import get_dotted
 from ..dataset import FourDSTEM
 from ..errors import ConfigError, InputFileError, ShapeError
 from ..optics import wavelength
@@ -86,15 +87,6 @@ def to_mrad(scale: float, units, energy: float | None) -> float | None:
     return None
 
 
-def _get(tree: Mapping, dotted: str):
-    node: Any = tree
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def _set(tree: dict, dotted: str, value) -> None:
     parts = dotted.split(".")
     for part in parts[:-1]:
@@ -108,7 +100,7 @@ def _mapped_metadata(signal: Mapping) -> dict:
     om = signal.get("original_metadata") or {}
     for src, target in (signal.get("mapping") or {}).items():
         dest, func = target if isinstance(target, tuple | list) else (target, None)
-        value = _get(om, src)
+        value = get_dotted(om, src)
         if value is None:
             continue
         try:
@@ -265,7 +257,7 @@ def read(path: str | Path, plugin: str | None = None, reader_options: Mapping[st
         file_scan = tuple(int(s) for s in data.shape[:2])
 
     found: dict[str, Any] = {}
-    energy_kev = _positive(_get(md, "Acquisition_instrument.TEM.beam_energy"))
+    energy_kev = _positive(get_dotted(md, "Acquisition_instrument.TEM.beam_energy"))
     if energy_kev is not None:
         found["energy"] = energy_kev * 1e3
     nav_axes = axes[: data.ndim - 2]
@@ -277,7 +269,7 @@ def read(path: str | Path, plugin: str | None = None, reader_options: Mapping[st
     dk = [to_mrad(a.get("scale", 1.0), a.get("units"), energy) for a in axes[-2:]]
     if all(d is not None and d > 0 for d in dk):
         found["angular_sampling"] = (dk[0], dk[1])
-    camera_length = _positive(_get(md, "Acquisition_instrument.TEM.camera_length"))
+    camera_length = _positive(get_dotted(md, "Acquisition_instrument.TEM.camera_length"))
 
     order = str(options.get("scan_order", "C")).upper()
     data, scan_shape, scan_source = _resolve_scan_shape(data, path, options.get("scan_shape"), file_scan, order)

@@ -172,15 +172,6 @@ def _check_state(path: Path, state: Any) -> None:
         raise CheckpointError(f"{path}: not a phasestem trainer state (missing {', '.join(missing) or 'scheduler'})")
 
 
-def _dotted(meta: Mapping[str, Any], key: str) -> Any:
-    value: Any = meta
-    for part in key.split("."):
-        if not isinstance(value, Mapping) or part not in value:
-            return _MISSING
-        value = value[part]
-    return value
-
-
 def _first_difference(key: str, old: Any, new: Any) -> tuple[str, Any, Any]:
     """The first dotted key below ``key`` where two JSON values differ, with both values there."""
     if isinstance(old, dict) and isinstance(new, dict):

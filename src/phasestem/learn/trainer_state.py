@@ -42,13 +42,13 @@ from typing import Any
 
 import torch
 
+from ..configfile import get_dotted
 from .checkpoint import (
     _MISSING,
     MANIFEST,
     RESUME_MUST_MATCH,
     CheckpointError,
     _check_state,
-    _dotted,
     _first_difference,
     _first_line,
     _jsonable,
@@ -221,7 +221,7 @@ class RunFolderMixin:
 
     def _check_resume_meta(self, folder: Path, meta: Mapping[str, Any]) -> None:
         for key in RESUME_MUST_MATCH:
-            old, new = _dotted(meta, key), _dotted(self.meta, key)
+            old, new = get_dotted(meta, key, _MISSING), get_dotted(self.meta, key, _MISSING)
             if old is not _MISSING and new is not _MISSING and _jsonable(old) != _jsonable(new):
                 key, old, new = _first_difference(key, _jsonable(old), _jsonable(new))
                 raise CheckpointError(
