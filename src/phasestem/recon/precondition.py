@@ -81,16 +81,12 @@ def resolve_batches(value: int | str | None, losses: LossConfig) -> int | None:
 
 class ScanCurvature:
     """The whole scan's illumination Σ_j Σ_m |P_m|² (Ny, Nx) and object transmission Σ_j Π_s a² (ny, nx),
-    divided by ``batches`` (T), for :func:`precondition_gradients`; refreshed once per epoch."""
-
-    def __init__(self, model, batches: int):
-        self.batches = int(batches)
-        self.update(model)
+    divided by ``batches`` (T), for :func:`precondition_gradients`; the engine makes one per epoch. Summed
+    ``chunk`` windows at a time (the windows of a whole scan at once would be N × window² floats: 4 GiB for
+    16384 patterns of 256²)."""
 
     @torch.no_grad()
-    def update(self, model, chunk: int = 256) -> None:
-        """Sum over every position, ``chunk`` windows at a time (the windows of a whole scan at once would be
-        N × window² floats: 4 GiB for 16384 patterns of 256²)."""
+    def __init__(self, model, batches: int, chunk: int = 256):
         trans_obj = _mean_transmission(model)
         illum = trans = None
         n = model.positions.shape[0]
@@ -98,8 +94,8 @@ class ScanCurvature:
             part, where = _illumination(model, torch.arange(start, min(n, start + chunk), device=model.device))
             t = where.gather(trans_obj).sum(0)
             illum, trans = (part, t) if illum is None else (illum.add_(part), trans.add_(t))
-        self.illumination = illum / self.batches
-        self.transmission = trans / self.batches
+        self.illumination = illum / int(batches)
+        self.transmission = trans / int(batches)
 
 
 def _mean_transmission(model) -> torch.Tensor:
