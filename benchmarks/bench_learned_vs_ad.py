@@ -8,7 +8,7 @@ same phase error on the same sample.
 written by ``phasestem train``; ``--sample``: a simulated file with its truth phase (``phasestem simulate``), sample
 ``--index``. The script
 
-1. predicts the phase (``phasestem.learn.predict``) — timed after one warm-up call, on ``--device``;
+1. predicts the phase (``phasestem.learn.apply.phase``) — timed after one warm-up call, on ``--device``;
 2. runs AD ptychography (``phasestem.recon``, 1 slice, 1 probe mode, probe fixed to the nominal one,
    batch 32; ``--solver lsq``, the engine's default solver, or ``adam``) from a flat object on the same
    patterns, measuring E_φ against the truth on the truth grid after every epoch (the same protocol as
@@ -83,7 +83,7 @@ def main() -> None:
 
     from phasestem import io
     from phasestem.demo import DemoRecon, field_of_view, iterations_to_reach
-    from phasestem.learn.predict import load_predictor, predict_phase
+    from phasestem.learn.apply.phase import load_predictor, predict_phase
     from phasestem.metrics import phase_error
 
     ds = io.load(args.sample, sample=args.index)

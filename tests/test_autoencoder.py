@@ -124,7 +124,7 @@ def test_contrastive_is_vectorised_pairwise_mean():
 
 
 def test_checkpoint_round_trip(tmp_path, one_thread):
-    from phasestem.learn.restore_apply import load_autoencoder
+    from phasestem.learn.apply.latent import load_autoencoder
     from phasestem.learn.trainer import save_weights
 
     model = A.Autoencoder(out_shape=None, channels=8, decoder_blocks=2).eval()

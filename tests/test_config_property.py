@@ -94,13 +94,14 @@ def _check(load, base: dict, changes: list[tuple[tuple[str, ...], object]], path
 def _loaders():
     from phasestem.configfile import load_yaml_config
     from phasestem.demo import DemoConfig, load_demo_config
-    from phasestem.learn.config import TrainRunConfig, load_train_config
-    from phasestem.learn.restore_config import (
+    from phasestem.learn.config import (
         AutoencoderRunConfig,
         MakePairsConfig,
         PhaseformerRunConfig,
-        load_run_config,
+        TrainRunConfig,
+        load_train_config,
     )
+    from phasestem.learn.registry import load_run_config
     from phasestem.recon.params import ReconstructParams, load_params
     from phasestem.simulate.config import SimulationConfig, load_config
 

@@ -132,8 +132,8 @@ def _save_model(sim) -> tuple:
 
 
 def test_evaluate_and_predict_report_the_residual(sim):
+    from phasestem.learn.apply.phase import load_predictor, predict_file
     from phasestem.learn.evaluate import evaluate_model, format_table, write_report
-    from phasestem.learn.predict import load_predictor, predict_file
 
     run, _ = _save_model(sim)
     model, meta = load_predictor(run)

@@ -51,8 +51,8 @@ def learned(tmp_path_factory):
 
 
 def test_learning_beats_training_mean_by_3db(learned):
+    from phasestem.learn.apply.phase import load_predictor
     from phasestem.learn.evaluate import evaluate_model, test_index
-    from phasestem.learn.predict import load_predictor
 
     tmp, seconds = learned
     model, meta = load_predictor(tmp / "e2e")
@@ -77,8 +77,8 @@ def test_predict_and_evaluate_cli(learned, capsys):
         np.testing.assert_allclose(f["phase"].attrs["sampling"], [0.5, 0.5])
     assert out.with_suffix(".png").stat().st_size > 1000
     # prediction reapplies the stored preprocessing: same result as the model on a training-style item
+    from phasestem.learn.apply.phase import load_predictor
     from phasestem.learn.data import Preprocess, SampleDataset, SampleIndex
-    from phasestem.learn.predict import load_predictor
 
     model, meta = load_predictor(tmp / "e2e")
     idx = SampleIndex.from_paths([tmp / "heldout.h5"], block=6, stride=3, patch=24)

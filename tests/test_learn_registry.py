@@ -40,8 +40,8 @@ def test_every_reader_gives_the_original_phase_in_rad(tmp_path):
     give σ(300 keV)·V_proj in rad."""
     from phasestem import io
     from phasestem.learn.data import Preprocess, SampleDataset, SampleIndex
+    from phasestem.learn.pair_sources import make_pairs
     from phasestem.learn.pairs import SimulationPairs
-    from phasestem.learn.restore_apply import make_pairs
 
     path, pots = _original_file(tmp_path / "orig.h5")
     sigma = interaction_constant(300e3)
@@ -127,14 +127,14 @@ def test_models_saved_before_the_restructuring_load(kind):
     assert meta["schema"] == SCHEMA and meta["model"]["kind"] == kind
     assert isinstance(meta["data"], dict)
     if kind == "autoencoder":
-        from phasestem.learn.restore_apply import embed_patterns, load_autoencoder
+        from phasestem.learn.apply.latent import embed_patterns, load_autoencoder
 
         ae, meta = load_autoencoder(LEGACY / kind, "cpu")
         assert meta["data"]["preprocess"]["scaling"] == "log"
         z = embed_patterns(ae, np.random.default_rng(0).random((3, 32, 32)), meta, progress=False)
         assert z.shape == (3, 4) and np.isfinite(z).all()
     elif kind == "phaseformer":
-        from phasestem.learn.restore_apply import load_phaseformer
+        from phasestem.learn.apply.refine import load_phaseformer
 
         net, _ = load_phaseformer(LEGACY / kind, "cpu")
         with torch.no_grad():
@@ -143,14 +143,14 @@ def test_models_saved_before_the_restructuring_load(kind):
     else:
         assert sum(p.numel() for p in model.parameters()) > 0
     if kind == "end2end":
-        from phasestem.learn.predict import load_predictor
+        from phasestem.learn.apply.phase import load_predictor
 
         e2e, meta = load_predictor(LEGACY / kind, device="cpu")
         assert meta["data"]["geometry"]["block"] == 6
 
 
 def test_legacy_patch_and_stitch_models_chain(tmp_path):
-    from phasestem.learn.predict import load_predictor
+    from phasestem.learn.apply.phase import load_predictor
 
     model, meta = load_predictor(LEGACY / "patch", LEGACY / "stitch", device="cpu")
     assert meta["model"]["kind"] == "patch" and model.patch_net.config.block == 6
@@ -186,12 +186,12 @@ def test_networks_live_one_per_file_and_the_old_names_still_import():
                      ("phaseformer", phaseformer)):
         assert importlib.import_module(f"phasestem.learn.{old}") is new
     from phasestem.learn import autoencoder as old_ae
-    from phasestem.learn import losses, restore_config
+    from phasestem.learn import config, losses
 
     assert old_ae.Autoencoder is autoencoder.Autoencoder and callable(old_ae.show)
     assert losses.PhaseformerLoss is phaseformer.PhaseformerLoss
-    assert restore_config.PhaseformerModelConfig is phaseformer.PhaseformerModelConfig
-    assert restore_config.AutoencoderLossConfig is autoencoder.AutoencoderLossConfig
+    assert config.PhaseformerModelConfig is phaseformer.PhaseformerModelConfig
+    assert config.AutoencoderLossConfig is autoencoder.AutoencoderLossConfig
     for module, names in ((patch, ("PatchRecoveryNet", "PatchRecoveryConfig", "patch_loss_fn")),
                           (stitch, ("PhaseStitchingNet", "PhaseStitchingConfig", "stitch_loss_fn")),
                           (end2end, ("End2End", "end2end_loss_fn")),
@@ -203,12 +203,13 @@ def test_networks_live_one_per_file_and_the_old_names_still_import():
 def test_one_apply_module_applies_every_kind(tmp_path):
     """learn.apply: model_kind reads any saved model's kind; apply_file runs the autoencoder (latent maps) and
     the Phaseformer (refined phase) of tests/data/legacy_models by that kind, and refuses a stitch model alone;
-    the commands' entry points are the same functions as in predict / restore_apply."""
+    the commands' entry points are the same functions as in apply.phase / apply.latent."""
     from phasestem.errors import ConfigError
-    from phasestem.learn import apply, predict, restore_apply
+    from phasestem.learn import apply
+    from phasestem.learn.apply import latent, phase
     from phasestem.learn.data.synthetic import write_synthetic_file
 
-    assert apply.predict_file is predict.predict_file and apply.embed_scan is restore_apply.embed_scan
+    assert apply.predict_file is phase.predict_file and apply.embed_scan is latent.embed_scan
     for kind in ("patch", "stitch", "end2end", "autoencoder", "phaseformer"):
         assert apply.model_kind(LEGACY / kind) == kind
     scan = write_synthetic_file(tmp_path / "scan.h5", 1, scan=4, window=32, phase_px=32, extent=16.0)

@@ -139,8 +139,8 @@ def test_perceptual_weights_from_local_file_only(tmp_path):
 
 
 def test_learnable_loss_weights_reach_the_optimiser_and_change(tmp_path, one_thread):
-    from phasestem.learn.restore_train import PhaseformerTrainable, phaseformer_loss_fn
     from phasestem.learn.trainer import Trainer, TrainerConfig
+    from phasestem.learn.training.phaseformer import PhaseformerTrainable, phaseformer_loss_fn
 
     torch.manual_seed(0)
     model = PhaseformerTrainable(Phaseformer(**TINY), L.PhaseformerLoss(("charbonnier", "gradient", "ms_ssim")))
@@ -160,8 +160,8 @@ def test_learnable_loss_weights_reach_the_optimiser_and_change(tmp_path, one_thr
 
 
 def test_bf16_autocast_step_is_finite(one_thread):
-    from phasestem.learn.restore_train import PhaseformerTrainable, phaseformer_loss_fn, phaseformer_metrics_fn
     from phasestem.learn.trainer import Trainer, TrainerConfig
+    from phasestem.learn.training.phaseformer import PhaseformerTrainable, phaseformer_loss_fn, phaseformer_metrics_fn
 
     torch.manual_seed(0)
     model = PhaseformerTrainable(Phaseformer(**TINY), L.PhaseformerLoss(("charbonnier", "gradient", "ms_ssim")))
@@ -174,9 +174,9 @@ def test_bf16_autocast_step_is_finite(one_thread):
 
 
 def test_checkpoint_round_trip(tmp_path, one_thread):
-    from phasestem.learn.restore_apply import load_phaseformer, refine_phase
-    from phasestem.learn.restore_train import PhaseformerTrainable
+    from phasestem.learn.apply.refine import load_phaseformer, refine_phase
     from phasestem.learn.trainer import save_weights
+    from phasestem.learn.training.phaseformer import PhaseformerTrainable
 
     torch.manual_seed(0)
     net = Phaseformer(**TINY, residual=False).eval()

@@ -49,8 +49,8 @@ def models(tmp_path_factory):
     from phasestem.learn.patch_recovery import PatchRecoveryConfig, PatchRecoveryNet
     from phasestem.learn.phase_stitching import PhaseStitchingConfig, PhaseStitchingNet
     from phasestem.learn.phaseformer import Phaseformer, PhaseformerConfig
-    from phasestem.learn.restore_train import build_autoencoder
     from phasestem.learn.trainer import save_weights
+    from phasestem.learn.training.autoencoder import build_autoencoder
 
     tmp = tmp_path_factory.mktemp("rel")
     sim = write_synthetic_file(tmp / "simulation_data1.h5", 2, **GEO)
@@ -367,7 +367,7 @@ def test_hdf5_eager_read_holds_one_float32_copy(tmp_path):
 
 
 def test_predict_from_a_lazy_file_equals_the_eager_read(models):
-    from phasestem.learn.predict import load_predictor, predict_phase
+    from phasestem.learn.apply.phase import load_predictor, predict_phase
 
     model, meta = load_predictor(models["e2e"])
     lazy = io.load(models["sim"], sample=1, lazy=True)

@@ -242,7 +242,7 @@ def test_unreadable_weights_are_one_line_errors(bad_files, name, capsys):
 
 def test_wrong_kind_of_model_file_names_it(tmp_path, capsys):
     path = save_weights({"w": torch.zeros(2)}, tmp_path / "ae.safetensors", {"network": "autoencoder"})
-    from phasestem.learn.pipeline import load_model
+    from phasestem.learn.training.route import load_model
 
     with pytest.raises(InputFileError, match="ae.safetensors: not a patch, stitch or end2end model"):
         load_model(path)
@@ -301,8 +301,8 @@ def test_divergence_through_the_cli_is_one_line(tmp_path, capsys):
 
 # ---- item 9: same seed, same training --------------------------------------------------------
 def test_same_seed_gives_bit_identical_training_autoencoder(tmp_path):
-    from phasestem.learn.restore_config import AutoencoderRunConfig
-    from phasestem.learn.restore_train import build_autoencoder_trainer
+    from phasestem.learn.config import AutoencoderRunConfig
+    from phasestem.learn.training.autoencoder import build_autoencoder_trainer
 
     patterns = np.random.default_rng(0).random((12, 32, 32), dtype=np.float32)
     cfg = AutoencoderRunConfig(
@@ -342,7 +342,7 @@ def patch_config(tmp_path_factory):
 
 def test_same_seed_gives_bit_identical_training_pipeline(tmp_path, patch_config):
     from phasestem.learn.config import load_train_config
-    from phasestem.learn.pipeline import build_run
+    from phasestem.learn.training.route import build_run
 
     runs = []
     for i in range(2):

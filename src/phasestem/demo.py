@@ -229,7 +229,7 @@ def _trainer(epochs: int, lr: float) -> dict[str, Any]:
 def train_learned(train_files: list[Path], runs: Path, lc: DemoLearned) -> Path:
     """Patch → stitch → end2end on the training files; returns the end2end run folder."""
     from .learn.config import TrainRunConfig
-    from .learn.pipeline import train_run
+    from .learn.training.route import train_run
 
     data = {"files": [str(f) for f in train_files], "block": lc.block, "stride": lc.stride, "patch": lc.patch,
             "val_fraction": 0.15, "test_fraction": 0.0, "augment": False, "preprocess": lc.preprocess}
@@ -250,8 +250,8 @@ def train_learned(train_files: list[Path], runs: Path, lc: DemoLearned) -> Path:
 def predict_files(run: Path, files: list[Path]) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Learned predictions and truths of every sample of ``files``."""
     from . import io
+    from .learn.apply.phase import load_predictor, predict_phase
     from .learn.pairs import simulation_phases
-    from .learn.predict import load_predictor, predict_phase
 
     model, meta = load_predictor(run)
     preds, truths = [], []
@@ -265,8 +265,8 @@ def predict_files(run: Path, files: list[Path]) -> tuple[list[np.ndarray], list[
 
 def train_phaseformer(train_files: list[Path], pairs: Path, out: Path, pc: DemoPhaseformer) -> Path:
     """A tiny Phaseformer on degraded-truth pairs of the training files plus the learned-prediction pairs."""
-    from .learn.restore_config import PhaseformerRunConfig
-    from .learn.restore_train import train_phaseformer as _train
+    from .learn.config import PhaseformerRunConfig
+    from .learn.training.phaseformer import train_phaseformer as _train
 
     cfg = PhaseformerRunConfig(
         out_dir=str(out), data={"train": [str(pairs)] + [str(f) for f in train_files], "crop": 32,
@@ -369,9 +369,9 @@ def _write_report(out: Path, summary: str, fom: dict[str, dict[str, float]], rou
 def run_demo(out: Path, quick: bool = False) -> Path:
     """Run every stage into ``out``; returns the report path (``out/report.md``)."""
     from . import io
+    from .learn.apply.phase import load_predictor, predict_phase
+    from .learn.apply.refine import load_phaseformer, refine_phase
     from .learn.pairs import write_pairs
-    from .learn.predict import load_predictor, predict_phase
-    from .learn.restore_apply import load_phaseformer, refine_phase
     from .optics import make_probe
     from .plot import phase_panels, simulation_overview
 

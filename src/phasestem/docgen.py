@@ -17,9 +17,9 @@ SCHEMAS = [
     ("phasestem simulate", "phasestem.simulate.config:SimulationConfig"),
     ("phasestem reconstruct / tune", "phasestem.recon.params:ReconstructParams"),
     ("phasestem train patch | stitch | end2end", "phasestem.learn.config:TrainRunConfig"),
-    ("phasestem train autoencoder", "phasestem.learn.restore_config:AutoencoderRunConfig"),
-    ("phasestem train phaseformer", "phasestem.learn.restore_config:PhaseformerRunConfig"),
-    ("phasestem make-pairs", "phasestem.learn.restore_config:MakePairsConfig"),
+    ("phasestem train autoencoder", "phasestem.learn.config:AutoencoderRunConfig"),
+    ("phasestem train phaseformer", "phasestem.learn.config:PhaseformerRunConfig"),
+    ("phasestem make-pairs", "phasestem.learn.config:MakePairsConfig"),
     ("phasestem demo (built-in settings)", "phasestem.demo:DemoConfig"),
 ]
 

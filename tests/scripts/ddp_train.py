@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from phasestem.learn.config import load_train_config
-from phasestem.learn.pipeline import build_run
+from phasestem.learn.training.route import build_run
 
 cfg = load_train_config(sys.argv[1])
 trainer = build_run(cfg)

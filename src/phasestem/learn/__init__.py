@@ -9,14 +9,17 @@
   ``learn.phase_stitching``, ``learn.end2end``, ``learn.autoencoder``, ``learn.phaseformer`` still import
   them); :mod:`.losses` — the loss components; :mod:`.backbones` — timm trunks with offline-safe pretrained
   loading.
-* Runs: :mod:`.config` / :mod:`.pipeline` (patch, stitch, end2end) and :mod:`.restore_config` /
-  :mod:`.restore_train` (autoencoder, Phaseformer) build each run's data, network and loss for the one trainer
-  (:mod:`.trainer`, :mod:`.trainer_config`, :mod:`.trainer_state`, :mod:`.checkpoint`).
+* Runs: every run config (and ``make-pairs``'s) in :mod:`.config`; :mod:`.training` builds each run's data,
+  network and loss for the one trainer, one module per network family (:mod:`.training.route` for patch, stitch
+  and end2end, :mod:`.training.autoencoder`, :mod:`.training.phaseformer`); the trainer: :mod:`.trainer`,
+  :mod:`.trainer_config`, :mod:`.trainer_state`, :mod:`.checkpoint`.
 * Data: :mod:`.data` (geometry, preprocessing, augmentation, files, datasets, synthetic files), :mod:`.pairs`
-  (Phaseformer pairs); the seed-000 file format is :mod:`phasestem.io.seed`.
+  (Phaseformer pairs) and :mod:`.pair_sources` (the pairs files of ``make-pairs``); the seed-000 file format is
+  :mod:`phasestem.io.seed`.
 * Applying models: :mod:`.apply` — every kind, file to file (``predict_file``, ``embed_file``, ``refine_file``,
-  ``apply_file`` by the model's kind) and the in-memory steps, implemented in :mod:`.predict` and
-  :mod:`.restore_apply`; :mod:`.evaluate`, :mod:`.consistency`; commands in
+  ``apply_file`` by the model's kind) and the in-memory steps, one module per network family:
+  :mod:`.apply.phase` (end2end, patch + stitch), :mod:`.apply.latent` (autoencoder), :mod:`.apply.refine`
+  (Phaseformer); :mod:`.evaluate`, :mod:`.consistency`; commands in
   :mod:`.commands` (``train <network>``, ``predict``, ``evaluate``) and :mod:`.commands_restore` (``embed``,
   ``refine``, ``make-pairs``).
 

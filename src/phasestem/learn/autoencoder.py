@@ -1,5 +1,6 @@
 """Moved: the network, its loss and settings are :mod:`phasestem.learn.nets.autoencoder`, its printed
-summary ``show`` is in :mod:`phasestem.learn.restore_apply`; this older name still exports them."""
+summary ``show`` is in :mod:`phasestem.learn.apply.latent`; this older name still exports them."""
+from .apply.latent import show  # noqa: F401
 from .nets.autoencoder import *  # noqa: F403
 from .nets.autoencoder import (  # noqa: F401
     DEFAULT_DIV_EPS,
@@ -10,4 +11,3 @@ from .nets.autoencoder import (  # noqa: F401
     MAX_SIZE,
     MIN_SIZE,
 )
-from .restore_apply import show  # noqa: F401

@@ -182,7 +182,7 @@ def stage_script(name: str, argv: list[str] | None = None, configs: Path | None 
     from ..cli import run_with_errors
     from ..configfile import parse_set_options
     from .config import load_train_config
-    from .pipeline import train_run
+    from .training.route import train_run
 
     config = Path(args.config) if args.config else (configs or Path.cwd() / "configs") / default_config
 

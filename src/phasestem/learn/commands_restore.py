@@ -60,7 +60,7 @@ def _refine(args) -> int:
 
 def _make_pairs(args) -> int:
     from .apply import make_pairs
-    from .restore_config import MakePairsConfig
+    from .config import MakePairsConfig
 
     data = read_yaml_mapping(args.config) if args.config else {}
     if args.files:

@@ -10,6 +10,7 @@
 Both measured sources give one input per sample (``copies`` applies to ``degrade`` only), resampled to the true
 phase's grid when the pixel differs. The AD source reconstructs with :mod:`phasestem.recon`, imported only when
 it is used (the hybrid exception to "learn does not import recon": the command, not the learned library, calls it).
+:func:`make_pairs` writes the pairs file of the ``degrade`` source, :func:`make_measured_pairs` those of the other two.
 """
 from __future__ import annotations
 
@@ -22,10 +23,11 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from .pairs import Degrade, degrade, simulation_phases, write_pairs
 
 log = logging.getLogger("phasestem.learn.pairs")
 
-__all__ = ["parse_inputs_from", "measured_inputs", "ad_phase", "make_measured_pairs"]
+__all__ = ["parse_inputs_from", "make_pairs", "measured_inputs", "ad_phase", "make_measured_pairs"]
 
 
 def parse_inputs_from(spec: str | None) -> tuple[str, str | None]:
@@ -77,7 +79,7 @@ def measured_inputs(paths: list[str], kind: str, model: str | None = None, stitc
     from .. import io
     from ..io import seed as seedfile
     from ..safety import check_finite
-    from .predict import load_predictor, predict_phase
+    from .apply.phase import load_predictor, predict_phase
 
     predictor = None
     if kind == "stitch":
@@ -104,6 +106,44 @@ def measured_inputs(paths: list[str], kind: str, model: str | None = None, stitc
             yield f"{Path(path).name}:{seedfile.target_key(i, 'phase')}", inp, truth
 
 
+def make_pairs(files: list[str], out: str | Path, degradation: Degrade | None = None, copies: int = 1,
+               seed: int = 0, progress: bool = True) -> Path:
+    """Write a pairs file (``input``, ``gt`` (N, H, W)) from the true phases of simulation files, the inputs
+    ``copies`` synthetic degradations (``inputs_from`` 'degrade') of each."""
+    import json
+
+    import h5py
+    from tqdm.auto import tqdm
+
+    from ..errors import InputFileError
+    from ..io import seed as seedfile
+    from ..safety import check_finite
+    from .data import expand_paths
+
+    deg = degradation or Degrade()
+    rng = np.random.default_rng(seed)
+    inputs, gts, origin = [], [], []
+    paths = expand_paths(files)
+    for path in paths:
+        keys = simulation_phases(path)
+        if not keys:
+            raise InputFileError(f"{path}: no 'phase_{{i}}' datasets (expected a simulation file)")
+        with h5py.File(path, "r") as f:
+            for k in tqdm(keys, desc=Path(path).name, disable=not progress, leave=False):
+                phase = seedfile.read_phase(f, k)  # rad (× σ for the original generator's files)
+                check_finite(phase, f"{path}:{k}", what="phase value", hint="")
+                for _ in range(copies):
+                    inputs.append(degrade(phase, deg, rng).numpy())
+                    gts.append(phase)
+                    origin.append(f"{Path(path).name}:{k}")
+    if not gts:
+        raise ConfigError("make-pairs: no phase images found")
+    return write_pairs(out, np.stack(inputs), np.stack(gts),
+                       {"degradation": deg.model_dump_json(), "sources": json.dumps(origin), "seed": seed,
+                        "units": "rad"})
+
+
+
 def make_measured_pairs(files: list[str], out: str | Path, inputs_from: str, stitch_model: str | None = None,
                         ad_epochs: int = 4, device: str = "cpu", progress: bool = True) -> Path:
     """Write a pairs file (``input``, ``gt`` (N, H, W), the format of :func:`~phasestem.learn.pairs.write_pairs`)
@@ -111,7 +151,6 @@ def make_measured_pairs(files: list[str], out: str | Path, inputs_from: str, sti
     import json
 
     from .data import expand_paths
-    from .pairs import write_pairs
 
     kind, model = parse_inputs_from(inputs_from)
     if kind == "degrade":

@@ -15,7 +15,8 @@ spelling), ``build_run(cfg)`` returns the shared :class:`~phasestem.learn.traine
 ``train_run(cfg)`` writes the config into the run folder and trains, ``build_network(name, config)`` makes a
 network with random weights, and ``load_model(path)`` rebuilds any saved model from its file alone
 (metadata: :mod:`phasestem.learn.meta`). Entries name their modules as strings so that nothing heavy
-(timm) is imported until a network is used.
+(timm) is imported until a network is used: every run config is in :mod:`phasestem.learn.config`, the builders
+in :mod:`phasestem.learn.training` (``route`` for patch / stitch / end2end, ``autoencoder``, ``phaseformer``).
 """
 from __future__ import annotations
 
@@ -39,17 +40,17 @@ class Entry:
 
 NETWORKS: dict[str, Entry] = {e.name: e for e in (
     Entry("patch", "PatchRecoveryNet (14×14 pattern blocks → 76×76 phase patches)",
-          "config:TrainRunConfig", "pipeline:build_run", "pipeline:network_from_config"),
+          "config:TrainRunConfig", "training.route:build_run", "training.route:network_from_config"),
     Entry("stitch", "PhaseStitchingNet (25 ground-truth patches → 256² phase)",
-          "config:TrainRunConfig", "pipeline:build_run", "pipeline:network_from_config"),
+          "config:TrainRunConfig", "training.route:build_run", "training.route:network_from_config"),
     Entry("end2end", "End2End: both trained nets chained and trained together",
-          "config:TrainRunConfig", "pipeline:build_run", "pipeline:network_from_config"),
+          "config:TrainRunConfig", "training.route:build_run", "training.route:network_from_config"),
     Entry("autoencoder", "the 4D-STEM diffraction-pattern autoencoder (SPEC §4)",
-          "restore_config:AutoencoderRunConfig", "restore_train:build_autoencoder_trainer",
-          "restore_train:autoencoder_from_config"),
+          "config:AutoencoderRunConfig", "training.autoencoder:build_autoencoder_trainer",
+          "training.autoencoder:autoencoder_from_config"),
     Entry("phaseformer", "Phaseformer, the phase-image restoration transformer (SPEC §5)",
-          "restore_config:PhaseformerRunConfig", "restore_train:build_phaseformer_trainer",
-          "restore_train:phaseformer_from_config"),
+          "config:PhaseformerRunConfig", "training.phaseformer:build_phaseformer_trainer",
+          "training.phaseformer:phaseformer_from_config"),
 )}
 
 

@@ -11,8 +11,8 @@ phaseformer  :mod:`.phaseformer`  Phaseformer, PhaseformerConfig, PhaseformerMod
                                   PhaseformerLoss
 ===========  ===================  ===========================================================================
 
-Training data and run configs: :mod:`..config`, :mod:`..restore_config`; trainers:
-:mod:`..pipeline`, :mod:`..restore_train`; by name: :mod:`..registry`. The older module names
+Run configs: :mod:`..config`; how each is trained: :mod:`..training` (``route``, ``autoencoder``,
+``phaseformer``); by name: :mod:`..registry`; applied: :mod:`..apply`. The older module names
 (``learn.patch_recovery``, ``learn.phase_stitching``, ``learn.end2end``, ``learn.autoencoder``,
 ``learn.phaseformer``) still import these modules. Nothing is imported here, so naming one network does
 not load the others' dependencies.

@@ -1,4 +1,5 @@
-"""Glue between configs, datasets, networks and the trainer: ``train_run(cfg)``, ``load_model(path)``.
+"""Runs of the scan → phase route (patch, stitch, end2end): configs, datasets, networks and the trainer joined
+(``build_run(cfg)``, ``train_run(cfg)``), and ``load_model(path)`` for these three kinds.
 
 Every saved model carries ``meta`` = ``{"model": {"kind", "config"}, "data": {"geometry",
 "preprocess", "target", "target_description", "pattern_shape", …}}`` so that prediction can
@@ -14,14 +15,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..errors import ConfigError
-from .config import TrainRunConfig
-from .data import PatchDataset, SampleDataset, SampleIndex, StitchDataset
-from .meta import make_meta, normalize_meta, require_kind
-from .nets.end2end import End2End, FreezePatchNet, loss_fn_from_config
-from .nets.patch import PatchRecoveryConfig, PatchRecoveryNet, patch_loss_fn
-from .nets.stitch import PhaseStitchingConfig, PhaseStitchingNet, stitch_loss_fn
-from .trainer import Trainer, seed_everything
+from ...errors import ConfigError
+from ..config import TrainRunConfig
+from ..data import PatchDataset, SampleDataset, SampleIndex, StitchDataset
+from ..meta import make_meta, normalize_meta, require_kind
+from ..nets.end2end import End2End, FreezePatchNet, loss_fn_from_config
+from ..nets.patch import PatchRecoveryConfig, PatchRecoveryNet, patch_loss_fn
+from ..nets.stitch import PhaseStitchingConfig, PhaseStitchingNet, stitch_loss_fn
+from ..trainer import Trainer, seed_everything
 
 log = logging.getLogger("phasestem.learn")
 
@@ -52,7 +53,7 @@ def resumed_coords(cfg: TrainRunConfig) -> str | None:
     saved weights on the coordinates they were trained on. None when not resuming, when there is no checkpoint
     yet, when the config sets ``model.coords`` itself (a disagreement is then refused by the resume check), or
     when an end2end run is built from patch/stitch checkpoints (their own metadata decides)."""
-    from .checkpoint import checkpoint_folder, load_weights, resolve_weights_path
+    from ..checkpoint import checkpoint_folder, load_weights, resolve_weights_path
 
     if not cfg.resume or cfg.stage not in ("patch", "end2end") or cfg.patch_checkpoint:
         return None
@@ -125,7 +126,7 @@ def network_from_config(kind: str, config: dict[str, Any]) -> nn.Module:
 
 def load_model(path: str | Path, map_location: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild and load a trained patch / stitch / end2end network from its weights file or run folder."""
-    from .registry import load_model as load_any
+    from ..registry import load_model as load_any
 
     return load_any(path, KINDS, map_location)
 
@@ -190,6 +191,6 @@ def build_run(cfg: TrainRunConfig) -> Trainer:
 
 def train_run(cfg: TrainRunConfig) -> dict[str, Any]:
     """Train one stage as configured (:func:`phasestem.learn.registry.train_run`)."""
-    from .registry import train_run as run
+    from ..registry import train_run as run
 
     return run(cfg)

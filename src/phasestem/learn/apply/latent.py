@@ -1,5 +1,9 @@
-"""Applying trained restoration models: latent maps of a scan (autoencoder), phase refinement
-(Phaseformer), training-pair generation, and the autoencoder report (metrics + comparison images).
+"""The autoencoder applied: latent maps of a 4D-STEM scan and the autoencoder's report.
+
+``embed_file(scan, model, out)`` (what ``phasestem embed`` runs) is made of :func:`load_autoencoder`,
+:func:`embed_scan` / :func:`embed_patterns` (patterns preprocessed as recorded in the model's metadata) and
+:func:`write_latent_maps`; :func:`autoencoder_report` gives reconstruction metrics and a comparison figure,
+:func:`show` a printed summary (parameters, shapes per input size, metrics on data).
 
 Model files are those written by the shared trainer (``model.safetensors`` + ``meta``); a run folder
 (``best/`` then ``last/``) or a file may be given.
@@ -8,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -19,23 +22,17 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .. import metrics
-from ..errors import ConfigError, InputFileError, ShapeError
-from ..io import seed as seedfile
-from ..plot import save_figure
-from ..safety import atomic_file, check_bad_pixel_mode, check_finite, mask_nonfinite
-from .meta import normalize_meta, require_kind
-from .nets.autoencoder import Autoencoder, count_parameters, scale_patterns
-from .nets.phaseformer import Phaseformer, PhaseformerConfig
-from .pairs import Degrade, degrade, simulation_phases, write_pairs
-from .restore_train import _bin, build_autoencoder
-from .trainer import load_weights, resolve_device
+from ... import metrics
+from ...errors import ShapeError
+from ...plot import save_figure
+from ...safety import atomic_file
+from ..meta import normalize_meta, require_kind
+from ..nets.autoencoder import Autoencoder, count_parameters, scale_patterns
+from ..trainer import load_weights, resolve_device
+from ..training.autoencoder import _bin, build_autoencoder
 
-log = logging.getLogger("phasestem.learn.restore")
-
-__all__ = ["load_autoencoder", "load_phaseformer", "embed_patterns", "embed_scan", "write_latent_maps",
-           "refine_phase", "read_phase_image", "write_refined", "make_pairs", "autoencoder_report",
-           "show"]
+__all__ = ["load_autoencoder", "embed_patterns", "embed_scan", "write_latent_maps", "embed_file",
+           "autoencoder_report", "show"]
 
 
 def load_autoencoder(path: str | Path, device: str | None = None) -> tuple[Autoencoder, dict[str, Any]]:
@@ -47,22 +44,7 @@ def load_autoencoder(path: str | Path, device: str | None = None) -> tuple[Autoe
     return model.to(resolve_device(device or "auto")).eval(), meta
 
 
-def load_phaseformer(path: str | Path, device: str | None = None) -> tuple[Phaseformer, dict[str, Any]]:
-    """(network in eval mode, meta) from a model file or run folder written by ``train phaseformer``.
 
-    Accepts the trainable wrapper's ``net.*`` weights or a bare Phaseformer state_dict.
-    """
-    state, meta = load_weights(path)
-    if meta:  # a bare state_dict file (no metadata) is taken as a default-size Phaseformer
-        require_kind(meta, path, ("phaseformer",))
-    net = Phaseformer(PhaseformerConfig.from_dict(meta["model"]["config"] if meta else {}))
-    if any(k.startswith("net.") for k in state):
-        state = {k[4:]: v for k, v in state.items() if k.startswith("net.")}
-    net.load_state_dict(state)
-    return net.to(resolve_device(device or "auto")).eval(), meta
-
-
-# ------------------------------------------------------------------------------------- embedding
 def _preprocess(meta: dict[str, Any] | None) -> dict[str, Any]:
     """The pattern preprocessing recorded in an autoencoder's meta (any schema)."""
     return normalize_meta(meta or {}).get("data", {}).get("preprocess", {})
@@ -134,129 +116,42 @@ def _latent_png(maps: np.ndarray, path: Path) -> Path:
     return save_figure(fig, path, dpi=110, close=True)
 
 
-# ------------------------------------------------------------------------------------- refinement
-def read_phase_image(path: str | Path, key: str | None = None, bad_pixels: str = "refuse") -> np.ndarray:
-    """A 2-D phase image from ``.npy``, ``.png``/``.tif`` or HDF5 (``key``, or ``phase``/the only 2-D dataset).
+def embed_file(data: str | Path, model_path: str | Path, out: str | Path | None = None, png: bool = True,
+               device: str = "auto", batch_size: int = 256, report: int = 0, summary: bool = False,
+               patterns_key: str | None = None, sample: int | None = None, bad_pixels: str = "refuse"
+               ) -> dict[str, Any]:
+    """4D-STEM file → HDF5 of the autoencoder's latent maps (D, Sy, Sx) (+ a PNG grid); with ``report`` N also
+    the reconstruction metrics of N random patterns and their comparison figure. Returns what was written:
+    ``out``, ``png``, ``comparison``, ``shape``, ``masked`` (non-finite values replaced) and ``report``."""
+    from ... import io
+    from ...safety import refuse_output_over_inputs
 
-    NaN/Inf are refused naming the file, dataset and first bad pixel, or (``bad_pixels='mask'``) replaced by
-    the median of their finite neighbours, with the count logged. Complex images are refused.
-    """
-    check_bad_pixel_mode(bad_pixels)
-    path = Path(path)
-    if path.is_dir():
-        raise InputFileError(f"{path}: is a folder; expected a phase image file")
-    if not path.is_file():
-        raise InputFileError(f"{path}: no such file")
-    if path.suffix.lower() in (".h5", ".hdf5", ".hdf"):
-        try:
-            f = h5py.File(path, "r")
-        except OSError as exc:
-            raise InputFileError(f"{path}: not a readable HDF5 file ({' '.join(str(exc).split())[:200]})") from None
-        with f:
-            if key is None:
-                cands = [k for k in ("phase", "object_phase") if k in f]
-                if not cands:
-                    cands = [k for k, v in f.items() if isinstance(v, h5py.Dataset) and v.ndim == 2]
-                if len(cands) != 1:
-                    raise InputFileError(f"{path}: name the phase dataset with --key (2-D candidates: {cands})")
-                key = cands[0]
-            if key not in f:
-                raise InputFileError(f"{path}: dataset '{key}' not found")
-            if f[key].dtype.kind not in "biuf":
-                raise InputFileError(f"{path}:{key}: {f[key].dtype} values; expected a real phase image (rad)")
-            img = np.asarray(f[key], dtype=np.float32)
-    else:
-        from .pairs import read_image
-
-        img = read_image(path)
-    img = np.squeeze(img)
-    if img.ndim != 2:
-        raise ShapeError(f"{path}: expected a 2-D phase image, got shape {img.shape}")
-    source = f"{path}:{key}" if key else str(path)
-    if bad_pixels == "refuse":
-        check_finite(img, source, what="pixel")
-    elif (n := mask_nonfinite(img)):
-        log.warning("%s: replaced %d non-finite pixels by the median of their finite neighbours", source, n)
-    return img
+    out = Path(out or Path(data).with_suffix("").name + "_latent.h5")
+    png_path = out.with_suffix(".png") if png else None
+    comparison = out.with_name(out.stem + "_comparison.png") if report else None
+    refuse_output_over_inputs([p for p in (out, png_path, comparison) if p], [data, model_path])
+    opts: dict[str, Any] = {}
+    if patterns_key:
+        opts["patterns_key"] = patterns_key
+    if sample is not None:
+        opts["sample"] = sample
+    ds = io.load(data, bad_pixels=bad_pixels, **opts)
+    model, meta = load_autoencoder(model_path, device)
+    if summary:
+        b = int(meta["data"].get("preprocess", {}).get("bin", 1))
+        show(model, input_size=(1, ds.pattern_shape[0] // b, ds.pattern_shape[1] // b))
+    maps = embed_scan(model, ds.patterns, meta, batch_size=batch_size)
+    write_latent_maps(out, maps, {"source": str(data), "checkpoint": str(model_path),
+                                  "scan_step": list(ds.scan_step)}, png=png_path)
+    result: dict[str, Any] = {"out": out, "png": png_path, "comparison": comparison, "shape": maps.shape,
+                              "masked": ds.metadata.get("bad_pixels_masked"), "report": None}
+    if report:
+        pats = np.asarray(ds.patterns).reshape(-1, *ds.pattern_shape)
+        idx = np.random.default_rng(0).choice(len(pats), min(report, len(pats)), replace=False)
+        result["report"] = autoencoder_report(model, pats[np.sort(idx)], meta, png=comparison)
+    return result
 
 
-@torch.no_grad()
-def refine_phase(net: Phaseformer, phase: np.ndarray, size: int | None = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Coarse phase (H, W) → (refined (S, S), refined ×2 (2S, 2S)), S = ``size`` (bilinear resize first).
-
-    ``size=None`` keeps the input size (padded by reflection to a multiple of 8, cropped back).
-    """
-    dev = next(net.parameters()).device
-    x = torch.as_tensor(np.asarray(phase, np.float32))[None, None].to(dev)
-    if size is not None:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % 8, (-w) % 8
-    if ph or pw:
-        x = F.pad(x, (0, pw, 0, ph), mode="reflect")
-    out_l, out_h = net(x)
-    return (out_l[0, 0, :h, :w].float().cpu().numpy(), out_h[0, 0, :2 * h, :2 * w].float().cpu().numpy())
-
-
-def write_refined(path: str | Path, low: np.ndarray, high: np.ndarray, attrs: dict[str, Any] | None = None,
-                  png: str | Path | None = None, coarse: np.ndarray | None = None) -> Path:
-    """HDF5 with ``phase`` (S, S) and ``phase_x2`` (2S, 2S) in rad (+ a PNG comparison when ``png``)."""
-    path = Path(path)
-    with atomic_file(path) as tmp, h5py.File(tmp, "w") as f:
-        f.create_dataset("phase", data=low.astype(np.float32))
-        f.create_dataset("phase_x2", data=high.astype(np.float32))
-        f.attrs["format"] = "phasestem-refined-phase"
-        f.attrs["units"] = "rad"
-        for k, v in (attrs or {}).items():
-            f.attrs[k] = v if isinstance(v, (int, float, str)) else json.dumps(v, default=str)
-    if png is not None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        imgs = ([("coarse input", coarse)] if coarse is not None else []) + [
-            (f"refined {low.shape[0]}²", low), (f"refined ×2 {high.shape[0]}²", high)]
-        fig, axes = plt.subplots(1, len(imgs), figsize=(3.2 * len(imgs), 3.2))
-        for ax, (title, im) in zip(np.atleast_1d(axes), imgs, strict=True):
-            m = ax.imshow(im, cmap="gray")
-            ax.set_title(title, fontsize=8)
-            ax.axis("off")
-            fig.colorbar(m, ax=ax, fraction=0.046, label="rad")
-        save_figure(fig, png, dpi=110, close=True)
-    return path
-
-
-# ------------------------------------------------------------------------------------- pairs
-def make_pairs(files: list[str], out: str | Path, degradation: Degrade | None = None, copies: int = 1,
-               seed: int = 0, progress: bool = True) -> Path:
-    """Write a pairs file (``input``, ``gt`` (N, H, W)) from the true phases of simulation files."""
-    from .data import expand_paths
-
-    deg = degradation or Degrade()
-    rng = np.random.default_rng(seed)
-    inputs, gts, origin = [], [], []
-    paths = expand_paths(files)
-    for path in paths:
-        keys = simulation_phases(path)
-        if not keys:
-            raise InputFileError(f"{path}: no 'phase_{{i}}' datasets (expected a simulation file)")
-        with h5py.File(path, "r") as f:
-            for k in tqdm(keys, desc=Path(path).name, disable=not progress, leave=False):
-                phase = seedfile.read_phase(f, k)  # rad (× σ for the original generator's files)
-                check_finite(phase, f"{path}:{k}", what="phase value", hint="")
-                for _ in range(copies):
-                    inputs.append(degrade(phase, deg, rng).numpy())
-                    gts.append(phase)
-                    origin.append(f"{Path(path).name}:{k}")
-    if not gts:
-        raise ConfigError("make-pairs: no phase images found")
-    return write_pairs(out, np.stack(inputs), np.stack(gts),
-                       {"degradation": deg.model_dump_json(), "sources": json.dumps(origin), "seed": seed,
-                        "units": "rad"})
-
-
-# ------------------------------------------------------------------------------------- report
 @torch.no_grad()
 def autoencoder_report(model: Autoencoder, patterns: np.ndarray, meta: dict[str, Any] | None = None,
                        png: str | Path | None = None, n_show: int = 4) -> dict[str, float]:

@@ -21,15 +21,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..dataset import FourDSTEM
-from ..errors import ConfigError, ShapeError
-from ..io.hdf5 import read_float32
-from ..plot import save_figure
-from ..safety import atomic_file, refuse_output_over_inputs
-from .data import BlockGeometry, Preprocess, blocks_from_scan
-from .nets.end2end import End2End
-from .pipeline import load_model
-from .trainer import resolve_device
+from ...dataset import FourDSTEM
+from ...errors import ConfigError, ShapeError
+from ...io.hdf5 import read_float32
+from ...plot import save_figure
+from ...safety import atomic_file, refuse_output_over_inputs
+from ..data import BlockGeometry, Preprocess, blocks_from_scan
+from ..nets.end2end import End2End
+from ..trainer import resolve_device
+from ..training.route import load_model
 
 log = logging.getLogger("phasestem.learn")
 
@@ -139,7 +139,7 @@ def predict_file(input_path: str | Path, model_path: str | Path, out_path: str |
                  **load_options) -> Path:
     """4D-STEM file → phase HDF5 (+ PNG). ``load_options`` go to :func:`phasestem.io.load` (e.g. ``sample=``,
     ``bad_pixels=``). The output may not resolve to an input; the data are read (and checked) first."""
-    from ..io import load
+    from ...io import load
 
     refuse_output_over_inputs(prediction_outputs(out_path, png), [input_path, model_path, stitch_path])
     ds = load(input_path, **{k: v for k, v in load_options.items() if v is not None})
@@ -158,8 +158,8 @@ def prediction_residual(phase: np.ndarray, dataset: FourDSTEM, sampling: tuple[f
     """Measurement residual of a predicted image (:func:`phasestem.learn.consistency.measurement_residual`; a
     potential in V·Å is converted with σ of the data's energy); None, with a log line, when the data do not
     carry the optics it needs (semiangle, angular sampling)."""
-    from ..optics import interaction_constant
-    from .consistency import measurement_residual
+    from ...optics import interaction_constant
+    from ..consistency import measurement_residual
 
     scale = interaction_constant(dataset.energy) if meta["data"].get("target") == "potential" else 1.0
     try:
