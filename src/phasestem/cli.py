@@ -20,7 +20,6 @@ COMMAND_MODULES = (
     "phasestem.recon.commands",
     "phasestem.calibrate.commands",
     "phasestem.learn.commands",
-    "phasestem.learn.commands_restore",
     "phasestem.commands_misc",
 )
 

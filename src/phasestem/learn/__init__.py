@@ -19,9 +19,8 @@
 * Applying models: :mod:`.apply` — every kind, file to file (``predict_file``, ``embed_file``, ``refine_file``,
   ``apply_file`` by the model's kind) and the in-memory steps, one module per network family:
   :mod:`.apply.phase` (end2end, patch + stitch), :mod:`.apply.latent` (autoencoder), :mod:`.apply.refine`
-  (Phaseformer); :mod:`.evaluate`, :mod:`.consistency`; commands in
-  :mod:`.commands` (``train <network>``, ``predict``, ``evaluate``) and :mod:`.commands_restore` (``embed``,
-  ``refine``, ``make-pairs``).
+  (Phaseformer); :mod:`.evaluate`, :mod:`.consistency`; the commands (``train <network>``, ``predict``,
+  ``evaluate``, ``embed``, ``refine``, ``make-pairs``) in :mod:`.commands`.
 
 Sub-modules are imported on demand so ``import phasestem.learn.trainer`` does not pull in timm.
 """
