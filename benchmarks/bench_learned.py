@@ -30,9 +30,9 @@ import time
 import torch
 
 from phasestem.learn.data import BlockGeometry
-from phasestem.learn.end2end import End2End, end2end_loss_fn
-from phasestem.learn.patch_recovery import PatchRecoveryNet
-from phasestem.learn.phase_stitching import PhaseStitchingNet
+from phasestem.learn.nets.end2end import End2End, end2end_loss_fn
+from phasestem.learn.nets.patch import PatchRecoveryNet
+from phasestem.learn.nets.stitch import PhaseStitchingNet
 
 
 def _sync(device):

@@ -11,7 +11,8 @@ import torch
 
 from phasestem import metrics
 from phasestem.errors import ShapeError
-from phasestem.learn import autoencoder as A
+from phasestem.learn.apply.latent import show
+from phasestem.learn.nets import autoencoder as A
 
 
 @pytest.fixture
@@ -51,7 +52,7 @@ def test_output_shapes_and_api(one_thread):
         model(torch.rand(1, 1, 16, 16))
     with pytest.raises(ShapeError, match="B, 1, H, W"):
         model(torch.rand(1, 2, 32, 32))
-    text = A.show(A.Autoencoder(), input_size=(1, 64, 64), print_fn=None)
+    text = show(A.Autoencoder(), input_size=(1, 64, 64), print_fn=None)
     assert "3,914,404" in text and "(1, 1, 512, 512)" not in text and "512×512" in text and "1024×1024" in text
 
 
@@ -68,7 +69,7 @@ def test_show_prints_metrics_when_given_data(one_thread):
     model = A.Autoencoder(out_shape=(32, 32), channels=8, decoder_blocks=1).train()
     data = torch.rand(5, 32, 32) * 100
     lines = []
-    text = A.show(model, input_size=(1, 32, 32), print_fn=lines.append, data=data, batch_size=2)
+    text = show(model, input_size=(1, 32, 32), print_fn=lines.append, data=data, batch_size=2)
     assert model.training  # mode restored
     model.eval()
     with torch.no_grad():

@@ -87,7 +87,7 @@ def test_consistency_loss_gradient_and_preprocessed_blocks(sim):
 def test_end2end_loss_with_consistency_term(sim):
     from phasestem.errors import ConfigError
     from phasestem.learn.config import LossConfig
-    from phasestem.learn.end2end import end2end_loss_fn, loss_fn_from_config
+    from phasestem.learn.nets.end2end import end2end_loss_fn, loss_fn_from_config
 
     assert LossConfig().consistency_weight == 0.0
     idx = SampleIndex.from_paths([sim["clean"]], **BLOCKS)
@@ -108,9 +108,9 @@ def test_end2end_loss_with_consistency_term(sim):
 
 
 def _tiny_e2e():
-    from phasestem.learn.end2end import End2End
-    from phasestem.learn.patch_recovery import PatchRecoveryConfig, PatchRecoveryNet
-    from phasestem.learn.phase_stitching import PhaseStitchingConfig, PhaseStitchingNet
+    from phasestem.learn.nets.end2end import End2End
+    from phasestem.learn.nets.patch import PatchRecoveryConfig, PatchRecoveryNet
+    from phasestem.learn.nets.stitch import PhaseStitchingConfig, PhaseStitchingNet
 
     return End2End(PatchRecoveryNet(PatchRecoveryConfig(size="tiny", block=6, patch=24)),
                    PhaseStitchingNet(PhaseStitchingConfig(size="tiny", vit_patch=8, image_size=48, patch=24)))

@@ -8,9 +8,9 @@ from safetensors.torch import save_file
 from phasestem.errors import ConfigError, InputFileError
 from phasestem.learn.backbones import adapt_first_conv, create_cnn, create_vit
 from phasestem.learn.data import BlockGeometry, extract_patches
-from phasestem.learn.end2end import End2End, FreezePatchNet, end2end_loss_fn
-from phasestem.learn.patch_recovery import PatchRecoveryConfig, PatchRecoveryNet
-from phasestem.learn.phase_stitching import PhaseStitchingConfig, PhaseStitchingNet, stitch_loss_fn
+from phasestem.learn.nets.end2end import End2End, FreezePatchNet, end2end_loss_fn
+from phasestem.learn.nets.patch import PatchRecoveryConfig, PatchRecoveryNet
+from phasestem.learn.nets.stitch import PhaseStitchingConfig, PhaseStitchingNet, stitch_loss_fn
 from phasestem.learn.trainer import save_weights
 
 SMALL = BlockGeometry(scan_shape=(12, 12), phase_shape=(48, 48), phase_sampling=(0.5, 0.5), block=6, stride=3,

@@ -143,8 +143,8 @@ def test_shipped_configs_validate():
 def test_every_config_field_is_described():
     from phasestem.learn import config as c
     from phasestem.learn.data import OriginalLayout, Preprocess
-    from phasestem.learn.patch_recovery import PatchRecoveryConfig
-    from phasestem.learn.phase_stitching import PhaseStitchingConfig
+    from phasestem.learn.nets.patch import PatchRecoveryConfig
+    from phasestem.learn.nets.stitch import PhaseStitchingConfig
     from phasestem.learn.trainer import TrainerConfig
 
     for model in (c.DataConfig, c.LossConfig, c.TrainRunConfig, OriginalLayout, Preprocess, PatchRecoveryConfig,

@@ -77,8 +77,8 @@ def test_every_network_builds_through_the_registry(kind):
     assert registry.names() == KINDS
     config = TINY[kind]
     if kind == "end2end":
-        from phasestem.learn.patch_recovery import PatchRecoveryConfig
-        from phasestem.learn.phase_stitching import PhaseStitchingConfig
+        from phasestem.learn.nets.patch import PatchRecoveryConfig
+        from phasestem.learn.nets.stitch import PhaseStitchingConfig
 
         config = {"patch": PatchRecoveryConfig(**TINY["patch"]).model_dump(mode="json"),
                   "stitch": PhaseStitchingConfig(**TINY["stitch"]).model_dump(mode="json")}
@@ -175,20 +175,14 @@ def test_no_file_in_learn_is_over_400_lines():
     assert {name: n for name, n in sizes.items() if n > 400} == {}
 
 
-def test_networks_live_one_per_file_and_the_old_names_still_import():
-    """learn/nets/<network>.py holds each network with its settings and loss; the older module names give the
-    same objects (code written against them, and pickled references to them, keep working)."""
-    import importlib
-
+def test_networks_live_one_per_file():
+    """learn/nets/<network>.py holds each network with its settings and loss; the run configs and losses modules
+    export the same objects, and the autoencoder's printed summary is learn.apply.latent.show."""
+    from phasestem.learn import config, losses
+    from phasestem.learn.apply import latent
     from phasestem.learn.nets import autoencoder, end2end, patch, phaseformer, stitch
 
-    for old, new in (("patch_recovery", patch), ("phase_stitching", stitch), ("end2end", end2end),
-                     ("phaseformer", phaseformer)):
-        assert importlib.import_module(f"phasestem.learn.{old}") is new
-    from phasestem.learn import autoencoder as old_ae
-    from phasestem.learn import config, losses
-
-    assert old_ae.Autoencoder is autoencoder.Autoencoder and callable(old_ae.show)
+    assert callable(latent.show)
     assert losses.PhaseformerLoss is phaseformer.PhaseformerLoss
     assert config.PhaseformerModelConfig is phaseformer.PhaseformerModelConfig
     assert config.AutoencoderLossConfig is autoencoder.AutoencoderLossConfig

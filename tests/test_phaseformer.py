@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from phasestem import metrics
 from phasestem.errors import ConfigError, InputFileError, ShapeError
 from phasestem.learn import losses as L
+from phasestem.learn.nets.phaseformer import ECA, Phaseformer, phase_only
 from phasestem.learn.pairs import Degrade, degrade, paired_dataset, write_pairs
-from phasestem.learn.phaseformer import ECA, Phaseformer, phase_only
 
 TINY = dict(dim=8, blocks=(1, 1, 1, 1), heads=(1, 1, 2, 2), refinement_blocks=1)
 

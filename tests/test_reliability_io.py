@@ -45,10 +45,10 @@ def _one_error_line(capsys, *needles: str) -> str:
 def models(tmp_path_factory):
     """A small simulation file and untrained end2end / autoencoder / Phaseformer model files."""
     from phasestem.learn.data import Preprocess, SampleIndex, write_synthetic_file
-    from phasestem.learn.end2end import End2End
-    from phasestem.learn.patch_recovery import PatchRecoveryConfig, PatchRecoveryNet
-    from phasestem.learn.phase_stitching import PhaseStitchingConfig, PhaseStitchingNet
-    from phasestem.learn.phaseformer import Phaseformer, PhaseformerConfig
+    from phasestem.learn.nets.end2end import End2End
+    from phasestem.learn.nets.patch import PatchRecoveryConfig, PatchRecoveryNet
+    from phasestem.learn.nets.phaseformer import Phaseformer, PhaseformerConfig
+    from phasestem.learn.nets.stitch import PhaseStitchingConfig, PhaseStitchingNet
     from phasestem.learn.trainer import save_weights
     from phasestem.learn.training.autoencoder import build_autoencoder
 

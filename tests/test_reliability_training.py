@@ -249,7 +249,7 @@ def test_wrong_kind_of_model_file_names_it(tmp_path, capsys):
     assert main(["evaluate", "--model", str(path)]) == 1
     err = capsys.readouterr().err
     assert "ae.safetensors" in err and "autoencoder" in err and "None" not in err
-    from phasestem.learn.patch_recovery import PatchRecoveryConfig
+    from phasestem.learn.nets.patch import PatchRecoveryConfig
 
     config = PatchRecoveryConfig(size="tiny", block=6, patch=24).model_dump(mode="json")
     meta = {"model": {"kind": "patch", "config": config}}

@@ -43,7 +43,7 @@ import torch
 
 from phasestem.learn.data.preprocess import Preprocess
 from phasestem.learn.data.synthetic import synthetic_phase
-from phasestem.learn.patch_recovery import PatchRecoveryNet
+from phasestem.learn.nets.patch import PatchRecoveryNet
 
 SETUP = dict(block=4, step=2.0, ps=0.5, n_px=48, window=12, patch=16)
 BLOBS = dict(n_blobs=40, sigma=(0.6, 1.0), amplitude=(0.3, 0.6))  # σ 1.2-2 px: half a pixel matters

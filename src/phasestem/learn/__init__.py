@@ -5,10 +5,8 @@
   saved models (older files converted when read).
 * Networks, one per file with their settings and loss, in :mod:`.nets`: :mod:`.nets.patch`, :mod:`.nets.stitch`,
   :mod:`.nets.end2end` (the user's ``patchRecovery.py`` / ``PhaseStiching.py`` / ``End2End.py``),
-  :mod:`.nets.autoencoder`, :mod:`.nets.phaseformer` (the older names ``learn.patch_recovery``,
-  ``learn.phase_stitching``, ``learn.end2end``, ``learn.autoencoder``, ``learn.phaseformer`` still import
-  them); :mod:`.losses` — the loss components; :mod:`.backbones` — timm trunks with offline-safe pretrained
-  loading.
+  :mod:`.nets.autoencoder`, :mod:`.nets.phaseformer`; :mod:`.losses` — the loss components; :mod:`.backbones`
+  — timm trunks with offline-safe pretrained loading.
 * Runs: every run config (and ``make-pairs``'s) in :mod:`.config`; :mod:`.training` builds each run's data,
   network and loss for the one trainer, one module per network family (:mod:`.training.route` for patch, stitch
   and end2end, :mod:`.training.autoencoder`, :mod:`.training.phaseformer`); the trainer: :mod:`.trainer`,

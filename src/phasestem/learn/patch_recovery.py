@@ -1,5 +1,7 @@
-"""Moved to :mod:`phasestem.learn.nets.patch`; this older name imports the same module (every name, the
-same objects), so code and models written against it keep working."""
+"""Moved to :mod:`phasestem.learn.nets.patch`. This older name is kept only while
+``tests/test_learn_coords.py`` still imports it (``from phasestem.learn.patch_recovery import PatchRecoveryNet``);
+delete it once that import names :mod:`phasestem.learn.nets.patch`. It imports the same module (every name, the
+same objects)."""
 import sys
 
 from .nets import patch as _module

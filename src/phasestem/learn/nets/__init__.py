@@ -12,8 +12,6 @@ phaseformer  :mod:`.phaseformer`  Phaseformer, PhaseformerConfig, PhaseformerMod
 ===========  ===================  ===========================================================================
 
 Run configs: :mod:`..config`; how each is trained: :mod:`..training` (``route``, ``autoencoder``,
-``phaseformer``); by name: :mod:`..registry`; applied: :mod:`..apply`. The older module names
-(``learn.patch_recovery``, ``learn.phase_stitching``, ``learn.end2end``, ``learn.autoencoder``,
-``learn.phaseformer``) still import these modules. Nothing is imported here, so naming one network does
-not load the others' dependencies.
+``phaseformer``); by name: :mod:`..registry`; applied: :mod:`..apply`. Nothing is imported here, so
+naming one network does not load the others' dependencies.
 """

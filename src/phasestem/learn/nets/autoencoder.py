@@ -325,7 +325,7 @@ class AutoencoderModelConfig(BaseModel):
 
 
 class AutoencoderLossConfig(BaseModel):
-    """Weights of MSE + λ_act·L1(z) + λ_sim·contrastive + λ_div·divergence (see learn.autoencoder)."""
+    """Weights of MSE + λ_act·L1(z) + λ_sim·contrastive + λ_div·divergence (see learn.nets.autoencoder)."""
 
     model_config = ConfigDict(extra="forbid")
 
