@@ -65,7 +65,7 @@ def bench(size: str, device: torch.device, repeats: int, pattern: int = 64, amp:
     n_par = sum(p.numel() for p in model.parameters()) / 1e6
     frames = torch.from_numpy(g.frame_coords()).to(device)  # (25, 196, 2): each block in its target's frame
     coords1 = frames[:1]  # one block's coordinates for the patch-net steps
-    centres = torch.from_numpy(g.centres()).to(device)
+    centres = torch.from_numpy(g.exact_centres()).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     bp = 2 if device.type == "cpu" else 32  # blocks per patch-net training step
     x = torch.rand(bp, 196, pattern, pattern, device=device)

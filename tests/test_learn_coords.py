@@ -13,7 +13,7 @@ import torch
 from phasestem.learn.data import BlockGeometry, PatchDataset, Preprocess, SampleDataset, SampleIndex
 from phasestem.learn.data.synthetic import write_synthetic_file
 from phasestem.learn.meta import make_meta, normalize_meta
-from phasestem.learn.patch_recovery import PatchRecoveryNet
+from phasestem.learn.nets.patch import PatchRecoveryNet
 
 ROOT = Path(__file__).resolve().parents[1]
 LEGACY = ROOT / "tests" / "data" / "legacy_models"
@@ -167,3 +167,104 @@ def test_resume_keeps_the_checkpoints_coordinates(tmp_path, one_torch_thread, co
     # without resume the default holds (a new run in that folder is a new network)
     assert build_run(load_run_config(first, "patch", {"model.coords": "patch_frame"})).unwrapped_model.config.coords \
         == "patch_frame"
+
+
+# ------------------------------------------------------------------------------ PhaseStitchingNet: exact centres
+_OFFSET_GEOMETRY = dict(scan_shape=(12, 12), scan_step=(2.0, 2.0), phase_shape=(54, 54), phase_sampling=(24 / 54,) * 2,
+                        block=6, stride=3, patch=24)  # 4.5 px per step: block centres round by ±0.25 px
+
+
+@pytest.mark.parametrize("geometry", [{}, _OFFSET_GEOMETRY,
+                                      dict(scan_shape=(16, 16), scan_step=(1.7, 1.3), phase_shape=(64, 48),
+                                           phase_sampling=(0.43, 0.47), block=4, stride=3, patch=20)])
+def test_exact_centres_round_to_the_centres_the_targets_are_cropped_at(geometry):
+    """The stitching net places each patch at ``round(exact centre)`` (torch); the targets were cropped at
+    ``BlockGeometry.centres()`` (Python's round): the two must be the same pixels, or every patch lands off."""
+    g = BlockGeometry(**geometry)
+    exact = torch.from_numpy(g.exact_centres())
+    np.testing.assert_array_equal(exact.round().long().numpy(), g.centres())
+    assert (exact - exact.round()).abs().max() <= 0.5
+
+
+def test_stitching_canvas_carries_each_patch_s_sub_pixel_offset(one_torch_thread):
+    """With ``centres: exact`` the canvas gets two more channels: per pixel, the mean (dy, dx) offset of the
+    covering patches' block centres from their rounded centres (checked against a plain loop over the blocks'
+    crop indices); the first three channels are the rounded model's, integer centres give zero offsets, and the
+    offsets reach the network's output."""
+    from phasestem.learn.nets.stitch import PhaseStitchingNet
+
+    g = BlockGeometry(**_OFFSET_GEOMETRY)
+    cfg = {"size": "tiny", "image_size": 54, "patch": 24, "vit_patch": 6}
+    exact_net, rounded_net = PhaseStitchingNet(cfg).eval(), PhaseStitchingNet({**cfg, "centres": "rounded"}).eval()
+    assert exact_net.config.centres == "exact" and exact_net.config.canvas_channels == 5
+    patches = torch.randn(1, g.n_blocks, 24, 24, generator=torch.Generator().manual_seed(1))
+    exact = torch.from_numpy(g.exact_centres())[None]
+    with torch.no_grad():
+        canvas = exact_net.canvas(patches, exact)
+        plain = rounded_net.canvas(patches, exact)
+        assert plain.shape == (1, 3, 54, 54) and canvas.shape == (1, 5, 54, 54)
+        torch.testing.assert_close(canvas[:, :3], plain)
+        torch.testing.assert_close(rounded_net.canvas(patches, torch.from_numpy(g.centres())[None]), plain)
+        whole = exact_net.canvas(patches, torch.from_numpy(g.centres())[None])
+        assert whole[:, 3:].abs().max() == 0
+    total, count = np.zeros((2, 54, 54)), np.zeros((54, 54))
+    for c, e in zip(g.centres(), g.exact_centres(), strict=True):
+        rows, cols = g.patch_indices(int(c[0]), 0), g.patch_indices(int(c[1]), 1)
+        count[np.ix_(rows, cols)] += 1
+        for axis in (0, 1):
+            total[axis][np.ix_(rows, cols)] += e[axis] - c[axis]
+    expect = total / np.maximum(count, 1)
+    np.testing.assert_allclose(canvas[0, 3:].numpy(), expect, atol=1e-6)
+    assert np.unique(np.round(np.abs(expect[:, count == 1]), 6)).tolist() == [0.25]
+    # a head that reads the offset channels makes the output depend on them
+    with torch.no_grad():
+        exact_net.decoder.head.weight[:, -2:] = 1.0
+        moved = exact + torch.tensor([0.2, -0.1], dtype=exact.dtype)
+        assert (exact_net(patches, moved) - exact_net(patches, exact)).abs().max() > 1e-3
+
+
+def test_old_stitching_models_read_as_rounded_centres(one_torch_thread):
+    """Stitching nets saved before ``centres`` existed (three canvas channels) load as ``rounded``, alone and inside
+    an end2end model; new metadata records ``exact``."""
+    from phasestem.learn.nets.stitch import PhaseStitchingNet
+    from phasestem.learn.registry import load_model
+
+    model, meta = load_model(LEGACY / "stitch")
+    assert meta["model"]["config"]["centres"] == "rounded" and model.config.canvas_channels == 3
+    e2e, meta_e2e = load_model(LEGACY / "end2end")
+    assert meta_e2e["model"]["config"]["stitch"]["centres"] == "rounded"
+    assert e2e.stitch_net.config.centres == "rounded"
+    new = PhaseStitchingNet({"size": "tiny", "image_size": 32, "patch": 16, "vit_patch": 8})
+    saved = normalize_meta(make_meta("stitch", new.config.model_dump(mode="json")))
+    assert saved["model"]["config"]["centres"] == "exact"
+
+
+@pytest.mark.parametrize("centres", ["rounded", "exact"])
+def test_resume_keeps_the_checkpoints_stitching_centres(tmp_path, one_torch_thread, centres):
+    """A stitching run folder whose config.yaml does not name ``centres`` (written before the key existed) resumes
+    with the input its checkpoint was trained on (three canvas channels for ``rounded``), not the default."""
+    import json
+
+    import yaml
+
+    from phasestem.learn.registry import build_run, load_run_config, train_run
+
+    path = write_synthetic_file(tmp_path / "sim.h5", 3, extent=32.0, phase_px=72, scan=16, window=16, c10=100.0)
+    run = tmp_path / "run"
+    first = tmp_path / "first.yaml"
+    first.write_text(yaml.safe_dump({
+        "network": "stitch", "out_dir": str(run), "stitch_model": {"size": "tiny", "vit_patch": 8, "centres": centres},
+        "data": {"files": [str(path)], "block": 4, "stride": 3, "patch": 24, "batch_size": 2,
+                 "val_fraction": 0.0, "test_fraction": 0.0, "augment": False},
+        "trainer": {"epochs": 1, "progress": False, "tensorboard": False}}))
+    train_run(load_run_config(first, "stitch"))
+    assert json.loads((run / "last" / "meta.json").read_text())["model"]["config"]["centres"] == centres
+    written = yaml.safe_load((run / "config.yaml").read_text())
+    del written["stitch_model"]["centres"]
+    written["trainer"]["epochs"] = 2
+    (run / "config.yaml").write_text(yaml.safe_dump(written))
+    net = build_run(load_run_config(run / "config.yaml", "stitch", {"resume": True})).unwrapped_model
+    assert net.config.centres == centres and net.config.canvas_channels == (5 if centres == "exact" else 3)
+    summary = train_run(load_run_config(run / "config.yaml", "stitch", {"resume": True}))
+    assert summary["epochs_run"] == 2
+    assert yaml.safe_load((run / "config.yaml").read_text())["stitch_model"]["centres"] == centres

@@ -16,7 +16,9 @@ layout without ``schema``; the autoencoder / Phaseformer files had ``network`` w
 The pattern coordinates of a patch network (``model.config.coords``, in an end2end model
 ``model.config.patch.coords``): ``patch_frame`` since they carry each block's sub-pixel offset; a file
 without the key was trained on block-centred coordinates and reads as ``block_centre``, so it is fed
-what it was trained on.
+what it was trained on. Likewise a stitching network (``model.config.centres``, in an end2end model
+``model.config.stitch.centres``) without the key reads as ``rounded``: three canvas channels, no sub-pixel
+offsets.
 """
 from __future__ import annotations
 
@@ -50,21 +52,36 @@ def normalize_meta(meta: dict[str, Any]) -> dict[str, Any]:
 
 #: the coordinate convention of patch networks saved before ``coords`` was recorded
 OLD_COORDS = "block_centre"
+#: the bright-centre input of stitching networks saved before ``centres`` was recorded
+OLD_CENTRES = "rounded"
 
 
 def _coords_convention(meta: dict[str, Any]) -> dict[str, Any]:
-    """``meta`` with ``coords: block_centre`` in a patch network's config that lacks the key (a copy if so)."""
+    """``meta`` with the conventions of older files filled in (a copy if any was missing): ``coords:
+    block_centre`` in a patch network's config, ``centres: rounded`` in a stitching network's."""
     kind, model = kind_of(meta), meta.get("model")
     cfg = model.get("config") if isinstance(model, dict) else None
     if not isinstance(cfg, dict):
         return meta
-    if kind == "patch" and "coords" not in cfg:
-        cfg = {**cfg, "coords": OLD_COORDS}
-    elif kind == "end2end" and isinstance(cfg.get("patch"), dict) and "coords" not in cfg["patch"]:
-        cfg = {**cfg, "patch": {**cfg["patch"], "coords": OLD_COORDS}}
+    if kind == "patch":
+        new = _with_default(cfg, "coords", OLD_COORDS)
+    elif kind == "stitch":
+        new = _with_default(cfg, "centres", OLD_CENTRES)
+    elif kind == "end2end":
+        new = dict(cfg)
+        if isinstance(cfg.get("patch"), dict):
+            new["patch"] = _with_default(cfg["patch"], "coords", OLD_COORDS)
+        if isinstance(cfg.get("stitch"), dict):
+            new["stitch"] = _with_default(cfg["stitch"], "centres", OLD_CENTRES)
     else:
         return meta
-    return {**meta, "model": {**meta["model"], "config": cfg}}
+    if new == cfg:
+        return meta
+    return {**meta, "model": {**meta["model"], "config": new}}
+
+
+def _with_default(cfg: dict[str, Any], key: str, value: str) -> dict[str, Any]:
+    return cfg if key in cfg else {**cfg, key: value}
 
 
 def _to_schema(meta: dict[str, Any]) -> dict[str, Any]:

@@ -84,7 +84,7 @@ def predict_phase(model: End2End, meta: dict[str, Any], dataset: FourDSTEM, devi
     scan = read_float32(pats) if isinstance(pats, h5py.Dataset) else np.asarray(pats[...], dtype=np.float32)
     blocks = blocks_from_scan(scan, g, pre)[None].to(device)
     coords = torch.from_numpy(g.frame_coords())[None].to(device)  # patch frames; older models re-centre them
-    centres = torch.from_numpy(g.centres())[None].to(device)
+    centres = torch.from_numpy(g.exact_centres())[None].to(device)  # unrounded; the net rounds where it places
     out = model(blocks, coords, centres)["phase"][0]
     return out.float().cpu().numpy()
 

@@ -77,7 +77,7 @@ class _BaseDataset(torch.utils.data.Dataset):
             for fi in index.files:
                 check_augmentable(fi.geometry, fi.aberrations, fi.path)
         self._coords = torch.from_numpy(self.geometry.frame_coords())  # (n_blocks, block², 2) Å, patch frame
-        self._centres = torch.from_numpy(self.geometry.centres())
+        self._centres = torch.from_numpy(self.geometry.exact_centres())  # (n_blocks, 2) float64 px, unrounded
 
     def _symmetry(self) -> Symmetry:
         if not self.augment:
@@ -155,7 +155,8 @@ class PatchDataset(_BaseDataset):
 class StitchDataset(_BaseDataset):
     """One item per sample: the ground-truth patches and the full target (no patterns read).
 
-    Item: ``patches`` (n_blocks, patch, patch), ``centres`` (n_blocks, 2) int64, ``phase`` (Ny, Nx).
+    Item: ``patches`` (n_blocks, patch, patch), ``centres`` (n_blocks, 2) float64 exact bright centres (px, before
+    rounding; the patches are cropped at their rounded values), ``phase`` (Ny, Nx).
     """
 
     def __len__(self) -> int:
@@ -172,7 +173,7 @@ class SampleDataset(_BaseDataset):
     """One item per sample with every block (End2End training and evaluation).
 
     Item: ``patterns`` (n_blocks, block², H', W'), ``coords`` (n_blocks, block², 2) Å (patch frames),
-    ``centres`` (n_blocks, 2), ``patches`` (n_blocks, patch, patch), ``phase`` (Ny, Nx).
+    ``centres`` (n_blocks, 2) exact bright centres (px), ``patches`` (n_blocks, patch, patch), ``phase`` (Ny, Nx).
     """
 
     def __len__(self) -> int:

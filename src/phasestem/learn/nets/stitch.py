@@ -1,11 +1,15 @@
 """PhaseStitchingNet (the user's ``PhaseStiching.py``): phase patches + bright centres → full phase image.
 
-Shapes: patches (B, n, p, p) (25 × 76 × 76), centres (B, n, 2) bright-centre pixels → (B, N, N) (256²).
+Shapes: patches (B, n, p, p) (25 × 76 × 76), centres (B, n, 2) exact bright centres in phase pixels (before
+rounding; :meth:`BlockGeometry.exact_centres`) → (B, N, N) (256²).
 
-The patches are first placed on the periodic N × N canvas at their bright centres (the exact
+The patches are first placed on the periodic N × N canvas at their rounded bright centres (the exact
 inverse of the training crops, wrapping across the cell edge), giving three channels: the plain
-overlap average, a tapered (Hann-weighted) average and the coverage. A ViT over 16-px canvas
-patches (its position grid resampled to N/16) adds global context, and a CNN decoder with
+overlap average, a tapered (Hann-weighted) average and the coverage. With ``centres: exact`` two more
+channels hold, per canvas pixel, the mean sub-pixel offset (px, |·| ≤ ½) of the covering patches' block
+centres from their rounded centres: where within its pixel frame each patch's illumination sat, which the
+rounding of ``bright_center`` otherwise hides (models saved before read as ``rounded``: three channels). A
+ViT over 16-px canvas patches (its position grid resampled to N/16) adds global context, and a CNN decoder with
 *circular* padding, fed the canvas as a skip connection, predicts a correction added to the
 tapered average. The last layer starts at zero, so an untrained net already stitches ground-
 truth patches exactly; training teaches it to reconcile imperfect predicted patches.
@@ -47,6 +51,14 @@ class PhaseStitchingConfig(BaseModel):
     decoder_channels: list[int] = Field([256, 128, 64, 32, 16], description="decoder widths; each after the first "
                                         "doubles the resolution")
     residual: bool = Field(True, description="predict a correction to the tapered overlap average")
+    centres: Literal["exact", "rounded"] = Field(
+        "exact", description="exact: the canvas also carries each patch's sub-pixel block-centre offset (2 more "
+        "input channels); rounded: placement only (models saved before this setting existed)")
+
+    @property
+    def canvas_channels(self) -> int:
+        """Input channels of the ViT and the decoder's skip connection."""
+        return 5 if self.centres == "exact" else 3
 
     @model_validator(mode="before")
     @classmethod
@@ -82,7 +94,7 @@ def place_patches(patches: torch.Tensor, centres: torch.Tensor, geometry: BlockG
 
 
 class PhaseStitchingNet(nn.Module):
-    """Patches (B, n, p, p) + bright centres (B, n, 2) → phase image (B, N, N)."""
+    """Patches (B, n, p, p) + exact bright centres (B, n, 2) px → phase image (B, N, N)."""
 
     kind = "stitch"
 
@@ -95,22 +107,31 @@ class PhaseStitchingNet(nn.Module):
             raise ValueError(f"image_size {N} must be a multiple of vit_patch {cfg.vit_patch}")
         self.geometry = BlockGeometry(scan_shape=(1, 1), block=1, phase_shape=(N, N), patch=cfg.patch)
         self.register_buffer("taper", hann_taper(cfg.patch), persistent=False)
-        self.vit = create_vit(cfg.vit, img_size=N, patch_size=cfg.vit_patch, in_chans=3,
+        self.vit = create_vit(cfg.vit, img_size=N, patch_size=cfg.vit_patch, in_chans=cfg.canvas_channels,
                               pretrained=cfg.vit_pretrained, allow_download=cfg.allow_download)
         self.grid = N // cfg.vit_patch
         self.decoder = GridDecoder(self.vit.embed_dim, list(cfg.decoder_channels), N, padding_mode="circular",
-                                   extra_in=3)
+                                   extra_in=cfg.canvas_channels)
         nn.init.zeros_(self.decoder.head.weight)
         nn.init.zeros_(self.decoder.head.bias)
 
     def canvas(self, patches: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-        """(B, 3, N, N): plain average, tapered average, coverage / max coverage."""
-        num, den = place_patches(patches, centres, self.geometry)
-        numt, dent = place_patches(patches, centres, self.geometry, self.taper)
+        """(B, C, N, N): plain average, tapered average, coverage / max coverage [, mean sub-pixel offset
+        (dy, dx) px of the covering patches' centres]. ``centres`` (B, n, 2) exact (float) or rounded (int)."""
+        pixels = centres.round() if centres.is_floating_point() else centres
+        num, den = place_patches(patches, pixels, self.geometry)
+        numt, dent = place_patches(patches, pixels, self.geometry, self.taper)
         avg = num / den.clamp_min(1e-6)
         tap = numt / dent.clamp_min(1e-6)
         cov = den / den.amax((-2, -1), keepdim=True).clamp_min(1e-6)
-        return torch.stack([avg, tap, cov], 1)
+        channels = [avg, tap, cov]
+        if self.config.centres == "exact":
+            offsets = (centres - pixels).to(patches.dtype)  # (B, n, 2), |·| ≤ ½ px; 0 for integer centres
+            p = patches.shape[-1]
+            for axis in (0, 1):
+                spread = offsets[..., axis, None, None].expand(*offsets.shape[:2], p, p)
+                channels.append(place_patches(spread, pixels, self.geometry)[0] / den.clamp_min(1e-6))
+        return torch.stack(channels, 1)
 
     def forward(self, patches: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
         canvas = self.canvas(patches.float(), centres)

@@ -45,23 +45,29 @@ def _patch_config(cfg: TrainRunConfig, geometry) -> PatchRecoveryConfig:
     return PatchRecoveryConfig(**{**base, "block": geometry.block, "patch": geometry.patch})
 
 
-def resumed_coords(cfg: TrainRunConfig) -> str | None:
-    """The coordinate convention of the patch net in the checkpoint a ``resume`` run continues, or None.
+#: settings whose meaning for saved weights changed after models were written: network → (run-config field, setting)
+_CONVENTIONS = {"patch": ("model", "coords"), "stitch": ("stitch_model", "centres")}
 
-    A run folder started before ``coords`` existed has a ``config.yaml`` without it (the default would now be
-    ``patch_frame``) and a checkpoint whose metadata reads as ``block_centre``: resuming must keep training the
-    saved weights on the coordinates they were trained on. None when not resuming, when there is no checkpoint
-    yet, when the config sets ``model.coords`` itself (a disagreement is then refused by the resume check), or
-    when an end2end run is built from patch/stitch checkpoints (their own metadata decides)."""
+
+def resumed_conventions(cfg: TrainRunConfig) -> dict[str, str]:
+    """The conventions (``{"patch": coords, "stitch": centres}``) of the networks in the checkpoint a ``resume``
+    run continues, for each network whose run config does not set its own.
+
+    A run folder started before ``coords`` / ``centres`` existed has a ``config.yaml`` without them (the defaults
+    would now be ``patch_frame`` / ``exact``) and a checkpoint whose metadata reads as ``block_centre`` /
+    ``rounded``: resuming must keep training the saved weights on the inputs they were trained on. Empty when
+    not resuming or when there is no checkpoint yet; a setting the config gives itself is left to the resume
+    check (a disagreement is refused there); an end2end run built from patch/stitch checkpoints follows their own
+    metadata."""
     from ..checkpoint import checkpoint_folder, load_weights, resolve_weights_path
 
-    if not cfg.resume or cfg.stage not in ("patch", "end2end") or cfg.patch_checkpoint:
-        return None
-    if cfg.model is not None and "coords" in cfg.model.model_fields_set:
-        return None
+    if not cfg.resume or cfg.patch_checkpoint:
+        return {}
+    nets = ("patch", "stitch") if cfg.stage == "end2end" else (cfg.stage,)
+    nets = tuple(n for n in nets if _CONVENTIONS[n][1] not in _model_fields(cfg, n))
     folder = checkpoint_folder(Path(cfg.out_dir) / "last")
-    if folder is None:
-        return None
+    if not nets or folder is None:
+        return {}
     meta_json = folder / "meta.json"
     if meta_json.is_file():
         import json
@@ -70,21 +76,31 @@ def resumed_coords(cfg: TrainRunConfig) -> str | None:
     else:
         meta = load_weights(resolve_weights_path(folder))[1]
     config = (meta.get("model") or {}).get("config") or {}
-    if cfg.stage == "end2end":
-        config = config.get("patch") or {}
-    coords = config.get("coords")
-    return coords if isinstance(coords, str) else None
+    found = {}
+    for net in nets:
+        sub = (config.get(net) or {}) if cfg.stage == "end2end" else config
+        value = sub.get(_CONVENTIONS[net][1])
+        if isinstance(value, str):
+            found[net] = value
+    return found
 
 
-def _follow_checkpoint_coords(cfg: TrainRunConfig) -> None:
-    """On resume, set ``cfg.model.coords`` from the checkpoint (see :func:`resumed_coords`), so that the network
-    and the ``config.yaml`` written into the run folder both say what the saved weights were trained on."""
-    coords = resumed_coords(cfg)
-    if coords is None:
-        return
-    base = cfg.model.model_dump(exclude_unset=True) if cfg.model is not None else {"size": "base"}
-    cfg.model = PatchRecoveryConfig(**{**base, "coords": coords})
-    log.info("resume: the checkpoint's patch net uses %s coordinates (config.yaml does not say); kept", coords)
+def _model_fields(cfg: TrainRunConfig, net: str) -> set[str]:
+    model = getattr(cfg, _CONVENTIONS[net][0])
+    return set() if model is None else set(model.model_fields_set)
+
+
+def _follow_checkpoint_conventions(cfg: TrainRunConfig) -> None:
+    """On resume, set ``cfg.model.coords`` / ``cfg.stitch_model.centres`` from the checkpoint (see
+    :func:`resumed_conventions`), so that the networks and the ``config.yaml`` written into the run folder both say
+    what the saved weights were trained on."""
+    for net, value in resumed_conventions(cfg).items():
+        field, key = _CONVENTIONS[net]
+        config_cls = PatchRecoveryConfig if net == "patch" else PhaseStitchingConfig
+        current = getattr(cfg, field)
+        base = current.model_dump(exclude_unset=True) if current is not None else {"size": "base"}
+        setattr(cfg, field, config_cls(**{**base, key: value}))
+        log.info("resume: the checkpoint's %s net uses %s: %s (config.yaml does not say); kept", net, key, value)
 
 
 def _stitch_config(cfg: TrainRunConfig, geometry) -> PhaseStitchingConfig:
@@ -147,7 +163,7 @@ def build_run(cfg: TrainRunConfig) -> Trainer:
     the same config gives the same initial weights (and, on one machine, the same training).
     """
     seed_everything(cfg.trainer.seed)
-    _follow_checkpoint_coords(cfg)
+    _follow_checkpoint_conventions(cfg)
     splits = build_index(cfg)
     train_idx, val_idx = splits["train"], splits["val"]
     g = train_idx.geometry
