@@ -251,14 +251,11 @@ def _resolve_relative(pattern: str, base: Path) -> str:
 
 def dump_config(cfg: BaseModel, path: str | Path) -> Path:
     """Write a config as YAML (atomically)."""
-    import os
+    from ..safety import atomic_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    os.replace(tmp, path)
-    return path
+    with atomic_file(path) as tmp:
+        tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    return Path(path)
 
 
 def _resolve_existing(paths: list[str], base: Path) -> list[str]:

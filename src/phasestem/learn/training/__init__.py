@@ -6,20 +6,15 @@ loss for the one :class:`~phasestem.learn.trainer.Trainer` from its run config (
 * :mod:`.autoencoder` — the diffraction-pattern autoencoder (pattern loading, ``build_autoencoder_trainer``);
 * :mod:`.phaseformer` — Phaseformer (``PhaseformerTrainable``, ``build_phaseformer_trainer``).
 
-:mod:`phasestem.learn.registry` names these builders by network. Here: the helpers they share.
+:mod:`phasestem.learn.registry` names these builders by network. Here: the train/validation split they share.
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import Any
-
 import numpy as np
-import yaml
 
 from ...errors import ConfigError
 
-__all__ = ["split_indices", "write_config"]
+__all__ = ["split_indices"]
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -29,13 +24,3 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, n
     if n - n_val < 1:
         raise ConfigError(f"the split leaves no training items ({n} items, val_fraction {val_fraction})")
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
-
-
-def write_config(cfg: Any, out_dir: str | Path) -> Path:
-    """Copy of the run config (YAML) into the run folder, atomically."""
-    path = Path(out_dir) / "config.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    os.replace(tmp, path)
-    return path
