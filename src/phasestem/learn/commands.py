@@ -17,6 +17,16 @@ log = logging.getLogger("phasestem.learn")
 _FMT = argparse.RawDescriptionHelpFormatter
 
 
+def _device_flag(p) -> None:
+    p.add_argument("--device", default="auto", help="'auto' (a GPU when there is one), 'cpu', 'cuda', 'cuda:1'")
+
+
+def _bad_pixels_flag(p, what: str) -> None:
+    p.add_argument("--bad-pixels", choices=["refuse", "mask"], default="refuse",
+                   help=f"NaN/Inf {what}: refuse them (default) or replace them by the median of their finite "
+                        "neighbours (the count is logged)")
+
+
 def register(subparsers, train_subparsers) -> None:
     """Add the learned-route sub-commands to the ``phasestem`` parser."""
     from .registry import NETWORKS
@@ -55,11 +65,9 @@ def register(subparsers, train_subparsers) -> None:
     p.add_argument("--out", default="phase_learned.h5", help="output HDF5 (a PNG is written next to it)")
     p.add_argument("--sample", type=int, help="sample index in a seed-000 training file")
     p.add_argument("--energy", type=float, help="beam energy (eV) when the file lacks it")
-    p.add_argument("--device", default="auto", help="'auto' (a GPU when there is one), 'cpu', 'cuda', 'cuda:1'")
+    _device_flag(p)
     p.add_argument("--no-png", action="store_true", help="skip the PNG")
-    p.add_argument("--bad-pixels", choices=["refuse", "mask"], default="refuse",
-                   help="NaN/Inf pattern values: refuse the file (default) or replace them by the median of their "
-                        "finite neighbours (the count is logged)")
+    _bad_pixels_flag(p, "pattern values")
     p.set_defaults(func=_predict)
 
     p = subparsers.add_parser(
@@ -75,11 +83,9 @@ def register(subparsers, train_subparsers) -> None:
     p.add_argument("--split", default="test", choices=["test", "val", "train"], help="stored split to use")
     p.add_argument("--max-samples", type=int, help="evaluate at most N samples")
     p.add_argument("--batch-size", type=int, default=2, help="samples per batch")
-    p.add_argument("--device", default="auto", help="'auto' (a GPU when there is one), 'cpu', 'cuda', 'cuda:1'")
+    _device_flag(p)
     p.add_argument("--out", default="evaluation", help="output folder (metrics.csv, summary.md, examples.png)")
-    p.add_argument("--bad-pixels", choices=["refuse", "mask"], default="refuse",
-                   help="NaN/Inf values in the data: refuse (default) or replace them by the median of their "
-                        "finite neighbours (the count is printed)")
+    _bad_pixels_flag(p, "values in the data")
     p.set_defaults(func=_evaluate)
 
     _register_embed_refine_pairs(subparsers)
@@ -100,14 +106,12 @@ def _register_embed_refine_pairs(subparsers) -> None:
     p.add_argument("--sample", type=int, help="sample index in a simulation file (default: the first)")
     p.add_argument("--patterns-key", help="dataset holding the patterns (HDF5/npz of other layouts)")
     p.add_argument("--batch-size", type=int, default=256, help="patterns per forward pass")
-    p.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
+    _device_flag(p)
     p.add_argument("--report", type=int, default=0, metavar="N",
                    help="also reconstruct N random patterns: PSNR/SSIM/MSE and a comparison PNG")
     p.add_argument("--summary", action="store_true", help="print the model summary (parameters, shapes per size)")
     p.add_argument("--no-png", action="store_true", help="skip the PNG grid")
-    p.add_argument("--bad-pixels", choices=["refuse", "mask"], default="refuse",
-                   help="NaN/Inf pattern values: refuse the file (default) or replace them by the median of their "
-                        "finite neighbours (the count is printed)")
+    _bad_pixels_flag(p, "pattern values")
     p.set_defaults(func=_embed)
 
     p = subparsers.add_parser(
@@ -123,11 +127,9 @@ def _register_embed_refine_pairs(subparsers) -> None:
     p.add_argument("--key", help="HDF5 dataset of the phase (default: 'phase' or the only 2-D dataset)")
     p.add_argument("--size", type=int, default=256, help="working size in px (0: keep the input size)")
     p.add_argument("--out", help="output HDF5 (default: IMAGE_refined.h5 in the current folder)")
-    p.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
+    _device_flag(p)
     p.add_argument("--no-png", action="store_true", help="skip the comparison PNG")
-    p.add_argument("--bad-pixels", choices=["refuse", "mask"], default="refuse",
-                   help="NaN/Inf pixels: refuse the image (default) or replace them by the median of their finite "
-                        "neighbours (the count is logged)")
+    _bad_pixels_flag(p, "pixels")
     p.set_defaults(func=_refine)
 
     p = subparsers.add_parser(
