@@ -3,7 +3,7 @@ evaluated on held-out samples of phasestem's simulator *and* on held-out samples
 geometry. The gap between the two is what the own-simulator figures overstate.
 
     python benchmarks/learned/abtem_eval.py [--out learned_abtem_output] [--sizes tiny small]
-        [--n-train 64] [--n-heldout 8] [--epochs-scale 1.0] [--runs-from DIR] [--threads 2]
+        [--n-train 64] [--n-heldout 8] [--epochs-scale 1.0] [--lr 3e-3] [--runs-from DIR] [--threads 2]
 
 Steps (a step whose output exists is skipped, so a rerun only re-evaluates):
 
@@ -64,12 +64,12 @@ def _trainer(epochs: int, lr: float) -> dict:
             "monitor_mode": "max", "tensorboard": False, "progress": False, "checkpoint_every_epochs": 0}
 
 
-def train_configs(size: str, train_file: Path, runs: Path, scale: float) -> dict[str, dict]:
+def train_configs(size: str, train_file: Path, runs: Path, scale: float, lr: float | None = None) -> dict[str, dict]:
     ep = {k: round(v * scale) for k, v in EPOCHS[size].items()}
     data = {"files": [str(train_file)], "block": LEARNED["block"], "stride": LEARNED["stride"],
             "patch": LEARNED["patch"], "val_fraction": 0.15, "test_fraction": 0.0, "augment": False,
             "preprocess": LEARNED["preprocess"]}
-    lr = LEARNED["lr"]
+    lr = lr or LEARNED["lr"]
     return {
         "patch": {"stage": "patch", "out_dir": str(runs / "patch"), "data": {**data, "batch_size": 8},
                   "model": {"size": size}, "trainer": _trainer(ep["patch"], lr)},
@@ -177,6 +177,8 @@ def main() -> None:
     ap.add_argument("--n-heldout", type=int, default=12, help="held-out samples of each source (the same "
                     "specimens in both)")
     ap.add_argument("--epochs-scale", type=float, default=1.0, help="multiply every stage's epochs")
+    ap.add_argument("--lr", type=float, default=None, help=f"learning rate of the patch and stitch stages (end2end: a "
+                    f"third of it; default {LEARNED['lr']:g})")
     ap.add_argument("--runs-from", default=None, help="reuse trained models DIR/<size>/end2end instead of training")
     ap.add_argument("--parametrization", default="kirkland", choices=["kirkland", "lobato"],
                     help="abTEM's potential table for the abTEM samples")
@@ -202,7 +204,7 @@ def main() -> None:
         else:
             runs = out / "runs" / size
             t = time.perf_counter()
-            for stage, cfg in train_configs(size, train_file, runs, args.epochs_scale).items():
+            for stage, cfg in train_configs(size, train_file, runs, args.epochs_scale, args.lr).items():
                 done = runs / f"{stage}.done"
                 if done.exists():
                     continue
