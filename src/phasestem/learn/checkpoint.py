@@ -98,9 +98,10 @@ def _require_nonempty(path: Path, what: str) -> None:
         raise InputFileError(f"{path}: empty file (expected a {what})")
 
 
-def read_safetensors(path: str | Path, map_location: str | torch.device = "cpu"
+def read_safetensors(path: str | Path, map_location: str | torch.device = "cpu", tensors: bool = True
                      ) -> tuple[dict[str, torch.Tensor], dict]:
-    """``(tensors, phasestem meta)`` of a safetensors file; an empty/truncated one raises InputFileError."""
+    """``(tensors, phasestem meta)`` of a safetensors file (``tensors=False``: the header only, ``{}`` for the
+    tensors); an empty/truncated one raises InputFileError."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -108,11 +109,20 @@ def read_safetensors(path: str | Path, map_location: str | torch.device = "cpu"
     try:
         with safe_open(str(path), framework="pt", device=str(map_location)) as f:
             raw = (f.metadata() or {}).get("phasestem", "{}")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+            out = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}  # noqa: SIM118 (no __iter__)
     except Exception as exc:  # safetensors raises its own SafetensorError (and OSError)
         raise InputFileError(f"{path}: not a readable safetensors file, truncated or corrupted? "
                              f"({_first_line(exc)})") from exc
-    return tensors, _parse_meta(raw, path)
+    return out, _parse_meta(raw, path)
+
+
+def read_meta(path: str | Path) -> dict:
+    """The ``phasestem`` metadata of a model file, checkpoint folder or run folder (as :func:`load_weights` finds
+    it), without reading a safetensors file's tensors (a ``.pt`` file is one object and is read whole)."""
+    path = resolve_weights_path(path)
+    if path.suffix == ".safetensors":
+        return read_safetensors(path, tensors=False)[1]
+    return load_weights(path)[1]
 
 
 def torch_load(path: str | Path, map_location: str | torch.device = "cpu", what: str = "PyTorch file") -> Any:

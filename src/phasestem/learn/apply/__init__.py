@@ -55,10 +55,10 @@ __all__ = [
 
 def model_kind(path: str | Path) -> str:
     """The network kind a saved model (file or run folder) names in its metadata."""
-    from ..checkpoint import load_weights
+    from ..checkpoint import read_meta
     from ..meta import require_kind
 
-    return require_kind(load_weights(path)[1], path)
+    return require_kind(read_meta(path), path)
 
 
 def apply_file(model_path: str | Path, source: str | Path, out: str | Path | None = None, **options) -> Any:

@@ -59,7 +59,7 @@ def resumed_conventions(cfg: TrainRunConfig) -> dict[str, str]:
     not resuming or when there is no checkpoint yet; a setting the config gives itself is left to the resume
     check (a disagreement is refused there); an end2end run built from patch/stitch checkpoints follows their own
     metadata."""
-    from ..checkpoint import checkpoint_folder, load_weights, resolve_weights_path
+    from ..checkpoint import checkpoint_folder, read_meta
 
     if not cfg.resume or cfg.patch_checkpoint:
         return {}
@@ -68,14 +68,7 @@ def resumed_conventions(cfg: TrainRunConfig) -> dict[str, str]:
     folder = checkpoint_folder(Path(cfg.out_dir) / "last")
     if not nets or folder is None:
         return {}
-    meta_json = folder / "meta.json"
-    if meta_json.is_file():
-        import json
-
-        meta = normalize_meta(json.loads(meta_json.read_text()))
-    else:
-        meta = load_weights(resolve_weights_path(folder))[1]
-    config = (meta.get("model") or {}).get("config") or {}
+    config = (read_meta(folder).get("model") or {}).get("config") or {}
     found = {}
     for net in nets:
         sub = (config.get(net) or {}) if cfg.stage == "end2end" else config
