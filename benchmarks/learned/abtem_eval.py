@@ -88,6 +88,7 @@ def train_configs(size: str, train_file: Path, runs: Path, scale: float, lr: flo
 def simulate(out: Path, n_train: int, n_heldout: int) -> tuple[Path, Path, dict]:
     from abtem_samples import write_structures
 
+    from phasestem.io import seed as seedfile
     from phasestem.simulate import load_config
 
     base = yaml.safe_load((HERE / "simulate_train.yaml").read_text())
@@ -104,7 +105,7 @@ def simulate(out: Path, n_train: int, n_heldout: int) -> tuple[Path, Path, dict]
         path = cfg_dir / f"simulate_{name}.yaml"
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         folder = out / "data" / name
-        target = folder / f"{cfg['output']['prefix']}1.h5"
+        target = folder / seedfile.file_name(1, cfg["output"]["prefix"])
         if not target.exists():
             cli("simulate", str(path), "--out", str(folder))
         files[name] = target
@@ -116,6 +117,7 @@ def abtem_heldout(out: Path, held_file: Path, parametrization: str) -> Path:
     import h5py
     from abtem_samples import write_abtem_file
 
+    from phasestem.io import seed as seedfile
     from phasestem.simulate import load_config
 
     path = out / "data" / "abtem" / "abtem_heldout1.h5"
@@ -124,7 +126,7 @@ def abtem_heldout(out: Path, held_file: Path, parametrization: str) -> Path:
         folder = out / "data" / "structures"
         with h5py.File(held_file) as f:
             n = int(f.attrs["samples_per_file"])
-            structures = [folder / f[f"dp_set_{i}"].attrs["specimen"] for i in range(n)]
+            structures = [folder / f[seedfile.patterns_key(i)].attrs["specimen"] for i in range(n)]
         print(f"abTEM: {n} held-out samples ({parametrization}), the specimens of {held_file}", flush=True)
         write_abtem_file(cfg, path, n, seed=ABTEM_SEED, parametrization=parametrization, structures=structures)
     return path

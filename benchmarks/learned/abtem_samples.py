@@ -206,6 +206,7 @@ def write_abtem_file(cfg, path: str | Path, n_samples: int, seed: int, parametri
                      progress: bool = True, structures: list | None = None) -> Path:
     """Write ``n_samples`` abTEM samples of ``cfg``'s geometry to ``path`` in ``phasestem simulate``'s layout
     (sample i of the atoms in ``structures[i]`` when given, else a random crystal)."""
+    from phasestem.io import seed as seedfile
     from phasestem.simulate.writer import root_attrs
 
     path = Path(path)
@@ -222,12 +223,12 @@ def write_abtem_file(cfg, path: str | Path, n_samples: int, seed: int, parametri
         for i in range(n_samples):
             r = simulate_abtem_sample(cfg, i, seed, parametrization, None if structures is None else structures[i])
             ang = r["angular_sampling"]
-            d = f.create_dataset(f"dp_set_{i}", data=r["patterns"], chunks=(min(5, sy), min(5, sx), H, W),
+            d = f.create_dataset(seedfile.patterns_key(i), data=r["patterns"], chunks=(min(5, sy), min(5, sx), H, W),
                                  compression="gzip", compression_opts=4, shuffle=True)
             for k, v in r["attrs"].items():
                 d.attrs[k] = v
-            f.create_dataset(f"phase_{i}", data=r["phase"])
-            f.create_dataset(f"potential_{i}", data=r["potential"])
+            f.create_dataset(seedfile.phase_key(i), data=r["phase"])
+            f.create_dataset(seedfile.potential_key(i), data=r["potential"])
             if progress:
                 print(f"  abTEM sample {i + 1}/{n_samples} ({r['attrs']['specimen']})", flush=True)
         for k, v in root_attrs(cfg, 1, ang).items():

@@ -27,7 +27,6 @@ from ._common import check_real
 log = logging.getLogger("phasestem.io")
 
 OWN_FORMAT = "phasestem-4dstem"
-SEED_FORMAT = seed.FORMAT
 #: an HDF5 array is read into memory (``lazy=None``) only if its float32 copy is below this share of the
 #: memory still available; larger ones stay on disk and are read pattern block by pattern block
 EAGER_MEMORY_FRACTION = 0.25
@@ -152,7 +151,7 @@ def _read_seed(f, path, samples, sample, lazy, potential_energy, **options) -> F
         energy = float(f.attrs["energy"])
         defaults = dict(energy=energy, scan_step=tuple(f.attrs["scan_step"]),
                         angular_sampling=tuple(f.attrs["angular_sampling"]), semiangle=float(f.attrs["semiangle"]),
-                        aberrations=json.loads(_attr(f.attrs, "aberrations", "{}")),
+                        aberrations=seed.aberrations(f.attrs),
                         scan_origin=tuple(f.attrs["scan_origin"]))
         phase = seed.read_phase(f, seed.phase_key(sample))
         meta["phase_target"] = "phase_rad (stored)"

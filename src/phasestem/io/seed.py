@@ -22,6 +22,7 @@ takes the keys, the file kind and the factor that turns ``phase_{i}`` into rad f
 """
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..optics import interaction_constant
+from ._common import decode
 
 #: root attribute ``format`` of phasestem's own seed-000 files
 FORMAT = "phasestem-seed000"
@@ -78,8 +80,13 @@ def sample_ids(keys: Iterable[str], kind: str = "dp_set") -> list[int]:
 
 
 def attr_str(attrs: Mapping[str, Any], name: str, default: str = "") -> str:
-    v = attrs.get(name, default)
-    return v.decode() if isinstance(v, bytes) else str(v)
+    """Root attribute ``name`` as text (h5py gives bytes or str)."""
+    return str(decode(attrs.get(name, default)))
+
+
+def aberrations(attrs: Mapping[str, Any]) -> dict[str, float]:
+    """The ``aberrations`` root attribute of phasestem's files (JSON, Å) as a dict; ``{}`` when absent."""
+    return json.loads(attr_str(attrs, "aberrations", "{}"))
 
 
 def is_own(attrs: Mapping[str, Any]) -> bool:
@@ -87,12 +94,17 @@ def is_own(attrs: Mapping[str, Any]) -> bool:
     return attr_str(attrs, "format") == FORMAT
 
 
+def sigma(energy: float | None = None) -> float:
+    """σ(E) (rad/(V·Å)) at ``energy`` eV (default :data:`ORIGINAL_ENERGY`, the original generator's)."""
+    return float(interaction_constant(float(energy or ORIGINAL_ENERGY)))
+
+
 def phase_scale(own: bool, energy: float | None = None) -> float:
     """Factor that turns the stored ``phase_{i}`` into rad: 1 for phasestem's files, σ(E) for the original's.
 
     ``energy`` (eV) is the beam energy of an original file (default :data:`ORIGINAL_ENERGY`).
     """
-    return 1.0 if own else float(interaction_constant(float(energy or ORIGINAL_ENERGY)))
+    return 1.0 if own else sigma(energy)
 
 
 def file_sigma(attrs: Mapping[str, Any], energy: float | None = None) -> float:
@@ -100,7 +112,7 @@ def file_sigma(attrs: Mapping[str, Any], energy: float | None = None) -> float:
     else :data:`ORIGINAL_ENERGY`)."""
     if "sigma" in attrs:
         return float(attrs["sigma"])
-    return float(interaction_constant(float(energy or attrs.get("energy", ORIGINAL_ENERGY))))
+    return sigma(energy or attrs.get("energy"))
 
 
 def read_phase(f, key: str, energy: float | None = None) -> np.ndarray:

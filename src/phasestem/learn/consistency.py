@@ -28,7 +28,6 @@ phase 0 outside the image.
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ import torch.nn.functional as F
 
 from ..dataset import FourDSTEM
 from ..errors import ConfigError, ShapeError
+from ..io import seed as seedfile
 from ..recon.model import resample_image
 from .data import BlockGeometry, Preprocess
 
@@ -86,9 +86,7 @@ def optics_from_file(path: str | Path) -> _Optics | None:
         a = f.attrs
         if "semiangle" not in a or "angular_sampling" not in a or "energy" not in a:
             return None
-        ab = a.get("aberrations", "{}")
-        return _Optics(float(a["energy"]), float(a["semiangle"]),
-                       json.loads(ab.decode() if isinstance(ab, bytes) else ab),
+        return _Optics(float(a["energy"]), float(a["semiangle"]), seedfile.aberrations(a),
                        tuple(float(v) for v in a["angular_sampling"]), tuple(float(v) for v in a["scan_step"]),
                        tuple(float(v) for v in a.get("scan_origin", (0.0, 0.0))))
 

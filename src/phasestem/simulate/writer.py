@@ -35,7 +35,6 @@ from .lock import OutputLock
 
 log = logging.getLogger("phasestem.simulate")
 
-FORMAT = seed.FORMAT
 WORK_DIR = ".work"
 #: prefix of every temporary file the run creates (and the only ``*.partial`` files it ever deletes)
 TMP_PREFIX = ".phasestem-"
@@ -123,7 +122,7 @@ def worker_device(device: str) -> str:
 def root_attrs(cfg: SimulationConfig, k: int, angular_sampling) -> dict:
     g, o = cfg.grid, cfg.optics
     return {
-        "format": FORMAT,
+        "format": seed.FORMAT,
         "version": 1,
         "phase_convention": seed.PHASE_CONVENTION,
         "energy": o.energy,

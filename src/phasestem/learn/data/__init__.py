@@ -53,13 +53,13 @@ from .augment import (
     transform_phase,
 )
 from .datasets import PatchDataset, SampleDataset, StitchDataset, read_scan_grid
-from .files import SEED_FORMAT, FileInfo, OriginalLayout, SampleIndex, expand_paths, inspect_file, with_geometry
+from .files import FileInfo, OriginalLayout, SampleIndex, expand_paths, inspect_file, with_geometry
 from .geometry import BlockGeometry, check_coverage, extract_patches, place_indices
 from .preprocess import Preprocess, blocks_from_scan
 from .synthetic import synthetic_phase, write_synthetic_file
 
 __all__ = ["Symmetry", "check_augmentable", "detector_flip_index", "flip_index", "scan_source_indices",
            "transform_patterns", "transform_phase", "PatchDataset", "SampleDataset", "StitchDataset",
-           "read_scan_grid", "SEED_FORMAT", "FileInfo", "OriginalLayout", "SampleIndex", "expand_paths",
+           "read_scan_grid", "FileInfo", "OriginalLayout", "SampleIndex", "expand_paths",
            "inspect_file", "with_geometry", "BlockGeometry", "check_coverage", "extract_patches", "place_indices",
            "Preprocess", "blocks_from_scan", "synthetic_phase", "write_synthetic_file"]

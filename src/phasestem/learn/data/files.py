@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -20,7 +19,6 @@ from .geometry import BlockGeometry
 
 log = logging.getLogger("phasestem.learn")
 
-SEED_FORMAT = seedfile.FORMAT
 
 
 # =============================================================================================
@@ -91,16 +89,15 @@ def inspect_file(path: str | Path, block: int = 14, stride: int = 9, patch: int 
                     phase_sampling=phase_sampling, block=block, stride=stride, patch=patch)
                 energy = float(a["energy"])
                 sigma = seedfile.file_sigma(a, energy)
-                ab = a.get("aberrations", "{}")
-                aberrations = json.loads(ab.decode() if isinstance(ab, bytes) else ab)
+                aberrations = seedfile.aberrations(a)
             except KeyError as exc:
-                raise InputFileError(f"{path}: root attribute {exc} missing (format {SEED_FORMAT})") from exc
+                raise InputFileError(f"{path}: root attribute {exc} missing (format {seedfile.FORMAT})") from exc
         else:
             o = original or OriginalLayout()
             s = o.extent / phase_shape[0], o.extent / phase_shape[1]
             geometry = BlockGeometry(scan_shape=tuple(int(v) for v in dp.shape[:2]), scan_step=(o.scan_step,) * 2,
                                      phase_shape=phase_shape, phase_sampling=s, block=block, stride=stride, patch=patch)
-            energy, sigma, aberrations = o.energy, seedfile.phase_scale(False, o.energy), {}
+            energy, sigma, aberrations = o.energy, seedfile.sigma(o.energy), {}
         return FileInfo(path, kind, ids, geometry, tuple(int(v) for v in dp.shape[2:]), energy, sigma, aberrations)
 
 

@@ -13,7 +13,6 @@ import torch
 from ...io import seed as seedfile
 from ...optics import interaction_constant
 from ...scan import GridScan
-from .files import SEED_FORMAT
 
 log = logging.getLogger("phasestem.learn")
 
@@ -75,7 +74,7 @@ def write_synthetic_file(path: str | Path, n_samples: int, first_sample: int = 0
             f.create_dataset(seedfile.phase_key(i), data=phase)
             f.create_dataset(seedfile.potential_key(i), data=(phase / sigma).astype(np.float32))
         a = f.attrs
-        a["format"], a["phase_convention"], a["energy"], a["semiangle"] = (SEED_FORMAT, seedfile.PHASE_CONVENTION,
+        a["format"], a["phase_convention"], a["energy"], a["semiangle"] = (seedfile.FORMAT, seedfile.PHASE_CONVENTION,
                                                                               energy, semiangle)
         a["aberrations"] = json.dumps({"C10": c10})
         a["scan_shape"], a["scan_step"], a["scan_origin"] = np.array([scan, scan]), np.array([step, step]), np.zeros(2)
