@@ -93,7 +93,7 @@ class ResampledPatterns:
         return self.shape[0]
 
     def __getitem__(self, key):
-        lead = key if not isinstance(key, tuple) else tuple(k for k in key[:2])
+        lead = key[:2] if isinstance(key, tuple) else key
         if isinstance(key, tuple) and (len(key) > 2 or any(k is Ellipsis for k in key)):
             raise IndexError("ResampledPatterns reads scan rows/positions only: index the first two axes")
         return shift_images(np.asarray(self.patterns[key], dtype=np.float32), self.moves[lead])

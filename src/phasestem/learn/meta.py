@@ -47,7 +47,7 @@ def normalize_meta(meta: dict[str, Any]) -> dict[str, Any]:
     """``meta`` in schema 2 (a copy when converted; older layouts are recognised, unknown ones returned as is)."""
     if not isinstance(meta, dict):
         return meta
-    return _coords_convention(meta if meta.get("schema") == SCHEMA else _to_schema(meta))
+    return _fill_conventions(meta if meta.get("schema") == SCHEMA else _to_schema(meta))
 
 
 #: the coordinate convention of patch networks saved before ``coords`` was recorded
@@ -56,7 +56,7 @@ OLD_COORDS = "block_centre"
 OLD_CENTRES = "rounded"
 
 
-def _coords_convention(meta: dict[str, Any]) -> dict[str, Any]:
+def _fill_conventions(meta: dict[str, Any]) -> dict[str, Any]:
     """``meta`` with the conventions of older files filled in (a copy if any was missing): ``coords:
     block_centre`` in a patch network's config, ``centres: rounded`` in a stitching network's."""
     kind, model = kind_of(meta), meta.get("model")

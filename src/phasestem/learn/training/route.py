@@ -45,8 +45,10 @@ def _patch_config(cfg: TrainRunConfig, geometry) -> PatchRecoveryConfig:
     return PatchRecoveryConfig(**{**base, "block": geometry.block, "patch": geometry.patch})
 
 
-#: settings whose meaning for saved weights changed after models were written: network → (run-config field, setting)
-_CONVENTIONS = {"patch": ("model", "coords"), "stitch": ("stitch_model", "centres")}
+#: settings whose meaning for saved weights changed after models were written: network → (run-config field, setting,
+#: that field's config class)
+_CONVENTIONS = {"patch": ("model", "coords", PatchRecoveryConfig), "stitch": ("stitch_model", "centres",
+                                                                            PhaseStitchingConfig)}
 
 
 def resumed_conventions(cfg: TrainRunConfig) -> dict[str, str]:
@@ -88,8 +90,7 @@ def _follow_checkpoint_conventions(cfg: TrainRunConfig) -> None:
     :func:`resumed_conventions`), so that the networks and the ``config.yaml`` written into the run folder both say
     what the saved weights were trained on."""
     for net, value in resumed_conventions(cfg).items():
-        field, key = _CONVENTIONS[net]
-        config_cls = PatchRecoveryConfig if net == "patch" else PhaseStitchingConfig
+        field, key, config_cls = _CONVENTIONS[net]
         current = getattr(cfg, field)
         base = current.model_dump(exclude_unset=True) if current is not None else {"size": "base"}
         setattr(cfg, field, config_cls(**{**base, key: value}))
