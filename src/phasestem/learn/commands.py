@@ -21,6 +21,11 @@ def _device_flag(p) -> None:
     p.add_argument("--device", default="auto", help="'auto' (a GPU when there is one), 'cpu', 'cuda', 'cuda:1'")
 
 
+def _model_flag(p) -> None:
+    p.add_argument("--model", "--checkpoint", dest="model", required=True, action=_ModelFlag,
+                   help="model file or run folder (best/ then last/); --checkpoint: older name")
+
+
 def _bad_pixels_flag(p, what: str) -> None:
     p.add_argument("--bad-pixels", choices=["refuse", "mask"], default="refuse",
                    help=f"NaN/Inf {what}: refuse them (default) or replace them by the median of their finite "
@@ -100,8 +105,7 @@ def _register_embed_refine_pairs(subparsers) -> None:
         epilog="Examples:\n  phasestem embed data/simulation_data1.h5 --sample 0 --model runs/autoencoder\n"
                "  phasestem embed scan.npy --model runs/ae/best --out ae_latent.h5 --report 16 --summary")
     p.add_argument("data", help="4D-STEM file (any format phasestem.io reads)")
-    p.add_argument("--model", "--checkpoint", dest="model", required=True, action=_ModelFlag,
-                   help="model file or run folder (best/ then last/); --checkpoint: older name")
+    _model_flag(p)
     p.add_argument("--out", help="output HDF5 (default: DATA_latent.h5 in the current folder)")
     p.add_argument("--sample", type=int, help="sample index in a simulation file (default: the first)")
     p.add_argument("--patterns-key", help="dataset holding the patterns (HDF5/npz of other layouts)")
@@ -122,8 +126,7 @@ def _register_embed_refine_pairs(subparsers) -> None:
         epilog="Examples:\n  phasestem refine stitched_phase.npy --model runs/phaseformer\n"
                "  phasestem refine recon.h5 --key object_phase --model runs/pf/best --size 0 --out pf.h5")
     p.add_argument("image", help="coarse phase: .npy, .png, .tif or HDF5 (--key)")
-    p.add_argument("--model", "--checkpoint", dest="model", required=True, action=_ModelFlag,
-                   help="model file or run folder (best/ then last/); --checkpoint: older name")
+    _model_flag(p)
     p.add_argument("--key", help="HDF5 dataset of the phase (default: 'phase' or the only 2-D dataset)")
     p.add_argument("--size", type=int, default=256, help="working size in px (0: keep the input size)")
     p.add_argument("--out", help="output HDF5 (default: IMAGE_refined.h5 in the current folder)")
