@@ -7,9 +7,7 @@ import hashlib
 import json
 import logging
 import os
-import pickle
 import shutil
-import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,9 @@ from typing import Any
 import torch
 
 from ..errors import InputFileError
+from ..torch_files import first_line as _first_line
+from ..torch_files import require_nonempty as _require_nonempty
+from ..torch_files import state_dict_mismatch, torch_load  # noqa: F401 (re-exported to the trainer)
 
 log = logging.getLogger("phasestem.learn")
 
@@ -71,11 +72,6 @@ def load_weights(path: str | Path, map_location: str | torch.device = "cpu") -> 
     return dict(obj), _parse_meta(meta, path)
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
-
-
 def _parse_meta(meta: Any, path: Path) -> dict:
     """The ``phasestem`` metadata of a file as a dict in the current schema (older layouts converted)."""
     from .meta import normalize_meta
@@ -89,13 +85,6 @@ def _parse_meta(meta: Any, path: Path) -> dict:
     if not isinstance(out, dict):
         raise InputFileError(f"{path}: its 'phasestem' metadata is not a JSON object")
     return normalize_meta(out)
-
-
-def _require_nonempty(path: Path, what: str) -> None:
-    if not path.is_file():
-        raise InputFileError(f"{path}: file not found (expected a {what})")
-    if path.stat().st_size == 0:
-        raise InputFileError(f"{path}: empty file (expected a {what})")
 
 
 def read_safetensors(path: str | Path, map_location: str | torch.device = "cpu", tensors: bool = True
@@ -125,22 +114,6 @@ def read_meta(path: str | Path) -> dict:
     return load_weights(path)[1]
 
 
-def torch_load(path: str | Path, map_location: str | torch.device = "cpu", what: str = "PyTorch file") -> Any:
-    """``torch.load(path, weights_only=True)`` (tensors and plain containers only, never code) with one-line errors."""
-    path = Path(path)
-    _require_nonempty(path, what)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "pickle protocol 4" notes of the safe unpickler
-            return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise InputFileError(f"{path}: not a {what}: not a torch file, or it holds Python objects other than "
-                             "tensors (phasestem loads tensors only and never unpickles code)") from exc
-    except Exception as exc:
-        raise InputFileError(f"{path}: not a readable {what}, truncated or corrupted? "
-                             f"({type(exc).__name__}: {_first_line(exc)})") from exc
-
-
 def resolve_weights_path(path: str | Path) -> Path:
     """A model file from a file, a checkpoint folder (``model.*``) or a run folder (``best/``, ``last/``)."""
     path = Path(path)
@@ -156,19 +129,6 @@ def resolve_weights_path(path: str | Path) -> Path:
         f"{path}: no model weights found (expected a .safetensors/.pt file, or a folder holding "
         "model.safetensors, best/model.safetensors or last/model.safetensors)"
     )
-
-
-def state_dict_mismatch(own: Mapping[str, torch.Tensor], other: Mapping[str, torch.Tensor]) -> str:
-    """'' when ``other`` fits ``own`` (same names and shapes), else a short description of the first differences."""
-    shapes = [f"{k}: {tuple(other[k].shape)} vs {tuple(v.shape)} here" for k, v in own.items()
-              if k in other and tuple(other[k].shape) != tuple(v.shape)]
-    missing = [k for k in own if k not in other]
-    extra = [k for k in other if k not in own]
-    parts = []
-    for label, items in (("shape", shapes), ("missing", missing), ("unexpected", extra)):
-        if items:
-            parts.append(f"{len(items)} {label}, e.g. {items[0]}")
-    return "; ".join(parts)
 
 
 _MISSING = object()

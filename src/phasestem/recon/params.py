@@ -225,8 +225,8 @@ class RunConfig(Strict):
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
     lr_scale: float = Field(1.0, gt=0, description="multiplies every learning rate")
     lr_decay: Literal["none", "cosine"] = Field("cosine", description="cosine: every learning rate falls to lr_final "
-                                                "× its value over the run's epochs (restarts on --resume), which keeps "
-                                                "noisy data from being over-fitted late in a run; none: constant")
+                                                "× its value over the run's epochs (--resume continues it), which "
+                                                "keeps noisy data from being over-fitted late in a run; none: constant")
     lr_final: float = Field(0.1, gt=0, le=1, description="final learning-rate fraction of lr_decay: cosine")
     seed: int = Field(0, description="seed of the batch order")
     device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1, auto")
