@@ -231,10 +231,14 @@ def load_checkpoint(path, model) -> dict:
                              "for another scan, object or probe?")
     try:
         model.load_checkpoint_state(state)
+        run = RunState.from_checkpoint(state.get("run"), model)
+        best_misfit = run.best is not None and state_dict_mismatch(model.state_dict(), run.best[1])
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise InputFileError(f"{path}: {expected}; an entry is malformed "
                              f"({type(exc).__name__}: {first_line(exc)})") from exc
-    model._resume_state = {"optimizer": state.get("optimizer"), "run": state.get("run")}
+    if best_misfit:
+        raise InputFileError(f"{path}: {expected}; its run state's best parameters do not fit ({best_misfit})")
+    model._resume_state = {"optimizer": state.get("optimizer"), "run": run}  # for the next optimize() call
     return state
 
 
@@ -396,7 +400,7 @@ def optimize(
     from tqdm.auto import tqdm
 
     # decay window, divergence references and best state: carried on from a checkpoint, else new for this call
-    run = RunState.new(model) if resumed is None else RunState.from_checkpoint(resumed.get("run"), model)
+    run = RunState.new(model) if resumed is None else resumed["run"]
     pending_state = None if resumed is None else resumed.get("optimizer")
     last_epoch = model.epoch + n_epochs  # the decay reaches lr_final there
     owner = None
