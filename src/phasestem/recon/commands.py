@@ -154,14 +154,13 @@ def _check_optics(params: ReconstructParams, dataset, opts: dict) -> None:
 
 
 def _setup_reports(params: ReconstructParams, dataset, model, out: Path):
-    """System information at the top of the run's log; per-epoch loss_ptyrad and ground-truth metrics; returns the
-    ground-truth phase (None without data.ground_truth_key)."""
-    from .report import epoch_reporter, load_ground_truth, log_system_info
+    """Per-epoch loss_ptyrad and ground-truth metrics; returns the ground-truth phase (None without
+    data.ground_truth_key)."""
+    from .report import epoch_reporter, load_ground_truth
 
     truth = None
     if params.data.ground_truth_key is not None:
         truth = load_ground_truth(params.data.file, params.data.ground_truth_key)
-    log_system_info(out / "reconstruct.log", model.device)
     if params.run.ptyrad_loss or truth is not None:
         model.epoch_callbacks.append(epoch_reporter(dataset, truth, params.run.ptyrad_loss, params.losses.power,
                                                     params.run.batch_size))
@@ -178,9 +177,10 @@ def _tune_cmd(args) -> int:
     return 0
 
 
-def run_reconstruction(params: ReconstructParams, resume: bool = False):
+def run_reconstruction(params: ReconstructParams, resume: bool = False, sources: dict[str, str] | None = None):
     """Run a reconstruction described by ``params``; returns the model (None in the parent of
-    ``run.n_processes`` > 1 spawned processes).
+    ``run.n_processes`` > 1 spawned processes). ``sources`` labels values of the parameter file by field in the
+    run log and results.h5 (default ``YAML``; see :func:`phasestem.recon.params.build_dataset`).
 
     Under ``torchrun`` (RANK, WORLD_SIZE, LOCAL_RANK in the environment) this process joins the process group
     itself (nccl on CUDA, gloo on CPU) and ``run.n_processes`` is ignored; ``run.n_processes`` > 1 otherwise
@@ -196,24 +196,27 @@ def run_reconstruction(params: ReconstructParams, resume: bool = False):
                         params.run.n_processes, torchrun_world())
         own_group = init_from_environment(params.run.device)
         try:
-            return _reconstruct_rank(params, resume)
+            return _reconstruct_rank(params, resume, sources)
         finally:
             if own_group:
                 import torch.distributed as dist
 
                 dist.destroy_process_group()
     if params.run.n_processes > 1:
-        launch(params.run.n_processes, _reconstruct_rank, params.model_dump(mode="json"), resume,
+        launch(params.run.n_processes, _reconstruct_rank, params.model_dump(mode="json"), resume, sources,
                backend=backend_for(params.run.device))
         return None
-    return _reconstruct_rank(params, resume)
+    return _reconstruct_rank(params, resume, sources)
 
 
-def _reconstruct_rank(params, resume: bool):
+def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = None):
+    import contextlib
+
     import matplotlib.pyplot as plt
 
     from .distributed import is_main_process, rank_and_world
     from .engine import load_checkpoint, optimize
+    from .report import log_settings, log_system_info, logging_to, loss_settings, losses_line
 
     if isinstance(params, dict):
         params = ReconstructParams.model_validate(params)
@@ -229,7 +232,15 @@ def _reconstruct_rank(params, resume: bool):
         out.mkdir(parents=True, exist_ok=True)
         with atomic_file(out / "config.yaml", field="run.out_dir") as tmp:
             tmp.write_text(config_text)
-    dataset = build_dataset(params)
+    log_path = out / "reconstruct.log"
+    if main:
+        log_system_info(log_path, rank_device(params.run.device))
+    with logging_to(log_path) if main else contextlib.nullcontext():  # conflict warnings in the log too
+        dataset = build_dataset(params, sources, warn=main)
+    settings = dataset.metadata.get("settings", []) + loss_settings(params, sources)
+    if main:
+        log_settings(settings, losses_line(params, sources), dataset, log_path)
+        print(losses_line(params, sources))
     model = build_model(params, dataset).to(rank_device(params.run.device))
     ckpt = out / "checkpoint.pt"
     if resume:
@@ -255,7 +266,7 @@ def _reconstruct_rank(params, resume: bool):
             from .report import final_metrics
 
             metrics = final_metrics(model, truth, params.data.ground_truth_key, out / "reconstruct.log")
-        path = model.save_results(out / "results.h5", config_text=config_text, metrics=metrics)
+        path = model.save_results(out / "results.h5", config_text=config_text, metrics=metrics, provenance=settings)
         plt.close(model.inspect(dataset, path=out / "reconstruction.png"))
         plt.close(model.compare(dataset, path=out / "compare.png"))
         last = model.loss_history[-1]["loss"] if model.loss_history else float("nan")

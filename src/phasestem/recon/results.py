@@ -20,6 +20,9 @@ Layout of ``results.h5``::
     history/tilt            (E, 2) or (E, N, 2)  mrad after each epoch
     metrics/<name>          ()    final comparison with the ground truth (when given): psnr, ssim, phase_error,
                                   frc_resolution (Å); metrics/frc_frequencies, metrics/frc_curve (rings)
+    provenance/<field>      group per setting of the run (scan.step, optics.energy, optics.aberrations.C10,
+                            losses.gaussian, …), attrs: value, unit, source (file, YAML, flag, calibration or
+                            default), file (what the data file held, when it held something), note
     attrs: sampling (Å), energy (eV), origin (Å: object-frame position of dataset 0 Å),
            epoch, format = "phasestem-recon-results", config (YAML text, when given)
 """
@@ -72,9 +75,11 @@ def results_dict(model, metrics: dict | None = None) -> dict:
     return out
 
 
-def save_results(model, path, config_text: str | None = None, metrics: dict | None = None) -> Path:
+def save_results(model, path, config_text: str | None = None, metrics: dict | None = None,
+                 provenance: list | None = None) -> Path:
     """Write the model's results to ``path`` (``name.tmp`` then rename); ``metrics``: scalars/arrays for
-    ``metrics/`` (comparison with a ground truth)."""
+    ``metrics/`` (comparison with a ground truth); ``provenance``: :class:`phasestem.provenance.Setting` rows for
+    ``provenance/``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -105,6 +110,13 @@ def save_results(model, path, config_text: str | None = None, metrics: dict | No
                 g = f.create_group(group)
                 for k, v in r[group].items():
                     g.create_dataset(k, data=v)
+        if provenance:
+            g = f.create_group("provenance")
+            for row in provenance:
+                item = g.create_group(row.field)
+                for key in ("value", "unit", "source", "file", "note"):
+                    if getattr(row, key) is not None:
+                        item.attrs[key] = getattr(row, key)
     os.replace(tmp, path)
     return path
 
@@ -132,4 +144,7 @@ def load_results(path) -> dict:
         for group in ("history", "metrics"):
             if group in f:
                 out[group] = {k: f[group][k][...] for k in f[group]}
+        if "provenance" in f:
+            out["provenance"] = {k: {a: (v.tolist() if hasattr(v, "tolist") else v) for a, v in g.attrs.items()}
+                                 for k, g in f["provenance"].items()}
     return out

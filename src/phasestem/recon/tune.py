@@ -50,7 +50,7 @@ def run_tuning(params: ReconstructParams, out_dir: str | Path | None = None, n_t
                 c10 *= trial.suggest_categorical("C10_sign", [1, -1])
             p.optics.aberrations = {**p.optics.aberrations, "C10": c10}
             p.optics.aberrations.pop("defocus", None)
-            ds = dataset._replace(aberrations=dict(p.optics.aberrations))
+            ds = dataset._replace(aberrations={**dataset.aberrations, "C10": c10})  # the file's other keys kept
         if t.slice_thickness is not None:
             p.model.slice_thickness = trial.suggest_float("slice_thickness", t.slice_thickness.low,
                                                           t.slice_thickness.high, log=t.slice_thickness.log)
