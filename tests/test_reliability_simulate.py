@@ -19,7 +19,7 @@ from phasestem import cli
 from phasestem.errors import ConfigError, InputFileError, PhasestemError
 from phasestem.simulate import budget, load_config, simulate_dataset, simulate_sample
 from phasestem.simulate import writer as sim_writer
-from phasestem.simulate.lock import LOCK_NAME
+from phasestem.lock import LOCK_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "simulate_tiny.yaml"
@@ -64,7 +64,7 @@ def test_second_simulate_process_is_refused_naming_the_holder_and_the_first_fini
         assert second.returncode != 0
         err = second.stderr.strip()
         assert len(err.splitlines()) == 1, err
-        assert f"pid {first.pid}" in err and holder["host"] in err and "another phasestem simulate run" in err
+        assert f"pid {first.pid}" in err and holder["host"] in err and "'phasestem simulate'" in err
         stdout, stderr = first.communicate(timeout=300)
     finally:
         if first.poll() is None:

@@ -37,15 +37,18 @@ def calibrate_file(path: str | Path, out_dir: str | Path, energy: float, scan_st
     ``options`` go to :func:`phasestem.calibrate.pipeline.calibrate` (transpose, parallax,
     c10_range, edge_threshold); ``extra_params`` adds sections (model, run, …) to the YAML (integer data get
     the counted-data term :data:`COUNTED_LOSSES` unless it names ``losses``);
-    ``resample_descan``: see :func:`phasestem.calibrate.output.write_outputs`.
+    ``resample_descan``: see :func:`phasestem.calibrate.output.write_outputs`. ``out_dir`` is held for the whole
+    call (:func:`phasestem.lock.hold_output`; FolderBusyError when another run holds it).
     """
+    from ..lock import hold_output
     from .output import write_outputs
 
-    dataset = load_for_calibration(path, energy, scan_step, reader_options, format)
-    calib = calibrate(dataset, semiangle=semiangle, angular_sampling=angular_sampling, **options)
-    if np.issubdtype(np.dtype(dataset.patterns.dtype), np.integer) and "losses" not in (extra_params or {}):
-        extra_params = {**(extra_params or {}), "losses": dict(COUNTED_LOSSES)}
-    calib.source = str(path)
-    files = write_outputs(dataset, calib, out_dir, path, figures=figures, extra=extra_params,
-                          resample_descan=resample_descan)
-    return calib, files
+    with hold_output(out_dir, "phasestem calibrate"):  # held from before the data are read
+        dataset = load_for_calibration(path, energy, scan_step, reader_options, format)
+        calib = calibrate(dataset, semiangle=semiangle, angular_sampling=angular_sampling, **options)
+        if np.issubdtype(np.dtype(dataset.patterns.dtype), np.integer) and "losses" not in (extra_params or {}):
+            extra_params = {**(extra_params or {}), "losses": dict(COUNTED_LOSSES)}
+        calib.source = str(path)
+        files = write_outputs(dataset, calib, out_dir, path, figures=figures, extra=extra_params,
+                              resample_descan=resample_descan)
+        return calib, files

@@ -65,6 +65,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
+from ..lock import hold_output
 from ..schedules import lr_lambda
 from .checkpoint import (
     CheckpointError,
@@ -341,8 +342,15 @@ class Trainer(RunFolderMixin):
 
         ``resume=True`` continues from ``out_dir/last`` when it exists; a path names a checkpoint
         folder. The summary holds ``best`` (monitor value), ``best_epoch``, ``epochs_run``,
-        ``global_step``, ``history`` and the paths of ``best`` / ``last``.
+        ``global_step``, ``history`` and the paths of ``best`` / ``last``. ``out_dir`` is held for the whole fit
+        (:func:`phasestem.lock.hold_output`; FolderBusyError when another run holds it).
         """
+        if self.out_dir is None:
+            return self._fit(resume)
+        with hold_output(self.out_dir, "phasestem train"):
+            return self._fit(resume)
+
+    def _fit(self, resume: bool | str | Path | None) -> dict[str, Any]:
         cfg = self.config
         if resume:
             if resume is True and self.out_dir is None:

@@ -25,12 +25,13 @@ Layout of ``results.h5``::
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import h5py
 import numpy as np
 import torch
+
+from ..safety import atomic_file
 
 FORMAT = "phasestem-recon-results"
 
@@ -73,13 +74,11 @@ def results_dict(model, metrics: dict | None = None) -> dict:
 
 
 def save_results(model, path, config_text: str | None = None, metrics: dict | None = None) -> Path:
-    """Write the model's results to ``path`` (``name.tmp`` then rename); ``metrics``: scalars/arrays for
-    ``metrics/`` (comparison with a ground truth)."""
+    """Write the model's results to ``path`` atomically (:func:`phasestem.safety.atomic_file`: ``NAME.<pid>.tmp``
+    then rename); ``metrics``: scalars/arrays for ``metrics/`` (comparison with a ground truth)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     r = results_dict(model, metrics)
-    with h5py.File(tmp, "w") as f:
+    with atomic_file(path, field="results") as tmp, h5py.File(tmp, "w") as f:
         f.attrs["format"] = FORMAT
         f.attrs["sampling"] = model.sampling
         f.attrs["energy"] = model.energy
@@ -105,7 +104,6 @@ def save_results(model, path, config_text: str | None = None, metrics: dict | No
                 g = f.create_group(group)
                 for k, v in r[group].items():
                     g.create_dataset(k, data=v)
-    os.replace(tmp, path)
     return path
 
 
