@@ -65,7 +65,6 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from ..lock import hold_output
 from ..schedules import lr_lambda
 from .checkpoint import (
     CheckpointError,
@@ -99,7 +98,7 @@ from .trainer_config import (
     seed_loader,
     steps_per_epoch,
 )
-from .trainer_state import RunFolderMixin
+from .trainer_state import RunFolderMixin, holding_out_dir
 
 #: the names other modules (and users' scripts) import from here, wherever they are defined
 __all__ = ["Trainer", "TrainerConfig", "TrainingDivergedError", "CheckpointError", "save_weights", "load_weights",
@@ -337,20 +336,14 @@ class Trainer(RunFolderMixin):
             means = dict(zip(keys, t.tolist(), strict=True))
         return means
 
+    @holding_out_dir
     def fit(self, resume: bool | str | Path | None = None) -> dict[str, Any]:
-        """Train for ``config.epochs`` (from a checkpoint when ``resume``); returns a summary dict.
+        """Train for ``config.epochs`` (from a checkpoint when ``resume``; ``out_dir`` held); returns a summary dict.
 
         ``resume=True`` continues from ``out_dir/last`` when it exists; a path names a checkpoint
         folder. The summary holds ``best`` (monitor value), ``best_epoch``, ``epochs_run``,
-        ``global_step``, ``history`` and the paths of ``best`` / ``last``. ``out_dir`` is held for the whole fit
-        (:func:`phasestem.lock.hold_output`; FolderBusyError when another run holds it).
+        ``global_step``, ``history`` and the paths of ``best`` / ``last``.
         """
-        if self.out_dir is None:
-            return self._fit(resume)
-        with hold_output(self.out_dir, "phasestem train"):
-            return self._fit(resume)
-
-    def _fit(self, resume: bool | str | Path | None) -> dict[str, Any]:
         cfg = self.config
         if resume:
             if resume is True and self.out_dir is None:
