@@ -55,30 +55,33 @@ def calibrate_file(path: str | Path, out_dir: str | Path, energy: float | None =
     ``options`` go to :func:`phasestem.calibrate.pipeline.calibrate` (transpose, parallax,
     c10_range, edge_threshold); ``extra_params`` adds sections (model, run, …) to the YAML (integer data get
     the counted-data term :data:`COUNTED_LOSSES` unless it names ``losses``);
-    ``resample_descan``: see :func:`phasestem.calibrate.output.write_outputs`.
+    ``resample_descan``: see :func:`phasestem.calibrate.output.write_outputs`. ``out_dir`` is held for the whole
+    call (:func:`phasestem.lock.hold_output`; FolderBusyError when another run holds it).
     """
+    from ..lock import hold_output
     from .output import write_outputs
 
-    dataset = load_for_calibration(path, energy, scan_step, reader_options, format)
-    found = dataset.metadata.get("calibration_sources", {})
-    sources = {"optics.energy": "flag" if found.get("energy") == "given" else "file",
-               "scan.step": "flag" if found.get("scan_step") == "given" else "file",
-               "optics.semiangle": "flag", "optics.angular_sampling": "calibration"}
-    if semiangle is None and angular_sampling is None:  # neither flag: the file's semi-angle, else its pixel
-        semiangle = dataset.semiangle
-        if semiangle is None and dataset.angular_sampling is not None:
-            angular_sampling = float(np.mean(dataset.angular_sampling))
-        sources["optics.semiangle"] = "file"
-    if semiangle is None:
-        sources.update({"optics.angular_sampling": sources["optics.semiangle"], "optics.semiangle": "calibration"})
-    calib = calibrate(dataset, semiangle=semiangle, angular_sampling=angular_sampling, **options)
-    sources.update({"scan.rotation": "calibration", "scan.origin": "calibration"})
-    sources.update({f"optics.aberrations.{k}": "calibration" for k in calib.aberrations})
-    if np.issubdtype(np.dtype(dataset.patterns.dtype), np.integer) and "losses" not in (extra_params or {}):
-        extra_params = {**(extra_params or {}), "losses": dict(COUNTED_LOSSES)}
-        sources["losses"] = "calibration (counted data)"
-    calib.source = str(path)
-    calib.sources = sources
-    files = write_outputs(dataset, calib, out_dir, path, figures=figures, extra=extra_params,
-                          resample_descan=resample_descan)
-    return calib, files
+    with hold_output(out_dir, "phasestem calibrate"):  # held from before the data are read
+        dataset = load_for_calibration(path, energy, scan_step, reader_options, format)
+        found = dataset.metadata.get("calibration_sources", {})
+        sources = {"optics.energy": "flag" if found.get("energy") == "given" else "file",
+                   "scan.step": "flag" if found.get("scan_step") == "given" else "file",
+                   "optics.semiangle": "flag", "optics.angular_sampling": "calibration"}
+        if semiangle is None and angular_sampling is None:  # neither flag: the file's semi-angle, else its pixel
+            semiangle = dataset.semiangle
+            if semiangle is None and dataset.angular_sampling is not None:
+                angular_sampling = float(np.mean(dataset.angular_sampling))
+            sources["optics.semiangle"] = "file"
+        if semiangle is None:
+            sources.update({"optics.angular_sampling": sources["optics.semiangle"], "optics.semiangle": "calibration"})
+        calib = calibrate(dataset, semiangle=semiangle, angular_sampling=angular_sampling, **options)
+        sources.update({"scan.rotation": "calibration", "scan.origin": "calibration"})
+        sources.update({f"optics.aberrations.{k}": "calibration" for k in calib.aberrations})
+        if np.issubdtype(np.dtype(dataset.patterns.dtype), np.integer) and "losses" not in (extra_params or {}):
+            extra_params = {**(extra_params or {}), "losses": dict(COUNTED_LOSSES)}
+            sources["losses"] = "calibration (counted data)"
+        calib.source = str(path)
+        calib.sources = sources
+        files = write_outputs(dataset, calib, out_dir, path, figures=figures, extra=extra_params,
+                              resample_descan=resample_descan)
+        return calib, files

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ..errors import InputFileError
+from ..safety import atomic_file, remove_stale_temporaries, temporary_name
 from ..torch_files import first_line as _first_line
 from ..torch_files import require_nonempty as _require_nonempty
 from ..torch_files import state_dict_mismatch, torch_load  # noqa: F401 (re-exported to the trainer)
@@ -31,10 +32,6 @@ class CheckpointError(InputFileError):
     """A checkpoint is torn, corrupted or does not fit the run that resumes from it."""
 
 
-def _atomic_path(path: Path) -> Path:
-    return path.with_name(path.name + ".tmp")
-
-
 def save_weights(
     state_dict: Mapping[str, torch.Tensor], path: str | Path, meta: Mapping[str, Any] | None = None
 ) -> Path:
@@ -43,14 +40,13 @@ def save_weights(
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
     meta_json = json.dumps(meta or {}, default=str)
-    tmp = _atomic_path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
+    with atomic_file(path, field="weights") as tmp:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
 
-        save_file(tensors, str(tmp), metadata={"phasestem": meta_json})
-    else:
-        torch.save({"state_dict": tensors, "meta": meta_json}, tmp)
-    os.replace(tmp, path)
+            save_file(tensors, str(tmp), metadata={"phasestem": meta_json})
+        else:
+            torch.save({"state_dict": tensors, "meta": meta_json}, tmp)
     return path
 
 
@@ -193,21 +189,28 @@ def _fsync(path: Path) -> None:
 
 
 def commit_folder(folder: str | Path, write: Callable[[Path], Iterable[str]]) -> Path:
-    """Replace ``folder`` by what ``write(tmp)`` puts in a fresh ``<folder>.tmp``, as one unit.
+    """Replace ``folder`` by what ``write(tmp)`` puts in a fresh ``<folder>.<pid>.tmp``, as one unit.
 
     The new folder is complete and on disk before it is renamed into place; the old one is moved
     to ``<folder>.prev`` first and removed after. A kill at any point leaves either the old or the
     new folder complete (``<folder>.prev`` when it struck between the two renames; resume finds it).
+    The caller holds the run folder's lock (:meth:`Trainer.fit`), so temporaries that killed runs left
+    (``<folder>.<pid>.tmp``) are removed here; this call's own is removed when ``write`` fails.
     """
     folder = Path(folder)
-    tmp, prev = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".prev")
+    tmp, prev = temporary_name(folder), folder.with_name(folder.name + ".prev")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    if tmp.exists():  # a write killed earlier: our own namespace
+    remove_stale_temporaries(folder.parent, [folder.name])
+    if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    for name in write(tmp):
-        _fsync(tmp / name)
-    _fsync(tmp)
+    try:
+        for name in write(tmp):
+            _fsync(tmp / name)
+        _fsync(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if folder.exists():
         if prev.exists():
             shutil.rmtree(prev)
@@ -257,9 +260,8 @@ def verify_checkpoint(folder: str | Path) -> dict | None:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = _atomic_path(path)
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+    with atomic_file(path, field="json") as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=str))
 
 
 def _write_csv(path: Path, rows: list[dict[str, float]], fields: list[str] | None = None) -> None:
@@ -267,9 +269,7 @@ def _write_csv(path: Path, rows: list[dict[str, float]], fields: list[str] | Non
     keys: list[str] = list(fields or [])
     for r in rows:
         keys.extend(k for k in r if k not in keys)
-    tmp = _atomic_path(path)
-    with open(tmp, "w", newline="") as fh:
+    with atomic_file(path, field="csv") as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=keys)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)

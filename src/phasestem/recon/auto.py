@@ -124,8 +124,11 @@ def auto_params(calib_params: Path, out_dir: Path, epochs: int | None = None, de
 
 
 def write_params(params: ReconstructParams, path: Path, header: str = "") -> Path:
-    """The resolved parameter file, with a comment header."""
-    path.write_text(header + dump_params(params))
+    """The resolved parameter file, with a comment header (written atomically)."""
+    from ..safety import atomic_file
+
+    with atomic_file(path, field="--out") as tmp:
+        tmp.write_text(header + dump_params(params))
     return path
 
 
@@ -133,11 +136,21 @@ def run_auto(file: str | Path, out_dir: str | Path, energy: float | None, semian
              angular_sampling: float | None = None, init: str = "ssb", reader_options: dict | None = None,
              format: str | None = None, epochs: int | None = None, device: str | None = None,
              run: bool = True, **calibrate_options):
-    """Read → calibrate → direct-method start → AD. Returns (params, calibration, model or None)."""
+    """Read → calibrate → direct-method start → AD, holding ``out_dir`` throughout (:mod:`phasestem.lock`).
+    Returns (params, calibration, model or None)."""
+    from ..lock import hold_output
+    from .commands import RECON_COMMAND
+
+    with hold_output(out_dir, RECON_COMMAND + " --auto"):
+        return _run_auto(file, Path(out_dir), energy, semiangle, scan_step, angular_sampling, init, reader_options,
+                         format, epochs, device, run, **calibrate_options)
+
+
+def _run_auto(file, out: Path, energy, semiangle, scan_step, angular_sampling, init, reader_options, format, epochs,
+              device, run, **calibrate_options):
     from ..calibrate.files import calibrate_file
     from .commands import run_reconstruction
 
-    out = Path(out_dir)
     calib, files = calibrate_file(file, out / "calibration", energy=energy, scan_step=scan_step,
                                   semiangle=semiangle, angular_sampling=angular_sampling,
                                   reader_options=reader_options, format=format, **calibrate_options)

@@ -6,7 +6,8 @@ import logging
 import sys
 from pathlib import Path
 
-from ..safety import atomic_file, refuse_output_over_inputs
+from ..lock import FolderBusyError, hold_output
+from ..safety import atomic_file, refuse_output_over_inputs, remove_stale_temporaries
 from .distributed import rank_device
 from .model import ParamSchedule
 from .params import (
@@ -97,20 +98,25 @@ def _reconstruct_cmd(args) -> int:
                  reader_options=reader_options(args), format=args.format, epochs=args.epochs, device=args.device)
         return 0
     params = _load(args)
-    if args.init:
-        from .auto import apply_init
-
-        params = apply_init(params, args.init, params.run.out_dir)
-    if args.dump_config:
+    if args.dump_config and not args.init:
         sys.stdout.write(dump_params(params))
         return 0
-    refuse_output_over_inputs(params.run.out_dir, [args.params], field="--out", written=RUN_FILES)
     from ..errors import ConfigError
     from .distributed import env_rank
 
     try:
-        run_reconstruction(params, resume=args.resume)
-    except ConfigError:
+        # the folder is held from the first file written (the --init start) to the last
+        with hold_output(params.run.out_dir, RECON_COMMAND):
+            if args.init:
+                from .auto import apply_init
+
+                params = apply_init(params, args.init, params.run.out_dir)
+            if args.dump_config:
+                sys.stdout.write(dump_params(params))
+                return 0
+            refuse_output_over_inputs(params.run.out_dir, [args.params], field="--out", written=RUN_FILES)
+            run_reconstruction(params, resume=args.resume)
+    except (ConfigError, FolderBusyError):
         if env_rank() != 0:  # every rank of a torchrun launch sees the same setting: rank 0 alone says so
             return 1
         raise
@@ -119,6 +125,8 @@ def _reconstruct_cmd(args) -> int:
 
 #: files a reconstruction writes into its output folder (none may be an input)
 RUN_FILES = ("config.yaml", "checkpoint.pt", "results.h5", "reconstruction.png", "compare.png", "reconstruct.log")
+#: how a reconstruction names itself in its output folder's lock
+RECON_COMMAND = "phasestem reconstruct"
 
 
 def _keep_configured_schedules(model, wanted: dict) -> None:
@@ -184,7 +192,11 @@ def run_reconstruction(params: ReconstructParams, resume: bool = False, sources:
 
     Under ``torchrun`` (RANK, WORLD_SIZE, LOCAL_RANK in the environment) this process joins the process group
     itself (nccl on CUDA, gloo on CPU) and ``run.n_processes`` is ignored; ``run.n_processes`` > 1 otherwise
-    starts that many local processes (the single-node shortcut)."""
+    starts that many local processes (the single-node shortcut).
+
+    ``run.out_dir`` is held for the whole run (:func:`phasestem.lock.hold_output`, FolderBusyError when another
+    run holds it): by this process alone, by the parent of ``run.n_processes`` processes, by rank 0 of a process
+    group (every rank learns a refusal)."""
     from .distributed import backend_for, init_from_environment, is_initialized, launch, torchrun_world
     from .engine import refuse_lbfgs
 
@@ -196,17 +208,19 @@ def run_reconstruction(params: ReconstructParams, resume: bool = False, sources:
                         params.run.n_processes, torchrun_world())
         own_group = init_from_environment(params.run.device)
         try:
-            return _reconstruct_rank(params, resume, sources)
+            with hold_output(params.run.out_dir, RECON_COMMAND):
+                return _reconstruct_rank(params, resume, sources)
         finally:
             if own_group:
                 import torch.distributed as dist
 
                 dist.destroy_process_group()
-    if params.run.n_processes > 1:
-        launch(params.run.n_processes, _reconstruct_rank, params.model_dump(mode="json"), resume, sources,
-               backend=backend_for(params.run.device))
-        return None
-    return _reconstruct_rank(params, resume, sources)
+    with hold_output(params.run.out_dir, RECON_COMMAND):
+        if params.run.n_processes > 1:  # the spawned ranks write into the folder this process holds
+            launch(params.run.n_processes, _reconstruct_rank, params.model_dump(mode="json"), resume, sources,
+                   backend=backend_for(params.run.device))
+            return None
+        return _reconstruct_rank(params, resume, sources)
 
 
 def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = None):
@@ -228,8 +242,9 @@ def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = Non
                                     None if params.model.initial_probe is None else params.model.initial_probe.file],
                               field="run.out_dir", written=RUN_FILES)
     config_text = dump_params(params)
-    if main:
+    if main:  # the folder is held (run_reconstruction): what killed runs left mid-write is ours to remove
         out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out, RUN_FILES)
         with atomic_file(out / "config.yaml", field="run.out_dir") as tmp:
             tmp.write_text(config_text)
     log_path = out / "reconstruct.log"

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from pathlib import Path
 
@@ -200,9 +199,10 @@ def save_checkpoint(path, model, optimizer=None, extra: dict | None = None, run_
     state["optimizer"] = None if optimizer is None else optimizer.state_dict()
     state["run"] = run_state or {}
     state["extra"] = extra or {}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    from ..safety import atomic_file
+
+    with atomic_file(path, field="checkpoint") as tmp:  # CHECKPOINT.<pid>.tmp, removed on failure
+        torch.save(state, tmp)
 
 
 #: what a reconstruction checkpoint must hold (besides the optional "optimizer", "run" and "extra")

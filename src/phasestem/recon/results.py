@@ -28,12 +28,13 @@ Layout of ``results.h5``::
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import h5py
 import numpy as np
 import torch
+
+from ..safety import atomic_file
 
 FORMAT = "phasestem-recon-results"
 
@@ -77,14 +78,12 @@ def results_dict(model, metrics: dict | None = None) -> dict:
 
 def save_results(model, path, config_text: str | None = None, metrics: dict | None = None,
                  provenance: list | None = None) -> Path:
-    """Write the model's results to ``path`` (``name.tmp`` then rename); ``metrics``: scalars/arrays for
-    ``metrics/`` (comparison with a ground truth); ``provenance``: :class:`phasestem.provenance.Setting` rows for
-    ``provenance/``."""
+    """Write the model's results to ``path`` atomically (:func:`phasestem.safety.atomic_file`: ``NAME.<pid>.tmp``
+    then rename); ``metrics``: scalars/arrays for ``metrics/`` (comparison with a ground truth); ``provenance``:
+    :class:`phasestem.provenance.Setting` rows for ``provenance/``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     r = results_dict(model, metrics)
-    with h5py.File(tmp, "w") as f:
+    with atomic_file(path, field="results") as tmp, h5py.File(tmp, "w") as f:
         f.attrs["format"] = FORMAT
         f.attrs["sampling"] = model.sampling
         f.attrs["energy"] = model.energy
@@ -117,7 +116,6 @@ def save_results(model, path, config_text: str | None = None, metrics: dict | No
                 for key in ("value", "unit", "source", "file", "note"):
                     if getattr(row, key) is not None:
                         item.attrs[key] = getattr(row, key)
-    os.replace(tmp, path)
     return path
 
 
