@@ -27,6 +27,8 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from .plot import _plt, save_figure, styled
+
 log = logging.getLogger("phasestem.demo")
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -298,11 +300,9 @@ def iterations_to_reach(errors: list[float], target: float) -> int | None:
 
 
 # ------------------------------------------------------------------------------------------ report
+@styled
 def _hybrid_plot(flat: dict, hybrid: dict, path: Path) -> Path:
-    from .plot import _plt, save_figure
-
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, axes = _plt().subplots(1, 2, figsize=(8, 3.0))
     for run, name in ((flat, "flat start"), (hybrid, "learned start (hybrid)")):
         axes[0].plot(range(len(run["errors"])), run["errors"], marker=".", label=name)
         axes[1].plot(run["seconds"], run["errors"], marker=".", label=name)
@@ -372,8 +372,10 @@ def run_demo(out: Path, quick: bool = False) -> Path:
     from .learn.apply.phase import load_predictor, predict_phase
     from .learn.apply.refine import load_phaseformer, refine_phase
     from .learn.pairs import write_pairs
-    from .optics import make_probe
-    from .plot import phase_panels, simulation_overview
+    from .plot import phase_panels
+    from .simulate.overview import write_overview
+
+    plt = _plt()
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -389,10 +391,8 @@ def run_demo(out: Path, quick: bool = False) -> Path:
     truth = np.asarray(ds.truth["phase"], np.float32)
     ts = tuple(float(s) for s in ds.truth.get("sampling", ds.sampling))
     fov = field_of_view(ds, ts, truth.shape)
-    probe = make_probe(ds.pattern_shape, ds.sampling, ds.energy, ds.semiangle, ds.aberrations,
-                       on_band_limit="ignore")
-    simulation_overview(truth, probe, np.asarray(ds.patterns[...]), out / "simulation.png", ds.summary())
-    ds.inspect(path=out / "inspect.png")
+    write_overview(heldout, out / "simulation.png", sample=0)
+    plt.close(ds.inspect(path=out / "inspect.png"))
 
     log.info("2/5 AD ptychography (flat start)")
     warm_up = DemoRecon(n_epochs=1, batch_size=cfg.recon.batch_size)  # first-epoch overheads out of the timings
@@ -435,8 +435,9 @@ def run_demo(out: Path, quick: bool = False) -> Path:
     fom = {name: figures_of_merit(img[fov], t_fov) for name, img in routes.items()}
     shown = {"truth": t_fov, **{n: img[fov] - np.mean(img[fov] - t_fov) for n, img in routes.items()}}
     errors = {n: aligned_error_map(img[fov], t_fov) for n, img in routes.items()}
-    phase_panels(shown, out / "routes.png", errors=errors, cmap="magma",
-                 suptitle="phase (rad), scanned field of view; offsets removed")
+    plt.close(phase_panels(shown, out / "routes.png", errors=errors, sampling=ts, metrics=fom,
+                           suptitle="phase over the scanned field of view (offsets removed); errors after "
+                                    "sub-pixel alignment"))
     target = flat["errors"][-1]
     n_flat = iterations_to_reach(flat["errors"], target)
     n_hyb = iterations_to_reach(hyb["errors"], target)

@@ -36,6 +36,10 @@ from ..scan import GridScan
 
 log = logging.getLogger("phasestem.io")
 
+#: an energy or scan step the file does not hold and nobody gave, where they are not required (NaN: every
+#: quantity computed from it is NaN, never a plausible wrong number)
+UNKNOWN = float("nan")
+
 COMMON_OPTIONS = ("energy", "scan_step", "scan_shape", "scan_order", "angular_sampling", "sampling", "semiangle",
                   "aberrations", "scan_origin", "positions")
 
@@ -161,13 +165,15 @@ class LazyView:
 
 
 def build_dataset(patterns, path: str | Path, file_values: Mapping[str, Any] | None = None,
-                  metadata: Mapping[str, Any] | None = None, **options) -> FourDSTEM:
+                  metadata: Mapping[str, Any] | None = None, require_calibration: bool = True,
+                  **options) -> FourDSTEM:
     """A :class:`FourDSTEM` from patterns (N, H, W) or (Sy, Sx, H, W) and reader options.
 
     ``file_values`` holds what the reader found in the file (same names as the options);
     explicit ``options`` win. A flat pattern count that does not match ``scan_shape`` raises
     :class:`ShapeError` naming the file and both numbers; a missing energy or scan step raises
-    :class:`ConfigError` naming the option.
+    :class:`ConfigError` naming the option, unless ``require_calibration=False`` (a first look that needs
+    neither, ``phasestem inspect``): then they are NaN and ``metadata['uncalibrated']`` names them.
     """
     check_real(patterns, source_name(path, metadata))
     unknown = set(options) - set(COMMON_OPTIONS)
@@ -211,6 +217,12 @@ def build_dataset(patterns, path: str | Path, file_values: Mapping[str, Any] | N
     else:
         raise ShapeError(f"{path}: patterns must have 3 (N, H, W) or 4 (Sy, Sx, H, W) axes, got shape {shape}")
 
+    uncalibrated = []
+    if not require_calibration:
+        for name in ("energy", "scan_step"):
+            if vals.get(name) is None and not (name == "scan_step" and vals.get("positions") is not None):
+                vals[name] = UNKNOWN
+                uncalibrated.append(name)
     energy = vals.get("energy")
     if energy is None:
         raise ConfigError(f"{path}: the beam energy is not in the file; give it in eV "
@@ -244,6 +256,8 @@ def build_dataset(patterns, path: str | Path, file_values: Mapping[str, Any] | N
         raise ConfigError(f"{path}: aberrations: {err}") from None
     meta = {"source": str(path)}
     meta.update(dict(metadata or {}))
+    if uncalibrated:
+        meta["uncalibrated"] = uncalibrated
     return FourDSTEM(
         patterns=patterns4,
         energy=energy,

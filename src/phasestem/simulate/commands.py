@@ -83,6 +83,10 @@ def _simulate(args) -> int:
         logging.getLogger("phasestem").removeHandler(handler)
     for p in paths:
         print(p)
+    if paths:
+        from .overview import write_overview
+
+        print(write_overview(paths[0], out / "simulation.png"))
     return 0
 
 
