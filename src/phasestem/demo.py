@@ -158,18 +158,6 @@ def resample(image: np.ndarray, sampling: tuple[float, float], target_sampling: 
     return ((1 - fy) * ((1 - fx) * a + fx * b) + fy * ((1 - fx) * c + fx * d)).astype(np.float32)
 
 
-def figures_of_merit(rec: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """PSNR, SSIM (after offset removal and alignment) and E_φ of ``rec`` vs ``truth`` (same shape, rad)."""
-    from .metrics import apply_shift, phase_error, psnr, remove_offset, shift_between, ssim
-
-    shift = shift_between(rec, truth)
-    aligned = remove_offset(apply_shift(rec, shift), truth)
-    c = int(math.ceil(np.abs(shift).max())) + 1
-    a, t = aligned[c:-c, c:-c], truth[c:-c, c:-c].astype(np.float64)
-    return {"psnr": float(psnr(a, t)), "ssim": float(ssim(a, t)), "phase_error": float(phase_error(rec, truth)),
-            "shift_px": float(np.hypot(*shift))}
-
-
 def aligned_error_map(rec: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """``rec`` − ``truth`` after sub-pixel alignment and offset removal (rad)."""
     from .metrics import apply_shift, remove_offset, shift_between
@@ -372,6 +360,7 @@ def run_demo(out: Path, quick: bool = False) -> Path:
     from .learn.apply.phase import load_predictor, predict_phase
     from .learn.apply.refine import load_phaseformer, refine_phase
     from .learn.pairs import write_pairs
+    from .metrics import figures_of_merit
     from .plot import phase_panels
     from .simulate.overview import write_overview
 
@@ -432,7 +421,7 @@ def run_demo(out: Path, quick: bool = False) -> Path:
 
     # figures of merit on the scanned field of view
     t_fov = truth[fov]
-    fom = {name: figures_of_merit(img[fov], t_fov) for name, img in routes.items()}
+    fom = {name: figures_of_merit(img[fov], t_fov, sampling=ts) for name, img in routes.items()}
     shown = {"truth": t_fov, **{n: img[fov] - np.mean(img[fov] - t_fov) for n, img in routes.items()}}
     errors = {n: aligned_error_map(img[fov], t_fov) for n, img in routes.items()}
     plt.close(phase_panels(shown, out / "routes.png", errors=errors, sampling=ts, metrics=fom,

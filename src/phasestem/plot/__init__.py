@@ -29,9 +29,10 @@ from .core import (
 from .dataset import inspect_dataset
 from .panels import diffractogram_panel, frc_panel, loss_panel, metrics_text, probe_panels
 from .recon import compare_figure, reconstruction_figure
-from .simulation import phase_figure, phase_panels, simulation_overview
+from .simulation import examples_figure, phase_figure, phase_panels, simulation_overview
 
 __all__ = ["CMAPS", "STYLE", "add_colorbar", "add_scalebar", "compare_figure", "diffractogram_panel", "draw_disk",
+           "examples_figure",
            "frc_panel", "inspect_dataset", "log_norm", "loss_panel", "metrics_text", "nice_length", "phase_figure",
            "phase_panels", "probe_panels", "reconstruction_figure", "save_figure", "scalebars", "show_image",
            "show_pattern", "simulation_overview", "styled", "_plt", "_save"]

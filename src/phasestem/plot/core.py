@@ -150,6 +150,7 @@ def add_colorbar(im, ax, label: str | None = None, extend: str = "neither"):
 
     fig = ax.figure
     cax = make_axes_locatable(ax).append_axes("right", size="5%", pad=0.04)
+    cax.set_label("<colorbar>")  # as matplotlib names the colour bars it makes
     cb = fig.colorbar(im, cax=cax, extend=extend)
     if label:
         cb.set_label(label)

@@ -55,6 +55,9 @@ def probe_panels(axes, probe, sampling: tuple[float, float], wavelength: float, 
     (``wavelength`` Å gives the angles in mrad). Phases are drawn only where the amplitude is above
     :data:`PHASE_SUPPORT` of its peak, relative to the phase at the peak; each panel shows the central part
     (real space: twice the box holding 90 % of the intensity; aperture plane: 1.3 × the box holding 99.5 %)."""
+    import matplotlib
+
+    cyclic = matplotlib.colormaps[CMAPS["cyclic"]].with_extremes(bad=MASKED)
     psi = to_numpy(probe).astype(np.complex128)
     ny, nx = psi.shape
     dy, dx = float(sampling[0]), float(sampling[1])
@@ -77,10 +80,9 @@ def probe_panels(axes, probe, sampling: tuple[float, float], wavelength: float, 
         peak = np.unravel_index(np.argmax(amp_c), amp_c.shape)
         phase = np.angle(wave_c * np.exp(-1j * np.angle(wave_c[peak])))
         phase = np.where(amp_c >= PHASE_SUPPORT * amp.max(), phase, np.nan)
-        im = show_image(ax_phase, phase, pixel=(py, px), unit=unit, cmap=CMAPS["cyclic"], label="phase (rad)",
+        im = show_image(ax_phase, phase, pixel=(py, px), unit=unit, cmap=cyclic, label="phase (rad)",
                         title=f"{name} phase arg ψ({where})" + (" (aperture plane)" if where == "k" else ""),
                         vmin=-math.pi, vmax=math.pi, robust=False, origin_offset=off, colorbar=False)
-        im.cmap.set_bad(MASKED)
         cb = add_colorbar(im, ax_phase, "phase (rad)")
         cb.set_ticks([-math.pi, 0, math.pi], labels=["−π", "0", "π"])
 

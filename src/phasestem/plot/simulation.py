@@ -106,3 +106,26 @@ def phase_figure(phase: np.ndarray, sampling: tuple[float, float] | None, label:
         fig.suptitle("\n".join(lines))
     fig.tight_layout()
     return _save(fig, path)
+
+
+@styled
+def examples_figure(examples: list[tuple], label: str = "phase (rad)", metrics: dict | None = None,
+                    sampling: tuple[float, float] | None = None, title: str = "", path=None):
+    """One row per example (name, prediction, truth), same grid: the truth and the prediction on one colour scale
+    and their difference on a symmetric one, each with a colour bar in ``label``'s unit; ``metrics[name]``
+    (E_φ, PSNR, …) in the row's titles."""
+    plt = _plt()
+    fig, axes = plt.subplots(len(examples), 3, figsize=(9.3, 2.9 * len(examples)), squeeze=False)
+    for row, (name, pred, truth) in zip(axes, examples, strict=True):
+        p, t = to_numpy(pred).astype(np.float64), to_numpy(truth).astype(np.float64)
+        lo, hi = float(t.min()), float(t.max())
+        m = metrics_text((metrics or {}).get(name), prefix="")
+        show_image(row[0], t, pixel=sampling, label=label, title=f"{name}: truth", vmin=lo, vmax=hi)
+        show_image(row[1], p, pixel=sampling, label=label, title=f"{name}: prediction" + (f"\n{m}" if m else ""),
+                   vmin=lo, vmax=hi)
+        show_image(row[2], p - t, pixel=sampling, cmap=CMAPS["signed"], symmetric=True, robust=False,
+                   label="difference", title="prediction − truth")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)

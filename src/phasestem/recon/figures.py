@@ -90,10 +90,12 @@ def plot_compare(model, dataset=None, truth=None, path=None, index: int | None =
     truth = ground_truth(model, dataset, truth)
     kw: dict = {"sampling": model.sampling}
     if truth is not None:
-        from .report import aligned_on_truth
+        from ..metrics import apply_shift, remove_offset, shift_between
+        from .report import truth_field
 
-        _, t, aligned, _ = aligned_on_truth(model, truth)
-        if aligned is not None:
+        rec, t = truth_field(model, truth)
+        if min(rec.shape) >= 4:
+            aligned = remove_offset(apply_shift(rec, shift_between(rec, t)), t)
             metrics, frc = _truth_comparison(model, truth, metrics)
             kw.update(reconstruction=aligned, truth=t, metrics=metrics, frc=frc)
     if "truth" not in kw:
