@@ -50,18 +50,14 @@ def register(sub, train_sub) -> None:
 
 def inspect_output(file: str | Path, out: str | Path) -> Path:
     """Where ``phasestem inspect FILE --out OUT`` writes its figure: OUT/FILE-STEM_inspect.png (``out`` a
-    folder); an ``out`` ending in .png is that file (the old meaning of --out, with a deprecation line)."""
-    import sys
-
+    folder); an ``out`` ending in .png is that file (the old meaning of --out, deprecated)."""
     out = Path(out)
-    if out.suffix.lower() == ".png":
-        print(f"note: --out {out}: a PNG name is deprecated; --out is the output folder (the figure is named "
-              f"{Path(file).stem}_inspect.png)", file=sys.stderr)
-        return out
-    return out / f"{Path(file).stem}_inspect.png"
+    return out if out.suffix.lower() == ".png" else out / f"{Path(file).stem}_inspect.png"
 
 
 def _inspect(args) -> int:
+    import sys
+
     from . import io
     from .calibrate.commands import reader_options, scan_step
     from .safety import refuse_output_over_inputs
@@ -78,6 +74,9 @@ def _inspect(args) -> int:
     print(ds.summary())
     print(fig.first_look.describe())
     print(f"wrote {out}")
+    if Path(args.out).suffix.lower() == ".png":
+        print(f"note: --out {args.out}: a PNG name is deprecated; --out is the output folder (the figure is then "
+              f"named {Path(args.file).stem}_inspect.png)", file=sys.stderr)
     if args.show:
         import matplotlib.pyplot as plt
 
