@@ -77,14 +77,11 @@ def _inspect(args) -> int:
     if Path(args.out).suffix.lower() == ".png":
         print(f"note: --out {args.out}: a PNG name is deprecated; --out is the output folder (the figure is then "
               f"named {Path(args.file).stem}_inspect.png)", file=sys.stderr)
+    import matplotlib.pyplot as plt
+
     if args.show:
-        import matplotlib.pyplot as plt
-
         plt.show()
-    else:
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
+    plt.close(fig)
     return 0
 
 

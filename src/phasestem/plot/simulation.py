@@ -123,8 +123,9 @@ def examples_figure(examples: list[tuple], label: str = "phase (rad)", metrics: 
         show_image(row[0], t, pixel=sampling, label=label, title=f"{name}: truth", vmin=lo, vmax=hi)
         show_image(row[1], p, pixel=sampling, label=label, title=f"{name}: prediction" + (f"\n{m}" if m else ""),
                    vmin=lo, vmax=hi)
+        unit = label[label.rfind("("):] if label.endswith(")") and "(" in label else ""
         show_image(row[2], p - t, pixel=sampling, cmap=CMAPS["signed"], symmetric=True, robust=False,
-                   label="difference", title="prediction − truth")
+                   label=f"difference {unit}".strip(), title="prediction − truth")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
