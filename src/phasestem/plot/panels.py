@@ -20,14 +20,17 @@ METRIC_LABELS = (("phase_error", "E_φ = {:.3g}"), ("frc_resolution", "FRC (1/7)
                  ("psnr", "PSNR {:.3g} dB"), ("ssim", "SSIM {:.3f}"), ("pearson", "Pearson r {:.3f}"))
 
 
-def metrics_text(metrics: dict | None, prefix: str = "against the ground truth: ") -> str:
-    """One line of the finite figures of merit in ``metrics`` (E_φ, FRC resolution, PSNR, SSIM, Pearson r);
-    '' when there are none."""
+def metrics_text(metrics: dict | None, prefix: str = "against the ground truth: ", per_line: int = 0) -> str:
+    """The finite figures of merit in ``metrics`` (E_φ, FRC resolution, PSNR, SSIM, Pearson r) in one line, or
+    ``per_line`` to a line; '' when there are none."""
     if not metrics:
         return ""
     parts = [fmt.format(float(metrics[k])) for k, fmt in METRIC_LABELS
              if metrics.get(k) is not None and np.isfinite(float(metrics[k]))]
-    return prefix + ", ".join(parts) if parts else ""
+    if not parts:
+        return ""
+    n = per_line or len(parts)
+    return prefix + "\n".join(", ".join(parts[i:i + n]) for i in range(0, len(parts), n))
 
 
 def _centred_axis(n: int, d: float) -> float:
@@ -150,5 +153,5 @@ def frc_panel(ax, frequencies: np.ndarray, curve: np.ndarray, resolution: float 
     ax.set_ylim(-0.2, 1.05)
     ax.set_xlim(0, float(np.max(frequencies)) if len(frequencies) else 1)
     ax.grid(alpha=0.3, lw=0.4)
-    ax.legend(frameon=False, loc="upper right")
+    ax.legend(frameon=False, loc="lower left")
     ax.set_title(title)

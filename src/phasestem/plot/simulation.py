@@ -61,7 +61,7 @@ def phase_panels(images: dict[str, np.ndarray], path=None, cmap: str | None = No
         label = name
         m = (metrics or {}).get(name)
         if m:
-            label += "\n" + metrics_text(m, prefix="")
+            label += "\n" + metrics_text(m, prefix="", per_line=2)
         show_image(axes[0, j], arr, pixel=sampling, cmap=cmap or CMAPS["phase"], vmin=lo, vmax=hi,
                    label="phase (rad)", title=label)
         if errors and errors.get(name) is not None:
@@ -119,7 +119,7 @@ def examples_figure(examples: list[tuple], label: str = "phase (rad)", metrics: 
     for row, (name, pred, truth) in zip(axes, examples, strict=True):
         p, t = to_numpy(pred).astype(np.float64), to_numpy(truth).astype(np.float64)
         lo, hi = float(t.min()), float(t.max())
-        m = metrics_text((metrics or {}).get(name), prefix="")
+        m = metrics_text((metrics or {}).get(name), prefix="", per_line=3)
         show_image(row[0], t, pixel=sampling, label=label, title=f"{name}: truth", vmin=lo, vmax=hi)
         show_image(row[1], p, pixel=sampling, label=label, title=f"{name}: prediction" + (f"\n{m}" if m else ""),
                    vmin=lo, vmax=hi)
