@@ -123,6 +123,9 @@ def loss_panel(ax, history: list[dict]) -> None:
         if k in history[-1] and np.isfinite(vals).any() and not (k != "loss_ptyrad" and np.allclose(
                 vals, [h["loss"] for h in history], rtol=1e-6)):
             ax.semilogy(ep, vals, "--", marker=marker, ms=3, label="PtyRAD loss" if k == "loss_ptyrad" else k)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax.set_title("convergence")

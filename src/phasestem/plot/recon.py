@@ -86,7 +86,7 @@ def reconstruction_figure(phase: np.ndarray, amplitude: np.ndarray, sampling: tu
     lines = [t for t in (title, metrics_text(metrics)) if t]
     if lines:
         fig.suptitle("\n".join(lines))
-    fig.tight_layout()
+    fig.tight_layout(w_pad=2.5)
     return _save(fig, path)
 
 
@@ -172,7 +172,7 @@ def compare_figure(measured: np.ndarray | None = None, modelled: np.ndarray | No
     lines = [t for t in (title, metrics_text(metrics)) if t]
     if lines:
         fig.suptitle("\n".join(lines))
-    fig.tight_layout()
+    fig.tight_layout(w_pad=2.5)
     return _save(fig, path)
 
 
