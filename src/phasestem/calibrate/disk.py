@@ -78,6 +78,25 @@ def mean_disk(mean: np.ndarray, min_area: int = 12) -> tuple[np.ndarray, float]:
     return mask, level
 
 
+def disk_of_mean(mean: np.ndarray) -> tuple[tuple[float, float], float]:
+    """Centre (y, x) px and radius px of the bright-field disk of a mean pattern (H, W), to a fraction of a pixel.
+
+    The disk is :func:`mean_disk`'s; every pixel near it counts by its level between the background just outside
+    (0) and the disk level (1), so edge pixels count in part: the radius is √(area/π), the centre the weighted
+    centroid. One pattern, no pass over the data (:func:`fit_disk` follows the disk position by position).
+    :class:`NoDiskError` when there is no disk."""
+    mean = np.asarray(mean, dtype=np.float64)
+    mask, level = mean_disk(mean)
+    r0 = float(np.sqrt(mask.sum() / np.pi))
+    near = ndimage.binary_dilation(mask, iterations=max(2, int(np.ceil(0.3 * r0))))
+    ring = ndimage.binary_dilation(near, iterations=2) & ~near
+    background = float(np.median(mean[ring])) if ring.any() else 0.0
+    w = np.clip((mean - background) / max(level - background, 1e-30), 0.0, 1.0) * near
+    area = float(w.sum())
+    yy, xx = np.indices(mean.shape)
+    return (float((w * yy).sum() / area), float((w * xx).sum() / area)), float(np.sqrt(area / np.pi))
+
+
 def _largest(mask: np.ndarray) -> np.ndarray:
     lab, n = ndimage.label(mask)
     if n == 0:

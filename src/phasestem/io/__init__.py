@@ -69,6 +69,8 @@ def load(path: str | Path, format: str | None = None, bad_pixels: str = "refuse"
     bad index (``bad_pixels='refuse'``) or replaced by the median of their finite neighbours
     (``bad_pixels='mask'``; the count is in ``metadata['bad_pixels_masked']``). Any failure of a reader
     is raised as a :mod:`phasestem.errors` class whose one-line message names the file.
+    ``require_calibration=False`` (an option of every reader) accepts a file without energy or scan step (a first
+    look: ``phasestem inspect``); they are then NaN and ``metadata['uncalibrated']`` names them.
     """
     from ._common import screen_patterns
 

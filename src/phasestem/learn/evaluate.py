@@ -190,23 +190,12 @@ def write_report(result: dict[str, Any], out_dir: str | Path) -> dict[str, Path]
 
 
 def _figure(result: dict[str, Any], path: Path) -> Path:
-    import matplotlib
+    """examples.png: truth / prediction / difference of the first examples (:func:`phasestem.plot.examples_figure`),
+    each prediction's E_φ, PSNR and SSIM in its title."""
+    from ..plot import examples_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ex = result["examples"]
-    fig, axes = plt.subplots(len(ex), 3, figsize=(9, 3 * len(ex)), squeeze=False)
-    for i, (sid, pred, gt) in enumerate(ex):
-        lo, hi = float(gt.min()), float(gt.max())
-        d = float(np.abs(pred - gt).max())
-        panels = ((gt, "truth", "gray", lo, hi), (pred, "prediction", "gray", lo, hi),
-                  (pred - gt, "prediction − truth", "RdBu_r", -d, d))
-        for ax, (img, title, cmap, vmin, vmax) in zip(axes[i], panels, strict=True):
-            im = ax.imshow(img, cmap=cmap, vmin=vmin, vmax=vmax)
-            ax.set_title(f"sample {sid}: {title}", fontsize=9)
-            ax.axis("off")
-            fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=100, close=True)
+    by_sample = {r["sample"]: r for r in result["rows"]}
+    examples = [(f"sample {sid}", pred, gt) for sid, pred, gt in result["examples"]]
+    metrics = {f"sample {sid}": by_sample.get(sid) for sid, _, _ in result["examples"]}
+    save_figure(examples_figure(examples, label=result["target"], metrics=metrics), path, close=True)
     return path

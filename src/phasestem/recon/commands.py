@@ -282,8 +282,8 @@ def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = Non
 
             metrics = final_metrics(model, truth, params.data.ground_truth_key, out / "reconstruct.log")
         path = model.save_results(out / "results.h5", config_text=config_text, metrics=metrics, provenance=settings)
-        plt.close(model.inspect(dataset, path=out / "reconstruction.png"))
-        plt.close(model.compare(dataset, path=out / "compare.png"))
+        plt.close(model.inspect(dataset, path=out / "reconstruction.png", truth=truth, metrics=metrics))
+        plt.close(model.compare(dataset, path=out / "compare.png", truth=truth, metrics=metrics))
         last = model.loss_history[-1]["loss"] if model.loss_history else float("nan")
         print(f"reconstruction: {model.epoch} epochs, final loss {last:.6g}; results in {path}")
         if metrics is not None:

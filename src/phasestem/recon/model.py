@@ -608,8 +608,10 @@ class Ptychography(nn.Module):
         h, w_ = (Ny - oy, Nx - ox) if shape is None else (min(shape[0], Ny - oy), min(shape[1], Nx - ox))
         return ph[..., oy : oy + h, ox : ox + w_].numpy()
 
-    def inspect(self, dataset=None, path=None):
-        """Figure of the current state (phase, amplitude, probe modes, positions, loss); PNG if ``path``.
+    def inspect(self, dataset=None, path=None, truth: np.ndarray | None = None, metrics: dict | None = None):
+        """Figure of the current state over the scanned field (phase, amplitude, diffractogram, loss, probe
+        amplitude and phase, moved positions; E_φ / FRC against ``truth`` or the dataset's own ground truth);
+        PNG if ``path`` (:func:`phasestem.recon.figures.plot_model`).
 
         Without ``path`` (interactive use, e.g. once per epoch in the optimisation loop as in CDTools) every call
         redraws the same figure while it is open, instead of opening a new one; with ``path`` a new figure is
@@ -617,22 +619,23 @@ class Ptychography(nn.Module):
         from .figures import plot_model
 
         if path is not None:
-            return plot_model(self, dataset=dataset, path=path)
+            return plot_model(self, dataset=dataset, path=path, truth=truth, metrics=metrics)
         fig = self._inspect_figure
         import matplotlib.pyplot as plt
 
         if fig is None or not plt.fignum_exists(fig.number):
             fig = None
-        self._inspect_figure = plot_model(self, dataset=dataset, fig=fig)
+        self._inspect_figure = plot_model(self, dataset=dataset, fig=fig, truth=truth, metrics=metrics)
         if plt.isinteractive():
             plt.pause(0.001)
         return self._inspect_figure
 
-    def compare(self, dataset=None, truth: np.ndarray | None = None, path=None):
-        """Measured vs modelled patterns and (when known) reconstructed vs true phase; PNG if ``path``."""
+    def compare(self, dataset=None, truth: np.ndarray | None = None, path=None, metrics: dict | None = None):
+        """Measured vs modelled patterns and (when known) reconstructed vs true phase with E_φ / FRC; PNG if
+        ``path`` (:func:`phasestem.recon.figures.plot_compare`)."""
         from .figures import plot_compare
 
-        return plot_compare(self, dataset=dataset, truth=truth, path=path)
+        return plot_compare(self, dataset=dataset, truth=truth, path=path, metrics=metrics)
 
     def save_results(self, path_or_dataset=None, config_text: str | None = None, metrics: dict | None = None,
                      provenance: list | None = None):

@@ -207,35 +207,25 @@ def scan_field(model, shape: tuple[int, int]) -> tuple[slice, slice]:
     return slice(int(lo[0]), int(hi[0])), slice(int(lo[1]), int(hi[1]))
 
 
-def truth_metrics(model, truth: np.ndarray, curve: bool = False) -> dict:
-    """PSNR, SSIM (after sub-pixel alignment and offset removal), E_φ and the FRC resolution (Å, 1/7 threshold)
-    of the reconstructed phase against ``truth`` (rad, dataset frame, the model's pixel size), over the scanned
-    field. ``curve``: also ``frc_frequencies`` (1/Å) and ``frc_curve``. A metric that cannot be computed on a
-    field this small is NaN."""
-    from ..metrics import apply_shift, frc, frc_resolution, phase_error, psnr, remove_offset, shift_between, ssim
-
+def truth_field(model, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The reconstructed phase (rad, dataset frame) and ``truth`` cropped to :func:`scan_field`."""
     truth = np.asarray(truth, dtype=np.float64)
     rec = model.phase_in_dataset_frame(truth.shape).astype(np.float64)
     t = truth[: rec.shape[0], : rec.shape[1]]
     fy, fx = scan_field(model, rec.shape)
-    rec, t = rec[fy, fx], t[fy, fx]
-    out: dict = dict.fromkeys(TRUTH_METRICS, float("nan"))
-    if min(rec.shape) < 4:
-        return out
-    shift = shift_between(rec, t)
-    aligned = remove_offset(apply_shift(rec, shift), t)
-    c = int(math.ceil(np.abs(shift).max())) + 1
-    if 2 * c + 4 <= min(rec.shape):
-        a, tt = aligned[c:-c, c:-c], t[c:-c, c:-c]
-        out["psnr"] = float(psnr(a, tt))
-        out["ssim"] = float(ssim(a, tt))
-        out["phase_error"] = float(phase_error(rec, t))
-    freq, fcurve = frc(aligned, t, sampling=model.sampling)
-    if len(freq) > 1:
-        out["frc_resolution"] = frc_resolution(freq, fcurve)
-    if curve:
-        out["frc_frequencies"] = freq
-        out["frc_curve"] = fcurve
+    return rec[fy, fx], t[fy, fx]
+
+
+def truth_metrics(model, truth: np.ndarray, curve: bool = False) -> dict:
+    """PSNR, SSIM (after sub-pixel alignment and offset removal), E_φ and the FRC resolution (Å, 1/7 threshold)
+    of the reconstructed phase against ``truth`` (rad, dataset frame, the model's pixel size), over the scanned
+    field (:func:`phasestem.metrics.figures_of_merit`). ``curve``: also ``frc_frequencies`` (1/Å) and
+    ``frc_curve``. A metric that cannot be computed on a field this small is NaN."""
+    from ..metrics import figures_of_merit
+
+    rec, t = truth_field(model, truth)
+    out = figures_of_merit(rec, t, sampling=model.sampling, curve=curve)
+    out.pop("shift_px")
     return out
 
 

@@ -116,22 +116,15 @@ def write_prediction(path: str | Path, phase: np.ndarray, sampling: tuple[float,
 
 
 def save_png(path: Path, phase: np.ndarray, sampling, label: str, truth: np.ndarray | None = None) -> Path:
-    import matplotlib
+    """The prediction (Å scale bar, colour bar in its unit) and its diffractogram; with ``truth`` also the truth, the
+    difference and E_φ / FRC / PSNR / SSIM (:func:`phasestem.plot.phase_figure`)."""
+    from ...metrics import figures_of_merit
+    from ...plot import phase_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    images = [("prediction", phase)] + ([("truth", truth)] if truth is not None else [])
-    fig, axes = plt.subplots(1, len(images), figsize=(4.2 * len(images), 4), squeeze=False)
-    ext = [0, phase.shape[1] * sampling[1], phase.shape[0] * sampling[0], 0]
-    for ax, (title, img) in zip(axes[0], images, strict=True):
-        im = ax.imshow(img, cmap="gray", extent=ext)
-        ax.set_title(title)
-        ax.set_xlabel("x (Å)")
-        ax.set_ylabel("y (Å)")
-        fig.colorbar(im, ax=ax, label=label.split(" ")[0] + (" (rad)" if "rad" in label else ""))
-    fig.tight_layout()
-    save_figure(fig, path, dpi=110, close=True)
+    unit = "phase (rad)" if "rad" in label else label.split(" ")[0]
+    metrics = None if truth is None else figures_of_merit(phase, truth, sampling=sampling)
+    fig = phase_figure(phase, sampling, label=unit, truth=truth, metrics=metrics, title=f"prediction: {label}")
+    save_figure(fig, path, close=True)
     return path
 
 
