@@ -584,7 +584,8 @@ class Ptychography(nn.Module):
         """Object phase (rad) cropped to the dataset frame (pixel (0,0) at dataset 0 Å).
 
         ``summed``: sum over slices and (occupancy-weighted) object modes → (Ny', Nx');
-        else (K, S, Ny', Nx'). ``shape`` limits the crop (e.g. the truth image shape).
+        else (K, S, Ny', Nx'). ``shape`` limits the crop (e.g. the truth image shape). Dataset pixels before
+        the object frame (a scan far from 0 Å: negative origin) are 0.
         """
         oy, ox = round(self.origin[0] / self.sampling[0]), round(self.origin[1] / self.sampling[1])
         ph = self.obj_phase.detach().cpu()
@@ -593,7 +594,12 @@ class Ptychography(nn.Module):
             ph = (ph.sum(1) * (w / w.sum())[:, None, None]).sum(0)
         Ny, Nx = ph.shape[-2:]
         h, w_ = (Ny - oy, Nx - ox) if shape is None else (min(shape[0], Ny - oy), min(shape[1], Nx - ox))
-        return ph[..., oy : oy + h, ox : ox + w_].numpy()
+        if oy >= 0 and ox >= 0:
+            return ph[..., oy : oy + h, ox : ox + w_].numpy()
+        sy, sx = max(0, -oy), max(0, -ox)  # dataset pixels before the object frame
+        out = torch.zeros((*ph.shape[:-2], max(h, 0), max(w_, 0)), dtype=ph.dtype)
+        out[..., sy:, sx:] = ph[..., oy + sy : oy + h, ox + sx : ox + w_]
+        return out.numpy()
 
     def inspect(self, dataset=None, path=None):
         """Figure of the current state (phase, amplitude, probe modes, positions, loss); PNG if ``path``.

@@ -1,0 +1,203 @@
+"""Physical-range validation of reconstruct's numeric input files, field names in errors, ground truth at its own
+pixel, undetermined calibrations and warnings that do not leak (issue 24, items 4, 5, 8, 9, 10). Tiny data."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+
+from phasestem.errors import PhasestemError
+from phasestem.recon.params import build_dataset, build_model, load_params
+from phasestem.recon.synthetic import write_npz
+
+CONFIGS = __import__("pathlib").Path(__file__).resolve().parents[1] / "configs"
+FIELDS = ("data.detector_shifts", "scan.positions_file", "model.initial_phase", "model.initial_probe", "optics")
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The tiny example config on a freshly simulated 6 × 6 scan of 32 × 32 patterns (0.4 Å pixels)."""
+    tmp = tmp_path_factory.mktemp("validation")
+    write_npz(tmp / "tiny.npz", scan_shape=(6, 6), seed=21)
+    cfg = yaml.safe_load((CONFIGS / "reconstruct_tiny.yaml").read_text())
+    cfg.pop("tune")
+    cfg["data"]["file"] = str(tmp / "tiny.npz")
+    cfg["scan"]["shape"] = [6, 6]
+    cfg["run"].update(out_dir=str(tmp / "out"), n_epochs=2, progress=False, check_optics=False)
+    return cfg
+
+
+def _params(tmp_path, cfg, arrays: dict | None = None):
+    for name, value in (arrays or {}).items():
+        if isinstance(value, bytes):
+            (tmp_path / name).write_bytes(value)
+        else:
+            np.save(tmp_path / name, value)
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return load_params(path)
+
+
+def _refusal(tmp_path, cfg, arrays) -> str:
+    params = _params(tmp_path, cfg, arrays)
+    with pytest.raises(PhasestemError) as info:
+        build_model(params, build_dataset(params))
+    return str(info.value)
+
+
+def _cli(capsys, *args):
+    from phasestem.cli import main
+
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _with(cfg, section: str, key: str, value):
+    new = yaml.safe_load(yaml.safe_dump(cfg))
+    new[section][key] = value
+    return new
+
+
+POSITIONS = np.stack(np.meshgrid(np.arange(6.0), np.arange(6.0), indexing="ij"), -1).reshape(-1, 2)
+
+SHIFT_CASES = {  # file contents → what the one line must say
+    "1e30 px": (np.full((36, 2), 1e30), "off the 32 × 32 px detector"),
+    "17 px": (np.full((36, 2), 17.0), "off the 32 × 32 px detector"),
+    "complex": (np.zeros((36, 2), complex), "complex values"),
+    "strings": (np.array([["a", "b"]] * 36), "dtype <U1"),
+    "bool": (np.zeros((36, 2), bool), "dtype bool"),
+    "empty file": (b"", "not a readable .npy file"),
+    "empty array": (np.zeros((0, 2)), "empty array"),
+    "NaN": (np.full((36, 2), np.nan), "NaN or Inf"),
+    "transposed scan": (np.zeros((4, 9, 2)), "4 × 9 shifts for a 6 × 6 scan"),
+}
+
+
+@pytest.mark.parametrize("case", list(SHIFT_CASES))
+def test_detector_shifts_are_range_checked_naming_field_and_file(tiny, tmp_path, case):
+    """Item 4: 1e30 px was accepted (exit 0, final loss 0.96 instead of 1.5e-3); complex shifts were cast with a
+    ComplexWarning, strings/empty files were TypeError/EOFError tracebacks, a (4, 9, 2) file for a 6 × 6 scan
+    was silently reordered. Each is one line naming data.detector_shifts and the file."""
+    content, expected = SHIFT_CASES[case]
+    message = _refusal(tmp_path, _with(tiny, "data", "detector_shifts", "s.npy"), {"s.npy": content})
+    assert message.startswith("data.detector_shifts: ") and "s.npy" in message and expected in message, message
+    assert "\n" not in message
+
+
+def test_detector_shifts_within_the_detector_are_accepted(tiny, tmp_path):
+    shifts = np.full((6, 6, 2), 15.5)
+    shifts[..., 1] = -16.0  # half the detector is the limit
+    params = _params(tmp_path, _with(tiny, "data", "detector_shifts", "s.npy"), {"s.npy": shifts})
+    model = build_model(params, build_dataset(params))
+    np.testing.assert_allclose(model.detector_shifts.numpy(), shifts.reshape(-1, 2))
+
+
+def test_huge_detector_shifts_through_the_cli_are_one_line(tiny, tmp_path, capsys):
+    params = _with(tiny, "data", "detector_shifts", "s.npy")
+    np.save(tmp_path / "s.npy", np.full((36, 2), 1e30))
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
+    code, out, err = _cli(capsys, "reconstruct", tmp_path / "p.yaml", "--out", tmp_path / "run")
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and "data.detector_shifts: " in lines[0] and "off the" in lines[0], err
+    assert not (tmp_path / "run" / "results.h5").exists()
+
+
+POSITION_CASES = {
+    "1e30 Å": (POSITIONS * 1e30, "the positions span 5e+30 × 5e+30 Å"),
+    "NaN": (POSITIONS * np.nan, "NaN or Inf"),
+    "complex": (POSITIONS.astype(complex), "complex values"),
+    "three columns": (np.zeros((24, 3)), "must be (N, 2) or (Sy, Sx, 2)"),
+    "too few": (POSITIONS[:30], "30 positions for 36 patterns"),
+    "strings": (np.array([["a", "b"]] * 36), "dtype <U1"),
+    "empty file": (b"", "not a readable .npy file"),
+}
+
+
+@pytest.mark.parametrize("case", list(POSITION_CASES))
+def test_scan_positions_file_is_range_checked_naming_field_and_file(tiny, tmp_path, case):
+    """Item 4: NaN positions were 'optics: cannot convert float NaN to integer', 1e30 Å named scan.step, (24, 3)
+    positions were silently reshaped to 36 × 2, complex ones cast with a warning, an empty file an EOFError."""
+    content, expected = POSITION_CASES[case]
+    message = _refusal(tmp_path, _with(tiny, "scan", "positions_file", "p.npy"), {"p.npy": content})
+    assert message.startswith("scan.positions_file: ") and "p.npy" in message and expected in message, message
+    assert "optics" not in message and "scan.step" not in message
+
+
+PHASE_CASES = {
+    "complex": ({}, np.zeros((30, 30), complex), "complex values"),
+    "NaN": ({}, np.full((30, 30), np.nan), "NaN or Inf"),
+    "1e30 rad": ({}, np.full((30, 30), 1e30), "phase values up to 1e+30 rad"),
+    "strings": ({}, np.array([["a"] * 3] * 3), "dtype <U1"),
+    "3-D": ({}, np.zeros((2, 30, 30)), "2-D image"),
+    "empty array": ({}, np.zeros((0, 5)), "empty array"),
+    "empty file": ({}, b"", "not a readable .npy file"),
+    "one pixel": ({}, np.zeros((1, 1)), "less than 2 × 2 object pixels"),
+    "sampling 1e-9 Å": ({"sampling": 1e-9}, np.zeros((30, 30)), "less than 2 × 2 object pixels"),
+    "outside the scan": ({}, np.zeros((30, 30)), "do not overlap"),
+}
+
+
+@pytest.mark.parametrize("case", list(PHASE_CASES))
+def test_initial_phase_is_range_checked_naming_field_and_file(tiny, tmp_path, case):
+    """Item 4 and 8: a string image was 'optics: could not convert string to float', a complex one a
+    ComplexWarning traceback, NaN or 1e30 rad stopped the run after its first epoch, a 1 × 1 or 0 × 5 image or one
+    at 1e-9 Å/px ran as if it were a start."""
+    extra, content, expected = PHASE_CASES[case]
+    cfg = _with(tiny, "model", "initial_phase", {"file": "i.npy", **extra})
+    if case == "outside the scan":
+        cfg["scan"]["origin"] = [20.0, 20.0]  # the image spans 0–12 Å, the scan 20–25 Å
+    message = _refusal(tmp_path, cfg, {"i.npy": content})
+    assert message.startswith("model.initial_phase: ") and "i.npy" in message and expected in message, message
+    assert "optics" not in message
+
+
+PROBE_CASES = {
+    "window": (np.ones((16, 16), complex), "probe window (16, 16) must equal the pattern shape (32, 32)"),
+    "NaN": (np.full((32, 32), np.nan, complex), "NaN or Inf"),
+    "zero": (np.zeros((32, 32), complex), "total intensity Σ|ψ|² is 0"),
+    "1e30": (np.full((32, 32), 1e30, complex), "total intensity Σ|ψ|² is 1.02e+63"),
+    "strings": (np.array([["a"] * 32] * 32), "dtype <U1"),
+    "empty file": (b"", "not a readable .npy file"),
+}
+
+
+@pytest.mark.parametrize("case", list(PROBE_CASES))
+def test_initial_probe_is_range_checked_naming_field_and_file(tiny, tmp_path, case):
+    """Item 4 and 8: the window mismatch named no field, NaN/zero probes stopped after an epoch, a 1e30 probe
+    overflowed (RuntimeWarning traceback under -W error), strings were 'complex() arg is a malformed string'."""
+    content, expected = PROBE_CASES[case]
+    message = _refusal(tmp_path, _with(tiny, "model", "initial_probe", {"file": "q.npy"}), {"q.npy": content})
+    assert message.startswith("model.initial_probe: ") and "q.npy" in message and expected in message, message
+
+
+def test_each_error_names_its_own_field(tiny, tmp_path):
+    """Item 8: a detector-shift error was prefixed 'model.initial_phase:' (its file was read inside the phase's
+    try block) and an initial-phase error 'optics:'. With all three files given and one bad, the message names
+    the bad one's field and no other."""
+    good = {"s.npy": np.zeros((36, 2)), "i.npy": np.zeros((30, 30)), "q.npy": np.ones((32, 32), complex)}
+    cfg = _with(tiny, "data", "detector_shifts", "s.npy")
+    cfg["model"].update(initial_phase={"file": "i.npy"}, initial_probe={"file": "q.npy"})
+    params = _params(tmp_path, cfg, good)
+    build_model(params, build_dataset(params))  # all good
+    for name, bad, field in (("s.npy", b"", "data.detector_shifts"), ("s.npy", np.zeros((36, 2), complex),
+                             "data.detector_shifts"), ("i.npy", np.array([["x"]]), "model.initial_phase"),
+                             ("q.npy", np.zeros((8, 8)), "model.initial_probe")):
+        message = _refusal(tmp_path, cfg, {**good, name: bad})
+        assert message.startswith(f"{field}: "), message
+        assert not any(f in message for f in FIELDS if f != field), message
+
+
+def test_initial_phase_before_the_object_frame_is_placed_not_wrapped(tiny, tmp_path):
+    """With scan.origin far from 0 Å the dataset's 0 Å lies before the object frame (negative origin): the image
+    used to be written at negative indices (wrapped to the far side). Now it lands where its pixels belong."""
+    image = np.add.outer(np.arange(60.0), np.arange(60.0) * 0.5) * 1e-3  # 60 × 60 px of 0.4 Å from 0 Å: a ramp
+    cfg = _with(tiny, "model", "initial_phase", {"file": "i.npy"})
+    cfg["scan"]["origin"] = [12.0, 12.0]  # the scan covers 12–17 Å; the object frame starts about 5.6 Å
+    params = _params(tmp_path, cfg, {"i.npy": image})
+    model = build_model(params, build_dataset(params))
+    phase = model.phase_in_dataset_frame(image.shape)
+    rows, cols = slice(30, 43), slice(30, 43)  # 12–17 Å: the scanned field
+    np.testing.assert_allclose(phase[rows, cols], image[rows, cols], atol=1e-6)
