@@ -115,6 +115,8 @@ def _coherence(spectra: np.ndarray, shifts: np.ndarray, weights: np.ndarray, sha
     m = int(np.ceil(np.abs(shifts).max()))
     sy, sx = shape
     core = aligned[:, m : max(m + 1, sy - m), m : max(m + 1, sx - m)].reshape(len(spectra), -1)
+    if core.shape[1] < 2:  # the shifts exceed the scan: no common area to compare (no usable parallax)
+        return 0.0
     total = (weights[:, None] * core).sum(0)
     rs = []
     for g in range(len(spectra)):
