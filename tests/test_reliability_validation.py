@@ -297,3 +297,130 @@ def test_truth_pixel_size_is_read_from_the_file(tmp_path):
     assert truth_sampling(tmp_path / "any.h5", "phase_3") == (100 / 256, 100 / 256)
     np.savez(tmp_path / "a.npz", phase=np.zeros((4, 4)))
     assert truth_sampling(tmp_path / "a.npz", "phase") is None
+
+
+# ---- item 5: calibrate on data that do not determine a quantity ---------------------------------------------------
+@pytest.fixture(scope="module")
+def clean_scan():
+    """A 16 × 16 scan (0.4 Å step, rotated 30°, C10 60 Å) of a random 'atoms' object made by phasestem's forward
+    model: 48 × 48 patterns of 0.3 Å real-space pixels (disk radius 14.5 px at 20 mrad), intensities summing to 1."""
+    import torch
+
+    from phasestem import optics
+    from phasestem.physics import ForwardModel, transmission_function
+    from phasestem.specimen import synthetic_phase
+
+    rng = np.random.default_rng(1)
+    window, sampling, n, step = 48, 0.3, 16, 0.4
+    size = int(n * step * 1.5 / sampling) + window + 8
+    obj = transmission_function(torch.as_tensor(synthetic_phase((size, size), rng, "atoms", 0.5)[None]
+                                                 .astype(np.float32)))
+    probe = optics.make_probe((window, window), (sampling, sampling), 300e3, 20.0, {"C10": 60.0})
+    grid = np.stack(np.meshgrid(np.arange(n), np.arange(n), indexing="ij"), -1).reshape(-1, 2) * step
+    th = np.radians(30.0)
+    pos = grid @ np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]]).T
+    pos = pos - pos.min(0) + (window // 2 + 4) * sampling
+    with torch.no_grad():
+        p = ForwardModel((window, window), (sampling, sampling), 300e3)(
+            obj[None], probe, torch.as_tensor(pos, dtype=torch.float32), 1.0, torch.zeros(2)).numpy()
+    return p.reshape(n, n, window, window)
+
+
+def _counts(clean, dose, seed=0):
+    return np.random.default_rng(seed).poisson(clean * dose).astype(np.float32)
+
+
+def _calibrate(patterns, **kw):
+    from phasestem.calibrate import calibrate
+    from phasestem.dataset import FourDSTEM
+
+    return calibrate(FourDSTEM(patterns, 300e3, (0.4, 0.4)), semiangle=20.0, **kw)
+
+
+@pytest.mark.parametrize("rows, cols", [(1, 1), (1, 16), (16, 1), (3, 16), (7, 7)])
+def test_calibrate_says_when_the_scan_is_too_small_for_a_rotation(clean_scan, rows, cols):
+    """Item 5: a 1 × 1 scan reported 'rotation 0.00° (centre of mass)', one row 358.73°, as if fitted. Below 8 × 8
+    positions the rotation, transpose and defocus are undetermined, left at their defaults and said so."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # item 10: one row gave 'Mean of empty slice'
+        cal = _calibrate(_counts(clean_scan[:rows, :cols], 2e4))
+    assert set(cal.undetermined) == {"rotation", "transpose", "C10"}, cal.undetermined
+    assert cal.rotation == 0.0 and cal.transpose is False and "C10" not in cal.aberrations
+    assert f"rotation undetermined (a {rows} × {cols} scan" in cal.summary()
+    assert any("rotation and transpose undetermined by the data" in n for n in cal.notes)
+    assert cal.to_dict()["rotation_deg"] is None
+    assert abs(cal.disk.radius - 14.5) < 0.5  # the disk is determined by one pattern
+
+
+def test_calibrate_rotation_of_a_full_scan_is_determined_with_its_spread(clean_scan):
+    cal = _calibrate(_counts(clean_scan, 2e4), parallax=False)
+    assert cal.undetermined == {} and cal.rotation_source == "centre of mass"
+    assert abs((cal.rotation - 30.0 + 180) % 360 - 180) < 5.0, cal.summary()
+    assert cal.com.spread is not None and cal.com.spread < 15.0
+    assert f"± {cal.com.spread:.1f}° (centre of mass)" in cal.summary()
+
+
+def test_calibrate_with_too_few_counts_per_pattern_says_so(clean_scan):
+    """Item 5: at 200 e⁻/pattern (0.3 counts per disk pixel) the per-pattern thresholds gave a disk radius of
+    7.4 px (true 14.5 px: the angular sampling 2× too coarse) and a CoM rotation 180° off, printed as fitted. Now
+    the radius comes from the mean pattern and the rotation is undetermined (the halves of the scan disagree)."""
+    cal = _calibrate(_counts(clean_scan, 200))
+    assert abs(cal.disk.radius - 14.5) < 0.5, cal.disk.radius
+    assert any("counts per disk pixel" in n for n in cal.notes)
+    assert "rotation" in cal.undetermined and "halves of the scan" in cal.undetermined["rotation"]
+    assert cal.rotation == 0.0
+
+
+def test_calibrate_cli_on_one_pattern_writes_defaults_and_says_so(clean_scan, tmp_path, capsys):
+    np.save(tmp_path / "one.npy", _counts(clean_scan[:1, :1], 2e4))
+    code, out, err = _cli(capsys, "calibrate", tmp_path / "one.npy", "--energy", "300e3", "--semiangle", "20",
+                          "--scan-step", "0.4", "--out", tmp_path / "calib")
+    assert code == 0, err
+    assert "rotation undetermined (a 1 × 1 scan" in out and "rotation 0.00°" not in out
+    text = (tmp_path / "calib" / "params.yaml").read_text()
+    assert "# note: rotation and transpose undetermined by the data" in text
+    params = yaml.safe_load(text)
+    assert params["scan"]["rotation"] == 0.0 and params["data"]["transpose"] is False
+    assert "C10" not in params["optics"]["aberrations"]
+    import json
+
+    record = json.loads((tmp_path / "calib" / "calibration.json").read_text())
+    assert record["rotation_deg"] is None and set(record["undetermined"]) == {"rotation", "transpose", "C10"}
+
+
+# ---- item 7 (part): absurd network sizes --------------------------------------------------------------------------
+@pytest.mark.parametrize("network, setting, field", [
+    ("autoencoder", "model.latent_dim=1000000000", "model.latent_dim = 1000000000"),
+    ("autoencoder", "model.channels=200000", "model.channels = 200000"),
+    ("phaseformer", "model.dim=50000", "model.dim = 50000"),
+])
+def test_a_network_too_large_for_memory_is_one_line_naming_the_field(tmp_path, capsys, network, setting, field):
+    """Item 7: autoencoder latent_dim 1e9 gave the allocator's RuntimeError traceback (64 GB for one Linear
+    layer). The parameters are now counted on the meta device before anything is allocated."""
+    from phasestem.learn.data import write_synthetic_file
+
+    sim = write_synthetic_file(tmp_path / "sim.h5", 1, extent=16.0, phase_px=32, scan=4, window=32)
+    config = CONFIGS / f"train_{network}_tiny.yaml"
+    files = "data.train" if network == "phaseformer" else "data.files"
+    code, out, err = _cli(capsys, "train", network, config, "--set", setting, "--set", f"{files}=[{sim}]",
+                          "--set", f"out_dir={tmp_path / 'run'}")
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1, err
+    assert "parameters" in lines[0] and field in lines[0] and "GB is available" in lines[0], lines[0]
+
+
+def test_a_model_file_describing_a_huge_network_is_one_line(tmp_path):
+    """The same through a saved model's metadata (a foreign file must not make phasestem allocate 64 GB)."""
+    from phasestem.errors import ConfigError
+    from phasestem.learn.registry import load_model
+    from phasestem.learn.trainer import save_weights
+    from phasestem.learn.training.autoencoder import build_autoencoder
+
+    cfg = {"latent_dim": 4, "channels": 4, "decoder_blocks": 1}
+    save_weights(build_autoencoder(cfg).state_dict(), tmp_path / "ae.safetensors",
+                 {"network": "autoencoder", "model": {**cfg, "latent_dim": 10**9}})
+    with pytest.raises(ConfigError, match=r"ae.safetensors: the autoencoder network would have .* parameters.*"
+                                          r"model.config.latent_dim = 1000000000"):
+        load_model(tmp_path / "ae.safetensors")
