@@ -424,3 +424,49 @@ def test_a_model_file_describing_a_huge_network_is_one_line(tmp_path):
     with pytest.raises(ConfigError, match=r"ae.safetensors: the autoencoder network would have .* parameters.*"
                                           r"model.config.latent_dim = 1000000000"):
         load_model(tmp_path / "ae.safetensors")
+
+
+# ---- item 10 (part): warnings that leaked to the user ---------------------------------------------------------------
+def test_calibrate_of_counts_near_the_float32_limit_does_not_overflow(clean_scan):
+    """The parallax sharpness squared count-weighted spectra: 'overflow encountered in square' (a RuntimeWarning
+    traceback under -W error) for counts of ~1e37; its weights are relative now."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cal = _calibrate(_counts(clean_scan, 2e4) * np.float32(1e33))
+    assert "rotation" not in cal.undetermined and abs((cal.rotation - 30.0 + 180) % 360 - 180) < 5.0
+
+
+def test_patterns_of_a_read_only_memory_map_give_no_warning(tmp_path):
+    """reconstruct of a float32 .npy (read as a read-only memory map) printed torch's 'The given NumPy array is not
+    writable' UserWarning; get_patterns copies such an array once instead."""
+    import warnings
+
+    from phasestem import io
+
+    np.save(tmp_path / "d.npy", np.ones((2, 3, 8, 8), np.float32))
+    ds = io.load(tmp_path / "d.npy", energy=3e5, scan_step=1.0, angular_sampling=1.0)
+    assert not np.asarray(ds.patterns).flags.writeable
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        p = ds.get_patterns()
+    assert p.shape == (6, 8, 8) and float(p.sum()) == 6 * 64
+
+
+def test_a_warning_during_a_command_is_one_log_line(caplog, capsys):
+    """Python's warnings print two lines (file:line and the source line) on stderr; inside a command they are one
+    log line naming the warning class, its message and where it was raised."""
+    import warnings
+
+    from phasestem.cli import log_warning
+
+    with warnings.catch_warnings():
+        warnings.showwarning = log_warning
+        warnings.simplefilter("always")
+        warnings.warn("Mean of empty slice", RuntimeWarning, stacklevel=1)
+    records = [r for r in caplog.records if r.name == "phasestem"]
+    assert len(records) == 1 and records[0].levelname == "WARNING"
+    assert records[0].getMessage() == ("RuntimeWarning: Mean of empty slice "
+                                       "(test_reliability_validation.py:" + str(records[0].args[3]) + ")")
+    assert capsys.readouterr().err == ""
