@@ -69,9 +69,11 @@ class DataConfig(Strict):
         "axes; the model displaces its patterns alike instead of the counts being resampled (the descan; written by "
         "phasestem calibrate). Transposes, flips, subsets and binning of the data apply to it too")
     ground_truth_key: str | None = Field(
-        None, description="name of a ground-truth phase (rad, 2-D, dataset frame, the reconstruction's pixel) in the "
-        "data file (.npy/.npz/HDF5): PSNR, SSIM, E_φ and FRC resolution per epoch in the log and at the end in "
-        "results.h5")
+        None, description="name of a ground-truth phase (rad, 2-D, dataset frame) in the data file (.npy/.npz/HDF5): "
+        "PSNR, SSIM, E_φ and FRC resolution per epoch in the log and at the end in results.h5. Its pixel size comes "
+        "from the file (HDF5 attribute 'sampling' of the dataset or its group, a seed file's phase_sampling) and it "
+        "is resampled to the reconstruction's pixel (logged); without one it is taken at the reconstruction's pixel "
+        "and must cover the scanned field")
 
 
 class OpticsConfig(Strict):
