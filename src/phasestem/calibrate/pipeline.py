@@ -53,6 +53,9 @@ class Calibration:
     mean_pattern: np.ndarray | None = None  # (H, W) bad pixels filled
     #: quantity → why the data do not determine it; it keeps its default (rotation 0°, transpose False, no C10)
     undetermined: dict[str, str] = field(default_factory=dict)
+    #: where each value of the written parameter file came from, by field (``optics.energy`` → ``flag``, ``file``
+    #: or ``calibration``; :mod:`phasestem.provenance`), filled by :func:`phasestem.calibrate.files.calibrate_file`
+    sources: dict[str, str] = field(default_factory=dict)
 
     @property
     def plan(self):
@@ -103,7 +106,7 @@ class Calibration:
                "disk": self.disk.to_dict(), "centre_of_mass": self.com.to_dict(),
                "parallax": None if self.parallax is None else self.parallax.to_dict(), "notes": list(self.notes),
                "undetermined": dict(self.undetermined),
-               "scan": self.scan().to_dict(), "detector": self.detector().to_dict()}
+               "scan": self.scan().to_dict(), "detector": self.detector().to_dict(), "sources": dict(self.sources)}
         if "rotation" in self.undetermined:
             out["rotation_deg"] = None
         return out

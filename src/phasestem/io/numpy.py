@@ -8,12 +8,15 @@ import numpy as np
 from ..dataset import FourDSTEM
 from ..errors import InputFileError
 from ..safety import atomic_file
-from .hdf5 import build_dataset
+from .hdf5 import build_dataset, stored_calibrations
 
 
 def read(path: str | Path, patterns_key: str | None = None, positions_key: str | None = None,
          phase_key: str | None = None, **options) -> FourDSTEM:
     """Read patterns (Sy, Sx, H, W) or (N, H, W) from .npy or from key ``patterns_key`` of an .npz.
+
+    An .npz's small arrays named ``energy`` (eV), ``scan_step`` (Å), ``angular_sampling`` (mrad), ``sampling`` (Å)
+    or ``semiangle`` (mrad) are the file's calibrations (what :func:`write` stores).
 
     ``options`` are the calibrations of :func:`phasestem.io.hdf5.build_dataset` (energy, scan_step, …).
     """
@@ -21,6 +24,7 @@ def read(path: str | Path, patterns_key: str | None = None, positions_key: str |
     if not path.exists():
         raise InputFileError(f"{path}: no such file")
     positions = truth = None
+    held: dict = {}
     if path.suffix.lower() == ".npy":
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
         key = "array"
@@ -37,11 +41,12 @@ def read(path: str | Path, patterns_key: str | None = None, positions_key: str |
                 if k is not None and k not in keys:
                     raise InputFileError(f"{path}: no array '{k}' ({role}); arrays present: {keys}")
             arr = z[key]
+            held = stored_calibrations(z)  # e.g. energy, scan_step, angular_sampling written by write()
             if positions_key:
                 positions = np.asarray(z[positions_key], dtype=np.float64).reshape(-1, 2)
             if phase_key:
                 truth = {"phase": np.asarray(z[phase_key], dtype=np.float32)}
-    return build_dataset(arr, f"{path}:{key}", positions=positions, truth=truth,
+    return build_dataset(arr, f"{path}:{key}", truth=truth, file_values={**held, "positions": positions},
                          metadata={"file": str(path), "patterns_key": key}, **options)
 
 
