@@ -122,7 +122,10 @@ class FourDSTEM:
                 for j in order:
                     out[j] = self.patterns[idx[j] // sx, idx[j] % sx]
                 arr = out
-        return torch.as_tensor(np.asarray(arr), dtype=dtype, device=device)
+        arr = np.asarray(arr)
+        if not arr.flags.writeable:  # a read-only memory map (np.load(mmap_mode='r')): torch wants its own copy
+            arr = arr.astype(np.float32 if dtype == torch.float32 else arr.dtype)  # one copy, already converted
+        return torch.as_tensor(arr, dtype=dtype, device=device)
 
     def load(self) -> FourDSTEM:
         """Read lazy patterns into memory (float32)."""

@@ -45,16 +45,27 @@ def test_index(meta: dict[str, Any], files: list[str] | None = None, split: str 
         if not files:
             raise
         log.warning("training files %s not found: no training-mean baseline", d["files"])
-        return SampleIndex.from_paths(files, target=d["target"], **kw), None
+        index = SampleIndex.from_paths(files, target=d["target"], **kw)
+        check_shapes(meta, index)
+        return index, None
     if d.get("max_samples"):
         stored = stored.subset(range(min(d["max_samples"], len(stored))))
     splits = stored.split(d["val_fraction"], d["test_fraction"], d["split_seed"])
     if files:
-        return SampleIndex.from_paths(files, target=d["target"], **kw), splits["train"]
+        index = SampleIndex.from_paths(files, target=d["target"], **kw)
+        check_shapes(meta, index)
+        return index, splits["train"]
     if len(splits[split]) == 0:
         raise ValueError(f"the stored '{split}' split is empty (test_fraction = {d['test_fraction']}); "
                          "pass --files to evaluate on other data")
     return splits[split], splits["train"]
+
+
+def check_shapes(meta: dict[str, Any], index: SampleIndex) -> None:
+    """Refuse, before any sample is read, files whose scan or pattern shape is not the model's (as predict does)."""
+    from .apply.phase import check_training_shapes
+
+    check_training_shapes(meta, index.geometry.scan_shape, index.pattern_shape, str(index.files[0].path))
 
 
 @torch.no_grad()

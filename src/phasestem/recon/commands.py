@@ -168,7 +168,8 @@ def _setup_reports(params: ReconstructParams, dataset, model, out: Path):
 
     truth = None
     if params.data.ground_truth_key is not None:
-        truth = load_ground_truth(params.data.file, params.data.ground_truth_key)
+        truth = load_ground_truth(params.data.file, params.data.ground_truth_key, model, params.optics.energy,
+                                  out / "reconstruct.log")
     if params.run.ptyrad_loss or truth is not None:
         model.epoch_callbacks.append(epoch_reporter(dataset, truth, params.run.ptyrad_loss, params.losses.power,
                                                     params.run.batch_size))
