@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ..errors import InputFileError
+from ..extras import require
 
 log = logging.getLogger("phasestem.learn")
 
@@ -44,8 +45,7 @@ def save_weights(
     meta_json = json.dumps(meta or {}, default=str)
     tmp = _atomic_path(path)
     if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
-
+        save_file = require("safetensors.torch", f"writing {path.name}").save_file
         save_file(tensors, str(tmp), metadata={"phasestem": meta_json})
     else:
         torch.save({"state_dict": tensors, "meta": meta_json}, tmp)
@@ -102,9 +102,8 @@ def read_safetensors(path: str | Path, map_location: str | torch.device = "cpu",
                      ) -> tuple[dict[str, torch.Tensor], dict]:
     """``(tensors, phasestem meta)`` of a safetensors file (``tensors=False``: the header only, ``{}`` for the
     tensors); an empty/truncated one raises InputFileError."""
-    from safetensors import safe_open
-
     path = Path(path)
+    safe_open = require("safetensors", f"reading {path.name}").safe_open
     _require_nonempty(path, "safetensors weights file")
     try:
         with safe_open(str(path), framework="pt", device=str(map_location)) as f:
