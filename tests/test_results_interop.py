@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from phasestem.recon import Ptychography
-from phasestem.recon.results import EMD_ROOT, load_results
+from phasestem.recon.results import EMD_ROOT, load_results, save_emd
 from phasestem.recon.synthetic import simulate_dataset, write_npz
 
 emdfile = pytest.importorskip("emdfile")
@@ -35,7 +35,7 @@ def _linear(dim: np.ndarray) -> tuple[float, float]:
 def test_emd_reads_back_through_emdfile_with_angstrom_axes(fitted, tmp_path):
     model = fitted
     path = model.save_results(tmp_path / "res.emd")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["res.emd"]  # written atomically: no temporary left
+    assert [p.name for p in tmp_path.iterdir()] == ["res.emd"]  # written atomically: no temporary left
     dy, dx = model.sampling
     oy, ox = model.origin
     ref = model.save_results()  # the same results as a dict (results.h5's arrays)
@@ -59,6 +59,14 @@ def test_emd_reads_back_through_emdfile_with_angstrom_axes(fitted, tmp_path):
     np.testing.assert_array_equal(probe.data, ref["probe"])
     assert list(probe.dim_names) == ["mode", "y", "x"]
     assert _linear(probe.dims[1]) == pytest.approx((-16 * dy, dy))  # centred: 0 Å at pixel n//2
+
+    h5 = model.save_results(tmp_path / "res.h5")  # an existing results.h5 converts to the same arrays
+    converted = save_emd(load_results(h5), tmp_path / "converted.emd")
+    for name in ("object_phase", "object_amplitude", "slice_phases", "probe"):
+        a, b = (emdfile.read(p, emdpath=f"{EMD_ROOT}/{name}") for p in (path, converted))
+        np.testing.assert_array_equal(a.data, b.data)
+        for da, db in zip(a.dims, b.dims, strict=True):
+            np.testing.assert_array_equal(da, db)
 
     meta = emdfile.read(path).metadata["phasestem"]
     assert meta["energy"] == pytest.approx(model.energy) and meta["epoch"] == 1

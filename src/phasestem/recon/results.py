@@ -34,7 +34,8 @@ saves and reads (``py4DSTEM.read("results.emd")``); HyperSpy opens it through Ro
     probe             (ny, nx) or (M, ny, nx)  complex64  Σ|ψ|² ≈ 1 (one mode: 2-D)
     metadata "phasestem": energy (eV), sampling (Å), origin (Å), slice_thickness (Å), epoch, format
 
-(No name starts another: RosettaSciIO's reader stacks arrays whose paths share a prefix.)
+(No array's name contains another's: RosettaSciIO's reader stacks arrays whose paths contain one another.)
+An older ``results.h5`` converts with ``save_emd(load_results("results.h5"), "results.emd")``.
 
 Axes are named y, x in Å: the object's in the dataset frame (offset −origin, so 0 Å is the first scan
 position, as ``positions`` in results.h5), the probe's centred (0 Å at pixel n//2); slices along z by the
@@ -134,7 +135,8 @@ def save_results(model, path, config_text: str | None = None, metrics: dict | No
 
 
 def _axis(n: int, step: float, offset: float) -> np.ndarray:
-    """Two-point EMD dim vector (first value, second value): a linear axis of ``step`` from ``offset``."""
+    """EMD dim vector of a linear axis of ``n`` points, ``step`` apart from ``offset``: its first two values (emdfile
+    and the readers extend them linearly), or the one value of a single-point axis."""
     return np.array([offset, offset + step]) if n > 1 else np.array([offset])
 
 
