@@ -81,7 +81,8 @@ def test_core_install_leaves_the_extras_out_and_each_extra_is_named_in_extras_py
 
 @pytest.mark.parametrize("module", ["timm", "safetensors"])
 def test_missing_extra_is_one_line_naming_it(module, monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+    for name in [module] + [m for m in sys.modules if m.startswith(module + ".")]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed (submodules imported earlier too)
     if module == "timm":
         from phasestem.learn.backbones import create_cnn
 
