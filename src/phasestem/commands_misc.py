@@ -11,6 +11,7 @@ INSPECT_FORMATS = (".mib (+ .hdr), .dm3/.dm4, EMPAD .xml (+ .raw), Dectris *_mas
 
 def register(sub, train_sub) -> None:
     from .calibrate.commands import add_reader_arguments
+    from .cliargs import add_config, add_device, add_dump_config, add_out
 
     p = sub.add_parser(
         "inspect", help="first look at a 4D-STEM file, no calibration needed: mean pattern with the bright-field "
@@ -31,7 +32,7 @@ def register(sub, train_sub) -> None:
     add_reader_arguments(p)
     p.add_argument("--sample", type=int, help="sample index in a seed-layout file")
     p.add_argument("--at", type=int, nargs=2, metavar=("ROW", "COL"), help="scan position of the single pattern")
-    p.add_argument("--out", type=Path, default=Path("."),
+    p.add_argument("--out", type=Path, default=Path("."), metavar="DIR",
                    help="output folder for FILE-STEM_inspect.png (default: the working directory; never beside "
                         "the input unless you say so)")
     p.add_argument("--show", action="store_true", help="open an interactive window (click a scan position)")
@@ -41,10 +42,15 @@ def register(sub, train_sub) -> None:
         "demo", help="the whole story on a built-in example: simulate, reconstruct, predict, refine, report",
         description="Simulates a small built-in dataset, reconstructs it by AD ptychography, predicts it with the "
         "learned pipeline, refines with Phaseformer and writes a report with figures and figures of merit.",
-        epilog="Example: phasestem demo --out demo_output",
+        epilog="Examples:\n  phasestem demo --out demo_output\n  phasestem demo --dump-config > demo.yaml   "
+               "# the built-in settings, documented\n  phasestem demo demo.yaml --device cuda",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    d.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
+    add_config(d, "demo settings YAML (default: the built-in configs/demo.yaml; see --dump-config)", optional=True)
+    add_out(d, "demo_output", "output folder (default: demo_output)")
     d.add_argument("--quick", action="store_true", help="smallest sizes (for tests)")
+    add_device(d, "cpu", "the reconstructions and the training")
+    add_dump_config(d)
     d.set_defaults(func=_demo)
 
 
@@ -56,10 +62,9 @@ def inspect_output(file: str | Path, out: str | Path) -> Path:
 
 
 def _inspect(args) -> int:
-    import sys
-
     from . import io
     from .calibrate.commands import reader_options, scan_step
+    from .cliargs import deprecation
     from .safety import refuse_output_over_inputs
 
     opts = reader_options(args)
@@ -75,8 +80,8 @@ def _inspect(args) -> int:
     print(fig.first_look.describe())
     print(f"wrote {out}")
     if Path(args.out).suffix.lower() == ".png":
-        print(f"note: --out {args.out}: a PNG name is deprecated; --out is the output folder (the figure is then "
-              f"named {Path(args.file).stem}_inspect.png)", file=sys.stderr)
+        deprecation("phasestem inspect", f"--out {args.out} (a PNG name)", f"--out DIR (the output folder; the "
+                    f"figure is then named {Path(args.file).stem}_inspect.png)")
     import matplotlib.pyplot as plt
 
     if args.show:
@@ -86,8 +91,14 @@ def _inspect(args) -> int:
 
 
 def _demo(args) -> int:
-    from .demo import run_demo
+    from .demo import BUILTIN_DEMO, load_demo_config, run_demo
 
-    report = run_demo(Path(args.out), quick=args.quick)
+    if args.dump_config:
+        from .configdump import config_yaml
+
+        print(config_yaml(load_demo_config(Path(args.config or BUILTIN_DEMO), quick=args.quick), "phasestem demo"),
+              end="")
+        return 0
+    report = run_demo(Path(args.out), quick=args.quick, config=args.config, device=args.device)
     print(f"report: {report}")
     return 0

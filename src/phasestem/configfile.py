@@ -1,11 +1,16 @@
 """Reading YAML configuration files: one loader and one error format for every command.
 
 Errors name the file and the dotted field, e.g. ``run.yaml: model.n_slicez: unknown key``.
+
+The one rule for paths inside a config: a relative path written in a YAML file is relative to **that file's
+folder** (fields marked :class:`ConfigPath`, resolved by :func:`resolve_config_paths` before validation); a path
+given on the command line (``--out``, ``--set KEY=VALUE``) is relative to the working directory.
 """
 from __future__ import annotations
 
+import os
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -184,7 +189,104 @@ def _locate(model: type[BaseModel], data: Any) -> str | None:
     return None
 
 
+class ConfigPath:
+    """Marks a config field that holds a path, a list of paths or globs, or None: ``Annotated[str, ConfigPath()]``.
+
+    ``keep``: values that are names rather than paths (e.g. ``"auto"``); ``prefix``: only what follows it is a
+    path (``"stitch:"`` in ``"stitch:runs/e2e"``), values without it are left alone."""
+
+    def __init__(self, keep: tuple[str, ...] = (), prefix: str = "") -> None:
+        self.keep, self.prefix = tuple(keep), prefix
+
+    def __repr__(self) -> str:
+        return f"ConfigPath(keep={self.keep!r}, prefix={self.prefix!r})"
+
+    def map(self, value: Any, fn: Callable[[str], str]) -> Any:
+        """``value`` with ``fn`` applied to each path in it (other types are left for validation to judge)."""
+        if isinstance(value, list):
+            return [self._one(v, fn) for v in value]
+        return self._one(value, fn)
+
+    def _one(self, value: Any, fn: Callable[[str], str]) -> Any:
+        if not isinstance(value, str | os.PathLike):
+            return value
+        text = os.fspath(value)
+        if not isinstance(text, str) or not text or text in self.keep:
+            return value
+        if not self.prefix:
+            return fn(text)
+        if not text.startswith(self.prefix) or text == self.prefix:
+            return value
+        return self.prefix + fn(text[len(self.prefix):])
+
+
+def path_marker(field: Any) -> ConfigPath | None:
+    """The :class:`ConfigPath` of a pydantic field, or None."""
+    return next((m for m in field.metadata if isinstance(m, ConfigPath)), None)
+
+
+def map_config_paths(model: type[BaseModel], data: Any, fn: Callable[[str], str], defaults: bool = False) -> Any:
+    """A copy of the raw mapping ``data`` (a config of ``model``, sections nested) with ``fn`` applied to every
+    path of a :class:`ConfigPath` field; anything that is not where the schema expects it is left as it is.
+    ``defaults``: a path field left out takes its default through ``fn`` too (a default path is relative to the
+    config file as well), in sections left out included."""
+    if not isinstance(data, dict):
+        return data
+    out = dict(data)
+    for name, field in model.model_fields.items():
+        marker = path_marker(field)
+        if name not in out:
+            default = _default(field) if defaults else None
+            if marker is not None and default:
+                out[name] = marker.map(default, fn)
+            elif marker is None and isinstance(default, BaseModel):
+                section = map_config_paths(type(default), {}, fn, defaults)
+                if section:
+                    out[name] = section
+            continue
+        if marker is not None:
+            out[name] = marker.map(out[name], fn)
+            continue
+        subs = _submodels(field.annotation)
+        if subs:
+            out[name] = map_config_paths(subs[0], out[name], fn, defaults)
+    return out
+
+
+def _default(field: Any) -> Any:
+    if field.is_required():
+        return None
+    try:
+        return field.get_default(call_default_factory=True)
+    except TypeError:  # a factory that needs the other fields' values: not a path default
+        return None
+
+
+def relative_to(base: str | Path) -> Callable[[str], str]:
+    """``fn`` for :func:`map_config_paths`: a relative path (``~`` expanded) taken from the folder ``base``."""
+    def fn(text: str) -> str:
+        text = os.path.expanduser(text)
+        return text if os.path.isabs(text) else os.path.join(os.fspath(base), text)
+    return fn
+
+
+def absolute_path(text: str) -> str:
+    """``fn`` for :func:`map_config_paths`: the path made absolute (from the working directory), normalised."""
+    return os.path.abspath(os.path.expanduser(text))
+
+
+def resolve_config_paths(model: type[BaseModel], data: dict[str, Any], base_dir: str | Path | None
+                         ) -> dict[str, Any]:
+    """The raw mapping read from a YAML file with its relative paths taken from ``base_dir``, that file's folder
+    (the one rule); ``base_dir`` None (no file: built-in defaults): unchanged."""
+    if base_dir is None:
+        return data
+    return map_config_paths(model, data, relative_to(base_dir), defaults=True)
+
+
 def load_yaml_config(model: type[M], path: str | Path, overrides: dict[str, Any] | None = None,
                      what: str = "config file") -> M:
-    """Read, override and validate a YAML config in one step."""
-    return validate(model, apply_overrides(read_yaml_mapping(path, what), overrides), str(path))
+    """Read, resolve the file's relative paths (against its folder), override (command-line values, relative to
+    the working directory) and validate a YAML config in one step."""
+    data = resolve_config_paths(model, read_yaml_mapping(path, what), Path(path).parent)
+    return validate(model, apply_overrides(data, overrides), str(path))

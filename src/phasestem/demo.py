@@ -212,12 +212,12 @@ def ad_run(dataset, rc: DemoRecon, truth: np.ndarray, truth_sampling, fov, initi
     return {"phase": on_truth_grid(), "errors": errors, "seconds": seconds}
 
 
-def _trainer(epochs: int, lr: float) -> dict[str, Any]:
-    return {"epochs": epochs, "lr": lr, "warmup_steps": 5, "device": "cpu", "monitor": "val/psnr",
+def _trainer(epochs: int, lr: float, device: str = "cpu") -> dict[str, Any]:
+    return {"epochs": epochs, "lr": lr, "warmup_steps": 5, "device": device, "monitor": "val/psnr",
             "monitor_mode": "max", "tensorboard": False, "progress": True, "checkpoint_every_epochs": 0}
 
 
-def train_learned(train_files: list[Path], runs: Path, lc: DemoLearned) -> Path:
+def train_learned(train_files: list[Path], runs: Path, lc: DemoLearned, device: str = "cpu") -> Path:
     """Patch → stitch → end2end on the training files; returns the end2end run folder."""
     from .learn.config import TrainRunConfig
     from .learn.training.route import train_run
@@ -227,24 +227,24 @@ def train_learned(train_files: list[Path], runs: Path, lc: DemoLearned) -> Path:
     model = {"size": lc.model_size}
     stitch = {"size": lc.model_size, "vit_patch": lc.vit_patch}
     train_run(TrainRunConfig(stage="patch", out_dir=str(runs / "patch"), data={**data, "batch_size": 8},
-                             model=model, trainer=_trainer(lc.patch_epochs, lc.lr)))
+                             model=model, trainer=_trainer(lc.patch_epochs, lc.lr, device)))
     train_run(TrainRunConfig(stage="stitch", out_dir=str(runs / "stitch"), stitch_model=stitch,
                              data={**data, "batch_size": 2, "stitch_noise": 0.05},
-                             trainer=_trainer(lc.stitch_epochs, lc.lr)))
+                             trainer=_trainer(lc.stitch_epochs, lc.lr, device)))
     train_run(TrainRunConfig(stage="end2end", out_dir=str(runs / "end2end"), patch_checkpoint=str(runs / "patch"),
                              stitch_checkpoint=str(runs / "stitch"), freeze_patch_epochs=1,
                              data={**data, "batch_size": 1}, loss={"patch_weight": 0.5, "image_weight": 1.0},
-                             trainer=_trainer(lc.end2end_epochs, lc.lr / 3)))
+                             trainer=_trainer(lc.end2end_epochs, lc.lr / 3, device)))
     return runs / "end2end"
 
 
-def predict_files(run: Path, files: list[Path]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def predict_files(run: Path, files: list[Path], device: str = "cpu") -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Learned predictions and truths of every sample of ``files``."""
     from . import io
     from .learn.apply.phase import load_predictor, predict_phase
     from .learn.pairs import simulation_phases
 
-    model, meta = load_predictor(run)
+    model, meta = load_predictor(run, device=device)
     preds, truths = [], []
     for f in files:
         for key in simulation_phases(f):
@@ -254,7 +254,8 @@ def predict_files(run: Path, files: list[Path]) -> tuple[list[np.ndarray], list[
     return preds, truths
 
 
-def train_phaseformer(train_files: list[Path], pairs: Path, out: Path, pc: DemoPhaseformer) -> Path:
+def train_phaseformer(train_files: list[Path], pairs: Path, out: Path, pc: DemoPhaseformer, device: str = "cpu"
+                      ) -> Path:
     """A tiny Phaseformer on degraded-truth pairs of the training files plus the learned-prediction pairs."""
     from .learn.config import PhaseformerRunConfig
     from .learn.training.phaseformer import train_phaseformer as _train
@@ -263,7 +264,7 @@ def train_phaseformer(train_files: list[Path], pairs: Path, out: Path, pc: DemoP
         out_dir=str(out), data={"train": [str(pairs)] + [str(f) for f in train_files], "crop": 32,
                                 "batch_size": 4, "val_fraction": 0.15},
         model={"dim": pc.dim, "blocks": (1, 1, 1, 1), "heads": (1, 1, 2, 2), "refinement_blocks": 1},
-        loss={"components": ["charbonnier", "gradient"]}, trainer=_trainer(pc.epochs, pc.lr))
+        loss={"components": ["charbonnier", "gradient"]}, trainer=_trainer(pc.epochs, pc.lr, device))
     _train(cfg)
     return out
 
@@ -354,16 +355,19 @@ def _write_report(out: Path, summary: str, fom: dict[str, dict[str, float]], rou
 
 
 # ------------------------------------------------------------------------------------------ main
-def run_demo(out: Path, quick: bool = False) -> Path:
+def run_demo(out: Path, quick: bool = False, config: str | Path | None = None, device: str = "cpu") -> Path:
     """Run every stage into ``out`` (holding its lock, :mod:`phasestem.lock`); returns the report path
-    (``out/report.md``)."""
+    (``out/report.md``). ``config``: a :class:`DemoConfig` YAML (default: the built-in ``configs/demo.yaml``);
+    ``device``: torch device of the reconstructions and the training ('auto': a GPU when there is one)."""
     from .lock import hold_output
+    from .recon.params import resolve_device
 
+    cfg = load_demo_config(Path(config) if config else BUILTIN_DEMO, quick=quick)
     with hold_output(out, "phasestem demo"):
-        return _run_demo(Path(out), quick)
+        return _run_demo(Path(out), quick, cfg, resolve_device(device))
 
 
-def _run_demo(out: Path, quick: bool) -> Path:
+def _run_demo(out: Path, quick: bool, cfg: DemoConfig, device: str = "cpu") -> Path:
     from . import io
     from .learn.apply.phase import load_predictor, predict_phase
     from .learn.apply.refine import load_phaseformer, refine_phase
@@ -376,7 +380,6 @@ def _run_demo(out: Path, quick: bool) -> Path:
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = load_demo_config(quick=quick)
     timer = Timer()
     routes: dict[str, np.ndarray] = {}
     route_seconds: dict[str, float] = {}
@@ -393,28 +396,28 @@ def _run_demo(out: Path, quick: bool) -> Path:
 
     log.info("2/5 AD ptychography (flat start)")
     warm_up = DemoRecon(n_epochs=1, batch_size=cfg.recon.batch_size)  # first-epoch overheads out of the timings
-    ad_run(ds, warm_up, truth, ts, fov, label="warm-up", progress=False)
+    ad_run(ds, warm_up, truth, ts, fov, label="warm-up", progress=False, device=device)
     with timer("AD ptychography"):
-        flat = ad_run(ds, cfg.recon, truth, ts, fov, label="flat")
+        flat = ad_run(ds, cfg.recon, truth, ts, fov, label="flat", device=device)
     routes["AD ptychography"] = flat["phase"]
     route_seconds["AD ptychography"] = flat["seconds"][-1]
 
     log.info("3/5 learned pipeline")
     with timer("learned: training"):
-        run = train_learned(train_files, out / "runs", cfg.learned)
+        run = train_learned(train_files, out / "runs", cfg.learned, device)
     with timer("learned: prediction"):
-        model, meta = load_predictor(run)
+        model, meta = load_predictor(run, device=device)
         learned = predict_phase(model, meta, ds)
     routes["learned (end2end)"] = learned
     route_seconds["learned (end2end)"] = timer.seconds["learned: training"] + timer.seconds["learned: prediction"]
 
     log.info("4/5 Phaseformer refinement")
     with timer("Phaseformer: training"):
-        preds, truths = predict_files(run, train_files)
+        preds, truths = predict_files(run, train_files, device)
         pairs = write_pairs(out / "runs" / "learned_pairs.h5", np.stack(preds), np.stack(truths), {"units": "rad"})
-        pf_run = train_phaseformer(train_files, pairs, out / "runs" / "phaseformer", cfg.phaseformer)
+        pf_run = train_phaseformer(train_files, pairs, out / "runs" / "phaseformer", cfg.phaseformer, device)
     with timer("Phaseformer: refinement"):
-        net, _ = load_phaseformer(pf_run, device="cpu")
+        net, _ = load_phaseformer(pf_run, device=device)
         refined, _ = refine_phase(net, learned, size=None)
     routes["learned + Phaseformer"] = refined
     route_seconds["learned + Phaseformer"] = (route_seconds["learned (end2end)"]
@@ -423,7 +426,8 @@ def _run_demo(out: Path, quick: bool) -> Path:
 
     log.info("5/5 hybrid: AD from the learned prediction")
     with timer("hybrid AD"):
-        hyb = ad_run(ds, cfg.recon, truth, ts, fov, initial_phase=hybrid_start(learned), label="learned")
+        hyb = ad_run(ds, cfg.recon, truth, ts, fov, initial_phase=hybrid_start(learned), label="learned",
+                     device=device)
     routes["hybrid (AD from learned)"] = hyb["phase"]
     route_seconds["hybrid (AD from learned)"] = hyb["seconds"][-1] + timer.seconds["learned: prediction"]
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import yaml
 
+from ..cliargs import add_key
 from ..errors import ConfigError
 
 EPILOG = """examples:
@@ -22,7 +23,7 @@ OUT/calibration.json (every fitted number) and OUT/calibration*.png (one figure 
 
 def add_reader_arguments(p: argparse.ArgumentParser) -> None:
     """Options that say how to read a 4D-STEM file and what the acquisition was."""
-    p.add_argument("--key", dest="patterns_key", help="dataset/array holding the patterns")
+    add_key(p)
     p.add_argument("--format", help="reader name (hdf5, numpy, cxi, mat, emd, raw, …); default: by extension")
     p.add_argument("--scan-shape", type=int, nargs=2, metavar=("ROWS", "COLS"), help="for flat (N, H, W) data")
     p.add_argument("--reader-option", action="append", default=[], metavar="KEY=VALUE",
@@ -69,7 +70,7 @@ def register(subparsers, train_subparsers) -> None:
     )
     p.add_argument("file", type=Path, help="4D-STEM file")
     add_reader_arguments(p)
-    p.add_argument("--out", type=Path, default=Path("calib"), help="output folder (default: calib)")
+    p.add_argument("--out", type=Path, default=Path("calib"), metavar="DIR", help="output folder (default: calib)")
     p.add_argument("--transpose", choices=["auto", "yes", "no"], default="auto",
                    help="detector transpose: fit it (auto) or fix it")
     p.add_argument("--no-parallax", action="store_true", help="skip the tcBF defocus fit")
