@@ -47,12 +47,11 @@ def test_user_error_is_one_actionable_line(command, tmp_path):
     missing = str(tmp_path / "missing.yaml")
     model = str(tmp_path / "no_model")
     args = {
-        ("probe-extent",): ["--config", missing],
         ("demo",): ["--out", str(tmp_path / "f.txt" / "x")],
         ("predict",): [missing, "--model", model],
         ("evaluate",): ["--model", model],
-        ("embed",): [missing, "--checkpoint", model],
-        ("refine",): [missing, "--checkpoint", model],
+        ("embed",): [missing, "--model", model],
+        ("refine",): [missing, "--model", model],
         ("make-pairs",): [missing],
     }.get(command, [missing])
     if command == ("demo",):

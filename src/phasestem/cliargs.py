@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from .errors import ConfigError
+from .safety import FIGURE_SUFFIXES
 
 #: suffixes that mark an ``--out`` value as the older "result file" form (predict, embed, refine, make-pairs)
 RESULT_SUFFIXES = (".h5", ".hdf5")
@@ -59,6 +60,17 @@ def config_argument(args: argparse.Namespace) -> str | None:
     return pos if pos is not None else opt
 
 
+def config_among(inputs: list[str], config_option: str | None = None) -> tuple[str | None, list[str]]:
+    """Positional ``[CONFIG.yaml] FILE …`` (make-pairs): the one ``.yaml``/``.yml`` among ``inputs`` (or the
+    deprecated ``--config``) is the config, the others are input files."""
+    configs = [a for a in inputs if Path(a).suffix.lower() in (".yaml", ".yml")]
+    files = [a for a in inputs if a not in configs]
+    configs += [config_option] if config_option else []
+    if len(configs) > 1:
+        raise ConfigError(f"one YAML config expected, got {len(configs)}: {', '.join(configs)}")
+    return (configs[0] if configs else None), files
+
+
 def add_dump_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dump-config", action="store_true",
                    help="print the resolved config (every field, its description as a comment, paths absolute, so "
@@ -83,17 +95,20 @@ def add_out_file(p: argparse.ArgumentParser, name: str) -> None:
 def result_file(args: argparse.Namespace, name: str) -> Path:
     """The result file of :func:`add_out_file`'s flags: ``--out-file FILE``, else ``name`` inside ``--out DIR``.
     An ``--out`` ending in .h5/.hdf5 that is not an existing folder is the older meaning (the file itself): it
-    still works, with a deprecation line."""
+    still works, with a deprecation line; one with a figure suffix is taken as that file too, and refused (the
+    result is HDF5; a PNG is written beside it)."""
     out, out_file = getattr(args, "out", None), getattr(args, "out_file", None)
     if out_file is not None:
         if out is not None:
             raise ConfigError(f"--out {out} and --out-file {out_file}: give the folder or the file, not both")
         return Path(out_file)
     folder = Path(out if out is not None else ".")
-    if folder.suffix.lower() in RESULT_SUFFIXES and not folder.is_dir():
-        deprecation(f"phasestem {getattr(args, 'command', '')}".strip(), f"--out {folder} (a file name)",
-                    f"--out-file {folder} (--out is the output folder)")
-        return folder
+    suffix = folder.suffix.lower()
+    if suffix in RESULT_SUFFIXES + FIGURE_SUFFIXES and not folder.is_dir():
+        if suffix in RESULT_SUFFIXES:
+            deprecation(f"phasestem {getattr(args, 'command', '')}".strip(), f"--out {folder} (a file name)",
+                        f"--out-file {folder} (--out is the output folder)")
+        return folder  # a figure suffix is refused where the result is written (safety.check_result_name)
     return folder / name
 
 

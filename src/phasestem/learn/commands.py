@@ -10,17 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ..cliargs import (
-    Deprecated,
-    add_config,
-    add_device,
-    add_dump_config,
-    add_key,
-    add_out,
-    add_out_file,
-    result_file,
-    stem_name,
-)
+from .. import cliargs
 from ..configfile import parse_set_options, read_yaml_mapping, resolve_config_paths, validate
 
 log = logging.getLogger("phasestem.learn")
@@ -29,11 +19,11 @@ _FMT = argparse.RawDescriptionHelpFormatter
 
 
 def _device_flag(p) -> None:
-    add_device(p, "auto")
+    cliargs.add_device(p, "auto")
 
 
 def _model_flag(p) -> None:
-    p.add_argument("--model", "--checkpoint", dest="model", required=True, action=Deprecated, new="--model",
+    p.add_argument("--model", "--checkpoint", dest="model", required=True, action=cliargs.Deprecated, new="--model",
                    old=("--checkpoint",), help="model file or run folder (best/ then last/); --checkpoint: older name")
 
 
@@ -57,16 +47,16 @@ def register(subparsers, train_subparsers) -> None:
                    f"  phasestem train {name} configs/{example} --epochs 2 --out runs/try --resume\n"
                    f"  phasestem train {name} configs/{example} --set trainer.lr=3e-4 --dump-config",
         )
-        add_config(p, "training YAML (network, data, model, loss, trainer, out_dir); relative paths in it are "
+        cliargs.add_config(p, "training YAML (network, data, model, loss, trainer, out_dir); relative paths in it are "
                       "taken from its folder")
         p.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override a config field, e.g. trainer.lr=3e-4 (repeatable)")
-        add_out(p, None, "run folder (overrides out_dir)", old=("--out-dir",))
+        cliargs.add_out(p, None, "run folder (overrides out_dir)", old=("--out-dir",))
         p.add_argument("--epochs", type=int, help="override trainer.epochs")
         p.add_argument("--lr", type=float, help="override trainer.lr")
-        add_device(p, what="overrides trainer.device")
+        cliargs.add_device(p, what="overrides trainer.device")
         p.add_argument("--resume", action="store_true", help="continue from OUT/last")
-        add_dump_config(p)
+        cliargs.add_dump_config(p)
         p.set_defaults(func=_train, stage=name)
 
     p = subparsers.add_parser(
@@ -80,8 +70,8 @@ def register(subparsers, train_subparsers) -> None:
     p.add_argument("input", help="4D-STEM file (any format phasestem.io reads)")
     p.add_argument("--model", required=True, help="end2end (or patch) model: weights file or run folder")
     p.add_argument("--stitch-model", help="stitching model, when --model is a patch model")
-    add_out_file(p, "INPUT_phase.h5 (INPUT_sampleN_phase.h5 with --sample; a PNG beside it)")
-    add_key(p, old=False)
+    cliargs.add_out_file(p, "INPUT_phase.h5 (INPUT_sampleN_phase.h5 with --sample; a PNG beside it)")
+    cliargs.add_key(p, old=False)
     p.add_argument("--sample", type=int, help="sample index in a seed-000 training file")
     p.add_argument("--energy", type=float, help="beam energy (eV) when the file lacks it")
     _device_flag(p)
@@ -103,7 +93,7 @@ def register(subparsers, train_subparsers) -> None:
     p.add_argument("--max-samples", type=int, help="evaluate at most N samples")
     p.add_argument("--batch-size", type=int, default=2, help="samples per batch")
     _device_flag(p)
-    add_out(p, "evaluation", "output folder (metrics.csv, summary.md, examples.png)")
+    cliargs.add_out(p, "evaluation", "output folder (metrics.csv, summary.md, examples.png)")
     _bad_pixels_flag(p, "values in the data")
     p.set_defaults(func=_evaluate)
 
@@ -120,9 +110,9 @@ def _register_embed_refine_pairs(subparsers) -> None:
                "  phasestem embed scan.npy --model runs/ae/best --out-file ae_latent.h5 --report 16 --summary")
     p.add_argument("data", help="4D-STEM file (any format phasestem.io reads)")
     _model_flag(p)
-    add_out_file(p, "DATA_latent.h5 (DATA_sampleN_latent.h5 with --sample; a PNG grid beside it)")
+    cliargs.add_out_file(p, "DATA_latent.h5 (DATA_sampleN_latent.h5 with --sample; a PNG grid beside it)")
     p.add_argument("--sample", type=int, help="sample index in a simulation file (default: the first)")
-    add_key(p, "dataset holding the patterns (HDF5/npz of other layouts); --patterns-key: older name")
+    cliargs.add_key(p, "dataset holding the patterns (HDF5/npz of other layouts); --patterns-key: older name")
     p.add_argument("--batch-size", type=int, default=256, help="patterns per forward pass")
     _device_flag(p)
     p.add_argument("--report", type=int, default=0, metavar="N",
@@ -143,7 +133,7 @@ def _register_embed_refine_pairs(subparsers) -> None:
     _model_flag(p)
     p.add_argument("--key", help="HDF5 dataset of the phase (default: 'phase' or the only 2-D dataset)")
     p.add_argument("--size", type=int, default=256, help="working size in px (0: keep the input size)")
-    add_out_file(p, "IMAGE_refined.h5 (a PNG beside it)")
+    cliargs.add_out_file(p, "IMAGE_refined.h5 (a PNG beside it)")
     _device_flag(p)
     p.add_argument("--no-png", action="store_true", help="skip the comparison PNG")
     _bad_pixels_flag(p, "pixels")
@@ -170,7 +160,7 @@ def _register_embed_refine_pairs(subparsers) -> None:
     p.add_argument("inputs", nargs="*", metavar="[CONFIG.yaml] FILE",
                    help="a YAML config (files, out, copies, seed, degradation; a .yaml/.yml name, at most one) "
                         "and/or simulation HDF5 files (they replace the config's 'files')")
-    p.add_argument("--config", dest="config_option", action=Deprecated, new="the positional CONFIG.yaml",
+    p.add_argument("--config", dest="config_option", action=cliargs.Deprecated, new="the positional CONFIG.yaml",
                    help=argparse.SUPPRESS)
     p.add_argument("--out", metavar="DIR", help="output folder: the pairs file keeps its name (the config's 'out', "
                    "default pairs.h5) inside DIR")
@@ -182,8 +172,8 @@ def _register_embed_refine_pairs(subparsers) -> None:
     p.add_argument("--stitch-model", dest="stitch_model", help="stitching model when MODEL of stitch:MODEL is a "
                    "patch model")
     p.add_argument("--ad-epochs", dest="ad_epochs", type=int, help="lsq epochs of --inputs-from ad (default 4)")
-    add_device(p, what="of the stitch / AD inputs (default cpu)")
-    add_dump_config(p)
+    cliargs.add_device(p, what="of the stitch / AD inputs (default cpu)")
+    cliargs.add_dump_config(p)
     p.set_defaults(func=_make_pairs)
 
 
@@ -219,7 +209,7 @@ def _train(args) -> int:
 def _predict(args) -> int:
     from .apply import predict_file
 
-    out = result_file(args, stem_name(args.input, _sample_part(args.sample) + "_phase.h5"))
+    out = cliargs.result_file(args, cliargs.stem_name(args.input, _sample_part(args.sample) + "_phase.h5"))
     path = predict_file(args.input, args.model, out, stitch_path=args.stitch_model, device=args.device,
                         png=not args.no_png, sample=args.sample, energy=args.energy, bad_pixels=args.bad_pixels,
                         patterns_key=args.patterns_key)
@@ -256,7 +246,7 @@ def _sample_part(sample: int | None) -> str:
 def _embed(args) -> int:
     from .apply import embed_file
 
-    out = result_file(args, stem_name(args.data, _sample_part(args.sample) + "_latent.h5"))
+    out = cliargs.result_file(args, cliargs.stem_name(args.data, _sample_part(args.sample) + "_latent.h5"))
     res = embed_file(args.data, args.model, out, png=not args.no_png, device=args.device,
                      batch_size=args.batch_size, report=args.report, summary=args.summary,
                      patterns_key=args.patterns_key, sample=args.sample, bad_pixels=args.bad_pixels)
@@ -273,7 +263,7 @@ def _embed(args) -> int:
 def _refine(args) -> int:
     from .apply import refine_file
 
-    out = result_file(args, stem_name(args.image, "_refined.h5"))
+    out = cliargs.result_file(args, cliargs.stem_name(args.image, "_refined.h5"))
     res = refine_file(args.image, args.model, out, png=not args.no_png, device=args.device,
                       size=None if args.size == 0 else args.size, key=args.key, bad_pixels=args.bad_pixels)
     print(f"refined phase {res['shape']} and ×2 {res['shape_x2']} (rad) → {res['out']}"
@@ -284,12 +274,12 @@ def _refine(args) -> int:
 def _make_pairs(args) -> int:
     from .config import MakePairsConfig
 
-    config, files = _config_and_files(args)
+    config, files = cliargs.config_among(args.inputs, args.config_option)
     data = resolve_config_paths(MakePairsConfig, read_yaml_mapping(config), Path(config).parent) if config else {}
     if files:
         data["files"] = files
     if args.out or args.out_file:  # the pairs file keeps its name inside --out DIR; --out-file replaces it
-        data["out"] = str(result_file(args, Path(str(data.get("out") or "pairs.h5")).name))
+        data["out"] = str(cliargs.result_file(args, Path(str(data.get("out") or "pairs.h5")).name))
     if args.copies is not None:
         data["copies"] = args.copies
     if args.seed is not None:
@@ -324,20 +314,6 @@ def _make_pairs(args) -> int:
     return 0
 
 
-def _config_and_files(args) -> tuple[str | None, list[str]]:
-    """make-pairs' positional inputs: the one ``.yaml``/``.yml`` among them is the config (or ``--config``, the
-    older spelling), the others are simulation files."""
-    from ..errors import ConfigError
-
-    configs = [a for a in args.inputs if Path(a).suffix.lower() in (".yaml", ".yml")]
-    files = [a for a in args.inputs if a not in configs]
-    if args.config_option:
-        configs.append(args.config_option)
-    if len(configs) > 1:
-        raise ConfigError(f"make-pairs takes one YAML config, got {len(configs)}: {', '.join(configs)}")
-    return (configs[0] if configs else None), files
-
-
 #: the seed's three training scripts (scripts/<name>.py): stage, default config, what it trains
 STAGE_SCRIPTS = {
     "patchRecovery": ("patch", "train_patch.yaml", "PatchRecoveryNet (14×14 pattern blocks → 76×76 phase patches)"),
@@ -369,12 +345,12 @@ def stage_script(name: str, argv: list[str] | None = None, configs: Path | None 
     p.add_argument("--config", help=f"training YAML (default: configs/{default_config})")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config field, e.g. trainer.lr=3e-4 (repeatable)")
-    add_out(p, None, "run folder (default: the config's out_dir)", old=("--out-dir",))
+    cliargs.add_out(p, None, "run folder (default: the config's out_dir)", old=("--out-dir",))
     p.add_argument("--epochs", type=int, help="override trainer.epochs")
     p.add_argument("--lr", type=float, help="override trainer.lr")
     p.add_argument("--device", help="cpu, cuda, cuda:1 or auto (default, unless --set trainer.device=…)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last")
-    add_dump_config(p)
+    cliargs.add_dump_config(p)
     if stage == "end2end":
         p.add_argument("--model", "--patch-model", dest="patch_model", metavar="MODEL",
                        help="trained patch model: run folder of patchRecovery.py or weights file (patch_checkpoint)")
