@@ -92,7 +92,7 @@ def add_out_file(p: argparse.ArgumentParser, name: str) -> None:
     p.add_argument("--out-file", metavar="FILE", help="the result file itself, another name than the default")
 
 
-def result_file(args: argparse.Namespace, name: str) -> Path:
+def result_file(args: argparse.Namespace, name: str, inputs: tuple = ()) -> Path:
     """The result file of :func:`add_out_file`'s flags: ``--out-file FILE``, else ``name`` inside ``--out DIR``.
     An ``--out`` ending in .h5/.hdf5 that is not an existing folder is the older meaning (the file itself): it
     still works, with a deprecation line; one with a figure suffix is taken as that file too, and refused (the
@@ -101,15 +101,24 @@ def result_file(args: argparse.Namespace, name: str) -> Path:
     if out_file is not None:
         if out is not None:
             raise ConfigError(f"--out {out} and --out-file {out_file}: give the folder or the file, not both")
-        return Path(out_file)
+        return _checked(Path(out_file), "--out-file", inputs)
     folder = Path(out if out is not None else ".")
     suffix = folder.suffix.lower()
     if suffix in RESULT_SUFFIXES + FIGURE_SUFFIXES and not folder.is_dir():
         if suffix in RESULT_SUFFIXES:
             deprecation(f"phasestem {getattr(args, 'command', '')}".strip(), f"--out {folder} (a file name)",
                         f"--out-file {folder} (--out is the output folder)")
-        return folder  # a figure suffix is refused where the result is written (safety.check_result_name)
-    return folder / name
+        return _checked(folder, "--out", inputs)
+    return _checked(folder / name, "--out", inputs)
+
+
+def _checked(result: Path, field: str, inputs) -> Path:
+    """``result`` after the checks that name the flag it came from: no figure suffix (the result is HDF5; its PNG
+    goes beside it) and not one of ``inputs`` (the commands repeat both checks where they write)."""
+    from .safety import check_result_name, refuse_output_over_inputs
+
+    refuse_output_over_inputs(check_result_name(result, field), list(inputs), field=field)
+    return result
 
 
 def add_key(p, help: str = "dataset/array holding the patterns inside the file", old: bool = True) -> None:

@@ -209,7 +209,8 @@ def _train(args) -> int:
 def _predict(args) -> int:
     from .apply import predict_file
 
-    out = cliargs.result_file(args, cliargs.stem_name(args.input, _sample_part(args.sample) + "_phase.h5"))
+    out = cliargs.result_file(args, cliargs.stem_name(args.input, _sample_part(args.sample) + "_phase.h5"),
+                              (args.input, args.model, args.stitch_model))
     path = predict_file(args.input, args.model, out, stitch_path=args.stitch_model, device=args.device,
                         png=not args.no_png, sample=args.sample, energy=args.energy, bad_pixels=args.bad_pixels,
                         patterns_key=args.patterns_key)
@@ -246,7 +247,8 @@ def _sample_part(sample: int | None) -> str:
 def _embed(args) -> int:
     from .apply import embed_file
 
-    out = cliargs.result_file(args, cliargs.stem_name(args.data, _sample_part(args.sample) + "_latent.h5"))
+    out = cliargs.result_file(args, cliargs.stem_name(args.data, _sample_part(args.sample) + "_latent.h5"),
+                              (args.data, args.model))
     res = embed_file(args.data, args.model, out, png=not args.no_png, device=args.device,
                      batch_size=args.batch_size, report=args.report, summary=args.summary,
                      patterns_key=args.patterns_key, sample=args.sample, bad_pixels=args.bad_pixels)
@@ -263,7 +265,7 @@ def _embed(args) -> int:
 def _refine(args) -> int:
     from .apply import refine_file
 
-    out = cliargs.result_file(args, cliargs.stem_name(args.image, "_refined.h5"))
+    out = cliargs.result_file(args, cliargs.stem_name(args.image, "_refined.h5"), (args.image, args.model))
     res = refine_file(args.image, args.model, out, png=not args.no_png, device=args.device,
                       size=None if args.size == 0 else args.size, key=args.key, bad_pixels=args.bad_pixels)
     print(f"refined phase {res['shape']} and ×2 {res['shape_x2']} (rad) → {res['out']}"
@@ -279,7 +281,7 @@ def _make_pairs(args) -> int:
     if files:
         data["files"] = files
     if args.out or args.out_file:  # the pairs file keeps its name inside --out DIR; --out-file replaces it
-        data["out"] = str(cliargs.result_file(args, Path(str(data.get("out") or "pairs.h5")).name))
+        data["out"] = str(cliargs.result_file(args, Path(str(data.get("out") or "pairs.h5")).name, (config, *files)))
     if args.copies is not None:
         data["copies"] = args.copies
     if args.seed is not None:
