@@ -8,8 +8,7 @@ that forwards every attribute to its new modules, first match wins (the objects 
 from __future__ import annotations
 
 import importlib
-import importlib.abc
-import importlib.util
+import importlib.machinery
 import sys
 import warnings
 from types import ModuleType
@@ -32,13 +31,14 @@ MOVED: dict[str, tuple[str, ...]] = {
 }
 
 
-class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Finds the old paths of :data:`MOVED` (asked after the real finders, so a real module of that name wins)."""
+class _Alias:
+    """Finds the old paths of :data:`MOVED` (asked after the real finders, so a real module of that name wins) and
+    loads them (the meta-path finder and loader protocols; no ABCs, so ``import phasestem`` stays light)."""
 
     def find_spec(self, fullname, path=None, target=None):
         if fullname not in MOVED:
             return None
-        return importlib.util.spec_from_loader(fullname, self)
+        return importlib.machinery.ModuleSpec(fullname, self)
 
     def create_module(self, spec):
         return None  # a plain module, filled by exec_module
