@@ -6,10 +6,14 @@
   the temporary file on any failure; an existing folder is refused as a file output.
 * :func:`check_finite` / :func:`mask_nonfinite`: refuse NaN/Inf values with the source and the first
   bad index, or replace them by the median of their finite neighbours and say how many.
-* :func:`available_memory`: what the machine can still hold (to decide eager vs lazy reads).
+* :func:`available_memory`: what the machine can still hold (to decide eager vs lazy reads); :func:`gb`
+  writes a size for messages.
+* :func:`check_readable`: why a path cannot be opened, in one line (missing, a loop of symbolic links, a link
+  to nothing, a folder, no permission).
 """
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -106,6 +110,38 @@ def available_memory() -> int:
         return int(psutil.virtual_memory().available)
     except ImportError:  # pragma: no cover - neither source present
         return 4 * 1024**3
+
+
+def gb(n: float) -> str:
+    """Bytes as a short human string in decimal units (bytes, kB, MB, GB, TB, PB)."""
+    for unit, scale in (("PB", 1e15), ("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{int(n)} bytes"
+
+
+def check_readable(path: PathLike, what: str = "file", folder_ok: bool = False) -> Path:
+    """``path`` if it can be opened for reading; else :class:`InputFileError` naming it and saying why (no such
+    file, a loop of symbolic links, a symbolic link to a missing target, a folder, no permission)."""
+    path = Path(path)
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InputFileError(f"{path}: a loop of symbolic links (no file at its end); expected a {what}") from None
+        if path.is_symlink():
+            raise InputFileError(f"{path}: a symbolic link to {os.readlink(path)}, which does not exist; expected a "
+                                 f"{what}") from None
+        if exc.errno == errno.EACCES:
+            raise InputFileError(f"{path}: permission denied; expected a readable {what}") from None
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise InputFileError(f"{path}: no such file; expected a {what}") from None
+        raise InputFileError(f"{path}: cannot be opened ({exc.strerror}); expected a {what}") from None
+    if os.path.isdir(path) and not folder_ok:
+        raise InputFileError(f"{path}: is a folder; expected a {what}")
+    if not os.access(path, os.R_OK):
+        raise InputFileError(f"{path}: permission denied; expected a readable {what}")
+    return path
 
 
 # ------------------------------------------------------------------------------------- finiteness

@@ -86,7 +86,7 @@ def optics_from_file(path: str | Path) -> _Optics | None:
         a = f.attrs
         if "semiangle" not in a or "angular_sampling" not in a or "energy" not in a:
             return None
-        return _Optics(float(a["energy"]), float(a["semiangle"]), seedfile.aberrations(a),
+        return _Optics(float(a["energy"]), float(a["semiangle"]), seedfile.aberrations(a, path),
                        tuple(float(v) for v in a["angular_sampling"]), tuple(float(v) for v in a["scan_step"]),
                        tuple(float(v) for v in a.get("scan_origin", (0.0, 0.0))))
 

@@ -49,7 +49,8 @@ import torch
 from torch import nn
 
 from .. import optics
-from ..errors import ConfigError, InputFileError, ShapeError
+from ..errors import ConfigError, ShapeError
+from ..io.arrays import read_array
 from ..physics import ForwardModel
 from ..safety import available_memory
 
@@ -115,35 +116,9 @@ def check_object_memory(obj_shape: tuple[int, int], n_slices: int, n_object_mode
             "scan.shape (Å, px?) and the detector sampling, or use fewer model.n_slices")
 
 
-def _read_array(path: str | Path, key: str | None, what: str, default_h5_key: str | None = None) -> np.ndarray:
-    """One array from ``.npy``, ``.npz`` (``key``, or its only array) or HDF5 (``key``, else ``default_h5_key``)."""
-    path = Path(path)
-    if not path.exists():
-        raise InputFileError(f"{path}: {what} not found")
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        return np.load(path, allow_pickle=False)
-    if suffix == ".npz":
-        with np.load(path, allow_pickle=False) as z:
-            names = list(z.keys())
-            k = key or (names[0] if len(names) == 1 else None)
-            if k not in names:
-                raise InputFileError(f"{path}: key {key!r} not found; the file holds {names}")
-            return z[k]
-    if suffix in (".h5", ".hdf5", ".hdf"):
-        import h5py
-
-        with h5py.File(path, "r") as f:
-            k = key if key is not None else (default_h5_key if default_h5_key in f else None)
-            if k is None or k not in f:
-                raise InputFileError(f"{path}: key {key!r} not found; the file holds {sorted(f.keys())}")
-            return f[k][...]
-    raise InputFileError(f"{path}: {what} must be .npy, .npz or HDF5, got '{suffix}'")
-
-
 def load_phase_image(path: str | Path, key: str | None = None) -> np.ndarray:
     """Read a 2-D phase image (rad) from ``.npy``, ``.npz`` (``key``) or HDF5 (``key``)."""
-    arr = np.asarray(_read_array(path, key, "initial phase image"), dtype=np.float32)
+    arr = np.asarray(read_array(path, key, "initial phase image"), dtype=np.float32)
     if arr.ndim != 2:
         raise ShapeError(f"{path}: initial phase must be a 2-D image (y, x), got shape {arr.shape}")
     return arr
@@ -152,7 +127,7 @@ def load_phase_image(path: str | Path, key: str | None = None) -> np.ndarray:
 def load_probe_file(path: str | Path, key: str | None = None) -> np.ndarray:
     """Read complex probe modes (M, ny, nx) from ``.npy``, ``.npz`` (``key``) or HDF5 (``key``; a phasestem
     ``results.h5`` needs none: ``probe/real_space`` is used). A 2-D array is one mode."""
-    arr = np.asarray(_read_array(path, key, "initial probe file", default_h5_key="probe/real_space"))
+    arr = read_array(path, key, "initial probe file", default_h5_key="probe/real_space", kinds="biufc")
     if arr.ndim == 2:
         arr = arr[None]
     if arr.ndim != 3:

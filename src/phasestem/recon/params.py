@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..configfile import read_yaml_mapping, validate
 from ..errors import ConfigError, InputFileError, PhasestemError, ShapeError
+from ..io.arrays import read_array
 from .constraints import Constraints
 from .model import PARAM_NAMES, Ptychography
 
@@ -353,7 +354,10 @@ def scan_positions(scan: ScanConfig, scan_shape: tuple[int, int]) -> np.ndarray:
     if scan.positions_file is not None:
         if not Path(scan.positions_file).exists():
             raise InputFileError(f"scan.positions_file: {scan.positions_file} not found")
-        pos = np.load(scan.positions_file, allow_pickle=False).reshape(-1, 2).astype(np.float64)
+        try:
+            pos = read_array(scan.positions_file, what="probe positions (.npy of Å)").reshape(-1, 2).astype(np.float64)
+        except PhasestemError as exc:
+            raise type(exc)(f"scan.positions_file: {exc}") from None
         if len(pos) != scan_shape[0] * scan_shape[1]:
             raise ConfigError(f"scan.positions_file: {len(pos)} positions for {scan_shape[0] * scan_shape[1]} patterns")
         return pos
@@ -437,9 +441,9 @@ def load_detector_shifts(params: ReconstructParams, n_patterns: int | None = Non
     if not path.exists():
         raise InputFileError(f"data.detector_shifts: {path} not found")
     try:
-        arr = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise InputFileError(f"data.detector_shifts: {path} is not a readable .npy ({exc})") from None
+        arr = read_array(path, what="detector shifts (.npy of px)")
+    except PhasestemError as exc:
+        raise type(exc)(f"data.detector_shifts: {exc}") from None
     if arr.shape[-1:] != (2,) or arr.ndim not in (2, 3) or not np.isfinite(arr).all():
         raise ConfigError(f"data.detector_shifts: {path} must hold finite (Sy, Sx, 2) or (N, 2) px, got shape "
                           f"{arr.shape}")

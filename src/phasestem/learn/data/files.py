@@ -89,7 +89,7 @@ def inspect_file(path: str | Path, block: int = 14, stride: int = 9, patch: int 
                     phase_sampling=phase_sampling, block=block, stride=stride, patch=patch)
                 energy = float(a["energy"])
                 sigma = seedfile.file_sigma(a, energy)
-                aberrations = seedfile.aberrations(a)
+                aberrations = seedfile.aberrations(a, path)
             except KeyError as exc:
                 raise InputFileError(f"{path}: root attribute {exc} missing (format {seedfile.FORMAT})") from exc
         else:
