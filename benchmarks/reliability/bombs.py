@@ -4,15 +4,16 @@ report the refusal's time and memory.
     python benchmarks/reliability/bombs.py                # every bomb
     python benchmarks/reliability/bombs.py --only npz     # bombs whose name contains 'npz'
 
-Each bomb runs in its own process: ``phasestem.cli`` is imported first (torch and the rest: the same for every
-command), then ``cli.main(argv)`` is timed and the rise of the process's peak resident memory over its resident
-memory before the call is read (``ru_maxrss`` after − ``VmRSS`` before): the cost of the refusal itself. The whole
-process (imports included) is measured too (``os.wait4``), and the command must exit 1 with one line on stderr
-(``phasestem <command>: error: <file>: …``; log lines aside, no traceback). A process still running after ``--timeout`` seconds is killed and
+Each bomb runs in its own process: ``phasestem.cli``, its command modules and the readers are imported
+first (torch, h5py, dask, rsciio: the same for every command), then ``cli.main(argv)`` is timed and the rise
+of the process's peak resident memory over its resident memory before the call is read (``ru_maxrss`` after −
+``VmRSS`` before): the cost of the refusal itself. The whole process (imports included) is measured too
+(``os.wait4``). The command must exit 1 with one error line on stderr (``phasestem <command>: error: <file>:
+…``; log lines aside, no traceback). A process still running after ``--timeout`` seconds is killed and
 reported as a hang. Acceptance: every refusal under 2 s and 500 MB.
 
-The files are sparse or tiny (a few MB on disk) except ``npz-expands``, whose 3.9 GB of zeros deflate to ≈ 4 MB
-(building it takes ≈ 10 s). The builders are also used by ``tests/test_reliability_bombs.py``.
+The files are sparse or tiny (a few MB on disk) except ``npz-expands``, whose 3.9 GB of zeros deflate to
+≈ 4 MB (building it takes ≈ 10-20 s). The builders are also used by ``tests/test_reliability_bombs.py``.
 """
 from __future__ import annotations
 
@@ -160,8 +161,13 @@ BOMBS: dict[str, tuple[str, Callable[[Path], list[str]]]] = {
 
 # the driver run in each child: imports first, then the command, measured
 _DRIVER = r"""
-import json, resource, sys, time
+import importlib, json, resource, sys, time
 import phasestem.cli as cli
+cli.build_parser()  # imports every command module (torch, ...)
+for name in ("dask.array", "h5py", "phasestem.io", "phasestem.calibrate.files", "phasestem.recon.params",
+             *(f"phasestem.io.{m}" for m in ("hdf5", "numpy", "raw", "rosetta", "dectris", "arrays")),
+             *(f"rsciio.{m}" for m in ("empad", "blockfile", "digitalmicrograph"))):
+    importlib.import_module(name)  # the readers' own imports: not part of a refusal
 def rss():
     with open("/proc/self/status") as fh:
         return next(int(l.split()[1]) for l in fh if l.startswith("VmRSS:")) * 1024

@@ -87,7 +87,7 @@ def check_written(dset: h5py.Dataset | h5py.Group, source: str) -> None:
     total = math.prod(math.ceil(s / c) for s, c in zip(dset.shape, dset.chunks, strict=True))
     written = dset.id.get_num_chunks()
     if written < total:
-        fill = dset.fillvalue
+        fill = np.asarray(dset.fillvalue).tolist()
         raise InputFileError(f"{source}: declared as {declared} but only {written:,} of its {total:,} chunks were "
                              f"written ({gb(dset.id.get_storage_size())} stored); the rest would read as the fill "
                              f"value {fill!r}. Expected a completely written dataset (an interrupted acquisition?)")
