@@ -134,6 +134,23 @@ def test_unwritten_hdf5_and_dectris_datasets_are_refused_before_reading(tmp_path
         io.load(master, energy=3e5, scan_step=1.0)
 
 
+def test_compressed_hdf5_expanding_more_than_200x_stays_on_disk(tmp_path):
+    """128 MiB of zeros stored as 512 gzip chunks of ≈ 300 bytes are read lazily, not into one 128 MiB buffer."""
+    import zlib
+
+    zero_chunk = zlib.compress(bytes(256 * 256 * 4))
+    with h5py.File(tmp_path / "zeros.h5", "w") as f:
+        d = f.create_dataset("patterns", shape=(16, 32, 256, 256), dtype="float32", chunks=(1, 1, 256, 256),
+                             compression="gzip")
+        for iy in range(16):
+            for ix in range(32):
+                d.id.write_direct_chunk((iy, ix, 0, 0), zero_chunk)
+    assert (tmp_path / "zeros.h5").stat().st_size < 1e6
+    ds = io.load(tmp_path / "zeros.h5", energy=3e5, scan_step=1.0)
+    assert not isinstance(ds.patterns, np.ndarray)  # on disk
+    assert float(np.asarray(ds.patterns[15, 31]).sum()) == 0.0
+
+
 def test_large_data_are_screened_by_sample_and_fully_on_request(tmp_path, monkeypatch):
     from phasestem.io import _common
 

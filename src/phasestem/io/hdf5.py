@@ -40,6 +40,10 @@ OWN_FORMAT = "phasestem-4dstem"
 #: an HDF5 array is read into memory (``lazy=None``) only if its float32 copy is below this share of the
 #: memory still available; larger ones stay on disk and are read pattern block by pattern block
 EAGER_MEMORY_FRACTION = 0.25
+#: compressed data expanding more than this many times (beyond 64 MiB) are never read whole into memory: an HDF5
+#: dataset of that kind stays on disk (read as needed), a compressed .npz member is refused (it cannot be)
+MAX_EXPANSION = 200
+EXPANSION_FREE_BYTES = 64 * 1024**2
 
 
 def _first_line(exc: BaseException) -> str:
@@ -99,7 +103,8 @@ def build_dataset(patterns, source: str, truth=None, lazy=None, metadata=None, f
 
     With ``lazy=None`` an on-disk array is read into memory when its float32 copy fits in
     :data:`EAGER_MEMORY_FRACTION` of the available memory (straight into one float32 buffer: never two
-    copies), and kept on disk otherwise.
+    copies) and it does not expand more than :data:`MAX_EXPANSION` times its stored size (a few MB of
+    compressed zeros declaring GBs), and kept on disk otherwise.
     """
     check_real(patterns, source)
     if not _is_lazy(patterns, lazy) and not isinstance(patterns, np.ndarray):
@@ -121,8 +126,17 @@ def _is_lazy(arr, lazy) -> bool:
     if isinstance(arr, np.ndarray):
         return False
     if lazy is None:
-        return int(np.prod(arr.shape)) * 4 > EAGER_MEMORY_FRACTION * available_memory()
+        size = int(np.prod(arr.shape)) * 4
+        return size > EAGER_MEMORY_FRACTION * available_memory() or _expands(arr)
     return bool(lazy)
+
+
+def _expands(dset) -> bool:
+    """Whether an h5py dataset's data expand more than :data:`MAX_EXPANSION` times beyond its stored size."""
+    if not isinstance(dset, h5py.Dataset) or dset.chunks is None:
+        return False
+    nbytes = dset.size * dset.dtype.itemsize
+    return nbytes > EXPANSION_FREE_BYTES and nbytes > MAX_EXPANSION * max(dset.id.get_storage_size(), 1)
 
 
 def _datasets(f: h5py.File) -> dict[str, h5py.Dataset]:

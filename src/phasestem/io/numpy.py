@@ -8,7 +8,7 @@ Sizes are checked from the headers before any data are mapped or decompressed:
   A stored (uncompressed, ``np.savez``) member is memory-mapped in place, like a ``.npy`` (copy-on-write:
   the arrays are writable, the file is never changed). A compressed
   (``np.savez_compressed``) member must be decompressed into memory: it is refused when it would expand more
-  than :data:`MAX_RATIO` times beyond :data:`RATIO_FREE_BYTES` (a zip bomb: 2 MB of zeros that expand to
+  than :data:`~phasestem.io.hdf5.MAX_EXPANSION` times beyond 64 MiB (a zip bomb: 2 MB of zeros that expand to
   3.9 GB) or when it would take more than :data:`~phasestem.io.hdf5.EAGER_MEMORY_FRACTION` of the memory
   available; save such data uncompressed (``np.savez``) or as HDF5.
 """
@@ -26,12 +26,8 @@ import numpy as np
 from ..dataset import FourDSTEM
 from ..errors import InputFileError
 from ..safety import atomic_file, available_memory, check_readable, gb
-from .hdf5 import EAGER_MEMORY_FRACTION, build_dataset
+from .hdf5 import EAGER_MEMORY_FRACTION, EXPANSION_FREE_BYTES, MAX_EXPANSION, build_dataset
 
-#: a compressed .npz member may expand at most this many times …
-MAX_RATIO = 200
-#: … once it expands beyond this many bytes (small members may compress as well as they like)
-RATIO_FREE_BYTES = 64 * 1024**2
 _PIECE = 16 * 1024**2
 
 
@@ -144,9 +140,9 @@ def read_member(zf: zipfile.ZipFile, path: Path, m: Member) -> np.ndarray:
         return np.memmap(path, dtype=m.dtype, mode="c", offset=start, shape=m.shape,
                          order="F" if m.fortran else "C")
     ratio = m.info.file_size / max(m.info.compress_size, 1)
-    if m.info.file_size > RATIO_FREE_BYTES and ratio > MAX_RATIO:
+    if m.info.file_size > EXPANSION_FREE_BYTES and ratio > MAX_EXPANSION:
         raise InputFileError(f"{source}: {gb(m.info.compress_size)} compressed that would expand {ratio:,.0f}× to "
-                             f"{_describe(m.shape, m.dtype)}; more than {MAX_RATIO}× is refused (a zip bomb?). "
+                             f"{_describe(m.shape, m.dtype)}; more than {MAX_EXPANSION}× is refused (a zip bomb?). "
                              "Save real data uncompressed (np.savez: read lazily) or as HDF5")
     have = available_memory()
     if m.info.file_size > EAGER_MEMORY_FRACTION * have:

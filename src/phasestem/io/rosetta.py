@@ -209,7 +209,7 @@ def _empad_extent(xml: Path) -> list[tuple[Path, int, str]]:
         n, what = int(info["scan_y"]) * int(info["scan_x"]), f"a {int(info['scan_y'])}×{int(info['scan_x'])} scan"
     if n <= 0:
         raise ShapeError(f"{xml}: declares {what}; expected at least one frame")
-    return [(raw, n * frame, f"{xml} declares {what}: {n} frames of {W}×{H + preset['footer_rows']} float32")]
+    return [(raw, n * frame, f"{xml} declares {what}: {n:,} frames of {W}×{H + preset['footer_rows']} float32")]
 
 
 def _blockfile_extent(path: Path) -> list[tuple[Path, int, str]]:

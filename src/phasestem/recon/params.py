@@ -355,7 +355,8 @@ def scan_positions(scan: ScanConfig, scan_shape: tuple[int, int]) -> np.ndarray:
         if not Path(scan.positions_file).exists():
             raise InputFileError(f"scan.positions_file: {scan.positions_file} not found")
         try:
-            pos = read_array(scan.positions_file, what="probe positions (.npy of Å)").reshape(-1, 2).astype(np.float64)
+            pos = read_array(scan.positions_file, what="probe positions file (.npy, Å)")
+            pos = pos.reshape(-1, 2).astype(np.float64)
         except PhasestemError as exc:
             raise type(exc)(f"scan.positions_file: {exc}") from None
         if len(pos) != scan_shape[0] * scan_shape[1]:
@@ -441,7 +442,7 @@ def load_detector_shifts(params: ReconstructParams, n_patterns: int | None = Non
     if not path.exists():
         raise InputFileError(f"data.detector_shifts: {path} not found")
     try:
-        arr = read_array(path, what="detector shifts (.npy of px)")
+        arr = read_array(path, what="detector shifts file (.npy, px)")
     except PhasestemError as exc:
         raise type(exc)(f"data.detector_shifts: {exc}") from None
     if arr.shape[-1:] != (2,) or arr.ndim not in (2, 3) or not np.isfinite(arr).all():
