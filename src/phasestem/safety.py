@@ -120,27 +120,34 @@ def gb(n: float) -> str:
     return f"{int(n)} bytes"
 
 
+def a_an(what: str) -> str:
+    """``what`` with its indefinite article (``an HDF5 file``, ``a 4D-STEM file``)."""
+    return f"{'an' if what[:1].lower() in 'aeio' or what.startswith('HDF') else 'a'} {what}"
+
+
 def check_readable(path: PathLike, what: str = "file", folder_ok: bool = False) -> Path:
     """``path`` if it can be opened for reading; else :class:`InputFileError` naming it and saying why (no such
-    file, a loop of symbolic links, a symbolic link to a missing target, a folder, no permission)."""
+    file, a loop of symbolic links, a symbolic link to a missing target, a folder, no permission) and that
+    ``what`` was expected."""
     path = Path(path)
+    what = a_an(what)
     try:
         os.stat(path)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise InputFileError(f"{path}: a loop of symbolic links (no file at its end); expected a {what}") from None
+            raise InputFileError(f"{path}: a loop of symbolic links (no file at its end); expected {what}") from None
         if path.is_symlink():
-            raise InputFileError(f"{path}: a symbolic link to {os.readlink(path)}, which does not exist; expected a "
+            raise InputFileError(f"{path}: a symbolic link to {os.readlink(path)}, which does not exist; expected "
                                  f"{what}") from None
         if exc.errno == errno.EACCES:
-            raise InputFileError(f"{path}: permission denied; expected a readable {what}") from None
+            raise InputFileError(f"{path}: permission denied; expected {what} that can be read") from None
         if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-            raise InputFileError(f"{path}: no such file; expected a {what}") from None
-        raise InputFileError(f"{path}: cannot be opened ({exc.strerror}); expected a {what}") from None
+            raise InputFileError(f"{path}: no such file; expected {what}") from None
+        raise InputFileError(f"{path}: cannot be opened ({exc.strerror}); expected {what}") from None
     if os.path.isdir(path) and not folder_ok:
-        raise InputFileError(f"{path}: is a folder; expected a {what}")
+        raise InputFileError(f"{path}: is a folder; expected {what}")
     if not os.access(path, os.R_OK):
-        raise InputFileError(f"{path}: permission denied; expected a readable {what}")
+        raise InputFileError(f"{path}: permission denied; expected {what} that can be read")
     return path
 
 

@@ -6,13 +6,14 @@ object array is refused naming the file, never cast). Range and shape checks are
 """
 from __future__ import annotations
 
+import os
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputFileError
-from ..safety import available_memory, check_readable, gb
+from ..safety import a_an, available_memory, check_readable, gb
 from .hdf5 import check_written, open_file, reading
 from .numpy import load_npy, npz_members, read_member
 
@@ -33,9 +34,12 @@ def read_array(path: str | Path, key: str | None = None, what: str = "array file
     ``default_h5_key``), told apart by the extension, else by the content. Its dtype kind must be one of
     ``kinds`` (``'biuf'``: real numbers; add ``'c'`` for complex); every failure is one
     :class:`InputFileError` line naming the file and ``what`` was expected."""
+    path = Path(path)
+    if not os.path.lexists(path):
+        raise InputFileError(f"{path}: {what} not found")
     path = check_readable(path, what)
     if path.stat().st_size == 0:
-        raise InputFileError(f"{path}: is empty (0 bytes); expected a {what}")
+        raise InputFileError(f"{path}: is empty (0 bytes); expected {a_an(what)}")
     suffix = path.suffix.lower()
     if suffix not in (".npy", ".npz", ".h5", ".hdf5", ".hdf"):  # by content: .npy unless zip or HDF5
         with open(path, "rb") as fh:
@@ -56,7 +60,7 @@ def read_array(path: str | Path, key: str | None = None, what: str = "array file
                 _check_size(members[k].nbytes, f"{path}:{k}")
                 arr = read_member(zf, path, members[k])
         except zipfile.BadZipFile as exc:
-            raise InputFileError(f"{path}: not a readable .npz ({exc}); expected a {what}") from None
+            raise InputFileError(f"{path}: not a readable .npz ({exc}); expected {a_an(what)}") from None
         source = f"{path}:{k}"
     elif suffix in (".h5", ".hdf5", ".hdf"):
         with open_file(path, what) as f, reading(path, what):
