@@ -27,6 +27,8 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from .safety import atomic_file
+
 log = logging.getLogger("phasestem.demo")
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -359,15 +361,22 @@ def _write_report(out: Path, summary: str, fom: dict[str, dict[str, float]], rou
     lines += ["", "Other figures: [simulation.png](simulation.png) (held-out truth, probe, patterns), "
               "[inspect.png](inspect.png) (mean pattern, virtual images, centre of mass).", ""]
     path = out / "report.md"
-    tmp = out / "report.md.tmp"
-    tmp.write_text("\n".join(lines))
-    tmp.replace(path)
+    with atomic_file(path, field="--out") as tmp:
+        tmp.write_text("\n".join(lines))
     return path
 
 
 # ------------------------------------------------------------------------------------------ main
 def run_demo(out: Path, quick: bool = False) -> Path:
-    """Run every stage into ``out``; returns the report path (``out/report.md``)."""
+    """Run every stage into ``out`` (holding its lock, :mod:`phasestem.lock`); returns the report path
+    (``out/report.md``)."""
+    from .lock import hold_output
+
+    with hold_output(out, "phasestem demo"):
+        return _run_demo(Path(out), quick)
+
+
+def _run_demo(out: Path, quick: bool) -> Path:
     from . import io
     from .learn.apply.phase import load_predictor, predict_phase
     from .learn.apply.refine import load_phaseformer, refine_phase

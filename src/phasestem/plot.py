@@ -19,12 +19,14 @@ def _plt():
 
 
 def save_figure(fig, path, dpi: int = 120, close: bool = False):
-    """Write ``fig`` to ``path`` atomically (temporary name, then rename); optionally close it."""
+    """Write ``fig`` to ``path`` atomically (:func:`phasestem.safety.atomic_file`); optionally close it. The format
+    is the suffix's (matplotlib's default format without one)."""
+    from .safety import atomic_file
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".partial" + path.suffix)
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-    tmp.replace(path)
+    fmt = path.suffix[1:].lower() or _plt().rcParams["savefig.format"]
+    with atomic_file(path, field="figure") as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=fmt)
     if close:
         _plt().close(fig)
     return path

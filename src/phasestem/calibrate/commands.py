@@ -26,10 +26,12 @@ def add_reader_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scan-shape", type=int, nargs=2, metavar=("ROWS", "COLS"), help="for flat (N, H, W) data")
     p.add_argument("--reader-option", action="append", default=[], metavar="KEY=VALUE",
                    help="extra reader option (value parsed as YAML), repeatable")
-    p.add_argument("--energy", type=float, help="beam energy in eV")
+    p.add_argument("--energy", type=float, help="beam energy in eV (default: the file's; a different value wins, "
+                   "with a warning)")
     p.add_argument("--semiangle", type=float, help="probe semi-angle in mrad (gives the angular sampling)")
     p.add_argument("--angular-sampling", type=float, help="detector pixel in mrad (gives the semi-angle instead)")
-    p.add_argument("--scan-step", type=float, nargs="+", help="scan step in Å (one value or dy dx)")
+    p.add_argument("--scan-step", type=float, nargs="+", help="scan step in Å (one value or dy dx; default: the "
+                   "file's; a different value wins, with a warning)")
 
 
 def reader_options(args) -> dict[str, Any]:

@@ -51,6 +51,9 @@ class Calibration:
     notes: list[str] = field(default_factory=list)
     source: str = ""
     mean_pattern: np.ndarray | None = None  # (H, W) bad pixels filled
+    #: where each value of the written parameter file came from, by field (``optics.energy`` → ``flag``, ``file``
+    #: or ``calibration``; :mod:`phasestem.provenance`), filled by :func:`phasestem.calibrate.files.calibrate_file`
+    sources: dict[str, str] = field(default_factory=dict)
 
     @property
     def plan(self):
@@ -100,7 +103,7 @@ class Calibration:
                "scan_step": list(self.scan_step), "bad_pixels": self.bad_pixels.to_dict(),
                "disk": self.disk.to_dict(), "centre_of_mass": self.com.to_dict(),
                "parallax": None if self.parallax is None else self.parallax.to_dict(), "notes": list(self.notes),
-               "scan": self.scan().to_dict(), "detector": self.detector().to_dict()}
+               "scan": self.scan().to_dict(), "detector": self.detector().to_dict(), "sources": dict(self.sources)}
         return out
 
     def summary(self) -> str:

@@ -3,7 +3,8 @@
 ``build_dataset(patterns, path, **options)`` turns whatever a reader found — flat
 (N, H, W) or gridded (Sy, Sx, H, W) patterns, lazy or not — plus the user's options into a
 :class:`~phasestem.dataset.FourDSTEM`. Options given by the user override values read from the
-file (passed as ``file_values``).
+file (passed as ``file_values``); the dataset's metadata says which value came from where and which given
+values differ from the file's (``calibration_sources``, ``calibration_conflicts``).
 
 Common reader options (all formats)
 -----------------------------------
@@ -29,8 +30,9 @@ from typing import Any
 import numpy as np
 
 from ..dataset import FourDSTEM, angular_sampling_for
-from ..errors import ConfigError, InputFileError, ShapeError
+from ..errors import ConfigError, InputFileError, MissingCalibrationError, ShapeError
 from ..optics import Aberrations
+from ..provenance import same_value
 from ..safety import check_bad_pixel_mode, check_finite, mask_nonfinite
 from ..scan import GridScan
 
@@ -160,38 +162,89 @@ class LazyView:
         return arr.astype(dtype) if dtype is not None else arr
 
 
+def normalised_calibrations(values: Mapping[str, Any] | None, path: str | Path) -> dict[str, Any]:
+    """``values`` without its None entries: pairs as (y, x) floats, energy and semi-angle as floats, the scan shape as
+    ints, aberrations under their canonical names (:class:`phasestem.optics.Aberrations`), positions (N, 2)."""
+    out: dict[str, Any] = {}
+    for key, v in (values or {}).items():
+        if v is None:
+            continue
+        if key in ("scan_step", "angular_sampling", "sampling", "scan_origin"):
+            out[key] = pair(v, key, path)
+        elif key in ("energy", "semiangle"):
+            out[key] = float(v)
+        elif key == "scan_shape":
+            out[key] = (int(v[0]), int(v[1]))
+        elif key == "aberrations":
+            try:
+                out[key] = Aberrations.from_dict(v).to_dict()
+            except ValueError as err:
+                raise ConfigError(f"{path}: aberrations: {err}") from None
+        elif key == "positions":
+            out[key] = np.asarray(v, dtype=np.float64).reshape(-1, 2)
+        else:
+            out[key] = v
+    return out
+
+
+def _pixel_mrad(vals: Mapping[str, Any], energy: float, shape: tuple[int, int]) -> tuple[float, float] | None:
+    """The detector pixel (mrad) of one set of calibrations: its angular_sampling, else its real-space sampling."""
+    if "angular_sampling" in vals:
+        return vals["angular_sampling"]
+    if "sampling" in vals:
+        return angular_sampling_for(energy, vals["sampling"], shape)
+    return None
+
+
 def build_dataset(patterns, path: str | Path, file_values: Mapping[str, Any] | None = None,
-                  metadata: Mapping[str, Any] | None = None, **options) -> FourDSTEM:
+                  metadata: Mapping[str, Any] | None = None, defaults: Mapping[str, Any] | None = None,
+                  **options) -> FourDSTEM:
     """A :class:`FourDSTEM` from patterns (N, H, W) or (Sy, Sx, H, W) and reader options.
 
-    ``file_values`` holds what the reader found in the file (same names as the options);
-    explicit ``options`` win. A flat pattern count that does not match ``scan_shape`` raises
-    :class:`ShapeError` naming the file and both numbers; a missing energy or scan step raises
-    :class:`ConfigError` naming the option.
+    ``file_values`` holds what the reader found in the file (same names as the options), ``defaults`` what a
+    reader assumes when neither the file nor the options say (e.g. the seed-000 generator's 2 Å step). Explicit
+    ``options`` win over the file, the file over ``defaults``; aberrations merge key by key.
+
+    The metadata records ``calibration_from_file`` (what the file held), ``calibration_given`` (the options),
+    ``calibration_sources`` (name → ``given``, ``file`` or ``default``; aberrations as ``aberrations.C10`` …) and
+    ``calibration_conflicts``: the names whose given value differs from the file's by more than
+    :data:`phasestem.provenance.SAME_VALUE_RTOL` (``sampling`` when a real-space pixel was given); the caller
+    warns (:func:`phasestem.provenance.conflict_messages`). A flat pattern count that does not match
+    ``scan_shape`` raises :class:`ShapeError` naming the file and both numbers; a missing energy or scan step
+    raises :class:`MissingCalibrationError` naming the option.
     """
     check_real(patterns, source_name(path, metadata))
     unknown = set(options) - set(COMMON_OPTIONS)
     if unknown:
         raise ConfigError(f"{path}: unknown reader option(s) {sorted(unknown)}; expected one of {list(COMMON_OPTIONS)}")
-    vals: dict[str, Any] = {k: v for k, v in (file_values or {}).items() if v is not None}
-    vals.update({k: v for k, v in options.items() if v is not None})
+    layers = {"given": normalised_calibrations(options, path), "file": normalised_calibrations(file_values, path),
+              "default": normalised_calibrations(defaults, path)}
+    sources: dict[str, str] = {}
+
+    def pick(name: str):
+        for source, vals in layers.items():
+            if name in vals:
+                sources[name] = source
+                return vals[name]
+        return None
+
     shape = tuple(int(s) for s in patterns.shape)
     check_not_empty(shape, path)
-    scan_order = str(vals.get("scan_order", "C")).upper()
+    scan_order = str(pick("scan_order") or "C").upper()
+    sources.pop("scan_order", None)
     if scan_order not in ("C", "F"):
         raise ConfigError(f"{path}: scan_order must be 'C' (x fastest) or 'F' (y fastest), got {scan_order!r}")
 
+    scan_shape = pick("scan_shape")
     if len(shape) == 3:
         n = shape[0]
-        scan_shape = vals.get("scan_shape")
         if scan_shape is None:
             side = int(round(math.sqrt(n)))
             if side * side != n:
                 raise ShapeError(
                     f"{path}: {n} patterns do not form a square scan; give scan_shape=(Sy, Sx) with Sy·Sx = {n}"
                 )
-            scan_shape = (side, side)
-        scan_shape = (int(scan_shape[0]), int(scan_shape[1]))
+            scan_shape, sources["scan_shape"] = (side, side), "default"
         if scan_shape[0] * scan_shape[1] != n:
             raise ShapeError(
                 f"{path}: the file holds {n} patterns but scan_shape {scan_shape} needs "
@@ -202,57 +255,82 @@ def build_dataset(patterns, path: str | Path, file_values: Mapping[str, Any] | N
         else:
             patterns4 = LazyView(patterns, scan_shape=scan_shape, scan_order=scan_order)
     elif len(shape) == 4:
-        if vals.get("scan_shape") is not None and tuple(int(s) for s in vals["scan_shape"]) != shape[:2]:
-            want = tuple(int(s) for s in vals["scan_shape"])
+        if scan_shape is not None and scan_shape != shape[:2]:
             raise ShapeError(
                 f"{path}: the file holds a {shape[0]}×{shape[1]} scan ({shape[0] * shape[1]} patterns) but "
-                f"scan_shape {want} needs {want[0] * want[1]}"
+                f"scan_shape {scan_shape} needs {scan_shape[0] * scan_shape[1]}"
             )
         patterns4 = patterns
+        layers["file"].setdefault("scan_shape", shape[:2])  # the array's own shape
+        sources["scan_shape"] = "file"
     else:
         raise ShapeError(f"{path}: patterns must have 3 (N, H, W) or 4 (Sy, Sx, H, W) axes, got shape {shape}")
 
-    energy = vals.get("energy")
+    energy = pick("energy")
     if energy is None:
-        raise ConfigError(f"{path}: the beam energy is not in the file; give it in eV "
-                          "(--energy on the command line, optics.energy in a parameter file, energy= in Python)")
-    energy = float(energy)
+        raise MissingCalibrationError(
+            f"{path}: the beam energy is not in the file; give it in eV (--energy on the command line, "
+            "optics.energy in a parameter file, energy= in Python)", "energy")
 
-    positions = vals.get("positions")
-    if positions is not None:
-        positions = np.asarray(positions, dtype=np.float64).reshape(-1, 2)
-        if scan_order == "F" and len(shape) == 3:  # file order (y fastest) → our row-major order
-            sy, sx = patterns4.shape[:2]
-            positions = positions.reshape(sx, sy, 2).transpose(1, 0, 2).reshape(-1, 2)
-    scan_step = pair(vals.get("scan_step"), "scan_step", path)
+    positions = pick("positions")
+    if positions is not None and scan_order == "F" and len(shape) == 3:  # file order (y fastest) → row-major
+        sy, sx = patterns4.shape[:2]
+        positions = positions.reshape(sx, sy, 2).transpose(1, 0, 2).reshape(-1, 2)
+    scan_step = pick("scan_step")
     if scan_step is None:
         if positions is None:
-            raise ConfigError(f"{path}: the scan step is not in the file; give it in Å (--scan-step on the command "
-                              "line, scan.step in a parameter file, scan_step= in Python)")
+            raise MissingCalibrationError(
+                f"{path}: the scan step is not in the file; give it in Å (--scan-step on the command line, "
+                "scan.step in a parameter file, scan_step= in Python)", "scan_step")
         grid = GridScan.raster_from_positions(positions)
         scan_step = grid.step if grid is not None else (0.0, 0.0)
+        sources["scan_step"] = sources["positions"]
 
     H, W = patterns4.shape[-2:]
-    ang = pair(vals.get("angular_sampling"), "angular_sampling", path)
-    samp = pair(vals.get("sampling"), "sampling", path)
-    if ang is None and samp is not None:
-        ang = angular_sampling_for(energy, samp, (H, W))
-    semiangle = vals.get("semiangle")
-    ab = vals.get("aberrations") or {}
-    try:
-        ab = Aberrations.from_dict(ab).to_dict()
-    except ValueError as err:
-        raise ConfigError(f"{path}: aberrations: {err}") from None
+    ang = None
+    for source, vals in layers.items():  # a given real-space sampling beats the file's detector pixel
+        ang = _pixel_mrad(vals, energy, (H, W))
+        if ang is not None:
+            sources["angular_sampling"] = source
+            break
+    semiangle = pick("semiangle")
+    scan_origin = pick("scan_origin") or (0.0, 0.0)
+    sources.setdefault("scan_origin", "default")
+    ab: dict[str, float] = {}
+    for source in ("default", "file", "given"):
+        for key, value in layers[source].get("aberrations", {}).items():
+            ab[key] = value
+            sources[f"aberrations.{key}"] = source
+
+    held, given = dict(layers["file"]), dict(layers["given"])
+    held.pop("positions", None)
+    given.pop("positions", None)
+    for vals in (held, given):  # the detector pixel both ways: mrad, and the real-space pixel (Å) it gives
+        px = _pixel_mrad(vals, energy, (H, W))
+        if px is not None:
+            vals.setdefault("angular_sampling", px)
+            vals.setdefault("sampling", angular_sampling_for(energy, px, (H, W)))  # λ/(N·x) both ways
+    conflicts = []
+    for name in ("energy", "scan_step", "scan_origin", "semiangle", "angular_sampling"):
+        if name in given and name in held and not same_value(given[name], held[name]):
+            conflicts.append(name)
+    if conflicts[-1:] == ["angular_sampling"] and "angular_sampling" not in layers["given"]:
+        conflicts[-1] = "sampling"  # given as a real-space pixel: say it in Å
+    for key, value in given.get("aberrations", {}).items():
+        if key in held.get("aberrations", {}) and not same_value(value, held["aberrations"][key]):
+            conflicts.append(f"aberrations.{key}")
     meta = {"source": str(path)}
     meta.update(dict(metadata or {}))
+    meta.update(calibration_from_file=held, calibration_given=given, calibration_sources=sources,
+                calibration_conflicts=conflicts)
     return FourDSTEM(
         patterns=patterns4,
         energy=energy,
         scan_step=scan_step,
         angular_sampling=ang,
-        semiangle=None if semiangle is None else float(semiangle),
+        semiangle=semiangle,
         aberrations=ab,
-        scan_origin=pair(vals.get("scan_origin"), "scan_origin", path) or (0.0, 0.0),
+        scan_origin=scan_origin,
         positions=positions,
         metadata=meta,
     )

@@ -144,7 +144,6 @@ def read(path: str | Path, **options) -> FourDSTEM:
     meta = {
         "format": "dectris",
         "data_files": [b.file.filename for b in blocks],
-        "calibration_from_file": dict(found),
         "missing_from_file": missing,
         "detector": detector.to_dict(),
     }
@@ -152,4 +151,6 @@ def read(path: str | Path, **options) -> FourDSTEM:
         given = [k for k in missing if options.get(k) is not None or k == "scan_shape"]
         log.info("%s: not in the file: %s%s", path, ", ".join(missing),
                  f" (given: {', '.join(given)})" if given else "")
-    return build_dataset(patterns, path, file_values=found, metadata=meta, scan_shape=scan_shape, **options)
+    held = {**found, "scan_shape": scan_shape} if source == "file" else found
+    return build_dataset(patterns, path, file_values=held, metadata=meta,
+                         scan_shape=None if source == "file" else scan_shape, **options)

@@ -5,7 +5,8 @@
 * a seed-000 file (ours, or the user's original generator's ``dp_set_{i}``/``phase_{i}``): sample
   ``sample`` (default: the first) with its ground truth;
 * any other file: ``patterns_key``, or the only 3-D/4-D dataset in it.
-Calibrations given as options override those found in the file.
+Calibrations given as options override those found in the file (the dataset's metadata says which, and
+which of them differ: :func:`phasestem.io._common.build_dataset`).
 
 Every patterns dataset must have been written: a dataset whose chunks (or contiguous storage) were never, or
 only partly, allocated is refused naming the file, the dataset and how much is missing, before anything is
@@ -97,7 +98,7 @@ def check_written(dset: h5py.Dataset | h5py.Group, source: str) -> None:
                              f"value {fill!r}. Expected a completely written dataset (an interrupted acquisition?)")
 
 
-def build_dataset(patterns, source: str, truth=None, lazy=None, metadata=None, file_values=None,
+def build_dataset(patterns, source: str, truth=None, lazy=None, metadata=None, file_values=None, defaults=None,
                   **options) -> FourDSTEM:
     """Shared tail of the hdf5/numpy readers: :func:`phasestem.io._common.build_dataset` plus ground truth.
 
@@ -109,7 +110,8 @@ def build_dataset(patterns, source: str, truth=None, lazy=None, metadata=None, f
     check_real(patterns, source)
     if not _is_lazy(patterns, lazy) and not isinstance(patterns, np.ndarray):
         patterns = read_float32(patterns)
-    ds = common_build_dataset(patterns, source, file_values=file_values, metadata=metadata, **options)
+    ds = common_build_dataset(patterns, source, file_values=file_values, metadata=metadata, defaults=defaults,
+                              **options)
     ds.truth = truth
     return ds
 
@@ -191,17 +193,18 @@ def read(path: str | Path, patterns_key: str | None = None, sample: int | None =
             raise InputFileError(f"{path}: no dataset '{positions_key}' (positions_key); datasets: {sorted(dsets)}")
         check_written(f[positions_key], f"{path}:{positions_key}")
         positions = np.asarray(f[positions_key][...], dtype=np.float64).reshape(-1, 2)
-    return build_dataset(f[patterns_key], f"{path}:{patterns_key}", truth=truth, positions=positions, lazy=lazy,
+    return build_dataset(f[patterns_key], f"{path}:{patterns_key}", truth=truth, lazy=lazy,
                          metadata={"file": str(path), "patterns_key": patterns_key},
-                         **{**_root_calibrations(f.attrs), **options})
+                         file_values={**stored_calibrations(f.attrs), "positions": positions}, **options)
 
 
-#: calibrations a generic file may carry as root attributes (the caller's options win)
+#: calibrations a generic file may carry as root attributes (HDF5) or as small arrays (.npz) under these names
 ROOT_CALIBRATIONS = ("energy", "scan_step", "angular_sampling", "sampling", "semiangle")
 
 
-def _root_calibrations(attrs) -> dict:
-    """Calibrations stored as root attributes of a generic HDF5 file (energy in eV, steps in Å, mrad)."""
+def stored_calibrations(attrs) -> dict:
+    """Calibrations stored under :data:`ROOT_CALIBRATIONS` names (energy in eV, steps in Å, mrad) in a mapping
+    (the root attributes of a generic HDF5 file, the arrays of an .npz): one or two finite numbers each."""
     out = {}
     for key in ROOT_CALIBRATIONS:
         v = _attr(attrs, key)
@@ -220,12 +223,13 @@ def _read_seed(f, path, samples, sample, lazy, potential_energy, **options) -> F
         raise InputFileError(f"{path}: no sample {sample} ('{key}'); samples {samples[0]}…{samples[-1]} are here")
     ours = seed.is_own(f.attrs)
     meta = {"file": str(path), "patterns_key": key, "sample": sample}
+    held, assumed = {}, {}
     if ours:
         energy = float(f.attrs["energy"])
-        defaults = dict(energy=energy, scan_step=tuple(f.attrs["scan_step"]),
-                        angular_sampling=tuple(f.attrs["angular_sampling"]), semiangle=float(f.attrs["semiangle"]),
-                        aberrations=seed.aberrations(f.attrs, path),
-                        scan_origin=tuple(f.attrs["scan_origin"]))
+        held = dict(energy=energy, scan_step=tuple(f.attrs["scan_step"]),
+                    angular_sampling=tuple(f.attrs["angular_sampling"]), semiangle=float(f.attrs["semiangle"]),
+                    aberrations=seed.aberrations(f.attrs, path),
+                    scan_origin=tuple(f.attrs["scan_origin"]))
         phase = seed.read_phase(f, seed.phase_key(sample))
         meta["phase_target"] = "phase_rad (stored)"
         sampling = tuple(f.attrs["phase_sampling"])
@@ -234,8 +238,8 @@ def _read_seed(f, path, samples, sample, lazy, potential_energy, **options) -> F
         H = f[key].shape[-2]
         lam = wavelength(energy)
         cell = seed.ORIGINAL_EXTENT
-        defaults = dict(energy=energy, scan_step=(seed.ORIGINAL_SCAN_STEP,) * 2,
-                        angular_sampling=(lam / cell * 1e3 * 256 / H,) * 2)
+        assumed = dict(energy=energy, scan_step=(seed.ORIGINAL_SCAN_STEP,) * 2,
+                       angular_sampling=(lam / cell * 1e3 * 256 / H,) * 2)
         phase = None
         if seed.phase_key(sample) in f:
             phase = seed.read_phase(f, seed.phase_key(sample), energy)
@@ -244,27 +248,26 @@ def _read_seed(f, path, samples, sample, lazy, potential_energy, **options) -> F
         log.warning("%s: original-generator file without calibrations: assuming %g keV, 2 Å step, patterns over the "
                     "full angular range of a 100 Å cell; pass energy/scan_step/angular_sampling to override",
                     path, energy / 1e3)
-    defaults.update({k: v for k, v in options.items() if v is not None})
     truth = None if phase is None else {"phase": phase, "sampling": sampling}
     check_written(f[key], f"{path}:{key}")
-    return build_dataset(f[key], f"{path}:{key}", truth=truth, lazy=lazy, metadata=meta, **defaults)
+    return build_dataset(f[key], f"{path}:{key}", truth=truth, lazy=lazy, metadata=meta, file_values=held,
+                         defaults=assumed, **options)
 
 
 def _read_own(f, path, lazy, **options) -> FourDSTEM:
     a = f.attrs
-    kw = dict(energy=float(a["energy"]), scan_step=tuple(a["scan_step"]),
-              angular_sampling=tuple(a["angular_sampling"]) if "angular_sampling" in a else None,
-              semiangle=float(a["semiangle"]) if "semiangle" in a else None,
-              aberrations=loads_json(_attr(a, "aberrations", "{}"), f"{path}: attribute 'aberrations'"),
-              scan_origin=tuple(a.get("scan_origin", (0, 0))))
-    kw.update({k: v for k, v in options.items() if v is not None})
-    positions = np.asarray(f["positions"][...]) if "positions" in f else None
+    held = dict(energy=float(a["energy"]), scan_step=tuple(a["scan_step"]),
+                angular_sampling=tuple(a["angular_sampling"]) if "angular_sampling" in a else None,
+                semiangle=float(a["semiangle"]) if "semiangle" in a else None,
+                aberrations=loads_json(_attr(a, "aberrations", "{}"), f"{path}: attribute 'aberrations'"),
+                scan_origin=tuple(a["scan_origin"]) if "scan_origin" in a else None,
+                positions=np.asarray(f["positions"][...]) if "positions" in f else None)
     truth = None
     if "truth/phase" in f:
         truth = {"phase": np.asarray(f["truth/phase"][...]), "sampling": tuple(f["truth"].attrs["sampling"])}
     check_written(f["patterns"], f"{path}:patterns")
-    return build_dataset(f["patterns"], f"{path}:patterns", positions=positions, truth=truth, lazy=lazy,
-                         metadata={"file": str(path)}, **kw)
+    return build_dataset(f["patterns"], f"{path}:patterns", truth=truth, lazy=lazy, metadata={"file": str(path)},
+                         file_values=held, **options)
 
 
 def write(path: str | Path, dataset: FourDSTEM, compression: int = 4) -> Path:

@@ -26,7 +26,14 @@ import numpy as np
 from ..dataset import FourDSTEM
 from ..errors import InputFileError
 from ..safety import atomic_file, available_memory, check_readable, gb
-from .hdf5 import EAGER_MEMORY_FRACTION, EXPANSION_FREE_BYTES, MAX_EXPANSION, build_dataset
+from .hdf5 import (
+    EAGER_MEMORY_FRACTION,
+    EXPANSION_FREE_BYTES,
+    MAX_EXPANSION,
+    ROOT_CALIBRATIONS,
+    build_dataset,
+    stored_calibrations,
+)
 
 _PIECE = 16 * 1024**2
 
@@ -168,10 +175,14 @@ def read(path: str | Path, patterns_key: str | None = None, positions_key: str |
          phase_key: str | None = None, **options) -> FourDSTEM:
     """Read patterns (Sy, Sx, H, W) or (N, H, W) from .npy or from key ``patterns_key`` of an .npz.
 
+    An .npz's small arrays named ``energy`` (eV), ``scan_step`` (Å), ``angular_sampling`` (mrad), ``sampling`` (Å)
+    or ``semiangle`` (mrad) are the file's calibrations (what :func:`write` stores).
+
     ``options`` are the calibrations of :func:`phasestem.io.hdf5.build_dataset` (energy, scan_step, …).
     """
     path = check_readable(path, "NumPy file")
     positions = truth = None
+    held: dict = {}
     if path.suffix.lower() == ".npy":
         arr = load_npy(path)
         key = "array"
@@ -189,11 +200,14 @@ def read(path: str | Path, patterns_key: str | None = None, positions_key: str |
                 if k is not None and k not in keys:
                     raise InputFileError(f"{path}: no array '{k}' ({role}); arrays present: {keys}")
             arr = read_member(zf, path, members[key])
+            small = {k: read_member(zf, path, members[k]) for k in ROOT_CALIBRATIONS
+                     if k in members and members[k].nbytes <= 64}
+            held = stored_calibrations(small)  # e.g. energy, scan_step, angular_sampling written by write()
             if positions_key:
                 positions = np.asarray(read_member(zf, path, members[positions_key]), dtype=np.float64).reshape(-1, 2)
             if phase_key:
                 truth = {"phase": np.asarray(read_member(zf, path, members[phase_key]), dtype=np.float32)}
-    return build_dataset(arr, f"{path}:{key}", positions=positions, truth=truth,
+    return build_dataset(arr, f"{path}:{key}", truth=truth, file_values={**held, "positions": positions},
                          metadata={"file": str(path), "patterns_key": key}, **options)
 
 

@@ -387,7 +387,6 @@ def read(path: str | Path, plugin: str | None = None, reader_options: Mapping[st
         missing.append("scan_shape")
     meta = {
         "format": f"rsciio:{plugin}",
-        "calibration_from_file": dict(found),
         "missing_from_file": missing,
         "detector_units": [_units(a.get("units")) for a in axes[-2:]],
         "navigation_units": [_units(a.get("units")) for a in nav_axes],
@@ -398,4 +397,6 @@ def read(path: str | Path, plugin: str | None = None, reader_options: Mapping[st
         given = [k for k in missing if options.get(k) is not None or k == "scan_shape"]
         log.info("%s: not in the file: %s%s", path, ", ".join(missing),
                  f" (given: {', '.join(given)})" if given else "")
-    return build_dataset(data, path, file_values=found, metadata=meta, scan_shape=scan_shape, **options)
+    held = {**found, "scan_shape": scan_shape} if scan_source == "file" else found
+    return build_dataset(data, path, file_values=held, metadata=meta,
+                         scan_shape=None if scan_source == "file" else scan_shape, **options)

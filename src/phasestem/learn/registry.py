@@ -104,12 +104,16 @@ def build_run(cfg):
 
 
 def train_run(cfg) -> dict[str, Any]:
-    """Train one run as configured; ``config.yaml`` is written into the run folder first."""
+    """Train one run as configured; ``config.yaml`` is written into the run folder first. The run folder is held
+    from before the data are read to the end (:func:`phasestem.lock.hold_output`; FolderBusyError when another
+    run holds it)."""
+    from ..lock import hold_output
     from .config import dump_config
 
-    trainer = build_run(cfg)
-    dump_config(cfg, Path(cfg.out_dir) / "config.yaml")
-    return trainer.fit(resume=cfg.resume)
+    with hold_output(cfg.out_dir, f"phasestem train {cfg.network}"):
+        trainer = build_run(cfg)
+        dump_config(cfg, Path(cfg.out_dir) / "config.yaml")
+        return trainer.fit(resume=cfg.resume)
 
 
 def load_model(path: str | Path, kinds: tuple[str, ...] | None = None, map_location: str = "cpu"):

@@ -98,7 +98,7 @@ from .trainer_config import (
     seed_loader,
     steps_per_epoch,
 )
-from .trainer_state import RunFolderMixin
+from .trainer_state import RunFolderMixin, holding_out_dir
 
 #: the names other modules (and users' scripts) import from here, wherever they are defined
 __all__ = ["Trainer", "TrainerConfig", "TrainingDivergedError", "CheckpointError", "save_weights", "load_weights",
@@ -336,8 +336,9 @@ class Trainer(RunFolderMixin):
             means = dict(zip(keys, t.tolist(), strict=True))
         return means
 
+    @holding_out_dir
     def fit(self, resume: bool | str | Path | None = None) -> dict[str, Any]:
-        """Train for ``config.epochs`` (from a checkpoint when ``resume``); returns a summary dict.
+        """Train for ``config.epochs`` (from a checkpoint when ``resume``; ``out_dir`` held); returns a summary dict.
 
         ``resume=True`` continues from ``out_dir/last`` when it exists; a path names a checkpoint
         folder. The summary holds ``best`` (monitor value), ``best_epoch``, ``epochs_run``,

@@ -32,6 +32,7 @@ Reliability
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
 import math
@@ -43,6 +44,7 @@ from typing import Any
 import torch
 
 from ..configfile import get_dotted, loads_json
+from ..lock import hold_output
 from .checkpoint import (
     _MISSING,
     MANIFEST,
@@ -68,6 +70,19 @@ from .checkpoint import (
 from .trainer_config import TrainingDivergedError, _rng_state
 
 log = logging.getLogger("phasestem.learn")
+
+
+def holding_out_dir(fit):
+    """Decorator of :meth:`Trainer.fit`: the run folder ``out_dir`` (when there is one) is held for the whole fit
+    (:func:`phasestem.lock.hold_output`; FolderBusyError when another run holds it), so that the checkpoint writes
+    may remove what killed runs left there (:func:`.checkpoint.commit_folder`)."""
+    @functools.wraps(fit)
+    def held(self, *args, **kwargs):
+        if self.out_dir is None:
+            return fit(self, *args, **kwargs)
+        with hold_output(self.out_dir, "phasestem train"):
+            return fit(self, *args, **kwargs)
+    return held
 
 
 class RunFolderMixin:

@@ -609,15 +609,18 @@ class Ptychography(nn.Module):
 
         return plot_compare(self, dataset=dataset, truth=truth, path=path)
 
-    def save_results(self, path_or_dataset=None, config_text: str | None = None, metrics: dict | None = None):
+    def save_results(self, path_or_dataset=None, config_text: str | None = None, metrics: dict | None = None,
+                     provenance: list | None = None):
         """With a path (str or ``Path``): write the results HDF5 (see :mod:`phasestem.recon.results`) atomically and
         return the path. With a dataset or nothing (CDTools' ``model.save_results(dataset)``): return the results
         as a plain dict of numpy arrays and numbers (the keys of :func:`~phasestem.recon.results.load_results`),
-        ready for ``pickle.dump`` or ``np.savez``."""
+        ready for ``pickle.dump`` or ``np.savez``. ``provenance``: the run's settings and their sources
+        (:class:`phasestem.provenance.Setting` rows), written to ``provenance/``."""
         from .results import results_dict, save_results
 
         if isinstance(path_or_dataset, str | Path):
-            return save_results(self, path_or_dataset, config_text=config_text, metrics=metrics)
+            return save_results(self, path_or_dataset, config_text=config_text, metrics=metrics,
+                                provenance=provenance)
         return results_dict(self, metrics=metrics)
 
     # ---- per-epoch history -------------------------------------------------------------

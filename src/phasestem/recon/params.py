@@ -19,12 +19,13 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..configfile import read_yaml_mapping, validate
 from ..errors import ConfigError, InputFileError, PhasestemError, ShapeError
 from ..io.arrays import read_array
 from .constraints import Constraints
+from .losses import LossConfig
 from .model import PARAM_NAMES, Ptychography
 
 log = logging.getLogger("phasestem.recon")
@@ -76,16 +77,20 @@ class DataConfig(Strict):
 
 
 class OpticsConfig(Strict):
-    """Beam and probe."""
+    """Beam and probe. A value left out (or null) is the data file's; one given here wins over the file's, with a
+    warning naming both when they differ."""
 
-    energy: float = Field(gt=0, description="beam energy in eV")
-    semiangle: float = Field(gt=0, description="probe convergence semi-angle in mrad")
-    aberrations: dict[str, float] = Field(default_factory=dict,
-                                          description="aberrations in Å/rad (C10 (= −defocus), C30 or Cs, …)")
+    energy: float | None = Field(None, gt=0, description="beam energy in eV; null: from the data file")
+    semiangle: float | None = Field(None, gt=0, description="probe convergence semi-angle in mrad; null: from the "
+                                    "data file")
+    aberrations: dict[str, float] = Field(
+        default_factory=dict, description="aberrations in Å/rad (C10 (= −defocus), C30 or Cs, …), key by key over "
+        "the data file's (a key given here wins; the file's other keys are kept)")
     angular_sampling: tuple[float, float] | float | None = Field(
-        None, description="detector pixel in mrad (one or two values); null: from the file or sampling")
+        None, description="detector pixel in mrad (one or two values); null: from optics.sampling, else the data "
+        "file")
     sampling: tuple[float, float] | float | None = Field(
-        None, description="real-space pixel in Å instead of angular_sampling")
+        None, description="real-space pixel in Å instead of angular_sampling (wins over the file's detector pixel)")
     aperture_edge: Literal["soft", "hard", "measured"] = Field(
         "soft", description="edge of the nominal probe's aperture: soft (one-pixel roll-off), hard, or measured "
         "(amplitude from the mean measured pattern)")
@@ -105,11 +110,14 @@ class OpticsConfig(Strict):
 
 
 class ScanConfig(Strict):
-    """Scan geometry (positions are the probe centres in Å)."""
+    """Scan geometry (positions are the probe centres in Å). A value left out (or null) is the data file's; one
+    given here wins over the file's, with a warning naming both when they differ."""
 
     shape: tuple[int, int] | None = Field(None, description="(rows, cols) of the scan; null: from the file")
-    step: tuple[float, float] | float = Field(description="scan step in Å (one or two values (dy, dx))")
-    origin: tuple[float, float] = Field((0.0, 0.0), description="(y, x) Å of the first position")
+    step: tuple[float, float] | float | None = Field(
+        None, description="scan step in Å (one or two values (dy, dx)); null: from the data file")
+    origin: tuple[float, float] | None = Field(None, description="(y, x) Å of the first position; null: from the "
+                                               "data file, else (0, 0)")
     rotation: float = Field(0.0, description="scan rotation in degrees, counter-clockwise as displayed (y down)")
     affine: tuple[tuple[float, float], tuple[float, float]] | None = Field(
         None, description="2×2 matrix applied to the (y, x) grid positions (scale/shear), after rotation"
@@ -192,15 +200,27 @@ class ModelConfig(Strict):
 
 
 class LossesConfig(Strict):
-    """Loss weights (0 disables a term)."""
+    """Loss terms: exactly the terms named here run, at their weights (a term left out is off); with none named,
+    the Gaussian term on amplitudes alone at weight 1. The run log names the terms that ran."""
 
-    gaussian: float = Field(1.0, ge=0, description="weight of the Gaussian term on intensity^power")
-    poisson: float = Field(0.0, ge=0, description="weight of the Poisson deviance (negative log-likelihood minus its "
-                           "value at the data); for counted data gaussian 0.5 + poisson 0.5 (robust to "
-                           "model mismatch and right at low counts)")
-    pacbed: float = Field(0.0, ge=0, description="weight of the PACBED consistency term")
-    sparsity: float = Field(0.0, ge=0, description="weight of the L1 sparsity of the object phase")
+    gaussian: float | None = Field(None, ge=0, description="weight of the Gaussian term on intensity^power; left out "
+                                   "(null): 0 when another term is named, 1 when none is")
+    poisson: float | None = Field(None, ge=0, description="weight of the Poisson deviance (negative log-likelihood "
+                                  "minus its value at the data); for counted data gaussian 0.5 + poisson 0.5 (robust "
+                                  "to model mismatch and right at low counts); left out (null): 0")
+    pacbed: float | None = Field(None, ge=0, description="weight of the PACBED consistency term; left out (null): 0")
+    sparsity: float | None = Field(None, ge=0, description="weight of the L1 sparsity of the object phase; left out "
+                                   "(null): 0")
     power: float = Field(0.5, gt=0, le=1, description="exponent p of the Gaussian term (0.5 = amplitudes)")
+
+    @model_validator(mode="after")
+    def _one_data_term(self):
+        self.resolved()
+        return self
+
+    def resolved(self):
+        """The :class:`phasestem.recon.losses.LossConfig` of these weights (the terms that run)."""
+        return LossConfig(**self.model_dump())
 
 
 class RunConfig(Strict):
@@ -226,8 +246,8 @@ class RunConfig(Strict):
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
     lr_scale: float = Field(1.0, gt=0, description="multiplies every learning rate")
     lr_decay: Literal["none", "cosine"] = Field("cosine", description="cosine: every learning rate falls to lr_final "
-                                                "× its value over the run's epochs (restarts on --resume), which keeps "
-                                                "noisy data from being over-fitted late in a run; none: constant")
+                                                "× its value over the run's epochs (--resume continues it), which "
+                                                "keeps noisy data from being over-fitted late in a run; none: constant")
     lr_final: float = Field(0.1, gt=0, le=1, description="final learning-rate fraction of lr_decay: cosine")
     seed: int = Field(0, description="seed of the batch order")
     device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1, auto")
@@ -368,9 +388,37 @@ def scan_positions(scan: ScanConfig, scan_shape: tuple[int, int]) -> np.ndarray:
                     affine=scan.affine).positions()
 
 
-def build_dataset(params: ReconstructParams):
-    """Load the data file with :func:`phasestem.io.load` and apply the data/optics/scan settings."""
+#: reader calibration → the parameter-file field that gives it
+CALIBRATION_FIELDS = {"scan_shape": "scan.shape", "scan_step": "scan.step", "scan_origin": "scan.origin",
+                      "energy": "optics.energy", "semiangle": "optics.semiangle",
+                      "angular_sampling": "optics.angular_sampling", "sampling": "optics.sampling",
+                      "aberrations": "optics.aberrations"}
+
+
+def given_calibrations(params: ReconstructParams) -> dict[str, Any]:
+    """The calibrations the parameter file gives (reader option names; a value left out or null is absent)."""
+    o, s = params.optics, params.scan
+    given = {"energy": o.energy, "semiangle": o.semiangle, "scan_step": s.step, "scan_origin": s.origin,
+             "scan_shape": s.shape, "aberrations": dict(o.aberrations) or None}
+    if o.angular_sampling is not None:
+        given["angular_sampling"] = o.angular_sampling
+    elif o.sampling is not None:
+        given["sampling"] = o.sampling
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def build_dataset(params: ReconstructParams, sources: dict[str, str] | None = None, warn: bool = True):
+    """Load the data file with :func:`phasestem.io.load` and apply the data/optics/scan settings.
+
+    Every calibration the parameter file leaves out (or null) is the file's; one it gives wins, with a warning
+    (log and stderr) naming the field and both values when it differs from the file's (``warn``). The resolved
+    settings and their sources are ``dataset.metadata['settings']`` (a list of
+    :class:`phasestem.provenance.Setting`); ``sources`` labels values of the parameter file by field (default
+    ``YAML``; e.g. ``{"optics.semiangle": "calibration"}`` for a file written by ``phasestem calibrate``)."""
     from .. import io
+    from ..errors import MissingCalibrationError
+    from ..provenance import conflict_messages
+    from .report import geometry_settings
 
     d, o, s = params.data, params.optics, params.scan
     if "defocus" in o.aberrations:
@@ -379,17 +427,15 @@ def build_dataset(params: ReconstructParams):
                     o.aberrations["defocus"], -o.aberrations["defocus"], abs(o.aberrations["defocus"]),
                     "beyond" if o.aberrations["defocus"] > 0 else "before")
     options = dict(d.reader_options)
-    options.update(energy=o.energy, scan_step=s.step, semiangle=o.semiangle, aberrations=dict(o.aberrations))
-    if o.angular_sampling is not None:
-        options["angular_sampling"] = o.angular_sampling
-    elif o.sampling is not None:
-        options["sampling"] = o.sampling
-    if s.shape is not None:
-        options["scan_shape"] = s.shape
+    options.update(given_calibrations(params))
     if d.patterns_key is not None:
         options["patterns_key"] = d.patterns_key
     try:
         ds = io.load(d.file, format=d.format, **options)
+    except MissingCalibrationError as exc:
+        field = CALIBRATION_FIELDS.get(exc.name, exc.name)
+        raise ConfigError(f"{field}: not given, and {d.file} does not hold it ({_WHAT[exc.name]}); give {field}"
+                          ) from None
     except ShapeError as exc:
         if s.shape is not None and "scan" in str(exc):
             n = s.shape[0] * s.shape[1]
@@ -401,21 +447,19 @@ def build_dataset(params: ReconstructParams):
     if s.shape is not None and tuple(ds.scan_shape) != tuple(s.shape):
         raise ConfigError(f"scan.shape: {tuple(s.shape)} = {s.shape[0] * s.shape[1]} positions but {d.file} has "
                           f"{ds.n_patterns} patterns in a {ds.scan_shape[0]}×{ds.scan_shape[1]} scan")
-    # calibrations given in the YAML win over the file's
-    changes: dict[str, Any] = {"energy": o.energy, "semiangle": o.semiangle, "aberrations": dict(o.aberrations),
-                               "scan_step": s.step, "scan_origin": tuple(s.origin)}
-    if o.angular_sampling is not None:
-        changes["angular_sampling"] = o.angular_sampling
-    elif o.sampling is not None:
-        from ..dataset import angular_sampling_for
-
-        changes["angular_sampling"] = angular_sampling_for(o.energy, o.sampling, ds.pattern_shape)
-    ds = ds._replace(**changes)
-    if ds.angular_sampling is None and ds.sampling_override is None:
-        raise ConfigError("optics.angular_sampling: the detector pixel (mrad) is not in the file; give "
-                          "optics.angular_sampling or optics.sampling")
+    if warn:
+        for message in conflict_messages(ds.metadata, CALIBRATION_FIELDS, sources or "YAML",
+                                         " (leave {field} out, or null, to use the file's)"):
+            log.warning(message)
+    for name, what in (("semiangle", ds.semiangle), ("angular_sampling", ds.angular_sampling)):
+        if what is None:
+            field = CALIBRATION_FIELDS[name]
+            also = " or optics.sampling (Å)" if name == "angular_sampling" else ""
+            raise ConfigError(f"{field}: not given, and {d.file} does not hold it ({_WHAT[name]}); give {field}{also}")
+    ds.metadata["settings"] = geometry_settings(params, ds, sources)
     if s.rotation or s.affine is not None or s.positions_file is not None:
-        ds = ds._replace(positions=scan_positions(s, ds.scan_shape))
+        resolved = s.model_copy(update={"step": ds.scan_step, "origin": ds.scan_origin})
+        ds = ds._replace(positions=scan_positions(resolved, ds.scan_shape))
     if d.scan_subset is not None:
         r0, r1, c0, c1 = d.scan_subset
         ds = ds.scan_subset(slice(r0, r1), slice(c0, c1))
@@ -430,6 +474,11 @@ def build_dataset(params: ReconstructParams):
     if d.pad is not None:
         ds = ds.padded(tuple(d.pad))
     return ds
+
+
+#: what each calibration is, for the message when neither the parameter file nor the data file gives it
+_WHAT = {"energy": "the beam energy, eV", "scan_step": "the scan step, Å", "semiangle": "the probe semi-angle, mrad",
+         "angular_sampling": "the detector pixel, mrad"}
 
 
 def load_detector_shifts(params: ReconstructParams, n_patterns: int | None = None) -> np.ndarray | None:
@@ -505,11 +554,9 @@ def build_model(params: ReconstructParams, dataset) -> Ptychography:
 
 def optimizer_options(params: ReconstructParams) -> dict:
     """Keyword arguments of :func:`phasestem.recon.engine.optimize` from the ``run``/``losses``/``constraints``."""
-    from .losses import LossConfig
-
     r = params.run
     return {"optimizer": r.optimizer, "batch_size": r.batch_size, "batch_mode": r.batch_mode,
-            "losses": LossConfig(**params.losses.model_dump()), "constraints": params.constraints,
+            "losses": params.losses.resolved(), "constraints": params.constraints,
             "lr_scale": r.lr_scale, "momentum": r.momentum, "seed": r.seed, "progress": r.progress,
             "precondition_reg": r.precondition_reg, "precondition_batches": r.precondition_batches,
             "divergence_factor": r.divergence_factor,

@@ -1,6 +1,9 @@
 """What ``phasestem reconstruct`` reports besides its own loss.
 
 * :func:`system_info` — the block at the top of ``reconstruct.log`` (versions, device, threads, host);
+* :func:`geometry_settings`, :func:`loss_settings`, :func:`log_settings` — the scan and optics values a run used
+  and where each came from (data file, YAML, flag, calibration, default), and the loss terms that ran, as the
+  table after it (and ``provenance/`` in ``results.h5``);
 * :func:`dataset_ptyrad_loss` — PtyRAD's normalised Gaussian loss over all patterns
   (:func:`phasestem.recon.losses.ptyrad_gaussian_loss`), logged per epoch as ``loss_ptyrad``;
 * :func:`load_ground_truth` and :func:`truth_metrics` — PSNR, SSIM, E_φ and the FRC resolution of the
@@ -79,6 +82,87 @@ def log_system_info(log_path: str | Path, device: str | torch.device = "cpu") ->
         log.info("system information:")
         for k, v in info.items():
             log.info("  %s %s", f"{k}:".ljust(width + 1), v)
+
+
+# ---- settings and their sources ------------------------------------------------------------
+def geometry_settings(params, dataset, sources=None) -> list:
+    """The scan and optics values of ``dataset`` as loaded by :func:`phasestem.recon.params.build_dataset` (before
+    the data transforms) with their sources: a list of :class:`phasestem.provenance.Setting`. ``sources``: labels
+    of the values the parameter file gives, by field (default ``YAML``)."""
+    from ..provenance import Setting, format_value, unit_of
+    from .params import CALIBRATION_FIELDS
+
+    meta = dataset.metadata
+    where, held = meta.get("calibration_sources", {}), meta.get("calibration_from_file", {})
+    labels = dict(sources or {})
+
+    def source(name: str, field: str) -> str:
+        return {"given": labels.get(field, "YAML"), "file": "file"}.get(where.get(name, "default"), "default")
+
+    o, s = params.optics, params.scan
+    values = {"scan_shape": dataset.scan_shape, "scan_step": dataset.scan_step, "scan_origin": dataset.scan_origin,
+              "energy": dataset.energy, "semiangle": dataset.semiangle, "angular_sampling": dataset.angular_sampling}
+    rows = []
+    for name, value in values.items():
+        field, note = CALIBRATION_FIELDS[name], ""
+        if name == "angular_sampling" and o.angular_sampling is None and o.sampling is not None:
+            # given as the real-space pixel: say it in Å, as given
+            note = f"= {format_value(value, unit_of(name))}"
+            name, field, value = "sampling", "optics.sampling", meta.get("calibration_given", {}).get("sampling")
+        if value is not None:
+            rows.append(Setting(field, value, unit_of(name), source("angular_sampling" if name == "sampling" else
+                                                                  name, field), held.get(name), note))
+    for key, value in sorted(dataset.aberrations.items()):
+        field = f"optics.aberrations.{key}"
+        rows.append(Setting(field, value, unit_of(f"aberrations.{key}"), source(f"aberrations.{key}", field),
+                            held.get("aberrations", {}).get(key)))
+    given = s.model_fields_set
+    rows.append(Setting("scan.rotation", s.rotation, "deg", labels.get("scan.rotation", "YAML")
+                        if "rotation" in given else "default"))
+    if s.affine is not None:
+        rows.append(Setting("scan.affine", np.asarray(s.affine).ravel().tolist(), "", labels.get("scan.affine",
+                                                                                                    "YAML")))
+    if s.positions_file is not None:
+        rows.append(Setting("scan.positions_file", str(s.positions_file), "", "YAML"))
+    elif dataset.positions is not None:
+        rows.append(Setting("positions", f"{len(dataset.positions)} explicit", "", source("positions", "positions")))
+    return rows
+
+
+def loss_settings(params, sources=None) -> list:
+    """The loss terms that run (weight > 0) as :class:`phasestem.provenance.Setting` rows: source ``YAML`` (or
+    ``sources['losses']``) when the parameter file names terms, ``default`` when it names none."""
+    from ..provenance import Setting
+
+    cfg = params.losses.resolved()
+    label = (sources or {}).get("losses", "YAML") if cfg.named else "default"
+    note = "" if cfg.named else "no term named"
+    return [Setting(f"losses.{n}", getattr(cfg, n), "", label, note=note) for n in cfg.active()]
+
+
+def losses_line(params, sources=None) -> str:
+    """``losses: poisson 1 (named in the parameter file)`` / ``losses: gaussian 1 (default; no term named)``."""
+    cfg = params.losses.resolved()
+    label = (sources or {}).get("losses", "YAML")
+    named = "named in the parameter file" if label == "YAML" else f"named by the {label}"
+    why = named if cfg.named else "default; no term named"
+    return f"losses: {cfg.describe()} ({why}), power {cfg.power:g}"
+
+
+def log_settings(settings: list, losses: str, dataset=None, log_path: str | Path | None = None) -> None:
+    """The settings table (field, value, source) and the losses line, also to ``log_path``; with ``dataset`` (as
+    reconstructed, after the data transforms) one more line with the patterns and the pixel size."""
+    with logging_to(log_path) if log_path is not None else contextlib.nullcontext():
+        log.info("settings (value, source: file, YAML, flag, calibration or default):")
+        for row in settings:
+            if not row.field.startswith("losses."):
+                log.info("  %s", row.line())
+        if dataset is not None:
+            sy, sx = dataset.scan_shape
+            H, W = dataset.pattern_shape
+            log.info("  reconstructed: %d × %d patterns of %d × %d px, pixel %.4g × %.4g Å", sy, sx, H, W,
+                     *dataset.sampling)
+        log.info(losses)
 
 
 # ---- PtyRAD's loss ---------------------------------------------------------------------------

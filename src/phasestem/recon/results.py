@@ -20,17 +20,21 @@ Layout of ``results.h5``::
     history/tilt            (E, 2) or (E, N, 2)  mrad after each epoch
     metrics/<name>          ()    final comparison with the ground truth (when given): psnr, ssim, phase_error,
                                   frc_resolution (Å); metrics/frc_frequencies, metrics/frc_curve (rings)
+    provenance/<field>      group per setting of the run (scan.step, optics.energy, optics.aberrations.C10,
+                            losses.gaussian, …), attrs: value, unit, source (file, YAML, flag, calibration or
+                            default), file (what the data file held, when it held something), note
     attrs: sampling (Å), energy (eV), origin (Å: object-frame position of dataset 0 Å),
            epoch, format = "phasestem-recon-results", config (YAML text, when given)
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import h5py
 import numpy as np
 import torch
+
+from ..safety import atomic_file
 
 FORMAT = "phasestem-recon-results"
 
@@ -72,14 +76,14 @@ def results_dict(model, metrics: dict | None = None) -> dict:
     return out
 
 
-def save_results(model, path, config_text: str | None = None, metrics: dict | None = None) -> Path:
-    """Write the model's results to ``path`` (``name.tmp`` then rename); ``metrics``: scalars/arrays for
-    ``metrics/`` (comparison with a ground truth)."""
+def save_results(model, path, config_text: str | None = None, metrics: dict | None = None,
+                 provenance: list | None = None) -> Path:
+    """Write the model's results to ``path`` atomically (:func:`phasestem.safety.atomic_file`: ``NAME.<pid>.tmp``
+    then rename); ``metrics``: scalars/arrays for ``metrics/`` (comparison with a ground truth); ``provenance``:
+    :class:`phasestem.provenance.Setting` rows for ``provenance/``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     r = results_dict(model, metrics)
-    with h5py.File(tmp, "w") as f:
+    with atomic_file(path, field="results") as tmp, h5py.File(tmp, "w") as f:
         f.attrs["format"] = FORMAT
         f.attrs["sampling"] = model.sampling
         f.attrs["energy"] = model.energy
@@ -105,7 +109,13 @@ def save_results(model, path, config_text: str | None = None, metrics: dict | No
                 g = f.create_group(group)
                 for k, v in r[group].items():
                     g.create_dataset(k, data=v)
-    os.replace(tmp, path)
+        if provenance:
+            g = f.create_group("provenance")
+            for row in provenance:
+                item = g.create_group(row.field)
+                for key in ("value", "unit", "source", "file", "note"):
+                    if getattr(row, key) is not None:
+                        item.attrs[key] = getattr(row, key)
     return path
 
 
@@ -132,4 +142,7 @@ def load_results(path) -> dict:
         for group in ("history", "metrics"):
             if group in f:
                 out[group] = {k: f[group][k][...] for k in f[group]}
+        if "provenance" in f:
+            out["provenance"] = {k: {a: (v.tolist() if hasattr(v, "tolist") else v) for a, v in g.attrs.items()}
+                                 for k, g in f["provenance"].items()}
     return out

@@ -10,9 +10,9 @@ Sample i depends only on (seed, i), so the result is the same whatever the numbe
 processes or machines.
 
 The run only ever creates, and only ever deletes, its own names: the shards, ``<prefix>_config.yaml``,
-the ``.work`` folder, temporary files ``.phasestem-*.partial`` and the lock ``.phasestem-simulate.lock``
-(held by the driver process for the whole run, see :mod:`.lock`), so a user's files in the folder
-are never touched.
+the ``.work`` folder and temporary files ``.phasestem-<name>.<pid>.partial``, so a user's files in the folder
+are never touched. The driver process holds the folder's lock (:mod:`phasestem.lock`) for the whole run; Dask
+workers do not take it (they only write their own per-sample work files).
 """
 from __future__ import annotations
 
@@ -28,10 +28,10 @@ from tqdm.auto import tqdm
 from ..configfile import loads_yaml
 from ..errors import ConfigError
 from ..io import seed
+from ..lock import hold_output
 from ..optics import interaction_constant
 from .budget import check_memory
 from .config import SimulationConfig
-from .lock import OutputLock
 
 log = logging.getLogger("phasestem.simulate")
 
@@ -41,8 +41,9 @@ TMP_PREFIX = ".phasestem-"
 
 
 def temporary_path(path: Path) -> Path:
-    """Where ``path`` is written before its atomic rename: ``.phasestem-<name>.partial`` beside it."""
-    return path.with_name(f"{TMP_PREFIX}{path.name}.partial")
+    """Where ``path`` is written before its atomic rename: ``.phasestem-<name>.<pid>.partial`` beside it (one name
+    per process, so that two writers of one file never share a temporary)."""
+    return path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}.partial")
 
 
 def file_name(cfg: SimulationConfig, k: int) -> str:
@@ -298,8 +299,7 @@ def simulate_dataset(cfg: SimulationConfig, out: str | Path, progress: bool = Tr
     """
     out = Path(out)
     check_memory(cfg, processes=max(1, cfg.compute.workers) if cfg.compute.scheduler is None else 1)
-    out.mkdir(parents=True, exist_ok=True)
-    with OutputLock(out):
+    with hold_output(out, "phasestem simulate"):
         _remove_own_temporaries(out)
         _check_out(cfg, out, restart)
         return _simulate_locked(cfg, out, progress)

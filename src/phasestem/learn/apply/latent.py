@@ -124,32 +124,35 @@ def embed_file(data: str | Path, model_path: str | Path, out: str | Path | None 
     the reconstruction metrics of N random patterns and their comparison figure. Returns what was written:
     ``out``, ``png``, ``comparison``, ``shape``, ``masked`` (non-finite values replaced) and ``report``."""
     from ... import io
-    from ...safety import refuse_output_over_inputs
+    from ...lock import hold_output
+    from ...safety import check_result_name, figure_beside, refuse_output_over_inputs
 
     out = Path(out or Path(data).with_suffix("").name + "_latent.h5")
-    png_path = out.with_suffix(".png") if png else None
+    png_path = figure_beside(out) if png else None
+    check_result_name(out)  # a figure suffix is refused, with or without the PNG
     comparison = out.with_name(out.stem + "_comparison.png") if report else None
     refuse_output_over_inputs([p for p in (out, png_path, comparison) if p], [data, model_path])
-    opts: dict[str, Any] = {}
-    if patterns_key:
-        opts["patterns_key"] = patterns_key
-    if sample is not None:
-        opts["sample"] = sample
-    ds = io.load(data, bad_pixels=bad_pixels, **opts)
-    model, meta = load_autoencoder(model_path, device)
-    if summary:
-        b = int(meta["data"].get("preprocess", {}).get("bin", 1))
-        show(model, input_size=(1, ds.pattern_shape[0] // b, ds.pattern_shape[1] // b))
-    maps = embed_scan(model, ds.patterns, meta, batch_size=batch_size)
-    write_latent_maps(out, maps, {"source": str(data), "checkpoint": str(model_path),
-                                  "scan_step": list(ds.scan_step)}, png=png_path)
-    result: dict[str, Any] = {"out": out, "png": png_path, "comparison": comparison, "shape": maps.shape,
-                              "masked": ds.metadata.get("bad_pixels_masked"), "report": None}
-    if report:
-        pats = np.asarray(ds.patterns).reshape(-1, *ds.pattern_shape)
-        idx = np.random.default_rng(0).choice(len(pats), min(report, len(pats)), replace=False)
-        result["report"] = autoencoder_report(model, pats[np.sort(idx)], meta, png=comparison)
-    return result
+    with hold_output(out, "phasestem embed", file=True):
+        opts: dict[str, Any] = {}
+        if patterns_key:
+            opts["patterns_key"] = patterns_key
+        if sample is not None:
+            opts["sample"] = sample
+        ds = io.load(data, bad_pixels=bad_pixels, **opts)
+        model, meta = load_autoencoder(model_path, device)
+        if summary:
+            b = int(meta["data"].get("preprocess", {}).get("bin", 1))
+            show(model, input_size=(1, ds.pattern_shape[0] // b, ds.pattern_shape[1] // b))
+        maps = embed_scan(model, ds.patterns, meta, batch_size=batch_size)
+        write_latent_maps(out, maps, {"source": str(data), "checkpoint": str(model_path),
+                                      "scan_step": list(ds.scan_step)}, png=png_path)
+        result: dict[str, Any] = {"out": out, "png": png_path, "comparison": comparison, "shape": maps.shape,
+                                  "masked": ds.metadata.get("bad_pixels_masked"), "report": None}
+        if report:
+            pats = np.asarray(ds.patterns).reshape(-1, *ds.pattern_shape)
+            idx = np.random.default_rng(0).choice(len(pats), min(report, len(pats)), replace=False)
+            result["report"] = autoencoder_report(model, pats[np.sort(idx)], meta, png=comparison)
+        return result
 
 
 @torch.no_grad()

@@ -24,8 +24,9 @@ from torch import nn
 from ...dataset import FourDSTEM
 from ...errors import ConfigError, ShapeError
 from ...io.hdf5 import read_float32
+from ...lock import hold_output
 from ...plot import save_figure
-from ...safety import atomic_file, refuse_output_over_inputs
+from ...safety import atomic_file, figure_beside, refuse_output_over_inputs
 from ..data import BlockGeometry, Preprocess, blocks_from_scan
 from ..nets.end2end import End2End
 from ..trainer import resolve_device
@@ -110,7 +111,7 @@ def write_prediction(path: str | Path, phase: np.ndarray, sampling: tuple[float,
                                   "normalised to a total of 1; I_model = the phase through the forward model with "
                                   "the nominal probe")
     if png:
-        save_png(path.with_suffix(".png"), phase, sampling, meta["data"]["target_description"], truth)
+        save_png(figure_beside(path), phase, sampling, meta["data"]["target_description"], truth)
     return path
 
 
@@ -142,15 +143,16 @@ def predict_file(input_path: str | Path, model_path: str | Path, out_path: str |
     from ...io import load
 
     refuse_output_over_inputs(prediction_outputs(out_path, png), [input_path, model_path, stitch_path])
-    ds = load(input_path, **{k: v for k, v in load_options.items() if v is not None})
-    model, meta = load_predictor(model_path, stitch_path, device)
-    phase = predict_phase(model, meta, ds)
-    g = geometry_for(ds, meta)
-    truth = None
-    if ds.truth is not None and np.shape(ds.truth.get("phase")) == phase.shape:
-        truth = ds.truth["phase"]
-    residual = prediction_residual(phase, ds, g.phase_sampling, meta)
-    return write_prediction(out_path, phase, g.phase_sampling, meta, str(input_path), png, truth, residual)
+    with hold_output(out_path, "phasestem predict", file=True):
+        ds = load(input_path, **{k: v for k, v in load_options.items() if v is not None})
+        model, meta = load_predictor(model_path, stitch_path, device)
+        phase = predict_phase(model, meta, ds)
+        g = geometry_for(ds, meta)
+        truth = None
+        if ds.truth is not None and np.shape(ds.truth.get("phase")) == phase.shape:
+            truth = ds.truth["phase"]
+        residual = prediction_residual(phase, ds, g.phase_sampling, meta)
+        return write_prediction(out_path, phase, g.phase_sampling, meta, str(input_path), png, truth, residual)
 
 
 def prediction_residual(phase: np.ndarray, dataset: FourDSTEM, sampling: tuple[float, float],
@@ -173,9 +175,11 @@ def prediction_residual(phase: np.ndarray, dataset: FourDSTEM, sampling: tuple[f
 
 
 def prediction_outputs(out_path: str | Path, png: bool = True) -> list[Path]:
-    """The files ``predict`` writes: the HDF5 and (``png``) the PNG next to it."""
+    """The files ``predict`` writes: the HDF5 and (``png``) the PNG next to it (a figure suffix on the HDF5 is
+    refused, :func:`phasestem.safety.check_result_name`)."""
     out = Path(out_path)
-    return [out, out.with_suffix(".png")] if png else [out]
+    figure = figure_beside(out)
+    return [out, figure] if png else [out]
 
 
 def model_summary(model: nn.Module) -> str:

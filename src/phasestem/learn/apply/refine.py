@@ -142,14 +142,17 @@ def refine_file(image: str | Path, model_path: str | Path, out: str | Path | Non
                 ) -> dict[str, Any]:
     """Coarse phase image → HDF5 with the Phaseformer's refined phase and its ×2 version (+ a comparison PNG);
     ``size`` None or 0 keeps the input size. Returns ``out``, ``png``, ``shape`` and ``shape_x2``."""
-    from ...safety import refuse_output_over_inputs
+    from ...lock import hold_output
+    from ...safety import check_result_name, figure_beside, refuse_output_over_inputs
 
     out = Path(out or Path(image).with_suffix("").name + "_refined.h5")
-    png_path = out.with_suffix(".png") if png else None
+    png_path = figure_beside(out) if png else None
+    check_result_name(out)  # a figure suffix is refused, with or without the PNG
     refuse_output_over_inputs([p for p in (out, png_path) if p], [image, model_path])
-    coarse = read_phase_image(image, key, bad_pixels=bad_pixels)
-    net, _ = load_phaseformer(model_path, device)
-    low, high = refine_phase(net, coarse, size or None)
-    write_refined(out, low, high, {"source": str(image), "checkpoint": str(model_path)}, png=png_path,
-                  coarse=coarse)
+    with hold_output(out, "phasestem refine", file=True):
+        coarse = read_phase_image(image, key, bad_pixels=bad_pixels)
+        net, _ = load_phaseformer(model_path, device)
+        low, high = refine_phase(net, coarse, size or None)
+        write_refined(out, low, high, {"source": str(image), "checkpoint": str(model_path)}, png=png_path,
+                      coarse=coarse)
     return {"out": out, "png": png_path, "shape": low.shape, "shape_x2": high.shape}
