@@ -75,6 +75,8 @@ def load(path: str | Path, format: str | None = None, bad_pixels: str = "refuse"
     declares (headers, shapes) are checked against its real size before anything is mapped or read. Any
     failure of a reader, or of reading the data while screening them, is raised as a :mod:`phasestem.errors`
     class whose one-line message names the file.
+    ``require_calibration=False`` (an option of every reader) accepts a file without energy or scan step (a first
+    look: ``phasestem inspect``); they are then NaN and ``metadata['uncalibrated']`` names them.
     """
     from ._common import screen_patterns
 

@@ -38,6 +38,10 @@ from ..scan import GridScan
 
 log = logging.getLogger("phasestem.io")
 
+#: an energy or scan step the file does not hold and nobody gave, where they are not required (NaN: every
+#: quantity computed from it is NaN, never a plausible wrong number)
+UNKNOWN = float("nan")
+
 COMMON_OPTIONS = ("energy", "scan_step", "scan_shape", "scan_order", "angular_sampling", "sampling", "semiangle",
                   "aberrations", "scan_origin", "positions")
 
@@ -198,7 +202,7 @@ def _pixel_mrad(vals: Mapping[str, Any], energy: float, shape: tuple[int, int]) 
 
 def build_dataset(patterns, path: str | Path, file_values: Mapping[str, Any] | None = None,
                   metadata: Mapping[str, Any] | None = None, defaults: Mapping[str, Any] | None = None,
-                  **options) -> FourDSTEM:
+                  require_calibration: bool = True, **options) -> FourDSTEM:
     """A :class:`FourDSTEM` from patterns (N, H, W) or (Sy, Sx, H, W) and reader options.
 
     ``file_values`` holds what the reader found in the file (same names as the options), ``defaults`` what a
@@ -211,7 +215,8 @@ def build_dataset(patterns, path: str | Path, file_values: Mapping[str, Any] | N
     :data:`phasestem.provenance.SAME_VALUE_RTOL` (``sampling`` when a real-space pixel was given); the caller
     warns (:func:`phasestem.provenance.conflict_messages`). A flat pattern count that does not match
     ``scan_shape`` raises :class:`ShapeError` naming the file and both numbers; a missing energy or scan step
-    raises :class:`MissingCalibrationError` naming the option.
+    raises :class:`MissingCalibrationError` naming the option, unless ``require_calibration=False`` (a first look
+    that needs neither, ``phasestem inspect``): then they are NaN and ``metadata['uncalibrated']`` names them.
     """
     check_real(patterns, source_name(path, metadata))
     unknown = set(options) - set(COMMON_OPTIONS)
@@ -266,6 +271,13 @@ def build_dataset(patterns, path: str | Path, file_values: Mapping[str, Any] | N
     else:
         raise ShapeError(f"{path}: patterns must have 3 (N, H, W) or 4 (Sy, Sx, H, W) axes, got shape {shape}")
 
+    uncalibrated = []
+    if not require_calibration:  # NaN, never a plausible wrong number
+        given_anywhere = {name for vals in layers.values() for name in vals}
+        for name, unknown in (("energy", UNKNOWN), ("scan_step", (UNKNOWN, UNKNOWN))):
+            if name not in given_anywhere and not (name == "scan_step" and "positions" in given_anywhere):
+                layers["default"][name] = unknown
+                uncalibrated.append(name)
     energy = pick("energy")
     if energy is None:
         raise MissingCalibrationError(
@@ -323,6 +335,8 @@ def build_dataset(patterns, path: str | Path, file_values: Mapping[str, Any] | N
     meta.update(dict(metadata or {}))
     meta.update(calibration_from_file=held, calibration_given=given, calibration_sources=sources,
                 calibration_conflicts=conflicts)
+    if uncalibrated:
+        meta["uncalibrated"] = uncalibrated
     return FourDSTEM(
         patterns=patterns4,
         energy=energy,

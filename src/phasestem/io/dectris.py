@@ -30,6 +30,7 @@ import numpy as np
 from ..dataset import FourDSTEM
 from ..detector import PixelatedDetector
 from ..errors import InputFileError
+from ..extras import install_hint
 from ._common import build_dataset, decode
 from .hdf5 import check_written, open_file
 from .rosetta import _resolve_scan_shape
@@ -86,7 +87,7 @@ def _blocks(f: h5py.File, path: Path) -> list[h5py.Dataset]:
         blocks[0][:1]
     except (OSError, ValueError) as exc:
         raise InputFileError(f"{path}: cannot decode the frames of {blocks[0].file.filename} ({exc}); a "
-                             f"compression filter is missing: pip install hdf5plugin") from None
+                             f"compression filter is missing: {install_hint('hdf5plugin')}") from None
     if len({b.shape[1:] for b in blocks}) != 1:
         raise InputFileError(f"{path}: the linked data files hold frames of different shapes "
                              f"{sorted({b.shape[1:] for b in blocks})}")

@@ -244,7 +244,7 @@ def _read_seed(f, path, samples, sample, lazy, potential_energy, **options) -> F
         if seed.phase_key(sample) in f:
             phase = seed.read_phase(f, seed.phase_key(sample), energy)
         meta["phase_target"] = f"sigma({energy:g} eV) x projected potential (original generator file)"
-        sampling = (cell / 256, cell / 256)
+        sampling = None if phase is None else seed.phase_sampling(f.attrs, phase.shape)
         log.warning("%s: original-generator file without calibrations: assuming %g keV, 2 Å step, patterns over the "
                     "full angular range of a 100 Å cell; pass energy/scan_step/angular_sampling to override",
                     path, energy / 1e3)

@@ -5,8 +5,7 @@ Sizes are checked from the headers before any data are mapped or decompressed:
 * ``.npy``: the shape × dtype of its header must fit in the file after the header (a truncated file is
   refused naming both sizes); the array is then memory-mapped.
 * ``.npz``: each member's ``.npy`` header must declare exactly the bytes the zip directory lists for it.
-  A stored (uncompressed, ``np.savez``) member is memory-mapped in place, like a ``.npy`` (copy-on-write:
-  the arrays are writable, the file is never changed). A compressed
+  A stored (uncompressed, ``np.savez``) member is memory-mapped in place (read-only), like a ``.npy``. A compressed
   (``np.savez_compressed``) member must be decompressed into memory: it is refused when it would expand more
   than :data:`~phasestem.io.hdf5.MAX_EXPANSION` times beyond 64 MiB (a zip bomb: 2 MB of zeros that expand to
   3.9 GB) or when it would take more than :data:`~phasestem.io.hdf5.EAGER_MEMORY_FRACTION` of the memory
@@ -50,7 +49,7 @@ def npy_header(fp: IO[bytes], source: str) -> tuple[tuple[int, ...], bool, np.dt
         else:
             raise ValueError(f"unsupported .npy format version {version}")
     except (ValueError, EOFError, OSError, SyntaxError) as exc:
-        raise InputFileError(f"{source}: not a .npy array ({' '.join(str(exc).split())[:200]})") from None
+        raise InputFileError(f"{source}: not a readable .npy file ({' '.join(str(exc).split())[:200]})") from None
     if dtype.hasobject:
         raise InputFileError(f"{source}: holds Python objects ({dtype}); expected numbers (pickled objects are "
                              "never loaded)")
@@ -66,8 +65,7 @@ def _describe(shape: tuple[int, ...], dtype: np.dtype) -> str:
 
 
 def load_npy(path: Path, source: str | None = None) -> np.memmap | np.ndarray:
-    """A ``.npy`` file memory-mapped (copy-on-write: writable, the file never changes), after checking that the
-    file holds what its header declares."""
+    """A ``.npy`` file memory-mapped (read-only), after checking that the file holds what its header declares."""
     source = source or str(path)
     with open(path, "rb") as fp:
         shape, fortran, dtype, head = npy_header(fp, source)
@@ -78,7 +76,7 @@ def load_npy(path: Path, source: str | None = None) -> np.memmap | np.ndarray:
                          "after it: truncated?")
     if need == 0:
         return np.zeros(shape, dtype)
-    return np.memmap(path, dtype=dtype, mode="c", offset=head, shape=shape, order="F" if fortran else "C")
+    return np.memmap(path, dtype=dtype, mode="r", offset=head, shape=shape, order="F" if fortran else "C")
 
 
 @dataclass(frozen=True)
@@ -144,7 +142,7 @@ def read_member(zf: zipfile.ZipFile, path: Path, m: Member) -> np.ndarray:
         if start + m.nbytes > path.stat().st_size:
             raise InputFileError(f"{source}: declares {_describe(m.shape, m.dtype)} from byte {start} but the file "
                              f"holds {gb(path.stat().st_size)}: truncated?")
-        return np.memmap(path, dtype=m.dtype, mode="c", offset=start, shape=m.shape,
+        return np.memmap(path, dtype=m.dtype, mode="r", offset=start, shape=m.shape,
                          order="F" if m.fortran else "C")
     ratio = m.info.file_size / max(m.info.compress_size, 1)
     if m.info.file_size > EXPANSION_FREE_BYTES and ratio > MAX_EXPANSION:

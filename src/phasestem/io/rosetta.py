@@ -48,6 +48,7 @@ import numpy as np
 from ..configfile import get_dotted
 from ..dataset import FourDSTEM
 from ..errors import ConfigError, InputFileError, ShapeError
+from ..extras import EXTRAS, install_hint
 from ..optics import wavelength
 from ..safety import check_readable, gb
 from ._common import build_dataset, check_not_empty
@@ -145,8 +146,9 @@ def _reader(plugin: str, path: Path):
     try:
         return importlib.import_module(f"rsciio.{plugin}").file_reader
     except ImportError as exc:
-        raise InputFileError(f"{path}: the rsciio '{plugin}' reader cannot be imported ({exc}); install its "
-                             f"extra, e.g. pip install 'rosettasciio[{plugin}]'") from None
+        missing = (getattr(exc, "name", None) or "").split(".")[0]
+        hint = install_hint(missing) if missing in EXTRAS else f"pip install 'rosettasciio[{plugin}]'"
+        raise InputFileError(f"{path}: the rsciio '{plugin}' reader cannot be imported ({exc}); {hint}") from None
 
 
 def _mib_scan_shape(path: Path) -> tuple[tuple[int, int] | None, int]:

@@ -118,6 +118,15 @@ def file_sigma(attrs: Mapping[str, Any], energy: float | None = None) -> float:
     return sigma(energy or attrs.get("energy"))
 
 
+def phase_sampling(attrs: Mapping[str, Any], shape: tuple[int, ...]) -> tuple[float, float]:
+    """Pixel (Å, (y, x)) of the ``phase_{i}`` images of a seed-000 file: its ``phase_sampling`` attribute in
+    phasestem's files, the :data:`ORIGINAL_EXTENT` cell over the image (``shape``) in the original generator's."""
+    if "phase_sampling" in attrs:
+        s = np.asarray(attrs["phase_sampling"], dtype=np.float64).ravel()
+        return (float(s[0]), float(s[-1]))
+    return (ORIGINAL_EXTENT / shape[-2], ORIGINAL_EXTENT / shape[-1])
+
+
 def read_phase(f, key: str, energy: float | None = None) -> np.ndarray:
     """Dataset ``key`` (a ``phase_{i}``) of an open seed-000 file as float32 phase in rad: as stored in phasestem's
     files, × σ(``energy``) in the original generator's (whose ``phase_{i}`` is the projected potential)."""

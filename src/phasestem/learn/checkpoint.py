@@ -16,6 +16,7 @@ import torch
 
 from ..configfile import loads_json
 from ..errors import ConfigError, InputFileError
+from ..extras import require
 from ..safety import atomic_file, remove_stale_temporaries, temporary_name
 from ..torch_files import first_line as _first_line
 from ..torch_files import require_nonempty as _require_nonempty
@@ -43,8 +44,7 @@ def save_weights(
     meta_json = json.dumps(meta or {}, default=str)
     with atomic_file(path, field="weights") as tmp:
         if path.suffix == ".safetensors":
-            from safetensors.torch import save_file
-
+            save_file = require("safetensors.torch", f"writing {path.name}").save_file
             save_file(tensors, str(tmp), metadata={"phasestem": meta_json})
         else:
             torch.save({"state_dict": tensors, "meta": meta_json}, tmp)
@@ -90,9 +90,8 @@ def read_safetensors(path: str | Path, map_location: str | torch.device = "cpu",
                      ) -> tuple[dict[str, torch.Tensor], dict]:
     """``(tensors, phasestem meta)`` of a safetensors file (``tensors=False``: the header only, ``{}`` for the
     tensors); an empty/truncated one raises InputFileError."""
-    from safetensors import safe_open
-
     path = Path(path)
+    safe_open = require("safetensors", f"reading {path.name}").safe_open
     _require_nonempty(path, "safetensors weights file")
     try:
         with safe_open(str(path), framework="pt", device=str(map_location)) as f:

@@ -65,6 +65,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
+from ..extras import require
 from ..schedules import lr_lambda
 from .checkpoint import (
     CheckpointError,
@@ -137,13 +138,11 @@ class Trainer(RunFolderMixin):
         self.accelerator = None
         use_acc = cfg.accelerate == "on" or (cfg.accelerate == "auto" and _launched_by_accelerate())
         if use_acc:
-            from accelerate import Accelerator
-            from accelerate.utils import DistributedDataParallelKwargs
-
+            acc = require("accelerate", f"train.accelerate: {cfg.accelerate}")
             # find_unused_parameters: parameters frozen for a while (End2End's patch net) get no gradient,
             # which plain DistributedDataParallel treats as an error
-            ddp = DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)
-            self.accelerator = Accelerator(cpu=cfg.device == "cpu", kwargs_handlers=[ddp])
+            ddp = acc.DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)
+            self.accelerator = acc.Accelerator(cpu=cfg.device == "cpu", kwargs_handlers=[ddp])
             self.device = self.accelerator.device
         else:
             self.device = resolve_device(cfg.device)

@@ -86,7 +86,7 @@ def apply_init(params: ReconstructParams, method: str, out_dir: str | Path, data
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dataset = build_dataset(params, warn=False) if dataset is None else dataset  # the run warns
-    shifts = load_detector_shifts(params)
+    shifts = load_detector_shifts(params, dataset)
     if shifts is not None:  # the direct methods need every disk on the central pixel: resample for them alone
         from ..calibrate.correct import ResampledPatterns
 

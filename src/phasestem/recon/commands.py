@@ -30,7 +30,8 @@ RECON_EPILOG = """examples:
   phasestem reconstruct scan.npy --auto --energy 300e3 --semiangle 21.4 --scan-step 0.4 --out runs/scan1
   torchrun --nproc_per_node 4 -m phasestem.cli reconstruct params.yaml   # 4 processes / GPUs
 
-Writes OUT/config.yaml, OUT/reconstruct.log, OUT/checkpoint.pt, OUT/results.h5 and PNG figures."""
+Writes OUT/config.yaml, OUT/reconstruct.log, OUT/checkpoint.pt, OUT/results.h5, OUT/results.emd (EMD 1.0:
+py4DSTEM.read / HyperSpy's hs.load open it) and PNG figures."""
 
 TUNE_EPILOG = """examples:
   phasestem tune configs/reconstruct_tiny.yaml --n-trials 10
@@ -124,7 +125,8 @@ def _reconstruct_cmd(args) -> int:
 
 
 #: files a reconstruction writes into its output folder (none may be an input)
-RUN_FILES = ("config.yaml", "checkpoint.pt", "results.h5", "reconstruction.png", "compare.png", "reconstruct.log")
+RUN_FILES = ("config.yaml", "checkpoint.pt", "results.h5", "results.emd", "reconstruction.png", "compare.png",
+             "reconstruct.log")
 #: how a reconstruction names itself in its output folder's lock
 RECON_COMMAND = "phasestem reconstruct"
 
@@ -168,7 +170,8 @@ def _setup_reports(params: ReconstructParams, dataset, model, out: Path):
 
     truth = None
     if params.data.ground_truth_key is not None:
-        truth = load_ground_truth(params.data.file, params.data.ground_truth_key)
+        truth = load_ground_truth(params.data.file, params.data.ground_truth_key, model, params.optics.energy,
+                                  out / "reconstruct.log")
     if params.run.ptyrad_loss or truth is not None:
         model.epoch_callbacks.append(epoch_reporter(dataset, truth, params.run.ptyrad_loss, params.losses.power,
                                                     params.run.batch_size))
@@ -282,8 +285,9 @@ def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = Non
 
             metrics = final_metrics(model, truth, params.data.ground_truth_key, out / "reconstruct.log")
         path = model.save_results(out / "results.h5", config_text=config_text, metrics=metrics, provenance=settings)
-        plt.close(model.inspect(dataset, path=out / "reconstruction.png"))
-        plt.close(model.compare(dataset, path=out / "compare.png"))
+        model.save_results(out / "results.emd")  # the object and probe for py4DSTEM and HyperSpy users
+        plt.close(model.inspect(dataset, path=out / "reconstruction.png", truth=truth, metrics=metrics))
+        plt.close(model.compare(dataset, path=out / "compare.png", truth=truth, metrics=metrics))
         last = model.loss_history[-1]["loss"] if model.loss_history else float("nan")
         print(f"reconstruction: {model.epoch} epochs, final loss {last:.6g}; results in {path}")
         if metrics is not None:

@@ -23,7 +23,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ..configfile import read_yaml_mapping, validate
 from ..errors import ConfigError, InputFileError, PhasestemError, ShapeError
-from ..io.arrays import read_array
 from .constraints import Constraints
 from .losses import LossConfig
 from .model import PARAM_NAMES, Ptychography
@@ -71,9 +70,11 @@ class DataConfig(Strict):
         "axes; the model displaces its patterns alike instead of the counts being resampled (the descan; written by "
         "phasestem calibrate). Transposes, flips, subsets and binning of the data apply to it too")
     ground_truth_key: str | None = Field(
-        None, description="name of a ground-truth phase (rad, 2-D, dataset frame, the reconstruction's pixel) in the "
-        "data file (.npy/.npz/HDF5): PSNR, SSIM, E_φ and FRC resolution per epoch in the log and at the end in "
-        "results.h5")
+        None, description="name of a ground-truth phase (rad, 2-D, dataset frame) in the data file (.npy/.npz/HDF5): "
+        "PSNR, SSIM, E_φ and FRC resolution per epoch in the log and at the end in results.h5. Its pixel size comes "
+        "from the file (HDF5 attribute 'sampling' of the dataset or its group, a seed file's phase_sampling) and it "
+        "is resampled to the reconstruction's pixel (logged); without one it is taken at the reconstruction's pixel "
+        "and must cover the scanned field")
 
 
 class OpticsConfig(Strict):
@@ -359,7 +360,7 @@ def dump_params(params: ReconstructParams) -> str:
 def _resampled(dataset, shape: tuple[int, int]):
     import torch
 
-    p = torch.as_tensor(np.asarray(dataset.patterns[...], dtype=np.float32))
+    p = torch.as_tensor(np.array(dataset.patterns[...], dtype=np.float32))  # a copy: memory maps are read-only
     sy, sx, H, W = p.shape
     out = torch.nn.functional.interpolate(p.reshape(-1, 1, H, W), size=tuple(shape), mode="bilinear",
                                           align_corners=False).reshape(sy, sx, *shape)
@@ -370,18 +371,14 @@ def _resampled(dataset, shape: tuple[int, int]):
 
 
 def scan_positions(scan: ScanConfig, scan_shape: tuple[int, int]) -> np.ndarray:
-    """(N, 2) Å positions of the scan grid after rotation and affine (about ``origin``)."""
+    """(N, 2) Å positions of the scan grid after rotation and affine (about ``origin``), or those of
+    ``scan.positions_file`` ((N, 2) or (Sy, Sx, 2) Å, finite real numbers; checked: :mod:`.inputs`)."""
     if scan.positions_file is not None:
-        if not Path(scan.positions_file).exists():
-            raise InputFileError(f"scan.positions_file: {scan.positions_file} not found")
-        try:
-            pos = read_array(scan.positions_file, what="probe positions file (.npy, Å)")
-            pos = pos.reshape(-1, 2).astype(np.float64)
-        except PhasestemError as exc:
-            raise type(exc)(f"scan.positions_file: {exc}") from None
-        if len(pos) != scan_shape[0] * scan_shape[1]:
-            raise ConfigError(f"scan.positions_file: {len(pos)} positions for {scan_shape[0] * scan_shape[1]} patterns")
-        return pos
+        from .inputs import check_grid_shape, field, read_array
+
+        with field("scan.positions_file"):
+            pos = read_array(scan.positions_file, None, "scan positions")
+            return check_grid_shape(pos, scan.positions_file, scan_shape, "positions").astype(np.float64)
     from ..scan import GridScan
 
     return GridScan(shape=scan_shape, step=scan.step, origin=scan.origin, rotation=scan.rotation,
@@ -481,71 +478,84 @@ _WHAT = {"energy": "the beam energy, eV", "scan_step": "the scan step, Å", "sem
          "angular_sampling": "the detector pixel, mrad"}
 
 
-def load_detector_shifts(params: ReconstructParams, n_patterns: int | None = None) -> np.ndarray | None:
+def load_detector_shifts(params: ReconstructParams, dataset=None) -> np.ndarray | None:
     """``data.detector_shifts`` (N, 2) px in the frame of the patterns :func:`build_dataset` returns (after the
-    scan subset, transpose, flips and binning), or None; ``n_patterns``: the number it must hold."""
+    scan subset, transpose, flips and binning), or None. With ``dataset`` (what :func:`build_dataset` returned)
+    the file must fit its scan ((Sy, Sx, 2) of the scan, or one shift per pattern) and every shift must keep the
+    disk centre on its detector (:mod:`.inputs`); every refusal names the field and the file."""
+    from .inputs import check_grid_shape, check_shifts_on_detector, field, read_array
+
     d = params.data
     if d.detector_shifts is None:
         return None
     path = Path(d.detector_shifts)
-    if not path.exists():
-        raise InputFileError(f"data.detector_shifts: {path} not found")
-    try:
-        arr = read_array(path, what="detector shifts file (.npy, px)")
-    except PhasestemError as exc:
-        raise type(exc)(f"data.detector_shifts: {exc}") from None
-    if arr.shape[-1:] != (2,) or arr.ndim not in (2, 3) or not np.isfinite(arr).all():
-        raise ConfigError(f"data.detector_shifts: {path} must hold finite (Sy, Sx, 2) or (N, 2) px, got shape "
-                          f"{arr.shape}")
-    arr = arr.astype(np.float64)
-    if d.scan_subset is not None:
-        if arr.ndim != 3:
-            raise ConfigError("data.detector_shifts: data.scan_subset needs the (Sy, Sx, 2) form")
-        r0, r1, c0, c1 = d.scan_subset
-        arr = arr[r0:r1, c0:c1]
-    from ..detector import PixelatedDetector
+    with field("data.detector_shifts"):
+        arr = read_array(path, None, "detector shifts").astype(np.float64)
+        if arr.shape[-1:] != (2,) or arr.ndim not in (2, 3):
+            raise ShapeError(f"{path} must hold (Sy, Sx, 2) or (N, 2) px, got shape {arr.shape}")
+        if d.resample is not None:
+            raise ConfigError("cannot be combined with data.resample (scale the shifts by the resampling factor "
+                              "yourself, or resample nothing)")
+        if d.scan_subset is not None:
+            if arr.ndim != 3:
+                raise ConfigError("data.scan_subset needs the (Sy, Sx, 2) form")
+            r0, r1, c0, c1 = d.scan_subset
+            if arr.shape[0] < r1 or arr.shape[1] < c1:
+                raise ShapeError(f"{path} holds {arr.shape[0]} × {arr.shape[1]} shifts but data.scan_subset "
+                                 f"takes rows up to {r1} and columns up to {c1}")
+            arr = arr[r0:r1, c0:c1]
+        if dataset is not None:
+            arr = check_grid_shape(arr, path, dataset.scan_shape, "shifts")
+        from ..detector import PixelatedDetector
 
-    # displacement vectors follow the detector's transpose and flips (the frame size does not matter to them)
-    orient = PixelatedDetector(shape=(1, 1), transpose=d.transpose, flip_y=d.flip_y, flip_x=d.flip_x)
-    arr = orient.oriented_vectors(arr.reshape(-1, 2)) / d.bin
-    if d.resample is not None:
-        raise ConfigError("data.detector_shifts cannot be combined with data.resample (scale the shifts by the "
-                          "resampling factor yourself, or resample nothing)")
-    if n_patterns is not None and len(arr) != n_patterns:
-        raise ConfigError(f"data.detector_shifts: {path} holds {len(arr)} shifts for {n_patterns} patterns")
+        # displacement vectors follow the detector's transpose and flips (the frame size does not matter to them)
+        orient = PixelatedDetector(shape=(1, 1), transpose=d.transpose, flip_y=d.flip_y, flip_x=d.flip_x)
+        arr = orient.oriented_vectors(arr.reshape(-1, 2)) / d.bin
+        if dataset is not None:
+            check_shifts_on_detector(arr, path, dataset.pattern_shape)
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
 def build_model(params: ReconstructParams, dataset) -> Ptychography:
-    """The model of ``params.model`` for ``dataset`` (nominal probe from the optics)."""
-    m = params.model
-    ip = m.initial_phase
-    probe = None
-    if m.initial_probe is not None:
-        from .model import load_probe_file
+    """The model of ``params.model`` for ``dataset`` (nominal probe from the optics). The input files
+    (initial phase and probe, detector shifts) are read and checked first, each refusal naming its field."""
+    from .inputs import check_phase_image, check_probe, field
+    from .model import ObjectSizeError, load_phase_image, load_probe_file
 
-        try:
+    m = params.model
+    ip, phase, probe = m.initial_phase, None, None
+    if m.initial_probe is not None:
+        with field("model.initial_probe"):
             probe = load_probe_file(m.initial_probe.file, m.initial_probe.key)
-        except (InputFileError, ShapeError) as exc:
-            raise type(exc)(f"model.initial_probe: {exc}") from None
+            check_probe(probe, m.initial_probe.file, dataset.pattern_shape)
+    if ip is not None:
+        with field("model.initial_phase"):
+            phase = load_phase_image(ip.file, ip.key)
+            check_phase_image(phase, ip.file, ip.sampling or dataset.sampling, dataset.sampling,
+                              np.asarray(dataset.positions_angstrom()))
+    shifts = load_detector_shifts(params, dataset)
     try:
         model = Ptychography.from_dataset(
             dataset, n_slices=m.n_slices, slice_thickness=m.slice_thickness, n_probe_modes=m.n_probe_modes,
             n_object_modes=m.n_object_modes, source_size=m.source_size, mode_power=m.mode_power,
             object_padding=m.object_padding, tilt=m.tilt, per_position_tilt=m.per_position_tilt,
-            initial_phase=None if ip is None else ip.file, initial_phase_key=None if ip is None else ip.key,
-            initial_phase_sampling=None if ip is None else ip.sampling, antialias=m.antialias,
+            initial_phase=phase, initial_phase_sampling=None if ip is None else ip.sampling, antialias=m.antialias,
             detector_blur=m.detector_blur, obj_preblur=m.obj_preblur, aperture_edge=params.optics.aperture_edge,
             probe=probe,
             random_phase=None if m.random_phase is None else m.random_phase.scale,
             random_seed=0 if m.random_phase is None else m.random_phase.seed,
-            detector_shifts=load_detector_shifts(params, dataset.n_patterns),
+            detector_shifts=shifts,
         )
-    except InputFileError as exc:
-        raise InputFileError(f"model.initial_phase: {exc}") from None
+    except ObjectSizeError as exc:
+        if params.scan.positions_file is None:
+            raise
+        pos = np.asarray(dataset.positions_angstrom())
+        span = pos.max(0) - pos.min(0)
+        raise ConfigError(f"scan.positions_file: {params.scan.positions_file}: the positions span {span[0]:.3g} × "
+                          f"{span[1]:.3g} Å; {exc.size} (positions are in Å)") from None
     except PhasestemError:
         raise
-    except ValueError as exc:  # band-limit and similar optics errors
+    except ValueError as exc:  # band-limit and similar optics errors (the input files were checked above)
         raise ConfigError(f"optics: {exc}") from None
     rates = {k: (v.model_dump() if isinstance(v, ScheduleConfig) else v) for k, v in m.learning_rates.items()}
     model.set_learning_rates(**rates)

@@ -18,6 +18,7 @@ import logging
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..extras import require
 from ..lock import hold_output
 from .engine import DivergenceError, optimize
 from .params import ReconstructParams, ScheduleConfig, build_dataset, build_model, optimizer_options, resolve_device
@@ -27,7 +28,7 @@ log = logging.getLogger("phasestem.recon")
 
 def run_tuning(params: ReconstructParams, out_dir: str | Path | None = None, n_trials: int | None = None):
     """Run (or resume) the study; returns the ``optuna.Study``."""
-    import optuna
+    optuna = require("optuna", "phasestem tune")
 
     t = params.tune
     if t is None:

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from ..configfile import loads_yaml
 from ..errors import ConfigError
+from ..extras import require
 from ..io import seed
 from ..lock import hold_output
 from ..optics import interaction_constant
@@ -298,6 +299,8 @@ def simulate_dataset(cfg: SimulationConfig, out: str | Path, progress: bool = Tr
     run with another configuration instead of refusing.
     """
     out = Path(out)
+    if cfg.compute.workers > 0 or cfg.compute.scheduler is not None:  # before anything is written
+        require("distributed", "simulation with Dask workers (compute.workers > 0 or compute.scheduler)")
     check_memory(cfg, processes=max(1, cfg.compute.workers) if cfg.compute.scheduler is None else 1)
     with hold_output(out, "phasestem simulate"):
         _remove_own_temporaries(out)

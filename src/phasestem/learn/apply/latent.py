@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ... import metrics
 from ...errors import ShapeError
-from ...plot import save_figure
+from ...plot import STYLE, _plt, save_figure, styled
 from ...safety import atomic_file
 from ..meta import normalize_meta, require_kind
 from ..nets.autoencoder import Autoencoder, count_parameters, scale_patterns
@@ -97,12 +97,9 @@ def write_latent_maps(path: str | Path, maps: np.ndarray, attrs: dict[str, Any] 
     return path
 
 
+@styled
 def _latent_png(maps: np.ndarray, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _plt()
     d = maps.shape[0]
     cols = int(np.ceil(np.sqrt(d)))
     rows = int(np.ceil(d / cols))
@@ -175,21 +172,18 @@ def autoencoder_report(model: Autoencoder, patterns: np.ndarray, meta: dict[str,
     res = {"psnr": float(metrics.psnr(rec, x, data_range=1.0)), "ssim": float(metrics.ssim(rec, x, data_range=1.0)),
            "mse": float(metrics.mse(rec, x)), "n": len(x)}
     if png is not None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        k = min(n_show, len(x))
-        fig, axes = plt.subplots(3, k, figsize=(2.2 * k, 6.6), squeeze=False)
-        for j in range(k):
-            for i, (name, im) in enumerate((("input", x[j, 0]), ("reconstruction", rec[j, 0]),
-                                            ("difference", rec[j, 0] - x[j, 0]))):
-                axes[i, j].imshow(im.numpy(), cmap="RdBu_r" if i == 2 else "inferno")
-                axes[i, j].set_title(name, fontsize=7)
-                axes[i, j].axis("off")
-        fig.suptitle(f"PSNR {res['psnr']:.2f} dB, SSIM {res['ssim']:.3f} (scaled patterns)", fontsize=8)
-        save_figure(fig, png, dpi=110, close=True)
+        plt = _plt()
+        with plt.rc_context(STYLE):
+            k = min(n_show, len(x))
+            fig, axes = plt.subplots(3, k, figsize=(2.2 * k, 6.6), squeeze=False)
+            for j in range(k):
+                for i, (name, im) in enumerate((("input", x[j, 0]), ("reconstruction", rec[j, 0]),
+                                                ("difference", rec[j, 0] - x[j, 0]))):
+                    axes[i, j].imshow(im.numpy(), cmap="RdBu_r" if i == 2 else "inferno")
+                    axes[i, j].set_title(name, fontsize=7)
+                    axes[i, j].axis("off")
+            fig.suptitle(f"PSNR {res['psnr']:.2f} dB, SSIM {res['ssim']:.3f} (scaled patterns)", fontsize=8)
+            save_figure(fig, png, dpi=110, close=True)
     return res
 
 

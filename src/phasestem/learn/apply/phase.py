@@ -57,12 +57,25 @@ def load_predictor(model_path: str | Path, stitch_path: str | Path | None = None
     return model, meta
 
 
+def check_training_shapes(meta: dict[str, Any], scan_shape: tuple[int, int],
+                          pattern_shape: tuple[int, int] | None = None, source: str = "") -> None:
+    """Refuse data whose scan (or pattern) shape is not the one the model was trained on, in one line (prefixed
+    ``source: `` when given): the model stitches a fixed number of blocks of one scan shape."""
+    g = BlockGeometry.from_dict(meta["data"]["geometry"])
+    where = f"{source}: " if source else ""
+    if tuple(scan_shape) != tuple(g.scan_shape):
+        raise ShapeError(f"{where}scan {tuple(scan_shape)} differs from the training scan {tuple(g.scan_shape)}; the "
+                         f"model stitches {g.n_blocks} blocks of a {g.scan_shape[0]}×{g.scan_shape[1]} scan")
+    expect = tuple(meta["data"]["pattern_shape"])
+    if pattern_shape is not None and tuple(pattern_shape) != expect:
+        raise ShapeError(f"{where}patterns are {tuple(pattern_shape)} px but the model was trained on {expect} px; "
+                         "bin/crop/pad the data to match (FourDSTEM.binned/cropped/padded)")
+
+
 def geometry_for(dataset: FourDSTEM, meta: dict[str, Any]) -> BlockGeometry:
     """The training geometry adapted to ``dataset``'s scan step and origin (same pixel count per step)."""
     g = BlockGeometry.from_dict(meta["data"]["geometry"])
-    if tuple(dataset.scan_shape) != tuple(g.scan_shape):
-        raise ShapeError(f"scan {dataset.scan_shape} differs from the training scan {g.scan_shape}; the model "
-                         f"stitches {g.n_blocks} blocks of a {g.scan_shape[0]}×{g.scan_shape[1]} scan")
+    check_training_shapes(meta, dataset.scan_shape)
     ratio = (dataset.scan_step[0] / g.scan_step[0], dataset.scan_step[1] / g.scan_step[1])
     if max(abs(r - 1) for r in ratio) > 1e-6:
         log.warning("scan step %s Å differs from training %s Å: output pixel scaled by %s", dataset.scan_step,
@@ -77,10 +90,7 @@ def predict_phase(model: End2End, meta: dict[str, Any], dataset: FourDSTEM, devi
     device = device or next(model.parameters()).device
     g = geometry_for(dataset, meta)
     pre = Preprocess(**meta["data"]["preprocess"])
-    expect = tuple(meta["data"]["pattern_shape"])
-    if tuple(dataset.pattern_shape) != expect:
-        raise ShapeError(f"patterns are {dataset.pattern_shape} px but the model was trained on {expect} px; "
-                         "bin/crop/pad the data to match (FourDSTEM.binned/cropped/padded)")
+    check_training_shapes(meta, dataset.scan_shape, dataset.pattern_shape)
     pats = dataset.patterns
     scan = read_float32(pats) if isinstance(pats, h5py.Dataset) else np.asarray(pats[...], dtype=np.float32)
     blocks = blocks_from_scan(scan, g, pre)[None].to(device)
@@ -116,22 +126,15 @@ def write_prediction(path: str | Path, phase: np.ndarray, sampling: tuple[float,
 
 
 def save_png(path: Path, phase: np.ndarray, sampling, label: str, truth: np.ndarray | None = None) -> Path:
-    import matplotlib
+    """The prediction (Å scale bar, colour bar in its unit) and its diffractogram; with ``truth`` also the truth, the
+    difference and E_φ / FRC / PSNR / SSIM (:func:`phasestem.plot.phase_figure`)."""
+    from ...metrics import figures_of_merit
+    from ...plot import phase_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    images = [("prediction", phase)] + ([("truth", truth)] if truth is not None else [])
-    fig, axes = plt.subplots(1, len(images), figsize=(4.2 * len(images), 4), squeeze=False)
-    ext = [0, phase.shape[1] * sampling[1], phase.shape[0] * sampling[0], 0]
-    for ax, (title, img) in zip(axes[0], images, strict=True):
-        im = ax.imshow(img, cmap="gray", extent=ext)
-        ax.set_title(title)
-        ax.set_xlabel("x (Å)")
-        ax.set_ylabel("y (Å)")
-        fig.colorbar(im, ax=ax, label=label.split(" ")[0] + (" (rad)" if "rad" in label else ""))
-    fig.tight_layout()
-    save_figure(fig, path, dpi=110, close=True)
+    unit = "phase (rad)" if "rad" in label else label.split(" ")[0]
+    metrics = None if truth is None else figures_of_merit(phase, truth, sampling=sampling)
+    fig = phase_figure(phase, sampling, label=unit, truth=truth, metrics=metrics, title=f"prediction: {label}")
+    save_figure(fig, path, close=True)
     return path
 
 

@@ -119,20 +119,11 @@ def write_refined(path: str | Path, low: np.ndarray, high: np.ndarray, attrs: di
         for k, v in (attrs or {}).items():
             f.attrs[k] = v if isinstance(v, (int, float, str)) else json.dumps(v, default=str)
     if png is not None:
-        import matplotlib
+        from ...plot import phase_panels
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        imgs = ([("coarse input", coarse)] if coarse is not None else []) + [
-            (f"refined {low.shape[0]}²", low), (f"refined ×2 {high.shape[0]}²", high)]
-        fig, axes = plt.subplots(1, len(imgs), figsize=(3.2 * len(imgs), 3.2))
-        for ax, (title, im) in zip(np.atleast_1d(axes), imgs, strict=True):
-            m = ax.imshow(im, cmap="gray")
-            ax.set_title(title, fontsize=8)
-            ax.axis("off")
-            fig.colorbar(m, ax=ax, fraction=0.046, label="rad")
-        save_figure(fig, png, dpi=110, close=True)
+        imgs = ({"coarse input": coarse} if coarse is not None else {}) | {
+            f"refined {low.shape[0]}²": low, f"refined ×2 {high.shape[0]}²": high}
+        save_figure(phase_panels(imgs, share_range=False), png, close=True)
     return path
 
 
