@@ -177,7 +177,7 @@ def test_large_data_are_screened_by_sample_and_fully_on_request(tmp_path, monkey
 def test_deep_nesting_is_one_line_in_set_and_reader_option(tmp_path, capsys):
     config = Path(__file__).resolve().parents[1] / "configs" / "train_patch_tiny.yaml"
     deep = bombs.deep_flow(50000)
-    code = main(["train", "patch", str(config), "--out-dir", str(tmp_path / "r"), "--set", "trainer.lr=" + deep])
+    code = main(["train", "patch", str(config), "--out", str(tmp_path / "r"), "--set", "trainer.lr=" + deep])
     _one_line(capsys, code, "--set trainer.lr: nested more than 100 levels deep")
     np.save(tmp_path / "scan.npy", np.ones((4, 4, 8, 8), np.float32))
     calibrate = ["calibrate", str(tmp_path / "scan.npy"), "--energy", "3e5", "--semiangle", "20", "--scan-step", "1",
@@ -305,10 +305,10 @@ def test_train_autoencoder_and_make_pairs_name_the_bad_hdf5_file(tmp_path, capsy
     for name, needle in (("text.h5", "not a readable"), ("group.h5", "dp_set_0: is a group; expected a dataset"),
                          ("loop1.h5", "a loop of symbolic links")):
         code = main(["train", "autoencoder", str(config), "--set", f"data.files=[{tmp_path / name}]",
-                     "--out-dir", str(tmp_path / "ae")])
+                     "--out", str(tmp_path / "ae")])
         _one_line(capsys, code, name, needle)
         Path("mp.yaml").write_text(f"files: [{name}]\nout: pairs.h5\n")
-        code = main(["make-pairs", "--config", "mp.yaml"])
+        code = main(["make-pairs", "mp.yaml"])
         _one_line(capsys, code, name, needle.replace("dp_set_0", "phase_0"))
 
 
