@@ -236,3 +236,21 @@ def test_a_job_interrupted_by_a_server_crash_resumes_to_the_uninterrupted_result
     for key in ("obj_phase", "obj_amplitude", "probe", "positions"):
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
     np.testing.assert_array_equal(got["loss"]["loss"], want["loss"]["loss"])
+
+
+def test_dataset_page_needs_no_calibration_and_its_detectors_are_adjustable(server):
+    status, look = server.request("/api/dataset?path=data/scan.npz")
+    assert status == 200, look
+    assert look["scan_shape"] == [8, 8] and look["pattern_shape"] == [32, 32] and "unknown" in look["summary"]
+    assert look["radius"] > 0 and look["bf"] == look["radius"] and look["adf_outer"] is None
+    status, narrow = server.request("/api/dataset?path=data/scan.npz&bf=3&adf_inner=12&adf_outer=14")
+    assert (narrow["bf"], narrow["adf_inner"], narrow["adf_outer"]) == (3, 12, 14)
+    assert narrow["images"]["bf"] != look["images"]["bf"] and narrow["images"]["adf"] != look["images"]["adf"]
+    patterns = np.load(server.root / "data" / "scan.npz")["patterns"]
+    status, pat = server.request("/api/pattern?path=data/scan.npz&iy=3&ix=4&log=0")
+    assert status == 200 and not pat["log"]
+    assert pat["total"] == pytest.approx(float(patterns[3, 4].sum()), rel=1e-5)
+    status, answer = server.request("/api/pattern?path=data/scan.npz&iy=8&ix=0")
+    assert status == 400 and "outside the scan of 8 × 8" in answer["error"]
+    status, answer = server.request("/api/dataset?path=configs/tiny.yaml")
+    assert status == 400 and "tiny.yaml" in answer["error"]  # one line naming the file

@@ -5,8 +5,9 @@ reader always finds a whole file. It holds, small by design (≈ 0.1–0.2 MB, a
 
     epoch, n_epochs          ()      completed epochs, epochs the run will reach
     loss, seconds            (E,)    mean total loss and wall time (s) of each epoch so far
-    object_phase             (h, w)  float32 rad, the summed object phase in the dataset frame, block-averaged to
-                                     at most :data:`MAX_SIDE` pixels a side
+    object_phase             (h, w)  float32 rad, the summed object phase over the scanned field (the probe
+                                     centres' bounding box, as in reconstruction.png), block-averaged to at most
+                                     :data:`MAX_SIDE` pixels a side
     probe                    (h, w)  complex64, the first probe mode, likewise reduced
     sampling                 (2,)    Å per pixel of object_phase (after the reduction)
     gpu_memory               ()      peak bytes allocated on the run's CUDA device (-1 on CPU)
@@ -46,7 +47,9 @@ def snapshot(model, n_epochs: int, max_side: int = MAX_SIDE) -> dict[str, np.nda
     """The arrays of one snapshot of ``model`` (see the module docstring)."""
     import torch
 
-    phase, f = block_mean(model.phase_in_dataset_frame().astype(np.float32), max_side)
+    from .figures import _object, scanned_field
+
+    phase, f = block_mean(_object(model)[0][scanned_field(model)].astype(np.float32), max_side)
     with torch.no_grad():
         probe = model.get_probe()[0].cpu().numpy()
     probe, _ = block_mean(probe, max_side)

@@ -266,14 +266,15 @@ def create_app(root: Path, token: str, max_upload: int = 2 << 30, max_running: i
         seen = 0
         try:
             while True:
-                async with channel.cond:
-                    try:
+                data = None
+                async with channel.cond:  # never held across a yield: a slow or gone page must not block the rest
+                    with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(channel.cond.wait_for(lambda seen=seen: channel.version > seen),
                                                KEEPALIVE)
-                    except asyncio.TimeoutError:
-                        yield ": keep-alive\n\n"
-                        continue
-                    seen, data, final = channel.version, channel.data, channel.final
+                        seen, data, final = channel.version, channel.data, channel.final
+                if data is None:
+                    yield ": keep-alive\n\n"
+                    continue
                 yield f"data: {data}\n\n"
                 if final:
                     yield "event: end\ndata: {}\n\n"

@@ -6,7 +6,7 @@ import io
 
 import numpy as np
 
-from ..plot.core import log_norm, robust_range
+from ..plot.core import MASKED, log_norm, robust_range
 
 
 def common_range(arrays) -> tuple[float, float]:
@@ -17,9 +17,10 @@ def common_range(arrays) -> tuple[float, float]:
 def to_png(img: np.ndarray, cmap: str = "gray", vmin: float | None = None, vmax: float | None = None,
            log: bool = False) -> bytes:
     """``img`` (H, W) as PNG bytes through ``cmap``: linear between ``vmin`` and ``vmax`` (the robust range where
-    None), or ``log`` (the house log scale of patterns, :func:`~phasestem.plot.core.log_norm`). NaN/Inf and values
-    at or below zero on the log scale get the lowest colour."""
+    None), or ``log`` (the house log scale of patterns, :func:`~phasestem.plot.core.log_norm`). NaN/Inf are drawn in
+    :data:`~phasestem.plot.core.MASKED` (a phase without meaning), values ≤ 0 on the log scale in the lowest colour."""
     import matplotlib
+    import matplotlib.colors
     from PIL import Image
 
     a = np.asarray(img, dtype=np.float64)
@@ -31,6 +32,7 @@ def to_png(img: np.ndarray, cmap: str = "gray", vmin: float | None = None, vmax:
         scaled = (a - lo) / (hi - lo if hi > lo else 1.0)
     scaled = np.where(np.isfinite(scaled), np.clip(scaled, 0, 1), 0)
     rgb = (matplotlib.colormaps[cmap](scaled)[..., :3] * 255).astype(np.uint8)
+    rgb[~np.isfinite(a)] = (np.asarray(matplotlib.colors.to_rgb(MASKED)) * 255).astype(np.uint8)
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG")
     return buf.getvalue()

@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -32,8 +34,12 @@ LOG_BYTES = 16384
 MAX_POINTS = 2000
 
 
+#: a progress bar's state (tqdm: "adam epochs:  96%|█▌ | 24/25 [00:37<00:01, …]"), dropped from the log tail
+_PROGRESS = re.compile(r"[^|\n]*\d+%\|[^|]*\|[^\]]*\]\s*")
+
+
 def log_tail(path: Path, lines: int = LOG_LINES) -> list[str]:
-    """The last ``lines`` lines of a log (carriage-return progress lines reduced to their last state)."""
+    """The last ``lines`` lines of a log, without progress bars."""
     try:
         with open(path, "rb") as fh:
             fh.seek(0, 2)
@@ -42,8 +48,8 @@ def log_tail(path: Path, lines: int = LOG_LINES) -> list[str]:
             text = fh.read().decode("utf-8", "replace")
     except OSError:
         return []
-    rows = [row.rsplit("\r", 1)[-1] for row in text.splitlines()]
-    return rows[-lines:]
+    rows = [_PROGRESS.sub("", row.rsplit("\r", 1)[-1]) for row in text.splitlines()]
+    return [row for row in rows if row.strip()][-lines:]
 
 
 def _thin(values: np.ndarray) -> list[float | None]:
@@ -147,17 +153,15 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _scanned_phase(res: dict) -> np.ndarray:
-    """The summed object phase over the scanned field (dataset frame, the positions' bounding box), mean removed."""
+    """The summed object phase over the scanned field (:func:`~phasestem.recon.figures.scanned_field`), mean
+    removed."""
+    from ..recon.figures import field_of
+
     phase = np.asarray(res["phase_sum"], dtype=np.float64)
     attrs = res["attrs"]
-    sampling = np.asarray(attrs["sampling"], dtype=np.float64)
-    origin = np.asarray(attrs["origin"], dtype=np.float64)
-    pos = np.asarray(res["positions"], dtype=np.float64).reshape(-1, 2)
-    probe_shape = np.asarray(res["probe"].shape[-2:])
-    lo = np.floor((pos.min(0) + origin) / sampling).astype(int)
-    hi = np.ceil((pos.max(0) + origin) / sampling).astype(int) + probe_shape
-    lo, hi = np.clip(lo, 0, phase.shape), np.clip(hi, 0, phase.shape)
-    crop = phase[lo[0] : hi[0], lo[1] : hi[1]]
+    centres = (np.asarray(res["positions"], dtype=np.float64).reshape(-1, 2) + np.asarray(attrs["origin"])) \
+        / np.asarray(attrs["sampling"], dtype=np.float64)  # object-frame pixels
+    crop = phase[field_of(centres, phase.shape)]
     crop = crop if crop.size else phase
     return crop - np.nanmean(crop)
 
@@ -176,7 +180,9 @@ def compare_runs(root: Path, jobs: list[Job]) -> dict[str, Any]:
         res = load_results(run / "results.h5")
         phases.append(_scanned_phase(res))
         try:
-            configs.append(flatten(yaml.safe_load((run / "config.yaml").read_text()) or {}))
+            config = flatten(yaml.safe_load((run / "config.yaml").read_text()) or {})
+            configs.append({k: os.path.normpath(v) if isinstance(v, str) and "/" in v else v  # one spelling of a path
+                            for k, v in config.items()})
         except (OSError, yaml.YAMLError):
             configs.append({})
         loss = res["loss"].get("loss", np.zeros(0))

@@ -263,7 +263,7 @@ async function jobsPage() {
   view.replaceChildren(el("h2", {}, "Jobs"), newJobForm(prefill), el("h3", {}, "Queue"), table, el("p", {}, compareBtn));
   push("/api/events", (d) => {
     table.replaceChildren(el("tr", {}, ["", "id", "name", "state", "command (type it in the workspace root)", ""].map((h) => el("th", {}, h))),
-      d.jobs.slice().reverse().map((j) => jobRow(j, selected)));
+      ...d.jobs.slice().reverse().map((j) => jobRow(j, selected)));
   });
 }
 
@@ -298,9 +298,11 @@ async function runPage(jobId) {
       } }, "Re-run")));
   push(`/api/jobs/${jobId}/events`, (d) => {
     if (d.error) { showError(d.error); return; }
-    document.getElementById("run-state").textContent = d.state + (d.returncode ? ` (exit ${d.returncode})` : "");
+    document.getElementById("run-state").textContent = d.state + (d.state === "failed" && d.returncode ? ` (exit ${d.returncode})` : "");
     document.getElementById("run-elapsed").textContent = fmtTime(d.elapsed_s);
-    document.getElementById("run-log").textContent = d.log.join("\n");
+    const logBox = document.getElementById("run-log");
+    logBox.textContent = d.log.join("\n");
+    logBox.scrollTop = logBox.scrollHeight;
     const live = d.live;
     if (live) {
       document.getElementById("run-epoch").textContent = `${live.epoch} / ${live.n_epochs}`;
@@ -310,7 +312,7 @@ async function runPage(jobId) {
       document.getElementById("live-phase").src = live.images.object_phase;
       document.getElementById("live-probe-amp").src = live.images.probe_amplitude;
       document.getElementById("live-probe-phase").src = live.images.probe_phase;
-      window.__liveUpdates.push({ epoch: live.epoch, state: d.state, points: live.loss.length });
+      window.__liveUpdates.push({ epoch: live.epoch, state: d.state, points: live.loss.length, phase: live.images.object_phase });
     }
   });
 }
@@ -335,7 +337,7 @@ async function comparePage() {
       el("div", {}, `${r.epochs} epochs, final loss ${r.final_loss === null ? "–" : fmt(r.final_loss)}`),
       Object.entries(r.metrics).map(([k, v]) => el("div", {}, `${k}: ${fmt(v)}`)),
       el("div", {}, r.files.map((f) => el("div", {}, el("a", { href: `/api/file?download=1&path=${encodeURIComponent(f)}` }, f.split("/").pop()))))))),
-    el("div", { class: "card" }, el("h3", {}, "loss"), svg),
+      el("div", { class: "card" }, el("h3", {}, "loss"), svg)),
     el("h3", {}, "parameters that differ"),
     el("table", { id: "compare-diff" }, el("tr", {}, el("th", {}, "parameter"), data.runs.map((r) => el("th", {}, `job ${r.job}`))),
       data.diff.map((d) => el("tr", {}, el("td", {}, d.key), d.values.map((v) => el("td", {}, JSON.stringify(v)))))));
@@ -351,6 +353,7 @@ async function route() {
   const [name, arg] = (location.hash.replace(/^#\/?/, "").split("?")[0] || "files").split("/");
   for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.dataset.view === name);
   document.body.dataset.page = name;
+  document.body.dataset.ready = "";
   try {
     if (name === "run") await runPage(arg);
     else await (PAGES[name] || filesPage)();
