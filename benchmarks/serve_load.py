@@ -8,7 +8,9 @@ reading every payload (snapshot images, loss curve, log tail) for the whole run.
 
 The reconstruction's time is its epochs' wall time (epoch 1's own time from ``results.h5`` plus the time from its
 end to the last epoch's end in ``reconstruct.log``: the per-epoch live snapshot included, the process start-up not);
-the figure is the median over rounds of watched / unwatched − 1.
+the figure is the median over rounds of watched / unwatched − 1. On a shared machine that ratio carries the other
+load's noise, so the CPU time the watching costs is measured too: the server's and the clients' CPU seconds
+(``/proc``) with the watchers minus without, per CPU second of the job — the slowdown a saturated machine would show.
 
 Usage: python benchmarks/serve_load.py [--rounds 3] [--clients 20] [--epochs 20] [--scan 16] [--window 64]
 """
@@ -90,20 +92,38 @@ class Watchers:
         self.thread.join(timeout=60)
 
 
-def run_job(url: str, port: int, root: Path, clients: int) -> tuple[float, float, int, int]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc; 0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_job(url: str, port: int, root: Path, clients: int, server_pid: int) -> dict:
+    """One reconstruction job, watched by ``clients`` pages: its epochs' time, and the CPU seconds the job, the
+    server and the clients (this process) spent meanwhile."""
+    server0, own0 = cpu_seconds(server_pid), sum(os.times()[:2])
     job = request(url, "/api/jobs", {"command": "reconstruct", "config": "tiny.yaml"})
     watchers = Watchers(port, job["id"], clients) if clients else None
     start = time.perf_counter()
-    while request(url, f"/api/jobs/{job['id']}")["state"] not in ("done", "failed", "cancelled"):
-        time.sleep(0.5)
+    job_cpu = 0.0
+    while True:
+        info = request(url, f"/api/jobs/{job['id']}")
+        if info["state"] in ("done", "failed", "cancelled"):
+            break
+        if info["pid"]:
+            job_cpu = max(job_cpu, cpu_seconds(info["pid"]))  # sampled until it exits
+        time.sleep(0.2)
     wall = time.perf_counter() - start
-    state = request(url, f"/api/jobs/{job['id']}")["state"]
-    if state != "done":
-        raise SystemExit(f"job {job['id']} {state}: see {root / job['run_dir'] / 'job.log'}")
+    if info["state"] != "done":
+        raise SystemExit(f"job {job['id']} {info['state']}: see {root / job['run_dir'] / 'job.log'}")
     if watchers:
         watchers.close()
-    return reconstruction_seconds(root / job["run_dir"]), wall, watchers.events if watchers else 0, \
-        watchers.bytes if watchers else 0
+    return {"recon": reconstruction_seconds(root / job["run_dir"]), "wall": wall, "job_cpu": job_cpu,
+            "server_cpu": cpu_seconds(server_pid) - server0, "clients_cpu": sum(os.times()[:2]) - own0,
+            "events": watchers.events if watchers else 0, "bytes": watchers.bytes if watchers else 0}
 
 
 def reconstruction_seconds(run: Path) -> float:
@@ -142,21 +162,27 @@ def main() -> None:
             rows = []
             for r in range(args.rounds):
                 for clients in (0, args.clients) if r % 2 == 0 else (args.clients, 0):
-                    recon, wall, events, nbytes = run_job(url, port, root, clients)
-                    rows.append((r, clients, recon, wall))
-                    print(f"round {r}: {clients:2d} clients  reconstruction {recon:7.2f} s  (job wall {wall:6.1f} s"
-                          + (f", {events} pushes, {nbytes / 1e6:.1f} MB sent)" if clients else ")"), flush=True)
+                    x = run_job(url, port, root, clients, server.pid)
+                    rows.append((r, clients, x))
+                    print(f"round {r}: {clients:2d} clients  reconstruction {x['recon']:7.2f} s  (job wall "
+                          f"{x['wall']:6.1f} s; CPU s: job {x['job_cpu']:.1f}, server {x['server_cpu']:.2f}, clients "
+                          f"{x['clients_cpu']:.2f}" + (f"; {x['events']} pushes, {x['bytes'] / 1e6:.1f} MB sent)"
+                                                       if clients else ")"), flush=True)
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(60)
-    ratios = []
+    ratios, shares = [], []
     for r in range(args.rounds):
-        alone = next(x[2] for x in rows if x[0] == r and x[1] == 0)
-        watched = next(x[2] for x in rows if x[0] == r and x[1] == args.clients)
-        ratios.append(watched / alone - 1)
+        alone = next(x for i, c, x in rows if i == r and c == 0)
+        watched = next(x for i, c, x in rows if i == r and c == args.clients)
+        ratios.append(watched["recon"] / alone["recon"] - 1)
+        extra = (watched["server_cpu"] + watched["clients_cpu"]) - (alone["server_cpu"] + alone["clients_cpu"])
+        shares.append(extra / watched["job_cpu"])
     print(f"slowdown with {args.clients} clients watching: median {100 * statistics.median(ratios):+.1f} % "
           f"(rounds: {', '.join(f'{100 * x:+.1f} %' for x in ratios)}); {args.epochs} epochs of a {args.scan}² scan "
           f"of {args.window}² patterns")
+    print(f"CPU the watching cost (server + clients, watched minus unwatched) per CPU second of the job: median "
+          f"{100 * statistics.median(shares):.2f} % (rounds: {', '.join(f'{100 * x:.2f} %' for x in shares)})")
 
 
 if __name__ == "__main__":

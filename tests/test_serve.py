@@ -254,3 +254,14 @@ def test_dataset_page_needs_no_calibration_and_its_detectors_are_adjustable(serv
     assert status == 400 and "outside the scan of 8 × 8" in answer["error"]
     status, answer = server.request("/api/dataset?path=configs/tiny.yaml")
     assert status == 400 and "tiny.yaml" in answer["error"]  # one line naming the file
+
+
+def test_without_the_serve_extra_the_command_is_one_line(monkeypatch, tmp_path, capsys):
+    from phasestem.cli import main
+
+    for name in [m for m in sys.modules if m == "starlette" or m.startswith("starlette.")] + ["starlette"]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed
+    assert main(["serve", "--root", str(tmp_path), "--port", "0"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "pip install 'phasestem[serve]'" in err
+    assert not (tmp_path / ".phasestem-serve").exists()  # nothing written

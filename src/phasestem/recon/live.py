@@ -1,7 +1,7 @@
 """Epoch snapshots of a running reconstruction: ``OUT/live.npz``, what the live page of ``phasestem serve`` shows.
 
 After every epoch the run (rank 0) replaces ``OUT/live.npz`` atomically (:func:`phasestem.safety.atomic_file`), so a
-reader always finds a whole file. It holds, small by design (≈ 0.1–0.2 MB, a few ms per epoch):
+reader always finds a whole file. It holds, small by design (at most ≈ 0.45 MB: images of ≤ 192² pixels):
 
     epoch, n_epochs          ()      completed epochs, epochs the run will reach
     loss, seconds            (E,)    mean total loss and wall time (s) of each epoch so far

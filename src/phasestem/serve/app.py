@@ -359,8 +359,8 @@ def serve(root: Path, host: str = "127.0.0.1", port: int = 8888, token: str | No
     import socket
     import sys
 
-    require("uvicorn", "phasestem serve")
-    import uvicorn
+    require("starlette", "phasestem serve")
+    uvicorn = require("uvicorn", "phasestem serve")
 
     from ..lock import hold_output
     from .security import new_token

@@ -383,6 +383,7 @@ class JobRunner:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._mutex = threading.Lock()
+        self._submitting = threading.Lock()
 
     # lifecycle
     def start(self) -> None:
@@ -434,7 +435,8 @@ class JobRunner:
 
     # requests
     def submit(self, spec: dict[str, Any]) -> Job:
-        job = self.store.add(build_job(self.root, self.store, spec))
+        with self._submitting:  # one at a time: the next id names the run folder
+            job = self.store.add(build_job(self.root, self.store, spec))
         self._wake.set()
         return job
 

@@ -30,6 +30,8 @@ from .security import Refused, relative
 LOG_LINES = 40
 #: bytes read from the end of a log for its tail
 LOG_BYTES = 16384
+#: seconds between two pushes caused by the log alone
+LOG_PERIOD = 1.0
 #: points of a loss curve sent to the page (longer histories are thinned)
 MAX_POINTS = 2000
 
@@ -89,6 +91,7 @@ class LiveRuns:
     def __init__(self, root: Path):
         self.root = Path(root)
         self._views: dict[int, tuple[tuple, dict]] = {}
+        self._logs: dict[int, tuple[int | None, float]] = {}  # per job: log size last pushed, when
         self._lock = threading.Lock()
 
     def _view(self, job: Job) -> dict | None:
@@ -123,17 +126,27 @@ class LiveRuns:
         return out
 
     def signature(self, job: Job) -> tuple:
-        """Changes whenever :meth:`payload` would: the state, the snapshot file and the log's size."""
+        """Changes whenever :meth:`payload` should be pushed again: the state, a new snapshot, or a log that grew
+        (at most once a second for the log alone: a progress bar rewrites it ten times a second)."""
         from ..recon.live import LIVE_FILE
 
         run = self.root / job.run_dir
         parts: list = [job.state, job.returncode]
-        for name in (LIVE_FILE, "job.log"):
-            try:
-                st = (run / name).stat()
-                parts.append((st.st_mtime_ns, st.st_size))
-            except OSError:
-                parts.append(None)
+        try:
+            st = (run / LIVE_FILE).stat()
+            parts.append((st.st_mtime_ns, st.st_size))
+        except OSError:
+            parts.append(None)
+        try:
+            size = (run / "job.log").stat().st_size
+        except OSError:
+            size = None
+        now = time.monotonic()
+        with self._lock:
+            shown, when = self._logs.get(job.id, (None, 0.0))
+            if size != shown and now - when >= LOG_PERIOD:
+                self._logs[job.id] = shown, when = size, now
+        parts.append(shown)
         return tuple(parts)
 
 

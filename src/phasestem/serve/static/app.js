@@ -179,7 +179,13 @@ async function paramsForm(path, container) {
 async function paramsPage() {
   const path = params().get("path");
   view.replaceChildren(el("h2", {}, "Parameters"), el("p", {}, "Edited values are checked by the same schema as the YAML file before they are written."));
-  await paramsForm(path, view);
+  try { await paramsForm(path, view); }
+  catch (e) {  // not a reconstruction parameter file (a training or simulation config): its text, and the job form
+    showError("");
+    const text = await (await fetch(`/api/file?path=${encodeURIComponent(path)}`)).text();
+    view.replaceChildren(el("h2", {}, "File: ", el("code", {}, path)), el("pre", { class: "log" }, text),
+      el("p", {}, el("a", { href: `#/jobs?config=${encodeURIComponent(path)}&command=${/sim/.test(path) ? "simulate" : "train"}` }, "queue a job with it")));
+  }
 }
 
 // ---- calibrate -------------------------------------------------------------------------------------------------
