@@ -62,7 +62,13 @@ def browser(tmp_path_factory):
 
 
 def wait(driver, condition, timeout: float = 60, message: str = ""):
-    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: condition(d), message)
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: condition(d), message)
+    except TimeoutException:  # say what the page said
+        errors = "; ".join(e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE")
+        banner = driver.execute_script("return (document.getElementById('error') || {}).textContent")
+        raise TimeoutException(f"{message} after {timeout} s at {driver.current_url} (page errors: {errors or 'none'}"
+                               f"; error banner: {banner or 'none'})") from None
 
 
 def screenshot(driver, folder: Path, name: str) -> None:

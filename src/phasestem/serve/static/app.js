@@ -336,14 +336,14 @@ async function comparePage() {
   const data = await api(`/api/compare?jobs=${encodeURIComponent(ids)}`);
   const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
   svg.setAttribute("class", "loss"); svg.id = "compare-loss";
+  const cards = data.runs.map((r) => el("div", { class: "card compare-run" },
+    el("h3", {}, `job ${r.job} ${r.name || ""}`), el("img", { class: "live", src: r.image, alt: `phase of job ${r.job}` }),
+    el("div", {}, `${r.epochs} epochs, final loss ${r.final_loss === null ? "–" : fmt(r.final_loss)}`),
+    Object.entries(r.metrics).map(([k, v]) => el("div", {}, `${k}: ${fmt(v)}`)),
+    el("div", {}, r.files.map((f) => el("div", {}, el("a", { href: `/api/file?download=1&path=${encodeURIComponent(f)}` }, f.split("/").pop()))))));
   view.replaceChildren(el("h2", {}, "Compare"),
     el("p", {}, `one colour scale for every phase: ${fmt(data.vmin)} to ${fmt(data.vmax)} rad (mean removed)`),
-    el("div", { class: "row", id: "compare-runs" }, data.runs.map((r) => el("div", { class: "card compare-run" },
-      el("h3", {}, `job ${r.job} ${r.name || ""}`), el("img", { class: "live", src: r.image, alt: `phase of job ${r.job}` }),
-      el("div", {}, `${r.epochs} epochs, final loss ${r.final_loss === null ? "–" : fmt(r.final_loss)}`),
-      Object.entries(r.metrics).map(([k, v]) => el("div", {}, `${k}: ${fmt(v)}`)),
-      el("div", {}, r.files.map((f) => el("div", {}, el("a", { href: `/api/file?download=1&path=${encodeURIComponent(f)}` }, f.split("/").pop()))))))),
-      el("div", { class: "card" }, el("h3", {}, "loss"), svg)),
+    el("div", { class: "row", id: "compare-runs" }, cards, el("div", { class: "card" }, el("h3", {}, "loss"), svg)),
     el("h3", {}, "parameters that differ"),
     el("table", { id: "compare-diff" }, el("tr", {}, el("th", {}, "parameter"), data.runs.map((r) => el("th", {}, `job ${r.job}`))),
       data.diff.map((d) => el("tr", {}, el("td", {}, d.key), d.values.map((v) => el("td", {}, JSON.stringify(v)))))));
