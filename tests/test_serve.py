@@ -73,6 +73,8 @@ def test_every_route_and_the_push_channel_need_the_token(server):
     with urllib.request.urlopen(req, timeout=10) as res:
         assert res.headers["content-type"].startswith("text/event-stream")
         assert res.readline().startswith(b"data: {\"jobs\"")
+    status, answer = server.request("/api/jobs/999/events")
+    assert status == 404 and "no such job" in answer["error"]
     # a state change from another site's page is refused even with the cookie
     status, answer = server.request("/api/jobs", "POST", body={"command": "reconstruct"},
                                     headers={"Origin": "http://evil.example"})

@@ -287,8 +287,11 @@ def create_app(root: Path, token: str, max_upload: int = 2 << 30, max_running: i
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     async def job_events(request):
-        job_id = _job_id(request)
-        await run_in_threadpool(ws.store.get, job_id)  # 404 before the stream starts
+        try:
+            job_id = _job_id(request)
+            await run_in_threadpool(ws.store.get, job_id)  # 404 before the stream starts
+        except Refused as exc:
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
         return sse(stream(("job", job_id), lambda: ws.job_channel(job_id)))
 
     async def jobs_events(request):
