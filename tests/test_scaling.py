@@ -43,6 +43,8 @@ def test_power_law_fit_recovers_known_parameters():
     assert s.stage_epochs("tiny", 64) == s.REF_EPOCHS["tiny"]
     assert s.stage_epochs("tiny", 3500) == {k: max(s.MIN_EPOCHS[k], round(v * 64 / 3500))
                                             for k, v in s.REF_EPOCHS["tiny"].items()}
+    assert s.stage_epochs("tiny", 16, {"patch": 4, "stitch": 8, "end2end": 2}, 32) == {"patch": 8, "stitch": 16,
+                                                                                       "end2end": 4}
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,8 @@ def smoke(tmp_path_factory):
     s = _scaling()
     out = tmp_path_factory.mktemp("scaling")
     argv = ["--out", str(out), "--layout", "smoke", "--sizes", "tiny", "--n-train", "4", "8", "--part", "4",
-            "--phonons", "1", "--heldout-phonons", "1", "--n-heldout", "2", "--epochs", "1", "1", "1"]
+            "--phonons", "1", "--heldout-phonons", "1", "--n-heldout", "2", "--epochs", "1", "1", "1",
+            "--ref-samples", "4"]
     assert s.main(argv) == 0
     return s, out, argv
 
@@ -70,7 +73,8 @@ def test_smoke_study_points_fit_and_rerun(smoke):
     assert result["fits"]["tiny"]["form"].startswith("a·n^-b (2 points")
     assert (out / "scaling.png").stat().st_size > 0 and "extrapolated" in (out / "scaling.md").read_text()
     # a rerun finds every step done: nothing is trained or simulated again
-    model = out / "runs" / "tiny_n8_e1-1-1" / "end2end" / "best" / "model.safetensors"
+    assert points[1]["epochs"] == {"patch": 2, "stitch": 3, "end2end": 1}  # n = 8: the passes of n = 4, the floors
+    model = out / "runs" / "tiny_n8_e2-3-1" / "end2end" / "best" / "model.safetensors"
     stamp = model.stat().st_mtime_ns
     assert s.main(argv) == 0
     assert model.stat().st_mtime_ns == stamp

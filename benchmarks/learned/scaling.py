@@ -12,7 +12,8 @@ while steps remain: ``until python scaling.py ...; do :; done`` runs it to the e
    ``TRAIN_SEED + k``), so that the first n samples are the same for every n (nested training sets). A part cut
    off by the time limit resumes sample by sample (``phasestem simulate`` is resumable).
 2. ``heldout``: held-out specimens drawn with ASE (:mod:`abtem_samples`), simulated by **abTEM** at the same
-   geometry, noise-free (:func:`heldout_file`). No score here comes from phasestem-simulated held-out data.
+   geometry, noise-free, one file per sample (:func:`heldout_files`). No score here comes from
+   phasestem-simulated held-out data.
 3. ``train``: per (size, n) the three stages patch → stitch → end2end (``phasestem``'s one trainer, in this
    process), each cut into chunks of ``--chunk-epochs`` epochs; a chunk is one step and ends with the trainer's
    own checkpoint (``last/``, a few MB for tiny), which the next chunk resumes. Epochs per stage:
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import subprocess
@@ -86,11 +88,18 @@ class Budget:
 
 
 def run_cli(args: list[str], timeout: float | None = None) -> bool:
-    """``phasestem ARGS`` in a subprocess; False when it ran past ``timeout`` seconds (it is stopped then)."""
+    """``phasestem ARGS``: in this process without a ``timeout``, else in a subprocess that is stopped when it runs
+    past ``timeout`` seconds (False then)."""
     print("$ phasestem " + " ".join(args), flush=True)
+    if timeout is None or math.isinf(timeout):
+        from phasestem.cli import main as phasestem
+
+        if phasestem(args):
+            raise subprocess.CalledProcessError(1, args)
+        return True
     proc = subprocess.Popen([sys.executable, "-m", "phasestem.cli", *args])
     try:
-        rc = proc.wait(timeout=None if timeout is None or math.isinf(timeout) else max(timeout, 1.0))
+        rc = proc.wait(timeout=max(timeout, 1.0))
     except subprocess.TimeoutExpired:
         proc.terminate()
         try:
@@ -145,33 +154,42 @@ def write_json(path: Path, data: Any) -> None:
 
 
 # ------------------------------------------------------------------------------------------ held-out (abTEM)
-def heldout_file(out: Path, layout: str, n: int, phonons: int, budget: Budget) -> Path:
+def heldout_files(out: Path, layout: str, n: int, phonons: int, budget: Budget) -> list[Path]:
     """``n`` held-out specimens (random crystals drawn with ASE, seed :data:`HELDOUT_SEED`) simulated by abTEM at
-    ``layout``'s 2 Å geometry, noise-free, in ``phasestem simulate``'s file layout (:mod:`abtem_samples`)."""
+    ``layout``'s 2 Å geometry, noise-free, in ``phasestem simulate``'s file layout (:mod:`abtem_samples`): one file
+    per sample (abTEM seed ``ABTEM_SEED + i``), so that the set grows and resumes sample by sample."""
     from abtem_samples import write_abtem_file, write_structures
 
     from phasestem.simulate.config import SimulationConfig
 
-    path = out / "data" / f"abtem_{layout}_ph{phonons}_n{n}.h5"
-    if path.exists():
-        return path
-    budget.check(0.0, "abTEM held-out samples")
-    folder = out / "data" / f"structures_{layout}"
-    structures = write_structures(folder, n, SimulationConfig.model_validate(sim_config(layout, n, HELDOUT_SEED)),
-                                  HELDOUT_SEED)
-    cfg = SimulationConfig.model_validate(sim_config(layout, n, HELDOUT_SEED, phonons, structures=structures))
-    t = time.perf_counter()
-    print(f"abTEM: {n} held-out samples at the {layout} layout ({phonons} frozen phonons)", flush=True)
-    write_abtem_file(cfg, path, n, seed=ABTEM_SEED, structures=structures)
-    log_seconds(out, path.stem, time.perf_counter() - t)
-    return path
+    folder = out / "data" / f"abtem_{layout}_ph{phonons}"
+    paths = [folder / f"heldout_{i:03d}.h5" for i in range(n)]
+    if all(p.exists() for p in paths):
+        return paths
+    structures = write_structures(out / "data" / f"structures_{layout}", n,
+                                  SimulationConfig.model_validate(sim_config(layout, n, HELDOUT_SEED)), HELDOUT_SEED)
+    for i, path in enumerate(paths):
+        if path.exists():
+            continue
+        budget.check(0.0, f"abTEM held-out sample {i}")
+        one = structures[i:i + 1]
+        cfg = SimulationConfig.model_validate(sim_config(layout, 1, HELDOUT_SEED, phonons, structures=one))
+        t = time.perf_counter()
+        print(f"abTEM: held-out sample {i} at the {layout} layout ({phonons} frozen phonons)", flush=True)
+        write_abtem_file(cfg, path, 1, seed=ABTEM_SEED + i, structures=one)
+        log_seconds(out, f"abtem_{layout}_ph{phonons}_{i:03d}", time.perf_counter() - t)
+    return paths
 
 
 # ------------------------------------------------------------------------------------------ training
-def stage_epochs(size: str, n: int) -> dict[str, int]:
-    """Epochs per stage at ``n`` training samples: :data:`REF_EPOCHS` scaled to the same number of sample passes as
-    at :data:`REF_SAMPLES` samples, at least :data:`MIN_EPOCHS` (so that larger sets also get more compute)."""
-    return {stage: max(MIN_EPOCHS[stage], round(e * REF_SAMPLES / n)) for stage, e in REF_EPOCHS[size].items()}
+def stage_epochs(size: str, n: int, ref_epochs: dict[str, int] | None = None,
+                 ref_samples: int = REF_SAMPLES) -> dict[str, int]:
+    """Epochs per stage at ``n`` training samples: ``ref_epochs`` (default :data:`REF_EPOCHS`) scaled to the same
+    number of sample passes as at ``ref_samples`` samples, at least :data:`MIN_EPOCHS` (so that larger sets also get
+    more compute)."""
+    ref = ref_epochs or REF_EPOCHS[size]
+    return {stage: max(MIN_EPOCHS[stage], round(ref[stage] * ref_samples / n)) for stage in ("patch", "stitch",
+                                                                                               "end2end")}
 
 
 def stage_configs(size: str, layout: str, files: list[Path], n: int, runs: Path, epochs: dict[str, int],
@@ -282,8 +300,8 @@ def train_seconds(runs: Path) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------ scores
-def score_model(model_dir: Path, heldout: Path, train_files: list[Path], n: int, device: str = "cpu") -> dict:
-    """Mean (± standard error) E_φ, PSNR, SSIM and data residual of an end2end model on the abTEM file, per sample
+def score_model(model_dir: Path, heldout: list[Path], train_files: list[Path], n: int, device: str = "cpu") -> dict:
+    """Mean (± standard error) E_φ, PSNR, SSIM and data residual of an end2end model on the abTEM files, per sample
     and against the mean phase of the first ``n`` training samples (``phasestem evaluate``'s metrics: E_φ over the
     whole image, offset removed, no shift alignment)."""
     from phasestem.learn.data import SampleIndex
@@ -293,7 +311,7 @@ def score_model(model_dir: Path, heldout: Path, train_files: list[Path], n: int,
     model, meta = load_model(model_dir, ("end2end",))
     g = meta["data"]["geometry"]
     kw = {"block": g["block"], "stride": g["stride"], "patch": g["patch"], "target": meta["data"]["target"]}
-    index = SampleIndex.from_paths([str(heldout)], **kw)
+    index = SampleIndex.from_paths([str(p) for p in heldout], **kw)
     check_shapes(meta, index)
     train = SampleIndex.from_paths([str(f) for f in train_files], **kw)
     train = train.subset(range(min(n, len(train))))
@@ -433,14 +451,14 @@ def figure(result: dict, path: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------ main
-def run_point(args, out: Path, size: str, n: int, heldout: Path, budget: Budget) -> dict:
+def run_point(args, out: Path, size: str, n: int, heldout: list[Path], budget: Budget) -> dict:
     """Data, training and score of one (size, n) point (each part skipped when done)."""
     path = point_path(out, size, n)
     if path.exists():
         return json.loads(path.read_text())
     files = training_files(out, args.layout, n, args.phonons, budget, args.part)
-    epochs = dict(zip(("patch", "stitch", "end2end"), args.epochs, strict=True)) if args.epochs \
-        else stage_epochs(size, n)
+    ref = dict(zip(("patch", "stitch", "end2end"), args.epochs, strict=True)) if args.epochs else None
+    epochs = stage_epochs(size, n, ref, args.ref_samples)
     model = train_run(out, size, args.layout, files, n, epochs, args.device, args.amp, args.chunk_epochs, budget)
     budget.check(0.0, f"score {size} n={n}")
     score = score_model(model, heldout, files, n, args.device)
@@ -461,8 +479,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--phonons", type=int, default=4, help="frozen phonons of the training samples")
     ap.add_argument("--part", type=int, default=PART, help="samples per simulated part")
     ap.add_argument("--epochs", type=int, nargs=3, metavar=("PATCH", "STITCH", "END2END"),
-                    help="epochs per stage at every n (default: stage_epochs, the same sample passes as at "
-                         f"{REF_SAMPLES} samples)")
+                    help="epochs per stage at --ref-samples samples (default per size: REF_EPOCHS); every n gets the "
+                         "same sample passes (stage_epochs)")
+    ap.add_argument("--ref-samples", type=int, default=REF_SAMPLES, help="training samples of --epochs")
     ap.add_argument("--heldout-phonons", type=int, default=4, help="frozen phonons of the abTEM held-out samples")
     ap.add_argument("--n-heldout", type=int, default=8, help="abTEM held-out samples")
     ap.add_argument("--device", default="cpu", help="torch device of training and scoring (cpu, cuda)")
@@ -473,6 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--report-only", action="store_true", help="only rewrite scaling.json / .png / .md")
     args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     import torch
 
@@ -483,15 +503,15 @@ def main(argv: list[str] | None = None) -> int:
     heldout = None
     try:
         if not args.report_only:
-            heldout = heldout_file(out, args.layout, args.n_heldout, args.heldout_phonons, budget)
+            heldout = heldout_files(out, args.layout, args.n_heldout, args.heldout_phonons, budget)
             for size in args.sizes:
                 for n in sorted(args.n_train):
                     run_point(args, out, size, n, heldout, budget)
     except OutOfTime as exc:
-        report(out, args.layout, None if heldout is None else heldout.name)
+        report(out, args.layout, None if heldout is None else heldout[0].parent.name)
         print(f"stopped at --max-minutes ({exc}); rerun the same command to continue", flush=True)
         return INCOMPLETE
-    result = report(out, args.layout, None if heldout is None else heldout.name)
+    result = report(out, args.layout, None if heldout is None else heldout[0].parent.name)
     print(table(result))
     return 0
 

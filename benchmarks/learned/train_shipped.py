@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import sys
@@ -190,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"(exit status {scaling.INCOMPLETE}; rerun to continue)")
     ap.add_argument("--no-ship", action="store_true", help="train and score only")
     args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     import torch
 
@@ -202,10 +204,10 @@ def main(argv: list[str] | None = None) -> int:
         else scaling.stage_epochs(args.size, args.n_train)
     try:
         files = scaling.training_files(out, LAYOUT, args.n_train, args.phonons, budget, args.part)
-        heldout = scaling.heldout_file(out, LAYOUT, args.n_heldout, args.heldout_phonons, budget)
-        runs = out / "runs" / f"ship_{args.size}_n{args.n_train}_e{'-'.join(str(v) for v in epochs.values())}"
+        heldout = scaling.heldout_files(out, LAYOUT, args.n_heldout, args.heldout_phonons, budget)
         model = scaling.train_run(out, args.size, LAYOUT, files, args.n_train, epochs, args.device, args.amp,
-                                  args.chunk_epochs, budget, runs=runs)
+                                  args.chunk_epochs, budget)  # the run of scaling.py's point (size, n, epochs)
+        runs = model.parent
         budget.check(0.0, "score")
     except scaling.OutOfTime as exc:
         print(f"stopped at --max-minutes ({exc}); rerun the same command to continue", flush=True)
