@@ -5,8 +5,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ..configfile import parse_set_options
 from ..errors import ConfigError
 
 EPILOG = """examples:
@@ -42,11 +41,7 @@ def reader_options(args) -> dict[str, Any]:
         opts["patterns_key"] = args.patterns_key
     if getattr(args, "scan_shape", None):
         opts["scan_shape"] = tuple(args.scan_shape)
-    for item in getattr(args, "reader_option", []) or []:
-        if "=" not in item:
-            raise ConfigError(f"--reader-option {item!r}: expected KEY=VALUE")
-        key, val = item.split("=", 1)
-        opts[key.strip()] = yaml.safe_load(val)
+    opts.update(parse_set_options(getattr(args, "reader_option", None), "--reader-option"))
     return opts
 
 

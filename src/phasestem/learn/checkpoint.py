@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-from ..errors import InputFileError
+from ..configfile import loads_json
+from ..errors import ConfigError, InputFileError
 from ..extras import require
 from ..safety import atomic_file, remove_stale_temporaries, temporary_name
 from ..torch_files import first_line as _first_line
@@ -74,10 +75,12 @@ def _parse_meta(meta: Any, path: Path) -> dict:
 
     if isinstance(meta, Mapping):
         return normalize_meta(dict(meta))
+    if not isinstance(meta, str | bytes):
+        raise InputFileError(f"{path}: its 'phasestem' metadata is not JSON text (found {type(meta).__name__})")
     try:
-        out = json.loads(meta)
-    except (TypeError, json.JSONDecodeError) as exc:
-        raise InputFileError(f"{path}: its 'phasestem' metadata is not valid JSON ({_first_line(exc)})") from exc
+        out = loads_json(meta, f"{path}: its 'phasestem' metadata")
+    except ConfigError as exc:
+        raise InputFileError(str(exc)) from None
     if not isinstance(out, dict):
         raise InputFileError(f"{path}: its 'phasestem' metadata is not a JSON object")
     return normalize_meta(out)
@@ -252,7 +255,7 @@ def verify_checkpoint(folder: str | Path) -> dict | None:
                     MANIFEST)
         return None
     try:
-        manifest = json.loads(path.read_text())
+        manifest = loads_json(path.read_text(errors="replace"), str(path))
         files = dict(manifest["files"])
         int(manifest["global_step"])
     except (ValueError, KeyError, TypeError) as exc:

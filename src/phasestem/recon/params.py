@@ -360,7 +360,7 @@ def dump_params(params: ReconstructParams) -> str:
 def _resampled(dataset, shape: tuple[int, int]):
     import torch
 
-    p = torch.as_tensor(np.asarray(dataset.patterns[...], dtype=np.float32))
+    p = torch.as_tensor(np.array(dataset.patterns[...], dtype=np.float32))  # a copy: memory maps are read-only
     sy, sx, H, W = p.shape
     out = torch.nn.functional.interpolate(p.reshape(-1, 1, H, W), size=tuple(shape), mode="bilinear",
                                           align_corners=False).reshape(sy, sx, *shape)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ...errors import ConfigError, InputFileError, ShapeError
 from ...io import seed as seedfile
+from ...io.hdf5 import check_written, open_file, reading
 from .geometry import BlockGeometry
 
 log = logging.getLogger("phasestem.learn")
@@ -68,13 +69,9 @@ def inspect_file(path: str | Path, block: int = 14, stride: int = 9, patch: int 
                  original: OriginalLayout | None = None, layout: str = "auto") -> FileInfo:
     """Read the sample list and geometry of one training file (ours or the user's original layout)."""
     path = str(path)
-    if not os.path.isfile(path):
+    if not os.path.isfile(path) and not os.path.islink(path):  # a link: open_file says why it leads nowhere
         raise InputFileError(f"{path}: no such training file")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise InputFileError(f"{path}: not a readable HDF5 file ({exc})") from exc
-    with f:
+    with open_file(path, "training file (seed-000 HDF5)") as f, reading(path, "training file (seed-000 HDF5)"):
         ids = _sample_ids(f)
         if not ids:
             raise InputFileError(f"{path}: no 'dp_set_{{i}}' datasets (expected the seed-000 training layout)")
@@ -82,6 +79,9 @@ def inspect_file(path: str | Path, block: int = 14, stride: int = 9, patch: int 
         if missing:
             raise InputFileError(f"{path}: '{seedfile.phase_key(missing[0])}' missing for "
                                  f"'{seedfile.patterns_key(missing[0])}'")
+        for i in (ids[0], ids[-1]):  # the samples are read later: groups or unwritten data are refused now
+            check_written(f[seedfile.patterns_key(i)], f"{path}:{seedfile.patterns_key(i)}")
+            check_written(f[seedfile.phase_key(i)], f"{path}:{seedfile.phase_key(i)}")
         dp = f[seedfile.patterns_key(ids[0])]
         for name in (seedfile.patterns_key(ids[0]), seedfile.phase_key(ids[0])):
             if f[name].dtype.kind not in "biuf":
@@ -101,7 +101,7 @@ def inspect_file(path: str | Path, block: int = 14, stride: int = 9, patch: int 
                     phase_sampling=phase_sampling, block=block, stride=stride, patch=patch)
                 energy = float(a["energy"])
                 sigma = seedfile.file_sigma(a, energy)
-                aberrations = seedfile.aberrations(a)
+                aberrations = seedfile.aberrations(a, path)
                 semiangle = float(a["semiangle"]) if "semiangle" in a else None
                 angular = tuple(float(v) for v in a["angular_sampling"]) if "angular_sampling" in a else None
             except KeyError as exc:
