@@ -134,7 +134,7 @@ def training_files(out: Path, layout: str, n: int, phonons: int, budget: Budget,
             t = time.perf_counter()
             if not run_cli(["simulate", str(cfg), "--out", str(folder)], timeout=budget.left()):
                 raise OutOfTime(f"simulation of {folder} stopped at the time limit (its samples so far are kept)")
-            log_seconds(out, f"simulate_{layout}_ph{phonons}_part{k:03d}", time.perf_counter() - t)
+            log_seconds(out, f"simulate_{root.name}_part{k:03d}", time.perf_counter() - t)
         files.append(target)
     return files
 
@@ -168,15 +168,18 @@ def heldout_files(out: Path, layout: str, n: int, phonons: int, budget: Budget) 
         return paths
     structures = write_structures(out / "data" / f"structures_{layout}", n,
                                   SimulationConfig.model_validate(sim_config(layout, n, HELDOUT_SEED)), HELDOUT_SEED)
+    done = json.loads((out / "seconds.json").read_text()) if (out / "seconds.json").exists() else {}
+    last = max([v for k, v in done.items() if k.startswith(f"abtem_{layout}_ph{phonons}_")], default=0.0)
     for i, path in enumerate(paths):
         if path.exists():
             continue
-        budget.check(0.0, f"abTEM held-out sample {i}")
+        budget.check(last, f"abTEM held-out sample {i}")  # as long as the longest one so far
         one = structures[i:i + 1]
         cfg = SimulationConfig.model_validate(sim_config(layout, 1, HELDOUT_SEED, phonons, structures=one))
         t = time.perf_counter()
         print(f"abTEM: held-out sample {i} at the {layout} layout ({phonons} frozen phonons)", flush=True)
         write_abtem_file(cfg, path, 1, seed=ABTEM_SEED + i, structures=one)
+        last = max(last, time.perf_counter() - t)
         log_seconds(out, f"abtem_{layout}_ph{phonons}_{i:03d}", time.perf_counter() - t)
     return paths
 
@@ -316,7 +319,16 @@ def score_model(model_dir: Path, heldout: list[Path], train_files: list[Path], n
     train = SampleIndex.from_paths([str(f) for f in train_files], **kw)
     train = train.subset(range(min(n, len(train))))
     res = evaluate_model(model, meta, index, train, batch_size=1, device=device)
+    import h5py
+
+    from phasestem.io import seed as seedfile
+
     rows = res["rows"]
+    for k, (r, (f, i)) in enumerate(zip(rows, index.entries, strict=True)):  # number the samples of all files
+        with h5py.File(index.files[f].path) as h:
+            r["specimen"] = str(h[seedfile.patterns_key(i)].attrs.get("specimen", ""))
+        r["sample"] = k
+    res["examples"] = [(k, pred, gt) for k, (_, pred, gt) in enumerate(res["examples"])]
     out = {"n_heldout": len(rows), "rows": rows}
     for key in ("phase_error", "psnr", "ssim", "residual", "truth_residual", "baseline_phase_error", "baseline_psnr"):
         v = np.array([r[key] for r in rows if key in r and np.isfinite(r[key])], float)

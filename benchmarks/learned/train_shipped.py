@@ -54,14 +54,14 @@ def relative_meta(value: Any, base: Path) -> Any:
     return value
 
 
-def ship(name: str, model_dir: Path, out: Path, card: str) -> Path:
-    """The best weights of ``model_dir`` as ``<name>.safetensors`` in the model folder
+def ship(name: str, run: Path, out: Path, card: str) -> Path:
+    """The best weights of the run folder ``run`` as ``<name>.safetensors`` in the model folder
     (:func:`phasestem.learn.pretrained.model_dir`: the package's unless ``PHASESTEM_MODEL_DIR`` names another), the
     metadata's paths made relative and ``meta["pretrained"]`` added; returns the file."""
     from phasestem.learn.checkpoint import load_weights, save_weights
     from phasestem.learn.pretrained import model_dir
 
-    state, meta = load_weights(model_dir)
+    state, meta = load_weights(run)
     meta = relative_meta(meta, out)
     meta["pretrained"] = {"name": name, "card": card}
     path = save_weights(state, model_dir() / f"{name}.safetensors", meta)
@@ -76,7 +76,7 @@ def examples_png(score: dict, path: Path, sampling: float) -> Path:
     ex = [(f"abTEM sample {sid}", pred, gt) for sid, pred, gt in score["examples"][:3]]
     metrics = {f"abTEM sample {sid}": by[sid] for sid, _, _ in score["examples"][:3]}
     fig = examples_figure(ex, label="phase (rad)", metrics=metrics, sampling=(sampling, sampling))
-    return save_figure(fig, path, dpi=80, close=True)
+    return save_figure(fig, path, dpi=60, close=True)
 
 
 def card_text(name: str, entry: dict, info: dict) -> str:
@@ -86,7 +86,8 @@ def card_text(name: str, entry: dict, info: dict) -> str:
     ep, secs = info["epochs"], info["train_seconds"]
     sim = yaml.safe_dump(info["simulate_config"], sort_keys=False).strip()
     nan = float("nan")
-    rows = "\n".join(f"| {r['sample']} | {r['phase_error']:.3f} | {r.get('baseline_phase_error', nan):.3f} | "
+    rows = "\n".join(f"| {r['sample']} ({r['specimen'].removeprefix('abtem:')}) | {r['phase_error']:.3f} | "
+                     f"{r.get('baseline_phase_error', nan):.3f} | "
                      f"{r['psnr']:.2f} | {r['ssim']:.3f} | {r.get('residual', nan):.4f} |" for r in s["rows"])
     return f"""# Pretrained model `{name}`
 
@@ -121,8 +122,8 @@ first (`FourDSTEM.binned/cropped/padded`).
 
 ## Training data
 
-`phasestem simulate` of {info['n_train']} random crystals (phasestem's generator: fcc, bcc, diamond, rocksalt,
-zincblende, perovskite prototypes, random in-plane rotation, zone-axis tilt ≤ {SPECIMEN['max_tilt']:g}°, depth
+`phasestem simulate` of {info['n_train']} random crystals (phasestem's generator: fcc, bcc, hcp, diamond,
+rocksalt, zincblende, perovskite prototypes, random in-plane rotation, zone-axis tilt ≤ {SPECIMEN['max_tilt']:g}°, depth
 {SPECIMEN['depth'][0]:g}–{SPECIMEN['depth'][1]:g} Å), noise-free, {info['phonons']} frozen-phonon
 configuration(s) of σ = {SPECIMEN['phonon_sigma']:g} Å, in parts of {info['part']} samples (part k: seed
 {scaling.TRAIN_SEED} + k); 10 % of them held out for validation (model selection). Config of part 0:
@@ -145,7 +146,8 @@ simulation: {info['simulate_seconds']:.0f} s; training: {sum(secs.values()):.0f}
 
 ## Held-out scores (abTEM, never phasestem-simulated)
 
-{s['n_heldout']} crystals drawn with ASE by `benchmarks/learned/abtem_samples.py` (seed {scaling.HELDOUT_SEED}),
+{s['n_heldout']} crystals drawn with ASE by `benchmarks/learned/abtem_samples.py` (seed {scaling.HELDOUT_SEED}; the
+same families of prototypes as the training generator, other draws),
 simulated by **abTEM** at the same geometry ({info['heldout_phonons']} frozen phonon configuration(s), noise-free);
 phasestem only writes the file layout. Metrics as `phasestem evaluate` computes them: E_φ over the whole image
 after removing the mean offset, PSNR and SSIM against the truth, the data residual (the predicted phase through
@@ -214,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
         return scaling.INCOMPLETE
     score = scaling.score_model(model, heldout, files, args.n_train, args.device)
     seconds = json.loads((out / "seconds.json").read_text()) if (out / "seconds.json").exists() else {}
-    sim_seconds = sum(v for k, v in seconds.items() if k.startswith(f"simulate_{LAYOUT}_ph{args.phonons}"))
+    root = scaling.data_root(out, LAYOUT, args.phonons, args.part).name
+    sim_seconds = sum(v for k, v in seconds.items()
+                      if k.startswith(f"simulate_{root}_part") and int(k[-3:]) < len(files))
     info = {"size": args.size, "n_train": args.n_train, "phonons": args.phonons,
             "heldout_phonons": args.heldout_phonons, "epochs": epochs, "train_seconds": scaling.train_seconds(runs),
             "device": args.device, "amp": args.amp,
@@ -250,7 +254,14 @@ def main(argv: list[str] | None = None) -> int:
     docs.mkdir(parents=True, exist_ok=True)
     info["figure"] = str(examples_png(score, docs / f"{name}_heldout.png", lay["extent"] / lay["phase_gpts"]))
     info["score"] = score
-    (docs / f"{name}.md").write_text(card_text(name, entry, info))
+    card_path = docs / f"{name}.md"
+    notes = ""  # a "## Notes" section written by hand into an earlier card is kept
+    if card_path.exists() and "\n## Notes\n" in card_path.read_text():
+        notes = "\n## Notes" + card_path.read_text().split("\n## Notes", 1)[1].split("\n## Reproduce", 1)[0]
+    text = card_text(name, entry, info)
+    if notes:
+        text = text.replace("\n## Reproduce", notes.rstrip() + "\n\n## Reproduce", 1)
+    card_path.write_text(text)
     print(f"shipped {weights} ({entry['bytes'] / 1e6:.2f} MB, sha256 {entry['sha256'][:12]}…), card {docs / name}.md")
     return 0
 
