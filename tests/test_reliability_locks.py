@@ -63,8 +63,8 @@ def test_second_reconstruct_is_refused_naming_the_holder_and_the_first_finishes(
     assert yaml.safe_load((out / "config.yaml").read_text())["run"]["n_epochs"] == 3
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 3
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["checkpoint.pt", "compare.png", "config.yaml", "reconstruct.log", "reconstruction.png", "results.emd",
-         "results.h5"])
+        ["checkpoint.pt", "compare.png", "config.yaml", "live.npz", "reconstruct.log", "reconstruction.png",
+         "results.emd", "results.h5"])
 
 
 def test_second_train_is_refused_naming_the_holder_and_the_first_finishes(tmp_path):

@@ -113,7 +113,13 @@ def read_meta(path: str | Path) -> dict:
 
 
 def resolve_weights_path(path: str | Path) -> Path:
-    """A model file from a file, a checkpoint folder (``model.*``) or a run folder (``best/``, ``last/``)."""
+    """A model file from a pretrained model's name (:mod:`.pretrained`: ``seed-tiny``, checksum verified), a file, a
+    checkpoint folder (``model.*``) or a run folder (``best/``, ``last/``)."""
+    from .pretrained import resolve
+
+    shipped = resolve(path)
+    if shipped is not None:
+        return shipped
     path = Path(path)
     if path.is_file():
         return path
@@ -168,12 +174,16 @@ def _step_of(row: Mapping[str, str]) -> float:
         return 0.0
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes (read in 1 MiB chunks)."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+_sha256 = sha256_file  # the name trainer_state imports
 
 
 def _fsync(path: Path) -> None:

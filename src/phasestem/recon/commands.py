@@ -129,7 +129,7 @@ def _reconstruct_cmd(args) -> int:
 
 #: files a reconstruction writes into its output folder (none may be an input)
 RUN_FILES = ("config.yaml", "checkpoint.pt", "results.h5", "results.emd", "reconstruction.png", "compare.png",
-             "reconstruct.log")
+             "reconstruct.log", "live.npz")
 #: how a reconstruction names itself in its output folder's lock
 RECON_COMMAND = "phasestem reconstruct"
 
@@ -282,6 +282,9 @@ def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = Non
     if rank_and_world()[1] > 1:
         log.info("rank %d of %d on %s", *rank_and_world(), model.device)
     truth = _setup_reports(params, dataset, model, out) if main else None
+    if main:  # OUT/live.npz after every epoch: the live page of phasestem serve
+        from .live import LIVE_FILE, live_snapshots
+        model.epoch_callbacks.append(live_snapshots(out / LIVE_FILE, params.run.n_epochs))
     for _ in optimize(model, dataset, max(0, remaining), checkpoint_path=ckpt,
                       checkpoint_every=params.run.checkpoint_every, out_dir=out,
                       figures_every=params.run.figures_every, **opts):

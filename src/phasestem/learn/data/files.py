@@ -7,7 +7,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import h5py
 import numpy as np
@@ -47,6 +47,18 @@ class FileInfo:
     energy: float
     sigma: float
     aberrations: dict[str, float] = field(default_factory=dict)
+    semiangle: float | None = None  #: probe semi-angle (mrad), when the file records it
+    angular_sampling: tuple[float, float] | None = None  #: detector pixel (mrad), when the file records it
+
+    def optics(self) -> dict[str, Any] | None:
+        """What the file records of its optics and scan (energy eV, semi-angle and detector pixel mrad,
+        aberrations Å, scan step Å), the record a trained model keeps (``meta["data"]["optics"]``); None for files
+        of the original layout, which record none of it."""
+        if self.layout != "phasestem":
+            return None
+        return {"energy": self.energy, "semiangle": self.semiangle, "aberrations": dict(self.aberrations),
+                "angular_sampling": None if self.angular_sampling is None else list(self.angular_sampling),
+                "scan_step": list(self.geometry.scan_step)}
 
 
 def _sample_ids(f: h5py.File) -> list[int]:
@@ -90,6 +102,8 @@ def inspect_file(path: str | Path, block: int = 14, stride: int = 9, patch: int 
                 energy = float(a["energy"])
                 sigma = seedfile.file_sigma(a, energy)
                 aberrations = seedfile.aberrations(a, path)
+                semiangle = float(a["semiangle"]) if "semiangle" in a else None
+                angular = tuple(float(v) for v in a["angular_sampling"]) if "angular_sampling" in a else None
             except KeyError as exc:
                 raise InputFileError(f"{path}: root attribute {exc} missing (format {seedfile.FORMAT})") from exc
         else:
@@ -98,7 +112,9 @@ def inspect_file(path: str | Path, block: int = 14, stride: int = 9, patch: int 
             geometry = BlockGeometry(scan_shape=tuple(int(v) for v in dp.shape[:2]), scan_step=(o.scan_step,) * 2,
                                      phase_shape=phase_shape, phase_sampling=s, block=block, stride=stride, patch=patch)
             energy, sigma, aberrations = o.energy, seedfile.sigma(o.energy), {}
-        return FileInfo(path, kind, ids, geometry, tuple(int(v) for v in dp.shape[2:]), energy, sigma, aberrations)
+            semiangle, angular = None, None
+        return FileInfo(path, kind, ids, geometry, tuple(int(v) for v in dp.shape[2:]), energy, sigma, aberrations,
+                        semiangle, angular)
 
 
 def expand_paths(patterns: Sequence[str | Path]) -> list[str]:
