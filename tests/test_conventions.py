@@ -300,3 +300,32 @@ def test_readme_python_api_table_names_resolve():
         for name in names:
             short = name.rpartition(".")[2]
             assert short in module.API, (row, short)
+
+
+def test_serve_job_files_keep_the_path_rule(tmp_path):
+    """The parameter files `phasestem serve` writes into a run folder name the same files as the configs they come
+    from: a reconstruction's params.yaml relative to the run folder, a simulation's copy absolute; a train job says
+    --out."""
+    from phasestem.recon.params import load_params
+    from phasestem.serve.jobs import JobStore, build_job
+    from phasestem.simulate.config import load_config
+
+    root = tmp_path / "ws"
+    (root / "configs").mkdir(parents=True)
+    (root / "data").mkdir()
+    (root / "data" / "scan.npz").write_bytes(b"")
+    (root / "configs" / "rec.yaml").write_text("data: {file: ../data/scan.npz}\noptics: {}\nscan: {}\n")
+    (root / "configs" / "sim.yaml").write_text("specimen: {files: [../structures/a.cif]}\n")
+    (root / "configs" / "train.yaml").write_text(yaml.safe_dump({"network": "patch", "data": ROUTE}))
+    store = JobStore(root / ".phasestem-serve" / "jobs.sqlite")
+    job = build_job(root, store, {"command": "reconstruct", "config": "configs/rec.yaml"})
+    written = root / job.run_dir / "params.yaml"
+    assert yaml.safe_load(written.read_text())["data"]["file"] == "../../data/scan.npz"
+    assert load_params(written).data.file.resolve() == root.resolve() / "data" / "scan.npz"
+    job = build_job(root, store, {"command": "simulate", "config": "configs/sim.yaml",
+                                  "set": {"output.n_files": 1}})
+    copy = load_config(root / job.run_dir / "simulate.yaml")
+    assert copy.specimen.files[0].is_absolute() and copy.output.n_files == 1
+    assert copy.specimen.files[0].resolve() == root.resolve() / "structures" / "a.cif"
+    job = build_job(root, store, {"command": "train", "network": "patch", "config": "configs/train.yaml"})
+    assert "--out" in job.argv and "--out-dir" not in job.argv

@@ -73,7 +73,7 @@ def test_shipped_model_is_registered_small_and_intact():
 def test_predict_by_name_on_a_seed_layout_file(tmp_path, capsys):
     scan = _seed_file(tmp_path / "scan.h5")
     out = tmp_path / "phase.h5"
-    assert main(["predict", str(scan), "--model", NAME, "--out", str(out), "--no-png", "--device", "cpu"]) == 0
+    assert main(["predict", str(scan), "--model", NAME, "--out-file", str(out), "--no-png", "--device", "cpu"]) == 0
     with h5py.File(out) as f:
         phase = f["phase"][...]
         assert f.attrs["model_kind"] == "end2end"
@@ -86,7 +86,7 @@ def test_other_geometry_is_refused_up_front(tmp_path, capsys):
                             ("wide_probe.h5", {"semiangle": 30.0}, "semiangle 30 mrad (trained on 15 mrad)")):
         scan = _seed_file(tmp_path / name, **kw)
         capsys.readouterr()
-        assert main(["predict", str(scan), "--model", NAME, "--out", str(tmp_path / "x.h5"), "--no-png"]) == 1
+        assert main(["predict", str(scan), "--model", NAME, "--out-file", str(tmp_path / "x.h5"), "--no-png"]) == 1
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and words in err, err
         assert not (tmp_path / "x.h5").exists()
@@ -104,7 +104,7 @@ def test_damaged_copy_gets_one_line(model_copy, tmp_path, capsys, monkeypatch, d
     path.write_bytes(bytes(data))
     got = pretrained.sha256_file(path)
     scan = _seed_file(tmp_path / "scan.h5", scan=20)
-    assert main(["predict", str(scan), "--model", NAME, "--out", str(tmp_path / "p.h5"), "--no-png"]) == 1
+    assert main(["predict", str(scan), "--model", NAME, "--out-file", str(tmp_path / "p.h5"), "--no-png"]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
     assert str(path) in err and got in err and SHIPPED[NAME]["sha256"] in err
@@ -126,7 +126,7 @@ def test_unshipped_size_and_paths(tmp_path, monkeypatch, capsys):
                                                               r"install \(shipped: none\); `python benchmarks"):
         resolve_weights_path("seed-base")
     scan = _seed_file(tmp_path / "x.h5", scan=20) if NAME else tmp_path / "x.h5"
-    assert main(["predict", str(scan), "--model", "seed-small", "--out", str(tmp_path / "p.h5")]) == 1
+    assert main(["predict", str(scan), "--model", "seed-small", "--out-file", str(tmp_path / "p.h5")]) == 1
     assert "not shipped" in capsys.readouterr().err
     # names are resolved before paths, and only names: a path of any other form is a path
     assert pretrained.resolve("runs/seed-tiny") is None and pretrained.resolve("model.safetensors") is None

@@ -7,6 +7,7 @@ docs/config_reference.md) as a YAML comment, and every path (fields marked
 """
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -20,13 +21,18 @@ from .configfile import absolute_path, map_config_paths
 WIDTH = 100
 
 
-def config_yaml(cfg: BaseModel, title: str | None = None) -> str:
+def config_yaml(cfg: BaseModel, title: str | None = None, base: str | Path | None = None) -> str:
     """``cfg`` as commented YAML with absolute paths; ``yaml.safe_load`` of it validates back to ``cfg`` (paths
-    absolute). ``title``: the first comment line (e.g. the command)."""
-    data = map_config_paths(type(cfg), cfg.model_dump(mode="json"), absolute_path)
+    absolute). ``title``: the first comment line (e.g. the command). ``base``: the folder the text will be saved
+    in, when it is known: paths are then written relative to it (the one rule), so the folder can move."""
+    def fn(text: str) -> str:
+        return absolute_path(text) if base is None else os.path.relpath(absolute_path(text), absolute_path(str(base)))
+
+    data = map_config_paths(type(cfg), cfg.model_dump(mode="json"), fn)
+    where = "absolute" if base is None else "relative to this file's folder"
     lines = [f"# {title}" if title else "# phasestem config",
-             "# Resolved: every field, with its description; paths are absolute. A relative path in a config file",
-             "# is taken relative to that file's folder; on the command line, to the working directory.", ""]
+             f"# Resolved: every field, with its description; paths are {where}. A relative path in a config",
+             "# file is taken relative to that file's folder; on the command line, to the working directory.", ""]
     _section(cfg, data, "", lines)
     return "\n".join(lines) + "\n"
 

@@ -340,12 +340,13 @@ def load_params(path: str | Path) -> ReconstructParams:
     return parse_params(data, str(path), path.parent)
 
 
-def dump_params(params: ReconstructParams) -> str:
+def dump_params(params: ReconstructParams, base: str | Path | None = None) -> str:
     """The fully resolved configuration as YAML text: each field's description as a comment, paths absolute
-    (:func:`phasestem.configdump.config_yaml`), so it loads to the same run wherever it is saved."""
+    (:func:`phasestem.configdump.config_yaml`), so it loads to the same run wherever it is saved; with ``base``
+    (the folder the text is saved in) relative to it."""
     from ..configdump import config_yaml
 
-    return config_yaml(params, "phasestem reconstruct")
+    return config_yaml(params, "phasestem reconstruct", base)
 
 
 # ---- building the dataset and the model ---------------------------------------------------

@@ -30,7 +30,14 @@ from typing import Any
 
 import yaml
 
-from ..configfile import apply_overrides, parse_set_options, read_yaml_mapping
+from ..configfile import (
+    apply_overrides,
+    map_config_paths,
+    parse_set_options,
+    read_yaml_mapping,
+    relative_to,
+    resolve_config_paths,
+)
 from ..errors import PhasestemError
 from ..lock import FolderBusyError, OutputLock, folder_lock_path
 from .security import Refused, confine, relative
@@ -231,9 +238,9 @@ def reconstruct_params(root: Path, config: Path, overrides: dict[str, Any], run_
         except ValueError:
             raise Refused(f"{relative(root, config)}: {name} {path.name} lies outside the workspace root", 403) \
                 from None
-        setattr(node, rest[-1], Path(os.path.relpath(path, run_dir)))
-    params.run.out_dir = Path(".")
-    return params, dump_params(params)
+        setattr(node, rest[-1], path)
+    params.run.out_dir = run_dir.resolve()
+    return params, dump_params(params, base=run_dir)  # paths relative to the run folder, run.out_dir: .
 
 
 def build_job(root: Path, store: JobStore, spec: dict[str, Any]) -> Job:
@@ -286,13 +293,18 @@ def build_job(root: Path, store: JobStore, spec: dict[str, Any]) -> Job:
         if not isinstance(network, str) or not _NETWORK.match(network):
             raise Refused("network: give the network to train (patch, stitch, end2end, autoencoder, phaseformer)",
                           400)
-        argv = ["phasestem", "train", network, rel_config, "--out-dir", rel_run, "--device", device]
+        argv = ["phasestem", "train", network, rel_config, "--out", rel_run, "--device", device]
         for key, value in overrides.items():
             argv += ["--set", f"{_text(key, 'set key', 200)}={_yaml_value(value)}"]
     elif command == "simulate":
         if overrides:
-            files["simulate.yaml"] = yaml.safe_dump(apply_overrides(read_yaml_mapping(config), overrides),
-                                                    sort_keys=False)
+            from ..simulate.config import SimulationConfig
+
+            # the copy lives in the run folder: the original's relative paths (from its folder) and those of the
+            # overrides (from the root, the job's working directory) are written absolute
+            data = resolve_config_paths(SimulationConfig, read_yaml_mapping(config), config.parent.resolve())
+            data = map_config_paths(SimulationConfig, apply_overrides(data, overrides), relative_to(root.resolve()))
+            files["simulate.yaml"] = yaml.safe_dump(data, sort_keys=False)
             rel_config = f"{rel_run}/simulate.yaml"
         argv = ["phasestem", "simulate", rel_config, "--out", f"{rel_run}/data", "--device", device]
     else:  # calibrate: the data file and the reader options among args
