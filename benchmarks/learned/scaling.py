@@ -509,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    out = Path(args.out)
+    out = Path(args.out).resolve()  # YAMLs under out/configs name absolute paths (a relative one: from its folder)
     out.mkdir(parents=True, exist_ok=True)
     budget = Budget(args.max_minutes)
     heldout = None

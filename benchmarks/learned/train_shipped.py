@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    out = Path(args.out)
+    out = Path(args.out).resolve()  # as in scaling.py: the YAMLs it writes name absolute paths
     out.mkdir(parents=True, exist_ok=True)
     budget = scaling.Budget(args.max_minutes)
     name = f"seed-{args.size}"
