@@ -55,34 +55,65 @@ LEARNED = {"block": 4, "stride": 4, "patch": 24, "vit_patch": 8,
 METRICS = ("phase_error", "psnr", "ssim", "residual", "truth_residual", "baseline_phase_error")
 
 
-def cli(*args: str) -> None:
-    cmd = [sys.executable, "-m", "phasestem.cli", *args]
+def cli(*args: str, in_process: bool = False) -> None:
+    """``phasestem ARGS`` in a subprocess (or, ``in_process``, in this one: the smoke tests' shortcut)."""
     print("$ phasestem " + " ".join(args), flush=True)
-    subprocess.run(cmd, check=True)
+    if in_process:
+        from phasestem.cli import main as phasestem_main
+
+        if phasestem_main(list(args)):
+            raise RuntimeError(f"phasestem {' '.join(args)} failed")
+        return
+    subprocess.run([sys.executable, "-m", "phasestem.cli", *args], check=True)
 
 
-def _trainer(epochs: int, lr: float) -> dict:
-    return {"epochs": max(1, epochs), "lr": lr, "warmup_steps": 5, "device": "cpu", "monitor": "val/psnr",
+def _trainer(epochs: int, lr: float, device: str = "cpu") -> dict:
+    return {"epochs": max(1, epochs), "lr": lr, "warmup_steps": 5, "device": device, "monitor": "val/psnr",
             "monitor_mode": "max", "tensorboard": False, "progress": False, "checkpoint_every_epochs": 0}
 
 
-def train_configs(size: str, train_file: Path, runs: Path, scale: float, lr: float | None = None) -> dict[str, dict]:
-    ep = {k: round(v * scale) for k, v in EPOCHS[size].items()}
-    data = {"files": [str(train_file)], "block": LEARNED["block"], "stride": LEARNED["stride"],
-            "patch": LEARNED["patch"], "val_fraction": 0.15, "test_fraction": 0.0, "augment": False,
-            "preprocess": LEARNED["preprocess"]}
+def train_configs(size: str, train_file: Path | list[Path], runs: Path, scale: float = 1.0, lr: float | None = None,
+                  epochs: dict[str, int] | None = None, learned: dict | None = None, device: str = "cpu"
+                  ) -> dict[str, dict]:
+    """The ``phasestem train`` configs of the three stages (patch, stitch, end2end) of ``size`` on ``train_file``
+    (one or several files), run folders under ``runs``: ``epochs`` per stage (default :data:`EPOCHS`) × ``scale``,
+    block geometry and preprocessing ``learned`` (default :data:`LEARNED`), learning rate ``lr`` (default
+    :data:`LR`; end2end a third of it)."""
+    learned = learned or LEARNED
+    ep = {k: round(v * scale) for k, v in (epochs or EPOCHS[size]).items()}
+    files = [str(f) for f in (train_file if isinstance(train_file, list | tuple) else [train_file])]
+    data = {"files": files, "block": learned["block"], "stride": learned["stride"],
+            "patch": learned["patch"], "val_fraction": 0.15, "test_fraction": 0.0, "augment": False,
+            "preprocess": learned["preprocess"]}
     lr = lr or LR[size]
     return {
         "patch": {"stage": "patch", "out_dir": str(runs / "patch"), "data": {**data, "batch_size": 8},
-                  "model": {"size": size}, "trainer": _trainer(ep["patch"], lr)},
+                  "model": {"size": size}, "trainer": _trainer(ep["patch"], lr, device)},
         "stitch": {"stage": "stitch", "out_dir": str(runs / "stitch"),
-                   "stitch_model": {"size": size, "vit_patch": LEARNED["vit_patch"]},
-                   "data": {**data, "batch_size": 2, "stitch_noise": 0.05}, "trainer": _trainer(ep["stitch"], lr)},
+                   "stitch_model": {"size": size, "vit_patch": learned["vit_patch"]},
+                   "data": {**data, "batch_size": 2, "stitch_noise": 0.05},
+                   "trainer": _trainer(ep["stitch"], lr, device)},
         "end2end": {"stage": "end2end", "out_dir": str(runs / "end2end"), "patch_checkpoint": str(runs / "patch"),
                     "stitch_checkpoint": str(runs / "stitch"), "freeze_patch_epochs": 1,
                     "data": {**data, "batch_size": 1}, "loss": {"patch_weight": 0.5, "image_weight": 1.0},
-                    "trainer": _trainer(ep["end2end"], lr / 3)},
+                    "trainer": _trainer(ep["end2end"], lr / 3, device)},
     }
+
+
+def train_stages(configs: dict[str, dict], runs: Path, config_dir: Path, name: str, in_process: bool = False) -> Path:
+    """``phasestem train`` of each stage of ``configs`` in order, skipping those marked done (``runs/<stage>.done``);
+    the configs are written to ``config_dir/train_<name>_<stage>.yaml``. Returns the last stage's run folder."""
+    config_dir.mkdir(parents=True, exist_ok=True)
+    runs.mkdir(parents=True, exist_ok=True)
+    for stage, cfg in configs.items():
+        done = runs / f"{stage}.done"
+        if done.exists():
+            continue
+        path = config_dir / f"train_{name}_{stage}.yaml"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        cli("train", cfg["stage"], str(path), in_process=in_process)
+        done.write_text("finished\n")
+    return Path(list(configs.values())[-1]["out_dir"])
 
 
 def simulate(out: Path, n_train: int, n_heldout: int) -> tuple[Path, Path, dict]:
@@ -208,16 +239,9 @@ def main() -> None:
         else:
             runs = out / "runs" / size
             t = time.perf_counter()
-            for stage, cfg in train_configs(size, train_file, runs, args.epochs_scale, args.lr).items():
-                done = runs / f"{stage}.done"
-                if done.exists():
-                    continue
-                path = out / "configs" / f"train_{size}_{stage}.yaml"
-                path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-                cli("train", stage, str(path))
-                done.write_text("finished\n")
+            run = train_stages(train_configs(size, train_file, runs, args.epochs_scale, args.lr), runs,
+                               out / "configs", size)
             seconds[f"train_{size}"] = time.perf_counter() - t
-            run = runs / "end2end"
         r = {src: evaluate(run, f, out / "eval" / f"{size}_{src}") for src, f in (("phasestem", held_file),
                                                                                  ("abtem", ab_file))}
         r["gap"] = paired_gap(r["abtem"], r["phasestem"])
