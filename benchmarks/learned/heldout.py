@@ -3,7 +3,7 @@ defaults, and its best settings), and the hybrid (AD from the prediction, with o
 it) on the same specimens, simulated by abTEM, which neither the networks nor the AD engine were built on.
 
     python benchmarks/learned/heldout.py [--out heldout_output] [--layout reduced|seed] [--n-heldout 8]
-        [--n-train 160] [--sizes tiny] [--epochs-scale 1] [--device cpu|cuda] [--threads 1] [--steps ...]
+        [--n-train 96] [--size tiny] [--epochs-scale 1] [--device cpu|cuda] [--threads 1] [--steps ...]
 
 Settings (:data:`SETTINGS`), all with the seed-geometry probe of ``benchmarks/learned_vs_ad`` (300 keV, 15 mrad,
 C10 = 100 Å, ≈ 3 Å across) and 64² patterns:
@@ -24,9 +24,9 @@ Steps (each skips what exists, so a rerun resumes; ``--steps`` runs a subset):
    1, 3, 5 … the validation half.
 2. ``abtem``: abTEM simulations of them, noise-free, one file per scan step; Poisson copies at each setting's dose.
 3. ``train``: ``phasestem simulate`` of ``--n-train`` training crystals (phasestem's generator, another seed) at
-   the 2 Å geometry, noise-free and at 1e4 e⁻/pattern; ``phasestem train`` patch → stitch → end2end of each size
-   on the noise-free set (model ``clean``), then End2End fine-tuned from its two networks on the counted set
-   (model ``lowdose``).
+   the 2 Å geometry, noise-free, and its patterns as counts at 1e4 e⁻/pattern; ``phasestem train`` patch →
+   stitch → end2end of ``--size`` on the noise-free set (model ``clean``), then End2End fine-tuned from its two
+   networks on the counted set (model ``lowdose``).
 4. ``ad`` (no network needed), then ``hybrid``: per setting and sample, each route's result in
    ``results/<setting>/<sample>/<route>.json`` (E_φ per epoch and the seconds to it, best and final E_φ, PSNR,
    SSIM, data residual, load average): ``ad_default`` (``phasestem reconstruct``'s defaults: ``lsq``, 20 epochs,
@@ -90,7 +90,7 @@ HELDOUT_SEED, ABTEM_SEED, NOISE_SEED, TRAIN_SEED = 2311, 2312, 2313, 2314
 #: run ``phasestem simulate`` / ``train`` in this process instead of subprocesses (``--in-process``: smoke tests)
 IN_PROCESS = False
 #: epochs per stage; ``finetune``: End2End epochs of the low-dose model from the clean one's networks
-EPOCHS = {"tiny": {"patch": 12, "stitch": 8, "end2end": 4, "finetune": 3},
+EPOCHS = {"tiny": {"patch": 30, "stitch": 8, "end2end": 8, "finetune": 4},
           "small": {"patch": 8, "stitch": 6, "end2end": 3, "finetune": 3}}
 LR = {"tiny": 3e-3, "small": 1e-3}
 #: AD epochs of the sweep and the hybrid, per scan step (the dense scan's epochs cost 4×)
@@ -150,19 +150,22 @@ def heldout_file(out: Path, setting: str) -> Path:
     return out / "data" / "abtem" / f"heldout_{setting}.h5"
 
 
-def simulate_heldout(out: Path, layout: str, structures: list[Path], settings: list[str]) -> dict[str, Path]:
-    """Step 2: abTEM files, noise-free per scan step, then each setting's (a Poisson copy when it counts)."""
+def simulate_heldout(out: Path, layout: str, structures: list[Path], settings: list[str],
+                     n_dense: int | None = None) -> dict[str, Path]:
+    """Step 2: abTEM files, noise-free per scan step, then each setting's (a Poisson copy when it counts); the
+    dense scan of the first ``n_dense`` specimens only (default all)."""
     from abtem_samples import counted_copy, write_abtem_file
 
     files = {}
     for s in settings:
         step, electrons = SETTINGS[s]["step"], SETTINGS[s]["electrons"]
         clean = out / "data" / "abtem" / f"abtem_step{step:g}A.h5"
+        use = structures if step >= 2.0 or n_dense is None else structures[:n_dense]
         if not clean.exists():
-            cfg = _load_cfg(sim_config(layout, step, None, len(structures), structures=structures))
+            cfg = _load_cfg(sim_config(layout, step, None, len(use), structures=use))
             t = time.perf_counter()
-            print(f"abTEM: {len(structures)} samples at {step:g} Å", flush=True)
-            write_abtem_file(cfg, clean, len(structures), seed=ABTEM_SEED, structures=structures)
+            print(f"abTEM: {len(use)} samples at {step:g} Å", flush=True)
+            write_abtem_file(cfg, clean, len(use), seed=ABTEM_SEED, structures=use)
             _log_seconds(out, f"abtem_step{step:g}A", time.perf_counter() - t)
         target = heldout_file(out, s)
         if not target.exists():
@@ -181,19 +184,24 @@ def training_file(out: Path, model: str) -> Path:
 
 
 def simulate_training(out: Path, layout: str, n_train: int) -> dict[str, Path]:
-    """Step 3a: phasestem-simulated training crystals at 2 Å, noise-free (``clean``) and at 1e4 e⁻ (``lowdose``)."""
-    files = {}
-    for model, electrons in (("clean", None), ("lowdose", SETTINGS["b"]["electrons"])):
-        target = training_file(out, model)
-        if not target.exists():
-            cfg = out / "configs" / f"simulate_train_{model}.yaml"
-            cfg.parent.mkdir(parents=True, exist_ok=True)
-            cfg.write_text(yaml.safe_dump(sim_config(layout, 2.0, electrons, n_train, TRAIN_SEED), sort_keys=False))
-            t = time.perf_counter()
-            cli("simulate", str(cfg), "--out", str(target.parent), in_process=IN_PROCESS)
-            _log_seconds(out, f"simulate_train_{model}", time.perf_counter() - t)
-        files[model] = target
-    return files
+    """Step 3a: ``phasestem simulate`` of the training crystals at 2 Å, noise-free (``clean``), and the same
+    patterns as Poisson counts at 1e4 e⁻/pattern (``lowdose``; ``phasestem.noise.poisson_counts``, what
+    ``detector.dose`` draws, on the noise-free file instead of a second simulation)."""
+    from abtem_samples import counted_copy
+
+    clean = training_file(out, "clean")
+    if not clean.exists():
+        cfg = out / "configs" / "simulate_train_clean.yaml"
+        cfg.parent.mkdir(parents=True, exist_ok=True)
+        cfg.write_text(yaml.safe_dump(sim_config(layout, 2.0, None, n_train, TRAIN_SEED), sort_keys=False))
+        t = time.perf_counter()
+        cli("simulate", str(cfg), "--out", str(clean.parent), in_process=IN_PROCESS)
+        _log_seconds(out, "simulate_train_clean", time.perf_counter() - t)
+    low = training_file(out, "lowdose")
+    if not low.exists():
+        low.parent.mkdir(parents=True, exist_ok=True)
+        counted_copy(clean, low, SETTINGS["b"]["electrons"], NOISE_SEED + 1)
+    return {"clean": clean, "lowdose": low}
 
 
 def model_dir(out: Path, size: str, model: str) -> Path:
@@ -254,7 +262,12 @@ class Sample:
 
         with h5py.File(file) as f:
             specimen = str(f[seedfile.patterns_key(index)].attrs.get("specimen", ""))
-        kind = next((k for k in ("wurtzite", "mos2", "amorphous") if k in specimen), "crystal")
+        structure = Path(file).resolve().parent.parent / "structures" / specimen.removeprefix("abtem:")
+        if structure.is_file():  # the name the generator gave it ("wurtzite O2Zn2", "amorphous C", "Cu4" …)
+            from ase.io import read
+
+            specimen = str(read(structure).info.get("name", specimen))
+        kind = next((k for k in ("wurtzite", "mos2", "amorphous") if specimen.startswith(k)), "crystal")
         return cls(ds, truth, sampling, field_of_view(ds, sampling, truth.shape), kind, specimen)
 
     def on_truth_grid(self, phase: np.ndarray, sampling: tuple[float, float]) -> np.ndarray:
@@ -362,29 +375,29 @@ class ADSetting:
 
 
 def ad_candidates(setting: str, epochs: dict[float, int] | None = None) -> list[ADSetting]:
-    """AD settings swept on the development half (the defaults are run on every sample anyway): ``lsq`` steps,
-    Adam (probe fixed, as in ``bench_learned_vs_ad.py``), and on counted data the mixed data term."""
+    """AD settings swept on the development half beside the defaults (which run on every sample anyway): twice the
+    epochs at the default ``lsq`` step and at a larger one, Adam (probe fixed, as in ``bench_learned_vs_ad.py``), and
+    on counted data the mixed data term (½ Gaussian + ½ Poisson, the parameter reference's setting for counts)."""
     s = SETTINGS[setting]
     e = (epochs or AD_EPOCHS)[s["step"]]
-    cands = [ADSetting("lsq", 0.7, e), ADSetting("lsq", 1.0, e)]
-    if s["step"] >= 2.0:
-        cands += [ADSetting("lsq", 0.35, e), ADSetting("adam", 0.002, e, "none", probe=False),
-                  ADSetting("adam", 0.005, e, "none", probe=False)]
-    if s["electrons"] is not None:
-        cands += [ADSetting("lsq", 0.7, e, loss="mixed")] + ([ADSetting("lsq", 0.35, e, loss="mixed")]
-                                                              if s["step"] >= 2.0 else [])
-    return cands
+    if s["step"] < 2.0:  # the dense scan: an epoch costs 4×
+        return [ADSetting("lsq", 1.0, e), ADSetting("lsq", 0.7, e, loss="mixed")]
+    if s["electrons"] is None:
+        return [ADSetting("lsq", 0.7, e), ADSetting("lsq", 1.0, e), ADSetting("adam", 0.005, e, "none", probe=False)]
+    return [ADSetting("lsq", 0.7, e), ADSetting("lsq", 0.7, e, loss="mixed"), ADSetting("lsq", 0.35, e, loss="mixed"),
+            ADSetting("adam", 0.002, e, "none", probe=False)]
 
 
 def hybrid_candidates(best: ADSetting, setting: str, epochs: dict[float, int] | None = None,
                       default_epochs: int = DEFAULT_EPOCHS) -> list[ADSetting]:
-    """Hybrid settings tried on the development half: AD's best and its defaults from the prediction, a smaller
-    ``lsq`` step, and AD's best with a proximal pull towards the prediction of strength λ (0.1, 0.5)."""
+    """Hybrid settings tried on the development half: AD's best from the prediction, the same with half its
+    ``lsq`` step (a start near the answer may want smaller steps), and AD's best with a proximal pull towards the
+    prediction of strength λ = 0.1 and 0.5 (:class:`phasestem.recon.prior.PhasePrior`)."""
     e = (epochs or AD_EPOCHS)[SETTINGS[setting]["step"]]
     base = dataclasses.replace(best, epochs=e)
-    low = dataclasses.replace(base, solver="lsq", step=0.35, decay="cosine", probe=True)
-    cands = [base, low, ADSetting(epochs=default_epochs), dataclasses.replace(base, prior=0.1),
-             dataclasses.replace(base, prior=0.5)]
+    low = dataclasses.replace(base, solver="lsq", step=0.5 * (base.step or 0.7) if base.solver == "lsq" else 0.35,
+                              decay="cosine", probe=True)
+    cands = [base, low, dataclasses.replace(base, prior=0.1), dataclasses.replace(base, prior=0.5)]
     return list({c.name: c for c in cands}.values())
 
 
@@ -660,11 +673,13 @@ def acceptance(rows: dict[str, dict[str, list[dict]]]) -> dict:
     return out
 
 
-def report(out: Path, settings: list[str], files: dict[str, Path], n: int, train_file: Path) -> dict:
-    """Step 5: ``result.json`` and ``result.md``."""
+def report(out: Path, settings: list[str], files: dict[str, Path], n_samples: dict[str, int], train_file: Path
+           ) -> dict:
+    """Step 5: ``result.json`` and ``result.md`` (``n_samples`` per setting)."""
     result: dict[str, Any] = {"settings": {}, "seconds": _load(out / "seconds.json") or {}}
     lines = []
     for s in settings:
+        n = n_samples[s]
         rows = {route: [r for i in range(n) if (r := _load(result_path(out, s, i, route))) is not None]
                 for route in ROUTES}
         if not all(len(v) == n for v in rows.values()):
@@ -699,10 +714,14 @@ def report(out: Path, settings: list[str], files: dict[str, Path], n: int, train
             t["acceptance"] = {k: _ratio_stats(v) for k, v in acc.items()}
             t["acceptance_per_sample"] = acc
             table[half] = t
-        truth_res = [Sample.load(files[s], i).scores(Sample.load(files[s], i).truth)["residual"] for i in range(n)]
+        samples = [Sample.load(files[s], i) for i in range(n)]
+        truth_res = [x.scores(x.truth)["residual"] for x in samples]
+        per_sample = [{"sample": i, "half": half_of(i), "kind": x.kind, "specimen": x.specimen, "baseline": base[i],
+                       **{route: rows[route][i]["phase_error" if route == "learned" else "best_error"]
+                          for route in ROUTES}} for i, x in enumerate(samples)]
         result["settings"][s] = {"title": SETTINGS[s]["title"], "choices": choices, "table": table,
-                                 "truth_residual": _stats(truth_res),
-                                 "kinds": [Sample.load(files[s], i).kind for i in range(n)]}
+                                 "truth_residual": _stats(truth_res), "kinds": [x.kind for x in samples],
+                                 "per_sample": per_sample}
         lines.append(setting_table(s, result["settings"][s]))
     (out / "result.json").write_text(json.dumps(result, indent=1, default=float))
     (out / "result.md").write_text("\n\n".join(lines) + "\n")
@@ -738,6 +757,11 @@ def setting_table(s: str, r: dict) -> str:
                          f"{e['psnr'][0]:.2f} | {e['ssim'][0]:.3f} | {e['residual'][0]:.4f} | "
                          f"{e['seconds_to_best'][0]:.2f} ({e['cpu_seconds_to_best'][0]:.2f}) | {name} |")
     lines.append(f"\ntrue phase's data residual: {r['truth_residual'][0]:.4f}")
+    lines += ["", "| sample | half | specimen | training mean | learned | AD defaults | AD best | hybrid |",
+              "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {p['sample']} | {p['half']} | {p['specimen']} | {p['baseline']:.3f} | "
+              + " | ".join(f"{p[route]:.3f}" for route in ROUTES) + " |" for p in r["per_sample"]]
+    lines.append("")
     for half in ("dev", "val"):
         a = r["table"][half]["acceptance"]
 
@@ -763,7 +787,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     ap.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=sorted(SETTINGS))
     ap.add_argument("--n-heldout", type=int, default=8, help="held-out specimens (even: development, odd: "
                     "validation)")
-    ap.add_argument("--n-train", type=int, default=128, help="phasestem-simulated training crystals per dose")
+    ap.add_argument("--n-dense", type=int, default=None, help="specimens of the dense setting c (the first ones; "
+                    "default all --n-heldout: its abTEM run costs 4× per specimen)")
+    ap.add_argument("--n-train", type=int, default=96, help="phasestem-simulated training crystals per dose")
     ap.add_argument("--size", default="tiny", choices=sorted(EPOCHS), help="network size")
     ap.add_argument("--epochs-scale", type=float, default=1.0, help="multiply every training stage's epochs")
     ap.add_argument("--device", default="cpu", help="torch device of training, prediction and AD")
@@ -785,18 +811,22 @@ def main(argv: list[str] | None = None) -> dict | None:
     (out / "config.json").write_text(json.dumps(vars(args), indent=1))
     steps = set(args.steps)
     structures = make_structures(out, args.layout, args.n_heldout)
-    files = simulate_heldout(out, args.layout, structures, args.settings) if steps - {"structures", "train"} else {}
+    files = simulate_heldout(out, args.layout, structures, args.settings, args.n_dense) \
+        if steps - {"structures", "train"} else {}
+    n = {s: args.n_heldout if SETTINGS[s]["step"] >= 2.0 or args.n_dense is None else min(args.n_dense,
+                                                                                          args.n_heldout)
+         for s in args.settings}
     train = simulate_training(out, args.layout, args.n_train) if steps & {"train", "hybrid", "report"} else {}
     models = train_models(out, args.layout, args.size, train, args.epochs_scale, args.device) \
         if steps & {"train", "hybrid"} else {}
     epochs = None if args.ad_epochs is None else dict.fromkeys(AD_EPOCHS, args.ad_epochs)
     for s in args.settings:
         if "ad" in steps:
-            run_ad(out, s, files[s], args.n_heldout, args.device, epochs, args.default_epochs)
+            run_ad(out, s, files[s], n[s], args.device, epochs, args.default_epochs)
         if "hybrid" in steps:
-            run_hybrid(out, s, files[s], models, args.n_heldout, args.device, epochs, args.default_epochs)
+            run_hybrid(out, s, files[s], models, n[s], args.device, epochs, args.default_epochs)
     if "report" in steps:
-        return report(out, args.settings, files, args.n_heldout, train["clean"])
+        return report(out, args.settings, files, n, train["clean"])
     return None
 
 
