@@ -179,6 +179,13 @@ def simulate_heldout(out: Path, layout: str, structures: list[Path], settings: l
     return files
 
 
+def _samples_in(file: Path) -> int:
+    import h5py
+
+    with h5py.File(file) as f:
+        return int(f.attrs["samples_per_file"])
+
+
 def training_file(out: Path, model: str) -> Path:
     from phasestem.io import seed as seedfile
 
@@ -871,7 +878,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     ap.add_argument("--n-heldout", type=int, default=8, help="held-out specimens (even: development, odd: "
                     "validation)")
     ap.add_argument("--n-dense", type=int, default=None, help="specimens of the dense setting c (the first ones; "
-                    "default all --n-heldout: its abTEM run costs 4× per specimen)")
+                    "default all --n-heldout: its abTEM run costs 4× per specimen); read from its file once written")
     ap.add_argument("--n-train", type=int, default=96, help="phasestem-simulated training crystals per dose")
     ap.add_argument("--size", default="tiny", choices=sorted(EPOCHS), help="network size")
     ap.add_argument("--epochs-scale", type=float, default=1.0, help="multiply every training stage's epochs")
@@ -896,9 +903,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     structures = make_structures(out, args.layout, args.n_heldout)
     files = simulate_heldout(out, args.layout, structures, args.settings, args.n_dense) \
         if steps - {"structures", "train"} else {}
-    n = {s: args.n_heldout if SETTINGS[s]["step"] >= 2.0 or args.n_dense is None else min(args.n_dense,
-                                                                                          args.n_heldout)
-         for s in args.settings}
+    n = {s: min(args.n_heldout, _samples_in(files[s])) if s in files else args.n_heldout for s in args.settings}
     train = simulate_training(out, args.layout, args.n_train) if steps & {"train", "hybrid", "report"} else {}
     models = train_models(out, args.layout, args.size, train, args.epochs_scale, args.device) \
         if steps & {"train", "hybrid"} else {}
