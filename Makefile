@@ -2,10 +2,13 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# torch is installed first so a site-wide cap or a local wheel is honoured; override for a CPU-only build, e.g.
-#   make TORCH_INDEX="--index-url https://download.pytorch.org/whl/cpu" test
+# torch is installed first so a site-wide cap or a local wheel is honoured. PyPI's Linux x86_64 torch is the
+# CUDA build (several GB); CPU=1 takes the CPU-only build from PyTorch's own index instead:
+#   make test CPU=1        (same as TORCH_INDEX="--index-url https://download.pytorch.org/whl/cpu")
+CPU ?=
 TORCH_PACKAGES ?= torch torchvision
-TORCH_INDEX ?=
+TORCH_INDEX ?= $(if $(CPU),--index-url https://download.pytorch.org/whl/cpu,)
+# then phasestem with every extra (learn, tune, cluster, detectors, abtem) and the test tools: ".[dev]"
 
 .PHONY: install demo test lint clean
 
@@ -13,7 +16,7 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_INDEX) $(TORCH_PACKAGES)
-	$(BIN)/python -m pip install --quiet -e ".[learn,tune,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
 install: $(BIN)/.installed

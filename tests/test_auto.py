@@ -37,6 +37,14 @@ def test_auto_reaches_the_truth_and_a_wrong_rotation_is_clearly_worse(tmp_path_f
     positions = scan_positions(params.scan, params.scan.shape)
     r_auto = _central_r(out / "results.h5", positions, data["truth"])
     assert r_auto >= 0.95, r_auto  # measured 0.969 (0.950 with the amplitude term alone)
+    from phasestem.recon.results import load_results
+
+    prov = load_results(out / "results.h5")["provenance"]  # where each value of the run came from
+    assert {k: prov[k]["source"] for k in ("optics.energy", "optics.semiangle", "optics.angular_sampling",
+                                           "scan.rotation", "optics.aberrations.C10")} == {
+        "optics.energy": "flag", "optics.semiangle": "flag", "optics.angular_sampling": "calibration",
+        "scan.rotation": "calibration", "optics.aberrations.C10": "calibration"}
+    assert prov["losses.poisson"]["source"] == "calibration (counted data)" and prov["losses.poisson"]["value"] == 0.5
 
     wrong = params.model_copy(deep=True)
     wrong.scan.rotation = 0.0  # the uncalibrated default; the truth is 23.7°

@@ -30,7 +30,7 @@ COMMANDS = _commands()
 def test_all_areas_registered():
     names = {c[0] for c in COMMANDS}
     assert {"simulate", "probe-extent", "inspect", "demo"} <= names
-    assert {"reconstruct", "tune", "train", "predict", "evaluate", "embed", "refine"} <= names
+    assert {"reconstruct", "tune", "train", "predict", "evaluate", "embed", "refine", "serve"} <= names
     assert {("train", n) for n in ("patch", "stitch", "end2end", "autoencoder", "phaseformer")} <= set(COMMANDS)
 
 
@@ -54,6 +54,7 @@ def test_user_error_is_one_actionable_line(command, tmp_path):
         ("embed",): [missing, "--checkpoint", model],
         ("refine",): [missing, "--checkpoint", model],
         ("make-pairs",): [missing],
+        ("serve",): ["--root", missing, "--port", "0"],
     }.get(command, [missing])
     if command == ("demo",):
         (tmp_path / "f.txt").write_text("a file where a folder is needed")

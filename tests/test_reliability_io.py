@@ -431,3 +431,18 @@ def test_atomic_file_removes_the_temporary_file_on_failure(tmp_path):
     with atomic_file(target) as tmp:
         tmp.write_bytes(b"whole")
     assert [p.name for p in tmp_path.iterdir()] == ["out.h5"] and target.read_bytes() == b"whole"
+
+
+def test_evaluate_of_another_scan_shape_is_refused_up_front_like_predict(models, tmp_path, capsys):
+    """Issue 24, item 9: evaluate on files of another scan shape failed only at the metric step with a bare shape
+    message; like predict it now refuses before reading any sample, in one line naming the file."""
+    from phasestem.learn.data import write_synthetic_file
+
+    other = write_synthetic_file(tmp_path / "sim10.h5", 1, **{**GEO, "scan": 10})
+    assert main(["predict", str(other), "--model", str(models["e2e"]), "--out", str(tmp_path / "p.h5")]) == 1
+    predicted = _one_error_line(capsys, "differs from the training scan")
+    assert main(["evaluate", "--model", str(models["e2e"]), "--files", str(other), "--out",
+                 str(tmp_path / "eval")]) == 1
+    line = _one_error_line(capsys, "sim10.h5", "scan (10, 10) differs from the training scan (12, 12)")
+    assert predicted.split("differs")[1] == line.split("differs")[1]  # the same sentence
+    assert not (tmp_path / "eval").exists()

@@ -3,23 +3,21 @@ folder and size guards, memory limits, replacing a failed run's stamp, tune's or
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 import yaml
+from held_output import PHASESTEM, assert_refused_naming, second_while_held
 
 from phasestem import cli
 from phasestem.errors import ConfigError, InputFileError, PhasestemError
+from phasestem.lock import LOCK_NAME
 from phasestem.simulate import budget, load_config, simulate_dataset, simulate_sample
 from phasestem.simulate import writer as sim_writer
-from phasestem.simulate.lock import LOCK_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "simulate_tiny.yaml"
@@ -37,39 +35,14 @@ def tiny_yaml(tmp_path: Path, name: str = "sim.yaml", **fields) -> Path:
     return path
 
 
-def _wait_for_lock_holder(lock: Path, proc: subprocess.Popen, timeout: float = 120) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            return json.loads(lock.read_text())
-        except (OSError, ValueError):
-            time.sleep(0.05)
-    raise AssertionError(f"the first run never held {lock} (exit {proc.poll()})")
-
-
 # ---- item 1: two runs into one folder -----------------------------------------------------------------------
 def test_second_simulate_process_is_refused_naming_the_holder_and_the_first_finishes(tmp_path):
     cfg_path = tiny_yaml(tmp_path, output__n_files=2, output__samples_per_file=2)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "phasestem.cli", "simulate", str(cfg_path), "--out", str(out)]
-    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        holder = _wait_for_lock_holder(out / LOCK_NAME, first)
-        assert holder["pid"] == first.pid
-        os.kill(first.pid, signal.SIGSTOP)  # frozen while holding the folder: the overlap is certain, not timed
-        try:
-            second = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        finally:
-            os.kill(first.pid, signal.SIGCONT)
-        assert second.returncode != 0
-        err = second.stderr.strip()
-        assert len(err.splitlines()) == 1, err
-        assert f"pid {first.pid}" in err and holder["host"] in err and "another phasestem simulate run" in err
-        stdout, stderr = first.communicate(timeout=300)
-    finally:
-        if first.poll() is None:
-            first.kill()
-    assert first.returncode == 0, stderr
+    cmd = [*PHASESTEM, "simulate", str(cfg_path), "--out", str(out)]
+    first, second, holder = second_while_held(cmd, cmd, out / LOCK_NAME)
+    assert_refused_naming(second, holder, "phasestem simulate")
+    assert first.returncode == 0, first.stderr
     cfg = load_config(cfg_path)
     for k, indices in ((1, (0, 1)), (2, (2, 3))):
         with h5py.File(out / f"simulation_data{k}.h5", "r") as f:

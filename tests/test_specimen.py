@@ -1,6 +1,10 @@
 """Specimens: Kirkland potentials against the closed form, phase = σ·V, structures."""
 from __future__ import annotations
 
+import importlib.util
+import json
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
@@ -34,6 +38,29 @@ def test_single_atom_projected_potential_matches_kirkland_closed_form(element):
     fine, rel = _atom_error(element, 480)  # 0.025 Å pixels
     assert rel < 0.02  # within 2 % of the closed form where the potential matters
     assert fine < coarse / 3  # and converging to it (band-limit error ∝ pixel²)
+
+
+def _shipped_kirkland() -> dict:
+    from importlib.resources import files
+
+    return json.loads((files("phasestem") / "data" / "kirkland.json").read_text(encoding="utf-8"))
+
+
+def test_kirkland_table_is_package_data_with_its_citation():
+    doc = _shipped_kirkland()
+    assert "Kirkland" in doc["citation"] and "Advanced Computing in Electron Microscopy" in doc["citation"]
+    assert len(doc["elements"]) == 103 and list(doc["elements"])[:2] == ["H", "He"]
+    np.testing.assert_array_equal(specimen.kirkland_parameters("Si"), doc["elements"]["Si"])
+    np.testing.assert_array_equal(specimen.kirkland_parameters(14), doc["elements"]["Si"])
+
+
+def test_shipped_kirkland_table_equals_abtems():
+    """The package data is abTEM's table, number for number (written by scripts/make_kirkland_table.py)."""
+    spec = importlib.util.find_spec("abtem")  # found, not imported (abTEM imports slowly)
+    if spec is None:
+        pytest.skip("abTEM is not installed (the [abtem] extra)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "parametrizations" / "data" / "kirkland.json"
+    assert _shipped_kirkland()["elements"] == json.loads(path.read_text())  # same elements, same numbers
 
 
 def test_scattering_factor_is_fourier_transform_of_potential():

@@ -12,7 +12,7 @@ C10 = 100 Å, ≈ 3 Å across) and 64² patterns:
 * **b** the same at low dose: 1e4 e⁻/pattern, Poisson;
 * **c** a dense scan: 1 Å step over the same field, 1e5 e⁻/pattern.
 
-Layouts (:data:`LAYOUTS`): ``seed`` is the seed's (a 50 × 50 scan at 2 Å over a 100 Å cell, 512² simulation
+Layouts (:data:`layouts.LAYOUTS`): ``seed`` is the seed's (a 50 × 50 scan at 2 Å over a 100 Å cell, 512² simulation
 grid, 256² phase); ``reduced`` (the default on a CPU) keeps the step, probe, pattern size and the pixels
 (0.195 Å simulation, 0.39 Å phase) on a 50 Å cell: a 25 × 25 scan (c: 50 × 50 at 1 Å).
 
@@ -62,22 +62,9 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from abtem_eval import cli, train_configs, train_stages  # noqa: E402
+from abtem_eval import BATCH, DATA, cli, train_stages  # noqa: E402
+from layouts import LAYOUTS, LR, sim_config, stage_configs  # noqa: E402
 
-OPTICS = {"energy": 300e3, "semiangle": 15.0, "aberrations": {"C10": 100.0}}
-#: cell (Å), simulation and phase grids (px), scan positions per side at 2 Å, pattern side (px) and the learned
-#: block geometry; "smoke" is the test suite's (tests/test_learned_heldout.py)
-LAYOUTS = {
-    "reduced": {"extent": 50.0, "sim_gpts": 256, "phase_gpts": 128, "scan": 25, "pattern": 64,
-                "learned": {"block": 5, "stride": 5, "patch": 32, "vit_patch": 8,
-                            "preprocess": {"bin": 2, "normalize": "pattern", "scale": "sqrt"}}},
-    "seed": {"extent": 100.0, "sim_gpts": 512, "phase_gpts": 256, "scan": 50, "pattern": 64,
-             "learned": {"block": 14, "stride": 9, "patch": 76, "vit_patch": 8,
-                         "preprocess": {"bin": 2, "normalize": "pattern", "scale": "sqrt"}}},
-    "smoke": {"extent": 12.0, "sim_gpts": 64, "phase_gpts": 32, "scan": 6, "pattern": 32,
-              "learned": {"block": 3, "stride": 3, "patch": 16, "vit_patch": 8,
-                          "preprocess": {"normalize": "pattern", "scale": "sqrt"}}},
-}
 SETTINGS = {
     "a": {"title": "seed geometry, 2 Å step, noise-free", "step": 2.0, "electrons": None},
     "b": {"title": "low dose, 2 Å step, 1e4 e⁻/pattern", "step": 2.0, "electrons": 1e4},
@@ -87,14 +74,12 @@ SETTINGS = {
 SETTING_MODEL = {"a": "clean", "b": "lowdose", "c": None}
 #: specimen kind of held-out samples 2k and 2k+1 (one in each half): abtem_samples' kinds
 KIND_CYCLE = ("crystal", "crystal", "wurtzite", "amorphous", "crystal", "mos2")
-SPECIMEN = {"depth": [10.0, 20.0], "phonons": 4, "phonon_sigma": 0.1, "max_tilt": 3.0}
 HELDOUT_SEED, ABTEM_SEED, NOISE_SEED, TRAIN_SEED = 2311, 2312, 2313, 2314
 #: run ``phasestem simulate`` / ``train`` in this process instead of subprocesses (``--in-process``: smoke tests)
 IN_PROCESS = False
 #: epochs per stage; ``finetune``: End2End epochs of the low-dose model from the clean one's networks
 EPOCHS = {"tiny": {"patch": 30, "stitch": 8, "end2end": 8, "finetune": 4},
           "small": {"patch": 8, "stitch": 6, "end2end": 3, "finetune": 3}}
-LR = {"tiny": 3e-3, "small": 1e-3}
 #: AD epochs of the sweep and the hybrid, per scan step (the dense scan's epochs cost 4×)
 AD_EPOCHS = {2.0: 40, 1.0: 20}
 DEFAULT_EPOCHS = 20  # phasestem reconstruct's run.n_epochs
@@ -102,24 +87,6 @@ MAX_SHIFT_PX = 4.0  # largest alignment shift (phase pixels) applied before scor
 
 
 # ------------------------------------------------------------------------------------------ layout
-def sim_config(layout: str, step: float, electrons: float | None = None, n: int = 1, seed: int = 0,
-               prefix: str = "simulation_data", structures: list[Path] | None = None) -> dict:
-    """A ``phasestem simulate`` config of ``layout`` at scan ``step`` (Å) over the whole cell, ``electrons`` per
-    pattern (None: noise-free), ``n`` samples, phasestem's random crystals or the ``structures`` files."""
-    lay = LAYOUTS[layout]
-    shape = int(round(lay["scan"] * 2.0 / step))
-    spec = {"kind": "crystal", **SPECIMEN}
-    if structures is not None:
-        spec = {**spec, "kind": "structures", "files": [str(Path(p).resolve()) for p in structures]}
-    det = {"shape": [lay["pattern"]] * 2}
-    if electrons is not None:
-        det["dose"] = float(electrons) / step**2  # e/Å²
-    return {"optics": OPTICS, "grid": {"extent": [lay["extent"]] * 2, "sim_gpts": [lay["sim_gpts"]] * 2,
-                                       "phase_gpts": [lay["phase_gpts"]] * 2},
-            "scan": {"shape": [shape, shape], "step": [step, step]}, "detector": det, "specimen": spec,
-            "output": {"n_files": 1, "samples_per_file": n, "prefix": prefix}, "compute": {"seed": seed, "batch": 64}}
-
-
 def halves(n: int) -> dict[str, list[int]]:
     """Development (even) and validation (odd) sample indices."""
     return {"dev": list(range(0, n, 2)), "val": list(range(1, n, 2))}
@@ -145,7 +112,7 @@ def make_structures(out: Path, layout: str, n: int) -> list[Path]:
     if all(p.exists() for p in paths):
         return paths
     kinds = [KIND_CYCLE[(k // 2) % len(KIND_CYCLE)] for k in range(n)]
-    return write_structures(folder, n, _load_cfg(sim_config(layout, 2.0)), HELDOUT_SEED, kinds=kinds)
+    return write_structures(folder, n, _load_cfg(sim_config(layout, 1, 0)), HELDOUT_SEED, kinds=kinds)
 
 
 def heldout_file(out: Path, setting: str) -> Path:
@@ -164,7 +131,7 @@ def simulate_heldout(out: Path, layout: str, structures: list[Path], settings: l
         clean = out / "data" / "abtem" / f"abtem_step{step:g}A.h5"
         use = structures if step >= 2.0 or n_dense is None else structures[:n_dense]
         if not clean.exists():
-            cfg = _load_cfg(sim_config(layout, step, None, len(use), structures=use))
+            cfg = _load_cfg(sim_config(layout, len(use), 0, step=step, structures=use))
             t = time.perf_counter()
             print(f"abTEM: {len(use)} samples at {step:g} Å", flush=True)
             write_abtem_file(cfg, clean, len(use), seed=ABTEM_SEED, structures=use)
@@ -202,7 +169,7 @@ def simulate_training(out: Path, layout: str, n_train: int) -> dict[str, Path]:
     if not clean.exists():
         cfg = out / "configs" / "simulate_train_clean.yaml"
         cfg.parent.mkdir(parents=True, exist_ok=True)
-        cfg.write_text(yaml.safe_dump(sim_config(layout, 2.0, None, n_train, TRAIN_SEED), sort_keys=False))
+        cfg.write_text(yaml.safe_dump(sim_config(layout, n_train, TRAIN_SEED), sort_keys=False))
         t = time.perf_counter()
         cli("simulate", str(cfg), "--out", str(clean.parent), in_process=IN_PROCESS)
         _log_seconds(out, "simulate_train_clean", time.perf_counter() - t)
@@ -220,10 +187,9 @@ def model_dir(out: Path, size: str, model: str) -> Path:
 def train_models(out: Path, layout: str, size: str, train: dict[str, Path], scale: float, device: str) -> dict:
     """Step 3b: the ``clean`` model (three stages) and the ``lowdose`` one (End2End from clean's networks)."""
     ep = {k: max(1, round(v * scale)) for k, v in EPOCHS[size].items()}
-    learned = LAYOUTS[layout]["learned"]
     runs = out / "runs" / size / "clean"
     t = time.perf_counter()
-    cfgs = train_configs(size, train["clean"], runs, 1.0, LR[size], ep, learned, device)
+    cfgs = stage_configs(size, layout, [train["clean"]], None, runs, ep, device, lr=LR[size], data=DATA, batch=BATCH)
     if not (runs / "end2end.done").exists():
         train_stages(cfgs, runs, out / "configs", f"{size}_clean", IN_PROCESS)
         _log_seconds(out, f"train_{size}_clean", time.perf_counter() - t)

@@ -10,6 +10,8 @@ import importlib
 import importlib.util
 import logging
 import sys
+import warnings
+from pathlib import Path
 
 from . import __version__
 from .errors import PhasestemError
@@ -21,6 +23,7 @@ COMMAND_MODULES = (
     "phasestem.calibrate.commands",
     "phasestem.learn.commands",
     "phasestem.commands_misc",
+    "phasestem.serve.commands",
 )
 
 
@@ -65,7 +68,16 @@ def main(argv: list[str] | None = None) -> int:
     if func is None:
         parser.print_help()
         return 2
-    return run_with_errors(lambda: func(args), f"phasestem {args.command}", args.debug)
+    with warnings.catch_warnings():  # restored on return: library use of phasestem keeps Python's own display
+        warnings.showwarning = log_warning
+        return run_with_errors(lambda: func(args), f"phasestem {args.command}", args.debug)
+
+
+def log_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A Python warning raised while a command runs, as one log line (``WARNING phasestem: RuntimeWarning: overflow
+    encountered in square (parallax.py:164)``) instead of Python's two lines with the source code."""
+    text = " ".join(str(message).split())
+    logging.getLogger("phasestem").warning("%s: %s (%s:%d)", category.__name__, text, Path(filename).name, lineno)
 
 
 def run_with_errors(fn, prefix: str, debug: bool = False) -> int:

@@ -4,25 +4,37 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+#: the files ``phasestem inspect`` reads (every format ``phasestem calibrate`` reads)
+INSPECT_FORMATS = (".mib (+ .hdr), .dm3/.dm4, EMPAD .xml (+ .raw), Dectris *_master.h5, .h5/.hdf5, .emd, .cxi, "
+                   ".mat, .npy/.npz, .raw, .blo, .hspy/.zspy, .mrc, .tvips")
+
 
 def register(sub, train_sub) -> None:
+    from .calibrate.commands import add_reader_arguments
+
     p = sub.add_parser(
-        "inspect", help="look at a 4D-STEM file: mean pattern, virtual BF/ADF, centre of mass, one pattern",
-        description="Writes a PNG overview of a 4D-STEM file (and shows it when a display is available).",
-        epilog="Examples:\n  phasestem inspect data/simulation_data1.h5 --sample 0\n"
-        "  phasestem inspect scan.npy --energy 300e3 --scan-step 0.5 --angular-sampling 0.8 --at 10 12",
+        "inspect", help="first look at a 4D-STEM file, no calibration needed: mean pattern with the bright-field "
+                        "disk, virtual BF/ADF, centre of mass",
+        description="Writes a PNG overview of a 4D-STEM file into the working directory (or --out): the mean "
+                    "pattern (log) with the fitted bright-field disk (centre and radius), virtual bright and "
+                    "annular dark field about it, the centre of mass (x, y) and one pattern. Nothing is needed "
+                    "besides the file: without the scan step the scan is in pixels, without the detector pixel "
+                    "(--angular-sampling, or --semiangle with the fitted disk) the angles are. With --show (a "
+                    "desktop session) a click on a scan image shows that position's pattern.\n\nFiles: "
+                    + INSPECT_FORMATS + "; the reader options are calibrate's.",
+        epilog="Examples:\n  phasestem inspect scan.mib\n"
+        "  phasestem inspect scan.h5 --key /entry/data --scan-step 0.4 --semiangle 21.4 --out looks\n"
+        "  phasestem inspect data/simulation_data1.h5 --sample 0 --at 10 12",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("file", help="4D-STEM file (.h5/.hdf5/.npy/.npz/.cxi/.mat/.emd/.raw)")
-    p.add_argument("--key", dest="patterns_key", help="dataset/array holding the patterns")
+    p.add_argument("file", help="4D-STEM file (" + INSPECT_FORMATS + ")")
+    add_reader_arguments(p)
     p.add_argument("--sample", type=int, help="sample index in a seed-layout file")
-    p.add_argument("--energy", type=float, help="beam energy in eV when the file lacks it")
-    p.add_argument("--scan-step", type=float, help="scan step in Å when the file lacks it")
-    p.add_argument("--angular-sampling", type=float, help="detector pixel in mrad when the file lacks it")
-    p.add_argument("--scan-shape", type=int, nargs=2, help="rows cols, for flat (N, H, W) data")
     p.add_argument("--at", type=int, nargs=2, metavar=("ROW", "COL"), help="scan position of the single pattern")
-    p.add_argument("--out", help="PNG path (default: <file>_inspect.png)")
-    p.add_argument("--show", action="store_true", help="open an interactive window")
+    p.add_argument("--out", type=Path, default=Path("."),
+                   help="output folder for FILE-STEM_inspect.png (default: the working directory; never beside "
+                        "the input unless you say so)")
+    p.add_argument("--show", action="store_true", help="open an interactive window (click a scan position)")
     p.set_defaults(func=_inspect)
 
     d = sub.add_parser(
@@ -36,23 +48,40 @@ def register(sub, train_sub) -> None:
     d.set_defaults(func=_demo)
 
 
+def inspect_output(file: str | Path, out: str | Path) -> Path:
+    """Where ``phasestem inspect FILE --out OUT`` writes its figure: OUT/FILE-STEM_inspect.png (``out`` a
+    folder); an ``out`` ending in .png is that file (the old meaning of --out, deprecated)."""
+    out = Path(out)
+    return out if out.suffix.lower() == ".png" else out / f"{Path(file).stem}_inspect.png"
+
+
 def _inspect(args) -> int:
+    import sys
+
     from . import io
+    from .calibrate.commands import reader_options, scan_step
+    from .safety import refuse_output_over_inputs
 
-    opts = {k: v for k, v in dict(patterns_key=args.patterns_key, energy=args.energy, scan_step=args.scan_step,
-                                  angular_sampling=args.angular_sampling, scan_shape=args.scan_shape).items()
-            if v is not None}
-    if args.sample is not None:
-        opts["sample"] = args.sample
-    ds = io.load(args.file, **opts)
-    out = Path(args.out) if args.out else Path(args.file).with_name(Path(args.file).stem + "_inspect.png")
-    ds.inspect(index=tuple(args.at) if args.at else None, path=out)
+    opts = reader_options(args)
+    for key, value in (("energy", args.energy), ("scan_step", scan_step(args)), ("semiangle", args.semiangle),
+                       ("angular_sampling", args.angular_sampling), ("sample", args.sample)):
+        if value is not None:
+            opts[key] = value
+    out = inspect_output(args.file, args.out)
+    refuse_output_over_inputs(out, [args.file], field="--out")
+    ds = io.load(args.file, format=args.format, require_calibration=False, **opts)
+    fig = ds.inspect(index=tuple(args.at) if args.at else None, path=out)
     print(ds.summary())
+    print(fig.first_look.describe())
     print(f"wrote {out}")
-    if args.show:
-        import matplotlib.pyplot as plt
+    if Path(args.out).suffix.lower() == ".png":
+        print(f"note: --out {args.out}: a PNG name is deprecated; --out is the output folder (the figure is then "
+              f"named {Path(args.file).stem}_inspect.png)", file=sys.stderr)
+    import matplotlib.pyplot as plt
 
+    if args.show:
         plt.show()
+    plt.close(fig)
     return 0
 
 

@@ -63,7 +63,7 @@ class FourDSTEM:
                     f"got {pos.shape}"
                 )
             self.positions = pos
-        if self.energy <= 0:
+        if self.energy <= 0:  # NaN passes: an energy not known for a first look (io's require_calibration=False)
             raise ShapeError(f"energy must be positive (eV), got {self.energy}")
         self.scan_step = (float(self.scan_step[0]), float(self.scan_step[1]))
 
@@ -122,7 +122,10 @@ class FourDSTEM:
                 for j in order:
                     out[j] = self.patterns[idx[j] // sx, idx[j] % sx]
                 arr = out
-        return torch.as_tensor(np.asarray(arr), dtype=dtype, device=device)
+        arr = np.asarray(arr)
+        if not arr.flags.writeable:  # a read-only memory map (np.load(mmap_mode='r')): torch wants its own copy
+            arr = arr.astype(np.float32 if dtype == torch.float32 else arr.dtype)  # one copy, already converted
+        return torch.as_tensor(arr, dtype=dtype, device=device)
 
     def load(self) -> FourDSTEM:
         """Read lazy patterns into memory (float32)."""
@@ -229,21 +232,30 @@ class FourDSTEM:
 
     # ---- look ------------------------------------------------------------------------
     def inspect(self, index: tuple[int, int] | None = None, path=None):
-        """Figure: mean pattern (log), virtual bright/dark field, centre of mass and one pattern.
+        """The first look, no calibration needed: mean pattern (log) with the fitted bright-field disk, virtual
+        bright and annular dark field about it, centre of mass and the pattern at ``index`` (row, col); Å and
+        mrad where known, pixels otherwise (:func:`phasestem.calibrate.overview.first_look`,
+        :func:`phasestem.plot.inspect_dataset`). In a notebook or desktop window a click on a scan image shows
+        that position's pattern.
 
-        Saves a PNG when ``path`` is given; returns the matplotlib figure.
+        Saves a PNG when ``path`` is given; returns the matplotlib figure (``fig.first_look``: the numbers).
         """
+        from .calibrate.overview import first_look
         from .plot import inspect_dataset
 
-        return inspect_dataset(self, index=index, path=path)
+        return inspect_dataset(self, first_look(self), index=index, path=path)
 
     def summary(self) -> str:
         sy, sx = self.scan_shape
         H, W = self.pattern_shape
-        parts = [f"{sy}×{sx} scan, step {self.scan_step[0]:g}×{self.scan_step[1]:g} Å", f"patterns {H}×{W}",
-                 f"{self.energy / 1e3:g} keV"]
-        if self.angular_sampling:
+        step = (f"step {self.scan_step[0]:g}×{self.scan_step[1]:g} Å" if all(np.isfinite(self.scan_step))
+                else "step unknown")
+        parts = [f"{sy}×{sx} scan, {step}", f"patterns {H}×{W}",
+                 f"{self.energy / 1e3:g} keV" if np.isfinite(self.energy) else "energy unknown"]
+        if self.angular_sampling and np.isfinite(self.energy):
             parts.append(f"{self.angular_sampling[0]:.4g} mrad/px (pixel {self.sampling[0]:.4g} Å)")
+        elif self.angular_sampling:
+            parts.append(f"{self.angular_sampling[0]:.4g} mrad/px")
         if self.semiangle:
             parts.append(f"α = {self.semiangle:g} mrad")
         return ", ".join(parts)

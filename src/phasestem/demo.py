@@ -27,6 +27,9 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from .plot import _plt, save_figure, styled
+from .safety import atomic_file
+
 log = logging.getLogger("phasestem.demo")
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -154,18 +157,6 @@ def resample(image: np.ndarray, sampling: tuple[float, float], target_sampling: 
     a, b = image[np.ix_(y0, x0)], image[np.ix_(y0, x0 + 1)]
     c, d = image[np.ix_(y0 + 1, x0)], image[np.ix_(y0 + 1, x0 + 1)]
     return ((1 - fy) * ((1 - fx) * a + fx * b) + fy * ((1 - fx) * c + fx * d)).astype(np.float32)
-
-
-def figures_of_merit(rec: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """PSNR, SSIM (after offset removal and alignment) and E_φ of ``rec`` vs ``truth`` (same shape, rad)."""
-    from .metrics import apply_shift, phase_error, psnr, remove_offset, shift_between, ssim
-
-    shift = shift_between(rec, truth)
-    aligned = remove_offset(apply_shift(rec, shift), truth)
-    c = int(math.ceil(np.abs(shift).max())) + 1
-    a, t = aligned[c:-c, c:-c], truth[c:-c, c:-c].astype(np.float64)
-    return {"psnr": float(psnr(a, t)), "ssim": float(ssim(a, t)), "phase_error": float(phase_error(rec, truth)),
-            "shift_px": float(np.hypot(*shift))}
 
 
 def aligned_error_map(rec: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -298,11 +289,9 @@ def iterations_to_reach(errors: list[float], target: float) -> int | None:
 
 
 # ------------------------------------------------------------------------------------------ report
+@styled
 def _hybrid_plot(flat: dict, hybrid: dict, path: Path) -> Path:
-    from .plot import _plt, save_figure
-
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, axes = _plt().subplots(1, 2, figsize=(8, 3.0))
     for run, name in ((flat, "flat start"), (hybrid, "learned start (hybrid)")):
         axes[0].plot(range(len(run["errors"])), run["errors"], marker=".", label=name)
         axes[1].plot(run["seconds"], run["errors"], marker=".", label=name)
@@ -359,21 +348,31 @@ def _write_report(out: Path, summary: str, fom: dict[str, dict[str, float]], rou
     lines += ["", "Other figures: [simulation.png](simulation.png) (held-out truth, probe, patterns), "
               "[inspect.png](inspect.png) (mean pattern, virtual images, centre of mass).", ""]
     path = out / "report.md"
-    tmp = out / "report.md.tmp"
-    tmp.write_text("\n".join(lines))
-    tmp.replace(path)
+    with atomic_file(path, field="--out") as tmp:
+        tmp.write_text("\n".join(lines))
     return path
 
 
 # ------------------------------------------------------------------------------------------ main
 def run_demo(out: Path, quick: bool = False) -> Path:
-    """Run every stage into ``out``; returns the report path (``out/report.md``)."""
+    """Run every stage into ``out`` (holding its lock, :mod:`phasestem.lock`); returns the report path
+    (``out/report.md``)."""
+    from .lock import hold_output
+
+    with hold_output(out, "phasestem demo"):
+        return _run_demo(Path(out), quick)
+
+
+def _run_demo(out: Path, quick: bool) -> Path:
     from . import io
     from .learn.apply.phase import load_predictor, predict_phase
     from .learn.apply.refine import load_phaseformer, refine_phase
     from .learn.pairs import write_pairs
-    from .optics import make_probe
-    from .plot import phase_panels, simulation_overview
+    from .metrics import figures_of_merit
+    from .plot import phase_panels
+    from .simulate.overview import write_overview
+
+    plt = _plt()
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -389,10 +388,8 @@ def run_demo(out: Path, quick: bool = False) -> Path:
     truth = np.asarray(ds.truth["phase"], np.float32)
     ts = tuple(float(s) for s in ds.truth.get("sampling", ds.sampling))
     fov = field_of_view(ds, ts, truth.shape)
-    probe = make_probe(ds.pattern_shape, ds.sampling, ds.energy, ds.semiangle, ds.aberrations,
-                       on_band_limit="ignore")
-    simulation_overview(truth, probe, np.asarray(ds.patterns[...]), out / "simulation.png", ds.summary())
-    ds.inspect(path=out / "inspect.png")
+    write_overview(heldout, out / "simulation.png", sample=0)
+    plt.close(ds.inspect(path=out / "inspect.png"))
 
     log.info("2/5 AD ptychography (flat start)")
     warm_up = DemoRecon(n_epochs=1, batch_size=cfg.recon.batch_size)  # first-epoch overheads out of the timings
@@ -432,11 +429,12 @@ def run_demo(out: Path, quick: bool = False) -> Path:
 
     # figures of merit on the scanned field of view
     t_fov = truth[fov]
-    fom = {name: figures_of_merit(img[fov], t_fov) for name, img in routes.items()}
+    fom = {name: figures_of_merit(img[fov], t_fov, sampling=ts) for name, img in routes.items()}
     shown = {"truth": t_fov, **{n: img[fov] - np.mean(img[fov] - t_fov) for n, img in routes.items()}}
     errors = {n: aligned_error_map(img[fov], t_fov) for n, img in routes.items()}
-    phase_panels(shown, out / "routes.png", errors=errors, cmap="magma",
-                 suptitle="phase (rad), scanned field of view; offsets removed")
+    plt.close(phase_panels(shown, out / "routes.png", errors=errors, sampling=ts, metrics=fom,
+                           suptitle="phase over the scanned field of view (offsets removed); errors after "
+                                    "sub-pixel alignment"))
     target = flat["errors"][-1]
     n_flat = iterations_to_reach(flat["errors"], target)
     n_hyb = iterations_to_reach(hyb["errors"], target)

@@ -16,3 +16,12 @@ class ConfigError(PhasestemError, ValueError):
 
 class ShapeError(PhasestemError, ValueError):
     """An array has a shape that does not match what it must fit."""
+
+
+class MissingCalibrationError(ConfigError):
+    """A calibration (energy, scan step, …) that neither the file nor the caller gives; ``name`` is the reader
+    option's name (``energy``, ``scan_step``), so that a caller can name its own field instead."""
+
+    def __init__(self, message: str, name: str = ""):
+        super().__init__(message)
+        self.name = name

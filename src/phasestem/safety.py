@@ -2,15 +2,24 @@
 
 * :func:`refuse_output_over_inputs`: an output path never resolves to an input file (symlinks,
   hard links and relative paths included).
-* :func:`atomic_file`: write under a temporary name in the same folder, rename on success, remove
-  the temporary file on any failure; an existing folder is refused as a file output.
+* :func:`atomic_file`: write under a per-process temporary name in the same folder (:func:`temporary_name`),
+  rename on success, remove the temporary file on any failure; an existing folder is refused as a file output.
+  :func:`remove_stale_temporaries` deletes what killed writers of a locked folder left behind.
+* :func:`check_result_name` / :func:`figure_beside`: a result file never has a figure suffix, and the figure
+  written next to it never has the result's path.
 * :func:`check_finite` / :func:`mask_nonfinite`: refuse NaN/Inf values with the source and the first
   bad index, or replace them by the median of their finite neighbours and say how many.
-* :func:`available_memory`: what the machine can still hold (to decide eager vs lazy reads).
+* :func:`available_memory`: what the machine can still hold (to decide eager vs lazy reads); :func:`gb`
+  writes a size for messages.
+* :func:`check_readable`: why a path cannot be opened, in one line (missing, a loop of symbolic links, a link
+  to nothing, a folder, no permission).
 """
 from __future__ import annotations
 
+import errno
+import glob
 import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -72,9 +81,60 @@ def refuse_output_over_inputs(out: PathLike | Sequence[PathLike], inputs: Iterab
                                   + "; choose another output path")
 
 
+#: suffixes of figure files: a result file may not have one (its figure would be written over it)
+FIGURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg", ".svgz", ".eps", ".ps", ".tif", ".tiff", ".webp",
+                   ".gif", ".bmp")
+_TEMPORARY = re.compile(r"\.(\d+)\.tmp$")
+
+
+def temporary_name(path: PathLike) -> Path:
+    """``NAME.<pid>.tmp`` beside ``path``: where this process writes ``path`` before renaming it into place (two
+    processes writing one target never share a temporary)."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.{os.getpid()}.tmp")
+
+
+def remove_stale_temporaries(folder: PathLike, names: Iterable[str]) -> list[Path]:
+    """Delete ``NAME.<pid>.tmp`` files and folders of ``names`` in ``folder`` left by other (killed) processes;
+    returns what was removed. Call it only while holding the folder's lock (:mod:`phasestem.lock`): then no
+    other process is writing there."""
+    import shutil
+
+    removed = []
+    for name in names:
+        for path in Path(folder).glob(f"{glob.escape(name)}.*.tmp"):
+            m = _TEMPORARY.search(path.name)
+            if m is None or path.name != f"{name}.{m.group(1)}.tmp" or int(m.group(1)) == os.getpid():
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def check_result_name(result: PathLike, field: str = "--out") -> Path:
+    """``result`` (an HDF5 result file) as a Path; a figure suffix (:data:`FIGURE_SUFFIXES`) is refused
+    (ConfigError): the result would be taken for a figure, and the figure written beside it would replace it."""
+    result = Path(result)
+    if result.suffix.lower() in FIGURE_SUFFIXES:
+        raise ConfigError(f"{field} {result}: has a figure suffix, but this is the result file (HDF5); give a result "
+                          f"name such as {result.with_suffix('.h5')} (a figure is written beside it as "
+                          f"{result.with_suffix('.png').name})")
+    return result
+
+
+def figure_beside(result: PathLike, field: str = "--out", suffix: str = ".png") -> Path:
+    """The figure a command writes next to its ``result`` file: ``result`` with ``suffix``, never ``result``
+    itself (:func:`check_result_name`)."""
+    return check_result_name(result, field).with_suffix(suffix)
+
+
 @contextmanager
 def atomic_file(path: PathLike, field: str = "--out") -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success rename it to ``path``, on failure remove it.
+    """Yield a temporary path next to ``path`` (:func:`temporary_name`); on success rename it to ``path``, on
+    failure remove it.
 
     An existing folder at ``path`` is refused before anything is written (it cannot be replaced by a file).
     """
@@ -82,7 +142,7 @@ def atomic_file(path: PathLike, field: str = "--out") -> Iterator[Path]:
     if path.is_dir():
         raise ConfigError(f"{field} {path}: is a folder; give a file name (e.g. {path / ('output' + '.h5')})")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp = temporary_name(path)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -106,6 +166,45 @@ def available_memory() -> int:
         return int(psutil.virtual_memory().available)
     except ImportError:  # pragma: no cover - neither source present
         return 4 * 1024**3
+
+
+def gb(n: float) -> str:
+    """Bytes as a short human string in decimal units (bytes, kB, MB, GB, TB, PB)."""
+    for unit, scale in (("PB", 1e15), ("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{int(n)} bytes"
+
+
+def a_an(what: str) -> str:
+    """``what`` with its indefinite article (``an HDF5 file``, ``a 4D-STEM file``)."""
+    return f"{'an' if what[:1].lower() in 'aeio' or what.startswith('HDF') else 'a'} {what}"
+
+
+def check_readable(path: PathLike, what: str = "file", folder_ok: bool = False) -> Path:
+    """``path`` if it can be opened for reading; else :class:`InputFileError` naming it and saying why (no such
+    file, a loop of symbolic links, a symbolic link to a missing target, a folder, no permission) and that
+    ``what`` was expected."""
+    path = Path(path)
+    what = a_an(what)
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InputFileError(f"{path}: a loop of symbolic links (no file at its end); expected {what}") from None
+        if path.is_symlink():
+            raise InputFileError(f"{path}: a symbolic link to {os.readlink(path)}, which does not exist; expected "
+                                 f"{what}") from None
+        if exc.errno == errno.EACCES:
+            raise InputFileError(f"{path}: permission denied; expected {what} that can be read") from None
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise InputFileError(f"{path}: no such file; expected {what}") from None
+        raise InputFileError(f"{path}: cannot be opened ({exc.strerror}); expected {what}") from None
+    if os.path.isdir(path) and not folder_ok:
+        raise InputFileError(f"{path}: is a folder; expected {what}")
+    if not os.access(path, os.R_OK):
+        raise InputFileError(f"{path}: permission denied; expected {what} that can be read")
+    return path
 
 
 # ------------------------------------------------------------------------------------- finiteness

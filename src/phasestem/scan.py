@@ -47,7 +47,7 @@ class GridScan:
     ----------
     shape : (rows, cols) of the scan; patterns are numbered row-major (x fastest).
     step : (dy, dx) Å between neighbouring positions (before rotation/affine).
-    origin : (y0, x0) Å of scan index (0, 0).
+    origin : (y0, x0) Å of scan index (0, 0) (None: (0, 0)).
     rotation : degrees, counter-clockwise as displayed (x right, y down), about the origin.
     affine : optional 2×2 matrix applied to the (y, x) displacements after the rotation.
     explicit : optional (rows·cols, 2) Å positions that replace the grid (row-major order).
@@ -65,8 +65,10 @@ class GridScan:
         if len(shape) != 2 or min(shape) <= 0:
             raise ConfigError(f"scan.shape must be two positive integers (rows, cols), got {self.shape!r}")
         object.__setattr__(self, "shape", shape)
+        if self.step is None:
+            raise ConfigError("scan.step: missing; give the scan step (dy, dx) in Å")
         object.__setattr__(self, "step", _pair(self.step, "step"))
-        object.__setattr__(self, "origin", _pair(self.origin, "origin"))
+        object.__setattr__(self, "origin", _pair((0.0, 0.0) if self.origin is None else self.origin, "origin"))
         object.__setattr__(self, "rotation", float(self.rotation))
         if self.affine is not None:
             a = np.asarray(self.affine, dtype=np.float64)

@@ -1,11 +1,12 @@
 """Specimens: atoms → projected potential per slice; random crystals, amorphous solids, structure
 files, the user's materials HDF5; synthetic phase objects for fast tests.
 
-Potential parameterisation: Kirkland (2010), with the per-element coefficients read from the
-data file shipped with abTEM (``abtem/parametrizations/data/kirkland.json``: rows a, b, c, d of
-Kirkland's table, q in Å⁻¹ without 2π). The electron scattering factor is
-``f(q) = Σ a_i/(q² + b_i) + c_i exp(−d_i q²)`` (Å) and the projected potential of one atom is
-``v(r) = 4π²a₀e Σ a_i K₀(2πr√b_i) + 2π²a₀e Σ (c_i/d_i) exp(−π²r²/d_i)`` (V·Å), whose 2-D Fourier
+Potential parameterisation: Kirkland (E. J. Kirkland, *Advanced Computing in Electron Microscopy*,
+2nd ed., Springer 2010), with the per-element coefficients from phasestem's package data
+``phasestem/data/kirkland.json`` (rows a, b, c, d of Kirkland's table, q in Å⁻¹ without 2π; written
+once from abTEM's copy by ``scripts/make_kirkland_table.py``, checked equal to it by the tests).
+The electron scattering factor is ``f(q) = Σ a_i/(q² + b_i) + c_i exp(−d_i q²)`` (Å) and the projected potential of one
+atom is ``v(r) = 4π²a₀e Σ a_i K₀(2πr√b_i) + 2π²a₀e Σ (c_i/d_i) exp(−π²r²/d_i)`` (V·Å), whose 2-D Fourier
 transform is ``2π a₀e f(|k|)``. Potentials are built in Fourier space from exact structure
 factors, so atoms sit at their true sub-pixel positions and the cell is periodic.
 
@@ -14,9 +15,9 @@ Atom coordinates follow ASE: (x, y, z) in Å with z along the beam; images are (
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 import math
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
@@ -31,15 +32,9 @@ A0_E = 0.529177210903 * 14.39964547842567
 
 @functools.lru_cache(maxsize=1)
 def _kirkland_table() -> dict[str, np.ndarray]:
-    spec = importlib.util.find_spec("abtem")
-    if spec is None or not spec.submodule_search_locations:
-        raise InputFileError(
-            "the Kirkland parameterisation is read from abTEM's data file, but abTEM is not installed "
-            "(pip install abtem)"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / "parametrizations" / "data" / "kirkland.json"
-    with open(path) as fh:
-        return {k: np.asarray(v, dtype=np.float64) for k, v in json.load(fh).items()}
+    """Element symbol → Kirkland coefficients (4, 3), from the package data file."""
+    doc = json.loads((files("phasestem") / "data" / "kirkland.json").read_text(encoding="utf-8"))
+    return {k: np.asarray(v, dtype=np.float64) for k, v in doc["elements"].items()}
 
 
 def kirkland_parameters(element: int | str) -> np.ndarray:

@@ -5,8 +5,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ..configfile import parse_set_options
 from ..errors import ConfigError
 
 EPILOG = """examples:
@@ -27,10 +26,12 @@ def add_reader_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scan-shape", type=int, nargs=2, metavar=("ROWS", "COLS"), help="for flat (N, H, W) data")
     p.add_argument("--reader-option", action="append", default=[], metavar="KEY=VALUE",
                    help="extra reader option (value parsed as YAML), repeatable")
-    p.add_argument("--energy", type=float, help="beam energy in eV")
+    p.add_argument("--energy", type=float, help="beam energy in eV (default: the file's; a different value wins, "
+                   "with a warning)")
     p.add_argument("--semiangle", type=float, help="probe semi-angle in mrad (gives the angular sampling)")
     p.add_argument("--angular-sampling", type=float, help="detector pixel in mrad (gives the semi-angle instead)")
-    p.add_argument("--scan-step", type=float, nargs="+", help="scan step in Å (one value or dy dx)")
+    p.add_argument("--scan-step", type=float, nargs="+", help="scan step in Å (one value or dy dx; default: the "
+                   "file's; a different value wins, with a warning)")
 
 
 def reader_options(args) -> dict[str, Any]:
@@ -40,11 +41,7 @@ def reader_options(args) -> dict[str, Any]:
         opts["patterns_key"] = args.patterns_key
     if getattr(args, "scan_shape", None):
         opts["scan_shape"] = tuple(args.scan_shape)
-    for item in getattr(args, "reader_option", []) or []:
-        if "=" not in item:
-            raise ConfigError(f"--reader-option {item!r}: expected KEY=VALUE")
-        key, val = item.split("=", 1)
-        opts[key.strip()] = yaml.safe_load(val)
+    opts.update(parse_set_options(getattr(args, "reader_option", None), "--reader-option"))
     return opts
 
 

@@ -1,24 +1,38 @@
 """Calibrate a file: read it, calibrate it, write the results (the work behind ``phasestem calibrate``)."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError
 from .pipeline import Calibration, calibrate
 
+log = logging.getLogger("phasestem.calibrate")
 
-def load_for_calibration(path: str | Path, energy: float, scan_step: float | tuple[float, float],
+
+#: reader calibration → the command-line flag that gives it
+FLAGS = {"energy": "--energy", "scan_step": "--scan-step"}
+
+
+def load_for_calibration(path: str | Path, energy: float | None = None,
+                         scan_step: float | tuple[float, float] | None = None,
                          reader_options: dict[str, Any] | None = None, format: str | None = None):
-    """The file as a lazy :class:`phasestem.dataset.FourDSTEM` with the energy and scan step set."""
+    """The file as a lazy :class:`phasestem.dataset.FourDSTEM`. ``energy`` (eV) and ``scan_step`` (Å) win over the
+    file's, with a warning naming both values where they differ; None: the file's (one line when it has none)."""
     from .. import io
+    from ..provenance import conflict_messages
 
-    if energy is None or scan_step is None:
-        raise ConfigError("calibrate: --energy (eV) and --scan-step (Å) are needed")
-    step = tuple(scan_step) if isinstance(scan_step, list | tuple) else (float(scan_step), float(scan_step))
-    return io.load(path, format=format, energy=float(energy), scan_step=step, **(reader_options or {}))
+    opts = dict(reader_options or {})
+    if energy is not None:
+        opts["energy"] = float(energy)
+    if scan_step is not None:
+        opts["scan_step"] = tuple(scan_step) if isinstance(scan_step, list | tuple) else (float(scan_step),) * 2
+    dataset = io.load(path, format=format, **opts)
+    for message in conflict_messages(dataset.metadata, FLAGS, "flag", " (omit {field} to use the file's)"):
+        log.warning(message)
+    return dataset
 
 
 #: data term written for detector counts (integer data): the Poisson term is right for the noise, the amplitude
@@ -28,24 +42,46 @@ def load_for_calibration(path: str | Path, energy: float, scan_step: float | tup
 COUNTED_LOSSES = {"gaussian": 0.5, "poisson": 0.5}
 
 
-def calibrate_file(path: str | Path, out_dir: str | Path, energy: float, scan_step, semiangle: float | None = None,
+def calibrate_file(path: str | Path, out_dir: str | Path, energy: float | None = None, scan_step=None,
+                   semiangle: float | None = None,
                    angular_sampling: float | None = None, reader_options: dict[str, Any] | None = None,
                    format: str | None = None, figures: bool = True, extra_params: dict[str, Any] | None = None,
                    resample_descan: bool = False, **options) -> tuple[Calibration, dict[str, Path]]:
     """Calibrate ``path`` and write ``calibrated.npy``, ``params.yaml``, ``calibration.json`` and figures.
 
+    ``energy``, ``scan_step``: see :func:`load_for_calibration`; with neither ``semiangle`` nor
+    ``angular_sampling`` the file's semi-angle (else its detector pixel) is taken.
+
     ``options`` go to :func:`phasestem.calibrate.pipeline.calibrate` (transpose, parallax,
     c10_range, edge_threshold); ``extra_params`` adds sections (model, run, …) to the YAML (integer data get
     the counted-data term :data:`COUNTED_LOSSES` unless it names ``losses``);
-    ``resample_descan``: see :func:`phasestem.calibrate.output.write_outputs`.
+    ``resample_descan``: see :func:`phasestem.calibrate.output.write_outputs`. ``out_dir`` is held for the whole
+    call (:func:`phasestem.lock.hold_output`; FolderBusyError when another run holds it).
     """
+    from ..lock import hold_output
     from .output import write_outputs
 
-    dataset = load_for_calibration(path, energy, scan_step, reader_options, format)
-    calib = calibrate(dataset, semiangle=semiangle, angular_sampling=angular_sampling, **options)
-    if np.issubdtype(np.dtype(dataset.patterns.dtype), np.integer) and "losses" not in (extra_params or {}):
-        extra_params = {**(extra_params or {}), "losses": dict(COUNTED_LOSSES)}
-    calib.source = str(path)
-    files = write_outputs(dataset, calib, out_dir, path, figures=figures, extra=extra_params,
-                          resample_descan=resample_descan)
-    return calib, files
+    with hold_output(out_dir, "phasestem calibrate"):  # held from before the data are read
+        dataset = load_for_calibration(path, energy, scan_step, reader_options, format)
+        found = dataset.metadata.get("calibration_sources", {})
+        sources = {"optics.energy": "flag" if found.get("energy") == "given" else "file",
+                   "scan.step": "flag" if found.get("scan_step") == "given" else "file",
+                   "optics.semiangle": "flag", "optics.angular_sampling": "calibration"}
+        if semiangle is None and angular_sampling is None:  # neither flag: the file's semi-angle, else its pixel
+            semiangle = dataset.semiangle
+            if semiangle is None and dataset.angular_sampling is not None:
+                angular_sampling = float(np.mean(dataset.angular_sampling))
+            sources["optics.semiangle"] = "file"
+        if semiangle is None:
+            sources.update({"optics.angular_sampling": sources["optics.semiangle"], "optics.semiangle": "calibration"})
+        calib = calibrate(dataset, semiangle=semiangle, angular_sampling=angular_sampling, **options)
+        sources.update({"scan.rotation": "calibration", "scan.origin": "calibration"})
+        sources.update({f"optics.aberrations.{k}": "calibration" for k in calib.aberrations})
+        if np.issubdtype(np.dtype(dataset.patterns.dtype), np.integer) and "losses" not in (extra_params or {}):
+            extra_params = {**(extra_params or {}), "losses": dict(COUNTED_LOSSES)}
+            sources["losses"] = "calibration (counted data)"
+        calib.source = str(path)
+        calib.sources = sources
+        files = write_outputs(dataset, calib, out_dir, path, figures=figures, extra=extra_params,
+                              resample_descan=resample_descan)
+        return calib, files

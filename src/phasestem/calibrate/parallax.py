@@ -115,6 +115,8 @@ def _coherence(spectra: np.ndarray, shifts: np.ndarray, weights: np.ndarray, sha
     m = int(np.ceil(np.abs(shifts).max()))
     sy, sx = shape
     core = aligned[:, m : max(m + 1, sy - m), m : max(m + 1, sx - m)].reshape(len(spectra), -1)
+    if core.shape[1] < 2:  # the shifts exceed the scan: no common area to compare (no usable parallax)
+        return 0.0
     total = (weights[:, None] * core).sum(0)
     rs = []
     for g in range(len(spectra)):
@@ -186,7 +188,8 @@ def fit_parallax(images: np.ndarray, weights: np.ndarray, k_px: np.ndarray, dk_m
     c_max = c10_range if c10_range is not None else 0.5 * fov / max(alpha_max, 1e-9)
     dc = 0.2 * min(step) / max(alpha_max, 1e-9)
     grid = np.arange(-c_max, c_max + dc / 2, dc)
-    wspec = spectra * weights[:, None, None]
+    # relative weights (the sharpness is compared between C10s only): counts of 1e34 would overflow its squares
+    wspec = spectra * (weights / max(float(np.max(np.abs(weights))), 1e-300))[:, None, None]
     coarse = grid[::3]  # 0.6 scan px apart at the outermost group; the peak is ≈ 1 px wide
     angles = [rotation] if rotation is not None else list(np.arange(0.0, 180.0, rotation_step))
     best_score = -np.inf

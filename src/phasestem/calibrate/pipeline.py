@@ -24,7 +24,7 @@ from .com import com_field
 from .disk import DiskFit, fit_disk
 from .parallax import ParallaxFit, fit_parallax, phase_skewness
 from .reading import summed_pattern
-from .rotation import MAX_CURL_RATIO, NoContrastError, RotationFit, choose_branch, fit_rotation
+from .rotation import MAX_CURL_RATIO, MIN_SCAN, NoContrastError, RotationFit, choose_branch, fit_rotation
 
 
 @dataclass
@@ -51,6 +51,11 @@ class Calibration:
     notes: list[str] = field(default_factory=list)
     source: str = ""
     mean_pattern: np.ndarray | None = None  # (H, W) bad pixels filled
+    #: quantity → why the data do not determine it; it keeps its default (rotation 0°, transpose False, no C10)
+    undetermined: dict[str, str] = field(default_factory=dict)
+    #: where each value of the written parameter file came from, by field (``optics.energy`` → ``flag``, ``file``
+    #: or ``calibration``; :mod:`phasestem.provenance`), filled by :func:`phasestem.calibrate.files.calibrate_file`
+    sources: dict[str, str] = field(default_factory=dict)
 
     @property
     def plan(self):
@@ -100,16 +105,29 @@ class Calibration:
                "scan_step": list(self.scan_step), "bad_pixels": self.bad_pixels.to_dict(),
                "disk": self.disk.to_dict(), "centre_of_mass": self.com.to_dict(),
                "parallax": None if self.parallax is None else self.parallax.to_dict(), "notes": list(self.notes),
-               "scan": self.scan().to_dict(), "detector": self.detector().to_dict()}
+               "undetermined": dict(self.undetermined),
+               "scan": self.scan().to_dict(), "detector": self.detector().to_dict(), "sources": dict(self.sources)}
+        if "rotation" in self.undetermined:
+            out["rotation_deg"] = None
         return out
+
+    def rotation_text(self) -> str:
+        """``rotation 29.32° (parallax)``, ``rotation 30.46° ± 4.1° (centre of mass)`` (± the halves' spread), or
+        ``rotation undetermined (why; left at 0°)``."""
+        if "rotation" in self.undetermined:
+            return f"rotation undetermined ({self.undetermined['rotation']}; left at 0°)"
+        spread = self.com.spread if self.rotation_source == "centre of mass" else None
+        pm = "" if spread is None else f" ± {spread:.1f}°"
+        return f"rotation {self.rotation:.2f}°{pm} ({self.rotation_source})"
 
     def summary(self) -> str:
         ab = ", ".join(f"{k} = {v:.4g}" for k, v in self.aberrations.items())
         hot, dead = len(self.bad_pixels.hot), len(self.bad_pixels.dead)
         dy, dx = self.disk.drift
         return (f"angular sampling {self.angular_sampling:.4g} mrad/px (disk radius {self.disk.radius:.2f} px, "
-                f"α = {self.semiangle:.4g} mrad); rotation {self.rotation:.2f}° ({self.rotation_source}), "
-                f"transpose {self.transpose}; {ab}; bad pixels {hot} hot, {dead} dead; descan drift "
+                f"α = {self.semiangle:.4g} mrad); {self.rotation_text()}, "
+                f"transpose {self.transpose}{' (undetermined)' if 'transpose' in self.undetermined else ''}; "
+                f"{ab or 'no defocus'}; bad pixels {hot} hot, {dead} dead; descan drift "
                 f"{dy:.2f} × {dx:.2f} px (residual rms {self.disk.to_dict()['residual_rms_px']:.2f} px)")
 
 
@@ -182,11 +200,14 @@ def calibrate(dataset, semiangle: float | None = None, angular_sampling: float |
     if (semiangle is None) == (angular_sampling is None):
         raise ConfigError("calibrate: give exactly one of semiangle (mrad) or angular_sampling (mrad/px)")
     notes: list[str] = []
+    undetermined: dict[str, str] = {}
+    small = min(dataset.scan_shape) < MIN_SCAN  # too few positions for a rotation or a parallax
     total = summed_pattern(dataset)
     bad = find_bad_pixels(total)
     plan = fill_plan(bad.mask)
     mean = fill_bad_pixels(total, plan) / dataset.n_patterns  # filling is linear: fill the sum
     disk = fit_disk(dataset, mean, plan, threshold=edge_threshold)
+    notes += disk.notes
     if semiangle is not None:
         dk = float(semiangle) / disk.radius
     else:
@@ -199,9 +220,12 @@ def calibrate(dataset, semiangle: float | None = None, angular_sampling: float |
     fits = {t: fit_rotation(com, step, dark, transpose=t, strict=False) for t in options}
     best = min(fits, key=lambda t: fits[t].curl_ratio[t])
     ratio = fits[best].curl_ratio[best]
-    com_ok = ratio <= MAX_CURL_RATIO
+    com_ok = ratio <= MAX_CURL_RATIO and not small
     chosen, pfit, source = best, None, "centre of mass"
-    if parallax:
+    if parallax and small:
+        undetermined["C10"] = (f"a {dataset.scan_shape[0]} × {dataset.scan_shape[1]} scan: the bright-field parallax "
+                               f"needs at least {MIN_SCAN} × {MIN_SCAN} positions")
+    elif parallax:
         con, weights, k_file = _group_contrast(dataset, plan, centres, disk.radius)
         pfits = {t: fit_parallax(con, weights, k_file[:, ::-1] if t else k_file, dk,
                                  fits[t].rotation if com_ok else None, step, c10_range, energy=dataset.energy)
@@ -222,7 +246,7 @@ def calibrate(dataset, semiangle: float | None = None, angular_sampling: float |
             notes.append(f"parallax not used: largest shift {p.max_shift:.2f} scan px, residual {p.residual:.2f} px, "
                          f"det {p.determinant:+.0f}, aligned images agree to r = {p.coherence:.2f} (< {MIN_COHERENCE}: "
                          "focused data or too little contrast); no defocus fitted")
-    if not com_ok and pfit is None:
+    if not com_ok and pfit is None and not small:
         raise NoContrastError(
             f"no specimen contrast: the centre-of-mass field is nearly as curled as it is divergent at every rotation "
             f"(relative curl {ratio:.2f} > {MAX_CURL_RATIO}) and the bright-field parallax gives no shift map; "
@@ -235,6 +259,18 @@ def calibrate(dataset, semiangle: float | None = None, angular_sampling: float |
                      "chose the other")
     rot = fits[chosen]
     rotation = pfit.rotation if pfit is not None else rot.rotation
+    why = None if pfit is not None else rot.undetermined(dataset.scan_shape)
+    if why:  # the defaults stay: rotation 0°, transpose as given or False
+        undetermined["rotation"] = why
+        rotation, source = 0.0, "undetermined"
+        if transpose is None:
+            undetermined["transpose"] = why
+            chosen = False
+    for reason in dict.fromkeys(undetermined.values()):
+        what = [k for k, v in undetermined.items() if v == reason]
+        notes.append(f"{' and '.join(what)} undetermined by the data ({reason}): params.yaml leaves "
+                     f"{', '.join(DEFAULTS[k] for k in what)} (the defaults); set {'them' if len(what) > 1 else 'it'} "
+                     "if known")
     if pfit is not None and com_ok:
         diff = abs((pfit.rotation - rot.rotation + 180) % 360 - 180)
         notes.append(f"rotation: parallax {pfit.rotation:.2f}°, centre of mass {rot.rotation:.2f}° "
@@ -248,8 +284,12 @@ def calibrate(dataset, semiangle: float | None = None, angular_sampling: float |
         pattern_shape=dataset.pattern_shape, semiangle=float(semiangle), angular_sampling=dk,
         rotation=float(rotation % 360.0), transpose=bool(chosen), aberrations=aberrations, rotation_source=source,
         bad_pixels=bad, disk=disk, com=rot, com_alternatives=fits, parallax=pfit, com_field=com, dark_field=dark,
-        notes=notes, source=str(dataset.metadata.get("source", "")), mean_pattern=mean,
+        notes=notes, source=str(dataset.metadata.get("source", "")), mean_pattern=mean, undetermined=undetermined,
     )
+
+
+#: what ``params.yaml`` holds for a quantity the data leave undetermined
+DEFAULTS = {"rotation": "scan.rotation 0°", "transpose": "data.transpose false", "C10": "no optics.aberrations.C10"}
 
 
 def rotation_matrix(degrees: float) -> np.ndarray:

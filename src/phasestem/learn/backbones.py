@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, InputFileError
+from ..extras import require
 
 log = logging.getLogger("phasestem.learn")
 
@@ -230,7 +231,7 @@ def load_pretrained(model: nn.Module, arch: str, pretrained: str | Path | None, 
 def create_cnn(name: str = "resnet34", in_chans: int = 1, pretrained: str | Path | None = None,
                first_conv: Literal["sum", "mean"] = "sum", allow_download: bool = False, **overrides) -> nn.Module:
     """A CNN trunk (``num_classes=0``, average-pooled features; width ``model.num_features``)."""
-    import timm
+    timm = require("timm", "the learned networks' CNN backbones")
 
     p = _preset(name, CNN_PRESETS, "CNN")
     kwargs = {**p.kwargs, **overrides}
@@ -242,7 +243,7 @@ def create_cnn(name: str = "resnet34", in_chans: int = 1, pretrained: str | Path
 def create_vit(name: str = "vit_base", img_size: int = 224, in_chans: int = 3, pretrained: str | Path | None = None,
                first_conv: Literal["sum", "mean"] = "sum", allow_download: bool = False, **overrides) -> nn.Module:
     """A timm VisionTransformer (``num_classes=0``); a 16-px patch at 224 px gives the 14 × 14 grid."""
-    import timm
+    timm = require("timm", "the learned networks' ViT backbones")
 
     p = _preset(name, VIT_PRESETS, "ViT")
     kwargs = {**p.kwargs, **overrides}

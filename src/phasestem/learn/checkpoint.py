@@ -7,16 +7,20 @@ import hashlib
 import json
 import logging
 import os
-import pickle
 import shutil
-import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import InputFileError
+from ..configfile import loads_json
+from ..errors import ConfigError, InputFileError
+from ..extras import require
+from ..safety import atomic_file, remove_stale_temporaries, temporary_name
+from ..torch_files import first_line as _first_line
+from ..torch_files import require_nonempty as _require_nonempty
+from ..torch_files import state_dict_mismatch, torch_load  # noqa: F401 (re-exported to the trainer)
 
 log = logging.getLogger("phasestem.learn")
 
@@ -30,10 +34,6 @@ class CheckpointError(InputFileError):
     """A checkpoint is torn, corrupted or does not fit the run that resumes from it."""
 
 
-def _atomic_path(path: Path) -> Path:
-    return path.with_name(path.name + ".tmp")
-
-
 def save_weights(
     state_dict: Mapping[str, torch.Tensor], path: str | Path, meta: Mapping[str, Any] | None = None
 ) -> Path:
@@ -42,14 +42,12 @@ def save_weights(
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
     meta_json = json.dumps(meta or {}, default=str)
-    tmp = _atomic_path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
-
-        save_file(tensors, str(tmp), metadata={"phasestem": meta_json})
-    else:
-        torch.save({"state_dict": tensors, "meta": meta_json}, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path, field="weights") as tmp:
+        if path.suffix == ".safetensors":
+            save_file = require("safetensors.torch", f"writing {path.name}").save_file
+            save_file(tensors, str(tmp), metadata={"phasestem": meta_json})
+        else:
+            torch.save({"state_dict": tensors, "meta": meta_json}, tmp)
     return path
 
 
@@ -71,40 +69,29 @@ def load_weights(path: str | Path, map_location: str | torch.device = "cpu") -> 
     return dict(obj), _parse_meta(meta, path)
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
-
-
 def _parse_meta(meta: Any, path: Path) -> dict:
     """The ``phasestem`` metadata of a file as a dict in the current schema (older layouts converted)."""
     from .meta import normalize_meta
 
     if isinstance(meta, Mapping):
         return normalize_meta(dict(meta))
+    if not isinstance(meta, str | bytes):
+        raise InputFileError(f"{path}: its 'phasestem' metadata is not JSON text (found {type(meta).__name__})")
     try:
-        out = json.loads(meta)
-    except (TypeError, json.JSONDecodeError) as exc:
-        raise InputFileError(f"{path}: its 'phasestem' metadata is not valid JSON ({_first_line(exc)})") from exc
+        out = loads_json(meta, f"{path}: its 'phasestem' metadata")
+    except ConfigError as exc:
+        raise InputFileError(str(exc)) from None
     if not isinstance(out, dict):
         raise InputFileError(f"{path}: its 'phasestem' metadata is not a JSON object")
     return normalize_meta(out)
-
-
-def _require_nonempty(path: Path, what: str) -> None:
-    if not path.is_file():
-        raise InputFileError(f"{path}: file not found (expected a {what})")
-    if path.stat().st_size == 0:
-        raise InputFileError(f"{path}: empty file (expected a {what})")
 
 
 def read_safetensors(path: str | Path, map_location: str | torch.device = "cpu", tensors: bool = True
                      ) -> tuple[dict[str, torch.Tensor], dict]:
     """``(tensors, phasestem meta)`` of a safetensors file (``tensors=False``: the header only, ``{}`` for the
     tensors); an empty/truncated one raises InputFileError."""
-    from safetensors import safe_open
-
     path = Path(path)
+    safe_open = require("safetensors", f"reading {path.name}").safe_open
     _require_nonempty(path, "safetensors weights file")
     try:
         with safe_open(str(path), framework="pt", device=str(map_location)) as f:
@@ -125,24 +112,14 @@ def read_meta(path: str | Path) -> dict:
     return load_weights(path)[1]
 
 
-def torch_load(path: str | Path, map_location: str | torch.device = "cpu", what: str = "PyTorch file") -> Any:
-    """``torch.load(path, weights_only=True)`` (tensors and plain containers only, never code) with one-line errors."""
-    path = Path(path)
-    _require_nonempty(path, what)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "pickle protocol 4" notes of the safe unpickler
-            return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise InputFileError(f"{path}: not a {what}: not a torch file, or it holds Python objects other than "
-                             "tensors (phasestem loads tensors only and never unpickles code)") from exc
-    except Exception as exc:
-        raise InputFileError(f"{path}: not a readable {what}, truncated or corrupted? "
-                             f"({type(exc).__name__}: {_first_line(exc)})") from exc
-
-
 def resolve_weights_path(path: str | Path) -> Path:
-    """A model file from a file, a checkpoint folder (``model.*``) or a run folder (``best/``, ``last/``)."""
+    """A model file from a pretrained model's name (:mod:`.pretrained`: ``seed-tiny``, checksum verified), a file, a
+    checkpoint folder (``model.*``) or a run folder (``best/``, ``last/``)."""
+    from .pretrained import resolve
+
+    shipped = resolve(path)
+    if shipped is not None:
+        return shipped
     path = Path(path)
     if path.is_file():
         return path
@@ -156,19 +133,6 @@ def resolve_weights_path(path: str | Path) -> Path:
         f"{path}: no model weights found (expected a .safetensors/.pt file, or a folder holding "
         "model.safetensors, best/model.safetensors or last/model.safetensors)"
     )
-
-
-def state_dict_mismatch(own: Mapping[str, torch.Tensor], other: Mapping[str, torch.Tensor]) -> str:
-    """'' when ``other`` fits ``own`` (same names and shapes), else a short description of the first differences."""
-    shapes = [f"{k}: {tuple(other[k].shape)} vs {tuple(v.shape)} here" for k, v in own.items()
-              if k in other and tuple(other[k].shape) != tuple(v.shape)]
-    missing = [k for k in own if k not in other]
-    extra = [k for k in other if k not in own]
-    parts = []
-    for label, items in (("shape", shapes), ("missing", missing), ("unexpected", extra)):
-        if items:
-            parts.append(f"{len(items)} {label}, e.g. {items[0]}")
-    return "; ".join(parts)
 
 
 _MISSING = object()
@@ -210,12 +174,16 @@ def _step_of(row: Mapping[str, str]) -> float:
         return 0.0
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes (read in 1 MiB chunks)."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+_sha256 = sha256_file  # the name trainer_state imports
 
 
 def _fsync(path: Path) -> None:
@@ -233,21 +201,28 @@ def _fsync(path: Path) -> None:
 
 
 def commit_folder(folder: str | Path, write: Callable[[Path], Iterable[str]]) -> Path:
-    """Replace ``folder`` by what ``write(tmp)`` puts in a fresh ``<folder>.tmp``, as one unit.
+    """Replace ``folder`` by what ``write(tmp)`` puts in a fresh ``<folder>.<pid>.tmp``, as one unit.
 
     The new folder is complete and on disk before it is renamed into place; the old one is moved
     to ``<folder>.prev`` first and removed after. A kill at any point leaves either the old or the
     new folder complete (``<folder>.prev`` when it struck between the two renames; resume finds it).
+    The caller holds the run folder's lock (:meth:`Trainer.fit`), so temporaries that killed runs left
+    (``<folder>.<pid>.tmp``) are removed here; this call's own is removed when ``write`` fails.
     """
     folder = Path(folder)
-    tmp, prev = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".prev")
+    tmp, prev = temporary_name(folder), folder.with_name(folder.name + ".prev")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    if tmp.exists():  # a write killed earlier: our own namespace
+    remove_stale_temporaries(folder.parent, [folder.name])
+    if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    for name in write(tmp):
-        _fsync(tmp / name)
-    _fsync(tmp)
+    try:
+        for name in write(tmp):
+            _fsync(tmp / name)
+        _fsync(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if folder.exists():
         if prev.exists():
             shutil.rmtree(prev)
@@ -280,7 +255,7 @@ def verify_checkpoint(folder: str | Path) -> dict | None:
                     MANIFEST)
         return None
     try:
-        manifest = json.loads(path.read_text())
+        manifest = loads_json(path.read_text(errors="replace"), str(path))
         files = dict(manifest["files"])
         int(manifest["global_step"])
     except (ValueError, KeyError, TypeError) as exc:
@@ -297,9 +272,8 @@ def verify_checkpoint(folder: str | Path) -> dict | None:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = _atomic_path(path)
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+    with atomic_file(path, field="json") as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=str))
 
 
 def _write_csv(path: Path, rows: list[dict[str, float]], fields: list[str] | None = None) -> None:
@@ -307,9 +281,7 @@ def _write_csv(path: Path, rows: list[dict[str, float]], fields: list[str] | Non
     keys: list[str] = list(fields or [])
     for r in rows:
         keys.extend(k for k in r if k not in keys)
-    tmp = _atomic_path(path)
-    with open(tmp, "w", newline="") as fh:
+    with atomic_file(path, field="csv") as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=keys)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)

@@ -209,12 +209,15 @@ def _evaluate(args) -> int:
     from .evaluate import REPORT_FILES, evaluate_model, format_table, test_index, write_report
 
     refuse_output_over_inputs(args.out, [args.model, args.stitch_model, *(args.files or [])], written=REPORT_FILES)
-    model, meta = load_predictor(args.model, args.stitch_model, args.device)
-    index, train_index = test_index(meta, args.files, args.split)
-    refuse_output_over_inputs(args.out, [fi.path for fi in index.files], written=REPORT_FILES)
-    result = evaluate_model(model, meta, index, train_index, args.batch_size, args.device, args.max_samples,
-                            bad_pixels=args.bad_pixels)
-    paths = write_report(result, args.out)
+    from ..lock import hold_output
+
+    with hold_output(args.out, "phasestem evaluate"):
+        model, meta = load_predictor(args.model, args.stitch_model, args.device)
+        index, train_index = test_index(meta, args.files, args.split)
+        refuse_output_over_inputs(args.out, [fi.path for fi in index.files], written=REPORT_FILES)
+        result = evaluate_model(model, meta, index, train_index, args.batch_size, args.device, args.max_samples,
+                                bad_pixels=args.bad_pixels)
+        paths = write_report(result, args.out)
     print(format_table(result))
     if result.get("bad_pixels_masked"):
         print(f"replaced {result['bad_pixels_masked']} non-finite values by the median of their finite neighbours")

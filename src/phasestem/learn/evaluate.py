@@ -43,18 +43,35 @@ def test_index(meta: dict[str, Any], files: list[str] | None = None, split: str 
         stored = SampleIndex.from_paths(d["files"], target=d["target"], **kw)
     except InputFileError:
         if not files:
+            shipped = (meta.get("pretrained") or {}).get("name")
+            if shipped:  # a model shipped with phasestem (phasestem.learn.pretrained) comes without its data
+                raise InputFileError(f"{shipped}: a pretrained model, shipped without its training files: give the "
+                                     "data to evaluate it on with --files") from None
             raise
         log.warning("training files %s not found: no training-mean baseline", d["files"])
-        return SampleIndex.from_paths(files, target=d["target"], **kw), None
+        index = SampleIndex.from_paths(files, target=d["target"], **kw)
+        check_shapes(meta, index)
+        return index, None
     if d.get("max_samples"):
         stored = stored.subset(range(min(d["max_samples"], len(stored))))
     splits = stored.split(d["val_fraction"], d["test_fraction"], d["split_seed"])
     if files:
-        return SampleIndex.from_paths(files, target=d["target"], **kw), splits["train"]
+        index = SampleIndex.from_paths(files, target=d["target"], **kw)
+        check_shapes(meta, index)
+        return index, splits["train"]
     if len(splits[split]) == 0:
         raise ValueError(f"the stored '{split}' split is empty (test_fraction = {d['test_fraction']}); "
                          "pass --files to evaluate on other data")
     return splits[split], splits["train"]
+
+
+def check_shapes(meta: dict[str, Any], index: SampleIndex) -> None:
+    """Refuse, before any sample is read, files whose scan or pattern shape is not the model's (as predict does)."""
+    from .apply.phase import check_training_optics, check_training_shapes
+
+    for fi in index.files:
+        check_training_shapes(meta, fi.geometry.scan_shape, fi.pattern_shape, str(fi.path))
+        check_training_optics(meta, fi.optics() or {}, str(fi.path))
 
 
 @torch.no_grad()
@@ -190,23 +207,12 @@ def write_report(result: dict[str, Any], out_dir: str | Path) -> dict[str, Path]
 
 
 def _figure(result: dict[str, Any], path: Path) -> Path:
-    import matplotlib
+    """examples.png: truth / prediction / difference of the first examples (:func:`phasestem.plot.examples_figure`),
+    each prediction's E_φ, PSNR and SSIM in its title."""
+    from ..plot import examples_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ex = result["examples"]
-    fig, axes = plt.subplots(len(ex), 3, figsize=(9, 3 * len(ex)), squeeze=False)
-    for i, (sid, pred, gt) in enumerate(ex):
-        lo, hi = float(gt.min()), float(gt.max())
-        d = float(np.abs(pred - gt).max())
-        panels = ((gt, "truth", "gray", lo, hi), (pred, "prediction", "gray", lo, hi),
-                  (pred - gt, "prediction − truth", "RdBu_r", -d, d))
-        for ax, (img, title, cmap, vmin, vmax) in zip(axes[i], panels, strict=True):
-            im = ax.imshow(img, cmap=cmap, vmin=vmin, vmax=vmax)
-            ax.set_title(f"sample {sid}: {title}", fontsize=9)
-            ax.axis("off")
-            fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=100, close=True)
+    by_sample = {r["sample"]: r for r in result["rows"]}
+    examples = [(f"sample {sid}", pred, gt) for sid, pred, gt in result["examples"]]
+    metrics = {f"sample {sid}": by_sample.get(sid) for sid, _, _ in result["examples"]}
+    save_figure(examples_figure(examples, label=result["target"], metrics=metrics), path, close=True)
     return path

@@ -23,6 +23,7 @@ from torch import nn
 
 from .. import metrics
 from ..errors import ConfigError, InputFileError
+from ..extras import require
 
 log = logging.getLogger("phasestem.learn.losses")
 
@@ -112,8 +113,7 @@ def _load_state(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise InputFileError(f"{path}: perceptual-loss weights file not found")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
+        load_file = require("safetensors.torch", f"reading {path.name}").load_file
         state = load_file(str(path))
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)

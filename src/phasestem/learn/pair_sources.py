@@ -73,11 +73,11 @@ def measured_inputs(paths: list[str], kind: str, model: str | None = None, stitc
                     ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """(origin ``file:phase_i``, input, true phase) of every sample of the simulation files ``paths``, the input
     predicted by ``model`` (``kind='stitch'``) or reconstructed by AD (``kind='ad'``)."""
-    import h5py
     from tqdm.auto import tqdm
 
     from .. import io
     from ..io import seed as seedfile
+    from ..io.hdf5 import open_file
     from ..safety import check_finite
     from .apply.phase import load_predictor, predict_phase
 
@@ -87,7 +87,7 @@ def measured_inputs(paths: list[str], kind: str, model: str | None = None, stitc
     elif kind != "ad":
         raise ConfigError(f"measured_inputs: unknown kind {kind!r}")
     for path in paths:
-        with h5py.File(path, "r") as f:
+        with open_file(path, "simulation file") as f:
             ids = seedfile.sample_ids(f.keys(), "phase")
         for i in tqdm(ids, desc=Path(path).name, disable=not progress, leave=False):
             ds = io.load(path, sample=int(i))
@@ -112,35 +112,38 @@ def make_pairs(files: list[str], out: str | Path, degradation: Degrade | None = 
     ``copies`` synthetic degradations (``inputs_from`` 'degrade') of each."""
     import json
 
-    import h5py
     from tqdm.auto import tqdm
 
     from ..errors import InputFileError
     from ..io import seed as seedfile
+    from ..io.hdf5 import check_written, open_file, reading
+    from ..lock import hold_output
     from ..safety import check_finite
     from .data import expand_paths
 
-    deg = degradation or Degrade()
-    rng = np.random.default_rng(seed)
-    inputs, gts, origin = [], [], []
-    paths = expand_paths(files)
-    for path in paths:
-        keys = simulation_phases(path)
-        if not keys:
-            raise InputFileError(f"{path}: no 'phase_{{i}}' datasets (expected a simulation file)")
-        with h5py.File(path, "r") as f:
-            for k in tqdm(keys, desc=Path(path).name, disable=not progress, leave=False):
-                phase = seedfile.read_phase(f, k)  # rad (× σ for the original generator's files)
-                check_finite(phase, f"{path}:{k}", what="phase value", hint="")
-                for _ in range(copies):
-                    inputs.append(degrade(phase, deg, rng).numpy())
-                    gts.append(phase)
-                    origin.append(f"{Path(path).name}:{k}")
-    if not gts:
-        raise ConfigError("make-pairs: no phase images found")
-    return write_pairs(out, np.stack(inputs), np.stack(gts),
-                       {"degradation": deg.model_dump_json(), "sources": json.dumps(origin), "seed": seed,
-                        "units": "rad"})
+    with hold_output(out, "phasestem make-pairs", file=True):
+        deg = degradation or Degrade()
+        rng = np.random.default_rng(seed)
+        inputs, gts, origin = [], [], []
+        paths = expand_paths(files)
+        for path in paths:
+            keys = simulation_phases(path)
+            if not keys:
+                raise InputFileError(f"{path}: no 'phase_{{i}}' datasets (expected a simulation file)")
+            with open_file(path, "simulation file") as f, reading(path, "simulation file"):
+                for k in tqdm(keys, desc=Path(path).name, disable=not progress, leave=False):
+                    check_written(f[k], f"{path}:{k}")
+                    phase = seedfile.read_phase(f, k)  # rad (× σ for the original generator's files)
+                    check_finite(phase, f"{path}:{k}", what="phase value", hint="")
+                    for _ in range(copies):
+                        inputs.append(degrade(phase, deg, rng).numpy())
+                        gts.append(phase)
+                        origin.append(f"{Path(path).name}:{k}")
+        if not gts:
+            raise ConfigError("make-pairs: no phase images found")
+        return write_pairs(out, np.stack(inputs), np.stack(gts),
+                           {"degradation": deg.model_dump_json(), "sources": json.dumps(origin), "seed": seed,
+                            "units": "rad"})
 
 
 
@@ -157,16 +160,19 @@ def make_measured_pairs(files: list[str], out: str | Path, inputs_from: str, sti
         raise ConfigError("make_measured_pairs: 'degrade' inputs are made by make_pairs")
     if stitch_model is not None and kind != "stitch":
         raise ConfigError("stitch_model applies to inputs_from 'stitch:<patch model>' only")
-    inputs, gts, origin = [], [], []
-    for name, inp, gt in measured_inputs(expand_paths(files), kind, model, stitch_model, ad_epochs, device,
-                                         progress):
-        inputs.append(inp)
-        gts.append(gt)
-        origin.append(name)
-    if not gts:
-        raise ConfigError("make-pairs: no phase images found")
-    source = {"kind": kind, "model": model, "stitch_model": stitch_model}
-    if kind == "ad":
-        source.update(solver="lsq", epochs=ad_epochs)
-    return write_pairs(out, np.stack(inputs), np.stack(gts),
-                       {"inputs_from": json.dumps(source), "sources": json.dumps(origin), "units": "rad"})
+    from ..lock import hold_output
+
+    with hold_output(out, "phasestem make-pairs", file=True):
+        inputs, gts, origin = [], [], []
+        for name, inp, gt in measured_inputs(expand_paths(files), kind, model, stitch_model, ad_epochs, device,
+                                             progress):
+            inputs.append(inp)
+            gts.append(gt)
+            origin.append(name)
+        if not gts:
+            raise ConfigError("make-pairs: no phase images found")
+        source = {"kind": kind, "model": model, "stitch_model": stitch_model}
+        if kind == "ad":
+            source.update(solver="lsq", epochs=ad_epochs)
+        return write_pairs(out, np.stack(inputs), np.stack(gts),
+                           {"inputs_from": json.dumps(source), "sources": json.dumps(origin), "units": "rad"})

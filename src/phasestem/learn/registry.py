@@ -80,6 +80,43 @@ def build_network(name: str, config: dict[str, Any] | None = None):
     return _resolve(entry(name).network)(name, dict(config or {}))
 
 
+#: bytes a parameter takes while it is trained: float32 weight, gradient and two Adam moments
+TRAINING_BYTES_PER_PARAMETER = 16
+
+#: where each network's settings sit in its run config (the error names ``<section>.<field>``)
+MODEL_SECTION = {"patch": "model", "stitch": "stitch_model", "autoencoder": "model", "phaseformer": "model"}
+
+
+def check_network_memory(name: str, config: dict[str, Any], section: str = "model", source: str = "") -> int:
+    """Refuse, before anything is allocated, a ``name`` network whose training state (weights, gradients, two Adam
+    moments: :data:`TRAINING_BYTES_PER_PARAMETER` per parameter) would exceed the memory available now, naming the
+    largest size fields of ``config``. The parameters are counted on PyTorch's ``meta`` device (shapes only).
+    Returns the parameter count (−1 when the network cannot be built without real tensors)."""
+    import torch
+
+    from ..errors import PhasestemError
+    from ..safety import available_memory
+
+    try:
+        with torch.device("meta"):
+            net = build_network(name, config)
+    except PhasestemError:
+        raise
+    except Exception:  # noqa: BLE001 - sizing is best effort; the real build reports its own errors
+        return -1
+    n = sum(p.numel() for p in net.parameters())
+    need, have = n * TRAINING_BYTES_PER_PARAMETER, available_memory()
+    if need > have:
+        sizes = sorted(((k, v) for k, v in config.items() if isinstance(v, int) and not isinstance(v, bool)),
+                       key=lambda kv: -kv[1])[:3]
+        fields = ", ".join(f"{section}.{k} = {v}" for k, v in sizes) or f"the {section} settings"
+        where = f"{source}: " if source else ""
+        raise ConfigError(f"{where}the {name} network would have {n:.3g} parameters, about {need / 1e9:.3g} GB to "
+                          f"train (weights, gradients, Adam moments) but {have / 1e9:.3g} GB is available: lower "
+                          f"{fields}")
+    return n
+
+
 def load_run_config(path: str | Path, name: str, overrides: dict[str, Any] | None = None):
     """Read and validate the training YAML of ``name``; ``network:`` (or the older ``stage:``) must agree."""
     from ..configfile import validate
@@ -99,17 +136,26 @@ def load_run_config(path: str | Path, name: str, overrides: dict[str, Any] | Non
 
 
 def build_run(cfg):
-    """The trainer of one run (data, network, loss; not started) for any network's run config."""
+    """The trainer of one run (data, network, loss; not started) for any network's run config; a network too
+    large for the memory is refused first (:func:`check_network_memory`)."""
+    section = MODEL_SECTION.get(cfg.network)
+    settings = getattr(cfg, section, None) if section else None
+    if settings is not None:
+        check_network_memory(cfg.network, settings.model_dump(), section)
     return _resolve(entry(cfg.network).builder)(cfg)
 
 
 def train_run(cfg) -> dict[str, Any]:
-    """Train one run as configured; ``config.yaml`` is written into the run folder first."""
+    """Train one run as configured; ``config.yaml`` is written into the run folder first. The run folder is held
+    from before the data are read to the end (:func:`phasestem.lock.hold_output`; FolderBusyError when another
+    run holds it)."""
+    from ..lock import hold_output
     from .config import dump_config
 
-    trainer = build_run(cfg)
-    dump_config(cfg, Path(cfg.out_dir) / "config.yaml")
-    return trainer.fit(resume=cfg.resume)
+    with hold_output(cfg.out_dir, f"phasestem train {cfg.network}"):
+        trainer = build_run(cfg)
+        dump_config(cfg, Path(cfg.out_dir) / "config.yaml")
+        return trainer.fit(resume=cfg.resume)
 
 
 def load_model(path: str | Path, kinds: tuple[str, ...] | None = None, map_location: str = "cpu"):
@@ -120,6 +166,7 @@ def load_model(path: str | Path, kinds: tuple[str, ...] | None = None, map_locat
     state, meta = load_weights(path, map_location)
     kind = require_kind(meta, path, kinds or names())
     try:
+        check_network_memory(kind, dict(meta["model"]["config"]), "model.config", str(path))
         model = build_network(kind, meta["model"]["config"])
     except (TypeError, KeyError, ValueError) as exc:  # a config in the metadata that this version cannot build
         if isinstance(exc, InputFileError | ConfigError):

@@ -65,6 +65,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
+from ..extras import require
 from ..schedules import lr_lambda
 from .checkpoint import (
     CheckpointError,
@@ -98,7 +99,7 @@ from .trainer_config import (
     seed_loader,
     steps_per_epoch,
 )
-from .trainer_state import RunFolderMixin
+from .trainer_state import RunFolderMixin, holding_out_dir
 
 #: the names other modules (and users' scripts) import from here, wherever they are defined
 __all__ = ["Trainer", "TrainerConfig", "TrainingDivergedError", "CheckpointError", "save_weights", "load_weights",
@@ -137,13 +138,11 @@ class Trainer(RunFolderMixin):
         self.accelerator = None
         use_acc = cfg.accelerate == "on" or (cfg.accelerate == "auto" and _launched_by_accelerate())
         if use_acc:
-            from accelerate import Accelerator
-            from accelerate.utils import DistributedDataParallelKwargs
-
+            acc = require("accelerate", f"train.accelerate: {cfg.accelerate}")
             # find_unused_parameters: parameters frozen for a while (End2End's patch net) get no gradient,
             # which plain DistributedDataParallel treats as an error
-            ddp = DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)
-            self.accelerator = Accelerator(cpu=cfg.device == "cpu", kwargs_handlers=[ddp])
+            ddp = acc.DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)
+            self.accelerator = acc.Accelerator(cpu=cfg.device == "cpu", kwargs_handlers=[ddp])
             self.device = self.accelerator.device
         else:
             self.device = resolve_device(cfg.device)
@@ -336,8 +335,9 @@ class Trainer(RunFolderMixin):
             means = dict(zip(keys, t.tolist(), strict=True))
         return means
 
+    @holding_out_dir
     def fit(self, resume: bool | str | Path | None = None) -> dict[str, Any]:
-        """Train for ``config.epochs`` (from a checkpoint when ``resume``); returns a summary dict.
+        """Train for ``config.epochs`` (from a checkpoint when ``resume``; ``out_dir`` held); returns a summary dict.
 
         ``resume=True`` continues from ``out_dir/last`` when it exists; a path names a checkpoint
         folder. The summary holds ``best`` (monitor value), ``best_epoch``, ``epochs_run``,

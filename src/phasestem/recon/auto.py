@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
+from ..configfile import read_yaml_mapping
 from ..errors import ConfigError
 from .params import InitialPhase, ReconstructParams, build_dataset, dump_params, load_detector_shifts, parse_params
 
@@ -85,18 +85,18 @@ def apply_init(params: ReconstructParams, method: str, out_dir: str | Path, data
         return params
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dataset = build_dataset(params) if dataset is None else dataset
-    shifts = load_detector_shifts(params)
+    dataset = build_dataset(params, warn=False) if dataset is None else dataset  # the run warns
+    shifts = load_detector_shifts(params, dataset)
     if shifts is not None:  # the direct methods need every disk on the central pixel: resample for them alone
         from ..calibrate.correct import ResampledPatterns
 
         moves = -shifts.reshape(*dataset.scan_shape, 2)
         dataset = dataset._replace(patterns=ResampledPatterns(dataset.patterns, moves))
-    if method == "parallax" and not params.optics.aberrations.get("C10"):
+    if method == "parallax" and not dataset.aberrations.get("C10"):  # neither the parameter file nor the data file
         fitted = fit_defocus(dataset)
         log.info("tcBF parallax: C10 = %.1f Å", fitted["C10"])
         params.optics.aberrations["C10"] = round(float(fitted["C10"]), 3)
-        dataset = dataset._replace(aberrations=dict(params.optics.aberrations))
+        dataset = dataset._replace(aberrations={**dataset.aberrations, "C10": params.optics.aberrations["C10"]})
     image = direct_phase(dataset, method)
     path = out / f"init_{method}.npy"
     image.save(path)
@@ -108,7 +108,7 @@ def apply_init(params: ReconstructParams, method: str, out_dir: str | Path, data
 def auto_params(calib_params: Path, out_dir: Path, epochs: int | None = None, device: str | None = None
                 ) -> ReconstructParams:
     """The calibrated YAML of ``phasestem calibrate`` completed with the --auto AD settings."""
-    data = yaml.safe_load(Path(calib_params).read_text())
+    data = read_yaml_mapping(calib_params, "parameter file")
     for key in ("file", "detector_shifts"):
         if data["data"].get(key):
             data["data"][key] = str((Path(calib_params).parent / data["data"][key]).resolve())
@@ -124,20 +124,33 @@ def auto_params(calib_params: Path, out_dir: Path, epochs: int | None = None, de
 
 
 def write_params(params: ReconstructParams, path: Path, header: str = "") -> Path:
-    """The resolved parameter file, with a comment header."""
-    path.write_text(header + dump_params(params))
+    """The resolved parameter file, with a comment header (written atomically)."""
+    from ..safety import atomic_file
+
+    with atomic_file(path, field="--out") as tmp:
+        tmp.write_text(header + dump_params(params))
     return path
 
 
-def run_auto(file: str | Path, out_dir: str | Path, energy: float, semiangle: float | None, scan_step,
+def run_auto(file: str | Path, out_dir: str | Path, energy: float | None, semiangle: float | None, scan_step,
              angular_sampling: float | None = None, init: str = "ssb", reader_options: dict | None = None,
              format: str | None = None, epochs: int | None = None, device: str | None = None,
              run: bool = True, **calibrate_options):
-    """Read → calibrate → direct-method start → AD. Returns (params, calibration, model or None)."""
+    """Read → calibrate → direct-method start → AD, holding ``out_dir`` throughout (:mod:`phasestem.lock`).
+    Returns (params, calibration, model or None)."""
+    from ..lock import hold_output
+    from .commands import RECON_COMMAND
+
+    with hold_output(out_dir, RECON_COMMAND + " --auto"):
+        return _run_auto(file, Path(out_dir), energy, semiangle, scan_step, angular_sampling, init, reader_options,
+                         format, epochs, device, run, **calibrate_options)
+
+
+def _run_auto(file, out: Path, energy, semiangle, scan_step, angular_sampling, init, reader_options, format, epochs,
+              device, run, **calibrate_options):
     from ..calibrate.files import calibrate_file
     from .commands import run_reconstruction
 
-    out = Path(out_dir)
     calib, files = calibrate_file(file, out / "calibration", energy=energy, scan_step=scan_step,
                                   semiangle=semiangle, angular_sampling=angular_sampling,
                                   reader_options=reader_options, format=format, **calibrate_options)
@@ -151,5 +164,5 @@ def run_auto(file: str | Path, out_dir: str | Path, energy: float, semiangle: fl
     header += f"# phasestem reconstruct {file} --auto (--init {init}); repeat with: phasestem reconstruct " \
               f"{out / 'params.yaml'}\n"
     write_params(params, out / "params.yaml", header)
-    model = run_reconstruction(params) if run else None
+    model = run_reconstruction(params, sources=calib.sources) if run else None
     return params, calib, model

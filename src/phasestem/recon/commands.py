@@ -6,7 +6,8 @@ import logging
 import sys
 from pathlib import Path
 
-from ..safety import atomic_file, refuse_output_over_inputs
+from ..lock import FolderBusyError, hold_output
+from ..safety import atomic_file, refuse_output_over_inputs, remove_stale_temporaries
 from .distributed import rank_device
 from .model import ParamSchedule
 from .params import (
@@ -29,7 +30,8 @@ RECON_EPILOG = """examples:
   phasestem reconstruct scan.npy --auto --energy 300e3 --semiangle 21.4 --scan-step 0.4 --out runs/scan1
   torchrun --nproc_per_node 4 -m phasestem.cli reconstruct params.yaml   # 4 processes / GPUs
 
-Writes OUT/config.yaml, OUT/reconstruct.log, OUT/checkpoint.pt, OUT/results.h5 and PNG figures."""
+Writes OUT/config.yaml, OUT/reconstruct.log, OUT/checkpoint.pt, OUT/results.h5, OUT/results.emd (EMD 1.0:
+py4DSTEM.read / HyperSpy's hs.load open it) and PNG figures."""
 
 TUNE_EPILOG = """examples:
   phasestem tune configs/reconstruct_tiny.yaml --n-trials 10
@@ -97,20 +99,25 @@ def _reconstruct_cmd(args) -> int:
                  reader_options=reader_options(args), format=args.format, epochs=args.epochs, device=args.device)
         return 0
     params = _load(args)
-    if args.init:
-        from .auto import apply_init
-
-        params = apply_init(params, args.init, params.run.out_dir)
-    if args.dump_config:
+    if args.dump_config and not args.init:
         sys.stdout.write(dump_params(params))
         return 0
-    refuse_output_over_inputs(params.run.out_dir, [args.params], field="--out", written=RUN_FILES)
     from ..errors import ConfigError
     from .distributed import env_rank
 
     try:
-        run_reconstruction(params, resume=args.resume)
-    except ConfigError:
+        # the folder is held from the first file written (the --init start) to the last
+        with hold_output(params.run.out_dir, RECON_COMMAND):
+            if args.init:
+                from .auto import apply_init
+
+                params = apply_init(params, args.init, params.run.out_dir)
+            if args.dump_config:
+                sys.stdout.write(dump_params(params))
+                return 0
+            refuse_output_over_inputs(params.run.out_dir, [args.params], field="--out", written=RUN_FILES)
+            run_reconstruction(params, resume=args.resume)
+    except (ConfigError, FolderBusyError):
         if env_rank() != 0:  # every rank of a torchrun launch sees the same setting: rank 0 alone says so
             return 1
         raise
@@ -118,7 +125,10 @@ def _reconstruct_cmd(args) -> int:
 
 
 #: files a reconstruction writes into its output folder (none may be an input)
-RUN_FILES = ("config.yaml", "checkpoint.pt", "results.h5", "reconstruction.png", "compare.png", "reconstruct.log")
+RUN_FILES = ("config.yaml", "checkpoint.pt", "results.h5", "results.emd", "reconstruction.png", "compare.png",
+             "reconstruct.log", "live.npz")
+#: how a reconstruction names itself in its output folder's lock
+RECON_COMMAND = "phasestem reconstruct"
 
 
 def _keep_configured_schedules(model, wanted: dict) -> None:
@@ -154,14 +164,14 @@ def _check_optics(params: ReconstructParams, dataset, opts: dict) -> None:
 
 
 def _setup_reports(params: ReconstructParams, dataset, model, out: Path):
-    """System information at the top of the run's log; per-epoch loss_ptyrad and ground-truth metrics; returns the
-    ground-truth phase (None without data.ground_truth_key)."""
-    from .report import epoch_reporter, load_ground_truth, log_system_info
+    """Per-epoch loss_ptyrad and ground-truth metrics; returns the ground-truth phase (None without
+    data.ground_truth_key)."""
+    from .report import epoch_reporter, load_ground_truth
 
     truth = None
     if params.data.ground_truth_key is not None:
-        truth = load_ground_truth(params.data.file, params.data.ground_truth_key)
-    log_system_info(out / "reconstruct.log", model.device)
+        truth = load_ground_truth(params.data.file, params.data.ground_truth_key, model, params.optics.energy,
+                                  out / "reconstruct.log")
     if params.run.ptyrad_loss or truth is not None:
         model.epoch_callbacks.append(epoch_reporter(dataset, truth, params.run.ptyrad_loss, params.losses.power,
                                                     params.run.batch_size))
@@ -178,13 +188,18 @@ def _tune_cmd(args) -> int:
     return 0
 
 
-def run_reconstruction(params: ReconstructParams, resume: bool = False):
+def run_reconstruction(params: ReconstructParams, resume: bool = False, sources: dict[str, str] | None = None):
     """Run a reconstruction described by ``params``; returns the model (None in the parent of
-    ``run.n_processes`` > 1 spawned processes).
+    ``run.n_processes`` > 1 spawned processes). ``sources`` labels values of the parameter file by field in the
+    run log and results.h5 (default ``YAML``; see :func:`phasestem.recon.params.build_dataset`).
 
     Under ``torchrun`` (RANK, WORLD_SIZE, LOCAL_RANK in the environment) this process joins the process group
     itself (nccl on CUDA, gloo on CPU) and ``run.n_processes`` is ignored; ``run.n_processes`` > 1 otherwise
-    starts that many local processes (the single-node shortcut)."""
+    starts that many local processes (the single-node shortcut).
+
+    ``run.out_dir`` is held for the whole run (:func:`phasestem.lock.hold_output`, FolderBusyError when another
+    run holds it): by this process alone, by the parent of ``run.n_processes`` processes, by rank 0 of a process
+    group (every rank learns a refusal)."""
     from .distributed import backend_for, init_from_environment, is_initialized, launch, torchrun_world
     from .engine import refuse_lbfgs
 
@@ -196,24 +211,29 @@ def run_reconstruction(params: ReconstructParams, resume: bool = False):
                         params.run.n_processes, torchrun_world())
         own_group = init_from_environment(params.run.device)
         try:
-            return _reconstruct_rank(params, resume)
+            with hold_output(params.run.out_dir, RECON_COMMAND):
+                return _reconstruct_rank(params, resume, sources)
         finally:
             if own_group:
                 import torch.distributed as dist
 
                 dist.destroy_process_group()
-    if params.run.n_processes > 1:
-        launch(params.run.n_processes, _reconstruct_rank, params.model_dump(mode="json"), resume,
-               backend=backend_for(params.run.device))
-        return None
-    return _reconstruct_rank(params, resume)
+    with hold_output(params.run.out_dir, RECON_COMMAND):
+        if params.run.n_processes > 1:  # the spawned ranks write into the folder this process holds
+            launch(params.run.n_processes, _reconstruct_rank, params.model_dump(mode="json"), resume, sources,
+                   backend=backend_for(params.run.device))
+            return None
+        return _reconstruct_rank(params, resume, sources)
 
 
-def _reconstruct_rank(params, resume: bool):
+def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = None):
+    import contextlib
+
     import matplotlib.pyplot as plt
 
     from .distributed import is_main_process, rank_and_world
     from .engine import load_checkpoint, optimize
+    from .report import log_settings, log_system_info, logging_to, loss_settings, losses_line
 
     if isinstance(params, dict):
         params = ReconstructParams.model_validate(params)
@@ -225,11 +245,20 @@ def _reconstruct_rank(params, resume: bool):
                                     None if params.model.initial_probe is None else params.model.initial_probe.file],
                               field="run.out_dir", written=RUN_FILES)
     config_text = dump_params(params)
-    if main:
+    if main:  # the folder is held (run_reconstruction): what killed runs left mid-write is ours to remove
         out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out, RUN_FILES)
         with atomic_file(out / "config.yaml", field="run.out_dir") as tmp:
             tmp.write_text(config_text)
-    dataset = build_dataset(params)
+    log_path = out / "reconstruct.log"
+    if main:
+        log_system_info(log_path, rank_device(params.run.device))
+    with logging_to(log_path) if main else contextlib.nullcontext():  # conflict warnings in the log too
+        dataset = build_dataset(params, sources, warn=main)
+    settings = dataset.metadata.get("settings", []) + loss_settings(params, sources)
+    if main:
+        log_settings(settings, losses_line(params, sources), dataset, log_path)
+        print(losses_line(params, sources))
     model = build_model(params, dataset).to(rank_device(params.run.device))
     ckpt = out / "checkpoint.pt"
     if resume:
@@ -245,6 +274,9 @@ def _reconstruct_rank(params, resume: bool):
     if rank_and_world()[1] > 1:
         log.info("rank %d of %d on %s", *rank_and_world(), model.device)
     truth = _setup_reports(params, dataset, model, out) if main else None
+    if main:  # OUT/live.npz after every epoch: the live page of phasestem serve
+        from .live import LIVE_FILE, live_snapshots
+        model.epoch_callbacks.append(live_snapshots(out / LIVE_FILE, params.run.n_epochs))
     for _ in optimize(model, dataset, max(0, remaining), checkpoint_path=ckpt,
                       checkpoint_every=params.run.checkpoint_every, out_dir=out,
                       figures_every=params.run.figures_every, **opts):
@@ -255,9 +287,10 @@ def _reconstruct_rank(params, resume: bool):
             from .report import final_metrics
 
             metrics = final_metrics(model, truth, params.data.ground_truth_key, out / "reconstruct.log")
-        path = model.save_results(out / "results.h5", config_text=config_text, metrics=metrics)
-        plt.close(model.inspect(dataset, path=out / "reconstruction.png"))
-        plt.close(model.compare(dataset, path=out / "compare.png"))
+        path = model.save_results(out / "results.h5", config_text=config_text, metrics=metrics, provenance=settings)
+        model.save_results(out / "results.emd")  # the object and probe for py4DSTEM and HyperSpy users
+        plt.close(model.inspect(dataset, path=out / "reconstruction.png", truth=truth, metrics=metrics))
+        plt.close(model.compare(dataset, path=out / "compare.png", truth=truth, metrics=metrics))
         last = model.loss_history[-1]["loss"] if model.loss_history else float("nan")
         print(f"reconstruction: {model.epoch} epochs, final loss {last:.6g}; results in {path}")
         if metrics is not None:

@@ -167,9 +167,10 @@ def _optimize_worker(dataset, n_epochs: int, model_options: dict, optimize_optio
         pass
     if is_main_process():
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        tmp = result_path + ".tmp"
-        torch.save({"state": state, "loss": [h["loss"] for h in model.loss_history]}, tmp)
-        os.replace(tmp, result_path)
+        from ..safety import atomic_file
+
+        with atomic_file(result_path, field="result") as tmp:
+            torch.save({"state": state, "loss": [h["loss"] for h in model.loss_history]}, tmp)
 
 
 def data_parallel_optimize(dataset, n_processes: int, n_epochs: int, model_options: dict | None = None,

@@ -25,19 +25,20 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..errors import ConfigError, PhasestemError
+from ..errors import ConfigError, InputFileError, PhasestemError
 from ..runtime import retain_freed_memory
 from ..schedules import lr_lambda
+from ..torch_files import first_line, state_dict_mismatch, torch_load
 from .constraints import Constraints, apply_constraints
 from .losses import LossConfig, total_loss
 from .precondition import PRECONDITIONED, ScanCurvature, precondition_gradients, resolve_batches
+from .run_state import RunState
 
 log = logging.getLogger("phasestem.recon")
 
@@ -189,26 +190,55 @@ def make_batches(n: int, batch_size: int, mode: str, gen: torch.Generator, posit
 
 
 # ---- checkpoints ------------------------------------------------------------------------
-def save_checkpoint(path, model, optimizer=None, extra: dict | None = None) -> None:
-    """Write model state (+ optimiser state) atomically to ``path`` (torch format, tensors only)."""
+def save_checkpoint(path, model, optimizer=None, extra: dict | None = None, run_state: dict | None = None) -> None:
+    """Write model state (+ optimiser state, + the run's own state: :meth:`RunState.to_checkpoint`) atomically to
+    ``path`` (torch format, tensors and plain containers only)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = model.state_for_checkpoint()
     state["optimizer"] = None if optimizer is None else optimizer.state_dict()
+    state["run"] = run_state or {}
     state["extra"] = extra or {}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    from ..safety import atomic_file
+
+    with atomic_file(path, field="checkpoint") as tmp:  # CHECKPOINT.<pid>.tmp, removed on failure
+        torch.save(state, tmp)
+
+
+#: what a reconstruction checkpoint must hold (besides the optional "optimizer", "run" and "extra")
+CHECKPOINT_KEYS = ("params", "epoch", "loss_history", "schedules")
 
 
 def load_checkpoint(path, model) -> dict:
-    """Restore ``model`` from a checkpoint written by :func:`save_checkpoint`; returns the raw state."""
+    """Restore ``model`` from a checkpoint written by :func:`save_checkpoint`; returns the raw state. A file that is
+    not such a checkpoint, or one written for another model (shapes), raises a one-line
+    :class:`~phasestem.errors.InputFileError` naming it; nothing in it is unpickled but tensors and containers."""
     path = Path(path)
     if not path.exists():
         raise PhasestemError(f"{path}: checkpoint not found (nothing to resume)")
-    state = torch.load(path, map_location=model.device, weights_only=True)
-    model.load_checkpoint_state(state)
-    model._resume_optimizer_state = state.get("optimizer")
+    state = torch_load(path, model.device, "reconstruction checkpoint")
+    expected = f"expected a reconstruction checkpoint (a dict of {', '.join(CHECKPOINT_KEYS)})"
+    if not isinstance(state, dict):
+        raise InputFileError(f"{path}: {expected}, found {type(state).__name__}")
+    missing = [k for k in CHECKPOINT_KEYS if k not in state]
+    params = state.get("params")
+    if missing or not isinstance(params, dict) or not all(torch.is_tensor(v) for v in params.values()):
+        raise InputFileError(f"{path}: {expected}; " + (f"it lacks {', '.join(missing)}" if missing else
+                                                         "its params are not tensors"))
+    problem = state_dict_mismatch(model.state_dict(), params)
+    if problem:
+        raise InputFileError(f"{path}: the checkpoint does not fit this reconstruction ({problem}); was it written "
+                             "for another scan, object or probe?")
+    try:
+        model.load_checkpoint_state(state)
+        run = RunState.from_checkpoint(state.get("run"), model)
+        best_misfit = run.best is not None and state_dict_mismatch(model.state_dict(), run.best[1])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise InputFileError(f"{path}: {expected}; an entry is malformed "
+                             f"({type(exc).__name__}: {first_line(exc)})") from exc
+    if best_misfit:
+        raise InputFileError(f"{path}: {expected}; its run state's best parameters do not fit ({best_misfit})")
+    model._resume_state = {"optimizer": state.get("optimizer"), "run": run}  # for the next optimize() call
     return state
 
 
@@ -321,7 +351,8 @@ def optimize(
 ):
     """Run ``n_epochs`` more epochs; yield each epoch's mean total loss (float).
 
-    ``resume``: first restore model and optimiser state from ``checkpoint_path``.
+    ``resume``: first restore model, optimiser and run state from ``checkpoint_path``
+    (:mod:`phasestem.recon.run_state`).
     ``checkpoint_every``: write ``checkpoint_path`` every that many epochs (and at the end).
     ``figures_every``: write ``out_dir/epoch_NNNN.png`` every that many epochs.
     ``log_file`` (default ``out_dir/reconstruct.log`` when ``out_dir`` is set) receives the log.
@@ -330,7 +361,9 @@ def optimize(
     epoch takes about T Gauss–Newton steps of the whole data whatever the batch size (None: the batch's own;
     'auto': 16 for counted data, i.e. a Poisson term in ``losses``, else None).
     ``divergence_factor``: stop when an epoch's loss exceeds this many times the best (and the start); 0: only NaN.
-    ``lr_decay`` ('none' | 'cosine'): every learning rate falls from 1× to ``lr_final``× over this call's epochs.
+    ``lr_decay`` ('none' | 'cosine'): every learning rate falls from 1× to ``lr_final``× over this call's epochs;
+    a call that continues a checkpoint (``resume``, or after :func:`load_checkpoint`) continues its decay, from the
+    epoch where that began to this call's last epoch, so a resumed run takes the uninterrupted run's steps.
     ``distributed``: in an initialised process group, share the work with the other ranks (False: this rank
     alone runs the whole call, e.g. a check on rank 0 only).
     ``data_in_memory`` ('auto' | True | False) and ``memory_budget_gb`` (GiB): hold every measured pattern on the
@@ -362,16 +395,14 @@ def optimize(
     disabled: set[str] = set()  # parameters the engine switched off (not frozen by the user)
     opt = None
     opt_names: list[str] = []
-    pending_state = getattr(model, "_resume_optimizer_state", None)
-    model._resume_optimizer_state = None
+    resumed = getattr(model, "_resume_state", None)  # what load_checkpoint left for this call
+    model._resume_state = None
     from tqdm.auto import tqdm
 
-    first_epoch = model.epoch + 1
-    finite = [h["loss"] for h in model.loss_history if math.isfinite(h["loss"])]
-    best_loss = min(finite, default=math.inf)
-    best_state: tuple[int, dict] | None = None  # (epoch, state) of the best epoch of this call
-    # the first mini-batch's loss (before any step) is where a new run starts (summed over the ranks' shares)
-    start_loss = finite[0] if finite else None
+    # decay window, divergence references and best state: carried on from a checkpoint, else new for this call
+    run = RunState.new(model) if resumed is None else resumed["run"]
+    pending_state = None if resumed is None else resumed.get("optimizer")
+    last_epoch = model.epoch + n_epochs  # the decay reaches lr_final there
     owner = None
     if world > 1:  # every rank evaluates the positions of its own compact block
         from .distributed import shard_owners
@@ -405,13 +436,11 @@ def optimize(
                 opt = _build_optimizer(optimizer, model, wanted, lr_scale, momentum, lbfgs_options or {})
                 opt_names = list(wanted)
                 if pending_state is not None:
-                    try:
-                        opt.load_state_dict(pending_state)
-                    except (ValueError, KeyError, RuntimeError) as exc:
-                        log.warning("optimizer state in the checkpoint not reused: %s", exc)
+                    _reuse_optimizer_state(opt, pending_state, run.optimizer_names, opt_names)
                     pending_state = None
+                run.optimizer_names = list(opt_names)
             if optimizer != "lbfgs":  # learning rates may have been changed between epochs
-                decay = decay_factor(lr_decay, epoch - first_epoch, n_epochs, lr_final)
+                decay = decay_factor(lr_decay, epoch - run.decay_start, last_epoch - run.decay_start + 1, lr_final)
                 for group in opt.param_groups:
                     group["lr"] = (model.schedules[group["name"]].resolved_lr(group["name"], optimizer) * lr_scale
                                    * decay)
@@ -470,24 +499,25 @@ def optimize(
                 total_acc, first_loss = packed[0], packed[1]
                 sums = {k: packed[i + 2] for i, k in enumerate(names)}
             mean_loss = float(total_acc) / len(batches)
-            if start_loss is None:
-                start_loss = float(first_loss) if math.isfinite(float(first_loss)) else math.inf
-                best_loss = min(best_loss, start_loss)
-            reason = divergence_reason(model, mean_loss, best_loss, start_loss, divergence_factor)
+            if run.start_loss is None:  # the first mini-batch's loss (before any step) is where a new run starts
+                run.start_loss = float(first_loss) if math.isfinite(float(first_loss)) else math.inf
+                run.best_loss = min(run.best_loss, run.start_loss)
+            reason = divergence_reason(model, mean_loss, run.best_loss, run.start_loss, divergence_factor)
             if reason is not None:
-                if best_state is not None and math.isfinite(mean_loss):  # back to the best epoch, not just the last
-                    model.epoch, snapshot = best_state
+                if run.best is not None and math.isfinite(mean_loss):  # back to the best epoch, not just the last
+                    model.epoch, snapshot = run.best
                     model.loss_history = model.loss_history[: model.epoch]
                 model.load_state_dict(snapshot)
+                run.best = (model.epoch, snapshot)
                 msg = (f"{reason} in epoch {epoch}; stopped and restored the state after epoch {model.epoch}. "
                        "Lower the learning rates (or run.lr_scale) or check the data and optics.")
                 if checkpoint_path is not None and rank == 0:
-                    save_checkpoint(checkpoint_path, model)
+                    save_checkpoint(checkpoint_path, model, run_state=run.to_checkpoint(model))
                     msg += f" Last good state saved to {checkpoint_path}."
                 log.error(msg)
                 raise (NonFiniteLossError if not math.isfinite(mean_loss) else DivergenceError)(msg)
-            improved = mean_loss <= best_loss
-            best_loss = min(best_loss, mean_loss)
+            improved = mean_loss <= run.best_loss
+            run.best_loss = min(run.best_loss, mean_loss)
             for name in disabled:  # between epochs the user sees (and may change) their own settings
                 named[name].requires_grad_(True)
             disabled.clear()
@@ -499,12 +529,12 @@ def optimize(
             if hasattr(model, "record_epoch"):  # geometry history and per-epoch reports (before the checkpoint)
                 model.record_epoch(record)
             if improved and divergence_factor > 0:
-                best_state = (epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
+                run.best = (epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
             log.info("epoch %d loss %.6g %s%s (%.2f s)", epoch, mean_loss,
                      " ".join(f"{k}={record[k]:.4g}" for k in sorted(sums)),
                      f" constraints: {','.join(applied)}" if applied else "", record["seconds"])
             if rank == 0 and checkpoint_path is not None and checkpoint_every and epoch % checkpoint_every == 0:
-                save_checkpoint(checkpoint_path, model, opt)
+                save_checkpoint(checkpoint_path, model, opt, run_state=run.to_checkpoint(model))
             if rank == 0 and out_dir is not None and figures_every and epoch % figures_every == 0:
                 import matplotlib.pyplot as plt
 
@@ -514,7 +544,7 @@ def optimize(
             bar.set_postfix(loss=f"{mean_loss:.4g}")
             yield mean_loss
         if rank == 0 and checkpoint_path is not None and checkpoint_every:
-            save_checkpoint(checkpoint_path, model, opt)
+            save_checkpoint(checkpoint_path, model, opt, run_state=run.to_checkpoint(model))
     finally:
         torch.set_flush_denormal(False)
         for name in disabled:
@@ -523,6 +553,19 @@ def optimize(
         if handler is not None:
             log.removeHandler(handler)
             handler.close()
+
+
+def _reuse_optimizer_state(opt, state: dict, saved_names: list[str], names: list[str]) -> None:
+    """Load a checkpoint's optimiser state into ``opt`` (holding ``names``); a state saved for other parameters
+    (``saved_names``, empty for checkpoints that did not record them) or another solver is not reused (logged)."""
+    if saved_names and saved_names != names:
+        log.warning("optimizer state in the checkpoint not reused: it holds %s, this run optimises %s",
+                    saved_names, names)
+        return
+    try:
+        opt.load_state_dict(state)
+    except (ValueError, KeyError, RuntimeError) as exc:
+        log.warning("optimizer state in the checkpoint not reused: %s", exc)
 
 
 def _all_reduce_grads(opt) -> None:

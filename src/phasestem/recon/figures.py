@@ -1,96 +1,115 @@
-"""Figures of a reconstruction: state overview (``model.inspect``) and comparisons (``model.compare``)."""
+"""Figures of a reconstruction: the numbers are gathered from the model here and drawn by
+:mod:`phasestem.plot.recon` (``model.inspect`` → ``reconstruction.png``, ``model.compare`` → ``compare.png``)."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from ..plot import _plt, _save
+from ..optics import wavelength
+from ..plot import compare_figure, reconstruction_figure
+
+#: a dataset's own ground truth is used when its pixel matches the model's within this fraction
+SAMPLING_TOLERANCE = 0.01
 
 
-def plot_model(model, dataset=None, path=None, fig=None):
-    """Summed phase, amplitude, probe modes (real and Fourier), positions and loss history; ``fig``: redraw that
-    figure (cleared first) instead of making a new one."""
-    plt = _plt()
-    M = model.n_probe_modes
-    ncol = max(4, M)
-    if fig is None:
-        fig, ax = plt.subplots(3, ncol, figsize=(3 * ncol, 9), squeeze=False)
-    else:
-        fig.clf()
-        ax = fig.subplots(3, ncol, squeeze=False)
-    for a in ax.ravel():
-        a.axis("off")
+def ground_truth(model, dataset=None, truth: np.ndarray | None = None) -> np.ndarray | None:
+    """``truth`` (rad, dataset frame, the model's pixel), else the dataset's own truth phase when its pixel (if it
+    states one) is the model's; None otherwise."""
+    if truth is not None:
+        return np.asarray(truth)
+    own = getattr(dataset, "truth", None) or {}
+    if own.get("phase") is None:
+        return None
+    if own.get("sampling") is not None:
+        ts = np.broadcast_to(np.asarray(own["sampling"], dtype=np.float64), (2,))
+        if np.any(np.abs(ts / np.asarray(model.sampling) - 1) > SAMPLING_TOLERANCE):
+            return None
+    return np.asarray(own["phase"])
+
+
+def scanned_field(model) -> tuple[slice, slice]:
+    """Object pixels (object frame) inside the bounding box of the probe centres: what the scan determines."""
+    return field_of(model.positions.detach().cpu().numpy() / np.asarray(model.sampling), model.object_shape)
+
+
+def field_of(centres_px: np.ndarray, object_shape) -> tuple[slice, slice]:
+    """:func:`scanned_field` from probe centres (N, 2) in object-frame pixels and the object's (Ny, Nx)."""
+    lo = np.clip(np.floor(centres_px.min(0)).astype(int), 0, None)
+    hi = np.minimum(np.ceil(centres_px.max(0)).astype(int) + 1, object_shape)
+    return slice(int(lo[0]), int(hi[0])), slice(int(lo[1]), int(hi[1]))
+
+
+def _object(model) -> tuple[np.ndarray, np.ndarray]:
     with torch.no_grad():
         w = model.obj_weights / model.obj_weights.sum()
         phase = (model.obj_phase.sum(1) * w[:, None, None]).sum(0).cpu().numpy()
         amp = (model.obj_amplitude.prod(1) * w[:, None, None]).sum(0).cpu().numpy()
+    return phase, amp
+
+
+def _truth_comparison(model, truth: np.ndarray | None, metrics: dict | None):
+    """(metrics with the FRC curve, (frequencies, curve)) against ``truth``; (None, None) without one."""
+    if truth is None:
+        return None, None
+    if metrics is None or "frc_curve" not in metrics:
+        from .report import truth_metrics
+
+        metrics = truth_metrics(model, truth, curve=True)
+    frc = (metrics["frc_frequencies"], metrics["frc_curve"]) if "frc_curve" in metrics else None
+    return metrics, frc
+
+
+def plot_model(model, dataset=None, path=None, fig=None, truth: np.ndarray | None = None,
+               metrics: dict | None = None):
+    """Phase and amplitude over the scanned field, their diffractogram, the loss history, the probe (amplitude and
+    phase in real space and in the aperture plane, other modes), moved positions and, with a ground truth
+    (``truth`` or the dataset's own), E_φ / FRC printed and the FRC drawn. ``fig``: redraw that figure (cleared
+    first) instead of making a new one. ``metrics``: :func:`phasestem.recon.report.truth_metrics` with
+    ``curve=True`` when already computed."""
+    phase, amp = _object(model)
+    fy, fx = scanned_field(model)
+    with torch.no_grad():
         probe = model.get_probe().cpu().numpy()
-    im = ax[0, 0].imshow(phase, cmap="gray")
-    ax[0, 0].set_title(f"phase Σ slices (rad), epoch {model.epoch}")
-    fig.colorbar(im, ax=ax[0, 0], shrink=0.7)
-    im = ax[0, 1].imshow(amp, cmap="gray")
-    ax[0, 1].set_title("amplitude")
-    fig.colorbar(im, ax=ax[0, 1], shrink=0.7)
-    pos = model.positions.detach().cpu().numpy() / np.asarray(model.sampling)
-    ini = model.initial_positions.cpu().numpy() / np.asarray(model.sampling)
-    a = ax[0, 2]
-    a.axis("on")
-    a.imshow(phase, cmap="gray")
-    a.plot(ini[:, 1], ini[:, 0], ".", ms=2, color="tab:blue", label="start")
-    a.plot(pos[:, 1], pos[:, 0], ".", ms=2, color="tab:red", label="now")
-    a.legend(fontsize=7)
-    a.set_title("positions (px)")
-    if model.loss_history:
-        a = ax[0, 3]
-        a.axis("on")
-        ep = [h["epoch"] for h in model.loss_history]
-        a.semilogy(ep, [h["loss"] for h in model.loss_history], label="total")
-        for k in ("gaussian", "poisson", "pacbed", "sparsity"):
-            if k in model.loss_history[-1]:
-                a.semilogy(ep, [h.get(k, np.nan) for h in model.loss_history], "--", label=k)
-        a.legend(fontsize=7)
-        a.set_xlabel("epoch")
-        a.set_title("loss")
     power = (np.abs(probe) ** 2).sum((-2, -1))
-    for m in range(M):
-        ax[1, m].imshow(np.abs(probe[m]) ** 2, cmap="magma")
-        ax[1, m].set_title(f"probe mode {m} |ψ|² ({power[m] / power.sum():.0%})")
-        spec = np.fft.fftshift(np.fft.fft2(probe[m], norm="ortho"))
-        ax[2, m].imshow(np.abs(spec), cmap="magma")
-        ax[2, m].set_title(f"mode {m} |ψ(k)|")
-    fig.tight_layout()
-    return _save(fig, path)
+    order = np.argsort(-power)
+    probe, power = probe[order], power[order] / max(power.sum(), 1e-30)
+    s = np.asarray(model.sampling)
+    corner = np.array([fy.start, fx.start]) * s
+    start = model.initial_positions.cpu().numpy() - corner
+    now = model.positions.detach().cpu().numpy() - corner
+    metrics, frc = _truth_comparison(model, ground_truth(model, dataset, truth), metrics)
+    h, w = phase[fy, fx].shape
+    slices = f", Σ {model.n_slices} slices × {float(model.slice_thickness):.3g} Å" if model.n_slices > 1 else ""
+    title = (f"after {model.epoch} epochs: scanned field {h * s[0]:.3g} × {w * s[1]:.3g} Å ({h} × {w} px of "
+             f"{s[0]:.3g} Å){slices}")
+    return reconstruction_figure(phase[fy, fx], amp[fy, fx], model.sampling, probe, wavelength(model.energy),
+                                 history=model.loss_history, mode_power=power, positions=(start, now),
+                                 metrics=metrics, frc=frc, title=title, path=path, fig=fig)
 
 
-def plot_compare(model, dataset=None, truth=None, path=None, index: int | None = None):
-    """Measured vs modelled pattern (log) at ``index`` and reconstructed vs true phase when given."""
-    plt = _plt()
-    if truth is None and dataset is not None and dataset.truth is not None:
-        truth = dataset.truth.get("phase")
-    ncol = 3 if truth is not None else 2
-    nrow = 2 if dataset is not None else 1
-    fig, ax = plt.subplots(nrow, ncol, figsize=(3.5 * ncol, 3.5 * nrow), squeeze=False)
-    rec = model.phase_in_dataset_frame(None if truth is None else np.asarray(truth).shape)
-    ax[0, 0].imshow(rec, cmap="gray")
-    ax[0, 0].set_title("reconstructed phase (rad)")
+def plot_compare(model, dataset=None, truth=None, path=None, index: int | None = None, metrics: dict | None = None):
+    """Measured vs modelled pattern at ``index`` (log, their difference and radial profiles) and, with a ground
+    truth (``truth`` or the dataset's own), the aligned reconstruction, the truth, their difference and the FRC,
+    with E_φ / FRC printed."""
+    truth = ground_truth(model, dataset, truth)
+    kw: dict = {"sampling": model.sampling}
     if truth is not None:
-        t = np.asarray(truth)[: rec.shape[0], : rec.shape[1]]
-        ax[0, 1].imshow(t, cmap="gray")
-        ax[0, 1].set_title("true phase (rad)")
-        d = (rec - rec.mean()) - (t - t.mean())
-        ax[0, 2].imshow(d, cmap="RdBu_r")
-        ax[0, 2].set_title("difference (offset removed)")
+        from ..metrics import apply_shift, remove_offset, shift_between
+        from .report import truth_field
+
+        rec, t = truth_field(model, truth)
+        if min(rec.shape) >= 4:
+            aligned = remove_offset(apply_shift(rec, shift_between(rec, t)), t)
+            metrics, frc = _truth_comparison(model, truth, metrics)
+            kw.update(reconstruction=aligned, truth=t, metrics=metrics, frc=frc)
+    if "truth" not in kw:
+        phase, _ = _object(model)
+        fy, fx = scanned_field(model)
+        kw["reconstruction"] = phase[fy, fx]
     if dataset is not None:
         i = dataset.n_patterns // 2 if index is None else index
         meas = dataset.get_patterns([i])[0].numpy()
         sim = model.simulate([i])[0].cpu().numpy() * float(np.sum(meas))
-        for a, img, title in ((ax[1, 0], meas, f"measured #{i}"), (ax[1, 1], sim, "model")):
-            a.imshow(np.log1p(np.maximum(img, 0) / (img.max() + 1e-30) * 1e3), cmap="inferno")
-            a.set_title(title)
-        if ncol == 3:
-            ax[1, 2].axis("off")
-    for a in ax.ravel():
-        a.set_xticks([])
-        a.set_yticks([])
-    fig.tight_layout()
-    return _save(fig, path)
+        ang = dataset.angular_sampling
+        kw.update(measured=meas, modelled=sim, index=i, pattern_mrad=None if ang is None else float(np.mean(ang)))
+    return compare_figure(title=f"after {model.epoch} epochs", path=path, **kw)

@@ -18,28 +18,52 @@ processes add up to the single-process loss (see :mod:`phasestem.recon.distribut
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
+from ..errors import ConfigError
+
 LOSS_NAMES = ("gaussian", "poisson", "pacbed", "sparsity")
+#: the loss when no term is named: the Gaussian term on amplitudes (power 0.5) alone
+DEFAULT_WEIGHTS = {"gaussian": 1.0}
 #: shift (in counts) of measured and model counts inside the Poisson likelihood
 POISSON_EPS_COUNTS = 0.5
 
 
 @dataclass
 class LossConfig:
-    """Weights of the loss terms (0 disables a term) and their parameters."""
+    """Weights of the loss terms and their parameters. Exactly the terms named run: a weight left out (None) is 0
+    when another term is named; with none named, :data:`DEFAULT_WEIGHTS` (the Gaussian term at weight 1).
+    ``LossConfig(poisson=1.0)`` is the Poisson term alone; ``named`` says whether any term was named."""
 
-    gaussian: float = 1.0
-    poisson: float = 0.0
-    pacbed: float = 0.0
-    sparsity: float = 0.0
+    gaussian: float | None = None
+    poisson: float | None = None
+    pacbed: float | None = None
+    sparsity: float | None = None
     power: float = 0.5  # exponent p of the Gaussian / PACBED terms
     eps: float = 1e-8  # floor inside the power / logarithm
+    named: bool = field(default=True, init=False)
+
+    def __post_init__(self):
+        given = {n: float(getattr(self, n)) for n in LOSS_NAMES if getattr(self, n) is not None}
+        self.named = bool(given)
+        weights = given or DEFAULT_WEIGHTS
+        for name in LOSS_NAMES:
+            setattr(self, name, float(weights.get(name, 0.0)))
+        bad = [n for n in LOSS_NAMES if getattr(self, n) < 0]
+        if bad:
+            raise ConfigError(f"losses.{bad[0]}: a weight must be ≥ 0, got {getattr(self, bad[0])}")
+        if self.gaussian <= 0 and self.poisson <= 0:
+            raise ConfigError("losses: no data term; give gaussian or poisson a weight > 0 (pacbed and sparsity only "
+                              "add to one)")
 
     def active(self) -> list[str]:
         return [n for n in LOSS_NAMES if getattr(self, n) > 0]
+
+    def describe(self) -> str:
+        """The terms that run with their weights, e.g. ``gaussian 0.5, poisson 0.5``."""
+        return ", ".join(f"{n} {getattr(self, n):g}" for n in self.active())
 
 
 def gaussian_loss(model_i: torch.Tensor, meas_p: torch.Tensor, power: float, eps: float, n_total: int) -> torch.Tensor:

@@ -49,9 +49,10 @@ import torch
 from torch import nn
 
 from .. import optics
-from ..errors import ConfigError, InputFileError, ShapeError
+from ..errors import ConfigError, ShapeError
 from ..physics import ForwardModel
 from ..safety import available_memory
+from .inputs import read_array
 
 PARAM_NAMES = ("obj_amplitude", "obj_phase", "probe", "positions", "tilt", "slice_thickness", "obj_weights")
 
@@ -104,55 +105,37 @@ class ParamSchedule:
 OBJECT_COPIES = 2 * 6
 
 
+class ObjectSizeError(ConfigError):
+    """The object a scan needs would not fit in memory; ``size`` says how large it would be."""
+
+    def __init__(self, message: str, size: str = ""):
+        super().__init__(message)
+        self.size = size
+
+
 def check_object_memory(obj_shape: tuple[int, int], n_slices: int, n_object_modes: int) -> None:
     """Refuse an object whose optimisation would not fit in the memory available now (before allocating)."""
     need = OBJECT_COPIES * 4 * n_slices * n_object_modes * obj_shape[0] * obj_shape[1]
     have = available_memory()
     if need > have:
-        raise ConfigError(
-            f"the object would be {obj_shape[0]}×{obj_shape[1]} px × {n_slices} slices × {n_object_modes} modes, "
-            f"about {need / 1e9:.3g} GB to optimise, but {have / 1e9:.3g} GB is available: check scan.step and "
-            "scan.shape (Å, px?) and the detector sampling, or use fewer model.n_slices")
-
-
-def _read_array(path: str | Path, key: str | None, what: str, default_h5_key: str | None = None) -> np.ndarray:
-    """One array from ``.npy``, ``.npz`` (``key``, or its only array) or HDF5 (``key``, else ``default_h5_key``)."""
-    path = Path(path)
-    if not path.exists():
-        raise InputFileError(f"{path}: {what} not found")
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        return np.load(path, allow_pickle=False)
-    if suffix == ".npz":
-        with np.load(path, allow_pickle=False) as z:
-            names = list(z.keys())
-            k = key or (names[0] if len(names) == 1 else None)
-            if k not in names:
-                raise InputFileError(f"{path}: key {key!r} not found; the file holds {names}")
-            return z[k]
-    if suffix in (".h5", ".hdf5", ".hdf"):
-        import h5py
-
-        with h5py.File(path, "r") as f:
-            k = key if key is not None else (default_h5_key if default_h5_key in f else None)
-            if k is None or k not in f:
-                raise InputFileError(f"{path}: key {key!r} not found; the file holds {sorted(f.keys())}")
-            return f[k][...]
-    raise InputFileError(f"{path}: {what} must be .npy, .npz or HDF5, got '{suffix}'")
+        size = (f"the object would be {obj_shape[0]}×{obj_shape[1]} px × {n_slices} slices × {n_object_modes} "
+                f"modes, about {need / 1e9:.3g} GB to optimise, but {have / 1e9:.3g} GB is available")
+        raise ObjectSizeError(f"{size}: check scan.step and scan.shape (Å, px?) and the detector sampling, or use "
+                              "fewer model.n_slices", size)
 
 
 def load_phase_image(path: str | Path, key: str | None = None) -> np.ndarray:
     """Read a 2-D phase image (rad) from ``.npy``, ``.npz`` (``key``) or HDF5 (``key``)."""
-    arr = np.asarray(_read_array(path, key, "initial phase image"), dtype=np.float32)
+    arr = read_array(path, key, "initial phase image")
     if arr.ndim != 2:
         raise ShapeError(f"{path}: initial phase must be a 2-D image (y, x), got shape {arr.shape}")
-    return arr
+    return arr.astype(np.float32)
 
 
 def load_probe_file(path: str | Path, key: str | None = None) -> np.ndarray:
     """Read complex probe modes (M, ny, nx) from ``.npy``, ``.npz`` (``key``) or HDF5 (``key``; a phasestem
     ``results.h5`` needs none: ``probe/real_space`` is used). A 2-D array is one mode."""
-    arr = np.asarray(_read_array(path, key, "initial probe file", default_h5_key="probe/real_space"))
+    arr = read_array(path, key, "initial probe", default_h5_key="probe/real_space", complex_ok=True)
     if arr.ndim == 2:
         arr = arr[None]
     if arr.ndim != 3:
@@ -431,8 +414,11 @@ class Ptychography(nn.Module):
             img = resample_image(img, sampling, self.sampling)
         oy, ox = round(self.origin[0] / self.sampling[0]), round(self.origin[1] / self.sampling[1])
         Ny, Nx = self.object_shape
+        # image pixels before the object frame's first pixel (origin < 0: the dataset's 0 Å lies outside it)
+        sy, sx = max(0, -oy), max(0, -ox)
         h, w = min(img.shape[0], Ny - oy), min(img.shape[1], Nx - ox)
-        return img[:h, :w].to(self.obj_phase.device), (slice(oy, oy + h), slice(ox, ox + w))
+        h, w = max(h, sy), max(w, sx)  # no overlap with the object: an empty region
+        return img[sy:h, sx:w].to(self.obj_phase.device), (slice(oy + sy, oy + h), slice(ox + sx, ox + w))
 
     def set_initial_phase(self, phase: np.ndarray, sampling: tuple[float, float] | None = None) -> None:
         """Start the object phase from a 2-D image (rad) in the dataset frame (hybrid start).
@@ -603,7 +589,8 @@ class Ptychography(nn.Module):
         """Object phase (rad) cropped to the dataset frame (pixel (0,0) at dataset 0 Å).
 
         ``summed``: sum over slices and (occupancy-weighted) object modes → (Ny', Nx');
-        else (K, S, Ny', Nx'). ``shape`` limits the crop (e.g. the truth image shape).
+        else (K, S, Ny', Nx'). ``shape`` limits the crop (e.g. the truth image shape). Dataset pixels before
+        the object frame (a scan far from 0 Å: negative origin) are 0.
         """
         oy, ox = round(self.origin[0] / self.sampling[0]), round(self.origin[1] / self.sampling[1])
         ph = self.obj_phase.detach().cpu()
@@ -612,10 +599,17 @@ class Ptychography(nn.Module):
             ph = (ph.sum(1) * (w / w.sum())[:, None, None]).sum(0)
         Ny, Nx = ph.shape[-2:]
         h, w_ = (Ny - oy, Nx - ox) if shape is None else (min(shape[0], Ny - oy), min(shape[1], Nx - ox))
-        return ph[..., oy : oy + h, ox : ox + w_].numpy()
+        if oy >= 0 and ox >= 0:
+            return ph[..., oy : oy + h, ox : ox + w_].numpy()
+        sy, sx = max(0, -oy), max(0, -ox)  # dataset pixels before the object frame
+        out = torch.zeros((*ph.shape[:-2], max(h, 0), max(w_, 0)), dtype=ph.dtype)
+        out[..., sy:, sx:] = ph[..., oy + sy : oy + h, ox + sx : ox + w_]
+        return out.numpy()
 
-    def inspect(self, dataset=None, path=None):
-        """Figure of the current state (phase, amplitude, probe modes, positions, loss); PNG if ``path``.
+    def inspect(self, dataset=None, path=None, truth: np.ndarray | None = None, metrics: dict | None = None):
+        """Figure of the current state over the scanned field (phase, amplitude, diffractogram, loss, probe
+        amplitude and phase, moved positions; E_φ / FRC against ``truth`` or the dataset's own ground truth);
+        PNG if ``path`` (:func:`phasestem.recon.figures.plot_model`).
 
         Without ``path`` (interactive use, e.g. once per epoch in the optimisation loop as in CDTools) every call
         redraws the same figure while it is open, instead of opening a new one; with ``path`` a new figure is
@@ -623,32 +617,36 @@ class Ptychography(nn.Module):
         from .figures import plot_model
 
         if path is not None:
-            return plot_model(self, dataset=dataset, path=path)
+            return plot_model(self, dataset=dataset, path=path, truth=truth, metrics=metrics)
         fig = self._inspect_figure
         import matplotlib.pyplot as plt
 
         if fig is None or not plt.fignum_exists(fig.number):
             fig = None
-        self._inspect_figure = plot_model(self, dataset=dataset, fig=fig)
+        self._inspect_figure = plot_model(self, dataset=dataset, fig=fig, truth=truth, metrics=metrics)
         if plt.isinteractive():
             plt.pause(0.001)
         return self._inspect_figure
 
-    def compare(self, dataset=None, truth: np.ndarray | None = None, path=None):
-        """Measured vs modelled patterns and (when known) reconstructed vs true phase; PNG if ``path``."""
+    def compare(self, dataset=None, truth: np.ndarray | None = None, path=None, metrics: dict | None = None):
+        """Measured vs modelled patterns and (when known) reconstructed vs true phase with E_φ / FRC; PNG if
+        ``path`` (:func:`phasestem.recon.figures.plot_compare`)."""
         from .figures import plot_compare
 
-        return plot_compare(self, dataset=dataset, truth=truth, path=path)
+        return plot_compare(self, dataset=dataset, truth=truth, path=path, metrics=metrics)
 
-    def save_results(self, path_or_dataset=None, config_text: str | None = None, metrics: dict | None = None):
+    def save_results(self, path_or_dataset=None, config_text: str | None = None, metrics: dict | None = None,
+                     provenance: list | None = None):
         """With a path (str or ``Path``): write the results HDF5 (see :mod:`phasestem.recon.results`) atomically and
         return the path. With a dataset or nothing (CDTools' ``model.save_results(dataset)``): return the results
         as a plain dict of numpy arrays and numbers (the keys of :func:`~phasestem.recon.results.load_results`),
-        ready for ``pickle.dump`` or ``np.savez``."""
+        ready for ``pickle.dump`` or ``np.savez``. ``provenance``: the run's settings and their sources
+        (:class:`phasestem.provenance.Setting` rows), written to ``provenance/``."""
         from .results import results_dict, save_results
 
         if isinstance(path_or_dataset, str | Path):
-            return save_results(self, path_or_dataset, config_text=config_text, metrics=metrics)
+            return save_results(self, path_or_dataset, config_text=config_text, metrics=metrics,
+                                provenance=provenance)
         return results_dict(self, metrics=metrics)
 
     # ---- per-epoch history -------------------------------------------------------------

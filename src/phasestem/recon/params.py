@@ -19,11 +19,12 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..configfile import read_yaml_mapping, validate
 from ..errors import ConfigError, InputFileError, PhasestemError, ShapeError
 from .constraints import Constraints
+from .losses import LossConfig
 from .model import PARAM_NAMES, Ptychography
 
 log = logging.getLogger("phasestem.recon")
@@ -69,22 +70,28 @@ class DataConfig(Strict):
         "axes; the model displaces its patterns alike instead of the counts being resampled (the descan; written by "
         "phasestem calibrate). Transposes, flips, subsets and binning of the data apply to it too")
     ground_truth_key: str | None = Field(
-        None, description="name of a ground-truth phase (rad, 2-D, dataset frame, the reconstruction's pixel) in the "
-        "data file (.npy/.npz/HDF5): PSNR, SSIM, E_φ and FRC resolution per epoch in the log and at the end in "
-        "results.h5")
+        None, description="name of a ground-truth phase (rad, 2-D, dataset frame) in the data file (.npy/.npz/HDF5): "
+        "PSNR, SSIM, E_φ and FRC resolution per epoch in the log and at the end in results.h5. Its pixel size comes "
+        "from the file (HDF5 attribute 'sampling' of the dataset or its group, a seed file's phase_sampling) and it "
+        "is resampled to the reconstruction's pixel (logged); without one it is taken at the reconstruction's pixel "
+        "and must cover the scanned field")
 
 
 class OpticsConfig(Strict):
-    """Beam and probe."""
+    """Beam and probe. A value left out (or null) is the data file's; one given here wins over the file's, with a
+    warning naming both when they differ."""
 
-    energy: float = Field(gt=0, description="beam energy in eV")
-    semiangle: float = Field(gt=0, description="probe convergence semi-angle in mrad")
-    aberrations: dict[str, float] = Field(default_factory=dict,
-                                          description="aberrations in Å/rad (C10 (= −defocus), C30 or Cs, …)")
+    energy: float | None = Field(None, gt=0, description="beam energy in eV; null: from the data file")
+    semiangle: float | None = Field(None, gt=0, description="probe convergence semi-angle in mrad; null: from the "
+                                    "data file")
+    aberrations: dict[str, float] = Field(
+        default_factory=dict, description="aberrations in Å/rad (C10 (= −defocus), C30 or Cs, …), key by key over "
+        "the data file's (a key given here wins; the file's other keys are kept)")
     angular_sampling: tuple[float, float] | float | None = Field(
-        None, description="detector pixel in mrad (one or two values); null: from the file or sampling")
+        None, description="detector pixel in mrad (one or two values); null: from optics.sampling, else the data "
+        "file")
     sampling: tuple[float, float] | float | None = Field(
-        None, description="real-space pixel in Å instead of angular_sampling")
+        None, description="real-space pixel in Å instead of angular_sampling (wins over the file's detector pixel)")
     aperture_edge: Literal["soft", "hard", "measured"] = Field(
         "soft", description="edge of the nominal probe's aperture: soft (one-pixel roll-off), hard, or measured "
         "(amplitude from the mean measured pattern)")
@@ -104,11 +111,14 @@ class OpticsConfig(Strict):
 
 
 class ScanConfig(Strict):
-    """Scan geometry (positions are the probe centres in Å)."""
+    """Scan geometry (positions are the probe centres in Å). A value left out (or null) is the data file's; one
+    given here wins over the file's, with a warning naming both when they differ."""
 
     shape: tuple[int, int] | None = Field(None, description="(rows, cols) of the scan; null: from the file")
-    step: tuple[float, float] | float = Field(description="scan step in Å (one or two values (dy, dx))")
-    origin: tuple[float, float] = Field((0.0, 0.0), description="(y, x) Å of the first position")
+    step: tuple[float, float] | float | None = Field(
+        None, description="scan step in Å (one or two values (dy, dx)); null: from the data file")
+    origin: tuple[float, float] | None = Field(None, description="(y, x) Å of the first position; null: from the "
+                                               "data file, else (0, 0)")
     rotation: float = Field(0.0, description="scan rotation in degrees, counter-clockwise as displayed (y down)")
     affine: tuple[tuple[float, float], tuple[float, float]] | None = Field(
         None, description="2×2 matrix applied to the (y, x) grid positions (scale/shear), after rotation"
@@ -191,15 +201,27 @@ class ModelConfig(Strict):
 
 
 class LossesConfig(Strict):
-    """Loss weights (0 disables a term)."""
+    """Loss terms: exactly the terms named here run, at their weights (a term left out is off); with none named,
+    the Gaussian term on amplitudes alone at weight 1. The run log names the terms that ran."""
 
-    gaussian: float = Field(1.0, ge=0, description="weight of the Gaussian term on intensity^power")
-    poisson: float = Field(0.0, ge=0, description="weight of the Poisson deviance (negative log-likelihood minus its "
-                           "value at the data); for counted data gaussian 0.5 + poisson 0.5 (robust to "
-                           "model mismatch and right at low counts)")
-    pacbed: float = Field(0.0, ge=0, description="weight of the PACBED consistency term")
-    sparsity: float = Field(0.0, ge=0, description="weight of the L1 sparsity of the object phase")
+    gaussian: float | None = Field(None, ge=0, description="weight of the Gaussian term on intensity^power; left out "
+                                   "(null): 0 when another term is named, 1 when none is")
+    poisson: float | None = Field(None, ge=0, description="weight of the Poisson deviance (negative log-likelihood "
+                                  "minus its value at the data); for counted data gaussian 0.5 + poisson 0.5 (robust "
+                                  "to model mismatch and right at low counts); left out (null): 0")
+    pacbed: float | None = Field(None, ge=0, description="weight of the PACBED consistency term; left out (null): 0")
+    sparsity: float | None = Field(None, ge=0, description="weight of the L1 sparsity of the object phase; left out "
+                                   "(null): 0")
     power: float = Field(0.5, gt=0, le=1, description="exponent p of the Gaussian term (0.5 = amplitudes)")
+
+    @model_validator(mode="after")
+    def _one_data_term(self):
+        self.resolved()
+        return self
+
+    def resolved(self):
+        """The :class:`phasestem.recon.losses.LossConfig` of these weights (the terms that run)."""
+        return LossConfig(**self.model_dump())
 
 
 class RunConfig(Strict):
@@ -225,8 +247,8 @@ class RunConfig(Strict):
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
     lr_scale: float = Field(1.0, gt=0, description="multiplies every learning rate")
     lr_decay: Literal["none", "cosine"] = Field("cosine", description="cosine: every learning rate falls to lr_final "
-                                                "× its value over the run's epochs (restarts on --resume), which keeps "
-                                                "noisy data from being over-fitted late in a run; none: constant")
+                                                "× its value over the run's epochs (--resume continues it), which "
+                                                "keeps noisy data from being over-fitted late in a run; none: constant")
     lr_final: float = Field(0.1, gt=0, le=1, description="final learning-rate fraction of lr_decay: cosine")
     seed: int = Field(0, description="seed of the batch order")
     device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1, auto")
@@ -338,7 +360,7 @@ def dump_params(params: ReconstructParams) -> str:
 def _resampled(dataset, shape: tuple[int, int]):
     import torch
 
-    p = torch.as_tensor(np.asarray(dataset.patterns[...], dtype=np.float32))
+    p = torch.as_tensor(np.array(dataset.patterns[...], dtype=np.float32))  # a copy: memory maps are read-only
     sy, sx, H, W = p.shape
     out = torch.nn.functional.interpolate(p.reshape(-1, 1, H, W), size=tuple(shape), mode="bilinear",
                                           align_corners=False).reshape(sy, sx, *shape)
@@ -349,23 +371,51 @@ def _resampled(dataset, shape: tuple[int, int]):
 
 
 def scan_positions(scan: ScanConfig, scan_shape: tuple[int, int]) -> np.ndarray:
-    """(N, 2) Å positions of the scan grid after rotation and affine (about ``origin``)."""
+    """(N, 2) Å positions of the scan grid after rotation and affine (about ``origin``), or those of
+    ``scan.positions_file`` ((N, 2) or (Sy, Sx, 2) Å, finite real numbers; checked: :mod:`.inputs`)."""
     if scan.positions_file is not None:
-        if not Path(scan.positions_file).exists():
-            raise InputFileError(f"scan.positions_file: {scan.positions_file} not found")
-        pos = np.load(scan.positions_file, allow_pickle=False).reshape(-1, 2).astype(np.float64)
-        if len(pos) != scan_shape[0] * scan_shape[1]:
-            raise ConfigError(f"scan.positions_file: {len(pos)} positions for {scan_shape[0] * scan_shape[1]} patterns")
-        return pos
+        from .inputs import check_grid_shape, field, read_array
+
+        with field("scan.positions_file"):
+            pos = read_array(scan.positions_file, None, "scan positions")
+            return check_grid_shape(pos, scan.positions_file, scan_shape, "positions").astype(np.float64)
     from ..scan import GridScan
 
     return GridScan(shape=scan_shape, step=scan.step, origin=scan.origin, rotation=scan.rotation,
                     affine=scan.affine).positions()
 
 
-def build_dataset(params: ReconstructParams):
-    """Load the data file with :func:`phasestem.io.load` and apply the data/optics/scan settings."""
+#: reader calibration → the parameter-file field that gives it
+CALIBRATION_FIELDS = {"scan_shape": "scan.shape", "scan_step": "scan.step", "scan_origin": "scan.origin",
+                      "energy": "optics.energy", "semiangle": "optics.semiangle",
+                      "angular_sampling": "optics.angular_sampling", "sampling": "optics.sampling",
+                      "aberrations": "optics.aberrations"}
+
+
+def given_calibrations(params: ReconstructParams) -> dict[str, Any]:
+    """The calibrations the parameter file gives (reader option names; a value left out or null is absent)."""
+    o, s = params.optics, params.scan
+    given = {"energy": o.energy, "semiangle": o.semiangle, "scan_step": s.step, "scan_origin": s.origin,
+             "scan_shape": s.shape, "aberrations": dict(o.aberrations) or None}
+    if o.angular_sampling is not None:
+        given["angular_sampling"] = o.angular_sampling
+    elif o.sampling is not None:
+        given["sampling"] = o.sampling
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def build_dataset(params: ReconstructParams, sources: dict[str, str] | None = None, warn: bool = True):
+    """Load the data file with :func:`phasestem.io.load` and apply the data/optics/scan settings.
+
+    Every calibration the parameter file leaves out (or null) is the file's; one it gives wins, with a warning
+    (log and stderr) naming the field and both values when it differs from the file's (``warn``). The resolved
+    settings and their sources are ``dataset.metadata['settings']`` (a list of
+    :class:`phasestem.provenance.Setting`); ``sources`` labels values of the parameter file by field (default
+    ``YAML``; e.g. ``{"optics.semiangle": "calibration"}`` for a file written by ``phasestem calibrate``)."""
     from .. import io
+    from ..errors import MissingCalibrationError
+    from ..provenance import conflict_messages
+    from .report import geometry_settings
 
     d, o, s = params.data, params.optics, params.scan
     if "defocus" in o.aberrations:
@@ -374,17 +424,15 @@ def build_dataset(params: ReconstructParams):
                     o.aberrations["defocus"], -o.aberrations["defocus"], abs(o.aberrations["defocus"]),
                     "beyond" if o.aberrations["defocus"] > 0 else "before")
     options = dict(d.reader_options)
-    options.update(energy=o.energy, scan_step=s.step, semiangle=o.semiangle, aberrations=dict(o.aberrations))
-    if o.angular_sampling is not None:
-        options["angular_sampling"] = o.angular_sampling
-    elif o.sampling is not None:
-        options["sampling"] = o.sampling
-    if s.shape is not None:
-        options["scan_shape"] = s.shape
+    options.update(given_calibrations(params))
     if d.patterns_key is not None:
         options["patterns_key"] = d.patterns_key
     try:
         ds = io.load(d.file, format=d.format, **options)
+    except MissingCalibrationError as exc:
+        field = CALIBRATION_FIELDS.get(exc.name, exc.name)
+        raise ConfigError(f"{field}: not given, and {d.file} does not hold it ({_WHAT[exc.name]}); give {field}"
+                          ) from None
     except ShapeError as exc:
         if s.shape is not None and "scan" in str(exc):
             n = s.shape[0] * s.shape[1]
@@ -396,21 +444,19 @@ def build_dataset(params: ReconstructParams):
     if s.shape is not None and tuple(ds.scan_shape) != tuple(s.shape):
         raise ConfigError(f"scan.shape: {tuple(s.shape)} = {s.shape[0] * s.shape[1]} positions but {d.file} has "
                           f"{ds.n_patterns} patterns in a {ds.scan_shape[0]}×{ds.scan_shape[1]} scan")
-    # calibrations given in the YAML win over the file's
-    changes: dict[str, Any] = {"energy": o.energy, "semiangle": o.semiangle, "aberrations": dict(o.aberrations),
-                               "scan_step": s.step, "scan_origin": tuple(s.origin)}
-    if o.angular_sampling is not None:
-        changes["angular_sampling"] = o.angular_sampling
-    elif o.sampling is not None:
-        from ..dataset import angular_sampling_for
-
-        changes["angular_sampling"] = angular_sampling_for(o.energy, o.sampling, ds.pattern_shape)
-    ds = ds._replace(**changes)
-    if ds.angular_sampling is None and ds.sampling_override is None:
-        raise ConfigError("optics.angular_sampling: the detector pixel (mrad) is not in the file; give "
-                          "optics.angular_sampling or optics.sampling")
+    if warn:
+        for message in conflict_messages(ds.metadata, CALIBRATION_FIELDS, sources or "YAML",
+                                         " (leave {field} out, or null, to use the file's)"):
+            log.warning(message)
+    for name, what in (("semiangle", ds.semiangle), ("angular_sampling", ds.angular_sampling)):
+        if what is None:
+            field = CALIBRATION_FIELDS[name]
+            also = " or optics.sampling (Å)" if name == "angular_sampling" else ""
+            raise ConfigError(f"{field}: not given, and {d.file} does not hold it ({_WHAT[name]}); give {field}{also}")
+    ds.metadata["settings"] = geometry_settings(params, ds, sources)
     if s.rotation or s.affine is not None or s.positions_file is not None:
-        ds = ds._replace(positions=scan_positions(s, ds.scan_shape))
+        resolved = s.model_copy(update={"step": ds.scan_step, "origin": ds.scan_origin})
+        ds = ds._replace(positions=scan_positions(resolved, ds.scan_shape))
     if d.scan_subset is not None:
         r0, r1, c0, c1 = d.scan_subset
         ds = ds.scan_subset(slice(r0, r1), slice(c0, c1))
@@ -427,71 +473,89 @@ def build_dataset(params: ReconstructParams):
     return ds
 
 
-def load_detector_shifts(params: ReconstructParams, n_patterns: int | None = None) -> np.ndarray | None:
+#: what each calibration is, for the message when neither the parameter file nor the data file gives it
+_WHAT = {"energy": "the beam energy, eV", "scan_step": "the scan step, Å", "semiangle": "the probe semi-angle, mrad",
+         "angular_sampling": "the detector pixel, mrad"}
+
+
+def load_detector_shifts(params: ReconstructParams, dataset=None) -> np.ndarray | None:
     """``data.detector_shifts`` (N, 2) px in the frame of the patterns :func:`build_dataset` returns (after the
-    scan subset, transpose, flips and binning), or None; ``n_patterns``: the number it must hold."""
+    scan subset, transpose, flips and binning), or None. With ``dataset`` (what :func:`build_dataset` returned)
+    the file must fit its scan ((Sy, Sx, 2) of the scan, or one shift per pattern) and every shift must keep the
+    disk centre on its detector (:mod:`.inputs`); every refusal names the field and the file."""
+    from .inputs import check_grid_shape, check_shifts_on_detector, field, read_array
+
     d = params.data
     if d.detector_shifts is None:
         return None
     path = Path(d.detector_shifts)
-    if not path.exists():
-        raise InputFileError(f"data.detector_shifts: {path} not found")
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise InputFileError(f"data.detector_shifts: {path} is not a readable .npy ({exc})") from None
-    if arr.shape[-1:] != (2,) or arr.ndim not in (2, 3) or not np.isfinite(arr).all():
-        raise ConfigError(f"data.detector_shifts: {path} must hold finite (Sy, Sx, 2) or (N, 2) px, got shape "
-                          f"{arr.shape}")
-    arr = arr.astype(np.float64)
-    if d.scan_subset is not None:
-        if arr.ndim != 3:
-            raise ConfigError("data.detector_shifts: data.scan_subset needs the (Sy, Sx, 2) form")
-        r0, r1, c0, c1 = d.scan_subset
-        arr = arr[r0:r1, c0:c1]
-    from ..detector import PixelatedDetector
+    with field("data.detector_shifts"):
+        arr = read_array(path, None, "detector shifts").astype(np.float64)
+        if arr.shape[-1:] != (2,) or arr.ndim not in (2, 3):
+            raise ShapeError(f"{path} must hold (Sy, Sx, 2) or (N, 2) px, got shape {arr.shape}")
+        if d.resample is not None:
+            raise ConfigError("cannot be combined with data.resample (scale the shifts by the resampling factor "
+                              "yourself, or resample nothing)")
+        if d.scan_subset is not None:
+            if arr.ndim != 3:
+                raise ConfigError("data.scan_subset needs the (Sy, Sx, 2) form")
+            r0, r1, c0, c1 = d.scan_subset
+            if arr.shape[0] < r1 or arr.shape[1] < c1:
+                raise ShapeError(f"{path} holds {arr.shape[0]} × {arr.shape[1]} shifts but data.scan_subset "
+                                 f"takes rows up to {r1} and columns up to {c1}")
+            arr = arr[r0:r1, c0:c1]
+        if dataset is not None:
+            arr = check_grid_shape(arr, path, dataset.scan_shape, "shifts")
+        from ..detector import PixelatedDetector
 
-    # displacement vectors follow the detector's transpose and flips (the frame size does not matter to them)
-    orient = PixelatedDetector(shape=(1, 1), transpose=d.transpose, flip_y=d.flip_y, flip_x=d.flip_x)
-    arr = orient.oriented_vectors(arr.reshape(-1, 2)) / d.bin
-    if d.resample is not None:
-        raise ConfigError("data.detector_shifts cannot be combined with data.resample (scale the shifts by the "
-                          "resampling factor yourself, or resample nothing)")
-    if n_patterns is not None and len(arr) != n_patterns:
-        raise ConfigError(f"data.detector_shifts: {path} holds {len(arr)} shifts for {n_patterns} patterns")
+        # displacement vectors follow the detector's transpose and flips (the frame size does not matter to them)
+        orient = PixelatedDetector(shape=(1, 1), transpose=d.transpose, flip_y=d.flip_y, flip_x=d.flip_x)
+        arr = orient.oriented_vectors(arr.reshape(-1, 2)) / d.bin
+        if dataset is not None:
+            check_shifts_on_detector(arr, path, dataset.pattern_shape)
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
 def build_model(params: ReconstructParams, dataset) -> Ptychography:
-    """The model of ``params.model`` for ``dataset`` (nominal probe from the optics)."""
-    m = params.model
-    ip = m.initial_phase
-    probe = None
-    if m.initial_probe is not None:
-        from .model import load_probe_file
+    """The model of ``params.model`` for ``dataset`` (nominal probe from the optics). The input files
+    (initial phase and probe, detector shifts) are read and checked first, each refusal naming its field."""
+    from .inputs import check_phase_image, check_probe, field
+    from .model import ObjectSizeError, load_phase_image, load_probe_file
 
-        try:
+    m = params.model
+    ip, phase, probe = m.initial_phase, None, None
+    if m.initial_probe is not None:
+        with field("model.initial_probe"):
             probe = load_probe_file(m.initial_probe.file, m.initial_probe.key)
-        except (InputFileError, ShapeError) as exc:
-            raise type(exc)(f"model.initial_probe: {exc}") from None
+            check_probe(probe, m.initial_probe.file, dataset.pattern_shape)
+    if ip is not None:
+        with field("model.initial_phase"):
+            phase = load_phase_image(ip.file, ip.key)
+            check_phase_image(phase, ip.file, ip.sampling or dataset.sampling, dataset.sampling,
+                              np.asarray(dataset.positions_angstrom()))
+    shifts = load_detector_shifts(params, dataset)
     try:
         model = Ptychography.from_dataset(
             dataset, n_slices=m.n_slices, slice_thickness=m.slice_thickness, n_probe_modes=m.n_probe_modes,
             n_object_modes=m.n_object_modes, source_size=m.source_size, mode_power=m.mode_power,
             object_padding=m.object_padding, tilt=m.tilt, per_position_tilt=m.per_position_tilt,
-            initial_phase=None if ip is None else ip.file, initial_phase_key=None if ip is None else ip.key,
-            initial_phase_sampling=None if ip is None else ip.sampling, antialias=m.antialias,
+            initial_phase=phase, initial_phase_sampling=None if ip is None else ip.sampling, antialias=m.antialias,
             detector_blur=m.detector_blur, obj_preblur=m.obj_preblur, aperture_edge=params.optics.aperture_edge,
             probe=probe,
             random_phase=None if m.random_phase is None else m.random_phase.scale,
             random_seed=0 if m.random_phase is None else m.random_phase.seed,
-            detector_shifts=load_detector_shifts(params, dataset.n_patterns),
+            detector_shifts=shifts,
         )
-    except InputFileError as exc:
-        raise InputFileError(f"model.initial_phase: {exc}") from None
+    except ObjectSizeError as exc:
+        if params.scan.positions_file is None:
+            raise
+        pos = np.asarray(dataset.positions_angstrom())
+        span = pos.max(0) - pos.min(0)
+        raise ConfigError(f"scan.positions_file: {params.scan.positions_file}: the positions span {span[0]:.3g} × "
+                          f"{span[1]:.3g} Å; {exc.size} (positions are in Å)") from None
     except PhasestemError:
         raise
-    except ValueError as exc:  # band-limit and similar optics errors
+    except ValueError as exc:  # band-limit and similar optics errors (the input files were checked above)
         raise ConfigError(f"optics: {exc}") from None
     rates = {k: (v.model_dump() if isinstance(v, ScheduleConfig) else v) for k, v in m.learning_rates.items()}
     model.set_learning_rates(**rates)
@@ -500,11 +564,9 @@ def build_model(params: ReconstructParams, dataset) -> Ptychography:
 
 def optimizer_options(params: ReconstructParams) -> dict:
     """Keyword arguments of :func:`phasestem.recon.engine.optimize` from the ``run``/``losses``/``constraints``."""
-    from .losses import LossConfig
-
     r = params.run
     return {"optimizer": r.optimizer, "batch_size": r.batch_size, "batch_mode": r.batch_mode,
-            "losses": LossConfig(**params.losses.model_dump()), "constraints": params.constraints,
+            "losses": params.losses.resolved(), "constraints": params.constraints,
             "lr_scale": r.lr_scale, "momentum": r.momentum, "seed": r.seed, "progress": r.progress,
             "precondition_reg": r.precondition_reg, "precondition_batches": r.precondition_batches,
             "divergence_factor": r.divergence_factor,

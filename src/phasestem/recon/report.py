@@ -1,6 +1,9 @@
 """What ``phasestem reconstruct`` reports besides its own loss.
 
 * :func:`system_info` — the block at the top of ``reconstruct.log`` (versions, device, threads, host);
+* :func:`geometry_settings`, :func:`loss_settings`, :func:`log_settings` — the scan and optics values a run used
+  and where each came from (data file, YAML, flag, calibration, default), and the loss terms that ran, as the
+  table after it (and ``provenance/`` in ``results.h5``);
 * :func:`dataset_ptyrad_loss` — PtyRAD's normalised Gaussian loss over all patterns
   (:func:`phasestem.recon.losses.ptyrad_gaussian_loss`), logged per epoch as ``loss_ptyrad``;
 * :func:`load_ground_truth` and :func:`truth_metrics` — PSNR, SSIM, E_φ and the FRC resolution of the
@@ -81,6 +84,87 @@ def log_system_info(log_path: str | Path, device: str | torch.device = "cpu") ->
             log.info("  %s %s", f"{k}:".ljust(width + 1), v)
 
 
+# ---- settings and their sources ------------------------------------------------------------
+def geometry_settings(params, dataset, sources=None) -> list:
+    """The scan and optics values of ``dataset`` as loaded by :func:`phasestem.recon.params.build_dataset` (before
+    the data transforms) with their sources: a list of :class:`phasestem.provenance.Setting`. ``sources``: labels
+    of the values the parameter file gives, by field (default ``YAML``)."""
+    from ..provenance import Setting, format_value, unit_of
+    from .params import CALIBRATION_FIELDS
+
+    meta = dataset.metadata
+    where, held = meta.get("calibration_sources", {}), meta.get("calibration_from_file", {})
+    labels = dict(sources or {})
+
+    def source(name: str, field: str) -> str:
+        return {"given": labels.get(field, "YAML"), "file": "file"}.get(where.get(name, "default"), "default")
+
+    o, s = params.optics, params.scan
+    values = {"scan_shape": dataset.scan_shape, "scan_step": dataset.scan_step, "scan_origin": dataset.scan_origin,
+              "energy": dataset.energy, "semiangle": dataset.semiangle, "angular_sampling": dataset.angular_sampling}
+    rows = []
+    for name, value in values.items():
+        field, note = CALIBRATION_FIELDS[name], ""
+        if name == "angular_sampling" and o.angular_sampling is None and o.sampling is not None:
+            # given as the real-space pixel: say it in Å, as given
+            note = f"= {format_value(value, unit_of(name))}"
+            name, field, value = "sampling", "optics.sampling", meta.get("calibration_given", {}).get("sampling")
+        if value is not None:
+            rows.append(Setting(field, value, unit_of(name), source("angular_sampling" if name == "sampling" else
+                                                                  name, field), held.get(name), note))
+    for key, value in sorted(dataset.aberrations.items()):
+        field = f"optics.aberrations.{key}"
+        rows.append(Setting(field, value, unit_of(f"aberrations.{key}"), source(f"aberrations.{key}", field),
+                            held.get("aberrations", {}).get(key)))
+    given = s.model_fields_set
+    rows.append(Setting("scan.rotation", s.rotation, "deg", labels.get("scan.rotation", "YAML")
+                        if "rotation" in given else "default"))
+    if s.affine is not None:
+        rows.append(Setting("scan.affine", np.asarray(s.affine).ravel().tolist(), "", labels.get("scan.affine",
+                                                                                                    "YAML")))
+    if s.positions_file is not None:
+        rows.append(Setting("scan.positions_file", str(s.positions_file), "", "YAML"))
+    elif dataset.positions is not None:
+        rows.append(Setting("positions", f"{len(dataset.positions)} explicit", "", source("positions", "positions")))
+    return rows
+
+
+def loss_settings(params, sources=None) -> list:
+    """The loss terms that run (weight > 0) as :class:`phasestem.provenance.Setting` rows: source ``YAML`` (or
+    ``sources['losses']``) when the parameter file names terms, ``default`` when it names none."""
+    from ..provenance import Setting
+
+    cfg = params.losses.resolved()
+    label = (sources or {}).get("losses", "YAML") if cfg.named else "default"
+    note = "" if cfg.named else "no term named"
+    return [Setting(f"losses.{n}", getattr(cfg, n), "", label, note=note) for n in cfg.active()]
+
+
+def losses_line(params, sources=None) -> str:
+    """``losses: poisson 1 (named in the parameter file)`` / ``losses: gaussian 1 (default; no term named)``."""
+    cfg = params.losses.resolved()
+    label = (sources or {}).get("losses", "YAML")
+    named = "named in the parameter file" if label == "YAML" else f"named by the {label}"
+    why = named if cfg.named else "default; no term named"
+    return f"losses: {cfg.describe()} ({why}), power {cfg.power:g}"
+
+
+def log_settings(settings: list, losses: str, dataset=None, log_path: str | Path | None = None) -> None:
+    """The settings table (field, value, source) and the losses line, also to ``log_path``; with ``dataset`` (as
+    reconstructed, after the data transforms) one more line with the patterns and the pixel size."""
+    with logging_to(log_path) if log_path is not None else contextlib.nullcontext():
+        log.info("settings (value, source: file, YAML, flag, calibration or default):")
+        for row in settings:
+            if not row.field.startswith("losses."):
+                log.info("  %s", row.line())
+        if dataset is not None:
+            sy, sx = dataset.scan_shape
+            H, W = dataset.pattern_shape
+            log.info("  reconstructed: %d × %d patterns of %d × %d px, pixel %.4g × %.4g Å", sy, sx, H, W,
+                     *dataset.sampling)
+        log.info(losses)
+
+
 # ---- PtyRAD's loss ---------------------------------------------------------------------------
 def dataset_ptyrad_loss(model, dataset, power: float = 0.5, batch_size: int = 64) -> float:
     """√⟨(I_model^p − I_meas^p)²⟩ / ⟨I_meas^p⟩ over all patterns and pixels with the current model (no gradients;
@@ -102,17 +186,87 @@ def dataset_ptyrad_loss(model, dataset, power: float = 0.5, batch_size: int = 64
 
 
 # ---- ground truth ----------------------------------------------------------------------------
-def load_ground_truth(path: str | Path, key: str) -> np.ndarray:
-    """The ground-truth phase (rad, 2-D, dataset frame) stored under ``key`` in the data file ``path``.
+def truth_sampling(path: str | Path, key: str) -> tuple[float, float] | None:
+    """Pixel size (Å, (y, x)) stored with the ground truth ``key`` of the data file ``path``: the HDF5 attribute
+    ``sampling`` of the dataset or of its group (phasestem's ``truth/phase``), a seed-000 file's phase pixel
+    (:func:`phasestem.io.seed.phase_sampling`); None when the file holds none (``.npy``/``.npz``)."""
+    from ..io import seed
 
-    Raises :class:`InputFileError` with one line naming ``data.ground_truth_key`` when it is missing."""
+    if Path(path).suffix.lower() not in (".h5", ".hdf5", ".hdf"):
+        return None
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        if key not in f:
+            return None
+        node = f[key]
+        for attrs in (node.attrs, node.parent.attrs):
+            if "sampling" in attrs:
+                s = np.asarray(attrs["sampling"], dtype=np.float64).ravel()
+                return (float(s[0]), float(s[-1]))
+        parsed = seed.parse_key(key.strip("/"))
+        if parsed is not None and parsed[0] == "phase" and seed.patterns_key(parsed[1]) in f:
+            return seed.phase_sampling(f.attrs, node.shape)
+    return None
+
+
+def _read_truth(path: Path, key: str, energy: float | None) -> np.ndarray:
+    """The truth as rad: a seed-000 ``phase_{i}`` through :func:`phasestem.io.seed.read_phase` (the original
+    generator's stores σ·V, not the phase), anything else as stored."""
+    from ..io import seed
     from .model import load_phase_image
 
-    try:
-        return load_phase_image(path, key)
-    except (InputFileError, ShapeError) as exc:
-        msg = str(exc).replace("initial phase", "ground truth")
-        raise type(exc)(f"data.ground_truth_key: {msg}") from None
+    parsed = seed.parse_key(key.strip("/"))
+    if path.suffix.lower() in (".h5", ".hdf5", ".hdf") and parsed is not None and parsed[0] == "phase":
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            if key in f and seed.patterns_key(parsed[1]) in f:
+                load_phase_image(path, key)  # the checks (real, finite, 2-D) of every phase image
+                return seed.read_phase(f, key, energy)
+    return load_phase_image(path, key)
+
+
+def load_ground_truth(path: str | Path, key: str, model, energy: float | None = None,
+                      log_path: str | Path | None = None) -> np.ndarray:
+    """The ground-truth phase (rad, 2-D, dataset frame) stored under ``key`` in the data file ``path``, at the
+    pixel of ``model`` (a :class:`~phasestem.recon.model.Ptychography`).
+
+    A truth stored at another pixel size (:func:`truth_sampling`) is resampled to the model's with
+    :func:`phasestem.recon.model.resample_image`, and a log line (also to ``log_path``) says so; one with no
+    pixel size is taken at the model's. Refused with one line naming ``data.ground_truth_key`` when it is
+    missing, not a finite real 2-D image, or does not cover the scanned field at that pixel (a truth of another,
+    unknown pixel size). ``energy`` (eV): for the original seed generator's files, whose ``phase_{i}`` is σ·V."""
+    from .inputs import field
+    from .model import resample_image
+
+    path = Path(path)
+    target = tuple(float(s) for s in model.sampling)
+    with field("data.ground_truth_key"):
+        try:
+            truth = _read_truth(path, key, energy)
+        except (InputFileError, ShapeError) as exc:
+            raise type(exc)(str(exc).replace("initial phase", "ground truth")) from None
+        stored = truth_sampling(path, key)
+        shape = truth.shape
+        with logging_to(log_path) if log_path is not None else contextlib.nullcontext():
+            if stored is None:
+                log.info("ground truth %s of %s: no pixel size stored with it (HDF5 attribute 'sampling'); taken at "
+                         "the reconstruction's %.4g Å", key, path.name, target[0])
+            elif not np.allclose(stored, target, rtol=1e-6, atol=0):
+                truth = resample_image(torch.as_tensor(truth, dtype=torch.float32), stored, target).numpy()
+                log.info("ground truth %s of %s: stored at %.4g × %.4g Å/px, resampled to the reconstruction's %.4g "
+                         "× %.4g Å/px (%d × %d → %d × %d px)", key, path.name, *stored, *target, *shape,
+                         *truth.shape)
+        fy, fx = scan_field(model, (1 << 30, 1 << 30))
+        if truth.shape[0] < fy.stop or truth.shape[1] < fx.stop:
+            at = ("at its stored pixel" if stored is not None else "with no pixel size stored (HDF5 attribute "
+                  "'sampling'), taken at the reconstruction's pixel,")
+            raise ShapeError(f"{path}: {key!r} ({shape[0]} × {shape[1]} px {at}) covers {truth.shape[0]} × "
+                             f"{truth.shape[1]} px of {target[0]:.4g} Å but the scanned field reaches {fy.stop} × "
+                             f"{fx.stop} px from 0 Å: store it at the reconstruction's pixel over the dataset frame, "
+                             "or with its pixel size")
+    return truth
 
 
 def scan_field(model, shape: tuple[int, int]) -> tuple[slice, slice]:
@@ -123,35 +277,25 @@ def scan_field(model, shape: tuple[int, int]) -> tuple[slice, slice]:
     return slice(int(lo[0]), int(hi[0])), slice(int(lo[1]), int(hi[1]))
 
 
-def truth_metrics(model, truth: np.ndarray, curve: bool = False) -> dict:
-    """PSNR, SSIM (after sub-pixel alignment and offset removal), E_φ and the FRC resolution (Å, 1/7 threshold)
-    of the reconstructed phase against ``truth`` (rad, dataset frame, the model's pixel size), over the scanned
-    field. ``curve``: also ``frc_frequencies`` (1/Å) and ``frc_curve``. A metric that cannot be computed on a
-    field this small is NaN."""
-    from ..metrics import apply_shift, frc, frc_resolution, phase_error, psnr, remove_offset, shift_between, ssim
-
+def truth_field(model, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The reconstructed phase (rad, dataset frame) and ``truth`` cropped to :func:`scan_field`."""
     truth = np.asarray(truth, dtype=np.float64)
     rec = model.phase_in_dataset_frame(truth.shape).astype(np.float64)
     t = truth[: rec.shape[0], : rec.shape[1]]
     fy, fx = scan_field(model, rec.shape)
-    rec, t = rec[fy, fx], t[fy, fx]
-    out: dict = dict.fromkeys(TRUTH_METRICS, float("nan"))
-    if min(rec.shape) < 4:
-        return out
-    shift = shift_between(rec, t)
-    aligned = remove_offset(apply_shift(rec, shift), t)
-    c = int(math.ceil(np.abs(shift).max())) + 1
-    if 2 * c + 4 <= min(rec.shape):
-        a, tt = aligned[c:-c, c:-c], t[c:-c, c:-c]
-        out["psnr"] = float(psnr(a, tt))
-        out["ssim"] = float(ssim(a, tt))
-        out["phase_error"] = float(phase_error(rec, t))
-    freq, fcurve = frc(aligned, t, sampling=model.sampling)
-    if len(freq) > 1:
-        out["frc_resolution"] = frc_resolution(freq, fcurve)
-    if curve:
-        out["frc_frequencies"] = freq
-        out["frc_curve"] = fcurve
+    return rec[fy, fx], t[fy, fx]
+
+
+def truth_metrics(model, truth: np.ndarray, curve: bool = False) -> dict:
+    """PSNR, SSIM (after sub-pixel alignment and offset removal), E_φ and the FRC resolution (Å, 1/7 threshold)
+    of the reconstructed phase against ``truth`` (rad, dataset frame, the model's pixel size), over the scanned
+    field (:func:`phasestem.metrics.figures_of_merit`). ``curve``: also ``frc_frequencies`` (1/Å) and
+    ``frc_curve``. A metric that cannot be computed on a field this small is NaN."""
+    from ..metrics import figures_of_merit
+
+    rec, t = truth_field(model, truth)
+    out = figures_of_merit(rec, t, sampling=model.sampling, curve=curve)
+    out.pop("shift_px")
     return out
 
 

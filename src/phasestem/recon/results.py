@@ -1,4 +1,5 @@
-"""Reconstruction results in HDF5 (no pickle), written atomically.
+"""Reconstruction results in HDF5 (no pickle), written atomically: phasestem's own layout (``results.h5``) and
+EMD 1.0 (``results.emd``) for py4DSTEM and HyperSpy users.
 
 Layout of ``results.h5``::
 
@@ -20,19 +21,42 @@ Layout of ``results.h5``::
     history/tilt            (E, 2) or (E, N, 2)  mrad after each epoch
     metrics/<name>          ()    final comparison with the ground truth (when given): psnr, ssim, phase_error,
                                   frc_resolution (Å); metrics/frc_frequencies, metrics/frc_curve (rings)
+    provenance/<field>      group per setting of the run (scan.step, optics.energy, optics.aberrations.C10,
+                            losses.gaussian, …), attrs: value, unit, source (file, YAML, flag, calibration or
+                            default), file (what the data file held, when it held something), note
     attrs: sampling (Å), energy (eV), origin (Å: object-frame position of dataset 0 Å),
            epoch, format = "phasestem-recon-results", config (YAML text, when given)
+
+``results.emd`` (:func:`save_emd`) is an EMD 1.0 file written with ``emdfile``, the format py4DSTEM ≥ 0.14
+saves and reads (``py4DSTEM.read("results.emd")``); HyperSpy opens it through RosettaSciIO's EMD reader
+(``hs.load("results.emd")``: one signal per array, with the axes below). One EMD tree, ``phasestem_reconstruction``::
+
+    object_phase      (Ny, Nx)     float32    rad, Σ over slices (results.h5 object/phase_sum)
+    object_amplitude  (Ny, Nx)     float32    Π over slices (object/amplitude_prod)
+    slice_phases      (S, Ny, Nx)  float32    rad, per slice (first object mode), only when S > 1
+    probe             (ny, nx) or (M, ny, nx)  complex64  Σ|ψ|² ≈ 1 (one mode: 2-D)
+    metadata "phasestem": energy (eV), sampling (Å), origin (Å), slice_thickness (Å), epoch, format
+
+(No array's name contains another's: RosettaSciIO's reader stacks arrays whose paths contain one another.)
+An older ``results.h5`` converts with ``save_emd(load_results("results.h5"), "results.emd")``.
+
+Axes are named y, x in Å: the object's in the dataset frame (offset −origin, so 0 Å is the first scan
+position, as ``positions`` in results.h5), the probe's centred (0 Å at pixel n//2); slices along z by the
+slice thickness (Å); probe modes by index.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import h5py
 import numpy as np
 import torch
 
+from ..safety import atomic_file
+
 FORMAT = "phasestem-recon-results"
+#: name of the EMD tree in ``results.emd``
+EMD_ROOT = "phasestem_reconstruction"
 
 
 def _np(t) -> np.ndarray:
@@ -72,14 +96,17 @@ def results_dict(model, metrics: dict | None = None) -> dict:
     return out
 
 
-def save_results(model, path, config_text: str | None = None, metrics: dict | None = None) -> Path:
-    """Write the model's results to ``path`` (``name.tmp`` then rename); ``metrics``: scalars/arrays for
-    ``metrics/`` (comparison with a ground truth)."""
+def save_results(model, path, config_text: str | None = None, metrics: dict | None = None,
+                 provenance: list | None = None) -> Path:
+    """Write the model's results to ``path`` atomically (:func:`phasestem.safety.atomic_file`: ``NAME.<pid>.tmp``
+    then rename); ``metrics``: scalars/arrays for ``metrics/`` (comparison with a ground truth); ``provenance``:
+    :class:`phasestem.provenance.Setting` rows for ``provenance/``. A path ending in ``.emd`` gets
+    :func:`save_emd`'s EMD 1.0 file (object and probe with Å axes) instead."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    if path.suffix.lower() == ".emd":
+        return save_emd(results_dict(model), path)
     r = results_dict(model, metrics)
-    with h5py.File(tmp, "w") as f:
+    with atomic_file(path, field="results") as tmp, h5py.File(tmp, "w") as f:
         f.attrs["format"] = FORMAT
         f.attrs["sampling"] = model.sampling
         f.attrs["energy"] = model.energy
@@ -105,7 +132,69 @@ def save_results(model, path, config_text: str | None = None, metrics: dict | No
                 g = f.create_group(group)
                 for k, v in r[group].items():
                     g.create_dataset(k, data=v)
-    os.replace(tmp, path)
+        if provenance:
+            g = f.create_group("provenance")
+            for row in provenance:
+                item = g.create_group(row.field)
+                for key in ("value", "unit", "source", "file", "note"):
+                    if getattr(row, key) is not None:
+                        item.attrs[key] = getattr(row, key)
+    return path
+
+
+def _axis(n: int, step: float, offset: float) -> np.ndarray:
+    """EMD dim vector of a linear axis of ``n`` points, ``step`` apart from ``offset``: its first two values (emdfile
+    and the readers extend them linearly), or the one value of a single-point axis."""
+    return np.array([offset, offset + step]) if n > 1 else np.array([offset])
+
+
+def save_emd(results: dict, path) -> Path:
+    """Write the object and probe of ``results`` (:func:`results_dict` or :func:`load_results`) as EMD 1.0 at
+    ``path``, atomically, with Å axes (layout in the module docstring); returns the path."""
+    import emdfile
+
+    path = Path(path)
+    attrs = results["attrs"]
+    dy, dx = (float(s) for s in attrs["sampling"])
+    oy, ox = (float(o) for o in attrs["origin"])
+    thickness = float(results["slice_thickness"])
+    yx = ["y", "x"]
+    angstrom = ["A", "A"]  # py4DSTEM's spelling of Å (RosettaSciIO reads it as Å)
+    root = emdfile.Root(name=EMD_ROOT)
+
+    def obj_dims(shape) -> list[np.ndarray]:
+        return [_axis(shape[-2], dy, -oy), _axis(shape[-1], dx, -ox)]
+
+    phase = np.asarray(results["phase_sum"], dtype=np.float32)
+    root.add_to_tree(emdfile.Array(data=phase, name="object_phase", units="rad", dims=obj_dims(phase.shape),
+                                   dim_names=yx, dim_units=angstrom))
+    amp = np.asarray(results["amplitude_prod"], dtype=np.float32)
+    root.add_to_tree(emdfile.Array(data=amp, name="object_amplitude", units="", dims=obj_dims(amp.shape),
+                                   dim_names=yx, dim_units=angstrom))
+    slices = np.asarray(results["obj_phase"], dtype=np.float32)[0]
+    if slices.shape[0] > 1:
+        root.add_to_tree(emdfile.Array(data=slices, name="slice_phases", units="rad",
+                                       dims=[_axis(slices.shape[0], thickness, 0.0), *obj_dims(slices.shape)],
+                                       dim_names=["z", *yx], dim_units=["A", *angstrom]))
+    probe = np.asarray(results["probe"], dtype=np.complex64)
+    ny, nx = probe.shape[-2:]
+    pdims = [_axis(ny, dy, -(ny // 2) * dy), _axis(nx, dx, -(nx // 2) * dx)]
+    if probe.shape[0] == 1:
+        root.add_to_tree(emdfile.Array(data=probe[0], name="probe", units="", dims=pdims, dim_names=yx,
+                                       dim_units=angstrom))
+    else:
+        root.add_to_tree(emdfile.Array(data=probe, name="probe", units="", dims=[_axis(len(probe), 1.0, 0.0), *pdims],
+                                       dim_names=["mode", *yx], dim_units=["index", *angstrom]))
+    meta = emdfile.Metadata(name="phasestem")
+    meta["format"] = FORMAT
+    meta["energy"] = float(attrs["energy"])  # eV
+    meta["sampling"] = np.array([dy, dx])  # Å
+    meta["origin"] = np.array([oy, ox])  # Å
+    meta["slice_thickness"] = thickness  # Å
+    meta["epoch"] = int(attrs["epoch"])
+    root.metadata = meta
+    with atomic_file(path, field="results") as tmp:
+        emdfile.save(str(tmp), root, mode="w")
     return path
 
 
@@ -124,6 +213,7 @@ def load_results(path) -> dict:
         out["obj_phase"] = f["object/phase"][...]
         out["obj_amplitude"] = f["object/amplitude"][...]
         out["phase_sum"] = f["object/phase_sum"][...]
+        out["amplitude_prod"] = f["object/amplitude_prod"][...]
         out["probe"] = f["probe/real_space"][...]
         out["probe_fourier"] = f["probe/fourier_space"][...]
         for k in ("positions", "positions_initial", "tilt", "slice_thickness"):
@@ -132,4 +222,7 @@ def load_results(path) -> dict:
         for group in ("history", "metrics"):
             if group in f:
                 out[group] = {k: f[group][k][...] for k in f[group]}
+        if "provenance" in f:
+            out["provenance"] = {k: {a: (v.tolist() if hasattr(v, "tolist") else v) for a, v in g.attrs.items()}
+                                 for k, g in f["provenance"].items()}
     return out

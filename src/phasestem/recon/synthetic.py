@@ -97,16 +97,12 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
 def write_npz(path, **options) -> FourDSTEM:
     """Simulate with :func:`simulate_dataset` (``options``) and write ``path`` (.npz: patterns, phase)
     as read by ``phasestem.io.load(path, patterns_key="patterns")``; returns the dataset."""
-    import os
-    from pathlib import Path
+    from ..safety import atomic_file
 
     ds = simulate_dataset(**options)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".partial.npz")
-    np.savez(tmp, patterns=np.asarray(ds.patterns, dtype=np.float32), phase=ds.truth["phase"],
-             positions=ds.truth["positions"])
-    os.replace(tmp, path)
+    with atomic_file(path, field="path") as tmp, open(tmp, "wb") as fh:  # a file object: savez adds no suffix
+        np.savez(fh, patterns=np.asarray(ds.patterns, dtype=np.float32), phase=ds.truth["phase"],
+                 positions=ds.truth["positions"])
     return ds
 
 

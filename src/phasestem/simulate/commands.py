@@ -14,7 +14,8 @@ def register(sub, train_sub) -> None:
     p = sub.add_parser(
         "simulate", help="simulate 4D-STEM training data in the seed-000 HDF5 layout",
         description="Simulate samples (random specimens → projected potential → 4D-STEM scan) into "
-        "<prefix>1.h5 … <prefix>N.h5. Resumable: rerun the same command after an interruption.",
+        "<prefix>1.h5 … <prefix>N.h5, and simulation.png (the first sample: specimen phase with the scanned "
+        "field, probe amplitude and phase, patterns). Resumable: rerun the same command after an interruption.",
         epilog="Examples:\n  phasestem simulate configs/simulate_tiny.yaml --out data/tiny\n"
         "  phasestem simulate configs/simulate_seed.yaml --out data/seed --workers 2\n"
         "  phasestem simulate --dump-config > my_sim.yaml",
@@ -83,6 +84,10 @@ def _simulate(args) -> int:
         logging.getLogger("phasestem").removeHandler(handler)
     for p in paths:
         print(p)
+    if paths:
+        from .overview import write_overview
+
+        print(write_overview(paths[0], out / "simulation.png"))
     return 0
 
 

@@ -10,9 +10,9 @@ Sample i depends only on (seed, i), so the result is the same whatever the numbe
 processes or machines.
 
 The run only ever creates, and only ever deletes, its own names: the shards, ``<prefix>_config.yaml``,
-the ``.work`` folder, temporary files ``.phasestem-*.partial`` and the lock ``.phasestem-simulate.lock``
-(held by the driver process for the whole run, see :mod:`.lock`), so a user's files in the folder
-are never touched.
+the ``.work`` folder and temporary files ``.phasestem-<name>.<pid>.partial``, so a user's files in the folder
+are never touched. The driver process holds the folder's lock (:mod:`phasestem.lock`) for the whole run; Dask
+workers do not take it (they only write their own per-sample work files).
 """
 from __future__ import annotations
 
@@ -23,15 +23,16 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import yaml
 from tqdm.auto import tqdm
 
+from ..configfile import loads_yaml
 from ..errors import ConfigError
+from ..extras import require
 from ..io import seed
+from ..lock import hold_output
 from ..optics import interaction_constant
 from .budget import check_memory
 from .config import SimulationConfig
-from .lock import OutputLock
 
 log = logging.getLogger("phasestem.simulate")
 
@@ -41,8 +42,9 @@ TMP_PREFIX = ".phasestem-"
 
 
 def temporary_path(path: Path) -> Path:
-    """Where ``path`` is written before its atomic rename: ``.phasestem-<name>.partial`` beside it."""
-    return path.with_name(f"{TMP_PREFIX}{path.name}.partial")
+    """Where ``path`` is written before its atomic rename: ``.phasestem-<name>.<pid>.partial`` beside it (one name
+    per process, so that two writers of one file never share a temporary)."""
+    return path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}.partial")
 
 
 def file_name(cfg: SimulationConfig, k: int) -> str:
@@ -237,9 +239,9 @@ def run_files(out: Path, stamp_text: str) -> tuple[list[Path], list[Path]]:
     """
     samples = sorted((out / WORK_DIR).glob("sample_*.h5"))
     try:
-        old = yaml.safe_load(stamp_text)["output"]
+        old = loads_yaml(stamp_text, "run stamp")["output"]
         names = [out / f"{old['prefix']}{k}.h5" for k in range(1, int(old["n_files"]) + 1)]
-    except (yaml.YAMLError, KeyError, TypeError, ValueError):
+    except (ConfigError, KeyError, TypeError, ValueError):
         names = []
     shards = [p for p in names if p.is_file() and _shard_config(p) == stamp_text]
     return samples, shards
@@ -297,9 +299,10 @@ def simulate_dataset(cfg: SimulationConfig, out: str | Path, progress: bool = Tr
     run with another configuration instead of refusing.
     """
     out = Path(out)
+    if cfg.compute.workers > 0 or cfg.compute.scheduler is not None:  # before anything is written
+        require("distributed", "simulation with Dask workers (compute.workers > 0 or compute.scheduler)")
     check_memory(cfg, processes=max(1, cfg.compute.workers) if cfg.compute.scheduler is None else 1)
-    out.mkdir(parents=True, exist_ok=True)
-    with OutputLock(out):
+    with hold_output(out, "phasestem simulate"):
         _remove_own_temporaries(out)
         _check_out(cfg, out, restart)
         return _simulate_locked(cfg, out, progress)

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ... import metrics
 from ...errors import ShapeError
-from ...plot import save_figure
+from ...plot import STYLE, _plt, save_figure, styled
 from ...safety import atomic_file
 from ..meta import normalize_meta, require_kind
 from ..nets.autoencoder import Autoencoder, count_parameters, scale_patterns
@@ -97,12 +97,9 @@ def write_latent_maps(path: str | Path, maps: np.ndarray, attrs: dict[str, Any] 
     return path
 
 
+@styled
 def _latent_png(maps: np.ndarray, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _plt()
     d = maps.shape[0]
     cols = int(np.ceil(np.sqrt(d)))
     rows = int(np.ceil(d / cols))
@@ -124,32 +121,35 @@ def embed_file(data: str | Path, model_path: str | Path, out: str | Path | None 
     the reconstruction metrics of N random patterns and their comparison figure. Returns what was written:
     ``out``, ``png``, ``comparison``, ``shape``, ``masked`` (non-finite values replaced) and ``report``."""
     from ... import io
-    from ...safety import refuse_output_over_inputs
+    from ...lock import hold_output
+    from ...safety import check_result_name, figure_beside, refuse_output_over_inputs
 
     out = Path(out or Path(data).with_suffix("").name + "_latent.h5")
-    png_path = out.with_suffix(".png") if png else None
+    png_path = figure_beside(out) if png else None
+    check_result_name(out)  # a figure suffix is refused, with or without the PNG
     comparison = out.with_name(out.stem + "_comparison.png") if report else None
     refuse_output_over_inputs([p for p in (out, png_path, comparison) if p], [data, model_path])
-    opts: dict[str, Any] = {}
-    if patterns_key:
-        opts["patterns_key"] = patterns_key
-    if sample is not None:
-        opts["sample"] = sample
-    ds = io.load(data, bad_pixels=bad_pixels, **opts)
-    model, meta = load_autoencoder(model_path, device)
-    if summary:
-        b = int(meta["data"].get("preprocess", {}).get("bin", 1))
-        show(model, input_size=(1, ds.pattern_shape[0] // b, ds.pattern_shape[1] // b))
-    maps = embed_scan(model, ds.patterns, meta, batch_size=batch_size)
-    write_latent_maps(out, maps, {"source": str(data), "checkpoint": str(model_path),
-                                  "scan_step": list(ds.scan_step)}, png=png_path)
-    result: dict[str, Any] = {"out": out, "png": png_path, "comparison": comparison, "shape": maps.shape,
-                              "masked": ds.metadata.get("bad_pixels_masked"), "report": None}
-    if report:
-        pats = np.asarray(ds.patterns).reshape(-1, *ds.pattern_shape)
-        idx = np.random.default_rng(0).choice(len(pats), min(report, len(pats)), replace=False)
-        result["report"] = autoencoder_report(model, pats[np.sort(idx)], meta, png=comparison)
-    return result
+    with hold_output(out, "phasestem embed", file=True):
+        opts: dict[str, Any] = {}
+        if patterns_key:
+            opts["patterns_key"] = patterns_key
+        if sample is not None:
+            opts["sample"] = sample
+        ds = io.load(data, bad_pixels=bad_pixels, **opts)
+        model, meta = load_autoencoder(model_path, device)
+        if summary:
+            b = int(meta["data"].get("preprocess", {}).get("bin", 1))
+            show(model, input_size=(1, ds.pattern_shape[0] // b, ds.pattern_shape[1] // b))
+        maps = embed_scan(model, ds.patterns, meta, batch_size=batch_size)
+        write_latent_maps(out, maps, {"source": str(data), "checkpoint": str(model_path),
+                                      "scan_step": list(ds.scan_step)}, png=png_path)
+        result: dict[str, Any] = {"out": out, "png": png_path, "comparison": comparison, "shape": maps.shape,
+                                  "masked": ds.metadata.get("bad_pixels_masked"), "report": None}
+        if report:
+            pats = np.asarray(ds.patterns).reshape(-1, *ds.pattern_shape)
+            idx = np.random.default_rng(0).choice(len(pats), min(report, len(pats)), replace=False)
+            result["report"] = autoencoder_report(model, pats[np.sort(idx)], meta, png=comparison)
+        return result
 
 
 @torch.no_grad()
@@ -172,21 +172,18 @@ def autoencoder_report(model: Autoencoder, patterns: np.ndarray, meta: dict[str,
     res = {"psnr": float(metrics.psnr(rec, x, data_range=1.0)), "ssim": float(metrics.ssim(rec, x, data_range=1.0)),
            "mse": float(metrics.mse(rec, x)), "n": len(x)}
     if png is not None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        k = min(n_show, len(x))
-        fig, axes = plt.subplots(3, k, figsize=(2.2 * k, 6.6), squeeze=False)
-        for j in range(k):
-            for i, (name, im) in enumerate((("input", x[j, 0]), ("reconstruction", rec[j, 0]),
-                                            ("difference", rec[j, 0] - x[j, 0]))):
-                axes[i, j].imshow(im.numpy(), cmap="RdBu_r" if i == 2 else "inferno")
-                axes[i, j].set_title(name, fontsize=7)
-                axes[i, j].axis("off")
-        fig.suptitle(f"PSNR {res['psnr']:.2f} dB, SSIM {res['ssim']:.3f} (scaled patterns)", fontsize=8)
-        save_figure(fig, png, dpi=110, close=True)
+        plt = _plt()
+        with plt.rc_context(STYLE):
+            k = min(n_show, len(x))
+            fig, axes = plt.subplots(3, k, figsize=(2.2 * k, 6.6), squeeze=False)
+            for j in range(k):
+                for i, (name, im) in enumerate((("input", x[j, 0]), ("reconstruction", rec[j, 0]),
+                                                ("difference", rec[j, 0] - x[j, 0]))):
+                    axes[i, j].imshow(im.numpy(), cmap="RdBu_r" if i == 2 else "inferno")
+                    axes[i, j].set_title(name, fontsize=7)
+                    axes[i, j].axis("off")
+            fig.suptitle(f"PSNR {res['psnr']:.2f} dB, SSIM {res['ssim']:.3f} (scaled patterns)", fontsize=8)
+            save_figure(fig, png, dpi=110, close=True)
     return res
 
 

@@ -24,8 +24,9 @@ from torch import nn
 from ...dataset import FourDSTEM
 from ...errors import ConfigError, ShapeError
 from ...io.hdf5 import read_float32
+from ...lock import hold_output
 from ...plot import save_figure
-from ...safety import atomic_file, refuse_output_over_inputs
+from ...safety import atomic_file, figure_beside, refuse_output_over_inputs
 from ..data import BlockGeometry, Preprocess, blocks_from_scan
 from ..nets.end2end import End2End
 from ..trainer import resolve_device
@@ -56,12 +57,82 @@ def load_predictor(model_path: str | Path, stitch_path: str | Path | None = None
     return model, meta
 
 
+def check_training_shapes(meta: dict[str, Any], scan_shape: tuple[int, int],
+                          pattern_shape: tuple[int, int] | None = None, source: str = "") -> None:
+    """Refuse data whose scan (or pattern) shape is not the one the model was trained on, in one line (prefixed
+    ``source: `` when given): the model stitches a fixed number of blocks of one scan shape."""
+    g = BlockGeometry.from_dict(meta["data"]["geometry"])
+    where = f"{source}: " if source else ""
+    if tuple(scan_shape) != tuple(g.scan_shape):
+        raise ShapeError(f"{where}scan {tuple(scan_shape)} differs from the training scan {tuple(g.scan_shape)}; the "
+                         f"model stitches {g.n_blocks} blocks of a {g.scan_shape[0]}×{g.scan_shape[1]} scan")
+    expect = tuple(meta["data"]["pattern_shape"])
+    if pattern_shape is not None and tuple(pattern_shape) != expect:
+        raise ShapeError(f"{where}patterns are {tuple(pattern_shape)} px but the model was trained on {expect} px; "
+                         "bin/crop/pad the data to match (FourDSTEM.binned/cropped/padded)")
+
+
+#: how far data may be from a model's recorded training optics (``meta["data"]["optics"]``): (relative, absolute)
+#: tolerance per field; aberrations in Å
+OPTICS_TOLERANCE = {"energy": (0.01, 0.0), "semiangle": (0.02, 0.05), "angular_sampling": (0.02, 0.0),
+                    "scan_step": (0.01, 0.0), "aberrations": (0.02, 1.0)}
+
+
+def dataset_optics(dataset: FourDSTEM) -> dict[str, Any]:
+    """A dataset's optics in the form of a model's record (:meth:`phasestem.learn.data.files.FileInfo.optics`)."""
+    return {"energy": dataset.energy, "semiangle": dataset.semiangle, "aberrations": dict(dataset.aberrations),
+            "angular_sampling": dataset.angular_sampling, "scan_step": dataset.scan_step}
+
+
+def _close(a: float, b: float, rel: float, atol: float) -> bool:
+    return abs(a - b) <= rel * max(abs(a), abs(b)) + atol
+
+
+def check_training_optics(meta: dict[str, Any], optics: dict[str, Any], source: str = "") -> None:
+    """Refuse, in one line, data whose energy, probe semi-angle, aberrations (defocus …), detector pixel or scan step
+    differ from the model's training data (:data:`OPTICS_TOLERANCE`): the network learned one probe at one
+    overlap. Models saved without ``meta["data"]["optics"]`` are not checked; a field the data do not record
+    (``None``, NaN, no aberrations at all) is logged as unchecked."""
+    trained = (meta.get("data") or {}).get("optics")
+    if not trained:
+        return
+    where = f"{source}: " if source else ""
+    bad, unchecked = [], []
+    for key, (rel, atol) in OPTICS_TOLERANCE.items():
+        want, have = trained.get(key), optics.get(key)
+        if want is None or want == {}:
+            continue
+        if key == "aberrations":
+            if not have:
+                unchecked.append(key)
+                continue
+            for name in sorted(set(want) | set(have)):
+                a, b = float(have.get(name, 0.0)), float(want.get(name, 0.0))
+                if not _close(a, b, rel, atol):
+                    bad.append(f"{name} {a:g} Å (trained on {b:g} Å)")
+            continue
+        pair = isinstance(want, list | tuple)
+        w = [float(v) for v in (want if pair else [want])]
+        h = None if have is None else [float(v) for v in (have if pair else [have])]
+        if h is None or len(h) != len(w) or not np.all(np.isfinite(h)):
+            unchecked.append(key)
+        elif not all(_close(x, y, rel, atol) for x, y in zip(h, w, strict=True)):
+            unit = {"energy": "eV", "semiangle": "mrad", "angular_sampling": "mrad", "scan_step": "Å"}[key]
+            fmt = lambda v: "×".join(f"{x:g}" for x in v)  # noqa: E731
+            bad.append(f"{key} {fmt(h)} {unit} (trained on {fmt(w)} {unit})")
+    if bad:
+        raise ShapeError(f"{where}the data differ from the model's training data: {'; '.join(bad)}; the network "
+                         "learned one probe at one scan step and is not applied to another (train or fine-tune on "
+                         "data of this geometry)")
+    if unchecked:
+        log.warning("%sthe data do not record %s: not checked against the model's training data", where,
+                    ", ".join(unchecked))
+
+
 def geometry_for(dataset: FourDSTEM, meta: dict[str, Any]) -> BlockGeometry:
     """The training geometry adapted to ``dataset``'s scan step and origin (same pixel count per step)."""
     g = BlockGeometry.from_dict(meta["data"]["geometry"])
-    if tuple(dataset.scan_shape) != tuple(g.scan_shape):
-        raise ShapeError(f"scan {dataset.scan_shape} differs from the training scan {g.scan_shape}; the model "
-                         f"stitches {g.n_blocks} blocks of a {g.scan_shape[0]}×{g.scan_shape[1]} scan")
+    check_training_shapes(meta, dataset.scan_shape)
     ratio = (dataset.scan_step[0] / g.scan_step[0], dataset.scan_step[1] / g.scan_step[1])
     if max(abs(r - 1) for r in ratio) > 1e-6:
         log.warning("scan step %s Å differs from training %s Å: output pixel scaled by %s", dataset.scan_step,
@@ -74,12 +145,10 @@ def geometry_for(dataset: FourDSTEM, meta: dict[str, Any]) -> BlockGeometry:
 def predict_phase(model: End2End, meta: dict[str, Any], dataset: FourDSTEM, device: str | None = None) -> np.ndarray:
     """Phase image (N, N) float32 of one scan (see the module docstring)."""
     device = device or next(model.parameters()).device
+    check_training_optics(meta, dataset_optics(dataset))
     g = geometry_for(dataset, meta)
     pre = Preprocess(**meta["data"]["preprocess"])
-    expect = tuple(meta["data"]["pattern_shape"])
-    if tuple(dataset.pattern_shape) != expect:
-        raise ShapeError(f"patterns are {dataset.pattern_shape} px but the model was trained on {expect} px; "
-                         "bin/crop/pad the data to match (FourDSTEM.binned/cropped/padded)")
+    check_training_shapes(meta, dataset.scan_shape, dataset.pattern_shape)
     pats = dataset.patterns
     scan = read_float32(pats) if isinstance(pats, h5py.Dataset) else np.asarray(pats[...], dtype=np.float32)
     blocks = blocks_from_scan(scan, g, pre)[None].to(device)
@@ -110,27 +179,20 @@ def write_prediction(path: str | Path, phase: np.ndarray, sampling: tuple[float,
                                   "normalised to a total of 1; I_model = the phase through the forward model with "
                                   "the nominal probe")
     if png:
-        save_png(path.with_suffix(".png"), phase, sampling, meta["data"]["target_description"], truth)
+        save_png(figure_beside(path), phase, sampling, meta["data"]["target_description"], truth)
     return path
 
 
 def save_png(path: Path, phase: np.ndarray, sampling, label: str, truth: np.ndarray | None = None) -> Path:
-    import matplotlib
+    """The prediction (Å scale bar, colour bar in its unit) and its diffractogram; with ``truth`` also the truth, the
+    difference and E_φ / FRC / PSNR / SSIM (:func:`phasestem.plot.phase_figure`)."""
+    from ...metrics import figures_of_merit
+    from ...plot import phase_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    images = [("prediction", phase)] + ([("truth", truth)] if truth is not None else [])
-    fig, axes = plt.subplots(1, len(images), figsize=(4.2 * len(images), 4), squeeze=False)
-    ext = [0, phase.shape[1] * sampling[1], phase.shape[0] * sampling[0], 0]
-    for ax, (title, img) in zip(axes[0], images, strict=True):
-        im = ax.imshow(img, cmap="gray", extent=ext)
-        ax.set_title(title)
-        ax.set_xlabel("x (Å)")
-        ax.set_ylabel("y (Å)")
-        fig.colorbar(im, ax=ax, label=label.split(" ")[0] + (" (rad)" if "rad" in label else ""))
-    fig.tight_layout()
-    save_figure(fig, path, dpi=110, close=True)
+    unit = "phase (rad)" if "rad" in label else label.split(" ")[0]
+    metrics = None if truth is None else figures_of_merit(phase, truth, sampling=sampling)
+    fig = phase_figure(phase, sampling, label=unit, truth=truth, metrics=metrics, title=f"prediction: {label}")
+    save_figure(fig, path, close=True)
     return path
 
 
@@ -142,15 +204,16 @@ def predict_file(input_path: str | Path, model_path: str | Path, out_path: str |
     from ...io import load
 
     refuse_output_over_inputs(prediction_outputs(out_path, png), [input_path, model_path, stitch_path])
-    ds = load(input_path, **{k: v for k, v in load_options.items() if v is not None})
-    model, meta = load_predictor(model_path, stitch_path, device)
-    phase = predict_phase(model, meta, ds)
-    g = geometry_for(ds, meta)
-    truth = None
-    if ds.truth is not None and np.shape(ds.truth.get("phase")) == phase.shape:
-        truth = ds.truth["phase"]
-    residual = prediction_residual(phase, ds, g.phase_sampling, meta)
-    return write_prediction(out_path, phase, g.phase_sampling, meta, str(input_path), png, truth, residual)
+    with hold_output(out_path, "phasestem predict", file=True):
+        ds = load(input_path, **{k: v for k, v in load_options.items() if v is not None})
+        model, meta = load_predictor(model_path, stitch_path, device)
+        phase = predict_phase(model, meta, ds)
+        g = geometry_for(ds, meta)
+        truth = None
+        if ds.truth is not None and np.shape(ds.truth.get("phase")) == phase.shape:
+            truth = ds.truth["phase"]
+        residual = prediction_residual(phase, ds, g.phase_sampling, meta)
+        return write_prediction(out_path, phase, g.phase_sampling, meta, str(input_path), png, truth, residual)
 
 
 def prediction_residual(phase: np.ndarray, dataset: FourDSTEM, sampling: tuple[float, float],
@@ -173,9 +236,11 @@ def prediction_residual(phase: np.ndarray, dataset: FourDSTEM, sampling: tuple[f
 
 
 def prediction_outputs(out_path: str | Path, png: bool = True) -> list[Path]:
-    """The files ``predict`` writes: the HDF5 and (``png``) the PNG next to it."""
+    """The files ``predict`` writes: the HDF5 and (``png``) the PNG next to it (a figure suffix on the HDF5 is
+    refused, :func:`phasestem.safety.check_result_name`)."""
     out = Path(out_path)
-    return [out, out.with_suffix(".png")] if png else [out]
+    figure = figure_beside(out)
+    return [out, figure] if png else [out]
 
 
 def model_summary(model: nn.Module) -> str:

@@ -119,20 +119,11 @@ def write_refined(path: str | Path, low: np.ndarray, high: np.ndarray, attrs: di
         for k, v in (attrs or {}).items():
             f.attrs[k] = v if isinstance(v, (int, float, str)) else json.dumps(v, default=str)
     if png is not None:
-        import matplotlib
+        from ...plot import phase_panels
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        imgs = ([("coarse input", coarse)] if coarse is not None else []) + [
-            (f"refined {low.shape[0]}²", low), (f"refined ×2 {high.shape[0]}²", high)]
-        fig, axes = plt.subplots(1, len(imgs), figsize=(3.2 * len(imgs), 3.2))
-        for ax, (title, im) in zip(np.atleast_1d(axes), imgs, strict=True):
-            m = ax.imshow(im, cmap="gray")
-            ax.set_title(title, fontsize=8)
-            ax.axis("off")
-            fig.colorbar(m, ax=ax, fraction=0.046, label="rad")
-        save_figure(fig, png, dpi=110, close=True)
+        imgs = ({"coarse input": coarse} if coarse is not None else {}) | {
+            f"refined {low.shape[0]}²": low, f"refined ×2 {high.shape[0]}²": high}
+        save_figure(phase_panels(imgs, share_range=False), png, close=True)
     return path
 
 
@@ -142,14 +133,17 @@ def refine_file(image: str | Path, model_path: str | Path, out: str | Path | Non
                 ) -> dict[str, Any]:
     """Coarse phase image → HDF5 with the Phaseformer's refined phase and its ×2 version (+ a comparison PNG);
     ``size`` None or 0 keeps the input size. Returns ``out``, ``png``, ``shape`` and ``shape_x2``."""
-    from ...safety import refuse_output_over_inputs
+    from ...lock import hold_output
+    from ...safety import check_result_name, figure_beside, refuse_output_over_inputs
 
     out = Path(out or Path(image).with_suffix("").name + "_refined.h5")
-    png_path = out.with_suffix(".png") if png else None
+    png_path = figure_beside(out) if png else None
+    check_result_name(out)  # a figure suffix is refused, with or without the PNG
     refuse_output_over_inputs([p for p in (out, png_path) if p], [image, model_path])
-    coarse = read_phase_image(image, key, bad_pixels=bad_pixels)
-    net, _ = load_phaseformer(model_path, device)
-    low, high = refine_phase(net, coarse, size or None)
-    write_refined(out, low, high, {"source": str(image), "checkpoint": str(model_path)}, png=png_path,
-                  coarse=coarse)
+    with hold_output(out, "phasestem refine", file=True):
+        coarse = read_phase_image(image, key, bad_pixels=bad_pixels)
+        net, _ = load_phaseformer(model_path, device)
+        low, high = refine_phase(net, coarse, size or None)
+        write_refined(out, low, high, {"source": str(image), "checkpoint": str(model_path)}, png=png_path,
+                      coarse=coarse)
     return {"out": out, "png": png_path, "shape": low.shape, "shape_x2": high.shape}

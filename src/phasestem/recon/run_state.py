@@ -1,0 +1,76 @@
+"""What a reconstruction carries from epoch to epoch besides the model and the optimiser.
+
+:func:`phasestem.recon.engine.optimize` keeps, within one call, the learning-rate decay's window, the
+divergence check's references (the starting loss, the best loss and the state of the best epoch) and the
+names of the parameters its optimiser holds. A checkpoint stores them (its ``"run"`` entry, tensors and plain
+numbers only) so that a run killed and resumed takes exactly the steps the uninterrupted run would have.
+
+Not stored, because nothing of it survives an epoch boundary: the mini-batch order (a generator seeded with
+``seed`` and the epoch number, drawn anew each epoch), the ``lsq`` solver's whole-scan curvature
+(:class:`~phasestem.recon.precondition.ScanCurvature`, recomputed from the model at the start of every epoch)
+and the epoch's snapshot.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+#: the layout of the checkpoint's ``"run"`` entry
+FORMAT = 1
+
+
+@dataclass
+class RunState:
+    """``decay_start``: the first epoch (1-based) of the learning-rate decay's window (it ends with the call's
+    last epoch); ``start_loss``: the run's first mini-batch loss before any step (None until known);
+    ``best_loss``: the lowest of it and of every epoch's loss; ``best``: (epoch, state_dict) of the last epoch
+    that reached ``best_loss`` (None: none yet in this run), which a divergence restores; ``optimizer_names``:
+    the parameters, in order, that the saved optimiser state refers to."""
+
+    decay_start: int
+    start_loss: float | None = None
+    best_loss: float = math.inf
+    best: tuple[int, dict[str, torch.Tensor]] | None = None
+    optimizer_names: list[str] = field(default_factory=list)
+
+    @classmethod
+    def new(cls, model) -> RunState:
+        """The state of a call that starts on ``model`` without a checkpoint's: the decay starts with the next
+        epoch, and the references come from the model's loss history (a model optimised before)."""
+        finite = [h["loss"] for h in model.loss_history if math.isfinite(h["loss"])]
+        return cls(decay_start=model.epoch + 1, start_loss=finite[0] if finite else None,
+                   best_loss=min(finite, default=math.inf))
+
+    def to_checkpoint(self, model) -> dict:
+        """The checkpoint's ``"run"`` entry after the model's current epoch. The best state is stored only when
+        it is not the model's own current state."""
+        best_epoch = -1 if self.best is None else int(self.best[0])
+        out = {"format": FORMAT, "decay_start": int(self.decay_start),
+               "start_loss": None if self.start_loss is None else float(self.start_loss),
+               "best_loss": float(self.best_loss), "best_epoch": best_epoch,
+               "optimizer_names": list(self.optimizer_names)}
+        if self.best is not None and best_epoch != model.epoch:
+            out["best_params"] = {k: v.detach().clone() for k, v in self.best[1].items()}
+        return out
+
+    @classmethod
+    def from_checkpoint(cls, entry: dict | None, model) -> RunState:
+        """The state stored by :meth:`to_checkpoint`, for ``model`` already restored from the same checkpoint.
+        A checkpoint without it (written before it existed) continues a decay that started at epoch 1."""
+        if not entry:
+            state = cls.new(model)
+            state.decay_start = 1
+            return state
+        best = None
+        epoch = int(entry.get("best_epoch", -1))
+        if epoch >= 0:
+            params = entry.get("best_params")
+            if params is None:  # the best epoch is the checkpoint's own
+                params = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best = (epoch, params)
+        start = entry.get("start_loss")
+        return cls(decay_start=int(entry["decay_start"]), start_loss=None if start is None else float(start),
+                   best_loss=float(entry["best_loss"]), best=best,
+                   optimizer_names=[str(n) for n in entry.get("optimizer_names", [])])
