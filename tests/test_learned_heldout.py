@@ -56,7 +56,8 @@ def test_smoke_run_and_resume(tmp_path):
             # AD's best is the lowest mean best E_φ on the development half, so never worse there than its defaults
             if half == "dev":
                 assert t["ad_best"]["best_error"][0] <= t["ad_default"]["best_error"][0] + 1e-12
-            assert set(t["acceptance"]) == {"i_learned", "i_hybrid", "ii_wall", "ii_cpu", "iii_wall", "iii_cpu"}
+            assert set(t["acceptance"]) == {"i_learned", "i_hybrid", "ii_wall", "ii_cpu", "iii_wall", "iii_cpu",
+                                            "iii_flat_wall", "iii_flat_cpu"}
         assert {"ad_best", "ad_sweep_dev", "hybrid", "hybrid_dev"} <= set(r["choices"])
     assert res["settings"]["c"]["choices"]["model"] in ("clean", "lowdose")  # chosen on development
     curve = heldout._load(heldout.result_path(tmp_path / "o", "c", 0, "ad_default"))
@@ -69,3 +70,26 @@ def test_smoke_run_and_resume(tmp_path):
     assert [f.stat().st_mtime_ns for f in files] == stamps
     assert json.dumps(again["settings"]["c"]["table"]) == json.dumps(res["settings"]["c"]["table"])
     assert "| hybrid (AD from the prediction) | val |" in (tmp_path / "o" / "result.md").read_text()
+
+
+def test_acceptance_ratios_and_the_flat_start_control():
+    """(i)–(iii) per sample from hand-made curves, and the control: AD's best settings from a flat start to AD's
+    final error, which says how much of the hybrid's head start is its settings rather than its prediction."""
+    heldout = _module("heldout")
+
+    def curve(errors, seconds, **kw):
+        return {"sample": 0, "errors": errors, "seconds": seconds, "cpu_seconds": [2 * s for s in seconds],
+                "best_error": min(errors), "best_seconds": seconds[int(np.argmin(errors))],
+                "best_cpu_seconds": 2 * seconds[int(np.argmin(errors))], **kw}
+
+    rows = {"learned": [{"sample": 0, "phase_error": 0.6, "seconds": 0.5, "cpu_seconds": 1.0}],
+            "ad_default": [curve([1.0, 0.5, 0.4], [0.0, 5.0, 10.0])],
+            "ad_best": [curve([1.0, 0.4, 0.2], [0.0, 2.0, 8.0])],
+            "hybrid": [curve([0.6, 0.3, 0.2], [0.0, 1.5, 3.5])]}
+    a = heldout.acceptance(rows)
+    assert a["i_learned"] == [pytest.approx(3.0)] and a["i_hybrid"] == [pytest.approx(1.0)]
+    assert a["ii_wall"] == [pytest.approx(8.0 / 4.0)]  # AD's best (0.2) at 8 s; the hybrid's at 0.5 + 3.5 s
+    assert a["iii_wall"] == [pytest.approx(2.0 / 10.0)] and a["iii_cpu"] == [pytest.approx(4.0 / 20.0)]
+    assert a["iii_flat_wall"] == [pytest.approx(2.0 / 10.0)] and a["iii_flat_cpu"] == [pytest.approx(4.0 / 20.0)]
+    rows["ad_best"] = [curve([1.0, 0.45, 0.41], [0.0, 2.0, 8.0])]  # never reaches the defaults' final 0.4
+    assert heldout.acceptance(rows)["iii_flat_wall"] == [None]

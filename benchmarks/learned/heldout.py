@@ -708,9 +708,11 @@ def _stats(values: list[float]) -> tuple[float, float]:
 def acceptance(rows: dict[str, dict[str, list[dict]]]) -> dict:
     """Per sample: (i) the learned / hybrid best E_φ ÷ AD's best E_φ; (ii) AD's seconds to its best ÷ the learned
     route's seconds to the same E_φ (the prediction alone if it is as good, else prediction + hybrid AD epochs;
-    None when neither gets there); (iii) the hybrid's seconds to AD's final E_φ (defaults) ÷ AD's seconds."""
+    None when neither gets there); (iii) the hybrid's seconds to AD's final E_φ (defaults) ÷ AD's seconds, and beside
+    it the control ``iii_flat_*``: AD's best settings from a flat start to the same E_φ ÷ AD's seconds (what the
+    hybrid gains from its settings rather than from the prediction)."""
     out: dict[str, list] = {"i_learned": [], "i_hybrid": [], "ii_wall": [], "ii_cpu": [], "iii_wall": [],
-                            "iii_cpu": []}
+                            "iii_cpu": [], "iii_flat_wall": [], "iii_flat_cpu": []}
     by = {route: {r["sample"]: r for r in rows[route]} for route in rows}
     for i, ab in by["ad_best"].items():
         le, hy, ad = by["learned"][i], by["hybrid"][i], by["ad_default"][i]
@@ -726,6 +728,9 @@ def acceptance(rows: dict[str, dict[str, list[dict]]]) -> dict:
         t3 = time_to(hy, ad["errors"][-1], (le["seconds"], le["cpu_seconds"]))
         out["iii_wall"].append(None if t3 is None else t3["seconds"] / ad["seconds"][-1])
         out["iii_cpu"].append(None if t3 is None else t3["cpu_seconds"] / ad["cpu_seconds"][-1])
+        tf = time_to(ab, ad["errors"][-1])
+        out["iii_flat_wall"].append(None if tf is None else tf["seconds"] / ad["seconds"][-1])
+        out["iii_flat_cpu"].append(None if tf is None else tf["cpu_seconds"] / ad["cpu_seconds"][-1])
     return out
 
 
