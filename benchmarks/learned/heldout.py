@@ -833,7 +833,8 @@ def setting_table(s: str, r: dict) -> str:
         lines.append(f"- {half}: (i) learned ÷ AD best E_φ {f('i_learned')}, with the hybrid {f('i_hybrid')}; "
                      f"(ii) AD's seconds to its best ÷ learned route's to the same E_φ {f('ii_wall')} "
                      f"[CPU {f('ii_cpu')}]; (iii) hybrid's seconds to AD's final E_φ ÷ AD's {f('iii_wall')} "
-                     f"[CPU {f('iii_cpu')}]")
+                     f"[CPU {f('iii_cpu')}]; AD's best settings from a flat start to the same E_φ ÷ AD's "
+                     f"{f('iii_flat_wall')} [CPU {f('iii_flat_cpu')}]")
     return "\n".join(lines)
 
 
