@@ -44,45 +44,59 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from layouts import LR, stage_configs  # noqa: E402
+
 HELDOUT_SEED = 1011
 ABTEM_SEED = 2022
 #: epochs per stage (tiny, small) at --epochs-scale 1
 EPOCHS = {"tiny": {"patch": 12, "stitch": 6, "end2end": 4}, "small": {"patch": 6, "stitch": 4, "end2end": 2}}
-#: learning rate of the patch and stitch stages per size (end2end: a third); small does not train at 3e-3
-LR = {"tiny": 3e-3, "small": 1e-3}
 LEARNED = {"block": 4, "stride": 4, "patch": 24, "vit_patch": 8,
            "preprocess": {"bin": 2, "normalize": "pattern", "scale": "sqrt"}}
+#: data settings of this benchmark's training (and the held-out benchmark's): 15 % validation, no augmentation,
+#: stitch batches of 2 (``layouts.stage_configs`` defaults otherwise)
+DATA = {"val_fraction": 0.15, "augment": False}
+BATCH = {"stitch": 2}
 METRICS = ("phase_error", "psnr", "ssim", "residual", "truth_residual", "baseline_phase_error")
 
 
-def cli(*args: str) -> None:
-    cmd = [sys.executable, "-m", "phasestem.cli", *args]
+def cli(*args: str, in_process: bool = False) -> None:
+    """``phasestem ARGS`` in a subprocess (or, ``in_process``, in this one: the smoke tests' shortcut)."""
     print("$ phasestem " + " ".join(args), flush=True)
-    subprocess.run(cmd, check=True)
+    if in_process:
+        from phasestem.cli import main as phasestem_main
+
+        if phasestem_main(list(args)):
+            raise RuntimeError(f"phasestem {' '.join(args)} failed")
+        return
+    subprocess.run([sys.executable, "-m", "phasestem.cli", *args], check=True)
 
 
-def _trainer(epochs: int, lr: float) -> dict:
-    return {"epochs": max(1, epochs), "lr": lr, "warmup_steps": 5, "device": "cpu", "monitor": "val/psnr",
-            "monitor_mode": "max", "tensorboard": False, "progress": False, "checkpoint_every_epochs": 0}
+def train_configs(size: str, train_file: Path | list[Path], runs: Path, scale: float = 1.0, lr: float | None = None,
+                  epochs: dict[str, int] | None = None, learned: dict | None = None, device: str = "cpu"
+                  ) -> dict[str, dict]:
+    """This benchmark's ``phasestem train`` configs (:func:`layouts.stage_configs`) of ``size`` on ``train_file``
+    (one or several files), run folders under ``runs``: ``epochs`` per stage (default :data:`EPOCHS`) × ``scale``,
+    block geometry and preprocessing ``learned`` (default :data:`LEARNED`), learning rate ``lr`` (default
+    ``layouts.LR``), and its data settings :data:`DATA` and :data:`BATCH` (the held-out benchmark trains the same)."""
+    ep = {k: round(v * scale) for k, v in (epochs or EPOCHS[size]).items()}
+    files = list(train_file) if isinstance(train_file, list | tuple) else [train_file]
+    return stage_configs(size, learned or LEARNED, files, None, runs, ep, device, lr=lr, data=DATA, batch=BATCH)
 
 
-def train_configs(size: str, train_file: Path, runs: Path, scale: float, lr: float | None = None) -> dict[str, dict]:
-    ep = {k: round(v * scale) for k, v in EPOCHS[size].items()}
-    data = {"files": [str(train_file)], "block": LEARNED["block"], "stride": LEARNED["stride"],
-            "patch": LEARNED["patch"], "val_fraction": 0.15, "test_fraction": 0.0, "augment": False,
-            "preprocess": LEARNED["preprocess"]}
-    lr = lr or LR[size]
-    return {
-        "patch": {"stage": "patch", "out_dir": str(runs / "patch"), "data": {**data, "batch_size": 8},
-                  "model": {"size": size}, "trainer": _trainer(ep["patch"], lr)},
-        "stitch": {"stage": "stitch", "out_dir": str(runs / "stitch"),
-                   "stitch_model": {"size": size, "vit_patch": LEARNED["vit_patch"]},
-                   "data": {**data, "batch_size": 2, "stitch_noise": 0.05}, "trainer": _trainer(ep["stitch"], lr)},
-        "end2end": {"stage": "end2end", "out_dir": str(runs / "end2end"), "patch_checkpoint": str(runs / "patch"),
-                    "stitch_checkpoint": str(runs / "stitch"), "freeze_patch_epochs": 1,
-                    "data": {**data, "batch_size": 1}, "loss": {"patch_weight": 0.5, "image_weight": 1.0},
-                    "trainer": _trainer(ep["end2end"], lr / 3)},
-    }
+def train_stages(configs: dict[str, dict], runs: Path, config_dir: Path, name: str, in_process: bool = False) -> Path:
+    """``phasestem train`` of each stage of ``configs`` in order, skipping those marked done (``runs/<stage>.done``);
+    the configs are written to ``config_dir/train_<name>_<stage>.yaml``. Returns the last stage's run folder."""
+    config_dir.mkdir(parents=True, exist_ok=True)
+    runs.mkdir(parents=True, exist_ok=True)
+    for stage, cfg in configs.items():
+        done = runs / f"{stage}.done"
+        if done.exists():
+            continue
+        path = config_dir / f"train_{name}_{stage}.yaml"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        cli("train", cfg["network"], str(path), in_process=in_process)
+        done.write_text("finished\n")
+    return Path(list(configs.values())[-1]["out_dir"])
 
 
 def simulate(out: Path, n_train: int, n_heldout: int) -> tuple[Path, Path, dict]:
@@ -208,16 +222,9 @@ def main() -> None:
         else:
             runs = out / "runs" / size
             t = time.perf_counter()
-            for stage, cfg in train_configs(size, train_file, runs, args.epochs_scale, args.lr).items():
-                done = runs / f"{stage}.done"
-                if done.exists():
-                    continue
-                path = out / "configs" / f"train_{size}_{stage}.yaml"
-                path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-                cli("train", stage, str(path))
-                done.write_text("finished\n")
+            run = train_stages(train_configs(size, train_file, runs, args.epochs_scale, args.lr), runs,
+                               out / "configs", size)
             seconds[f"train_{size}"] = time.perf_counter() - t
-            run = runs / "end2end"
         r = {src: evaluate(run, f, out / "eval" / f"{size}_{src}") for src, f in (("phasestem", held_file),
                                                                                  ("abtem", ab_file))}
         r["gap"] = paired_gap(r["abtem"], r["phasestem"])

@@ -43,6 +43,7 @@ Conventions of the abTEM samples
 """
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -281,7 +282,8 @@ def simulate_abtem_sample(cfg, index: int, seed: int, parametrization: str = "ki
 def write_abtem_file(cfg, path: str | Path, n_samples: int, seed: int, parametrization: str = "kirkland",
                      progress: bool = True, structures: list | None = None) -> Path:
     """Write ``n_samples`` abTEM samples of ``cfg``'s geometry to ``path`` in ``phasestem simulate``'s layout
-    (sample i of the atoms in ``structures[i]`` when given, else a random crystal)."""
+    (sample i of the atoms in ``structures[i]`` when given, else a random crystal). Each sample is kept in
+    ``.<name>.parts/sample_<i>.npz`` until the file is written, so an interrupted run resumes sample by sample."""
     from phasestem.io import seed as seedfile
     from phasestem.simulate.writer import root_attrs
 
@@ -291,26 +293,41 @@ def write_abtem_file(cfg, path: str | Path, n_samples: int, seed: int, parametri
     cfg.output.samples_per_file = n_samples
     cfg.output.n_files = 1
     cfg.compute.seed = seed
-    tmp = path.with_name(f".{path.name}.partial")
+    parts = path.with_name(f".{path.name}.parts")
+    parts.mkdir(exist_ok=True)
     H, W = cfg.detector.shape
     sy, sx = cfg.scan.shape
+    for i in range(n_samples):
+        part = parts / f"sample_{i:04d}.npz"
+        if part.exists():
+            continue
+        r = simulate_abtem_sample(cfg, i, seed, parametrization, None if structures is None else structures[i])
+        tmp = part.with_name(f".{part.name}.partial.npz")
+        np.savez(tmp, patterns=r["patterns"], phase=r["phase"], potential=r["potential"],
+                 angular_sampling=np.asarray(r["angular_sampling"]), attrs=json.dumps(r["attrs"]))
+        tmp.replace(part)
+        if progress:
+            print(f"  abTEM sample {i + 1}/{n_samples} ({r['attrs']['specimen']})", flush=True)
+    tmp = path.with_name(f".{path.name}.partial")
     ang = None
     with h5py.File(tmp, "w", track_order=True) as f:
         for i in range(n_samples):
-            r = simulate_abtem_sample(cfg, i, seed, parametrization, None if structures is None else structures[i])
-            ang = r["angular_sampling"]
-            d = f.create_dataset(seedfile.patterns_key(i), data=r["patterns"], chunks=(min(5, sy), min(5, sx), H, W),
-                                 compression="gzip", compression_opts=4, shuffle=True)
-            for k, v in r["attrs"].items():
-                d.attrs[k] = v
-            f.create_dataset(seedfile.phase_key(i), data=r["phase"])
-            f.create_dataset(seedfile.potential_key(i), data=r["potential"])
-            if progress:
-                print(f"  abTEM sample {i + 1}/{n_samples} ({r['attrs']['specimen']})", flush=True)
+            with np.load(parts / f"sample_{i:04d}.npz") as r:
+                ang = tuple(float(v) for v in r["angular_sampling"])
+                d = f.create_dataset(seedfile.patterns_key(i), data=r["patterns"],
+                                     chunks=(min(5, sy), min(5, sx), H, W), compression="gzip", compression_opts=4,
+                                     shuffle=True)
+                for k, v in json.loads(str(r["attrs"])).items():
+                    d.attrs[k] = v
+                f.create_dataset(seedfile.phase_key(i), data=r["phase"])
+                f.create_dataset(seedfile.potential_key(i), data=r["potential"])
         for k, v in root_attrs(cfg, 1, ang).items():
             f.attrs[k] = v
         f.attrs["simulator"] = "abtem"
     tmp.replace(path)
+    for part in parts.glob("sample_*.npz"):
+        part.unlink()
+    parts.rmdir()
     return path
 
 
@@ -318,8 +335,10 @@ def counted_copy(source: str | Path, path: str | Path, electrons: float, seed: i
     """A copy of the noise-free file ``source`` (written by :func:`write_abtem_file`) whose patterns are Poisson
     counts at ``electrons`` per pattern (each pattern's mean scaled by ``electrons``: abTEM's noise-free patterns sum
     to about 1, less what falls outside the detector), drawn with NumPy from (seed, sample index); truths and
-    attributes copied. The same abTEM run then serves several doses."""
+    attributes copied (``phasestem.noise.poisson_counts``, the counts of ``detector.dose``). The same abTEM run then
+    serves several doses; it works on any file of this layout (phasestem's too)."""
     from phasestem.io import seed as seedfile
+    from phasestem.noise import poisson_counts
 
     path = Path(path)
     tmp = path.with_name(f".{path.name}.partial")
@@ -330,8 +349,7 @@ def counted_copy(source: str | Path, path: str | Path, electrons: float, seed: i
         f.attrs["dose"] = float(electrons / (step[0] * step[1]))  # e/Å², as phasestem's counted files
         for i in range(int(src.attrs["samples_per_file"])):
             d0 = src[seedfile.patterns_key(i)]
-            rng = np.random.default_rng([seed, i, 13])
-            counts = rng.poisson(np.clip(d0[...], 0, None).astype(np.float64) * electrons).astype(np.float32)
+            counts = poisson_counts(d0[...], electrons, np.random.default_rng([seed, i, 13]))
             d = f.create_dataset(seedfile.patterns_key(i), data=counts, chunks=d0.chunks, compression="gzip",
                                  compression_opts=4, shuffle=True)
             for k, v in d0.attrs.items():

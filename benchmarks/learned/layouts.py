@@ -1,5 +1,7 @@
 """Geometries of the learned-route benchmarks that train at (or near) the seed geometry: the probe, the cells, the
-scan and the learned block settings, and the ``phasestem simulate`` config of each.
+scan and the learned block settings, the ``phasestem simulate`` config of each (:func:`sim_config`), and the
+``phasestem train`` configs of the three stages (:func:`stage_configs`; also :mod:`abtem_eval`'s, on its own blocks).
+One definition for ``heldout.py``, ``scaling.py``, ``train_shipped.py`` and ``abtem_eval.py``.
 
 The numbers are those of the held-out benchmark of issue 23 (item 1): the seed-geometry probe of
 ``benchmarks/learned_vs_ad`` (300 keV, 15 mrad, C10 = 100 Å, about 3 Å across) and 64² patterns at 0.98 mrad.
@@ -48,3 +50,45 @@ def sim_config(layout: str, n: int, seed: int, phonons: int | None = None, step:
             "scan": {"shape": [shape, shape], "step": [step, step]}, "detector": {"shape": [lay["pattern"]] * 2},
             "specimen": spec, "output": {"n_files": 1, "samples_per_file": int(n), "prefix": prefix},
             "compute": {"seed": int(seed), "batch": 64}}
+
+
+#: learning rate of the patch and stitch stages per size (end2end: a third); small does not train at 3e-3
+LR = {"tiny": 3e-3, "small": 1e-3, "base": 3e-4}
+#: batch size per stage
+BATCH = {"patch": 8, "stitch": 4, "end2end": 1}
+
+
+def stage_configs(size: str, layout: str | dict[str, Any], files: list[Path], n: int | None, runs: Path,
+                  epochs: dict[str, int], device: str = "cpu", amp: str = "off", lr: float | None = None, *,
+                  data: dict[str, Any] | None = None, batch: dict[str, int] | None = None) -> dict[str, dict]:
+    """``phasestem train`` configs of the three stages (patch, stitch, end2end from the other two's models) of
+    ``size`` on ``files``, run folders under ``runs``: the first ``n`` samples (None: all), ``epochs`` per stage (at
+    least 1), block geometry and preprocessing of ``layout`` (a name of :data:`LAYOUTS` or its ``learned`` dict),
+    learning rate ``lr`` (default :data:`LR`; end2end a third of it); ``data`` and ``batch`` override the data
+    block's defaults (10 % validation, augmentation on) and :data:`BATCH`. Pretrained backbones off (a run does not
+    depend on what a machine has cached); a checkpoint after every epoch (``last/``: a stage resumes)."""
+    learned = LAYOUTS[layout]["learned"] if isinstance(layout, str) else layout
+    lr = lr or LR[size]
+    bs = {**BATCH, **(batch or {})}
+    common = {"files": [str(f) for f in files], "block": learned["block"], "stride": learned["stride"],
+              "patch": learned["patch"], "val_fraction": 0.1, "test_fraction": 0.0, "augment": True,
+              "preprocess": learned["preprocess"], **({} if n is None else {"max_samples": int(n)}), **(data or {})}
+
+    def trainer(stage: str, rate: float) -> dict:
+        return {"epochs": max(1, int(epochs[stage])), "lr": rate, "warmup_steps": 5, "device": device, "amp": amp,
+                "monitor": "val/psnr", "monitor_mode": "max", "tensorboard": False, "progress": False,
+                "checkpoint_every_epochs": 1}
+
+    return {
+        "patch": {"network": "patch", "out_dir": str(runs / "patch"), "data": {**common, "batch_size": bs["patch"]},
+                  "model": {"size": size, "cnn_pretrained": None, "vit_pretrained": None},
+                  "trainer": trainer("patch", lr)},
+        "stitch": {"network": "stitch", "out_dir": str(runs / "stitch"),
+                   "stitch_model": {"size": size, "vit_patch": learned["vit_patch"], "vit_pretrained": None},
+                   "data": {**common, "batch_size": bs["stitch"], "stitch_noise": 0.05},
+                   "trainer": trainer("stitch", lr)},
+        "end2end": {"network": "end2end", "out_dir": str(runs / "end2end"), "patch_checkpoint": str(runs / "patch"),
+                    "stitch_checkpoint": str(runs / "stitch"), "freeze_patch_epochs": 1,
+                    "data": {**common, "batch_size": bs["end2end"]},
+                    "loss": {"patch_weight": 0.5, "image_weight": 1.0}, "trainer": trainer("end2end", lr / 3)},
+    }

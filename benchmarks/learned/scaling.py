@@ -46,7 +46,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from layouts import LAYOUTS, sim_config  # noqa: E402
+from layouts import LAYOUTS, sim_config, stage_configs  # noqa: E402
 
 #: training samples per simulated part (the nested training sets grow by whole parts)
 PART = 32
@@ -61,8 +61,6 @@ REF_EPOCHS = {"tiny": {"patch": 12, "stitch": 16, "end2end": 4},
               "base": {"patch": 10, "stitch": 12, "end2end": 3}}
 REF_SAMPLES = 64
 MIN_EPOCHS = {"patch": 2, "stitch": 3, "end2end": 1}
-LR = {"tiny": 3e-3, "small": 1e-3, "base": 3e-4}
-BATCH = {"patch": 8, "stitch": 4, "end2end": 1}
 #: exit status of an invocation that stopped at --max-minutes with steps left
 INCOMPLETE = 3
 
@@ -193,36 +191,6 @@ def stage_epochs(size: str, n: int, ref_epochs: dict[str, int] | None = None,
     ref = ref_epochs or REF_EPOCHS[size]
     return {stage: max(MIN_EPOCHS[stage], round(ref[stage] * ref_samples / n)) for stage in ("patch", "stitch",
                                                                                                "end2end")}
-
-
-def stage_configs(size: str, layout: str, files: list[Path], n: int, runs: Path, epochs: dict[str, int],
-                  device: str = "cpu", amp: str = "off", lr: float | None = None) -> dict[str, dict]:
-    """``phasestem train`` configs of the three stages of one (size, n) run (end2end from the other two's models;
-    pretrained backbones off, so that a run does not depend on what a machine has cached)."""
-    learned = LAYOUTS[layout]["learned"]
-    lr = lr or LR[size]
-    data = {"files": [str(f) for f in files], "max_samples": int(n), "block": learned["block"],
-            "stride": learned["stride"], "patch": learned["patch"], "val_fraction": 0.1, "test_fraction": 0.0,
-            "augment": True, "preprocess": learned["preprocess"]}
-
-    def trainer(stage: str, rate: float) -> dict:
-        return {"epochs": int(epochs[stage]), "lr": rate, "warmup_steps": 5, "device": device, "amp": amp,
-                "monitor": "val/psnr", "monitor_mode": "max", "tensorboard": False, "progress": False,
-                "checkpoint_every_epochs": 1}
-
-    return {
-        "patch": {"network": "patch", "out_dir": str(runs / "patch"), "data": {**data, "batch_size": BATCH["patch"]},
-                  "model": {"size": size, "cnn_pretrained": None, "vit_pretrained": None},
-                  "trainer": trainer("patch", lr)},
-        "stitch": {"network": "stitch", "out_dir": str(runs / "stitch"),
-                   "stitch_model": {"size": size, "vit_patch": learned["vit_patch"], "vit_pretrained": None},
-                   "data": {**data, "batch_size": BATCH["stitch"], "stitch_noise": 0.05},
-                   "trainer": trainer("stitch", lr)},
-        "end2end": {"network": "end2end", "out_dir": str(runs / "end2end"), "patch_checkpoint": str(runs / "patch"),
-                    "stitch_checkpoint": str(runs / "stitch"), "freeze_patch_epochs": 1,
-                    "data": {**data, "batch_size": BATCH["end2end"]},
-                    "loss": {"patch_weight": 0.5, "image_weight": 1.0}, "trainer": trainer("end2end", lr / 3)},
-    }
 
 
 class ChunkStop:

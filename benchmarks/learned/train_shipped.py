@@ -36,7 +36,7 @@ ROOT = HERE.parent.parent
 sys.path.insert(0, str(HERE))
 
 import scaling  # noqa: E402
-from layouts import LAYOUTS, OPTICS, SPECIMEN, sim_config  # noqa: E402
+from layouts import LAYOUTS, LR, OPTICS, SPECIMEN, sim_config  # noqa: E402
 
 LAYOUT = "seed"
 
@@ -141,7 +141,7 @@ configuration(s) of σ = {SPECIMEN['phonon_sigma']:g} Å, in parts of {info['par
 | end2end | {ep['end2end']} | {secs['end2end']:.0f} |
 
 Device: {info['device']} ({info['machine']}), {info['threads']} torch thread(s), mixed precision {info['amp']};
-learning rate {scaling.LR[info['size']]:g} (end2end a third), AdamW, cosine schedule, augmentation on. Data
+learning rate {LR[info['size']]:g} (end2end a third), AdamW, cosine schedule, augmentation on. Data
 simulation: {info['simulate_seconds']:.0f} s; training: {sum(secs.values()):.0f} s.
 
 ## Held-out scores (abTEM, never phasestem-simulated)

@@ -403,15 +403,13 @@ class Ptychography(nn.Module):
                              f"{tuple(t.shape)}")
         self.detector_shifts = t.to(self.positions.device)
 
-    def set_initial_phase(self, phase: np.ndarray, sampling: tuple[float, float] | None = None) -> None:
-        """Start the object phase from a 2-D image (rad) in the dataset frame (hybrid start).
-
-        The image is resampled to the object pixel when ``sampling`` (Å) differs, placed at the
-        object-frame origin and divided evenly over the slices (all object modes).
-        """
-        img = torch.as_tensor(np.asarray(phase, dtype=np.float32))
+    def image_region(self, phase: np.ndarray | torch.Tensor, sampling: tuple[float, float] | None = None
+                     ) -> tuple[torch.Tensor, tuple[slice, slice]]:
+        """A 2-D image (rad) in the dataset frame, resampled to the object pixel when ``sampling`` (Å) differs and
+        cut to the object: (image (h, w) float32 on the model's device, (y, x) slices of the object it covers)."""
+        img = torch.as_tensor(np.asarray(phase, dtype=np.float32)) if not torch.is_tensor(phase) else phase.float()
         if img.dim() != 2:
-            raise ShapeError(f"initial phase must be 2-D (y, x), got shape {tuple(img.shape)}")
+            raise ShapeError(f"phase image must be 2-D (y, x), got shape {tuple(img.shape)}")
         if sampling is not None and tuple(sampling) != self.sampling:
             img = resample_image(img, sampling, self.sampling)
         oy, ox = round(self.origin[0] / self.sampling[0]), round(self.origin[1] / self.sampling[1])
@@ -419,11 +417,18 @@ class Ptychography(nn.Module):
         # image pixels before the object frame's first pixel (origin < 0: the dataset's 0 Å lies outside it)
         sy, sx = max(0, -oy), max(0, -ox)
         h, w = min(img.shape[0], Ny - oy), min(img.shape[1], Nx - ox)
-        if h <= sy or w <= sx:
-            return
-        S = self.n_slices
+        h, w = max(h, sy), max(w, sx)  # no overlap with the object: an empty region
+        return img[sy:h, sx:w].to(self.obj_phase.device), (slice(oy + sy, oy + h), slice(ox + sx, ox + w))
+
+    def set_initial_phase(self, phase: np.ndarray, sampling: tuple[float, float] | None = None) -> None:
+        """Start the object phase from a 2-D image (rad) in the dataset frame (hybrid start).
+
+        The image is resampled to the object pixel when ``sampling`` (Å) differs, placed at the
+        object-frame origin (:meth:`image_region`) and divided evenly over the slices (all object modes).
+        """
+        img, (sy, sx) = self.image_region(phase, sampling)
         with torch.no_grad():
-            self.obj_phase[:, :, oy + sy : oy + h, ox + sx : ox + w] = img[sy:h, sx:w].to(self.obj_phase) / S
+            self.obj_phase[:, :, sy, sx] = img.to(self.obj_phase) / self.n_slices
 
     def randomize_phase(self, scale: float = 0.1, seed: int = 0) -> None:
         """Add uniform noise in [−``scale``, ``scale``] rad to the object phase (every mode and slice), drawn from a
