@@ -34,14 +34,15 @@ pytestmark = pytest.mark.skipif(
     reason="headless Chromium and its driver are not installed (Debian: apt-get install chromium chromium-driver; "
            ".ci/run installs them)")
 
-#: epochs of the watched reconstruction (10 × 10 scan, 10 mini-batches an epoch)
+#: epochs of the watched reconstruction (10 × 10 scan, 50 mini-batches an epoch: slow enough that the page sees
+#: several epochs go by on a fast machine too; with 10 mini-batches CI once saw only one epoch before the end)
 EPOCHS = 25
 SIDE = 240  # px, the scan images on the dataset page (app.css)
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    root = make_workspace(tmp_path_factory.mktemp("browser") / "ws", n_epochs=EPOCHS, scan=10, batch_size=10)
+    root = make_workspace(tmp_path_factory.mktemp("browser") / "ws", n_epochs=EPOCHS, scan=10, batch_size=2)
     server = Server(root)
     yield server
     server.stop()
@@ -162,9 +163,9 @@ def test_the_workspace_in_a_browser(workspace, browser, tmp_path):
     first = int(d.current_url.rsplit("/", 1)[-1])
     assert "phasestem reconstruct" in d.find_element(By.ID, "run-command").text
 
-    def running_updates():
+    def running_updates():  # pushed before the run ended
         ups = d.execute_script("return window.__liveUpdates || []")
-        return [u for u in ups if u["state"] == "running"]
+        return [u for u in ups if u["state"] == "running" and u["epoch"] < EPOCHS]
 
     wait(d, lambda d: len({u["epoch"] for u in running_updates()}) >= 2, 180, "live updates while running")
     with contextlib.suppress(TimeoutException):  # a later moment makes a better picture, where there is time
@@ -172,7 +173,7 @@ def test_the_workspace_in_a_browser(workspace, browser, tmp_path):
     screenshot(d, tmp_path, "run")
     wait(d, lambda d: state_of(d).split(" ")[0] in ("done", "failed"), 180)
     assert state_of(d) == "done", d.find_element(By.ID, "run-log").text
-    ups = [u for u in running_updates() if u["epoch"] < EPOCHS]  # pushed before the run ended
+    ups = running_updates()
     assert len({u["epoch"] for u in ups}) >= 2
     assert len({u["phase"] for u in ups}) >= 2  # the phase image changed between pushes
     assert len({u["points"] for u in ups}) >= 2  # and the loss curve grew
