@@ -39,12 +39,23 @@ def register(sub, train_sub) -> None:
 
     d = sub.add_parser(
         "demo", help="the whole story on a built-in example: simulate, reconstruct, predict, refine, report",
-        description="Simulates a small built-in dataset, reconstructs it by AD ptychography, predicts it with the "
-        "learned pipeline, refines with Phaseformer and writes a report with figures and figures of merit.",
-        epilog="Example: phasestem demo --out demo_output",
+        description="Simulates a small built-in dataset, reconstructs a held-out scan by AD ptychography (the lsq "
+        "solver), trains the tiny learned pipeline and a Phaseformer on the other scans, predicts and refines the "
+        "held-out phase, runs the hybrid route (AD from the learned prediction) and writes OUT/report.md with "
+        "figures and figures of merit. The learned training takes most of the time: --skip-learned leaves it "
+        "out, --quick shrinks every stage.",
+        epilog="Examples:\n  phasestem demo --out demo_output\n  phasestem demo --skip-learned --out demo_ad\n"
+               "  phasestem demo --quick --out demo_check --device cpu",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     d.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
-    d.add_argument("--quick", action="store_true", help="smallest sizes (for tests)")
+    d.add_argument("--quick", action="store_true",
+                   help="the smallest size of every stage (an 8 × 8 scan, 4 training samples, one epoch per network): "
+                        "checks that everything runs; the figures of merit mean nothing")
+    d.add_argument("--skip-learned", action="store_true",
+                   help="simulation and AD ptychography only (no training, Phaseformer or hybrid route)")
+    d.add_argument("--device", default="auto",
+                   help="torch device of simulation, AD and training: auto (cuda when there is one), cpu, cuda, cuda:1")
     d.set_defaults(func=_demo)
 
 
@@ -88,6 +99,6 @@ def _inspect(args) -> int:
 def _demo(args) -> int:
     from .demo import run_demo
 
-    report = run_demo(Path(args.out), quick=args.quick)
+    report = run_demo(Path(args.out), quick=args.quick, learned=not args.skip_learned, device=args.device)
     print(f"report: {report}")
     return 0
