@@ -6,9 +6,9 @@ The seed's `End2End.py`, as a thin command over the one training pipeline (`phas
                          [--device auto] [--config YAML] [--set KEY=VALUE ...] [--resume] [--dump-config]
                          [--model runs/patch] [--stitch-model runs/stitch]
 
-The flags are those of `phasestem train` (`--out-dir`, `--set`, `--dump-config`, `--device auto`, …), and the
-two trained networks are `--model` (patch) and `--stitch-model`, as in `phasestem predict`; the seed's spellings
-(`--out`, `--patch-model`) still work. `python scripts/End2End.py --help` lists them; every other setting is in
+The flags are those of `phasestem train` (`--out`, `--set`, `--dump-config`, `--device auto`, …), and the
+two trained networks are `--model` (patch) and `--stitch-model`, as in `phasestem predict`; the seed's spelling
+`--patch-model` still works. `python scripts/End2End.py --help` lists them; every other setting is in
 the training YAML (default: the repository's configs/, see docs/config_reference.md).
 """
 import sys

@@ -5,8 +5,8 @@ The seed's `patchRecovery.py`, as a thin command over the one training pipeline 
     python scripts/patchRecovery.py --data 'data/seed/simulation_data*.h5' --out runs/NAME [--epochs N] [--lr LR]
                          [--device auto] [--config YAML] [--set KEY=VALUE ...] [--resume] [--dump-config]
 
-The flags are those of `phasestem train` (`--out-dir`, `--set`, `--dump-config`, `--device auto`, …); the
-seed's spellings (`--out`) still work. `python scripts/patchRecovery.py --help` lists them; every other setting is in
+The flags are those of `phasestem train` (`--out`, `--set`, `--dump-config`, `--device auto`, …;
+`--out-dir` still works, deprecated). `python scripts/patchRecovery.py --help` lists them; every other setting is in
 the training YAML (default: the repository's configs/, see docs/config_reference.md).
 """
 import sys

@@ -30,7 +30,7 @@ COMMANDS = _commands()
 def test_all_areas_registered():
     names = {c[0] for c in COMMANDS}
     assert {"simulate", "probe-extent", "inspect", "demo"} <= names
-    assert {"reconstruct", "tune", "train", "predict", "evaluate", "embed", "refine"} <= names
+    assert {"reconstruct", "tune", "train", "predict", "evaluate", "embed", "refine", "serve"} <= names
     assert {("train", n) for n in ("patch", "stitch", "end2end", "autoencoder", "phaseformer")} <= set(COMMANDS)
 
 
@@ -47,13 +47,13 @@ def test_user_error_is_one_actionable_line(command, tmp_path):
     missing = str(tmp_path / "missing.yaml")
     model = str(tmp_path / "no_model")
     args = {
-        ("probe-extent",): ["--config", missing],
         ("demo",): ["--out", str(tmp_path / "f.txt" / "x")],
         ("predict",): [missing, "--model", model],
         ("evaluate",): ["--model", model],
-        ("embed",): [missing, "--checkpoint", model],
-        ("refine",): [missing, "--checkpoint", model],
+        ("embed",): [missing, "--model", model],
+        ("refine",): [missing, "--model", model],
         ("make-pairs",): [missing],
+        ("serve",): ["--root", missing, "--port", "0"],
     }.get(command, [missing])
     if command == ("demo",):
         (tmp_path / "f.txt").write_text("a file where a folder is needed")

@@ -2,7 +2,10 @@
 give either a valid config or one PhasestemError line naming the field — never a traceback or a hang.
 
 Each example starts from a shipped config, replaces one to three fields (any depth, sections included) with
-random YAML values, writes the file and calls the command's loader. Only loading and validation run."""
+random YAML values, writes the file and calls the command's loader. Only loading and validation run.
+Issue 24: values nested deeper than the loaders' limit (100 levels) — lists, mappings, or lists of YAML
+aliases each holding the previous one, up to 50,000 levels — give one line too (before: a RecursionError of
+~3000 lines in every loader)."""
 from __future__ import annotations
 
 import math
@@ -56,6 +59,29 @@ YAML_VALUE = st.recursive(SCALAR | PAIR,
                           max_leaves=10)
 
 
+class Deep:
+    """A value nested ``depth`` levels deep, written into the YAML text as is (PyYAML's dumper would recurse):
+    ``[[…]]``, ``{a: {a: …}}``, or a flow list of ``depth`` anchored lists each holding the previous one."""
+
+    def __init__(self, depth: int, kind: str):
+        self.depth, self.kind = depth, kind
+
+    def __repr__(self) -> str:
+        return f"Deep({self.depth}, {self.kind!r})"
+
+    def text(self) -> str:
+        n = self.depth
+        if self.kind == "list":
+            return "[" * n + "]" * n
+        if self.kind == "map":
+            return "{a: " * n + "1" + "}" * n
+        n = min(n, 5000)  # PyYAML parses ≈ 5000 anchors a second: the chain's length costs time, not its depth
+        return "[&d0 []" + "".join(f", &d{i} [*d{i - 1}]" for i in range(1, n)) + f", *d{n - 1}]"
+
+
+DEEP = st.builds(Deep, st.sampled_from([99, 101, 150, 1000, 50000]), st.sampled_from(["list", "map", "alias"]))
+
+
 def _set(data: dict, path: tuple[str, ...], value) -> None:
     node = data
     for key in path[:-1]:
@@ -75,9 +101,16 @@ def _on_alarm(signum, frame):
 
 def _check(load, base: dict, changes: list[tuple[tuple[str, ...], object]], path: Path) -> None:
     data = yaml.safe_load(yaml.safe_dump(base))
+    deep = {}
     for keys, value in changes:
+        if isinstance(value, Deep):
+            deep[f"deep_value_{len(deep)}"] = value.text()
+            value = f"deep_value_{len(deep) - 1}"
         _set(data, keys, value)
-    path.write_text(yaml.safe_dump(data, allow_unicode=True))
+    text = yaml.safe_dump(data, allow_unicode=True)
+    for name, value in deep.items():
+        text = text.replace(name, value)
+    path.write_text(text)
     old = signal.signal(signal.SIGALRM, _on_alarm)
     signal.alarm(10)
     try:
@@ -85,7 +118,8 @@ def _check(load, base: dict, changes: list[tuple[tuple[str, ...], object]], path
     except PhasestemError as exc:
         msg = str(exc)
         assert "\n" not in msg, msg
-        assert any(k in msg for keys, _ in changes for k in keys) or "YAML" in msg, (changes, msg)
+        assert (any(k in msg for keys, _ in changes for k in keys) or "YAML" in msg
+                or "nested more than 100 levels deep" in msg), (changes, msg)
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
@@ -136,6 +170,23 @@ def test_random_field_values_give_a_config_or_one_line_naming_the_field(name, tm
     @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(st.lists(change, min_size=1, max_size=3))
+    def prop(changes):
+        _check(load, base, changes, path)
+
+    prop()
+
+
+@pytest.mark.parametrize("name", list(LOADERS))
+def test_deep_nesting_at_any_field_gives_one_line(name, tmp_path_factory):
+    """Deeply nested values (see :class:`Deep`) at one or two random fields: a valid config or one line."""
+    schema, base_file, load = LOADERS[name]
+    base = yaml.safe_load(base_file.read_text()) or {}
+    paths = field_paths(schema)
+    path = tmp_path_factory.mktemp("deep") / "config.yaml"
+
+    @settings(max_examples=max(4, EXAMPLES // 8), deadline=None, derandomize=True, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(st.lists(st.tuples(st.sampled_from(paths), DEEP), min_size=1, max_size=2))
     def prop(changes):
         _check(load, base, changes, path)
 

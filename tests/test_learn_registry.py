@@ -98,7 +98,7 @@ def test_dump_config_for_every_kind(kind, tmp_path, capsys):
     cfg = tmp_path / f"{kind}.yaml"
     cfg.write_text(yaml.safe_dump({"network": kind, "data": data}))
     assert main(["train", kind, str(cfg), "--dump-config", "--epochs", "3", "--lr", "0.01", "--device", "cpu",
-                 "--set", "trainer.seed=7", "--out-dir", str(tmp_path / "run")]) == 0
+                 "--set", "trainer.seed=7", "--out", str(tmp_path / "run")]) == 0
     dumped = yaml.safe_load(capsys.readouterr().out)
     assert dumped["network"] == kind and dumped["out_dir"] == str(tmp_path / "run")
     assert dumped["trainer"]["epochs"] == 3 and dumped["trainer"]["lr"] == 0.01

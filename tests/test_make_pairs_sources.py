@@ -45,7 +45,7 @@ def test_pairs_from_network_predictions_equal_predict_and_train_phaseformer(sim)
            "stitch_model": {"size": "tiny", "vit_patch": 8, "decoder_channels": [8, 8, 8, 8, 8]}, "trainer": TRAINER}
     assert main(["train", "end2end", _yaml(tmp / "e2e.yaml", e2e)]) == 0
     pairs = tmp / "stitch_pairs.h5"
-    assert main(["make-pairs", str(file), "--inputs-from", f"stitch:{tmp / 'e2e'}", "--out", str(pairs)]) == 0
+    assert main(["make-pairs", str(file), "--inputs-from", f"stitch:{tmp / 'e2e'}", "--out-file", str(pairs)]) == 0
     with h5py.File(pairs) as f, h5py.File(file) as s:
         inputs, gts = f["input"][...], f["gt"][...]
         assert inputs.shape == gts.shape == (4, 48, 48)
@@ -54,7 +54,7 @@ def test_pairs_from_network_predictions_equal_predict_and_train_phaseformer(sim)
             np.testing.assert_array_equal(gts[i], s[f"phase_{i}"][...])
     for i in (0, 3):
         out = tmp / f"pred{i}.h5"
-        assert main(["predict", str(file), "--sample", str(i), "--model", str(tmp / "e2e"), "--out", str(out),
+        assert main(["predict", str(file), "--sample", str(i), "--model", str(tmp / "e2e"), "--out-file", str(out),
                      "--no-png"]) == 0
         with h5py.File(out) as f:
             np.testing.assert_allclose(inputs[i], f["phase"][...], rtol=0, atol=1e-5)
@@ -71,7 +71,7 @@ def test_pairs_from_fast_ad_reconstructions(sim):
 
     tmp, file = sim
     pairs = tmp / "ad_pairs.h5"
-    assert main(["make-pairs", str(file), "--inputs-from", "ad", "--ad-epochs", "4", "--out", str(pairs)]) == 0
+    assert main(["make-pairs", str(file), "--inputs-from", "ad", "--ad-epochs", "4", "--out-file", str(pairs)]) == 0
     with h5py.File(pairs) as f:
         inputs, gts = f["input"][...], f["gt"][...]
     assert inputs.shape == gts.shape == (4, 48, 48) and np.isfinite(inputs).all()
@@ -85,6 +85,6 @@ def test_pairs_from_fast_ad_reconstructions(sim):
 
 def test_inputs_from_is_validated(sim, capsys):
     tmp, file = sim
-    assert main(["make-pairs", str(file), "--inputs-from", "stitch:", "--out", str(tmp / "x.h5")]) != 0
+    assert main(["make-pairs", str(file), "--inputs-from", "stitch:", "--out-file", str(tmp / "x.h5")]) != 0
     assert "inputs_from" in capsys.readouterr().err
     assert not (tmp / "x.h5").exists()

@@ -50,7 +50,7 @@ def test_two_process_gloo_run_matches_one_process():
 # ---- the CLI under torchrun (two real processes, gloo) ---------------------------------------------------------
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RUN_FILES = {"config.yaml", "checkpoint.pt", "results.h5", "results.emd", "reconstruction.png", "compare.png",
-             "reconstruct.log"}
+             "reconstruct.log", "live.npz"}
 
 
 def _params(tmp, data, out, **run):

@@ -113,12 +113,12 @@ def test_refuse_output_over_inputs_same_relative_symlink_hardlink(tmp_path, monk
 
 def _command(name: str, models, inp: Path, out: str) -> list[str]:
     if name == "predict":
-        return ["predict", str(inp), "--sample", "0", "--model", str(models["e2e"]), "--out", out, "--no-png"]
+        return ["predict", str(inp), "--sample", "0", "--model", str(models["e2e"]), "--out-file", out, "--no-png"]
     if name == "embed":
-        return ["embed", str(inp), "--sample", "0", "--checkpoint", str(models["ae"]), "--out", out, "--no-png"]
+        return ["embed", str(inp), "--sample", "0", "--model", str(models["ae"]), "--out-file", out, "--no-png"]
     if name == "refine":
-        return ["refine", str(inp), "--checkpoint", str(models["pf"]), "--size", "32", "--out", out, "--no-png"]
-    return ["make-pairs", str(inp), "--out", out]
+        return ["refine", str(inp), "--model", str(models["pf"]), "--size", "32", "--out-file", out, "--no-png"]
+    return ["make-pairs", str(inp), "--out-file", out]
 
 
 @pytest.mark.parametrize("how", ["same", "relative", "symlink"])
@@ -148,7 +148,7 @@ def test_png_next_to_the_output_may_not_overwrite_the_input(models, tmp_path, ca
 
     Image.fromarray(np.zeros((32, 32), np.uint8)).save(coarse)
     before = _digest(coarse)
-    assert main(["refine", str(coarse), "--checkpoint", str(models["pf"]), "--out", str(tmp_path / "phase.h5")]) == 1
+    assert main(["refine", str(coarse), "--model", str(models["pf"]), "--out-file", str(tmp_path / "phase.h5")]) == 1
     _one_error_line(capsys, "would overwrite the input file", "phase.png")
     assert _digest(coarse) == before
 
@@ -188,7 +188,7 @@ def test_mask_nonfinite_without_finite_neighbours_uses_zero():
 
 def test_predict_refuses_or_masks_one_nan(models, nan_sim, tmp_path, capsys):
     out = tmp_path / "phase.h5"
-    args = ["predict", str(nan_sim), "--sample", "0", "--model", str(models["e2e"]), "--out", str(out), "--no-png"]
+    args = ["predict", str(nan_sim), "--sample", "0", "--model", str(models["e2e"]), "--out-file", str(out), "--no-png"]
     assert main(args) == 1
     _one_error_line(capsys, "nan_sim.h5:dp_set_0", str(BAD), "--bad-pixels mask")
     assert not out.exists()
@@ -200,7 +200,7 @@ def test_predict_refuses_or_masks_one_nan(models, nan_sim, tmp_path, capsys):
 def test_embed_refuses_or_masks_one_nan(models, tmp_path, capsys):
     nan_sim = _with_nan(models["sim32"], tmp_path / "nan_sim.h5")
     out = tmp_path / "latent.h5"
-    args = ["embed", str(nan_sim), "--sample", "0", "--checkpoint", str(models["ae"]), "--out", str(out), "--no-png",
+    args = ["embed", str(nan_sim), "--sample", "0", "--model", str(models["ae"]), "--out-file", str(out), "--no-png",
             "--device", "cpu"]
     assert main(args) == 1
     _one_error_line(capsys, "nan_sim.h5:dp_set_0", str(BAD))
@@ -215,7 +215,7 @@ def test_refine_refuses_or_masks_one_nan(models, tmp_path, capsys):
     img[5, 7] = np.nan
     np.save(tmp_path / "coarse.npy", img)
     out = tmp_path / "refined.h5"
-    args = ["refine", str(tmp_path / "coarse.npy"), "--checkpoint", str(models["pf"]), "--size", "32", "--out",
+    args = ["refine", str(tmp_path / "coarse.npy"), "--model", str(models["pf"]), "--size", "32", "--out-file",
             str(out), "--no-png", "--device", "cpu"]
     assert main(args) == 1
     _one_error_line(capsys, "coarse.npy", "(5, 7)")
@@ -407,7 +407,7 @@ def test_broken_inputs_give_one_line_naming_the_file(tmp_path, capsys):
 
 def test_refine_broken_image_gives_one_line(models, tmp_path, capsys):
     (tmp_path / "empty.npy").write_bytes(b"")
-    assert main(["refine", str(tmp_path / "empty.npy"), "--checkpoint", str(models["pf"]), "--out",
+    assert main(["refine", str(tmp_path / "empty.npy"), "--model", str(models["pf"]), "--out-file",
                  str(tmp_path / "r.h5")]) == 1
     _one_error_line(capsys, "empty.npy")
 
@@ -416,7 +416,7 @@ def test_refine_broken_image_gives_one_line(models, tmp_path, capsys):
 def test_predict_out_folder_is_refused_without_leftovers(models, tmp_path, capsys):
     out = tmp_path / "results"
     out.mkdir()
-    assert main(["predict", str(models["sim"]), "--sample", "0", "--model", str(models["e2e"]), "--out", str(out),
+    assert main(["predict", str(models["sim"]), "--sample", "0", "--model", str(models["e2e"]), "--out-file", str(out),
                  "--no-png"]) == 1
     _one_error_line(capsys, "is a folder")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results"] and not any(out.iterdir())
@@ -439,7 +439,7 @@ def test_evaluate_of_another_scan_shape_is_refused_up_front_like_predict(models,
     from phasestem.learn.data import write_synthetic_file
 
     other = write_synthetic_file(tmp_path / "sim10.h5", 1, **{**GEO, "scan": 10})
-    assert main(["predict", str(other), "--model", str(models["e2e"]), "--out", str(tmp_path / "p.h5")]) == 1
+    assert main(["predict", str(other), "--model", str(models["e2e"]), "--out-file", str(tmp_path / "p.h5")]) == 1
     predicted = _one_error_line(capsys, "differs from the training scan")
     assert main(["evaluate", "--model", str(models["e2e"]), "--files", str(other), "--out",
                  str(tmp_path / "eval")]) == 1

@@ -63,7 +63,8 @@ def test_second_reconstruct_is_refused_naming_the_holder_and_the_first_finishes(
     assert yaml.safe_load((out / "config.yaml").read_text())["run"]["n_epochs"] == 3
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 3
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["checkpoint.pt", "compare.png", "config.yaml", "reconstruct.log", "reconstruction.png", "results.h5"])
+        ["checkpoint.pt", "compare.png", "config.yaml", "live.npz", "reconstruct.log", "reconstruction.png",
+         "results.emd", "results.h5"])
 
 
 def test_second_train_is_refused_naming_the_holder_and_the_first_finishes(tmp_path):
@@ -139,9 +140,9 @@ def test_a_file_output_is_locked_beside_it_and_other_files_of_its_folder_are_fre
     target = tmp_path / "pairs" / "train.h5"
     with OutputLock(target, "phasestem make-pairs (this test)", file=True):
         holder = json.loads(file_lock_path(target).read_text())
-        refused = subprocess.run([*PHASESTEM, "make-pairs", str(tmp_path / "sim.h5"), "--out", str(target)],
+        refused = subprocess.run([*PHASESTEM, "make-pairs", str(tmp_path / "sim.h5"), "--out-file", str(target)],
                                  capture_output=True, text=True, timeout=300)
-        assert main(["make-pairs", str(tmp_path / "sim.h5"), "--out", str(target.with_name("val.h5"))]) == 0
+        assert main(["make-pairs", str(tmp_path / "sim.h5"), "--out-file", str(target.with_name("val.h5"))]) == 0
     assert holder["pid"] == os.getpid()
     assert_refused_naming(refused, holder, "phasestem make-pairs (this test)")
     assert not target.exists()
@@ -208,10 +209,11 @@ def test_result_out_with_a_figure_suffix_is_refused_without_writing_anything(tmp
 
     args = apply_inputs[command]
     out = tmp_path / "same" / name
-    assert main([*args, "--out", str(out)]) == 1
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and f"--out {out}: has a figure suffix" in err, err
-    assert not (tmp_path / "same").exists()
+    for flag in ("--out-file", "--out"):  # --out FILE: the older spelling, taken as the file too
+        assert main([*args, flag, str(out)]) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"{flag} {out}: has a figure suffix" in err, err
+        assert not (tmp_path / "same").exists()
 
 
 def test_figure_beside_a_result_is_never_the_result():

@@ -355,9 +355,9 @@ def test_same_seed_gives_bit_identical_training_pipeline(tmp_path, patch_config)
 
 def test_cli_resume_takes_the_new_lr(tmp_path, patch_config, caplog):
     out = str(tmp_path / "run")
-    assert main(["train", "patch", str(patch_config), "--out-dir", out]) == 0
+    assert main(["train", "patch", str(patch_config), "--out", out]) == 0
     with caplog.at_level(logging.INFO, logger="phasestem.learn"):
-        assert main(["train", "patch", str(patch_config), "--out-dir", out, "--resume", "--epochs", "2",
+        assert main(["train", "patch", str(patch_config), "--out", out, "--resume", "--epochs", "2",
                      "--lr", "1e-4"]) == 0
     with open(tmp_path / "run" / "epochs.csv", newline="") as fh:
         lrs = [float(r["lr"]) for r in csv.DictReader(fh)]

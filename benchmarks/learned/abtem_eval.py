@@ -190,7 +190,7 @@ def main() -> None:
                     "shared 2-core machine)")
     args = ap.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    out = Path(args.out)
+    out = Path(args.out).resolve()  # the YAMLs written below name absolute paths (relative: from their folder)
     t0 = time.perf_counter()
     seconds = {}
     train_file, held_file, held_cfg = simulate(out, args.n_train, args.n_heldout)

@@ -27,15 +27,19 @@ Conventions of the abTEM samples
   ``abtem.core.energy.energy2sigma``), average-pooled from ``sim_gpts`` to ``phase_gpts``; ``potential`` is the
   pooled projected potential (V·Å).
 * Detector: abTEM's full pixelated detector (the anti-aliasing aperture zeroes the corners), zero frequency at
-  pixel (N//2, N//2); the central ``detector.shape`` pixels are kept so that the zero frequency lands on
-  (H//2, W//2) as in phasestem's files. Only unbinned detectors (the config's pattern pixel = the grid's
-  reciprocal pixel) are supported; the file's ``angular_sampling`` is abTEM's.
+  pixel (N//2, N//2); a central crop of ``f·H`` × ``f·W`` pixels is summed in ``f`` × ``f`` bins, ``f`` the
+  odd factor phasestem's simulator picks for the same config (``phasestem.simulate.scan.DetectorGeometry``:
+  the zero frequency is the central pixel of bin (H//2, W//2), as in phasestem's files; ``f`` = 1 when the
+  config's pattern pixel is the grid's reciprocal pixel). The file's ``angular_sampling`` is abTEM's × ``f``.
 * Noise: with ``detector.dose`` set, Poisson counts (NumPy) at dose × step area electrons per pattern;
   otherwise noise-free patterns as abTEM normalises them (the probe's intensity sums to 1).
+  :func:`counted_copy` draws counts for a noise-free file afterwards (one abTEM run, several doses).
 * Specimens: random crystals like the simulator's ``kind: crystal`` (fcc, bcc, diamond, rocksalt, zincblende,
   perovskite prototypes from ASE, a random in-plane rotation, a tilt of the zone axis up to
   ``specimen.max_tilt``, a random origin, cut to the cell × a depth drawn in ``specimen.depth``), drawn
-  with NumPy from (seed, sample index) independently of phasestem's specimen module.
+  with NumPy from (seed, sample index) independently of phasestem's specimen module. :data:`UNSEEN` adds
+  kinds that phasestem's training generator never draws (:func:`random_specimen`): wurtzite crystals (ZnO, GaN,
+  viewed down [0001]), few-layer 2H-MoS2 (layers normal to the beam) and amorphous carbon / silicon.
 """
 from __future__ import annotations
 
@@ -56,10 +60,30 @@ PROTOTYPES = [
 ]
 
 
-def _unit_cell(rng: np.random.Generator):
+#: specimen kinds absent from phasestem's training generator (``kind: crystal`` draws fcc, bcc, hcp, diamond,
+#: rocksalt, zincblende and perovskite crystals): (ASE structure, candidates with lattice constants a, c in Å)
+UNSEEN = {
+    "wurtzite": [("ZnO", 3.25, 5.21), ("GaN", 3.19, 5.19)],
+    "mos2": [("MoS2", 3.16, 12.29)],
+    "amorphous": [("C", 0.09), ("Si", 0.05)],  # element, atoms / Å³
+}
+#: specimen kinds :func:`random_specimen` draws: "crystal" (one of :data:`PROTOTYPES`) and the :data:`UNSEEN` kinds
+KINDS = ("crystal", *UNSEEN)
+
+
+def _unit_cell(rng: np.random.Generator, kind: str = "crystal"):
     from ase import Atoms
     from ase.build import bulk
 
+    if kind == "wurtzite":
+        name, a, c = UNSEEN[kind][rng.integers(len(UNSEEN[kind]))]
+        return bulk(name, "wurtzite", a=a, c=c)
+    if kind == "mos2":  # 2H-MoS2: two S-Mo-S layers per cell, stacked along c (z)
+        from ase.spacegroup import crystal
+
+        _, a, c = UNSEEN[kind][0]
+        return crystal(["Mo", "S"], basis=[(1 / 3, 2 / 3, 0.25), (1 / 3, 2 / 3, 0.621)], spacegroup=194,
+                       cellpar=[a, a, c, 90, 90, 120])
     kind, choices = PROTOTYPES[rng.integers(len(PROTOTYPES))]
     pick = choices[rng.integers(len(choices))]
     if kind == "perovskite":
@@ -84,11 +108,49 @@ def _rotation(rng: np.random.Generator, max_tilt_deg: float) -> np.ndarray:
     return r_z @ r_tilt
 
 
-def random_crystal(rng: np.random.Generator, extent: tuple[float, float], depth: float, max_tilt: float):
-    """ase.Atoms: a random crystal cut to the box (``extent`` (y, x) Å, ``depth`` along z), periodic in x, y."""
+def random_amorphous(rng: np.random.Generator, extent: tuple[float, float], depth: float, element: str = "C",
+                     density: float = 0.09, min_distance: float = 1.3):
+    """ase.Atoms: ``density`` atoms / Å³ of ``element`` at random in the box (``extent`` (y, x) Å × ``depth``), no two
+    closer than ``min_distance`` Å, also across the periodic x / y edges (random sequential addition: of uniform
+    candidates, each is kept unless an earlier kept one is too close)."""
+    from ase import Atoms
+    from scipy.spatial import cKDTree
+
+    box = np.array([extent[1], extent[0], depth])
+    n = int(round(density * box.prod()))
+    cand = rng.uniform(0, 1, (3 * n, 3)) * box
+    tree = cKDTree(cand, boxsize=[box[0], box[1], 10 * depth])  # z never wraps: 10 × the depth
+    earlier: dict[int, list[int]] = {}
+    for i, j in tree.query_pairs(min_distance):
+        earlier.setdefault(max(i, j), []).append(min(i, j))
+    keep = np.zeros(len(cand), bool)
+    for j in range(len(cand)):
+        keep[j] = not any(keep[i] for i in earlier.get(j, ()))
+    pos = cand[keep][:n]
+    atoms = Atoms(symbols=[element] * len(pos), positions=pos, cell=np.diag(box), pbc=[True, True, False])
+    atoms.info["name"] = f"amorphous {element}"
+    return atoms
+
+
+def random_specimen(rng: np.random.Generator, kind: str, extent: tuple[float, float], depth: float,
+                    max_tilt: float):
+    """ase.Atoms of ``kind`` (:data:`KINDS`) cut to the box: a random crystal of :data:`PROTOTYPES`, a wurtzite or
+    2H-MoS2 crystal (:func:`random_crystal`), or an amorphous solid (:func:`random_amorphous`)."""
+    if kind == "amorphous":
+        element, density = UNSEEN[kind][rng.integers(len(UNSEEN[kind]))]
+        return random_amorphous(rng, extent, depth, element, density)
+    if kind not in KINDS:
+        raise ValueError(f"specimen kind {kind!r}; known: {KINDS}")
+    return random_crystal(rng, extent, depth, max_tilt, kind)
+
+
+def random_crystal(rng: np.random.Generator, extent: tuple[float, float], depth: float, max_tilt: float,
+                   kind: str = "crystal"):
+    """ase.Atoms: a random crystal cut to the box (``extent`` (y, x) Å, ``depth`` along z), periodic in x, y;
+    ``kind`` "crystal" draws one of :data:`PROTOTYPES`, "wurtzite" / "mos2" those of :data:`UNSEEN`."""
     from ase import Atoms
 
-    unit = _unit_cell(rng)
+    unit = _unit_cell(rng, kind)
     box = np.array([extent[1], extent[0], depth])
     rot = _rotation(rng, max_tilt)
     corners = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], float) * box
@@ -99,14 +161,14 @@ def random_crystal(rng: np.random.Generator, extent: tuple[float, float], depth:
     pos = pos @ rot.T + box / 2
     keep = np.all((pos >= 0) & (pos < box), axis=1)
     atoms = Atoms(numbers=big.numbers[keep], positions=pos[keep], cell=np.diag(box), pbc=[True, True, False])
-    atoms.info["name"] = f"{unit.get_chemical_formula()}"
+    atoms.info["name"] = unit.get_chemical_formula() if kind == "crystal" else f"{kind} {unit.get_chemical_formula()}"
     return atoms
 
 
-def write_structures(folder: str | Path, n: int, cfg, seed: int) -> list[Path]:
-    """``n`` random crystals of ``cfg``'s cell (depth drawn in ``specimen.depth``) as extended-XYZ files
-    ``crystal_000.xyz`` …: the same specimens can then be simulated by phasestem (``specimen.kind: structures``)
-    and by abTEM, so the two held-out sets differ only by the simulator."""
+def write_structures(folder: str | Path, n: int, cfg, seed: int, kinds: list[str] | None = None) -> list[Path]:
+    """``n`` random specimens of ``cfg``'s cell (depth drawn in ``specimen.depth``; ``kinds[k]`` of :data:`KINDS`,
+    default all "crystal") as extended-XYZ files ``crystal_000.xyz`` …: the same specimens can then be simulated by
+    phasestem (``specimen.kind: structures``) and by abTEM, so the two held-out sets differ only by the simulator."""
     from ase.io import write
 
     folder = Path(folder)
@@ -115,7 +177,8 @@ def write_structures(folder: str | Path, n: int, cfg, seed: int) -> list[Path]:
     for k in range(n):
         rng = np.random.default_rng([seed, k, 11])
         depth = float(rng.uniform(*cfg.specimen.depth))
-        atoms = random_crystal(rng, cfg.grid.extent, depth, cfg.specimen.max_tilt)
+        kind = "crystal" if kinds is None else kinds[k]
+        atoms = random_specimen(rng, kind, cfg.grid.extent, depth, cfg.specimen.max_tilt)
         atoms.positions -= atoms.positions.min(0)  # phasestem puts a non-periodic structure's minimum at 0 too
         path = folder / f"crystal_{k:03d}.xyz"
         write(path, atoms, format="extxyz")
@@ -132,18 +195,27 @@ def _check_geometry(cfg) -> None:
         raise ValueError(f"abTEM samples are random crystals; the config's specimen.kind is {cfg.specimen.kind!r}")
     if cfg.specimen.slice_thickness is not None:
         raise ValueError("only specimen.slice_thickness: null (one slice, infinite projection) is supported")
-    if cfg.detector.max_angle is not None:
-        raise ValueError("only detector.max_angle: null is supported")
     for ax in range(2):
         if cfg.detector.shape[ax] > cfg.grid.sim_gpts[ax]:
             raise ValueError("detector.shape larger than the simulation grid")
 
 
+def detector_geometry(cfg):
+    """The crop and odd binning factor phasestem's simulator uses for ``cfg`` (``DetectorGeometry``)."""
+    from phasestem.simulate.scan import DetectorGeometry
+
+    g = cfg.grid
+    sampling = (g.extent[0] / g.sim_gpts[0], g.extent[1] / g.sim_gpts[1])
+    return DetectorGeometry.make(g.sim_gpts, sampling, cfg.optics.energy, cfg.detector.shape, cfg.detector.max_angle)
+
+
 def simulate_abtem_sample(cfg, index: int, seed: int, parametrization: str = "kirkland",
-                          structure: str | Path | None = None) -> dict:
+                          structure: str | Path | None = None, chunk: int = 256) -> dict:
     """One sample (patterns (Sy, Sx, H, W) float32, phase and potential on the phase grid, attrs) by abTEM: a random
-    crystal, or the atoms of ``structure`` (an ASE-readable file whose cell is the simulation box)."""
+    crystal, or the atoms of ``structure`` (an ASE-readable file whose cell is the simulation box); ``chunk``
+    positions per abTEM scan call."""
     import abtem
+    import torch
     from abtem.core.energy import energy2sigma, energy2wavelength
 
     abtem.config.set({"diagnostics.progress_bar": False, "fftw.planning_effort": "FFTW_ESTIMATE"})
@@ -175,18 +247,22 @@ def simulate_abtem_sample(cfg, index: int, seed: int, parametrization: str = "ki
     iy, ix = np.meshgrid(np.arange(cfg.scan.shape[0]), np.arange(cfg.scan.shape[1]), indexing="ij")
     pos = np.stack([cfg.scan.origin[0] + iy.ravel() * cfg.scan.step[0],
                     cfg.scan.origin[1] + ix.ravel() * cfg.scan.step[1]], -1)
-    meas = probe.scan(pot, scan=abtem.CustomScan(pos), detectors=abtem.PixelatedDetector(max_angle="full"))
-    meas = meas.compute(progress_bar=False)
-    full = np.asarray(meas.array, dtype=np.float64)
-    full = full.reshape(-1, *full.shape[-2:])
-    if len(full) != len(pos):  # ensemble axis kept: average it
-        full = full.reshape(-1, len(pos), *full.shape[-2:]).mean(0)
-    n = full.shape[-2:]
+    det = detector_geometry(cfg)
     H, W = cfg.detector.shape
-    y0, x0 = n[0] // 2 - H // 2, n[1] // 2 - W // 2
-    pats = full[:, y0:y0 + H, x0:x0 + W].reshape(*cfg.scan.shape, H, W)
+    parts = []
+    for a in range(0, len(pos), chunk):  # a chunk of positions at a time: full 2-D patterns are large
+        meas = probe.scan(pot, scan=abtem.CustomScan(pos[a:a + chunk]),
+                          detectors=abtem.PixelatedDetector(max_angle="full"))
+        meas = meas.compute(progress_bar=False)
+        full = np.asarray(meas.array, dtype=np.float64)
+        full = full.reshape(-1, *full.shape[-2:])
+        m = len(pos[a:a + chunk])
+        if len(full) != m:  # ensemble axis kept: average it
+            full = full.reshape(-1, m, *full.shape[-2:]).mean(0)
+        parts.append(det.apply(torch.from_numpy(full)).numpy())  # zero frequency at (N//2, N//2), as phasestem's
+    pats = np.concatenate(parts).reshape(*cfg.scan.shape, H, W)
     lam = energy2wavelength(o.energy)
-    ang = tuple(float(v) * lam * 1e3 for v in meas.sampling[-2:])
+    ang = tuple(float(v) * lam * 1e3 * f for v, f in zip(meas.sampling[-2:], det.factor, strict=True))
     proj = np.asarray(pot.build().project().compute(progress_bar=False).array, dtype=np.float64)
     proj = proj.reshape(-1, *proj.shape[-2:]).mean(0)
     fy, fx = g.sim_gpts[0] // g.phase_gpts[0], g.sim_gpts[1] // g.phase_gpts[1]
@@ -234,5 +310,34 @@ def write_abtem_file(cfg, path: str | Path, n_samples: int, seed: int, parametri
         for k, v in root_attrs(cfg, 1, ang).items():
             f.attrs[k] = v
         f.attrs["simulator"] = "abtem"
+    tmp.replace(path)
+    return path
+
+
+def counted_copy(source: str | Path, path: str | Path, electrons: float, seed: int) -> Path:
+    """A copy of the noise-free file ``source`` (written by :func:`write_abtem_file`) whose patterns are Poisson
+    counts at ``electrons`` per pattern (each pattern's mean scaled by ``electrons``: abTEM's noise-free patterns sum
+    to about 1, less what falls outside the detector), drawn with NumPy from (seed, sample index); truths and
+    attributes copied. The same abTEM run then serves several doses."""
+    from phasestem.io import seed as seedfile
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial")
+    with h5py.File(source, "r") as src, h5py.File(tmp, "w", track_order=True) as f:
+        for k, v in src.attrs.items():
+            f.attrs[k] = v
+        step = np.asarray(src.attrs["scan_step"], float)
+        f.attrs["dose"] = float(electrons / (step[0] * step[1]))  # e/Å², as phasestem's counted files
+        for i in range(int(src.attrs["samples_per_file"])):
+            d0 = src[seedfile.patterns_key(i)]
+            rng = np.random.default_rng([seed, i, 13])
+            counts = rng.poisson(np.clip(d0[...], 0, None).astype(np.float64) * electrons).astype(np.float32)
+            d = f.create_dataset(seedfile.patterns_key(i), data=counts, chunks=d0.chunks, compression="gzip",
+                                 compression_opts=4, shuffle=True)
+            for k, v in d0.attrs.items():
+                d.attrs[k] = v
+            d.attrs["electrons_per_pattern"] = float(electrons)
+            for key in (seedfile.phase_key(i), seedfile.potential_key(i)):
+                f.create_dataset(key, data=src[key][...])
     tmp.replace(path)
     return path

@@ -18,9 +18,11 @@ mkdir -p "$OUT"
 cd "$OUT"
 [ -f data/simulation_data1.h5 ] || phasestem simulate "$HERE/simulate_train.yaml" --out data
 [ -f heldout/simulation_data1.h5 ] || phasestem simulate "$HERE/simulate_heldout.yaml" --out heldout
-[ -d runs/patch/best ] || phasestem train patch "$HERE/train_patch.yaml"
-[ -d runs/stitch/best ] || phasestem train stitch "$HERE/train_stitch.yaml"
-[ -d runs/end2end/best ] || phasestem train end2end "$HERE/train_end2end.yaml"
+# the training YAMLs name data/ and runs/ of OUT: paths in a config are relative to its folder, so copy them here
+cp "$HERE"/train_patch.yaml "$HERE"/train_stitch.yaml "$HERE"/train_end2end.yaml .
+[ -d runs/patch/best ] || phasestem train patch train_patch.yaml
+[ -d runs/stitch/best ] || phasestem train stitch train_stitch.yaml
+[ -d runs/end2end/best ] || phasestem train end2end train_end2end.yaml
 # AD with the engine's default solver (lsq; --lr = fractions of the Gauss-Newton step), then Adam as before
 "$PY" "$HERE/../bench_learned_vs_ad.py" --model runs/end2end --sample heldout/simulation_data1.h5 \
     --solver lsq --epochs 40 --lr 0.35 0.7 1.0 --repeats 5 --json result_lsq.json "$@"

@@ -6,6 +6,7 @@ function; handlers are stored as ``func`` and return an exit code.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import importlib.util
 import logging
@@ -23,6 +24,7 @@ COMMAND_MODULES = (
     "phasestem.calibrate.commands",
     "phasestem.learn.commands",
     "phasestem.commands_misc",
+    "phasestem.serve.commands",
 )
 
 
@@ -53,7 +55,25 @@ def build_parser() -> argparse.ArgumentParser:
             logging.getLogger("phasestem").debug("sub-commands of %s unavailable: %s", name, exc)
             continue
         module.register(sub, train_sub)
+    train.set_defaults(func=functools.partial(_no_network, train, train_sub))
     return parser
+
+
+def _no_network(train: argparse.ArgumentParser, networks: argparse.Action, args=None) -> int:
+    """``phasestem train`` without a network: the usage and the networks, one line each, on stderr; exit 2 (as
+    argparse does for a missing argument)."""
+    rows = [(a.dest, a.help or "") for a in getattr(networks, "_choices_actions", [])]
+    train.print_usage(sys.stderr)
+    if not rows:
+        print("phasestem train: error: no network is available: the learned route needs pip install "
+              "'phasestem[learn]'", file=sys.stderr)
+        return 2
+    width = max(len(name) for name, _ in rows)
+    print("phasestem train: error: choose the network to train (phasestem train NETWORK CONFIG.yaml):",
+          file=sys.stderr)
+    for name, text in rows:
+        print(f"  {name:<{width}}  {text}", file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ INSPECT_FORMATS = (".mib (+ .hdr), .dm3/.dm4, EMPAD .xml (+ .raw), Dectris *_mas
 
 def register(sub, train_sub) -> None:
     from .calibrate.commands import add_reader_arguments
+    from .cliargs import add_config, add_device, add_dump_config, add_out
 
     p = sub.add_parser(
         "inspect", help="first look at a 4D-STEM file, no calibration needed: mean pattern with the bright-field "
@@ -31,7 +32,7 @@ def register(sub, train_sub) -> None:
     add_reader_arguments(p)
     p.add_argument("--sample", type=int, help="sample index in a seed-layout file")
     p.add_argument("--at", type=int, nargs=2, metavar=("ROW", "COL"), help="scan position of the single pattern")
-    p.add_argument("--out", type=Path, default=Path("."),
+    p.add_argument("--out", type=Path, default=Path("."), metavar="DIR",
                    help="output folder for FILE-STEM_inspect.png (default: the working directory; never beside "
                         "the input unless you say so)")
     p.add_argument("--show", action="store_true", help="open an interactive window (click a scan position)")
@@ -45,17 +46,22 @@ def register(sub, train_sub) -> None:
         "figures and figures of merit. The learned training takes most of the time: --skip-learned leaves it "
         "out, --quick shrinks every stage.",
         epilog="Examples:\n  phasestem demo --out demo_output\n  phasestem demo --skip-learned --out demo_ad\n"
-               "  phasestem demo --quick --out demo_check --device cpu",
+               "  phasestem demo --quick --out demo_check --device cpu\n"
+               "  phasestem demo --dump-config > demo.yaml   # the built-in settings, documented\n"
+               "  phasestem demo demo.yaml --device cuda",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    d.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
+    add_config(d, "demo settings YAML (default: the built-in configs/demo.yaml; see --dump-config)", optional=True)
+    add_out(d, "demo_output", "output folder (default: demo_output)")
     d.add_argument("--quick", action="store_true",
-                   help="the smallest size of every stage (an 8 × 8 scan, 4 training samples, one epoch per network): "
-                        "checks that everything runs; the figures of merit mean nothing")
+                   help="the smallest size of every stage (the settings' quick section: an 8 × 8 scan, 4 training "
+                        "samples, one epoch per network): checks that everything runs; the figures of merit mean "
+                        "nothing")
     d.add_argument("--skip-learned", action="store_true",
-                   help="simulation and AD ptychography only (no training, Phaseformer or hybrid route)")
-    d.add_argument("--device", default="auto",
-                   help="torch device of simulation, AD and training: auto (cuda when there is one), cpu, cuda, cuda:1")
+                   help="simulation of the held-out scan and AD ptychography only (no training, Phaseformer or "
+                        "hybrid route)")
+    add_device(d, "cpu", "simulation, the reconstructions and the training")
+    add_dump_config(d)
     d.set_defaults(func=_demo)
 
 
@@ -67,10 +73,9 @@ def inspect_output(file: str | Path, out: str | Path) -> Path:
 
 
 def _inspect(args) -> int:
-    import sys
-
     from . import io
     from .calibrate.commands import reader_options, scan_step
+    from .cliargs import deprecation
     from .safety import refuse_output_over_inputs
 
     opts = reader_options(args)
@@ -86,8 +91,8 @@ def _inspect(args) -> int:
     print(fig.first_look.describe())
     print(f"wrote {out}")
     if Path(args.out).suffix.lower() == ".png":
-        print(f"note: --out {args.out}: a PNG name is deprecated; --out is the output folder (the figure is then "
-              f"named {Path(args.file).stem}_inspect.png)", file=sys.stderr)
+        deprecation("phasestem inspect", f"--out {args.out} (a PNG name)", f"--out DIR (the output folder; the "
+                    f"figure is then named {Path(args.file).stem}_inspect.png)")
     import matplotlib.pyplot as plt
 
     if args.show:
@@ -97,8 +102,15 @@ def _inspect(args) -> int:
 
 
 def _demo(args) -> int:
-    from .demo import run_demo
+    from .demo import BUILTIN_DEMO, load_demo_config, run_demo
 
-    report = run_demo(Path(args.out), quick=args.quick, learned=not args.skip_learned, device=args.device)
+    if args.dump_config:
+        from .configdump import config_yaml
+
+        print(config_yaml(load_demo_config(Path(args.config or BUILTIN_DEMO), quick=args.quick), "phasestem demo"),
+              end="")
+        return 0
+    report = run_demo(Path(args.out), quick=args.quick, config=args.config, device=args.device,
+                      learned=not args.skip_learned)
     print(f"report: {report}")
     return 0

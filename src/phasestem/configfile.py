@@ -1,49 +1,142 @@
-"""Reading YAML configuration files: one loader and one error format for every command.
+"""Reading YAML and JSON text: one bounded loader and one error format for every command.
 
 Errors name the file and the dotted field, e.g. ``run.yaml: model.n_slicez: unknown key``.
+
+:func:`loads_yaml` and :func:`loads_json` are the only parsers of user text (configs, ``--set`` and
+``--reader-option`` values, JSON metadata in model and data files): nesting deeper than :data:`MAX_DEPTH`
+is refused before the text is turned into objects (PyYAML's composer and the code that walks the result
+recurse once per level), and YAML aliases may not expand to more than :data:`MAX_VALUES` values.
+
+The one rule for paths inside a config: a relative path written in a YAML file is relative to **that file's
+folder** (fields marked :class:`ConfigPath`, resolved by :func:`resolve_config_paths` before validation); a path
+given on the command line (``--out``, ``--set KEY=VALUE``) is relative to the working directory.
 """
 from __future__ import annotations
 
+import json
+import os
+import re
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ValidationError
 
 from .errors import ConfigError, InputFileError
+from .safety import check_readable
 
 M = TypeVar("M", bound=BaseModel)
 
 #: most values (after expanding YAML aliases) a config may hold: anchors cannot blow up validation time
 MAX_VALUES = 100_000
+#: deepest nesting of lists/mappings a YAML or JSON text may have (the shipped configs use 4)
+MAX_DEPTH = 100
+
+_YAML_OPEN = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
+_YAML_CLOSE = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
 
 
-def _count_values(node: Any, source: str) -> int:
-    """Values in ``node`` with aliases expanded (ConfigError for a recursive alias or more than MAX_VALUES)."""
-    sizes: dict[int, int] = {}
+def _too_deep(source: str) -> ConfigError:
+    return ConfigError(f"{source}: nested more than {MAX_DEPTH} levels deep (lists/mappings inside each other); "
+                       "expected a plain configuration")
+
+
+def check_yaml_depth(text: str, source: str) -> None:
+    """Refuse YAML nested deeper than :data:`MAX_DEPTH`, from the parser's events (no objects are built; the
+    event parser keeps its own stack, so any depth is read without recursion). Syntax errors are left to the
+    loader, which reports them."""
+    depth = 0
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, _YAML_OPEN):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise _too_deep(source)
+            elif isinstance(event, _YAML_CLOSE):
+                depth -= 1
+    except yaml.YAMLError:
+        return
+
+
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+def check_json_depth(text: str, source: str) -> None:
+    """Refuse JSON nested deeper than :data:`MAX_DEPTH` (brackets outside strings, counted without parsing)."""
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return
+    code = np.frombuffer(_JSON_STRING.sub('""', text).encode("utf-8", "replace"), np.uint8)
+    step = np.isin(code, (ord("["), ord("{"))).astype(np.int64) - np.isin(code, (ord("]"), ord("}")))
+    if step.size and int(np.cumsum(step).max()) > MAX_DEPTH:
+        raise _too_deep(source)
+
+
+def loads_yaml(text: str, source: str, value: bool = False) -> Any:
+    """``yaml.safe_load(text)`` after the depth check, aliases checked by :func:`count_values`. A syntax error
+    or a tag is one :class:`ConfigError` line naming ``source`` (with the line and column of a file;
+    ``value=True``: a command-line value, said to be not plain YAML)."""
+    check_yaml_depth(text, source)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = (getattr(exc, "problem", None) or str(exc)).splitlines()[0]
+        if value:
+            raise ConfigError(one_line(f"{source}: not a plain YAML value ({problem}); YAML tags such as "
+                                       "!!python/... are refused")) from None
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(one_line(f"{source}: malformed YAML{where}: {problem}")) from None
+    count_values(data, source)
+    return data
+
+
+def loads_json(text: str | bytes, source: str) -> Any:
+    """``json.loads(text)`` after the depth check; malformed JSON is one :class:`ConfigError` line naming
+    ``source``."""
+    if isinstance(text, bytes | bytearray):
+        text = text.decode("utf-8", "replace")
+    check_json_depth(text, source)
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(one_line(f"{source}: malformed JSON ({exc})")) from None
+
+
+def count_values(node: Any, source: str) -> int:
+    """Values in ``node`` with aliases expanded; :class:`ConfigError` for a recursive alias, more than
+    :data:`MAX_VALUES` values, or nesting deeper than :data:`MAX_DEPTH` (aliases can nest without the text
+    doing so: ``a1: &a1 [*a0]``, ``a2: &a2 [*a1]``, …)."""
+    sizes: dict[int, tuple[int, int]] = {}  # id → (values, height)
     active: set[int] = set()
 
-    def size(n: Any) -> int:
+    def size(n: Any, depth: int) -> tuple[int, int]:
         if not isinstance(n, dict | list):
-            return 1
+            return 1, 0
+        if depth > MAX_DEPTH:
+            raise _too_deep(source)
         if id(n) in sizes:
-            return sizes[id(n)]
+            total, height = sizes[id(n)]
+            if depth + height > MAX_DEPTH:
+                raise _too_deep(source)
+            return total, height
         if id(n) in active:
             raise ConfigError(f"{source}: a YAML alias refers to itself (recursive anchor)")
         active.add(id(n))
         children = list(n.keys()) + list(n.values()) if isinstance(n, dict) else n
-        total = 1
+        total, height = 1, 0
         for child in children:
-            total += size(child)
+            t, h = size(child, depth + 1)
+            total, height = total + t, max(height, h + 1)
             if total > MAX_VALUES:
                 raise ConfigError(f"{source}: more than {MAX_VALUES:,} values once YAML aliases are expanded")
         active.discard(id(n))
-        sizes[id(n)] = total
-        return total
+        sizes[id(n)] = (total, height)
+        return total, height
 
-    return size(node)
+    return size(node, 1)[0]
 
 
 def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict[str, Any]:
@@ -52,21 +145,18 @@ def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict[str, 
     if path.is_dir():
         raise InputFileError(f"{path}: is a folder, expected a YAML {what}")
     if not path.is_file():
+        if path.is_symlink():  # say why: a loop of links, or a link to nothing
+            check_readable(path, f"YAML {what}")
         raise InputFileError(f"{path}: {what} not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a UTF-8 text file, expected a YAML {what}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+    data = loads_yaml(text, str(path))
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections (got {type(data).__name__})")
-    _count_values(data, str(path))
     return data
 
 
@@ -78,13 +168,7 @@ def parse_set_options(items: list[str] | None, option: str = "--set") -> dict[st
         key = key.strip()
         if not sep or not key or "" in key.split("."):
             raise ConfigError(f"{option} expects KEY=VALUE (dotted key), got {item!r}")
-        try:
-            out[key] = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            problem = (getattr(exc, "problem", None) or str(exc)).splitlines()[0]
-            raise ConfigError(f"{option} {key}: not a plain YAML value ({problem}); YAML tags such as "
-                              "!!python/... are refused") from None
-        _count_values(out[key], f"{option} {key}")
+        out[key] = loads_yaml(text, f"{option} {key}", value=True)
     return out
 
 
@@ -184,7 +268,104 @@ def _locate(model: type[BaseModel], data: Any) -> str | None:
     return None
 
 
+class ConfigPath:
+    """Marks a config field that holds a path, a list of paths or globs, or None: ``Annotated[str, ConfigPath()]``.
+
+    ``keep``: values that are names rather than paths (e.g. ``"auto"``); ``prefix``: only what follows it is a
+    path (``"stitch:"`` in ``"stitch:runs/e2e"``), values without it are left alone."""
+
+    def __init__(self, keep: tuple[str, ...] = (), prefix: str = "") -> None:
+        self.keep, self.prefix = tuple(keep), prefix
+
+    def __repr__(self) -> str:
+        return f"ConfigPath(keep={self.keep!r}, prefix={self.prefix!r})"
+
+    def map(self, value: Any, fn: Callable[[str], str]) -> Any:
+        """``value`` with ``fn`` applied to each path in it (other types are left for validation to judge)."""
+        if isinstance(value, list):
+            return [self._one(v, fn) for v in value]
+        return self._one(value, fn)
+
+    def _one(self, value: Any, fn: Callable[[str], str]) -> Any:
+        if not isinstance(value, str | os.PathLike):
+            return value
+        text = os.fspath(value)
+        if not isinstance(text, str) or not text or text in self.keep:
+            return value
+        if not self.prefix:
+            return fn(text)
+        if not text.startswith(self.prefix) or text == self.prefix:
+            return value
+        return self.prefix + fn(text[len(self.prefix):])
+
+
+def path_marker(field: Any) -> ConfigPath | None:
+    """The :class:`ConfigPath` of a pydantic field, or None."""
+    return next((m for m in field.metadata if isinstance(m, ConfigPath)), None)
+
+
+def map_config_paths(model: type[BaseModel], data: Any, fn: Callable[[str], str], defaults: bool = False) -> Any:
+    """A copy of the raw mapping ``data`` (a config of ``model``, sections nested) with ``fn`` applied to every
+    path of a :class:`ConfigPath` field; anything that is not where the schema expects it is left as it is.
+    ``defaults``: a path field left out takes its default through ``fn`` too (a default path is relative to the
+    config file as well), in sections left out included."""
+    if not isinstance(data, dict):
+        return data
+    out = dict(data)
+    for name, field in model.model_fields.items():
+        marker = path_marker(field)
+        if name not in out:
+            default = _default(field) if defaults else None
+            if marker is not None and default:
+                out[name] = marker.map(default, fn)
+            elif marker is None and isinstance(default, BaseModel):
+                section = map_config_paths(type(default), {}, fn, defaults)
+                if section:
+                    out[name] = section
+            continue
+        if marker is not None:
+            out[name] = marker.map(out[name], fn)
+            continue
+        subs = _submodels(field.annotation)
+        if subs:
+            out[name] = map_config_paths(subs[0], out[name], fn, defaults)
+    return out
+
+
+def _default(field: Any) -> Any:
+    if field.is_required():
+        return None
+    try:
+        return field.get_default(call_default_factory=True)
+    except TypeError:  # a factory that needs the other fields' values: not a path default
+        return None
+
+
+def relative_to(base: str | Path) -> Callable[[str], str]:
+    """``fn`` for :func:`map_config_paths`: a relative path (``~`` expanded) taken from the folder ``base``."""
+    def fn(text: str) -> str:
+        text = os.path.expanduser(text)
+        return text if os.path.isabs(text) else os.path.join(os.fspath(base), text)
+    return fn
+
+
+def absolute_path(text: str) -> str:
+    """``fn`` for :func:`map_config_paths`: the path made absolute (from the working directory), normalised."""
+    return os.path.abspath(os.path.expanduser(text))
+
+
+def resolve_config_paths(model: type[BaseModel], data: dict[str, Any], base_dir: str | Path | None
+                         ) -> dict[str, Any]:
+    """The raw mapping read from a YAML file with its relative paths taken from ``base_dir``, that file's folder
+    (the one rule); ``base_dir`` None (no file: built-in defaults): unchanged."""
+    if base_dir is None:
+        return data
+    return map_config_paths(model, data, relative_to(base_dir), defaults=True)
+
+
 def load_yaml_config(model: type[M], path: str | Path, overrides: dict[str, Any] | None = None,
                      what: str = "config file") -> M:
-    """Read, override and validate a YAML config in one step."""
-    return validate(model, apply_overrides(read_yaml_mapping(path, what), overrides), str(path))
+    """Read, resolve the file's relative paths (against its folder), override (command-line values, relative to
+    the working directory) and validate a YAML config in one step."""
+    data = resolve_config_paths(model, read_yaml_mapping(path, what), Path(path).parent)
+    return validate(model, apply_overrides(data, overrides), str(path))

@@ -100,6 +100,10 @@ class DemoConfig(_Strict):
     """Settings of ``phasestem demo`` (``configs/demo.yaml`` inside the package)."""
 
     heldout_seed: int = Field(1001, description="simulation seed of the held-out sample")
+    cpu_threads: int | None = Field(1, ge=1, description="torch threads during the demo (null: torch's default, one "
+                                    "per core). 1: the tiny networks and 64² patterns gain nothing from more, and "
+                                    "lose several times over when another process shares the cores (2 patch "
+                                    "epochs: 16 s on 1 thread, 63–138 s on 2, 2-core machine at load 3)")
     recon: DemoRecon = Field(default_factory=DemoRecon, description="AD ptychography")
     learned: DemoLearned = Field(default_factory=DemoLearned, description="learned pipeline")
     phaseformer: DemoPhaseformer = Field(default_factory=DemoPhaseformer, description="Phaseformer refinement")
@@ -399,18 +403,28 @@ def _hybrid_summary(flat: dict, hyb: dict, rc: DemoRecon, predict_seconds: float
 
 
 # ------------------------------------------------------------------------------------------ main
-def run_demo(out: Path, quick: bool = False, learned: bool = True, device: str = "auto") -> Path:
+def run_demo(out: Path, quick: bool = False, config: str | Path | None = None, device: str = "cpu",
+             learned: bool = True) -> Path:
     """Run every stage into ``out`` (holding its lock, :mod:`phasestem.lock`); returns the report path
-    (``out/report.md``). ``learned=False``: simulation and AD ptychography only; ``device``: cpu, cuda, cuda:1 or
-    auto (cuda when there is one)."""
+    (``out/report.md``). ``config``: a :class:`DemoConfig` YAML (default: the built-in ``configs/demo.yaml``);
+    ``device``: torch device of simulation, the reconstructions and the training ('auto': a GPU when there is one);
+    ``learned=False``: simulation of the held-out scan and AD ptychography only. Torch runs on
+    ``cpu_threads`` threads of the settings meanwhile (restored after)."""
     from .lock import hold_output
     from .recon.params import resolve_device
 
+    cfg = load_demo_config(Path(config) if config else BUILTIN_DEMO, quick=quick)
+    threads = torch.get_num_threads()
     with hold_output(out, "phasestem demo"):
-        return _run_demo(Path(out), quick, learned, resolve_device(device))
+        if cfg.cpu_threads:
+            torch.set_num_threads(cfg.cpu_threads)
+        try:
+            return _run_demo(Path(out), quick, cfg, resolve_device(device), learned)
+        finally:
+            torch.set_num_threads(threads)
 
 
-def _run_demo(out: Path, quick: bool, learned: bool, device: str) -> Path:
+def _run_demo(out: Path, quick: bool, cfg: DemoConfig, device: str, learned: bool = True) -> Path:
     from . import io
     from .metrics import figures_of_merit
     from .plot import phase_panels
@@ -420,7 +434,6 @@ def _run_demo(out: Path, quick: bool, learned: bool, device: str) -> Path:
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = load_demo_config(quick=quick)
     timer = Timer()
     routes: dict[str, np.ndarray] = {}
     route_seconds: dict[str, float] = {}

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from .configfile import path_marker
+
 #: (title, "module:Class") of every schema a user writes as YAML
 SCHEMAS = [
     ("phasestem simulate", "phasestem.simulate.config:SimulationConfig"),
@@ -79,6 +81,8 @@ def _section(model: type[BaseModel], prefix: str, lines: list[str], seen: set) -
     nested = []
     for name, field in model.model_fields.items():
         desc = (field.description or "").replace("\n", " ").replace("|", "\\|")
+        if path_marker(field) is not None:
+            desc += " *(path: relative to this file's folder)*"
         lines.append(f"| `{name}` | {_type_name(field.annotation)} | {_default(field)} | {desc} |")
         for sub in _submodels(field.annotation):
             nested.append((sub, f"{prefix}{name}."))
@@ -91,7 +95,9 @@ def _section(model: type[BaseModel], prefix: str, lines: list[str], seen: set) -
 def config_reference() -> str:
     lines = ["# Configuration reference", "",
              "Generated from the pydantic schemas by `python -m phasestem.docgen docs/config_reference.md`; "
-             "do not edit by hand. Every command also writes its fully resolved config with `--dump-config`."]
+             "do not edit by hand. Every command also writes its fully resolved config with `--dump-config` (each "
+             "field's description as a comment, paths absolute). A relative path in a config file is relative to "
+             "that file's folder (fields marked *path*); see [cli.md](cli.md)."]
     for title, target in SCHEMAS:
         model = load_schema(target)
         lines += ["", f"## {title}", "", f"Schema `{target.replace(':', '.')}`."]

@@ -9,6 +9,7 @@ extras (``pip install 'phasestem[learn,tune]'``; ``all`` is every one, ``dev`` a
     detectors  hdf5plugin, scikit-image (rosettasciio[blockfile])           Dectris bitshuffle/LZ4 frames, .blo
     abtem      abTEM                                                        the independent simulations of the
                                                                             tests and benchmarks
+    serve      Starlette, uvicorn                                           phasestem serve (browser workspace)
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from .errors import PhasestemError
 EXTRAS = {
     "timm": "learn", "torchvision": "learn", "safetensors": "learn", "accelerate": "learn",
     "huggingface_hub": "learn", "optuna": "tune", "distributed": "cluster", "hdf5plugin": "detectors",
-    "skimage": "detectors", "abtem": "abtem",
+    "skimage": "detectors", "abtem": "abtem", "starlette": "serve", "uvicorn": "serve",
 }
 
 

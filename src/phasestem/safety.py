@@ -9,10 +9,14 @@
   written next to it never has the result's path.
 * :func:`check_finite` / :func:`mask_nonfinite`: refuse NaN/Inf values with the source and the first
   bad index, or replace them by the median of their finite neighbours and say how many.
-* :func:`available_memory`: what the machine can still hold (to decide eager vs lazy reads).
+* :func:`available_memory`: what the machine can still hold (to decide eager vs lazy reads); :func:`gb`
+  writes a size for messages.
+* :func:`check_readable`: why a path cannot be opened, in one line (missing, a loop of symbolic links, a link
+  to nothing, a folder, no permission).
 """
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import re
@@ -162,6 +166,45 @@ def available_memory() -> int:
         return int(psutil.virtual_memory().available)
     except ImportError:  # pragma: no cover - neither source present
         return 4 * 1024**3
+
+
+def gb(n: float) -> str:
+    """Bytes as a short human string in decimal units (bytes, kB, MB, GB, TB, PB)."""
+    for unit, scale in (("PB", 1e15), ("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{int(n)} bytes"
+
+
+def a_an(what: str) -> str:
+    """``what`` with its indefinite article (``an HDF5 file``, ``a 4D-STEM file``)."""
+    return f"{'an' if what[:1].lower() in 'aeio' or what.startswith('HDF') else 'a'} {what}"
+
+
+def check_readable(path: PathLike, what: str = "file", folder_ok: bool = False) -> Path:
+    """``path`` if it can be opened for reading; else :class:`InputFileError` naming it and saying why (no such
+    file, a loop of symbolic links, a symbolic link to a missing target, a folder, no permission) and that
+    ``what`` was expected."""
+    path = Path(path)
+    what = a_an(what)
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InputFileError(f"{path}: a loop of symbolic links (no file at its end); expected {what}") from None
+        if path.is_symlink():
+            raise InputFileError(f"{path}: a symbolic link to {os.readlink(path)}, which does not exist; expected "
+                                 f"{what}") from None
+        if exc.errno == errno.EACCES:
+            raise InputFileError(f"{path}: permission denied; expected {what} that can be read") from None
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise InputFileError(f"{path}: no such file; expected {what}") from None
+        raise InputFileError(f"{path}: cannot be opened ({exc.strerror}); expected {what}") from None
+    if os.path.isdir(path) and not folder_ok:
+        raise InputFileError(f"{path}: is a folder; expected {what}")
+    if not os.access(path, os.R_OK):
+        raise InputFileError(f"{path}: permission denied; expected {what} that can be read")
+    return path
 
 
 # ------------------------------------------------------------------------------------- finiteness

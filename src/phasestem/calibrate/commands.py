@@ -5,8 +5,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ..cliargs import add_key
+from ..configfile import parse_set_options
 from ..errors import ConfigError
 
 EPILOG = """examples:
@@ -22,7 +22,7 @@ OUT/calibration.json (every fitted number) and OUT/calibration*.png (one figure 
 
 def add_reader_arguments(p: argparse.ArgumentParser) -> None:
     """Options that say how to read a 4D-STEM file and what the acquisition was."""
-    p.add_argument("--key", dest="patterns_key", help="dataset/array holding the patterns")
+    add_key(p)
     p.add_argument("--format", help="reader name (hdf5, numpy, cxi, mat, emd, raw, …); default: by extension")
     p.add_argument("--scan-shape", type=int, nargs=2, metavar=("ROWS", "COLS"), help="for flat (N, H, W) data")
     p.add_argument("--reader-option", action="append", default=[], metavar="KEY=VALUE",
@@ -42,11 +42,7 @@ def reader_options(args) -> dict[str, Any]:
         opts["patterns_key"] = args.patterns_key
     if getattr(args, "scan_shape", None):
         opts["scan_shape"] = tuple(args.scan_shape)
-    for item in getattr(args, "reader_option", []) or []:
-        if "=" not in item:
-            raise ConfigError(f"--reader-option {item!r}: expected KEY=VALUE")
-        key, val = item.split("=", 1)
-        opts[key.strip()] = yaml.safe_load(val)
+    opts.update(parse_set_options(getattr(args, "reader_option", None), "--reader-option"))
     return opts
 
 
@@ -69,7 +65,7 @@ def register(subparsers, train_subparsers) -> None:
     )
     p.add_argument("file", type=Path, help="4D-STEM file")
     add_reader_arguments(p)
-    p.add_argument("--out", type=Path, default=Path("calib"), help="output folder (default: calib)")
+    p.add_argument("--out", type=Path, default=Path("calib"), metavar="DIR", help="output folder (default: calib)")
     p.add_argument("--transpose", choices=["auto", "yes", "no"], default="auto",
                    help="detector transpose: fit it (auto) or fix it")
     p.add_argument("--no-parallax", action="store_true", help="skip the tcBF defocus fit")

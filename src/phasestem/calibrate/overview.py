@@ -35,6 +35,7 @@ class FirstLook:
     descan: np.ndarray  # (3, 2) px: the plane c0 + a·iy + b·ix removed from ``com``
     pixel_mrad: float | None  # detector pixel (mrad) when known
     pixel_source: str  # where ``pixel_mrad`` comes from ('' when unknown)
+    adf_outer: float = math.inf  # px, virtual annular dark field: up to this distance
 
     def describe(self) -> str:
         """One line: the disk (or why there is none) and the detector pixel."""
@@ -57,10 +58,13 @@ def detector_pixel(dataset, radius: float | None) -> tuple[float | None, str]:
     return None, ""
 
 
-def first_look(dataset) -> FirstLook:
+def first_look(dataset, bf_radius: float | None = None, adf_inner: float | None = None,
+               adf_outer: float | None = None) -> FirstLook:
     """Mean pattern, bright-field disk, virtual BF/ADF and centre of mass of ``dataset`` (no calibration
     needed). Without a disk (:class:`~phasestem.calibrate.disk.NoDiskError`) the virtual detectors are centred
-    on the detector with radii of 1/8 and 1/4 of its size."""
+    on the detector with radii of 1/8 and 1/4 of its size. ``bf_radius``, ``adf_inner`` and ``adf_outer`` (px from
+    the disk centre) replace the detectors' default radii (the disk radius, :data:`ADF_INNER` × it, no outer
+    edge)."""
     mean = dataset.mean_pattern().astype(np.float64)
     H, W = mean.shape
     try:
@@ -71,8 +75,11 @@ def first_look(dataset) -> FirstLook:
         centre, radius, note = (float(H // 2), float(W // 2)), None, str(exc).removeprefix("no bright-field disk: ")
         bf_r, adf_r = min(H, W) / 8, min(H, W) / 4
     yy, xx = np.indices((H, W), dtype=np.float64)
+    bf_r = bf_r if bf_radius is None else float(bf_radius)
+    adf_r = adf_r if adf_inner is None else float(adf_inner)
     r = np.hypot(yy - centre[0], xx - centre[1])
-    bf_mask, adf_mask = (r <= bf_r).astype(np.float32), (r > adf_r).astype(np.float32)
+    adf_out = np.inf if adf_outer is None else float(adf_outer)
+    bf_mask, adf_mask = (r <= bf_r).astype(np.float32), ((r > adf_r) & (r <= adf_out)).astype(np.float32)
     sy, sx = dataset.scan_shape
     bf, adf, com = np.zeros((sy, sx)), np.zeros((sy, sx)), np.zeros((sy, sx, 2))
     for rows, block in row_chunks(dataset):
@@ -88,4 +95,4 @@ def first_look(dataset) -> FirstLook:
     com = com - (design @ plane).reshape(sy, sx, 2)
     pixel, source = detector_pixel(dataset, radius)
     return FirstLook(mean=mean, centre=centre, radius=radius, note=note, bf_radius=bf_r, adf_inner=adf_r, bf=bf,
-                     adf=adf, com=com, descan=plane, pixel_mrad=pixel, pixel_source=source)
+                     adf=adf, com=com, descan=plane, pixel_mrad=pixel, pixel_source=source, adf_outer=adf_out)

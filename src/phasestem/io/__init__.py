@@ -34,6 +34,7 @@ from pathlib import Path
 
 from ..dataset import FourDSTEM
 from ..errors import ConfigError, InputFileError, PhasestemError
+from ..safety import available_memory, check_readable, gb
 
 _BY_EXTENSION = {
     ".h5": "hdf5", ".hdf5": "hdf5", ".hdf": "hdf5",
@@ -62,13 +63,18 @@ def reader_module(path: str | Path, format: str | None = None):
     return importlib.import_module(f"{__name__}.{name}")
 
 
-def load(path: str | Path, format: str | None = None, bad_pixels: str = "refuse", **options) -> FourDSTEM:
+def load(path: str | Path, format: str | None = None, bad_pixels: str = "refuse", screen: str = "auto",
+         **options) -> FourDSTEM:
     """Load a 4D-STEM file into a :class:`FourDSTEM` (lazily where the format allows).
 
-    Every pattern value is checked to be finite: NaN/Inf are refused naming the file, dataset and first
+    Pattern values are checked to be finite: NaN/Inf are refused naming the file, dataset and first
     bad index (``bad_pixels='refuse'``) or replaced by the median of their finite neighbours
-    (``bad_pixels='mask'``; the count is in ``metadata['bad_pixels_masked']``). Any failure of a reader
-    is raised as a :mod:`phasestem.errors` class whose one-line message names the file.
+    (``bad_pixels='mask'``; the count is in ``metadata['bad_pixels_masked']``). ``screen='auto'`` checks every
+    value of data up to 1 GiB (float32) and an evenly spread 64 MiB sample of larger data (bounded time);
+    ``screen='full'`` checks every value (see :func:`phasestem.io._common.screen_patterns`). Sizes a file
+    declares (headers, shapes) are checked against its real size before anything is mapped or read. Any
+    failure of a reader, or of reading the data while screening them, is raised as a :mod:`phasestem.errors`
+    class whose one-line message names the file.
     ``require_calibration=False`` (an option of every reader) accepts a file without energy or scan step (a first
     look: ``phasestem inspect``); they are then NaN and ``metadata['uncalibrated']`` names them.
     """
@@ -79,6 +85,7 @@ def load(path: str | Path, format: str | None = None, bad_pixels: str = "refuse"
     module = reader_module(path, format)
     try:
         ds = module.read(path, **options)
+        return screen_patterns(ds, bad_pixels, screen)
     except PhasestemError as exc:
         if str(path) in str(exc):
             raise
@@ -87,11 +94,14 @@ def load(path: str | Path, format: str | None = None, bad_pixels: str = "refuse"
         if "unexpected keyword" not in str(exc):
             raise
         raise ConfigError(f"{path}: unknown reader option ({exc})") from None
+    except MemoryError:
+        raise InputFileError(f"{path}: reading it needs more memory than is available "
+                             f"({gb(available_memory())} free); expected data that fit, or a format read lazily "
+                             "(HDF5, .npy, uncompressed .npz)") from None
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
         kind = module.__name__.rsplit(".", 1)[-1]
         detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
         raise InputFileError(f"{path}: not a readable {kind} file, truncated or damaged? ({detail})") from None
-    return screen_patterns(ds, bad_pixels)
 
 
 #: formats stored as a folder (zarr stores)
@@ -99,10 +109,9 @@ _FOLDER_FORMATS = (".zspy", ".zarr")
 
 
 def check_input_file(path: str | Path) -> Path:
-    """``path`` if it is a non-empty file; else :class:`InputFileError` saying what it is instead."""
-    path = Path(path)
-    if not path.exists():
-        raise InputFileError(f"{path}: no such file")
+    """``path`` if it is a non-empty file; else :class:`InputFileError` saying what it is instead (missing, a
+    loop of symbolic links, a link to nothing, a folder, empty, unreadable)."""
+    path = check_readable(path, "4D-STEM file", folder_ok=True)
     if path.is_dir() and path.suffix.lower() not in _FOLDER_FORMATS:
         raise InputFileError(f"{path}: is a folder; expected a 4D-STEM file")
     if path.is_dir():

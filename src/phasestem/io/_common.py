@@ -234,6 +234,7 @@ def build_dataset(patterns, path: str | Path, file_values: Mapping[str, Any] | N
         return None
 
     shape = tuple(int(s) for s in patterns.shape)
+    check_not_empty(shape, path)
     scan_order = str(pick("scan_order") or "C").upper()
     sources.pop("scan_order", None)
     if scan_order not in ("C", "F"):
@@ -349,6 +350,14 @@ def build_dataset(patterns, path: str | Path, file_values: Mapping[str, Any] | N
     )
 
 
+def check_not_empty(shape: tuple[int, ...], path: str | Path) -> None:
+    """Refuse patterns with no pixel or no pattern (a 0 × 0 frame, an empty scan) naming the file."""
+    if len(shape) >= 2 and min(shape[-2:]) <= 0:
+        raise ShapeError(f"{path}: holds frames of {shape[-2]}×{shape[-1]} pixels; expected at least 1×1")
+    if len(shape) > 2 and min(shape[:-2]) <= 0:
+        raise ShapeError(f"{path}: holds no patterns (array of shape {shape}); expected at least one")
+
+
 def source_name(path: str | Path, metadata: Mapping[str, Any] | None = None) -> str:
     """``file:dataset`` for messages (the dataset from ``metadata['patterns_key']`` when not in ``path``)."""
     key = (metadata or {}).get("patterns_key")
@@ -387,26 +396,69 @@ def _row_blocks(patterns):
         yield r0, np.asarray(patterns[r0:r0 + step])
 
 
-def screen_patterns(ds: FourDSTEM, mode: str = "refuse") -> FourDSTEM:
-    """Check that every pattern value is finite, reading lazily in blocks of scan rows.
+#: screening modes of :func:`screen_patterns` (``io.load(..., screen=…)``)
+SCREEN_MODES = ("auto", "full")
+#: ``screen='auto'`` checks every value of patterns up to this size (float32 bytes) …
+SCREEN_FULL_BYTES = 1024**3
+#: … and, above it, this many bytes of patterns in :data:`SCREEN_WINDOWS` runs spread evenly over the scan
+SCREEN_SAMPLE_BYTES = 64 * 1024**2
+SCREEN_WINDOWS = 16
+
+
+def _sample_windows(patterns):
+    """(row, first column, block (1, n, H, W)) of :data:`SCREEN_WINDOWS` runs of patterns along scan rows, spread
+    evenly over the scan in reading order (the first and last patterns included), :data:`SCREEN_SAMPLE_BYTES` in
+    all."""
+    sy, sx = (int(n) for n in patterns.shape[:2])
+    pattern = int(np.prod(patterns.shape[2:])) * 4
+    per = int(min(sx, max(1, SCREEN_SAMPLE_BYTES // (SCREEN_WINDOWS * max(pattern, 1)))))
+    seen = set()
+    for start in np.linspace(0, sy * sx - 1, SCREEN_WINDOWS).astype(np.int64):
+        row, c0 = divmod(int(start), sx)
+        c0 = min(c0, sx - per)
+        if (row, c0) not in seen:
+            seen.add((row, c0))
+            yield row, c0, np.asarray(patterns[row, c0:c0 + per])[None]
+
+
+def screen_patterns(ds: FourDSTEM, mode: str = "refuse", screen: str = "auto") -> FourDSTEM:
+    """Check that pattern values are finite, reading lazily in blocks of scan rows.
 
     ``mode='refuse'``: :class:`InputFileError` naming the file, dataset and first bad (iy, ix, ky, kx).
     ``mode='mask'``: NaN/Inf replaced by the median of their finite 3 × 3 neighbours (0 if none); the
     patterns are then held in memory (float32) and ``metadata['bad_pixels_masked']`` says how many.
+    ``screen='auto'`` (refuse only) checks every value of patterns up to :data:`SCREEN_FULL_BYTES` (as float32)
+    and a :data:`SCREEN_SAMPLE_BYTES` sample spread over the scan above that, so that opening a large file takes
+    bounded time (``metadata['screened']`` says which; a NaN elsewhere is left to the stages that read the
+    data); ``screen='full'`` checks every value whatever the size.
     """
     check_bad_pixel_mode(mode, "bad_pixels")
+    if screen not in SCREEN_MODES:
+        raise ConfigError(f"screen: expected one of {list(SCREEN_MODES)}, got {screen!r}")
     pats = ds.patterns
     if _dtype(pats).kind != "f":
         return ds
     source = source_name(ds.metadata.get("file", ds.metadata.get("source", "patterns")), ds.metadata)
     hint = "use --bad-pixels mask (reconstruct: data.reader_options: {bad_pixels: mask}) to replace them by the " \
            "median of their finite neighbours"
+    size = int(np.prod(pats.shape)) * 4
+    if mode == "refuse" and screen == "auto" and size > SCREEN_FULL_BYTES:
+        checked = 0
+        for row, c0, block in _sample_windows(pats):
+            check_finite(block, source, offset=(row, c0), what="pattern value", hint=hint)
+            checked += block.shape[1]
+        ds.metadata["screened"] = f"{checked} of {size // 4 // max(1, int(np.prod(pats.shape[2:])))} patterns"
+        log.info("%s: checked %d patterns spread over the scan for NaN/Inf (the data hold %.3g GB as float32, more "
+                 "than %d GiB); screen='full' (data.reader_options: {screen: full}) checks every value", source,
+                 checked, size / 1e9, SCREEN_FULL_BYTES // 1024**3)
+        return ds
     n_bad = 0
     for r0, block in _row_blocks(pats):
         if mode == "refuse":
             check_finite(block, source, offset=(r0,), what="pattern value", hint=hint)
         else:
             n_bad += int(block.size - np.count_nonzero(np.isfinite(block)))
+    ds.metadata["screened"] = "all"
     if n_bad == 0:
         return ds
     out = np.empty(pats.shape, dtype=np.float32)

@@ -42,6 +42,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ..configfile import loads_json
 from ..dataset import FourDSTEM
 from ..errors import ConfigError, InputFileError
 from ..optics import energy_from_wavelength, wavelength
@@ -109,7 +110,8 @@ def read(path: str | Path, position_sign: float = -1.0, recentre: bool = True, *
                 val = decode(extra[name][()])
                 found[name] = tuple(np.asarray(val).tolist()) if np.ndim(val) else val
         if "aberrations" in extra:
-            found["aberrations"] = json.loads(decode(extra["aberrations"][()]))
+            found["aberrations"] = loads_json(decode(extra["aberrations"][()]),
+                                              f"{path}: entry_1/phasestem/aberrations")
 
     t_key = _first(f, _TRANSLATION_KEYS)
     if t_key is not None and options.get("positions") is None:

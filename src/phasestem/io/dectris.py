@@ -32,6 +32,7 @@ from ..detector import PixelatedDetector
 from ..errors import InputFileError
 from ..extras import install_hint
 from ._common import build_dataset, decode
+from .hdf5 import check_written, open_file
 from .rosetta import _resolve_scan_shape
 
 log = logging.getLogger("phasestem.io")
@@ -76,6 +77,7 @@ def _blocks(f: h5py.File, path: Path) -> list[h5py.Dataset]:
                                  f"(the data file must sit beside the master file)") from None
         if not isinstance(ds, h5py.Dataset) or ds.ndim != 3:
             raise InputFileError(f"{path}: /entry/data/{name} is not a (frames, H, W) dataset")
+        check_written(ds, f"{path}: /entry/data/{name} ({ds.file.filename}:{ds.name})")
         blocks.append(ds)
     try:  # Dectris data files are usually bitshuffle/LZ4-compressed: those filters come with hdf5plugin
         import hdf5plugin  # noqa: F401
@@ -83,7 +85,7 @@ def _blocks(f: h5py.File, path: Path) -> list[h5py.Dataset]:
         pass
     try:
         blocks[0][:1]
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         raise InputFileError(f"{path}: cannot decode the frames of {blocks[0].file.filename} ({exc}); a "
                              f"compression filter is missing: {install_hint('hdf5plugin')}") from None
     if len({b.shape[1:] for b in blocks}) != 1:
@@ -97,10 +99,7 @@ def read(path: str | Path, **options) -> FourDSTEM:
     import dask.array as da
 
     path = Path(path)
-    try:
-        f = h5py.File(path, "r")  # kept open: the dask graph reads from it
-    except OSError as exc:
-        raise InputFileError(f"{path}: not a readable HDF5 master file ({exc})") from None
+    f = open_file(path, "Dectris HDF5 master file")  # kept open: the dask graph reads from it
     blocks = _blocks(f, path)
     H, W = blocks[0].shape[1:]
     frames = da.concatenate([da.from_array(b, chunks=(max(1, min(b.shape[0], 64)), H, W)) for b in blocks])

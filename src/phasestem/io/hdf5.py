@@ -7,20 +7,30 @@
 * any other file: ``patterns_key``, or the only 3-D/4-D dataset in it.
 Calibrations given as options override those found in the file (the dataset's metadata says which, and
 which of them differ: :func:`phasestem.io._common.build_dataset`).
+
+Every patterns dataset must have been written: a dataset whose chunks (or contiguous storage) were never, or
+only partly, allocated is refused naming the file, the dataset and how much is missing, before anything is
+read (its missing parts would read as the fill value, and screening them would read the whole declared
+size). :func:`open_file` and :func:`reading` are the one way the other modules open user HDF5 files: any
+failure is one :class:`~phasestem.errors.InputFileError` line naming the file.
 """
 from __future__ import annotations
 
 import json
 import logging
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from ..configfile import loads_json
 from ..dataset import FourDSTEM
-from ..errors import InputFileError
+from ..errors import InputFileError, PhasestemError
 from ..optics import wavelength
-from ..safety import atomic_file, available_memory
+from ..safety import atomic_file, available_memory, check_readable, gb
 from . import seed
 from ._common import build_dataset as common_build_dataset
 from ._common import check_real
@@ -31,6 +41,61 @@ OWN_FORMAT = "phasestem-4dstem"
 #: an HDF5 array is read into memory (``lazy=None``) only if its float32 copy is below this share of the
 #: memory still available; larger ones stay on disk and are read pattern block by pattern block
 EAGER_MEMORY_FRACTION = 0.25
+#: compressed data expanding more than this many times (beyond 64 MiB) are never read whole into memory: an HDF5
+#: dataset of that kind stays on disk (read as needed), a compressed .npz member is refused (it cannot be)
+MAX_EXPANSION = 200
+EXPANSION_FREE_BYTES = 64 * 1024**2
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def open_file(path: str | Path, what: str = "HDF5 file") -> h5py.File:
+    """``h5py.File(path, 'r')``; a missing, looped, unreadable or non-HDF5 path is one :class:`InputFileError`
+    naming it and saying what was expected (``what``)."""
+    path = check_readable(path, what)
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise InputFileError(f"{path}: not a readable {what} ({_first_line(exc)})") from exc
+
+
+@contextmanager
+def reading(path: str | Path, what: str = "HDF5 file") -> Iterator[None]:
+    """Errors of h5py (and of indexing what it returns: a group where a dataset was expected) while reading
+    ``path`` become one :class:`InputFileError` line naming it; phasestem's own errors pass unchanged."""
+    try:
+        yield
+    except PhasestemError:
+        raise
+    except (OSError, KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise InputFileError(f"{path}: not a readable {what}, damaged or of another layout? "
+                             f"({_first_line(exc)})") from exc
+
+
+def check_written(dset: h5py.Dataset | h5py.Group, source: str) -> None:
+    """Refuse a group where a dataset is expected, or a dataset whose declared data were never or only partly
+    written (unallocated chunks or contiguous storage read as the fill value), naming ``source``, before any
+    value is read. Virtual and external datasets (their data live elsewhere) are not checked."""
+    if not isinstance(dset, h5py.Dataset):
+        raise InputFileError(f"{source}: is a group; expected a dataset")
+    if dset.size == 0 or dset.is_virtual or dset.external:
+        return
+    declared = f"{'×'.join(map(str, dset.shape))} {dset.dtype}, {gb(dset.size * dset.dtype.itemsize)}"
+    if dset.chunks is None:
+        if dset.id.get_storage_size() == 0:
+            raise InputFileError(f"{source}: declared as {declared} but never written (no storage allocated); "
+                                 "expected a dataset holding data")
+        return
+    total = math.prod(math.ceil(s / c) for s, c in zip(dset.shape, dset.chunks, strict=True))
+    written = dset.id.get_num_chunks()
+    if written < total:
+        fill = np.asarray(dset.fillvalue).tolist()
+        raise InputFileError(f"{source}: declared as {declared} but only {written:,} of its {total:,} chunks were "
+                             f"written ({gb(dset.id.get_storage_size())} stored); the rest would read as the fill "
+                             f"value {fill!r}. Expected a completely written dataset (an interrupted acquisition?)")
 
 
 def build_dataset(patterns, source: str, truth=None, lazy=None, metadata=None, file_values=None, defaults=None,
@@ -39,7 +104,8 @@ def build_dataset(patterns, source: str, truth=None, lazy=None, metadata=None, f
 
     With ``lazy=None`` an on-disk array is read into memory when its float32 copy fits in
     :data:`EAGER_MEMORY_FRACTION` of the available memory (straight into one float32 buffer: never two
-    copies), and kept on disk otherwise.
+    copies) and it does not expand more than :data:`MAX_EXPANSION` times its stored size (a few MB of
+    compressed zeros declaring GBs), and kept on disk otherwise.
     """
     check_real(patterns, source)
     if not _is_lazy(patterns, lazy) and not isinstance(patterns, np.ndarray):
@@ -62,8 +128,17 @@ def _is_lazy(arr, lazy) -> bool:
     if isinstance(arr, np.ndarray):
         return False
     if lazy is None:
-        return int(np.prod(arr.shape)) * 4 > EAGER_MEMORY_FRACTION * available_memory()
+        size = int(np.prod(arr.shape)) * 4
+        return size > EAGER_MEMORY_FRACTION * available_memory() or _expands(arr)
     return bool(lazy)
+
+
+def _expands(dset) -> bool:
+    """Whether an h5py dataset's data expand more than :data:`MAX_EXPANSION` times beyond its stored size."""
+    if not isinstance(dset, h5py.Dataset) or dset.chunks is None:
+        return False
+    nbytes = dset.size * dset.dtype.itemsize
+    return nbytes > EXPANSION_FREE_BYTES and nbytes > MAX_EXPANSION * max(dset.id.get_storage_size(), 1)
 
 
 def _datasets(f: h5py.File) -> dict[str, h5py.Dataset]:
@@ -84,12 +159,7 @@ def read(path: str | Path, patterns_key: str | None = None, sample: int | None =
          **options) -> FourDSTEM:
     """Read a 4D-STEM HDF5 file (see the module docstring). ``options`` = calibrations for build_dataset."""
     path = Path(path)
-    if not path.exists():
-        raise InputFileError(f"{path}: no such file")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise InputFileError(f"{path}: not a readable HDF5 file ({exc})") from exc
+    f = open_file(path)
     fmt = _attr(f.attrs, "format")
     if fmt == OWN_FORMAT:
         return _read_own(f, path, lazy, **options)
@@ -110,15 +180,18 @@ def read(path: str | Path, patterns_key: str | None = None, sample: int | None =
         keys = sorted(dsets)
         f.close()
         raise InputFileError(f"{path}: no dataset '{patterns_key}' (patterns_key); datasets present: {keys}")
+    check_written(f[patterns_key], f"{path}:{patterns_key}")
     truth = None
     if phase_key is not None:
         if phase_key not in f:
             raise InputFileError(f"{path}: no dataset '{phase_key}' (phase_key); datasets present: {sorted(dsets)}")
+        check_written(f[phase_key], f"{path}:{phase_key}")
         truth = {"phase": np.asarray(f[phase_key][...], dtype=np.float32)}
     positions = None
     if positions_key is not None:
         if positions_key not in f:
             raise InputFileError(f"{path}: no dataset '{positions_key}' (positions_key); datasets: {sorted(dsets)}")
+        check_written(f[positions_key], f"{path}:{positions_key}")
         positions = np.asarray(f[positions_key][...], dtype=np.float64).reshape(-1, 2)
     return build_dataset(f[patterns_key], f"{path}:{patterns_key}", truth=truth, lazy=lazy,
                          metadata={"file": str(path), "patterns_key": patterns_key},
@@ -155,7 +228,7 @@ def _read_seed(f, path, samples, sample, lazy, potential_energy, **options) -> F
         energy = float(f.attrs["energy"])
         held = dict(energy=energy, scan_step=tuple(f.attrs["scan_step"]),
                     angular_sampling=tuple(f.attrs["angular_sampling"]), semiangle=float(f.attrs["semiangle"]),
-                    aberrations=seed.aberrations(f.attrs),
+                    aberrations=seed.aberrations(f.attrs, path),
                     scan_origin=tuple(f.attrs["scan_origin"]))
         phase = seed.read_phase(f, seed.phase_key(sample))
         meta["phase_target"] = "phase_rad (stored)"
@@ -176,6 +249,7 @@ def _read_seed(f, path, samples, sample, lazy, potential_energy, **options) -> F
                     "full angular range of a 100 Å cell; pass energy/scan_step/angular_sampling to override",
                     path, energy / 1e3)
     truth = None if phase is None else {"phase": phase, "sampling": sampling}
+    check_written(f[key], f"{path}:{key}")
     return build_dataset(f[key], f"{path}:{key}", truth=truth, lazy=lazy, metadata=meta, file_values=held,
                          defaults=assumed, **options)
 
@@ -185,12 +259,13 @@ def _read_own(f, path, lazy, **options) -> FourDSTEM:
     held = dict(energy=float(a["energy"]), scan_step=tuple(a["scan_step"]),
                 angular_sampling=tuple(a["angular_sampling"]) if "angular_sampling" in a else None,
                 semiangle=float(a["semiangle"]) if "semiangle" in a else None,
-                aberrations=json.loads(_attr(a, "aberrations", "{}")),
+                aberrations=loads_json(_attr(a, "aberrations", "{}"), f"{path}: attribute 'aberrations'"),
                 scan_origin=tuple(a["scan_origin"]) if "scan_origin" in a else None,
                 positions=np.asarray(f["positions"][...]) if "positions" in f else None)
     truth = None
     if "truth/phase" in f:
         truth = {"phase": np.asarray(f["truth/phase"][...]), "sampling": tuple(f["truth"].attrs["sampling"])}
+    check_written(f["patterns"], f"{path}:patterns")
     return build_dataset(f["patterns"], f"{path}:patterns", truth=truth, lazy=lazy, metadata={"file": str(path)},
                          file_values=held, **options)
 

@@ -4,10 +4,12 @@ File layout: ``offset`` header bytes, then N frames, each ``frame_header`` bytes
 pixels of ``dtype`` (row-major, ``order='C'``; ``'F'`` for column-major frames) and
 ``frame_footer`` bytes. ``footer_rows`` / ``header_rows`` give the per-frame extras in whole
 detector rows instead (e.g. the EMPAD: 128 × 128 pixels of float32 plus 2 footer rows per
-frame, i.e. frames of 130 × 128 — ``detector='empad'`` sets exactly that). A .raw named by an EMPAD
-.xml beside it (``<raw_file filename="…"/>``) is read through that .xml by :mod:`phasestem.io.rosetta`
-(rsciio's EMPAD reader, with the scan shape and step the .xml holds) when no ``shape`` is given or
-``detector='empad'``; the preset is the fallback for a .raw without its .xml.
+frame, i.e. frames of 130 × 128 — ``detector='empad'`` sets exactly that). A .raw paired with an EMPAD
+.xml beside it is read through that .xml by :mod:`phasestem.io.rosetta` (rsciio's EMPAD reader, with the
+scan shape and step the .xml holds) when no ``shape`` is given or ``detector='empad'``; the preset is the
+fallback for a .raw without its .xml. The pairing (:func:`empad_xml`): among the .xml files in the .raw's
+folder whose ``<raw_file filename="…"/>`` is exactly the .raw's name, the one with the .raw's stem, else
+the only one; several others are refused, naming them.
 
 Options:
 
@@ -28,23 +30,45 @@ from pathlib import Path
 import numpy as np
 
 from ..dataset import FourDSTEM
-from ..errors import ConfigError, ShapeError
+from ..errors import ConfigError, InputFileError, ShapeError
 from ._common import build_dataset
 
 PRESETS = {"empad": {"shape": (128, 128), "dtype": "<f4", "footer_rows": 2}}
 
 
+#: an EMPAD .xml is a few kB: larger .xml files beside a .raw are not read when looking for its pair
+_XML_MAX_BYTES = 1 << 20
+
+
+def _names_raw(xml: Path, name: str) -> bool:
+    """Whether ``xml`` is an EMPAD .xml whose ``<root><raw_file filename=…>`` is exactly ``name``."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        if xml.stat().st_size > _XML_MAX_BYTES:
+            return False
+        text = xml.read_bytes()
+        if b"raw_file" not in text:
+            return False
+        node = ET.fromstring(text).find("raw_file")
+    except (OSError, ET.ParseError):
+        return False
+    return node is not None and node.get("filename") == name
+
+
 def empad_xml(path: Path) -> Path | None:
-    """The EMPAD .xml beside ``path`` that names it as its raw file, or None."""
-    for xml in sorted(path.parent.glob("*.xml")):
-        try:
-            with open(xml, errors="replace") as f:
-                text = f.read(1 << 16)
-        except OSError:
-            continue
-        if "raw_file" in text and f'"{path.name}"' in text:
-            return xml
-    return None
+    """The EMPAD .xml that pairs with the .raw ``path``, or None. Candidates are the .xml files in its folder
+    whose ``raw_file`` names it exactly; the one with the same stem wins, else a single candidate; several
+    candidates and none with its stem → :class:`InputFileError` naming them (the user picks one)."""
+    naming = [xml for xml in sorted(path.parent.glob("*.xml")) if _names_raw(xml, path.name)]
+    same_stem = [xml for xml in naming if xml.stem == path.stem]
+    if same_stem:
+        return same_stem[0]
+    if len(naming) > 1:
+        raise InputFileError(f"{path}: {len(naming)} EMPAD .xml files beside it name it as their raw file "
+                             f"({', '.join(x.name for x in naming)}); load the .xml you mean instead of the .raw, "
+                             f"or name it {path.stem}.xml")
+    return naming[0] if naming else None
 
 
 def read(path: str | Path, shape=None, dtype: str = "float32", offset: int = 0, frame_header: int = 0,

@@ -24,6 +24,12 @@ A signal axis in length units (a position on the camera) is not converted: the c
 recorded in ``metadata['camera_length_mm']`` and the angular sampling must be given. What the file
 did not hold is listed in ``metadata['missing_from_file']`` (and logged).
 
+Declared sizes: before the rsciio reader maps anything, the extent of the data the file declares (the EMPAD
+.xml's scan over its .raw, a blockfile header, the tags of a DigitalMicrograph file) is checked against the
+file's real size, so a header declaring terabytes over a few MB is refused in one line naming both instead
+of building a dask graph of millions of chunks; for every plugin, the last value of the lazy array is read
+once, so a truncated file is refused at once, naming the file.
+
 Scan shape: a 4D file gives it; a stack of frames (N, H, W) is reshaped with ``scan_shape`` (or the
 file's own metadata: the .mib .hdr "Frames per Trigger", the EMPAD .xml). A ``scan_shape`` that
 disagrees with the file raises :class:`ShapeError` naming the file and both shapes.
@@ -44,7 +50,8 @@ from ..dataset import FourDSTEM
 from ..errors import ConfigError, InputFileError, ShapeError
 from ..extras import EXTRAS, install_hint
 from ..optics import wavelength
-from ._common import build_dataset
+from ..safety import check_readable, gb
+from ._common import build_dataset, check_not_empty
 
 log = logging.getLogger("phasestem.io")
 
@@ -154,6 +161,9 @@ def _mib_scan_shape(path: Path) -> tuple[tuple[int, int] | None, int]:
     except (IndexError, ValueError, KeyError):
         raise InputFileError(f"{path}: the MIB header is not readable (expected 'MQ1,seq,offset,chips,W,H,"
                              f"U08|U16|U32,…')") from None
+    if H <= 0 or W <= 0 or head_size <= 0:
+        raise ShapeError(f"{path}: the MIB header declares frames of {H}×{W} pixels after a {head_size}-byte "
+                         "header; expected at least 1×1 pixels and a header")
     frame = head_size + H * W * itemsize
     size = path.stat().st_size
     if size % frame:
@@ -178,6 +188,101 @@ def _mib_scan_shape(path: Path) -> tuple[tuple[int, int] | None, int]:
     return None, n
 
 
+def _empad_extent(xml: Path) -> list[tuple[Path, int, str]]:
+    """The .raw an EMPAD .xml names and the bytes its declared scan needs (rsciio's own parse of the .xml)."""
+    from rsciio.empad._api import _parse_xml
+
+    from .raw import PRESETS
+
+    try:
+        _, info = _parse_xml(str(xml))
+    except Exception as exc:  # noqa: BLE001 - the XML library's and rsciio's errors vary
+        raise InputFileError(f"{xml}: not an EMPAD .xml ({type(exc).__name__}: {exc})") from None
+    name = str(info["raw_filename"])
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise InputFileError(f"{xml}: raw_file {name!r} is not the name of a file beside the .xml")
+    raw = check_readable(xml.parent / name, f"EMPAD .raw file (named by {xml.name})")
+    preset = PRESETS["empad"]
+    H, W = preset["shape"]
+    frame = (H + preset["footer_rows"]) * W * np.dtype(preset["dtype"]).itemsize
+    if "series_count" in info:
+        n, what = int(info["series_count"]), f"a series of {int(info['series_count'])} frames"
+    else:
+        n, what = int(info["scan_y"]) * int(info["scan_x"]), f"a {int(info['scan_y'])}×{int(info['scan_x'])} scan"
+    if n <= 0:
+        raise ShapeError(f"{xml}: declares {what}; expected at least one frame")
+    return [(raw, n * frame, f"{xml} declares {what}: {n:,} frames of {W}×{H + preset['footer_rows']} float32")]
+
+
+def _blockfile_extent(path: Path) -> list[tuple[Path, int, str]]:
+    """The bytes a blockfile's header declares (frames of a 6-byte header and DP_SZ² uint8 after Data_offset_2)."""
+    from rsciio.blockfile._api import get_header_dtype_list
+
+    header = np.fromfile(path, dtype=get_header_dtype_list("<"), count=1)
+    if len(header) == 0:
+        return []
+    ny, nx, side, offset = (int(header[k][0]) for k in ("NY", "NX", "DP_SZ", "Data_offset_2"))
+    return [(path, offset + ny * nx * (6 + side * side),
+             f"its header declares a {ny}×{nx} scan of {side}×{side} uint8 frames from byte {offset}")]
+
+
+def _dm_extent(path: Path) -> list[tuple[Path, int, str]]:
+    """The bytes each image of a DigitalMicrograph file declares (its dimensions × data type, from its data
+    offset), from rsciio's parse of the tags (no data read)."""
+    from rsciio.digitalmicrograph._api import DigitalMicrographReader, ImageObject
+
+    out = []
+    with open(path, "rb") as f:
+        dm = DigitalMicrographReader(f)
+        dm.parse_file()
+        for imdict in dm.get_image_dictionaries():
+            image = ImageObject(imdict, f)
+            data = image.imdict.ImageData.Data
+            if isinstance(data, np.ndarray):  # small images are read with the tags
+                continue
+            shape = tuple(int(s) for s in image.shape)
+            need = int(data.offset) + math.prod(shape) * np.dtype(image.dtype).itemsize
+            out.append((path, need, f"its tags declare an image of {'×'.join(map(str, shape))} "
+                                    f"{np.dtype(image.dtype).name} from byte {int(data.offset)}"))
+    return out
+
+
+#: plugin → the (file, bytes needed, what declares them) its header declares, read before rsciio maps the data
+_EXTENT = {"empad": _empad_extent, "blockfile": _blockfile_extent, "digitalmicrograph": _dm_extent}
+
+
+def check_declared_extent(path: Path, plugin: str) -> None:
+    """Refuse a file shorter than the data its header (or companion .xml) declares, naming it and both sizes."""
+    extent = _EXTENT.get(plugin)
+    if extent is None:
+        return
+    try:
+        parts = extent(path)
+    except (InputFileError, ShapeError):
+        raise
+    except (ImportError, AttributeError) as exc:  # rsciio changed its internals: the end probe still guards
+        log.debug("%s: declared size not checked (%s)", path, exc)
+        return
+    except Exception as exc:  # noqa: BLE001 - a header too damaged to parse
+        raise InputFileError(f"{path}: not readable as {plugin} ({type(exc).__name__}: {exc})") from None
+    for file, need, what in parts:
+        have = file.stat().st_size
+        if have < need:
+            raise InputFileError(f"{file}: holds {gb(have)} but {what}, {gb(need)}: truncated, or a wrong header?")
+
+
+def _probe_end(data, path: Path) -> None:
+    """Read the last value of a lazy array once: a file shorter than its header says fails here, named."""
+    if not data.size:
+        return
+    try:
+        np.asarray(data[(-1,) * data.ndim])
+    except Exception as exc:  # noqa: BLE001 - memmap/dask/h5py errors vary
+        raise InputFileError(f"{path}: its data ({'×'.join(map(str, data.shape))} {data.dtype}) run past the end of "
+                             f"the file ({gb(path.stat().st_size)}): truncated? ({type(exc).__name__}: {exc})"
+                             ) from None
+
+
 def _pick_signal(signals, path: Path) -> Mapping:
     ok = []
     for s in signals:
@@ -195,6 +300,7 @@ def _pick_signal(signals, path: Path) -> Mapping:
 def _resolve_scan_shape(data, path: Path, given, from_file, order: str):
     """(Sy, Sx, H, W) dask/ndarray from 3D or 4D data, checking the user's ``scan_shape`` against the file."""
     given = None if given is None else (int(given[0]), int(given[1]))
+    check_not_empty(tuple(int(s) for s in data.shape), path)
     if data.ndim == 4:
         held = tuple(int(s) for s in data.shape[:2])
         if given is not None and given != held:
@@ -233,6 +339,7 @@ def read(path: str | Path, plugin: str | None = None, reader_options: Mapping[st
                           f"{sorted(set(PLUGINS.values()))}")
     kwargs = dict(reader_options or {})
     _check_magic(path, plugin)
+    check_declared_extent(path, plugin)
     file_scan = None
     if plugin == "quantumdetector":
         file_scan, n_frames = _mib_scan_shape(path)
@@ -247,6 +354,7 @@ def read(path: str | Path, plugin: str | None = None, reader_options: Mapping[st
     sig = _pick_signal(signals, path)
     axes = sorted(sig["axes"], key=lambda a: a["index_in_array"])
     data = sig["data"]
+    _probe_end(data, path)
     nav_idx = [i for i, a in enumerate(axes) if a.get("navigate")]
     sig_idx = [i for i, a in enumerate(axes) if not a.get("navigate")]
     if nav_idx + sig_idx != list(range(len(axes))):

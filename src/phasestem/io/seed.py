@@ -22,13 +22,14 @@ takes the keys, the file kind and the factor that turns ``phase_{i}`` into rad f
 """
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..configfile import loads_json
 from ..optics import interaction_constant
 from ._common import decode
 
@@ -84,9 +85,11 @@ def attr_str(attrs: Mapping[str, Any], name: str, default: str = "") -> str:
     return str(decode(attrs.get(name, default)))
 
 
-def aberrations(attrs: Mapping[str, Any]) -> dict[str, float]:
-    """The ``aberrations`` root attribute of phasestem's files (JSON, Å) as a dict; ``{}`` when absent."""
-    return json.loads(attr_str(attrs, "aberrations", "{}"))
+def aberrations(attrs: Mapping[str, Any], path: str | Path = "") -> dict[str, float]:
+    """The ``aberrations`` root attribute of phasestem's files (JSON, Å) as a dict; ``{}`` when absent.
+    Errors name ``path`` (the file)."""
+    return loads_json(attr_str(attrs, "aberrations", "{}"), f"{path}: root attribute 'aberrations'" if path
+                      else "root attribute 'aberrations'")
 
 
 def is_own(attrs: Mapping[str, Any]) -> bool:

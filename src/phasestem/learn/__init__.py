@@ -20,6 +20,48 @@
   (Phaseformer); :mod:`.evaluate`, :mod:`.consistency`; the commands (``train <network>``, ``predict``,
   ``evaluate``, ``embed``, ``refine``, ``make-pairs``) in :mod:`.commands`.
 
-Sub-modules are imported on demand so ``import phasestem.learn.trainer`` does not pull in timm.
+Sub-modules are imported on demand so ``import phasestem.learn.trainer`` does not pull in timm. The public names
+below load their module on first use (PEP 562), so ``import phasestem.learn`` stays light::
+
+    from phasestem.learn import Autoencoder, load_model, predict_file
 """
 from __future__ import annotations
+
+#: public name -> "module:attribute" (README "Python API")
+API = {
+    "PatchRecoveryNet": "phasestem.learn.nets.patch:PatchRecoveryNet",
+    "PhaseStitchingNet": "phasestem.learn.nets.stitch:PhaseStitchingNet",
+    "End2End": "phasestem.learn.nets.end2end:End2End",
+    "Autoencoder": "phasestem.learn.nets.autoencoder:Autoencoder",
+    "Phaseformer": "phasestem.learn.nets.phaseformer:Phaseformer",
+    "NETWORKS": "phasestem.learn.registry:NETWORKS",
+    "load_model": "phasestem.learn.registry:load_model",
+    "load_run_config": "phasestem.learn.registry:load_run_config",
+    "build_network": "phasestem.learn.registry:build_network",
+    "train_run": "phasestem.learn.registry:train_run",
+    "predict_file": "phasestem.learn.apply:predict_file",
+    "embed_file": "phasestem.learn.apply:embed_file",
+    "refine_file": "phasestem.learn.apply:refine_file",
+    "apply_file": "phasestem.learn.apply:apply_file",
+    "load_predictor": "phasestem.learn.apply:load_predictor",
+    "predict_phase": "phasestem.learn.apply:predict_phase",
+    "load_autoencoder": "phasestem.learn.apply:load_autoencoder",
+    "embed_scan": "phasestem.learn.apply:embed_scan",
+    "load_phaseformer": "phasestem.learn.apply:load_phaseformer",
+    "refine_phase": "phasestem.learn.apply:refine_phase",
+    "make_pairs": "phasestem.learn.pair_sources:make_pairs",
+}
+
+__all__ = list(API)
+
+
+def __getattr__(name: str):
+    from .. import lazy_attribute
+
+    value = lazy_attribute(API, __name__, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *API})

@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-from ..errors import InputFileError
+from ..configfile import loads_json
+from ..errors import ConfigError, InputFileError
 from ..extras import require
 from ..safety import atomic_file, remove_stale_temporaries, temporary_name
 from ..torch_files import first_line as _first_line
@@ -74,10 +75,12 @@ def _parse_meta(meta: Any, path: Path) -> dict:
 
     if isinstance(meta, Mapping):
         return normalize_meta(dict(meta))
+    if not isinstance(meta, str | bytes):
+        raise InputFileError(f"{path}: its 'phasestem' metadata is not JSON text (found {type(meta).__name__})")
     try:
-        out = json.loads(meta)
-    except (TypeError, json.JSONDecodeError) as exc:
-        raise InputFileError(f"{path}: its 'phasestem' metadata is not valid JSON ({_first_line(exc)})") from exc
+        out = loads_json(meta, f"{path}: its 'phasestem' metadata")
+    except ConfigError as exc:
+        raise InputFileError(str(exc)) from None
     if not isinstance(out, dict):
         raise InputFileError(f"{path}: its 'phasestem' metadata is not a JSON object")
     return normalize_meta(out)
@@ -110,7 +113,13 @@ def read_meta(path: str | Path) -> dict:
 
 
 def resolve_weights_path(path: str | Path) -> Path:
-    """A model file from a file, a checkpoint folder (``model.*``) or a run folder (``best/``, ``last/``)."""
+    """A model file from a pretrained model's name (:mod:`.pretrained`: ``seed-tiny``, checksum verified), a file, a
+    checkpoint folder (``model.*``) or a run folder (``best/``, ``last/``)."""
+    from .pretrained import resolve
+
+    shipped = resolve(path)
+    if shipped is not None:
+        return shipped
     path = Path(path)
     if path.is_file():
         return path
@@ -165,12 +174,16 @@ def _step_of(row: Mapping[str, str]) -> float:
         return 0.0
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes (read in 1 MiB chunks)."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+_sha256 = sha256_file  # the name trainer_state imports
 
 
 def _fsync(path: Path) -> None:
@@ -242,7 +255,7 @@ def verify_checkpoint(folder: str | Path) -> dict | None:
                     MANIFEST)
         return None
     try:
-        manifest = json.loads(path.read_text())
+        manifest = loads_json(path.read_text(errors="replace"), str(path))
         files = dict(manifest["files"])
         int(manifest["global_step"])
     except (ValueError, KeyError, TypeError) as exc:

@@ -10,7 +10,8 @@ import logging
 import sys
 from pathlib import Path
 
-from ..configfile import parse_set_options, read_yaml_mapping, validate
+from .. import cliargs
+from ..configfile import parse_set_options, read_yaml_mapping, resolve_config_paths, validate
 
 log = logging.getLogger("phasestem.learn")
 
@@ -18,12 +19,12 @@ _FMT = argparse.RawDescriptionHelpFormatter
 
 
 def _device_flag(p) -> None:
-    p.add_argument("--device", default="auto", help="'auto' (a GPU when there is one), 'cpu', 'cuda', 'cuda:1'")
+    cliargs.add_device(p, "auto")
 
 
 def _model_flag(p) -> None:
-    p.add_argument("--model", "--checkpoint", dest="model", required=True, action=_ModelFlag,
-                   help="model file or run folder (best/ then last/); --checkpoint: older name")
+    p.add_argument("--model", "--checkpoint", dest="model", required=True, action=cliargs.Deprecated, new="--model",
+                   old=("--checkpoint",), help="model file or run folder (best/ then last/); --checkpoint: older name")
 
 
 def _bad_pixels_flag(p, what: str) -> None:
@@ -43,31 +44,34 @@ def register(subparsers, train_subparsers) -> None:
             "(see configs/; key 'network:'); flags override it; a copy is written to the run folder.",
             formatter_class=_FMT,
             epilog=f"Examples:\n  phasestem train {name} configs/{example}\n"
-                   f"  phasestem train {name} configs/{example} --epochs 2 --out-dir runs/try --resume\n"
+                   f"  phasestem train {name} configs/{example} --epochs 2 --out runs/try --resume\n"
                    f"  phasestem train {name} configs/{example} --set trainer.lr=3e-4 --dump-config",
         )
-        p.add_argument("config", help="training YAML (network, data, model, loss, trainer, out_dir)")
+        cliargs.add_config(p, "training YAML (network, data, model, loss, trainer, out_dir); relative paths in it are "
+                      "taken from its folder")
         p.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override a config field, e.g. trainer.lr=3e-4 (repeatable)")
-        p.add_argument("--out-dir", help="run folder (overrides out_dir)")
+        cliargs.add_out(p, None, "run folder (overrides out_dir)", old=("--out-dir",))
         p.add_argument("--epochs", type=int, help="override trainer.epochs")
         p.add_argument("--lr", type=float, help="override trainer.lr")
-        p.add_argument("--device", help="override trainer.device (cpu, cuda, cuda:1, auto)")
-        p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last")
-        p.add_argument("--dump-config", action="store_true", help="print the fully resolved config and exit")
+        cliargs.add_device(p, what="overrides trainer.device")
+        p.add_argument("--resume", action="store_true", help="continue from OUT/last")
+        cliargs.add_dump_config(p)
         p.set_defaults(func=_train, stage=name)
 
     p = subparsers.add_parser(
         "predict", help="learned phase of a 4D-STEM scan (HDF5 + PNG)", formatter_class=_FMT,
         description="Apply a trained End2End model (or a patch model + a stitching model) to one 4D-STEM scan "
                     "and write the 256² phase as HDF5 and PNG. The model's stored preprocessing is reapplied.",
-        epilog="Examples:\n  phasestem predict data/simulation_data1.h5 --sample 3 --model runs/e2e --out phase.h5\n"
-               "  phasestem predict scan.h5 --model runs/patch --stitch-model runs/stitch --out phase.h5",
+        epilog="Examples:\n  phasestem predict data/simulation_data1.h5 --sample 3 --model runs/e2e --out results\n"
+               "  phasestem predict scan.h5 --key /entry/data --model runs/patch --stitch-model runs/stitch "
+               "--out-file phase.h5",
     )
     p.add_argument("input", help="4D-STEM file (any format phasestem.io reads)")
     p.add_argument("--model", required=True, help="end2end (or patch) model: weights file or run folder")
     p.add_argument("--stitch-model", help="stitching model, when --model is a patch model")
-    p.add_argument("--out", default="phase_learned.h5", help="output HDF5 (a PNG is written next to it)")
+    cliargs.add_out_file(p, "INPUT_phase.h5 (INPUT_sampleN_phase.h5 with --sample; a PNG beside it)")
+    cliargs.add_key(p, old=False)
     p.add_argument("--sample", type=int, help="sample index in a seed-000 training file")
     p.add_argument("--energy", type=float, help="beam energy (eV) when the file lacks it")
     _device_flag(p)
@@ -89,7 +93,7 @@ def register(subparsers, train_subparsers) -> None:
     p.add_argument("--max-samples", type=int, help="evaluate at most N samples")
     p.add_argument("--batch-size", type=int, default=2, help="samples per batch")
     _device_flag(p)
-    p.add_argument("--out", default="evaluation", help="output folder (metrics.csv, summary.md, examples.png)")
+    cliargs.add_out(p, "evaluation", "output folder (metrics.csv, summary.md, examples.png)")
     _bad_pixels_flag(p, "values in the data")
     p.set_defaults(func=_evaluate)
 
@@ -103,12 +107,12 @@ def _register_embed_refine_pairs(subparsers) -> None:
         description="Encode every diffraction pattern of a scan; write each latent channel as an image over "
                     "the scan grid (HDF5 'latent_maps' (D, Sy, Sx) + a PNG grid).",
         epilog="Examples:\n  phasestem embed data/simulation_data1.h5 --sample 0 --model runs/autoencoder\n"
-               "  phasestem embed scan.npy --model runs/ae/best --out ae_latent.h5 --report 16 --summary")
+               "  phasestem embed scan.npy --model runs/ae/best --out-file ae_latent.h5 --report 16 --summary")
     p.add_argument("data", help="4D-STEM file (any format phasestem.io reads)")
     _model_flag(p)
-    p.add_argument("--out", help="output HDF5 (default: DATA_latent.h5 in the current folder)")
+    cliargs.add_out_file(p, "DATA_latent.h5 (DATA_sampleN_latent.h5 with --sample; a PNG grid beside it)")
     p.add_argument("--sample", type=int, help="sample index in a simulation file (default: the first)")
-    p.add_argument("--patterns-key", help="dataset holding the patterns (HDF5/npz of other layouts)")
+    cliargs.add_key(p, "dataset holding the patterns (HDF5/npz of other layouts); --patterns-key: older name")
     p.add_argument("--batch-size", type=int, default=256, help="patterns per forward pass")
     _device_flag(p)
     p.add_argument("--report", type=int, default=0, metavar="N",
@@ -124,12 +128,12 @@ def _register_embed_refine_pairs(subparsers) -> None:
         description="Resize a coarse phase image (stitched or reconstructed) to SIZE², run Phaseformer and write "
                     "'phase' (SIZE²) and 'phase_x2' ((2·SIZE)²) in rad to HDF5 (+ a PNG).",
         epilog="Examples:\n  phasestem refine stitched_phase.npy --model runs/phaseformer\n"
-               "  phasestem refine recon.h5 --key object_phase --model runs/pf/best --size 0 --out pf.h5")
+               "  phasestem refine recon.h5 --key object_phase --model runs/pf/best --size 0 --out-file pf.h5")
     p.add_argument("image", help="coarse phase: .npy, .png, .tif or HDF5 (--key)")
     _model_flag(p)
     p.add_argument("--key", help="HDF5 dataset of the phase (default: 'phase' or the only 2-D dataset)")
     p.add_argument("--size", type=int, default=256, help="working size in px (0: keep the input size)")
-    p.add_argument("--out", help="output HDF5 (default: IMAGE_refined.h5 in the current folder)")
+    cliargs.add_out_file(p, "IMAGE_refined.h5 (a PNG beside it)")
     _device_flag(p)
     p.add_argument("--no-png", action="store_true", help="skip the comparison PNG")
     _bad_pixels_flag(p, "pixels")
@@ -147,13 +151,20 @@ def _register_embed_refine_pairs(subparsers) -> None:
                     "flat object, nominal probe). The last two train Phaseformer on the route's real errors. "
                     "(Training configs may also list simulation files directly: degraded pairs are then made on "
                     "the fly.)",
-        epilog="Examples:\n  phasestem make-pairs data/simulation_data*.h5 --out pairs/train_pairs.h5 --copies 4\n"
-               "  phasestem make-pairs data/simulation_data1.h5 --inputs-from stitch:runs/end2end --out pairs/e2e.h5\n"
-               "  phasestem make-pairs data/simulation_data1.h5 --inputs-from ad --ad-epochs 4 --out pairs/ad.h5\n"
-               "  phasestem make-pairs --config configs/make_pairs.yaml")
-    p.add_argument("files", nargs="*", help="simulation HDF5 files (or set 'files' in --config)")
-    p.add_argument("--config", help="YAML with files, out, copies, seed and degradation settings")
-    p.add_argument("--out", help="output pairs file (default pairs.h5)")
+        epilog="Examples:\n  phasestem make-pairs data/simulation_data*.h5 --out pairs --copies 4\n"
+               "  phasestem make-pairs data/simulation_data1.h5 --inputs-from stitch:runs/end2end "
+               "--out-file pairs/e2e.h5\n"
+               "  phasestem make-pairs data/simulation_data1.h5 --inputs-from ad --ad-epochs 4 --out-file pairs/ad.h5\n"
+               "  phasestem make-pairs configs/make_pairs.yaml\n"
+               "  phasestem make-pairs configs/make_pairs.yaml --dump-config")
+    p.add_argument("inputs", nargs="*", metavar="[CONFIG.yaml] FILE",
+                   help="a YAML config (files, out, copies, seed, degradation; a .yaml/.yml name, at most one) "
+                        "and/or simulation HDF5 files (they replace the config's 'files')")
+    p.add_argument("--config", dest="config_option", action=cliargs.Deprecated, new="the positional CONFIG.yaml",
+                   help=argparse.SUPPRESS)
+    p.add_argument("--out", metavar="DIR", help="output folder: the pairs file keeps its name (the config's 'out', "
+                   "default pairs.h5) inside DIR")
+    p.add_argument("--out-file", metavar="FILE", help="the pairs file itself (replaces the config's 'out')")
     p.add_argument("--copies", type=int, help="degraded versions per phase image")
     p.add_argument("--seed", type=int, help="random seed")
     p.add_argument("--inputs-from", dest="inputs_from", metavar="SOURCE",
@@ -161,7 +172,8 @@ def _register_embed_refine_pairs(subparsers) -> None:
     p.add_argument("--stitch-model", dest="stitch_model", help="stitching model when MODEL of stitch:MODEL is a "
                    "patch model")
     p.add_argument("--ad-epochs", dest="ad_epochs", type=int, help="lsq epochs of --inputs-from ad (default 4)")
-    p.add_argument("--device", help="torch device of the stitch / AD inputs (default cpu)")
+    cliargs.add_device(p, what="of the stitch / AD inputs (default cpu)")
+    cliargs.add_dump_config(p)
     p.set_defaults(func=_make_pairs)
 
 
@@ -169,8 +181,8 @@ def _train(args) -> int:
     from .registry import load_run_config, train_run
 
     overrides = parse_set_options(args.set)
-    if args.out_dir:
-        overrides["out_dir"] = args.out_dir
+    if args.out:
+        overrides["out_dir"] = args.out
     if args.epochs is not None:  # 0 is refused by the config, not ignored
         overrides["trainer.epochs"] = args.epochs
     if args.lr is not None:  # 0 is refused by the config, not ignored
@@ -181,9 +193,9 @@ def _train(args) -> int:
         overrides["resume"] = True
     cfg = load_run_config(args.config, args.stage, overrides)
     if args.dump_config:
-        import yaml
+        from ..configdump import config_yaml
 
-        sys.stdout.write(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        sys.stdout.write(config_yaml(cfg, f"phasestem train {args.stage}"))
         return 0
     summary = train_run(cfg)
     best = summary["best"] if summary["best"] is None else round(summary["best"], 5)
@@ -197,8 +209,11 @@ def _train(args) -> int:
 def _predict(args) -> int:
     from .apply import predict_file
 
-    path = predict_file(args.input, args.model, args.out, stitch_path=args.stitch_model, device=args.device,
-                        png=not args.no_png, sample=args.sample, energy=args.energy, bad_pixels=args.bad_pixels)
+    out = cliargs.result_file(args, cliargs.stem_name(args.input, _sample_part(args.sample) + "_phase.h5"),
+                              (args.input, args.model, args.stitch_model))
+    path = predict_file(args.input, args.model, out, stitch_path=args.stitch_model, device=args.device,
+                        png=not args.no_png, sample=args.sample, energy=args.energy, bad_pixels=args.bad_pixels,
+                        patterns_key=args.patterns_key)
     print(f"phase written to {path}" + ("" if args.no_png else f" and {path.with_suffix('.png')}"))
     return 0
 
@@ -225,24 +240,16 @@ def _evaluate(args) -> int:
     return 0
 
 
-class _ModelFlag(argparse.Action):
-    """``--model`` (``--checkpoint``, its older name, still works with a warning)."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        namespace.old_model_flag = option_string == "--checkpoint"  # warned once logging is set up
-        setattr(namespace, self.dest, values)
-
-
-def _warn_old_flags(args) -> None:
-    if getattr(args, "old_model_flag", False):
-        log.warning("--checkpoint is deprecated: use --model (same meaning)")
+def _sample_part(sample: int | None) -> str:
+    return "" if sample is None else f"_sample{sample}"
 
 
 def _embed(args) -> int:
     from .apply import embed_file
 
-    _warn_old_flags(args)
-    res = embed_file(args.data, args.model, args.out, png=not args.no_png, device=args.device,
+    out = cliargs.result_file(args, cliargs.stem_name(args.data, _sample_part(args.sample) + "_latent.h5"),
+                              (args.data, args.model))
+    res = embed_file(args.data, args.model, out, png=not args.no_png, device=args.device,
                      batch_size=args.batch_size, report=args.report, summary=args.summary,
                      patterns_key=args.patterns_key, sample=args.sample, bad_pixels=args.bad_pixels)
     if res["masked"]:
@@ -258,8 +265,8 @@ def _embed(args) -> int:
 def _refine(args) -> int:
     from .apply import refine_file
 
-    _warn_old_flags(args)
-    res = refine_file(args.image, args.model, args.out, png=not args.no_png, device=args.device,
+    out = cliargs.result_file(args, cliargs.stem_name(args.image, "_refined.h5"), (args.image, args.model))
+    res = refine_file(args.image, args.model, out, png=not args.no_png, device=args.device,
                       size=None if args.size == 0 else args.size, key=args.key, bad_pixels=args.bad_pixels)
     print(f"refined phase {res['shape']} and ×2 {res['shape_x2']} (rad) → {res['out']}"
           + (f" and {res['png']}" if res["png"] else ""))
@@ -269,11 +276,12 @@ def _refine(args) -> int:
 def _make_pairs(args) -> int:
     from .config import MakePairsConfig
 
-    data = read_yaml_mapping(args.config) if args.config else {}
-    if args.files:
-        data["files"] = args.files
-    if args.out:
-        data["out"] = args.out
+    config, files = cliargs.config_among(args.inputs, args.config_option)
+    data = resolve_config_paths(MakePairsConfig, read_yaml_mapping(config), Path(config).parent) if config else {}
+    if files:
+        data["files"] = files
+    if args.out or args.out_file:  # the pairs file keeps its name inside --out DIR; --out-file replaces it
+        data["out"] = str(cliargs.result_file(args, Path(str(data.get("out") or "pairs.h5")).name, (config, *files)))
     if args.copies is not None:
         data["copies"] = args.copies
     if args.seed is not None:
@@ -281,11 +289,16 @@ def _make_pairs(args) -> int:
     for key in ("inputs_from", "stitch_model", "ad_epochs", "device"):
         if getattr(args, key, None) is not None:
             data[key] = getattr(args, key)
-    cfg = validate(MakePairsConfig, data, args.config or "make-pairs")
+    cfg = validate(MakePairsConfig, data, config or "make-pairs")
+    if args.dump_config:
+        from ..configdump import config_yaml
+
+        sys.stdout.write(config_yaml(cfg, "phasestem make-pairs"))
+        return 0
     from ..safety import refuse_output_over_inputs
     from .data import expand_paths
 
-    refuse_output_over_inputs(cfg.out, [args.config, *expand_paths(cfg.files)])
+    refuse_output_over_inputs(cfg.out, [config, *expand_paths(cfg.files)])
     from .pair_sources import make_measured_pairs, make_pairs, parse_inputs_from
 
     kind, _ = parse_inputs_from(cfg.inputs_from)
@@ -316,11 +329,11 @@ def stage_script(name: str, argv: list[str] | None = None, configs: Path | None 
     """``scripts/<name>.py``: train one stage of the learned route through the one pipeline (``phasestem train``).
 
     The flags of ``phasestem train``: ``--config`` (default: the repository's ``configs/<stage>.yaml``),
-    ``--set KEY=VALUE`` (repeatable), ``--out-dir``, ``--epochs``, ``--lr``, ``--device`` (default auto),
-    ``--resume``, ``--dump-config``; ``--data`` seed-000 files or globs (replace ``data.files``); for End2End the
-    two trained networks as in ``phasestem predict``: ``--model`` (the patch model) and ``--stitch-model``. The
-    seed's spellings stay: ``--out`` (= ``--out-dir``), ``--patch-model`` (= ``--model``). Explicit flags win
-    over ``--set``, which wins over the YAML.
+    ``--set KEY=VALUE`` (repeatable), ``--out`` (the run folder), ``--epochs``, ``--lr``, ``--device`` (default
+    auto), ``--resume``, ``--dump-config``; ``--data`` seed-000 files or globs (replace ``data.files``); for
+    End2End the two trained networks as in ``phasestem predict``: ``--model`` (the patch model) and
+    ``--stitch-model``. The seed's spelling ``--patch-model`` (= ``--model``) stays; ``--out-dir`` still works
+    (deprecated). Explicit flags win over ``--set``, which wins over the YAML.
     """
     stage, default_config, text = STAGE_SCRIPTS[name]
     p = argparse.ArgumentParser(
@@ -334,12 +347,12 @@ def stage_script(name: str, argv: list[str] | None = None, configs: Path | None 
     p.add_argument("--config", help=f"training YAML (default: configs/{default_config})")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config field, e.g. trainer.lr=3e-4 (repeatable)")
-    p.add_argument("--out-dir", "--out", dest="out_dir", help="run folder (default: the config's out_dir)")
+    cliargs.add_out(p, None, "run folder (default: the config's out_dir)", old=("--out-dir",))
     p.add_argument("--epochs", type=int, help="override trainer.epochs")
     p.add_argument("--lr", type=float, help="override trainer.lr")
     p.add_argument("--device", help="cpu, cuda, cuda:1 or auto (default, unless --set trainer.device=…)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last")
-    p.add_argument("--dump-config", action="store_true", help="print the fully resolved config and exit")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last")
+    cliargs.add_dump_config(p)
     if stage == "end2end":
         p.add_argument("--model", "--patch-model", dest="patch_model", metavar="MODEL",
                        help="trained patch model: run folder of patchRecovery.py or weights file (patch_checkpoint)")
@@ -357,7 +370,7 @@ def stage_script(name: str, argv: list[str] | None = None, configs: Path | None 
         overrides = parse_set_options(args.set)
         if args.device or "trainer.device" not in overrides:
             overrides["trainer.device"] = args.device or "auto"
-        for key, value in (("data.files", args.data), ("out_dir", args.out_dir), ("trainer.epochs", args.epochs),
+        for key, value in (("data.files", args.data), ("out_dir", args.out), ("trainer.epochs", args.epochs),
                            ("trainer.lr", args.lr), ("resume", args.resume or None),
                            ("patch_checkpoint", getattr(args, "patch_model", None)),
                            ("stitch_checkpoint", getattr(args, "stitch_model", None))):
@@ -365,9 +378,9 @@ def stage_script(name: str, argv: list[str] | None = None, configs: Path | None 
                 overrides[key] = value
         cfg = load_train_config(config, stage, overrides)
         if args.dump_config:
-            import yaml
+            from ..configdump import config_yaml
 
-            sys.stdout.write(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+            sys.stdout.write(config_yaml(cfg, f"{name}.py (phasestem train {stage})"))
             return 0
         summary = train_run(cfg)
         if summary["main_process"]:

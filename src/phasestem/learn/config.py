@@ -28,19 +28,19 @@ Phaseformer example::
     loss: {components: [charbonnier, perceptual, gradient, ms_ssim], perceptual_weights: null}
     trainer: {epochs: 50, lr: 1e-3, warmup_fraction: 0.05, monitor: val/psnr, monitor_mode: max}
 
-Relative data paths are resolved against the config file's folder when they do not exist as given. The
+Relative paths in a config file (data files and globs, ``out_dir``, checkpoints, weights) are taken relative to
+that file's folder (:mod:`phasestem.configfile`); paths given on the command line, to the working directory. The
 networks' own settings and loss settings (``model:``, ``loss:``) are defined with the networks
 (:mod:`.nets`) and exported here too.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
-from ..configfile import read_yaml_mapping
+from ..configfile import ConfigPath, read_yaml_mapping
 from ..errors import ConfigError
 from .data import OriginalLayout, Preprocess
 from .nets.autoencoder import AutoencoderLossConfig, AutoencoderModelConfig
@@ -56,7 +56,8 @@ class DataConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    files: list[str] = Field(..., description="HDF5 files, folders or glob patterns (seed-000 layout)")
+    files: Annotated[list[str], ConfigPath()] = Field(
+        ..., description="HDF5 files, folders or glob patterns (seed-000 layout)")
     layout: Literal["auto", "phasestem", "original"] = Field(
         "auto", description="'auto' = ours when the file says format=phasestem-seed000, else the user's original"
     )
@@ -99,13 +100,16 @@ class TrainRunConfig(BaseModel):
     network: Literal["patch", "stitch", "end2end"] = Field(
         ..., validation_alias=AliasChoices("network", "stage"),
         description="which network to train (older files say 'stage:', also accepted)")
-    out_dir: str = Field("runs/learn", description="run folder (checkpoints, logs, copy of this config)")
+    out_dir: Annotated[str, ConfigPath()] = Field("runs/learn",
+                                                  description="run folder (checkpoints, logs, copy of this config)")
     data: DataConfig = Field(..., description="data settings")
     model: PatchRecoveryConfig | None = Field(None, description="patch stage (and end2end without checkpoints)")
     stitch_model: PhaseStitchingConfig | None = Field(None, description="stitch stage (and end2end without "
                                                       "checkpoints); image_size/patch come from the data")
-    patch_checkpoint: str | None = Field(None, description="end2end: trained PatchRecoveryNet (file or run folder)")
-    stitch_checkpoint: str | None = Field(None, description="end2end: trained PhaseStitchingNet (file or run folder)")
+    patch_checkpoint: Annotated[str | None, ConfigPath()] = Field(
+        None, description="end2end: trained PatchRecoveryNet (file or run folder)")
+    stitch_checkpoint: Annotated[str | None, ConfigPath()] = Field(
+        None, description="end2end: trained PhaseStitchingNet (file or run folder)")
     freeze_patch_epochs: int = Field(0, ge=0, description="end2end: keep the patch net frozen for the first K epochs")
     patch_chunk: int | None = Field(None, ge=1, description="end2end: blocks per patch-net pass (memory)")
     grad_checkpoint: bool = Field(False, description="end2end: recompute patch-net activations in the backward pass "
@@ -119,11 +123,6 @@ class TrainRunConfig(BaseModel):
         """The network's name under its older key."""
         return self.network
 
-    def resolve_paths(self, base: Path) -> TrainRunConfig:
-        """Relative data files that do not exist from the working directory are taken from ``base``."""
-        self.data.files = [_resolve_relative(f, Path(base)) for f in self.data.files]
-        return self
-
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -133,8 +132,9 @@ class _Strict(BaseModel):
 class AutoencoderDataConfig(_Strict):
     """Diffraction patterns used to train the autoencoder."""
 
-    files: list[str] = Field(..., description="4D-STEM files: simulation HDF5 (every dp_set_{i}) or any file "
-                             "phasestem.io.load reads; folders/globs of *.h5 allowed")
+    files: Annotated[list[str], ConfigPath()] = Field(
+        ..., description="4D-STEM files: simulation HDF5 (every dp_set_{i}) or any file phasestem.io.load reads; "
+        "folders/globs of *.h5 allowed")
     patterns_key: str | None = Field(None, description="dataset holding the patterns (non-simulation HDF5/npz)")
     patterns_per_scan: int | None = Field(512, ge=1, description="random patterns kept per scan, in memory "
                                           "(None: all)")
@@ -151,7 +151,8 @@ class AutoencoderRunConfig(_Strict):
     """One autoencoder training run."""
 
     network: Literal["autoencoder"] = Field("autoencoder", description="which network this file trains")
-    out_dir: str = Field("runs/autoencoder", description="run folder (checkpoints, logs, copy of this config)")
+    out_dir: Annotated[str, ConfigPath()] = Field(
+        "runs/autoencoder", description="run folder (checkpoints, logs, copy of this config)")
     data: AutoencoderDataConfig = Field(..., description="training patterns")
     model: AutoencoderModelConfig = Field(default_factory=AutoencoderModelConfig, description="architecture")
     loss: AutoencoderLossConfig = Field(default_factory=AutoencoderLossConfig, description="loss weights")
@@ -159,19 +160,16 @@ class AutoencoderRunConfig(_Strict):
                                    description="optimisation and checkpoints (the shared trainer)")
     resume: bool = Field(False, description="continue from out_dir/last when it exists")
 
-    def resolve_paths(self, base: Path) -> AutoencoderRunConfig:
-        """Relative data paths that do not exist as given are taken from ``base`` (the config's folder)."""
-        self.data.files = _resolve_existing(self.data.files, Path(base))
-        return self
-
 
 # ------------------------------------------------------------------------------------- phaseformer
 class PhaseformerDataConfig(_Strict):
     """Paired coarse-input → phase data (several sources at once)."""
 
-    train: list[str] = Field(..., description="sources: folders with input/ + gt/ (or train/ test/), pairs HDF5 "
-                             "(input, gt) or simulation HDF5 (phase_{i}, pairs made on the fly)")
-    test: list[str] = Field(default_factory=list, description="test sources (empty: hold out val_fraction of train)")
+    train: Annotated[list[str], ConfigPath()] = Field(
+        ..., description="sources: folders with input/ + gt/ (or train/ test/), pairs HDF5 (input, gt) or simulation "
+        "HDF5 (phase_{i}, pairs made on the fly)")
+    test: Annotated[list[str], ConfigPath()] = Field(
+        default_factory=list, description="test sources (empty: hold out val_fraction of train)")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="held-out fraction when no test sources are given")
     crop: int | None = Field(128, ge=8, multiple_of=8, description="random training crop side (px); None = whole")
     test_crop: int | None = Field(None, ge=8, multiple_of=8, description="central test crop (None: whole image)")
@@ -187,7 +185,8 @@ class PhaseformerRunConfig(_Strict):
     """One Phaseformer training run."""
 
     network: Literal["phaseformer"] = Field("phaseformer", description="which network this file trains")
-    out_dir: str = Field("runs/phaseformer", description="run folder (checkpoints, logs, copy of this config)")
+    out_dir: Annotated[str, ConfigPath()] = Field(
+        "runs/phaseformer", description="run folder (checkpoints, logs, copy of this config)")
     data: PhaseformerDataConfig = Field(..., description="paired data")
     model: PhaseformerModelConfig = Field(default_factory=PhaseformerModelConfig, description="architecture")
     loss: PhaseformerLossConfig = Field(default_factory=PhaseformerLossConfig, description="loss")
@@ -195,28 +194,22 @@ class PhaseformerRunConfig(_Strict):
                                    description="optimisation and checkpoints (the shared trainer)")
     resume: bool = Field(False, description="continue from out_dir/last when it exists")
 
-    def resolve_paths(self, base: Path) -> PhaseformerRunConfig:
-        """Relative data (and VGG weights) paths that do not exist as given are taken from ``base``."""
-        base = Path(base)
-        self.data.train = _resolve_existing(self.data.train, base)
-        self.data.test = _resolve_existing(self.data.test, base)
-        if self.loss.perceptual_weights is not None:
-            self.loss.perceptual_weights = _resolve_existing([self.loss.perceptual_weights], base)[0]
-        return self
-
 
 class MakePairsConfig(_Strict):
     """``phasestem make-pairs``: coarse → true phase pairs from simulation files."""
 
-    files: list[str] = Field(..., description="simulation HDF5 files (phase_{i} datasets)")
-    out: str = Field("pairs.h5", description="output pairs file (input, gt)")
+    files: Annotated[list[str], ConfigPath()] = Field(..., description="simulation HDF5 files (phase_{i} datasets)")
+    out: Annotated[str, ConfigPath()] = Field("pairs.h5", description="output pairs file (input, gt); on the command "
+                                              "line --out DIR keeps its name inside DIR, --out-file FILE replaces it")
     copies: int = Field(1, ge=1, description="degraded versions per phase image")
     degradation: Degrade = Field(default_factory=Degrade, description="how inputs are made (inputs_from degrade)")
     seed: int = Field(0, description="random seed")
-    inputs_from: str = Field("degrade", description="where inputs come from: 'degrade' (synthetic degradations of "
-                             "the true phase), 'stitch:<model>' (a trained end2end model's prediction from the "
-                             "sample's patterns) or 'ad' (a fast lsq AD reconstruction of the patterns)")
-    stitch_model: str | None = Field(None, description="stitching model when inputs_from is 'stitch:<patch model>'")
+    inputs_from: Annotated[str, ConfigPath(prefix="stitch:")] = Field(
+        "degrade", description="where inputs come from: 'degrade' (synthetic degradations of the true phase), "
+        "'stitch:<model>' (a trained end2end model's prediction from the sample's patterns) or 'ad' (a fast lsq AD "
+        "reconstruction of the patterns)")
+    stitch_model: Annotated[str | None, ConfigPath()] = Field(
+        None, description="stitching model when inputs_from is 'stitch:<patch model>'")
     ad_epochs: int = Field(4, ge=1, description="lsq epochs of the AD inputs (inputs_from ad)")
     device: str = Field("cpu", description="torch device of the stitch / AD inputs")
 
@@ -239,26 +232,10 @@ def load_train_config(path: str | Path, stage: str | None = None, overrides: dic
     return load_run_config(path, stage, overrides)
 
 
-def _resolve_relative(pattern: str, base: Path) -> str:
-    """A relative path/glob is taken from the working directory when it matches there, else from the config's."""
-    import glob
-
-    if Path(pattern).is_absolute() or glob.glob(pattern):
-        return pattern
-    alt = str(base / pattern)
-    return alt if glob.glob(alt) else pattern
-
-
 def dump_config(cfg: BaseModel, path: str | Path) -> Path:
-    """Write a config as YAML (atomically)."""
-    from ..safety import atomic_file
+    """Write a run config into its run folder (atomically): documented, paths absolute, so the copy repeats the
+    run from wherever it is loaded (:func:`phasestem.configdump.write_config`)."""
+    from ..configdump import write_config
 
-    with atomic_file(path) as tmp:
-        tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    return Path(path)
-
-
-def _resolve_existing(paths: list[str], base: Path) -> list[str]:
-    """Relative paths (or globs whose folder exists) that do not exist as given are taken from ``base``."""
-    return [p if Path(p).is_absolute() or Path(p).exists() or any(c in p for c in "*?[") and Path(p).parent.exists()
-            else str(base / p) for p in paths]
+    network = getattr(cfg, "network", None)
+    return write_config(cfg, path, f"phasestem train {network}" if network else None)

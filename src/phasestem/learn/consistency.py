@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -41,6 +40,7 @@ import torch.nn.functional as F
 from ..dataset import FourDSTEM
 from ..errors import ConfigError, ShapeError
 from ..io import seed as seedfile
+from ..io.hdf5 import open_file
 from ..recon.model import resample_image
 from .data import BlockGeometry, Preprocess
 
@@ -82,11 +82,11 @@ class _Optics:
 def optics_from_file(path: str | Path) -> _Optics | None:
     """Optics and scan of a seed-000 training file from its root attributes (None for files without them,
     e.g. the original generator's, whose probe is not recorded)."""
-    with h5py.File(path, "r") as f:
+    with open_file(path, "training file") as f:
         a = f.attrs
         if "semiangle" not in a or "angular_sampling" not in a or "energy" not in a:
             return None
-        return _Optics(float(a["energy"]), float(a["semiangle"]), seedfile.aberrations(a),
+        return _Optics(float(a["energy"]), float(a["semiangle"]), seedfile.aberrations(a, path),
                        tuple(float(v) for v in a["angular_sampling"]), tuple(float(v) for v in a["scan_step"]),
                        tuple(float(v) for v in a.get("scan_origin", (0.0, 0.0))))
 

@@ -43,6 +43,10 @@ def test_index(meta: dict[str, Any], files: list[str] | None = None, split: str 
         stored = SampleIndex.from_paths(d["files"], target=d["target"], **kw)
     except InputFileError:
         if not files:
+            shipped = (meta.get("pretrained") or {}).get("name")
+            if shipped:  # a model shipped with phasestem (phasestem.learn.pretrained) comes without its data
+                raise InputFileError(f"{shipped}: a pretrained model, shipped without its training files: give the "
+                                     "data to evaluate it on with --files") from None
             raise
         log.warning("training files %s not found: no training-mean baseline", d["files"])
         index = SampleIndex.from_paths(files, target=d["target"], **kw)
@@ -63,9 +67,11 @@ def test_index(meta: dict[str, Any], files: list[str] | None = None, split: str 
 
 def check_shapes(meta: dict[str, Any], index: SampleIndex) -> None:
     """Refuse, before any sample is read, files whose scan or pattern shape is not the model's (as predict does)."""
-    from .apply.phase import check_training_shapes
+    from .apply.phase import check_training_optics, check_training_shapes
 
-    check_training_shapes(meta, index.geometry.scan_shape, index.pattern_shape, str(index.files[0].path))
+    for fi in index.files:
+        check_training_shapes(meta, fi.geometry.scan_shape, fi.pattern_shape, str(fi.path))
+        check_training_optics(meta, fi.optics() or {}, str(fi.path))
 
 
 @torch.no_grad()

@@ -73,11 +73,11 @@ def measured_inputs(paths: list[str], kind: str, model: str | None = None, stitc
                     ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """(origin ``file:phase_i``, input, true phase) of every sample of the simulation files ``paths``, the input
     predicted by ``model`` (``kind='stitch'``) or reconstructed by AD (``kind='ad'``)."""
-    import h5py
     from tqdm.auto import tqdm
 
     from .. import io
     from ..io import seed as seedfile
+    from ..io.hdf5 import open_file
     from ..safety import check_finite
     from .apply.phase import load_predictor, predict_phase
 
@@ -87,7 +87,7 @@ def measured_inputs(paths: list[str], kind: str, model: str | None = None, stitc
     elif kind != "ad":
         raise ConfigError(f"measured_inputs: unknown kind {kind!r}")
     for path in paths:
-        with h5py.File(path, "r") as f:
+        with open_file(path, "simulation file") as f:
             ids = seedfile.sample_ids(f.keys(), "phase")
         for i in tqdm(ids, desc=Path(path).name, disable=not progress, leave=False):
             ds = io.load(path, sample=int(i))
@@ -112,11 +112,11 @@ def make_pairs(files: list[str], out: str | Path, degradation: Degrade | None = 
     ``copies`` synthetic degradations (``inputs_from`` 'degrade') of each."""
     import json
 
-    import h5py
     from tqdm.auto import tqdm
 
     from ..errors import InputFileError
     from ..io import seed as seedfile
+    from ..io.hdf5 import check_written, open_file, reading
     from ..lock import hold_output
     from ..safety import check_finite
     from .data import expand_paths
@@ -130,8 +130,9 @@ def make_pairs(files: list[str], out: str | Path, degradation: Degrade | None = 
             keys = simulation_phases(path)
             if not keys:
                 raise InputFileError(f"{path}: no 'phase_{{i}}' datasets (expected a simulation file)")
-            with h5py.File(path, "r") as f:
+            with open_file(path, "simulation file") as f, reading(path, "simulation file"):
                 for k in tqdm(keys, desc=Path(path).name, disable=not progress, leave=False):
+                    check_written(f[k], f"{path}:{k}")
                     phase = seedfile.read_phase(f, k)  # rad (× σ for the original generator's files)
                     check_finite(phase, f"{path}:{k}", what="phase value", hint="")
                     for _ in range(copies):

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ConfigError, InputFileError, ShapeError
 from ..io import seed as seedfile
+from ..io.hdf5 import open_file, reading
 from ..safety import atomic_file, check_finite
 
 log = logging.getLogger("phasestem.learn.pairs")
@@ -183,7 +184,7 @@ class H5Pairs(_PairsBase):
                  input_key: str = "input", gt_key: str = "gt"):
         super().__init__(crop, augment, seed)
         self.path, self.input_key, self.gt_key = str(path), input_key, gt_key
-        with h5py.File(self.path, "r") as f:
+        with open_file(self.path, "pairs file") as f, reading(self.path, "pairs file"):
             for k in (input_key, gt_key):
                 if k not in f:
                     raise InputFileError(f"{path}: dataset '{k}' missing (pairs files hold '{input_key}' and "
@@ -217,7 +218,7 @@ class H5Pairs(_PairsBase):
 
 def simulation_phases(path: str | Path, target: str = "phase") -> list[str]:
     """Names of the ``phase_{i}`` (or ``potential_{i}``) datasets of a simulation file, sorted by i."""
-    with h5py.File(path, "r") as f:
+    with open_file(path, "simulation file") as f, reading(path, "simulation file"):
         return [seedfile.target_key(i, target) for i in seedfile.sample_ids(f.keys(), target)]
 
 
@@ -260,7 +261,7 @@ def _source_kind(path: Path) -> str:
     if path.is_dir():
         return "folder"
     if path.suffix.lower() in (".h5", ".hdf5", ".hdf"):
-        with h5py.File(path, "r") as f:
+        with open_file(path, "pairs or simulation file") as f:
             if "input" in f and "gt" in f:
                 return "h5pairs"
             if any(k.startswith("phase_") for k in f.keys()):

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..configfile import apply_overrides, read_yaml_mapping
+from ..configfile import apply_overrides, read_yaml_mapping, resolve_config_paths
 from ..errors import ConfigError, InputFileError
 
 
@@ -131,8 +131,8 @@ def load_run_config(path: str | Path, name: str, overrides: dict[str, Any] | Non
     if said is not None and said != name:
         raise ConfigError(f"{path}: file is for {key} '{said}', command asked for '{name}'")
     data["network"] = name
-    cfg = validate(run_config_class(name), apply_overrides(data, overrides), str(path))
-    return cfg.resolve_paths(path.parent)
+    data = resolve_config_paths(run_config_class(name), data, path.parent)  # relative to the file's folder
+    return validate(run_config_class(name), apply_overrides(data, overrides), str(path))
 
 
 def build_run(cfg):

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..configfile import loads_json
 from ..errors import ConfigError, PhasestemError
 from ..schedules import lr_lambda
 
@@ -101,7 +102,7 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     pos, has_gauss, cached = state["numpy_meta"]
     np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, cached))
-    py = json.loads(state["python"])
+    py = loads_json(state["python"], "trainer state: python RNG state")
     random.setstate((py[0], tuple(py[1]), py[2]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from ..configfile import get_dotted
+from ..configfile import get_dotted, loads_json
 from ..lock import hold_output
 from .checkpoint import (
     _MISSING,
@@ -225,7 +225,7 @@ class RunFolderMixin:
         self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
         self.global_step = int(state["global_step"])
         self.best, self.best_epoch, self.bad_epochs = state["best"], state["best_epoch"], int(state["bad_epochs"])
-        self.history = json.loads(state["history"])
+        self.history = loads_json(state["history"], f"{state_path}: history")
         self._resume_rng = state["rng"]
         self._last_good = (folder, self.global_step)
         if self.batch_in_epoch >= len(self.train_loader):  # type: ignore[arg-type]
@@ -278,7 +278,7 @@ class RunFolderMixin:
     def _log_config_changes(self, folder: Path, old_json: str | None) -> None:
         if not old_json:
             return
-        old = json.loads(old_json)
+        old = loads_json(old_json, f"{folder}: trainer_state.pt config")
         new = self.config.model_dump(mode="json")
         changed = [f"trainer.{k}: {_short(old.get(k))} → {_short(v)}" for k, v in new.items()
                    if k in old and old[k] != v]

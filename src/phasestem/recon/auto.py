@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
+from ..configfile import read_yaml_mapping
 from ..errors import ConfigError
 from .params import InitialPhase, ReconstructParams, build_dataset, dump_params, load_detector_shifts, parse_params
 
@@ -108,7 +108,7 @@ def apply_init(params: ReconstructParams, method: str, out_dir: str | Path, data
 def auto_params(calib_params: Path, out_dir: Path, epochs: int | None = None, device: str | None = None
                 ) -> ReconstructParams:
     """The calibrated YAML of ``phasestem calibrate`` completed with the --auto AD settings."""
-    data = yaml.safe_load(Path(calib_params).read_text())
+    data = read_yaml_mapping(calib_params, "parameter file")
     for key in ("file", "detector_shifts"):
         if data["data"].get(key):
             data["data"][key] = str((Path(calib_params).parent / data["data"][key]).resolve())

@@ -6,6 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
+from ..cliargs import add_device, add_dump_config
 from ..lock import FolderBusyError, hold_output
 from ..safety import atomic_file, refuse_output_over_inputs, remove_stale_temporaries
 from .distributed import rank_device
@@ -48,11 +49,11 @@ def register(subparsers, train_subparsers) -> None:
         epilog=RECON_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("params", type=Path, help="YAML parameter file (with --auto: the 4D-STEM data file)")
-    p.add_argument("--out", type=Path, default=None, help="output folder (overrides run.out_dir)")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR", help="output folder (overrides run.out_dir)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    p.add_argument("--dump-config", action="store_true", help="print the fully resolved config and exit")
+    add_dump_config(p)
     p.add_argument("--epochs", type=int, default=None, help="override run.n_epochs")
-    p.add_argument("--device", default=None, help="override run.device (cpu, cuda, auto)")
+    add_device(p, what="overrides run.device")
     _add_auto_arguments(p)
     p.set_defaults(func=_reconstruct_cmd)
     t = subparsers.add_parser(
@@ -61,8 +62,10 @@ def register(subparsers, train_subparsers) -> None:
         epilog=TUNE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     t.add_argument("params", type=Path, help="YAML parameter file with a 'tune' section")
-    t.add_argument("--out", type=Path, default=None, help="output folder (overrides run.out_dir)")
+    t.add_argument("--out", type=Path, default=None, metavar="DIR", help="output folder (overrides run.out_dir)")
     t.add_argument("--n-trials", type=int, default=None, help="override tune.n_trials")
+    add_device(t, what="overrides run.device")
+    add_dump_config(t)
     t.set_defaults(func=_tune_cmd)
 
 
@@ -126,7 +129,7 @@ def _reconstruct_cmd(args) -> int:
 
 #: files a reconstruction writes into its output folder (none may be an input)
 RUN_FILES = ("config.yaml", "checkpoint.pt", "results.h5", "results.emd", "reconstruction.png", "compare.png",
-             "reconstruct.log")
+             "reconstruct.log", "live.npz")
 #: how a reconstruction names itself in its output folder's lock
 RECON_COMMAND = "phasestem reconstruct"
 
@@ -182,6 +185,11 @@ def _tune_cmd(args) -> int:
     from .tune import run_tuning
 
     params = _load(args)
+    if args.n_trials and params.tune is not None:
+        params.tune.n_trials = args.n_trials
+    if args.dump_config:
+        sys.stdout.write(dump_params(params))
+        return 0
     study = run_tuning(params, n_trials=args.n_trials)
     best = study.best_trial
     print(f"best data error {best.value:.6g} with {best.params} ({len(study.trials)} trials in the study)")
@@ -274,6 +282,9 @@ def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = Non
     if rank_and_world()[1] > 1:
         log.info("rank %d of %d on %s", *rank_and_world(), model.device)
     truth = _setup_reports(params, dataset, model, out) if main else None
+    if main:  # OUT/live.npz after every epoch: the live page of phasestem serve
+        from .live import LIVE_FILE, live_snapshots
+        model.epoch_callbacks.append(live_snapshots(out / LIVE_FILE, params.run.n_epochs))
     for _ in optimize(model, dataset, max(0, remaining), checkpoint_path=ckpt,
                       checkpoint_every=params.run.checkpoint_every, out_dir=out,
                       figures_every=params.run.figures_every, **opts):

@@ -29,9 +29,13 @@ def ground_truth(model, dataset=None, truth: np.ndarray | None = None) -> np.nda
 
 def scanned_field(model) -> tuple[slice, slice]:
     """Object pixels (object frame) inside the bounding box of the probe centres: what the scan determines."""
-    pos = model.positions.detach().cpu().numpy() / np.asarray(model.sampling)
-    lo = np.clip(np.floor(pos.min(0)).astype(int), 0, None)
-    hi = np.minimum(np.ceil(pos.max(0)).astype(int) + 1, model.object_shape)
+    return field_of(model.positions.detach().cpu().numpy() / np.asarray(model.sampling), model.object_shape)
+
+
+def field_of(centres_px: np.ndarray, object_shape) -> tuple[slice, slice]:
+    """:func:`scanned_field` from probe centres (N, 2) in object-frame pixels and the object's (Ny, Nx)."""
+    lo = np.clip(np.floor(centres_px.min(0)).astype(int), 0, None)
+    hi = np.minimum(np.ceil(centres_px.max(0)).astype(int) + 1, object_shape)
     return slice(int(lo[0]), int(hi[0])), slice(int(lo[1]), int(hi[1]))
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputFileError, PhasestemError, ShapeError
+from ..io.arrays import load_array
 
 #: the largest |phase| (rad) an initial phase image may hold: the engine's limit of a physical object
 #: (:data:`phasestem.recon.engine.PHYSICAL_LIMIT`), beyond which a run stops at once
@@ -38,27 +39,9 @@ def field(name: str) -> Iterator[None]:
 
 
 def _load(path: Path, key: str | None, what: str, default_h5_key: str | None) -> np.ndarray:
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        return np.load(path, allow_pickle=False)
-    if suffix == ".npz":
-        with np.load(path, allow_pickle=False) as z:
-            names = list(z.keys())
-            k = key or (names[0] if len(names) == 1 else None)
-            if k not in names:
-                raise InputFileError(f"{path}: key {key!r} not found; the file holds {names}")
-            return z[k]
-    if suffix in (".h5", ".hdf5", ".hdf"):
-        import h5py
-
-        with h5py.File(path, "r") as f:
-            k = key if key is not None else (default_h5_key if default_h5_key in f else None)
-            if k is None or k not in f:
-                raise InputFileError(f"{path}: key {key!r} not found; the file holds {sorted(f.keys())}")
-            if not isinstance(f[k], h5py.Dataset):
-                raise InputFileError(f"{path}: {k!r} is a group, not an array")
-            return f[k][...]
-    raise InputFileError(f"{path}: {what} must be .npy, .npz or HDF5, got '{suffix}'")
+    """The array as stored, through :func:`phasestem.io.arrays.load_array` (declared sizes checked against the
+    file, memory bounded, nothing unpickled)."""
+    return load_array(path, key, what, default_h5_key)
 
 
 def read_array(path: str | Path, key: str | None = None, what: str = "array", *,

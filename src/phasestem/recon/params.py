@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..configfile import read_yaml_mapping, validate
+from ..configfile import ConfigPath, read_yaml_mapping, resolve_config_paths, validate
 from ..errors import ConfigError, InputFileError, PhasestemError, ShapeError
 from .constraints import Constraints
 from .losses import LossConfig
@@ -50,7 +49,8 @@ class Strict(BaseModel):
 class DataConfig(Strict):
     """Where the patterns come from and how to adapt them to phasestem's conventions."""
 
-    file: Path = Field(description="4D-STEM file (HDF5, CXI, .mat, .npy/.npz, EMD, raw); relative to the YAML file")
+    file: Annotated[Path, ConfigPath()] = Field(
+        description="4D-STEM file (HDF5, CXI, .mat, .npy/.npz, EMD, raw); relative to the YAML file's folder")
     format: str | None = Field(None, description="reader name (hdf5, numpy, cxi, mat, emd, raw); null: by extension")
     patterns_key: str | None = Field(None, description="dataset/array name of the patterns inside the file")
     reader_options: dict[str, Any] = Field(default_factory=dict,
@@ -64,7 +64,7 @@ class DataConfig(Strict):
     resample: tuple[int, int] | None = Field(None, description="resample patterns to (H, W) pixels (counts kept)")
     scan_subset: tuple[int, int, int, int] | None = Field(
         None, description="use scan rows [r0, r1) and columns [c0, c1): (r0, r1, c0, c1)")
-    detector_shifts: Path | None = Field(
+    detector_shifts: Annotated[Path | None, ConfigPath()] = Field(
         None, description=".npy of (Sy, Sx, 2) or (N, 2) px: where each pattern's zero frequency (the bright-field "
         "disk centre) sits relative to the detector's central pixel (H//2, W//2), (row, col) in the file's detector "
         "axes; the model displaces its patterns alike instead of the counts being resampled (the descan; written by "
@@ -123,7 +123,8 @@ class ScanConfig(Strict):
     affine: tuple[tuple[float, float], tuple[float, float]] | None = Field(
         None, description="2×2 matrix applied to the (y, x) grid positions (scale/shear), after rotation"
     )
-    positions_file: Path | None = Field(None, description=".npy file of explicit (N, 2) positions in Å")
+    positions_file: Annotated[Path | None, ConfigPath()] = Field(
+        None, description=".npy file of explicit (N, 2) positions in Å")
 
     @field_validator("step", mode="before")
     @classmethod
@@ -144,7 +145,8 @@ class ScheduleConfig(Strict):
 class InitialPhase(Strict):
     """Start the object from a phase image (hybrid: e.g. a learned prediction)."""
 
-    file: Path = Field(description="phase image (.npy, .npz or HDF5), rad, in the dataset frame")
+    file: Annotated[Path, ConfigPath()] = Field(
+        description="phase image (.npy, .npz or HDF5), rad, in the dataset frame")
     key: str | None = Field(None, description="array/dataset name inside .npz/HDF5")
     sampling: tuple[float, float] | float | None = Field(None, description="pixel of the image in Å (null: same)")
 
@@ -164,8 +166,9 @@ class RandomPhase(Strict):
 class InitialProbe(Strict):
     """Start the probe from a file instead of the nominal optics."""
 
-    file: Path = Field(description="complex probe (M, ny, nx) or (ny, nx) in .npy/.npz/HDF5 (e.g. a previous "
-                       "results.h5, key probe/real_space); window = the pattern shape")
+    file: Annotated[Path, ConfigPath()] = Field(
+        description="complex probe (M, ny, nx) or (ny, nx) in .npy/.npz/HDF5 (e.g. a previous results.h5, key "
+        "probe/real_space); window = the pattern shape")
     key: str | None = Field(None, description="array/dataset name inside .npz/HDF5")
 
 
@@ -252,7 +255,8 @@ class RunConfig(Strict):
     lr_final: float = Field(0.1, gt=0, le=1, description="final learning-rate fraction of lr_decay: cosine")
     seed: int = Field(0, description="seed of the batch order")
     device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1, auto")
-    out_dir: Path = Field(Path("recon_out"), description="output folder (relative to the YAML file)")
+    out_dir: Annotated[Path, ConfigPath()] = Field(Path("recon_out"),
+                                                   description="output folder (relative to the YAML file's folder)")
     checkpoint_every: int = Field(5, ge=0, description="write a checkpoint every N epochs (0: never)")
     figures_every: int = Field(0, ge=0, description="write a figure every N epochs (0: only at the end)")
     n_processes: int = Field(1, ge=1, description="data-parallel processes (torch.distributed, gloo on CPU)")
@@ -320,47 +324,36 @@ class ReconstructParams(Strict):
 
 # ---- loading -----------------------------------------------------------------------------
 def parse_params(data: dict, source: str = "params", base_dir: Path | None = None) -> ReconstructParams:
-    """Validate a dict; relative paths are taken relative to ``base_dir``."""
+    """Validate a dict; relative paths are taken relative to ``base_dir`` (the YAML file's folder)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping with data, optics, scan, … "
                           f"(got {type(data).__name__})")
-    params = validate(ReconstructParams, data, source)
     if base_dir is not None:
-        params.data.file = _rel(params.data.file, base_dir)
-        if params.data.detector_shifts is not None:
-            params.data.detector_shifts = _rel(params.data.detector_shifts, base_dir)
-        params.run.out_dir = _rel(params.run.out_dir, base_dir)
-        if params.model.initial_phase is not None:
-            params.model.initial_phase.file = _rel(params.model.initial_phase.file, base_dir)
-        if params.model.initial_probe is not None:
-            params.model.initial_probe.file = _rel(params.model.initial_probe.file, base_dir)
-        if params.scan.positions_file is not None:
-            params.scan.positions_file = _rel(params.scan.positions_file, base_dir)
-    return params
-
-
-def _rel(p: Path, base: Path) -> Path:
-    p = Path(p).expanduser()
-    return p if p.is_absolute() else (base / p)
+        data = resolve_config_paths(ReconstructParams, data, base_dir)
+    return validate(ReconstructParams, data, source)
 
 
 def load_params(path: str | Path) -> ReconstructParams:
-    """Read and validate a YAML parameter file (``yaml.safe_load``)."""
+    """Read and validate a YAML parameter file (``yaml.safe_load``); relative paths are taken from its folder."""
     path = Path(path)
     data = read_yaml_mapping(path, "parameter file")
     return parse_params(data, str(path), path.parent)
 
 
-def dump_params(params: ReconstructParams) -> str:
-    """The fully resolved configuration as YAML text."""
-    return yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False)
+def dump_params(params: ReconstructParams, base: str | Path | None = None) -> str:
+    """The fully resolved configuration as YAML text: each field's description as a comment, paths absolute
+    (:func:`phasestem.configdump.config_yaml`), so it loads to the same run wherever it is saved; with ``base``
+    (the folder the text is saved in) relative to it."""
+    from ..configdump import config_yaml
+
+    return config_yaml(params, "phasestem reconstruct", base)
 
 
 # ---- building the dataset and the model ---------------------------------------------------
 def _resampled(dataset, shape: tuple[int, int]):
     import torch
 
-    p = torch.as_tensor(np.asarray(dataset.patterns[...], dtype=np.float32))
+    p = torch.as_tensor(np.array(dataset.patterns[...], dtype=np.float32))  # a copy: memory maps are read-only
     sy, sx, H, W = p.shape
     out = torch.nn.functional.interpolate(p.reshape(-1, 1, H, W), size=tuple(shape), mode="bilinear",
                                           align_corners=False).reshape(sy, sx, *shape)

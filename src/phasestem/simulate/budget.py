@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 
 from ..errors import ConfigError
+from ..safety import gb
 from .config import SimulationConfig
 
 #: atoms per Å³ assumed for crystals and structure files (diamond, the densest prototype, has 0.176)
@@ -38,14 +39,6 @@ class Estimate:
     def total(self) -> int:
         """Everything, library workspaces (:data:`OVERHEAD`) included."""
         return self.grid + self.patterns + self.atoms + OVERHEAD
-
-
-def gb(n: float) -> str:
-    """Bytes as a short human string in decimal units (MB, GB, TB, PB)."""
-    for unit, scale in (("PB", 1e15), ("TB", 1e12), ("GB", 1e9)):
-        if n >= scale:
-            return f"{n / scale:.3g} {unit}"
-    return f"{n / 1e6:.3g} MB"
 
 
 def n_slices(cfg: SimulationConfig) -> int:

@@ -5,6 +5,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from ..cliargs import add_config, add_device, add_dump_config, add_out, config_argument
 from ..errors import ConfigError
 
 log = logging.getLogger("phasestem.simulate")
@@ -21,8 +22,8 @@ def register(sub, train_sub) -> None:
         "  phasestem simulate --dump-config > my_sim.yaml",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("config", nargs="?", help="YAML config (defaults = the seed-000 generator when omitted)")
-    p.add_argument("--out", help="output folder (required here or as 'out' in the config)")
+    add_config(p, "YAML config (defaults = the seed-000 generator when omitted)", optional=True)
+    add_out(p, None, "output folder (required here or as 'out' in the config)")
     p.add_argument("--yes", action="store_true",
                    help="accept the default output size (5 files × 700 samples) when the config does not set it")
     p.add_argument("--restart", action="store_true",
@@ -30,17 +31,19 @@ def register(sub, train_sub) -> None:
                    "(work samples and shards) and start this one")
     p.add_argument("--workers", type=int, help="local Dask worker processes (overrides compute.workers)")
     p.add_argument("--scheduler", help="Dask scheduler address for many machines (overrides compute.scheduler)")
-    p.add_argument("--device", help="torch device (overrides compute.device)")
-    p.add_argument("--dump-config", action="store_true", help="print the fully resolved config as YAML and exit")
+    add_device(p, what="overrides compute.device")
+    add_dump_config(p)
     p.set_defaults(func=_simulate)
 
     q = sub.add_parser(
         "probe-extent", help="side of the area one 14×14 block of probe positions illuminates",
         description="Prints the side (pixels at --px-per-angstrom) of the square holding every pixel above "
         "--threshold × the maximum probe intensity over a --block × --block raster at --step Å.",
-        epilog="Example: phasestem probe-extent --energy 300e3 --semiangle 30 --C30 1e6",
+        epilog="Examples:\n  phasestem probe-extent --energy 300e3 --semiangle 30 --C30 1e6\n"
+        "  phasestem probe-extent configs/simulate_seed.yaml --step 2",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    q.add_argument("--config", help="take energy, semi-angle and aberrations from a simulation config")
+    add_config(q, "simulation config: take energy, semi-angle and aberrations from it", old_flag=True)
     q.add_argument("--energy", type=float, default=300e3, help="eV (default 300e3)")
     q.add_argument("--semiangle", type=float, default=30.0, help="mrad (default 30)")
     q.add_argument("--C10", type=float, default=0.0, help="C10 = -defocus in Å (default 0)")
@@ -62,13 +65,15 @@ def _simulate(args) -> int:
     for key, name in (("workers", "compute.workers"), ("scheduler", "compute.scheduler"), ("device", "compute.device")):
         if getattr(args, key) is not None:
             overrides[name] = getattr(args, key)
+    if args.out:
+        overrides["out"] = args.out
     cfg = load_config(args.config, overrides)
     if args.dump_config:
         print(cfg.to_yaml(), end="")
         return 0
-    if not args.out and not cfg.out:
+    if not cfg.out:
         raise ConfigError(f"{args.config or 'simulate'}: no output folder: give --out DIR or 'out: DIR' in the config")
-    out = Path(args.out or cfg.out)
+    out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: exists and is not a folder")
     _confirm_default_size(cfg, args.yes)
@@ -115,10 +120,11 @@ def _probe_extent(args) -> int:
     from .probe_extent import illuminated_extent
 
     energy, semiangle, ab = args.energy, args.semiangle, {"C10": args.C10, "C30": args.C30}
-    if args.config:
+    config = config_argument(args)
+    if config:
         from .config import load_config
 
-        cfg = load_config(args.config)
+        cfg = load_config(config)
         energy, semiangle, ab = cfg.optics.energy, cfg.optics.semiangle, cfg.optics.aberrations
     e = illuminated_extent(energy, semiangle, ab, sampling=args.sampling, block=args.block, step=args.step,
                            threshold=args.threshold, pixels_per_angstrom=args.px_per_angstrom)

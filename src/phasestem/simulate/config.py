@@ -3,12 +3,20 @@ with one correction: the simulation grid is fine enough for the 30 mrad probe (s
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..configfile import apply_overrides, read_yaml_mapping, validate
+from ..configfile import (
+    ConfigPath,
+    absolute_path,
+    apply_overrides,
+    map_config_paths,
+    read_yaml_mapping,
+    resolve_config_paths,
+    validate,
+)
 
 
 class _Strict(BaseModel):
@@ -108,8 +116,9 @@ class Specimen(_Strict):
     prototypes: list[str] | None = Field(None, description="Crystal prototypes to draw from (null = all).")
     elements: list[str] = Field(["C", "Si"], description="Elements of amorphous specimens.")
     density: float = Field(0.08, gt=0, description="Atom density of amorphous specimens in atoms/Å³.")
-    files: list[Path] = Field(default_factory=list, description="Structure files (kind=structures) or one materials "
-                              "HDF5 (kind=materials).")
+    files: Annotated[list[Path], ConfigPath()] = Field(
+        default_factory=list, description="Structure files (kind=structures) or one materials HDF5 (kind=materials); "
+        "relative to this file's folder.")
     materials_keys: dict[str, str] = Field(
         default_factory=lambda: {"numbers": "atomic_numbers", "positions": "positions", "lattice": "lattice",
                                  "pbc": "pbc"},
@@ -174,8 +183,9 @@ class Compute(_Strict):
 class SimulationConfig(_Strict):
     """A complete simulation run."""
 
-    out: str | None = Field(None, description="Output folder (relative to the working directory); --out overrides "
-                            "it. One of the two is required.")
+    out: Annotated[str | None, ConfigPath()] = Field(
+        None, description="Output folder (relative to this file's folder); --out overrides it. One of the two is "
+        "required.")
     optics: Optics = Field(default_factory=Optics, description="Probe optics.")
     grid: Grid = Field(default_factory=Grid, description="Simulation and output grids.")
     scan: Scan = Field(default_factory=Scan, description="Scan raster.")
@@ -185,16 +195,21 @@ class SimulationConfig(_Strict):
     compute: Compute = Field(default_factory=Compute, description="Seeds and parallelism.")
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        """The resolved config, documented, paths absolute (:func:`phasestem.configdump.config_yaml`)."""
+        from ..configdump import config_yaml
+
+        return config_yaml(self, "phasestem simulate")
 
     def results_yaml(self) -> str:
-        """The config less the settings that cannot change the results (devices, parallelism, batch)."""
-        data = self.model_dump(mode="json", exclude={"out"})
+        """The config less the settings that cannot change the results (devices, parallelism, batch); paths
+        absolute, so the same run resumed from another working directory is recognised."""
+        data = map_config_paths(type(self), self.model_dump(mode="json", exclude={"out"}), absolute_path)
         data["compute"] = {"seed": self.compute.seed}
         return yaml.safe_dump(data, sort_keys=False)
 
 
 def load_config(path: str | Path | None, overrides: dict | None = None) -> SimulationConfig:
-    """Read and validate a YAML config (``None`` = defaults); raise ConfigError naming the field."""
-    data = {} if path is None else read_yaml_mapping(path)
+    """Read and validate a YAML config (``None`` = defaults); raise ConfigError naming the field. Relative paths
+    in the file are taken from its folder; ``overrides`` (command line) from the working directory."""
+    data = {} if path is None else resolve_config_paths(SimulationConfig, read_yaml_mapping(path), Path(path).parent)
     return validate(SimulationConfig, apply_overrides(data, overrides), str(path or "config"))

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import yaml
 from tqdm.auto import tqdm
 
+from ..configfile import loads_yaml
 from ..errors import ConfigError
 from ..extras import require
 from ..io import seed
@@ -239,9 +239,9 @@ def run_files(out: Path, stamp_text: str) -> tuple[list[Path], list[Path]]:
     """
     samples = sorted((out / WORK_DIR).glob("sample_*.h5"))
     try:
-        old = yaml.safe_load(stamp_text)["output"]
+        old = loads_yaml(stamp_text, "run stamp")["output"]
         names = [out / f"{old['prefix']}{k}.h5" for k in range(1, int(old["n_files"]) + 1)]
-    except (yaml.YAMLError, KeyError, TypeError, ValueError):
+    except (ConfigError, KeyError, TypeError, ValueError):
         names = []
     shards = [p for p in names if p.is_file() and _shard_config(p) == stamp_text]
     return samples, shards

@@ -72,6 +72,63 @@ def check_training_shapes(meta: dict[str, Any], scan_shape: tuple[int, int],
                          "bin/crop/pad the data to match (FourDSTEM.binned/cropped/padded)")
 
 
+#: how far data may be from a model's recorded training optics (``meta["data"]["optics"]``): (relative, absolute)
+#: tolerance per field; aberrations in Å
+OPTICS_TOLERANCE = {"energy": (0.01, 0.0), "semiangle": (0.02, 0.05), "angular_sampling": (0.02, 0.0),
+                    "scan_step": (0.01, 0.0), "aberrations": (0.02, 1.0)}
+
+
+def dataset_optics(dataset: FourDSTEM) -> dict[str, Any]:
+    """A dataset's optics in the form of a model's record (:meth:`phasestem.learn.data.files.FileInfo.optics`)."""
+    return {"energy": dataset.energy, "semiangle": dataset.semiangle, "aberrations": dict(dataset.aberrations),
+            "angular_sampling": dataset.angular_sampling, "scan_step": dataset.scan_step}
+
+
+def _close(a: float, b: float, rel: float, atol: float) -> bool:
+    return abs(a - b) <= rel * max(abs(a), abs(b)) + atol
+
+
+def check_training_optics(meta: dict[str, Any], optics: dict[str, Any], source: str = "") -> None:
+    """Refuse, in one line, data whose energy, probe semi-angle, aberrations (defocus …), detector pixel or scan step
+    differ from the model's training data (:data:`OPTICS_TOLERANCE`): the network learned one probe at one
+    overlap. Models saved without ``meta["data"]["optics"]`` are not checked; a field the data do not record
+    (``None``, NaN, no aberrations at all) is logged as unchecked."""
+    trained = (meta.get("data") or {}).get("optics")
+    if not trained:
+        return
+    where = f"{source}: " if source else ""
+    bad, unchecked = [], []
+    for key, (rel, atol) in OPTICS_TOLERANCE.items():
+        want, have = trained.get(key), optics.get(key)
+        if want is None or want == {}:
+            continue
+        if key == "aberrations":
+            if not have:
+                unchecked.append(key)
+                continue
+            for name in sorted(set(want) | set(have)):
+                a, b = float(have.get(name, 0.0)), float(want.get(name, 0.0))
+                if not _close(a, b, rel, atol):
+                    bad.append(f"{name} {a:g} Å (trained on {b:g} Å)")
+            continue
+        pair = isinstance(want, list | tuple)
+        w = [float(v) for v in (want if pair else [want])]
+        h = None if have is None else [float(v) for v in (have if pair else [have])]
+        if h is None or len(h) != len(w) or not np.all(np.isfinite(h)):
+            unchecked.append(key)
+        elif not all(_close(x, y, rel, atol) for x, y in zip(h, w, strict=True)):
+            unit = {"energy": "eV", "semiangle": "mrad", "angular_sampling": "mrad", "scan_step": "Å"}[key]
+            fmt = lambda v: "×".join(f"{x:g}" for x in v)  # noqa: E731
+            bad.append(f"{key} {fmt(h)} {unit} (trained on {fmt(w)} {unit})")
+    if bad:
+        raise ShapeError(f"{where}the data differ from the model's training data: {'; '.join(bad)}; the network "
+                         "learned one probe at one scan step and is not applied to another (train or fine-tune on "
+                         "data of this geometry)")
+    if unchecked:
+        log.warning("%sthe data do not record %s: not checked against the model's training data", where,
+                    ", ".join(unchecked))
+
+
 def geometry_for(dataset: FourDSTEM, meta: dict[str, Any]) -> BlockGeometry:
     """The training geometry adapted to ``dataset``'s scan step and origin (same pixel count per step)."""
     g = BlockGeometry.from_dict(meta["data"]["geometry"])
@@ -88,6 +145,7 @@ def geometry_for(dataset: FourDSTEM, meta: dict[str, Any]) -> BlockGeometry:
 def predict_phase(model: End2End, meta: dict[str, Any], dataset: FourDSTEM, device: str | None = None) -> np.ndarray:
     """Phase image (N, N) float32 of one scan (see the module docstring)."""
     device = device or next(model.parameters()).device
+    check_training_optics(meta, dataset_optics(dataset))
     g = geometry_for(dataset, meta)
     pre = Preprocess(**meta["data"]["preprocess"])
     check_training_shapes(meta, dataset.scan_shape, dataset.pattern_shape)

@@ -10,6 +10,7 @@ import torch
 
 from ...errors import InputFileError
 from ...io import seed as seedfile
+from ...io.hdf5 import open_file, reading
 from ...safety import check_bad_pixel_mode, first_nonfinite, mask_nonfinite
 from .augment import Symmetry, check_augmentable, scan_source_indices, transform_patterns, transform_phase
 from .files import FileInfo, SampleIndex
@@ -31,7 +32,7 @@ class _Handles:
             self._files, self._pid = {}, os.getpid()
         f = self._files.get(path)
         if f is None:
-            f = self._files[path] = h5py.File(path, "r")
+            f = self._files[path] = open_file(path, "training file")
         return f
 
     def __getstate__(self):
@@ -94,7 +95,8 @@ class _BaseDataset(torch.utils.data.Dataset):
         f, fi, sid = self._file(entry)
         key = seedfile.target_key(sid, "potential" if fi.layout == "phasestem" and self.index.target == "potential"
                               else "phase")
-        arr = np.asarray(f[key][...], dtype=np.float32)
+        with reading(fi.path, "training file"):
+            arr = np.asarray(f[key][...], dtype=np.float32)
         if fi.layout != "phasestem" and self.index.target == "phase":
             arr = arr * np.float32(fi.sigma)
         self._screen(arr, f"{fi.path}:{key}", lambda i: i)
@@ -104,7 +106,8 @@ class _BaseDataset(torch.utils.data.Dataset):
         """Raw patterns (len(rows), len(cols), H, W) of the transformed sample at scan rows × cols."""
         f, fi, sid = self._file(entry)
         r, c = scan_source_indices(rows, cols, sym, self.geometry)
-        arr = read_scan_grid(f[seedfile.patterns_key(sid)], r, c)
+        with reading(fi.path, "training file"):
+            arr = read_scan_grid(f[seedfile.patterns_key(sid)], r, c)
         self._screen(arr, f"{fi.path}:{seedfile.patterns_key(sid)}", lambda i: (int(r[i[0]]), int(c[i[1]]), *i[2:]))
         if sym.transpose:
             arr = np.swapaxes(arr, 0, 1)

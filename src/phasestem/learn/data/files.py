@@ -7,7 +7,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import h5py
 import numpy as np
@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ...errors import ConfigError, InputFileError, ShapeError
 from ...io import seed as seedfile
+from ...io.hdf5 import check_written, open_file, reading
 from .geometry import BlockGeometry
 
 log = logging.getLogger("phasestem.learn")
@@ -46,6 +47,18 @@ class FileInfo:
     energy: float
     sigma: float
     aberrations: dict[str, float] = field(default_factory=dict)
+    semiangle: float | None = None  #: probe semi-angle (mrad), when the file records it
+    angular_sampling: tuple[float, float] | None = None  #: detector pixel (mrad), when the file records it
+
+    def optics(self) -> dict[str, Any] | None:
+        """What the file records of its optics and scan (energy eV, semi-angle and detector pixel mrad,
+        aberrations Å, scan step Å), the record a trained model keeps (``meta["data"]["optics"]``); None for files
+        of the original layout, which record none of it."""
+        if self.layout != "phasestem":
+            return None
+        return {"energy": self.energy, "semiangle": self.semiangle, "aberrations": dict(self.aberrations),
+                "angular_sampling": None if self.angular_sampling is None else list(self.angular_sampling),
+                "scan_step": list(self.geometry.scan_step)}
 
 
 def _sample_ids(f: h5py.File) -> list[int]:
@@ -56,13 +69,9 @@ def inspect_file(path: str | Path, block: int = 14, stride: int = 9, patch: int 
                  original: OriginalLayout | None = None, layout: str = "auto") -> FileInfo:
     """Read the sample list and geometry of one training file (ours or the user's original layout)."""
     path = str(path)
-    if not os.path.isfile(path):
+    if not os.path.isfile(path) and not os.path.islink(path):  # a link: open_file says why it leads nowhere
         raise InputFileError(f"{path}: no such training file")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise InputFileError(f"{path}: not a readable HDF5 file ({exc})") from exc
-    with f:
+    with open_file(path, "training file (seed-000 HDF5)") as f, reading(path, "training file (seed-000 HDF5)"):
         ids = _sample_ids(f)
         if not ids:
             raise InputFileError(f"{path}: no 'dp_set_{{i}}' datasets (expected the seed-000 training layout)")
@@ -70,6 +79,9 @@ def inspect_file(path: str | Path, block: int = 14, stride: int = 9, patch: int 
         if missing:
             raise InputFileError(f"{path}: '{seedfile.phase_key(missing[0])}' missing for "
                                  f"'{seedfile.patterns_key(missing[0])}'")
+        for i in (ids[0], ids[-1]):  # the samples are read later: groups or unwritten data are refused now
+            check_written(f[seedfile.patterns_key(i)], f"{path}:{seedfile.patterns_key(i)}")
+            check_written(f[seedfile.phase_key(i)], f"{path}:{seedfile.phase_key(i)}")
         dp = f[seedfile.patterns_key(ids[0])]
         for name in (seedfile.patterns_key(ids[0]), seedfile.phase_key(ids[0])):
             if f[name].dtype.kind not in "biuf":
@@ -89,7 +101,9 @@ def inspect_file(path: str | Path, block: int = 14, stride: int = 9, patch: int 
                     phase_sampling=phase_sampling, block=block, stride=stride, patch=patch)
                 energy = float(a["energy"])
                 sigma = seedfile.file_sigma(a, energy)
-                aberrations = seedfile.aberrations(a)
+                aberrations = seedfile.aberrations(a, path)
+                semiangle = float(a["semiangle"]) if "semiangle" in a else None
+                angular = tuple(float(v) for v in a["angular_sampling"]) if "angular_sampling" in a else None
             except KeyError as exc:
                 raise InputFileError(f"{path}: root attribute {exc} missing (format {seedfile.FORMAT})") from exc
         else:
@@ -98,7 +112,9 @@ def inspect_file(path: str | Path, block: int = 14, stride: int = 9, patch: int 
             geometry = BlockGeometry(scan_shape=tuple(int(v) for v in dp.shape[:2]), scan_step=(o.scan_step,) * 2,
                                      phase_shape=phase_shape, phase_sampling=s, block=block, stride=stride, patch=patch)
             energy, sigma, aberrations = o.energy, seedfile.sigma(o.energy), {}
-        return FileInfo(path, kind, ids, geometry, tuple(int(v) for v in dp.shape[2:]), energy, sigma, aberrations)
+            semiangle, angular = None, None
+        return FileInfo(path, kind, ids, geometry, tuple(int(v) for v in dp.shape[2:]), energy, sigma, aberrations,
+                        semiangle, angular)
 
 
 def expand_paths(patterns: Sequence[str | Path]) -> list[str]:

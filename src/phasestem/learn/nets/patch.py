@@ -16,13 +16,14 @@ the target patch (0 Å = its bright-centre pixel, :meth:`BlockGeometry.frame_coo
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from ...configfile import ConfigPath
 from ...metrics import psnr
 from ..backbones import create_cnn, create_vit
 
@@ -42,8 +43,10 @@ class PatchRecoveryConfig(BaseModel):
     size: Literal["tiny", "small", "medium", "base"] = Field("base", description="preset: tiny (CPU) … base (ViT-B)")
     cnn: str = Field("resnet34", description="pattern encoder preset (backbones.CNN_PRESETS) or timm name")
     vit: str = Field("vit_base", description="token mixer preset (backbones.VIT_PRESETS) or timm name")
-    cnn_pretrained: str | None = Field(None, description="CNN weights: null, a file path, or 'auto' (local cache)")
-    vit_pretrained: str | None = Field(None, description="ViT weights: null, a file path, or 'auto' (local cache)")
+    cnn_pretrained: Annotated[str | None, ConfigPath(keep=("auto",))] = Field(
+        None, description="CNN weights: null, a file path, or 'auto' (local cache)")
+    vit_pretrained: Annotated[str | None, ConfigPath(keep=("auto",))] = Field(
+        None, description="ViT weights: null, a file path, or 'auto' (local cache)")
     first_conv: Literal["sum", "mean"] = Field("sum", description="how RGB first-conv weights become one channel")
     allow_download: bool = Field(False, description="let 'auto' download when HF_HUB_OFFLINE is unset")
     cnn_norm: Literal["running", "batch"] = Field(

@@ -27,13 +27,14 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from ...configfile import ConfigPath
 from ...errors import ConfigError, ShapeError
 from ..losses import COMPONENTS, CharbonnierLoss, GradientLoss, MSSSIMLoss, PerceptualLoss, WeightedLoss, _b1hw
 
@@ -270,8 +271,9 @@ class PhaseformerLossConfig(BaseModel):
 
     components: list[Literal["charbonnier", "perceptual", "gradient", "ms_ssim"]] = Field(
         list(COMPONENTS), description="loss components per branch")
-    perceptual_weights: str | None = Field(None, description="LOCAL torchvision VGG16 weights (.pth/.safetensors); "
-                                           "None: the perceptual term is off (logged); never downloaded")
+    perceptual_weights: Annotated[str | None, ConfigPath()] = Field(
+        None, description="LOCAL torchvision VGG16 weights (.pth/.safetensors); None: the perceptual term is off "
+        "(logged); never downloaded")
     perceptual_max_size: int = Field(256, ge=16, description="down-sample larger images before the VGG features")
     charbonnier_eps: float = Field(1e-3, gt=0, description="ε of mean √(d² + ε²)")
 

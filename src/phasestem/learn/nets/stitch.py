@@ -17,12 +17,13 @@ truth patches exactly; training teaches it to reconcile imperfect predicted patc
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from ...configfile import ConfigPath
 from ...metrics import psnr
 from ..backbones import create_vit
 from ..data import BlockGeometry, place_indices
@@ -43,7 +44,8 @@ class PhaseStitchingConfig(BaseModel):
 
     size: Literal["tiny", "small", "medium", "base"] = Field("base", description="preset: tiny (CPU) … base (ViT-B)")
     vit: str = Field("vit_base", description="ViT preset (backbones.VIT_PRESETS) or timm name")
-    vit_pretrained: str | None = Field(None, description="ViT weights: null, a file path, or 'auto' (local cache)")
+    vit_pretrained: Annotated[str | None, ConfigPath(keep=("auto",))] = Field(
+        None, description="ViT weights: null, a file path, or 'auto' (local cache)")
     allow_download: bool = Field(False, description="let 'auto' download when HF_HUB_OFFLINE is unset")
     image_size: int = Field(256, ge=8, description="output image side N in pixels")
     patch: int = Field(76, ge=4, description="input patch side in pixels")

@@ -12,7 +12,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -21,6 +20,7 @@ from torch import nn
 from ... import metrics
 from ...errors import ShapeError
 from ...io import seed as seedfile
+from ...io.hdf5 import check_written, open_file, reading
 from ..config import AutoencoderRunConfig
 from ..meta import make_meta
 from ..nets.autoencoder import Autoencoder, count_parameters, scale_patterns
@@ -44,8 +44,10 @@ def _bin(p: np.ndarray, f: int) -> np.ndarray:
 def _scans(path: str, patterns_key: str | None):
     """Yield (name, (Sy, Sx, H, W) or (N, H, W) array-like) for each scan in a file."""
     if path.lower().endswith((".h5", ".hdf5", ".hdf")) and patterns_key is None:
-        with h5py.File(path, "r") as f:
+        with open_file(path, "4D-STEM training file") as f, reading(path, "4D-STEM training file"):
             keys = [seedfile.patterns_key(i) for i in seedfile.sample_ids(f.keys())]
+            for k in keys:
+                check_written(f[k], f"{path}:{k}")
             if keys:
                 for k in keys:
                     yield f"{path}:{k}", f[k][()]

@@ -109,9 +109,17 @@ def model_meta(model: nn.Module, index: SampleIndex, cfg: TrainRunConfig) -> dic
     return make_meta(model.kind, config, {
         "geometry": index.geometry.to_dict(), "preprocess": cfg.data.preprocess.model_dump(),
         "target": index.target, "target_description": index.target_description,
-        "pattern_shape": list(index.pattern_shape), "files": cfg.data.files,
+        "pattern_shape": list(index.pattern_shape), "optics": _training_optics(index), "files": cfg.data.files,
         "split_seed": cfg.data.split_seed, "val_fraction": cfg.data.val_fraction,
         "test_fraction": cfg.data.test_fraction, "max_samples": cfg.data.max_samples})
+
+
+def _training_optics(index: SampleIndex) -> dict[str, Any] | None:
+    """The optics and scan step every training file records alike (:meth:`FileInfo.optics`), or None (a file of the
+    original layout, or files that differ): what :func:`phasestem.learn.apply.phase.check_training_optics` compares
+    new data with."""
+    records = [fi.optics() for fi in index.files]
+    return records[0] if records[0] is not None and all(r == records[0] for r in records[1:]) else None
 
 
 def build_model(meta: dict[str, Any], source: str | Path = "model meta") -> nn.Module:

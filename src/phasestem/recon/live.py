@@ -1,0 +1,94 @@
+"""Epoch snapshots of a running reconstruction: ``OUT/live.npz``, what the live page of ``phasestem serve`` shows.
+
+After every epoch the run (rank 0) replaces ``OUT/live.npz`` atomically (:func:`phasestem.safety.atomic_file`), so a
+reader always finds a whole file. It holds, small by design (at most ≈ 0.45 MB: images of ≤ 192² pixels):
+
+    epoch, n_epochs          ()      completed epochs, epochs the run will reach
+    loss, seconds            (E,)    mean total loss and wall time (s) of each epoch so far
+    object_phase             (h, w)  float32 rad, the summed object phase over the scanned field (the probe
+                                     centres' bounding box, as in reconstruction.png), block-averaged to at most
+                                     :data:`MAX_SIDE` pixels a side
+    probe                    (h, w)  complex64, the first probe mode, likewise reduced
+    sampling                 (2,)    Å per pixel of object_phase (after the reduction)
+    gpu_memory               ()      peak bytes allocated on the run's CUDA device (-1 on CPU)
+    time                     ()      when it was written (s since the epoch)
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("phasestem.recon")
+
+#: the snapshot file in a reconstruction's output folder
+LIVE_FILE = "live.npz"
+#: largest side (pixels) of the images in a snapshot
+MAX_SIDE = 192
+
+
+def block_mean(img: np.ndarray, max_side: int = MAX_SIDE) -> tuple[np.ndarray, int]:
+    """``img`` (…, H, W) averaged over f × f blocks, f the smallest integer giving sides ≤ ``max_side`` (edge rows
+    and columns that do not fill a block are dropped); returns (image, f)."""
+    h, w = img.shape[-2:]
+    f = max(1, math.ceil(max(h, w) / max_side))
+    if f == 1:
+        return img, 1
+    hh, ww = h // f, w // f
+    out = img[..., : hh * f, : ww * f].reshape(*img.shape[:-2], hh, f, ww, f).mean((-3, -1))
+    return out, f
+
+
+def snapshot(model, n_epochs: int, max_side: int = MAX_SIDE) -> dict[str, np.ndarray]:
+    """The arrays of one snapshot of ``model`` (see the module docstring)."""
+    import torch
+
+    from .figures import _object, scanned_field
+
+    phase, f = block_mean(_object(model)[0][scanned_field(model)].astype(np.float32), max_side)
+    with torch.no_grad():
+        probe = model.get_probe()[0].cpu().numpy()
+    probe, _ = block_mean(probe, max_side)
+    device = getattr(model, "device", torch.device("cpu"))
+    gpu = torch.cuda.max_memory_allocated(device) if torch.device(device).type == "cuda" else -1
+    history = model.loss_history
+    return {"epoch": np.asarray(model.epoch), "n_epochs": np.asarray(max(n_epochs, model.epoch)),
+            "loss": np.array([h["loss"] for h in history], dtype=np.float64),
+            "seconds": np.array([h.get("seconds", np.nan) for h in history], dtype=np.float64),
+            "object_phase": phase.astype(np.float32), "probe": probe.astype(np.complex64),
+            "sampling": np.asarray(model.sampling, dtype=np.float64) * f, "gpu_memory": np.asarray(gpu),
+            "time": np.asarray(time.time())}
+
+
+def live_snapshots(path: str | Path, n_epochs: int, max_side: int = MAX_SIDE):
+    """An epoch callback (``model.epoch_callbacks``) that replaces ``path`` with a :func:`snapshot` after every
+    epoch. A snapshot that cannot be written is logged once and the run goes on."""
+    from ..safety import atomic_file
+
+    path = Path(path)
+    failed = []
+
+    def write(model, record) -> None:
+        try:
+            arrays = snapshot(model, n_epochs, max_side)
+            with atomic_file(path, field="live snapshot") as tmp, open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)
+        except OSError as exc:
+            if not failed:
+                log.warning("live snapshot %s not written (%s); the run goes on without it", path, exc)
+            failed.append(exc)
+
+    return write
+
+
+def read_snapshot(path: str | Path) -> dict[str, np.ndarray] | None:
+    """The arrays of a snapshot file, or None where there is none (yet) or it cannot be read."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None

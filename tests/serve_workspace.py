@@ -1,0 +1,99 @@
+"""A small workspace and a real ``phasestem serve`` process for the serve tests (test_serve*.py)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from phasestem.recon.synthetic import write_npz
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+TOKEN = "test-token-0123456789abcdef"
+
+
+def make_workspace(root: Path, n_epochs: int = 12, scan: int = 8, batch_size: int = 4) -> Path:
+    """``root/data/scan.npz`` (a simulated scan, patterns (scan, scan, 32, 32)) and ``root/configs/tiny.yaml`` (the
+    tiny reconstruction of it: a checkpoint every epoch, no optics check); returns ``root``."""
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    (root / "configs").mkdir(exist_ok=True)
+    write_npz(root / "data" / "scan.npz", scan_shape=(scan, scan), seed=5)
+    cfg = yaml.safe_load((CONFIGS / "reconstruct_tiny.yaml").read_text())
+    cfg.pop("tune", None)
+    cfg["data"] = {"file": "../data/scan.npz", "patterns_key": "patterns"}
+    cfg["scan"]["shape"] = [scan, scan]
+    cfg["run"].update(n_epochs=n_epochs, batch_size=batch_size, checkpoint_every=1, check_optics=False,
+                      out_dir="../runs/direct", seed=3)
+    (root / "configs" / "tiny.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return root
+
+
+class Server:
+    """``phasestem serve --root ROOT --port 0 --token TOKEN …`` as a subprocess; ``url`` once it listens."""
+
+    def __init__(self, root: Path, *args: str, token: str = TOKEN):
+        self.root, self.token = Path(root), token
+        env = dict(os.environ, MPLBACKEND="Agg", HF_HUB_OFFLINE="1")
+        self.proc = subprocess.Popen([sys.executable, "-m", "phasestem.cli", "serve", "--root", str(root), "--port",
+                                      "0", "--token", token, *args], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=env)
+        self.url = None
+        end = time.monotonic() + 90
+        while time.monotonic() < end:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            m = re.search(r"(http://127\.0\.0\.1:\d+)/\?token=", line)
+            if m:
+                self.url = m.group(1)
+                break
+        if self.url is None:
+            self.proc.kill()
+            raise RuntimeError(f"phasestem serve did not start: {self.proc.stderr.read()}")
+
+    def request(self, path: str, method: str = "GET", body=None, token: str | None = "default",
+                headers: dict | None = None, timeout: float = 30) -> tuple[int, object]:
+        """(status, JSON answer or bytes); ``token`` None: none sent; else sent as ``Authorization: token …``."""
+        data = json.dumps(body).encode() if isinstance(body, dict | list) else body
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        if token is not None:
+            req.add_header("Authorization", f"token {self.token if token == 'default' else token}")
+        if isinstance(body, dict | list):
+            req.add_header("Content-Type", "application/json")
+        for k, v in (headers or {}).items():
+            req.add_header(k, v)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as res:
+                status, raw, ctype = res.status, res.read(), res.headers.get("content-type", "")
+        except urllib.error.HTTPError as exc:
+            status, raw, ctype = exc.code, exc.read(), exc.headers.get("content-type", "")
+        return status, (json.loads(raw) if "json" in ctype else raw)
+
+    def wait_job(self, job_id: int, states=("done", "failed", "cancelled"), timeout: float = 120) -> dict:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            status, job = self.request(f"/api/jobs/{job_id}")
+            assert status == 200, job
+            if job["state"] in states:
+                return job
+            time.sleep(0.2)
+        raise TimeoutError(f"job {job_id} still {job['state']} after {timeout} s")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()
+        self.proc.stderr.close()
