@@ -21,8 +21,11 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
+# DEMO_ARGS: flags of 'phasestem demo', e.g.  make demo DEMO_ARGS=--skip-learned   (or --quick, --device cuda)
+DEMO_ARGS ?=
+
 demo: install
-	$(BIN)/phasestem demo --out demo_output
+	$(BIN)/phasestem demo --out demo_output $(DEMO_ARGS)
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import yaml
 
 from phasestem.demo import run_demo
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: two threads are slower on a shared machine
 
 ROUTES = ("AD ptychography", "learned (end2end)", "learned + Phaseformer", "hybrid (AD from learned)")
 
@@ -31,3 +34,24 @@ def test_quick_demo_writes_report_figures_and_finite_metrics(tmp_path):
     assert fom["flat_errors"][-1] < fom["flat_errors"][0]
     assert len(fom["flat_errors"]) == len(fom["hybrid_errors"])
     assert fom["hybrid"]["flat_epochs"] <= len(fom["flat_errors"]) - 1
+    assert fom["solver"] == "lsq" and "the `lsq` solver (phasestem's default)" in text
+
+
+def test_quick_demo_without_the_learned_routes_on_the_cpu(tmp_path, capsys):
+    """``phasestem demo --quick --skip-learned --device cpu``: simulation and AD alone (no training folders, no
+    learned row, no hybrid section), with the lsq solver (the default of ``phasestem reconstruct``)."""
+    from phasestem.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--skip-learned", "--device", "cpu", "--out", str(out)]) == 0
+    assert f"report: {out / 'report.md'}" in capsys.readouterr().out
+    text = (out / "report.md").read_text()
+    assert "| AD ptychography |" in text and "the `lsq` solver" in text
+    for name in ROUTES[1:]:
+        assert f"| {name} |" not in text
+    assert "Hybrid route" not in text and "skipped (`--skip-learned`)" in text
+    assert not (out / "runs").exists() and not (out / "data" / "train").exists() and not (out / "hybrid.png").exists()
+    fom = yaml.safe_load((out / "figures_of_merit.yaml").read_text())
+    assert list(fom["routes"]) == ["AD ptychography"] and fom["device"] == "cpu" and fom["solver"] == "lsq"
+    assert fom["flat_errors"][-1] < fom["flat_errors"][0]
+    assert (out / "routes.png").stat().st_size > 1000

@@ -35,7 +35,7 @@ def test_learned_like_start_reaches_the_flat_error_in_fewer_epochs(scan):
     ds, truth, samp = scan
     torch.manual_seed(0)
     fov = field_of_view(ds, samp, truth.shape)
-    rc = DemoRecon(n_epochs=8, batch_size=16, lr_phase=0.01, lr_amplitude=0.01)
+    rc = DemoRecon(n_epochs=8, batch_size=16)  # the demo's solver: lsq at its default step fractions
     rng = np.random.default_rng(0)
     start = _blurred(truth, 1.5) + rng.normal(0, 0.02, truth.shape).astype(np.float32) + 0.3  # blur, noise, offset
     flat = ad_run(ds, rc, truth, samp, fov, label="flat")

@@ -153,12 +153,9 @@ def test_every_config_field_is_described():
 
 
 def test_notebook_runs(tmp_path):
-    import nbformat
-    from nbclient import NotebookClient
+    from notebook_run import execute_notebook
 
-    nb = nbformat.read(ROOT / "notebooks" / "test.ipynb", as_version=4)
-    torch.set_num_threads(torch.get_num_threads())
-    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    nb, _ = execute_notebook("test.ipynb", tmp_path, timeout=120)
     assert all(c.get("outputs") is not None for c in nb.cells if c.cell_type == "code")
 
 

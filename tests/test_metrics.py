@@ -108,3 +108,24 @@ def test_frc_identical_is_one_and_noise_lowers_it():
     res = M.frc_resolution(f, c)
     assert c[1] > 0.9 and c[-1] < 0.5
     assert 2.0 < res < 20.0  # px
+
+
+def test_truth_on_grid_follows_the_frame_given_by_the_positions():
+    """A periodic truth sampled at 0.2 Å, seen from a frame rotated by 20° and shifted (as a calibrated dataset
+    frame is): the resampled truth is the analytic one at the mapped points, on the other pixel size."""
+    L, n = 12.0, 60  # Å, px: truth pixel 0.2 Å
+
+    def f(y, x):
+        return np.cos(2 * np.pi * y / L) + 0.5 * np.sin(2 * np.pi * 2 * x / L)
+
+    yy, xx = np.meshgrid(np.arange(n) * L / n, np.arange(n) * L / n, indexing="ij")
+    th = np.radians(20.0)
+    rot = np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
+    grid = np.stack(np.meshgrid(np.arange(5.0), np.arange(6.0), indexing="ij"), -1).reshape(-1, 2) * 0.7
+    truth_positions = grid @ rot.T + (3.0, 4.5)
+    out = M.truth_on_grid(f(yy, xx), L / n, truth_positions, grid, 0.3, (9, 11), periodic=True)
+    iy, ix = np.meshgrid(np.arange(9) * 0.3, np.arange(11) * 0.3, indexing="ij")
+    where = np.stack([iy.ravel(), ix.ravel()], -1) @ rot.T + (3.0, 4.5)
+    np.testing.assert_allclose(out.ravel(), f(where[:, 0], where[:, 1]), atol=2e-3)
+    with pytest.raises(ShapeError):
+        M.truth_on_grid(f(yy, xx), 0.2, truth_positions[:5], grid, 0.3, (9, 11))

@@ -3,13 +3,17 @@
 Stages (each timed, each with its own progress bar):
 
 1. simulate the training samples (``configs/simulate_demo.yaml``) and one held-out sample (another seed);
-2. AD ptychography of the held-out sample from a flat object (:class:`phasestem.recon.Ptychography`);
+2. AD ptychography of the held-out sample from a flat object (:class:`phasestem.recon.Ptychography`, the ``lsq``
+   solver, phasestem's default);
 3. the learned route: PatchRecoveryNet → PhaseStitchingNet → End2End (tiny, a few epochs) trained on the
    training samples, then the held-out prediction;
 4. a tiny Phaseformer trained on (degraded truth → truth) and (learned prediction → truth) pairs of the
    training samples, applied to the held-out learned prediction;
 5. the hybrid route: AD started from the learned prediction; epochs and seconds to reach the phase error
    the flat start reaches at its last epoch.
+
+``learned=False`` (``--skip-learned``) runs stages 1 (the held-out sample alone) and 2; ``quick`` (``--quick``) the
+smallest sizes of every stage (:class:`DemoQuick`); ``device`` (``--device``) runs simulation, AD and training there.
 
 Figures of merit (:mod:`phasestem.metrics`) are computed on the scanned field of view against the true
 phase: PSNR and SSIM after offset removal and sub-pixel alignment, and the relative phase error E_φ.
@@ -20,7 +24,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -43,12 +47,17 @@ class _Strict(BaseModel):
 
 
 class DemoRecon(_Strict):
-    """AD ptychography of the held-out sample (flat and hybrid starts use the same settings)."""
+    """AD ptychography of the held-out sample (flat and hybrid starts use the same settings; the probe is fixed at
+    its nominal form)."""
 
-    n_epochs: int = Field(30, ge=1, description="Adam epochs of each AD run")
+    optimizer: Literal["lsq", "adam"] = Field("lsq", description="solver of each AD run: lsq (phasestem's default: "
+                                              "least-squares steps, no learning rate to tune) or adam")
+    n_epochs: int = Field(30, ge=1, description="epochs of each AD run")
     batch_size: int = Field(32, ge=1, description="patterns per mini-batch")
-    lr_phase: float = Field(0.01, gt=0, description="learning rate of the object phase (rad per step)")
-    lr_amplitude: float = Field(0.005, ge=0, description="learning rate of the object amplitude")
+    lr_phase: float | None = Field(None, gt=0, description="learning rate of the object phase: with lsq a fraction "
+                                   "of the Gauss–Newton step, with adam rad per step; null: the solver's default "
+                                   "(phasestem.recon.model.SOLVER_DEFAULTS)")
+    lr_amplitude: float | None = Field(None, ge=0, description="learning rate of the object amplitude (as lr_phase)")
 
 
 class DemoLearned(_Strict):
@@ -75,7 +84,8 @@ class DemoPhaseformer(_Strict):
 
 
 class DemoQuick(_Strict):
-    """Overrides for ``--quick`` (tests)."""
+    """Overrides for ``--quick``: every stage at its smallest (a check that everything runs; the figures of merit
+    mean nothing)."""
 
     n_train: int = Field(4, ge=3, description="training samples")
     scan_shape: tuple[int, int] = Field((8, 8), description="scan positions (rows, cols) of the quick simulation")
@@ -90,6 +100,10 @@ class DemoConfig(_Strict):
     """Settings of ``phasestem demo`` (``configs/demo.yaml`` inside the package)."""
 
     heldout_seed: int = Field(1001, description="simulation seed of the held-out sample")
+    cpu_threads: int | None = Field(1, ge=1, description="torch threads during the demo (null: torch's default, one "
+                                    "per core). 1: the tiny networks and 64² patterns gain nothing from more, and "
+                                    "lose several times over when another process shares the cores (2 patch "
+                                    "epochs: 16 s on 1 thread, 63–138 s on 2, 2-core machine at load 3)")
     recon: DemoRecon = Field(default_factory=DemoRecon, description="AD ptychography")
     learned: DemoLearned = Field(default_factory=DemoLearned, description="learned pipeline")
     phaseformer: DemoPhaseformer = Field(default_factory=DemoPhaseformer, description="Phaseformer refinement")
@@ -168,13 +182,16 @@ def aligned_error_map(rec: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------ stages
-def simulate(out: Path, cfg: DemoConfig, quick: bool) -> tuple[list[Path], Path]:
-    """Training files and the held-out file (one sample, another seed)."""
+def simulate(out: Path, cfg: DemoConfig, quick: bool, learned: bool = True, device: str = "cpu"
+             ) -> tuple[list[Path], Path]:
+    """Training files (none when not ``learned``) and the held-out file (one sample, another seed)."""
     from .simulate import load_config, simulate_dataset
 
     over = {"output.samples_per_file": cfg.quick.n_train, "scan.shape": list(cfg.quick.scan_shape)} if quick else {}
-    sim = load_config(BUILTIN_SIMULATION, over)
-    train = simulate_dataset(sim, out / "data" / "train")
+    over["compute.device"] = device
+    train = []
+    if learned:
+        train = simulate_dataset(load_config(BUILTIN_SIMULATION, over), out / "data" / "train")
     held = load_config(BUILTIN_SIMULATION, {**over, "output.samples_per_file": 1, "compute.seed": cfg.heldout_seed,
                                             "output.prefix": "heldout"})
     heldout = simulate_dataset(held, out / "data" / "heldout")
@@ -183,8 +200,8 @@ def simulate(out: Path, cfg: DemoConfig, quick: bool) -> tuple[list[Path], Path]
 
 def ad_run(dataset, rc: DemoRecon, truth: np.ndarray, truth_sampling, fov, initial_phase: np.ndarray | None = None,
            label: str = "flat", progress: bool = True, device: str = "cpu") -> dict[str, Any]:
-    """Adam AD ptychography on ``device``; returns the final phase on the truth grid and E_φ / seconds after every
-    epoch (seconds of the optimisation alone, synchronised with the device)."""
+    """AD ptychography (``rc.optimizer``, the probe fixed) on ``device``; returns the final phase on the truth grid
+    and E_φ / seconds after every epoch (seconds of the optimisation alone, synchronised with the device)."""
     from .metrics import phase_error
     from .recon import Ptychography
 
@@ -193,6 +210,7 @@ def ad_run(dataset, rc: DemoRecon, truth: np.ndarray, truth_sampling, fov, initi
         dataset, initial_phase=initial_phase, initial_phase_sampling=truth_sampling if initial_phase is not None
         else None, learning_rates={"obj_phase": rc.lr_phase, "obj_amplitude": rc.lr_amplitude, "probe": 0.0},
         on_band_limit="ignore").to(device)  # no anti-aliasing in the model: the whole detector window is usable
+    solve = model.LSQ_optimize if rc.optimizer == "lsq" else model.Adam_optimize
     sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
 
     def on_truth_grid() -> np.ndarray:
@@ -202,13 +220,13 @@ def ad_run(dataset, rc: DemoRecon, truth: np.ndarray, truth_sampling, fov, initi
     seconds = [0.0]
     t = 0.0
     t0 = time.perf_counter()
-    for _ in model.Adam_optimize(rc.n_epochs, dataset, batch_size=rc.batch_size, seed=0, progress=progress):
+    for _ in solve(rc.n_epochs, dataset, batch_size=rc.batch_size, seed=0, progress=progress):
         sync()
         t += time.perf_counter() - t0
         errors.append(phase_error(on_truth_grid()[fov], truth[fov]))
         seconds.append(t)
         t0 = time.perf_counter()
-    log.info("AD (%s start): E_phi %.3f → %.3f in %.1f s", label, errors[0], errors[-1], t)
+    log.info("AD (%s, %s start): E_phi %.3f → %.3f in %.1f s", rc.optimizer, label, errors[0], errors[-1], t)
     return {"phase": on_truth_grid(), "errors": errors, "seconds": seconds}
 
 
@@ -273,9 +291,9 @@ def hybrid_start(prediction: np.ndarray) -> np.ndarray:
     """The learned prediction with its mean removed, as the start of the hybrid AD run.
 
     A constant phase is invisible to the data, but the AD object's padding (outside the image) starts at 0 rad:
-    an offset in the prediction would leave a phase step at the image edge that AD must undo slowly (measured on
-    the demo data with 24 training samples: mean removal ends at E_φ ≈ 0.040 after 30 epochs, a 2nd-percentile
-    shift at 0.049, no shift at 0.050).
+    an offset in the prediction would leave a phase step at the image edge that AD must undo slowly (measured with
+    Adam on the demo data with 24 training samples: mean removal ends at E_φ ≈ 0.040 after 30 epochs, a
+    2nd-percentile shift at 0.049, no shift at 0.050).
     """
     p = np.asarray(prediction, np.float32)
     return p - np.float32(p.mean())
@@ -308,7 +326,8 @@ def _hybrid_plot(flat: dict, hybrid: dict, path: Path) -> Path:
 
 
 def _write_report(out: Path, summary: str, fom: dict[str, dict[str, float]], route_seconds: dict[str, float],
-                  stage_seconds: dict[str, float], hybrid: dict[str, Any], quick: bool) -> Path:
+                  stage_seconds: dict[str, float], hybrid: dict[str, Any] | None, quick: bool, rc: DemoRecon) -> Path:
+    """``report.md``; ``hybrid`` None: the learned routes were skipped (``--skip-learned``)."""
     lines = ["# phasestem demo", "",
              f"Held-out sample: {summary}." + (" (`--quick`: tiny sizes, results are not meaningful.)" if quick
                                                else ""),
@@ -318,32 +337,41 @@ def _write_report(out: Path, summary: str, fom: dict[str, dict[str, float]], rou
     for name, m in fom.items():
         lines.append(f"| {name} | {m['psnr']:.2f} | {m['ssim']:.3f} | {m['phase_error']:.3f} | "
                      f"{route_seconds.get(name, float('nan')):.1f} |")
-    lines += ["", "PSNR and SSIM after removing the constant phase offset and the best sub-pixel shift; "
-              "E_φ = sqrt(Σ|φ−φ_true|² / Σ|φ_true|²) (`phasestem.metrics.phase_error`). Times: the "
-              "learned routes include their training (prediction alone: see the stage times); the hybrid time is "
-              "its AD epochs plus the prediction.", "",
-              "## Hybrid route: AD started from the learned prediction", "",
-              "![hybrid](hybrid.png)", ""]
-    h = hybrid
-    lines += [f"Target: the phase error the flat start reaches after {h['n_epochs']} epochs, "
-              f"E_φ = {h['target']:.3f} (and, below, the errors it reaches on the way). The learned start has "
-              f"E_φ = {h['hybrid_start']:.3f} before any AD epoch (flat: {h['flat_start']:.3f}).", "",
-              "| target E_φ | flat start: epochs (AD s) | learned start: epochs (AD s) |", "|---|---|---|"]
-    for row in h["table"]:
-        cells = [f"{row[k]} ({row[k + '_seconds']:.1f})" if row[k] is not None else "not reached"
-                 for k in ("flat", "hybrid")]
-        lines.append(f"| {row['target']:.3f} | {cells[0]} | {cells[1]} |")
-    lines.append("")
-    reached = [r for r in h["table"] if r["hybrid"] is not None]
-    if reached:
-        r = reached[-1]
-        lines.append(f"The learned start reaches E_φ = {r['target']:.3f} after {r['hybrid']} AD epochs instead of "
-                     f"{r['flat']} ({r['flat'] - r['hybrid']} fewer, {r['flat_seconds'] - r['hybrid_seconds']:.1f} s "
-                     f"less AD time; the learned prediction itself took {h['predict_seconds']:.2f} s once the network "
-                     "was trained).")
-    if h["hybrid_epochs"] is None:
-        lines.append(f"It then levels off at E_φ = {h['hybrid_best']:.3f}, above the flat start's final "
-                     f"{h['target']:.3f}: the tiny network's errors are not all undone within {h['n_epochs']} epochs.")
+    lines += ["", f"AD ptychography: the `{rc.optimizer}` solver"
+              + (" (phasestem's default)" if rc.optimizer == "lsq" else "")
+              + f", {rc.n_epochs} epochs of {rc.batch_size}-pattern batches from a flat object, the probe fixed at "
+              "its nominal form. PSNR and SSIM after removing the constant phase offset and the best sub-pixel shift; "
+              "E_φ = sqrt(Σ|φ−φ_true|² / Σ|φ_true|²) (`phasestem.metrics.phase_error`)."]
+    if hybrid is None:
+        lines += ["", "The learned routes were skipped (`--skip-learned`)."]
+    else:
+        lines[-1] += (" Times: the learned routes include their training (prediction alone: see the stage times); "
+                      "the hybrid time is its AD epochs plus the prediction.")
+        lines += ["", "## Hybrid route: AD started from the learned prediction", "", "![hybrid](hybrid.png)", ""]
+        h = hybrid
+        lines += [f"Target: the phase error the flat start reaches after {h['n_epochs']} epochs, "
+                  f"E_φ = {h['target']:.3f} (and, below, the errors it reaches on the way). The learned start has "
+                  f"E_φ = {h['hybrid_start']:.3f} before any AD epoch (flat: {h['flat_start']:.3f}).", "",
+                  "| target E_φ | flat start: epochs (AD s) | learned start: epochs (AD s) |", "|---|---|---|"]
+        for row in h["table"]:
+            cells = [f"{row[k]} ({row[k + '_seconds']:.1f})" if row[k] is not None else "not reached"
+                     for k in ("flat", "hybrid")]
+            lines.append(f"| {row['target']:.3f} | {cells[0]} | {cells[1]} |")
+        lines.append("")
+        gains = [r for r in h["table"] if r["hybrid"] is not None and r["hybrid"] < r["flat"]]
+        if gains:  # the most demanding target the learned start reaches in fewer epochs
+            r = gains[-1]
+            lines.append(f"The learned start reaches E_φ = {r['target']:.3f} after {r['hybrid']} AD epochs instead of "
+                         f"{r['flat']} ({r['flat'] - r['hybrid']} fewer; the learned prediction itself took "
+                         f"{h['predict_seconds']:.2f} s once the network was trained).")
+        last = h["table"][-1]
+        if last["hybrid"] is not None and last["hybrid"] >= last["flat"]:
+            lines.append(f"At the flat start's final E_φ = {last['target']:.3f} it has no lead left ({last['hybrid']} "
+                         f"epochs against {last['flat']}).")
+        if h["hybrid_epochs"] is None:
+            lines.append(f"It then levels off at E_φ = {h['hybrid_best']:.3f}, above the flat start's final "
+                         f"{h['target']:.3f}: the tiny network's errors are not all undone within {h['n_epochs']} "
+                         "epochs.")
     lines += ["", "## Stage times", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in stage_seconds.items()]
     lines += ["", "Other figures: [simulation.png](simulation.png) (held-out truth, probe, patterns), "
@@ -354,24 +382,50 @@ def _write_report(out: Path, summary: str, fom: dict[str, dict[str, float]], rou
     return path
 
 
+def _hybrid_summary(flat: dict, hyb: dict, rc: DemoRecon, predict_seconds: float) -> dict[str, Any]:
+    """Epochs and AD seconds of the flat and hybrid runs to reach the flat run's errors on the way (report table)."""
+    target = flat["errors"][-1]
+    n_flat = iterations_to_reach(flat["errors"], target)
+    n_hyb = iterations_to_reach(hyb["errors"], target)
+    table = []
+    n = len(flat["errors"]) - 1
+    for k in sorted({min(2, n), n // 6, n // 3, n // 2, n} - {0}):
+        t = flat["errors"][k]
+        nf, nh = iterations_to_reach(flat["errors"], t), iterations_to_reach(hyb["errors"], t)
+        table.append({"target": float(t), "flat": nf, "flat_seconds": float(flat["seconds"][nf]), "hybrid": nh,
+                      "hybrid_seconds": float(hyb["seconds"][nh]) if nh is not None else float("nan")})
+    return {"n_epochs": rc.n_epochs, "target": target, "flat_start": flat["errors"][0], "table": table,
+            "hybrid_best": float(min(hyb["errors"])),
+            "hybrid_start": hyb["errors"][0], "flat_epochs": n_flat, "hybrid_epochs": n_hyb,
+            "flat_seconds": flat["seconds"][n_flat],
+            "hybrid_seconds": hyb["seconds"][n_hyb] if n_hyb is not None else float("nan"),
+            "predict_seconds": predict_seconds}
+
+
 # ------------------------------------------------------------------------------------------ main
-def run_demo(out: Path, quick: bool = False, config: str | Path | None = None, device: str = "cpu") -> Path:
+def run_demo(out: Path, quick: bool = False, config: str | Path | None = None, device: str = "cpu",
+             learned: bool = True) -> Path:
     """Run every stage into ``out`` (holding its lock, :mod:`phasestem.lock`); returns the report path
     (``out/report.md``). ``config``: a :class:`DemoConfig` YAML (default: the built-in ``configs/demo.yaml``);
-    ``device``: torch device of the reconstructions and the training ('auto': a GPU when there is one)."""
+    ``device``: torch device of simulation, the reconstructions and the training ('auto': a GPU when there is one);
+    ``learned=False``: simulation of the held-out scan and AD ptychography only. Torch runs on
+    ``cpu_threads`` threads of the settings meanwhile (restored after)."""
     from .lock import hold_output
     from .recon.params import resolve_device
 
     cfg = load_demo_config(Path(config) if config else BUILTIN_DEMO, quick=quick)
+    threads = torch.get_num_threads()
     with hold_output(out, "phasestem demo"):
-        return _run_demo(Path(out), quick, cfg, resolve_device(device))
+        if cfg.cpu_threads:
+            torch.set_num_threads(cfg.cpu_threads)
+        try:
+            return _run_demo(Path(out), quick, cfg, resolve_device(device), learned)
+        finally:
+            torch.set_num_threads(threads)
 
 
-def _run_demo(out: Path, quick: bool, cfg: DemoConfig, device: str = "cpu") -> Path:
+def _run_demo(out: Path, quick: bool, cfg: DemoConfig, device: str, learned: bool = True) -> Path:
     from . import io
-    from .learn.apply.phase import load_predictor, predict_phase
-    from .learn.apply.refine import load_phaseformer, refine_phase
-    from .learn.pairs import write_pairs
     from .metrics import figures_of_merit
     from .plot import phase_panels
     from .simulate.overview import write_overview
@@ -383,10 +437,11 @@ def _run_demo(out: Path, quick: bool, cfg: DemoConfig, device: str = "cpu") -> P
     timer = Timer()
     routes: dict[str, np.ndarray] = {}
     route_seconds: dict[str, float] = {}
+    n_stages = 5 if learned else 2
 
-    log.info("1/5 simulating")
+    log.info("1/%d simulating%s on %s", n_stages, "" if learned else " the held-out sample", device)
     with timer("simulate"):
-        train_files, heldout = simulate(out, cfg, quick)
+        train_files, heldout = simulate(out, cfg, quick, learned, device)
     ds = io.load(heldout, sample=0)
     truth = np.asarray(ds.truth["phase"], np.float32)
     ts = tuple(float(s) for s in ds.truth.get("sampling", ds.sampling))
@@ -394,13 +449,46 @@ def _run_demo(out: Path, quick: bool, cfg: DemoConfig, device: str = "cpu") -> P
     write_overview(heldout, out / "simulation.png", sample=0)
     plt.close(ds.inspect(path=out / "inspect.png"))
 
-    log.info("2/5 AD ptychography (flat start)")
-    warm_up = DemoRecon(n_epochs=1, batch_size=cfg.recon.batch_size)  # first-epoch overheads out of the timings
+    log.info("2/%d AD ptychography (%s, flat start)", n_stages, cfg.recon.optimizer)
+    warm_up = cfg.recon.model_copy(update={"n_epochs": 1})  # first-epoch overheads out of the timings
     ad_run(ds, warm_up, truth, ts, fov, label="warm-up", progress=False, device=device)
     with timer("AD ptychography"):
         flat = ad_run(ds, cfg.recon, truth, ts, fov, label="flat", device=device)
     routes["AD ptychography"] = flat["phase"]
     route_seconds["AD ptychography"] = flat["seconds"][-1]
+
+    hyb = hybrid = None
+    if learned:
+        hyb = _learned_routes(out, cfg, ds, train_files, truth, ts, fov, device, timer, routes, route_seconds)
+        hybrid = _hybrid_summary(flat, hyb, cfg.recon, timer.seconds["learned: prediction"])
+        _hybrid_plot(flat, hyb, out / "hybrid.png")
+
+    # figures of merit on the scanned field of view
+    t_fov = truth[fov]
+    fom = {name: figures_of_merit(img[fov], t_fov, sampling=ts) for name, img in routes.items()}
+    shown = {"truth": t_fov, **{n: img[fov] - np.mean(img[fov] - t_fov) for n, img in routes.items()}}
+    errors = {n: aligned_error_map(img[fov], t_fov) for n, img in routes.items()}
+    plt.close(phase_panels(shown, out / "routes.png", errors=errors, sampling=ts, metrics=fom,
+                           suptitle="phase over the scanned field of view (offsets removed); errors after "
+                                    "sub-pixel alignment"))
+    report = _write_report(out, ds.summary(), fom, route_seconds, timer.seconds, hybrid, quick, cfg.recon)
+    record: dict[str, Any] = {"routes": fom, "route_seconds": route_seconds, "stage_seconds": timer.seconds,
+                              "device": device, "solver": cfg.recon.optimizer,
+                              "flat_errors": [float(e) for e in flat["errors"]]}
+    if hybrid is not None:
+        record["hybrid"] = {k: (float(v) if isinstance(v, float | np.floating) else v) for k, v in hybrid.items()}
+        record["hybrid_errors"] = [float(e) for e in hyb["errors"]]
+    (out / "figures_of_merit.yaml").write_text(yaml.safe_dump(record, sort_keys=False))
+    return report
+
+
+def _learned_routes(out: Path, cfg: DemoConfig, ds, train_files: list[Path], truth: np.ndarray, ts, fov,
+                    device: str, timer: Timer, routes: dict, route_seconds: dict) -> dict[str, Any]:
+    """Stages 3–5: the learned pipeline, the Phaseformer refinement and the hybrid AD run (returned); their phases
+    and times go into ``routes`` and ``route_seconds``."""
+    from .learn.apply.phase import load_predictor, predict_phase
+    from .learn.apply.refine import load_phaseformer, refine_phase
+    from .learn.pairs import write_pairs
 
     log.info("3/5 learned pipeline")
     with timer("learned: training"):
@@ -430,36 +518,4 @@ def _run_demo(out: Path, quick: bool, cfg: DemoConfig, device: str = "cpu") -> P
                      device=device)
     routes["hybrid (AD from learned)"] = hyb["phase"]
     route_seconds["hybrid (AD from learned)"] = hyb["seconds"][-1] + timer.seconds["learned: prediction"]
-
-    # figures of merit on the scanned field of view
-    t_fov = truth[fov]
-    fom = {name: figures_of_merit(img[fov], t_fov, sampling=ts) for name, img in routes.items()}
-    shown = {"truth": t_fov, **{n: img[fov] - np.mean(img[fov] - t_fov) for n, img in routes.items()}}
-    errors = {n: aligned_error_map(img[fov], t_fov) for n, img in routes.items()}
-    plt.close(phase_panels(shown, out / "routes.png", errors=errors, sampling=ts, metrics=fom,
-                           suptitle="phase over the scanned field of view (offsets removed); errors after "
-                                    "sub-pixel alignment"))
-    target = flat["errors"][-1]
-    n_flat = iterations_to_reach(flat["errors"], target)
-    n_hyb = iterations_to_reach(hyb["errors"], target)
-    table = []
-    n = len(flat["errors"]) - 1
-    for k in sorted({min(2, n), n // 6, n // 3, n // 2, n} - {0}):
-        t = flat["errors"][k]
-        nf, nh = iterations_to_reach(flat["errors"], t), iterations_to_reach(hyb["errors"], t)
-        table.append({"target": float(t), "flat": nf, "flat_seconds": float(flat["seconds"][nf]), "hybrid": nh,
-                      "hybrid_seconds": float(hyb["seconds"][nh]) if nh is not None else float("nan")})
-    hybrid = {"n_epochs": cfg.recon.n_epochs, "target": target, "flat_start": flat["errors"][0], "table": table,
-              "hybrid_best": float(min(hyb["errors"])),
-              "hybrid_start": hyb["errors"][0], "flat_epochs": n_flat, "hybrid_epochs": n_hyb,
-              "flat_seconds": flat["seconds"][n_flat],
-              "hybrid_seconds": hyb["seconds"][n_hyb] if n_hyb is not None else float("nan"),
-              "predict_seconds": timer.seconds["learned: prediction"]}
-    _hybrid_plot(flat, hyb, out / "hybrid.png")
-    report = _write_report(out, ds.summary(), fom, route_seconds, timer.seconds, hybrid, quick)
-    (out / "figures_of_merit.yaml").write_text(yaml.safe_dump(
-        {"routes": fom, "route_seconds": route_seconds, "stage_seconds": timer.seconds,
-         "hybrid": {k: (float(v) if isinstance(v, float | np.floating) else v) for k, v in hybrid.items()},
-         "flat_errors": [float(e) for e in flat["errors"]], "hybrid_errors": [float(e) for e in hyb["errors"]]},
-        sort_keys=False))
-    return report
+    return hyb

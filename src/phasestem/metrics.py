@@ -31,7 +31,7 @@ Reduction = Literal["mean", "none"]
 
 __all__ = [
     "mse", "psnr", "ssim", "ms_ssim", "ms_ssim_window", "ssim_window", "remove_offset", "shift_between",
-    "apply_shift", "phase_error", "pearson", "frc", "frc_resolution", "figures_of_merit",
+    "apply_shift", "phase_error", "pearson", "frc", "frc_resolution", "figures_of_merit", "truth_on_grid",
 ]
 
 
@@ -369,3 +369,37 @@ def figures_of_merit(rec, truth, sampling: float | tuple[float, float] | None = 
         out["frc_frequencies"] = freq
         out["frc_curve"] = fcurve
     return out
+
+
+def truth_on_grid(truth, truth_sampling: float | tuple[float, float], truth_positions, positions,
+                  sampling: float | tuple[float, float], shape: tuple[int, int], periodic: bool = False) -> np.ndarray:
+    """A ground-truth phase resampled onto a reconstruction's grid, for :func:`figures_of_merit`.
+
+    ``truth`` (H, W) rad has pixel (0, 0) at 0 Å of its own frame and ``truth_sampling`` Å/px; ``truth_positions``
+    (N, 2) Å are the probe positions in that frame and ``positions`` (N, 2) Å the same positions, in the same
+    order, in the reconstruction's frame (e.g. ``dataset.positions_angstrom()``: pixel (i, j) of
+    ``model.phase_in_dataset_frame()`` sits at (i·sampling_y, j·sampling_x) Å). The frames are related by the
+    affine least-squares fit of the two position lists, so a calibration's small rotation or scale error is
+    followed and the truth lands where the reconstruction put the specimen. The truth is band-limited to the
+    grid's Nyquist frequency (FFT), then interpolated (cubic; ``periodic``: wrapped at its edges, else the
+    nearest edge value). Returns (shape) float64 rad.
+    """
+    from scipy import ndimage
+
+    t = np.asarray(truth, dtype=np.float64)
+    ts = np.broadcast_to(np.asarray(truth_sampling, dtype=np.float64), (2,))
+    s = np.broadcast_to(np.asarray(sampling, dtype=np.float64), (2,))
+    src = np.asarray(positions, dtype=np.float64).reshape(-1, 2)
+    dst = np.asarray(truth_positions, dtype=np.float64).reshape(-1, 2)
+    if t.ndim != 2 or len(src) != len(dst) or len(src) < 3:
+        raise ShapeError(f"truth {t.shape} must be (H, W) and both position lists (N ≥ 3, 2) of one length "
+                         f"(got {len(src)} and {len(dst)})")
+    affine, *_ = np.linalg.lstsq(np.column_stack([src, np.ones(len(src))]), dst, rcond=None)  # (3, 2)
+    qy = np.fft.fftfreq(t.shape[0], ts[0])[:, None]
+    qx = np.fft.fftfreq(t.shape[1], ts[1])[None, :]
+    band = (np.abs(qy) <= 0.5 / s[0]) & (np.abs(qx) <= 0.5 / s[1])
+    t = np.fft.ifft2(np.fft.fft2(t) * band).real
+    iy, ix = np.meshgrid(np.arange(shape[0]) * s[0], np.arange(shape[1]) * s[1], indexing="ij")
+    where = np.column_stack([iy.ravel(), ix.ravel(), np.ones(iy.size)]) @ affine / ts  # truth pixels (N, 2)
+    out = ndimage.map_coordinates(t, where.T, order=3, mode="grid-wrap" if periodic else "nearest")
+    return out.reshape(shape)
