@@ -190,11 +190,11 @@ def test_raw_empad_preset_and_dtype(tmp_path):
 
 
 # ---------------------------------------------------------------- shared helper
-def test_build_dataset_errors_and_scan_order(tmp_path, cube):
+def test_dataset_from_reader_errors_and_scan_order(tmp_path, cube):
     flat_f = cube.transpose(1, 0, 2, 3).reshape(-1, H, W)  # y fastest
-    ds = _common.build_dataset(flat_f, "x.h5", scan_shape=(SY, SX), scan_order="F", energy=1e5, scan_step=1)
+    ds = _common.dataset_from_reader(flat_f, "x.h5", scan_shape=(SY, SX), scan_order="F", energy=1e5, scan_step=1)
     np.testing.assert_allclose(np.asarray(ds.patterns[...]), cube)
     with pytest.raises(ConfigError, match="energy"):
-        _common.build_dataset(cube, "x.h5", scan_step=1)
+        _common.dataset_from_reader(cube, "x.h5", scan_step=1)
     with pytest.raises(ConfigError, match="unknown reader option"):
-        _common.build_dataset(cube, "x.h5", energy=1e5, scan_step=1, nonsense=3)
+        _common.dataset_from_reader(cube, "x.h5", energy=1e5, scan_step=1, nonsense=3)

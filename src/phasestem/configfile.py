@@ -23,12 +23,18 @@ from typing import Any, TypeVar
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .errors import ConfigError, InputFileError
 from .safety import check_readable
 
 M = TypeVar("M", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """The base of every configuration section: an unknown key is an error naming it (``extra="forbid"``)."""
+
+    model_config = ConfigDict(extra="forbid")
 
 #: most values (after expanding YAML aliases) a config may hold: anchors cannot blow up validation time
 MAX_VALUES = 100_000

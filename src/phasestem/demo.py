@@ -29,8 +29,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from .configfile import StrictModel
 from .plot import _plt, save_figure, styled
 from .safety import atomic_file
 
@@ -42,11 +43,7 @@ BUILTIN_DEMO = CONFIG_DIR / "demo.yaml"
 
 
 # ------------------------------------------------------------------------------------------ settings
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class DemoRecon(_Strict):
+class DemoRecon(StrictModel):
     """AD ptychography of the held-out sample (flat and hybrid starts use the same settings; the probe is fixed at
     its nominal form)."""
 
@@ -60,7 +57,7 @@ class DemoRecon(_Strict):
     lr_amplitude: float | None = Field(None, ge=0, description="learning rate of the object amplitude (as lr_phase)")
 
 
-class DemoLearned(_Strict):
+class DemoLearned(StrictModel):
     """The tiny learned pipeline (patch → stitch → end2end)."""
 
     block: int = Field(4, ge=1, description="patterns per block side")
@@ -75,7 +72,7 @@ class DemoLearned(_Strict):
     lr: float = Field(3e-3, gt=0, description="peak learning rate of the three stages")
 
 
-class DemoPhaseformer(_Strict):
+class DemoPhaseformer(StrictModel):
     """The tiny Phaseformer refinement."""
 
     epochs: int = Field(4, ge=1, description="training epochs")
@@ -83,7 +80,7 @@ class DemoPhaseformer(_Strict):
     lr: float = Field(2e-3, gt=0, description="peak learning rate")
 
 
-class DemoQuick(_Strict):
+class DemoQuick(StrictModel):
     """Overrides for ``--quick``: every stage at its smallest (a check that everything runs; the figures of merit
     mean nothing)."""
 
@@ -96,7 +93,7 @@ class DemoQuick(_Strict):
     phaseformer_epochs: int = Field(1, ge=1, description="Phaseformer epochs")
 
 
-class DemoConfig(_Strict):
+class DemoConfig(StrictModel):
     """Settings of ``phasestem demo`` (``configs/demo.yaml`` inside the package)."""
 
     heldout_seed: int = Field(1001, description="simulation seed of the held-out sample")
@@ -411,7 +408,7 @@ def run_demo(out: Path, quick: bool = False, config: str | Path | None = None, d
     ``learned=False``: simulation of the held-out scan and AD ptychography only. Torch runs on
     ``cpu_threads`` threads of the settings meanwhile (restored after)."""
     from .lock import hold_output
-    from .recon.params import resolve_device
+    from .runtime import resolve_device
 
     cfg = load_demo_config(Path(config) if config else BUILTIN_DEMO, quick=quick)
     threads = torch.get_num_threads()
@@ -419,7 +416,7 @@ def run_demo(out: Path, quick: bool = False, config: str | Path | None = None, d
         if cfg.cpu_threads:
             torch.set_num_threads(cfg.cpu_threads)
         try:
-            return _run_demo(Path(out), quick, cfg, resolve_device(device), learned)
+            return _run_demo(Path(out), quick, cfg, str(resolve_device(device)), learned)
         finally:
             torch.set_num_threads(threads)
 
@@ -478,7 +475,8 @@ def _run_demo(out: Path, quick: bool, cfg: DemoConfig, device: str, learned: boo
     if hybrid is not None:
         record["hybrid"] = {k: (float(v) if isinstance(v, float | np.floating) else v) for k, v in hybrid.items()}
         record["hybrid_errors"] = [float(e) for e in hyb["errors"]]
-    (out / "figures_of_merit.yaml").write_text(yaml.safe_dump(record, sort_keys=False))
+    with atomic_file(out / "figures_of_merit.yaml") as tmp:
+        tmp.write_text(yaml.safe_dump(record, sort_keys=False))
     return report
 
 

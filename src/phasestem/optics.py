@@ -159,6 +159,13 @@ class Aberrations:
         return dict(self.coefficients)
 
 
+def checked_aberrations(values: Mapping[str, float]) -> Mapping[str, float]:
+    """``values`` unchanged when every key is an aberration :meth:`Aberrations.from_dict` knows (else its
+    ValueError naming the key): the one validator of the ``aberrations`` field of every configuration."""
+    Aberrations.from_dict(values)
+    return values
+
+
 def aberration_phase(
     shape, sampling, energy: float, aberrations: Aberrations | Mapping[str, float] | None, device=None,
     dtype=torch.float32,

@@ -1,4 +1,5 @@
-"""Process-level settings that make long CPU runs faster (allocator behaviour).
+"""Process-level settings: the compute device (:func:`resolve_device`), the run log of a command
+(:func:`log_to_file`) and the allocator behaviour that makes long CPU runs faster.
 
 PyTorch's CPU allocator takes every tensor from the C library's ``malloc``. glibc hands
 buffers above its mmap threshold straight back to the kernel when they are freed, and trims
@@ -18,8 +19,66 @@ import ctypes.util
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+#: the format of every run log (``reconstruct.log``, ``train.log``, …)
+LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+
+
+def resolve_device(name, field: str = "device"):
+    """The ``torch.device`` of a device setting: ``"auto"`` → the GPU when torch sees one, else the CPU; any other
+    name (``"cpu"``, ``"cuda"``, ``"cuda:1"``, a ``torch.device``) as torch reads it. A CUDA device that is not
+    there is refused in one line naming ``field`` (:class:`~phasestem.errors.ConfigError`) instead of failing
+    deep inside torch."""
+    import torch
+
+    from .errors import ConfigError
+
+    if isinstance(name, str) and name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"{field}: {name!r} is not a device (expected 'auto', 'cpu', 'cuda' or 'cuda:N')") from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{field}: {str(name)!r} but torch sees no CUDA GPU here (torch {torch.__version__}); "
+                              "use 'cpu', or 'auto' to take a GPU only when there is one")
+        if (device.index or 0) >= torch.cuda.device_count():
+            raise ConfigError(f"{field}: {str(name)!r} but this machine has {torch.cuda.device_count()} GPU(s) "
+                              f"(cuda:0 … cuda:{torch.cuda.device_count() - 1})")
+    return device
+
+
+@contextmanager
+def log_to_file(logger: logging.Logger | str, path: str | Path | None,
+                level: int | None = logging.INFO) -> Iterator[None]:
+    """Copy ``logger``'s records into ``path`` (appended, :data:`LOG_FORMAT`) while the block runs: the one run-log
+    handler of every command. ``level``: the logger passes records from that level on during the block (its own
+    level is restored after); None: the logger's levels are left as they are. ``path`` None: nothing."""
+    if path is None:
+        yield
+        return
+    logger = logging.getLogger(logger) if isinstance(logger, str) else logger
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    old_level = logger.level
+    logger.addHandler(handler)
+    if level is not None and (logger.level == logging.NOTSET or logger.level > level):
+        logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+        logger.setLevel(old_level)
+
 
 # mallopt parameter numbers from glibc's <malloc.h>
 _M_TRIM_THRESHOLD = -1

@@ -20,7 +20,7 @@ import errno
 import glob
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -132,9 +132,10 @@ def figure_beside(result: PathLike, field: str = "--out", suffix: str = ".png") 
 
 
 @contextmanager
-def atomic_file(path: PathLike, field: str = "--out") -> Iterator[Path]:
-    """Yield a temporary path next to ``path`` (:func:`temporary_name`); on success rename it to ``path``, on
-    failure remove it.
+def atomic_file(path: PathLike, field: str = "--out",
+                temporary: Callable[[Path], Path] = temporary_name) -> Iterator[Path]:
+    """Yield a temporary path next to ``path`` (``temporary(path)``, by default :func:`temporary_name`); on
+    success rename it to ``path``, on failure remove it: the one temp-and-rename write of the package.
 
     An existing folder at ``path`` is refused before anything is written (it cannot be replaced by a file).
     """
@@ -142,7 +143,7 @@ def atomic_file(path: PathLike, field: str = "--out") -> Iterator[Path]:
     if path.is_dir():
         raise ConfigError(f"{field} {path}: is a folder; give a file name (e.g. {path / ('output' + '.h5')})")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_name(path)
+    tmp = temporary(path)
     try:
         yield tmp
         os.replace(tmp, path)

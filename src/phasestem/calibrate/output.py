@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from ..safety import atomic_file
 from .correct import corrected_chunks, whole_pixel_shifts
 from .pipeline import Calibration
 
@@ -24,12 +25,13 @@ def write_corrected(dataset, calib: Calibration, path: str | Path, subpixel: boo
     a pattern the object then takes up as a phase: ``benchmarks/real_data``). The rest, within ±½ px, is what
     :func:`descan_rest` returns, for ``data.detector_shifts``. ``subpixel=True`` resamples the whole move."""
     path = Path(path)
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(*dataset.scan_shape,
-                                                                              *dataset.pattern_shape))
-    for rows, block in corrected_chunks(dataset, calib.plan, calib.centres(), subpixel=subpixel):
-        out[rows] = block
-    out.flush()
-    del out
+    with atomic_file(path) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
+                                        shape=(*dataset.scan_shape, *dataset.pattern_shape))
+        for rows, block in corrected_chunks(dataset, calib.plan, calib.centres(), subpixel=subpixel):
+            out[rows] = block
+        out.flush()
+        del out
     return path
 
 
@@ -98,13 +100,16 @@ def write_outputs(dataset, calib: Calibration, out_dir: str | Path, original: st
     files = {"patterns": write_corrected(dataset, calib, out / CORRECTED, subpixel=resample_descan)}
     if not resample_descan:
         files["detector_shifts"] = out / DETECTOR_SHIFTS
-        np.save(files["detector_shifts"], descan_rest(calib))
+        with atomic_file(files["detector_shifts"]) as tmp, open(tmp, "wb") as fh:  # a file object: no suffix added
+            np.save(fh, descan_rest(calib))
     params = params_dict(calib, CORRECTED, extra, None if resample_descan else DETECTOR_SHIFTS)
     parse_params(params, "calibrated params", out)  # the YAML must load as written
     files["params"] = out / "params.yaml"
-    files["params"].write_text(yaml_text(calib, params, original))
     files["record"] = out / "calibration.json"
-    files["record"].write_text(json.dumps(calib.to_dict(), indent=2))
+    for name, text in (("params", yaml_text(calib, params, original)),
+                       ("record", json.dumps(calib.to_dict(), indent=2))):
+        with atomic_file(files[name]) as tmp:
+            tmp.write_text(text)
     if figures:
         from .figures import write_figures
 

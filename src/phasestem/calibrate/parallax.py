@@ -251,3 +251,32 @@ def phase_skewness(images: np.ndarray, weights: np.ndarray, shifts: np.ndarray, 
     m = (int(math.ceil(np.abs(shifts).max())) + 1) * upsample
     core = phi[m:-m, m:-m] if min(phi.shape) > 4 * m else phi
     return skewness(core)
+
+
+def group_contrast(dataset, radius: float, chunks=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The tcBF input of a dataset: contrast images (G, Sy, Sx) of the bright-field pixel groups within 0.7 of the
+    disk ``radius`` (px), their weights (G,) (mean counts) and detector offsets k (G, 2) px
+    (:func:`phasestem.direct.tcbf.bf_groups`). ``chunks``: (rows, centred patterns) blocks (e.g. bad pixels filled
+    and descan removed, :func:`phasestem.calibrate.correct.corrected_chunks`); None: the dataset's patterns as
+    they are, one scan row at a time."""
+    from ..direct.tcbf import bf_groups, group_images, normalised
+
+    labels, k, _ = bf_groups(dataset.pattern_shape, radius, fraction=0.7)
+    if chunks is None:
+        chunks = ((slice(r, r + 1), np.asarray(dataset.patterns[r : r + 1], dtype=np.float64))
+                  for r in range(dataset.scan_shape[0]))
+    con, weights = normalised(group_images(chunks, labels, dataset.scan_shape))
+    return con, weights, k
+
+
+def fit_defocus(dataset) -> ParallaxFit:
+    """The tcBF parallax fit (C10, C12, φ12) of a dataset in phasestem's frame (detector transposed, every disk
+    on the central pixel), its rotation and step taken from the dataset's positions."""
+    from ..direct.frame import scan_map
+
+    L, _ = scan_map(dataset)
+    step = tuple(float(v) for v in np.sqrt((L**2).sum(0)))
+    rotation = math.degrees(math.atan2(L[1, 0], L[0, 0]))
+    dk = float(np.mean(dataset.angular_sampling))
+    con, w, k = group_contrast(dataset, dataset.semiangle / dk)
+    return fit_parallax(con, w, k, dk, rotation, step, energy=dataset.energy)

@@ -22,7 +22,7 @@ from ..errors import ConfigError
 from .badpixels import BadPixels, fill_bad_pixels, fill_plan, find_bad_pixels
 from .com import com_field
 from .disk import DiskFit, fit_disk
-from .parallax import ParallaxFit, fit_parallax, phase_skewness
+from .parallax import ParallaxFit, fit_parallax, group_contrast, phase_skewness
 from .reading import summed_pattern
 from .rotation import MAX_CURL_RATIO, MIN_SCAN, NoContrastError, RotationFit, choose_branch, fit_rotation
 
@@ -144,7 +144,6 @@ MIN_SKEWNESS = 0.2
 
 def _group_contrast(dataset, plan, centres, radius):
     """Contrast images of the bright-field groups over the central ≤ PARALLAX_SCAN² block of the scan."""
-    from ..direct.tcbf import bf_groups, group_images, normalised
     from .correct import corrected_chunks
 
     (sy, sx), n = dataset.scan_shape, PARALLAX_SCAN
@@ -152,10 +151,7 @@ def _group_contrast(dataset, plan, centres, radius):
     cols = slice(max(0, sx // 2 - n // 2), max(0, sx // 2 - n // 2) + min(sx, n))
     if (rows.stop - rows.start, cols.stop - cols.start) != (sy, sx):
         dataset, centres = dataset.scan_subset(rows, cols), centres[rows, cols]
-    labels, k, _ = bf_groups(dataset.pattern_shape, radius, fraction=0.7)
-    images = group_images(corrected_chunks(dataset, plan, centres), labels, dataset.scan_shape)
-    con, weights = normalised(images)
-    return con, weights, k
+    return group_contrast(dataset, radius, corrected_chunks(dataset, plan, centres))
 
 
 def _branch_from_dark_field(pfit: ParallaxFit, com, transpose: bool, step, dark, notes: list[str],

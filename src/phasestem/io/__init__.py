@@ -23,7 +23,7 @@ The ``rosetta`` and ``dectris`` readers read lazily (dask / h5py) and take the s
 detector pixel from the file when present; ``metadata['missing_from_file']`` lists what was not there.
 
 Every module exposes ``read(path, **options) -> FourDSTEM``; writers are ``write(path, dataset)``.
-All readers also take the calibrations of :func:`phasestem.io._common.build_dataset` (energy, scan_step,
+All readers also take the calibrations of :func:`phasestem.io._common.dataset_from_reader` (energy, scan_step,
 scan_shape, scan_order, angular_sampling or sampling, semiangle, aberrations, scan_origin, positions).
 """
 from __future__ import annotations

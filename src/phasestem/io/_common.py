@@ -1,6 +1,6 @@
-"""Shared helpers of the format readers: lazy scan views and ``build_dataset``.
+"""Shared helpers of the format readers: lazy scan views and ``dataset_from_reader``.
 
-``build_dataset(patterns, path, **options)`` turns whatever a reader found — flat
+``dataset_from_reader(patterns, path, **options)`` turns whatever a reader found — flat
 (N, H, W) or gridded (Sy, Sx, H, W) patterns, lazy or not — plus the user's options into a
 :class:`~phasestem.dataset.FourDSTEM`. Options given by the user override values read from the
 file (passed as ``file_values``); the dataset's metadata says which value came from where and which given
@@ -200,7 +200,7 @@ def _pixel_mrad(vals: Mapping[str, Any], energy: float, shape: tuple[int, int]) 
     return None
 
 
-def build_dataset(patterns, path: str | Path, file_values: Mapping[str, Any] | None = None,
+def dataset_from_reader(patterns, path: str | Path, file_values: Mapping[str, Any] | None = None,
                   metadata: Mapping[str, Any] | None = None, defaults: Mapping[str, Any] | None = None,
                   require_calibration: bool = True, **options) -> FourDSTEM:
     """A :class:`FourDSTEM` from patterns (N, H, W) or (Sy, Sx, H, W) and reader options.

@@ -36,7 +36,6 @@ Reader options: ``position_sign`` (−1 or +1), ``recentre`` (bool), plus the co
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import h5py
@@ -46,8 +45,9 @@ from ..configfile import loads_json
 from ..dataset import FourDSTEM
 from ..errors import ConfigError, InputFileError
 from ..optics import energy_from_wavelength, wavelength
+from ..safety import atomic_file
 from ..scan import GridScan
-from ._common import build_dataset, decode, missing_key
+from ._common import dataset_from_reader, decode, missing_key
 
 _E = 1.602176634e-19
 _DATA_KEYS = ("entry_1/data_1/data", "entry_1/instrument_1/detector_1/data")
@@ -136,62 +136,56 @@ def read(path: str | Path, position_sign: float = -1.0, recentre: bool = True, *
             found["scan_shape"] = (1, len(pos))
     if energy is not None:
         meta["wavelength_A"] = wavelength(float(energy))
-    return build_dataset(patterns, path, file_values=found, metadata=meta, **options)
+    return dataset_from_reader(patterns, path, file_values=found, metadata=meta, **options)
 
 
 def write(path: str | Path, dataset: FourDSTEM, distance: float = 1.0) -> None:
-    """Write ``dataset`` as a CDTools-style CXI file (atomically: ``path.tmp`` then rename).
+    """Write ``dataset`` as a CDTools-style CXI file (atomically: :func:`phasestem.safety.atomic_file`).
 
     ``distance`` (m) is the nominal detector distance; the detector pixel is then
     ``angular_sampling · distance`` so that angles are preserved.
     """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     sy, sx = dataset.scan_shape
     H, W = dataset.pattern_shape
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["default"] = "entry_1"
-            f.create_dataset("cxi_version", data=160)
-            e1 = f.create_group("entry_1")
-            e1.create_dataset("program_name", data="phasestem")
-            src = e1.create_group("instrument_1/source_1")
-            lam_m = dataset.wavelength * 1e-10
-            src.create_dataset("wavelength", data=lam_m)
-            src.create_dataset("energy", data=dataset.energy * _E)
-            src["energy"].attrs["note"] = "electron kinetic energy (J)"
-            det = e1.create_group("instrument_1/detector_1")
-            det.create_dataset("distance", data=float(distance))
-            if dataset.angular_sampling is not None:
-                dky, dkx = (a * 1e-3 * distance for a in dataset.angular_sampling)
-            else:  # from the real-space pixel: dk = λ / (N · dx)
-                dy, dx = dataset.sampling
-                dky, dkx = lam_m / (H * dy * 1e-10) * distance, lam_m / (W * dx * 1e-10) * distance
-            det.create_dataset("y_pixel_size", data=float(dky))
-            det.create_dataset("x_pixel_size", data=float(dkx))
-            det.create_dataset("basis_vectors", data=np.array([[0.0, -dky, 0.0], [-dkx, 0.0, 0.0]]))
-            chunks = (1, H, W)
-            data = det.create_dataset("data", shape=(sy * sx, H, W), dtype=np.float32, chunks=chunks,
-                                      compression="gzip", compression_opts=4)
-            for row in range(sy):
-                data[row * sx : (row + 1) * sx] = np.asarray(dataset.patterns[row], dtype=np.float32)
-            data.attrs["axes"] = "translation:y:x"
-            pos = dataset.positions_angstrom()
-            t = np.zeros((sy * sx, 3))
-            t[:, 0] = -pos[:, 1] * 1e-10
-            t[:, 1] = -pos[:, 0] * 1e-10
-            geo = e1.create_group("sample_1/geometry_1")
-            geo.create_dataset("translation", data=t)
-            d1 = e1.create_group("data_1")
-            d1["data"] = data  # hard links, as CDTools writes them
-            d1["translation"] = geo["translation"]
-            extra = e1.create_group("phasestem")
-            extra.create_dataset("scan_shape", data=np.array([sy, sx]))
-            extra.create_dataset("scan_step", data=np.array(dataset.scan_step))
-            if dataset.semiangle is not None:
-                extra.create_dataset("semiangle", data=float(dataset.semiangle))
-            extra.create_dataset("aberrations", data=json.dumps(dataset.aberrations or {}))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_file(path, "path") as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["default"] = "entry_1"
+        f.create_dataset("cxi_version", data=160)
+        e1 = f.create_group("entry_1")
+        e1.create_dataset("program_name", data="phasestem")
+        src = e1.create_group("instrument_1/source_1")
+        lam_m = dataset.wavelength * 1e-10
+        src.create_dataset("wavelength", data=lam_m)
+        src.create_dataset("energy", data=dataset.energy * _E)
+        src["energy"].attrs["note"] = "electron kinetic energy (J)"
+        det = e1.create_group("instrument_1/detector_1")
+        det.create_dataset("distance", data=float(distance))
+        if dataset.angular_sampling is not None:
+            dky, dkx = (a * 1e-3 * distance for a in dataset.angular_sampling)
+        else:  # from the real-space pixel: dk = λ / (N · dx)
+            dy, dx = dataset.sampling
+            dky, dkx = lam_m / (H * dy * 1e-10) * distance, lam_m / (W * dx * 1e-10) * distance
+        det.create_dataset("y_pixel_size", data=float(dky))
+        det.create_dataset("x_pixel_size", data=float(dkx))
+        det.create_dataset("basis_vectors", data=np.array([[0.0, -dky, 0.0], [-dkx, 0.0, 0.0]]))
+        chunks = (1, H, W)
+        data = det.create_dataset("data", shape=(sy * sx, H, W), dtype=np.float32, chunks=chunks,
+                                  compression="gzip", compression_opts=4)
+        for row in range(sy):
+            data[row * sx : (row + 1) * sx] = np.asarray(dataset.patterns[row], dtype=np.float32)
+        data.attrs["axes"] = "translation:y:x"
+        pos = dataset.positions_angstrom()
+        t = np.zeros((sy * sx, 3))
+        t[:, 0] = -pos[:, 1] * 1e-10
+        t[:, 1] = -pos[:, 0] * 1e-10
+        geo = e1.create_group("sample_1/geometry_1")
+        geo.create_dataset("translation", data=t)
+        d1 = e1.create_group("data_1")
+        d1["data"] = data  # hard links, as CDTools writes them
+        d1["translation"] = geo["translation"]
+        extra = e1.create_group("phasestem")
+        extra.create_dataset("scan_shape", data=np.array([sy, sx]))
+        extra.create_dataset("scan_step", data=np.array(dataset.scan_step))
+        if dataset.semiangle is not None:
+            extra.create_dataset("semiangle", data=float(dataset.semiangle))
+        extra.create_dataset("aberrations", data=json.dumps(dataset.aberrations or {}))

@@ -31,7 +31,7 @@ from ..dataset import FourDSTEM
 from ..detector import PixelatedDetector
 from ..errors import InputFileError
 from ..extras import install_hint
-from ._common import build_dataset, decode
+from ._common import dataset_from_reader, decode
 from .hdf5 import check_written, open_file
 from .rosetta import _resolve_scan_shape
 
@@ -153,5 +153,5 @@ def read(path: str | Path, **options) -> FourDSTEM:
         log.info("%s: not in the file: %s%s", path, ", ".join(missing),
                  f" (given: {', '.join(given)})" if given else "")
     held = {**found, "scan_shape": scan_shape} if source == "file" else found
-    return build_dataset(patterns, path, file_values=held, metadata=meta,
+    return dataset_from_reader(patterns, path, file_values=held, metadata=meta,
                          scan_shape=None if source == "file" else scan_shape, **options)

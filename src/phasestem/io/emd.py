@@ -28,7 +28,7 @@ import numpy as np
 from ..dataset import FourDSTEM
 from ..errors import InputFileError
 from ..optics import wavelength
-from ._common import build_dataset, decode, missing_key
+from ._common import dataset_from_reader, decode, missing_key
 
 _LENGTH = {"a": 1.0, "å": 1.0, "angstrom": 1.0, "nm": 10.0, "pm": 0.01, "um": 1e4, "µm": 1e4}
 _ENERGY_NAMES = ("energy", "beam_energy", "accelerating_voltage", "voltage")
@@ -143,4 +143,4 @@ def read(path: str | Path, patterns_key: str | None = None, **options) -> FourDS
                 lam = wavelength(float(energy))
                 found["angular_sampling"] = (lam * steps[2][0] * 1e3, lam * steps[3][0] * 1e3)
     meta["calibration"] = {k: (v if np.ndim(v) == 0 else np.asarray(v).tolist()) for k, v in cal.items()}
-    return build_dataset(data, path, file_values=found, metadata=meta, **options)
+    return dataset_from_reader(data, path, file_values=found, metadata=meta, **options)

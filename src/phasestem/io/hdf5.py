@@ -6,7 +6,7 @@
   ``sample`` (default: the first) with its ground truth;
 * any other file: ``patterns_key``, or the only 3-D/4-D dataset in it.
 Calibrations given as options override those found in the file (the dataset's metadata says which, and
-which of them differ: :func:`phasestem.io._common.build_dataset`).
+which of them differ: :func:`phasestem.io._common.dataset_from_reader`).
 
 Every patterns dataset must have been written: a dataset whose chunks (or contiguous storage) were never, or
 only partly, allocated is refused naming the file, the dataset and how much is missing, before anything is
@@ -32,8 +32,7 @@ from ..errors import InputFileError, PhasestemError
 from ..optics import wavelength
 from ..safety import atomic_file, available_memory, check_readable, gb
 from . import seed
-from ._common import build_dataset as common_build_dataset
-from ._common import check_real
+from ._common import check_real, dataset_from_reader
 
 log = logging.getLogger("phasestem.io")
 
@@ -98,9 +97,9 @@ def check_written(dset: h5py.Dataset | h5py.Group, source: str) -> None:
                              f"value {fill!r}. Expected a completely written dataset (an interrupted acquisition?)")
 
 
-def build_dataset(patterns, source: str, truth=None, lazy=None, metadata=None, file_values=None, defaults=None,
+def dataset_with_truth(patterns, source: str, truth=None, lazy=None, metadata=None, file_values=None, defaults=None,
                   **options) -> FourDSTEM:
-    """Shared tail of the hdf5/numpy readers: :func:`phasestem.io._common.build_dataset` plus ground truth.
+    """Shared tail of the hdf5/numpy readers: :func:`phasestem.io._common.dataset_from_reader` plus ground truth.
 
     With ``lazy=None`` an on-disk array is read into memory when its float32 copy fits in
     :data:`EAGER_MEMORY_FRACTION` of the available memory (straight into one float32 buffer: never two
@@ -110,7 +109,7 @@ def build_dataset(patterns, source: str, truth=None, lazy=None, metadata=None, f
     check_real(patterns, source)
     if not _is_lazy(patterns, lazy) and not isinstance(patterns, np.ndarray):
         patterns = read_float32(patterns)
-    ds = common_build_dataset(patterns, source, file_values=file_values, metadata=metadata, defaults=defaults,
+    ds = dataset_from_reader(patterns, source, file_values=file_values, metadata=metadata, defaults=defaults,
                               **options)
     ds.truth = truth
     return ds
@@ -157,7 +156,7 @@ def _attr(attrs, key, default=None):
 def read(path: str | Path, patterns_key: str | None = None, sample: int | None = None, lazy: bool | None = None,
          phase_key: str | None = None, positions_key: str | None = None, potential_energy: float | None = None,
          **options) -> FourDSTEM:
-    """Read a 4D-STEM HDF5 file (see the module docstring). ``options`` = calibrations for build_dataset."""
+    """Read a 4D-STEM HDF5 file (see the module docstring). ``options`` = calibrations for dataset_with_truth."""
     path = Path(path)
     f = open_file(path)
     fmt = _attr(f.attrs, "format")
@@ -193,7 +192,7 @@ def read(path: str | Path, patterns_key: str | None = None, sample: int | None =
             raise InputFileError(f"{path}: no dataset '{positions_key}' (positions_key); datasets: {sorted(dsets)}")
         check_written(f[positions_key], f"{path}:{positions_key}")
         positions = np.asarray(f[positions_key][...], dtype=np.float64).reshape(-1, 2)
-    return build_dataset(f[patterns_key], f"{path}:{patterns_key}", truth=truth, lazy=lazy,
+    return dataset_with_truth(f[patterns_key], f"{path}:{patterns_key}", truth=truth, lazy=lazy,
                          metadata={"file": str(path), "patterns_key": patterns_key},
                          file_values={**stored_calibrations(f.attrs), "positions": positions}, **options)
 
@@ -250,7 +249,7 @@ def _read_seed(f, path, samples, sample, lazy, potential_energy, **options) -> F
                     path, energy / 1e3)
     truth = None if phase is None else {"phase": phase, "sampling": sampling}
     check_written(f[key], f"{path}:{key}")
-    return build_dataset(f[key], f"{path}:{key}", truth=truth, lazy=lazy, metadata=meta, file_values=held,
+    return dataset_with_truth(f[key], f"{path}:{key}", truth=truth, lazy=lazy, metadata=meta, file_values=held,
                          defaults=assumed, **options)
 
 
@@ -266,7 +265,7 @@ def _read_own(f, path, lazy, **options) -> FourDSTEM:
     if "truth/phase" in f:
         truth = {"phase": np.asarray(f["truth/phase"][...]), "sampling": tuple(f["truth"].attrs["sampling"])}
     check_written(f["patterns"], f"{path}:patterns")
-    return build_dataset(f["patterns"], f"{path}:patterns", truth=truth, lazy=lazy, metadata={"file": str(path)},
+    return dataset_with_truth(f["patterns"], f"{path}:patterns", truth=truth, lazy=lazy, metadata={"file": str(path)},
                          file_values=held, **options)
 
 

@@ -37,7 +37,7 @@ import numpy as np
 
 from ..dataset import FourDSTEM
 from ..errors import ConfigError, InputFileError
-from ._common import LazyView, build_dataset, missing_key
+from ._common import LazyView, dataset_from_reader, missing_key
 
 PATTERN_KEYS = ("dp", "cbed", "data", "dps", "patterns", "dp_set")
 DEFAULT_KEYS = {"voltage": "voltage", "alpha": "alpha", "scan_step_size": "scan_step_size", "dk": "dk",
@@ -122,7 +122,7 @@ def read(path: str | Path, patterns_key: str | None = None, layout: str | None =
         if scan_shape is not None and int(scan_shape[0]) * int(scan_shape[1]) == n:
             patterns = LazyView(raw, scan_shape=tuple(int(s) for s in scan_shape), axes=perm,
                                 scan_order=str(opts["scan_order"]).upper())
-        else:  # let build_dataset report the mismatch with the file's pattern count
+        else:  # let dataset_from_reader report the mismatch with the file's pattern count
             patterns = _Shape3(n, matlab_shape, layout)
         opts.pop("scan_order")
         options = opts
@@ -157,7 +157,7 @@ def read(path: str | Path, patterns_key: str | None = None, layout: str | None =
         found["angular_sampling"] = wavelength(float(energy)) * dk * 1e3
     elif rbf and (options.get("semiangle") or alpha):
         found["angular_sampling"] = float(options.get("semiangle") or alpha) / rbf
-    return build_dataset(patterns, path, file_values=found, metadata=meta, **options)
+    return dataset_from_reader(patterns, path, file_values=found, metadata=meta, **options)
 
 
 class _Shape3:

@@ -30,7 +30,7 @@ from .hdf5 import (
     EXPANSION_FREE_BYTES,
     MAX_EXPANSION,
     ROOT_CALIBRATIONS,
-    build_dataset,
+    dataset_with_truth,
     stored_calibrations,
 )
 
@@ -176,7 +176,7 @@ def read(path: str | Path, patterns_key: str | None = None, positions_key: str |
     An .npz's small arrays named ``energy`` (eV), ``scan_step`` (Å), ``angular_sampling`` (mrad), ``sampling`` (Å)
     or ``semiangle`` (mrad) are the file's calibrations (what :func:`write` stores).
 
-    ``options`` are the calibrations of :func:`phasestem.io.hdf5.build_dataset` (energy, scan_step, …).
+    ``options`` are the calibrations of :func:`phasestem.io.hdf5.dataset_with_truth` (energy, scan_step, …).
     """
     path = check_readable(path, "NumPy file")
     positions = truth = None
@@ -205,7 +205,7 @@ def read(path: str | Path, patterns_key: str | None = None, positions_key: str |
                 positions = np.asarray(read_member(zf, path, members[positions_key]), dtype=np.float64).reshape(-1, 2)
             if phase_key:
                 truth = {"phase": np.asarray(read_member(zf, path, members[phase_key]), dtype=np.float32)}
-    return build_dataset(arr, f"{path}:{key}", truth=truth, file_values={**held, "positions": positions},
+    return dataset_with_truth(arr, f"{path}:{key}", truth=truth, file_values={**held, "positions": positions},
                          metadata={"file": str(path), "patterns_key": key}, **options)
 
 

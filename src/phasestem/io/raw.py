@@ -31,7 +31,7 @@ import numpy as np
 
 from ..dataset import FourDSTEM
 from ..errors import ConfigError, InputFileError, ShapeError
-from ._common import build_dataset
+from ._common import dataset_from_reader
 
 PRESETS = {"empad": {"shape": (128, 128), "dtype": "<f4", "footer_rows": 2}}
 
@@ -138,4 +138,4 @@ def read(path: str | Path, shape=None, dtype: str = "float32", offset: int = 0, 
         patterns = frames
     meta = {"format": "raw", "dtype": dt.str, "offset": int(offset), "frame_bytes": rec.itemsize,
             "frames_in_file": int(n_file)}
-    return build_dataset(patterns, path, metadata=meta, **options)
+    return dataset_from_reader(patterns, path, metadata=meta, **options)

@@ -51,7 +51,7 @@ from ..errors import ConfigError, InputFileError, ShapeError
 from ..extras import EXTRAS, install_hint
 from ..optics import wavelength
 from ..safety import check_readable, gb
-from ._common import build_dataset, check_not_empty
+from ._common import check_not_empty, dataset_from_reader
 
 log = logging.getLogger("phasestem.io")
 
@@ -400,5 +400,5 @@ def read(path: str | Path, plugin: str | None = None, reader_options: Mapping[st
         log.info("%s: not in the file: %s%s", path, ", ".join(missing),
                  f" (given: {', '.join(given)})" if given else "")
     held = {**found, "scan_shape": scan_shape} if scan_source == "file" else found
-    return build_dataset(data, path, file_values=held, metadata=meta,
+    return dataset_from_reader(data, path, file_values=held, metadata=meta,
                          scan_shape=None if scan_source == "file" else scan_shape, **options)

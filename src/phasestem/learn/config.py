@@ -38,9 +38,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, Field
 
-from ..configfile import ConfigPath, read_yaml_mapping
+from ..configfile import ConfigPath, StrictModel, read_yaml_mapping
 from ..errors import ConfigError
 from .data import OriginalLayout, Preprocess
 from .nets.autoencoder import AutoencoderLossConfig, AutoencoderModelConfig
@@ -51,10 +51,8 @@ from .pairs import Degrade
 from .trainer import TrainerConfig
 
 
-class DataConfig(BaseModel):
+class DataConfig(StrictModel):
     """Training files, geometry, split, augmentation, preprocessing and loaders."""
-
-    model_config = ConfigDict(extra="forbid")
 
     files: Annotated[list[str], ConfigPath()] = Field(
         ..., description="HDF5 files, folders or glob patterns (seed-000 layout)")
@@ -78,10 +76,8 @@ class DataConfig(BaseModel):
     stitch_noise: float = Field(0.0, ge=0, description="stitch stage: Gaussian noise (rad) added to GT patches")
 
 
-class LossConfig(BaseModel):
+class LossConfig(StrictModel):
     """Loss terms."""
-
-    model_config = ConfigDict(extra="forbid")
 
     kind: Literal["mse", "l1"] = Field("mse", description="pixel loss")
     patch_weight: float = Field(0.5, ge=0, description="end2end: weight of the patch-level term")
@@ -92,10 +88,8 @@ class LossConfig(BaseModel):
         "the sample's own patterns (phasestem.learn.consistency; needs the files' optics attributes); 0: off")
 
 
-class TrainRunConfig(BaseModel):
+class TrainRunConfig(StrictModel):
     """One training run of one stage."""
-
-    model_config = ConfigDict(extra="forbid")
 
     network: Literal["patch", "stitch", "end2end"] = Field(
         ..., validation_alias=AliasChoices("network", "stage"),
@@ -124,12 +118,8 @@ class TrainRunConfig(BaseModel):
         return self.network
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 # ------------------------------------------------------------------------------------- autoencoder
-class AutoencoderDataConfig(_Strict):
+class AutoencoderDataConfig(StrictModel):
     """Diffraction patterns used to train the autoencoder."""
 
     files: Annotated[list[str], ConfigPath()] = Field(
@@ -147,7 +137,7 @@ class AutoencoderDataConfig(_Strict):
     seed: int = Field(0, description="seed of the pattern subset and the split")
 
 
-class AutoencoderRunConfig(_Strict):
+class AutoencoderRunConfig(StrictModel):
     """One autoencoder training run."""
 
     network: Literal["autoencoder"] = Field("autoencoder", description="which network this file trains")
@@ -162,7 +152,7 @@ class AutoencoderRunConfig(_Strict):
 
 
 # ------------------------------------------------------------------------------------- phaseformer
-class PhaseformerDataConfig(_Strict):
+class PhaseformerDataConfig(StrictModel):
     """Paired coarse-input → phase data (several sources at once)."""
 
     train: Annotated[list[str], ConfigPath()] = Field(
@@ -181,7 +171,7 @@ class PhaseformerDataConfig(_Strict):
     seed: int = Field(0, description="seed of the split and of the fixed test degradations")
 
 
-class PhaseformerRunConfig(_Strict):
+class PhaseformerRunConfig(StrictModel):
     """One Phaseformer training run."""
 
     network: Literal["phaseformer"] = Field("phaseformer", description="which network this file trains")
@@ -195,7 +185,7 @@ class PhaseformerRunConfig(_Strict):
     resume: bool = Field(False, description="continue from out_dir/last when it exists")
 
 
-class MakePairsConfig(_Strict):
+class MakePairsConfig(StrictModel):
     """``phasestem make-pairs``: coarse → true phase pairs from simulation files."""
 
     files: Annotated[list[str], ConfigPath()] = Field(..., description="simulation HDF5 files (phase_{i} datasets)")

@@ -28,8 +28,9 @@ import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from ..configfile import StrictModel
 from ..errors import ConfigError, InputFileError, ShapeError
 from ..io import seed as seedfile
 from ..io.hdf5 import open_file, reading
@@ -45,10 +46,8 @@ __all__ = ["Degrade", "degrade", "read_image", "FolderPairs", "H5Pairs", "Simula
            "write_pairs", "simulation_phases"]
 
 
-class Degrade(BaseModel):
+class Degrade(StrictModel):
     """How a coarse input is made from a true phase image (all ranges sampled uniformly per image)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     blur_sigma: tuple[float, float] = Field((0.5, 2.0), description="Gaussian blur σ range in px (0 = none)")
     bin_factors: list[int] = Field([1, 2, 4], description="average-pool factors (one drawn per image), then "

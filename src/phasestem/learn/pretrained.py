@@ -128,7 +128,8 @@ def register_model(name: str, weights: Path, card: str, info: dict[str, Any], fo
     entries = registry(folder)
     entries[name] = entry
     path = folder / REGISTRY
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(dict(sorted(entries.items())), indent=1) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    from ..safety import atomic_file
+
+    with atomic_file(path, "registry") as tmp:
+        tmp.write_text(json.dumps(dict(sorted(entries.items())), indent=1) + "\n", encoding="utf-8")
     return entry

@@ -12,10 +12,11 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from ..configfile import loads_json
+from ..configfile import StrictModel, loads_json
 from ..errors import ConfigError, PhasestemError
+from ..runtime import resolve_device  # noqa: F401  (re-exported: learn.trainer)
 from ..schedules import lr_lambda
 
 log = logging.getLogger("phasestem.learn")
@@ -27,10 +28,8 @@ LossFn = Callable[[torch.nn.Module, Any], Mapping[str, torch.Tensor]]
 MetricsFn = Callable[[torch.nn.Module, Any], Mapping[str, Any]]
 
 
-class TrainerConfig(BaseModel):
+class TrainerConfig(StrictModel):
     """Optimisation, schedule, precision, checkpointing and logging settings of one training run."""
-
-    model_config = ConfigDict(extra="forbid")
 
     epochs: int = Field(10, ge=1, description="number of passes over the training loader")
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (None: no cap)")
@@ -132,13 +131,6 @@ def _batch_size(batch: Any) -> int:
 
 def _float(v: Any) -> float:
     return float(v.detach().float().cpu()) if isinstance(v, torch.Tensor) else float(v)
-
-
-def resolve_device(name: str | torch.device) -> torch.device:
-    """``"auto"``: the GPU when there is one, else the CPU; any other name as torch reads it."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _launched_by_accelerate() -> bool:

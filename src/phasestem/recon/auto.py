@@ -11,11 +11,8 @@ Everything measured is written beside the results, so the run can be repeated wi
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from ..configfile import read_yaml_mapping
 from ..errors import ConfigError
@@ -58,24 +55,6 @@ def direct_phase(dataset, method: str):
     raise ConfigError(f"--init {method!r}: expected one of {', '.join(INIT_METHODS)}")
 
 
-def fit_defocus(dataset) -> dict[str, float]:
-    """C10 (and C12, φ12) from the tcBF parallax of a dataset in phasestem's frame (rotation from its positions)."""
-    from ..calibrate.parallax import fit_parallax
-    from ..direct.frame import scan_map
-    from ..direct.tcbf import bf_groups, group_images, normalised
-
-    L, _ = scan_map(dataset)
-    step = tuple(float(v) for v in np.sqrt((L**2).sum(0)))
-    rotation = math.degrees(math.atan2(L[1, 0], L[0, 0]))
-    radius = dataset.semiangle / float(np.mean(dataset.angular_sampling))
-    labels, k, _ = bf_groups(dataset.pattern_shape, radius, fraction=0.7)
-    chunks = ((slice(r, r + 1), np.asarray(dataset.patterns[r : r + 1], dtype=np.float64))
-              for r in range(dataset.scan_shape[0]))
-    con, w = normalised(group_images(chunks, labels, dataset.scan_shape))
-    fit = fit_parallax(con, w, k, float(np.mean(dataset.angular_sampling)), rotation, step, energy=dataset.energy)
-    return fit.aberrations()
-
-
 def apply_init(params: ReconstructParams, method: str, out_dir: str | Path, dataset=None) -> ReconstructParams:
     """Compute the ``method`` phase, save it as OUT/init_<method>.npy and start ``params``' object from it.
 
@@ -93,7 +72,9 @@ def apply_init(params: ReconstructParams, method: str, out_dir: str | Path, data
         moves = -shifts.reshape(*dataset.scan_shape, 2)
         dataset = dataset._replace(patterns=ResampledPatterns(dataset.patterns, moves))
     if method == "parallax" and not dataset.aberrations.get("C10"):  # neither the parameter file nor the data file
-        fitted = fit_defocus(dataset)
+        from ..calibrate.parallax import fit_defocus
+
+        fitted = fit_defocus(dataset).aberrations()
         log.info("tcBF parallax: C10 = %.1f Å", fitted["C10"])
         params.optics.aberrations["C10"] = round(float(fitted["C10"]), 3)
         dataset = dataset._replace(aberrations={**dataset.aberrations, "C10": params.optics.aberrations["C10"]})

@@ -26,16 +26,16 @@ from __future__ import annotations
 import math
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from .. import optics
+from ..configfile import StrictModel
 from ..physics import fft2, ifft2
 
 
-class Schedule(BaseModel):
+class Schedule(StrictModel):
     """When a constraint runs: epochs start_iter, start_iter + step, … ≤ end_iter (1-based)."""
 
-    model_config = ConfigDict(extra="forbid")
     enabled: bool = Field(False, description="apply this constraint")
     start_iter: int = Field(1, ge=1, description="first epoch (1-based) at which the constraint runs")
     step: int = Field(1, ge=1, description="run every `step` epochs (legacy name: freq)")
@@ -122,10 +122,9 @@ class ObjRamp(Schedule):
     smooth: float = Field(1.0, gt=0, description="low-pass σ of the phase before the fit, in scan steps")
 
 
-class Constraints(BaseModel):
+class Constraints(StrictModel):
     """All constraints with their schedules (every one is off by default)."""
 
-    model_config = ConfigDict(extra="forbid")
     ortho_probe: Schedule = Field(default_factory=Schedule, description="probe-mode orthogonalisation")
     probe_mask: ProbeMask = Field(default_factory=ProbeMask, description="Fourier probe mask")
     obj_clamp: ObjClamp = Field(default_factory=ObjClamp, description="object amplitude/phase clamps")

@@ -111,24 +111,15 @@ def backend_for(device: str) -> str:
 
 
 def rank_device(device: str) -> str:
-    """The torch device of this rank: ``cuda:LOCAL_RANK`` for 'cuda'/'auto' with GPUs in a process group of
-    several ranks; 'auto' without GPUs → 'cpu'; anything else as given. A CUDA device that is not there is
-    refused (ConfigError) instead of failing deep inside torch."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        from ..errors import ConfigError
+    """The torch device of this rank: :func:`phasestem.runtime.resolve_device` of ``run.device`` ('auto' → a GPU
+    when there is one, else 'cpu'; a CUDA device that is not there refused), and for 'cuda'/'auto' with GPUs in a
+    process group of several ranks ``cuda:LOCAL_RANK``."""
+    from ..runtime import resolve_device
 
-        if not torch.cuda.is_available():
-            raise ConfigError(f"run.device: {device!r} but torch sees no CUDA GPU here (torch {torch.__version__}); "
-                              "use 'cpu', or 'auto' to take a GPU only when there is one")
-        index = int(device.split(":")[1]) if ":" in device else 0
-        if index >= torch.cuda.device_count():
-            raise ConfigError(f"run.device: {device!r} but this machine has {torch.cuda.device_count()} GPU(s) "
-                              f"(cuda:0 … cuda:{torch.cuda.device_count() - 1})")
-    if device == "cuda" and rank_and_world()[1] > 1 and torch.cuda.is_available():
+    resolved = str(resolve_device(device, field="run.device"))
+    if resolved == "cuda" and rank_and_world()[1] > 1:
         return f"cuda:{local_rank() % torch.cuda.device_count()}"
-    return device
+    return resolved
 
 
 def init_from_environment(device: str) -> bool:

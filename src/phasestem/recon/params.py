@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from ..configfile import ConfigPath, read_yaml_mapping, resolve_config_paths, validate
+from ..configfile import ConfigPath, StrictModel, read_yaml_mapping, resolve_config_paths, validate
 from ..errors import ConfigError, InputFileError, PhasestemError, ShapeError
+from ..optics import checked_aberrations
 from .constraints import Constraints
 from .losses import LossConfig
 from .model import PARAM_NAMES, Ptychography
@@ -42,11 +43,7 @@ def _pair(v, name: str, positive: bool = False):
     return v
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class DataConfig(Strict):
+class DataConfig(StrictModel):
     """Where the patterns come from and how to adapt them to phasestem's conventions."""
 
     file: Annotated[Path, ConfigPath()] = Field(
@@ -77,14 +74,14 @@ class DataConfig(Strict):
         "and must cover the scanned field")
 
 
-class OpticsConfig(Strict):
+class OpticsConfig(StrictModel):
     """Beam and probe. A value left out (or null) is the data file's; one given here wins over the file's, with a
     warning naming both when they differ."""
 
     energy: float | None = Field(None, gt=0, description="beam energy in eV; null: from the data file")
     semiangle: float | None = Field(None, gt=0, description="probe convergence semi-angle in mrad; null: from the "
                                     "data file")
-    aberrations: dict[str, float] = Field(
+    aberrations: Annotated[dict[str, float], AfterValidator(checked_aberrations)] = Field(
         default_factory=dict, description="aberrations in Å/rad (C10 (= −defocus), C30 or Cs, …), key by key over "
         "the data file's (a key given here wins; the file's other keys are kept)")
     angular_sampling: tuple[float, float] | float | None = Field(
@@ -101,16 +98,9 @@ class OpticsConfig(Strict):
     def _two(cls, v, info):
         return _pair(v, info.field_name, positive=True)
 
-    @field_validator("aberrations")
-    @classmethod
-    def _known(cls, v):
-        from ..optics import Aberrations
-
-        Aberrations.from_dict(v)
-        return v
 
 
-class ScanConfig(Strict):
+class ScanConfig(StrictModel):
     """Scan geometry (positions are the probe centres in Å). A value left out (or null) is the data file's; one
     given here wins over the file's, with a warning naming both when they differ."""
 
@@ -132,7 +122,7 @@ class ScanConfig(Strict):
         return _pair(v, "step", positive=True)
 
 
-class ScheduleConfig(Strict):
+class ScheduleConfig(StrictModel):
     """Learning rate and active epoch range of one parameter."""
 
     lr: float | None = Field(None, ge=0, description="learning rate: Adam/SGD units per update; for lsq (object, "
@@ -142,7 +132,7 @@ class ScheduleConfig(Strict):
     end: int | None = Field(None, description="last epoch (null: to the end)")
 
 
-class InitialPhase(Strict):
+class InitialPhase(StrictModel):
     """Start the object from a phase image (hybrid: e.g. a learned prediction)."""
 
     file: Annotated[Path, ConfigPath()] = Field(
@@ -156,14 +146,14 @@ class InitialPhase(Strict):
         return _pair(v, "sampling", positive=True)
 
 
-class RandomPhase(Strict):
+class RandomPhase(StrictModel):
     """Start the object phase from seeded uniform noise (PtyRAD's random start)."""
 
     scale: float = Field(0.1, gt=0, description="half-width of the uniform phase noise in rad ([−scale, scale])")
     seed: int = Field(0, description="seed of the noise (the same seed gives the same start)")
 
 
-class InitialProbe(Strict):
+class InitialProbe(StrictModel):
     """Start the probe from a file instead of the nominal optics."""
 
     file: Annotated[Path, ConfigPath()] = Field(
@@ -172,7 +162,7 @@ class InitialProbe(Strict):
     key: str | None = Field(None, description="array/dataset name inside .npz/HDF5")
 
 
-class ModelConfig(Strict):
+class ModelConfig(StrictModel):
     """The reconstruction model."""
 
     n_slices: int = Field(1, ge=1, description="number of object slices S")
@@ -203,7 +193,7 @@ class ModelConfig(Strict):
         return v
 
 
-class LossesConfig(Strict):
+class LossesConfig(StrictModel):
     """Loss terms: exactly the terms named here run, at their weights (a term left out is off); with none named,
     the Gaussian term on amplitudes alone at weight 1. The run log names the terms that ran."""
 
@@ -227,7 +217,7 @@ class LossesConfig(Strict):
         return LossConfig(**self.model_dump())
 
 
-class RunConfig(Strict):
+class RunConfig(StrictModel):
     """How to run."""
 
     optimizer: Literal["lsq", "adam", "sgd", "lbfgs"] = Field(
@@ -286,7 +276,7 @@ class RunConfig(Strict):
         raise ValueError("must be auto, true or false")
 
 
-class TuneParam(Strict):
+class TuneParam(StrictModel):
     """One tuned quantity."""
 
     low: float = Field(description="lower bound")
@@ -294,7 +284,7 @@ class TuneParam(Strict):
     log: bool = Field(False, description="sample on a log scale")
 
 
-class TuneConfig(Strict):
+class TuneConfig(StrictModel):
     """Optuna search (``phasestem tune``)."""
 
     n_trials: int = Field(20, ge=1, description="number of trials (added to those already stored)")
@@ -309,7 +299,7 @@ class TuneConfig(Strict):
     learning_rates: dict[str, TuneParam] = Field(default_factory=dict, description="search ranges of learning rates")
 
 
-class ReconstructParams(Strict):
+class ReconstructParams(StrictModel):
     """A complete reconstruction parameter file."""
 
     data: DataConfig = Field(description="data source")
@@ -566,10 +556,3 @@ def optimizer_options(params: ReconstructParams) -> dict:
             "lr_decay": r.lr_decay, "lr_final": r.lr_final, "data_in_memory": r.data_in_memory,
             "memory_budget_gb": r.memory_budget_gb}
 
-
-def resolve_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name

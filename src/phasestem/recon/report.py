@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import InputFileError, ShapeError
+from ..runtime import log_to_file
 
 log = logging.getLogger("phasestem.recon")
 
@@ -55,23 +56,10 @@ def system_info(device: str | torch.device = "cpu") -> dict[str, str]:
     }
 
 
-@contextlib.contextmanager
 def logging_to(log_path: str | Path):
-    """Send the ``phasestem.recon`` log (INFO and up) to ``log_path`` too, in the run log's line format."""
-    log_path = Path(log_path)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(log_path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    old_level = log.level
-    log.addHandler(handler)
-    if log.level == logging.NOTSET or log.level > logging.INFO:
-        log.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        log.removeHandler(handler)
-        handler.close()
-        log.setLevel(old_level)
+    """Send the ``phasestem.recon`` log (INFO and up) to ``log_path`` too, in the run log's line format
+    (:func:`phasestem.runtime.log_to_file`)."""
+    return log_to_file(log, log_path)
 
 
 def log_system_info(log_path: str | Path, device: str | torch.device = "cpu") -> None:

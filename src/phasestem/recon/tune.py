@@ -20,8 +20,9 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..extras import require
 from ..lock import hold_output
+from .distributed import rank_device
 from .engine import DivergenceError, optimize
-from .params import ReconstructParams, ScheduleConfig, build_dataset, build_model, optimizer_options, resolve_device
+from .params import ReconstructParams, ScheduleConfig, build_dataset, build_model, optimizer_options
 
 log = logging.getLogger("phasestem.recon")
 
@@ -67,7 +68,7 @@ def run_tuning(params: ReconstructParams, out_dir: str | Path | None = None, n_t
                 old = p.model.learning_rates.get(name)
                 p.model.learning_rates[name] = (ScheduleConfig(lr=lr, start=old.start, end=old.end)
                                                 if isinstance(old, ScheduleConfig) else ScheduleConfig(lr=lr))
-            model = build_model(p, ds).to(resolve_device(p.run.device))
+            model = build_model(p, ds).to(rank_device(p.run.device))
             opts = optimizer_options(p)
             opts["progress"] = False
             err = float("inf")

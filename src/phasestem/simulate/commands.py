@@ -80,13 +80,10 @@ def _simulate(args) -> int:
     check_memory(cfg, processes=max(1, cfg.compute.workers) if cfg.compute.scheduler is None else 1,
                  source=str(args.config or "config"))
     out.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(out / "simulate.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logging.getLogger("phasestem").addHandler(handler)
-    try:
+    from ..runtime import log_to_file
+
+    with log_to_file("phasestem", out / "simulate.log", level=None):
         paths = simulate_dataset(cfg, out, restart=args.restart)
-    finally:
-        logging.getLogger("phasestem").removeHandler(handler)
     for p in paths:
         print(p)
     if paths:

@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
 
 from ..configfile import (
     ConfigPath,
+    StrictModel,
     absolute_path,
     apply_overrides,
     map_config_paths,
@@ -17,10 +18,11 @@ from ..configfile import (
     resolve_config_paths,
     validate,
 )
+from ..optics import checked_aberrations
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+class _Strict(StrictModel):
+    model_config = ConfigDict(validate_assignment=True, allow_inf_nan=False)
 
 
 def _positive_pair(v: tuple, info) -> tuple:
@@ -33,7 +35,7 @@ def _positive_pair(v: tuple, info) -> tuple:
 class Optics(_Strict):
     energy: float = Field(300e3, gt=0, description="Beam energy in eV.")
     semiangle: float = Field(30.0, gt=0, description="Probe-forming (condenser) aperture semi-angle in mrad.")
-    aberrations: dict[str, float] = Field(
+    aberrations: Annotated[dict[str, float], AfterValidator(checked_aberrations)] = Field(
         default_factory=lambda: {"C10": 0.0, "C30": 1e6},
         description="Aberrations in Å / rad, Krivanek notation (C10 = -defocus, C12, phi12, C21, phi21, C30 = Cs …).",
     )
@@ -41,13 +43,6 @@ class Optics(_Strict):
         "raise", description="What to do when the probe exceeds the anti-aliased band limit of the grid."
     )
 
-    @field_validator("aberrations")
-    @classmethod
-    def _known(cls, v):
-        from ..optics import Aberrations
-
-        Aberrations.from_dict(v)
-        return v
 
 
 class Grid(_Strict):

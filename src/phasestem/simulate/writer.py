@@ -31,6 +31,7 @@ from ..extras import require
 from ..io import seed
 from ..lock import hold_output
 from ..optics import interaction_constant
+from ..safety import atomic_file
 from .budget import check_memory
 from .config import SimulationConfig
 
@@ -57,15 +58,13 @@ def sample_path(out: Path, index: int) -> Path:
 
 
 def _write_sample(path: Path, result: dict) -> None:
-    tmp = temporary_path(path)
-    with h5py.File(tmp, "w") as f:
+    with atomic_file(path, "sample", temporary_path) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("patterns", data=result["patterns"], track_times=False)
         f.create_dataset("phase", data=result["phase"], track_times=False)
         f.create_dataset("potential", data=result["potential"], track_times=False)
         for k, v in result["attrs"].items():
             f.attrs[k] = v
         f.attrs["angular_sampling"] = result["angular_sampling"]
-    os.replace(tmp, path)
 
 
 def run_sample(cfg_json: str, out: str, index: int, threads: int = 0) -> int:
@@ -191,11 +190,10 @@ def assemble_file(cfg: SimulationConfig, out: Path, k: int) -> Path:
     n = cfg.output.samples_per_file
     indices = range((k - 1) * n, k * n)
     final = out / file_name(cfg, k)
-    tmp = temporary_path(final)
     H, W = cfg.detector.shape
     sy, sx = cfg.scan.shape
     chunks = (min(5, sy), min(5, sx), H, W)
-    with h5py.File(tmp, "w", track_order=True) as f:
+    with atomic_file(final, "output", temporary_path) as tmp, h5py.File(tmp, "w", track_order=True) as f:
         ang = None
         for i in indices:
             with h5py.File(sample_path(out, i), "r") as s:
@@ -208,7 +206,6 @@ def assemble_file(cfg: SimulationConfig, out: Path, k: int) -> Path:
                 f.create_dataset(seed.potential_key(i), data=s["potential"][...], track_times=False)
         for key, val in root_attrs(cfg, k, ang).items():
             f.attrs[key] = val
-    os.replace(tmp, final)
     for i in indices:
         sample_path(out, i).unlink(missing_ok=True)
     return final
@@ -248,10 +245,8 @@ def run_files(out: Path, stamp_text: str) -> tuple[list[Path], list[Path]]:
 
 
 def _write_stamp(stamp: Path, text: str) -> None:
-    stamp.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(stamp)
-    tmp.write_text(text)
-    os.replace(tmp, stamp)
+    with atomic_file(stamp, "output", temporary_path) as tmp:
+        tmp.write_text(text)
 
 
 def _check_out(cfg: SimulationConfig, out: Path, restart: bool = False) -> None:

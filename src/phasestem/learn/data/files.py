@@ -11,8 +11,9 @@ from typing import Any, Literal
 
 import h5py
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from ...configfile import StrictModel
 from ...errors import ConfigError, InputFileError, ShapeError
 from ...io import seed as seedfile
 from ...io.hdf5 import check_written, open_file, reading
@@ -25,10 +26,8 @@ log = logging.getLogger("phasestem.learn")
 # =============================================================================================
 # files
 # =============================================================================================
-class OriginalLayout(BaseModel):
+class OriginalLayout(StrictModel):
     """Geometry of the user's original files (no attributes stored in them)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     energy: float = Field(300e3, gt=0, description="beam energy (eV) used for σ when converting potential → phase")
     scan_step: float = Field(2.0, gt=0, description="scan step in Å")

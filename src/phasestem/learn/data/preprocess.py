@@ -6,8 +6,9 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from ...configfile import StrictModel
 from ...detector import PixelatedDetector
 from ...errors import ShapeError
 from .geometry import BlockGeometry
@@ -18,10 +19,8 @@ log = logging.getLogger("phasestem.learn")
 # =============================================================================================
 # preprocessing
 # =============================================================================================
-class Preprocess(BaseModel):
+class Preprocess(StrictModel):
     """Pattern preprocessing; stored in every checkpoint and reapplied by ``phasestem predict``."""
-
-    model_config = ConfigDict(extra="forbid")
 
     crop: int | None = Field(None, ge=1, description="keep the central crop × crop detector pixels first (None: all)")
     bin: int = Field(1, ge=1, description="sum bin × bin detector pixels (zero frequency stays in bin H//2)")

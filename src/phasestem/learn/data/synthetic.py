@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import h5py
@@ -60,8 +59,9 @@ def write_synthetic_file(path: str | Path, n_samples: int, first_sample: int = 0
     fm = ForwardModel((window, window), (ps, ps), energy)
     pos = torch.tensor(GridScan((scan, scan), step).positions(), dtype=torch.float32)
     sigma = interaction_constant(energy)
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
+    from ...safety import atomic_file
+
+    with atomic_file(path, "path") as tmp, h5py.File(tmp, "w") as f:
         for i in range(first_sample, first_sample + n_samples):
             phase = synthetic_phase(phase_px, ps, rng, n_blobs=n_blobs)
             obj = transmission_function(torch.from_numpy(phase))[None, None]
@@ -83,5 +83,4 @@ def write_synthetic_file(path: str | Path, n_samples: int, first_sample: int = 0
         a["angular_sampling"] = np.asarray(ang_for(energy, ps, (window, window)))
         a["sigma"], a["samples_per_file"], a["first_sample"] = sigma, n_samples, first_sample
         a["dose"] = -1.0 if dose is None else float(dose)
-    os.replace(tmp, path)
     return path

@@ -52,9 +52,10 @@ import math
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
+from ...configfile import StrictModel
 from ...errors import ShapeError
 
 log = logging.getLogger("phasestem.learn.autoencoder")
@@ -311,10 +312,8 @@ def scale_patterns(patterns: torch.Tensor, mode: str = "log", floor: float = 1e-
     raise ValueError(f"pattern scaling mode must be 'log' or 'max', got {mode!r}")
 
 
-class AutoencoderModelConfig(BaseModel):
+class AutoencoderModelConfig(StrictModel):
     """Autoencoder architecture (defaults = SPEC §4, 3,914,404 parameters)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     latent_dim: int = Field(32, ge=1, description="latent dimension")
     channels: int = Field(128, ge=4, description="ResNet-block channels (128 in the SPEC model)")
@@ -324,10 +323,8 @@ class AutoencoderModelConfig(BaseModel):
                              "(off: on 1×1 maps it can zero the whole latent)")
 
 
-class AutoencoderLossConfig(BaseModel):
+class AutoencoderLossConfig(StrictModel):
     """Weights of MSE + λ_act·L1(z) + λ_sim·contrastive + λ_div·divergence (see learn.nets.autoencoder)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     lambda_act: float = Field(DEFAULT_LAMBDA_ACT, ge=0, description="weight of the latent L1 term")
     lambda_sim: float = Field(DEFAULT_LAMBDA_SIM, ge=0, description="weight of the contrastive term")

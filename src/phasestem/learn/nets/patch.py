@@ -20,10 +20,10 @@ from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from torch import nn
 
-from ...configfile import ConfigPath
+from ...configfile import ConfigPath, StrictModel
 from ...metrics import psnr
 from ..backbones import create_cnn, create_vit
 
@@ -35,10 +35,8 @@ PATCH_SIZES: dict[str, dict[str, Any]] = {
 }
 
 
-class PatchRecoveryConfig(BaseModel):
+class PatchRecoveryConfig(StrictModel):
     """PatchRecoveryNet architecture; ``size`` fills every field not given explicitly."""
-
-    model_config = ConfigDict(extra="forbid")
 
     size: Literal["tiny", "small", "medium", "base"] = Field("base", description="preset: tiny (CPU) … base (ViT-B)")
     cnn: str = Field("resnet34", description="pattern encoder preset (backbones.CNN_PRESETS) or timm name")

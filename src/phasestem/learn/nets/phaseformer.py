@@ -31,10 +31,10 @@ from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
-from ...configfile import ConfigPath
+from ...configfile import ConfigPath, StrictModel
 from ...errors import ConfigError, ShapeError
 from ..losses import COMPONENTS, CharbonnierLoss, GradientLoss, MSSSIMLoss, PerceptualLoss, WeightedLoss, _b1hw
 
@@ -249,10 +249,8 @@ class Phaseformer(nn.Module):
         return out_l, out_h
 
 
-class PhaseformerModelConfig(BaseModel):
+class PhaseformerModelConfig(StrictModel):
     """Phaseformer architecture (defaults = the published model, ≈ 1.8 M parameters)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     dim: int = Field(16, ge=2, description="channels of level 1 (levels: dim, 2·dim, 4·dim, 8·dim)")
     blocks: tuple[int, int, int, int] = Field((2, 3, 3, 4), description="transformer blocks per level")
@@ -264,10 +262,8 @@ class PhaseformerModelConfig(BaseModel):
     residual: bool = Field(True, description="predict a correction added to the (up-sampled) input")
 
 
-class PhaseformerLossConfig(BaseModel):
+class PhaseformerLossConfig(StrictModel):
     """Per-branch learnable soft-max mix of the components; learnable 2-way branch weight."""
-
-    model_config = ConfigDict(extra="forbid")
 
     components: list[Literal["charbonnier", "perceptual", "gradient", "ms_ssim"]] = Field(
         list(COMPONENTS), description="loss components per branch")

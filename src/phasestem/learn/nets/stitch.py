@@ -20,10 +20,10 @@ import math
 from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from torch import nn
 
-from ...configfile import ConfigPath
+from ...configfile import ConfigPath, StrictModel
 from ...metrics import psnr
 from ..backbones import create_vit
 from ..data import BlockGeometry, place_indices
@@ -37,10 +37,8 @@ STITCH_SIZES: dict[str, dict[str, Any]] = {
 }
 
 
-class PhaseStitchingConfig(BaseModel):
+class PhaseStitchingConfig(StrictModel):
     """PhaseStitchingNet architecture; ``size`` fills every field not given explicitly."""
-
-    model_config = ConfigDict(extra="forbid")
 
     size: Literal["tiny", "small", "medium", "base"] = Field("base", description="preset: tiny (CPU) … base (ViT-B)")
     vit: str = Field("vit_base", description="ViT preset (backbones.VIT_PRESETS) or timm name")
