@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from phasestem.recon import Ptychography
-from phasestem.recon.engine import optimize
+from phasestem.recon.engine import optimize_with_options
 from phasestem.recon.live import LIVE_FILE, block_mean, live_snapshots, read_snapshot
 from phasestem.recon.synthetic import simulate_dataset
 
@@ -15,7 +15,7 @@ def test_a_snapshot_after_every_epoch_holds_the_state_of_that_epoch(tmp_path, on
     path = tmp_path / LIVE_FILE
     model.epoch_callbacks.append(live_snapshots(path, n_epochs=3))
     seen = []
-    for _ in optimize(model, ds, 3, batch_size=12, progress=False):
+    for _ in optimize_with_options(model, ds, 3, batch_size=12, progress=False):
         snap = read_snapshot(path)
         seen.append(int(snap["epoch"]))
         np.testing.assert_array_equal(snap["loss"], [h["loss"] for h in model.loss_history])

@@ -23,10 +23,11 @@ import pytest
 import torch
 import yaml
 
+from phasestem.recon.callbacks import Checkpoints
 from phasestem.recon.commands import run_reconstruction
-from phasestem.recon.engine import optimize
+from phasestem.recon.engine import optimize, optimize_with_options
 from phasestem.recon.model import Ptychography
-from phasestem.recon.params import build_dataset, build_model, load_params, optimizer_options
+from phasestem.recon.params import build_dataset, build_model, load_params
 from phasestem.recon.results import load_results
 from phasestem.recon.synthetic import write_npz
 
@@ -112,8 +113,8 @@ def _optimize(path: Path, resume: bool, seed: int):
     done = torch.load(ckpt, weights_only=True)["epoch"] if resume else 0
     torch.manual_seed(seed)
     np.random.seed(seed)
-    for _ in optimize(model, dataset, EPOCHS - done, checkpoint_path=ckpt, checkpoint_every=params.run.checkpoint_every,
-                      resume=resume, **optimizer_options(params)):
+    for _ in optimize(model, dataset, EPOCHS - done, params.run, params.losses.resolved(), params.constraints,
+                      [Checkpoints(ckpt, params.run.checkpoint_every, resume=resume)]):
         pass
     return model
 
@@ -259,8 +260,8 @@ def test_a_divergence_after_a_resume_restores_the_best_epoch_as_the_uninterrupte
     ckpt = tmp_path / "checkpoint.pt"
 
     def run(model, epochs):
-        return optimize(model, ds, epochs, optimizer="adam", batch_size=10, progress=False, checkpoint_path=ckpt,
-                        checkpoint_every=1)
+        return optimize_with_options(model, ds, epochs, optimizer="adam", batch_size=10, progress=False,
+                                     checkpoint_path=ckpt, checkpoint_every=1)
 
     ref = Ptychography.from_dataset(ds)
     gen = run(ref, 4)

@@ -239,8 +239,10 @@ def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = Non
 
     import matplotlib.pyplot as plt
 
+    from .callbacks import Checkpoints, Figures, LogFile
+    from .checkpoint import load_checkpoint
     from .distributed import is_main_process, rank_and_world
-    from .engine import load_checkpoint, optimize
+    from .engine import optimize
     from .report import log_settings, log_system_info, logging_to, loss_settings, losses_line
 
     if isinstance(params, dict):
@@ -275,19 +277,19 @@ def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = Non
         log.info("resumed from %s after epoch %d", ckpt, model.epoch)
         _keep_configured_schedules(model, wanted)
     remaining = params.run.n_epochs - model.epoch
-    opts = optimizer_options(params)
-    opts["progress"] = opts["progress"] and main
     if main and not resume and params.run.check_optics and params.model.initial_phase is None:
-        _check_optics(params, dataset, opts)
+        _check_optics(params, dataset, optimizer_options(params))
     if rank_and_world()[1] > 1:
         log.info("rank %d of %d on %s", *rank_and_world(), model.device)
     truth = _setup_reports(params, dataset, model, out) if main else None
     if main:  # OUT/live.npz after every epoch: the live page of phasestem serve
         from .live import LIVE_FILE, live_snapshots
         model.epoch_callbacks.append(live_snapshots(out / LIVE_FILE, params.run.n_epochs))
-    for _ in optimize(model, dataset, max(0, remaining), checkpoint_path=ckpt,
-                      checkpoint_every=params.run.checkpoint_every, out_dir=out,
-                      figures_every=params.run.figures_every, **opts):
+    callbacks = [Checkpoints(ckpt, params.run.checkpoint_every), LogFile(log_path)]
+    if params.run.figures_every:
+        callbacks.append(Figures(out, params.run.figures_every))
+    for _ in optimize(model, dataset, max(0, remaining), params.run, params.losses.resolved(), params.constraints,
+                      callbacks):
         pass
     if main:
         metrics = None

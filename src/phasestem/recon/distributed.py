@@ -1,7 +1,7 @@
 """Data-parallel reconstruction over processes with ``torch.distributed`` (gloo on CPU, nccl on GPUs).
 
 Every rank holds the whole model. The scan is split once into ``world`` spatially compact blocks
-of positions (:func:`shard_owners`, recursive bisection as for compact mini-batches); each rank
+of positions (:func:`phasestem.recon.batches.shard_owners`, recursive bisection as for compact mini-batches); each rank
 evaluates only the positions of its own block in every mini-batch and
 :func:`phasestem.recon.engine.optimize` sums the gradients over ranks (loss terms are normalised
 by the full batch size), so all ranks take the same steps and end with the same model as a single
@@ -25,12 +25,10 @@ Three ways to run:
 """
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -132,20 +130,6 @@ def init_from_environment(device: str) -> bool:
         torch.cuda.set_device(local_rank() % torch.cuda.device_count())
     dist.init_process_group(backend, init_method="env://")
     return True
-
-
-def shard_owners(positions: np.ndarray, world: int) -> np.ndarray:
-    """The rank (0 … world−1) owning each position (N, 2): ``world`` spatially compact blocks of nearly equal
-    size by recursive bisection (:func:`phasestem.recon.engine.compact_groups`)."""
-    from .engine import compact_groups
-
-    positions = np.asarray(positions)
-    owner = np.zeros(len(positions), dtype=np.int64)
-    if world <= 1 or len(positions) == 0:
-        return owner
-    for rank, group in enumerate(compact_groups(positions, math.ceil(len(positions) / world))):
-        owner[group] = rank
-    return owner
 
 
 def _optimize_worker(dataset, n_epochs: int, model_options: dict, optimize_options: dict, result_path: str,

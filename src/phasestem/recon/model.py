@@ -560,7 +560,7 @@ class Ptychography(nn.Module):
         (:class:`~phasestem.recon.constraints.Constraints`), ``lr_scale``, ``checkpoint_path``,
         ``checkpoint_every``, ``figures_every``, ``out_dir``, ``seed``, ``progress``.
         """
-        from .engine import optimize
+        from .engine import optimize_with_options as optimize
 
         return optimize(self, dataset, n_epochs, optimizer="adam", batch_size=batch_size, **options)
 
@@ -568,19 +568,19 @@ class Ptychography(nn.Module):
         """Illumination-preconditioned least-squares steps for object and probe (Adam for positions, tilt,
         thickness, weights); learning rates of object and probe are fractions of a Gauss–Newton step
         (:mod:`phasestem.recon.precondition`). Same options as :meth:`Adam_optimize`."""
-        from .engine import optimize
+        from .engine import optimize_with_options as optimize
 
         return optimize(self, dataset, n_epochs, optimizer="lsq", batch_size=batch_size, **options)
 
     def SGD_optimize(self, n_epochs: int, dataset, batch_size: int = 32, momentum: float = 0.9, **options):
         """SGD with momentum (same options as :meth:`Adam_optimize`)."""
-        from .engine import optimize
+        from .engine import optimize_with_options as optimize
 
         return optimize(self, dataset, n_epochs, optimizer="sgd", batch_size=batch_size, momentum=momentum, **options)
 
     def LBFGS_optimize(self, n_epochs: int, dataset, batch_size: int | None = None, **options):
         """L-BFGS (full batch by default; same options as :meth:`Adam_optimize`)."""
-        from .engine import optimize
+        from .engine import optimize_with_options as optimize
 
         return optimize(self, dataset, n_epochs, optimizer="lbfgs", batch_size=batch_size, **options)
 

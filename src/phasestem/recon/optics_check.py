@@ -55,7 +55,7 @@ def check_defocus_sign(dataset, build, n_epochs: int = 3, block: int = 8, min_c1
     aberrations are swapped for the flipped fit. Returns None when |C10| < ``min_c10`` Å (no sign to
     get wrong) or the fits fail.
     """
-    from .engine import DivergenceError, optimize
+    from .engine import DivergenceError, optimize_with_options
 
     c10 = Aberrations.from_dict(dataset.aberrations).get("C10")
     if abs(c10) < min_c10:
@@ -68,7 +68,7 @@ def check_defocus_sign(dataset, build, n_epochs: int = 3, block: int = 8, min_c1
         ds = sub._replace(aberrations=ab)
         model = build(ds)
         try:
-            for _ in optimize(model, ds, n_epochs, progress=False, **optimize_options):
+            for _ in optimize_with_options(model, ds, n_epochs, progress=False, **optimize_options):
                 pass
         except DivergenceError:
             losses.append(math.inf)

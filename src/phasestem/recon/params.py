@@ -26,6 +26,7 @@ from ..optics import checked_aberrations
 from .constraints import Constraints
 from .losses import LossConfig
 from .model import PARAM_NAMES, Ptychography
+from .run_config import RunConfig
 
 log = logging.getLogger("phasestem.recon")
 
@@ -215,65 +216,6 @@ class LossesConfig(StrictModel):
     def resolved(self):
         """The :class:`phasestem.recon.losses.LossConfig` of these weights (the terms that run)."""
         return LossConfig(**self.model_dump())
-
-
-class RunConfig(StrictModel):
-    """How to run."""
-
-    optimizer: Literal["lsq", "adam", "sgd", "lbfgs"] = Field(
-        "lsq", description="lsq: illumination-preconditioned least-squares steps for object and probe (Adam for "
-        "positions, tilt, thickness); or adam, sgd, lbfgs")
-    precondition_reg: float = Field(0.1, gt=0, le=10, description="lsq: relative floor of the curvature (dim pixels "
-                                    "step at most 1/reg of a bright pixel's step)")
-    precondition_batches: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
-        "auto", description="lsq: add the whole scan's curvature / this number to every step's, so that an epoch "
-        "takes about this many Gauss–Newton steps of the whole data whatever the batch size (noisy counts: fewer, "
-        "better-averaged steps); null: each batch's own curvature; auto: 16 when the loss has a Poisson term "
-        "(counted data), else null")
-    check_optics: bool = Field(True, description="before the run, fit the scan centre briefly with C10 and −C10 and "
-                               "warn when the flipped defocus sign fits the data far better")
-    divergence_factor: float = Field(10.0, ge=0, description="stop (exit 1, last good state kept) when an epoch's "
-                                     "loss exceeds this many times the best so far (0: only NaN/Inf)")
-    n_epochs: int = Field(20, ge=1, description="number of epochs (iterations over all patterns)")
-    batch_size: int = Field(32, ge=1, description="patterns per mini-batch")
-    batch_mode: Literal["random", "compact"] = Field("random", description="random or spatially compact batches")
-    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
-    lr_scale: float = Field(1.0, gt=0, description="multiplies every learning rate")
-    lr_decay: Literal["none", "cosine"] = Field("cosine", description="cosine: every learning rate falls to lr_final "
-                                                "× its value over the run's epochs (--resume continues it), which "
-                                                "keeps noisy data from being over-fitted late in a run; none: constant")
-    lr_final: float = Field(0.1, gt=0, le=1, description="final learning-rate fraction of lr_decay: cosine")
-    seed: int = Field(0, description="seed of the batch order")
-    device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1, auto")
-    out_dir: Annotated[Path, ConfigPath()] = Field(Path("recon_out"),
-                                                   description="output folder (relative to the YAML file's folder)")
-    checkpoint_every: int = Field(5, ge=0, description="write a checkpoint every N epochs (0: never)")
-    figures_every: int = Field(0, ge=0, description="write a figure every N epochs (0: only at the end)")
-    n_processes: int = Field(1, ge=1, description="data-parallel processes (torch.distributed, gloo on CPU)")
-    progress: bool = Field(True, description="show a progress bar")
-    ptyrad_loss: bool = Field(False, description="after every epoch also log PtyRAD's normalised Gaussian loss "
-                              "√⟨(I^p − D^p)²⟩/⟨D^p⟩ over all patterns as loss_ptyrad (one more forward pass "
-                              "per epoch, no gradients: about a third of an epoch's time)")
-    data_in_memory: Literal["auto", True, False] = Field(
-        "auto", description="true: every measured pattern on the device (two float32 copies: 8 bytes per pixel per "
-        "pattern); false: patterns streamed from the data file per mini-batch (a chunked pass for the mean "
-        "pattern, then each batch read in index order into host memory and copied to the device while the previous "
-        "batch is computed); auto: stream when the two copies would exceed run.memory_budget_gb or half the free GPU "
-        "memory")
-    memory_budget_gb: float | None = Field(
-        None, gt=0, description="memory (GiB, 2^30 bytes) the measured patterns may take: auto streams above it, and "
-        "streaming holds at most about this much of pattern buffers at once (keep it above 8 × run.batch_size "
-        "patterns); null: half the host memory available when the run starts")
-
-    @field_validator("data_in_memory", mode="before")
-    @classmethod
-    def _in_memory(cls, v):
-        if isinstance(v, bool):
-            return v
-        text = str(v).strip().lower() if isinstance(v, str) else None
-        if text in ("auto", "true", "false"):
-            return {"auto": "auto", "true": True, "false": False}[text]
-        raise ValueError("must be auto, true or false")
 
 
 class TuneParam(StrictModel):
@@ -546,7 +488,9 @@ def build_model(params: ReconstructParams, dataset) -> Ptychography:
 
 
 def optimizer_options(params: ReconstructParams) -> dict:
-    """Keyword arguments of :func:`phasestem.recon.engine.optimize` from the ``run``/``losses``/``constraints``."""
+    """Keyword arguments of :func:`phasestem.recon.engine.optimize_with_options` (the model's ``*_optimize``
+    methods) from the ``run``/``losses``/``constraints``; :func:`~phasestem.recon.engine.optimize` takes
+    ``params.run``, ``params.losses.resolved()`` and ``params.constraints`` themselves."""
     r = params.run
     return {"optimizer": r.optimizer, "batch_size": r.batch_size, "batch_mode": r.batch_mode,
             "losses": params.losses.resolved(), "constraints": params.constraints,

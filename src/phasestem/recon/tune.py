@@ -22,7 +22,7 @@ from ..extras import require
 from ..lock import hold_output
 from .distributed import rank_device
 from .engine import DivergenceError, optimize
-from .params import ReconstructParams, ScheduleConfig, build_dataset, build_model, optimizer_options
+from .params import ReconstructParams, ScheduleConfig, build_dataset, build_model
 
 log = logging.getLogger("phasestem.recon")
 
@@ -69,11 +69,10 @@ def run_tuning(params: ReconstructParams, out_dir: str | Path | None = None, n_t
                 p.model.learning_rates[name] = (ScheduleConfig(lr=lr, start=old.start, end=old.end)
                                                 if isinstance(old, ScheduleConfig) else ScheduleConfig(lr=lr))
             model = build_model(p, ds).to(rank_device(p.run.device))
-            opts = optimizer_options(p)
-            opts["progress"] = False
+            quiet = p.run.model_copy(update={"progress": False})
             err = float("inf")
             try:
-                for i, loss in enumerate(optimize(model, ds, t.n_epochs, **opts)):
+                for i, loss in enumerate(optimize(model, ds, t.n_epochs, quiet, p.losses.resolved(), p.constraints)):
                     err = model.loss_history[-1].get("gaussian", loss)
                     trial.report(err, i)
                     if trial.should_prune():

@@ -1,0 +1,198 @@
+"""What :func:`phasestem.recon.engine.optimize` does around its epochs, as callbacks.
+
+A :class:`Callback` is told, in the order of the engine's list:
+
+* ``on_start(loop)``: before the measured data are prepared (a resume restores the checkpoint here);
+* ``after_loss(loop)``: an epoch's mean loss is known (``loop.mean_loss``), before the constraints run and the
+  epoch is recorded (the divergence check);
+* ``on_epoch_end(loop)``: the epoch is recorded (``loop.record``, the model's ``epoch`` and loss history);
+* ``on_end(loop)``: every epoch of the call ran;
+* ``on_close(loop)``: always, last (also after an error or when the caller stops early).
+
+``loop`` is the engine's :class:`~phasestem.recon.engine.Loop`: the model, the dataset, the validated run and
+loss settings, the rank, the optimiser and the :class:`~phasestem.recon.run_state.RunState`. The engine's own
+list is :class:`DivergenceGuard`, :class:`EpochLog`, :class:`ProgressBar`; the keyword front-end
+(:func:`phasestem.recon.engine.optimize_with_options`) adds :class:`Checkpoints`, :class:`Figures` and
+:class:`LogFile` from its ``checkpoint_path``/``out_dir``/``log_file`` options.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import torch
+
+from ..errors import PhasestemError
+from ..runtime import log_to_file
+from .checkpoint import load_checkpoint, save_checkpoint
+
+log = logging.getLogger("phasestem.recon")
+
+#: largest |object phase| (rad, per slice) or object amplitude a run may reach before it counts as diverged
+PHYSICAL_LIMIT = 1e3
+
+
+class DivergenceError(PhasestemError, FloatingPointError):
+    """The reconstruction diverged; the model holds the last good state."""
+
+
+class NonFiniteLossError(DivergenceError):
+    """The loss became NaN or Inf; the model holds the last good state."""
+
+
+class Callback:
+    """No-op hooks; subclasses override the ones they need."""
+
+    def on_start(self, loop) -> None:
+        pass
+
+    def after_loss(self, loop) -> None:
+        pass
+
+    def on_epoch_end(self, loop) -> None:
+        pass
+
+    def on_end(self, loop) -> None:
+        pass
+
+    def on_close(self, loop) -> None:
+        pass
+
+
+def divergence_reason(model, mean_loss: float, best: float, start: float, factor: float) -> str | None:
+    """Why the epoch just run counts as diverged (None if it does not): a non-finite loss, a loss above both
+    ``factor`` × ``best`` and the starting loss ``start`` (near-exact fits of noise-free data may fluctuate by
+    large factors far below the start), or non-finite / non-physical object values."""
+    if not math.isfinite(mean_loss):
+        return f"the loss became {mean_loss}"
+    if factor > 0 and math.isfinite(best) and mean_loss > factor * best and mean_loss > start:
+        return (f"the loss rose to {mean_loss:.4g}, more than {factor:g} × its best {best:.4g} and above its "
+                f"start {start:.4g}")
+    with torch.no_grad():
+        for name in ("obj_phase", "obj_amplitude", "probe"):
+            p = getattr(model, name)
+            if not bool(torch.isfinite(p).all()):
+                return f"{name} holds NaN/Inf"
+        peak = max(float(model.obj_phase.abs().max()), float(model.obj_amplitude.abs().max()))
+    if peak > PHYSICAL_LIMIT:
+        return f"the object reached non-physical values (|phase| or amplitude {peak:.3g} > {PHYSICAL_LIMIT:g})"
+    return None
+
+
+class DivergenceGuard(Callback):
+    """Stop a diverging run (:class:`DivergenceError`): a non-finite loss, an epoch loss above
+    ``run.divergence_factor`` × the best so far (and above the start), or non-physical object values. The model
+    is first restored to the best epoch's state (the last epoch's when the loss is not finite) and that state is
+    checkpointed to ``checkpoint_path`` when given (rank 0)."""
+
+    def __init__(self, checkpoint_path: str | Path | None = None):
+        self.checkpoint_path = checkpoint_path
+        self.improved = False
+
+    def after_loss(self, loop) -> None:
+        model, state, factor = loop.model, loop.state, loop.run.divergence_factor
+        reason = divergence_reason(model, loop.mean_loss, state.best_loss, state.start_loss, factor)
+        if reason is not None:
+            snapshot = loop.snapshot
+            if state.best is not None and math.isfinite(loop.mean_loss):  # back to the best epoch, not the last
+                model.epoch, snapshot = state.best
+                model.loss_history = model.loss_history[: model.epoch]
+            model.load_state_dict(snapshot)
+            state.best = (model.epoch, snapshot)
+            msg = (f"{reason} in epoch {loop.epoch}; stopped and restored the state after epoch {model.epoch}. "
+                   "Lower the learning rates (or run.lr_scale) or check the data and optics.")
+            if self.checkpoint_path is not None and loop.rank == 0:
+                save_checkpoint(self.checkpoint_path, model, run_state=state.to_checkpoint(model))
+                msg += f" Last good state saved to {self.checkpoint_path}."
+            log.error(msg)
+            raise (NonFiniteLossError if not math.isfinite(loop.mean_loss) else DivergenceError)(msg)
+        self.improved = loop.mean_loss <= state.best_loss
+        state.best_loss = min(state.best_loss, loop.mean_loss)
+
+    def on_epoch_end(self, loop) -> None:
+        if self.improved and loop.run.divergence_factor > 0:
+            loop.state.best = (loop.epoch, {k: v.detach().clone() for k, v in loop.model.state_dict().items()})
+
+
+class EpochLog(Callback):
+    """One log line per epoch: the loss, its terms, the constraints applied and the time."""
+
+    def on_epoch_end(self, loop) -> None:
+        record, terms = loop.record, sorted(loop.terms)
+        log.info("epoch %d loss %.6g %s%s (%.2f s)", loop.epoch, loop.mean_loss,
+                 " ".join(f"{k}={record[k]:.4g}" for k in terms),
+                 f" constraints: {','.join(loop.applied)}" if loop.applied else "", record["seconds"])
+
+
+class ProgressBar(Callback):
+    """A tqdm bar over the call's epochs (rank 0, ``run.progress``)."""
+
+    def __init__(self):
+        self.bar = None
+
+    def on_start(self, loop) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=loop.n_epochs, desc=f"{loop.run.optimizer} epochs",
+                        disable=not loop.run.progress or loop.rank != 0, leave=False)
+
+    def on_epoch_end(self, loop) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{loop.mean_loss:.4g}")
+
+    def on_close(self, loop) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class Checkpoints(Callback):
+    """``path`` every ``every`` epochs and after the call's last (rank 0; ``every`` 0: only the divergence's last
+    good state, through :class:`DivergenceGuard`); ``resume``: first restore model, optimiser and run state from
+    ``path`` (:func:`~phasestem.recon.checkpoint.load_checkpoint`)."""
+
+    def __init__(self, path: str | Path, every: int = 0, resume: bool = False):
+        self.path, self.every, self.resume = Path(path), int(every), resume
+
+    def on_start(self, loop) -> None:
+        if self.resume:
+            load_checkpoint(self.path, loop.model)
+
+    def on_epoch_end(self, loop) -> None:
+        if loop.rank == 0 and self.every and loop.epoch % self.every == 0:
+            save_checkpoint(self.path, loop.model, loop.optimizer, run_state=loop.state.to_checkpoint(loop.model))
+
+    def on_end(self, loop) -> None:
+        if loop.rank == 0 and self.every:
+            save_checkpoint(self.path, loop.model, loop.optimizer, run_state=loop.state.to_checkpoint(loop.model))
+
+
+class Figures(Callback):
+    """``out_dir/epoch_NNNN.png`` (the model's inspect figure) every ``every`` epochs (rank 0)."""
+
+    def __init__(self, out_dir: str | Path, every: int):
+        self.out_dir, self.every = Path(out_dir), int(every)
+
+    def on_epoch_end(self, loop) -> None:
+        if loop.rank == 0 and self.every and loop.epoch % self.every == 0:
+            import matplotlib.pyplot as plt
+
+            plt.close(loop.model.inspect(loop.dataset, path=self.out_dir / f"epoch_{loop.epoch:04d}.png"))
+
+
+class LogFile(Callback):
+    """The ``phasestem.recon`` log (INFO and up) also into ``path`` during the call (rank 0 only;
+    :func:`phasestem.runtime.log_to_file`)."""
+
+    def __init__(self, path: str | Path):
+        self.path, self.context = Path(path), None
+
+    def on_start(self, loop) -> None:
+        if loop.rank == 0:
+            self.context = log_to_file(log, self.path)
+            self.context.__enter__()
+
+    def on_close(self, loop) -> None:
+        if self.context is not None:
+            self.context.__exit__(None, None, None)
+            self.context = None
