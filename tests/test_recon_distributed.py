@@ -162,8 +162,7 @@ def test_n_processes_lbfgs_is_refused_in_one_line(tmp_path, capsys):
 
 
 def test_shards_are_compact_blocks_and_compact_batches_draw_from_every_block():
-    from phasestem.recon.distributed import shard_owners
-    from phasestem.recon.engine import make_batches
+    from phasestem.recon.batches import make_batches, shard_owners
 
     yy, xx = np.meshgrid(np.arange(6.0), np.arange(6.0), indexing="ij")
     pos = np.stack([yy.ravel(), xx.ravel()], 1)

@@ -25,7 +25,7 @@ API = {
     "PhasestemError": "phasestem.errors:PhasestemError",
     "Ptychography": "phasestem.recon.model:Ptychography",
     "load_params": "phasestem.recon.params:load_params",
-    "run_reconstruction": "phasestem.recon.commands:run_reconstruction",
+    "run_reconstruction": "phasestem.recon.run:run_reconstruction",
     "load_results": "phasestem.recon.results:load_results",
     "calibrate_file": "phasestem.calibrate.files:calibrate_file",
     "Calibration": "phasestem.calibrate.pipeline:Calibration",

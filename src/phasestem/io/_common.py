@@ -58,6 +58,10 @@ def pair(value, name: str, path: str | Path | None = None) -> tuple[float, float
     raise ConfigError(f"{where}{name} must be a number or a (y, x) pair, got {value!r}")
 
 
+#: raw-dump layouts of known detectors (``phasestem.io.raw``: ``detector=``; the EMPAD .xml reader)
+PRESETS = {"empad": {"shape": (128, 128), "dtype": "<f4", "footer_rows": 2}}
+
+
 def missing_key(path: str | Path, key: str, present) -> InputFileError:
     """The error for a key that is not in a file, listing the keys that are."""
     keys = sorted(present)

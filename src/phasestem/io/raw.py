@@ -31,10 +31,7 @@ import numpy as np
 
 from ..dataset import FourDSTEM
 from ..errors import ConfigError, InputFileError, ShapeError
-from ._common import dataset_from_reader
-
-PRESETS = {"empad": {"shape": (128, 128), "dtype": "<f4", "footer_rows": 2}}
-
+from ._common import PRESETS, dataset_from_reader
 
 #: an EMPAD .xml is a few kB: larger .xml files beside a .raw are not read when looking for its pair
 _XML_MAX_BYTES = 1 << 20

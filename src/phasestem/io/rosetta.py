@@ -51,7 +51,7 @@ from ..errors import ConfigError, InputFileError, ShapeError
 from ..extras import EXTRAS, install_hint
 from ..optics import wavelength
 from ..safety import check_readable, gb
-from ._common import check_not_empty, dataset_from_reader
+from ._common import PRESETS, check_not_empty, dataset_from_reader
 
 log = logging.getLogger("phasestem.io")
 
@@ -191,8 +191,6 @@ def _mib_scan_shape(path: Path) -> tuple[tuple[int, int] | None, int]:
 def _empad_extent(xml: Path) -> list[tuple[Path, int, str]]:
     """The .raw an EMPAD .xml names and the bytes its declared scan needs (rsciio's own parse of the .xml)."""
     from rsciio.empad._api import _parse_xml
-
-    from .raw import PRESETS
 
     try:
         _, info = _parse_xml(str(xml))

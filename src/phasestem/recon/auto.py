@@ -120,7 +120,7 @@ def run_auto(file: str | Path, out_dir: str | Path, energy: float | None, semian
     """Read → calibrate → direct-method start → AD, holding ``out_dir`` throughout (:mod:`phasestem.lock`).
     Returns (params, calibration, model or None)."""
     from ..lock import hold_output
-    from .commands import RECON_COMMAND
+    from .run import RECON_COMMAND
 
     with hold_output(out_dir, RECON_COMMAND + " --auto"):
         return _run_auto(file, Path(out_dir), energy, semiangle, scan_step, angular_sampling, init, reader_options,
@@ -130,7 +130,7 @@ def run_auto(file: str | Path, out_dir: str | Path, energy: float | None, semian
 def _run_auto(file, out: Path, energy, semiangle, scan_step, angular_sampling, init, reader_options, format, epochs,
               device, run, **calibrate_options):
     from ..calibrate.files import calibrate_file
-    from .commands import run_reconstruction
+    from .run import run_reconstruction
 
     calib, files = calibrate_file(file, out / "calibration", energy=energy, scan_step=scan_step,
                                   semiangle=semiangle, angular_sampling=angular_sampling,

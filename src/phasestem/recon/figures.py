@@ -52,7 +52,7 @@ def _truth_comparison(model, truth: np.ndarray | None, metrics: dict | None):
     if truth is None:
         return None, None
     if metrics is None or "frc_curve" not in metrics:
-        from .report import truth_metrics
+        from .truth import truth_metrics
 
         metrics = truth_metrics(model, truth, curve=True)
     frc = (metrics["frc_frequencies"], metrics["frc_curve"]) if "frc_curve" in metrics else None
@@ -64,7 +64,7 @@ def plot_model(model, dataset=None, path=None, fig=None, truth: np.ndarray | Non
     """Phase and amplitude over the scanned field, their diffractogram, the loss history, the probe (amplitude and
     phase in real space and in the aperture plane, other modes), moved positions and, with a ground truth
     (``truth`` or the dataset's own), E_φ / FRC printed and the FRC drawn. ``fig``: redraw that figure (cleared
-    first) instead of making a new one. ``metrics``: :func:`phasestem.recon.report.truth_metrics` with
+    first) instead of making a new one. ``metrics``: :func:`phasestem.recon.truth.truth_metrics` with
     ``curve=True`` when already computed."""
     phase, amp = _object(model)
     fy, fx = scanned_field(model)
@@ -95,7 +95,7 @@ def plot_compare(model, dataset=None, truth=None, path=None, index: int | None =
     kw: dict = {"sampling": model.sampling}
     if truth is not None:
         from ..metrics import apply_shift, remove_offset, shift_between
-        from .report import truth_field
+        from .truth import truth_field
 
         rec, t = truth_field(model, truth)
         if min(rec.shape) >= 4:

@@ -6,9 +6,10 @@
   table after it (and ``provenance/`` in ``results.h5``);
 * :func:`dataset_ptyrad_loss` — PtyRAD's normalised Gaussian loss over all patterns
   (:func:`phasestem.recon.losses.ptyrad_gaussian_loss`), logged per epoch as ``loss_ptyrad``;
-* :func:`load_ground_truth` and :func:`truth_metrics` — PSNR, SSIM, E_φ and the FRC resolution of the
-  reconstructed phase against a ground-truth phase stored in the data file (``data.ground_truth_key``),
-  per epoch in the log and the loss history, and at the end in ``results.h5`` (``metrics/``).
+* :func:`load_ground_truth` and :func:`~phasestem.recon.truth.truth_metrics` — PSNR, SSIM, E_φ and the FRC
+  resolution of the reconstructed phase against a ground-truth phase stored in the data file
+  (``data.ground_truth_key``), per epoch in the log and the loss history, and at the end in ``results.h5``
+  (``metrics/``).
 """
 from __future__ import annotations
 
@@ -25,11 +26,15 @@ import torch
 
 from ..errors import InputFileError, ShapeError
 from ..runtime import log_to_file
+from .truth import TRUTH_METRICS, scan_field, truth_metrics
 
 log = logging.getLogger("phasestem.recon")
 
-#: per-epoch scalars that :func:`truth_metrics` adds to the loss history
-TRUTH_METRICS = ("psnr", "ssim", "phase_error", "frc_resolution")
+#: reader calibration → the parameter-file field that gives it
+CALIBRATION_FIELDS = {"scan_shape": "scan.shape", "scan_step": "scan.step", "scan_origin": "scan.origin",
+                      "energy": "optics.energy", "semiangle": "optics.semiangle",
+                      "angular_sampling": "optics.angular_sampling", "sampling": "optics.sampling",
+                      "aberrations": "optics.aberrations"}
 
 
 # ---- system information --------------------------------------------------------------------
@@ -78,7 +83,6 @@ def geometry_settings(params, dataset, sources=None) -> list:
     the data transforms) with their sources: a list of :class:`phasestem.provenance.Setting`. ``sources``: labels
     of the values the parameter file gives, by field (default ``YAML``)."""
     from ..provenance import Setting, format_value, unit_of
-    from .params import CALIBRATION_FIELDS
 
     meta = dataset.metadata
     where, held = meta.get("calibration_sources", {}), meta.get("calibration_from_file", {})
@@ -257,38 +261,8 @@ def load_ground_truth(path: str | Path, key: str, model, energy: float | None = 
     return truth
 
 
-def scan_field(model, shape: tuple[int, int]) -> tuple[slice, slice]:
-    """Pixels of the dataset frame inside the bounding box of the probe centres (what a scan determines)."""
-    pos = model.dataset_positions().cpu().numpy() / np.asarray(model.sampling)
-    lo = np.clip(np.floor(pos.min(0)).astype(int), 0, None)
-    hi = np.minimum(np.ceil(pos.max(0)).astype(int) + 1, shape)
-    return slice(int(lo[0]), int(hi[0])), slice(int(lo[1]), int(hi[1]))
-
-
-def truth_field(model, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The reconstructed phase (rad, dataset frame) and ``truth`` cropped to :func:`scan_field`."""
-    truth = np.asarray(truth, dtype=np.float64)
-    rec = model.phase_in_dataset_frame(truth.shape).astype(np.float64)
-    t = truth[: rec.shape[0], : rec.shape[1]]
-    fy, fx = scan_field(model, rec.shape)
-    return rec[fy, fx], t[fy, fx]
-
-
-def truth_metrics(model, truth: np.ndarray, curve: bool = False) -> dict:
-    """PSNR, SSIM (after sub-pixel alignment and offset removal), E_φ and the FRC resolution (Å, 1/7 threshold)
-    of the reconstructed phase against ``truth`` (rad, dataset frame, the model's pixel size), over the scanned
-    field (:func:`phasestem.metrics.figures_of_merit`). ``curve``: also ``frc_frequencies`` (1/Å) and
-    ``frc_curve``. A metric that cannot be computed on a field this small is NaN."""
-    from ..metrics import figures_of_merit
-
-    rec, t = truth_field(model, truth)
-    out = figures_of_merit(rec, t, sampling=model.sampling, curve=curve)
-    out.pop("shift_px")
-    return out
-
-
 def final_metrics(model, truth: np.ndarray, name: str, log_path: str | Path | None = None) -> dict:
-    """:func:`truth_metrics` with the FRC curve, logged in one line (also to ``log_path``)."""
+    """:func:`~phasestem.recon.truth.truth_metrics` with the FRC curve, logged in one line (also to ``log_path``)."""
     metrics = truth_metrics(model, truth, curve=True)
     with logging_to(log_path) if log_path is not None else contextlib.nullcontext():
         log.info("final comparison with %s: %s", name,

@@ -1,0 +1,185 @@
+"""A reconstruction described by a parameter file, start to end: ``phasestem reconstruct PARAMS.yaml`` without
+the command line (:func:`run_reconstruction`): the output folder held, the run log and configuration written,
+the dataset and model built, the optics check, the epochs (:func:`phasestem.recon.engine.optimize` with the
+checkpoint, figure and log callbacks) and the results, figures and ``results.emd`` written. One process, the
+processes of ``run.n_processes`` or those of ``torchrun``."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from ..lock import hold_output
+from ..safety import atomic_file, refuse_output_over_inputs, remove_stale_temporaries
+from .distributed import rank_device
+from .model import ParamSchedule
+from .params import ReconstructParams, build_dataset, build_model, dump_params, optimizer_options
+
+log = logging.getLogger("phasestem.recon")
+
+
+#: files a reconstruction writes into its output folder (none may be an input)
+RUN_FILES = ("config.yaml", "checkpoint.pt", "results.h5", "results.emd", "reconstruction.png", "compare.png",
+             "reconstruct.log", "live.npz")
+#: how a reconstruction names itself in its output folder's lock
+RECON_COMMAND = "phasestem reconstruct"
+
+
+def _keep_configured_schedules(model, wanted: dict) -> None:
+    """After a resume, the learning rates and epochs of this run's parameter file win over the checkpoint's."""
+    for name, sched in wanted.items():
+        old = model.schedules[name]
+        if (old.lr, old.start, old.end) != (sched.lr, sched.start, sched.end):
+            log.info("learning rate of %s: checkpoint %s -> parameter file %s", name,
+                     _describe(old), _describe(sched))
+        model.schedules[name] = sched
+
+
+def _describe(s) -> str:
+    lr = "solver default" if s.lr is None else f"{s.lr:g}"
+    return f"{lr} (epochs {s.start}-{'end' if s.end is None else s.end})"
+
+
+def _check_optics(params: ReconstructParams, dataset, opts: dict) -> None:
+    """Warn (log and stderr) when the flipped defocus sign fits the centre of the scan far better."""
+    from .optics_check import check_defocus_sign
+
+    quick = {k: v for k, v in opts.items() if k not in ("progress",)}
+    quick["distributed"] = False  # rank 0 alone runs the check
+    device = rank_device(params.run.device)
+    result = check_defocus_sign(dataset, lambda ds: build_model(params, ds).to(device), **quick)
+    if result is None:
+        return
+    log.info("optics check: data error %.4g with C10 = %g Å, %.4g with C10 = %g Å", result.loss_given, result.c10,
+             result.loss_flipped, -result.c10)
+    if result.flipped_fits_better:
+        log.warning(result.message())
+        print(f"phasestem reconstruct: warning: {result.message()}", file=sys.stderr)
+
+
+def _setup_reports(params: ReconstructParams, dataset, model, out: Path):
+    """Per-epoch loss_ptyrad and ground-truth metrics; returns the ground-truth phase (None without
+    data.ground_truth_key)."""
+    from .report import epoch_reporter, load_ground_truth
+
+    truth = None
+    if params.data.ground_truth_key is not None:
+        truth = load_ground_truth(params.data.file, params.data.ground_truth_key, model, params.optics.energy,
+                                  out / "reconstruct.log")
+    if params.run.ptyrad_loss or truth is not None:
+        model.epoch_callbacks.append(epoch_reporter(dataset, truth, params.run.ptyrad_loss, params.losses.power,
+                                                    params.run.batch_size))
+    return truth
+
+
+def run_reconstruction(params: ReconstructParams, resume: bool = False, sources: dict[str, str] | None = None):
+    """Run a reconstruction described by ``params``; returns the model (None in the parent of
+    ``run.n_processes`` > 1 spawned processes). ``sources`` labels values of the parameter file by field in the
+    run log and results.h5 (default ``YAML``; see :func:`phasestem.recon.params.build_dataset`).
+
+    Under ``torchrun`` (RANK, WORLD_SIZE, LOCAL_RANK in the environment) this process joins the process group
+    itself (nccl on CUDA, gloo on CPU) and ``run.n_processes`` is ignored; ``run.n_processes`` > 1 otherwise
+    starts that many local processes (the single-node shortcut).
+
+    ``run.out_dir`` is held for the whole run (:func:`phasestem.lock.hold_output`, FolderBusyError when another
+    run holds it): by this process alone, by the parent of ``run.n_processes`` processes, by rank 0 of a process
+    group (every rank learns a refusal)."""
+    from .distributed import backend_for, init_from_environment, is_initialized, launch, torchrun_world
+    from .engine import refuse_lbfgs
+
+    world = torchrun_world() if torchrun_world() > 1 else params.run.n_processes
+    refuse_lbfgs(params.run.optimizer, world)  # before any process starts
+    if torchrun_world() > 1 or is_initialized():
+        if params.run.n_processes > 1:
+            log.warning("run.n_processes = %d ignored: the processes were started by torchrun (%d)",
+                        params.run.n_processes, torchrun_world())
+        own_group = init_from_environment(params.run.device)
+        try:
+            with hold_output(params.run.out_dir, RECON_COMMAND):
+                return _reconstruct_rank(params, resume, sources)
+        finally:
+            if own_group:
+                import torch.distributed as dist
+
+                dist.destroy_process_group()
+    with hold_output(params.run.out_dir, RECON_COMMAND):
+        if params.run.n_processes > 1:  # the spawned ranks write into the folder this process holds
+            launch(params.run.n_processes, _reconstruct_rank, params.model_dump(mode="json"), resume, sources,
+                   backend=backend_for(params.run.device))
+            return None
+        return _reconstruct_rank(params, resume, sources)
+
+
+def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = None):
+    import contextlib
+
+    import matplotlib.pyplot as plt
+
+    from .callbacks import Checkpoints, Figures, LogFile
+    from .checkpoint import load_checkpoint
+    from .distributed import is_main_process, rank_and_world
+    from .engine import optimize
+    from .report import log_settings, log_system_info, logging_to, loss_settings, losses_line
+
+    if isinstance(params, dict):
+        params = ReconstructParams.model_validate(params)
+    main = is_main_process()  # only rank 0 writes files
+    out = Path(params.run.out_dir)
+    refuse_output_over_inputs(out, [params.data.file, params.data.detector_shifts,
+                                    params.scan.positions_file,
+                                    None if params.model.initial_phase is None else params.model.initial_phase.file,
+                                    None if params.model.initial_probe is None else params.model.initial_probe.file],
+                              field="run.out_dir", written=RUN_FILES)
+    config_text = dump_params(params)
+    if main:  # the folder is held (run_reconstruction): what killed runs left mid-write is ours to remove
+        out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out, RUN_FILES)
+        with atomic_file(out / "config.yaml", field="run.out_dir") as tmp:
+            tmp.write_text(config_text)
+    log_path = out / "reconstruct.log"
+    if main:
+        log_system_info(log_path, rank_device(params.run.device))
+    with logging_to(log_path) if main else contextlib.nullcontext():  # conflict warnings in the log too
+        dataset = build_dataset(params, sources, warn=main)
+    settings = dataset.metadata.get("settings", []) + loss_settings(params, sources)
+    if main:
+        log_settings(settings, losses_line(params, sources), dataset, log_path)
+        print(losses_line(params, sources))
+    model = build_model(params, dataset).to(rank_device(params.run.device))
+    ckpt = out / "checkpoint.pt"
+    if resume:
+        wanted = {k: ParamSchedule(s.lr, s.start, s.end) for k, s in model.schedules.items()}
+        load_checkpoint(ckpt, model)
+        log.info("resumed from %s after epoch %d", ckpt, model.epoch)
+        _keep_configured_schedules(model, wanted)
+    remaining = params.run.n_epochs - model.epoch
+    if main and not resume and params.run.check_optics and params.model.initial_phase is None:
+        _check_optics(params, dataset, optimizer_options(params))
+    if rank_and_world()[1] > 1:
+        log.info("rank %d of %d on %s", *rank_and_world(), model.device)
+    truth = _setup_reports(params, dataset, model, out) if main else None
+    if main:  # OUT/live.npz after every epoch: the live page of phasestem serve
+        from .live import LIVE_FILE, live_snapshots
+        model.epoch_callbacks.append(live_snapshots(out / LIVE_FILE, params.run.n_epochs))
+    callbacks = [Checkpoints(ckpt, params.run.checkpoint_every), LogFile(log_path)]
+    if params.run.figures_every:
+        callbacks.append(Figures(out, params.run.figures_every))
+    for _ in optimize(model, dataset, max(0, remaining), params.run, params.losses.resolved(), params.constraints,
+                      callbacks):
+        pass
+    if main:
+        metrics = None
+        if truth is not None:
+            from .report import final_metrics
+
+            metrics = final_metrics(model, truth, params.data.ground_truth_key, out / "reconstruct.log")
+        path = model.save_results(out / "results.h5", config_text=config_text, metrics=metrics, provenance=settings)
+        model.save_results(out / "results.emd")  # the object and probe for py4DSTEM and HyperSpy users
+        plt.close(model.inspect(dataset, path=out / "reconstruction.png", truth=truth, metrics=metrics))
+        plt.close(model.compare(dataset, path=out / "compare.png", truth=truth, metrics=metrics))
+        last = model.loss_history[-1]["loss"] if model.loss_history else float("nan")
+        print(f"reconstruction: {model.epoch} epochs, final loss {last:.6g}; results in {path}")
+        if metrics is not None:
+            print("against the ground truth: PSNR {psnr:.3g} dB, SSIM {ssim:.3g}, E_phi {phase_error:.3g}, "
+                  "FRC resolution {frc_resolution:.3g} Å".format(**metrics))
+    return model
