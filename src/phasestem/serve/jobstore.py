@@ -1,0 +1,146 @@
+"""The job record (:class:`Job`: the command, its run folder, its state) and the SQLite queue that keeps them
+(:class:`JobStore`), with the names of the serve workspace (:mod:`phasestem.serve.jobs`)."""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sqlite3
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .security import Refused
+
+log = logging.getLogger("phasestem.serve")
+
+#: the commands a job may run
+COMMANDS = ("calibrate", "reconstruct", "simulate", "train", "tune")
+#: options the job sets itself (its run folder); refused among a job's extra arguments
+RESERVED = ("--out", "--out-dir", "--resume", "--restart", "--dump-config")
+#: job states; a job ends in one of :data:`FINAL`
+STATES = ("queued", "running", "cancelling", "done", "failed", "cancelled")
+FINAL = ("done", "failed", "cancelled")
+#: the server's own folder under the root (queue database, its lock)
+SERVE_DIR = ".phasestem-serve"
+#: the folder under the root that receives the run folders
+RUNS_DIR = "runs"
+#: seconds a stopped job has to exit after SIGTERM before SIGKILL
+STOP_GRACE = 10.0
+_DEVICE = re.compile(r"^(cpu|auto|mps|cuda(:\d{1,2})?)$")
+_NETWORK = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
+
+
+@dataclass
+class Job:
+    """One queued command (see the module docstring); paths relative to the root."""
+
+    id: int
+    command: str
+    argv: list[str]
+    run_dir: str
+    state: str = "queued"
+    name: str = ""
+    device: str = "cpu"
+    processes: int = 1
+    spec: dict[str, Any] = field(default_factory=dict)
+    resume: bool = False  # the next start continues the run (--resume where the command has it)
+    created: float = 0.0
+    started: float | None = None
+    ended: float | None = None
+    returncode: int | None = None
+    pid: int | None = None
+    note: str = ""
+
+    def command_line(self, root: Path) -> list[str]:
+        """The command as typed in ``root``, with ``--resume`` when the next start continues the run."""
+        return self.argv + resume_arguments(self, root)
+
+    def public(self, root: Path) -> dict[str, Any]:
+        """The job as the pages show it (``command_line``: the command to type in the root)."""
+        out = asdict(self)
+        out["command_line"] = " ".join(_quote(a) for a in self.command_line(root))
+        return out
+
+
+def _quote(arg: str) -> str:
+    import shlex
+
+    return shlex.quote(arg)
+
+
+def resume_arguments(job: Job, root: Path) -> list[str]:
+    """What continues ``job``'s run when it starts again: ``--resume`` where the command has it and its run folder
+    holds something to resume (a reconstruction's checkpoint.pt, a training's last/)."""
+    if not job.resume:
+        return []
+    marker = {"reconstruct": "checkpoint.pt", "train": "last"}.get(job.command)
+    if marker is None:
+        return []
+    return ["--resume"] if (Path(root) / job.run_dir / marker).exists() else []
+
+
+# ---- the queue on disk ------------------------------------------------------------------------------------------
+_COLUMNS = ("command", "argv", "run_dir", "state", "name", "device", "processes", "spec", "resume", "created",
+            "started", "ended", "returncode", "pid", "note")
+_JSON = ("argv", "spec")
+
+
+class JobStore:
+    """The persisted queue (SQLite; one short connection per call, so any thread may use it)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("CREATE TABLE IF NOT EXISTS jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, command TEXT, "
+                       "argv TEXT, run_dir TEXT, state TEXT, name TEXT, device TEXT, processes INTEGER, spec TEXT, "
+                       "resume INTEGER, created REAL, started REAL, ended REAL, returncode INTEGER, pid INTEGER, "
+                       "note TEXT)")
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.path, timeout=30)
+
+    def _row(self, row) -> Job:
+        values = dict(zip(("id",) + _COLUMNS, row, strict=True))
+        for k in _JSON:
+            values[k] = json.loads(values[k])
+        values["resume"] = bool(values["resume"])
+        return Job(**values)
+
+    def add(self, job: Job) -> Job:
+        values = asdict(job)
+        with self._lock, self._connect() as db:
+            cur = db.execute(f"INSERT INTO jobs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
+                             [json.dumps(values[k]) if k in _JSON else values[k] for k in _COLUMNS])
+            job.id = int(cur.lastrowid)
+        return job
+
+    def update(self, job_id: int, **changes) -> None:
+        if not changes:
+            return
+        sets = ", ".join(f"{k} = ?" for k in changes)
+        values = [json.dumps(v) if k in _JSON else v for k, v in changes.items()]
+        with self._lock, self._connect() as db:
+            db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", values + [job_id])
+
+    def get(self, job_id: int) -> Job:
+        with self._lock, self._connect() as db:
+            row = db.execute(f"SELECT id, {', '.join(_COLUMNS)} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise Refused(f"job {job_id}: no such job", 404)
+        return self._row(row)
+
+    def jobs(self, state: str | None = None) -> list[Job]:
+        query = f"SELECT id, {', '.join(_COLUMNS)} FROM jobs" + (" WHERE state = ?" if state else "") + " ORDER BY id"
+        with self._lock, self._connect() as db:
+            rows = db.execute(query, (state,) if state else ()).fetchall()
+        return [self._row(r) for r in rows]
+
+    def next_id(self) -> int:
+        with self._lock, self._connect() as db:
+            row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'").fetchone()
+        return (int(row[0]) if row else 0) + 1
