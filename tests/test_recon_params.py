@@ -8,7 +8,6 @@ from phasestem.recon.params import (
     build_dataset,
     build_model,
     dump_params,
-    load_detector_shifts,
     load_params,
     parse_params,
     scan_positions,
@@ -168,17 +167,19 @@ def test_data_transforms_and_scan_geometry(tiny, tmp_path):
 
 
 def test_detector_shifts_follow_the_data_transforms_and_bad_files_name_the_field(tiny, tmp_path):
-    """data.detector_shifts is given in the file's detector axes; subset, transpose, flips and binning apply."""
+    """data.detector_shifts is given in the file's detector axes; the dataset carries them through the subset,
+    transpose, flips and binning (nothing re-reads those settings)."""
     cfg = yaml.safe_load(tiny[0].read_text())
     shifts = np.stack(np.meshgrid(np.arange(6.0), np.arange(6.0) / 10, indexing="ij"), -1)  # (6, 6, 2)
     np.save(tmp_path / "shifts.npy", shifts)
     cfg["data"].update(detector_shifts="shifts.npy", scan_subset=[1, 3, 2, 5], transpose=True, flip_y=True, bin=2)
     params = load_params(_write(tmp_path, cfg))
-    got = load_detector_shifts(params)
+    ds = build_dataset(params)
+    got = ds.detector_shifts
     sub = shifts[1:3, 2:5].reshape(-1, 2)
     np.testing.assert_allclose(got, np.stack([-sub[:, 1], sub[:, 0]], -1) / 2, rtol=1e-6)
-    model = build_model(params, build_dataset(params))
-    np.testing.assert_allclose(model.detector_shifts.numpy(), got)
+    model = build_model(params, ds)
+    np.testing.assert_allclose(model.detector_shifts.numpy(), got, rtol=1e-6)
     cfg["data"].update(scan_subset=None, transpose=False, flip_y=False, bin=1)
     np.save(tmp_path / "bad.npy", np.zeros((6, 6, 3)))
     for name, message in (("missing.npy", "data.detector_shifts: .*missing.npy not found"),

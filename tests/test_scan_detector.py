@@ -302,3 +302,43 @@ def test_flipped_data_keep_the_zero_frequency_on_the_central_pixel():
         ds = FourDSTEM(p, energy=300e3, scan_step=(1.0, 1.0), angular_sampling=(0.5, 0.5))
         out = ds.transformed(flip_y=True, flip_x=True).patterns[0, 0]
         assert out[cy, cx] == 5.0 and out[cy - 2, cx - 3] == 1.0 and out.sum() == 6.0
+
+
+def test_dataset_carries_its_detector_shifts_and_bad_pixels_through_every_transform():
+    """Each pattern is a single bright pixel at the zero frequency + its detector shift; the shifts the dataset
+    carries after subset, transpose, flips, crop, padding (exact) and binning (to the bin) are where the pixel
+    is, and the carried bad-pixel mask is the mask transformed as the patterns are."""
+    rng = np.random.default_rng(0)
+    sy, sx, n = 3, 4, 16
+    shifts = rng.integers(-3, 4, size=(sy * sx, 2)).astype(float)
+    pats = np.zeros((sy, sx, n, n), np.float32)
+    for i, (dy, dx) in enumerate(shifts.astype(int)):
+        pats[i // sx, i % sx, n // 2 + dy, n // 2 + dx] = 1.0
+    mask = np.zeros((n, n), bool)
+    mask[[2, 5, 11], [3, 9, 14]] = True
+    ds = FourDSTEM(pats, 300e3, (1.0, 1.0), angular_sampling=(1.0, 1.0), detector_shifts=shifts, bad_pixels=mask)
+    masks = FourDSTEM(np.broadcast_to(mask.astype(np.float32), pats.shape).copy(), 300e3, (1.0, 1.0),
+                      angular_sampling=(1.0, 1.0))
+
+    def peaks(d):
+        p = d.get_patterns().numpy()
+        idx = p.reshape(len(p), -1).argmax(1)
+        h, w = d.pattern_shape
+        return np.stack([idx // w - h // 2, idx % w - w // 2], -1).astype(float)
+
+    chains = [lambda d: d.scan_subset(slice(1, 3), slice(0, 3)),
+              lambda d: d.transformed(transpose=True, flip_y=True),
+              lambda d: d.transformed(flip_x=True),
+              lambda d: d.cropped((12, 12)),
+              lambda d: d.padded((14, 14))]
+    for step in chains:
+        ds, masks = step(ds), (step(masks) if step is not chains[0] else masks)
+        np.testing.assert_array_equal(ds.detector_shifts, peaks(ds))
+        np.testing.assert_array_equal(ds.bad_pixels, masks.get_patterns().numpy()[0] > 0.5)
+        assert ds.detector.shape == ds.pattern_shape and ds.scan.n == ds.n_patterns
+        np.testing.assert_array_equal(ds.scan.positions(), ds.positions_angstrom())
+    binned, masks = ds.binned(2), masks.binned(2)
+    assert np.abs(binned.detector_shifts - peaks(binned)).max() <= 0.5  # the bin that holds the pixel
+    np.testing.assert_array_equal(binned.bad_pixels, masks.get_patterns().numpy()[0] > 0)
+    with pytest.raises(ShapeError, match="detector_shifts cannot follow"):
+        ds._replace(patterns=np.zeros((2, 3, 8, 8), np.float32))

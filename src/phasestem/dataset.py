@@ -1,5 +1,11 @@
 """FourDSTEM: the one in-memory dataset type (patterns + scan geometry + optics metadata).
 
+A dataset carries its scan (:attr:`FourDSTEM.scan`, a :class:`~phasestem.scan.GridScan`) and its detector
+(:attr:`FourDSTEM.detector`, a :class:`~phasestem.detector.PixelatedDetector` of the patterns as they are now)
+together with what is known per pattern and per detector pixel: ``detector_shifts`` (where each pattern's zero
+frequency sits, the descan) and ``bad_pixels``. Every transform (scan subset, flips/transpose, crop, binning,
+padding) updates them with the patterns, so shifts, masks and calibrations follow the data by construction.
+
 Patterns may be a NumPy array, a torch tensor or a lazy array-like (an open ``h5py.Dataset``,
 a ``numpy.memmap``, a dask array) of shape (Sy, Sx, H, W); nothing is read until asked for (a
 dask array is computed per block of scan rows or per batch of patterns). Pattern
@@ -36,6 +42,9 @@ class FourDSTEM:
     positions : optional explicit probe positions (Sy·Sx, 2) Å, overriding the grid.
     metadata : free-form provenance (file, keys, detector, dose …).
     truth : optional ground truth, e.g. ``{"phase": (Ny, Nx) rad, "sampling": (dy, dx)}``.
+    detector_shifts : optional (Sy·Sx, 2) px: where each pattern's zero frequency (the bright-field disk centre)
+        sits relative to the central pixel (H//2, W//2), (ky, kx) in the frame of ``patterns``.
+    bad_pixels : optional (H, W) bool mask of the patterns' bad pixels (True = bad; e.g. a Dectris pixel mask).
     """
 
     patterns: Any
@@ -49,6 +58,8 @@ class FourDSTEM:
     metadata: dict[str, Any] = field(default_factory=dict)
     truth: dict[str, Any] | None = None
     sampling_override: tuple[float, float] | None = None
+    detector_shifts: np.ndarray | None = None
+    bad_pixels: np.ndarray | None = None
 
     def __post_init__(self):
         shape = tuple(self.patterns.shape)
@@ -66,6 +77,17 @@ class FourDSTEM:
         if self.energy <= 0:  # NaN passes: an energy not known for a first look (io's require_calibration=False)
             raise ShapeError(f"energy must be positive (eV), got {self.energy}")
         self.scan_step = (float(self.scan_step[0]), float(self.scan_step[1]))
+        if self.detector_shifts is not None:
+            shifts = np.asarray(self.detector_shifts, dtype=np.float64)
+            if shifts.size != shape[0] * shape[1] * 2:
+                raise ShapeError(f"detector_shifts: {shifts.shape} for a {shape[0]}×{shape[1]} scan; expected "
+                                 f"({shape[0] * shape[1]}, 2) px")
+            self.detector_shifts = shifts.reshape(-1, 2)
+        if self.bad_pixels is not None:
+            mask = np.asarray(self.bad_pixels, dtype=bool)
+            if mask.shape != shape[2:]:
+                raise ShapeError(f"bad_pixels: mask of shape {mask.shape} for {shape[2]}×{shape[3]} patterns")
+            self.bad_pixels = mask if mask.any() else None
 
     # ---- geometry --------------------------------------------------------------------
     @property
@@ -94,6 +116,18 @@ class FourDSTEM:
         H, W = self.pattern_shape
         lam = self.wavelength
         return (lam / (H * self.angular_sampling[0] * 1e-3), lam / (W * self.angular_sampling[1] * 1e-3))
+
+    @property
+    def scan(self) -> GridScan:
+        """The scan of the patterns: their grid (step, origin) or their explicit positions (Å)."""
+        return GridScan(self.scan_shape, self.scan_step, origin=self.scan_origin, explicit=self.positions)
+
+    @property
+    def detector(self) -> PixelatedDetector:
+        """The detector of the patterns as they are now: their frame shape, angular sampling and bad pixels (the
+        zero frequency on the central pixel, up to ``detector_shifts``)."""
+        return PixelatedDetector(self.pattern_shape, angular_sampling=self.angular_sampling,
+                                 bad_pixels=self.bad_pixels)
 
     def positions_angstrom(self) -> np.ndarray:
         """Probe positions (Sy·Sx, 2) in Å, row-major over the scan: the explicit ``positions`` when given,
@@ -179,7 +213,10 @@ class FourDSTEM:
         det = PixelatedDetector(self.pattern_shape, angular_sampling=self.angular_sampling, transpose=transpose,
                                 flip_y=flip_y, flip_x=flip_x)
         out = self.map_rows(det.output_shape, det.apply)
-        return self._replace(patterns=out, angular_sampling=det.output_angular_sampling)
+        shifts = None if self.detector_shifts is None else det.oriented_vectors(self.detector_shifts)
+        mask = None if self.bad_pixels is None else det.apply(self.bad_pixels.astype(np.float32)) > 0.5
+        return self._replace(patterns=out, angular_sampling=det.output_angular_sampling, detector_shifts=shifts,
+                             bad_pixels=mask)
 
     def map_rows(self, shape: tuple[int, int], fn, rows: int = 8) -> np.ndarray:
         """``fn`` (frames (r, Sx, H, W) → float32 (r, Sx, h, w)) over the patterns ``rows`` scan rows at a time
@@ -198,7 +235,10 @@ class FourDSTEM:
             return self
         det = PixelatedDetector(self.pattern_shape, angular_sampling=self.angular_sampling, binning=factor)
         p = self.map_rows(det.output_shape, lambda block: det.reduce(block.astype(np.float32, copy=False)))
-        return self._replace(patterns=p, angular_sampling=det.output_angular_sampling)
+        shifts = None if self.detector_shifts is None else self.detector_shifts / factor
+        mask = None if self.bad_pixels is None else det.reduce(self.bad_pixels.astype(np.float32)) > 0
+        return self._replace(patterns=p, angular_sampling=det.output_angular_sampling, detector_shifts=shifts,
+                             bad_pixels=mask)
 
     def cropped(self, shape: tuple[int, int]) -> FourDSTEM:
         """Keep the central ``shape`` detector pixels around zero frequency
@@ -207,7 +247,9 @@ class FourDSTEM:
         H, W = p.shape[-2:]
         if shape[0] > H or shape[1] > W:
             raise ShapeError(f"crop {tuple(shape)} is larger than the patterns {(H, W)}")
-        return self._replace(patterns=np.ascontiguousarray(centre_window(p, shape)))
+        mask = None if self.bad_pixels is None else np.ascontiguousarray(centre_window(self.bad_pixels, shape))
+        return self._replace(patterns=np.ascontiguousarray(centre_window(p, shape)), bad_pixels=mask,
+                             detector_shifts=self.detector_shifts)  # relative to the central pixel: unchanged
 
     def padded(self, shape: tuple[int, int]) -> FourDSTEM:
         """Zero-pad the patterns to ``shape`` around zero frequency (finer real-space pixels;
@@ -217,15 +259,26 @@ class FourDSTEM:
         if shape[0] < H or shape[1] < W:
             raise ShapeError(f"pad target {tuple(shape)} is smaller than the patterns {(H, W)}")
         out = centre_window(p, shape)
-        return self._replace(patterns=out.copy() if np.may_share_memory(out, p) else out)
+        mask = None if self.bad_pixels is None else centre_window(self.bad_pixels, shape)
+        return self._replace(patterns=out.copy() if np.may_share_memory(out, p) else out, bad_pixels=mask,
+                             detector_shifts=self.detector_shifts)  # relative to the central pixel: unchanged
 
     def scan_subset(self, rows: slice, cols: slice) -> FourDSTEM:
-        """A rectangular part of the scan (positions kept in the original frame)."""
+        """A rectangular part of the scan (positions kept in the original frame; detector shifts subset alike)."""
         pos = self.positions_angstrom().reshape(*self.scan_shape, 2)[rows, cols].reshape(-1, 2)
-        return self._replace(patterns=self.patterns[rows, cols], positions=pos)
+        shifts = None if self.detector_shifts is None else \
+            self.detector_shifts.reshape(*self.scan_shape, 2)[rows, cols].reshape(-1, 2)
+        return self._replace(patterns=self.patterns[rows, cols], positions=pos, detector_shifts=shifts)
 
     def _replace(self, **changes) -> FourDSTEM:
+        """A new dataset with ``changes``. Patterns of another frame shape drop the bad-pixel mask unless a new one
+        is given; per-pattern detector shifts must then be given too (they cannot follow an unknown map)."""
         kw = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        if "patterns" in changes and tuple(changes["patterns"].shape[2:]) != self.pattern_shape:
+            kw["bad_pixels"] = None
+            if self.detector_shifts is not None and "detector_shifts" not in changes:
+                raise ShapeError(f"detector_shifts cannot follow the patterns from {self.pattern_shape} to "
+                                 f"{tuple(changes['patterns'].shape[2:])} px by this transform; give them anew")
         kw.update(changes)
         kw["metadata"] = dict(self.metadata)
         return FourDSTEM(**kw)

@@ -153,5 +153,6 @@ def read(path: str | Path, **options) -> FourDSTEM:
         log.info("%s: not in the file: %s%s", path, ", ".join(missing),
                  f" (given: {', '.join(given)})" if given else "")
     held = {**found, "scan_shape": scan_shape} if source == "file" else found
-    return dataset_from_reader(patterns, path, file_values=held, metadata=meta,
-                         scan_shape=None if source == "file" else scan_shape, **options)
+    ds = dataset_from_reader(patterns, path, file_values=held, metadata=meta,
+                             scan_shape=None if source == "file" else scan_shape, **options)
+    return ds if detector.bad_pixels is None else ds._replace(bad_pixels=detector.bad_pixels)  # the mask follows

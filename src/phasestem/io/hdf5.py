@@ -110,7 +110,7 @@ def dataset_with_truth(patterns, source: str, truth=None, lazy=None, metadata=No
     if not _is_lazy(patterns, lazy) and not isinstance(patterns, np.ndarray):
         patterns = read_float32(patterns)
     ds = dataset_from_reader(patterns, source, file_values=file_values, metadata=metadata, defaults=defaults,
-                              **options)
+                             **options)
     ds.truth = truth
     return ds
 
@@ -193,8 +193,8 @@ def read(path: str | Path, patterns_key: str | None = None, sample: int | None =
         check_written(f[positions_key], f"{path}:{positions_key}")
         positions = np.asarray(f[positions_key][...], dtype=np.float64).reshape(-1, 2)
     return dataset_with_truth(f[patterns_key], f"{path}:{patterns_key}", truth=truth, lazy=lazy,
-                         metadata={"file": str(path), "patterns_key": patterns_key},
-                         file_values={**stored_calibrations(f.attrs), "positions": positions}, **options)
+                              metadata={"file": str(path), "patterns_key": patterns_key},
+                              file_values={**stored_calibrations(f.attrs), "positions": positions}, **options)
 
 
 #: calibrations a generic file may carry as root attributes (HDF5) or as small arrays (.npz) under these names
@@ -250,7 +250,7 @@ def _read_seed(f, path, samples, sample, lazy, potential_energy, **options) -> F
     truth = None if phase is None else {"phase": phase, "sampling": sampling}
     check_written(f[key], f"{path}:{key}")
     return dataset_with_truth(f[key], f"{path}:{key}", truth=truth, lazy=lazy, metadata=meta, file_values=held,
-                         defaults=assumed, **options)
+                              defaults=assumed, **options)
 
 
 def _read_own(f, path, lazy, **options) -> FourDSTEM:
@@ -266,7 +266,7 @@ def _read_own(f, path, lazy, **options) -> FourDSTEM:
         truth = {"phase": np.asarray(f["truth/phase"][...]), "sampling": tuple(f["truth"].attrs["sampling"])}
     check_written(f["patterns"], f"{path}:patterns")
     return dataset_with_truth(f["patterns"], f"{path}:patterns", truth=truth, lazy=lazy, metadata={"file": str(path)},
-                         file_values=held, **options)
+                              file_values=held, **options)
 
 
 def write(path: str | Path, dataset: FourDSTEM, compression: int = 4) -> Path:

@@ -206,7 +206,7 @@ def read(path: str | Path, patterns_key: str | None = None, positions_key: str |
             if phase_key:
                 truth = {"phase": np.asarray(read_member(zf, path, members[phase_key]), dtype=np.float32)}
     return dataset_with_truth(arr, f"{path}:{key}", truth=truth, file_values={**held, "positions": positions},
-                         metadata={"file": str(path), "patterns_key": key}, **options)
+                              metadata={"file": str(path), "patterns_key": key}, **options)
 
 
 def write(path: str | Path, dataset: FourDSTEM) -> Path:

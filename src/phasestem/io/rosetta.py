@@ -399,4 +399,4 @@ def read(path: str | Path, plugin: str | None = None, reader_options: Mapping[st
                  f" (given: {', '.join(given)})" if given else "")
     held = {**found, "scan_shape": scan_shape} if scan_source == "file" else found
     return dataset_from_reader(data, path, file_values=held, metadata=meta,
-                         scan_shape=None if scan_source == "file" else scan_shape, **options)
+                               scan_shape=None if scan_source == "file" else scan_shape, **options)

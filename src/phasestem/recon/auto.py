@@ -14,9 +14,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..configfile import read_yaml_mapping
 from ..errors import ConfigError
-from .params import InitialPhase, ReconstructParams, build_dataset, dump_params, load_detector_shifts, parse_params
+from .params import InitialPhase, ReconstructParams, build_dataset, dump_params, parse_params
 
 log = logging.getLogger("phasestem.recon")
 
@@ -65,12 +67,12 @@ def apply_init(params: ReconstructParams, method: str, out_dir: str | Path, data
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dataset = build_dataset(params, warn=False) if dataset is None else dataset  # the run warns
-    shifts = load_detector_shifts(params, dataset)
-    if shifts is not None:  # the direct methods need every disk on the central pixel: resample for them alone
-        from ..calibrate.correct import ResampledPatterns
+    if dataset.detector_shifts is not None:  # the direct methods need every disk on the central pixel: resample
+        from ..calibrate.correct import ResampledPatterns  # for them alone
 
-        moves = -shifts.reshape(*dataset.scan_shape, 2)
-        dataset = dataset._replace(patterns=ResampledPatterns(dataset.patterns, moves))
+        moves = -dataset.detector_shifts.astype(np.float32).reshape(*dataset.scan_shape, 2)
+        dataset = dataset._replace(patterns=ResampledPatterns(dataset.patterns, moves),
+                                   detector_shifts=None)
     if method == "parallax" and not dataset.aberrations.get("C10"):  # neither the parameter file nor the data file
         from ..calibrate.parallax import fit_defocus
 

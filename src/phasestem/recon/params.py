@@ -167,6 +167,7 @@ def build_dataset(params: ReconstructParams, sources: dict[str, str] | None = No
     if s.rotation or s.affine is not None or s.positions_file is not None:
         resolved = s.model_copy(update={"step": ds.scan_step, "origin": ds.scan_origin})
         ds = ds._replace(positions=scan_positions(resolved, ds.scan_shape))
+    ds = _with_detector_shifts(params, ds)  # from here on they follow the patterns
     if d.scan_subset is not None:
         r0, r1, c0, c1 = d.scan_subset
         ds = ds.scan_subset(slice(r0, r1), slice(c0, c1))
@@ -180,6 +181,11 @@ def build_dataset(params: ReconstructParams, sources: dict[str, str] | None = No
         ds = _resampled(ds, tuple(d.resample))
     if d.pad is not None:
         ds = ds.padded(tuple(d.pad))
+    if ds.detector_shifts is not None:
+        from .inputs import check_shifts_on_detector, field
+
+        with field("data.detector_shifts"):
+            check_shifts_on_detector(ds.detector_shifts, Path(d.detector_shifts), ds.pattern_shape)
     return ds
 
 
@@ -188,16 +194,15 @@ _WHAT = {"energy": "the beam energy, eV", "scan_step": "the scan step, Å", "sem
          "angular_sampling": "the detector pixel, mrad"}
 
 
-def load_detector_shifts(params: ReconstructParams, dataset=None) -> np.ndarray | None:
-    """``data.detector_shifts`` (N, 2) px in the frame of the patterns :func:`build_dataset` returns (after the
-    scan subset, transpose, flips and binning), or None. With ``dataset`` (what :func:`build_dataset` returned)
-    the file must fit its scan ((Sy, Sx, 2) of the scan, or one shift per pattern) and every shift must keep the
-    disk centre on its detector (:mod:`.inputs`); every refusal names the field and the file."""
-    from .inputs import check_grid_shape, check_shifts_on_detector, field, read_array
+def _with_detector_shifts(params: ReconstructParams, dataset):
+    """``dataset`` (as read, before the data transforms) carrying ``data.detector_shifts``: (Sy, Sx, 2) of its scan
+    or one (y, x) px shift per pattern, in the file's detector axes (:mod:`.inputs` checks; every refusal names the
+    field and the file). The transforms of :func:`build_dataset` then move them with the patterns."""
+    from .inputs import check_grid_shape, field, read_array
 
     d = params.data
     if d.detector_shifts is None:
-        return None
+        return dataset
     path = Path(d.detector_shifts)
     with field("data.detector_shifts"):
         arr = read_array(path, None, "detector shifts").astype(np.float64)
@@ -206,24 +211,8 @@ def load_detector_shifts(params: ReconstructParams, dataset=None) -> np.ndarray 
         if d.resample is not None:
             raise ConfigError("cannot be combined with data.resample (scale the shifts by the resampling factor "
                               "yourself, or resample nothing)")
-        if d.scan_subset is not None:
-            if arr.ndim != 3:
-                raise ConfigError("data.scan_subset needs the (Sy, Sx, 2) form")
-            r0, r1, c0, c1 = d.scan_subset
-            if arr.shape[0] < r1 or arr.shape[1] < c1:
-                raise ShapeError(f"{path} holds {arr.shape[0]} × {arr.shape[1]} shifts but data.scan_subset "
-                                 f"takes rows up to {r1} and columns up to {c1}")
-            arr = arr[r0:r1, c0:c1]
-        if dataset is not None:
-            arr = check_grid_shape(arr, path, dataset.scan_shape, "shifts")
-        from ..detector import PixelatedDetector
-
-        # displacement vectors follow the detector's transpose and flips (the frame size does not matter to them)
-        orient = PixelatedDetector(shape=(1, 1), transpose=d.transpose, flip_y=d.flip_y, flip_x=d.flip_x)
-        arr = orient.oriented_vectors(arr.reshape(-1, 2)) / d.bin
-        if dataset is not None:
-            check_shifts_on_detector(arr, path, dataset.pattern_shape)
-    return np.ascontiguousarray(arr, dtype=np.float32)
+        arr = check_grid_shape(arr, path, dataset.scan_shape, "shifts")
+    return dataset._replace(detector_shifts=arr.reshape(-1, 2))
 
 
 def build_model(params: ReconstructParams, dataset) -> Ptychography:
@@ -243,7 +232,7 @@ def build_model(params: ReconstructParams, dataset) -> Ptychography:
             phase = load_phase_image(ip.file, ip.key)
             check_phase_image(phase, ip.file, ip.sampling or dataset.sampling, dataset.sampling,
                               np.asarray(dataset.positions_angstrom()))
-    shifts = load_detector_shifts(params, dataset)
+    shifts = None if dataset.detector_shifts is None else np.ascontiguousarray(dataset.detector_shifts, np.float32)
     try:
         model = Ptychography.from_dataset(
             dataset, n_slices=m.n_slices, slice_thickness=m.slice_thickness, n_probe_modes=m.n_probe_modes,
