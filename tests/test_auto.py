@@ -1,6 +1,9 @@
 """``phasestem reconstruct FILE --auto`` on independent abTEM data: calibrate → SSB start → AD."""
 from __future__ import annotations
 
+import os
+import sys
+
 import abtem_scan
 import numpy as np
 import pytest
@@ -81,3 +84,49 @@ def test_init_parallax_fits_the_defocus_of_a_params_run(tmp_path_factory, capsys
     assert abs(config["optics"]["aberrations"]["C10"] - data["truth"]["C10"]) < 20
     assert config["model"]["initial_phase"]["file"].endswith("init_parallax.npy")
     assert np.load(out / "run" / "init_parallax.npy").std() > 0
+
+
+#: paths opened (audit hook "open" events) while recording; None: not recording
+_OPENED: list[str] | None = None
+
+
+def _record_opens(event: str, args) -> None:
+    if event == "open" and _OPENED is not None and isinstance(args[0], str | bytes | os.PathLike):
+        _OPENED.append(os.fspath(args[0]) if not isinstance(args[0], bytes) else args[0].decode())
+
+
+def test_auto_hands_its_calibration_dataset_and_start_on_in_memory(tmp_path_factory, capsys):
+    """--auto reads the corrected patterns once (one io.load's opens) and neither reads back the start image
+    (init_ssb.npy) nor the calibrated parameter file it wrote: Calibration.to_params() and the dataset go on in
+    memory; the files stay as the record and reproduce the run's parameters."""
+    global _OPENED
+    from phasestem import io
+    from phasestem.cli import main
+    from phasestem.recon.inputs import read_array
+    from phasestem.recon.params import load_params
+
+    data = abtem_scan.make(tmp_path_factory.getbasetemp() / "abtem_scan")
+    out = tmp_path_factory.mktemp("auto_reads")
+    sys.addaudithook(_record_opens)
+    _OPENED = []
+    try:
+        rc = main(["reconstruct", str(data["file"]), "--auto", "--energy", "300e3", "--semiangle", "21.4",
+                   "--scan-step", "0.45", "--out", str(out), "--epochs", "1"])
+        run_opens, _OPENED = _OPENED, []
+        io.load(out / "calibration" / "calibrated.npy", energy=300e3, scan_step=0.45)
+        one_load, _OPENED = len(_OPENED), []
+        read_array(out / "calibration" / "detector_shifts.npy", None, "detector shifts")
+        one_read = len(_OPENED)
+    finally:
+        _OPENED = None
+    assert rc == 0, capsys.readouterr().err
+
+    def count(name):
+        return sum(1 for p in run_opens if os.path.basename(p) == name)
+
+    assert one_load >= 1 and count("scan.npy") == count("calibrated.npy") == one_load, run_opens  # once each
+    assert 0 < count("detector_shifts.npy") <= one_read  # read once (every file written under a temporary name)
+    assert count("init_ssb.npy") == 0 and count("params.yaml") == 0  # written (temporaries renamed), not read back
+    params = load_params(out / "params.yaml")  # the record reproduces the run's parameters
+    assert params.model.initial_phase.file == (out / "init_ssb.npy").resolve()
+    assert params.data.file == (out / "calibration" / "calibrated.npy").resolve()

@@ -82,6 +82,6 @@ def calibrate_file(path: str | Path, out_dir: str | Path, energy: float | None =
             sources["losses"] = "calibration (counted data)"
         calib.source = str(path)
         calib.sources = sources
-        files = write_outputs(dataset, calib, out_dir, path, figures=figures, extra=extra_params,
-                              resample_descan=resample_descan)
+        calib.extra = dict(extra_params or {})
+        files = write_outputs(dataset, calib, out_dir, path, figures=figures, resample_descan=resample_descan)
         return calib, files

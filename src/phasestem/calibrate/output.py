@@ -41,33 +41,6 @@ def descan_rest(calib: Calibration) -> np.ndarray:
     return whole_pixel_shifts(calib.centres(), calib.pattern_shape)[1].astype(np.float32)
 
 
-def params_dict(calib: Calibration, data_file: str | Path, extra: dict[str, Any] | None = None,
-                detector_shifts: str | None = DETECTOR_SHIFTS) -> dict[str, Any]:
-    """A ``phasestem reconstruct`` parameter mapping with the calibrated values."""
-    from ..scan import GridScan
-
-    dk = round(calib.angular_sampling, 6)
-    rotation = round(calib.rotation, 3)
-    pos = GridScan(calib.scan_shape, calib.scan_step, rotation=rotation).positions()
-    origin = [float(np.ceil(-v * 1e4) / 1e4) for v in pos.min(0)]  # rounded up: positions ≥ 0 Å
-    params: dict[str, Any] = {
-        "data": {"file": str(data_file), "transpose": calib.transpose},
-        "optics": {"energy": calib.energy, "semiangle": round(calib.semiangle, 4),
-                   "aberrations": {k: round(v, 3) for k, v in calib.aberrations.items()},
-                   "angular_sampling": [dk, dk]},
-        "scan": {"shape": list(calib.scan_shape), "step": list(calib.scan_step),
-                 "rotation": rotation, "origin": origin},
-        # the descan/centre fit leaves a few hundredths of a pixel, which the object would otherwise take up
-        # as a phase ramp (recon.constraints.transfer_phase_ramp; benchmarks/real_data: r 0.36 → 0.89)
-        "constraints": {"obj_ramp": {"enabled": True}},
-    }
-    if detector_shifts:
-        params["data"]["detector_shifts"] = detector_shifts
-    for key, val in (extra or {}).items():
-        params.setdefault(key, {}).update(val)
-    return params
-
-
 def yaml_text(calib: Calibration, params: dict[str, Any], original: str | Path) -> str:
     """The params YAML with a header of comments recording what is not in the schema."""
     bp = calib.bad_pixels
@@ -93,8 +66,6 @@ def write_outputs(dataset, calib: Calibration, out_dir: str | Path, original: st
                   resample_descan: bool = False) -> dict[str, Path]:
     """Write ``calibrated.npy``, ``detector_shifts.npy``, ``params.yaml``, ``calibration.json`` and the fit figures
     into ``out_dir``. ``resample_descan``: resample the counts for the whole descan (no detector_shifts.npy)."""
-    from ..recon.params import parse_params
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {"patterns": write_corrected(dataset, calib, out / CORRECTED, subpixel=resample_descan)}
@@ -102,8 +73,10 @@ def write_outputs(dataset, calib: Calibration, out_dir: str | Path, original: st
         files["detector_shifts"] = out / DETECTOR_SHIFTS
         with atomic_file(files["detector_shifts"]) as tmp, open(tmp, "wb") as fh:  # a file object: no suffix added
             np.save(fh, descan_rest(calib))
-    params = params_dict(calib, CORRECTED, extra, None if resample_descan else DETECTOR_SHIFTS)
-    parse_params(params, "calibrated params", out)  # the YAML must load as written
+    if extra:
+        calib.extra = {**calib.extra, **extra}
+    params = calib.params_dict(CORRECTED, None if resample_descan else DETECTOR_SHIFTS)
+    calib.to_params(CORRECTED, None if resample_descan else DETECTOR_SHIFTS, out)  # the YAML loads as written
     files["params"] = out / "params.yaml"
     files["record"] = out / "calibration.json"
     for name, text in (("params", yaml_text(calib, params, original)),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -56,6 +57,8 @@ class Calibration:
     #: where each value of the written parameter file came from, by field (``optics.energy`` → ``flag``, ``file``
     #: or ``calibration``; :mod:`phasestem.provenance`), filled by :func:`phasestem.calibrate.files.calibrate_file`
     sources: dict[str, str] = field(default_factory=dict)
+    #: sections added to the reconstruction parameters (e.g. the counted-data ``losses``), by section
+    extra: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def plan(self):
@@ -110,6 +113,41 @@ class Calibration:
         if "rotation" in self.undetermined:
             out["rotation_deg"] = None
         return out
+
+    def params_dict(self, data_file: str | Path, detector_shifts: str | Path | None = None) -> dict[str, Any]:
+        """The ``phasestem reconstruct`` parameter mapping of this calibration for the corrected patterns
+        ``data_file`` (and the sub-pixel descan ``detector_shifts`` .npy), with the sections of :attr:`extra`."""
+        from ..scan import GridScan
+
+        dk = round(self.angular_sampling, 6)
+        rotation = round(self.rotation, 3)
+        pos = GridScan(self.scan_shape, self.scan_step, rotation=rotation).positions()
+        origin = [float(np.ceil(-v * 1e4) / 1e4) for v in pos.min(0)]  # rounded up: positions ≥ 0 Å
+        params: dict[str, Any] = {
+            "data": {"file": str(data_file), "transpose": self.transpose},
+            "optics": {"energy": self.energy, "semiangle": round(self.semiangle, 4),
+                       "aberrations": {k: round(v, 3) for k, v in self.aberrations.items()},
+                       "angular_sampling": [dk, dk]},
+            "scan": {"shape": list(self.scan_shape), "step": list(self.scan_step),
+                     "rotation": rotation, "origin": origin},
+            # the descan/centre fit leaves a few hundredths of a pixel, which the object would otherwise take up
+            # as a phase ramp (recon.constraints.transfer_phase_ramp; benchmarks/real_data: r 0.36 → 0.89)
+            "constraints": {"obj_ramp": {"enabled": True}},
+        }
+        if detector_shifts:
+            params["data"]["detector_shifts"] = str(detector_shifts)
+        for key, val in self.extra.items():
+            params.setdefault(key, {}).update(val)
+        return params
+
+    def to_params(self, data_file: str | Path, detector_shifts: str | Path | None = None,
+                  base_dir: str | Path | None = None):
+        """The validated :class:`~phasestem.recon.params.ReconstructParams` of :meth:`params_dict` (relative paths
+        taken from ``base_dir``): the reconstruction this calibration describes, in memory."""
+        from ..recon.params import parse_params
+
+        return parse_params(self.params_dict(data_file, detector_shifts), "calibrated params",
+                            None if base_dir is None else Path(base_dir))
 
     def rotation_text(self) -> str:
         """``rotation 29.32° (parallax)``, ``rotation 30.46° ± 4.1° (centre of mass)`` (± the halves' spread), or

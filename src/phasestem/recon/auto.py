@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from ..configfile import read_yaml_mapping
 from ..errors import ConfigError
 from .params import InitialPhase, ReconstructParams, build_dataset, dump_params, parse_params
 
@@ -62,8 +61,14 @@ def apply_init(params: ReconstructParams, method: str, out_dir: str | Path, data
 
     ``parallax`` also fits C10 from the data when the parameters have none.
     """
+    return direct_start(params, method, out_dir, dataset)[0]
+
+
+def direct_start(params: ReconstructParams, method: str, out_dir: str | Path, dataset=None):
+    """:func:`apply_init`, also returning the start phase (float32 (Ny, Nx) rad, dataset frame; None for 'none')
+    as written to OUT/init_<method>.npy, for a run that takes it in memory."""
     if method in (None, "none"):
-        return params
+        return params, None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dataset = build_dataset(params, warn=False) if dataset is None else dataset  # the run warns
@@ -85,16 +90,16 @@ def apply_init(params: ReconstructParams, method: str, out_dir: str | Path, data
     image.save(path)
     params.model.initial_phase = InitialPhase(file=path.resolve(), sampling=tuple(image.sampling))
     log.info("%s start: phase image %s at %.4g Å/px → %s", method, image.phase.shape, image.sampling[0], path)
-    return params
+    return params, image.phase.astype(np.float32)  # what the record holds
 
 
-def auto_params(calib_params: Path, out_dir: Path, epochs: int | None = None, device: str | None = None
-                ) -> ReconstructParams:
-    """The calibrated YAML of ``phasestem calibrate`` completed with the --auto AD settings."""
-    data = read_yaml_mapping(calib_params, "parameter file")
-    for key in ("file", "detector_shifts"):
-        if data["data"].get(key):
-            data["data"][key] = str((Path(calib_params).parent / data["data"][key]).resolve())
+def auto_params(calib, files: dict[str, Path], out_dir: Path, epochs: int | None = None,
+                device: str | None = None) -> ReconstructParams:
+    """The parameters of a :class:`~phasestem.calibrate.pipeline.Calibration` (:meth:`params_dict`, in memory)
+    for the corrected patterns and descan ``files`` of :func:`phasestem.calibrate.files.calibrate_file`, completed
+    with the --auto AD settings."""
+    shifts = files.get("detector_shifts")
+    data = calib.params_dict(Path(files["patterns"]).resolve(), None if shifts is None else Path(shifts).resolve())
     data.setdefault("model", {}).update({k: v for k, v in AUTO_MODEL.items() if k not in data["model"]})
     run = data.setdefault("run", {})
     run.update({k: v for k, v in AUTO_RUN.items() if k not in run})
@@ -103,7 +108,7 @@ def auto_params(calib_params: Path, out_dir: Path, epochs: int | None = None, de
         run["n_epochs"] = int(epochs)
     if device:
         run["device"] = device
-    return parse_params(data, str(calib_params))
+    return parse_params(data, "calibrated params")
 
 
 def write_params(params: ReconstructParams, path: Path, header: str = "") -> Path:
@@ -132,20 +137,29 @@ def run_auto(file: str | Path, out_dir: str | Path, energy: float | None, semian
 def _run_auto(file, out: Path, energy, semiangle, scan_step, angular_sampling, init, reader_options, format, epochs,
               device, run, **calibrate_options):
     from ..calibrate.files import calibrate_file
+    from ..calibrate.output import yaml_text
     from .run import run_reconstruction
 
     calib, files = calibrate_file(file, out / "calibration", energy=energy, scan_step=scan_step,
                                   semiangle=semiangle, angular_sampling=angular_sampling,
                                   reader_options=reader_options, format=format, **calibrate_options)
     log.info("calibration: %s", calib.summary())
-    params = auto_params(files["params"], out, epochs, device)
+    params = auto_params(calib, files, out, epochs, device)
     if init == "parallax" and not calib.aberrations.get("C10"):
         log.info("no defocus measured (focused data): starting from SSB instead of parallax")
         init = "ssb"
-    params = apply_init(params, init, out)
-    header = "".join(line + "\n" for line in files["params"].read_text().splitlines() if line.startswith("#"))
+    # the corrected patterns are read once, here; the direct start and the run take this dataset and the start
+    # phase in memory (OUT/params.yaml, calibration/params.yaml and init_<method>.npy are the record of the run)
+    dataset = build_dataset(params, calib.sources)
+    optics = dict(params.optics.aberrations)
+    params, start = direct_start(params, init, out, dataset)
+    if params.optics.aberrations != optics:  # a fitted defocus: the run builds the dataset of its parameters
+        dataset, start = None, None
+    shifts = files["detector_shifts"].name if "detector_shifts" in files else None
+    record = yaml_text(calib, calib.params_dict(files["patterns"].name, shifts), file)  # calibration/params.yaml
+    header = "".join(line + "\n" for line in record.splitlines() if line.startswith("#"))
     header += f"# phasestem reconstruct {file} --auto (--init {init}); repeat with: phasestem reconstruct " \
               f"{out / 'params.yaml'}\n"
     write_params(params, out / "params.yaml", header)
-    model = run_reconstruction(params, sources=calib.sources) if run else None
+    model = run_reconstruction(params, sources=calib.sources, dataset=dataset, start_phase=start) if run else None
     return params, calib, model

@@ -215,9 +215,10 @@ def _with_detector_shifts(params: ReconstructParams, dataset):
     return dataset._replace(detector_shifts=arr.reshape(-1, 2))
 
 
-def build_model(params: ReconstructParams, dataset) -> Ptychography:
+def build_model(params: ReconstructParams, dataset, initial_phase: np.ndarray | None = None) -> Ptychography:
     """The model of ``params.model`` for ``dataset`` (nominal probe from the optics). The input files
-    (initial phase and probe, detector shifts) are read and checked first, each refusal naming its field."""
+    (initial phase and probe) are read and checked first, each refusal naming its field; ``initial_phase``
+    (2-D rad): the image of ``model.initial_phase`` already in memory (its file is then not read)."""
     from .inputs import check_phase_image, check_probe, field
     from .model import ObjectSizeError, load_phase_image, load_probe_file
 
@@ -229,7 +230,7 @@ def build_model(params: ReconstructParams, dataset) -> Ptychography:
             check_probe(probe, m.initial_probe.file, dataset.pattern_shape)
     if ip is not None:
         with field("model.initial_phase"):
-            phase = load_phase_image(ip.file, ip.key)
+            phase = load_phase_image(ip.file, ip.key) if initial_phase is None else initial_phase
             check_phase_image(phase, ip.file, ip.sampling or dataset.sampling, dataset.sampling,
                               np.asarray(dataset.positions_angstrom()))
     shifts = None if dataset.detector_shifts is None else np.ascontiguousarray(dataset.detector_shifts, np.float32)

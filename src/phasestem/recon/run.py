@@ -72,10 +72,15 @@ def _setup_reports(params: ReconstructParams, dataset, model, out: Path):
     return truth
 
 
-def run_reconstruction(params: ReconstructParams, resume: bool = False, sources: dict[str, str] | None = None):
+def run_reconstruction(params: ReconstructParams, resume: bool = False, sources: dict[str, str] | None = None,
+                       dataset=None, start_phase=None):
     """Run a reconstruction described by ``params``; returns the model (None in the parent of
     ``run.n_processes`` > 1 spawned processes). ``sources`` labels values of the parameter file by field in the
     run log and results.h5 (default ``YAML``; see :func:`phasestem.recon.params.build_dataset`).
+
+    ``dataset`` (what :func:`~phasestem.recon.params.build_dataset` returns for ``params``) and ``start_phase``
+    (the image of ``model.initial_phase``) hand what the caller already holds to a run in this one process
+    (``--auto``): the data file and the start image are then not read again. Processes of their own build them.
 
     Under ``torchrun`` (RANK, WORLD_SIZE, LOCAL_RANK in the environment) this process joins the process group
     itself (nccl on CUDA, gloo on CPU) and ``run.n_processes`` is ignored; ``run.n_processes`` > 1 otherwise
@@ -107,10 +112,10 @@ def run_reconstruction(params: ReconstructParams, resume: bool = False, sources:
             launch(params.run.n_processes, _reconstruct_rank, params.model_dump(mode="json"), resume, sources,
                    backend=backend_for(params.run.device))
             return None
-        return _reconstruct_rank(params, resume, sources)
+        return _reconstruct_rank(params, resume, sources, dataset, start_phase)
 
 
-def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = None):
+def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = None, dataset=None, start_phase=None):
     import contextlib
 
     import matplotlib.pyplot as plt
@@ -139,13 +144,14 @@ def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = Non
     log_path = out / "reconstruct.log"
     if main:
         log_system_info(log_path, rank_device(params.run.device))
-    with logging_to(log_path) if main else contextlib.nullcontext():  # conflict warnings in the log too
-        dataset = build_dataset(params, sources, warn=main)
+    if dataset is None:
+        with logging_to(log_path) if main else contextlib.nullcontext():  # conflict warnings in the log too
+            dataset = build_dataset(params, sources, warn=main)
     settings = dataset.metadata.get("settings", []) + loss_settings(params, sources)
     if main:
         log_settings(settings, losses_line(params, sources), dataset, log_path)
         print(losses_line(params, sources))
-    model = build_model(params, dataset).to(rank_device(params.run.device))
+    model = build_model(params, dataset, start_phase).to(rank_device(params.run.device))
     ckpt = out / "checkpoint.pt"
     if resume:
         wanted = {k: ParamSchedule(s.lr, s.start, s.end) for k, s in model.schedules.items()}
