@@ -395,7 +395,7 @@ def ad_route(sample: Sample, ad: ADSetting, device: str = "cpu", initial_phase: 
     epoch and the optimisation seconds to it; scores of the final and the best epoch's phase."""
     import torch
 
-    from phasestem.recon.engine import optimize
+    from phasestem.recon.engine import optimize_with_options
     from phasestem.recon.losses import LossConfig
     from phasestem.recon.params import build_model, optimizer_options, parse_params
     from phasestem.recon.prior import PhasePrior
@@ -431,7 +431,7 @@ def ad_route(sample: Sample, ad: ADSetting, device: str = "cpu", initial_phase: 
     best = (errors[0], 0, phase)
     loads = [load_average()]
     clock = Clock(device)
-    run = optimize(model, ds, ad.epochs, **opts)
+    run = optimize_with_options(model, ds, ad.epochs, **opts)
     diverged = None
     while True:
         with clock:
