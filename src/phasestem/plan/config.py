@@ -100,7 +100,7 @@ class PlanExpected(_Strict):
     scan_shape: tuple[int, int] | None = Field(
         None, description="Scan positions of the small simulated field; null: enough to cover 3 probe diameters "
         "(at least 10, at most 20 per side, never more than the acquisition).")
-    phonons: int = Field(2, ge=1, description="Frozen-phonon configurations averaged in the simulation.")
+    phonons: int = Field(1, ge=1, description="Frozen-phonon configurations averaged in the simulation.")
     phonon_sigma: float = Field(0.08, ge=0, description="Thermal displacement in Å.")
     simulation_slice: float = Field(2.0, gt=0, description="Multislice slice thickness of the simulation in Å.")
     seed: int = Field(0, description="Seed of the specimen, the phonons and the Poisson draw.")

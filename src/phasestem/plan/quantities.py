@@ -48,11 +48,15 @@ LOW_DOSE = 1e3
 #: slices thinner than this fraction of the depth of field cannot be told apart
 MIN_SLICE_FRACTION = 0.25
 
-#: reconstruction cost per pattern-epoch per detector pixel, seconds, from docs/benchmarks.md:
-#: CPU (2 cores): 0.38 s per epoch of 2500 × 64² patterns ("Cost at the seed size");
-#: GPU (H100): 0.047 s per iteration of 4096 × 128² patterns, batch 256, one slice ("AD seconds per iteration")
-CPU_SECONDS_PER_PIXEL = 0.38 / (2500 * 64 * 64)
+#: reconstruction time of --auto, from this project's measurements: CPU (2 cores) 763 s for calibrate + 10 epochs
+#: of 128 × 128 patterns of 256² (README, "calibrate + --auto on a 128 × 128 Merlin .mib"), per pattern-pixel-epoch;
+#: GPU (H100, docs/benchmarks.md "AD seconds per iteration"): 0.047 s per iteration of 4096 × 128² at batch 256 per
+#: pattern-pixel, plus the launch cost of a batch (0.115 s per 1024-pattern iteration at batch 32: 3.6 ms a batch)
+#: for --auto's batches of 16
+CPU_SECONDS_PER_PIXEL = 763.0 / (10 * 128 * 128 * 256 * 256)
 GPU_SECONDS_PER_PIXEL = 0.047 / (4096 * 128 * 128)
+GPU_SECONDS_PER_BATCH = 0.115 / (1024 / 32)
+AUTO_BATCH = 16
 
 
 def circle_overlap(distance: float, radius: float) -> float:
@@ -148,7 +152,9 @@ def compute(cfg: PlanConfig) -> Quantities:
         electrons_per_bf_pixel=per_bf, depth_of_field=lam / a**2, thickness=cfg.specimen.thickness,
         slice_thickness=dz, data_bytes=float(n_pos * n * n * det.bytes_per_value),
         field_of_view=((s.shape[0] - 1) * d, (s.shape[1] - 1) * d), acquisition_seconds=seconds,
-        cpu_seconds=work * CPU_SECONDS_PER_PIXEL, gpu_seconds=work * GPU_SECONDS_PER_PIXEL)
+        cpu_seconds=work * CPU_SECONDS_PER_PIXEL,
+        gpu_seconds=work * GPU_SECONDS_PER_PIXEL
+        + cfg.reconstruction.epochs * math.ceil(n_pos / AUTO_BATCH) * GPU_SECONDS_PER_BATCH)
     q.warnings = warnings_for(q, o.semiangle)
     return q
 
@@ -253,6 +259,6 @@ def format_quantities(q: Quantities, cfg: PlanConfig) -> str:
     lines.append(f"data: {s[0]} × {s[1]} patterns of {n}² ({q.field_of_view[0]:.3g} × {q.field_of_view[1]:.3g} Å), "
                  f"{_size(q.data_bytes)}{acq}; reconstruction ({cfg.reconstruction.epochs} epochs) ≈ "
                  f"{_duration(q.cpu_seconds)} on 2 CPU cores, {_duration(q.gpu_seconds)} on one H100 "
-                 "(docs/benchmarks.md)")
+                 "(measured: README, docs/benchmarks.md)")
     lines += [f"warning: {w}" for w in q.warnings]
     return "\n".join(lines)
