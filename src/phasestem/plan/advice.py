@@ -17,7 +17,7 @@ _UNITS = {"scan.step": "Å step", "dose.electrons_per_area": "e⁻/Å²", "optic
 
 
 def _setting(names: list[str], values: dict[str, float]) -> str:
-    return " and ".join(f"{values[n]:g} {_UNITS.get(n, n)}" for n in names)
+    return " and ".join(f"{values[n]:.3g} {_UNITS.get(n, n)}" for n in names)
 
 
 def is_poor(phase_error: float, resolution: float) -> bool:
