@@ -127,6 +127,8 @@ def test_advice_names_the_change_that_helps_most():
                     "(E_φ 0.41 → 0.26)")
     text = advise(rows[1:], ["scan.step"], {"scan.step": 1.0}, {"phase_error": 0.41, "frc_resolution": 1.1})
     assert text.startswith("advice: none of the swept scan step values")
+    text = advise(rows, ["scan.step"], {"scan.step": 1.0}, {"phase_error": float("nan"), "frc_resolution": 5.0})
+    assert text.startswith("advice: 0.6 Å step instead of 1 Å step gives a usable reconstruction (E_φ 0.26"), text
 
 
 def test_cli_prints_quantities_and_warnings_and_refuses_bad_keys(tmp_path):

@@ -9,6 +9,7 @@ settings and advice from it (:mod:`.advice`).
 from __future__ import annotations
 
 import json
+import math
 import sys
 import types
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import PlanConfig, load_plan_config, plan_config
-from .quantities import Quantities, compute, format_quantities
+from .quantities import Quantities, _duration, compute, format_quantities
 
 __all__ = ["PlanConfig", "PlanReport", "Quantities", "compute", "load_plan_config", "plan"]
 
@@ -75,6 +76,12 @@ def _expected(report: PlanReport, folder: Path, lines: list[str]) -> None:
     lines.append(f"expected (a {e.scan_shape[0]} × {e.scan_shape[1]} field simulated at these settings, reconstructed "
                  f"as --auto would, {e.seconds:.0f} s): E_φ = {e.phase_error:.3f}, FRC resolution "
                  f"{e.frc_resolution:.3g} Å (pixel {e.pixel:.3g} Å); figure {e.figure}")
+    if not math.isfinite(e.phase_error):
+        lines.append("warning: the expected reconstruction does not match the simulated truth (E_φ undefined: it "
+                     "could not be aligned; see the figure and expected/recon/calibration): --auto failed on this "
+                     "field, e.g. too little signal to calibrate the scan rotation")
+    lines.append(f"time: --auto took {e.extra['auto_seconds']:.0f} s on the field here, so about "
+                 f"{_duration(e.extra['full_auto_seconds_here'])} for the full acquisition on this machine")
     names = list(cfg.expected.sweep)
     if names:
         from ..plot.plan import sweep_figure

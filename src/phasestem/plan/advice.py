@@ -1,6 +1,7 @@
 """Advice from a sweep: which change of the swept settings helps the expected result most."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ..plot.plan import SETTING_LABELS
@@ -31,6 +32,15 @@ def advise(rows: list[dict[str, Any]], names: list[str], planned: dict[str, floa
     from 1.1 to 0.7 Å (E_φ 0.41 → 0.26)"; or that none of the swept values does better."""
     if not rows:
         return ""
+
+    if not (math.isfinite(base["phase_error"]) and math.isfinite(base["frc_resolution"])):
+        usable = [r for r in rows if math.isfinite(r["phase_error"]) and math.isfinite(r["frc_resolution"])]
+        if not usable:
+            return "advice: no swept setting gave a usable reconstruction either"
+        best = min(usable, key=lambda r: (r["frc_resolution"], r["phase_error"]))
+        return (f"advice: {_setting(names, best)} instead of {_setting(names, planned)} gives a usable "
+                f"reconstruction (E_φ {best['phase_error']:.2f}, FRC resolution {best['frc_resolution']:.2g} Å); the "
+                "planned settings gave none")
 
     def gain(r):  # relative improvement of the resolution, E_φ breaking ties
         return ((base["frc_resolution"] - r["frc_resolution"]) / base["frc_resolution"],

@@ -158,11 +158,13 @@ def expected_result(cfg: PlanConfig, folder: str | Path, figure: bool = True) ->
     sim = simulate_field(cfg, folder)
     t_sim = time.perf_counter() - t0
     results = reconstruct_auto(sim["file"], folder / "recon", cfg)
+    t_auto = time.perf_counter() - t0 - t_sim
     scored = score(results, sim["truth"], sim["truth_sampling"], sim["truth_positions"])
     seconds = time.perf_counter() - t0
     out = Expected(phase_error=scored["phase_error"], frc_resolution=scored["frc_resolution"],
                    scan_shape=tuple(sim["shape"]), seconds=seconds, pixel=sim["pixel"], folder=str(folder),
-                   extra={"simulation_seconds": t_sim})
+                   extra={"simulation_seconds": t_sim, "auto_seconds": t_auto,
+                          "full_auto_seconds_here": t_auto * math.prod(cfg.scan.shape) / math.prod(sim["shape"])})
     log.info("expected result: E_phi %.3f, FRC resolution %.3g Å (%d × %d positions, %.0f s)", out.phase_error,
              out.frc_resolution, *out.scan_shape, seconds)
     if figure:

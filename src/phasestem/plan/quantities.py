@@ -48,12 +48,14 @@ LOW_DOSE = 1e3
 #: slices thinner than this fraction of the depth of field cannot be told apart
 MIN_SLICE_FRACTION = 0.25
 
-#: reconstruction time of --auto, from this project's measurements: CPU (2 cores) 763 s for calibrate + 10 epochs
-#: of 128 × 128 patterns of 256² (README, "calibrate + --auto on a 128 × 128 Merlin .mib"), per pattern-pixel-epoch;
-#: GPU (H100, docs/benchmarks.md "AD seconds per iteration"): 0.047 s per iteration of 4096 × 128² at batch 256 per
-#: pattern-pixel, plus the launch cost of a batch (0.115 s per 1024-pattern iteration at batch 32: 3.6 ms a batch)
-#: for --auto's batches of 16
-CPU_SECONDS_PER_PIXEL = 763.0 / (10 * 128 * 128 * 256 * 256)
+#: reconstruction time of --auto (calibration + 10 epochs of batch 16), from this project's measurements. CPU (2
+#: cores): per pattern and epoch about the same at 64² (59–68 s for 1024 patterns, benchmarks/plan/accuracy.py) and
+#: at 256² (763 s for 16384 patterns, README "calibrate + --auto on a 128 × 128 Merlin .mib"): ~5.5 ms, the batches'
+#: overheads dominate; larger patterns are taken to scale with their pixels. GPU (H100, docs/benchmarks.md "AD
+#: seconds per iteration"): 0.047 s per iteration of 4096 × 128² at batch 256 per pattern-pixel, plus the launch
+#: cost of a batch (0.115 s per 1024-pattern iteration at batch 32: 3.6 ms a batch) for --auto's batches of 16
+CPU_SECONDS_PER_PATTERN = 5.5e-3
+CPU_PIXELS_FLAT = 256 * 256
 GPU_SECONDS_PER_PIXEL = 0.047 / (4096 * 128 * 128)
 GPU_SECONDS_PER_BATCH = 0.115 / (1024 / 32)
 AUTO_BATCH = 16
@@ -152,7 +154,7 @@ def compute(cfg: PlanConfig) -> Quantities:
         electrons_per_bf_pixel=per_bf, depth_of_field=lam / a**2, thickness=cfg.specimen.thickness,
         slice_thickness=dz, data_bytes=float(n_pos * n * n * det.bytes_per_value),
         field_of_view=((s.shape[0] - 1) * d, (s.shape[1] - 1) * d), acquisition_seconds=seconds,
-        cpu_seconds=work * CPU_SECONDS_PER_PIXEL,
+        cpu_seconds=work / (n * n) * CPU_SECONDS_PER_PATTERN * max(1.0, n * n / CPU_PIXELS_FLAT),
         gpu_seconds=work * GPU_SECONDS_PER_PIXEL
         + cfg.reconstruction.epochs * math.ceil(n_pos / AUTO_BATCH) * GPU_SECONDS_PER_BATCH)
     q.warnings = warnings_for(q, o.semiangle)
