@@ -29,7 +29,7 @@ COMMANDS = _commands()
 
 def test_all_areas_registered():
     names = {c[0] for c in COMMANDS}
-    assert {"simulate", "probe-extent", "inspect", "demo"} <= names
+    assert {"simulate", "probe-extent", "inspect", "demo", "plan"} <= names
     assert {"reconstruct", "tune", "train", "predict", "evaluate", "embed", "refine", "serve"} <= names
     assert {("train", n) for n in ("patch", "stitch", "end2end", "autoencoder", "phaseformer")} <= set(COMMANDS)
 

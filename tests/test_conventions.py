@@ -56,6 +56,9 @@ CASES = {
                    {"files": ["data/sim1.h5"], "out": "pairs/p.h5", "inputs_from": "stitch:" + "{proj}/runs/e2e",
                     "stitch_model": "runs/st"}),
     "demo": (["demo"], {"heldout_seed": 7, "recon": {"n_epochs": 3}}, {}),
+    "plan": (["plan"], {"out": "../plan_out", "scan": {"step": 0.5}, "detector": {"angular_sampling": 1.0},
+                        "specimen": {"kind": "structures", "files": ["../structures/a.cif"]}},
+             {"out": "plan_out", "specimen.files": ["structures/a.cif"]}),
 }
 
 

@@ -37,6 +37,7 @@ API = {
     "ssb_phase": "phasestem.direct.ssb:ssb_phase",
     "figures_of_merit": "phasestem.metrics:figures_of_merit",
     "phase_error": "phasestem.metrics:phase_error",
+    "plan": "phasestem.plan:plan",
 }
 
 __all__ = ["__version__", *API]

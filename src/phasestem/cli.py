@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "phasestem.calibrate.commands",
     "phasestem.learn.commands",
     "phasestem.commands_misc",
+    "phasestem.plan.commands",
     "phasestem.serve.commands",
 )
 

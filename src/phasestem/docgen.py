@@ -23,6 +23,7 @@ SCHEMAS = [
     ("phasestem train phaseformer", "phasestem.learn.config:PhaseformerRunConfig"),
     ("phasestem make-pairs", "phasestem.learn.config:MakePairsConfig"),
     ("phasestem demo (built-in settings)", "phasestem.demo:DemoConfig"),
+    ("phasestem plan", "phasestem.plan.config:PlanConfig"),
 ]
 
 

@@ -1,0 +1,168 @@
+"""Schema of ``phasestem plan`` settings (YAML on disk): the acquisition a microscopist chooses, the specimen, and
+how the expected result is estimated. Units: Å, mrad, eV, e⁻/Å², pA, µs."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ..configfile import ConfigPath, load_yaml_config, validate
+from ..simulate.config import Optics
+
+#: the settings a sweep may vary (dotted names of :class:`PlanConfig` fields)
+SWEEPABLE = ("scan.step", "dose.electrons_per_area", "optics.aberrations.C10", "optics.semiangle",
+             "detector.angular_sampling", "specimen.thickness")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+class PlanScan(_Strict):
+    step: float = Field(..., gt=0, description="Scan step in Å (the same along both axes).")
+    shape: tuple[int, int] = Field((128, 128), description="Scan positions (rows, cols) of the full acquisition.")
+
+    @field_validator("shape")
+    @classmethod
+    def _positive(cls, v):
+        if min(v) < 2:
+            raise ValueError("at least 2 positions along each axis")
+        return v
+
+
+class PlanDetector(_Strict):
+    shape: int = Field(128, ge=8, description="Detector pixels along each side after binning (square patterns).")
+    angular_sampling: float | None = Field(
+        None, gt=0, description="Angle one detector pixel spans, mrad (after binning). null: from pixel_size and "
+        "camera_length.")
+    pixel_size: float | None = Field(None, gt=0, description="Physical detector pixel in µm (before binning), "
+                                     "with camera_length.")
+    camera_length: float | None = Field(None, gt=0, description="Camera length in mm, with pixel_size.")
+    binning: int = Field(1, ge=1, description="Detector binning factor applied to pixel_size (angular_sampling is "
+                         "already the binned pixel).")
+    bytes_per_value: int = Field(2, ge=1, le=8, description="Bytes per stored pixel value (2: 16-bit counts).")
+
+    @model_validator(mode="after")
+    def _one_sampling(self):
+        if self.angular_sampling is None and (self.pixel_size is None or self.camera_length is None):
+            raise ValueError("give angular_sampling (mrad per pixel), or pixel_size (µm) and camera_length (mm)")
+        return self
+
+    def mrad_per_pixel(self) -> float:
+        """Angle of one stored pixel in mrad: ``angular_sampling``, else pixel · binning / camera length."""
+        if self.angular_sampling is not None:
+            return float(self.angular_sampling)
+        return float(self.pixel_size) * self.binning / float(self.camera_length)  # µm / mm = mrad
+
+
+class PlanDose(_Strict):
+    electrons_per_area: float | None = Field(None, gt=0, description="Dose in e⁻/Å²; null: from beam_current and "
+                                             "dwell_time (both null: noise-free).")
+    beam_current: float | None = Field(None, gt=0, description="Probe current in pA (with dwell_time).")
+    dwell_time: float | None = Field(None, gt=0, description="Dwell time per scan position in µs (with "
+                                     "beam_current).")
+
+    @model_validator(mode="after")
+    def _one_dose(self):
+        pair = (self.beam_current is None, self.dwell_time is None)
+        if pair[0] != pair[1]:
+            raise ValueError("beam_current and dwell_time go together")
+        if self.electrons_per_area is not None and not pair[0]:
+            raise ValueError("give electrons_per_area or beam_current with dwell_time, not both")
+        return self
+
+
+class PlanSpecimen(_Strict):
+    kind: Literal["typical", "crystal", "structures", "amorphous"] = Field(
+        "typical", description="typical: a perovskite oxide (SrTiO3) near a zone axis at the given thickness; "
+        "crystal: one of phasestem's crystal prototypes (see prototypes); structures: a structure file (ASE: CIF, "
+        "XYZ, POSCAR …); amorphous: a random amorphous solid of `elements`.")
+    thickness: float = Field(20.0, gt=0, description="Specimen thickness in Å.")
+    files: Annotated[list[Path], ConfigPath()] = Field(
+        default_factory=list, description="Structure files (kind: structures); relative to this file's folder.")
+    prototypes: list[str] | None = Field(None, description="Crystal prototypes to draw from (kind: crystal; null = "
+                                         "all).")
+    elements: list[str] = Field(["C", "Si"], description="Elements of an amorphous specimen.")
+    max_tilt: float = Field(0.0, ge=0, description="Largest tilt of a crystal off the zone axis, degrees.")
+
+
+class PlanReconstruction(_Strict):
+    slice_thickness: float | None = Field(None, gt=0, description="Slice thickness in Å you mean to reconstruct "
+                                          "with (multislice); null: a single slice, as --auto.")
+    epochs: int = Field(10, ge=1, description="AD epochs (--auto's default: 10), for the time estimate and the "
+                        "expected result.")
+
+
+class PlanExpected(_Strict):
+    run: bool = Field(True, description="Estimate the expected result by simulation and reconstruction (false: "
+                      "the closed-form quantities only).")
+    scan_shape: tuple[int, int] | None = Field(
+        None, description="Scan positions of the small simulated field; null: enough to cover 3 probe diameters "
+        "(at least 10, at most 20 per side, never more than the acquisition).")
+    phonons: int = Field(1, ge=1, description="Frozen-phonon configurations averaged in the simulation.")
+    phonon_sigma: float = Field(0.08, ge=0, description="Thermal displacement in Å.")
+    simulation_slice: float = Field(2.0, gt=0, description="Multislice slice thickness of the simulation in Å.")
+    seed: int = Field(0, description="Seed of the specimen, the phonons and the Poisson draw.")
+    device: str = Field("cpu", description="torch device of the simulation and the reconstruction.")
+    sweep: dict[str, list[float]] = Field(
+        default_factory=dict, description="One or two settings to vary, each with its values, e.g. {scan.step: "
+        "[0.4, 0.6, 1.0]}; names: " + ", ".join(SWEEPABLE) + ".")
+
+    @field_validator("sweep")
+    @classmethod
+    def _sweep(cls, v):
+        if len(v) > 2:
+            raise ValueError(f"at most two settings to sweep, got {len(v)}")
+        for name, values in v.items():
+            if name not in SWEEPABLE:
+                raise ValueError(f"cannot sweep {name!r}; expected one of {', '.join(SWEEPABLE)}")
+            if not values:
+                raise ValueError(f"{name}: no values to sweep")
+        return v
+
+
+class PlanConfig(_Strict):
+    """An acquisition plan: what ``phasestem plan`` reads."""
+
+    out: Annotated[str | None, ConfigPath()] = Field(
+        None, description="Output folder (relative to this file's folder); --out overrides it; null: plan_out in "
+        "the working directory.")
+    optics: Optics = Field(default_factory=lambda: Optics(semiangle=20.0, aberrations={"C10": 0.0}),
+                           description="Probe optics (C10 > 0: over-focus, crossover before the specimen).")
+    scan: PlanScan = Field(..., description="Scan raster.")
+    detector: PlanDetector = Field(..., description="Pixelated detector.")
+    dose: PlanDose = Field(default_factory=PlanDose, description="Electron dose.")
+    specimen: PlanSpecimen = Field(default_factory=PlanSpecimen, description="What is imaged.")
+    reconstruction: PlanReconstruction = Field(default_factory=PlanReconstruction, description="How it will be "
+                                               "reconstructed.")
+    expected: PlanExpected = Field(default_factory=PlanExpected, description="The expected result by simulation.")
+
+
+def load_plan_config(path: str | Path, overrides: dict[str, Any] | None = None) -> PlanConfig:
+    """Read and validate a plan YAML (relative paths from its folder, ``overrides`` from the command line)."""
+    return load_yaml_config(PlanConfig, path, overrides, what="plan settings file")
+
+
+def plan_config(settings: PlanConfig | dict[str, Any] | str | Path) -> PlanConfig:
+    """A :class:`PlanConfig` from a config, a mapping (validated) or a YAML path."""
+    if isinstance(settings, PlanConfig):
+        return settings
+    if isinstance(settings, dict):
+        return validate(PlanConfig, settings, "plan settings")
+    return load_plan_config(settings)
+
+
+def with_value(cfg: PlanConfig, dotted: str, value: float) -> PlanConfig:
+    """A copy of ``cfg`` with the setting ``dotted`` (one of :data:`SWEEPABLE`) set to ``value``."""
+    data = cfg.model_dump(mode="python")
+    node = data
+    *head, last = dotted.split(".")
+    for key in head:
+        node = node[key]
+    node[last] = float(value)
+    if dotted == "dose.electrons_per_area":
+        data["dose"].update(beam_current=None, dwell_time=None)
+    if dotted == "detector.angular_sampling":
+        data["detector"].update(pixel_size=None, camera_length=None)
+    return validate(PlanConfig, data, f"sweep {dotted}={value}")

@@ -1,0 +1,184 @@
+"""``phasestem plan``: the closed-form quantities against hand-computed cases, one warning line per problem, the
+command line, and the expected result (simulate → --auto → score) on tiny settings."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from phasestem.plan import plan
+from phasestem.plan.advice import advise
+from phasestem.plan.config import load_plan_config, plan_config
+from phasestem.plan.quantities import circle_overlap, compute, probe_radius
+
+#: λ at 300 keV (Å), relativistic
+LAMBDA_300 = 0.0196875
+
+GOOD = {"optics": {"energy": 300e3, "semiangle": 20.0, "aberrations": {"C10": 100.0}},
+        "scan": {"step": 0.5, "shape": [64, 64]},
+        "detector": {"shape": 128, "angular_sampling": 0.5},
+        "dose": {"electrons_per_area": 1e4},
+        "specimen": {"thickness": 20.0}}
+
+
+def settings(**changes) -> dict:
+    """GOOD with dotted changes, e.g. settings(**{"scan.step": 5})."""
+    data = json.loads(json.dumps(GOOD))
+    for dotted, value in changes.items():
+        node = data
+        *head, last = dotted.split(".")
+        for k in head:
+            node = node.setdefault(k, {})
+        node[last] = value
+    return data
+
+
+def test_circle_overlap_hand_values():
+    assert circle_overlap(0.0, 1.0) == pytest.approx(1.0)
+    assert circle_overlap(2.0, 1.0) == 0.0 and circle_overlap(3.0, 1.0) == 0.0
+    # d = r: x = 1/2, (2/π)(π/3 − (1/2)(√3/2)) = 0.391002
+    assert circle_overlap(1.0, 1.0) == pytest.approx(0.391002, abs=1e-6)
+
+
+def test_probe_radius_from_semiangle_and_defocus():
+    r, geo, diff = probe_radius(300e3, 20.0, {"C10": 100.0})
+    assert geo == pytest.approx(2.0)  # |C10|·α = 100 Å × 0.02
+    assert diff == pytest.approx(0.61 * LAMBDA_300 / 0.02, rel=1e-4)  # Airy radius 0.6005 Å
+    assert r == pytest.approx(math.hypot(2.0, 0.60047), rel=1e-4)
+    _, geo_cs, _ = probe_radius(300e3, 20.0, {"C10": 0.0, "C30": 1e6})
+    assert geo_cs == pytest.approx(8.0, rel=1e-6)  # Cs·α³ = 1e6 Å × 8e-6
+    # C10 balancing Cs: |C10 θ + C30 θ³| peaks inside the aperture, at θ² = −C10/(3 C30) = 2e-4, not at its edge
+    _, geo_bal, _ = probe_radius(300e3, 20.0, {"C10": -600.0, "C30": 1e6})
+    assert geo_bal == pytest.approx(600 * math.sqrt(2e-4) * 2 / 3, rel=1e-5)  # 5.657 Å (edge: 4 Å)
+
+
+def test_quantities_of_a_good_plan_by_hand():
+    q = compute(plan_config(GOOD))
+    assert q.wavelength == pytest.approx(LAMBDA_300, rel=1e-4)
+    assert q.probe_window == pytest.approx(LAMBDA_300 / 0.5e-3, rel=1e-4)  # 39.37 Å
+    assert q.detector_extent == pytest.approx(32.0)  # 128 × 0.5 / 2 mrad
+    assert q.band_limit == pytest.approx(32.0 * 2 / 3)
+    assert q.pixel == pytest.approx(LAMBDA_300 / (128 * 0.5e-3), rel=1e-4)  # 0.3076 Å
+    assert q.bf_pixels == pytest.approx(40.0)
+    x = 0.5 / (2 * math.hypot(2.0, 0.60047))  # step / probe diameter
+    assert q.overlap == pytest.approx(2 / math.pi * (math.acos(x) - x * math.sqrt(1 - x * x)), rel=1e-4)
+    assert q.overlap == pytest.approx(0.848, abs=1e-3)
+    # Fourier space: disks of 20 mrad, λ/(2d) = 19.69 mrad apart → x = 0.4922 → 0.3995
+    assert q.fourier_overlap == pytest.approx(0.3995, abs=1e-3)
+    assert q.electrons_per_pattern == pytest.approx(2500.0)  # 1e4 e/Å² × 0.25 Å²
+    assert q.depth_of_field == pytest.approx(LAMBDA_300 / 0.02**2, rel=1e-4)  # 49.2 Å
+    assert q.data_bytes == 64 * 64 * 128 * 128 * 2
+    assert q.field_of_view == (31.5, 31.5)
+    assert q.warnings == []
+
+
+def test_dose_from_current_and_dwell_and_sampling_from_camera_length():
+    cfg = plan_config(settings(**{"dose": {"beam_current": 10.0, "dwell_time": 1.0},
+                                  "detector": {"shape": 128, "pixel_size": 55.0, "camera_length": 110.0,
+                                               "binning": 2}}))
+    q = compute(cfg)
+    electrons = 10e-12 * 1e-6 / 1.602176634e-19  # 62.42 e⁻
+    assert q.electrons_per_pattern == pytest.approx(electrons)
+    assert q.dose == pytest.approx(electrons / 0.25)
+    assert q.acquisition_seconds == pytest.approx(64 * 64 * 1e-6)
+    assert q.angular_sampling == pytest.approx(1.0)  # 55 µm × 2 / 110 mm
+
+
+@pytest.mark.parametrize("changes, start", [
+    ({"scan.step": 5.0}, "no overlap:"),
+    ({"scan.step": 3.0}, "low overlap:"),
+    ({"optics.aberrations.C10": 300.0, "detector.angular_sampling": 3.0}, "aliases the probe: the probe"),
+    ({"detector.angular_sampling": 3.0}, "coarse angular sampling: the probe fills"),  # 6.56 Å window, 4.18 Å probe
+    ({"detector.shape": 50, "detector.angular_sampling": 1.0}, "aliases the probe: the reconstruction grid"),
+    ({"detector.shape": 30, "detector.angular_sampling": 1.0}, "the detector (±15 mrad) does not hold"),
+    ({"dose.electrons_per_area": 100.0}, "low dose:"),
+    ({"specimen.thickness": 200.0}, "thick specimen:"),
+    ({"reconstruction.slice_thickness": 5.0}, "thin slices:"),
+])
+def test_each_problem_is_one_warning_line(changes, start):
+    q = compute(plan_config(settings(**changes)))
+    hits = [w for w in q.warnings if w.startswith(start)]
+    assert len(hits) == 1, q.warnings
+    assert "\n" not in hits[0]
+
+
+def test_no_overlap_and_aliasing_say_so_in_one_line_each():
+    q = compute(plan_config(settings(**{"scan.step": 6.0, "optics.aberrations.C10": 300.0,
+                                        "detector.angular_sampling": 3.0})))
+    # probe radius √(6² + 0.2²) = 6.0 Å: 12 Å diameter; window λ/3 mrad = 6.56 Å
+    assert q.overlap > 0 and q.window_ratio < 1
+    q = compute(plan_config(settings(**{"scan.step": 13.0, "optics.aberrations.C10": 300.0,
+                                        "detector.angular_sampling": 3.0})))
+    assert q.overlap == 0
+    assert sum(w.startswith("no overlap:") for w in q.warnings) == 1
+    assert sum(w.startswith("aliases the probe:") for w in q.warnings) == 1
+
+
+def test_advice_names_the_change_that_helps_most():
+    rows = [{"scan.step": 0.6, "phase_error": 0.26, "frc_resolution": 0.7},
+            {"scan.step": 1.0, "phase_error": 0.41, "frc_resolution": 1.1}]
+    text = advise(rows, ["scan.step"], {"scan.step": 1.0}, {"phase_error": 0.41, "frc_resolution": 1.1})
+    assert text == ("advice: 0.6 Å step instead of 1 Å step raises the expected FRC resolution from 1.1 to 0.7 Å "
+                    "(E_φ 0.41 → 0.26)")
+    text = advise(rows[1:], ["scan.step"], {"scan.step": 1.0}, {"phase_error": 0.41, "frc_resolution": 1.1})
+    assert text.startswith("advice: none of the swept scan step values")
+    text = advise(rows, ["scan.step"], {"scan.step": 1.0}, {"phase_error": float("nan"), "frc_resolution": 5.0})
+    assert text.startswith("advice: 0.6 Å step instead of 1 Å step gives a usable reconstruction (E_φ 0.26"), text
+
+
+def test_cli_prints_quantities_and_warnings_and_refuses_bad_keys(tmp_path):
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(settings(**{"scan.step": 5.0})))
+    run = subprocess.run([sys.executable, "-m", "phasestem.cli", "plan", str(path), "--quantities-only"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert any(ln.startswith("overlap: real space 0 % at a 5 Å step") for ln in lines), run.stdout
+    assert sum(ln.startswith("warning: no overlap:") for ln in lines) == 1
+    assert not list(tmp_path.glob("plan_out"))  # nothing written
+    dump = subprocess.run([sys.executable, "-m", "phasestem.cli", "plan", str(path), "--dump-config",
+                           "--set", "scan.step=0.7"], capture_output=True, text=True, timeout=120)
+    assert dump.returncode == 0, dump.stderr
+    (tmp_path / "dumped.yaml").write_text(dump.stdout)
+    assert load_plan_config(tmp_path / "dumped.yaml").scan.step == 0.7
+    bad = subprocess.run([sys.executable, "-m", "phasestem.cli", "plan", str(path), "--set", "scan.stepp=1"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "scan.stepp: unknown key" in bad.stderr
+
+
+#: the smallest meaningful plan: 32² patterns of 2 mrad (window 9.8 Å), 6 × 6 positions, 3 epochs
+TINY = {"optics": {"energy": 300e3, "semiangle": 20.0, "aberrations": {"C10": 60.0}},
+        "scan": {"step": 0.8, "shape": [32, 32]},
+        "detector": {"shape": 32, "angular_sampling": 2.0},
+        "specimen": {"thickness": 6.0},
+        "reconstruction": {"epochs": 3},
+        "expected": {"scan_shape": [7, 7], "simulation_slice": 6.0}}
+
+
+def test_expected_result_runs_and_follows_the_dose(tmp_path, one_torch_thread):
+    high = plan(settings_tiny(dose=1e5), out=tmp_path / "high")
+    low = plan(settings_tiny(dose=3.0, sweep=[3.0, 1e5]), out=tmp_path / "low")
+    for rep in (high, low):
+        e = rep.expected
+        assert e.scan_shape == (7, 7) and np.isfinite(e.phase_error) and np.isfinite(e.frc_resolution)
+        assert (tmp_path / rep.expected.folder / "expected.png").stat().st_size > 10_000
+        assert "expected (a 7 × 7 field" in rep.text
+    assert high.expected.phase_error < low.expected.phase_error - 0.1, (high.expected, low.expected)
+    assert [r["dose.electrons_per_area"] for r in low.sweep] == [3.0, 1e5]
+    assert low.sweep[1]["phase_error"] == pytest.approx(high.expected.phase_error, rel=1e-3)  # same run
+    assert low.advice.startswith("advice: 1e+05 e⁻/Å² instead of 3 e⁻/Å²"), low.advice
+    assert (tmp_path / "low" / "sweep.png").stat().st_size > 10_000
+    assert json.loads((tmp_path / "low" / "plan.json").read_text())["advice"] == low.advice
+
+
+def settings_tiny(dose: float, sweep: list[float] | None = None) -> dict:
+    data = json.loads(json.dumps(TINY))
+    data["dose"] = {"electrons_per_area": dose}
+    if sweep:
+        data["expected"]["sweep"] = {"dose.electrons_per_area": sweep}
+    return data
