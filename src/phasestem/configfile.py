@@ -36,6 +36,12 @@ class StrictModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+
+class CheckedModel(StrictModel):
+    """:class:`StrictModel` that also validates every assignment and refuses NaN/Inf (``simulate``, ``plan``)."""
+
+    model_config = ConfigDict(validate_assignment=True, allow_inf_nan=False)
+
 #: most values (after expanding YAML aliases) a config may hold: anchors cannot blow up validation time
 MAX_VALUES = 100_000
 #: deepest nesting of lists/mappings a YAML or JSON text may have (the shipped configs use 4)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from ..configfile import ConfigPath, load_yaml_config, validate
+from ..configfile import CheckedModel, ConfigPath, load_yaml_config, validate
 from ..simulate.config import Optics
 
 #: the settings a sweep may vary (dotted names of :class:`PlanConfig` fields)
@@ -15,11 +15,7 @@ SWEEPABLE = ("scan.step", "dose.electrons_per_area", "optics.aberrations.C10", "
              "detector.angular_sampling", "specimen.thickness")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
-
-
-class PlanScan(_Strict):
+class PlanScan(CheckedModel):
     step: float = Field(..., gt=0, description="Scan step in Å (the same along both axes).")
     shape: tuple[int, int] = Field((128, 128), description="Scan positions (rows, cols) of the full acquisition.")
 
@@ -31,7 +27,7 @@ class PlanScan(_Strict):
         return v
 
 
-class PlanDetector(_Strict):
+class PlanDetector(CheckedModel):
     shape: int = Field(128, ge=8, description="Detector pixels along each side after binning (square patterns).")
     angular_sampling: float | None = Field(
         None, gt=0, description="Angle one detector pixel spans, mrad (after binning). null: from pixel_size and "
@@ -56,7 +52,7 @@ class PlanDetector(_Strict):
         return float(self.pixel_size) * self.binning / float(self.camera_length)  # µm / mm = mrad
 
 
-class PlanDose(_Strict):
+class PlanDose(CheckedModel):
     electrons_per_area: float | None = Field(None, gt=0, description="Dose in e⁻/Å²; null: from beam_current and "
                                              "dwell_time (both null: noise-free).")
     beam_current: float | None = Field(None, gt=0, description="Probe current in pA (with dwell_time).")
@@ -73,7 +69,7 @@ class PlanDose(_Strict):
         return self
 
 
-class PlanSpecimen(_Strict):
+class PlanSpecimen(CheckedModel):
     kind: Literal["typical", "crystal", "structures", "amorphous"] = Field(
         "typical", description="typical: a perovskite oxide (SrTiO3) near a zone axis at the given thickness; "
         "crystal: one of phasestem's crystal prototypes (see prototypes); structures: a structure file (ASE: CIF, "
@@ -87,14 +83,14 @@ class PlanSpecimen(_Strict):
     max_tilt: float = Field(0.0, ge=0, description="Largest tilt of a crystal off the zone axis, degrees.")
 
 
-class PlanReconstruction(_Strict):
+class PlanReconstruction(CheckedModel):
     slice_thickness: float | None = Field(None, gt=0, description="Slice thickness in Å you mean to reconstruct "
                                           "with (multislice); null: a single slice, as --auto.")
     epochs: int = Field(10, ge=1, description="AD epochs (--auto's default: 10), for the time estimate and the "
                         "expected result.")
 
 
-class PlanExpected(_Strict):
+class PlanExpected(CheckedModel):
     run: bool = Field(True, description="Estimate the expected result by simulation and reconstruction (false: "
                       "the closed-form quantities only).")
     scan_shape: tuple[int, int] | None = Field(
@@ -122,7 +118,7 @@ class PlanExpected(_Strict):
         return v
 
 
-class PlanConfig(_Strict):
+class PlanConfig(CheckedModel):
     """An acquisition plan: what ``phasestem plan`` reads."""
 
     out: Annotated[str | None, ConfigPath()] = Field(

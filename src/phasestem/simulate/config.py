@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from ..configfile import (
+    CheckedModel,
     ConfigPath,
-    StrictModel,
     absolute_path,
     apply_overrides,
     map_config_paths,
@@ -21,10 +21,6 @@ from ..configfile import (
 from ..optics import checked_aberrations
 
 
-class _Strict(StrictModel):
-    model_config = ConfigDict(validate_assignment=True, allow_inf_nan=False)
-
-
 def _positive_pair(v: tuple, info) -> tuple:
     """Both numbers of a (y, x) pair must be > 0."""
     if min(v) <= 0:
@@ -32,7 +28,7 @@ def _positive_pair(v: tuple, info) -> tuple:
     return v
 
 
-class Optics(_Strict):
+class Optics(CheckedModel):
     energy: float = Field(300e3, gt=0, description="Beam energy in eV.")
     semiangle: float = Field(30.0, gt=0, description="Probe-forming (condenser) aperture semi-angle in mrad.")
     aberrations: Annotated[dict[str, float], AfterValidator(checked_aberrations)] = Field(
@@ -45,7 +41,7 @@ class Optics(_Strict):
 
 
 
-class Grid(_Strict):
+class Grid(CheckedModel):
     extent: tuple[float, float] = Field((100.0, 100.0), description="Cell size (y, x) in Å; the specimen is periodic.")
     sim_gpts: tuple[int, int] = Field(
         (512, 512),
@@ -66,7 +62,7 @@ class Grid(_Strict):
         return self
 
 
-class Scan(_Strict):
+class Scan(CheckedModel):
     shape: tuple[int, int] = Field((50, 50), description="Scan positions (rows, cols).")
     step: tuple[float, float] = Field((2.0, 2.0), description="Scan step (y, x) in Å.")
     origin: tuple[float, float] = Field((0.0, 0.0), description="Position of the first probe (y, x) in Å.")
@@ -74,7 +70,7 @@ class Scan(_Strict):
     _positive = field_validator("shape", "step")(_positive_pair)
 
 
-class Detector(_Strict):
+class Detector(CheckedModel):
     shape: tuple[int, int] = Field((64, 64), description="Stored pattern size (H, W) after cropping and binning.")
     max_angle: float | None = Field(
         None, gt=0, description="Half-width of the kept square of the pattern in mrad, approximately: the binning "
@@ -96,7 +92,7 @@ class Detector(_Strict):
         return v
 
 
-class Specimen(_Strict):
+class Specimen(CheckedModel):
     kind: Literal["crystal", "amorphous", "structures", "materials", "synthetic"] = Field(
         "crystal", description="Random crystals, random amorphous solids, structure files (ASE), the user's "
         "materials HDF5, or synthetic phase objects (fast tests)."
@@ -149,7 +145,7 @@ class Specimen(_Strict):
         return v
 
 
-class Output(_Strict):
+class Output(CheckedModel):
     n_files: int = Field(5, ge=1, description="Number of HDF5 files (shards).")
     samples_per_file: int = Field(700, ge=1, description="Samples per file.")
     prefix: str = Field("simulation_data", description="File name prefix: <prefix>1.h5 … <prefix>N.h5.")
@@ -163,7 +159,7 @@ class Output(_Strict):
         return v
 
 
-class Compute(_Strict):
+class Compute(CheckedModel):
     seed: int = Field(0, description="Master seed; sample i uses the stream (seed, i), whatever process runs it.")
     device: str = Field("cpu", description="torch device for the simulation (cpu, cuda, cuda:1, mps). With "
                         "`cuda` and Dask workers on a machine of several GPUs, worker k uses cuda:(k mod GPUs): "
@@ -175,7 +171,7 @@ class Compute(_Strict):
                                   "machines; the output folder must then be on a shared file system.")
 
 
-class SimulationConfig(_Strict):
+class SimulationConfig(CheckedModel):
     """A complete simulation run."""
 
     out: Annotated[str | None, ConfigPath()] = Field(
