@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .physics.fourier import fourier_shift
+
 # CODATA 2018
 _H = 6.62607015e-34  # J s
 _E = 1.602176634e-19  # C
@@ -262,7 +264,6 @@ def partial_coherence_modes(
     Returns ``(modes, occupancies)``: modes (n_modes, ny, nx) complex64 with Σ_m Σ|ψ_m|² = 1
     and occupancies (n_modes,) summing to 1.
     """
-    from .physics import fourier_shift
 
     sigma = source_size / (2 * math.sqrt(2 * math.log(2)))
     if sigma <= 0 or n_modes < 1:

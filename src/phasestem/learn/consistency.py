@@ -1,7 +1,7 @@
 """Measurement consistency of a phase image: does it explain the measured diffraction patterns?
 
 A phase image (a learned prediction, or any other) becomes a single-slice object ``exp(i·φ)``
-(amplitude 1) that is pushed through the one forward model (:class:`phasestem.physics.ForwardModel`, as
+(amplitude 1) that is pushed through the one forward model (:class:`phasestem.physics.operator.ForwardModel`, as
 set up by :meth:`phasestem.recon.Ptychography.from_dataset`) with the *nominal* probe of the optics
 (energy, semiangle, aberrations) at the scan positions. The data residual compares model and measured
 intensities in the amplitude domain, each pattern normalised to a total of 1::

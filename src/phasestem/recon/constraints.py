@@ -29,7 +29,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .. import optics
-from ..physics import fft2, ifft2
+from ..physics.fourier import fft2, ifft2
 
 
 class Schedule(BaseModel):

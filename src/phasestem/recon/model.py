@@ -36,7 +36,7 @@ in the epoch loop (one figure, redrawn), ``pickle.dump(model.save_results(datase
 Intensities are handled in normalised units: the engine divides the
 measured patterns by their mean total count, and the probe has Σ|ψ|² = 1.
 
-Model patterns come from :class:`phasestem.physics.ForwardModel` (no second forward model).
+Model patterns come from :class:`phasestem.physics.operator.ForwardModel` (no second forward model).
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ from torch import nn
 
 from .. import optics
 from ..errors import ConfigError, ShapeError
-from ..physics import ForwardModel
+from ..physics.operator import ForwardModel
 from ..safety import available_memory
 from .inputs import read_array
 
@@ -528,7 +528,7 @@ class Ptychography(nn.Module):
         """Model intensities (B, ny, nx), fftfreq order (unshifted), for flat scan indices ``index``.
 
         The intensities come from ``ForwardModel.__call__`` (the fused operator of
-        :mod:`phasestem.fused`, one autograd node with a hand-written backward).
+        :mod:`phasestem.physics.fused`, one autograd node with a hand-written backward).
         """
         tilt = self.tilt if self.tilt.dim() == 1 else self.tilt[index]
         obj = self.get_object() if self.obj_preblur <= 0 else self.blurred_object(self.obj_preblur)

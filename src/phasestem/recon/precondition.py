@@ -6,7 +6,7 @@ slow everywhere else (and Adam's per-pixel normalisation is noisy on mini-batche
 ``lsq`` solver divides each gradient by the diagonal of the Gauss–Newton curvature of the
 data term for the current mini-batch, as the least-squares updates of ePIE/LSQML-type
 solvers do, while the gradients themselves still come from autograd through the one forward
-model (:class:`phasestem.physics.ForwardModel`), so positions, tilt, thickness and modes keep
+model (:class:`phasestem.physics.operator.ForwardModel`), so positions, tilt, thickness and modes keep
 refining by Adam beside it.
 
 For the amplitude loss Σ_j ‖|Ψ_j| − √D_j‖² / B, with Ψ_j = F[P_j·O_j], the Gauss–Newton
@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import torch
 
-from ..physics import WindowIndex, window_origins
+from ..physics.multislice import WindowIndex, window_origins
 from .losses import LossConfig
 
 #: parameters the lsq solver scales (the rest are stepped by Adam)

@@ -1,7 +1,7 @@
 """Small simulated ptychography datasets made with the physics core (for tests, demos, benchmarks).
 
 :func:`simulate_dataset` builds a phase object, a nominal probe and a raster scan and runs
-:class:`phasestem.physics.ForwardModel` once; it returns a :class:`FourDSTEM` whose ``truth``
+:class:`phasestem.physics.operator.ForwardModel` once; it returns a :class:`FourDSTEM` whose ``truth``
 holds the phase (rad, dataset frame, summed over slices), the per-slice phases and the true
 positions.
 """
@@ -12,8 +12,8 @@ import torch
 
 from .. import optics
 from ..dataset import FourDSTEM, angular_sampling_for
-from ..noise import poisson_counts
-from ..physics import ForwardModel, transmission_function
+from ..physics.noise import poisson_counts
+from ..physics.operator import ForwardModel, transmission_function
 from ..scan import GridScan
 from ..specimen import synthetic_phase
 

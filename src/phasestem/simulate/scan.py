@@ -12,9 +12,10 @@ from tqdm.auto import tqdm
 from .. import specimen as spec
 from ..detector import bin_pixels
 from ..errors import ConfigError
-from ..noise import electrons_per_pattern, poisson_counts
 from ..optics import antialias_mask, band_limit_mrad, interaction_constant, make_probe, wavelength
-from ..physics import add_squared_modulus, fft2, ifft2, multislice, propagator, shifted_probes
+from ..physics.fourier import add_squared_modulus, fft2, ifft2
+from ..physics.multislice import multislice, propagator, shifted_probes
+from ..physics.noise import electrons_per_pattern, poisson_counts
 from ..runtime import retain_freed_memory
 from ..scan import GridScan
 from .config import SimulationConfig

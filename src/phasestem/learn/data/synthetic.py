@@ -48,9 +48,9 @@ def write_synthetic_file(path: str | Path, n_samples: int, first_sample: int = 0
     ``c10`` is C10 in Å (> 0: over-focus), which spreads the probe over about one scan step.
     """
     from ...dataset import angular_sampling_for as ang_for
-    from ...noise import poisson_counts
     from ...optics import make_probe
-    from ...physics import ForwardModel, transmission_function
+    from ...physics.noise import poisson_counts
+    from ...physics.operator import ForwardModel, transmission_function
 
     path = Path(path)
     rng = np.random.default_rng(seed + 7919 * first_sample)
