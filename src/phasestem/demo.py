@@ -32,6 +32,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from .plot import _plt, save_figure, styled
+from .resample import sample_on_grid
 from .safety import atomic_file
 
 log = logging.getLogger("phasestem.demo")
@@ -154,25 +155,6 @@ def field_of_view(dataset, truth_sampling: tuple[float, float], shape: tuple[int
     return sl[0], sl[1]
 
 
-def resample(image: np.ndarray, sampling: tuple[float, float], target_sampling: tuple[float, float],
-             shape: tuple[int, int]) -> np.ndarray:
-    """Bilinear resampling of ``image`` (pixel (0,0) at 0 Å) onto a grid of ``shape`` at ``target_sampling``."""
-    if all(abs(a - b) < 1e-9 for a, b in zip(sampling, target_sampling, strict=True)):
-        out = np.zeros(shape, np.float32)
-        h, w = min(shape[0], image.shape[0]), min(shape[1], image.shape[1])
-        out[:h, :w] = image[:h, :w]
-        return out
-    yy = np.arange(shape[0]) * target_sampling[0] / sampling[0]
-    xx = np.arange(shape[1]) * target_sampling[1] / sampling[1]
-    y0 = np.clip(np.floor(yy).astype(int), 0, image.shape[0] - 2)
-    x0 = np.clip(np.floor(xx).astype(int), 0, image.shape[1] - 2)
-    fy = np.clip(yy - y0, 0, 1)[:, None]
-    fx = np.clip(xx - x0, 0, 1)[None, :]
-    a, b = image[np.ix_(y0, x0)], image[np.ix_(y0, x0 + 1)]
-    c, d = image[np.ix_(y0 + 1, x0)], image[np.ix_(y0 + 1, x0 + 1)]
-    return ((1 - fy) * ((1 - fx) * a + fx * b) + fy * ((1 - fx) * c + fx * d)).astype(np.float32)
-
-
 def aligned_error_map(rec: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """``rec`` − ``truth`` after sub-pixel alignment and offset removal (rad)."""
     from .metrics import apply_shift, remove_offset, shift_between
@@ -214,7 +196,7 @@ def ad_run(dataset, rc: DemoRecon, truth: np.ndarray, truth_sampling, fov, initi
     sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
 
     def on_truth_grid() -> np.ndarray:
-        return resample(model.phase_in_dataset_frame(), model.sampling, truth_sampling, truth.shape)
+        return sample_on_grid(model.phase_in_dataset_frame(), model.sampling, truth_sampling, truth.shape)
 
     errors = [phase_error(on_truth_grid()[fov], truth[fov])]
     seconds = [0.0]

@@ -41,7 +41,7 @@ from ..dataset import FourDSTEM
 from ..errors import ConfigError, ShapeError
 from ..io import seed as seedfile
 from ..io.hdf5 import open_file
-from ..recon.model import resample_image
+from ..resample import resample_image
 from .data import BlockGeometry, Preprocess
 
 log = logging.getLogger("phasestem.learn")

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..errors import ConfigError
+from ..resample import resample_image, resize
 from .pairs import Degrade, degrade, simulation_phases, write_pairs
 
 log = logging.getLogger("phasestem.learn.pairs")
@@ -41,11 +41,8 @@ def parse_inputs_from(spec: str | None) -> tuple[str, str | None]:
 
 
 def _to_grid(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """``image`` on ``shape`` pixels (bilinear) when its size differs."""
-    if tuple(image.shape) == tuple(shape):
-        return np.asarray(image, np.float32)
-    t = torch.as_tensor(np.asarray(image, np.float32))[None, None]
-    return F.interpolate(t, size=tuple(shape), mode="bilinear", align_corners=False)[0, 0].numpy()
+    """``image`` on ``shape`` pixels (bilinear, :func:`phasestem.resample.resize`) when its size differs."""
+    return np.asarray(resize(np.asarray(image, np.float32), shape), np.float32)
 
 
 def ad_phase(dataset, truth_shape: tuple[int, int], truth_sampling: tuple[float, float], epochs: int = 4,
@@ -54,7 +51,6 @@ def ad_phase(dataset, truth_shape: tuple[int, int], truth_sampling: tuple[float,
     probe fixed) on the truth grid (pixel (0, 0) at 0 Å, ``truth_shape`` pixels of ``truth_sampling`` Å; 0
     outside the reconstructed field)."""
     from ..recon import Ptychography
-    from ..recon.model import resample_image
 
     torch.manual_seed(0)
     model = Ptychography.from_dataset(dataset, learning_rates={"probe": 0.0}, on_band_limit="ignore").to(device)

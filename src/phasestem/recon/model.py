@@ -51,6 +51,7 @@ from torch import nn
 from .. import optics
 from ..errors import ConfigError, ShapeError
 from ..physics.operator import ForwardModel
+from ..resample import resample_image
 from ..safety import available_memory
 from .inputs import read_array
 
@@ -141,15 +142,6 @@ def load_probe_file(path: str | Path, key: str | None = None) -> np.ndarray:
     if arr.ndim != 3:
         raise ShapeError(f"{path}: initial probe must be (M, ny, nx) or (ny, nx), got shape {arr.shape}")
     return arr.astype(np.complex64)
-
-
-def resample_image(img: torch.Tensor, sampling: tuple[float, float], target: tuple[float, float]) -> torch.Tensor:
-    """A 2-D image on pixels of ``sampling`` Å → the same field of view on pixels of ``target`` Å (bilinear;
-    differentiable). Unchanged when the grid size would not change."""
-    new = tuple(max(1, round(n * s / t)) for n, s, t in zip(img.shape[-2:], sampling, target, strict=True))
-    if new == tuple(img.shape[-2:]):
-        return img
-    return torch.nn.functional.interpolate(img[None, None], size=new, mode="bilinear", align_corners=False)[0, 0]
 
 
 def circular_support(window: tuple[int, int], radius_px: float) -> torch.Tensor:

@@ -353,10 +353,11 @@ def dump_params(params: ReconstructParams, base: str | Path | None = None) -> st
 def _resampled(dataset, shape: tuple[int, int]):
     import torch
 
+    from ..resample import resize
+
     p = torch.as_tensor(np.array(dataset.patterns[...], dtype=np.float32))  # a copy: memory maps are read-only
     sy, sx, H, W = p.shape
-    out = torch.nn.functional.interpolate(p.reshape(-1, 1, H, W), size=tuple(shape), mode="bilinear",
-                                          align_corners=False).reshape(sy, sx, *shape)
+    out = resize(p, tuple(shape))  # (sy, sx, h, w)
     out = out * (H * W) / (shape[0] * shape[1])
     ang = None if dataset.angular_sampling is None else (dataset.angular_sampling[0] * H / shape[0],
                                                          dataset.angular_sampling[1] * W / shape[1])
