@@ -57,7 +57,7 @@ class DemoRecon(_Strict):
     batch_size: int = Field(32, ge=1, description="patterns per mini-batch")
     lr_phase: float | None = Field(None, gt=0, description="learning rate of the object phase: with lsq a fraction "
                                    "of the Gauss–Newton step, with adam rad per step; null: the solver's default "
-                                   "(phasestem.recon.model.SOLVER_DEFAULTS)")
+                                   "(phasestem.recon.schedule.SOLVER_DEFAULTS)")
     lr_amplitude: float | None = Field(None, ge=0, description="learning rate of the object amplitude (as lr_phase)")
 
 

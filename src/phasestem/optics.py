@@ -223,7 +223,7 @@ def probe_spectrum(
     """Probe in reciprocal space, complex64 (ny, nx), fftfreq order, centred at window pixel (ny//2, nx//2).
 
     ``amplitude`` (ny, nx, fftfreq order) replaces the aperture A(k) (e.g. one measured from the
-    bright-field disk, :func:`phasestem.recon.probe_init.measured_aperture`).
+    bright-field disk, :func:`phasestem.physics.aperture.measured_aperture`).
     Normalised so that Σ|ψ(r)|² = Σ|ψ(k)|² = 1 (unitary FFT).
     """
     check_band_limit(semiangle, shape, sampling, energy, on_band_limit)
@@ -305,3 +305,10 @@ def initial_probe_modes(probe: torch.Tensor, n_modes: int, power: float = 0.1) -
         weights = torch.tensor([1 - power] + [power / (n_modes - 1)] * (n_modes - 1))
         modes = modes / torch.sqrt((modes.abs() ** 2).sum((-2, -1), keepdim=True)) * weights.sqrt()[:, None, None]
     return modes.to(torch.complex64)
+
+
+def circular_support(window: tuple[int, int], radius_px: float) -> torch.Tensor:
+    """1 inside a circle of ``radius_px`` pixels about the window centre (ny // 2, nx // 2), else 0."""
+    y = torch.arange(window[0], dtype=torch.float32)[:, None] - window[0] // 2
+    x = torch.arange(window[1], dtype=torch.float32)[None, :] - window[1] // 2
+    return (y.square() + x.square() <= float(radius_px) ** 2).float()

@@ -10,7 +10,6 @@ from ..cliargs import add_device, add_dump_config
 from ..lock import FolderBusyError, hold_output
 from ..safety import atomic_file, refuse_output_over_inputs, remove_stale_temporaries
 from .distributed import rank_device
-from .model import ParamSchedule
 from .params import (
     ReconstructParams,
     build_dataset,
@@ -19,6 +18,7 @@ from .params import (
     load_params,
     optimizer_options,
 )
+from .schedule import ParamSchedule
 
 log = logging.getLogger("phasestem.recon")
 

@@ -24,7 +24,7 @@ is divided by H + ``reg``·max(H), so dim pixels get steps of at most 1/``reg`` 
 pixel's. A step of 1 is then one Gauss–Newton step for that parameter alone. Object and probe
 move the same exit wave, so their steps add up: on independently simulated data (NumPy
 multislice, 1 and 3 slices) object + probe steps up to ≈ 0.9 were stable and 1.6 diverged; the
-defaults (``model.SOLVER_DEFAULTS``: object phase 0.7, probe 0.2) keep that margin.
+defaults (``schedule.SOLVER_DEFAULTS``: object phase 0.7, probe 0.2) keep that margin.
 
 The object *amplitude* takes a step of 0.1: electron specimens are nearly pure phase objects, the
 amplitude is weakly determined by the data, and a full step fills it with noise and with what a

@@ -214,7 +214,7 @@ def _read_truth(path: Path, key: str, energy: float | None) -> np.ndarray:
     """The truth as rad: a seed-000 ``phase_{i}`` through :func:`phasestem.io.seed.read_phase` (the original
     generator's stores σ·V, not the phase), anything else as stored."""
     from ..io import seed
-    from .model import load_phase_image
+    from .inputs import load_phase_image
 
     parsed = seed.parse_key(key.strip("/"))
     if path.suffix.lower() in (".h5", ".hdf5", ".hdf") and parsed is not None and parsed[0] == "phase":
