@@ -4,7 +4,6 @@ Typical use::
 
     from phasestem.recon import Ptychography
     model = Ptychography.from_dataset(dataset, n_slices=1, n_probe_modes=1)
-    model.to("cpu")
     for i, loss in enumerate(model.Adam_optimize(20, dataset, batch_size=32)):
         print(i, loss)                      # one item per epoch (mean total loss)
     model.save_results("out/results.h5")
@@ -23,20 +22,13 @@ name               shape                   meaning
 ``obj_weights``    (K,)                    object-mode occupancies (frozen by default)
 =================  ======================  ===============================================
 
-Each parameter has a :class:`ParamSchedule` (learning rate, first and last epoch, 1-based)
-in ``model.schedules``. The object and probe rates default to ``None``: the solver's own default
-(``lsq``: a step of 0.5 of a Gauss–Newton step, see :mod:`phasestem.recon.precondition`; Adam/SGD:
-3e-3 per update); positions, tilt, thickness and object-mode weights are off (lr 0) and are
-stepped by Adam when switched on. Change them with
-``model.set_learning_rates(positions={"lr": 1e-2, "start": 5}, probe=0.3)``.
-Reconstructed phase in the dataset frame: ``model.phase_in_dataset_frame(shape)``.
-CDTools' tutorial calls work as written: ``Ptychography.from_dataset(dataset, oversampling=2,
-probe_support_radius=90)``, ``model.translation_offsets.requires_grad = False``, ``model.inspect(dataset)``
-in the epoch loop (one figure, redrawn), ``pickle.dump(model.save_results(dataset), f)`` (a dict).
-Intensities are handled in normalised units: the engine divides the
-measured patterns by their mean total count, and the probe has Σ|ψ|² = 1.
-
-Model patterns come from :class:`phasestem.physics.experiment.Experiment` (no second forward model).
+Each parameter has a :class:`~phasestem.recon.schedule.ParamSchedule` in ``model.schedules`` (learning rate,
+first and last epoch; object and probe rates ``None``: the solver's default; the others off) — change them with
+``model.set_learning_rates(positions={"lr": 1e-2, "start": 5}, probe=0.3)``. CDTools' tutorial calls work as
+written (``from_dataset(dataset, oversampling=2, probe_support_radius=90)``, ``translation_offsets``,
+``inspect(dataset)`` in the epoch loop, ``save_results(dataset)`` as a dict). Intensities are in normalised units
+(the engine divides the measured patterns by their mean total count; the probe has Σ|ψ|² = 1). Model patterns come
+from the scan's :class:`phasestem.physics.experiment.Experiment` (no second forward model).
 """
 from __future__ import annotations
 
@@ -50,32 +42,9 @@ from torch import nn
 from .. import optics
 from ..errors import ConfigError, ShapeError
 from ..physics.experiment import Experiment
-from ..safety import available_memory
+from .budget import check_object_memory
 from .inputs import load_phase_image
 from .schedule import DEFAULT_SCHEDULES, PARAM_NAMES, ParamSchedule
-
-#: float32 copies of the object (amplitude and phase) an optimisation holds: values, gradients, two Adam
-#: moments, the best-state and the epoch snapshot
-OBJECT_COPIES = 2 * 6
-
-
-class ObjectSizeError(ConfigError):
-    """The object a scan needs would not fit in memory; ``size`` says how large it would be."""
-
-    def __init__(self, message: str, size: str = ""):
-        super().__init__(message)
-        self.size = size
-
-
-def check_object_memory(obj_shape: tuple[int, int], n_slices: int, n_object_modes: int) -> None:
-    """Refuse an object whose optimisation would not fit in the memory available now (before allocating)."""
-    need = OBJECT_COPIES * 4 * n_slices * n_object_modes * obj_shape[0] * obj_shape[1]
-    have = available_memory()
-    if need > have:
-        size = (f"the object would be {obj_shape[0]}×{obj_shape[1]} px × {n_slices} slices × {n_object_modes} "
-                f"modes, about {need / 1e9:.3g} GB to optimise, but {have / 1e9:.3g} GB is available")
-        raise ObjectSizeError(f"{size}: check scan.step and scan.shape (Å, px?) and the detector sampling, or use "
-                              "fewer model.n_slices", size)
 
 
 class Ptychography(nn.Module):
@@ -241,19 +210,13 @@ class Ptychography(nn.Module):
         model.obj_preblur = float(obj_preblur)
         return model
 
-    def image_region(self, phase: np.ndarray | torch.Tensor, sampling: tuple[float, float] | None = None
-                     ) -> tuple[torch.Tensor, tuple[slice, slice]]:
-        """:meth:`Experiment.image_region`, the image on the model's device."""
-        img, region = self.experiment.image_region(phase, sampling)
-        return img.to(self.obj_phase.device), region
-
     def set_initial_phase(self, phase: np.ndarray, sampling: tuple[float, float] | None = None) -> None:
         """Start the object phase from a 2-D image (rad) in the dataset frame (hybrid start).
 
         The image is resampled to the object pixel when ``sampling`` (Å) differs, placed at the
-        object-frame origin (:meth:`image_region`) and divided evenly over the slices (all object modes).
+        object-frame origin (:meth:`Experiment.image_region`) and divided evenly over the slices (all object modes).
         """
-        img, (sy, sx) = self.image_region(phase, sampling)
+        img, (sy, sx) = self.experiment.image_region(phase, sampling)
         with torch.no_grad():
             self.obj_phase[:, :, sy, sx] = img.to(self.obj_phase) / self.n_slices
 
@@ -366,6 +329,11 @@ class Ptychography(nn.Module):
             return torch.fft.fftshift(self.forward(torch.as_tensor(index, device=self.device)), dim=(-2, -1))
 
     # ---- optimisation (generators: one mean loss per epoch) ----------------------------
+    def _optimize(self, optimizer: str, n_epochs: int, dataset, **options):
+        from .engine import optimize
+
+        return optimize(self, dataset, n_epochs, optimizer=optimizer, **options)
+
     def Adam_optimize(self, n_epochs: int, dataset, batch_size: int = 32, **options):
         """Adam for ``n_epochs`` epochs; yields the mean total loss of each epoch.
 
@@ -374,29 +342,21 @@ class Ptychography(nn.Module):
         (:class:`~phasestem.recon.constraints.Constraints`), ``lr_scale``, ``checkpoint_path``,
         ``checkpoint_every``, ``figures_every``, ``out_dir``, ``seed``, ``progress``.
         """
-        from .engine import optimize
-
-        return optimize(self, dataset, n_epochs, optimizer="adam", batch_size=batch_size, **options)
+        return self._optimize("adam", n_epochs, dataset, batch_size=batch_size, **options)
 
     def LSQ_optimize(self, n_epochs: int, dataset, batch_size: int = 32, **options):
         """Illumination-preconditioned least-squares steps for object and probe (Adam for positions, tilt,
         thickness, weights); learning rates of object and probe are fractions of a Gauss–Newton step
         (:mod:`phasestem.recon.precondition`). Same options as :meth:`Adam_optimize`."""
-        from .engine import optimize
-
-        return optimize(self, dataset, n_epochs, optimizer="lsq", batch_size=batch_size, **options)
+        return self._optimize("lsq", n_epochs, dataset, batch_size=batch_size, **options)
 
     def SGD_optimize(self, n_epochs: int, dataset, batch_size: int = 32, momentum: float = 0.9, **options):
         """SGD with momentum (same options as :meth:`Adam_optimize`)."""
-        from .engine import optimize
-
-        return optimize(self, dataset, n_epochs, optimizer="sgd", batch_size=batch_size, momentum=momentum, **options)
+        return self._optimize("sgd", n_epochs, dataset, batch_size=batch_size, momentum=momentum, **options)
 
     def LBFGS_optimize(self, n_epochs: int, dataset, batch_size: int | None = None, **options):
         """L-BFGS (full batch by default; same options as :meth:`Adam_optimize`)."""
-        from .engine import optimize
-
-        return optimize(self, dataset, n_epochs, optimizer="lbfgs", batch_size=batch_size, **options)
+        return self._optimize("lbfgs", n_epochs, dataset, batch_size=batch_size, **options)
 
     # ---- results -----------------------------------------------------------------------
     def phase_in_dataset_frame(self, shape: tuple[int, int] | None = None, summed: bool = True) -> np.ndarray:
@@ -420,19 +380,9 @@ class Ptychography(nn.Module):
         Without ``path`` (interactive use, e.g. once per epoch in the optimisation loop as in CDTools) every call
         redraws the same figure while it is open, instead of opening a new one; with ``path`` a new figure is
         made, written and returned (the caller closes it)."""
-        from .figures import plot_model
+        from .figures import inspect_model
 
-        if path is not None:
-            return plot_model(self, dataset=dataset, path=path, truth=truth, metrics=metrics)
-        fig = self._inspect_figure
-        import matplotlib.pyplot as plt
-
-        if fig is None or not plt.fignum_exists(fig.number):
-            fig = None
-        self._inspect_figure = plot_model(self, dataset=dataset, fig=fig, truth=truth, metrics=metrics)
-        if plt.isinteractive():
-            plt.pause(0.001)
-        return self._inspect_figure
+        return inspect_model(self, dataset, path, truth, metrics)
 
     def compare(self, dataset=None, truth: np.ndarray | None = None, path=None, metrics: dict | None = None):
         """Measured vs modelled patterns and (when known) reconstructed vs true phase with E_φ / FRC; PNG if

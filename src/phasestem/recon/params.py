@@ -514,8 +514,8 @@ def load_detector_shifts(params: ReconstructParams, dataset=None) -> np.ndarray 
 def build_model(params: ReconstructParams, dataset) -> Ptychography:
     """The model of ``params.model`` for ``dataset`` (nominal probe from the optics). The input files
     (initial phase and probe, detector shifts) are read and checked first, each refusal naming its field."""
+    from .budget import ObjectSizeError
     from .inputs import check_phase_image, check_probe, field, load_phase_image, load_probe_file
-    from .model import ObjectSizeError
 
     m = params.model
     ip, phase, probe = m.initial_phase, None, None
