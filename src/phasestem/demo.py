@@ -20,6 +20,7 @@ phase: PSNR and SSIM after offset removal and sub-pixel alignment, and the relat
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -126,22 +127,18 @@ def load_demo_config(path: Path = BUILTIN_DEMO, quick: bool = False) -> DemoConf
 
 # ------------------------------------------------------------------------------------------ helpers
 class Timer:
-    """Wall-clock seconds per stage."""
+    """Wall-clock seconds per stage: ``with timer("name"): ...`` adds to ``timer.seconds["name"]``."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
 
+    @contextlib.contextmanager
     def __call__(self, name: str):
-        timer = self
-
-        class _Ctx:
-            def __enter__(self):
-                self.t0 = time.perf_counter()
-
-            def __exit__(self, *exc):
-                timer.seconds[name] = timer.seconds.get(name, 0.0) + time.perf_counter() - self.t0
-
-        return _Ctx()
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
 
 
 def field_of_view(dataset, truth_sampling: tuple[float, float], shape: tuple[int, int]) -> tuple[slice, slice]:

@@ -230,12 +230,3 @@ def load_train_config(path: str | Path, stage: str | None = None, overrides: dic
     from .registry import load_run_config
 
     return load_run_config(path, stage, overrides)
-
-
-def dump_config(cfg: BaseModel, path: str | Path) -> Path:
-    """Write a run config into its run folder (atomically): documented, paths absolute, so the copy repeats the
-    run from wherever it is loaded (:func:`phasestem.configdump.write_config`)."""
-    from ..configdump import write_config
-
-    network = getattr(cfg, "network", None)
-    return write_config(cfg, path, f"phasestem train {network}" if network else None)
