@@ -99,7 +99,8 @@ class Experiment(nn.Module):
     probe : (M, ny, nx) or (ny, nx) complex nominal probe modes; (ny, nx) is the window, ``oversampling`` times
         the detector's pattern shape.
     positions : (N, 2) probe centres in Å in the object frame (object pixel (0, 0) at 0 Å).
-    object_shape : (Ny, Nx) object pixels; sampling : (dy, dx) Å; energy : eV.
+    object_shape : (Ny, Nx) object pixels (periodic: a cell may be smaller than the window); sampling : (dy, dx)
+        Å; energy : eV.
     origin : (y, x) Å of the dataset's 0 Å in the object frame.
     antialias : band-limit each propagator (2/3 Nyquist).
     oversampling : the far field is binned by this factor onto the detector (the one bin rule).
@@ -122,8 +123,6 @@ class Experiment(nn.Module):
         self.energy = float(energy)
         self.origin = (float(origin[0]), float(origin[1]))
         self.object_shape = (int(object_shape[0]), int(object_shape[1]))
-        if self.object_shape[0] < self.window[0] or self.object_shape[1] < self.window[1]:
-            raise ShapeError(f"object {self.object_shape} is smaller than the probe window {self.window}")
         positions = torch.as_tensor(positions, dtype=torch.float32)
         if positions.dim() != 2 or positions.shape[1] != 2:
             raise ShapeError(f"positions must be (N, 2) Å, got shape {tuple(positions.shape)}")

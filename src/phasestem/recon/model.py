@@ -74,6 +74,8 @@ class Ptychography(nn.Module):
         self.probe_scale = math.sqrt(self.window[0] * self.window[1])
         K, S = int(n_object_modes), int(n_slices)
         Ny, Nx = experiment.object_shape
+        if Ny < self.window[0] or Nx < self.window[1]:
+            raise ShapeError(f"object {(Ny, Nx)} is smaller than the probe window {self.window}")
         positions = experiment.positions
         self.obj_amplitude = nn.Parameter(torch.ones(K, S, Ny, Nx))
         self.obj_phase = nn.Parameter(torch.zeros(K, S, Ny, Nx))
@@ -104,7 +106,6 @@ class Ptychography(nn.Module):
         self.epoch_callbacks: list = []
         self._data_cache: tuple | None = None
 
-    # ---- the experiment ------------------------------------------------------------------
     window = property(lambda self: self.experiment.window, doc="(ny, nx) probe window, px")
     sampling = property(lambda self: self.experiment.sampling, doc="(dy, dx) real-space pixel, Å")
     energy = property(lambda self: self.experiment.energy, doc="beam energy, eV")
@@ -330,8 +331,7 @@ class Ptychography(nn.Module):
 
     # ---- optimisation (generators: one mean loss per epoch) ----------------------------
     def _optimize(self, optimizer: str, n_epochs: int, dataset, **options):
-        from .engine import optimize
-
+        from .engine import optimize  # the engine stands above the model: imported when used
         return optimize(self, dataset, n_epochs, optimizer=optimizer, **options)
 
     def Adam_optimize(self, n_epochs: int, dataset, batch_size: int = 32, **options):
