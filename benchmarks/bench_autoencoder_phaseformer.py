@@ -34,9 +34,8 @@ def _timeit(fn, repeats: int, warmup: int = 1) -> float:
 
 
 def run_row(row: str, device: str, size: int, batch: int, repeats: int) -> dict:
-    from phasestem.learn.losses import PhaseformerLoss
     from phasestem.learn.nets.autoencoder import Autoencoder
-    from phasestem.learn.nets.phaseformer import Phaseformer
+    from phasestem.learn.nets.phaseformer import Phaseformer, PhaseformerLoss
 
     dev = torch.device(device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)

@@ -37,9 +37,9 @@ import torch
 def ad_solver_run(dataset, rc, truth: np.ndarray, truth_sampling, fov, solver: str, device: str) -> dict:
     """AD from a flat object with ``solver`` (probe fixed); E_φ on the truth grid and optimisation seconds after every
     epoch (the protocol of ``phasestem.demo.ad_run``, which is Adam only)."""
-    from phasestem.demo import resample
     from phasestem.metrics import phase_error
     from phasestem.recon import Ptychography
+    from phasestem.resample import sample_on_grid
 
     torch.manual_seed(0)
     model = Ptychography.from_dataset(
@@ -48,7 +48,7 @@ def ad_solver_run(dataset, rc, truth: np.ndarray, truth_sampling, fov, solver: s
     sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
 
     def err() -> float:
-        rec = resample(model.phase_in_dataset_frame(), model.sampling, truth_sampling, truth.shape)
+        rec = sample_on_grid(model.phase_in_dataset_frame(), model.sampling, truth_sampling, truth.shape)
         return float(phase_error(rec[fov], truth[fov]))
 
     run = model.LSQ_optimize if solver == "lsq" else model.Adam_optimize

@@ -123,7 +123,7 @@ def _phasestem_scan(aberrations: dict, seed: int = 1):
 
     from phasestem import optics
     from phasestem.dataset import FourDSTEM
-    from phasestem.physics import ForwardModel, transmission_function
+    from phasestem.physics.operator import ForwardModel, transmission_function
     from phasestem.specimen import synthetic_phase
 
     rng = np.random.default_rng(seed)

@@ -7,9 +7,9 @@ import sys
 import pytest
 import torch
 
-from phasestem import fused as fused_op
-from phasestem import physics
-from phasestem.physics import ForwardModel, WindowIndex, farfield_intensity
+from phasestem.physics import fused as fused_op
+from phasestem.physics.multislice import WindowIndex, gather_patches
+from phasestem.physics.operator import ForwardModel, farfield_intensity
 
 F64 = torch.float64
 C128 = torch.complex128
@@ -123,7 +123,7 @@ def test_windows_beyond_the_object_wrap_periodically():
     rows = [(-3 + i) % 30 for i in range(6)]
     cols = [(25 + j) % 28 for j in range(5)]
     torch.testing.assert_close(where.gather(obj)[0], obj[rows][:, cols])
-    torch.testing.assert_close(physics.gather_patches(obj, torch.tensor([[-3, 25]]), (6, 5))[0], obj[rows][:, cols])
+    torch.testing.assert_close(gather_patches(obj, torch.tensor([[-3, 25]]), (6, 5))[0], obj[rows][:, cols])
 
 
 def test_allocator_setting_is_applied_once_and_can_be_switched_off():

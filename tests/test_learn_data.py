@@ -119,7 +119,7 @@ def test_augmentation_is_an_exact_symmetry_of_the_physics(tmp_path):
     """
     from phasestem.learn.data import scan_source_indices
     from phasestem.optics import make_probe
-    from phasestem.physics import ForwardModel, transmission_function
+    from phasestem.physics.operator import ForwardModel, transmission_function
 
     N, S, w, ps = 48, 12, 48, 0.5
     rng = np.random.default_rng(3)

@@ -176,14 +176,13 @@ def test_no_file_in_learn_is_over_400_lines():
 
 
 def test_networks_live_one_per_file():
-    """learn/nets/<network>.py holds each network with its settings and loss; the run configs and losses modules
-    export the same objects, and the autoencoder's printed summary is learn.apply.latent.show."""
-    from phasestem.learn import config, losses
+    """learn/nets/<network>.py holds each network with its settings and loss; the run configs module exports the
+    same objects, and the autoencoder's printed summary is learn.apply.latent.show."""
+    from phasestem.learn import config
     from phasestem.learn.apply import latent
     from phasestem.learn.nets import autoencoder, end2end, patch, phaseformer, stitch
 
     assert callable(latent.show)
-    assert losses.PhaseformerLoss is phaseformer.PhaseformerLoss
     assert config.PhaseformerModelConfig is phaseformer.PhaseformerModelConfig
     assert config.AutoencoderLossConfig is autoencoder.AutoencoderLossConfig
     for module, names in ((patch, ("PatchRecoveryNet", "PatchRecoveryConfig", "patch_loss_fn")),

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from phasestem import metrics
 from phasestem.errors import ConfigError, InputFileError, ShapeError
 from phasestem.learn import losses as L
-from phasestem.learn.nets.phaseformer import ECA, Phaseformer, phase_only
+from phasestem.learn.nets.phaseformer import ECA, Phaseformer, PhaseformerLoss, phase_only
 from phasestem.learn.pairs import Degrade, degrade, paired_dataset, write_pairs
 
 TINY = dict(dim=8, blocks=(1, 1, 1, 1), heads=(1, 1, 2, 2), refinement_blocks=1)
@@ -95,16 +95,16 @@ def _vgg_file(tmp_path):
 
 def test_without_vgg_weights_the_perceptual_term_is_off_and_the_log_says_so(caplog):
     with caplog.at_level("WARNING", logger="phasestem"):
-        crit = L.PhaseformerLoss()
+        crit = PhaseformerLoss()
     assert crit.components == ("charbonnier", "gradient", "ms_ssim") and "perceptual" not in crit.terms
     assert "perceptual term is OFF" in caplog.text
     with pytest.raises(ConfigError, match="only 'perceptual'"):
-        L.PhaseformerLoss(("perceptual",))
+        PhaseformerLoss(("perceptual",))
 
 
 def test_every_component_finite_and_nonzero_with_defaults(one_thread, tmp_path):
     torch.manual_seed(0)
-    crit = L.PhaseformerLoss(perceptual_weights=_vgg_file(tmp_path))  # all four components
+    crit = PhaseformerLoss(perceptual_weights=_vgg_file(tmp_path))  # all four components
     assert crit.terms["perceptual"].source.endswith("vgg16.safetensors")
     net = Phaseformer(**TINY)
     x, y = torch.rand(2, 1, 64, 64), torch.rand(2, 1, 64, 64)
@@ -143,7 +143,7 @@ def test_learnable_loss_weights_reach_the_optimiser_and_change(tmp_path, one_thr
     from phasestem.learn.training.phaseformer import PhaseformerTrainable, phaseformer_loss_fn
 
     torch.manual_seed(0)
-    model = PhaseformerTrainable(Phaseformer(**TINY), L.PhaseformerLoss(("charbonnier", "gradient", "ms_ssim")))
+    model = PhaseformerTrainable(Phaseformer(**TINY), PhaseformerLoss(("charbonnier", "gradient", "ms_ssim")))
     before = {n: p.detach().clone() for n, p in model.criterion.named_parameters()}
     data = [{"input": torch.rand(2, 1, 48, 48), "target": torch.rand(2, 1, 48, 48)}]
     trainer = Trainer(model, phaseformer_loss_fn, data, config=TrainerConfig(
@@ -164,7 +164,7 @@ def test_bf16_autocast_step_is_finite(one_thread):
     from phasestem.learn.training.phaseformer import PhaseformerTrainable, phaseformer_loss_fn, phaseformer_metrics_fn
 
     torch.manual_seed(0)
-    model = PhaseformerTrainable(Phaseformer(**TINY), L.PhaseformerLoss(("charbonnier", "gradient", "ms_ssim")))
+    model = PhaseformerTrainable(Phaseformer(**TINY), PhaseformerLoss(("charbonnier", "gradient", "ms_ssim")))
     data = [{"input": torch.rand(2, 1, 48, 48), "target": torch.rand(2, 1, 48, 48)}]
     trainer = Trainer(model, phaseformer_loss_fn, data, val_loader=data, metrics_fn=phaseformer_metrics_fn,
                       config=TrainerConfig(epochs=1, device="cpu", amp="bf16", progress=False, tensorboard=False))
@@ -180,7 +180,7 @@ def test_checkpoint_round_trip(tmp_path, one_thread):
 
     torch.manual_seed(0)
     net = Phaseformer(**TINY, residual=False).eval()
-    wrapped = PhaseformerTrainable(net, L.PhaseformerLoss(("charbonnier",)))
+    wrapped = PhaseformerTrainable(net, PhaseformerLoss(("charbonnier",)))
     meta = {"network": "phaseformer", "model": net.config.to_dict()}
     path = save_weights(wrapped.state_dict(), tmp_path / "run" / "best" / "model.safetensors", meta)
     loaded, _ = load_phaseformer(tmp_path / "run", device="cpu")
@@ -262,7 +262,7 @@ def test_phaseformer_beats_identity_on_held_out_pairs(one_thread):
 
     (x_train, y_train), (x_test, y_test) = make(64), make(16)
     net = Phaseformer(**TINY)
-    crit = L.PhaseformerLoss(("charbonnier", "gradient"))
+    crit = PhaseformerLoss(("charbonnier", "gradient"))
     opt = torch.optim.AdamW([*net.parameters(), *crit.parameters()], lr=2e-3, weight_decay=0.0)
     for _ in range(25):
         i = torch.randint(0, len(x_train), (8,))

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from phasestem import optics, physics
+from phasestem import optics
+from phasestem.physics import fourier, multislice, operator
 
 
 def test_wavelength_and_interaction_constant_known_values():
@@ -49,7 +50,7 @@ def test_defocused_probe_equals_propagated_focused_probe():
     for df in (50.0, -120.0):
         focused = optics.make_probe(shape, s, E, 20.0, {"C30": 2e4})
         defocused = optics.make_probe(shape, s, E, 20.0, {"C30": 2e4, "C10": df})
-        propagated = physics.ifft2(physics.fft2(focused) * physics.propagator(shape, s, E, df))
+        propagated = fourier.ifft2(fourier.fft2(focused) * multislice.propagator(shape, s, E, df))
         err = (propagated - defocused).abs().max() / defocused.abs().max()
         assert float(err) < 1e-4
 
@@ -79,21 +80,21 @@ def test_propagation_conserves_intensity_and_vacuum_multislice_is_free_propagati
     shape, s, E = (64, 64), (0.25, 0.25), 300e3
     probe = optics.make_probe(shape, s, E, 20.0)
     tilt = torch.tensor([3.0, -2.0])
-    prop = physics.propagator(shape, s, E, 7.0, tilt)
-    out = physics.ifft2(physics.fft2(probe) * prop)
+    prop = multislice.propagator(shape, s, E, 7.0, tilt)
+    out = fourier.ifft2(fourier.fft2(probe) * prop)
     assert float((out.abs() ** 2).sum()) == pytest.approx(1.0, abs=1e-5)
     n = 5
     vacuum = torch.ones((1, 1, n, *shape), dtype=torch.complex64)
-    exit_ = physics.multislice(probe[None, None], vacuum, prop, propagate_last=True)[0, 0, 0]
-    once = physics.ifft2(physics.fft2(probe) * physics.propagator(shape, s, E, n * 7.0, tilt))
+    exit_ = multislice.multislice(probe[None, None], vacuum, prop, propagate_last=True)[0, 0, 0]
+    once = fourier.ifft2(fourier.fft2(probe) * multislice.propagator(shape, s, E, n * 7.0, tilt))
     assert float((exit_ - once).abs().max() / once.abs().max()) < 1e-5
 
 
 def _slab_exit(phase, n, thickness, shape, s, E, probe):
     t = torch.polar(torch.ones_like(phase), phase / n).to(torch.complex128)
     trans = t.expand(1, 1, n, *shape)
-    prop = physics.propagator(shape, s, E, torch.tensor(thickness / n, dtype=torch.float64))
-    return physics.multislice(probe[None, None], trans, prop)[0, 0, 0]
+    prop = multislice.propagator(shape, s, E, torch.tensor(thickness / n, dtype=torch.float64))
+    return multislice.multislice(probe[None, None], trans, prop)[0, 0, 0]
 
 
 def test_thin_slices_converge_and_approach_projection_as_thickness_vanishes():
@@ -156,7 +157,7 @@ def test_forward_model_matches_independent_numpy():
     tilt = np.array([2.0, -3.5])
     weights = np.array([0.7, 0.3])
     ref = _numpy_forward(obj, probe, positions, sampling, E, dz, tilt, weights)
-    fm = physics.ForwardModel((n, n), sampling, E)
+    fm = operator.ForwardModel((n, n), sampling, E)
     got = fm(torch.as_tensor(obj, dtype=torch.complex64), torch.as_tensor(probe), torch.as_tensor(positions),
              dz=dz, tilt=torch.as_tensor(tilt, dtype=torch.float32),
              object_weights=torch.as_tensor(weights, dtype=torch.float32)).double().numpy()
@@ -167,7 +168,7 @@ def test_forward_model_gradcheck_float64():
     torch.manual_seed(0)
     n, Ny, S, M = 6, 10, 2, 2
     sampling, E = (0.4, 0.4), 200e3
-    fm = physics.ForwardModel((n, n), sampling, E)
+    fm = operator.ForwardModel((n, n), sampling, E)
     obj = (torch.randn(1, S, Ny, Ny, dtype=torch.complex128) * 0.2 + 1).requires_grad_()
     probe = torch.randn(M, n, n, dtype=torch.complex128, requires_grad=True)
     positions = torch.tensor([[1.13, 1.32], [2.07, 0.61]], dtype=torch.float64, requires_grad=True)
@@ -181,7 +182,7 @@ def test_forward_model_gradcheck_float64():
 
 
 def test_patterns_sum_to_probe_intensity_for_pure_phase_object():
-    fm = physics.ForwardModel((32, 32), (0.3, 0.3), 300e3)
+    fm = operator.ForwardModel((32, 32), (0.3, 0.3), 300e3)
     probe = optics.make_probe((32, 32), (0.3, 0.3), 300e3, 25.0, on_band_limit="ignore")
     obj = torch.polar(torch.ones(1, 3, 50, 50), torch.rand(1, 3, 50, 50))
     pats = fm(obj, probe, torch.rand(7, 2) * 10, dz=2.0)
@@ -191,8 +192,8 @@ def test_patterns_sum_to_probe_intensity_for_pure_phase_object():
 def test_fourier_shift_matches_integer_roll_and_composes():
     x = torch.randn(3, 16, 20, dtype=torch.complex64)
     s = torch.tensor([[2.0, -3.0]] * 3)
-    np.testing.assert_allclose(physics.fourier_shift(x, s).numpy(), torch.roll(x, (2, -3), (-2, -1)).numpy(), atol=1e-5)
-    half = physics.fourier_shift(physics.fourier_shift(x, s / 2), s / 2)
+    np.testing.assert_allclose(fourier.fourier_shift(x, s).numpy(), torch.roll(x, (2, -3), (-2, -1)).numpy(), atol=1e-5)
+    half = fourier.fourier_shift(fourier.fourier_shift(x, s / 2), s / 2)
     np.testing.assert_allclose(half.numpy(), torch.roll(x, (2, -3), (-2, -1)).numpy(), atol=1e-4)
 
 

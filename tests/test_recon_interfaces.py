@@ -9,10 +9,10 @@ import pytest
 import torch
 import yaml
 
+from phasestem.detector import bin_pixels, detector_response
 from phasestem.errors import InputFileError
 from phasestem.recon import Constraints, Ptychography, constraints
 from phasestem.recon.losses import ptyrad_gaussian_loss
-from phasestem.recon.model import bin_intensities
 from phasestem.recon.params import build_dataset, build_model, load_params
 from phasestem.recon.results import load_results
 from phasestem.recon.synthetic import simulate_dataset, write_npz
@@ -217,12 +217,12 @@ def test_oversampling_bins_onto_the_detector_and_support_limits_the_probe(ds):
     fine = torch.rand(2, 12, 10, dtype=torch.float64)
     for f in (2, 3):
         big = torch.rand(2, 12 * f, 10 * f, dtype=torch.float64)
-        out = bin_intensities(big, f)
+        out = detector_response(big, f)  # fftfreq order in and out, binned as the detector bins centred frames
         assert out.shape == (2, 12, 10)
-        torch.testing.assert_close(out.sum((-2, -1)), big.sum((-2, -1)))
-    flat = torch.ones(1, 8, 8)
-    torch.testing.assert_close(bin_intensities(flat, 2), torch.full((1, 4, 4), 4.0))
-    assert bin_intensities(fine, 1) is fine
+        centred = torch.fft.fftshift(big, dim=(-2, -1))
+        torch.testing.assert_close(torch.fft.fftshift(out, dim=(-2, -1)), bin_pixels(centred, f))
+    torch.testing.assert_close(detector_response(torch.ones(1, 8, 8), 2), torch.full((1, 4, 4), 4.0))
+    assert detector_response(fine, 1) is fine
     model = Ptychography.from_dataset(ds, oversampling=2, probe_support_radius=10)
     p = model.get_probe().detach()
     yy, xx = np.mgrid[:64, :64]

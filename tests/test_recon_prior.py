@@ -55,8 +55,9 @@ def test_weight_zero_is_the_plain_hybrid_and_negative_weights_are_refused(scan):
 def test_a_strong_pull_keeps_ad_near_a_good_prior_on_noisy_data(scan):
     """Low-dose patterns: AD from the truth drifts away by fitting the noise; pulled towards the truth after every
     epoch it stays closer (the mechanism that lets a good prediction help at low dose)."""
-    from phasestem.demo import field_of_view, resample
+    from phasestem.demo import field_of_view
     from phasestem.metrics import phase_error
+    from phasestem.resample import sample_on_grid
 
     _, _, _ = scan
     ds = simulate_dataset(scan_shape=(6, 6), scan_step=1.0, max_phase=0.5, seed=3, dose=200.0)
@@ -73,6 +74,6 @@ def test_a_strong_pull_keeps_ad_near_a_good_prior_on_noisy_data(scan):
             pass
         prior.detach(model)
         assert prior not in model.epoch_callbacks
-        rec = resample(model.phase_in_dataset_frame(), model.sampling, samp, truth.shape)
+        rec = sample_on_grid(model.phase_in_dataset_frame(), model.sampling, samp, truth.shape)
         errors[weight] = phase_error(rec[fov], truth[fov])
     assert errors[1.0] < 0.8 * errors[0.0], errors

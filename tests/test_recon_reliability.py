@@ -111,9 +111,9 @@ def test_an_object_larger_than_memory_is_refused_before_allocating(monkeypatch):
 
     from phasestem.dataset import FourDSTEM, angular_sampling_for
     from phasestem.errors import ConfigError
-    from phasestem.recon import Ptychography, model
+    from phasestem.recon import Ptychography, budget
 
-    monkeypatch.setattr(model, "available_memory", lambda: 50 << 20)  # 50 MB
+    monkeypatch.setattr(budget, "available_memory", lambda: 50 << 20)  # 50 MB
     ds = FourDSTEM(patterns=np.ones((2, 2, 32, 32), np.float32), energy=300e3, scan_step=(1e4, 1e4),
                    angular_sampling=angular_sampling_for(300e3, 0.4, (32, 32)), semiangle=15.0)
     with pytest.raises(ConfigError, match="scan.step|object"):

@@ -307,7 +307,7 @@ def clean_scan():
     import torch
 
     from phasestem import optics
-    from phasestem.physics import ForwardModel, transmission_function
+    from phasestem.physics.operator import ForwardModel, transmission_function
     from phasestem.specimen import synthetic_phase
 
     rng = np.random.default_rng(1)

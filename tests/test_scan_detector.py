@@ -264,20 +264,30 @@ def test_former_crop_and_binning_equal_pixelated_detector(frame):
 
 
 def test_binning_keeps_zero_frequency_in_the_central_bin_when_the_bins_do_not_fit_evenly():
-    # 10 px in bins of 2 (5 bins) or 64 px in bins of 3 (21 bins): the window can not start at H//2 − (h//2)·f
-    for H, f in [(10, 2), (64, 3), (9, 3), (13, 4)]:
+    """The one bin rule: the zero frequency H//2 is pixel (f − 1)//2 of bin h//2 whatever the frame; bins that
+    reach past the frame's edge sum what they hold, and the detector's valid mask leaves them out."""
+    for H, f in [(10, 2), (64, 3), (9, 3), (13, 4), (48, 3), (12, 4)]:
         p = np.zeros((H, H), np.float32)
         p[H // 2, H // 2] = 1.0
-        out = PixelatedDetector((H, H), binning=f).apply(p)
+        det = PixelatedDetector((H, H), binning=f)
+        out = det.apply(p)
         h = H // f
         assert out.shape == (h, h) and out[h // 2, h // 2] == 1.0 and out.sum() == 1.0
-        ones = PixelatedDetector((H, H), binning=f).apply(np.ones((H, H), np.float32))
-        np.testing.assert_array_equal(ones, np.full((h, h), f * f, np.float32))
+        for d in range(-(f - 1) // 2 - 1, f - (f - 1) // 2 + 1):  # the pixels of the central bin and one beyond
+            q = np.zeros((H, H), np.float32)
+            if 0 <= H // 2 + d < H:
+                q[H // 2 + d, H // 2] = 1.0
+                inside = -((f - 1) // 2) <= d < f - (f - 1) // 2
+                assert (det.apply(q)[h // 2, h // 2] == 1.0) == inside, (H, f, d)
+        ones = det.apply(np.ones((H, H), np.float32))
+        full = det.valid_mask()
+        np.testing.assert_array_equal(ones[full], f * f)
+        assert (ones[~full] < f * f).all() and full[h // 2, h // 2]
 
 
 def test_simulator_bins_are_the_detector_with_the_zero_frequency_centred_in_its_bin():
-    """simulate.scan.DetectorGeometry (odd factors) = PixelatedDetector binning a crop whose central bin is
-    centred on the zero frequency: the detector's centre moved by crop//2 − (the zero frequency's crop index)."""
+    """simulate.scan.DetectorGeometry (odd factors) = PixelatedDetector with the same crop and binning (the one
+    bin rule: the zero frequency is the central pixel of the central bin)."""
     import torch
 
     from phasestem.simulate.scan import DetectorGeometry
@@ -286,8 +296,7 @@ def test_simulator_bins_are_the_detector_with_the_zero_frequency_centred_in_its_
         geo = DetectorGeometry.make(gpts, (0.1, 0.11), 200e3, shape)
         assert geo.factor[0] == geo.factor[1] == 3
         full = torch.rand(2, *gpts, generator=torch.Generator().manual_seed(2))
-        centre = [gpts[a] // 2 + geo.crop[a] // 2 - geo.zero_offset(a) for a in (0, 1)]
-        det = PixelatedDetector(gpts, centre=centre, crop=geo.crop, binning=3)
+        det = PixelatedDetector(gpts, crop=geo.crop, binning=3)
         np.testing.assert_allclose(geo.apply(full).numpy(), det.apply(full.numpy()), rtol=1e-6)  # torch vs numpy sums
 
 

@@ -335,10 +335,10 @@ def counted_copy(source: str | Path, path: str | Path, electrons: float, seed: i
     """A copy of the noise-free file ``source`` (written by :func:`write_abtem_file`) whose patterns are Poisson
     counts at ``electrons`` per pattern (each pattern's mean scaled by ``electrons``: abTEM's noise-free patterns sum
     to about 1, less what falls outside the detector), drawn with NumPy from (seed, sample index); truths and
-    attributes copied (``phasestem.noise.poisson_counts``, the counts of ``detector.dose``). The same abTEM run then
-    serves several doses; it works on any file of this layout (phasestem's too)."""
+    attributes copied (``phasestem.physics.noise.poisson_counts``, the counts of ``detector.dose``). The same abTEM
+    run then serves several doses; it works on any file of this layout (phasestem's too)."""
     from phasestem.io import seed as seedfile
-    from phasestem.noise import poisson_counts
+    from phasestem.physics.noise import poisson_counts
 
     path = Path(path)
     tmp = path.with_name(f".{path.name}.partial")

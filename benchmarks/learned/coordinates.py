@@ -62,7 +62,7 @@ def make_blocks(n: int, seed: int, measurement: str = "windows", block: int = 4,
     h = window // 2
     if measurement == "simulated":
         from phasestem.optics import make_probe
-        from phasestem.physics import ForwardModel, transmission_function
+        from phasestem.physics.operator import ForwardModel, transmission_function
 
         probe = make_probe((window, window), (ps, ps), 300e3, 12.0, {"C10": 60.0})
         fm = ForwardModel((window, window), (ps, ps), 300e3)

@@ -161,7 +161,7 @@ def training_file(out: Path, model: str) -> Path:
 
 def simulate_training(out: Path, layout: str, n_train: int) -> dict[str, Path]:
     """Step 3a: ``phasestem simulate`` of the training crystals at 2 Å, noise-free (``clean``), and the same
-    patterns as Poisson counts at 1e4 e⁻/pattern (``lowdose``; ``phasestem.noise.poisson_counts``, what
+    patterns as Poisson counts at 1e4 e⁻/pattern (``lowdose``; ``phasestem.physics.noise.poisson_counts``, what
     ``detector.dose`` draws, on the noise-free file instead of a second simulation)."""
     from abtem_samples import counted_copy
 

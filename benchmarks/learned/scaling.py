@@ -224,8 +224,7 @@ def _epochs_done(run: Path) -> tuple[int, float]:
 def train_stage(cfg: dict, config_path: Path, chunk_epochs: int, budget: Budget) -> bool:
     """Train one stage for at most ``chunk_epochs`` epochs from its last checkpoint (one step; in this process);
     True when the stage is finished (its ``.done`` marker is written)."""
-    from phasestem.learn.config import dump_config
-    from phasestem.learn.registry import build_run, load_run_config
+    from phasestem.learn.registry import build_run, dump_config, load_run_config
 
     run = Path(cfg["out_dir"])
     done = run.with_name(run.name + ".done")

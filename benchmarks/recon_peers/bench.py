@@ -3,7 +3,7 @@
     python benchmarks/recon_peers/bench.py [--cases a b c] [--tools phasestem ptyrad py4dstem]
                                            [--workdir runs/recon_peers] [--envs .bench_envs] [--quick]
 
-Datasets (simulated with phasestem's physics core, ``phasestem.physics.ForwardModel``): 32 × 32
+Datasets (simulated with phasestem's physics core, ``phasestem.physics.operator.ForwardModel``): 32 × 32
 raster, 1 Å step, 128² patterns, 0.2 Å pixels, 300 keV, 20 mrad, C10 = +100 Å (crossover 100 Å
 before the entrance surface; abTEM/py4DSTEM ``defocus = −100``), noise-free:
 
@@ -47,7 +47,7 @@ def simulate_case(name: str, geom: dict, path: Path, seed: int = 0) -> None:
     import torch
 
     from phasestem import optics
-    from phasestem.physics import ForwardModel, transmission_function
+    from phasestem.physics.operator import ForwardModel, transmission_function
     from phasestem.specimen import synthetic_phase
 
     spec = CASES[name]

@@ -20,6 +20,7 @@ phase: PSNR and SSIM after offset removal and sub-pixel alignment, and the relat
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -33,6 +34,7 @@ from pydantic import Field
 
 from .configfile import StrictModel
 from .plot import _plt, save_figure, styled
+from .resample import sample_on_grid
 from .safety import atomic_file
 
 log = logging.getLogger("phasestem.demo")
@@ -53,7 +55,7 @@ class DemoRecon(StrictModel):
     batch_size: int = Field(32, ge=1, description="patterns per mini-batch")
     lr_phase: float | None = Field(None, gt=0, description="learning rate of the object phase: with lsq a fraction "
                                    "of the Gauss–Newton step, with adam rad per step; null: the solver's default "
-                                   "(phasestem.recon.model.SOLVER_DEFAULTS)")
+                                   "(phasestem.recon.schedule.SOLVER_DEFAULTS)")
     lr_amplitude: float | None = Field(None, ge=0, description="learning rate of the object amplitude (as lr_phase)")
 
 
@@ -122,22 +124,18 @@ def load_demo_config(path: Path = BUILTIN_DEMO, quick: bool = False) -> DemoConf
 
 # ------------------------------------------------------------------------------------------ helpers
 class Timer:
-    """Wall-clock seconds per stage."""
+    """Wall-clock seconds per stage: ``with timer("name"): ...`` adds to ``timer.seconds["name"]``."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
 
+    @contextlib.contextmanager
     def __call__(self, name: str):
-        timer = self
-
-        class _Ctx:
-            def __enter__(self):
-                self.t0 = time.perf_counter()
-
-            def __exit__(self, *exc):
-                timer.seconds[name] = timer.seconds.get(name, 0.0) + time.perf_counter() - self.t0
-
-        return _Ctx()
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
 
 
 def field_of_view(dataset, truth_sampling: tuple[float, float], shape: tuple[int, int]) -> tuple[slice, slice]:
@@ -149,25 +147,6 @@ def field_of_view(dataset, truth_sampling: tuple[float, float], shape: tuple[int
         hi = min(shape[ax], int(math.floor(pos[:, ax].max() / truth_sampling[ax])) + 1)
         sl.append(slice(lo, hi))
     return sl[0], sl[1]
-
-
-def resample(image: np.ndarray, sampling: tuple[float, float], target_sampling: tuple[float, float],
-             shape: tuple[int, int]) -> np.ndarray:
-    """Bilinear resampling of ``image`` (pixel (0,0) at 0 Å) onto a grid of ``shape`` at ``target_sampling``."""
-    if all(abs(a - b) < 1e-9 for a, b in zip(sampling, target_sampling, strict=True)):
-        out = np.zeros(shape, np.float32)
-        h, w = min(shape[0], image.shape[0]), min(shape[1], image.shape[1])
-        out[:h, :w] = image[:h, :w]
-        return out
-    yy = np.arange(shape[0]) * target_sampling[0] / sampling[0]
-    xx = np.arange(shape[1]) * target_sampling[1] / sampling[1]
-    y0 = np.clip(np.floor(yy).astype(int), 0, image.shape[0] - 2)
-    x0 = np.clip(np.floor(xx).astype(int), 0, image.shape[1] - 2)
-    fy = np.clip(yy - y0, 0, 1)[:, None]
-    fx = np.clip(xx - x0, 0, 1)[None, :]
-    a, b = image[np.ix_(y0, x0)], image[np.ix_(y0, x0 + 1)]
-    c, d = image[np.ix_(y0 + 1, x0)], image[np.ix_(y0 + 1, x0 + 1)]
-    return ((1 - fy) * ((1 - fx) * a + fx * b) + fy * ((1 - fx) * c + fx * d)).astype(np.float32)
 
 
 def aligned_error_map(rec: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -211,7 +190,7 @@ def ad_run(dataset, rc: DemoRecon, truth: np.ndarray, truth_sampling, fov, initi
     sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
 
     def on_truth_grid() -> np.ndarray:
-        return resample(model.phase_in_dataset_frame(), model.sampling, truth_sampling, truth.shape)
+        return sample_on_grid(model.phase_in_dataset_frame(), model.sampling, truth_sampling, truth.shape)
 
     errors = [phase_error(on_truth_grid()[fov], truth[fov])]
     seconds = [0.0]

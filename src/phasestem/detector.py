@@ -15,8 +15,10 @@ and how frames are reduced (``crop``, ``binning``) and corrected (``bad_pixels``
 4. resampling so that ``centre`` lands on the central pixel, turned by ``rotation`` degrees
    counter-clockwise as displayed (y down; :func:`phasestem.scan.rotation_matrix`) about it —
    integer shifts are exact, otherwise bilinear with zeros outside the frame;
-5. ``crop`` (h, w) central pixels around the zero frequency (the whole frame when None);
-6. ``binning`` × ``binning`` sums (:func:`bin_pixels`: the zero frequency stays in bin (h//2, w//2)).
+5. ``crop`` (h, w) central pixels around the zero frequency (the whole frame when None); with ``binning``, the
+   h//binning × w//binning central bins of the frame (so the crop holds whole bins of the one bin rule);
+6. ``binning`` × ``binning`` sums (:func:`bin_pixels`: the zero frequency stays in bin (h//2, w//2), at its
+   centre for odd factors: :func:`bin_window`, the one bin rule, also the model's (:func:`detector_response`)).
 
 :meth:`~PixelatedDetector.orient` (step 3) and :meth:`~PixelatedDetector.reduce` (steps 5–6 by slicing,
 for frames already centred) are the same steps alone; :class:`phasestem.dataset.FourDSTEM`'s
@@ -27,6 +29,7 @@ None means the raw (H//2, W//2). Per-pattern centres (descan) go to ``apply(...,
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -62,7 +65,8 @@ class PixelatedDetector:
     rotation : degrees the frames are turned, counter-clockwise as displayed (y down).
     transpose, flip_y, flip_x : camera mounting, applied in this order.
     binning : integer factor of the final pixel sums.
-    crop : (h, w) pixels kept around the zero frequency before binning (None: the whole frame).
+    crop : (h, w) pixels kept around the zero frequency (None: the whole frame); with ``binning``, the central
+        h//binning × w//binning bins.
     bad_pixels : (H, W) bool mask, True = hot/dead pixel.
     dark : (H, W) dark frame subtracted first; gain : (H, W) gain multiplied after.
     bad_pixel_fill : 'neighbours' (mean of good 3×3 neighbours) or 'zero'.
@@ -223,8 +227,7 @@ class PixelatedDetector:
             c = c.reshape(-1, 2)
         else:
             c = np.asarray(self.raw_centre(), dtype=np.float64)[None]
-        out = self._resample(self.orient(p), self.oriented_point(c))
-        out = bin_pixels(out, self.binning)
+        out = self._bin(self._resample(self.orient(p), self.oriented_point(c)))
         return out.reshape(*batch, *out.shape[-2:])
 
     def corrected(self, patterns) -> np.ndarray:
@@ -242,7 +245,7 @@ class PixelatedDetector:
         """(h, w) bool: output pixels computed only from good raw pixels inside the frame."""
         good = np.ones(self.shape, np.float32) if self.bad_pixels is None else (~self.bad_pixels).astype(np.float32)
         c = self.oriented_point(np.asarray(self.raw_centre())[None])
-        out = bin_pixels(self._resample(self.orient(good[None]), c), self.binning)[0]
+        out = self._bin(self._resample(self.orient(good[None]), c))[0]
         return out >= self.binning**2 - 1e-4
 
     def _fill_bad(self, p: np.ndarray) -> np.ndarray:
@@ -261,8 +264,8 @@ class PixelatedDetector:
         return p
 
     def reduce(self, patterns):
-        """Steps 5–6 only, on frames already oriented and centred on (H//2, W//2): the central ``crop``
-        (:func:`centre_window`) then the ``binning`` sums (:func:`bin_pixels`), by slicing (no resampling).
+        """Steps 5–6 only, on frames already oriented and centred on (H//2, W//2): the ``binning`` sums
+        (:func:`bin_pixels`) and the central ``crop`` (:func:`centre_window`), by slicing (no resampling).
 
         (..., H, W) NumPy array or torch tensor, (H, W) = :attr:`oriented_shape` → (..., h, w) =
         :attr:`output_shape` of the same type (a crop keeps the dtype; the bins sum as ``.sum`` does).
@@ -270,8 +273,15 @@ class PixelatedDetector:
         if tuple(patterns.shape[-2:]) != self.oriented_shape:
             raise ShapeError(f"detector: frames of shape {tuple(patterns.shape[-2:])} do not match the oriented "
                              f"detector {self.oriented_shape} (H, W)")
-        p = patterns if self.crop is None else centre_window(patterns, self.crop)
-        return bin_pixels(p, self.binning)
+        if self.binning == 1:
+            return patterns if self.crop is None else centre_window(patterns, self.crop)
+        return self._bin(patterns)
+
+    def _bin(self, frames):
+        """Step 6 on frames (..., H', W') centred on (H'//2, W'//2): the bins of :func:`bin_pixels`, the central
+        :attr:`output_shape` of them kept."""
+        out = bin_pixels(frames, self.binning)
+        return out if tuple(out.shape[-2:]) == self.output_shape else centre_window(out, self.output_shape)
 
     def orient(self, patterns) -> np.ndarray:
         """Step 3 only: ``transpose``, then ``flip_y``, then ``flip_x`` of (..., H, W) frames (a view, any dtype).
@@ -292,6 +302,8 @@ class PixelatedDetector:
         """(B, H', W') oriented frames, (1 or B, 2) oriented centres → (B, hc, wc) about the centre."""
         B, H, W = p.shape
         hc, wc = self.crop if self.crop is not None else (H, W)
+        if self.crop is not None and self.binning > 1:  # room for every bin of the crop, whole (zeros outside)
+            hc, wc = hc + 2 * self.binning, wc + 2 * self.binning
         d = np.stack(np.meshgrid(np.arange(hc) - hc // 2, np.arange(wc) - wc // 2, indexing="ij"), -1)
         d = d.astype(np.float64) @ rotation_matrix(-self.rotation).T  # source offset of each output pixel
         src = centres[:, None, None, :] + d[None]  # (1 or B, hc, wc, 2)
@@ -339,12 +351,25 @@ def centre_window(patterns, shape: tuple[int, int]):
     return out
 
 
+def bin_window(n: int, factor: int) -> int:
+    """First pixel (possibly < 0) of the ``(n // factor)·factor`` pixels that bins of ``factor`` sum along an axis
+    of ``n`` pixels whose zero frequency is pixel n//2: THE bin-centring rule of phasestem.
+
+    The zero frequency is pixel (f−1)//2 of bin h//2 (h = n//f): the bin's centre for an odd factor, the lower of
+    its two central pixels for an even one (that bin's centre then lies half a fine pixel above the zero
+    frequency). The detector (:func:`bin_pixels`), the reconstruction's oversampled model
+    (:func:`detector_response`) and the simulator (``simulate.scan.DetectorGeometry``) all bin by it.
+    """
+    f = int(factor)
+    return n // 2 - (n // f // 2) * f - (f - 1) // 2
+
+
 def bin_pixels(patterns, factor: int | tuple[int, int]):
     """Sums of ``factor`` × ``factor`` pixels (or (fy, fx)) of (..., H, W) frames → (..., H//fy, W//fx).
 
-    The zero frequency (H//2, W//2) falls in bin (h//2, w//2): the window of h·fy × w·fx summed pixels
-    starts at H//2 − (h//2)·fy (the zero frequency is the bin's first pixel), or at H − h·fy where that
-    window would run past the frame; pixels outside the window are dropped. NumPy arrays or torch tensors.
+    Bins laid out by :func:`bin_window` (the zero frequency (H//2, W//2) stays in bin (h//2, w//2), centred in it
+    for odd factors); frame pixels outside the bins are dropped, and a bin that reaches past the frame's edge sums
+    the pixels it holds (zeros beyond the edge). NumPy arrays or torch tensors.
     """
     fy, fx = (factor, factor) if np.ndim(factor) == 0 else factor
     fy, fx = int(fy), int(fx)
@@ -352,11 +377,45 @@ def bin_pixels(patterns, factor: int | tuple[int, int]):
         return patterns
     H, W = patterns.shape[-2:]
     h, w = H // fy, W // fx
-    # the zero frequency H//2 is the first pixel of bin h//2; where those bins would run past the frame
-    # (h odd), the window is the last h·fy pixels instead, which still holds H//2 in bin h//2
-    y0, x0 = min(H // 2 - (h // 2) * fy, H - h * fy), min(W // 2 - (w // 2) * fx, W - w * fx)
-    p = patterns[..., y0 : y0 + h * fy, x0 : x0 + w * fx]
-    return p.reshape(*p.shape[:-2], h, fy, w, fx).sum((-3, -1))
+    y0, x0 = bin_window(H, fy), bin_window(W, fx)
+    lo = (max(0, -y0), max(0, -x0))
+    hi = (max(0, y0 + h * fy - H), max(0, x0 + w * fx - W))
+    p = patterns
+    if any(lo) or any(hi):  # bins past the edge: zeros beyond it
+        if isinstance(p, np.ndarray):
+            p = np.pad(p, [(0, 0)] * (p.ndim - 2) + [(lo[0], hi[0]), (lo[1], hi[1])])
+        else:
+            import torch.nn.functional as F
+
+            p = F.pad(p, (lo[1], hi[1], lo[0], hi[0]))
+        y0, x0 = y0 + lo[0], x0 + lo[1]
+    return sum_bins(p[..., y0 : y0 + h * fy, x0 : x0 + w * fx], (fy, fx))
+
+
+def sum_bins(window, factor: tuple[int, int]):
+    """(..., h·fy, w·fx) pixels that are exactly the bins (laid out by :func:`bin_window`) → (..., h, w) sums."""
+    fy, fx = int(factor[0]), int(factor[1])
+    h, w = window.shape[-2] // fy, window.shape[-1] // fx
+    return window.reshape(*window.shape[:-2], h, fy, w, fx).sum((-3, -1))
+
+
+def detector_response(far_field, binning: int = 1, blur: float = 0.0):
+    """Model far-field intensities (..., f·h, f·w) on a grid ``binning`` = f times finer than the detector, fftfreq
+    order (torch) → detector patterns (..., h, w), fftfreq order: summed into detector pixels by :func:`bin_pixels`
+    (the one bin rule, as the data are binned) and blurred by the detector's point spread, a periodic Gaussian of
+    σ = ``blur`` detector pixels (0: none). Differentiable."""
+    import torch
+
+    out = far_field
+    if binning > 1:
+        dims = (-2, -1)
+        out = torch.fft.ifftshift(bin_pixels(torch.fft.fftshift(out, dim=dims), binning), dim=dims)
+    if blur > 0:
+        u = torch.fft.fftfreq(out.shape[-2], device=out.device)[:, None]
+        v = torch.fft.fftfreq(out.shape[-1], device=out.device)[None, :]
+        mtf = torch.exp(-2 * math.pi**2 * blur**2 * (u**2 + v**2))
+        out = torch.fft.ifft2(torch.fft.fft2(out) * mtf).real
+    return out
 
 
 def pixel_list_to_mask(pixels, shape: tuple[int, int]) -> np.ndarray:

@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .physics.fourier import fourier_shift
+
 # CODATA 2018
 _H = 6.62607015e-34  # J s
 _E = 1.602176634e-19  # C
@@ -228,7 +230,7 @@ def probe_spectrum(
     """Probe in reciprocal space, complex64 (ny, nx), fftfreq order, centred at window pixel (ny//2, nx//2).
 
     ``amplitude`` (ny, nx, fftfreq order) replaces the aperture A(k) (e.g. one measured from the
-    bright-field disk, :func:`phasestem.recon.probe_init.measured_aperture`).
+    bright-field disk, :func:`phasestem.physics.aperture.measured_aperture`).
     Normalised so that Σ|ψ(r)|² = Σ|ψ(k)|² = 1 (unitary FFT).
     """
     check_band_limit(semiangle, shape, sampling, energy, on_band_limit)
@@ -269,7 +271,6 @@ def partial_coherence_modes(
     Returns ``(modes, occupancies)``: modes (n_modes, ny, nx) complex64 with Σ_m Σ|ψ_m|² = 1
     and occupancies (n_modes,) summing to 1.
     """
-    from .physics import fourier_shift
 
     sigma = source_size / (2 * math.sqrt(2 * math.log(2)))
     if sigma <= 0 or n_modes < 1:
@@ -311,3 +312,10 @@ def initial_probe_modes(probe: torch.Tensor, n_modes: int, power: float = 0.1) -
         weights = torch.tensor([1 - power] + [power / (n_modes - 1)] * (n_modes - 1))
         modes = modes / torch.sqrt((modes.abs() ** 2).sum((-2, -1), keepdim=True)) * weights.sqrt()[:, None, None]
     return modes.to(torch.complex64)
+
+
+def circular_support(window: tuple[int, int], radius_px: float) -> torch.Tensor:
+    """1 inside a circle of ``radius_px`` pixels about the window centre (ny // 2, nx // 2), else 0."""
+    y = torch.arange(window[0], dtype=torch.float32)[:, None] - window[0] // 2
+    x = torch.arange(window[1], dtype=torch.float32)[None, :] - window[1] // 2
+    return (y.square() + x.square() <= float(radius_px) ** 2).float()

@@ -3,7 +3,6 @@ metadata (:mod:`.meta`), atomic folder commits with a sha256 manifest, verificat
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 import os
@@ -21,6 +20,7 @@ from ..safety import atomic_file, remove_stale_temporaries, temporary_name
 from ..torch_files import first_line as _first_line
 from ..torch_files import require_nonempty as _require_nonempty
 from ..torch_files import state_dict_mismatch, torch_load  # noqa: F401 (re-exported to the trainer)
+from .pretrained import resolve, sha256_file
 
 log = logging.getLogger("phasestem.learn")
 
@@ -115,8 +115,6 @@ def read_meta(path: str | Path) -> dict:
 def resolve_weights_path(path: str | Path) -> Path:
     """A model file from a pretrained model's name (:mod:`.pretrained`: ``seed-tiny``, checksum verified), a file, a
     checkpoint folder (``model.*``) or a run folder (``best/``, ``last/``)."""
-    from .pretrained import resolve
-
     shipped = resolve(path)
     if shipped is not None:
         return shipped
@@ -172,15 +170,6 @@ def _step_of(row: Mapping[str, str]) -> float:
         return float(row.get("step") or 0)
     except ValueError:
         return 0.0
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes (read in 1 MiB chunks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 _sha256 = sha256_file  # the name trainer_state imports

@@ -38,7 +38,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, Field
+from pydantic import AliasChoices, Field
 
 from ..configfile import ConfigPath, StrictModel, read_yaml_mapping
 from ..errors import ConfigError
@@ -220,12 +220,3 @@ def load_train_config(path: str | Path, stage: str | None = None, overrides: dic
     from .registry import load_run_config
 
     return load_run_config(path, stage, overrides)
-
-
-def dump_config(cfg: BaseModel, path: str | Path) -> Path:
-    """Write a run config into its run folder (atomically): documented, paths absolute, so the copy repeats the
-    run from wherever it is loaded (:func:`phasestem.configdump.write_config`)."""
-    from ..configdump import write_config
-
-    network = getattr(cfg, "network", None)
-    return write_config(cfg, path, f"phasestem train {network}" if network else None)

@@ -1,8 +1,8 @@
 """Measurement consistency of a phase image: does it explain the measured diffraction patterns?
 
 A phase image (a learned prediction, or any other) becomes a single-slice object ``exp(i·φ)``
-(amplitude 1) that is pushed through the one forward model (:class:`phasestem.physics.ForwardModel`, as
-set up by :meth:`phasestem.recon.Ptychography.from_dataset`) with the *nominal* probe of the optics
+(amplitude 1) that is pushed through the scan's :class:`phasestem.physics.experiment.Experiment` (the one
+forward model and detector response, as the reconstruction uses them) with the *nominal* probe of the optics
 (energy, semiangle, aberrations) at the scan positions. The data residual compares model and measured
 intensities in the amplitude domain, each pattern normalised to a total of 1::
 
@@ -17,7 +17,7 @@ slices, partial coherence, a probe that differs from the nominal one).
 
 Geometry: the phase image has pixel (0, 0) at 0 Å of the dataset frame (as the learned route's targets
 and predictions do) with pixel ``phase_sampling`` (Å); it is resampled bilinearly to the model's pixel
-λ/(H·Δk) when they differ (as :meth:`~phasestem.recon.Ptychography.set_initial_phase` does) and placed in
+λ/(H·Δk) when they differ (as :meth:`~phasestem.physics.experiment.Experiment.image_region` does) and placed in
 the model's padded object frame. ``periodic`` (default: when the scan spans the phase image, as in the
 simulated training sets whose specimen is one periodic cell) wraps it around, otherwise the object is
 phase 0 outside the image.
@@ -41,7 +41,8 @@ from ..dataset import FourDSTEM
 from ..errors import ConfigError, ShapeError
 from ..io import seed as seedfile
 from ..io.hdf5 import open_file
-from ..recon.model import resample_image
+from ..physics.experiment import Experiment
+from ..resample import resample_image
 from .data import BlockGeometry, Preprocess
 
 log = logging.getLogger("phasestem.learn")
@@ -115,18 +116,13 @@ class MeasurementModel:
     def __init__(self, dataset: FourDSTEM, phase_shape: tuple[int, int], phase_sampling: tuple[float, float],
                  periodic: bool | None = None, preprocess: Preprocess | None = None, phase_scale: float = 1.0,
                  chunk: int = DEFAULT_CHUNK):
-        from ..recon.model import Ptychography
-
         if dataset.semiangle is None:
             raise ConfigError("measurement residual: the data carry no probe semiangle (mrad), so the nominal "
                               "probe is unknown")
-        model = Ptychography.from_dataset(dataset, n_slices=1, n_probe_modes=1, on_band_limit="ignore")
-        self.forward_model = model.forward_model
-        self.probe = model.get_probe().detach()
-        self.positions = model.positions.detach().clone()  # (N, 2) Å, object frame
-        self.sampling = model.sampling
-        self.object_shape = model.object_shape
-        self.origin_px = (round(model.origin[0] / self.sampling[0]), round(model.origin[1] / self.sampling[1]))
+        self.experiment = Experiment.from_dataset(dataset, n_probe_modes=1, on_band_limit="ignore")
+        self.sampling = self.experiment.sampling
+        self.object_shape = self.experiment.object_shape
+        self.origin_px = self.experiment.origin_px
         self.scan_shape = dataset.scan_shape
         self.pattern_shape = dataset.pattern_shape
         self.phase_shape = (int(phase_shape[0]), int(phase_shape[1]))
@@ -162,7 +158,7 @@ class MeasurementModel:
 
     @property
     def n_positions(self) -> int:
-        return int(self.positions.shape[0])
+        return self.experiment.n_positions
 
     # ---- object ------------------------------------------------------------------------------
     def object_phase(self, phase: torch.Tensor) -> torch.Tensor:
@@ -186,10 +182,9 @@ class MeasurementModel:
         """Model patterns (B, H, W) fftshift-ed like measured data (after ``preprocess``'s crop/bin, if any), for
         flat scan indices ``index`` (all when None); differentiable in ``phase``."""
         obj = torch.polar(torch.ones((), device=phase.device), self.object_phase(phase))[None, None]
-        probe = self.probe.to(phase.device)
-        pos = self.positions.to(phase.device)
+        self.experiment.to(phase.device)
         idx = torch.arange(self.n_positions, device=phase.device) if index is None else index.to(phase.device)
-        inten = torch.fft.fftshift(self.forward_model(obj, probe, pos[idx]), dim=(-2, -1))
+        inten = self.experiment.patterns(obj, index=idx)
         if self.preprocess is not None:
             inten = self.preprocess.detector(tuple(inten.shape[-2:])).reduce(inten)
         return inten

@@ -1,6 +1,6 @@
 """Losses of the restoration networks (SPEC §5): Charbonnier, Laplacian gradient, perceptual, 1 − MS-SSIM,
 learnable soft-max weights; the two-branch Phaseformer loss built from them is
-:class:`phasestem.learn.nets.phaseformer.PhaseformerLoss` (still importable from here). Every piece is an
+:class:`phasestem.learn.nets.phaseformer.PhaseformerLoss` (with its network). Every piece is an
 ``nn.Module`` so learnable weights are ordinary parameters (they must reach the optimiser: train the
 :class:`PhaseformerLoss` together with the network, e.g. as a sub-module of the trained module).
 
@@ -217,12 +217,3 @@ class WeightedLoss(nn.Module):
         if len(losses) != self.logits.numel():
             raise ValueError(f"WeightedLoss expects {self.logits.numel()} losses, got {len(losses)}")
         return (self.weights() * torch.stack([loss.float() for loss in losses])).sum()
-
-
-def __getattr__(name: str):
-    # the Phaseformer loss lives with its network (imported on first use: that module imports this one)
-    if name == "PhaseformerLoss":
-        from .nets.phaseformer import PhaseformerLoss
-
-        return PhaseformerLoss
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,8 +8,8 @@
   object, nominal probe kept fixed), the coarse reconstruction a user would refine.
 
 Both measured sources give one input per sample (``copies`` applies to ``degrade`` only), resampled to the true
-phase's grid when the pixel differs. The AD source reconstructs with :mod:`phasestem.recon`, imported only when
-it is used (the hybrid exception to "learn does not import recon": the command, not the learned library, calls it).
+phase's grid when the pixel differs. The AD source reconstructs with :mod:`phasestem.recon` through
+:mod:`phasestem.learn.hybrid` (the one learn module that imports recon), imported only when it is used.
 :func:`make_pairs` writes the pairs file of the ``degrade`` source, :func:`make_measured_pairs` those of the other two.
 """
 from __future__ import annotations
@@ -20,14 +20,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..errors import ConfigError
+from ..resample import resize
 from .pairs import Degrade, degrade, simulation_phases, write_pairs
 
 log = logging.getLogger("phasestem.learn.pairs")
 
-__all__ = ["parse_inputs_from", "make_pairs", "measured_inputs", "ad_phase", "make_measured_pairs"]
+__all__ = ["parse_inputs_from", "make_pairs", "measured_inputs", "make_measured_pairs"]
 
 
 def parse_inputs_from(spec: str | None) -> tuple[str, str | None]:
@@ -41,31 +41,8 @@ def parse_inputs_from(spec: str | None) -> tuple[str, str | None]:
 
 
 def _to_grid(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """``image`` on ``shape`` pixels (bilinear) when its size differs."""
-    if tuple(image.shape) == tuple(shape):
-        return np.asarray(image, np.float32)
-    t = torch.as_tensor(np.asarray(image, np.float32))[None, None]
-    return F.interpolate(t, size=tuple(shape), mode="bilinear", align_corners=False)[0, 0].numpy()
-
-
-def ad_phase(dataset, truth_shape: tuple[int, int], truth_sampling: tuple[float, float], epochs: int = 4,
-             batch_size: int = 32, device: str = "cpu") -> np.ndarray:
-    """A fast AD reconstruction of ``dataset`` (``epochs`` of the ``lsq`` solver, flat start, 1 slice, nominal
-    probe fixed) on the truth grid (pixel (0, 0) at 0 Å, ``truth_shape`` pixels of ``truth_sampling`` Å; 0
-    outside the reconstructed field)."""
-    from ..recon import Ptychography
-    from ..recon.model import resample_image
-
-    torch.manual_seed(0)
-    model = Ptychography.from_dataset(dataset, learning_rates={"probe": 0.0}, on_band_limit="ignore").to(device)
-    for _ in model.LSQ_optimize(epochs, dataset, batch_size=batch_size, seed=0, progress=False):
-        pass
-    ph = torch.as_tensor(model.phase_in_dataset_frame())
-    ph = resample_image(ph, tuple(model.sampling), tuple(truth_sampling)).numpy()
-    out = np.zeros(truth_shape, np.float32)
-    h, w = min(truth_shape[0], ph.shape[0]), min(truth_shape[1], ph.shape[1])
-    out[:h, :w] = ph[:h, :w]
-    return out
+    """``image`` on ``shape`` pixels (bilinear, :func:`phasestem.resample.resize`) when its size differs."""
+    return np.asarray(resize(np.asarray(image, np.float32), shape), np.float32)
 
 
 def measured_inputs(paths: list[str], kind: str, model: str | None = None, stitch_model: str | None = None,
@@ -100,6 +77,8 @@ def measured_inputs(paths: list[str], kind: str, model: str | None = None, stitc
                     inp = predict_phase(predictor[0], predictor[1], ds)
             else:
                 ts = tuple(float(s) for s in ds.truth.get("sampling", ds.sampling))
+                from .hybrid import ad_phase
+
                 inp = ad_phase(ds, truth.shape, ts, epochs=ad_epochs, device=device)
             inp = _to_grid(inp, truth.shape)
             check_finite(inp, f"{path}:phase_{i} ({kind} input)", what="input value", hint="")

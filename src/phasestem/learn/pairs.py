@@ -34,6 +34,7 @@ from ..configfile import StrictModel
 from ..errors import ConfigError, InputFileError, ShapeError
 from ..io import seed as seedfile
 from ..io.hdf5 import open_file, reading
+from ..resample import resize
 from ..safety import atomic_file, check_finite
 
 log = logging.getLogger("phasestem.learn.pairs")
@@ -75,7 +76,7 @@ def degrade(phase: np.ndarray | torch.Tensor, cfg: Degrade, rng: np.random.Gener
     f = int(rng.choice(cfg.bin_factors))
     if f > 1:
         x = F.avg_pool2d(x, f, ceil_mode=True)
-        x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+        x = resize(x, (h, w))
     std = float(torch.as_tensor(np.asarray(phase, dtype=np.float32)).std())
     gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
     x = x + float(rng.uniform(*cfg.noise)) * std * torch.randn(x.shape, generator=gen)
@@ -113,7 +114,7 @@ def _pair_item(inp: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor, cr
     x = torch.as_tensor(np.asarray(inp, dtype=np.float32))[None]
     y = torch.as_tensor(np.asarray(gt, dtype=np.float32))[None]
     if x.shape != y.shape:
-        x = F.interpolate(x[None], size=tuple(y.shape[-2:]), mode="bilinear", align_corners=False)[0]
+        x = resize(x, tuple(y.shape[-2:]))
     if crop is not None:
         h, w = y.shape[-2:]
         if crop > min(h, w):

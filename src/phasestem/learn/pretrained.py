@@ -20,6 +20,7 @@ refused in one line saying so, unless a path of that name exists. :func:`registe
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from importlib.resources import files
@@ -27,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputFileError
-from .checkpoint import sha256_file
 
 #: environment variable naming another model folder (registry and weights) used instead of the package's
 MODEL_DIR_ENV = "PHASESTEM_MODEL_DIR"
@@ -41,6 +41,15 @@ MAX_SHIPPED_BYTES = 20 * 1024 * 1024
 
 class PretrainedModelError(InputFileError):
     """A shipped model is missing, truncated or corrupted, or a name is not shipped in this install."""
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes (read in 1 MiB chunks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def package_dir() -> Path:

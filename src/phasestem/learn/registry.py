@@ -150,7 +150,6 @@ def train_run(cfg) -> dict[str, Any]:
     from before the data are read to the end (:func:`phasestem.lock.hold_output`; FolderBusyError when another
     run holds it)."""
     from ..lock import hold_output
-    from .config import dump_config
 
     with hold_output(cfg.out_dir, f"phasestem train {cfg.network}"):
         trainer = build_run(cfg)
@@ -180,3 +179,12 @@ def load_model(path: str | Path, kinds: tuple[str, ...] | None = None, map_locat
         raise InputFileError(f"{path}: the weights do not fit the network its metadata describes ({problem})")
     model.load_state_dict(state)
     return model.eval(), meta
+
+
+def dump_config(cfg, path: str | Path) -> Path:
+    """Write a run config into its run folder (atomically): documented, paths absolute, so the copy repeats the
+    run from wherever it is loaded (:func:`phasestem.configdump.write_config`)."""
+    from ..configdump import write_config
+
+    network = getattr(cfg, "network", None)
+    return write_config(cfg, path, f"phasestem train {network}" if network else None)

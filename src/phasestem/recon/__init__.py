@@ -17,7 +17,8 @@ object after every epoch).
 from .constraints import Constraints
 from .engine import NonFiniteLossError, load_checkpoint, optimize, save_checkpoint
 from .losses import LossConfig
-from .model import ParamSchedule, Ptychography
+from .model import Ptychography
+from .schedule import ParamSchedule
 
 __all__ = ["Constraints", "LossConfig", "NonFiniteLossError", "ParamSchedule", "Ptychography", "load_checkpoint",
            "optimize", "save_checkpoint"]

@@ -30,7 +30,7 @@ from pydantic import Field, model_validator
 
 from .. import optics
 from ..configfile import StrictModel
-from ..physics import fft2, ifft2
+from ..physics.fourier import fft2, ifft2
 
 
 class Schedule(StrictModel):

@@ -59,6 +59,22 @@ def _truth_comparison(model, truth: np.ndarray | None, metrics: dict | None):
     return metrics, frc
 
 
+def inspect_model(model, dataset=None, path=None, truth: np.ndarray | None = None, metrics: dict | None = None):
+    """:meth:`Ptychography.inspect`: with ``path`` a new :func:`plot_model` figure written there and returned;
+    without, the model's one interactive figure redrawn while it is open (a new one once it was closed)."""
+    if path is not None:
+        return plot_model(model, dataset=dataset, path=path, truth=truth, metrics=metrics)
+    import matplotlib.pyplot as plt
+
+    fig = model._inspect_figure
+    if fig is None or not plt.fignum_exists(fig.number):
+        fig = None
+    model._inspect_figure = plot_model(model, dataset=dataset, fig=fig, truth=truth, metrics=metrics)
+    if plt.isinteractive():
+        plt.pause(0.001)
+    return model._inspect_figure
+
+
 def plot_model(model, dataset=None, path=None, fig=None, truth: np.ndarray | None = None,
                metrics: dict | None = None):
     """Phase and amplitude over the scanned field, their diffractogram, the loss history, the probe (amplitude and

@@ -137,3 +137,22 @@ def check_probe(probe: np.ndarray, path: str | Path, window: tuple[int, int]) ->
     if not lo <= power <= hi:
         raise ShapeError(f"{path}: the probe's total intensity Σ|ψ|² is {power:.3g}; expected between {lo:g} and "
                          f"{hi:g} (it is normalised to 1: any scale in that range works)")
+
+
+def load_phase_image(path: str | Path, key: str | None = None) -> np.ndarray:
+    """Read a 2-D phase image (rad) from ``.npy``, ``.npz`` (``key``) or HDF5 (``key``)."""
+    arr = read_array(path, key, "initial phase image")
+    if arr.ndim != 2:
+        raise ShapeError(f"{path}: initial phase must be a 2-D image (y, x), got shape {arr.shape}")
+    return arr.astype(np.float32)
+
+
+def load_probe_file(path: str | Path, key: str | None = None) -> np.ndarray:
+    """Read complex probe modes (M, ny, nx) from ``.npy``, ``.npz`` (``key``) or HDF5 (``key``; a phasestem
+    ``results.h5`` needs none: ``probe/real_space`` is used). A 2-D array is one mode."""
+    arr = read_array(path, key, "initial probe", default_h5_key="probe/real_space", complex_ok=True)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise ShapeError(f"{path}: initial probe must be (M, ny, nx) or (ny, nx), got shape {arr.shape}")
+    return arr.astype(np.complex64)

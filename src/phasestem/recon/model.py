@@ -4,7 +4,6 @@ Typical use::
 
     from phasestem.recon import Ptychography
     model = Ptychography.from_dataset(dataset, n_slices=1, n_probe_modes=1)
-    model.to("cpu")
     for i, loss in enumerate(model.Adam_optimize(20, dataset, batch_size=32)):
         print(i, loss)                      # one item per epoch (mean total loss)
     model.save_results("out/results.h5")
@@ -23,25 +22,17 @@ name               shape                   meaning
 ``obj_weights``    (K,)                    object-mode occupancies (frozen by default)
 =================  ======================  ===============================================
 
-Each parameter has a :class:`ParamSchedule` (learning rate, first and last epoch, 1-based)
-in ``model.schedules``. The object and probe rates default to ``None``: the solver's own default
-(``lsq``: a step of 0.5 of a Gauss–Newton step, see :mod:`phasestem.recon.precondition`; Adam/SGD:
-3e-3 per update); positions, tilt, thickness and object-mode weights are off (lr 0) and are
-stepped by Adam when switched on. Change them with
-``model.set_learning_rates(positions={"lr": 1e-2, "start": 5}, probe=0.3)``.
-Reconstructed phase in the dataset frame: ``model.phase_in_dataset_frame(shape)``.
-CDTools' tutorial calls work as written: ``Ptychography.from_dataset(dataset, oversampling=2,
-probe_support_radius=90)``, ``model.translation_offsets.requires_grad = False``, ``model.inspect(dataset)``
-in the epoch loop (one figure, redrawn), ``pickle.dump(model.save_results(dataset), f)`` (a dict).
-Intensities are handled in normalised units: the engine divides the
-measured patterns by their mean total count, and the probe has Σ|ψ|² = 1.
-
-Model patterns come from :class:`phasestem.physics.ForwardModel` (no second forward model).
+Each parameter has a :class:`~phasestem.recon.schedule.ParamSchedule` in ``model.schedules`` (learning rate,
+first and last epoch; object and probe rates ``None``: the solver's default; the others off) — change them with
+``model.set_learning_rates(positions={"lr": 1e-2, "start": 5}, probe=0.3)``. CDTools' tutorial calls work as
+written (``from_dataset(dataset, oversampling=2, probe_support_radius=90)``, ``translation_offsets``,
+``inspect(dataset)`` in the epoch loop, ``save_results(dataset)`` as a dict). Intensities are in normalised units
+(the engine divides the measured patterns by their mean total count; the probe has Σ|ψ|² = 1). Model patterns come
+from the scan's :class:`phasestem.physics.experiment.Experiment` (no second forward model).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,189 +41,46 @@ from torch import nn
 
 from .. import optics
 from ..errors import ConfigError, ShapeError
-from ..physics import ForwardModel
-from ..safety import available_memory
-from .inputs import read_array
-
-PARAM_NAMES = ("obj_amplitude", "obj_phase", "probe", "positions", "tilt", "slice_thickness", "obj_weights")
-
-#: default learning rates and start epochs; None = the solver's default (:data:`SOLVER_DEFAULTS`)
-DEFAULT_SCHEDULES = {
-    "obj_amplitude": (None, 1),
-    "obj_phase": (None, 1),
-    "probe": (None, 1),
-    "positions": (0.0, 1),  # off by default: enable with set_learning_rates(positions={"lr": 1e-2, "start": 5})
-    "tilt": (0.0, 1),
-    "slice_thickness": (0.0, 1),
-    "obj_weights": (0.0, 1),
-}
-
-
-#: what a learning rate of ``None`` means for each solver: Adam/SGD in parameter units per update,
-#: ``lsq`` as a fraction of the Gauss–Newton step (dimensionless)
-SOLVER_DEFAULTS = {
-    "adam": {"obj_amplitude": 3e-3, "obj_phase": 3e-3, "probe": 3e-3},
-    "sgd": {"obj_amplitude": 3e-3, "obj_phase": 3e-3, "probe": 3e-3},
-    "lbfgs": {"obj_amplitude": 1.0, "obj_phase": 1.0, "probe": 1.0},
-    "lsq": {"obj_amplitude": 0.1, "obj_phase": 0.7, "probe": 0.2},  # amplitude: see recon.precondition
-}
-
-
-@dataclass
-class ParamSchedule:
-    """Learning rate and active epoch range (1-based, ``end=None`` = to the end) of one parameter.
-
-    A learning rate of 0 freezes the parameter (as ``requires_grad = False`` does); ``None`` takes
-    the solver's default (:data:`SOLVER_DEFAULTS`).
-    """
-
-    lr: float | None
-    start: int = 1
-    end: int | None = None
-
-    def active(self, epoch: int) -> bool:
-        return (self.lr is None or self.lr > 0) and epoch >= self.start and (self.end is None or epoch <= self.end)
-
-    def resolved_lr(self, name: str, optimizer: str) -> float:
-        """The learning rate this schedule means for ``optimizer``."""
-        if self.lr is not None:
-            return float(self.lr)
-        return SOLVER_DEFAULTS.get(optimizer, SOLVER_DEFAULTS["adam"]).get(name, 0.0)
-
-
-#: float32 copies of the object (amplitude and phase) an optimisation holds: values, gradients, two Adam
-#: moments, the best-state and the epoch snapshot
-OBJECT_COPIES = 2 * 6
-
-
-class ObjectSizeError(ConfigError):
-    """The object a scan needs would not fit in memory; ``size`` says how large it would be."""
-
-    def __init__(self, message: str, size: str = ""):
-        super().__init__(message)
-        self.size = size
-
-
-def check_object_memory(obj_shape: tuple[int, int], n_slices: int, n_object_modes: int) -> None:
-    """Refuse an object whose optimisation would not fit in the memory available now (before allocating)."""
-    need = OBJECT_COPIES * 4 * n_slices * n_object_modes * obj_shape[0] * obj_shape[1]
-    have = available_memory()
-    if need > have:
-        size = (f"the object would be {obj_shape[0]}×{obj_shape[1]} px × {n_slices} slices × {n_object_modes} "
-                f"modes, about {need / 1e9:.3g} GB to optimise, but {have / 1e9:.3g} GB is available")
-        raise ObjectSizeError(f"{size}: check scan.step and scan.shape (Å, px?) and the detector sampling, or use "
-                              "fewer model.n_slices", size)
-
-
-def load_phase_image(path: str | Path, key: str | None = None) -> np.ndarray:
-    """Read a 2-D phase image (rad) from ``.npy``, ``.npz`` (``key``) or HDF5 (``key``)."""
-    arr = read_array(path, key, "initial phase image")
-    if arr.ndim != 2:
-        raise ShapeError(f"{path}: initial phase must be a 2-D image (y, x), got shape {arr.shape}")
-    return arr.astype(np.float32)
-
-
-def load_probe_file(path: str | Path, key: str | None = None) -> np.ndarray:
-    """Read complex probe modes (M, ny, nx) from ``.npy``, ``.npz`` (``key``) or HDF5 (``key``; a phasestem
-    ``results.h5`` needs none: ``probe/real_space`` is used). A 2-D array is one mode."""
-    arr = read_array(path, key, "initial probe", default_h5_key="probe/real_space", complex_ok=True)
-    if arr.ndim == 2:
-        arr = arr[None]
-    if arr.ndim != 3:
-        raise ShapeError(f"{path}: initial probe must be (M, ny, nx) or (ny, nx), got shape {arr.shape}")
-    return arr.astype(np.complex64)
-
-
-def resample_image(img: torch.Tensor, sampling: tuple[float, float], target: tuple[float, float]) -> torch.Tensor:
-    """A 2-D image on pixels of ``sampling`` Å → the same field of view on pixels of ``target`` Å (bilinear;
-    differentiable). Unchanged when the grid size would not change."""
-    new = tuple(max(1, round(n * s / t)) for n, s, t in zip(img.shape[-2:], sampling, target, strict=True))
-    if new == tuple(img.shape[-2:]):
-        return img
-    return torch.nn.functional.interpolate(img[None, None], size=new, mode="bilinear", align_corners=False)[0, 0]
-
-
-def circular_support(window: tuple[int, int], radius_px: float) -> torch.Tensor:
-    """1 inside a circle of ``radius_px`` pixels about the window centre (ny // 2, nx // 2), else 0."""
-    y = torch.arange(window[0], dtype=torch.float32)[:, None] - window[0] // 2
-    x = torch.arange(window[1], dtype=torch.float32)[None, :] - window[1] // 2
-    return (y.square() + x.square() <= float(radius_px) ** 2).float()
-
-
-def bin_intensities(inten: torch.Tensor, factor: int) -> torch.Tensor:
-    """Sum fine far-field pixels (unshifted order, (…, f·H, f·W)) onto the detector's (…, H, W) grid.
-
-    Detector pixel q collects the fine pixels f·q + d: d = −(f−1)/2 … (f−1)/2 for odd f, and −f/2 … f/2 with half
-    weights at the two ends for even f, so every detector pixel stays centred on its own frequency and the total
-    is kept."""
-    f = int(factor)
-    if f == 1:
-        return inten
-    if f % 2:
-        offsets = [(d, 1.0) for d in range(-(f // 2), f // 2 + 1)]
-    else:
-        offsets = [(d, 0.5 if abs(d) == f // 2 else 1.0) for d in range(-(f // 2), f // 2 + 1)]
-    out = None
-    for dy, wy in offsets:
-        for dx, wx in offsets:
-            part = torch.roll(inten, shifts=(-dy, -dx), dims=(-2, -1))[..., ::f, ::f] * (wy * wx)
-            out = part if out is None else out + part
-    return out
+from ..physics.experiment import Experiment
+from .budget import check_object_memory
+from .inputs import load_phase_image
+from .schedule import DEFAULT_SCHEDULES, PARAM_NAMES, ParamSchedule
 
 
 class Ptychography(nn.Module):
-    """Mixed-state multislice ptychography model.
+    """Mixed-state multislice ptychography model: object, probe, positions, tilt, slice thickness and object-mode
+    weights optimised over an :class:`~phasestem.physics.experiment.Experiment` (probe window, object frame, nominal
+    positions, forward model, detector response), with their learning-rate schedules and per-epoch history.
 
     Parameters
     ----------
-    probe : (M, ny, nx) complex probe modes, Σ_m Σ|ψ_m|² = 1 (normalised intensity units).
-    positions : (N, 2) probe centres in Å in the *object* frame (object pixel (0,0) at 0 Å).
-    object_shape : (Ny, Nx) object size in pixels.
-    sampling : (dy, dx) real-space pixel in Å; energy in eV.
+    experiment : the scan's experiment; its nominal probe (Σ_m Σ|ψ_m|² = 1) and positions are the start values.
     n_slices, n_object_modes : S and K.
     slice_thickness : Δz (Å); tilt : (2,) global or (N, 2) per-position tilt in mrad.
-    origin : (y, x) Å to add to the dataset positions to get object-frame positions.
     """
 
     def __init__(
         self,
-        probe: torch.Tensor,
-        positions: torch.Tensor,
-        object_shape: tuple[int, int],
-        sampling: tuple[float, float],
-        energy: float,
+        experiment: Experiment,
         n_slices: int = 1,
         n_object_modes: int = 1,
         slice_thickness: float = 10.0,
         tilt: torch.Tensor | tuple[float, float] | None = None,
         per_position_tilt: bool = False,
-        origin: tuple[float, float] = (0.0, 0.0),
-        antialias: bool = False,
         object_weights: torch.Tensor | None = None,
     ):
         super().__init__()
-        probe = torch.as_tensor(probe)
-        if probe.dim() == 2:
-            probe = probe[None]
-        if not probe.is_complex():
-            raise ShapeError(f"probe must be complex (M, ny, nx), got dtype {probe.dtype}")
-        window = tuple(probe.shape[-2:])
-        self.window = (int(window[0]), int(window[1]))
-        self.sampling = (float(sampling[0]), float(sampling[1]))
-        self.energy = float(energy)
-        self.origin = (float(origin[0]), float(origin[1]))
-        self.forward_model = ForwardModel(self.window, self.sampling, self.energy, antialias=antialias, centred=False)
+        self.experiment = experiment
         self.probe_scale = math.sqrt(self.window[0] * self.window[1])
         K, S = int(n_object_modes), int(n_slices)
-        Ny, Nx = int(object_shape[0]), int(object_shape[1])
+        Ny, Nx = experiment.object_shape
         if Ny < self.window[0] or Nx < self.window[1]:
             raise ShapeError(f"object {(Ny, Nx)} is smaller than the probe window {self.window}")
-        positions = torch.as_tensor(positions, dtype=torch.float32)
-        if positions.dim() != 2 or positions.shape[1] != 2:
-            raise ShapeError(f"positions must be (N, 2) Å, got shape {tuple(positions.shape)}")
+        positions = experiment.positions
         self.obj_amplitude = nn.Parameter(torch.ones(K, S, Ny, Nx))
         self.obj_phase = nn.Parameter(torch.zeros(K, S, Ny, Nx))
-        self.probe = nn.Parameter(torch.view_as_real(probe.to(torch.complex64) * self.probe_scale).contiguous())
+        probe = experiment.probe.to(torch.complex64) * self.probe_scale
+        self.probe = nn.Parameter(torch.view_as_real(probe).contiguous())
         self.positions = nn.Parameter(positions.clone())
         self.register_buffer("initial_positions", positions.clone())
         tilt_t = torch.zeros(2) if tilt is None else torch.as_tensor(tilt, dtype=torch.float32).clone()
@@ -247,13 +95,8 @@ class Ptychography(nn.Module):
         self.schedules: dict[str, ParamSchedule] = {
             name: ParamSchedule(lr, start) for name, (lr, start) in DEFAULT_SCHEDULES.items()
         }
-        self.detector_blur = 0.0  # Gaussian σ in detector pixels applied to model patterns (0: off)
         self.obj_preblur = 0.0  # Gaussian σ in object pixels applied to the object the forward model sees (0: off)
-        self.oversampling = 1  # CDTools' oversampling: window = oversampling × the detector, patterns binned
         self.register_buffer("probe_support", None, persistent=False)  # real-space probe support (ny, nx) or None
-        #: (N, 2) px: where each measured pattern's zero frequency sits relative to the detector's central pixel
-        #: (the descan the data were not resampled for); the model displaces its patterns by it (None: 0)
-        self.register_buffer("detector_shifts", None, persistent=False)
         self._inspect_figure = None
         self.epoch = 0  # completed epochs
         self.loss_history: list[dict[str, float]] = []
@@ -262,6 +105,30 @@ class Ptychography(nn.Module):
         #: functions ``f(model, record)`` run after every epoch; they may add scalars to ``record``
         self.epoch_callbacks: list = []
         self._data_cache: tuple | None = None
+
+    window = property(lambda self: self.experiment.window, doc="(ny, nx) probe window, px")
+    sampling = property(lambda self: self.experiment.sampling, doc="(dy, dx) real-space pixel, Å")
+    energy = property(lambda self: self.experiment.energy, doc="beam energy, eV")
+    origin = property(lambda self: self.experiment.origin, doc="(y, x) Å of the dataset's 0 Å in the object frame")
+    forward_model = property(lambda self: self.experiment.forward_model, doc="the forward operator")
+    oversampling = property(lambda self: self.experiment.oversampling, doc="window / detector pixels")
+    detector_shape = property(lambda self: self.experiment.detector_shape, doc="pattern shape the model produces")
+    detector_shifts = property(lambda self: self.experiment.detector_shifts,
+                               doc="(N, 2) px: each measured pattern's zero frequency off the central pixel, or None")
+
+    @property
+    def detector_blur(self) -> float:
+        """Gaussian σ in detector pixels applied to model patterns (0: off)."""
+        return self.experiment.detector_blur
+
+    @detector_blur.setter
+    def detector_blur(self, sigma: float) -> None:
+        self.experiment.detector_blur = float(sigma)
+
+    def set_detector_shifts(self, shifts: np.ndarray | torch.Tensor | None) -> None:
+        """Displace the model pattern of position j by ``shifts[j]`` (N, 2) detector px (row, col), toward larger
+        indices: the descan of data whose patterns were not resampled to a common centre (None: no shifts)."""
+        self.experiment.set_detector_shifts(shifts)
 
     # ---- construction ------------------------------------------------------------------
     @classmethod
@@ -309,7 +176,7 @@ class Ptychography(nn.Module):
         laterally before the forward model sees them (the stored object stays sharp): a conditioning that damps
         high-frequency artefacts, e.g. in the first epochs (0: off).
         ``aperture_edge``: the nominal aperture's edge, 'soft' (linear roll-off over one reciprocal pixel),
-        'hard', or 'measured' (amplitude from the mean measured pattern, :mod:`phasestem.recon.probe_init`).
+        'hard', or 'measured' (amplitude from the mean measured pattern, :mod:`phasestem.physics.aperture`).
         ``random_phase`` (rad) adds uniform noise in [−random_phase, random_phase] to the start phase, drawn with
         ``random_seed`` (:meth:`randomize_phase`).
 
@@ -321,59 +188,16 @@ class Ptychography(nn.Module):
         frequency from the central pixel (descan left in the data); the model's patterns are displaced alike
         (:meth:`set_detector_shifts`).
         """
-        oversampling = int(oversampling)
-        if oversampling < 1:
-            raise ConfigError(f"oversampling must be a positive integer, got {oversampling}")
-        window = tuple(int(n) * oversampling for n in dataset.pattern_shape)
-        sampling = tuple(float(s) for s in dataset.sampling)
-        if probe is None:
-            if dataset.semiangle is None:
-                raise ConfigError("dataset has no semiangle (mrad): give optics.semiangle or an explicit probe")
-            amplitude = None
-            if aperture_edge == "measured":
-                from ..dataset import angular_sampling_for
-                from .probe_init import measured_aperture
-
-                ang = angular_sampling_for(dataset.energy, sampling, window)
-                amplitude = measured_aperture(dataset.mean_pattern(), dataset.semiangle / float(np.mean(ang)))
-            elif aperture_edge not in ("soft", "hard"):
-                raise ConfigError(f"aperture_edge must be 'soft', 'hard' or 'measured', got {aperture_edge!r}")
-            nominal = optics.make_probe(window, sampling, dataset.energy, dataset.semiangle, dataset.aberrations,
-                                        soft=aperture_edge == "soft", on_band_limit=on_band_limit,
-                                        amplitude=amplitude)
-            if n_probe_modes > 1 and source_size:
-                modes, occ = optics.partial_coherence_modes(nominal, sampling, source_size, n_probe_modes)
-                probe_t = modes
-            else:
-                probe_t = optics.initial_probe_modes(nominal, n_probe_modes, mode_power)
-        else:
-            probe_t = torch.as_tensor(probe)
-            if probe_t.dim() == 2:
-                probe_t = probe_t[None]
-            if tuple(probe_t.shape[-2:]) != tuple(window):
-                what = "the pattern shape" if oversampling == 1 else f"{oversampling} × the pattern shape"
-                raise ShapeError(f"probe window {tuple(probe_t.shape[-2:])} must equal {what} {window}")
-            probe_t = probe_t.to(torch.complex64)
-            if probe_t.shape[0] < n_probe_modes:
-                extra = optics.initial_probe_modes(probe_t[0], n_probe_modes - probe_t.shape[0] + 1, mode_power)[1:]
-                probe_t = torch.cat([probe_t, extra * probe_t.abs().square().sum().sqrt()])
-            probe_t = probe_t / probe_t.abs().square().sum().sqrt()
-        pos = torch.as_tensor(dataset.positions_angstrom(), dtype=torch.float32)
-        pad = int(math.ceil(max(window) / 8)) if object_padding is None else int(object_padding)
-        pos_px = pos / torch.tensor(sampling)
-        lo = torch.floor(pos_px.min(0).values)
-        hi = torch.ceil(pos_px.max(0).values)
-        half = torch.tensor([window[0] // 2, window[1] // 2], dtype=torch.float32)
-        origin_px = half + pad - lo  # integer pixels: object frame = dataset frame + origin
-        obj_shape = (int(hi[0] - lo[0]) + window[0] + 2 * pad + 1, int(hi[1] - lo[1]) + window[1] + 2 * pad + 1)
-        check_object_memory(obj_shape, n_slices, n_object_modes)
-        origin = (float(origin_px[0]) * sampling[0], float(origin_px[1]) * sampling[1])
+        experiment = Experiment.from_dataset(
+            dataset, n_probe_modes=n_probe_modes, probe=probe, source_size=source_size, mode_power=mode_power,
+            object_padding=object_padding, antialias=antialias, on_band_limit=on_band_limit,
+            aperture_edge=aperture_edge, oversampling=oversampling, detector_blur=detector_blur,
+            detector_shifts=detector_shifts)
+        check_object_memory(experiment.object_shape, n_slices, n_object_modes)
         if slice_thickness is None:
             slice_thickness = 10.0 if n_slices > 1 else 1.0
-        model = cls(probe_t, pos + torch.tensor(origin), obj_shape, sampling, dataset.energy, n_slices=n_slices,
-                    n_object_modes=n_object_modes, slice_thickness=slice_thickness, tilt=torch.tensor(tilt),
-                    per_position_tilt=per_position_tilt, origin=origin, antialias=antialias)
-        model.oversampling = oversampling
+        model = cls(experiment, n_slices=n_slices, n_object_modes=n_object_modes, slice_thickness=slice_thickness,
+                    tilt=torch.tensor(tilt), per_position_tilt=per_position_tilt)
         if probe_support_radius is not None:
             model.set_probe_support(probe_support_radius)
         if initial_phase is not None:
@@ -384,49 +208,16 @@ class Ptychography(nn.Module):
             model.randomize_phase(random_phase, random_seed)
         if learning_rates:
             model.set_learning_rates(**learning_rates)
-        model.detector_blur = float(detector_blur)
         model.obj_preblur = float(obj_preblur)
-        if detector_shifts is not None:
-            model.set_detector_shifts(detector_shifts)
         return model
-
-    def set_detector_shifts(self, shifts: np.ndarray | torch.Tensor | None) -> None:
-        """Displace the model pattern of position j by ``shifts[j]`` (N, 2) detector px (row, col), toward larger
-        indices: the descan of data whose patterns were not resampled to a common centre (None: no shifts)."""
-        if shifts is None:
-            self.detector_shifts = None
-            return
-        t = torch.as_tensor(np.asarray(shifts, dtype=np.float32) if not torch.is_tensor(shifts) else shifts,
-                            dtype=torch.float32)
-        if t.shape != (self.positions.shape[0], 2) or not bool(torch.isfinite(t).all()):
-            raise ShapeError(f"detector shifts must be finite (N, 2) = ({self.positions.shape[0]}, 2) px, got "
-                             f"{tuple(t.shape)}")
-        self.detector_shifts = t.to(self.positions.device)
-
-    def image_region(self, phase: np.ndarray | torch.Tensor, sampling: tuple[float, float] | None = None
-                     ) -> tuple[torch.Tensor, tuple[slice, slice]]:
-        """A 2-D image (rad) in the dataset frame, resampled to the object pixel when ``sampling`` (Å) differs and
-        cut to the object: (image (h, w) float32 on the model's device, (y, x) slices of the object it covers)."""
-        img = torch.as_tensor(np.asarray(phase, dtype=np.float32)) if not torch.is_tensor(phase) else phase.float()
-        if img.dim() != 2:
-            raise ShapeError(f"phase image must be 2-D (y, x), got shape {tuple(img.shape)}")
-        if sampling is not None and tuple(sampling) != self.sampling:
-            img = resample_image(img, sampling, self.sampling)
-        oy, ox = round(self.origin[0] / self.sampling[0]), round(self.origin[1] / self.sampling[1])
-        Ny, Nx = self.object_shape
-        # image pixels before the object frame's first pixel (origin < 0: the dataset's 0 Å lies outside it)
-        sy, sx = max(0, -oy), max(0, -ox)
-        h, w = min(img.shape[0], Ny - oy), min(img.shape[1], Nx - ox)
-        h, w = max(h, sy), max(w, sx)  # no overlap with the object: an empty region
-        return img[sy:h, sx:w].to(self.obj_phase.device), (slice(oy + sy, oy + h), slice(ox + sx, ox + w))
 
     def set_initial_phase(self, phase: np.ndarray, sampling: tuple[float, float] | None = None) -> None:
         """Start the object phase from a 2-D image (rad) in the dataset frame (hybrid start).
 
         The image is resampled to the object pixel when ``sampling`` (Å) differs, placed at the
-        object-frame origin (:meth:`image_region`) and divided evenly over the slices (all object modes).
+        object-frame origin (:meth:`Experiment.image_region`) and divided evenly over the slices (all object modes).
         """
-        img, (sy, sx) = self.image_region(phase, sampling)
+        img, (sy, sx) = self.experiment.image_region(phase, sampling)
         with torch.no_grad():
             self.obj_phase[:, :, sy, sx] = img.to(self.obj_phase) / self.n_slices
 
@@ -444,7 +235,7 @@ class Ptychography(nn.Module):
         if radius_px is None:
             self.probe_support = None
             return
-        mask = circular_support(self.window, radius_px).to(self.probe.device)
+        mask = optics.circular_support(self.window, radius_px).to(self.probe.device)
         with torch.no_grad():
             p = torch.view_as_complex(self.probe.data) * mask
             total = p.abs().square().sum().sqrt().clamp_min(1e-30)
@@ -456,11 +247,6 @@ class Ptychography(nn.Module):
         """CDTools' name for the scan-position parameter (here :attr:`positions`, Å):
         ``model.translation_offsets.requires_grad = False`` freezes the positions."""
         return self.positions
-
-    @property
-    def detector_shape(self) -> tuple[int, int]:
-        """Pattern shape the model produces: the probe window divided by :attr:`oversampling`."""
-        return (self.window[0] // self.oversampling, self.window[1] // self.oversampling)
 
     def set_learning_rates(self, **rates) -> None:
         """Set learning rates, e.g. ``set_learning_rates(probe=1e-3, positions=0)``; also accepts
@@ -527,22 +313,14 @@ class Ptychography(nn.Module):
     def forward(self, index: torch.Tensor) -> torch.Tensor:
         """Model intensities (B, ny, nx), fftfreq order (unshifted), for flat scan indices ``index``.
 
-        The intensities come from ``ForwardModel.__call__`` (the fused operator of
-        :mod:`phasestem.fused`, one autograd node with a hand-written backward).
+        The intensities come from :meth:`Experiment.intensities` (the forward operator, the fused node of
+        :mod:`phasestem.physics.fused`, then the detector response).
         """
         tilt = self.tilt if self.tilt.dim() == 1 else self.tilt[index]
         obj = self.get_object() if self.obj_preblur <= 0 else self.blurred_object(self.obj_preblur)
-        shifts = None if self.detector_shifts is None else self.detector_shifts[index] * self.oversampling
-        inten = self.forward_model(obj, self.get_probe(), self.positions[index], self.slice_thickness,
-                                   tilt, self.obj_weights if self.n_object_modes > 1 else None, shifts)
-        if self.oversampling > 1:
-            inten = bin_intensities(inten, self.oversampling)
-        if self.detector_blur > 0:  # point-spread of the detector: periodic Gaussian blur of each pattern
-            u = torch.fft.fftfreq(inten.shape[-2], device=inten.device)[:, None]
-            v = torch.fft.fftfreq(inten.shape[-1], device=inten.device)[None, :]
-            mtf = torch.exp(-2 * math.pi**2 * self.detector_blur**2 * (u**2 + v**2))
-            inten = torch.fft.ifft2(torch.fft.fft2(inten) * mtf).real
-        return inten
+        return self.experiment.intensities(obj, self.get_probe(), self.positions[index], index=index,
+                                           dz=self.slice_thickness, tilt=tilt,
+                                           object_weights=self.obj_weights if self.n_object_modes > 1 else None)
 
     def simulate(self, index=None) -> torch.Tensor:
         """Model patterns (B, ny, nx) fftshift-ed like measured data, without gradients."""
@@ -552,6 +330,10 @@ class Ptychography(nn.Module):
             return torch.fft.fftshift(self.forward(torch.as_tensor(index, device=self.device)), dim=(-2, -1))
 
     # ---- optimisation (generators: one mean loss per epoch) ----------------------------
+    def _optimize(self, optimizer: str, n_epochs: int, dataset, **options):
+        from .engine import optimize_with_options  # the engine stands above the model: imported when used
+        return optimize_with_options(self, dataset, n_epochs, optimizer=optimizer, **options)
+
     def Adam_optimize(self, n_epochs: int, dataset, batch_size: int = 32, **options):
         """Adam for ``n_epochs`` epochs; yields the mean total loss of each epoch.
 
@@ -560,29 +342,21 @@ class Ptychography(nn.Module):
         (:class:`~phasestem.recon.constraints.Constraints`), ``lr_scale``, ``checkpoint_path``,
         ``checkpoint_every``, ``figures_every``, ``out_dir``, ``seed``, ``progress``.
         """
-        from .engine import optimize_with_options as optimize
-
-        return optimize(self, dataset, n_epochs, optimizer="adam", batch_size=batch_size, **options)
+        return self._optimize("adam", n_epochs, dataset, batch_size=batch_size, **options)
 
     def LSQ_optimize(self, n_epochs: int, dataset, batch_size: int = 32, **options):
         """Illumination-preconditioned least-squares steps for object and probe (Adam for positions, tilt,
         thickness, weights); learning rates of object and probe are fractions of a Gauss–Newton step
         (:mod:`phasestem.recon.precondition`). Same options as :meth:`Adam_optimize`."""
-        from .engine import optimize_with_options as optimize
-
-        return optimize(self, dataset, n_epochs, optimizer="lsq", batch_size=batch_size, **options)
+        return self._optimize("lsq", n_epochs, dataset, batch_size=batch_size, **options)
 
     def SGD_optimize(self, n_epochs: int, dataset, batch_size: int = 32, momentum: float = 0.9, **options):
         """SGD with momentum (same options as :meth:`Adam_optimize`)."""
-        from .engine import optimize_with_options as optimize
-
-        return optimize(self, dataset, n_epochs, optimizer="sgd", batch_size=batch_size, momentum=momentum, **options)
+        return self._optimize("sgd", n_epochs, dataset, batch_size=batch_size, momentum=momentum, **options)
 
     def LBFGS_optimize(self, n_epochs: int, dataset, batch_size: int | None = None, **options):
         """L-BFGS (full batch by default; same options as :meth:`Adam_optimize`)."""
-        from .engine import optimize_with_options as optimize
-
-        return optimize(self, dataset, n_epochs, optimizer="lbfgs", batch_size=batch_size, **options)
+        return self._optimize("lbfgs", n_epochs, dataset, batch_size=batch_size, **options)
 
     # ---- results -----------------------------------------------------------------------
     def phase_in_dataset_frame(self, shape: tuple[int, int] | None = None, summed: bool = True) -> np.ndarray:
@@ -592,19 +366,11 @@ class Ptychography(nn.Module):
         else (K, S, Ny', Nx'). ``shape`` limits the crop (e.g. the truth image shape). Dataset pixels before
         the object frame (a scan far from 0 Å: negative origin) are 0.
         """
-        oy, ox = round(self.origin[0] / self.sampling[0]), round(self.origin[1] / self.sampling[1])
         ph = self.obj_phase.detach().cpu()
         if summed:
             w = self.obj_weights.detach().cpu()
             ph = (ph.sum(1) * (w / w.sum())[:, None, None]).sum(0)
-        Ny, Nx = ph.shape[-2:]
-        h, w_ = (Ny - oy, Nx - ox) if shape is None else (min(shape[0], Ny - oy), min(shape[1], Nx - ox))
-        if oy >= 0 and ox >= 0:
-            return ph[..., oy : oy + h, ox : ox + w_].numpy()
-        sy, sx = max(0, -oy), max(0, -ox)  # dataset pixels before the object frame
-        out = torch.zeros((*ph.shape[:-2], max(h, 0), max(w_, 0)), dtype=ph.dtype)
-        out[..., sy:, sx:] = ph[..., oy + sy : oy + h, ox + sx : ox + w_]
-        return out.numpy()
+        return self.experiment.in_dataset_frame(ph, shape).numpy()
 
     def inspect(self, dataset=None, path=None, truth: np.ndarray | None = None, metrics: dict | None = None):
         """Figure of the current state over the scanned field (phase, amplitude, diffractogram, loss, probe
@@ -614,19 +380,9 @@ class Ptychography(nn.Module):
         Without ``path`` (interactive use, e.g. once per epoch in the optimisation loop as in CDTools) every call
         redraws the same figure while it is open, instead of opening a new one; with ``path`` a new figure is
         made, written and returned (the caller closes it)."""
-        from .figures import plot_model
+        from .figures import inspect_model
 
-        if path is not None:
-            return plot_model(self, dataset=dataset, path=path, truth=truth, metrics=metrics)
-        fig = self._inspect_figure
-        import matplotlib.pyplot as plt
-
-        if fig is None or not plt.fignum_exists(fig.number):
-            fig = None
-        self._inspect_figure = plot_model(self, dataset=dataset, fig=fig, truth=truth, metrics=metrics)
-        if plt.isinteractive():
-            plt.pause(0.001)
-        return self._inspect_figure
+        return inspect_model(self, dataset, path, truth, metrics)
 
     def compare(self, dataset=None, truth: np.ndarray | None = None, path=None, metrics: dict | None = None):
         """Measured vs modelled patterns and (when known) reconstructed vs true phase with E_φ / FRC; PNG if

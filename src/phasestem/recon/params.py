@@ -78,10 +78,11 @@ def dump_params(params: ReconstructParams, base: str | Path | None = None) -> st
 def _resampled(dataset, shape: tuple[int, int]):
     import torch
 
+    from ..resample import resize
+
     p = torch.as_tensor(np.array(dataset.patterns[...], dtype=np.float32))  # a copy: memory maps are read-only
     sy, sx, H, W = p.shape
-    out = torch.nn.functional.interpolate(p.reshape(-1, 1, H, W), size=tuple(shape), mode="bilinear",
-                                          align_corners=False).reshape(sy, sx, *shape)
+    out = resize(p, tuple(shape))  # (sy, sx, h, w)
     out = out * (H * W) / (shape[0] * shape[1])
     ang = None if dataset.angular_sampling is None else (dataset.angular_sampling[0] * H / shape[0],
                                                          dataset.angular_sampling[1] * W / shape[1])
@@ -219,8 +220,8 @@ def build_model(params: ReconstructParams, dataset, initial_phase: np.ndarray | 
     """The model of ``params.model`` for ``dataset`` (nominal probe from the optics). The input files
     (initial phase and probe) are read and checked first, each refusal naming its field; ``initial_phase``
     (2-D rad): the image of ``model.initial_phase`` already in memory (its file is then not read)."""
-    from .inputs import check_phase_image, check_probe, field
-    from .model import ObjectSizeError, load_phase_image, load_probe_file
+    from .budget import ObjectSizeError
+    from .inputs import check_phase_image, check_probe, field, load_phase_image, load_probe_file
 
     m = params.model
     ip, phase, probe = m.initial_phase, None, None

@@ -6,7 +6,7 @@ slow everywhere else (and Adam's per-pixel normalisation is noisy on mini-batche
 ``lsq`` solver divides each gradient by the diagonal of the Gauss–Newton curvature of the
 data term for the current mini-batch, as the least-squares updates of ePIE/LSQML-type
 solvers do, while the gradients themselves still come from autograd through the one forward
-model (:class:`phasestem.physics.ForwardModel`), so positions, tilt, thickness and modes keep
+model (:class:`phasestem.physics.operator.ForwardModel`), so positions, tilt, thickness and modes keep
 refining by Adam beside it.
 
 For the amplitude loss Σ_j ‖|Ψ_j| − √D_j‖² / B, with Ψ_j = F[P_j·O_j], the Gauss–Newton
@@ -24,7 +24,7 @@ is divided by H + ``reg``·max(H), so dim pixels get steps of at most 1/``reg`` 
 pixel's. A step of 1 is then one Gauss–Newton step for that parameter alone. Object and probe
 move the same exit wave, so their steps add up: on independently simulated data (NumPy
 multislice, 1 and 3 slices) object + probe steps up to ≈ 0.9 were stable and 1.6 diverged; the
-defaults (``model.SOLVER_DEFAULTS``: object phase 0.7, probe 0.2) keep that margin.
+defaults (``schedule.SOLVER_DEFAULTS``: object phase 0.7, probe 0.2) keep that margin.
 
 The object *amplitude* takes a step of 0.1: electron specimens are nearly pure phase objects, the
 amplitude is weakly determined by the data, and a full step fills it with noise and with what a
@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import torch
 
-from ..physics import WindowIndex, window_origins
+from ..physics.multislice import WindowIndex, window_origins
 from .losses import LossConfig
 
 #: parameters the lsq solver scales (the rest are stepped by Adam)

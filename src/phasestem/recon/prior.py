@@ -35,8 +35,8 @@ class PhasePrior:
         if not np.isfinite(weight) or weight < 0:
             raise ConfigError(f"prior weight must be a finite number ≥ 0, got {weight}")
         self.weight = float(weight)
-        image, self.region = model.image_region(phase, sampling)
-        self.prior = image / model.n_slices  # (h, w) per slice, like set_initial_phase
+        image, self.region = model.experiment.image_region(phase, sampling)
+        self.prior = image.to(model.device) / model.n_slices  # (h, w) per slice, like set_initial_phase
 
     def attach(self, model) -> PhasePrior:
         """Run after every epoch of ``model`` (appended to ``model.epoch_callbacks``); returns ``self``."""

@@ -206,7 +206,7 @@ def _read_truth(path: Path, key: str, energy: float | None) -> np.ndarray:
     """The truth as rad: a seed-000 ``phase_{i}`` through :func:`phasestem.io.seed.read_phase` (the original
     generator's stores σ·V, not the phase), anything else as stored."""
     from ..io import seed
-    from .model import load_phase_image
+    from .inputs import load_phase_image
 
     parsed = seed.parse_key(key.strip("/"))
     if path.suffix.lower() in (".h5", ".hdf5", ".hdf") and parsed is not None and parsed[0] == "phase":
@@ -225,12 +225,12 @@ def load_ground_truth(path: str | Path, key: str, model, energy: float | None = 
     pixel of ``model`` (a :class:`~phasestem.recon.model.Ptychography`).
 
     A truth stored at another pixel size (:func:`truth_sampling`) is resampled to the model's with
-    :func:`phasestem.recon.model.resample_image`, and a log line (also to ``log_path``) says so; one with no
+    :func:`phasestem.resample.resample_image`, and a log line (also to ``log_path``) says so; one with no
     pixel size is taken at the model's. Refused with one line naming ``data.ground_truth_key`` when it is
     missing, not a finite real 2-D image, or does not cover the scanned field at that pixel (a truth of another,
     unknown pixel size). ``energy`` (eV): for the original seed generator's files, whose ``phase_{i}`` is σ·V."""
+    from ..resample import resample_image
     from .inputs import field
-    from .model import resample_image
 
     path = Path(path)
     target = tuple(float(s) for s in model.sampling)

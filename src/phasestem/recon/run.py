@@ -12,8 +12,8 @@ from pathlib import Path
 from ..lock import hold_output
 from ..safety import atomic_file, refuse_output_over_inputs, remove_stale_temporaries
 from .distributed import rank_device
-from .model import ParamSchedule
 from .params import ReconstructParams, build_dataset, build_model, dump_params, optimizer_options
+from .schedule import ParamSchedule
 
 log = logging.getLogger("phasestem.recon")
 

@@ -12,8 +12,8 @@ from ..configfile import ConfigPath, StrictModel
 from ..optics import checked_aberrations
 from .constraints import Constraints
 from .losses import LossConfig
-from .model import PARAM_NAMES
 from .run_config import RunConfig
+from .schedule import PARAM_NAMES
 
 
 def _pair(v, name: str, positive: bool = False):

@@ -1,7 +1,7 @@
 """Small simulated ptychography datasets made with the physics core (for tests, demos, benchmarks).
 
-:func:`simulate_dataset` builds a phase object, a nominal probe and a raster scan and runs
-:class:`phasestem.physics.ForwardModel` once; it returns a :class:`FourDSTEM` whose ``truth``
+:func:`simulate_dataset` builds a phase object, a nominal probe and a raster scan and computes their patterns
+with a :class:`phasestem.physics.experiment.Experiment` once; it returns a :class:`FourDSTEM` whose ``truth``
 holds the phase (rad, dataset frame, summed over slices), the per-slice phases and the true
 positions.
 """
@@ -12,8 +12,9 @@ import torch
 
 from .. import optics
 from ..dataset import FourDSTEM, angular_sampling_for
-from ..noise import poisson_counts
-from ..physics import ForwardModel, transmission_function
+from ..physics.experiment import Experiment
+from ..physics.noise import poisson_counts
+from ..physics.operator import transmission_function
 from ..scan import GridScan
 from ..specimen import synthetic_phase
 
@@ -64,10 +65,10 @@ def simulate_dataset(
         probe, occ = optics.partial_coherence_modes(probe, samp, source_size, n_modes)
     nominal = GridScan(scan_shape, scan_step).positions()
     true_pos = nominal + rng.normal(0, position_noise, nominal.shape) if position_noise else nominal.copy()
-    fm = ForwardModel(window, samp, energy)
     pos_obj = torch.as_tensor(true_pos + origin_px * sampling, dtype=torch.float32)
+    exp = Experiment(probe, pos_obj, extent_px, samp, energy, origin=tuple(origin_px * sampling))
     with torch.no_grad():
-        pats = fm(obj, probe, pos_obj, slice_thickness, torch.tensor(tilt, dtype=torch.float32))
+        pats = exp.patterns(obj, dz=slice_thickness, tilt=torch.tensor(tilt, dtype=torch.float32))
     pats = pats.numpy().astype(np.float64)
     if dose:
         pats = poisson_counts(pats, dose, rng, np.float64)

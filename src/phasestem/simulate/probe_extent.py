@@ -51,7 +51,7 @@ def illuminated_extent_on_grid(energy: float, semiangle: float, aberrations: dic
     """The literal count on the output grid: probes placed at the 196 block positions on a (gpts²)
     grid over ``extent`` Å; returns the side in pixels of the bounding square of the pixels whose
     maximum intensity over the block exceeds ``threshold`` × the maximum (as the seed's generator saw it)."""
-    from ..physics import fourier_shift
+    from ..physics.fourier import fourier_shift
 
     s = extent / gpts
     probe = make_probe((gpts, gpts), (s, s), energy, semiangle, aberrations, on_band_limit=on_band_limit)

@@ -10,11 +10,12 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import specimen as spec
-from ..detector import bin_pixels
+from ..detector import bin_pixels, bin_window, centre_window, sum_bins
 from ..errors import ConfigError
-from ..noise import electrons_per_pattern, poisson_counts
 from ..optics import antialias_mask, band_limit_mrad, interaction_constant, make_probe, wavelength
-from ..physics import add_squared_modulus, fft2, ifft2, multislice, propagator, shifted_probes
+from ..physics.fourier import add_squared_modulus, fft2, ifft2
+from ..physics.multislice import multislice, propagator, shifted_probes
+from ..physics.noise import electrons_per_pattern, poisson_counts
 from ..runtime import retain_freed_memory
 from ..scan import GridScan
 from .config import SimulationConfig
@@ -60,9 +61,9 @@ class DetectorGeometry:
         return cls(tuple(crop), tuple(factor), (dk[0] * factor[0], dk[1] * factor[1]))
 
     def zero_offset(self, axis: int) -> int:
-        """Index of the zero frequency inside the crop along ``axis`` (0 = y, 1 = x): the centre of bin H//2."""
-        f = self.factor[axis]
-        return (self.crop[axis] // f) // 2 * f + f // 2
+        """Index of the zero frequency inside the crop along ``axis`` (0 = y, 1 = x), by the detector's one bin
+        rule (:func:`phasestem.detector.bin_window`): the centre pixel of bin H//2."""
+        return self.crop[axis] // 2 - bin_window(self.crop[axis], self.factor[axis])
 
     def unshifted_indices(self, n: int, crop: int, device=None, axis: int = 0) -> torch.Tensor:
         """fftfreq-order indices of the ``crop`` detector pixels of a spectrum axis of length ``n``."""
@@ -76,15 +77,15 @@ class DetectorGeometry:
         return [(dst, src) for dst, src in runs if dst.stop > dst.start]
 
     def bin(self, cropped: torch.Tensor) -> torch.Tensor:
-        """(B, crop_y, crop_x) fftshift-ed intensities → (B, H, W) summed into detector pixels
-        (:func:`phasestem.detector.bin_pixels`; the crop is a whole number of bins)."""
-        return bin_pixels(cropped, self.factor)
+        """(B, crop_y, crop_x) fftshift-ed intensities of the crop (zero frequency at :meth:`zero_offset`) →
+        (B, H, W) summed into detector pixels (:func:`phasestem.detector.sum_bins`)."""
+        return sum_bins(cropped, self.factor)
 
     def apply(self, centred: torch.Tensor) -> torch.Tensor:
-        """(B, N, N) fftshift-ed intensities → (B, H, W) summed into detector pixels."""
-        N = centred.shape[-2:]
-        y0, x0 = N[0] // 2 - self.zero_offset(0), N[1] // 2 - self.zero_offset(1)
-        return self.bin(centred[..., y0 : y0 + self.crop[0], x0 : x0 + self.crop[1]])
+        """(B, N, N) fftshift-ed intensities → (B, H, W): the detector's bins of the whole far field
+        (:func:`phasestem.detector.bin_pixels`), the central (H, W) of them kept."""
+        shape = (self.crop[0] // self.factor[0], self.crop[1] // self.factor[1])
+        return centre_window(bin_pixels(centred, self.factor), shape)
 
 
 def simulate_patterns(

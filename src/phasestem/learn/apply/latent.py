@@ -19,12 +19,12 @@ from typing import Any
 import h5py
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ... import metrics
 from ...errors import ShapeError
 from ...plot import STYLE, _plt, save_figure, styled
+from ...resample import resize
 from ...safety import atomic_file
 from ..meta import normalize_meta, require_kind
 from ..nets.autoencoder import Autoencoder, count_parameters, scale_patterns
@@ -166,7 +166,7 @@ def autoencoder_report(model: Autoencoder, patterns: np.ndarray, meta: dict[str,
         xb = x[s:s + 128].to(dev)
         r = model(xb).float()
         if r.shape[-2:] != xb.shape[-2:]:
-            r = F.interpolate(r, size=tuple(xb.shape[-2:]), mode="bilinear", align_corners=False)
+            r = resize(r, tuple(xb.shape[-2:]))
         recs.append(r.cpu())
     rec = torch.cat(recs)
     res = {"psnr": float(metrics.psnr(rec, x, data_range=1.0)), "ssim": float(metrics.ssim(rec, x, data_range=1.0)),

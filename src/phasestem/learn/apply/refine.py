@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from ...errors import InputFileError, ShapeError
 from ...plot import save_figure
+from ...resample import resize
 from ...safety import atomic_file, check_bad_pixel_mode, check_finite, mask_nonfinite
 from ..meta import require_kind
 from ..nets.phaseformer import Phaseformer, PhaseformerConfig
@@ -98,7 +99,7 @@ def refine_phase(net: Phaseformer, phase: np.ndarray, size: int | None = 256) ->
     dev = next(net.parameters()).device
     x = torch.as_tensor(np.asarray(phase, np.float32))[None, None].to(dev)
     if size is not None:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        x = resize(x, (size, size))
     h, w = x.shape[-2:]
     ph, pw = (-h) % 8, (-w) % 8
     if ph or pw:

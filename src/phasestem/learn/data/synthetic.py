@@ -39,7 +39,7 @@ def write_synthetic_file(path: str | Path, n_samples: int, first_sample: int = 0
                          extent: float = 32.0, phase_px: int = 64, scan: int = 16, window: int = 16,
                          energy: float = 300e3, semiangle: float = 12.0, c10: float = 100.0,
                          dose: float | None = None, n_blobs: int = 12) -> Path:
-    """Write a small seed-000-layout file of weak phase objects simulated with :class:`ForwardModel`.
+    """A small seed-000-layout file of weak phase objects, simulated by a periodic-cell ``Experiment``.
 
     The object is a single slice ``exp(i·phase)`` on a ``phase_px``² grid over ``extent`` Å (pixel =
     ``extent/phase_px``); a ``scan``² raster spans the cell; patterns are ``window``² (one object
@@ -47,17 +47,18 @@ def write_synthetic_file(path: str | Path, n_samples: int, first_sample: int = 0
     ``c10`` is C10 in Å (> 0: over-focus), which spreads the probe over about one scan step.
     """
     from ...dataset import angular_sampling_for as ang_for
-    from ...noise import poisson_counts
     from ...optics import make_probe
-    from ...physics import ForwardModel, transmission_function
+    from ...physics.experiment import Experiment
+    from ...physics.noise import poisson_counts
+    from ...physics.operator import transmission_function
 
     path = Path(path)
     rng = np.random.default_rng(seed + 7919 * first_sample)
     ps = extent / phase_px
     step = extent / scan
     probe = make_probe((window, window), (ps, ps), energy, semiangle, {"C10": c10})
-    fm = ForwardModel((window, window), (ps, ps), energy)
     pos = torch.tensor(GridScan((scan, scan), step).positions(), dtype=torch.float32)
+    exp = Experiment(probe, pos, (phase_px, phase_px), (ps, ps), energy)  # the cell is the object: periodic
     sigma = interaction_constant(energy)
     from ...safety import atomic_file
 
@@ -66,7 +67,7 @@ def write_synthetic_file(path: str | Path, n_samples: int, first_sample: int = 0
             phase = synthetic_phase(phase_px, ps, rng, n_blobs=n_blobs)
             obj = transmission_function(torch.from_numpy(phase))[None, None]
             with torch.no_grad():
-                pats = fm(obj, probe, pos).reshape(scan, scan, window, window).numpy()
+                pats = exp.patterns(obj).reshape(scan, scan, window, window).numpy()
             if dose is not None:
                 pats = poisson_counts(pats, dose, rng)
             f.create_dataset(seedfile.patterns_key(i), data=pats.astype(np.float32), chunks=(min(5, scan), min(5, scan),

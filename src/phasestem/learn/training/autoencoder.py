@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ... import metrics
 from ...errors import ShapeError
 from ...io import seed as seedfile
 from ...io.hdf5 import check_written, open_file, reading
+from ...resample import resize
 from ..config import AutoencoderRunConfig
 from ..meta import make_meta
 from ..nets.autoencoder import Autoencoder, count_parameters, scale_patterns
@@ -145,7 +145,7 @@ def build_autoencoder_trainer(cfg: AutoencoderRunConfig, patterns: np.ndarray | 
         x = batch["x"]
         x_hat = m(x).float()
         if x_hat.shape[-2:] != x.shape[-2:]:
-            x_hat = F.interpolate(x_hat, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)
+            x_hat = resize(x_hat, tuple(x.shape[-2:]))
         return {"psnr": float(metrics.psnr(x_hat, x, data_range=1.0)),
                 "ssim": float(metrics.ssim(x_hat, x, data_range=1.0)),
                 "mse": float(metrics.mse(x_hat, x))}

@@ -1,6 +1,6 @@
 """The ptychographic forward operator as one autograd node with a hand-written backward.
 
-Computes exactly what :class:`phasestem.physics.ForwardModel` computes (same conventions,
+Computes exactly what :class:`phasestem.physics.operator.ForwardModel` computes (same conventions,
 checked against it in the tests) — sub-pixel-shifted probe modes, object patches at the scan
 positions, mixed-state multislice and the far-field intensity
 ``I_b = Σ_m Σ_k w_k |F[ψ_bmk]|²`` — but the backward pass is written out so that it costs
@@ -12,7 +12,7 @@ fewer full-size passes over memory than autograd through the separate steps:
   in-place sign flip of the imaginary part at the far field and those of the small gradients;
 * object patches are gathered inside the node and their gradients added straight into the
   object gradient (window slices on CPU, one ``index_add_`` elsewhere);
-* the probe shift is one multiplication by :func:`phasestem.physics.shift_ramp`, and its
+* the probe shift is one multiplication by :func:`phasestem.physics.fourier.shift_ramp`, and its
   gradient is summed over the batch in place;
 * probe modes accumulate into the transmission gradient in place, and on CPU the batch runs
   in cache-sized chunks (:data:`CPU_CHUNK_BYTES`).
@@ -31,7 +31,8 @@ import math
 import torch
 from torch.autograd.function import once_differentiable
 
-from .physics import WindowIndex, _real_dtype, add_squared_modulus, fft2, ifft2, shift_ramp
+from .fourier import add_squared_modulus, fft2, ifft2, real_dtype, shift_ramp
+from .multislice import WindowIndex
 
 #: on CPU the batch is processed in chunks whose (b, M, K, ny, nx) waves take about this many bytes, so that the
 #: chain transmit → FFT → propagate → inverse FFT of one slice runs in cache (measured with 1024 patterns of
@@ -177,12 +178,12 @@ def fused_intensity(
 
     ``obj`` (K, S, Ny, Nx) complex transmission; ``probe`` (M, ny, nx) probe modes; ``corners``
     (B, 2) long top-left window pixels and ``frac`` (B, 2) sub-pixel probe shifts (from
-    :func:`phasestem.physics.window_origins`); ``prop`` (ny, nx) or (B, ny, nx) propagator for
+    :func:`phasestem.physics.multislice.window_origins`); ``prop`` (ny, nx) or (B, ny, nx) propagator for
     one slice (None for one slice); ``weights`` (K,) object-mode occupancies. Pass
     ``shifted_probe`` (B, M, ny, nx) instead of shifting here when the shifts need gradients.
     """
     where = WindowIndex(corners, probe.shape[-2:], obj.shape[-2:])
     if shifted_probe is not None:
         return _FusedIntensity.apply(obj, shifted_probe, prop, weights, None, where)
-    ramps = shift_ramp(frac.detach().to(_real_dtype(probe)), probe.shape[-2:])  # (B, ny, nx)
+    ramps = shift_ramp(frac.detach().to(real_dtype(probe)), probe.shape[-2:])  # (B, ny, nx)
     return _FusedIntensity.apply(obj, fft2(probe), prop, weights, ramps, where)

@@ -1,0 +1,239 @@
+"""THE experiment of one scan: probe, object frame, positions, forward model and detector response.
+
+An :class:`Experiment` says what a measured pattern is, given an object: the nominal probe (from the optics, or one
+given), the object frame (the scanned field plus a margin of half a window and ``object_padding`` pixels, with
+the dataset's 0 Å at ``origin``), the scan positions in that frame, the multislice forward model
+(:class:`~phasestem.physics.operator.ForwardModel`) and the detector response (the model's far field binned onto
+the detector by the one bin rule when the window is ``oversampling`` times the detector, the detector's blur, and
+the descan: a sub-pixel shift of each pattern). :meth:`Experiment.from_dataset` builds it from a
+:class:`~phasestem.dataset.FourDSTEM`; :meth:`Experiment.intensities` computes model patterns.
+
+Used by the reconstruction (:class:`phasestem.recon.model.Ptychography` optimises an object, probe and positions
+over one), by the learned route's measurement check (:mod:`phasestem.learn.consistency`) and by the small
+simulators of tests and demos. Intensities are in normalised units: the nominal probe has Σ|ψ|² = 1.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import optics
+from ..detector import detector_response
+from ..errors import ConfigError, ShapeError
+from ..resample import resample_image
+from .operator import ForwardModel
+
+
+def _oversampling(value) -> int:
+    if int(value) < 1:
+        raise ConfigError(f"oversampling must be a positive integer, got {value}")
+    return int(value)
+
+
+def nominal_probe(dataset, window: tuple[int, int], n_probe_modes: int = 1, probe=None,
+                  source_size: float | None = None, mode_power: float = 0.02, on_band_limit: str = "warn",
+                  aperture_edge: str = "soft") -> torch.Tensor:
+    """Probe modes (M, ny, nx) complex64, Σ|ψ|² = 1, on a ``window`` at the dataset's real-space sampling.
+
+    From the dataset optics (``optics.make_probe``; semiangle, aberrations) unless ``probe`` (M, ny, nx) is given;
+    more modes from ``source_size`` (Å FWHM, ``optics.partial_coherence_modes``) or ``optics.initial_probe_modes``
+    (``mode_power``). ``aperture_edge``: 'soft', 'hard' or 'measured' (:mod:`phasestem.physics.aperture`).
+    """
+    sampling = tuple(float(s) for s in dataset.sampling)
+    if probe is not None:
+        probe_t = torch.as_tensor(probe)
+        if probe_t.dim() == 2:
+            probe_t = probe_t[None]
+        if tuple(probe_t.shape[-2:]) != tuple(window):
+            f = window[0] // dataset.pattern_shape[0]
+            what = "the pattern shape" if f == 1 else f"{f} × the pattern shape"
+            raise ShapeError(f"probe window {tuple(probe_t.shape[-2:])} must equal {what} {window}")
+        probe_t = probe_t.to(torch.complex64)
+        if probe_t.shape[0] < n_probe_modes:
+            extra = optics.initial_probe_modes(probe_t[0], n_probe_modes - probe_t.shape[0] + 1, mode_power)[1:]
+            probe_t = torch.cat([probe_t, extra * probe_t.abs().square().sum().sqrt()])
+        return probe_t / probe_t.abs().square().sum().sqrt()
+    if dataset.semiangle is None:
+        raise ConfigError("dataset has no semiangle (mrad): give optics.semiangle or an explicit probe")
+    amplitude = None
+    if aperture_edge == "measured":
+        from ..dataset import angular_sampling_for
+        from .aperture import measured_aperture
+
+        ang = angular_sampling_for(dataset.energy, sampling, window)
+        amplitude = measured_aperture(dataset.mean_pattern(), dataset.semiangle / float(np.mean(ang)))
+    elif aperture_edge not in ("soft", "hard"):
+        raise ConfigError(f"aperture_edge must be 'soft', 'hard' or 'measured', got {aperture_edge!r}")
+    nominal = optics.make_probe(window, sampling, dataset.energy, dataset.semiangle, dataset.aberrations,
+                                soft=aperture_edge == "soft", on_band_limit=on_band_limit, amplitude=amplitude)
+    if n_probe_modes > 1 and source_size:
+        return optics.partial_coherence_modes(nominal, sampling, source_size, n_probe_modes)[0]
+    return optics.initial_probe_modes(nominal, n_probe_modes, mode_power)
+
+
+def object_frame(positions: np.ndarray, sampling: tuple[float, float], window: tuple[int, int],
+                 padding: int | None = None) -> tuple[tuple[int, int], tuple[float, float]]:
+    """The object frame of a scan: ``(object_shape (Ny, Nx) px, origin (y, x) Å)``.
+
+    Every probe window fits with ``padding`` px to spare (default ⌈window/8⌉); ``origin`` is a whole number of
+    pixels: object-frame position = dataset position + origin.
+    """
+    pad = int(math.ceil(max(window) / 8)) if padding is None else int(padding)
+    pos_px = torch.as_tensor(positions, dtype=torch.float32) / torch.tensor(sampling)
+    lo = torch.floor(pos_px.min(0).values)
+    hi = torch.ceil(pos_px.max(0).values)
+    half = torch.tensor([window[0] // 2, window[1] // 2], dtype=torch.float32)
+    origin_px = half + pad - lo
+    shape = (int(hi[0] - lo[0]) + window[0] + 2 * pad + 1, int(hi[1] - lo[1]) + window[1] + 2 * pad + 1)
+    return shape, (float(origin_px[0]) * sampling[0], float(origin_px[1]) * sampling[1])
+
+
+class Experiment(nn.Module):
+    """Probe, object frame, positions, forward model and detector response of one scan (see the module docstring).
+
+    Parameters
+    ----------
+    probe : (M, ny, nx) or (ny, nx) complex nominal probe modes; (ny, nx) is the window, ``oversampling`` times
+        the detector's pattern shape.
+    positions : (N, 2) probe centres in Å in the object frame (object pixel (0, 0) at 0 Å).
+    object_shape : (Ny, Nx) object pixels (periodic: a cell may be smaller than the window); sampling : (dy, dx)
+        Å; energy : eV.
+    origin : (y, x) Å of the dataset's 0 Å in the object frame.
+    antialias : band-limit each propagator (2/3 Nyquist).
+    oversampling : the far field is binned by this factor onto the detector (the one bin rule).
+    detector_blur : σ of the detector's Gaussian point spread, detector pixels (0: none).
+    detector_shifts : (N, 2) detector px each measured pattern's zero frequency lies off the central pixel
+        (the descan left in the data); the model's patterns are displaced alike (None: none).
+    """
+
+    def __init__(self, probe, positions, object_shape: tuple[int, int], sampling: tuple[float, float],
+                 energy: float, origin: tuple[float, float] = (0.0, 0.0), antialias: bool = False,
+                 oversampling: int = 1, detector_blur: float = 0.0, detector_shifts=None):
+        super().__init__()
+        probe = torch.as_tensor(probe)
+        if probe.dim() == 2:
+            probe = probe[None]
+        if not probe.is_complex():
+            raise ShapeError(f"probe must be complex (M, ny, nx), got dtype {probe.dtype}")
+        self.window = (int(probe.shape[-2]), int(probe.shape[-1]))
+        self.sampling = (float(sampling[0]), float(sampling[1]))
+        self.energy = float(energy)
+        self.origin = (float(origin[0]), float(origin[1]))
+        self.object_shape = (int(object_shape[0]), int(object_shape[1]))
+        positions = torch.as_tensor(positions, dtype=torch.float32)
+        if positions.dim() != 2 or positions.shape[1] != 2:
+            raise ShapeError(f"positions must be (N, 2) Å, got shape {tuple(positions.shape)}")
+        self.oversampling = _oversampling(oversampling)
+        self.detector_blur = float(detector_blur)
+        self.forward_model = ForwardModel(self.window, self.sampling, self.energy, antialias=antialias, centred=False)
+        self.register_buffer("probe", probe, persistent=False)
+        self.register_buffer("positions", positions.clone(), persistent=False)
+        self.register_buffer("detector_shifts", None, persistent=False)
+        self.set_detector_shifts(detector_shifts)
+
+    @classmethod
+    def from_dataset(cls, dataset, n_probe_modes: int = 1, probe=None, source_size: float | None = None,
+                     mode_power: float = 0.02, object_padding: int | None = None, antialias: bool = False,
+                     on_band_limit: str = "warn", aperture_edge: str = "soft", oversampling: int = 1,
+                     detector_blur: float = 0.0, detector_shifts=None) -> Experiment:
+        """The experiment of ``dataset`` (a :class:`~phasestem.dataset.FourDSTEM`): the probe of
+        :func:`nominal_probe` on a window ``oversampling`` × the pattern shape, the frame of :func:`object_frame`
+        (``object_padding``), the dataset's positions moved into it, and the detector response."""
+        oversampling = _oversampling(oversampling)
+        window = tuple(int(n) * oversampling for n in dataset.pattern_shape)
+        sampling = tuple(float(s) for s in dataset.sampling)
+        probe_t = nominal_probe(dataset, window, n_probe_modes, probe, source_size, mode_power, on_band_limit,
+                                aperture_edge)
+        pos = torch.as_tensor(dataset.positions_angstrom(), dtype=torch.float32)
+        shape, origin = object_frame(pos, sampling, window, object_padding)
+        return cls(probe_t, pos + torch.tensor(origin), shape, sampling, dataset.energy, origin, antialias,
+                   oversampling, detector_blur, detector_shifts)
+
+    # ---- geometry ------------------------------------------------------------------------------
+    @property
+    def n_positions(self) -> int:
+        return int(self.positions.shape[0])
+
+    @property
+    def detector_shape(self) -> tuple[int, int]:
+        """Pattern shape on the detector: the window divided by :attr:`oversampling`."""
+        return (self.window[0] // self.oversampling, self.window[1] // self.oversampling)
+
+    @property
+    def origin_px(self) -> tuple[int, int]:
+        """The dataset's pixel (0, 0) in object pixels."""
+        return round(self.origin[0] / self.sampling[0]), round(self.origin[1] / self.sampling[1])
+
+    def set_detector_shifts(self, shifts) -> None:
+        """Displace the model pattern of position j by ``shifts[j]`` (N, 2) detector px (row, col), toward larger
+        indices: the descan of data whose patterns were not resampled to a common centre (None: no shifts)."""
+        if shifts is None:
+            self.detector_shifts = None
+            return
+        t = torch.as_tensor(np.asarray(shifts, dtype=np.float32) if not torch.is_tensor(shifts) else shifts,
+                            dtype=torch.float32)
+        if t.shape != (self.n_positions, 2) or not bool(torch.isfinite(t).all()):
+            raise ShapeError(f"detector shifts must be finite (N, 2) = ({self.n_positions}, 2) px, got "
+                             f"{tuple(t.shape)}")
+        self.detector_shifts = t.to(self.positions.device)
+
+    # ---- images in the dataset frame -------------------------------------------------------------
+    def image_region(self, image, sampling: tuple[float, float] | None = None
+                     ) -> tuple[torch.Tensor, tuple[slice, slice]]:
+        """A 2-D image (rad) in the dataset frame (pixel (0, 0) at 0 Å), resampled to the object pixel when
+        ``sampling`` (Å) differs and cut to the object: (image (h, w) float32, (y, x) slices of the object it
+        covers)."""
+        img = torch.as_tensor(np.asarray(image, dtype=np.float32)) if not torch.is_tensor(image) else image.float()
+        if img.dim() != 2:
+            raise ShapeError(f"phase image must be 2-D (y, x), got shape {tuple(img.shape)}")
+        if sampling is not None and tuple(sampling) != self.sampling:
+            img = resample_image(img, sampling, self.sampling)
+        oy, ox = self.origin_px
+        Ny, Nx = self.object_shape
+        # image pixels before the object frame's first pixel (origin < 0: the dataset's 0 Å lies outside it)
+        sy, sx = max(0, -oy), max(0, -ox)
+        h, w = min(img.shape[0], Ny - oy), min(img.shape[1], Nx - ox)
+        h, w = max(h, sy), max(w, sx)  # no overlap with the object: an empty region
+        return img[sy:h, sx:w], (slice(oy + sy, oy + h), slice(ox + sx, ox + w))
+
+    def in_dataset_frame(self, planes: torch.Tensor, shape: tuple[int, int] | None = None) -> torch.Tensor:
+        """Object-frame planes (..., Ny, Nx) cropped to the dataset frame (pixel (0, 0) at the dataset's 0 Å), at
+        most ``shape`` pixels; dataset pixels before the object frame (a negative origin) are 0."""
+        oy, ox = self.origin_px
+        Ny, Nx = planes.shape[-2:]
+        h, w = (Ny - oy, Nx - ox) if shape is None else (min(shape[0], Ny - oy), min(shape[1], Nx - ox))
+        if oy >= 0 and ox >= 0:
+            return planes[..., oy : oy + h, ox : ox + w]
+        sy, sx = max(0, -oy), max(0, -ox)  # dataset pixels before the object frame
+        out = torch.zeros((*planes.shape[:-2], max(h, 0), max(w, 0)), dtype=planes.dtype)
+        out[..., sy:, sx:] = planes[..., oy + sy : oy + h, ox + sx : ox + w]
+        return out
+
+    # ---- patterns ------------------------------------------------------------------------------
+    def intensities(self, obj: torch.Tensor, probe: torch.Tensor | None = None,
+                    positions: torch.Tensor | None = None, index: torch.Tensor | None = None,
+                    dz: float | torch.Tensor = 1.0, tilt: torch.Tensor | None = None,
+                    object_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Model patterns (B, h, w) on the detector, fftfreq order (unshifted); differentiable.
+
+        ``obj`` (K, S, Ny, Nx) or (S, Ny, Nx) complex transmission in the object frame; ``probe`` (M, ny, nx)
+        (default: the nominal one); ``index`` (B,) flat scan indices, whose descan shifts apply (all when None);
+        ``positions`` (B, 2) Å in the object frame (default: the experiment's at ``index``); ``dz`` slice
+        thickness (Å), ``tilt`` (2,) or (B, 2) mrad, ``object_weights`` (K,) object-mode occupancies.
+        """
+        probe = self.probe if probe is None else probe
+        if positions is None:
+            positions = self.positions if index is None else self.positions[index]
+        shifts = None
+        if self.detector_shifts is not None:
+            rows = self.detector_shifts if index is None else self.detector_shifts[index]
+            shifts = rows * self.oversampling
+        inten = self.forward_model(obj, probe, positions, dz, tilt, object_weights, shifts)
+        return detector_response(inten, self.oversampling, self.detector_blur)
+
+    def patterns(self, obj: torch.Tensor, **options) -> torch.Tensor:
+        """:meth:`intensities` fftshift-ed like measured data (zero frequency at (h//2, w//2))."""
+        return torch.fft.fftshift(self.intensities(obj, **options), dim=(-2, -1))

@@ -1,0 +1,49 @@
+"""Learning-rate schedules of the reconstruction's parameters: names, defaults, and what ``None`` means per solver."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PARAM_NAMES = ("obj_amplitude", "obj_phase", "probe", "positions", "tilt", "slice_thickness", "obj_weights")
+
+#: default learning rates and start epochs; None = the solver's default (:data:`SOLVER_DEFAULTS`)
+DEFAULT_SCHEDULES = {
+    "obj_amplitude": (None, 1),
+    "obj_phase": (None, 1),
+    "probe": (None, 1),
+    "positions": (0.0, 1),  # off by default: enable with set_learning_rates(positions={"lr": 1e-2, "start": 5})
+    "tilt": (0.0, 1),
+    "slice_thickness": (0.0, 1),
+    "obj_weights": (0.0, 1),
+}
+
+
+#: what a learning rate of ``None`` means for each solver: Adam/SGD in parameter units per update,
+#: ``lsq`` as a fraction of the Gauss–Newton step (dimensionless)
+SOLVER_DEFAULTS = {
+    "adam": {"obj_amplitude": 3e-3, "obj_phase": 3e-3, "probe": 3e-3},
+    "sgd": {"obj_amplitude": 3e-3, "obj_phase": 3e-3, "probe": 3e-3},
+    "lbfgs": {"obj_amplitude": 1.0, "obj_phase": 1.0, "probe": 1.0},
+    "lsq": {"obj_amplitude": 0.1, "obj_phase": 0.7, "probe": 0.2},  # amplitude: see recon.precondition
+}
+
+
+@dataclass
+class ParamSchedule:
+    """Learning rate and active epoch range (1-based, ``end=None`` = to the end) of one parameter.
+
+    A learning rate of 0 freezes the parameter (as ``requires_grad = False`` does); ``None`` takes
+    the solver's default (:data:`SOLVER_DEFAULTS`).
+    """
+
+    lr: float | None
+    start: int = 1
+    end: int | None = None
+
+    def active(self, epoch: int) -> bool:
+        return (self.lr is None or self.lr > 0) and epoch >= self.start and (self.end is None or epoch <= self.end)
+
+    def resolved_lr(self, name: str, optimizer: str) -> float:
+        """The learning rate this schedule means for ``optimizer``."""
+        if self.lr is not None:
+            return float(self.lr)
+        return SOLVER_DEFAULTS.get(optimizer, SOLVER_DEFAULTS["adam"]).get(name, 0.0)
