@@ -17,7 +17,7 @@ Geometry (unless the case says otherwise): 24 × 24 raster at 1 Å, 96² windows
   tilt       constant (2, 2) mrad, 12 × 15 Å             constant (−3.5, 1.5) mrad, 16 × 12 Å
   tiltvar    θx 2 → 5 mrad across x                      |θ| from 2.2 to 5.0 mrad, varying along y and x
   distort    σ 0.3 Å per axis + drift (0.8, −0.5) Å      σ 0.4 Å + drift (−0.6, 1.0) Å
-  coherence  source 0.5 Å FWHM, 1e6 e⁻, 4 probe modes    source 0.8 Å FWHM, 1e6 e⁻, 4 probe modes
+  coherence  source 0.6 Å FWHM, 1e6 e⁻, 4 probe modes    source 0.8 Å FWHM, 1e6 e⁻, 4 probe modes
 
 Case names are ``HALF_KIND`` (``dev_strong``, ``val_thick``, ...). Besides the fields of
 ``cases.py``, each file records ``kind``, ``half`` and ``description``; the NumPy cases also store
@@ -56,9 +56,9 @@ HARD: dict[str, dict] = {
     "dev_distort": dict(_BASE, n_slices=4, dz=10.0, max_phase=0.5, density=0.15, pos_error=0.3,
                         drift=(0.8, -0.5), seed=106,
                         description="4 × 10 Å; random position errors σ 0.3 Å per axis + linear drift (0.8, −0.5) Å"),
-    "dev_coherence": dict(_BASE, n_slices=2, dz=10.0, max_phase=0.5, density=0.3, source=0.5, dose=1e6,
+    "dev_coherence": dict(_BASE, n_slices=2, dz=10.0, max_phase=0.5, density=0.3, source=0.6, dose=1e6,
                           n_modes=4, seed=107,
-                          description="2 × 10 Å, source 0.5 Å FWHM, 1e6 e⁻ (Poisson); recon given 4 probe modes"),
+                          description="2 × 10 Å, source 0.6 Å FWHM, 1e6 e⁻ (Poisson); recon given 4 probe modes"),
     # -- validation half -------------------------------------------------------------------
     "val_strong": dict(_BASE, n_slices=12, dz=8.0, max_phase=2.5, density=0.12, width=0.35, seed=201,
                        geom=dict(defocus=-50.0),
