@@ -276,6 +276,8 @@ def main() -> None:
                     v["time_to_target"] = time_to(v, target)
         out_path.write_text(json.dumps(results, indent=1, default=str))
     print_table(results, cases)
+    if len(cases) > 1:
+        print_summary(results, cases)
     print(f"\nresults: {out_path}")
 
 
@@ -307,6 +309,27 @@ def print_table(results: dict, cases: list[str]) -> None:
             ttt_s = "not reached" if ttt is None and v["history"] else fmt(ttt, ".1f")
             print(f"| {tool} | {cells} | {v['peak_r']:.4f} ({v['peak_iter']}) | {fell} | {v['s_per_it']:.2f} | "
                   f"{fmt(v.get('cpu_per_it'), '.2f')} | {ttt_s} | {load_s} |")
+
+
+def print_summary(results: dict, cases: list[str]) -> None:
+    """One table for many cases: a row per case and tool, r at the first and the last report iteration."""
+    print("\n| case | half | tool | iters | r @ first | r @ last | peak r (iter) | fall after peak | s / iteration "
+          "| load at start |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name in cases:
+        entry = results.get(name)
+        if not entry:
+            continue
+        first, last = entry["report_iters"][0], entry["report_iters"][-1]
+        for tool, v in entry["tools"].items():
+            load = v.get("load_at_start")
+            row = f"| {name} | {entry.get('half', '–')} | {tool} | {first}, {last} | "
+            if "r" not in v:
+                row += f"– | – | – | – | {v.get('error', 'no result')[:60]} | "
+            else:
+                row += (f"{fmt(v.get(f'r@{first}'))} | {fmt(v.get(f'r@{last}'))} | "
+                        f"{v['peak_r']:.4f} ({v['peak_iter']}) | {v['drop_after_peak']:.4f} | {v['s_per_it']:.2f} | ")
+            print(row + (f"{load[0]:.1f} |" if load else "– |"))
 
 
 if __name__ == "__main__":

@@ -59,7 +59,8 @@ def simulate_case(spec: dict, geom: dict, seed: int = 0) -> dict:
 
     ``spec``: n_slices, dz (Å), max_phase (rad per slice), density (atoms / Å² per slice), dose (0:
     noise-free), source (FWHM Å, 0: coherent), iters; optional width (atom σ, Å), margin (extra px
-    round the scan), n_modes (probe modes the reconstruction is given), tilt / tilt_grad (mrad, see
+    round the scan), columns (True: every slice holds the same atoms, i.e. atom columns through the
+    specimen), n_modes (probe modes the reconstruction is given), tilt / tilt_grad (mrad, see
     ``scan_tilts``), pos_error (per-axis σ of random position errors, Å) and drift (y, x) Å (a linear
     drift over the scan, 0 at the first position). With position errors the patterns are simulated
     at the true positions (``true_positions``, Å, dataset frame) and the reconstruction is given the
@@ -76,8 +77,12 @@ def simulate_case(spec: dict, geom: dict, seed: int = 0) -> dict:
     area = shape[0] * shape[1] * samp**2
     S = spec["n_slices"]
     width = spec.get("width", 0.4)
-    phases = np.stack([atom_phase(shape, samp, rng, int(spec["density"] * area), spec["max_phase"], width)
-                       for _ in range(S)])
+    if spec.get("columns"):  # a crystal-like specimen: the same atoms in every slice (atom columns)
+        phases = np.repeat(atom_phase(shape, samp, rng, int(spec["density"] * area), spec["max_phase"], width)[None],
+                           S, 0)
+    else:
+        phases = np.stack([atom_phase(shape, samp, rng, int(spec["density"] * area), spec["max_phase"], width)
+                           for _ in range(S)])
     origin = (margin_px * samp, margin_px * samp)
     nominal = raster((sy, sx), geom["step"], origin)
     pos = nominal

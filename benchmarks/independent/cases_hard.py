@@ -11,7 +11,7 @@ Geometry (unless the case says otherwise): 24 × 24 raster at 1 Å, 96² windows
 
   kind       dev                                        val
   strong     8 × 10 Å, 2.0 rad / slice                   12 × 8 Å, 2.5 rad / slice, c10 −50
-  thick      24 × 10 Å (24 nm), NumPy                    abTEM SrTiO3 5 × 5 × 52 cells (20.3 nm), 52 slices
+  thick      24 × 10 Å (24 nm) columns, NumPy              abTEM SrTiO3 5 × 5 × 52 cells (20.3 nm), 52 slices
   dose1e3    1e3 e⁻ / pattern, 0.5 Å step                the same on another specimen
   dose1e4    1e4 e⁻ / pattern, 0.5 Å step                the same on another specimen
   tilt       constant (2, 2) mrad, 12 × 15 Å             constant (−3.5, 1.5) mrad, 16 × 12 Å
@@ -42,8 +42,10 @@ HARD: dict[str, dict] = {
     # -- development half ------------------------------------------------------------------
     "dev_strong": dict(_BASE, n_slices=8, dz=10.0, max_phase=2.0, density=0.15, seed=101,
                        description="8 × 10 Å, Gaussian atoms σ 0.4 Å, 2.0 rad peak per slice, noise-free"),
-    "dev_thick": dict(_BASE, n_slices=24, dz=10.0, max_phase=0.6, density=0.05, seed=102, geom=dict(defocus=-120.0),
-                      description="24 × 10 Å (24 nm), 0.6 rad per slice, crossover at mid-thickness, noise-free"),
+    "dev_thick": dict(_BASE, n_slices=24, dz=10.0, max_phase=0.6, density=0.05, columns=True, seed=102,
+                      geom=dict(defocus=-120.0),
+                      description="24 × 10 Å (24 nm), atom columns (the same atoms in every slice, 0.6 rad each: "
+                                  "14.4 rad per column), crossover at mid-thickness, noise-free"),
     "dev_dose1e3": dict(_BASE, n_slices=4, dz=10.0, max_phase=0.5, density=0.15, dose=1e3, seed=103,
                         geom=_LOWDOSE_GEOM, description="4 × 10 Å, 0.5 rad per slice, 1e3 e⁻/pattern (Poisson)"),
     "dev_dose1e4": dict(_BASE, n_slices=4, dz=10.0, max_phase=0.5, density=0.15, dose=1e4, seed=103,
