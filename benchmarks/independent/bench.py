@@ -1,6 +1,6 @@
 """Issue 11 benchmark: five engines on data none of them made (independent NumPy multislice, abTEM).
 
-    python benchmarks/independent/bench.py [--cases thin thick noisy coherent] [--quick]
+    python benchmarks/independent/bench.py [--cases thin thick noisy coherent] [--set base|dev|val|all] [--quick]
         [--tools phasestem ptyrad py4dstem quantem ptychi] [--workdir runs/independent]
         [--envs .bench_envs] [--reuse] [--resimulate] [--device cuda --python python3]
 
@@ -15,6 +15,10 @@ at the report iterations of each case, the peak r and whether r fell by more tha
 and the time each tool needs to reach the best peer's final r (cumulative wall time of its
 iterations; "not reached" otherwise). The load average at each tool's start is recorded: the
 machine may be shared, so compare times within one run.
+
+``--set`` picks a group of cases: ``base`` (the five above, the default), or the hard cases of issue
+29 (``cases_hard.py``): ``dev`` (the development half, where defaults may be tuned), ``val`` (the
+validation half, only reported) or ``all`` (both halves).
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(PEERS))
 
 from cases import CASES, GEOM, QUICK, make_case  # noqa: E402
+from cases_hard import HARD, hard_names, make_hard_case  # noqa: E402
 
 TOOLS = ("phasestem", "ptyrad", "py4dstem", "quantem", "ptychi")
 RUNNERS = {"phasestem": PEERS / "run_phasestem.py", "ptyrad": PEERS / "run_ptyrad.py",
@@ -42,6 +47,8 @@ RUNNERS = {"phasestem": PEERS / "run_phasestem.py", "ptyrad": PEERS / "run_ptyra
 # iterations at which r and NRMSE are reported; each tool runs max(...) iterations
 REPORT_ITERS = {"thin": (20,), "thick": (5, 20), "noisy": (20,), "coherent": (20,), "abtem": (10, 20)}
 QUICK_ITERS = {"thin": (3, 5), "thick": (2, 4), "noisy": (4,), "coherent": (4,), "abtem": (3, 5)}
+REPORT_ITERS.update({name: (5, 20) for name in HARD})  # issue 29: r at 5 and at 20 iterations
+QUICK_ITERS.update({name: (2, 4) for name in HARD})
 DROP_TOL = 1e-3  # a fall of r after its peak larger than this is flagged
 # OpenMP threads that sleep instead of spinning while they wait: on a shared (over-subscribed) machine
 # spinning threads of the torch tools burn the CPU the other thread needs (measured here at load 6:
@@ -50,11 +57,21 @@ DROP_TOL = 1e-3  # a fall of r after its peak larger than this is flagged
 OMP_WAIT_POLICY = "PASSIVE"
 
 
-def all_cases() -> list[str]:
+def base_cases() -> list[str]:
+    """The five cases of issue 11."""
     names = list(CASES)
     if (HERE / "cases_abtem.py").exists():
         names.append("abtem")
     return names
+
+
+def all_cases() -> list[str]:
+    return base_cases() + list(HARD)
+
+
+def set_cases(name: str) -> list[str]:
+    """Case names of a ``--set``: base (issue 11's five), dev, val or all (both hard halves)."""
+    return base_cases() if name == "base" else hard_names(name)
 
 
 def build_case(name: str, quick: bool, path: Path, iters: int) -> None:
@@ -63,6 +80,8 @@ def build_case(name: str, quick: bool, path: Path, iters: int) -> None:
         from cases_abtem import make_abtem_case
 
         case = make_abtem_case(quick=quick)
+    elif name in HARD:
+        case = make_hard_case(name, quick)
     else:
         case = make_case(name, QUICK if quick else GEOM)
     case["iters"] = iters
@@ -159,7 +178,10 @@ def fmt(v, spec: str = ".4f") -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cases", nargs="+", default=None, help=f"default: all ({', '.join(all_cases())})")
+    ap.add_argument("--cases", nargs="+", default=None, help="default: those of --set")
+    ap.add_argument("--set", default="base", choices=["base", "dev", "val", "all"],
+                    help="base: issue 11's five cases (default); dev / val: one half of the hard cases of "
+                         "issue 29 (cases_hard.py); all: both halves")
     ap.add_argument("--tools", nargs="+", default=list(TOOLS), choices=list(TOOLS))
     ap.add_argument("--workdir", default="runs/independent")
     ap.add_argument("--envs", default=".bench_envs")
@@ -176,7 +198,7 @@ def main() -> None:
                     help="OMP_WAIT_POLICY given to every tool (default PASSIVE: fair on a shared machine)")
     args = ap.parse_args()
     globals()["OMP_WAIT_POLICY"] = args.omp_wait_policy
-    cases = args.cases or all_cases()
+    cases = args.cases or set_cases(args.set)
     for c in cases:
         if c not in REPORT_ITERS:
             ap.error(f"unknown case {c!r}; choose from {all_cases()}")
@@ -209,7 +231,8 @@ def main() -> None:
                int(round((sx - 1) * case["scan_step"] / case["sampling"])) + 1)
         entry = results.setdefault(name, {"tools": {}})
         entry.update(report_iters=list(report), n_iter=n_iter, fov_px=list(fov),
-                     loss=str(case.get("loss", "gaussian")), dose=float(case.get("dose", 0.0)))
+                     loss=str(case.get("loss", "gaussian")), dose=float(case.get("dose", 0.0)),
+                     half=str(case.get("half", "base")), kind=str(case.get("kind", name)))
         for tool in args.tools:
             rp = work / f"result_{name}_{tool}.npz"
             side = rp.with_suffix(".run.json")  # load average, wall time and date of the run that made rp
@@ -253,6 +276,8 @@ def main() -> None:
                     v["time_to_target"] = time_to(v, target)
         out_path.write_text(json.dumps(results, indent=1, default=str))
     print_table(results, cases)
+    if len(cases) > 1:
+        print_summary(results, cases)
     print(f"\nresults: {out_path}")
 
 
@@ -284,6 +309,27 @@ def print_table(results: dict, cases: list[str]) -> None:
             ttt_s = "not reached" if ttt is None and v["history"] else fmt(ttt, ".1f")
             print(f"| {tool} | {cells} | {v['peak_r']:.4f} ({v['peak_iter']}) | {fell} | {v['s_per_it']:.2f} | "
                   f"{fmt(v.get('cpu_per_it'), '.2f')} | {ttt_s} | {load_s} |")
+
+
+def print_summary(results: dict, cases: list[str]) -> None:
+    """One table for many cases: a row per case and tool, r at the first and the last report iteration."""
+    print("\n| case | half | tool | iters | r @ first | r @ last | peak r (iter) | fall after peak | s / iteration "
+          "| load at start |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name in cases:
+        entry = results.get(name)
+        if not entry:
+            continue
+        first, last = entry["report_iters"][0], entry["report_iters"][-1]
+        for tool, v in entry["tools"].items():
+            load = v.get("load_at_start")
+            row = f"| {name} | {entry.get('half', '–')} | {tool} | {first}, {last} | "
+            if "r" not in v:
+                row += f"– | – | – | – | {v.get('error', 'no result')[:60]} | "
+            else:
+                row += (f"{fmt(v.get(f'r@{first}'))} | {fmt(v.get(f'r@{last}'))} | "
+                        f"{v['peak_r']:.4f} ({v['peak_iter']}) | {v['drop_after_peak']:.4f} | {v['s_per_it']:.2f} | ")
+            print(row + (f"{load[0]:.1f} |" if load else "– |"))
 
 
 if __name__ == "__main__":

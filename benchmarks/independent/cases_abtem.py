@@ -45,7 +45,7 @@ import numpy as np
 A_STO = 3.905
 
 
-def _supercell(reps: tuple[int, int, int], quick: bool):
+def _supercell(reps: tuple[int, int, int], vacancies: list[tuple[tuple[int, int], int]]):
     from ase import Atoms
 
     unit = Atoms("SrTiO3", scaled_positions=[(0, 0, 0), (0.5, 0.5, 0.5), (0.5, 0.5, 0), (0.5, 0, 0.5), (0, 0.5, 0.5)],
@@ -60,12 +60,8 @@ def _supercell(reps: tuple[int, int, int], quick: bool):
     c = reps[0] // 2
     for k in sr_in_column(c, c):  # the heavier column
         atoms[k].symbol = "Ba"
-    if quick:
-        vac = [((1, reps[1] - 1), 0)]
-    else:
-        vac = [((1, 5), 2), ((5, 1), 0), ((5, 5), 4)]
     drop = []
-    for (i, j), layer in vac:
+    for (i, j), layer in vacancies:
         col = sorted(sr_in_column(i, j), key=lambda k: pos[k, 2])
         drop.append(col[layer])
     del atoms[sorted(drop)]
@@ -73,8 +69,15 @@ def _supercell(reps: tuple[int, int, int], quick: bool):
 
 
 def make_abtem_case(quick: bool = False, n_configs: int = 4, dose: float = 1e5, seed: int = 0,
-                    threads: int = 2) -> dict:
-    """Simulate the case with abTEM; returns the arrays and scalars of a case file."""
+                    threads: int = 2, layout: dict | None = None) -> dict:
+    """Simulate the case with abTEM; returns the arrays and scalars of a case file.
+
+    ``layout`` (optional) replaces the specimen and scan of the default case: reps (cells y, x, z),
+    grid (potential px per side), n_pat (pattern px), scan (Sy, Sx), step_px, vacancies
+    [((i, j), layer), ...], c10 (Å, + = crossover before the entrance surface), recon_slices (the
+    slice count the reconstruction is given; its dz = thickness / recon_slices), n_configs, dose
+    (0: noise-free) and specimen (a description).
+    """
     import abtem
     import dask
     from abtem.core.energy import energy2sigma
@@ -82,11 +85,19 @@ def make_abtem_case(quick: bool = False, n_configs: int = 4, dose: float = 1e5, 
     dask.config.set(scheduler="threads", num_workers=threads)
     abtem.config.set({"device": "cpu"})
     energy, semiangle, c10 = 300e3, 20.0, 100.0
-    if quick:
+    recon_slices = None
+    if layout is not None:
+        reps, grid, n_pat, scan, step_px = (tuple(layout[k]) if k in ("reps", "scan") else layout[k]
+                                            for k in ("reps", "grid", "n_pat", "scan", "step_px"))
+        vac, c10 = layout["vacancies"], layout["c10"]
+        n_configs, dose, recon_slices = layout["n_configs"], layout["dose"], layout["recon_slices"]
+    elif quick:
         reps, grid, n_pat, scan, step_px, n_configs = (4, 4, 2), 128, 64, (8, 8), 3, min(n_configs, 2)
+        vac = [((1, reps[1] - 1), 0)]
     else:
         reps, grid, n_pat, scan, step_px = (7, 7, 5), 256, 128, (32, 32), 5
-    atoms = _supercell(reps, quick)
+        vac = [((1, 5), 2), ((5, 1), 0), ((5, 5), 4)]
+    atoms = _supercell(reps, vac)
     extent = reps[0] * A_STO
     sampling = extent / n_pat  # reconstruction pixel (Å)
     sigmas = {"Sr": 0.08, "Ba": 0.08, "Ti": 0.06, "O": 0.09}
@@ -111,18 +122,27 @@ def make_abtem_case(quick: bool = False, n_configs: int = 4, dose: float = 1e5, 
     total = pats.sum((-2, -1), keepdims=True)
     c0 = grid // 2 - n_pat // 2  # abTEM puts k = 0 at (grid/2, grid/2) → crop keeps it at (n_pat/2, n_pat/2)
     pats = pats[:, c0 : c0 + n_pat, c0 : c0 + n_pat] / total
-    rng = np.random.default_rng(seed)
-    pats = rng.poisson(pats * dose).astype(np.float32)
+    if dose:
+        rng = np.random.default_rng(seed)
+        pats = rng.poisson(pats * dose).astype(np.float32)
 
     fov = ((scan[0] - 1) * step_px + 1, (scan[1] - 1) * step_px + 1)
     ty, tx = np.arange(fov[0] + n_pat // 2), np.arange(fov[1] + n_pat // 2)
     truth = proj_w[np.ix_(ty % n_pat, tx % n_pat)]
-    return dict(patterns=pats.reshape(scan[0], scan[1], n_pat, n_pat), truth_phase=truth.astype(np.float32),
-                energy=energy, semiangle=semiangle, c10=c10, sampling=sampling, scan_step=step_px * sampling,
-                n_slices=n_slices, dz=A_STO, n_modes=1, iters=10, batch=32 if not quick else 16, dose=float(dose),
-                loss="poisson", source_size=0.0, frozen_phonons=n_configs, specimen="SrTiO3 [001] 7x7x5, Ba column,"
-                " 3 Sr vacancies" if not quick else "SrTiO3 [001] 4x4x2, Ba column, 1 Sr vacancy",
-                abtem_version=abtem.__version__)
+    if layout is not None:
+        specimen = layout["specimen"]
+    else:
+        specimen = "SrTiO3 [001] 4x4x2, Ba column, 1 Sr vacancy" if quick else \
+            "SrTiO3 [001] 7x7x5, Ba column, 3 Sr vacancies"
+    thickness = reps[2] * A_STO
+    r_slices = recon_slices or n_slices
+    return dict(patterns=pats.reshape(scan[0], scan[1], n_pat, n_pat).astype(np.float32),
+                truth_phase=truth.astype(np.float32), energy=energy, semiangle=semiangle, c10=float(c10),
+                sampling=sampling, scan_step=step_px * sampling, n_slices=r_slices,
+                dz=thickness / recon_slices if recon_slices else A_STO,
+                sim_slices=n_slices, thickness=thickness, n_modes=1, iters=10, batch=32 if not quick else 16,
+                dose=float(dose), loss="poisson" if dose else "gaussian", source_size=0.0,
+                frozen_phonons=n_configs, specimen=specimen, abtem_version=abtem.__version__)
 
 
 def main() -> None:

@@ -11,6 +11,8 @@ implementation choices:
   softens it with a raised cosine;
 * partial spatial coherence is an incoherent sum over probe positions jittered by a Gaussian
   source (FWHM ``source_size`` Å), not probe modes;
+* specimen mistilt (``tilt``, mrad, one for all positions or one per position) tilts the
+  propagation between slices: the wave moves by dz·θ across the specimen per slice;
 * Poisson noise at a given dose per pattern.
 
 Conventions (written once here, checked against abTEM in ``check_conventions.py``):
@@ -107,6 +109,7 @@ def simulate_patterns(
     dose: float | None = None,
     rng: np.random.Generator | None = None,
     detector_shift: np.ndarray | None = None,
+    tilt: np.ndarray | None = None,
 ) -> np.ndarray:
     """4D-STEM patterns (N, window, window) float32 for probe centres ``positions`` (N, 2) Å.
 
@@ -114,7 +117,9 @@ def simulate_patterns(
     propagates between slices on the whole (periodic) object grid. Each window of ``window`` px is
     centred on the probe position rounded to the nearest pixel; keep positions ≥ window/2 px from
     the object edges. Patterns are normalised to a total of 1, then Poisson-sampled at ``dose``
-    electrons per pattern when given.
+    electrons per pattern when given. ``tilt`` (mrad, (2,) for every position or (N, 2) one per
+    position, (y, x)): specimen mistilt, the propagator between slices becomes
+    exp(−iπλk²dz − 2πi dz (k_y tan θ_y + k_x tan θ_x)), i.e. the wave moves by +dz·tan θ per slice.
     """
     if phase_slices.ndim == 2:
         phase_slices = phase_slices[None]
@@ -134,19 +139,29 @@ def simulate_patterns(
         weights /= weights.sum()
     else:
         jitter, weights = np.zeros((1, 2)), np.ones(1)
+    if tilt is not None:
+        tilt = np.broadcast_to(np.asarray(tilt, dtype=float), (len(positions), 2))
+
+    def propagator(i: int) -> np.ndarray:
+        if tilt is None or not tilt[i].any():
+            return prop
+        ty, tx = np.tan(tilt[i] * 1e-3)
+        return prop * np.exp(-2j * math.pi * dz * (ky * ty + kx * tx))
+
     half = window // 2
     out = np.zeros((len(positions), window, window))
     wy = np.arange(window)[:, None] / window
     wx = np.arange(window)[None, :] / window
     for i, r0 in enumerate(np.asarray(positions, dtype=float)):
         cy, cx = (int(math.floor(v / sampling + 0.5)) for v in r0)
+        prop_i = propagator(i) if S > 1 else prop
         for d, w in zip(jitter, weights, strict=True):
             ry, rx = r0 + d
             wave = np.fft.ifft2(spec0 * np.exp(-2j * math.pi * (ky * ry + kx * rx)), norm="ortho")
             for sl in range(S):
                 wave = wave * trans[sl]
                 if sl < S - 1:
-                    wave = np.fft.ifft2(np.fft.fft2(wave, norm="ortho") * prop, norm="ortho")
+                    wave = np.fft.ifft2(np.fft.fft2(wave, norm="ortho") * prop_i, norm="ortho")
             cut = np.take(np.take(wave, np.arange(cy - half, cy - half + window) % Ny, 0),
                           np.arange(cx - half, cx - half + window) % Nx, 1)
             if detector_shift is not None:

@@ -1,0 +1,123 @@
+"""The hard independent cases of issue 29, split into a development and a validation half.
+
+Every kind of difficulty has one case in each half, with a different specimen (seed, atom size,
+slice count) and different parameters; defaults may be tuned on ``dev`` only and are reported on
+``val``. Simulators: ``numpy_multislice.py`` (via ``cases.simulate_case``) and abTEM
+(``cases_abtem.make_abtem_case``, the validation thick case); nothing from phasestem.
+
+Geometry (unless the case says otherwise): 24 × 24 raster at 1 Å, 96² windows of 0.2 Å pixels
+(19.2 Å), 300 keV, 20 mrad hard aperture, batch 32; the low-dose cases: 32 × 32 raster at 0.5 Å.
+``c10`` (Å): + = crossover before the entrance surface; the thick and tilted cases focus inside.
+
+  kind       dev                                        val
+  strong     8 × 10 Å, 2.0 rad / slice                   12 × 8 Å, 2.5 rad / slice, c10 −50
+  thick      24 × 10 Å (24 nm) columns, NumPy              abTEM SrTiO3 5 × 5 × 52 cells (20.3 nm), 52 slices
+  dose1e3    1e3 e⁻ / pattern, 0.5 Å step                the same on another specimen
+  dose1e4    1e4 e⁻ / pattern, 0.5 Å step                the same on another specimen
+  tilt       constant (2, 2) mrad, 12 × 15 Å             constant (−3.5, 1.5) mrad, 16 × 12 Å
+  tiltvar    θx 2 → 5 mrad across x                      |θ| from 2.2 to 5.0 mrad, varying along y and x
+  distort    σ 0.3 Å per axis + drift (0.8, −0.5) Å      σ 0.4 Å + drift (−0.6, 1.0) Å
+  coherence  source 0.6 Å FWHM, 1e6 e⁻, 4 probe modes    source 0.8 Å FWHM, 1e6 e⁻, 4 probe modes
+
+Case names are ``HALF_KIND`` (``dev_strong``, ``val_thick``, ...). Besides the fields of
+``cases.py``, each file records ``kind``, ``half`` and ``description``; the NumPy cases also store
+their phase slices (``slice_phases``) so ``check_cases.py`` can re-simulate patterns from the file.
+"""
+from __future__ import annotations
+
+from cases import GEOM, simulate_case
+
+HARD_GEOM = dict(GEOM, scan=(24, 24), window=96)
+HARD_QUICK = dict(GEOM, scan=(6, 6), window=64, batch=16)
+HALVES = ("dev", "val")
+KINDS = ("strong", "thick", "dose1e3", "dose1e4", "tilt", "tiltvar", "distort", "coherence")
+
+_BASE = dict(iters=20, dose=0, source=0.0, keep_slices=True, margin=16)
+_LOWDOSE_GEOM = dict(scan=(32, 32), step=0.5)
+_QUICK_LOWDOSE_GEOM = dict(scan=(8, 8), step=0.5)
+
+# spec: cases.simulate_case's keys, plus geom (overrides of HARD_GEOM: defocus, scan, step), seed,
+# description; simulator 'abtem' uses cases_abtem's layout instead.
+HARD: dict[str, dict] = {
+    # -- development half ------------------------------------------------------------------
+    "dev_strong": dict(_BASE, n_slices=8, dz=10.0, max_phase=2.0, density=0.15, seed=101,
+                       description="8 × 10 Å, Gaussian atoms σ 0.4 Å, 2.0 rad peak per slice, noise-free"),
+    "dev_thick": dict(_BASE, n_slices=24, dz=10.0, max_phase=0.6, density=0.05, columns=True, seed=102,
+                      geom=dict(defocus=-120.0),
+                      description="24 × 10 Å (24 nm), atom columns (the same atoms in every slice, 0.6 rad each: "
+                                  "14.4 rad per column), crossover at mid-thickness, noise-free"),
+    "dev_dose1e3": dict(_BASE, n_slices=4, dz=10.0, max_phase=0.5, density=0.15, dose=1e3, seed=103,
+                        geom=_LOWDOSE_GEOM, description="4 × 10 Å, 0.5 rad per slice, 1e3 e⁻/pattern (Poisson)"),
+    "dev_dose1e4": dict(_BASE, n_slices=4, dz=10.0, max_phase=0.5, density=0.15, dose=1e4, seed=103,
+                        geom=_LOWDOSE_GEOM, description="as dev_dose1e3 (same specimen), 1e4 e⁻/pattern"),
+    "dev_tilt": dict(_BASE, n_slices=12, dz=15.0, max_phase=0.5, density=0.1, tilt=(2.0, 2.0), seed=104,
+                     geom=dict(defocus=-90.0), description="12 × 15 Å (18 nm), constant mistilt (2, 2) mrad"),
+    "dev_tiltvar": dict(_BASE, n_slices=12, dz=15.0, max_phase=0.5, density=0.1, tilt=(0.0, 3.5),
+                        tilt_grad=((0.0, 0.0), (0.0, 1.5)), seed=105, geom=dict(defocus=-90.0),
+                        description="12 × 15 Å, mistilt θx from 2 to 5 mrad linearly across x, θy 0"),
+    "dev_distort": dict(_BASE, n_slices=4, dz=10.0, max_phase=0.5, density=0.15, pos_error=0.3,
+                        drift=(0.8, -0.5), seed=106,
+                        description="4 × 10 Å; random position errors σ 0.3 Å per axis + linear drift (0.8, −0.5) Å"),
+    "dev_coherence": dict(_BASE, n_slices=2, dz=10.0, max_phase=0.5, density=0.3, source=0.6, dose=1e6,
+                          n_modes=4, seed=107,
+                          description="2 × 10 Å, source 0.6 Å FWHM, 1e6 e⁻ (Poisson); recon given 4 probe modes"),
+    # -- validation half -------------------------------------------------------------------
+    "val_strong": dict(_BASE, n_slices=12, dz=8.0, max_phase=2.5, density=0.12, width=0.35, seed=201,
+                       geom=dict(defocus=-50.0),
+                       description="12 × 8 Å, atoms σ 0.35 Å, 2.5 rad peak per slice, crossover 50 Å inside"),
+    "val_thick": dict(simulator="abtem", iters=20,
+                      layout=dict(reps=(5, 5, 52), grid=192, n_pat=96, scan=(24, 24), step_px=5,
+                                  vacancies=[((1, 3), 10), ((3, 1), 30), ((3, 3), 45)], c10=-100.0,
+                                  recon_slices=20, n_configs=2, dose=0,
+                                  specimen="SrTiO3 [001] 5x5x52 (20.3 nm), Ba column, 3 Sr vacancies"),
+                      quick_layout=dict(reps=(3, 3, 52), grid=128, n_pat=64, scan=(6, 6), step_px=3,
+                                        vacancies=[((1, 2), 20)], c10=-100.0, recon_slices=20, n_configs=1,
+                                        dose=0, specimen="SrTiO3 [001] 3x3x52, Ba column, 1 Sr vacancy"),
+                      description="abTEM SrTiO3 [001] 5 × 5 × 52 cells (20.3 nm), 52 slices of 3.905 Å, 2 frozen "
+                                  "phonons, noise-free; recon given 20 × 10.15 Å"),
+    "val_dose1e3": dict(_BASE, n_slices=3, dz=12.0, max_phase=0.6, density=0.12, width=0.35, dose=1e3, seed=203,
+                        geom=dict(_LOWDOSE_GEOM, defocus=80.0),
+                        description="3 × 12 Å, atoms σ 0.35 Å, 0.6 rad per slice, 1e3 e⁻/pattern"),
+    "val_dose1e4": dict(_BASE, n_slices=3, dz=12.0, max_phase=0.6, density=0.12, width=0.35, dose=1e4, seed=203,
+                        geom=dict(_LOWDOSE_GEOM, defocus=80.0),
+                        description="as val_dose1e3 (same specimen), 1e4 e⁻/pattern"),
+    "val_tilt": dict(_BASE, n_slices=16, dz=12.0, max_phase=0.4, density=0.08, width=0.35, tilt=(-3.5, 1.5),
+                     seed=204, geom=dict(defocus=-100.0),
+                     description="16 × 12 Å (19.2 nm), constant mistilt (−3.5, 1.5) mrad"),
+    "val_tiltvar": dict(_BASE, n_slices=16, dz=12.0, max_phase=0.4, density=0.08, width=0.35, tilt=(2.5, -2.5),
+                        tilt_grad=((1.1, 0.2), (0.0, -0.7)), seed=205, geom=dict(defocus=-100.0),
+                        description="16 × 12 Å, mistilt θy 2.5 ± 1.3, θx −2.5 ± 0.7 mrad across the field "
+                                    "(|θ| 2.2–5.0)"),
+    "val_distort": dict(_BASE, n_slices=6, dz=8.0, max_phase=0.6, density=0.12, width=0.35, pos_error=0.4,
+                        drift=(-0.6, 1.0), seed=206,
+                        description="6 × 8 Å; random position errors σ 0.4 Å per axis + linear drift (−0.6, 1.0) Å"),
+    "val_coherence": dict(_BASE, n_slices=3, dz=10.0, max_phase=0.4, density=0.25, width=0.35, source=0.8,
+                          dose=1e6, n_modes=4, seed=207,
+                          description="3 × 10 Å, source 0.8 Å FWHM, 1e6 e⁻ (Poisson); recon given 4 probe modes"),
+}
+
+
+def hard_names(half: str) -> list[str]:
+    """Case names of one half ('dev', 'val') or of both ('all')."""
+    halves = HALVES if half == "all" else (half,)
+    return [name for name in HARD if name.split("_", 1)[0] in halves]
+
+
+def make_hard_case(name: str, quick: bool = False) -> dict:
+    """Simulate one hard case (test-sized with ``quick``); the case-file dict with kind/half/description."""
+    spec = HARD[name]
+    half, kind = name.split("_", 1)
+    if spec.get("simulator") == "abtem":
+        from cases_abtem import make_abtem_case
+
+        case = make_abtem_case(layout=spec["quick_layout" if quick else "layout"], quick=quick)
+        case["iters"] = spec["iters"]
+    else:
+        geom = dict(HARD_QUICK if quick else HARD_GEOM)
+        over = dict(spec.get("geom", {}))
+        if quick and "scan" in over:
+            over["scan"] = _QUICK_LOWDOSE_GEOM["scan"]
+        geom.update(over)
+        case = simulate_case(spec, geom, seed=spec["seed"])
+    case.update(kind=kind, half=half, description=spec["description"])
+    return case
