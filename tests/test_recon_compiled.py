@@ -78,8 +78,8 @@ def test_gpu_compiled_and_graph_steps_equal_the_eager_step(mode, optimizer, n_sl
 def test_gpu_eager_step_never_waits_for_the_host(optimizer):
     """Forward, loss, backward, preconditioning (with the whole-scan curvature) and update of a batch on the GPU
     run under torch.cuda.set_sync_debug_mode('error'): a host synchronisation in the step raises."""
-    from phasestem.recon.precondition import ScanCurvature
     from phasestem.recon.optimizers import build_optimizer
+    from phasestem.recon.precondition import ScanCurvature
 
     ds = _scan(2)
     model = Ptychography.from_dataset(ds, n_slices=2, slice_thickness=10.0, n_probe_modes=2).to("cuda")

@@ -85,6 +85,8 @@ class BatchStep:
         """Gradients of batch ``idx`` (B,) on the device, of which this rank evaluates ``share``; (loss, terms)."""
         model = self.model
         self.opt.zero_grad(set_to_none=True)
+        if self.mode == "compile" and model.device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()  # reduce-overhead's graphs: a new step, outputs are reused
         if len(share):
             loss, parts = self._forward(model, self.losses, share, meas, meas_p, data.pacbed_p, data.counts, n_total)
             parts = {k: v.detach() for k, v in parts.items()}
