@@ -2,8 +2,10 @@
 
 Data: 32×32 scan (1024 patterns) of 128² patterns, 1 Å step, 0.2 Å pixels, 300 keV, 20 mrad,
 100 Å defocus (C10 = −100, abTEM defocus +100), simulated with phasestem's forward model.
-Cases: 1 slice / 1 mode; 8 slices of 10 Å / 1 mode; 8 slices / 4 modes. Batch 32, Adam on
-object (amplitude + phase) and probe, 2 CPU threads.
+Cases: a 1 slice / 1 mode; b 8 slices of 10 Å / 1 mode; c 8 slices / 4 modes; d 1 slice / 4 modes. Batch 32,
+Adam on object (amplitude + phase) and probe, 2 CPU threads. ``--compile none,compile,cuda_graph`` times each case
+with each mini-batch step of ``run.compile`` (:mod:`phasestem.recon.step`; cuda_graph on CUDA only): the first
+epoch, which compiles or captures, is the untimed warm-up.
 
 The FFT bound per iteration is the time of the 2-D FFTs a mixed-state multislice forward
 + backward pass needs, run alone on the same batch tensors: per batch of B patterns with M
@@ -15,7 +17,8 @@ Times are the minimum over iterations (robust to other load on a shared machine)
 each case is printed.
 
 Usage: python benchmarks/recon_speed.py [--iterations 3] [--cases a,b,c] [--threads 2] [--device cuda]
-                                        [--scan 32] [--batch 32] [--json FILE]
+                                        [--scan 32] [--batch 32] [--repeats 10] [--compile none]
+                                        [--json FILE]
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ import torch
 from phasestem.recon import Ptychography
 from phasestem.recon.synthetic import simulate_dataset
 
-CASES = {"a": (1, 1), "b": (8, 1), "c": (8, 4)}
+CASES = {"a": (1, 1), "b": (8, 1), "c": (8, 4), "d": (1, 4)}
 
 
 def sync(device: torch.device) -> None:
@@ -36,25 +39,29 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def batch_times(model, dataset, batch: int, n_fft: int, n_modes: int, repeats: int = 10) -> tuple[float, float]:
-    """Minimum seconds of one engine batch step (forward, loss, backward, Adam) and of its FFTs alone,
-    measured back to back ``repeats`` times (robust on a loaded machine)."""
+def batch_times(model, dataset, batch: int, n_fft: int, n_modes: int, repeats: int = 10,
+                mode: str = "none") -> tuple[float, float]:
+    """Minimum seconds of one engine batch step (forward, loss, backward, Adam; ``mode``: ``run.compile``) and of its
+    FFTs alone, measured back to back ``repeats`` times (robust on a loaded machine)."""
     from phasestem.recon.engine import prepared_data
-    from phasestem.recon.losses import LossConfig, total_loss
+    from phasestem.recon.losses import LossConfig
+    from phasestem.recon.optimizers import build_optimizer
+    from phasestem.recon.step import BatchStep
 
+    batch = min(batch, dataset.n_patterns)
     cfg = LossConfig()
     data = prepared_data(model, dataset, cfg.power)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=1e-4)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    opt = build_optimizer("adam", model, names, 1e-4, 0.9, {})
     dev = model.device
     idx = torch.arange(batch, device=dev)
     x = torch.randn(batch * n_modes, *model.window, dtype=torch.complex64, device=dev)
+    engine_step = BatchStep(model, cfg, "adam", 0.1, 1, mode)
+    engine_step.begin_epoch(opt, None)
+    meas, meas_p = data.batch(idx, need_meas=False)
 
     def step():
-        opt.zero_grad(set_to_none=True)
-        loss, _ = total_loss(cfg, model(idx), None, data.meas_p[idx], None, None, data.counts, batch)
-        loss.backward()
-        opt.step()
+        engine_step(data, idx, idx, batch, meas, meas_p)
         sync(dev)
 
     def ffts():
@@ -65,7 +72,8 @@ def batch_times(model, dataset, batch: int, n_fft: int, n_modes: int, repeats: i
 
     torch.set_flush_denormal(True)
     best_step = best_fft = float("inf")
-    step()
+    for _ in range(3 if mode != "none" else 1):  # compile / capture, then reduce-overhead's own warm-up
+        step()
     for _ in range(repeats):
         t = time.perf_counter()
         step()
@@ -79,6 +87,7 @@ def batch_times(model, dataset, batch: int, n_fft: int, n_modes: int, repeats: i
 def fft_bound(n_patterns: int, batch: int, window: int, n_slices: int, n_modes: int, repeats: int = 2,
               device: torch.device = torch.device("cpu")) -> float:
     """Seconds of the FFTs alone for one iteration (epoch)."""
+    batch = min(batch, n_patterns)
     x = torch.randn(batch * n_modes, window, window, dtype=torch.complex64, device=device)
     n_fft = 4 * n_slices
     n_batches = -(-n_patterns // batch)
@@ -102,38 +111,42 @@ def main(argv=None) -> None:
     ap.add_argument("--scan", type=int, default=32, help="scan of N × N positions")
     ap.add_argument("--batch", type=int, default=32, help="patterns per optimiser step")
     ap.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    ap.add_argument("--repeats", type=int, default=10, help="batch steps timed back to back (the minimum counts)")
+    ap.add_argument("--compile", default="none", help="comma-separated run.compile modes to time: none, compile, "
+                    "cuda_graph")
     ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     rows = []
-    print(f"{'case':>4} {'slices':>6} {'modes':>5} {'s/iter':>8} {'FFT s/iter':>10} {'ratio':>6} "
+    print(f"{'case':>4} {'slices':>6} {'modes':>5} {'compile':>10} {'s/iter':>8} {'FFT s/iter':>10} {'ratio':>6} "
           f"{'batch ms':>9} {'FFT ms':>7} {'batch ratio':>11} {'peak GiB':>8}")
     for case in args.cases.split(","):
         S, M = CASES[case]
         ds = simulate_dataset(window=(128, 128), sampling=0.2, scan_shape=(args.scan, args.scan), scan_step=1.0,
                               energy=300e3, semiangle=20.0, c10=-100.0, n_slices=S, slice_thickness=10.0,
                               max_phase=0.5 if S == 1 else 0.3, seed=0)
-        model = Ptychography.from_dataset(ds, n_slices=S, slice_thickness=10.0, n_probe_modes=M).to(device)
-        model.positions.requires_grad_(False)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        gen = model.Adam_optimize(args.iterations + 1, ds, batch_size=args.batch, progress=False)
-        next(gen)  # warm-up epoch (data preparation, allocator)
-        per_iter = float("inf")
-        t = time.perf_counter()
-        for _ in gen:
-            sync(device)
-            per_iter = min(per_iter, time.perf_counter() - t)
-            t = time.perf_counter()
-        peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
         bound = fft_bound(ds.n_patterns, args.batch, 128, S, M, repeats=3, device=device)
-        b_step, b_fft = batch_times(model, ds, args.batch, 4 * S, M)
-        print(f"{case:>4} {S:>6} {M:>5} {per_iter:8.3f} {bound:10.3f} {per_iter / bound:6.2f} "
-              f"{b_step * 1e3:9.1f} {b_fft * 1e3:7.1f} {b_step / b_fft:11.2f} {peak:8.2f}", flush=True)
-        rows.append(dict(case=case, slices=S, modes=M, patterns=ds.n_patterns, batch=args.batch, device=str(device),
-                         s_per_iter=per_iter, fft_bound_s=bound, batch_ms=b_step * 1e3, fft_ms=b_fft * 1e3,
-                         peak_gib=peak))
+        for mode in args.compile.split(","):
+            model = Ptychography.from_dataset(ds, n_slices=S, slice_thickness=10.0, n_probe_modes=M).to(device)
+            model.positions.requires_grad_(False)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            gen = model.Adam_optimize(args.iterations + 1, ds, batch_size=args.batch, progress=False, compile=mode)
+            next(gen)  # warm-up epoch (data preparation, allocator, compilation or capture)
+            per_iter = float("inf")
+            t = time.perf_counter()
+            for _ in gen:
+                sync(device)
+                per_iter = min(per_iter, time.perf_counter() - t)
+                t = time.perf_counter()
+            peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+            b_step, b_fft = batch_times(model, ds, args.batch, 4 * S, M, args.repeats, mode)
+            print(f"{case:>4} {S:>6} {M:>5} {mode:>10} {per_iter:8.3f} {bound:10.3f} {per_iter / bound:6.2f} "
+                  f"{b_step * 1e3:9.1f} {b_fft * 1e3:7.1f} {b_step / b_fft:11.2f} {peak:8.2f}", flush=True)
+            rows.append(dict(case=case, slices=S, modes=M, compile=mode, patterns=ds.n_patterns, batch=args.batch,
+                             device=str(device), s_per_iter=per_iter, fft_bound_s=bound, batch_ms=b_step * 1e3,
+                             fft_ms=b_fft * 1e3, peak_gib=peak))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=1)

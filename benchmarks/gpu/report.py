@@ -15,6 +15,7 @@ BEGIN, END = "<!-- gpu-suite: begin (benchmarks/gpu/report.py) -->", "<!-- gpu-s
 SEED_SET = 3500  # samples of the seed-000 generator's default output (5 files × 700)
 ROOT = Path(__file__).resolve().parents[2]
 SUBSET = ROOT / "benchmarks" / "gpu" / "simulate_seed_subset.yaml"
+STEPS = ("none", "compile", "cuda_graph")  # run.compile, in the speed table's order
 
 
 def load(path: Path):
@@ -66,16 +67,18 @@ def section_cuda(results: Path) -> list[str]:
 
 
 def section_speed(results: Path) -> list[str]:
-    rows = (load(results / "speed_b32.json") or []) + (load(results / "speed_b256.json") or [])
+    """The rows of every speed_*.json (speed_b32.json and speed_b256.json of earlier runs, speed_bB_MODE.json)."""
+    rows = [r for f in sorted(results.glob("speed_*.json")) for r in (load(f) or [])]
     if not rows:
         return []
+    rows.sort(key=lambda r: (r["batch"], r["slices"], r["modes"], STEPS.index(r.get("compile", "none"))))
     lines = ["**AD seconds per iteration** (`recon_speed.py --device cuda`; Adam, 128² patterns, object + probe; the "
-             "FFT bound is the FFTs alone)", "",
-             "| slices | probe modes | patterns | batch | s / iteration | FFT bound (s) | ÷ bound | peak GPU GiB |",
-             "|---|---|---|---|---|---|---|---|"]
+             "FFT bound is the FFTs alone; step: `run.compile`, none = eager)", "",
+             "| slices | probe modes | patterns | batch | step | s / iteration | FFT bound (s) | ÷ bound | "
+             "peak GPU GiB |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['slices']} | {r['modes']} | {r['patterns']} | {r['batch']} | {r['s_per_iter']:.3f} | "
-                     f"{r['fft_bound_s']:.3f} | {r['s_per_iter'] / r['fft_bound_s']:.1f} | "
+        lines.append(f"| {r['slices']} | {r['modes']} | {r['patterns']} | {r['batch']} | {r.get('compile', 'none')} "
+                     f"| {r['s_per_iter']:.3f} | {r['fft_bound_s']:.3f} | {r['s_per_iter'] / r['fft_bound_s']:.1f} | "
                      f"{fmt(r['peak_gib'], '.2f')} |")
     return lines + [""]
 

@@ -5,8 +5,11 @@
 #
 # Parts (figures as JSON under $RESULTS, default runs/gpu; logs beside them):
 #   env      device name, driver, torch/CUDA versions
-#   cuda     the reconstruct CLI on cuda and under torchrun (NCCL) against the CPU run (cuda_paths.py)
-#   speed    AD seconds per iteration vs the FFT bound, peak GPU memory (recon_speed.py; batch 32 and 256)
+#   cuda     the reconstruct CLI on cuda and under torchrun (NCCL) against the CPU run (cuda_paths.py), and the
+#            test suite's cuda part (pytest -m cuda: compiled and CUDA-graph steps equal the eager one, no host sync)
+#   speed    AD seconds per iteration ÷ the FFT bound, peak GPU memory (recon_speed.py): batch 32 (1024 patterns)
+#            and 256 (4096), cases a (1 slice), b (8 slices), c (8 slices, 4 probe modes), d (1 slice, 4 modes),
+#            each with the eager, compiled and CUDA-graph step (run.compile none / compile / cuda_graph)
 #   learned  network training throughput and prediction time, AMP bf16 and fp32, peak memory (bench_learned.py)
 #   sim      one seed-spec sample vs abTEM on the GPU (sim_abtem/bench_abtem.py) and 64 samples of the
 #            seed generator through `phasestem simulate`, in one process and with SIM_WORKERS (8) Dask
@@ -18,9 +21,14 @@
 #
 # PYTHON (default: .venv/bin/python if present, else python3) must hold phasestem's dependencies and,
 # for `recon`, PtyRAD and pty-chi; `sim` needs abTEM with CuPy for abTEM's GPU run.
+#
+# QUICK=1 DEVICE=cpu bash benchmarks/gpu/run.sh speed   # a dry run of the speed part on the CPU: tiny scans, one
+#   timed iteration, no cuda_graph, results under runs/gpu_quick, docs/benchmarks.md left alone (checks the script)
 set -u
 cd "$(dirname "$0")/../.."
-RESULTS=${RESULTS:-runs/gpu}
+DEVICE=${DEVICE:-cuda}
+QUICK=${QUICK:-}
+RESULTS=${RESULTS:-runs/gpu${QUICK:+_quick}}
 PART_TIMEOUT=${PART_TIMEOUT:-570}
 if [ -z "${PYTHON:-}" ]; then
     if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
@@ -53,12 +61,21 @@ d = dict(device=torch.cuda.get_device_name() if torch.cuda.is_available() else '
 print(json.dumps(d)); open('$RESULTS/env.json', 'w').write(json.dumps(d))"
         nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >>"$RESULTS/env.log" 2>&1 ;;
     cuda)
-        part cuda "$PYTHON" benchmarks/gpu/cuda_paths.py "$RESULTS/cuda_paths" --json "$RESULTS/cuda_paths.json" ;;
+        part cuda "$PYTHON" benchmarks/gpu/cuda_paths.py "$RESULTS/cuda_paths" --json "$RESULTS/cuda_paths.json"
+        part cuda_tests "$PYTHON" -m pytest -q -p no:cacheprovider -m cuda tests ;;
     speed)
-        part speed "$PYTHON" benchmarks/recon_speed.py --device cuda --iterations 3 --batch 32 \
-            --json "$RESULTS/speed_b32.json"
-        part speed_b256 "$PYTHON" benchmarks/recon_speed.py --device cuda --iterations 3 --batch 256 --scan 64 \
-            --json "$RESULTS/speed_b256.json" ;;
+        # one part per batch size and step (each under PART_TIMEOUT); the first epoch compiles / captures, untimed
+        modes=(none compile cuda_graph)
+        [ "$DEVICE" = cuda ] || modes=(none compile)
+        for b in 32 256; do
+            if [ -n "$QUICK" ]; then scan=6; iters=1; repeats=1; else
+                scan=$([ $b = 32 ] && echo 32 || echo 64); iters=3; repeats=10; fi
+            for m in "${modes[@]}"; do
+                part "speed_b${b}_$m" "$PYTHON" benchmarks/recon_speed.py --device "$DEVICE" --iterations $iters \
+                    --batch $b --scan $scan --repeats $repeats --cases a,b,c,d --compile "$m" \
+                    --json "$RESULTS/speed_b${b}_$m.json"
+            done
+        done ;;
     learned)
         part learned_bf16 "$PYTHON" benchmarks/bench_learned.py --devices cuda --sizes tiny small base --amp bf16 \
             --repeats 3 --json "$RESULTS/learned_bf16.json"
@@ -80,4 +97,8 @@ print(json.dumps(d)); open('$RESULTS/env.json', 'w').write(json.dumps(d))"
     *) echo "unknown part $p (env cuda speed learned sim recon)"; exit 2 ;;
     esac
 done
-"$PYTHON" benchmarks/gpu/report.py "$RESULTS" --docs docs/benchmarks.md
+if [ -n "$QUICK" ]; then  # a dry run's figures are not the GPU's: only $RESULTS/table.md
+    "$PYTHON" benchmarks/gpu/report.py "$RESULTS"
+else
+    "$PYTHON" benchmarks/gpu/report.py "$RESULTS" --docs docs/benchmarks.md
+fi

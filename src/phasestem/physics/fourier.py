@@ -67,9 +67,12 @@ def squared_modulus(x: torch.Tensor) -> torch.Tensor:
     return torch.addcmul(x.real.square(), x.imag, x.imag)
 
 
-def add_squared_modulus(out: torch.Tensor, x: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
-    """``out += weight·|x|²`` in place for complex ``x`` of ``out``'s shape (no temporary)."""
+def add_squared_modulus(out: torch.Tensor, x: torch.Tensor, weight: float | torch.Tensor = 1.0) -> torch.Tensor:
+    """``out += weight·|x|²`` in place for complex ``x`` of ``out``'s shape (no temporary for a number ``weight``;
+    a 0-d tensor ``weight`` stays on the device: no host sync, the same numbers)."""
     re, im = x.real, x.imag
+    if isinstance(weight, torch.Tensor):
+        return out.addcmul_(re * weight, re).addcmul_(im * weight, im)
     return out.addcmul_(re, re, value=weight).addcmul_(im, im, value=weight)
 
 

@@ -61,7 +61,8 @@ class _FusedIntensity(torch.autograd.Function):
         B = where.n
         patches = [where.gather(obj[:, s]) for s in range(S)]  # S × (B, K, ny, nx)
         keep_spectra = prop is not None and ctx.needs_input_grad[2]
-        w = None if weights is None else [float(x) for x in weights]
+        # the weights stay on the device (0-d tensors, no host sync): |F ψ|² · w_k, the same numbers as a scalar w_k
+        w = None if weights is None else weights.detach().to(obj.real.dtype).unbind(0)
         inten = obj.real.new_zeros((B, ny, nx))
         saved = []
         step = chunk_size(B, (M, K, ny, nx), obj.element_size(), obj.device)
@@ -165,6 +166,7 @@ class _FusedIntensity(torch.autograd.Function):
         return grad_obj, grad_probe, grad_prop, grad_w, None, None
 
 
+@torch.compiler.disable(reason="one node with its own backward and per-batch window slices: run eagerly")
 def fused_intensity(
     obj: torch.Tensor,
     probe: torch.Tensor,

@@ -7,6 +7,7 @@ window, (Ny, Nx) = full object. Every function is differentiable w.r.t. its floa
 from __future__ import annotations
 
 import copy
+import functools
 import math
 
 import torch
@@ -59,8 +60,24 @@ def window_origins(positions_px: torch.Tensor, window: tuple[int, int]) -> tuple
     """
     rounded = torch.round(positions_px.detach())
     frac = positions_px - rounded
-    half = torch.tensor([window[0] // 2, window[1] // 2], device=positions_px.device)
-    return rounded.long() - half, frac
+    corners = rounded.long()  # a new tensor: the half window is taken off in place (no host-to-device copy)
+    corners[:, 0] -= window[0] // 2
+    corners[:, 1] -= window[1] // 2
+    return corners, frac
+
+
+@functools.lru_cache(maxsize=32)
+def _pixel_scale(sampling: tuple[float, float], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.tensor(sampling, dtype=dtype, device=device)
+
+
+def positions_in_pixels(positions: torch.Tensor, sampling: tuple[float, float]) -> torch.Tensor:
+    """Positions (B, 2) Å → pixels of ``sampling`` (dy, dx) Å. The (2,) divisor is made once per dtype and device
+    and kept, so a step captured as a CUDA graph copies nothing from the host."""
+    sampling = (float(sampling[0]), float(sampling[1]))
+    if torch.compiler.is_compiling():  # a constant of the compiled graph
+        return positions / torch.tensor(sampling, dtype=positions.dtype, device=positions.device)
+    return positions / _pixel_scale(sampling, positions.dtype, positions.device)
 
 
 class WindowIndex:

@@ -11,7 +11,7 @@ import torch
 
 from .fourier import detector_ramp, fft2, ifft2, real_dtype, squared_modulus
 from .fused import fused_intensity
-from .multislice import gather_patches, multislice, propagator, shifted_probes, window_origins
+from .multislice import gather_patches, multislice, positions_in_pixels, propagator, shifted_probes, window_origins
 
 
 class _FarfieldIntensity(torch.autograd.Function):
@@ -83,8 +83,7 @@ class ForwardModel:
             obj = obj[None]
         if probe.dim() == 2:
             probe = probe[None]
-        scale = torch.tensor(self.sampling, dtype=positions.dtype, device=positions.device)
-        top_left, frac = window_origins(positions / scale, self.window)
+        top_left, frac = window_origins(positions_in_pixels(positions, self.sampling), self.window)
         return obj, probe, top_left, frac
 
     def exit_waves(

@@ -48,12 +48,13 @@ from .callbacks import (  # noqa: F401  (the errors and PHYSICAL_LIMIT: the engi
 )
 from .checkpoint import load_checkpoint, reuse_optimizer_state, save_checkpoint  # noqa: F401  (engine API)
 from .constraints import Constraints, apply_constraints
-from .losses import LossConfig, total_loss
-from .optimizers import all_reduce_grads, build_optimizer, decay_factor, rank_and_world, refuse_lbfgs
-from .precondition import ScanCurvature, precondition_gradients, resolve_batches
+from .losses import LossConfig
+from .optimizers import build_optimizer, decay_factor, rank_and_world, refuse_lbfgs
+from .precondition import ScanCurvature, resolve_batches
 from .prepared import PreparedData, prepared_data  # noqa: F401  (PreparedData: engine API)
 from .run_config import RunConfig
 from .run_state import RunState
+from .step import BatchStep
 
 #: settings of the keyword front-end that differ from a parameter file's ``run`` defaults (a model's
 #: ``*_optimize`` call keeps its learning rates constant unless told otherwise)
@@ -86,7 +87,8 @@ def optimize(model, dataset, n_epochs: int, run: RunConfig | None = None, losses
 
     ``run``: the solver and its settings (optimizer, batch_size, batch_mode, lr_scale, momentum, seed, progress,
     precondition_reg, precondition_batches, divergence_factor, lr_decay, lr_final, data_in_memory,
-    memory_budget_gb; the parameter file's ``run`` section, :class:`RunConfig`); ``losses`` and ``constraints``
+    memory_budget_gb, compile (eager, compiled or a CUDA graph: :mod:`phasestem.recon.step`); the parameter file's
+    ``run`` section, :class:`RunConfig`); ``losses`` and ``constraints``
     as validated. ``lr_decay`` 'cosine': every learning rate falls from 1× to ``lr_final``× over this call's epochs;
     a call that continues a checkpoint continues its decay, so a resumed run takes the uninterrupted run's steps.
     ``callbacks`` run after the engine's own (:mod:`phasestem.recon.callbacks`); a :class:`Checkpoints` among them
@@ -132,6 +134,7 @@ def _epochs(loop: Loop, lbfgs_options: dict) -> Iterator[float]:
             mine = torch.as_tensor(owner == loop.rank)
         opt = None
         opt_names: list[str] = []
+        step = BatchStep(model, losses, run.optimizer, run.precondition_reg, loop.world, run.compile)
         for _ in range(loop.n_epochs):
             epoch = loop.epoch = model.epoch + 1
             t0 = time.perf_counter()
@@ -167,7 +170,8 @@ def _epochs(loop: Loop, lbfgs_options: dict) -> Iterator[float]:
                     group["lr"] = (model.schedules[group["name"]].resolved_lr(group["name"], run.optimizer)
                                    * run.lr_scale * decay)
             loop.snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            mean_loss, first_loss, sums, n_batches = _epoch(loop, opt, data, bs, owner, mine, precondition_batches)
+            mean_loss, first_loss, sums, n_batches = _epoch(loop, step, opt, data, bs, owner, mine,
+                                                            precondition_batches)
             loop.mean_loss = mean_loss
             if state.start_loss is None:  # the first mini-batch's loss (before any step) is where a new run starts
                 state.start_loss = float(first_loss) if math.isfinite(float(first_loss)) else math.inf
@@ -198,11 +202,15 @@ def _epochs(loop: Loop, lbfgs_options: dict) -> Iterator[float]:
             cb.on_close(loop)
 
 
-def _epoch(loop: Loop, opt, data, bs: int, owner, mine, precondition_batches):
-    """One pass over the mini-batches: (mean loss, first batch's loss, summed terms, number of batches)."""
+def _epoch(loop: Loop, step: BatchStep, opt, data, bs: int, owner, mine, precondition_batches):
+    """One pass over the mini-batches: (mean loss, first batch's loss, summed terms, number of batches).
+
+    The batch indices go to the device once per epoch and every batch's loss stays there (summed on the device):
+    the steps themselves never wait for the host (see :mod:`phasestem.recon.step`)."""
     model, run, losses, world = loop.model, loop.run, loop.losses, loop.world
     scan_curv = ScanCurvature(model, precondition_batches) if run.optimizer == "lsq" and precondition_batches \
         else None
+    step.begin_epoch(opt, scan_curv)
     gen = torch.Generator().manual_seed(run.seed * 100003 + loop.epoch)
     positions = model.positions.detach().cpu().numpy() if run.batch_mode == "compact" else None
     batches = make_batches(data.n, bs, run.batch_mode, gen, positions, owner)
@@ -211,34 +219,23 @@ def _epoch(loop: Loop, opt, data, bs: int, owner, mine, precondition_batches):
     first_loss = None
     shares = [idx[mine[idx]] if world > 1 else idx for idx in batches]
     data.schedule(shares)  # streamed data read the next batch while this one is computed
-    for idx, share in zip(batches, shares, strict=True):
+    on_device = isinstance(data, PreparedData)
+    for idx, share, idx_d, share_d in zip(batches, shares, _to_device(batches, model.device),
+                                          _to_device(shares, model.device), strict=True):
         n_total = len(idx)
         # the Gaussian term needs D^p only
-        meas, meas_p = data.batch(share, need_meas=losses.poisson > 0) if len(share) else (None, None)
-        share = share.to(model.device)
-
-        def closure(share=share, n_total=n_total, idx=idx, meas=meas, meas_p=meas_p):
-            opt.zero_grad(set_to_none=True)
-            if len(share):
-                inten = model(share)
-                phase = model.obj_phase if losses.sparsity > 0 else None
-                loss, parts = total_loss(losses, inten, meas, meas_p, data.pacbed_p, phase, data.counts, n_total)
-                loss.backward()
-            else:
-                loss, parts = torch.zeros((), device=model.device), {}
-            if world > 1:
-                all_reduce_grads(opt)
-            if run.optimizer == "lsq":
-                precondition_gradients(model, idx, n_total, losses, run.precondition_reg, scan_curv)
-            closure.last = (loss.detach(), parts)
-            return loss
-
+        meas, meas_p = data.batch(share_d if on_device else share, need_meas=losses.poisson > 0) if len(share) \
+            else (None, None)
         if run.optimizer == "lbfgs":
+            def closure(share_d=share_d, idx_d=idx_d, n_total=n_total, meas=meas, meas_p=meas_p):
+                loss, parts = step.gradients(data, share_d, idx_d, n_total, meas, meas_p)
+                closure.last = (loss, parts)
+                return loss
+
             opt.step(closure)
+            loss_b, parts = closure.last
         else:
-            closure()
-            opt.step()
-        loss_b, parts = closure.last
+            loss_b, parts = step(data, share_d, idx_d, n_total, meas, meas_p)
         if first_loss is None:
             first_loss = loss_b.clone()
         total_acc += loss_b
@@ -253,6 +250,13 @@ def _epoch(loop: Loop, opt, data, bs: int, owner, mine, precondition_batches):
         total_acc, first_loss = packed[0], packed[1]
         sums = {k: packed[i + 2] for i, k in enumerate(names)}
     return float(total_acc) / len(batches), first_loss, sums, len(batches)
+
+
+def _to_device(batches: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """The epoch's index batches on ``device`` in one copy (views of it), not one host-to-device copy per step."""
+    if device.type == "cpu" or not batches:
+        return batches
+    return list(torch.cat(batches).to(device).split([len(b) for b in batches]))
 
 
 def run_settings(n_patterns: int | None = None, **options) -> RunConfig:

@@ -106,11 +106,14 @@ def total_loss(
     phase: torch.Tensor | None,
     counts: float,
     n_total: int,
+    detach: bool = True,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weighted sum of the active terms and the (detached) components by name.
 
     ``meas`` (B, ny, nx) is needed by the Poisson term and ``meas_p`` = meas^p by the Gaussian one
-    (computed from ``meas`` when None).
+    (computed from ``meas`` when None). ``detach`` False: the components as computed (a function compiled by
+    torch.compile detaches them outside: returned beside the total, torch 2.14's compiled detached copies lose the
+    total's gradient).
     """
     parts: dict[str, torch.Tensor] = {}
     if cfg.gaussian > 0:
@@ -124,7 +127,7 @@ def total_loss(
     if cfg.sparsity > 0 and phase is not None:
         parts["sparsity"] = sparsity_loss(phase, model_i.shape[0], n_total)
     total = sum(getattr(cfg, k) * v for k, v in parts.items())
-    return total, {k: v.detach() for k, v in parts.items()}
+    return total, ({k: v.detach() for k, v in parts.items()} if detach else parts)
 
 
 def ptyrad_gaussian_loss(model_i: torch.Tensor, meas: torch.Tensor, power: float = 0.5) -> torch.Tensor:

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import torch
 
-from ..physics.multislice import WindowIndex, window_origins
+from ..physics.multislice import WindowIndex, positions_in_pixels, window_origins
 from .losses import LossConfig
 
 #: parameters the lsq solver scales (the rest are stepped by Adam)
@@ -97,6 +97,17 @@ class ScanCurvature:
         self.illumination = illum / int(batches)
         self.transmission = trans / int(batches)
 
+    def clone(self) -> ScanCurvature:
+        """A copy with its own tensors."""
+        out = object.__new__(ScanCurvature)
+        out.illumination, out.transmission = self.illumination.clone(), self.transmission.clone()
+        return out
+
+    def copy_(self, other: ScanCurvature) -> None:
+        """Take ``other``'s values into this one's tensors (in place)."""
+        self.illumination.copy_(other.illumination)
+        self.transmission.copy_(other.transmission)
+
 
 def _mean_transmission(model) -> torch.Tensor:
     """Σ_k w_k Π_s a_ks² (Ny, Nx): the intensity the object passes, object modes weighted."""
@@ -109,8 +120,7 @@ def _mean_transmission(model) -> torch.Tensor:
 def _illumination(model, index: torch.Tensor) -> tuple[torch.Tensor, WindowIndex]:
     """Σ_j Σ_m |P_m(r − r_j)|² (Ny, Nx) of the positions ``index`` and their windows."""
     probe = model.get_probe().detach()
-    scale = torch.tensor(model.sampling, dtype=model.positions.dtype, device=model.device)
-    top_left, _ = window_origins(model.positions.detach()[index] / scale, model.window)
+    top_left, _ = window_origins(positions_in_pixels(model.positions.detach()[index], model.sampling), model.window)
     where = WindowIndex(top_left, model.window, model.object_shape)
     p_int = probe.real.square().add_(probe.imag.square()).sum(0)  # (ny, nx)
     illum = torch.zeros(model.object_shape, dtype=p_int.dtype, device=model.device)
@@ -136,15 +146,21 @@ def precondition_gradients(model, index: torch.Tensor, n_total: int, losses: Los
         illum = illum + scan.illumination
     if model.obj_amplitude.grad is not None or model.obj_phase.grad is not None:
         h_a = (c * S) * w[:, None, None, None] * illum  # (K, 1, Ny, Nx)
-        floor = reg * float(h_a.max())
         if model.obj_amplitude.grad is not None:
-            model.obj_amplitude.grad.div_(h_a + floor)
+            model.obj_amplitude.grad.div_(h_a + _floor(h_a, reg))
         if model.obj_phase.grad is not None:
             h_p = h_a * amp.square()
-            model.obj_phase.grad.div_(h_p + reg * float(h_p.max()))
+            model.obj_phase.grad.div_(h_p + _floor(h_p, reg))
     if model.probe.grad is not None:
         trans = where.gather(_mean_transmission(model)).sum(0)  # (ny, nx): Σ_j Σ_k w_k Π_s a²
         if scan is not None:
             trans = trans + scan.transmission
         h_psi = trans * (c / model.probe_scale**2)  # (ny, nx)
-        model.probe.grad.div_((h_psi + reg * float(h_psi.max()))[None, :, :, None])
+        model.probe.grad.div_((h_psi + _floor(h_psi, reg))[None, :, :, None])
+
+
+def _floor(h: torch.Tensor, reg: float) -> torch.Tensor:
+    """``reg`` · max(h) as a 0-d tensor on h's device (no host sync), rounded as ``reg * float(h.max())`` was: the
+    product in float64, then h's dtype."""
+    m = h.amax()
+    return m * reg if m.device.type == "mps" else (m.double() * reg).to(h.dtype)  # MPS has no float64

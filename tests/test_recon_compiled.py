@@ -1,0 +1,101 @@
+"""run.compile: the compiled mini-batch step (torch.compile) and the CUDA-graph step give the eager step's
+reconstruction (loss per epoch and final object within float32 tolerance) for lsq and Adam, 1 and 2 slices, 2 probe
+modes, with a last batch smaller than the others (36 positions in batches of 16: 16, 16, 4); cuda_graph off a GPU
+is one line. The cuda-marked tests run on a GPU only (``pytest -m cuda``, benchmarks/gpu/run.sh cuda)."""
+import os
+import shutil
+
+import pytest
+import torch
+
+from phasestem.errors import ConfigError
+from phasestem.recon.engine import prepared_data
+from phasestem.recon.losses import LossConfig
+from phasestem.recon.model import Ptychography
+from phasestem.recon.step import BatchStep
+from phasestem.recon.synthetic import simulate_dataset
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+CASES = [("lsq", 1, 2, LossConfig(poisson=1.0)), ("adam", 2, 2, None)]  # optimizer, slices, probe modes, losses
+needs_compiler = pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None,
+                                    reason="torch.compile on the CPU needs a C++ compiler (g++ or $CXX): none found")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+
+
+def _scan(n_slices: int):
+    return simulate_dataset(window=(32, 32), sampling=0.2, scan_shape=(6, 6), scan_step=1.0, energy=300e3,
+                            semiangle=20.0, c10=-100.0, n_slices=n_slices, slice_thickness=10.0, max_phase=0.3,
+                            seed=0)
+
+
+def _run(optimizer: str, n_slices: int, n_modes: int, losses, mode: str, device: str = "cpu"):
+    """(loss per epoch, final object, final probe) of 3 epochs; positions refine from epoch 2 (Adam beside lsq)."""
+    ds = _scan(n_slices)
+    model = Ptychography.from_dataset(ds, n_slices=n_slices, slice_thickness=10.0, n_probe_modes=n_modes).to(device)
+    model.set_learning_rates(positions={"lr": 1e-3, "start": 2})
+    loss = list(model._optimize(optimizer, 3, ds, batch_size=16, progress=False, losses=losses, compile=mode))
+    return loss, model.get_object().detach().cpu(), model.get_probe().detach().cpu()
+
+
+def _assert_same(eager, other):
+    loss_e, obj_e, probe_e = eager
+    loss_o, obj_o, probe_o = other
+    assert loss_o == pytest.approx(loss_e, rel=1e-4)
+    assert loss_e[-1] < loss_e[0]  # a reconstruction that moved, not two copies of the start
+    torch.testing.assert_close(obj_o, obj_e, rtol=0, atol=1e-4)
+    torch.testing.assert_close(probe_o, probe_e, rtol=0, atol=1e-4 * float(probe_e.abs().max()))
+
+
+@needs_compiler
+@pytest.mark.parametrize("optimizer, n_slices, n_modes, losses", CASES, ids=["lsq-1slice", "adam-2slices"])
+def test_compiled_step_equals_the_eager_step(optimizer, n_slices, n_modes, losses):
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    eager = _run(optimizer, n_slices, n_modes, losses, "none")
+    compiled = _run(optimizer, n_slices, n_modes, losses, "compile")
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # it did compile
+    _assert_same(eager, compiled)
+
+
+def test_cuda_graph_off_a_gpu_is_one_line():
+    model = Ptychography.from_dataset(_scan(1))
+    with pytest.raises(ConfigError, match=r"^run.compile: cuda_graph needs a CUDA device, the run is on 'cpu'"):
+        BatchStep(model, LossConfig(), "lsq", 0.1, 1, "cuda_graph")
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("optimizer, n_slices, n_modes, losses", CASES, ids=["lsq-1slice", "adam-2slices"])
+@pytest.mark.parametrize("mode", ["compile", "cuda_graph"])
+def test_gpu_compiled_and_graph_steps_equal_the_eager_step(mode, optimizer, n_slices, n_modes, losses):
+    eager = _run(optimizer, n_slices, n_modes, losses, "none", "cuda")
+    _assert_same(eager, _run(optimizer, n_slices, n_modes, losses, mode, "cuda"))
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("optimizer", ["lsq", "adam"])
+def test_gpu_eager_step_never_waits_for_the_host(optimizer):
+    """Forward, loss, backward, preconditioning (with the whole-scan curvature) and update of a batch on the GPU
+    run under torch.cuda.set_sync_debug_mode('error'): a host synchronisation in the step raises."""
+    from phasestem.recon.optimizers import build_optimizer
+    from phasestem.recon.precondition import ScanCurvature
+
+    ds = _scan(2)
+    model = Ptychography.from_dataset(ds, n_slices=2, slice_thickness=10.0, n_probe_modes=2).to("cuda")
+    losses = LossConfig(poisson=1.0)
+    data = prepared_data(model, ds, losses.power)
+    names = ["obj_amplitude", "obj_phase", "probe"]
+    opt = build_optimizer(optimizer, model, names, 1.0, 0.9, {})
+    step = BatchStep(model, losses, optimizer, 0.1, 1)
+    step.begin_epoch(opt, ScanCurvature(model, 16))
+    idx = torch.arange(16, device="cuda")
+    meas, meas_p = data.batch(idx)
+    step(data, idx, idx, 16, meas, meas_p)  # warm-up: cuFFT plans, optimiser state
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(2):
+            step(data, idx, idx, 16, meas, meas_p)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
