@@ -189,14 +189,15 @@ def test_loopback_and_the_warning_for_other_addresses():
     assert "warning" in text and "/data" in text and "not encrypted" in text and "ssh -L" in text
 
 
-#: epochs of the interrupted run (a checkpoint after each)
-EPOCHS = 6
+#: epochs of the interrupted run (a checkpoint after each; 16 mini-batches an epoch): long enough after epoch 2
+#: that the test freezes the job before it ends, also under load (6 epochs of 4 batches once ended first)
+EPOCHS = 30
 
 
 def test_a_job_interrupted_by_a_server_crash_resumes_to_the_uninterrupted_result(tmp_path):
     """The server is SIGKILLed mid-run and its job frozen (as on a crash); the restarted server stops the leftover,
     queues the job again with --resume and it ends with the bit-identical result of an uninterrupted run."""
-    root = make_workspace(tmp_path / "ws", n_epochs=EPOCHS, batch_size=16)
+    root = make_workspace(tmp_path / "ws", n_epochs=EPOCHS, batch_size=4)
     env = dict(os.environ, MPLBACKEND="Agg", HF_HUB_OFFLINE="1")
     reference = subprocess.Popen([sys.executable, "-m", "phasestem.cli", "reconstruct", "configs/tiny.yaml", "--out",
                                   "reference"], cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
