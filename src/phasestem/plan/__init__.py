@@ -76,7 +76,9 @@ def _expected(report: PlanReport, folder: Path, lines: list[str]) -> None:
     lines.append(f"expected (a {e.scan_shape[0]} × {e.scan_shape[1]} field simulated at these settings, reconstructed "
                  f"as --auto would, {e.seconds:.0f} s): E_φ = {e.phase_error:.3f}, FRC resolution "
                  f"{e.frc_resolution:.3g} Å (pixel {e.pixel:.3g} Å); figure {e.figure}")
-    if not math.isfinite(e.phase_error):
+    if "auto_failed" in e.extra:
+        lines.append(f"warning: --auto failed on the simulated field: {e.extra['auto_failed']}")
+    elif not math.isfinite(e.phase_error):
         lines.append("warning: the expected reconstruction does not match the simulated truth (E_φ undefined: it "
                      "could not be aligned; see the figure and expected/recon/calibration): --auto failed on this "
                      "field, e.g. too little signal to calibrate the scan rotation")

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import PhasestemError
 from ..optics import wavelength
 from .config import PlanConfig, with_value
 from .quantities import probe_radius
@@ -172,14 +173,24 @@ def expected_result(cfg: PlanConfig, folder: str | Path, figure: bool = True) ->
     t0 = time.perf_counter()
     sim = simulate_field(cfg, folder)
     t_sim = time.perf_counter() - t0
-    results = reconstruct_auto(sim["file"], folder / "recon", cfg)
+    try:
+        results = reconstruct_auto(sim["file"], folder / "recon", cfg)
+        failed = None
+    except PhasestemError as exc:  # e.g. too little signal to calibrate: what --auto would say on such data
+        failed = str(exc).splitlines()[0]
+        log.warning("--auto failed on the simulated field: %s", failed)
     t_auto = time.perf_counter() - t0 - t_sim
-    scored = score(results, sim["truth"], sim["truth_sampling"], sim["truth_positions"])
+    nan = float("nan")
+    scored = score(results, sim["truth"], sim["truth_sampling"], sim["truth_positions"]) if failed is None else {
+        "phase_error": nan, "frc_resolution": nan}
     seconds = time.perf_counter() - t0
     out = Expected(phase_error=scored["phase_error"], frc_resolution=scored["frc_resolution"],
                    scan_shape=tuple(sim["shape"]), seconds=seconds, pixel=sim["pixel"], folder=str(folder),
                    extra={"simulation_seconds": t_sim, "auto_seconds": t_auto,
                           "full_auto_seconds_here": t_auto * math.prod(cfg.scan.shape) / math.prod(sim["shape"])})
+    if failed is not None:
+        out.extra["auto_failed"] = failed
+        return out
     log.info("expected result: E_phi %.3f, FRC resolution %.3g Å (%d × %d positions, %.0f s)", out.phase_error,
              out.frc_resolution, *out.scan_shape, seconds)
     if figure:
