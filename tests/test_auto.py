@@ -130,3 +130,23 @@ def test_auto_hands_its_calibration_dataset_and_start_on_in_memory(tmp_path_fact
     params = load_params(out / "params.yaml")  # the record reproduces the run's parameters
     assert params.model.initial_phase.file == (out / "init_ssb.npy").resolve()
     assert params.data.file == (out / "calibration" / "calibrated.npy").resolve()
+
+
+def test_auto_takes_a_known_defocus_sign_from_the_command_line(tmp_path_factory, capsys):
+    """``reconstruct FILE --auto --c10-sign C10`` (as ``phasestem calibrate``): θ and θ + 180° fit a thin object's
+    patterns alike and the wrong one inverts the phase; a given sign decides. Here the wrong sign on purpose
+    (truth C10 = −90 Å, rotation 23.7°): --auto follows it to θ + 180° and C10 > 0."""
+    import json
+
+    from phasestem.cli import main
+    from phasestem.recon.params import load_params
+
+    data = abtem_scan.make(tmp_path_factory.getbasetemp() / "abtem_scan")
+    out = tmp_path_factory.mktemp("auto_c10_sign")
+    rc = main(["reconstruct", str(data["file"]), "--auto", "--energy", "300e3", "--semiangle", "21.4",
+               "--scan-step", "0.45", "--out", str(out), "--epochs", "1", "--c10-sign", "+1"])
+    assert rc == 0, capsys.readouterr().err
+    cal = json.loads((out / "calibration" / "calibration.json").read_text())
+    assert abs((cal["rotation_deg"] - (abtem_scan.TRUTH["rotation"] + 180.0) + 180.0) % 360.0 - 180.0) < 1.0, cal
+    params = load_params(out / "params.yaml")
+    assert abs(params.optics.aberrations["C10"] + abtem_scan.TRUTH["C10"]) < 20, params.optics.aberrations

@@ -110,6 +110,18 @@ def test_frc_identical_is_one_and_noise_lowers_it():
     assert 2.0 < res < 20.0  # px
 
 
+def test_frc_resolution_can_ignore_a_single_ring_dip():
+    """One ring below 1/7 (the lowest ring of a small field, anti-correlated background) ends the curve under the
+    single-ring rule; with sustain=2 the crossing is where the curve stays below (here between 0.5 and 0.4)."""
+    f = np.arange(8) * 0.1
+    c = np.array([1.0, -0.9, 0.9, 0.9, 0.8, 0.2, 0.1, 0.05])
+    assert M.frc_resolution(f, c) > 9.0  # first crossing, between ring 0 and ring 1
+    assert 1 / 0.6 < M.frc_resolution(f, c, sustain=2) < 1 / 0.5
+    last = np.r_[np.full(7, 0.9), 0.1]  # only the last ring below: the rings past it count as below
+    assert M.frc_resolution(f, last, sustain=2) == M.frc_resolution(f, last) < 1 / 0.6
+    assert M.frc_resolution(f, np.ones(8), sustain=2) == pytest.approx(1 / 0.7)  # never below: the last ring
+
+
 def test_truth_on_grid_follows_the_frame_given_by_the_positions():
     """A periodic truth sampled at 0.2 Å, seen from a frame rotated by 20° and shifted (as a calibrated dataset
     frame is): the resampled truth is the analytic one at the mapped points, on the other pixel size."""

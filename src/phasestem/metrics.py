@@ -318,15 +318,20 @@ def frc(a, b, sampling: float | tuple[float, float] | None = None, apodize: bool
     return np.arange(n_rings) * step, curve
 
 
-def frc_resolution(frequencies: np.ndarray, curve: np.ndarray, threshold: float = 1.0 / 7.0) -> float:
+def frc_resolution(frequencies: np.ndarray, curve: np.ndarray, threshold: float = 1.0 / 7.0,
+                   sustain: int = 1) -> float:
     """Resolution 1/f at the first crossing of ``threshold`` by the FRC curve (after ring 0).
 
     Linear interpolation between rings; units follow ``frequencies`` (Å if they are 1/Å, else px).
+    ``sustain``: a crossing counts only when the curve then stays below the threshold for that many rings (the
+    rings past the last count as below); 2 ignores a single ring's dip, e.g. the lowest ring of a small field,
+    which holds a handful of coefficients and the background that ptychography leaves free.
     Returns 1/f_max (Nyquist resolution) when the curve never drops below the threshold.
     """
     f, c = np.asarray(frequencies, float), np.asarray(curve, float)
+    below = c < threshold
     for i in range(1, len(c)):
-        if c[i] < threshold:
+        if below[i : i + max(int(sustain), 1)].all():
             f0, f1, c0, c1 = f[i - 1], f[i], c[i - 1], c[i]
             fc = f0 + (c0 - threshold) * (f1 - f0) / (c0 - c1) if c0 != c1 else f1
             return float(1.0 / max(fc, 1e-300))
@@ -338,14 +343,15 @@ def frc_resolution(frequencies: np.ndarray, curve: np.ndarray, threshold: float 
 FIGURES_OF_MERIT = ("psnr", "ssim", "phase_error", "frc_resolution", "shift_px")
 
 
-def figures_of_merit(rec, truth, sampling: float | tuple[float, float] | None = None, curve: bool = False) -> dict:
+def figures_of_merit(rec, truth, sampling: float | tuple[float, float] | None = None, curve: bool = False,
+                     frc_sustain: int = 1) -> dict:
     """A reconstructed phase (H, W) against the ground truth (H, W), both rad on the same grid.
 
     PSNR and SSIM of ``rec`` moved by its best sub-pixel shift onto ``truth`` with the constant offset removed,
     edges the shift wraps excluded; E_φ (:func:`phase_error`); the FRC resolution (1/7 threshold; Å with
-    ``sampling`` Å/px, else px) of the aligned pair; ``shift_px`` the length of that shift. A field under 4 px
-    gives NaN everywhere; one too small for the crop gives NaN PSNR, SSIM and E_φ. ``curve``: also
-    ``frc_frequencies`` and ``frc_curve``."""
+    ``sampling`` Å/px, else px; ``frc_sustain``: see :func:`frc_resolution`) of the aligned pair; ``shift_px`` the
+    length of that shift. A field under 4 px gives NaN everywhere; one too small for the crop gives NaN PSNR, SSIM
+    and E_φ. ``curve``: also ``frc_frequencies`` and ``frc_curve``."""
     rec = np.asarray(rec, dtype=np.float64)
     t = np.asarray(truth, dtype=np.float64)
     out: dict = dict.fromkeys(FIGURES_OF_MERIT, float("nan"))
@@ -364,7 +370,7 @@ def figures_of_merit(rec, truth, sampling: float | tuple[float, float] | None = 
         out["phase_error"] = float(phase_error(rec, t))
     freq, fcurve = frc(aligned, t, sampling=sampling)
     if len(freq) > 1:
-        out["frc_resolution"] = frc_resolution(freq, fcurve)
+        out["frc_resolution"] = frc_resolution(freq, fcurve, sustain=frc_sustain)
     if curve:
         out["frc_frequencies"] = freq
         out["frc_curve"] = fcurve

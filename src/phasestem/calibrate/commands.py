@@ -35,6 +35,21 @@ def add_reader_arguments(p: argparse.ArgumentParser) -> None:
                    "file's; a different value wins, with a warning)")
 
 
+def add_calibration_choices(p) -> None:
+    """What the user knows that the patterns cannot settle (``phasestem calibrate`` and ``reconstruct --auto``)."""
+    p.add_argument("--c10-sign", type=float, default=None, metavar="C10",
+                   help="a C10 (Å, = −defocus; C10 > 0 over-focus, docs/conventions.md) of the right sign, if known: "
+                        "fixes θ vs θ + 180° through the parallax (the wrong one inverts the phase)")
+    p.add_argument("--edge-threshold", type=float, default=0.5,
+                   help="disk edge as a fraction of the disk level (0.5 real apertures; 0.25 simulations with a soft "
+                        "amplitude edge, e.g. abTEM's default or phasestem simulate)")
+
+
+def calibration_choices(args) -> dict[str, Any]:
+    """:func:`add_calibration_choices`' options as keyword arguments of :func:`phasestem.calibrate.calibrate`."""
+    return {"c10_sign": args.c10_sign, "edge_threshold": args.edge_threshold}
+
+
 def reader_options(args) -> dict[str, Any]:
     """Reader keyword arguments from :func:`add_reader_arguments`' options."""
     opts: dict[str, Any] = {}
@@ -69,10 +84,7 @@ def register(subparsers, train_subparsers) -> None:
     p.add_argument("--transpose", choices=["auto", "yes", "no"], default="auto",
                    help="detector transpose: fit it (auto) or fix it")
     p.add_argument("--no-parallax", action="store_true", help="skip the tcBF defocus fit")
-    p.add_argument("--c10-sign", type=float, default=None, metavar="C10",
-                   help="a C10 (Å, = −defocus) of the right sign, if known: fixes θ vs θ + 180° through the parallax")
-    p.add_argument("--edge-threshold", type=float, default=0.5,
-                   help="disk edge as a fraction of the disk level (0.5 real apertures; 0.25 soft simulated ones)")
+    add_calibration_choices(p)
     p.add_argument("--resample-descan", action="store_true",
                    help="move every disk centre onto the central pixel by sub-pixel interpolation of the counts (for "
                         "tools that need centred data); default: whole pixels, the rest in detector_shifts.npy")
@@ -96,9 +108,8 @@ def _calibrate_cmd(args) -> int:
     calib, files = calibrate_file(
         args.file, args.out, energy=args.energy, scan_step=scan_step(args), semiangle=args.semiangle,
         angular_sampling=args.angular_sampling, reader_options=reader_options(args), format=args.format,
-        transpose=transpose_choice(args.transpose), parallax=not args.no_parallax, edge_threshold=args.edge_threshold,
-        resample_descan=args.resample_descan,
-        c10_sign=args.c10_sign)
+        transpose=transpose_choice(args.transpose), parallax=not args.no_parallax,
+        resample_descan=args.resample_descan, **calibration_choices(args))
     print(calib.summary())
     for note in calib.notes:
         print(f"note: {note}")

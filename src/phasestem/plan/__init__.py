@@ -75,13 +75,16 @@ def _expected(report: PlanReport, folder: Path, lines: list[str]) -> None:
     report.files["expected_figure"] = e.figure
     lines.append(f"expected (a {e.scan_shape[0]} × {e.scan_shape[1]} field simulated at these settings, reconstructed "
                  f"as --auto would, {e.seconds:.0f} s): E_φ = {e.phase_error:.3f}, FRC resolution "
-                 f"{e.frc_resolution:.3g} Å (pixel {e.pixel:.3g} Å); figure {e.figure}")
-    if not math.isfinite(e.phase_error):
+                 f"{e.frc_resolution:.3g} Å (pixel {e.pixel:.3g} Å); figure {e.figure or 'none'}")
+    if "auto_failed" in e.extra:
+        lines.append(f"warning: --auto failed on the simulated field: {e.extra['auto_failed']}")
+    elif not math.isfinite(e.phase_error):
         lines.append("warning: the expected reconstruction does not match the simulated truth (E_φ undefined: it "
                      "could not be aligned; see the figure and expected/recon/calibration): --auto failed on this "
                      "field, e.g. too little signal to calibrate the scan rotation")
-    lines.append(f"time: --auto took {e.extra['auto_seconds']:.0f} s on the field here, so about "
-                 f"{_duration(e.extra['full_auto_seconds_here'])} for the full acquisition on this machine")
+    if "auto_failed" not in e.extra:  # a run that stopped at its calibration says nothing of the time
+        lines.append(f"time: --auto took {e.extra['auto_seconds']:.0f} s on the field here, so about "
+                     f"{_duration(e.extra['full_auto_seconds_here'])} for the full acquisition on this machine")
     names = list(cfg.expected.sweep)
     if names:
         from ..plot.plan import sweep_figure

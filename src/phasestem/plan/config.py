@@ -93,9 +93,11 @@ class PlanReconstruction(CheckedModel):
 class PlanExpected(CheckedModel):
     run: bool = Field(True, description="Estimate the expected result by simulation and reconstruction (false: "
                       "the closed-form quantities only).")
+    field: float | None = Field(
+        None, gt=0, description="Side in Å of the small simulated field; null: 10 Å or 3 probe diameters, whichever "
+        "is larger (at least 12, at most 24 positions per side, never more than the acquisition).")
     scan_shape: tuple[int, int] | None = Field(
-        None, description="Scan positions of the small simulated field; null: enough to cover 3 probe diameters "
-        "(at least 10, at most 20 per side, never more than the acquisition).")
+        None, description="Scan positions of the small simulated field (wins over 'field'); null: from 'field'.")
     phonons: int = Field(1, ge=1, description="Frozen-phonon configurations averaged in the simulation.")
     phonon_sigma: float = Field(0.08, ge=0, description="Thermal displacement in Å.")
     simulation_slice: float = Field(2.0, gt=0, description="Multislice slice thickness of the simulation in Å.")

@@ -21,6 +21,7 @@ RECON_EPILOG = """examples:
   phasestem reconstruct params.yaml --dump-config     # print the fully resolved config
   phasestem reconstruct params.yaml --init ssb        # start the object from a direct method
   phasestem reconstruct scan.npy --auto --energy 300e3 --semiangle 21.4 --scan-step 0.4 --out runs/scan1
+  phasestem reconstruct scan.npy --auto ... --c10-sign 200   # over-focused probe: fixes θ vs θ + 180°
   torchrun --nproc_per_node 4 -m phasestem.cli reconstruct params.yaml   # 4 processes / GPUs
 
 Writes OUT/config.yaml, OUT/reconstruct.log, OUT/checkpoint.pt, OUT/results.h5, OUT/results.emd (EMD 1.0:
@@ -74,7 +75,7 @@ def _load(args) -> ReconstructParams:
 
 def _add_auto_arguments(p) -> None:
     """--auto (read → calibrate → direct start → AD) and --init (start the object from a direct method)."""
-    from ..calibrate.commands import add_reader_arguments
+    from ..calibrate.commands import add_calibration_choices, add_reader_arguments
 
     g = p.add_argument_group("real data in one command (--auto) and direct-method starts (--init)")
     g.add_argument("--auto", action="store_true",
@@ -82,16 +83,18 @@ def _add_auto_arguments(p) -> None:
     g.add_argument("--init", choices=["none", "dpc", "parallax", "ssb"], default=None,
                    help="start the object phase from a direct method (--auto default: ssb)")
     add_reader_arguments(g)
+    add_calibration_choices(g)
 
 
 def _reconstruct_cmd(args) -> int:
     if args.auto:
-        from ..calibrate.commands import reader_options, scan_step
+        from ..calibrate.commands import calibration_choices, reader_options, scan_step
         from .auto import run_auto
 
         run_auto(args.params, args.out or Path("recon_out"), energy=args.energy, semiangle=args.semiangle,
                  scan_step=scan_step(args), angular_sampling=args.angular_sampling, init=args.init or "ssb",
-                 reader_options=reader_options(args), format=args.format, epochs=args.epochs, device=args.device)
+                 reader_options=reader_options(args), format=args.format, epochs=args.epochs, device=args.device,
+                 **calibration_choices(args))
         return 0
     params = _load(args)
     if args.dump_config and not args.init:

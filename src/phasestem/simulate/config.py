@@ -38,6 +38,10 @@ class Optics(CheckedModel):
     on_band_limit: Literal["raise", "warn", "ignore"] = Field(
         "raise", description="What to do when the probe exceeds the anti-aliased band limit of the grid."
     )
+    aperture_edge: Literal["soft", "hard"] = Field(
+        "soft", description="Condenser aperture edge: 'soft' rolls the amplitude off over one reciprocal pixel of "
+        "the simulation grid (intensity 1/4 at the semi-angle: calibrate with --edge-threshold 0.25), 'hard' cuts "
+        "it (intensity 1/2 at the semi-angle once binned onto the detector, as a real aperture).")
 
 
 

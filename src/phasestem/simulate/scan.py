@@ -212,8 +212,8 @@ def simulate_sample(cfg: SimulationConfig, index: int, progress: bool = False) -
                 xyz = spec.frozen_phonon_positions(xyz, s.phonon_sigma, rng)
             confs.append(spec.projected_potential(xyz, atoms.numbers, g.extent, g.sim_gpts, edges, device=device))
         pots = torch.stack(confs)  # (P, S, N, N)
-    probe = make_probe(g.sim_gpts, sampling, o.energy, o.semiangle, o.aberrations, device=device,
-                       on_band_limit=o.on_band_limit)
+    probe = make_probe(g.sim_gpts, sampling, o.energy, o.semiangle, o.aberrations, soft=o.aperture_edge == "soft",
+                       device=device, on_band_limit=o.on_band_limit)
     det = DetectorGeometry.make(g.sim_gpts, sampling, o.energy, cfg.detector.shape, cfg.detector.max_angle)
     positions = GridScan(cfg.scan.shape, cfg.scan.step, origin=cfg.scan.origin).positions()
     patterns = simulate_patterns(transmission_slices(pots, o.energy, sampling), probe, positions, sampling, o.energy,
