@@ -45,7 +45,7 @@ def shift_images(block: np.ndarray, shifts: np.ndarray) -> np.ndarray:
     import torch
 
     H, W = block.shape[-2:]
-    x = torch.as_tensor(np.ascontiguousarray(block), dtype=torch.float32).reshape(-1, H, W)
+    x = torch.from_numpy(np.array(block, dtype=np.float32, order="C")).reshape(-1, H, W)  # a writable copy
     s = torch.as_tensor(np.asarray(shifts), dtype=torch.float64).reshape(-1, 2)
     out = _shift_matrices(s[:, 0], H) @ x @ _shift_matrices(s[:, 1], W).transpose(1, 2)
     return out.clamp_(min=0.0).reshape(block.shape).numpy()
