@@ -120,13 +120,22 @@ class PlanExpected(CheckedModel):
         return v
 
 
+class PlanOptics(Optics):
+    """The simulator's optics with a real (hard-edged) condenser aperture unless the settings say otherwise."""
+
+    aperture_edge: Literal["soft", "hard"] = Field(
+        "hard", description="Condenser aperture edge of the simulated field: 'hard' (default: a real aperture, "
+        "intensity 1/2 at the semi-angle, what --auto's calibration expects) or 'soft' (phasestem's and abTEM's "
+        "simulator default, 1/4 at the semi-angle).")
+
+
 class PlanConfig(CheckedModel):
     """An acquisition plan: what ``phasestem plan`` reads."""
 
     out: Annotated[str | None, ConfigPath()] = Field(
         None, description="Output folder (relative to this file's folder); --out overrides it; null: plan_out in "
         "the working directory.")
-    optics: Optics = Field(default_factory=lambda: Optics(semiangle=20.0, aberrations={"C10": 0.0}),
+    optics: PlanOptics = Field(default_factory=lambda: PlanOptics(semiangle=20.0, aberrations={"C10": 0.0}),
                            description="Probe optics (C10 > 0: over-focus, crossover before the specimen).")
     scan: PlanScan = Field(..., description="Scan raster.")
     detector: PlanDetector = Field(..., description="Pixelated detector.")

@@ -94,7 +94,7 @@ def simulation_config(cfg: PlanConfig, shape: tuple[int, int]):
                 "prototypes": ["perovskite"] if s.kind == "typical" else s.prototypes,
                 "files": [str(p) for p in s.files], "elements": s.elements}
     sim = SimulationConfig.model_validate({
-        "optics": {**cfg.optics.model_dump(), "aperture_edge": _edge(cfg)},
+        "optics": cfg.optics.model_dump(),
         "grid": {"extent": (extent, extent), "sim_gpts": (2 * f * n, 2 * f * n), "phase_gpts": (f * n, f * n)},
         "scan": {"shape": shape, "step": (d, d), "origin": origin},
         "detector": {"shape": (n, n), "max_angle": n * dtheta / 2, "dose": _dose(cfg)},
@@ -102,11 +102,6 @@ def simulation_config(cfg: PlanConfig, shape: tuple[int, int]):
         "compute": {"seed": cfg.expected.seed, "device": cfg.expected.device},
     })
     return sim, window / n
-
-
-def _edge(cfg: PlanConfig) -> str:
-    """The simulated aperture edge: 'hard' (a real aperture) unless the settings name ``optics.aperture_edge``."""
-    return cfg.optics.aperture_edge if "aperture_edge" in cfg.optics.model_fields_set else "hard"
 
 
 def _dose(cfg: PlanConfig) -> float | None:
