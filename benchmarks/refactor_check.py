@@ -16,8 +16,8 @@
 r and scalar figures must agree to 1e-4 (absolute), arrays within float32 tolerance (rtol 1e-4 of the array's
 largest value). Takes about a minute on 2 CPU cores::
 
-    PYTHONPATH=src python benchmarks/refactor_check.py record /tmp/before
-    PYTHONPATH=src python benchmarks/refactor_check.py compare /tmp/before
+    PYTHONPATH=src python benchmarks/refactor_check.py record runs/refactor_before
+    PYTHONPATH=src python benchmarks/refactor_check.py compare runs/refactor_before
 """
 from __future__ import annotations
 

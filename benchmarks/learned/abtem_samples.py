@@ -50,6 +50,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from phasestem.safety import atomic_file
+
 #: (ASE structure, candidate elements or compounds with lattice constants in Å) of the random crystals
 PROTOTYPES = [
     ("fcc", ["Al", "Cu", "Ni", "Ag", "Au", "Pt", "Pd"]),
@@ -302,15 +304,13 @@ def write_abtem_file(cfg, path: str | Path, n_samples: int, seed: int, parametri
         if part.exists():
             continue
         r = simulate_abtem_sample(cfg, i, seed, parametrization, None if structures is None else structures[i])
-        tmp = part.with_name(f".{part.name}.partial.npz")
-        np.savez(tmp, patterns=r["patterns"], phase=r["phase"], potential=r["potential"],
-                 angular_sampling=np.asarray(r["angular_sampling"]), attrs=json.dumps(r["attrs"]))
-        tmp.replace(part)
+        with atomic_file(part, "abTEM sample") as tmp, open(tmp, "wb") as fh:  # a file object: no suffix added
+            np.savez(fh, patterns=r["patterns"], phase=r["phase"], potential=r["potential"],
+                     angular_sampling=np.asarray(r["angular_sampling"]), attrs=json.dumps(r["attrs"]))
         if progress:
             print(f"  abTEM sample {i + 1}/{n_samples} ({r['attrs']['specimen']})", flush=True)
-    tmp = path.with_name(f".{path.name}.partial")
     ang = None
-    with h5py.File(tmp, "w", track_order=True) as f:
+    with atomic_file(path, "abTEM file") as tmp, h5py.File(tmp, "w", track_order=True) as f:
         for i in range(n_samples):
             with np.load(parts / f"sample_{i:04d}.npz") as r:
                 ang = tuple(float(v) for v in r["angular_sampling"])
@@ -324,7 +324,6 @@ def write_abtem_file(cfg, path: str | Path, n_samples: int, seed: int, parametri
         for k, v in root_attrs(cfg, 1, ang).items():
             f.attrs[k] = v
         f.attrs["simulator"] = "abtem"
-    tmp.replace(path)
     for part in parts.glob("sample_*.npz"):
         part.unlink()
     parts.rmdir()
@@ -341,8 +340,8 @@ def counted_copy(source: str | Path, path: str | Path, electrons: float, seed: i
     from phasestem.physics.noise import poisson_counts
 
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial")
-    with h5py.File(source, "r") as src, h5py.File(tmp, "w", track_order=True) as f:
+    with h5py.File(source, "r") as src, atomic_file(path, "counted copy") as tmp, \
+            h5py.File(tmp, "w", track_order=True) as f:
         for k, v in src.attrs.items():
             f.attrs[k] = v
         step = np.asarray(src.attrs["scan_step"], float)
@@ -357,5 +356,4 @@ def counted_copy(source: str | Path, path: str | Path, electrons: float, seed: i
             d.attrs["electrons_per_pattern"] = float(electrons)
             for key in (seedfile.phase_key(i), seedfile.potential_key(i)):
                 f.create_dataset(key, data=src[key][...])
-    tmp.replace(path)
     return path

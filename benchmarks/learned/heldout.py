@@ -63,7 +63,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from abtem_eval import BATCH, DATA, cli, train_stages  # noqa: E402
-from layouts import LAYOUTS, LR, sim_config, stage_configs  # noqa: E402
+from layouts import LAYOUTS, LR, log_seconds, sim_config, stage_configs, write_json  # noqa: E402
 
 SETTINGS = {
     "a": {"title": "seed geometry, 2 Å step, noise-free", "step": 2.0, "electrons": None},
@@ -135,7 +135,7 @@ def simulate_heldout(out: Path, layout: str, structures: list[Path], settings: l
             t = time.perf_counter()
             print(f"abTEM: {len(use)} samples at {step:g} Å", flush=True)
             write_abtem_file(cfg, clean, len(use), seed=ABTEM_SEED, structures=use)
-            _log_seconds(out, f"abtem_step{step:g}A", time.perf_counter() - t)
+            log_seconds(out, f"abtem_step{step:g}A", time.perf_counter() - t)
         target = heldout_file(out, s)
         if not target.exists():
             if electrons is None:
@@ -172,7 +172,7 @@ def simulate_training(out: Path, layout: str, n_train: int) -> dict[str, Path]:
         cfg.write_text(yaml.safe_dump(sim_config(layout, n_train, TRAIN_SEED), sort_keys=False))
         t = time.perf_counter()
         cli("simulate", str(cfg), "--out", str(clean.parent), in_process=IN_PROCESS)
-        _log_seconds(out, "simulate_train_clean", time.perf_counter() - t)
+        log_seconds(out, "simulate_train_clean", time.perf_counter() - t)
     low = training_file(out, "lowdose")
     if not low.exists():
         low.parent.mkdir(parents=True, exist_ok=True)
@@ -192,7 +192,7 @@ def train_models(out: Path, layout: str, size: str, train: dict[str, Path], scal
     cfgs = stage_configs(size, layout, [train["clean"]], None, runs, ep, device, lr=LR[size], data=DATA, batch=BATCH)
     if not (runs / "end2end.done").exists():
         train_stages(cfgs, runs, out / "configs", f"{size}_clean", IN_PROCESS)
-        _log_seconds(out, f"train_{size}_clean", time.perf_counter() - t)
+        log_seconds(out, f"train_{size}_clean", time.perf_counter() - t)
     low = out / "runs" / size / "lowdose"
     fine = dict(cfgs["end2end"])
     fine.update(out_dir=str(low / "end2end"), data={**fine["data"], "files": [str(train["lowdose"])]},
@@ -200,15 +200,8 @@ def train_models(out: Path, layout: str, size: str, train: dict[str, Path], scal
     if not (low / "end2end.done").exists():
         t = time.perf_counter()
         train_stages({"end2end": fine}, low, out / "configs", f"{size}_lowdose", IN_PROCESS)
-        _log_seconds(out, f"train_{size}_lowdose", time.perf_counter() - t)
+        log_seconds(out, f"train_{size}_lowdose", time.perf_counter() - t)
     return {"clean": model_dir(out, size, "clean"), "lowdose": model_dir(out, size, "lowdose"), "epochs": ep}
-
-
-def _log_seconds(out: Path, key: str, seconds: float) -> None:
-    path = out / "seconds.json"
-    d = json.loads(path.read_text()) if path.exists() else {}
-    d[key] = round(seconds, 1)
-    path.write_text(json.dumps(d, indent=1))
 
 
 # ------------------------------------------------------------------------------------------ one sample
@@ -375,8 +368,7 @@ def ad_candidates(setting: str, epochs: dict[float, int] | None = None) -> list[
             ADSetting("adam", 0.002, e, "none", probe=False)]
 
 
-def hybrid_candidates(best: ADSetting, setting: str, epochs: dict[float, int] | None = None,
-                      default_epochs: int = DEFAULT_EPOCHS) -> list[ADSetting]:
+def hybrid_candidates(best: ADSetting, setting: str, epochs: dict[float, int] | None = None) -> list[ADSetting]:
     """Hybrid settings tried on the development half: AD's best from the prediction, the same with half its
     ``lsq`` step (a start near the answer may want smaller steps), and AD's best with a proximal pull towards the
     prediction of strength λ = 0.1 and 0.5 (:class:`phasestem.recon.prior.PhasePrior`)."""
@@ -487,10 +479,7 @@ def result_path(out: Path, setting: str, index: int, route: str) -> Path:
 
 
 def _save(path: Path, data: dict) -> dict:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".partial")
-    tmp.write_text(json.dumps(data, indent=1, default=float))
-    tmp.replace(path)
+    write_json(path, data)
     return data
 
 
@@ -597,7 +586,7 @@ def _reuse(out: Path, setting: str, i: int, source: str, route: str) -> None:
 
 
 def run_hybrid(out: Path, setting: str, file: Path, models: dict[str, Path], n: int, device: str = "cpu",
-               ad_epochs: dict[float, int] | None = None, default_epochs: int = DEFAULT_EPOCHS) -> dict:
+               ad_epochs: dict[float, int] | None = None) -> dict:
     """Step 4b for one setting (after :func:`run_ad`): the learned prediction on every sample (setting c: of the model
     the development half prefers), the hybrid candidates on the development half, the best on every sample."""
     run = Runner(out, setting, file, models, device)
@@ -617,7 +606,7 @@ def run_hybrid(out: Path, setting: str, file: Path, models: dict[str, Path], n: 
         run.learned(i, model_name)
     best = ADSetting(**choices["ad_best"])
     if "hybrid" not in choices:
-        cands = hybrid_candidates(best, setting, ad_epochs, default_epochs)
+        cands = hybrid_candidates(best, setting, ad_epochs)
         rank = {c.name: mean_best([run.ad(i, c, f"hybrid_{c.name}", start="learned") for i in h["dev"]])
                 for c in cands}
         hbest = next(c for c in cands if c.name == min(rank, key=rank.get))
@@ -812,8 +801,6 @@ def setting_table(s: str, r: dict) -> str:
             e = t[route]
             fin = f"{e['final_error'][0]:.3f}" if "final_error" in e else ""
             name = e.get("name", "")
-            if "epochs" in e:
-                name = f"{name}"
             lines.append(f"| {LABELS[route]} | {half} | {e['best_error'][0]:.3f} ± {e['best_error'][1]:.3f} | {fin} | "
                          f"{e['psnr'][0]:.2f} | {e['ssim'][0]:.3f} | {e['residual'][0]:.4f} | "
                          f"{e['seconds_to_best'][0]:.2f} ({e['cpu_seconds_to_best'][0]:.2f}) | {name} |")
@@ -886,7 +873,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         if "prior-study" in steps:
             print(json.dumps(run_prior_study(out, s, files[s], n[s], device=args.device), indent=1))
         if "hybrid" in steps:
-            run_hybrid(out, s, files[s], models, n[s], args.device, epochs, args.default_epochs)
+            run_hybrid(out, s, files[s], models, n[s], args.device, epochs)
     if "report" in steps:
         return report(out, args.settings, files, n, train["clean"])
     return None

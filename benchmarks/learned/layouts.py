@@ -92,3 +92,25 @@ def stage_configs(size: str, layout: str | dict[str, Any], files: list[Path], n:
                     "data": {**common, "batch_size": bs["end2end"]},
                     "loss": {"patch_weight": 0.5, "image_weight": 1.0}, "trainer": trainer("end2end", lr / 3)},
     }
+
+
+def write_json(path: Path, data: Any) -> Path:
+    """``data`` as JSON in ``path``, atomically (:func:`phasestem.safety.atomic_file`): a killed benchmark leaves
+    the last complete file, which its resume reads."""
+    import json
+
+    from phasestem.safety import atomic_file
+
+    with atomic_file(path, "benchmark record") as tmp:
+        tmp.write_text(json.dumps(data, indent=1, default=float))
+    return path
+
+
+def log_seconds(out: Path, key: str, seconds: float) -> None:
+    """Record the wall seconds of one step under ``key`` in ``out/seconds.json``."""
+    import json
+
+    path = out / "seconds.json"
+    d = json.loads(path.read_text()) if path.exists() else {}
+    d[key] = round(seconds, 1)
+    write_json(path, d)

@@ -38,7 +38,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import yaml
@@ -46,7 +45,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from layouts import LAYOUTS, sim_config, stage_configs  # noqa: E402
+from layouts import LAYOUTS, log_seconds, sim_config, stage_configs, write_json  # noqa: E402
 
 #: training samples per simulated part (the nested training sets grow by whole parts)
 PART = 32
@@ -135,20 +134,6 @@ def training_files(out: Path, layout: str, n: int, phonons: int, budget: Budget,
             log_seconds(out, f"simulate_{root.name}_part{k:03d}", time.perf_counter() - t)
         files.append(target)
     return files
-
-
-def log_seconds(out: Path, key: str, seconds: float) -> None:
-    path = out / "seconds.json"
-    d = json.loads(path.read_text()) if path.exists() else {}
-    d[key] = round(seconds, 1)
-    write_json(path, d)
-
-
-def write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(data, indent=1, default=float))
-    tmp.replace(path)
 
 
 # ------------------------------------------------------------------------------------------ held-out (abTEM)

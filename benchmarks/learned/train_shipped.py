@@ -36,7 +36,7 @@ ROOT = HERE.parent.parent
 sys.path.insert(0, str(HERE))
 
 import scaling  # noqa: E402
-from layouts import LAYOUTS, LR, OPTICS, SPECIMEN, sim_config  # noqa: E402
+from layouts import LAYOUTS, LR, OPTICS, SPECIMEN, sim_config, write_json  # noqa: E402
 
 LAYOUT = "seed"
 
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     with __import__("h5py").File(files[0]) as f:
         info["angular_sampling"] = float(np.asarray(f.attrs["angular_sampling"])[0])
     summary = {k: v for k, v in score.items() if k not in ("rows", "examples")}
-    scaling.write_json(out / f"{name}_score.json", {**info, "score": {**summary, "rows": score["rows"]}})
+    write_json(out / f"{name}_score.json", {**info, "score": {**summary, "rows": score["rows"]}})
     print(f"{name}: E_φ {score['phase_error']:.3f} ± {score['phase_error_sem']:.3f} on {score['n_heldout']} abTEM "
           f"samples (training-mean image {score['baseline_phase_error']:.3f}), PSNR {score['psnr']:.2f} dB")
     if args.no_ship:

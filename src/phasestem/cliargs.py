@@ -77,6 +77,13 @@ def add_dump_config(p: argparse.ArgumentParser) -> None:
                         "the text works saved anywhere) and exit")
 
 
+def add_set(p: argparse.ArgumentParser, example: str) -> None:
+    """``--set KEY=VALUE`` (repeatable, dest ``set``): a config field by its dotted key, the value read as YAML
+    (:func:`phasestem.configfile.parse_set_options`); ``example`` e.g. ``trainer.lr=3e-4``."""
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help=f"override a config field (dotted key, YAML value), e.g. {example}; repeatable")
+
+
 def add_out(p: argparse.ArgumentParser, default: str | None, help: str, old: tuple[str, ...] = ()) -> None:
     """``--out DIR`` (dest ``out``); ``old``: older spellings (hidden, deprecated)."""
     p.add_argument("--out", default=default, metavar="DIR", help=help)

@@ -149,14 +149,6 @@ def field_of_view(dataset, truth_sampling: tuple[float, float], shape: tuple[int
     return sl[0], sl[1]
 
 
-def aligned_error_map(rec: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """``rec`` − ``truth`` after sub-pixel alignment and offset removal (rad)."""
-    from .metrics import apply_shift, remove_offset, shift_between
-
-    aligned = remove_offset(apply_shift(rec, shift_between(rec, truth)), truth)
-    return (aligned - truth).astype(np.float32)
-
-
 # ------------------------------------------------------------------------------------------ stages
 def simulate(out: Path, cfg: DemoConfig, quick: bool, learned: bool = True, device: str = "cpu"
              ) -> tuple[list[Path], Path]:
@@ -402,7 +394,7 @@ def run_demo(out: Path, quick: bool = False, config: str | Path | None = None, d
 
 def _run_demo(out: Path, quick: bool, cfg: DemoConfig, device: str, learned: bool = True) -> Path:
     from . import io
-    from .metrics import figures_of_merit
+    from .metrics import aligned_error_map, figures_of_merit
     from .plot import phase_panels
     from .simulate.overview import write_overview
 

@@ -75,9 +75,9 @@ def missing_descriptions(model: type[BaseModel], prefix: str = "") -> list[str]:
 
 def _section(model: type[BaseModel], prefix: str, lines: list[str], seen: set) -> None:
     lines += ["", f"#### `{prefix or '(top level)'}`", ""]
-    doc = (model.__doc__ or "").strip().splitlines()
-    if doc and prefix:
-        lines += [doc[0], ""]
+    first_paragraph = " ".join((model.__doc__ or "").strip().split("\n\n")[0].split())
+    if first_paragraph and prefix:
+        lines += [first_paragraph, ""]
     lines += ["| key | type | default | description |", "|---|---|---|---|"]
     nested = []
     for name, field in model.model_fields.items():

@@ -31,7 +31,8 @@ Reduction = Literal["mean", "none"]
 
 __all__ = [
     "mse", "psnr", "ssim", "ms_ssim", "ms_ssim_window", "ssim_window", "remove_offset", "shift_between",
-    "apply_shift", "phase_error", "pearson", "frc", "frc_resolution", "figures_of_merit", "truth_on_grid",
+    "apply_shift", "align_to", "aligned_error_map", "phase_error", "pearson", "frc", "frc_resolution",
+    "figures_of_merit", "truth_on_grid",
 ]
 
 
@@ -336,6 +337,17 @@ def frc_resolution(frequencies: np.ndarray, curve: np.ndarray, threshold: float 
             fc = f0 + (c0 - threshold) * (f1 - f0) / (c0 - c1) if c0 != c1 else f1
             return float(1.0 / max(fc, 1e-300))
     return float(1.0 / f[-1])
+
+
+def align_to(rec, truth) -> np.ndarray:
+    """``rec`` (H, W) moved by its best sub-pixel shift onto ``truth`` (H, W), the constant offset removed (rad):
+    how :func:`figures_of_merit` compares them, for figures."""
+    return remove_offset(apply_shift(rec, shift_between(rec, truth)), truth)
+
+
+def aligned_error_map(rec, truth) -> np.ndarray:
+    """``rec`` − ``truth`` after :func:`align_to` (rad, float32)."""
+    return (align_to(rec, truth) - np.asarray(truth)).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------- one comparison

@@ -271,7 +271,6 @@ def partial_coherence_modes(
     Returns ``(modes, occupancies)``: modes (n_modes, ny, nx) complex64 with Σ_m Σ|ψ_m|² = 1
     and occupancies (n_modes,) summing to 1.
     """
-
     sigma = source_size / (2 * math.sqrt(2 * math.log(2)))
     if sigma <= 0 or n_modes < 1:
         raise ValueError("partial_coherence_modes needs source_size > 0 Å and n_modes >= 1")

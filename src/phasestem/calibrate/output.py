@@ -62,8 +62,7 @@ def yaml_text(calib: Calibration, params: dict[str, Any], original: str | Path) 
 
 
 def write_outputs(dataset, calib: Calibration, out_dir: str | Path, original: str | Path,
-                  figures: bool = True, extra: dict[str, Any] | None = None,
-                  resample_descan: bool = False) -> dict[str, Path]:
+                  figures: bool = True, resample_descan: bool = False) -> dict[str, Path]:
     """Write ``calibrated.npy``, ``detector_shifts.npy``, ``params.yaml``, ``calibration.json`` and the fit figures
     into ``out_dir``. ``resample_descan``: resample the counts for the whole descan (no detector_shifts.npy)."""
     out = Path(out_dir)
@@ -73,8 +72,6 @@ def write_outputs(dataset, calib: Calibration, out_dir: str | Path, original: st
         files["detector_shifts"] = out / DETECTOR_SHIFTS
         with atomic_file(files["detector_shifts"]) as tmp, open(tmp, "wb") as fh:  # a file object: no suffix added
             np.save(fh, descan_rest(calib))
-    if extra:
-        calib.extra = {**calib.extra, **extra}
     params = calib.params_dict(CORRECTED, None if resample_descan else DETECTOR_SHIFTS)
     calib.to_params(CORRECTED, None if resample_descan else DETECTOR_SHIFTS, out)  # the YAML loads as written
     files["params"] = out / "params.yaml"

@@ -49,8 +49,7 @@ def register(subparsers, train_subparsers) -> None:
         )
         cliargs.add_config(p, "training YAML (network, data, model, loss, trainer, out_dir); relative paths in it are "
                       "taken from its folder")
-        p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                       help="override a config field, e.g. trainer.lr=3e-4 (repeatable)")
+        cliargs.add_set(p, "trainer.lr=3e-4")
         cliargs.add_out(p, None, "run folder (overrides out_dir)", old=("--out-dir",))
         p.add_argument("--epochs", type=int, help="override trainer.epochs")
         p.add_argument("--lr", type=float, help="override trainer.lr")
@@ -345,8 +344,7 @@ def stage_script(name: str, argv: list[str] | None = None, configs: Path | None 
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", nargs="+", help="seed-000 HDF5 files or globs (default: the config's data.files)")
     p.add_argument("--config", help=f"training YAML (default: configs/{default_config})")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a config field, e.g. trainer.lr=3e-4 (repeatable)")
+    cliargs.add_set(p, "trainer.lr=3e-4")
     cliargs.add_out(p, None, "run folder (default: the config's out_dir)", old=("--out-dir",))
     p.add_argument("--epochs", type=int, help="override trainer.epochs")
     p.add_argument("--lr", type=float, help="override trainer.lr")

@@ -20,7 +20,6 @@ def ifft2(x: torch.Tensor) -> torch.Tensor:
     return torch.fft.ifft2(x, norm="ortho")
 
 
-
 def real_dtype(t: torch.Tensor) -> torch.dtype:
     """The real dtype of ``t`` (float32 for complex64)."""
     return t.real.dtype if t.is_complex() else t.dtype
@@ -60,8 +59,6 @@ def fourier_shift(wave: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     return ifft2(fft2(wave) * shift_ramp(shifts, wave.shape[-2:]))
 
 
-
-
 def squared_modulus(x: torch.Tensor) -> torch.Tensor:
     """|x|² of a complex tensor as a contiguous real tensor (cheaper than ``x.abs().square()``)."""
     return torch.addcmul(x.real.square(), x.imag, x.imag)
@@ -74,5 +71,3 @@ def add_squared_modulus(out: torch.Tensor, x: torch.Tensor, weight: float | torc
     if isinstance(weight, torch.Tensor):
         return out.addcmul_(re * weight, re).addcmul_(im * weight, im)
     return out.addcmul_(re, re, value=weight).addcmul_(im, im, value=weight)
-
-

@@ -192,5 +192,3 @@ def multislice(
         if s < n_slices - 1 or propagate_last:
             wave = ifft2(fft2(wave) * prop)
     return wave
-
-

@@ -109,10 +109,8 @@ def _expected(report: PlanReport, folder: Path, lines: list[str]) -> None:
 
 
 def _planned(cfg: PlanConfig, dotted: str) -> float:
-    from .quantities import compute as _compute
-
     if dotted == "dose.electrons_per_area":
-        return float(_compute(cfg).dose or float("nan"))
+        return float(compute(cfg).dose or float("nan"))
     if dotted == "detector.angular_sampling":
         return cfg.detector.mrad_per_pixel()
     node: Any = cfg

@@ -6,7 +6,7 @@ from pathlib import Path
 
 
 def register(sub, train_sub) -> None:
-    from ..cliargs import add_config, add_device, add_dump_config, add_out
+    from ..cliargs import add_config, add_device, add_dump_config, add_out, add_set
 
     p = sub.add_parser(
         "plan", help="before the session: overlap, sampling, dose, band limit, and the expected reconstruction",
@@ -26,8 +26,7 @@ def register(sub, train_sub) -> None:
     add_config(p, "plan settings YAML (see configs/plan.yaml and --dump-config)")
     add_out(p, None, "output folder of the expected result's figures and plan.json (default: 'out' of the "
                      "settings, else plan_out)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a setting (dotted key, YAML value), e.g. --set scan.step=0.6; repeatable")
+    add_set(p, "scan.step=0.6")
     p.add_argument("--quantities-only", action="store_true",
                    help="the closed-form quantities and warnings only: no simulation, nothing written")
     add_device(p, what="overrides expected.device")

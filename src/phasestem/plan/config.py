@@ -136,7 +136,7 @@ class PlanConfig(CheckedModel):
         None, description="Output folder (relative to this file's folder); --out overrides it; null: plan_out in "
         "the working directory.")
     optics: PlanOptics = Field(default_factory=lambda: PlanOptics(semiangle=20.0, aberrations={"C10": 0.0}),
-                           description="Probe optics (C10 > 0: over-focus, crossover before the specimen).")
+                               description="Probe optics (C10 > 0: over-focus, crossover before the specimen).")
     scan: PlanScan = Field(..., description="Scan raster.")
     detector: PlanDetector = Field(..., description="Pixelated detector.")
     dose: PlanDose = Field(default_factory=PlanDose, description="Electron dose.")

@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import PhasestemError
 from ..optics import wavelength
 from .config import PlanConfig, with_value
-from .quantities import probe_radius
+from .quantities import compute, probe_radius
 
 log = logging.getLogger("phasestem.plan")
 
@@ -97,17 +97,11 @@ def simulation_config(cfg: PlanConfig, shape: tuple[int, int]):
         "optics": cfg.optics.model_dump(),
         "grid": {"extent": (extent, extent), "sim_gpts": (2 * f * n, 2 * f * n), "phase_gpts": (f * n, f * n)},
         "scan": {"shape": shape, "step": (d, d), "origin": origin},
-        "detector": {"shape": (n, n), "max_angle": n * dtheta / 2, "dose": _dose(cfg)},
+        "detector": {"shape": (n, n), "max_angle": n * dtheta / 2, "dose": compute(cfg).dose},
         "specimen": specimen, "output": {"n_files": 1, "samples_per_file": 1},
         "compute": {"seed": cfg.expected.seed, "device": cfg.expected.device},
     })
     return sim, window / n
-
-
-def _dose(cfg: PlanConfig) -> float | None:
-    from .quantities import compute
-
-    return compute(cfg).dose
 
 
 def simulate_field(cfg: PlanConfig, folder: Path, shape: tuple[int, int] | None = None) -> dict[str, Any]:
@@ -202,7 +196,7 @@ def expected_figure(scored: dict[str, Any], result: Expected, path: Path) -> Pat
     """Truth / reconstruction / error over the simulated field, with Å scale bars and colour bars."""
     import matplotlib.pyplot as plt
 
-    from ..demo import aligned_error_map
+    from ..metrics import aligned_error_map
     from ..plot import phase_panels
 
     rec, truth = scored["reconstruction"], scored["truth"]

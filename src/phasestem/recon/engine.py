@@ -78,6 +78,7 @@ class Loop:
         self.record: dict = {}
         self.terms: dict[str, torch.Tensor] = {}
         self.applied: list[str] = []
+        self.callbacks: list[Callback] = []  # the engine's own, then the caller's
 
 
 def optimize(model, dataset, n_epochs: int, run: RunConfig | None = None, losses: LossConfig | None = None,

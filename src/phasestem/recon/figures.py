@@ -110,12 +110,12 @@ def plot_compare(model, dataset=None, truth=None, path=None, index: int | None =
     truth = ground_truth(model, dataset, truth)
     kw: dict = {"sampling": model.sampling}
     if truth is not None:
-        from ..metrics import apply_shift, remove_offset, shift_between
+        from ..metrics import align_to
         from .truth import truth_field
 
         rec, t = truth_field(model, truth)
         if min(rec.shape) >= 4:
-            aligned = remove_offset(apply_shift(rec, shift_between(rec, t)), t)
+            aligned = align_to(rec, t)
             metrics, frc = _truth_comparison(model, truth, metrics)
             kw.update(reconstruction=aligned, truth=t, metrics=metrics, frc=frc)
     if "truth" not in kw:

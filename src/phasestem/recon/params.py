@@ -24,8 +24,8 @@ from ..configfile import read_yaml_mapping, resolve_config_paths, validate
 from ..errors import ConfigError, InputFileError, PhasestemError, ShapeError
 from .model import Ptychography
 from .report import CALIBRATION_FIELDS, geometry_settings
-from .run_config import RunConfig
-from .schema import (
+from .run_config import RunConfig  # noqa: F401  (re-exported with the schema)
+from .schema import (  # noqa: F401  (the schema's classes, re-exported: from phasestem.recon.params import …)
     DataConfig,
     InitialPhase,
     InitialProbe,
@@ -39,10 +39,6 @@ from .schema import (
     TuneConfig,
     TuneParam,
 )
-
-#: the schema's classes, re-exported: ``from phasestem.recon.params import ReconstructParams, RunConfig, …``
-SCHEMA = (DataConfig, OpticsConfig, ScanConfig, ScheduleConfig, InitialPhase, RandomPhase, InitialProbe, ModelConfig,
-          LossesConfig, TuneParam, TuneConfig, ReconstructParams, RunConfig)
 
 log = logging.getLogger("phasestem.recon")
 

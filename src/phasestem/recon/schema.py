@@ -85,7 +85,6 @@ class OpticsConfig(StrictModel):
         return _pair(v, info.field_name, positive=True)
 
 
-
 class ScanConfig(StrictModel):
     """Scan geometry (positions are the probe centres in Å). A value left out (or null) is the data file's; one
     given here wins over the file's, with a warning naming both when they differ."""

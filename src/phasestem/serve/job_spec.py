@@ -2,6 +2,7 @@
 the workspace root, and the validated parameter file for its run folder (:func:`build_job`)."""
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,12 @@ from ..configfile import (
     relative_to,
     resolve_config_paths,
 )
-from .jobstore import _DEVICE, _NETWORK, COMMANDS, RESERVED, RUNS_DIR, Job, JobStore
+from .jobstore import COMMANDS, RESERVED, RUNS_DIR, Job, JobStore
 from .security import Refused, confine, relative
+
+#: what a job's device and network fields may be
+DEVICE_NAME = re.compile(r"^(cpu|auto|mps|cuda(:\d{1,2})?)$")
+NETWORK_NAME = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
 
 
 def _text(value, what: str, limit: int = 1000) -> str:
@@ -48,7 +53,7 @@ def check_arguments(root: Path, args) -> list[str]:
 
 def _device(spec: dict) -> tuple[str, int]:
     device = _text(spec.get("device", "cpu"), "device", 20)
-    if not _DEVICE.match(device):
+    if not DEVICE_NAME.match(device):
         raise Refused(f"device {device!r}: expected cpu, cuda, cuda:N, mps or auto", 400)
     processes = spec.get("processes", 1)
     if not isinstance(processes, int) or isinstance(processes, bool) or not 1 <= processes <= 64:
@@ -134,7 +139,7 @@ def build_job(root: Path, store: JobStore, spec: dict[str, Any]) -> Job:
                 raise Refused("processes > 1 and run.n_processes > 1: choose one way to start processes", 400)
     elif command == "train":
         network = spec.get("network")
-        if not isinstance(network, str) or not _NETWORK.match(network):
+        if not isinstance(network, str) or not NETWORK_NAME.match(network):
             raise Refused("network: give the network to train (patch, stitch, end2end, autoencoder, phaseformer)",
                           400)
         argv = ["phasestem", "train", network, rel_config, "--out", rel_run, "--device", device]

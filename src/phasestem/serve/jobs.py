@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -38,7 +39,6 @@ from .jobstore import (  # noqa: F401  (the queue's names, re-exported for the s
     STOP_GRACE,
     Job,
     JobStore,
-    _quote,
     resume_arguments,
 )
 from .security import Refused
@@ -237,7 +237,7 @@ class JobRunner:
         line = job.command_line(self.root)
         argv = exec_argv(line)
         with open(run_dir / "job.log", "ab") as out:
-            out.write(f"\n$ {' '.join(_quote(a) for a in line)}\n".encode())
+            out.write(f"\n$ {shlex.join(line)}\n".encode())
             out.flush()
             proc = subprocess.Popen(argv, cwd=self.root, stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, env=env, start_new_session=True)

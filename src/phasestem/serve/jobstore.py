@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-import re
+import shlex
 import sqlite3
 import threading
 from dataclasses import asdict, dataclass, field
@@ -28,8 +28,6 @@ SERVE_DIR = ".phasestem-serve"
 RUNS_DIR = "runs"
 #: seconds a stopped job has to exit after SIGTERM before SIGKILL
 STOP_GRACE = 10.0
-_DEVICE = re.compile(r"^(cpu|auto|mps|cuda(:\d{1,2})?)$")
-_NETWORK = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
 
 
 @dataclass
@@ -60,14 +58,8 @@ class Job:
     def public(self, root: Path) -> dict[str, Any]:
         """The job as the pages show it (``command_line``: the command to type in the root)."""
         out = asdict(self)
-        out["command_line"] = " ".join(_quote(a) for a in self.command_line(root))
+        out["command_line"] = shlex.join(self.command_line(root))
         return out
-
-
-def _quote(arg: str) -> str:
-    import shlex
-
-    return shlex.quote(arg)
 
 
 def resume_arguments(job: Job, root: Path) -> list[str]:

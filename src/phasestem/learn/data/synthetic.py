@@ -11,6 +11,7 @@ import torch
 
 from ...io import seed as seedfile
 from ...optics import interaction_constant
+from ...safety import atomic_file
 from ...scan import GridScan
 
 log = logging.getLogger("phasestem.learn")
@@ -60,8 +61,6 @@ def write_synthetic_file(path: str | Path, n_samples: int, first_sample: int = 0
     pos = torch.tensor(GridScan((scan, scan), step).positions(), dtype=torch.float32)
     exp = Experiment(probe, pos, (phase_px, phase_px), (ps, ps), energy)  # the cell is the object: periodic
     sigma = interaction_constant(energy)
-    from ...safety import atomic_file
-
     with atomic_file(path, "path") as tmp, h5py.File(tmp, "w") as f:
         for i in range(first_sample, first_sample + n_samples):
             phase = synthetic_phase(phase_px, ps, rng, n_blobs=n_blobs)
