@@ -259,9 +259,9 @@ def test_a_divergence_after_a_resume_restores_the_best_epoch_as_the_uninterrupte
     ds = simulate_dataset(scan_shape=(5, 5), seed=11, max_phase=0.4)
     ckpt = tmp_path / "checkpoint.pt"
 
-    def run(model, epochs):
+    def run(model, epochs):  # no back-off: the stop itself is under test
         return optimize_with_options(model, ds, epochs, optimizer="adam", batch_size=10, progress=False,
-                                     checkpoint_path=ckpt, checkpoint_every=1)
+                                     checkpoint_path=ckpt, checkpoint_every=1, backoff_factor=0)
 
     ref = Ptychography.from_dataset(ds)
     gen = run(ref, 4)
@@ -280,5 +280,35 @@ def test_a_divergence_after_a_resume_restores_the_best_epoch_as_the_uninterrupte
         list(run(model, 1))
     assert str(again.value) == str(first.value)  # the same epoch restored, the same best and start losses
     assert model.epoch == 2 and _history(model.loss_history) == _history(ref.loss_history)
+    for name, value in ref.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name
+
+
+def test_a_run_resumed_after_a_step_size_back_off_continues_at_the_halved_rates(tmp_path):
+    """The back-off (best state restored, every learning rate halved: ``RunState.lr_backoff``) comes back with the
+    checkpoint: resumed after the epoch that backed off, the run ends bit-identical to the uninterrupted one."""
+    from phasestem.recon.engine import load_checkpoint
+    from phasestem.recon.synthetic import simulate_dataset
+
+    ds = simulate_dataset(scan_shape=(5, 5), seed=11, max_phase=0.4)
+    ckpt = tmp_path / "checkpoint.pt"
+
+    def run(model, epochs):
+        return optimize_with_options(model, ds, epochs, optimizer="adam", batch_size=10, progress=False,
+                                     checkpoint_path=ckpt, checkpoint_every=1, lr_decay="cosine")
+
+    ref = Ptychography.from_dataset(ds)
+    gen = run(ref, 5)
+    next(gen), next(gen)
+    ref.set_learning_rates(obj_phase=0.3)  # epoch 3: the loss rises past 1.5 × its best: back-off
+    next(gen)
+    assert torch.load(ckpt, weights_only=True)["run"]["lr_backoff"] == 0.5
+    after3 = ckpt.read_bytes()
+    list(gen)
+    ckpt.write_bytes(after3)
+    model = Ptychography.from_dataset(ds)
+    load_checkpoint(ckpt, model)
+    list(run(model, 2))
+    assert model.epoch == 5 and _history(model.loss_history) == _history(ref.loss_history)
     for name, value in ref.state_dict().items():
         assert torch.equal(model.state_dict()[name], value), name

@@ -18,6 +18,9 @@ def main() -> None:
     ap.add_argument("--loss", choices=["case", "gaussian", "poisson", "counted"], default="case",
                     help="data term: the case file's 'loss' entry (default; gaussian when absent; its 'poisson' "
                          "runs phasestem's setting for counted data, 'counted') or as given")
+    ap.add_argument("--tilt-lr", type=float, default=None,
+                    help="specimen tilt's learning rate in mrad per step (default: the engine's, refined on thick "
+                         "specimens only; 0 freezes it)")
     ap.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
     ap.add_argument("--precondition-batches", type=int, default=None,
                     help="lsq: run.precondition_batches (default: the parameter file's)")
@@ -48,6 +51,8 @@ def main() -> None:
     model = Ptychography.from_dataset(ds, n_slices=c["n_slices"], slice_thickness=c["dz"],
                                       n_probe_modes=c["n_modes"]).to(args.device)
     rates = {"positions": 0.0}
+    if args.tilt_lr is not None:
+        rates["tilt"] = args.tilt_lr
     if args.lr is not None:
         rates.update(obj_phase=args.lr, obj_amplitude=args.lr, probe=args.lr)
     model.set_learning_rates(**rates)

@@ -80,18 +80,59 @@ def divergence_reason(model, mean_loss: float, best: float, start: float, factor
     return None
 
 
+#: step-size back-offs (each halves every learning rate) a run may take before only the divergence check is left
+MAX_BACKOFFS = 4
+
+
 class DivergenceGuard(Callback):
-    """Stop a diverging run (:class:`DivergenceError`): a non-finite loss, an epoch loss above
-    ``run.divergence_factor`` × the best so far (and above the start), or non-physical object values. The model
-    is first restored to the best epoch's state (the last epoch's when the loss is not finite) and that state is
-    checkpointed to ``checkpoint_path`` when given (rank 0)."""
+    """Back off, then stop a diverging run.
+
+    Back-off: an epoch whose (finite) loss exceeds ``run.backoff_factor`` × the best so far, and the best by a tenth
+    of the way back to the run's starting loss, restores
+    the best epoch's parameters and halves every learning rate from the next epoch on (``RunState.lr_backoff``), at
+    most :data:`MAX_BACKOFFS` times, with a warning line each time; the epoch count goes on. A solver step too long
+    for the data (lsq's Gauss–Newton fraction on a specimen the model cannot yet explain, e.g. an unmodelled
+    mistilt) thus shortens instead of running away. L-BFGS (its own line search) is left alone.
+
+    Stop (:class:`DivergenceError`): a non-finite loss, an epoch loss above ``run.divergence_factor`` × the best so
+    far (and above the start), or non-physical object values. The model is first restored to the best epoch's state
+    (the last epoch's when the loss is not finite) and that state is checkpointed to ``checkpoint_path`` when given
+    (rank 0)."""
 
     def __init__(self, checkpoint_path: str | Path | None = None):
         self.checkpoint_path = checkpoint_path
         self.improved = False
 
+    def _back_off(self, loop) -> bool:
+        """Restore the best state and halve the learning rates when the loss rose past ``run.backoff_factor``."""
+        model, state, run = loop.model, loop.state, loop.run
+        factor = run.backoff_factor
+        if (factor <= 0 or run.optimizer == "lbfgs" or state.backoffs >= MAX_BACKOFFS or state.best is None
+                or not math.isfinite(loop.mean_loss) or not math.isfinite(state.best_loss)
+                or loop.mean_loss <= factor * state.best_loss):
+            return False
+        start = state.start_loss if state.start_loss is not None and math.isfinite(state.start_loss) else math.inf
+        if start < math.inf and loop.mean_loss <= state.best_loss + 0.1 * (start - state.best_loss):
+            return False  # near-exact fits of noise-free data fluctuate by large factors far below the start
+        best_epoch, params = state.best
+        model.load_state_dict(params)
+        if loop.optimizer is not None and hasattr(loop.optimizer, "parts"):
+            for part in loop.optimizer.parts:  # moments of the run-away steps would push the same way again
+                part.state.clear()
+        elif loop.optimizer is not None:
+            loop.optimizer.state.clear()
+        state.backoffs += 1
+        state.lr_backoff *= 0.5
+        log.warning("the loss rose to %.4g in epoch %d, more than %g × its best %.4g (epoch %d): restored that "
+                    "epoch's state and halved every learning rate (× %g now; back-off %d of %d)", loop.mean_loss,
+                    loop.epoch, factor, state.best_loss, best_epoch, state.lr_backoff, state.backoffs, MAX_BACKOFFS)
+        return True
+
     def after_loss(self, loop) -> None:
         model, state, factor = loop.model, loop.state, loop.run.divergence_factor
+        if self._back_off(loop):
+            self.improved = False
+            return
         reason = divergence_reason(model, loop.mean_loss, state.best_loss, state.start_loss, factor)
         if reason is not None:
             snapshot = loop.snapshot
@@ -116,7 +157,20 @@ class DivergenceGuard(Callback):
 
 
 class EpochLog(Callback):
-    """One log line per epoch: the loss, its terms, the constraints applied and the time."""
+    """At the start, one line naming the parameters refined with their learning rates and epochs; then one log line
+    per epoch: the loss, its terms, the constraints applied and the time."""
+
+    def on_start(self, loop) -> None:
+        model, kind = loop.model, loop.run.optimizer
+        parts = []
+        for name, p in model.named_parameters():
+            sched = model.schedules.get(name)
+            if sched is None or not p.requires_grad or sched.resolved_lr(name, kind) <= 0:
+                continue
+            end = "" if sched.end is None else f"–{sched.end}"
+            parts.append(f"{name} {sched.resolved_lr(name, kind) * loop.run.lr_scale:g}"
+                         + (f" (epochs {sched.start}{end})" if sched.start > 1 or sched.end is not None else ""))
+        log.info("%s refines: %s", kind, ", ".join(parts) or "nothing")
 
     def on_epoch_end(self, loop) -> None:
         record, terms = loop.record, sorted(loop.terms)

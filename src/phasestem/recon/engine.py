@@ -169,7 +169,7 @@ def _epochs(loop: Loop, lbfgs_options: dict) -> Iterator[float]:
                                      run.lr_final)
                 for group in opt.param_groups:
                     group["lr"] = (model.schedules[group["name"]].resolved_lr(group["name"], run.optimizer)
-                                   * run.lr_scale * decay)
+                                   * run.lr_scale * decay * state.lr_backoff)
             loop.snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
             mean_loss, first_loss, sums, n_batches = _epoch(loop, step, opt, data, bs, owner, mine,
                                                             precondition_batches)

@@ -44,7 +44,7 @@ from ..errors import ConfigError, ShapeError
 from ..physics.experiment import Experiment
 from .budget import check_object_memory
 from .inputs import load_phase_image
-from .schedule import DEFAULT_SCHEDULES, PARAM_NAMES, ParamSchedule
+from .schedule import PARAM_NAMES, ParamSchedule, default_schedules
 
 
 class Ptychography(nn.Module):
@@ -92,9 +92,7 @@ class Ptychography(nn.Module):
         self.slice_thickness = nn.Parameter(torch.tensor(float(slice_thickness)))
         w = torch.full((K,), 1.0 / K) if object_weights is None else torch.as_tensor(object_weights).float()
         self.obj_weights = nn.Parameter(w.clone())
-        self.schedules: dict[str, ParamSchedule] = {
-            name: ParamSchedule(lr, start) for name, (lr, start) in DEFAULT_SCHEDULES.items()
-        }
+        self.schedules: dict[str, ParamSchedule] = default_schedules(S, float(slice_thickness), min(self.sampling))
         self.obj_preblur = 0.0  # Gaussian σ in object pixels applied to the object the forward model sees (0: off)
         self.register_buffer("probe_support", None, persistent=False)  # real-space probe support (ny, nx) or None
         self._inspect_figure = None

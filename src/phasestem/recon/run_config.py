@@ -30,6 +30,10 @@ class RunConfig(StrictModel):
                                "warn when the flipped defocus sign fits the data far better")
     divergence_factor: float = Field(10.0, ge=0, description="stop (exit 1, last good state kept) when an epoch's "
                                      "loss exceeds this many times the best so far (0: only NaN/Inf)")
+    backoff_factor: float = Field(1.5, ge=0, description="lsq/adam/sgd: when an epoch's loss exceeds this many times "
+                                  "the best so far, restore the best epoch's state and halve every learning rate "
+                                  "(at most 4 times in a run; a warning line each time), before the divergence check "
+                                  "would stop the run; 0: off")
     n_epochs: int = Field(20, ge=1, description="number of epochs (iterations over all patterns)")
     batch_size: int = Field(32, ge=1, description="patterns per mini-batch")
     batch_mode: Literal["random", "compact"] = Field("random", description="random or spatially compact batches")

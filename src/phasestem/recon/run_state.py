@@ -27,13 +27,17 @@ class RunState:
     last epoch); ``start_loss``: the run's first mini-batch loss before any step (None until known);
     ``best_loss``: the lowest of it and of every epoch's loss; ``best``: (epoch, state_dict) of the last epoch
     that reached ``best_loss`` (None: none yet in this run), which a divergence restores; ``optimizer_names``:
-    the parameters, in order, that the saved optimiser state refers to."""
+    the parameters, in order, that the saved optimiser state refers to; ``lr_backoff``: the factor every
+    learning rate carries after the step-size back-offs so far (``backoffs`` of them; see
+    :class:`~phasestem.recon.callbacks.DivergenceGuard`)."""
 
     decay_start: int
     start_loss: float | None = None
     best_loss: float = math.inf
     best: tuple[int, dict[str, torch.Tensor]] | None = None
     optimizer_names: list[str] = field(default_factory=list)
+    lr_backoff: float = 1.0
+    backoffs: int = 0
 
     @classmethod
     def new(cls, model) -> RunState:
@@ -50,7 +54,8 @@ class RunState:
         out = {"format": FORMAT, "decay_start": int(self.decay_start),
                "start_loss": None if self.start_loss is None else float(self.start_loss),
                "best_loss": float(self.best_loss), "best_epoch": best_epoch,
-               "optimizer_names": list(self.optimizer_names)}
+               "optimizer_names": list(self.optimizer_names), "lr_backoff": float(self.lr_backoff),
+               "backoffs": int(self.backoffs)}
         if self.best is not None and best_epoch != model.epoch:
             out["best_params"] = {k: v.detach().clone() for k, v in self.best[1].items()}
         return out
@@ -73,4 +78,5 @@ class RunState:
         start = entry.get("start_loss")
         return cls(decay_start=int(entry["decay_start"]), start_loss=None if start is None else float(start),
                    best_loss=float(entry["best_loss"]), best=best,
-                   optimizer_names=[str(n) for n in entry.get("optimizer_names", [])])
+                   optimizer_names=[str(n) for n in entry.get("optimizer_names", [])],
+                   lr_backoff=float(entry.get("lr_backoff", 1.0)), backoffs=int(entry.get("backoffs", 0)))
