@@ -154,9 +154,12 @@ def summarise(sc: dict, report: tuple[int, ...]) -> dict:
     drop = float(r[k] - r[k:].min())
     out = dict(peak_r=float(r[k]), peak_iter=sc["iters"][k], final_r=float(r[-1]), drop_after_peak=drop,
                fell=bool(drop > DROP_TOL))
+    last = sc["iters"][-1]
+    if sc["history"] and last < max(report):  # the tool stopped itself (e.g. phasestem's run.holdout): its result
+        out["stopped_at"] = last             # stands for the later iterations
     for n in report:
-        if n in sc["iters"]:
-            i = sc["iters"].index(n)
+        if n in sc["iters"] or (n > last and "stopped_at" in out):
+            i = sc["iters"].index(n) if n in sc["iters"] else len(sc["iters"]) - 1
             out[f"r@{n}"] = float(r[i])
             out[f"nrmse@{n}"] = float(sc["nrmse"][i])
     return out

@@ -21,6 +21,9 @@ def main() -> None:
     ap.add_argument("--tilt-lr", type=float, default=None,
                     help="specimen tilt's learning rate in mrad per step (default: the engine's, refined on thick "
                          "specimens only; 0 freezes it)")
+    ap.add_argument("--holdout", default=None,
+                    help="run.holdout: fraction of positions held out to stop on their lowest loss, or auto "
+                         "(default: the engine's, off); a stopped run's last history entry is the state it kept")
     ap.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
     ap.add_argument("--precondition-batches", type=int, default=None,
                     help="lsq: run.precondition_batches (default: the parameter file's)")
@@ -64,6 +67,8 @@ def main() -> None:
     run = RunConfig()  # the parameter file's defaults
     defaults = {"precondition_reg": run.precondition_reg, "lr_decay": run.lr_decay, "lr_final": run.lr_final,
                 "precondition_batches": resolve_batches(args.precondition_batches or run.precondition_batches, losses)}
+    if args.holdout is not None:
+        defaults["holdout"] = args.holdout if args.holdout == "auto" else float(args.holdout)
     for _loss in method(c["iters"], ds, batch_size=c["batch"], constraints=cons, losses=losses, progress=False,
                         **defaults):
         if model.device.type == "cuda":
@@ -76,6 +81,8 @@ def main() -> None:
         t0, c0 = time.perf_counter(), time.process_time()
     cpu = time.process_time() - cpu0
     phase = model.phase_in_dataset_frame()
+    if model.epoch < len(history):  # stopped by the held-out rule and rewound: the result is the state it kept
+        history[-1] = phase
     import phasestem
 
     settings = {"tool": f"phasestem {phasestem.__version__}", "optimizer": args.optimizer,

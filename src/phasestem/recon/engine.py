@@ -23,6 +23,7 @@ search would see only its share of the loss).
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -48,6 +49,7 @@ from .callbacks import (  # noqa: F401  (the errors and PHYSICAL_LIMIT: the engi
 )
 from .checkpoint import load_checkpoint, reuse_optimizer_state, save_checkpoint  # noqa: F401  (engine API)
 from .constraints import Constraints, apply_constraints
+from .holdout import HeldOutStop, holdout_fraction, split_positions
 from .losses import LossConfig
 from .optimizers import build_optimizer, decay_factor, rank_and_world, refuse_lbfgs
 from .precondition import ScanCurvature, resolve_batches
@@ -55,6 +57,8 @@ from .prepared import PreparedData, prepared_data  # noqa: F401  (PreparedData: 
 from .run_config import RunConfig
 from .run_state import RunState
 from .step import BatchStep
+
+log = logging.getLogger("phasestem.recon")
 
 #: settings of the keyword front-end that differ from a parameter file's ``run`` defaults (a model's
 #: ``*_optimize`` call keeps its learning rates constant unless told otherwise)
@@ -79,6 +83,7 @@ class Loop:
         self.terms: dict[str, torch.Tensor] = {}
         self.applied: list[str] = []
         self.callbacks: list[Callback] = []  # the engine's own, then the caller's
+        self.stop = False  # set by a callback (the held-out stop): no further epoch
 
 
 def optimize(model, dataset, n_epochs: int, run: RunConfig | None = None, losses: LossConfig | None = None,
@@ -123,6 +128,10 @@ def _epochs(loop: Loop, lbfgs_options: dict) -> Iterator[float]:
                                          run.memory_budget_gb)
         n = data.n
         bs = n if not run.batch_size else min(int(run.batch_size), n)
+        train, held = split_positions(n, holdout_fraction(run.holdout, losses, data.counts, n, loop.world), run.seed)
+        if held is not None:  # positions kept out of the fit: their loss decides where the run ends
+            callbacks.insert(1, HeldOutStop(held, bs))
+            log.info("held out of the fit: %d of %d positions (run.holdout %s)", len(held), n, run.holdout)
         resumed = getattr(model, "_resume_state", None)  # what load_checkpoint left for this call
         model._resume_state = None
         # decay window, divergence references and best state: carried on from a checkpoint, else new for this call
@@ -172,7 +181,7 @@ def _epochs(loop: Loop, lbfgs_options: dict) -> Iterator[float]:
                                    * run.lr_scale * decay * state.lr_backoff)
             loop.snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
             mean_loss, first_loss, sums, n_batches = _epoch(loop, step, opt, data, bs, owner, mine,
-                                                            precondition_batches)
+                                                            precondition_batches, None if held is None else train)
             loop.mean_loss = mean_loss
             if state.start_loss is None:  # the first mini-batch's loss (before any step) is where a new run starts
                 state.start_loss = float(first_loss) if math.isfinite(float(first_loss)) else math.inf
@@ -193,6 +202,8 @@ def _epochs(loop: Loop, lbfgs_options: dict) -> Iterator[float]:
             for cb in callbacks:
                 cb.on_epoch_end(loop)
             yield mean_loss
+            if loop.stop:
+                break
         for cb in callbacks:
             cb.on_end(loop)
     finally:
@@ -203,8 +214,9 @@ def _epochs(loop: Loop, lbfgs_options: dict) -> Iterator[float]:
             cb.on_close(loop)
 
 
-def _epoch(loop: Loop, step: BatchStep, opt, data, bs: int, owner, mine, precondition_batches):
-    """One pass over the mini-batches: (mean loss, first batch's loss, summed terms, number of batches).
+def _epoch(loop: Loop, step: BatchStep, opt, data, bs: int, owner, mine, precondition_batches, train=None):
+    """One pass over the mini-batches of the positions ``train`` (None: all): (mean loss, first batch's loss, summed
+    terms, number of batches).
 
     The batch indices go to the device once per epoch and every batch's loss stays there (summed on the device):
     the steps themselves never wait for the host (see :mod:`phasestem.recon.step`)."""
@@ -214,7 +226,11 @@ def _epoch(loop: Loop, step: BatchStep, opt, data, bs: int, owner, mine, precond
     step.begin_epoch(opt, scan_curv)
     gen = torch.Generator().manual_seed(run.seed * 100003 + loop.epoch)
     positions = model.positions.detach().cpu().numpy() if run.batch_mode == "compact" else None
-    batches = make_batches(data.n, bs, run.batch_mode, gen, positions, owner)
+    if train is None:
+        batches = make_batches(data.n, bs, run.batch_mode, gen, positions, owner)
+    else:  # one process (run.holdout): batches of the fitted positions only
+        sub = None if positions is None else positions[train.numpy()]
+        batches = [train[b] for b in make_batches(len(train), bs, run.batch_mode, gen, sub)]
     sums: dict[str, torch.Tensor] = {}
     total_acc = torch.zeros((), device=model.device)
     first_loss = None

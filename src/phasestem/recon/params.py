@@ -269,6 +269,7 @@ def optimizer_options(params: ReconstructParams) -> dict:
             "lr_scale": r.lr_scale, "momentum": r.momentum, "seed": r.seed, "progress": r.progress,
             "precondition_reg": r.precondition_reg, "precondition_batches": r.precondition_batches,
             "divergence_factor": r.divergence_factor, "backoff_factor": r.backoff_factor,
+            "holdout": r.holdout, "holdout_patience": r.holdout_patience,
             "lr_decay": r.lr_decay, "lr_final": r.lr_final, "data_in_memory": r.data_in_memory,
             "memory_budget_gb": r.memory_budget_gb}
 

@@ -29,7 +29,9 @@ class RunState:
     that reached ``best_loss`` (None: none yet in this run), which a divergence restores; ``optimizer_names``:
     the parameters, in order, that the saved optimiser state refers to; ``lr_backoff``: the factor every
     learning rate carries after the step-size back-offs so far (``backoffs`` of them; see
-    :class:`~phasestem.recon.callbacks.DivergenceGuard`)."""
+    :class:`~phasestem.recon.callbacks.DivergenceGuard`); ``holdout_best_loss``, ``holdout_best`` (epoch,
+    state_dict) and ``holdout_waited``: the held-out stop's lowest loss, its state and the epochs since
+    (:mod:`phasestem.recon.holdout`)."""
 
     decay_start: int
     start_loss: float | None = None
@@ -38,6 +40,9 @@ class RunState:
     optimizer_names: list[str] = field(default_factory=list)
     lr_backoff: float = 1.0
     backoffs: int = 0
+    holdout_best_loss: float = math.inf
+    holdout_best: tuple[int, dict[str, torch.Tensor]] | None = None
+    holdout_waited: int = 0
 
     @classmethod
     def new(cls, model) -> RunState:
@@ -55,9 +60,13 @@ class RunState:
                "start_loss": None if self.start_loss is None else float(self.start_loss),
                "best_loss": float(self.best_loss), "best_epoch": best_epoch,
                "optimizer_names": list(self.optimizer_names), "lr_backoff": float(self.lr_backoff),
-               "backoffs": int(self.backoffs)}
+               "backoffs": int(self.backoffs), "holdout_best_loss": float(self.holdout_best_loss),
+               "holdout_waited": int(self.holdout_waited),
+               "holdout_best_epoch": -1 if self.holdout_best is None else int(self.holdout_best[0])}
         if self.best is not None and best_epoch != model.epoch:
             out["best_params"] = {k: v.detach().clone() for k, v in self.best[1].items()}
+        if self.holdout_best is not None and self.holdout_best[0] != model.epoch:
+            out["holdout_best_params"] = {k: v.detach().clone() for k, v in self.holdout_best[1].items()}
         return out
 
     @classmethod
@@ -76,7 +85,15 @@ class RunState:
                 params = {k: v.detach().clone() for k, v in model.state_dict().items()}
             best = (epoch, params)
         start = entry.get("start_loss")
+        held_epoch = int(entry.get("holdout_best_epoch", -1))
+        held = None
+        if held_epoch >= 0:
+            params = entry.get("holdout_best_params")
+            held = (held_epoch, params if params is not None else
+                    {k: v.detach().clone() for k, v in model.state_dict().items()})
         return cls(decay_start=int(entry["decay_start"]), start_loss=None if start is None else float(start),
                    best_loss=float(entry["best_loss"]), best=best,
                    optimizer_names=[str(n) for n in entry.get("optimizer_names", [])],
-                   lr_backoff=float(entry.get("lr_backoff", 1.0)), backoffs=int(entry.get("backoffs", 0)))
+                   lr_backoff=float(entry.get("lr_backoff", 1.0)), backoffs=int(entry.get("backoffs", 0)),
+                   holdout_best_loss=float(entry.get("holdout_best_loss", math.inf)), holdout_best=held,
+                   holdout_waited=int(entry.get("holdout_waited", 0)))
