@@ -88,9 +88,9 @@ class DivergenceGuard(Callback):
     """Back off, then stop a diverging run.
 
     Back-off: an epoch whose (finite) loss exceeds ``run.backoff_factor`` × the best so far, and the best by a tenth
-    of the way back to the run's starting loss, restores
-    the best epoch's parameters and halves every learning rate from the next epoch on (``RunState.lr_backoff``), at
-    most :data:`MAX_BACKOFFS` times, with a warning line each time; the epoch count goes on. A solver step too long
+    of the way back to the run's starting loss, restores the best epoch's parameters, clears the optimiser's moments
+    and halves every learning rate from the next epoch on (``RunState.lr_backoff``), at most :data:`MAX_BACKOFFS`
+    times, with a warning line each time; the epoch count goes on. A solver step too long
     for the data (lsq's Gauss–Newton fraction on a specimen the model cannot yet explain, e.g. an unmodelled
     mistilt) thus shortens instead of running away. L-BFGS (its own line search) is left alone.
 
