@@ -37,6 +37,7 @@ def main() -> None:
     from phasestem.recon.losses import LossConfig
     from phasestem.recon.params import RunConfig
     from phasestem.recon.precondition import resolve_batches
+    from phasestem.recon.schedule import phase_only
 
     c = load_case(args.case)
     loss_name = args.loss
@@ -89,6 +90,8 @@ def main() -> None:
                 "learning_rates": {k: s.resolved_lr(k, args.optimizer) for k, s in model.schedules.items()},
                 **defaults, "batch": c["batch"], "probe_modes": model.n_probe_modes, "slices": model.n_slices,
                 "ortho_probe": c["n_modes"] > 1, "device": str(model.device),
+                "amplitude_held_low_dose": bool(phase_only(losses.poisson > 0, float(np.asarray(c["patterns"]).sum(
+                    (-2, -1)).mean()), model.schedules["obj_amplitude"])),
                 "losses": {"gaussian": "gaussian on sqrt(I)", "poisson": "poisson NLL",
                            "counted": "0.5 gaussian on sqrt(I) + 0.5 poisson NLL"}[loss_name],
                 "cpu_s_per_iter": cpu / c["iters"], "iter_cpu": cpu_times}

@@ -156,21 +156,23 @@ class DivergenceGuard(Callback):
             loop.state.best = (loop.epoch, {k: v.detach().clone() for k, v in loop.model.state_dict().items()})
 
 
-class EpochLog(Callback):
-    """At the start, one line naming the parameters refined with their learning rates and epochs; then one log line
-    per epoch: the loss, its terms, the constraints applied and the time."""
+def refined_parameters(model, kind: str, lr_scale: float, held: frozenset[str] = frozenset()) -> str:
+    """The parameters a run of solver ``kind`` refines, with their learning rates and epochs (the run log's
+    "refines" line); ``held``: parameters the run holds fixed whatever their schedule."""
+    parts = []
+    for name, p in model.named_parameters():
+        sched = model.schedules.get(name)
+        if sched is None or name in held or not p.requires_grad or sched.resolved_lr(name, kind) <= 0:
+            continue
+        end = "" if sched.end is None else f"–{sched.end}"
+        parts.append(f"{name} {sched.resolved_lr(name, kind) * lr_scale:g}"
+                     + (f" (epochs {sched.start}{end})" if sched.start > 1 or sched.end is not None else ""))
+    return f"{kind} refines: {', '.join(parts) or 'nothing'}"
 
-    def on_start(self, loop) -> None:
-        model, kind = loop.model, loop.run.optimizer
-        parts = []
-        for name, p in model.named_parameters():
-            sched = model.schedules.get(name)
-            if sched is None or not p.requires_grad or sched.resolved_lr(name, kind) <= 0:
-                continue
-            end = "" if sched.end is None else f"–{sched.end}"
-            parts.append(f"{name} {sched.resolved_lr(name, kind) * loop.run.lr_scale:g}"
-                         + (f" (epochs {sched.start}{end})" if sched.start > 1 or sched.end is not None else ""))
-        log.info("%s refines: %s", kind, ", ".join(parts) or "nothing")
+
+class EpochLog(Callback):
+    """One log line per epoch: the loss, its terms, the held-out loss, the constraints applied and the time (the
+    engine logs what the run refines before its first epoch: :func:`refined_parameters`)."""
 
     def on_epoch_end(self, loop) -> None:
         record, terms = loop.record, sorted(loop.terms)

@@ -46,6 +46,7 @@ from .callbacks import (  # noqa: F401  (the errors and PHYSICAL_LIMIT: the engi
     LogFile,
     NonFiniteLossError,
     ProgressBar,
+    refined_parameters,
 )
 from .checkpoint import load_checkpoint, reuse_optimizer_state, save_checkpoint  # noqa: F401  (engine API)
 from .constraints import Constraints, apply_constraints
@@ -56,6 +57,7 @@ from .precondition import ScanCurvature, resolve_batches
 from .prepared import PreparedData, prepared_data  # noqa: F401  (PreparedData: engine API)
 from .run_config import RunConfig
 from .run_state import RunState
+from .schedule import LOW_DOSE_COUNTS, phase_only
 from .step import BatchStep
 
 log = logging.getLogger("phasestem.recon")
@@ -132,6 +134,13 @@ def _epochs(loop: Loop, lbfgs_options: dict) -> Iterator[float]:
         if held is not None:  # positions kept out of the fit: their loss decides where the run ends
             callbacks.insert(1, HeldOutStop(held, bs))
             log.info("held out of the fit: %d of %d positions (run.holdout %s)", len(held), n, run.holdout)
+        fixed = frozenset()
+        if phase_only(losses.poisson > 0, data.counts, model.schedules["obj_amplitude"]):
+            fixed = frozenset({"obj_amplitude"})
+            log.info("low dose (%.4g counts per pattern ≤ %g, counted data): the object amplitude is held at its "
+                     "start (phase only); give model.learning_rates.obj_amplitude to refine it", data.counts,
+                     LOW_DOSE_COUNTS)
+        log.info("%s", refined_parameters(model, run.optimizer, run.lr_scale, fixed))
         resumed = getattr(model, "_resume_state", None)  # what load_checkpoint left for this call
         model._resume_state = None
         # decay window, divergence references and best state: carried on from a checkpoint, else new for this call
@@ -153,7 +162,7 @@ def _epochs(loop: Loop, lbfgs_options: dict) -> Iterator[float]:
                 if not p.requires_grad:
                     continue  # frozen by the user
                 sched = model.schedules.get(name)
-                if sched is not None and sched.active(epoch):
+                if sched is not None and sched.active(epoch) and name not in fixed:
                     active.append(name)
                 else:
                     p.requires_grad_(False)

@@ -15,8 +15,9 @@ them: counted data (a Poisson term in the loss) of at most 3e4 counts per patter
 Off by default: the held-out loss measures how well the model *predicts* unseen patterns, which is not the phase
 error. On the low-dose cases of ``benchmarks/independent`` (1e3 and 1e4 e⁻, 0.5 Å step, 96² windows) the kept
 state is within 0.0002 of the run's peak r, but on a 20 × 20 scan of 64² windows at 1e3 e⁻
-(``tests/test_recon_holdout.py``) the held-out loss is lowest after epoch 1 (of 12) while r still rises from 0.685
-to 0.785: the object takes up fine-scale noise that worsens the predicted patterns while the coarse phase improves.
+(``tests/test_recon_low_dose.py``, amplitude refined) the held-out loss is lowest after epoch 1 (of 12) while r
+still rises from 0.685 to 0.785: the object takes up fine-scale noise that worsens the predicted patterns while the
+coarse phase improves (both measured with the amplitude refined, before it was held at low dose by default).
 """
 from __future__ import annotations
 
@@ -28,11 +29,13 @@ import torch
 from .callbacks import Callback
 from .losses import total_loss
 from .prepared import PreparedData
+from .schedule import LOW_DOSE_COUNTS
 
 log = logging.getLogger("phasestem.recon")
 
-#: ``run.holdout: auto``: the fraction held out, the most counts per pattern and the fewest positions it applies to
-AUTO_FRACTION, AUTO_MAX_COUNTS, AUTO_MIN_POSITIONS = 0.05, 3e4, 400
+#: ``run.holdout: auto``: the fraction held out and the fewest positions it applies to (low dose:
+#: :data:`~phasestem.recon.schedule.LOW_DOSE_COUNTS`)
+AUTO_FRACTION, AUTO_MIN_POSITIONS = 0.05, 400
 
 
 def holdout_fraction(setting, losses, counts: float, n: int, world: int = 1) -> float:
@@ -41,7 +44,7 @@ def holdout_fraction(setting, losses, counts: float, n: int, world: int = 1) -> 
         return 0.0
     if setting == "auto":
         counted = losses.poisson > 0
-        return AUTO_FRACTION if counted and counts <= AUTO_MAX_COUNTS and n >= AUTO_MIN_POSITIONS else 0.0
+        return AUTO_FRACTION if counted and counts <= LOW_DOSE_COUNTS and n >= AUTO_MIN_POSITIONS else 0.0
     return float(setting)
 
 

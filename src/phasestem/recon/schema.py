@@ -167,7 +167,10 @@ class ModelConfig(StrictModel):
     random_phase: RandomPhase | None = Field(None, description="add seeded uniform noise to the start phase")
     initial_probe: InitialProbe | None = Field(None, description="start the probe from a file")
     learning_rates: dict[str, ScheduleConfig | float] = Field(
-        default_factory=dict, description=f"per-parameter lr or {{lr, start, end}}; keys: {', '.join(PARAM_NAMES)}")
+        default_factory=dict, description=f"per-parameter lr or {{lr, start, end}}; keys: {', '.join(PARAM_NAMES)}. "
+        "Left out: the solver's default, except obj_amplitude, held at 1 on counted data of at most 3e4 counts per "
+        "pattern, and tilt, refined only where the specimen is ≥ 10 nm at 0.2 Å pixels (see the run log's "
+        "'refines' line)")
 
     @field_validator("learning_rates")
     @classmethod

@@ -1,4 +1,5 @@
-"""The held-out stop (``run.holdout``, :mod:`phasestem.recon.holdout`): positions kept out of the fit tell when a
+"""Low dose: the object amplitude held at 1 by default (:func:`phasestem.recon.schedule.phase_only`) and the opt-in
+held-out stop (``run.holdout``, :mod:`phasestem.recon.holdout`): positions kept out of the fit tell when a
 low-dose reconstruction starts fitting noise, from the data alone.
 
 Data: the independent NumPy multislice (``benchmarks/independent/numpy_multislice.py``), a weak phase object at
@@ -19,6 +20,7 @@ from phasestem.dataset import FourDSTEM, angular_sampling_for  # noqa: E402
 from phasestem.recon import Ptychography  # noqa: E402
 from phasestem.recon.holdout import holdout_fraction, split_positions  # noqa: E402
 from phasestem.recon.losses import LossConfig  # noqa: E402
+from phasestem.recon.schedule import ParamSchedule, phase_only  # noqa: E402
 
 WINDOW, SAMPLING, ENERGY, SEMIANGLE, DEFOCUS, SCAN, STEP, DOSE = 64, 0.2, 300e3, 20.0, 80.0, (20, 20), 0.5, 1e3
 COUNTED = LossConfig(gaussian=0.5, poisson=0.5)
@@ -64,15 +66,35 @@ def test_the_split_is_seeded_disjoint_and_auto_holds_out_only_low_dose_counted_s
     assert holdout_fraction(0.1, gaussian, 1e9, 10) == 0.1
 
 
-def _run(ds, truth, epochs, **options):
+def _run(ds, truth, epochs, amplitude=None, **options):
     model = Ptychography.from_dataset(ds)
-    model.set_learning_rates(positions=0.0)
+    model.set_learning_rates(positions=0.0, obj_amplitude=amplitude)
     rs = []
     options = {"lr_decay": "cosine", **options}
     for _ in model.LSQ_optimize(epochs, ds, batch_size=32, losses=COUNTED, progress=False, precondition_batches=16,
                                 **options):
         rs.append(_pearson(model.phase_in_dataset_frame(truth.shape), truth))
     return model, rs, _pearson(model.phase_in_dataset_frame(truth.shape), truth)
+
+
+def test_low_dose_counted_data_hold_the_amplitude_unless_the_user_sets_its_rate():
+    assert phase_only(True, 1e3, ParamSchedule(None)) and phase_only(True, 3e4, ParamSchedule(None))
+    assert not phase_only(True, 1e5, ParamSchedule(None))  # enough counts to determine the amplitude
+    assert not phase_only(False, 1e3, ParamSchedule(None))  # not counted data
+    assert not phase_only(True, 1e3, ParamSchedule(0.1))  # the user's rate is kept
+
+
+def test_phase_only_at_1e3_counts_beats_refining_the_amplitude(low_dose, caplog):
+    """A pure phase object at 1e3 e⁻: with the amplitude refined (the solver's 0.1 step, set explicitly) it takes up
+    noise that leaks into the phase; the default holds it and ends closer to the truth."""
+    ds, truth = low_dose
+    with caplog.at_level(logging.INFO, logger="phasestem.recon"):
+        held, _, r_held = _run(ds, truth, 10)
+    assert "the object amplitude is held at its start" in caplog.text
+    assert "lsq refines: obj_phase 0.7, probe 0.2" in caplog.text
+    assert torch.equal(held.obj_amplitude.detach(), torch.ones_like(held.obj_amplitude))
+    _, _, r_refined = _run(ds, truth, 10, amplitude=0.1)
+    assert r_held > r_refined + 0.01, (r_held, r_refined)
 
 
 def test_the_run_stops_after_patience_epochs_and_ends_on_the_lowest_held_out_state(low_dose, caplog):
