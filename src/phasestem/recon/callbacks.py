@@ -26,6 +26,8 @@ import torch
 from ..errors import PhasestemError
 from ..runtime import log_to_file
 from .checkpoint import load_checkpoint, save_checkpoint
+from .optimizers import clear_moments
+from .run_state import snapshot
 
 log = logging.getLogger("phasestem.recon")
 
@@ -116,11 +118,8 @@ class DivergenceGuard(Callback):
             return False  # near-exact fits of noise-free data fluctuate by large factors far below the start
         best_epoch, params = state.best
         model.load_state_dict(params)
-        if loop.optimizer is not None and hasattr(loop.optimizer, "parts"):
-            for part in loop.optimizer.parts:  # moments of the run-away steps would push the same way again
-                part.state.clear()
-        elif loop.optimizer is not None:
-            loop.optimizer.state.clear()
+        if loop.optimizer is not None:  # moments of the run-away steps would push the same way again
+            clear_moments(loop.optimizer)
         state.backoffs += 1
         state.lr_backoff *= 0.5
         log.warning("the loss rose to %.4g in epoch %d, more than %g × its best %.4g (epoch %d): restored that "
@@ -153,7 +152,7 @@ class DivergenceGuard(Callback):
 
     def on_epoch_end(self, loop) -> None:
         if self.improved and loop.run.divergence_factor > 0:
-            loop.state.best = (loop.epoch, {k: v.detach().clone() for k, v in loop.model.state_dict().items()})
+            loop.state.best = (loop.epoch, snapshot(loop.model.state_dict()))
 
 
 def refined_parameters(model, kind: str, lr_scale: float, held: frozenset[str] = frozenset()) -> str:

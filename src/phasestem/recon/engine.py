@@ -56,7 +56,7 @@ from .optimizers import build_optimizer, decay_factor, rank_and_world, refuse_lb
 from .precondition import ScanCurvature, resolve_batches
 from .prepared import PreparedData, prepared_data  # noqa: F401  (PreparedData: engine API)
 from .run_config import RunConfig
-from .run_state import RunState
+from .run_state import RunState, snapshot
 from .schedule import LOW_DOSE_COUNTS, phase_only
 from .step import BatchStep
 
@@ -188,7 +188,7 @@ def _epochs(loop: Loop, lbfgs_options: dict) -> Iterator[float]:
                 for group in opt.param_groups:
                     group["lr"] = (model.schedules[group["name"]].resolved_lr(group["name"], run.optimizer)
                                    * run.lr_scale * decay * state.lr_backoff)
-            loop.snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            loop.snapshot = snapshot(model.state_dict())
             mean_loss, first_loss, sums, n_batches = _epoch(loop, step, opt, data, bs, owner, mine,
                                                             precondition_batches, None if held is None else train)
             loop.mean_loss = mean_loss

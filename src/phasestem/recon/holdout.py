@@ -29,6 +29,7 @@ import torch
 from .callbacks import Callback
 from .losses import total_loss
 from .prepared import PreparedData
+from .run_state import snapshot
 from .schedule import LOW_DOSE_COUNTS
 
 log = logging.getLogger("phasestem.recon")
@@ -88,7 +89,7 @@ class HeldOutStop(Callback):
         loop.record["heldout"] = value
         if math.isfinite(value) and value < state.holdout_best_loss:
             state.holdout_best_loss = value
-            state.holdout_best = (loop.epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
+            state.holdout_best = (loop.epoch, snapshot(model.state_dict()))
             state.holdout_waited = 0
         else:
             state.holdout_waited += 1

@@ -37,6 +37,12 @@ class Composite:
             opt.load_state_dict(st)
 
 
+def clear_moments(opt) -> None:
+    """Forget the optimiser's per-parameter state (Adam's moments, SGD's momentum), of either part of ``lsq``."""
+    for part in getattr(opt, "parts", [opt]):
+        part.state.clear()
+
+
 def build_optimizer(kind: str, model, names: list[str], lr_scale: float, momentum: float, lbfgs_options: dict):
     """The ``kind`` solver (lsq, adam, sgd, lbfgs) over the parameters ``names``, one group per parameter at its
     schedule's learning rate × ``lr_scale``."""

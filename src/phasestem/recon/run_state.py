@@ -21,6 +21,28 @@ import torch
 FORMAT = 1
 
 
+def snapshot(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A detached copy of a model's (or a kept) state dict: what a best or held-out epoch keeps."""
+    return {k: v.detach().clone() for k, v in state_dict.items()}
+
+
+def _pack(kept: tuple[int, dict] | None, model, out: dict, name: str) -> None:
+    """Store a kept (epoch, state) as ``NAME_epoch`` (−1: none) and ``NAME_params`` (only when it is not the model's
+    current epoch, whose state the checkpoint holds anyway)."""
+    out[f"{name}_epoch"] = -1 if kept is None else int(kept[0])
+    if kept is not None and kept[0] != model.epoch:
+        out[f"{name}_params"] = snapshot(kept[1])
+
+
+def _unpack(entry: dict, model, name: str) -> tuple[int, dict] | None:
+    """The (epoch, state) :func:`_pack` stored, for ``model`` restored from the same checkpoint."""
+    epoch = int(entry.get(f"{name}_epoch", -1))
+    if epoch < 0:
+        return None
+    params = entry.get(f"{name}_params")
+    return epoch, (params if params is not None else snapshot(model.state_dict()))
+
+
 @dataclass
 class RunState:
     """``decay_start``: the first epoch (1-based) of the learning-rate decay's window (it ends with the call's
@@ -55,18 +77,13 @@ class RunState:
     def to_checkpoint(self, model) -> dict:
         """The checkpoint's ``"run"`` entry after the model's current epoch. The best state is stored only when
         it is not the model's own current state."""
-        best_epoch = -1 if self.best is None else int(self.best[0])
         out = {"format": FORMAT, "decay_start": int(self.decay_start),
                "start_loss": None if self.start_loss is None else float(self.start_loss),
-               "best_loss": float(self.best_loss), "best_epoch": best_epoch,
-               "optimizer_names": list(self.optimizer_names), "lr_backoff": float(self.lr_backoff),
-               "backoffs": int(self.backoffs), "holdout_best_loss": float(self.holdout_best_loss),
-               "holdout_waited": int(self.holdout_waited),
-               "holdout_best_epoch": -1 if self.holdout_best is None else int(self.holdout_best[0])}
-        if self.best is not None and best_epoch != model.epoch:
-            out["best_params"] = {k: v.detach().clone() for k, v in self.best[1].items()}
-        if self.holdout_best is not None and self.holdout_best[0] != model.epoch:
-            out["holdout_best_params"] = {k: v.detach().clone() for k, v in self.holdout_best[1].items()}
+               "best_loss": float(self.best_loss), "optimizer_names": list(self.optimizer_names),
+               "lr_backoff": float(self.lr_backoff), "backoffs": int(self.backoffs),
+               "holdout_best_loss": float(self.holdout_best_loss), "holdout_waited": int(self.holdout_waited)}
+        _pack(self.best, model, out, "best")
+        _pack(self.holdout_best, model, out, "holdout_best")
         return out
 
     @classmethod
@@ -77,23 +94,11 @@ class RunState:
             state = cls.new(model)
             state.decay_start = 1
             return state
-        best = None
-        epoch = int(entry.get("best_epoch", -1))
-        if epoch >= 0:
-            params = entry.get("best_params")
-            if params is None:  # the best epoch is the checkpoint's own
-                params = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            best = (epoch, params)
         start = entry.get("start_loss")
-        held_epoch = int(entry.get("holdout_best_epoch", -1))
-        held = None
-        if held_epoch >= 0:
-            params = entry.get("holdout_best_params")
-            held = (held_epoch, params if params is not None else
-                    {k: v.detach().clone() for k, v in model.state_dict().items()})
         return cls(decay_start=int(entry["decay_start"]), start_loss=None if start is None else float(start),
-                   best_loss=float(entry["best_loss"]), best=best,
+                   best_loss=float(entry["best_loss"]), best=_unpack(entry, model, "best"),
                    optimizer_names=[str(n) for n in entry.get("optimizer_names", [])],
                    lr_backoff=float(entry.get("lr_backoff", 1.0)), backoffs=int(entry.get("backoffs", 0)),
-                   holdout_best_loss=float(entry.get("holdout_best_loss", math.inf)), holdout_best=held,
+                   holdout_best_loss=float(entry.get("holdout_best_loss", math.inf)),
+                   holdout_best=_unpack(entry, model, "holdout_best"),
                    holdout_waited=int(entry.get("holdout_waited", 0)))
