@@ -20,7 +20,7 @@ pytest.importorskip("uvicorn", reason="phasestem serve needs the serve extra (st
 selenium = pytest.importorskip("selenium", reason="the browser test drives Chromium through Selenium (dev extra)")
 
 from selenium import webdriver  # noqa: E402
-from selenium.common.exceptions import TimeoutException  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -64,12 +64,15 @@ def browser(tmp_path_factory):
 
 def wait(driver, condition, timeout: float = 60, message: str = ""):
     try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: condition(d), message)
+        waiter = WebDriverWait(driver, timeout, poll_frequency=0.1,  # a table redrawn while it is read: look again
+                               ignored_exceptions=(StaleElementReferenceException,))
+        return waiter.until(lambda d: condition(d), message)
     except TimeoutException:  # say what the page said
         errors = "; ".join(e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE")
         banner = driver.execute_script("return (document.getElementById('error') || {}).textContent")
+        shown = driver.execute_script("return JSON.stringify(document.body.dataset)")
         raise TimeoutException(f"{message} after {timeout} s at {driver.current_url} (page errors: {errors or 'none'}"
-                               f"; error banner: {banner or 'none'})") from None
+                               f"; error banner: {banner or 'none'}; body data: {shown})") from None
 
 
 def screenshot(driver, folder: Path, name: str) -> None:
@@ -97,6 +100,12 @@ def fetch_json(driver, path: str) -> dict:
 
 def state_of(driver) -> str:
     return driver.find_element(By.ID, "run-state").text
+
+
+def on_run_page(driver, job_id: int) -> None:
+    """Wait until the page drawn is job ``job_id``'s run page (the address changes before the page is drawn)."""
+    wait(driver, lambda d: d.execute_script("return document.body.dataset.ready") == "run"
+         and d.find_element(By.TAG_NAME, "h2").text.split(" ")[:2] == ["Run", str(job_id)], 30, f"run page {job_id}")
 
 
 def test_the_workspace_in_a_browser(workspace, browser, tmp_path):
@@ -190,6 +199,7 @@ def test_the_workspace_in_a_browser(workspace, browser, tmp_path):
     d.find_element(By.ID, "job-submit").click()
     wait(d, lambda d: d.execute_script("return document.body.dataset.ready") == "run", 30)
     second = int(d.current_url.rsplit("/", 1)[-1])
+    on_run_page(d, second)
     wait(d, lambda d: state_of(d) in ("queued", "running"), 30)
     d.find_element(By.ID, "run-cancel").click()
     wait(d, lambda d: state_of(d) == "cancelled", 60)
@@ -202,14 +212,19 @@ def test_the_workspace_in_a_browser(workspace, browser, tmp_path):
     d.find_element(By.ID, "rerun").click()
     wait(d, lambda d: d.current_url.rsplit("/", 1)[-1] not in (str(first), "jobs"), 30)
     third = int(d.current_url.rsplit("/", 1)[-1])
+    on_run_page(d, third)  # not the first run's page, still drawn while the third's loads
     wait(d, lambda d: state_of(d) == "done", 180, "the re-run")
 
     # ---- the job list, then compare the two finished runs
     open_page(d, "jobs")
-    wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#jobs-table tr[data-job]")) == 4)
-    states = {int(r.get_attribute("data-job")): r.find_elements(By.TAG_NAME, "td")[3].text
-              for r in d.find_elements(By.CSS_SELECTOR, "#jobs-table tr[data-job]")}
-    assert states == {calibration: "done", first: "done", second: "cancelled", third: "done"}
+    def states(d):
+        return {int(r.get_attribute("data-job")): r.find_elements(By.TAG_NAME, "td")[3].text
+                for r in d.find_elements(By.CSS_SELECTOR, "#jobs-table tr[data-job]")}
+
+    expected = {calibration: "done", first: "done", second: "cancelled", third: "done"}
+    with contextlib.suppress(TimeoutException):  # a push is at most a watch period old
+        wait(d, lambda d: states(d) == expected, 10)
+    assert states(d) == expected
     screenshot(d, tmp_path, "jobs")
     for job_id in (first, third):
         d.find_element(By.CSS_SELECTOR, f'#jobs-table tr[data-job="{job_id}"] .compare-box').click()

@@ -4,6 +4,8 @@
 const view = document.getElementById("view");
 let info = { devices: ["cpu"] };
 let closers = [];  // push channels of the current page, closed when the page changes
+let routeSeq = 0;  // counts page changes: a page whose request returns after the next page began is dropped
+class Superseded extends Error {}
 
 // ---- helpers ---------------------------------------------------------------------------------------------------
 function el(tag, attrs = {}, ...children) {
@@ -21,8 +23,10 @@ function showError(msg) {
   box.hidden = !msg;
 }
 async function api(path, opts = {}) {
+  const seq = routeSeq;
   const res = await fetch(path, Object.assign({ credentials: "same-origin" }, opts));
   const data = await res.json().catch(() => ({ error: res.statusText }));
+  if (seq !== routeSeq) throw new Superseded(path);  // the user moved on: this page must not draw over the next
   if (!res.ok) { showError(data.error || res.statusText); throw new Error(data.error || res.statusText); }
   return data;
 }
@@ -353,6 +357,7 @@ async function comparePage() {
 // ---- router ----------------------------------------------------------------------------------------------------
 const PAGES = { files: filesPage, dataset: datasetPage, calibrate: calibratePage, jobs: jobsPage, compare: comparePage, params: paramsPage };
 async function route() {
+  const seq = ++routeSeq;
   for (const close of closers) close();
   closers = [];
   showError("");
@@ -363,8 +368,11 @@ async function route() {
   try {
     if (name === "run") await runPage(arg);
     else await (PAGES[name] || filesPage)();
-  } catch (e) { showError(e.message); }
-  document.body.dataset.ready = name;
+  } catch (e) {
+    if (e instanceof Superseded) return;
+    showError(e.message);
+  }
+  if (seq === routeSeq) document.body.dataset.ready = name;
 }
 window.addEventListener("hashchange", route);
 (async () => {
