@@ -117,6 +117,33 @@ def test_vacuum_data_is_refused_not_guessed():
     assert isinstance(info.value, PhasestemError)
 
 
+def test_a_given_rotation_calibrates_data_too_weak_to_fit_it(abtem_data, monkeypatch):
+    """Low-dose data whose CoM cannot give the rotation: a rotation known from elsewhere is taken as it is and the
+    parallax fits the defocus, with its sign, at it; data with no contrast at all still calibrate (no defocus)."""
+    import phasestem.calibrate.pipeline as pipeline
+
+    truth = abtem_data["truth"]
+    monkeypatch.setattr(pipeline, "MAX_CURL_RATIO", 0.0)  # the CoM declared unusable, as at low dose
+    ds = load_for_calibration(abtem_data["file"], abtem_scan.ENERGY, abtem_scan.STEP)
+    cal = calibrate(ds, semiangle=abtem_scan.SEMIANGLE, rotation=truth["rotation"], transpose=True)
+    assert cal.rotation_source == "given" and cal.rotation == pytest.approx(truth["rotation"] % 360)
+    assert cal.transpose is True and "rotation" not in cal.undetermined
+    assert abs(cal.aberrations["C10"] - truth["C10"]) < 20, cal.summary()
+    assert any("as given" in n for n in cal.notes)
+    # the branch is the given rotation's: 180° off, the same data give the defocus of the other sign
+    flipped = calibrate(ds, semiangle=abtem_scan.SEMIANGLE, rotation=truth["rotation"] + 180, transpose=True)
+    assert abs(flipped.aberrations["C10"] + truth["C10"]) < 20, flipped.summary()
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:48, 0:48]
+    disk = ((yy - 24) ** 2 + (xx - 24) ** 2 < 12**2) * 30.0
+    from phasestem.dataset import FourDSTEM
+
+    vacuum = FourDSTEM(rng.poisson(np.broadcast_to(disk, (12, 12, 48, 48))).astype(np.float32), 300e3, (0.5, 0.5))
+    cal = calibrate(vacuum, semiangle=20.0, rotation=12.0)
+    assert cal.rotation == pytest.approx(12.0) and cal.transpose is False and not cal.aberrations
+
+
 def _phasestem_scan(aberrations: dict, seed: int = 1):
     """16 × 16 scan of a random 'atoms' phase object made by phasestem's own forward model (Poisson counts)."""
     import torch

@@ -215,3 +215,51 @@ def settings_tiny(dose: float, sweep: list[float] | None = None) -> dict:
     if sweep:
         data["expected"]["sweep"] = {"dose.electrons_per_area": sweep}
     return data
+
+
+def test_data_too_weak_to_calibrate_the_rotation_are_planned_with_it_given(tmp_path, monkeypatch, one_torch_thread):
+    """Where --auto's calibration finds no specimen contrast (here: a focused probe, so no parallax, and the CoM
+    declared unusable, as at low dose), the plan says so in one line and reconstructs with the rotation given, as
+    a user would (--rotation, calibrated at higher dose); its result is finite."""
+    import phasestem.calibrate.pipeline as pipeline
+    from phasestem.calibrate import NoContrastError, calibrate, load_for_calibration
+
+    monkeypatch.setattr(pipeline, "MAX_CURL_RATIO", 0.0)
+    data = settings_tiny(dose=1e5)
+    data["optics"]["aberrations"] = {"C10": 0.0}
+    data["expected"]["scan_shape"] = [9, 9]
+    report = plan(data, out=tmp_path / "p")
+    with pytest.raises(NoContrastError):  # what --auto alone meets on this field
+        calibrate(load_for_calibration(tmp_path / "p" / "expected" / "scan.npy", 300e3, 0.8), semiangle=20.0)
+    lines = [line for line in report.text.splitlines() if "cannot calibrate the scan rotation" in line]
+    assert len(lines) == 1 and lines[0].startswith("warning:") and "--rotation" in lines[0], report.text
+    assert np.isfinite(report.expected.phase_error) and "auto_failed" not in report.expected.extra
+    record = json.loads((tmp_path / "p" / "expected" / "recon" / "calibration" / "calibration.json").read_text())
+    assert record["rotation_source"] == "given"
+
+
+def test_a_partially_coherent_source_and_a_distorted_scan_are_simulated_when_asked(tmp_path):
+    """source_size, position_error and drift reach the simulated field (other patterns, the nominal raster kept as
+    the truth's positions; the field drifts by as many Å a row as the acquisition) and the plan's text names
+    them."""
+    from phasestem.plan.expected import simulate_field, simulation_config
+
+    clean = plan_config(settings_tiny(dose=1e5))
+    data = settings_tiny(dose=1e5)
+    data["optics"]["source_size"] = 0.6
+    data["scan"].update(position_error=0.3, drift=[4.0, 0.0])
+    rough = plan_config(data)
+    a, b = simulate_field(clean, tmp_path / "a"), simulate_field(rough, tmp_path / "b")
+    np.testing.assert_allclose(a["truth_positions"] - a["truth_positions"][0],
+                               b["truth_positions"] - b["truth_positions"][0], atol=1e-9)
+    sim, _ = simulation_config(rough, (7, 7))
+    assert sim.optics.source_size == 0.6 and sim.scan.position_error == 0.3
+    assert sim.scan.drift == pytest.approx((4.0 * 7 / 32, 0.0))
+    # the cell leaves room for the wandering probe: 3 σ and the drift on each side
+    assert sim.grid.extent[0] >= simulation_config(clean, (7, 7))[0].grid.extent[0] + 2 * (0.875 + 0.9) - 1e-9
+    assert np.abs(np.load(a["file"]).astype(float) - np.load(b["file"])).mean() > 0.1 * np.load(a["file"]).mean()
+    from phasestem.plan import _imperfections
+
+    assert _imperfections(rough) == (", with a source of 0.6 Å FWHM, position errors of 0.3 Å, a drift of (4, 0) Å "
+                                     "over the acquisition")
+    assert _imperfections(clean) == ""

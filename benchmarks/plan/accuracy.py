@@ -112,7 +112,7 @@ def run_case(name: str, work: Path, scan: int) -> dict:
     angular = wavelength(ENERGY) / (CELL * REPEAT) * 1e3  # mrad per pixel: λ / box
     cfg = plan_config(plan_settings(cells, dose, scan, angular))
     t0 = time.perf_counter()
-    reconstruct_auto(folder / "scan.npy", folder / "full", cfg, edge_threshold=ABTEM_EDGE)
+    _, calibration = reconstruct_auto(folder / "scan.npy", folder / "full", cfg, edge_threshold=ABTEM_EDGE)
     full = score_full(folder, sim, PIXEL)
     t_full = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -122,7 +122,9 @@ def run_case(name: str, work: Path, scan: int) -> dict:
     row = {"case": name, "thickness": cells * CELL, "dose": dose, "full_scan": scan, "plan_field": list(e.scan_shape),
            "plan_phase_error": e.phase_error, "full_phase_error": full["phase_error"],
            "plan_frc": e.frc_resolution, "full_frc": full["frc_resolution"],
-           "abtem_s": t_sim, "full_auto_s": t_full, "plan_s": t_plan, "load": os.getloadavg()[0]}
+           "abtem_s": t_sim, "full_auto_s": t_full, "plan_s": t_plan, "load": os.getloadavg()[0],
+           "full_undetermined": dict(calibration.undetermined), "plan_undetermined": e.extra.get("undetermined", {}),
+           "plan_notes": e.extra.get("notes", [])}
     row["phase_error_ratio"] = row["plan_phase_error"] / row["full_phase_error"]
     row["frc_ratio"] = row["plan_frc"] / row["full_frc"]
     print(json.dumps(row), flush=True)

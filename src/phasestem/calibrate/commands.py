@@ -40,6 +40,10 @@ def add_calibration_choices(p) -> None:
     p.add_argument("--c10-sign", type=float, default=None, metavar="C10",
                    help="a C10 (Å, = −defocus; C10 > 0 over-focus, docs/conventions.md) of the right sign, if known: "
                         "fixes θ vs θ + 180° through the parallax (the wrong one inverts the phase)")
+    p.add_argument("--rotation", type=float, default=None, metavar="DEG",
+                   help="the scan rotation in degrees, if known from another calibration (a standard, a thicker area "
+                        "of the session): the data's fit is skipped, only the defocus is fitted at it; for low-dose "
+                        "data whose centre-of-mass field is too weak to calibrate (transpose: --transpose, else no)")
     p.add_argument("--edge-threshold", type=float, default=0.5,
                    help="disk edge as a fraction of the disk level (0.5 real apertures; 0.25 simulations with a soft "
                         "amplitude edge, e.g. abTEM's default or phasestem simulate)")
@@ -47,7 +51,7 @@ def add_calibration_choices(p) -> None:
 
 def calibration_choices(args) -> dict[str, Any]:
     """:func:`add_calibration_choices`' options as keyword arguments of :func:`phasestem.calibrate.calibrate`."""
-    return {"c10_sign": args.c10_sign, "edge_threshold": args.edge_threshold}
+    return {"c10_sign": args.c10_sign, "edge_threshold": args.edge_threshold, "rotation": args.rotation}
 
 
 def reader_options(args) -> dict[str, Any]:

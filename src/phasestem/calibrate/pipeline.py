@@ -41,7 +41,7 @@ class Calibration:
     rotation: float  # degrees (phasestem's scan.rotation)
     transpose: bool
     aberrations: dict[str, float]
-    rotation_source: str  # 'parallax' or 'centre of mass'
+    rotation_source: str  # 'parallax', 'centre of mass', 'given' or 'undetermined'
     bad_pixels: BadPixels
     disk: DiskFit
     com: RotationFit
@@ -220,7 +220,8 @@ def _branch_from_skewness(pfit: ParallaxFit, con, weights, step, energy: float, 
 
 def calibrate(dataset, semiangle: float | None = None, angular_sampling: float | None = None,
               transpose: bool | None = None, parallax: bool = True, c10_range: float | None = None,
-              edge_threshold: float = 0.5, c10_sign: float | None = None) -> Calibration:
+              edge_threshold: float = 0.5, c10_sign: float | None = None,
+              rotation: float | None = None) -> Calibration:
     """Calibrate a :class:`phasestem.dataset.FourDSTEM` (energy and scan step known) from its patterns.
 
     Give ``semiangle`` (mrad) to get the angular sampling from the disk radius, or
@@ -230,6 +231,9 @@ def calibrate(dataset, semiangle: float | None = None, angular_sampling: float |
     half-intensity edge of a real aperture; 0.25 for simulations with a soft amplitude edge).
     ``c10_sign`` (any number of the right sign, e.g. the microscope's C10 = −defocus in Å) decides
     θ vs θ + 180° through the fitted defocus instead of the dark-field rule, when the parallax is used.
+    ``rotation`` (degrees), when known from another calibration, is taken as it is (with ``transpose``, else no
+    transpose): the centre-of-mass fit is kept for the record only and the parallax fits the defocus at it, so
+    data too weak to calibrate the rotation (low dose) still calibrate.
     """
     if (semiangle is None) == (angular_sampling is None):
         raise ConfigError("calibrate: give exactly one of semiangle (mrad) or angular_sampling (mrad/px)")
@@ -250,7 +254,8 @@ def calibrate(dataset, semiangle: float | None = None, angular_sampling: float |
     centres = disk.plane_at(dataset.scan_shape)
     com, dark = com_field(dataset, centres, plan, dark_radius=1.15 * disk.radius)
     step = dataset.scan_step
-    options = [False, True] if transpose is None else [bool(transpose)]
+    given = rotation is not None
+    options = [False, True] if transpose is None and not given else [bool(transpose)]
     fits = {t: fit_rotation(com, step, dark, transpose=t, strict=False) for t in options}
     best = min(fits, key=lambda t: fits[t].curl_ratio[t])
     ratio = fits[best].curl_ratio[best]
@@ -262,7 +267,8 @@ def calibrate(dataset, semiangle: float | None = None, angular_sampling: float |
     elif parallax:
         con, weights, k_file = _group_contrast(dataset, plan, centres, disk.radius)
         pfits = {t: fit_parallax(con, weights, k_file[:, ::-1] if t else k_file, dk,
-                                 fits[t].rotation if com_ok else None, step, c10_range, energy=dataset.energy)
+                                 rotation if given else fits[t].rotation if com_ok else None, step, c10_range,
+                                 energy=dataset.energy)
                  for t in fits}
         usable = {t: p for t, p in pfits.items() if p.determinant > 0 and p.max_shift >= 1.0
                   and p.residual < 0.3 * p.max_shift and p.coherence >= MIN_COHERENCE}
@@ -273,27 +279,35 @@ def calibrate(dataset, semiangle: float | None = None, angular_sampling: float |
                 notes.append(f"transpose {chosen} from the parallax (det +1, residual {pfit.residual:.2f} px); the "
                              f"CoM curl preferred {best} ({fits[best].curl_ratio[best]:.2f} vs "
                              f"{fits[chosen].curl_ratio[chosen]:.2f})")
-            if not com_ok:
+            if not com_ok and not given:
                 _branch_from_dark_field(pfit, com, chosen, step, dark, notes, ratio)
         else:
             p = pfits[best]
             notes.append(f"parallax not used: largest shift {p.max_shift:.2f} scan px, residual {p.residual:.2f} px, "
                          f"det {p.determinant:+.0f}, aligned images agree to r = {p.coherence:.2f} (< {MIN_COHERENCE}: "
                          "focused data or too little contrast); no defocus fitted")
-    if not com_ok and pfit is None and not small:
+    if not com_ok and pfit is None and not small and not given:
         raise NoContrastError(
             f"no specimen contrast: the centre-of-mass field is nearly as curled as it is divergent at every rotation "
             f"(relative curl {ratio:.2f} > {MAX_CURL_RATIO}) and the bright-field parallax gives no shift map; "
             "vacuum-only data, or too few counts to calibrate the rotation")
-    if pfit is not None:
+    if pfit is not None and not given:  # a given rotation is its own branch: the fit's C10 sign follows from it
         _branch_from_skewness(pfit, con, weights, step, dataset.energy, float(semiangle), fits[chosen], notes)
-    if c10_sign and pfit is not None and np.sign(pfit.C10) != np.sign(c10_sign):
+    if c10_sign and pfit is not None and given and np.sign(pfit.C10) != np.sign(c10_sign):
+        notes.append(f"the defocus fitted at the given rotation, C10 = {pfit.C10:.0f} Å, has not the sign given "
+                     f"({c10_sign:+g}): is the rotation 180° off?")
+    elif c10_sign and pfit is not None and np.sign(pfit.C10) != np.sign(c10_sign):
         pfit.flip_branch()
         notes.append(f"θ + 180° taken so that C10 has the sign given ({c10_sign:+g}); the data's branch rules "
                      "chose the other")
     rot = fits[chosen]
-    rotation = pfit.rotation if pfit is not None else rot.rotation
-    why = None if pfit is not None else rot.undetermined(dataset.scan_shape)
+    if given:
+        source = "given"
+        notes.append(f"rotation {rotation:.2f}° as given (the centre-of-mass fit, kept for the record: "
+                     f"{rot.rotation:.2f}°, relative curl {ratio:.2f})")
+    else:
+        rotation = pfit.rotation if pfit is not None else rot.rotation
+    why = None if pfit is not None or given else rot.undetermined(dataset.scan_shape)
     if why:  # the defaults stay: rotation 0°, transpose as given or False
         undetermined["rotation"] = why
         rotation, source = 0.0, "undetermined"

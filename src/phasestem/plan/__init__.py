@@ -73,9 +73,15 @@ def _expected(report: PlanReport, folder: Path, lines: list[str]) -> None:
     e = expected_result(cfg, folder / "expected")
     report.expected = e
     report.files["expected_figure"] = e.figure
-    lines.append(f"expected (a {e.scan_shape[0]} × {e.scan_shape[1]} field simulated at these settings, reconstructed "
-                 f"as --auto would, {e.seconds:.0f} s): E_φ = {e.phase_error:.3f}, FRC resolution "
-                 f"{e.frc_resolution:.3g} Å (pixel {e.pixel:.3g} Å); figure {e.figure or 'none'}")
+    lines.append(f"expected (a {e.scan_shape[0]} × {e.scan_shape[1]} field simulated at these settings"
+                 f"{_imperfections(cfg)}, reconstructed as --auto would, {e.seconds:.0f} s): E_φ = "
+                 f"{e.phase_error:.3f}, FRC resolution {e.frc_resolution:.3g} Å (pixel {e.pixel:.3g} Å); figure "
+                 f"{e.figure or 'none'}")
+    lines += [f"warning: {n}" for n in e.extra.get("notes", [])]
+    for name, why in e.extra.get("undetermined", {}).items():
+        lines.append(f"warning: --auto could not calibrate {name} from data of this dose and field ({why}) and "
+                     "kept its default, the simulation's: the result expected here holds only with it given (e.g. "
+                     "from a calibration at higher dose)")
     if "auto_failed" in e.extra:
         lines.append(f"warning: --auto failed on the simulated field: {e.extra['auto_failed']}")
     elif not math.isfinite(e.phase_error):
@@ -106,6 +112,18 @@ def _expected(report: PlanReport, folder: Path, lines: list[str]) -> None:
     with atomic_file(folder / "plan.json", field="--out") as tmp:
         tmp.write_text(json.dumps(report.to_dict(), indent=1, default=float))
     report.files["json"] = str(folder / "plan.json")
+
+
+def _imperfections(cfg: PlanConfig) -> str:
+    """``, with a source of 0.6 Å FWHM, position errors of 0.3 Å, a drift of (2, 0) Å`` (what was asked for)."""
+    parts = []
+    if cfg.optics.source_size:
+        parts.append(f"a source of {cfg.optics.source_size:g} Å FWHM")
+    if cfg.scan.position_error:
+        parts.append(f"position errors of {cfg.scan.position_error:g} Å")
+    if any(cfg.scan.drift):
+        parts.append(f"a drift of ({cfg.scan.drift[0]:g}, {cfg.scan.drift[1]:g}) Å over the acquisition")
+    return ", with " + ", ".join(parts) if parts else ""
 
 
 def _planned(cfg: PlanConfig, dotted: str) -> float:

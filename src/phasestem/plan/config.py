@@ -18,6 +18,11 @@ SWEEPABLE = ("scan.step", "dose.electrons_per_area", "optics.aberrations.C10", "
 class PlanScan(CheckedModel):
     step: float = Field(..., gt=0, description="Scan step in Å (the same along both axes).")
     shape: tuple[int, int] = Field((128, 128), description="Scan positions (rows, cols) of the full acquisition.")
+    position_error: float = Field(0.0, ge=0, description="Expected scan distortion: random error of each position, "
+                                  "standard deviation in Å (each axis); the expected result is simulated with it.")
+    drift: tuple[float, float] = Field((0.0, 0.0), description="Expected specimen drift (y, x) in Å over the whole "
+                                       "acquisition; the simulated field drifts as its rows would (the same Å per "
+                                       "scan row).")
 
     @field_validator("shape")
     @classmethod

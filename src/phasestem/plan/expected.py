@@ -81,7 +81,9 @@ def simulation_config(cfg: PlanConfig, shape: tuple[int, int]):
     n, dtheta = cfg.detector.shape, cfg.detector.mrad_per_pixel()
     window = wavelength(cfg.optics.energy) / (dtheta * 1e-3)
     r, _, _ = probe_radius(cfg.optics.energy, cfg.optics.semiangle, cfg.optics.aberrations)
-    span = (max(shape) - 1) * cfg.scan.step + 2 * r
+    drift = [v * shape[0] / cfg.scan.shape[0] for v in cfg.scan.drift]  # the field drifts by as many Å a row
+    wander = max(abs(v) for v in drift) + 3 * cfg.scan.position_error  # where a distorted probe may go
+    span = (max(shape) - 1) * cfg.scan.step + 2 * r + 2 * wander
     f = max(1, int(math.ceil(span / window)))
     f += 1 - f % 2  # odd: the zero frequency stays on the central detector pixel
     extent = f * window
@@ -96,7 +98,8 @@ def simulation_config(cfg: PlanConfig, shape: tuple[int, int]):
     sim = SimulationConfig.model_validate({
         "optics": cfg.optics.model_dump(),
         "grid": {"extent": (extent, extent), "sim_gpts": (2 * f * n, 2 * f * n), "phase_gpts": (f * n, f * n)},
-        "scan": {"shape": shape, "step": (d, d), "origin": origin},
+        "scan": {"shape": shape, "step": (d, d), "origin": origin, "position_error": cfg.scan.position_error,
+                 "drift": tuple(drift)},
         "detector": {"shape": (n, n), "max_angle": n * dtheta / 2, "dose": compute(cfg).dose},
         "specimen": specimen, "output": {"n_files": 1, "samples_per_file": 1},
         "compute": {"seed": cfg.expected.seed, "device": cfg.expected.device},
@@ -147,29 +150,42 @@ def score(results_file: str | Path, truth: np.ndarray, truth_sampling: float, tr
             "reconstruction": phase[fov], "truth": t[fov], "sampling": s}
 
 
-def reconstruct_auto(file: Path, folder: Path, cfg: PlanConfig, **calibrate_options) -> Path:
+def reconstruct_auto(file: Path, folder: Path, cfg: PlanConfig, **calibrate_options):
     """``phasestem reconstruct FILE --auto`` with the planned energy, semi-angle and step (what a user tells it)
     and the sign of the planned defocus (``c10_sign``: the microscopist knows it; from the patterns of a thin
-    object alone θ and θ + 180° are undecidable, and the wrong one inverts the phase); returns ``results.h5``."""
+    object alone θ and θ + 180° are undecidable, and the wrong one inverts the phase); returns ``results.h5`` and
+    the :class:`phasestem.calibrate.pipeline.Calibration` --auto used."""
     from ..recon.auto import run_auto
 
     d = cfg.scan.step
     c10 = cfg.optics.aberrations.get("C10", 0.0)
-    run_auto(file, folder, energy=cfg.optics.energy, semiangle=cfg.optics.semiangle, scan_step=(d, d),
-             epochs=cfg.reconstruction.epochs, device=cfg.expected.device, c10_sign=c10 or None, **calibrate_options)
-    return folder / "results.h5"
+    _, calibration, _ = run_auto(file, folder, energy=cfg.optics.energy, semiangle=cfg.optics.semiangle,
+                                 scan_step=(d, d), epochs=cfg.reconstruction.epochs, device=cfg.expected.device,
+                                 c10_sign=c10 or None, **calibrate_options)
+    return folder / "results.h5", calibration
+
 
 
 def expected_result(cfg: PlanConfig, folder: str | Path, figure: bool = True) -> Expected:
     """Simulate, reconstruct (--auto) and score the planned acquisition on a small field, in ``folder``
     (``scan.npy``, ``recon/``, ``expected.png``)."""
+    from ..calibrate.rotation import NoContrastError
+
     folder = Path(folder)
     t0 = time.perf_counter()
     sim = simulate_field(cfg, folder)
     t_sim = time.perf_counter() - t0
+    failed, calibration, notes = None, None, []
     try:
-        results = reconstruct_auto(sim["file"], folder / "recon", cfg)
-        failed = None
+        try:
+            results, calibration = reconstruct_auto(sim["file"], folder / "recon", cfg)
+        except NoContrastError as exc:  # too few counts to fit the rotation: what a user does then is give it
+            notes.append(f"--auto cannot calibrate the scan rotation from data of this dose ({str(exc).split(':')[0]}"
+                         "): calibrate it on a thicker area or a standard at higher dose and give it (--rotation); "
+                         "the expected result is with it given")
+            log.warning(notes[-1])
+            results, calibration = reconstruct_auto(sim["file"], folder / "recon", cfg, rotation=0.0,
+                                                    transpose=False)  # the simulated field's geometry
     except PhasestemError as exc:  # e.g. too little signal to calibrate: what --auto would say on such data
         failed = str(exc).splitlines()[0]
         log.warning("--auto failed on the simulated field: %s", failed)
@@ -182,6 +198,10 @@ def expected_result(cfg: PlanConfig, folder: str | Path, figure: bool = True) ->
                    scan_shape=tuple(sim["shape"]), seconds=seconds, pixel=sim["pixel"], folder=str(folder),
                    extra={"simulation_seconds": t_sim, "auto_seconds": t_auto,
                           "full_auto_seconds_here": t_auto * math.prod(cfg.scan.shape) / math.prod(sim["shape"])})
+    if notes:
+        out.extra["notes"] = notes
+    if calibration is not None and calibration.undetermined:
+        out.extra["undetermined"] = dict(calibration.undetermined)
     if failed is not None:
         out.extra["auto_failed"] = failed
         return out

@@ -42,6 +42,13 @@ class Optics(CheckedModel):
         "soft", description="Condenser aperture edge: 'soft' rolls the amplitude off over one reciprocal pixel of "
         "the simulation grid (intensity 1/4 at the semi-angle: calibrate with --edge-threshold 0.25), 'hard' cuts "
         "it (intensity 1/2 at the semi-angle once binned onto the detector, as a real aperture).")
+    source_size: float = Field(
+        0.0, ge=0, description="Effective source size, FWHM in Å, of a partially coherent probe: each pattern is the "
+        "incoherent sum over source_modes orthogonal probe modes of a Gaussian source (0: a coherent probe).")
+    source_modes: int | None = Field(
+        None, ge=1, le=49, description="Probe modes summed for source_size > 0, the largest of the source's "
+        "decomposition (null: as many as hold 99.5 % of its intensity; at 20 mrad a 0.8 Å source needs 16 and their "
+        "patterns are within 20 % of the exact average's change, 49 are exact).")
 
 
 
@@ -70,6 +77,12 @@ class Scan(CheckedModel):
     shape: tuple[int, int] = Field((50, 50), description="Scan positions (rows, cols).")
     step: tuple[float, float] = Field((2.0, 2.0), description="Scan step (y, x) in Å.")
     origin: tuple[float, float] = Field((0.0, 0.0), description="Position of the first probe (y, x) in Å.")
+    position_error: float = Field(
+        0.0, ge=0, description="Scan distortion: standard deviation in Å (each axis) of a random error of every "
+        "probe position. The patterns are simulated where the probe was; the data carry the nominal raster.")
+    drift: tuple[float, float] = Field(
+        (0.0, 0.0), description="Scan distortion: linear specimen drift (y, x) in Å over the whole scan, growing "
+        "with the acquisition order (row-major).")
 
     _positive = field_validator("shape", "step")(_positive_pair)
 

@@ -12,7 +12,14 @@ from tqdm.auto import tqdm
 from .. import specimen as spec
 from ..detector import bin_pixels, bin_window, centre_window, sum_bins
 from ..errors import ConfigError
-from ..optics import antialias_mask, band_limit_mrad, interaction_constant, make_probe, wavelength
+from ..optics import (
+    antialias_mask,
+    band_limit_mrad,
+    interaction_constant,
+    make_probe,
+    partial_coherence_modes,
+    wavelength,
+)
 from ..physics.fourier import add_squared_modulus, fft2, ifft2
 from ..physics.multislice import multislice, propagator, shifted_probes
 from ..physics.noise import electrons_per_pattern, poisson_counts
@@ -178,6 +185,37 @@ def make_atoms(cfg: SimulationConfig, rng: np.random.Generator, thickness: float
     raise ConfigError(f"specimen.kind: unknown kind {s.kind!r}")
 
 
+#: intensity the source's probe modes hold when their number is not given (:func:`source_modes`)
+SOURCE_POWER = 0.995
+#: shifted copies of the probe the source is decomposed from (optics.partial_coherence_modes' 7 × 7 samples)
+SOURCE_SAMPLES = 49
+
+
+def source_modes(probe: torch.Tensor, sampling, source_size: float, n_modes: int | None):
+    """The probe modes (M, N, N) of a Gaussian source of FWHM ``source_size`` Å, Σ|ψ|² = 1, and their occupancies:
+    ``n_modes`` of them, or (None) as many as hold :data:`SOURCE_POWER` of the intensity."""
+    modes, occupancy = partial_coherence_modes(probe.cpu(), sampling, source_size, n_modes or SOURCE_SAMPLES)
+    if n_modes is None:
+        keep = int(np.searchsorted(np.cumsum(occupancy.numpy()), SOURCE_POWER)) + 1
+        modes, occupancy = modes[:keep], occupancy[:keep]
+        modes = modes / occupancy.sum().sqrt()
+        occupancy = occupancy / occupancy.sum()
+    return modes.to(probe.device), occupancy
+
+
+def distorted_positions(scan, rng: np.random.Generator) -> np.ndarray:
+    """Where the probe was (Sy·Sx, 2) Å, row-major: the nominal raster of the config's ``scan`` plus its linear
+    ``drift`` (0 at the first position, the whole drift at the last) and Gaussian errors of σ ``position_error``
+    (drawn from ``rng`` only when non-zero, so a scan without them draws nothing)."""
+    positions = scan_positions(scan.shape, scan.step, scan.origin)
+    n = len(positions)
+    if any(scan.drift):
+        positions = positions + np.linspace(0.0, 1.0, n)[:, None] * np.asarray(scan.drift, np.float64)
+    if scan.position_error:
+        positions = positions + rng.normal(0.0, scan.position_error, positions.shape)
+    return positions
+
+
 def simulate_sample(cfg: SimulationConfig, index: int, progress: bool = False) -> dict:
     """Simulate sample ``index``: a reproducible function of (cfg.compute.seed, index) alone.
 
@@ -214,8 +252,13 @@ def simulate_sample(cfg: SimulationConfig, index: int, progress: bool = False) -
         pots = torch.stack(confs)  # (P, S, N, N)
     probe = make_probe(g.sim_gpts, sampling, o.energy, o.semiangle, o.aberrations, soft=o.aperture_edge == "soft",
                        device=device, on_band_limit=o.on_band_limit)
+    if o.source_size > 0:  # partially coherent: the incoherent sum over the source's largest modes
+        probe, occupancy = source_modes(probe, sampling, o.source_size, o.source_modes)
+        attrs["source_size"], attrs["source_mode_occupancy"] = o.source_size, occupancy.tolist()
     det = DetectorGeometry.make(g.sim_gpts, sampling, o.energy, cfg.detector.shape, cfg.detector.max_angle)
-    positions = GridScan(cfg.scan.shape, cfg.scan.step, origin=cfg.scan.origin).positions()
+    positions = distorted_positions(cfg.scan, rng)
+    if cfg.scan.position_error or any(cfg.scan.drift):
+        attrs["position_error"], attrs["drift"] = cfg.scan.position_error, list(cfg.scan.drift)
     patterns = simulate_patterns(transmission_slices(pots, o.energy, sampling), probe, positions, sampling, o.energy,
                                  dz, det, cfg.compute.batch, progress)
     patterns = patterns.numpy().reshape(*cfg.scan.shape, *cfg.detector.shape)
@@ -225,6 +268,7 @@ def simulate_sample(cfg: SimulationConfig, index: int, progress: bool = False) -
         attrs["electrons_per_pattern"] = electrons
     potential = spec.bin_image(pots.sum(1).mean(0).cpu(), g.phase_gpts).numpy().astype(np.float32)
     return {
+        "positions": positions,
         "patterns": patterns.astype(np.float32),
         "potential": potential,
         "phase": (potential * interaction_constant(o.energy)).astype(np.float32),
