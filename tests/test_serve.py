@@ -182,6 +182,28 @@ def test_cancel_stops_a_running_job(server):
     assert snap["object_phase"].ndim == 2 and snap["probe"].ndim == 2 and np.iscomplexobj(snap["probe"])
 
 
+def test_a_plan_runs_as_a_job_and_its_figures_are_served(server):
+    """``phasestem plan`` from the jobs page: its text in the job's log, its figure and plan.json in the run folder,
+    a changed setting (--set) reaching the plan."""
+    import yaml
+
+    tiny = {"optics": {"energy": 300e3, "semiangle": 20.0, "aberrations": {"C10": 60.0}},
+            "scan": {"step": 0.8, "shape": [32, 32]}, "detector": {"shape": 32, "angular_sampling": 2.0},
+            "dose": {"electrons_per_area": 1e5}, "specimen": {"thickness": 6.0}, "reconstruction": {"epochs": 3},
+            "expected": {"scan_shape": [7, 7], "simulation_slice": 6.0}}
+    (server.root / "configs" / "plan.yaml").write_text(yaml.safe_dump(tiny))
+    status, job = server.request("/api/jobs", "POST", body={"command": "plan", "config": "configs/plan.yaml",
+                                                            "set": ["scan.step=0.7"], "name": "plan"})
+    assert status == 200, job
+    job = server.wait_job(job["id"], timeout=240)
+    log = (server.root / job["run_dir"] / "job.log").read_text()
+    assert job["state"] == "done", log
+    assert "overlap: real space" in log and "expected (a 7 × 7 field" in log and "0.7 Å step" in log
+    status, png = server.request(f"/api/file?path={job['run_dir']}/expected/expected.png")
+    assert status == 200 and png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (server.root / job["run_dir"] / "plan.json").exists()
+
+
 def test_loopback_and_the_warning_for_other_addresses():
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost") and is_loopback("127.0.0.2")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5") and not is_loopback("gpu-box")

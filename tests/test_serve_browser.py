@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 pytest.importorskip("starlette", reason="phasestem serve needs the serve extra (starlette, uvicorn)")
 pytest.importorskip("uvicorn", reason="phasestem serve needs the serve extra (starlette, uvicorn)")
@@ -24,7 +25,7 @@ from selenium.common.exceptions import StaleElementReferenceException, TimeoutEx
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 from serve_workspace import Server, make_workspace  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -234,3 +235,22 @@ def test_the_workspace_in_a_browser(workspace, browser, tmp_path):
     assert "run.n_epochs" in diff and "run.lr_scale" in diff
     assert len(d.find_elements(By.CSS_SELECTOR, "#compare-loss polyline")) == 2
     screenshot(d, tmp_path, "compare")
+
+    # ---- plan a session: its text in the log, its figure on the page
+    plan_settings = {"optics": {"energy": 300e3, "semiangle": 20.0, "aberrations": {"C10": 60.0}},
+                     "scan": {"step": 0.8, "shape": [32, 32]}, "detector": {"shape": 32, "angular_sampling": 2.0},
+                     "dose": {"electrons_per_area": 1e5}, "specimen": {"thickness": 6.0},
+                     "reconstruction": {"epochs": 3}, "expected": {"scan_shape": [7, 7], "simulation_slice": 6.0}}
+    (workspace.root / "configs" / "plan.yaml").write_text(yaml.safe_dump(plan_settings))
+    open_page(d, "jobs")
+    Select(d.find_element(By.ID, "job-command")).select_by_value("plan")
+    d.find_element(By.ID, "job-config").send_keys("configs/plan.yaml")
+    d.find_element(By.ID, "job-submit").click()
+    wait(d, lambda d: d.execute_script("return document.body.dataset.ready") == "run", 30)
+    planned = int(d.current_url.rsplit("/", 1)[-1])
+    on_run_page(d, planned)
+    wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, "#plan-figures img.plan-figure"), 240, "the plan's figure")
+    img = d.find_element(By.CSS_SELECTOR, "#plan-figures img.plan-figure")
+    wait(d, lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img) > 200, 30)
+    assert "expected (a 7 × 7 field" in d.find_element(By.ID, "run-log").text
+    screenshot(d, tmp_path, "plan")

@@ -137,6 +137,10 @@ def build_job(root: Path, store: JobStore, spec: dict[str, Any]) -> Job:
             argv += ["--device", device]
             if processes > 1 and params.run.n_processes > 1:
                 raise Refused("processes > 1 and run.n_processes > 1: choose one way to start processes", 400)
+    elif command == "plan":  # the expected result's figures and plan.json go to the run folder
+        argv = ["phasestem", "plan", rel_config, "--out", rel_run, "--device", device]
+        for key, value in overrides.items():
+            argv += ["--set", f"{_text(key, 'set key', 200)}={_yaml_value(value)}"]
     elif command == "train":
         network = spec.get("network")
         if not isinstance(network, str) or not NETWORK_NAME.match(network):

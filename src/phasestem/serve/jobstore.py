@@ -16,7 +16,7 @@ from .security import Refused
 log = logging.getLogger("phasestem.serve")
 
 #: the commands a job may run
-COMMANDS = ("calibrate", "reconstruct", "simulate", "train", "tune")
+COMMANDS = ("calibrate", "reconstruct", "simulate", "train", "tune", "plan")
 #: options the job sets itself (its run folder); refused among a job's extra arguments
 RESERVED = ("--out", "--out-dir", "--resume", "--restart", "--dump-config")
 #: job states; a job ends in one of :data:`FINAL`

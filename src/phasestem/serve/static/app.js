@@ -245,7 +245,7 @@ function jobRow(j, selected) {
 function newJobForm(prefill = {}) {
   const sel = (id, options, value) => el("select", { id }, options.map((o) => el("option", { value: o, selected: o === value }, o)));
   const card = el("div", { class: "card", id: "new-job" }, el("h3", {}, "New job"),
-    el("label", {}, "command ", sel("job-command", ["reconstruct", "tune", "train", "simulate", "calibrate"], prefill.command || "reconstruct")),
+    el("label", {}, "command ", sel("job-command", ["reconstruct", "tune", "train", "simulate", "calibrate", "plan"], prefill.command || "reconstruct")),
     el("label", {}, "parameter file ", el("input", { type: "text", id: "job-config", value: prefill.config || "", size: 40 })),
     el("label", {}, "network (train) ", el("input", { type: "text", id: "job-network", value: prefill.network || "", size: 10 })),
     el("label", {}, "device ", sel("job-device", info.devices, prefill.device || info.devices[0])),
@@ -277,6 +277,19 @@ async function jobsPage() {
   });
 }
 
+// ---- a plan's figures (phasestem plan --out RUN: RUN/expected/expected.png, RUN/sweep.png) ----------------------
+async function showPlanFigures(runDir, container) {
+  const listed = async (folder) => {
+    try { return (await api(`/api/files?path=${encodeURIComponent(folder)}`)).entries.map((e) => e.path); }
+    catch (e) { showError(""); return []; }  // no sweep, or no expected result: nothing to show there
+  };
+  const present = [...await listed(runDir), ...await listed(`${runDir}/expected`)];
+  const figures = [[`${runDir}/expected/expected.png`, "expected result"], [`${runDir}/sweep.png`, "sweep"]];
+  container.replaceChildren(...figures.filter(([p]) => present.includes(p)).map(([p, title]) =>
+    el("div", { class: "card" }, el("h3", {}, title),
+      el("img", { class: "plan-figure", src: `/api/file?path=${encodeURIComponent(p)}`, alt: title }))));
+}
+
 // ---- live run ----------------------------------------------------------------------------------------------------
 async function runPage(jobId) {
   const job = await api(`/api/jobs/${jobId}`);
@@ -306,8 +319,11 @@ async function runPage(jobId) {
         const j = await postJSON("/api/jobs", spec);
         go(`#/run/${j.id}`);
       } }, "Re-run")));
+  const planFigures = el("div", { class: "row", id: "plan-figures" });
+  if (job.command === "plan") view.insertBefore(planFigures, document.getElementById("run-log").previousSibling);
   push(`/api/jobs/${jobId}/events`, (d) => {
     if (d.error) { showError(d.error); return; }
+    if (job.command === "plan" && d.final && d.state === "done") showPlanFigures(job.run_dir, planFigures);
     document.getElementById("run-state").textContent = d.state + (d.state === "failed" && d.returncode ? ` (exit ${d.returncode})` : "");
     document.getElementById("run-elapsed").textContent = fmtTime(d.elapsed_s);
     const logBox = document.getElementById("run-log");
