@@ -199,6 +199,11 @@ def test_expected_result_runs_and_follows_the_dose(tmp_path, one_torch_thread):
     assert e.phase_error < 0.8, e  # measured 0.62 (7 × 7 positions, 3 epochs)
     assert (tmp_path / e.folder / "expected.png").stat().st_size > 10_000
     assert "expected (a 7 × 7 field" in high.text and "--auto failed" not in high.text
+    # a 7 × 7 field is too small for the parallax and the CoM: one line for the defocus, one for the geometry
+    warned = [line for line in high.text.splitlines() if line.startswith("warning: --auto could not")]
+    assert len(warned) == 2, high.text
+    assert "the defocus" in warned[0] and "starts from C10 = 0 Å, not the planned 60 Å" in warned[0]
+    assert "the rotation and transpose" in warned[1] and "8 × 8 positions" in warned[1]
     assert np.isnan(low.expected.phase_error) and "no bright-field disk" in low.expected.extra["auto_failed"]
     assert sum("warning: --auto failed on the simulated field: no bright-field disk" in line
                for line in low.text.splitlines()) == 1, low.text

@@ -78,10 +78,16 @@ def _expected(report: PlanReport, folder: Path, lines: list[str]) -> None:
                  f"{e.phase_error:.3f}, FRC resolution {e.frc_resolution:.3g} Å (pixel {e.pixel:.3g} Å); figure "
                  f"{e.figure or 'none'}")
     lines += [f"warning: {n}" for n in e.extra.get("notes", [])]
-    for name, why in e.extra.get("undetermined", {}).items():
-        lines.append(f"warning: --auto could not calibrate {name} from data of this dose and field ({why}) and "
-                     "kept its default, the simulation's: the result expected here holds only with it given (e.g. "
-                     "from a calibration at higher dose)")
+    undetermined = dict(e.extra.get("undetermined", {}))
+    if "C10" in undetermined:
+        lines.append(f"warning: --auto could not measure the defocus from data of this dose and field "
+                     f"({undetermined.pop('C10')}): it starts from C10 = 0 Å, not the planned "
+                     f"{cfg.optics.aberrations.get('C10', 0.0):g} Å, and the expected result is what that gives")
+    for why in dict.fromkeys(undetermined.values()):  # rotation and transpose, usually for one reason
+        names = " and ".join(k for k, v in undetermined.items() if v == why)
+        lines.append(f"warning: --auto could not calibrate the {names} from data of this dose and field ({why}) and "
+                     "kept the defaults, the simulation's: the result expected here holds only with them given "
+                     "(e.g. from a calibration at higher dose)")
     if "auto_failed" in e.extra:
         lines.append(f"warning: --auto failed on the simulated field: {e.extra['auto_failed']}")
     elif not math.isfinite(e.phase_error):

@@ -200,8 +200,14 @@ def expected_result(cfg: PlanConfig, folder: str | Path, figure: bool = True) ->
                           "full_auto_seconds_here": t_auto * math.prod(cfg.scan.shape) / math.prod(sim["shape"])})
     if notes:
         out.extra["notes"] = notes
-    if calibration is not None and calibration.undetermined:
-        out.extra["undetermined"] = dict(calibration.undetermined)
+    if calibration is not None:
+        undetermined = dict(calibration.undetermined)
+        planned = cfg.optics.aberrations.get("C10", 0.0)
+        if planned and "C10" not in calibration.aberrations:  # --auto then starts from a focused probe
+            undetermined.setdefault("C10", next((n for n in calibration.notes if n.startswith("parallax not used")),
+                                                "no defocus fitted"))
+        if undetermined:
+            out.extra["undetermined"] = undetermined
     if failed is not None:
         out.extra["auto_failed"] = failed
         return out
