@@ -36,6 +36,7 @@ def test_auto_reaches_the_truth_and_a_wrong_rotation_is_clearly_worse(tmp_path_f
     assert rc == 0, capsys.readouterr().err
     params = load_params(out / "params.yaml")  # the calibrated, reproducible parameter file
     assert params.model.initial_phase is not None and (out / "init_ssb.npy").exists()
+    assert "positions" not in params.model.learning_rates  # 3e4 counts a pattern: too few to move them
     assert (out / "calibration" / "calibration.png").exists()
     positions = scan_positions(params.scan, params.scan.shape)
     r_auto = _central_r(out / "results.h5", positions, data["truth"])

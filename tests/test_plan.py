@@ -199,6 +199,10 @@ def test_expected_result_runs_and_follows_the_dose(tmp_path, one_torch_thread):
     assert e.phase_error < 0.8, e  # measured 0.62 (7 × 7 positions, 3 epochs)
     assert (tmp_path / e.folder / "expected.png").stat().st_size > 10_000
     assert "expected (a 7 × 7 field" in high.text and "--auto failed" not in high.text
+    from phasestem.recon.params import load_params
+
+    rates = load_params(tmp_path / "high" / "expected" / "recon" / "params.yaml").model.learning_rates
+    assert rates["positions"].lr == 0.03 and rates["positions"].start == 3  # 6.4e4 counts a pattern: refined
     # a 7 × 7 field is too small for the parallax and the CoM: one line for the defocus, one for the geometry
     warned = [line for line in high.text.splitlines() if line.startswith("warning: --auto could not")]
     assert len(warned) == 2, high.text

@@ -21,6 +21,10 @@ def main() -> None:
     ap.add_argument("--tilt-lr", type=float, default=None,
                     help="specimen tilt's learning rate in mrad per step (default: the engine's, refined on thick "
                          "specimens only; 0 freezes it)")
+    ap.add_argument("--positions-lr", type=float, default=0.0,
+                    help="refine the scan positions: Å per Adam step (default 0: the exact positions the peers are "
+                         "given stay fixed)")
+    ap.add_argument("--positions-start", type=int, default=3, help="first epoch of --positions-lr (default 3)")
     ap.add_argument("--holdout", default=None,
                     help="run.holdout: fraction of positions held out to stop on their lowest loss, or auto "
                          "(default: the engine's, off); a stopped run's last history entry is the state it kept")
@@ -54,7 +58,7 @@ def main() -> None:
     # nominal probe from the optics (never the true one); positions exact → frozen
     model = Ptychography.from_dataset(ds, n_slices=c["n_slices"], slice_thickness=c["dz"],
                                       n_probe_modes=c["n_modes"]).to(args.device)
-    rates = {"positions": 0.0}
+    rates = {"positions": {"lr": args.positions_lr, "start": args.positions_start} if args.positions_lr else 0.0}
     if args.tilt_lr is not None:
         rates["tilt"] = args.tilt_lr
     if args.lr is not None:
