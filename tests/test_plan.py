@@ -201,8 +201,10 @@ def test_expected_result_runs_and_follows_the_dose(tmp_path, one_torch_thread):
     assert "expected (a 7 × 7 field" in high.text and "--auto failed" not in high.text
     from phasestem.recon.params import load_params
 
-    rates = load_params(tmp_path / "high" / "expected" / "recon" / "params.yaml").model.learning_rates
+    recon = load_params(tmp_path / "high" / "expected" / "recon" / "params.yaml")
+    rates = recon.model.learning_rates
     assert rates["positions"].lr == 0.03 and rates["positions"].start == 3  # 6.4e4 counts a pattern: refined
+    assert recon.constraints.position_affine.enabled  # their affine part removed
     # a 7 × 7 field is too small for the parallax and the CoM: one line for the defocus, one for the geometry
     warned = [line for line in high.text.splitlines() if line.startswith("warning: --auto could not")]
     assert len(warned) == 2, high.text

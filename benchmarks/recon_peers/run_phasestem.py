@@ -25,6 +25,8 @@ def main() -> None:
                     help="refine the scan positions: Å per Adam step (default 0: the exact positions the peers are "
                          "given stay fixed)")
     ap.add_argument("--positions-start", type=int, default=3, help="first epoch of --positions-lr (default 3)")
+    ap.add_argument("--positions-affine", action="store_true",
+                    help="with --positions-lr: remove the affine part of the corrections each epoch (--auto does)")
     ap.add_argument("--holdout", default=None,
                     help="run.holdout: fraction of positions held out to stop on their lowest loss, or auto "
                          "(default: the engine's, off); a stopped run's last history entry is the state it kept")
@@ -64,7 +66,7 @@ def main() -> None:
     if args.lr is not None:
         rates.update(obj_phase=args.lr, obj_amplitude=args.lr, probe=args.lr)
     model.set_learning_rates(**rates)
-    cons = Constraints(ortho_probe={"enabled": c["n_modes"] > 1})
+    cons = Constraints(ortho_probe={"enabled": c["n_modes"] > 1}, position_affine={"enabled": args.positions_affine})
     times, cpu_times, history = [], [], []
     c0 = cpu0 = time.process_time()
     t0 = time.perf_counter()

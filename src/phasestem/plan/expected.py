@@ -165,7 +165,6 @@ def reconstruct_auto(file: Path, folder: Path, cfg: PlanConfig, **calibrate_opti
     return folder / "results.h5", calibration
 
 
-
 def expected_result(cfg: PlanConfig, folder: str | Path, figure: bool = True) -> Expected:
     """Simulate, reconstruct (--auto) and score the planned acquisition on a small field, in ``folder``
     (``scan.npy``, ``recon/``, ``expected.png``)."""

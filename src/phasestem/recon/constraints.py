@@ -15,6 +15,7 @@ name                   effect
 ``rz_filter``          real-space Gaussian depth blur over slices, ``sigma`` Å (no wrap-around)
 ``tilt_smooth``        Gaussian smoothing of per-position tilts, ``sigma`` Å over the scan
 ``position_limit``     clamp position corrections to ``max_shift`` Å from the start positions
+``position_affine``    remove the affine part (shift, scale, rotation, shear) of the position corrections
 ``tv``                 total-variation denoising of phase and/or amplitude: ``n_iter`` steps of size
                        ``weight`` down the gradient of Σ√(|∇x|² + ε²) (per slice, lateral)
 ``obj_ramp``           move the object's phase ramp over the scanned area into the probe as a tilt
@@ -133,6 +134,10 @@ class Constraints(StrictModel):
     rz_filter: RzFilter = Field(default_factory=RzFilter, description="r_z real-space Gaussian depth filter")
     tilt_smooth: TiltSmooth = Field(default_factory=TiltSmooth, description="tilt smoothing")
     position_limit: PositionLimit = Field(default_factory=PositionLimit, description="position-shift limits")
+    position_affine: Schedule = Field(default_factory=Schedule, description="remove the affine part (shift, scale, "
+                                      "rotation, shear) of the position corrections: the data cannot tell it from "
+                                      "a warp of the object or a calibration error, and it takes up model mismatch; "
+                                      "the local errors stay. On with --auto's position refinement")
     tv: TotalVariation = Field(default_factory=TotalVariation, description="total-variation regularisation")
     obj_ramp: ObjRamp = Field(default_factory=ObjRamp, description="move the object's phase ramp over the scanned "
                               "area into the probe as a tilt (same intensities: the data cannot tell them apart). "
@@ -278,6 +283,15 @@ def smooth_tilt(model, sigma_angstrom: float) -> None:
     model.tilt.data.copy_((w @ model.tilt.data) / w.sum(1, keepdim=True))
 
 
+def remove_affine_corrections(model) -> None:
+    """Subtract from the position corrections d = p − p₀ (N, 2) their least-squares affine fit A·p₀ + b."""
+    p0 = model.initial_positions.double()
+    d = (model.positions.data - model.initial_positions).double()
+    design = torch.cat([p0 - p0.mean(0), torch.ones_like(p0[:, :1])], 1)  # (N, 3)
+    coef = torch.linalg.lstsq(design, d).solution
+    model.positions.data.copy_(model.initial_positions + (d - design @ coef).to(model.positions.dtype))
+
+
 def limit_positions(model, max_shift: float) -> None:
     """Clamp each position correction (vector length) to ``max_shift`` Å."""
     d = model.positions.data - model.initial_positions
@@ -368,6 +382,9 @@ def apply_constraints(model, c: Constraints, epoch: int) -> list[str]:
         if c.tilt_smooth.due(epoch):
             smooth_tilt(model, c.tilt_smooth.sigma)
             done.append("tilt_smooth")
+        if c.position_affine.due(epoch):
+            remove_affine_corrections(model)
+            done.append("position_affine")
         if c.position_limit.due(epoch):
             limit_positions(model, c.position_limit.max_shift)
             done.append("position_limit")

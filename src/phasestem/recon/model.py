@@ -24,7 +24,7 @@ name               shape                   meaning
 
 Each parameter has a :class:`~phasestem.recon.schedule.ParamSchedule` in ``model.schedules`` (learning rate,
 first and last epoch; object and probe rates ``None``: the solver's default; the others off) — change them with
-``model.set_learning_rates(positions={"lr": 1e-2, "start": 5}, probe=0.3)``. CDTools' tutorial calls work as
+``model.set_learning_rates(positions={"lr": 0.03, "start": 3}, probe=0.3)``. CDTools' tutorial calls work as
 written (``from_dataset(dataset, oversampling=2, probe_support_radius=90)``, ``translation_offsets``,
 ``inspect(dataset)`` in the epoch loop, ``save_results(dataset)`` as a dict). Intensities are in normalised units
 (the engine divides the measured patterns by their mean total count; the probe has Σ|ψ|² = 1). Model patterns come
@@ -343,8 +343,9 @@ class Ptychography(nn.Module):
         return self._optimize("adam", n_epochs, dataset, batch_size=batch_size, **options)
 
     def LSQ_optimize(self, n_epochs: int, dataset, batch_size: int = 32, **options):
-        """Illumination-preconditioned least-squares steps for object and probe (Adam for positions, tilt,
-        thickness, weights); learning rates of object and probe are fractions of a Gauss–Newton step
+        """Illumination-preconditioned least-squares steps for object and probe (Adam for tilt, thickness and
+        weights; :class:`~phasestem.recon.optimizers.RowAdam` for positions: a position steps when its pattern is in
+        the batch); learning rates of object and probe are fractions of a Gauss–Newton step
         (:mod:`phasestem.recon.precondition`). Same options as :meth:`Adam_optimize`."""
         return self._optimize("lsq", n_epochs, dataset, batch_size=batch_size, **options)
 

@@ -37,6 +37,44 @@ class Composite:
             opt.load_state_dict(st)
 
 
+#: parameters with one row per scan position: stepped by :class:`RowAdam`
+PER_POSITION = ("positions",)
+
+
+class RowAdam(torch.optim.Optimizer):
+    """Adam for a parameter with one row per scan position (N, …): a row moves, and its moments and step count
+    advance, only in the steps where it has a gradient (its position is in the mini-batch). Plain Adam's momentum
+    carries every row along on every mini-batch of the epoch, whether or not its pattern was seen."""
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            b1, b2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                rows = g.reshape(g.shape[0], -1).ne(0).any(1)
+                if not bool(rows.any()):
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
+                    state["steps"] = torch.zeros(p.shape[0], dtype=p.dtype, device=p.device)
+                m, v, t = state["exp_avg"], state["exp_avg_sq"], state["steps"]
+                t[rows] += 1
+                m[rows] = b1 * m[rows] + (1 - b1) * g[rows]
+                v[rows] = b2 * v[rows] + (1 - b2) * g[rows] ** 2
+                shape = (-1,) + (1,) * (p.dim() - 1)
+                m_hat = m[rows] / (1 - b1 ** t[rows]).view(shape)
+                v_hat = v[rows] / (1 - b2 ** t[rows]).view(shape)
+                p[rows] -= group["lr"] * m_hat / (v_hat.sqrt() + group["eps"])
+        return None
+
+
 def clear_moments(opt) -> None:
     """Forget the optimiser's per-parameter state (Adam's moments, SGD's momentum), of either part of ``lsq``."""
     for part in getattr(opt, "parts", [opt]):
@@ -52,17 +90,18 @@ def build_optimizer(kind: str, model, names: list[str], lr_scale: float, momentu
         return [{"params": [params[n]], "lr": model.schedules[n].resolved_lr(n, kind) * lr_scale, "name": n}
                 for n in subset]
 
-    if kind == "adam":
-        return torch.optim.Adam(groups(names))
-    if kind == "sgd":
-        return torch.optim.SGD(groups(names), momentum=momentum)
-    if kind == "lsq":
-        scaled = [n for n in names if n in PRECONDITIONED]
-        rest = [n for n in names if n not in PRECONDITIONED]
+    rows = [n for n in names if n in PER_POSITION]
+    if kind in ("adam", "lsq"):  # per-position parameters: a position moves when its pattern is in the batch
+        scaled = [n for n in names if n in PRECONDITIONED] if kind == "lsq" else []
+        rest = [n for n in names if n not in scaled and n not in rows]
         parts = [torch.optim.SGD(groups(scaled), momentum=0.0)] if scaled else []
         if rest:
             parts.append(torch.optim.Adam(groups(rest)))
-        return Composite(parts)
+        if rows:
+            parts.append(RowAdam(groups(rows)))
+        return parts[0] if kind == "adam" and len(parts) == 1 else Composite(parts)
+    if kind == "sgd":
+        return torch.optim.SGD(groups(names), momentum=momentum)
     if kind == "lbfgs":
         opts = {"lr": 1.0, "max_iter": 4, "history_size": 10, "line_search_fn": "strong_wolfe"}
         opts.update(lbfgs_options)

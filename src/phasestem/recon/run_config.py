@@ -18,7 +18,7 @@ class RunConfig(StrictModel):
 
     optimizer: Literal["lsq", "adam", "sgd", "lbfgs"] = Field(
         "lsq", description="lsq: illumination-preconditioned least-squares steps for object and probe (Adam for "
-        "positions, tilt, thickness); or adam, sgd, lbfgs")
+        "tilt and thickness, a per-position Adam for positions); or adam, sgd, lbfgs")
     precondition_reg: float = Field(0.1, gt=0, le=10, description="lsq: relative floor of the curvature (dim pixels "
                                     "step at most 1/reg of a bright pixel's step)")
     precondition_batches: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(

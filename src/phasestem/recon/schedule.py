@@ -10,7 +10,8 @@ DEFAULT_SCHEDULES = {
     "obj_amplitude": (None, 1),
     "obj_phase": (None, 1),
     "probe": (None, 1),
-    "positions": (0.0, 1),  # off by default: enable with set_learning_rates(positions={"lr": 1e-2, "start": 5})
+    "positions": (0.0, 1),  # off by default: set_learning_rates(positions={"lr": 0.03, "start": 3}), Å per step a
+    # position takes when its pattern is in the mini-batch (optimizers.RowAdam: about once an epoch)
     "tilt": (None, 1),  # the solver's default where the specimen is thick enough (:func:`tilt_matters`), else 0
     "slice_thickness": (0.0, 1),
     "obj_weights": (0.0, 1),
@@ -24,7 +25,7 @@ SOLVER_DEFAULTS = {
     "sgd": {"obj_amplitude": 3e-3, "obj_phase": 3e-3, "probe": 3e-3},
     "lbfgs": {"obj_amplitude": 1.0, "obj_phase": 1.0, "probe": 1.0},
     "lsq": {"obj_amplitude": 0.1, "obj_phase": 0.7, "probe": 0.2,  # amplitude: see recon.precondition
-            "tilt": 0.1},  # mrad per Adam step (lsq steps tilt, positions, … with Adam)
+            "tilt": 0.1},  # mrad per Adam step (lsq steps tilt, … with Adam, positions with RowAdam)
 }
 
 

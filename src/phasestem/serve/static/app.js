@@ -281,7 +281,7 @@ async function jobsPage() {
 async function showPlanFigures(runDir, container) {
   const listed = async (folder) => {
     try { return (await api(`/api/files?path=${encodeURIComponent(folder)}`)).entries.map((e) => e.path); }
-    catch (e) { showError(""); return []; }  // no sweep, or no expected result: nothing to show there
+    catch (e) { if (!(e instanceof Superseded)) showError(""); return []; }  // no such folder: nothing to show
   };
   const present = [...await listed(runDir), ...await listed(`${runDir}/expected`)];
   const figures = [[`${runDir}/expected/expected.png`, "expected result"], [`${runDir}/sweep.png`, "sweep"]];
