@@ -6,21 +6,16 @@ Data: the independent NumPy multislice (``benchmarks/independent/numpy_multislic
 1e3 e⁻ per pattern (Poisson), 20 × 20 positions at 0.5 Å.
 """
 import logging
-import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from numpy_cases import numpy_scan
+from numpy_cases import pearson as _pearson
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "independent"))
-from numpy_multislice import atom_phase, raster, simulate_patterns  # noqa: E402
-
-from phasestem.dataset import FourDSTEM, angular_sampling_for  # noqa: E402
-from phasestem.recon import Ptychography  # noqa: E402
-from phasestem.recon.holdout import holdout_fraction, split_positions  # noqa: E402
-from phasestem.recon.losses import LossConfig  # noqa: E402
-from phasestem.recon.schedule import ParamSchedule, phase_only  # noqa: E402
+from phasestem.recon import Ptychography
+from phasestem.recon.holdout import holdout_fraction, split_positions
+from phasestem.recon.losses import LossConfig
+from phasestem.recon.schedule import ParamSchedule, phase_only
 
 WINDOW, SAMPLING, ENERGY, SEMIANGLE, DEFOCUS, SCAN, STEP, DOSE = 64, 0.2, 300e3, 20.0, 80.0, (20, 20), 0.5, 1e3
 COUNTED = LossConfig(gaussian=0.5, poisson=0.5)
@@ -28,24 +23,10 @@ COUNTED = LossConfig(gaussian=0.5, poisson=0.5)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _pearson(a, b):
-    a, b = a - a.mean(), b - b.mean()
-    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
-
-
 @pytest.fixture(scope="module")
 def low_dose():
-    rng = np.random.default_rng(3)
-    margin = WINDOW // 2 + 4
-    shape = tuple(int((s - 1) * STEP / SAMPLING) + 2 * margin for s in SCAN)
-    phases = atom_phase(shape, SAMPLING, rng, int(0.15 * shape[0] * shape[1] * SAMPLING**2), 0.5)[None]
-    pos = raster(SCAN, STEP, (margin * SAMPLING, margin * SAMPLING))
-    pats = simulate_patterns(phases, SAMPLING, pos, WINDOW, ENERGY, SEMIANGLE, DEFOCUS, dose=DOSE, rng=rng)
-    fov = tuple(int((s - 1) * STEP / SAMPLING) + 1 for s in SCAN)
-    truth = phases[0, margin:margin + fov[0], margin:margin + fov[1]]
-    ds = FourDSTEM(patterns=pats.reshape(*SCAN, WINDOW, WINDOW), energy=ENERGY, scan_step=(STEP, STEP),
-                   angular_sampling=angular_sampling_for(ENERGY, SAMPLING, (WINDOW, WINDOW)), semiangle=SEMIANGLE,
-                   aberrations={"C10": DEFOCUS})
+    ds, truth, _ = numpy_scan(3, WINDOW, SAMPLING, SCAN, STEP, DEFOCUS, atoms_per_area=0.15, dose=DOSE,
+                              energy=ENERGY, semiangle=SEMIANGLE)
     return ds, truth
 
 

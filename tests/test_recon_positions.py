@@ -6,20 +6,14 @@ patterns simulated where the probe was (random errors of σ 0.3 Å) and reconstr
 real scan is. A drift is left out: it is an affine warp of the object that the data cannot tell from the specimen,
 and --auto removes the affine part of the corrections (with a 1 Å drift added, r is 0.77 refined or not).
 """
-import sys
-from pathlib import Path
-
-import numpy as np
 import pytest
+from numpy_cases import numpy_scan
+from numpy_cases import pearson as _pearson
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "independent"))
-from numpy_multislice import atom_phase, raster, simulate_patterns  # noqa: E402
-
-from phasestem.dataset import FourDSTEM, angular_sampling_for  # noqa: E402
-from phasestem.metrics import align_to  # noqa: E402
-from phasestem.recon import Constraints, Ptychography  # noqa: E402
-from phasestem.recon.auto import AUTO_POSITIONS, refines_positions  # noqa: E402
-from phasestem.recon.losses import LossConfig  # noqa: E402
+from phasestem.metrics import align_to
+from phasestem.recon import Constraints, Ptychography
+from phasestem.recon.auto import AUTO_POSITIONS, refines_positions
+from phasestem.recon.losses import LossConfig
 
 WINDOW, SAMPLING, ENERGY, SEMIANGLE, DEFOCUS, SCAN, STEP = 64, 0.2, 300e3, 20.0, 80.0, (16, 16), 0.5
 ERROR = 0.3  # Å
@@ -27,26 +21,10 @@ ERROR = 0.3  # Å
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _pearson(a, b):
-    a, b = a - a.mean(), b - b.mean()
-    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
-
-
 @pytest.fixture(scope="module")
 def distorted():
-    rng = np.random.default_rng(11)
-    margin = WINDOW // 2 + 8
-    shape = tuple(int((s - 1) * STEP / SAMPLING) + 2 * margin for s in SCAN)
-    phases = atom_phase(shape, SAMPLING, rng, int(0.15 * shape[0] * shape[1] * SAMPLING**2), 0.5)[None]
-    nominal = raster(SCAN, STEP, (margin * SAMPLING, margin * SAMPLING))
-    true = nominal + rng.normal(0, ERROR, nominal.shape)
-    pats = simulate_patterns(phases, SAMPLING, true, WINDOW, ENERGY, SEMIANGLE, DEFOCUS, dose=1e6, rng=rng)
-    fov = tuple(int((s - 1) * STEP / SAMPLING) + 1 for s in SCAN)
-    truth = phases[0, margin:margin + fov[0], margin:margin + fov[1]]
-    ds = FourDSTEM(patterns=pats.reshape(*SCAN, WINDOW, WINDOW), energy=ENERGY, scan_step=(STEP, STEP),
-                   angular_sampling=angular_sampling_for(ENERGY, SAMPLING, (WINDOW, WINDOW)), semiangle=SEMIANGLE,
-                   aberrations={"C10": DEFOCUS})
-    return ds, truth, true - nominal
+    return numpy_scan(11, WINDOW, SAMPLING, SCAN, STEP, DEFOCUS, atoms_per_area=0.15, margin=8,
+                      position_error=ERROR, dose=1e6, energy=ENERGY, semiangle=SEMIANGLE)
 
 
 def _run(ds, truth, positions, epochs=20):

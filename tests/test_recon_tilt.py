@@ -7,19 +7,16 @@
   running away; ``run.backoff_factor: 0`` restores the old stop.
 """
 import logging
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from numpy_cases import numpy_scan
+from numpy_cases import pearson as _pearson
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "independent"))
-from numpy_multislice import atom_phase, raster, simulate_patterns  # noqa: E402
-
-from phasestem.dataset import FourDSTEM, angular_sampling_for  # noqa: E402
-from phasestem.recon import Ptychography  # noqa: E402
-from phasestem.recon.engine import DivergenceError  # noqa: E402
-from phasestem.recon.schedule import tilt_matters  # noqa: E402
+from phasestem.dataset import FourDSTEM, angular_sampling_for
+from phasestem.recon import Ptychography
+from phasestem.recon.engine import DivergenceError
+from phasestem.recon.schedule import tilt_matters
 
 WINDOW, SAMPLING, ENERGY, SEMIANGLE, SCAN, STEP = 48, 0.25, 300e3, 20.0, (10, 10), 1.0
 N_SLICES, DZ, DEFOCUS, TILT = 8, 20.0, -60.0, (1.5, -2.0)
@@ -27,25 +24,10 @@ N_SLICES, DZ, DEFOCUS, TILT = 8, 20.0, -60.0, (1.5, -2.0)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _pearson(a, b):
-    a, b = a - a.mean(), b - b.mean()
-    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
-
-
 @pytest.fixture(scope="module")
 def tilted():
-    rng = np.random.default_rng(7)
-    margin = WINDOW // 2 + 4
-    shape = tuple(int((s - 1) * STEP / SAMPLING) + 2 * margin for s in SCAN)
-    area = shape[0] * shape[1] * SAMPLING**2
-    phases = np.stack([atom_phase(shape, SAMPLING, rng, int(0.08 * area), 0.5) for _ in range(N_SLICES)])
-    pos = raster(SCAN, STEP, (margin * SAMPLING, margin * SAMPLING))
-    pats = simulate_patterns(phases, SAMPLING, pos, WINDOW, ENERGY, SEMIANGLE, DEFOCUS, dz=DZ, tilt=TILT)
-    fov = tuple(int((s - 1) * STEP / SAMPLING) + 1 for s in SCAN)
-    truth = phases.sum(0)[margin:margin + fov[0], margin:margin + fov[1]]
-    ds = FourDSTEM(patterns=pats.reshape(*SCAN, WINDOW, WINDOW), energy=ENERGY, scan_step=(STEP, STEP),
-                   angular_sampling=angular_sampling_for(ENERGY, SAMPLING, (WINDOW, WINDOW)), semiangle=SEMIANGLE,
-                   aberrations={"C10": DEFOCUS})
+    ds, truth, _ = numpy_scan(7, WINDOW, SAMPLING, SCAN, STEP, DEFOCUS, atoms_per_area=0.08, n_slices=N_SLICES,
+                              dz=DZ, tilt=TILT, energy=ENERGY, semiangle=SEMIANGLE)
     return ds, truth
 
 

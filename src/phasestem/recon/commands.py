@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
 
 from ..cliargs import add_device, add_dump_config
@@ -13,6 +14,10 @@ from .params import ReconstructParams, dump_params, load_params
 from .run import RECON_COMMAND, RUN_FILES, run_reconstruction  # noqa: F401  (run_reconstruction: re-exported)
 
 log = logging.getLogger("phasestem.recon")
+
+#: seconds a rank other than 0 waits before it exits on a refused setting: torchrun stops the other ranks as soon as
+#: one exits, and rank 0 must have written the one error line first (CI saw rank 0 killed before it did)
+RANK_EXIT_DELAY = 5.0
 
 RECON_EPILOG = """examples:
   phasestem reconstruct configs/reconstruct_tiny.yaml
@@ -117,6 +122,7 @@ def _reconstruct_cmd(args) -> int:
             run_reconstruction(params, resume=args.resume)
     except (ConfigError, FolderBusyError):
         if env_rank() != 0:  # every rank of a torchrun launch sees the same setting: rank 0 alone says so
+            time.sleep(RANK_EXIT_DELAY)  # torchrun stops every rank once one exits: let rank 0 say it first
             return 1
         raise
     return 0
