@@ -65,6 +65,14 @@ def _yaml_value(value) -> str:
     return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
 
 
+def _set_options(overrides: dict[str, Any]) -> list[str]:
+    """The changed settings as ``--set key=value`` options of a command that takes them (train, plan)."""
+    out: list[str] = []
+    for key, value in overrides.items():
+        out += ["--set", f"{_text(key, 'set key', 200)}={_yaml_value(value)}"]
+    return out
+
+
 def reconstruct_params(root: Path, config: Path, overrides: dict[str, Any], run_dir: Path):
     """The reconstruction parameters of ``config`` with ``overrides`` (dotted keys), validated by the YAML's own
     schema (:class:`~phasestem.recon.params.ReconstructParams`), every file it reads inside the root, and the text
@@ -138,17 +146,14 @@ def build_job(root: Path, store: JobStore, spec: dict[str, Any]) -> Job:
             if processes > 1 and params.run.n_processes > 1:
                 raise Refused("processes > 1 and run.n_processes > 1: choose one way to start processes", 400)
     elif command == "plan":  # the expected result's figures and plan.json go to the run folder
-        argv = ["phasestem", "plan", rel_config, "--out", rel_run, "--device", device]
-        for key, value in overrides.items():
-            argv += ["--set", f"{_text(key, 'set key', 200)}={_yaml_value(value)}"]
+        argv = ["phasestem", "plan", rel_config, "--out", rel_run, "--device", device] + _set_options(overrides)
     elif command == "train":
         network = spec.get("network")
         if not isinstance(network, str) or not NETWORK_NAME.match(network):
             raise Refused("network: give the network to train (patch, stitch, end2end, autoencoder, phaseformer)",
                           400)
         argv = ["phasestem", "train", network, rel_config, "--out", rel_run, "--device", device]
-        for key, value in overrides.items():
-            argv += ["--set", f"{_text(key, 'set key', 200)}={_yaml_value(value)}"]
+        argv += _set_options(overrides)
     elif command == "simulate":
         if overrides:
             from ..simulate.config import SimulationConfig
