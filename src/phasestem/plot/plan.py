@@ -1,6 +1,7 @@
 """``phasestem plan``'s sweep figure: the expected E_φ and FRC resolution against the swept setting(s)."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from .core import _plt, save_figure, styled
@@ -14,7 +15,8 @@ SETTING_LABELS = {"scan.step": "scan step (Å)", "dose.electrons_per_area": "dos
 @styled
 def sweep_figure(rows: list[dict], names: list[str], path: str | Path) -> Path:
     """E_φ and FRC resolution (Å) of each sweep row against ``names[0]``; one line per value of ``names[1]`` when
-    two settings were swept. A dose axis is logarithmic."""
+    two settings were swept. A dose axis is logarithmic, and so is the FRC axis where its values span more than a
+    factor of 5 (a failed setting's 20 Å beside a good one's 0.5 Å)."""
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.1))
     x_name = names[0]
@@ -32,5 +34,8 @@ def sweep_figure(rows: list[dict], names: list[str], path: str | Path) -> Path:
             ax.set_xscale("log")
         if len(groups) > 1:
             ax.legend(fontsize="small")
+    frc = [r["frc_resolution"] for r in rows if math.isfinite(r["frc_resolution"]) and r["frc_resolution"] > 0]
+    if frc and max(frc) > 5 * min(frc):
+        axes[1].set_yscale("log")
     fig.tight_layout()
     return save_figure(fig, path, dpi=110, close=True)
