@@ -20,9 +20,17 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TOKEN = "test-token-0123456789abcdef"
 
 
+#: ``configs/plan.yaml`` of the workspace: a plan whose expected result takes seconds (a 7 × 7 field, 3 epochs)
+TINY_PLAN = {"optics": {"energy": 300e3, "semiangle": 20.0, "aberrations": {"C10": 60.0}},
+             "scan": {"step": 0.8, "shape": [32, 32]}, "detector": {"shape": 32, "angular_sampling": 2.0},
+             "dose": {"electrons_per_area": 1e5}, "specimen": {"thickness": 6.0}, "reconstruction": {"epochs": 3},
+             "expected": {"scan_shape": [7, 7], "simulation_slice": 6.0}}
+
+
 def make_workspace(root: Path, n_epochs: int = 12, scan: int = 8, batch_size: int = 4) -> Path:
-    """``root/data/scan.npz`` (a simulated scan, patterns (scan, scan, 32, 32)) and ``root/configs/tiny.yaml`` (the
-    tiny reconstruction of it: a checkpoint every epoch, no optics check); returns ``root``."""
+    """``root/data/scan.npz`` (a simulated scan, patterns (scan, scan, 32, 32)), ``root/configs/tiny.yaml`` (the
+    tiny reconstruction of it: a checkpoint every epoch, no optics check) and ``root/configs/plan.yaml``
+    (:data:`TINY_PLAN`); returns ``root``."""
     (root / "data").mkdir(parents=True, exist_ok=True)
     (root / "configs").mkdir(exist_ok=True)
     write_npz(root / "data" / "scan.npz", scan_shape=(scan, scan), seed=5)
@@ -33,6 +41,7 @@ def make_workspace(root: Path, n_epochs: int = 12, scan: int = 8, batch_size: in
     cfg["run"].update(n_epochs=n_epochs, batch_size=batch_size, checkpoint_every=1, check_optics=False,
                       out_dir="../runs/direct", seed=3)
     (root / "configs" / "tiny.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    (root / "configs" / "plan.yaml").write_text(yaml.safe_dump(TINY_PLAN, sort_keys=False))
     return root
 
 

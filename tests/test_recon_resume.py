@@ -123,12 +123,17 @@ def _history(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
 
 
+def _assert_same_state(ref, got) -> None:
+    """Every parameter of ``got`` torch.equal to ``ref``'s (the message names the first that differs)."""
+    for name, value in ref.state_dict().items():
+        assert torch.equal(got.state_dict()[name], value), name
+
+
 def _assert_identical(ref, got) -> None:
     """Every parameter torch.equal and the same loss history; the message names the first epoch that differs."""
     for a, b in zip(_history(ref.loss_history), _history(got.loss_history), strict=True):
         assert a == b, f"the resumed run departs from the uninterrupted one at epoch {a['epoch']}: {b} vs {a}"
-    for name, value in ref.state_dict().items():
-        assert torch.equal(got.state_dict()[name], value), name
+    _assert_same_state(ref, got)
     assert got.epoch == ref.epoch == EPOCHS
 
 
@@ -280,8 +285,7 @@ def test_a_divergence_after_a_resume_restores_the_best_epoch_as_the_uninterrupte
         list(run(model, 1))
     assert str(again.value) == str(first.value)  # the same epoch restored, the same best and start losses
     assert model.epoch == 2 and _history(model.loss_history) == _history(ref.loss_history)
-    for name, value in ref.state_dict().items():
-        assert torch.equal(model.state_dict()[name], value), name
+    _assert_same_state(ref, model)
 
 
 def test_a_run_resumed_after_a_step_size_back_off_continues_at_the_halved_rates(tmp_path):
@@ -310,5 +314,30 @@ def test_a_run_resumed_after_a_step_size_back_off_continues_at_the_halved_rates(
     load_checkpoint(ckpt, model)
     list(run(model, 2))
     assert model.epoch == 5 and _history(model.loss_history) == _history(ref.loss_history)
-    for name, value in ref.state_dict().items():
-        assert torch.equal(model.state_dict()[name], value), name
+    _assert_same_state(ref, model)
+
+
+def test_a_run_resumed_with_held_out_positions_ends_as_the_uninterrupted_one(tmp_path):
+    from phasestem.recon.engine import load_checkpoint, optimize_with_options
+    from phasestem.recon.synthetic import simulate_dataset
+
+    ds = simulate_dataset(scan_shape=(6, 6), seed=4, max_phase=0.4)
+    ckpt = tmp_path / "checkpoint.pt"
+
+    def run(model, epochs):
+        return optimize_with_options(model, ds, epochs, optimizer="lsq", batch_size=8, progress=False,
+                                     checkpoint_path=ckpt, checkpoint_every=1, holdout=0.1, holdout_patience=50,
+                                     lr_decay="cosine")
+
+    ref = Ptychography.from_dataset(ds)
+    gen = run(ref, 6)
+    next(gen), next(gen), next(gen)
+    after3 = ckpt.read_bytes()
+    list(gen)
+    ckpt.write_bytes(after3)
+    model = Ptychography.from_dataset(ds)
+    load_checkpoint(ckpt, model)
+    list(run(model, 3))
+    assert model.epoch == ref.epoch
+    assert [h["heldout"] for h in model.loss_history] == [h["heldout"] for h in ref.loss_history]
+    _assert_same_state(ref, model)

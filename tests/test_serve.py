@@ -184,14 +184,7 @@ def test_cancel_stops_a_running_job(server):
 
 def test_a_plan_runs_as_a_job_and_its_figures_are_served(server):
     """``phasestem plan`` from the jobs page: its text in the job's log, its figure and plan.json in the run folder,
-    a changed setting (--set) reaching the plan."""
-    import yaml
-
-    tiny = {"optics": {"energy": 300e3, "semiangle": 20.0, "aberrations": {"C10": 60.0}},
-            "scan": {"step": 0.8, "shape": [32, 32]}, "detector": {"shape": 32, "angular_sampling": 2.0},
-            "dose": {"electrons_per_area": 1e5}, "specimen": {"thickness": 6.0}, "reconstruction": {"epochs": 3},
-            "expected": {"scan_shape": [7, 7], "simulation_slice": 6.0}}
-    (server.root / "configs" / "plan.yaml").write_text(yaml.safe_dump(tiny))
+    a changed setting (--set) reaching the plan (the workspace's configs/plan.yaml, serve_workspace.TINY_PLAN)."""
     status, job = server.request("/api/jobs", "POST", body={"command": "plan", "config": "configs/plan.yaml",
                                                             "set": ["scan.step=0.7"], "name": "plan"})
     assert status == 200, job

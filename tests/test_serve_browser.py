@@ -14,7 +14,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 
 pytest.importorskip("starlette", reason="phasestem serve needs the serve extra (starlette, uvicorn)")
 pytest.importorskip("uvicorn", reason="phasestem serve needs the serve extra (starlette, uvicorn)")
@@ -236,12 +235,7 @@ def test_the_workspace_in_a_browser(workspace, browser, tmp_path):
     assert len(d.find_elements(By.CSS_SELECTOR, "#compare-loss polyline")) == 2
     screenshot(d, tmp_path, "compare")
 
-    # ---- plan a session: its text in the log, its figure on the page
-    plan_settings = {"optics": {"energy": 300e3, "semiangle": 20.0, "aberrations": {"C10": 60.0}},
-                     "scan": {"step": 0.8, "shape": [32, 32]}, "detector": {"shape": 32, "angular_sampling": 2.0},
-                     "dose": {"electrons_per_area": 1e5}, "specimen": {"thickness": 6.0},
-                     "reconstruction": {"epochs": 3}, "expected": {"scan_shape": [7, 7], "simulation_slice": 6.0}}
-    (workspace.root / "configs" / "plan.yaml").write_text(yaml.safe_dump(plan_settings))
+    # ---- plan a session (the workspace's configs/plan.yaml): its text in the log, its figure on the page
     open_page(d, "jobs")
     Select(d.find_element(By.ID, "job-command")).select_by_value("plan")
     d.find_element(By.ID, "job-config").send_keys("configs/plan.yaml")

@@ -22,8 +22,8 @@ def main() -> None:
                     help="specimen tilt's learning rate in mrad per step (default: the engine's, refined on thick "
                          "specimens only; 0 freezes it)")
     ap.add_argument("--positions-lr", type=float, default=0.0,
-                    help="refine the scan positions: Å per Adam step (default 0: the exact positions the peers are "
-                         "given stay fixed)")
+                    help="refine the scan positions: Å per step a position takes when its pattern is in the batch "
+                         "(optimizers.RowAdam; default 0: the exact positions the peers are given stay fixed)")
     ap.add_argument("--positions-start", type=int, default=3, help="first epoch of --positions-lr (default 3)")
     ap.add_argument("--positions-affine", action="store_true",
                     help="with --positions-lr: remove the affine part of the corrections each epoch (--auto does)")
