@@ -129,6 +129,20 @@ def _assert_same_state(ref, got) -> None:
         assert torch.equal(got.state_dict()[name], value), name
 
 
+def _resumed_from_now(gen, ckpt: Path, ds, run, remaining: int):
+    """Keep the checkpoint the run ``gen`` has written so far, let that run finish, put the kept checkpoint back,
+    and resume a new model from it for its ``remaining`` epochs (``run(model, epochs)``); returns that model."""
+    from phasestem.recon.engine import load_checkpoint
+
+    saved = ckpt.read_bytes()
+    list(gen)
+    ckpt.write_bytes(saved)
+    model = Ptychography.from_dataset(ds)
+    load_checkpoint(ckpt, model)
+    list(run(model, remaining))
+    return model
+
+
 def _assert_identical(ref, got) -> None:
     """Every parameter torch.equal and the same loss history; the message names the first epoch that differs."""
     for a, b in zip(_history(ref.loss_history), _history(got.loss_history), strict=True):
@@ -291,7 +305,6 @@ def test_a_divergence_after_a_resume_restores_the_best_epoch_as_the_uninterrupte
 def test_a_run_resumed_after_a_step_size_back_off_continues_at_the_halved_rates(tmp_path):
     """The back-off (best state restored, every learning rate halved: ``RunState.lr_backoff``) comes back with the
     checkpoint: resumed after the epoch that backed off, the run ends bit-identical to the uninterrupted one."""
-    from phasestem.recon.engine import load_checkpoint
     from phasestem.recon.synthetic import simulate_dataset
 
     ds = simulate_dataset(scan_shape=(5, 5), seed=11, max_phase=0.4)
@@ -307,18 +320,13 @@ def test_a_run_resumed_after_a_step_size_back_off_continues_at_the_halved_rates(
     ref.set_learning_rates(obj_phase=0.3)  # epoch 3: the loss rises past 1.5 × its best: back-off
     next(gen)
     assert torch.load(ckpt, weights_only=True)["run"]["lr_backoff"] == 0.5
-    after3 = ckpt.read_bytes()
-    list(gen)
-    ckpt.write_bytes(after3)
-    model = Ptychography.from_dataset(ds)
-    load_checkpoint(ckpt, model)
-    list(run(model, 2))
+    model = _resumed_from_now(gen, ckpt, ds, run, 2)
     assert model.epoch == 5 and _history(model.loss_history) == _history(ref.loss_history)
     _assert_same_state(ref, model)
 
 
 def test_a_run_resumed_with_held_out_positions_ends_as_the_uninterrupted_one(tmp_path):
-    from phasestem.recon.engine import load_checkpoint, optimize_with_options
+    from phasestem.recon.engine import optimize_with_options
     from phasestem.recon.synthetic import simulate_dataset
 
     ds = simulate_dataset(scan_shape=(6, 6), seed=4, max_phase=0.4)
@@ -332,12 +340,7 @@ def test_a_run_resumed_with_held_out_positions_ends_as_the_uninterrupted_one(tmp
     ref = Ptychography.from_dataset(ds)
     gen = run(ref, 6)
     next(gen), next(gen), next(gen)
-    after3 = ckpt.read_bytes()
-    list(gen)
-    ckpt.write_bytes(after3)
-    model = Ptychography.from_dataset(ds)
-    load_checkpoint(ckpt, model)
-    list(run(model, 3))
+    model = _resumed_from_now(gen, ckpt, ds, run, 3)
     assert model.epoch == ref.epoch
     assert [h["heldout"] for h in model.loss_history] == [h["heldout"] for h in ref.loss_history]
     _assert_same_state(ref, model)
