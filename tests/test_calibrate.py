@@ -117,18 +117,21 @@ def test_vacuum_data_is_refused_not_guessed():
     assert isinstance(info.value, PhasestemError)
 
 
-def test_a_given_rotation_calibrates_data_too_weak_to_fit_it(abtem_data, monkeypatch):
+def test_a_given_rotation_calibrates_data_too_weak_to_fit_it(abtem_data, monkeypatch, tmp_path):
     """Low-dose data whose CoM cannot give the rotation: a rotation known from elsewhere is taken as it is and the
-    parallax fits the defocus, with its sign, at it; data with no contrast at all still calibrate (no defocus)."""
+    parallax fits the defocus, with its sign, at it; data with no contrast at all still calibrate (no defocus, or
+    the microscope's C10 when given: ``--c10``)."""
     import phasestem.calibrate.pipeline as pipeline
 
     truth = abtem_data["truth"]
     monkeypatch.setattr(pipeline, "MAX_CURL_RATIO", 0.0)  # the CoM declared unusable, as at low dose
     ds = load_for_calibration(abtem_data["file"], abtem_scan.ENERGY, abtem_scan.STEP)
-    cal = calibrate(ds, semiangle=abtem_scan.SEMIANGLE, rotation=truth["rotation"], transpose=True)
+    cal = calibrate(ds, semiangle=abtem_scan.SEMIANGLE, rotation=truth["rotation"], transpose=True,
+                    c10=5 * truth["C10"])  # a poor nominal defocus of the right sign: the parallax's fit wins
     assert cal.rotation_source == "given" and cal.rotation == pytest.approx(truth["rotation"] % 360)
     assert cal.transpose is True and "rotation" not in cal.undetermined
     assert abs(cal.aberrations["C10"] - truth["C10"]) < 20, cal.summary()
+    assert cal.defocus_source == "parallax"
     assert any("as given" in n for n in cal.notes)
     # the branch is the given rotation's: 180° off, the same data give the defocus of the other sign
     flipped = calibrate(ds, semiangle=abtem_scan.SEMIANGLE, rotation=truth["rotation"] + 180, transpose=True)
@@ -139,9 +142,22 @@ def test_a_given_rotation_calibrates_data_too_weak_to_fit_it(abtem_data, monkeyp
     disk = ((yy - 24) ** 2 + (xx - 24) ** 2 < 12**2) * 30.0
     from phasestem.dataset import FourDSTEM
 
-    vacuum = FourDSTEM(rng.poisson(np.broadcast_to(disk, (12, 12, 48, 48))).astype(np.float32), 300e3, (0.5, 0.5))
+    counts = rng.poisson(np.broadcast_to(disk, (12, 12, 48, 48))).astype(np.int32)
+    vacuum = FourDSTEM(counts.astype(np.float32), 300e3, (0.5, 0.5))
     cal = calibrate(vacuum, semiangle=20.0, rotation=12.0)
     assert cal.rotation == pytest.approx(12.0) and cal.transpose is False and not cal.aberrations
+    assert cal.defocus_source is None
+    # nothing to measure the defocus from: the microscope's C10, when given, is the one written (and said so)
+    from phasestem.calibrate.files import calibrate_file
+    from phasestem.recon.params import load_params
+
+    np.save(tmp_path / "vacuum.npy", counts)
+    cal, files = calibrate_file(tmp_path / "vacuum.npy", tmp_path / "calib", energy=300e3, scan_step=(0.5, 0.5),
+                                semiangle=20.0, rotation=12.0, c10=150.0, figures=False)
+    assert cal.aberrations == {"C10": 150.0} and cal.defocus_source == "given"
+    assert any(n.startswith("C10 = 150 Å as given (--c10)") for n in cal.notes), cal.notes
+    assert cal.sources["optics.aberrations.C10"] == "flag" and "C10 = 150 (given)" in cal.summary()
+    assert load_params(files["params"]).optics.aberrations == {"C10": 150.0}
 
 
 def _phasestem_scan(aberrations: dict, seed: int = 1):
@@ -240,7 +256,7 @@ def test_a_known_defocus_sign_decides_the_180_degree_branch(abtem_data):
     """
     truth = abtem_data["truth"]
     ds = load_for_calibration(abtem_data["file"], abtem_scan.ENERGY, abtem_scan.STEP)
-    cal = calibrate(ds, angular_sampling=truth["angular_sampling"], c10_sign=+1.0)
+    cal = calibrate(ds, angular_sampling=truth["angular_sampling"], c10=+1.0)
     assert _angle_diff(cal.rotation, truth["rotation"] + 180.0) < 1.0, cal.summary()
     assert abs(cal.aberrations["C10"] + truth["C10"]) < 20, cal.summary()
     assert abs(cal.semiangle / abtem_scan.SEMIANGLE - 1) < 0.02
@@ -289,7 +305,7 @@ def test_parallax_phase_decides_the_branch_when_the_dark_field_misleads(tmp_path
     assert cal.parallax.skewness > 0.5 and any("from the parallax phase" in n for n in cal.notes), cal.notes
     # a known defocus sign still wins over the data's rules
     cal = calibrate(load_for_calibration(tmp_path / "ringing.npy", 300e3, truth["step"]), semiangle=20.0,
-                    c10_sign=-1.0)
+                    c10=-1.0)
     assert cal.aberrations["C10"] < 0 and _angle_diff(cal.rotation, truth["rotation"] + 180.0) < 1.0
 
 

@@ -110,16 +110,23 @@ def test_frc_identical_is_one_and_noise_lowers_it():
     assert 2.0 < res < 20.0  # px
 
 
-def test_frc_resolution_can_ignore_a_single_ring_dip():
-    """One ring below 1/7 (the lowest ring of a small field, anti-correlated background) ends the curve under the
-    single-ring rule; with sustain=2 the crossing is where the curve stays below (here between 0.5 and 0.4)."""
+def test_frc_resolution_ignores_the_lowest_rings_and_a_single_ring_dip():
+    """Rings below 1/7 before the curve first holds above it (the lowest rings of a small field, or a background
+    ptychography left free) are not the resolution; with sustain=2 a single ring's dip later is not either."""
     f = np.arange(8) * 0.1
-    c = np.array([1.0, -0.9, 0.9, 0.9, 0.8, 0.2, 0.1, 0.05])
-    assert M.frc_resolution(f, c) > 9.0  # first crossing, between ring 0 and ring 1
-    assert 1 / 0.6 < M.frc_resolution(f, c, sustain=2) < 1 / 0.5
+    lowest = np.array([1.0, -0.9, 0.9, 0.9, 0.8, 0.2, 0.1, 0.05])  # ring 1 anti-correlated, then above to 0.5
+    assert 1 / 0.6 < M.frc_resolution(f, lowest) < 1 / 0.5
+    assert M.frc_resolution(f, lowest, sustain=2) == M.frc_resolution(f, lowest)
+    low3 = np.array([1.0, -0.5, 0.0, -0.2, 0.9, 0.9, 0.9, 0.9])  # three low rings below: measured 7.2 Å before
+    assert M.frc_resolution(f, low3, sustain=2) == pytest.approx(1 / 0.7)
+    dip = np.array([1.0, 0.9, 0.9, 0.1, 0.9, 0.2, 0.1, 0.05])  # one ring's dip after the curve held above
+    assert 1 / 0.3 < M.frc_resolution(f, dip) < 1 / 0.2  # the single-ring rule stops at it
+    assert 1 / 0.6 < M.frc_resolution(f, dip, sustain=2) < 1 / 0.5
     last = np.r_[np.full(7, 0.9), 0.1]  # only the last ring below: the rings past it count as below
     assert M.frc_resolution(f, last, sustain=2) == M.frc_resolution(f, last) < 1 / 0.6
     assert M.frc_resolution(f, np.ones(8), sustain=2) == pytest.approx(1 / 0.7)  # never below: the last ring
+    never = np.array([1.0, 0.1, 0.2, 0.1, 0.3, 0.1, 0.0, 0.1])  # never holds above: searched from ring 1
+    assert 1 / 0.5 < M.frc_resolution(f, never, sustain=2) < 1 / 0.4  # the first pair below: rings 5 and 6
 
 
 def test_truth_on_grid_follows_the_frame_given_by_the_positions():

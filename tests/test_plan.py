@@ -206,9 +206,11 @@ def test_expected_result_runs_and_follows_the_dose(tmp_path, one_torch_thread):
     assert rates["positions"].lr == 0.03 and rates["positions"].start == 3  # 6.4e4 counts a pattern: refined
     assert recon.constraints.position_affine.enabled  # their affine part removed
     # a 7 × 7 field is too small for the parallax and the CoM: one line for the defocus, one for the geometry
-    warned = [line for line in high.text.splitlines() if line.startswith("warning: --auto could not")]
+    warned = [line for line in high.text.splitlines() if line.startswith(("warning: --auto could not",
+                                                                           "warning: --auto cannot"))]
     assert len(warned) == 2, high.text
-    assert "the defocus" in warned[0] and "starts from C10 = 0 Å, not the planned 60 Å" in warned[0]
+    assert "the defocus" in warned[0] and "give it the C10 the microscope is set to (--c10 60)" in warned[0]
+    assert recon.optics.aberrations == {"C10": 60.0}  # --auto was given the planned defocus, as a user would
     assert "the rotation and transpose" in warned[1] and "8 × 8 positions" in warned[1]
     assert np.isnan(low.expected.phase_error) and "no bright-field disk" in low.expected.extra["auto_failed"]
     assert sum("warning: --auto failed on the simulated field: no bright-field disk" in line

@@ -321,18 +321,24 @@ def frc(a, b, sampling: float | tuple[float, float] | None = None, apodize: bool
 
 def frc_resolution(frequencies: np.ndarray, curve: np.ndarray, threshold: float = 1.0 / 7.0,
                    sustain: int = 1) -> float:
-    """Resolution 1/f at the first crossing of ``threshold`` by the FRC curve (after ring 0).
+    """Resolution 1/f at the first crossing of ``threshold`` by the FRC curve, downwards, after it has first held
+    above it (after ring 0).
 
     Linear interpolation between rings; units follow ``frequencies`` (Å if they are 1/Å, else px).
-    ``sustain``: a crossing counts only when the curve then stays below the threshold for that many rings (the
-    rings past the last count as below); 2 ignores a single ring's dip, e.g. the lowest ring of a small field,
-    which holds a handful of coefficients and the background that ptychography leaves free.
+    ``sustain``: the curve must hold above the threshold for that many rings before a crossing counts, and stay
+    below it for that many after (the rings past the last count as below); 2 ignores a single ring's dip.
+    Rings below the threshold before the curve first holds above it are not a crossing: they are the lowest
+    frequencies (a small field's lowest ring holds a handful of coefficients; ptychography leaves the background
+    and the longest periods weakly determined, more so at low dose), not the resolution (a curve that never holds
+    above it is searched from ring 1).
     Returns 1/f_max (Nyquist resolution) when the curve never drops below the threshold.
     """
     f, c = np.asarray(frequencies, float), np.asarray(curve, float)
     below = c < threshold
-    for i in range(1, len(c)):
-        if below[i : i + max(int(sustain), 1)].all():
+    n = max(int(sustain), 1)
+    start = next((i for i in range(1, len(c) - n + 1) if not below[i : i + n].any()), 1)
+    for i in range(start, len(c)):
+        if below[i : i + n].all():
             f0, f1, c0, c1 = f[i - 1], f[i], c[i - 1], c[i]
             fc = f0 + (c0 - threshold) * (f1 - f0) / (c0 - c1) if c0 != c1 else f1
             return float(1.0 / max(fc, 1e-300))

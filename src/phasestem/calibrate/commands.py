@@ -37,9 +37,11 @@ def add_reader_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_calibration_choices(p) -> None:
     """What the user knows that the patterns cannot settle (``phasestem calibrate`` and ``reconstruct --auto``)."""
-    p.add_argument("--c10-sign", type=float, default=None, metavar="C10",
-                   help="a C10 (Å, = −defocus; C10 > 0 over-focus, docs/conventions.md) of the right sign, if known: "
-                        "fixes θ vs θ + 180° through the parallax (the wrong one inverts the phase)")
+    p.add_argument("--c10", "--c10-sign", dest="c10", type=float, default=None, metavar="C10",
+                   help="the probe's C10 in Å as the microscope was set (= −defocus; C10 > 0 over-focus, "
+                        "docs/conventions.md), if known: its sign fixes θ vs θ + 180° through the parallax (the "
+                        "wrong one inverts the phase), and it is the defocus used where the data cannot measure one "
+                        "(low dose, too little contrast for the parallax); a parallax fit wins where there is one")
     p.add_argument("--rotation", type=float, default=None, metavar="DEG",
                    help="the scan rotation in degrees, if known from another calibration (a standard, a thicker area "
                         "of the session): the data's fit is skipped, only the defocus is fitted at it; for low-dose "
@@ -51,7 +53,7 @@ def add_calibration_choices(p) -> None:
 
 def calibration_choices(args) -> dict[str, Any]:
     """:func:`add_calibration_choices`' options as keyword arguments of :func:`phasestem.calibrate.calibrate`."""
-    return {"c10_sign": args.c10_sign, "edge_threshold": args.edge_threshold, "rotation": args.rotation}
+    return {"c10": args.c10, "edge_threshold": args.edge_threshold, "rotation": args.rotation}
 
 
 def reader_options(args) -> dict[str, Any]:

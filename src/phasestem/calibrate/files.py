@@ -77,7 +77,8 @@ def calibrate_file(path: str | Path, out_dir: str | Path, energy: float | None =
         calib = calibrate(dataset, semiangle=semiangle, angular_sampling=angular_sampling, **options)
         sources.update({"scan.rotation": "flag" if calib.rotation_source == "given" else "calibration",
                         "scan.origin": "calibration"})
-        sources.update({f"optics.aberrations.{k}": "calibration" for k in calib.aberrations})
+        sources.update({f"optics.aberrations.{k}": "flag" if calib.defocus_source == "given" else "calibration"
+                        for k in calib.aberrations})
         if np.issubdtype(np.dtype(dataset.patterns.dtype), np.integer) and "losses" not in (extra_params or {}):
             extra_params = {**(extra_params or {}), "losses": dict(COUNTED_LOSSES)}
             sources["losses"] = "calibration (counted data)"

@@ -8,7 +8,11 @@ astigmatism, refined rotation, transpose check).
 parallax is used, the skewness of the parallax phase (:func:`.parallax.phase_skewness`) where it is
 clear (|skewness| ≥ MIN_SKEWNESS): it comes from the bright field, so anything in the dark field that is
 not the specimen (the ringing of intensities shifted by Fourier interpolation upstream, a background)
-cannot flip it; a known C10 sign (``c10_sign``) overrides both.
+cannot flip it; a known C10 (``c10``, the microscope's value) overrides both by its sign.
+
+The defocus is the parallax's where it fits one; where the data cannot measure it (a focused probe, too few
+counts for the parallax) a known ``c10`` is taken as it is, so a low-dose reconstruction does not start from a
+focused probe it was not taken with.
 """
 from __future__ import annotations
 
@@ -51,6 +55,9 @@ class Calibration:
     dark_field: np.ndarray  # (Sy, Sx)
     notes: list[str] = field(default_factory=list)
     source: str = ""
+    #: where ``aberrations['C10']`` comes from: 'parallax' (fitted), 'given' (``c10``: the data do not measure it)
+    #: or None (no defocus)
+    defocus_source: str | None = None
     mean_pattern: np.ndarray | None = None  # (H, W) bad pixels filled
     #: quantity → why the data do not determine it; it keeps its default (rotation 0°, transpose False, no C10)
     undetermined: dict[str, str] = field(default_factory=dict)
@@ -104,9 +111,10 @@ class Calibration:
         out = {"source": self.source, "energy_eV": self.energy, "semiangle_mrad": self.semiangle,
                "angular_sampling_mrad": self.angular_sampling, "rotation_deg": self.rotation,
                "transpose": self.transpose, "rotation_source": self.rotation_source,
-               "aberrations": dict(self.aberrations), "scan_shape": list(self.scan_shape),
-               "scan_step": list(self.scan_step), "bad_pixels": self.bad_pixels.to_dict(),
-               "disk": self.disk.to_dict(), "centre_of_mass": self.com.to_dict(),
+               "aberrations": dict(self.aberrations), "defocus_source": self.defocus_source,
+               "scan_shape": list(self.scan_shape), "scan_step": list(self.scan_step),
+               "bad_pixels": self.bad_pixels.to_dict(), "disk": self.disk.to_dict(),
+               "centre_of_mass": self.com.to_dict(),
                "parallax": None if self.parallax is None else self.parallax.to_dict(), "notes": list(self.notes),
                "undetermined": dict(self.undetermined),
                "scan": self.scan().to_dict(), "detector": self.detector().to_dict(), "sources": dict(self.sources)}
@@ -160,6 +168,7 @@ class Calibration:
 
     def summary(self) -> str:
         ab = ", ".join(f"{k} = {v:.4g}" for k, v in self.aberrations.items())
+        ab += " (given)" if self.defocus_source == "given" else ""
         hot, dead = len(self.bad_pixels.hot), len(self.bad_pixels.dead)
         dy, dx = self.disk.drift
         return (f"angular sampling {self.angular_sampling:.4g} mrad/px (disk radius {self.disk.radius:.2f} px, "
@@ -220,7 +229,7 @@ def _branch_from_skewness(pfit: ParallaxFit, con, weights, step, energy: float, 
 
 def calibrate(dataset, semiangle: float | None = None, angular_sampling: float | None = None,
               transpose: bool | None = None, parallax: bool = True, c10_range: float | None = None,
-              edge_threshold: float = 0.5, c10_sign: float | None = None,
+              edge_threshold: float = 0.5, c10: float | None = None,
               rotation: float | None = None) -> Calibration:
     """Calibrate a :class:`phasestem.dataset.FourDSTEM` (energy and scan step known) from its patterns.
 
@@ -229,8 +238,9 @@ def calibrate(dataset, semiangle: float | None = None, angular_sampling: float |
     transpose. ``parallax=False`` skips the tcBF fit (no defocus; rotation from the CoM only).
     ``edge_threshold`` is the fraction of the disk level taken as its edge (0.5: the
     half-intensity edge of a real aperture; 0.25 for simulations with a soft amplitude edge).
-    ``c10_sign`` (any number of the right sign, e.g. the microscope's C10 = −defocus in Å) decides
-    θ vs θ + 180° through the fitted defocus instead of the dark-field rule, when the parallax is used.
+    ``c10`` (Å, = −defocus: the microscope's value, or any number of the right sign) decides θ vs θ + 180°
+    through the fitted defocus instead of the dark-field rule when the parallax is used, and is the defocus
+    written when the parallax fits none (``defocus_source`` 'given'; a note says so).
     ``rotation`` (degrees), when known from another calibration, is taken as it is (with ``transpose``, else no
     transpose): the centre-of-mass fit is kept for the record only and the parallax fits the defocus at it, so
     data too weak to calibrate the rotation (low dose) still calibrate.
@@ -293,12 +303,12 @@ def calibrate(dataset, semiangle: float | None = None, angular_sampling: float |
             "vacuum-only data, or too few counts to calibrate the rotation")
     if pfit is not None and not given:  # a given rotation is its own branch: the fit's C10 sign follows from it
         _branch_from_skewness(pfit, con, weights, step, dataset.energy, float(semiangle), fits[chosen], notes)
-    if c10_sign and pfit is not None and given and np.sign(pfit.C10) != np.sign(c10_sign):
+    if c10 and pfit is not None and given and np.sign(pfit.C10) != np.sign(c10):
         notes.append(f"the defocus fitted at the given rotation, C10 = {pfit.C10:.0f} Å, has not the sign given "
-                     f"({c10_sign:+g}): is the rotation 180° off?")
-    elif c10_sign and pfit is not None and np.sign(pfit.C10) != np.sign(c10_sign):
+                     f"({c10:+g}): is the rotation 180° off?")
+    elif c10 and pfit is not None and np.sign(pfit.C10) != np.sign(c10):
         pfit.flip_branch()
-        notes.append(f"θ + 180° taken so that C10 has the sign given ({c10_sign:+g}); the data's branch rules "
+        notes.append(f"θ + 180° taken so that C10 has the sign given ({c10:+g}); the data's branch rules "
                      "chose the other")
     rot = fits[chosen]
     if given:
@@ -327,10 +337,15 @@ def calibrate(dataset, semiangle: float | None = None, angular_sampling: float |
     if aberrations and aberrations.get("C12", 0.0) < 0.05 * max(abs(aberrations["C10"]), 1.0):
         notes.append(f"astigmatism C12 = {aberrations['C12']:.3g} Å is below 5 % of |C10|: not written")
         aberrations = {"C10": aberrations["C10"]}
+    defocus_source = "parallax" if aberrations else None
+    if not aberrations and c10:
+        aberrations, defocus_source = {"C10": float(c10)}, "given"
+        notes.append(f"C10 = {float(c10):g} Å as given (--c10): the data do not measure the defocus")
     return Calibration(
         energy=dataset.energy, scan_shape=dataset.scan_shape, scan_step=tuple(step),
         pattern_shape=dataset.pattern_shape, semiangle=float(semiangle), angular_sampling=dk,
         rotation=float(rotation % 360.0), transpose=bool(chosen), aberrations=aberrations, rotation_source=source,
+        defocus_source=defocus_source,
         bad_pixels=bad, disk=disk, com=rot, com_alternatives=fits, parallax=pfit, com_field=com, dark_field=dark,
         notes=notes, source=str(dataset.metadata.get("source", "")), mean_pattern=mean, undetermined=undetermined,
     )

@@ -28,8 +28,9 @@ def propagator(
 ) -> torch.Tensor:
     """Fresnel propagator M(k) for one slice of thickness ``dz`` (Å).
 
-    ``M(k) = exp(−iπλ|k|²Δz + 2πiΔz(ky·tanθy + kx·tanθx))`` with ``tilt`` = (θy, θx) in
-    mrad, shape (2,) (global) or (B, 2) (per position). Returns (ny, nx) or (B, ny, nx),
+    ``M(k) = exp(−iπλ|k|²Δz − 2πiΔz(ky·tanθy + kx·tanθx))`` with ``tilt`` = (θy, θx) in
+    mrad, shape (2,) (global) or (B, 2) (per position): through a tilted specimen the wave moves by
+    +Δz·tanθ per slice, as in abTEM (docs/conventions.md). Returns (ny, nx) or (B, ny, nx),
     complex, fftfreq order; differentiable w.r.t. ``dz`` and ``tilt``.
     """
     if isinstance(dz, torch.Tensor):
@@ -44,7 +45,7 @@ def propagator(
     if tilt is not None:
         t = torch.tan(tilt.to(dtype) * 1e-3)
         tilt_term = ky[:, None] * t[..., 0, None, None] + kx[None, :] * t[..., 1, None, None]
-        phase = phase + 2 * math.pi * dz * tilt_term
+        phase = phase - 2 * math.pi * dz * tilt_term
     out = torch.polar(torch.ones_like(phase), phase)
     if antialias:
         out = out * antialias_mask(shape, sampling, device=device)

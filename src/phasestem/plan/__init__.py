@@ -80,9 +80,10 @@ def _expected(report: PlanReport, folder: Path, lines: list[str]) -> None:
     lines += [f"warning: {n}" for n in e.extra.get("notes", [])]
     undetermined = dict(e.extra.get("undetermined", {}))
     if "C10" in undetermined:
-        lines.append(f"warning: --auto could not measure the defocus from data of this dose and field "
-                     f"({undetermined.pop('C10')}): it starts from C10 = 0 Å, not the planned "
-                     f"{cfg.optics.aberrations.get('C10', 0.0):g} Å, and the expected result is what that gives")
+        lines.append(f"warning: --auto cannot measure the defocus from data of this dose and field "
+                     f"({undetermined.pop('C10')}): give it the C10 the microscope is set to (--c10 "
+                     f"{cfg.optics.aberrations.get('C10', 0.0):g}); the expected result is with it given, and as "
+                     "good as that value is")
     for why in dict.fromkeys(undetermined.values()):  # rotation and transpose, usually for one reason
         names = " and ".join(k for k, v in undetermined.items() if v == why)
         lines.append(f"warning: --auto could not calibrate the {names} from data of this dose and field ({why}) and "

@@ -34,10 +34,12 @@ log = logging.getLogger("phasestem.plan")
 FIELD_ANGSTROM = 10.0
 FIELD_POSITIONS = (12, 24)
 FIELD_DIAMETERS = 3.0
-#: the FRC resolution counts a crossing of 1/7 only when the curve stays below for this many rings
-#: (:func:`phasestem.metrics.frc_resolution`): on a 16 Å field the lowest ring (16 Å period) of an --auto run on
-#: abTEM data correlated −0.93 with the truth and the single-ring rule put the resolution at 1.0 Å, although every
-#: ring from 8 Å to 0.51 Å correlated > 0.7
+#: the FRC resolution counts a crossing of 1/7 only after the curve has held above it for this many rings and
+#: when it then stays below for as many (:func:`phasestem.metrics.frc_resolution`): on a 16 Å field the lowest
+#: ring (16 Å period) of an --auto run on abTEM data correlated −0.93 with the truth and the single-ring rule put
+#: the resolution at 1.0 Å, although every ring from 8 Å to 0.51 Å correlated > 0.7; at 1e4 e⁻/Å² the three
+#: lowest rings (16, 8 and 5.3 Å) were below and a crossing there read 7.2 Å, where every ring from 4 Å to
+#: 0.51 Å correlated > 0.25 (E_φ 0.23)
 FRC_SUSTAIN = 2
 
 
@@ -152,16 +154,16 @@ def score(results_file: str | Path, truth: np.ndarray, truth_sampling: float, tr
 
 def reconstruct_auto(file: Path, folder: Path, cfg: PlanConfig, **calibrate_options):
     """``phasestem reconstruct FILE --auto`` with the planned energy, semi-angle and step (what a user tells it)
-    and the sign of the planned defocus (``c10_sign``: the microscopist knows it; from the patterns of a thin
-    object alone θ and θ + 180° are undecidable, and the wrong one inverts the phase); returns ``results.h5`` and
-    the :class:`phasestem.calibrate.pipeline.Calibration` --auto used."""
+    and the planned defocus (``--c10``: the microscopist knows what it was set to; its sign decides θ vs θ + 180°,
+    which the patterns of a thin object alone cannot, and it is the defocus used where the data cannot measure
+    one); returns ``results.h5`` and the :class:`phasestem.calibrate.pipeline.Calibration` --auto used."""
     from ..recon.auto import run_auto
 
     d = cfg.scan.step
     c10 = cfg.optics.aberrations.get("C10", 0.0)
     _, calibration, _ = run_auto(file, folder, energy=cfg.optics.energy, semiangle=cfg.optics.semiangle,
                                  scan_step=(d, d), epochs=cfg.reconstruction.epochs, device=cfg.expected.device,
-                                 c10_sign=c10 or None, **calibrate_options)
+                                 c10=c10 or None, **calibrate_options)
     return folder / "results.h5", calibration
 
 
@@ -201,10 +203,9 @@ def expected_result(cfg: PlanConfig, folder: str | Path, figure: bool = True) ->
         out.extra["notes"] = notes
     if calibration is not None:
         undetermined = dict(calibration.undetermined)
-        planned = cfg.optics.aberrations.get("C10", 0.0)
-        if planned and "C10" not in calibration.aberrations:  # --auto then starts from a focused probe
+        if cfg.optics.aberrations.get("C10", 0.0) and calibration.defocus_source != "parallax":
             undetermined.setdefault("C10", next((n for n in calibration.notes if n.startswith("parallax not used")),
-                                                "no defocus fitted"))
+                                                "no defocus fitted"))  # --auto took the C10 it was given
         if undetermined:
             out.extra["undetermined"] = undetermined
     if failed is not None:

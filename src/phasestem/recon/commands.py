@@ -26,7 +26,7 @@ RECON_EPILOG = """examples:
   phasestem reconstruct params.yaml --dump-config     # print the fully resolved config
   phasestem reconstruct params.yaml --init ssb        # start the object from a direct method
   phasestem reconstruct scan.npy --auto --energy 300e3 --semiangle 21.4 --scan-step 0.4 --out runs/scan1
-  phasestem reconstruct scan.npy --auto ... --c10-sign 200   # over-focused probe: fixes θ vs θ + 180°
+  phasestem reconstruct scan.npy --auto ... --c10 200   # microscope C10: θ vs θ + 180°; the defocus if unmeasurable
   torchrun --nproc_per_node 4 -m phasestem.cli reconstruct params.yaml   # 4 processes / GPUs
 
 Writes OUT/config.yaml, OUT/reconstruct.log, OUT/checkpoint.pt, OUT/results.h5, OUT/results.emd (EMD 1.0:
