@@ -211,6 +211,9 @@ def test_expected_result_runs_and_follows_the_dose(tmp_path, one_torch_thread):
     assert len(warned) == 2, high.text
     assert "the defocus" in warned[0] and "give it the C10 the microscope is set to (--c10 60)" in warned[0]
     assert recon.optics.aberrations == {"C10": 60.0}  # --auto was given the planned defocus, as a user would
+    cal = json.loads((tmp_path / "high" / "expected" / "recon" / "calibration" / "calibration.json").read_text())
+    assert cal["defocus_source"] == "given" and "C10" not in cal["undetermined"], cal  # said once, not contradicted
+    assert not any(n.startswith("C10 undetermined") for n in cal["notes"]), cal["notes"]
     assert "the rotation and transpose" in warned[1] and "8 × 8 positions" in warned[1]
     assert np.isnan(low.expected.phase_error) and "no bright-field disk" in low.expected.extra["auto_failed"]
     assert sum("warning: --auto failed on the simulated field: no bright-field disk" in line

@@ -340,6 +340,8 @@ def calibrate(dataset, semiangle: float | None = None, angular_sampling: float |
     defocus_source = "parallax" if aberrations else None
     if not aberrations and c10:
         aberrations, defocus_source = {"C10": float(c10)}, "given"
+        if undetermined.pop("C10", None):  # no longer left at its default: the note saying so goes
+            notes[:] = [n for n in notes if not n.startswith("C10 undetermined by the data")]
         notes.append(f"C10 = {float(c10):g} Å as given (--c10): the data do not measure the defocus")
     return Calibration(
         energy=dataset.energy, scan_shape=dataset.scan_shape, scan_step=tuple(step),
