@@ -26,6 +26,7 @@ numbers, the full run's, and whether each is within 20 %. Results: ``WORKDIR/res
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import time
@@ -46,11 +47,11 @@ CASES = {"thin_high": (2, 4e5), "thick_high": (8, 4e5), "thin_low": (2, 4e3), "m
          "mid_low": (4, 1e4)}
 
 
-def simulate_abtem(cells: int, dose: float, scan: int, seed: int = 0, draw: int | None = None) -> dict:
-    """abTEM patterns (scan, scan, 64, 64) as Poisson counts, the truth phase and the positions (abTEM's first
-    axis is phasestem's y, as in tests/abtem_scan.py). ``seed`` draws the phonons and, unless ``draw`` is given,
-    the counts; ``draw`` makes another Poisson draw of the same exit waves (the spread of what one acquisition
-    gives)."""
+@functools.lru_cache(maxsize=1)
+def abtem_intensities(cells: int, scan: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """abTEM's noise-free patterns (scan², 64, 64), the truth phase (96², rad), the positions (scan², 2) Å and the
+    detector pixel (mrad) of one case: computed once, shared by its Poisson draws (abTEM's first axis is
+    phasestem's y, as in tests/abtem_scan.py)."""
     import abtem
     import ase
 
@@ -71,11 +72,19 @@ def simulate_abtem(cells: int, dose: float, scan: int, seed: int = 0, draw: int 
                                                                                    *pats.shape[-2:]).mean(0)
     proj = np.asarray(pot.build().project().compute().array, dtype=np.float64)
     proj = proj.reshape(-1, GPTS, GPTS).mean(0)
+    return pats, proj * interaction_constant(ENERGY), pos, float(meas.sampling[0])
+
+
+def simulate_abtem(cells: int, dose: float, scan: int, seed: int = 0, draw: int | None = None) -> dict:
+    """abTEM patterns (scan, scan, 64, 64) as Poisson counts (:func:`abtem_intensities`), the truth phase and the
+    positions. ``seed`` draws the phonons and, unless ``draw`` is given, the counts; ``draw`` makes another Poisson
+    draw of the same exit waves (the spread of what one acquisition gives)."""
+    pats, truth, pos, dk = abtem_intensities(cells, scan, seed)
     rng = np.random.default_rng(seed if draw is None else [seed, draw])
     electrons = dose * STEP * STEP
     counts = rng.poisson(pats / pats.sum((-2, -1), keepdims=True).mean() * electrons).astype(np.int32)
-    return {"patterns": counts.reshape(scan, scan, *counts.shape[-2:]), "truth": proj * interaction_constant(ENERGY),
-            "truth_sampling": CELL * REPEAT / GPTS, "positions": pos, "dk": float(meas.sampling[0])}
+    return {"patterns": counts.reshape(scan, scan, *counts.shape[-2:]), "truth": truth,
+            "truth_sampling": CELL * REPEAT / GPTS, "positions": pos, "dk": dk}
 
 
 def pixel_averaged(truth: np.ndarray, truth_sampling: float, pixel: float) -> np.ndarray:
@@ -104,32 +113,29 @@ def plan_settings(cells: int, dose: float, scan: int, angular_sampling: float) -
             "specimen": {"kind": "typical", "thickness": cells * CELL}}
 
 
-ADVISED_ROTATION = "give it (--rotation)"  # the plan's warning where its field cannot calibrate the rotation
-
-
 def full_run(sim: dict, folder: Path, cfg, rotation_given: bool = False) -> tuple[dict, object, list[str]]:
     """``--auto`` on one full acquisition in ``folder`` and its score. ``rotation_given``: with the rotation and
     transpose given (abTEM's: 0°, none), as the plan advises where its field cannot calibrate them; without, where
-    --auto cannot calibrate the rotation (no contrast) the run is repeated with it given, as a user must."""
-    from phasestem.calibrate.rotation import NoContrastError
-    from phasestem.plan.expected import reconstruct_auto
+    --auto cannot calibrate the rotation (no contrast) the run is repeated with it given, as a user must
+    (:func:`phasestem.plan.expected.reconstruct_as_advised`)."""
+    from phasestem.plan.expected import reconstruct_as_advised, reconstruct_auto
 
     folder.mkdir(parents=True, exist_ok=True)
     np.save(folder / "scan.npy", sim["patterns"])
-    notes, given = [], {"rotation": 0.0, "transpose": False}
-    try:
+    if rotation_given:
         _, calibration = reconstruct_auto(folder / "scan.npy", folder / "full", cfg, edge_threshold=ABTEM_EDGE,
-                                          **(given if rotation_given else {}))
-    except NoContrastError as exc:
-        notes.append(f"--auto: {str(exc).split(':')[0]}; rotation given")
-        _, calibration = reconstruct_auto(folder / "scan.npy", folder / "full", cfg, edge_threshold=ABTEM_EDGE,
-                                          **given)
-    return score_full(folder, sim, PIXEL), calibration, notes
+                                          rotation=0.0, transpose=False)
+        warning = None
+    else:
+        _, calibration, warning = reconstruct_as_advised(folder / "scan.npy", folder / "full", cfg,
+                                                         edge_threshold=ABTEM_EDGE)
+    return score_full(folder, sim, PIXEL), calibration, [warning] if warning else []
 
 
 def full_draws(name: str, folder: Path, cfg, scan: int, draws: int, rotation_given: bool) -> tuple[list, float, float]:
     """``draws`` Poisson draws of the case's full acquisition, each through :func:`full_run`; draw 0 is the phonon
-    seed's own counts. Returns one record per draw and the mean abTEM and --auto seconds."""
+    seed's own counts. Returns one record per draw, the seconds abTEM and the draws took (the exit waves are
+    computed once a case) and the mean --auto seconds."""
     cells, dose = CASES[name]
     records, t_sim, t_full = [], 0.0, 0.0
     for k in range(draws):
@@ -145,7 +151,7 @@ def full_draws(name: str, folder: Path, cfg, scan: int, draws: int, rotation_giv
                         "rotation": calibration.rotation_source, "rotation_deg": calibration.rotation,
                         "transpose": calibration.transpose, "notes": notes})
         print(name, "draw", k, "rotation given" if rotation_given else "", json.dumps(records[-1]), flush=True)
-    return records, t_sim / draws, t_full / draws
+    return records, t_sim, t_full / draws
 
 
 def run_case(name: str, work: Path, scan: int, draws: int = 1) -> dict:
@@ -165,7 +171,7 @@ def run_case(name: str, work: Path, scan: int, draws: int = 1) -> dict:
     rep = phasestem.plan(cfg, out=folder / "plan")
     t_plan = time.perf_counter() - t0
     e = rep.expected
-    advised = any(ADVISED_ROTATION in n for n in e.extra.get("notes", []))
+    advised = bool(e.extra.get("rotation_given"))  # the plan's field could not calibrate it: "give it"
     fulls, t_sim, t_full = full_draws(name, folder, cfg, scan, draws, advised)
     alone = full_draws(name, folder, cfg, scan, draws, False)[0] if advised else None
     row = {"case": name, "thickness": cells * CELL, "dose": dose, "full_scan": scan, "plan_field": list(e.scan_shape),

@@ -324,11 +324,6 @@ def calibrate(dataset, semiangle: float | None = None, angular_sampling: float |
         if transpose is None:
             undetermined["transpose"] = why
             chosen = False
-    for reason in dict.fromkeys(undetermined.values()):
-        what = [k for k, v in undetermined.items() if v == reason]
-        notes.append(f"{' and '.join(what)} undetermined by the data ({reason}): params.yaml leaves "
-                     f"{', '.join(DEFAULTS[k] for k in what)} (the defaults); set {'them' if len(what) > 1 else 'it'} "
-                     "if known")
     if pfit is not None and com_ok:
         diff = abs((pfit.rotation - rot.rotation + 180) % 360 - 180)
         notes.append(f"rotation: parallax {pfit.rotation:.2f}°, centre of mass {rot.rotation:.2f}° "
@@ -340,9 +335,13 @@ def calibrate(dataset, semiangle: float | None = None, angular_sampling: float |
     defocus_source = "parallax" if aberrations else None
     if not aberrations and c10:
         aberrations, defocus_source = {"C10": float(c10)}, "given"
-        if undetermined.pop("C10", None):  # no longer left at its default: the note saying so goes
-            notes[:] = [n for n in notes if not n.startswith("C10 undetermined by the data")]
+        undetermined.pop("C10", None)  # not left at its default
         notes.append(f"C10 = {float(c10):g} Å as given (--c10): the data do not measure the defocus")
+    for reason in dict.fromkeys(undetermined.values()):
+        what = [k for k, v in undetermined.items() if v == reason]
+        notes.append(f"{' and '.join(what)} undetermined by the data ({reason}): params.yaml leaves "
+                     f"{', '.join(DEFAULTS[k] for k in what)} (the defaults); set {'them' if len(what) > 1 else 'it'} "
+                     "if known")
     return Calibration(
         energy=dataset.energy, scan_shape=dataset.scan_shape, scan_step=tuple(step),
         pattern_shape=dataset.pattern_shape, semiangle=float(semiangle), angular_sampling=dk,

@@ -167,26 +167,33 @@ def reconstruct_auto(file: Path, folder: Path, cfg: PlanConfig, **calibrate_opti
     return folder / "results.h5", calibration
 
 
+def reconstruct_as_advised(file: Path, folder: Path, cfg: PlanConfig, **calibrate_options):
+    """:func:`reconstruct_auto`, and where --auto finds no specimen contrast to calibrate the rotation (too few
+    counts) again with it given, as the plan then tells a user to do (``--rotation``): the simulated field's
+    geometry, 0° and no transpose. Returns ``results.h5``, the calibration and the plan's warning (None where
+    --auto calibrated the rotation itself)."""
+    from ..calibrate.rotation import NoContrastError
+
+    try:
+        return (*reconstruct_auto(file, folder, cfg, **calibrate_options), None)
+    except NoContrastError as exc:
+        warning = (f"--auto cannot calibrate the scan rotation from data of this dose ({str(exc).split(':')[0]}): "
+                   "calibrate it on a thicker area or a standard at higher dose and give it (--rotation); the "
+                   "expected result is with it given")
+        log.warning(warning)
+        return (*reconstruct_auto(file, folder, cfg, **calibrate_options, rotation=0.0, transpose=False), warning)
+
+
 def expected_result(cfg: PlanConfig, folder: str | Path, figure: bool = True) -> Expected:
     """Simulate, reconstruct (--auto) and score the planned acquisition on a small field, in ``folder``
     (``scan.npy``, ``recon/``, ``expected.png``)."""
-    from ..calibrate.rotation import NoContrastError
-
     folder = Path(folder)
     t0 = time.perf_counter()
     sim = simulate_field(cfg, folder)
     t_sim = time.perf_counter() - t0
-    failed, calibration, notes = None, None, []
+    failed, calibration, warning = None, None, None
     try:
-        try:
-            results, calibration = reconstruct_auto(sim["file"], folder / "recon", cfg)
-        except NoContrastError as exc:  # too few counts to fit the rotation: what a user does then is give it
-            notes.append(f"--auto cannot calibrate the scan rotation from data of this dose ({str(exc).split(':')[0]}"
-                         "): calibrate it on a thicker area or a standard at higher dose and give it (--rotation); "
-                         "the expected result is with it given")
-            log.warning(notes[-1])
-            results, calibration = reconstruct_auto(sim["file"], folder / "recon", cfg, rotation=0.0,
-                                                    transpose=False)  # the simulated field's geometry
+        results, calibration, warning = reconstruct_as_advised(sim["file"], folder / "recon", cfg)
     except PhasestemError as exc:  # e.g. too little signal to calibrate: what --auto would say on such data
         failed = str(exc).splitlines()[0]
         log.warning("--auto failed on the simulated field: %s", failed)
@@ -199,8 +206,9 @@ def expected_result(cfg: PlanConfig, folder: str | Path, figure: bool = True) ->
                    scan_shape=tuple(sim["shape"]), seconds=seconds, pixel=sim["pixel"], folder=str(folder),
                    extra={"simulation_seconds": t_sim, "auto_seconds": t_auto,
                           "full_auto_seconds_here": t_auto * math.prod(cfg.scan.shape) / math.prod(sim["shape"])})
-    if notes:
-        out.extra["notes"] = notes
+    if warning:
+        out.extra["notes"] = [warning]
+        out.extra["rotation_given"] = True
     if calibration is not None:
         undetermined = dict(calibration.undetermined)
         if cfg.optics.aberrations.get("C10", 0.0) and calibration.defocus_source != "parallax":
