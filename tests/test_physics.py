@@ -114,6 +114,35 @@ def test_a_tilt_moves_the_wave_by_depth_times_tan_theta_as_abtem_does():
     np.testing.assert_allclose(ours, theirs, atol=1e-9)
 
 
+def test_a_global_tilt_gives_the_same_patterns_as_untilted_slices_sheared_by_depth():
+    """A global specimen tilt is not in the patterns alone: slice s of a specimen tilted by θ gives the same far-field
+    intensities as the untilted specimen whose slice s is moved by −s·Δz·tanθ (the wave's walk, taken into the
+    object). Here the walk is a whole number of pixels per slice, so the sheared object is exact (a periodic roll);
+    sheared the other way the patterns differ. This is why a refined global tilt is a choice between equally good
+    fits, not a measurement (benchmarks/independent/README.md, "Mistilt")."""
+    shape, s, E, dz, n = (64, 64), (0.25, 0.25), 300e3, 50.0, 4
+    walk_px = (1, -2)  # per slice
+    tilt = torch.tensor([math.atan(w * p / dz) * 1e3 for w, p in zip(walk_px, s, strict=True)],
+                        dtype=torch.float64)  # mrad: tan θ = walk · pixel / Δz
+    rng = np.random.default_rng(3)
+    phase = torch.as_tensor(rng.uniform(0.0, 0.6, (n, *shape)), dtype=torch.float64)
+    trans = torch.polar(torch.ones_like(phase), phase)
+    probe = optics.make_probe(shape, s, E, 20.0, aberrations={"C10": -60.0}).to(torch.complex128)
+
+    def patterns(transmission, tilt_mrad):
+        prop = multislice.propagator(shape, s, E, dz, tilt_mrad, dtype=torch.float64)
+        return fourier.fft2(multislice.multislice(probe[None, None], transmission[None, None], prop)).abs() ** 2
+
+    tilted = patterns(trans, tilt)
+    sheared = torch.stack([torch.roll(trans[k], (-k * walk_px[0], -k * walk_px[1]), (0, 1)) for k in range(n)])
+    wrong = torch.stack([torch.roll(trans[k], (k * walk_px[0], k * walk_px[1]), (0, 1)) for k in range(n)])
+    scale = tilted.abs().max()
+    assert float((patterns(sheared, None) - tilted).abs().max() / scale) < 1e-10
+    assert float((patterns(wrong, None) - tilted).abs().max() / scale) > 1e-2
+    # the tilt does change the patterns of a given specimen: it trades against the shear, it is not invisible
+    assert float((patterns(trans, None) - tilted).abs().max() / scale) > 1e-2
+
+
 def _slab_exit(phase, n, thickness, shape, s, E, probe):
     t = torch.polar(torch.ones_like(phase), phase / n).to(torch.complex128)
     trans = t.expand(1, 1, n, *shape)

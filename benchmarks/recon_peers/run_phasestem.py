@@ -21,6 +21,11 @@ def main() -> None:
     ap.add_argument("--tilt-lr", type=float, default=None,
                     help="specimen tilt's learning rate in mrad per step (default: the engine's, refined on thick "
                          "specimens only; 0 freezes it)")
+    ap.add_argument("--tilt-start", default="zero",
+                    help="the tilt the run starts from: zero (default; no tool is told the tilt), 'true': the case's "
+                         "tilt_mrad (its mean, or per position with --per-position-tilt; a ceiling, not a result), or "
+                         "'THY,THX' in mrad")
+    ap.add_argument("--per-position-tilt", action="store_true", help="one tilt per scan position (N, 2)")
     ap.add_argument("--positions-lr", type=float, default=0.0,
                     help="refine the scan positions: Å per step a position takes when its pattern is in the batch "
                          "(optimizers.RowAdam; default 0: the exact positions the peers are given stay fixed)")
@@ -30,6 +35,14 @@ def main() -> None:
     ap.add_argument("--holdout", default=None,
                     help="run.holdout: fraction of positions held out to stop on their lowest loss, or auto "
                          "(default: the engine's, off); a stopped run's last history entry is the state it kept")
+    ap.add_argument("--rate", action="append", default=[], metavar="NAME=LR",
+                    help="one parameter's learning rate (obj_amplitude, obj_phase, probe, tilt, …); repeatable")
+    ap.add_argument("--aperture-edge", default=None, choices=["soft", "hard", "measured"],
+                    help="the nominal probe's aperture edge (default: the engine's, soft)")
+    ap.add_argument("--obj-ramp", action="store_true",
+                    help="constraints.obj_ramp every epoch: the object's phase ramp moves into the probe as a tilt")
+    ap.add_argument("--obj-ramp-start", type=int, default=1, help="first epoch of --obj-ramp (default 1)")
+    ap.add_argument("--iters", type=int, default=None, help="iterations (default: the case file's)")
     ap.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
     ap.add_argument("--precondition-batches", type=int, default=None,
                     help="lsq: run.precondition_batches (default: the parameter file's)")
@@ -46,6 +59,8 @@ def main() -> None:
     from phasestem.recon.schedule import phase_only
 
     c = load_case(args.case)
+    if args.iters is not None:
+        c["iters"] = args.iters
     loss_name = args.loss
     if loss_name == "case":
         loss_name = "counted" if str(c.get("loss", "gaussian")) == "poisson" else "gaussian"
@@ -58,16 +73,26 @@ def main() -> None:
                    angular_sampling=angular_sampling_for(c["energy"], c["sampling"], (H, W)),
                    semiangle=c["semiangle"], aberrations={"C10": c["c10"]})
     # nominal probe from the optics (never the true one); positions exact → frozen
+    true_tilt = np.asarray(c["tilt_mrad"], dtype=np.float64) if "tilt_mrad" in c else np.zeros((1, 2))
     model = Ptychography.from_dataset(ds, n_slices=c["n_slices"], slice_thickness=c["dz"],
-                                      n_probe_modes=c["n_modes"]).to(args.device)
+                                      n_probe_modes=c["n_modes"], per_position_tilt=args.per_position_tilt,
+                                      **({"aperture_edge": args.aperture_edge} if args.aperture_edge else {}))
+    if args.tilt_start != "zero":
+        with torch.no_grad():
+            start = (true_tilt if args.per_position_tilt else true_tilt.mean(0)) if args.tilt_start == "true" \
+                else np.array([float(v) for v in args.tilt_start.split(",")])
+            model.tilt.copy_(torch.as_tensor(start, dtype=model.tilt.dtype).expand_as(model.tilt))
+    model = model.to(args.device)
     rates = {"positions": {"lr": args.positions_lr, "start": args.positions_start} if args.positions_lr else 0.0}
     if args.tilt_lr is not None:
         rates["tilt"] = args.tilt_lr
     if args.lr is not None:
         rates.update(obj_phase=args.lr, obj_amplitude=args.lr, probe=args.lr)
+    rates.update({k: float(v) for k, v in (r.split("=", 1) for r in args.rate)})
     model.set_learning_rates(**rates)
-    cons = Constraints(ortho_probe={"enabled": c["n_modes"] > 1}, position_affine={"enabled": args.positions_affine})
-    times, cpu_times, history = [], [], []
+    cons = Constraints(ortho_probe={"enabled": c["n_modes"] > 1}, position_affine={"enabled": args.positions_affine},
+                       obj_ramp={"enabled": args.obj_ramp, "start_iter": args.obj_ramp_start})
+    times, cpu_times, history, losses_seen = [], [], [], []
     c0 = cpu0 = time.process_time()
     t0 = time.perf_counter()
     method = model.LSQ_optimize if args.optimizer == "lsq" else model.Adam_optimize
@@ -76,7 +101,7 @@ def main() -> None:
                 "precondition_batches": resolve_batches(args.precondition_batches or run.precondition_batches, losses)}
     if args.holdout is not None:
         defaults["holdout"] = args.holdout if args.holdout == "auto" else float(args.holdout)
-    for _loss in method(c["iters"], ds, batch_size=c["batch"], constraints=cons, losses=losses, progress=False,
+    for loss in method(c["iters"], ds, batch_size=c["batch"], constraints=cons, losses=losses, progress=False,
                         **defaults):
         if model.device.type == "cuda":
             torch.cuda.synchronize(model.device)
@@ -84,6 +109,7 @@ def main() -> None:
         c1 = time.process_time()
         times.append(t1 - t0)
         cpu_times.append(c1 - c0)
+        losses_seen.append(float(loss))
         history.append(model.phase_in_dataset_frame())  # per-iteration phase, not timed
         t0, c0 = time.perf_counter(), time.process_time()
     cpu = time.process_time() - cpu0
@@ -95,12 +121,17 @@ def main() -> None:
     settings = {"tool": f"phasestem {phasestem.__version__}", "optimizer": args.optimizer,
                 "learning_rates": {k: s.resolved_lr(k, args.optimizer) for k, s in model.schedules.items()},
                 **defaults, "batch": c["batch"], "probe_modes": model.n_probe_modes, "slices": model.n_slices,
-                "ortho_probe": c["n_modes"] > 1, "device": str(model.device),
+                "ortho_probe": c["n_modes"] > 1, "tilt_start": args.tilt_start,
+                "aperture_edge": args.aperture_edge or "soft (the engine's default)",
+                "obj_ramp": {"enabled": args.obj_ramp, "start_iter": args.obj_ramp_start},
+                "per_position_tilt": args.per_position_tilt,
+                "tilt_mrad_per_epoch": [g["tilt"].double().reshape(-1, 2).mean(0).tolist()
+                                        for g in model.geometry_history], "device": str(model.device),
                 "amplitude_held_low_dose": bool(phase_only(losses.poisson > 0, float(np.asarray(c["patterns"]).sum(
                     (-2, -1)).mean()), model.schedules["obj_amplitude"])),
                 "losses": {"gaussian": "gaussian on sqrt(I)", "poisson": "poisson NLL",
                            "counted": "0.5 gaussian on sqrt(I) + 0.5 poisson NLL"}[loss_name],
-                "cpu_s_per_iter": cpu / c["iters"], "iter_cpu": cpu_times}
+                "cpu_s_per_iter": cpu / c["iters"], "iter_cpu": cpu_times, "loss_per_epoch": losses_seen}
     save_result(args.result, phase, np.zeros(2), times, settings, phase_history=history)
 
 
