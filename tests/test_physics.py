@@ -119,7 +119,7 @@ def test_a_global_tilt_gives_the_same_patterns_as_untilted_slices_sheared_by_dep
     intensities as the untilted specimen whose slice s is moved by −s·Δz·tanθ (the wave's walk, taken into the
     object). Here the walk is a whole number of pixels per slice, so the sheared object is exact (a periodic roll);
     sheared the other way the patterns differ. This is why a refined global tilt is a choice between equally good
-    fits, not a measurement (benchmarks/independent/README.md, "Mistilt")."""
+    fits, not a measurement (benchmarks/independent/README.md, "Mistilt is a choice the data leave open")."""
     shape, s, E, dz, n = (64, 64), (0.25, 0.25), 300e3, 50.0, 4
     walk_px = (1, -2)  # per slice
     tilt = torch.tensor([math.atan(w * p / dz) * 1e3 for w, p in zip(walk_px, s, strict=True)],
