@@ -73,14 +73,16 @@ def main() -> None:
                    angular_sampling=angular_sampling_for(c["energy"], c["sampling"], (H, W)),
                    semiangle=c["semiangle"], aberrations={"C10": c["c10"]})
     # nominal probe from the optics (never the true one); positions exact → frozen
-    true_tilt = np.asarray(c["tilt_mrad"], dtype=np.float64) if "tilt_mrad" in c else np.zeros((1, 2))
     model = Ptychography.from_dataset(ds, n_slices=c["n_slices"], slice_thickness=c["dz"],
                                       n_probe_modes=c["n_modes"], per_position_tilt=args.per_position_tilt,
                                       **({"aperture_edge": args.aperture_edge} if args.aperture_edge else {}))
-    if args.tilt_start != "zero":
+    if args.tilt_start != "zero":  # a diagnostic: no tool is told the tilt
+        if args.tilt_start == "true":
+            start = np.asarray(c.get("tilt_mrad", np.zeros((1, 2))), dtype=np.float64)
+            start = start if args.per_position_tilt else start.mean(0)
+        else:
+            start = np.array([float(v) for v in args.tilt_start.split(",")])
         with torch.no_grad():
-            start = (true_tilt if args.per_position_tilt else true_tilt.mean(0)) if args.tilt_start == "true" \
-                else np.array([float(v) for v in args.tilt_start.split(",")])
             model.tilt.copy_(torch.as_tensor(start, dtype=model.tilt.dtype).expand_as(model.tilt))
     model = model.to(args.device)
     rates = {"positions": {"lr": args.positions_lr, "start": args.positions_start} if args.positions_lr else 0.0}
