@@ -130,3 +130,73 @@ def test_phase_ramp_moves_into_the_probe_without_changing_the_intensities():
     after = model.simulate()
     assert float((after - before).abs().max() / before.abs().max()) < 1e-5  # the same intensities
     assert transfer_phase_ramp(model) == pytest.approx((0.0, 0.0), abs=1e-5)  # nothing left to move
+
+
+def _spectral_power(probe: torch.Tensor) -> torch.Tensor:
+    """Σ_m |ψ̂_m(k)|² (ny, nx) of probe modes (M, ny, nx) complex."""
+    return torch.fft.fft2(probe.to(torch.complex128), norm="ortho").abs().square().sum(0)
+
+
+def test_held_aperture_restores_the_nominal_spectrum_amplitude_and_keeps_phase_and_intensity():
+    from phasestem.recon.constraints import hold_probe_aperture
+
+    ds = simulate_dataset(window=(48, 48), scan_shape=(4, 4), seed=3)
+    model = Ptychography.from_dataset(ds)
+    nominal = model.get_probe().detach()
+    gen = torch.Generator().manual_seed(0)
+    spec = torch.fft.fft2(nominal, norm="ortho")
+    bumps = 1 + 0.5 * torch.rand(spec.shape, generator=gen)  # amplitude structure inside the disk
+    twist = torch.polar(torch.ones(spec.shape), 0.7 * torch.rand(spec.shape, generator=gen))  # and new aberrations
+    with torch.no_grad():
+        model.probe.copy_(torch.view_as_real(torch.fft.ifft2(3.0 * spec * bumps * twist, norm="ortho")
+                                             * model.probe_scale))
+    before = model.get_probe().detach()
+    hold_probe_aperture(model)
+    after = model.get_probe().detach()
+    assert float(after.abs().square().sum()) == pytest.approx(float(before.abs().square().sum()), rel=1e-5)
+    ratio = _spectral_power(after) / _spectral_power(nominal).clamp_min(1e-30)
+    inside = _spectral_power(nominal) > 1e-3 * float(_spectral_power(nominal).max())
+    kept = float(before.abs().square().sum() / nominal.abs().square().sum())  # 9 × the mean of bumps² ≈ 14
+    assert kept > 12 and torch.allclose(ratio[inside], torch.full_like(ratio[inside], kept), rtol=1e-4)
+    outside = _spectral_power(nominal) < 1e-10 * float(_spectral_power(nominal).max())  # beyond the aperture
+    assert int(outside.sum()) > 1000
+    assert float(_spectral_power(after)[outside].max()) < 1e-8 * float(_spectral_power(after).max())
+    phase_before = torch.angle(torch.fft.fft2(before, norm="ortho"))[:, inside]
+    phase_after = torch.angle(torch.fft.fft2(after, norm="ortho"))[:, inside]
+    assert float(torch.remainder(phase_after - phase_before + np.pi, 2 * np.pi).sub(np.pi).abs().max()) < 1e-3
+
+
+def test_held_aperture_leaves_partially_coherent_modes_alone_as_their_number_grows():
+    # a finite source gives shifted copies of one probe, whose summed spectrum is the aperture's; a truncated set of
+    # modes departs from it, less the more modes are kept
+    from phasestem.recon.constraints import hold_probe_aperture
+
+    ds = simulate_dataset(window=(48, 48), scan_shape=(4, 4), seed=3)
+    single = Ptychography.from_dataset(ds).get_probe().detach()
+    moved = []
+    for n_modes in (2, 4, 12):
+        model = Ptychography.from_dataset(ds, n_probe_modes=n_modes, source_size=0.8)
+        model.experiment.probe = single  # the nominal of one mode: the check must not lean on the modes themselves
+        before = model.get_probe().detach().clone()
+        hold_probe_aperture(model)
+        moved.append(float((model.get_probe().detach() - before).abs().square().sum() / before.abs().square().sum()))
+    assert moved[0] > moved[1] > moved[2] and moved[2] < 1e-5 and moved[0] > 1e-3, moved
+
+
+def test_held_aperture_runs_in_the_epochs_the_probe_is_refined_and_leaves_a_frozen_probe_alone():
+    ds = simulate_dataset(window=(48, 48), scan_shape=(5, 5), seed=4, max_phase=1.5)
+    held = Constraints(probe_aperture={"enabled": True})
+    model = Ptychography.from_dataset(ds)
+    nominal = _spectral_power(model.get_probe().detach())
+    inside = nominal > 1e-3 * float(nominal.max())
+    free = Ptychography.from_dataset(ds)
+    list(free.LSQ_optimize(3, ds, batch_size=8, progress=False))
+    list(model.LSQ_optimize(3, ds, batch_size=8, progress=False, constraints=held))
+    for m, flat in ((free, False), (model, True)):
+        ratio = (_spectral_power(m.get_probe().detach()) / nominal.clamp_min(1e-30))[inside]
+        assert (float(ratio.std() / ratio.mean()) < 1e-4) == flat, float(ratio.std() / ratio.mean())
+    frozen = Ptychography.from_dataset(ds)
+    frozen.set_learning_rates(probe=0)
+    probe0 = frozen.probe.detach().clone()
+    list(frozen.LSQ_optimize(2, ds, batch_size=8, progress=False, constraints=held))
+    assert torch.equal(frozen.probe.detach(), probe0)

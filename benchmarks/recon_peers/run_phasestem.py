@@ -36,12 +36,24 @@ def main() -> None:
                     help="run.holdout: fraction of positions held out to stop on their lowest loss, or auto "
                          "(default: the engine's, off); a stopped run's last history entry is the state it kept")
     ap.add_argument("--rate", action="append", default=[], metavar="NAME=LR",
-                    help="one parameter's learning rate (obj_amplitude, obj_phase, probe, tilt, …); repeatable")
+                    help="one parameter's learning rate (obj_amplitude, obj_phase, probe, tilt, …), or LR@START to "
+                         "start it at epoch START; repeatable")
     ap.add_argument("--aperture-edge", default=None, choices=["soft", "hard", "measured"],
                     help="the nominal probe's aperture edge (default: the engine's, soft)")
     ap.add_argument("--obj-ramp", action="store_true",
                     help="constraints.obj_ramp every epoch: the object's phase ramp moves into the probe as a tilt")
     ap.add_argument("--obj-ramp-start", type=int, default=1, help="first epoch of --obj-ramp (default 1)")
+    ap.add_argument("--probe-aperture", choices=["on", "off"], default=None,
+                    help="constraints.probe_aperture: hold the probe's spectrum amplitude to the nominal aperture's "
+                         "(default: the engine's, off)")
+    ap.add_argument("--probe-aperture-end", type=int, default=None,
+                    help="with --probe-aperture on: the last epoch it runs (default: to the end)")
+    ap.add_argument("--lr-decay", default=None, choices=["none", "cosine"],
+                    help="run.lr_decay (default: the parameter file's)")
+    ap.add_argument("--lr-final", type=float, default=None, help="run.lr_final (default: the parameter file's)")
+    ap.add_argument("--c10-error", type=float, default=0.0,
+                    help="give the run a nominal C10 this many Å off the case's (default 0): a probe that the "
+                         "refinement has to correct, as on a real microscope")
     ap.add_argument("--iters", type=int, default=None, help="iterations (default: the case file's)")
     ap.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
     ap.add_argument("--precondition-batches", type=int, default=None,
@@ -71,7 +83,7 @@ def main() -> None:
     H, W = c["patterns"].shape[-2:]
     ds = FourDSTEM(patterns=c["patterns"], energy=c["energy"], scan_step=(c["scan_step"],) * 2,
                    angular_sampling=angular_sampling_for(c["energy"], c["sampling"], (H, W)),
-                   semiangle=c["semiangle"], aberrations={"C10": c["c10"]})
+                   semiangle=c["semiangle"], aberrations={"C10": float(c["c10"]) + args.c10_error})
     # nominal probe from the optics (never the true one); positions exact → frozen
     model = Ptychography.from_dataset(ds, n_slices=c["n_slices"], slice_thickness=c["dz"],
                                       n_probe_modes=c["n_modes"], per_position_tilt=args.per_position_tilt,
@@ -90,16 +102,21 @@ def main() -> None:
         rates["tilt"] = args.tilt_lr
     if args.lr is not None:
         rates.update(obj_phase=args.lr, obj_amplitude=args.lr, probe=args.lr)
-    rates.update({k: float(v) for k, v in (r.split("=", 1) for r in args.rate)})
+    for name, value in (r.split("=", 1) for r in args.rate):  # LR, or LR@START (first epoch)
+        lr, _, start = value.partition("@")
+        rates[name] = {"lr": float(lr), "start": int(start)} if start else float(lr)
     model.set_learning_rates(**rates)
     cons = Constraints(ortho_probe={"enabled": c["n_modes"] > 1}, position_affine={"enabled": args.positions_affine},
-                       obj_ramp={"enabled": args.obj_ramp, "start_iter": args.obj_ramp_start})
+                       obj_ramp={"enabled": args.obj_ramp, "start_iter": args.obj_ramp_start},
+                       **({"probe_aperture": {"enabled": args.probe_aperture == "on",
+                                              "end_iter": args.probe_aperture_end}} if args.probe_aperture else {}))
     times, cpu_times, history, losses_seen = [], [], [], []
     c0 = cpu0 = time.process_time()
     t0 = time.perf_counter()
     method = model.LSQ_optimize if args.optimizer == "lsq" else model.Adam_optimize
     run = RunConfig()  # the parameter file's defaults
-    defaults = {"precondition_reg": run.precondition_reg, "lr_decay": run.lr_decay, "lr_final": run.lr_final,
+    defaults = {"precondition_reg": run.precondition_reg, "lr_decay": args.lr_decay or run.lr_decay,
+                "lr_final": run.lr_final if args.lr_final is None else args.lr_final,
                 "precondition_batches": resolve_batches(args.precondition_batches or run.precondition_batches, losses)}
     if args.holdout is not None:
         defaults["holdout"] = args.holdout if args.holdout == "auto" else float(args.holdout)
@@ -124,9 +141,9 @@ def main() -> None:
                 "learning_rates": {k: s.resolved_lr(k, args.optimizer) for k, s in model.schedules.items()},
                 **defaults, "batch": c["batch"], "probe_modes": model.n_probe_modes, "slices": model.n_slices,
                 "ortho_probe": c["n_modes"] > 1, "tilt_start": args.tilt_start,
-                "aperture_edge": args.aperture_edge or "soft (the engine's default)",
+                "aperture_edge": args.aperture_edge or "soft (the engine's default)", "c10_error": args.c10_error,
                 "obj_ramp": {"enabled": args.obj_ramp, "start_iter": args.obj_ramp_start},
-                "per_position_tilt": args.per_position_tilt,
+                "probe_aperture": cons.probe_aperture.model_dump(), "per_position_tilt": args.per_position_tilt,
                 "tilt_mrad_per_epoch": [g["tilt"].double().reshape(-1, 2).mean(0).tolist()
                                         for g in model.geometry_history], "device": str(model.device),
                 "amplitude_held_low_dose": bool(phase_only(losses.poisson > 0, float(np.asarray(c["patterns"]).sum(
