@@ -54,6 +54,9 @@ def main() -> None:
     ap.add_argument("--c10-error", type=float, default=0.0,
                     help="give the run a nominal C10 this many Å off the case's (default 0): a probe that the "
                          "refinement has to correct, as on a real microscope")
+    ap.add_argument("--semiangle-scale", type=float, default=1.0,
+                    help="give the run a nominal semi-angle this many times the case's (default 1): a miscalibrated "
+                         "aperture")
     ap.add_argument("--iters", type=int, default=None, help="iterations (default: the case file's)")
     ap.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
     ap.add_argument("--precondition-batches", type=int, default=None,
@@ -83,7 +86,8 @@ def main() -> None:
     H, W = c["patterns"].shape[-2:]
     ds = FourDSTEM(patterns=c["patterns"], energy=c["energy"], scan_step=(c["scan_step"],) * 2,
                    angular_sampling=angular_sampling_for(c["energy"], c["sampling"], (H, W)),
-                   semiangle=c["semiangle"], aberrations={"C10": float(c["c10"]) + args.c10_error})
+                   semiangle=float(c["semiangle"]) * args.semiangle_scale,
+                   aberrations={"C10": float(c["c10"]) + args.c10_error})
     # nominal probe from the optics (never the true one); positions exact → frozen
     model = Ptychography.from_dataset(ds, n_slices=c["n_slices"], slice_thickness=c["dz"],
                                       n_probe_modes=c["n_modes"], per_position_tilt=args.per_position_tilt,
@@ -142,6 +146,7 @@ def main() -> None:
                 **defaults, "batch": c["batch"], "probe_modes": model.n_probe_modes, "slices": model.n_slices,
                 "ortho_probe": c["n_modes"] > 1, "tilt_start": args.tilt_start,
                 "aperture_edge": args.aperture_edge or "soft (the engine's default)", "c10_error": args.c10_error,
+                "semiangle_scale": args.semiangle_scale,
                 "obj_ramp": {"enabled": args.obj_ramp, "start_iter": args.obj_ramp_start},
                 "probe_aperture": cons.probe_aperture.model_dump(), "per_position_tilt": args.per_position_tilt,
                 "tilt_mrad_per_epoch": [g["tilt"].double().reshape(-1, 2).mean(0).tolist()

@@ -132,7 +132,9 @@ class Constraints(StrictModel):
     probe_mask: ProbeMask = Field(default_factory=ProbeMask, description="Fourier probe mask")
     probe_aperture: Schedule = Field(default_factory=Schedule, description="hold the probe's spectrum amplitude "
                                      "(probe modes summed) to the nominal probe's, total intensity kept: the probe "
-                                     "refines its aberrations only, in the epochs it is refined (hold_probe_aperture)")
+                                     "refines its aberrations only, in the epochs it is refined. For strong "
+                                     "multislice specimens, and only with a semi-angle measured on the data (one "
+                                     "5 % off does harm) (hold_probe_aperture)")
     obj_clamp: ObjClamp = Field(default_factory=ObjClamp, description="object amplitude/phase clamps")
     obj_blur: ObjBlur = Field(default_factory=ObjBlur, description="lateral object blur")
     kz_filter: KzFilter = Field(default_factory=KzFilter, description="k_z missing-wedge filter")
@@ -208,7 +210,9 @@ def hold_probe_aperture(model) -> None:
     a copy of dev_strong's specimen in that geometry 0.820 → 0.926, 0.947 with the probe frozen at the true optics).
     It costs where the nominal aperture is not the data's effective one: on a 12 Å window, whose edge crops the
     probe's tails in the independent simulator, a single slice ends at 0.976 instead of 0.993; at 1e3–1e4 counts
-    0.002–0.004, and with 4 truncated partial-coherence modes 0.002. Hence off by default.
+    0.002–0.004, and with 4 truncated partial-coherence modes 0.002. A defocus 30 Å off is still corrected (the
+    phase is free); a semi-angle 5 % too large is not (dev_strong 0.991 → 0.939). Hence off by default, and on only
+    with a semi-angle measured on the data.
     """
     spec = fft2(torch.view_as_complex(model.probe.data))  # (M, ny, nx), ψ·probe_scale
     nominal = fft2(model.experiment.probe.to(spec))
