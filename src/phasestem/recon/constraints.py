@@ -211,8 +211,9 @@ def hold_probe_aperture(model) -> None:
     It costs where the nominal aperture is not the data's effective one: on a 12 Å window, whose edge crops the
     probe's tails in the independent simulator, a single slice ends at 0.976 instead of 0.993; at 1e3–1e4 counts
     0.002–0.004, and with 4 truncated partial-coherence modes 0.002. A defocus 30 Å off is still corrected (the
-    phase is free); a semi-angle 5 % too large is not (dev_strong 0.991 → 0.939). Hence off by default, and on only
-    with a semi-angle measured on the data.
+    phase is free); a semi-angle 5 % too large is not (dev_strong 0.991 → 0.939), and even 1 % costs a weak case
+    0.025. Hence off by default, and on only for strong multislice specimens with a semi-angle measured on the
+    data.
     """
     spec = fft2(torch.view_as_complex(model.probe.data))  # (M, ny, nx), ψ·probe_scale
     nominal = fft2(model.experiment.probe.to(spec))
