@@ -133,8 +133,8 @@ class Constraints(StrictModel):
     probe_aperture: Schedule = Field(default_factory=Schedule, description="hold the probe's spectrum amplitude "
                                      "(probe modes summed) to the nominal probe's, total intensity kept: the probe "
                                      "refines its aberrations only, in the epochs it is refined. For strong "
-                                     "multislice specimens, and only with a semi-angle measured on the data (one "
-                                     "5 % off does harm) (hold_probe_aperture)")
+                                     "multislice specimens where the free probe fails; it needs the semi-angle to "
+                                     "better than 1 % (hold_probe_aperture)")
     obj_clamp: ObjClamp = Field(default_factory=ObjClamp, description="object amplitude/phase clamps")
     obj_blur: ObjBlur = Field(default_factory=ObjBlur, description="lateral object blur")
     kz_filter: KzFilter = Field(default_factory=KzFilter, description="k_z missing-wedge filter")
@@ -212,8 +212,8 @@ def hold_probe_aperture(model) -> None:
     probe's tails in the independent simulator, a single slice ends at 0.976 instead of 0.993; at 1e3–1e4 counts
     0.002–0.004, and with 4 truncated partial-coherence modes 0.002. A defocus 30 Å off is still corrected (the
     phase is free); a semi-angle 5 % too large is not (dev_strong 0.991 → 0.939), and even 1 % costs a weak case
-    0.025. Hence off by default, and on only for strong multislice specimens with a semi-angle measured on the
-    data.
+    0.025. Hence off by default, and on only for strong multislice specimens with a semi-angle known to better
+    than 1 %.
     """
     spec = fft2(torch.view_as_complex(model.probe.data))  # (M, ny, nx), ψ·probe_scale
     nominal = fft2(model.experiment.probe.to(spec))
