@@ -57,6 +57,12 @@ def main() -> None:
     ap.add_argument("--semiangle-scale", type=float, default=1.0,
                     help="give the run a nominal semi-angle this many times the case's (default 1): a miscalibrated "
                          "aperture")
+    ap.add_argument("--mode-power", type=float, default=None,
+                    help="model.mode_power: start intensity fraction of the higher probe modes together (default: the "
+                         "engine's)")
+    ap.add_argument("--source-size", type=float, default=None,
+                    help="start the probe modes from this source size (Å FWHM; a diagnostic: no tool is told the "
+                         "case's source)")
     ap.add_argument("--iters", type=int, default=None, help="iterations (default: the case file's)")
     ap.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
     ap.add_argument("--precondition-batches", type=int, default=None,
@@ -91,6 +97,8 @@ def main() -> None:
     # nominal probe from the optics (never the true one); positions exact → frozen
     model = Ptychography.from_dataset(ds, n_slices=c["n_slices"], slice_thickness=c["dz"],
                                       n_probe_modes=c["n_modes"], per_position_tilt=args.per_position_tilt,
+                                      **({"mode_power": args.mode_power} if args.mode_power is not None else {}),
+                                      **({"source_size": args.source_size} if args.source_size else {}),
                                       **({"aperture_edge": args.aperture_edge} if args.aperture_edge else {}))
     if args.tilt_start != "zero":  # a diagnostic: no tool is told the tilt
         if args.tilt_start == "true":
@@ -147,6 +155,7 @@ def main() -> None:
                 "ortho_probe": c["n_modes"] > 1, "tilt_start": args.tilt_start,
                 "aperture_edge": args.aperture_edge or "soft (the engine's default)", "c10_error": args.c10_error,
                 "semiangle_scale": args.semiangle_scale,
+                "mode_power": args.mode_power, "source_size": args.source_size,
                 "obj_ramp": {"enabled": args.obj_ramp, "start_iter": args.obj_ramp_start},
                 "probe_aperture": cons.probe_aperture.model_dump(), "per_position_tilt": args.per_position_tilt,
                 "tilt_mrad_per_epoch": [g["tilt"].double().reshape(-1, 2).mean(0).tolist()
