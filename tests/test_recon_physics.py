@@ -190,7 +190,8 @@ def test_held_aperture_runs_in_the_epochs_the_probe_is_refined_and_leaves_a_froz
     nominal = _spectral_power(model.get_probe().detach())
     inside = nominal > 1e-3 * float(nominal.max())
     free = Ptychography.from_dataset(ds)
-    list(free.LSQ_optimize(3, ds, batch_size=8, progress=False))
+    free_probe = Constraints(probe_aperture={"enabled": False})
+    list(free.LSQ_optimize(3, ds, batch_size=8, progress=False, constraints=free_probe))
     list(model.LSQ_optimize(3, ds, batch_size=8, progress=False, constraints=held))
     for m, flat in ((free, False), (model, True)):
         ratio = (_spectral_power(m.get_probe().detach()) / nominal.clamp_min(1e-30))[inside]
@@ -200,3 +201,58 @@ def test_held_aperture_runs_in_the_epochs_the_probe_is_refined_and_leaves_a_froz
     probe0 = frozen.probe.detach().clone()
     list(frozen.LSQ_optimize(2, ds, batch_size=8, progress=False, constraints=held))
     assert torch.equal(frozen.probe.detach(), probe0)
+
+
+def _strong_and_weak_scans():
+    """Independent NumPy multislice scans: 16 slices of dense 0.6 rad atoms (a strong scatterer) and one slice."""
+    from numpy_cases import numpy_scan
+
+    strong = numpy_scan(3, 96, 0.2, (4, 4), 1.0, 50.0, 0.6, n_slices=16, dz=10.0)[0]
+    weak = numpy_scan(3, 96, 0.2, (4, 4), 1.0, 50.0, 0.3, n_slices=1)[0]
+    coarse = numpy_scan(3, 48, 0.2, (4, 4), 1.0, 50.0, 0.6, n_slices=16, dz=10.0)[0]  # a disk of 9.8 px
+    return strong, weak, coarse
+
+
+def test_the_aperture_is_held_by_default_only_on_a_strong_scatterer_whose_disk_matches_the_nominal_one():
+    from phasestem.dataset import FourDSTEM
+    from phasestem.recon.aperture_rule import probe_aperture_rule
+
+    strong, weak, coarse = _strong_and_weak_scans()
+
+    def rule(ds, **model_options):
+        return probe_aperture_rule(ds.mean_pattern(), Ptychography.from_dataset(ds, **model_options).experiment.probe)
+
+    on, why = rule(strong)
+    assert on and why.startswith("on: 1.") and "beyond 1.1 × the disk" in why, why
+    on, why = rule(weak)
+    assert not on and "a strong scatterer has more than 1 %" in why, why
+    for scale in (1.025, 0.975):  # the nominal semi-angle 2.5 % off the data's: the hold would cost, the rule says so
+        off = FourDSTEM(patterns=strong.patterns, energy=strong.energy, scan_step=strong.scan_step,
+                        angular_sampling=strong.angular_sampling, semiangle=strong.semiangle * scale,
+                        aberrations=strong.aberrations)
+        on, why = rule(off)
+        assert not on and "give the measured semi-angle" in why and f"edge is {'-' if scale > 1 else '+'}" in why, why
+    on, why = rule(strong, oversampling=2)
+    assert not on and "oversampling" in why, why
+    on, why = rule(coarse)
+    assert not on and "too few pixels" in why, why
+
+
+def test_probe_aperture_auto_is_decided_once_logged_and_held_through_the_engine(caplog):
+    strong, weak, _ = _strong_and_weak_scans()
+    for ds, held in ((strong, True), (weak, False)):
+        model = Ptychography.from_dataset(ds, n_slices=16 if ds is strong else 1, slice_thickness=10.0)
+        nominal = _spectral_power(model.get_probe().detach())
+        inside = nominal > 1e-3 * float(nominal.max())
+        caplog.clear()
+        with caplog.at_level("INFO", logger="phasestem.recon"):
+            list(model.LSQ_optimize(2, ds, batch_size=8, progress=False))  # constraints: the defaults (auto)
+        assert caplog.text.count("constraints.probe_aperture auto: " + ("on" if held else "off")) == 1, caplog.text
+        ratio = (_spectral_power(model.get_probe().detach()) / nominal.clamp_min(1e-30))[inside]
+        assert (float(ratio.std() / ratio.mean()) < 1e-4) == held, float(ratio.std() / ratio.mean())
+    frozen = Ptychography.from_dataset(strong, n_slices=16, slice_thickness=10.0)
+    frozen.set_learning_rates(probe=0)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="phasestem.recon"):
+        list(frozen.LSQ_optimize(1, strong, batch_size=8, progress=False))
+    assert "probe_aperture auto" not in caplog.text  # a probe that is not refined needs no decision

@@ -43,9 +43,9 @@ def main() -> None:
     ap.add_argument("--obj-ramp", action="store_true",
                     help="constraints.obj_ramp every epoch: the object's phase ramp moves into the probe as a tilt")
     ap.add_argument("--obj-ramp-start", type=int, default=1, help="first epoch of --obj-ramp (default 1)")
-    ap.add_argument("--probe-aperture", choices=["on", "off"], default=None,
+    ap.add_argument("--probe-aperture", choices=["on", "off", "auto"], default=None,
                     help="constraints.probe_aperture: hold the probe's spectrum amplitude to the nominal aperture's "
-                         "(default: the engine's, off)")
+                         "(default: the engine's, auto: decided from the data)")
     ap.add_argument("--probe-aperture-end", type=int, default=None,
                     help="with --probe-aperture on: the last epoch it runs (default: to the end)")
     ap.add_argument("--lr-decay", default=None, choices=["none", "cosine"],
@@ -74,6 +74,7 @@ def main() -> None:
 
     from phasestem.dataset import FourDSTEM, angular_sampling_for
     from phasestem.recon import Constraints, Ptychography
+    from phasestem.recon.aperture_rule import probe_aperture_rule
     from phasestem.recon.losses import LossConfig
     from phasestem.recon.params import RunConfig
     from phasestem.recon.precondition import resolve_batches
@@ -120,7 +121,7 @@ def main() -> None:
     model.set_learning_rates(**rates)
     cons = Constraints(ortho_probe={"enabled": c["n_modes"] > 1}, position_affine={"enabled": args.positions_affine},
                        obj_ramp={"enabled": args.obj_ramp, "start_iter": args.obj_ramp_start},
-                       **({"probe_aperture": {"enabled": args.probe_aperture == "on",
+                       **({"probe_aperture": {"enabled": {"on": True, "off": False}.get(args.probe_aperture, "auto"),
                                               "end_iter": args.probe_aperture_end}} if args.probe_aperture else {}))
     times, cpu_times, history, losses_seen = [], [], [], []
     c0 = cpu0 = time.process_time()
@@ -158,6 +159,8 @@ def main() -> None:
                 "mode_power": args.mode_power, "source_size": args.source_size,
                 "obj_ramp": {"enabled": args.obj_ramp, "start_iter": args.obj_ramp_start},
                 "probe_aperture": cons.probe_aperture.model_dump(), "per_position_tilt": args.per_position_tilt,
+                "probe_aperture_auto": probe_aperture_rule(ds.mean_pattern(), model.experiment.probe)[1]
+                if cons.probe_aperture.enabled == "auto" else None,
                 "tilt_mrad_per_epoch": [g["tilt"].double().reshape(-1, 2).mean(0).tolist()
                                         for g in model.geometry_history], "device": str(model.device),
                 "amplitude_held_low_dose": bool(phase_only(losses.poisson > 0, float(np.asarray(c["patterns"]).sum(

@@ -2,7 +2,8 @@
 
 Each constraint has a schedule ``{start_iter, step, end_iter}`` (1-based epochs; the legacy key
 ``freq`` is accepted as ``step``): it runs at epochs ``start_iter, start_iter + step, …`` up
-to ``end_iter`` (``None`` = the end). A constraint is off unless ``enabled``.
+to ``end_iter`` (``None`` = the end). A constraint is off unless ``enabled`` (``probe_aperture``: 'auto',
+decided from the data).
 
 =====================  =====================================================================
 name                   effect
@@ -10,7 +11,9 @@ name                   effect
 ``ortho_probe``        orthogonalise probe modes (SVD), each kept closest to its previous self
 ``probe_mask``         zero the probe spectrum beyond ``radius_mrad`` (soft edge ``width``)
 ``probe_aperture``     hold the probe's spectrum amplitude (modes summed) to the nominal probe's: the
-                       aperture is known, only the aberrations (the spectrum's phase) are refined
+                       aperture is known, only the aberrations (the spectrum's phase) are refined;
+                       'auto' (the default): decided from the data when a run starts
+                       (:mod:`phasestem.recon.aperture_rule`)
 ``obj_clamp``          clamp amplitude to [amp_min, amp_max] and phase to [phase_min, phase_max]
 ``obj_blur``           lateral Gaussian blur of amplitude and phase, ``sigma`` px
 ``kz_filter``          missing-wedge filter W = 1 − (2/π)·atan(β²k_z²/(k_x²+k_y²+ε)) over slices
@@ -27,6 +30,7 @@ name                   effect
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -125,16 +129,29 @@ class ObjRamp(Schedule):
     smooth: float = Field(1.0, gt=0, description="low-pass σ of the phase before the fit, in scan steps")
 
 
+class ProbeAperture(Schedule):
+    """The probe's spectrum held to the nominal aperture (:func:`hold_probe_aperture`); 'auto' decides from the data
+    when a run starts (:func:`~phasestem.recon.aperture_rule.probe_aperture_rule`)."""
+
+    enabled: bool | Literal["auto"] = Field(
+        "auto", description="true, false or auto: on where the mean pattern shows a strong scatterer (more than 1 % "
+        "of its intensity beyond 1.1 × the bright-field disk) and the data's disk edge, at least 15 px in radius, is "
+        "within 1.5 % of the nominal aperture's; the run log says which and why")
+
+    def due(self, epoch: int) -> bool:
+        return self.enabled is True and super().due(epoch)
+
+
 class Constraints(StrictModel):
-    """All constraints with their schedules (every one is off by default)."""
+    """All constraints with their schedules (every one is off by default, but probe_aperture: auto)."""
 
     ortho_probe: Schedule = Field(default_factory=Schedule, description="probe-mode orthogonalisation")
     probe_mask: ProbeMask = Field(default_factory=ProbeMask, description="Fourier probe mask")
-    probe_aperture: Schedule = Field(default_factory=Schedule, description="hold the probe's spectrum amplitude "
-                                     "(probe modes summed) to the nominal probe's, total intensity kept: the probe "
-                                     "refines its aberrations only, in the epochs it is refined. For strong "
-                                     "multislice specimens where the free probe fails; it needs the semi-angle to "
-                                     "better than 1 % (hold_probe_aperture)")
+    probe_aperture: ProbeAperture = Field(
+        default_factory=ProbeAperture, description="hold the probe's spectrum amplitude (probe modes summed) to the "
+        "nominal probe's, total intensity kept: the probe refines its aberrations only, in the epochs it is "
+        "refined. For strong multislice specimens where the free probe takes up the object's scattering; it needs "
+        "the semi-angle to about 1 % (hold_probe_aperture, probe_aperture_rule)")
     obj_clamp: ObjClamp = Field(default_factory=ObjClamp, description="object amplitude/phase clamps")
     obj_blur: ObjBlur = Field(default_factory=ObjBlur, description="lateral object blur")
     kz_filter: KzFilter = Field(default_factory=KzFilter, description="k_z missing-wedge filter")
@@ -212,8 +229,8 @@ def hold_probe_aperture(model) -> None:
     probe's tails in the independent simulator, a single slice ends at 0.976 instead of 0.993; at 1e3–1e4 counts
     0.002–0.004, and with 4 truncated partial-coherence modes 0.002. A defocus 30 Å off is still corrected (the
     phase is free); a semi-angle 5 % too large is not (dev_strong 0.991 → 0.939), and even 1 % costs a weak case
-    0.025. Hence off by default, and on only for strong multislice specimens with a semi-angle known to better
-    than 1 %.
+    0.025. Hence held by default ('auto', :mod:`phasestem.recon.aperture_rule`) only on a strong scatterer whose
+    disk edge matches the nominal aperture's.
     """
     spec = fft2(torch.view_as_complex(model.probe.data))  # (M, ny, nx), ψ·probe_scale
     nominal = fft2(model.experiment.probe.to(spec))

@@ -34,6 +34,7 @@ import torch
 from ..configfile import validate
 from ..errors import PhasestemError
 from ..runtime import retain_freed_memory
+from .aperture_rule import resolve_probe_aperture
 from .batches import compact_groups, make_batches, shard_owners  # noqa: F401  (compact_groups: engine API)
 from .callbacks import (  # noqa: F401  (the errors and PHYSICAL_LIMIT: the engine's API)
     PHYSICAL_LIMIT,
@@ -129,6 +130,8 @@ def _epochs(loop: Loop, lbfgs_options: dict) -> Iterator[float]:
         data = loop.data = prepared_data(model, loop.dataset, losses.power, losses.eps, run.data_in_memory,
                                          run.memory_budget_gb)
         n = data.n
+        # probe_aperture 'auto': decided once per call from the data (the same data decide it again on resume)
+        loop.constraints = resolve_probe_aperture(model, loop.dataset, loop.constraints)
         bs = n if not run.batch_size else min(int(run.batch_size), n)
         train, held = split_positions(n, holdout_fraction(run.holdout, losses, data.counts, n, loop.world), run.seed)
         if held is not None:  # positions kept out of the fit: their loss decides where the run ends
