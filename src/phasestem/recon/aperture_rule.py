@@ -73,15 +73,16 @@ def probe_aperture_rule(mean_pattern: np.ndarray, nominal_probe: torch.Tensor) -
     return True, f"on: {what}"
 
 
-def resolve_probe_aperture(model, dataset, constraints: Constraints) -> Constraints:
-    """``constraints`` with ``probe_aperture: auto`` decided for this run (:func:`probe_aperture_rule`, logged);
-    unchanged when it is true or false, or when the probe is not refined at all."""
+def resolve_probe_aperture(model, mean_pattern: np.ndarray, constraints: Constraints) -> Constraints:
+    """``constraints`` with ``probe_aperture: auto`` decided for this run (:func:`probe_aperture_rule` on
+    ``mean_pattern``, the engine's prepared data's: no pass over the data of its own; logged); unchanged when it is
+    true or false, or when the probe is not refined at all."""
     if constraints.probe_aperture.enabled != "auto":
         return constraints
     schedule = getattr(model, "schedules", {}).get("probe")
     on = False
     if model.probe.requires_grad and (schedule is None or schedule.lr != 0):
-        on, why = probe_aperture_rule(dataset.mean_pattern(), model.experiment.probe)
+        on, why = probe_aperture_rule(mean_pattern, model.experiment.probe)
         log.info("constraints.probe_aperture auto: %s", why)
     held = constraints.probe_aperture.model_copy(update={"enabled": on})
     return constraints.model_copy(update={"probe_aperture": held})

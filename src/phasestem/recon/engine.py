@@ -131,7 +131,7 @@ def _epochs(loop: Loop, lbfgs_options: dict) -> Iterator[float]:
                                          run.memory_budget_gb)
         n = data.n
         # probe_aperture 'auto': decided once per call from the data (the same data decide it again on resume)
-        loop.constraints = resolve_probe_aperture(model, loop.dataset, loop.constraints)
+        loop.constraints = resolve_probe_aperture(model, data.mean_pattern, loop.constraints)
         bs = n if not run.batch_size else min(int(run.batch_size), n)
         train, held = split_positions(n, holdout_fraction(run.holdout, losses, data.counts, n, loop.world), run.seed)
         if held is not None:  # positions kept out of the fit: their loss decides where the run ends

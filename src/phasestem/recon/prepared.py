@@ -17,7 +17,7 @@ class PreparedData:
 
     ``meas`` (N, ny, nx) = patterns / ``counts`` (the mean total count per pattern);
     ``meas_p`` = (meas + ε)^p for the Gaussian term; ``pacbed_p`` the mean pattern^p (summed in float64, as the
-    streamed form sums it).
+    streamed form sums it); ``mean_pattern`` (H, W) float64 the mean of the raw, fftshift-ed patterns.
     """
 
     def __init__(self, dataset, device, power: float = 0.5, eps: float = 1e-8):
@@ -37,6 +37,7 @@ class PreparedData:
         self.meas_p = self.meas.clamp_min(0).add_(eps).pow_(power)
         step = max(1, 2**26 // max(1, pats[0].numel()))  # float64 partial sums of ≤ 512 MiB
         total = sum(pats[a : a + step].sum(0, dtype=torch.float64).numpy() for a in range(0, len(pats), step))
+        self.mean_pattern = total / len(pats)
         self.pacbed_p = pacbed_power(total, len(pats), self.counts, power, device)
         self.n = self.meas.shape[0]
 

@@ -203,9 +203,10 @@ class _Rows:
 class StreamedData:
     """The engine's measured data (see :class:`phasestem.recon.engine.PreparedData`) read from the source per batch.
 
-    ``counts``, ``pacbed_p``, ``power`` and ``n`` as in the in-memory form; ``batch(index)`` → (meas, meas_p)
-    on the device. ``budget`` (bytes) bounds the pattern buffers held at once (the statistics pass's chunks;
-    for mini-batches, about 8 × batch patterns are held, which a warning reports when it exceeds the budget).
+    ``counts``, ``pacbed_p``, ``mean_pattern``, ``power`` and ``n`` as in the in-memory form; ``batch(index)`` →
+    (meas, meas_p) on the device. ``budget`` (bytes) bounds the pattern buffers held at once (the statistics
+    pass's chunks; for mini-batches, about 8 × batch patterns are held, which a warning reports when it exceeds the
+    budget).
     ``peak_bytes`` is the most pattern-buffer bytes held at once, ``source.rows_read`` the patterns read."""
 
     def __init__(self, dataset, device, power: float = 0.5, eps: float = 1e-8, budget: int | None = None,
@@ -264,6 +265,7 @@ class StreamedData:
         self.counts = float(sums.mean())  # the in-memory form's float32 mean over the same per-pattern sums
         if not math.isfinite(self.counts) or self.counts <= 0:
             raise PhasestemError(f"measured patterns have a mean total intensity of {self.counts}: nothing to fit")
+        self.mean_pattern = acc / self.n
         self.pacbed_p = pacbed_power(acc, self.n, self.counts, self.power, self.device)
 
     # ---- mini-batches ----
