@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -197,6 +198,10 @@ def main() -> None:
     ap.add_argument("--python", default=None,
                     help="one interpreter for every tool (all installed in one environment, e.g. on a GPU machine) "
                          "instead of the venvs under --envs")
+    ap.add_argument("--phasestem-args", default="",
+                    help="options for phasestem's runner (run_phasestem.py), one string, e.g. '--probe-aperture off'; "
+                         "its result replaces phasestem's stored one, and the run's record keeps the string "
+                         "(runner_args)")
     ap.add_argument("--omp-wait-policy", default=OMP_WAIT_POLICY, choices=["PASSIVE", "ACTIVE"],
                     help="OMP_WAIT_POLICY given to every tool (default PASSIVE: fair on a shared machine)")
     args = ap.parse_args()
@@ -245,11 +250,14 @@ def main() -> None:
                 print(f"[{name}] {tool}: start, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
                 t0 = time.perf_counter()
                 err = run_tool(tool, case_path, rp, envs, args.threads, args.timeout, device=args.device,
-                               one_python=args.python)
+                               one_python=args.python,
+                               extra=shlex.split(args.phasestem_args) if tool == "phasestem" else None)
                 wall = time.perf_counter() - t0
                 print(f"[{name}] {tool}: {'ok' if err is None else err} ({wall:.0f} s wall)", flush=True)
                 rec = dict(load_at_start=list(load), wall_s=wall, when=time.strftime("%Y-%m-%d %H:%M:%S"),
-                           threads=args.threads, omp_wait_policy=OMP_WAIT_POLICY, device=args.device)
+                           threads=args.threads, omp_wait_policy=OMP_WAIT_POLICY, device=args.device,
+                           **({"runner_args": args.phasestem_args} if tool == "phasestem" and args.phasestem_args
+                              else {}))
                 if err is not None:
                     rec["error"] = err
                     rp.unlink(missing_ok=True)
