@@ -4,6 +4,8 @@ modes, with a last batch smaller than the others (36 positions in batches of 16:
 is one line. The cuda-marked tests run on a GPU only (``pytest -m cuda``, benchmarks/gpu/run.sh cuda)."""
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -55,6 +57,16 @@ def test_compiled_step_equals_the_eager_step(optimizer, n_slices, n_modes, losse
     compiled = _run(optimizer, n_slices, n_modes, losses, "compile")
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # it did compile
     _assert_same(eager, compiled)
+
+
+def test_every_command_starts_without_importing_torch_dynamo():
+    """The fused node is marked for torch.compile only when a run compiles (``run_eagerly_under_compile``): a
+    decorator at import time imported torch._dynamo, about 2 s of every command's start (the test above checks that
+    the compiled step still runs the node eagerly)."""
+    code = ("import sys; from phasestem.cli import build_parser; build_parser(); import phasestem.recon.engine; "
+            "print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr
 
 
 def test_cuda_graph_off_a_gpu_is_one_line():

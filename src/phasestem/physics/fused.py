@@ -26,6 +26,7 @@ probe modes.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -166,8 +167,22 @@ class _FusedIntensity(torch.autograd.Function):
         return grad_obj, grad_probe, grad_prop, grad_w, None, None
 
 
-@torch.compiler.disable(reason="one node with its own backward and per-batch window slices: run eagerly")
-def fused_intensity(
+#: :func:`fused_intensity` as :func:`torch.compiler.disable` wraps it, once :func:`run_eagerly_under_compile` made it
+#: (torch.compile's tracing would lose the node's gradient); None until then, so that importing phasestem does not
+#: import torch._dynamo (about 2 s of every command's start)
+_EAGER_UNDER_COMPILE = None
+
+
+def run_eagerly_under_compile() -> None:
+    """Make :func:`fused_intensity` a graph break that runs eagerly inside :func:`torch.compile` (imports
+    torch._dynamo); call before compiling anything that calls it."""
+    global _EAGER_UNDER_COMPILE
+    if _EAGER_UNDER_COMPILE is None:
+        _EAGER_UNDER_COMPILE = torch.compiler.disable(
+            _fused_intensity, reason="one node with its own backward and per-batch window slices: run eagerly")
+
+
+def _fused_intensity(
     obj: torch.Tensor,
     probe: torch.Tensor,
     corners: torch.Tensor,
@@ -189,3 +204,9 @@ def fused_intensity(
         return _FusedIntensity.apply(obj, shifted_probe, prop, weights, None, where)
     ramps = shift_ramp(frac.detach().to(real_dtype(probe)), probe.shape[-2:])  # (B, ny, nx)
     return _FusedIntensity.apply(obj, fft2(probe), prop, weights, ramps, where)
+
+
+@functools.wraps(_fused_intensity)
+def fused_intensity(*args, **kwargs) -> torch.Tensor:
+    # the same function; inside torch.compile a graph break that runs it eagerly once run_eagerly_under_compile ran
+    return (_EAGER_UNDER_COMPILE or _fused_intensity)(*args, **kwargs)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError
+from ..physics.fused import run_eagerly_under_compile
 from .losses import LossConfig, total_loss
 from .optimizers import all_reduce_grads
 from .precondition import ScanCurvature, precondition_gradients
@@ -71,6 +72,7 @@ class BatchStep:
         self.scan: ScanCurvature | None = None
         self._forward = _forward_loss
         if mode == "compile":
+            run_eagerly_under_compile()
             self._forward = torch.compile(_forward_loss, dynamic=False,
                                           mode="reduce-overhead" if model.device.type == "cuda" else "default")
         self._graphs: dict[tuple, _Captured] = {}
