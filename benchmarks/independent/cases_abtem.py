@@ -76,7 +76,7 @@ def make_abtem_case(quick: bool = False, n_configs: int = 4, dose: float = 1e5, 
     grid (potential px per side), n_pat (pattern px), scan (Sy, Sx), step_px, vacancies
     [((i, j), layer), ...], c10 (Å, + = crossover before the entrance surface), recon_slices (the
     slice count the reconstruction is given; its dz = thickness / recon_slices), n_configs, dose
-    (0: noise-free) and specimen (a description).
+    (0: noise-free), specimen (a description) and, optionally, seed (of the frozen phonons).
     """
     import abtem
     import dask
@@ -91,6 +91,7 @@ def make_abtem_case(quick: bool = False, n_configs: int = 4, dose: float = 1e5, 
                                             for k in ("reps", "grid", "n_pat", "scan", "step_px"))
         vac, c10 = layout["vacancies"], layout["c10"]
         n_configs, dose, recon_slices = layout["n_configs"], layout["dose"], layout["recon_slices"]
+        seed = layout.get("seed", seed)
     elif quick:
         reps, grid, n_pat, scan, step_px, n_configs = (4, 4, 2), 128, 64, (8, 8), 3, min(n_configs, 2)
         vac = [((1, reps[1] - 1), 0)]

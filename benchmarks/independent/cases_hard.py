@@ -46,6 +46,19 @@ HARD: dict[str, dict] = {
                       geom=dict(defocus=-120.0),
                       description="24 × 10 Å (24 nm), atom columns (the same atoms in every slice, 0.6 rad each: "
                                   "14.4 rad per column), crossover at mid-thickness, noise-free"),
+    "dev_thick_crystal": dict(simulator="abtem", iters=20,
+                              layout=dict(reps=(5, 5, 64), grid=192, n_pat=96, scan=(24, 24), step_px=5,
+                                          vacancies=[((2, 1), 15), ((1, 4), 40)], c10=-150.0, recon_slices=24,
+                                          n_configs=2, dose=0, seed=11,
+                                          specimen="SrTiO3 [001] 5x5x64 (25.0 nm), Ba column, 2 Sr vacancies"),
+                              quick_layout=dict(reps=(3, 3, 64), grid=128, n_pat=64, scan=(6, 6), step_px=3,
+                                                vacancies=[((2, 1), 15)], c10=-150.0, recon_slices=24, n_configs=1,
+                                                dose=0, seed=11,
+                                                specimen="SrTiO3 [001] 3x3x64, Ba column, 1 Sr vacancy"),
+                              description="abTEM SrTiO3 [001] 5 × 5 × 64 cells (25.0 nm), 64 slices of 3.905 Å, 2 "
+                                          "frozen phonons, crossover 150 Å inside, noise-free; recon given 24 × "
+                                          "10.41 Å (a crystal, as val_thick is: dev_thick's identical slices "
+                                          "reward what spreads the phase evenly over depth)"),
     "dev_dose1e3": dict(_BASE, n_slices=4, dz=10.0, max_phase=0.5, density=0.15, dose=1e3, seed=103,
                         geom=_LOWDOSE_GEOM, description="4 × 10 Å, 0.5 rad per slice, 1e3 e⁻/pattern (Poisson)"),
     "dev_dose1e4": dict(_BASE, n_slices=4, dz=10.0, max_phase=0.5, density=0.15, dose=1e4, seed=103,
