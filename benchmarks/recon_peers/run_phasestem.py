@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 
 from common import load_case, save_result, set_threads
@@ -74,7 +75,6 @@ def main() -> None:
 
     from phasestem.dataset import FourDSTEM, angular_sampling_for
     from phasestem.recon import Constraints, Ptychography
-    from phasestem.recon.aperture_rule import probe_aperture_rule
     from phasestem.recon.losses import LossConfig
     from phasestem.recon.params import RunConfig
     from phasestem.recon.precondition import resolve_batches
@@ -123,6 +123,7 @@ def main() -> None:
                        obj_ramp={"enabled": args.obj_ramp, "start_iter": args.obj_ramp_start},
                        **({"probe_aperture": {"enabled": {"on": True, "off": False}.get(args.probe_aperture, "auto"),
                                               "end_iter": args.probe_aperture_end}} if args.probe_aperture else {}))
+    engine_log = _EngineLog()  # what the engine logs it decided (probe_aperture auto), recorded in the settings
     times, cpu_times, history, losses_seen = [], [], [], []
     c0 = cpu0 = time.process_time()
     t0 = time.perf_counter()
@@ -159,8 +160,7 @@ def main() -> None:
                 "mode_power": args.mode_power, "source_size": args.source_size,
                 "obj_ramp": {"enabled": args.obj_ramp, "start_iter": args.obj_ramp_start},
                 "probe_aperture": cons.probe_aperture.model_dump(), "per_position_tilt": args.per_position_tilt,
-                "probe_aperture_auto": probe_aperture_rule(ds.mean_pattern(), model.experiment.probe)[1]
-                if cons.probe_aperture.enabled == "auto" else None,
+                "probe_aperture_auto": engine_log.after("constraints.probe_aperture auto: "),
                 "tilt_mrad_per_epoch": [g["tilt"].double().reshape(-1, 2).mean(0).tolist()
                                         for g in model.geometry_history], "device": str(model.device),
                 "amplitude_held_low_dose": bool(phase_only(losses.poisson > 0, float(np.asarray(c["patterns"]).sum(
@@ -169,6 +169,24 @@ def main() -> None:
                            "counted": "0.5 gaussian on sqrt(I) + 0.5 poisson NLL"}[loss_name],
                 "cpu_s_per_iter": cpu / c["iters"], "iter_cpu": cpu_times, "loss_per_epoch": losses_seen}
     save_result(args.result, phase, np.zeros(2), times, settings, phase_history=history)
+
+
+class _EngineLog(logging.Handler):
+    """The INFO lines of the engine's log (``phasestem.recon``) during this run."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+        logger = logging.getLogger("phasestem.recon")
+        logger.setLevel(logging.INFO)
+        logger.addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+    def after(self, prefix: str) -> str | None:
+        """The rest of the last line that starts with ``prefix`` (None: the engine logged none)."""
+        return next((line[len(prefix):] for line in reversed(self.lines) if line.startswith(prefix)), None)
 
 
 if __name__ == "__main__":

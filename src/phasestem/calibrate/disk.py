@@ -180,17 +180,14 @@ def edge_radius(dataset, centres: np.ndarray, r0: float, plan=None, threshold: f
     """
     H, W = dataset.pattern_shape
     yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
-    n_bins = int(np.ceil(1.6 * r0 / bin_width))
-    acc, cnt = np.zeros(n_bins + 1), np.zeros(n_bins + 1)
+    acc = cnt = 0.0
     for rows, block in row_chunks(dataset, plan):
         c = centres[rows]
         r = np.hypot(yy - c[..., 0, None, None], xx - c[..., 1, None, None])
         inner = r < 0.7 * r0
         level = (block * inner).sum((-2, -1)) / np.maximum(inner.sum((-2, -1)), 1)
-        v = block / np.maximum(level, 1e-30)[..., None, None]
-        idx = np.minimum((r / bin_width).astype(int), n_bins).ravel()
-        acc += np.bincount(idx, v.ravel(), n_bins + 1)
-        cnt += np.bincount(idx, None, n_bins + 1)
+        a, n = _radial_bins(r, block / np.maximum(level, 1e-30)[..., None, None], r0, bin_width)
+        acc, cnt = acc + a, cnt + n
     return _crossing(acc, cnt, r0, threshold, bin_width, smooth)
 
 
@@ -204,11 +201,17 @@ def image_edge_radius(image: np.ndarray, centre: tuple[float, float], r0: float,
     r = np.hypot(yy - centre[0], xx - centre[1])
     img = np.asarray(image, dtype=np.float64)
     level = img[r < 0.7 * r0].mean() if (r < 0.7 * r0).any() else img.max()
+    acc, cnt = _radial_bins(r, img / max(level, 1e-30), r0, bin_width)
+    return _crossing(acc, cnt, r0, threshold, bin_width, smooth)[0]
+
+
+def _radial_bins(r: np.ndarray, values: np.ndarray, r0: float, bin_width: float) -> tuple[np.ndarray, np.ndarray]:
+    """Sums of ``values`` and pixel counts in radial bins of ``bin_width`` px up to 1.6·``r0`` (``r`` the pixels'
+    distances, same shape), the last bin holding everything beyond: the binning of :func:`edge_radius` and
+    :func:`image_edge_radius` alike."""
     n_bins = int(np.ceil(1.6 * r0 / bin_width))
     idx = np.minimum((r / bin_width).astype(int), n_bins).ravel()
-    acc = np.bincount(idx, (img / max(level, 1e-30)).ravel(), n_bins + 1)
-    cnt = np.bincount(idx, None, n_bins + 1).astype(np.float64)
-    return _crossing(acc, cnt, r0, threshold, bin_width, smooth)[0]
+    return np.bincount(idx, values.ravel(), n_bins + 1), np.bincount(idx, None, n_bins + 1)
 
 
 def _crossing(acc: np.ndarray, cnt: np.ndarray, r0: float, threshold: float, bin_width: float,
