@@ -76,7 +76,9 @@ def make_abtem_case(quick: bool = False, n_configs: int = 4, dose: float = 1e5, 
     grid (potential px per side), n_pat (pattern px), scan (Sy, Sx), step_px, vacancies
     [((i, j), layer), ...], c10 (Å, + = crossover before the entrance surface), recon_slices (the
     slice count the reconstruction is given; its dz = thickness / recon_slices), n_configs, dose
-    (0: noise-free), specimen (a description) and, optionally, seed (of the frozen phonons).
+    (0: noise-free), specimen (a description) and, optionally, seed (of the frozen phonons) and tilt
+    ((θy, θx) mrad along the pattern's first and second axes: abTEM's beam tilt, which tilts the propagator
+    between slices; stored per position as ``tilt_mrad``).
     """
     import abtem
     import dask
@@ -85,13 +87,14 @@ def make_abtem_case(quick: bool = False, n_configs: int = 4, dose: float = 1e5, 
     dask.config.set(scheduler="threads", num_workers=threads)
     abtem.config.set({"device": "cpu"})
     energy, semiangle, c10 = 300e3, 20.0, 100.0
-    recon_slices = None
+    recon_slices, tilt = None, (0.0, 0.0)
     if layout is not None:
         reps, grid, n_pat, scan, step_px = (tuple(layout[k]) if k in ("reps", "scan") else layout[k]
                                             for k in ("reps", "grid", "n_pat", "scan", "step_px"))
         vac, c10 = layout["vacancies"], layout["c10"]
         n_configs, dose, recon_slices = layout["n_configs"], layout["dose"], layout["recon_slices"]
         seed = layout.get("seed", seed)
+        tilt = tuple(float(t) for t in layout.get("tilt", tilt))
     elif quick:
         reps, grid, n_pat, scan, step_px, n_configs = (4, 4, 2), 128, 64, (8, 8), 3, min(n_configs, 2)
         vac = [((1, reps[1] - 1), 0)]
@@ -115,7 +118,7 @@ def make_abtem_case(quick: bool = False, n_configs: int = 4, dose: float = 1e5, 
 
     iy, ix = np.meshgrid(np.arange(scan[0]), np.arange(scan[1]), indexing="ij")
     pos_px = np.stack([iy.ravel(), ix.ravel()], -1) * step_px  # first probe centre at (0, 0)
-    probe = abtem.Probe(energy=energy, semiangle_cutoff=semiangle, soft=False, defocus=-c10)
+    probe = abtem.Probe(energy=energy, semiangle_cutoff=semiangle, soft=False, defocus=-c10, tilt=tilt)
     scan_obj = abtem.CustomScan(pos_px * sampling)
     det = abtem.PixelatedDetector(max_angle="full")
     patterns = probe.scan(potential, scan=scan_obj, detectors=det).compute()
@@ -143,7 +146,9 @@ def make_abtem_case(quick: bool = False, n_configs: int = 4, dose: float = 1e5, 
                 dz=thickness / recon_slices if recon_slices else A_STO,
                 sim_slices=n_slices, thickness=thickness, n_modes=1, iters=10, batch=32 if not quick else 16,
                 dose=float(dose), loss="poisson" if dose else "gaussian", source_size=0.0,
-                frozen_phonons=n_configs, specimen=specimen, abtem_version=abtem.__version__)
+                frozen_phonons=n_configs, specimen=specimen, abtem_version=abtem.__version__,
+                **({"tilt_mrad": np.tile(np.asarray(tilt, dtype=np.float64), (scan[0] * scan[1], 1))}
+                   if any(tilt) else {}))
 
 
 def main() -> None:

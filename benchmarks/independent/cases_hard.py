@@ -59,6 +59,20 @@ HARD: dict[str, dict] = {
                                           "frozen phonons, crossover 150 Å inside, noise-free; recon given 24 × "
                                           "10.41 Å (a crystal, as val_thick is: dev_thick's identical slices "
                                           "reward what spreads the phase evenly over depth)"),
+    "dev_tilt_crystal": dict(simulator="abtem", iters=20,
+                             layout=dict(reps=(5, 5, 48), grid=192, n_pat=96, scan=(24, 24), step_px=5,
+                                         vacancies=[((1, 3), 20)], c10=-90.0, recon_slices=16, n_configs=2,
+                                         dose=0, seed=12, tilt=(2.5, -2.0),
+                                         specimen="SrTiO3 [001] 5x5x48 (18.7 nm), Ba column, 1 Sr vacancy, "
+                                                  "beam tilt (2.5, -2.0) mrad"),
+                             quick_layout=dict(reps=(3, 3, 48), grid=128, n_pat=64, scan=(6, 6), step_px=3,
+                                               vacancies=[((1, 2), 20)], c10=-90.0, recon_slices=16,
+                                               n_configs=1, dose=0, seed=12, tilt=(2.5, -2.0),
+                                               specimen="SrTiO3 [001] 3x3x48, Ba column, 1 Sr vacancy, tilted"),
+                             description="abTEM SrTiO3 [001] 5 × 5 × 48 cells (18.7 nm), 48 slices of 3.905 Å, 2 "
+                                         "frozen phonons, beam tilt (θy, θx) = (2.5, −2.0) mrad (3.2), crossover "
+                                         "90 Å inside, noise-free; recon given 16 × 11.72 Å (a mistilted crystal: "
+                                         "its columns are straight only in the tilted frame)"),
     "dev_dose1e3": dict(_BASE, n_slices=4, dz=10.0, max_phase=0.5, density=0.15, dose=1e3, seed=103,
                         geom=_LOWDOSE_GEOM, description="4 × 10 Å, 0.5 rad per slice, 1e3 e⁻/pattern (Poisson)"),
     "dev_dose1e4": dict(_BASE, n_slices=4, dz=10.0, max_phase=0.5, density=0.15, dose=1e4, seed=103,
@@ -97,6 +111,19 @@ HARD: dict[str, dict] = {
     "val_tilt": dict(_BASE, n_slices=16, dz=12.0, max_phase=0.4, density=0.08, width=0.35, tilt=(-3.5, 1.5),
                      seed=204, geom=dict(defocus=-100.0),
                      description="16 × 12 Å (19.2 nm), constant mistilt (−3.5, 1.5) mrad"),
+    "val_tilt_crystal": dict(simulator="abtem", iters=20,
+                             layout=dict(reps=(5, 5, 56), grid=192, n_pat=96, scan=(24, 24), step_px=5,
+                                         vacancies=[((3, 1), 12), ((1, 1), 40)], c10=-110.0, recon_slices=20,
+                                         n_configs=2, dose=0, seed=13, tilt=(-1.5, -3.5),
+                                         specimen="SrTiO3 [001] 5x5x56 (21.9 nm), Ba column, 2 Sr vacancies, "
+                                                  "beam tilt (-1.5, -3.5) mrad"),
+                             quick_layout=dict(reps=(3, 3, 56), grid=128, n_pat=64, scan=(6, 6), step_px=3,
+                                               vacancies=[((1, 2), 20)], c10=-110.0, recon_slices=20,
+                                               n_configs=1, dose=0, seed=13, tilt=(-1.5, -3.5),
+                                               specimen="SrTiO3 [001] 3x3x56, Ba column, 1 Sr vacancy, tilted"),
+                             description="abTEM SrTiO3 [001] 5 × 5 × 56 cells (21.9 nm), 56 slices of 3.905 Å, 2 "
+                                         "frozen phonons, beam tilt (θy, θx) = (−1.5, −3.5) mrad (3.8), crossover "
+                                         "110 Å inside, noise-free; recon given 20 × 10.93 Å"),
     "val_tiltvar": dict(_BASE, n_slices=16, dz=12.0, max_phase=0.4, density=0.08, width=0.35, tilt=(2.5, -2.5),
                         tilt_grad=((1.1, 0.2), (0.0, -0.7)), seed=205, geom=dict(defocus=-100.0),
                         description="16 × 12 Å, mistilt θy 2.5 ± 1.3, θx −2.5 ± 0.7 mrad across the field "
