@@ -132,6 +132,73 @@ def test_phase_ramp_moves_into_the_probe_without_changing_the_intensities():
     assert transfer_phase_ramp(model) == pytest.approx((0.0, 0.0), abs=1e-5)  # nothing left to move
 
 
+def _columns(shape, rng, n_atoms=40, sigma_px=2.0):
+    """Smooth random 'atom columns' (one slice's phase, rad): Gaussians of ``sigma_px`` at random places."""
+    yy, xx = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    out = np.zeros(shape)
+    for cy, cx in rng.uniform(0, shape, (n_atoms, 2)):
+        out += 0.3 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma_px**2))
+    return out
+
+
+def _fourier_shift(image: np.ndarray, shift) -> np.ndarray:
+    ky = np.fft.fftfreq(image.shape[0])[:, None]
+    kx = np.fft.fftfreq(image.shape[1])[None, :]
+    return np.fft.ifft2(np.fft.fft2(image) * np.exp(-2j * np.pi * (ky * shift[0] + kx * shift[1]))).real
+
+
+def test_slice_shear_of_straight_columns_moves_into_the_tilt_without_changing_the_intensities():
+    """A model at zero tilt whose slices hold the same columns, slice k moved by −k·w, is a specimen tilted by
+    tanθ = w·px/Δz (tests/test_physics.py): the constraint straightens the slices, puts that tilt in the model and
+    leaves every pattern as it was (a wrong sign would change them)."""
+    from phasestem.recon.shear import transfer_slice_shear
+
+    S, dz, walk = 6, 40.0, (0.35, -0.25)  # px per slice
+    ds = simulate_dataset(window=(64, 64), sampling=0.4, scan_shape=(8, 8), scan_step=0.8, energy=300e3,
+                          semiangle=15.0, c10=-80.0, max_phase=0.4, seed=2)
+    model = Ptychography.from_dataset(ds, n_slices=S, slice_thickness=dz)
+    columns = _columns(model.object_shape, np.random.default_rng(4))
+    sheared = np.stack([_fourier_shift(columns, (-k * walk[0], -k * walk[1])) for k in range(S)])
+    with torch.no_grad():
+        model.obj_phase.copy_(torch.as_tensor(sheared[None], dtype=torch.float32))
+    before = model.simulate()
+    dty, dtx = transfer_slice_shear(model)
+    want = [np.arctan(w * 0.4 / dz) * 1e3 for w in walk]  # mrad
+    assert (dty, dtx) == pytest.approx(want, rel=0.03), ((dty, dtx), want)
+    assert model.tilt.detach().numpy() == pytest.approx(want, rel=0.03)
+    straight = model.obj_phase.detach().numpy()[0]
+    assert np.abs(straight - columns).max() < 0.02 * columns.max()  # every slice holds the columns unmoved
+    after = model.simulate()
+    # the same intensities (to the probe's wrap-around in its periodic window: 0.7 %), where the mirrored tilt
+    # changes them by half their peak
+    assert float((after - before).abs().max() / before.abs().max()) < 1.5e-2
+    with torch.no_grad():
+        model.tilt.neg_()
+    mirrored = model.simulate()
+    assert float((mirrored - before).abs().max() / before.abs().max()) > 0.2
+    with torch.no_grad():
+        model.tilt.neg_()
+    assert transfer_slice_shear(model) == pytest.approx((0.0, 0.0), abs=0.05 * abs(want[0]))  # nothing left
+
+
+def test_slice_shear_leaves_independent_slices_alone():
+    """Independent atoms in every slice have no column to straighten: nothing moves."""
+    from phasestem.recon.shear import slice_shear, transfer_slice_shear
+
+    ds = simulate_dataset(window=(64, 64), sampling=0.4, scan_shape=(8, 8), scan_step=0.8, energy=300e3,
+                          semiangle=15.0, c10=-80.0, max_phase=0.4, seed=2)
+    model = Ptychography.from_dataset(ds, n_slices=6, slice_thickness=40.0)
+    rng = np.random.default_rng(5)
+    slices = np.stack([_columns(model.object_shape, rng) for _ in range(6)])
+    with torch.no_grad():
+        model.obj_phase.copy_(torch.as_tensor(slices[None], dtype=torch.float32))
+    _, coherence = slice_shear(torch.as_tensor(slices))
+    assert coherence < 0.3, coherence
+    assert transfer_slice_shear(model) == (0.0, 0.0)
+    assert np.array_equal(model.obj_phase.detach().numpy()[0], slices.astype(np.float32))
+    assert model.tilt.detach().abs().max() == 0
+
+
 def _spectral_power(probe: torch.Tensor) -> torch.Tensor:
     """Σ_m |ψ̂_m(k)|² (ny, nx) of probe modes (M, ny, nx) complex."""
     return torch.fft.fft2(probe.to(torch.complex128), norm="ortho").abs().square().sum(0)

@@ -44,6 +44,9 @@ def main() -> None:
     ap.add_argument("--obj-ramp", action="store_true",
                     help="constraints.obj_ramp every epoch: the object's phase ramp moves into the probe as a tilt")
     ap.add_argument("--obj-ramp-start", type=int, default=1, help="first epoch of --obj-ramp (default 1)")
+    ap.add_argument("--obj-shear", action="store_true",
+                    help="constraints.obj_shear every epoch: the slices' shear moves into the specimen tilt")
+    ap.add_argument("--obj-shear-start", type=int, default=1, help="first epoch of --obj-shear (default 1)")
     ap.add_argument("--probe-aperture", choices=["on", "off", "auto"], default=None,
                     help="constraints.probe_aperture: hold the probe's spectrum amplitude to the nominal aperture's "
                          "(default: the engine's, auto: decided from the data)")
@@ -121,6 +124,7 @@ def main() -> None:
     model.set_learning_rates(**rates)
     cons = Constraints(ortho_probe={"enabled": c["n_modes"] > 1}, position_affine={"enabled": args.positions_affine},
                        obj_ramp={"enabled": args.obj_ramp, "start_iter": args.obj_ramp_start},
+                       obj_shear={"enabled": args.obj_shear, "start_iter": args.obj_shear_start},
                        **({"probe_aperture": {"enabled": {"on": True, "off": False}.get(args.probe_aperture, "auto"),
                                               "end_iter": args.probe_aperture_end}} if args.probe_aperture else {}))
     engine_log = _EngineLog()  # what the engine logs it decided (probe_aperture auto), recorded in the settings
@@ -159,6 +163,7 @@ def main() -> None:
                 "semiangle_scale": args.semiangle_scale,
                 "mode_power": args.mode_power, "source_size": args.source_size,
                 "obj_ramp": {"enabled": args.obj_ramp, "start_iter": args.obj_ramp_start},
+                "obj_shear": {"enabled": args.obj_shear, "start_iter": args.obj_shear_start},
                 "probe_aperture": cons.probe_aperture.model_dump(), "per_position_tilt": args.per_position_tilt,
                 "probe_aperture_auto": engine_log.after("constraints.probe_aperture auto: "),
                 "tilt_mrad_per_epoch": [g["tilt"].double().reshape(-1, 2).mean(0).tolist()

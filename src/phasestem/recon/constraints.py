@@ -25,10 +25,14 @@ name                   effect
                        ``weight`` down the gradient of Σ√(|∇x|² + ε²) (per slice, lateral)
 ``obj_ramp``           move the object's phase ramp over the scanned area into the probe as a tilt
                        (the data cannot tell the two apart; see :func:`transfer_phase_ramp`)
+``obj_shear``          straighten the object's slices (a crystal's columns) and move their shear into the
+                       specimen tilt (the data cannot tell the two apart; see
+                       :func:`~phasestem.recon.shear.transfer_slice_shear`)
 =====================  =====================================================================
 """
 from __future__ import annotations
 
+import logging
 import math
 from typing import Literal
 
@@ -38,6 +42,9 @@ from pydantic import Field, model_validator
 from .. import optics
 from ..configfile import StrictModel
 from ..physics.fourier import fft2, ifft2
+from .shear import transfer_slice_shear
+
+log = logging.getLogger("phasestem.recon")
 
 
 class Schedule(StrictModel):
@@ -129,6 +136,16 @@ class ObjRamp(Schedule):
     smooth: float = Field(1.0, gt=0, description="low-pass σ of the phase before the fit, in scan steps")
 
 
+class ObjShear(Schedule):
+    """Slice-shear transfer from the object to the specimen tilt
+    (see :func:`~phasestem.recon.shear.transfer_slice_shear`)."""
+
+    min_coherence: float = Field(0.3, ge=0, le=1, description="move nothing unless the slices, once aligned, "
+                                 "correlate at least this much on average (a crystal's columns: 0.5–0.9; "
+                                 "independent atoms per slice: near 0)")
+    max_walk: float = Field(0.5, gt=0, description="largest shear searched, px per slice")
+
+
 class ProbeAperture(Schedule):
     """The probe's spectrum held to the nominal aperture (:func:`hold_probe_aperture`); 'auto' decides from the data
     when a run starts (:func:`~phasestem.recon.aperture_rule.probe_aperture_rule`)."""
@@ -167,6 +184,13 @@ class Constraints(StrictModel):
                               "area into the probe as a tilt (same intensities: the data cannot tell them apart). "
                               "On in the files `phasestem calibrate` and `--auto` write, where the pattern centre is "
                               "only as good as its fit; off by default, where the untilted nominal probe decides")
+    obj_shear: ObjShear = Field(default_factory=ObjShear, description="straighten the object's slices and move "
+                                "their shear into the specimen tilt (same intensities: a global tilt and a shear of "
+                                "the slices by depth × tan θ cannot be told apart). For crystals near a zone axis, "
+                                "whose columns are straight in the specimen's frame. Off by default: without "
+                                "columns the reconstruction's depth blur still correlates neighbouring slices and "
+                                "the shear it measures drives the tilt astray (benchmarks/independent/README.md, "
+                                "'A mistilted crystal')")
 
 
 # ---- the operations (in place, no gradients) --------------------------------------------
@@ -442,6 +466,11 @@ def apply_constraints(model, c: Constraints, epoch: int) -> list[str]:
         if c.obj_ramp.due(epoch):
             transfer_phase_ramp(model, c.obj_ramp.smooth)
             done.append("obj_ramp")
+        if c.obj_shear.due(epoch):
+            dty, dtx = transfer_slice_shear(model, c.obj_shear.min_coherence, c.obj_shear.max_walk)
+            log.info("constraints.obj_shear: tilt %+.2f, %+.2f mrad (now %s)", dty, dtx,
+                     ", ".join(f"{v:.2f}" for v in model.tilt.detach().reshape(-1, 2).mean(0).tolist()))
+            done.append("obj_shear")
         if c.obj_clamp.due(epoch):
             clamp_object(model, c.obj_clamp)
             done.append("obj_clamp")
