@@ -141,16 +141,11 @@ def _columns(shape, rng, n_atoms=40, sigma_px=2.0):
     return out
 
 
-def _fourier_shift(image: np.ndarray, shift) -> np.ndarray:
-    ky = np.fft.fftfreq(image.shape[0])[:, None]
-    kx = np.fft.fftfreq(image.shape[1])[None, :]
-    return np.fft.ifft2(np.fft.fft2(image) * np.exp(-2j * np.pi * (ky * shift[0] + kx * shift[1]))).real
-
-
 def test_slice_shear_of_straight_columns_moves_into_the_tilt_without_changing_the_intensities():
     """A model at zero tilt whose slices hold the same columns, slice k moved by −k·w, is a specimen tilted by
     tanθ = w·px/Δz (tests/test_physics.py): the constraint straightens the slices, puts that tilt in the model and
     leaves every pattern as it was (a wrong sign would change them)."""
+    from phasestem.metrics import apply_shift
     from phasestem.recon.shear import transfer_slice_shear
 
     S, dz, walk = 6, 40.0, (0.35, -0.25)  # px per slice
@@ -158,7 +153,7 @@ def test_slice_shear_of_straight_columns_moves_into_the_tilt_without_changing_th
                           semiangle=15.0, c10=-80.0, max_phase=0.4, seed=2)
     model = Ptychography.from_dataset(ds, n_slices=S, slice_thickness=dz)
     columns = _columns(model.object_shape, np.random.default_rng(4))
-    sheared = np.stack([_fourier_shift(columns, (-k * walk[0], -k * walk[1])) for k in range(S)])
+    sheared = np.stack([apply_shift(columns, (-k * walk[0], -k * walk[1])) for k in range(S)])
     with torch.no_grad():
         model.obj_phase.copy_(torch.as_tensor(sheared[None], dtype=torch.float32))
     before = model.simulate()

@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from ..physics.fourier import fourier_shift
+
 
 def slice_shear(slices: torch.Tensor, window: torch.Tensor | None = None,
                 max_walk: float = 0.5) -> tuple[tuple[float, float], float]:
@@ -99,13 +101,10 @@ def transfer_slice_shear(model, min_coherence: float = 0.3, max_walk: float = 0.
     (dy, dx), coherence = slice_shear(stack, window, max_walk)
     if coherence < min_coherence or not (math.isfinite(dy) and math.isfinite(dx)):
         return 0.0, 0.0
-    ky = torch.fft.fftfreq(ny, device=model.device)[:, None]
-    kx = torch.fft.fftfreq(nx, device=model.device)[None, :]
-    k = torch.arange(S, device=model.device, dtype=torch.float32)[:, None, None]
-    ramp = torch.exp(-2j * math.pi * k * (ky * dy + kx * dx))  # (S, ny, nx): slice k moves by k·d
+    walk = torch.arange(S, device=model.device, dtype=torch.float32)[:, None] * torch.tensor(
+        [dy, dx], device=model.device)  # (S, 2): slice k moves by k·d
     for param in (model.obj_phase, model.obj_amplitude):
-        moved = torch.fft.ifft2(torch.fft.fft2(param.detach()) * ramp).real
-        param.copy_(moved.to(param.dtype))
+        param.copy_(fourier_shift(param.detach(), walk).real.to(param.dtype))
     dz = float(model.slice_thickness.detach())
     tan = torch.tan(model.tilt.detach().double() * 1e-3)
     new = torch.atan(tan + torch.tensor([dy * sampling[0] / dz, dx * sampling[1] / dz], dtype=tan.dtype,
