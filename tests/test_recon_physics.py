@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from phasestem.recon import Constraints, Ptychography
+from phasestem.recon.constraints import apply_constraints
 from phasestem.recon.synthetic import pearson, simulate_dataset
 
 SCANNED = (slice(0, 18), slice(0, 18))  # dataset-frame pixels covered by an 8×8 scan of 1 Å at 0.4 Å/px
@@ -192,6 +193,80 @@ def test_slice_shear_leaves_independent_slices_alone():
     assert transfer_slice_shear(model) == (0.0, 0.0)
     assert np.array_equal(model.obj_phase.detach().numpy()[0], slices.astype(np.float32))
     assert model.tilt.detach().abs().max() == 0
+
+
+def _lattice(shape, period_px=5.0, sigma_px=0.9):
+    """A crystal's projected phase (rad): Gaussian columns on a square lattice of ``period_px``, offset 0.3 px."""
+    yy, xx = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    dy = (yy - 0.3 + period_px / 2) % period_px - period_px / 2  # distance to the nearest column
+    dx = (xx - 0.3 + period_px / 2) % period_px - period_px / 2
+    return 0.3 * np.exp(-(dy**2 + dx**2) / (2 * sigma_px**2))
+
+
+def test_lattice_fraction_tells_a_crystal_from_independent_atoms():
+    """A lattice's spectral power is in its Bragg peaks (a pure cosine: all of it); independent atoms' spectrum is a
+    speckle, with almost none above 20 × its annulus' median (noise added to the lattice lowers the fraction by
+    about the noise's share of the power)."""
+    from phasestem.recon.shear import CRYSTAL_FRACTION, lattice_fraction
+
+    rng = np.random.default_rng(7)
+    yy, xx = np.meshgrid(np.arange(48), np.arange(48), indexing="ij")
+    cosine = np.cos(2 * np.pi * (yy / 6 + xx / 8))
+    assert lattice_fraction(torch.as_tensor(cosine)) > 0.98
+    crystal = _lattice((48, 48))
+    noise = rng.normal(0, 0.02, crystal.shape)
+    f_clean = lattice_fraction(torch.as_tensor(crystal))
+    f_noisy = lattice_fraction(torch.as_tensor(crystal + noise))
+    assert f_clean > 0.9 and CRYSTAL_FRACTION < f_noisy < f_clean, (f_clean, f_noisy)
+    atoms = [lattice_fraction(torch.as_tensor(_columns((48, 48), np.random.default_rng(s), n_atoms=60,
+                                                       sigma_px=0.9))) for s in range(5)]
+    assert max(atoms) < 0.05, atoms
+
+
+def test_obj_shear_auto_turns_on_for_a_mistilted_crystal_only():
+    """'auto' is decided where obj_shear is first due: on for sheared lattice slices (a crystal at the wrong tilt),
+    off for the same slices straight (the tilt fits), off for independent atoms (no lattice) and with one slice.
+    The constraint then straightens the slices as when it is on, and the decision stays with the model (and its
+    checkpoint) although the straightened object would no longer turn it on."""
+    from phasestem.metrics import apply_shift
+    from phasestem.recon.shear import obj_shear_rule, resolve_obj_shear
+
+    S, walk = 6, (0.3, -0.2)  # px per slice
+    ds = simulate_dataset(window=(64, 64), sampling=0.4, scan_shape=(14, 14), scan_step=0.8, energy=300e3,
+                          semiangle=15.0, c10=-80.0, max_phase=0.4, seed=2)
+    model = Ptychography.from_dataset(ds, n_slices=S, slice_thickness=40.0)
+    crystal = _lattice(model.object_shape)
+    rng = np.random.default_rng(3)
+    stacks = {"sheared": np.stack([apply_shift(crystal, (-k * walk[0], -k * walk[1])) for k in range(S)]),
+              "straight": np.stack([crystal] * S),
+              "atoms": np.stack([_columns(model.object_shape, rng, n_atoms=80, sigma_px=0.9) for _ in range(S)])}
+    decided = {}
+    for name, stack in stacks.items():
+        with torch.no_grad():
+            model.obj_phase.copy_(torch.as_tensor(stack[None], dtype=torch.float32))
+            model.tilt.zero_()
+        decided[name] = obj_shear_rule(model)
+    assert decided["sheared"][0] and decided["sheared"][1].startswith("on: "), decided["sheared"]
+    assert not decided["straight"][0] and "the tilt fits" in decided["straight"][1], decided["straight"]
+    assert not decided["atoms"][0] and "no columns" in decided["atoms"][1], decided["atoms"]
+
+    with torch.no_grad():
+        model.obj_phase.copy_(torch.as_tensor(stacks["sheared"][None], dtype=torch.float32))
+    c = Constraints()
+    assert c.obj_shear.enabled == "auto" and c.obj_shear.start_iter == 2
+    assert resolve_obj_shear(model, c, 1) is c  # not due yet: undecided
+    on = resolve_obj_shear(model, c, 2)
+    assert on.obj_shear.enabled is True and c.obj_shear.enabled == "auto"  # the caller's settings stay as given
+    assert resolve_obj_shear(model, on, 3) is on
+    assert "obj_shear" in apply_constraints(model, on, 2)
+    want = [np.arctan(w * 0.4 / 40.0) * 1e3 for w in walk]
+    assert model.tilt.detach().numpy() == pytest.approx(want, rel=0.05)
+    assert obj_shear_rule(model)[0] is False  # straight now: a fresh decision would be off ...
+    assert resolve_obj_shear(model, c, 3).obj_shear.enabled is True  # ... but the run goes on as decided
+    resumed = Ptychography.from_dataset(ds, n_slices=S, slice_thickness=40.0)
+    resumed.load_checkpoint_state(model.state_for_checkpoint())
+    assert resolve_obj_shear(resumed, c, 3).obj_shear.enabled is True
+    assert resolve_obj_shear(Ptychography.from_dataset(ds), c, 2).obj_shear.enabled is False  # one slice: off
 
 
 def _spectral_power(probe: torch.Tensor) -> torch.Tensor:

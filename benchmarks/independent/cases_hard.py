@@ -124,6 +124,20 @@ HARD: dict[str, dict] = {
                              description="abTEM SrTiO3 [001] 5 × 5 × 56 cells (21.9 nm), 56 slices of 3.905 Å, 2 "
                                          "frozen phonons, beam tilt (θy, θx) = (−1.5, −3.5) mrad (3.8), crossover "
                                          "110 Å inside, noise-free; recon given 20 × 10.93 Å"),
+    # added after obj_shear's 'auto' rule was revised with val_tilt_crystal seen: a crystal no rule was chosen on
+    "val_tilt_crystal_b": dict(simulator="abtem", iters=20,
+                               layout=dict(reps=(5, 5, 64), grid=192, n_pat=96, scan=(24, 24), step_px=5,
+                                           vacancies=[((2, 2), 30)], c10=-130.0, recon_slices=16, n_configs=2,
+                                           dose=0, seed=14, tilt=(-2.0, 1.0),
+                                           specimen="SrTiO3 [001] 5x5x64 (25.0 nm), Ba column, 1 Sr vacancy, "
+                                                    "beam tilt (-2.0, 1.0) mrad"),
+                               quick_layout=dict(reps=(3, 3, 64), grid=128, n_pat=64, scan=(6, 6), step_px=3,
+                                                 vacancies=[((1, 2), 20)], c10=-130.0, recon_slices=16,
+                                                 n_configs=1, dose=0, seed=14, tilt=(-2.0, 1.0),
+                                                 specimen="SrTiO3 [001] 3x3x64, Ba column, 1 Sr vacancy, tilted"),
+                               description="abTEM SrTiO3 [001] 5 × 5 × 64 cells (25.0 nm), 64 slices of 3.905 Å, 2 "
+                                           "frozen phonons, beam tilt (θy, θx) = (−2.0, 1.0) mrad (2.2), crossover "
+                                           "130 Å inside, noise-free; recon given 16 × 15.62 Å"),
     "val_tiltvar": dict(_BASE, n_slices=16, dz=12.0, max_phase=0.4, density=0.08, width=0.35, tilt=(2.5, -2.5),
                         tilt_grad=((1.1, 0.2), (0.0, -0.7)), seed=205, geom=dict(defocus=-100.0),
                         description="16 × 12 Å, mistilt θy 2.5 ± 1.3, θx −2.5 ± 0.7 mrad across the field "

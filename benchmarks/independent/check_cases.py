@@ -101,13 +101,13 @@ def check_case(name: str, c: dict) -> tuple[list[str], str]:
         want = float(kind[4:])
         if dose != want or abs(float(c["scan_step"]) - 0.5) > 1e-9:
             bad.append(f"{kind}: dose {dose:g} step {c['scan_step']} Å, expected {want:g} at 0.5 Å")
-    elif kind in ("tilt", "tiltvar", "tilt_crystal"):
+    elif kind in ("tilt", "tiltvar") or kind.startswith("tilt_crystal"):
         mag = np.hypot(*c["tilt_mrad"].T)
         info.append(f"|tilt| {mag.min():.2f}–{mag.max():.2f} mrad")
         if mag.min() < 2 - 1e-9 or mag.max() > 5 + 1e-9:
             bad.append("tilt outside 2–5 mrad")
         spread = float(np.ptp(c["tilt_mrad"], 0).max())
-        constant = kind in ("tilt", "tilt_crystal")
+        constant = kind == "tilt" or kind.startswith("tilt_crystal")
         if (constant and spread > 1e-9) or (kind == "tiltvar" and np.ptp(mag) < 1.0 and spread < 1.0):
             bad.append(f"{kind}: tilt spread {spread:.2f} mrad")
     elif kind == "distort":

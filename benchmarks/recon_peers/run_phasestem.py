@@ -44,9 +44,11 @@ def main() -> None:
     ap.add_argument("--obj-ramp", action="store_true",
                     help="constraints.obj_ramp every epoch: the object's phase ramp moves into the probe as a tilt")
     ap.add_argument("--obj-ramp-start", type=int, default=1, help="first epoch of --obj-ramp (default 1)")
-    ap.add_argument("--obj-shear", action="store_true",
-                    help="constraints.obj_shear every epoch: the slices' shear moves into the specimen tilt")
-    ap.add_argument("--obj-shear-start", type=int, default=1, help="first epoch of --obj-shear (default 1)")
+    ap.add_argument("--obj-shear", nargs="?", const="on", choices=["on", "off", "auto"], default=None,
+                    help="constraints.obj_shear every epoch: the slices' shear moves into the specimen tilt (bare: "
+                         "on; default: the engine's, auto: on for a mistilted crystal)")
+    ap.add_argument("--obj-shear-start", type=int, default=None,
+                    help="first epoch of --obj-shear (default: the engine's, 2)")
     ap.add_argument("--probe-aperture", choices=["on", "off", "auto"], default=None,
                     help="constraints.probe_aperture: hold the probe's spectrum amplitude to the nominal aperture's "
                          "(default: the engine's, auto: decided from the data)")
@@ -124,10 +126,11 @@ def main() -> None:
     model.set_learning_rates(**rates)
     cons = Constraints(ortho_probe={"enabled": c["n_modes"] > 1}, position_affine={"enabled": args.positions_affine},
                        obj_ramp={"enabled": args.obj_ramp, "start_iter": args.obj_ramp_start},
-                       obj_shear={"enabled": args.obj_shear, "start_iter": args.obj_shear_start},
-                       **({"probe_aperture": {"enabled": {"on": True, "off": False}.get(args.probe_aperture, "auto"),
+                       obj_shear={k: v for k, v in (("enabled", _switch(args.obj_shear)),
+                                                    ("start_iter", args.obj_shear_start)) if v is not None},
+                       **({"probe_aperture": {"enabled": _switch(args.probe_aperture),
                                               "end_iter": args.probe_aperture_end}} if args.probe_aperture else {}))
-    engine_log = _EngineLog()  # what the engine logs it decided (probe_aperture auto), recorded in the settings
+    engine_log = _EngineLog()  # what the engine logs it decided (the 'auto' rules), recorded in the settings
     times, cpu_times, history, losses_seen = [], [], [], []
     c0 = cpu0 = time.process_time()
     t0 = time.perf_counter()
@@ -163,7 +166,8 @@ def main() -> None:
                 "semiangle_scale": args.semiangle_scale,
                 "mode_power": args.mode_power, "source_size": args.source_size,
                 "obj_ramp": {"enabled": args.obj_ramp, "start_iter": args.obj_ramp_start},
-                "obj_shear": {"enabled": args.obj_shear, "start_iter": args.obj_shear_start},
+                "obj_shear": cons.obj_shear.model_dump(include={"enabled", "start_iter"}),
+                "obj_shear_auto": engine_log.after("constraints.obj_shear auto "),
                 "probe_aperture": cons.probe_aperture.model_dump(), "per_position_tilt": args.per_position_tilt,
                 "probe_aperture_auto": engine_log.after("constraints.probe_aperture auto: "),
                 "tilt_mrad_per_epoch": [g["tilt"].double().reshape(-1, 2).mean(0).tolist()
@@ -174,6 +178,11 @@ def main() -> None:
                            "counted": "0.5 gaussian on sqrt(I) + 0.5 poisson NLL"}[loss_name],
                 "cpu_s_per_iter": cpu / c["iters"], "iter_cpu": cpu_times, "loss_per_epoch": losses_seen}
     save_result(args.result, phase, np.zeros(2), times, settings, phase_history=history)
+
+
+def _switch(choice: str | None) -> bool | str | None:
+    """on / off / auto as a constraint's ``enabled`` (None: not given)."""
+    return None if choice is None else {"on": True, "off": False}.get(choice, "auto")
 
 
 class _EngineLog(logging.Handler):

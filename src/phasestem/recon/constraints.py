@@ -2,8 +2,8 @@
 
 Each constraint has a schedule ``{start_iter, step, end_iter}`` (1-based epochs; the legacy key
 ``freq`` is accepted as ``step``): it runs at epochs ``start_iter, start_iter + step, …`` up
-to ``end_iter`` (``None`` = the end). A constraint is off unless ``enabled`` (``probe_aperture``: 'auto',
-decided from the data).
+to ``end_iter`` (``None`` = the end). A constraint is off unless ``enabled`` (``probe_aperture`` and
+``obj_shear``: 'auto', decided from the data).
 
 =====================  =====================================================================
 name                   effect
@@ -27,7 +27,8 @@ name                   effect
                        (the data cannot tell the two apart; see :func:`transfer_phase_ramp`)
 ``obj_shear``          straighten the object's slices (a crystal's columns) and move their shear into the
                        specimen tilt (the data cannot tell the two apart; see
-                       :func:`~phasestem.recon.shear.transfer_slice_shear`)
+                       :func:`~phasestem.recon.shear.transfer_slice_shear`); 'auto' (the default): on for
+                       a mistilted crystal (:func:`~phasestem.recon.shear.obj_shear_rule`)
 =====================  =====================================================================
 """
 from __future__ import annotations
@@ -140,10 +141,22 @@ class ObjShear(Schedule):
     """Slice-shear transfer from the object to the specimen tilt
     (see :func:`~phasestem.recon.shear.transfer_slice_shear`)."""
 
+    enabled: bool | Literal["auto"] = Field(
+        "auto", description="true, false or auto: decided where it is first due, on for a mistilted crystal "
+        "(shear.obj_shear_rule); the run log says which and why")
+    start_iter: int = Field(2, ge=1, description="first epoch (1-based) at which the constraint runs (and 'auto' "
+                            "decides): the first epoch's object is the start the others correct")
     min_coherence: float = Field(0.3, ge=0, le=1, description="move nothing unless the slices, once aligned, "
                                  "correlate at least this much on average (a crystal's columns: 0.5–0.9; "
                                  "independent atoms per slice: near 0)")
     max_walk: float = Field(0.5, gt=0, description="largest shear searched, px per slice")
+
+    def due(self, epoch: int) -> bool:
+        return self.enabled is True and super().due(epoch)
+
+    def scheduled(self, epoch: int) -> bool:
+        """Whether ``epoch`` is in the schedule, whatever ``enabled`` says ('auto' decides there)."""
+        return super().due(epoch)
 
 
 class ProbeAperture(Schedule):
@@ -160,7 +173,7 @@ class ProbeAperture(Schedule):
 
 
 class Constraints(StrictModel):
-    """All constraints with their schedules (every one is off by default, but probe_aperture: auto)."""
+    """All constraints with their schedules (every one is off by default, but probe_aperture and obj_shear: auto)."""
 
     ortho_probe: Schedule = Field(default_factory=Schedule, description="probe-mode orthogonalisation")
     probe_mask: ProbeMask = Field(default_factory=ProbeMask, description="Fourier probe mask")
@@ -187,10 +200,10 @@ class Constraints(StrictModel):
     obj_shear: ObjShear = Field(default_factory=ObjShear, description="straighten the object's slices and move "
                                 "their shear into the specimen tilt (same intensities: a global tilt and a shear of "
                                 "the slices by depth × tan θ cannot be told apart). For crystals near a zone axis, "
-                                "whose columns are straight in the specimen's frame. Off by default: without "
-                                "columns the reconstruction's depth blur still correlates neighbouring slices and "
-                                "the shear it measures drives the tilt astray (benchmarks/independent/README.md, "
-                                "'A mistilted crystal')")
+                                "whose columns are straight in the specimen's frame; 'auto' (the default) turns it "
+                                "on for mistilted crystals only: without columns the reconstruction's depth blur "
+                                "still correlates neighbouring slices and the shear it measures drives the tilt "
+                                "astray (benchmarks/independent/README.md, 'A mistilted crystal')")
 
 
 # ---- the operations (in place, no gradients) --------------------------------------------

@@ -59,6 +59,7 @@ from .prepared import PreparedData, prepared_data  # noqa: F401  (PreparedData: 
 from .run_config import RunConfig
 from .run_state import RunState, snapshot
 from .schedule import LOW_DOSE_COUNTS, phase_only
+from .shear import resolve_obj_shear
 from .step import BatchStep
 
 log = logging.getLogger("phasestem.recon")
@@ -203,6 +204,7 @@ def _epochs(loop: Loop, lbfgs_options: dict) -> Iterator[float]:
             for name in disabled:  # between epochs the user sees (and may change) their own settings
                 named[name].requires_grad_(True)
             disabled.clear()
+            loop.constraints = resolve_obj_shear(model, loop.constraints, epoch)  # 'auto': decided once, logged
             loop.applied = apply_constraints(model, loop.constraints, epoch)
             model.epoch = epoch
             record = loop.record = {"epoch": epoch, "loss": mean_loss, "seconds": time.perf_counter() - t0}

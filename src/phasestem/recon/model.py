@@ -100,6 +100,7 @@ class Ptychography(nn.Module):
         self.loss_history: list[dict[str, float]] = []
         #: per epoch: {"epoch", "slice_thickness" (), "tilt" (2,) or (N, 2)} (see :meth:`record_epoch`)
         self.geometry_history: list[dict[str, torch.Tensor]] = []
+        self.decided: dict[str, bool] = {}  # what an 'auto' rule decided, for all epochs (e.g. {"obj_shear": True})
         #: functions ``f(model, record)`` run after every epoch; they may add scalars to ``record``
         self.epoch_callbacks: list = []
         self._data_cache: tuple | None = None
@@ -430,20 +431,18 @@ class Ptychography(nn.Module):
 
     # ---- checkpoints -------------------------------------------------------------------
     def state_for_checkpoint(self) -> dict:
-        return {
-            "params": {k: v.detach().clone() for k, v in self.state_dict().items()},
-            "epoch": self.epoch,
-            "loss_history": [dict(h) for h in self.loss_history],
-            "geometry_history": [dict(g) for g in self.geometry_history],
-            "schedules": {k: [-1.0 if s.lr is None else s.lr, s.start, -1 if s.end is None else s.end]
-                          for k, s in self.schedules.items()},
-        }
+        return {"params": {k: v.detach().clone() for k, v in self.state_dict().items()}, "epoch": self.epoch,
+                "loss_history": [dict(h) for h in self.loss_history],
+                "geometry_history": [dict(g) for g in self.geometry_history], "decided": dict(self.decided),
+                "schedules": {k: [-1.0 if s.lr is None else s.lr, s.start, -1 if s.end is None else s.end]
+                              for k, s in self.schedules.items()}}
 
     def load_checkpoint_state(self, state: dict) -> None:
         self.load_state_dict(state["params"])
         self.epoch = int(state["epoch"])
         self.loss_history = [dict(h) for h in state["loss_history"]]
         self.geometry_history = [dict(g) for g in state.get("geometry_history", [])]
+        self.decided = {str(k): bool(v) for k, v in state.get("decided", {}).items()}
         for k, (lr, start, end) in state["schedules"].items():
             self.schedules[k] = ParamSchedule(None if float(lr) < 0 else float(lr), int(start),
                                               None if int(end) < 0 else int(end))
