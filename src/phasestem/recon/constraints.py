@@ -137,7 +137,18 @@ class ObjRamp(Schedule):
     smooth: float = Field(1.0, gt=0, description="low-pass σ of the phase before the fit, in scan steps")
 
 
-class ObjShear(Schedule):
+class AutoSchedule(Schedule):
+    """A schedule whose ``enabled`` (declared by each subclass) may be 'auto': it runs once a rule of the engine's
+    sets it true for the run."""
+
+    def due(self, epoch: int) -> bool:
+        return self.enabled is True and super().due(epoch)
+
+    def scheduled(self, epoch: int) -> bool:  # in the schedule, whatever `enabled` says ('auto' decides there)
+        return super().due(epoch)
+
+
+class ObjShear(AutoSchedule):
     """Slice-shear transfer from the object to the specimen tilt
     (see :func:`~phasestem.recon.shear.transfer_slice_shear`)."""
 
@@ -151,15 +162,8 @@ class ObjShear(Schedule):
                                  "independent atoms per slice: near 0)")
     max_walk: float = Field(0.5, gt=0, description="largest shear searched, px per slice")
 
-    def due(self, epoch: int) -> bool:
-        return self.enabled is True and super().due(epoch)
 
-    def scheduled(self, epoch: int) -> bool:
-        """Whether ``epoch`` is in the schedule, whatever ``enabled`` says ('auto' decides there)."""
-        return super().due(epoch)
-
-
-class ProbeAperture(Schedule):
+class ProbeAperture(AutoSchedule):
     """The probe's spectrum held to the nominal aperture (:func:`hold_probe_aperture`); 'auto' decides from the data
     when a run starts (:func:`~phasestem.recon.aperture_rule.probe_aperture_rule`)."""
 
@@ -167,9 +171,6 @@ class ProbeAperture(Schedule):
         "auto", description="true, false or auto: on where the mean pattern shows a strong scatterer (more than 1 % "
         "of its intensity beyond 1.1 × the bright-field disk) and the data's disk edge, at least 15 px in radius, is "
         "within 1.5 % of the nominal aperture's; the run log says which and why")
-
-    def due(self, epoch: int) -> bool:
-        return self.enabled is True and super().due(epoch)
 
 
 class Constraints(StrictModel):

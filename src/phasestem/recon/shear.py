@@ -107,18 +107,16 @@ def obj_shear_rule(model, max_walk: float = 0.5) -> tuple[bool, str]:
     (:func:`transfer_slice_shear`)."""
     if model.n_slices < 3:
         return False, f"off: {model.n_slices} slice(s), no shear to measure"
-    field = _scanned_field(model)
+    field = _field_stack(model, max_walk)
     if field is None:
         return False, "off: the scanned field is under 8 px across"
-    (y0, x0), (y1, x1) = field
-    w = model.obj_weights.detach()
-    projected = ((w / w.sum()).to(model.obj_phase.dtype)[:, None, None, None] * model.obj_phase.detach()).sum((0, 1))
-    fraction = lattice_fraction(projected[y0:y1, x0:x1])
+    stack, window, inner = field
+    fraction = lattice_fraction(stack[(slice(None), *inner)].sum(0))
     lattice = (f"{fraction:.2f} of the projected phase's spectral power (beyond {LATTICE_MIN_CYCLES} cycles across "
                "the scanned field) is in Bragg peaks")
     if fraction < CRYSTAL_FRACTION:
         return False, f"off: {lattice} (a crystal: {CRYSTAL_FRACTION:g} or more); no columns to straighten"
-    (dy, dx), aligned = slice_shear(*_field_stack(model, max_walk), max_walk)
+    (dy, dx), aligned = slice_shear(stack, window, max_walk)
     walk = (model.n_slices - 1) * math.hypot(dy, dx)
     shear = (f"the shear that aligns its slices ({dy:+.3f}, {dx:+.3f} px per slice; mean correlation then "
              f"{aligned:.2f}) walks {walk:.2f} px over the specimen")
@@ -184,7 +182,7 @@ def transfer_slice_shear(model, min_coherence: float = 0.3, max_walk: float = 0.
     field = _field_stack(model, max_walk) if S >= 3 else None
     if field is None:
         return 0.0, 0.0
-    (dy, dx), coherence = slice_shear(*field, max_walk)
+    (dy, dx), coherence = slice_shear(*field[:2], max_walk)
     if coherence < min_coherence or not (math.isfinite(dy) and math.isfinite(dx)):
         return 0.0, 0.0
     walk = torch.arange(S, device=model.device, dtype=torch.float32)[:, None] * torch.tensor(
@@ -201,10 +199,11 @@ def transfer_slice_shear(model, min_coherence: float = 0.3, max_walk: float = 0.
     return float(added[0]), float(added[1])
 
 
-def _field_stack(model, max_walk: float) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _field_stack(model, max_walk: float) -> tuple[torch.Tensor, torch.Tensor, tuple[slice, slice]] | None:
     """The object's phase slices (modes weighted) over the scanned field and a margin of (S − 1)·``max_walk`` + 1
-    px, (S, h, w), and the window :func:`slice_shear` weighs them by: a Hann window over the field, zero in the
-    margin (room for what a shear moves into the field). None when the field is under 8 px across."""
+    px, (S, h, w); the window :func:`slice_shear` weighs them by: a Hann window over the field, zero in the
+    margin (room for what a shear moves into the field); and the field's rows and columns within them. None when
+    the field is under 8 px across."""
     field = _scanned_field(model)
     if field is None:
         return None
@@ -213,9 +212,10 @@ def _field_stack(model, max_walk: float) -> tuple[torch.Tensor, torch.Tensor] | 
     margin = int(math.ceil(max_walk * (model.n_slices - 1))) + 1
     y0, x0 = max(0, lo[0] - margin), max(0, lo[1] - margin)
     y1, x1 = min(ny, hi[0] + margin), min(nx, hi[1] + margin)
+    inner = (slice(lo[0] - y0, hi[0] - y0), slice(lo[1] - x0, hi[1] - x0))
     window = torch.zeros((y1 - y0, x1 - x0), dtype=torch.float64, device=model.device)
-    window[lo[0] - y0 : hi[0] - y0, lo[1] - x0 : hi[1] - x0] = _hann(hi[0] - lo[0], hi[1] - lo[1], window)
+    window[inner] = _hann(hi[0] - lo[0], hi[1] - lo[1], window)
     phase = model.obj_phase.detach()
     w = model.obj_weights.detach()
     w = (w / w.sum()).to(phase.dtype)
-    return (w[:, None, None, None] * phase).sum(0)[:, y0:y1, x0:x1], window
+    return (w[:, None, None, None] * phase).sum(0)[:, y0:y1, x0:x1], window, inner
