@@ -69,6 +69,28 @@ def test_every_command_starts_without_importing_torch_dynamo():
     assert out.stdout.strip() == "False", out.stderr
 
 
+def test_an_eager_reconstruction_never_imports_torch_dynamo():
+    """Nor do the solvers (``recon.optimizers``): any torch.optim optimiser imports torch._dynamo on its first use,
+    1.9 s of the first epoch. lsq and adam, with tilt and positions refined (Adam and RowAdam beside SGD)."""
+    code = """
+import sys
+import numpy as np
+from phasestem.dataset import FourDSTEM, angular_sampling_for
+from phasestem.recon import Ptychography
+patterns = np.random.default_rng(0).random((4, 4, 32, 32)).astype("float32")
+ds = FourDSTEM(patterns=patterns, energy=300e3, scan_step=(1.0, 1.0), semiangle=20.0, aberrations={"C10": 50.0},
+               angular_sampling=angular_sampling_for(300e3, 0.3, (32, 32)))
+for solver in ("LSQ_optimize", "Adam_optimize"):
+    model = Ptychography.from_dataset(ds, n_slices=2, slice_thickness=10.0)
+    model.set_learning_rates(positions=0.01, tilt=0.1)
+    losses = list(getattr(model, solver)(2, ds, batch_size=4, progress=False))
+    assert len(losses) == 2 and all(np.isfinite(losses)), losses
+print("torch._dynamo" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr
+
+
 def test_cuda_graph_off_a_gpu_is_one_line():
     model = Ptychography.from_dataset(_scan(1))
     with pytest.raises(ConfigError, match=r"^run.compile: cuda_graph needs a CUDA device, the run is on 'cpu'"):

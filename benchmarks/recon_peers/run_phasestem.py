@@ -70,6 +70,12 @@ def main() -> None:
                     help="start the probe modes from this source size (Å FWHM; a diagnostic: no tool is told the "
                          "case's source)")
     ap.add_argument("--iters", type=int, default=None, help="iterations (default: the case file's)")
+    ap.add_argument("--bin", type=int, default=1, help="bin the patterns BIN × BIN first (a diagnostic)")
+    ap.add_argument("--slices", type=int, default=None,
+                    help="reconstruct with this many slices over the case's thickness (default: the case's count)")
+    ap.add_argument("--constraint", action="append", default=[], metavar="NAME.FIELD=VALUE",
+                    help="one field of a constraint's settings (VALUE read as YAML), e.g. kz_filter.enabled=true "
+                         "kz_filter.beta=0.5; repeatable; applied after the options above")
     ap.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
     ap.add_argument("--precondition-batches", type=int, default=None,
                     help="lsq: run.precondition_batches (default: the parameter file's)")
@@ -99,9 +105,11 @@ def main() -> None:
     ds = FourDSTEM(patterns=c["patterns"], energy=c["energy"], scan_step=(c["scan_step"],) * 2,
                    angular_sampling=angular_sampling_for(c["energy"], c["sampling"], (H, W)),
                    semiangle=float(c["semiangle"]) * args.semiangle_scale,
-                   aberrations={"C10": float(c["c10"]) + args.c10_error})
+                   aberrations={"C10": float(c["c10"]) + args.c10_error}).binned(args.bin)
     # nominal probe from the optics (never the true one); positions exact → frozen
-    model = Ptychography.from_dataset(ds, n_slices=c["n_slices"], slice_thickness=c["dz"],
+    n_slices = args.slices or int(c["n_slices"])
+    thickness = float(c["dz"]) * int(c["n_slices"])
+    model = Ptychography.from_dataset(ds, n_slices=n_slices, slice_thickness=thickness / n_slices,
                                       n_probe_modes=c["n_modes"], per_position_tilt=args.per_position_tilt,
                                       **({"mode_power": args.mode_power} if args.mode_power is not None else {}),
                                       **({"source_size": args.source_size} if args.source_size else {}),
@@ -130,6 +138,15 @@ def main() -> None:
                                                     ("start_iter", args.obj_shear_start)) if v is not None},
                        **({"probe_aperture": {"enabled": _switch(args.probe_aperture),
                                               "end_iter": args.probe_aperture_end}} if args.probe_aperture else {}))
+    if args.constraint:  # NAME.FIELD=VALUE on top of the settings above
+        import yaml
+
+        given = cons.model_dump()
+        for item in args.constraint:
+            key, _, value = item.partition("=")
+            name, _, field = key.partition(".")
+            given.setdefault(name, {})[field] = yaml.safe_load(value)
+        cons = Constraints(**given)
     engine_log = _EngineLog()  # what the engine logs it decided (the 'auto' rules), recorded in the settings
     times, cpu_times, history, losses_seen = [], [], [], []
     c0 = cpu0 = time.process_time()
@@ -176,6 +193,7 @@ def main() -> None:
                     (-2, -1)).mean()), model.schedules["obj_amplitude"])),
                 "losses": {"gaussian": "gaussian on sqrt(I)", "poisson": "poisson NLL",
                            "counted": "0.5 gaussian on sqrt(I) + 0.5 poisson NLL"}[loss_name],
+                "constraints_given": args.constraint,
                 "cpu_s_per_iter": cpu / c["iters"], "iter_cpu": cpu_times, "loss_per_epoch": losses_seen}
     save_result(args.result, phase, np.zeros(2), times, settings, phase_history=history)
 
