@@ -24,11 +24,16 @@ def scan():
     return ds, truth, tuple(ds.truth["sampling"])
 
 
-def test_initial_phase_is_placed_in_the_dataset_frame(scan):
+def test_initial_phase_is_placed_in_the_dataset_frame_from_zero_up(scan):
+    """In the dataset frame, and raised so that its lowest value is the flat start's 0 (a constant phase is not
+    measured; a positive object keeps it whole)."""
     ds, truth, samp = scan
-    model = Ptychography.from_dataset(ds, initial_phase=truth, initial_phase_sampling=samp)
+    shifted = truth - 1.5  # half of it negative
+    model = Ptychography.from_dataset(ds, initial_phase=shifted, initial_phase_sampling=samp)
     got = model.phase_in_dataset_frame(truth.shape)
-    np.testing.assert_allclose(got, truth[: got.shape[0], : got.shape[1]], atol=1e-6)
+    want = shifted[: got.shape[0], : got.shape[1]]
+    assert float(model.obj_phase.detach().min()) == pytest.approx(0.0, abs=1e-6)
+    np.testing.assert_allclose(got, want - shifted.min(), atol=1e-5)
 
 
 def test_learned_like_start_reaches_the_flat_error_in_fewer_epochs(scan):

@@ -207,7 +207,7 @@ def test_lattice_fraction_tells_a_crystal_from_independent_atoms():
     """A lattice's spectral power is in its Bragg peaks (a pure cosine: all of it); independent atoms' spectrum is a
     speckle, with almost none above 20 × its annulus' median (noise added to the lattice lowers the fraction by
     about the noise's share of the power)."""
-    from phasestem.recon.shear import CRYSTAL_FRACTION, lattice_fraction
+    from phasestem.recon.crystal import CRYSTAL_FRACTION, lattice_fraction
 
     rng = np.random.default_rng(7)
     yy, xx = np.meshgrid(np.arange(48), np.arange(48), indexing="ij")
@@ -229,7 +229,8 @@ def test_obj_shear_auto_turns_on_for_a_mistilted_crystal_only():
     The constraint then straightens the slices as when it is on, and the decision stays with the model (and its
     checkpoint) although the straightened object would no longer turn it on."""
     from phasestem.metrics import apply_shift
-    from phasestem.recon.shear import obj_shear_rule, resolve_obj_shear
+    from phasestem.recon.decided import resolve_decided
+    from phasestem.recon.shear import obj_shear_rule
 
     S, walk = 6, (0.3, -0.2)  # px per slice
     ds = simulate_dataset(window=(64, 64), sampling=0.4, scan_shape=(14, 14), scan_step=0.8, energy=300e3,
@@ -252,21 +253,68 @@ def test_obj_shear_auto_turns_on_for_a_mistilted_crystal_only():
 
     with torch.no_grad():
         model.obj_phase.copy_(torch.as_tensor(stacks["sheared"][None], dtype=torch.float32))
-    c = Constraints()
+    c = Constraints(obj_clamp={"enabled": False})
     assert c.obj_shear.enabled == "auto" and c.obj_shear.start_iter == 2
-    assert resolve_obj_shear(model, c, 1) is c  # not due yet: undecided
-    on = resolve_obj_shear(model, c, 2)
+    assert resolve_decided(model, c, 1) is c  # not due yet: undecided
+    on = resolve_decided(model, c, 2)
     assert on.obj_shear.enabled is True and c.obj_shear.enabled == "auto"  # the caller's settings stay as given
-    assert resolve_obj_shear(model, on, 3) is on
+    assert resolve_decided(model, on, 3) is on
     assert "obj_shear" in apply_constraints(model, on, 2)
     want = [np.arctan(w * 0.4 / 40.0) * 1e3 for w in walk]
     assert model.tilt.detach().numpy() == pytest.approx(want, rel=0.05)
     assert obj_shear_rule(model)[0] is False  # straight now: a fresh decision would be off ...
-    assert resolve_obj_shear(model, c, 3).obj_shear.enabled is True  # ... but the run goes on as decided
+    assert resolve_decided(model, c, 3).obj_shear.enabled is True  # ... but the run goes on as decided
     resumed = Ptychography.from_dataset(ds, n_slices=S, slice_thickness=40.0)
     resumed.load_checkpoint_state(model.state_for_checkpoint())
-    assert resolve_obj_shear(resumed, c, 3).obj_shear.enabled is True
-    assert resolve_obj_shear(Ptychography.from_dataset(ds), c, 2).obj_shear.enabled is False  # one slice: off
+    assert resolve_decided(resumed, c, 3).obj_shear.enabled is True
+    assert resolve_decided(Ptychography.from_dataset(ds), c, 2).obj_shear.enabled is False  # one slice: off
+
+
+def test_obj_clamp_auto_holds_a_multislice_crystal_positive_and_leaves_other_objects_alone():
+    """'auto' is decided after the first epoch: on for lattice slices (a crystal) of a multislice model, then every
+    slice's phase ≥ 0 and amplitude ≤ 1 (the flat start's vacuum level and no gain); off for independent atoms,
+    whose phase keeps its negative values, and for one slice. The decision stays with the model and its checkpoint,
+    although a positive object no longer shows the rings it measured."""
+    from phasestem.recon.crystal import obj_clamp_rule
+    from phasestem.recon.decided import resolve_decided
+
+    S = 4
+    ds = simulate_dataset(window=(64, 64), sampling=0.4, scan_shape=(14, 14), scan_step=0.8, energy=300e3,
+                          semiangle=15.0, c10=-80.0, max_phase=0.4, seed=2)
+    rng = np.random.default_rng(6)
+
+    def model_of(stack):
+        model = Ptychography.from_dataset(ds, n_slices=S, slice_thickness=40.0)
+        with torch.no_grad():
+            model.obj_phase.copy_(torch.as_tensor(stack[None], dtype=torch.float32))
+            model.obj_amplitude.fill_(1.05)
+        return model
+
+    shape = Ptychography.from_dataset(ds).object_shape
+    offsets = 0.05 * rng.standard_normal((S, 1, 1))  # below zero between the columns, as wrapped rings leave it
+    crystal = model_of(np.stack([_lattice(shape)] * S) - 0.1 + offsets)
+    atoms = model_of(np.stack([_columns(shape, rng, n_atoms=80, sigma_px=0.9) for _ in range(S)]) - 0.1)
+    on, why = obj_clamp_rule(crystal)
+    assert on and why.startswith("on: ") and "Bragg peaks" in why, why
+    off, why = obj_clamp_rule(atoms)
+    assert not off and why.startswith("off: "), why
+    c = Constraints()
+    assert c.obj_clamp.enabled == "auto" and c.obj_clamp.phase_min == 0.0 and c.obj_clamp.amp_max == 1.0
+    for model, want in ((crystal, True), (atoms, False)):
+        decided = resolve_decided(model, c, 1)
+        assert decided.obj_clamp.enabled is want and model.decided["obj_clamp"] is want
+        applied = apply_constraints(model, decided, 1)
+        assert ("obj_clamp" in applied) is want
+    assert float(crystal.obj_phase.detach().min()) == 0.0 and float(crystal.obj_amplitude.detach().max()) == 1.0
+    assert float(atoms.obj_phase.detach().min()) < -0.05 and float(atoms.obj_amplitude.detach().max()) > 1.0
+    resumed = Ptychography.from_dataset(ds, n_slices=S, slice_thickness=40.0)
+    resumed.load_checkpoint_state(crystal.state_for_checkpoint())
+    assert resolve_decided(resumed, c, 5).obj_clamp.enabled is True  # goes on as decided, though not due anew
+    one = Ptychography.from_dataset(ds)
+    with torch.no_grad():
+        one.obj_phase.copy_(torch.as_tensor(_lattice(one.object_shape)[None, None] - 0.1, dtype=torch.float32))
+    assert obj_clamp_rule(one) == (False, "off: one slice (the positivity of separate slices is what the rule is "
+                                          "for)")
 
 
 def _spectral_power(probe: torch.Tensor) -> torch.Tensor:

@@ -43,26 +43,42 @@ from pathlib import Path
 import numpy as np
 
 A_STO = 3.905
+A_GAAS = 5.653
 
 
-def _supercell(reps: tuple[int, int, int], vacancies: list[tuple[tuple[int, int], int]]):
+#: crystals of the cases, each viewed along [001] of its cubic cell: (lattice constant Å, the cell's atoms in
+#: fractional coordinates, the species whose central column is made heavier, the heavier species, abTEM slice Å,
+#: r.m.s. thermal displacements of the frozen phonons Å)
+MATERIALS = {
+    "SrTiO3": (A_STO, [("Sr", (0, 0, 0)), ("Ti", (0.5, 0.5, 0.5)), ("O", (0.5, 0.5, 0)), ("O", (0.5, 0, 0.5)),
+                       ("O", (0, 0.5, 0.5))], "Sr", "Ba", A_STO, {"Sr": 0.08, "Ba": 0.08, "Ti": 0.06, "O": 0.09}),
+    # zinc blende: pure Ga and pure As columns on a square net 2.0 Å apart in projection
+    "GaAs": (A_GAAS, [("Ga", (0, 0, 0)), ("Ga", (0.5, 0.5, 0)), ("Ga", (0.5, 0, 0.5)), ("Ga", (0, 0.5, 0.5)),
+                      ("As", (0.25, 0.25, 0.25)), ("As", (0.75, 0.75, 0.25)), ("As", (0.75, 0.25, 0.75)),
+                      ("As", (0.25, 0.75, 0.75))], "Ga", "In", A_GAAS / 2, {"Ga": 0.08, "In": 0.09, "As": 0.07}),
+}
+
+
+def _supercell(reps: tuple[int, int, int], vacancies: list[tuple[tuple[int, int], int]], material: str = "SrTiO3"):
+    """``reps`` cells of ``material``; the central column of its marked species made heavier, and one atom of that
+    species removed from column (i, j) at the given layer (counted from the entrance surface) per vacancy."""
     from ase import Atoms
 
-    unit = Atoms("SrTiO3", scaled_positions=[(0, 0, 0), (0.5, 0.5, 0.5), (0.5, 0.5, 0), (0.5, 0, 0.5), (0, 0.5, 0.5)],
-                 cell=[A_STO] * 3, pbc=True)
+    a, basis, marked, heavier = MATERIALS[material][:4]
+    unit = Atoms([sym for sym, _ in basis], scaled_positions=[xyz for _, xyz in basis], cell=[a] * 3, pbc=True)
     atoms = unit * reps
     pos = atoms.get_positions()
     sym = atoms.get_chemical_symbols()
 
-    def sr_in_column(i, j):
-        return [k for k, s in enumerate(sym) if s == "Sr" and np.allclose(pos[k, :2], (i * A_STO, j * A_STO))]
+    def in_column(i, j):
+        return [k for k, s in enumerate(sym) if s == marked and np.allclose(pos[k, :2], (i * a, j * a))]
 
     c = reps[0] // 2
-    for k in sr_in_column(c, c):  # the heavier column
-        atoms[k].symbol = "Ba"
+    for k in in_column(c, c):  # the heavier column
+        atoms[k].symbol = heavier
     drop = []
     for (i, j), layer in vacancies:
-        col = sorted(sr_in_column(i, j), key=lambda k: pos[k, 2])
+        col = sorted(in_column(i, j), key=lambda k: pos[k, 2])
         drop.append(col[layer])
     del atoms[sorted(drop)]
     return atoms
@@ -87,7 +103,7 @@ def make_abtem_case(quick: bool = False, n_configs: int = 4, dose: float = 1e5, 
     dask.config.set(scheduler="threads", num_workers=threads)
     abtem.config.set({"device": "cpu"})
     energy, semiangle, c10 = 300e3, 20.0, 100.0
-    recon_slices, tilt = None, (0.0, 0.0)
+    recon_slices, tilt, material = None, (0.0, 0.0), "SrTiO3"
     if layout is not None:
         reps, grid, n_pat, scan, step_px = (tuple(layout[k]) if k in ("reps", "scan") else layout[k]
                                             for k in ("reps", "grid", "n_pat", "scan", "step_px"))
@@ -95,18 +111,19 @@ def make_abtem_case(quick: bool = False, n_configs: int = 4, dose: float = 1e5, 
         n_configs, dose, recon_slices = layout["n_configs"], layout["dose"], layout["recon_slices"]
         seed = layout.get("seed", seed)
         tilt = tuple(float(t) for t in layout.get("tilt", tilt))
+        material = layout.get("material", material)
     elif quick:
         reps, grid, n_pat, scan, step_px, n_configs = (4, 4, 2), 128, 64, (8, 8), 3, min(n_configs, 2)
         vac = [((1, reps[1] - 1), 0)]
     else:
         reps, grid, n_pat, scan, step_px = (7, 7, 5), 256, 128, (32, 32), 5
         vac = [((1, 5), 2), ((5, 1), 0), ((5, 5), 4)]
-    atoms = _supercell(reps, vac)
-    extent = reps[0] * A_STO
+    atoms = _supercell(reps, vac, material)
+    a, slice_dz, sigmas = MATERIALS[material][0], *MATERIALS[material][4:]
+    extent = reps[0] * a
     sampling = extent / n_pat  # reconstruction pixel (Å)
-    sigmas = {"Sr": 0.08, "Ba": 0.08, "Ti": 0.06, "O": 0.09}
     fp = abtem.FrozenPhonons(atoms, num_configs=n_configs, sigmas=sigmas, seed=seed)
-    potential = abtem.Potential(fp, gpts=grid, slice_thickness=A_STO, projection="infinite")
+    potential = abtem.Potential(fp, gpts=grid, slice_thickness=slice_dz, projection="infinite")
     pot_arr = potential.build().compute()
     v = np.asarray(pot_arr.array)  # (configs, slices, grid, grid) V·Å
     n_slices = v.shape[-3]
@@ -138,12 +155,12 @@ def make_abtem_case(quick: bool = False, n_configs: int = 4, dose: float = 1e5, 
     else:
         specimen = "SrTiO3 [001] 4x4x2, Ba column, 1 Sr vacancy" if quick else \
             "SrTiO3 [001] 7x7x5, Ba column, 3 Sr vacancies"
-    thickness = reps[2] * A_STO
+    thickness = reps[2] * a
     r_slices = recon_slices or n_slices
     return dict(patterns=pats.reshape(scan[0], scan[1], n_pat, n_pat).astype(np.float32),
                 truth_phase=truth.astype(np.float32), energy=energy, semiangle=semiangle, c10=float(c10),
                 sampling=sampling, scan_step=step_px * sampling, n_slices=r_slices,
-                dz=thickness / recon_slices if recon_slices else A_STO,
+                dz=thickness / recon_slices if recon_slices else slice_dz, material=material,
                 sim_slices=n_slices, thickness=thickness, n_modes=1, iters=10, batch=32 if not quick else 16,
                 dose=float(dose), loss="poisson" if dose else "gaussian", source_size=0.0,
                 frozen_phonons=n_configs, specimen=specimen, abtem_version=abtem.__version__,

@@ -138,6 +138,20 @@ HARD: dict[str, dict] = {
                                description="abTEM SrTiO3 [001] 5 × 5 × 64 cells (25.0 nm), 64 slices of 3.905 Å, 2 "
                                            "frozen phonons, beam tilt (θy, θx) = (−2.0, 1.0) mrad (2.2), crossover "
                                            "130 Å inside, noise-free; recon given 16 × 15.62 Å"),
+    # added after constraints.obj_clamp's 'auto' rule (positivity on crystals) was chosen with every other crystal of
+    # both halves seen: a crystal of another material, structure and geometry that no rule was chosen on
+    "val_thick_gaas": dict(simulator="abtem", iters=20,
+                           layout=dict(material="GaAs", reps=(4, 4, 36), grid=192, n_pat=96, scan=(24, 24), step_px=4,
+                                       vacancies=[((1, 2), 10), ((3, 1), 25)], c10=-80.0, recon_slices=20,
+                                       n_configs=2, dose=0, seed=15,
+                                       specimen="GaAs [001] 4x4x36 (20.4 nm), In column, 2 Ga vacancies"),
+                           quick_layout=dict(material="GaAs", reps=(2, 2, 36), grid=128, n_pat=64, scan=(6, 6),
+                                             step_px=3, vacancies=[((1, 1), 10)], c10=-80.0, recon_slices=20,
+                                             n_configs=1, dose=0, seed=15,
+                                             specimen="GaAs [001] 2x2x36, In column, 1 Ga vacancy"),
+                           description="abTEM GaAs [001] 4 × 4 × 36 cells (20.4 nm), 72 slices of 2.83 Å, 2 frozen "
+                                       "phonons, crossover 80 Å inside, noise-free; recon given 20 × 10.18 Å (pure Ga "
+                                       "and As columns 2.0 Å apart, an In column, 0.2355 Å pixels, 0.94 Å step)"),
     "val_tiltvar": dict(_BASE, n_slices=16, dz=12.0, max_phase=0.4, density=0.08, width=0.35, tilt=(2.5, -2.5),
                         tilt_grad=((1.1, 0.2), (0.0, -0.7)), seed=205, geom=dict(defocus=-100.0),
                         description="16 × 12 Å, mistilt θy 2.5 ± 1.3, θx −2.5 ± 0.7 mrad across the field "

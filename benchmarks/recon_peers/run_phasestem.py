@@ -70,6 +70,12 @@ def main() -> None:
                     help="start the probe modes from this source size (Å FWHM; a diagnostic: no tool is told the "
                          "case's source)")
     ap.add_argument("--iters", type=int, default=None, help="iterations (default: the case file's)")
+    ap.add_argument("--init", default="none", choices=["none", "dpc", "parallax", "ssb", "truth"],
+                    help="start the object from this direct method's phase (divided evenly over the slices), as "
+                         "reconstruct --auto does (default none: a flat start, as every peer has); truth: the case's "
+                         "true summed phase (a diagnostic: does the fit stay there?)")
+    ap.add_argument("--init-range", type=float, default=None,
+                    help="with --init: stretch the start phase to this peak-to-peak range (rad, summed over slices)")
     ap.add_argument("--bin", type=int, default=1, help="bin the patterns BIN × BIN first (a diagnostic)")
     ap.add_argument("--slices", type=int, default=None,
                     help="reconstruct with this many slices over the case's thickness (default: the case's count)")
@@ -109,7 +115,18 @@ def main() -> None:
     # nominal probe from the optics (never the true one); positions exact → frozen
     n_slices = args.slices or int(c["n_slices"])
     thickness = float(c["dz"]) * int(c["n_slices"])
-    model = Ptychography.from_dataset(ds, n_slices=n_slices, slice_thickness=thickness / n_slices,
+    start = {}
+    if args.init == "truth":
+        start = {"initial_phase": np.asarray(c["truth_phase"], dtype=np.float32)}
+    elif args.init != "none":  # the data's own direct-method phase (recon.auto.direct_phase), in the dataset frame
+        from phasestem.recon.auto import direct_phase
+
+        image = direct_phase(ds, args.init)
+        start = {"initial_phase": image.phase, "initial_phase_sampling": tuple(image.sampling)}
+    if args.init_range and start:
+        ph = np.asarray(start["initial_phase"], dtype=np.float64)
+        start["initial_phase"] = ((ph - ph.min()) * (args.init_range / max(np.ptp(ph), 1e-12))).astype(np.float32)
+    model = Ptychography.from_dataset(ds, n_slices=n_slices, slice_thickness=thickness / n_slices, **start,
                                       n_probe_modes=c["n_modes"], per_position_tilt=args.per_position_tilt,
                                       **({"mode_power": args.mode_power} if args.mode_power is not None else {}),
                                       **({"source_size": args.source_size} if args.source_size else {}),
@@ -185,6 +202,7 @@ def main() -> None:
                 "obj_ramp": {"enabled": args.obj_ramp, "start_iter": args.obj_ramp_start},
                 "obj_shear": cons.obj_shear.model_dump(include={"enabled", "start_iter"}),
                 "obj_shear_auto": engine_log.after("constraints.obj_shear auto "),
+                "obj_clamp_auto": engine_log.after("constraints.obj_clamp auto "),
                 "probe_aperture": cons.probe_aperture.model_dump(), "per_position_tilt": args.per_position_tilt,
                 "probe_aperture_auto": engine_log.after("constraints.probe_aperture auto: "),
                 "tilt_mrad_per_epoch": [g["tilt"].double().reshape(-1, 2).mean(0).tolist()
@@ -193,7 +211,7 @@ def main() -> None:
                     (-2, -1)).mean()), model.schedules["obj_amplitude"])),
                 "losses": {"gaussian": "gaussian on sqrt(I)", "poisson": "poisson NLL",
                            "counted": "0.5 gaussian on sqrt(I) + 0.5 poisson NLL"}[loss_name],
-                "constraints_given": args.constraint,
+                "constraints_given": args.constraint, "init": args.init,
                 "cpu_s_per_iter": cpu / c["iters"], "iter_cpu": cpu_times, "loss_per_epoch": losses_seen}
     save_result(args.result, phase, np.zeros(2), times, settings, phase_history=history)
 

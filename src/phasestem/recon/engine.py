@@ -51,6 +51,7 @@ from .callbacks import (  # noqa: F401  (the errors and PHYSICAL_LIMIT: the engi
 )
 from .checkpoint import load_checkpoint, reuse_optimizer_state, save_checkpoint  # noqa: F401  (engine API)
 from .constraints import Constraints, apply_constraints
+from .decided import resolve_decided
 from .holdout import HeldOutStop, holdout_fraction, split_positions
 from .losses import LossConfig
 from .optimizers import build_optimizer, decay_factor, rank_and_world, refuse_lbfgs
@@ -59,7 +60,6 @@ from .prepared import PreparedData, prepared_data  # noqa: F401  (PreparedData: 
 from .run_config import RunConfig
 from .run_state import RunState, snapshot
 from .schedule import LOW_DOSE_COUNTS, phase_only
-from .shear import resolve_obj_shear
 from .step import BatchStep
 
 log = logging.getLogger("phasestem.recon")
@@ -204,7 +204,7 @@ def _epochs(loop: Loop, lbfgs_options: dict) -> Iterator[float]:
             for name in disabled:  # between epochs the user sees (and may change) their own settings
                 named[name].requires_grad_(True)
             disabled.clear()
-            loop.constraints = resolve_obj_shear(model, loop.constraints, epoch)  # 'auto': decided once, logged
+            loop.constraints = resolve_decided(model, loop.constraints, epoch)  # 'auto': decided once, logged
             loop.applied = apply_constraints(model, loop.constraints, epoch)
             model.epoch = epoch
             record = loop.record = {"epoch": epoch, "loss": mean_loss, "seconds": time.perf_counter() - t0}

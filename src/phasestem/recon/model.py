@@ -214,11 +214,13 @@ class Ptychography(nn.Module):
         """Start the object phase from a 2-D image (rad) in the dataset frame (hybrid start).
 
         The image is resampled to the object pixel when ``sampling`` (Å) differs, placed at the
-        object-frame origin (:meth:`Experiment.image_region`) and divided evenly over the slices (all object modes).
+        object-frame origin (:meth:`Experiment.image_region`), raised so that its lowest value is 0, the flat
+        start's level (a constant phase is not measured; a positive object, ``constraints.obj_clamp``, then keeps
+        all of it), and divided evenly over the slices (all object modes).
         """
         img, (sy, sx) = self.experiment.image_region(phase, sampling)
         with torch.no_grad():
-            self.obj_phase[:, :, sy, sx] = img.to(self.obj_phase) / self.n_slices
+            self.obj_phase[:, :, sy, sx] = (img - img.min()).to(self.obj_phase) / self.n_slices
 
     def randomize_phase(self, scale: float = 0.1, seed: int = 0) -> None:
         """Add uniform noise in [−``scale``, ``scale``] rad to the object phase (every mode and slice), drawn from a

@@ -1,27 +1,17 @@
 """A crystal's straight columns as the specimen tilt: the shear of a multislice object's slices, measured and moved
-into the tilt (``constraints.obj_shear``; see :func:`transfer_slice_shear`), and whether the object is a crystal at
-all (:func:`obj_shear_rule`, for ``obj_shear: auto``)."""
+into the tilt (``constraints.obj_shear``; see :func:`transfer_slice_shear`), and when to do it (:func:`obj_shear_rule`,
+for ``obj_shear: auto``; whether the object is a crystal: :mod:`phasestem.recon.crystal`)."""
 from __future__ import annotations
 
-import logging
 import math
 
 import torch
 
 from ..physics.fourier import fourier_shift
+from .crystal import crystal_test, field_slices, hann
 
-log = logging.getLogger(__name__)
-
-#: a Bragg peak: a spectral pixel above this many times the median power of its annulus (for speckle, whose power
-#: is exponentially distributed, a pixel passes with probability e^(−20 ln 2) ≈ 1e-6)
-BRAGG_CONTRAST = 20.0
-#: the lowest spatial frequency that counts, cycles across the field (below it: the field's own shape)
-LATTICE_MIN_CYCLES = 3
-#: ``obj_shear: auto`` is on when at least this fraction of the projected phase's spectral power is in Bragg peaks.
-#: Chosen on benchmarks/independent's development half after one epoch: its crystals (SrTiO3, mistilted or on a zone
-#: axis) 0.80–0.83, its random-atom specimens 0.00–0.01
-CRYSTAL_FRACTION = 0.3
-#: ... and when the shear that aligns its slices walks this many px or more over the specimen, (S − 1)·|d| (the
+#: ``obj_shear: auto`` is on for a crystal (:func:`~phasestem.recon.crystal.crystal_test`) whose slices the shear
+#: that aligns them walks this many px or more over the specimen, (S − 1)·|d| (the
 #: development half after one epoch: the crystal mistilted by 3.2 mrad 2.75 px, the one on its zone axis 0.17 px)
 MIN_WALK_PX = 0.5
 
@@ -42,7 +32,7 @@ def slice_shear(slices: torch.Tensor, window: torch.Tensor | None = None,
     """
     S, h, w = slices.shape
     x = slices.float()
-    win = _hann(h, w, x) if window is None else window.to(x)
+    win = hann(h, w, x) if window is None else window.to(x)
     x = x - (x * win).sum((-2, -1), keepdim=True) / win.sum()
     if S < 2 or float((win * x).pow(2).sum()) <= 0:
         return (0.0, 0.0), 0.0
@@ -73,49 +63,22 @@ def slice_shear(slices: torch.Tensor, window: torch.Tensor | None = None,
     return best, (energy(*best) - 1) / (S - 1)
 
 
-def lattice_fraction(image: torch.Tensor, window: torch.Tensor | None = None) -> float:
-    """The fraction of an image's spectral power (beyond :data:`LATTICE_MIN_CYCLES` cycles across it) in Bragg
-    peaks: pixels of the power spectrum above :data:`BRAGG_CONTRAST` × the median of their annulus. A crystal's
-    projected potential puts most of its power there; independent atoms, whose spectrum is a speckle, almost none.
-    ``image``: (H, W) real; ``window``: (H, W) weights (default: a Hann window)."""
-    h, w = image.shape
-    x = image.detach().double()
-    win = _hann(h, w, x) if window is None else window.to(x)
-    x = win * (x - (x * win).sum() / win.sum())
-    power = torch.fft.fft2(x).abs().square()
-    cycles = torch.hypot(torch.fft.fftfreq(h, 1 / h, dtype=x.dtype, device=x.device)[:, None],
-                         torch.fft.fftfreq(w, 1 / w, dtype=x.dtype, device=x.device)[None, :])
-    ring = cycles.round().long()
-    keep = ring >= LATTICE_MIN_CYCLES
-    total = float(power[keep].sum())
-    if not total > 0:
-        return 0.0
-    median = torch.zeros(int(ring.max()) + 1, dtype=x.dtype, device=x.device)
-    for r in ring[keep].unique().tolist():
-        median[r] = power[ring == r].median()
-    peaks = keep & (power > BRAGG_CONTRAST * median[ring])
-    return float(power[peaks].sum()) / total
-
-
 def obj_shear_rule(model, max_walk: float = 0.5) -> tuple[bool, str]:
-    """Whether ``obj_shear: auto`` turns on for this model now, and why. On where (1) the projected phase over the
-    scanned field is a crystal's (:func:`lattice_fraction` ≥ :data:`CRYSTAL_FRACTION`) and (2) its slices are
-    measurably sheared: the shear d that aligns them (:func:`slice_shear`) walks (S − 1)·|d| ≥ :data:`MIN_WALK_PX`
-    px over the specimen, so the tilt the run started from is off. Without a lattice the
-    reconstruction's depth blur alone correlates its slices, and the shear measured from it drives the tilt astray;
-    on an untilted crystal there is nothing to move, and moving the measurement's noise costs a little r
-    (:func:`transfer_slice_shear`)."""
+    """Whether ``obj_shear: auto`` turns on for this model now, and why. On where (1) the object is a crystal
+    (:func:`~phasestem.recon.crystal.crystal_test`) and (2) its slices are measurably sheared: the shear d that
+    aligns them (:func:`slice_shear`) walks (S − 1)·|d| ≥ :data:`MIN_WALK_PX` px over the specimen, so the tilt the
+    run started from is off. Without a lattice the reconstruction's depth blur alone correlates its slices, and
+    the shear measured from it drives the tilt astray; on an untilted crystal there is nothing to move, and moving
+    the measurement's noise costs a little r (:func:`transfer_slice_shear`)."""
     if model.n_slices < 3:
         return False, f"off: {model.n_slices} slice(s), no shear to measure"
     field = _field_stack(model, max_walk)
     if field is None:
         return False, "off: the scanned field is under 8 px across"
     stack, window, inner = field
-    fraction = lattice_fraction(stack[(slice(None), *inner)].sum(0))
-    lattice = (f"{fraction:.2f} of the projected phase's spectral power (beyond {LATTICE_MIN_CYCLES} cycles across "
-               "the scanned field) is in Bragg peaks")
-    if fraction < CRYSTAL_FRACTION:
-        return False, f"off: {lattice} (a crystal: {CRYSTAL_FRACTION:g} or more); no columns to straighten"
+    crystal, lattice = crystal_test(model, stack, inner)
+    if not crystal:
+        return False, f"off: {lattice}; no columns to straighten"
     (dy, dx), aligned = slice_shear(stack, window, max_walk)
     walk = (model.n_slices - 1) * math.hypot(dy, dx)
     shear = (f"the shear that aligns its slices ({dy:+.3f}, {dx:+.3f} px per slice; mean correlation then "
@@ -123,41 +86,6 @@ def obj_shear_rule(model, max_walk: float = 0.5) -> tuple[bool, str]:
     if not walk >= MIN_WALK_PX:
         return False, f"off: {lattice}, a crystal, but {shear}, under the {MIN_WALK_PX:g} of a mistilt; the tilt fits"
     return True, f"on: {lattice}, a crystal, and {shear}: a mistilt, which its columns give"
-
-
-def resolve_obj_shear(model, constraints, epoch: int):
-    """``constraints`` with ``obj_shear: auto`` decided: by :func:`obj_shear_rule` (logged) at the first epoch it
-    is due, on the object the epochs before left, and kept in ``model.decided`` (and so in its checkpoints): a
-    resumed run, or another call on the same model, goes on as decided, since a straightened object would no
-    longer show the shear that turned it on. Unchanged when not 'auto' or not yet due."""
-    s = constraints.obj_shear
-    if s.enabled != "auto":
-        return constraints
-    if "obj_shear" not in model.decided:
-        if not s.scheduled(epoch):
-            return constraints
-        model.decided["obj_shear"], why = obj_shear_rule(model, s.max_walk)
-        if model.n_slices >= 3:  # a single-slice run has no say in it
-            log.info("constraints.obj_shear auto (epoch %d): %s", epoch, why)
-    return constraints.model_copy(update={"obj_shear": s.model_copy(update={"enabled": model.decided["obj_shear"]})})
-
-
-def _hann(h: int, w: int, like: torch.Tensor) -> torch.Tensor:
-    return torch.outer(torch.hann_window(h, periodic=False, dtype=like.dtype, device=like.device),
-                       torch.hann_window(w, periodic=False, dtype=like.dtype, device=like.device))
-
-
-def _scanned_field(model) -> tuple[tuple[int, int], tuple[int, int]] | None:
-    """((y0, x0), (y1, x1)): the object pixels the probe centres cover (rows y0:y1, columns x0:x1), None when under
-    8 px in either direction."""
-    sampling = torch.tensor([float(v) for v in model.sampling], dtype=model.positions.dtype, device=model.device)
-    pos_px = model.positions.detach() / sampling
-    ny, nx = model.obj_phase.shape[-2:]
-    lo = [max(0, int(math.floor(float(v)))) for v in pos_px.min(0).values]
-    hi = [min(n, int(math.ceil(float(v))) + 1) for v, n in zip(pos_px.max(0).values, (ny, nx), strict=True)]
-    if hi[0] - lo[0] < 8 or hi[1] - lo[1] < 8:
-        return None
-    return (lo[0], lo[1]), (hi[0], hi[1])
 
 
 @torch.no_grad()
@@ -204,18 +132,10 @@ def _field_stack(model, max_walk: float) -> tuple[torch.Tensor, torch.Tensor, tu
     px, (S, h, w); the window :func:`slice_shear` weighs them by: a Hann window over the field, zero in the
     margin (room for what a shear moves into the field); and the field's rows and columns within them. None when
     the field is under 8 px across."""
-    field = _scanned_field(model)
+    field = field_slices(model, int(math.ceil(max_walk * (model.n_slices - 1))) + 1)
     if field is None:
         return None
-    lo, hi = field
-    ny, nx = model.obj_phase.shape[-2:]
-    margin = int(math.ceil(max_walk * (model.n_slices - 1))) + 1
-    y0, x0 = max(0, lo[0] - margin), max(0, lo[1] - margin)
-    y1, x1 = min(ny, hi[0] + margin), min(nx, hi[1] + margin)
-    inner = (slice(lo[0] - y0, hi[0] - y0), slice(lo[1] - x0, hi[1] - x0))
-    window = torch.zeros((y1 - y0, x1 - x0), dtype=torch.float64, device=model.device)
-    window[inner] = _hann(hi[0] - lo[0], hi[1] - lo[1], window)
-    phase = model.obj_phase.detach()
-    w = model.obj_weights.detach()
-    w = (w / w.sum()).to(phase.dtype)
-    return (w[:, None, None, None] * phase).sum(0)[:, y0:y1, x0:x1], window, inner
+    stack, inner = field
+    window = torch.zeros(stack.shape[-2:], dtype=torch.float64, device=model.device)
+    window[inner] = hann(inner[0].stop - inner[0].start, inner[1].stop - inner[1].start, window)
+    return stack, window, inner
