@@ -31,3 +31,11 @@ def test_missing_description_is_detected():
         inner: Inner = Field(default_factory=Inner, description="a section")
 
     assert missing_descriptions(Outer) == ["inner.b"]
+
+
+def test_nested_sections_are_headed_by_their_dotted_path():
+    """A section two levels down is headed as a user writes its keys (``constraints.obj_clamp``); the heading once
+    lost the dot (``constraintsobj_clamp``)."""
+    headings = [line for line in config_reference().splitlines() if line.startswith("#### ")]
+    assert "#### `constraints.obj_clamp`" in headings and "#### `model.initial_phase`" in headings, headings
+    assert not any("constraintsobj" in h for h in headings)

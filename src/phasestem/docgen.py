@@ -86,11 +86,11 @@ def _section(model: type[BaseModel], prefix: str, lines: list[str], seen: set) -
             desc += " *(path: relative to this file's folder)*"
         lines.append(f"| `{name}` | {_type_name(field.annotation)} | {_default(field)} | {desc} |")
         for sub in _submodels(field.annotation):
-            nested.append((sub, f"{prefix}{name}."))
+            nested.append((sub, f"{prefix}.{name}" if prefix else name))
     for sub, p in nested:
         if (sub, p) not in seen:
             seen.add((sub, p))
-            _section(sub, p.rstrip(".") , lines, seen)
+            _section(sub, p, lines, seen)
 
 
 def config_reference() -> str:
