@@ -45,6 +45,9 @@ TOOLS = ("phasestem", "ptyrad", "py4dstem", "quantem", "ptychi")
 RUNNERS = {"phasestem": PEERS / "run_phasestem.py", "ptyrad": PEERS / "run_ptyrad.py",
            "py4dstem": PEERS / "run_py4dstem.py", "quantem": HERE / "run_quantem.py",
            "ptychi": HERE / "run_ptychi.py"}
+# a peer run with options of its own beyond its standard template: (the tool whose runner and venv it uses,
+# the runner's options); run only when named in --tools, and a peer like the others for the target r
+VARIANTS = {"ptyrad_positive": ("ptyrad", ["--positivity"])}  # PtyRAD with objp_postiv + obja_thresh [0, 1]
 # iterations at which r and NRMSE are reported; each tool runs max(...) iterations
 REPORT_ITERS = {"thin": (20,), "thick": (5, 20), "noisy": (20,), "coherent": (20,), "abtem": (10, 20)}
 QUICK_ITERS = {"thin": (3, 5), "thick": (2, 4), "noisy": (4,), "coherent": (4,), "abtem": (3, 5)}
@@ -99,12 +102,16 @@ def interpreter(tool: str, envs: Path, one_python: str | None = None) -> str:
     """The tool's venv python (``envs/TOOL/bin/python``), phasestem's own, or ``one_python`` for every tool."""
     if one_python:
         return one_python
+    tool = VARIANTS.get(tool, (tool,))[0]
     return sys.executable if tool == "phasestem" else str(envs / tool / "bin" / "python")
 
 
 def run_tool(tool: str, case_path: Path, result_path: Path, envs: Path, threads: int, timeout: int,
              extra: list[str] | None = None, device: str = "cpu", one_python: str | None = None) -> str | None:
     py = interpreter(tool, envs, one_python)
+    if tool in VARIANTS:
+        tool, options = VARIANTS[tool]
+        extra = [*options, *(extra or [])]
     if not (Path(py).exists() or shutil.which(py)):
         return f"no interpreter {py} (run benchmarks/independent/setup_envs.sh)"
     if device != "cpu":
@@ -186,7 +193,9 @@ def main() -> None:
     ap.add_argument("--set", default="base", choices=["base", "dev", "val", "all"],
                     help="base: issue 11's five cases (default); dev / val: one half of the hard cases of "
                          "issue 29 (cases_hard.py); all: both halves")
-    ap.add_argument("--tools", nargs="+", default=list(TOOLS), choices=list(TOOLS))
+    ap.add_argument("--tools", nargs="+", default=list(TOOLS), choices=[*TOOLS, *VARIANTS],
+                    help="default: the five tools with their standard settings; ptyrad_positive: PtyRAD with its "
+                         "positivity constraints (run_ptyrad.py --positivity)")
     ap.add_argument("--workdir", default="runs/independent")
     ap.add_argument("--envs", default=".bench_envs")
     ap.add_argument("--threads", type=int, default=2)

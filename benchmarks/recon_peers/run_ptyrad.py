@@ -1,11 +1,15 @@
 """PtyRAD 1.0.0 on one benchmark case (run with the ptyrad venv's python, see setup_envs.sh):
-``python run_ptyrad.py CASE.npz RESULT.npz [--threads 2] [--obj-lr 2e-3] [--device cuda]``.
+``python run_ptyrad.py CASE.npz RESULT.npz [--threads 2] [--obj-lr 2e-3] [--device cuda] [--positivity]``.
 
 Fairness settings (PEERS.md): pixel size given (``meas_calibration: dx``), no random jitter of the
 given positions (``pos_scan_rand_std: null``), no pattern flips (``meas_flipT: null``), position
 learning rate 0 (positions are exact), probe simulated from the nominal optics (C10 = +Δf), no
 regularising blur (``obj_rblur``/``obj_zblur`` off, like phasestem), probe-mode orthogonalisation
 when there are several modes. Loss: PtyRAD's default ``loss_single`` (NRMSE of sqrt(I)).
+
+``--positivity``: PtyRAD's own object constraints from the first iteration, hard (relax 0): ``objp_postiv``
+(phase clipped at 0, as its documentation recommends) and ``obja_thresh`` [0, 1] (amplitude), the same object
+bounds as phasestem's ``constraints.obj_clamp``. Off by default, as in PtyRAD's standard template.
 """
 from __future__ import annotations
 
@@ -24,6 +28,8 @@ def main() -> None:
     ap.add_argument("--obj-lr", type=float, default=2e-3)
     ap.add_argument("--probe-lr", type=float, default=1e-4)
     ap.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    ap.add_argument("--positivity", action="store_true",
+                    help="objp_postiv and obja_thresh [0, 1] from iteration 1 (phasestem's obj_clamp bounds)")
     args = ap.parse_args()
     set_threads(args.threads)
     import numpy as np
@@ -70,6 +76,8 @@ def main() -> None:
         "constraint_params": {
             "ortho_pmode": {"start_iter": 1 if M > 1 else None},
             "obj_rblur": off, "obj_zblur": off, "pos_recenter": off,
+            **({"objp_postiv": {"start_iter": 1, "relax": 0.0},
+                "obja_thresh": {"start_iter": 1, "relax": 0.0, "thresh": [0.0, 1.0]}} if args.positivity else {}),
         },
         "recon_params": {
             "NITER": c["iters"], "BATCH_SIZE": {"size": c["batch"]}, "GROUP_MODE": "random",
@@ -112,7 +120,8 @@ def main() -> None:
     origin = (model.crop_pos[0] + model.opt_probe_pos_shifts[0]).detach().cpu().numpy() + np.array([H // 2, W // 2])
     settings = {"tool": "PtyRAD 1.0.0", "optimizer": "Adam", "obj_lr": args.obj_lr, "probe_lr": args.probe_lr,
                 "pos_lr": 0, "batch": c["batch"], "device": args.device, "probe_modes": M, "slices": c["n_slices"],
-                "constraints": ["ortho_pmode"] * (M > 1) + ["fix_probe_int (default)"],
+                "constraints": ["ortho_pmode"] * (M > 1) + ["fix_probe_int (default)"]
+                + ["objp_postiv", "obja_thresh [0, 1]"] * args.positivity,
                 "loss": "loss_single (dp_pow 0.5)", "cpu_s_per_iter": cpu / c["iters"],
                 "iter_cpu": [marks[i + 1] - marks[i] for i in range(0, len(marks) - 1, 2)]}
     save_result(args.result, phase, origin, list(model.iter_times), settings, phase_history=history)
