@@ -71,6 +71,12 @@ def test_a_yaml_value_that_differs_from_the_file_wins_with_a_warning_and_the_sou
     assert prov["scan.step"]["file"] == [STEP, STEP]
     assert prov["optics.energy"]["source"] == "file" and prov["optics.energy"]["value"] == 300e3
     assert prov["losses.gaussian"]["source"] == "YAML" and "losses.poisson" not in prov
+    # what the 'auto' rules decided, and why: probe_aperture from the data before epoch 1; obj_shear (from epoch 2)
+    # not yet due in this 1-epoch run; obj_clamp is given (enabled: true) in the example config, so no rule ran
+    aperture = prov["constraints.probe_aperture.enabled"]
+    assert aperture["source"] == "default" and aperture["note"].startswith("auto: ")
+    assert aperture["value"] is aperture["note"].startswith("auto: on")
+    assert "constraints.obj_shear.enabled" not in prov and "constraints.obj_clamp.enabled" not in prov
 
 
 def test_scan_step_null_takes_the_files_and_warns_about_nothing(recorded, caplog):

@@ -35,6 +35,7 @@ def resolve_decided(model, constraints, epoch: int):
             if not settings.scheduled(epoch):
                 continue
             model.decided[name], why = rule(model, settings)
+            model.auto_reasons[name] = f"{why} (epoch {epoch})"
             if model.n_slices >= logged_from:
                 log.info("constraints.%s auto (epoch %d): %s", name, epoch, why)
         updates[name] = settings.model_copy(update={"enabled": model.decided[name]})

@@ -59,16 +59,9 @@ class Ptychography(nn.Module):
     slice_thickness : Δz (Å); tilt : (2,) global or (N, 2) per-position tilt in mrad.
     """
 
-    def __init__(
-        self,
-        experiment: Experiment,
-        n_slices: int = 1,
-        n_object_modes: int = 1,
-        slice_thickness: float = 10.0,
-        tilt: torch.Tensor | tuple[float, float] | None = None,
-        per_position_tilt: bool = False,
-        object_weights: torch.Tensor | None = None,
-    ):
+    def __init__(self, experiment: Experiment, n_slices: int = 1, n_object_modes: int = 1,
+                 slice_thickness: float = 10.0, tilt: torch.Tensor | tuple[float, float] | None = None,
+                 per_position_tilt: bool = False, object_weights: torch.Tensor | None = None):
         super().__init__()
         self.experiment = experiment
         self.probe_scale = math.sqrt(self.window[0] * self.window[1])
@@ -101,6 +94,7 @@ class Ptychography(nn.Module):
         #: per epoch: {"epoch", "slice_thickness" (), "tilt" (2,) or (N, 2)} (see :meth:`record_epoch`)
         self.geometry_history: list[dict[str, torch.Tensor]] = []
         self.decided: dict[str, bool] = {}  # what an 'auto' rule decided, for all epochs (e.g. {"obj_shear": True})
+        self.auto_reasons: dict[str, str] = {}  # why each 'auto' constraint is on or off, for the run's records
         #: functions ``f(model, record)`` run after every epoch; they may add scalars to ``record``
         self.epoch_callbacks: list = []
         self._data_cache: tuple | None = None
@@ -436,6 +430,7 @@ class Ptychography(nn.Module):
         return {"params": {k: v.detach().clone() for k, v in self.state_dict().items()}, "epoch": self.epoch,
                 "loss_history": [dict(h) for h in self.loss_history],
                 "geometry_history": [dict(g) for g in self.geometry_history], "decided": dict(self.decided),
+                "auto_reasons": dict(self.auto_reasons),
                 "schedules": {k: [-1.0 if s.lr is None else s.lr, s.start, -1 if s.end is None else s.end]
                               for k, s in self.schedules.items()}}
 
@@ -445,6 +440,7 @@ class Ptychography(nn.Module):
         self.loss_history = [dict(h) for h in state["loss_history"]]
         self.geometry_history = [dict(g) for g in state.get("geometry_history", [])]
         self.decided = {str(k): bool(v) for k, v in state.get("decided", {}).items()}
+        self.auto_reasons = {str(k): str(v) for k, v in state.get("auto_reasons", {}).items()}
         for k, (lr, start, end) in state["schedules"].items():
             self.schedules[k] = ParamSchedule(None if float(lr) < 0 else float(lr), int(start),
                                               None if int(end) < 0 else int(end))

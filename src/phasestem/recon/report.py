@@ -132,6 +132,23 @@ def loss_settings(params, sources=None) -> list:
     return [Setting(f"losses.{n}", getattr(cfg, n), "", label, note=note) for n in cfg.active()]
 
 
+def auto_settings(model, params, sources=None) -> list:
+    """What each 'auto' constraint rule decided in this run, as :class:`phasestem.provenance.Setting` rows
+    (``constraints.obj_clamp.enabled``: true or false) for ``provenance/`` in results.h5: the source is where 'auto'
+    came from (``YAML``, or ``sources[field]``, when the parameter file sets it; ``default`` otherwise), the note
+    ``auto: `` and the rule's reason (``model.auto_reasons``). Rules that did not run (not yet due) give no row."""
+    from ..provenance import Setting
+
+    rows = []
+    for name, why in sorted(model.auto_reasons.items()):
+        field = f"constraints.{name}.enabled"
+        given = "enabled" in getattr(params.constraints, name).model_fields_set
+        on = model.decided.get(name, why.startswith("on"))
+        rows.append(Setting(field, bool(on), "", (sources or {}).get(field, "YAML") if given else "default",
+                            note=f"auto: {why}"))
+    return rows
+
+
 def losses_line(params, sources=None) -> str:
     """``losses: poisson 1 (named in the parameter file)`` / ``losses: gaussian 1 (default; no term named)``."""
     cfg = params.losses.resolved()

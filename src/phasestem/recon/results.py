@@ -22,7 +22,8 @@ Layout of ``results.h5``::
     metrics/<name>          ()    final comparison with the ground truth (when given): psnr, ssim, phase_error,
                                   frc_resolution (Å); metrics/frc_frequencies, metrics/frc_curve (rings)
     provenance/<field>      group per setting of the run (scan.step, optics.energy, optics.aberrations.C10,
-                            losses.gaussian, …), attrs: value, unit, source (file, YAML, flag, calibration or
+                            losses.gaussian, …; constraints.<name>.enabled: what an 'auto' rule decided, its
+                            reason in the note), attrs: value, unit, source (file, YAML, flag, calibration or
                             default), file (what the data file held, when it held something), note
     attrs: sampling (Å), energy (eV), origin (Å: object-frame position of dataset 0 Å),
            epoch, format = "phasestem-recon-results", config (YAML text, when given)

@@ -124,7 +124,7 @@ def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = Non
     from .checkpoint import load_checkpoint
     from .distributed import is_main_process, rank_and_world
     from .engine import optimize
-    from .report import log_settings, log_system_info, logging_to, loss_settings, losses_line
+    from .report import auto_settings, log_settings, log_system_info, logging_to, loss_settings, losses_line
 
     if isinstance(params, dict):
         params = ReconstructParams.model_validate(params)
@@ -179,7 +179,8 @@ def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = Non
             from .report import final_metrics
 
             metrics = final_metrics(model, truth, params.data.ground_truth_key, out / "reconstruct.log")
-        path = model.save_results(out / "results.h5", config_text=config_text, metrics=metrics, provenance=settings)
+        path = model.save_results(out / "results.h5", config_text=config_text, metrics=metrics,
+                                  provenance=settings + auto_settings(model, params, sources))
         model.save_results(out / "results.emd")  # the object and probe for py4DSTEM and HyperSpy users
         plt.close(model.inspect(dataset, path=out / "reconstruction.png", truth=truth, metrics=metrics))
         plt.close(model.compare(dataset, path=out / "compare.png", truth=truth, metrics=metrics))
