@@ -102,16 +102,15 @@ def interpreter(tool: str, envs: Path, one_python: str | None = None) -> str:
     """The tool's venv python (``envs/TOOL/bin/python``), phasestem's own, or ``one_python`` for every tool."""
     if one_python:
         return one_python
-    tool = VARIANTS.get(tool, (tool,))[0]
     return sys.executable if tool == "phasestem" else str(envs / tool / "bin" / "python")
 
 
 def run_tool(tool: str, case_path: Path, result_path: Path, envs: Path, threads: int, timeout: int,
              extra: list[str] | None = None, device: str = "cpu", one_python: str | None = None) -> str | None:
-    py = interpreter(tool, envs, one_python)
-    if tool in VARIANTS:
+    if tool in VARIANTS:  # the base tool's venv and runner, with the variant's options
         tool, options = VARIANTS[tool]
         extra = [*options, *(extra or [])]
+    py = interpreter(tool, envs, one_python)
     if not (Path(py).exists() or shutil.which(py)):
         return f"no interpreter {py} (run benchmarks/independent/setup_envs.sh)"
     if device != "cpu":

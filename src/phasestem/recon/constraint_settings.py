@@ -176,5 +176,3 @@ class Constraints(StrictModel):
                                 "still correlates neighbouring slices and the shear it measures drives the tilt "
                                 "astray (benchmarks/independent/README.md, 'A mistilted crystal')")
 
-
-# ---- the operations (in place, no gradients) --------------------------------------------

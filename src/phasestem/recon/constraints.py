@@ -63,6 +63,7 @@ from .shear import transfer_slice_shear
 log = logging.getLogger("phasestem.recon")
 
 
+# ---- the operations (in place, no gradients) --------------------------------------------
 def orthogonalize_probe(model, tol: float = 1e-4) -> None:
     """Make the probe modes mutually orthogonal without changing the incoherent sum Σ_m ψ_m ψ_m*.
 
