@@ -48,7 +48,7 @@ def test_a_yaml_value_that_differs_from_the_file_wins_with_a_warning_and_the_sou
 
     path, _ = recorded
     cfg = _config(path, optics={"sampling": 0.4})  # energy, semi-angle and C10 left to the file
-    cfg["run"]["out_dir"] = str(tmp_path / "run")
+    cfg["run"].update(out_dir=str(tmp_path / "run"), coarse_start="auto")
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "MPLBACKEND": "Agg"}
     proc = subprocess.run([sys.executable, "-m", "phasestem.cli", "reconstruct", str(tmp_path / "p.yaml")],
@@ -77,6 +77,10 @@ def test_a_yaml_value_that_differs_from_the_file_wins_with_a_warning_and_the_sou
     assert aperture["source"] == "default" and aperture["note"].startswith("auto: ")
     assert aperture["value"] is aperture["note"].startswith("auto: on")
     assert "constraints.obj_shear.enabled" not in prov and "constraints.obj_clamp.enabled" not in prov
+    # run.coarse_start auto (given): one slice, so no coarse epochs (tests/test_recon_coarse.py runs them)
+    coarse = prov["run.coarse_start"]
+    assert coarse["source"] == "YAML" and coarse["value"] == 0 and coarse["note"].startswith("auto: none")
+    assert "coarse start: off: 1 slice(s)" in log
 
 
 def test_scan_step_null_takes_the_files_and_warns_about_nothing(recorded, caplog):

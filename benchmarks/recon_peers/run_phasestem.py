@@ -83,6 +83,8 @@ def main() -> None:
                     help="one field of a constraint's settings (VALUE read as YAML), e.g. kz_filter.enabled=true "
                          "kz_filter.beta=0.5; repeatable; applied after the options above")
     ap.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
+    ap.add_argument("--coarse-start", default=None, help="run.coarse_start: auto, 0 or N (default: the parameter "
+                    "file's, 0)")
     ap.add_argument("--precondition-batches", type=int, default=None,
                     help="lsq: run.precondition_batches (default: the parameter file's)")
     args = ap.parse_args()
@@ -173,6 +175,8 @@ def main() -> None:
     defaults = {"precondition_reg": run.precondition_reg, "lr_decay": args.lr_decay or run.lr_decay,
                 "lr_final": run.lr_final if args.lr_final is None else args.lr_final,
                 "precondition_batches": resolve_batches(args.precondition_batches or run.precondition_batches, losses)}
+    if args.coarse_start is not None:
+        defaults["coarse_start"] = args.coarse_start if args.coarse_start == "auto" else int(args.coarse_start)
     if args.holdout is not None:
         defaults["holdout"] = args.holdout if args.holdout == "auto" else float(args.holdout)
     for loss in method(c["iters"], ds, batch_size=c["batch"], constraints=cons, losses=losses, progress=False,
@@ -205,6 +209,7 @@ def main() -> None:
                 "obj_clamp_auto": engine_log.after("constraints.obj_clamp auto "),
                 "probe_aperture": cons.probe_aperture.model_dump(), "per_position_tilt": args.per_position_tilt,
                 "probe_aperture_auto": engine_log.after("constraints.probe_aperture auto: "),
+                "coarse_start": engine_log.after("coarse start: "),
                 "tilt_mrad_per_epoch": [g["tilt"].double().reshape(-1, 2).mean(0).tolist()
                                         for g in model.geometry_history], "device": str(model.device),
                 "amplitude_held_low_dose": bool(phase_only(losses.poisson > 0, float(np.asarray(c["patterns"]).sum(

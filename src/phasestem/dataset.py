@@ -241,14 +241,14 @@ class FourDSTEM:
                              bad_pixels=mask)
 
     def cropped(self, shape: tuple[int, int]) -> FourDSTEM:
-        """Keep the central ``shape`` detector pixels around zero frequency
-        (:func:`phasestem.detector.centre_window`)."""
-        p = np.asarray(self.patterns[...])
-        H, W = p.shape[-2:]
+        """Keep the central ``shape`` detector pixels around zero frequency (:func:`phasestem.detector.centre_window`;
+        float32, read a few scan rows at a time)."""
+        H, W = self.pattern_shape
         if shape[0] > H or shape[1] > W:
             raise ShapeError(f"crop {tuple(shape)} is larger than the patterns {(H, W)}")
+        p = self.map_rows(tuple(shape), lambda block: centre_window(block, shape))  # a chunk of rows at a time
         mask = None if self.bad_pixels is None else np.ascontiguousarray(centre_window(self.bad_pixels, shape))
-        return self._replace(patterns=np.ascontiguousarray(centre_window(p, shape)), bad_pixels=mask,
+        return self._replace(patterns=p, bad_pixels=mask,
                              detector_shifts=self.detector_shifts)  # relative to the central pixel: unchanged
 
     def padded(self, shape: tuple[int, int]) -> FourDSTEM:

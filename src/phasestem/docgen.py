@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import types
 import typing
 from pathlib import Path
 
@@ -41,10 +42,29 @@ def _submodels(annotation) -> list[type[BaseModel]]:
     return out
 
 
-def _type_name(annotation) -> str:
+#: how a bound of an ``Annotated`` number reads (annotated_types' Ge, Gt, Le, Lt)
+_BOUNDS = {"ge": "≥", "gt": ">", "le": "≤", "lt": "<"}
+
+
+def _type_text(annotation) -> str:
+    """A field's type as a reader writes it: ``int ≥ 0 | Literal['auto']`` rather than its repr."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        base, *meta = typing.get_args(annotation)
+        items = [item for m in meta for item in getattr(m, "metadata", [m])]  # pydantic's FieldInfo holds them
+        bounds = [f"{sign} {getattr(item, k)}" for item in items for k, sign in _BOUNDS.items()
+                  if getattr(item, k, None) is not None]
+        return " ".join([_type_text(base), ", ".join(bounds)]) if bounds else _type_text(base)
+    if origin is typing.Union or isinstance(annotation, types.UnionType):
+        return " | ".join(_type_text(a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return "None"
     text = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
-    text = text or str(annotation).replace("typing.", "")
-    return text.replace("|", "\\|")
+    return text or str(annotation).replace("typing.", "")
+
+
+def _type_name(annotation) -> str:
+    return _type_text(annotation).replace("|", "\\|")
 
 
 def _default(field) -> str:

@@ -37,17 +37,19 @@ def resample_image(img: torch.Tensor, sampling: tuple[float, float], target: tup
 
 
 def sample_on_grid(image: np.ndarray, sampling: tuple[float, float], target_sampling: tuple[float, float],
-                   shape: tuple[int, int]) -> np.ndarray:
+                   shape: tuple[int, int], start: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
     """``image`` (H, W) with pixel (0, 0) at 0 Å and pixels of ``sampling`` Å, sampled bilinearly at the points
-    (i·dy', j·dx') of a ``shape`` grid of ``target_sampling`` Å (edge values beyond the image; zeros beyond it
-    when the samplings are equal, where the image is copied). Returns float32 (h, w)."""
-    if all(abs(a - b) < 1e-9 for a, b in zip(sampling, target_sampling, strict=True)):
+    (start_y + i·dy', start_x + j·dx') Å of a ``shape`` grid of ``target_sampling`` Å (edge values beyond the
+    image; zeros beyond it when the samplings are equal and ``start`` is 0, where the image is copied). Returns
+    float32 (h, w)."""
+    same = all(abs(a - b) < 1e-9 for a, b in zip(sampling, target_sampling, strict=True))
+    if same and not any(start):
         out = np.zeros(shape, np.float32)
         h, w = min(shape[0], image.shape[0]), min(shape[1], image.shape[1])
         out[:h, :w] = image[:h, :w]
         return out
-    yy = np.arange(shape[0]) * target_sampling[0] / sampling[0]
-    xx = np.arange(shape[1]) * target_sampling[1] / sampling[1]
+    yy = (start[0] + np.arange(shape[0]) * target_sampling[0]) / sampling[0]
+    xx = (start[1] + np.arange(shape[1]) * target_sampling[1]) / sampling[1]
     y0 = np.clip(np.floor(yy).astype(int), 0, image.shape[0] - 2)
     x0 = np.clip(np.floor(xx).astype(int), 0, image.shape[1] - 2)
     fy = np.clip(yy - y0, 0, 1)[:, None]

@@ -194,8 +194,12 @@ class ProgressBar(Callback):
                         disable=not loop.run.progress or loop.rank != 0, leave=False)
 
     def on_epoch_end(self, loop) -> None:
+        self.advance(loop.mean_loss)
+
+    def advance(self, loss: float) -> None:
+        """One epoch done with mean loss ``loss`` (also the epochs of a coarse start, run in a call of their own)."""
         self.bar.update(1)
-        self.bar.set_postfix(loss=f"{loop.mean_loss:.4g}")
+        self.bar.set_postfix(loss=f"{loss:.4g}")
 
     def on_close(self, loop) -> None:
         if self.bar is not None:

@@ -128,6 +128,7 @@ def _epochs(loop: Loop, lbfgs_options: dict) -> Iterator[float]:
     try:
         for cb in callbacks:
             cb.on_start(loop)
+        yield from _coarse_start(loop)  # run.coarse_start: a fresh run's first epochs on the detector's centre
         data = loop.data = prepared_data(model, loop.dataset, losses.power, losses.eps, run.data_in_memory,
                                          run.memory_budget_gb)
         n = data.n
@@ -226,6 +227,44 @@ def _epochs(loop: Loop, lbfgs_options: dict) -> Iterator[float]:
             named[name].requires_grad_(True)
         for cb in callbacks:
             cb.on_close(loop)
+
+
+def _coarse_start(loop: Loop) -> Iterator[float]:
+    """The coarse start of ``run.coarse_start`` (:mod:`phasestem.recon.coarse`): its epochs in a call of their own on
+    the coarse model and the cropped patterns (no checkpoints: a run killed there starts again), their losses
+    yielded as the run's first epochs, then the state carried into the full model and ``loop.n_epochs`` reduced by
+    them. A coarse start that diverges is dropped with a warning and the model put back as it was: the run starts on
+    the full detector (the coarse losses already yielded stay yielded)."""
+    from .coarse import coarse_model, coarse_plan, take_coarse
+    from .streaming import budget_bytes
+
+    model, run = loop.model, loop.run
+    epochs, window, why = coarse_plan(run.coarse_start, model, loop.dataset, run.optimizer,
+                                      budget_bytes(run.memory_budget_gb))
+    epochs = min(epochs, loop.n_epochs - 1)  # at least one epoch on the full detector
+    if run.coarse_start != 0 and model.epoch == 0:
+        log.info("coarse start: %s", why if epochs > 0 or window is None else "off: the run has one epoch")
+    if epochs <= 0:
+        return
+    coarse = coarse_model(model, window)
+    start = snapshot(model.state_dict()), dict(model.decided), dict(model.auto_reasons)
+    bars = [cb for cb in loop.callbacks if isinstance(cb, ProgressBar)]
+    inner = run.model_copy(update={"coarse_start": 0, "holdout": 0.0, "progress": False})
+    try:
+        for loss in optimize(coarse, loop.dataset.cropped(window), epochs, inner, loop.losses, loop.constraints,
+                             distributed=loop.world > 1):
+            take_coarse(model, coarse)
+            for bar in bars:
+                bar.advance(loss)
+            yield loss
+    except DivergenceError as err:
+        log.warning("coarse start dropped (%s): the run starts on the full detector", err)
+        model.load_state_dict(start[0])
+        model.decided, model.auto_reasons = start[1], start[2]
+        model.epoch, model.loss_history, model.geometry_history = 0, [], []
+        return
+    loop.n_epochs -= epochs
+    loop.epoch = model.epoch
 
 
 def _epoch(loop: Loop, step: BatchStep, opt, data, bs: int, owner, mine, precondition_batches, train=None):

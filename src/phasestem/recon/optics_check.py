@@ -68,7 +68,9 @@ def check_defocus_sign(dataset, build, n_epochs: int = 3, block: int = 8, min_c1
         ds = sub._replace(aberrations=ab)
         model = build(ds)
         try:
-            for _ in optimize_with_options(model, ds, n_epochs, progress=False, **optimize_options):
+            # every epoch on the full detector (no coarse start): the check compares the two signs' fits of it
+            options = {**optimize_options, "progress": False, "coarse_start": 0}
+            for _ in optimize_with_options(model, ds, n_epochs, **options):
                 pass
         except DivergenceError:
             losses.append(math.inf)

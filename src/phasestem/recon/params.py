@@ -271,5 +271,5 @@ def optimizer_options(params: ReconstructParams) -> dict:
             "divergence_factor": r.divergence_factor, "backoff_factor": r.backoff_factor,
             "holdout": r.holdout, "holdout_patience": r.holdout_patience,
             "lr_decay": r.lr_decay, "lr_final": r.lr_final, "data_in_memory": r.data_in_memory,
-            "memory_budget_gb": r.memory_budget_gb}
+            "memory_budget_gb": r.memory_budget_gb, "coarse_start": r.coarse_start}
 

@@ -136,10 +136,20 @@ def auto_settings(model, params, sources=None) -> list:
     """What each 'auto' constraint rule decided in this run, as :class:`phasestem.provenance.Setting` rows
     (``constraints.obj_clamp.enabled``: true or false) for ``provenance/`` in results.h5: the source is where 'auto'
     came from (``YAML``, or ``sources[field]``, when the parameter file sets it; ``default`` otherwise), the note
-    ``auto: `` and the rule's reason (``model.auto_reasons``). Rules that did not run (not yet due) give no row."""
+    ``auto: `` and the rule's reason (``model.auto_reasons``). Rules that did not run (not yet due) give no row.
+    ``run.coarse_start: auto`` gives one more row: the coarse epochs the run began with (from the loss history, so a
+    resumed run tells it too)."""
     from ..provenance import Setting
+    from .run_state import COARSE_HISTORY_KEY
 
     rows = []
+    if params.run.coarse_start == "auto":
+        coarse = [h for h in model.loss_history if COARSE_HISTORY_KEY in h]
+        note = "auto: none (the run log says why)" if not coarse else \
+            f"auto: {len(coarse)} epoch(s) on the central {int(coarse[0][COARSE_HISTORY_KEY])} detector px"
+        given = "coarse_start" in params.run.model_fields_set
+        rows.append(Setting("run.coarse_start", len(coarse), "epochs",
+                            (sources or {}).get("run.coarse_start", "YAML") if given else "default", note=note))
     for name, why in sorted(model.auto_reasons.items()):
         field = f"constraints.{name}.enabled"
         given = "enabled" in getattr(params.constraints, name).model_fields_set

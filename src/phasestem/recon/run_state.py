@@ -19,6 +19,9 @@ import torch
 
 #: the layout of the checkpoint's ``"run"`` entry
 FORMAT = 1
+#: the loss-history column that marks (and sizes) an epoch of a coarse start (:mod:`phasestem.recon.coarse`): the
+#: crop's width in detector pixels
+COARSE_HISTORY_KEY = "coarse_window"
 
 
 def snapshot(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -70,7 +73,8 @@ class RunState:
     def new(cls, model) -> RunState:
         """The state of a call that starts on ``model`` without a checkpoint's: the decay starts with the next
         epoch, and the references come from the model's loss history (a model optimised before)."""
-        finite = [h["loss"] for h in model.loss_history if math.isfinite(h["loss"])]
+        # a coarse start's epochs (phasestem.recon.coarse) fit other patterns: their losses are no reference here
+        finite = [h["loss"] for h in model.loss_history if math.isfinite(h["loss"]) and COARSE_HISTORY_KEY not in h]
         return cls(decay_start=model.epoch + 1, start_loss=finite[0] if finite else None,
                    best_loss=min(finite, default=math.inf))
 

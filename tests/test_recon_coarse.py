@@ -1,0 +1,200 @@
+"""run.coarse_start (phasestem.recon.coarse): a thick specimen's first epoch on the centre of the detector.
+
+The coarse model is the same experiment through a smaller window of larger pixels: for an object and probe whose
+far field lies inside the crop, its patterns are the full model's patterns cropped (checked against the full
+model, and the crop's geometry against the optics); the object goes to the coarse pixels and back unchanged where
+it is smooth; the engine runs the coarse epochs as the run's first, says so in the log, marks them in the history
+and keeps them out of the divergence references; a run resumed after them is bit-identical to the uninterrupted
+one; ``auto`` is on only for multislice models of at least 10 nm.
+"""
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from phasestem.dataset import FourDSTEM, angular_sampling_for
+from phasestem.recon.callbacks import Checkpoints
+from phasestem.recon.coarse import coarse_model, coarse_plan, coarse_window, take_coarse
+from phasestem.recon.engine import load_checkpoint, optimize
+from phasestem.recon.model import Ptychography
+from phasestem.recon.params import RunConfig
+from phasestem.recon.report import auto_settings
+from phasestem.recon.run_state import COARSE_HISTORY_KEY, RunState
+from phasestem.recon.synthetic import simulate_dataset
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+ENERGY, SEMIANGLE = 300e3, 20.0
+WINDOW, PIXEL = (64, 64), 0.25  # 1.23 mrad per detector pixel at 300 keV: crop 2·⌈1.2·20/1.23⌉ = 40
+
+
+def _dataset(patterns: np.ndarray, step: float = 1.0) -> FourDSTEM:
+    return FourDSTEM(patterns=patterns, energy=ENERGY, scan_step=(step, step), semiangle=SEMIANGLE,
+                     angular_sampling=angular_sampling_for(ENERGY, (PIXEL, PIXEL), patterns.shape[-2:]),
+                     aberrations={"C10": 40.0})
+
+
+def _smooth(shape: tuple[int, int], pixel: float, q_max: float, seed: int, scale: float) -> np.ndarray:
+    """A real random field (…, Ny, Nx) whose spectrum stops at ``q_max`` 1/Å, peak-scaled to ``scale``."""
+    rng = np.random.default_rng(seed)
+    ky = np.fft.fftfreq(shape[-2], pixel)[:, None]
+    kx = np.fft.fftfreq(shape[-1], pixel)[None, :]
+    spec = np.fft.fft2(rng.normal(size=shape)) * (np.hypot(ky, kx) < q_max)
+    field = np.fft.ifft2(spec).real
+    return (field / np.abs(field).max() * scale).astype(np.float32)
+
+
+def test_the_crop_holds_the_bright_field_disk_and_a_margin():
+    dk = angular_sampling_for(ENERGY, (PIXEL, PIXEL), WINDOW)
+    assert coarse_window(WINDOW, dk, SEMIANGLE) == (40, 40)
+    assert 40 / 2 * dk[0] >= 1.2 * SEMIANGLE > 38 / 2 * dk[0]  # the smallest even crop out to 1.2 α
+    assert coarse_window(WINDOW, dk, 30.0) is None  # 1.2 α needs 60 of 64 px: nothing to gain
+    assert coarse_window(WINDOW, dk, None) is None and coarse_window(WINDOW, None, SEMIANGLE) is None
+    assert coarse_window((96, 64), (dk[0], dk[1]), SEMIANGLE) == (40, 40)
+
+
+def _model(n_slices: int, dz: float, scan=(6, 6)) -> tuple[Ptychography, FourDSTEM]:
+    ds = _dataset(np.zeros((*scan, *WINDOW), np.float32))
+    return Ptychography.from_dataset(ds, n_slices=n_slices, slice_thickness=dz), ds
+
+
+@pytest.mark.parametrize("slices, dz, setting, optimizer, expected", [
+    (10, 12.0, "auto", "lsq", 1),  # 12 nm, multislice: on
+    (10, 9.0, "auto", "lsq", 0),  # 9 nm: off
+    (1, 150.0, "auto", "lsq", 0),  # one slice: off
+    (1, 150.0, 2, "adam", 2),  # asked for: on
+    (10, 12.0, "auto", "lbfgs", 0),
+    (10, 12.0, 0, "lsq", 0),
+])
+def test_auto_starts_coarse_on_thick_multislice_models_only(slices, dz, setting, optimizer, expected):
+    model, ds = _model(slices, dz)
+    epochs, window, why = coarse_plan(setting, model, ds, optimizer)
+    assert epochs == expected and (window == (40, 40)) == (expected > 0), why
+    assert ("off" in why) == (expected == 0), why
+    if expected:  # the crop (6 × 6 × 40² float32, held three times) over a memory budget: off, saying so
+        epochs, _, why = coarse_plan(setting, model, ds, optimizer, budget=3 * 4 * 36 * 40 * 40 - 1)
+        assert epochs == 0 and "over the memory budget" in why
+    model.epoch = 3
+    assert coarse_plan(setting, model, ds, optimizer)[0] == 0  # never on a model that has run already
+
+
+def test_the_coarse_model_follows_the_default_tilt_rule_at_its_own_pixel():
+    """15 nm: 1 mrad walks the beam 0.15 Å through it, over half the full model's 0.25 Å pixel (the tilt is
+    refined by default) and under half the coarse model's 0.4 Å (held there); a rate the user gave is kept."""
+    model, _ = _model(10, 15.0)
+    assert model.schedules["tilt"].lr is None and model.schedules["tilt"].resolved_lr("tilt", "lsq") > 0
+    assert coarse_model(model, (40, 40)).schedules["tilt"].lr == 0.0
+    model.set_learning_rates(tilt=0.05)
+    assert coarse_model(model, (40, 40)).schedules["tilt"].lr == 0.05
+
+
+def test_coarse_patterns_are_the_full_patterns_cropped_for_a_far_field_inside_the_crop():
+    """Two slices of a weak, smooth object (spectrum below 0.25/Å, far inside what the 40-px crop holds beyond the
+    20 mrad disk) and the nominal probe: the coarse model's patterns equal the central 40 × 40 of the full
+    model's, pixel by pixel, to 1e-3 of the brightest; moving one position's probe by 0.5 Å changes them by far
+    more. The coarse model's pixel is 64/40 × 0.25 Å and its probe keeps Σ|ψ|² = 1."""
+    full, _ = _model(2, 20.0, scan=(3, 3))
+    with torch.no_grad():
+        full.obj_phase.copy_(torch.from_numpy(_smooth(tuple(full.obj_phase.shape), PIXEL, 0.25, 1, 0.05)))
+    coarse = coarse_model(full, (40, 40))
+    assert coarse.sampling == pytest.approx((0.4, 0.4))
+    assert float(coarse.get_probe().detach().abs().square().sum()) == pytest.approx(1.0, abs=1e-4)
+    index = torch.arange(9)
+    with torch.no_grad():
+        want = torch.fft.fftshift(full.forward(index), dim=(-2, -1))[:, 12:52, 12:52]
+        got = torch.fft.fftshift(coarse.forward(index), dim=(-2, -1))
+    err = float((got - want).abs().max() / want.max())
+    assert err < 1e-3, err
+    with torch.no_grad():
+        coarse.positions[4] += 0.5
+        moved = torch.fft.fftshift(coarse.forward(index), dim=(-2, -1))
+    assert float((moved - want).abs().max() / want.max()) > 30 * err
+
+
+def test_a_smooth_object_goes_to_the_coarse_pixels_and_back_unchanged():
+    """Phase and amplitude per slice, the tilt, position refinements and decisions go to the coarse model and
+    back; a field smooth on the coarse pixels (below an eighth of their Nyquist) comes back to 2 % of its peak
+    over the scanned field (a frame misplaced by a quarter of a coarse pixel, 0.1 Å, is off by 4.5 %), and
+    ``model.epoch`` and the history become the coarse model's."""
+    full, _ = _model(3, 40.0)
+    shape = tuple(full.obj_phase.shape)
+    phase = _smooth(shape, PIXEL, 0.15, 2, 1.0)
+    with torch.no_grad():
+        full.obj_phase.copy_(torch.from_numpy(phase))
+        full.obj_amplitude.copy_(torch.from_numpy(1 - np.abs(_smooth(shape, PIXEL, 0.15, 3, 0.2))))
+        full.tilt.copy_(torch.tensor([1.5, -2.0]))
+    full.decided["obj_clamp"] = True
+    coarse = coarse_model(full, (40, 40))
+    assert torch.equal(coarse.tilt, full.tilt) and coarse.decided == {"obj_clamp": True}
+    with torch.no_grad():
+        coarse.positions[7] += torch.tensor([0.3, -0.2])
+        full.obj_phase.zero_()
+        full.obj_amplitude.fill_(1.0)
+    coarse.epoch, coarse.loss_history = 1, [{"epoch": 1, "loss": 0.5}]
+    take_coarse(full, coarse)
+    oy, ox = full.experiment.origin_px
+    field = (slice(None), slice(None), slice(oy, oy + 21), slice(ox, ox + 21))  # the scanned 5 Å
+    err = float((full.obj_phase.detach()[field] - torch.from_numpy(phase)[field]).abs().max())
+    assert err < 0.02, err
+    assert float(full.obj_amplitude.detach()[field].max()) <= 1.0 + 1e-6
+    moved = full.positions.detach() - full.initial_positions
+    assert torch.allclose(moved[7], torch.tensor([0.3, -0.2]), atol=1e-5) and float(moved[6].abs().max()) < 1e-5
+    assert full.epoch == 1 and full.loss_history == [{"epoch": 1, "loss": 0.5, COARSE_HISTORY_KEY: 40.0}]
+    assert RunState.new(full).best_loss == math.inf  # the coarse loss is no reference for the full detector
+
+
+@pytest.fixture(scope="module")
+def thick():
+    """A 4 × 12 Å = 4.8 nm scan of phasestem's simulator (plumbing only: 64² patterns at 0.25 Å, 20 mrad)."""
+    return simulate_dataset(window=WINDOW, sampling=PIXEL, scan_shape=(5, 5), scan_step=1.0, semiangle=SEMIANGLE,
+                            c10=40.0, n_slices=4, slice_thickness=12.0, max_phase=0.4, seed=4)
+
+
+RUN = RunConfig(n_epochs=6, batch_size=10, coarse_start=2, progress=False, lr_decay="cosine", seed=1)
+
+
+def _fresh(ds) -> Ptychography:
+    return Ptychography.from_dataset(ds, n_slices=4, slice_thickness=12.0)
+
+
+def test_the_coarse_epochs_are_the_runs_first_and_say_so(thick, caplog):
+    caplog.set_level("INFO", logger="phasestem.recon")
+    model = _fresh(thick)
+    losses = list(optimize(model, thick, 6, RUN))
+    assert len(losses) == 6 and model.epoch == 6 and [h["epoch"] for h in model.loss_history] == [1, 2, 3, 4, 5, 6]
+    assert [COARSE_HISTORY_KEY in h for h in model.loss_history] == [True, True, False, False, False, False]
+    assert "coarse start: 2 epoch(s) on the central 40 × 40 of 64 × 64 detector px" in caplog.text
+    assert all(math.isfinite(x) for x in losses) and model.loss_history[-1]["loss"] < model.loss_history[2]["loss"]
+    model.auto_reasons.clear()  # only the coarse start's row: what results.h5's provenance/ records of it
+    (row,) = auto_settings(model, SimpleNamespace(run=RunConfig(n_epochs=6, coarse_start="auto")))
+    assert (row.field, row.value, row.source) == ("run.coarse_start", 2, "YAML")
+    assert row.note == "auto: 2 epoch(s) on the central 40 detector px"
+    truth = thick.truth["phase"]
+    got = model.phase_in_dataset_frame(truth.shape)
+    rows = slice(4, 17)
+    assert np.corrcoef(got[rows, rows].ravel(), truth[rows, rows].ravel())[0, 1] > 0.8
+
+
+def test_a_run_resumed_after_its_coarse_epochs_is_bit_identical(thick, tmp_path):
+    """The checkpoint after epoch 3 (two coarse epochs and one on the full detector) is kept, the run finishes,
+    and a new model resumed from the kept checkpoint for the last 3 epochs ends torch.equal to a run never
+    checkpointed, with the same loss history."""
+    ref = _fresh(thick)
+    list(optimize(ref, thick, 6, RUN))
+    ckpt = tmp_path / "checkpoint.pt"
+    run = optimize(_fresh(thick), thick, 6, RUN, callbacks=[Checkpoints(ckpt, 3)])
+    for _ in range(3):
+        next(run)
+    kept = ckpt.read_bytes()
+    list(run)
+    ckpt.write_bytes(kept)
+    resumed = _fresh(thick)
+    load_checkpoint(ckpt, resumed)
+    assert resumed.epoch == 3
+    list(optimize(resumed, thick, 3, RUN))
+    for name, value in ref.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], value), name
+    keep = [{k: v for k, v in h.items() if k != "seconds"} for h in ref.loss_history]
+    assert keep == [{k: v for k, v in h.items() if k != "seconds"} for h in resumed.loss_history]
