@@ -218,12 +218,12 @@ class FourDSTEM:
         return self._replace(patterns=out, angular_sampling=det.output_angular_sampling, detector_shifts=shifts,
                              bad_pixels=mask)
 
-    def map_rows(self, shape: tuple[int, int], fn, rows: int = 8) -> np.ndarray:
-        """``fn`` (frames (r, Sx, H, W) → float32 (r, Sx, h, w)) over the patterns ``rows`` scan rows at a time
-        into one new float32 array (Sy, Sx, h, w): peak memory = the result + one chunk, not the several
-        whole-array copies of applying ``fn`` to everything at once (16.6 GiB for a 4 GiB transposed scan)."""
+    def map_rows(self, shape: tuple[int, int], fn, rows: int = 8, dtype=np.float32) -> np.ndarray:
+        """``fn`` (frames (r, Sx, H, W) → (r, Sx, h, w)) over the patterns ``rows`` scan rows at a time into one
+        new array (Sy, Sx, h, w) of ``dtype``: peak memory = the result + one chunk, not the several whole-array
+        copies of applying ``fn`` to everything at once (16.6 GiB for a 4 GiB transposed scan)."""
         sy, sx = self.scan_shape
-        out = np.empty((sy, sx, *shape), dtype=np.float32)
+        out = np.empty((sy, sx, *shape), dtype=dtype)
         for r in range(0, sy, rows):
             out[r : r + rows] = fn(np.asarray(self.patterns[r : r + rows]))
         return out
@@ -242,11 +242,11 @@ class FourDSTEM:
 
     def cropped(self, shape: tuple[int, int]) -> FourDSTEM:
         """Keep the central ``shape`` detector pixels around zero frequency (:func:`phasestem.detector.centre_window`;
-        float32, read a few scan rows at a time)."""
+        the patterns' dtype, read a few scan rows at a time: :meth:`map_rows`)."""
         H, W = self.pattern_shape
         if shape[0] > H or shape[1] > W:
             raise ShapeError(f"crop {tuple(shape)} is larger than the patterns {(H, W)}")
-        p = self.map_rows(tuple(shape), lambda block: centre_window(block, shape))  # a chunk of rows at a time
+        p = self.map_rows(tuple(shape), lambda block: centre_window(block, shape), dtype=self.patterns.dtype)
         mask = None if self.bad_pixels is None else np.ascontiguousarray(centre_window(self.bad_pixels, shape))
         return self._replace(patterns=p, bad_pixels=mask,
                              detector_shifts=self.detector_shifts)  # relative to the central pixel: unchanged

@@ -17,7 +17,6 @@ SrTiO3 and GaAs, 20 nm), on mistilted ones it falls, so ``run.coarse_start`` is 
 """
 from __future__ import annotations
 
-import logging
 import math
 
 import numpy as np
@@ -29,8 +28,6 @@ from ..physics.experiment import Experiment, object_frame
 from ..resample import sample_on_grid
 from .run_state import COARSE_HISTORY_KEY
 from .schedule import tilt_matters
-
-log = logging.getLogger("phasestem.recon")
 
 #: the crop holds the bright-field disk out to this many × the probe semi-angle (each axis)
 MARGIN = 1.2
@@ -82,6 +79,8 @@ def coarse_plan(setting: int | str, model, dataset, optimizer: str,
         return 0, None, f"off: the probe window is {model.oversampling} × the detector"
     if model.probe_support is not None:
         return 0, None, "off: the probe has a real-space support (model.probe_support_radius)"
+    if dataset.angular_sampling is None or not dataset.semiangle:
+        return 0, None, "off: the detector's angular sampling or the probe semi-angle is not known"
     window = coarse_window(dataset.pattern_shape, dataset.angular_sampling, dataset.semiangle)
     if window is None:
         return 0, None, (f"off: the detector ({dataset.pattern_shape[0]} × {dataset.pattern_shape[1]} px) holds "
