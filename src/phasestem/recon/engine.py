@@ -235,14 +235,16 @@ def _coarse_start(loop: Loop) -> Iterator[float]:
     yielded as the run's first epochs, then the state carried into the full model and ``loop.n_epochs`` reduced by
     them. A coarse start that diverges is dropped with a warning and the model put back as it was: the run starts on
     the full detector (the coarse losses already yielded stay yielded)."""
+    model, run = loop.model, loop.run
+    if run.coarse_start == 0:  # the default: nothing to decide (and no reading of the host's free memory)
+        return
     from .coarse import coarse_model, coarse_plan, take_coarse
     from .streaming import budget_bytes
 
-    model, run = loop.model, loop.run
     epochs, window, why = coarse_plan(run.coarse_start, model, loop.dataset, run.optimizer,
                                       budget_bytes(run.memory_budget_gb))
     epochs = min(epochs, loop.n_epochs - 1)  # at least one epoch on the full detector
-    if run.coarse_start != 0 and model.epoch == 0:
+    if model.epoch == 0:
         log.info("coarse start: %s", why if epochs > 0 or window is None else "off: the run has one epoch")
     if epochs <= 0:
         return
