@@ -5,7 +5,8 @@ far field lies inside the crop, its patterns are the full model's patterns cropp
 model, and the crop's geometry against the optics); the object goes to the coarse pixels and back unchanged where
 it is smooth; the engine runs the coarse epochs as the run's first, says so in the log, marks them in the history
 and keeps them out of the divergence references; a run resumed after them is bit-identical to the uninterrupted
-one; ``auto`` is on only for multislice models of at least 10 nm.
+one; ``auto`` is on only for multislice models of at least 10 nm, and kept only for a crystal on its zone axis
+(otherwise the run is the one without a coarse start, bit for bit).
 """
 import math
 from types import SimpleNamespace
@@ -15,8 +16,8 @@ import pytest
 import torch
 
 from phasestem.dataset import FourDSTEM, angular_sampling_for
-from phasestem.recon.callbacks import Checkpoints
-from phasestem.recon.coarse import coarse_model, coarse_plan, coarse_window, take_coarse
+from phasestem.recon.callbacks import Callback, Checkpoints
+from phasestem.recon.coarse import coarse_model, coarse_plan, coarse_window, keep_rule, take_coarse
 from phasestem.recon.engine import load_checkpoint, optimize
 from phasestem.recon.model import Ptychography
 from phasestem.recon.params import RunConfig
@@ -198,3 +199,75 @@ def test_a_run_resumed_after_its_coarse_epochs_is_bit_identical(thick, tmp_path)
         assert torch.equal(resumed.state_dict()[name], value), name
     keep = [{k: v for k, v in h.items() if k != "seconds"} for h in ref.loss_history]
     assert keep == [{k: v for k, v in h.items() if k != "seconds"} for h in resumed.loss_history]
+
+
+class _FlushDenormal(Callback):
+    """Records, after every epoch on the full detector, whether the CPU flushes denormal floats to zero."""
+
+    def __init__(self):
+        self.flushed = []
+
+    def on_epoch_end(self, loop) -> None:
+        tiny = torch.tensor([1e-39], dtype=torch.float32)  # a denormal float32
+        self.flushed.append(float(tiny * 2) == 0.0)
+
+
+def test_the_full_epochs_after_a_coarse_start_flush_denormals_as_every_run_does(thick):
+    """The coarse start's own optimize call switches flushing off when it ends; the run's full-detector epochs must
+    have it back on (without it they ran 30 % slower on the CPU: benchmarks/independent, dev_tilt)."""
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush denormals")
+    torch.set_flush_denormal(False)
+    seen = _FlushDenormal()
+    list(optimize(_fresh(thick), thick, 4, RUN, callbacks=[seen]))
+    assert seen.flushed == [True, True]  # the 2 epochs after the 2 coarse ones
+    assert float(torch.tensor([1e-39], dtype=torch.float32) * 2) > 0  # and off again after the run
+
+
+def _stack_model(stack: np.ndarray) -> Ptychography:
+    model, _ = _model(stack.shape[0], 30.0, scan=(10, 10))
+    with torch.no_grad():
+        model.obj_phase.copy_(torch.as_tensor(stack[None], dtype=torch.float32))
+    return model
+
+
+def test_auto_keeps_a_coarse_start_for_a_crystal_on_its_zone_axis_only():
+    """keep_rule on the object a coarse epoch left: straight lattice columns through 6 slices (a crystal on its zone
+    axis) keep it; the same columns sheared by 0.3 px per slice (1.5 px over the specimen: a mistilt) and
+    independent atoms (no lattice) do not."""
+    from phasestem.physics.fourier import fourier_shift
+
+    shape = _model(6, 30.0, scan=(10, 10))[0].object_shape
+    yy, xx = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    lattice = 0.2 * (np.cos(2 * np.pi * yy / 5.0) + np.cos(2 * np.pi * xx / 5.0))  # columns 1.25 Å apart
+    straight = np.stack([lattice] * 6)
+    walk = torch.arange(6, dtype=torch.float32)[:, None] * torch.tensor([0.3, -0.1])
+    sheared = fourier_shift(torch.as_tensor(straight, dtype=torch.float32), walk).real.numpy()
+    atoms = _smooth((6, *shape), PIXEL, 1.5, seed=5, scale=0.4)
+    kept, why = keep_rule(_stack_model(straight))
+    assert kept and why.startswith("a crystal on its zone axis"), why
+    kept, why = keep_rule(_stack_model(sheared))
+    assert not kept and why.startswith("a mistilted crystal"), why
+    kept, why = keep_rule(_stack_model(atoms))
+    assert not kept and why.startswith("not a crystal"), why
+
+
+def test_an_auto_coarse_start_not_kept_leaves_the_run_as_without_one(caplog):
+    """A 12 nm random-atom specimen (phasestem's simulator: plumbing only) is no crystal: the coarse epoch runs, is
+    not kept (logged), no loss of it is yielded, and the run ends torch.equal to the run without a coarse start."""
+    ds = simulate_dataset(window=WINDOW, sampling=PIXEL, scan_shape=(5, 5), scan_step=1.0, semiangle=SEMIANGLE,
+                          c10=40.0, n_slices=4, slice_thickness=30.0, max_phase=0.4, seed=4)
+    caplog.set_level("INFO", logger="phasestem.recon")
+    runs = {}
+    for setting in ("auto", 0):
+        model = Ptychography.from_dataset(ds, n_slices=4, slice_thickness=30.0)
+        losses = list(optimize(model, ds, 3, RUN.model_copy(update={"coarse_start": setting})))
+        runs[setting] = model, losses
+    assert "coarse start: 1 epoch(s) on the central 40 × 40" in caplog.text
+    assert "coarse start (auto): not kept, the run starts on the full detector: not a crystal" in caplog.text
+    (auto, auto_losses), (off, off_losses) = runs["auto"], runs[0]
+    assert auto_losses == off_losses and len(auto_losses) == 3
+    for name, value in off.state_dict().items():
+        assert torch.equal(auto.state_dict()[name], value), name
+    assert not any(COARSE_HISTORY_KEY in h for h in auto.loss_history) and auto.epoch == 3
+    assert "coarse_start" not in auto.auto_reasons

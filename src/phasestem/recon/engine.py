@@ -129,6 +129,7 @@ def _epochs(loop: Loop, lbfgs_options: dict) -> Iterator[float]:
         for cb in callbacks:
             cb.on_start(loop)
         yield from _coarse_start(loop)  # run.coarse_start: a fresh run's first epochs on the detector's centre
+        torch.set_flush_denormal(True)  # again: the coarse start's own call switched it off when it ended
         data = loop.data = prepared_data(model, loop.dataset, losses.power, losses.eps, run.data_in_memory,
                                          run.memory_budget_gb)
         n = data.n
@@ -234,11 +235,12 @@ def _coarse_start(loop: Loop) -> Iterator[float]:
     the coarse model and the cropped patterns (no checkpoints: a run killed there starts again), their losses
     yielded as the run's first epochs, then the state carried into the full model and ``loop.n_epochs`` reduced by
     them. A coarse start that diverges is dropped with a warning and the model put back as it was: the run starts on
-    the full detector (the coarse losses already yielded stay yielded)."""
+    the full detector (the coarse losses already yielded stay yielded). ``auto``'s epochs are judged by
+    :func:`~phasestem.recon.coarse.keep_rule` before any is yielded: dropped the same way (logged) unless kept."""
     model, run = loop.model, loop.run
     if run.coarse_start == 0:  # the default: nothing to decide (and no reading of the host's free memory)
         return
-    from .coarse import coarse_model, coarse_plan, take_coarse
+    from .coarse import coarse_model, coarse_plan, keep_rule, take_coarse
     from .streaming import budget_bytes
 
     epochs, window, why = coarse_plan(run.coarse_start, model, loop.dataset, run.optimizer,
@@ -250,23 +252,46 @@ def _coarse_start(loop: Loop) -> Iterator[float]:
         return
     coarse = coarse_model(model, window)
     start = snapshot(model.state_dict()), dict(model.decided), dict(model.auto_reasons)
+
+    def drop() -> None:  # the model as it was before the coarse start
+        model.load_state_dict(start[0])
+        model.decided, model.auto_reasons = start[1], start[2]
+        model.epoch, model.loss_history, model.geometry_history = 0, [], []
+
     bars = [cb for cb in loop.callbacks if isinstance(cb, ProgressBar)]
     inner = run.model_copy(update={"coarse_start": 0, "holdout": 0.0, "progress": False})
+    judged = run.coarse_start == "auto"  # its epochs are yielded only once keep_rule has kept them
+    held = []
     try:
         for loss in optimize(coarse, loop.dataset.cropped(window), epochs, inner, loop.losses, loop.constraints,
                              distributed=loop.world > 1):
             take_coarse(model, coarse)
-            for bar in bars:
-                bar.advance(loss)
-            yield loss
+            held.append(loss)
+            if not judged:
+                yield from _shown(held, bars)
     except DivergenceError as err:
         log.warning("coarse start dropped (%s): the run starts on the full detector", err)
-        model.load_state_dict(start[0])
-        model.decided, model.auto_reasons = start[1], start[2]
-        model.epoch, model.loss_history, model.geometry_history = 0, [], []
+        drop()
         return
+    if judged:
+        keep, why = keep_rule(model)
+        log.info("coarse start (auto): %s: %s", "kept" if keep else "not kept, the run starts on the full detector",
+                 why)
+        if not keep:
+            drop()
+            return
+        yield from _shown(held, bars)
     loop.n_epochs -= epochs
     loop.epoch = model.epoch
+
+
+def _shown(losses: list[float], bars: list[ProgressBar]) -> Iterator[float]:
+    """Yield and empty ``losses`` (coarse epochs' losses), each advancing the progress ``bars``."""
+    while losses:
+        loss = losses.pop(0)
+        for bar in bars:
+            bar.advance(loss)
+        yield loss
 
 
 def _epoch(loop: Loop, step: BatchStep, opt, data, bs: int, owner, mine, precondition_batches, train=None):
