@@ -75,7 +75,7 @@ def test_auto_starts_coarse_on_thick_multislice_models_only(slices, dz, setting,
     assert epochs == expected and (window == (40, 40)) == (expected > 0), why
     assert ("off" in why) == (expected == 0), why
     if expected:  # the crop (6 × 6 × 40² float32, held three times) over a memory budget: off, saying so
-        epochs, _, why = coarse_plan(setting, model, ds, optimizer, budget=3 * 4 * 36 * 40 * 40 - 1)
+        epochs, _, why = coarse_plan(setting, model, ds, optimizer, budget=lambda: 3 * 4 * 36 * 40 * 40 - 1)
         assert epochs == 0 and "over the memory budget" in why
     model.epoch = 3
     assert coarse_plan(setting, model, ds, optimizer)[0] == 0  # never on a model that has run already

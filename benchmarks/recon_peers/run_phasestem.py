@@ -84,7 +84,7 @@ def main() -> None:
                          "kz_filter.beta=0.5; repeatable; applied after the options above")
     ap.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
     ap.add_argument("--coarse-start", default=None, help="run.coarse_start: auto, 0 or N (default: the parameter "
-                    "file's, 0)")
+                    "file's, auto)")
     ap.add_argument("--precondition-batches", type=int, default=None,
                     help="lsq: run.precondition_batches (default: the parameter file's)")
     args = ap.parse_args()
@@ -210,6 +210,7 @@ def main() -> None:
                 "probe_aperture": cons.probe_aperture.model_dump(), "per_position_tilt": args.per_position_tilt,
                 "probe_aperture_auto": engine_log.after("constraints.probe_aperture auto: "),
                 "coarse_start": engine_log.after("coarse start: "),
+                "coarse_start_auto": engine_log.after("coarse start (auto): "),
                 "tilt_mrad_per_epoch": [g["tilt"].double().reshape(-1, 2).mean(0).tolist()
                                         for g in model.geometry_history], "device": str(model.device),
                 "amplitude_held_low_dose": bool(phase_only(losses.poisson > 0, float(np.asarray(c["patterns"]).sum(

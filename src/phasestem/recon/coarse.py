@@ -12,12 +12,14 @@ decisions and the epochs' history over, and the run goes on with the whole detec
 Why: on a thick specimen the dark field of the first epochs, which the flat start cannot yet explain, pulls the
 object into wrapped minima; a start from the bright field and its margin alone finds the coarse phase first.
 Measured in ``benchmarks/independent/README.md`` ("A coarse start"): on thick crystals on axis r rises (abTEM
-SrTiO3 and GaAs, 20 nm), on mistilted ones it falls, so ``run.coarse_start`` is 0 (off) by default; ``auto``
-(:func:`coarse_plan`) is one epoch for a multislice model of at least :data:`THICK_NM` nm.
+SrTiO3 and GaAs, 20–30 nm), on mistilted specimens it falls. ``auto``, the default (:func:`coarse_plan`), is one
+epoch for a multislice model of at least :data:`THICK_NM` nm, kept only where :func:`keep_rule` finds a crystal on
+its zone axis; otherwise the engine puts the model back and the run goes on as without a coarse start.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -76,12 +78,13 @@ def coarse_window(pattern_shape: tuple[int, int], angular_sampling: tuple[float,
 
 
 def coarse_plan(setting: int | str, model, dataset, optimizer: str,
-                budget: float = math.inf) -> tuple[int, tuple[int, int] | None, str]:
+                budget: Callable[[], float] = lambda: math.inf) -> tuple[int, tuple[int, int] | None, str]:
     """(epochs, crop, why) of the coarse start ``run.coarse_start`` asks for on a fresh ``model`` of ``dataset``:
     ``auto`` gives :data:`AUTO_EPOCHS` for a multislice model of ≥ :data:`THICK_NM` nm, an int that many epochs;
     none (0, None) for a model that has run epochs already, for L-BFGS, for an oversampled window or a probe
     support, where :func:`coarse_window` finds no crop worth it, or where the cropped patterns (held in memory,
-    then twice more as the engine's data) would take more than ``budget`` bytes. ``why`` says which, for the run log."""
+    then twice more as the engine's data) would take more than ``budget()`` bytes (asked only then: it may read the
+    host's free memory). ``why`` says which, for the run log."""
     if setting in (0, "0"):
         return 0, None, "off (run.coarse_start: 0)"
     if model.epoch > 0:
@@ -106,9 +109,10 @@ def coarse_plan(setting: int | str, model, dataset, optimizer: str,
         return 0, None, (f"off: the detector ({dataset.pattern_shape[0]} × {dataset.pattern_shape[1]} px) holds "
                          f"little beyond {MARGIN:g} × the semi-angle {dataset.semiangle} mrad")
     need = 3 * 4 * dataset.n_patterns * window[0] * window[1]  # float32: the crop, then the engine's two copies
-    if need > budget:
+    limit = budget()
+    if need > limit:
         return 0, None, (f"off: the cropped patterns would take {need / 2**30:.3g} GiB, over the memory budget "
-                         f"{budget / 2**30:.3g} GiB (run.memory_budget_gb)")
+                         f"{limit / 2**30:.3g} GiB (run.memory_budget_gb)")
     return epochs, window, (f"{epochs} epoch(s) on the central {window[0]} × {window[1]} of "
                             f"{dataset.pattern_shape[0]} × {dataset.pattern_shape[1]} detector px ({thick:.3g} nm, "
                             f"{model.n_slices} slices)")

@@ -238,13 +238,13 @@ def _coarse_start(loop: Loop) -> Iterator[float]:
     the full detector (the coarse losses already yielded stay yielded). ``auto``'s epochs are judged by
     :func:`~phasestem.recon.coarse.keep_rule` before any is yielded: dropped the same way (logged) unless kept."""
     model, run = loop.model, loop.run
-    if run.coarse_start == 0:  # the default: nothing to decide (and no reading of the host's free memory)
+    if run.coarse_start == 0:  # off: nothing to decide
         return
     from .coarse import coarse_model, coarse_plan, keep_rule, take_coarse
     from .streaming import budget_bytes
 
     epochs, window, why = coarse_plan(run.coarse_start, model, loop.dataset, run.optimizer,
-                                      budget_bytes(run.memory_budget_gb))
+                                      lambda: budget_bytes(run.memory_budget_gb))
     epochs = min(epochs, loop.n_epochs - 1)  # at least one epoch on the full detector
     if model.epoch == 0:
         log.info("coarse start: %s", why if epochs > 0 or window is None else "off: the run has one epoch")
