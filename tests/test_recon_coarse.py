@@ -252,22 +252,42 @@ def test_auto_keeps_a_coarse_start_for_a_crystal_on_its_zone_axis_only():
     assert not kept and why.startswith("not a crystal"), why
 
 
-def test_an_auto_coarse_start_not_kept_leaves_the_run_as_without_one(caplog):
-    """A 12 nm random-atom specimen (phasestem's simulator: plumbing only) is no crystal: the coarse epoch runs, is
-    not kept (logged), no loss of it is yielded, and the run ends torch.equal to the run without a coarse start."""
-    ds = simulate_dataset(window=WINDOW, sampling=PIXEL, scan_shape=(5, 5), scan_step=1.0, semiangle=SEMIANGLE,
-                          c10=40.0, n_slices=4, slice_thickness=30.0, max_phase=0.4, seed=4)
+@pytest.fixture(scope="module")
+def thick12():
+    """A 4 × 30 Å = 12 nm random-atom scan (phasestem's simulator: plumbing only), thick enough for ``auto``."""
+    return simulate_dataset(window=WINDOW, sampling=PIXEL, scan_shape=(5, 5), scan_step=1.0, semiangle=SEMIANGLE,
+                            c10=40.0, n_slices=4, slice_thickness=30.0, max_phase=0.4, seed=4)
+
+
+def _auto_run(ds, setting) -> tuple[Ptychography, list[float]]:
+    model = Ptychography.from_dataset(ds, n_slices=4, slice_thickness=30.0)
+    return model, list(optimize(model, ds, 3, RUN.model_copy(update={"coarse_start": setting})))
+
+
+def test_an_auto_coarse_start_not_kept_leaves_the_run_as_without_one(thick12, caplog):
+    """Random atoms are no crystal: the coarse epoch runs, is not kept (logged), no loss of it is yielded, and the run
+    ends torch.equal to the run without a coarse start, with the same 'auto' decisions."""
     caplog.set_level("INFO", logger="phasestem.recon")
-    runs = {}
-    for setting in ("auto", 0):
-        model = Ptychography.from_dataset(ds, n_slices=4, slice_thickness=30.0)
-        losses = list(optimize(model, ds, 3, RUN.model_copy(update={"coarse_start": setting})))
-        runs[setting] = model, losses
+    auto, auto_losses = _auto_run(thick12, "auto")
     assert "coarse start: 1 epoch(s) on the central 40 × 40" in caplog.text
     assert "coarse start (auto): not kept, the run starts on the full detector: not a crystal" in caplog.text
-    (auto, auto_losses), (off, off_losses) = runs["auto"], runs[0]
+    off, off_losses = _auto_run(thick12, 0)
     assert auto_losses == off_losses and len(auto_losses) == 3
     for name, value in off.state_dict().items():
         assert torch.equal(auto.state_dict()[name], value), name
     assert not any(COARSE_HISTORY_KEY in h for h in auto.loss_history) and auto.epoch == 3
-    assert "coarse_start" not in auto.auto_reasons
+    assert auto.decided == off.decided and auto.auto_reasons == off.auto_reasons
+
+
+def test_an_auto_coarse_start_kept_is_the_runs_first_epoch(thick12, monkeypatch, caplog):
+    """Where keep_rule keeps it (here forced: the simulator's random atoms are no crystal), the held coarse epoch is
+    yielded as the run's first, marked in the history, and counted in the run's epochs."""
+    import phasestem.recon.coarse as coarse
+
+    monkeypatch.setattr(coarse, "keep_rule", lambda model: (True, "kept for the test"))
+    caplog.set_level("INFO", logger="phasestem.recon")
+    model, losses = _auto_run(thick12, "auto")
+    assert "coarse start (auto): kept: kept for the test" in caplog.text
+    assert len(losses) == 3 and model.epoch == 3
+    assert [COARSE_HISTORY_KEY in h for h in model.loss_history] == [True, False, False]
+    assert losses[0] == model.loss_history[0]["loss"]
