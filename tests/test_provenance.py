@@ -79,7 +79,7 @@ def test_a_yaml_value_that_differs_from_the_file_wins_with_a_warning_and_the_sou
     assert "constraints.obj_shear.enabled" not in prov and "constraints.obj_clamp.enabled" not in prov
     # run.coarse_start auto (given): one slice, so no coarse epochs (tests/test_recon_coarse.py runs them)
     coarse = prov["run.coarse_start"]
-    assert coarse["source"] == "YAML" and coarse["value"] == 0 and coarse["note"].startswith("auto: none")
+    assert coarse["source"] == "YAML" and coarse["value"] == 0 and coarse["note"].startswith("auto: off: 1 slice(s)")
     assert "coarse start: off: 1 slice(s)" in log
 
 

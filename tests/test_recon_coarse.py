@@ -277,6 +277,10 @@ def test_an_auto_coarse_start_not_kept_leaves_the_run_as_without_one(thick12, ca
         assert torch.equal(auto.state_dict()[name], value), name
     assert not any(COARSE_HISTORY_KEY in h for h in auto.loss_history) and auto.epoch == 3
     assert auto.decided == off.decided and auto.auto_reasons == off.auto_reasons
+    assert auto.coarse_note.startswith("not kept: not a crystal") and off.coarse_note == ""
+    resumed = Ptychography.from_dataset(thick12, n_slices=4, slice_thickness=30.0)
+    resumed.load_checkpoint_state(auto.state_for_checkpoint())  # the reason travels with the checkpoint
+    assert resumed.coarse_note == auto.coarse_note
 
 
 def test_an_auto_coarse_start_kept_is_the_runs_first_epoch(thick12, monkeypatch, caplog):
@@ -288,6 +292,7 @@ def test_an_auto_coarse_start_kept_is_the_runs_first_epoch(thick12, monkeypatch,
     caplog.set_level("INFO", logger="phasestem.recon")
     model, losses = _auto_run(thick12, "auto")
     assert "coarse start (auto): kept: kept for the test" in caplog.text
+    assert model.coarse_note == "kept: kept for the test"
     assert len(losses) == 3 and model.epoch == 3
     assert [COARSE_HISTORY_KEY in h for h in model.loss_history] == [True, False, False]
     assert losses[0] == model.loss_history[0]["loss"]

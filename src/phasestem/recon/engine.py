@@ -247,7 +247,8 @@ def _coarse_start(loop: Loop) -> Iterator[float]:
                                       lambda: budget_bytes(run.memory_budget_gb))
     epochs = min(epochs, loop.n_epochs - 1)  # at least one epoch on the full detector
     if model.epoch == 0:
-        log.info("coarse start: %s", why if epochs > 0 or window is None else "off: the run has one epoch")
+        model.coarse_note = why if epochs > 0 or window is None else "off: the run has one epoch"
+        log.info("coarse start: %s", model.coarse_note)
     if epochs <= 0:
         return
     coarse = coarse_model(model, window)
@@ -272,11 +273,13 @@ def _coarse_start(loop: Loop) -> Iterator[float]:
     except DivergenceError as err:
         log.warning("coarse start dropped (%s): the run starts on the full detector", err)
         drop()
+        model.coarse_note = f"dropped: {err}"
         return
     if judged:
         keep, why = keep_rule(model)
         log.info("coarse start (auto): %s: %s", "kept" if keep else "not kept, the run starts on the full detector",
                  why)
+        model.coarse_note = f"{'kept' if keep else 'not kept'}: {why}"
         if not keep:
             drop()
             return

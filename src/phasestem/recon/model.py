@@ -95,6 +95,7 @@ class Ptychography(nn.Module):
         self.geometry_history: list[dict[str, torch.Tensor]] = []
         self.decided: dict[str, bool] = {}  # what an 'auto' rule decided, for all epochs (e.g. {"obj_shear": True})
         self.auto_reasons: dict[str, str] = {}  # why each 'auto' constraint is on or off, for the run's records
+        self.coarse_note = ""  # what run.coarse_start did and why (phasestem.recon.engine), for the run's records
         #: functions ``f(model, record)`` run after every epoch; they may add scalars to ``record``
         self.epoch_callbacks: list = []
         self._data_cache: tuple | None = None
@@ -430,7 +431,7 @@ class Ptychography(nn.Module):
         return {"params": {k: v.detach().clone() for k, v in self.state_dict().items()}, "epoch": self.epoch,
                 "loss_history": [dict(h) for h in self.loss_history],
                 "geometry_history": [dict(g) for g in self.geometry_history], "decided": dict(self.decided),
-                "auto_reasons": dict(self.auto_reasons),
+                "auto_reasons": dict(self.auto_reasons), "coarse_note": self.coarse_note,
                 "schedules": {k: [-1.0 if s.lr is None else s.lr, s.start, -1 if s.end is None else s.end]
                               for k, s in self.schedules.items()}}
 
@@ -441,6 +442,7 @@ class Ptychography(nn.Module):
         self.geometry_history = [dict(g) for g in state.get("geometry_history", [])]
         self.decided = {str(k): bool(v) for k, v in state.get("decided", {}).items()}
         self.auto_reasons = {str(k): str(v) for k, v in state.get("auto_reasons", {}).items()}
+        self.coarse_note = str(state.get("coarse_note", ""))
         for k, (lr, start, end) in state["schedules"].items():
             self.schedules[k] = ParamSchedule(None if float(lr) < 0 else float(lr), int(start),
                                               None if int(end) < 0 else int(end))

@@ -138,14 +138,14 @@ def auto_settings(model, params, sources=None) -> list:
     came from (``YAML``, or ``sources[field]``, when the parameter file sets it; ``default`` otherwise), the note
     ``auto: `` and the rule's reason (``model.auto_reasons``). Rules that did not run (not yet due) give no row.
     ``run.coarse_start: auto`` gives one more row: the coarse epochs the run began with (from the loss history, so a
-    resumed run tells it too)."""
+    resumed run tells it too), or why there were none (``model.coarse_note``, also kept in checkpoints)."""
     from ..provenance import Setting
     from .run_state import COARSE_HISTORY_KEY
 
     rows = []
     if params.run.coarse_start == "auto":
         coarse = [h for h in model.loss_history if COARSE_HISTORY_KEY in h]
-        note = "auto: none (the run log says why)" if not coarse else \
+        note = f"auto: {model.coarse_note or 'none'}" if not coarse else \
             f"auto: {len(coarse)} epoch(s) on the central {int(coarse[0][COARSE_HISTORY_KEY])} detector px"
         given = "coarse_start" in params.run.model_fields_set
         rows.append(Setting("run.coarse_start", len(coarse), "epochs",
