@@ -213,8 +213,9 @@ class _FlushDenormal(Callback):
 
 
 def test_the_full_epochs_after_a_coarse_start_flush_denormals_as_every_run_does(thick):
-    """The coarse start's own optimize call switches flushing off when it ends; the run's full-detector epochs must
-    have it back on (without it they ran 30 % slower on the CPU: benchmarks/independent, dev_tilt)."""
+    """The coarse start's own optimize call ends inside the run's; the run's full-detector epochs must still
+    flush (without it they ran 30 % slower on the CPU: benchmarks/independent, dev_tilt); the run's end switches
+    it off."""
     if not torch.set_flush_denormal(True):
         pytest.skip("this CPU cannot flush denormals")
     torch.set_flush_denormal(False)

@@ -33,7 +33,7 @@ import torch
 
 from ..configfile import validate
 from ..errors import PhasestemError
-from ..runtime import retain_freed_memory
+from ..runtime import flush_denormals, retain_freed_memory
 from .aperture_rule import resolve_probe_aperture
 from .batches import compact_groups, make_batches, shard_owners  # noqa: F401  (compact_groups: engine API)
 from .callbacks import (  # noqa: F401  (the errors and PHYSICAL_LIMIT: the engine's API)
@@ -123,13 +123,12 @@ def _epochs(loop: Loop, lbfgs_options: dict) -> Iterator[float]:
     precondition_batches = resolve_batches(run.precondition_batches, losses)
     named = dict(model.named_parameters())
     disabled: set[str] = set()  # parameters the engine switched off (not frozen by the user)
-    torch.set_flush_denormal(True)  # tiny gradients in the padding otherwise slow Adam down on CPU
+    flush_denormals(True)  # off again when the outermost call ends (a coarse start's call nests in this one)
     retain_freed_memory()  # reuse freed batch buffers instead of page-faulting fresh ones every step
     try:
         for cb in callbacks:
             cb.on_start(loop)
         yield from _coarse_start(loop)  # run.coarse_start: a fresh run's first epochs on the detector's centre
-        torch.set_flush_denormal(True)  # again: the coarse start's own call switched it off when it ended
         data = loop.data = prepared_data(model, loop.dataset, losses.power, losses.eps, run.data_in_memory,
                                          run.memory_budget_gb)
         n = data.n
@@ -223,7 +222,7 @@ def _epochs(loop: Loop, lbfgs_options: dict) -> Iterator[float]:
         for cb in callbacks:
             cb.on_end(loop)
     finally:
-        torch.set_flush_denormal(False)
+        flush_denormals(False)
         for name in disabled:
             named[name].requires_grad_(True)
         for cb in callbacks:
