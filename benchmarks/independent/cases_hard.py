@@ -36,6 +36,27 @@ _BASE = dict(iters=20, dose=0, source=0.0, keep_slices=True, margin=16)
 _LOWDOSE_GEOM = dict(scan=(32, 32), step=0.5)
 _QUICK_LOWDOSE_GEOM = dict(scan=(8, 8), step=0.5)
 
+def _crystal(material: str, reps: tuple[int, int, int], c10: float, recon_slices: int, seed: int,
+             vacancies: list, tilt: tuple[float, float] = (0.0, 0.0)) -> dict:
+    """An abTEM crystal case on the thick cases' geometry: 192² potential px, 96² patterns, a 24 × 24 scan every
+    5 (SrTiO3) or 4 (GaAs) px, 2 frozen phonons, noise-free; ``c10`` Å (− = crossover inside), ``tilt`` (θy, θx)
+    mrad of beam tilt. The quick layout (tests) is 2–3 cells across, a 6 × 6 scan, one phonon configuration."""
+    a, cell, step = {"SrTiO3": (3.905, "SrTiO3", 5), "GaAs": (5.653, "GaAs", 4)}[material]
+    off = f", beam tilt ({tilt[0]:g}, {tilt[1]:g}) mrad" if any(tilt) else ""
+    name = f"{cell} [001] {reps[0]}x{reps[1]}x{reps[2]}"
+    common = dict(material=material, c10=c10, recon_slices=recon_slices, dose=0, seed=seed, tilt=tuple(tilt))
+    quick_cells = 3 if material == "SrTiO3" else 2
+    return dict(simulator="abtem", iters=20,
+                layout=dict(common, reps=reps, grid=192, n_pat=96, scan=(24, 24), step_px=step,
+                            vacancies=vacancies, n_configs=2,
+                            specimen=f"{name} ({reps[2] * a / 10:.1f} nm), {len(vacancies)} vacancies{off}"),
+                quick_layout=dict(common, reps=(quick_cells, quick_cells, reps[2]), grid=128, n_pat=64, scan=(6, 6),
+                                  step_px=3, vacancies=[((0, 1), vacancies[0][1])], n_configs=1,
+                                  specimen=f"{cell} [001] {quick_cells}x{quick_cells}x{reps[2]}, 1 vacancy{off}"),
+                description=f"abTEM {name} cells ({reps[2] * a / 10:.1f} nm), 2 frozen phonons{off or ', on axis'}, "
+                            f"crossover {-c10:g} Å inside, noise-free; recon given {recon_slices} slices")
+
+
 # spec: cases.simulate_case's keys, plus geom (overrides of HARD_GEOM: defocus, scan, step), seed,
 # description; simulator 'abtem' uses cases_abtem's layout instead.
 HARD: dict[str, dict] = {
@@ -73,6 +94,14 @@ HARD: dict[str, dict] = {
                                          "frozen phonons, beam tilt (θy, θx) = (2.5, −2.0) mrad (3.2), crossover "
                                          "90 Å inside, noise-free; recon given 16 × 11.72 Å (a mistilted crystal: "
                                          "its columns are straight only in the tilted frame)"),
+    # added in the eighth session of 2026-11-25, for obj_shear: auto after a kept coarse start (its spurious turn-on
+    # on on-axis crystals): a crystal near its zone axis, one on it of the other material, and one 1.2 mrad off
+    "dev_thick_near_axis": _crystal("SrTiO3", (5, 5, 60), c10=-120.0, recon_slices=20, seed=19,
+                                    vacancies=[((3, 1), 25)], tilt=(-0.35, -0.35)),
+    "dev_thick_gaas": _crystal("GaAs", (4, 4, 40), c10=-90.0, recon_slices=20, seed=20,
+                               vacancies=[((1, 3), 12), ((3, 1), 28)]),
+    "dev_thick_tilt1": _crystal("SrTiO3", (5, 5, 52), c10=-100.0, recon_slices=18, seed=21,
+                                vacancies=[((1, 2), 30)], tilt=(1.0, 0.6)),
     "dev_dose1e3": dict(_BASE, n_slices=4, dz=10.0, max_phase=0.5, density=0.15, dose=1e3, seed=103,
                         geom=_LOWDOSE_GEOM, description="4 × 10 Å, 0.5 rad per slice, 1e3 e⁻/pattern (Poisson)"),
     "dev_dose1e4": dict(_BASE, n_slices=4, dz=10.0, max_phase=0.5, density=0.15, dose=1e4, seed=103,
@@ -191,6 +220,13 @@ HARD: dict[str, dict] = {
                                description="abTEM GaAs [001] 4 × 4 × 42 cells (23.7 nm), 84 slices of 2.83 Å, 2 "
                                            "frozen phonons, beam tilt (θy, θx) = (0.3, −0.4) mrad (0.5), crossover "
                                            "100 Å inside, noise-free; recon given 20 × 11.87 Å"),
+    # added in the eighth session of 2026-11-25 before any rule was run on them: the same three kinds on new specimens
+    "val_thick_near_axis_sto": _crystal("SrTiO3", (5, 5, 64), c10=-130.0, recon_slices=22, seed=22,
+                                        vacancies=[((1, 3), 30)], tilt=(0.45, 0.2)),
+    "val_thick_tilt1_gaas": _crystal("GaAs", (4, 4, 40), c10=-100.0, recon_slices=20, seed=23,
+                                     vacancies=[((3, 3), 18)], tilt=(-0.9, -0.9)),
+    "val_thick_gaas_b": _crystal("GaAs", (4, 4, 46), c10=-120.0, recon_slices=22, seed=24,
+                                 vacancies=[((1, 1), 20), ((3, 2), 35)]),
     "val_tiltvar": dict(_BASE, n_slices=16, dz=12.0, max_phase=0.4, density=0.08, width=0.35, tilt=(2.5, -2.5),
                         tilt_grad=((1.1, 0.2), (0.0, -0.7)), seed=205, geom=dict(defocus=-100.0),
                         description="16 × 12 Å, mistilt θy 2.5 ± 1.3, θx −2.5 ± 0.7 mrad across the field "
