@@ -17,7 +17,8 @@ import torch
 
 from phasestem.dataset import FourDSTEM, angular_sampling_for
 from phasestem.recon.callbacks import Callback, Checkpoints
-from phasestem.recon.coarse import coarse_model, coarse_plan, coarse_window, keep_rule, take_coarse
+from phasestem.recon.coarse import AUTO_EPOCHS, coarse_model, coarse_plan, coarse_verdict, coarse_window, take_coarse
+from phasestem.recon.constraints import Constraints
 from phasestem.recon.engine import load_checkpoint, optimize
 from phasestem.recon.model import Ptychography
 from phasestem.recon.params import RunConfig
@@ -62,7 +63,7 @@ def _model(n_slices: int, dz: float, scan=(6, 6)) -> tuple[Ptychography, FourDST
 
 
 @pytest.mark.parametrize("slices, dz, setting, optimizer, expected", [
-    (10, 12.0, "auto", "lsq", 1),  # 12 nm, multislice: on
+    (10, 12.0, "auto", "lsq", AUTO_EPOCHS),  # 12 nm, multislice: on
     (10, 9.0, "auto", "lsq", 0),  # 9 nm: off
     (1, 150.0, "auto", "lsq", 0),  # one slice: off
     (1, 150.0, 2, "adam", 2),  # asked for: on
@@ -77,6 +78,9 @@ def test_auto_starts_coarse_on_thick_multislice_models_only(slices, dz, setting,
     if expected:  # the crop (6 × 6 × 40² float32, held three times) over a memory budget: off, saying so
         epochs, _, why = coarse_plan(setting, model, ds, optimizer, budget=lambda: 3 * 4 * 36 * 40 * 40 - 1)
         assert epochs == 0 and "over the memory budget" in why
+    if expected:  # a run of n epochs keeps its last on the whole detector; a run of one has no coarse start
+        assert coarse_plan(setting, model, ds, optimizer, run_epochs=2)[:2] == (1, (40, 40))
+        assert coarse_plan(setting, model, ds, optimizer, run_epochs=1) == (0, None, "off: the run has one epoch")
     model.epoch = 3
     assert coarse_plan(setting, model, ds, optimizer)[0] == 0  # never on a model that has run already
 
@@ -232,25 +236,30 @@ def _stack_model(stack: np.ndarray) -> Ptychography:
     return model
 
 
-def test_auto_keeps_a_coarse_start_for_a_crystal_on_its_zone_axis_only():
-    """keep_rule on the object a coarse epoch left: straight lattice columns through 6 slices (a crystal on its zone
-    axis) keep it; the same columns sheared by 0.3 px per slice (1.5 px over the specimen: a mistilt) and
-    independent atoms (no lattice) do not."""
+def test_auto_keeps_a_coarse_start_for_a_crystal_and_straightens_a_mistilted_one():
+    """coarse_verdict on the object a coarse epoch left: straight lattice columns through 6 slices (a crystal on its
+    zone axis) keep it; the same columns sheared by 0.3 px per slice (1.5 px over the specimen: a mistilt) keep it
+    straightened; independent atoms (no lattice) drop it."""
+    shape = _model(6, 30.0, scan=(10, 10))[0].object_shape
+    straight, sheared = _lattice_stacks(shape)
+    atoms = _smooth((6, *shape), PIXEL, 1.5, seed=5, scale=0.4)
+    verdict, why = coarse_verdict(_stack_model(straight))
+    assert verdict == "keep" and why.startswith("a crystal on its zone axis"), why
+    verdict, why = coarse_verdict(_stack_model(sheared))
+    assert verdict == "straighten" and why.startswith("a mistilted crystal"), why
+    verdict, why = coarse_verdict(_stack_model(atoms))
+    assert verdict == "drop" and why.startswith("not a crystal"), why
+
+
+def _lattice_stacks(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Lattice columns 1.25 Å apart through 6 slices, straight and sheared by (0.3, −0.1) px per slice."""
     from phasestem.physics.fourier import fourier_shift
 
-    shape = _model(6, 30.0, scan=(10, 10))[0].object_shape
     yy, xx = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
-    lattice = 0.2 * (np.cos(2 * np.pi * yy / 5.0) + np.cos(2 * np.pi * xx / 5.0))  # columns 1.25 Å apart
+    lattice = 0.2 * (np.cos(2 * np.pi * yy / 5.0) + np.cos(2 * np.pi * xx / 5.0))
     straight = np.stack([lattice] * 6)
     walk = torch.arange(6, dtype=torch.float32)[:, None] * torch.tensor([0.3, -0.1])
-    sheared = fourier_shift(torch.as_tensor(straight, dtype=torch.float32), walk).real.numpy()
-    atoms = _smooth((6, *shape), PIXEL, 1.5, seed=5, scale=0.4)
-    kept, why = keep_rule(_stack_model(straight))
-    assert kept and why.startswith("a crystal on its zone axis"), why
-    kept, why = keep_rule(_stack_model(sheared))
-    assert not kept and why.startswith("a mistilted crystal"), why
-    kept, why = keep_rule(_stack_model(atoms))
-    assert not kept and why.startswith("not a crystal"), why
+    return straight, fourier_shift(torch.as_tensor(straight, dtype=torch.float32), walk).real.numpy()
 
 
 @pytest.fixture(scope="module")
@@ -266,11 +275,11 @@ def _auto_run(ds, setting) -> tuple[Ptychography, list[float]]:
 
 
 def test_an_auto_coarse_start_not_kept_leaves_the_run_as_without_one(thick12, caplog):
-    """Random atoms are no crystal: the coarse epoch runs, is not kept (logged), no loss of it is yielded, and the run
-    ends torch.equal to the run without a coarse start, with the same 'auto' decisions."""
+    """Random atoms are no crystal: the first coarse epoch runs, is not kept (logged), no loss of it is yielded, and
+    the run ends torch.equal to the run without a coarse start, with the same 'auto' decisions."""
     caplog.set_level("INFO", logger="phasestem.recon")
     auto, auto_losses = _auto_run(thick12, "auto")
-    assert "coarse start: 1 epoch(s) on the central 40 × 40" in caplog.text
+    assert "coarse start: 2 epoch(s) on the central 40 × 40" in caplog.text  # 3 epochs: the last on the full detector
     assert "coarse start (auto): not kept, the run starts on the full detector: not a crystal" in caplog.text
     off, off_losses = _auto_run(thick12, 0)
     assert auto_losses == off_losses and len(auto_losses) == 3
@@ -284,16 +293,57 @@ def test_an_auto_coarse_start_not_kept_leaves_the_run_as_without_one(thick12, ca
     assert resumed.coarse_note == auto.coarse_note
 
 
-def test_an_auto_coarse_start_kept_is_the_runs_first_epoch(thick12, monkeypatch, caplog):
-    """Where keep_rule keeps it (here forced: the simulator's random atoms are no crystal), the held coarse epoch is
-    yielded as the run's first, marked in the history, and counted in the run's epochs."""
+def test_an_auto_coarse_start_kept_is_the_runs_first_epochs(thick12, monkeypatch, caplog):
+    """Where coarse_verdict keeps it (here forced: the simulator's random atoms are no crystal), judged once, after
+    the first coarse epoch, the coarse epochs are yielded as the run's first, marked in the history, and counted in
+    the run's epochs."""
     import phasestem.recon.coarse as coarse
 
-    monkeypatch.setattr(coarse, "keep_rule", lambda model: (True, "kept for the test"))
+    calls = []
+    monkeypatch.setattr(coarse, "coarse_verdict", lambda model: calls.append(model.epoch) or ("keep", "for the test"))
     caplog.set_level("INFO", logger="phasestem.recon")
     model, losses = _auto_run(thick12, "auto")
-    assert "coarse start (auto): kept: kept for the test" in caplog.text
-    assert model.coarse_note == "kept: kept for the test"
+    assert calls == [1]
+    assert "coarse start (auto): kept: for the test" in caplog.text
+    assert model.coarse_note == "kept: for the test"
     assert len(losses) == 3 and model.epoch == 3
-    assert [COARSE_HISTORY_KEY in h for h in model.loss_history] == [True, False, False]
-    assert losses[0] == model.loss_history[0]["loss"]
+    assert [COARSE_HISTORY_KEY in h for h in model.loss_history] == [True, True, False]
+    assert losses[:2] == [h["loss"] for h in model.loss_history[:2]]
+
+
+def test_a_mistilted_crystals_coarse_start_is_straightened_on_the_coarse_model(thick12, monkeypatch, caplog):
+    """'straighten' moves the coarse model's slice shear into the tilt (transfer_slice_shear on the coarse model,
+    after its first epoch), the full model takes that tilt, obj_shear: auto is decided on for the run (the
+    straightened slices would measure no walk at its first epoch), and the log and the note say so."""
+    import phasestem.recon.coarse as coarse
+    import phasestem.recon.shear as shear
+
+    moved = []
+
+    def transfer(model, *args):
+        moved.append(tuple(float(v) for v in model.sampling))
+        with torch.no_grad():
+            model.tilt.add_(torch.tensor([0.5, -0.25], device=model.tilt.device))
+        return 0.5, -0.25
+
+    monkeypatch.setattr(coarse, "coarse_verdict", lambda model: ("straighten", "a mistilted crystal (test)"))
+    monkeypatch.setattr(shear, "transfer_slice_shear", transfer)
+    caplog.set_level("INFO", logger="phasestem.recon")
+    run = RUN.model_copy(update={"coarse_start": "auto"})
+    model = Ptychography.from_dataset(thick12, n_slices=4, slice_thickness=30.0)
+    model.schedules["tilt"].lr = 0.0  # the tilt moves only by the transfer
+    epochs = optimize(model, thick12, 3, run)
+    losses = [next(epochs)]  # the first coarse epoch, judged and straightened
+    assert len(moved) == 1 and moved[0][0] == pytest.approx(float(model.sampling[0]) * 64 / 40)  # the coarse pixel
+    assert model.tilt.detach().cpu().tolist() == pytest.approx([0.5, -0.25])
+    losses += list(epochs)
+    note = ("a mistilted crystal (test); its slices straightened, the tilt +0.50, -0.25 mrad; "
+            "constraints.obj_shear auto: on")
+    assert f"coarse start (auto): kept: {note}" in caplog.text and model.coarse_note == f"kept: {note}"
+    assert model.decided["obj_shear"] is True
+    assert model.auto_reasons["obj_shear"] == "on: the coarse start found a mistilted crystal (test) (epoch 1)"
+    assert "constraints.obj_shear auto (epoch 2)" not in caplog.text  # decided already, not measured again
+    assert len(losses) == 3
+    (row,) = [r for r in auto_settings(model, SimpleNamespace(run=run, constraints=Constraints()))
+              if r.field == "run.coarse_start"]
+    assert row.value == 2 and row.note == f"auto: 2 epoch(s) on the central 40 detector px; kept: {note}"

@@ -11,10 +11,12 @@ decisions and the epochs' history over, and the run goes on with the whole detec
 
 Why: on a thick specimen the dark field of the first epochs, which the flat start cannot yet explain, pulls the
 object into wrapped minima; a start from the bright field and its margin alone finds the coarse phase first.
-Measured in ``benchmarks/independent/README.md`` ("A coarse start"): on thick crystals on axis r rises (abTEM
-SrTiO3 and GaAs, 20–30 nm), on mistilted specimens it falls. ``auto``, the default (:func:`coarse_plan`), is one
-epoch for a multislice model of at least :data:`THICK_NM` nm, kept only where :func:`keep_rule` finds a crystal on
-its zone axis; otherwise the engine puts the model back and the run goes on as without a coarse start.
+Measured in ``benchmarks/independent/README.md`` ("A coarse start"): on thick crystals r rises (abTEM SrTiO3 and
+GaAs, 20–30 nm, on axis and mistilted), on mistilted specimens without a lattice it falls. ``auto``, the default
+(:func:`coarse_plan`), is :data:`AUTO_EPOCHS` epochs for a multislice model of at least :data:`THICK_NM` nm, judged
+by :func:`coarse_verdict` after the first: kept for a crystal (its slices first straightened where they are
+sheared, the shear moved into the tilt); otherwise the engine puts the model back and the run goes on as without a
+coarse start.
 """
 from __future__ import annotations
 
@@ -38,27 +40,45 @@ MAX_FRACTION = 2 / 3
 #: ``auto``: a coarse start for multislice models at least this thick (nm)
 THICK_NM = 10.0
 #: ``auto``: epochs of the coarse start
-AUTO_EPOCHS = 1
+AUTO_EPOCHS = 4
 
 
-def keep_rule(model) -> tuple[bool, str]:
-    """Whether an ``auto`` coarse start is kept, judged on the full model it was carried into, and why: kept for a
-    crystal (:func:`~phasestem.recon.crystal.crystal_test`) whose slices are not measurably sheared
-    (:func:`~phasestem.recon.shear.obj_shear_rule` off), i.e. a crystal on its zone axis, where the bright field
-    alone gives the columns' coarse phase that the dark field's wrapped minima otherwise take. Dropped for a
-    mistilted crystal (the coarse model holds the tilt, so the columns it builds are sheared, and the full run's
-    tilt refinement starts astray) and for a specimen without a lattice, whose mistilt no test on the object can
-    tell (benchmarks/independent: a random-atom specimen mistilted by 2–5 mrad loses up to 0.10 in r @ 20)."""
+def coarse_verdict(model) -> tuple[str, str]:
+    """What becomes of an ``auto`` coarse start after its first epoch, judged on the full model it was carried into,
+    and why: ``"keep"`` for a crystal (:func:`~phasestem.recon.crystal.crystal_test`) whose slices are not measurably
+    sheared (:func:`~phasestem.recon.shear.obj_shear_rule` off), i.e. on its zone axis, where the bright field alone
+    gives the columns' coarse phase that the dark field's wrapped minima otherwise take; ``"straighten"`` for a
+    mistilted crystal: the coarse model holds the tilt, so the columns it built are sheared, and the engine moves
+    that shear into the tilt (:func:`~phasestem.recon.shear.transfer_slice_shear`) before the coarse epochs go on;
+    ``"drop"`` for a specimen without a lattice, whose mistilt no test on the object can tell
+    (benchmarks/independent: a random-atom specimen mistilted by 2–5 mrad loses up to 0.10 in r @ 20)."""
     from .crystal import crystal_test
     from .shear import obj_shear_rule
 
     crystal, words = crystal_test(model)
     if not crystal:
-        return False, f"not a crystal ({words})"
+        return "drop", f"not a crystal ({words})"
     sheared, why = obj_shear_rule(model)
     if sheared:
-        return False, f"a mistilted crystal ({why.removeprefix('on: ')})"
-    return True, f"a crystal on its zone axis ({why.removeprefix('off: ')})"
+        return "straighten", f"a mistilted crystal ({why.removeprefix('on: ')})"
+    return "keep", f"a crystal on its zone axis ({why.removeprefix('off: ')})"
+
+
+def straighten(coarse, constraints, why: str) -> str:
+    """A mistilted crystal's coarse start (:func:`coarse_verdict` ``"straighten"``): the coarse model's slice shear
+    moved into its tilt (:func:`~phasestem.recon.shear.transfer_slice_shear`), and ``obj_shear: auto``, if not yet
+    decided, decided on for the run with ``why``: the straightened columns measure no walk at the rule's first
+    epoch, but the tilt they give is refined by the same transfer every epoch after. Returns what was done, for the
+    run log."""
+    from .shear import transfer_slice_shear
+
+    dty, dtx = transfer_slice_shear(coarse)
+    done = f"its slices straightened, the tilt {dty:+.2f}, {dtx:+.2f} mrad"
+    if constraints.obj_shear.enabled == "auto" and "obj_shear" not in coarse.decided:
+        coarse.decided["obj_shear"] = True
+        coarse.auto_reasons["obj_shear"] = f"on: the coarse start found {why} (epoch {coarse.epoch})"
+        done += "; constraints.obj_shear auto: on"
+    return done
 
 
 def coarse_window(pattern_shape: tuple[int, int], angular_sampling: tuple[float, float] | None,
@@ -77,11 +97,12 @@ def coarse_window(pattern_shape: tuple[int, int], angular_sampling: tuple[float,
     return crop[0], crop[1]
 
 
-def coarse_plan(setting: int | str, model, dataset, optimizer: str,
-                budget: Callable[[], float] = lambda: math.inf) -> tuple[int, tuple[int, int] | None, str]:
+def coarse_plan(setting: int | str, model, dataset, optimizer: str, budget: Callable[[], float] = lambda: math.inf,
+                run_epochs: int | None = None) -> tuple[int, tuple[int, int] | None, str]:
     """(epochs, crop, why) of the coarse start ``run.coarse_start`` asks for on a fresh ``model`` of ``dataset``:
-    ``auto`` gives :data:`AUTO_EPOCHS` for a multislice model of ≥ :data:`THICK_NM` nm, an int that many epochs;
-    none (0, None) for a model that has run epochs already, for L-BFGS, for an oversampled window or a probe
+    ``auto`` gives :data:`AUTO_EPOCHS` for a multislice model of ≥ :data:`THICK_NM` nm, an int that many epochs,
+    in a run of ``run_epochs`` at most that number less one (the last stays on the whole detector); none (0, None)
+    for a run of one epoch, for a model that has run epochs already, for L-BFGS, for an oversampled window or a probe
     support, where :func:`coarse_window` finds no crop worth it, or where the cropped patterns (held in memory,
     then twice more as the engine's data) would take more than ``budget()`` bytes (asked only then: it may read the
     host's free memory). ``why`` says which, for the run log."""
@@ -96,6 +117,10 @@ def coarse_plan(setting: int | str, model, dataset, optimizer: str,
         epochs = AUTO_EPOCHS
     else:
         epochs = int(setting)
+    if run_epochs is not None and epochs > run_epochs - 1:
+        epochs = run_epochs - 1
+        if epochs <= 0:
+            return 0, None, "off: the run has one epoch"
     if optimizer == "lbfgs":
         return 0, None, "off: lbfgs takes whole-data steps of its own"
     if model.oversampling != 1:

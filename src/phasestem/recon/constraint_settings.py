@@ -122,7 +122,8 @@ class ObjShear(AutoSchedule):
 
     enabled: bool | Literal["auto"] = Field(
         "auto", description="true, false or auto: decided where it is first due, on for a mistilted crystal "
-        "(shear.obj_shear_rule); the run log says which and why")
+        "(shear.obj_shear_rule), or on at once where run.coarse_start: auto found one and straightened it; the run "
+        "log says which and why")
     start_iter: int = Field(2, ge=1, description="first epoch (1-based) at which the constraint runs (and 'auto' "
                             "decides): the first epoch's object is the start the others correct")
     min_coherence: float = Field(0.3, ge=0, le=1, description="move nothing unless the slices, once aligned, "

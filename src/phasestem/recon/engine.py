@@ -232,22 +232,22 @@ def _epochs(loop: Loop, lbfgs_options: dict) -> Iterator[float]:
 def _coarse_start(loop: Loop) -> Iterator[float]:
     """The coarse start of ``run.coarse_start`` (:mod:`phasestem.recon.coarse`): its epochs in a call of their own on
     the coarse model and the cropped patterns (no checkpoints: a run killed there starts again), their losses
-    yielded as the run's first epochs, then the state carried into the full model and ``loop.n_epochs`` reduced by
-    them. A coarse start that diverges is dropped with a warning and the model put back as it was: the run starts on
-    the full detector (the coarse losses already yielded stay yielded). ``auto``'s epochs are judged by
-    :func:`~phasestem.recon.coarse.keep_rule` before any is yielded: dropped the same way (logged) unless kept."""
+    yielded as the run's first epochs, the state carried into the full model after each, and ``loop.n_epochs``
+    reduced by them. A coarse start that diverges is dropped with a warning and the model put back as it was: the
+    run starts on the full detector (the coarse losses already yielded stay yielded). ``auto``'s first epoch is
+    judged by :func:`~phasestem.recon.coarse.coarse_verdict` before it is yielded: kept, kept with the slices'
+    shear moved into the tilt, or dropped the same way (logged)."""
     model, run = loop.model, loop.run
     if run.coarse_start == 0:  # off: nothing to decide
         return
-    from .coarse import coarse_model, coarse_plan, keep_rule, take_coarse
+    from .coarse import coarse_model, coarse_plan, coarse_verdict, straighten, take_coarse
     from .streaming import budget_bytes
 
     epochs, window, why = coarse_plan(run.coarse_start, model, loop.dataset, run.optimizer,
-                                      lambda: budget_bytes(run.memory_budget_gb))
-    epochs = min(epochs, loop.n_epochs - 1)  # at least one epoch on the full detector
+                                      lambda: budget_bytes(run.memory_budget_gb), run_epochs=loop.n_epochs)
     if model.epoch == 0:
-        model.coarse_note = why if epochs > 0 or window is None else "off: the run has one epoch"
-        log.info("coarse start: %s", model.coarse_note)
+        model.coarse_note = why
+        log.info("coarse start: %s", why)
     if epochs <= 0:
         return
     coarse = coarse_model(model, window)
@@ -260,40 +260,38 @@ def _coarse_start(loop: Loop) -> Iterator[float]:
 
     bars = [cb for cb in loop.callbacks if isinstance(cb, ProgressBar)]
     inner = run.model_copy(update={"coarse_start": 0, "holdout": 0.0, "progress": False})
-    judged = run.coarse_start == "auto"  # its epochs are yielded only once keep_rule has kept them
-    held = []
+    judge = run.coarse_start == "auto"  # its first epoch is yielded only once coarse_verdict has kept it
+    done = 0
+    coarse_epochs = optimize(coarse, loop.dataset.cropped(window), epochs, inner, loop.losses, loop.constraints,
+                             distributed=loop.world > 1)
     try:
-        for loss in optimize(coarse, loop.dataset.cropped(window), epochs, inner, loop.losses, loop.constraints,
-                             distributed=loop.world > 1):
+        for loss in coarse_epochs:
             take_coarse(model, coarse)
-            held.append(loss)
-            if not judged:
-                yield from _shown(held, bars)
+            if judge:
+                judge = False
+                verdict, why = coarse_verdict(model)
+                if verdict == "straighten":
+                    why = f"{why}; {straighten(coarse, loop.constraints, why)}"
+                    take_coarse(model, coarse)
+                kept = verdict != "drop"
+                log.info("coarse start (auto): %s: %s", "kept" if kept else
+                         "not kept, the run starts on the full detector", why)
+                model.coarse_note = f"{'kept' if kept else 'not kept'}: {why}"
+                if not kept:
+                    coarse_epochs.close()
+                    drop()
+                    return
+            done += 1
+            for bar in bars:
+                bar.advance(loss)
+            yield loss
     except DivergenceError as err:
         log.warning("coarse start dropped (%s): the run starts on the full detector", err)
         drop()
         model.coarse_note = f"dropped: {err}"
         return
-    if judged:
-        keep, why = keep_rule(model)
-        log.info("coarse start (auto): %s: %s", "kept" if keep else "not kept, the run starts on the full detector",
-                 why)
-        model.coarse_note = f"{'kept' if keep else 'not kept'}: {why}"
-        if not keep:
-            drop()
-            return
-        yield from _shown(held, bars)
-    loop.n_epochs -= epochs
+    loop.n_epochs -= done
     loop.epoch = model.epoch
-
-
-def _shown(losses: list[float], bars: list[ProgressBar]) -> Iterator[float]:
-    """Yield and empty ``losses`` (coarse epochs' losses), each advancing the progress ``bars``."""
-    while losses:
-        loss = losses.pop(0)
-        for bar in bars:
-            bar.advance(loss)
-        yield loss
 
 
 def _epoch(loop: Loop, step: BatchStep, opt, data, bs: int, owner, mine, precondition_batches, train=None):

@@ -138,15 +138,18 @@ def auto_settings(model, params, sources=None) -> list:
     came from (``YAML``, or ``sources[field]``, when the parameter file sets it; ``default`` otherwise), the note
     ``auto: `` and the rule's reason (``model.auto_reasons``). Rules that did not run (not yet due) give no row.
     ``run.coarse_start: auto`` gives one more row: the coarse epochs the run began with (from the loss history, so a
-    resumed run tells it too), or why there were none (``model.coarse_note``, also kept in checkpoints)."""
+    resumed run tells it too) and why they were kept, or why there were none (``model.coarse_note``, also kept in
+    checkpoints)."""
     from ..provenance import Setting
     from .run_state import COARSE_HISTORY_KEY
 
     rows = []
     if params.run.coarse_start == "auto":
         coarse = [h for h in model.loss_history if COARSE_HISTORY_KEY in h]
-        note = f"auto: {model.coarse_note or 'none'}" if not coarse else \
-            f"auto: {len(coarse)} epoch(s) on the central {int(coarse[0][COARSE_HISTORY_KEY])} detector px"
+        note = f"auto: {model.coarse_note or 'none'}"
+        if coarse:  # what was kept, and how (a mistilted crystal's straightened slices)
+            note = f"auto: {len(coarse)} epoch(s) on the central {int(coarse[0][COARSE_HISTORY_KEY])} detector px" + (
+                f"; {model.coarse_note}" if model.coarse_note.startswith("kept") else "")
         given = "coarse_start" in params.run.model_fields_set
         rows.append(Setting("run.coarse_start", len(coarse), "epochs",
                             (sources or {}).get("run.coarse_start", "YAML") if given else "default", note=note))

@@ -48,10 +48,11 @@ class RunConfig(StrictModel):
         "auto", description="the first epochs of a fresh run on the detector's centre (the bright-field disk and a "
         "margin of 1.2 × the semi-angle) at the larger real-space pixel it gives, the object then resampled onto the "
         "full pixels (phasestem.recon.coarse; counted in n_epochs; about a quarter of the work per epoch). On a thick "
-        "crystal on its zone axis it keeps the start out of wrapped minima (abTEM SrTiO3 and GaAs, 20–30 nm: r at 20 "
-        "+0.02 to +0.10); on mistilted specimens it lost r (−0.04 to −0.10). auto (default): 1 epoch for a "
-        "multislice model of at least 10 nm, kept only where the object it leaves is a crystal whose slices are not "
-        "sheared (else the run goes on as without it, logged); N: N epochs, kept; 0: off")
+        "crystal it keeps the start out of wrapped minima (abTEM SrTiO3 and GaAs, 20–30 nm, on axis and mistilted: r "
+        "at 20 +0.01 to +0.27); on mistilted specimens without a lattice it lost r (−0.04 to −0.10). auto (default): "
+        "4 epochs for a multislice model of at least 10 nm, judged after the first: kept for a crystal, whose slices' "
+        "shear, where they are sheared (a mistilt), first moves into the tilt (and obj_shear: auto turns on); dropped "
+        "otherwise (the run goes on as without it, logged); N: N epochs, kept; 0: off")
     batch_size: int = Field(32, ge=1, description="patterns per mini-batch")
     batch_mode: Literal["random", "compact"] = Field("random", description="random or spatially compact batches")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
