@@ -195,6 +195,53 @@ def test_slice_shear_leaves_independent_slices_alone():
     assert model.tilt.detach().abs().max() == 0
 
 
+def test_the_shear_is_measured_on_a_stack_grown_to_fast_fft_sizes_and_stays_the_same():
+    """slice_shear transforms its stack 132 times, so for obj_shear_rule the stack's margin grows until its sides are
+    5-smooth (a side of 2 × 59 px transforms 2–4× slower than one of 120); the field inside and the zero-weight margin
+    the shears need are kept, and the shear measured on the grown stack is the one measured on the tight one."""
+    from scipy.fft import next_fast_len
+
+    from phasestem.metrics import apply_shift
+    from phasestem.recon.crystal import fast_span, field_slices
+    from phasestem.recon.shear import _field_stack, slice_shear
+
+    def smooth5(n):
+        return next_fast_len(n, real=True) == n
+
+    assert [fast_span(0, n, 10_000)[1] for n in range(1, 400)] == [next_fast_len(n, real=True) for n in range(1, 400)]
+    assert fast_span(10, 69, 200) == (10, 70)  # 59 → 60, grown below by 0 and above by 1
+    assert fast_span(3, 3 + 118, 200) == (2, 122)  # 118 → 120: one row each side
+    assert fast_span(0, 59, 59) == (0, 59)  # the object holds no more: left as it is
+    assert fast_span(150, 199, 200) == (150, 200)  # 49 → 50 at the object's edge
+    start, stop = fast_span(130, 197, 200)  # 67 → 72, pushed back from the edge
+    assert (start, stop) == (128, 200)
+
+    S, walk = 6, (0.35, -0.25)
+    ds = simulate_dataset(window=(64, 64), sampling=0.4, scan_shape=(11, 11), scan_step=0.8, energy=300e3,
+                          semiangle=15.0, c10=-80.0, max_phase=0.4, seed=2)
+    model = Ptychography.from_dataset(ds, n_slices=S, slice_thickness=40.0)
+    columns = _columns(model.object_shape, np.random.default_rng(4))
+    sheared = np.stack([apply_shift(columns, (-k * walk[0], -k * walk[1])) for k in range(S)])
+    with torch.no_grad():
+        model.obj_phase.copy_(torch.as_tensor(sheared[None], dtype=torch.float32))
+    margin = 4  # (S − 1) · 0.5 + 1 px, rounded up
+    tight, inner = field_slices(model, margin)
+    assert _field_stack(model, 0.5)[0].shape == tight.shape  # the transfer's stack: tight
+    stack, window, grown_inner = _field_stack(model, 0.5, fast_fft=True)
+    assert not all(smooth5(n) for n in tight.shape[-2:])  # the case the growth is for
+    assert all(smooth5(n) for n in stack.shape[-2:]) and all(
+        g >= t for g, t in zip(stack.shape[-2:], tight.shape[-2:], strict=True))
+    for axis, rows in enumerate(grown_inner):  # the margin around the field is at least the tight one's
+        assert rows.start >= inner[axis].start and stack.shape[axis + 1] - rows.stop >= margin
+        assert float(window.sum((1 - axis,))[: rows.start].abs().max()) == 0  # zero weight in the margin
+    tight_window = torch.zeros(tight.shape[-2:], dtype=torch.float64)
+    tight_window[inner] = window[grown_inner]
+    (dy, dx), coherence = slice_shear(stack, window)
+    (ty, tx), tight_coherence = slice_shear(tight, tight_window)
+    assert (dy, dx) == pytest.approx((ty, tx), abs=0.01) and (dy, dx) == pytest.approx(walk, abs=0.03)
+    assert coherence == pytest.approx(tight_coherence, abs=0.01)
+
+
 def _lattice(shape, period_px=5.0, sigma_px=0.9):
     """A crystal's projected phase (rad): Gaussian columns on a square lattice of ``period_px``, offset 0.3 px."""
     yy, xx = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")

@@ -72,7 +72,7 @@ def obj_shear_rule(model, max_walk: float = 0.5) -> tuple[bool, str]:
     the measurement's noise costs a little r (:func:`transfer_slice_shear`)."""
     if model.n_slices < 3:
         return False, f"off: {model.n_slices} slice(s), no shear to measure"
-    field = _field_stack(model, max_walk)
+    field = _field_stack(model, max_walk, fast_fft=True)  # a decision only: the faster transforms' stack will do
     if field is None:
         return False, "off: the scanned field is under 8 px across"
     stack, window, inner = field
@@ -127,12 +127,16 @@ def transfer_slice_shear(model, min_coherence: float = 0.3, max_walk: float = 0.
     return float(added[0]), float(added[1])
 
 
-def _field_stack(model, max_walk: float) -> tuple[torch.Tensor, torch.Tensor, tuple[slice, slice]] | None:
+def _field_stack(model, max_walk: float,
+                 fast_fft: bool = False) -> tuple[torch.Tensor, torch.Tensor, tuple[slice, slice]] | None:
     """The object's phase slices (modes weighted) over the scanned field and a margin of (S − 1)·``max_walk`` + 1
-    px, (S, h, w); the window :func:`slice_shear` weighs them by: a Hann window over the field, zero in the
-    margin (room for what a shear moves into the field); and the field's rows and columns within them. None when
-    the field is under 8 px across."""
-    field = field_slices(model, int(math.ceil(max_walk * (model.n_slices - 1))) + 1)
+    px, (S, h, w); the window :func:`slice_shear` weighs them by: a Hann window over the field, zero in the margin
+    (room for what a shear moves into the field); and the field's rows and columns within them. None when the field
+    is under 8 px across. ``fast_fft``: the margin grown to sizes the FFT does fast (:func:`slice_shear` transforms
+    the stack 132 times: 0.45 → 0.21 s for 20 slices of 116² px), for :func:`obj_shear_rule`, which only decides.
+    The transfer keeps the tight stack: there the measured shear moves the slices every epoch, and on the mistilted
+    development crystals the grown stack's slightly different shears ended 0.003–0.004 lower in r @ 20."""
+    field = field_slices(model, int(math.ceil(max_walk * (model.n_slices - 1))) + 1, fast_fft=fast_fft)
     if field is None:
         return None
     stack, inner = field
