@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from phasestem.physics.experiment import scanned_field
 from phasestem.plot import scalebars
 from phasestem.recon import Ptychography
-from phasestem.recon.figures import scanned_field
 from phasestem.recon.synthetic import simulate_dataset
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -42,7 +42,7 @@ def test_reconstruction_figure_scanned_field_scale_bar_probe_phase_and_truth_met
     fig = model.inspect(ds)  # the dataset carries its ground truth
     try:
         phase_ax = _axes(fig, "object phase")
-        fy, fx = scanned_field(model)
+        fy, fx = scanned_field(model.positions, model.sampling, model.object_shape)
         shown = phase_ax.images[0].get_array().shape
         assert shown == (fy.stop - fy.start, fx.stop - fx.start)
         assert shown[0] < model.object_shape[0] and shown[1] < model.object_shape[1]  # not the padded object

@@ -259,3 +259,20 @@ def test_partial_coherence_modes_are_orthogonal_and_normalised():
     assert float(off.abs().max()) < 1e-5
     assert float((modes.abs() ** 2).sum()) == pytest.approx(1.0, abs=1e-5)
     assert (occ[:-1] >= occ[1:]).all()
+
+
+def test_the_scanned_field_is_the_centres_bounding_box_and_whole_pixel_rasters_keep_their_edges():
+    from phasestem.physics.experiment import scanned_field
+
+    # a 5 × 4 raster of 3 px steps from pixel (10, 20): rows 10…22, columns 20…29, both ends included
+    yy, xx = np.meshgrid(10 + 3 * np.arange(5), 20 + 3 * np.arange(4), indexing="ij")
+    centres = np.stack([yy.ravel(), xx.ravel()], 1).astype(np.float64)
+    assert scanned_field(centres, (1.0, 1.0), (64, 64)) == (slice(10, 23), slice(20, 30))
+    # the same raster in Å as float32 (a model's positions) leaves the centres a rounding error off whole pixels
+    sampling = (0.23554166666666665, 0.23554166666666665)
+    positions = torch.as_tensor(centres * sampling[0], dtype=torch.float32)
+    assert np.abs(positions.double().numpy() / sampling[0] - centres).max() > 0  # the rounding is there ...
+    assert scanned_field(positions, sampling, (64, 64)) == (slice(10, 23), slice(20, 30))  # ... and moves no edge
+    # off whole pixels: the pixels that hold the box; clipped to the object
+    assert scanned_field(centres + 0.5, (1.0, 1.0), (64, 64)) == (slice(10, 24), slice(20, 31))
+    assert scanned_field(centres - 15, (1.0, 1.0), (12, 64)) == (slice(0, 8), slice(5, 15))

@@ -91,6 +91,23 @@ def object_frame(positions: np.ndarray, sampling: tuple[float, float], window: t
     return shape, (float(origin_px[0]) * sampling[0], float(origin_px[1]) * sampling[1])
 
 
+#: :func:`scanned_field`: a probe centre this close to a whole pixel (px) is on it
+ON_PIXEL = 1e-3
+
+
+def scanned_field(positions, sampling: tuple[float, float], object_shape: tuple[int, int]) -> tuple[slice, slice]:
+    """The object pixels (rows, columns) inside the bounding box of the probe centres ``positions`` (N, 2) Å in the
+    object frame (NumPy or torch; a model's ``positions``), on pixels of ``sampling`` Å, within an object of
+    ``object_shape`` (Ny, Nx): what the scan determines. A centre within :data:`ON_PIXEL` px of a whole pixel counts
+    as on it, so that float rounding of a raster on whole pixels (float32 positions) moves no edge by a pixel."""
+    if isinstance(positions, torch.Tensor):
+        positions = positions.detach().cpu().double().numpy()
+    centres_px = np.asarray(positions, dtype=np.float64).reshape(-1, 2) / np.asarray(sampling, dtype=np.float64)
+    lo = np.clip(np.floor(centres_px.min(0) + ON_PIXEL).astype(int), 0, None)
+    hi = np.minimum(np.ceil(centres_px.max(0) - ON_PIXEL).astype(int) + 1, object_shape)
+    return slice(int(lo[0]), int(hi[0])), slice(int(lo[1]), int(hi[1]))
+
+
 class Experiment(nn.Module):
     """Probe, object frame, positions, forward model and detector response of one scan (see the module docstring).
 

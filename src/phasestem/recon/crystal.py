@@ -4,9 +4,9 @@
 :func:`~phasestem.recon.shear.obj_shear_rule`)."""
 from __future__ import annotations
 
-import math
-
 import torch
+
+from ..physics.experiment import scanned_field
 
 #: a Bragg peak: a spectral pixel above this many times the median power of its annulus (for speckle, whose power
 #: is exponentially distributed, a pixel passes with probability e^(−20 ln 2) ≈ 1e-6)
@@ -25,28 +25,15 @@ def hann(h: int, w: int, like: torch.Tensor) -> torch.Tensor:
                        torch.hann_window(w, periodic=False, dtype=like.dtype, device=like.device))
 
 
-def scanned_field(model) -> tuple[tuple[int, int], tuple[int, int]] | None:
-    """((y0, x0), (y1, x1)): the object pixels the probe centres cover (rows y0:y1, columns x0:x1), None when under
-    8 px in either direction."""
-    sampling = torch.tensor([float(v) for v in model.sampling], dtype=model.positions.dtype, device=model.device)
-    pos_px = model.positions.detach() / sampling
-    ny, nx = model.obj_phase.shape[-2:]
-    lo = [max(0, int(math.floor(float(v)))) for v in pos_px.min(0).values]
-    hi = [min(n, int(math.ceil(float(v))) + 1) for v, n in zip(pos_px.max(0).values, (ny, nx), strict=True)]
-    if hi[0] - lo[0] < 8 or hi[1] - lo[1] < 8:
-        return None
-    return (lo[0], lo[1]), (hi[0], hi[1])
-
-
 def field_slices(model, margin: int = 0, fast_fft: bool = False) -> tuple[torch.Tensor, tuple[slice, slice]] | None:
     """The object's phase slices (object modes weighted) over the scanned field and ``margin`` px around it,
     (S, h, w), and the field's rows and columns within them; None when the field is under 8 px across.
     ``fast_fft``: the margin grown, where the object holds it, until h and w are sizes the FFT does fast
     (:func:`fast_span`), for a caller that transforms the stack many times."""
-    field = scanned_field(model)
-    if field is None:
+    fy, fx = scanned_field(model.positions, model.sampling, model.obj_phase.shape[-2:])
+    lo, hi = (fy.start, fx.start), (fy.stop, fx.stop)
+    if hi[0] - lo[0] < 8 or hi[1] - lo[1] < 8:
         return None
-    lo, hi = field
     ny, nx = model.obj_phase.shape[-2:]
     y0, x0 = max(0, lo[0] - margin), max(0, lo[1] - margin)
     y1, x1 = min(ny, hi[0] + margin), min(nx, hi[1] + margin)

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from ..optics import wavelength
+from ..physics.experiment import scanned_field
 from ..plot import compare_figure, reconstruction_figure
 
 #: a dataset's own ground truth is used when its pixel matches the model's within this fraction
@@ -25,18 +26,6 @@ def ground_truth(model, dataset=None, truth: np.ndarray | None = None) -> np.nda
         if np.any(np.abs(ts / np.asarray(model.sampling) - 1) > SAMPLING_TOLERANCE):
             return None
     return np.asarray(own["phase"])
-
-
-def scanned_field(model) -> tuple[slice, slice]:
-    """Object pixels (object frame) inside the bounding box of the probe centres: what the scan determines."""
-    return field_of(model.positions.detach().cpu().numpy() / np.asarray(model.sampling), model.object_shape)
-
-
-def field_of(centres_px: np.ndarray, object_shape) -> tuple[slice, slice]:
-    """:func:`scanned_field` from probe centres (N, 2) in object-frame pixels and the object's (Ny, Nx)."""
-    lo = np.clip(np.floor(centres_px.min(0)).astype(int), 0, None)
-    hi = np.minimum(np.ceil(centres_px.max(0)).astype(int) + 1, object_shape)
-    return slice(int(lo[0]), int(hi[0])), slice(int(lo[1]), int(hi[1]))
 
 
 def _object(model) -> tuple[np.ndarray, np.ndarray]:
@@ -83,7 +72,7 @@ def plot_model(model, dataset=None, path=None, fig=None, truth: np.ndarray | Non
     first) instead of making a new one. ``metrics``: :func:`phasestem.recon.truth.truth_metrics` with
     ``curve=True`` when already computed."""
     phase, amp = _object(model)
-    fy, fx = scanned_field(model)
+    fy, fx = scanned_field(model.positions, model.sampling, model.object_shape)
     with torch.no_grad():
         probe = model.get_probe().cpu().numpy()
     power = (np.abs(probe) ** 2).sum((-2, -1))
@@ -120,7 +109,7 @@ def plot_compare(model, dataset=None, truth=None, path=None, index: int | None =
             kw.update(reconstruction=aligned, truth=t, metrics=metrics, frc=frc)
     if "truth" not in kw:
         phase, _ = _object(model)
-        fy, fx = scanned_field(model)
+        fy, fx = scanned_field(model.positions, model.sampling, model.object_shape)
         kw["reconstruction"] = phase[fy, fx]
     if dataset is not None:
         i = dataset.n_patterns // 2 if index is None else index

@@ -47,9 +47,11 @@ def snapshot(model, n_epochs: int, max_side: int = MAX_SIDE) -> dict[str, np.nda
     """The arrays of one snapshot of ``model`` (see the module docstring)."""
     import torch
 
-    from .figures import _object, scanned_field
+    from ..physics.experiment import scanned_field
+    from .figures import _object
 
-    phase, f = block_mean(_object(model)[0][scanned_field(model)].astype(np.float32), max_side)
+    field = scanned_field(model.positions, model.sampling, model.object_shape)
+    phase, f = block_mean(_object(model)[0][field].astype(np.float32), max_side)
     with torch.no_grad():
         probe = model.get_probe()[0].cpu().numpy()
     probe, _ = block_mean(probe, max_side)

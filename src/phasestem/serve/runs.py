@@ -166,15 +166,14 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _scanned_phase(res: dict) -> np.ndarray:
-    """The summed object phase over the scanned field (:func:`~phasestem.recon.figures.scanned_field`), mean
+    """The summed object phase over the scanned field (:func:`~phasestem.physics.experiment.scanned_field`), mean
     removed."""
-    from ..recon.figures import field_of
+    from ..physics.experiment import scanned_field
 
     phase = np.asarray(res["phase_sum"], dtype=np.float64)
     attrs = res["attrs"]
-    centres = (np.asarray(res["positions"], dtype=np.float64).reshape(-1, 2) + np.asarray(attrs["origin"])) \
-        / np.asarray(attrs["sampling"], dtype=np.float64)  # object-frame pixels
-    crop = phase[field_of(centres, phase.shape)]
+    positions = np.asarray(res["positions"], dtype=np.float64).reshape(-1, 2) + np.asarray(attrs["origin"])  # Å, object
+    crop = phase[scanned_field(positions, attrs["sampling"], phase.shape)]
     crop = crop if crop.size else phase
     return crop - np.nanmean(crop)
 
