@@ -36,6 +36,7 @@ _BASE = dict(iters=20, dose=0, source=0.0, keep_slices=True, margin=16)
 _LOWDOSE_GEOM = dict(scan=(32, 32), step=0.5)
 _QUICK_LOWDOSE_GEOM = dict(scan=(8, 8), step=0.5)
 
+
 def _crystal(material: str, reps: tuple[int, int, int], c10: float, recon_slices: int, seed: int,
              vacancies: list, tilt: tuple[float, float] = (0.0, 0.0)) -> dict:
     """An abTEM crystal case on the thick cases' geometry: 192² potential px, 96² patterns, a 24 × 24 scan every
