@@ -30,25 +30,24 @@ def field_slices(model, margin: int = 0, fast_fft: bool = False) -> tuple[torch.
     (S, h, w), and the field's rows and columns within them; None when the field is under 8 px across.
     ``fast_fft``: the margin grown, where the object holds it, until h and w are sizes the FFT does fast
     (:func:`fast_span`), for a caller that transforms the stack many times."""
-    fy, fx = scanned_field(model.positions, model.sampling, model.obj_phase.shape[-2:])
-    lo, hi = (fy.start, fx.start), (fy.stop, fx.stop)
-    if hi[0] - lo[0] < 8 or hi[1] - lo[1] < 8:
+    ny, nx = model.object_shape
+    fy, fx = scanned_field(model.positions, model.sampling, (ny, nx))
+    if fy.stop - fy.start < 8 or fx.stop - fx.start < 8:
         return None
-    ny, nx = model.obj_phase.shape[-2:]
-    y0, x0 = max(0, lo[0] - margin), max(0, lo[1] - margin)
-    y1, x1 = min(ny, hi[0] + margin), min(nx, hi[1] + margin)
+    y0, x0 = max(0, fy.start - margin), max(0, fx.start - margin)
+    y1, x1 = min(ny, fy.stop + margin), min(nx, fx.stop + margin)
     if fast_fft:
         (y0, y1), (x0, x1) = fast_span(y0, y1, ny), fast_span(x0, x1, nx)
     phase = model.obj_phase.detach()
     w = model.obj_weights.detach()
     w = (w / w.sum()).to(phase.dtype)
     stack = (w[:, None, None, None] * phase).sum(0)[:, y0:y1, x0:x1]
-    return stack, (slice(lo[0] - y0, hi[0] - y0), slice(lo[1] - x0, hi[1] - x0))
+    return stack, (slice(fy.start - y0, fy.stop - y0), slice(fx.start - x0, fx.stop - x0))
 
 
 def fast_span(start: int, stop: int, n: int) -> tuple[int, int]:
     """(start', stop') ⊇ (start, stop) within [0, n) whose length is the next size the FFT does fast (5-smooth,
-    as ``scipy.fft.next_fast_len(…, real=True)``, whose import would cost the run's first epoch 0.2 s), grown
+    as ``scipy.fft.next_fast_len(…, real=True)``, whose cold import costs the run's first epoch 0.3 s), grown
     evenly on both sides where the bounds allow; (start, stop) when [0, n) is too short. A stack 118 px across
     (2 × 59) is transformed 2–4× slower than one of 120."""
     size = stop - start
