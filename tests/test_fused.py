@@ -105,6 +105,10 @@ def test_window_index_slice_and_flat_paths_agree():
     assert a.shape == (3, 2, 3, 12, 11)
     torch.testing.assert_close(a, b)
     torch.testing.assert_close(a[1], obj[..., 4:16, 7:18])
+    for where in (inside, flat):  # the window axis elsewhere: (3, B, 2, …), on CPU each leading plane contiguous
+        moved = where.gather(obj.transpose(0, 1), dim=1)
+        assert moved.shape == (3, 3, 2, 12, 11) and (where is flat or moved[2].is_contiguous())
+        torch.testing.assert_close(moved, a.permute(2, 0, 1, 3, 4), rtol=0, atol=0)
     ta, tb = torch.zeros_like(obj), torch.zeros_like(obj)
     inside.add_into(ta, a)
     flat.add_into(tb, a)

@@ -11,7 +11,9 @@ fewer full-size passes over memory than autograd through the separate steps:
   materialise a conjugated copy of a (B, M, K, ny, nx) tensor; the conjugations left are one
   in-place sign flip of the imaginary part at the far field and those of the small gradients;
 * object patches are gathered inside the node and their gradients added straight into the
-  object gradient (window slices on CPU, one ``index_add_`` elsewhere);
+  object gradient (window slices on CPU, one ``index_add_`` elsewhere), one window per position
+  through every slice: per step B slicings instead of B × S (with 20 slices an epoch on CPU
+  took 18–25 % less, benchmarks/independent);
 * the probe shift is one multiplication by :func:`phasestem.physics.fourier.shift_ramp`, and its
   gradient is summed over the batch in place;
 * probe modes accumulate into the transmission gradient in place, and on CPU the batch runs
@@ -60,7 +62,8 @@ class _FusedIntensity(torch.autograd.Function):
         ny, nx = probe_in.shape[-2:]
         M = probe_in.shape[-3]
         B = where.n
-        patches = [where.gather(obj[:, s]) for s in range(S)]  # S × (B, K, ny, nx)
+        # one window per position over every slice, each slice's windows contiguous: S × (B, K, ny, nx)
+        patches = where.gather(obj.transpose(0, 1), dim=1).unbind(0)
         keep_spectra = prop is not None and ctx.needs_input_grad[2]
         # the weights stay on the device (0-d tensors, no host sync): |F ψ|² · w_k, the same numbers as a scalar w_k
         w = None if weights is None else weights.detach().to(obj.real.dtype).unbind(0)
@@ -125,6 +128,8 @@ class _FusedIntensity(torch.autograd.Function):
             torch.view_as_real(chi)[..., 1].neg_()
             prop_b = prop[c, None, None] if prop is not None and prop.dim() == 3 else prop
             part = where.subset(c)
+            # every slice's transmission gradient of the chunk, added into the object once per position at the end
+            grad_t = chi.new_empty((S, chi.shape[0], K, *chi.shape[-2:])) if need_obj else None
             for s in range(S - 1, -1, -1):
                 if s < S - 1:  # back through the propagation after slice s: χ̄ ← F[P · F⁻¹ χ̄]
                     c_hat = ifft2(chi)
@@ -141,13 +146,14 @@ class _FusedIntensity(torch.autograd.Function):
                     del c_hat
                 if need_obj:  # conj of ∂L/∂T = Σ_m ψ_in · χ̄
                     inc = incident[s]
-                    gt = inc[:, 0] * chi[:, 0]  # (b, K, ny, nx); more probe modes accumulate in place
+                    gt = torch.mul(inc[:, 0], chi[:, 0], out=grad_t[s])  # (b, K, ny, nx); more modes add in place
                     for m in range(1, chi.shape[1]):
                         gt.addcmul_(inc[:, m], chi[:, m])
-                    part.add_into(grad_obj[:, s], gt)
-                    del gt
                 if s > 0 or need_probe:
                     chi.mul_(patches[s][c, None])
+            if need_obj:
+                part.add_into(grad_obj, grad_t.permute(1, 2, 0, 3, 4))  # (b, K, S, ny, nx)
+                del grad_t
             if need_probe:
                 chi = chi[:, :, 0] if K == 1 else chi.sum(2)  # (b, M, ny, nx): conj of ∂L/∂ψ
                 if ramps is not None:  # conj of ∂L/∂spec = Σ_b F⁻¹[χ̄_b] · ramp_b

@@ -119,16 +119,15 @@ class WindowIndex:
             part.flat = self.flat[start * size : stop * size]
         return part
 
-    def gather(self, plane: torch.Tensor) -> torch.Tensor:
-        """Windows of ``plane`` (..., Ny, Nx) → (B, ..., ny, nx)."""
+    def gather(self, plane: torch.Tensor, dim: int = 0) -> torch.Tensor:
+        """Windows of ``plane`` (..., Ny, Nx) → (B, ..., ny, nx), the window axis B at ``dim`` (e.g. 1: (L, B, …,
+        ny, nx), whose leading planes are then each contiguous)."""
         ny, nx = self.window
         if self.slices is not None:
-            return torch.stack([plane[..., y : y + ny, x : x + nx] for y, x in self.slices])
+            return torch.stack([plane[..., y : y + ny, x : x + nx] for y, x in self.slices], dim=dim)
         lead = plane.shape[:-2]
         out = plane.reshape(-1, self.obj_shape[0] * self.obj_shape[1]).index_select(1, self.flat)
-        out = out.reshape(*lead, self.n, ny, nx)
-        n = len(lead)
-        return out.permute(n, *range(n), n + 1, n + 2)
+        return out.reshape(*lead, self.n, ny, nx).movedim(len(lead), dim)
 
     def add_into(self, target: torch.Tensor, values: torch.Tensor) -> None:
         """``target`` (..., Ny, Nx) += ``values`` (B, ..., ny, nx) at the windows (overlaps add)."""
