@@ -13,7 +13,7 @@ fewer full-size passes over memory than autograd through the separate steps:
 * object patches are gathered inside the node and their gradients added straight into the
   object gradient (window slices on CPU, one ``index_add_`` elsewhere), one window per position
   through every slice: per step B slicings instead of B × S (with 20 slices an epoch on CPU
-  took 18–25 % less, benchmarks/independent);
+  took 26–28 % less, benchmarks/independent);
 * the probe shift is one multiplication by :func:`phasestem.physics.fourier.shift_ramp`, and its
   gradient is summed over the batch in place;
 * probe modes accumulate into the transmission gradient in place, and on CPU the batch runs
