@@ -11,9 +11,9 @@ fewer full-size passes over memory than autograd through the separate steps:
   materialise a conjugated copy of a (B, M, K, ny, nx) tensor; the conjugations left are one
   in-place sign flip of the imaginary part at the far field and those of the small gradients;
 * object patches are gathered inside the node and their gradients added straight into the
-  object gradient (window slices on CPU, one ``index_add_`` elsewhere), one window per position
-  through every slice: per step B slicings instead of B × S (with 20 slices an epoch on CPU
-  took 26–28 % less, benchmarks/independent);
+  object gradient (window slices on CPU, one ``index_add_`` elsewhere); on CPU one window per
+  position through every slice, B slicings and adds per step instead of B × S (with 20 slices
+  an epoch took 26–28 % less, benchmarks/independent);
 * the probe shift is one multiplication by :func:`phasestem.physics.fourier.shift_ramp`, and its
   gradient is summed over the batch in place;
 * probe modes accumulate into the transmission gradient in place, and on CPU the batch runs
@@ -128,8 +128,11 @@ class _FusedIntensity(torch.autograd.Function):
             torch.view_as_real(chi)[..., 1].neg_()
             prop_b = prop[c, None, None] if prop is not None and prop.dim() == 3 else prop
             part = where.subset(c)
-            # every slice's transmission gradient of the chunk, added into the object once per position at the end
-            grad_t = chi.new_empty((S, chi.shape[0], K, *chi.shape[-2:])) if need_obj else None
+            # window slices (CPU, chunks of a few MiB): every slice's transmission gradient of the chunk is held and
+            # added into the object once per position at the end; elsewhere (one index_add_ per slice) each is added
+            # as it comes, so that a whole batch's S gradients are never held at once
+            hold = need_obj and where.slices is not None
+            grad_t = chi.new_empty((S, chi.shape[0], K, *chi.shape[-2:])) if hold else None
             for s in range(S - 1, -1, -1):
                 if s < S - 1:  # back through the propagation after slice s: χ̄ ← F[P · F⁻¹ χ̄]
                     c_hat = ifft2(chi)
@@ -146,12 +149,16 @@ class _FusedIntensity(torch.autograd.Function):
                     del c_hat
                 if need_obj:  # conj of ∂L/∂T = Σ_m ψ_in · χ̄
                     inc = incident[s]
-                    gt = torch.mul(inc[:, 0], chi[:, 0], out=grad_t[s])  # (b, K, ny, nx); more modes add in place
+                    # (b, K, ny, nx); more probe modes accumulate in place
+                    gt = torch.mul(inc[:, 0], chi[:, 0], out=grad_t[s]) if hold else inc[:, 0] * chi[:, 0]
                     for m in range(1, chi.shape[1]):
                         gt.addcmul_(inc[:, m], chi[:, m])
+                    if not hold:
+                        part.add_into(grad_obj[:, s], gt)
+                    del gt
                 if s > 0 or need_probe:
                     chi.mul_(patches[s][c, None])
-            if need_obj:
+            if hold:
                 part.add_into(grad_obj, grad_t.permute(1, 2, 0, 3, 4))  # (b, K, S, ny, nx)
                 del grad_t
             if need_probe:
