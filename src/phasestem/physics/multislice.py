@@ -126,7 +126,7 @@ class WindowIndex:
         if self.slices is not None:
             return torch.stack([plane[..., y : y + ny, x : x + nx] for y, x in self.slices], dim=dim)
         lead = plane.shape[:-2]
-        out = plane.reshape(-1, self.obj_shape[0] * self.obj_shape[1]).index_select(1, self.flat)
+        out = plane.flatten(-2).index_select(-1, self.flat)  # a view of any plane whose rows are contiguous: no copy
         return out.reshape(*lead, self.n, ny, nx).movedim(len(lead), dim)
 
     def add_into(self, target: torch.Tensor, values: torch.Tensor) -> None:
