@@ -39,12 +39,12 @@ def _run(optimizer: str, n_slices: int, n_modes: int, losses, mode: str, device:
     return loss, model.get_object().detach().cpu(), model.get_probe().detach().cpu()
 
 
-def _assert_same(eager, other):
+def _assert_same(eager, other, loss_rel: float = 1e-4, obj_atol: float = 1e-4):
     loss_e, obj_e, probe_e = eager
     loss_o, obj_o, probe_o = other
-    assert loss_o == pytest.approx(loss_e, rel=1e-4)
+    assert loss_o == pytest.approx(loss_e, rel=loss_rel)
     assert loss_e[-1] < loss_e[0]  # a reconstruction that moved, not two copies of the start
-    torch.testing.assert_close(obj_o, obj_e, rtol=0, atol=1e-4)
+    torch.testing.assert_close(obj_o, obj_e, rtol=0, atol=obj_atol)
     torch.testing.assert_close(probe_o, probe_e, rtol=0, atol=1e-4 * float(probe_e.abs().max()))
 
 
@@ -97,13 +97,53 @@ def test_cuda_graph_off_a_gpu_is_one_line():
         BatchStep(model, LossConfig(), "lsq", 0.1, 1, "cuda_graph")
 
 
+@pytest.mark.parametrize("failures", [2, 3])
+def test_an_invalidated_capture_is_tried_again_then_refused_in_one_line(failures, monkeypatch, caplog):
+    """On an H100, 2 of about 40 runs of the GPU equality tests had a capture invalidated, with no change of code or
+    data: the step captures up to
+    ``CAPTURE_ATTEMPTS`` times, saying so in the log, then refuses in one line (the capture itself needs a GPU: here
+    it fails ``failures`` times, then returns)."""
+    from phasestem.recon import step as step_module
+
+    tries = []
+
+    def capture(self, step, run):
+        tries.append(1)
+        if len(tries) <= failures:
+            raise RuntimeError("CUDA error: operation failed due to a previous error during capture\nmore")
+        return torch.zeros(()), {}
+
+    monkeypatch.setattr(step_module._Captured, "_capture", capture)
+    model = Ptychography.from_dataset(_scan(1))
+    step = BatchStep(model, LossConfig(), "lsq", 0.1, 1)
+    idx = torch.arange(4)
+    args = (step, None, idx, idx, 4, None, torch.zeros(4, 32, 32), None)
+    if failures < step_module.CAPTURE_ATTEMPTS:
+        with caplog.at_level("WARNING", logger="phasestem.recon"):
+            step_module._Captured(*args)
+        assert len(tries) == failures + 1
+        assert [r.getMessage() for r in caplog.records] == [
+            "run.compile: the CUDA graph capture of the batch step failed (CUDA error: operation failed due to a "
+            f"previous error during capture); capturing it again (try {k} of 3)" for k in range(2, failures + 2)]
+    else:
+        with pytest.raises(ConfigError, match=r"^run.compile: cuda_graph could not capture the batch step in 3 tries "
+                                              r"\(CUDA error: operation failed .*\); use compile or none$"):
+            step_module._Captured(*args)
+        assert len(tries) == 3
+
+
 @pytest.mark.cuda
 @needs_cuda
 @pytest.mark.parametrize("optimizer, n_slices, n_modes, losses", CASES, ids=["lsq-1slice", "adam-2slices"])
 @pytest.mark.parametrize("mode", ["compile", "cuda_graph"])
 def test_gpu_compiled_and_graph_steps_equal_the_eager_step(mode, optimizer, n_slices, n_modes, losses):
+    """The CUDA graph replays the eager kernels (measured on an H100: objects within 3e-6, losses equal). Inductor's
+    own GPU kernels sum in another order: objects within 1.8e-4 of eager (Adam, which moves the object by 0.036 in
+    these 3 epochs) and 2.3e-6 (lsq); the Poisson loss, a small difference of large sums, within 2.9e-3 relative."""
     eager = _run(optimizer, n_slices, n_modes, losses, "none", "cuda")
-    _assert_same(eager, _run(optimizer, n_slices, n_modes, losses, mode, "cuda"))
+    loose = mode == "compile"
+    _assert_same(eager, _run(optimizer, n_slices, n_modes, losses, mode, "cuda"), loss_rel=1e-2 if loose else 1e-4,
+                 obj_atol=5e-4 if loose else 1e-4)
 
 
 @pytest.mark.cuda

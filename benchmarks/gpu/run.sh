@@ -9,7 +9,8 @@
 #            test suite's cuda part (pytest -m cuda: compiled and CUDA-graph steps equal the eager one, no host sync)
 #   speed    AD seconds per iteration ÷ the FFT bound, peak GPU memory (recon_speed.py): batch 32 (1024 patterns)
 #            and 256 (4096), cases a (1 slice), b (8 slices), c (8 slices, 4 probe modes), d (1 slice, 4 modes),
-#            each with the eager, compiled and CUDA-graph step (run.compile none / compile / cuda_graph)
+#            each with the eager, compiled and CUDA-graph step (run.compile none / compile / cuda_graph); then
+#            profile_step.py: kernels per step and their device time, eager and graph, at batch 32
 #   learned  network training throughput and prediction time, AMP bf16 and fp32, peak memory (bench_learned.py)
 #   sim      one seed-spec sample vs abTEM on the GPU (sim_abtem/bench_abtem.py) and 64 samples of the
 #            seed generator through `phasestem simulate`, in one process and with SIM_WORKERS (8) Dask
@@ -62,7 +63,8 @@ print(json.dumps(d)); open('$RESULTS/env.json', 'w').write(json.dumps(d))"
         nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >>"$RESULTS/env.log" 2>&1 ;;
     cuda)
         part cuda "$PYTHON" benchmarks/gpu/cuda_paths.py "$RESULTS/cuda_paths" --json "$RESULTS/cuda_paths.json"
-        part cuda_tests "$PYTHON" -m pytest -q -p no:cacheprovider -m cuda tests ;;
+        # test modules whose optional packages the GPU's environment lacks are reported, the cuda tests still run
+        part cuda_tests "$PYTHON" -m pytest -q -p no:cacheprovider --continue-on-collection-errors -m cuda tests ;;
     speed)
         # one part per batch size and step (each under PART_TIMEOUT); the first epoch compiles / captures, untimed
         modes=(none compile cuda_graph)
@@ -75,7 +77,10 @@ print(json.dumps(d)); open('$RESULTS/env.json', 'w').write(json.dumps(d))"
                     --batch $b --scan $scan --repeats $repeats --cases a,b,c,d --compile "$m" \
                     --json "$RESULTS/speed_b${b}_$m.json"
             done
-        done ;;
+        done
+        # kernels per step and their device time, eager and graph (on CUDA only)
+        [ "$DEVICE" = cuda ] && part profile_step "$PYTHON" benchmarks/gpu/profile_step.py --cases a,b,c,d --batch 32 \
+            --json "$RESULTS/profile_step.json" ;;
     learned)
         part learned_bf16 "$PYTHON" benchmarks/bench_learned.py --devices cuda --sizes tiny small base --amp bf16 \
             --repeats 3 --json "$RESULTS/learned_bf16.json"

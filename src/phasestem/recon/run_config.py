@@ -65,9 +65,10 @@ class RunConfig(StrictModel):
     compile: Literal["none", "compile", "cuda_graph"] = Field(
         "none", description="the mini-batch step: none: eager (on a CPU compile is no faster: −6 % to +9 % per "
         "iteration); compile: the forward pass and loss through torch.compile (reduce-overhead on CUDA; the first "
-        "batches of each size compile, seconds to a minute); cuda_graph (CUDA only, lsq/adam/sgd, one process): "
-        "forward, loss, backward and preconditioning replayed as one CUDA graph per batch size (captured again when "
-        "the active parameters change), to save the kernel launches of small batches")
+        "batches of each size compile, seconds to a minute; on an H100 slower than eager, complex numbers are not "
+        "fused); cuda_graph (CUDA only, lsq/adam/sgd, one process): forward, loss, backward and preconditioning "
+        "replayed as one CUDA graph per batch size (captured again when the active parameters change), to save the "
+        "kernel launches of small batches: on an H100 at batch 32, 2.3-5.6x faster per iteration than none")
     device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1, auto")
     out_dir: Annotated[Path, ConfigPath()] = Field(Path("recon_out"),
                                                    description="output folder (relative to the YAML file's folder)")

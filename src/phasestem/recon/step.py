@@ -14,11 +14,16 @@ epoch) gets its own compiled specialisation or its own graph, so no padding chan
   preconditioning and the update stay eager.
 * ``cuda_graph`` (CUDA only): forward, loss, backward and preconditioning captured as one CUDA graph per batch
   size, replayed on static input buffers (the batch's indices and patterns are copied into them); the update (a
-  few ``foreach`` kernels) runs eagerly after each replay, as the learning rates change between epochs. A graph is
-  captured again when what it read changes: the active parameters, a parameter's storage, the whole-scan
-  curvature's presence, the object pre-blur, the detector blur or the probe support.
+  few element-wise kernels per parameter) runs eagerly after each replay, as the learning rates change between
+  epochs. A graph is captured again when what it read changes: the active parameters, a parameter's storage, the
+  whole-scan curvature's presence, the object pre-blur, the detector blur or the probe support. (Capturing the
+  update too, with its learning rates and step counts on the device, was measured on an H100 and not kept: 8 %
+  faster at one slice, 4–14 % slower with 8 slices or 4 probe modes, as its device-side scalars added more kernels
+  than the launches it saved; docs/benchmarks.md.)
 """
 from __future__ import annotations
+
+import logging
 
 import torch
 
@@ -29,6 +34,11 @@ from .optimizers import all_reduce_grads
 from .precondition import ScanCurvature, precondition_gradients
 
 COMPILE_MODES = ("none", "compile", "cuda_graph")
+#: captures tried before cuda_graph gives up. On one H100, 2 of about 40 runs of the GPU equality tests (each captures
+#: several graphs) had a capture invalidated ("operation failed due to a previous error during capture"), with the
+#: same code and data passing in the other runs; cause not found
+CAPTURE_ATTEMPTS = 3
+log = logging.getLogger("phasestem.recon")
 
 
 def check_compile(mode: str, device: torch.device, optimizer: str, world: int) -> None:
@@ -154,21 +164,32 @@ class _Captured:
         def run():
             return step.gradients(data, self.share, self.idx, n_total, self.meas, self.meas_p, scan)
 
+        for attempt in range(1, CAPTURE_ATTEMPTS + 1):
+            try:
+                self.loss, self.parts = self._capture(step, run)
+                break
+            except RuntimeError as exc:
+                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]  # CUDA's errors run to 5 lines
+                if attempt == CAPTURE_ATTEMPTS:
+                    raise ConfigError(f"run.compile: cuda_graph could not capture the batch step in {attempt} tries "
+                                      f"({reason}); use compile or none") from exc
+                log.warning("run.compile: the CUDA graph capture of the batch step failed (%s); capturing it again "
+                            "(try %d of %d)", reason, attempt + 1, CAPTURE_ATTEMPTS)
+        self.grads = {p: p.grad for p in params}
+
+    def _capture(self, step: BatchStep, run):
+        """Warm up on a side stream (cuFFT plans, the allocator, autograd's own buffers), then capture ``run`` into a
+        new graph; (loss, terms) of the graph."""
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up off the capture: cuFFT plans, allocator, autograd's own buffers
+        with torch.cuda.stream(side):
             for _ in range(3):
                 run()
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         step.opt.zero_grad(set_to_none=True)  # the backward allocates the gradients inside the graph's pool
-        try:
-            with torch.cuda.graph(self.graph):
-                self.loss, self.parts = run()
-        except RuntimeError as exc:
-            raise ConfigError(f"run.compile: cuda_graph could not capture the batch step ({exc}); use compile or "
-                              "none") from exc
-        self.grads = {p: p.grad for p in params}
+        with torch.cuda.graph(self.graph):
+            return run()
 
     def replay(self, share, idx, meas, meas_p):
         """Copy the batch into the static buffers, replay, attach the gradients; (loss, terms) (copies)."""
