@@ -100,9 +100,8 @@ def test_cuda_graph_off_a_gpu_is_one_line():
 @pytest.mark.parametrize("failures", [2, 3])
 def test_an_invalidated_capture_is_tried_again_then_refused_in_one_line(failures, monkeypatch, caplog):
     """On an H100, 2 of about 40 runs of the GPU equality tests had a capture invalidated, with no change of code or
-    data: the step captures up to
-    ``CAPTURE_ATTEMPTS`` times, saying so in the log, then refuses in one line (the capture itself needs a GPU: here
-    it fails ``failures`` times, then returns)."""
+    data: the step captures up to ``CAPTURE_ATTEMPTS`` times, saying so in the log, then refuses in one line (the
+    capture itself needs a GPU: here it fails ``failures`` times, then returns)."""
     from phasestem.recon import step as step_module
 
     tries = []
