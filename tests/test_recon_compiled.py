@@ -14,7 +14,7 @@ from phasestem.errors import ConfigError
 from phasestem.recon.engine import prepared_data
 from phasestem.recon.losses import LossConfig
 from phasestem.recon.model import Ptychography
-from phasestem.recon.step import BatchStep
+from phasestem.recon.step import BatchStep, resolve_compile
 from phasestem.recon.synthetic import simulate_dataset
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -91,6 +91,60 @@ print("torch._dynamo" in sys.modules)
     assert out.stdout.strip() == "False", out.stderr
 
 
+@pytest.mark.parametrize("device, optimizer, world, on_device, expected", [
+    ("cpu", "lsq", 1, True, ("none", "not a CUDA device")),
+    ("cuda", "lsq", 1, True, ("cuda_graph", "a CUDA device, one process, the data on the device")),
+    ("cuda", "adam", 1, True, ("cuda_graph", "a CUDA device, one process, the data on the device")),
+    ("cuda", "lbfgs", 1, True, ("none", "lbfgs")),
+    ("cuda", "lsq", 2, True, ("none", "2 processes")),
+    ("cuda", "lsq", 1, False, ("none", "the data are streamed from the file")),
+])
+def test_auto_is_a_cuda_graph_where_one_can_hold_the_step(device, optimizer, world, on_device, expected):
+    assert resolve_compile("auto", torch.device(device), optimizer, world, on_device) == expected
+    assert resolve_compile("compile", torch.device(device), optimizer, world, on_device) == ("compile", "as given")
+
+
+def test_auto_on_a_cpu_is_the_eager_step_bit_for_bit():
+    """The default (auto) runs the eager step off a GPU: the same losses and object, bit for bit."""
+    torch.testing.assert_close(_run("lsq", 1, 2, LossConfig(poisson=1.0), "auto")[1],
+                               _run("lsq", 1, 2, LossConfig(poisson=1.0), "none")[1], rtol=0, atol=0)
+
+
+def test_auto_goes_on_eagerly_when_the_graph_cannot_be_captured(monkeypatch, caplog):
+    """auto's cuda_graph falls back to the eager step (with a warning) where the capture fails; an explicit
+    cuda_graph refuses. The capture needs a GPU: here ``_replay`` fails as a capture that failed 3 times does."""
+    from phasestem.recon.engine import prepared_data
+    from phasestem.recon.optimizers import build_optimizer
+
+    def failed(*args):
+        raise ConfigError("run.compile: cuda_graph could not capture the batch step in 3 tries (CUDA error: "
+                          "operation failed due to a previous error during capture); use compile or none")
+
+    ds = _scan(1)
+    results = []
+    for mode, fallback in (("none", False), ("cuda_graph", True), ("cuda_graph", False)):
+        model = Ptychography.from_dataset(ds)
+        data = prepared_data(model, ds, 1.0)
+        step = BatchStep(model, LossConfig(), "adam", 0.1, 1, "none", fallback=fallback)
+        step.mode = mode  # as on a GPU (BatchStep refuses cuda_graph on the CPU)
+        monkeypatch.setattr(step, "_replay", failed)
+        step.begin_epoch(build_optimizer("adam", model, ["obj_phase", "probe"], 1.0, 0.9, {}), None)
+        idx = torch.arange(16)
+        meas, meas_p = data.batch(idx)
+        if mode == "cuda_graph" and not fallback:
+            with pytest.raises(ConfigError, match="could not capture the batch step in 3 tries"):
+                step(data, idx, idx, 16, meas, meas_p)
+            continue
+        with caplog.at_level("WARNING", logger="phasestem.recon"):
+            for _ in range(2):
+                step(data, idx, idx, 16, meas, meas_p)
+        results.append(model.get_object().detach())
+    assert [r.getMessage() for r in caplog.records] == [
+        "run.compile auto: cuda_graph could not capture the batch step in 3 tries (CUDA error: operation failed due "
+        "to a previous error during capture); the run goes on with the eager step (none)"]  # once, then eager
+    torch.testing.assert_close(results[1], results[0], rtol=0, atol=0)
+
+
 def test_cuda_graph_off_a_gpu_is_one_line():
     model = Ptychography.from_dataset(_scan(1))
     with pytest.raises(ConfigError, match=r"^run.compile: cuda_graph needs a CUDA device, the run is on 'cpu'"):
@@ -134,7 +188,7 @@ def test_an_invalidated_capture_is_tried_again_then_refused_in_one_line(failures
 @pytest.mark.cuda
 @needs_cuda
 @pytest.mark.parametrize("optimizer, n_slices, n_modes, losses", CASES, ids=["lsq-1slice", "adam-2slices"])
-@pytest.mark.parametrize("mode", ["compile", "cuda_graph"])
+@pytest.mark.parametrize("mode", ["compile", "cuda_graph", "auto"])
 def test_gpu_compiled_and_graph_steps_equal_the_eager_step(mode, optimizer, n_slices, n_modes, losses):
     """The CUDA graph replays the eager kernels (measured on an H100: objects within 3e-6, losses equal). Inductor's
     own GPU kernels sum in another order: objects within 1.8e-4 of eager (Adam, which moves the object by 0.036 in

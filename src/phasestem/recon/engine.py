@@ -60,7 +60,7 @@ from .prepared import PreparedData, prepared_data  # noqa: F401  (PreparedData: 
 from .run_config import RunConfig
 from .run_state import RunState, snapshot
 from .schedule import LOW_DOSE_COUNTS, phase_only
-from .step import BatchStep
+from .step import BatchStep, resolve_compile
 
 log = logging.getLogger("phasestem.recon")
 
@@ -158,7 +158,13 @@ def _epochs(loop: Loop, lbfgs_options: dict) -> Iterator[float]:
             mine = torch.as_tensor(owner == loop.rank)
         opt = None
         opt_names: list[str] = []
-        step = BatchStep(model, losses, run.optimizer, run.precondition_reg, loop.world, run.compile)
+        mode, why = resolve_compile(run.compile, model.device, run.optimizer, loop.world,
+                                    isinstance(data, PreparedData))
+        if run.compile == "auto" and model.device.type == "cuda":
+            log.info("run.compile auto: the batch step runs %s (%s)", "as a CUDA graph" if mode == "cuda_graph"
+                     else "eagerly", why)
+        step = BatchStep(model, losses, run.optimizer, run.precondition_reg, loop.world, mode,
+                         fallback=run.compile == "auto")
         for _ in range(loop.n_epochs):
             epoch = loop.epoch = model.epoch + 1
             t0 = time.perf_counter()

@@ -62,8 +62,10 @@ class RunConfig(StrictModel):
                                                 "keeps noisy data from being over-fitted late in a run; none: constant")
     lr_final: float = Field(0.1, gt=0, le=1, description="final learning-rate fraction of lr_decay: cosine")
     seed: int = Field(0, description="seed of the batch order")
-    compile: Literal["none", "compile", "cuda_graph"] = Field(
-        "none", description="the mini-batch step: none: eager (on a CPU compile is no faster: −6 % to +9 % per "
+    compile: Literal["auto", "none", "compile", "cuda_graph"] = Field(
+        "auto", description="the mini-batch step: auto: cuda_graph on a CUDA device in one process with the data "
+        "on the device and a solver other than lbfgs (the eager step if the graph cannot be captured, with a "
+        "warning), none elsewhere; none: eager (on a CPU compile is no faster: −6 % to +9 % per "
         "iteration); compile: the forward pass and loss through torch.compile (reduce-overhead on CUDA; the first "
         "batches of each size compile, seconds to a minute; on an H100 slower than eager, complex numbers are not "
         "fused); cuda_graph (CUDA only, lsq/adam/sgd, one process): forward, loss, backward and preconditioning "

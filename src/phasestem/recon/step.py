@@ -7,7 +7,10 @@ preconditioner's floors, the object-mode weights and the window corners stay on 
 batch is summed on the device (read once at the end of the epoch). A batch of another size (the last one of an
 epoch) gets its own compiled specialisation or its own graph, so no padding changes the numbers.
 
-* ``none``: eager, the default; the fastest on a CPU.
+* ``auto`` (the default): ``cuda_graph`` where a graph can hold the step (:func:`resolve_compile`: a CUDA device,
+  one process, not lbfgs, the data on the device), falling back to ``none`` with a warning if the capture fails;
+  ``none`` elsewhere.
+* ``none``: eager; the fastest on a CPU.
 * ``compile``: the model's forward pass and the loss through :func:`torch.compile` (mode ``reduce-overhead`` on
   CUDA: its CUDA graphs; ``default`` elsewhere); the fused multislice node
   (:mod:`phasestem.physics.fused`) runs eagerly inside it (dynamo loses the node's gradient), and the
@@ -33,7 +36,7 @@ from .losses import LossConfig, total_loss
 from .optimizers import all_reduce_grads
 from .precondition import ScanCurvature, precondition_gradients
 
-COMPILE_MODES = ("none", "compile", "cuda_graph")
+COMPILE_MODES = ("auto", "none", "compile", "cuda_graph")
 #: captures tried before cuda_graph gives up. On one H100, 2 of about 40 runs of the GPU equality tests (each captures
 #: several graphs) had a capture invalidated ("operation failed due to a previous error during capture"), with the
 #: same code and data passing in the other runs; cause not found
@@ -41,8 +44,21 @@ CAPTURE_ATTEMPTS = 3
 log = logging.getLogger("phasestem.recon")
 
 
+def resolve_compile(mode: str, device: torch.device, optimizer: str, world: int, on_device: bool) -> tuple[str, str]:
+    """(the step ``run.compile`` runs, why): ``auto`` is ``cuda_graph`` where a graph can hold the step — a CUDA
+    device, one process, a solver other than lbfgs and the data on the device (streamed data are read by a
+    prefetch thread while a graph may be captured) — and ``none`` elsewhere; any other mode is itself."""
+    if mode != "auto":
+        return mode, "as given"
+    why = ("not a CUDA device" if device.type != "cuda" else "lbfgs" if optimizer == "lbfgs"
+           else f"{world} processes" if world > 1 else "the data are streamed from the file" if not on_device
+           else "")
+    return ("none", why) if why else ("cuda_graph", "a CUDA device, one process, the data on the device")
+
+
 def check_compile(mode: str, device: torch.device, optimizer: str, world: int) -> None:
-    """Refuse a ``run.compile`` the run cannot use, in one line."""
+    """Refuse a ``run.compile`` the run cannot use, in one line (``auto`` is resolved first:
+    :func:`resolve_compile`)."""
     if mode not in COMPILE_MODES:
         raise ConfigError(f"run.compile must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
     if mode != "cuda_graph":
@@ -67,16 +83,19 @@ def _forward_loss(model, losses: LossConfig, share, meas, meas_p, pacbed_p, coun
 
 
 class BatchStep:
-    """One mini-batch step of the engine for one run; ``mode`` is ``run.compile``.
+    """One mini-batch step of the engine for one run; ``mode`` is ``run.compile`` as :func:`resolve_compile` gives
+    it (an unresolved ``auto`` runs eagerly), ``fallback`` whether a ``cuda_graph`` that cannot be captured goes on
+    eagerly (auto's) instead of refusing.
 
     :meth:`gradients` leaves the (preconditioned, rank-summed) gradients in the parameters' ``.grad`` and returns
     (loss, terms) as device tensors; :meth:`__call__` also steps the optimiser (every solver but L-BFGS, which
     calls :meth:`gradients` from its closure)."""
 
     def __init__(self, model, losses: LossConfig, optimizer: str, precondition_reg: float, world: int,
-                 mode: str = "none"):
+                 mode: str = "none", fallback: bool = False):
         check_compile(mode, model.device, optimizer, world)
         self.model, self.losses, self.optimizer, self.mode = model, losses, optimizer, mode
+        self.fallback = fallback  # run.compile auto: a graph that cannot be captured leaves the step eager
         self.reg, self.world = precondition_reg, world
         self.opt = None
         self.scan: ScanCurvature | None = None
@@ -113,9 +132,17 @@ class BatchStep:
 
     def __call__(self, data, share: torch.Tensor, idx: torch.Tensor, n_total: int, meas, meas_p):
         """One step: gradients, then the optimiser's update; (loss, terms) as device tensors."""
+        loss = None
         if self.mode == "cuda_graph":
-            loss, parts = self._replay(data, share, idx, n_total, meas, meas_p)
-        else:
+            try:
+                loss, parts = self._replay(data, share, idx, n_total, meas, meas_p)
+            except ConfigError as exc:
+                if not self.fallback:
+                    raise
+                log.warning("run.compile auto: %s; the run goes on with the eager step (none)",
+                            str(exc).removeprefix("run.compile: ").removesuffix("; use compile or none"))
+                self.mode, self._graphs = "none", {}
+        if loss is None:
             loss, parts = self.gradients(data, share, idx, n_total, meas, meas_p)
         self.opt.step()
         return loss, parts
