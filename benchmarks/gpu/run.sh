@@ -21,7 +21,8 @@
 # Then benchmarks/gpu/report.py writes $RESULTS/table.md and the GPU section of docs/benchmarks.md.
 #
 # PYTHON (default: .venv/bin/python if present, else python3) must hold phasestem's dependencies and,
-# for `recon`, PtyRAD and pty-chi; `sim` needs abTEM with CuPy for abTEM's GPU run.
+# for `recon`, PtyRAD and pty-chi; `sim` needs abTEM with CuPy for abTEM's GPU run. On a machine without a
+# package index, benchmarks/gpu/requirements-offline.txt says which wheels to bring and how to install them.
 #
 # QUICK=1 DEVICE=cpu bash benchmarks/gpu/run.sh speed   # a dry run of the speed part on the CPU: tiny scans, one
 #   timed iteration, no cuda_graph, results under runs/gpu_quick, docs/benchmarks.md left alone (checks the script)
