@@ -39,29 +39,43 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def batch_times(model, dataset, batch: int, n_fft: int, n_modes: int, repeats: int = 10,
-                mode: str = "none") -> tuple[float, float]:
-    """Minimum seconds of one engine batch step (forward, loss, backward, Adam; ``mode``: ``run.compile``) and of its
-    FFTs alone, measured back to back ``repeats`` times (robust on a loaded machine)."""
+def case_dataset(case: str, scan: int = 32):
+    """The simulated scan of ``case`` (CASES): scan × scan positions of 128² patterns."""
+    S, _ = CASES[case]
+    return simulate_dataset(window=(128, 128), sampling=0.2, scan_shape=(scan, scan), scan_step=1.0, energy=300e3,
+                            semiangle=20.0, c10=-100.0, n_slices=S, slice_thickness=10.0,
+                            max_phase=0.5 if S == 1 else 0.3, seed=0)
+
+
+def engine_step(model, dataset, batch: int, mode: str = "none"):
+    """One engine batch step of the first ``batch`` positions (forward, loss, backward, Adam; ``mode``:
+    ``run.compile``) as a callable, with its data prepared once."""
     from phasestem.recon.engine import prepared_data
     from phasestem.recon.losses import LossConfig
     from phasestem.recon.optimizers import build_optimizer
     from phasestem.recon.step import BatchStep
 
-    batch = min(batch, dataset.n_patterns)
     cfg = LossConfig()
     data = prepared_data(model, dataset, cfg.power)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
-    opt = build_optimizer("adam", model, names, 1e-4, 0.9, {})
-    dev = model.device
-    idx = torch.arange(batch, device=dev)
-    x = torch.randn(batch * n_modes, *model.window, dtype=torch.complex64, device=dev)
-    engine_step = BatchStep(model, cfg, "adam", 0.1, 1, mode)
-    engine_step.begin_epoch(opt, None)
+    step = BatchStep(model, cfg, "adam", 0.1, 1, mode)
+    step.begin_epoch(build_optimizer("adam", model, names, 1e-4, 0.9, {}), None)
+    idx = torch.arange(batch, device=model.device)
     meas, meas_p = data.batch(idx, need_meas=False)
+    return lambda: step(data, idx, idx, batch, meas, meas_p)
+
+
+def batch_times(model, dataset, batch: int, n_fft: int, n_modes: int, repeats: int = 10,
+                mode: str = "none") -> tuple[float, float]:
+    """Minimum seconds of one engine batch step (:func:`engine_step`) and of its FFTs alone, measured back to back
+    ``repeats`` times (robust on a loaded machine)."""
+    batch = min(batch, dataset.n_patterns)
+    dev = model.device
+    x = torch.randn(batch * n_modes, *model.window, dtype=torch.complex64, device=dev)
+    run_step = engine_step(model, dataset, batch, mode)
 
     def step():
-        engine_step(data, idx, idx, batch, meas, meas_p)
+        run_step()
         sync(dev)
 
     def ffts():
@@ -123,9 +137,7 @@ def main(argv=None) -> None:
           f"{'batch ms':>9} {'FFT ms':>7} {'batch ratio':>11} {'peak GiB':>8}")
     for case in args.cases.split(","):
         S, M = CASES[case]
-        ds = simulate_dataset(window=(128, 128), sampling=0.2, scan_shape=(args.scan, args.scan), scan_step=1.0,
-                              energy=300e3, semiangle=20.0, c10=-100.0, n_slices=S, slice_thickness=10.0,
-                              max_phase=0.5 if S == 1 else 0.3, seed=0)
+        ds = case_dataset(case, args.scan)
         bound = fft_bound(ds.n_patterns, args.batch, 128, S, M, repeats=3, device=device)
         for mode in args.compile.split(","):
             model = Ptychography.from_dataset(ds, n_slices=S, slice_thickness=10.0, n_probe_modes=M).to(device)

@@ -113,7 +113,6 @@ def test_auto_on_a_cpu_is_the_eager_step_bit_for_bit():
 def test_auto_goes_on_eagerly_when_the_graph_cannot_be_captured(monkeypatch, caplog):
     """auto's cuda_graph falls back to the eager step (with a warning) where the capture fails; an explicit
     cuda_graph refuses. The capture needs a GPU: here ``_replay`` fails as a capture that failed 3 times does."""
-    from phasestem.recon.engine import prepared_data
     from phasestem.recon.optimizers import build_optimizer
 
     def failed(*args):

@@ -12,38 +12,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from phasestem.recon import Ptychography
-from phasestem.recon.engine import prepared_data
-from phasestem.recon.losses import LossConfig
-from phasestem.recon.optimizers import build_optimizer
-from phasestem.recon.step import BatchStep
-from phasestem.recon.synthetic import simulate_dataset
 
-CASES = {"a": (1, 1), "b": (8, 1), "c": (8, 4), "d": (1, 4)}
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from recon_speed import CASES, case_dataset, engine_step  # noqa: E402  (benchmarks/recon_speed.py)
 
 
 def _step_of(case: str, batch: int, mode: str, device: torch.device):
     S, M = CASES[case]
-    ds = simulate_dataset(window=(128, 128), sampling=0.2, scan_shape=(32, 32), scan_step=1.0, energy=300e3,
-                          semiangle=20.0, c10=-100.0, n_slices=S, slice_thickness=10.0,
-                          max_phase=0.5 if S == 1 else 0.3, seed=0)
+    ds = case_dataset(case)
     model = Ptychography.from_dataset(ds, n_slices=S, slice_thickness=10.0, n_probe_modes=M).to(device)
     model.positions.requires_grad_(False)
-    cfg = LossConfig()
-    data = prepared_data(model, ds, cfg.power)
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
-    opt = build_optimizer("adam", model, names, 1e-4, 0.9, {})
-    step = BatchStep(model, cfg, "adam", 0.1, 1, mode)
-    step.begin_epoch(opt, None)
-    idx = torch.arange(batch, device=device)
-    meas, meas_p = data.batch(idx, need_meas=False)
-    return lambda: step(data, idx, idx, batch, meas, meas_p)
+    return engine_step(model, ds, batch, mode)
 
 
 def profile_case(case: str, batch: int, mode: str, steps: int, device: torch.device) -> dict:
