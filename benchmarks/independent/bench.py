@@ -12,8 +12,10 @@ Each runner saves the phase after every iteration (``phase_history``) and its pe
 times, so this script scores every iteration: Pearson r and NRMSE of the summed phase against the
 truth over the scanned field of view (origin alignment of ``recon_peers/bench.py``: ``metrics``),
 at the report iterations of each case, the peak r and whether r fell by more than 0.001 after it,
-and the time each tool needs to reach the best peer's final r (cumulative wall time of its
-iterations; "not reached" otherwise). The load average at each tool's start is recorded: the
+and the time each tool needs to reach the best peer's final r: its set-up (the runner's ``setup_s``: from the
+case in memory, imports done, to its first iteration's clock) plus the cumulative wall time of its iterations;
+"not reached" otherwise. The iterations alone are kept too (``time_to_target_iters``): before 2026-11-26's third
+session the set-up was not counted, for any tool. The load average at each tool's start is recorded: the
 machine may be shared, so compare times within one run.
 
 ``--set`` picks a group of cases: ``base`` (the five above, the default), or the hard cases of issue
@@ -172,13 +174,15 @@ def summarise(sc: dict, report: tuple[int, ...]) -> dict:
     return out
 
 
-def time_to(sc: dict, target: float) -> float | None:
-    """Cumulative wall time (s) of the first iteration whose r ≥ target (None: never)."""
+def time_to(sc: dict, target: float, setup: bool = True) -> float | None:
+    """Wall time (s) to the end of the first iteration whose r ≥ target (None: never): the tool's set-up
+    (``setup_s``; 0 where its runner did not record it) and its iterations, or with ``setup=False`` the iterations
+    alone."""
     if not sc["history"]:
         return None
     for it, rr in zip(sc["iters"], sc["r"], strict=True):
         if rr == rr and rr >= target:  # rr == rr: not nan
-            return float(sc["cum_time"][it - 1])
+            return float(sc["cum_time"][it - 1]) + (float(sc.get("setup_s") or 0.0) if setup else 0.0)
     return None
 
 
@@ -280,7 +284,7 @@ def main() -> None:
                 cpu = st.get("iter_cpu") or []
                 cpu_it = float(np.mean(cpu[1:] if len(cpu) > 2 else cpu)) if cpu else st.get("cpu_s_per_iter")
                 rec.update(sc, **summarise(sc, report), s_per_it=float(np.mean(times[1:] if len(times) > 2 else times)),
-                           cpu_per_it=cpu_it, settings=st)
+                           cpu_per_it=cpu_it, setup_s=st.get("setup_s"), settings=st)
             elif "error" not in rec:
                 rec["error"] = "no result"
             entry["tools"][tool] = rec
@@ -293,6 +297,7 @@ def main() -> None:
             for v in entry["tools"].values():
                 if "r" in v:
                     v["time_to_target"] = time_to(v, target)
+                    v["time_to_target_iters"] = time_to(v, target, setup=False)
         out_path.write_text(json.dumps(results, indent=1, default=str))
     print_table(results, cases)
     if len(cases) > 1:
@@ -311,13 +316,14 @@ def print_table(results: dict, cases: list[str]) -> None:
               f"{fmt(tgt)} from {entry.get('target_tool', '–')})\n")
         head = " | ".join(f"r @ {n} | NRMSE @ {n}" for n in report)
         print(f"| tool | {head} | peak r (iter) | fell > {DROP_TOL:g} after peak | s / iteration | "
-              f"CPU s / iteration | time to target (s) | load at start |")
-        print("|---|" + "---|" * (2 * len(report) + 6))
+              f"CPU s / iteration | set-up (s) | time to target (s): set-up + iterations (iterations) | "
+              f"load at start |")
+        print("|---|" + "---|" * (2 * len(report) + 7))
         for tool, v in entry["tools"].items():
             load = v.get("load_at_start")
             load_s = f"{load[0]:.1f}" if load else "–"
             if "r" not in v:
-                print(f"| {tool} | " + " | ".join(["–"] * (2 * len(report) + 4)) +
+                print(f"| {tool} | " + " | ".join(["–"] * (2 * len(report) + 5)) +
                       f" | – ({v.get('error', 'no result')[:70]}) | {load_s} |")
                 continue
             cells = " | ".join(f"{fmt(v.get(f'r@{n}'))} | {fmt(v.get(f'nrmse@{n}'), '.3f')}" for n in report)
@@ -325,9 +331,10 @@ def print_table(results: dict, cases: list[str]) -> None:
             if not v["history"]:
                 fell += ", final only"
             ttt = v.get("time_to_target")
-            ttt_s = "not reached" if ttt is None and v["history"] else fmt(ttt, ".1f")
+            ttt_s = ("not reached" if ttt is None and v["history"] else
+                     f"{fmt(ttt, '.1f')} ({fmt(v.get('time_to_target_iters'), '.1f')})" if ttt is not None else "–")
             print(f"| {tool} | {cells} | {v['peak_r']:.4f} ({v['peak_iter']}) | {fell} | {v['s_per_it']:.2f} | "
-                  f"{fmt(v.get('cpu_per_it'), '.2f')} | {ttt_s} | {load_s} |")
+                  f"{fmt(v.get('cpu_per_it'), '.2f')} | {fmt(v.get('setup_s'), '.2f')} | {ttt_s} | {load_s} |")
 
 
 def print_summary(results: dict, cases: list[str]) -> None:

@@ -8,7 +8,9 @@ Case file (``case_X.npz``, written by ``bench.py``):
   n_slices, dz (Å), n_modes, iters, batch.
 Result file (written by each runner): phase (Ny', Nx') summed over slices (and modes), the
   object-pixel coordinate origin_px (y, x) of the dataset-frame origin (the first probe centre),
-  iter_times (s, one per iteration), settings (JSON text), and optionally phase_history
+  iter_times (s, one per iteration), settings (JSON text; ``setup_s``: the wall seconds from the case
+  in memory, every import done, to the start of the first iteration's clock: the tool's own set-up of
+  its model and data, which ``bench.py`` counts in the time to a target), and optionally phase_history
   (n_iter, Ny', Nx') float32: the phase after each iteration in the frame of ``phase`` (same
   origin_px), for time-to-accuracy curves (``benchmarks/independent/bench.py``).
 """
