@@ -31,7 +31,7 @@ test: install
 	$(BIN)/python -m pytest -q
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff check src tests benchmarks scripts notebooks
 
 clean:
 	rm -rf demo_output .pytest_cache
