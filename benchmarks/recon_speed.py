@@ -47,6 +47,14 @@ def case_dataset(case: str, scan: int = 32):
                             max_phase=0.5 if S == 1 else 0.3, seed=0)
 
 
+def case_model(case: str, dataset, device: torch.device):
+    """The model of ``case`` (CASES) for ``dataset`` on ``device``, positions frozen."""
+    S, M = CASES[case]
+    model = Ptychography.from_dataset(dataset, n_slices=S, slice_thickness=10.0, n_probe_modes=M).to(device)
+    model.positions.requires_grad_(False)
+    return model
+
+
 def engine_step(model, dataset, batch: int, mode: str = "none"):
     """One engine batch step of the first ``batch`` positions (forward, loss, backward, Adam; ``mode``:
     ``run.compile``) as a callable, with its data prepared once."""
@@ -140,8 +148,7 @@ def main(argv=None) -> None:
         ds = case_dataset(case, args.scan)
         bound = fft_bound(ds.n_patterns, args.batch, 128, S, M, repeats=3, device=device)
         for mode in args.compile.split(","):
-            model = Ptychography.from_dataset(ds, n_slices=S, slice_thickness=10.0, n_probe_modes=M).to(device)
-            model.positions.requires_grad_(False)
+            model = case_model(case, ds, device)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             gen = model.Adam_optimize(args.iterations + 1, ds, batch_size=args.batch, progress=False, compile=mode)

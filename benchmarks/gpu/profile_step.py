@@ -20,18 +20,13 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from phasestem.recon import Ptychography
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from recon_speed import CASES, case_dataset, engine_step  # noqa: E402  (benchmarks/recon_speed.py)
+from recon_speed import case_dataset, case_model, engine_step  # noqa: E402  (benchmarks/recon_speed.py)
 
 
 def _step_of(case: str, batch: int, mode: str, device: torch.device):
-    S, M = CASES[case]
     ds = case_dataset(case)
-    model = Ptychography.from_dataset(ds, n_slices=S, slice_thickness=10.0, n_probe_modes=M).to(device)
-    model.positions.requires_grad_(False)
-    return engine_step(model, ds, batch, mode)
+    return engine_step(case_model(case, ds, device), ds, batch, mode)
 
 
 def profile_case(case: str, batch: int, mode: str, steps: int, device: torch.device) -> dict:
