@@ -60,9 +60,13 @@ def test_the_default_run_refines_the_tilt_of_a_thick_specimen_and_says_so(tilted
     with caplog.at_level(logging.INFO, logger="phasestem.recon"):
         model, r_default = _run(ds, truth, epochs=4)
     assert "tilt 0.1" in caplog.text  # the run log names what it refines
+    assert "the patterns alone do not fix it" in caplog.text  # and that the tilt it finds is not a measurement
     assert float(np.abs(model.tilt.detach().numpy()).max()) > 0.01  # it moved off the untilted start
-    frozen, _ = _run(ds, truth, epochs=2, tilt=0.0)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="phasestem.recon"):
+        frozen, _ = _run(ds, truth, epochs=2, tilt=0.0)
     assert not frozen.tilt.detach().numpy().any()
+    assert "lsq refines" in caplog.text and "do not fix it" not in caplog.text
 
 
 def test_a_step_too_long_backs_off_instead_of_stopping(tilted, caplog):

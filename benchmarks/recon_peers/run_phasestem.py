@@ -92,18 +92,17 @@ def main() -> None:
     import numpy as np
     import torch
 
+    # what the engine imports on first use (the aperture rule's disk measurement with scipy.ndimage, 0.3 s; the
+    # coarse start), imported here with the rest: every tool's imports are outside its clock
+    import phasestem.calibrate.disk  # noqa: F401
+    import phasestem.recon.coarse  # noqa: F401
+    import phasestem.recon.streaming  # noqa: F401
     from phasestem.dataset import FourDSTEM, angular_sampling_for
     from phasestem.recon import Constraints, Ptychography
     from phasestem.recon.losses import LossConfig
     from phasestem.recon.params import RunConfig
     from phasestem.recon.precondition import resolve_batches
     from phasestem.recon.schedule import phase_only
-
-    # what the engine imports on first use (the aperture rule's disk measurement with scipy.ndimage, 0.3 s; the
-    # coarse start), imported here with the rest: every tool's imports are outside its clock
-    import phasestem.calibrate.disk  # noqa: F401
-    import phasestem.recon.coarse  # noqa: F401
-    import phasestem.recon.streaming  # noqa: F401
 
     c = load_case(args.case)
     setup0 = time.perf_counter()  # the tool's set-up from here to its first iteration's clock

@@ -146,6 +146,11 @@ def _epochs(loop: Loop, lbfgs_options: dict) -> Iterator[float]:
                      "start (phase only); give model.learning_rates.obj_amplitude to refine it", data.counts,
                      LOW_DOSE_COUNTS)
         log.info("%s", refined_parameters(model, run.optimizer, run.lr_scale, fixed))
+        if named["tilt"].requires_grad and model.schedules["tilt"].resolved_lr("tilt", run.optimizer) > 0:
+            log.info("the specimen tilt is refined, but the patterns alone do not fix it: a tilt gives the patterns of "
+                     "untilted slices shifted by their depth × tan θ (benchmarks/independent/README.md, 'Mistilt is a "
+                     "choice the data leave open'). It is a measurement where constraints.obj_shear ties it to a "
+                     "crystal's columns; model.learning_rates.tilt: 0 freezes it")
         resumed = getattr(model, "_resume_state", None)  # what load_checkpoint left for this call
         model._resume_state = None
         # decay window, divergence references and best state: carried on from a checkpoint, else new for this call

@@ -170,7 +170,8 @@ class ModelConfig(StrictModel):
         default_factory=dict, description=f"per-parameter lr or {{lr, start, end}}; keys: {', '.join(PARAM_NAMES)}. "
         "Left out: the solver's default, except obj_amplitude, held at 1 on counted data of at most 3e4 counts per "
         "pattern, and tilt, refined only where the specimen is ≥ 10 nm at 0.2 Å pixels (see the run log's "
-        "'refines' line)")
+        "'refines' line; the patterns alone do not fix a tilt, which trades against a shear of the slices: it is "
+        "a measurement where constraints.obj_shear ties it to a crystal's columns)")
 
     @field_validator("learning_rates")
     @classmethod
