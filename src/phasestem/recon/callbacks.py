@@ -155,14 +155,21 @@ class DivergenceGuard(Callback):
             loop.state.best = (loop.epoch, snapshot(loop.model.state_dict()))
 
 
-def refined_parameters(model, kind: str, lr_scale: float, held: frozenset[str] = frozenset()) -> str:
-    """The parameters a run of solver ``kind`` refines, with their learning rates and epochs (the run log's
-    "refines" line); ``held``: parameters the run holds fixed whatever their schedule."""
-    parts = []
+def refined(model, kind: str, held: frozenset[str] = frozenset()) -> dict:
+    """The parameters a run of solver ``kind`` refines: name → schedule, in the model's order; ``held``:
+    parameters the run holds fixed whatever their schedule."""
+    out = {}
     for name, p in model.named_parameters():
         sched = model.schedules.get(name)
-        if sched is None or name in held or not p.requires_grad or sched.resolved_lr(name, kind) <= 0:
-            continue
+        if sched is not None and name not in held and p.requires_grad and sched.resolved_lr(name, kind) > 0:
+            out[name] = sched
+    return out
+
+
+def refined_parameters(refining: dict, kind: str, lr_scale: float) -> str:
+    """The run log's "refines" line for :func:`refined`'s ``refining``: each parameter's learning rate and epochs."""
+    parts = []
+    for name, sched in refining.items():
         end = "" if sched.end is None else f"–{sched.end}"
         parts.append(f"{name} {sched.resolved_lr(name, kind) * lr_scale:g}"
                      + (f" (epochs {sched.start}{end})" if sched.start > 1 or sched.end is not None else ""))

@@ -47,6 +47,7 @@ from .callbacks import (  # noqa: F401  (the errors and PHYSICAL_LIMIT: the engi
     LogFile,
     NonFiniteLossError,
     ProgressBar,
+    refined,
     refined_parameters,
 )
 from .checkpoint import load_checkpoint, reuse_optimizer_state, save_checkpoint  # noqa: F401  (engine API)
@@ -59,7 +60,7 @@ from .precondition import ScanCurvature, resolve_batches
 from .prepared import PreparedData, prepared_data  # noqa: F401  (PreparedData: engine API)
 from .run_config import RunConfig
 from .run_state import RunState, snapshot
-from .schedule import LOW_DOSE_COUNTS, phase_only
+from .schedule import LOW_DOSE_COUNTS, TILT_NOT_MEASURED, phase_only
 from .step import BatchStep, resolve_compile
 
 log = logging.getLogger("phasestem.recon")
@@ -145,12 +146,10 @@ def _epochs(loop: Loop, lbfgs_options: dict) -> Iterator[float]:
             log.info("low dose (%.4g counts per pattern ≤ %g, counted data): the object amplitude is held at its "
                      "start (phase only); give model.learning_rates.obj_amplitude to refine it", data.counts,
                      LOW_DOSE_COUNTS)
-        log.info("%s", refined_parameters(model, run.optimizer, run.lr_scale, fixed))
-        if named["tilt"].requires_grad and model.schedules["tilt"].resolved_lr("tilt", run.optimizer) > 0:
-            log.info("the specimen tilt is refined, but the patterns alone do not fix it: a tilt gives the patterns of "
-                     "untilted slices shifted by their depth × tan θ (benchmarks/independent/README.md, 'Mistilt is a "
-                     "choice the data leave open'). It is a measurement where constraints.obj_shear ties it to a "
-                     "crystal's columns; model.learning_rates.tilt: 0 freezes it")
+        refining = refined(model, run.optimizer, fixed)
+        log.info("%s", refined_parameters(refining, run.optimizer, run.lr_scale))
+        if "tilt" in refining:
+            log.info("%s", TILT_NOT_MEASURED)
         resumed = getattr(model, "_resume_state", None)  # what load_checkpoint left for this call
         model._resume_state = None
         # decay window, divergence references and best state: carried on from a checkpoint, else new for this call

@@ -42,6 +42,12 @@ def tilt_matters(n_slices: int, slice_thickness: float, pixel: float) -> bool:
     return n_slices > 1 and n_slices * slice_thickness * 1e-3 >= TILT_SHIFT_PX * pixel
 
 
+#: the run log's line where a run refines the specimen tilt: what the data can and cannot say of it
+TILT_NOT_MEASURED = ("the specimen tilt is refined, but the patterns alone do not fix it: a tilt gives the patterns of "
+                     "untilted slices shifted by their depth × tan θ (benchmarks/independent/README.md, 'Mistilt is a "
+                     "choice the data leave open'). It is a measurement where constraints.obj_shear ties it to a "
+                     "crystal's columns; model.learning_rates.tilt: 0 freezes it")
+
 #: counted data of at most this many counts per pattern is "low dose": the object amplitude is held at 1 by default
 #: (:func:`phase_only`) and ``run.holdout: auto`` holds positions out (:mod:`phasestem.recon.holdout`)
 LOW_DOSE_COUNTS = 3e4
