@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 from . import __version__
+from .cliargs import Parser
 from .errors import PhasestemError
 
 #: modules that add sub-commands, in the order they appear in ``--help``
@@ -30,7 +31,7 @@ COMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="phasestem",
         description="Phase retrieval from 4D-STEM data: simulate, reconstruct (AD ptychography), learn.",
         epilog="Example: phasestem simulate configs/simulate_tiny.yaml --out data/",

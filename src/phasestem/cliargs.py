@@ -22,6 +22,16 @@ from .safety import FIGURE_SUFFIXES
 RESULT_SUFFIXES = (".h5", ".hdf5")
 
 
+class Parser(argparse.ArgumentParser):
+    """Every ``phasestem`` parser (sub-commands' included: ``add_subparsers`` makes its own class): options only by
+    their full names. argparse's default takes any unambiguous prefix (``--o`` for ``--out``), which lets an
+    abbreviation slip past a check that refuses an option by its name (``phasestem serve``'s jobs)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+
 def deprecation(prog: str, old: str, new: str) -> None:
     """The one line an old spelling prints on stderr: ``PROG: deprecated: OLD; use NEW``."""
     print(f"{prog}: deprecated: {old}; use {new} (the old spelling still works for now)", file=sys.stderr)

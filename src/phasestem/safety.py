@@ -94,6 +94,15 @@ def temporary_name(path: PathLike) -> Path:
     return path.with_name(f"{path.name}.{os.getpid()}.tmp")
 
 
+def unique_temporary_name(path: PathLike) -> Path:
+    """``NAME.<pid>.<random>.tmp`` beside ``path``: a temporary that no other process, thread or request of this
+    process shares (two uploads of one name at once each write their own)."""
+    import secrets
+
+    path = Path(path)
+    return path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
+
+
 def remove_stale_temporaries(folder: PathLike, names: Iterable[str]) -> list[Path]:
     """Delete ``NAME.<pid>.tmp`` files and folders of ``names`` in ``folder`` left by other (killed) processes;
     returns what was removed. Call it only while holding the folder's lock (:mod:`phasestem.lock`): then no
@@ -133,11 +142,13 @@ def figure_beside(result: PathLike, field: str = "--out", suffix: str = ".png") 
 
 @contextmanager
 def atomic_file(path: PathLike, field: str = "--out",
-                temporary: Callable[[Path], Path] = temporary_name) -> Iterator[Path]:
+                temporary: Callable[[Path], Path] = temporary_name, replace: bool = True) -> Iterator[Path]:
     """Yield a temporary path next to ``path`` (``temporary(path)``, by default :func:`temporary_name`); on
     success rename it to ``path``, on failure remove it: the one temp-and-rename write of the package.
 
     An existing folder at ``path`` is refused before anything is written (it cannot be replaced by a file).
+    ``replace`` False: a file that is at ``path`` when the write ends is kept and :class:`FileExistsError` raised
+    (the check and the placing are one step: a hard link, or an exclusive create where links are not had).
     """
     path = Path(path)
     if path.is_dir():
@@ -146,10 +157,26 @@ def atomic_file(path: PathLike, field: str = "--out",
     tmp = temporary(path)
     try:
         yield tmp
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            _place_new(tmp, path)
     finally:
         if tmp.is_file() or tmp.is_symlink():
             tmp.unlink()
+
+
+def _place_new(tmp: Path, path: Path) -> None:
+    """``tmp`` becomes ``path`` only if nothing is there: FileExistsError otherwise, in one step."""
+    try:
+        os.link(tmp, path)  # fails with FileExistsError when path exists, atomically
+        return
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links: claim the name exclusively, then rename over the claim
+        pass
+    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    os.replace(tmp, path)
 
 
 def available_memory() -> int:

@@ -335,7 +335,7 @@ def stage_script(name: str, argv: list[str] | None = None, configs: Path | None 
     (deprecated). Explicit flags win over ``--set``, which wins over the YAML.
     """
     stage, default_config, text = STAGE_SCRIPTS[name]
-    p = argparse.ArgumentParser(
+    p = cliargs.Parser(
         prog=f"{name}.py", description=f"Train {text}: `phasestem train {stage}` with the same flags (and the "
         "seed's --data, --out).",
         epilog=f"Examples:\n  python scripts/{name}.py --data 'data/seed/simulation_data*.h5' --out runs/{stage}"

@@ -19,9 +19,10 @@ from typing import Any
 from ..errors import PhasestemError
 from ..extras import require
 from .data import Datasets
+from .job_spec import check_form_paths
 from .jobs import FINAL, RUNS_DIR, SERVE_DIR, JobRunner, JobStore
 from .runs import LiveRuns, compare_runs, params_form, save_params_form
-from .security import Refused, TokenGuard, confine, read_json, refuse_size, relative
+from .security import FILE_CSP, Refused, TokenGuard, confine, public_message, read_json, refuse_size, relative
 
 log = logging.getLogger("phasestem.serve")
 
@@ -35,37 +36,55 @@ KINDS = {".npy": "data", ".npz": "data", ".h5": "data", ".hdf5": "data", ".emd":
          ".mat": "data", ".mib": "data", ".dm3": "data", ".dm4": "data", ".raw": "data", ".blo": "data",
          ".hspy": "data", ".zspy": "data", ".mrc": "data", ".tvips": "data", ".xml": "data",
          ".yaml": "yaml", ".yml": "yaml", ".png": "image", ".log": "text", ".json": "text", ".txt": "text"}
+#: what the app shows in the browser itself, by suffix, with the type it is served as; every other file is a
+#: download (an .html or .svg under the root never runs as a page of this origin)
+SHOWN = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".yaml": "text/plain; charset=utf-8",
+         ".yml": "text/plain; charset=utf-8", ".log": "text/plain; charset=utf-8",
+         ".json": "text/plain; charset=utf-8", ".txt": "text/plain; charset=utf-8", ".md": "text/plain; charset=utf-8"}
 
 
 class Channel:
-    """One push channel: a watcher task computes payloads when their signature changes; subscribers wait."""
+    """One push channel: a watcher task computes payloads when their signature changes; subscribers wait.
+
+    Each new payload sets the event that subscribers wait on and puts a fresh one in its place: a subscriber that
+    leaves while waiting (its page closed) holds no lock, so it cannot leave one broken for the others."""
 
     def __init__(self, signature, payload):
         self.signature, self.payload = signature, payload
         self.version, self.data, self.final = 0, "", False
-        self.cond = asyncio.Condition()
+        self.changed = asyncio.Event()
         self.subscribers = 0
         self.task: asyncio.Task | None = None
 
-    async def watch(self, run_sync) -> None:
+    def publish(self, data: str, final: bool) -> None:
+        self.data, self.final = data, final
+        self.version += 1
+        changed, self.changed = self.changed, asyncio.Event()
+        changed.set()
+
+    async def next(self, seen: int, timeout: float) -> tuple[int, str, bool] | None:
+        """(version, payload, final) newer than ``seen``, or None after ``timeout`` s without one."""
+        if self.version <= seen:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), timeout)
+        if self.version <= seen:
+            return None
+        return self.version, self.data, self.final
+
+    async def watch(self, run_sync, root: Path) -> None:
         last = object()
         try:
             while self.subscribers > 0 and not self.final:
                 sig = await run_sync(self.signature)
                 if sig != last:
                     data, final = await run_sync(self.payload)
-                    async with self.cond:
-                        self.data, self.final = json.dumps(data), final
-                        self.version += 1
-                        self.cond.notify_all()
+                    self.publish(json.dumps(data), final)
                     last = sig
                 if not self.final:
                     await asyncio.sleep(WATCH_PERIOD)
         except Exception as exc:  # noqa: BLE001 - a watcher that fails tells its pages once and stops
-            async with self.cond:
-                self.data, self.final = json.dumps({"error": f"{type(exc).__name__}: {exc}"}), True
-                self.version += 1
-                self.cond.notify_all()
+            log.exception("push channel")
+            self.publish(json.dumps({"error": f"{type(exc).__name__}: {public_message(exc, root)}"}), True)
 
 
 class Workspace:
@@ -107,19 +126,33 @@ class Workspace:
         return Channel(signature, payload)
 
 
+def _text_field(body: dict, name: str) -> str:
+    """A string field of a JSON body (400 when it is another type)."""
+    value = body.get(name)
+    if not isinstance(value, str):
+        raise Refused(f"{name}: expected a string", 400)
+    return value
+
+
 def _query(request) -> dict[str, str]:
     return dict(request.query_params)
 
 
+#: the largest job id (SQLite's integer)
+MAX_JOB_ID = 2**63 - 1
+
+
 def _job_id(request) -> int:
-    try:
-        return int(request.path_params["job_id"])
-    except (KeyError, ValueError):
-        raise Refused("job id: expected an integer", 400) from None
+    text = str(request.path_params.get("job_id", ""))
+    if not text.isascii() or not text.isdigit() or len(text) > 19 or not 0 < int(text) <= MAX_JOB_ID:
+        raise Refused(f"job id {text[:30]!r}: expected a positive integer", 400 if not text.isdigit() else 404)
+    return int(text)
 
 
-def create_app(root: Path, token: str, max_upload: int = 2 << 30, max_running: int = 1):
-    """The ASGI application over the workspace ``root`` (the token guard around every route)."""
+def create_app(root: Path, token: str, max_upload: int = 2 << 30, max_running: int = 1,
+               hosts: frozenset[str] | None = None):
+    """The ASGI application over the workspace ``root`` (the token guard around every route; ``hosts``: the
+    ``Host`` names it answers to, None: any)."""
     require("starlette", "phasestem serve")
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
@@ -136,9 +169,9 @@ def create_app(root: Path, token: str, max_upload: int = 2 << 30, max_running: i
             try:
                 result = await (run_in_threadpool(fn, request) if threaded else fn(request))
             except Refused as exc:
-                return JSONResponse({"error": str(exc)}, status_code=exc.status)
-            except (PhasestemError, OSError, ValueError) as exc:
-                return JSONResponse({"error": str(exc)}, status_code=400)
+                return JSONResponse({"error": public_message(exc, ws.root)}, status_code=exc.status)
+            except (PhasestemError, OSError, ValueError, RecursionError) as exc:
+                return JSONResponse({"error": public_message(exc, ws.root)}, status_code=400)
             return result if isinstance(result, Response) else JSONResponse(result)
 
         return endpoint
@@ -169,33 +202,43 @@ def create_app(root: Path, token: str, max_upload: int = 2 << 30, max_running: i
         path = confine(ws.root, request.query_params.get("path"), must_exist=True)
         if not path.is_file():
             raise Refused(f"{request.query_params.get('path')}: not a file", 400)
-        if request.query_params.get("download"):
-            return FileResponse(path, filename=path.name)
-        media = "text/plain; charset=utf-8" if path.suffix.lower() in (".yaml", ".yml", ".log", ".json", ".txt") \
-            else None
-        return FileResponse(path, media_type=media)
+        media = SHOWN.get(path.suffix.lower())
+        if media is None or request.query_params.get("download"):  # never rendered by the browser from here
+            return FileResponse(path, filename=path.name, media_type="application/octet-stream",
+                                content_disposition_type="attachment", headers={"Content-Security-Policy": FILE_CSP})
+        return FileResponse(path, media_type=media, headers={"Content-Security-Policy": FILE_CSP})
 
     async def upload(request):
         target = confine(ws.root, request.query_params.get("path"))
-        if target.exists():
-            raise Refused(f"{relative(ws.root, target)}: exists; uploads never replace a file", 409)
+        rel = relative(ws.root, target)
+        if target == ws.root or target.name.startswith(".") or target.name.endswith(".tmp"):
+            raise Refused(f"upload path {rel!r}: give a file name (not hidden, not ending in .tmp)", 400)
+        if os.path.lexists(target):
+            raise Refused(f"{rel}: exists; uploads never replace a file", 409)
         if not target.parent.is_dir():
             raise Refused(f"{relative(ws.root, target.parent)}: no such folder", 404)
-        from ..safety import atomic_file
+        from ..safety import atomic_file, unique_temporary_name
 
         limit, size = ws.max_upload, 0
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             await refuse_size(request, f"upload of {int(declared):,} bytes is over the limit of {limit:,} bytes "
                               "(phasestem serve --max-upload-mb)")
-        with atomic_file(target, field="upload") as tmp, open(tmp, "wb") as fh:  # removed again when refused
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    await refuse_size(request, f"upload over the limit of {limit:,} bytes (phasestem serve "
-                                      "--max-upload-mb)", size)
-                fh.write(chunk)
-        return {"path": relative(ws.root, target), "size": size}
+        try:  # a temporary of its own per request; placed only where nothing is, in one step
+            with atomic_file(target, field="upload", temporary=unique_temporary_name, replace=False) as tmp, \
+                    open(tmp, "wb") as fh:  # removed again when refused
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        await refuse_size(request, f"upload over the limit of {limit:,} bytes (phasestem serve "
+                                          "--max-upload-mb)", size)
+                    fh.write(chunk)
+                fh.flush()
+                stored = os.fstat(fh.fileno()).st_size
+        except FileExistsError:
+            raise Refused(f"{rel}: another upload of that name finished first; uploads never replace a file",
+                          409) from None
+        return {"path": rel, "size": stored}
 
     # ---- dataset ----------------------------------------------------------------------------------------------
     def dataset(request):
@@ -247,7 +290,10 @@ def create_app(root: Path, token: str, max_upload: int = 2 << 30, max_running: i
 
     async def params_post(request):
         body = await read_json(request)
-        path = confine(ws.root, body.get("path"), must_exist=True)
+        path = confine(ws.root, _text_field(body, "path"), must_exist=True)
+        if not path.is_file() or path.suffix.lower() not in (".yaml", ".yml"):
+            raise Refused(f"path {relative(ws.root, path)!r}: not a parameter file (.yaml)", 400)
+        await run_in_threadpool(check_form_paths, ws.root, path, body.get("values"))
         await run_in_threadpool(save_params_form, path, body.get("values"))
         return {"path": relative(ws.root, path), "saved": True}
 
@@ -262,19 +308,15 @@ def create_app(root: Path, token: str, max_upload: int = 2 << 30, max_running: i
             channel = ws.channels[key] = make()
         channel.subscribers += 1
         if channel.task is None:
-            channel.task = asyncio.create_task(channel.watch(run_in_threadpool))
+            channel.task = asyncio.create_task(channel.watch(run_in_threadpool, ws.root))
         seen = 0
         try:
             while True:
-                data = None
-                async with channel.cond:  # never held across a yield: a slow or gone page must not block the rest
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(channel.cond.wait_for(lambda seen=seen: channel.version > seen),
-                                               KEEPALIVE)
-                        seen, data, final = channel.version, channel.data, channel.final
-                if data is None:
+                news = await channel.next(seen, KEEPALIVE)
+                if news is None:
                     yield ": keep-alive\n\n"
                     continue
+                seen, data, final = news
                 yield f"data: {data}\n\n"
                 if final:
                     yield "event: end\ndata: {}\n\n"
@@ -333,7 +375,7 @@ def create_app(root: Path, token: str, max_upload: int = 2 << 30, max_running: i
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.workspace = ws
-    return TokenGuard(app, token)
+    return TokenGuard(app, token, hosts)
 
 
 def is_loopback(host: str) -> bool:
@@ -356,8 +398,22 @@ def exposure_warning(host: str, port: int, root: Path) -> str:
             "127.0.0.1 with an SSH tunnel (ssh -L 8888:localhost:8888 HOST).")
 
 
+def allowed_hosts(host: str, extra: tuple[str, ...] = ()) -> frozenset[str]:
+    """The ``Host`` names the server answers to when bound to ``host``: that address; for a loopback address the
+    names of this machine's loopback too; for a wildcard (0.0.0.0, ::) also this machine's host names; plus
+    ``extra`` (``--allow-host``). A DNS name of an attacker's that points at 127.0.0.1 is none of them."""
+    import socket
+
+    names = {host.strip("[]").lower(), *(h.lower() for h in extra)}
+    if is_loopback(host) or host in ("0.0.0.0", "::", ""):
+        names |= {"127.0.0.1", "localhost", "::1"}
+    if host in ("0.0.0.0", "::", ""):
+        names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
+    return frozenset(n for n in names if n)
+
+
 def serve(root: Path, host: str = "127.0.0.1", port: int = 8888, token: str | None = None,
-          max_upload: int = 2 << 30, max_running: int = 1) -> int:
+          max_upload: int = 2 << 30, max_running: int = 1, allow_hosts: tuple[str, ...] = ()) -> int:
     """Run the workspace until interrupted: hold ``root``'s serve lock, bind, print the URL with its token."""
     import socket
     import sys
@@ -382,7 +438,8 @@ def serve(root: Path, host: str = "127.0.0.1", port: int = 8888, token: str | No
     port = sock.getsockname()[1]
     sock.listen(128)  # connections wait in the backlog from now on, before the first is accepted
     with hold_output(root / SERVE_DIR, "phasestem serve"):
-        app = create_app(root, token, max_upload=max_upload, max_running=max_running)
+        app = create_app(root, token, max_upload=max_upload, max_running=max_running,
+                         hosts=allowed_hosts(host, tuple(allow_hosts)))
         shown = f"[{host}]" if ":" in host else host
         if not is_loopback(host):
             print(exposure_warning(host, port, root), file=sys.stderr, flush=True)

@@ -31,6 +31,9 @@ def register(subparsers, train_subparsers) -> None:
                    help="the access token (default: $PHASESTEM_SERVE_TOKEN, else a new random one)")
     p.add_argument("--max-upload-mb", type=float, default=2048.0, help="largest upload in MiB (default 2048)")
     p.add_argument("--max-jobs", type=int, default=1, help="jobs running at once (default 1)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="another name this server may be reached by (the Host header; repeatable): every other is "
+                        "refused, so that a web page whose DNS name points at this machine cannot use the server")
     p.set_defaults(func=_serve_cmd)
 
 
@@ -41,4 +44,5 @@ def _serve_cmd(args) -> int:
     if args.max_jobs < 1 or args.max_upload_mb <= 0:
         raise ConfigError("--max-jobs must be ≥ 1 and --max-upload-mb > 0")
     return serve(args.root, host=args.host, port=args.port, token=args.token,
-                 max_upload=int(args.max_upload_mb * 2**20), max_running=args.max_jobs)
+                 max_upload=int(args.max_upload_mb * 2**20), max_running=args.max_jobs,
+                 allow_hosts=tuple(args.allow_host))

@@ -2,6 +2,7 @@
 the workspace root, and the validated parameter file for its run folder (:func:`build_job`)."""
 from __future__ import annotations
 
+import os
 import re
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 import yaml
 
 from ..configfile import (
+    ConfigError,
     apply_overrides,
     map_config_paths,
     parse_set_options,
@@ -18,7 +20,7 @@ from ..configfile import (
     resolve_config_paths,
 )
 from .jobstore import COMMANDS, RESERVED, RUNS_DIR, Job, JobStore
-from .security import Refused, confine, relative
+from .security import Refused, confine, public_message, relative
 
 #: what a job's device and network fields may be
 DEVICE_NAME = re.compile(r"^(cpu|auto|mps|cuda(:\d{1,2})?)$")
@@ -34,21 +36,192 @@ def _text(value, what: str, limit: int = 1000) -> str:
     return text
 
 
-def check_arguments(root: Path, args) -> list[str]:
-    """A job's extra arguments: strings, none of :data:`RESERVED`, every path-like one inside the root."""
+#: per command, the options a job may add to it (each by its full name; the command's own parser checks them);
+#: everything else is set by the job (the run folder, device, resume) or has no place in a workspace (``--scheduler``:
+#: a Dask address elsewhere). ``--set`` and ``--auto`` are taken apart into the job's ``set`` and ``auto``.
+ALLOWED_OPTIONS = {
+    "reconstruct": ("--epochs", "--init", "--key", "--patterns-key", "--format", "--scan-shape", "--reader-option",
+                    "--energy", "--semiangle", "--angular-sampling", "--scan-step", "--c10", "--c10-sign",
+                    "--rotation", "--edge-threshold", "--set", "--auto"),
+    "tune": ("--n-trials", "--set"),
+    "simulate": ("--yes", "--workers", "--set"),
+    "plan": ("--set", "--quantities-only"),
+    "train": ("--set", "--epochs", "--lr"),
+    "calibrate": ("--key", "--patterns-key", "--format", "--scan-shape", "--reader-option", "--energy", "--semiangle",
+                  "--angular-sampling", "--scan-step", "--transpose", "--no-parallax", "--c10", "--c10-sign",
+                  "--rotation", "--edge-threshold", "--resample-descan"),
+}
+#: config fields a job sets itself (its run folder), refused among its ``set`` values: the last part of the key
+RESERVED_KEYS = ("out", "out_dir", "resume")
+_NUMBER = re.compile(r"^-(\d|\.\d|inf|nan)", re.IGNORECASE)
+
+
+class _RefusingParser:
+    """The command's own parser (:func:`phasestem.cli.build_parser`), its errors raised as :class:`Refused`."""
+
+    _cache: dict[str, Any] = {}
+
+    @classmethod
+    def get(cls, command: str, network: str | None):
+        key = f"{command}/{network}"
+        if key not in cls._cache:
+            from ..cli import build_parser
+
+            parser = build_parser()
+            node = parser._subparsers._group_actions[0].choices[command]  # noqa: SLF001 - argparse has no API
+            if command == "train":
+                choices = node._subparsers._group_actions[0].choices  # noqa: SLF001
+                if network not in choices:
+                    raise Refused(f"network {network!r}: not one of {', '.join(choices)}", 400)
+                node = choices[network]
+
+            def error(message, prog=node.prog):
+                raise Refused(f"args: {prog}: {message}", 400)
+
+            node.error = error
+            cls._cache[key] = node
+        return cls._cache[key]
+
+
+def _confine_value(root: Path, value: str, what: str) -> None:
+    """A value that names a path (a '/', '~' or '..' in it, or a file of that name under the root) stays inside."""
+    for part in (value, value.split("=", 1)[-1]):
+        if "/" in part or "\\" in part or part.startswith(("~", "..")) or os.path.lexists(Path(root) / part):
+            try:
+                confine(root, part)
+            except Refused as exc:
+                raise Refused(f"{what}: {exc}", exc.status) from None
+
+
+def check_arguments(root: Path, command: str, args, network: str | None = None
+                    ) -> tuple[list[str], dict[str, Any], bool]:
+    """A job's extra arguments, checked: (the arguments, less ``--set`` and ``--auto``; their ``--set`` values as
+    overrides; whether ``--auto`` was among them). Each option must be one of :data:`ALLOWED_OPTIONS` by its full
+    name, the command's own parser must accept them, and every path-like value stays inside the root."""
     if not isinstance(args, list) or len(args) > 100:
         raise Refused("args: expected a list of at most 100 strings", 400)
-    out = []
-    for i, a in enumerate(args):
-        a = _text(a, f"args[{i}]")
-        option = a.split("=", 1)[0]
-        if option in RESERVED:
-            raise Refused(f"args[{i}] {a!r}: {option} is set by the job itself (its run folder)", 403)
-        for part in (a, a.split("=", 1)[-1]):
-            if "/" in part or "\\" in part or part.startswith(("~", "..")):
-                confine(root, part)
+    allowed = ALLOWED_OPTIONS[command]
+    texts = [_text(a, f"args[{i}]") for i, a in enumerate(args)]
+    out: list[str] = []
+    sets: list[str] = []
+    auto = False
+    i = 0
+    while i < len(texts):
+        a = texts[i]
+        if a.startswith("-") and not _NUMBER.match(a):
+            option, eq, value = a.partition("=")
+            if option in RESERVED:
+                raise Refused(f"args[{i}] {a!r}: {option} is set by the job itself (its run folder)", 403)
+            if option not in allowed:
+                raise Refused(f"args[{i}] {a!r}: {command} jobs take only {', '.join(allowed)} (each by its full "
+                              "name)", 403)
+            if option == "--auto":
+                if eq:
+                    raise Refused(f"args[{i}] {a!r}: --auto takes no value", 400)
+                auto = True
+                i += 1
+                continue
+            if option == "--set":
+                if not eq:
+                    i += 1
+                    if i >= len(texts):
+                        raise Refused("args: --set needs KEY=VALUE", 400)
+                    value = texts[i]
+                sets.append(value)
+                i += 1
+                continue
+        _confine_value(root, a, f"args[{i}]")
         out.append(a)
-    return out
+        i += 1
+    if auto and command != "reconstruct":
+        raise Refused("args: --auto is an option of reconstruct", 400)
+    parser = _RefusingParser.get(command, network)
+    parser.parse_args(["placeholder"] + out + (["--auto"] if auto else []))
+    try:
+        overrides = parse_set_options(sets, "--set")
+    except ConfigError as exc:
+        raise Refused(f"args: {exc}", 400) from None
+    return out, overrides, auto
+
+
+def check_overrides(overrides: dict[str, Any]) -> None:
+    """``set`` values: none may name a field the job sets itself (:data:`RESERVED_KEYS`)."""
+    for key in overrides:
+        if key.rsplit(".", 1)[-1] in RESERVED_KEYS:
+            raise Refused(f"set {key!r}: the run folder and resuming are set by the job itself", 403)
+
+
+def confine_config_paths(root: Path, schema, data: dict[str, Any], source: str) -> None:
+    """Every path field of ``data`` (a raw config of ``schema``: :class:`~phasestem.configfile.ConfigPath` fields,
+    relative paths already taken from their base, absolute or not) must lie inside ``root``; a glob counts by the
+    folder before its first wildcard. Refused (403) naming the file and the path's last part."""
+    root = Path(root).resolve()
+
+    def check(text: str) -> str:
+        head = re.split(r"[*?\[]", text, maxsplit=1)[0]
+        path = Path(os.path.expanduser(head or "."))
+        path = (root / path if not path.is_absolute() else path).resolve()
+        if path != root and root not in path.parents:
+            raise Refused(f"{source}: the path {Path(text).name or text!r} lies outside the workspace root; jobs read "
+                          "and write only under it", 403)
+        return text
+
+    map_config_paths(schema, data, check, defaults=True)
+
+
+def check_form_paths(root: Path, path: Path, values: Any) -> None:
+    """The parameter form's ``values`` ({"section.key": YAML text}) over the file at ``path``: every path the saved
+    file would name stays inside the root (the params page writes what later runs read)."""
+    from ..recon.params import ReconstructParams
+
+    scalar = str | int | float | bool | None
+    if not isinstance(values, dict) or not values or len(values) > 1000 \
+            or not all(isinstance(k, str) and isinstance(v, scalar) for k, v in values.items()):
+        raise Refused("values: expected the form's fields, an object of dotted keys and their values", 400)
+    try:
+        overrides = parse_set_options([f"{k}={v}" for k, v in values.items()], "field")
+        data = apply_overrides(read_yaml_mapping(path, "parameter file"), overrides)
+        data = resolve_config_paths(ReconstructParams, data, path.parent)
+    except ConfigError as exc:
+        raise Refused(public_message(exc, root), 400) from None
+    confine_config_paths(root, ReconstructParams, data, relative(root, path))
+
+
+def _config_schema(command: str, network: str | None):
+    if command in ("reconstruct", "tune"):
+        from ..recon.params import ReconstructParams
+
+        return ReconstructParams
+    if command == "simulate":
+        from ..simulate.config import SimulationConfig
+
+        return SimulationConfig
+    if command == "plan":
+        from ..plan.config import PlanConfig
+
+        return PlanConfig
+    if command == "train":
+        try:
+            from ..learn.registry import run_config_class
+        except ImportError:
+            raise Refused("train: the learned route needs pip install 'phasestem[learn]'", 400) from None
+        return run_config_class(network)
+    return None
+
+
+def check_config(root: Path, command: str, config: Path, overrides: dict[str, Any], network: str | None) -> None:
+    """The job's config file with its ``set`` values: every path it names (the file's own relative to its folder,
+    the overrides' relative to the root, the job's working directory) inside the root."""
+    schema = _config_schema(command, network)
+    if schema is None:
+        return
+    source = relative(root, config)
+    try:
+        data = resolve_config_paths(schema, read_yaml_mapping(config, "config file"), config.parent.resolve())
+        data = map_config_paths(schema, apply_overrides(data, overrides), relative_to(Path(root).resolve()))
+    except ConfigError as exc:
+        raise Refused(public_message(exc, root), 400) from None
+    confine_config_paths(root, schema, data, source)
 
 
 def _device(spec: dict) -> tuple[str, int]:
@@ -77,27 +250,24 @@ def reconstruct_params(root: Path, config: Path, overrides: dict[str, Any], run_
     """The reconstruction parameters of ``config`` with ``overrides`` (dotted keys), validated by the YAML's own
     schema (:class:`~phasestem.recon.params.ReconstructParams`), every file it reads inside the root, and the text
     of ``run_dir/params.yaml`` (paths relative to the run folder, ``run.out_dir: .``)."""
-    from ..recon.params import dump_params, parse_params
+    from ..recon.params import ReconstructParams, dump_params, parse_params
 
     data = apply_overrides(read_yaml_mapping(config, "parameter file"), overrides)
-    params = parse_params(data, relative(root, config), config.parent)
-    for name in ("data.file", "data.detector_shifts", "scan.positions_file", "model.initial_phase.file",
-                 "model.initial_probe.file"):
-        section, *rest = name.split(".")
-        node = getattr(params, section)
-        for part in rest[:-1]:
-            node = getattr(node, part) if node is not None else None
-        if node is None or getattr(node, rest[-1]) is None:
-            continue
-        path = Path(getattr(node, rest[-1])).resolve()
-        try:
-            confine(root, relative(root, path))
-        except ValueError:
-            raise Refused(f"{relative(root, config)}: {name} {path.name} lies outside the workspace root", 403) \
-                from None
-        setattr(node, rest[-1], path)
+    source = relative(root, config)
+    confine_config_paths(root, ReconstructParams, resolve_config_paths(ReconstructParams, data, config.parent), source)
+    params = parse_params(data, source, config.parent)
     params.run.out_dir = run_dir.resolve()
     return params, dump_params(params, base=run_dir)  # paths relative to the run folder, run.out_dir: .
+
+
+def _new_run_dir(root: Path, job_id: int, command: str) -> Path:
+    """``runs/NNNN-COMMAND`` for job ``NNNN``; where a folder of that name is already there (copied in, or left by
+    a queue that was deleted) ``runs/NNNN-COMMAND-2``, ``-3``, …: a job never writes into a folder it did not make."""
+    for k in range(1, 1000):
+        run_dir = confine(root, f"{RUNS_DIR}/{job_id:04d}-{command}" + (f"-{k}" if k > 1 else ""))
+        if not os.path.lexists(run_dir):
+            return run_dir
+    raise Refused(f"{RUNS_DIR}/{job_id:04d}-{command}: 999 folders of that name are there already", 409)
 
 
 def build_job(root: Path, store: JobStore, spec: dict[str, Any]) -> Job:
@@ -106,36 +276,61 @@ def build_job(root: Path, store: JobStore, spec: dict[str, Any]) -> Job:
         {"command": "reconstruct", "config": "configs/reconstruct_tiny.yaml", "set": {"run.n_epochs": 5},
          "args": ["--init", "ssb"], "device": "cpu", "processes": 1, "name": "first try"}
 
-    (``network`` too for ``train``; for ``calibrate`` ``config`` is the data file). Its run folder is created and
-    receives the validated parameter file. Refusals (:class:`Refused`) say which field and why."""
+    (``network`` too for ``train``; for ``calibrate`` ``config`` is the data file, and for ``reconstruct`` with
+    ``"auto": true`` too: ``phasestem reconstruct DATA --auto``). Its run folder is created and receives the
+    validated parameter file. Refusals (:class:`Refused`) say which field and why."""
     if not isinstance(spec, dict):
         raise Refused("expected a JSON object describing the job", 400)
-    unknown = set(spec) - {"command", "config", "set", "args", "device", "processes", "name", "network"}
+    unknown = set(spec) - {"command", "config", "set", "args", "device", "processes", "name", "network", "auto"}
     if unknown:
-        raise Refused(f"unknown job field(s): {', '.join(sorted(unknown))}", 400)
+        raise Refused(f"unknown job field(s): {', '.join(sorted(map(str, unknown)))[:300]}", 400)
     command = spec.get("command")
-    if command not in COMMANDS:
-        raise Refused(f"command {command!r}: only phasestem's own commands can be run here: {', '.join(COMMANDS)}",
-                      403)
+    if not isinstance(command, str) or command not in COMMANDS:
+        raise Refused(f"command {str(command)[:40]!r}: only phasestem's own commands can be run here: "
+                      f"{', '.join(COMMANDS)}", 403)
+    network = spec.get("network")
+    if command == "train" and (not isinstance(network, str) or not NETWORK_NAME.match(network)):
+        raise Refused("network: give the network to train (patch, stitch, end2end, autoencoder, phaseformer)", 400)
     device, processes = _device(spec)
     overrides = spec.get("set") or {}
     if isinstance(overrides, list):  # ["section.key=value", ...]: values are YAML, as with --set
-        overrides = parse_set_options([_text(x, "set") for x in overrides], "set")
-    if not isinstance(overrides, dict) or not all(isinstance(k, str) and k for k in overrides):
-        raise Refused("set: expected an object of dotted keys (section.key) and values", 400)
-    args = check_arguments(root, spec.get("args") or [])
+        if len(overrides) > 100:
+            raise Refused("set: at most 100 values", 400)
+        try:
+            overrides = parse_set_options([_text(x, "set") for x in overrides], "set")
+        except ConfigError as exc:
+            raise Refused(str(exc), 400) from None
+    if not isinstance(overrides, dict) or len(overrides) > 100 \
+            or not all(isinstance(k, str) and k and len(k) <= 200 for k in overrides):
+        raise Refused("set: expected an object of at most 100 dotted keys (section.key) and their values", 400)
+    args, arg_overrides, auto = check_arguments(root, command, spec.get("args") or [],
+                                                network if command == "train" else None)
+    overrides = {**overrides, **arg_overrides}
+    check_overrides(overrides)
+    auto = auto or spec.get("auto", False)
+    if not isinstance(auto, bool):
+        raise Refused("auto: expected true or false", 400)
+    if auto and command != "reconstruct":
+        raise Refused("auto: only reconstruct runs from a data file (--auto)", 400)
     name = _text(spec.get("name", ""), "name", 200)
     config_rel = spec.get("config")
     if not config_rel:
-        raise Refused("config: give the parameter file (for calibrate: the data file)", 400)
+        raise Refused("config: give the parameter file (for calibrate and reconstruct --auto: the data file)", 400)
     config = confine(root, _text(config_rel, "config"), must_exist=True)
     if not config.is_file():
-        raise Refused(f"config {config_rel!r}: not a file", 400)
-    job_id = store.next_id()
-    run_dir = confine(root, f"{RUNS_DIR}/{job_id:04d}-{command}")
+        raise Refused(f"config {relative(root, config)!r}: not a file", 400)
+    if not auto and command != "calibrate":
+        check_config(root, command, config, overrides, network)
+    run_dir = _new_run_dir(root, store.next_id(), command)
     rel_run, rel_config = relative(root, run_dir), relative(root, config)
     files: dict[str, str] = {}
-    if command in ("reconstruct", "tune"):
+    if auto:
+        if overrides:
+            raise Refused("set: reconstruct --auto takes its settings from the file and the args (--energy, "
+                          "--semiangle, --scan-step, --epochs, ...); edit the params.yaml it writes to change more",
+                          400)
+        argv = ["phasestem", "reconstruct", rel_config, "--auto", "--out", rel_run, "--device", device]
+    elif command in ("reconstruct", "tune"):
         if command == "tune":
             overrides = {**overrides, "run.device": device}
         params, text = reconstruct_params(root, config, overrides, run_dir)
@@ -148,10 +343,6 @@ def build_job(root: Path, store: JobStore, spec: dict[str, Any]) -> Job:
     elif command == "plan":  # the expected result's figures and plan.json go to the run folder
         argv = ["phasestem", "plan", rel_config, "--out", rel_run, "--device", device] + _set_options(overrides)
     elif command == "train":
-        network = spec.get("network")
-        if not isinstance(network, str) or not NETWORK_NAME.match(network):
-            raise Refused("network: give the network to train (patch, stitch, end2end, autoencoder, phaseformer)",
-                          400)
         argv = ["phasestem", "train", network, rel_config, "--out", rel_run, "--device", device]
         argv += _set_options(overrides)
     elif command == "simulate":
@@ -174,7 +365,7 @@ def build_job(root: Path, store: JobStore, spec: dict[str, Any]) -> Job:
         if command not in ("reconstruct", "train"):
             raise Refused(f"processes > 1: {command} does not run under torchrun", 400)
         argv = ["torchrun", "--standalone", f"--nproc_per_node={processes}", "-m", "phasestem.cli"] + argv[1:]
-    run_dir.mkdir(parents=True, exist_ok=False)
+    run_dir.mkdir(parents=True, exist_ok=False)  # submissions are one at a time (JobRunner.submit)
     for fname, text in files.items():
         (run_dir / fname).write_text(text, encoding="utf-8")
     return Job(id=0, command=command, argv=argv, run_dir=rel_run, name=name, device=device, processes=processes,

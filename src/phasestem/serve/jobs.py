@@ -46,14 +46,27 @@ from .security import Refused
 log = logging.getLogger("phasestem.serve")
 
 
+#: the script a job's process starts with (:mod:`phasestem.serve.job_main`): phasestem without the workspace root
+#: on ``sys.path``
+JOB_MAIN = str(Path(__file__).with_name("job_main.py"))
+
+
 def exec_argv(argv: list[str]) -> list[str]:
-    """The program and arguments that run ``argv`` with this Python (``phasestem`` → ``python -m phasestem.cli``,
-    ``torchrun`` → ``python -m torch.distributed.run``)."""
-    head = {"phasestem": [sys.executable, "-m", "phasestem.cli"],
-            "torchrun": [sys.executable, "-m", "torch.distributed.run"]}
-    if not argv or argv[0] not in head:
+    """The program and arguments that run ``argv`` with this Python, never importing from the working directory
+    (:mod:`phasestem.serve.job_main`): ``phasestem …`` → ``python job_main.py …``, ``torchrun … -m phasestem.cli
+    …`` → ``python job_main.py --torchrun … job_main.py …``."""
+    if not argv or argv[0] not in ("phasestem", "torchrun"):
         raise PhasestemError(f"not a phasestem command: {argv[:1]}")
-    return head[argv[0]] + argv[1:]
+    if argv[0] == "phasestem":
+        return [sys.executable, JOB_MAIN] + argv[1:]
+    rest = list(argv[1:])
+    for i in range(len(rest) - 1):
+        if rest[i] == "-m" and rest[i + 1] == "phasestem.cli":
+            rest[i: i + 2] = [JOB_MAIN]
+            break
+    else:
+        raise PhasestemError("a torchrun job runs phasestem.cli")
+    return [sys.executable, JOB_MAIN, "--torchrun"] + rest
 
 
 # ---- running them -----------------------------------------------------------------------------------------------
@@ -233,7 +246,7 @@ class JobRunner:
     def _start(self, job: Job) -> None:
         run_dir = self.root / job.run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONSAFEPATH="1")
         line = job.command_line(self.root)
         argv = exec_argv(line)
         with open(run_dir / "job.log", "ab") as out:

@@ -4,13 +4,19 @@ Every request and the push channel need the token: ``?token=…`` in the URL (th
 the answer then sets an HttpOnly, SameSite=Strict cookie so the page's own requests carry it), an
 ``Authorization: token …`` header, or that cookie. None → 401, a wrong one → 403, each as one JSON line
 ``{"error": "..."}`` (an HTML page for a browser's navigation). A state-changing request whose ``Origin`` is not
-the server's own is refused (403) too.
+the server's own is refused (403) too, and so is every request whose ``Host`` is not one the server was bound to
+(a page of another site that a DNS name pointed at 127.0.0.1 cannot read the answers).
+
+Every answer carries :data:`SECURITY_HEADERS`: a Content-Security-Policy without inline script (a page or file
+that a workspace file tried to smuggle in runs no script from this origin), ``nosniff``, no framing, no referrer.
+Error messages never show the server's absolute paths (:func:`public_message`).
 """
 from __future__ import annotations
 
 import hmac
 import json
 import os
+import re
 import secrets
 from http.cookies import SimpleCookie
 from pathlib import Path
@@ -22,6 +28,19 @@ from ..errors import PhasestemError
 TOKEN_COOKIE = "phasestem_token"
 #: largest JSON request body (bytes); uploads have their own limit (``--max-upload-mb``)
 MAX_JSON_BYTES = 1 << 20
+#: deepest nesting of a JSON request body (a job or a parameter form is 3 levels deep)
+MAX_JSON_DEPTH = 32
+
+#: the policy of every page: scripts and styles from this server's own files only (no inline code), images also
+#: as data: URLs (the server renders them so), requests to this server only, no plugins, no framing
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; "
+       "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
+#: headers on every answer
+SECURITY_HEADERS = [(b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
+                    (b"x-frame-options", b"DENY"), (b"referrer-policy", b"no-referrer"),
+                    (b"cross-origin-opener-policy", b"same-origin")]
+#: the policy of a workspace file served to the browser: sandboxed, nothing of its own may run
+FILE_CSP = "sandbox; default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'"
 
 
 class Refused(PhasestemError):
@@ -57,6 +76,35 @@ def confine(root: Path, rel: str | os.PathLike | None, must_exist: bool = False)
     return path
 
 
+_ABSOLUTE = re.compile(r"(?<![\w.~])/(?:[^\s/'\"():,;]+/)+([^\s/'\"():,;]*)")
+
+
+def public_message(exc: BaseException | str, root: Path) -> str:
+    """An error's text as the pages may show it: paths under ``root`` relative to it, any other absolute path cut
+    to its last part (``…/name``); an OS error as its reason and the file's name."""
+    if isinstance(exc, OSError) and exc.strerror:
+        name = exc.filename
+        text = f"{exc.strerror}: {name}" if name else exc.strerror
+    else:
+        text = str(exc)
+    root_text = str(Path(root).resolve())
+    text = text.replace(root_text + os.sep, "").replace(root_text, ".")
+    return _ABSOLUTE.sub(lambda m: "…/" + m.group(1), text)
+
+
+def host_allowed(scope, hosts: frozenset[str] | None) -> bool:
+    """Whether the request's ``Host`` header (port dropped) is one of ``hosts`` (None: any)."""
+    if hosts is None:
+        return True
+    headers = dict(scope.get("headers") or [])
+    host = headers.get(b"host", b"").decode("latin-1").strip().lower()
+    if host.startswith("["):
+        host = host[1:].split("]", 1)[0]
+    elif host.count(":") == 1:
+        host = host.rsplit(":", 1)[0]
+    return host in hosts
+
+
 def relative(root: Path, path: Path) -> str:
     """``path`` (inside ``root``) as the relative, '/'-separated name the pages use ('' for the root)."""
     rel = Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
@@ -79,7 +127,8 @@ async def send_error(scope, send, status: int, message: str) -> None:
     """One refusal as a complete HTTP answer (JSON, or HTML for a browser's page request)."""
     body, ctype = _error_body(scope, status, message)
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", ctype), (b"content-length", str(len(body)).encode())]})
+                "headers": [(b"content-type", ctype), (b"content-length", str(len(body)).encode())]
+                + SECURITY_HEADERS})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -115,15 +164,20 @@ def _same_origin(scope) -> bool:
 
 
 class TokenGuard:
-    """ASGI middleware: the token on every HTTP request (the push channel included), same-origin state changes."""
+    """ASGI middleware: the ``Host`` among ``hosts`` (None: any), the token on every HTTP request (the push
+    channel included), same-origin state changes, :data:`SECURITY_HEADERS` on every answer."""
 
-    def __init__(self, app, token: str):
+    def __init__(self, app, token: str, hosts: frozenset[str] | None = None):
         self.app = app
         self.token = token
+        self.hosts = hosts
 
     async def __call__(self, scope, receive, send):
         if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
+        if not host_allowed(scope, self.hosts):
+            return await self._refuse(scope, send, 403, "this server answers only to the address it listens on "
+                                      "(the Host header names another; phasestem serve --allow-host NAME adds one)")
         given, in_query = request_token(scope)
         if not given:
             return await self._refuse(scope, send, 401, "this workspace needs its token (?token=… in the URL, an "
@@ -132,16 +186,20 @@ class TokenGuard:
             return await self._refuse(scope, send, 403, "wrong token")
         if scope.get("method", "GET") not in ("GET", "HEAD") and not _same_origin(scope):
             return await self._refuse(scope, send, 403, "a request from another site's page is refused")
-        if not in_query or scope["type"] != "http":
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        cookie = f"{TOKEN_COOKIE}={self.token}; Path=/; HttpOnly; SameSite=Strict".encode()
+        extra = list(SECURITY_HEADERS)
+        if in_query:
+            extra.append((b"set-cookie", f"{TOKEN_COOKIE}={self.token}; Path=/; HttpOnly; SameSite=Strict".encode()))
 
-        async def send_with_cookie(message):
+        async def send_with_headers(message):
             if message["type"] == "http.response.start":
-                message = dict(message, headers=list(message.get("headers", [])) + [(b"set-cookie", cookie)])
+                own = list(message.get("headers", []))
+                names = {k.lower() for k, _ in own}
+                message = dict(message, headers=own + [(k, v) for k, v in extra if k not in names])
             await send(message)
 
-        return await self.app(scope, receive, send_with_cookie)
+        return await self.app(scope, receive, send_with_headers)
 
     async def _refuse(self, scope, send, status: int, message: str) -> None:
         if scope["type"] == "websocket":
@@ -181,10 +239,25 @@ async def read_body(request, limit: int = MAX_JSON_BYTES) -> bytes:
 async def read_json(request, limit: int = MAX_JSON_BYTES) -> dict:
     """The request's JSON object (≤ ``limit`` bytes)."""
     body = await read_body(request, limit)
+    if _nesting(body) > MAX_JSON_DEPTH:
+        raise Refused(f"request body: JSON nested deeper than {MAX_JSON_DEPTH} levels", 400)
     try:
         data = json.loads(body or b"{}")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise Refused("request body: not JSON", 400) from None
     if not isinstance(data, dict):
         raise Refused("request body: expected a JSON object", 400)
     return data
+
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+
+
+def _nesting(body: bytes) -> int:
+    """The deepest bracket nesting of a JSON text (brackets inside strings not counted), read before parsing so
+    that a body nested 100,000 deep is refused without recursing into it."""
+    import numpy as np
+
+    codes = np.frombuffer(_JSON_STRING.sub(b"", body), dtype=np.uint8)
+    steps = (codes == ord("[")).astype(np.int32) + (codes == ord("{")) - (codes == ord("]")) - (codes == ord("}"))
+    return int(np.cumsum(steps).max(initial=0))
