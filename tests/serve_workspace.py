@@ -106,3 +106,27 @@ class Server:
                 self.proc.wait()
         self.proc.stdout.close()
         self.proc.stderr.close()
+
+
+#: headless Chromium's flags in the browser tests: no sandbox (root), no GPU, no traffic of its own to the internet
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--window-size=1200,860")
+
+
+def chromium_driver(chromium: str, chromedriver: str, profile: Path, downloads: Path | None = None):
+    """Debian's headless Chromium driven by Selenium, with a fresh profile folder (``downloads``: where files the
+    pages download go)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
+        options.add_argument(arg)
+    if downloads is not None:
+        options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
+                                                  "download.prompt_for_download": False})
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(chromedriver))
+    driver.set_script_timeout(30)
+    return driver
