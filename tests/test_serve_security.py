@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -77,6 +78,21 @@ def test_a_job_never_imports_code_planted_in_the_workspace(workspace):
     assert proc.returncode != 0 and list(workspace.marker.iterdir())
     for planted in workspace.marker.iterdir():
         planted.unlink()
+
+
+def test_torchrun_jobs_and_their_workers_import_nothing_from_the_workspace(tmp_path):
+    """A job with processes > 1 runs under torchrun, whose workers are started by torchrun itself."""
+    from phasestem.serve.jobs import JOB_MAIN, exec_argv
+
+    argv = exec_argv(["torchrun", "--standalone", "--nproc_per_node=1", "-m", "phasestem.cli", "--version"])
+    assert argv[1:4] == [JOB_MAIN, "--torchrun", "--standalone"] and argv[-2:] == [JOB_MAIN, "--version"]
+    marker = tmp_path / "marker"
+    for name in PLANTED:
+        (tmp_path / f"{name}.py").write_text(f"open({str(marker)!r}, 'a').write({name!r})\nraise SystemExit(9)\n")
+    proc = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONSAFEPATH": "1"})
+    assert proc.returncode == 0 and "phasestem" in proc.stdout, proc.stderr
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize("args", [["--o", "data"], ["--ou=data"], ["--out-d", "data"], ["--res"], ["--dump"],
