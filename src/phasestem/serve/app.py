@@ -21,7 +21,7 @@ from ..extras import require
 from .data import Datasets
 from .job_spec import check_form_paths
 from .jobs import FINAL, RUNS_DIR, SERVE_DIR, JobRunner, JobStore
-from .runs import LiveRuns, compare_runs, params_form, save_params_form
+from .runs import LiveRuns, compare_ids, compare_runs, line_profile, params_form, params_layout, save_params_form
 from .security import FILE_CSP, Refused, TokenGuard, confine, public_message, read_json, refuse_size, relative
 
 log = logging.getLogger("phasestem.serve")
@@ -249,6 +249,10 @@ def create_app(root: Path, token: str, max_upload: int = 2 << 30, max_running: i
         q = _query(request)
         return ws.datasets.pattern(confine(ws.root, q.get("path"), must_exist=True), q)
 
+    def virtual(request):
+        q = _query(request)
+        return ws.datasets.virtual(confine(ws.root, q.get("path"), must_exist=True), q)
+
     # ---- jobs -------------------------------------------------------------------------------------------------
     def jobs(request):
         return ws.jobs_payload()[0]
@@ -284,9 +288,14 @@ def create_app(root: Path, token: str, max_upload: int = 2 << 30, max_running: i
             raise Refused("compare: at most 8 runs at once", 400)
         return compare_runs(ws.root, [ws.store.get(i) for i in ids])
 
+    def compare_profile(request):
+        ids = compare_ids(request.query_params.get("jobs"))
+        return line_profile(ws.root, [ws.store.get(i) for i in ids], request.query_params.get("line"))
+
     def params_get(request):
         path = confine(ws.root, request.query_params.get("path"), must_exist=True)
-        return {"path": relative(ws.root, path), "fields": params_form(path)}
+        fields = params_form(path)
+        return {"path": relative(ws.root, path), "fields": fields, "layout": params_layout(path, fields)}
 
     async def params_post(request):
         body = await read_json(request)
@@ -361,6 +370,7 @@ def create_app(root: Path, token: str, max_upload: int = 2 << 30, max_running: i
         Route("/api/upload", api(upload, threaded=False), methods=["PUT", "POST"]),
         Route("/api/dataset", api(dataset)),
         Route("/api/pattern", api(pattern)),
+        Route("/api/virtual", api(virtual)),
         Route("/api/jobs", api(jobs)),
         Route("/api/jobs", api(submit, threaded=False), methods=["POST"]),
         Route("/api/events", jobs_events),
@@ -369,6 +379,7 @@ def create_app(root: Path, token: str, max_upload: int = 2 << 30, max_running: i
         Route("/api/jobs/{job_id}/resume", api(resume), methods=["POST"]),
         Route("/api/jobs/{job_id}/events", job_events),
         Route("/api/compare", api(compare)),
+        Route("/api/compare/profile", api(compare_profile)),
         Route("/api/params", api(params_get)),
         Route("/api/params", api(params_post, threaded=False), methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC)),

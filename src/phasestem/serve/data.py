@@ -14,11 +14,13 @@ from typing import Any
 import numpy as np
 
 from ..plot.core import CMAPS
-from .images import image
+from .images import picture, pixel
 from .security import Refused
 
 #: datasets (and looks) kept open
 KEEP = 3
+#: virtual images kept (a detector dragged back and forth is not computed again)
+KEEP_VIRTUAL = 16
 
 
 class DatasetCache:
@@ -80,6 +82,7 @@ class Datasets:
     def __init__(self):
         self._datasets = DatasetCache()
         self._looks = DatasetCache(keep=8)
+        self._virtual = DatasetCache(keep=KEEP_VIRTUAL)
 
     def open(self, path: Path, opts: dict[str, Any]):
         from .. import io
@@ -90,14 +93,30 @@ class Datasets:
 
     def overview(self, path: Path, query: dict[str, str]) -> dict[str, Any]:
         """Summary, disk and virtual BF / ADF / CoM images (PNG data URLs) of the file at ``path``; detector radii
-        ``bf``, ``adf_inner``, ``adf_outer`` (px) from the query, else the defaults of the first look."""
+        ``bf``, ``adf_inner``, ``adf_outer`` (px) from the query, else the defaults of the first look. ``scales``:
+        each image's colour scale and pixel size (:func:`~phasestem.serve.images.picture`), the scan's in Å where the
+        file or the query's ``step`` (Å) gives it, the detector's in mrad where the file, or the query's
+        ``semiangle`` (mrad) over the fitted disk, gives it."""
         from ..calibrate.overview import first_look
 
         key, ds = self.open(path, reader_options(query))
         radii = (_number(query, "bf"), _number(query, "adf_inner"), _number(query, "adf_outer"))
         look = self._looks.get(key + radii, lambda: first_look(ds, *radii))
-        com = look.com
+        scan_px, det_px = self._pixels(ds, look, query)
+        unit = _unit(ds)
+        com = look.com * (det_px["size"] if det_px["unit"] == "mrad" else 1.0)
         com_lim = float(np.nanmax(np.abs(com))) or 1.0
+        com_unit = "mrad" if det_px["unit"] == "mrad" else "detector px"
+        pictures = {
+            "mean": picture(look.mean, CMAPS["intensity"], log=True, unit=unit, label="mean pattern",
+                            px=det_px),
+            "bf": picture(look.bf, "gray", unit=unit, label="virtual bright field", px=scan_px),
+            "adf": picture(look.adf, "gray", unit=unit, label="virtual annular dark field", px=scan_px),
+            "com_y": picture(com[..., 0], CMAPS["signed"], -com_lim, com_lim, unit=com_unit,
+                             label="centre of mass y", px=scan_px),
+            "com_x": picture(com[..., 1], CMAPS["signed"], -com_lim, com_lim, unit=com_unit,
+                             label="centre of mass x", px=scan_px),
+        }
         return {
             "summary": ds.summary(), "describe": look.describe(),
             "scan_shape": list(ds.scan_shape), "pattern_shape": list(ds.pattern_shape),
@@ -105,17 +124,82 @@ class Datasets:
             "bf": look.bf_radius, "adf_inner": look.adf_inner,
             "adf_outer": None if not np.isfinite(look.adf_outer) else look.adf_outer,
             "pixel_mrad": look.pixel_mrad,
-            "images": {
-                "mean": image(look.mean, CMAPS["intensity"], log=True),
-                "bf": image(look.bf, "gray"), "adf": image(look.adf, "gray"),
-                "com_y": image(com[..., 0], "RdBu_r", -com_lim, com_lim),
-                "com_x": image(com[..., 1], "RdBu_r", -com_lim, com_lim),
-            },
+            "acquisition": _acquisition(ds),
+            "pixels": {"scan": scan_px, "detector": det_px},
+            "images": {k: v.pop("src") for k, v in pictures.items()},
+            "scales": pictures,
         }
 
+    @staticmethod
+    def _pixels(ds, look, query: dict[str, str]) -> tuple[dict, dict]:
+        """The scan's and the detector's pixel (:func:`~phasestem.serve.images.pixel`)."""
+        step = _positive(query, "step", "Å")
+        if step is None and all(np.isfinite(ds.scan_step)):
+            step = float(np.mean(ds.scan_step))
+        scan_px = pixel(step, "Å", "scan step unknown: in scan pixels (give the scan step)")
+        mrad = look.pixel_mrad
+        semiangle = _positive(query, "semiangle", "mrad")
+        if semiangle is not None and look.radius and (mrad is None or not ds.angular_sampling):
+            mrad = semiangle / look.radius
+        det_px = pixel(mrad, "mrad", "detector pixel unknown: in detector pixels (give the semi-angle)")
+        return scan_px, det_px
+
+    def virtual(self, path: Path, query: dict[str, str]) -> dict[str, Any]:
+        """One virtual detector placed by the page: ``detector`` ``bf`` (a disc of radius ``r`` px), ``adf`` (an
+        annulus from ``inner`` to ``outer`` px, no ``outer``: to the detector's edge) or ``com`` (the centre of mass
+        within ``r`` px, relative to the centre, descan plane removed), about (``cy``, ``cx``) px on the detector;
+        its image(s) with their scales."""
+        from ..calibrate.overview import first_look
+
+        key, ds = self.open(path, reader_options(query))
+        H, W = ds.pattern_shape
+        kind = query.get("detector", "")
+        if kind not in ("bf", "adf", "com"):
+            raise Refused("detector: expected bf, adf or com", 400)
+        cy, cx = _bounded(query, "cy", 0.0, H - 1.0), _bounded(query, "cx", 0.0, W - 1.0)
+        if cy is None or cx is None:
+            raise Refused("cy, cx: expected the detector's centre (px)", 400)
+        edge = float(np.hypot(H, W))
+        if kind == "adf":
+            inner, outer = _bounded(query, "inner", 0.0, edge), _bounded(query, "outer", 0.0, edge)
+            if inner is None:
+                raise Refused("inner: expected the annulus' inner radius (px)", 400)
+            if outer is not None and outer <= inner:
+                raise Refused(f"outer: expected more than inner ({inner:g} px)", 400)
+            radii = (inner, outer)
+        else:
+            r = _bounded(query, "r", 0.0, edge)
+            if r is None or r <= 0:
+                raise Refused("r: expected the detector's radius (px, > 0)", 400)
+            radii = (r, None)
+        spec = (kind, round(cy, 2), round(cx, 2), *(None if v is None else round(v, 2) for v in radii))
+        look = self._looks.get(key + (None, None, None), lambda: first_look(ds))
+        scan_px, det_px = self._pixels(ds, look, query)
+        arrays = self._virtual.get(key + spec, lambda: virtual_image(ds, *spec))
+        out: dict[str, Any] = {"detector": kind, "centre": [spec[1], spec[2]]}
+        unit = _unit(ds)
+        if kind == "com":
+            out["r"] = spec[3]
+            com = arrays * (det_px["size"] if det_px["unit"] == "mrad" else 1.0)
+            lim = float(np.nanmax(np.abs(com))) or 1.0
+            unit = "mrad" if det_px["unit"] == "mrad" else "detector px"
+            pictures = {f"com_{a}": picture(com[..., i], CMAPS["signed"], -lim, lim, unit=unit,
+                                            label=f"centre of mass {a}", px=scan_px) for i, a in enumerate("yx")}
+        else:
+            if kind == "bf":
+                out["r"] = spec[3]
+            else:
+                out["inner"], out["outer"] = spec[3], spec[4]
+            label = "virtual bright field" if kind == "bf" else "virtual annular dark field"
+            pictures = {kind: picture(arrays, "gray", unit=unit, label=label, px=scan_px)}
+        out["images"] = {k: v.pop("src") for k, v in pictures.items()}
+        out["scales"] = pictures
+        return out
+
     def pattern(self, path: Path, query: dict[str, str]) -> dict[str, Any]:
-        """The pattern at scan position (``iy``, ``ix``) as an image (linear or ``log``) with its counts."""
-        _, ds = self.open(path, reader_options(query))
+        """The pattern at scan position (``iy``, ``ix``) as an image (linear or ``log``) with its counts and its
+        ``scale`` (:func:`~phasestem.serve.images.picture`)."""
+        key, ds = self.open(path, reader_options(query))
         try:
             iy, ix = int(query.get("iy", "")), int(query.get("ix", ""))
         except ValueError:
@@ -125,6 +209,92 @@ class Datasets:
             raise Refused(f"scan position ({iy}, {ix}) outside the scan of {sy} × {sx}", 400)
         pat = ds.get_patterns([iy * sx + ix]).numpy()[0]
         log = query.get("log", "1") not in ("0", "false", "")
+        det_px = pixel(None, "mrad")
+        if query.get("semiangle") or ds.angular_sampling or ds.semiangle:
+            from ..calibrate.overview import first_look
+
+            look = self._looks.get(key + (None, None, None), lambda: first_look(ds))
+            det_px = self._pixels(ds, look, query)[1]
+        unit = _unit(ds)
+        pic = picture(pat, CMAPS["intensity"], log=log, vmin=None if log else 0.0,
+                      vmax=None if log else float(pat.max()) or 1.0, unit=unit,
+                      label=f"pattern at ({iy}, {ix})", px=det_px)
         return {"iy": iy, "ix": ix, "total": float(pat.sum()), "max": float(pat.max()), "log": log,
-                "image": image(pat, CMAPS["intensity"], log=log, vmin=None if log else 0.0,
-                               vmax=None if log else float(pat.max()) or 1.0)}
+                "image": pic.pop("src"), "scale": pic}
+
+
+def _positive(query: dict[str, str], name: str, unit: str) -> float | None:
+    """An optional positive number of the query (None where not given)."""
+    text = query.get(name)
+    if text in (None, ""):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise Refused(f"{name}: expected a number ({unit})", 400) from None
+    if not np.isfinite(value) or value <= 0 or value > 1e6:
+        raise Refused(f"{name}: expected a number > 0 ({unit})", 400)
+    return value
+
+
+def _bounded(query: dict[str, str], name: str, lo: float, hi: float) -> float | None:
+    """An optional number of the query within [lo, hi] (None where not given)."""
+    text = query.get(name)
+    if text in (None, ""):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise Refused(f"{name}: expected a number of detector pixels", 400) from None
+    if not np.isfinite(value) or not lo <= value <= hi:
+        raise Refused(f"{name}: expected a number of detector pixels from {lo:g} to {hi:.4g}", 400)
+    return value
+
+
+def _unit(ds) -> str:
+    """The unit of the patterns' values: counts where they are integers, else arbitrary units."""
+    dtype = getattr(ds.patterns, "dtype", None)
+    return "counts" if dtype is not None and np.issubdtype(dtype, np.integer) else "a.u."
+
+
+def _acquisition(ds) -> dict[str, Any]:
+    """What the file says of the acquisition (None where it does not): what the --auto form starts from."""
+    def known(v):
+        return float(v) if v is not None and np.isfinite(v) else None
+
+    return {"energy": known(ds.energy), "semiangle": known(ds.semiangle),
+            "scan_step": [known(v) for v in ds.scan_step] if all(np.isfinite(ds.scan_step)) else None,
+            "angular_sampling": known(np.mean(ds.angular_sampling)) if ds.angular_sampling else None}
+
+
+def virtual_image(ds, kind: str, cy: float, cx: float, r: float, outer: float | None = None) -> np.ndarray:
+    """The virtual image of detector ``kind`` about (``cy``, ``cx``) px over the scan ``ds``: ``bf`` the counts within
+    ``r``, ``adf`` the counts from ``r`` (the inner radius) to ``outer`` (None: the edge), ``com`` the centre of mass
+    (Sy, Sx, 2) px of the counts within ``r``, relative to the centre, its plane over the scan (the descan)
+    removed. One pass over the data, row chunk by row chunk."""
+    from ..calibrate.reading import row_chunks
+
+    H, W = ds.pattern_shape
+    yy, xx = np.indices((H, W), dtype=np.float64)
+    dist = np.hypot(yy - cy, xx - cx)
+    if kind == "adf":
+        mask = (dist > r) & (dist <= (np.inf if outer is None else outer))
+    else:
+        mask = dist <= r
+    weights = [mask.ravel().astype(np.float64)]
+    if kind == "com":
+        weights += [(mask * yy).ravel(), (mask * xx).ravel()]
+    sy, sx = ds.scan_shape
+    sums = np.zeros((sy, sx, len(weights)))
+    matrix = np.stack(weights, axis=1)
+    for rows, block in row_chunks(ds):
+        flat = block.reshape(-1, H * W).astype(np.float64)
+        sums[rows] = (flat @ matrix).reshape(-1, sx, len(weights))
+    if kind != "com":
+        return sums[..., 0]
+    total = np.where(sums[..., 0] > 0, sums[..., 0], 1.0)
+    com = np.stack([sums[..., 1] / total - cy, sums[..., 2] / total - cx], axis=-1)
+    iy, ix = np.indices((sy, sx))
+    design = np.column_stack([np.ones(sy * sx), iy.ravel(), ix.ravel()])
+    plane, *_ = np.linalg.lstsq(design, com.reshape(-1, 2), rcond=None)
+    return com - (design @ plane).reshape(sy, sx, 2)

@@ -22,7 +22,8 @@ import numpy as np
 import yaml
 
 from ..plot.core import CMAPS
-from .images import common_range, image
+from .data import DatasetCache
+from .images import common_range, image, picture, pixel, scale_of
 from .jobs import FINAL, Job
 from .security import Refused, relative
 
@@ -71,18 +72,38 @@ def eta_seconds(seconds: np.ndarray, epoch: int, n_epochs: int) -> float | None:
 
 
 def snapshot_view(snap: dict[str, np.ndarray]) -> dict[str, Any]:
-    """A live snapshot as the page draws it: numbers, the loss curve and the images (data URLs)."""
+    """A live snapshot as the page draws it: numbers, the loss curve and the images (data URLs) with their colour
+    and scale bars (``scales``: :func:`~phasestem.serve.images.picture`)."""
     probe = snap["probe"]
     amp = np.abs(probe)
     phase = np.where(amp > 0.05 * amp.max(), np.angle(probe), np.nan)
     epoch, n_epochs = int(snap["epoch"]), int(snap["n_epochs"])
     gpu = int(snap["gpu_memory"])
+    obj_px, probe_px = live_pixels(snap)
+    pictures = {"object_phase": picture(snap["object_phase"], CMAPS["phase"], unit="rad", label="object phase",
+                                        px=obj_px),
+                "probe_amplitude": picture(amp, CMAPS["intensity"], 0.0, float(amp.max()) or 1.0, unit="a.u.",
+                                           label="probe amplitude", px=probe_px),
+                "probe_phase": picture(phase, CMAPS["cyclic"], -np.pi, np.pi, unit="rad", label="probe phase",
+                                       px=probe_px)}
     return {"epoch": epoch, "n_epochs": n_epochs, "loss": _thin(snap["loss"]),
             "eta_s": eta_seconds(snap["seconds"], epoch, n_epochs), "written": float(snap["time"]),
             "gpu_memory_gb": gpu / 1024**3 if gpu >= 0 else None,
-            "images": {"object_phase": image(snap["object_phase"], CMAPS["phase"]),
-                       "probe_amplitude": image(amp, CMAPS["intensity"], 0.0, float(amp.max()) or 1.0),
-                       "probe_phase": image(phase, CMAPS["cyclic"], -np.pi, np.pi)}}
+            "images": {k: v.pop("src") for k, v in pictures.items()}, "scales": pictures}
+
+
+def live_pixels(snap: dict[str, np.ndarray]) -> tuple[dict, dict]:
+    """The pixels of a snapshot's object phase (its ``sampling``, Å) and of its probe: the model's pixel where the
+    snapshot shows that neither image was block-averaged (both at most half of
+    :data:`~phasestem.recon.live.MAX_SIDE` a side: a reduced image is longer), else in pixels."""
+    from ..recon.live import MAX_SIDE
+
+    sampling = np.asarray(snap.get("sampling", [np.nan]), dtype=np.float64)
+    size = float(sampling.mean()) if sampling.size and np.all(np.isfinite(sampling)) else None
+    obj_px = pixel(size, "Å", "object pixel unknown: in pixels")
+    whole = max(snap["object_phase"].shape) <= MAX_SIDE // 2 and max(snap["probe"].shape) <= MAX_SIDE // 2
+    probe_px = pixel(size if whole else None, "Å", "probe reduced for the live view: in its pixels")
+    return obj_px, probe_px
 
 
 class LiveRuns:
@@ -178,39 +199,139 @@ def _scanned_phase(res: dict) -> np.ndarray:
     return crop - np.nanmean(crop)
 
 
-def compare_runs(root: Path, jobs: list[Job]) -> dict[str, Any]:
-    """Finished reconstructions side by side: phases on one colour scale, differing parameters, metrics."""
+#: finished runs' results kept read (their phase over the scanned field, pixel, loss, metrics)
+_RESULTS = DatasetCache(keep=8)
+#: most points of a line profile
+MAX_PROFILE = 2000
+
+
+def compare_ids(text: str | None) -> list[int]:
+    """The job ids of ``?jobs=3,4``: 2 to 8 of them."""
+    try:
+        ids = [int(v) for v in (text or "").split(",") if v.strip()]
+    except ValueError:
+        raise Refused("jobs: expected job ids separated by commas", 400) from None
+    if len(ids) > 8:
+        raise Refused("compare: at most 8 runs at once", 400)
+    return ids
+
+
+def _run_results(root: Path, job: Job) -> dict[str, Any]:
+    """What the compare page uses of ``job``'s results.h5 (read once per version of the file)."""
     from ..recon.results import load_results
 
+    path = root / job.run_dir / "results.h5"
+    try:
+        st = path.stat()
+    except OSError:
+        st = None
+    if st is None or not path.is_file():
+        raise Refused(f"job {job.id}: no results.h5 in {job.run_dir} (not a finished reconstruction)", 400)
+
+    def read():
+        res = load_results(path)
+        loss = np.asarray(res["loss"].get("loss", np.zeros(0)), dtype=np.float64)
+        sampling = np.asarray(res["attrs"].get("sampling", [np.nan]), dtype=np.float64)
+        return {"phase": _scanned_phase(res), "sampling": float(sampling.mean()), "loss": loss,
+                "epochs": int(res["attrs"]["epoch"]),
+                "metrics": {k: float(np.asarray(v)) for k, v in res.get("metrics", {}).items()
+                            if np.asarray(v).size == 1}}
+
+    return _RESULTS.get((str(path), st.st_mtime_ns, st.st_size), read)
+
+
+def common_grid(phases: list[np.ndarray], samplings: list[float]) -> tuple[list[np.ndarray], float]:
+    """The phases on one grid: each resampled (linear) to the first one's pixel where its own differs, then all
+    cropped about their centres to the largest field they share; returns (phases, pixel Å)."""
+    from scipy.ndimage import zoom
+
+    ref = samplings[0]
+    out = []
+    for phase, s in zip(phases, samplings, strict=True):
+        if np.isfinite(ref) and np.isfinite(s) and abs(s / ref - 1) > 1e-3:
+            phase = zoom(np.nan_to_num(phase), s / ref, order=1)
+        out.append(phase)
+    h, w = min(p.shape[0] for p in out), min(p.shape[1] for p in out)
+    crops = []
+    for phase in out:
+        y0, x0 = (phase.shape[0] - h) // 2, (phase.shape[1] - w) // 2
+        crop = phase[y0:y0 + h, x0:x0 + w]
+        crops.append(crop - np.nanmean(crop))
+    return crops, ref
+
+
+def compare_runs(root: Path, jobs: list[Job]) -> dict[str, Any]:
+    """Finished reconstructions side by side: phases on one colour scale (each with its ``scale`` for the colour and
+    scale bars), differing parameters, metrics, and the ``difference`` of the second run's phase minus the first's
+    on the common grid of all the runs (:func:`common_grid`) in a diverging colour map about 0."""
     if len(jobs) < 2:
         raise Refused("compare: choose two or more runs", 400)
-    runs, phases, configs = [], [], []
+    runs, phases, configs, results = [], [], [], []
     for job in jobs:
         run = root / job.run_dir
-        if not (run / "results.h5").is_file():
-            raise Refused(f"job {job.id}: no results.h5 in {job.run_dir} (not a finished reconstruction)", 400)
-        res = load_results(run / "results.h5")
-        phases.append(_scanned_phase(res))
+        res = _run_results(root, job)
+        results.append(res)
+        phases.append(res["phase"])
         try:
             config = flatten(yaml.safe_load((run / "config.yaml").read_text()) or {})
             configs.append({k: os.path.normpath(v) if isinstance(v, str) and "/" in v else v  # one spelling of a path
                             for k, v in config.items()})
         except (OSError, yaml.YAMLError):
             configs.append({})
-        loss = res["loss"].get("loss", np.zeros(0))
-        metrics = {k: float(np.asarray(v)) for k, v in res.get("metrics", {}).items() if np.asarray(v).size == 1}
+        loss = res["loss"]
         files = [relative(root, p) for p in sorted(run.iterdir())
                  if p.suffix in (".h5", ".emd", ".png", ".yaml", ".log") and p.is_file()]
-        runs.append({"job": job.id, "name": job.name, "run_dir": job.run_dir, "epochs": int(res["attrs"]["epoch"]),
-                     "final_loss": float(loss[-1]) if len(loss) else None, "metrics": metrics, "files": files,
-                     "loss": _thin(loss)})
+        runs.append({"job": job.id, "name": job.name, "run_dir": job.run_dir, "epochs": res["epochs"],
+                     "final_loss": float(loss[-1]) if len(loss) else None, "metrics": res["metrics"],
+                     "files": files, "loss": _thin(loss)})
     vmin, vmax = common_range(phases)
-    for run, phase in zip(runs, phases, strict=True):
+    for run, phase, res in zip(runs, phases, results, strict=True):
         run["image"] = image(phase, CMAPS["phase"], vmin, vmax)
+        run["scale"] = scale_of(phase.shape, CMAPS["phase"], vmin, vmax, unit="rad",
+                                label=f"phase of job {run['job']} (mean removed)",
+                                px=pixel(res["sampling"], "Å", "pixel unknown: in pixels"))
     keys = sorted(set().union(*configs))
     differ = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in configs}) > 1]
     diff = [{"key": k, "values": [c.get(k) for c in configs]} for k in differ if not k.startswith("run.out_dir")]
-    return {"runs": runs, "vmin": vmin, "vmax": vmax, "diff": diff}
+    grid, size = common_grid(phases, [r["sampling"] for r in results])
+    delta = grid[1] - grid[0]
+    lim = float(np.nanpercentile(np.abs(delta), 99.5)) if np.isfinite(delta).any() else 1.0
+    lim = lim if lim > 0 else 1.0
+    difference = {"jobs": [runs[0]["job"], runs[1]["job"]], "image": image(delta, CMAPS["signed"], -lim, lim),
+                  "rms": float(np.sqrt(np.nanmean(delta ** 2))),
+                  "scale": scale_of(delta.shape, CMAPS["signed"], -lim, lim, unit="rad",
+                                    label=f"job {runs[1]['job']} − job {runs[0]['job']}",
+                                    px=pixel(size, "Å", "pixel unknown: in pixels"))}
+    return {"runs": runs, "vmin": vmin, "vmax": vmax, "diff": diff, "difference": difference}
+
+
+def line_profile(root: Path, jobs: list[Job], line: str | None) -> dict[str, Any]:
+    """The phase of each run along ``line`` ("y0,x0,y1,x1", fractions 0–1 of the runs' common grid, that of
+    :func:`compare_runs`' difference image: :func:`common_grid`): distances (Å, or pixels where the pixel is unknown)
+    and values (rad, each run's mean removed), linear interpolation."""
+    from scipy.ndimage import map_coordinates
+
+    if len(jobs) < 2:
+        raise Refused("compare: choose two or more runs", 400)
+    try:
+        ends = [float(v) for v in (line or "").split(",")]
+    except ValueError:
+        ends = []
+    if len(ends) != 4 or not all(np.isfinite(v) and 0.0 <= v <= 1.0 for v in ends):
+        raise Refused("line: expected y0,x0,y1,x1 as fractions of the image from 0 to 1", 400)
+    results = [_run_results(root, job) for job in jobs]
+    grid, size = common_grid([r["phase"] for r in results], [r["sampling"] for r in results])
+    h, w = grid[0].shape
+    y0, x0, y1, x1 = ends[0] * (h - 1), ends[1] * (w - 1), ends[2] * (h - 1), ends[3] * (w - 1)
+    length = float(np.hypot(y1 - y0, x1 - x0))
+    n = int(min(MAX_PROFILE, max(2, np.ceil(2 * length) + 1)))
+    coords = np.stack([np.linspace(y0, y1, n), np.linspace(x0, x1, n)])
+    known = np.isfinite(size) and size > 0
+    distance = np.linspace(0.0, length, n) * (size if known else 1.0)
+    runs = [{"job": job.id, "values": _thin(map_coordinates(np.nan_to_num(phase), coords, order=1))}
+            for job, phase in zip(jobs, grid, strict=True)]
+    return {"line": ends, "unit": "Å" if known else "px", "distance": _thin(distance), "runs": runs,
+            "shape": [h, w]}
 
 
 # ---- the calibrate page's parameter form ------------------------------------------------------------------------
@@ -225,6 +346,46 @@ def params_form(path: Path) -> dict[str, str]:
     fields = {**{k: v for k, v in defaults.items() if not k.startswith("tune")}, **written}
     return {k: yaml.safe_dump(v, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
             for k, v in fields.items()}
+
+
+#: the fields users change first, shown on top of the form (in this order, where the file has them)
+FIRST_FIELDS = ("data.file", "optics.energy", "optics.semiangle", "optics.aberrations.C10", "scan.step",
+                "run.n_epochs", "run.batch_size", "run.device", "model.n_slices", "model.slice_thickness",
+                "losses.gaussian", "losses.poisson")
+
+
+def _descriptions(model, prefix: str = "") -> dict[str, str]:
+    """{"section.key": description} of a parameter model's fields (nested models walked)."""
+    from pydantic import BaseModel
+
+    out: dict[str, str] = {}
+    for name, info in type(model).model_fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if info.description:
+            out[key] = info.description
+        value = getattr(model, name, None)
+        if isinstance(value, BaseModel):
+            out.update(_descriptions(value, key))
+    return out
+
+
+def params_layout(path: Path, fields: dict[str, str]) -> dict[str, Any]:
+    """How the form shows ``fields`` (:func:`params_form` of ``path``): ``first``, the fields users change first
+    (:data:`FIRST_FIELDS`, those the form has; ``optics.aberrations`` where it has no C10), then ``sections``, every
+    field by its section ({"name", "title", "keys"}, in the file's order), and ``help``, each field's description
+    from the schema."""
+    from ..recon.params import load_params
+
+    help_ = _descriptions(load_params(path))
+    first = [k for k in FIRST_FIELDS if k in fields]
+    if "optics.aberrations.C10" not in fields and "optics.aberrations" in fields:
+        first.insert(min(3, len(first)), "optics.aberrations")
+    sections: dict[str, list[str]] = {}
+    for key in fields:
+        sections.setdefault(key.split(".", 1)[0], []).append(key)
+    return {"first": first, "help": {k: v for k, v in help_.items() if k in fields or "." not in k},
+            "sections": [{"name": name, "title": help_.get(name, name), "keys": keys}
+                         for name, keys in sections.items()]}
 
 
 def save_params_form(path: Path, values: dict[str, Any]) -> None:
