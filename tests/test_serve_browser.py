@@ -1,7 +1,11 @@
 """phasestem serve in a real browser: headless Chromium (Debian's chromium + chromium-driver, driven by Selenium)
-opens the workspace with its token, browses a scan, clicks a position and sees its pattern, starts a short
-reconstruction and watches its loss curve and phase image update, cancels a second job, re-runs the first with a
-changed parameter and compares the two runs; calibrates the scan and checks the parameter form.
+opens the workspace with its token, browses a scan, clicks a position and sees its pattern, drags the virtual
+detectors over the mean pattern and sees their images computed again, starts ``reconstruct --auto`` from the data file
+and watches it, starts a short reconstruction (its parameter file chosen in the file picker) and watches its loss
+curve and phase image update, cancels a second job, re-runs the first with a changed parameter and compares the two
+runs (difference map, a line profile drawn on it); calibrates the scan and checks the table of its values and the
+parameter form. Every image carries a colour bar and a scale bar; the console shows no Content-Security-Policy
+violation.
 
 Screenshots of each page go to the test's folder, and to $PHASESTEM_SCREENSHOTS (e.g. docs/figures) when set:
 ``PHASESTEM_SCREENSHOTS=docs/figures pytest tests/test_serve_browser.py`` makes docs/figures/serve_*.png.
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -24,6 +29,7 @@ from selenium.common.exceptions import StaleElementReferenceException, TimeoutEx
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 from serve_workspace import Server, make_workspace  # noqa: E402
 
@@ -37,7 +43,13 @@ pytestmark = pytest.mark.skipif(
 #: epochs of the watched reconstruction (10 × 10 scan, 50 mini-batches an epoch: slow enough that the page sees
 #: several epochs go by on a fast machine too; with 10 mini-batches CI once saw only one epoch before the end)
 EPOCHS = 25
-SIDE = 240  # px, the scan images on the dataset page (app.css)
+#: epochs of the reconstruct --auto run started from the data file
+AUTO_EPOCHS = 3
+SIDE = 240  # px, the scan images on the dataset page (app.js: figure widths)
+#: the browser window (px); screenshots are taken as tall as the page, up to SHOT_HEIGHT
+WINDOW, SHOT_HEIGHT = (1440, 1000), 1900
+#: what the console said (drained from Chromium's log as the test goes)
+CONSOLE: list[str] = []
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +65,7 @@ def browser(tmp_path_factory):
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--window-size=1200,860",
+                "--disable-component-update", "--disable-sync", f"--window-size={WINDOW[0]},{WINDOW[1]}",
                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
         options.add_argument(arg)
     driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
@@ -75,9 +87,23 @@ def wait(driver, condition, timeout: float = 60, message: str = ""):
                                f"; error banner: {banner or 'none'}; body data: {shown})") from None
 
 
-def screenshot(driver, folder: Path, name: str) -> None:
+def drain_console(driver) -> list[str]:
+    """The SEVERE console messages since the last call, kept in CONSOLE."""
+    new = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    CONSOLE.extend(new)
+    return new
+
+
+def screenshot(driver, folder: Path, name: str, full: bool = True) -> None:
+    """The page as it is now (``full``: the window made as tall as the page, up to SHOT_HEIGHT, for the picture)."""
     path = folder / f"serve_{name}.png"
+    if full:
+        driver.execute_script("window.scrollTo(0, 0)")
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.set_window_size(WINDOW[0], min(SHOT_HEIGHT, max(WINDOW[1], height + 140)))
     driver.save_screenshot(str(path))
+    if full:
+        driver.set_window_size(*WINDOW)
     target = os.environ.get("PHASESTEM_SCREENSHOTS")
     if target:
         Path(target).mkdir(parents=True, exist_ok=True)
@@ -96,6 +122,32 @@ def fetch_json(driver, path: str) -> dict:
     return driver.execute_async_script(
         "const done = arguments[arguments.length - 1];"
         "fetch(arguments[0]).then(r => r.json()).then(done, e => done({error: String(e)}));", path)
+
+
+def fetch_status(driver, path: str) -> list:
+    """[HTTP status, JSON] of GET ``path`` from the page."""
+    return driver.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "fetch(arguments[0]).then(async r => done([r.status, await r.json().catch(() => null)]),"
+        " e => done([0, String(e)]));", path)
+
+
+def bars(driver, img_id: str) -> dict:
+    """The scale bar (its length and unit) and the colour bar (its range) drawn with the image ``img_id``."""
+    return driver.execute_script(
+        "const box = document.getElementById(arguments[0]).closest('figure');"
+        "const s = box.querySelector('svg.scalebar'), c = box.querySelector('svg.colourbar');"
+        "return {unit: s && s.dataset.unit, length: s && +s.dataset.length, text: s && s.textContent,"
+        " vmin: c && +c.dataset.vmin, vmax: c && +c.dataset.vmax, ticks: c ? c.querySelectorAll('text').length : 0}",
+        img_id)
+
+
+def drag(driver, element, dx: int, dy: int, start=(0, 0)) -> None:
+    """Press on ``element`` (``start`` px from its centre), move by (dx, dy) px in steps, release."""
+    chain = ActionChains(driver).move_to_element_with_offset(element, *start).click_and_hold()
+    for _ in range(4):
+        chain = chain.move_by_offset(dx // 4, dy // 4)
+    chain.release().perform()
 
 
 def state_of(driver) -> str:
@@ -117,7 +169,7 @@ def test_the_workspace_in_a_browser(workspace, browser, tmp_path):
     d.get(f"{workspace.url}/?token={workspace.token}#/files")
     wait(d, lambda d: d.execute_script("return document.body.dataset.ready") == "files")
     assert "token" not in d.current_url
-    screenshot(d, tmp_path, "files")
+    drain_console(d)  # the 401 page's own complaint
 
     # ---- calibrate the scan (a job; it runs while the scan is browsed)
     open_page(d, "calibrate?path=data/scan.npz")
@@ -135,6 +187,9 @@ def test_the_workspace_in_a_browser(workspace, browser, tmp_path):
     d.find_element(By.CSS_SELECTOR, 'a[data-path="data/scan.npz"]').click()
     wait(d, lambda d: d.find_elements(By.ID, "bf-img"), 60, "dataset page")
     assert "10×10 scan" in d.find_element(By.ID, "ds-summary").text
+    # the file says neither the scan step nor the detector pixel: the scale bars are in pixels, and say so
+    assert bars(d, "bf-img")["unit"] == "px" and "scan step unknown" in d.find_element(By.ID, "bf-img") \
+        .find_element(By.XPATH, "ancestor::figure").text
     # click scan position (row 2, col 7) on the virtual bright field
     bf = d.find_element(By.ID, "bf-img")
     cell = SIDE / 10
@@ -147,14 +202,79 @@ def test_the_workspace_in_a_browser(workspace, browser, tmp_path):
     assert shown == there["image"] != elsewhere["image"]  # that position's pattern, not another's
     assert "position (2, 7)" in d.find_element(By.ID, "pattern-info").text
     assert d.find_elements(By.CSS_SELECTOR, "#disk-overlay circle")  # the fitted disk drawn over it
+
+    # ---- the scan step and semi-angle given: scale bars in Å over the scan, in mrad on the detector
+    open_page(d, "dataset?path=data/scan.npz&key=patterns&step=1.0&semiangle=15")
+    assert bars(d, "bf-img")["unit"] == "Å" and bars(d, "mean-img")["unit"] == "mrad"
+    assert bars(d, "com-y-img")["vmin"] == -bars(d, "com-y-img")["vmax"] < 0  # a diverging scale about 0
+    assert all(bars(d, i)["ticks"] >= 3 for i in ("bf-img", "adf-img", "com-x-img", "mean-img"))
+    wait(d, lambda d: bars(d, "pattern-img")["unit"] == "mrad", 30, "the first pattern")
+    # drag the bright-field disc off centre: its image is computed again on release
+    before = d.find_element(By.ID, "bf-img").get_attribute("src")
+    readout = d.find_element(By.ID, "detector-readout").text
+    drag(d, d.find_element(By.CSS_SELECTOR, "#detector-overlay g.det-bf .det-body"), 48, 32)
+    wait(d, lambda d: (d.execute_script("return document.body.dataset.virtual") or "").startswith("bf:"), 60,
+         "the virtual bright field of the moved disc")
+    assert d.find_element(By.ID, "bf-img").get_attribute("src") != before
+    assert d.find_element(By.ID, "detector-readout").text != readout
+    # the annular detector: its inner radius dragged outwards by its handle
+    d.find_element(By.ID, "det-adf").click()
+    before, inner = d.find_element(By.ID, "adf-img").get_attribute("src"), float(
+        d.find_element(By.ID, "ds-adf_inner").get_attribute("value") or 0)
+    drag(d, d.find_element(By.CSS_SELECTOR, "#detector-overlay g.det-adf .det-handle[data-part=inner]"), 40, 0)
+    wait(d, lambda d: (d.execute_script("return document.body.dataset.virtual") or "").startswith("adf:"), 60,
+         "the virtual annular dark field of the wider annulus")
+    assert d.find_element(By.ID, "adf-img").get_attribute("src") != before
+    assert float(d.find_element(By.ID, "ds-adf_inner").get_attribute("value")) > inner
+    # the endpoint refuses what it cannot place, in one line, never a server error
+    for query, words in {"detector=bf&cy=16&cx=16": "r:", "detector=disc&cy=1&cx=1&r=2": "detector:",
+                         "detector=bf&cy=99&cx=16&r=3": "cy:", "detector=bf&cy=nan&cx=16&r=3": "cy:",
+                         "detector=adf&cy=16&cx=16&inner=9&outer=4": "outer:",
+                         "detector=bf&cy=16&cx=16&r=3&step=-1": "step:"}.items():
+        status, answer = fetch_status(d, f"/api/virtual?path=data/scan.npz&{query}")
+        assert status == 400 and answer["error"].startswith(words), (query, status, answer)
     screenshot(d, tmp_path, "dataset")
+
+    # ---- reconstruct --auto from the data file (Files page), watched live
+    open_page(d, "files?path=data")
+    d.find_element(By.CSS_SELECTOR, 'button.auto-open[data-path="data/scan.npz"]').click()
+    wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, "#auto-dialog[open] #auto-run"), 10, "the --auto form")
+    # data/scan.npz: phasestem.recon.synthetic's scan, 300 keV, α = 15 mrad, 1 Å steps (serve_workspace)
+    for field, value in {"auto-key": "patterns", "auto-energy": "300e3", "auto-semiangle": "15", "auto-step": "1.0",
+                         "auto-epochs": str(AUTO_EPOCHS)}.items():
+        d.find_element(By.ID, field).send_keys(value)
+    preview = d.find_element(By.ID, "auto-command").text
+    screenshot(d, tmp_path, "files", full=False)  # the data folder, the --auto form open over it
+    assert preview.startswith("phasestem reconstruct data/scan.npz --auto --key patterns --energy 300e3"), preview
+    d.find_element(By.ID, "auto-run").click()
+    wait(d, lambda d: d.execute_script("return document.body.dataset.ready") == "run", 30, "the --auto run page")
+    auto = int(d.current_url.rsplit("/", 1)[-1])
+    on_run_page(d, auto)
+    assert "--auto" in d.find_element(By.ID, "run-command").text
+    wait(d, lambda d: state_of(d).split(" ")[0] in ("done", "failed"), 240, "the --auto run")
+    assert state_of(d) == "done", d.find_element(By.ID, "run-log").text
+    wait(d, lambda d: (d.execute_script("return window.__liveUpdates") or [{}])[-1].get("epoch") == AUTO_EPOCHS, 30)
+    assert bars(d, "live-phase")["unit"] == "Å"
+    assert not d.find_element(By.ID, "run-cancel").is_displayed()  # a finished job: no Cancel, no Resume
+    assert not d.find_element(By.ID, "run-resume").is_displayed()
+    screenshot(d, tmp_path, "auto")
 
     # ---- the calibration's fits, numbers and parameters (a form checked by the YAML's schema)
     open_page(d, f"calibrate?job={calibration}")
     wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, "#params-form input"), 180, "calibrate's results")
     assert "done" in d.find_element(By.ID, "calib-state").text
     assert len(d.find_elements(By.CSS_SELECTOR, "#calib-figures img")) >= 2
-    assert "angular_sampling_mrad" in d.find_element(By.ID, "calib-numbers").text
+    table = d.find_element(By.ID, "calib-numbers").text.lower()  # section titles are shown in capitals
+    for words in ("angular_sampling_mrad", "angular sampling", "rotation", "transpose", "c10 (= −defocus)",
+                  "hot pixels", "dead pixels", "descan per scan row", "disk radius", "notes (1)"):
+        assert words in table, words
+    d.find_element(By.CSS_SELECTOR, "#calib-figures img").click()  # a figure enlarged, Escape closes it
+    wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, "#lightbox[open] img"), 10, "the lightbox")
+    ActionChains(d).send_keys(Keys.ESCAPE).perform()
+    wait(d, lambda d: not d.find_elements(By.CSS_SELECTOR, "#lightbox[open]"), 10)
+    # the fields edited first on top, the rest folded by section
+    assert d.find_element(By.CSS_SELECTOR, '#params-first input[name="optics.energy"]').is_displayed()
+    assert len(d.find_elements(By.CSS_SELECTOR, "#params-form details.params-section")) >= 5
     epochs = d.find_element(By.CSS_SELECTOR, '#params-form input[name="run.n_epochs"]')
     epochs.clear()
     epochs.send_keys("0")
@@ -163,9 +283,15 @@ def test_the_workspace_in_a_browser(workspace, browser, tmp_path):
     assert "greater than or equal to 1" in d.find_element(By.ID, "params-status").text
     screenshot(d, tmp_path, "calibrate")
 
-    # ---- a short reconstruction, watched live
+    # ---- a short reconstruction (its parameter file chosen in the picker), watched live
     open_page(d, "jobs")
-    d.find_element(By.ID, "job-config").send_keys("configs/tiny.yaml")
+    d.find_element(By.ID, "job-config-browse").click()
+    wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, '#picker[open] a.picker-dir[data-path="configs"]'), 10)
+    d.find_element(By.CSS_SELECTOR, '#picker a.picker-dir[data-path="configs"]').click()
+    wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, '#picker a.picker-file[data-path="configs/tiny.yaml"]'), 10)
+    assert not d.find_elements(By.CSS_SELECTOR, '#picker a.picker-file[data-path="data/scan.npz"]')
+    d.find_element(By.CSS_SELECTOR, '#picker a.picker-file[data-path="configs/tiny.yaml"]').click()
+    wait(d, lambda d: d.find_element(By.ID, "job-config").get_attribute("value") == "configs/tiny.yaml", 10)
     d.find_element(By.ID, "job-name").send_keys("first")
     d.find_element(By.ID, "job-submit").click()
     wait(d, lambda d: d.execute_script("return document.body.dataset.ready") == "run", 30)
@@ -179,6 +305,8 @@ def test_the_workspace_in_a_browser(workspace, browser, tmp_path):
     wait(d, lambda d: len({u["epoch"] for u in running_updates()}) >= 2, 180, "live updates while running")
     with contextlib.suppress(TimeoutException):  # a later moment makes a better picture, where there is time
         wait(d, lambda d: max(u["epoch"] for u in running_updates()) >= EPOCHS // 2, 60)
+    assert d.find_element(By.ID, "run-cancel").is_displayed() and not d.find_element(By.ID, "run-resume").is_displayed()
+    assert bars(d, "live-phase")["unit"] == "Å" and bars(d, "live-probe-phase")["vmax"] > 3.14
     screenshot(d, tmp_path, "run")
     wait(d, lambda d: state_of(d).split(" ")[0] in ("done", "failed"), 180)
     assert state_of(d) == "done", d.find_element(By.ID, "run-log").text
@@ -191,7 +319,7 @@ def test_the_workspace_in_a_browser(workspace, browser, tmp_path):
     points = d.find_element(By.CSS_SELECTOR, "#loss-curve polyline").get_attribute("data-points")
     assert int(points) == EPOCHS
 
-    # ---- a second job, cancelled
+    # ---- a second job, cancelled: the page shows the new state at once, and Resume instead of Cancel
     open_page(d, "jobs")
     d.find_element(By.ID, "job-config").send_keys("configs/tiny.yaml")
     d.find_element(By.ID, "job-set").send_keys("run.n_epochs=500")
@@ -202,7 +330,9 @@ def test_the_workspace_in_a_browser(workspace, browser, tmp_path):
     on_run_page(d, second)
     wait(d, lambda d: state_of(d) in ("queued", "running"), 30)
     d.find_element(By.ID, "run-cancel").click()
+    wait(d, lambda d: state_of(d) in ("cancelling", "cancelled"), 5, "the state the cancel answered")
     wait(d, lambda d: state_of(d) == "cancelled", 60)
+    assert d.find_element(By.ID, "run-resume").is_displayed() and not d.find_element(By.ID, "run-cancel").is_displayed()
 
     # ---- re-run the first with a changed parameter
     open_page(d, f"run/{first}")
@@ -215,24 +345,42 @@ def test_the_workspace_in_a_browser(workspace, browser, tmp_path):
     on_run_page(d, third)  # not the first run's page, still drawn while the third's loads
     wait(d, lambda d: state_of(d) == "done", 180, "the re-run")
 
-    # ---- the job list, then compare the two finished runs
+    # ---- the job list (buttons only where they apply), then compare the two finished runs
     open_page(d, "jobs")
     def states(d):
         return {int(r.get_attribute("data-job")): r.find_elements(By.TAG_NAME, "td")[3].text
                 for r in d.find_elements(By.CSS_SELECTOR, "#jobs-table tr[data-job]")}
 
-    expected = {calibration: "done", first: "done", second: "cancelled", third: "done"}
+    expected = {calibration: "done", auto: "done", first: "done", second: "cancelled", third: "done"}
     with contextlib.suppress(TimeoutException):  # a push is at most a watch period old
         wait(d, lambda d: states(d) == expected, 10)
     assert states(d) == expected
+    assert not d.find_elements(By.ID, f"cancel-{first}") and not d.find_elements(By.ID, f"resume-{first}")
+    assert d.find_elements(By.ID, f"resume-{second}") and not d.find_elements(By.ID, f"cancel-{second}")
     screenshot(d, tmp_path, "jobs")
     for job_id in (first, third):
         d.find_element(By.CSS_SELECTOR, f'#jobs-table tr[data-job="{job_id}"] .compare-box').click()
     d.find_element(By.ID, "compare-selected").click()
     wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".compare-run img")) == 2, 60, "compare page")
+    wait(d, lambda d: d.execute_script("return document.body.dataset.ready") == "compare", 60, "compare page")
     diff = d.find_element(By.ID, "compare-diff").text
     assert "run.n_epochs" in diff and "run.lr_scale" in diff
     assert len(d.find_elements(By.CSS_SELECTOR, "#compare-loss polyline")) == 2
+    # the difference map (third − first, diverging about 0) and a line profile of both runs
+    assert d.find_element(By.ID, "diff-img").get_attribute("src").startswith("data:image/png")
+    scale = bars(d, "diff-img")
+    assert scale["unit"] == "Å" and scale["vmin"] == -scale["vmax"] < 0
+    assert f"job {third} − job {first}" in d.find_element(By.ID, "compare-difference").text
+    assert len(d.find_elements(By.CSS_SELECTOR, "#compare-profile polyline")) == 2
+    line = d.find_element(By.ID, "compare-profile").get_attribute("data-line")
+    drag(d, d.find_element(By.ID, "profile-line"), 200, 200, start=(-100, -100))  # a diagonal drawn anew
+    wait(d, lambda d: d.find_element(By.ID, "compare-profile").get_attribute("data-line") != line, 30, "new profile")
+    y0, x0, y1, x1 = (float(v) for v in d.find_element(By.ID, "compare-profile").get_attribute("data-line").split(","))
+    assert y1 > y0 + 0.3 and x1 > x0 + 0.3
+    assert len(d.find_elements(By.CSS_SELECTOR, "#compare-profile polyline")) == 2
+    assert "Å" in d.find_element(By.ID, "compare-profile").text
+    status, answer = fetch_status(d, f"/api/compare/profile?jobs={first},{third}&line=0,0,2,1")
+    assert status == 400 and answer["error"].startswith("line:")
     screenshot(d, tmp_path, "compare")
 
     # ---- plan a session (the workspace's configs/plan.yaml): its text in the log, its figure on the page
@@ -248,3 +396,16 @@ def test_the_workspace_in_a_browser(workspace, browser, tmp_path):
     wait(d, lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img) > 200, 30)
     assert "expected (a 7 × 7 field" in d.find_element(By.ID, "run-log").text
     screenshot(d, tmp_path, "plan")
+
+    # ---- nothing the pages did was refused by the Content-Security-Policy (no inline script or style)
+    drain_console(d)
+    assert not [m for m in CONSOLE if "Content Security Policy" in m or "Content-Security-Policy" in m], CONSOLE
+
+
+def test_the_pages_hold_no_inline_script_or_style():
+    """The markup and the script set no style attribute and no inline handler (the CSP refuses them)."""
+    static = Path(__file__).resolve().parents[1] / "src" / "phasestem" / "serve" / "static"
+    html, js = (static / "index.html").read_text(), (static / "app.js").read_text()
+    assert "style=" not in html and "<script>" not in html and not re.search(r"\son[a-z]+\s*=", html)
+    assert 'setAttribute("style"' not in js and not re.search(r"[{,]\s*style\s*:", js)
+    assert "cssText" not in js and "innerHTML" not in js and "<script" not in js
