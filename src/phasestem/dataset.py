@@ -298,6 +298,14 @@ class FourDSTEM:
 
         return inspect_dataset(self, first_look(self), index=index, path=path)
 
+    def settings_table(self, given: str = "given") -> str:
+        """Every calibration this dataset carries, one line each with its source (``file``, ``default`` or
+        ``given``: an option of the reader), as the run log shows them (:func:`~phasestem.provenance.dataset_settings`).
+        """
+        from .provenance import dataset_settings, settings_table
+
+        return settings_table(dataset_settings(self, given))
+
     def summary(self) -> str:
         sy, sx = self.scan_shape
         H, W = self.pattern_shape

@@ -21,7 +21,7 @@ SAME_VALUE_RTOL = 1e-4
 
 #: unit of each calibration a reader returns (reader option names)
 UNITS = {"scan_shape": "", "scan_step": "Å", "scan_origin": "Å", "energy": "eV", "semiangle": "mrad",
-         "angular_sampling": "mrad/px", "sampling": "Å"}
+         "angular_sampling": "mrad/px", "sampling": "Å", "dose": "e⁻/Å²"}
 
 
 @dataclass
@@ -96,6 +96,53 @@ def conflict_messages(metadata: Mapping[str, Any], fields: Mapping[str, str], la
         out.append(f"{field}: the {label} gives {format_value(given_value, unit)} but {where} holds "
                    f"{format_value(file_value, unit)}; using the {label}'s value" + hint.format(field=field))
     return out
+
+
+def dose_setting(metadata: Mapping[str, Any], field: str = "dose") -> Setting | None:
+    """The dose a data file records (``metadata['dose']``, e⁻/Å²; ≤ 0: noise-free) as a row, None when it records
+    none. Nothing reads it back: the row says what the data are."""
+    dose = metadata.get("dose")
+    if dose is None:
+        return None
+    return Setting(field, "noise-free" if dose <= 0 else float(dose), "" if dose <= 0 else "e⁻/Å²", "file")
+
+
+def aberration_settings(aberrations: Mapping[str, float], source, held: Mapping[str, Any],
+                        prefix: str = "aberrations", none_source: str = "default") -> list[Setting]:
+    """One row per aberration (``prefix.C10`` …; ``source(name)`` gives each one's source), or one row ``prefix
+    none`` (source ``none_source``) when there are none, so that the table always says what the probe carried."""
+    if not aberrations:
+        return [Setting(prefix, "none", "", none_source)]
+    return [Setting(f"{prefix}.{key}", value, unit_of(f"aberrations.{key}"), source(f"aberrations.{key}"),
+                    held.get(key)) for key, value in sorted(aberrations.items())]
+
+
+#: the calibrations of a loaded dataset, in the order of its settings table (reader option names)
+DATASET_FIELDS = ("scan_shape", "scan_step", "scan_origin", "energy", "semiangle", "angular_sampling")
+
+
+def dataset_settings(dataset, given: str = "given") -> list[Setting]:
+    """Every calibration a loaded :class:`~phasestem.dataset.FourDSTEM` carries (scan shape, step and origin,
+    energy, semi-angle, detector pixel, each aberration, the recorded dose) with its source: ``file``, ``default``
+    or ``given`` (an option of the reader; say which with ``given``, e.g. ``flag``)."""
+    meta = dataset.metadata
+    where, held = meta.get("calibration_sources", {}), meta.get("calibration_from_file", {})
+
+    def source(name: str) -> str:
+        found = where.get(name, "default")
+        return given if found == "given" else found
+
+    rows = [Setting(name, getattr(dataset, name), unit_of(name), source(name), held.get(name))
+            for name in DATASET_FIELDS if getattr(dataset, name) is not None]
+    rows += aberration_settings(dataset.aberrations, source, held.get("aberrations", {}),
+                                none_source="file" if "aberrations" in held else "default")
+    dose = dose_setting(meta)
+    return rows + ([dose] if dose is not None else [])
+
+
+def settings_table(rows: list[Setting], indent: str = "  ") -> str:
+    """The rows as the run log shows them, one line each."""
+    return "\n".join(indent + row.line() for row in rows)
 
 
 def _lookup(values: Mapping[str, Any], name: str):

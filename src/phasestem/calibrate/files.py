@@ -59,6 +59,7 @@ def calibrate_file(path: str | Path, out_dir: str | Path, energy: float | None =
     call (:func:`phasestem.lock.hold_output`; FolderBusyError when another run holds it).
     """
     from ..lock import hold_output
+    from .held import merge_held
     from .output import write_outputs
 
     with hold_output(out_dir, "phasestem calibrate"):  # held from before the data are read
@@ -79,6 +80,8 @@ def calibrate_file(path: str | Path, out_dir: str | Path, energy: float | None =
                         "scan.origin": "calibration"})
         sources.update({f"optics.aberrations.{k}": "flag" if calib.defocus_source == "given" else "calibration"
                         for k in calib.aberrations})
+        merge_held(calib, dataset, sources)  # the file's values the data do not measure; a replacement warns
+        calib.dose = dataset.metadata.get("dose")
         if np.issubdtype(np.dtype(dataset.patterns.dtype), np.integer) and "losses" not in (extra_params or {}):
             extra_params = {**(extra_params or {}), "losses": dict(COUNTED_LOSSES)}
             sources["losses"] = "calibration (counted data)"

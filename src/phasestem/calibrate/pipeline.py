@@ -66,6 +66,8 @@ class Calibration:
     sources: dict[str, str] = field(default_factory=dict)
     #: sections added to the reconstruction parameters (e.g. the counted-data ``losses``), by section
     extra: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the dose the data file records (e⁻/Å²; ≤ 0: noise-free; None: not recorded), for the run's settings table
+    dose: float | None = None
 
     @property
     def plan(self):
@@ -117,7 +119,8 @@ class Calibration:
                "centre_of_mass": self.com.to_dict(),
                "parallax": None if self.parallax is None else self.parallax.to_dict(), "notes": list(self.notes),
                "undetermined": dict(self.undetermined),
-               "scan": self.scan().to_dict(), "detector": self.detector().to_dict(), "sources": dict(self.sources)}
+               "scan": self.scan().to_dict(), "detector": self.detector().to_dict(), "sources": dict(self.sources),
+               "dose": self.dose}
         if "rotation" in self.undetermined:
             out["rotation_deg"] = None
         return out
@@ -130,7 +133,7 @@ class Calibration:
         dk = round(self.angular_sampling, 6)
         rotation = round(self.rotation, 3)
         pos = GridScan(self.scan_shape, self.scan_step, rotation=rotation).positions()
-        origin = [float(np.ceil(-v * 1e4) / 1e4) for v in pos.min(0)]  # rounded up: positions ≥ 0 Å
+        origin = [float(np.ceil(-v * 1e4) / 1e4) + 0.0 for v in pos.min(0)]  # rounded up: positions ≥ 0 Å (no −0)
         params: dict[str, Any] = {
             "data": {"file": str(data_file), "transpose": self.transpose},
             "optics": {"energy": self.energy, "semiangle": round(self.semiangle, 4),

@@ -179,7 +179,7 @@ def normalised_calibrations(values: Mapping[str, Any] | None, path: str | Path) 
             continue
         if key in ("scan_step", "angular_sampling", "sampling", "scan_origin"):
             out[key] = pair(v, key, path)
-        elif key in ("energy", "semiangle"):
+        elif key in ("energy", "semiangle", "dose"):
             out[key] = float(v)
         elif key == "scan_shape":
             out[key] = (int(v[0]), int(v[1]))
@@ -310,6 +310,7 @@ def dataset_from_reader(patterns, path: str | Path, file_values: Mapping[str, An
             sources["angular_sampling"] = source
             break
     semiangle = pick("semiangle")
+    dose = pick("dose")  # a file's record only (e⁻/Å²; ≤ 0: noise-free), not an option
     scan_origin = pick("scan_origin") or (0.0, 0.0)
     sources.setdefault("scan_origin", "default")
     ab: dict[str, float] = {}
@@ -341,6 +342,8 @@ def dataset_from_reader(patterns, path: str | Path, file_values: Mapping[str, An
                 calibration_conflicts=conflicts)
     if uncalibrated:
         meta["uncalibrated"] = uncalibrated
+    if dose is not None:
+        meta["dose"] = dose
     return FourDSTEM(
         patterns=patterns4,
         energy=energy,

@@ -163,7 +163,13 @@ def read(path: str | Path, patterns_key: str | None = None, sample: int | None =
     if fmt == OWN_FORMAT:
         return _read_own(f, path, lazy, **options)
     seed_keys = seed.sample_ids(f.keys())
-    if patterns_key is None and seed_keys:
+    if seed_keys and (patterns_key is None or _seed_sample(patterns_key) in seed_keys):
+        if patterns_key is not None:  # dp_set_{i} named: the same reader, every calibration the file holds
+            if sample is not None and int(sample) != _seed_sample(patterns_key):
+                f.close()
+                raise InputFileError(f"{path}: patterns_key '{patterns_key}' and sample {sample} name two samples; "
+                                     "give one")
+            sample = _seed_sample(patterns_key)
         return _read_seed(f, path, seed_keys, sample, lazy, potential_energy, **options)
     dsets = _datasets(f)
     if patterns_key is None:
@@ -194,24 +200,41 @@ def read(path: str | Path, patterns_key: str | None = None, sample: int | None =
         positions = np.asarray(f[positions_key][...], dtype=np.float64).reshape(-1, 2)
     return dataset_with_truth(f[patterns_key], f"{path}:{patterns_key}", truth=truth, lazy=lazy,
                               metadata={"file": str(path), "patterns_key": patterns_key},
-                              file_values={**stored_calibrations(f.attrs), "positions": positions}, **options)
+                              file_values={**stored_calibrations(f.attrs, path), "positions": positions}, **options)
+
+
+def _seed_sample(key: str | None) -> int | None:
+    """The sample number of a ``dp_set_{i}`` key (None for any other name)."""
+    parsed = seed.parse_key(str(key).strip("/")) if key is not None else None
+    return parsed[1] if parsed and parsed[0] == "dp_set" else None
 
 
 #: calibrations a generic file may carry as root attributes (HDF5) or as small arrays (.npz) under these names
-ROOT_CALIBRATIONS = ("energy", "scan_step", "angular_sampling", "sampling", "semiangle")
+ROOT_CALIBRATIONS = ("energy", "scan_step", "angular_sampling", "sampling", "semiangle", "scan_origin", "dose")
 
 
-def stored_calibrations(attrs) -> dict:
-    """Calibrations stored under :data:`ROOT_CALIBRATIONS` names (energy in eV, steps in Å, mrad) in a mapping
-    (the root attributes of a generic HDF5 file, the arrays of an .npz): one or two finite numbers each."""
+def stored_calibrations(attrs, path: str | Path = "") -> dict:
+    """Calibrations stored under :data:`ROOT_CALIBRATIONS` names (energy in eV, steps and origin in Å, mrad, dose
+    in e⁻/Å²) in a mapping (the root attributes of a generic HDF5 file, the arrays of an .npz): one or two finite
+    numbers each; ``aberrations`` as JSON text (Å, errors name ``path``)."""
     out = {}
     for key in ROOT_CALIBRATIONS:
         v = _attr(attrs, key)
         if v is None:
             continue
-        arr = np.asarray(v, dtype=np.float64).ravel()
+        try:
+            arr = np.asarray(v, dtype=np.float64).ravel()
+        except (TypeError, ValueError):
+            continue
         if arr.size in (1, 2) and np.isfinite(arr).all():
             out[key] = float(arr[0]) if arr.size == 1 else (float(arr[0]), float(arr[1]))
+    if "aberrations" in attrs:
+        text = _attr(attrs, "aberrations")
+        text = text.item() if isinstance(text, np.ndarray) and text.size == 1 else text
+        text = text.decode() if isinstance(text, bytes) else text
+        if isinstance(text, str):
+            out["aberrations"] = loads_json(text, f"{path}: attribute 'aberrations'" if path
+                                            else "attribute 'aberrations'")
     return out
 
 
@@ -228,7 +251,7 @@ def _read_seed(f, path, samples, sample, lazy, potential_energy, **options) -> F
         held = dict(energy=energy, scan_step=tuple(f.attrs["scan_step"]),
                     angular_sampling=tuple(f.attrs["angular_sampling"]), semiangle=float(f.attrs["semiangle"]),
                     aberrations=seed.aberrations(f.attrs, path),
-                    scan_origin=tuple(f.attrs["scan_origin"]))
+                    scan_origin=tuple(f.attrs["scan_origin"]), dose=_attr(f.attrs, "dose"))
         phase = seed.read_phase(f, seed.phase_key(sample))
         meta["phase_target"] = "phase_rad (stored)"
         sampling = tuple(f.attrs["phase_sampling"])

@@ -13,6 +13,7 @@ Sizes are checked from the headers before any data are mapped or decompressed:
 """
 from __future__ import annotations
 
+import json
 import math
 import struct
 import zipfile
@@ -198,9 +199,9 @@ def read(path: str | Path, patterns_key: str | None = None, positions_key: str |
                 if k is not None and k not in keys:
                     raise InputFileError(f"{path}: no array '{k}' ({role}); arrays present: {keys}")
             arr = read_member(zf, path, members[key])
-            small = {k: read_member(zf, path, members[k]) for k in ROOT_CALIBRATIONS
-                     if k in members and members[k].nbytes <= 64}
-            held = stored_calibrations(small)  # e.g. energy, scan_step, angular_sampling written by write()
+            small = {k: read_member(zf, path, members[k]) for k in (*ROOT_CALIBRATIONS, "aberrations")
+                     if k in members and members[k].nbytes <= (4096 if k == "aberrations" else 64)}
+            held = stored_calibrations(small, path)  # e.g. energy, scan_step, angular_sampling written by write()
             if positions_key:
                 positions = np.asarray(read_member(zf, path, members[positions_key]), dtype=np.float64).reshape(-1, 2)
             if phase_key:
@@ -217,6 +218,11 @@ def write(path: str | Path, dataset: FourDSTEM) -> Path:
         extra["positions"] = dataset.positions
     if dataset.angular_sampling is not None:
         extra["angular_sampling"] = np.asarray(dataset.angular_sampling)
+    if dataset.semiangle is not None:
+        extra["semiangle"] = np.float64(dataset.semiangle)
+    if dataset.aberrations:
+        extra["aberrations"] = np.asarray(json.dumps(dataset.aberrations, sort_keys=True))
+    extra["scan_origin"] = np.asarray(dataset.scan_origin, dtype=np.float64)
     with atomic_file(path, "path") as tmp, open(tmp, "wb") as fh:  # a file object: savez adds no suffix
         np.savez(fh, patterns=np.asarray(dataset.patterns[...], dtype=np.float32), energy=dataset.energy,
                  scan_step=np.asarray(dataset.scan_step), **extra)

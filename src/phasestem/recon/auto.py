@@ -166,6 +166,7 @@ def _run_auto(file, out: Path, energy, semiangle, scan_step, angular_sampling, i
               device, run, **calibrate_options):
     from ..calibrate.files import calibrate_file
     from ..calibrate.output import yaml_text
+    from ..provenance import dose_setting
     from .run import run_reconstruction
 
     calib, files = calibrate_file(file, out / "calibration", energy=energy, scan_step=scan_step,
@@ -179,6 +180,9 @@ def _run_auto(file, out: Path, energy, semiangle, scan_step, angular_sampling, i
     # the corrected patterns are read once, here; the direct start and the run take this dataset and the start
     # phase in memory (OUT/params.yaml, calibration/params.yaml and init_<method>.npy are the record of the run)
     dataset = build_dataset(params, calib.sources)
+    dose = dose_setting({"dose": calib.dose})  # the source file's record (calibrated.npy holds none)
+    if dose is not None:
+        dataset.metadata["settings"].append(dose)
     optics = dict(params.optics.aberrations)
     params, start = direct_start(params, init, out, dataset)
     if params.optics.aberrations != optics:  # a fitted defocus: the run builds the dataset of its parameters

@@ -82,7 +82,7 @@ def geometry_settings(params, dataset, sources=None) -> list:
     """The scan and optics values of ``dataset`` as loaded by :func:`phasestem.recon.params.build_dataset` (before
     the data transforms) with their sources: a list of :class:`phasestem.provenance.Setting`. ``sources``: labels
     of the values the parameter file gives, by field (default ``YAML``)."""
-    from ..provenance import Setting, format_value, unit_of
+    from ..provenance import Setting, aberration_settings, dose_setting, format_value, unit_of
 
     meta = dataset.metadata
     where, held = meta.get("calibration_sources", {}), meta.get("calibration_from_file", {})
@@ -104,10 +104,13 @@ def geometry_settings(params, dataset, sources=None) -> list:
         if value is not None:
             rows.append(Setting(field, value, unit_of(name), source("angular_sampling" if name == "sampling" else
                                                                   name, field), held.get(name), note))
-    for key, value in sorted(dataset.aberrations.items()):
-        field = f"optics.aberrations.{key}"
-        rows.append(Setting(field, value, unit_of(f"aberrations.{key}"), source(f"aberrations.{key}", field),
-                            held.get("aberrations", {}).get(key)))
+    given_none = labels.get("optics.aberrations", "YAML") if "aberrations" in o.model_fields_set else "default"
+    rows += aberration_settings(dataset.aberrations, lambda name: source(name, f"optics.{name}"),
+                                held.get("aberrations", {}), "optics.aberrations",
+                                "file" if "aberrations" in held else given_none)
+    dose = dose_setting(meta)
+    if dose is not None:
+        rows.append(dose)
     given = s.model_fields_set
     rows.append(Setting("scan.rotation", s.rotation, "deg", labels.get("scan.rotation", "YAML")
                         if "rotation" in given else "default"))

@@ -233,8 +233,10 @@ class ReconstructParams(StrictModel):
     """A complete reconstruction parameter file."""
 
     data: DataConfig = Field(description="data source")
-    optics: OpticsConfig = Field(description="beam and probe")
-    scan: ScanConfig = Field(description="scan geometry")
+    optics: OpticsConfig = Field(default_factory=OpticsConfig, description="beam and probe (left out: every "
+                                 "value from the data file)")
+    scan: ScanConfig = Field(default_factory=ScanConfig, description="scan geometry (left out: every value from "
+                             "the data file)")
     model: ModelConfig = Field(default_factory=ModelConfig, description="reconstruction model")
     losses: LossesConfig = Field(default_factory=LossesConfig, description="loss weights")
     constraints: Constraints = Field(default_factory=Constraints, description="scheduled constraints")

@@ -206,6 +206,7 @@ def predict_file(input_path: str | Path, model_path: str | Path, out_path: str |
     refuse_output_over_inputs(prediction_outputs(out_path, png), [input_path, model_path, stitch_path])
     with hold_output(out_path, "phasestem predict", file=True):
         ds = load(input_path, **{k: v for k, v in load_options.items() if v is not None})
+        log_calibrations(ds)
         model, meta = load_predictor(model_path, stitch_path, device)
         phase = predict_phase(model, meta, ds)
         g = geometry_for(ds, meta)
@@ -214,6 +215,16 @@ def predict_file(input_path: str | Path, model_path: str | Path, out_path: str |
             truth = ds.truth["phase"]
         residual = prediction_residual(phase, ds, g.phase_sampling, meta)
         return write_prediction(out_path, phase, g.phase_sampling, meta, str(input_path), png, truth, residual)
+
+
+def log_calibrations(dataset: FourDSTEM) -> None:
+    """The data's calibrations, one log line each with its source (file, flag or default), as the run log of
+    ``reconstruct`` shows them."""
+    from ...provenance import dataset_settings
+
+    log.info("data calibrations (value, source: file, flag or default):")
+    for row in dataset_settings(dataset, given="flag"):
+        log.info("  %s", row.line())
 
 
 def prediction_residual(phase: np.ndarray, dataset: FourDSTEM, sampling: tuple[float, float],
