@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
 import yaml
 
 from phasestem.recon.synthetic import write_npz
@@ -108,25 +110,34 @@ class Server:
         self.proc.stderr.close()
 
 
+#: Debian's Chromium and its driver, where installed (.ci/run installs them)
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+#: the mark of a browser test: skipped, saying why, without them
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None or CHROMEDRIVER is None,
+    reason="headless Chromium and its driver are not installed (Debian: apt-get install chromium chromium-driver; "
+           ".ci/run installs them)")
+
 #: headless Chromium's flags in the browser tests: no sandbox (root), no GPU, no traffic of its own to the internet
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--window-size=1200,860")
+                  "--disable-component-update", "--disable-sync")
 
 
-def chromium_driver(chromium: str, chromedriver: str, profile: Path, downloads: Path | None = None):
+def chromium_driver(profile: Path, downloads: Path | None = None, window: tuple[int, int] = (1200, 860)):
     """Debian's headless Chromium driven by Selenium, with a fresh profile folder (``downloads``: where files the
-    pages download go)."""
+    pages download go; ``window``: its size in px)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for arg in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
+    options.binary_location = CHROMIUM
+    for arg in (*CHROMIUM_FLAGS, f"--window-size={window[0]},{window[1]}", f"--user-data-dir={profile}"):
         options.add_argument(arg)
     if downloads is not None:
         options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
                                                   "download.prompt_for_download": False})
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(chromedriver))
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
     driver.set_script_timeout(30)
     return driver

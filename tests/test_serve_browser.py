@@ -24,21 +24,14 @@ pytest.importorskip("starlette", reason="phasestem serve needs the serve extra (
 pytest.importorskip("uvicorn", reason="phasestem serve needs the serve extra (starlette, uvicorn)")
 selenium = pytest.importorskip("selenium", reason="the browser test drives Chromium through Selenium (dev extra)")
 
-from selenium import webdriver  # noqa: E402
 from selenium.common.exceptions import StaleElementReferenceException, TimeoutException  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
-from serve_workspace import Server, make_workspace  # noqa: E402
+from serve_workspace import Server, chromium_driver, make_workspace, needs_chromium  # noqa: E402
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None or CHROMEDRIVER is None,
-    reason="headless Chromium and its driver are not installed (Debian: apt-get install chromium chromium-driver; "
-           ".ci/run installs them)")
+pytestmark = needs_chromium
 
 #: epochs of the watched reconstruction (10 × 10 scan, 50 mini-batches an epoch: slow enough that the page sees
 #: several epochs go by on a fast machine too; with 10 mini-batches CI once saw only one epoch before the end)
@@ -62,14 +55,7 @@ def workspace(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", f"--window-size={WINDOW[0]},{WINDOW[1]}",
-                f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
-    driver.set_script_timeout(30)
+    driver = chromium_driver(tmp_path_factory.mktemp("chromium-profile"), window=WINDOW)
     yield driver
     driver.quit()
 

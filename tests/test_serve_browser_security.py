@@ -7,7 +7,6 @@ the app's own page carries a policy without inline script.
 """
 from __future__ import annotations
 
-import shutil
 import time
 
 import pytest
@@ -16,14 +15,9 @@ pytest.importorskip("starlette", reason="phasestem serve needs the serve extra (
 pytest.importorskip("uvicorn", reason="phasestem serve needs the serve extra (starlette, uvicorn)")
 pytest.importorskip("selenium", reason="the browser test drives Chromium through Selenium (dev extra)")
 
-from serve_workspace import Server, chromium_driver, make_workspace  # noqa: E402
+from serve_workspace import Server, chromium_driver, make_workspace, needs_chromium  # noqa: E402
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None or CHROMEDRIVER is None,
-    reason="headless Chromium and its driver are not installed (Debian: apt-get install chromium chromium-driver; "
-           ".ci/run installs them)")
+pytestmark = needs_chromium
 
 #: what each planted file's script would do with the page's cookie: upload a file named after it
 ATTACK = "fetch('/api/upload?path={name}.pwned', {method: 'PUT', body: 'x'}); document.title = 'ran';"
@@ -42,7 +36,7 @@ def test_a_stored_script_never_runs_from_the_workspace(tmp_path):
         (root / "data" / name).write_text(text.replace("{name}", name.replace(".", "_")))
     server = Server(root)
     downloads = tmp_path / "downloads"
-    driver = chromium_driver(CHROMIUM, CHROMEDRIVER, tmp_path / "profile", downloads)
+    driver = chromium_driver(tmp_path / "profile", downloads)
     try:
         driver.get(f"{server.url}/?token={server.token}#/files?path=data")  # the cookie is set from here on
         time.sleep(1)

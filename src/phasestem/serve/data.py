@@ -63,16 +63,20 @@ def reader_options(query: dict[str, str]) -> dict[str, Any]:
     return opts
 
 
-def _number(query: dict[str, str], name: str) -> float | None:
+def _number(query: dict[str, str], name: str, unit: str = "detector pixels", lo: float = 0.0,
+            hi: float = float("inf"), positive: bool = False) -> float | None:
+    """An optional number of the query (None where not given): finite, within [lo, hi], > 0 where ``positive``;
+    anything else is a 400 naming the field, its unit and the range."""
     text = query.get(name)
     if text in (None, ""):
         return None
     try:
         value = float(text)
     except ValueError:
-        raise Refused(f"{name}: expected a number of detector pixels", 400) from None
-    if not np.isfinite(value) or value < 0:
-        raise Refused(f"{name}: expected a number ≥ 0", 400)
+        raise Refused(f"{name}: expected a number ({unit})", 400) from None
+    if not np.isfinite(value) or not lo <= value <= hi or (positive and value <= 0):
+        span = f"> {lo:g}" if positive and hi == float("inf") else f"from {lo:g} to {hi:.4g}"
+        raise Refused(f"{name}: expected a number ({unit}) {span}", 400)
     return value
 
 
@@ -133,12 +137,12 @@ class Datasets:
     @staticmethod
     def _pixels(ds, look, query: dict[str, str]) -> tuple[dict, dict]:
         """The scan's and the detector's pixel (:func:`~phasestem.serve.images.pixel`)."""
-        step = _positive(query, "step", "Å")
+        step = _number(query, "step", "Å", hi=1e6, positive=True)
         if step is None and all(np.isfinite(ds.scan_step)):
             step = float(np.mean(ds.scan_step))
         scan_px = pixel(step, "Å", "scan step unknown: in scan pixels (give the scan step)")
         mrad = look.pixel_mrad
-        semiangle = _positive(query, "semiangle", "mrad")
+        semiangle = _number(query, "semiangle", "mrad", hi=1e6, positive=True)
         if semiangle is not None and look.radius and (mrad is None or not ds.angular_sampling):
             mrad = semiangle / look.radius
         det_px = pixel(mrad, "mrad", "detector pixel unknown: in detector pixels (give the semi-angle)")
@@ -156,19 +160,19 @@ class Datasets:
         kind = query.get("detector", "")
         if kind not in ("bf", "adf", "com"):
             raise Refused("detector: expected bf, adf or com", 400)
-        cy, cx = _bounded(query, "cy", 0.0, H - 1.0), _bounded(query, "cx", 0.0, W - 1.0)
+        cy, cx = _number(query, "cy", hi=H - 1.0), _number(query, "cx", hi=W - 1.0)
         if cy is None or cx is None:
             raise Refused("cy, cx: expected the detector's centre (px)", 400)
         edge = float(np.hypot(H, W))
         if kind == "adf":
-            inner, outer = _bounded(query, "inner", 0.0, edge), _bounded(query, "outer", 0.0, edge)
+            inner, outer = _number(query, "inner", hi=edge), _number(query, "outer", hi=edge)
             if inner is None:
                 raise Refused("inner: expected the annulus' inner radius (px)", 400)
             if outer is not None and outer <= inner:
                 raise Refused(f"outer: expected more than inner ({inner:g} px)", 400)
             radii = (inner, outer)
         else:
-            r = _bounded(query, "r", 0.0, edge)
+            r = _number(query, "r", hi=edge)
             if r is None or r <= 0:
                 raise Refused("r: expected the detector's radius (px, > 0)", 400)
             radii = (r, None)
@@ -221,34 +225,6 @@ class Datasets:
                       label=f"pattern at ({iy}, {ix})", px=det_px)
         return {"iy": iy, "ix": ix, "total": float(pat.sum()), "max": float(pat.max()), "log": log,
                 "image": pic.pop("src"), "scale": pic}
-
-
-def _positive(query: dict[str, str], name: str, unit: str) -> float | None:
-    """An optional positive number of the query (None where not given)."""
-    text = query.get(name)
-    if text in (None, ""):
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise Refused(f"{name}: expected a number ({unit})", 400) from None
-    if not np.isfinite(value) or value <= 0 or value > 1e6:
-        raise Refused(f"{name}: expected a number > 0 ({unit})", 400)
-    return value
-
-
-def _bounded(query: dict[str, str], name: str, lo: float, hi: float) -> float | None:
-    """An optional number of the query within [lo, hi] (None where not given)."""
-    text = query.get(name)
-    if text in (None, ""):
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise Refused(f"{name}: expected a number of detector pixels", 400) from None
-    if not np.isfinite(value) or not lo <= value <= hi:
-        raise Refused(f"{name}: expected a number of detector pixels from {lo:g} to {hi:.4g}", 400)
-    return value
 
 
 def _unit(ds) -> str:
