@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "phasestem.learn.commands",
     "phasestem.commands_misc",
     "phasestem.plan.commands",
+    "phasestem.convert.commands",
     "phasestem.serve.commands",
 )
 

@@ -49,9 +49,25 @@ def parse_params(data: dict, source: str = "params", base_dir: Path | None = Non
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping with data, optics, scan, … "
                           f"(got {type(data).__name__})")
+    data = _from_ptyrad(data, source)
     if base_dir is not None:
         data = resolve_config_paths(ReconstructParams, data, base_dir)
     return validate(ReconstructParams, data, source)
+
+
+def _from_ptyrad(data: dict, source: str) -> dict:
+    """``data`` itself, or, for a PtyRAD params file, its translation (:mod:`phasestem.convert.ptyrad`; the data
+    file's path from the working directory, as PtyRAD takes it), logged with what did not carry over."""
+    from ..convert.ptyrad import is_ptyrad_params, translate
+
+    if not is_ptyrad_params(data):
+        return data
+    tr = translate(data, source)
+    log.warning("%s is a PtyRAD params file: translated on the fly (phasestem convert ptyrad %s --out FILE writes "
+                "the translation to check and edit; docs/coming_from.md)", source, source)
+    for line in tr.report_lines():
+        log.warning("%s: %s", source, line)
+    return tr.params
 
 
 def load_params(path: str | Path) -> ReconstructParams:

@@ -1,0 +1,1 @@
+"""``phasestem convert``: other tools' parameter files as phasestem ``reconstruct`` YAML (:mod:`.ptyrad`)."""
