@@ -122,9 +122,10 @@ def test_auto_carries_the_files_aberrations_into_params_and_the_run_log(seed_fil
     out = tmp_path / "auto"
     with caplog.at_level(logging.WARNING, logger="phasestem"):
         rc = main(["reconstruct", str(seed_file), "--key", "dp_set_0", "--auto", "--rotation", "0", "--epochs", "1",
-                   "--edge-threshold", "0.25", "--out", str(out)])
+                   "--edge-threshold", "0.25", "--out", str(out), "--set", "run.batch_size=8"])
     assert rc == 0, capsys.readouterr().err
     params = yaml.safe_load((out / "params.yaml").read_text())
+    assert params["run"]["batch_size"] == 8  # --set: a field of the params.yaml --auto writes (defect 5)
     assert params["optics"]["aberrations"]["C30"] == C30  # was {} : the run went on without it
     rows = _table((out / "reconstruct.log").read_text())
     assert rows["optics.aberrations.C30"] == "200000 Å file"

@@ -31,6 +31,25 @@ class Parser(argparse.ArgumentParser):
         kwargs["allow_abbrev"] = False
         super().__init__(*args, **kwargs)
 
+    def parse_args(self, args=None, namespace=None):
+        """As argparse's, but arguments nobody takes are refused by the sub-command they were given to, with its
+        usage: ``phasestem reconstruct: error: unrecognized arguments: --foo`` (argparse reports them from the
+        top-level parser, with the top-level usage)."""
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            chosen_parser(self, parsed).error(f"unrecognized arguments: {' '.join(extra)}")
+        return parsed
+
+
+def chosen_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The innermost sub-command parser that parsed ``args`` (``phasestem train patch``'s), else ``parser``."""
+    while True:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        name = getattr(args, subs[0].dest, None) if subs else None
+        if name not in (subs[0].choices if subs else {}):
+            return parser
+        parser = subs[0].choices[name]
+
 
 def deprecation(prog: str, old: str, new: str) -> None:
     """The one line an old spelling prints on stderr: ``PROG: deprecated: OLD; use NEW``."""

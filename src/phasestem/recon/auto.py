@@ -110,10 +110,10 @@ def direct_start(params: ReconstructParams, method: str, out_dir: str | Path, da
 
 
 def auto_params(calib, files: dict[str, Path], out_dir: Path, epochs: int | None = None,
-                device: str | None = None) -> ReconstructParams:
+                device: str | None = None, overrides: dict[str, Any] | None = None) -> ReconstructParams:
     """The parameters of a :class:`~phasestem.calibrate.pipeline.Calibration` (:meth:`params_dict`, in memory)
     for the corrected patterns and descan ``files`` of :func:`phasestem.calibrate.files.calibrate_file`, completed
-    with the --auto AD settings."""
+    with the --auto AD settings; ``overrides`` (``--set``: dotted field → value) win over all of them."""
     shifts = files.get("detector_shifts")
     data = calib.params_dict(Path(files["patterns"]).resolve(), None if shifts is None else Path(shifts).resolve())
     data.setdefault("model", {}).update({k: v for k, v in AUTO_MODEL.items() if k not in data["model"]})
@@ -136,7 +136,7 @@ def auto_params(calib, files: dict[str, Path], out_dir: Path, epochs: int | None
         run["n_epochs"] = int(epochs)
     if device:
         run["device"] = device
-    return parse_params(data, "calibrated params")
+    return parse_params(data, "calibrated params", overrides=overrides)
 
 
 def write_params(params: ReconstructParams, path: Path, header: str = "") -> Path:
@@ -151,19 +151,20 @@ def write_params(params: ReconstructParams, path: Path, header: str = "") -> Pat
 def run_auto(file: str | Path, out_dir: str | Path, energy: float | None, semiangle: float | None, scan_step,
              angular_sampling: float | None = None, init: str = "ssb", reader_options: dict | None = None,
              format: str | None = None, epochs: int | None = None, device: str | None = None,
-             run: bool = True, **calibrate_options):
+             run: bool = True, overrides: dict[str, Any] | None = None, **calibrate_options):
     """Read → calibrate → direct-method start → AD, holding ``out_dir`` throughout (:mod:`phasestem.lock`).
-    Returns (params, calibration, model or None)."""
+    ``overrides`` (``--set``) change fields of the parameters written. Returns (params, calibration, model or
+    None)."""
     from ..lock import hold_output
     from .run import RECON_COMMAND
 
     with hold_output(out_dir, RECON_COMMAND + " --auto"):
         return _run_auto(file, Path(out_dir), energy, semiangle, scan_step, angular_sampling, init, reader_options,
-                         format, epochs, device, run, **calibrate_options)
+                         format, epochs, device, run, overrides, **calibrate_options)
 
 
 def _run_auto(file, out: Path, energy, semiangle, scan_step, angular_sampling, init, reader_options, format, epochs,
-              device, run, **calibrate_options):
+              device, run, overrides=None, **calibrate_options):
     from ..calibrate.files import calibrate_file
     from ..calibrate.output import yaml_text
     from ..provenance import dose_setting
@@ -173,7 +174,7 @@ def _run_auto(file, out: Path, energy, semiangle, scan_step, angular_sampling, i
                                   semiangle=semiangle, angular_sampling=angular_sampling,
                                   reader_options=reader_options, format=format, **calibrate_options)
     log.info("calibration: %s", calib.summary())
-    params = auto_params(calib, files, out, epochs, device)
+    params = auto_params(calib, files, out, epochs, device, overrides)
     if init == "parallax" and not calib.aberrations.get("C10"):
         log.info("no defocus measured (focused data): starting from SSB instead of parallax")
         init = "ssb"

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..cliargs import add_device, add_dump_config
+from ..cliargs import add_device, add_dump_config, add_set
 from ..lock import FolderBusyError, hold_output
 from ..safety import refuse_output_over_inputs
 from .params import ReconstructParams, dump_params, load_params
@@ -24,6 +24,7 @@ RECON_EPILOG = """examples:
   phasestem reconstruct configs/reconstruct_multislice.yaml --out runs/ms1 --epochs 50
   phasestem reconstruct params.yaml --resume          # continue from OUT/checkpoint.pt
   phasestem reconstruct params.yaml --dump-config     # print the fully resolved config
+  phasestem reconstruct params.yaml --set model.n_slices=4 --set run.batch_size=64   # any field, YAML value
   phasestem reconstruct params.yaml --init ssb        # start the object from a direct method
   phasestem reconstruct scan.npy --auto --energy 300e3 --semiangle 21.4 --scan-step 0.4 --out runs/scan1
   phasestem reconstruct scan.npy --auto ... --c10 200   # microscope C10: θ vs θ + 180°; the defocus if unmeasurable
@@ -52,6 +53,7 @@ def register(subparsers, train_subparsers) -> None:
     add_dump_config(p)
     p.add_argument("--epochs", type=int, default=None, help="override run.n_epochs")
     add_device(p, what="overrides run.device")
+    add_set(p, "model.n_slices=4 (with --auto: a field of the params.yaml it writes)")
     _add_auto_arguments(p)
     p.set_defaults(func=_reconstruct_cmd)
     t = subparsers.add_parser(
@@ -63,12 +65,15 @@ def register(subparsers, train_subparsers) -> None:
     t.add_argument("--out", type=Path, default=None, metavar="DIR", help="output folder (overrides run.out_dir)")
     t.add_argument("--n-trials", type=int, default=None, help="override tune.n_trials")
     add_device(t, what="overrides run.device")
+    add_set(t, "tune.n_trials=20")
     add_dump_config(t)
     t.set_defaults(func=_tune_cmd)
 
 
 def _load(args) -> ReconstructParams:
-    params = load_params(args.params)
+    from ..configfile import parse_set_options
+
+    params = load_params(args.params, parse_set_options(getattr(args, "set", None)))
     if args.out is not None:
         params.run.out_dir = args.out
     if getattr(args, "epochs", None):
@@ -94,12 +99,13 @@ def _add_auto_arguments(p) -> None:
 def _reconstruct_cmd(args) -> int:
     if args.auto:
         from ..calibrate.commands import calibration_choices, reader_options, scan_step
+        from ..configfile import parse_set_options
         from .auto import run_auto
 
         run_auto(args.params, args.out or Path("recon_out"), energy=args.energy, semiangle=args.semiangle,
                  scan_step=scan_step(args), angular_sampling=args.angular_sampling, init=args.init or "ssb",
                  reader_options=reader_options(args), format=args.format, epochs=args.epochs, device=args.device,
-                 **calibration_choices(args))
+                 overrides=parse_set_options(args.set), **calibration_choices(args))
         return 0
     params = _load(args)
     if args.dump_config and not args.init:

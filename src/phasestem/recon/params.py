@@ -14,13 +14,14 @@ Python use::
 """
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..configfile import read_yaml_mapping, resolve_config_paths, validate
+from ..configfile import apply_overrides, read_yaml_mapping, resolve_config_paths, validate
 from ..errors import ConfigError, InputFileError, PhasestemError, ShapeError
 from .model import Ptychography
 from .report import CALIBRATION_FIELDS, geometry_settings
@@ -44,14 +45,19 @@ log = logging.getLogger("phasestem.recon")
 
 
 # ---- loading -----------------------------------------------------------------------------
-def parse_params(data: dict, source: str = "params", base_dir: Path | None = None) -> ReconstructParams:
-    """Validate a dict; relative paths are taken relative to ``base_dir`` (the YAML file's folder)."""
+def parse_params(data: dict, source: str = "params", base_dir: Path | None = None,
+                 overrides: dict | None = None) -> ReconstructParams:
+    """Validate a dict; relative paths are taken relative to ``base_dir`` (the YAML file's folder). ``overrides``
+    (``--set``: dotted field → value) are set after that, so a relative path among them is from the working
+    directory."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping with data, optics, scan, … "
                           f"(got {type(data).__name__})")
     data = _from_ptyrad(data, source)
     if base_dir is not None:
         data = resolve_config_paths(ReconstructParams, data, base_dir)
+    if overrides:
+        data = apply_overrides(copy.deepcopy(data), overrides)
     return validate(ReconstructParams, data, source)
 
 
@@ -70,11 +76,12 @@ def _from_ptyrad(data: dict, source: str) -> dict:
     return tr.params
 
 
-def load_params(path: str | Path) -> ReconstructParams:
-    """Read and validate a YAML parameter file (``yaml.safe_load``); relative paths are taken from its folder."""
+def load_params(path: str | Path, overrides: dict | None = None) -> ReconstructParams:
+    """Read and validate a YAML parameter file (``yaml.safe_load``); relative paths are taken from its folder;
+    ``overrides`` (``--set``) as in :func:`parse_params`."""
     path = Path(path)
     data = read_yaml_mapping(path, "parameter file")
-    return parse_params(data, str(path), path.parent)
+    return parse_params(data, str(path), path.parent, overrides)
 
 
 def dump_params(params: ReconstructParams, base: str | Path | None = None) -> str:

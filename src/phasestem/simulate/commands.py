@@ -5,7 +5,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from ..cliargs import add_config, add_device, add_dump_config, add_out, config_argument
+from ..cliargs import add_config, add_device, add_dump_config, add_out, add_set, config_argument
 from ..errors import ConfigError
 
 log = logging.getLogger("phasestem.simulate")
@@ -19,6 +19,8 @@ def register(sub, train_sub) -> None:
         "field, probe amplitude and phase, patterns). Resumable: rerun the same command after an interruption.",
         epilog="Examples:\n  phasestem simulate configs/simulate_tiny.yaml --out data/tiny\n"
         "  phasestem simulate configs/simulate_seed.yaml --out data/seed --workers 2\n"
+        "  phasestem simulate configs/simulate_seed.yaml --out data/small --set scan.shape=[24,24] "
+        "--set output.n_files=1\n"
         "  phasestem simulate --dump-config > my_sim.yaml",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -32,6 +34,7 @@ def register(sub, train_sub) -> None:
     p.add_argument("--workers", type=int, help="local Dask worker processes (overrides compute.workers)")
     p.add_argument("--scheduler", help="Dask scheduler address for many machines (overrides compute.scheduler)")
     add_device(p, what="overrides compute.device")
+    add_set(p, "scan.shape=[24,24]")
     add_dump_config(p)
     p.set_defaults(func=_simulate)
 
@@ -57,11 +60,12 @@ def register(sub, train_sub) -> None:
 
 
 def _simulate(args) -> int:
+    from ..configfile import parse_set_options
     from .budget import check_memory
     from .config import load_config
     from .writer import simulate_dataset
 
-    overrides = {}
+    overrides = parse_set_options(args.set)
     for key, name in (("workers", "compute.workers"), ("scheduler", "compute.scheduler"), ("device", "compute.device")):
         if getattr(args, key) is not None:
             overrides[name] = getattr(args, key)
