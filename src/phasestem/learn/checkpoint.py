@@ -59,14 +59,29 @@ def load_weights(path: str | Path, map_location: str | torch.device = "cpu") -> 
     """
     path = resolve_weights_path(path)
     if path.suffix == ".safetensors":
-        return read_safetensors(path, map_location)
+        state, meta = read_safetensors(path, map_location)
+        check_finite_weights(state, path)
+        return state, meta
     obj = torch_load(path, map_location, "PyTorch weights file")
     meta: Any = "{}"
     if isinstance(obj, dict) and "state_dict" in obj:
         obj, meta = obj["state_dict"], obj.get("meta", "{}")
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise InputFileError(f"{path}: expected a state_dict (names → tensors), found {type(obj).__name__}")
+    check_finite_weights(obj, path)
     return dict(obj), _parse_meta(meta, path)
+
+
+def check_finite_weights(state: Mapping[str, torch.Tensor], path: str | Path) -> None:
+    """Refuse weights holding NaN or ±Inf (a diverged training: every prediction would be NaN) in one line naming
+    the file, how many tensors and the first one."""
+    bad = [name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        first = state[bad[0]]
+        n = int((~torch.isfinite(first)).sum())
+        raise InputFileError(f"{path}: {len(bad)} of {len(state)} weight tensors hold NaN or Inf (first: '{bad[0]}', "
+                             f"{n} of {first.numel()} values); expected finite weights (a diverged training? use an "
+                             "earlier checkpoint)")
 
 
 def _parse_meta(meta: Any, path: Path) -> dict:

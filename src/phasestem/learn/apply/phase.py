@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ...dataset import FourDSTEM
-from ...errors import ConfigError, ShapeError
+from ...errors import ConfigError, InputFileError, ShapeError
 from ...io.hdf5 import read_float32
 from ...lock import hold_output
 from ...plot import save_figure
@@ -209,12 +209,22 @@ def predict_file(input_path: str | Path, model_path: str | Path, out_path: str |
         log_calibrations(ds)
         model, meta = load_predictor(model_path, stitch_path, device)
         phase = predict_phase(model, meta, ds)
+        check_finite_prediction(phase, model_path, input_path)
         g = geometry_for(ds, meta)
         truth = None
         if ds.truth is not None and np.shape(ds.truth.get("phase")) == phase.shape:
             truth = ds.truth["phase"]
         residual = prediction_residual(phase, ds, g.phase_sampling, meta)
         return write_prediction(out_path, phase, g.phase_sampling, meta, str(input_path), png, truth, residual)
+
+
+def check_finite_prediction(phase: np.ndarray, model_path: str | Path, input_path: str | Path) -> None:
+    """Refuse a prediction holding NaN or Inf (nothing written) in one line naming the model and the data."""
+    bad = int(phase.size - np.count_nonzero(np.isfinite(phase)))
+    if bad:
+        raise InputFileError(f"{model_path}: its prediction for {input_path} holds {bad} of {phase.size} non-finite "
+                          "pixels (NaN or Inf); expected a finite phase: check the model (a diverged training?) and "
+                          "that the data are of the kind it was trained on")
 
 
 def log_calibrations(dataset: FourDSTEM) -> None:
