@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -123,12 +124,61 @@ def test_advice_names_the_change_that_helps_most():
     rows = [{"scan.step": 0.6, "phase_error": 0.26, "frc_resolution": 0.7},
             {"scan.step": 1.0, "phase_error": 0.41, "frc_resolution": 1.1}]
     text = advise(rows, ["scan.step"], {"scan.step": 1.0}, {"phase_error": 0.41, "frc_resolution": 1.1})
-    assert text == ("advice: 0.6 Å step instead of 1 Å step raises the expected FRC resolution from 1.1 to 0.7 Å "
-                    "(E_φ 0.41 → 0.26)")
+    assert text == ("advice: 0.6 Å step instead of 1 Å step lowers the expected E_φ from 0.41 to 0.26 (FRC "
+                    "resolution 1.1 → 0.7 Å)")
+    same = [{"scan.step": 0.6, "phase_error": 0.40, "frc_resolution": 0.7}]  # E_φ alike: advised for resolution
+    text = advise(same, ["scan.step"], {"scan.step": 1.0}, {"phase_error": 0.41, "frc_resolution": 1.1})
+    assert text.startswith("advice: 0.6 Å step instead of 1 Å step raises the expected FRC resolution from 1.1 to "
+                           "0.7 Å"), text
     text = advise(rows[1:], ["scan.step"], {"scan.step": 1.0}, {"phase_error": 0.41, "frc_resolution": 1.1})
     assert text.startswith("advice: none of the swept scan step values")
     text = advise(rows, ["scan.step"], {"scan.step": 1.0}, {"phase_error": float("nan"), "frc_resolution": 5.0})
     assert text.startswith("advice: 0.6 Å step instead of 1 Å step gives a usable reconstruction (E_φ 0.26"), text
+
+
+def test_advice_follows_e_phi_where_resolutions_differ_by_one_ring():
+    """README's sweep: the FRC resolution jitters by one ring at the band limit (0.513/0.524 Å) while 2e4 e⁻/Å²
+    lowers E_φ by 27 %; ranking by resolution first said none helped (and the previous main did)."""
+    ring = 1 / 0.513 - 1 / 0.524  # 1/Å: the two values one ring apart
+    rows = [{"dose.electrons_per_area": d, "phase_error": e, "frc_resolution": r} for d, e, r in
+            ((1000, 0.278, 0.513), (2000, 0.229, 0.524), (5000, 0.192, 0.513), (20000, 0.143, 0.524))]
+    base = {"phase_error": 0.196, "frc_resolution": 0.524, "frc_ring": ring * 1.05}
+    text = advise(rows, ["dose.electrons_per_area"], {"dose.electrons_per_area": 4880}, base)
+    assert text == ("advice: 2e+04 e⁻/Å² instead of 4.88e+03 e⁻/Å² lowers the expected E_φ from 0.20 to 0.14 (FRC "
+                    "resolution 0.52 → 0.52 Å, the same within one ring)"), text
+    # a lower E_φ bought with more than one ring of resolution is not advised
+    worse = [{"dose.electrons_per_area": 20000, "phase_error": 0.143, "frc_resolution": 0.8}]
+    text = advise(worse, ["dose.electrons_per_area"], {"dose.electrons_per_area": 4880}, base)
+    assert text.startswith("advice: none of the swept"), text
+
+
+def test_one_time_estimate_with_its_basis(tmp_path):
+    """The quantities' line is the one estimate of the reconstruction time, with its basis; the expected result no
+    longer adds a second one scaled from the small field (15 min against 82 min on README's plan)."""
+    from phasestem.plan import compute, plan_config
+    from phasestem.plan.quantities import format_quantities
+
+    cfg = plan_config(settings())
+    text = format_quantities(compute(cfg), cfg)
+    line = next(ln for ln in text.splitlines() if ln.startswith("data:"))
+    assert "reconstruction (--auto, 10 epochs) ≈" in line and "ms per pattern (to 256² px) and epoch" in line
+    source = (Path(__file__).parents[1] / "src" / "phasestem" / "plan" / "__init__.py").read_text()
+    assert "for the full acquisition on this machine" not in source and "full_auto_seconds_here" not in source
+
+
+def test_dump_config_without_a_settings_file_is_the_example(tmp_path):
+    """``phasestem plan --dump-config`` without a file prints the example of configs/plan.yaml (an argparse error
+    before); without --dump-config a file is asked for in one line."""
+    dump = subprocess.run([sys.executable, "-m", "phasestem.cli", "plan", "--dump-config", "--set", "scan.step=0.7"],
+                          capture_output=True, text=True, timeout=120)
+    assert dump.returncode == 0, dump.stderr
+    (tmp_path / "dumped.yaml").write_text(dump.stdout)
+    dumped = load_plan_config(tmp_path / "dumped.yaml")
+    example = load_plan_config(Path(__file__).parents[1] / "configs" / "plan.yaml", {"scan.step": 0.7})
+    assert dumped.model_dump(exclude={"out"}) == example.model_dump(exclude={"out"})
+    bare = subprocess.run([sys.executable, "-m", "phasestem.cli", "plan"], capture_output=True, text=True,
+                          timeout=120)
+    assert bare.returncode == 1 and bare.stderr.count("\n") == 1 and "phasestem plan --dump-config" in bare.stderr
 
 
 def test_cli_prints_quantities_and_warnings_and_refuses_bad_keys(tmp_path):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import PlanConfig, load_plan_config, plan_config
-from .quantities import Quantities, _duration, compute, format_quantities
+from .quantities import Quantities, compute, format_quantities
 
 __all__ = ["PlanConfig", "PlanReport", "Quantities", "compute", "load_plan_config", "plan"]
 
@@ -95,9 +95,6 @@ def _expected(report: PlanReport, folder: Path, lines: list[str]) -> None:
         lines.append("warning: the expected reconstruction does not match the simulated truth (E_φ undefined: it "
                      "could not be aligned; see the figure and expected/recon/calibration): --auto failed on this "
                      "field, e.g. too little signal to calibrate the scan rotation")
-    if "auto_failed" not in e.extra:  # a run that stopped at its calibration says nothing of the time
-        lines.append(f"time: --auto took {e.extra['auto_seconds']:.0f} s on the field here, so about "
-                     f"{_duration(e.extra['full_auto_seconds_here'])} for the full acquisition on this machine")
     names = list(cfg.expected.sweep)
     if names:
         from ..plot.plan import sweep_figure
@@ -110,7 +107,8 @@ def _expected(report: PlanReport, folder: Path, lines: list[str]) -> None:
             lines.append(f"sweep {values}: E_φ = {r['phase_error']:.3f}, FRC resolution {r['frc_resolution']:.3g} Å")
         planned = {n: _planned(cfg, n) for n in names}
         report.advice = advise(report.sweep, names, planned, {"phase_error": e.phase_error,
-                                                              "frc_resolution": e.frc_resolution})
+                                                              "frc_resolution": e.frc_resolution,
+                                                              "frc_ring": e.extra.get("frc_ring", 0.0)})
         lines.append(report.advice)
         lines.append(f"sweep figure {path}")
     elif is_poor(e.phase_error, e.frc_resolution):

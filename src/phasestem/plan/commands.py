@@ -23,7 +23,8 @@ def register(sub, train_sub) -> None:
                "  phasestem plan configs/plan.yaml --dump-config > my_plan.yaml",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_config(p, "plan settings YAML (see configs/plan.yaml and --dump-config)")
+    add_config(p, "plan settings YAML (see configs/plan.yaml; --dump-config without it prints a documented "
+                  "example to start from)", optional=True)
     add_out(p, None, "output folder of the expected result's figures and plan.json (default: 'out' of the "
                      "settings, else plan_out)")
     add_set(p, "scan.step=0.6")
@@ -44,6 +45,11 @@ def _plan(args) -> int:
         overrides["expected.device"] = args.device
     if args.out is not None:
         overrides["out"] = str(Path(args.out).resolve())
+    if args.config is None and not args.dump_config:
+        from ..errors import ConfigError
+
+        raise ConfigError("no settings file: phasestem plan SETTINGS.yaml (phasestem plan --dump-config > plan.yaml "
+                          "writes a documented example to edit)")
     cfg = load_plan_config(args.config, overrides)
     if args.dump_config:
         from ..configdump import config_yaml

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ..configfile import CheckedModel, ConfigPath, load_yaml_config, validate
+from ..configfile import CheckedModel, ConfigPath, apply_overrides, load_yaml_config, validate
 from ..simulate.config import Optics
 
 #: the settings a sweep may vary (dotted names of :class:`PlanConfig` fields)
@@ -151,8 +151,24 @@ class PlanConfig(CheckedModel):
     expected: PlanExpected = Field(default_factory=PlanExpected, description="The expected result by simulation.")
 
 
-def load_plan_config(path: str | Path, overrides: dict[str, Any] | None = None) -> PlanConfig:
-    """Read and validate a plan YAML (relative paths from its folder, ``overrides`` from the command line)."""
+#: the session ``phasestem plan --dump-config`` shows without a settings file (that of configs/plan.yaml)
+EXAMPLE: dict[str, Any] = {
+    "optics": {"energy": 300e3, "semiangle": 20.0, "aberrations": {"C10": 60.0}},
+    "scan": {"step": 0.8, "shape": [128, 128]},
+    "detector": {"shape": 64, "pixel_size": 55.0, "camera_length": 44.0},
+    "dose": {"beam_current": 5.0, "dwell_time": 100.0},
+    "specimen": {"kind": "typical", "thickness": 16.0},
+    "expected": {"sweep": {"dose.electrons_per_area": [1000, 2000, 5000, 20000]}},
+}
+
+
+def load_plan_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> PlanConfig:
+    """Read and validate a plan YAML (relative paths from its folder, ``overrides`` from the command line); ``path``
+    None: the built-in :data:`EXAMPLE` with the overrides."""
+    if path is None:
+        import copy
+
+        return validate(PlanConfig, apply_overrides(copy.deepcopy(EXAMPLE), overrides), "the built-in example plan")
     return load_yaml_config(PlanConfig, path, overrides, what="plan settings file")
 
 

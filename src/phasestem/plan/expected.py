@@ -148,8 +148,9 @@ def score(results_file: str | Path, truth: np.ndarray, truth_sampling: float, tr
     hi = np.ceil(pos.max(0) / s).astype(int) + 1
     fov = (slice(max(lo[0], 0), hi[0]), slice(max(lo[1], 0), hi[1]))
     fom = figures_of_merit(phase[fov], t[fov], sampling=s, frc_sustain=FRC_SUSTAIN)
+    ring = 1.0 / (min(phase[fov].shape) * float(np.mean(s)))  # 1/Å: the width of one FRC ring (metrics.frc)
     return {"phase_error": float(fom["phase_error"]), "frc_resolution": float(fom["frc_resolution"]),
-            "reconstruction": phase[fov], "truth": t[fov], "sampling": s}
+            "frc_ring": ring, "reconstruction": phase[fov], "truth": t[fov], "sampling": s}
 
 
 def reconstruct_auto(file: Path, folder: Path, cfg: PlanConfig, **calibrate_options):
@@ -200,12 +201,11 @@ def expected_result(cfg: PlanConfig, folder: str | Path, figure: bool = True) ->
     t_auto = time.perf_counter() - t0 - t_sim
     nan = float("nan")
     scored = score(results, sim["truth"], sim["truth_sampling"], sim["truth_positions"]) if failed is None else {
-        "phase_error": nan, "frc_resolution": nan}
+        "phase_error": nan, "frc_resolution": nan, "frc_ring": nan}
     seconds = time.perf_counter() - t0
     out = Expected(phase_error=scored["phase_error"], frc_resolution=scored["frc_resolution"],
                    scan_shape=tuple(sim["shape"]), seconds=seconds, pixel=sim["pixel"], folder=str(folder),
-                   extra={"simulation_seconds": t_sim, "auto_seconds": t_auto,
-                          "full_auto_seconds_here": t_auto * math.prod(cfg.scan.shape) / math.prod(sim["shape"])})
+                   extra={"simulation_seconds": t_sim, "auto_seconds": t_auto, "frc_ring": scored["frc_ring"]})
     if warning:
         out.extra["notes"] = [warning]
         out.extra["rotation_given"] = True
@@ -247,7 +247,8 @@ def expected_figure(scored: dict[str, Any], result: Expected, path: Path) -> Pat
 
 def sweep(cfg: PlanConfig, folder: str | Path) -> list[dict[str, Any]]:
     """The expected result for every value of the swept settings (``expected.sweep``; two settings: every
-    combination). One row per run: the values set, E_φ, FRC resolution, seconds."""
+    combination). One row per run: the values set, E_φ, FRC resolution (Å), the width of one FRC ring (1/Å),
+    seconds."""
     import itertools
 
     names = list(cfg.expected.sweep)
@@ -259,5 +260,6 @@ def sweep(cfg: PlanConfig, folder: str | Path) -> list[dict[str, Any]]:
         tag = "_".join(f"{n.split('.')[-1]}{v:g}" for n, v in zip(names, values, strict=True))
         res = expected_result(run, Path(folder) / tag, figure=False)
         rows.append({**dict(zip(names, (float(v) for v in values), strict=True)),
-                     "phase_error": res.phase_error, "frc_resolution": res.frc_resolution, "seconds": res.seconds})
+                     "phase_error": res.phase_error, "frc_resolution": res.frc_resolution,
+                     "frc_ring": res.extra["frc_ring"], "seconds": res.seconds})
     return rows

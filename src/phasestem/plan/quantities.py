@@ -259,8 +259,9 @@ def format_quantities(q: Quantities, cfg: PlanConfig) -> str:
     lines.append(f"depth of field λ/α² = {q.depth_of_field:.3g} Å; specimen {q.thickness:.3g} Å, {slices}")
     acq = f", acquired in {_duration(q.acquisition_seconds)}" if q.acquisition_seconds is not None else ""
     lines.append(f"data: {s[0]} × {s[1]} patterns of {n}² ({q.field_of_view[0]:.3g} × {q.field_of_view[1]:.3g} Å), "
-                 f"{_size(q.data_bytes)}{acq}; reconstruction ({cfg.reconstruction.epochs} epochs) ≈ "
-                 f"{_duration(q.cpu_seconds)} on 2 CPU cores, {_duration(q.gpu_seconds)} on one H100 "
-                 "(measured: README, docs/benchmarks.md)")
+                 f"{_size(q.data_bytes)}{acq}; reconstruction (--auto, {cfg.reconstruction.epochs} epochs) ≈ "
+                 f"{_duration(q.cpu_seconds)} on 2 CPU cores, {_duration(q.gpu_seconds)} on one H100 (from the "
+                 f"measured rates: {CPU_SECONDS_PER_PATTERN * 1e3:.2g} ms per pattern (to 256² px) and epoch on 2 "
+                 "CPU cores, the H100's per pixel and batch; README, docs/benchmarks.md)")
     lines += [f"warning: {w}" for w in q.warnings]
     return "\n".join(lines)
