@@ -156,19 +156,22 @@ def test_convert_writes_a_loadable_file_and_keeps_an_existing_one(tmp_path, monk
     src, out = tmp_path / "ptyrad.yaml", tmp_path / "sub" / "phasestem.yaml"
     src.write_text(yaml.safe_dump(PTYRAD))
     out.parent.mkdir()
-    assert main(["convert", "ptyrad", str(src), "--out", str(out)]) == 0
+    assert main(["convert", "ptyrad", str(src), "--out-file", str(out)]) == 0
     text = out.read_text()
     assert "# phasestem reconstruct parameters translated from the PtyRAD params file" in text
     assert "#   not translated: init_params.pos_scan_rand_std" in text
     assert "file: ../data/scan.h5" in text  # relative to the file's folder
     params = load_params(out)
     assert params.data.file.resolve() == tmp_path / "data" / "scan.h5" and params.model.n_slices == 4
-    assert main(["convert", "ptyrad", str(src), "--out", str(out)]) == 1
-    assert f"--out {out} exists: give --overwrite" in capsys.readouterr().err
-    assert main(["convert", "ptyrad", str(src), "--out", str(out), "--lsq", "--overwrite"]) == 0
+    assert main(["convert", "ptyrad", str(src), "--out-file", str(out)]) == 1
+    assert f"--out-file {out} exists: give --overwrite" in capsys.readouterr().err
+    assert main(["convert", "ptyrad", str(src), "--out", str(out), "--lsq", "--overwrite"]) == 0  # --out X.yaml
+    assert "--out-file" in capsys.readouterr().err
     lsq = load_params(out)
     assert lsq.run.optimizer == "lsq" and lsq.model.learning_rates["obj_phase"].lr is None
     assert lsq.model.learning_rates["obj_amplitude"].start == 3 and lsq.model.learning_rates["probe"] == 0.0
+    assert main(["convert", "ptyrad", str(src), "--out", str(tmp_path / "folder")]) == 0  # --out DIR
+    assert load_params(tmp_path / "folder" / "ptyrad_phasestem.yaml").model.n_slices == 4
 
 
 def test_bad_ptyrad_values_name_the_field(tmp_path):
