@@ -55,3 +55,47 @@ def test_quick_demo_without_the_learned_routes_on_the_cpu(tmp_path, capsys):
     assert list(fom["routes"]) == ["AD ptychography"] and fom["device"] == "cpu" and fom["solver"] == "lsq"
     assert fom["flat_errors"][-1] < fom["flat_errors"][0]
     assert (out / "routes.png").stat().st_size > 1000
+
+
+def _fake_full_run(out):
+    """The files a full demo leaves (names only: no demo is run)."""
+    (out / "runs" / "end2end").mkdir(parents=True)
+    (out / "data" / "train").mkdir(parents=True)
+    for name in ("report.md", "figures_of_merit.yaml", "routes.png", "hybrid.png", "simulation.png", "inspect.png",
+                 "runs/end2end/model.safetensors", "data/train/sim_0.h5"):
+        (out / name).write_text("from the full run")
+
+
+def test_a_folder_holding_another_run_is_refused_in_one_line(tmp_path):
+    """``phasestem demo --skip-learned --out DIR`` after a full demo in DIR: refused, naming DIR (before: report.md
+    rewritten, the full run's hybrid.png and runs/ left beside it)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "demo"
+    _fake_full_run(out)
+    proc = subprocess.run([sys.executable, "-m", "phasestem.cli", "demo", "--skip-learned", "--quick", "--out",
+                           str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"--out {out} holds another demo run (report.md" in proc.stderr and "--overwrite" in proc.stderr
+    assert (out / "report.md").read_text() == "from the full run" and (out / "hybrid.png").exists()
+
+
+def test_overwrite_clears_the_previous_run_first_and_keeps_other_files(tmp_path, monkeypatch):
+    import phasestem.demo as demo
+
+    out = tmp_path / "demo"
+    _fake_full_run(out)
+    (out / "my_notes.txt").write_text("not the demo's")
+    seen = {}
+
+    def fake_run(folder, quick, cfg, device, learned=True):  # what the run finds when it starts
+        seen["files"] = sorted(p.name for p in folder.iterdir())
+        (folder / "report.md").write_text("new")
+        return folder / "report.md"
+
+    monkeypatch.setattr(demo, "_run_demo", fake_run)
+    assert demo.run_demo(out, quick=True, learned=False, overwrite=True) == out / "report.md"
+    assert seen["files"] == [".phasestem.lock", "my_notes.txt"], seen
+    assert (out / "report.md").read_text() == "new" and not (out / "hybrid.png").exists()
+    assert (out / "my_notes.txt").exists() and not (out / "runs").exists()

@@ -60,6 +60,9 @@ def register(sub, train_sub) -> None:
     d.add_argument("--skip-learned", action="store_true",
                    help="simulation of the held-out scan and AD ptychography only (no training, Phaseformer or "
                         "hybrid route)")
+    d.add_argument("--overwrite", action="store_true",
+                   help="replace another demo run in --out (its report, figures, data and runs are removed first); "
+                        "without it such a folder is refused")
     add_device(d, "cpu", "simulation, the reconstructions and the training")
     add_dump_config(d)
     d.set_defaults(func=_demo)
@@ -111,6 +114,6 @@ def _demo(args) -> int:
               end="")
         return 0
     report = run_demo(Path(args.out), quick=args.quick, config=args.config, device=args.device,
-                      learned=not args.skip_learned)
+                      learned=not args.skip_learned, overwrite=args.overwrite)
     print(f"report: {report}")
     return 0

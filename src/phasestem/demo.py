@@ -372,18 +372,22 @@ def _hybrid_summary(flat: dict, hyb: dict, rc: DemoRecon, predict_seconds: float
 
 # ------------------------------------------------------------------------------------------ main
 def run_demo(out: Path, quick: bool = False, config: str | Path | None = None, device: str = "cpu",
-             learned: bool = True) -> Path:
+             learned: bool = True, overwrite: bool = False) -> Path:
     """Run every stage into ``out`` (holding its lock, :mod:`phasestem.lock`); returns the report path
-    (``out/report.md``). ``config``: a :class:`DemoConfig` YAML (default: the built-in ``configs/demo.yaml``);
+    (``out/report.md``). A folder holding another demo run is refused, or with ``overwrite`` cleared of that run's
+    files first (:mod:`phasestem.demo_folder`). ``config``: a :class:`DemoConfig` YAML (default: the built-in
+    ``configs/demo.yaml``);
     ``device``: torch device of simulation, the reconstructions and the training ('auto': a GPU when there is one);
     ``learned=False``: simulation of the held-out scan and AD ptychography only. Torch runs on
     ``cpu_threads`` threads of the settings meanwhile (restored after)."""
+    from .demo_folder import prepare_output
     from .lock import hold_output
     from .runtime import resolve_device
 
     cfg = load_demo_config(Path(config) if config else BUILTIN_DEMO, quick=quick)
     threads = torch.get_num_threads()
     with hold_output(out, "phasestem demo"):
+        prepare_output(Path(out), overwrite)
         if cfg.cpu_threads:
             torch.set_num_threads(cfg.cpu_threads)
         try:
