@@ -16,6 +16,34 @@ log = logging.getLogger("phasestem.calibrate")
 FLAGS = {"energy": "--energy", "scan_step": "--scan-step"}
 
 
+#: what each calibration is and the flag that gives it, for the one line that lists what is missing
+MISSING = {"energy": "the beam energy (--energy EV)", "scan_step": "the scan step (--scan-step Å)",
+           "semiangle": "the probe semi-angle (--semiangle MRAD, or the detector pixel: --angular-sampling MRAD)"}
+
+
+def check_complete(path: str | Path, energy=None, scan_step=None, semiangle=None, angular_sampling=None,
+                   reader_options: dict[str, Any] | None = None, format: str | None = None) -> None:
+    """Refuse, in one line naming the file and every one of them, calibrations that neither the file nor the flags
+    give (energy, scan step, semi-angle or detector pixel), before anything slow: the file's header is read
+    lazily, no pattern is read. A file that cannot be read this way is left to :func:`load_for_calibration` to say
+    so."""
+    from ..errors import MissingCalibrationError, PhasestemError
+    from ..io import reader_module
+
+    opts = {k: v for k, v in (reader_options or {}).items() if k not in ("bad_pixels", "screen")}
+    try:
+        first = reader_module(path, format).read(Path(path), require_calibration=False, **opts)
+    except (PhasestemError, OSError, ValueError, KeyError, TypeError, EOFError):
+        return  # io.load says what is wrong with the file, in its own words
+    uncalibrated = first.metadata.get("uncalibrated", [])
+    missing = [MISSING[name] for name, flag in (("energy", energy), ("scan_step", scan_step))
+               if flag is None and name in uncalibrated]
+    if semiangle is None and angular_sampling is None and first.semiangle is None and first.angular_sampling is None:
+        missing.append(MISSING["semiangle"])
+    if missing:
+        raise MissingCalibrationError(f"{path}: not in the file and not given: {'; '.join(missing)}")
+
+
 def load_for_calibration(path: str | Path, energy: float | None = None,
                          scan_step: float | tuple[float, float] | None = None,
                          reader_options: dict[str, Any] | None = None, format: str | None = None):
@@ -62,6 +90,7 @@ def calibrate_file(path: str | Path, out_dir: str | Path, energy: float | None =
     from .held import merge_held
     from .output import write_outputs
 
+    check_complete(path, energy, scan_step, semiangle, angular_sampling, reader_options, format)  # one line, at once
     with hold_output(out_dir, "phasestem calibrate"):  # held from before the data are read
         dataset = load_for_calibration(path, energy, scan_step, reader_options, format)
         found = dataset.metadata.get("calibration_sources", {})

@@ -29,7 +29,17 @@ from .com import com_field
 from .disk import DiskFit, fit_disk
 from .parallax import ParallaxFit, fit_parallax, group_contrast, phase_skewness
 from .reading import summed_pattern
-from .rotation import MAX_CURL_RATIO, MIN_SCAN, NoContrastError, RotationFit, choose_branch, fit_rotation
+from .rotation import (
+    MAX_CURL_RATIO,
+    MIN_SCAN,
+    ROTATION_FLAG,
+    NoContrastError,
+    RotationFit,
+    choose_branch,
+    fit_rotation,
+    no_contrast_message,
+    undersampled,
+)
 
 
 @dataclass
@@ -300,10 +310,7 @@ def calibrate(dataset, semiangle: float | None = None, angular_sampling: float |
                          f"det {p.determinant:+.0f}, aligned images agree to r = {p.coherence:.2f} (< {MIN_COHERENCE}: "
                          "focused data or too little contrast); no defocus fitted")
     if not com_ok and pfit is None and not small and not given:
-        raise NoContrastError(
-            f"no specimen contrast: the centre-of-mass field is nearly as curled as it is divergent at every rotation "
-            f"(relative curl {ratio:.2f} > {MAX_CURL_RATIO}) and the bright-field parallax gives no shift map; "
-            "vacuum-only data, or too few counts to calibrate the rotation")
+        raise NoContrastError(no_contrast_message(ratio, step, dataset.energy, float(semiangle), c10))
     if pfit is not None and not given:  # a given rotation is its own branch: the fit's C10 sign follows from it
         _branch_from_skewness(pfit, con, weights, step, dataset.energy, float(semiangle), fits[chosen], notes)
     if c10 and pfit is not None and given and np.sign(pfit.C10) != np.sign(c10):
@@ -321,6 +328,9 @@ def calibrate(dataset, semiangle: float | None = None, angular_sampling: float |
     else:
         rotation = pfit.rotation if pfit is not None else rot.rotation
     why = None if pfit is not None or given else rot.undetermined(dataset.scan_shape)
+    cause = undersampled(step, dataset.energy, float(semiangle), c10) if why and not small else None
+    if cause:  # "too little signal": say why, and what to pass
+        why = f"{why.removesuffix(': too little signal')}: {cause}; {ROTATION_FLAG}"
     if why:  # the defaults stay: rotation 0°, transpose as given or False
         undetermined["rotation"] = why
         rotation, source = 0.0, "undetermined"

@@ -44,7 +44,37 @@ MAX_SPREAD = 15.0
 
 
 class NoContrastError(PhasestemError):
-    """The centre-of-mass field has no specimen signal (vacuum or too few counts)."""
+    """The centre-of-mass field has no specimen signal (vacuum, too few counts, or a scan step too coarse for it)."""
+
+
+#: what to do where the data cannot calibrate the rotation
+ROTATION_FLAG = "give the scan rotation if it is known (--rotation DEG, e.g. --rotation 0 for simulated data)"
+
+
+def undersampled(step, energy: float, semiangle: float, c10: float | None = None) -> str | None:
+    """Why the centre of mass is undersampled, or None: the scan step (Å) exceeds the probe's diameter, about
+    λ/α + 2|C10|·α (λ Å, α = ``semiangle`` mrad, ``c10`` Å where known). Neighbouring positions then see unrelated
+    parts of the specimen and the field's curl is as large as its divergence whatever the rotation (a seed-000 scan:
+    2 Å step, a 0.66 Å probe)."""
+    from ..optics import wavelength
+
+    alpha = float(semiangle) * 1e-3
+    probe = wavelength(energy) / alpha + 2 * abs(float(c10 or 0.0)) * alpha
+    coarse = float(np.max(step))
+    if not coarse > probe:
+        return None
+    return (f"the scan step {coarse:.3g} Å is {coarse / probe:.1f}× the probe's diameter (≈ {probe:.2g} Å, λ/α"
+            f"{' + 2|C10|α' if c10 else ''}): the centre of mass is undersampled")
+
+
+def no_contrast_message(ratio: float, step, energy: float, semiangle: float, c10: float | None = None) -> str:
+    """Why the rotation could not be calibrated, its likely cause (:func:`undersampled`, else vacuum or too few
+    counts) and the flag to pass."""
+    cause = undersampled(step, energy, semiangle, c10)
+    cause = f"{cause}, the likely cause here" if cause else "vacuum-only data, or too few counts"
+    return (f"no specimen contrast: the centre-of-mass field is nearly as curled as it is divergent at every rotation "
+            f"(relative curl {ratio:.2f} > {MAX_CURL_RATIO}) and the bright-field parallax gives no shift map; "
+            f"{cause}; {ROTATION_FLAG}")
 
 
 @dataclass

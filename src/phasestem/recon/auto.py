@@ -174,6 +174,9 @@ def _run_auto(file, out: Path, energy, semiangle, scan_step, angular_sampling, i
                                   semiangle=semiangle, angular_sampling=angular_sampling,
                                   reader_options=reader_options, format=format, **calibrate_options)
     log.info("calibration: %s", calib.summary())
+    if "rotation" in calib.undetermined:  # the run goes on at the default, which may be far off
+        log.warning("--auto: the scan rotation is undetermined by the data (%s); the run goes on at 0°",
+                    calib.undetermined["rotation"])
     params = auto_params(calib, files, out, epochs, device, overrides)
     if init == "parallax" and not calib.aberrations.get("C10"):
         log.info("no defocus measured (focused data): starting from SSB instead of parallax")
