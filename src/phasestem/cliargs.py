@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 from .errors import ConfigError
-from .safety import FIGURE_SUFFIXES
 
 #: suffixes that mark an ``--out`` value as the older "result file" form (predict, embed, refine, make-pairs)
 RESULT_SUFFIXES = (".h5", ".hdf5")
@@ -133,6 +132,8 @@ def result_file(args: argparse.Namespace, name: str, inputs: tuple = ()) -> Path
     An ``--out`` ending in .h5/.hdf5 that is not an existing folder is the older meaning (the file itself): it
     still works, with a deprecation line; one with a figure suffix is taken as that file too, and refused (the
     result is HDF5; a PNG is written beside it)."""
+    from .safety import FIGURE_SUFFIXES
+
     out, out_file = getattr(args, "out", None), getattr(args, "out_file", None)
     if out_file is not None:
         if out is not None:

@@ -35,9 +35,9 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import torch
+from ._lazy import LazyModule
 
-from .physics.fourier import fourier_shift
+torch = LazyModule("torch")  # imported on first use: the constants and wavelength() need no torch (a light CLI)
 
 # CODATA 2018
 _H = 6.62607015e-34  # J s
@@ -88,15 +88,16 @@ def interaction_constant(energy: float) -> float:
 
 
 def spatial_frequencies(
-    shape: tuple[int, int], sampling: tuple[float, float], device=None, dtype=torch.float32
+    shape: tuple[int, int], sampling: tuple[float, float], device=None, dtype=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """1-D spatial frequencies (ky, kx) in Å⁻¹ in ``fftfreq`` order for a (ny, nx) grid."""
+    dtype = torch.float32 if dtype is None else dtype
     ky = torch.fft.fftfreq(shape[0], d=sampling[0], device=device, dtype=dtype)
     kx = torch.fft.fftfreq(shape[1], d=sampling[1], device=device, dtype=dtype)
     return ky, kx
 
 
-def k_grid(shape, sampling, device=None, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+def k_grid(shape, sampling, device=None, dtype=None) -> tuple[torch.Tensor, torch.Tensor]:
     """2-D frequency grids (KY, KX), each of shape (ny, nx), in Å⁻¹."""
     ky, kx = spatial_frequencies(shape, sampling, device, dtype)
     return torch.meshgrid(ky, kx, indexing="ij")
@@ -170,7 +171,7 @@ def checked_aberrations(values: Mapping[str, float]) -> Mapping[str, float]:
 
 def aberration_phase(
     shape, sampling, energy: float, aberrations: Aberrations | Mapping[str, float] | None, device=None,
-    dtype=torch.float32,
+    dtype=None,
 ) -> torch.Tensor:
     """Aberration function χ(k) (rad), shape (ny, nx), fftfreq order. Differentiable in no input."""
     if not isinstance(aberrations, Aberrations):
@@ -186,7 +187,7 @@ def aberration_phase(
             continue
         azimuth = aberrations.get(f"phi{n}{m}") if m > 0 else 0.0
         chi = chi + c * alpha ** (n + 1) / (n + 1) * torch.cos(m * (phi - azimuth))
-    return (2 * math.pi / lam * chi).to(dtype)
+    return (2 * math.pi / lam * chi).to(torch.float32 if dtype is None else dtype)
 
 
 def aperture(shape, sampling, energy: float, semiangle: float, soft: bool = True, device=None) -> torch.Tensor:
@@ -271,6 +272,8 @@ def partial_coherence_modes(
     Returns ``(modes, occupancies)``: modes (n_modes, ny, nx) complex64 with Σ_m Σ|ψ_m|² = 1
     and occupancies (n_modes,) summing to 1.
     """
+    from .physics.fourier import fourier_shift
+
     sigma = source_size / (2 * math.sqrt(2 * math.log(2)))
     if sigma <= 0 or n_modes < 1:
         raise ValueError("partial_coherence_modes needs source_size > 0 Å and n_modes >= 1")

@@ -7,9 +7,23 @@ pixels, scan–detector rotation and transpose (CoM curl), defocus and astigmati
 """
 from __future__ import annotations
 
-from .disk import NoDiskError
-from .files import calibrate_file, load_for_calibration
-from .pipeline import Calibration, calibrate
-from .rotation import NoContrastError
+from .. import lazy_attribute
 
-__all__ = ["Calibration", "NoContrastError", "NoDiskError", "calibrate", "calibrate_file", "load_for_calibration"]
+#: public name -> "module:attribute", imported on first use (PEP 562): the command line imports this package
+#: to register its sub-commands without torch
+API = {
+    "Calibration": "phasestem.calibrate.pipeline:Calibration",
+    "NoContrastError": "phasestem.calibrate.rotation:NoContrastError",
+    "NoDiskError": "phasestem.calibrate.disk:NoDiskError",
+    "calibrate": "phasestem.calibrate.pipeline:calibrate",
+    "calibrate_file": "phasestem.calibrate.files:calibrate_file",
+    "load_for_calibration": "phasestem.calibrate.files:load_for_calibration",
+}
+
+__all__ = sorted(API)
+
+
+def __getattr__(name: str):
+    value = lazy_attribute(API, __name__, name)
+    globals()[name] = value  # resolved once
+    return value

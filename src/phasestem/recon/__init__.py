@@ -14,11 +14,27 @@ results (HDF5), figures, tune (Optuna), distributed (data parallel), commands (C
 simulated datasets for tests and demos), prior (a phase image, e.g. a learned prediction, as a proximal pull on the
 object after every epoch).
 """
-from .constraints import Constraints
-from .engine import NonFiniteLossError, load_checkpoint, optimize, save_checkpoint
-from .losses import LossConfig
-from .model import Ptychography
-from .schedule import ParamSchedule
+from __future__ import annotations
 
-__all__ = ["Constraints", "LossConfig", "NonFiniteLossError", "ParamSchedule", "Ptychography", "load_checkpoint",
-           "optimize", "save_checkpoint"]
+from .. import lazy_attribute
+
+#: public name -> "module:attribute", imported on first use (PEP 562): the command line imports this package
+#: to register its sub-commands without torch
+API = {
+    "Constraints": "phasestem.recon.constraints:Constraints",
+    "LossConfig": "phasestem.recon.losses:LossConfig",
+    "NonFiniteLossError": "phasestem.recon.engine:NonFiniteLossError",
+    "ParamSchedule": "phasestem.recon.schedule:ParamSchedule",
+    "Ptychography": "phasestem.recon.model:Ptychography",
+    "load_checkpoint": "phasestem.recon.engine:load_checkpoint",
+    "optimize": "phasestem.recon.engine:optimize",
+    "save_checkpoint": "phasestem.recon.engine:save_checkpoint",
+}
+
+__all__ = sorted(API)
+
+
+def __getattr__(name: str):
+    value = lazy_attribute(API, __name__, name)
+    globals()[name] = value  # resolved once
+    return value

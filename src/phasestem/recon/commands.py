@@ -6,12 +6,12 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..cliargs import add_device, add_dump_config, add_set
-from ..lock import FolderBusyError, hold_output
-from ..safety import refuse_output_over_inputs
-from .params import ReconstructParams, dump_params, load_params
-from .run import RECON_COMMAND, RUN_FILES, run_reconstruction  # noqa: F401  (run_reconstruction: re-exported)
+
+if TYPE_CHECKING:
+    from .params import ReconstructParams
 
 log = logging.getLogger("phasestem.recon")
 
@@ -70,8 +70,19 @@ def register(subparsers, train_subparsers) -> None:
     t.set_defaults(func=_tune_cmd)
 
 
+def __getattr__(name: str):
+    """``run_reconstruction`` (re-exported from :mod:`.run`), imported on first use: registering the sub-commands
+    imports no torch."""
+    if name == "run_reconstruction":
+        from .run import run_reconstruction
+
+        return run_reconstruction
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _load(args) -> ReconstructParams:
     from ..configfile import parse_set_options
+    from .params import load_params
 
     params = load_params(args.params, parse_set_options(getattr(args, "set", None)))
     if args.out is not None:
@@ -108,11 +119,16 @@ def _reconstruct_cmd(args) -> int:
                  overrides=parse_set_options(args.set), **calibration_choices(args))
         return 0
     params = _load(args)
+    from .params import dump_params
+
     if args.dump_config and not args.init:
         sys.stdout.write(dump_params(params))
         return 0
     from ..errors import ConfigError
+    from ..lock import FolderBusyError, hold_output
+    from ..safety import refuse_output_over_inputs
     from .distributed import env_rank
+    from .run import RECON_COMMAND, RUN_FILES, run_reconstruction
 
     try:
         # the folder is held from the first file written (the --init start) to the last
@@ -135,6 +151,7 @@ def _reconstruct_cmd(args) -> int:
 
 
 def _tune_cmd(args) -> int:
+    from .params import dump_params
     from .tune import run_tuning
 
     params = _load(args)

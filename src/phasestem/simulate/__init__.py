@@ -1,11 +1,24 @@
 """Simulation of 4D-STEM data on the shared physics core, and the seed-000 training-data writer."""
 from __future__ import annotations
 
-from .config import SimulationConfig, load_config
-from .scan import DetectorGeometry, scan_positions, simulate_patterns, simulate_sample
-from .writer import simulate_dataset
+from .. import lazy_attribute
 
-__all__ = [
-    "DetectorGeometry", "SimulationConfig", "load_config", "scan_positions", "simulate_dataset",
-    "simulate_patterns", "simulate_sample",
-]
+#: public name -> "module:attribute", imported on first use (PEP 562): the command line imports this package
+#: to register its sub-commands without torch
+API = {
+    "DetectorGeometry": "phasestem.simulate.scan:DetectorGeometry",
+    "SimulationConfig": "phasestem.simulate.config:SimulationConfig",
+    "load_config": "phasestem.simulate.config:load_config",
+    "scan_positions": "phasestem.simulate.scan:scan_positions",
+    "simulate_dataset": "phasestem.simulate.writer:simulate_dataset",
+    "simulate_patterns": "phasestem.simulate.scan:simulate_patterns",
+    "simulate_sample": "phasestem.simulate.scan:simulate_sample",
+}
+
+__all__ = sorted(API)
+
+
+def __getattr__(name: str):
+    value = lazy_attribute(API, __name__, name)
+    globals()[name] = value  # resolved once
+    return value

@@ -1,0 +1,22 @@
+"""A module imported on first attribute access, for modules whose constants and plain functions must stay light."""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+
+class LazyModule:
+    """Stands for module ``name`` (``torch``) and imports it on first use of an attribute: ``torch.zeros`` in a
+    function body costs the import when the function first runs, not when its module is imported."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._module: ModuleType | None = None
+
+    def __getattr__(self, attr: str):
+        if self._module is None:
+            self._module = importlib.import_module(self._name)
+        return getattr(self._module, attr)
+
+    def __repr__(self) -> str:
+        return f"<lazy module {self._name!r}{'' if self._module is None else ' (imported)'}>"
