@@ -8,7 +8,8 @@ BIN := $(VENV)/bin
 CPU ?=
 TORCH_PACKAGES ?= torch torchvision
 TORCH_INDEX ?= $(if $(CPU),--index-url https://download.pytorch.org/whl/cpu,)
-# then phasestem with every extra (learn, tune, cluster, detectors, abtem) and the test tools: ".[dev]"
+# then phasestem with every extra (learn, tune, cluster, detectors, abtem) and the test tools: ".[dev]"; and PtyRAD's
+# wheel alone (--no-deps: it is never imported, tests/test_convert_ptyrad.py reads the params files it ships)
 
 .PHONY: install demo test lint clean
 
@@ -17,6 +18,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_INDEX) $(TORCH_PACKAGES)
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-deps "ptyrad==1.0.0"
 	touch $@
 
 install: $(BIN)/.installed
