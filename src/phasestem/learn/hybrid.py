@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..recon import Ptychography
-from ..resample import resample_image
+from ..resample import BAND_LIMITED, resample_image
 
 __all__ = ["ad_phase"]
 
@@ -25,7 +25,7 @@ def ad_phase(dataset, truth_shape: tuple[int, int], truth_sampling: tuple[float,
     for _ in model.LSQ_optimize(epochs, dataset, batch_size=batch_size, seed=0, progress=False):
         pass
     ph = torch.as_tensor(model.phase_in_dataset_frame())
-    ph = resample_image(ph, tuple(model.sampling), tuple(truth_sampling)).numpy()
+    ph = resample_image(ph, tuple(model.sampling), tuple(truth_sampling), order=BAND_LIMITED).numpy()
     out = np.zeros(truth_shape, np.float32)
     h, w = min(truth_shape[0], ph.shape[0]), min(truth_shape[1], ph.shape[1])
     out[:h, :w] = ph[:h, :w]

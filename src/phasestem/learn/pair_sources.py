@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from ..resample import resize
+from ..resample import BAND_LIMITED, resize
 from .pairs import Degrade, degrade, simulation_phases, write_pairs
 
 log = logging.getLogger("phasestem.learn.pairs")
@@ -41,8 +41,9 @@ def parse_inputs_from(spec: str | None) -> tuple[str, str | None]:
 
 
 def _to_grid(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """``image`` on ``shape`` pixels (bilinear, :func:`phasestem.resample.resize`) when its size differs."""
-    return np.asarray(resize(np.asarray(image, np.float32), shape), np.float32)
+    """``image`` on ``shape`` pixels over the same field (band-limited, :func:`phasestem.resample.resize` of
+    :data:`~phasestem.resample.BAND_LIMITED`) when its size differs."""
+    return np.asarray(resize(np.asarray(image, np.float32), shape, order=BAND_LIMITED), np.float32)
 
 
 def measured_inputs(paths: list[str], kind: str, model: str | None = None, stitch_model: str | None = None,

@@ -23,7 +23,7 @@ from torch import nn
 from .. import optics
 from ..detector import detector_response
 from ..errors import ConfigError, ShapeError
-from ..resample import resample_image
+from ..resample import BAND_LIMITED, resample_image
 from .operator import ForwardModel
 
 
@@ -198,16 +198,17 @@ class Experiment(nn.Module):
         self.detector_shifts = t.to(self.positions.device)
 
     # ---- images in the dataset frame -------------------------------------------------------------
-    def image_region(self, image, sampling: tuple[float, float] | None = None
+    def image_region(self, image, sampling: tuple[float, float] | None = None, order: str = BAND_LIMITED
                      ) -> tuple[torch.Tensor, tuple[slice, slice]]:
         """A 2-D image (rad) in the dataset frame (pixel (0, 0) at 0 Å), resampled to the object pixel when
-        ``sampling`` (Å) differs and cut to the object: (image (h, w) float32, (y, x) slices of the object it
-        covers)."""
+        ``sampling`` (Å) differs (:func:`phasestem.resample.resize` of ``order``, band-limited by default: a
+        phase image keeps its lattice) and cut to the object: (image (h, w) float32, (y, x) slices of the
+        object it covers)."""
         img = torch.as_tensor(np.asarray(image, dtype=np.float32)) if not torch.is_tensor(image) else image.float()
         if img.dim() != 2:
             raise ShapeError(f"phase image must be 2-D (y, x), got shape {tuple(img.shape)}")
         if sampling is not None and tuple(sampling) != self.sampling:
-            img = resample_image(img, sampling, self.sampling)
+            img = resample_image(img, sampling, self.sampling, order=order)
         oy, ox = self.origin_px
         Ny, Nx = self.object_shape
         # image pixels before the object frame's first pixel (origin < 0: the dataset's 0 Å lies outside it)
