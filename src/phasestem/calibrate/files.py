@@ -30,6 +30,8 @@ def check_complete(path: str | Path, energy=None, scan_step=None, semiangle=None
     from ..errors import MissingCalibrationError, PhasestemError
     from ..io import reader_module
 
+    if energy is not None and scan_step is not None and (semiangle is not None or angular_sampling is not None):
+        return  # every one given: nothing to look up (the file is opened once, by load_for_calibration)
     opts = {k: v for k, v in (reader_options or {}).items() if k not in ("bad_pixels", "screen")}
     try:
         first = reader_module(path, format).read(Path(path), require_calibration=False, **opts)
