@@ -91,6 +91,8 @@ def register(subparsers, train_subparsers) -> None:
     p.add_argument("--split", default="test", choices=["test", "val", "train"], help="stored split to use")
     p.add_argument("--max-samples", type=int, help="evaluate at most N samples")
     p.add_argument("--batch-size", type=int, default=2, help="samples per batch")
+    p.add_argument("--json", action="store_true", help="end with the written files as one JSON line (for scripts) "
+                   "instead of the sentence")
     _device_flag(p)
     cliargs.add_out(p, "evaluation", "output folder (metrics.csv, summary.md, examples.png)")
     _bad_pixels_flag(p, "values in the data")
@@ -235,7 +237,10 @@ def _evaluate(args) -> int:
     print(format_table(result))
     if result.get("bad_pixels_masked"):
         print(f"replaced {result['bad_pixels_masked']} non-finite values by the median of their finite neighbours")
-    print(json.dumps({k: str(v) for k, v in paths.items()}))
+    if args.json:
+        print(json.dumps({k: str(v) for k, v in paths.items()}))
+    else:
+        print(f"wrote {paths['csv']} (per sample), {paths['table']} (this table) and {paths['figure']} (examples)")
     return 0
 
 

@@ -45,10 +45,10 @@ NETWORKS: dict[str, Entry] = {e.name: e for e in (
           "config:TrainRunConfig", "training.route:build_run", "training.route:network_from_config"),
     Entry("end2end", "End2End: both trained nets chained and trained together",
           "config:TrainRunConfig", "training.route:build_run", "training.route:network_from_config"),
-    Entry("autoencoder", "the 4D-STEM diffraction-pattern autoencoder (SPEC §4)",
+    Entry("autoencoder", "the 4D-STEM diffraction-pattern autoencoder (patterns → latent → patterns)",
           "config:AutoencoderRunConfig", "training.autoencoder:build_autoencoder_trainer",
           "training.autoencoder:autoencoder_from_config"),
-    Entry("phaseformer", "Phaseformer, the phase-image restoration transformer (SPEC §5)",
+    Entry("phaseformer", "Phaseformer, a transformer restoring phase images (coarse → refined)",
           "config:PhaseformerRunConfig", "training.phaseformer:build_phaseformer_trainer",
           "training.phaseformer:phaseformer_from_config"),
 )}

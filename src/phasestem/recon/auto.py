@@ -5,7 +5,8 @@ Everything measured is written beside the results, so the run can be repeated wi
 
     OUT/calibration/   calibrated.npy, calibration.json, calibration*.png (phasestem calibrate's output)
     OUT/init_<method>.npy   the direct-method phase that starts the object
-    OUT/params.yaml     the calibrated parameter file of this run (data → calibration/calibrated.npy)
+    OUT/params.yaml     the calibrated parameter file of this run (data → calibration/calibrated.npy; paths relative
+                        to OUT, so the folder can move)
     OUT/results.h5 …    what 'phasestem reconstruct' writes
 """
 from __future__ import annotations
@@ -140,11 +141,12 @@ def auto_params(calib, files: dict[str, Path], out_dir: Path, epochs: int | None
 
 
 def write_params(params: ReconstructParams, path: Path, header: str = "") -> Path:
-    """The resolved parameter file, with a comment header (written atomically)."""
+    """The resolved parameter file, with a comment header (written atomically); its paths relative to its folder
+    (the run folder, which holds the calibrated data and the start), so that a moved run folder reruns."""
     from ..safety import atomic_file
 
     with atomic_file(path, field="--out") as tmp:
-        tmp.write_text(header + dump_params(params))
+        tmp.write_text(header + dump_params(params, Path(path).parent))
     return path
 
 

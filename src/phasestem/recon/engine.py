@@ -112,6 +112,7 @@ def optimize(model, dataset, n_epochs: int, run: RunConfig | None = None, losses
     constraints = constraints or Constraints()
     rank, world = rank_and_world() if distributed else (0, 1)
     refuse_lbfgs(run.optimizer, world)
+    model.solver = run.optimizer  # the last solver that ran (repr)
     path = next((c.path for c in callbacks if isinstance(c, Checkpoints)), None)
     loop = Loop(model, dataset, n_epochs, run, losses, constraints, rank, world)
     loop.callbacks = [DivergenceGuard(path), EpochLog(), ProgressBar(), *callbacks]

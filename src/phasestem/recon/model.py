@@ -96,6 +96,7 @@ class Ptychography(nn.Module):
         self.decided: dict[str, bool] = {}  # what an 'auto' rule decided, for all epochs (e.g. {"obj_shear": True})
         self.auto_reasons: dict[str, str] = {}  # why each 'auto' constraint is on or off, for the run's records
         self.coarse_note = ""  # what run.coarse_start did and why (phasestem.recon.engine), for the run's records
+        self.solver: str | None = None  # the last solver that optimised the model (engine.optimize), for repr
         #: functions ``f(model, record)`` run after every epoch; they may add scalars to ``record``
         self.epoch_callbacks: list = []
         self._data_cache: tuple | None = None
@@ -257,6 +258,15 @@ class Ptychography(nn.Module):
                                                      int(val.get("start", sched.start)), val.get("end", sched.end))
             else:
                 self.schedules[name].lr = None if val is None else float(val)
+
+    def __repr__(self) -> str:
+        """One line: object (modes × slices × px at Å), probe, positions, solver, device and epochs run."""
+        (ny, nx), (dy, dx) = self.object_shape, self.sampling
+        loss = f", loss {self.loss_history[-1]['loss']:.4g}" if self.loss_history else ""
+        return (f"Ptychography(object {self.n_object_modes} mode(s) × {self.n_slices} slice(s) × {ny}×{nx} px at "
+                f"{dy:.4g}×{dx:.4g} Å, probe {self.n_probe_modes} mode(s) × {self.window[0]}×{self.window[1]} px, "
+                f"{self.positions.shape[0]} positions, {self.energy / 1e3:g} keV, solver {self.solver or 'none yet'}, "
+                f"device {self.device}, {self.epoch} epoch(s) run{loss})")
 
     # ---- properties --------------------------------------------------------------------
     @property

@@ -31,6 +31,7 @@ from ..data import BlockGeometry, Preprocess, blocks_from_scan
 from ..nets.end2end import End2End
 from ..trainer import resolve_device
 from ..training.route import load_model
+from .seen import note_seen
 
 log = logging.getLogger("phasestem.learn")
 
@@ -208,6 +209,7 @@ def predict_file(input_path: str | Path, model_path: str | Path, out_path: str |
         ds = load(input_path, **{k: v for k, v in load_options.items() if v is not None})
         log_calibrations(ds)
         model, meta = load_predictor(model_path, stitch_path, device)
+        note_seen(meta, input_path, ds.metadata.get("sample"))
         phase = predict_phase(model, meta, ds)
         check_finite_prediction(phase, model_path, input_path)
         g = geometry_for(ds, meta)

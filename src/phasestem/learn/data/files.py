@@ -183,19 +183,20 @@ class SampleIndex:
     def subset(self, positions: Sequence[int]) -> SampleIndex:
         return SampleIndex(self.files, self.target, [self.entries[p] for p in positions])
 
-    def split(self, val_fraction: float, test_fraction: float, seed: int = 0) -> dict[str, SampleIndex]:
-        """Deterministic random split of samples into train / val / test."""
+    def split_positions(self, val_fraction: float, test_fraction: float, seed: int = 0) -> dict[str, list[int]]:
+        """Positions in :attr:`entries` of the deterministic random split into train / val / test."""
         n = len(self)
         perm = np.random.default_rng(seed).permutation(n)
         n_test = int(round(test_fraction * n))
         n_val = int(round(val_fraction * n))
         if n - n_test - n_val < 1:
             raise ConfigError(f"split leaves no training samples ({n} samples, val {n_val}, test {n_test})")
-        return {
-            "test": self.subset(sorted(perm[:n_test].tolist())),
-            "val": self.subset(sorted(perm[n_test:n_test + n_val].tolist())),
-            "train": self.subset(sorted(perm[n_test + n_val:].tolist())),
-        }
+        return {"test": sorted(perm[:n_test].tolist()), "val": sorted(perm[n_test:n_test + n_val].tolist()),
+                "train": sorted(perm[n_test + n_val:].tolist())}
+
+    def split(self, val_fraction: float, test_fraction: float, seed: int = 0) -> dict[str, SampleIndex]:
+        """Deterministic random split of samples into train / val / test (:meth:`split_positions`)."""
+        return {name: self.subset(p) for name, p in self.split_positions(val_fraction, test_fraction, seed).items()}
 
 
 def with_geometry(index: SampleIndex, **changes) -> SampleIndex:
