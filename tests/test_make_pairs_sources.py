@@ -66,21 +66,61 @@ def test_pairs_from_network_predictions_equal_predict_and_train_phaseformer(sim)
     assert len((tmp / "pf" / "epochs.csv").read_text().splitlines()) == 2
 
 
-def test_pairs_from_fast_ad_reconstructions(sim):
+def test_pairs_from_ad_keep_ads_grid_epochs_channels_and_recipe(sim):
+    """--inputs-from ad (issue 48): AD with reconstruct's defaults (probe refined) on its own grid; phase,
+    amplitude and illumination after epochs 2, 4 and at the end; the truth brought to AD's grid band-limited; the
+    recipe in the attributes; the AD phase is closer to the truth than noise of its spread over the field."""
+    import json
+
+    from phasestem.learn.ad_pairs import LAYOUT, stored_epochs, truth_on_grid
     from phasestem.metrics import phase_error
 
     tmp, file = sim
     pairs = tmp / "ad_pairs.h5"
-    assert main(["make-pairs", str(file), "--inputs-from", "ad", "--ad-epochs", "4", "--out-file", str(pairs)]) == 0
-    with h5py.File(pairs) as f:
-        inputs, gts = f["input"][...], f["gt"][...]
-    assert inputs.shape == gts.shape == (4, 48, 48) and np.isfinite(inputs).all()
+    assert main(["make-pairs", str(file), "--inputs-from", "ad", "--ad-epochs", "6", "--out-file", str(pairs)]) == 0
+    assert stored_epochs(pairs) == [2, 4, 6]
+    with h5py.File(pairs) as f, h5py.File(file) as s:
+        assert f.attrs["layout"] == LAYOUT
+        source = json.loads(f.attrs["inputs_from"])
+        assert source["kind"] == "ad" and source["n_epochs"] == 6 and source["snapshots"] == [2, 4, 6]
+        params = json.loads(source["params"])
+        assert params["run"]["optimizer"] == "lsq" and params["run"]["n_epochs"] == 6
+        inputs, gts, field = f["input"][...], f["gt"][...], f["field"][...]
+        n, h, w = inputs.shape
+        assert n == 4 and gts.shape == field.shape == (n, h, w) and np.isfinite(inputs).all()
+        np.testing.assert_array_equal(inputs, f["epoch_6/phase"][...])
+        for e in (2, 4, 6):
+            for c in ("phase", "amplitude", "illumination"):
+                assert f[f"epoch_{e}/{c}"].shape == (n, h, w)
+        illum = f["epoch_6/illumination"][...]
+        assert illum.min() >= 0 and np.allclose(illum.max((1, 2)), 1.0)
+        assert not np.array_equal(f["epoch_2/phase"][...], inputs)  # the snapshots differ
+        sampling = tuple(f["sampling"][0])
+        truth0 = s["phase_0"][...]
+        np.testing.assert_allclose(gts[0], truth_on_grid(truth0, (0.5, 0.5), sampling, (h, w)), atol=1e-6)
+    # the field: the positions' rectangle 0 … 22 Å
+    ys = np.nonzero(field[0].any(1))[0]
+    assert ys[0] == 0 and abs(ys[-1] * sampling[0] - 22.0) <= sampling[0]
     rng = np.random.default_rng(0)
-    fov = (slice(2, 44), slice(2, 44))  # inside the scanned field (0 … 22 Å at 0.5 Å/px)
+    xs = np.nonzero(field[0].any(0))[0]
+    fov = (slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1))
     for inp, gt in zip(inputs[:2], gts[:2], strict=True):
         rand = gt.mean() + gt.std() * rng.standard_normal(gt.shape).astype(np.float32)
-        e_ad, e_rand = phase_error(inp[fov], gt[fov]), phase_error(rand[fov], gt[fov])
+        e_ad, e_rand = phase_error(inp[fov], gt[fov], align=False), phase_error(rand[fov], gt[fov], align=False)
         assert e_ad < 0.8 * e_rand, (e_ad, e_rand)
+
+
+def test_truth_on_grid_is_band_limited_and_periodic():
+    """A cosine of whole periods over a 24 Å cell on 0.5 Å pixels → 0.37 Å pixels over 30 Å: exact beyond the cell
+    too (its periodic continuation)."""
+    from phasestem.learn.ad_pairs import truth_on_grid
+
+    y = np.arange(48) * 0.5
+    truth = np.cos(2 * np.pi * 3 * y / 24)[:, None] * np.cos(2 * np.pi * 2 * y / 24)[None, :]
+    out = truth_on_grid(truth.astype(np.float32), (0.5, 0.5), (0.37, 0.37), (81, 81))
+    t = np.arange(81) * 0.37
+    exact = np.cos(2 * np.pi * 3 * t / 24)[:, None] * np.cos(2 * np.pi * 2 * t / 24)[None, :]
+    np.testing.assert_allclose(out, exact, atol=1e-5)
 
 
 def test_inputs_from_is_validated(sim, capsys):

@@ -148,14 +148,16 @@ def _register_embed_refine_pairs(subparsers) -> None:
                     "is, with --inputs-from: 'degrade' (default) the true phase degraded (blur, binning, noise; "
                     "--copies versions each); 'stitch:MODEL' the phase a trained end2end model (or a patch model "
                     "with --stitch-model) predicts from the sample's own patterns, as `phasestem predict` does; "
-                    "'ad' a fast AD reconstruction of the patterns (--ad-epochs epochs of the lsq solver from a "
-                    "flat object, nominal probe). The last two train Phaseformer on the route's real errors. "
+                    "'ad' phasestem's AD reconstruction with reconstruct's defaults (probe refined; --ad-epochs), "
+                    "kept on AD's own grid with its phase, amplitude and illumination after epochs 2, 4, 8 and "
+                    "at the end (the restorer's pairs; layout: phasestem.learn.ad_pairs). The last two train "
+                    "on the route's real errors. "
                     "(Training configs may also list simulation files directly: degraded pairs are then made on "
                     "the fly.)",
         epilog="Examples:\n  phasestem make-pairs data/simulation_data*.h5 --out pairs --copies 4\n"
                "  phasestem make-pairs data/simulation_data1.h5 --inputs-from stitch:runs/end2end "
                "--out-file pairs/e2e.h5\n"
-               "  phasestem make-pairs data/simulation_data1.h5 --inputs-from ad --ad-epochs 4 --out-file pairs/ad.h5\n"
+               "  phasestem make-pairs data/simulation_data1.h5 --inputs-from ad --out-file pairs/ad.h5\n"
                "  phasestem make-pairs configs/make_pairs.yaml\n"
                "  phasestem make-pairs configs/make_pairs.yaml --dump-config")
     p.add_argument("inputs", nargs="*", metavar="[CONFIG.yaml] FILE",
@@ -172,7 +174,8 @@ def _register_embed_refine_pairs(subparsers) -> None:
                    help="'degrade' (default), 'stitch:MODEL' (network predictions) or 'ad' (fast AD reconstructions)")
     p.add_argument("--stitch-model", dest="stitch_model", help="stitching model when MODEL of stitch:MODEL is a "
                    "patch model")
-    p.add_argument("--ad-epochs", dest="ad_epochs", type=int, help="lsq epochs of --inputs-from ad (default 4)")
+    p.add_argument("--ad-epochs", dest="ad_epochs", type=int, help="epochs of the AD recipe of --inputs-from ad "
+                   "(default: reconstruct's, 20)")
     cliargs.add_device(p, what="of the stitch / AD inputs (default cpu)")
     cliargs.add_dump_config(p)
     p.set_defaults(func=_make_pairs)

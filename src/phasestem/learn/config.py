@@ -196,11 +196,13 @@ class MakePairsConfig(StrictModel):
     seed: int = Field(0, description="random seed")
     inputs_from: Annotated[str, ConfigPath(prefix="stitch:")] = Field(
         "degrade", description="where inputs come from: 'degrade' (synthetic degradations of the true phase), "
-        "'stitch:<model>' (a trained end2end model's prediction from the sample's patterns) or 'ad' (a fast lsq AD "
-        "reconstruction of the patterns)")
+        "'stitch:<model>' (a trained end2end model's prediction from the sample's patterns) or 'ad' (phasestem's AD "
+        "reconstruction with reconstruct's defaults, probe refined, on AD's own grid; phase, amplitude and "
+        "illumination after epochs 2, 4, 8 and at the end: the restorer's pairs)")
     stitch_model: Annotated[str | None, ConfigPath()] = Field(
         None, description="stitching model when inputs_from is 'stitch:<patch model>'")
-    ad_epochs: int = Field(4, ge=1, description="lsq epochs of the AD inputs (inputs_from ad)")
+    ad_epochs: int | None = Field(None, ge=1, description="epochs of the AD recipe (inputs_from ad; null: "
+                                  "phasestem reconstruct's default, 20)")
     device: str = Field("cpu", description="torch device of the stitch / AD inputs")
 
 

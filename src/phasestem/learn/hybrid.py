@@ -3,6 +3,10 @@
 
 :func:`ad_phase`: a fast AD ptychography of a scan on a truth grid, the ``ad`` input source of
 ``phasestem make-pairs`` (:mod:`phasestem.learn.pair_sources`).
+
+:func:`ad_recipe_snapshots`: AD with the recorded recipe of ``make-pairs --inputs-from ad``
+(:func:`ad_recipe`: ``phasestem reconstruct``'s parameter-file defaults, probe refined), its phase, amplitude,
+illumination and field on AD's own grid after chosen epochs (:mod:`phasestem.learn.ad_pairs`).
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import torch
 from ..recon import Ptychography
 from ..resample import BAND_LIMITED, resample_image
 
-__all__ = ["ad_phase"]
+__all__ = ["ad_phase", "ad_recipe", "ad_recipe_snapshots"]
 
 
 def ad_phase(dataset, truth_shape: tuple[int, int], truth_sampling: tuple[float, float], epochs: int = 4,
@@ -30,3 +34,36 @@ def ad_phase(dataset, truth_shape: tuple[int, int], truth_sampling: tuple[float,
     h, w = min(truth_shape[0], ph.shape[0]), min(truth_shape[1], ph.shape[1])
     out[:h, :w] = ph[:h, :w]
     return out
+
+
+def ad_recipe(n_epochs: int | None = None, device: str = "cpu"):
+    """The recorded AD recipe: ``phasestem reconstruct``'s parameter-file defaults (``lsq``, cosine decay, the
+    nominal probe refined, batch 32, one slice, flat start) with ``n_epochs`` (None: the default) and no
+    progress bar. Returns the validated :class:`~phasestem.recon.schema.ReconstructParams`."""
+    from ..recon.params import parse_params
+
+    run: dict = {"progress": False, "device": device}
+    if n_epochs is not None:
+        run["n_epochs"] = int(n_epochs)
+    return parse_params({"data": {"file": "in-memory.h5"}, "run": run}, "make-pairs AD recipe")
+
+
+def ad_recipe_snapshots(dataset, snapshots: tuple[int, ...] = (2, 4, 8), n_epochs: int | None = None,
+                        device: str = "cpu") -> tuple[dict[int, dict[str, np.ndarray]], object]:
+    """AD of ``dataset`` with :func:`ad_recipe`; after each epoch in ``snapshots`` (those ≤ the run's epochs) and
+    after the last, the :func:`phasestem.recon.channels.restorer_channels` of the model (phase, amplitude,
+    illumination, field; (H, W) float32 on AD's grid). Returns ({epoch: channels}, the model)."""
+    from ..recon.channels import restorer_channels
+    from ..recon.engine import optimize_with_options
+    from ..recon.params import build_model, optimizer_options
+
+    params = ad_recipe(n_epochs, device)
+    total = params.run.n_epochs
+    wanted = sorted({int(e) for e in snapshots if 0 < int(e) <= total} | {total})
+    torch.manual_seed(0)
+    model = build_model(params, dataset).to(device)
+    out: dict[int, dict[str, np.ndarray]] = {}
+    for _ in optimize_with_options(model, dataset, total, **optimizer_options(params)):
+        if model.epoch in wanted:
+            out[int(model.epoch)] = restorer_channels(model, dataset)
+    return out, model

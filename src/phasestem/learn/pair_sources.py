@@ -4,10 +4,13 @@
 * ``stitch:<model>``: the phase that a trained End2End network (or a patch network with ``stitch_model``)
   predicts from each sample's own diffraction patterns — exactly what ``phasestem predict`` writes for that
   sample — so that Phaseformer learns to correct the errors the stitching route really makes;
-* ``ad``: a fast AD ptychography of each sample's patterns (a few epochs of the ``lsq`` solver from a flat
-  object, nominal probe kept fixed), the coarse reconstruction a user would refine.
+* ``ad``: phasestem's own AD reconstruction of each sample's patterns with one recorded recipe (``reconstruct``'s
+  parameter-file defaults, probe refined), kept on AD's own grid with the truth brought to it, its phase,
+  amplitude and illumination stored after epochs 2, 4, 8 and at its end (:mod:`phasestem.learn.ad_pairs`, which
+  documents the file): the pairs of the restorer (``phasestem train restorer``).
+  (:func:`measured_inputs` with ``kind='ad'`` still gives the older short-AD input on the truth grid.)
 
-Both measured sources give one input per sample (``copies`` applies to ``degrade`` only), resampled to the true
+The ``stitch`` source gives one input per sample (``copies`` applies to ``degrade`` only), resampled to the true
 phase's grid when the pixel differs. The AD source reconstructs with :mod:`phasestem.recon` through
 :mod:`phasestem.learn.hybrid` (the one learn module that imports recon), imported only when it is used.
 :func:`make_pairs` writes the pairs file of the ``degrade`` source, :func:`make_measured_pairs` those of the other two.
@@ -128,9 +131,10 @@ def make_pairs(files: list[str], out: str | Path, degradation: Degrade | None = 
 
 
 def make_measured_pairs(files: list[str], out: str | Path, inputs_from: str, stitch_model: str | None = None,
-                        ad_epochs: int = 4, device: str = "cpu", progress: bool = True) -> Path:
+                        ad_epochs: int | None = None, device: str = "cpu", progress: bool = True) -> Path:
     """Write a pairs file (``input``, ``gt`` (N, H, W), the format of :func:`~phasestem.learn.pairs.write_pairs`)
-    whose inputs come from ``inputs_from`` (``'ad'`` or ``'stitch:<model>'``), one pair per sample."""
+    whose inputs come from ``inputs_from`` (``'ad'``: :func:`phasestem.learn.ad_pairs.make_ad_pairs`, its layout,
+    ``ad_epochs`` the recipe's epochs, None its default; or ``'stitch:<model>'``), one pair per sample."""
     import json
 
     from .data import expand_paths
@@ -142,6 +146,10 @@ def make_measured_pairs(files: list[str], out: str | Path, inputs_from: str, sti
         raise ConfigError("stitch_model applies to inputs_from 'stitch:<patch model>' only")
     from ..lock import hold_output
 
+    if kind == "ad":
+        from .ad_pairs import make_ad_pairs
+
+        return make_ad_pairs(files, out, n_epochs=ad_epochs, device=device, progress=progress)
     with hold_output(out, "phasestem make-pairs", file=True):
         inputs, gts, origin = [], [], []
         for name, inp, gt in measured_inputs(expand_paths(files), kind, model, stitch_model, ad_epochs, device,
@@ -152,7 +160,5 @@ def make_measured_pairs(files: list[str], out: str | Path, inputs_from: str, sti
         if not gts:
             raise ConfigError("make-pairs: no phase images found")
         source = {"kind": kind, "model": model, "stitch_model": stitch_model}
-        if kind == "ad":
-            source.update(solver="lsq", epochs=ad_epochs)
         return write_pairs(out, np.stack(inputs), np.stack(gts),
                            {"inputs_from": json.dumps(source), "sources": json.dumps(origin), "units": "rad"})
