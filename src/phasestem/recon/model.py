@@ -44,6 +44,7 @@ from ..errors import ConfigError, ShapeError
 from ..physics.experiment import Experiment
 from .budget import check_object_memory
 from .inputs import load_phase_image
+from .report import describe
 from .schedule import PARAM_NAMES, ParamSchedule, default_schedules
 
 
@@ -111,14 +112,9 @@ class Ptychography(nn.Module):
     detector_shifts = property(lambda self: self.experiment.detector_shifts,
                                doc="(N, 2) px: each measured pattern's zero frequency off the central pixel, or None")
 
-    @property
-    def detector_blur(self) -> float:
-        """Gaussian σ in detector pixels applied to model patterns (0: off)."""
-        return self.experiment.detector_blur
-
-    @detector_blur.setter
-    def detector_blur(self, sigma: float) -> None:
-        self.experiment.detector_blur = float(sigma)
+    detector_blur = property(lambda self: self.experiment.detector_blur,
+                             lambda self, sigma: setattr(self.experiment, "detector_blur", float(sigma)),
+                             doc="Gaussian σ in detector pixels applied to model patterns (0: off)")
 
     def set_detector_shifts(self, shifts: np.ndarray | torch.Tensor | None) -> None:
         """Displace the model pattern of position j by ``shifts[j]`` (N, 2) detector px (row, col), toward larger
@@ -260,13 +256,7 @@ class Ptychography(nn.Module):
                 self.schedules[name].lr = None if val is None else float(val)
 
     def __repr__(self) -> str:
-        """One line: object (modes × slices × px at Å), probe, positions, solver, device and epochs run."""
-        (ny, nx), (dy, dx) = self.object_shape, self.sampling
-        loss = f", loss {self.loss_history[-1]['loss']:.4g}" if self.loss_history else ""
-        return (f"Ptychography(object {self.n_object_modes} mode(s) × {self.n_slices} slice(s) × {ny}×{nx} px at "
-                f"{dy:.4g}×{dx:.4g} Å, probe {self.n_probe_modes} mode(s) × {self.window[0]}×{self.window[1]} px, "
-                f"{self.positions.shape[0]} positions, {self.energy / 1e3:g} keV, solver {self.solver or 'none yet'}, "
-                f"device {self.device}, {self.epoch} epoch(s) run{loss})")
+        return describe(self)
 
     # ---- properties --------------------------------------------------------------------
     @property

@@ -4,6 +4,7 @@
 * :func:`geometry_settings`, :func:`loss_settings`, :func:`log_settings` — the scan and optics values a run used
   and where each came from (data file, YAML, flag, calibration, default), and the loss terms that ran, as the
   table after it (and ``provenance/`` in ``results.h5``);
+* :func:`describe` — a model in one line (``repr(Ptychography)``);
 * :func:`dataset_ptyrad_loss` — PtyRAD's normalised Gaussian loss over all patterns
   (:func:`phasestem.recon.losses.ptyrad_gaussian_loss`), logged per epoch as ``loss_ptyrad``;
 * :func:`load_ground_truth` and :func:`~phasestem.recon.truth.truth_metrics` — PSNR, SSIM, E_φ and the FRC
@@ -319,3 +320,13 @@ def epoch_reporter(dataset, truth: np.ndarray | None = None, ptyrad_loss: bool =
             log.info("epoch %d %s", record["epoch"], " ".join(f"{k}={v:.4g}" for k, v in values.items()))
 
     return report
+
+
+def describe(model) -> str:
+    """One line: object (modes × slices × px at Å), probe, positions, solver, device and epochs run."""
+    (ny, nx), (dy, dx) = model.object_shape, model.sampling
+    loss = f", loss {model.loss_history[-1]['loss']:.4g}" if model.loss_history else ""
+    return (f"Ptychography(object {model.n_object_modes} mode(s) × {model.n_slices} slice(s) × {ny}×{nx} px at "
+            f"{dy:.4g}×{dx:.4g} Å, probe {model.n_probe_modes} mode(s) × {model.window[0]}×{model.window[1]} px, "
+            f"{model.positions.shape[0]} positions, {model.energy / 1e3:g} keV, solver {model.solver or 'none yet'}, "
+            f"device {model.device}, {model.epoch} epoch(s) run{loss})")
