@@ -40,18 +40,26 @@ def test_emd_reads_back_through_emdfile_with_angstrom_axes(fitted, tmp_path):
     oy, ox = model.origin
     ref = model.save_results()  # the same results as a dict (results.h5's arrays)
 
+    # the scanned field only: the object pixels inside the bounding box of the probe positions
+    pos = ref["positions"]
+    iy, ix = round(oy / dy), round(ox / dx)  # the first scan position (0 Å) in the whole object's pixels
+    y1 = iy + int(np.ceil(pos[:, 0].max() / dy)) + 1
+    x1 = ix + int(np.ceil(pos[:, 1].max() / dx)) + 1
+    field = (slice(iy, y1), slice(ix, x1))
+    assert (y1 - iy) * (x1 - ix) < ref["phase_sum"].size / 2  # the padding was most of the object
     phase = emdfile.read(path, emdpath=f"{EMD_ROOT}/object_phase")
-    np.testing.assert_array_equal(phase.data, ref["phase_sum"])
+    np.testing.assert_array_equal(phase.data, ref["phase_sum"][field])
     assert list(phase.dim_names) == ["y", "x"] and list(phase.dim_units) == ["A", "A"]
-    assert _linear(phase.dims[0]) == pytest.approx((-oy, dy)) and _linear(phase.dims[1]) == pytest.approx((-ox, dx))
-    iy, ix = round(oy / dy), round(ox / dx)  # the first scan position sits at 0 Å on the object's axes
-    assert phase.dims[0][iy] == pytest.approx(0, abs=1e-9) and phase.dims[1][ix] == pytest.approx(0, abs=1e-9)
+    assert _linear(phase.dims[0]) == pytest.approx((iy * dy - oy, dy))
+    assert _linear(phase.dims[1]) == pytest.approx((ix * dx - ox, dx))
+    # the first scan position sits at 0 Å, the field's first pixel
+    assert phase.dims[0][0] == pytest.approx(0, abs=1e-6) and phase.dims[1][0] == pytest.approx(0, abs=1e-6)
     np.testing.assert_allclose(model.dataset_positions()[0].numpy(), 0, atol=1e-5)
 
     amp = emdfile.read(path, emdpath=f"{EMD_ROOT}/object_amplitude")
-    np.testing.assert_array_equal(amp.data, ref["amplitude_prod"])
+    np.testing.assert_array_equal(amp.data, ref["amplitude_prod"][field])
     slices = emdfile.read(path, emdpath=f"{EMD_ROOT}/slice_phases")
-    np.testing.assert_array_equal(slices.data, ref["obj_phase"][0])
+    np.testing.assert_array_equal(slices.data, ref["obj_phase"][0][(slice(None), *field)])
     assert _linear(slices.dims[0]) == pytest.approx((0.0, float(model.slice_thickness.detach())))
 
     probe = emdfile.read(path, emdpath=f"{EMD_ROOT}/probe")
@@ -72,6 +80,7 @@ def test_emd_reads_back_through_emdfile_with_angstrom_axes(fitted, tmp_path):
     assert meta["energy"] == pytest.approx(model.energy) and meta["epoch"] == 1
     np.testing.assert_allclose(meta["sampling"], model.sampling)
     np.testing.assert_allclose(meta["origin"], model.origin)
+    assert list(meta["field"]) == [iy, y1, ix, x1] and list(meta["object_shape"]) == list(ref["phase_sum"].shape)
 
 
 def test_hyperspy_reader_gives_signals_with_angstrom_axes(fitted, tmp_path):
@@ -82,11 +91,13 @@ def test_hyperspy_reader_gives_signals_with_angstrom_axes(fitted, tmp_path):
     assert set(signals) == {"object_phase", "object_amplitude", "slice_phases", "probe"}
     ref = model.save_results()
     phase = signals["object_phase"]
-    np.testing.assert_array_equal(np.asarray(phase["data"]), ref["phase_sum"])
+    y0, y1, x0, x1 = emdfile.read(path).metadata["phasestem"]["field"]
+    np.testing.assert_array_equal(np.asarray(phase["data"]), ref["phase_sum"][y0:y1, x0:x1])
     (ay, ax) = sorted(phase["axes"], key=lambda a: a["index_in_array"])
     assert (ay["name"], ax["name"]) == ("y", "x") and ay["units"] == ax["units"] == "Å"
-    assert (ay["scale"], ay["offset"]) == pytest.approx((model.sampling[0], -model.origin[0]))
-    assert (ax["scale"], ax["offset"]) == pytest.approx((model.sampling[1], -model.origin[1]))
+    assert (ay["scale"], ay["offset"]) == pytest.approx((model.sampling[0], y0 * model.sampling[0] - model.origin[0]))
+    assert (ax["scale"], ax["offset"]) == pytest.approx((model.sampling[1], x0 * model.sampling[1] - model.origin[1]))
+    assert ay["offset"] == pytest.approx(0, abs=1e-6)  # the first scan position at 0 Å
     probe = signals["probe"]
     assert np.asarray(probe["data"]).dtype == np.complex64
     np.testing.assert_array_equal(np.asarray(probe["data"]), ref["probe"])
@@ -115,5 +126,6 @@ def test_cli_reconstruct_writes_results_emd_beside_results_h5(tmp_path, capsys):
     h5 = load_results(tmp_path / "run" / "results.h5")
     (phase,) = [s for s in rsciio_emd.file_reader(str(tmp_path / "run" / "results.emd"))
                 if s["metadata"]["General"]["title"] == "object_phase"]
-    np.testing.assert_array_equal(np.asarray(phase["data"]), h5["phase_sum"])
+    y0, y1, x0, x1 = emdfile.read(tmp_path / "run" / "results.emd").metadata["phasestem"]["field"]
+    np.testing.assert_array_equal(np.asarray(phase["data"]), h5["phase_sum"][y0:y1, x0:x1])
     assert phase["axes"][0]["scale"] == pytest.approx(h5["attrs"]["sampling"][0])

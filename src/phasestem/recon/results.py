@@ -32,11 +32,16 @@ Layout of ``results.h5``::
 saves and reads (``py4DSTEM.read("results.emd")``); HyperSpy opens it through RosettaSciIO's EMD reader
 (``hs.load("results.emd")``: one signal per array, with the axes below). One EMD tree, ``phasestem_reconstruction``::
 
-    object_phase      (Ny, Nx)     float32    rad, Σ over slices (results.h5 object/phase_sum)
-    object_amplitude  (Ny, Nx)     float32    Π over slices (object/amplitude_prod)
-    slice_phases      (S, Ny, Nx)  float32    rad, per slice (first object mode), only when S > 1
+    object_phase      (fy, fx)     float32    rad, Σ over slices (results.h5 object/phase_sum), scanned field
+    object_amplitude  (fy, fx)     float32    Π over slices (object/amplitude_prod), scanned field
+    slice_phases      (S, fy, fx)  float32    rad, per slice (first object mode), only when S > 1
     probe             (ny, nx) or (M, ny, nx)  complex64  Σ|ψ|² ≈ 1 (one mode: 2-D)
-    metadata "phasestem": energy (eV), sampling (Å), origin (Å), slice_thickness (Å), epoch, format
+    metadata "phasestem": energy (eV), sampling (Å), origin (Å), slice_thickness (Å), epoch, format,
+                          field (y0, y1, x0, x1: the object pixels kept), object_shape (Ny, Nx)
+
+The object arrays hold the **scanned field**: the object pixels inside the bounding box of the probe positions,
+what the scan determines (``recon.truth.field_slices``). The padding the reconstruction needs around it (a probe
+window's worth on each side, often several times the field's area) is only in results.h5.
 
 (No array's name contains another's: RosettaSciIO's reader stacks arrays whose paths contain one another.)
 An older ``results.h5`` converts with ``save_emd(load_results("results.h5"), "results.emd")``.
@@ -54,6 +59,7 @@ import numpy as np
 import torch
 
 from ..safety import atomic_file
+from .truth import field_slices
 
 FORMAT = "phasestem-recon-results"
 #: name of the EMD tree in ``results.emd``
@@ -163,16 +169,19 @@ def save_emd(results: dict, path) -> Path:
     angstrom = ["A", "A"]  # py4DSTEM's spelling of Å (RosettaSciIO reads it as Å)
     root = emdfile.Root(name=EMD_ROOT)
 
-    def obj_dims(shape) -> list[np.ndarray]:
-        return [_axis(shape[-2], dy, -oy), _axis(shape[-1], dx, -ox)]
+    full = np.asarray(results["phase_sum"]).shape
+    fy, fx = field_slices((np.asarray(results["positions"]) + [oy, ox]) / [dy, dx], full)
 
-    phase = np.asarray(results["phase_sum"], dtype=np.float32)
+    def obj_dims(shape) -> list[np.ndarray]:
+        return [_axis(shape[-2], dy, fy.start * dy - oy), _axis(shape[-1], dx, fx.start * dx - ox)]
+
+    phase = np.asarray(results["phase_sum"], dtype=np.float32)[fy, fx]
     root.add_to_tree(emdfile.Array(data=phase, name="object_phase", units="rad", dims=obj_dims(phase.shape),
                                    dim_names=yx, dim_units=angstrom))
-    amp = np.asarray(results["amplitude_prod"], dtype=np.float32)
+    amp = np.asarray(results["amplitude_prod"], dtype=np.float32)[fy, fx]
     root.add_to_tree(emdfile.Array(data=amp, name="object_amplitude", units="", dims=obj_dims(amp.shape),
                                    dim_names=yx, dim_units=angstrom))
-    slices = np.asarray(results["obj_phase"], dtype=np.float32)[0]
+    slices = np.asarray(results["obj_phase"], dtype=np.float32)[0][:, fy, fx]
     if slices.shape[0] > 1:
         root.add_to_tree(emdfile.Array(data=slices, name="slice_phases", units="rad",
                                        dims=[_axis(slices.shape[0], thickness, 0.0), *obj_dims(slices.shape)],
@@ -193,6 +202,8 @@ def save_emd(results: dict, path) -> Path:
     meta["origin"] = np.array([oy, ox])  # Å
     meta["slice_thickness"] = thickness  # Å
     meta["epoch"] = int(attrs["epoch"])
+    meta["field"] = np.array([fy.start, fy.stop, fx.start, fx.stop])  # object pixels kept (y0, y1, x0, x1)
+    meta["object_shape"] = np.array(full)  # (Ny, Nx) of the whole object in results.h5
     root.metadata = meta
     with atomic_file(path, field="results") as tmp:
         emdfile.save(str(tmp), root, mode="w")

@@ -10,7 +10,13 @@ TRUTH_METRICS = ("psnr", "ssim", "phase_error", "frc_resolution")
 
 def scan_field(model, shape: tuple[int, int]) -> tuple[slice, slice]:
     """Pixels of the dataset frame inside the bounding box of the probe centres (what a scan determines)."""
-    pos = model.dataset_positions().cpu().numpy() / np.asarray(model.sampling)
+    return field_slices(model.dataset_positions().cpu().numpy() / np.asarray(model.sampling), shape)
+
+
+def field_slices(positions_px: np.ndarray, shape: tuple[int, int]) -> tuple[slice, slice]:
+    """The pixels of an image of ``shape`` inside the bounding box of ``positions_px`` ((N, 2) probe centres in
+    that image's pixels): the rows and columns a scan determines."""
+    pos = np.asarray(positions_px, dtype=np.float64)
     lo = np.clip(np.floor(pos.min(0)).astype(int), 0, None)
     hi = np.minimum(np.ceil(pos.max(0)).astype(int) + 1, shape)
     return slice(int(lo[0]), int(hi[0])), slice(int(lo[1]), int(hi[1]))
