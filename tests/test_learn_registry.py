@@ -74,7 +74,7 @@ def test_every_network_builds_through_the_registry(kind):
 
     from phasestem.learn import registry
 
-    assert registry.names() == KINDS
+    assert registry.names() == (*KINDS, "restorer")  # the restorer: tests/test_restorer.py
     config = TINY[kind]
     if kind == "end2end":
         from phasestem.learn.nets.patch import PatchRecoveryConfig

@@ -19,7 +19,9 @@ File layout (HDF5, ``format`` = ``phasestem-pairs``, ``layout`` = :data:`LAYOUT`
 ``sampling``                   (N, 2) float64     AD's pixel (Å)
 =============================  =================  =====================================================
 
-Attributes: ``epochs`` (JSON list, ascending; the last is the run's end), ``inputs_from`` (JSON: kind 'ad', the
+Attributes: ``epochs`` (JSON list, ascending; the last is the run's end), ``optics`` (JSON: energy eV,
+semi-angle and detector pixel mrad, aberrations Å, scan step Å, and ``sampling``, AD's pixel in Å: the geometry a
+restorer trained on the file is for), ``inputs_from`` (JSON: kind 'ad', the
 recipe's parameter file as YAML, its epochs), ``sources`` (JSON ``file:phase_i`` per sample), ``units`` 'rad'.
 Every sample must give the same AD grid (one geometry per file); another is refused in one line.
 """
@@ -75,6 +77,7 @@ def make_ad_pairs(files: list[str], out: str | Path, n_epochs: int | None = None
     from ..io.hdf5 import open_file
     from ..lock import hold_output
     from ..safety import atomic_file, check_finite
+    from .apply.phase import check_training_optics, dataset_optics
     from .data import expand_paths
     from .hybrid import ad_recipe, ad_recipe_snapshots
     from .pairs import PAIRS_FORMAT
@@ -84,6 +87,7 @@ def make_ad_pairs(files: list[str], out: str | Path, n_epochs: int | None = None
         rows: list[dict] = []
         origin: list[str] = []
         epochs: list[int] | None = None
+        optics: dict | None = None
         for path in expand_paths(files):
             with open_file(path, "simulation file") as f:
                 ids = seedfile.sample_ids(f.keys(), "phase")
@@ -100,6 +104,10 @@ def make_ad_pairs(files: list[str], out: str | Path, n_epochs: int | None = None
                 if rows and shape != rows[0]["gt"].shape:
                     raise ShapeError(f"{path}:phase_{i}: AD's grid {shape} differs from the first sample's "
                                      f"{rows[0]['gt'].shape} (one geometry per pairs file)")
+                here = json.loads(json.dumps({**dataset_optics(ds), "sampling": list(sampling)}))
+                if optics is None:
+                    optics = here
+                check_training_optics({"data": {"optics": optics}}, here, f"{path}:phase_{i}")
                 ts = tuple(float(s) for s in ds.truth.get("sampling", ds.sampling))
                 row = {"gt": truth_on_grid(truth, ts, sampling, shape), "field": last["field"],
                        "sampling": np.asarray(sampling)}
@@ -121,5 +129,6 @@ def make_ad_pairs(files: list[str], out: str | Path, n_epochs: int | None = None
                 f.create_dataset(key, data=data, chunks=chunk if data.ndim == 3 else None)
             f["input"] = f[f"epoch_{epochs[-1]}/phase"][...]
             f.attrs.update({"format": PAIRS_FORMAT, "layout": LAYOUT, "epochs": json.dumps(epochs),
-                            "inputs_from": json.dumps(source), "sources": json.dumps(origin), "units": "rad"})
+                            "optics": json.dumps(optics), "inputs_from": json.dumps(source),
+                            "sources": json.dumps(origin), "units": "rad"})
         return Path(out)

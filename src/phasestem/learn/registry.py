@@ -8,6 +8,7 @@ stitch       PhaseStitchingNet (patches → full phase)   seed-000 files (ground
 end2end      End2End (the two chained)                  seed-000 files (+ the two trained models)
 autoencoder  diffraction-pattern autoencoder            any 4D-STEM files
 phaseformer  Phaseformer (coarse → refined phase)       pairs (folders, pairs files, seed-000 files)
+restorer     U-Net or Phaseformer restoring AD's phase  pairs files of AD epochs (make-pairs ad)
 ===========  =========================================  ========================================
 
 ``load_run_config(path, name)`` reads a training YAML (key ``network:``; ``stage:`` is accepted as its older
@@ -51,6 +52,9 @@ NETWORKS: dict[str, Entry] = {e.name: e for e in (
     Entry("phaseformer", "Phaseformer, a transformer restoring phase images (coarse → refined)",
           "config:PhaseformerRunConfig", "training.phaseformer:build_phaseformer_trainer",
           "training.phaseformer:phaseformer_from_config"),
+    Entry("restorer", "the restorer: AD's phase (+ amplitude, illumination) → restored phase on AD's grid",
+          "restorer_config:RestorerRunConfig", "training.restorer:build_restorer_trainer",
+          "training.restorer:restorer_from_config"),
 )}
 
 
@@ -84,7 +88,8 @@ def build_network(name: str, config: dict[str, Any] | None = None):
 TRAINING_BYTES_PER_PARAMETER = 16
 
 #: where each network's settings sit in its run config (the error names ``<section>.<field>``)
-MODEL_SECTION = {"patch": "model", "stitch": "stitch_model", "autoencoder": "model", "phaseformer": "model"}
+MODEL_SECTION = {"patch": "model", "stitch": "stitch_model", "autoencoder": "model", "phaseformer": "model",
+                 "restorer": "model"}
 
 
 def check_network_memory(name: str, config: dict[str, Any], section: str = "model", source: str = "") -> int:

@@ -1,0 +1,140 @@
+"""The restorer (issue 48): a network that restores AD's phase on AD's own grid, and its offset-free loss.
+
+Input (B, C, H, W): channel 0 AD's phase (rad), then the extra channels the config names (``amplitude``: AD's
+object amplitude; ``illumination``: Σ_j |P(r − r_j)|² ÷ its maximum; :mod:`phasestem.recon.channels`). Output
+(B, 1, H, W): the restored phase (rad) = the input phase + the body's correction. The body's last layer starts
+at zero, so an untrained restorer returns its input phase exactly. Any H, W: the body sees the input padded by
+reflection to a multiple of 8 and the correction is cropped back. The body sees the phase with its mean over
+the image removed (a constant phase is not measured; the loss ignores it too).
+
+Bodies (``arch``): ``unet``, a small residual U-Net (the baseline: two poolings, ``width``, 2·width, 4·width
+channels), and ``phaseformer``, :class:`~phasestem.learn.nets.phaseformer.Phaseformer` (SPEC §5, seed 002) in the
+restorer role (its 1× output; ``residual`` off inside, the residual taken here).
+
+:func:`offset_free_loss`: Charbonnier √(d² + ε²) of d = (prediction − truth) − mean over the scanned field of
+(prediction − truth), averaged over the field (a (B, 1, H, W) mask): phase offsets are unobservable.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...errors import ShapeError
+
+CHANNELS = ("amplitude", "illumination")
+
+__all__ = ["RestorerConfig", "Restorer", "UNetBody", "offset_free_loss", "CHANNELS"]
+
+
+@dataclass
+class RestorerConfig:
+    """Restorer settings (stored with every model file): body, its width, the extra input channels."""
+
+    arch: str = "unet"
+    extra_channels: tuple[str, ...] = ("amplitude", "illumination")
+    width: int = 16
+    phaseformer: dict[str, Any] = field(default_factory=lambda: {"dim": 8, "blocks": (1, 1, 1, 1),
+                                                                 "heads": (1, 1, 2, 2), "refinement_blocks": 1})
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["extra_channels"] = list(self.extra_channels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RestorerConfig:
+        d = dict(d)
+        if "extra_channels" in d:
+            d["extra_channels"] = tuple(d["extra_channels"])
+        cfg = cls(**d)
+        unknown = [c for c in cfg.extra_channels if c not in CHANNELS]
+        if cfg.arch not in ("unet", "phaseformer") or unknown:
+            raise ValueError(f"restorer: arch must be unet or phaseformer and extra channels of {CHANNELS}, got "
+                             f"{cfg.arch!r}, {list(cfg.extra_channels)}")
+        return cfg
+
+    @property
+    def in_channels(self) -> int:
+        return 1 + len(self.extra_channels)
+
+
+def _block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.GELU(), nn.Conv2d(c_out, c_out, 3, padding=1),
+                         nn.GELU())
+
+
+class UNetBody(nn.Module):
+    """A small U-Net (C → 1 channels, sides multiple of 4) whose last 1×1 convolution starts at zero."""
+
+    def __init__(self, in_channels: int, width: int = 16):
+        super().__init__()
+        w = int(width)
+        self.enc1, self.enc2, self.mid = _block(in_channels, w), _block(w, 2 * w), _block(2 * w, 4 * w)
+        self.up2, self.dec2 = nn.ConvTranspose2d(4 * w, 2 * w, 2, stride=2), _block(4 * w, 2 * w)
+        self.up1, self.dec1 = nn.ConvTranspose2d(2 * w, w, 2, stride=2), _block(2 * w, w)
+        self.out = nn.Conv2d(w, 1, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e1 = self.enc1(x)
+        e2 = self.enc2(F.max_pool2d(e1, 2))
+        m = self.mid(F.max_pool2d(e2, 2))
+        d2 = self.dec2(torch.cat([self.up2(m), e2], 1))
+        return self.out(self.dec1(torch.cat([self.up1(d2), e1], 1)))
+
+
+class _PhaseformerBody(nn.Module):
+    """Phaseformer's 1× output as a correction (its out_low head zero-initialised)."""
+
+    def __init__(self, in_channels: int, settings: dict[str, Any]):
+        super().__init__()
+        from .phaseformer import Phaseformer, PhaseformerConfig
+
+        cfg = PhaseformerConfig.from_dict({**settings, "in_channels": in_channels, "out_channels": 1,
+                                           "residual": False})
+        self.net = Phaseformer(cfg)
+        nn.init.zeros_(self.net.out_low.weight)
+        nn.init.zeros_(self.net.out_low.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)[0]
+
+
+class Restorer(nn.Module):
+    """AD's phase (+ extra channels) → restored phase on the same grid (module docstring)."""
+
+    def __init__(self, config: RestorerConfig | None = None):
+        super().__init__()
+        self.config = config or RestorerConfig()
+        c = self.config.in_channels
+        self.body = UNetBody(c, self.config.width) if self.config.arch == "unet" else _PhaseformerBody(
+            c, self.config.phaseformer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != self.config.in_channels:
+            raise ShapeError(f"restorer input must be (B, {self.config.in_channels}, H, W) (phase, "
+                             f"{', '.join(self.config.extra_channels) or 'no extra channels'}), got {tuple(x.shape)}")
+        phase = x[:, :1]
+        body_in = torch.cat([phase - phase.mean(dim=(-2, -1), keepdim=True), x[:, 1:]], 1)
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % 8, (-w) % 8
+        if ph or pw:
+            mode = "reflect" if h > ph and w > pw else "replicate"
+            body_in = F.pad(body_in, (0, pw, 0, ph), mode=mode)
+        return phase + self.body(body_in)[..., :h, :w]
+
+
+def offset_free_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
+                     eps: float = 1e-3) -> torch.Tensor:
+    """Mean Charbonnier √(d² + ε²) over the field ``mask`` (B, 1, H, W; None: everywhere) of d = (pred − target)
+    with its mean over the field removed per image (rad)."""
+    d = pred - target
+    m = torch.ones_like(d) if mask is None else mask.to(d)
+    n = m.sum(dim=(-2, -1), keepdim=True).clamp_min(1.0)
+    d = d - (d * m).sum(dim=(-2, -1), keepdim=True) / n
+    return ((torch.sqrt(d * d + eps * eps) * m).sum(dim=(-2, -1)) / n[..., 0, 0]).mean()

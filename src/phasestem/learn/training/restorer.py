@@ -1,0 +1,87 @@
+"""Training runs of the restorer (:mod:`phasestem.learn.nets.restorer`) on the shared trainer.
+
+``build_restorer_trainer(cfg)``: items of the pairs files of AD epochs (:class:`~phasestem.learn.restore_data.
+RestorePairs`, dihedral augmentation), the network, the offset-free loss over the scanned field. Validation logs
+``e_phi`` (E_φ over the field, offsets removed: √(Σ d'² / Σ φ_true²)) and ``e_phi_identity`` (the same of AD's
+phase as it is: what an untrained restorer gives). The model file's ``meta["data"]`` keeps the geometry of the
+training pairs (``optics``: energy, semi-angle, detector pixel, aberrations, scan step and AD's pixel
+``sampling``), which :mod:`phasestem.learn.restore` checks before a model is applied.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ...errors import ConfigError
+from ..meta import make_meta
+from ..nets.autoencoder import count_parameters
+from ..nets.restorer import Restorer, RestorerConfig, offset_free_loss
+from ..restore_data import RestorePairs, pairs_optics
+from ..restorer_config import RestorerRunConfig
+from ..trainer import Trainer, seed_everything
+from . import split_indices
+
+log = logging.getLogger("phasestem.learn.restore")
+
+__all__ = ["restorer_from_config", "build_restorer_trainer", "field_error"]
+
+
+def restorer_from_config(kind: str, config: dict[str, Any]) -> Restorer:
+    """Registry entry: a restorer with random weights (an identity: its last layer is zero)."""
+    return Restorer(RestorerConfig.from_dict(config))
+
+
+def field_error(pred: torch.Tensor, target: torch.Tensor, field: torch.Tensor) -> torch.Tensor:
+    """E_φ per image over the field, offsets removed: (B,)."""
+    d = pred - target
+    n = field.sum(dim=(-2, -1)).clamp_min(1.0)
+    d = d - ((d * field).sum(dim=(-2, -1)) / n)[..., None, None]
+    return torch.sqrt((d * d * field).sum(dim=(-2, -1, -3)) / (target * target * field).sum(
+        dim=(-2, -1, -3)).clamp_min(1e-30))
+
+
+def _loss_fn(eps: float):
+    def loss_fn(m: nn.Module, batch) -> dict[str, torch.Tensor]:
+        return {"loss": offset_free_loss(m(batch["input"]), batch["target"], batch["field"], eps)}
+    return loss_fn
+
+
+def _metrics_fn(m: nn.Module, batch) -> dict[str, float]:
+    x, y, f = batch["input"], batch["target"], batch["field"]
+    return {"e_phi": float(field_error(m(x), y, f).mean()), "e_phi_identity": float(field_error(x[:, :1], y, f).mean())}
+
+
+def build_restorer_trainer(cfg: RestorerRunConfig, out_dir: str | Path | None = None) -> Trainer:
+    """The trainer of one restorer run (data, network, loss from ``cfg``)."""
+    d, mc = cfg.data, cfg.model
+    seed_everything(cfg.trainer.seed)
+    optics = [pairs_optics(p) for p in d.train]
+    if any(o != optics[0] for o in optics[1:]):
+        raise ConfigError("data.train: the pairs files record different geometries (one restorer per geometry)")
+    channels = tuple(mc.extra_channels)
+    train_ds = RestorePairs(d.train, channels, d.epochs, d.crop, d.augment, d.seed)
+    if d.test:
+        val_ds = RestorePairs(d.test, channels, d.epochs, None, False, d.seed + 1)
+    elif d.val_fraction > 0:
+        tr, va = split_indices(len(train_ds), d.val_fraction, d.seed)
+        val_ds = torch.utils.data.Subset(RestorePairs(d.train, channels, d.epochs, None, False), va.tolist())
+        train_ds = torch.utils.data.Subset(train_ds, tr.tolist())
+    else:
+        val_ds = None
+    train_loader = torch.utils.data.DataLoader(train_ds, batch_size=d.batch_size, shuffle=True,
+                                               num_workers=d.num_workers, generator=torch.Generator(),
+                                               drop_last=len(train_ds) > d.batch_size)
+    val_loader = None if val_ds is None or len(val_ds) == 0 else torch.utils.data.DataLoader(
+        val_ds, batch_size=d.batch_size, num_workers=d.num_workers)
+    net = Restorer(RestorerConfig.from_dict(mc.model_dump()))
+    meta = make_meta("restorer", net.config.to_dict(), {"optics": optics[0], "epochs": d.epochs,
+                                                        "pairs": [str(p) for p in d.train]},
+                     cfg.loss.model_dump(mode="json"))
+    log.info("restorer (%s): %d parameters; %d training items, %d test items", mc.arch, count_parameters(net),
+             len(train_ds), 0 if val_ds is None else len(val_ds))
+    return Trainer(net, _loss_fn(cfg.loss.charbonnier_eps), train_loader, val_loader, metrics_fn=_metrics_fn,
+                   config=cfg.trainer, out_dir=out_dir if out_dir is not None else cfg.out_dir, meta=meta)
