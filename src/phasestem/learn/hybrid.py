@@ -4,6 +4,9 @@
 :func:`ad_phase`: a fast AD ptychography of a scan on a truth grid, the ``ad`` input source of
 ``phasestem make-pairs`` (:mod:`phasestem.learn.pair_sources`).
 
+:func:`restorer_prior`: a trained restorer as a learned prior inside AD (a
+:class:`phasestem.recon.prior.RefreshedPrior` whose callable runs the network on the model's channels).
+
 :func:`ad_recipe_snapshots`: AD with the recorded recipe of ``make-pairs --inputs-from ad``
 (:func:`ad_recipe`: ``phasestem reconstruct``'s parameter-file defaults, probe refined), its phase, amplitude,
 illumination and field on AD's own grid after chosen epochs (:mod:`phasestem.learn.ad_pairs`).
@@ -16,7 +19,7 @@ import torch
 from ..recon import Ptychography
 from ..resample import BAND_LIMITED, resample_image
 
-__all__ = ["ad_phase", "ad_recipe", "ad_recipe_snapshots"]
+__all__ = ["ad_phase", "ad_recipe", "ad_recipe_snapshots", "restorer_prior"]
 
 
 def ad_phase(dataset, truth_shape: tuple[int, int], truth_sampling: tuple[float, float], epochs: int = 4,
@@ -67,3 +70,16 @@ def ad_recipe_snapshots(dataset, snapshots: tuple[int, ...] = (2, 4, 8), n_epoch
         if model.epoch in wanted:
             out[int(model.epoch)] = restorer_channels(model, dataset)
     return out, model
+
+
+def restorer_prior(net, dataset, every: int = 2, weight: float = 0.1, start: int = 2):
+    """A :class:`~phasestem.recon.prior.RefreshedPrior` whose target is ``net``'s restoration of the model's
+    phase (channels of :func:`phasestem.recon.channels.restorer_channels`); attach it with ``.attach(model)``."""
+    from ..recon.channels import restorer_channels
+    from ..recon.prior import RefreshedPrior
+    from .restore import restore_channels
+
+    def target(model) -> np.ndarray:
+        return restore_channels(net, restorer_channels(model, dataset))
+
+    return RefreshedPrior(target, every=every, weight=weight, start=start)

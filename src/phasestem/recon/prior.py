@@ -61,3 +61,40 @@ class PhasePrior:
     def __call__(self, model, record: dict) -> None:
         self.apply(model)
         record["prior_weight"] = self.weight
+
+
+class RefreshedPrior:
+    """A :class:`PhasePrior` whose target is recomputed by a callable during the run (a learned prior, issue 48).
+
+    ``target_fn(model) -> (H, W)`` phase (rad) in the dataset frame at the object pixel (what
+    :meth:`~phasestem.recon.model.Ptychography.phase_in_dataset_frame` gives) is called after epoch ``start`` and
+    then every ``every`` epochs; from ``start`` on, every epoch is pulled towards the latest target with weight
+    ``weight`` (λ). The engine only sees an epoch callback: the callable (e.g. a restoring network, built in
+    :mod:`phasestem.learn.hybrid`) stays outside recon. Records ``prior_weight`` and ``prior_refreshed``."""
+
+    def __init__(self, target_fn, every: int = 2, weight: float = 0.1, start: int = 2):
+        if int(every) < 1 or int(start) < 0:
+            raise ConfigError(f"prior: every must be ≥ 1 and start ≥ 0, got every {every}, start {start}")
+        if not np.isfinite(weight) or weight < 0:
+            raise ConfigError(f"prior weight must be a finite number ≥ 0, got {weight}")
+        self.target_fn, self.every, self.weight, self.start = target_fn, int(every), float(weight), int(start)
+        self.prior: PhasePrior | None = None
+
+    def attach(self, model) -> RefreshedPrior:
+        """Run after every epoch of ``model`` (appended to ``model.epoch_callbacks``); returns ``self``."""
+        model.epoch_callbacks.append(self)
+        return self
+
+    def detach(self, model) -> None:
+        model.epoch_callbacks = [fn for fn in model.epoch_callbacks if fn is not self]
+
+    def __call__(self, model, record: dict) -> None:
+        epoch = int(record["epoch"])
+        if epoch < self.start or self.weight == 0:
+            return
+        refreshed = (epoch - self.start) % self.every == 0 or self.prior is None
+        if refreshed:
+            self.prior = PhasePrior(model, self.target_fn(model), None, self.weight)
+        self.prior.apply(model)
+        record["prior_weight"] = self.weight
+        record["prior_refreshed"] = float(refreshed)
