@@ -52,6 +52,7 @@ def test_user_error_is_one_actionable_line(command, tmp_path):
         ("evaluate",): ["--model", model],
         ("embed",): [missing, "--model", model],
         ("refine",): [missing, "--model", model],
+        ("restore",): [missing, "--model", model, "--out-file", str(tmp_path / "restored.h5")],
         ("make-pairs",): [missing],
         ("serve",): ["--root", missing, "--port", "0"],
     }.get(command, [missing])

@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "phasestem.recon.commands",
     "phasestem.calibrate.commands",
     "phasestem.learn.commands",
+    "phasestem.learn.restore_commands",
     "phasestem.commands_misc",
     "phasestem.plan.commands",
     "phasestem.convert.commands",

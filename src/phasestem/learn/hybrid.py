@@ -7,6 +7,10 @@
 :func:`restorer_prior`: a trained restorer as a learned prior inside AD (a
 :class:`phasestem.recon.prior.RefreshedPrior` whose callable runs the network on the model's channels).
 
+:func:`prior_hook`: ``phasestem reconstruct --prior MODEL``'s hook (the model read now, its geometry checked
+against the data once the reconstruction's model is built, then :func:`restorer_prior` attached).
+:func:`restore_results`: ``phasestem restore``: a restorer applied to a finished run's ``results.h5``.
+
 :func:`ad_recipe_snapshots`: AD with the recorded recipe of ``make-pairs --inputs-from ad``
 (:func:`ad_recipe`: ``phasestem reconstruct``'s parameter-file defaults, probe refined), its phase, amplitude,
 illumination and field on AD's own grid after chosen epochs (:mod:`phasestem.learn.ad_pairs`).
@@ -19,7 +23,7 @@ import torch
 from ..recon import Ptychography
 from ..resample import BAND_LIMITED, resample_image
 
-__all__ = ["ad_phase", "ad_recipe", "ad_recipe_snapshots", "restorer_prior"]
+__all__ = ["ad_phase", "ad_recipe", "ad_recipe_snapshots", "restorer_prior", "prior_hook", "restore_results"]
 
 
 def ad_phase(dataset, truth_shape: tuple[int, int], truth_sampling: tuple[float, float], epochs: int = 4,
@@ -83,3 +87,39 @@ def restorer_prior(net, dataset, every: int = 2, weight: float = 0.1, start: int
         return restore_channels(net, restorer_channels(model, dataset))
 
     return RefreshedPrior(target, every=every, weight=weight, start=start)
+
+
+def prior_hook(model_path, every: int = 2, weight: float = 0.1, start: int = 2, device: str = "cpu"):
+    """``hook(model, dataset)`` for :func:`phasestem.recon.run.run_reconstruction`'s ``model_hooks``: the restorer
+    ``model_path`` (read now: a corrupted file is refused before the run) checked against the data's geometry and
+    AD's pixel, then attached as :func:`restorer_prior`."""
+    from .restore import check_pixel, load_restorer
+
+    net, meta = load_restorer(model_path, device="cpu")
+
+    def hook(model, dataset) -> None:
+        from .apply.phase import check_training_optics, dataset_optics
+
+        check_training_optics(meta, dataset_optics(dataset), str(model_path))
+        check_pixel(meta, tuple(float(s) for s in model.sampling), str(model_path))
+        restorer_prior(net.to(model.device), dataset, every=every, weight=weight, start=start).attach(model)
+
+    return hook
+
+
+def restore_results(results_path, model_path, device: str = "cpu") -> tuple[np.ndarray, dict]:
+    """A restorer applied to a finished run: (restored phase (H, W) float32 rad in the dataset frame at the run's
+    pixel, {"sampling", "energy", "field", "input"}). The model is refused in one line for another pixel or energy
+    (the results file records no semi-angle or scan step: those are the user's to match)."""
+    from ..recon.channels import channels_from_results
+    from .restore import check_pixel, load_restorer, restore_channels
+
+    channels, info = channels_from_results(results_path)
+    net, meta = load_restorer(model_path, device=device)
+    check_pixel(meta, info["sampling"], str(model_path))
+    from .apply.phase import check_training_optics
+
+    check_training_optics({"data": {"optics": {"energy": ((meta.get("data") or {}).get("optics") or {}).get(
+        "energy")}}}, {"energy": info["energy"]}, str(model_path))
+    restored = restore_channels(net, channels)
+    return restored, {**info, "field": channels["field"], "input": channels["phase"]}

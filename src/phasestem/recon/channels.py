@@ -7,6 +7,9 @@ All three are (H, W) float32 on the model's object pixel, pixel (0, 0) at the da
 * :func:`illumination_map`: Σ_j Σ_m |P_m(r − r_j)|² over every position, divided by its maximum (0 … 1): where it
   is small the data say little about the object;
 * :func:`field_mask`: 1 inside the scanned field (the rectangle spanned by the probe positions), else 0.
+
+:func:`restorer_channels` gives all four of a model in memory, :func:`channels_from_results` the same of a finished
+run's ``results.h5`` (``phasestem restore``), with the run's pixel and energy.
 """
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ import torch
 
 from .precondition import _illumination
 
-__all__ = ["amplitude_in_dataset_frame", "illumination_map", "field_mask", "restorer_channels"]
+__all__ = ["amplitude_in_dataset_frame", "illumination_map", "field_mask", "restorer_channels",
+           "channels_from_results"]
 
 
 @torch.no_grad()
@@ -58,3 +62,45 @@ def restorer_channels(model, dataset) -> dict[str, np.ndarray]:
     return {"phase": phase, "amplitude": amplitude_in_dataset_frame(model, shape),
             "illumination": illumination_map(model, shape),
             "field": field_mask(np.asarray(dataset.positions_angstrom()), tuple(model.sampling), shape)}
+
+
+def _dataset_frame(plane: np.ndarray, origin_px: tuple[int, int]) -> np.ndarray:
+    """An object-frame plane (Ny, Nx) cropped to the dataset frame (zeros before the object frame)."""
+    oy, ox = origin_px
+    ny, nx = plane.shape
+    out = np.zeros((ny - oy, nx - ox), np.float32)
+    sy, sx = max(0, -oy), max(0, -ox)
+    out[sy:, sx:] = plane[oy + sy:, ox + sx:]
+    return out
+
+
+def channels_from_results(path) -> tuple[dict[str, np.ndarray], dict]:
+    """The :func:`restorer_channels` of a finished run from its ``results.h5``: (channels, {"sampling": (dy, dx)
+    Å, "energy": eV, "origin_px": (oy, ox)}). The illumination uses the run's final probe and corrected positions,
+    placed as the model places them (nearest whole pixel, the window's centre at the position)."""
+    from ..physics.multislice import window_origins
+    from .results import load_results
+
+    r = load_results(path)
+    sampling = tuple(float(s) for s in r["attrs"]["sampling"])
+    origin = tuple(float(o) for o in r["attrs"]["origin"])
+    origin_px = (round(origin[0] / sampling[0]), round(origin[1] / sampling[1]))
+    phase = _dataset_frame(np.asarray(r["phase_sum"], np.float32), origin_px)
+    amplitude = _dataset_frame(np.asarray(r["amplitude_prod"], np.float32), origin_px)
+    probe = np.asarray(r["probe"])
+    p_int = (np.abs(probe) ** 2).sum(0)  # (ny, nx)
+    pos = np.asarray(r["positions"], np.float64)
+    obj_px = torch.as_tensor((pos + np.asarray(origin)) / np.asarray(sampling))
+    corners, _ = window_origins(obj_px, p_int.shape)
+    Ny, Nx = r["phase_sum"].shape
+    illum = np.zeros((Ny, Nx), np.float64)
+    wy, wx = p_int.shape
+    for cy, cx in corners.numpy():
+        y0, x0, y1, x1 = max(cy, 0), max(cx, 0), min(cy + wy, Ny), min(cx + wx, Nx)
+        if y1 > y0 and x1 > x0:
+            illum[y0:y1, x0:x1] += p_int[y0 - cy:y1 - cy, x0 - cx:x1 - cx]
+    illum /= max(float(illum.max()), 1e-30)
+    illumination = _dataset_frame(illum.astype(np.float32), origin_px)
+    channels = {"phase": phase, "amplitude": amplitude, "illumination": illumination,
+                "field": field_mask(pos, sampling, phase.shape)}
+    return channels, {"sampling": sampling, "energy": float(r["attrs"]["energy"]), "origin_px": origin_px}

@@ -55,6 +55,7 @@ def register(subparsers, train_subparsers) -> None:
     add_device(p, what="overrides run.device")
     add_set(p, "model.n_slices=4 (with --auto: a field of the params.yaml it writes)")
     _add_auto_arguments(p)
+    _add_prior_arguments(p)
     p.set_defaults(func=_reconstruct_cmd)
     t = subparsers.add_parser(
         "tune", help="Optuna search of defocus, thickness and learning rates",
@@ -94,6 +95,30 @@ def _load(args) -> ReconstructParams:
     return params
 
 
+def _add_prior_arguments(p) -> None:
+    """--prior MODEL and its schedule: a trained restorer as a learned prior inside AD (issue 48)."""
+    g = p.add_argument_group("a learned prior inside AD (--prior)")
+    g.add_argument("--prior", metavar="MODEL", help="a restorer (phasestem train restorer: file, run folder or "
+                   "shipped name) whose restoration of the current phase becomes the target of a proximal pull")
+    g.add_argument("--prior-weight", type=float, default=0.1, metavar="LAMBDA",
+                   help="pull strength λ: φ ← (φ + λ·target) / (1 + λ) after every epoch (default 0.1)")
+    g.add_argument("--prior-every", type=int, default=2, metavar="K", help="restore every K epochs (default 2)")
+    g.add_argument("--prior-start", type=int, default=2, metavar="EPOCH",
+                   help="first epoch after which the prior acts (default 2)")
+
+
+def _prior_hooks(args, params) -> tuple:
+    """The ``model_hooks`` of :func:`~phasestem.recon.run.run_reconstruction` for ``--prior`` (none without it); the
+    model file is read (and a corrupted one refused) now, its geometry checked against the data when the model is
+    built."""
+    if not getattr(args, "prior", None):
+        return ()
+    from ..learn.hybrid import prior_hook  # the command layer is where recon meets learn (docs/architecture.md)
+
+    return (prior_hook(args.prior, every=args.prior_every, weight=args.prior_weight, start=args.prior_start,
+                       device=params.run.device),)
+
+
 def _add_auto_arguments(p) -> None:
     """--auto (read → calibrate → direct start → AD) and --init (start the object from a direct method)."""
     from ..calibrate.commands import add_calibration_choices, add_reader_arguments
@@ -108,6 +133,11 @@ def _add_auto_arguments(p) -> None:
 
 
 def _reconstruct_cmd(args) -> int:
+    if args.auto and getattr(args, "prior", None):
+        from ..errors import ConfigError
+
+        raise ConfigError("--prior cannot be combined with --auto yet: run --auto, then reconstruct OUT/params.yaml "
+                          "--prior MODEL")
     if args.auto:
         from ..calibrate.commands import calibration_choices, reader_options, scan_step
         from ..configfile import parse_set_options
@@ -141,7 +171,7 @@ def _reconstruct_cmd(args) -> int:
                 sys.stdout.write(dump_params(params))
                 return 0
             refuse_output_over_inputs(params.run.out_dir, [args.params], field="--out", written=RUN_FILES)
-            run_reconstruction(params, resume=args.resume)
+            run_reconstruction(params, resume=args.resume, model_hooks=_prior_hooks(args, params))
     except (ConfigError, FolderBusyError):
         if env_rank() != 0:  # every rank of a torchrun launch sees the same setting: rank 0 alone says so
             time.sleep(RANK_EXIT_DELAY)  # torchrun stops every rank once one exits: let rank 0 say it first

@@ -382,14 +382,17 @@ def optimize_with_options(model, dataset, n_epochs: int, losses: LossConfig | No
                           checkpoint_every: int = 0, resume: bool = False, out_dir: str | Path | None = None,
                           figures_every: int = 0, log_file: str | Path | None = None,
                           callbacks: Sequence[Callback] = (), lbfgs_options: dict | None = None,
-                          distributed: bool = True, **run_options) -> Iterator[float]:
+                          distributed: bool = True, prior=None, **run_options) -> Iterator[float]:
     """:func:`optimize` with keyword options, as the model's ``*_optimize`` methods take them.
 
     ``run_options``: the fields of :class:`RunConfig` that the engine reads (:func:`run_settings`).
     ``checkpoint_path``/``checkpoint_every``/``resume``: a :class:`~phasestem.recon.callbacks.Checkpoints`
     callback. ``out_dir``/``figures_every``: ``out_dir/epoch_NNNN.png`` figures
     (:class:`~phasestem.recon.callbacks.Figures`). ``log_file`` (default ``out_dir/reconstruct.log`` when
-    ``out_dir`` is set): the run log (:class:`~phasestem.recon.callbacks.LogFile`)."""
+    ``out_dir`` is set): the run log (:class:`~phasestem.recon.callbacks.LogFile`). ``prior``: an epoch
+    callback ``f(model, record)`` (a :class:`~phasestem.recon.prior.PhasePrior` or
+    :class:`~phasestem.recon.prior.RefreshedPrior`, e.g. :func:`phasestem.learn.hybrid.restorer_prior`) run after
+    every epoch of this call only."""
     run = run_settings(dataset.n_patterns, **run_options)
     own: list[Callback] = []
     if resume and checkpoint_path is None:
@@ -400,6 +403,12 @@ def optimize_with_options(model, dataset, n_epochs: int, losses: LossConfig | No
         own.append(LogFile(Path(log_file) if log_file is not None else Path(out_dir) / "reconstruct.log"))
     if out_dir is not None and figures_every:
         own.append(Figures(out_dir, figures_every))
-    yield from optimize(model, dataset, n_epochs, run, losses, constraints, [*own, *callbacks],
-                        lbfgs_options=lbfgs_options, distributed=distributed)
+    if prior is not None:
+        model.epoch_callbacks.append(prior)
+    try:
+        yield from optimize(model, dataset, n_epochs, run, losses, constraints, [*own, *callbacks],
+                            lbfgs_options=lbfgs_options, distributed=distributed)
+    finally:
+        if prior is not None:
+            model.epoch_callbacks = [fn for fn in model.epoch_callbacks if fn is not prior]
 

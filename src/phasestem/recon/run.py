@@ -73,7 +73,7 @@ def _setup_reports(params: ReconstructParams, dataset, model, out: Path):
 
 
 def run_reconstruction(params: ReconstructParams, resume: bool = False, sources: dict[str, str] | None = None,
-                       dataset=None, start_phase=None):
+                       dataset=None, start_phase=None, model_hooks=()):
     """Run a reconstruction described by ``params``; returns the model (None in the parent of
     ``run.n_processes`` > 1 spawned processes). ``sources`` labels values of the parameter file by field in the
     run log and results.h5 (default ``YAML``; see :func:`phasestem.recon.params.build_dataset`).
@@ -81,6 +81,8 @@ def run_reconstruction(params: ReconstructParams, resume: bool = False, sources:
     ``dataset`` (what :func:`~phasestem.recon.params.build_dataset` returns for ``params``) and ``start_phase``
     (the image of ``model.initial_phase``) hand what the caller already holds to a run in this one process
     (``--auto``): the data file and the start image are then not read again. Processes of their own build them.
+    ``model_hooks``: functions ``hook(model, dataset)`` called once the model is built (and resumed), before the
+    epochs, e.g. to attach a learned prior (``reconstruct --prior``); not with ``run.n_processes`` > 1.
 
     Under ``torchrun`` (RANK, WORLD_SIZE, LOCAL_RANK in the environment) this process joins the process group
     itself (nccl on CUDA, gloo on CPU) and ``run.n_processes`` is ignored; ``run.n_processes`` > 1 otherwise
@@ -101,7 +103,7 @@ def run_reconstruction(params: ReconstructParams, resume: bool = False, sources:
         own_group = init_from_environment(params.run.device)
         try:
             with hold_output(params.run.out_dir, RECON_COMMAND):
-                return _reconstruct_rank(params, resume, sources)
+                return _reconstruct_rank(params, resume, sources, model_hooks=model_hooks)
         finally:
             if own_group:
                 import torch.distributed as dist
@@ -109,13 +111,19 @@ def run_reconstruction(params: ReconstructParams, resume: bool = False, sources:
                 dist.destroy_process_group()
     with hold_output(params.run.out_dir, RECON_COMMAND):
         if params.run.n_processes > 1:  # the spawned ranks write into the folder this process holds
+            if model_hooks:
+                from ..errors import ConfigError
+
+                raise ConfigError("run.n_processes > 1 cannot take a learned prior (--prior): use one process or "
+                                  "torchrun")
             launch(params.run.n_processes, _reconstruct_rank, params.model_dump(mode="json"), resume, sources,
                    backend=backend_for(params.run.device))
             return None
-        return _reconstruct_rank(params, resume, sources, dataset, start_phase)
+        return _reconstruct_rank(params, resume, sources, dataset, start_phase, model_hooks)
 
 
-def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = None, dataset=None, start_phase=None):
+def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = None, dataset=None, start_phase=None,
+                      model_hooks=()):
     import contextlib
 
     import matplotlib.pyplot as plt
@@ -158,6 +166,8 @@ def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = Non
         load_checkpoint(ckpt, model)
         log.info("resumed from %s after epoch %d", ckpt, model.epoch)
         _keep_configured_schedules(model, wanted)
+    for hook in model_hooks:
+        hook(model, dataset)
     remaining = params.run.n_epochs - model.epoch
     if main and not resume and params.run.check_optics and params.model.initial_phase is None:
         _check_optics(params, dataset, optimizer_options(params))
