@@ -110,6 +110,23 @@ def test_pairs_from_ad_keep_ads_grid_epochs_channels_and_recipe(sim):
         assert e_ad < 0.8 * e_rand, (e_ad, e_rand)
 
 
+def test_ad_pairs_hold_noise_free_and_counted_copies(sim):
+    """--ad-electrons none 1000: two rows per sample, the second reconstructed from Poisson counts (another phase,
+    the same truth), the dose of each row in 'electrons'; the same seed gives the same counts."""
+    tmp, file = sim
+    out = [tmp / "ad_dose_a.h5", tmp / "ad_dose_b.h5"]
+    for path in out:
+        assert main(["make-pairs", str(file), "--inputs-from", "ad", "--ad-epochs", "2", "--ad-electrons", "none",
+                     "1000", "--out-file", str(path)]) == 0
+    with h5py.File(out[0]) as f, h5py.File(out[1]) as g:
+        e = f["electrons"][...]
+        assert e.shape == (8,) and np.isnan(e[0::2]).all() and (e[1::2] == 1000).all()
+        gt, inp = f["gt"][...], f["input"][...]
+        np.testing.assert_array_equal(gt[0::2], gt[1::2])
+        assert not np.allclose(inp[0::2], inp[1::2])
+        np.testing.assert_array_equal(inp, g["input"][...])
+
+
 def test_truth_on_grid_is_band_limited_and_periodic():
     """A cosine of whole periods over a 24 Å cell on 0.5 Å pixels → 0.37 Å pixels over 30 Å: exact beyond the cell
     too (its periodic continuation)."""

@@ -6,7 +6,8 @@ start) and kept on **AD's own grid** (the dataset frame at the object pixel, pix
 is brought to that grid by the band-limited resampler (:data:`phasestem.resample.BAND_LIMITED`; a simulated
 phase is periodic over its cell, so points beyond it take the periodic continuation).
 
-File layout (HDF5, ``format`` = ``phasestem-pairs``, ``layout`` = :data:`LAYOUT`); N samples, H × W AD pixels:
+File layout (HDF5, ``format`` = ``phasestem-pairs``, ``layout`` = :data:`LAYOUT`); N rows (one per sample and
+dose: noise-free and Poisson-counted copies, :func:`counted`), H × W AD pixels:
 
 =============================  =================  =====================================================
 ``input``                      (N, H, W) float32  AD's phase (rad) at its last epoch (what ``H5Pairs`` and
@@ -17,6 +18,7 @@ File layout (HDF5, ``format`` = ``phasestem-pairs``, ``layout`` = :data:`LAYOUT`
 ``epoch_{e}/amplitude``        (N, H, W) float32  AD's object amplitude after epoch e
 ``epoch_{e}/illumination``     (N, H, W) float32  Σ_j |P(r − r_j)|² ÷ its maximum, probe of epoch e
 ``sampling``                   (N, 2) float64     AD's pixel (Å)
+``electrons``                  (N,) float64       e⁻ per pattern of the counted copy (NaN: noise-free)
 =============================  =================  =====================================================
 
 Attributes: ``epochs`` (JSON list, ascending; the last is the run's end), ``optics`` (JSON: energy eV,
@@ -40,7 +42,8 @@ LAYOUT = "ad-epochs/1"
 CHANNELS = ("phase", "amplitude", "illumination")
 DEFAULT_SNAPSHOTS = (2, 4, 8)
 
-__all__ = ["LAYOUT", "CHANNELS", "DEFAULT_SNAPSHOTS", "truth_on_grid", "make_ad_pairs", "stored_epochs"]
+__all__ = ["LAYOUT", "CHANNELS", "DEFAULT_SNAPSHOTS", "truth_on_grid", "counted", "make_ad_pairs",
+           "stored_epochs"]
 
 
 def truth_on_grid(truth: np.ndarray, truth_sampling: tuple[float, float], sampling: tuple[float, float],
@@ -65,11 +68,47 @@ def stored_epochs(path: str | Path) -> list[int]:
         return [int(e) for e in json.loads(f.attrs["epochs"])]
 
 
+class _RowWriter:
+    """Appends rows (dicts of arrays) to resizable datasets of an open HDF5 file, one image per chunk."""
+
+    def __init__(self, f: h5py.File):
+        self.f, self.n = f, 0
+
+    def append(self, row: dict[str, np.ndarray]) -> None:
+        for key, value in row.items():
+            value = np.asarray(value)
+            if self.n == 0:
+                chunks = (1, *value.shape) if value.ndim >= 2 else None
+                self.f.create_dataset(key, shape=(0, *value.shape), maxshape=(None, *value.shape),
+                                      dtype=value.dtype, chunks=chunks or True)
+            ds = self.f[key]
+            if ds.shape[1:] != value.shape:
+                raise ShapeError(f"{key}: {value.shape} differs from the first sample's {ds.shape[1:]} (one "
+                                 "geometry per pairs file: AD's grid must agree)")
+            ds.resize(self.n + 1, axis=0)
+            ds[self.n] = value
+        self.n += 1
+
+
+def counted(dataset, electrons: float | None, rng: np.random.Generator):
+    """``dataset`` with Poisson counts of ``electrons`` e⁻ per pattern (the patterns scaled to sum to 1 on average
+    first: :func:`phasestem.physics.noise.poisson_counts`); the dataset itself for None (noise-free)."""
+    if electrons is None:
+        return dataset
+    from ..physics.noise import poisson_counts
+
+    p = np.asarray(dataset.patterns, np.float64)
+    p = p / max(float(p.sum(axis=(-2, -1)).mean()), 1e-30)
+    return dataset._replace(patterns=poisson_counts(p, float(electrons), rng))
+
+
 def make_ad_pairs(files: list[str], out: str | Path, n_epochs: int | None = None,
-                  snapshots: tuple[int, ...] = DEFAULT_SNAPSHOTS, device: str = "cpu", progress: bool = True
-                  ) -> Path:
+                  snapshots: tuple[int, ...] = DEFAULT_SNAPSHOTS, device: str = "cpu", progress: bool = True,
+                  electrons: tuple[float | None, ...] = (None,), seed: int = 0) -> Path:
     """Write the pairs file of the module docstring for every sample of the simulation ``files``: AD with the
-    recipe (``n_epochs``: None = ``reconstruct``'s default), channels after ``snapshots`` and at the end."""
+    recipe (``n_epochs``: None = ``reconstruct``'s default), channels after ``snapshots`` and at the end; one row per
+    sample and entry of ``electrons`` (e⁻ per pattern of Poisson counts drawn with ``seed``; None: noise-free).
+    Rows are written as they are made (memory: one sample)."""
     from tqdm.auto import tqdm
 
     from .. import io
@@ -83,52 +122,51 @@ def make_ad_pairs(files: list[str], out: str | Path, n_epochs: int | None = None
     from .pairs import PAIRS_FORMAT
 
     recipe = ad_recipe(n_epochs, device)
-    with hold_output(out, "phasestem make-pairs", file=True):
-        rows: list[dict] = []
+    doses = tuple(None if e is None else float(e) for e in electrons) or (None,)
+    if any(e is not None and not e > 0 for e in doses):
+        raise ConfigError(f"electrons per pattern must be positive (or null: noise-free), got {list(electrons)}")
+    with hold_output(out, "phasestem make-pairs", file=True), atomic_file(Path(out)) as tmp, \
+            h5py.File(tmp, "w") as f:
+        rows = _RowWriter(f)
         origin: list[str] = []
         epochs: list[int] | None = None
         optics: dict | None = None
-        for path in expand_paths(files):
-            with open_file(path, "simulation file") as f:
-                ids = seedfile.sample_ids(f.keys(), "phase")
+        for j, path in enumerate(expand_paths(files)):
+            with open_file(path, "simulation file") as sim:
+                ids = seedfile.sample_ids(sim.keys(), "phase")
             for i in tqdm(ids, desc=Path(path).name, disable=not progress, leave=False):
-                ds = io.load(path, sample=int(i))
-                if "phase" not in ds.truth:
+                clean = io.load(path, sample=int(i))
+                if "phase" not in clean.truth:
                     raise ConfigError(f"{path}: sample {i} has no true phase")
-                truth = np.asarray(ds.truth["phase"], np.float32)
+                truth = np.asarray(clean.truth["phase"], np.float32)
                 check_finite(truth, f"{path}:phase_{i}", what="phase value", hint="")
-                snaps, model = ad_recipe_snapshots(ds, snapshots, n_epochs, device)
-                epochs = epochs or sorted(snaps)
-                last = snaps[max(snaps)]
-                shape, sampling = last["phase"].shape, tuple(float(s) for s in model.sampling)
-                if rows and shape != rows[0]["gt"].shape:
-                    raise ShapeError(f"{path}:phase_{i}: AD's grid {shape} differs from the first sample's "
-                                     f"{rows[0]['gt'].shape} (one geometry per pairs file)")
-                here = json.loads(json.dumps({**dataset_optics(ds), "sampling": list(sampling)}))
-                if optics is None:
-                    optics = here
-                check_training_optics({"data": {"optics": optics}}, here, f"{path}:phase_{i}")
-                ts = tuple(float(s) for s in ds.truth.get("sampling", ds.sampling))
-                row = {"gt": truth_on_grid(truth, ts, sampling, shape), "field": last["field"],
-                       "sampling": np.asarray(sampling)}
-                for e in epochs:
-                    for c in CHANNELS:
-                        check_finite(snaps[e][c], f"{path}:phase_{i} (AD {c}, epoch {e})", what="value", hint="")
-                        row[f"epoch_{e}/{c}"] = snaps[e][c]
-                rows.append(row)
-                origin.append(f"{Path(path).name}:{seedfile.target_key(i, 'phase')}")
-        if not rows or epochs is None:
+                for k, dose in enumerate(doses):
+                    ds = counted(clean, dose, np.random.default_rng((seed, j, int(i), k)))
+                    snaps, model = ad_recipe_snapshots(ds, snapshots, n_epochs, device)
+                    epochs = epochs or sorted(snaps)
+                    last = snaps[max(snaps)]
+                    shape, sampling = last["phase"].shape, tuple(float(s) for s in model.sampling)
+                    here = json.loads(json.dumps({**dataset_optics(ds), "sampling": list(sampling)}))
+                    optics = optics or here
+                    check_training_optics({"data": {"optics": optics}}, here, f"{path}:phase_{i}")
+                    ts = tuple(float(s) for s in ds.truth.get("sampling", ds.sampling))
+                    row = {"gt": truth_on_grid(truth, ts, sampling, shape), "field": last["field"],
+                           "input": last["phase"], "sampling": np.asarray(sampling),
+                           "electrons": np.float64(np.nan if dose is None else dose)}
+                    for e in epochs:
+                        for c in CHANNELS:
+                            check_finite(snaps[e][c], f"{path}:phase_{i} (AD {c}, epoch {e})", what="value",
+                                         hint="")
+                            row[f"epoch_{e}/{c}"] = snaps[e][c]
+                    rows.append(row)
+                    origin.append(f"{Path(path).name}:{seedfile.target_key(i, 'phase')}")
+        if not rows.n or epochs is None:
             raise ConfigError("make-pairs: no phase images found")
         source = {"kind": "ad", "recipe": "phasestem reconstruct parameter-file defaults, probe refined",
                   "n_epochs": recipe.run.n_epochs, "snapshots": epochs, "grid": "AD's own (dataset frame)",
-                  "truth_resampling": BAND_LIMITED, "params": recipe.model_dump_json(exclude={"data"})}
-        with atomic_file(Path(out)) as tmp, h5py.File(tmp, "w") as f:
-            chunk = (1, *rows[0]["gt"].shape)
-            for key in rows[0]:
-                data = np.stack([r[key] for r in rows])
-                f.create_dataset(key, data=data, chunks=chunk if data.ndim == 3 else None)
-            f["input"] = f[f"epoch_{epochs[-1]}/phase"][...]
-            f.attrs.update({"format": PAIRS_FORMAT, "layout": LAYOUT, "epochs": json.dumps(epochs),
-                            "optics": json.dumps(optics), "inputs_from": json.dumps(source),
-                            "sources": json.dumps(origin), "units": "rad"})
-        return Path(out)
+                  "truth_resampling": BAND_LIMITED, "electrons": list(doses), "seed": seed,
+                  "params": recipe.model_dump_json(exclude={"data"})}
+        f.attrs.update({"format": PAIRS_FORMAT, "layout": LAYOUT, "epochs": json.dumps(epochs),
+                        "optics": json.dumps(optics), "inputs_from": json.dumps(source),
+                        "sources": json.dumps(origin), "units": "rad"})
+    return Path(out)

@@ -176,6 +176,9 @@ def _register_embed_refine_pairs(subparsers) -> None:
                    "patch model")
     p.add_argument("--ad-epochs", dest="ad_epochs", type=int, help="epochs of the AD recipe of --inputs-from ad "
                    "(default: reconstruct's, 20)")
+    p.add_argument("--ad-electrons", dest="ad_electrons", nargs="+", type=_electrons, metavar="E",
+                   help="--inputs-from ad: one copy per value, Poisson counts of E e⁻/pattern, 'none' noise-free "
+                        "(default: none)")
     cliargs.add_device(p, what="of the stitch / AD inputs (default cpu)")
     cliargs.add_dump_config(p)
     p.set_defaults(func=_make_pairs)
@@ -280,6 +283,11 @@ def _refine(args) -> int:
     return 0
 
 
+def _electrons(text: str) -> float | None:
+    """``--ad-electrons`` values: a number of e⁻ per pattern, or 'none' (noise-free)."""
+    return None if text.strip().lower() in ("none", "null", "clean") else float(text)
+
+
 def _make_pairs(args) -> int:
     from .config import MakePairsConfig
 
@@ -293,7 +301,7 @@ def _make_pairs(args) -> int:
         data["copies"] = args.copies
     if args.seed is not None:
         data["seed"] = args.seed
-    for key in ("inputs_from", "stitch_model", "ad_epochs", "device"):
+    for key in ("inputs_from", "stitch_model", "ad_epochs", "ad_electrons", "device"):
         if getattr(args, key, None) is not None:
             data[key] = getattr(args, key)
     cfg = validate(MakePairsConfig, data, config or "make-pairs")
@@ -312,7 +320,8 @@ def _make_pairs(args) -> int:
     if kind == "degrade":
         path = make_pairs(cfg.files, cfg.out, cfg.degradation, cfg.copies, cfg.seed)
     else:
-        path = make_measured_pairs(cfg.files, cfg.out, cfg.inputs_from, cfg.stitch_model, cfg.ad_epochs, cfg.device)
+        path = make_measured_pairs(cfg.files, cfg.out, cfg.inputs_from, cfg.stitch_model, cfg.ad_epochs, cfg.device,
+                                   electrons=tuple(cfg.ad_electrons), seed=cfg.seed)
     import h5py
 
     with h5py.File(path, "r") as f:

@@ -203,6 +203,9 @@ class MakePairsConfig(StrictModel):
         None, description="stitching model when inputs_from is 'stitch:<patch model>'")
     ad_epochs: int | None = Field(None, ge=1, description="epochs of the AD recipe (inputs_from ad; null: "
                                   "phasestem reconstruct's default, 20)")
+    ad_electrons: list[float | None] = Field(
+        [None], description="inputs_from ad: one copy of each sample per entry, its patterns Poisson counts of that "
+        "many e⁻ per pattern (null: noise-free), drawn with seed")
     device: str = Field("cpu", description="torch device of the stitch / AD inputs")
 
 

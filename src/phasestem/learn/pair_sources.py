@@ -131,10 +131,12 @@ def make_pairs(files: list[str], out: str | Path, degradation: Degrade | None = 
 
 
 def make_measured_pairs(files: list[str], out: str | Path, inputs_from: str, stitch_model: str | None = None,
-                        ad_epochs: int | None = None, device: str = "cpu", progress: bool = True) -> Path:
+                        ad_epochs: int | None = None, device: str = "cpu", progress: bool = True,
+                        electrons: tuple[float | None, ...] = (None,), seed: int = 0) -> Path:
     """Write a pairs file (``input``, ``gt`` (N, H, W), the format of :func:`~phasestem.learn.pairs.write_pairs`)
     whose inputs come from ``inputs_from`` (``'ad'``: :func:`phasestem.learn.ad_pairs.make_ad_pairs`, its layout,
-    ``ad_epochs`` the recipe's epochs, None its default; or ``'stitch:<model>'``), one pair per sample."""
+    ``ad_epochs`` the recipe's epochs, None its default, ``electrons`` its noise-free / counted copies drawn with
+    ``seed``; or ``'stitch:<model>'``), one pair per sample."""
     import json
 
     from .data import expand_paths
@@ -149,7 +151,8 @@ def make_measured_pairs(files: list[str], out: str | Path, inputs_from: str, sti
     if kind == "ad":
         from .ad_pairs import make_ad_pairs
 
-        return make_ad_pairs(files, out, n_epochs=ad_epochs, device=device, progress=progress)
+        return make_ad_pairs(files, out, n_epochs=ad_epochs, device=device, progress=progress, electrons=electrons,
+                             seed=seed)
     with hold_output(out, "phasestem make-pairs", file=True):
         inputs, gts, origin = [], [], []
         for name, inp, gt in measured_inputs(expand_paths(files), kind, model, stitch_model, ad_epochs, device,
