@@ -183,3 +183,21 @@ def test_optimize_methods_take_a_prior_for_that_call_only(ds):
         pass
     assert calls == [1, 2] and prior not in model.epoch_callbacks
     assert [r.get("prior_weight") for r in model.loss_history] == [0.2, 0.2]
+
+
+def test_learned_prior_pulls_only_inside_the_scanned_field(ds):
+    """The restorer is trained over the field only: outside it the prior's target is the phase itself (no pull)."""
+    from phasestem.learn.hybrid import ad_recipe, restorer_prior
+    from phasestem.recon.channels import restorer_channels
+    from phasestem.recon.params import build_model
+
+    net = Restorer(RestorerConfig(width=4)).eval()
+    with torch.no_grad():
+        net.body.out.bias.fill_(1.0)  # a restorer that adds 1 rad everywhere
+    model = build_model(ad_recipe(2), ds)
+    ch = restorer_channels(model, ds)
+    target = restorer_prior(net, ds).target_fn(model)
+    inside = ch["field"] > 0
+    assert inside.any() and (~inside).any()
+    np.testing.assert_allclose(target[inside], ch["phase"][inside] + 1, atol=1e-6)
+    np.testing.assert_array_equal(target[~inside], ch["phase"][~inside])

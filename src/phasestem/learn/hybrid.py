@@ -78,13 +78,15 @@ def ad_recipe_snapshots(dataset, snapshots: tuple[int, ...] = (2, 4, 8), n_epoch
 
 def restorer_prior(net, dataset, every: int = 2, weight: float = 0.1, start: int = 2):
     """A :class:`~phasestem.recon.prior.RefreshedPrior` whose target is ``net``'s restoration of the model's
-    phase (channels of :func:`phasestem.recon.channels.restorer_channels`); attach it with ``.attach(model)``."""
+    phase (channels of :func:`phasestem.recon.channels.restorer_channels`) inside the scanned field and the phase
+    itself outside it (no pull where the restorer was never trained); attach it with ``.attach(model)``."""
     from ..recon.channels import restorer_channels
     from ..recon.prior import RefreshedPrior
     from .restore import restore_channels
 
-    def target(model) -> np.ndarray:
-        return restore_channels(net, restorer_channels(model, dataset))
+    def target(model) -> np.ndarray:  # the restoration inside the scanned field, the phase itself outside it
+        channels = restorer_channels(model, dataset)  # (the restorer is trained over the field only)
+        return np.where(channels["field"] > 0, restore_channels(net, channels), channels["phase"])
 
     return RefreshedPrior(target, every=every, weight=weight, start=start)
 
