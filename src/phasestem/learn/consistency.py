@@ -17,7 +17,8 @@ slices, partial coherence, a probe that differs from the nominal one).
 
 Geometry: the phase image has pixel (0, 0) at 0 Å of the dataset frame (as the learned route's targets
 and predictions do) with pixel ``phase_sampling`` (Å); it is resampled bilinearly to the model's pixel
-λ/(H·Δk) when they differ (as :meth:`~phasestem.physics.experiment.Experiment.image_region` does) and placed in
+λ/(H·Δk) when they differ (:meth:`~phasestem.physics.experiment.Experiment.image_region` resamples band-limited
+since issue 48; this residual keeps bilinear so that its figures stay comparable) and placed in
 the model's padded object frame. ``periodic`` (default: when the scan spans the phase image, as in the
 simulated training sets whose specimen is one periodic cell) wraps it around, otherwise the object is
 phase 0 outside the image.
