@@ -92,6 +92,8 @@ def test_pairs_from_ad_keep_ads_grid_epochs_channels_and_recipe(sim):
         for e in (2, 4, 6):
             for c in ("phase", "amplitude", "illumination"):
                 assert f[f"epoch_{e}/{c}"].shape == (n, h, w)
+        secs = [f[f"epoch_{e}/seconds"][...] for e in (2, 4, 6)]
+        assert secs[0].shape == (n,) and (secs[0] > 0).all() and (secs[0] < secs[1]).all() and (secs[1] < secs[2]).all()
         illum = f["epoch_6/illumination"][...]
         assert illum.min() >= 0 and np.allclose(illum.max((1, 2)), 1.0)
         assert not np.array_equal(f["epoch_2/phase"][...], inputs)  # the snapshots differ

@@ -51,7 +51,7 @@ def test_train_restorer_script_end_to_end(tmp_path, monkeypatch):
     assert mod.main([*common, "--steps", "score", "ship", "--score-pairs", str(pairs[0]), "--name", "restore-test",
                      "--card-dir", str(tmp_path / "cards")]) == 0
     score = json.loads((out / "score.json").read_text())
-    assert set(score["mean"]) == {"ad_2", "restored_2"} and len(score["rows"]) == 2
+    assert set(score["mean"]) == {"ad_2", "restored_2", "seconds_2"} and len(score["rows"]) == 2
     card = (tmp_path / "cards" / "restore-test.md").read_text()
     assert "restore-test" in card and "sha256" in card
     from phasestem.learn.restore import load_restorer

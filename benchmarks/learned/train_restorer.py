@@ -17,7 +17,7 @@ killed is continued by running the same command again:
    ``--chunk`` epochs per step from the run's last checkpoint;
 4. ``score`` (``--score-pairs FILE …``: pairs files of held-out specimens, e.g. ``make-pairs --inputs-from ad`` of
    the abTEM files of ``heldout.py``; they must never be training data): E_φ over the scanned field of AD and of
-   the restored phase at every stored AD epoch, written to ``OUT/score.json``;
+   the restored phase at every stored AD epoch, and AD's wall seconds to it, written to ``OUT/score.json``;
 5. ``ship`` (``--name``): the best weights into the package's model folder with a registry entry and the model
    card ``docs/models/NAME.md`` from ``restorer_card.md`` (fields not measured yet read "to be measured").
 
@@ -150,8 +150,10 @@ def score_pairs(model: str | Path, pairs: list[Path], device: str = "cpu") -> di
                         restored = net(x.to(next(net.parameters()).device)).cpu()
                     row[f"ad_{e}"] = float(field_error(x[:, :1], gt, field)[0])
                     row[f"restored_{e}"] = float(field_error(restored, gt, field)[0])
+                    if f"epoch_{e}/seconds" in f:  # AD's wall seconds to epoch e (the restorer's are apart)
+                        row[f"seconds_{e}"] = float(f[f"epoch_{e}/seconds"][i])
                 rows.append(row)
-    keys = [k for k in rows[0] if k.startswith(("ad_", "restored_"))] if rows else []
+    keys = [k for k in rows[0] if k.startswith(("ad_", "restored_", "seconds_"))] if rows else []
     return {"model": str(model), "pairs": [str(p) for p in pairs], "rows": rows,
             "mean": {k: float(np.mean([r[k] for r in rows])) for k in keys}}
 

@@ -17,6 +17,7 @@ dose: noise-free and Poisson-counted copies, :func:`counted`), H × W AD pixels:
 ``epoch_{e}/phase``            (N, H, W) float32  AD's phase after epoch e, for every e in ``attrs['epochs']``
 ``epoch_{e}/amplitude``        (N, H, W) float32  AD's object amplitude after epoch e
 ``epoch_{e}/illumination``     (N, H, W) float32  Σ_j |P(r − r_j)|² ÷ its maximum, probe of epoch e
+``epoch_{e}/seconds``          (N,) float64       AD's wall seconds to epoch e (one process, its threads)
 ``sampling``                   (N, 2) float64     AD's pixel (Å)
 ``electrons``                  (N,) float64       e⁻ per pattern of the counted copy (NaN: noise-free)
 =============================  =================  =====================================================
@@ -158,6 +159,7 @@ def make_ad_pairs(files: list[str], out: str | Path, n_epochs: int | None = None
                             check_finite(snaps[e][c], f"{path}:phase_{i} (AD {c}, epoch {e})", what="value",
                                          hint="")
                             row[f"epoch_{e}/{c}"] = snaps[e][c]
+                        row[f"epoch_{e}/seconds"] = snaps[e]["seconds"]
                     rows.append(row)
                     origin.append(f"{Path(path).name}:{seedfile.target_key(i, 'phase')}")
         if not rows.n or epochs is None:

@@ -17,6 +17,8 @@ illumination and field on AD's own grid after chosen epochs (:mod:`phasestem.lea
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
@@ -59,7 +61,8 @@ def ad_recipe_snapshots(dataset, snapshots: tuple[int, ...] = (2, 4, 8), n_epoch
                         device: str = "cpu") -> tuple[dict[int, dict[str, np.ndarray]], object]:
     """AD of ``dataset`` with :func:`ad_recipe`; after each epoch in ``snapshots`` (those ≤ the run's epochs) and
     after the last, the :func:`phasestem.recon.channels.restorer_channels` of the model (phase, amplitude,
-    illumination, field; (H, W) float32 on AD's grid). Returns ({epoch: channels}, the model)."""
+    illumination, field; (H, W) float32 on AD's grid) and ``seconds``, the optimisation's wall seconds to that
+    epoch (the snapshots not counted). Returns ({epoch: channels}, the model)."""
     from ..recon.channels import restorer_channels
     from ..recon.engine import optimize_with_options
     from ..recon.params import build_model, optimizer_options
@@ -70,9 +73,12 @@ def ad_recipe_snapshots(dataset, snapshots: tuple[int, ...] = (2, 4, 8), n_epoch
     torch.manual_seed(0)
     model = build_model(params, dataset).to(device)
     out: dict[int, dict[str, np.ndarray]] = {}
+    seconds, t0 = 0.0, time.perf_counter()
     for _ in optimize_with_options(model, dataset, total, **optimizer_options(params)):
+        seconds += time.perf_counter() - t0  # the optimisation's wall seconds, the snapshots not counted
         if model.epoch in wanted:
-            out[int(model.epoch)] = restorer_channels(model, dataset)
+            out[int(model.epoch)] = {**restorer_channels(model, dataset), "seconds": np.float64(seconds)}
+        t0 = time.perf_counter()
     return out, model
 
 
