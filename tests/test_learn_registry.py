@@ -2,6 +2,7 @@
 five networks, ``--dump-config`` for every kind, small files, and models saved before the restructuring."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import h5py
@@ -215,3 +216,15 @@ def test_one_apply_module_applies_every_kind(tmp_path):
     assert res["shape"] == (16, 16) and res["shape_x2"] == (32, 32)
     with pytest.raises(ConfigError, match="stitch"):
         apply.apply_file(LEGACY / "stitch", scan, tmp_path / "x.h5")
+
+
+def test_loading_a_model_first_leaves_module_tensors_on_the_real_device():
+    """The memory check builds networks on PyTorch's meta device; the modules they import must not create their
+    module-level tensors there (a Phaseformer loaded first broke every later Laplacian in the process)."""
+    import subprocess
+
+    code = ("from phasestem.learn.registry import load_model; import torch; "
+            f"load_model({str(LEGACY / 'phaseformer')!r}); "
+            "from phasestem.learn.losses import laplacian; print(float(laplacian(torch.ones(1, 1, 4, 4)).sum()))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "0.0", proc.stderr[-2000:]

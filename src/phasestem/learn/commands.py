@@ -148,10 +148,8 @@ def _register_embed_refine_pairs(subparsers) -> None:
                     "is, with --inputs-from: 'degrade' (default) the true phase degraded (blur, binning, noise; "
                     "--copies versions each); 'stitch:MODEL' the phase a trained end2end model (or a patch model "
                     "with --stitch-model) predicts from the sample's own patterns, as `phasestem predict` does; "
-                    "'ad' phasestem's AD reconstruction with reconstruct's defaults (probe refined; --ad-epochs), "
-                    "kept on AD's own grid with its phase, amplitude and illumination after epochs 2, 4, 8 and "
-                    "at the end (the restorer's pairs; layout: phasestem.learn.ad_pairs). The last two train "
-                    "on the route's real errors. "
+                    "'ad' phasestem's AD with reconstruct's defaults on its own grid, epochs 2, 4, 8 and the end "
+                    "(the restorer's pairs: phasestem.learn.ad_pairs). The last two train on real errors. "
                     "(Training configs may also list simulation files directly: degraded pairs are then made on "
                     "the fly.)",
         epilog="Examples:\n  phasestem make-pairs data/simulation_data*.h5 --out pairs --copies 4\n"
@@ -174,11 +172,9 @@ def _register_embed_refine_pairs(subparsers) -> None:
                    help="'degrade' (default), 'stitch:MODEL' (network predictions) or 'ad' (fast AD reconstructions)")
     p.add_argument("--stitch-model", dest="stitch_model", help="stitching model when MODEL of stitch:MODEL is a "
                    "patch model")
-    p.add_argument("--ad-epochs", dest="ad_epochs", type=int, help="epochs of the AD recipe of --inputs-from ad "
-                   "(default: reconstruct's, 20)")
-    p.add_argument("--ad-electrons", dest="ad_electrons", nargs="+", type=_electrons, metavar="E",
-                   help="--inputs-from ad: one copy per value, Poisson counts of E e⁻/pattern, 'none' noise-free "
-                        "(default: none)")
+    p.add_argument("--ad-epochs", dest="ad_epochs", type=int, help="the AD recipe's epochs (default reconstruct's)")
+    p.add_argument("--ad-electrons", dest="ad_electrons", nargs="+", type=_electrons, metavar="E", help="--inputs-from "
+                   "ad: a copy per value, Poisson counts of E e⁻/pattern or 'none' noise-free (default: none)")
     cliargs.add_device(p, what="of the stitch / AD inputs (default cpu)")
     cliargs.add_dump_config(p)
     p.set_defaults(func=_make_pairs)
@@ -283,8 +279,7 @@ def _refine(args) -> int:
     return 0
 
 
-def _electrons(text: str) -> float | None:
-    """``--ad-electrons`` values: a number of e⁻ per pattern, or 'none' (noise-free)."""
+def _electrons(text: str) -> float | None:  # --ad-electrons: e⁻ per pattern, or 'none' (noise-free)
     return None if text.strip().lower() in ("none", "null", "clean") else float(text)
 
 

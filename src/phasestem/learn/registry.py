@@ -103,8 +103,9 @@ def check_network_memory(name: str, config: dict[str, Any], section: str = "mode
     from ..safety import available_memory
 
     try:
+        builder = _resolve(entry(name).network)  # imported on the real device: module-level tensors stay real
         with torch.device("meta"):
-            net = build_network(name, config)
+            net = builder(name, dict(config or {}))
     except PhasestemError:
         raise
     except Exception:  # noqa: BLE001 - sizing is best effort; the real build reports its own errors

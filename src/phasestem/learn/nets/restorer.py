@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import ShapeError
+from .phaseformer import Phaseformer, PhaseformerConfig
 
 CHANNELS = ("amplitude", "illumination")
 
@@ -93,8 +94,6 @@ class _PhaseformerBody(nn.Module):
 
     def __init__(self, in_channels: int, settings: dict[str, Any]):
         super().__init__()
-        from .phaseformer import Phaseformer, PhaseformerConfig
-
         cfg = PhaseformerConfig.from_dict({**settings, "in_channels": in_channels, "out_channels": 1,
                                            "residual": False})
         self.net = Phaseformer(cfg)
