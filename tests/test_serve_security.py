@@ -128,6 +128,17 @@ def test_a_job_takes_allowed_options_checked_by_the_commands_own_parser(workspac
     workspace.wait_job(job["id"], timeout=60)
 
 
+def test_a_prior_model_outside_the_root_is_refused(workspace):
+    """A learned prior (``--prior MODEL``) is a file the job reads: it stays inside the root too."""
+    spec = {"command": "reconstruct", "config": "configs/tiny.yaml",
+            "args": ["--prior", str(workspace.outside / "secret.h5"), "--prior-weight", "0.1"]}
+    status, answer = workspace.request("/api/jobs", "POST", body=spec)
+    assert status == 403 and "absolute paths are refused" in answer["error"], answer
+    spec["args"] = ["--prior-weight", "much"]
+    status, answer = workspace.request("/api/jobs", "POST", body=spec)
+    assert status == 400 and "--prior-weight" in answer["error"], answer
+
+
 def upload_slowly(server, path: str, chunks: list[bytes], pause: float, result: dict) -> None:
     host, port = server.url.split("//", 1)[1].split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=60)

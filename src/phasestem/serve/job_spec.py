@@ -42,7 +42,8 @@ def _text(value, what: str, limit: int = 1000) -> str:
 ALLOWED_OPTIONS = {
     "reconstruct": ("--epochs", "--init", "--key", "--patterns-key", "--format", "--scan-shape", "--reader-option",
                     "--energy", "--semiangle", "--angular-sampling", "--scan-step", "--c10", "--c10-sign",
-                    "--rotation", "--edge-threshold", "--set", "--auto"),
+                    "--rotation", "--edge-threshold", "--set", "--auto", "--prior", "--prior-weight", "--prior-every",
+                    "--prior-start"),
     "tune": ("--n-trials", "--set"),
     "simulate": ("--yes", "--workers", "--set"),
     "plan": ("--set", "--quantities-only"),
