@@ -408,8 +408,8 @@ def ad_route(sample: Sample, ad: ADSetting, device: str = "cpu", initial_phase: 
         if ad.solver == "adam":
             rates["obj_amplitude"] = ad.step / 2
     model.set_learning_rates(**rates)
-    if initial_phase is not None:  # on the object's pixel already: set_initial_phase's bilinear resampling loses
-        model.set_initial_phase(spline_resample(initial_phase, sample.sampling, model.sampling))  # fine lattices
+    if initial_phase is not None:  # on the object's pixel already, as the recorded runs did (set_initial_phase
+        model.set_initial_phase(spline_resample(initial_phase, sample.sampling, model.sampling))  # was bilinear then)
     if ad.prior:
         prior = prior if prior is not None else initial_phase
         PhasePrior(model, spline_resample(prior, sample.sampling, model.sampling), None, ad.prior).attach(model)
@@ -452,10 +452,11 @@ def ad_route(sample: Sample, ad: ADSetting, device: str = "cpu", initial_phase: 
 
 def spline_resample(image: np.ndarray, sampling: tuple[float, float], target: tuple[float, float]) -> np.ndarray:
     """A periodic image (pixel (0, 0) at 0 Å, the whole cell) on pixels of ``target`` Å over the same cell: cubic
-    spline interpolation, wrapped at the edges. The hybrid's start and prior go onto the AD object's pixel this way:
-    the bilinear resampling of ``Ptychography.set_initial_phase`` (``recon.model.resample_image``) costs a 0.39 Å
+    spline interpolation, wrapped at the edges. The hybrid's start and prior go onto the AD object's pixel this way,
+    as in the recorded runs: the bilinear resampling ``Ptychography.set_initial_phase`` used then costs a 0.39 Å
     lattice image E_φ 0.09–0.20 on its way to the 0.26 Å object pixel and back (measured on the held-out truths),
-    this one 0.004–0.009."""
+    this one 0.004–0.009 (set_initial_phase now resamples band-limited itself: ``phasestem.resample``, order
+    "fourier")."""
     from scipy.ndimage import map_coordinates
 
     shape = [int(round(n * s / t)) for n, s, t in zip(image.shape, sampling, target, strict=True)]
