@@ -54,10 +54,20 @@ def lazy_attribute(api: dict[str, str], module_name: str, name: str):
     return getattr(importlib.import_module(module), attr)
 
 
-def __getattr__(name: str):
-    value = lazy_attribute(API, __name__, name)
-    globals()[name] = value  # resolved once
-    return value
+def lazy_getattr(api: dict[str, str], module_name: str):
+    """A package's module ``__getattr__`` (PEP 562) that imports each name of ``api`` on first use and keeps it in
+    the package: ``__getattr__ = lazy_getattr(API, __name__)``."""
+    import sys
+
+    def __getattr__(name: str):  # noqa: N807 - the module hook's own name
+        value = lazy_attribute(api, module_name, name)
+        setattr(sys.modules[module_name], name, value)  # resolved once
+        return value
+
+    return __getattr__
+
+
+__getattr__ = lazy_getattr(API, __name__)
 
 
 def __dir__() -> list[str]:

@@ -7,7 +7,7 @@ pixels, scan–detector rotation and transpose (CoM curl), defocus and astigmati
 """
 from __future__ import annotations
 
-from .. import lazy_attribute
+from .. import lazy_getattr
 
 #: public name -> "module:attribute", imported on first use (PEP 562): the command line imports this package
 #: to register its sub-commands without torch
@@ -23,7 +23,4 @@ API = {
 __all__ = sorted(API)
 
 
-def __getattr__(name: str):
-    value = lazy_attribute(API, __name__, name)
-    globals()[name] = value  # resolved once
-    return value
+__getattr__ = lazy_getattr(API, __name__)

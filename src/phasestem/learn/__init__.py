@@ -27,6 +27,8 @@ below load their module on first use (PEP 562), so ``import phasestem.learn`` st
 """
 from __future__ import annotations
 
+from .. import lazy_getattr
+
 #: public name -> "module:attribute" (README "Python API")
 API = {
     "PatchRecoveryNet": "phasestem.learn.nets.patch:PatchRecoveryNet",
@@ -55,12 +57,7 @@ API = {
 __all__ = list(API)
 
 
-def __getattr__(name: str):
-    from .. import lazy_attribute
-
-    value = lazy_attribute(API, __name__, name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(API, __name__)
 
 
 def __dir__() -> list[str]:

@@ -1,7 +1,7 @@
 """Simulation of 4D-STEM data on the shared physics core, and the seed-000 training-data writer."""
 from __future__ import annotations
 
-from .. import lazy_attribute
+from .. import lazy_getattr
 
 #: public name -> "module:attribute", imported on first use (PEP 562): the command line imports this package
 #: to register its sub-commands without torch
@@ -18,7 +18,4 @@ API = {
 __all__ = sorted(API)
 
 
-def __getattr__(name: str):
-    value = lazy_attribute(API, __name__, name)
-    globals()[name] = value  # resolved once
-    return value
+__getattr__ = lazy_getattr(API, __name__)
