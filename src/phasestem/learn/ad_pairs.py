@@ -110,17 +110,13 @@ def make_ad_pairs(files: list[str], out: str | Path, n_epochs: int | None = None
     recipe (``n_epochs``: None = ``reconstruct``'s default), channels after ``snapshots`` and at the end; one row per
     sample and entry of ``electrons`` (e⁻ per pattern of Poisson counts drawn with ``seed``; None: noise-free).
     Rows are written as they are made (memory: one sample)."""
-    from tqdm.auto import tqdm
-
-    from .. import io
     from ..io import seed as seedfile
-    from ..io.hdf5 import open_file
     from ..lock import hold_output
     from ..safety import atomic_file, check_finite
     from .apply.phase import check_training_optics, dataset_optics
     from .data import expand_paths
     from .hybrid import ad_recipe, ad_recipe_snapshots
-    from .pairs import PAIRS_FORMAT
+    from .pairs import PAIRS_FORMAT, simulation_samples
 
     recipe = ad_recipe(n_epochs, device)
     doses = tuple(None if e is None else float(e) for e in electrons) or (None,)
@@ -132,36 +128,28 @@ def make_ad_pairs(files: list[str], out: str | Path, n_epochs: int | None = None
         origin: list[str] = []
         epochs: list[int] | None = None
         optics: dict | None = None
-        for j, path in enumerate(expand_paths(files)):
-            with open_file(path, "simulation file") as sim:
-                ids = seedfile.sample_ids(sim.keys(), "phase")
-            for i in tqdm(ids, desc=Path(path).name, disable=not progress, leave=False):
-                clean = io.load(path, sample=int(i))
-                if "phase" not in clean.truth:
-                    raise ConfigError(f"{path}: sample {i} has no true phase")
-                truth = np.asarray(clean.truth["phase"], np.float32)
-                check_finite(truth, f"{path}:phase_{i}", what="phase value", hint="")
-                for k, dose in enumerate(doses):
-                    ds = counted(clean, dose, np.random.default_rng((seed, j, int(i), k)))
-                    snaps, model = ad_recipe_snapshots(ds, snapshots, n_epochs, device)
-                    epochs = epochs or sorted(snaps)
-                    last = snaps[max(snaps)]
-                    shape, sampling = last["phase"].shape, tuple(float(s) for s in model.sampling)
-                    here = json.loads(json.dumps({**dataset_optics(ds), "sampling": list(sampling)}))
-                    optics = optics or here
-                    check_training_optics({"data": {"optics": optics}}, here, f"{path}:phase_{i}")
-                    ts = tuple(float(s) for s in ds.truth.get("sampling", ds.sampling))
-                    row = {"gt": truth_on_grid(truth, ts, sampling, shape), "field": last["field"],
-                           "input": last["phase"], "sampling": np.asarray(sampling),
-                           "electrons": np.float64(np.nan if dose is None else dose)}
-                    for e in epochs:
-                        for c in CHANNELS:
-                            check_finite(snaps[e][c], f"{path}:phase_{i} (AD {c}, epoch {e})", what="value",
-                                         hint="")
-                            row[f"epoch_{e}/{c}"] = snaps[e][c]
-                        row[f"epoch_{e}/seconds"] = snaps[e]["seconds"]
-                    rows.append(row)
-                    origin.append(f"{Path(path).name}:{seedfile.target_key(i, 'phase')}")
+        for j, path, i, clean, truth in simulation_samples(expand_paths(files), progress):
+            for k, dose in enumerate(doses):
+                ds = counted(clean, dose, np.random.default_rng((seed, j, int(i), k)))
+                snaps, model = ad_recipe_snapshots(ds, snapshots, n_epochs, device)
+                epochs = epochs or sorted(snaps)
+                last = snaps[max(snaps)]
+                shape, sampling = last["phase"].shape, tuple(float(s) for s in model.sampling)
+                here = json.loads(json.dumps({**dataset_optics(ds), "sampling": list(sampling)}))
+                optics = optics or here
+                check_training_optics({"data": {"optics": optics}}, here, f"{path}:phase_{i}")
+                ts = tuple(float(s) for s in ds.truth.get("sampling", ds.sampling))
+                row = {"gt": truth_on_grid(truth, ts, sampling, shape), "field": last["field"],
+                       "input": last["phase"], "sampling": np.asarray(sampling),
+                       "electrons": np.float64(np.nan if dose is None else dose)}
+                for e in epochs:
+                    for c in CHANNELS:
+                        check_finite(snaps[e][c], f"{path}:phase_{i} (AD {c}, epoch {e})", what="value",
+                                     hint="")
+                        row[f"epoch_{e}/{c}"] = snaps[e][c]
+                    row[f"epoch_{e}/seconds"] = snaps[e]["seconds"]
+                rows.append(row)
+                origin.append(f"{Path(path).name}:{seedfile.target_key(i, 'phase')}")
         if not rows.n or epochs is None:
             raise ConfigError("make-pairs: no phase images found")
         source = {"kind": "ad", "recipe": "phasestem reconstruct parameter-file defaults, probe refined",

@@ -26,7 +26,7 @@ import torch
 
 from ..errors import ConfigError
 from ..resample import BAND_LIMITED, resize
-from .pairs import Degrade, degrade, simulation_phases, write_pairs
+from .pairs import Degrade, degrade, simulation_phases, simulation_samples, write_pairs
 
 log = logging.getLogger("phasestem.learn.pairs")
 
@@ -54,11 +54,7 @@ def measured_inputs(paths: list[str], kind: str, model: str | None = None, stitc
                     ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """(origin ``file:phase_i``, input, true phase) of every sample of the simulation files ``paths``, the input
     predicted by ``model`` (``kind='stitch'``) or reconstructed by AD (``kind='ad'``)."""
-    from tqdm.auto import tqdm
-
-    from .. import io
     from ..io import seed as seedfile
-    from ..io.hdf5 import open_file
     from ..safety import check_finite
     from .apply.phase import load_predictor, predict_phase
 
@@ -67,26 +63,18 @@ def measured_inputs(paths: list[str], kind: str, model: str | None = None, stitc
         predictor = load_predictor(model, stitch_model, device=device)
     elif kind != "ad":
         raise ConfigError(f"measured_inputs: unknown kind {kind!r}")
-    for path in paths:
-        with open_file(path, "simulation file") as f:
-            ids = seedfile.sample_ids(f.keys(), "phase")
-        for i in tqdm(ids, desc=Path(path).name, disable=not progress, leave=False):
-            ds = io.load(path, sample=int(i))
-            if "phase" not in ds.truth:
-                raise ConfigError(f"{path}: sample {i} has no true phase")
-            truth = np.asarray(ds.truth["phase"], np.float32)
-            check_finite(truth, f"{path}:phase_{i}", what="phase value", hint="")
-            if predictor is not None:
-                with torch.inference_mode():
-                    inp = predict_phase(predictor[0], predictor[1], ds)
-            else:
-                ts = tuple(float(s) for s in ds.truth.get("sampling", ds.sampling))
-                from .hybrid import ad_phase
+    for _, path, i, ds, truth in simulation_samples(paths, progress):
+        if predictor is not None:
+            with torch.inference_mode():
+                inp = predict_phase(predictor[0], predictor[1], ds)
+        else:
+            ts = tuple(float(s) for s in ds.truth.get("sampling", ds.sampling))
+            from .hybrid import ad_phase
 
-                inp = ad_phase(ds, truth.shape, ts, epochs=ad_epochs, device=device)
-            inp = _to_grid(inp, truth.shape)
-            check_finite(inp, f"{path}:phase_{i} ({kind} input)", what="input value", hint="")
-            yield f"{Path(path).name}:{seedfile.target_key(i, 'phase')}", inp, truth
+            inp = ad_phase(ds, truth.shape, ts, epochs=ad_epochs, device=device)
+        inp = _to_grid(inp, truth.shape)
+        check_finite(inp, f"{path}:phase_{i} ({kind} input)", what="input value", hint="")
+        yield f"{Path(path).name}:{seedfile.target_key(i, 'phase')}", inp, truth
 
 
 def make_pairs(files: list[str], out: str | Path, degradation: Degrade | None = None, copies: int = 1,

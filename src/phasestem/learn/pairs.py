@@ -21,7 +21,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import h5py
@@ -220,6 +220,26 @@ def simulation_phases(path: str | Path, target: str = "phase") -> list[str]:
     """Names of the ``phase_{i}`` (or ``potential_{i}``) datasets of a simulation file, sorted by i."""
     with open_file(path, "simulation file") as f, reading(path, "simulation file"):
         return [seedfile.target_key(i, target) for i in seedfile.sample_ids(f.keys(), target)]
+
+
+def simulation_samples(paths: list[str], progress: bool = True
+                       ) -> Iterator[tuple[int, str, int, object, np.ndarray]]:
+    """(file index, path, sample id, dataset, true phase (H, W) float32 rad) of every sample of the simulation files
+    ``paths``, read one at a time; a sample without a true phase, or a non-finite one, is one line naming it."""
+    from tqdm.auto import tqdm
+
+    from .. import io
+
+    for j, path in enumerate(paths):
+        with open_file(path, "simulation file") as f:
+            ids = seedfile.sample_ids(f.keys(), "phase")
+        for i in tqdm(ids, desc=Path(path).name, disable=not progress, leave=False):
+            ds = io.load(path, sample=int(i))
+            if "phase" not in ds.truth:
+                raise ConfigError(f"{path}: sample {i} has no true phase")
+            truth = np.asarray(ds.truth["phase"], np.float32)
+            check_finite(truth, f"{path}:phase_{i}", what="phase value", hint="")
+            yield j, path, int(i), ds, truth
 
 
 class SimulationPairs(_PairsBase):
