@@ -10,17 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from test_make_pairs_sources import SIM  # the tiny scan of the pairs tests
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "learned"
-SIM = {
-    "optics": {"energy": 300e3, "semiangle": 12.0, "aberrations": {"C10": 80.0}},
-    "grid": {"extent": [24.0, 24.0], "sim_gpts": [48, 48], "phase_gpts": [48, 48]},
-    "scan": {"shape": [12, 12], "step": [2.0, 2.0]},
-    "detector": {"shape": [32, 32]},
-    "specimen": {"kind": "synthetic", "synthetic_max_phase": 0.6, "phonons": 1},
-    "output": {"n_files": 1, "samples_per_file": 4},
-    "compute": {"seed": 3},
-}
 
 
 def _script():
