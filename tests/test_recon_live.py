@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from phasestem.recon import Ptychography
 from phasestem.recon.engine import optimize_with_options
@@ -24,6 +25,7 @@ def test_a_snapshot_after_every_epoch_holds_the_state_of_that_epoch(tmp_path, on
     assert np.iscomplexobj(snap["probe"]) and snap["probe"].shape == tuple(model.get_probe().shape[-2:])
     np.testing.assert_allclose(np.abs(snap["probe"]), np.abs(model.get_probe()[0].detach().numpy()), rtol=1e-6)
     assert int(snap["gpu_memory"]) == -1  # on the CPU
+    np.testing.assert_allclose(snap["probe_sampling"], model.sampling)  # the probe kept whole: the model's pixel
     assert not list(tmp_path.glob("*.tmp"))  # written through a temporary name, nothing left over
     assert read_snapshot(tmp_path / "missing.npz") is None
 
@@ -35,3 +37,19 @@ def test_block_mean_keeps_images_small():
     assert small[0, 0] == img[:3, :3].mean()
     same, f = block_mean(img[:100, :100], 192)
     assert f == 1 and same.shape == (100, 100)
+
+
+def test_a_reduced_probe_keeps_its_pixel_for_the_scale_bar(tmp_path, one_torch_thread):
+    """The live page draws an Å scale bar on the probe whatever its size: a block-averaged probe's pixel is the
+    model's times the block."""
+    from phasestem.recon.live import snapshot
+
+    model = Ptychography.from_dataset(simulate_dataset(scan_shape=(3, 3), seed=2, max_phase=0.2))
+    snap = snapshot(model, 1, max_side=12)  # the 32-px probe averaged over 3 × 3 blocks
+    assert snap["probe"].shape == (10, 10)
+    np.testing.assert_allclose(snap["probe_sampling"], np.asarray(model.sampling) * 3)
+    pytest.importorskip("starlette")
+    from phasestem.serve.runs import live_pixels
+
+    _, probe_px = live_pixels(snap)
+    assert probe_px["unit"] == "Å" and probe_px["size"] == pytest.approx(float(np.mean(model.sampling)) * 3)

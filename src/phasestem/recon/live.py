@@ -10,6 +10,7 @@ reader always finds a whole file. It holds, small by design (at most ≈ 0.45 MB
                                      :data:`MAX_SIDE` pixels a side
     probe                    (h, w)  complex64, the first probe mode, likewise reduced
     sampling                 (2,)    Å per pixel of object_phase (after the reduction)
+    probe_sampling           (2,)    Å per pixel of probe (after its reduction)
     gpu_memory               ()      peak bytes allocated on the run's CUDA device (-1 on CPU)
     time                     ()      when it was written (s since the epoch)
 """
@@ -54,7 +55,7 @@ def snapshot(model, n_epochs: int, max_side: int = MAX_SIDE) -> dict[str, np.nda
     phase, f = block_mean(_object(model)[0][field].astype(np.float32), max_side)
     with torch.no_grad():
         probe = model.get_probe()[0].cpu().numpy()
-    probe, _ = block_mean(probe, max_side)
+    probe, fp = block_mean(probe, max_side)
     device = getattr(model, "device", torch.device("cpu"))
     gpu = torch.cuda.max_memory_allocated(device) if torch.device(device).type == "cuda" else -1
     history = model.loss_history
@@ -62,7 +63,8 @@ def snapshot(model, n_epochs: int, max_side: int = MAX_SIDE) -> dict[str, np.nda
             "loss": np.array([h["loss"] for h in history], dtype=np.float64),
             "seconds": np.array([h.get("seconds", np.nan) for h in history], dtype=np.float64),
             "object_phase": phase.astype(np.float32), "probe": probe.astype(np.complex64),
-            "sampling": np.asarray(model.sampling, dtype=np.float64) * f, "gpu_memory": np.asarray(gpu),
+            "sampling": np.asarray(model.sampling, dtype=np.float64) * f,
+            "probe_sampling": np.asarray(model.sampling, dtype=np.float64) * fp, "gpu_memory": np.asarray(gpu),
             "time": np.asarray(time.time())}
 
 

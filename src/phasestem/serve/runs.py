@@ -93,16 +93,22 @@ def snapshot_view(snap: dict[str, np.ndarray]) -> dict[str, Any]:
 
 
 def live_pixels(snap: dict[str, np.ndarray]) -> tuple[dict, dict]:
-    """The pixels of a snapshot's object phase (its ``sampling``, Å) and of its probe: the model's pixel where the
-    snapshot shows that neither image was block-averaged (both at most half of
-    :data:`~phasestem.recon.live.MAX_SIDE` a side: a reduced image is longer), else in pixels."""
+    """The pixels (Å) of a snapshot's object phase (its ``sampling``) and of its probe (its ``probe_sampling``;
+    a snapshot written before it had one: the model's pixel where neither image was block-averaged, both at most
+    half of :data:`~phasestem.recon.live.MAX_SIDE` a side, else in pixels)."""
     from ..recon.live import MAX_SIDE
 
-    sampling = np.asarray(snap.get("sampling", [np.nan]), dtype=np.float64)
-    size = float(sampling.mean()) if sampling.size and np.all(np.isfinite(sampling)) else None
+    def size_of(key: str) -> float | None:
+        sampling = np.asarray(snap.get(key, [np.nan]), dtype=np.float64)
+        return float(sampling.mean()) if sampling.size and np.all(np.isfinite(sampling)) else None
+
+    size = size_of("sampling")
     obj_px = pixel(size, "Å", "object pixel unknown: in pixels")
-    whole = max(snap["object_phase"].shape) <= MAX_SIDE // 2 and max(snap["probe"].shape) <= MAX_SIDE // 2
-    probe_px = pixel(size if whole else None, "Å", "probe reduced for the live view: in its pixels")
+    probe_size = size_of("probe_sampling")
+    if probe_size is None and max(snap["object_phase"].shape) <= MAX_SIDE // 2 \
+            and max(snap["probe"].shape) <= MAX_SIDE // 2:
+        probe_size = size
+    probe_px = pixel(probe_size, "Å", "probe reduced for the live view: in its pixels")
     return obj_px, probe_px
 
 
