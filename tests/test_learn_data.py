@@ -188,3 +188,14 @@ def test_missing_and_bad_files(tmp_path):
         f["x"] = np.zeros(3)
     with pytest.raises(InputFileError, match="dp_set_"):
         SampleIndex.from_paths([tmp_path / "empty.h5"])
+
+
+def test_an_empty_split_stays_empty(tmp_path):
+    """``val_fraction: 0`` means no validation samples; an empty subset used to refill itself with every sample, so
+    the validation split silently became the whole set."""
+    write_synthetic_file(tmp_path / "simulation_data1.h5", 4, extent=24.0, phase_px=48, scan=12, window=8)
+    idx = SampleIndex.from_paths([tmp_path / "simulation_data1.h5"], block=6, stride=3, patch=24)
+    assert len(idx) == 4 and len(idx.subset([])) == 0
+    splits = idx.split(0.0, 0.25, seed=1)
+    assert len(splits["val"]) == 0 and len(splits["test"]) == 1 and len(splits["train"]) == 3
+    assert sorted(splits["train"].entries + splits["test"].entries) == sorted(idx.entries)

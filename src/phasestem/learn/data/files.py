@@ -143,10 +143,10 @@ class SampleIndex:
 
     files: list[FileInfo]
     target: Literal["phase", "potential"] = "phase"
-    entries: list[tuple[int, int]] = field(default_factory=list)  # (file number, sample id)
+    entries: list[tuple[int, int]] | None = None  # (file number, sample id); None: every sample of the files
 
     def __post_init__(self):
-        if not self.entries:
+        if self.entries is None:  # an empty list is an empty subset (a split of 0 samples), not "all"
             self.entries = [(k, i) for k, fi in enumerate(self.files) for i in fi.samples]
         g0, p0 = self.files[0].geometry, self.files[0].pattern_shape
         for fi in self.files[1:]:
