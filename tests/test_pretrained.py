@@ -80,6 +80,13 @@ def test_predict_by_name_on_a_seed_layout_file(tmp_path, capsys):
     assert phase.shape == (256, 256) and np.isfinite(phase).all()
 
 
+def test_choosing_the_placeholder_model_says_what_it_is(caplog):
+    """seed-tiny resolves no atoms and is not for configs/simulate_seed.yaml's geometry: whoever picks it is told."""
+    with caplog.at_level("WARNING", logger="phasestem.learn"):
+        resolve_weights_path(NAME)
+    assert "placeholder, not a useful model" in caplog.text and "30 mrad, Cs 0.1 mm" in caplog.text
+
+
 @needs_model
 def test_other_geometry_is_refused_up_front(tmp_path, capsys):
     for name, kw, words in (("small_scan.h5", {"scan": 40}, "differs from the training scan"),

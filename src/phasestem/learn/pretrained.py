@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputFileError
+
+log = logging.getLogger("phasestem.learn")
 
 #: environment variable naming another model folder (registry and weights) used instead of the package's
 MODEL_DIR_ENV = "PHASESTEM_MODEL_DIR"
@@ -112,7 +115,10 @@ def resolve(value: str | os.PathLike) -> Path | None:
     entries = registry()
     if name in entries:
         entry = entries[name]
-        return verify(name, entry, model_dir() / str(entry["file"]))
+        path = verify(name, entry, model_dir() / str(entry["file"]))
+        if entry.get("note"):  # what a user choosing the model must know (its card says more)
+            log.warning("pretrained model '%s': %s", name, entry["note"])
+        return path
     if name in PLANNED and not Path(name).exists():
         shipped = ", ".join(entries) or "none"
         raise PretrainedModelError(f"{name}: pretrained model not shipped in this install (shipped: {shipped}); "
