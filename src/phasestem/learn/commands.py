@@ -24,8 +24,7 @@ def _device_flag(p) -> None:
 
 def _model_flag(p) -> None:
     p.add_argument("--model", "--checkpoint", dest="model", required=True, action=cliargs.Deprecated, new="--model",
-                   old=("--checkpoint",), help="model file, run folder (best/ then last/) or shipped name (seed-tiny: "
-                   "a placeholder, see its card)")
+                   old=("--checkpoint",), help="model file, run folder (best/, last/) or shipped name (seed-tiny)")
 
 
 def _bad_pixels_flag(p, what: str) -> None:
