@@ -72,7 +72,7 @@ def test_pairs_from_ad_keep_ads_grid_epochs_channels_and_recipe(sim):
     recipe in the attributes; the AD phase is closer to the truth than noise of its spread over the field."""
     import json
 
-    from phasestem.learn.ad_pairs import LAYOUT, stored_epochs, truth_on_grid
+    from phasestem.learn.ad_pairs import LAYOUT, stored_epochs, truth_on_ad_grid
     from phasestem.metrics import phase_error
 
     tmp, file = sim
@@ -99,7 +99,7 @@ def test_pairs_from_ad_keep_ads_grid_epochs_channels_and_recipe(sim):
         assert not np.array_equal(f["epoch_2/phase"][...], inputs)  # the snapshots differ
         sampling = tuple(f["sampling"][0])
         truth0 = s["phase_0"][...]
-        np.testing.assert_allclose(gts[0], truth_on_grid(truth0, (0.5, 0.5), sampling, (h, w)), atol=1e-6)
+        np.testing.assert_allclose(gts[0], truth_on_ad_grid(truth0, (0.5, 0.5), sampling, (h, w)), atol=1e-6)
     # the field: the positions' rectangle 0 … 22 Å
     ys = np.nonzero(field[0].any(1))[0]
     assert ys[0] == 0 and abs(ys[-1] * sampling[0] - 22.0) <= sampling[0]
@@ -132,11 +132,11 @@ def test_ad_pairs_hold_noise_free_and_counted_copies(sim):
 def test_truth_on_grid_is_band_limited_and_periodic():
     """A cosine of whole periods over a 24 Å cell on 0.5 Å pixels → 0.37 Å pixels over 30 Å: exact beyond the cell
     too (its periodic continuation)."""
-    from phasestem.learn.ad_pairs import truth_on_grid
+    from phasestem.learn.ad_pairs import truth_on_ad_grid
 
     y = np.arange(48) * 0.5
     truth = np.cos(2 * np.pi * 3 * y / 24)[:, None] * np.cos(2 * np.pi * 2 * y / 24)[None, :]
-    out = truth_on_grid(truth.astype(np.float32), (0.5, 0.5), (0.37, 0.37), (81, 81))
+    out = truth_on_ad_grid(truth.astype(np.float32), (0.5, 0.5), (0.37, 0.37), (81, 81))
     t = np.arange(81) * 0.37
     exact = np.cos(2 * np.pi * 3 * t / 24)[:, None] * np.cos(2 * np.pi * 2 * t / 24)[None, :]
     np.testing.assert_allclose(out, exact, atol=1e-5)

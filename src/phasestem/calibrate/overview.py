@@ -89,10 +89,45 @@ def first_look(dataset, bf_radius: float | None = None, adf_inner: float | None 
         safe = np.where(total > 0, total, 1.0)
         com[rows, :, 0] = (block.sum(-1, dtype=np.float64) * yy[:, 0]).sum(-1) / safe - centre[0]
         com[rows, :, 1] = (block.sum(-2, dtype=np.float64) * xx[0]).sum(-1) / safe - centre[1]
-    iy, ix = np.indices((sy, sx))
-    design = np.column_stack([np.ones(sy * sx), iy.ravel(), ix.ravel()])
-    plane, *_ = np.linalg.lstsq(design, com.reshape(-1, 2), rcond=None)
-    com = com - (design @ plane).reshape(sy, sx, 2)
+    com, plane = minus_descan_plane(com)
     pixel, source = detector_pixel(dataset, radius)
     return FirstLook(mean=mean, centre=centre, radius=radius, note=note, bf_radius=bf_r, adf_inner=adf_r, bf=bf,
                      adf=adf, com=com, descan=plane, pixel_mrad=pixel, pixel_source=source, adf_outer=adf_out)
+
+
+def minus_descan_plane(com: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``com`` (Sy, Sx, 2) px less its least-squares plane c0 + a·iy + b·ix over the scan (the descan), and that
+    plane's (3, 2) coefficients."""
+    sy, sx = com.shape[:2]
+    iy, ix = np.indices((sy, sx))
+    design = np.column_stack([np.ones(sy * sx), iy.ravel(), ix.ravel()])
+    plane, *_ = np.linalg.lstsq(design, com.reshape(-1, 2), rcond=None)
+    return com - (design @ plane).reshape(sy, sx, 2), plane
+
+
+def virtual_image(ds, kind: str, cy: float, cx: float, r: float, outer: float | None = None) -> np.ndarray:
+    """The virtual image of detector ``kind`` about (``cy``, ``cx``) px over the scan ``ds``: ``bf`` the counts within
+    ``r``, ``adf`` the counts from ``r`` (the inner radius) to ``outer`` (None: the edge), ``com`` the centre of mass
+    (Sy, Sx, 2) px of the counts within ``r``, relative to the centre, its plane over the scan (the descan)
+    removed (:func:`minus_descan_plane`). One pass over the data, row chunk by row chunk: a detector placed by
+    hand (``phasestem serve``'s dataset page), where :func:`first_look` draws them about the fitted disk."""
+    H, W = ds.pattern_shape
+    yy, xx = np.indices((H, W), dtype=np.float64)
+    dist = np.hypot(yy - cy, xx - cx)
+    if kind == "adf":
+        mask = (dist > r) & (dist <= (np.inf if outer is None else outer))
+    else:
+        mask = dist <= r
+    weights = [mask.ravel().astype(np.float64)]
+    if kind == "com":
+        weights += [(mask * yy).ravel(), (mask * xx).ravel()]
+    sy, sx = ds.scan_shape
+    sums = np.zeros((sy, sx, len(weights)))
+    matrix = np.stack(weights, axis=1)
+    for rows, block in row_chunks(ds):
+        flat = block.reshape(-1, H * W).astype(np.float64)
+        sums[rows] = (flat @ matrix).reshape(-1, sx, len(weights))
+    if kind != "com":
+        return sums[..., 0]
+    total = np.where(sums[..., 0] > 0, sums[..., 0], 1.0)
+    return minus_descan_plane(np.stack([sums[..., 1] / total - cy, sums[..., 2] / total - cx], axis=-1))[0]

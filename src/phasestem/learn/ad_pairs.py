@@ -43,14 +43,15 @@ LAYOUT = "ad-epochs/1"
 CHANNELS = ("phase", "amplitude", "illumination")
 DEFAULT_SNAPSHOTS = (2, 4, 8)
 
-__all__ = ["LAYOUT", "CHANNELS", "DEFAULT_SNAPSHOTS", "truth_on_grid", "counted", "make_ad_pairs",
+__all__ = ["LAYOUT", "CHANNELS", "DEFAULT_SNAPSHOTS", "truth_on_ad_grid", "counted", "make_ad_pairs",
            "stored_epochs"]
 
 
-def truth_on_grid(truth: np.ndarray, truth_sampling: tuple[float, float], sampling: tuple[float, float],
-                  shape: tuple[int, int]) -> np.ndarray:
+def truth_on_ad_grid(truth: np.ndarray, truth_sampling: tuple[float, float], sampling: tuple[float, float],
+                     shape: tuple[int, int]) -> np.ndarray:
     """The true phase (H', W'), pixel (0, 0) at 0 Å, on ``shape`` pixels of ``sampling`` Å (band-limited,
-    periodic beyond its cell): (H, W) float32."""
+    periodic beyond its cell): (H, W) float32. The pairs' own frame is the truth's (a simulation), so no
+    position fit is needed here, unlike :func:`phasestem.metrics.truth_on_grid` for a calibrated scan."""
     out = sample_on_grid(np.asarray(truth, np.float32), tuple(truth_sampling), tuple(sampling), tuple(shape),
                          order=BAND_LIMITED)
     same = all(abs(a - b) < 1e-9 for a, b in zip(truth_sampling, sampling, strict=True))
@@ -139,7 +140,7 @@ def make_ad_pairs(files: list[str], out: str | Path, n_epochs: int | None = None
                 optics = optics or here
                 check_training_optics({"data": {"optics": optics}}, here, f"{path}:phase_{i}")
                 ts = tuple(float(s) for s in ds.truth.get("sampling", ds.sampling))
-                row = {"gt": truth_on_grid(truth, ts, sampling, shape), "field": last["field"],
+                row = {"gt": truth_on_ad_grid(truth, ts, sampling, shape), "field": last["field"],
                        "input": last["phase"], "sampling": np.asarray(sampling),
                        "electrons": np.float64(np.nan if dose is None else dose)}
                 for e in epochs:

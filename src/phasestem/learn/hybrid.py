@@ -120,14 +120,12 @@ def restore_results(results_path, model_path, device: str = "cpu") -> tuple[np.n
     pixel, {"sampling", "energy", "field", "input"}). The model is refused in one line for another pixel or energy
     (the results file records no semi-angle or scan step: those are the user's to match)."""
     from ..recon.channels import channels_from_results
-    from .restore import check_pixel, load_restorer, restore_channels
+    from .apply.phase import check_training_optics
+    from .restore import load_restorer, restore_channels
 
     channels, info = channels_from_results(results_path)
-    net, meta = load_restorer(model_path, device=device)
-    check_pixel(meta, info["sampling"], str(model_path))
-    from .apply.phase import check_training_optics
-
-    check_training_optics({"data": {"optics": {"energy": ((meta.get("data") or {}).get("optics") or {}).get(
-        "energy")}}}, {"energy": info["energy"]}, str(model_path))
+    net, meta = load_restorer(model_path, sampling=info["sampling"], device=device)
+    trained = ((meta.get("data") or {}).get("optics") or {}).get("energy")  # the one optic results.h5 records
+    check_training_optics({"data": {"optics": {"energy": trained}}}, {"energy": info["energy"]}, str(model_path))
     restored = restore_channels(net, channels)
     return restored, {**info, "field": channels["field"], "input": channels["phase"]}

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .. import lazy_getattr
 from ..cliargs import add_device, add_dump_config, add_set
 
 if TYPE_CHECKING:
@@ -71,14 +72,9 @@ def register(subparsers, train_subparsers) -> None:
     t.set_defaults(func=_tune_cmd)
 
 
-def __getattr__(name: str):
-    """``run_reconstruction`` (re-exported from :mod:`.run`), imported on first use: registering the sub-commands
-    imports no torch."""
-    if name == "run_reconstruction":
-        from .run import run_reconstruction
-
-        return run_reconstruction
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+#: ``run_reconstruction`` (re-exported from :mod:`.run`), imported on first use: registering the sub-commands
+#: imports no torch
+__getattr__ = lazy_getattr({"run_reconstruction": "phasestem.recon.run:run_reconstruction"}, __name__)
 
 
 def _load(args) -> ReconstructParams:

@@ -153,7 +153,7 @@ class Datasets:
         annulus from ``inner`` to ``outer`` px, no ``outer``: to the detector's edge) or ``com`` (the centre of mass
         within ``r`` px, relative to the centre, descan plane removed), about (``cy``, ``cx``) px on the detector;
         its image(s) with their scales."""
-        from ..calibrate.overview import first_look
+        from ..calibrate.overview import first_look, virtual_image
 
         key, ds = self.open(path, reader_options(query))
         H, W = ds.pattern_shape
@@ -241,36 +241,3 @@ def _acquisition(ds) -> dict[str, Any]:
     return {"energy": known(ds.energy), "semiangle": known(ds.semiangle),
             "scan_step": [known(v) for v in ds.scan_step] if all(np.isfinite(ds.scan_step)) else None,
             "angular_sampling": known(np.mean(ds.angular_sampling)) if ds.angular_sampling else None}
-
-
-def virtual_image(ds, kind: str, cy: float, cx: float, r: float, outer: float | None = None) -> np.ndarray:
-    """The virtual image of detector ``kind`` about (``cy``, ``cx``) px over the scan ``ds``: ``bf`` the counts within
-    ``r``, ``adf`` the counts from ``r`` (the inner radius) to ``outer`` (None: the edge), ``com`` the centre of mass
-    (Sy, Sx, 2) px of the counts within ``r``, relative to the centre, its plane over the scan (the descan)
-    removed. One pass over the data, row chunk by row chunk."""
-    from ..calibrate.reading import row_chunks
-
-    H, W = ds.pattern_shape
-    yy, xx = np.indices((H, W), dtype=np.float64)
-    dist = np.hypot(yy - cy, xx - cx)
-    if kind == "adf":
-        mask = (dist > r) & (dist <= (np.inf if outer is None else outer))
-    else:
-        mask = dist <= r
-    weights = [mask.ravel().astype(np.float64)]
-    if kind == "com":
-        weights += [(mask * yy).ravel(), (mask * xx).ravel()]
-    sy, sx = ds.scan_shape
-    sums = np.zeros((sy, sx, len(weights)))
-    matrix = np.stack(weights, axis=1)
-    for rows, block in row_chunks(ds):
-        flat = block.reshape(-1, H * W).astype(np.float64)
-        sums[rows] = (flat @ matrix).reshape(-1, sx, len(weights))
-    if kind != "com":
-        return sums[..., 0]
-    total = np.where(sums[..., 0] > 0, sums[..., 0], 1.0)
-    com = np.stack([sums[..., 1] / total - cy, sums[..., 2] / total - cx], axis=-1)
-    iy, ix = np.indices((sy, sx))
-    design = np.column_stack([np.ones(sy * sx), iy.ravel(), ix.ravel()])
-    plane, *_ = np.linalg.lstsq(design, com.reshape(-1, 2), rcond=None)
-    return com - (design @ plane).reshape(sy, sx, 2)

@@ -28,7 +28,7 @@ from .phaseformer import Phaseformer, PhaseformerConfig
 
 CHANNELS = ("amplitude", "illumination")
 
-__all__ = ["RestorerConfig", "Restorer", "UNetBody", "offset_free_loss", "CHANNELS"]
+__all__ = ["RestorerConfig", "Restorer", "UNetBody", "offset_free_difference", "offset_free_loss", "CHANNELS"]
 
 
 @dataclass
@@ -128,12 +128,19 @@ class Restorer(nn.Module):
         return phase + self.body(body_in)[..., :h, :w]
 
 
+def offset_free_difference(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(d, m, n): d = pred − target with its mean over the field ``mask`` (…, H, W; None: everywhere) removed per
+    image, the mask in d's dtype, and the field's pixel count per image (keepdim, ≥ 1)."""
+    d = pred - target
+    m = torch.ones_like(d) if mask is None else mask.to(d)
+    n = m.sum(dim=(-2, -1), keepdim=True).clamp_min(1.0)
+    return d - (d * m).sum(dim=(-2, -1), keepdim=True) / n, m, n
+
+
 def offset_free_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
                      eps: float = 1e-3) -> torch.Tensor:
     """Mean Charbonnier √(d² + ε²) over the field ``mask`` (B, 1, H, W; None: everywhere) of d = (pred − target)
     with its mean over the field removed per image (rad)."""
-    d = pred - target
-    m = torch.ones_like(d) if mask is None else mask.to(d)
-    n = m.sum(dim=(-2, -1), keepdim=True).clamp_min(1.0)
-    d = d - (d * m).sum(dim=(-2, -1), keepdim=True) / n
+    d, m, n = offset_free_difference(pred, target, mask)
     return ((torch.sqrt(d * d + eps * eps) * m).sum(dim=(-2, -1)) / n[..., 0, 0]).mean()

@@ -19,7 +19,7 @@ from torch import nn
 from ...errors import ConfigError
 from ..meta import make_meta
 from ..nets.autoencoder import count_parameters
-from ..nets.restorer import Restorer, RestorerConfig, offset_free_loss
+from ..nets.restorer import Restorer, RestorerConfig, offset_free_difference, offset_free_loss
 from ..restore_data import RestorePairs, pairs_optics
 from ..restorer_config import RestorerRunConfig
 from ..trainer import Trainer, seed_everything
@@ -37,10 +37,8 @@ def restorer_from_config(kind: str, config: dict[str, Any]) -> Restorer:
 
 def field_error(pred: torch.Tensor, target: torch.Tensor, field: torch.Tensor) -> torch.Tensor:
     """E_φ per image over the field, offsets removed: (B,)."""
-    d = pred - target
-    n = field.sum(dim=(-2, -1)).clamp_min(1.0)
-    d = d - ((d * field).sum(dim=(-2, -1)) / n)[..., None, None]
-    return torch.sqrt((d * d * field).sum(dim=(-2, -1, -3)) / (target * target * field).sum(
+    d, m, _ = offset_free_difference(pred, target, field)
+    return torch.sqrt((d * d * m).sum(dim=(-2, -1, -3)) / (target * target * m).sum(
         dim=(-2, -1, -3)).clamp_min(1e-30))
 
 
