@@ -26,6 +26,7 @@ from ..plot import save_figure
 from ..safety import atomic_file, check_bad_pixel_mode
 from .consistency import MeasurementModel
 from .data import Preprocess, SampleDataset, SampleIndex, Symmetry
+from .data.files import recorded_index
 from .trainer import resolve_device
 
 log = logging.getLogger("phasestem.learn")
@@ -40,7 +41,7 @@ def test_index(meta: dict[str, Any], files: list[str] | None = None, split: str 
     d, g = meta["data"], meta["data"]["geometry"]
     kw = dict(block=g["block"], stride=g["stride"], patch=g["patch"])
     try:
-        stored = SampleIndex.from_paths(d["files"], target=d["target"], **kw)
+        stored = recorded_index(meta)
     except InputFileError:
         if not files:
             shipped = (meta.get("pretrained") or {}).get("name")
@@ -52,8 +53,6 @@ def test_index(meta: dict[str, Any], files: list[str] | None = None, split: str 
         index = SampleIndex.from_paths(files, target=d["target"], **kw)
         check_shapes(meta, index)
         return index, None
-    if d.get("max_samples"):
-        stored = stored.subset(range(min(d["max_samples"], len(stored))))
     splits = stored.split(d["val_fraction"], d["test_fraction"], d["split_seed"])
     if files:
         index = SampleIndex.from_paths(files, target=d["target"], **kw)

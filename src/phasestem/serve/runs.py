@@ -247,15 +247,19 @@ def _run_results(root: Path, job: Job) -> dict[str, Any]:
 
 
 def common_grid(phases: list[np.ndarray], samplings: list[float]) -> tuple[list[np.ndarray], float]:
-    """The phases on one grid: each resampled (linear) to the first one's pixel where its own differs, then all
-    cropped about their centres to the largest field they share; returns (phases, pixel Å)."""
-    from scipy.ndimage import zoom
+    """The phases on one grid: each resampled (:func:`phasestem.resample.resample_image`, bilinear) to the first
+    one's pixel where its own differs, then all cropped about their centres to the largest field they share;
+    returns (phases, pixel Å)."""
+    import torch
+
+    from ..resample import resample_image
 
     ref = samplings[0]
     out = []
     for phase, s in zip(phases, samplings, strict=True):
         if np.isfinite(ref) and np.isfinite(s) and abs(s / ref - 1) > 1e-3:
-            phase = zoom(np.nan_to_num(phase), s / ref, order=1)
+            phase = resample_image(torch.as_tensor(np.nan_to_num(phase), dtype=torch.float32), (s, s),
+                                   (ref, ref)).numpy()
         out.append(phase)
     h, w = min(p.shape[0] for p in out), min(p.shape[1] for p in out)
     crops = []

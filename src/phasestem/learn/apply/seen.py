@@ -12,20 +12,17 @@ log = logging.getLogger("phasestem.learn")
 
 def split_of(meta: dict[str, Any], path: str | Path, sample: int) -> tuple[str, list[int]] | None:
     """(``train``, ``val`` or ``test``; the test samples of that file) for sample ``sample`` of ``path`` in the
-    split a model records (its training files, ``max_samples``, fractions and seed, as
-    :func:`phasestem.learn.evaluate.test_index` rebuilds it); None where the model records none, ``path`` is not
-    one of its files, or they cannot be read any more."""
-    from ..data import SampleIndex
+    split a model records (its training files, ``max_samples``, fractions and seed:
+    :func:`phasestem.learn.data.files.recorded_index`, as ``phasestem evaluate`` rebuilds it); None where the model
+    records none, ``path`` is not one of its files, or they cannot be read any more."""
+    from ..data.files import recorded_index
 
     d = meta.get("data") or {}
     g = d.get("geometry") or {}
     if not d.get("files") or "split_seed" not in d or not g:
         return None
     try:
-        stored = SampleIndex.from_paths(d["files"], target=d.get("target", "phase"), block=g["block"],
-                                        stride=g["stride"], patch=g["patch"])
-        if d.get("max_samples"):
-            stored = stored.subset(range(min(d["max_samples"], len(stored))))
+        stored = recorded_index(meta)
         splits = stored.split_positions(d["val_fraction"], d["test_fraction"], d["split_seed"])
     except Exception as exc:  # noqa: BLE001  (a note only: files moved, another geometry …)
         log.debug("the model's split cannot be rebuilt: %s", exc)

@@ -199,6 +199,19 @@ class SampleIndex:
         return {name: self.subset(p) for name, p in self.split_positions(val_fraction, test_fraction, seed).items()}
 
 
+def recorded_index(meta: dict) -> SampleIndex:
+    """The samples a model was trained from, as its ``meta["data"]`` records them: its files with their block
+    geometry, cut to ``max_samples``; :meth:`SampleIndex.split` with the recorded fractions and seed then gives
+    its train / val / test sets (``phasestem evaluate``, ``predict --sample``'s note). The files' errors as
+    :meth:`SampleIndex.from_paths` raises them."""
+    d, g = meta["data"], meta["data"]["geometry"]
+    stored = SampleIndex.from_paths(d["files"], target=d.get("target", "phase"), block=g["block"], stride=g["stride"],
+                                    patch=g["patch"])
+    if d.get("max_samples"):
+        stored = stored.subset(range(min(d["max_samples"], len(stored))))
+    return stored
+
+
 def with_geometry(index: SampleIndex, **changes) -> SampleIndex:
     """A copy of ``index`` whose files use a modified geometry (e.g. another ``patch`` size)."""
     files = [replace(fi, geometry=replace(fi.geometry, **changes)) for fi in index.files]
