@@ -13,10 +13,12 @@ class LazyModule:
         self._name = name
         self._module: ModuleType | None = None
 
-    def __getattr__(self, attr: str):
+    def __getattr__(self, attr: str):  # called only for names not yet kept on the proxy
         if self._module is None:
             self._module = importlib.import_module(self._name)
-        return getattr(self._module, attr)
+        value = getattr(self._module, attr)
+        setattr(self, attr, value)  # kept: the next use is a plain attribute read, not this call
+        return value
 
     def __repr__(self) -> str:
         return f"<lazy module {self._name!r}{'' if self._module is None else ' (imported)'}>"
