@@ -56,9 +56,10 @@ def _fourier_matrix(n_in: int, u: np.ndarray, n_band: int) -> np.ndarray:
     n_band = max(1, min(int(n_band), n_in))
     d = 2 * np.pi * (u[:, None] - np.arange(n_in)[None, :]) / n_in  # (n_out, n_in)
     kmax = (n_band - 1) // 2
-    out = np.ones_like(d)
-    for k in range(1, kmax + 1):
-        out += 2 * np.cos(k * d)
+    # Σ_{|k| ≤ kmax} e^{ikd} in closed form (the Dirichlet kernel), 2·kmax + 1 where d is a whole period
+    half = np.sin(d / 2)
+    at_period = np.abs(half) < 1e-12
+    out = np.where(at_period, 2 * kmax + 1.0, np.sin((kmax + 0.5) * d) / np.where(at_period, 1.0, half))
     if n_band % 2 == 0:
         out += np.cos((n_band // 2) * d)
     return out / n_in
