@@ -32,8 +32,12 @@ def test_train_restorer_script_end_to_end(tmp_path, monkeypatch):
     common = ["--out", str(out), "--sim-config", str(tmp_path / "sim.yaml"), "--kinds", "synthetic", "--n-train", "4",
               "--part", "2", "--phonons", "1", "--electrons", "none", "--ad-epochs", "2", "--epochs", "2", "--chunk",
               "1", "--crop", "16", "--batch", "2"]
-    assert mod.main(common) == 0
+    # the pairs first, two parts at once (each simulated then paired in its own subprocess)
+    assert mod.main([*common, "--steps", "simulate", "pairs", "--jobs", "2"]) == 0
     assert len(list((out / "pairs").glob("*.h5"))) == 2
+    assert {"simulate_synthetic_part_001", "pairs_synthetic_part_001"} <= set(json.loads((out / "seconds.json")
+                                                                                       .read_text()))
+    assert mod.main(common) == 0
     rows = (out / "runs" / "restorer_unet" / "epochs.csv").read_text().splitlines()
     assert len(rows) == 3  # two chunks of one epoch, the second resumed from the first
     assert mod.main(common) == 0  # everything exists: nothing is redone

@@ -5,7 +5,8 @@
     python benchmarks/learned/train_restorer.py --out restore_seed_output --steps ship --name restore-seed
 
 Every step skips what exists, so an invocation stopped by ``--max-minutes`` (exit status 3 while steps remain) or
-killed is continued by running the same command again:
+killed is continued by running the same command again. ``--device cuda`` runs the simulation, AD and training on a
+GPU, ``--jobs N`` runs N simulations / pair makers at once (a GPU is launch-bound on one seed-sized scan):
 
 1. ``simulate``: ``--n-train`` samples per specimen kind (``--kinds``: phasestem's random crystals and amorphous
    specimens) in parts of ``--part`` samples, each part one ``phasestem simulate`` of ``--sim-config`` (default
@@ -13,8 +14,9 @@ killed is continued by running the same command again:
    2 Å, 64² patterns, 256² phase over 100 Å) with ``--phonons`` frozen phonons;
 2. ``pairs``: ``phasestem make-pairs PART --inputs-from ad`` of every part (AD with ``reconstruct``'s defaults,
    probe refined, on AD's grid; epochs 2, 4, 8 and the end; ``--electrons`` noise-free and counted copies);
-3. ``train``: ``phasestem train restorer`` on every pairs file (``--arch`` unet or phaseformer, ``--epochs``),
-   ``--chunk`` epochs per step from the run's last checkpoint;
+3. ``train``: ``phasestem train restorer`` on every pairs file (``--arch`` unet or phaseformer, ``--width``,
+   ``--epochs``), ``--chunk`` epochs per step from the run's last checkpoint; ``--steps train`` alone trains on the
+   pairs files made so far (a GPU lease that stopped the pairs step at its deadline);
 4. ``score`` (``--score-pairs FILE …``: pairs files of held-out specimens, e.g. ``make-pairs --inputs-from ad`` of
    the abTEM files of ``heldout.py``; they must never be training data): E_φ over the scanned field of AD and of
    the restored phase at every stored AD epoch, and AD's wall seconds to it, written to ``OUT/score.json``;
@@ -29,8 +31,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +54,46 @@ TRAIN_SEED = 7000
 CARD_TEMPLATE = HERE / "restorer_card.md"
 
 
+_SECONDS_LOCK = threading.Lock()
+
+
 def parse_electrons(text: str) -> float | None:
     return None if text.lower() in ("none", "clean") else float(text)
+
+
+def run_steps(out: Path, chains: list[list[tuple[str, list[str]]]], jobs: int, budget: Budget) -> None:
+    """Run chains of ``phasestem`` commands (each a list of (seconds key, argv) run in order), ``jobs`` chains at a
+    time, every command stopped at the budget's end and none started after it. Wall seconds go to
+    ``seconds.json``. After all chains ended: :class:`OutOfTime` when one was cut short, ``SystemExit`` naming the
+    commands that failed (a failed chain does not stop the others)."""
+    failed: list[str] = []
+
+    def one(chain: list[tuple[str, list[str]]]) -> bool:
+        for key, args in chain:
+            if budget.left() <= 0:
+                return False
+            t = time.perf_counter()
+            try:  # concurrent chains: always a subprocess
+                ok = run_cli(args, timeout=budget.left() if jobs == 1 else min(budget.left(), 1e9))
+            except subprocess.CalledProcessError:
+                failed.append(key)
+                return True
+            if not ok:
+                return False
+            with _SECONDS_LOCK:
+                log_seconds(out, key, time.perf_counter() - t)
+        return True
+
+    chains = [c for c in chains if c]
+    if not chains:
+        return
+    budget.check(0.0, chains[0][0][0])
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        finished = list(pool.map(one, chains))
+    if failed:
+        raise SystemExit(f"failed: {', '.join(failed)} (their logs above)")
+    if not all(finished):
+        raise OutOfTime(f"{finished.count(False)} of {len(finished)} parts stopped at the time limit")
 
 
 # ------------------------------------------------------------------------------------------ 1. simulate
@@ -64,59 +107,60 @@ def sim_config(base: dict, kind: str, n: int, seed: int, phonons: int) -> dict:
     return cfg
 
 
-def simulate(out: Path, base: dict, kinds: list[str], n: int, part: int, phonons: int, budget: Budget) -> list[Path]:
-    """The simulation files of every part (missing ones simulated), in a fixed order."""
-    files = []
+def simulation_steps(out: Path, base: dict, kinds: list[str], n: int, part: int, phonons: int,
+                     device: str = "cpu") -> list[tuple[Path, list[tuple[str, list[str]]]]]:
+    """Every part's simulation file, in a fixed order, with the command that makes it (none when it exists): the
+    part's config is written on ``device``."""
+    parts = []
     for kind in kinds:
         for k in range(math.ceil(n / part)):
             folder = out / "data" / f"{kind}_part_{k:03d}"
             target = folder / "simulation_data1.h5"
+            steps = []
             if not target.exists():
                 cfg_path = out / "data" / f"{kind}_part_{k:03d}.yaml"
                 cfg_path.parent.mkdir(parents=True, exist_ok=True)
                 seed = TRAIN_SEED + 1000 * kinds.index(kind) + k
-                cfg_path.write_text(yaml.safe_dump(sim_config(base, kind, min(part, n - k * part), seed, phonons),
-                                                   sort_keys=False))
-                budget.check(0.0, f"simulate {folder.name}")
-                t = time.perf_counter()
-                if not run_cli(["simulate", str(cfg_path), "--out", str(folder)], timeout=budget.left()):
-                    raise OutOfTime(f"simulation of {folder} stopped at the time limit")
-                log_seconds(out, f"simulate_{folder.name}", time.perf_counter() - t)
-            files.append(target)
-    return files
+                cfg = sim_config(base, kind, min(part, n - k * part), seed, phonons)
+                cfg["compute"]["device"] = device
+                cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+                steps.append((f"simulate_{folder.name}", ["simulate", str(cfg_path), "--out", str(folder)]))
+            parts.append((target, steps))
+    return parts
 
 
 # ------------------------------------------------------------------------------------------ 2. pairs
-def pairs_for(out: Path, files: list[Path], electrons: list[float | None], ad_epochs: int | None,
-              budget: Budget) -> list[Path]:
-    """One pairs file of AD epochs per simulation file (missing ones made)."""
-    made = []
-    for sim in files:
-        target = out / "pairs" / f"{sim.parent.name}.h5"
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            budget.check(0.0, f"pairs of {sim.parent.name}")
-            args = ["make-pairs", str(sim), "--inputs-from", "ad", "--out-file", str(target), "--ad-electrons",
-                    *["none" if e is None else f"{e:g}" for e in electrons]]
-            if ad_epochs:
-                args += ["--ad-epochs", str(ad_epochs)]
-            t = time.perf_counter()
-            if not run_cli(args, timeout=budget.left()):
-                raise OutOfTime(f"pairs of {sim} stopped at the time limit")
-            log_seconds(out, f"pairs_{sim.parent.name}", time.perf_counter() - t)
-        made.append(target)
-    return made
+def pairs_steps(out: Path, sim: Path, electrons: list[float | None], ad_epochs: int | None,
+                device: str = "cpu") -> tuple[Path, list[tuple[str, list[str]]]]:
+    """The pairs file of AD epochs of the simulation file ``sim`` with the command that makes it (none when it
+    exists)."""
+    target = out / "pairs" / f"{sim.parent.name}.h5"
+    if target.exists():
+        return target, []
+    target.parent.mkdir(parents=True, exist_ok=True)
+    args = ["make-pairs", str(sim), "--inputs-from", "ad", "--out-file", str(target), "--device", device,
+            "--ad-electrons", *["none" if e is None else f"{e:g}" for e in electrons]]
+    if ad_epochs:
+        args += ["--ad-epochs", str(ad_epochs)]
+    return target, [(f"pairs_{sim.parent.name}", args)]
 
 
 # ------------------------------------------------------------------------------------------ 3. train
 def restorer_config(out: Path, pairs: list[Path], arch: str, epochs: int, device: str, lr: float,
-                    crop: int | None, batch: int) -> dict:
-    """The ``phasestem train restorer`` config of the run ``OUT/runs/restorer_<arch>``."""
+                    crop: int | None, batch: int, width: int = 16, dim: int = 8) -> dict:
+    """The ``phasestem train restorer`` config of the run ``OUT/runs/restorer_<arch>``. From 8 pairs files on,
+    every 8th is the test set (whole specimens held out: a sample's other AD epochs and noise copies would leak
+    into an item split); else 10 % of the items."""
     model: dict[str, Any] = {"arch": arch}
     if arch == "unet":
-        model["width"] = 16
-    return {"network": "restorer", "out_dir": str(out / "runs" / f"restorer_{arch}"),
-            "data": {"train": [str(p) for p in pairs], "val_fraction": 0.1, "crop": crop, "batch_size": batch},
+        model["width"] = int(width)
+    else:
+        model["phaseformer"] = {"dim": int(dim), "blocks": [1, 1, 1, 1], "heads": [1, 1, 2, 2], "refinement_blocks": 1}
+    pairs = sorted(pairs)
+    test = [p for i, p in enumerate(pairs) if i % 8 == 7] if len(pairs) >= 8 else []
+    data = {"train": [str(p) for p in pairs if p not in test], "test": [str(p) for p in test], "val_fraction": 0.1,
+            "crop": crop, "batch_size": batch, "num_workers": 4 if device.startswith("cuda") else 0}
+    return {"network": "restorer", "out_dir": str(out / "runs" / f"restorer_{arch}"), "data": data,
             "model": model,
             "trainer": {"epochs": int(epochs), "lr": float(lr), "device": device, "progress": False,
                         "tensorboard": False, "monitor": "val/e_phi", "monitor_mode": "min"}}
@@ -199,29 +243,41 @@ def main(argv: list[str] | None = None) -> int:
                    help="copies: 'none' noise-free, else e⁻ per pattern")
     p.add_argument("--ad-epochs", type=int, default=None, help="the AD recipe's epochs (default reconstruct's)")
     p.add_argument("--arch", choices=["unet", "phaseformer"], default="unet")
+    p.add_argument("--width", type=int, default=16, help="the U-Net's first width")
+    p.add_argument("--dim", type=int, default=8, help="Phaseformer's first width")
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--chunk", type=int, default=5, help="training epochs per step")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--crop", type=int, default=128)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="torch device of every step (simulate, AD, training, score)")
+    p.add_argument("--jobs", type=int, default=1, help="simulations / pair makers at once")
     p.add_argument("--score-pairs", nargs="+", type=Path, default=[])
     p.add_argument("--name", default="restore-seed")
     p.add_argument("--card-dir", type=Path, default=ROOT / "docs" / "models", help="where the model card goes")
     p.add_argument("--max-minutes", type=float, default=None)
     args = p.parse_args(argv)
-    out, budget = args.out, Budget(args.max_minutes)
+    out, budget = args.out.resolve(), Budget(args.max_minutes)
     out.mkdir(parents=True, exist_ok=True)
     base = yaml.safe_load(args.sim_config.read_text())
     run = out / "runs" / f"restorer_{args.arch}"
     try:
-        files = pairs = []
-        if {"simulate", "pairs", "train"} & set(args.steps):
-            files = simulate(out, base, args.kinds, args.n_train, args.part, args.phonons, budget)
-        if {"pairs", "train"} & set(args.steps):
-            pairs = pairs_for(out, files, args.electrons, args.ad_epochs, budget)
+        pairs: list[Path] = []
+        if {"simulate", "pairs"} & set(args.steps):  # each part simulated, then its pairs made: one chain
+            chains = []
+            for sim, chain in simulation_steps(out, base, args.kinds, args.n_train, args.part, args.phonons,
+                                               args.device):
+                if "pairs" in args.steps:
+                    target, more = pairs_steps(out, sim, args.electrons, args.ad_epochs, args.device)
+                    chain, pairs = chain + more, pairs + [target]
+                chains.append(chain)
+            run_steps(out, chains, args.jobs, budget)
         if "train" in args.steps:
-            cfg = restorer_config(out, pairs, args.arch, args.epochs, args.device, args.lr, args.crop, args.batch)
+            pairs = pairs or sorted((out / "pairs").glob("*.h5"))  # --steps train alone: the pairs made so far
+            if not pairs:
+                raise SystemExit(f"{out / 'pairs'}: no pairs files to train on (run the pairs step first)")
+            cfg = restorer_config(out, pairs, args.arch, args.epochs, args.device, args.lr, args.crop, args.batch,
+                                  args.width, args.dim)
             while not train_stage(cfg, out / "configs" / f"restorer_{args.arch}.yaml", args.chunk, budget):
                 budget.check(0.0, "the next training chunk")
         if "score" in args.steps:
