@@ -82,3 +82,32 @@ def test_train_restorer_resume_and_reload(tmp_path):
     assert meta["model"]["kind"] == "restorer" and meta["data"]["optics"]["sampling"] == [0.3, 0.3]
     x = torch.ones(1, 3, 24, 24)
     assert not torch.equal(net(x), x[:, :1])  # trained: no longer the identity
+
+
+def test_train_restorer_from_another_restorers_weights(tmp_path, capsys):
+    """model.init fine-tunes a trained restorer: the new run's network starts with its best weights (not the
+    untrained identity); a restorer of another width is refused in one line."""
+    from phasestem.learn.registry import build_run, load_run_config
+
+    torch.set_num_threads(1)
+    pairs = _pairs(tmp_path / "ad.h5")
+    cfg = {"network": "restorer", "out_dir": str(tmp_path / "first"),
+           "data": {"train": [str(pairs)], "batch_size": 4, "val_fraction": 0.25, "augment": False},
+           "model": {"arch": "unet", "width": 4},
+           "trainer": {"epochs": 3, "device": "cpu", "progress": False, "tensorboard": False, "lr": 1e-2}}
+    (tmp_path / "first.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", "restorer", str(tmp_path / "first.yaml")]) == 0
+    tuned = {**cfg, "out_dir": str(tmp_path / "tuned"), "model": {**cfg["model"], "init": str(tmp_path / "first")}}
+    (tmp_path / "tuned.yaml").write_text(yaml.safe_dump(tuned))
+    trainer = build_run(load_run_config(tmp_path / "tuned.yaml", "restorer"))
+    from phasestem.learn.checkpoint import load_weights
+
+    state, _ = load_weights(tmp_path / "first")
+    for k, v in trainer.model.state_dict().items():
+        assert torch.equal(v.cpu(), state[k].cpu()), k
+    wide = {**tuned, "model": {**tuned["model"], "width": 8}}
+    (tmp_path / "wide.yaml").write_text(yaml.safe_dump(wide))
+    capsys.readouterr()
+    assert main(["train", "restorer", str(tmp_path / "wide.yaml")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "model.init" in err and len(err.splitlines()) == 1, err

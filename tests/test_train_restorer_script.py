@@ -47,7 +47,8 @@ def test_train_restorer_script_end_to_end(tmp_path, monkeypatch):
     assert mod.main([*common, "--steps", "score", "ship", "--score-pairs", str(pairs[0]), "--name", "restore-test",
                      "--card-dir", str(tmp_path / "cards")]) == 0
     score = json.loads((out / "score.json").read_text())
-    assert set(score["mean"]) == {"ad_2", "restored_2", "seconds_2"} and len(score["rows"]) == 2
+    assert set(score["mean"]) == {"ad_2", "restored_2", "ad_aligned_2", "restored_aligned_2", "seconds_2", "new_peaks_2", "ad_new_peaks_2", "restore_seconds"} and len(score["rows"]) == 2
+    assert len(score["groups"]) == 1 and score["rows"][0]["electrons"] is None
     card = (tmp_path / "cards" / "restore-test.md").read_text()
     assert "restore-test" in card and "sha256" in card
     from phasestem.learn.restore import load_restorer

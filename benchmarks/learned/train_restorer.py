@@ -17,10 +17,15 @@ GPU, ``--jobs N`` runs N simulations / pair makers at once (a GPU is launch-boun
 3. ``train``: ``phasestem train restorer`` on every pairs file (``--arch`` unet or phaseformer, ``--width``,
    ``--epochs``), ``--chunk`` epochs per step from the run's last checkpoint; ``--steps train`` alone trains on the
    pairs files made so far (a GPU lease that stopped the pairs step at its deadline);
-4. ``score`` (``--score-pairs FILE …``: pairs files of held-out specimens, e.g. ``make-pairs --inputs-from ad`` of
-   the abTEM files of ``heldout.py``; they must never be training data): E_φ over the scanned field of AD and of
-   the restored phase at every stored AD epoch, and AD's wall seconds to it, written to ``OUT/score.json``;
-5. ``ship`` (``--name``): the best weights into the package's model folder with a registry entry and the model
+4. ``heldout`` (``--n-heldout``): abTEM held-out specimens at ``--sim-config``'s geometry (on its cell or on
+   ``--heldout-extent``'s), never training data: ASE-built specimens of ``heldout.py``'s kinds (its random
+   crystals, wurtzite, amorphous, 2H-MoS2), even indices
+   the development half (``OUT/heldout/dev.h5``), odd the validation half (``val.h5``), and their pairs of AD epochs
+   (``pairs_dev.h5``, ``pairs_val.h5``; noise-free and ``--heldout-electrons``);
+5. ``score`` (``--score-pairs FILE …``, default the held-out pairs when made): E_φ over the scanned field of AD and
+   of the restored phase at every stored AD epoch, and AD's wall seconds to it, per file, written to
+   ``OUT/score.json`` (``--score-name``);
+6. ``ship`` (``--name``): the best weights into the package's model folder with a registry entry and the model
    card ``docs/models/NAME.md`` from ``restorer_card.md`` (fields not measured yet read "to be measured").
 
 The held-out kinds of ``heldout.py`` (wurtzite, MoS2, the benchmark's ASE crystals) never enter training: the
@@ -49,8 +54,10 @@ sys.path.insert(0, str(HERE))
 from layouts import log_seconds, write_json  # noqa: E402
 from scaling import INCOMPLETE, Budget, OutOfTime, run_cli, train_stage  # noqa: E402
 
-STEPS = ("simulate", "pairs", "train", "score", "ship")
+STEPS = ("simulate", "pairs", "train", "heldout", "score", "ship")
 TRAIN_SEED = 7000
+#: held-out specimens (abTEM, ASE-built; the kinds of ``heldout.py``, one of each per half): seeds
+HELDOUT_SEED, ABTEM_SEED = 7100, 7101
 CARD_TEMPLATE = HERE / "restorer_card.md"
 
 
@@ -109,11 +116,11 @@ def sim_config(base: dict, kind: str, n: int, seed: int, phonons: int) -> dict:
 
 def simulation_steps(out: Path, base: dict, kinds: list[str], n: int, part: int, phonons: int,
                      device: str = "cpu") -> list[tuple[Path, list[tuple[str, list[str]]]]]:
-    """Every part's simulation file, in a fixed order, with the command that makes it (none when it exists): the
-    part's config is written on ``device``."""
+    """Every part's simulation file, the kinds taking turns (a run cut short still holds every kind), with the
+    command that makes it (none when it exists): the part's config is written on ``device``."""
     parts = []
-    for kind in kinds:
-        for k in range(math.ceil(n / part)):
+    for k in range(math.ceil(n / part)):
+        for kind in kinds:
             folder = out / "data" / f"{kind}_part_{k:03d}"
             target = folder / "simulation_data1.h5"
             steps = []
@@ -166,14 +173,99 @@ def restorer_config(out: Path, pairs: list[Path], arch: str, epochs: int, device
                         "tensorboard": False, "monitor": "val/e_phi", "monitor_mode": "min"}}
 
 
-# ------------------------------------------------------------------------------------------ 4. score
+# ------------------------------------------------------------------------------------------ 4. held-out
+def heldout_cell(base: dict, extent: float | None) -> dict:
+    """``base`` on a square cell of ``extent`` Å (None: its own) with its pixels, scan step and patterns kept: the
+    grids and the scan scaled with the cell (abTEM's CPU time goes with the cell's area). The detector's angular
+    sampling (λ/cell × an odd binning) must stay the base's, or AD's pixel and the restorer's geometry change:
+    a cell that moves it is refused (at the seed geometry 20, 60 and 100 Å keep it, 50 Å does not)."""
+    from abtem_samples import detector_geometry
+
+    from phasestem.simulate.config import SimulationConfig
+
+    cfg = json.loads(json.dumps(base))
+    if extent is None:
+        return cfg
+    g = cfg["grid"]
+    ratio = g["sim_gpts"][0] // g["phase_gpts"][0]
+    phase_px = g["extent"][0] / g["phase_gpts"][0]
+    g["phase_gpts"] = [int(round(extent / phase_px))] * 2
+    g["sim_gpts"] = [ratio * g["phase_gpts"][0]] * 2
+    g["extent"] = [float(extent)] * 2
+    cfg["scan"]["shape"] = [int(round(extent / s)) for s in cfg["scan"]["step"]]
+    want, got = (detector_geometry(SimulationConfig.model_validate(c)).angular_sampling for c in (base, cfg))
+    if not np.allclose(want, got, rtol=1e-6):
+        raise SystemExit(f"--heldout-extent {extent:g}: the detector's angular sampling would be {got[0]:.4f} mrad, "
+                         f"not the config's {want[0]:.4f} (choose a cell that keeps it, e.g. 20 or 60 Å at the seed's)")
+    return cfg
+
+
+def heldout_pairs(out: Path, base: dict, n: int, phonons: int, electrons: list[float | None], ad_epochs: int | None,
+                  device: str, budget: Budget) -> list[Path]:
+    """The abTEM held-out halves and their pairs files (module docstring, step 4) of the config ``base``; what
+    exists is kept."""
+    from abtem_samples import write_abtem_file, write_structures
+    from heldout import KIND_CYCLE
+
+    from phasestem.simulate.config import SimulationConfig
+
+    folder = out / "heldout"
+    cfg = json.loads(json.dumps(base))
+    cfg["specimen"] = {**cfg.get("specimen", {}), "phonons": int(phonons)}
+    cfg["detector"] = {**cfg.get("detector", {}), "dose": None}
+    kinds = [KIND_CYCLE[(k // 2) % len(KIND_CYCLE)] for k in range(n)]
+    structures = sorted((folder / "structures").glob("*.xyz"))
+    if len(structures) != n:
+        structures = write_structures(folder / "structures", n, SimulationConfig.model_validate(cfg), HELDOUT_SEED,
+                                      kinds)
+    pairs = []
+    for half, use in (("dev", structures[0::2]), ("val", structures[1::2])):
+        sim = folder / f"{half}.h5"
+        if not sim.exists():
+            budget.check(0.0, f"abTEM {half}")
+            spec = {**cfg["specimen"], "kind": "structures", "files": [str(p) for p in use]}
+            t = time.perf_counter()
+            write_abtem_file(SimulationConfig.model_validate({**cfg, "specimen": spec}), sim, len(use),
+                             seed=ABTEM_SEED, structures=use)
+            log_seconds(out, f"abtem_{half}", time.perf_counter() - t)
+        target = folder / f"pairs_{half}.h5"
+        args = ["make-pairs", str(sim), "--inputs-from", "ad", "--out-file", str(target), "--device", device,
+                "--ad-electrons", *["none" if e is None else f"{e:g}" for e in electrons]]
+        run_steps(out, [[(f"heldout_pairs_{half}", args + (["--ad-epochs", str(ad_epochs)] if ad_epochs else []))]
+                        ] if not target.exists() else [], 1, budget)
+        pairs.append(target)
+    (folder / "kinds.json").write_text(json.dumps({"dev": kinds[0::2], "val": kinds[1::2]}))
+    return pairs
+
+
+# ------------------------------------------------------------------------------------------ 5. score
+def aligned_error(phase: np.ndarray, truth: np.ndarray, field: np.ndarray) -> float:
+    """E_φ over the field (offset removed) after moving ``phase`` by its best sub-pixel shift onto ``truth`` (found
+    over the field's bounding box): AD's frame may drift by a fraction of a pixel, which E_φ alone would count."""
+    import torch
+
+    from phasestem.learn.training.restorer import field_error
+    from phasestem.metrics import apply_shift, shift_between
+
+    ys, xs = np.nonzero(field > 0)
+    box = np.s_[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    moved = apply_shift(phase, shift_between(phase[box], truth[box]))
+    t = [torch.as_tensor(np.asarray(a, np.float32))[None, None] for a in (moved, truth, field)]
+    return float(field_error(*t)[0])
+
+
 def score_pairs(model: str | Path, pairs: list[Path], device: str = "cpu") -> dict:
     """E_φ over the scanned field (offsets removed) of AD's phase and of the restored phase at every stored AD
-    epoch of the pairs files ``pairs`` (held-out specimens), per row and as means."""
+    epoch of the pairs files ``pairs`` (held-out specimens), as is and aligned (:func:`aligned_error`;
+    ``*_aligned``), AD's wall seconds to it, and the guard ``new_peaks_E`` (spectral peaks of the restored phase
+    that the truth lacks: an amorphous specimen must get no more than AD's own phase has, ``ad_new_peaks_E``); per
+    row, as means over all rows (``mean``) and per file and dose (``groups``: ``pairs_val|1e+04``, ``|none``
+    noise-free). A row's specimen kind comes from ``kinds.json`` beside a held-out pairs file."""
     import h5py
     import torch
 
     from phasestem.learn.ad_pairs import stored_epochs
+    from phasestem.learn.guards import new_peaks
     from phasestem.learn.restore import load_restorer
     from phasestem.learn.training.restorer import field_error
 
@@ -181,28 +273,80 @@ def score_pairs(model: str | Path, pairs: list[Path], device: str = "cpu") -> di
     channels = ("phase", *net.config.extra_channels)
     rows: list[dict] = []
     for path in pairs:
+        path = Path(path)
         epochs = stored_epochs(path)
+        kinds_file = path.parent / "kinds.json"
+        kinds = json.loads(kinds_file.read_text()).get(path.stem.removeprefix("pairs_")) if kinds_file.exists() \
+            else None
         with h5py.File(path, "r") as f:
+            electrons = np.asarray(f["electrons"]) if "electrons" in f else np.full(f["gt"].shape[0], np.nan)
+            n_doses = len(np.unique(np.nan_to_num(electrons, nan=-1.0)))
             for i in range(f["gt"].shape[0]):
                 gt = torch.as_tensor(f["gt"][i])[None, None]
                 field = torch.as_tensor(f["field"][i])[None, None]
-                row: dict[str, Any] = {"file": Path(path).name, "row": i,
-                                       "electrons": float(f["electrons"][i]) if "electrons" in f else None}
+                e_per = None if np.isnan(electrons[i]) else float(electrons[i])
+                row: dict[str, Any] = {"file": path.stem, "row": i, "electrons": e_per,
+                                       "kind": kinds[i // n_doses] if kinds else None}
                 for e in epochs:
                     x = torch.as_tensor(np.stack([f[f"epoch_{e}/{c}"][i] for c in channels]))[None]
+                    t = time.perf_counter()
                     with torch.no_grad():
                         restored = net(x.to(next(net.parameters()).device)).cpu()
+                    row["restore_seconds"] = time.perf_counter() - t  # the net's wall seconds on one image
                     row[f"ad_{e}"] = float(field_error(x[:, :1], gt, field)[0])
                     row[f"restored_{e}"] = float(field_error(restored, gt, field)[0])
+                    row[f"ad_aligned_{e}"] = aligned_error(x[0, 0].numpy(), gt[0, 0].numpy(), field[0, 0].numpy())
+                    row[f"restored_aligned_{e}"] = aligned_error(restored[0, 0].numpy(), gt[0, 0].numpy(),
+                                                                 field[0, 0].numpy())
+                    g, m = gt[0, 0].numpy(), field[0, 0].numpy()
+                    row[f"new_peaks_{e}"] = new_peaks(restored[0, 0].numpy(), g, m)
+                    row[f"ad_new_peaks_{e}"] = new_peaks(x[0, 0].numpy(), g, m)  # the same count of AD's phase
                     if f"epoch_{e}/seconds" in f:  # AD's wall seconds to epoch e (the restorer's are apart)
                         row[f"seconds_{e}"] = float(f[f"epoch_{e}/seconds"][i])
                 rows.append(row)
-    keys = [k for k in rows[0] if k.startswith(("ad_", "restored_", "seconds_"))] if rows else []
-    return {"model": str(model), "pairs": [str(p) for p in pairs], "rows": rows,
-            "mean": {k: float(np.mean([r[k] for r in rows])) for k in keys}}
+    keys = [k for k in rows[0] if k.startswith(("ad_", "restored_", "seconds_", "new_peaks_", "restore_"))] if rows \
+        else []
+
+    def means(sel: list[dict]) -> dict:
+        return {k: float(np.mean([r[k] for r in sel])) for k in keys}
+
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(f"{r['file']}|{'none' if r['electrons'] is None else format(r['electrons'], '.0e')}",
+                          []).append(r)
+    return {"model": str(model), "pairs": [Path(p).name for p in pairs], "rows": rows, "mean": means(rows),
+            "groups": {g: means(sel) for g, sel in groups.items()}}
 
 
-# ------------------------------------------------------------------------------------------ 5. ship
+# ------------------------------------------------------------------------------------------ 6. ship
+def score_table(score: dict) -> str:
+    """Markdown: mean E_φ (aligned, over the field) of AD and of the restoration at every stored AD epoch, per
+    held-out half and dose, then per specimen kind (validation half)."""
+    groups = score["groups"]
+    epochs = sorted({int(k.rsplit("_", 1)[1]) for g in groups.values() for k in g if k.startswith("ad_aligned_")})
+    head = "| half, e⁻/pattern | " + " | ".join(f"AD {e} → restored" for e in epochs) + " |"
+    lines = [head, "|" + "---|" * (len(epochs) + 1)]
+    for name, g in groups.items():
+        lines.append(f"| {name.replace('pairs_', '').replace('|', ', ')} | " + " | ".join(
+            f"{g[f'ad_aligned_{e}']:.3f} → **{g[f'restored_aligned_{e}']:.3f}**" for e in epochs) + " |")
+    kinds: dict[tuple, list[dict]] = {}
+    for r in score["rows"]:
+        if r.get("kind") and r["file"].endswith("val"):
+            kinds.setdefault((r["kind"], r["electrons"]), []).append(r)
+    if kinds:
+        last = epochs[-1]
+        lines += ["", f"Validation half per kind (AD's phase at its end, epoch {last}, and its restoration; new "
+                  "spectral peaks the truth lacks, restored vs AD's own):", "",
+                  "| kind, e⁻/pattern | AD | restored | ratio | new peaks restored / AD |", "|---|---|---|---|---|"]
+        for (kind, e), rows in sorted(kinds.items(), key=str):
+            ad = float(np.mean([r[f"ad_aligned_{last}"] for r in rows]))
+            re_ = float(np.mean([r[f"restored_aligned_{last}"] for r in rows]))
+            peaks = [np.mean([r[f"{k}new_peaks_{last}"] for r in rows]) for k in ("", "ad_")]
+            lines.append(f"| {kind}, {'noise-free' if e is None else f'{e:.0e}'} | {ad:.3f} | {re_:.3f} | "
+                         f"{re_ / ad:.2f} | {peaks[0]:.0f} / {peaks[1]:.0f} |")
+    return "\n".join(lines)
+
+
 def card_text(name: str, info: dict) -> str:
     """The model card from :data:`CARD_TEMPLATE`; a field not measured yet reads 'to be measured'."""
     class Missing(dict):
@@ -252,15 +396,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--device", default="cpu", help="torch device of every step (simulate, AD, training, score)")
     p.add_argument("--jobs", type=int, default=1, help="simulations / pair makers at once")
+    p.add_argument("--n-heldout", type=int, default=12, help="abTEM held-out specimens (half development)")
+    p.add_argument("--heldout-electrons", nargs="+", type=parse_electrons, default=[None, 1e4])
+    p.add_argument("--heldout-extent", type=float, default=None,
+                   help="the held-out cell (Å; default the config's), pixels, step and patterns kept")
     p.add_argument("--score-pairs", nargs="+", type=Path, default=[])
+    p.add_argument("--score-name", default="score.json", help="the score file in OUT")
+    p.add_argument("--run", type=Path, default=None,
+                   help="the run folder to score and ship (default OUT/runs/restorer_ARCH; e.g. one trained on a GPU)")
+    p.add_argument("--trained-in", type=Path, default=None,
+                   help="the folder the run was trained in (its paths are shipped relative to it; default OUT)")
     p.add_argument("--name", default="restore-seed")
+    p.add_argument("--provenance", default="trained on this machine's CPU", help="where the model was trained (card)")
     p.add_argument("--card-dir", type=Path, default=ROOT / "docs" / "models", help="where the model card goes")
     p.add_argument("--max-minutes", type=float, default=None)
     args = p.parse_args(argv)
     out, budget = args.out.resolve(), Budget(args.max_minutes)
     out.mkdir(parents=True, exist_ok=True)
     base = yaml.safe_load(args.sim_config.read_text())
-    run = out / "runs" / f"restorer_{args.arch}"
+    run = args.run.resolve() if args.run else out / "runs" / f"restorer_{args.arch}"
     try:
         pairs: list[Path] = []
         if {"simulate", "pairs"} & set(args.steps):  # each part simulated, then its pairs made: one chain
@@ -280,17 +434,25 @@ def main(argv: list[str] | None = None) -> int:
                                   args.width, args.dim)
             while not train_stage(cfg, out / "configs" / f"restorer_{args.arch}.yaml", args.chunk, budget):
                 budget.check(0.0, "the next training chunk")
+        held = []
+        if "heldout" in args.steps:
+            held = heldout_pairs(out, heldout_cell(base, args.heldout_extent), args.n_heldout, args.phonons,
+                                 args.heldout_electrons, args.ad_epochs, args.device, budget)
         if "score" in args.steps:
-            write_json(out / "score.json", score_pairs(run, args.score_pairs, args.device))
+            score = args.score_pairs or held or sorted((out / "heldout").glob("pairs_*.h5"))
+            write_json(out / args.score_name, score_pairs(run, score, args.device))
         if "ship" in args.steps:
-            from phasestem.learn.restore_data import pairs_optics
+            from phasestem.learn.checkpoint import load_weights
 
-            info = {"optics": pairs_optics(sorted((out / "pairs").glob("*.h5"))[0]), "arch": args.arch,
-                    "seconds": json.loads((out / "seconds.json").read_text()) if (out / "seconds.json").exists()
-                    else {}}
-            if (out / "score.json").exists():
-                info["score"] = json.loads((out / "score.json").read_text())["mean"]
-            print(json.dumps(ship(out, args.name, run, info, args.card_dir), indent=1))
+            trained_in = args.trained_in or out
+            seconds = next((json.loads(p.read_text()) for p in (run.parent.parent / "seconds.json",  # its training's
+                                                                out / "seconds.json") if p.exists()), {})
+            info = {"optics": load_weights(run)[1]["data"]["optics"], "arch": args.arch, "seconds": seconds,
+                    "provenance": args.provenance}
+            if (out / args.score_name).exists():
+                score = json.loads((out / args.score_name).read_text())
+                info["score"], info["score_table"] = score["groups"], score_table(score)
+            print(json.dumps(ship(trained_in, args.name, run, info, args.card_dir), indent=1))
     except OutOfTime as exc:
         print(f"stopped: {exc}; run the same command again to continue", file=sys.stderr)
         return INCOMPLETE

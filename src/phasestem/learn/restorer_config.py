@@ -38,6 +38,9 @@ class RestorerModelConfig(StrictModel):
     phaseformer: dict = Field(
         default_factory=lambda: {"dim": 8, "blocks": [1, 1, 1, 1], "heads": [1, 1, 2, 2], "refinement_blocks": 1},
         description="Phaseformer settings (dim, blocks, heads, refinement_blocks, …) when arch is phaseformer")
+    init: Annotated[str | None, ConfigPath()] = Field(
+        None, description="start from this restorer's weights (a model file or run folder: fine-tuning on new "
+                          "specimens); its body, width and inputs must be this config's")
 
 
 class RestorerLossConfig(StrictModel):

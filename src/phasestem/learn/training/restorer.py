@@ -53,6 +53,22 @@ def _metrics_fn(m: nn.Module, batch) -> dict[str, float]:
     return {"e_phi": float(field_error(m(x), y, f).mean()), "e_phi_identity": float(field_error(x[:, :1], y, f).mean())}
 
 
+def _start_from(net: Restorer, path: str, optics: dict[str, Any]) -> None:
+    """``net`` given the weights of the restorer ``path`` (a model file or run folder) of the same body and inputs,
+    trained at the geometry ``optics`` of this run's pairs (fine-tuning); anything else is one line."""
+    from ..apply.phase import check_training_optics
+    from ..checkpoint import load_weights
+
+    state, meta = load_weights(path)
+    theirs = RestorerConfig.from_dict(((meta.get("model") or {}).get("config")) or {}).to_dict()
+    if meta.get("model", {}).get("kind") != "restorer" or theirs != net.config.to_dict():
+        raise ConfigError(f"model.init: {path} is not a restorer of this config's body and inputs "
+                          f"({net.config.to_dict()})")
+    check_training_optics(meta, optics, f"model.init {path}")
+    net.load_state_dict(state)
+    log.info("restorer: starting from the weights of %s", path)
+
+
 def build_restorer_trainer(cfg: RestorerRunConfig, out_dir: str | Path | None = None) -> Trainer:
     """The trainer of one restorer run (data, network, loss from ``cfg``)."""
     d, mc = cfg.data, cfg.model
@@ -75,7 +91,9 @@ def build_restorer_trainer(cfg: RestorerRunConfig, out_dir: str | Path | None = 
                                                drop_last=len(train_ds) > d.batch_size)
     val_loader = None if val_ds is None or len(val_ds) == 0 else torch.utils.data.DataLoader(
         val_ds, batch_size=d.batch_size, num_workers=d.num_workers)
-    net = Restorer(RestorerConfig.from_dict(mc.model_dump()))
+    net = Restorer(RestorerConfig.from_dict(mc.model_dump(exclude={"init"})))
+    if mc.init:
+        _start_from(net, mc.init, optics[0])
     meta = make_meta("restorer", net.config.to_dict(), {"optics": optics[0], "epochs": d.epochs,
                                                         "pairs": [str(p) for p in d.train]},
                      cfg.loss.model_dump(mode="json"))
