@@ -47,7 +47,8 @@ def test_train_restorer_script_end_to_end(tmp_path, monkeypatch):
     assert mod.main([*common, "--steps", "score", "ship", "--score-pairs", str(pairs[0]), "--name", "restore-test",
                      "--card-dir", str(tmp_path / "cards")]) == 0
     score = json.loads((out / "score.json").read_text())
-    assert set(score["mean"]) == {"ad_2", "restored_2", "ad_aligned_2", "restored_aligned_2", "seconds_2", "new_peaks_2", "ad_new_peaks_2", "restore_seconds"} and len(score["rows"]) == 2
+    assert set(score["mean"]) == {"ad_2", "restored_2", "ad_aligned_2", "restored_aligned_2", "seconds_2",
+                                  "new_peaks_2", "ad_new_peaks_2", "restore_seconds"} and len(score["rows"]) == 2
     assert len(score["groups"]) == 1 and score["rows"][0]["electrons"] is None
     card = (tmp_path / "cards" / "restore-test.md").read_text()
     assert "restore-test" in card and "sha256" in card
@@ -60,3 +61,36 @@ def test_train_restorer_script_end_to_end(tmp_path, monkeypatch):
         weights.write_bytes(weights.read_bytes()[:-100])
         load_restorer("restore-test")
     assert "\n" not in str(err.value)
+
+
+def test_heldout_step_makes_abtem_halves_and_scores_them_per_dose(tmp_path):
+    """--steps heldout: ASE specimens simulated by abTEM (never phasestem's simulator), the even ones the
+    development half; their pairs of AD epochs scored per half and dose. A held-out cell that would move the
+    detector's angular sampling is refused."""
+    pytest.importorskip("abtem")
+    torch.set_num_threads(1)
+    mod = _script()
+    seed = yaml.safe_load((BENCH.parents[1] / "configs" / "simulate_seed.yaml").read_text())
+    assert mod.heldout_cell(seed, 60.0)["grid"]["sim_gpts"] == [308, 308]
+    with pytest.raises(SystemExit, match="angular sampling"):
+        mod.heldout_cell(seed, 50.0)
+    (tmp_path / "sim.yaml").write_text(yaml.safe_dump({**SIM, "specimen": {"kind": "crystal", "depth": [4.0, 6.0]}}))
+    out = tmp_path / "out"
+    common = ["--out", str(out), "--sim-config", str(tmp_path / "sim.yaml"), "--phonons", "1", "--ad-epochs", "2"]
+    train = ["--kinds", "synthetic", "--n-train", "2", "--part", "2", "--electrons", "none", "--epochs", "1",
+             "--chunk", "1", "--crop", "16", "--batch", "2"]
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(SIM))
+    assert mod.main(["--out", str(out), "--sim-config", str(tmp_path / "train.yaml"), "--phonons", "1",
+                     "--ad-epochs", "2", *train]) == 0
+    assert mod.main([*common, "--steps", "heldout", "score", "--n-heldout", "2", "--heldout-electrons", "none",
+                     "1e4"]) == 0
+    kinds = json.loads((out / "heldout" / "kinds.json").read_text())
+    assert kinds == {"dev": ["crystal"], "val": ["crystal"]}
+    import h5py
+
+    with h5py.File(out / "heldout" / "dev.h5") as f:
+        assert f.attrs["simulator"] == "abtem"
+    score = json.loads((out / "score.json").read_text())
+    assert set(score["groups"]) == {"pairs_dev|none", "pairs_dev|1e+04", "pairs_val|none", "pairs_val|1e+04"}
+    assert all(r["kind"] == "crystal" for r in score["rows"])
+    assert "| kind, e⁻/pattern |" in mod.score_table(score)
