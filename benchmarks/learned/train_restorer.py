@@ -16,7 +16,8 @@ GPU, ``--jobs N`` runs N simulations / pair makers at once (a GPU is launch-boun
    probe refined, on AD's grid; epochs 2, 4, 8 and the end; ``--electrons`` noise-free and counted copies);
 3. ``train``: ``phasestem train restorer`` on every pairs file (``--arch`` unet or phaseformer, ``--width``,
    ``--epochs``), ``--chunk`` epochs per step from the run's last checkpoint; ``--steps train`` alone trains on the
-   pairs files made so far (a GPU lease that stopped the pairs step at its deadline);
+   pairs files made so far (a GPU lease that stopped the pairs step at its deadline); ``--init RUN`` fine-tunes a
+   trained restorer (e.g. one from a GPU) on these pairs;
 4. ``heldout`` (``--n-heldout``): abTEM held-out specimens at ``--sim-config``'s geometry (on its cell or on
    ``--heldout-extent``'s), never training data: ASE-built specimens of ``heldout.py``'s kinds (its random
    crystals, wurtzite, amorphous, 2H-MoS2), even indices
@@ -154,11 +155,11 @@ def pairs_steps(out: Path, sim: Path, electrons: list[float | None], ad_epochs: 
 
 # ------------------------------------------------------------------------------------------ 3. train
 def restorer_config(out: Path, pairs: list[Path], arch: str, epochs: int, device: str, lr: float,
-                    crop: int | None, batch: int, width: int = 16, dim: int = 8) -> dict:
+                    crop: int | None, batch: int, width: int = 16, dim: int = 8, init: Path | None = None) -> dict:
     """The ``phasestem train restorer`` config of the run ``OUT/runs/restorer_<arch>``. From 8 pairs files on,
     every 8th is the test set (whole specimens held out: a sample's other AD epochs and noise copies would leak
     into an item split); else 10 % of the items."""
-    model: dict[str, Any] = {"arch": arch}
+    model: dict[str, Any] = {"arch": arch, "init": None if init is None else str(Path(init).resolve())}
     if arch == "unet":
         model["width"] = int(width)
     else:
@@ -389,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arch", choices=["unet", "phaseformer"], default="unet")
     p.add_argument("--width", type=int, default=16, help="the U-Net's first width")
     p.add_argument("--dim", type=int, default=8, help="Phaseformer's first width")
+    p.add_argument("--init", type=Path, default=None, help="fine-tune: start from this restorer (run folder or file)")
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--chunk", type=int, default=5, help="training epochs per step")
     p.add_argument("--lr", type=float, default=1e-3)
@@ -431,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
             if not pairs:
                 raise SystemExit(f"{out / 'pairs'}: no pairs files to train on (run the pairs step first)")
             cfg = restorer_config(out, pairs, args.arch, args.epochs, args.device, args.lr, args.crop, args.batch,
-                                  args.width, args.dim)
+                                  args.width, args.dim, args.init)
             while not train_stage(cfg, out / "configs" / f"restorer_{args.arch}.yaml", args.chunk, budget):
                 budget.check(0.0, "the next training chunk")
         held = []
