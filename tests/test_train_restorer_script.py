@@ -94,3 +94,40 @@ def test_heldout_step_makes_abtem_halves_and_scores_them_per_dose(tmp_path):
     assert set(score["groups"]) == {"pairs_dev|none", "pairs_dev|1e+04", "pairs_val|none", "pairs_val|1e+04"}
     assert all(r["kind"] == "crystal" for r in score["rows"])
     assert "| kind, e⁻/pattern |" in mod.score_table(score)
+
+
+def test_prior_study_and_ad_sweep_on_a_tiny_file(tmp_path):
+    """restorer_prior.study: every candidate on the development file, the lowest mean E_φ chosen and run on the
+    validation file (resumable from its JSON); ad_best.sweep_one: E_φ every few epochs and the best epoch's seconds.
+    An untrained restorer (the identity) on a tiny scan: plumbing, not accuracy."""
+    from phasestem.cli import main as phasestem
+    from phasestem.learn.apply.phase import dataset_optics
+    from phasestem.learn.checkpoint import save_weights
+    from phasestem.learn.hybrid import ad_recipe
+    from phasestem.learn.meta import make_meta
+    from phasestem.learn.nets.restorer import Restorer, RestorerConfig
+    from phasestem.recon.params import build_model
+
+    torch.set_num_threads(1)
+    _script()
+    import ad_best
+    import restorer_prior
+
+    (tmp_path / "sim.yaml").write_text(yaml.safe_dump({**SIM, "output": {"n_files": 1, "samples_per_file": 2}}))
+    assert phasestem(["simulate", str(tmp_path / "sim.yaml"), "--out", str(tmp_path / "data")]) == 0
+    sim = tmp_path / "data" / "simulation_data1.h5"
+    name, ds, truth, ts = next(restorer_prior.samples(sim, [None]))
+    assert name == "simulation_data1:0|none"
+    optics = {**dataset_optics(ds), "sampling": list(build_model(ad_recipe(2), ds).sampling)}
+    optics = {k: list(v) if isinstance(v, tuple) else v for k, v in optics.items()}
+    net = Restorer(RestorerConfig(width=4))
+    model = save_weights(net.state_dict(), tmp_path / "r.safetensors",
+                         make_meta("restorer", net.config.to_dict(), {"optics": optics}))
+    out = tmp_path / "prior.json"
+    result = restorer_prior.study(str(model), sim, sim, [None], candidates=[(2, 0.5, 2), (1, 1.0, 1)], out=out)
+    assert set(result["dev"]) == {"every=2 weight=0.5 start=2", "every=1 weight=1 start=1"}
+    assert result["chosen"] in result["dev"] and len(result["val"][result["chosen"]]) == 2
+    row = next(iter(result["val"][result["chosen"]].values()))
+    assert 0 < row["prior"] < 2 and row["prior_restored"] == pytest.approx(row["prior"], abs=1e-6)  # identity net
+    sweep = ad_best.sweep_one(ds, truth, ts, 0.7, "gaussian", epochs=4, every=2)
+    assert set(sweep["curve"]) == {"2", "4"} and sweep["best"] == min(v[0] for v in sweep["curve"].values())
