@@ -33,7 +33,7 @@ def test_ad_best_over_runs_and_settings_and_the_speedup(report):
             _row("pairs_val", 1, 1e4, (0.7, 0.5), (0.6, 0.45), (1.0, 10.0)),
             _row("long_val", 0, None, (0.5, 0.35), (0.3, 0.2), (1.0, 50.0)),
             _row("long_val", 1, 1e4, (0.7, 0.6), (0.6, 0.5), (1.0, 50.0))]
-    sweep = {"val:0|1e+04|lsq0.7-mixed": {"best": 0.46, "best_seconds": 20.0}}
+    sweep = {"val:0|1e+04|lsq0.7-mixed": {"best": 0.46, "best_seconds": 20.0, "best_epoch": 40}}
     samples = {s["electrons"]: s for s in report.per_sample({"rows": rows}, sweep)}
     clean, counted = samples[None], samples[1e4]
     assert clean["ad_best"] == 0.35 and clean["ad_best_seconds"] == 50.0  # the long run's end
@@ -44,3 +44,8 @@ def test_ad_best_over_runs_and_settings_and_the_speedup(report):
     g = summary["by_dose"]["val, noise-free"]
     assert g["ratio_2"] == pytest.approx(0.3 / 0.35) and g["reached"] == "1/1"
     assert "| val, 1e+04 |" in report.markdown(summary)
+    # quiet timings replace the recorded seconds: AD's per-epoch cost × epochs, the restorer's own
+    speed = {"val:0|none": {"seconds_per_epoch": 0.2, "restore_seconds": 0.6}}
+    clean = next(s for s in report.per_sample({"rows": rows}, sweep, speed) if s["electrons"] is None)
+    assert clean["ad_best_seconds"] == pytest.approx(0.2 * 20) and clean["timed_quietly"]
+    assert clean["learned_seconds_to_ad_best"] == pytest.approx(0.2 * 2 + 0.6)

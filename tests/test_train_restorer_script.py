@@ -98,7 +98,8 @@ def test_heldout_step_makes_abtem_halves_and_scores_them_per_dose(tmp_path):
 
 def test_prior_study_and_ad_sweep_on_a_tiny_file(tmp_path):
     """restorer_prior.study: every candidate on the development file, the lowest mean E_φ chosen and run on the
-    validation file (resumable from its JSON); ad_best.sweep_one: E_φ every few epochs and the best epoch's seconds.
+    validation file (resumable from its JSON); ad_best.sweep_one: E_φ every few epochs and the best epoch's seconds;
+    restorer_speed.time_one: AD's seconds per epoch and the restorer's.
     An untrained restorer (the identity) on a tiny scan: plumbing, not accuracy."""
     from phasestem.cli import main as phasestem
     from phasestem.learn.apply.phase import dataset_optics
@@ -129,5 +130,11 @@ def test_prior_study_and_ad_sweep_on_a_tiny_file(tmp_path):
     assert result["chosen"] in result["dev"] and len(result["val"][result["chosen"]]) == 2
     row = next(iter(result["val"][result["chosen"]].values()))
     assert 0 < row["prior"] < 2 and row["prior_restored"] == pytest.approx(row["prior"], abs=1e-6)  # identity net
+    import restorer_speed
+
+    from phasestem.learn.restore import load_restorer
+
+    timed = restorer_speed.time_one(load_restorer(model)[0], ds, epochs=3)
+    assert timed["seconds_per_epoch"] > 0 and timed["restore_seconds"] > 0
     sweep = ad_best.sweep_one(ds, truth, ts, 0.7, "gaussian", epochs=4, every=2)
     assert set(sweep["curve"]) == {"2", "4"} and sweep["best"] == min(v[0] for v in sweep["curve"].values())

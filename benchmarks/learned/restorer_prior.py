@@ -29,7 +29,7 @@ from layouts import write_json  # noqa: E402
 from train_restorer import aligned_error, parse_electrons  # noqa: E402
 
 #: (every, weight, start) candidates of the development half (each costs a run per sample and dose: few)
-CANDIDATES = [(2, 0.5, 2), (2, 2.0, 2), (5, 2.0, 10)]
+CANDIDATES = [(2, 0.5, 2), (2, 2.0, 2)]
 
 
 def samples(path: Path, electrons: list[float | None]):

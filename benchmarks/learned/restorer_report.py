@@ -33,10 +33,10 @@ def _epochs(row: dict, prefix: str) -> list[int]:
     return sorted(int(k.rsplit("_", 1)[1]) for k in row if k.startswith(prefix))
 
 
-def per_sample(score: dict, sweep: dict | None = None) -> list[dict]:
+def per_sample(score: dict, sweep: dict | None = None, speed: dict | None = None) -> list[dict]:
     """One record per held-out sample and dose: AD's best over both runs (and the settings of ``ad_best.py``'s
     ``sweep``) and its seconds, the restoration at every stored epoch of the default run with AD's seconds to it,
-    the restorer's seconds."""
+    the restorer's seconds; with ``speed`` (``restorer_speed.py``) the seconds are its quiet timings instead."""
     rows = {(r["file"], r["row"]): r for r in score["rows"]}
     doses = {f: len({str(r["electrons"]) for r in score["rows"] if r["file"] == f}) for f, _ in rows}
     out = []
@@ -45,21 +45,30 @@ def per_sample(score: dict, sweep: dict | None = None) -> list[dict]:
             continue
         half = file.removeprefix("pairs_")
         runs = [r] + ([rows[(f"long_{half}", i)]] if (f"long_{half}", i) in rows else [])
-        ad = [(run[f"ad_aligned_{e}"], run[f"seconds_{e}"]) for run in runs for e in _epochs(run, "ad_aligned_")]
+        ad = [(run[f"ad_aligned_{e}"], run[f"seconds_{e}"], e) for run in runs for e in _epochs(run, "ad_aligned_")]
         dose = "none" if r["electrons"] is None else format(r["electrons"], ".0e")
-        prefix = f"{half}:{i // doses[file]}|{dose}|"
-        ad += [(v["best"], v["best_seconds"]) for k, v in (sweep or {}).items() if k.startswith(prefix)]
-        best, best_s = min(ad)
-        rec = {"half": half, "row": i, "kind": r["kind"], "electrons": r["electrons"], "ad_best": best,
-               "ad_best_seconds": best_s, "ad_default_end": r[f"ad_aligned_{_epochs(r, 'ad_aligned_')[-1]}"],
+        sample = f"{half}:{i // doses[file]}|{dose}"
+        ad += [(v["best"], v["best_seconds"], v["best_epoch"]) for k, v in (sweep or {}).items()
+               if k.startswith(sample + "|")]
+        best, best_s, best_e = min(ad)
+        rec = {"half": half, "row": i, "sample": sample, "kind": r["kind"], "electrons": r["electrons"],
+               "ad_best": best, "ad_best_seconds": best_s, "ad_best_epoch": best_e,
+               "ad_default_end": r[f"ad_aligned_{_epochs(r, 'ad_aligned_')[-1]}"],
                "restore_seconds": r["restore_seconds"], "long_run": len(runs) > 1}
-        reached = None
+        rec["learned_epoch"] = next((e for e in _epochs(r, "restored_aligned_") if r[f"restored_aligned_{e}"] <= best),
+                                    None)
         for e in _epochs(r, "restored_aligned_"):
             rec[f"restored_{e}"], rec[f"seconds_{e}"] = r[f"restored_aligned_{e}"], r[f"seconds_{e}"]
-            if reached is None and r[f"restored_aligned_{e}"] <= best:
-                reached = r[f"seconds_{e}"] + r["restore_seconds"]
+        timed = (speed or {}).get(sample)
+        if timed:  # one quiet process (restorer_speed.py): AD's seconds per epoch × epochs, the restorer's
+            rec["ad_best_seconds"] = best_s = timed["seconds_per_epoch"] * best_e
+            rec["restore_seconds"] = timed["restore_seconds"]
+        e = rec["learned_epoch"]
+        reached = None if e is None else (timed["seconds_per_epoch"] * e if timed else r[f"seconds_{e}"]) \
+            + rec["restore_seconds"]
         rec["learned_seconds_to_ad_best"] = reached
         rec["speedup"] = None if reached is None else best_s / reached
+        rec["timed_quietly"] = bool(timed)
         out.append(rec)
     return out
 
@@ -124,10 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("score", type=Path)
     p.add_argument("--prior", type=Path, default=None)
     p.add_argument("--ad-best", type=Path, default=None, help="ad_best.py's sweep (more AD settings)")
+    p.add_argument("--speed", type=Path, default=None, help="restorer_speed.py's quiet timings")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     sweep = json.loads(args.ad_best.read_text()) if args.ad_best and args.ad_best.exists() else None
-    samples = per_sample(json.loads(args.score.read_text()), sweep)
+    speed = json.loads(args.speed.read_text()) if args.speed and args.speed.exists() else None
+    samples = per_sample(json.loads(args.score.read_text()), sweep, speed)
     summary = summarize(samples)
     prior = json.loads(args.prior.read_text()) if args.prior and args.prior.exists() else None
     args.out.mkdir(parents=True, exist_ok=True)

@@ -305,10 +305,9 @@ def score_pairs(model: str | Path, pairs: list[Path], device: str = "cpu") -> di
                     if f"epoch_{e}/seconds" in f:  # AD's wall seconds to epoch e (the restorer's are apart)
                         row[f"seconds_{e}"] = float(f[f"epoch_{e}/seconds"][i])
                 rows.append(row)
-    keys = [k for k in rows[0] if k.startswith(("ad_", "restored_", "seconds_", "new_peaks_", "restore_"))] if rows \
-        else []
-
-    def means(sel: list[dict]) -> dict:
+    def means(sel: list[dict]) -> dict:  # over the keys every row of ``sel`` has (files may store other epochs)
+        keys = [k for k in sel[0] if k.startswith(("ad_", "restored_", "seconds_", "new_peaks_", "restore_"))
+                and all(k in r for r in sel)] if sel else []
         return {k: float(np.mean([r[k] for r in sel])) for k in keys}
 
     groups: dict[str, list[dict]] = {}
@@ -323,8 +322,10 @@ def score_pairs(model: str | Path, pairs: list[Path], device: str = "cpu") -> di
 def score_table(score: dict) -> str:
     """Markdown: mean E_φ (aligned, over the field) of AD and of the restoration at every stored AD epoch, per
     held-out half and dose, then per specimen kind (validation half)."""
-    groups = score["groups"]
-    epochs = sorted({int(k.rsplit("_", 1)[1]) for g in groups.values() for k in g if k.startswith("ad_aligned_")})
+    groups = {n: g for n, g in score["groups"].items() if n.startswith("pairs_")} or score["groups"]
+    first = next(iter(groups.values()))  # the default recipe's pairs (a long run's stores other epochs)
+    epochs = sorted(int(k.rsplit("_", 1)[1]) for k in first if k.startswith("ad_aligned_"))
+    groups = {n: g for n, g in groups.items() if all(f"ad_aligned_{e}" in g for e in epochs)}
     head = "| half, e⁻/pattern | " + " | ".join(f"AD {e} → restored" for e in epochs) + " |"
     lines = [head, "|" + "---|" * (len(epochs) + 1)]
     for name, g in groups.items():
@@ -332,7 +333,7 @@ def score_table(score: dict) -> str:
             f"{g[f'ad_aligned_{e}']:.3f} → **{g[f'restored_aligned_{e}']:.3f}**" for e in epochs) + " |")
     kinds: dict[tuple, list[dict]] = {}
     for r in score["rows"]:
-        if r.get("kind") and r["file"].endswith("val"):
+        if r.get("kind") and r["file"].endswith("val") and f"restored_aligned_{epochs[-1]}" in r:
             kinds.setdefault((r["kind"], r["electrons"]), []).append(r)
     if kinds:
         last = epochs[-1]
@@ -410,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="the folder the run was trained in (its paths are shipped relative to it; default OUT)")
     p.add_argument("--name", default="restore-seed")
     p.add_argument("--provenance", default="trained on this machine's CPU", help="where the model was trained (card)")
+    p.add_argument("--report", type=Path, default=None, help="restorer_report.py's report.md, for the card")
     p.add_argument("--card-dir", type=Path, default=ROOT / "docs" / "models", help="where the model card goes")
     p.add_argument("--max-minutes", type=float, default=None)
     args = p.parse_args(argv)
@@ -450,10 +452,13 @@ def main(argv: list[str] | None = None) -> int:
             seconds = next((json.loads(p.read_text()) for p in (run.parent.parent / "seconds.json",  # its training's
                                                                 out / "seconds.json") if p.exists()), {})
             info = {"optics": load_weights(run)[1]["data"]["optics"], "arch": args.arch, "seconds": seconds,
-                    "provenance": args.provenance}
+                    "provenance": args.provenance,
+                    "report": args.report.read_text(encoding="utf-8") if args.report else "to be measured"}
             if (out / args.score_name).exists():
                 score = json.loads((out / args.score_name).read_text())
-                info["score"], info["score_table"] = score["groups"], score_table(score)
+                info["score_table"] = score_table(score)  # the registry keeps the aligned E_φ per half and dose
+                info["score"] = {g: {k: round(v, 4) for k, v in m.items() if "aligned" in k}
+                                 for g, m in score["groups"].items()}
             print(json.dumps(ship(trained_in, args.name, run, info, args.card_dir), indent=1))
     except OutOfTime as exc:
         print(f"stopped: {exc}; run the same command again to continue", file=sys.stderr)
