@@ -82,7 +82,7 @@ def ad_recipe_snapshots(dataset, snapshots: tuple[int, ...] = (2, 4, 8), n_epoch
     return out, model
 
 
-def restorer_prior(net, dataset, every: int = 2, weight: float = 0.1, start: int = 2):
+def restorer_prior(net, dataset, every: int = 2, weight: float = 0.5, start: int = 2):
     """A :class:`~phasestem.recon.prior.RefreshedPrior` whose target is ``net``'s restoration of the model's
     phase (channels of :func:`phasestem.recon.channels.restorer_channels`) inside the scanned field and the phase
     itself outside it (no pull where the restorer was never trained); attach it with ``.attach(model)``."""
@@ -97,7 +97,7 @@ def restorer_prior(net, dataset, every: int = 2, weight: float = 0.1, start: int
     return RefreshedPrior(target, every=every, weight=weight, start=start)
 
 
-def prior_hook(model_path, every: int = 2, weight: float = 0.1, start: int = 2, device: str = "cpu"):
+def prior_hook(model_path, every: int = 2, weight: float = 0.5, start: int = 2, device: str = "cpu"):
     """``hook(model, dataset)`` for :func:`phasestem.recon.run.run_reconstruction`'s ``model_hooks``: the restorer
     ``model_path`` (read now: a corrupted file is refused before the run) checked against the data's geometry and
     AD's pixel, then attached as :func:`restorer_prior`."""
