@@ -39,6 +39,7 @@ def test_reconstruct_with_the_shipped_prior_and_restore_by_name(seed_run, capsys
                  "--prior-start", "1", "--prior-weight", "0.5"]) == 0
     with h5py.File(run / "results.h5") as f:
         assert list(f["loss/prior_weight"][...]) == [0.5] * 4
+    assert "learned prior (restorer restore-seed): target after epoch 1" in (run / "reconstruct.log").read_text()
     out = seed_run / "restored.h5"
     assert main(["restore", str(run / "results.h5"), "--model", "restore-seed", "--out-file", str(out)]) == 0
     with h5py.File(out) as f:

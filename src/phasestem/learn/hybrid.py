@@ -110,7 +110,9 @@ def prior_hook(model_path, every: int = 2, weight: float = 0.5, start: int = 2, 
 
         check_training_optics(meta, dataset_optics(dataset), str(model_path))
         check_pixel(meta, tuple(float(s) for s in model.sampling), str(model_path))
-        restorer_prior(net.to(model.device), dataset, every=every, weight=weight, start=start).attach(model)
+        prior = restorer_prior(net.to(model.device), dataset, every=every, weight=weight, start=start)
+        prior.name = f"restorer {model_path}"
+        prior.attach(model)
 
     return hook
 

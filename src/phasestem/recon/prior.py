@@ -20,6 +20,8 @@ epoch, so keep the best epoch rather than the final one.
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
@@ -70,15 +72,17 @@ class RefreshedPrior:
     :meth:`~phasestem.recon.model.Ptychography.phase_in_dataset_frame` gives) is called after epoch ``start`` and
     then every ``every`` epochs; from ``start`` on, every epoch is pulled towards the latest target with weight
     ``weight`` (λ). The engine only sees an epoch callback: the callable (e.g. a restoring network, built in
-    :mod:`phasestem.learn.hybrid`) stays outside recon. Records ``prior_weight`` and ``prior_refreshed``."""
+    :mod:`phasestem.learn.hybrid`) stays outside recon. Records ``prior_weight`` and ``prior_refreshed``; the first
+    refresh is logged (``phasestem.recon``) with ``name``, what the target is."""
 
-    def __init__(self, target_fn, every: int = 2, weight: float = 0.1, start: int = 2):
+    def __init__(self, target_fn, every: int = 2, weight: float = 0.1, start: int = 2, name: str = "a callable"):
         if int(every) < 1 or int(start) < 0:
             raise ConfigError(f"prior: every must be ≥ 1 and start ≥ 0, got every {every}, start {start}")
         if not np.isfinite(weight) or weight < 0:
             raise ConfigError(f"prior weight must be a finite number ≥ 0, got {weight}")
         self.target_fn, self.every, self.weight, self.start = target_fn, int(every), float(weight), int(start)
         self.prior: PhasePrior | None = None
+        self.name = name
 
     def attach(self, model) -> RefreshedPrior:
         """Run after every epoch of ``model`` (appended to ``model.epoch_callbacks``); returns ``self``."""
@@ -94,6 +98,10 @@ class RefreshedPrior:
             return
         refreshed = (epoch - self.start) % self.every == 0 or self.prior is None
         if refreshed:
+            if self.prior is None:
+                logging.getLogger("phasestem.recon").info(
+                    "learned prior (%s): target after epoch %d, then every %d epochs; pull weight %g", self.name,
+                    epoch, self.every, self.weight)
             self.prior = PhasePrior(model, self.target_fn(model), None, self.weight)
         self.prior.apply(model)
         record["prior_weight"] = self.weight
