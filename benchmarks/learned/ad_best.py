@@ -35,21 +35,17 @@ def sweep_one(ds, truth: np.ndarray, truth_sampling, step: float | None, loss: s
               device: str = "cpu") -> dict:
     """One AD run of ``phasestem reconstruct``'s defaults with the object step and data term changed: E_φ every
     ``every`` epochs and at the end, with the seconds to it."""
-    import torch
-
     from phasestem.learn.ad_pairs import truth_on_ad_grid
-    from phasestem.learn.hybrid import ad_recipe
+    from phasestem.learn.hybrid import ad_recipe_model
     from phasestem.recon.channels import restorer_channels
     from phasestem.recon.engine import optimize_with_options
     from phasestem.recon.losses import LossConfig
-    from phasestem.recon.params import build_model, optimizer_options
+    from phasestem.recon.params import optimizer_options
 
-    params = ad_recipe(epochs, device)
+    params, model = ad_recipe_model(ds, epochs, device)
     opts = optimizer_options(params)
     if loss == "mixed":
         opts["losses"] = LossConfig(gaussian=0.5, poisson=0.5)
-    torch.manual_seed(0)
-    model = build_model(params, ds).to(device)
     if step is not None:
         model.set_learning_rates(obj_phase=step)
     curve, seconds, t = {}, 0.0, time.perf_counter()

@@ -48,18 +48,14 @@ def samples(path: Path, electrons: list[float | None]):
 def run_prior(net, ds, truth: np.ndarray, truth_sampling, every: int, weight: float, start: int,
               device: str = "cpu") -> dict:
     """AD + prior of one dataset, scored at its last epoch (module docstring)."""
-    import torch
-
     from phasestem.learn.ad_pairs import truth_on_ad_grid
-    from phasestem.learn.hybrid import ad_recipe, restorer_prior
+    from phasestem.learn.hybrid import ad_recipe_model, restorer_prior
     from phasestem.learn.restore import restore_channels
     from phasestem.recon.channels import restorer_channels
     from phasestem.recon.engine import optimize_with_options
-    from phasestem.recon.params import build_model, optimizer_options
+    from phasestem.recon.params import optimizer_options
 
-    params = ad_recipe(None, device)
-    torch.manual_seed(0)
-    model = build_model(params, ds).to(device)
+    params, model = ad_recipe_model(ds, None, device)
     restorer_prior(net, ds, every=every, weight=weight, start=start).attach(model)
     t = time.perf_counter()
     for _ in optimize_with_options(model, ds, params.run.n_epochs, **optimizer_options(params)):

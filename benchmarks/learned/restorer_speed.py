@@ -31,15 +31,13 @@ def time_one(net, ds, epochs: int = 6, device: str = "cpu") -> dict:
     """AD's seconds per epoch and the restorer's seconds on this run's channels (module docstring)."""
     import torch
 
-    from phasestem.learn.hybrid import ad_recipe
+    from phasestem.learn.hybrid import ad_recipe_model
     from phasestem.learn.restore import restore_channels
     from phasestem.recon.channels import restorer_channels
     from phasestem.recon.engine import optimize_with_options
-    from phasestem.recon.params import build_model, optimizer_options
+    from phasestem.recon.params import optimizer_options
 
-    params = ad_recipe(epochs, device)
-    torch.manual_seed(0)
-    model = build_model(params, ds).to(device)
+    params, model = ad_recipe_model(ds, epochs, device)
     per_epoch, t = [], time.perf_counter()
     for _ in optimize_with_options(model, ds, epochs, **optimizer_options(params)):
         per_epoch.append(time.perf_counter() - t)

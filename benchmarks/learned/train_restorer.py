@@ -138,19 +138,18 @@ def simulation_steps(out: Path, base: dict, kinds: list[str], n: int, part: int,
 
 
 # ------------------------------------------------------------------------------------------ 2. pairs
-def pairs_steps(out: Path, sim: Path, electrons: list[float | None], ad_epochs: int | None,
-                device: str = "cpu") -> tuple[Path, list[tuple[str, list[str]]]]:
-    """The pairs file of AD epochs of the simulation file ``sim`` with the command that makes it (none when it
-    exists)."""
-    target = out / "pairs" / f"{sim.parent.name}.h5"
+def pairs_steps(target: Path, sim: Path, electrons: list[float | None], ad_epochs: int | None,
+                device: str = "cpu", key: str | None = None) -> list[tuple[str, list[str]]]:
+    """The command that makes the pairs file ``target`` of AD epochs of the simulation file ``sim`` (none when it
+    exists), under the seconds key ``key`` (default ``pairs_<target's stem>``)."""
     if target.exists():
-        return target, []
+        return []
     target.parent.mkdir(parents=True, exist_ok=True)
     args = ["make-pairs", str(sim), "--inputs-from", "ad", "--out-file", str(target), "--device", device,
             "--ad-electrons", *["none" if e is None else f"{e:g}" for e in electrons]]
     if ad_epochs:
         args += ["--ad-epochs", str(ad_epochs)]
-    return target, [(f"pairs_{sim.parent.name}", args)]
+    return [(key or f"pairs_{target.stem}", args)]
 
 
 # ------------------------------------------------------------------------------------------ 3. train
@@ -230,10 +229,7 @@ def heldout_pairs(out: Path, base: dict, n: int, phonons: int, electrons: list[f
                              seed=ABTEM_SEED, structures=use)
             log_seconds(out, f"abtem_{half}", time.perf_counter() - t)
         target = folder / f"pairs_{half}.h5"
-        args = ["make-pairs", str(sim), "--inputs-from", "ad", "--out-file", str(target), "--device", device,
-                "--ad-electrons", *["none" if e is None else f"{e:g}" for e in electrons]]
-        run_steps(out, [[(f"heldout_pairs_{half}", args + (["--ad-epochs", str(ad_epochs)] if ad_epochs else []))]
-                        ] if not target.exists() else [], 1, budget)
+        run_steps(out, [pairs_steps(target, sim, electrons, ad_epochs, device, f"heldout_pairs_{half}")], 1, budget)
         pairs.append(target)
     (folder / "kinds.json").write_text(json.dumps({"dev": kinds[0::2], "val": kinds[1::2]}))
     return pairs
@@ -426,8 +422,9 @@ def main(argv: list[str] | None = None) -> int:
             for sim, chain in simulation_steps(out, base, args.kinds, args.n_train, args.part, args.phonons,
                                                args.device):
                 if "pairs" in args.steps:
-                    target, more = pairs_steps(out, sim, args.electrons, args.ad_epochs, args.device)
-                    chain, pairs = chain + more, pairs + [target]
+                    target = out / "pairs" / f"{sim.parent.name}.h5"
+                    chain = chain + pairs_steps(target, sim, args.electrons, args.ad_epochs, args.device)
+                    pairs = pairs + [target]
                 chains.append(chain)
             run_steps(out, chains, args.jobs, budget)
         if "train" in args.steps:

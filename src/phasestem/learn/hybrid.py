@@ -25,7 +25,8 @@ import torch
 from ..recon import Ptychography
 from ..resample import BAND_LIMITED, resample_image
 
-__all__ = ["ad_phase", "ad_recipe", "ad_recipe_snapshots", "restorer_prior", "prior_hook", "restore_results"]
+__all__ = ["ad_phase", "ad_recipe", "ad_recipe_model", "ad_recipe_snapshots", "restorer_prior", "prior_hook",
+           "restore_results"]
 
 
 def ad_phase(dataset, truth_shape: tuple[int, int], truth_sampling: tuple[float, float], epochs: int = 4,
@@ -57,6 +58,17 @@ def ad_recipe(n_epochs: int | None = None, device: str = "cpu"):
     return parse_params({"data": {"file": "in-memory.h5"}, "run": run}, "make-pairs AD recipe")
 
 
+def ad_recipe_model(dataset, n_epochs: int | None = None, device: str = "cpu"):
+    """(the :func:`ad_recipe`, its model of ``dataset`` on ``device``, seeded as every recipe run is): what AD
+    with the recipe starts from; run it with ``optimize_with_options(model, dataset, params.run.n_epochs,
+    **optimizer_options(params))``."""
+    from ..recon.params import build_model
+
+    params = ad_recipe(n_epochs, device)
+    torch.manual_seed(0)
+    return params, build_model(params, dataset).to(device)
+
+
 def ad_recipe_snapshots(dataset, snapshots: tuple[int, ...] = (2, 4, 8), n_epochs: int | None = None,
                         device: str = "cpu") -> tuple[dict[int, dict[str, np.ndarray]], object]:
     """AD of ``dataset`` with :func:`ad_recipe`; after each epoch in ``snapshots`` (those ≤ the run's epochs) and
@@ -65,13 +77,11 @@ def ad_recipe_snapshots(dataset, snapshots: tuple[int, ...] = (2, 4, 8), n_epoch
     epoch (the snapshots not counted). Returns ({epoch: channels}, the model)."""
     from ..recon.channels import restorer_channels
     from ..recon.engine import optimize_with_options
-    from ..recon.params import build_model, optimizer_options
+    from ..recon.params import optimizer_options
 
-    params = ad_recipe(n_epochs, device)
+    params, model = ad_recipe_model(dataset, n_epochs, device)
     total = params.run.n_epochs
     wanted = sorted({int(e) for e in snapshots if 0 < int(e) <= total} | {total})
-    torch.manual_seed(0)
-    model = build_model(params, dataset).to(device)
     out: dict[int, dict[str, np.ndarray]] = {}
     seconds, t0 = 0.0, time.perf_counter()
     for _ in optimize_with_options(model, dataset, total, **optimizer_options(params)):
@@ -82,10 +92,11 @@ def ad_recipe_snapshots(dataset, snapshots: tuple[int, ...] = (2, 4, 8), n_epoch
     return out, model
 
 
-def restorer_prior(net, dataset, every: int = 2, weight: float = 0.5, start: int = 2):
+def restorer_prior(net, dataset, every: int = 2, weight: float = 0.5, start: int = 2, name: str = "a restorer"):
     """A :class:`~phasestem.recon.prior.RefreshedPrior` whose target is ``net``'s restoration of the model's
     phase (channels of :func:`phasestem.recon.channels.restorer_channels`) inside the scanned field and the phase
-    itself outside it (no pull where the restorer was never trained); attach it with ``.attach(model)``."""
+    itself outside it (no pull where the restorer was never trained); ``name`` goes to the run's log; attach it
+    with ``.attach(model)``."""
     from ..recon.channels import restorer_channels
     from ..recon.prior import RefreshedPrior
     from .restore import restore_channels
@@ -94,7 +105,7 @@ def restorer_prior(net, dataset, every: int = 2, weight: float = 0.5, start: int
         channels = restorer_channels(model, dataset)  # (the restorer is trained over the field only)
         return np.where(channels["field"] > 0, restore_channels(net, channels), channels["phase"])
 
-    return RefreshedPrior(target, every=every, weight=weight, start=start)
+    return RefreshedPrior(target, every=every, weight=weight, start=start, name=name)
 
 
 def prior_hook(model_path, every: int = 2, weight: float = 0.5, start: int = 2, device: str = "cpu"):
@@ -110,9 +121,8 @@ def prior_hook(model_path, every: int = 2, weight: float = 0.5, start: int = 2, 
 
         check_training_optics(meta, dataset_optics(dataset), str(model_path))
         check_pixel(meta, tuple(float(s) for s in model.sampling), str(model_path))
-        prior = restorer_prior(net.to(model.device), dataset, every=every, weight=weight, start=start)
-        prior.name = f"restorer {model_path}"
-        prior.attach(model)
+        restorer_prior(net.to(model.device), dataset, every=every, weight=weight, start=start,
+                       name=f"restorer {model_path}").attach(model)
 
     return hook
 
