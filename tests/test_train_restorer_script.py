@@ -37,7 +37,11 @@ def test_train_restorer_script_end_to_end(tmp_path, monkeypatch):
     assert len(list((out / "pairs").glob("*.h5"))) == 2
     assert {"simulate_synthetic_part_001", "pairs_synthetic_part_001"} <= set(json.loads((out / "seconds.json")
                                                                                        .read_text()))
+    cpu = json.loads((out / "seconds.json").read_text())["cpu_seconds"]
+    assert set(cpu) == {"training"} and cpu["training"] > 0  # its subprocesses' CPU seconds counted
     assert mod.main(common) == 0
+    grown = json.loads((out / "seconds.json").read_text())["cpu_seconds"]["training"]
+    assert grown > cpu["training"]  # every invocation adds its own
     rows = (out / "runs" / "restorer_unet" / "epochs.csv").read_text().splitlines()
     assert len(rows) == 3  # two chunks of one epoch, the second resumed from the first
     assert mod.main(common) == 0  # everything exists: nothing is redone
@@ -46,6 +50,7 @@ def test_train_restorer_script_end_to_end(tmp_path, monkeypatch):
     (tmp_path / "models").mkdir()
     assert mod.main([*common, "--steps", "score", "ship", "--score-pairs", str(pairs[0]), "--name", "restore-test",
                      "--card-dir", str(tmp_path / "cards")]) == 0
+    assert "other" in json.loads((out / "seconds.json").read_text())["cpu_seconds"]
     score = json.loads((out / "score.json").read_text())
     assert set(score["mean"]) == {"ad_2", "restored_2", "ad_aligned_2", "restored_aligned_2", "seconds_2",
                                   "new_peaks_2", "ad_new_peaks_2", "restore_seconds"} and len(score["rows"]) == 2

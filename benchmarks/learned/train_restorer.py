@@ -30,7 +30,9 @@ GPU, ``--jobs N`` runs N simulations / pair makers at once (a GPU is launch-boun
    card ``docs/models/NAME.md`` from ``restorer_card.md`` (fields not measured yet read "to be measured").
 
 The held-out kinds of ``heldout.py`` (wurtzite, MoS2, the benchmark's ASE crystals) never enter training: the
-training specimens are phasestem's own generator's. Seconds of every step go to ``OUT/seconds.json``.
+training specimens are phasestem's own generator's. Wall seconds of every step go to ``OUT/seconds.json``, and the
+CPU seconds of every invocation (its commands included) are added to its ``cpu_seconds`` (``training``: simulate,
+pairs and train; ``other``).
 """
 from __future__ import annotations
 
@@ -67,6 +69,24 @@ _SECONDS_LOCK = threading.Lock()
 
 def parse_electrons(text: str) -> float | None:
     return None if text.lower() in ("none", "clean") else float(text)
+
+
+def log_cpu_seconds(out: Path, steps: list[str]) -> float:
+    """Add this process's CPU seconds and those of the commands it ran (``resource``: user + system, the waited
+    children included) to ``cpu_seconds`` in ``out/seconds.json``, under ``training`` (simulate, pairs, train: what
+    a model's training costs) or ``other``; returns the invocation's."""
+    import resource
+
+    cpu = sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                resource.getrusage(resource.RUSAGE_CHILDREN)))
+    path = out / "seconds.json"
+    with _SECONDS_LOCK:
+        d = json.loads(path.read_text()) if path.exists() else {}
+        key = "training" if set(steps) <= {"simulate", "pairs", "train"} else "other"
+        total = d.setdefault("cpu_seconds", {})
+        total[key] = round(total.get(key, 0.0) + cpu, 1)
+        write_json(path, d)
+    return cpu
 
 
 def run_steps(out: Path, chains: list[list[tuple[str, list[str]]]], jobs: int, budget: Budget) -> None:
@@ -408,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default="restore-seed")
     p.add_argument("--provenance", default="trained on this machine's CPU", help="where the model was trained (card)")
     p.add_argument("--report", type=Path, default=None, help="restorer_report.py's report.md, for the card")
+    p.add_argument("--guards", type=Path, default=None, help="restorer_guards.py's guards.md, for the card")
     p.add_argument("--card-dir", type=Path, default=ROOT / "docs" / "models", help="where the model card goes")
     p.add_argument("--max-minutes", type=float, default=None)
     args = p.parse_args(argv)
@@ -450,7 +471,9 @@ def main(argv: list[str] | None = None) -> int:
                                                                 out / "seconds.json") if p.exists()), {})
             info = {"optics": load_weights(run)[1]["data"]["optics"], "arch": args.arch, "seconds": seconds,
                     "provenance": args.provenance,
-                    "report": args.report.read_text(encoding="utf-8") if args.report else "to be measured"}
+                    "report": args.report.read_text(encoding="utf-8") if args.report else "to be measured",
+                    "guards": args.guards.read_text(encoding="utf-8") if args.guards else "to be measured",
+                    "heldout_cell": f"{heldout_cell(base, args.heldout_extent)['grid']['extent'][0]:g}"}
             if (out / args.score_name).exists():
                 score = json.loads((out / args.score_name).read_text())
                 info["score_table"] = score_table(score)  # the registry keeps the aligned E_φ per half and dose
@@ -460,6 +483,8 @@ def main(argv: list[str] | None = None) -> int:
     except OutOfTime as exc:
         print(f"stopped: {exc}; run the same command again to continue", file=sys.stderr)
         return INCOMPLETE
+    finally:
+        log_cpu_seconds(out, args.steps)
     return 0
 
 
