@@ -61,3 +61,29 @@ def test_a_corrupted_shipped_restorer_is_one_line(seed_run, tmp_path, monkeypatc
     err = capsys.readouterr().err.strip()
     assert "restore-seed" in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_the_benchmark_geometry_restorer_runs_by_name_on_its_geometry_only(seed_run, tmp_path, capsys):
+    """``restore-bench`` (15 mrad, C10 100 Å, 1.18 mrad: benchmarks/learned/restore_bench.yaml, a 6 × 6 scan on its
+    50 Å cell) restores a run at its geometry, and refuses a run at the seed-000 geometry in one line."""
+    cfg = yaml.safe_load((ROOT / "benchmarks" / "learned" / "restore_bench.yaml").read_text())
+    cfg["scan"] = {"shape": [6, 6], "step": [2.0, 2.0]}
+    cfg["specimen"]["phonons"] = 1
+    cfg["output"] = {**cfg["output"], "n_files": 1, "samples_per_file": 1}
+    (tmp_path / "sim.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["simulate", str(tmp_path / "sim.yaml"), "--out", str(tmp_path / "data")]) == 0
+    params = {"data": {"file": str(tmp_path / "data" / "simulation_data1.h5")},
+              "run": {"n_epochs": 2, "progress": False}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert main(["reconstruct", str(tmp_path / "params.yaml"), "--out", str(tmp_path / "run")]) == 0
+    out = tmp_path / "restored.h5"
+    assert main(["restore", str(tmp_path / "run" / "results.h5"), "--model", "restore-bench", "--out-file",
+                 str(out)]) == 0
+    with h5py.File(out) as f:
+        phase, inp = f["phase"][...], f["input"][...]
+    assert np.isfinite(phase).all() and np.abs(phase - inp).max() > 1e-3
+    capsys.readouterr()
+    assert main(["restore", str(seed_run / "prior" / "results.h5"), "--model", "restore-bench", "--out-file",
+                 str(tmp_path / "wrong.h5")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "restore-bench" in err and len(err.splitlines()) == 1, err
