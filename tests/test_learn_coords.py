@@ -3,7 +3,6 @@ target patch's pixel frame (the rounding of bright_center included), older model
 and a tiny trained net uses them (the longer measurement: benchmarks/learned/coordinates.py)."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -91,11 +90,9 @@ def test_old_models_are_fed_the_coordinates_they_were_trained_on(tmp_path, one_t
 
 
 def _bench():
-    path = ROOT / "benchmarks" / "learned" / "coordinates.py"
-    spec = importlib.util.spec_from_file_location("coordinates_bench", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from bench_scripts import load_bench
+
+    return load_bench("coordinates", "coordinates_bench")
 
 
 def test_coordinate_benchmark_smoke(one_torch_thread):

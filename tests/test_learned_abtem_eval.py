@@ -3,9 +3,7 @@ simulated samples (phasestem evaluate reads them), and patterns consistent with 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import math
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -16,7 +14,6 @@ import yaml
 from phasestem.cli import main
 
 pytest.importorskip("abtem")
-ROOT = Path(__file__).resolve().parents[1]
 
 # a small crystal scan in the benchmark's convention: 12.8 Å cell on 64² (0.2 Å/px), phase 32² (0.4 Å/px),
 # 6×6 positions at 1.6 Å, 32² patterns at the grid's reciprocal pixel, defocused 20 mrad probe
@@ -32,10 +29,9 @@ SIM = {
 
 
 def _samples_module():
-    spec = importlib.util.spec_from_file_location("abtem_samples", ROOT / "benchmarks" / "learned" / "abtem_samples.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from bench_scripts import load_bench
+
+    return load_bench("abtem_samples")
 
 
 def _residual(phase, dataset, sampling) -> float:

@@ -2,26 +2,18 @@
 specimens of the unseen kinds, training, every route, the report; a rerun reads everything back."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytest.importorskip("abtem")
-ROOT = Path(__file__).resolve().parents[1]
-BENCH = ROOT / "benchmarks" / "learned"
 
 
 def _module(name: str):
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
+    from bench_scripts import load_bench
+
+    return load_bench(name)
 
 
 def test_unseen_specimen_kinds():

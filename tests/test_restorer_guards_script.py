@@ -2,22 +2,13 @@
 in the true phase and the strip, and the table applies the rules it states."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "learned"
 
 
 def _script():
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("restorer_guards", BENCH / "restorer_guards.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["restorer_guards"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    from bench_scripts import load_bench
+
+    return load_bench("restorer_guards")
 
 
 def _square_lattice(tmp_path):

@@ -3,22 +3,14 @@ seconds to it; the learned route's time to it is AD's to the first epoch whose r
 restorer's; ratios and reach per half and dose."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "learned"
 
 
 @pytest.fixture(scope="module")
 def report():
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("restorer_report", BENCH / "restorer_report.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from bench_scripts import load_bench
+
+    return load_bench("restorer_report")
 
 
 def _row(file, row, electrons, ad, restored, seconds, kind="crystal", restore_s=0.5):

@@ -3,24 +3,18 @@
 reruns that skip what exists) runs on a smoke layout."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _scaling():
-    sys.path.insert(0, str(ROOT / "benchmarks" / "learned"))
-    spec = importlib.util.spec_from_file_location("scaling", ROOT / "benchmarks" / "learned" / "scaling.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from bench_scripts import load_bench
+
+    return load_bench("scaling")
 
 
 def test_power_law_fit_recovers_known_parameters():

@@ -2,9 +2,7 @@
 continues) → score → ship into a model folder of the test's own, then the name resolves with its checks."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,12 +14,9 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "learned"
 
 
 def _script():
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("train_restorer", BENCH / "train_restorer.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["train_restorer"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    from bench_scripts import load_bench
+
+    return load_bench("train_restorer")
 
 
 def test_train_restorer_script_end_to_end(tmp_path, monkeypatch):
