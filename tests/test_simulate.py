@@ -177,3 +177,17 @@ def test_dask_workers_spread_over_the_gpus_of_their_machine():
     assert gpu_for_worker("cuda", 3, 1) == "cuda"  # one GPU
     assert gpu_for_worker("cpu", 3, 4) == "cpu"
     assert worker_device("cuda") == "cuda"  # outside a Dask worker: unchanged
+
+
+def test_vacancies_leave_every_other_draw_alone_and_are_recorded(tmp_path):
+    """``specimen.vacancies: 0`` (the default) simulates exactly what a config without the key does; a rate > 0
+    takes atoms out of the same specimen and records the sites."""
+    plain = simulate_sample(load_config(tiny_config(tmp_path)), 0)
+    zero = simulate_sample(load_config(tiny_config(tmp_path, specimen__vacancies=0.0)), 0)
+    np.testing.assert_array_equal(plain["patterns"], zero["patterns"])
+    assert "vacancies" not in zero["attrs"]
+    holes = simulate_sample(load_config(tiny_config(tmp_path, specimen__vacancies=3.0)), 0)
+    sites = holes["attrs"]["vacancies"]
+    assert sites.ndim == 2 and sites.shape[1] == 2 and len(sites) > 0
+    assert holes["attrs"]["n_atoms"] < plain["attrs"]["n_atoms"]
+    assert holes["attrs"]["specimen"] == plain["attrs"]["specimen"]  # the same crystal, columns taken out

@@ -116,3 +116,25 @@ def test_structure_file_and_materials_h5(tmp_path):
         specimen.read_materials_h5(tmp_path / "bad.h5")
     with pytest.raises(InputFileError, match="no such structure file"):
         specimen.load_structure(tmp_path / "missing.cif")
+
+
+def test_vacancies_take_out_whole_columns_at_the_poisson_rate():
+    """A simple cubic crystal on its zone axis (columns of 4 atoms every 3 Å): every vacancy removes exactly one
+    column, none is left within 1 Å of a site, and the mean count over many draws is the rate × the cell's area."""
+    from ase import Atoms
+
+    a, n = 3.0, 10
+    pos = np.array([(i * a + 0.2, j * a + 0.2, k * 2.0) for i in range(n) for j in range(n) for k in range(4)])
+    atoms = Atoms("Si" * len(pos), positions=pos, cell=[n * a, n * a, 8.0], pbc=[True, True, False])
+    counts = []
+    for seed in range(200):
+        out = specimen.remove_columns(atoms, 1.0, np.random.default_rng(seed))  # 9 nm² → 9 on average
+        sites = out.info["vacancies"]
+        assert len(out) == len(atoms) - 4 * len(sites)
+        for y, x in sites:
+            d = out.positions[:, :2] - (x, y)
+            assert np.hypot(*d.T).min() >= 1.0
+        counts.append(len(sites))
+    assert abs(np.mean(counts) - 9.0) < 0.7  # Poisson: s.e.m. 0.21
+    none = specimen.remove_columns(atoms, 0.0, np.random.default_rng(0))
+    assert len(none) == len(atoms) and none.info["vacancies"].shape == (0, 2)

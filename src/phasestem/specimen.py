@@ -209,6 +209,30 @@ def random_crystal(rng: np.random.Generator, extent=(100.0, 100.0), depth: float
     return atoms
 
 
+def remove_columns(atoms, per_nm2: float, rng: np.random.Generator, radius: float = 1.0):
+    """Vacancies: a Poisson number of atomic columns, ``per_nm2`` per nm² of the cell on average, taken out of
+    ``atoms`` (ase.Atoms, cell (Lx, Ly, depth) periodic in x, y). Each takes every atom within ``radius`` Å in
+    projection (x, y: along the beam) of an atom drawn at random, so a crystal near its zone axis loses one whole
+    column (a tilt of 3° moves a column by 1 Å over 20 Å). Returns the atoms left; ``info["vacancies"]`` holds the
+    sites removed, (K, 2) (y, x) Å."""
+    lx, ly = atoms.cell.lengths()[:2]
+    xy = atoms.positions[:, :2]
+    keep = np.ones(len(atoms), bool)
+    sites = []
+    for _ in range(int(rng.poisson(per_nm2 * lx * ly / 100.0))):
+        alive = np.flatnonzero(keep)
+        if not len(alive):
+            break
+        centre = xy[alive[rng.integers(len(alive))]]
+        d = xy - centre
+        d -= np.round(d / (lx, ly)) * (lx, ly)  # the nearest periodic image
+        keep &= np.hypot(d[:, 0], d[:, 1]) >= radius
+        sites.append((centre[1], centre[0]))
+    out = atoms[keep]
+    out.info = {**atoms.info, "vacancies": np.asarray(sites, float).reshape(-1, 2)}
+    return out
+
+
 def amorphous(rng: np.random.Generator, extent=(100.0, 100.0), depth: float = 15.0, elements=("C",),
               density: float = 0.1, min_distance: float = 1.3):
     """Random amorphous solid: ``density`` atoms/Å³ with a hard-core ``min_distance`` (Å)."""

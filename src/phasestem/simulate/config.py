@@ -122,6 +122,10 @@ class Specimen(CheckedModel):
     phonon_sigma: float = Field(0.1, ge=0, description="Thermal displacement standard deviation in Å.")
     max_tilt: float = Field(3.0, ge=0, description="Largest random tilt of crystals off the zone axis in degrees.")
     prototypes: list[str] | None = Field(None, description="Crystal prototypes to draw from (null = all).")
+    vacancies: float = Field(0.0, ge=0, description="Vacancies per nm² of the cell (Poisson): atomic columns "
+                             "(every atom within 1 Å of a random atom, in projection) taken out of crystals, "
+                             "structures and materials; amorphous specimens have no columns and are left alone. The "
+                             "sites go to each sample's attribute 'vacancies' ((K, 2) (y, x) Å).")
     elements: list[str] = Field(["C", "Si"], description="Elements of amorphous specimens.")
     density: float = Field(0.08, gt=0, description="Atom density of amorphous specimens in atoms/Å³.")
     files: Annotated[list[Path], ConfigPath()] = Field(

@@ -165,7 +165,15 @@ def _materials(path: str, keys: tuple) -> list:
 
 
 def make_atoms(cfg: SimulationConfig, rng: np.random.Generator, thickness: float):
-    """The specimen of one sample (ase.Atoms), drawn with ``rng``."""
+    """The specimen of one sample (ase.Atoms), drawn with ``rng``, with ``specimen.vacancies`` columns taken out
+    (:func:`phasestem.specimen.remove_columns`; no draws at all when 0, so the other draws stay as they were)."""
+    atoms = _draw_atoms(cfg, rng, thickness)
+    if cfg.specimen.vacancies > 0 and cfg.specimen.kind != "amorphous":
+        atoms = spec.remove_columns(atoms, cfg.specimen.vacancies, rng)
+    return atoms
+
+
+def _draw_atoms(cfg: SimulationConfig, rng: np.random.Generator, thickness: float):
     s, extent = cfg.specimen, cfg.grid.extent
     if s.kind == "crystal":
         return spec.random_crystal(rng, extent, thickness, s.max_tilt, s.prototypes)
@@ -243,6 +251,8 @@ def simulate_sample(cfg: SimulationConfig, index: int, progress: bool = False) -
         atoms = make_atoms(cfg, rng, thickness)
         attrs["specimen"] = str(atoms.info.get("name", "structure"))
         attrs["n_atoms"] = len(atoms)
+        if "vacancies" in atoms.info:
+            attrs["vacancies"] = atoms.info["vacancies"]
         confs = []
         for _ in range(s.phonons):
             xyz = atoms.positions
