@@ -39,8 +39,8 @@ sys.path.insert(0, str(HERE))
 
 from layouts import log_seconds, write_json  # noqa: E402
 from restorer_prior import samples  # noqa: E402
-from scaling import run_cli  # noqa: E402
-from train_restorer import ABTEM_SEED, heldout_cell, pairs_steps, parse_electrons  # noqa: E402
+from scaling import Budget  # noqa: E402
+from train_restorer import ABTEM_SEED, heldout_config, pairs_steps, parse_electrons, run_steps  # noqa: E402
 
 #: Å: atoms this close to the removed column (in projection) go; tilted columns (≤ 3°) spread ≈ 1 Å over 20 Å
 VACANCY_RADIUS = 1.0
@@ -68,6 +68,8 @@ def guard_specimens(structure: Path, truth: np.ndarray, truth_sampling: tuple[fl
     ``folder``, and where their guards look (Å, (y, x))."""
     from ase.io import read, write
 
+    from phasestem.specimen import column_mask
+
     atoms = read(structure)
     extent = atoms.cell.lengths()[[1, 0]]  # (y, x): phasestem's rows are the atoms' y
     yx = atoms.positions[:, [1, 0]]
@@ -76,7 +78,7 @@ def guard_specimens(structure: Path, truth: np.ndarray, truth_sampling: tuple[fl
     site = cols[np.argmin(np.hypot(*(cols - centre).T))]
     others = cols[np.hypot(*(cols - site).T) > 1.5]
     neighbours = others[np.argsort(np.hypot(*(others - site).T))[:6]]
-    vacancy = atoms[np.hypot(*(yx - site).T) >= VACANCY_RADIUS]
+    vacancy = atoms[~column_mask(atoms, tuple(site), VACANCY_RADIUS)]
     x0, x1 = centre[1] - STRIP * extent[1] / 2, centre[1] + STRIP * extent[1] / 2
     vacuum = atoms[(yx[:, 1] < x0) | (yx[:, 1] >= x1)]
     folder.mkdir(parents=True, exist_ok=True)
@@ -113,10 +115,8 @@ def build(heldout: Path, cfg: dict, electrons: list[float | None], out: Path) ->
         write_abtem_file(SimulationConfig.model_validate({**cfg, "specimen": spec}), sim, 2, seed=ABTEM_SEED,
                          structures=[Path(f) for f in layout["files"]])
         log_seconds(out, "abtem_guards", time.perf_counter() - t)
-    for key, args in pairs_steps(out / "pairs_guards.h5", sim, electrons, None, "cpu", "pairs_guards"):
-        t = time.perf_counter()
-        run_cli(args)
-        log_seconds(out, key, time.perf_counter() - t)
+    run_steps(out, [pairs_steps(out / "pairs_guards.h5", sim, electrons, None, "cpu", "pairs_guards")], 1,
+              Budget(None))
     return layout
 
 
@@ -239,9 +239,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    cfg = heldout_cell(yaml.safe_load(args.sim_config.read_text()), args.heldout_extent)
-    cfg["specimen"] = {**cfg.get("specimen", {}), "phonons": int(args.phonons)}
-    cfg["detector"] = {**cfg.get("detector", {}), "dose": None}
+    cfg = heldout_config(yaml.safe_load(args.sim_config.read_text()), args.heldout_extent, args.phonons)
     layout = build(args.heldout, cfg, args.electrons, out)
     if "score" not in args.steps:
         return 0

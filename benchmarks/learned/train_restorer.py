@@ -220,19 +220,25 @@ def heldout_cell(base: dict, extent: float | None) -> dict:
     return cfg
 
 
-def heldout_pairs(out: Path, base: dict, n: int, phonons: int, electrons: list[float | None], ad_epochs: int | None,
+def heldout_config(base: dict, extent: float | None, phonons: int) -> dict:
+    """The config of the abTEM held-out specimens: ``base`` on the cell ``extent`` (:func:`heldout_cell`) with
+    ``phonons`` frozen phonons and noise-free patterns (the counted copies are drawn with the pairs)."""
+    cfg = heldout_cell(base, extent)
+    cfg["specimen"] = {**cfg.get("specimen", {}), "phonons": int(phonons)}
+    cfg["detector"] = {**cfg.get("detector", {}), "dose": None}
+    return cfg
+
+
+def heldout_pairs(out: Path, cfg: dict, n: int, electrons: list[float | None], ad_epochs: int | None,
                   device: str, budget: Budget) -> list[Path]:
-    """The abTEM held-out halves and their pairs files (module docstring, step 4) of the config ``base``; what
-    exists is kept."""
+    """The abTEM held-out halves and their pairs files (module docstring, step 4) of the config ``cfg``
+    (:func:`heldout_config`); what exists is kept."""
     from abtem_samples import write_abtem_file, write_structures
     from heldout import KIND_CYCLE
 
     from phasestem.simulate.config import SimulationConfig
 
     folder = out / "heldout"
-    cfg = json.loads(json.dumps(base))
-    cfg["specimen"] = {**cfg.get("specimen", {}), "phonons": int(phonons)}
-    cfg["detector"] = {**cfg.get("detector", {}), "dose": None}
     kinds = [KIND_CYCLE[(k // 2) % len(KIND_CYCLE)] for k in range(n)]
     structures = sorted((folder / "structures").glob("*.xyz"))
     if len(structures) != n:
@@ -458,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
                 budget.check(0.0, "the next training chunk")
         held = []
         if "heldout" in args.steps:
-            held = heldout_pairs(out, heldout_cell(base, args.heldout_extent), args.n_heldout, args.phonons,
+            held = heldout_pairs(out, heldout_config(base, args.heldout_extent, args.phonons), args.n_heldout,
                                  args.heldout_electrons, args.ad_epochs, args.device, budget)
         if "score" in args.steps:
             score = args.score_pairs or held or sorted((out / "heldout").glob("pairs_*.h5"))

@@ -209,25 +209,31 @@ def random_crystal(rng: np.random.Generator, extent=(100.0, 100.0), depth: float
     return atoms
 
 
+def column_mask(atoms, site: tuple[float, float], radius: float = 1.0) -> np.ndarray:
+    """Which atoms (N,) bool of ``atoms`` (ase.Atoms, cell (Lx, Ly, depth) periodic in x, y) lie within ``radius`` Å
+    of ``site`` (y, x) Å in projection along the beam, at the nearest periodic image: one atomic column."""
+    lx, ly = atoms.cell.lengths()[:2]
+    d = atoms.positions[:, :2] - (site[1], site[0])
+    d -= np.round(d / (lx, ly)) * (lx, ly)
+    return np.hypot(d[:, 0], d[:, 1]) < radius
+
+
 def remove_columns(atoms, per_nm2: float, rng: np.random.Generator, radius: float = 1.0):
     """Vacancies: a Poisson number of atomic columns, ``per_nm2`` per nm² of the cell on average, taken out of
     ``atoms`` (ase.Atoms, cell (Lx, Ly, depth) periodic in x, y). Each takes every atom within ``radius`` Å in
-    projection (x, y: along the beam) of an atom drawn at random, so a crystal near its zone axis loses one whole
+    projection (:func:`column_mask`) of an atom drawn at random, so a crystal near its zone axis loses one whole
     column (a tilt of 3° moves a column by 1 Å over 20 Å). Returns the atoms left; ``info["vacancies"]`` holds the
     sites removed, (K, 2) (y, x) Å."""
     lx, ly = atoms.cell.lengths()[:2]
-    xy = atoms.positions[:, :2]
     keep = np.ones(len(atoms), bool)
     sites = []
     for _ in range(int(rng.poisson(per_nm2 * lx * ly / 100.0))):
         alive = np.flatnonzero(keep)
         if not len(alive):
             break
-        centre = xy[alive[rng.integers(len(alive))]]
-        d = xy - centre
-        d -= np.round(d / (lx, ly)) * (lx, ly)  # the nearest periodic image
-        keep &= np.hypot(d[:, 0], d[:, 1]) >= radius
-        sites.append((centre[1], centre[0]))
+        x, y = atoms.positions[alive[rng.integers(len(alive))], :2]
+        keep &= ~column_mask(atoms, (y, x), radius)
+        sites.append((y, x))
     out = atoms[keep]
     out.info = {**atoms.info, "vacancies": np.asarray(sites, float).reshape(-1, 2)}
     return out
