@@ -36,10 +36,10 @@ import torch
 
 def ad_solver_run(dataset, rc, truth: np.ndarray, truth_sampling, fov, solver: str, device: str) -> dict:
     """AD from a flat object with ``solver`` (probe fixed); E_φ on the truth grid and optimisation seconds after every
-    epoch (the protocol of ``phasestem.demo.ad_run``, which is Adam only)."""
+    epoch (the protocol of ``phasestem.cli.demo.ad_run``, which is Adam only)."""
     from phasestem.metrics import phase_error
+    from phasestem.physics.resample import sample_on_grid
     from phasestem.recon import Ptychography
-    from phasestem.resample import sample_on_grid
 
     torch.manual_seed(0)
     model = Ptychography.from_dataset(
@@ -82,7 +82,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from phasestem import io
-    from phasestem.demo import DemoRecon, field_of_view, iterations_to_reach
+    from phasestem.cli.demo import DemoRecon, field_of_view, iterations_to_reach
     from phasestem.learn.apply.phase import load_predictor, predict_phase
     from phasestem.metrics import phase_error
 

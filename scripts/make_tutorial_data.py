@@ -31,7 +31,7 @@ def main(out: Path = OUT) -> Path:
     counts = abtem_scan.corrupt(sim["patterns"])
     if counts.min() < 0 or counts.max() > np.iinfo(np.uint16).max:
         raise SystemExit(f"counts {counts.min()}..{counts.max()} do not fit uint16")
-    from phasestem.optics import wavelength
+    from phasestem.physics.optics import wavelength
 
     truth = abtem_scan.TRUTH
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -94,7 +94,7 @@ def simulate_clean(origin=(4.0, 6.0), rotation: float | None = None, c10: float 
     ramp on abTEM's exit wave (:func:`_displaced_far_field`, checked against abTEM's detector at zero shift)."""
     import abtem
 
-    from phasestem.optics import interaction_constant
+    from phasestem.physics.optics import interaction_constant
 
     # FFTW plans chosen by timing (FFTW_MEASURE) differ with the machine's load and change the last bits of the
     # patterns, and so the Poisson draws: plans by estimate give the same data on every run
@@ -143,7 +143,7 @@ def make(folder: Path) -> dict:
         np.savez(truth_file, phase=sim["phase"], phase_sampling=sim["phase_sampling"], positions=sim["positions"],
                  dk=sim["dk"], descanned=sim["patterns"])
     z = np.load(truth_file)
-    from phasestem.optics import wavelength
+    from phasestem.physics.optics import wavelength
 
     truth = dict(TRUTH)
     truth["angular_sampling"] = float(z["dk"]) * wavelength(ENERGY) * 1e3
@@ -194,7 +194,7 @@ def make_focused(folder: Path, rotation: float = -31.0) -> dict:
         np.save(data, rng.poisson(p / p.sum((-2, -1), keepdims=True).mean() * DOSE).astype(np.int32))
         np.savez(truth_file, phase=sim["phase"], phase_sampling=sim["phase_sampling"], dk=sim["dk"])
     z = np.load(truth_file)
-    from phasestem.optics import wavelength
+    from phasestem.physics.optics import wavelength
 
     return {"file": data, "rotation": rotation, "phase": z["phase"], "phase_sampling": float(z["phase_sampling"]),
             "angular_sampling": float(z["dk"]) * wavelength(ENERGY) * 1e3}

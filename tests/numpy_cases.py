@@ -11,7 +11,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "independent"))
 from numpy_multislice import atom_phase, raster, simulate_patterns  # noqa: E402
 
-from phasestem.dataset import FourDSTEM, angular_sampling_for  # noqa: E402
+from phasestem.dataset import FourDSTEM  # noqa: E402
+from phasestem.physics.optics import angular_sampling_for  # noqa: E402
 
 
 def pearson(a, b) -> float:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from phasestem import metrics
-from phasestem.errors import ShapeError
+from phasestem.base.errors import ShapeError
 from phasestem.learn.apply.latent import show
 from phasestem.learn.nets import autoencoder as A
 

@@ -5,8 +5,8 @@ import abtem_scan
 import numpy as np
 import pytest
 
+from phasestem.base.errors import PhasestemError
 from phasestem.calibrate import NoContrastError, NoDiskError, calibrate, load_for_calibration
-from phasestem.errors import PhasestemError
 
 
 @pytest.fixture(scope="session")
@@ -164,10 +164,10 @@ def _phasestem_scan(aberrations: dict, seed: int = 1):
     """16 × 16 scan of a random 'atoms' phase object made by phasestem's own forward model (Poisson counts)."""
     import torch
 
-    from phasestem import optics
     from phasestem.dataset import FourDSTEM
+    from phasestem.physics import optics
     from phasestem.physics.operator import ForwardModel, transmission_function
-    from phasestem.specimen import synthetic_phase
+    from phasestem.physics.specimen import synthetic_phase
 
     rng = np.random.default_rng(seed)
     window, sampling, n_scan, step = 48, 0.3, 16, 0.4
@@ -346,7 +346,7 @@ def test_disk_radius_of_a_known_angular_sampling(soft, threshold):
 
     from phasestem.calibrate.disk import fit_disk
     from phasestem.dataset import FourDSTEM
-    from phasestem.optics import wavelength
+    from phasestem.physics.optics import wavelength
 
     abtem.config.set({"progress_bar": False, "device": "cpu"})
     box = abtem_scan.CELL * abtem_scan.REPEAT

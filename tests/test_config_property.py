@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from phasestem.errors import PhasestemError
+from phasestem.base.errors import PhasestemError
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -126,8 +126,8 @@ def _check(load, base: dict, changes: list[tuple[tuple[str, ...], object]], path
 
 
 def _loaders():
-    from phasestem.configfile import load_yaml_config
-    from phasestem.demo import DemoConfig, load_demo_config
+    from phasestem.base.configfile import load_yaml_config
+    from phasestem.cli.demo import DemoConfig, load_demo_config
     from phasestem.learn.config import (
         AutoencoderRunConfig,
         MakePairsConfig,
@@ -139,7 +139,7 @@ def _loaders():
     from phasestem.recon.params import ReconstructParams, load_params
     from phasestem.simulate.config import SimulationConfig, load_config
 
-    demo_file = Path(__import__("phasestem.demo", fromlist=["BUILTIN_DEMO"]).BUILTIN_DEMO)
+    demo_file = Path(__import__("phasestem.cli.demo", fromlist=["BUILTIN_DEMO"]).BUILTIN_DEMO)
     return {
         "simulate": (SimulationConfig, CONFIGS / "simulate_tiny.yaml", load_config),
         "reconstruct": (ReconstructParams, CONFIGS / "reconstruct_tiny.yaml", load_params),

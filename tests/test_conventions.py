@@ -152,7 +152,7 @@ def test_old_flag_spellings_still_work_with_one_deprecation_line(tmp_path, capsy
     captured = capsys.readouterr()
     assert "Å across" in captured.out and "probe-extent: deprecated: --config" in captured.err
 
-    from phasestem.cliargs import result_file
+    from phasestem.base.cliargs import result_file
 
     parser = build_parser()
     args = parser.parse_args(["embed", "scan.h5", "--checkpoint", "m", "--patterns-key", "k", "--out", "ae.h5"])
@@ -165,8 +165,8 @@ def test_old_flag_spellings_still_work_with_one_deprecation_line(tmp_path, capsy
 
 
 def test_out_is_the_folder_and_out_file_the_file(tmp_path, capsys):
-    from phasestem.cliargs import result_file
-    from phasestem.errors import ConfigError
+    from phasestem.base.cliargs import result_file
+    from phasestem.base.errors import ConfigError
 
     parser = build_parser()
     args = parser.parse_args(["predict", "scan.h5", "--model", "m", "--key", "/entry/data", "--out", str(tmp_path)])
@@ -262,7 +262,7 @@ OLD_PATHS = {
     "phasestem.learn.restore_config": ("MakePairsConfig", "phasestem.learn.config"),
     "phasestem.learn.restore_train": ("train_autoencoder", "phasestem.learn.training.autoencoder"),
     "phasestem.learn.commands_restore": ("register", "phasestem.learn.commands"),
-    "phasestem.simulate.lock": ("FolderBusyError", "phasestem.lock"),
+    "phasestem.simulate.lock": ("FolderBusyError", "phasestem.base.lock"),
 }
 
 

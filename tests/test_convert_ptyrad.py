@@ -15,7 +15,7 @@ import yaml
 
 from phasestem.cli import main
 from phasestem.convert.ptyrad import is_ptyrad_params, translate
-from phasestem.optics import wavelength
+from phasestem.physics.optics import wavelength
 from phasestem.recon.params import load_params, parse_params
 
 #: every translated field, PtyRAD style (values of our own)
@@ -175,7 +175,7 @@ def test_convert_writes_a_loadable_file_and_keeps_an_existing_one(tmp_path, monk
 
 
 def test_bad_ptyrad_values_name_the_field(tmp_path):
-    from phasestem.errors import ConfigError
+    from phasestem.base.errors import ConfigError
 
     base = {"probe_kv": 300, "meas_Npix": 64, "meas_params": {"path": "d.h5"}}
     for change, field in (({"probe_kv": "fast"}, "init_params.probe_kv"),

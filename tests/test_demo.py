@@ -6,7 +6,7 @@ import math
 import pytest
 import yaml
 
-from phasestem.demo import run_demo
+from phasestem.cli.demo import run_demo
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: two threads are slower on a shared machine
 
@@ -82,7 +82,7 @@ def test_a_folder_holding_another_run_is_refused_in_one_line(tmp_path):
 
 
 def test_overwrite_clears_the_previous_run_first_and_keeps_other_files(tmp_path, monkeypatch):
-    import phasestem.demo as demo
+    import phasestem.cli.demo as demo
 
     out = tmp_path / "demo"
     _fake_full_run(out)

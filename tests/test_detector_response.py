@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from phasestem.detector import PixelatedDetector, bin_window
-from phasestem.optics import antialias_mask
 from phasestem.physics.experiment import Experiment
 from phasestem.physics.fourier import fft2
+from phasestem.physics.optics import antialias_mask
 from phasestem.simulate.scan import DetectorGeometry, simulate_patterns
 
 SAMPLING, ENERGY = (0.2, 0.2), 300e3

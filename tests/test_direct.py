@@ -76,7 +76,7 @@ def test_dpc_and_ssb_of_focused_data(focused):
 
 
 def test_parallax_needs_a_defocus(calibrated):
-    from phasestem.errors import ConfigError
+    from phasestem.base.errors import ConfigError
     from phasestem.recon.auto import direct_phase
 
     ds, _ = calibrated

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from phasestem.docgen import SCHEMAS, config_reference, load_schema, missing_descriptions
+from phasestem.cli.docgen import SCHEMAS, config_reference, load_schema, missing_descriptions
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -17,7 +17,7 @@ def test_every_schema_field_has_a_description(target):
 
 def test_committed_config_reference_is_current():
     committed = (ROOT / "docs" / "config_reference.md").read_text()
-    assert committed == config_reference(), "regenerate: python -m phasestem.docgen docs/config_reference.md"
+    assert committed == config_reference(), "regenerate: python -m phasestem.cli.docgen docs/config_reference.md"
 
 
 def test_missing_description_is_detected():

@@ -91,7 +91,7 @@ def test_simulation_overview_masks_the_probe_phase_and_scales_patterns_logarithm
     import matplotlib.pyplot as plt
     from matplotlib.colors import LogNorm
 
-    from phasestem.optics import make_probe, wavelength
+    from phasestem.physics.optics import make_probe, wavelength
     from phasestem.plot import simulation_overview
 
     ds = simulate_dataset(scan_shape=(3, 3), seed=1)

@@ -131,7 +131,7 @@ def test_windows_beyond_the_object_wrap_periodically():
 
 
 def test_allocator_setting_is_applied_once_and_can_be_switched_off():
-    code = ("from phasestem.runtime import retain_freed_memory as r; a = r(); b = r(); "
+    code = ("from phasestem.base.runtime import retain_freed_memory as r; a = r(); b = r(); "
             "print(a, b)")
     on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     first, second = on.stdout.split()

@@ -64,7 +64,7 @@ def test_load_reads_every_calibration_of_a_seed_file_with_or_without_a_key(seed_
 
 
 def test_a_key_and_another_sample_are_refused_in_one_line(seed_file):
-    from phasestem.errors import InputFileError
+    from phasestem.base.errors import InputFileError
 
     with pytest.raises(InputFileError, match="patterns_key 'dp_set_0' and sample 3 name two samples"):
         phasestem.load(seed_file, patterns_key="dp_set_0", sample=3)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from phasestem.demo import DemoRecon, ad_run, field_of_view, hybrid_start, iterations_to_reach
+from phasestem.cli.demo import DemoRecon, ad_run, field_of_view, hybrid_start, iterations_to_reach
 from phasestem.recon import Ptychography
 from phasestem.recon.synthetic import simulate_dataset
 

@@ -244,7 +244,7 @@ def test_whole_scan_curvature_averages_the_noise_of_a_dense_scan(one_torch_threa
 
 
 def test_whole_scan_curvature_is_on_for_counted_data_only():
-    from phasestem.errors import PhasestemError
+    from phasestem.base.errors import PhasestemError
     from phasestem.recon.losses import LossConfig
     from phasestem.recon.params import parse_params
     from phasestem.recon.precondition import COUNTED_DATA_BATCHES, resolve_batches

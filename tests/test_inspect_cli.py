@@ -6,6 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
+import phasestem
 from phasestem.cli import main
 
 
@@ -72,7 +73,7 @@ def test_inspect_mib_without_calibration_draws_the_fitted_disk_in_the_working_fo
 
     ds = io.load(data / "scan.mib", require_calibration=False)
     assert ds.metadata["uncalibrated"] == ["energy", "scan_step"]
-    fig = ds.inspect()
+    fig = phasestem.inspect(ds)
     disk = [p for p in fig.axes[0].patches if p.get_gid() == "disk"]
     assert len(disk) == 1
     assert np.allclose(disk[0].center[::-1], truth_centre, atol=0.1) and abs(disk[0].radius - truth_radius) < 0.15
@@ -96,7 +97,7 @@ def test_inspect_with_calibrations_uses_angstrom_and_mrad(tmp_path, capsys):
     from phasestem.plot import scalebars
 
     p = _disk_frames(16, radius=6.0).reshape(4, 4, 32, 32).astype(np.float32)
-    fig = FourDSTEM(p, energy=300e3, scan_step=(0.5, 0.5), semiangle=12.0).inspect()
+    fig = phasestem.inspect(FourDSTEM(p, energy=300e3, scan_step=(0.5, 0.5), semiangle=12.0))
     assert fig.first_look.pixel_mrad == pytest.approx(12.0 / fig.first_look.radius)
     assert [b.txt_label.get_text() for b in scalebars(fig.axes[1])] == ["0.5 Å"]
     assert scalebars(fig.axes[0])[0].txt_label.get_text().endswith("mrad")
@@ -115,7 +116,8 @@ def test_dataset_inspect_click_shows_the_pattern_of_that_position():
     p = np.zeros((4, 5, 16, 16), np.float32)
     p[..., 8, 8] = 1.0
     p[2, 3, 3, 12] = 7.0  # one position with a bright off-axis pixel
-    fig = FourDSTEM(p, energy=300e3, scan_step=(1.0, 1.0), angular_sampling=(2.0, 2.0), semiangle=4.0).inspect()
+    fig = phasestem.inspect(FourDSTEM(p, energy=300e3, scan_step=(1.0, 1.0), angular_sampling=(2.0, 2.0),
+                                              semiangle=4.0))
     bf_ax, pattern_ax = fig.axes[1], fig.axes[5]
     x, y = bf_ax.transData.transform((3, 2))  # (col, row) → display pixels
     fig.canvas.callbacks.process("button_press_event", MouseEvent("button_press_event", fig.canvas, x, y, 1))

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from phasestem.extras import EXTRAS, MissingExtraError, require
+from phasestem.base.extras import EXTRAS, MissingExtraError, require
 
 tomllib = pytest.importorskip("tomllib")  # Python ≥ 3.11
 

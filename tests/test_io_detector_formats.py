@@ -11,10 +11,10 @@ from detector_files import mib_hdr as _mib_hdr
 from detector_files import write_mib as _write_mib
 
 from phasestem import io
+from phasestem.base.errors import InputFileError, PhasestemError, ShapeError
 from phasestem.detector import PixelatedDetector
-from phasestem.errors import InputFileError, PhasestemError, ShapeError
 from phasestem.io.dectris import energy_from_wavelength
-from phasestem.optics import wavelength
+from phasestem.physics.optics import wavelength
 
 pytest.importorskip("rsciio")
 

@@ -7,8 +7,8 @@ import pytest
 import scipy.io
 
 from phasestem import io
+from phasestem.base.errors import ConfigError, InputFileError, ShapeError
 from phasestem.dataset import FourDSTEM
-from phasestem.errors import ConfigError, InputFileError, ShapeError
 from phasestem.io import _common, cxi
 
 SY, SX, H, W = 3, 4, 8, 6

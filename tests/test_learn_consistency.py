@@ -85,7 +85,7 @@ def test_consistency_loss_gradient_and_preprocessed_blocks(sim):
 
 
 def test_end2end_loss_with_consistency_term(sim):
-    from phasestem.errors import ConfigError
+    from phasestem.base.errors import ConfigError
     from phasestem.learn.config import LossConfig
     from phasestem.learn.nets.end2end import end2end_loss_fn, loss_fn_from_config
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from phasestem.errors import ConfigError, InputFileError
+from phasestem.base.errors import ConfigError, InputFileError
 from phasestem.learn.data import (
     BlockGeometry,
     PatchDataset,
@@ -23,7 +23,7 @@ from phasestem.learn.data import (
     transform_phase,
     write_synthetic_file,
 )
-from phasestem.optics import interaction_constant
+from phasestem.physics.optics import interaction_constant
 
 
 def seed_reference_target(phase: np.ndarray, start_position: float, probe_gpts=(256, 256)) -> np.ndarray:
@@ -118,8 +118,8 @@ def test_augmentation_is_an_exact_symmetry_of_the_physics(tmp_path):
     probe tails differently for mirrored positions, a few-% effect that is the window's, not the data's).
     """
     from phasestem.learn.data import scan_source_indices
-    from phasestem.optics import make_probe
     from phasestem.physics.operator import ForwardModel, transmission_function
+    from phasestem.physics.optics import make_probe
 
     N, S, w, ps = 48, 12, 48, 0.5
     rng = np.random.default_rng(3)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from phasestem.errors import ConfigError, InputFileError
+from phasestem.base.errors import ConfigError, InputFileError
 from phasestem.learn.backbones import adapt_first_conv, create_cnn, create_vit
 from phasestem.learn.data import BlockGeometry, extract_patches
 from phasestem.learn.nets.end2end import End2End, FreezePatchNet, end2end_loss_fn

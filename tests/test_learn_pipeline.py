@@ -11,8 +11,8 @@ import pytest
 import torch
 import yaml
 
+from phasestem.base.errors import ConfigError
 from phasestem.cli import main
-from phasestem.errors import ConfigError
 from phasestem.learn.config import load_train_config
 from phasestem.learn.data import write_synthetic_file
 

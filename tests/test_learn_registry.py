@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from phasestem.io import seed as seedfile
-from phasestem.optics import interaction_constant
+from phasestem.physics.optics import interaction_constant
 
 ROOT = Path(__file__).resolve().parents[1]
 LEGACY = ROOT / "tests" / "data" / "legacy_models"
@@ -160,7 +160,7 @@ def test_legacy_patch_and_stitch_models_chain(tmp_path):
 def test_a_file_without_metadata_gets_the_conversion_message(tmp_path):
     import torch
 
-    from phasestem.errors import InputFileError
+    from phasestem.base.errors import InputFileError
     from phasestem.learn.registry import load_model
     from phasestem.learn.trainer import save_weights
 
@@ -198,7 +198,7 @@ def test_one_apply_module_applies_every_kind(tmp_path):
     """learn.apply: model_kind reads any saved model's kind; apply_file runs the autoencoder (latent maps) and
     the Phaseformer (refined phase) of tests/data/legacy_models by that kind, and refuses a stitch model alone;
     the commands' entry points are the same functions as in apply.phase / apply.latent."""
-    from phasestem.errors import ConfigError
+    from phasestem.base.errors import ConfigError
     from phasestem.learn import apply
     from phasestem.learn.apply import latent, phase
     from phasestem.learn.data.synthetic import write_synthetic_file

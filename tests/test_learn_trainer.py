@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from phasestem.errors import InputFileError
+from phasestem.base.errors import InputFileError
 from phasestem.learn.trainer import Trainer, TrainerConfig, load_weights, lr_lambda, save_weights
 
 

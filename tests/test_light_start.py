@@ -33,8 +33,8 @@ def test_version_help_and_refusals_import_no_torch(args):
 
 
 def test_the_physics_constants_import_without_torch():
-    code = ("import sys; from phasestem.optics import wavelength, ANTIALIAS_FRACTION; wavelength(300e3); "
-            "assert 'torch' not in sys.modules; from phasestem.optics import make_probe; "
+    code = ("import sys; from phasestem.physics.optics import wavelength, ANTIALIAS_FRACTION; wavelength(300e3); "
+            "assert 'torch' not in sys.modules; from phasestem.physics.optics import make_probe; "
             "p = make_probe((8, 8), (0.2, 0.2), 300e3, 20.0, {}); print(type(p).__module__)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "torch", proc.stderr  # torch once a tensor is made

@@ -9,7 +9,7 @@ import pytorch_msssim
 import torch
 
 from phasestem import metrics as M
-from phasestem.errors import ShapeError
+from phasestem.base.errors import ShapeError
 
 
 def smooth_field(n: int = 64, seed: int = 0, width: float = 0.08) -> np.ndarray:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from phasestem import metrics
-from phasestem.errors import ConfigError, InputFileError, ShapeError
+from phasestem.base.errors import ConfigError, InputFileError, ShapeError
 from phasestem.learn import losses as L
 from phasestem.learn.nets.phaseformer import ECA, Phaseformer, PhaseformerLoss, phase_only
 from phasestem.learn.pairs import Degrade, degrade, paired_dataset, write_pairs

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from phasestem import optics
-from phasestem.physics import fourier, multislice, operator
+from phasestem.physics import fourier, multislice, operator, optics
 
 
 def test_wavelength_and_interaction_constant_known_values():
@@ -153,7 +152,7 @@ def _slab_exit(phase, n, thickness, shape, s, E, probe):
 def test_thin_slices_converge_and_approach_projection_as_thickness_vanishes():
     shape, s, E = (64, 64), (0.2, 0.2), 300e3
     rng = np.random.default_rng(0)
-    from phasestem.specimen import synthetic_phase
+    from phasestem.physics.specimen import synthetic_phase
 
     phase = torch.as_tensor(synthetic_phase(shape, rng, "atoms", 1.0, width=1.5), dtype=torch.float64)
     probe = optics.make_probe(shape, s, E, 25.0).to(torch.complex128)

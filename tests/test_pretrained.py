@@ -170,7 +170,7 @@ def test_evaluate_by_name_needs_files(capsys):
 def test_training_optics_check(caplog):
     """Models that record their training optics refuse other optics or another scan step in one line, name what
     the data do not record, and models without the record are not checked."""
-    from phasestem.errors import ShapeError
+    from phasestem.base.errors import ShapeError
     from phasestem.learn.apply.phase import check_training_optics
 
     trained = {"energy": 300e3, "semiangle": 15.0, "aberrations": {"C10": 100.0}, "angular_sampling": [0.984, 0.984],

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from phasestem.errors import ConfigError
+from phasestem.base.errors import ConfigError
 from phasestem.io import hdf5
 from phasestem.io import numpy as io_numpy
 from phasestem.recon.params import build_dataset, parse_params

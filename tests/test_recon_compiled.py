@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from phasestem.errors import ConfigError
+from phasestem.base.errors import ConfigError
 from phasestem.recon.engine import prepared_data
 from phasestem.recon.losses import LossConfig
 from phasestem.recon.model import Ptychography

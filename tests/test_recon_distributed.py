@@ -190,7 +190,7 @@ def test_n_processes_shortcut_spawns_the_ranks_and_rank_0_alone_writes(tmp_path)
 
 
 def test_a_cuda_device_that_is_not_there_is_refused_in_one_line(monkeypatch):
-    from phasestem.errors import ConfigError
+    from phasestem.base.errors import ConfigError
     from phasestem.recon.distributed import rank_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

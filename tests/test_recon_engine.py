@@ -169,7 +169,7 @@ def test_constraints_schedule_and_effects(ds):
     assert set(done) >= {"ortho_probe", "probe_mask", "obj_clamp", "obj_blur", "kz_filter", "rz_filter",
                          "position_limit"}
     spec = torch.fft.fft2(model.get_probe().detach())
-    from phasestem import optics
+    from phasestem.physics import optics
 
     KY, KX = optics.k_grid(model.window, model.sampling)
     outside = (KY**2 + KX**2).sqrt() * optics.wavelength(model.energy) * 1e3 > 11.0

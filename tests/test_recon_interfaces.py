@@ -9,8 +9,8 @@ import pytest
 import torch
 import yaml
 
+from phasestem.base.errors import InputFileError
 from phasestem.detector import bin_pixels, detector_response
-from phasestem.errors import InputFileError
 from phasestem.recon import Constraints, Ptychography, constraints
 from phasestem.recon.losses import ptyrad_gaussian_loss
 from phasestem.recon.params import build_dataset, build_model, load_params

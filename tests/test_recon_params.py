@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import yaml
 
-from phasestem.errors import ConfigError, InputFileError, PhasestemError
+from phasestem.base.errors import ConfigError, InputFileError, PhasestemError
 from phasestem.recon.params import (
     build_dataset,
     build_model,

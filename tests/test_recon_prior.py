@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from phasestem.errors import ConfigError
+from phasestem.base.errors import ConfigError
 from phasestem.recon import Ptychography
 from phasestem.recon.prior import PhasePrior
 from phasestem.recon.synthetic import simulate_dataset
@@ -55,9 +55,9 @@ def test_weight_zero_is_the_plain_hybrid_and_negative_weights_are_refused(scan):
 def test_a_strong_pull_keeps_ad_near_a_good_prior_on_noisy_data(scan):
     """Low-dose patterns: AD from the truth drifts away by fitting the noise; pulled towards the truth after every
     epoch it stays closer (the mechanism that lets a good prediction help at low dose)."""
-    from phasestem.demo import field_of_view
+    from phasestem.cli.demo import field_of_view
     from phasestem.metrics import phase_error
-    from phasestem.resample import sample_on_grid
+    from phasestem.physics.resample import sample_on_grid
 
     _, _, _ = scan
     ds = simulate_dataset(scan_shape=(6, 6), scan_step=1.0, max_phase=0.5, seed=3, dose=200.0)

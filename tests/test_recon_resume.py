@@ -258,7 +258,7 @@ def test_resume_from_a_file_that_is_no_checkpoint_is_one_line(data, tmp_path, ca
 
 
 def test_a_checkpoint_of_another_scan_is_one_line_naming_the_mismatch(tmp_path):
-    from phasestem.errors import InputFileError
+    from phasestem.base.errors import InputFileError
     from phasestem.recon.engine import load_checkpoint, save_checkpoint
     from phasestem.recon.synthetic import simulate_dataset
 

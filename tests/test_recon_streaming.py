@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from phasestem.errors import ConfigError
+from phasestem.base.errors import ConfigError
 from phasestem.recon import LossConfig, Ptychography
 from phasestem.recon.engine import PreparedData, prepared_data
 from phasestem.recon.params import load_params, optimizer_options

@@ -29,8 +29,8 @@ import pytest
 import yaml
 
 from phasestem import io
+from phasestem.base.errors import InputFileError, PhasestemError
 from phasestem.cli import main
-from phasestem.errors import InputFileError, PhasestemError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "reliability"))
 import bombs  # noqa: E402
@@ -189,7 +189,7 @@ def test_deep_nesting_is_one_line_in_set_and_reader_option(tmp_path, capsys):
 
 
 def test_deep_json_in_data_and_model_files_is_one_line(tmp_path):
-    from phasestem.configfile import loads_json
+    from phasestem.base.configfile import loads_json
     from phasestem.learn.checkpoint import load_weights
 
     with pytest.raises(PhasestemError, match="x: nested more than 100 levels deep"):

@@ -21,9 +21,9 @@ import pytest
 import torch
 
 from phasestem import io
+from phasestem.base.errors import ConfigError, InputFileError
+from phasestem.base.safety import atomic_file, mask_nonfinite, refuse_output_over_inputs
 from phasestem.cli import main
-from phasestem.errors import ConfigError, InputFileError
-from phasestem.safety import atomic_file, mask_nonfinite, refuse_output_over_inputs
 
 GEO = dict(extent=24.0, phase_px=48, scan=12, window=16, n_blobs=8)
 BAD = (1, 2, 3, 4)  # the one bad pattern value: scan (1, 2), detector pixel (3, 4)

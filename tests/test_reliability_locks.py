@@ -20,8 +20,8 @@ import torch
 import yaml
 from held_output import PHASESTEM, assert_refused_naming, second_while_held, wait_for_lock_holder
 
-from phasestem.errors import ConfigError
-from phasestem.lock import LOCK_NAME, FolderBusyError, OutputLock, file_lock_path, hold_output
+from phasestem.base.errors import ConfigError
+from phasestem.base.lock import LOCK_NAME, FolderBusyError, OutputLock, file_lock_path, hold_output
 from phasestem.recon.synthetic import write_npz
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -217,7 +217,7 @@ def test_result_out_with_a_figure_suffix_is_refused_without_writing_anything(tmp
 
 
 def test_figure_beside_a_result_is_never_the_result():
-    from phasestem.safety import figure_beside
+    from phasestem.base.safety import figure_beside
 
     assert figure_beside("run/phase.h5") == Path("run/phase.png")
     assert figure_beside("run/phase") == Path("run/phase.png")

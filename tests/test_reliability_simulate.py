@@ -14,8 +14,8 @@ import yaml
 from held_output import PHASESTEM, assert_refused_naming, second_while_held
 
 from phasestem import cli
-from phasestem.errors import ConfigError, InputFileError, PhasestemError
-from phasestem.lock import LOCK_NAME
+from phasestem.base.errors import ConfigError, InputFileError, PhasestemError
+from phasestem.base.lock import LOCK_NAME
 from phasestem.simulate import budget, load_config, simulate_dataset, simulate_sample
 from phasestem.simulate import writer as sim_writer
 
@@ -169,7 +169,7 @@ def test_memory_check_names_the_part_that_does_not_fit(tmp_path, monkeypatch):
 
 PEAK_SCRIPT = """
 import json, sys
-import phasestem.simulate.scan, phasestem.specimen  # the libraries a sample uses, loaded before the baseline
+import phasestem.simulate.scan, phasestem.physics.specimen  # the libraries a sample uses, loaded before the baseline
 from phasestem.simulate import budget, load_config, simulate_sample
 def status(key):
     return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(key))
@@ -274,7 +274,7 @@ def test_set_with_a_yaml_tag_is_one_line(tmp_path, capsys):
 
 
 def test_set_into_a_value_is_one_line():
-    from phasestem.configfile import apply_overrides
+    from phasestem.base.configfile import apply_overrides
 
     with pytest.raises(PhasestemError, match="trainer: is a value, not a section"):
         apply_overrides({"trainer": 5}, {"trainer.lr": 1.0})

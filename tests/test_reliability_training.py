@@ -10,8 +10,8 @@ import torch
 import yaml
 from torch.utils.data import DataLoader, Dataset
 
+from phasestem.base.errors import InputFileError, PhasestemError
 from phasestem.cli import main
-from phasestem.errors import InputFileError, PhasestemError
 from phasestem.learn import trainer as trainer_mod
 from phasestem.learn.trainer import (
     CheckpointError,

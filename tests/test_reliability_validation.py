@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import yaml
 
-from phasestem.errors import PhasestemError
+from phasestem.base.errors import PhasestemError
 from phasestem.recon.params import build_dataset, build_model, load_params
 from phasestem.recon.synthetic import simulate_dataset, write_npz
 
@@ -308,9 +308,9 @@ def clean_scan():
     model: 48 × 48 patterns of 0.3 Å real-space pixels (disk radius 14.5 px at 20 mrad), intensities summing to 1."""
     import torch
 
-    from phasestem import optics
+    from phasestem.physics import optics
     from phasestem.physics.operator import ForwardModel, transmission_function
-    from phasestem.specimen import synthetic_phase
+    from phasestem.physics.specimen import synthetic_phase
 
     rng = np.random.default_rng(1)
     window, sampling, n, step = 48, 0.3, 16, 0.4
@@ -415,7 +415,7 @@ def test_a_network_too_large_for_memory_is_one_line_naming_the_field(tmp_path, c
 
 def test_a_model_file_describing_a_huge_network_is_one_line(tmp_path):
     """The same through a saved model's metadata (a foreign file must not make phasestem allocate 64 GB)."""
-    from phasestem.errors import ConfigError
+    from phasestem.base.errors import ConfigError
     from phasestem.learn.registry import load_model
     from phasestem.learn.trainer import save_weights
     from phasestem.learn.training.autoencoder import build_autoencoder

@@ -1,10 +1,10 @@
-"""The one resampler (phasestem.resample): both mappings on images whose right answer is known."""
+"""The one resampler (phasestem.physics.resample): both mappings on images whose right answer is known."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from phasestem.resample import resample_image, resize, sample_on_grid
+from phasestem.physics.resample import resample_image, resize, sample_on_grid
 
 
 def test_sample_on_grid_puts_pixel_zero_at_zero_angstrom():
@@ -84,7 +84,7 @@ def test_band_limited_round_trip_and_tensor_gradients():
 def test_unknown_order_is_refused_in_one_line():
     import pytest
 
-    from phasestem.errors import ConfigError
+    from phasestem.base.errors import ConfigError
 
     with pytest.raises(ConfigError, match="order must be one of linear, cubic, fourier"):
         resize(np.ones((4, 4), np.float32), (8, 8), order="quintic")

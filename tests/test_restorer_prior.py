@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from phasestem.errors import PhasestemError
+from phasestem.base.errors import PhasestemError
 from phasestem.learn.checkpoint import save_weights
 from phasestem.learn.meta import make_meta
 from phasestem.learn.nets.restorer import Restorer, RestorerConfig

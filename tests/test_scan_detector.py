@@ -6,9 +6,9 @@ import math
 import numpy as np
 import pytest
 
+from phasestem.base.errors import ConfigError, ShapeError
 from phasestem.dataset import FourDSTEM
 from phasestem.detector import PixelatedDetector
-from phasestem.errors import ConfigError, ShapeError
 from phasestem.recon.params import ScanConfig, scan_positions
 from phasestem.scan import GridScan, as_grid_scan
 

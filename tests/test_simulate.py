@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from phasestem import io
-from phasestem.errors import ConfigError, InputFileError, ShapeError
-from phasestem.optics import interaction_constant
+from phasestem.base.errors import ConfigError, InputFileError, ShapeError
+from phasestem.physics.optics import interaction_constant
 from phasestem.simulate import load_config, simulate_dataset, simulate_sample
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,9 +9,9 @@ import h5py
 import numpy as np
 import pytest
 
-from phasestem import specimen
-from phasestem.errors import InputFileError
-from phasestem.optics import interaction_constant
+from phasestem.base.errors import InputFileError
+from phasestem.physics import specimen
+from phasestem.physics.optics import interaction_constant
 
 
 def _atom_error(element, n, L=12.0):

@@ -50,7 +50,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from phasestem.safety import atomic_file
+from phasestem.base.safety import atomic_file
 
 #: (ASE structure, candidate elements or compounds with lattice constants in Å) of the random crystals
 PROTOTYPES = [

@@ -61,8 +61,8 @@ def make_blocks(n: int, seed: int, measurement: str = "windows", block: int = 4,
     k = np.fft.fftfreq(n_px, ps)
     h = window // 2
     if measurement == "simulated":
-        from phasestem.optics import make_probe
         from phasestem.physics.operator import ForwardModel, transmission_function
+        from phasestem.physics.optics import make_probe
 
         probe = make_probe((window, window), (ps, ps), 300e3, 12.0, {"C10": 60.0})
         fm = ForwardModel((window, window), (ps, ps), 300e3)

@@ -219,7 +219,7 @@ class Sample:
     @classmethod
     def load(cls, file: Path, index: int) -> Sample:
         from phasestem import io
-        from phasestem.demo import field_of_view
+        from phasestem.cli.demo import field_of_view
 
         ds = io.load(file, sample=index)
         truth = np.asarray(ds.truth["phase"], np.float32)
@@ -240,7 +240,7 @@ class Sample:
 
     def on_truth_grid(self, phase: np.ndarray, sampling: tuple[float, float]) -> np.ndarray:
         """A phase image (pixel (0, 0) at 0 Å, pixel ``sampling`` Å) on the truth's grid: cubic-spline point samples
-        (the edge value continued beyond the image). Bilinear resampling (``phasestem.demo.resample``, what
+        (the edge value continued beyond the image). Bilinear resampling (``phasestem.cli.demo.resample``, what
         ``bench_learned_vs_ad.py`` uses) from the AD object's 0.26 Å pixel to the 0.39 Å truth costs a band-limited
         image of these lattices E_φ 0.04–0.08 by itself, as much as AD's whole error on some samples."""
         from scipy.ndimage import map_coordinates
@@ -455,7 +455,7 @@ def spline_resample(image: np.ndarray, sampling: tuple[float, float], target: tu
     spline interpolation, wrapped at the edges. The hybrid's start and prior go onto the AD object's pixel this way,
     as in the recorded runs: the bilinear resampling ``Ptychography.set_initial_phase`` used then costs a 0.39 Å
     lattice image E_φ 0.09–0.20 on its way to the 0.26 Å object pixel and back (measured on the held-out truths),
-    this one 0.004–0.009 (set_initial_phase now resamples band-limited itself: ``phasestem.resample``, order
+    this one 0.004–0.009 (set_initial_phase now resamples band-limited itself: ``phasestem.physics.resample``, order
     "fourier")."""
     from scipy.ndimage import map_coordinates
 
@@ -540,7 +540,7 @@ class Runner:
         path = result_path(self.out, self.setting, i, route)
         if (r := _load(path)) is not None and r.get("name") == ad.name:
             return r
-        from phasestem.demo import hybrid_start
+        from phasestem.cli.demo import hybrid_start
 
         self.warm_up(i)
         init = None if start is None else hybrid_start(self.prediction(i, start))
@@ -640,7 +640,7 @@ def run_prior_study(out: Path, setting: str, file: Path, n: int, levels: tuple[f
     """What prediction quality would the hybrid need? AD's best setting started from (and, λ > 0, pulled towards)
     the truth blurred to E_φ = each of ``levels``, on the development half (after :func:`run_ad`). Results in
     ``results/<setting>/<i>/prior<level>_<name>.json``; returns the mean best E_φ and seconds per (level, λ)."""
-    from phasestem.demo import hybrid_start
+    from phasestem.cli.demo import hybrid_start
 
     choices = _load(out / "results" / setting / "choices.json") or {}
     if "ad_best" not in choices:

@@ -95,11 +95,11 @@ def stage_configs(size: str, layout: str | dict[str, Any], files: list[Path], n:
 
 
 def write_json(path: Path, data: Any) -> Path:
-    """``data`` as JSON in ``path``, atomically (:func:`phasestem.safety.atomic_file`): a killed benchmark leaves
+    """``data`` as JSON in ``path``, atomically (:func:`phasestem.base.safety.atomic_file`): a killed benchmark leaves
     the last complete file, which its resume reads."""
     import json
 
-    from phasestem.safety import atomic_file
+    from phasestem.base.safety import atomic_file
 
     with atomic_file(path, "benchmark record") as tmp:
         tmp.write_text(json.dumps(data, indent=1, default=float))

@@ -68,7 +68,7 @@ def guard_specimens(structure: Path, truth: np.ndarray, truth_sampling: tuple[fl
     ``folder``, and where their guards look (Å, (y, x))."""
     from ase.io import read, write
 
-    from phasestem.specimen import column_mask
+    from phasestem.physics.specimen import column_mask
 
     atoms = read(structure)
     extent = atoms.cell.lengths()[[1, 0]]  # (y, x): phasestem's rows are the atoms' y

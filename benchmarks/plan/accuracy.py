@@ -55,7 +55,7 @@ def abtem_intensities(cells: int, scan: int, seed: int = 0) -> tuple[np.ndarray,
     import abtem
     import ase
 
-    from phasestem.optics import interaction_constant
+    from phasestem.physics.optics import interaction_constant
 
     abtem.config.set({"progress_bar": False, "fftw.planning_effort": "FFTW_ESTIMATE", "device": "cpu"})
     unit = ase.Atoms("SrTiO3", scaled_positions=[(0, 0, 0), (0.5, 0.5, 0.5), (0.5, 0.5, 0), (0.5, 0, 0.5),
@@ -159,7 +159,7 @@ def run_case(name: str, work: Path, scan: int, draws: int = 1) -> dict:
     cannot calibrate it at this dose) — what the plan's figures are compared with — and, where it so advised,
     also by --auto alone (``auto_alone``)."""
     import phasestem
-    from phasestem.optics import wavelength
+    from phasestem.physics.optics import wavelength
     from phasestem.plan.config import plan_config
 
     cells, dose = CASES[name]

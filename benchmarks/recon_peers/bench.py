@@ -46,9 +46,9 @@ def simulate_case(name: str, geom: dict, path: Path, seed: int = 0) -> None:
     """Write case_X.npz: patterns, truth phase in the dataset frame and the settings."""
     import torch
 
-    from phasestem import optics
+    from phasestem.physics import optics
     from phasestem.physics.operator import ForwardModel, transmission_function
-    from phasestem.specimen import synthetic_phase
+    from phasestem.physics.specimen import synthetic_phase
 
     spec = CASES[name]
     rng = np.random.default_rng(seed)

@@ -97,7 +97,8 @@ def main() -> None:
     import phasestem.calibrate.disk  # noqa: F401
     import phasestem.recon.coarse  # noqa: F401
     import phasestem.recon.streaming  # noqa: F401
-    from phasestem.dataset import FourDSTEM, angular_sampling_for
+    from phasestem.dataset import FourDSTEM
+    from phasestem.physics.optics import angular_sampling_for
     from phasestem.recon import Constraints, Ptychography
     from phasestem.recon.losses import LossConfig
     from phasestem.recon.params import RunConfig

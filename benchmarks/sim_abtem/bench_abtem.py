@@ -5,9 +5,9 @@
 
 Both codes get the SAME projected potential and the same probe:
 
-* specimen: a random crystal from ``phasestem.specimen.random_crystal`` (100 Å cell, 15 Å thick),
+* specimen: a random crystal from ``phasestem.physics.specimen.random_crystal`` (100 Å cell, 15 Å thick),
   ``phonons`` frozen-phonon configurations (σ = 0.1 Å); projected potential per configuration and
-  slice computed once by ``phasestem.specimen.projected_potential`` (Kirkland), handed to abTEM
+  slice computed once by ``phasestem.physics.specimen.projected_potential`` (Kirkland), handed to abTEM
   as a ``PotentialArray`` with a frozen-phonon ensemble axis (abTEM's own potential builder is not
   timed, nor is ours);
 * probe: 300 keV, 30 mrad, C10 = 0, C30 = 10⁶ Å (the seed defaults) — abTEM ``aberrations``
@@ -29,7 +29,7 @@ CUDA's start-up: cuFFT plans, kernel loading); abTEM's likewise.
 Reported: wall time of each (potential given), the ratio, time ÷ FFT bound (the FFTs alone for the
 same work: per position one inverse FFT for the shifted probe, then per configuration 2(S−1)+1
 FFTs, all of the grid size, timed in this run with the same threads at the batch size where one FFT is
-fastest — with the allocator setting of ``phasestem.runtime``, so page faults do not inflate it), and the
+fastest — with the allocator setting of ``phasestem.base.runtime``, so page faults do not inflate it), and the
 largest difference
 between the pattern sets relative to the largest pattern value, plus the relative L2 difference.
 """
@@ -67,8 +67,8 @@ def main() -> None:
     import dask
     import torch
 
-    from phasestem import specimen
-    from phasestem.optics import band_limit_mrad, make_probe
+    from phasestem.physics import specimen
+    from phasestem.physics.optics import band_limit_mrad, make_probe
     from phasestem.simulate.scan import DetectorGeometry, scan_positions, simulate_patterns, transmission_slices
 
     torch.set_num_threads(args.threads)

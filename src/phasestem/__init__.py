@@ -12,17 +12,16 @@ earlier releases still import, with a DeprecationWarning naming the new one (:mo
 """
 from __future__ import annotations
 
-import importlib
-
 from . import _moved
-
-__version__ = "0.1.0"
+from .base.lazy import lazy_getattr
+from .base.version import __version__
 
 #: public name -> "module:attribute" (the one table of the top-level API; README "Python API")
 API = {
     "load": "phasestem.io:load",
     "FourDSTEM": "phasestem.dataset:FourDSTEM",
-    "PhasestemError": "phasestem.errors:PhasestemError",
+    "inspect": "phasestem.calibrate.overview:inspect",
+    "PhasestemError": "phasestem.base.errors:PhasestemError",
     "Ptychography": "phasestem.recon.model:Ptychography",
     "load_params": "phasestem.recon.params:load_params",
     "run_reconstruction": "phasestem.recon.run:run_reconstruction",
@@ -43,28 +42,6 @@ API = {
 __all__ = ["__version__", *API]
 
 _moved.install()
-
-
-def lazy_attribute(api: dict[str, str], module_name: str, name: str):
-    """The object ``api[name]`` names (``"module:attribute"``), imported now; AttributeError for another name."""
-    target = api.get(name)
-    if target is None:
-        raise AttributeError(f"module {module_name!r} has no attribute {name!r}")
-    module, _, attr = target.partition(":")
-    return getattr(importlib.import_module(module), attr)
-
-
-def lazy_getattr(api: dict[str, str], module_name: str):
-    """A package's module ``__getattr__`` (PEP 562) that imports each name of ``api`` on first use and keeps it in
-    the package: ``__getattr__ = lazy_getattr(API, __name__)``."""
-    import sys
-
-    def __getattr__(name: str):  # noqa: N807 - the module hook's own name
-        value = lazy_attribute(api, module_name, name)
-        setattr(sys.modules[module_name], name, value)  # resolved once
-        return value
-
-    return __getattr__
 
 
 __getattr__ = lazy_getattr(API, __name__)

@@ -27,7 +27,7 @@ MOVED: dict[str, tuple[str, ...]] = {
     "phasestem.learn.restore_config": ("phasestem.learn.config", "phasestem.learn.registry"),
     "phasestem.learn.restore_train": ("phasestem.learn.training.autoencoder", "phasestem.learn.training.phaseformer"),
     "phasestem.learn.commands_restore": ("phasestem.learn.commands",),
-    "phasestem.simulate.lock": ("phasestem.lock",),
+    "phasestem.simulate.lock": ("phasestem.base.lock",),
 }
 
 

@@ -9,7 +9,7 @@ padding) updates them with the patterns, so shifts, masks and calibrations follo
 Patterns may be a NumPy array, a torch tensor or a lazy array-like (an open ``h5py.Dataset``,
 a ``numpy.memmap``, a dask array) of shape (Sy, Sx, H, W); nothing is read until asked for (a
 dask array is computed per block of scan rows or per batch of patterns). Pattern
-pixels are fftshift-ed (zero frequency at (H//2, W//2), as :mod:`phasestem.optics` states).
+pixels are fftshift-ed (zero frequency at (H//2, W//2), as :mod:`phasestem.physics.optics` states).
 """
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from .base.errors import ShapeError
 from .detector import PixelatedDetector, centre_window
-from .errors import ShapeError
-from .optics import wavelength
+from .physics.optics import wavelength
 from .scan import GridScan
 
 
@@ -37,7 +37,7 @@ class FourDSTEM:
     angular_sampling : (dky, dkx) detector pixel size in mrad (sets the reconstruction pixel
         ``λ / (H · dky)``); ``None`` when unknown, then ``sampling`` must be given.
     semiangle : probe semi-angle (mrad), when known.
-    aberrations : aberration coefficients (Å / rad, :class:`phasestem.optics.Aberrations` keys).
+    aberrations : aberration coefficients (Å / rad, :class:`phasestem.physics.optics.Aberrations` keys).
     scan_origin : (y0, x0) Å of scan position (0, 0).
     positions : optional explicit probe positions (Sy·Sx, 2) Å, overriding the grid.
     metadata : free-form provenance (file, keys, detector, dose …).
@@ -283,26 +283,12 @@ class FourDSTEM:
         kw["metadata"] = dict(self.metadata)
         return FourDSTEM(**kw)
 
-    # ---- look ------------------------------------------------------------------------
-    def inspect(self, index: tuple[int, int] | None = None, path=None):
-        """The first look, no calibration needed: mean pattern (log) with the fitted bright-field disk, virtual
-        bright and annular dark field about it, centre of mass and the pattern at ``index`` (row, col); Å and
-        mrad where known, pixels otherwise (:func:`phasestem.calibrate.overview.first_look`,
-        :func:`phasestem.plot.inspect_dataset`). In a notebook or desktop window a click on a scan image shows
-        that position's pattern.
-
-        Saves a PNG when ``path`` is given; returns the matplotlib figure (``fig.first_look``: the numbers).
-        """
-        from .calibrate.overview import first_look
-        from .plot import inspect_dataset
-
-        return inspect_dataset(self, first_look(self), index=index, path=path)
-
     def settings_table(self, given: str = "given") -> str:
         """Every calibration this dataset carries, one line each with its source (``file``, ``default`` or
-        ``given``: an option of the reader), as the run log shows them (:func:`~phasestem.provenance.dataset_settings`).
+        ``given``: an option of the reader), as the run log shows them
+        (:func:`~phasestem.base.provenance.dataset_settings`).
         """
-        from .provenance import dataset_settings, settings_table
+        from .base.provenance import dataset_settings, settings_table
 
         return settings_table(dataset_settings(self, given))
 
@@ -323,12 +309,3 @@ class FourDSTEM:
 
     def __repr__(self) -> str:
         return f"FourDSTEM({self.summary()})"
-
-
-def angular_sampling_for(energy: float, sampling: float | tuple[float, float], shape: tuple[int, int]):
-    """Detector pixel (mrad) that matches a real-space pixel ``sampling`` (Å) on an (H, W) window."""
-    if not isinstance(sampling, tuple | list):
-        sampling = (sampling, sampling)
-    lam = wavelength(energy)
-    return (lam / (shape[0] * sampling[0]) * 1e3, lam / (shape[1] * sampling[1]) * 1e3)
-

@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .errors import ConfigError, ShapeError
+from .base.errors import ConfigError, ShapeError
 from .scan import rotation_matrix
 
 _OFFSETS = np.array([(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)])

@@ -25,7 +25,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .errors import ShapeError
+from .base.errors import ShapeError
 
 Reduction = Literal["mean", "none"]
 

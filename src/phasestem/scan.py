@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, ShapeError
+from .base.errors import ConfigError, ShapeError
 
 
 def _pair(value, name: str) -> tuple[float, float]:

@@ -7,7 +7,7 @@ pixels, scan–detector rotation and transpose (CoM curl), defocus and astigmati
 """
 from __future__ import annotations
 
-from .. import lazy_getattr
+from ..base.lazy import lazy_getattr
 
 #: public name -> "module:attribute", imported on first use (PEP 562): the command line imports this package
 #: to register its sub-commands without torch

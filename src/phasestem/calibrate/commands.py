@@ -5,9 +5,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..cliargs import add_key
-from ..configfile import parse_set_options
-from ..errors import ConfigError
+from ..base.cliargs import add_key
+from ..base.configfile import parse_set_options
+from ..base.errors import ConfigError
 
 EPILOG = """examples:
   phasestem calibrate scan.npy --energy 300e3 --semiangle 21.4 --scan-step 0.4 --out calib
@@ -107,7 +107,7 @@ CALIBRATE_FILES = ("calibrated.npy", "detector_shifts.npy", "params.yaml", "cali
 
 
 def _calibrate_cmd(args) -> int:
-    from ..safety import refuse_output_over_inputs
+    from ..base.safety import refuse_output_over_inputs
     from .files import calibrate_file
 
     refuse_output_over_inputs(args.out, [args.file], field="--out", written=CALIBRATE_FILES)

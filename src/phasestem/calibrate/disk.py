@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from ..errors import PhasestemError
+from ..base.errors import PhasestemError
 from ..scan import GridScan
 from .reading import row_chunks
 

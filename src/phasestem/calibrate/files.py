@@ -27,7 +27,7 @@ def check_complete(path: str | Path, energy=None, scan_step=None, semiangle=None
     give (energy, scan step, semi-angle or detector pixel), before anything slow: the file's header is read
     lazily, no pattern is read. A file that cannot be read this way is left to :func:`load_for_calibration` to say
     so."""
-    from ..errors import MissingCalibrationError, PhasestemError
+    from ..base.errors import MissingCalibrationError, PhasestemError
     from ..io import reader_module
 
     if energy is not None and scan_step is not None and (semiangle is not None or angular_sampling is not None):
@@ -52,7 +52,7 @@ def load_for_calibration(path: str | Path, energy: float | None = None,
     """The file as a lazy :class:`phasestem.dataset.FourDSTEM`. ``energy`` (eV) and ``scan_step`` (Å) win over the
     file's, with a warning naming both values where they differ; None: the file's (one line when it has none)."""
     from .. import io
-    from ..provenance import conflict_messages
+    from ..base.provenance import conflict_messages
 
     opts = dict(reader_options or {})
     if energy is not None:
@@ -86,9 +86,9 @@ def calibrate_file(path: str | Path, out_dir: str | Path, energy: float | None =
     c10_range, edge_threshold); ``extra_params`` adds sections (model, run, …) to the YAML (integer data get
     the counted-data term :data:`COUNTED_LOSSES` unless it names ``losses``);
     ``resample_descan``: see :func:`phasestem.calibrate.output.write_outputs`. ``out_dir`` is held for the whole
-    call (:func:`phasestem.lock.hold_output`; FolderBusyError when another run holds it).
+    call (:func:`phasestem.base.lock.hold_output`; FolderBusyError when another run holds it).
     """
-    from ..lock import hold_output
+    from ..base.lock import hold_output
     from .held import merge_held
     from .output import write_outputs
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..provenance import format_value, same_value
+from ..base.provenance import format_value, same_value
 
 log = logging.getLogger("phasestem.calibrate")
 

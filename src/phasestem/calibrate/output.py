@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from ..safety import atomic_file
+from ..base.safety import atomic_file
 from .correct import corrected_chunks, whole_pixel_shifts
 from .pipeline import Calibration
 

@@ -1,5 +1,5 @@
 """The first look at a 4D-STEM scan, before any calibration: mean pattern, bright-field disk, virtual bright and
-annular dark field and centre of mass (``phasestem inspect``, :meth:`phasestem.dataset.FourDSTEM.inspect`).
+annular dark field and centre of mass (``phasestem inspect``, ``phasestem.inspect(dataset)``: :func:`inspect`).
 
 Nothing here needs the energy, the scan step or the detector pixel: the disk is found in the mean pattern
 (:func:`phasestem.calibrate.disk.disk_of_mean`) and the virtual detectors are drawn about it, in pixels. Two
@@ -93,6 +93,20 @@ def first_look(dataset, bf_radius: float | None = None, adf_inner: float | None 
     pixel, source = detector_pixel(dataset, radius)
     return FirstLook(mean=mean, centre=centre, radius=radius, note=note, bf_radius=bf_r, adf_inner=adf_r, bf=bf,
                      adf=adf, com=com, descan=plane, pixel_mrad=pixel, pixel_source=source, adf_outer=adf_out)
+
+
+def inspect(dataset, index: tuple[int, int] | None = None, path=None):
+    """The first look at ``dataset`` (a :class:`~phasestem.dataset.FourDSTEM`), no calibration needed
+    (``phasestem.inspect(dataset)``, ``phasestem inspect FILE``): mean pattern (log) with the fitted bright-field
+    disk, virtual bright and annular dark field about it, centre of mass and the pattern at ``index`` (row, col); Å
+    and mrad where known, pixels otherwise (:func:`first_look`, :func:`phasestem.plot.inspect_dataset`). In a
+    notebook or desktop window a click on a scan image shows that position's pattern.
+
+    Saves a PNG when ``path`` is given; returns the matplotlib figure (``fig.first_look``: the numbers).
+    """
+    from ..plot import inspect_dataset
+
+    return inspect_dataset(dataset, first_look(dataset), index=index, path=path)
 
 
 def minus_descan_plane(com: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

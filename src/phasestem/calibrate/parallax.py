@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..direct.tcbf import padded_spectra, parallax_shifts, shifted_sum, tcbf_image
-from ..optics import wavelength
+from ..physics.optics import wavelength
 
 
 @dataclass

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..base.errors import ConfigError
 from .badpixels import BadPixels, fill_bad_pixels, fill_plan, find_bad_pixels
 from .com import com_field
 from .disk import DiskFit, fit_disk
@@ -72,7 +72,7 @@ class Calibration:
     #: quantity → why the data do not determine it; it keeps its default (rotation 0°, transpose False, no C10)
     undetermined: dict[str, str] = field(default_factory=dict)
     #: where each value of the written parameter file came from, by field (``optics.energy`` → ``flag``, ``file``
-    #: or ``calibration``; :mod:`phasestem.provenance`), filled by :func:`phasestem.calibrate.files.calibrate_file`
+    #: or ``calibration``; :mod:`phasestem.base.provenance`), filled by :func:`phasestem.calibrate.files.calibrate_file`
     sources: dict[str, str] = field(default_factory=dict)
     #: sections added to the reconstruction parameters (e.g. the counted-data ``losses``), by section
     extra: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -114,7 +114,7 @@ class Calibration:
 
     def sampling(self) -> float:
         """Real-space pixel (Å) of the reconstruction window: λ / (H · dk)."""
-        from ..optics import wavelength
+        from ..physics.optics import wavelength
 
         return wavelength(self.energy) / (max(self.pattern_shape) * self.angular_sampling * 1e-3)
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import PhasestemError
+from ..base.errors import PhasestemError
 from .com import to_detector_frame
 
 #: a CoM field whose least relative curl is above this carries no usable rotation (noise gives ≈ 1)
@@ -56,7 +56,7 @@ def undersampled(step, energy: float, semiangle: float, c10: float | None = None
     λ/α + 2|C10|·α (λ Å, α = ``semiangle`` mrad, ``c10`` Å where known). Neighbouring positions then see unrelated
     parts of the specimen and the field's curl is as large as its divergence whatever the rotation (a seed-000 scan:
     2 Å step, a 0.66 Å probe)."""
-    from ..optics import wavelength
+    from ..physics.optics import wavelength
 
     alpha = float(semiangle) * 1e-3
     probe = wavelength(energy) / alpha + 2 * abs(float(c10 or 0.0)) * alpha

@@ -47,10 +47,10 @@ def _no_tool(parser: argparse.ArgumentParser) -> int:
 
 
 def _ptyrad(args) -> int:
-    from ..configfile import read_yaml_mapping
-    from ..errors import ConfigError
+    from ..base.configfile import read_yaml_mapping
+    from ..base.errors import ConfigError
+    from ..base.safety import atomic_file
     from ..recon.params import parse_params
-    from ..safety import atomic_file
     from .ptyrad import translate, translation_yaml
 
     data = read_yaml_mapping(args.params, "PtyRAD params file")
@@ -76,7 +76,7 @@ def _result(args) -> tuple[Path, str]:
     """The file to write and the flag that named it: ``--out-file FILE``, else PARAMS-STEM_phasestem.yaml in
     ``--out DIR``; an ``--out`` ending in .yaml/.yml that is not a folder is taken as the file, with one line saying
     that --out-file names a file (--out is the output folder of every command)."""
-    from ..errors import ConfigError
+    from ..base.errors import ConfigError
 
     if args.out is not None and args.out_file is not None:
         raise ConfigError(f"--out {args.out} and --out-file {args.out_file}: give the folder or the file, not both")

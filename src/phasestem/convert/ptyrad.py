@@ -352,7 +352,7 @@ def translate(data: dict, source: str = "PtyRAD params", cwd: str | Path | None 
     relative to it; default: the working directory); ``lsq``: phasestem's default solver instead of PtyRAD's
     optimizer (the learning rates' schedules and frozen parameters kept, their values left to lsq; positions in Å)."""
     if not is_ptyrad_params(data):
-        from ..errors import ConfigError
+        from ..base.errors import ConfigError
 
         raise ConfigError(f"{source}: not a PtyRAD params file (expected an init_params section and no data/optics/"
                           "scan section)")

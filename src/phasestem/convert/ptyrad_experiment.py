@@ -18,7 +18,7 @@ class ExperimentSections(PtyradReader):
     ``self.wavelength``, ``self.conv`` and what :mod:`phasestem.convert.ptyrad`'s sections read after them)."""
 
     def optics(self) -> None:
-        from ..optics import wavelength
+        from ..physics.optics import wavelength
 
         kind = self.get("init_params", "probe_illum_type", "electron")
         if kind != "electron":
@@ -49,7 +49,7 @@ class ExperimentSections(PtyradReader):
     def aberrations(self, ab: dict) -> dict[str, float]:
         """Krivanek polar coefficients in Å and azimuths in rad from PtyRAD's polar / cartesian / Haider / alias
         names (its azimuths in degrees)."""
-        from ..optics import ABERRATION_ORDERS
+        from ..physics.optics import ABERRATION_ORDERS
 
         out: dict[str, float] = {}
         cart: dict[str, list[float]] = {}

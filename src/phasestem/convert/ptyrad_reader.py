@@ -58,7 +58,7 @@ class PtyradReader:
     """A PtyRAD params file's sections, the keys read from them, and the lines of its :class:`Translation`."""
 
     def __init__(self, data: dict, source: str, cwd: Path, lsq: bool):
-        from ..errors import ConfigError
+        from ..base.errors import ConfigError
 
         self.source, self.cwd, self.lsq = source, cwd, lsq
         self.out: dict[str, Any] = {"data": {}, "optics": {}, "scan": {}, "model": {}, "losses": {},
@@ -97,7 +97,7 @@ class PtyradReader:
             self.tr.untranslated.append(f"{section}.{key}: {_short(value)}{default}: {why}")
 
     def fail(self, field_name: str, why: str):
-        from ..errors import ConfigError
+        from ..base.errors import ConfigError
 
         return ConfigError(f"{self.source}: {field_name}: {why}")
 

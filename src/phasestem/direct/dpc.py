@@ -13,7 +13,7 @@ from .integrate import integrate_gradient
 
 def gradient_field(dataset) -> np.ndarray:
     """∇φ over the scan indices (Sy, Sx, 2), rad per index, from a calibrated dataset (phasestem frame)."""
-    from ..optics import wavelength
+    from ..physics.optics import wavelength
 
     com_px = dataset.center_of_mass()  # (Sy, Sx, 2) px about (H//2, W//2)
     dk = np.asarray(dataset.angular_sampling) * 1e-3 / wavelength(dataset.energy)  # Å⁻¹ per px

@@ -19,8 +19,8 @@ class PhaseImage:
     scan_grid: np.ndarray | None = None  # the image on the (possibly up-sampled) scan grid
 
     def save(self, path) -> None:
-        """Write the phase (float32 .npy) to ``path`` atomically (:func:`phasestem.safety.atomic_file`)."""
-        from ..safety import atomic_file
+        """Write the phase (float32 .npy) to ``path`` atomically (:func:`phasestem.base.safety.atomic_file`)."""
+        from ..base.safety import atomic_file
 
         with atomic_file(path) as tmp, open(tmp, "wb") as fh:  # a file object: np.save adds no suffix
             np.save(fh, self.phase.astype(np.float32))

@@ -23,7 +23,7 @@ def parallax_image(dataset, upsample: int = 2, fraction: float = 0.9) -> tuple[n
     chunks = ((slice(r, r + 1), np.asarray(dataset.patterns[r : r + 1], dtype=np.float64))
               for r in range(dataset.scan_shape[0]))
     con, w = normalised(group_images(chunks, labels, dataset.scan_shape))
-    from ..optics import Aberrations
+    from ..physics.optics import Aberrations
 
     ab = Aberrations.from_dict(dataset.aberrations)
     c10, c12, phi12 = ab.get("C10"), ab.get("C12"), ab.get("phi12")
@@ -38,7 +38,7 @@ def parallax_image(dataset, upsample: int = 2, fraction: float = 0.9) -> tuple[n
 def parallax_phase(dataset, sampling: tuple[float, float] | None = None, upsample: int = 2,
                    wiener: float = 0.1) -> PhaseImage:
     """Phase (rad) from the tcBF image by a Wiener filter of 2·sin χ, in the dataset frame."""
-    from ..optics import wavelength
+    from ..physics.optics import wavelength
 
     img, u = parallax_image(dataset, upsample)
     L, _ = scan_map(dataset)

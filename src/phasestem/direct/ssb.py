@@ -26,7 +26,7 @@ def _probe(ky: np.ndarray, kx: np.ndarray, radius: float, chi_coeffs: tuple[floa
 
 def ssb_phase(dataset, sampling: tuple[float, float] | None = None, eps: float = 1e-3) -> PhaseImage:
     """SSB phase (rad) of a calibrated dataset (phasestem frame), in the dataset frame."""
-    from ..optics import Aberrations, wavelength
+    from ..physics.optics import Aberrations, wavelength
 
     sy, sx = dataset.scan_shape
     H, W = dataset.pattern_shape

@@ -32,9 +32,9 @@ import importlib
 import zipfile
 from pathlib import Path
 
+from ..base.errors import ConfigError, InputFileError, PhasestemError
+from ..base.safety import available_memory, check_readable, gb
 from ..dataset import FourDSTEM
-from ..errors import ConfigError, InputFileError, PhasestemError
-from ..safety import available_memory, check_readable, gb
 
 _BY_EXTENSION = {
     ".h5": "hdf5", ".hdf5": "hdf5", ".hdf": "hdf5",
@@ -73,7 +73,7 @@ def load(path: str | Path, format: str | None = None, bad_pixels: str = "refuse"
     value of data up to 1 GiB (float32) and an evenly spread 64 MiB sample of larger data (bounded time);
     ``screen='full'`` checks every value (see :func:`phasestem.io._common.screen_patterns`). Sizes a file
     declares (headers, shapes) are checked against its real size before anything is mapped or read. Any
-    failure of a reader, or of reading the data while screening them, is raised as a :mod:`phasestem.errors`
+    failure of a reader, or of reading the data while screening them, is raised as a :mod:`phasestem.base.errors`
     class whose one-line message names the file.
     ``require_calibration=False`` (an option of every reader) accepts a file without energy or scan step (a first
     look: ``phasestem inspect``); they are then NaN and ``metadata['uncalibrated']`` names them.

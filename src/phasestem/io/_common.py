@@ -15,7 +15,7 @@ scan_order : 'C' (x fastest, row-major; default) or 'F' (y fastest, MATLAB colum
 angular_sampling : detector pixel (mrad), a number or (dky, dkx).
 sampling : real-space pixel (Å) instead of ``angular_sampling``.
 semiangle : probe semi-angle (mrad).
-aberrations : dict of aberrations (:class:`phasestem.optics.Aberrations` keys/aliases).
+aberrations : dict of aberrations (:class:`phasestem.physics.optics.Aberrations` keys/aliases).
 scan_origin : (y0, x0) Å of the first scan position.
 positions : explicit (N, 2) probe positions (Å).
 """
@@ -29,11 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from ..dataset import FourDSTEM, angular_sampling_for
-from ..errors import ConfigError, InputFileError, MissingCalibrationError, ShapeError
-from ..optics import Aberrations
-from ..provenance import same_value
-from ..safety import check_bad_pixel_mode, check_finite, mask_nonfinite
+from ..base.errors import ConfigError, InputFileError, MissingCalibrationError, ShapeError
+from ..base.provenance import same_value
+from ..base.safety import check_bad_pixel_mode, check_finite, mask_nonfinite
+from ..dataset import FourDSTEM
+from ..physics.optics import Aberrations, angular_sampling_for
 from ..scan import GridScan
 
 log = logging.getLogger("phasestem.io")
@@ -172,7 +172,7 @@ class LazyView:
 
 def normalised_calibrations(values: Mapping[str, Any] | None, path: str | Path) -> dict[str, Any]:
     """``values`` without its None entries: pairs as (y, x) floats, energy and semi-angle as floats, the scan shape as
-    ints, aberrations under their canonical names (:class:`phasestem.optics.Aberrations`), positions (N, 2)."""
+    ints, aberrations under their canonical names (:class:`phasestem.physics.optics.Aberrations`), positions (N, 2)."""
     out: dict[str, Any] = {}
     for key, v in (values or {}).items():
         if v is None:
@@ -216,8 +216,8 @@ def dataset_from_reader(patterns, path: str | Path, file_values: Mapping[str, An
     The metadata records ``calibration_from_file`` (what the file held), ``calibration_given`` (the options),
     ``calibration_sources`` (name → ``given``, ``file`` or ``default``; aberrations as ``aberrations.C10`` …) and
     ``calibration_conflicts``: the names whose given value differs from the file's by more than
-    :data:`phasestem.provenance.SAME_VALUE_RTOL` (``sampling`` when a real-space pixel was given); the caller
-    warns (:func:`phasestem.provenance.conflict_messages`). A flat pattern count that does not match
+    :data:`phasestem.base.provenance.SAME_VALUE_RTOL` (``sampling`` when a real-space pixel was given); the caller
+    warns (:func:`phasestem.base.provenance.conflict_messages`). A flat pattern count that does not match
     ``scan_shape`` raises :class:`ShapeError` naming the file and both numbers; a missing energy or scan step
     raises :class:`MissingCalibrationError` naming the option, unless ``require_calibration=False`` (a first look
     that needs neither, ``phasestem inspect``): then they are NaN and ``metadata['uncalibrated']`` names them.

@@ -5,7 +5,7 @@ phase and probe images (:func:`phasestem.recon.inputs.read_array` checks their d
 header or an ``.npz`` member declares must be held by the file (:mod:`phasestem.io.numpy`), an HDF5 dataset
 must have been written (:func:`phasestem.io.hdf5.check_written`) and be a dataset, not a group, and the array
 must fit in :data:`MEMORY_FRACTION` of the memory available. Nothing is unpickled. Every failure is one
-:class:`~phasestem.errors.InputFileError` line naming the file.
+:class:`~phasestem.base.errors.InputFileError` line naming the file.
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputFileError
-from ..safety import available_memory, check_readable, gb
+from ..base.errors import InputFileError
+from ..base.safety import available_memory, check_readable, gb
 from .hdf5 import check_written, open_file, reading
 from .numpy import load_npy, npz_members, read_member
 

@@ -41,11 +41,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..configfile import loads_json
+from ..base.configfile import loads_json
+from ..base.errors import ConfigError, InputFileError
+from ..base.safety import atomic_file
 from ..dataset import FourDSTEM
-from ..errors import ConfigError, InputFileError
-from ..optics import energy_from_wavelength, wavelength
-from ..safety import atomic_file
+from ..physics.optics import energy_from_wavelength, wavelength
 from ..scan import GridScan
 from ._common import dataset_from_reader, decode, missing_key
 
@@ -140,7 +140,7 @@ def read(path: str | Path, position_sign: float = -1.0, recentre: bool = True, *
 
 
 def write(path: str | Path, dataset: FourDSTEM, distance: float = 1.0) -> None:
-    """Write ``dataset`` as a CDTools-style CXI file (atomically: :func:`phasestem.safety.atomic_file`).
+    """Write ``dataset`` as a CDTools-style CXI file (atomically: :func:`phasestem.base.safety.atomic_file`).
 
     ``distance`` (m) is the nominal detector distance; the detector pixel is then
     ``angular_sampling · distance`` so that angles are preserved.

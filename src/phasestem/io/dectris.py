@@ -27,10 +27,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ..base.errors import InputFileError
+from ..base.extras import install_hint
 from ..dataset import FourDSTEM
 from ..detector import PixelatedDetector
-from ..errors import InputFileError
-from ..extras import install_hint
 from ._common import dataset_from_reader, decode
 from .hdf5 import check_written, open_file
 from .rosetta import _resolve_scan_shape

@@ -25,9 +25,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ..base.errors import InputFileError
 from ..dataset import FourDSTEM
-from ..errors import InputFileError
-from ..optics import wavelength
+from ..physics.optics import wavelength
 from ._common import dataset_from_reader, decode, missing_key
 
 _LENGTH = {"a": 1.0, "å": 1.0, "angstrom": 1.0, "nm": 10.0, "pm": 0.01, "um": 1e4, "µm": 1e4}

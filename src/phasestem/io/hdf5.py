@@ -12,7 +12,7 @@ Every patterns dataset must have been written: a dataset whose chunks (or contig
 only partly, allocated is refused naming the file, the dataset and how much is missing, before anything is
 read (its missing parts would read as the fill value, and screening them would read the whole declared
 size). :func:`open_file` and :func:`reading` are the one way the other modules open user HDF5 files: any
-failure is one :class:`~phasestem.errors.InputFileError` line naming the file.
+failure is one :class:`~phasestem.base.errors.InputFileError` line naming the file.
 """
 from __future__ import annotations
 
@@ -26,11 +26,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..configfile import loads_json
+from ..base.configfile import loads_json
+from ..base.errors import InputFileError, PhasestemError
+from ..base.safety import atomic_file, available_memory, check_readable, gb
 from ..dataset import FourDSTEM
-from ..errors import InputFileError, PhasestemError
-from ..optics import wavelength
-from ..safety import atomic_file, available_memory, check_readable, gb
+from ..physics.optics import wavelength
 from . import seed
 from ._common import check_real, dataset_from_reader
 

@@ -35,8 +35,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ..base.errors import ConfigError, InputFileError
 from ..dataset import FourDSTEM
-from ..errors import ConfigError, InputFileError
 from ._common import LazyView, dataset_from_reader, missing_key
 
 PATTERN_KEYS = ("dp", "cbed", "data", "dps", "patterns", "dp_set")
@@ -152,7 +152,7 @@ def read(path: str | Path, patterns_key: str | None = None, layout: str | None =
     energy = options.get("energy") or found.get("energy")
     dk, rbf = value("dk"), value("rbf")
     if dk is not None and energy:
-        from ..optics import wavelength
+        from ..physics.optics import wavelength
 
         found["angular_sampling"] = wavelength(float(energy)) * dk * 1e3
     elif rbf and (options.get("semiangle") or alpha):

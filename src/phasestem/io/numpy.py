@@ -23,9 +23,9 @@ from typing import IO
 
 import numpy as np
 
+from ..base.errors import InputFileError
+from ..base.safety import atomic_file, available_memory, check_readable, gb
 from ..dataset import FourDSTEM
-from ..errors import InputFileError
-from ..safety import atomic_file, available_memory, check_readable, gb
 from .hdf5 import (
     EAGER_MEMORY_FRACTION,
     EXPANSION_FREE_BYTES,

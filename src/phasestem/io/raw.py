@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..base.errors import ConfigError, InputFileError, ShapeError
 from ..dataset import FourDSTEM
-from ..errors import ConfigError, InputFileError, ShapeError
 from ._common import PRESETS, dataset_from_reader
 
 #: an EMPAD .xml is a few kB: larger .xml files beside a .raw are not read when looking for its pair

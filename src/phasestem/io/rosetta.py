@@ -45,12 +45,12 @@ from typing import Any
 
 import numpy as np
 
-from ..configfile import get_dotted
+from ..base.configfile import get_dotted
+from ..base.errors import ConfigError, InputFileError, ShapeError
+from ..base.extras import EXTRAS, install_hint
+from ..base.safety import check_readable, gb
 from ..dataset import FourDSTEM
-from ..errors import ConfigError, InputFileError, ShapeError
-from ..extras import EXTRAS, install_hint
-from ..optics import wavelength
-from ..safety import check_readable, gb
+from ..physics.optics import wavelength
 from ._common import PRESETS, check_not_empty, dataset_from_reader
 
 log = logging.getLogger("phasestem.io")

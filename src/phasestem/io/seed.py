@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from ..configfile import loads_json
-from ..optics import interaction_constant
+from ..base.configfile import loads_json
+from ..physics.optics import interaction_constant
 from ._common import decode
 
 #: root attribute ``format`` of phasestem's own seed-000 files

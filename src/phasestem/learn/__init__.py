@@ -27,7 +27,7 @@ below load their module on first use (PEP 562), so ``import phasestem.learn`` st
 """
 from __future__ import annotations
 
-from .. import lazy_getattr
+from ..base.lazy import lazy_getattr
 
 #: public name -> "module:attribute" (README "Python API")
 API = {

@@ -3,7 +3,7 @@
 Each sample of a simulation file is reconstructed with one fixed, recorded recipe
 (:func:`phasestem.learn.hybrid.ad_recipe`: ``phasestem reconstruct``'s parameter-file defaults, probe refined, flat
 start) and kept on **AD's own grid** (the dataset frame at the object pixel, pixel (0, 0) at 0 Å); the true phase
-is brought to that grid by the band-limited resampler (:data:`phasestem.resample.BAND_LIMITED`; a simulated
+is brought to that grid by the band-limited resampler (:data:`phasestem.physics.resample.BAND_LIMITED`; a simulated
 phase is periodic over its cell, so points beyond it take the periodic continuation).
 
 File layout (HDF5, ``format`` = ``phasestem-pairs``, ``layout`` = :data:`LAYOUT`); N rows (one per sample and
@@ -36,8 +36,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..errors import ConfigError, ShapeError
-from ..resample import BAND_LIMITED, sample_on_grid
+from ..base.errors import ConfigError, ShapeError
+from ..physics.resample import BAND_LIMITED, sample_on_grid
 
 LAYOUT = "ad-epochs/1"
 CHANNELS = ("phase", "amplitude", "illumination")
@@ -111,9 +111,9 @@ def make_ad_pairs(files: list[str], out: str | Path, n_epochs: int | None = None
     recipe (``n_epochs``: None = ``reconstruct``'s default), channels after ``snapshots`` and at the end; one row per
     sample and entry of ``electrons`` (e⁻ per pattern of Poisson counts drawn with ``seed``; None: noise-free).
     Rows are written as they are made (memory: one sample)."""
+    from ..base.lock import hold_output
+    from ..base.safety import atomic_file, check_finite
     from ..io import seed as seedfile
-    from ..lock import hold_output
-    from ..safety import atomic_file, check_finite
     from .apply.phase import check_training_optics, dataset_optics
     from .data import expand_paths
     from .hybrid import ad_recipe, ad_recipe_snapshots

@@ -13,7 +13,7 @@ Pretrained weights (``pretrained=``)
   ``$PHASESTEM_PRETRAINED_DIR/<arch>*.safetensors``, the Hugging Face hub cache
   (``huggingface_hub.try_to_load_from_cache``) and torch-hub's ``checkpoints/`` folder. Nothing is
   downloaded unless ``allow_download=True`` *and* ``HF_HUB_OFFLINE`` is unset; when the weights
-  are not there an :class:`~phasestem.errors.InputFileError` says where it looked and how to
+  are not there an :class:`~phasestem.base.errors.InputFileError` says where it looked and how to
   fetch them.
 
 Adaptation: the first convolution's RGB weights are summed (``first_conv="sum"``, timm's rule; it
@@ -32,8 +32,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..errors import ConfigError, InputFileError
-from ..extras import require
+from ..base.errors import ConfigError, InputFileError
+from ..base.extras import require
 
 log = logging.getLogger("phasestem.learn")
 

@@ -13,13 +13,13 @@ from typing import Any
 
 import torch
 
-from ..configfile import loads_json
-from ..errors import ConfigError, InputFileError
-from ..extras import require
-from ..safety import atomic_file, remove_stale_temporaries, temporary_name
-from ..torch_files import first_line as _first_line
-from ..torch_files import require_nonempty as _require_nonempty
-from ..torch_files import state_dict_mismatch, torch_load  # noqa: F401 (re-exported to the trainer)
+from ..base.configfile import loads_json
+from ..base.errors import ConfigError, InputFileError
+from ..base.extras import require
+from ..base.safety import atomic_file, remove_stale_temporaries, temporary_name
+from ..base.torch_files import first_line as _first_line
+from ..base.torch_files import require_nonempty as _require_nonempty
+from ..base.torch_files import state_dict_mismatch, torch_load  # noqa: F401 (re-exported to the trainer)
 from .pretrained import resolve, sha256_file
 
 log = logging.getLogger("phasestem.learn")
@@ -55,7 +55,7 @@ def load_weights(path: str | Path, map_location: str | torch.device = "cpu") -> 
     """Read ``(state_dict, meta)`` from a file written by :func:`save_weights` (or a plain state_dict file).
 
     ``path`` may also be a run folder (``best/`` then ``last/`` are tried) or a checkpoint folder.
-    An empty, truncated or foreign file raises :class:`~phasestem.errors.InputFileError` naming it.
+    An empty, truncated or foreign file raises :class:`~phasestem.base.errors.InputFileError` naming it.
     """
     path = resolve_weights_path(path)
     if path.suffix == ".safetensors":

@@ -10,8 +10,8 @@ import logging
 import sys
 from pathlib import Path
 
-from .. import cliargs
-from ..configfile import parse_set_options, read_yaml_mapping, resolve_config_paths, validate
+from ..base import cliargs
+from ..base.configfile import parse_set_options, read_yaml_mapping, resolve_config_paths, validate
 
 log = logging.getLogger("phasestem.learn")
 
@@ -196,7 +196,7 @@ def _train(args) -> int:
         overrides["resume"] = True
     cfg = load_run_config(args.config, args.stage, overrides)
     if args.dump_config:
-        from ..configdump import config_yaml
+        from ..base.configdump import config_yaml
 
         sys.stdout.write(config_yaml(cfg, f"phasestem train {args.stage}"))
         return 0
@@ -222,12 +222,12 @@ def _predict(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from ..safety import refuse_output_over_inputs
+    from ..base.safety import refuse_output_over_inputs
     from .apply import load_predictor
     from .evaluate import REPORT_FILES, evaluate_model, format_table, test_index, write_report
 
     refuse_output_over_inputs(args.out, [args.model, args.stitch_model, *(args.files or [])], written=REPORT_FILES)
-    from ..lock import hold_output
+    from ..base.lock import hold_output
 
     with hold_output(args.out, "phasestem evaluate"):
         model, meta = load_predictor(args.model, args.stitch_model, args.device)
@@ -301,11 +301,11 @@ def _make_pairs(args) -> int:
             data[key] = getattr(args, key)
     cfg = validate(MakePairsConfig, data, config or "make-pairs")
     if args.dump_config:
-        from ..configdump import config_yaml
+        from ..base.configdump import config_yaml
 
         sys.stdout.write(config_yaml(cfg, "phasestem make-pairs"))
         return 0
-    from ..safety import refuse_output_over_inputs
+    from ..base.safety import refuse_output_over_inputs
     from .data import expand_paths
 
     refuse_output_over_inputs(cfg.out, [config, *expand_paths(cfg.files)])
@@ -370,7 +370,7 @@ def stage_script(name: str, argv: list[str] | None = None, configs: Path | None 
                        help="trained stitching model: run folder of PhaseStiching.py or weights file "
                             "(stitch_checkpoint)")
     args = p.parse_args(argv)
-    from ..cli import run_with_errors
+    from ..base.cliargs import run_with_errors
     from .config import load_train_config
     from .training.route import train_run
 
@@ -388,7 +388,7 @@ def stage_script(name: str, argv: list[str] | None = None, configs: Path | None 
                 overrides[key] = value
         cfg = load_train_config(config, stage, overrides)
         if args.dump_config:
-            from ..configdump import config_yaml
+            from ..base.configdump import config_yaml
 
             sys.stdout.write(config_yaml(cfg, f"{name}.py (phasestem train {stage})"))
             return 0

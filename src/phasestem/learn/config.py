@@ -29,7 +29,7 @@ Phaseformer example::
     trainer: {epochs: 50, lr: 1e-3, warmup_fraction: 0.05, monitor: val/psnr, monitor_mode: max}
 
 Relative paths in a config file (data files and globs, ``out_dir``, checkpoints, weights) are taken relative to
-that file's folder (:mod:`phasestem.configfile`); paths given on the command line, to the working directory. The
+that file's folder (:mod:`phasestem.base.configfile`); paths given on the command line, to the working directory. The
 networks' own settings and loss settings (``model:``, ``loss:``) are defined with the networks
 (:mod:`.nets`) and exported here too.
 """
@@ -40,8 +40,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field
 
-from ..configfile import ConfigPath, StrictModel, read_yaml_mapping
-from ..errors import ConfigError
+from ..base.configfile import ConfigPath, StrictModel, read_yaml_mapping
+from ..base.errors import ConfigError
 from .data import OriginalLayout, Preprocess
 from .nets.autoencoder import AutoencoderLossConfig, AutoencoderModelConfig
 from .nets.patch import PatchRecoveryConfig

@@ -38,12 +38,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..base.errors import ConfigError, ShapeError
 from ..dataset import FourDSTEM
-from ..errors import ConfigError, ShapeError
 from ..io import seed as seedfile
 from ..io.hdf5 import open_file
 from ..physics.experiment import Experiment
-from ..resample import resample_image
+from ..physics.resample import resample_image
 from .data import BlockGeometry, Preprocess
 
 log = logging.getLogger("phasestem.learn")

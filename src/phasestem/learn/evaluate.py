@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..errors import ConfigError, InputFileError
+from ..base.errors import ConfigError, InputFileError
+from ..base.safety import atomic_file, check_bad_pixel_mode
 from ..metrics import phase_error, psnr, ssim
 from ..plot import save_figure
-from ..safety import atomic_file, check_bad_pixel_mode
 from .consistency import MeasurementModel
 from .data import Preprocess, SampleDataset, SampleIndex, Symmetry
 from .data.files import recorded_index

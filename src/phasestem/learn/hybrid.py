@@ -22,8 +22,8 @@ import time
 import numpy as np
 import torch
 
+from ..physics.resample import BAND_LIMITED, resample_image
 from ..recon import Ptychography
-from ..resample import BAND_LIMITED, resample_image
 
 __all__ = ["ad_phase", "ad_recipe", "ad_recipe_model", "ad_recipe_snapshots", "restorer_prior", "prior_hook",
            "restore_results"]

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import metrics
-from ..errors import ConfigError, InputFileError
-from ..extras import require
+from ..base.errors import ConfigError, InputFileError
+from ..base.extras import require
 
 log = logging.getLogger("phasestem.learn.losses")
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import InputFileError
+from ..base.errors import InputFileError
 
 SCHEMA = 2
 KINDS = ("patch", "stitch", "end2end", "autoencoder", "phaseformer")
@@ -33,7 +33,7 @@ KINDS = ("patch", "stitch", "end2end", "autoencoder", "phaseformer")
 def make_meta(kind: str, config: dict[str, Any], data: dict[str, Any] | None = None,
               loss: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
     """Metadata of a ``kind`` network (schema 2)."""
-    from .. import __version__
+    from ..base.version import __version__
 
     meta: dict[str, Any] = {"schema": SCHEMA, "model": {"kind": kind, "config": config}, "data": data or {}}
     if loss is not None:

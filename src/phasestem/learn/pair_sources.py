@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import ConfigError
-from ..resample import BAND_LIMITED, resize
+from ..base.errors import ConfigError
+from ..physics.resample import BAND_LIMITED, resize
 from .pairs import Degrade, degrade, simulation_phases, simulation_samples, write_pairs
 
 log = logging.getLogger("phasestem.learn.pairs")
@@ -44,8 +44,8 @@ def parse_inputs_from(spec: str | None) -> tuple[str, str | None]:
 
 
 def _to_grid(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """``image`` on ``shape`` pixels over the same field (band-limited, :func:`phasestem.resample.resize` of
-    :data:`~phasestem.resample.BAND_LIMITED`) when its size differs."""
+    """``image`` on ``shape`` pixels over the same field (band-limited, :func:`phasestem.physics.resample.resize` of
+    :data:`~phasestem.physics.resample.BAND_LIMITED`) when its size differs."""
     return np.asarray(resize(np.asarray(image, np.float32), shape, order=BAND_LIMITED), np.float32)
 
 
@@ -54,8 +54,8 @@ def measured_inputs(paths: list[str], kind: str, model: str | None = None, stitc
                     ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """(origin ``file:phase_i``, input, true phase) of every sample of the simulation files ``paths``, the input
     predicted by ``model`` (``kind='stitch'``) or reconstructed by AD (``kind='ad'``)."""
+    from ..base.safety import check_finite
     from ..io import seed as seedfile
-    from ..safety import check_finite
     from .apply.phase import load_predictor, predict_phase
 
     predictor = None
@@ -85,11 +85,11 @@ def make_pairs(files: list[str], out: str | Path, degradation: Degrade | None = 
 
     from tqdm.auto import tqdm
 
-    from ..errors import InputFileError
+    from ..base.errors import InputFileError
+    from ..base.lock import hold_output
+    from ..base.safety import check_finite
     from ..io import seed as seedfile
     from ..io.hdf5 import check_written, open_file, reading
-    from ..lock import hold_output
-    from ..safety import check_finite
     from .data import expand_paths
 
     with hold_output(out, "phasestem make-pairs", file=True):
@@ -134,7 +134,7 @@ def make_measured_pairs(files: list[str], out: str | Path, inputs_from: str, sti
         raise ConfigError("make_measured_pairs: 'degrade' inputs are made by make_pairs")
     if stitch_model is not None and kind != "stitch":
         raise ConfigError("stitch_model applies to inputs_from 'stitch:<patch model>' only")
-    from ..lock import hold_output
+    from ..base.lock import hold_output
 
     if kind == "ad":
         from .ad_pairs import make_ad_pairs

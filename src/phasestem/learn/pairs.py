@@ -30,12 +30,12 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from ..configfile import StrictModel
-from ..errors import ConfigError, InputFileError, ShapeError
+from ..base.configfile import StrictModel
+from ..base.errors import ConfigError, InputFileError, ShapeError
+from ..base.safety import atomic_file, check_finite
 from ..io import seed as seedfile
 from ..io.hdf5 import open_file, reading
-from ..resample import resize
-from ..safety import atomic_file, check_finite
+from ..physics.resample import resize
 
 log = logging.getLogger("phasestem.learn.pairs")
 

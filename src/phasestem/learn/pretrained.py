@@ -28,7 +28,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputFileError
+from ..base.errors import InputFileError
 
 log = logging.getLogger("phasestem.learn")
 
@@ -143,7 +143,7 @@ def register_model(name: str, weights: Path, card: str, info: dict[str, Any], fo
     entries = registry(folder)
     entries[name] = entry
     path = folder / REGISTRY
-    from ..safety import atomic_file
+    from ..base.safety import atomic_file
 
     with atomic_file(path, "registry") as tmp:
         tmp.write_text(json.dumps(dict(sorted(entries.items())), indent=1) + "\n", encoding="utf-8")

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..configfile import apply_overrides, read_yaml_mapping, resolve_config_paths
-from ..errors import ConfigError, InputFileError
+from ..base.configfile import apply_overrides, read_yaml_mapping, resolve_config_paths
+from ..base.errors import ConfigError, InputFileError
 
 
 @dataclass(frozen=True)
@@ -99,8 +99,8 @@ def check_network_memory(name: str, config: dict[str, Any], section: str = "mode
     Returns the parameter count (−1 when the network cannot be built without real tensors)."""
     import torch
 
-    from ..errors import PhasestemError
-    from ..safety import available_memory
+    from ..base.errors import PhasestemError
+    from ..base.safety import available_memory
 
     try:
         builder = _resolve(entry(name).network)  # imported on the real device: module-level tensors stay real
@@ -125,7 +125,7 @@ def check_network_memory(name: str, config: dict[str, Any], section: str = "mode
 
 def load_run_config(path: str | Path, name: str, overrides: dict[str, Any] | None = None):
     """Read and validate the training YAML of ``name``; ``network:`` (or the older ``stage:``) must agree."""
-    from ..configfile import validate
+    from ..base.configfile import validate
 
     entry(name)
     path = Path(path)
@@ -153,9 +153,9 @@ def build_run(cfg):
 
 def train_run(cfg) -> dict[str, Any]:
     """Train one run as configured; ``config.yaml`` is written into the run folder first. The run folder is held
-    from before the data are read to the end (:func:`phasestem.lock.hold_output`; FolderBusyError when another
+    from before the data are read to the end (:func:`phasestem.base.lock.hold_output`; FolderBusyError when another
     run holds it)."""
-    from ..lock import hold_output
+    from ..base.lock import hold_output
 
     with hold_output(cfg.out_dir, f"phasestem train {cfg.network}"):
         trainer = build_run(cfg)
@@ -189,8 +189,8 @@ def load_model(path: str | Path, kinds: tuple[str, ...] | None = None, map_locat
 
 def dump_config(cfg, path: str | Path) -> Path:
     """Write a run config into its run folder (atomically): documented, paths absolute, so the copy repeats the
-    run from wherever it is loaded (:func:`phasestem.configdump.write_config`)."""
-    from ..configdump import write_config
+    run from wherever it is loaded (:func:`phasestem.base.configdump.write_config`)."""
+    from ..base.configdump import write_config
 
     network = getattr(cfg, "network", None)
     return write_config(cfg, path, f"phasestem train {network}" if network else None)

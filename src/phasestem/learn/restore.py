@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ShapeError
+from ..base.errors import ShapeError
 
 __all__ = ["load_restorer", "check_pixel", "restore_channels"]
 

@@ -29,9 +29,9 @@ def _restore(args) -> int:
     import h5py
     import numpy as np
 
-    from ..errors import ConfigError
-    from ..lock import hold_output
-    from ..safety import atomic_file
+    from ..base.errors import ConfigError
+    from ..base.lock import hold_output
+    from ..base.safety import atomic_file
     from .hybrid import restore_results
 
     if Path(args.out_file).resolve() == Path(args.results).resolve():

@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 import torch
 
-from ..errors import ConfigError, ShapeError
+from ..base.errors import ConfigError, ShapeError
 from .ad_pairs import stored_epochs
 
 __all__ = ["RestorePairs", "dihedral", "pairs_optics"]

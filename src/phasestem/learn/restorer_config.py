@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from ..configfile import ConfigPath, StrictModel
+from ..base.configfile import ConfigPath, StrictModel
 from .trainer_config import TrainerConfig
 
 __all__ = ["RestorerDataConfig", "RestorerModelConfig", "RestorerLossConfig", "RestorerRunConfig"]

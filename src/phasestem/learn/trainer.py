@@ -64,9 +64,9 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError
-from ..extras import require
-from ..schedules import lr_lambda
+from ..base.errors import ConfigError
+from ..base.extras import require
+from ..base.schedules import lr_lambda
 from .checkpoint import (
     CheckpointError,
     _write_json,

@@ -43,8 +43,8 @@ from typing import Any
 
 import torch
 
-from ..configfile import get_dotted, loads_json
-from ..lock import hold_output
+from ..base.configfile import get_dotted, loads_json
+from ..base.lock import hold_output
 from .checkpoint import (
     _MISSING,
     MANIFEST,
@@ -74,7 +74,7 @@ log = logging.getLogger("phasestem.learn")
 
 def holding_out_dir(fit):
     """Decorator of :meth:`Trainer.fit`: the run folder ``out_dir`` (when there is one) is held for the whole fit
-    (:func:`phasestem.lock.hold_output`; FolderBusyError when another run holds it), so that the checkpoint writes
+    (:func:`phasestem.base.lock.hold_output`; FolderBusyError when another run holds it), so that the checkpoint writes
     may remove what killed runs left there (:func:`.checkpoint.commit_folder`)."""
     @functools.wraps(fit)
     def held(self, *args, **kwargs):

@@ -9,5 +9,5 @@
   detector response of one scan, built from a dataset.
 
 Import from the submodules (``from phasestem.physics.operator import ForwardModel``); this package file
-imports nothing, so that :mod:`phasestem.optics` can use :mod:`.fourier` without a circle.
+imports nothing, so that :mod:`phasestem.physics.optics` can use :mod:`.fourier` without a circle.
 """

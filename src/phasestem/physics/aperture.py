@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..errors import PhasestemError
+from ..base.errors import PhasestemError
 
 #: aperture models of the nominal probe: a hard edge, a one-pixel linear roll-off, or the measured disk
 APERTURE_EDGES = ("soft", "hard", "measured")

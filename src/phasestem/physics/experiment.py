@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import optics
+from ..base.errors import ConfigError, ShapeError
 from ..detector import detector_response
-from ..errors import ConfigError, ShapeError
-from ..resample import BAND_LIMITED, resample_image
+from . import optics
 from .operator import ForwardModel
+from .resample import BAND_LIMITED, resample_image
 
 
 def _oversampling(value) -> int:
@@ -60,10 +60,9 @@ def nominal_probe(dataset, window: tuple[int, int], n_probe_modes: int = 1, prob
         raise ConfigError("dataset has no semiangle (mrad): give optics.semiangle or an explicit probe")
     amplitude = None
     if aperture_edge == "measured":
-        from ..dataset import angular_sampling_for
         from .aperture import measured_aperture
 
-        ang = angular_sampling_for(dataset.energy, sampling, window)
+        ang = optics.angular_sampling_for(dataset.energy, sampling, window)
         amplitude = measured_aperture(dataset.mean_pattern(), dataset.semiangle / float(np.mean(ang)))
     elif aperture_edge not in ("soft", "hard"):
         raise ConfigError(f"aperture_edge must be 'soft', 'hard' or 'measured', got {aperture_edge!r}")
@@ -201,7 +200,7 @@ class Experiment(nn.Module):
     def image_region(self, image, sampling: tuple[float, float] | None = None, order: str = BAND_LIMITED
                      ) -> tuple[torch.Tensor, tuple[slice, slice]]:
         """A 2-D image (rad) in the dataset frame (pixel (0, 0) at 0 Å), resampled to the object pixel when
-        ``sampling`` (Å) differs (:func:`phasestem.resample.resize` of ``order``, band-limited by default: a
+        ``sampling`` (Å) differs (:func:`phasestem.physics.resample.resize` of ``order``, band-limited by default: a
         phase image keeps its lattice) and cut to the object: (image (h, w) float32, (y, x) slices of the
         object it covers)."""
         img = torch.as_tensor(np.asarray(image, dtype=np.float32)) if not torch.is_tensor(image) else image.float()

@@ -1,7 +1,7 @@
 """Fourier-space building blocks: unitary 2-D FFTs, shift ramps, Fourier shifts and |x|².
 
 The foundation of :mod:`phasestem.physics`; it imports nothing of phasestem's, so any module (``optics``
-included) may use it. Conventions (unitary FFT, shift signs) are those stated in :mod:`phasestem.optics`.
+included) may use it. Conventions (unitary FFT, shift signs) are those stated in :mod:`phasestem.physics.optics`.
 """
 from __future__ import annotations
 

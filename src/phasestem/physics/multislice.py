@@ -12,8 +12,8 @@ import math
 
 import torch
 
-from ..optics import antialias_mask, wavelength
 from .fourier import fft2, ifft2, real_dtype, shift_ramp
+from .optics import antialias_mask, wavelength
 
 
 def propagator(

@@ -1,7 +1,7 @@
 """The ptychographic forward operator A: (object, probe, positions, tilt, Δz) → far-field intensities.
 
 Conventions (FFT normalisation, shift and propagation signs, window centre) are those stated in
-:mod:`phasestem.optics`. Shapes use B = scan positions in a batch, M = probe modes, K = object modes,
+:mod:`phasestem.physics.optics`. Shapes use B = scan positions in a batch, M = probe modes, K = object modes,
 S = slices, (ny, nx) = probe window, (Ny, Nx) = full object. Every function is differentiable w.r.t. its
 floating-point inputs and runs on any device and dtype (complex64 by default, complex128 for gradient checks).
 """

@@ -55,7 +55,7 @@ def plan(settings: PlanConfig | dict | str | Path, out: str | Path | None = None
     lines = [format_quantities(q, cfg)]
     run = cfg.expected.run if expected is None else expected
     if run:
-        from ..lock import hold_output
+        from ..base.lock import hold_output
 
         folder = Path(out or cfg.out or "plan_out")
         with hold_output(folder, "phasestem plan"):
@@ -65,7 +65,7 @@ def plan(settings: PlanConfig | dict | str | Path, out: str | Path | None = None
 
 
 def _expected(report: PlanReport, folder: Path, lines: list[str]) -> None:
-    from ..safety import atomic_file
+    from ..base.safety import atomic_file
     from .advice import advise, is_poor
     from .expected import expected_result, sweep
 

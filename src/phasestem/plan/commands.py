@@ -6,7 +6,7 @@ from pathlib import Path
 
 
 def register(sub, train_sub) -> None:
-    from ..cliargs import add_config, add_device, add_dump_config, add_out, add_set
+    from ..base.cliargs import add_config, add_device, add_dump_config, add_out, add_set
 
     p = sub.add_parser(
         "plan", help="before the session: overlap, sampling, dose, band limit, and the expected reconstruction",
@@ -36,7 +36,7 @@ def register(sub, train_sub) -> None:
 
 
 def _plan(args) -> int:
-    from ..configfile import parse_set_options
+    from ..base.configfile import parse_set_options
     from . import plan
     from .config import load_plan_config
 
@@ -46,13 +46,13 @@ def _plan(args) -> int:
     if args.out is not None:
         overrides["out"] = str(Path(args.out).resolve())
     if args.config is None and not args.dump_config:
-        from ..errors import ConfigError
+        from ..base.errors import ConfigError
 
         raise ConfigError("no settings file: phasestem plan SETTINGS.yaml (phasestem plan --dump-config > plan.yaml "
                           "writes a documented example to edit)")
     cfg = load_plan_config(args.config, overrides)
     if args.dump_config:
-        from ..configdump import config_yaml
+        from ..base.configdump import config_yaml
 
         print(config_yaml(cfg, "phasestem plan"), end="")
         return 0

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ..configfile import CheckedModel, ConfigPath, apply_overrides, load_yaml_config, validate
+from ..base.configfile import CheckedModel, ConfigPath, apply_overrides, load_yaml_config, validate
 from ..simulate.config import Optics
 
 #: the settings a sweep may vary (dotted names of :class:`PlanConfig` fields)

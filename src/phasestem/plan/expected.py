@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import PhasestemError
-from ..optics import wavelength
+from ..base.errors import PhasestemError
+from ..physics.optics import wavelength
 from .config import PlanConfig, with_value
 from .quantities import compute, probe_radius
 

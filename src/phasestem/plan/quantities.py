@@ -27,8 +27,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..optics import ANTIALIAS_FRACTION, wavelength
 from ..physics.noise import electrons_per_pattern
+from ..physics.optics import ANTIALIAS_FRACTION, wavelength
 from .config import PlanConfig
 
 #: elementary charge (C)

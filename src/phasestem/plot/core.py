@@ -73,9 +73,9 @@ def styled(fn):
 
 
 def save_figure(fig, path, dpi: int | None = None, close: bool = False) -> Path:
-    """Write ``fig`` to ``path`` atomically (:func:`phasestem.safety.atomic_file`); optionally close it. The format
+    """Write ``fig`` to ``path`` atomically (:func:`phasestem.base.safety.atomic_file`); optionally close it. The format
     is the suffix's (matplotlib's default format without one)."""
-    from ..safety import atomic_file
+    from ..base.safety import atomic_file
 
     path = Path(path)
     fmt = path.suffix[1:].lower() or _plt().rcParams["savefig.format"]

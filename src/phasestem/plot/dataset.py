@@ -1,4 +1,4 @@
-"""The first-look figure of a 4D-STEM scan (``phasestem inspect``, ``FourDSTEM.inspect()``), with the
+"""The first-look figure of a 4D-STEM scan (``phasestem inspect``, ``phasestem.inspect(dataset)``), with the
 click-a-position pattern browser in a notebook or desktop window."""
 from __future__ import annotations
 

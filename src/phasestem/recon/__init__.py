@@ -16,7 +16,7 @@ object after every epoch).
 """
 from __future__ import annotations
 
-from .. import lazy_getattr
+from ..base.lazy import lazy_getattr
 
 #: public name -> "module:attribute", imported on first use (PEP 562): the command line imports this package
 #: to register its sub-commands without torch

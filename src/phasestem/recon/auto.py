@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..base.errors import ConfigError
 from .params import InitialPhase, ReconstructParams, build_dataset, dump_params, parse_params
 
 log = logging.getLogger("phasestem.recon")
@@ -143,7 +143,7 @@ def auto_params(calib, files: dict[str, Path], out_dir: Path, epochs: int | None
 def write_params(params: ReconstructParams, path: Path, header: str = "") -> Path:
     """The resolved parameter file, with a comment header (written atomically); its paths relative to its folder
     (the run folder, which holds the calibrated data and the start), so that a moved run folder reruns."""
-    from ..safety import atomic_file
+    from ..base.safety import atomic_file
 
     with atomic_file(path, field="--out") as tmp:
         tmp.write_text(header + dump_params(params, Path(path).parent))
@@ -154,10 +154,10 @@ def run_auto(file: str | Path, out_dir: str | Path, energy: float | None, semian
              angular_sampling: float | None = None, init: str = "ssb", reader_options: dict | None = None,
              format: str | None = None, epochs: int | None = None, device: str | None = None,
              run: bool = True, overrides: dict[str, Any] | None = None, **calibrate_options):
-    """Read → calibrate → direct-method start → AD, holding ``out_dir`` throughout (:mod:`phasestem.lock`).
+    """Read → calibrate → direct-method start → AD, holding ``out_dir`` throughout (:mod:`phasestem.base.lock`).
     ``overrides`` (``--set``) change fields of the parameters written. Returns (params, calibration, model or
     None)."""
-    from ..lock import hold_output
+    from ..base.lock import hold_output
     from .run import RECON_COMMAND
 
     with hold_output(out_dir, RECON_COMMAND + " --auto"):
@@ -167,9 +167,9 @@ def run_auto(file: str | Path, out_dir: str | Path, energy: float | None, semian
 
 def _run_auto(file, out: Path, energy, semiangle, scan_step, angular_sampling, init, reader_options, format, epochs,
               device, run, overrides=None, **calibrate_options):
+    from ..base.provenance import dose_setting
     from ..calibrate.files import calibrate_file
     from ..calibrate.output import yaml_text
-    from ..provenance import dose_setting
     from .run import run_reconstruction
 
     calib, files = calibrate_file(file, out / "calibration", energy=energy, scan_step=scan_step,

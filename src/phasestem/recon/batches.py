@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from ..errors import PhasestemError
+from ..base.errors import PhasestemError
 
 
 def compact_groups(positions: np.ndarray, batch_size: int) -> list[np.ndarray]:

@@ -1,8 +1,8 @@
 """Memory of a reconstruction, checked before the object is allocated."""
 from __future__ import annotations
 
-from ..errors import ConfigError
-from ..safety import available_memory
+from ..base.errors import ConfigError
+from ..base.safety import available_memory
 
 #: float32 copies of the object (amplitude and phase) an optimisation holds: values, gradients, two Adam
 #: moments, the best-state and the epoch snapshot

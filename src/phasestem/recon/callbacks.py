@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import PhasestemError
-from ..runtime import log_to_file
+from ..base.errors import PhasestemError
+from ..base.runtime import log_to_file
 from .checkpoint import load_checkpoint, save_checkpoint
 from .optimizers import clear_moments
 from .run_state import snapshot
@@ -249,7 +249,7 @@ class Figures(Callback):
 
 class LogFile(Callback):
     """The ``phasestem.recon`` log (INFO and up) also into ``path`` during the call (rank 0 only;
-    :func:`phasestem.runtime.log_to_file`)."""
+    :func:`phasestem.base.runtime.log_to_file`)."""
 
     def __init__(self, path: str | Path):
         self.path, self.context = Path(path), None

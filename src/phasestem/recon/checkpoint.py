@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InputFileError, PhasestemError
-from ..safety import atomic_file
-from ..torch_files import first_line, state_dict_mismatch, torch_load
+from ..base.errors import InputFileError, PhasestemError
+from ..base.safety import atomic_file
+from ..base.torch_files import first_line, state_dict_mismatch, torch_load
 from .run_state import RunState
 
 log = logging.getLogger("phasestem.recon")
@@ -36,7 +36,7 @@ CHECKPOINT_KEYS = ("params", "epoch", "loss_history", "schedules")
 def load_checkpoint(path, model) -> dict:
     """Restore ``model`` from a checkpoint written by :func:`save_checkpoint`; returns the raw state. A file that is
     not such a checkpoint, or one written for another model (shapes), raises a one-line
-    :class:`~phasestem.errors.InputFileError` naming it; nothing in it is unpickled but tensors and containers."""
+    :class:`~phasestem.base.errors.InputFileError` naming it; nothing in it is unpickled but tensors and containers."""
     path = Path(path)
     if not path.exists():
         raise PhasestemError(f"{path}: checkpoint not found (nothing to resume)")

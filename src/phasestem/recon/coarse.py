@@ -26,10 +26,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from ..base.errors import ConfigError
 from ..detector import centre_window
-from ..errors import ConfigError
 from ..physics.experiment import Experiment, object_frame
-from ..resample import sample_on_grid
+from ..physics.resample import sample_on_grid
 from .run_state import COARSE_HISTORY_KEY
 from .schedule import tilt_matters
 

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .. import lazy_getattr
-from ..cliargs import add_device, add_dump_config, add_set
+from ..base.cliargs import add_device, add_dump_config, add_set
+from ..base.lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from .params import ReconstructParams
@@ -78,7 +78,7 @@ __getattr__ = lazy_getattr({"run_reconstruction": "phasestem.recon.run:run_recon
 
 
 def _load(args) -> ReconstructParams:
-    from ..configfile import parse_set_options
+    from ..base.configfile import parse_set_options
     from .params import load_params
 
     params = load_params(args.params, parse_set_options(getattr(args, "set", None)))
@@ -131,13 +131,13 @@ def _add_auto_arguments(p) -> None:
 
 def _reconstruct_cmd(args) -> int:
     if args.auto and getattr(args, "prior", None):
-        from ..errors import ConfigError
+        from ..base.errors import ConfigError
 
         raise ConfigError("--prior cannot be combined with --auto yet: run --auto, then reconstruct OUT/params.yaml "
                           "--prior MODEL")
     if args.auto:
+        from ..base.configfile import parse_set_options
         from ..calibrate.commands import calibration_choices, reader_options, scan_step
-        from ..configfile import parse_set_options
         from .auto import run_auto
 
         run_auto(args.params, args.out or Path("recon_out"), energy=args.energy, semiangle=args.semiangle,
@@ -151,9 +151,9 @@ def _reconstruct_cmd(args) -> int:
     if args.dump_config and not args.init:
         sys.stdout.write(dump_params(params))
         return 0
-    from ..errors import ConfigError
-    from ..lock import FolderBusyError, hold_output
-    from ..safety import refuse_output_over_inputs
+    from ..base.errors import ConfigError
+    from ..base.lock import FolderBusyError, hold_output
+    from ..base.safety import refuse_output_over_inputs
     from .distributed import env_rank
     from .run import RECON_COMMAND, RUN_FILES, run_reconstruction
 

@@ -40,7 +40,7 @@ import math
 
 import torch
 
-from .. import optics
+from ..physics import optics
 from ..physics.fourier import fft2, ifft2
 from .constraint_settings import (  # noqa: F401  (the settings: this module's API too)
     AutoSchedule,

@@ -109,10 +109,10 @@ def backend_for(device: str) -> str:
 
 
 def rank_device(device: str) -> str:
-    """The torch device of this rank: :func:`phasestem.runtime.resolve_device` of ``run.device`` ('auto' → a GPU
+    """The torch device of this rank: :func:`phasestem.base.runtime.resolve_device` of ``run.device`` ('auto' → a GPU
     when there is one, else 'cpu'; a CUDA device that is not there refused), and for 'cuda'/'auto' with GPUs in a
     process group of several ranks ``cuda:LOCAL_RANK``."""
-    from ..runtime import resolve_device
+    from ..base.runtime import resolve_device
 
     resolved = str(resolve_device(device, field="run.device"))
     if resolved == "cuda" and rank_and_world()[1] > 1:
@@ -142,7 +142,7 @@ def _optimize_worker(dataset, n_epochs: int, model_options: dict, optimize_optio
         pass
     if is_main_process():
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        from ..safety import atomic_file
+        from ..base.safety import atomic_file
 
         with atomic_file(result_path, field="result") as tmp:
             torch.save({"state": state, "loss": [h["loss"] for h in model.loss_history]}, tmp)

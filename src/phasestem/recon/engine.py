@@ -31,9 +31,9 @@ from pathlib import Path
 
 import torch
 
-from ..configfile import validate
-from ..errors import PhasestemError
-from ..runtime import flush_denormals, retain_freed_memory
+from ..base.configfile import validate
+from ..base.errors import PhasestemError
+from ..base.runtime import flush_denormals, retain_freed_memory
 from .aperture_rule import resolve_probe_aperture
 from .batches import compact_groups, make_batches, shard_owners  # noqa: F401  (compact_groups: engine API)
 from .callbacks import (  # noqa: F401  (the errors and PHYSICAL_LIMIT: the engine's API)

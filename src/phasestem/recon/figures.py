@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..optics import wavelength
 from ..physics.experiment import scanned_field
+from ..physics.optics import wavelength
 from ..plot import compare_figure, reconstruction_figure
 
 #: a dataset's own ground truth is used when its pixel matches the model's within this fraction

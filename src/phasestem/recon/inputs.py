@@ -6,7 +6,7 @@ unpickling and refuses what would otherwise be cast or propagated silently: an u
 non-numeric or boolean array, a complex array where a real one is meant (numpy would drop the imaginary part
 with a ``ComplexWarning``), an empty array, NaN or Inf. The ``check_*`` functions refuse shapes and values
 outside the physical range (a shift off the detector, a phase image outside the scanned field, a probe with
-no or overflowing intensity). Every refusal is one :class:`~phasestem.errors.PhasestemError` line naming the
+no or overflowing intensity). Every refusal is one :class:`~phasestem.base.errors.PhasestemError` line naming the
 file; :func:`field` prefixes the YAML field it came from.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputFileError, PhasestemError, ShapeError
+from ..base.errors import InputFileError, PhasestemError, ShapeError
 from ..io.arrays import load_array
 
 #: the largest |phase| (rad) an initial phase image may hold: the engine's limit of a physical object

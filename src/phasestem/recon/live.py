@@ -1,7 +1,7 @@
 """Epoch snapshots of a running reconstruction: ``OUT/live.npz``, what the live page of ``phasestem serve`` shows.
 
-After every epoch the run (rank 0) replaces ``OUT/live.npz`` atomically (:func:`phasestem.safety.atomic_file`), so a
-reader always finds a whole file. It holds, small by design (at most ≈ 0.45 MB: images of ≤ 192² pixels):
+After every epoch the run (rank 0) replaces ``OUT/live.npz`` atomically (:func:`phasestem.base.safety.atomic_file`),
+so a reader always finds a whole file. It holds, small by design (at most ≈ 0.45 MB: images of ≤ 192² pixels):
 
     epoch, n_epochs          ()      completed epochs, epochs the run will reach
     loss, seconds            (E,)    mean total loss and wall time (s) of each epoch so far
@@ -71,7 +71,7 @@ def snapshot(model, n_epochs: int, max_side: int = MAX_SIDE) -> dict[str, np.nda
 def live_snapshots(path: str | Path, n_epochs: int, max_side: int = MAX_SIDE):
     """An epoch callback (``model.epoch_callbacks``) that replaces ``path`` with a :func:`snapshot` after every
     epoch. A snapshot that cannot be written is logged once and the run goes on."""
-    from ..safety import atomic_file
+    from ..base.safety import atomic_file
 
     path = Path(path)
     failed = []

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import ConfigError
+from ..base.errors import ConfigError
 
 LOSS_NAMES = ("gaussian", "poisson", "pacbed", "sparsity")
 #: the loss when no term is named: the Gaussian term on amplitudes (power 0.5) alone

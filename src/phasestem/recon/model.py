@@ -39,8 +39,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import optics
-from ..errors import ConfigError, ShapeError
+from ..base.errors import ConfigError, ShapeError
+from ..physics import optics
 from ..physics.experiment import Experiment
 from .budget import check_object_memory
 from .inputs import load_phase_image
@@ -394,7 +394,7 @@ class Ptychography(nn.Module):
         return the path. With a dataset or nothing (CDTools' ``model.save_results(dataset)``): return the results
         as a plain dict of numpy arrays and numbers (the keys of :func:`~phasestem.recon.results.load_results`),
         ready for ``pickle.dump`` or ``np.savez``. ``provenance``: the run's settings and their sources
-        (:class:`phasestem.provenance.Setting` rows), written to ``provenance/``."""
+        (:class:`phasestem.base.provenance.Setting` rows), written to ``provenance/``."""
         from .results import results_dict, save_results
 
         if isinstance(path_or_dataset, str | Path):

@@ -12,7 +12,7 @@ import logging
 import math
 from dataclasses import dataclass
 
-from ..optics import Aberrations
+from ..physics.optics import Aberrations
 
 log = logging.getLogger("phasestem.recon")
 

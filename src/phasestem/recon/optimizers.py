@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import ConfigError, PhasestemError
-from ..schedules import lr_lambda
+from ..base.errors import ConfigError, PhasestemError
+from ..base.schedules import lr_lambda
 from .precondition import PRECONDITIONED
 
 #: optimiser state entries of the parameter's own shape
@@ -228,7 +228,7 @@ def build_optimizer(kind: str, model, names: list[str], lr_scale: float, momentu
 
 def decay_factor(kind: str, step: int, n_steps: int, final: float) -> float:
     """Learning-rate factor of epoch ``step`` (0-based) of ``n_steps``: 'none' → 1; 'cosine' → 1 … ``final`` (at
-    the last epoch), the training schedule's shape (:func:`phasestem.schedules.lr_lambda`)."""
+    the last epoch), the training schedule's shape (:func:`phasestem.base.schedules.lr_lambda`)."""
     if kind not in ("none", "cosine"):
         raise PhasestemError(f"run.lr_decay must be 'none' or 'cosine', got {kind!r}")
     if kind == "none" or n_steps <= 1:

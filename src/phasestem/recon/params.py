@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from ..configfile import apply_overrides, read_yaml_mapping, resolve_config_paths, validate
-from ..errors import ConfigError, InputFileError, PhasestemError, ShapeError
+from ..base.configfile import apply_overrides, read_yaml_mapping, resolve_config_paths, validate
+from ..base.errors import ConfigError, InputFileError, PhasestemError, ShapeError
 from .model import Ptychography
 from .report import CALIBRATION_FIELDS, geometry_settings
 from .run_config import RunConfig  # noqa: F401  (re-exported with the schema)
@@ -86,9 +86,9 @@ def load_params(path: str | Path, overrides: dict | None = None) -> ReconstructP
 
 def dump_params(params: ReconstructParams, base: str | Path | None = None) -> str:
     """The fully resolved configuration as YAML text: each field's description as a comment, paths absolute
-    (:func:`phasestem.configdump.config_yaml`), so it loads to the same run wherever it is saved; with ``base``
+    (:func:`phasestem.base.configdump.config_yaml`), so it loads to the same run wherever it is saved; with ``base``
     (the folder the text is saved in) relative to it."""
-    from ..configdump import config_yaml
+    from ..base.configdump import config_yaml
 
     return config_yaml(params, "phasestem reconstruct", base)
 
@@ -97,7 +97,7 @@ def dump_params(params: ReconstructParams, base: str | Path | None = None) -> st
 def _resampled(dataset, shape: tuple[int, int]):
     import torch
 
-    from ..resample import resize
+    from ..physics.resample import resize
 
     p = torch.as_tensor(np.array(dataset.patterns[...], dtype=np.float32))  # a copy: memory maps are read-only
     sy, sx, H, W = p.shape
@@ -141,11 +141,11 @@ def build_dataset(params: ReconstructParams, sources: dict[str, str] | None = No
     Every calibration the parameter file leaves out (or null) is the file's; one it gives wins, with a warning
     (log and stderr) naming the field and both values when it differs from the file's (``warn``). The resolved
     settings and their sources are ``dataset.metadata['settings']`` (a list of
-    :class:`phasestem.provenance.Setting`); ``sources`` labels values of the parameter file by field (default
+    :class:`phasestem.base.provenance.Setting`); ``sources`` labels values of the parameter file by field (default
     ``YAML``; e.g. ``{"optics.semiangle": "calibration"}`` for a file written by ``phasestem calibrate``)."""
     from .. import io
-    from ..errors import MissingCalibrationError
-    from ..provenance import conflict_messages
+    from ..base.errors import MissingCalibrationError
+    from ..base.provenance import conflict_messages
 
     d, o, s = params.data, params.optics, params.scan
     if "defocus" in o.aberrations:

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from ..errors import PhasestemError
+from ..base.errors import PhasestemError
 
 log = logging.getLogger("phasestem.recon")
 

@@ -25,7 +25,7 @@ import logging
 import numpy as np
 import torch
 
-from ..errors import ConfigError
+from ..base.errors import ConfigError
 
 
 class PhasePrior:

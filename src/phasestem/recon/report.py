@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import InputFileError, ShapeError
-from ..runtime import log_to_file
+from ..base.errors import InputFileError, ShapeError
+from ..base.runtime import log_to_file
 from .truth import TRUTH_METRICS, scan_field, truth_metrics
 
 log = logging.getLogger("phasestem.recon")
@@ -41,7 +41,7 @@ CALIBRATION_FIELDS = {"scan_shape": "scan.shape", "scan_step": "scan.step", "sca
 # ---- system information --------------------------------------------------------------------
 def system_info(device: str | torch.device = "cpu") -> dict[str, str]:
     """Versions, device, threads and host of this run (strings, in a fixed order)."""
-    from .. import __version__
+    from ..base.version import __version__
 
     dev = torch.device(device)
     if dev.type == "cuda" and torch.cuda.is_available():
@@ -64,7 +64,7 @@ def system_info(device: str | torch.device = "cpu") -> dict[str, str]:
 
 def logging_to(log_path: str | Path):
     """Send the ``phasestem.recon`` log (INFO and up) to ``log_path`` too, in the run log's line format
-    (:func:`phasestem.runtime.log_to_file`)."""
+    (:func:`phasestem.base.runtime.log_to_file`)."""
     return log_to_file(log, log_path)
 
 
@@ -81,9 +81,9 @@ def log_system_info(log_path: str | Path, device: str | torch.device = "cpu") ->
 # ---- settings and their sources ------------------------------------------------------------
 def geometry_settings(params, dataset, sources=None) -> list:
     """The scan and optics values of ``dataset`` as loaded by :func:`phasestem.recon.params.build_dataset` (before
-    the data transforms) with their sources: a list of :class:`phasestem.provenance.Setting`. ``sources``: labels
+    the data transforms) with their sources: a list of :class:`phasestem.base.provenance.Setting`. ``sources``: labels
     of the values the parameter file gives, by field (default ``YAML``)."""
-    from ..provenance import Setting, aberration_settings, dose_setting, format_value, unit_of
+    from ..base.provenance import Setting, aberration_settings, dose_setting, format_value, unit_of
 
     meta = dataset.metadata
     where, held = meta.get("calibration_sources", {}), meta.get("calibration_from_file", {})
@@ -126,9 +126,9 @@ def geometry_settings(params, dataset, sources=None) -> list:
 
 
 def loss_settings(params, sources=None) -> list:
-    """The loss terms that run (weight > 0) as :class:`phasestem.provenance.Setting` rows: source ``YAML`` (or
+    """The loss terms that run (weight > 0) as :class:`phasestem.base.provenance.Setting` rows: source ``YAML`` (or
     ``sources['losses']``) when the parameter file names terms, ``default`` when it names none."""
-    from ..provenance import Setting
+    from ..base.provenance import Setting
 
     cfg = params.losses.resolved()
     label = (sources or {}).get("losses", "YAML") if cfg.named else "default"
@@ -137,14 +137,14 @@ def loss_settings(params, sources=None) -> list:
 
 
 def auto_settings(model, params, sources=None) -> list:
-    """What each 'auto' constraint rule decided in this run, as :class:`phasestem.provenance.Setting` rows
+    """What each 'auto' constraint rule decided in this run, as :class:`phasestem.base.provenance.Setting` rows
     (``constraints.obj_clamp.enabled``: true or false) for ``provenance/`` in results.h5: the source is where 'auto'
     came from (``YAML``, or ``sources[field]``, when the parameter file sets it; ``default`` otherwise), the note
     ``auto: `` and the rule's reason (``model.auto_reasons``). Rules that did not run (not yet due) give no row.
     ``run.coarse_start: auto`` gives one more row: the coarse epochs the run began with (from the loss history, so a
     resumed run tells it too) and why they were kept, or why there were none (``model.coarse_note``, also kept in
     checkpoints)."""
-    from ..provenance import Setting
+    from ..base.provenance import Setting
     from .run_state import COARSE_HISTORY_KEY
 
     rows = []
@@ -259,11 +259,11 @@ def load_ground_truth(path: str | Path, key: str, model, energy: float | None = 
     pixel of ``model`` (a :class:`~phasestem.recon.model.Ptychography`).
 
     A truth stored at another pixel size (:func:`truth_sampling`) is resampled to the model's with
-    :func:`phasestem.resample.resample_image`, and a log line (also to ``log_path``) says so; one with no
+    :func:`phasestem.physics.resample.resample_image`, and a log line (also to ``log_path``) says so; one with no
     pixel size is taken at the model's. Refused with one line naming ``data.ground_truth_key`` when it is
     missing, not a finite real 2-D image, or does not cover the scanned field at that pixel (a truth of another,
     unknown pixel size). ``energy`` (eV): for the original seed generator's files, whose ``phase_{i}`` is σ·V."""
-    from ..resample import resample_image
+    from ..physics.resample import resample_image
     from .inputs import field
 
     path = Path(path)

@@ -58,7 +58,7 @@ import h5py
 import numpy as np
 import torch
 
-from ..safety import atomic_file
+from ..base.safety import atomic_file
 from .truth import field_slices
 
 FORMAT = "phasestem-recon-results"
@@ -105,9 +105,9 @@ def results_dict(model, metrics: dict | None = None) -> dict:
 
 def save_results(model, path, config_text: str | None = None, metrics: dict | None = None,
                  provenance: list | None = None) -> Path:
-    """Write the model's results to ``path`` atomically (:func:`phasestem.safety.atomic_file`: ``NAME.<pid>.tmp``
+    """Write the model's results to ``path`` atomically (:func:`phasestem.base.safety.atomic_file`: ``NAME.<pid>.tmp``
     then rename); ``metrics``: scalars/arrays for ``metrics/`` (comparison with a ground truth); ``provenance``:
-    :class:`phasestem.provenance.Setting` rows for ``provenance/``. A path ending in ``.emd`` gets
+    :class:`phasestem.base.provenance.Setting` rows for ``provenance/``. A path ending in ``.emd`` gets
     :func:`save_emd`'s EMD 1.0 file (object and probe with Å axes) instead."""
     path = Path(path)
     if path.suffix.lower() == ".emd":
@@ -212,7 +212,7 @@ def save_emd(results: dict, path) -> Path:
 
 def load_results(path) -> dict:
     """Read a results file back into a dict of arrays (``object/phase`` → ``obj_phase`` etc.)."""
-    from ..errors import InputFileError
+    from ..base.errors import InputFileError
 
     path = Path(path)
     if not path.exists():

@@ -9,8 +9,8 @@ import logging
 import sys
 from pathlib import Path
 
-from ..lock import hold_output
-from ..safety import atomic_file, refuse_output_over_inputs, remove_stale_temporaries
+from ..base.lock import hold_output
+from ..base.safety import atomic_file, refuse_output_over_inputs, remove_stale_temporaries
 from .distributed import rank_device
 from .params import ReconstructParams, build_dataset, build_model, dump_params, optimizer_options
 from .schedule import ParamSchedule
@@ -88,7 +88,7 @@ def run_reconstruction(params: ReconstructParams, resume: bool = False, sources:
     itself (nccl on CUDA, gloo on CPU) and ``run.n_processes`` is ignored; ``run.n_processes`` > 1 otherwise
     starts that many local processes (the single-node shortcut).
 
-    ``run.out_dir`` is held for the whole run (:func:`phasestem.lock.hold_output`, FolderBusyError when another
+    ``run.out_dir`` is held for the whole run (:func:`phasestem.base.lock.hold_output`, FolderBusyError when another
     run holds it): by this process alone, by the parent of ``run.n_processes`` processes, by rank 0 of a process
     group (every rank learns a refusal)."""
     from .distributed import backend_for, init_from_environment, is_initialized, launch, torchrun_world
@@ -112,7 +112,7 @@ def run_reconstruction(params: ReconstructParams, resume: bool = False, sources:
     with hold_output(params.run.out_dir, RECON_COMMAND):
         if params.run.n_processes > 1:  # the spawned ranks write into the folder this process holds
             if model_hooks:
-                from ..errors import ConfigError
+                from ..base.errors import ConfigError
 
                 raise ConfigError("run.n_processes > 1 cannot take a learned prior (--prior): use one process or "
                                   "torchrun")

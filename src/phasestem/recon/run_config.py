@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from ..configfile import ConfigPath, StrictModel
+from ..base.configfile import ConfigPath, StrictModel
 
 
 class RunConfig(StrictModel):

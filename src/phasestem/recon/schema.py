@@ -8,8 +8,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from ..configfile import ConfigPath, StrictModel
-from ..optics import checked_aberrations
+from ..base.configfile import ConfigPath, StrictModel
+from ..physics.optics import checked_aberrations
 from .constraints import Constraints
 from .losses import LossConfig
 from .run_config import RunConfig

@@ -30,7 +30,7 @@ import logging
 
 import torch
 
-from ..errors import ConfigError
+from ..base.errors import ConfigError
 from ..physics.fused import run_eagerly_under_compile
 from .losses import LossConfig, total_loss
 from .optimizers import all_reduce_grads

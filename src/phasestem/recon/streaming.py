@@ -28,8 +28,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 import torch
 
-from ..errors import ConfigError, PhasestemError
-from ..safety import available_memory
+from ..base.errors import ConfigError, PhasestemError
+from ..base.safety import available_memory
 
 log = logging.getLogger("phasestem.recon")
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .. import optics
-from ..dataset import FourDSTEM, angular_sampling_for
+from ..dataset import FourDSTEM
+from ..physics import optics
 from ..physics.experiment import Experiment
 from ..physics.noise import poisson_counts
 from ..physics.operator import transmission_function
+from ..physics.optics import angular_sampling_for
+from ..physics.specimen import synthetic_phase
 from ..scan import GridScan
-from ..specimen import synthetic_phase
 
 
 def simulate_dataset(
@@ -98,7 +99,7 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
 def write_npz(path, **options) -> FourDSTEM:
     """Simulate with :func:`simulate_dataset` (``options``) and write ``path`` (.npz: patterns, phase)
     as read by ``phasestem.io.load(path, patterns_key="patterns")``; returns the dataset."""
-    from ..safety import atomic_file
+    from ..base.safety import atomic_file
 
     ds = simulate_dataset(**options)
     with atomic_file(path, field="path") as tmp, open(tmp, "wb") as fh:  # a file object: savez adds no suffix

@@ -8,7 +8,7 @@ model from the dataset, runs ``tune.n_epochs`` epochs and returns the data error
 term of the last epoch, else the total loss). Intermediate errors are reported every epoch so
 the median pruner can stop poor trials. The study lives in SQLite (default ``OUT/tune.db``);
 running the command again adds trials to the same study. With the default storage the run holds ``OUT``
-(:mod:`phasestem.lock`: a second ``tune`` into it is refused while the first runs); with ``tune.storage`` set
+(:mod:`phasestem.base.lock`: a second ``tune`` into it is refused while the first runs); with ``tune.storage`` set
 (e.g. a database server) several workers may share the study at once, as Optuna intends.
 """
 from __future__ import annotations
@@ -17,9 +17,9 @@ import contextlib
 import logging
 from pathlib import Path
 
-from ..errors import ConfigError
-from ..extras import require
-from ..lock import hold_output
+from ..base.errors import ConfigError
+from ..base.extras import require
+from ..base.lock import hold_output
 from .distributed import rank_device
 from .engine import DivergenceError, optimize
 from .params import ReconstructParams, ScheduleConfig, build_dataset, build_model

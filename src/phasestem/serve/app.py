@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import PhasestemError
-from ..extras import require
+from ..base.errors import PhasestemError
+from ..base.extras import require
 from .data import Datasets
 from .job_spec import check_form_paths
 from .jobs import FINAL, RUNS_DIR, SERVE_DIR, JobRunner, JobStore
@@ -217,7 +217,7 @@ def create_app(root: Path, token: str, max_upload: int = 2 << 30, max_running: i
             raise Refused(f"{rel}: exists; uploads never replace a file", 409)
         if not target.parent.is_dir():
             raise Refused(f"{relative(ws.root, target.parent)}: no such folder", 404)
-        from ..safety import atomic_file, unique_temporary_name
+        from ..base.safety import atomic_file, unique_temporary_name
 
         limit, size = ws.max_upload, 0
         declared = request.headers.get("content-length", "")
@@ -432,7 +432,7 @@ def serve(root: Path, host: str = "127.0.0.1", port: int = 8888, token: str | No
     require("starlette", "phasestem serve")
     uvicorn = require("uvicorn", "phasestem serve")
 
-    from ..lock import hold_output
+    from ..base.lock import hold_output
     from .security import new_token
 
     root = Path(root).resolve()

@@ -38,7 +38,7 @@ def register(subparsers, train_subparsers) -> None:
 
 
 def _serve_cmd(args) -> int:
-    from ..errors import ConfigError
+    from ..base.errors import ConfigError
     from .app import serve
 
     if args.max_jobs < 1 or args.max_upload_mb <= 0:

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from ..configfile import (
+from ..base.configfile import (
     ConfigError,
     apply_overrides,
     map_config_paths,
@@ -151,7 +151,7 @@ def check_overrides(overrides: dict[str, Any]) -> None:
 
 
 def confine_config_paths(root: Path, schema, data: dict[str, Any], source: str) -> None:
-    """Every path field of ``data`` (a raw config of ``schema``: :class:`~phasestem.configfile.ConfigPath` fields,
+    """Every path field of ``data`` (a raw config of ``schema``: :class:`~phasestem.base.configfile.ConfigPath` fields,
     relative paths already taken from their base, absolute or not) must lie inside ``root``; a glob counts by the
     folder before its first wildcard. Refused (403) naming the file and the path's last part."""
     root = Path(root).resolve()

@@ -3,7 +3,7 @@
 A job is exactly the command a user would type from the workspace root (``Job.argv``, shown on the page): the
 browser adds nothing the CLI cannot reproduce. Its run folder ``runs/NNNN-COMMAND/`` receives what the command
 writes, the parameter file the job was made with (``params.yaml``, validated by the YAML's own schema) and the
-command's output (``job.log``). The command itself holds the folder's lock (:mod:`phasestem.lock`).
+command's output (``job.log``). The command itself holds the folder's lock (:mod:`phasestem.base.lock`).
 
 Only phasestem's own commands (:data:`COMMANDS`) can be queued, as argument lists (no shell), with every
 path-like argument confined to the root and the output options reserved to the job. The queue lives in
@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import PhasestemError
-from ..lock import FolderBusyError, OutputLock, folder_lock_path
+from ..base.errors import PhasestemError
+from ..base.lock import FolderBusyError, OutputLock, folder_lock_path
 from .job_spec import build_job
 from .jobstore import (  # noqa: F401  (the queue's names, re-exported for the server and the tests)
     COMMANDS,

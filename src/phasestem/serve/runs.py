@@ -247,12 +247,12 @@ def _run_results(root: Path, job: Job) -> dict[str, Any]:
 
 
 def common_grid(phases: list[np.ndarray], samplings: list[float]) -> tuple[list[np.ndarray], float]:
-    """The phases on one grid: each resampled (:func:`phasestem.resample.resample_image`, bilinear) to the first
+    """The phases on one grid: each resampled (:func:`phasestem.physics.resample.resample_image`, bilinear) to the first
     one's pixel where its own differs, then all cropped about their centres to the largest field they share;
     returns (phases, pixel Å)."""
     import torch
 
-    from ..resample import resample_image
+    from ..physics.resample import resample_image
 
     ref = samplings[0]
     out = []
@@ -401,11 +401,11 @@ def params_layout(path: Path, fields: dict[str, str]) -> dict[str, Any]:
 def save_params_form(path: Path, values: dict[str, Any]) -> None:
     """Write the form's ``values`` ({"section.key": YAML text}) over the parameter file at ``path``, after they pass
     the same schema as the YAML (:class:`~phasestem.recon.params.ReconstructParams`); the file's folder is locked
-    (:mod:`phasestem.lock`) while it is written, so a running job's folder is refused."""
-    from ..configfile import apply_overrides, parse_set_options, read_yaml_mapping
-    from ..lock import hold_output
+    (:mod:`phasestem.base.lock`) while it is written, so a running job's folder is refused."""
+    from ..base.configfile import apply_overrides, parse_set_options, read_yaml_mapping
+    from ..base.lock import hold_output
+    from ..base.safety import atomic_file
     from ..recon.params import parse_params
-    from ..safety import atomic_file
 
     if not isinstance(values, dict) or not values:
         raise Refused("values: expected the form's fields", 400)

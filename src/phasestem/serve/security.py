@@ -22,7 +22,7 @@ from http.cookies import SimpleCookie
 from pathlib import Path
 from urllib.parse import parse_qs
 
-from ..errors import PhasestemError
+from ..base.errors import PhasestemError
 
 #: the cookie that carries the token after the first visit
 TOKEN_COOKIE = "phasestem_token"

@@ -1,7 +1,7 @@
 """Simulation of 4D-STEM data on the shared physics core, and the seed-000 training-data writer."""
 from __future__ import annotations
 
-from .. import lazy_getattr
+from ..base.lazy import lazy_getattr
 
 #: public name -> "module:attribute", imported on first use (PEP 562): the command line imports this package
 #: to register its sub-commands without torch

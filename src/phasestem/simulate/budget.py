@@ -12,8 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..errors import ConfigError
-from ..safety import gb
+from ..base.errors import ConfigError
+from ..base.safety import gb
 from .config import SimulationConfig
 
 #: atoms per Å³ assumed for crystals and structure files (diamond, the densest prototype, has 0.176)
@@ -23,7 +23,7 @@ BYTES_PER_ATOM = 256
 #: memory a fresh process takes on its first sample beyond the arrays (FFT plans, thread pools, allocator padding):
 #: measured 60-80 MB on a 2-core CPU, rounded up
 OVERHEAD = 128_000_000
-#: atoms whose structure factors :func:`phasestem.specimen.projected_potential` evaluates at once
+#: atoms whose structure factors :func:`phasestem.physics.specimen.projected_potential` evaluates at once
 ATOM_CHUNK = 4096
 
 
@@ -100,8 +100,8 @@ def output_bytes(cfg: SimulationConfig) -> int:
 
 
 def available_host_memory() -> int:
-    """Bytes of host memory available now (:func:`phasestem.safety.available_memory`)."""
-    from ..safety import available_memory
+    """Bytes of host memory available now (:func:`phasestem.base.safety.available_memory`)."""
+    from ..base.safety import available_memory
 
     return available_memory()
 

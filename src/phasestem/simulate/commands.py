@@ -5,8 +5,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from ..cliargs import add_config, add_device, add_dump_config, add_out, add_set, config_argument
-from ..errors import ConfigError
+from ..base.cliargs import add_config, add_device, add_dump_config, add_out, add_set, config_argument
+from ..base.errors import ConfigError
 
 log = logging.getLogger("phasestem.simulate")
 
@@ -60,7 +60,7 @@ def register(sub, train_sub) -> None:
 
 
 def _simulate(args) -> int:
-    from ..configfile import parse_set_options
+    from ..base.configfile import parse_set_options
     from .budget import check_memory
     from .config import load_config
     from .writer import simulate_dataset
@@ -84,7 +84,7 @@ def _simulate(args) -> int:
     check_memory(cfg, processes=max(1, cfg.compute.workers) if cfg.compute.scheduler is None else 1,
                  source=str(args.config or "config"))
     out.mkdir(parents=True, exist_ok=True)
-    from ..runtime import log_to_file
+    from ..base.runtime import log_to_file
 
     with log_to_file("phasestem", out / "simulate.log", level=None):
         paths = simulate_dataset(cfg, out, restart=args.restart)

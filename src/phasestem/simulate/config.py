@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from ..configfile import (
+from ..base.configfile import (
     CheckedModel,
     ConfigPath,
     absolute_path,
@@ -18,7 +18,7 @@ from ..configfile import (
     resolve_config_paths,
     validate,
 )
-from ..optics import checked_aberrations
+from ..physics.optics import checked_aberrations
 
 
 def _positive_pair(v: tuple, info) -> tuple:
@@ -148,7 +148,7 @@ class Specimen(CheckedModel):
     @field_validator("prototypes")
     @classmethod
     def _prototypes(cls, v):
-        from ..specimen import CRYSTAL_PROTOTYPES
+        from ..physics.specimen import CRYSTAL_PROTOTYPES
 
         known = [p[0] for p in CRYSTAL_PROTOTYPES]
         if v is not None and (not v or any(p not in known for p in v)):
@@ -207,8 +207,8 @@ class SimulationConfig(CheckedModel):
     compute: Compute = Field(default_factory=Compute, description="Seeds and parallelism.")
 
     def to_yaml(self) -> str:
-        """The resolved config, documented, paths absolute (:func:`phasestem.configdump.config_yaml`)."""
-        from ..configdump import config_yaml
+        """The resolved config, documented, paths absolute (:func:`phasestem.base.configdump.config_yaml`)."""
+        from ..base.configdump import config_yaml
 
         return config_yaml(self, "phasestem simulate")
 

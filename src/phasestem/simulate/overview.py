@@ -12,7 +12,7 @@ def write_overview(file: str | Path, png: str | Path, sample: int | None = None)
     scale bar) with the scanned field outlined, the nominal probe (amplitude, phase where it is significant,
     aperture-plane phase), the mean pattern and three single patterns (log, mrad). Written to ``png``."""
     from .. import io
-    from ..optics import make_probe, wavelength
+    from ..physics.optics import make_probe, wavelength
     from ..plot import simulation_overview
 
     ds = io.load(file, sample=sample)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..optics import make_probe
+from ..physics.optics import make_probe
 from ..scan import GridScan
 
 

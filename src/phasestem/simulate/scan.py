@@ -9,10 +9,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .. import specimen as spec
+from ..base.errors import ConfigError
+from ..base.runtime import retain_freed_memory
 from ..detector import bin_pixels, bin_window, centre_window, sum_bins
-from ..errors import ConfigError
-from ..optics import (
+from ..physics import specimen as spec
+from ..physics.fourier import add_squared_modulus, fft2, ifft2
+from ..physics.multislice import multislice, propagator, shifted_probes
+from ..physics.noise import electrons_per_pattern, poisson_counts
+from ..physics.optics import (
     antialias_mask,
     band_limit_mrad,
     interaction_constant,
@@ -20,10 +24,6 @@ from ..optics import (
     partial_coherence_modes,
     wavelength,
 )
-from ..physics.fourier import add_squared_modulus, fft2, ifft2
-from ..physics.multislice import multislice, propagator, shifted_probes
-from ..physics.noise import electrons_per_pattern, poisson_counts
-from ..runtime import retain_freed_memory
 from ..scan import GridScan
 from .config import SimulationConfig
 
@@ -166,7 +166,8 @@ def _materials(path: str, keys: tuple) -> list:
 
 def make_atoms(cfg: SimulationConfig, rng: np.random.Generator, thickness: float):
     """The specimen of one sample (ase.Atoms), drawn with ``rng``, with ``specimen.vacancies`` columns taken out
-    (:func:`phasestem.specimen.remove_columns`; no draws at all when 0, so the other draws stay as they were)."""
+    (:func:`phasestem.physics.specimen.remove_columns`; no draws at all when 0, so the other draws stay as they
+    were)."""
     atoms = _draw_atoms(cfg, rng, thickness)
     if cfg.specimen.vacancies > 0 and cfg.specimen.kind != "amorphous":
         atoms = spec.remove_columns(atoms, cfg.specimen.vacancies, rng)

@@ -11,7 +11,7 @@ processes or machines.
 
 The run only ever creates, and only ever deletes, its own names: the shards, ``<prefix>_config.yaml``,
 the ``.work`` folder and temporary files ``.phasestem-<name>.<pid>.partial``, so a user's files in the folder
-are never touched. The driver process holds the folder's lock (:mod:`phasestem.lock`) for the whole run; Dask
+are never touched. The driver process holds the folder's lock (:mod:`phasestem.base.lock`) for the whole run; Dask
 workers do not take it (they only write their own per-sample work files).
 """
 from __future__ import annotations
@@ -25,13 +25,13 @@ import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..configfile import loads_yaml
-from ..errors import ConfigError
-from ..extras import require
+from ..base.configfile import loads_yaml
+from ..base.errors import ConfigError
+from ..base.extras import require
+from ..base.lock import hold_output
+from ..base.safety import atomic_file
 from ..io import seed
-from ..lock import hold_output
-from ..optics import interaction_constant
-from ..safety import atomic_file
+from ..physics.optics import interaction_constant
 from .budget import check_memory
 from .config import SimulationConfig
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ...errors import ConfigError
+from ...base.errors import ConfigError
 from ..pair_sources import make_pairs
 from .latent import (
     autoencoder_report,

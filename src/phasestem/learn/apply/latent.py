@@ -22,10 +22,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ... import metrics
-from ...errors import ShapeError
+from ...base.errors import ShapeError
+from ...base.safety import atomic_file
+from ...physics.resample import resize
 from ...plot import STYLE, _plt, save_figure, styled
-from ...resample import resize
-from ...safety import atomic_file
 from ..meta import normalize_meta, require_kind
 from ..nets.autoencoder import Autoencoder, count_parameters, scale_patterns
 from ..trainer import load_weights, resolve_device
@@ -121,8 +121,8 @@ def embed_file(data: str | Path, model_path: str | Path, out: str | Path | None 
     the reconstruction metrics of N random patterns and their comparison figure. Returns what was written:
     ``out``, ``png``, ``comparison``, ``shape``, ``masked`` (non-finite values replaced) and ``report``."""
     from ... import io
-    from ...lock import hold_output
-    from ...safety import check_result_name, figure_beside, refuse_output_over_inputs
+    from ...base.lock import hold_output
+    from ...base.safety import check_result_name, figure_beside, refuse_output_over_inputs
 
     out = Path(out or Path(data).with_suffix("").name + "_latent.h5")
     png_path = figure_beside(out) if png else None

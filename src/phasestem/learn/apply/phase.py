@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from ...base.errors import ConfigError, InputFileError, ShapeError
+from ...base.lock import hold_output
+from ...base.safety import atomic_file, figure_beside, refuse_output_over_inputs
 from ...dataset import FourDSTEM
-from ...errors import ConfigError, InputFileError, ShapeError
 from ...io.hdf5 import read_float32
-from ...lock import hold_output
 from ...plot import save_figure
-from ...safety import atomic_file, figure_beside, refuse_output_over_inputs
 from ..data import BlockGeometry, Preprocess, blocks_from_scan
 from ..nets.end2end import End2End
 from ..trainer import resolve_device
@@ -232,7 +232,7 @@ def check_finite_prediction(phase: np.ndarray, model_path: str | Path, input_pat
 def log_calibrations(dataset: FourDSTEM) -> None:
     """The data's calibrations, one log line each with its source (file, flag or default), as the run log of
     ``reconstruct`` shows them."""
-    from ...provenance import dataset_settings
+    from ...base.provenance import dataset_settings
 
     log.info("data calibrations (value, source: file, flag or default):")
     for row in dataset_settings(dataset, given="flag"):
@@ -244,7 +244,7 @@ def prediction_residual(phase: np.ndarray, dataset: FourDSTEM, sampling: tuple[f
     """Measurement residual of a predicted image (:func:`phasestem.learn.consistency.measurement_residual`; a
     potential in V·Å is converted with σ of the data's energy); None, with a log line, when the data do not
     carry the optics it needs (semiangle, angular sampling)."""
-    from ...optics import interaction_constant
+    from ...physics.optics import interaction_constant
     from ..consistency import measurement_residual
 
     scale = interaction_constant(dataset.energy) if meta["data"].get("target") == "potential" else 1.0
@@ -260,7 +260,7 @@ def prediction_residual(phase: np.ndarray, dataset: FourDSTEM, sampling: tuple[f
 
 def prediction_outputs(out_path: str | Path, png: bool = True) -> list[Path]:
     """The files ``predict`` writes: the HDF5 and (``png``) the PNG next to it (a figure suffix on the HDF5 is
-    refused, :func:`phasestem.safety.check_result_name`)."""
+    refused, :func:`phasestem.base.safety.check_result_name`)."""
     out = Path(out_path)
     figure = figure_beside(out)
     return [out, figure] if png else [out]

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...errors import InputFileError, ShapeError
+from ...base.errors import InputFileError, ShapeError
+from ...base.safety import atomic_file, check_bad_pixel_mode, check_finite, mask_nonfinite
+from ...physics.resample import resize
 from ...plot import save_figure
-from ...resample import resize
-from ...safety import atomic_file, check_bad_pixel_mode, check_finite, mask_nonfinite
 from ..meta import require_kind
 from ..nets.phaseformer import Phaseformer, PhaseformerConfig
 from ..trainer import load_weights, resolve_device
@@ -134,8 +134,8 @@ def refine_file(image: str | Path, model_path: str | Path, out: str | Path | Non
                 ) -> dict[str, Any]:
     """Coarse phase image → HDF5 with the Phaseformer's refined phase and its ×2 version (+ a comparison PNG);
     ``size`` None or 0 keeps the input size. Returns ``out``, ``png``, ``shape`` and ``shape_x2``."""
-    from ...lock import hold_output
-    from ...safety import check_result_name, figure_beside, refuse_output_over_inputs
+    from ...base.lock import hold_output
+    from ...base.safety import check_result_name, figure_beside, refuse_output_over_inputs
 
     out = Path(out or Path(image).with_suffix("").name + "_refined.h5")
     png_path = figure_beside(out) if png else None

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ...errors import ConfigError
-from ...optics import ABERRATION_ORDERS
+from ...base.errors import ConfigError
+from ...physics.optics import ABERRATION_ORDERS
 from .geometry import BlockGeometry
 
 log = logging.getLogger("phasestem.learn")

@@ -8,10 +8,10 @@ import h5py
 import numpy as np
 import torch
 
-from ...errors import InputFileError
+from ...base.errors import InputFileError
+from ...base.safety import check_bad_pixel_mode, first_nonfinite, mask_nonfinite
 from ...io import seed as seedfile
 from ...io.hdf5 import open_file, reading
-from ...safety import check_bad_pixel_mode, first_nonfinite, mask_nonfinite
 from .augment import Symmetry, check_augmentable, scan_source_indices, transform_patterns, transform_phase
 from .files import FileInfo, SampleIndex
 from .geometry import extract_patches

@@ -13,8 +13,8 @@ import h5py
 import numpy as np
 from pydantic import Field
 
-from ...configfile import StrictModel
-from ...errors import ConfigError, InputFileError, ShapeError
+from ...base.configfile import StrictModel
+from ...base.errors import ConfigError, InputFileError, ShapeError
 from ...io import seed as seedfile
 from ...io.hdf5 import check_written, open_file, reading
 from .geometry import BlockGeometry

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...errors import ShapeError
+from ...base.errors import ShapeError
 from ...scan import GridScan
 
 log = logging.getLogger("phasestem.learn")

@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from ...configfile import StrictModel
+from ...base.configfile import StrictModel
+from ...base.errors import ShapeError
 from ...detector import PixelatedDetector
-from ...errors import ShapeError
 from .geometry import BlockGeometry
 
 log = logging.getLogger("phasestem.learn")

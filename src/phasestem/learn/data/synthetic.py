@@ -9,9 +9,9 @@ import h5py
 import numpy as np
 import torch
 
+from ...base.safety import atomic_file
 from ...io import seed as seedfile
-from ...optics import interaction_constant
-from ...safety import atomic_file
+from ...physics.optics import interaction_constant
 from ...scan import GridScan
 
 log = logging.getLogger("phasestem.learn")
@@ -47,11 +47,11 @@ def write_synthetic_file(path: str | Path, n_samples: int, first_sample: int = 0
     pixel per real-space pixel), fftshift-ed, summing to 1 (or Poisson counts with ``dose`` e⁻/pattern).
     ``c10`` is C10 in Å (> 0: over-focus), which spreads the probe over about one scan step.
     """
-    from ...dataset import angular_sampling_for as ang_for
-    from ...optics import make_probe
     from ...physics.experiment import Experiment
     from ...physics.noise import poisson_counts
     from ...physics.operator import transmission_function
+    from ...physics.optics import angular_sampling_for as ang_for
+    from ...physics.optics import make_probe
 
     path = Path(path)
     rng = np.random.default_rng(seed + 7919 * first_sample)

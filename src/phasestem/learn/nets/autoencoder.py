@@ -55,8 +55,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ...configfile import StrictModel
-from ...errors import ShapeError
+from ...base.configfile import StrictModel
+from ...base.errors import ShapeError
 
 log = logging.getLogger("phasestem.learn.autoencoder")
 

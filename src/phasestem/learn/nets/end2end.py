@@ -16,7 +16,7 @@ import torch
 import torch.utils.checkpoint
 from torch import nn
 
-from ...errors import ConfigError
+from ...base.errors import ConfigError
 from ...metrics import psnr
 from ..trainer import load_weights
 from .patch import PatchRecoveryConfig, PatchRecoveryNet

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from ...configfile import ConfigPath, StrictModel
+from ...base.configfile import ConfigPath, StrictModel
 from ...metrics import psnr
 from ..backbones import create_cnn, create_vit
 

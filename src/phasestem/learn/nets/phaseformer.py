@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ...configfile import ConfigPath, StrictModel
-from ...errors import ConfigError, ShapeError
+from ...base.configfile import ConfigPath, StrictModel
+from ...base.errors import ConfigError, ShapeError
 from ..losses import COMPONENTS, CharbonnierLoss, GradientLoss, MSSSIMLoss, PerceptualLoss, WeightedLoss, _b1hw
 
 log = logging.getLogger("phasestem.learn.losses")

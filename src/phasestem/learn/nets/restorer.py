@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...errors import ShapeError
+from ...base.errors import ShapeError
 from .phaseformer import Phaseformer, PhaseformerConfig
 
 CHANNELS = ("amplitude", "illumination")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...errors import ConfigError
+from ...base.errors import ConfigError
 
 __all__ = ["split_indices"]
 

@@ -17,10 +17,10 @@ import torch
 from torch import nn
 
 from ... import metrics
-from ...errors import ShapeError
+from ...base.errors import ShapeError
 from ...io import seed as seedfile
 from ...io.hdf5 import check_written, open_file, reading
-from ...resample import resize
+from ...physics.resample import resize
 from ..config import AutoencoderRunConfig
 from ..meta import make_meta
 from ..nets.autoencoder import Autoencoder, count_parameters, scale_patterns

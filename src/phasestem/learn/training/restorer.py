@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...errors import ConfigError
+from ...base.errors import ConfigError
 from ..meta import make_meta
 from ..nets.autoencoder import count_parameters
 from ..nets.restorer import Restorer, RestorerConfig, offset_free_difference, offset_free_loss

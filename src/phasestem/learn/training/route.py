@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ...errors import ConfigError
+from ...base.errors import ConfigError
 from ..config import TrainRunConfig
 from ..data import PatchDataset, SampleDataset, SampleIndex, StitchDataset
 from ..meta import make_meta, normalize_meta, require_kind

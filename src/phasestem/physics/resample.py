@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError
+from ..base.errors import ConfigError
 
 Order = Literal["linear", "cubic", "fourier"]
 ORDERS: tuple[str, ...] = ("linear", "cubic", "fourier")

@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import ConfigError
+from .errors import ConfigError, PhasestemError
 
 #: suffixes that mark an ``--out`` value as the older "result file" form (predict, embed, refine, make-pairs)
 RESULT_SUFFIXES = (".h5", ".hdf5")
@@ -107,7 +107,7 @@ def add_dump_config(p: argparse.ArgumentParser) -> None:
 
 def add_set(p: argparse.ArgumentParser, example: str) -> None:
     """``--set KEY=VALUE`` (repeatable, dest ``set``): a config field by its dotted key, the value read as YAML
-    (:func:`phasestem.configfile.parse_set_options`); ``example`` e.g. ``trainer.lr=3e-4``."""
+    (:func:`phasestem.base.configfile.parse_set_options`); ``example`` e.g. ``trainer.lr=3e-4``."""
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help=f"override a config field (dotted key, YAML value), e.g. {example}; repeatable")
 
@@ -176,3 +176,14 @@ def add_device(p, default: str | None = None, what: str = "") -> None:
 def stem_name(path: str | Path, suffix: str) -> str:
     """``INPUT-STEM<suffix>`` (``scan.h5``, ``_phase.h5`` → ``scan_phase.h5``); a Dectris ``_master`` is kept."""
     return Path(path).with_suffix("").name + suffix
+
+def run_with_errors(fn, prefix: str, debug: bool = False) -> int:
+    """``fn()`` as a command: its return code, or 1 after one line ``PREFIX: error: …`` on a user error."""
+    try:
+        return int(fn() or 0)
+    except (PhasestemError, OSError, ValueError, KeyError) as exc:
+        if debug:
+            raise
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"{prefix}: error: {msg}", file=sys.stderr)
+        return 1

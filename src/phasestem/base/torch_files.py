@@ -2,7 +2,7 @@
 
 :func:`torch_load` is ``torch.load(path, weights_only=True)``, which never runs code from the file; a file
 that is empty, truncated, not a torch file or holding other Python objects stops with one
-:class:`~phasestem.errors.InputFileError` line naming it (never with torch's advice to load it unsafely).
+:class:`~phasestem.base.errors.InputFileError` line naming it (never with torch's advice to load it unsafely).
 :func:`state_dict_mismatch` says whether loaded tensors fit a module.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Generate the configuration reference (docs/config_reference.md) from the pydantic schemas.
 
-``python -m phasestem.docgen [OUT.md]`` writes it; a test keeps the committed page current and
+``python -m phasestem.cli.docgen [OUT.md]`` writes it; a test keeps the committed page current and
 fails when a field has no description.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from .configfile import path_marker
+from ..base.configfile import path_marker
 
 #: (title, "module:Class") of every schema a user writes as YAML
 SCHEMAS = [
@@ -24,7 +24,7 @@ SCHEMAS = [
     ("phasestem train phaseformer", "phasestem.learn.config:PhaseformerRunConfig"),
     ("phasestem train restorer", "phasestem.learn.restorer_config:RestorerRunConfig"),
     ("phasestem make-pairs", "phasestem.learn.config:MakePairsConfig"),
-    ("phasestem demo (built-in settings)", "phasestem.demo:DemoConfig"),
+    ("phasestem demo (built-in settings)", "phasestem.cli.demo:DemoConfig"),
     ("phasestem plan", "phasestem.plan.config:PlanConfig"),
 ]
 
@@ -116,7 +116,7 @@ def _section(model: type[BaseModel], prefix: str, lines: list[str], seen: set) -
 
 def config_reference() -> str:
     lines = ["# Configuration reference", "",
-             "Generated from the pydantic schemas by `python -m phasestem.docgen docs/config_reference.md`; "
+             "Generated from the pydantic schemas by `python -m phasestem.cli.docgen docs/config_reference.md`; "
              "do not edit by hand. Every command also writes its fully resolved config with `--dump-config` (each "
              "field's description as a comment, paths absolute). A relative path in a config file is relative to "
              "that file's folder (fields marked *path*); see [cli.md](cli.md)."]

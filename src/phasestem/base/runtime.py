@@ -33,7 +33,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 def resolve_device(name, field: str = "device"):
     """The ``torch.device`` of a device setting: ``"auto"`` → the GPU when torch sees one, else the CPU; any other
     name (``"cpu"``, ``"cuda"``, ``"cuda:1"``, a ``torch.device``) as torch reads it. A CUDA device that is not
-    there is refused in one line naming ``field`` (:class:`~phasestem.errors.ConfigError`) instead of failing
+    there is refused in one line naming ``field`` (:class:`~phasestem.base.errors.ConfigError`) instead of failing
     deep inside torch."""
     import torch
 

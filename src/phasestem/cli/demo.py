@@ -32,14 +32,14 @@ import torch
 import yaml
 from pydantic import Field
 
-from .configfile import StrictModel
-from .plot import _plt, save_figure, styled
-from .resample import sample_on_grid
-from .safety import atomic_file
+from ..base.configfile import StrictModel
+from ..base.safety import atomic_file
+from ..physics.resample import sample_on_grid
+from ..plot import _plt, save_figure, styled
 
-log = logging.getLogger("phasestem.demo")
+log = logging.getLogger("phasestem.cli.demo")
 
-CONFIG_DIR = Path(__file__).parent / "configs"
+CONFIG_DIR = Path(__file__).parents[1] / "configs"  # src/phasestem/configs
 BUILTIN_SIMULATION = CONFIG_DIR / "simulate_demo.yaml"
 BUILTIN_DEMO = CONFIG_DIR / "demo.yaml"
 
@@ -111,7 +111,7 @@ class DemoConfig(StrictModel):
 
 def load_demo_config(path: Path = BUILTIN_DEMO, quick: bool = False) -> DemoConfig:
     """The demo settings; ``quick`` applies the ``quick`` section."""
-    from .configfile import load_yaml_config
+    from ..base.configfile import load_yaml_config
 
     cfg = load_yaml_config(DemoConfig, path)
     if quick:
@@ -153,7 +153,7 @@ def field_of_view(dataset, truth_sampling: tuple[float, float], shape: tuple[int
 def simulate(out: Path, cfg: DemoConfig, quick: bool, learned: bool = True, device: str = "cpu"
              ) -> tuple[list[Path], Path]:
     """Training files (none when not ``learned``) and the held-out file (one sample, another seed)."""
-    from .simulate import load_config, simulate_dataset
+    from ..simulate import load_config, simulate_dataset
 
     over = {"output.samples_per_file": cfg.quick.n_train, "scan.shape": list(cfg.quick.scan_shape)} if quick else {}
     over["compute.device"] = device
@@ -170,8 +170,8 @@ def ad_run(dataset, rc: DemoRecon, truth: np.ndarray, truth_sampling, fov, initi
            label: str = "flat", progress: bool = True, device: str = "cpu") -> dict[str, Any]:
     """AD ptychography (``rc.optimizer``, the probe fixed) on ``device``; returns the final phase on the truth grid
     and E_φ / seconds after every epoch (seconds of the optimisation alone, synchronised with the device)."""
-    from .metrics import phase_error
-    from .recon import Ptychography
+    from ..metrics import phase_error
+    from ..recon import Ptychography
 
     torch.manual_seed(0)
     model = Ptychography.from_dataset(
@@ -205,8 +205,8 @@ def _trainer(epochs: int, lr: float, device: str = "cpu") -> dict[str, Any]:
 
 def train_learned(train_files: list[Path], runs: Path, lc: DemoLearned, device: str = "cpu") -> Path:
     """Patch → stitch → end2end on the training files; returns the end2end run folder."""
-    from .learn.config import TrainRunConfig
-    from .learn.training.route import train_run
+    from ..learn.config import TrainRunConfig
+    from ..learn.training.route import train_run
 
     data = {"files": [str(f) for f in train_files], "block": lc.block, "stride": lc.stride, "patch": lc.patch,
             "val_fraction": 0.15, "test_fraction": 0.0, "augment": False, "preprocess": lc.preprocess}
@@ -226,9 +226,9 @@ def train_learned(train_files: list[Path], runs: Path, lc: DemoLearned, device: 
 
 def predict_files(run: Path, files: list[Path], device: str = "cpu") -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Learned predictions and truths of every sample of ``files``."""
-    from . import io
-    from .learn.apply.phase import load_predictor, predict_phase
-    from .learn.pairs import simulation_phases
+    from .. import io
+    from ..learn.apply.phase import load_predictor, predict_phase
+    from ..learn.pairs import simulation_phases
 
     model, meta = load_predictor(run, device=device)
     preds, truths = [], []
@@ -243,8 +243,8 @@ def predict_files(run: Path, files: list[Path], device: str = "cpu") -> tuple[li
 def train_phaseformer(train_files: list[Path], pairs: Path, out: Path, pc: DemoPhaseformer, device: str = "cpu"
                       ) -> Path:
     """A tiny Phaseformer on degraded-truth pairs of the training files plus the learned-prediction pairs."""
-    from .learn.config import PhaseformerRunConfig
-    from .learn.training.phaseformer import train_phaseformer as _train
+    from ..learn.config import PhaseformerRunConfig
+    from ..learn.training.phaseformer import train_phaseformer as _train
 
     cfg = PhaseformerRunConfig(
         out_dir=str(out), data={"train": [str(pairs)] + [str(f) for f in train_files], "crop": 32,
@@ -373,16 +373,16 @@ def _hybrid_summary(flat: dict, hyb: dict, rc: DemoRecon, predict_seconds: float
 # ------------------------------------------------------------------------------------------ main
 def run_demo(out: Path, quick: bool = False, config: str | Path | None = None, device: str = "cpu",
              learned: bool = True, overwrite: bool = False) -> Path:
-    """Run every stage into ``out`` (holding its lock, :mod:`phasestem.lock`); returns the report path
+    """Run every stage into ``out`` (holding its lock, :mod:`phasestem.base.lock`); returns the report path
     (``out/report.md``). A folder holding another demo run is refused, or with ``overwrite`` cleared of that run's
-    files first (:mod:`phasestem.demo_folder`). ``config``: a :class:`DemoConfig` YAML (default: the built-in
+    files first (:mod:`phasestem.cli.demo_folder`). ``config``: a :class:`DemoConfig` YAML (default: the built-in
     ``configs/demo.yaml``);
     ``device``: torch device of simulation, the reconstructions and the training ('auto': a GPU when there is one);
     ``learned=False``: simulation of the held-out scan and AD ptychography only. Torch runs on
     ``cpu_threads`` threads of the settings meanwhile (restored after)."""
+    from ..base.lock import hold_output
+    from ..base.runtime import resolve_device
     from .demo_folder import prepare_output
-    from .lock import hold_output
-    from .runtime import resolve_device
 
     cfg = load_demo_config(Path(config) if config else BUILTIN_DEMO, quick=quick)
     threads = torch.get_num_threads()
@@ -397,10 +397,10 @@ def run_demo(out: Path, quick: bool = False, config: str | Path | None = None, d
 
 
 def _run_demo(out: Path, quick: bool, cfg: DemoConfig, device: str, learned: bool = True) -> Path:
-    from . import io
-    from .metrics import aligned_error_map, figures_of_merit
-    from .plot import phase_panels
-    from .simulate.overview import write_overview
+    from .. import io
+    from ..metrics import aligned_error_map, figures_of_merit
+    from ..plot import phase_panels
+    from ..simulate.overview import write_overview
 
     plt = _plt()
 
@@ -459,9 +459,9 @@ def _learned_routes(out: Path, cfg: DemoConfig, ds, train_files: list[Path], tru
                     device: str, timer: Timer, routes: dict, route_seconds: dict) -> dict[str, Any]:
     """Stages 3–5: the learned pipeline, the Phaseformer refinement and the hybrid AD run (returned); their phases
     and times go into ``routes`` and ``route_seconds``."""
-    from .learn.apply.phase import load_predictor, predict_phase
-    from .learn.apply.refine import load_phaseformer, refine_phase
-    from .learn.pairs import write_pairs
+    from ..learn.apply.phase import load_predictor, predict_phase
+    from ..learn.apply.refine import load_phaseformer, refine_phase
+    from ..learn.pairs import write_pairs
 
     log.info("3/5 learned pipeline")
     with timer("learned: training"):

@@ -105,7 +105,7 @@ def unique_temporary_name(path: PathLike) -> Path:
 
 def remove_stale_temporaries(folder: PathLike, names: Iterable[str]) -> list[Path]:
     """Delete ``NAME.<pid>.tmp`` files and folders of ``names`` in ``folder`` left by other (killed) processes;
-    returns what was removed. Call it only while holding the folder's lock (:mod:`phasestem.lock`): then no
+    returns what was removed. Call it only while holding the folder's lock (:mod:`phasestem.base.lock`): then no
     other process is writing there."""
     import shutil
 

@@ -7,9 +7,9 @@ import logging
 import shutil
 from pathlib import Path
 
-from .errors import ConfigError
+from ..base.errors import ConfigError
 
-log = logging.getLogger("phasestem.demo")
+log = logging.getLogger("phasestem.cli.demo")
 
 #: every file and folder a demo run writes into its output folder (besides its lock)
 DEMO_OUTPUTS = ("report.md", "figures_of_merit.yaml", "routes.png", "hybrid.png", "simulation.png", "inspect.png",

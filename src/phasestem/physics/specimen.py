@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import InputFileError
+from ..base.errors import InputFileError
 from .optics import interaction_constant
 
 #: Bohr radius (Å) × elementary charge expressed as a potential: a₀·e = a₀ · (e²/4πε₀)/e in V·Å².

@@ -10,8 +10,8 @@ INSPECT_FORMATS = (".mib (+ .hdr), .dm3/.dm4, EMPAD .xml (+ .raw), Dectris *_mas
 
 
 def register(sub, train_sub) -> None:
-    from .calibrate.commands import add_reader_arguments
-    from .cliargs import add_config, add_device, add_dump_config, add_out
+    from ..base.cliargs import add_config, add_device, add_dump_config, add_out
+    from ..calibrate.commands import add_reader_arguments
 
     p = sub.add_parser(
         "inspect", help="first look at a 4D-STEM file, no calibration needed: mean pattern with the bright-field "
@@ -76,10 +76,11 @@ def inspect_output(file: str | Path, out: str | Path) -> Path:
 
 
 def _inspect(args) -> int:
-    from . import io
-    from .calibrate.commands import reader_options, scan_step
-    from .cliargs import deprecation
-    from .safety import refuse_output_over_inputs
+    from .. import io
+    from ..base.cliargs import deprecation
+    from ..base.safety import refuse_output_over_inputs
+    from ..calibrate.commands import reader_options, scan_step
+    from ..calibrate.overview import inspect
 
     opts = reader_options(args)
     for key, value in (("energy", args.energy), ("scan_step", scan_step(args)), ("semiangle", args.semiangle),
@@ -89,7 +90,7 @@ def _inspect(args) -> int:
     out = inspect_output(args.file, args.out)
     refuse_output_over_inputs(out, [args.file], field="--out")
     ds = io.load(args.file, format=args.format, require_calibration=False, **opts)
-    fig = ds.inspect(index=tuple(args.at) if args.at else None, path=out)
+    fig = inspect(ds, index=tuple(args.at) if args.at else None, path=out)
     print(ds.summary())
     print(fig.first_look.describe())
     print(f"wrote {out}")
@@ -108,7 +109,7 @@ def _demo(args) -> int:
     from .demo import BUILTIN_DEMO, load_demo_config, run_demo
 
     if args.dump_config:
-        from .configdump import config_yaml
+        from ..base.configdump import config_yaml
 
         print(config_yaml(load_demo_config(Path(args.config or BUILTIN_DEMO), quick=args.quick), "phasestem demo"),
               end="")

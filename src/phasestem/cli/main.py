@@ -14,9 +14,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from . import __version__
-from .cliargs import Parser
-from .errors import PhasestemError
+from ..base.cliargs import Parser, run_with_errors
+from ..base.version import __version__
 
 #: modules that add sub-commands, in the order they appear in ``--help``
 COMMAND_MODULES = (
@@ -25,7 +24,7 @@ COMMAND_MODULES = (
     "phasestem.calibrate.commands",
     "phasestem.learn.commands",
     "phasestem.learn.restore_commands",
-    "phasestem.commands_misc",
+    "phasestem.cli.commands",
     "phasestem.plan.commands",
     "phasestem.convert.commands",
     "phasestem.serve.commands",
@@ -102,18 +101,3 @@ def log_warning(message, category, filename, lineno, file=None, line=None) -> No
     text = " ".join(str(message).split())
     logging.getLogger("phasestem").warning("%s: %s (%s:%d)", category.__name__, text, Path(filename).name, lineno)
 
-
-def run_with_errors(fn, prefix: str, debug: bool = False) -> int:
-    """``fn()`` as a command: its return code, or 1 after one line ``PREFIX: error: …`` on a user error."""
-    try:
-        return int(fn() or 0)
-    except (PhasestemError, OSError, ValueError, KeyError) as exc:
-        if debug:
-            raise
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"{prefix}: error: {msg}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -3,7 +3,7 @@
 Every command's ``--dump-config`` and every copy of a config written into a run folder go through
 :func:`config_yaml`: each field is preceded by its description (the pydantic ``Field`` text, as in
 docs/config_reference.md) as a YAML comment, and every path (fields marked
-:class:`phasestem.configfile.ConfigPath`) is absolute, so the text loads to the same config wherever it is saved.
+:class:`phasestem.base.configfile.ConfigPath`) is absolute, so the text loads to the same config wherever it is saved.
 """
 from __future__ import annotations
 

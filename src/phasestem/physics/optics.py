@@ -35,7 +35,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ._lazy import LazyModule
+from ..base.lazy import LazyModule
 
 torch = LazyModule("torch")  # imported on first use: the constants and wavelength() need no torch (a light CLI)
 
@@ -272,7 +272,7 @@ def partial_coherence_modes(
     Returns ``(modes, occupancies)``: modes (n_modes, ny, nx) complex64 with Σ_m Σ|ψ_m|² = 1
     and occupancies (n_modes,) summing to 1.
     """
-    from .physics.fourier import fourier_shift
+    from .fourier import fourier_shift
 
     sigma = source_size / (2 * math.sqrt(2 * math.log(2)))
     if sigma <= 0 or n_modes < 1:
@@ -321,3 +321,10 @@ def circular_support(window: tuple[int, int], radius_px: float) -> torch.Tensor:
     y = torch.arange(window[0], dtype=torch.float32)[:, None] - window[0] // 2
     x = torch.arange(window[1], dtype=torch.float32)[None, :] - window[1] // 2
     return (y.square() + x.square() <= float(radius_px) ** 2).float()
+
+def angular_sampling_for(energy: float, sampling: float | tuple[float, float], shape: tuple[int, int]):
+    """Detector pixel (mrad) that matches a real-space pixel ``sampling`` (Å) on an (H, W) window: λ/(N·Δx)."""
+    if not isinstance(sampling, tuple | list):
+        sampling = (sampling, sampling)
+    lam = wavelength(energy)
+    return (lam / (shape[0] * sampling[0]) * 1e3, lam / (shape[1] * sampling[1]) * 1e3)
