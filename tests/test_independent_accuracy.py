@@ -17,7 +17,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "independent"))
 from numpy_multislice import atom_phase, raster, simulate_patterns  # noqa: E402
 
-from phasestem.dataset import FourDSTEM, angular_sampling_for  # noqa: E402
+from phasestem.dataset import FourDSTEM  # noqa: E402
+from phasestem.physics.optics import angular_sampling_for  # noqa: E402
 from phasestem.recon import Ptychography  # noqa: E402
 from phasestem.recon.engine import DivergenceError  # noqa: E402
 from phasestem.recon.optics_check import check_defocus_sign  # noqa: E402

@@ -130,3 +130,23 @@ def test_accelerate_single_process(tmp_path):
     t = make_trainer(tmp_path, accelerate="on", device="cpu", epochs=1)
     s = t.fit()
     assert s["global_step"] == 6 and t.accelerator is not None
+
+
+def test_callbacks_hear_the_engines_hook_names_in_order(tmp_path):
+    """The trainer calls on_start, on_epoch_end and on_end, as the reconstruction engine does (one set of names)."""
+    heard = []
+
+    class Listener:
+        def on_start(self, trainer):
+            heard.append("on_start")
+
+        def on_epoch_end(self, trainer, epoch, logs):
+            heard.append(f"on_epoch_end {epoch} {'train/loss' in logs}")
+
+        def on_end(self, trainer, summary):
+            heard.append(f"on_end {summary['epochs_run']}")
+
+    t = make_trainer(tmp_path, epochs=2)
+    t.callbacks.append(Listener())
+    t.fit()
+    assert heard == ["on_start", "on_epoch_end 0 True", "on_epoch_end 1 True", "on_end 2"]

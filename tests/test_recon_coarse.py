@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from phasestem.dataset import FourDSTEM, angular_sampling_for
+from phasestem.dataset import FourDSTEM
+from phasestem.physics.optics import angular_sampling_for
 from phasestem.recon.callbacks import Callback, Checkpoints
 from phasestem.recon.coarse import AUTO_EPOCHS, coarse_model, coarse_plan, coarse_verdict, coarse_window, take_coarse
 from phasestem.recon.constraints import Constraints

@@ -75,7 +75,8 @@ def test_an_eager_reconstruction_never_imports_torch_dynamo():
     code = """
 import sys
 import numpy as np
-from phasestem.dataset import FourDSTEM, angular_sampling_for
+from phasestem.dataset import FourDSTEM
+from phasestem.physics.optics import angular_sampling_for
 from phasestem.recon import Ptychography
 patterns = np.random.default_rng(0).random((4, 4, 32, 32)).astype("float32")
 ds = FourDSTEM(patterns=patterns, energy=300e3, scan_step=(1.0, 1.0), semiangle=20.0, aberrations={"C10": 50.0},

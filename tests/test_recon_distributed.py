@@ -15,6 +15,7 @@ import yaml
 
 from phasestem.recon import Ptychography
 from phasestem.recon.distributed import data_parallel_optimize
+from phasestem.recon.losses import TERMS, LossConfig, LossTerm, register_term
 from phasestem.recon.synthetic import simulate_dataset, write_npz
 
 
@@ -45,6 +46,43 @@ def test_two_process_gloo_run_matches_one_process():
     assert not torch.equal(state["positions"], single.initial_positions)  # positions were refined
     assert [round(v, 6) for v in out["loss"]] == [round(v, 6) for v in ref_loss] or all(
         abs(a - b) <= 1e-4 * abs(b) for a, b in zip(out["loss"], ref_loss, strict=True))
+
+
+def total_variation(cfg, batch):
+    """A loss term the package does not have (module level: the spawned ranks unpickle it by name)."""
+    phase = batch.phase
+    return (phase.diff(dim=-1).abs().mean() + phase.diff(dim=-2).abs().mean()) * (batch.model_i.shape[0]
+                                                                                  / batch.n_total)
+
+
+def test_a_loss_term_added_here_is_recorded_per_term_by_a_two_process_run():
+    ds = simulate_dataset(scan_shape=(5, 5), seed=31, max_phase=0.4)
+    register_term(LossTerm("total_variation", total_variation, needs_phase=True))
+    try:
+        losses = LossConfig(gaussian=1.0, extra={"total_variation": 0.05})
+        assert losses.active() == ["gaussian", "total_variation"]
+        opts = {"batch_size": 10, "seed": 5, "losses": losses}
+        n = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            single = Ptychography.from_dataset(ds)
+            list(single.Adam_optimize(2, ds, progress=False, **opts))
+        finally:
+            torch.set_num_threads(n)
+        out = data_parallel_optimize(ds, 2, 2, {}, opts)
+    finally:
+        TERMS.pop("total_variation")
+    for two, one in zip(out["history"], single.loss_history, strict=True):
+        assert two["total_variation"] > 0 and two["gaussian"] > 0
+        assert abs(two["total_variation"] - one["total_variation"]) <= 1e-4 * one["total_variation"]
+        assert abs(two["loss"] - (two["gaussian"] + 0.05 * two["total_variation"])) <= 1e-5 * two["loss"]
+
+
+def test_a_loss_term_is_registered_once_and_an_unknown_one_is_one_line():
+    with pytest.raises(ValueError, match="already registered"):
+        register_term(LossTerm("poisson", total_variation))
+    with pytest.raises(Exception, match="losses.tv: no such loss term"):
+        LossConfig(gaussian=1.0, extra={"tv": 1.0})
 
 
 # ---- the CLI under torchrun (two real processes, gloo) ---------------------------------------------------------

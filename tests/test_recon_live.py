@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from phasestem.recon import Ptychography
+from phasestem.recon.callbacks import LiveSnapshots
 from phasestem.recon.engine import optimize_with_options
-from phasestem.recon.live import LIVE_FILE, block_mean, live_snapshots, read_snapshot
+from phasestem.recon.live import LIVE_FILE, block_mean, read_snapshot
 from phasestem.recon.synthetic import simulate_dataset
 
 
@@ -14,9 +15,8 @@ def test_a_snapshot_after_every_epoch_holds_the_state_of_that_epoch(tmp_path, on
     ds = simulate_dataset(scan_shape=(6, 6), seed=2)
     model = Ptychography.from_dataset(ds)
     path = tmp_path / LIVE_FILE
-    model.epoch_callbacks.append(live_snapshots(path, n_epochs=3))
     seen = []
-    for _ in optimize_with_options(model, ds, 3, batch_size=12, progress=False):
+    for _ in optimize_with_options(model, ds, 3, batch_size=12, progress=False, callbacks=[LiveSnapshots(path, 3)]):
         snap = read_snapshot(path)
         seen.append(int(snap["epoch"]))
         np.testing.assert_array_equal(snap["loss"], [h["loss"] for h in model.loss_history])

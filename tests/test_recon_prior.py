@@ -69,11 +69,9 @@ def test_a_strong_pull_keeps_ad_near_a_good_prior_on_noisy_data(scan):
         torch.manual_seed(0)
         model = Ptychography.from_dataset(ds, initial_phase=truth, initial_phase_sampling=samp,
                                           learning_rates={"probe": 0.0})
-        prior = PhasePrior(model, truth, samp, weight=weight).attach(model)
-        for _ in model.LSQ_optimize(3, ds, batch_size=16, progress=False):
+        prior = PhasePrior(model, truth, samp, weight=weight)
+        for _ in model.LSQ_optimize(3, ds, batch_size=16, progress=False, callbacks=[prior]):
             pass
-        prior.detach(model)
-        assert prior not in model.epoch_callbacks
         rec = sample_on_grid(model.phase_in_dataset_frame(), model.sampling, samp, truth.shape)
         errors[weight] = phase_error(rec[fov], truth[fov])
     assert errors[1.0] < 0.8 * errors[0.0], errors

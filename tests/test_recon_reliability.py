@@ -110,7 +110,8 @@ def test_an_object_larger_than_memory_is_refused_before_allocating(monkeypatch):
     import numpy as np
 
     from phasestem.base.errors import ConfigError
-    from phasestem.dataset import FourDSTEM, angular_sampling_for
+    from phasestem.dataset import FourDSTEM
+    from phasestem.physics.optics import angular_sampling_for
     from phasestem.recon import Ptychography, budget
 
     monkeypatch.setattr(budget, "available_memory", lambda: 50 << 20)  # 50 MB

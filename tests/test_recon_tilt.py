@@ -13,7 +13,8 @@ import pytest
 from numpy_cases import numpy_scan
 from numpy_cases import pearson as _pearson
 
-from phasestem.dataset import FourDSTEM, angular_sampling_for
+from phasestem.dataset import FourDSTEM
+from phasestem.physics.optics import angular_sampling_for
 from phasestem.recon import Ptychography
 from phasestem.recon.engine import DivergenceError
 from phasestem.recon.schedule import tilt_matters

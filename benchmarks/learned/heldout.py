@@ -410,9 +410,10 @@ def ad_route(sample: Sample, ad: ADSetting, device: str = "cpu", initial_phase: 
     model.set_learning_rates(**rates)
     if initial_phase is not None:  # on the object's pixel already, as the recorded runs did (set_initial_phase
         model.set_initial_phase(spline_resample(initial_phase, sample.sampling, model.sampling))  # was bilinear then)
+    pull = None
     if ad.prior:
         prior = prior if prior is not None else initial_phase
-        PhasePrior(model, spline_resample(prior, sample.sampling, model.sampling), None, ad.prior).attach(model)
+        pull = PhasePrior(model, spline_resample(prior, sample.sampling, model.sampling), None, ad.prior)
     model = model.to(device)
 
     def current() -> np.ndarray:
@@ -423,7 +424,7 @@ def ad_route(sample: Sample, ad: ADSetting, device: str = "cpu", initial_phase: 
     best = (errors[0], 0, phase)
     loads = [load_average()]
     clock = Clock(device)
-    run = optimize_with_options(model, ds, ad.epochs, **opts)
+    run = optimize_with_options(model, ds, ad.epochs, prior=pull, **opts)
     diverged = None
     while True:
         with clock:

@@ -56,9 +56,9 @@ def run_prior(net, ds, truth: np.ndarray, truth_sampling, every: int, weight: fl
     from phasestem.recon.params import optimizer_options
 
     params, model = ad_recipe_model(ds, None, device)
-    restorer_prior(net, ds, every=every, weight=weight, start=start).attach(model)
+    prior = restorer_prior(net, ds, every=every, weight=weight, start=start)
     t = time.perf_counter()
-    for _ in optimize_with_options(model, ds, params.run.n_epochs, **optimizer_options(params)):
+    for _ in optimize_with_options(model, ds, params.run.n_epochs, prior=prior, **optimizer_options(params)):
         pass
     seconds = time.perf_counter() - t
     ch = restorer_channels(model, ds)

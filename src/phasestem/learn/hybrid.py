@@ -95,8 +95,8 @@ def ad_recipe_snapshots(dataset, snapshots: tuple[int, ...] = (2, 4, 8), n_epoch
 def restorer_prior(net, dataset, every: int = 2, weight: float = 0.5, start: int = 2, name: str = "a restorer"):
     """A :class:`~phasestem.recon.prior.RefreshedPrior` whose target is ``net``'s restoration of the model's
     phase (channels of :func:`phasestem.recon.channels.restorer_channels`) inside the scanned field and the phase
-    itself outside it (no pull where the restorer was never trained); ``name`` goes to the run's log; attach it
-    with ``.attach(model)``."""
+    itself outside it (no pull where the restorer was never trained); ``name`` goes to the run's log. An engine
+    callback: ``model.LSQ_optimize(…, prior=…)`` or ``callbacks=[…]``."""
     from ..recon.channels import restorer_channels
     from ..recon.prior import RefreshedPrior
     from .restore import restore_channels
@@ -109,20 +109,20 @@ def restorer_prior(net, dataset, every: int = 2, weight: float = 0.5, start: int
 
 
 def prior_hook(model_path, every: int = 2, weight: float = 0.5, start: int = 2, device: str = "cpu"):
-    """``hook(model, dataset)`` for :func:`phasestem.recon.run.run_reconstruction`'s ``model_hooks``: the restorer
-    ``model_path`` (read now: a corrupted file is refused before the run) checked against the data's geometry and
-    AD's pixel, then attached as :func:`restorer_prior`."""
+    """``hook(model, dataset)`` for :func:`phasestem.recon.run.run_reconstruction`'s ``callback_hooks``: the
+    restorer ``model_path`` (read now: a corrupted file is refused before the run) checked against the data's
+    geometry and AD's pixel, then returned as the run's :func:`restorer_prior`."""
     from .restore import check_pixel, load_restorer
 
     net, meta = load_restorer(model_path, device="cpu")
 
-    def hook(model, dataset) -> None:
+    def hook(model, dataset):
         from .apply.phase import check_training_optics, dataset_optics
 
         check_training_optics(meta, dataset_optics(dataset), str(model_path))
         check_pixel(meta, tuple(float(s) for s in model.sampling), str(model_path))
-        restorer_prior(net.to(model.device), dataset, every=every, weight=weight, start=start,
-                       name=f"restorer {model_path}").attach(model)
+        return restorer_prior(net.to(model.device), dataset, every=every, weight=weight, start=start,
+                              name=f"restorer {model_path}")
 
     return hook
 

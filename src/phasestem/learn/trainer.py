@@ -29,8 +29,10 @@ Contract
 * Loaders are ordinary :class:`torch.utils.data.DataLoader` objects. For reproducible resume give
   a shuffling loader a ``generator=torch.Generator()``: the trainer re-seeds it each epoch with
   ``seed + epoch`` (and calls ``sampler.set_epoch`` where present).
-* ``callbacks``: objects with any of ``on_fit_start(trainer)``, ``on_epoch_start(trainer, epoch)``,
-  ``on_step_end(trainer, logs)``, ``on_epoch_end(trainer, epoch, logs)`` (e.g. freezing schedules).
+* ``callbacks``: objects with any of ``on_start(trainer)``, ``on_epoch_start(trainer, epoch)``,
+  ``on_step_end(trainer, logs)``, ``on_epoch_end(trainer, epoch, logs)``, ``on_end(trainer, summary)`` (e.g.
+  freezing schedules); ``on_start``, ``on_epoch_end`` and ``on_end`` are the reconstruction engine's hook names
+  (:mod:`phasestem.recon.callbacks`), called at the same moments.
 * ``meta``: a JSON-serialisable dict (model config, preprocessing, target kind …) stored inside
   every saved model file (safetensors metadata key ``"phasestem"``) and as ``meta.json``, so a
   model can be rebuilt and applied from its file alone (:func:`load_weights`).
@@ -359,8 +361,8 @@ class Trainer(RunFolderMixin):
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self._open_tensorboard()
         for cb in self.callbacks:
-            if hasattr(cb, "on_fit_start"):
-                cb.on_fit_start(self)
+            if hasattr(cb, "on_start"):
+                cb.on_start(self)
         start = time.perf_counter()
         while self.epoch < cfg.epochs and not self.stop_training:
             for cb in self.callbacks:
@@ -396,4 +398,7 @@ class Trainer(RunFolderMixin):
             _write_json(self.out_dir / "summary.json", summary)
         if self._tb is not None:
             self._tb.close()
+        for cb in self.callbacks:
+            if hasattr(cb, "on_end"):
+                cb.on_end(self, summary)
         return summary

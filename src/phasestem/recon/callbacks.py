@@ -5,7 +5,10 @@ A :class:`Callback` is told, in the order of the engine's list:
 * ``on_start(loop)``: before the measured data are prepared (a resume restores the checkpoint here);
 * ``after_loss(loop)``: an epoch's mean loss is known (``loop.mean_loss``), before the constraints run and the
   epoch is recorded (the divergence check);
-* ``on_epoch_end(loop)``: the epoch is recorded (``loop.record``, the model's ``epoch`` and loss history);
+* ``on_record(loop)``: the epoch is recorded (``loop.record``, the model's ``epoch`` and loss history); a callback
+  may add scalars to the record (metrics against a truth, ``loss_ptyrad``) or act on the model (a prior's pull,
+  :mod:`phasestem.recon.prior`), before any ``on_epoch_end`` logs or checkpoints the epoch;
+* ``on_epoch_end(loop)``: the epoch is complete (logged, checkpointed, written out);
 * ``on_end(loop)``: every epoch of the call ran;
 * ``on_close(loop)``: always, last (also after an error or when the caller stops early).
 
@@ -13,7 +16,10 @@ A :class:`Callback` is told, in the order of the engine's list:
 loss settings, the rank, the optimiser and the :class:`~phasestem.recon.run_state.RunState`. The engine's own
 list is :class:`DivergenceGuard`, :class:`EpochLog`, :class:`ProgressBar`; the keyword front-end
 (:func:`phasestem.recon.engine.optimize_with_options`) adds :class:`Checkpoints`, :class:`Figures` and
-:class:`LogFile` from its ``checkpoint_path``/``out_dir``/``log_file`` options.
+:class:`LogFile` from its ``checkpoint_path``/``out_dir``/``log_file`` options, and its ``prior``; the parameter-file
+run (:func:`phasestem.recon.run.run_reconstruction`) adds the per-epoch report (:mod:`phasestem.recon.report`) and
+the live snapshots (:mod:`phasestem.recon.live`). The learned trainer (:mod:`phasestem.learn.trainer`) calls the
+same names (``on_start``, ``on_epoch_end``, ``on_end``) on its callbacks.
 """
 from __future__ import annotations
 
@@ -21,11 +27,14 @@ import logging
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..base.errors import PhasestemError
 from ..base.runtime import log_to_file
 from .checkpoint import load_checkpoint, save_checkpoint
+from .live import MAX_SIDE as LIVE_MAX_SIDE
+from .live import snapshot as live_snapshot
 from .optimizers import clear_moments
 from .run_state import snapshot
 
@@ -50,6 +59,9 @@ class Callback:
         pass
 
     def after_loss(self, loop) -> None:
+        pass
+
+    def on_record(self, loop) -> None:
         pass
 
     def on_epoch_end(self, loop) -> None:
@@ -263,3 +275,25 @@ class LogFile(Callback):
         if self.context is not None:
             self.context.__exit__(None, None, None)
             self.context = None
+
+
+class LiveSnapshots(Callback):
+    """Replaces ``path`` with a :func:`~phasestem.recon.live.snapshot` (the live page of ``phasestem serve``) after
+    every epoch, once its record is complete. A snapshot that cannot be written is logged once and the run goes
+    on."""
+
+    def __init__(self, path: str | Path, n_epochs: int, max_side: int = LIVE_MAX_SIDE):
+        self.path, self.n_epochs, self.max_side = Path(path), n_epochs, max_side
+        self.failed: list[OSError] = []
+
+    def on_record(self, loop) -> None:
+        from ..base.safety import atomic_file
+
+        try:
+            arrays = live_snapshot(loop.model, self.n_epochs, self.max_side)
+            with atomic_file(self.path, field="live snapshot") as tmp, open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)
+        except OSError as exc:
+            if not self.failed:
+                log.warning("live snapshot %s not written (%s); the run goes on without it", self.path, exc)
+            self.failed.append(exc)

@@ -105,7 +105,7 @@ def _add_prior_arguments(p) -> None:
 
 
 def _prior_hooks(args, params) -> tuple:
-    """The ``model_hooks`` of :func:`~phasestem.recon.run.run_reconstruction` for ``--prior`` (none without it); the
+    """The ``callback_hooks`` of :func:`~phasestem.recon.run.run_reconstruction` for ``--prior`` (none without it); the
     model file is read (and a corrupted one refused) now, its geometry checked against the data when the model is
     built."""
     if not getattr(args, "prior", None):
@@ -168,7 +168,7 @@ def _reconstruct_cmd(args) -> int:
                 sys.stdout.write(dump_params(params))
                 return 0
             refuse_output_over_inputs(params.run.out_dir, [args.params], field="--out", written=RUN_FILES)
-            run_reconstruction(params, resume=args.resume, model_hooks=_prior_hooks(args, params))
+            run_reconstruction(params, resume=args.resume, callback_hooks=_prior_hooks(args, params))
     except (ConfigError, FolderBusyError):
         if env_rank() != 0:  # every rank of a torchrun launch sees the same setting: rank 0 alone says so
             time.sleep(RANK_EXIT_DELAY)  # torchrun stops every rank once one exits: let rank 0 say it first

@@ -145,14 +145,15 @@ def _optimize_worker(dataset, n_epochs: int, model_options: dict, optimize_optio
         from ..base.safety import atomic_file
 
         with atomic_file(result_path, field="result") as tmp:
-            torch.save({"state": state, "loss": [h["loss"] for h in model.loss_history]}, tmp)
+            history = [{k: v for k, v in h.items() if isinstance(v, int | float)} for h in model.loss_history]
+            torch.save({"state": state, "loss": [h["loss"] for h in model.loss_history], "history": history}, tmp)
 
 
 def data_parallel_optimize(dataset, n_processes: int, n_epochs: int, model_options: dict | None = None,
                            optimize_options: dict | None = None, learning_rates: dict | None = None) -> dict:
     """Build ``Ptychography.from_dataset(dataset, **model_options)`` on ``n_processes`` ranks (with
     ``set_learning_rates(**learning_rates)``), run Adam for ``n_epochs`` and return rank 0's
-    ``{"state": state_dict, "loss": [per-epoch loss]}``."""
+    ``{"state": state_dict, "loss": [per-epoch loss], "history": [per-epoch record: loss, each term, …]}``."""
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "result.pt")
         launch(n_processes, _optimize_worker, dataset, n_epochs, model_options or {}, optimize_options or {}, path,

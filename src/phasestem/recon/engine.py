@@ -223,8 +223,10 @@ def _epochs(loop: Loop, lbfgs_options: dict) -> Iterator[float]:
             record.update({k: float(v) / n_batches for k, v in sums.items()})
             loop.terms = sums
             model.loss_history.append(record)
-            if hasattr(model, "record_epoch"):  # geometry history and per-epoch reports (before the checkpoint)
+            if hasattr(model, "record_epoch"):  # the geometry history (before the checkpoint)
                 model.record_epoch(record)
+            for cb in callbacks:
+                cb.on_record(loop)
             for cb in callbacks:
                 cb.on_epoch_end(loop)
             yield mean_loss
@@ -351,7 +353,7 @@ def _epoch(loop: Loop, step: BatchStep, opt, data, bs: int, owner, mine, precond
             sums[k] = sums.get(k, 0) + v
     if world > 1:
         # the same terms on every rank, also on one whose shares were all empty
-        names = sorted(k for k in ("gaussian", "poisson", "pacbed", "sparsity") if getattr(losses, k) > 0)
+        names = losses.active()
         packed = torch.stack([total_acc, first_loss] + [torch.as_tensor(sums.get(k, 0.0), device=model.device,
                                                                          dtype=total_acc.dtype) for k in names])
         torch.distributed.all_reduce(packed)
@@ -389,10 +391,9 @@ def optimize_with_options(model, dataset, n_epochs: int, losses: LossConfig | No
     ``checkpoint_path``/``checkpoint_every``/``resume``: a :class:`~phasestem.recon.callbacks.Checkpoints`
     callback. ``out_dir``/``figures_every``: ``out_dir/epoch_NNNN.png`` figures
     (:class:`~phasestem.recon.callbacks.Figures`). ``log_file`` (default ``out_dir/reconstruct.log`` when
-    ``out_dir`` is set): the run log (:class:`~phasestem.recon.callbacks.LogFile`). ``prior``: an epoch
-    callback ``f(model, record)`` (a :class:`~phasestem.recon.prior.PhasePrior` or
-    :class:`~phasestem.recon.prior.RefreshedPrior`, e.g. :func:`phasestem.learn.hybrid.restorer_prior`) run after
-    every epoch of this call only."""
+    ``out_dir`` is set): the run log (:class:`~phasestem.recon.callbacks.LogFile`). ``prior``: a
+    :class:`~phasestem.recon.prior.PhasePrior` or :class:`~phasestem.recon.prior.RefreshedPrior` (e.g.
+    :func:`phasestem.learn.hybrid.restorer_prior`), one more callback of this call."""
     run = run_settings(dataset.n_patterns, **run_options)
     own: list[Callback] = []
     if resume and checkpoint_path is None:
@@ -403,12 +404,7 @@ def optimize_with_options(model, dataset, n_epochs: int, losses: LossConfig | No
         own.append(LogFile(Path(log_file) if log_file is not None else Path(out_dir) / "reconstruct.log"))
     if out_dir is not None and figures_every:
         own.append(Figures(out_dir, figures_every))
-    if prior is not None:
-        model.epoch_callbacks.append(prior)
-    try:
-        yield from optimize(model, dataset, n_epochs, run, losses, constraints, [*own, *callbacks],
-                            lbfgs_options=lbfgs_options, distributed=distributed)
-    finally:
-        if prior is not None:
-            model.epoch_callbacks = [fn for fn in model.epoch_callbacks if fn is not prior]
+    yield from optimize(model, dataset, n_epochs, run, losses, constraints,
+                        [*([] if prior is None else [prior]), *own, *callbacks], lbfgs_options=lbfgs_options,
+                        distributed=distributed)
 

@@ -71,8 +71,7 @@ def heldout_loss(model, data, losses, held: torch.Tensor, batch_size: int) -> fl
         idx_d = idx.to(model.device)
         meas, meas_p = data.batch(idx_d if isinstance(data, PreparedData) else idx, need_meas=losses.poisson > 0)
         _, parts = total_loss(losses, model(idx_d), meas, meas_p, None, None, data.counts, len(idx))
-        total += float(sum(getattr(losses, k) * v for k, v in parts.items() if k in ("gaussian", "poisson"))) \
-            * len(idx)
+        total += float(sum(losses.weight(k) * v for k, v in parts.items() if losses.terms[k].data_term)) * len(idx)
     return total / len(held)
 
 

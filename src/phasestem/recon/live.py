@@ -68,27 +68,6 @@ def snapshot(model, n_epochs: int, max_side: int = MAX_SIDE) -> dict[str, np.nda
             "time": np.asarray(time.time())}
 
 
-def live_snapshots(path: str | Path, n_epochs: int, max_side: int = MAX_SIDE):
-    """An epoch callback (``model.epoch_callbacks``) that replaces ``path`` with a :func:`snapshot` after every
-    epoch. A snapshot that cannot be written is logged once and the run goes on."""
-    from ..base.safety import atomic_file
-
-    path = Path(path)
-    failed = []
-
-    def write(model, record) -> None:
-        try:
-            arrays = snapshot(model, n_epochs, max_side)
-            with atomic_file(path, field="live snapshot") as tmp, open(tmp, "wb") as fh:
-                np.savez(fh, **arrays)
-        except OSError as exc:
-            if not failed:
-                log.warning("live snapshot %s not written (%s); the run goes on without it", path, exc)
-            failed.append(exc)
-
-    return write
-
-
 def read_snapshot(path: str | Path) -> dict[str, np.ndarray] | None:
     """The arrays of a snapshot file, or None where there is none (yet) or it cannot be read."""
     try:

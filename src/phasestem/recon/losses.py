@@ -15,16 +15,22 @@ processes add up to the single-process loss (see :mod:`phasestem.recon.distribut
 * ``pacbed``: Σ (mean_b I^p − PACBED^p)² × (B / n_total): the batch-mean pattern against the
   measured position-averaged CBED.
 * ``sparsity``: mean |φ| of the object phase (L1), once per batch (weighted by B / n_total).
+
+The terms are one table, :data:`TERMS` (:class:`LossTerm`: name, function, whether it fits the patterns); a new
+term is one :func:`register_term` call (and a field of the parameter file's ``losses`` section,
+``recon/schema.py``). Everything that lists terms (the run log, the multi-process per-term record, the held-out
+loss) reads the table.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
 from ..base.errors import ConfigError
 
-LOSS_NAMES = ("gaussian", "poisson", "pacbed", "sparsity")
 #: the loss when no term is named: the Gaussian term on amplitudes (power 0.5) alone
 DEFAULT_WEIGHTS = {"gaussian": 1.0}
 #: shift (in counts) of measured and model counts inside the Poisson likelihood
@@ -43,27 +49,41 @@ class LossConfig:
     sparsity: float | None = None
     power: float = 0.5  # exponent p of the Gaussian / PACBED terms
     eps: float = 1e-8  # floor inside the power / logarithm
+    extra: Mapping[str, float] = field(default_factory=dict)  # weights of registered terms beyond the four fields
     named: bool = field(default=True, init=False)
+    terms: dict[str, LossTerm] = field(default_factory=dict, init=False)  # the active terms (they travel with it)
 
     def __post_init__(self):
-        given = {n: float(getattr(self, n)) for n in LOSS_NAMES if getattr(self, n) is not None}
+        unknown = sorted(set(self.extra) - set(TERMS))
+        if unknown:
+            raise ConfigError(f"losses.{unknown[0]}: no such loss term (registered: {', '.join(TERMS)})")
+        given = {n: float(w) for n in TERMS if (w := self.extra.get(n, getattr(self, n, None))) is not None}
         self.named = bool(given)
         weights = given or DEFAULT_WEIGHTS
-        for name in LOSS_NAMES:
-            setattr(self, name, float(weights.get(name, 0.0)))
-        bad = [n for n in LOSS_NAMES if getattr(self, n) < 0]
+        bad = [n for n, w in weights.items() if w < 0]
         if bad:
-            raise ConfigError(f"losses.{bad[0]}: a weight must be ≥ 0, got {getattr(self, bad[0])}")
-        if self.gaussian <= 0 and self.poisson <= 0:
+            raise ConfigError(f"losses.{bad[0]}: a weight must be ≥ 0, got {weights[bad[0]]}")
+        self.extra = {n: float(weights.get(n, 0.0)) for n in TERMS if n not in BUILTIN}
+        for name in BUILTIN:
+            setattr(self, name, float(weights.get(name, 0.0)))
+        self.terms = {n: TERMS[n] for n in TERMS if self.weight(n) > 0}
+        if not any(t.data_term for t in self.terms.values()):
             raise ConfigError("losses: no data term; give gaussian or poisson a weight > 0 (pacbed and sparsity only "
                               "add to one)")
 
+    def weight(self, name: str) -> float:
+        return float(getattr(self, name)) if name in BUILTIN else float(self.extra.get(name, 0.0))
+
     def active(self) -> list[str]:
-        return [n for n in LOSS_NAMES if getattr(self, n) > 0]
+        """The terms that run, in the table's order (the same on every process of a run)."""
+        return list(self.terms)
+
+    def needs_phase(self) -> bool:
+        return any(t.needs_phase for t in self.terms.values())
 
     def describe(self) -> str:
         """The terms that run with their weights, e.g. ``gaussian 0.5, poisson 0.5``."""
-        return ", ".join(f"{n} {getattr(self, n):g}" for n in self.active())
+        return ", ".join(f"{n} {self.weight(n):g}" for n in self.active())
 
 
 def gaussian_loss(model_i: torch.Tensor, meas_p: torch.Tensor, power: float, eps: float, n_total: int) -> torch.Tensor:
@@ -97,6 +117,68 @@ def sparsity_loss(phase: torch.Tensor, batch: int, n_total: int) -> torch.Tensor
     return phase.abs().mean() * (batch / n_total)
 
 
+class LossBatch(NamedTuple):
+    """What a term may read of one mini-batch: model and measured intensities (B, ny, nx), ``meas_p`` = (D + ε)^p,
+    the PACBED^p (ny, nx) or None, the object phase or None (given when an active term ``needs_phase``), the counts
+    per normalised unit and the full mini-batch size."""
+
+    model_i: torch.Tensor
+    meas: torch.Tensor | None
+    meas_p: torch.Tensor | None
+    pacbed_p: torch.Tensor | None
+    phase: torch.Tensor | None
+    counts: float
+    n_total: int
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    """One term of the loss: ``compute(cfg, batch)`` → its (unweighted) value, or None when the batch lacks what it
+    needs; ``data_term``: it fits the patterns (the held-out loss sums these, and a run needs one); ``needs_phase``:
+    the step hands it the object phase."""
+
+    name: str
+    compute: Callable[[LossConfig, LossBatch], torch.Tensor | None]
+    data_term: bool = False
+    needs_phase: bool = False
+
+
+def _gaussian(cfg: LossConfig, b: LossBatch):
+    return gaussian_loss(b.model_i, b.meas_p, cfg.power, cfg.eps, b.n_total)
+
+
+def _poisson(cfg: LossConfig, b: LossBatch):
+    return poisson_loss(b.model_i, b.meas, b.counts, cfg.eps, b.n_total)
+
+
+def _pacbed(cfg: LossConfig, b: LossBatch):
+    return None if b.pacbed_p is None else pacbed_loss(b.model_i, b.pacbed_p, cfg.power, cfg.eps, b.n_total)
+
+
+def _sparsity(cfg: LossConfig, b: LossBatch):
+    return None if b.phase is None else sparsity_loss(b.phase, b.model_i.shape[0], b.n_total)
+
+
+#: the loss terms by name, in the order they are summed and reported
+TERMS: dict[str, LossTerm] = {}
+
+
+def register_term(term: LossTerm) -> LossTerm:
+    """Add ``term`` to :data:`TERMS` (a name already there is refused); ``LossConfig(extra={name: weight})`` runs
+    it."""
+    if term.name in TERMS or term.name in LossConfig.__dataclass_fields__:
+        raise ValueError(f"loss term {term.name!r} is already registered")
+    TERMS[term.name] = term
+    return term
+
+
+for _term in (LossTerm("gaussian", _gaussian, data_term=True), LossTerm("poisson", _poisson, data_term=True),
+              LossTerm("pacbed", _pacbed), LossTerm("sparsity", _sparsity, needs_phase=True)):
+    TERMS[_term.name] = _term
+#: the terms that are fields of :class:`LossConfig` (and of the parameter file's ``losses`` section)
+BUILTIN = tuple(TERMS)
+
+
 def total_loss(
     cfg: LossConfig,
     model_i: torch.Tensor,
@@ -115,18 +197,15 @@ def total_loss(
     torch.compile detaches them outside: returned beside the total, torch 2.14's compiled detached copies lose the
     total's gradient).
     """
+    if meas_p is None and cfg.gaussian > 0:
+        meas_p = (meas.clamp_min(0) + cfg.eps).pow(cfg.power)
+    batch = LossBatch(model_i, meas, meas_p, pacbed_p, phase, counts, n_total)
     parts: dict[str, torch.Tensor] = {}
-    if cfg.gaussian > 0:
-        if meas_p is None:
-            meas_p = (meas.clamp_min(0) + cfg.eps).pow(cfg.power)
-        parts["gaussian"] = gaussian_loss(model_i, meas_p, cfg.power, cfg.eps, n_total)
-    if cfg.poisson > 0:
-        parts["poisson"] = poisson_loss(model_i, meas, counts, cfg.eps, n_total)
-    if cfg.pacbed > 0 and pacbed_p is not None:
-        parts["pacbed"] = pacbed_loss(model_i, pacbed_p, cfg.power, cfg.eps, n_total)
-    if cfg.sparsity > 0 and phase is not None:
-        parts["sparsity"] = sparsity_loss(phase, model_i.shape[0], n_total)
-    total = sum(getattr(cfg, k) * v for k, v in parts.items())
+    for name, term in cfg.terms.items():
+        value = term.compute(cfg, batch)
+        if value is not None:
+            parts[name] = value
+    total = sum(cfg.weight(k) * v for k, v in parts.items())
     return total, ({k: v.detach() for k, v in parts.items()} if detach else parts)
 
 

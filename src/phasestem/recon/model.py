@@ -99,7 +99,6 @@ class Ptychography(nn.Module):
         self.coarse_note = ""  # what run.coarse_start did and why (phasestem.recon.engine), for the run's records
         self.solver: str | None = None  # the last solver that optimised the model (engine.optimize), for repr
         #: functions ``f(model, record)`` run after every epoch; they may add scalars to ``record``
-        self.epoch_callbacks: list = []
         self._data_cache: tuple | None = None
 
     window = property(lambda self: self.experiment.window, doc="(ny, nx) probe window, px")
@@ -405,15 +404,13 @@ class Ptychography(nn.Module):
     # ---- per-epoch history -------------------------------------------------------------
     def record_epoch(self, record: dict) -> None:
         """Called by the engine after each epoch (constraints applied, ``record`` appended to the loss
-        history): stores the slice thickness and tilt of this epoch in :attr:`geometry_history` and runs
-        :attr:`epoch_callbacks`, which may add scalars (metrics) to ``record``."""
+        history): stores the slice thickness and tilt of this epoch in :attr:`geometry_history` (what else runs
+        after an epoch is an engine callback, :mod:`phasestem.recon.callbacks`)."""
         epoch = int(record["epoch"])
         self.geometry_history = [g for g in self.geometry_history if int(g["epoch"]) < epoch]
         self.geometry_history.append({"epoch": torch.tensor(epoch),
                                       "slice_thickness": self.slice_thickness.detach().cpu().clone(),
                                       "tilt": self.tilt.detach().cpu().clone()})
-        for fn in self.epoch_callbacks:
-            fn(self, record)
 
     def geometry_arrays(self) -> dict[str, np.ndarray]:
         """Per-epoch history as arrays: ``epoch`` (E,), ``slice_thickness`` (E,) Å, ``tilt`` (E, 2) or (E, N, 2) mrad

@@ -10,7 +10,8 @@ p the prior image (rad, dataset frame) divided evenly over the slices. The offse
 constant phase (which the data cannot see) where the data steps put it, so the pull acts on structure only. λ = 0
 is the plain hybrid; λ → ∞ keeps the prior. Pixels outside the image (the object's padding) are not pulled.
 
-Use: ``PhasePrior(model, prediction, sampling, weight=0.1).attach()`` before ``model.LSQ_optimize(...)``.
+Use: ``model.LSQ_optimize(…, prior=PhasePrior(model, prediction, sampling, weight=0.1))`` (an engine callback,
+:mod:`phasestem.recon.callbacks`; or in ``callbacks=[…]``).
 
 Measured on abTEM held-out data (``benchmarks/learned/heldout.py``, 2 Å step, noise-free): it helps only as much as
 the prior is good. From the truth low-passed to E_φ 0.15, λ = 0.5 takes AD to 0.61 × the best E_φ AD reaches from a
@@ -26,11 +27,12 @@ import numpy as np
 import torch
 
 from ..base.errors import ConfigError
+from .callbacks import Callback
 
 
-class PhasePrior:
+class PhasePrior(Callback):
     """Proximal pull of ``model``'s object phase towards ``phase`` (2-D, rad, dataset frame, pixel ``sampling`` Å;
-    default the object's pixel) with weight ``weight`` (λ ≥ 0) after every epoch (:meth:`attach`)."""
+    default the object's pixel) with weight ``weight`` (λ ≥ 0) after every epoch of the runs it is a callback of."""
 
     def __init__(self, model, phase: np.ndarray | torch.Tensor, sampling: tuple[float, float] | None = None,
                  weight: float = 0.1):
@@ -39,15 +41,6 @@ class PhasePrior:
         self.weight = float(weight)
         image, self.region = model.experiment.image_region(phase, sampling)
         self.prior = image.to(model.device) / model.n_slices  # (h, w) per slice, like set_initial_phase
-
-    def attach(self, model) -> PhasePrior:
-        """Run after every epoch of ``model`` (appended to ``model.epoch_callbacks``); returns ``self``."""
-        model.epoch_callbacks.append(self)
-        return self
-
-    def detach(self, model) -> None:
-        """Stop pulling (removed from ``model.epoch_callbacks``)."""
-        model.epoch_callbacks = [fn for fn in model.epoch_callbacks if fn is not self]
 
     @torch.no_grad()
     def apply(self, model) -> None:
@@ -60,18 +53,21 @@ class PhasePrior:
         offset = (phase - prior).mean(dim=(-2, -1), keepdim=True)
         phase.copy_((phase + self.weight * (prior + offset)) / (1 + self.weight))
 
+    def on_record(self, loop) -> None:
+        self(loop.model, loop.record)
+
     def __call__(self, model, record: dict) -> None:
         self.apply(model)
         record["prior_weight"] = self.weight
 
 
-class RefreshedPrior:
+class RefreshedPrior(Callback):
     """A :class:`PhasePrior` whose target is recomputed by a callable during the run (a learned prior, issue 48).
 
     ``target_fn(model) -> (H, W)`` phase (rad) in the dataset frame at the object pixel (what
     :meth:`~phasestem.recon.model.Ptychography.phase_in_dataset_frame` gives) is called after epoch ``start`` and
     then every ``every`` epochs; from ``start`` on, every epoch is pulled towards the latest target with weight
-    ``weight`` (λ). The engine only sees an epoch callback: the callable (e.g. a restoring network, built in
+    ``weight`` (λ). The engine only sees a callback: the callable (e.g. a restoring network, built in
     :mod:`phasestem.learn.hybrid`) stays outside recon. Records ``prior_weight`` and ``prior_refreshed``; the first
     refresh is logged (``phasestem.recon``) with ``name``, what the target is."""
 
@@ -84,13 +80,8 @@ class RefreshedPrior:
         self.prior: PhasePrior | None = None
         self.name = name
 
-    def attach(self, model) -> RefreshedPrior:
-        """Run after every epoch of ``model`` (appended to ``model.epoch_callbacks``); returns ``self``."""
-        model.epoch_callbacks.append(self)
-        return self
-
-    def detach(self, model) -> None:
-        model.epoch_callbacks = [fn for fn in model.epoch_callbacks if fn is not self]
+    def on_record(self, loop) -> None:
+        self(loop.model, loop.record)
 
     def __call__(self, model, record: dict) -> None:
         epoch = int(record["epoch"])

@@ -27,6 +27,7 @@ import torch
 
 from ..base.errors import InputFileError, ShapeError
 from ..base.runtime import log_to_file
+from .callbacks import Callback
 from .truth import TRUTH_METRICS, scan_field, truth_metrics
 
 log = logging.getLogger("phasestem.recon")
@@ -133,7 +134,7 @@ def loss_settings(params, sources=None) -> list:
     cfg = params.losses.resolved()
     label = (sources or {}).get("losses", "YAML") if cfg.named else "default"
     note = "" if cfg.named else "no term named"
-    return [Setting(f"losses.{n}", getattr(cfg, n), "", label, note=note) for n in cfg.active()]
+    return [Setting(f"losses.{n}", cfg.weight(n), "", label, note=note) for n in cfg.active()]
 
 
 def auto_settings(model, params, sources=None) -> list:
@@ -304,22 +305,25 @@ def final_metrics(model, truth: np.ndarray, name: str, log_path: str | Path | No
     return metrics
 
 
-def epoch_reporter(dataset, truth: np.ndarray | None = None, ptyrad_loss: bool = True, power: float = 0.5,
-                   batch_size: int = 64):
-    """A :attr:`Ptychography.epoch_callbacks` entry: adds ``loss_ptyrad`` and (with ``truth``) the
-    :data:`TRUTH_METRICS` to each epoch's record and logs them in one line."""
+class EpochReport(Callback):
+    """Adds ``loss_ptyrad`` and (with ``truth``) the :data:`TRUTH_METRICS` to each epoch's record and logs them in
+    one line (an engine callback, :mod:`phasestem.recon.callbacks`)."""
 
-    def report(model, record: dict) -> None:
+    def __init__(self, dataset, truth: np.ndarray | None = None, ptyrad_loss: bool = True, power: float = 0.5,
+                 batch_size: int = 64):
+        self.dataset, self.truth, self.ptyrad_loss = dataset, truth, ptyrad_loss
+        self.power, self.batch_size = power, batch_size
+
+    def on_record(self, loop) -> None:
+        model, record = loop.model, loop.record
         values: dict[str, float] = {}
-        if ptyrad_loss:
-            values["loss_ptyrad"] = dataset_ptyrad_loss(model, dataset, power, batch_size)
-        if truth is not None:
-            values.update(truth_metrics(model, truth))
+        if self.ptyrad_loss:
+            values["loss_ptyrad"] = dataset_ptyrad_loss(model, self.dataset, self.power, self.batch_size)
+        if self.truth is not None:
+            values.update(truth_metrics(model, self.truth))
         record.update(values)
         if values:
             log.info("epoch %d %s", record["epoch"], " ".join(f"{k}={v:.4g}" for k, v in values.items()))
-
-    return report
 
 
 def describe(model) -> str:

@@ -58,22 +58,22 @@ def _check_optics(params: ReconstructParams, dataset, opts: dict) -> None:
 
 
 def _setup_reports(params: ReconstructParams, dataset, model, out: Path):
-    """Per-epoch loss_ptyrad and ground-truth metrics; returns the ground-truth phase (None without
-    data.ground_truth_key)."""
-    from .report import epoch_reporter, load_ground_truth
+    """(the ground-truth phase, None without data.ground_truth_key; the per-epoch report of loss_ptyrad and
+    ground-truth metrics, an engine callback, or None)."""
+    from .report import EpochReport, load_ground_truth
 
     truth = None
     if params.data.ground_truth_key is not None:
         truth = load_ground_truth(params.data.file, params.data.ground_truth_key, model, params.optics.energy,
                                   out / "reconstruct.log")
+    report = None
     if params.run.ptyrad_loss or truth is not None:
-        model.epoch_callbacks.append(epoch_reporter(dataset, truth, params.run.ptyrad_loss, params.losses.power,
-                                                    params.run.batch_size))
-    return truth
+        report = EpochReport(dataset, truth, params.run.ptyrad_loss, params.losses.power, params.run.batch_size)
+    return truth, report
 
 
 def run_reconstruction(params: ReconstructParams, resume: bool = False, sources: dict[str, str] | None = None,
-                       dataset=None, start_phase=None, model_hooks=()):
+                       dataset=None, start_phase=None, callback_hooks=()):
     """Run a reconstruction described by ``params``; returns the model (None in the parent of
     ``run.n_processes`` > 1 spawned processes). ``sources`` labels values of the parameter file by field in the
     run log and results.h5 (default ``YAML``; see :func:`phasestem.recon.params.build_dataset`).
@@ -81,8 +81,9 @@ def run_reconstruction(params: ReconstructParams, resume: bool = False, sources:
     ``dataset`` (what :func:`~phasestem.recon.params.build_dataset` returns for ``params``) and ``start_phase``
     (the image of ``model.initial_phase``) hand what the caller already holds to a run in this one process
     (``--auto``): the data file and the start image are then not read again. Processes of their own build them.
-    ``model_hooks``: functions ``hook(model, dataset)`` called once the model is built (and resumed), before the
-    epochs, e.g. to attach a learned prior (``reconstruct --prior``); not with ``run.n_processes`` > 1.
+    ``callback_hooks``: functions ``hook(model, dataset)`` → an engine callback (:mod:`phasestem.recon.callbacks`),
+    called once the model is built (and resumed), before the epochs, e.g. the learned prior of ``reconstruct
+    --prior``; not with ``run.n_processes`` > 1.
 
     Under ``torchrun`` (RANK, WORLD_SIZE, LOCAL_RANK in the environment) this process joins the process group
     itself (nccl on CUDA, gloo on CPU) and ``run.n_processes`` is ignored; ``run.n_processes`` > 1 otherwise
@@ -103,7 +104,7 @@ def run_reconstruction(params: ReconstructParams, resume: bool = False, sources:
         own_group = init_from_environment(params.run.device)
         try:
             with hold_output(params.run.out_dir, RECON_COMMAND):
-                return _reconstruct_rank(params, resume, sources, model_hooks=model_hooks)
+                return _reconstruct_rank(params, resume, sources, callback_hooks=callback_hooks)
         finally:
             if own_group:
                 import torch.distributed as dist
@@ -111,7 +112,7 @@ def run_reconstruction(params: ReconstructParams, resume: bool = False, sources:
                 dist.destroy_process_group()
     with hold_output(params.run.out_dir, RECON_COMMAND):
         if params.run.n_processes > 1:  # the spawned ranks write into the folder this process holds
-            if model_hooks:
+            if callback_hooks:
                 from ..base.errors import ConfigError
 
                 raise ConfigError("run.n_processes > 1 cannot take a learned prior (--prior): use one process or "
@@ -119,16 +120,16 @@ def run_reconstruction(params: ReconstructParams, resume: bool = False, sources:
             launch(params.run.n_processes, _reconstruct_rank, params.model_dump(mode="json"), resume, sources,
                    backend=backend_for(params.run.device))
             return None
-        return _reconstruct_rank(params, resume, sources, dataset, start_phase, model_hooks)
+        return _reconstruct_rank(params, resume, sources, dataset, start_phase, callback_hooks)
 
 
 def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = None, dataset=None, start_phase=None,
-                      model_hooks=()):
+                      callback_hooks=()):
     import contextlib
 
     import matplotlib.pyplot as plt
 
-    from .callbacks import Checkpoints, Figures, LogFile
+    from .callbacks import Checkpoints, Figures, LiveSnapshots, LogFile
     from .checkpoint import load_checkpoint
     from .distributed import is_main_process, rank_and_world
     from .engine import optimize
@@ -166,18 +167,19 @@ def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = Non
         load_checkpoint(ckpt, model)
         log.info("resumed from %s after epoch %d", ckpt, model.epoch)
         _keep_configured_schedules(model, wanted)
-    for hook in model_hooks:
-        hook(model, dataset)
+    callbacks = [hook(model, dataset) for hook in callback_hooks]
     remaining = params.run.n_epochs - model.epoch
     if main and not resume and params.run.check_optics and params.model.initial_phase is None:
         _check_optics(params, dataset, optimizer_options(params))
     if rank_and_world()[1] > 1:
         log.info("rank %d of %d on %s", *rank_and_world(), model.device)
-    truth = _setup_reports(params, dataset, model, out) if main else None
+    truth, report = _setup_reports(params, dataset, model, out) if main else (None, None)
+    if report is not None:
+        callbacks.append(report)
     if main:  # OUT/live.npz after every epoch: the live page of phasestem serve
-        from .live import LIVE_FILE, live_snapshots
-        model.epoch_callbacks.append(live_snapshots(out / LIVE_FILE, params.run.n_epochs))
-    callbacks = [Checkpoints(ckpt, params.run.checkpoint_every), LogFile(log_path)]
+        from .live import LIVE_FILE
+        callbacks.append(LiveSnapshots(out / LIVE_FILE, params.run.n_epochs))
+    callbacks += [Checkpoints(ckpt, params.run.checkpoint_every), LogFile(log_path)]
     if params.run.figures_every:
         callbacks.append(Figures(out, params.run.figures_every))
     for _ in optimize(model, dataset, max(0, remaining), params.run, params.losses.resolved(), params.constraints,

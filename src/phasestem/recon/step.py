@@ -78,7 +78,7 @@ def _forward_loss(model, losses: LossConfig, share, meas, meas_p, pacbed_p, coun
     """(total loss, terms) of the batch ``share`` (B,) against ``meas``/``meas_p`` (B, h, w); the terms are not
     detached here (see :func:`~phasestem.recon.losses.total_loss`)."""
     inten = model(share)
-    phase = model.obj_phase if losses.sparsity > 0 else None
+    phase = model.obj_phase if losses.needs_phase() else None
     return total_loss(losses, inten, meas, meas_p, pacbed_p, phase, counts, n_total, detach=False)
 
 
