@@ -88,10 +88,10 @@ def calibration(work: Path) -> dict[str, float]:
 def auto(work: Path) -> dict[str, float]:
     """Phase r, C10 and rotation of ``reconstruct --auto`` on the abTEM scan (as tests/test_auto.py)."""
     import abtem_scan
-    from test_auto import _central_r
+    from test_auto import _central_r, grid_positions
 
     from phasestem.cli import main
-    from phasestem.recon.params import load_params, scan_positions
+    from phasestem.recon.params import load_params
 
     data = abtem_scan.make(work / "abtem_scan")
     out = work / "auto"
@@ -99,7 +99,7 @@ def auto(work: Path) -> dict[str, float]:
              "--scan-step", "0.45", "--out", str(out), "--device", "cpu"]) != 0:
         raise SystemExit("reconstruct --auto failed")
     params = load_params(out / "params.yaml")
-    r = _central_r(out / "results.h5", scan_positions(params.scan, params.scan.shape), data["truth"])
+    r = _central_r(out / "results.h5", grid_positions(params.scan, params.scan.shape), data["truth"])
     return {"r_auto": r, "C10": params.optics.aberrations.get("C10"), "rotation": params.scan.rotation}
 
 

@@ -9,6 +9,13 @@ import numpy as np
 import pytest
 
 
+def grid_positions(scan, shape) -> np.ndarray:
+    """(N, 2) Å: the positions a parameter file's ``scan`` section (step, origin, rotation, affine) describes."""
+    from phasestem.scan import GridScan
+
+    return GridScan(shape, scan.step, origin=scan.origin, rotation=scan.rotation, affine=scan.affine).positions()
+
+
 def _central_r(results_file, positions, truth) -> float:
     """Pearson r against abTEM's σ·V over the centre of the scanned area (object frame of results.h5)."""
     from phasestem.recon.results import load_results
@@ -27,7 +34,7 @@ def test_auto_reaches_the_truth_and_a_wrong_rotation_is_clearly_worse(tmp_path_f
     from phasestem.cli import main
     from phasestem.recon.auto import apply_init
     from phasestem.recon.commands import run_reconstruction
-    from phasestem.recon.params import load_params, scan_positions
+    from phasestem.recon.params import load_params
 
     data = abtem_scan.make(tmp_path_factory.getbasetemp() / "abtem_scan")
     out = tmp_path_factory.mktemp("auto")
@@ -38,7 +45,7 @@ def test_auto_reaches_the_truth_and_a_wrong_rotation_is_clearly_worse(tmp_path_f
     assert params.model.initial_phase is not None and (out / "init_ssb.npy").exists()
     assert "positions" not in params.model.learning_rates  # 3e4 counts a pattern: too few to move them
     assert (out / "calibration" / "calibration.png").exists()
-    positions = scan_positions(params.scan, params.scan.shape)
+    positions = grid_positions(params.scan, params.scan.shape)
     r_auto = _central_r(out / "results.h5", positions, data["truth"])
     assert r_auto >= 0.95, r_auto  # measured 0.969 (0.950 with the amplitude term alone)
     from phasestem.recon.results import load_results
@@ -52,13 +59,13 @@ def test_auto_reaches_the_truth_and_a_wrong_rotation_is_clearly_worse(tmp_path_f
 
     wrong = params.model_copy(deep=True)
     wrong.scan.rotation = 0.0  # the uncalibrated default; the truth is 23.7°
-    wrong.scan.origin = tuple(-scan_positions(wrong.scan.model_copy(update={"origin": (0.0, 0.0)}),
+    wrong.scan.origin = tuple(-grid_positions(wrong.scan.model_copy(update={"origin": (0.0, 0.0)}),
                                               wrong.scan.shape).min(0))
     wrong.model.initial_phase = None
     wrong.run.out_dir = out / "wrong_rotation"
     wrong = apply_init(wrong, "ssb", wrong.run.out_dir)
     run_reconstruction(wrong)
-    r_wrong = _central_r(wrong.run.out_dir / "results.h5", scan_positions(wrong.scan, wrong.scan.shape),
+    r_wrong = _central_r(wrong.run.out_dir / "results.h5", grid_positions(wrong.scan, wrong.scan.shape),
                          data["truth"])
     print(f"phase Pearson r: --auto {r_auto:.3f}, told rotation 0° {r_wrong:.3f}")
     assert r_wrong < r_auto - 0.15, (r_auto, r_wrong)

@@ -28,10 +28,10 @@ def calibrated(tmp_path_factory):
 def focused(tmp_path_factory):
     """A focused abTEM scan (rotation −31°), geometry given exactly."""
     from phasestem import io
-    from phasestem.recon.params import ScanConfig, scan_positions
+    from phasestem.scan import GridScan
 
     f = abtem_scan.make_focused(tmp_path_factory.getbasetemp() / "abtem_scan")
-    pos = scan_positions(ScanConfig(step=abtem_scan.STEP, rotation=f["rotation"]), abtem_scan.SCAN)
+    pos = GridScan(abtem_scan.SCAN, abtem_scan.STEP, rotation=f["rotation"]).positions()
     ds = io.load(f["file"], energy=abtem_scan.ENERGY, scan_step=abtem_scan.STEP, semiangle=abtem_scan.SEMIANGLE,
                  angular_sampling=f["angular_sampling"])
     return ds._replace(positions=pos - pos.min(0)), f

@@ -258,3 +258,31 @@ def test_object_preblur_blurs_what_the_forward_model_sees_not_the_object():
     model.obj_preblur = 1.5
     model(idx).sum().backward()
     assert model.obj_phase.grad is not None and torch.equal(model.obj_phase.detach(), sharp)
+
+
+def test_model_options_are_one_object_that_the_keywords_and_the_yaml_section_fill_alike(ds, tmp_path):
+    from types import SimpleNamespace
+
+    from phasestem.recon.model_options import ModelOptions
+
+    kw = {"n_slices": 2, "slice_thickness": 5.0, "n_probe_modes": 2, "obj_preblur": 0.5, "object_padding": 3,
+          "learning_rates": {"probe": 0.0}}
+    by_keywords = Ptychography.from_dataset(ds, **kw)
+    options = ModelOptions.from_keywords(**kw)
+    assert options.experiment.n_probe_modes == 2 and options.experiment.object_padding == 3
+    by_options = Ptychography.from_dataset(ds, options)
+    for k, v in by_keywords.state_dict().items():
+        torch.testing.assert_close(by_options.state_dict()[k], v)
+    assert by_options.schedules["probe"].lr == 0.0 and by_options.obj_preblur == 0.5
+    # keywords replace the fields of the options they are given with
+    assert Ptychography.from_dataset(ds, options, n_slices=3).n_slices == 3
+    with pytest.raises(TypeError, match="'n_slice'"):
+        Ptychography.from_dataset(ds, n_slice=2)
+    # the parameter file's section passes whole: a field with no place is an error, not a silent drop
+    section = {"initial_phase": None, "random_phase": None, "initial_probe": None, "learning_rates": {},
+               "n_slices": 2, "antialias": True}
+    optics = SimpleNamespace(aperture_edge="hard")
+    built = ModelOptions.from_config(section, optics)
+    assert built.n_slices == 2 and built.experiment.antialias and built.experiment.aperture_edge == "hard"
+    with pytest.raises(AssertionError, match="model.brand_new"):
+        ModelOptions.from_config({**section, "brand_new": 1}, optics)

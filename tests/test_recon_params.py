@@ -7,12 +7,13 @@ from phasestem.base.errors import ConfigError, InputFileError, PhasestemError
 from phasestem.recon.params import (
     build_dataset,
     build_model,
+    configured_scan,
     dump_params,
     load_params,
     parse_params,
-    scan_positions,
 )
 from phasestem.recon.synthetic import write_npz
+from phasestem.scan import GridScan
 
 CONFIGS = __import__("pathlib").Path(__file__).resolve().parents[1] / "configs"
 
@@ -158,7 +159,7 @@ def test_data_transforms_and_scan_geometry(tiny, tmp_path):
     # 90° counter-clockwise: the first row of the scan (along x) now runs along −y
     np.testing.assert_allclose(pos[1], [-1.0, 0.0], atol=1e-9)
     cfg["scan"].update(rotation=0.0, affine=[[2.0, 0.0], [0.0, 1.0]])
-    p = scan_positions(parse_params(cfg).scan, (2, 2))
+    p = configured_scan(parse_params(cfg).scan, GridScan((2, 2), (1.0, 1.0))).positions()
     np.testing.assert_allclose(p, [[0, 0], [0, 1], [2, 0], [2, 1]])
     cfg["data"].update(crop=None, bin=1, pad=None, flip_x=False, transpose=False, resample=[16, 16])
     ds = build_dataset(parse_params(cfg))

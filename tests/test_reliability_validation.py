@@ -461,7 +461,7 @@ def test_a_warning_during_a_command_is_one_log_line(caplog, capsys):
     log line naming the warning class, its message and where it was raised."""
     import warnings
 
-    from phasestem.cli import log_warning
+    from phasestem.cli.main import log_warning
 
     with warnings.catch_warnings():
         warnings.showwarning = log_warning

@@ -132,9 +132,7 @@ class FourDSTEM:
     def positions_angstrom(self) -> np.ndarray:
         """Probe positions (Sy·Sx, 2) in Å, row-major over the scan: the explicit ``positions`` when given,
         else the :class:`~phasestem.scan.GridScan` of ``scan_step`` and ``scan_origin``."""
-        if self.positions is not None:
-            return self.positions
-        return GridScan(self.scan_shape, self.scan_step, origin=self.scan_origin).positions()
+        return self.positions if self.positions is not None else self.scan.positions()
 
     # ---- data access -----------------------------------------------------------------
     def get_patterns(self, index=None, dtype=torch.float32, device=None) -> torch.Tensor:

@@ -15,6 +15,8 @@ simulators of tests and demos. Intensities are in normalised units: the nominal 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +27,31 @@ from ..detector import detector_response
 from . import optics
 from .operator import ForwardModel
 from .resample import BAND_LIMITED, resample_image
+
+
+@dataclass(frozen=True)
+class ExperimentOptions:
+    """How an :class:`Experiment` is built from a dataset (:meth:`Experiment.from_dataset`): ``n_probe_modes`` M
+    of a ``probe`` (M, ny, nx) given or nominal (``source_size`` Å FWHM or ``mode_power`` for the higher modes,
+    ``on_band_limit``, ``aperture_edge`` 'soft' | 'hard' | 'measured'), ``object_padding`` px beyond every window
+    (default ⌈window/8⌉), the 2/3 band limit (``antialias``), a window ``oversampling`` × the detector, the
+    detector's Gaussian blur σ (detector px) and the per-pattern descan ``detector_shifts`` (N, 2) px."""
+
+    n_probe_modes: int = 1
+    probe: Any = None
+    source_size: float | None = None
+    mode_power: float = 0.02
+    object_padding: int | None = None
+    antialias: bool = False
+    on_band_limit: str = "warn"
+    aperture_edge: str = "soft"
+    oversampling: int = 1
+    detector_blur: float = 0.0
+    detector_shifts: Any = None
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
 
 
 def _oversampling(value) -> int:
@@ -151,22 +178,22 @@ class Experiment(nn.Module):
         self.set_detector_shifts(detector_shifts)
 
     @classmethod
-    def from_dataset(cls, dataset, n_probe_modes: int = 1, probe=None, source_size: float | None = None,
-                     mode_power: float = 0.02, object_padding: int | None = None, antialias: bool = False,
-                     on_band_limit: str = "warn", aperture_edge: str = "soft", oversampling: int = 1,
-                     detector_blur: float = 0.0, detector_shifts=None) -> Experiment:
-        """The experiment of ``dataset`` (a :class:`~phasestem.dataset.FourDSTEM`): the probe of
-        :func:`nominal_probe` on a window ``oversampling`` × the pattern shape, the frame of :func:`object_frame`
-        (``object_padding``), the dataset's positions moved into it, and the detector response."""
-        oversampling = _oversampling(oversampling)
+    def from_dataset(cls, dataset, options: ExperimentOptions | None = None, **keywords) -> Experiment:
+        """The experiment of ``dataset`` (a :class:`~phasestem.dataset.FourDSTEM`) built as ``options`` say
+        (:class:`ExperimentOptions`; its fields may also be given as keywords, which replace those of ``options``):
+        the probe of :func:`nominal_probe` on a window ``oversampling`` × the pattern shape, the frame of
+        :func:`object_frame` (``object_padding``), the dataset's positions moved into it, and the detector
+        response."""
+        o = replace(options or ExperimentOptions(), **keywords)
+        oversampling = _oversampling(o.oversampling)
         window = tuple(int(n) * oversampling for n in dataset.pattern_shape)
         sampling = tuple(float(s) for s in dataset.sampling)
-        probe_t = nominal_probe(dataset, window, n_probe_modes, probe, source_size, mode_power, on_band_limit,
-                                aperture_edge)
+        probe_t = nominal_probe(dataset, window, o.n_probe_modes, o.probe, o.source_size, o.mode_power,
+                                o.on_band_limit, o.aperture_edge)
         pos = torch.as_tensor(dataset.positions_angstrom(), dtype=torch.float32)
-        shape, origin = object_frame(pos, sampling, window, object_padding)
-        return cls(probe_t, pos + torch.tensor(origin), shape, sampling, dataset.energy, origin, antialias,
-                   oversampling, detector_blur, detector_shifts)
+        shape, origin = object_frame(pos, sampling, window, o.object_padding)
+        return cls(probe_t, pos + torch.tensor(origin), shape, sampling, dataset.energy, origin, o.antialias,
+                   oversampling, o.detector_blur, o.detector_shifts)
 
     # ---- geometry ------------------------------------------------------------------------------
     @property

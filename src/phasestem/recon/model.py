@@ -44,6 +44,7 @@ from ..physics import optics
 from ..physics.experiment import Experiment
 from .budget import check_object_memory
 from .inputs import load_phase_image
+from .model_options import ModelOptions
 from .report import describe
 from .schedule import PARAM_NAMES, ParamSchedule, default_schedules
 
@@ -98,7 +99,6 @@ class Ptychography(nn.Module):
         self.auto_reasons: dict[str, str] = {}  # why each 'auto' constraint is on or off, for the run's records
         self.coarse_note = ""  # what run.coarse_start did and why (phasestem.recon.engine), for the run's records
         self.solver: str | None = None  # the last solver that optimised the model (engine.optimize), for repr
-        #: functions ``f(model, record)`` run after every epoch; they may add scalars to ``record``
         self._data_cache: tuple | None = None
 
     window = property(lambda self: self.experiment.window, doc="(ny, nx) probe window, px")
@@ -122,83 +122,41 @@ class Ptychography(nn.Module):
 
     # ---- construction ------------------------------------------------------------------
     @classmethod
-    def from_dataset(
-        cls,
-        dataset,
-        n_slices: int = 1,
-        slice_thickness: float | None = None,
-        n_probe_modes: int = 1,
-        n_object_modes: int = 1,
-        probe: torch.Tensor | np.ndarray | None = None,
-        source_size: float | None = None,
-        mode_power: float = 0.02,
-        object_padding: int | None = None,
-        tilt: tuple[float, float] = (0.0, 0.0),
-        per_position_tilt: bool = False,
-        initial_phase: np.ndarray | str | Path | None = None,
-        initial_phase_key: str | None = None,
-        initial_phase_sampling: tuple[float, float] | None = None,
-        learning_rates: dict[str, float] | None = None,
-        antialias: bool = False,
-        on_band_limit: str = "warn",
-        detector_blur: float = 0.0,
-        obj_preblur: float = 0.0,
-        aperture_edge: str = "soft",
-        random_phase: float | None = None,
-        random_seed: int = 0,
-        oversampling: int = 1,
-        probe_support_radius: float | None = None,
-        detector_shifts: np.ndarray | torch.Tensor | None = None,
-    ) -> Ptychography:
-        """Build a model matched to ``dataset`` (a :class:`phasestem.dataset.FourDSTEM`).
+    def from_dataset(cls, dataset, options: ModelOptions | None = None, **keywords) -> Ptychography:
+        """Build a model matched to ``dataset`` (a :class:`phasestem.dataset.FourDSTEM`) as ``options`` say
+        (:class:`~phasestem.recon.model_options.ModelOptions`, with its
+        :class:`~phasestem.physics.experiment.ExperimentOptions`); CDTools-style keywords name any field of either
+        and replace it (``from_dataset(ds, n_slices=8, n_probe_modes=4)``).
 
-        The nominal probe comes from the dataset optics (``optics.make_probe`` on the pattern
-        window at ``dataset.sampling``; defocus etc. from ``dataset.aberrations``) unless
-        ``probe`` (M, ny, nx) is given. More probe modes come from ``source_size`` (Å FWHM,
-        ``optics.partial_coherence_modes``) or ``optics.initial_probe_modes`` (``mode_power``).
-        The object is padded by ``object_padding`` px (default ⌈window/8⌉) beyond every window.
-        ``initial_phase`` (array or .npy/.npz/.h5 path, rad, in the dataset frame with the
-        object pixel size or ``initial_phase_sampling``) starts the object from a phase image
-        (e.g. a learned prediction), divided evenly over the slices.
-        ``slice_thickness`` defaults to 10 Å (1 slice: 1 Å; irrelevant without propagation).
-        ``detector_blur`` (σ, detector pixels) blurs the model patterns like the detector's PSF.
-        ``obj_preblur`` (σ, object pixels; PtyRAD's ``obj_preblur_std``) blurs the object's amplitude and phase
-        laterally before the forward model sees them (the stored object stays sharp): a conditioning that damps
-        high-frequency artefacts, e.g. in the first epochs (0: off).
-        ``aperture_edge``: the nominal aperture's edge, 'soft' (linear roll-off over one reciprocal pixel),
-        'hard', or 'measured' (amplitude from the mean measured pattern, :mod:`phasestem.physics.aperture`).
-        ``random_phase`` (rad) adds uniform noise in [−random_phase, random_phase] to the start phase, drawn with
-        ``random_seed`` (:meth:`randomize_phase`).
-
-        As in CDTools' ``from_dataset``: ``oversampling`` (integer) makes the real-space probe window that many
-        times the detector size at the same pixel (a larger "stage" for a probe that does not fit); the model's
-        far field is then binned back onto the detector (:func:`bin_intensities`). ``probe_support_radius``
-        (pixels of the probe window) keeps the probe zero outside a circle about the window centre.
-        ``detector_shifts`` (N, 2) detector px, one per pattern: the displacement of each measured pattern's zero
-        frequency from the central pixel (descan left in the data); the model's patterns are displaced alike
-        (:meth:`set_detector_shifts`).
+        The nominal probe comes from the dataset optics (``optics.make_probe`` on the pattern window at
+        ``dataset.sampling``; defocus etc. from ``dataset.aberrations``) unless a ``probe`` (M, ny, nx) is given;
+        more probe modes from ``source_size`` (``optics.partial_coherence_modes``) or ``mode_power``
+        (``optics.initial_probe_modes``). As in CDTools' ``from_dataset``: ``oversampling`` (integer) makes the
+        real-space probe window that many times the detector size at the same pixel, the model's far field binned
+        back onto the detector (:func:`bin_intensities`). ``detector_shifts`` (N, 2) detector px: each measured
+        pattern's zero frequency off the central pixel (descan left in the data); the model's patterns are
+        displaced alike (:meth:`set_detector_shifts`).
         """
-        experiment = Experiment.from_dataset(
-            dataset, n_probe_modes=n_probe_modes, probe=probe, source_size=source_size, mode_power=mode_power,
-            object_padding=object_padding, antialias=antialias, on_band_limit=on_band_limit,
-            aperture_edge=aperture_edge, oversampling=oversampling, detector_blur=detector_blur,
-            detector_shifts=detector_shifts)
-        check_object_memory(experiment.object_shape, n_slices, n_object_modes)
+        o = ModelOptions.from_keywords(options, **keywords)
+        experiment = Experiment.from_dataset(dataset, o.experiment)
+        check_object_memory(experiment.object_shape, o.n_slices, o.n_object_modes)
+        slice_thickness = o.slice_thickness
         if slice_thickness is None:
-            slice_thickness = 10.0 if n_slices > 1 else 1.0
-        model = cls(experiment, n_slices=n_slices, n_object_modes=n_object_modes, slice_thickness=slice_thickness,
-                    tilt=torch.tensor(tilt), per_position_tilt=per_position_tilt)
-        if probe_support_radius is not None:
-            model.set_probe_support(probe_support_radius)
-        if initial_phase is not None:
-            if isinstance(initial_phase, str | Path):
-                initial_phase = load_phase_image(initial_phase, initial_phase_key)
-            model.set_initial_phase(np.asarray(initial_phase), initial_phase_sampling)
-        if random_phase:
-            model.randomize_phase(random_phase, random_seed)
-        if learning_rates:
-            model.set_learning_rates(**learning_rates)
-        model.obj_preblur = float(obj_preblur)
+            slice_thickness = 10.0 if o.n_slices > 1 else 1.0
+        model = cls(experiment, n_slices=o.n_slices, n_object_modes=o.n_object_modes,
+                    slice_thickness=slice_thickness, tilt=torch.tensor(o.tilt), per_position_tilt=o.per_position_tilt)
+        if o.probe_support_radius is not None:
+            model.set_probe_support(o.probe_support_radius)
+        if o.initial_phase is not None:
+            phase = o.initial_phase
+            if isinstance(phase, str | Path):
+                phase = load_phase_image(phase, o.initial_phase_key)
+            model.set_initial_phase(np.asarray(phase), o.initial_phase_sampling)
+        if o.random_phase:
+            model.randomize_phase(o.random_phase, o.random_seed)
+        if o.learning_rates:
+            model.set_learning_rates(**o.learning_rates)
+        model.obj_preblur = float(o.obj_preblur)
         return model
 
     def set_initial_phase(self, phase: np.ndarray, sampling: tuple[float, float] | None = None) -> None:

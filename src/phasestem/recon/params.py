@@ -24,6 +24,7 @@ import numpy as np
 from ..base.configfile import apply_overrides, read_yaml_mapping, resolve_config_paths, validate
 from ..base.errors import ConfigError, InputFileError, PhasestemError, ShapeError
 from .model import Ptychography
+from .model_options import ModelOptions
 from .report import CALIBRATION_FIELDS, geometry_settings
 from .run_config import RunConfig  # noqa: F401  (re-exported with the schema)
 from .schema import (  # noqa: F401  (the schema's classes, re-exported: from phasestem.recon.params import …)
@@ -108,19 +109,21 @@ def _resampled(dataset, shape: tuple[int, int]):
     return dataset._replace(patterns=out.numpy(), angular_sampling=ang)
 
 
-def scan_positions(scan: ScanConfig, scan_shape: tuple[int, int]) -> np.ndarray:
-    """(N, 2) Å positions of the scan grid after rotation and affine (about ``origin``), or those of
-    ``scan.positions_file`` ((N, 2) or (Sy, Sx, 2) Å, finite real numbers; checked: :mod:`.inputs`)."""
+def configured_scan(scan: ScanConfig, dataset_scan):
+    """The dataset's scan (a :class:`~phasestem.scan.GridScan`: shape, step and origin as resolved from the file
+    and the parameter file) with what the ``scan`` section adds: its rotation and affine (about the origin), or the
+    explicit positions of ``scan.positions_file`` ((N, 2) or (Sy, Sx, 2) Å, finite real numbers; checked:
+    :mod:`.inputs`)."""
+    from dataclasses import replace
+
+    explicit = None
     if scan.positions_file is not None:
         from .inputs import check_grid_shape, field, read_array
 
         with field("scan.positions_file"):
             pos = read_array(scan.positions_file, None, "scan positions")
-            return check_grid_shape(pos, scan.positions_file, scan_shape, "positions").astype(np.float64)
-    from ..scan import GridScan
-
-    return GridScan(shape=scan_shape, step=scan.step, origin=scan.origin, rotation=scan.rotation,
-                    affine=scan.affine).positions()
+            explicit = check_grid_shape(pos, scan.positions_file, dataset_scan.shape, "positions").astype(np.float64)
+    return replace(dataset_scan, rotation=scan.rotation, affine=scan.affine, explicit=explicit)
 
 
 def given_calibrations(params: ReconstructParams) -> dict[str, Any]:
@@ -185,8 +188,7 @@ def build_dataset(params: ReconstructParams, sources: dict[str, str] | None = No
             raise ConfigError(f"{field}: not given, and {d.file} does not hold it ({_WHAT[name]}); give {field}{also}")
     ds.metadata["settings"] = geometry_settings(params, ds, sources)
     if s.rotation or s.affine is not None or s.positions_file is not None:
-        resolved = s.model_copy(update={"step": ds.scan_step, "origin": ds.scan_origin})
-        ds = ds._replace(positions=scan_positions(resolved, ds.scan_shape))
+        ds = ds._replace(positions=configured_scan(s, ds.scan).positions())
     ds = _with_detector_shifts(params, ds)  # from here on they follow the patterns
     if d.scan_subset is not None:
         r0, r1, c0, c1 = d.scan_subset
@@ -255,17 +257,8 @@ def build_model(params: ReconstructParams, dataset, initial_phase: np.ndarray | 
                               np.asarray(dataset.positions_angstrom()))
     shifts = None if dataset.detector_shifts is None else np.ascontiguousarray(dataset.detector_shifts, np.float32)
     try:
-        model = Ptychography.from_dataset(
-            dataset, n_slices=m.n_slices, slice_thickness=m.slice_thickness, n_probe_modes=m.n_probe_modes,
-            n_object_modes=m.n_object_modes, source_size=m.source_size, mode_power=m.mode_power,
-            object_padding=m.object_padding, tilt=m.tilt, per_position_tilt=m.per_position_tilt,
-            initial_phase=phase, initial_phase_sampling=None if ip is None else ip.sampling, antialias=m.antialias,
-            detector_blur=m.detector_blur, obj_preblur=m.obj_preblur, aperture_edge=params.optics.aperture_edge,
-            probe=probe,
-            random_phase=None if m.random_phase is None else m.random_phase.scale,
-            random_seed=0 if m.random_phase is None else m.random_phase.seed,
-            detector_shifts=shifts,
-        )
+        model = Ptychography.from_dataset(dataset, ModelOptions.from_config(
+            m, params.optics, probe=probe, initial_phase=phase, detector_shifts=shifts))
     except ObjectSizeError as exc:
         if params.scan.positions_file is None:
             raise
@@ -277,8 +270,6 @@ def build_model(params: ReconstructParams, dataset, initial_phase: np.ndarray | 
         raise
     except ValueError as exc:  # band-limit and similar optics errors (the input files were checked above)
         raise ConfigError(f"optics: {exc}") from None
-    rates = {k: (v.model_dump() if isinstance(v, ScheduleConfig) else v) for k, v in m.learning_rates.items()}
-    model.set_learning_rates(**rates)
     return model
 
 

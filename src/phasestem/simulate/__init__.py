@@ -9,7 +9,6 @@ API = {
     "DetectorGeometry": "phasestem.simulate.scan:DetectorGeometry",
     "SimulationConfig": "phasestem.simulate.config:SimulationConfig",
     "load_config": "phasestem.simulate.config:load_config",
-    "scan_positions": "phasestem.simulate.scan:scan_positions",
     "simulate_dataset": "phasestem.simulate.writer:simulate_dataset",
     "simulate_patterns": "phasestem.simulate.scan:simulate_patterns",
     "simulate_sample": "phasestem.simulate.scan:simulate_sample",

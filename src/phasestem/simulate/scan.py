@@ -33,11 +33,6 @@ from .config import SimulationConfig
 CPU_WAVE_BYTES = 8 << 20
 
 
-def scan_positions(shape: tuple[int, int], step: tuple[float, float], origin=(0.0, 0.0)) -> np.ndarray:
-    """Probe positions (Sy·Sx, 2) in Å, row-major: ``GridScan(shape, step, origin=origin).positions()``."""
-    return GridScan(shape, step, origin=origin).positions()
-
-
 @dataclass
 class DetectorGeometry:
     """How full-grid patterns (N, N) become stored patterns: central crop then integer binning."""
@@ -216,7 +211,7 @@ def distorted_positions(scan, rng: np.random.Generator) -> np.ndarray:
     """Where the probe was (Sy·Sx, 2) Å, row-major: the nominal raster of the config's ``scan`` plus its linear
     ``drift`` (0 at the first position, the whole drift at the last) and Gaussian errors of σ ``position_error``
     (drawn from ``rng`` only when non-zero, so a scan without them draws nothing)."""
-    positions = scan_positions(scan.shape, scan.step, scan.origin)
+    positions = GridScan(scan.shape, scan.step, origin=scan.origin).positions()
     n = len(positions)
     if any(scan.drift):
         positions = positions + np.linspace(0.0, 1.0, n)[:, None] * np.asarray(scan.drift, np.float64)
