@@ -126,3 +126,17 @@ def test_dataset_inspect_click_shows_the_pattern_of_that_position():
     assert np.unravel_index(np.argmax(shown), shown.shape) == (3, 12)
     fig.select_position((0, 0))
     assert pattern_ax.get_title() == "pattern at scan (0, 0) (log)"
+
+
+def test_one_table_of_extensions_feeds_the_readers_the_help_and_the_files_page(capsys):
+    from phasestem import io
+    from phasestem.serve.app import KINDS
+
+    with pytest.raises(SystemExit):
+        main(["inspect", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for ext, module in io.EXTENSIONS.items():
+        assert io.reader_module(f"scan{ext.upper()}").__name__ == f"phasestem.io.{module}"
+        assert KINDS[ext] == "data", ext
+        assert ext in help_text, ext
+    assert io.reader_module("run_master.h5").__name__ == "phasestem.io.dectris" and "*_master.h5" in help_text

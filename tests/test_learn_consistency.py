@@ -86,18 +86,18 @@ def test_consistency_loss_gradient_and_preprocessed_blocks(sim):
 
 def test_end2end_loss_with_consistency_term(sim):
     from phasestem.base.errors import ConfigError
-    from phasestem.learn.config import LossConfig
+    from phasestem.learn.config import TrainLossConfig
     from phasestem.learn.nets.end2end import end2end_loss_fn, loss_fn_from_config
 
-    assert LossConfig().consistency_weight == 0.0
+    assert TrainLossConfig().consistency_weight == 0.0
     idx = SampleIndex.from_paths([sim["clean"]], **BLOCKS)
     pre = Preprocess()
     batch = torch.utils.data.default_collate([SampleDataset(idx, pre)[0]])
     torch.manual_seed(0)
     model = _tiny_e2e()
-    base = loss_fn_from_config(LossConfig(), idx, pre)(model, batch)
+    base = loss_fn_from_config(TrainLossConfig(), idx, pre)(model, batch)
     assert "consistency" not in base
-    out = loss_fn_from_config(LossConfig(consistency_weight=10.0), idx, pre)(model, batch)
+    out = loss_fn_from_config(TrainLossConfig(consistency_weight=10.0), idx, pre)(model, batch)
     assert torch.isfinite(out["consistency"]) and out["consistency"] > 0
     torch.testing.assert_close(out["loss"].detach(), base["loss"].detach() + 10.0 * out["consistency"])
     out["loss"].backward()

@@ -146,8 +146,8 @@ def test_every_config_field_is_described():
     from phasestem.learn.nets.stitch import PhaseStitchingConfig
     from phasestem.learn.trainer import TrainerConfig
 
-    for model in (c.DataConfig, c.LossConfig, c.TrainRunConfig, OriginalLayout, Preprocess, PatchRecoveryConfig,
-                  PhaseStitchingConfig, TrainerConfig):
+    for model in (c.TrainDataConfig, c.TrainLossConfig, c.TrainRunConfig, OriginalLayout, Preprocess,
+                  PatchRecoveryConfig, PhaseStitchingConfig, TrainerConfig):
         for name, field in model.model_fields.items():
             assert field.description, f"{model.__name__}.{name}"
 

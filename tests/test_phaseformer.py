@@ -223,10 +223,10 @@ def test_paired_sources_concatenate(tmp_path):
 
 
 def test_degrade_steps():
-    from phasestem.learn.data import synthetic_phase
+    from phasestem.learn.data import blob_phase
 
     rng = np.random.default_rng(0)
-    phase = synthetic_phase(64, 0.5, rng)
+    phase = blob_phase(64, 0.5, rng)
     same = degrade(phase, Degrade(blur_sigma=(0, 0), bin_factors=[1], noise=(0, 0)), rng).numpy()
     np.testing.assert_allclose(same, phase, atol=1e-6)
     noisy = degrade(phase, Degrade(blur_sigma=(0, 0), bin_factors=[1], noise=(0.1, 0.1)), rng).numpy()
@@ -249,14 +249,14 @@ def test_cli_help_has_examples():
 
 
 def test_phaseformer_beats_identity_on_held_out_pairs(one_thread):
-    from phasestem.learn.data import synthetic_phase
+    from phasestem.learn.data import blob_phase
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     deg = Degrade(blur_sigma=(1.0, 1.5), bin_factors=[2], noise=(0.1, 0.1))
 
     def make(k):
-        gt = np.stack([synthetic_phase(32, 0.5, rng, n_blobs=8) for _ in range(k)])
+        gt = np.stack([blob_phase(32, 0.5, rng, n_blobs=8) for _ in range(k)])
         inp = np.stack([degrade(g, deg, rng).numpy() for g in gt])
         return torch.from_numpy(inp)[:, None], torch.from_numpy(gt)[:, None]
 

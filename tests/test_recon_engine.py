@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from phasestem.dataset import FourDSTEM
+from phasestem.metrics import pearson
 from phasestem.recon import Constraints, LossConfig, NonFiniteLossError, Ptychography, constraints, engine
 from phasestem.recon.results import load_results
-from phasestem.recon.synthetic import pearson, simulate_dataset
+from phasestem.recon.synthetic import simulate_dataset
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

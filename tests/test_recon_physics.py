@@ -3,9 +3,10 @@ import numpy as np
 import pytest
 import torch
 
+from phasestem.metrics import pearson
 from phasestem.recon import Constraints, Ptychography
 from phasestem.recon.constraints import apply_constraints
-from phasestem.recon.synthetic import pearson, simulate_dataset
+from phasestem.recon.synthetic import simulate_dataset
 
 SCANNED = (slice(0, 18), slice(0, 18))  # dataset-frame pixels covered by an 8×8 scan of 1 Å at 0.4 Å/px
 

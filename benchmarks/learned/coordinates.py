@@ -8,7 +8,7 @@ for every block and cannot say so; patch-frame coordinates (``coords: patch_fram
 :meth:`phasestem.learn.data.BlockGeometry.frame_coords`) can.
 
 Data (made here, one block per item; an internal plumbing check, not an accuracy claim): a periodic
-phase of Gaussian blobs (``synthetic_phase``), a block of ``block``² scan positions whose centre sits at a
+phase of Gaussian blobs (``blob_phase``), a block of ``block``² scan positions whose centre sits at a
 random sub-pixel offset (uniform in ±0.5 px per axis) from the pixel that its target patch is centred on;
 the target is the ``patch``² crop in that pixel frame. Patterns are either ``windows`` (the phase seen
 through a ``window``² window centred on each scan position, Fourier-interpolated: an idealised detector
@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from phasestem.learn.data.preprocess import Preprocess
-from phasestem.learn.data.synthetic import synthetic_phase
+from phasestem.learn.data.synthetic import blob_phase
 from phasestem.learn.nets.patch import PatchRecoveryNet
 
 SETUP = dict(block=4, step=2.0, ps=0.5, n_px=48, window=12, patch=16)
@@ -69,7 +69,7 @@ def make_blocks(n: int, seed: int, measurement: str = "windows", block: int = 4,
         pre = Preprocess()
     pats, coords, targets, offs = [], [], [], []
     for i in range(n):
-        phase = synthetic_phase(n_px, ps, rng, **BLOBS)
+        phase = blob_phase(n_px, ps, rng, **BLOBS)
         off = rng.uniform(-0.5, 0.5, 2) * ps if offsets is None else np.asarray(offsets[i], float)
         pos = c0 * ps + off + local  # scan positions, Å (pixel m sits at m·ps)
         if measurement == "windows":
@@ -208,7 +208,7 @@ def estimator_check(shift_px: float, n: int = 20, seed: int = 5) -> float:
     k = np.fft.fftfreq(n_px)
     got = []
     for _ in range(n):
-        phase = synthetic_phase(n_px, ps, rng, **BLOBS)
+        phase = blob_phase(n_px, ps, rng, **BLOBS)
         moved = np.fft.ifft2(np.fft.fft2(phase) * np.exp(-2j * np.pi * k[:, None] * shift_px)).real
         sl = slice(c0 - patch // 2, c0 + patch // 2)
         got.append(measure_shift(phase[sl, sl], moved[sl, sl])[0])

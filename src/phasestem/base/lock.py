@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import PhasestemError
+from .runtime import process_group
 
 log = logging.getLogger("phasestem")
 
@@ -179,10 +180,8 @@ def _same_file(fd: int, path: Path) -> bool:
 
 def _group_rank() -> int | None:
     """This process's rank in an initialised torch.distributed group (None without one; torch is not imported)."""
-    dist = sys.modules.get("torch.distributed")
-    if dist is None or not dist.is_available() or not dist.is_initialized():
-        return None
-    return int(dist.get_rank())
+    group = process_group()
+    return None if group is None else group[0]
 
 
 def _launcher_rank() -> int:

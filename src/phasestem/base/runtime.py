@@ -132,3 +132,17 @@ def flush_denormals(on: bool) -> None:
         torch.set_flush_denormal(True)
     elif not on and _flush_holders == 0:
         torch.set_flush_denormal(False)
+
+
+def process_group() -> tuple[int, int] | None:
+    """(rank, world size) of an initialised torch.distributed process group, None without one (torch is not
+    imported here: a group exists only where torch.distributed already is)."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return int(dist.get_rank()), int(dist.get_world_size())
+    return None
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of the initialised process group; (0, 1) without one."""
+    return process_group() or (0, 1)

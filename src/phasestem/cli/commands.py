@@ -4,14 +4,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-#: the files ``phasestem inspect`` reads (every format ``phasestem calibrate`` reads)
-INSPECT_FORMATS = (".mib (+ .hdr), .dm3/.dm4, EMPAD .xml (+ .raw), Dectris *_master.h5, .h5/.hdf5, .emd, .cxi, "
-                   ".mat, .npy/.npz, .raw, .blo, .hspy/.zspy, .mrc, .tvips")
-
 
 def register(sub, train_sub) -> None:
     from ..base.cliargs import add_config, add_device, add_dump_config, add_out
     from ..calibrate.commands import add_reader_arguments
+    from ..io import formats_line
 
     p = sub.add_parser(
         "inspect", help="first look at a 4D-STEM file, no calibration needed: mean pattern with the bright-field "
@@ -22,13 +19,13 @@ def register(sub, train_sub) -> None:
                     "besides the file: without the scan step the scan is in pixels, without the detector pixel "
                     "(--angular-sampling, or --semiangle with the fitted disk) the angles are. With --show (a "
                     "desktop session) a click on a scan image shows that position's pattern.\n\nFiles: "
-                    + INSPECT_FORMATS + "; the reader options are calibrate's.",
+                    + formats_line() + "; the reader options are calibrate's.",
         epilog="Examples:\n  phasestem inspect scan.mib\n"
         "  phasestem inspect scan.h5 --key /entry/data --scan-step 0.4 --semiangle 21.4 --out looks\n"
         "  phasestem inspect data/simulation_data1.h5 --sample 0 --at 10 12",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("file", help="4D-STEM file (" + INSPECT_FORMATS + ")")
+    p.add_argument("file", help="4D-STEM file (" + formats_line() + ")")
     add_reader_arguments(p)
     p.add_argument("--sample", type=int, help="sample index in a seed-layout file")
     p.add_argument("--at", type=int, nargs=2, metavar=("ROW", "COL"), help="scan position of the single pattern")

@@ -31,12 +31,17 @@ from __future__ import annotations
 import importlib
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..base.errors import ConfigError, InputFileError, PhasestemError
 from ..base.safety import available_memory, check_readable, gb
-from ..dataset import FourDSTEM
 
-_BY_EXTENSION = {
+if TYPE_CHECKING:  # a name only: importing the table below stays light (no torch) for the CLI and serve
+    from ..dataset import FourDSTEM
+
+#: THE table of data-file extensions: extension → reader module (``phasestem serve``'s files page and the
+#: ``inspect``/``calibrate`` help derive from it); plus Dectris ``NAME_master.h5`` (:data:`MASTER_SUFFIX`)
+EXTENSIONS = {
     ".h5": "hdf5", ".hdf5": "hdf5", ".hdf": "hdf5",
     ".npy": "numpy", ".npz": "numpy",
     ".cxi": "cxi",
@@ -46,13 +51,22 @@ _BY_EXTENSION = {
     ".mib": "rosetta", ".dm3": "rosetta", ".dm4": "rosetta", ".xml": "rosetta", ".blo": "rosetta",
     ".hspy": "rosetta", ".zspy": "rosetta", ".mrc": "rosetta", ".tvips": "rosetta",
 }
-FORMATS = sorted(set(_BY_EXTENSION.values()) | {"dectris"})
+#: files read beside the named one: extension → the companion's extension
+COMPANIONS = {".mib": ".hdr", ".xml": ".raw"}
+MASTER_SUFFIX = "_master.h5"
+FORMATS = sorted(set(EXTENSIONS.values()) | {"dectris"})
+
+
+def formats_line() -> str:
+    """Every readable file in one line, for help texts: ``.h5, .hdf5, …, .mib (+ .hdr), …, Dectris *_master.h5``."""
+    names = [ext + (f" (+ {COMPANIONS[ext]})" if ext in COMPANIONS else "") for ext in EXTENSIONS]
+    return ", ".join(names) + f", Dectris *{MASTER_SUFFIX}"
 
 
 def reader_module(path: str | Path, format: str | None = None):
     """The reader module for ``path`` (by ``format`` or the file extension)."""
-    master = Path(path).name.lower().endswith("_master.h5")  # Dectris Arina/Eiger
-    name = format or ("dectris" if master else _BY_EXTENSION.get(Path(path).suffix.lower()))
+    master = Path(path).name.lower().endswith(MASTER_SUFFIX)  # Dectris Arina/Eiger
+    name = format or ("dectris" if master else EXTENSIONS.get(Path(path).suffix.lower()))
     if name is None:
         raise ConfigError(
             f"{path}: cannot tell the file format from the extension '{Path(path).suffix}'; "

@@ -252,5 +252,6 @@ def create_vit(name: str = "vit_base", img_size: int = 224, in_chans: int = 3, p
     return model
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+def count_parameters(module: nn.Module) -> int:
+    """Number of parameters (trainable or not) of ``module``."""
+    return sum(p.numel() for p in module.parameters())

@@ -51,7 +51,7 @@ from .pairs import Degrade
 from .trainer import TrainerConfig
 
 
-class DataConfig(StrictModel):
+class TrainDataConfig(StrictModel):
     """Training files, geometry, split, augmentation, preprocessing and loaders."""
 
     files: Annotated[list[str], ConfigPath()] = Field(
@@ -76,7 +76,7 @@ class DataConfig(StrictModel):
     stitch_noise: float = Field(0.0, ge=0, description="stitch stage: Gaussian noise (rad) added to GT patches")
 
 
-class LossConfig(StrictModel):
+class TrainLossConfig(StrictModel):
     """Loss terms."""
 
     kind: Literal["mse", "l1"] = Field("mse", description="pixel loss")
@@ -96,7 +96,7 @@ class TrainRunConfig(StrictModel):
         description="which network to train (older files say 'stage:', also accepted)")
     out_dir: Annotated[str, ConfigPath()] = Field("runs/learn",
                                                   description="run folder (checkpoints, logs, copy of this config)")
-    data: DataConfig = Field(..., description="data settings")
+    data: TrainDataConfig = Field(..., description="data settings")
     model: PatchRecoveryConfig | None = Field(None, description="patch stage (and end2end without checkpoints)")
     stitch_model: PhaseStitchingConfig | None = Field(None, description="stitch stage (and end2end without "
                                                       "checkpoints); image_size/patch come from the data")
@@ -108,7 +108,7 @@ class TrainRunConfig(StrictModel):
     patch_chunk: int | None = Field(None, ge=1, description="end2end: blocks per patch-net pass (memory)")
     grad_checkpoint: bool = Field(False, description="end2end: recompute patch-net activations in the backward pass "
                                   "(much less memory, ~30 % more time)")
-    loss: LossConfig = Field(default_factory=LossConfig, description="loss settings")
+    loss: TrainLossConfig = Field(default_factory=TrainLossConfig, description="loss settings")
     trainer: TrainerConfig = Field(default_factory=TrainerConfig, description="optimisation and checkpoints")
     resume: bool = Field(False, description="continue from out_dir/last when it exists")
 

@@ -33,6 +33,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from ..base.runtime import rank_and_world
+
 #: the variables ``torchrun`` (torch.distributed.run) sets in every process it starts
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
@@ -59,13 +61,6 @@ def launch(n_processes: int, fn, *args, backend: str = "gloo", threads_per_proce
 
 def is_initialized() -> bool:
     return dist.is_available() and dist.is_initialized()
-
-
-def rank_and_world() -> tuple[int, int]:
-    """(rank, world size) of the initialised process group; (0, 1) without one."""
-    if is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def is_main_process() -> bool:

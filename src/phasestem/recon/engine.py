@@ -33,7 +33,7 @@ import torch
 
 from ..base.configfile import validate
 from ..base.errors import PhasestemError
-from ..base.runtime import flush_denormals, retain_freed_memory
+from ..base.runtime import flush_denormals, rank_and_world, retain_freed_memory
 from .aperture_rule import resolve_probe_aperture
 from .batches import compact_groups, make_batches, shard_owners  # noqa: F401  (compact_groups: engine API)
 from .callbacks import (  # noqa: F401  (the errors and PHYSICAL_LIMIT: the engine's API)
@@ -55,7 +55,7 @@ from .constraints import Constraints, apply_constraints
 from .decided import resolve_decided
 from .holdout import HeldOutStop, holdout_fraction, split_positions
 from .losses import LossConfig
-from .optimizers import build_optimizer, decay_factor, rank_and_world, refuse_lbfgs
+from .optimizers import build_optimizer, decay_factor, refuse_lbfgs
 from .precondition import ScanCurvature, resolve_batches
 from .prepared import PreparedData, prepared_data  # noqa: F401  (PreparedData: engine API)
 from .run_config import RunConfig

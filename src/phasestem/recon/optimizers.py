@@ -236,13 +236,6 @@ def decay_factor(kind: str, step: int, n_steps: int, final: float) -> float:
     return lr_lambda(step, n_steps - 1, 0, "cosine", final)
 
 
-def rank_and_world() -> tuple[int, int]:
-    """(rank, world size) of an initialised process group; (0, 1) without one."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 def refuse_lbfgs(optimizer: str, world: int) -> None:
     """L-BFGS needs the whole loss in every line search; with several processes each sees only its share."""
     if optimizer == "lbfgs" and world > 1:

@@ -129,9 +129,10 @@ def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = Non
 
     import matplotlib.pyplot as plt
 
+    from ..base.runtime import rank_and_world
     from .callbacks import Checkpoints, Figures, LiveSnapshots, LogFile
     from .checkpoint import load_checkpoint
-    from .distributed import is_main_process, rank_and_world
+    from .distributed import is_main_process
     from .engine import optimize
     from .report import auto_settings, log_settings, log_system_info, logging_to, loss_settings, losses_line
 

@@ -87,15 +87,6 @@ def simulate_dataset(
     )
 
 
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation of two equally shaped arrays."""
-    a = np.asarray(a, dtype=np.float64).ravel()
-    b = np.asarray(b, dtype=np.float64).ravel()
-    a = a - a.mean()
-    b = b - b.mean()
-    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum() + 1e-30))
-
-
 def write_npz(path, **options) -> FourDSTEM:
     """Simulate with :func:`simulate_dataset` (``options``) and write ``path`` (.npz: patterns, phase)
     as read by ``phasestem.io.load(path, patterns_key="patterns")``; returns the dataset."""

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..base.errors import PhasestemError
 from ..base.extras import require
+from ..io import EXTENSIONS
 from .data import Datasets
 from .job_spec import check_form_paths
 from .jobs import FINAL, RUNS_DIR, SERVE_DIR, JobRunner, JobStore
@@ -31,11 +32,9 @@ STATIC = Path(__file__).with_name("static")
 WATCH_PERIOD = 0.25
 #: seconds between keep-alive comments on an idle push channel
 KEEPALIVE = 15.0
-#: kinds of file the files page offers to open, by suffix
-KINDS = {".npy": "data", ".npz": "data", ".h5": "data", ".hdf5": "data", ".emd": "data", ".cxi": "data",
-         ".mat": "data", ".mib": "data", ".dm3": "data", ".dm4": "data", ".raw": "data", ".blo": "data",
-         ".hspy": "data", ".zspy": "data", ".mrc": "data", ".tvips": "data", ".xml": "data",
-         ".yaml": "yaml", ".yml": "yaml", ".png": "image", ".log": "text", ".json": "text", ".txt": "text"}
+#: kinds of file the files page offers to open, by suffix (the data files: every extension phasestem reads)
+KINDS = {**dict.fromkeys(EXTENSIONS, "data"), ".yaml": "yaml", ".yml": "yaml", ".png": "image", ".log": "text",
+         ".json": "text", ".txt": "text"}
 #: what the app shows in the browser itself, by suffix, with the type it is served as; every other file is a
 #: download (an .html or .svg under the root never runs as a page of this origin)
 SHOWN = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".yaml": "text/plain; charset=utf-8",

@@ -26,8 +26,9 @@ from ...base.errors import ShapeError
 from ...base.safety import atomic_file
 from ...physics.resample import resize
 from ...plot import STYLE, _plt, save_figure, styled
+from ..backbones import count_parameters
 from ..meta import normalize_meta, require_kind
-from ..nets.autoencoder import Autoencoder, count_parameters, scale_patterns
+from ..nets.autoencoder import Autoencoder, scale_patterns
 from ..trainer import load_weights, resolve_device
 from ..training.autoencoder import _bin, build_autoencoder
 

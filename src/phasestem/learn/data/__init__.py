@@ -56,10 +56,10 @@ from .datasets import PatchDataset, SampleDataset, StitchDataset, read_scan_grid
 from .files import FileInfo, OriginalLayout, SampleIndex, expand_paths, inspect_file, with_geometry
 from .geometry import BlockGeometry, check_coverage, extract_patches, place_indices
 from .preprocess import Preprocess, blocks_from_scan
-from .synthetic import synthetic_phase, write_synthetic_file
+from .synthetic import blob_phase, write_synthetic_file
 
 __all__ = ["Symmetry", "check_augmentable", "detector_flip_index", "flip_index", "scan_source_indices",
            "transform_patterns", "transform_phase", "PatchDataset", "SampleDataset", "StitchDataset",
            "read_scan_grid", "FileInfo", "OriginalLayout", "SampleIndex", "expand_paths",
            "inspect_file", "with_geometry", "BlockGeometry", "check_coverage", "extract_patches", "place_indices",
-           "Preprocess", "blocks_from_scan", "synthetic_phase", "write_synthetic_file"]
+           "Preprocess", "blocks_from_scan", "blob_phase", "write_synthetic_file"]

@@ -20,7 +20,7 @@ log = logging.getLogger("phasestem.learn")
 # =============================================================================================
 # a small, learnable synthetic training set (tests, notebook, demos)
 # =============================================================================================
-def synthetic_phase(n_px: int, sampling: float, rng: np.random.Generator, n_blobs: int = 12,
+def blob_phase(n_px: int, sampling: float, rng: np.random.Generator, n_blobs: int = 12,
                     sigma: tuple[float, float] = (1.0, 2.0), amplitude: tuple[float, float] = (0.2, 0.6)) -> np.ndarray:
     """Periodic phase (n_px, n_px) rad: a sum of Gaussian blobs (σ in Å) at random positions."""
     y = np.arange(n_px) * sampling
@@ -63,7 +63,7 @@ def write_synthetic_file(path: str | Path, n_samples: int, first_sample: int = 0
     sigma = interaction_constant(energy)
     with atomic_file(path, "path") as tmp, h5py.File(tmp, "w") as f:
         for i in range(first_sample, first_sample + n_samples):
-            phase = synthetic_phase(phase_px, ps, rng, n_blobs=n_blobs)
+            phase = blob_phase(phase_px, ps, rng, n_blobs=n_blobs)
             obj = transmission_function(torch.from_numpy(phase))[None, None]
             with torch.no_grad():
                 pats = exp.patterns(obj).reshape(scan, scan, window, window).numpy()

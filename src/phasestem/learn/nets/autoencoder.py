@@ -62,7 +62,7 @@ log = logging.getLogger("phasestem.learn.autoencoder")
 
 __all__ = [
     "Autoencoder", "Encoder", "Decoder", "ConvBlock", "IdentityBlock", "ResNetBlock", "ResNetUpBlock",
-    "contrastive_loss", "divergence_loss", "scale_patterns", "count_parameters",
+    "contrastive_loss", "divergence_loss", "scale_patterns",
     "AutoencoderModelConfig", "AutoencoderLossConfig",
     "ENCODER_PARAMETERS", "DECODER_PARAMETERS", "TOTAL_PARAMETERS",
 ]
@@ -79,11 +79,6 @@ DEFAULT_LAMBDA_SIM = 5e-5
 DEFAULT_LAMBDA_DIV = 2e-4
 DEFAULT_MARGIN = 0.5
 DEFAULT_DIV_EPS = 1.0
-
-
-def count_parameters(module: nn.Module) -> int:
-    """Number of parameters (trainable or not) of ``module``."""
-    return sum(p.numel() for p in module.parameters())
 
 
 class ConvBNReLU(nn.Module):

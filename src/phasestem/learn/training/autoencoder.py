@@ -21,9 +21,10 @@ from ...base.errors import ShapeError
 from ...io import seed as seedfile
 from ...io.hdf5 import check_written, open_file, reading
 from ...physics.resample import resize
+from ..backbones import count_parameters
 from ..config import AutoencoderRunConfig
 from ..meta import make_meta
-from ..nets.autoencoder import Autoencoder, count_parameters, scale_patterns
+from ..nets.autoencoder import Autoencoder, scale_patterns
 from ..trainer import Trainer, seed_everything
 from . import split_indices
 

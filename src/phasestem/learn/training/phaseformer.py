@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ... import metrics
+from ..backbones import count_parameters
 from ..config import PhaseformerRunConfig
 from ..meta import make_meta
-from ..nets.autoencoder import count_parameters
 from ..nets.phaseformer import Phaseformer, PhaseformerConfig, PhaseformerLoss
 from ..pairs import paired_dataset
 from ..trainer import Trainer, seed_everything

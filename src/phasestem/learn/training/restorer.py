@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from ...base.errors import ConfigError
+from ..backbones import count_parameters
 from ..meta import make_meta
-from ..nets.autoencoder import count_parameters
 from ..nets.restorer import Restorer, RestorerConfig, offset_free_difference, offset_free_loss
 from ..restore_data import RestorePairs, pairs_optics
 from ..restorer_config import RestorerRunConfig
