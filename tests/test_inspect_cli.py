@@ -130,7 +130,7 @@ def test_dataset_inspect_click_shows_the_pattern_of_that_position():
 
 def test_one_table_of_extensions_feeds_the_readers_the_help_and_the_files_page(capsys):
     from phasestem import io
-    from phasestem.serve.app import KINDS
+    from phasestem.serve.endpoints import KINDS
 
     with pytest.raises(SystemExit):
         main(["inspect", "--help"])
