@@ -46,8 +46,17 @@ ROUTES = [("GET", "/"), ("GET", "/static/app.js"), ("GET", "/api/info"), ("GET",
           ("POST", "/api/jobs"), ("POST", "/api/jobs/1/cancel"), ("PUT", "/api/upload?path=x.bin")]
 
 
+def every_route() -> list[tuple[str, str]]:
+    """The hand-written requests above plus every (method, path) of the server's own route table."""
+    from phasestem.serve.endpoints import ROUTES as TABLE
+
+    table = [(m, path.replace("{job_id}", "1")) for path, _, _, methods in TABLE for m in methods]
+    return ROUTES + [r for r in table if r not in ROUTES]
+
+
 def test_every_route_and_the_push_channel_need_the_token(server):
-    for method, path in ROUTES:
+    assert len(every_route()) >= 20
+    for method, path in every_route():
         body = b"{}" if method != "GET" else None
         status, answer = server.request(path, method, body=body, token=None)
         assert status == 401, (method, path, status)
