@@ -398,6 +398,7 @@ def run_demo(out: Path, quick: bool = False, config: str | Path | None = None, d
 
 def _run_demo(out: Path, quick: bool, cfg: DemoConfig, device: str, learned: bool = True) -> Path:
     from .. import io
+    from ..calibrate.overview import inspect
     from ..metrics import aligned_error_map, figures_of_merit
     from ..plot import phase_panels
     from ..simulate.overview import write_overview
@@ -419,7 +420,7 @@ def _run_demo(out: Path, quick: bool, cfg: DemoConfig, device: str, learned: boo
     ts = tuple(float(s) for s in ds.truth.get("sampling", ds.sampling))
     fov = field_of_view(ds, ts, truth.shape)
     write_overview(heldout, out / "simulation.png", sample=0)
-    plt.close(ds.inspect(path=out / "inspect.png"))
+    plt.close(inspect(ds, path=out / "inspect.png"))
 
     log.info("2/%d AD ptychography (%s, flat start)", n_stages, cfg.recon.optimizer)
     warm_up = cfg.recon.model_copy(update={"n_epochs": 1})  # first-epoch overheads out of the timings

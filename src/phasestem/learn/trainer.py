@@ -29,10 +29,8 @@ Contract
 * Loaders are ordinary :class:`torch.utils.data.DataLoader` objects. For reproducible resume give
   a shuffling loader a ``generator=torch.Generator()``: the trainer re-seeds it each epoch with
   ``seed + epoch`` (and calls ``sampler.set_epoch`` where present).
-* ``callbacks``: objects with any of ``on_start(trainer)``, ``on_epoch_start(trainer, epoch)``,
-  ``on_step_end(trainer, logs)``, ``on_epoch_end(trainer, epoch, logs)``, ``on_end(trainer, summary)`` (e.g.
-  freezing schedules); ``on_start``, ``on_epoch_end`` and ``on_end`` are the reconstruction engine's hook names
-  (:mod:`phasestem.recon.callbacks`), called at the same moments.
+* ``callbacks``: objects with any of ``on_start(trainer)``, ``on_epoch_start(trainer, epoch)``, ``on_step_end(trainer,
+  logs)``, ``on_epoch_end(trainer, epoch, logs)``, ``on_end(trainer, summary)``: the engine's names where they meet.
 * ``meta``: a JSON-serialisable dict (model config, preprocessing, target kind …) stored inside
   every saved model file (safetensors metadata key ``"phasestem"``) and as ``meta.json``, so a
   model can be rebuilt and applied from its file alone (:func:`load_weights`).
@@ -298,9 +296,7 @@ class Trainer(RunFolderMixin):
                     self._log_step(logs)
                 if cfg.checkpoint_every_steps and self.global_step % cfg.checkpoint_every_steps == 0:
                     self.save_checkpoint()
-                for cb in self.callbacks:
-                    if hasattr(cb, "on_step_end"):
-                        cb.on_step_end(self, logs)
+                self._hook("on_step_end", logs)
                 if self.global_step >= self.total_steps:
                     self.stop_training = True
                     break
@@ -338,6 +334,12 @@ class Trainer(RunFolderMixin):
         return means
 
     @holding_out_dir
+    def _hook(self, name: str, *args) -> None:
+        """Call ``name(self, *args)`` on every callback that has it."""
+        for cb in self.callbacks:
+            if hasattr(cb, name):
+                getattr(cb, name)(self, *args)
+
     def fit(self, resume: bool | str | Path | None = None) -> dict[str, Any]:
         """Train for ``config.epochs`` (from a checkpoint when ``resume``; ``out_dir`` held); returns a summary dict.
 
@@ -360,14 +362,10 @@ class Trainer(RunFolderMixin):
         if self.out_dir is not None and self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self._open_tensorboard()
-        for cb in self.callbacks:
-            if hasattr(cb, "on_start"):
-                cb.on_start(self)
+        self._hook("on_start")
         start = time.perf_counter()
         while self.epoch < cfg.epochs and not self.stop_training:
-            for cb in self.callbacks:
-                if hasattr(cb, "on_epoch_start"):
-                    cb.on_epoch_start(self, self.epoch)
+            self._hook("on_epoch_start", self.epoch)
             t0 = time.perf_counter()
             train_logs = self.train_epoch()
             logs: dict[str, float] = {"epoch": self.epoch + 1, "step": self.global_step, "lr": self.lr}
@@ -379,9 +377,7 @@ class Trainer(RunFolderMixin):
                     self._diverged(f"the validation loss is {logs['val/loss']:g}", in_step=False)
             logs["time_s"] = time.perf_counter() - t0
             self._after_epoch(logs)
-            for cb in self.callbacks:
-                if hasattr(cb, "on_epoch_end"):
-                    cb.on_epoch_end(self, self.epoch, logs)
+            self._hook("on_epoch_end", self.epoch, logs)
             self.epoch += 1
             self.batch_in_epoch = 0
             last_epoch = self.epoch >= cfg.epochs or self.stop_training
@@ -398,7 +394,5 @@ class Trainer(RunFolderMixin):
             _write_json(self.out_dir / "summary.json", summary)
         if self._tb is not None:
             self._tb.close()
-        for cb in self.callbacks:
-            if hasattr(cb, "on_end"):
-                cb.on_end(self, summary)
+        self._hook("on_end", summary)
         return summary
