@@ -87,3 +87,21 @@ def test_the_benchmark_geometry_restorer_runs_by_name_on_its_geometry_only(seed_
                  str(tmp_path / "wrong.h5")]) == 1
     err = capsys.readouterr().err.strip()
     assert "restore-bench" in err and len(err.splitlines()) == 1, err
+
+
+def test_the_point_defect_restorer_runs_by_name_at_the_seed_geometry_and_says_what_it_is(seed_run, capsys, caplog):
+    """``restore-seed-defects`` (trained on the CPU alone, with vacancies) restores the seed geometry's run by name;
+    choosing either seed restorer logs what a user must know about missing columns."""
+    out = seed_run / "restored_defects.h5"
+    with caplog.at_level("WARNING", logger="phasestem"):
+        assert main(["restore", str(seed_run / "prior" / "results.h5"), "--model", "restore-seed-defects",
+                     "--out-file", str(out)]) == 0
+    with h5py.File(out) as f:
+        phase, inp = f["phase"][...], f["input"][...]
+    assert np.isfinite(phase).all() and np.abs(phase - inp).max() > 1e-3
+    assert "a removed column stays absent" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="phasestem"):
+        assert main(["restore", str(seed_run / "prior" / "results.h5"), "--model", "restore-seed", "--out-file",
+                     str(seed_run / "restored_again.h5")]) == 0
+    assert "fills in a missing atomic column" in caplog.text and "restore-seed-defects" in caplog.text

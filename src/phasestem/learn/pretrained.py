@@ -146,5 +146,5 @@ def register_model(name: str, weights: Path, card: str, info: dict[str, Any], fo
     from ..base.safety import atomic_file
 
     with atomic_file(path, "registry") as tmp:
-        tmp.write_text(json.dumps(dict(sorted(entries.items())), indent=1) + "\n", encoding="utf-8")
+        tmp.write_text(json.dumps(dict(sorted(entries.items())), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return entry
