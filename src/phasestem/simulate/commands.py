@@ -41,7 +41,9 @@ def register(sub, train_sub) -> None:
     q = sub.add_parser(
         "probe-extent", help="side of the area one 14×14 block of probe positions illuminates",
         description="Prints the side (pixels at --px-per-angstrom) of the square holding every pixel above "
-        "--threshold × the maximum probe intensity over a --block × --block raster at --step Å.",
+        "--threshold × the maximum probe intensity over a --block × --block raster at --step Å; with --fraction, "
+        "of the square holding each probe's disk of that encircled intensity (the seed's 5 %% rule leaves much of "
+        "an aberrated probe's halo outside).",
         epilog="Examples:\n  phasestem probe-extent --energy 300e3 --semiangle 30 --C30 1e6\n"
         "  phasestem probe-extent configs/simulate_seed.yaml --step 2",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -53,7 +55,9 @@ def register(sub, train_sub) -> None:
     q.add_argument("--C30", type=float, default=1e6, help="spherical aberration in Å (default 1e6 = 0.1 mm)")
     q.add_argument("--block", type=int, default=14)
     q.add_argument("--step", type=float, default=2.0, help="scan step in Å")
-    q.add_argument("--threshold", type=float, default=0.05)
+    q.add_argument("--threshold", type=float, default=0.05, help="fraction of the peak intensity (seed: 0.05)")
+    q.add_argument("--fraction", type=float, default=None,
+                   help="size each probe by the disk holding this fraction of its intensity instead (e.g. 0.9)")
     q.add_argument("--px-per-angstrom", type=float, default=2.56)
     q.add_argument("--sampling", type=float, default=100 / 512, help="grid pixel for the probe in Å")
     q.set_defaults(func=_probe_extent)
@@ -128,8 +132,10 @@ def _probe_extent(args) -> int:
         cfg = load_config(config)
         energy, semiangle, ab = cfg.optics.energy, cfg.optics.semiangle, cfg.optics.aberrations
     e = illuminated_extent(energy, semiangle, ab, sampling=args.sampling, block=args.block, step=args.step,
-                           threshold=args.threshold, pixels_per_angstrom=args.px_per_angstrom)
-    print(f"probe above {args.threshold:.0%} of its peak: {e.probe_diameter_angstrom:.2f} Å across; over a "
+                           threshold=args.threshold, pixels_per_angstrom=args.px_per_angstrom, fraction=args.fraction)
+    what = f"above {args.threshold:.0%} of its peak" if args.fraction is None else \
+        f"holding {args.fraction:.0%} of its intensity"
+    print(f"probe {what}: {e.probe_diameter_angstrom:.2f} Å across; over a "
           f"{args.block}×{args.block} block at {args.step:g} Å: {e.side_angstrom:.2f} Å = {e.side_px} px at "
           f"{args.px_per_angstrom:g} px/Å")
     return 0
