@@ -10,6 +10,7 @@ def register(sub, train_sub) -> None:
     from ..calibrate.commands import add_reader_arguments
     from ..io import formats_line
 
+    formats = formats_line()
     p = sub.add_parser(
         "inspect", help="first look at a 4D-STEM file, no calibration needed: mean pattern with the bright-field "
                         "disk, virtual BF/ADF, centre of mass",
@@ -19,13 +20,13 @@ def register(sub, train_sub) -> None:
                     "besides the file: without the scan step the scan is in pixels, without the detector pixel "
                     "(--angular-sampling, or --semiangle with the fitted disk) the angles are. With --show (a "
                     "desktop session) a click on a scan image shows that position's pattern.\n\nFiles: "
-                    + formats_line() + "; the reader options are calibrate's.",
+                    + formats + "; the reader options are calibrate's.",
         epilog="Examples:\n  phasestem inspect scan.mib\n"
         "  phasestem inspect scan.h5 --key /entry/data --scan-step 0.4 --semiangle 21.4 --out looks\n"
         "  phasestem inspect data/simulation_data1.h5 --sample 0 --at 10 12",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("file", help="4D-STEM file (" + formats_line() + ")")
+    p.add_argument("file", help="4D-STEM file (" + formats + ")")
     add_reader_arguments(p)
     p.add_argument("--sample", type=int, help="sample index in a seed-layout file")
     p.add_argument("--at", type=int, nargs=2, metavar=("ROW", "COL"), help="scan position of the single pattern")

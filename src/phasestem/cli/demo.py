@@ -24,6 +24,7 @@ import contextlib
 import logging
 import math
 import time
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,7 +40,7 @@ from ..plot import _plt, save_figure, styled
 
 log = logging.getLogger("phasestem.cli.demo")
 
-CONFIG_DIR = Path(__file__).parents[1] / "configs"  # src/phasestem/configs
+CONFIG_DIR = Path(str(files("phasestem") / "configs"))  # package data, wherever this module sits
 BUILTIN_SIMULATION = CONFIG_DIR / "simulate_demo.yaml"
 BUILTIN_DEMO = CONFIG_DIR / "demo.yaml"
 

@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ..base.runtime import rank_and_world
+from ..base.runtime import process_group, rank_and_world
 
 #: the variables ``torchrun`` (torch.distributed.run) sets in every process it starts
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -60,7 +60,7 @@ def launch(n_processes: int, fn, *args, backend: str = "gloo", threads_per_proce
 
 
 def is_initialized() -> bool:
-    return dist.is_available() and dist.is_initialized()
+    return process_group() is not None
 
 
 def is_main_process() -> bool:
