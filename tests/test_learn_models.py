@@ -109,6 +109,34 @@ def test_end2end_shapes_and_gradients_reach_both_nets():
     assert all(p.requires_grad for p in pn.parameters())
 
 
+def test_offset_free_losses_ignore_each_images_constant_and_raw_ones_do_not():
+    """A prediction off the truth by a different constant per image (the phase offset ptychography cannot see) costs
+    nothing with ``offset_free`` at every stage, and the offset squared without it."""
+    from phasestem.learn.nets.patch import patch_loss_fn
+
+    class Shifted(torch.nn.Module):  # returns the truth plus a per-image constant, whatever its inputs
+        def __init__(self, truth, key):
+            super().__init__()
+            self.truth, self.key = truth, key
+            self.offset = torch.tensor([0.3, -0.5]).view(2, *([1] * (truth.ndim - 1)))
+
+        def forward(self, *args):
+            out = self.truth + self.offset
+            return {"patches": out, "phase": out} if self.key else out
+
+    truth = torch.randn(2, 24, 24)
+    raw_expected = (0.3 ** 2 + 0.5 ** 2) / 2
+    batch = {"patterns": None, "coords": None, "centres": None, "target": truth, "patches": truth, "phase": truth}
+    for name, make in (("patch", lambda free: patch_loss_fn("mse", free)),
+                       ("stitch", lambda free: stitch_loss_fn("mse", 0.0, free)),
+                       ("end2end", lambda free: end2end_loss_fn(0.5, 1.0, "mse", offset_free=free))):
+        model = Shifted(truth, name == "end2end")
+        free = float(make(True)(model, batch)["loss"])
+        raw = float(make(False)(model, batch)["loss"])
+        assert free == pytest.approx(0.0, abs=1e-10), name
+        assert raw == pytest.approx(raw_expected * (1.5 if name == "end2end" else 1.0), rel=1e-5), name
+
+
 def test_end2end_from_checkpoints(tmp_path):
     pn, sn = tiny_pair()
     save_weights(pn.state_dict(), tmp_path / "p.safetensors",

@@ -192,10 +192,17 @@ def test_an_invalidated_capture_is_tried_again_then_refused_in_one_line(failures
 def test_gpu_compiled_and_graph_steps_equal_the_eager_step(mode, optimizer, n_slices, n_modes, losses):
     """The CUDA graph replays the eager kernels (measured on an H100: objects within 3e-6, losses equal). Inductor's
     own GPU kernels sum in another order: objects within 1.8e-4 of eager (Adam, which moves the object by 0.036 in
-    these 3 epochs) and 2.3e-6 (lsq); the Poisson loss, a small difference of large sums, within 2.9e-3 relative."""
+    these 3 epochs) and 2.3e-6 (lsq); the Poisson loss, a small difference of large sums, within 2.9e-3 relative.
+
+    The eager GPU step itself is not deterministic (its scatter-adds are atomic): on an H200
+    (``benchmarks/gpu/determinism.py``, lsq 1 slice) four eager runs from one start differed from a fifth by up to
+    9.8e-5 in relative loss and 1.3e-8 in the object, and the graph and ``auto`` runs by 5e-5–1.04e-4, the same
+    spread, from epoch 2 on (every run's first epoch was equal; the positions refine from epoch 2); under
+    ``torch.use_deterministic_algorithms(True)`` the eager repeats were identical. A tolerance of 1e-4
+    sat on that spread (2 of 4 full runs failed); 5e-4 is five times the eager step's own."""
     eager = _run(optimizer, n_slices, n_modes, losses, "none", "cuda")
     loose = mode == "compile"
-    _assert_same(eager, _run(optimizer, n_slices, n_modes, losses, mode, "cuda"), loss_rel=1e-2 if loose else 1e-4,
+    _assert_same(eager, _run(optimizer, n_slices, n_modes, losses, mode, "cuda"), loss_rel=1e-2 if loose else 5e-4,
                  obj_atol=5e-4 if loose else 1e-4)
 
 

@@ -82,6 +82,8 @@ class TrainLossConfig(StrictModel):
     kind: Literal["mse", "l1"] = Field("mse", description="pixel loss")
     patch_weight: float = Field(0.5, ge=0, description="end2end: weight of the patch-level term")
     image_weight: float = Field(1.0, ge=0, description="end2end: weight of the full-image term")
+    offset_free: bool = Field(False, description="remove each patch's / image's mean error before the pixel loss "
+                              "(the phase's offset is invisible to ptychography; the seed trains on it)")
     consistency_weight: float = Field(
         0.0, ge=0, description="end2end: weight of the measurement-consistency term (physics-informed fine-tuning): "
         "the data residual of the predicted phase pushed through the forward model with the nominal probe, against "

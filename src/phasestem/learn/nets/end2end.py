@@ -20,6 +20,7 @@ from ...base.errors import ConfigError
 from ...metrics import psnr
 from ..trainer import load_weights
 from .patch import PatchRecoveryConfig, PatchRecoveryNet
+from .pixel_error import pixel_error
 from .stitch import PhaseStitchingConfig, PhaseStitchingNet
 
 
@@ -109,13 +110,13 @@ class End2End(nn.Module):
 
 
 def end2end_loss_fn(patch_weight: float = 0.5, image_weight: float = 1.0, kind: Literal["mse", "l1"] = "mse",
-                    consistency_weight: float = 0.0, measurement=None):
+                    consistency_weight: float = 0.0, measurement=None, offset_free: bool = False):
     """``loss_fn(model, batch)`` for SampleDataset batches: weighted patch + full-image terms, plus
     ``consistency_weight`` × the data residual of the predicted phase against the batch's own patterns
     (:func:`phasestem.learn.consistency.consistency_loss`; ``measurement`` is the
     :class:`~phasestem.learn.consistency.MeasurementModel` of the training data, see
     :func:`measurement_for_training`). The residual is reported as ``consistency`` whenever ``measurement`` is
-    given."""
+    given. ``offset_free``: the patch and image terms remove each image's mean error first."""
     if patch_weight < 0 or image_weight < 0 or patch_weight + image_weight == 0:
         raise ConfigError(f"loss weights must be ≥ 0 and not both 0 (patch {patch_weight}, image {image_weight})")
     if consistency_weight < 0:
@@ -124,8 +125,7 @@ def end2end_loss_fn(patch_weight: float = 0.5, image_weight: float = 1.0, kind: 
         raise ConfigError("loss.consistency_weight > 0 needs the measurement model of the training data")
 
     def err(a, b):
-        d = a.float() - b
-        return d.square().mean() if kind == "mse" else d.abs().mean()
+        return pixel_error(a, b, kind, offset_free)
 
     def loss_fn(model, batch):
         out = model(batch["patterns"], batch["coords"], batch["centres"])
@@ -168,7 +168,7 @@ def loss_fn_from_config(loss_config, train_index, preprocess):
     weight = float(getattr(loss_config, "consistency_weight", 0.0))
     measurement = measurement_for_training(train_index, preprocess) if weight > 0 else None
     return end2end_loss_fn(loss_config.patch_weight, loss_config.image_weight, loss_config.kind, weight,
-                           measurement)
+                           measurement, loss_config.offset_free)
 
 
 class FreezePatchNet:

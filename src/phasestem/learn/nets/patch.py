@@ -26,6 +26,7 @@ from torch import nn
 from ...base.configfile import ConfigPath, StrictModel
 from ...metrics import psnr
 from ..backbones import create_cnn, create_vit
+from .pixel_error import pixel_error
 
 PATCH_SIZES: dict[str, dict[str, Any]] = {
     "tiny": {"cnn": "resnet_micro", "vit": "vit_micro", "decoder_channels": [32, 16, 16], "cnn_norm": "batch"},
@@ -188,14 +189,14 @@ class PatchRecoveryNet(nn.Module):
         return self.decoder(grid)
 
 
-def patch_loss_fn(kind: Literal["mse", "l1"] = "mse"):
-    """``loss_fn(model, batch)`` for PatchDataset batches (``patterns``, ``coords``, ``target``)."""
+def patch_loss_fn(kind: Literal["mse", "l1"] = "mse", offset_free: bool = False):
+    """``loss_fn(model, batch)`` for PatchDataset batches (``patterns``, ``coords``, ``target``); ``offset_free``:
+    each patch's mean error is removed before the loss (:func:`~.pixel_error.pixel_error`)."""
 
     def loss_fn(model, batch):
         pred = model(batch["patterns"], batch["coords"]).float()
-        err = pred - batch["target"]
-        mse = err.square().mean()
-        loss = mse if kind == "mse" else err.abs().mean()
+        mse = (pred - batch["target"]).square().mean()
+        loss = pixel_error(pred, batch["target"], kind, offset_free)
         return {"loss": loss, "mse": mse.detach(), "psnr": psnr(pred.detach(), batch["target"])}
 
     return loss_fn

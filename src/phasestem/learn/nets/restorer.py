@@ -25,6 +25,7 @@ from torch import nn
 
 from ...base.errors import ShapeError
 from .phaseformer import Phaseformer, PhaseformerConfig
+from .pixel_error import offset_free_difference
 
 CHANNELS = ("amplitude", "illumination")
 
@@ -126,16 +127,6 @@ class Restorer(nn.Module):
             mode = "reflect" if h > ph and w > pw else "replicate"
             body_in = F.pad(body_in, (0, pw, 0, ph), mode=mode)
         return phase + self.body(body_in)[..., :h, :w]
-
-
-def offset_free_difference(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
-                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(d, m, n): d = pred − target with its mean over the field ``mask`` (…, H, W; None: everywhere) removed per
-    image, the mask in d's dtype, and the field's pixel count per image (keepdim, ≥ 1)."""
-    d = pred - target
-    m = torch.ones_like(d) if mask is None else mask.to(d)
-    n = m.sum(dim=(-2, -1), keepdim=True).clamp_min(1.0)
-    return d - (d * m).sum(dim=(-2, -1), keepdim=True) / n, m, n
 
 
 def offset_free_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,

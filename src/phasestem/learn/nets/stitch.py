@@ -28,6 +28,7 @@ from ...metrics import psnr
 from ..backbones import create_vit
 from ..data import BlockGeometry, place_indices
 from .patch import GridDecoder
+from .pixel_error import pixel_error
 
 STITCH_SIZES: dict[str, dict[str, Any]] = {
     "tiny": {"vit": "vit_micro", "decoder_channels": [32, 16, 16, 8, 8]},
@@ -141,11 +142,11 @@ class PhaseStitchingNet(nn.Module):
         return canvas[:, 1] + out if self.config.residual else out
 
 
-def stitch_loss_fn(kind: Literal["mse", "l1"] = "mse", noise: float = 0.0):
+def stitch_loss_fn(kind: Literal["mse", "l1"] = "mse", noise: float = 0.0, offset_free: bool = False):
     """``loss_fn(model, batch)`` for StitchDataset batches; ``noise`` (rad) perturbs the input patches
     so the net learns to reconcile imperfect patches, as it will see in End2End. Validation sees the same
     level of noise, drawn from a fixed seed: clean patches would reward a net that merely copies them, and
-    best-model selection would keep that one."""
+    best-model selection would keep that one. ``offset_free``: each image's mean error is removed first."""
 
     def loss_fn(model, batch):
         patches = batch["patches"]
@@ -154,9 +155,8 @@ def stitch_loss_fn(kind: Literal["mse", "l1"] = "mse", noise: float = 0.0):
             patches = patches + noise * torch.randn(patches.shape, generator=gen, device=patches.device,
                                                     dtype=patches.dtype)
         pred = model(patches, batch["centres"]).float()
-        err = pred - batch["phase"]
-        mse = err.square().mean()
-        return {"loss": mse if kind == "mse" else err.abs().mean(), "mse": mse.detach(),
+        mse = (pred - batch["phase"]).square().mean()
+        return {"loss": pixel_error(pred, batch["phase"], kind, offset_free), "mse": mse.detach(),
                 "psnr": psnr(pred.detach(), batch["phase"])}
 
     return loss_fn

@@ -174,11 +174,11 @@ def build_run(cfg: TrainRunConfig) -> Trainer:
     if cfg.stage == "patch":
         model: nn.Module = PatchRecoveryNet(_patch_config(cfg, g))
         train_ds, val_ds = PatchDataset(train_idx, pre, cfg.data.augment), PatchDataset(val_idx, pre)
-        loss_fn = patch_loss_fn(cfg.loss.kind)
+        loss_fn = patch_loss_fn(cfg.loss.kind, cfg.loss.offset_free)
     elif cfg.stage == "stitch":
         model = PhaseStitchingNet(_stitch_config(cfg, g))
         train_ds, val_ds = StitchDataset(train_idx, pre, cfg.data.augment), StitchDataset(val_idx, pre)
-        loss_fn = stitch_loss_fn(cfg.loss.kind, cfg.data.stitch_noise)
+        loss_fn = stitch_loss_fn(cfg.loss.kind, cfg.data.stitch_noise, cfg.loss.offset_free)
     else:
         if cfg.patch_checkpoint and cfg.stitch_checkpoint:
             model = End2End.from_checkpoints(cfg.patch_checkpoint, cfg.stitch_checkpoint, cfg.patch_chunk)
