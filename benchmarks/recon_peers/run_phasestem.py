@@ -16,9 +16,10 @@ def main() -> None:
     ap.add_argument("--optimizer", choices=["lsq", "adam"], default="lsq",
                     help="solver (default: lsq, the parameter file's default)")
     ap.add_argument("--lr", type=float, default=None, help="object and probe learning rate (default: the solver's)")
-    ap.add_argument("--loss", choices=["case", "gaussian", "poisson", "counted"], default="case",
+    ap.add_argument("--loss", choices=["case", "gaussian", "poisson", "counted", "none"], default="case",
                     help="data term: the case file's 'loss' entry (default; gaussian when absent; its 'poisson' "
-                         "runs phasestem's setting for counted data, 'counted') or as given")
+                         "runs phasestem's setting for counted data, 'counted'), as given, or 'none': no term "
+                         "named, as a user who names none (the engine chooses from the data)")
     ap.add_argument("--tilt-lr", type=float, default=None,
                     help="specimen tilt's learning rate in mrad per step (default: the engine's, refined on thick "
                          "specimens only; 0 freezes it)")
@@ -100,6 +101,7 @@ def main() -> None:
     from phasestem.dataset import FourDSTEM
     from phasestem.physics.optics import angular_sampling_for
     from phasestem.recon import Constraints, Ptychography
+    from phasestem.recon.data_losses import losses_for_data
     from phasestem.recon.losses import LossConfig
     from phasestem.recon.params import RunConfig
     from phasestem.recon.precondition import resolve_batches
@@ -114,13 +116,14 @@ def main() -> None:
         loss_name = "counted" if str(c.get("loss", "gaussian")) == "poisson" else "gaussian"
     # counted data: amplitude and Poisson terms, half each (docs/config_reference.md, `losses`): the Poisson
     # likelihood alone is right for the noise but follows every model mismatch in the dark field
-    losses = {"gaussian": LossConfig(), "poisson": LossConfig(gaussian=0.0, poisson=1.0),
-              "counted": LossConfig(gaussian=0.5, poisson=0.5)}[loss_name]
+    losses = {"gaussian": LossConfig(gaussian=1.0), "poisson": LossConfig(gaussian=0.0, poisson=1.0),
+              "counted": LossConfig(gaussian=0.5, poisson=0.5), "none": LossConfig()}[loss_name]
     H, W = c["patterns"].shape[-2:]
     ds = FourDSTEM(patterns=c["patterns"], energy=c["energy"], scan_step=(c["scan_step"],) * 2,
                    angular_sampling=angular_sampling_for(c["energy"], c["sampling"], (H, W)),
                    semiangle=float(c["semiangle"]) * args.semiangle_scale,
                    aberrations={"C10": float(c["c10"]) + args.c10_error}).binned(args.bin)
+    ran, why = losses_for_data(losses, ds)  # what the engine runs (--loss none: the data's choice)
     # nominal probe from the optics (never the true one); positions exact → frozen
     n_slices = args.slices or int(c["n_slices"])
     thickness = float(c["dz"]) * int(c["n_slices"])
@@ -221,10 +224,11 @@ def main() -> None:
                 "coarse_start_auto": engine_log.after("coarse start (auto): "),
                 "tilt_mrad_per_epoch": [g["tilt"].double().reshape(-1, 2).mean(0).tolist()
                                         for g in model.geometry_history], "device": str(model.device),
-                "amplitude_held_low_dose": bool(phase_only(losses.poisson > 0, float(np.asarray(c["patterns"]).sum(
+                "amplitude_held_low_dose": bool(phase_only(ran.poisson > 0, float(np.asarray(c["patterns"]).sum(
                     (-2, -1)).mean()), model.schedules["obj_amplitude"])),
                 "losses": {"gaussian": "gaussian on sqrt(I)", "poisson": "poisson NLL",
-                           "counted": "0.5 gaussian on sqrt(I) + 0.5 poisson NLL"}[loss_name],
+                           "counted": "0.5 gaussian on sqrt(I) + 0.5 poisson NLL",
+                           "none": f"none named; ran {ran.describe()} ({why or 'the default'})"}[loss_name],
                 "constraints_given": args.constraint, "init": args.init,
                 "cpu_s_per_iter": cpu / c["iters"], "iter_cpu": cpu_times, "loss_per_epoch": losses_seen,
                 "setup_s": setup_s}

@@ -65,13 +65,6 @@ def load_for_calibration(path: str | Path, energy: float | None = None,
     return dataset
 
 
-#: data term written for detector counts (integer data): the Poisson term is right for the noise, the amplitude
-#: term keeps the fit of the dark field robust to model mismatch (``benchmarks/independent``). On 64 × 64
-#: positions of the Merlin benchmark (1e5 e⁻, 10 lsq epochs from the same SSB start): phase r 0.9810 with the
-#: amplitude term alone, 0.9831 with both; on the abTEM scan of tests/test_auto.py --auto r 0.950 → 0.969.
-COUNTED_LOSSES = {"gaussian": 0.5, "poisson": 0.5}
-
-
 def calibrate_file(path: str | Path, out_dir: str | Path, energy: float | None = None, scan_step=None,
                    semiangle: float | None = None,
                    angular_sampling: float | None = None, reader_options: dict[str, Any] | None = None,
@@ -84,11 +77,14 @@ def calibrate_file(path: str | Path, out_dir: str | Path, energy: float | None =
 
     ``options`` go to :func:`phasestem.calibrate.pipeline.calibrate` (transpose, parallax,
     c10_range, edge_threshold); ``extra_params`` adds sections (model, run, …) to the YAML (integer data get
-    the counted-data term :data:`COUNTED_LOSSES` unless it names ``losses``);
+    the counted-data term :data:`phasestem.recon.losses.COUNTED_WEIGHTS` unless it names ``losses``, named in
+    params.yaml since the calibrated patterns a run reads may no longer be whole numbers: on the abTEM scan of
+    tests/test_auto.py --auto r 0.950 → 0.969);
     ``resample_descan``: see :func:`phasestem.calibrate.output.write_outputs`. ``out_dir`` is held for the whole
     call (:func:`phasestem.base.lock.hold_output`; FolderBusyError when another run holds it).
     """
     from ..base.lock import hold_output
+    from ..recon.losses import COUNTED_WEIGHTS
     from .held import merge_held
     from .output import write_outputs
 
@@ -114,7 +110,7 @@ def calibrate_file(path: str | Path, out_dir: str | Path, energy: float | None =
         merge_held(calib, dataset, sources)  # the file's values the data do not measure; a replacement warns
         calib.dose = dataset.metadata.get("dose")
         if np.issubdtype(np.dtype(dataset.patterns.dtype), np.integer) and "losses" not in (extra_params or {}):
-            extra_params = {**(extra_params or {}), "losses": dict(COUNTED_LOSSES)}
+            extra_params = {**(extra_params or {}), "losses": dict(COUNTED_WEIGHTS)}
             sources["losses"] = "calibration (counted data)"
         calib.source = str(path)
         calib.sources = sources

@@ -52,6 +52,7 @@ from .callbacks import (  # noqa: F401  (the errors and PHYSICAL_LIMIT: the engi
 )
 from .checkpoint import load_checkpoint, reuse_optimizer_state, save_checkpoint  # noqa: F401  (engine API)
 from .constraints import Constraints, apply_constraints
+from .data_losses import losses_for_data
 from .decided import resolve_decided
 from .holdout import HeldOutStop, holdout_fraction, split_positions
 from .losses import LossConfig
@@ -100,7 +101,8 @@ def optimize(model, dataset, n_epochs: int, run: RunConfig | None = None, losses
     precondition_reg, precondition_batches, divergence_factor, lr_decay, lr_final, data_in_memory,
     memory_budget_gb, compile (eager, compiled or a CUDA graph: :mod:`phasestem.recon.step`); the parameter file's
     ``run`` section, :class:`RunConfig`); ``losses`` and ``constraints``
-    as validated. ``lr_decay`` 'cosine': every learning rate falls from 1× to ``lr_final``× over this call's epochs;
+    as validated (``losses`` naming no term: the data choose it, :func:`~phasestem.recon.data_losses.losses_for_data`,
+    logged). ``lr_decay`` 'cosine': every learning rate falls from 1× to ``lr_final``× over this call's epochs;
     a call that continues a checkpoint continues its decay, so a resumed run takes the uninterrupted run's steps.
     ``callbacks`` run after the engine's own (:mod:`phasestem.recon.callbacks`); a :class:`Checkpoints` among them
     also receives the divergence's last good state. ``lbfgs_options`` update torch's L-BFGS settings.
@@ -108,7 +110,9 @@ def optimize(model, dataset, n_epochs: int, run: RunConfig | None = None, losses
     alone runs the whole call, e.g. a check on rank 0 only).
     """
     run = run or RunConfig()
-    losses = losses or LossConfig()
+    losses, why = losses_for_data(losses, dataset)
+    if why:
+        log.info("losses: %s (chosen from the data: %s; no term named)", losses.describe(), why)
     constraints = constraints or Constraints()
     rank, world = rank_and_world() if distributed else (0, 1)
     refuse_lbfgs(run.optimizer, world)

@@ -33,6 +33,11 @@ from ..base.errors import ConfigError
 
 #: the loss when no term is named: the Gaussian term on amplitudes (power 0.5) alone
 DEFAULT_WEIGHTS = {"gaussian": 1.0}
+#: the loss when no term is named and the data are detector counts (:mod:`phasestem.recon.data_losses`): the
+#: Poisson term is right for the noise, the amplitude term keeps the fit of the dark field robust to model mismatch
+#: (``benchmarks/independent``). On 64 × 64 positions of the Merlin benchmark (1e5 e⁻, 10 lsq epochs from the same
+#: SSB start): phase r 0.9810 with the amplitude term alone, 0.9831 with both.
+COUNTED_WEIGHTS = {"gaussian": 0.5, "poisson": 0.5}
 #: shift (in counts) of measured and model counts inside the Poisson likelihood
 POISSON_EPS_COUNTS = 0.5
 

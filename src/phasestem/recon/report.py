@@ -126,12 +126,16 @@ def geometry_settings(params, dataset, sources=None) -> list:
     return rows
 
 
-def loss_settings(params, sources=None) -> list:
+def loss_settings(params, sources=None, from_data: tuple | None = None) -> list:
     """The loss terms that run (weight > 0) as :class:`phasestem.base.provenance.Setting` rows: source ``YAML`` (or
-    ``sources['losses']``) when the parameter file names terms, ``default`` when it names none."""
+    ``sources['losses']``) when the parameter file names terms, ``default`` when it names none, ``data`` when
+    ``from_data`` = (the loss, why) says the data chose it (:func:`phasestem.recon.data_losses.losses_for_data`)."""
     from ..base.provenance import Setting
 
     cfg = params.losses.resolved()
+    if from_data and from_data[1]:
+        return [Setting(f"losses.{n}", from_data[0].weight(n), "", "data", note=f"no term named; {from_data[1]}")
+                for n in from_data[0].active()]
     label = (sources or {}).get("losses", "YAML") if cfg.named else "default"
     note = "" if cfg.named else "no term named"
     return [Setting(f"losses.{n}", cfg.weight(n), "", label, note=note) for n in cfg.active()]
@@ -167,9 +171,14 @@ def auto_settings(model, params, sources=None) -> list:
     return rows
 
 
-def losses_line(params, sources=None) -> str:
-    """``losses: poisson 1 (named in the parameter file)`` / ``losses: gaussian 1 (default; no term named)``."""
+def losses_line(params, sources=None, from_data: tuple | None = None) -> str:
+    """``losses: poisson 1 (named in the parameter file)`` / ``losses: gaussian 1 (default; no term named)`` /
+    ``losses: gaussian 0.5, poisson 0.5 (chosen from the data: …; no term named)`` (``from_data``: the loss and why,
+    :func:`phasestem.recon.data_losses.losses_for_data`)."""
     cfg = params.losses.resolved()
+    if from_data and from_data[1]:
+        return f"losses: {from_data[0].describe()} (chosen from the data: {from_data[1]}; no term named), power " \
+               f"{from_data[0].power:g}"
     label = (sources or {}).get("losses", "YAML")
     named = "named in the parameter file" if label == "YAML" else f"named by the {label}"
     why = named if cfg.named else "default; no term named"

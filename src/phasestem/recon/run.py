@@ -132,6 +132,7 @@ def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = Non
     from ..base.runtime import rank_and_world
     from .callbacks import Checkpoints, Figures, LiveSnapshots, LogFile
     from .checkpoint import load_checkpoint
+    from .data_losses import losses_for_data
     from .distributed import is_main_process
     from .engine import optimize
     from .report import auto_settings, log_settings, log_system_info, logging_to, loss_settings, losses_line
@@ -157,10 +158,11 @@ def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = Non
     if dataset is None:
         with logging_to(log_path) if main else contextlib.nullcontext():  # conflict warnings in the log too
             dataset = build_dataset(params, sources, warn=main)
-    settings = dataset.metadata.get("settings", []) + loss_settings(params, sources)
+    from_data = losses_for_data(params.losses.resolved(), dataset)  # a run naming no term: its data decide
+    settings = dataset.metadata.get("settings", []) + loss_settings(params, sources, from_data)
     if main:
-        log_settings(settings, losses_line(params, sources), dataset, log_path)
-        print(losses_line(params, sources))
+        log_settings(settings, losses_line(params, sources, from_data), dataset, log_path)
+        print(losses_line(params, sources, from_data))
     model = build_model(params, dataset, start_phase).to(rank_device(params.run.device))
     ckpt = out / "checkpoint.pt"
     if resume:
@@ -183,8 +185,7 @@ def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = Non
     callbacks += [Checkpoints(ckpt, params.run.checkpoint_every), LogFile(log_path)]
     if params.run.figures_every:
         callbacks.append(Figures(out, params.run.figures_every))
-    for _ in optimize(model, dataset, max(0, remaining), params.run, params.losses.resolved(), params.constraints,
-                      callbacks):
+    for _ in optimize(model, dataset, max(0, remaining), params.run, from_data[0], params.constraints, callbacks):
         pass
     if main:
         metrics = None

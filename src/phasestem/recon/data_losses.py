@@ -1,0 +1,48 @@
+"""The data term a run gets from its data when it names none (issue 52): detector counts get
+:data:`~phasestem.recon.losses.COUNTED_WEIGHTS` (the amplitude and Poisson terms, half each), anything else the
+default Gaussian term. A term named anywhere (parameter file, ``LossConfig(...)``, calibration) is never changed.
+
+The patterns are counts when the file records a dose (> 0 e⁻/Å²), when they are stored as integers, or when the
+first :data:`SAMPLE` patterns hold whole numbers only (float files written by converters and simulators of
+counted data), at least one of them ≥ 1. On the independent low-dose thick case of issue 52 (NumPy multislice,
+6 slices, 1e5 e⁻/pattern) 20 epochs score r 0.682 with the Gaussian term and 0.759 with the counted one.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from .losses import COUNTED_WEIGHTS, LossConfig
+
+log = logging.getLogger("phasestem.recon")
+
+#: patterns (of the first scan row) read to decide whether the data are counts
+SAMPLE = 64
+
+
+def counted_reason(dataset) -> str | None:
+    """Why ``dataset``'s patterns are detector counts (one clause for the run log), or None when they are not."""
+    dose = dataset.metadata.get("dose")
+    if dose is not None and float(dose) > 0:
+        return f"the file records a dose of {float(dose):.4g} e⁻/Å²"
+    dtype = np.dtype(getattr(dataset.patterns, "dtype", np.float32))
+    if np.issubdtype(dtype, np.integer):
+        return f"the patterns are stored as integers ({dtype})"
+    first = dataset.patterns[0, :SAMPLE]
+    first = np.asarray(first.detach().cpu() if hasattr(first, "detach") else first, dtype=np.float64)
+    if first.size and np.isfinite(first).all() and first.max() >= 1 and np.array_equal(first, np.rint(first)):
+        return f"the first {first.shape[0]} patterns hold whole numbers only (counts)"
+    return None
+
+
+def losses_for_data(losses: LossConfig | None, dataset) -> tuple[LossConfig, str | None]:
+    """(the loss to run, why the data chose it or None): ``losses`` unchanged when it names a term or the data are
+    not counts; otherwise :data:`COUNTED_WEIGHTS` with ``losses``' power and floor."""
+    losses = losses or LossConfig()
+    if losses.named:
+        return losses, None
+    why = counted_reason(dataset)
+    if why is None:
+        return losses, None
+    return LossConfig(**COUNTED_WEIGHTS, power=losses.power, eps=losses.eps), why
