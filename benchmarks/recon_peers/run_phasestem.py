@@ -185,7 +185,7 @@ def main() -> None:
     run = RunConfig()  # the parameter file's defaults
     defaults = {"precondition_reg": run.precondition_reg, "lr_decay": args.lr_decay or run.lr_decay,
                 "lr_final": run.lr_final if args.lr_final is None else args.lr_final,
-                "precondition_batches": resolve_batches(args.precondition_batches or run.precondition_batches, losses)}
+                "precondition_batches": resolve_batches(args.precondition_batches or run.precondition_batches, ran)}
     if args.coarse_start is not None:
         defaults["coarse_start"] = args.coarse_start if args.coarse_start == "auto" else int(args.coarse_start)
     if args.holdout is not None:

@@ -184,13 +184,16 @@ class ModelConfig(StrictModel):
 
 class LossesConfig(StrictModel):
     """Loss terms: exactly the terms named here run, at their weights (a term left out is off); with none named,
-    the Gaussian term on amplitudes alone at weight 1. The run log names the terms that ran."""
+    the data choose: detector counts (a dose in the file, integer patterns, or whole numbers only) get gaussian 0.5 +
+    poisson 0.5, anything else the Gaussian term on amplitudes alone at weight 1. The run log names the terms that
+    ran and why."""
 
     gaussian: float | None = Field(None, ge=0, description="weight of the Gaussian term on intensity^power; left out "
-                                   "(null): 0 when another term is named, 1 when none is")
+                                   "(null): 0 when another term is named; when none is, 1 (0.5 on counted data)")
     poisson: float | None = Field(None, ge=0, description="weight of the Poisson deviance (negative log-likelihood "
                                   "minus its value at the data); for counted data gaussian 0.5 + poisson 0.5 (robust "
-                                  "to model mismatch and right at low counts); left out (null): 0")
+                                  "to model mismatch and right at low counts: what counted data naming no term get); "
+                                  "left out (null): 0")
     pacbed: float | None = Field(None, ge=0, description="weight of the PACBED consistency term; left out (null): 0")
     sparsity: float | None = Field(None, ge=0, description="weight of the L1 sparsity of the object phase; left out "
                                    "(null): 0")

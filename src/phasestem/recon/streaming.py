@@ -259,6 +259,8 @@ class StreamedData:
         for a in range(0, self.n, chunk):
             b = min(self.n, a + chunk)
             block = self._track(self.source.read_range(a, b))
+            if not block.flags.writeable:  # a read-only memory map's rows: torch takes writable arrays only
+                block = np.array(block)
             sums[a:b] = torch.from_numpy(block).sum((-2, -1))  # as the in-memory form sums each pattern
             acc += block.sum(0, dtype=np.float64)
             del block
