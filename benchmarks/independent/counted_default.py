@@ -4,6 +4,7 @@ nothing gave before) and the Poisson term alone (the one that sounds right), on 
 analogues of the issue's low-dose thick case.
 
     python benchmarks/independent/counted_default.py [--out runs/counted_default] [--half dev val] [--iters 20]
+        [--peers ptyrad]
 
 Cases (:data:`CASES`): the issue's geometry (32 × 32 raster at 1 Å, 128² patterns of 0.2 Å, 300 keV, 20 mrad, focus
 100 Å before the entrance surface), random atoms of 0.15 / Å² per slice, 4 Å slices, Poisson counts; the development
@@ -51,11 +52,19 @@ def case_file(out: Path, name: str, iters: int) -> Path:
 
 
 def run(out: Path, name: str, loss: str, iters: int, threads: int) -> dict:
-    """r at 5 and ``iters`` iterations of phasestem with ``--loss loss`` (reused when its result exists)."""
+    """r at 5 and ``iters`` iterations of phasestem with ``--loss loss``, or of a peer (``loss`` = ``peer:TOOL``,
+    its runner's defaults as ``bench.py`` runs it, in ``.bench_envs/TOOL`` or else this interpreter); reused when
+    its result exists."""
     case = case_file(out, name, iters)
-    result = out / f"{name}_{loss}.npz"
+    result = out / f"{name}_{loss.replace(':', '_')}.npz"
     if not result.exists():
-        err = run_tool("phasestem", case, result, Path(".bench_envs"), threads, 3600, ["--loss", loss])
+        if loss.startswith("peer:"):
+            tool = loss.split(":", 1)[1]
+            own = Path(".bench_envs") / tool / "bin" / "python"
+            err = run_tool(tool, case, result, Path(".bench_envs"), threads, 3600,
+                           one_python=None if own.exists() else sys.executable)
+        else:
+            err = run_tool("phasestem", case, result, Path(".bench_envs"), threads, 3600, ["--loss", loss])
         if err:
             raise SystemExit(f"{name} {loss}: {err}")
     res = dict(np.load(result, allow_pickle=False))
@@ -75,20 +84,22 @@ def main() -> None:
     ap.add_argument("--half", nargs="+", default=["dev", "val"], choices=["dev", "val"])
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--peers", nargs="*", default=[], help="peer tools to run beside (e.g. ptyrad)")
     args = ap.parse_args()
+    columns = [*LOSSES, *(f"peer:{t}" for t in args.peers)]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     result = {"load_average": os.getloadavg()[0], "iters": args.iters, "cases": {}}
-    lines = ["| case | half | slices | e⁻/pattern | " + " | ".join(f"r {loss} (5 / {args.iters})" for loss in LOSSES)
-             + " |", "|---|---|---|---|" + "---|" * len(LOSSES)]
+    lines = ["| case | half | slices | e⁻/pattern | " + " | ".join(f"r {c} (5 / {args.iters})" for c in columns)
+             + " |", "|---|---|---|---|" + "---|" * len(columns)]
     for name, (half, slices, dose, _) in CASES.items():
         if half not in args.half:
             continue
-        rows = {loss: run(out, name, loss, args.iters, args.threads) for loss in LOSSES}
+        rows = {c: run(out, name, c, args.iters, args.threads) for c in columns}
         result["cases"][name] = rows
         lines.append(f"| {name} | {half} | {slices} | {dose:.0e} | "
-                     + " | ".join(f"{rows[loss]['r5']:.3f} / {rows[loss]['r_end']:.3f}" for loss in LOSSES) + " |")
+                     + " | ".join(f"{rows[c]['r5']:.3f} / {rows[c]['r_end']:.3f}" for c in columns) + " |")
         print(lines[-1], flush=True)
     result["seconds"] = time.perf_counter() - t0
     (out / "result.json").write_text(json.dumps(result, indent=1, default=float))
