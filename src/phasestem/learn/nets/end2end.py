@@ -20,7 +20,7 @@ from ...base.errors import ConfigError
 from ...metrics import psnr
 from ..trainer import load_weights
 from .patch import PatchRecoveryConfig, PatchRecoveryNet
-from .pixel_error import pixel_error
+from .pixel_error import pixel_error, without_offset
 from .stitch import PhaseStitchingConfig, PhaseStitchingNet
 
 
@@ -116,7 +116,8 @@ def end2end_loss_fn(patch_weight: float = 0.5, image_weight: float = 1.0, kind: 
     (:func:`phasestem.learn.consistency.consistency_loss`; ``measurement`` is the
     :class:`~phasestem.learn.consistency.MeasurementModel` of the training data, see
     :func:`measurement_for_training`). The residual is reported as ``consistency`` whenever ``measurement`` is
-    given. ``offset_free``: the patch and image terms remove each image's mean error first."""
+    given. ``offset_free``: the patch and image terms remove each image's mean error first, and so do the reported
+    MSE and PSNR (the monitor that picks the best model)."""
     if patch_weight < 0 or image_weight < 0 or patch_weight + image_weight == 0:
         raise ConfigError(f"loss weights must be ≥ 0 and not both 0 (patch {patch_weight}, image {image_weight})")
     if consistency_weight < 0:
@@ -131,7 +132,8 @@ def end2end_loss_fn(patch_weight: float = 0.5, image_weight: float = 1.0, kind: 
         out = model(batch["patterns"], batch["coords"], batch["centres"])
         lp = err(out["patches"], batch["patches"])
         li = err(out["phase"], batch["phase"])
-        mse = (out["phase"].float() - batch["phase"]).square().mean()
+        shown = without_offset(out["phase"].detach().float(), batch["phase"], offset_free)  # what the loss judges
+        mse = (shown - batch["phase"]).square().mean()
         loss = patch_weight * lp + image_weight * li
         terms = {}
         if measurement is not None:
@@ -145,7 +147,7 @@ def end2end_loss_fn(patch_weight: float = 0.5, image_weight: float = 1.0, kind: 
                     lc = consistency_loss(out["phase"].detach(), batch, measurement)
             terms["consistency"] = lc.detach()
         return {"loss": loss, "patch": lp.detach(), "image": li.detach(), "mse": mse.detach(),
-                "psnr": psnr(out["phase"].detach().float(), batch["phase"]), **terms}
+                "psnr": psnr(shown, batch["phase"]), **terms}
 
     return loss_fn
 

@@ -26,7 +26,7 @@ from torch import nn
 from ...base.configfile import ConfigPath, StrictModel
 from ...metrics import psnr
 from ..backbones import create_cnn, create_vit
-from .pixel_error import pixel_error
+from .pixel_error import pixel_error, without_offset
 
 PATCH_SIZES: dict[str, dict[str, Any]] = {
     "tiny": {"cnn": "resnet_micro", "vit": "vit_micro", "decoder_channels": [32, 16, 16], "cnn_norm": "batch"},
@@ -191,12 +191,13 @@ class PatchRecoveryNet(nn.Module):
 
 def patch_loss_fn(kind: Literal["mse", "l1"] = "mse", offset_free: bool = False):
     """``loss_fn(model, batch)`` for PatchDataset batches (``patterns``, ``coords``, ``target``); ``offset_free``:
-    each patch's mean error is removed before the loss (:func:`~.pixel_error.pixel_error`)."""
+    each patch's mean error is removed before the loss (:func:`~.pixel_error.pixel_error`) and the reported MSE and
+    PSNR (:func:`~.pixel_error.without_offset`)."""
 
     def loss_fn(model, batch):
         pred = model(batch["patterns"], batch["coords"]).float()
-        mse = (pred - batch["target"]).square().mean()
         loss = pixel_error(pred, batch["target"], kind, offset_free)
-        return {"loss": loss, "mse": mse.detach(), "psnr": psnr(pred.detach(), batch["target"])}
+        shown = without_offset(pred.detach(), batch["target"], offset_free)  # metrics judge what the loss does
+        return {"loss": loss, "mse": (shown - batch["target"]).square().mean(), "psnr": psnr(shown, batch["target"])}
 
     return loss_fn

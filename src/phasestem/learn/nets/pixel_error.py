@@ -7,7 +7,7 @@ from typing import Literal
 
 import torch
 
-__all__ = ["offset_free_difference", "pixel_error"]
+__all__ = ["offset_free_difference", "pixel_error", "without_offset"]
 
 
 def offset_free_difference(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
@@ -26,3 +26,12 @@ def pixel_error(pred: torch.Tensor, target: torch.Tensor, kind: Literal["mse", "
     difference with each image's mean removed (rad² or rad)."""
     d = offset_free_difference(pred.float(), target.float())[0] if offset_free else pred.float() - target.float()
     return d.square().mean() if kind == "mse" else d.abs().mean()
+
+
+def without_offset(pred: torch.Tensor, target: torch.Tensor, offset_free: bool = True) -> torch.Tensor:
+    """``pred`` (…, H, W) less each image's mean difference from ``target`` (``offset_free``; else ``pred``): what
+    the metrics of an offset-free run compare, so that its PSNR and best model do not judge the offset the loss
+    leaves free."""
+    if not offset_free:
+        return pred
+    return pred - (pred.float() - target.float()).mean(dim=(-2, -1), keepdim=True).to(pred.dtype)
