@@ -150,3 +150,21 @@ def test_callbacks_hear_the_engines_hook_names_in_order(tmp_path):
     t.callbacks.append(Listener())
     t.fit()
     assert heard == ["on_start", "on_epoch_end 0 True", "on_epoch_end 1 True", "on_end 2"]
+
+
+def test_the_run_folder_is_held_for_the_whole_fit_not_per_callback(tmp_path):
+    """Trainer.fit holds out_dir from start to end: its lock file is there inside every training step (where no
+    callback runs), and gone when fit returns."""
+    from phasestem.base.lock import folder_lock_path
+
+    seen = []
+
+    def probing_loss(model, batch):
+        seen.append(folder_lock_path(tmp_path).exists())
+        return loss_fn(model, batch)
+
+    t = make_trainer(tmp_path, epochs=1)
+    t.loss_fn = probing_loss
+    t.fit()
+    assert seen and all(seen)
+    assert not folder_lock_path(tmp_path).exists()

@@ -333,13 +333,13 @@ class Trainer(RunFolderMixin):
             means = dict(zip(keys, t.tolist(), strict=True))
         return means
 
-    @holding_out_dir
     def _hook(self, name: str, *args) -> None:
         """Call ``name(self, *args)`` on every callback that has it."""
         for cb in self.callbacks:
             if hasattr(cb, name):
                 getattr(cb, name)(self, *args)
 
+    @holding_out_dir
     def fit(self, resume: bool | str | Path | None = None) -> dict[str, Any]:
         """Train for ``config.epochs`` (from a checkpoint when ``resume``; ``out_dir`` held); returns a summary dict.
 
