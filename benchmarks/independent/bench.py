@@ -140,6 +140,13 @@ def peer_metrics():
     return mod.metrics
 
 
+def case_fov(case) -> tuple[int, int]:
+    """The scanned field of view (phase pixels) of a case (its patterns, ``scan_step`` and ``sampling``)."""
+    sy, sx = case["patterns"].shape[:2]
+    step_px = float(case["scan_step"]) / float(case["sampling"])
+    return int(round((sy - 1) * step_px)) + 1, int(round((sx - 1) * step_px)) + 1
+
+
 def score(result: dict, truth: np.ndarray, fov: tuple[int, int]) -> dict:
     """r and NRMSE per iteration (from phase_history, else the final phase only) and the wall-time axis."""
     metrics = peer_metrics()
@@ -246,9 +253,7 @@ def main() -> None:
             np.savez(tmp, **data)
             os.replace(tmp, case_path)
             case["iters"] = n_iter
-        sy, sx = case["patterns"].shape[:2]
-        fov = (int(round((sy - 1) * case["scan_step"] / case["sampling"])) + 1,
-               int(round((sx - 1) * case["scan_step"] / case["sampling"])) + 1)
+        fov = case_fov(case)
         entry = results.setdefault(name, {"tools": {}})
         entry.update(report_iters=list(report), n_iter=n_iter, fov_px=list(fov),
                      loss=str(case.get("loss", "gaussian")), dose=float(case.get("dose", 0.0)),

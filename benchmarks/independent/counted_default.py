@@ -27,7 +27,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench import run_tool, score  # noqa: E402
+from bench import case_fov, run_tool, score  # noqa: E402
 from cases import GEOM, simulate_case  # noqa: E402
 
 _SPEC = dict(dz=4.0, max_phase=0.5, density=0.15, source=0.0)
@@ -68,11 +68,8 @@ def run(out: Path, name: str, loss: str, iters: int, threads: int) -> dict:
         if err:
             raise SystemExit(f"{name} {loss}: {err}")
     res = dict(np.load(result, allow_pickle=False))
-    c = np.load(case, allow_pickle=False)
-    truth = c["truth_phase"]
-    fov = tuple(int((s - 1) * GEOM["step"] / GEOM["sampling"]) + 1 for s in GEOM["scan"])
-    sc = score(dict(res, iter_times=res["iter_times"], phase_history=res.get("phase_history"),
-                    origin_px=res["origin_px"]), truth, fov)
+    with np.load(case, allow_pickle=False) as c:
+        sc = score(res, c["truth_phase"], case_fov(c))
     settings = json.loads(str(res["settings"])) if "settings" in res else {}
     return {"r5": sc["r"][min(4, len(sc["r"]) - 1)], "r_end": sc["r"][-1], "seconds": float(sum(res["iter_times"])),
             "losses": settings.get("losses")}

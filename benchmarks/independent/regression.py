@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
-from bench import build_case, run_tool, score  # noqa: E402
+from bench import build_case, case_fov, run_tool, score  # noqa: E402
 
 CASES = ("thin", "thick", "noisy", "coherent", "dev_strong", "dev_dose1e3", "val_dose1e4", "val_distort")
 ITERS = 20
@@ -53,11 +53,7 @@ def case_r(out: Path, name: str, threads: int) -> list[float]:
     if err:
         raise SystemExit(f"{name}: {err}")
     with np.load(case_path) as c, np.load(result) as z:
-        res = {k: z[k] for k in z.files}
-        sy, sx = c["patterns"].shape[:2]
-        fov = (int(round((sy - 1) * float(c["scan_step"]) / float(c["sampling"]))) + 1,
-               int(round((sx - 1) * float(c["scan_step"]) / float(c["sampling"]))) + 1)
-        r = score(res, c["truth_phase"], fov)["r"]
+        r = score({k: z[k] for k in z.files}, c["truth_phase"], case_fov(c))["r"]
     return [round(float(r[4]), 5), round(float(r[-1]), 5)]
 
 

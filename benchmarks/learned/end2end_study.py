@@ -77,11 +77,11 @@ def sim_config(geometry: str, n: int = PART, structures: list[Path] | None = Non
     """``configs/simulate_seed.yaml`` on the :data:`CELL` Å cell (its 0.39 Å phase and 0.195 Å simulation pixels
     kept) with ``geometry``'s aperture and scan, 4 frozen phonons, noise-free; ``n`` training crystals in files of
     :data:`PART`, or the ``structures`` (held-out)."""
+    from train_restorer import heldout_cell
+
     g = GEOMETRIES[geometry]
-    cfg = yaml.safe_load((ROOT / "configs" / "simulate_seed.yaml").read_text())
+    cfg = heldout_cell(yaml.safe_load((ROOT / "configs" / "simulate_seed.yaml").read_text()), CELL)
     cfg["optics"]["semiangle"] = g["semiangle"]
-    phase = int(round(CELL / (100.0 / 256)))
-    cfg["grid"] = {"extent": [CELL, CELL], "sim_gpts": [2 * phase, 2 * phase], "phase_gpts": [phase, phase]}
     cfg["scan"] = {"shape": [g["scan"]] * 2, "step": [g["step"]] * 2, "origin": [0.0, 0.0]}
     cfg["specimen"]["phonons"] = 4
     cfg["compute"] = {**cfg["compute"], "seed": TRAIN_SEED, "batch": 128, "device": device}
@@ -234,11 +234,12 @@ def mean_image_error(mean_file: Path, heldout: Path) -> float:
     import h5py
     import numpy as np
 
+    from phasestem.io import seed as seedfile
     from phasestem.metrics import phase_error
 
     mean = np.load(mean_file)
     with h5py.File(heldout) as f:
-        truths = [f[k][()] for k in sorted(f, key=lambda k: int(k.split("_")[-1])) if k.startswith("phase_")]
+        truths = [f[seedfile.phase_key(i)][()] for i in range(int(f.attrs["samples_per_file"]))]
     return float(np.mean([phase_error(mean, t, align=False) for t in truths]))
 
 

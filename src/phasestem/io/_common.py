@@ -372,7 +372,7 @@ def source_name(path: str | Path, metadata: Mapping[str, Any] | None = None) -> 
     return f"{name}:{key}" if key and not name.endswith(str(key)) else name
 
 
-def _dtype(patterns) -> np.dtype:
+def patterns_dtype(patterns) -> np.dtype:
     """The NumPy dtype of an array-like (NumPy, h5py, dask, memmap, torch); float32 when it has none."""
     dt = getattr(patterns, "dtype", np.float32)
     if hasattr(dt, "is_complex"):  # a torch dtype
@@ -382,7 +382,7 @@ def _dtype(patterns) -> np.dtype:
 
 def check_real(patterns, source: str) -> None:
     """Refuse complex or non-numeric patterns (they would be cast to real silently) naming ``source``."""
-    dt = _dtype(patterns)
+    dt = patterns_dtype(patterns)
     if dt.kind == "c":
         raise InputFileError(f"{source}: complex patterns ({dt}); expected real intensities — store |ψ|² "
                              "(or the part you mean) as a real array")
@@ -443,7 +443,7 @@ def screen_patterns(ds: FourDSTEM, mode: str = "refuse", screen: str = "auto") -
     if screen not in SCREEN_MODES:
         raise ConfigError(f"screen: expected one of {list(SCREEN_MODES)}, got {screen!r}")
     pats = ds.patterns
-    if _dtype(pats).kind != "f":
+    if patterns_dtype(pats).kind != "f":
         return ds
     source = source_name(ds.metadata.get("file", ds.metadata.get("source", "patterns")), ds.metadata)
     hint = "use --bad-pixels mask (reconstruct: data.reader_options: {bad_pixels: mask}) to replace them by the " \

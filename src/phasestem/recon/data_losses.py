@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..io._common import patterns_dtype
 from .losses import COUNTED_WEIGHTS, LossConfig
 
 #: patterns (of the first scan row) read to decide whether the data are counts
@@ -23,7 +24,7 @@ def counted_reason(dataset) -> str | None:
     dose = dataset.metadata.get("dose")
     if dose is not None and float(dose) > 0:
         return f"the file records a dose of {float(dose):.4g} e⁻/Å²"
-    dtype = np.dtype(getattr(dataset.patterns, "dtype", np.float32))
+    dtype = patterns_dtype(dataset.patterns)
     if np.issubdtype(dtype, np.integer):
         return f"the patterns are stored as integers ({dtype})"
     first = dataset.patterns[0, :SAMPLE]
