@@ -28,7 +28,8 @@ def seed_run(tmp_path_factory):
     cfg["output"] = {**cfg["output"], "n_files": 1, "samples_per_file": 1}
     (tmp / "sim.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["simulate", str(tmp / "sim.yaml"), "--out", str(tmp / "data")]) == 0
-    params = {"data": {"file": str(tmp / "data" / "simulation_data1.h5")}, "run": {"n_epochs": 4, "progress": False}}
+    params = {"data": {"file": str(tmp / "data" / "simulation_data1.h5")},  # noise-free: a stated noise for σ
+              "run": {"n_epochs": 4, "progress": False, "noise_sigma": 1e-3}}
     (tmp / "params.yaml").write_text(yaml.safe_dump(params))
     return tmp
 
@@ -46,6 +47,11 @@ def test_reconstruct_with_the_shipped_prior_and_restore_by_name(seed_run, capsys
         phase, inp = f["phase"][...], f["input"][...]
     assert np.isfinite(phase).all() and phase.shape == inp.shape
     assert np.abs(phase - inp).max() > 1e-3  # a trained restorer changes the phase (an untrained one returns it)
+    # the change judged against the run's σ map (issue 53): in σ units over the scanned field, NaN outside it
+    with h5py.File(out) as f:
+        change, field = f["change_sigma"][...], f["field"][...]
+    assert change.shape == phase.shape and np.isfinite(change[field > 0]).all() and np.isnan(change[field == 0]).all()
+    assert "the restorer changed" in capsys.readouterr().out
 
 
 def test_a_corrupted_shipped_restorer_is_one_line(seed_run, tmp_path, monkeypatch, capsys):

@@ -324,12 +324,16 @@ def test_the_workspace_in_a_browser(workspace, browser, tmp_path):
     open_page(d, f"run/{first}")
     box = d.find_element(By.ID, "rerun-set")
     box.clear()
-    box.send_keys("run.n_epochs=4\nrun.lr_scale=0.5")
+    box.send_keys("run.n_epochs=4\nrun.lr_scale=0.5\nrun.noise_sigma=0.01")  # a noise model: the σ map
     d.find_element(By.ID, "rerun").click()
     wait(d, lambda d: d.current_url.rsplit("/", 1)[-1] not in (str(first), "jobs"), 30)
     third = int(d.current_url.rsplit("/", 1)[-1])
     on_run_page(d, third)  # not the first run's page, still drawn while the third's loads
     wait(d, lambda d: state_of(d) == "done", 180, "the re-run")
+    wait(d, lambda d: d.find_elements(By.ID, "live-sigma"), 30, "the re-run's error bars (run.noise_sigma)")
+    assert bars(d, "live-sigma")["unit"] == "Å" and "phase σ" in d.find_element(By.ID, "live-sigma").get_attribute(
+        "alt")
+    screenshot(d, tmp_path, "sigma")
 
     # ---- the job list (buttons only where they apply), then compare the two finished runs
     open_page(d, "jobs")

@@ -26,6 +26,7 @@ API = {
     "load_params": "phasestem.recon.params:load_params",
     "run_reconstruction": "phasestem.recon.run:run_reconstruction",
     "load_results": "phasestem.recon.results:load_results",
+    "phase_uncertainty": "phasestem.recon.uncertainty:phase_uncertainty",
     "calibrate_file": "phasestem.calibrate.files:calibrate_file",
     "Calibration": "phasestem.calibrate.pipeline:Calibration",
     "SimulationConfig": "phasestem.simulate.config:SimulationConfig",

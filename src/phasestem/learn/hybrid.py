@@ -129,9 +129,12 @@ def prior_hook(model_path, every: int = 2, weight: float = 0.5, start: int = 2, 
 
 def restore_results(results_path, model_path, device: str = "cpu") -> tuple[np.ndarray, dict]:
     """A restorer applied to a finished run: (restored phase (H, W) float32 rad in the dataset frame at the run's
-    pixel, {"sampling", "energy", "field", "input"}). The model is refused in one line for another pixel or energy
-    (the results file records no semi-angle or scan step: those are the user's to match)."""
+    pixel, {"sampling", "energy", "field", "input", "sigma"; "change_sigma": (restored − input) / σ
+    (:func:`phasestem.recon.uncertainty.change_in_sigma`) and "unsupported": the share of the field beyond
+    "significant" σ, when the run has a σ map, else None}). The model is refused in one line for another pixel or
+    energy (the results file records no semi-angle or scan step: those are the user's to match)."""
     from ..recon.channels import channels_from_results
+    from ..recon.uncertainty import SIGNIFICANT, change_in_sigma, unsupported_fraction
     from .apply.phase import check_training_optics
     from .restore import load_restorer, restore_channels
 
@@ -140,4 +143,9 @@ def restore_results(results_path, model_path, device: str = "cpu") -> tuple[np.n
     trained = ((meta.get("data") or {}).get("optics") or {}).get("energy")  # the one optic results.h5 records
     check_training_optics({"data": {"optics": {"energy": trained}}}, {"energy": info["energy"]}, str(model_path))
     restored = restore_channels(net, channels)
-    return restored, {**info, "field": channels["field"], "input": channels["phase"]}
+    out = {**info, "field": channels["field"], "input": channels["phase"], "change_sigma": None,
+           "significant": SIGNIFICANT, "unsupported": None}
+    if info.get("sigma") is not None:  # the change in units of the data's σ (issue 53)
+        out["change_sigma"] = change_in_sigma(channels["phase"], restored, info["sigma"], channels["field"])
+        out["unsupported"] = unsupported_fraction(out["change_sigma"], SIGNIFICANT)
+    return restored, out

@@ -197,3 +197,43 @@ def _profile_panel(ax, measured: np.ndarray, modelled: np.ndarray, pixel: float 
     ax.set_title("radial profiles")
     ax.grid(alpha=0.3, lw=0.4, which="both")
     ax.legend(frameon=False)
+
+
+@styled
+def uncertainty_figure(phase: np.ndarray, sigma: np.ndarray, constrained: np.ndarray, field: tuple[int, int, int, int],
+                       significance: np.ndarray, sampling: tuple[float, float], threshold: float = 3.0,
+                       noise: str = "", scale: float = 2.0, title: str | None = None, path=None):
+    """Three panels: the phase (rad) over the scanned field; its standard deviation σ (rad) over the whole object,
+    grey where the scan constrains nothing (``constrained`` False), the scanned field ``field`` (y0, y1, x0, x1 px)
+    outlined; and over the field the significance |φ − local mean| / σ (local mean: a Gaussian of ``scale`` Å),
+    pixels beyond ``threshold`` outlined. ``phase``/``significance`` (h, w), ``sigma``/``constrained`` (Ny, Nx),
+    pixels of ``sampling`` Å."""
+    from matplotlib.patches import Rectangle
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.9), squeeze=True)
+    fig.subplots_adjust(wspace=0.5)
+    pixel = tuple(float(s) for s in sampling)
+    show_image(axes[0], phase, pixel, label="phase (rad)", title="phase (scanned field)")
+    shown = np.where(constrained, sigma, np.nan)
+    finite = shown[np.isfinite(shown)]
+    hi = float(np.percentile(finite, 99.5)) if finite.size else 1.0
+    cmap = plt.get_cmap("magma").with_extremes(bad="0.6")
+    show_image(axes[1], shown, pixel, cmap=cmap, label="σ (rad)", vmin=0.0, vmax=hi,
+               title="σ (grey: not constrained by the data)")
+    y0, y1, x0, x1 = field
+    axes[1].add_patch(Rectangle((x0 * pixel[1], y0 * pixel[0]), (x1 - x0) * pixel[1], (y1 - y0) * pixel[0],
+                                fill=False, edgecolor="cyan", linewidth=0.6))
+    sig_cmap = plt.get_cmap("viridis").with_extremes(bad="0.6")
+    show_image(axes[2], significance, pixel, cmap=sig_cmap, label="|φ − local mean| / σ", vmin=0.0,
+               vmax=max(2 * threshold, 1.0), title=f"significance (white: > {threshold:g} σ)")
+    beyond = np.nan_to_num(significance) > threshold
+    if beyond.any():
+        h, w = beyond.shape
+        axes[2].contour((np.arange(w) + 0.5) * pixel[1], (np.arange(h) + 0.5) * pixel[0], beyond.astype(float),
+                        levels=[0.5], colors="white", linewidths=0.5)
+    fig.suptitle(title or (f"phase error bars ({noise}); local mean over {scale:g} Å" if noise else
+                           "phase error bars"), fontsize=9)
+    if path is not None:
+        _save(fig, path)
+    return fig

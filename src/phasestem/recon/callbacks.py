@@ -27,14 +27,13 @@ import logging
 import math
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..base.errors import PhasestemError
 from ..base.runtime import log_to_file
 from .checkpoint import load_checkpoint, save_checkpoint
 from .live import MAX_SIDE as LIVE_MAX_SIDE
-from .live import snapshot as live_snapshot
+from .live import write_snapshot
 from .optimizers import clear_moments
 from .run_state import snapshot
 
@@ -287,12 +286,8 @@ class LiveSnapshots(Callback):
         self.failed: list[OSError] = []
 
     def on_record(self, loop) -> None:
-        from ..base.safety import atomic_file
-
         try:
-            arrays = live_snapshot(loop.model, self.n_epochs, self.max_side)
-            with atomic_file(self.path, field="live snapshot") as tmp, open(tmp, "wb") as fh:
-                np.savez(fh, **arrays)
+            write_snapshot(self.path, loop.model, self.n_epochs, self.max_side)
         except OSError as exc:
             if not self.failed:
                 log.warning("live snapshot %s not written (%s); the run goes on without it", self.path, exc)

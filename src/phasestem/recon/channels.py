@@ -76,8 +76,9 @@ def _dataset_frame(plane: np.ndarray, origin_px: tuple[int, int]) -> np.ndarray:
 
 def channels_from_results(path) -> tuple[dict[str, np.ndarray], dict]:
     """The :func:`restorer_channels` of a finished run from its ``results.h5``: (channels, {"sampling": (dy, dx)
-    Å, "energy": eV, "origin_px": (oy, ox)}). The illumination uses the run's final probe and corrected positions,
-    placed as the model places them (nearest whole pixel, the window's centre at the position)."""
+    Å, "energy": eV, "origin_px": (oy, ox), "sigma": the σ map of the summed phase or None}). The illumination
+    uses the run's final probe and corrected positions, placed as the model places them (nearest whole pixel, the
+    window's centre at the position)."""
     from ..physics.multislice import window_origins
     from .results import load_results
 
@@ -103,4 +104,8 @@ def channels_from_results(path) -> tuple[dict[str, np.ndarray], dict]:
     illumination = _dataset_frame(illum.astype(np.float32), origin_px)
     channels = {"phase": phase, "amplitude": amplitude, "illumination": illumination,
                 "field": field_mask(pos, sampling, phase.shape)}
-    return channels, {"sampling": sampling, "energy": float(r["attrs"]["energy"]), "origin_px": origin_px}
+    sigma = None  # the run's σ of the summed phase (run.uncertainty), when it has one; inf outside the scan
+    if "uncertainty" in r:
+        sigma = _dataset_frame(np.asarray(r["uncertainty"]["phase_sum_sigma"], np.float32), origin_px)
+    return channels, {"sampling": sampling, "energy": float(r["attrs"]["energy"]), "origin_px": origin_px,
+                      "sigma": sigma}

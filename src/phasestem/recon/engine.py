@@ -138,6 +138,7 @@ def _epochs(loop: Loop, lbfgs_options: dict) -> Iterator[float]:
         data = loop.data = prepared_data(model, loop.dataset, losses.power, losses.eps, run.data_in_memory,
                                          run.memory_budget_gb)
         n = data.n
+        model.counts_per_pattern = data.counts  # the noise model's counts (recon.uncertainty)
         # probe_aperture 'auto': decided once per call from the data (the same data decide it again on resume)
         loop.constraints = resolve_probe_aperture(model, data.mean_pattern, loop.constraints)
         bs = n if not run.batch_size else min(int(run.batch_size), n)

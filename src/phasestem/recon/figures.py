@@ -118,3 +118,24 @@ def plot_compare(model, dataset=None, truth=None, path=None, index: int | None =
         ang = dataset.angular_sampling
         kw.update(measured=meas, modelled=sim, index=i, pattern_mrad=None if ang is None else float(np.mean(ang)))
     return compare_figure(title=f"after {model.epoch} epochs", path=path, **kw)
+
+
+def plot_uncertainty(model, path=None, scale: float = 2.0):
+    """The phase over the scanned field, its σ map over the whole object (where the data constrain nothing shown)
+    and the significance view (:func:`phasestem.plot.recon.uncertainty_figure`), from ``model.uncertainty``
+    (:mod:`phasestem.recon.uncertainty`); ``scale`` Å: the local mean's Gaussian. None when the model has no σ
+    maps."""
+    from ..plot.recon import uncertainty_figure
+    from .uncertainty import SIGNIFICANT, significance
+
+    u = model.uncertainty
+    if u is None:
+        return None
+    phase, _ = _object(model)
+    fy, fx = scanned_field(model.positions, model.sampling, model.object_shape)
+    z = significance(phase[fy, fx], u.sigma_sum[fy, fx], scale / float(np.mean(model.sampling)))
+    z = np.where(u.constrained[fy, fx], z, np.nan)
+    return uncertainty_figure(phase[fy, fx], u.sigma_sum, u.constrained, (fy.start, fy.stop, fx.start, fx.stop), z,
+                              model.sampling, SIGNIFICANT, u.noise, scale,
+                              title=f"after {model.epoch} epochs: phase error bars ({u.noise}; local mean over "
+                                    f"{scale:g} Å)", path=path)

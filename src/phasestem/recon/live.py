@@ -11,6 +11,9 @@ so a reader always finds a whole file. It holds, small by design (at most ≈ 0.
     probe                    (h, w)  complex64, the first probe mode, likewise reduced
     sampling                 (2,)    Å per pixel of object_phase (after the reduction)
     probe_sampling           (2,)    Å per pixel of probe (after its reduction)
+    phase_sigma              (h, w)  float32 rad, the standard deviation of object_phase (NaN where the data
+                                     constrain nothing), likewise reduced; only once run.uncertainty has computed it
+                                     (the snapshot written after the last epoch)
     gpu_memory               ()      peak bytes allocated on the run's CUDA device (-1 on CPU)
     time                     ()      when it was written (s since the epoch)
 """
@@ -59,7 +62,12 @@ def snapshot(model, n_epochs: int, max_side: int = MAX_SIDE) -> dict[str, np.nda
     device = getattr(model, "device", torch.device("cpu"))
     gpu = torch.cuda.max_memory_allocated(device) if torch.device(device).type == "cuda" else -1
     history = model.loss_history
-    return {"epoch": np.asarray(model.epoch), "n_epochs": np.asarray(max(n_epochs, model.epoch)),
+    extra = {}
+    u = getattr(model, "uncertainty", None)
+    if u is not None:  # σ where the data constrain the phase (recon.uncertainty), NaN elsewhere
+        sigma = np.where(u.constrained, u.sigma_sum, np.nan)[field].astype(np.float32)
+        extra["phase_sigma"] = block_mean(sigma, max_side)[0]
+    return {**extra, "epoch": np.asarray(model.epoch), "n_epochs": np.asarray(max(n_epochs, model.epoch)),
             "loss": np.array([h["loss"] for h in history], dtype=np.float64),
             "seconds": np.array([h.get("seconds", np.nan) for h in history], dtype=np.float64),
             "object_phase": phase.astype(np.float32), "probe": probe.astype(np.complex64),
@@ -75,3 +83,11 @@ def read_snapshot(path: str | Path) -> dict[str, np.ndarray] | None:
             return {k: z[k] for k in z.files}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
+
+
+def write_snapshot(path: str | Path, model, n_epochs: int, max_side: int = MAX_SIDE) -> None:
+    """Replace ``path`` with a :func:`snapshot` of ``model``, atomically."""
+    from ..base.safety import atomic_file
+
+    with atomic_file(Path(path), field="live snapshot") as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **snapshot(model, n_epochs, max_side))

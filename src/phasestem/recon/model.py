@@ -99,6 +99,8 @@ class Ptychography(nn.Module):
         self.auto_reasons: dict[str, str] = {}  # why each 'auto' constraint is on or off, for the run's records
         self.coarse_note = ""  # what run.coarse_start did and why (phasestem.recon.engine), for the run's records
         self.solver: str | None = None  # the last solver that optimised the model (engine.optimize), for repr
+        self.counts_per_pattern: float | None = None  # the measured patterns' mean total count (engine.optimize)
+        self.uncertainty = None  # the phase's σ maps (recon.uncertainty.PhaseUncertainty), when computed
         self._data_cache: tuple | None = None
 
     window = property(lambda self: self.experiment.window, doc="(ny, nx) probe window, px")

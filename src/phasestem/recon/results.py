@@ -19,6 +19,12 @@ Layout of ``results.h5``::
     history/epoch           (E,)  epochs of the rows below
     history/slice_thickness (E,)  Å after each epoch
     history/tilt            (E, 2) or (E, N, 2)  mrad after each epoch
+    uncertainty/phase_sigma      (S, Ny, Nx)  float32  rad, the phase's standard deviation per slice (inf: unlit)
+    uncertainty/phase_sum_sigma  (Ny, Nx)     float32  rad, of object/phase_sum
+    uncertainty/fisher           (Ny, Nx)     float32  rad⁻², Fisher information of one slice pixel's phase
+    uncertainty/constrained      (Ny, Nx)     uint8    1 where the scan lights the pixel enough to constrain it
+                            (when computed, run.uncertainty; attrs: noise, band_fraction, seconds, leaves_out;
+                            phasestem.recon.uncertainty)
     metrics/<name>          ()    final comparison with the ground truth (when given): psnr, ssim, phase_error,
                                   frc_resolution (Å); metrics/frc_frequencies, metrics/frc_curve (rings)
     provenance/<field>      group per setting of the run (scan.step, optics.energy, optics.aberrations.C10,
@@ -35,6 +41,7 @@ saves and reads (``py4DSTEM.read("results.emd")``); HyperSpy opens it through Ro
     object_phase      (fy, fx)     float32    rad, Σ over slices (results.h5 object/phase_sum), scanned field
     object_amplitude  (fy, fx)     float32    Π over slices (object/amplitude_prod), scanned field
     slice_phases      (S, fy, fx)  float32    rad, per slice (first object mode), only when S > 1
+    sigma_phase       (fy, fx)     float32    rad, standard deviation of object_phase (when computed)
     probe             (ny, nx) or (M, ny, nx)  complex64  Σ|ψ|² ≈ 1 (one mode: 2-D)
     metadata "phasestem": energy (eV), sampling (Å), origin (Å), slice_thickness (Å), epoch, format,
                           field (y0, y1, x0, x1: the object pixels kept), object_shape (Ny, Nx)
@@ -60,6 +67,7 @@ import torch
 
 from ..base.safety import atomic_file
 from .truth import field_slices
+from .uncertainty import LEAVES_OUT
 
 FORMAT = "phasestem-recon-results"
 #: name of the EMD tree in ``results.emd``
@@ -100,6 +108,11 @@ def results_dict(model, metrics: dict | None = None) -> dict:
     }
     if metrics:
         out["metrics"] = {k: np.asarray(v) for k, v in metrics.items()}
+    u = getattr(model, "uncertainty", None)
+    if u is not None:
+        out["uncertainty"] = u.as_arrays()
+        out["uncertainty_attrs"] = {"noise": u.noise, "band_fraction": u.band_fraction, "seconds": u.seconds,
+                                    "leaves_out": LEAVES_OUT}
     return out
 
 
@@ -134,11 +147,13 @@ def save_results(model, path, config_text: str | None = None, metrics: dict | No
         f.create_dataset("positions_initial", data=r["positions_initial"])
         f.create_dataset("tilt", data=r["tilt"])
         f.create_dataset("slice_thickness", data=float(r["slice_thickness"]))
-        for group in ("loss", "history", "metrics"):
+        for group in ("loss", "history", "metrics", "uncertainty"):
             if group in r:
                 g = f.create_group(group)
                 for k, v in r[group].items():
-                    g.create_dataset(k, data=v)
+                    g.create_dataset(k, data=v, **({"compression": "gzip"} if np.ndim(v) > 1 else {}))
+        if "uncertainty" in r:
+            f["uncertainty"].attrs.update(r["uncertainty_attrs"])
         if provenance:
             g = f.create_group("provenance")
             for row in provenance:
@@ -186,6 +201,10 @@ def save_emd(results: dict, path) -> Path:
         root.add_to_tree(emdfile.Array(data=slices, name="slice_phases", units="rad",
                                        dims=[_axis(slices.shape[0], thickness, 0.0), *obj_dims(slices.shape)],
                                        dim_names=["z", *yx], dim_units=["A", *angstrom]))
+    if "uncertainty" in results:
+        sigma = np.asarray(results["uncertainty"]["phase_sum_sigma"], dtype=np.float32)[fy, fx]
+        root.add_to_tree(emdfile.Array(data=sigma, name="sigma_phase", units="rad", dims=obj_dims(sigma.shape),
+                                       dim_names=yx, dim_units=angstrom))
     probe = np.asarray(results["probe"], dtype=np.complex64)
     ny, nx = probe.shape[-2:]
     pdims = [_axis(ny, dy, -(ny // 2) * dy), _axis(nx, dx, -(nx // 2) * dx)]
@@ -231,9 +250,12 @@ def load_results(path) -> dict:
         for k in ("positions", "positions_initial", "tilt", "slice_thickness"):
             out[k] = f[k][...]
         out["loss"] = {k: f["loss"][k][...] for k in f["loss"]}
-        for group in ("history", "metrics"):
+        for group in ("history", "metrics", "uncertainty"):
             if group in f:
                 out[group] = {k: f[group][k][...] for k in f[group]}
+        if "uncertainty" in f:
+            out["uncertainty_attrs"] = {k: (v.tolist() if hasattr(v, "tolist") else v)
+                                        for k, v in f["uncertainty"].attrs.items()}
         if "provenance" in f:
             out["provenance"] = {k: {a: (v.tolist() if hasattr(v, "tolist") else v) for a, v in g.attrs.items()}
                                  for k, g in f["provenance"].items()}

@@ -20,7 +20,7 @@ log = logging.getLogger("phasestem.recon")
 
 #: files a reconstruction writes into its output folder (none may be an input)
 RUN_FILES = ("config.yaml", "checkpoint.pt", "results.h5", "results.emd", "reconstruction.png", "compare.png",
-             "reconstruct.log", "live.npz")
+             "uncertainty.png", "reconstruct.log", "live.npz")
 #: how a reconstruction names itself in its output folder's lock
 RECON_COMMAND = "phasestem reconstruct"
 
@@ -188,6 +188,14 @@ def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = Non
     for _ in optimize(model, dataset, max(0, remaining), params.run, from_data[0], params.constraints, callbacks):
         pass
     if main:
+        from .uncertainty import run_uncertainty
+
+        with logging_to(log_path):
+            log.info("%s", run_uncertainty(model, dataset, params.run.uncertainty, params.run.noise_sigma))
+        if model.uncertainty is not None:  # the live page's last snapshot gets the σ map
+            from .live import LIVE_FILE, write_snapshot
+
+            write_snapshot(out / LIVE_FILE, model, params.run.n_epochs)
         metrics = None
         if truth is not None:
             from .report import final_metrics
@@ -198,6 +206,10 @@ def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = Non
         model.save_results(out / "results.emd")  # the object and probe for py4DSTEM and HyperSpy users
         plt.close(model.inspect(dataset, path=out / "reconstruction.png", truth=truth, metrics=metrics))
         plt.close(model.compare(dataset, path=out / "compare.png", truth=truth, metrics=metrics))
+        if model.uncertainty is not None:
+            from .figures import plot_uncertainty
+
+            plt.close(plot_uncertainty(model, out / "uncertainty.png"))
         last = model.loss_history[-1]["loss"] if model.loss_history else float("nan")
         print(f"reconstruction: {model.epoch} epochs, final loss {last:.6g}; results in {path}")
         if metrics is not None:

@@ -78,6 +78,14 @@ class RunConfig(StrictModel):
     figures_every: int = Field(0, ge=0, description="write a figure every N epochs (0: only at the end)")
     n_processes: int = Field(1, ge=1, description="data-parallel processes (torch.distributed, gloo on CPU)")
     progress: bool = Field(True, description="show a progress bar")
+    uncertainty: Literal["auto", "off"] = Field(
+        "auto", description="after the run, the phase's standard deviation per pixel from the Fisher information of "
+        "the data (results.h5 uncertainty/, uncertainty.png; phasestem.recon.uncertainty): auto: under Poisson "
+        "counts when the data are counts, under Gaussian noise when run.noise_sigma is given, else skipped with a "
+        "log line; off: not computed")
+    noise_sigma: float | None = Field(
+        None, gt=0, description="Gaussian noise of the patterns, counts (the data's units) per detector pixel, for "
+                                "data that are not counts: the noise model of run.uncertainty")
     ptyrad_loss: bool = Field(False, description="after every epoch also log PtyRAD's normalised Gaussian loss "
                               "√⟨(I^p − D^p)²⟩/⟨D^p⟩ over all patterns as loss_ptyrad (one more forward pass "
                               "per epoch, no gradients: about a third of an epoch's time)")

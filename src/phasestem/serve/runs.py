@@ -86,6 +86,12 @@ def snapshot_view(snap: dict[str, np.ndarray]) -> dict[str, Any]:
                                            label="probe amplitude", px=probe_px),
                 "probe_phase": picture(phase, CMAPS["cyclic"], -np.pi, np.pi, unit="rad", label="probe phase",
                                        px=probe_px)}
+    if "phase_sigma" in snap:  # the run's error bars (run.uncertainty), in its last snapshot
+        sigma = snap["phase_sigma"]
+        finite = sigma[np.isfinite(sigma)]
+        top = float(np.percentile(finite, 99.5)) if finite.size else 1.0
+        pictures["phase_sigma"] = picture(sigma, CMAPS["intensity"], 0.0, top or 1.0, unit="rad",
+                                          label="phase σ (blank: not constrained)", px=obj_px)
     return {"epoch": epoch, "n_epochs": n_epochs, "loss": _thin(snap["loss"]),
             "eta_s": eta_seconds(snap["seconds"], epoch, n_epochs), "written": float(snap["time"]),
             "gpu_memory_gb": gpu / 1024**3 if gpu >= 0 else None,

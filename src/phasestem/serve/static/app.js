@@ -837,6 +837,10 @@ async function runPage(jobId) {
       document.getElementById("run-eta").textContent = d.final ? "–" : fmtTime(live.eta_s);
       document.getElementById("run-gpu").textContent = live.gpu_memory_gb !== null ? ` · GPU memory ${live.gpu_memory_gb.toFixed(2)} GiB` : "";
       drawLoss(svg, [{ values: live.loss }]);
+      if (live.images.phase_sigma && !figs.phase_sigma) {  // the run's error bars, once it has computed them
+        figs.phase_sigma = figure("live-sigma", "phase σ (error bar per pixel)", 240, { imgClass: "live" });
+        document.getElementById("live-phase").closest(".card").after(el("div", { class: "card" }, figs.phase_sigma));
+      }
       for (const [k, f] of Object.entries(figs)) f.update(live.images[k], live.scales && live.scales[k]);
       window.__liveUpdates.push({ epoch: live.epoch, state: d.state, points: live.loss.length, phase: live.images.object_phase });
     }

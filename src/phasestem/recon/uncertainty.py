@@ -1,0 +1,175 @@
+"""Error bars on the phase: its standard deviation per pixel from the Fisher information of the data (issue 53).
+
+At the solution, with the probe and the positions held at their final values, a change δφ of one object pixel's
+phase r changes the far field of every pattern j that lights it by i·ψ_j(r)·δφ (ψ_j the wave there). Under Poisson
+counts (c counts per pattern, patterns normalised to a total of 1) the Fisher information of that pixel is
+
+    F(r) = 4c Σ_j Σ_k Re(conj(Ψ̂_jk) ∂Ψ_jk)² = 2c Σ_j |ψ_j(r)|² + 2c Σ_j Re(−ψ_j(r)² G_j(2r)),
+
+Ψ̂ the far field's unit phase and G_j the transform of conj(Ψ̂_j)². The second term oscillates with the position
+and averages out over an overlapping scan (measured: the exact diagonal equals the first term to 0.1 % in the
+median, NumPy multislice, 1 Å step, 100 Å defocus), so the diagonal is 2c Σ_j Σ_m |P_m(r − r_j)|² times the
+intensity the object passes: the lsq solver's curvature (:class:`phasestem.recon.precondition.ScanCurvature`),
+no FFT. Gaussian noise of σ_n counts per detector pixel (M pixels) gives 2c² Σ_j |ψ_j|² / (M σ_n²) instead.
+
+The data carry first-order information about the phase only inside the band the probe's aperture transfers
+(spatial frequencies q where the aperture overlaps itself shifted by q: |q| ≤ 2α/λ for a round one); the
+reconstruction does not move outside it. The noise of the estimate is then spread over that band only, and
+
+    σ(r) = √(b / F(r)),   b = the band's share of the pixel grid's frequencies,
+
+per slice. The slices' errors are counted as independent: σ of the summed phase is √(Σ_s σ_s²).
+
+What it leaves out (the run log says so): the probe's and the positions' own uncertainty, the error of the model
+(too few slices, partial coherence, a detector the forward model does not describe), correlations between pixels
+and between slices beyond the band, and the regularisation of a run stopped after a number of epochs (it has less
+noise than an estimate fitted to convergence at the frequencies it has not yet fitted). Calibration against the
+spread of independent noise realisations: ``benchmarks/uncertainty/`` and ``docs/benchmarks.md``.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+#: pixels lit by less than this fraction of the scan's brightest illumination are "not constrained"
+UNCONSTRAINED_FRACTION = 0.05
+#: |phase − local mean| / σ above this is "significant" in figures and flags
+SIGNIFICANT = 3.0
+#: the probe spectrum's pixels above this fraction of its peak intensity make the aperture (for the band)
+APERTURE_LEVEL = 1e-2
+
+LEAVES_OUT = ("the probe's and the positions' uncertainty (held at their final values), model error (slices, "
+              "partial coherence, detector), correlations between pixels beyond the transferred band and between "
+              "slices, and the regularisation of a run stopped before convergence")
+
+
+@dataclass
+class PhaseUncertainty:
+    """σ maps of a reconstruction's phase (object frame, pixels of the model).
+
+    ``sigma`` (S, Ny, Nx) rad per slice; ``sigma_sum`` (Ny, Nx) rad of the phase summed over slices; ``fisher``
+    (Ny, Nx) rad⁻² per slice pixel; ``constrained`` (Ny, Nx) bool: lit by at least :data:`UNCONSTRAINED_FRACTION`
+    of the brightest illumination (σ is inf where nothing lights a pixel); ``noise`` the noise model in words,
+    ``band_fraction`` b, ``seconds`` the time it took."""
+
+    sigma: np.ndarray
+    sigma_sum: np.ndarray
+    fisher: np.ndarray
+    constrained: np.ndarray
+    noise: str
+    band_fraction: float
+    seconds: float
+
+    def describe(self) -> str:
+        """One line for the run log: the model, the median σ over the constrained pixels, what it leaves out."""
+        inside = self.sigma_sum[self.constrained]
+        median = float(np.median(inside)) if inside.size else float("nan")
+        n = int(self.constrained.sum())
+        return (f"phase σ per pixel (Fisher information of the data, {self.noise}; transferred band "
+                f"{self.band_fraction:.3f} of the frequencies): median {median:.4g} rad over the {n} constrained "
+                f"pixels, {self.seconds:.2f} s; leaves out {LEAVES_OUT}")
+
+    def as_arrays(self) -> dict[str, np.ndarray]:
+        """The arrays of results.h5's ``uncertainty`` group."""
+        return {"phase_sigma": self.sigma.astype(np.float32), "phase_sum_sigma": self.sigma_sum.astype(np.float32),
+                "fisher": self.fisher.astype(np.float32), "constrained": self.constrained.astype(np.uint8)}
+
+
+def transferred_band(probe: torch.Tensor, level: float = APERTURE_LEVEL) -> float:
+    """The share of the window's spatial frequencies inside the band the probe transfers: q such that the aperture
+    (spectrum intensity above ``level`` × its peak, probe modes summed) overlaps itself shifted by q. ``probe``
+    (M, ny, nx) complex."""
+    spec = torch.fft.fft2(probe.detach().to(torch.complex64)).abs().square().sum(0)
+    aperture = (spec > level * spec.max()).to(torch.float32)
+    overlap = torch.fft.ifft2(torch.fft.fft2(aperture).abs().square()).real  # aperture ⋆ aperture
+    return float((overlap > 0.5).float().mean())
+
+
+@torch.no_grad()
+def fisher_diagonal(model, counts: float, noise_sigma: float | None = None) -> torch.Tensor:
+    """The Fisher information of one slice pixel's phase (Ny, Nx) rad⁻² at ``model``'s state (module docstring):
+    Poisson counts with ``counts`` per pattern, or, with ``noise_sigma`` (counts per detector pixel), Gaussian."""
+    from .precondition import ScanCurvature, _mean_transmission
+
+    lit = ScanCurvature(model, 1).illumination * _mean_transmission(model)  # Σ_j |ψ_j(r)|²
+    if noise_sigma is None:
+        return 2.0 * float(counts) * lit
+    pixels = math.prod(model.detector_shape)
+    return 2.0 * float(counts) ** 2 * lit / (pixels * float(noise_sigma) ** 2)
+
+
+def phase_uncertainty(model, counts: float, noise_sigma: float | None = None) -> PhaseUncertainty:
+    """σ maps of ``model``'s phase (:class:`PhaseUncertainty`) under Poisson counts (``counts`` per pattern, the
+    mean total count) or Gaussian noise of ``noise_sigma`` counts per detector pixel."""
+    if not (math.isfinite(counts) and counts > 0):
+        raise ValueError(f"counts per pattern must be a positive number, got {counts}")
+    if noise_sigma is not None and not (math.isfinite(noise_sigma) and noise_sigma > 0):
+        raise ValueError(f"noise_sigma must be a positive number of counts, got {noise_sigma}")
+    t0 = time.perf_counter()
+    fisher = fisher_diagonal(model, counts, noise_sigma).double().cpu()
+    band = transferred_band(model.get_probe())
+    with np.errstate(divide="ignore"):
+        per_slice = np.sqrt(band / fisher.numpy())  # inf where nothing lights the pixel
+    S = model.n_slices
+    sigma = np.broadcast_to(per_slice, (S, *per_slice.shape)).copy()
+    sigma_sum = per_slice * math.sqrt(S)
+    constrained = (fisher >= UNCONSTRAINED_FRACTION * fisher.max()).numpy() & np.isfinite(sigma_sum)
+    noise = (f"Poisson counts, {counts:.4g} per pattern" if noise_sigma is None
+             else f"Gaussian, σ {noise_sigma:.4g} counts per detector pixel, {counts:.4g} counts per pattern")
+    return PhaseUncertainty(sigma, sigma_sum, fisher.numpy(), constrained, noise, band, time.perf_counter() - t0)
+
+
+def significance(phase: np.ndarray, sigma: np.ndarray, scale_px: float) -> np.ndarray:
+    """|φ − local mean| / σ (same shape; NaN where σ is not finite): how many standard deviations each pixel stands
+    out of its surroundings, the local mean a Gaussian of ``scale_px`` pixels (σ of the Gaussian) around it."""
+    from scipy.ndimage import gaussian_filter
+
+    phase = np.asarray(phase, dtype=np.float64)
+    sigma = np.asarray(sigma, dtype=np.float64)
+    local = gaussian_filter(phase, float(scale_px), mode="nearest")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = np.abs(phase - local) / sigma
+    return np.where(np.isfinite(sigma) & (sigma > 0), z, np.nan)
+
+
+def change_in_sigma(before: np.ndarray, after: np.ndarray, sigma: np.ndarray,
+                    field: np.ndarray | None = None) -> np.ndarray:
+    """(after − before − their median difference over ``field``) / σ: a change of the phase (by a learned restorer or
+    prior) in units of the data's standard deviation; NaN where σ is not finite. The constant offset, which the
+    data do not determine, is taken out first."""
+    before, after = np.asarray(before, np.float64), np.asarray(after, np.float64)
+    sigma = np.asarray(sigma, np.float64)
+    ok = np.isfinite(sigma) & (sigma > 0) & (np.ones(sigma.shape, bool) if field is None else np.asarray(field) > 0)
+    diff = after - before
+    diff -= np.median(diff[ok]) if ok.any() else 0.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(ok, diff / sigma, np.nan)
+
+
+def unsupported_fraction(change: np.ndarray, threshold: float = SIGNIFICANT) -> float:
+    """The share of the finite pixels of a :func:`change_in_sigma` map beyond ``threshold`` σ."""
+    finite = np.isfinite(change)
+    return float((np.abs(change[finite]) > threshold).mean()) if finite.any() else 0.0
+
+
+def run_uncertainty(model, dataset, mode: str = "auto", noise_sigma: float | None = None) -> str:
+    """``run.uncertainty`` at the end of a run: sets ``model.uncertainty`` (Poisson when ``dataset``'s patterns are
+    counts, Gaussian with ``noise_sigma``) and returns the run log's line, or why it was not computed."""
+    from .data_losses import counted_reason
+
+    model.uncertainty = None
+    if mode == "off":
+        return "phase σ not computed (run.uncertainty: off)"
+    counts = model.counts_per_pattern
+    if counts is None:
+        return "phase σ not computed: the run made no epoch on the data"
+    why = counted_reason(dataset) if noise_sigma is None else None
+    if noise_sigma is None and why is None:
+        return ("phase σ not computed: the patterns are not counts (no dose, not integers) and run.noise_sigma is not "
+                "given, so there is no noise model")
+    model.uncertainty = phase_uncertainty(model, counts, noise_sigma)
+    return model.uncertainty.describe() + ("" if why is None else f"; counts because {why}")
