@@ -41,6 +41,8 @@ def test_reconstruct_with_the_shipped_prior_and_restore_by_name(seed_run, capsys
     with h5py.File(run / "results.h5") as f:
         assert list(f["loss/prior_weight"][...]) == [0.5] * 4
     assert "learned prior (restorer restore-seed): target after epoch 1" in (run / "reconstruct.log").read_text()
+    assert "learned prior: its last target differs from the final phase by more than 3 σ of the data on" in (
+        run / "reconstruct.log").read_text()  # judged against the run's σ map (issue 53)
     out = seed_run / "restored.h5"
     assert main(["restore", str(run / "results.h5"), "--model", "restore-seed", "--out-file", str(out)]) == 0
     with h5py.File(out) as f:

@@ -129,3 +129,24 @@ def test_cli_reconstruct_writes_results_emd_beside_results_h5(tmp_path, capsys):
     y0, y1, x0, x1 = emdfile.read(tmp_path / "run" / "results.emd").metadata["phasestem"]["field"]
     np.testing.assert_array_equal(np.asarray(phase["data"]), h5["phase_sum"][y0:y1, x0:x1])
     assert phase["axes"][0]["scale"] == pytest.approx(h5["attrs"]["sampling"][0])
+
+
+def test_the_sigma_map_reads_back_through_hyperspy_beside_the_phase(fitted, tmp_path):
+    """With σ maps (issue 53) results.emd holds ``sigma_phase`` on the phase's own field and axes, and RosettaSciIO
+    still reads every array as its own signal."""
+    from phasestem.recon.uncertainty import phase_uncertainty
+
+    model = fitted
+    model.uncertainty = phase_uncertainty(model, 1e4)
+    try:
+        path = model.save_results(tmp_path / "res.emd")
+        ref = model.save_results()
+    finally:
+        model.uncertainty = None
+    signals = {s["metadata"]["General"]["title"]: s for s in rsciio_emd.file_reader(str(path))}
+    assert set(signals) == {"object_phase", "object_amplitude", "slice_phases", "probe", "sigma_phase"}
+    y0, y1, x0, x1 = emdfile.read(path).metadata["phasestem"]["field"]
+    np.testing.assert_array_equal(np.asarray(signals["sigma_phase"]["data"]),
+                                  ref["uncertainty"]["phase_sum_sigma"][y0:y1, x0:x1])
+    axes = [(a["name"], a["scale"], a["offset"]) for a in signals["sigma_phase"]["axes"]]
+    assert axes == [(a["name"], a["scale"], a["offset"]) for a in signals["object_phase"]["axes"]]

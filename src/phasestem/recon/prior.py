@@ -97,3 +97,27 @@ class RefreshedPrior(Callback):
         self.prior.apply(model)
         record["prior_weight"] = self.weight
         record["prior_refreshed"] = float(refreshed)
+
+
+def prior_disagreement(callbacks, model) -> str | None:
+    """The run log's line on how far the learned prior's last target (a :class:`PhasePrior` or
+    :class:`RefreshedPrior` among ``callbacks``) lies from the final phase in units of the data's σ
+    (``model.uncertainty``): the share of the pulled pixels beyond 3 σ, where the network asks for what the data do not
+    support. None without a prior or σ maps."""
+    from .uncertainty import SIGNIFICANT, change_in_sigma, unsupported_fraction
+
+    priors = [c if isinstance(c, PhasePrior) else c.prior for c in callbacks
+              if isinstance(c, PhasePrior) or (isinstance(c, RefreshedPrior) and c.prior is not None)]
+    if not priors or model.uncertainty is None:
+        return None
+    prior = priors[-1]
+    sy, sx = prior.region
+    with torch.no_grad():
+        phase = model.obj_phase[0, :, sy, sx].sum(0).cpu().numpy()
+    target = prior.prior.cpu().numpy() * model.n_slices
+    sigma = model.uncertainty.sigma_sum[sy, sx]
+    share = unsupported_fraction(change_in_sigma(phase, target, sigma, model.uncertainty.constrained[sy, sx]),
+                                 SIGNIFICANT)
+    return (f"learned prior: its last target differs from the final phase by more than {SIGNIFICANT:g} σ of the data "
+            f"on {100 * share:.2f} % of the constrained pixels it pulls (0.27 % would be chance; more: features of "
+            f"the network the data do not support)")

@@ -192,6 +192,10 @@ def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = Non
 
         with logging_to(log_path):
             log.info("%s", run_uncertainty(model, dataset, params.run.uncertainty, params.run.noise_sigma))
+            from .prior import prior_disagreement
+
+            if (line := prior_disagreement(callbacks, model)) is not None:
+                log.info("%s", line)
         if model.uncertainty is not None:  # the live page's last snapshot gets the σ map
             from .live import LIVE_FILE, write_snapshot
 
