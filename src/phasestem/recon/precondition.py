@@ -81,19 +81,17 @@ def resolve_batches(value: int | str | None, losses: LossConfig) -> int | None:
 
 class ScanCurvature:
     """The whole scan's illumination Σ_j Σ_m |P_m|² (Ny, Nx) and object transmission Σ_j Π_s a² (ny, nx),
-    divided by ``batches`` (T), for :func:`precondition_gradients`; the engine makes one per epoch. Summed
-    ``chunk`` windows at a time (the windows of a whole scan at once would be N × window² floats: 4 GiB for
-    16384 patterns of 256²)."""
+    divided by ``batches`` (T), for :func:`precondition_gradients`; the engine makes one per epoch.
+
+    Both are sums over the N windows, i.e. a convolution (illumination) and a correlation (transmission) of the
+    windows' corners with |P|² and with the object's transmission: computed by FFTs on the object grid, periodic as
+    :class:`~phasestem.physics.multislice.WindowIndex` places windows, in float64 (float32 on MPS) and exact to
+    rounding. Summing the windows one by one took 4.5 s for 16384 windows of 128² on two cores (the N × window²
+    adds), a third of an epoch."""
 
     @torch.no_grad()
-    def __init__(self, model, batches: int, chunk: int = 256):
-        trans_obj = _mean_transmission(model)
-        illum = trans = None
-        n = model.positions.shape[0]
-        for start in range(0, n, chunk):
-            part, where = _illumination(model, torch.arange(start, min(n, start + chunk), device=model.device))
-            t = where.gather(trans_obj).sum(0)
-            illum, trans = (part, t) if illum is None else (illum.add_(part), trans.add_(t))
+    def __init__(self, model, batches: int):
+        illum, trans = scan_sums(model)
         self.illumination = illum / int(batches)
         self.transmission = trans / int(batches)
 
@@ -107,6 +105,28 @@ class ScanCurvature:
         """Take ``other``'s values into this one's tensors (in place)."""
         self.illumination.copy_(other.illumination)
         self.transmission.copy_(other.transmission)
+
+
+@torch.no_grad()
+def scan_sums(model) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Σ_j Σ_m |P_m(r − r_j)|² over the object (Ny, Nx), Σ_j Σ_k w_k Π_s a²(r_j + u) over the window (ny, nx)) for
+    all N positions of ``model``, in its float dtype (see :class:`ScanCurvature`)."""
+    probe = model.get_probe().detach()
+    p_int = probe.real.square().add_(probe.imag.square()).sum(0)  # (ny, nx)
+    Ny, Nx = model.object_shape
+    ny, nx = model.window
+    corners, _ = window_origins(positions_in_pixels(model.positions.detach(), model.sampling), model.window)
+    wide = torch.float32 if model.device.type == "mps" else torch.float64
+    density = torch.zeros(Ny, Nx, dtype=wide, device=model.device)
+    density.index_put_((corners[:, 0] % Ny, corners[:, 1] % Nx),
+                       torch.ones(len(corners), dtype=wide, device=model.device), accumulate=True)
+    kernel = torch.zeros(Ny, Nx, dtype=wide, device=model.device)
+    kernel[:ny, :nx] = p_int.to(wide)
+    d_hat = torch.fft.rfft2(density)
+    illum = torch.fft.irfft2(d_hat * torch.fft.rfft2(kernel), s=(Ny, Nx))
+    trans = torch.fft.irfft2(d_hat.conj() * torch.fft.rfft2(_mean_transmission(model).to(wide)), s=(Ny, Nx))
+    illum = illum.masked_fill_(illum < 1e-9 * float(illum.max()), 0.0)  # rounding where no window reaches
+    return illum.to(p_int.dtype), trans[:ny, :nx].clamp_min_(0.0).to(p_int.dtype)
 
 
 def _mean_transmission(model) -> torch.Tensor:

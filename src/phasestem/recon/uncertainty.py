@@ -9,8 +9,9 @@ counts (c counts per pattern, patterns normalised to a total of 1) the Fisher in
 Ψ̂ the far field's unit phase and G_j the transform of conj(Ψ̂_j)². The second term oscillates with the position
 and averages out over an overlapping scan (measured: the exact diagonal equals the first term to 0.1 % in the
 median, NumPy multislice, 1 Å step, 100 Å defocus), so the diagonal is 2c Σ_j Σ_m |P_m(r − r_j)|² times the
-intensity the object passes: the lsq solver's curvature (:class:`phasestem.recon.precondition.ScanCurvature`),
-no FFT. Gaussian noise of σ_n counts per detector pixel (M pixels) gives 2c² Σ_j |ψ_j|² / (M σ_n²) instead.
+intensity the object passes: the lsq solver's whole-scan curvature
+(:func:`phasestem.recon.precondition.scan_sums`, one FFT convolution on the object grid). Gaussian noise of σ_n
+counts per detector pixel (M pixels) gives 2c² Σ_j |ψ_j|² / (M σ_n²) instead.
 
 The data carry first-order information about the phase only inside the band the probe's aperture transfers
 (spatial frequencies q where the aperture overlaps itself shifted by q: |q| ≤ 2α/λ for a round one); the
@@ -93,9 +94,9 @@ def transferred_band(probe: torch.Tensor, level: float = APERTURE_LEVEL) -> floa
 def fisher_diagonal(model, counts: float, noise_sigma: float | None = None) -> torch.Tensor:
     """The Fisher information of one slice pixel's phase (Ny, Nx) rad⁻² at ``model``'s state (module docstring):
     Poisson counts with ``counts`` per pattern, or, with ``noise_sigma`` (counts per detector pixel), Gaussian."""
-    from .precondition import ScanCurvature, _mean_transmission
+    from .precondition import _mean_transmission, scan_sums
 
-    lit = ScanCurvature(model, 1).illumination * _mean_transmission(model)  # Σ_j |ψ_j(r)|²
+    lit = scan_sums(model)[0] * _mean_transmission(model)  # Σ_j |ψ_j(r)|²
     if noise_sigma is None:
         return 2.0 * float(counts) * lit
     pixels = math.prod(model.detector_shape)
