@@ -90,7 +90,8 @@ def simulate_windowed(out: Path, specimen: str, side: int, seed: int = 0) -> Pat
     return out
 
 
-def _run(folder: Path, n_slices: int, dz: float, epochs: int, in_memory: bool, result: Path) -> None:
+def _run(folder: Path, n_slices: int, dz: float, epochs: int, in_memory: bool, result: Path,
+         batch: int = 32) -> None:
     """One reconstruction in this process (``python scale.py _run …``); its record as JSON in ``result``."""
     import resource
 
@@ -114,7 +115,7 @@ def _run(folder: Path, n_slices: int, dz: float, epochs: int, in_memory: bool, r
     setup = time.perf_counter() - t0
     walls, r, anon = [], [], [anonymous_gib()]
     t = time.perf_counter()
-    for _ in model.LSQ_optimize(epochs, ds, progress=False, data_in_memory=in_memory):
+    for _ in model.LSQ_optimize(epochs, ds, batch_size=batch, progress=False, data_in_memory=in_memory):
         walls.append(time.perf_counter() - t)
         anon.append(anonymous_gib())
         phase = model.phase_in_dataset_frame(truth.shape)
@@ -139,19 +140,23 @@ def anonymous_gib() -> float:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_run":
-        f, s, dz, ep, mem, res = sys.argv[2:8]
-        _run(Path(f), int(s), float(dz), int(ep), mem == "1", Path(res))
+        f, s, dz, ep, mem, res, batch = sys.argv[2:9]
+        _run(Path(f), int(s), float(dz), int(ep), mem == "1", Path(res), int(batch))
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/scale")
     ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--batch-sizes", nargs="+", type=int, default=[32],
+                    help="mini-batch sizes to run each case with (default 32, the parameter file's); a size other "
+                         "than 32 is recorded as CASE_bSIZE")
     args = ap.parse_args()
     out = Path(args.out)
     result_path = out / "result.json"
     results = json.loads(result_path.read_text()) if result_path.exists() else {}
-    for name in args.cases:
+    for name, batch in ((c, b) for c in args.cases for b in args.batch_sizes):
         specimen, side, in_memory = CASES[name]
+        name = name if batch == 32 else f"{name}_b{batch}"
         t = time.perf_counter()
         folder = simulate_windowed(out / f"{specimen}_{side}", specimen, side)
         sim_s = time.perf_counter() - t
@@ -159,23 +164,24 @@ def main() -> None:
         rec_path = out / f"{name}.json"
         load = os.getloadavg()[0]
         cmd = [sys.executable, __file__, "_run", str(folder), str(spec["n_slices"]), str(spec["dz"]),
-               str(args.epochs), "1" if in_memory else "0", str(rec_path)]
+               str(args.epochs), "1" if in_memory else "0", str(rec_path), str(batch)]
         proc = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="2"), capture_output=True, text=True)
         if proc.returncode:
             results[name] = {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1], "load_average": load}
         else:
             results[name] = {**json.loads(rec_path.read_text()), "load_average": load, "simulate_s": sim_s,
-                             "scan": side, "slices": spec["n_slices"], "in_memory": in_memory}
+                             "scan": side, "slices": spec["n_slices"], "in_memory": in_memory, "batch": batch}
         print(name, json.dumps(results[name]), flush=True)
         result_path.write_text(json.dumps(results, indent=1))
-    lines = ["| case | scan | slices | patterns (GiB) | data | s / epoch (median) | peak RSS (GiB) | anonymous at "
-             "epoch ends, max (GiB) | r after each epoch | load |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| case | scan | slices | patterns (GiB) | data | batch | s / epoch (median) | peak RSS (GiB) | anonymous "
+             "at epoch ends, max (GiB) | r after each epoch | load |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, rec in results.items():
         if "error" in rec:
-            lines.append(f"| {name} | | | | | {rec['error']} | | | | |")
+            lines.append(f"| {name} | | | | | | {rec['error']} | | | | |")
             continue
         lines.append(f"| {name} | {rec['scan']} × {rec['scan']} | {rec['slices']} | {rec['patterns_gib']:.2f} | "
-                     f"{'memory' if rec['in_memory'] else 'streamed'} | {np.median(rec['epoch_s']):.1f} | "
+                     f"{'memory' if rec['in_memory'] else 'streamed'} | {rec.get('batch', 32)} | "
+                     f"{np.median(rec['epoch_s']):.1f} | "
                      f"{rec['peak_rss_gib']:.2f} | {rec.get('anonymous_gib', float('nan')):.2f} | "
                      f"{', '.join(f'{v:.4f}' for v in rec['r'])} | "
                      f"{rec['load_average']:.1f} |")

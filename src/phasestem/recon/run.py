@@ -199,7 +199,10 @@ def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = Non
         if model.uncertainty is not None:  # the live page's last snapshot gets the σ map
             from .live import LIVE_FILE, write_snapshot
 
-            write_snapshot(out / LIVE_FILE, model, params.run.n_epochs)
+            try:
+                write_snapshot(out / LIVE_FILE, model, params.run.n_epochs)
+            except OSError as exc:  # as after every epoch: the results matter, the live page can do without
+                log.warning("live snapshot with the σ map not written (%s)", exc)
         metrics = None
         if truth is not None:
             from .report import final_metrics
