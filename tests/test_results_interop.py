@@ -144,7 +144,10 @@ def test_the_sigma_map_reads_back_through_hyperspy_beside_the_phase(fitted, tmp_
     finally:
         model.uncertainty = None
     signals = {s["metadata"]["General"]["title"]: s for s in rsciio_emd.file_reader(str(path))}
-    assert set(signals) == {"object_phase", "object_amplitude", "slice_phases", "probe", "sigma_phase"}
+    assert set(signals) == {"object_phase", "object_amplitude", "slice_phases", "probe", "sigma_phase",
+                            "slice_sigmas"}
+    np.testing.assert_array_equal(np.asarray(signals["slice_sigmas"]["data"]).shape,
+                                  np.asarray(signals["slice_phases"]["data"]).shape)
     y0, y1, x0, x1 = emdfile.read(path).metadata["phasestem"]["field"]
     np.testing.assert_array_equal(np.asarray(signals["sigma_phase"]["data"]),
                                   ref["uncertainty"]["phase_sum_sigma"][y0:y1, x0:x1])

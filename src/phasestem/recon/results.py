@@ -42,6 +42,7 @@ saves and reads (``py4DSTEM.read("results.emd")``); HyperSpy opens it through Ro
     object_amplitude  (fy, fx)     float32    Π over slices (object/amplitude_prod), scanned field
     slice_phases      (S, fy, fx)  float32    rad, per slice (first object mode), only when S > 1
     sigma_phase       (fy, fx)     float32    rad, standard deviation of object_phase (when computed)
+    slice_sigmas      (S, fy, fx)  float32    rad, standard deviation of slice_phases (when computed, S > 1)
     probe             (ny, nx) or (M, ny, nx)  complex64  Σ|ψ|² ≈ 1 (one mode: 2-D)
     metadata "phasestem": energy (eV), sampling (Å), origin (Å), slice_thickness (Å), epoch, format,
                           field (y0, y1, x0, x1: the object pixels kept), object_shape (Ny, Nx)
@@ -205,6 +206,11 @@ def save_emd(results: dict, path) -> Path:
         sigma = np.asarray(results["uncertainty"]["phase_sum_sigma"], dtype=np.float32)[fy, fx]
         root.add_to_tree(emdfile.Array(data=sigma, name="sigma_phase", units="rad", dims=obj_dims(sigma.shape),
                                        dim_names=yx, dim_units=angstrom))
+        per_slice = np.asarray(results["uncertainty"]["phase_sigma"], dtype=np.float32)[:, fy, fx]
+        if per_slice.shape[0] > 1:
+            root.add_to_tree(emdfile.Array(data=per_slice, name="slice_sigmas", units="rad",
+                                           dims=[_axis(per_slice.shape[0], thickness, 0.0), *obj_dims(per_slice.shape)],
+                                           dim_names=["z", *yx], dim_units=["A", *angstrom]))
     probe = np.asarray(results["probe"], dtype=np.complex64)
     ny, nx = probe.shape[-2:]
     pdims = [_axis(ny, dy, -(ny // 2) * dy), _axis(nx, dx, -(nx // 2) * dx)]
