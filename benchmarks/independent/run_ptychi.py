@@ -64,6 +64,11 @@ def main() -> None:
     ap.add_argument("--no-check", action="store_true", help="skip the forward-model convention check")
     ap.add_argument("--counts", type=float, default=1e6,
                     help="noise-free data are scaled to this many counts per pattern (LSQML assumes counts)")
+    ap.add_argument("--batch", type=int, default=None, help="mini-batch size (default: the case's, 32)")
+    ap.add_argument("--noise-model", choices=["gaussian", "poisson"], default="gaussian",
+                    help="LSQML's noise model (default: pty-chi's, gaussian)")
+    ap.add_argument("--momentum", type=float, default=0.0,
+                    help="LSQML's momentum_acceleration_gain (default: pty-chi's, 0 = off)")
     args = ap.parse_args()
     set_threads(args.threads)
     import logging
@@ -121,7 +126,10 @@ def main() -> None:
     opts.object_options.determine_position_origin_coords_by = api.enums.ObjectPosOriginCoordsMethods.SPECIFIED
     opts.object_options.position_origin_coords = origin
     opts.probe_position_options.optimizable = False
-    opts.reconstructor_options.batch_size = c["batch"]
+    batch = args.batch or c["batch"]
+    opts.reconstructor_options.batch_size = batch
+    opts.reconstructor_options.noise_model = api.enums.NoiseModels(args.noise_model)
+    opts.reconstructor_options.momentum_acceleration_gain = args.momentum
     opts.reconstructor_options.num_epochs = c["iters"]
     opts.reconstructor_options.default_device = api.enums.Devices.GPU if args.device.startswith("cuda") \
         else api.enums.Devices.CPU
@@ -155,7 +163,8 @@ def main() -> None:
         except Exception:  # noqa: BLE001 - a display nicety only
             loss_list = None
     settings = {"tool": f"pty-chi {getattr(ptychi, '__version__', '2.2')}", "engine": "LSQML",
-                "noise_model": "gaussian (default)", "batch": c["batch"], "batching": "random (default)",
+                "noise_model": args.noise_model, "momentum": args.momentum, "batch": batch,
+                "batching": "random (default)",
                 "probe_modes": M, "slices": S, "initial_probe": "nominal, hard aperture, rescale_probe",
                 "positions": "exact, not optimisable", "position_origin": "SPECIFIED", "fft_shift": True,
                 "data_scale": scale, "data_note": "noise-free data scaled to counts" if dose <= 0 else "counts",
