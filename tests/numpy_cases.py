@@ -45,3 +45,22 @@ def numpy_scan(seed: int, window: int, sampling: float, scan: tuple[int, int], s
                    angular_sampling=angular_sampling_for(energy, sampling, (window, window)), semiangle=semiangle,
                    aberrations={"C10": defocus})
     return ds, truth, errors
+
+
+def tiny_params(data_file, step: float, out_dir, **run):
+    """``configs/reconstruct_tiny.yaml`` on ``data_file`` (scan step ``step`` Å), naming no loss term and no learning
+    rate, without the optics check, checkpoints or progress bar, writing to ``out_dir``; ``run`` sets more of its
+    ``run`` section. Returns the validated parameters."""
+    import yaml
+
+    from phasestem.recon.params import parse_params
+
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "reconstruct_tiny.yaml").read_text())
+    cfg.pop("tune")
+    cfg["data"] = {"file": str(data_file)}
+    cfg["scan"] = {"step": step}
+    cfg["losses"] = {}
+    cfg["model"].pop("learning_rates", None)
+    cfg["run"].update(progress=False, check_optics=False, checkpoint_every=0, out_dir=str(out_dir))
+    cfg["run"].update(run)
+    return parse_params(cfg)

@@ -8,15 +8,13 @@ import logging
 
 import numpy as np
 import pytest
-import yaml
-from numpy_cases import numpy_scan
+from numpy_cases import numpy_scan, tiny_params
 from numpy_cases import pearson as _pearson
 
 from phasestem.io import hdf5
 from phasestem.recon import Ptychography
 from phasestem.recon.data_losses import counted_reason, losses_for_data
 from phasestem.recon.losses import COUNTED_WEIGHTS, LossConfig
-from phasestem.recon.params import parse_params
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 WINDOW, SAMPLING, SCAN, STEP, DEFOCUS = 64, 0.2, (16, 16), 0.5, 80.0
@@ -82,14 +80,7 @@ def test_the_run_log_and_results_say_the_data_chose_the_loss(scans, tmp_path, ca
 
     _, counted, _ = scans
     path = hdf5.write(tmp_path / "counted.h5", counted)
-    cfg = yaml.safe_load(open("configs/reconstruct_tiny.yaml"))
-    cfg.pop("tune")
-    cfg["data"] = {"file": str(path)}
-    cfg["scan"] = {"step": STEP}
-    cfg["losses"] = {}
-    cfg["model"].pop("learning_rates", None)
-    cfg["run"].update(n_epochs=1, progress=False, check_optics=False, checkpoint_every=0, out_dir=str(tmp_path / "r"))
-    model = run_reconstruction(parse_params(cfg))
+    model = run_reconstruction(tiny_params(path, STEP, tmp_path / "r", n_epochs=1))
     line = ("losses: gaussian 0.5, poisson 0.5 (chosen from the data: the first 16 patterns hold whole numbers only "
             "(counts); no term named), power 0.5")
     assert line in (tmp_path / "r" / "reconstruct.log").read_text() and line in capsys.readouterr().out

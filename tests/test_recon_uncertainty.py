@@ -9,15 +9,12 @@ import h5py
 import numpy as np
 import pytest
 import torch
-import yaml
-from numpy_cases import numpy_scan
+from numpy_cases import numpy_scan, tiny_params
 
-from phasestem.dataset import FourDSTEM
 from phasestem.io import hdf5
 from phasestem.physics.optics import wavelength
 from phasestem.recon import Ptychography
 from phasestem.recon.losses import COUNTED_WEIGHTS, LossConfig
-from phasestem.recon.params import parse_params
 from phasestem.recon.uncertainty import (
     change_in_sigma,
     phase_uncertainty,
@@ -37,11 +34,6 @@ def _reconstruct(ds, epochs: int = 20) -> Ptychography:
     for _ in model.LSQ_optimize(epochs, ds, batch_size=32, losses=LossConfig(**COUNTED_WEIGHTS), progress=False):
         pass
     return model
-
-
-def _with_patterns(ds, patterns: np.ndarray) -> FourDSTEM:
-    return FourDSTEM(patterns=patterns, energy=ds.energy, scan_step=ds.scan_step, angular_sampling=ds.angular_sampling,
-                     semiangle=ds.semiangle, aberrations=dict(ds.aberrations))
 
 
 def _in_dataset_frame(model, image: np.ndarray) -> np.ndarray:
@@ -67,7 +59,7 @@ def test_sigma_predicts_the_spread_over_independent_noise_realisations():
         phases = []
         for k in range(8):
             counts = np.random.default_rng(100 + k).poisson(patterns * dose).astype(np.float32)
-            model = _reconstruct(_with_patterns(clean, counts))
+            model = _reconstruct(clean._replace(patterns=counts))
             phases.append(model.phase_in_dataset_frame()[fov])
         u = phase_uncertainty(model, model.counts_per_pattern)
         sigma = _in_dataset_frame(model, u.sigma_sum)[fov]
@@ -101,7 +93,7 @@ def _scan_with_feature(amplitude: float, dose: float, seed: int = 7):
     pats = simulate_patterns(phase[None], SAMPLING, raster(SCAN, STEP, (pad * SAMPLING,) * 2), WINDOW, 300e3, 20.0,
                              DEFOCUS, dose=dose, rng=rng)
     ref, _, _ = numpy_scan(0, WINDOW, SAMPLING, (1, 1), STEP, DEFOCUS, atoms_per_area=0.3)
-    return _with_patterns(ref, pats.reshape(*SCAN, WINDOW, WINDOW)), (cy - pad, cx - pad)
+    return ref._replace(patterns=pats.reshape(*SCAN, WINDOW, WINDOW)), (cy - pad, cx - pad)
 
 
 @pytest.mark.parametrize("in_sigma, significant", [(0.5, False), (10.0, True)])
@@ -144,15 +136,7 @@ def counted_scan():
 def _run(tmp_path, data_file, **run):
     from phasestem.recon.commands import run_reconstruction
 
-    cfg = yaml.safe_load(open("configs/reconstruct_tiny.yaml"))
-    cfg.pop("tune")
-    cfg["data"] = {"file": str(data_file)}
-    cfg["scan"] = {"step": STEP}
-    cfg["losses"] = {}
-    cfg["model"].pop("learning_rates", None)
-    cfg["run"].update(n_epochs=2, progress=False, check_optics=False, checkpoint_every=0,
-                      out_dir=str(tmp_path / "r"), **run)
-    return run_reconstruction(parse_params(cfg))
+    return run_reconstruction(tiny_params(data_file, STEP, tmp_path / "r", n_epochs=2, **run))
 
 
 def test_a_run_on_counts_writes_sigma_maps_its_figure_and_says_what_it_leaves_out(counted_scan, tmp_path):
@@ -179,7 +163,7 @@ def test_a_run_on_counts_writes_sigma_maps_its_figure_and_says_what_it_leaves_ou
 
 
 def test_data_that_are_not_counts_need_a_stated_noise(counted_scan, tmp_path):
-    ds = _with_patterns(counted_scan, np.asarray(counted_scan.patterns, dtype=np.float32) / 1e4 + 1e-6)
+    ds = counted_scan._replace(patterns=np.asarray(counted_scan.patterns, dtype=np.float32) / 1e4 + 1e-6)
     path = hdf5.write(tmp_path / "floats.h5", ds)
     model = _run(tmp_path, path)
     assert model.uncertainty is None

@@ -84,6 +84,7 @@ def calibrate_file(path: str | Path, out_dir: str | Path, energy: float | None =
     call (:func:`phasestem.base.lock.hold_output`; FolderBusyError when another run holds it).
     """
     from ..base.lock import hold_output
+    from ..io._common import patterns_dtype
     from ..recon.losses import COUNTED_WEIGHTS
     from .held import merge_held
     from .output import write_outputs
@@ -109,7 +110,7 @@ def calibrate_file(path: str | Path, out_dir: str | Path, energy: float | None =
                         for k in calib.aberrations})
         merge_held(calib, dataset, sources)  # the file's values the data do not measure; a replacement warns
         calib.dose = dataset.metadata.get("dose")
-        if np.issubdtype(np.dtype(dataset.patterns.dtype), np.integer) and "losses" not in (extra_params or {}):
+        if np.issubdtype(patterns_dtype(dataset.patterns), np.integer) and "losses" not in (extra_params or {}):
             extra_params = {**(extra_params or {}), "losses": dict(COUNTED_WEIGHTS)}
             sources["losses"] = "calibration (counted data)"
         calib.source = str(path)
