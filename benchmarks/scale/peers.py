@@ -2,7 +2,8 @@
 tool at a time, 2 threads each, the patterns in memory (every runner loads the case file whole), scored after every
 iteration as ``benchmarks/independent/bench.py`` scores them.
 
-    python benchmarks/scale/peers.py [--out runs/scale] [--cases thin_128 thick_128] [--tools phasestem ptyrad ptychi]
+    python benchmarks/scale/peers.py [--out runs/scale] [--cases thin_128 thick_128 coherent_128]
+        [--tools phasestem ptyrad ptychi]
         [--iters 10] [--python PY] [--args TOOL='...']
 
 Each case is ``scale.py``'s simulation (run it first; ``simulate_windowed``) written once as a benchmark case file
@@ -33,7 +34,7 @@ sys.path.insert(1, str(HERE.parent / "recon_peers"))
 
 from scale import GEOM, SPECIMENS  # noqa: E402
 
-SCALE_CASES = {"thin_128": ("thin", 128), "thick_128": ("thick", 128)}
+SCALE_CASES = {"thin_128": ("thin", 128), "thick_128": ("thick", 128), "coherent_128": ("coherent", 128)}
 
 
 def write_case(out: Path, name: str, iters: int) -> Path:
@@ -50,8 +51,8 @@ def write_case(out: Path, name: str, iters: int) -> Path:
         tmp = path.with_name(path.name + ".tmp.npz")
         np.savez(tmp, patterns=np.asarray(pats), truth_phase=np.load(folder / "truth.npy"), energy=g["energy"],
                  semiangle=g["semiangle"], c10=g["defocus"], sampling=g["sampling"], scan_step=g["step"],
-                 n_slices=spec["n_slices"], dz=spec["dz"], n_modes=1, iters=iters, batch=32, dose=0.0,
-                 loss="gaussian")
+                 n_slices=spec["n_slices"], dz=spec["dz"], n_modes=spec["n_modes"], iters=iters, batch=32, dose=0.0,
+                 loss="gaussian", source_size=spec["source"])
         os.replace(tmp, path)
     with np.load(path) as z:
         if int(z["iters"]) != iters:

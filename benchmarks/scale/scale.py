@@ -34,17 +34,25 @@ sys.path.insert(0, str(HERE.parent / "independent"))
 from numpy_multislice import atom_phase, electron_wavelength, probe_spectrum  # noqa: E402
 
 GEOM = dict(step=1.0, window=128, sampling=0.2, energy=300e3, semiangle=20.0, defocus=100.0)
-SPECIMENS = {"thin": dict(n_slices=1, dz=10.0, max_phase=0.5, density=0.6),
-             "thick": dict(n_slices=8, dz=10.0, max_phase=0.5, density=0.15)}
+#: the specimens and their illumination: ``source`` (FWHM Å of a Gaussian source, 0: coherent; 5 × 5 source points as
+#: ``numpy_multislice.simulate_patterns`` samples it) and ``n_modes`` (the probe modes every tool is given)
+SPECIMENS = {"thin": dict(n_slices=1, dz=10.0, max_phase=0.5, density=0.6, source=0.0, n_modes=1),
+             "thick": dict(n_slices=8, dz=10.0, max_phase=0.5, density=0.15, source=0.0, n_modes=1),
+             "coherent": dict(n_slices=1, dz=10.0, max_phase=0.5, density=0.6, source=0.6, n_modes=4)}
 #: case → (specimen, scan side, data_in_memory)
 CASES = {"thin_128_memory": ("thin", 128, True), "thin_128_streamed": ("thin", 128, False),
-         "thin_256_streamed": ("thin", 256, False), "thick_128_streamed": ("thick", 128, False)}
+         "thin_256_streamed": ("thin", 256, False), "thick_128_streamed": ("thick", 128, False),
+         "coherent_128_streamed": ("coherent", 128, False)}
+N_SOURCE = 5  # source points per axis of a partially coherent case
 CHUNK = 256  # positions simulated at once
 
 
 def simulate_windowed(out: Path, specimen: str, side: int, seed: int = 0) -> Path:
     """``out/patterns.npy`` (side, side, 128, 128) float32, each pattern normalised to 1, and ``out/truth.npy`` (the
-    summed phase over the scanned field, pixel (0, 0) at the first position); skipped when both exist."""
+    summed phase over the scanned field, pixel (0, 0) at the first position); skipped when both exist.
+
+    A partially coherent specimen (``source`` > 0) sums the intensities of the probe moved to each source point
+    (a 5 × 5 grid over ±2σ, Gaussian weights), the detector window staying on the nominal position."""
     if (out / "patterns.npy").exists() and (out / "truth.npy").exists():
         return out
     out.mkdir(parents=True, exist_ok=True)
@@ -62,6 +70,7 @@ def simulate_windowed(out: Path, specimen: str, side: int, seed: int = 0) -> Pat
     ky, kx = np.meshgrid(k, k, indexing="ij")
     prop = np.exp(-1j * math.pi * lam * (ky**2 + kx**2) * spec["dz"]).astype(np.complex64)
     spec0 = probe_spectrum((n, n), samp, g["energy"], g["semiangle"], g["defocus"], 0.0, 0.0)
+    jitter, weights = source_points(spec.get("source", 0.0))
     pats = np.lib.format.open_memmap(out / "patterns.npy.tmp", mode="w+", dtype=np.float32,
                                      shape=(side, side, n, n))
     iy, ix = np.meshgrid(np.arange(side), np.arange(side), indexing="ij")
@@ -70,16 +79,18 @@ def simulate_windowed(out: Path, specimen: str, side: int, seed: int = 0) -> Pat
     for start in range(0, len(centres), CHUNK):
         c = centres[start:start + CHUNK]
         cpx = np.floor(c / samp + 0.5).astype(int)  # the window's centre pixel
-        frac = c - cpx * samp  # sub-pixel offset of the probe in the window, Å
-        ramp = np.exp(-2j * math.pi * (ky[None] * frac[:, :1, None] + kx[None] * frac[:, 1:, None]))
-        wave = np.fft.fftshift(np.fft.ifft2(spec0[None] * ramp, norm="ortho"), axes=(-2, -1)).astype(np.complex64)
         oy = (cpx[:, 0, None] - n // 2 + rows[None]) % shape[0]
         ox = (cpx[:, 1, None] - n // 2 + rows[None]) % shape[1]
-        for s in range(spec["n_slices"]):
-            wave = wave * trans[s][oy[:, :, None], ox[:, None, :]]
-            if s < spec["n_slices"] - 1:
-                wave = np.fft.ifft2(np.fft.fft2(wave, norm="ortho") * prop, norm="ortho")
-        inten = np.abs(np.fft.fftshift(np.fft.fft2(wave, norm="ortho"), axes=(-2, -1))) ** 2
+        inten = np.zeros((len(c), n, n))
+        for d, w in zip(jitter, weights, strict=True):
+            frac = c + d - cpx * samp  # offset of the probe from the window's centre, Å
+            ramp = np.exp(-2j * math.pi * (ky[None] * frac[:, :1, None] + kx[None] * frac[:, 1:, None]))
+            wave = np.fft.fftshift(np.fft.ifft2(spec0[None] * ramp, norm="ortho"), axes=(-2, -1)).astype(np.complex64)
+            for s in range(spec["n_slices"]):
+                wave = wave * trans[s][oy[:, :, None], ox[:, None, :]]
+                if s < spec["n_slices"] - 1:
+                    wave = np.fft.ifft2(np.fft.fft2(wave, norm="ortho") * prop, norm="ortho")
+            inten += w * np.abs(np.fft.fftshift(np.fft.fft2(wave, norm="ortho"), axes=(-2, -1))) ** 2
         inten /= inten.sum((-2, -1), keepdims=True)
         flat = pats.reshape(side * side, n, n)
         flat[start:start + len(c)] = inten.astype(np.float32)
@@ -90,8 +101,21 @@ def simulate_windowed(out: Path, specimen: str, side: int, seed: int = 0) -> Pat
     return out
 
 
+def source_points(fwhm: float) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets (P, 2) Å, weights (P,) summing to 1) of a Gaussian source of ``fwhm`` Å: :data:`N_SOURCE`² points
+    over ±2σ; one point at 0 for a coherent source."""
+    if fwhm <= 0:
+        return np.zeros((1, 2)), np.ones(1)
+    sigma = fwhm / (2 * math.sqrt(2 * math.log(2)))
+    offs = np.linspace(-2 * sigma, 2 * sigma, N_SOURCE)
+    oy, ox = np.meshgrid(offs, offs, indexing="ij")
+    jitter = np.stack([oy.ravel(), ox.ravel()], -1)
+    weights = np.exp(-(jitter**2).sum(-1) / (2 * sigma**2))
+    return jitter, weights / weights.sum()
+
+
 def _run(folder: Path, n_slices: int, dz: float, epochs: int, in_memory: bool, result: Path,
-         batch: int = 32) -> None:
+         batch: int = 32, n_modes: int = 1) -> None:
     """One reconstruction in this process (``python scale.py _run …``); its record as JSON in ``result``."""
     import resource
 
@@ -110,7 +134,7 @@ def _run(folder: Path, n_slices: int, dz: float, epochs: int, in_memory: bool, r
     ds = FourDSTEM(patterns=pats, energy=g["energy"], scan_step=(g["step"], g["step"]),
                    angular_sampling=angular_sampling_for(g["energy"], g["sampling"], (n, n)),
                    semiangle=g["semiangle"], aberrations={"C10": g["defocus"]})
-    model = Ptychography.from_dataset(ds, n_slices=n_slices, slice_thickness=dz)
+    model = Ptychography.from_dataset(ds, n_slices=n_slices, slice_thickness=dz, n_probe_modes=n_modes)
     model.set_learning_rates(positions=0.0)
     setup = time.perf_counter() - t0
     walls, r, anon = [], [], [anonymous_gib()]
@@ -140,8 +164,8 @@ def anonymous_gib() -> float:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_run":
-        f, s, dz, ep, mem, res, batch = sys.argv[2:9]
-        _run(Path(f), int(s), float(dz), int(ep), mem == "1", Path(res), int(batch))
+        f, s, dz, ep, mem, res, batch, modes = sys.argv[2:10]
+        _run(Path(f), int(s), float(dz), int(ep), mem == "1", Path(res), int(batch), int(modes))
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/scale")
@@ -164,22 +188,26 @@ def main() -> None:
         rec_path = out / f"{name}.json"
         load = os.getloadavg()[0]
         cmd = [sys.executable, __file__, "_run", str(folder), str(spec["n_slices"]), str(spec["dz"]),
-               str(args.epochs), "1" if in_memory else "0", str(rec_path), str(batch)]
+               str(args.epochs), "1" if in_memory else "0", str(rec_path), str(batch), str(spec["n_modes"])]
         proc = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="2"), capture_output=True, text=True)
         if proc.returncode:
             results[name] = {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1], "load_average": load}
         else:
             results[name] = {**json.loads(rec_path.read_text()), "load_average": load, "simulate_s": sim_s,
-                             "scan": side, "slices": spec["n_slices"], "in_memory": in_memory, "batch": batch}
+                             "scan": side, "slices": spec["n_slices"], "modes": spec["n_modes"],
+                             "in_memory": in_memory, "batch": batch}
         print(name, json.dumps(results[name]), flush=True)
         result_path.write_text(json.dumps(results, indent=1))
-    lines = ["| case | scan | slices | patterns (GiB) | data | batch | s / epoch (median) | peak RSS (GiB) | anonymous "
-             "at epoch ends, max (GiB) | r after each epoch | load |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| case | scan | slices | probe modes | patterns (GiB) | data | batch | s / epoch (median) "
+             "| peak RSS (GiB) "
+             "| anonymous at epoch ends, max (GiB) | r after each epoch | load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, rec in results.items():
         if "error" in rec:
-            lines.append(f"| {name} | | | | | | {rec['error']} | | | | |")
+            lines.append(f"| {name} | | | | | | | {rec['error']} | | | | |")
             continue
-        lines.append(f"| {name} | {rec['scan']} × {rec['scan']} | {rec['slices']} | {rec['patterns_gib']:.2f} | "
+        lines.append(f"| {name} | {rec['scan']} × {rec['scan']} | {rec['slices']} | {rec.get('modes', 1)} | "
+                     f"{rec['patterns_gib']:.2f} | "
                      f"{'memory' if rec['in_memory'] else 'streamed'} | {rec.get('batch', 32)} | "
                      f"{np.median(rec['epoch_s']):.1f} | "
                      f"{rec['peak_rss_gib']:.2f} | {rec.get('anonymous_gib', float('nan')):.2f} | "
