@@ -54,7 +54,7 @@ def test_the_windowed_simulator_matches_the_whole_grid_one_for_a_single_slice(sc
     centres = np.stack([iy.ravel(), ix.ravel()], -1) * g["step"] + pad * samp
     optics = (g["energy"], g["semiangle"], g["defocus"])
     ours = pats.reshape(-1, n, n) - vacuum.reshape(-1, n, n)
-    src = dict(source_size=spec["source"], n_source=scale.N_SOURCE)
+    src = dict(source_size=spec["source"])
     ref = (simulate_patterns(phase, samp, centres, n, *optics, **src)
            - simulate_patterns(0 * phase, samp, centres, n, *optics, **src))
 

@@ -130,15 +130,7 @@ def simulate_patterns(
     ky, kx = _freqs((Ny, Nx), sampling)
     prop = np.exp(-1j * math.pi * lam * (ky**2 + kx**2) * dz)
     spec0 = probe_spectrum((Ny, Nx), sampling, energy, semiangle, defocus, aperture_edge, cs)
-    if source_size > 0:
-        s = source_size / (2 * math.sqrt(2 * math.log(2)))
-        offs = np.linspace(-2 * s, 2 * s, n_source)
-        oy, ox = np.meshgrid(offs, offs, indexing="ij")
-        jitter = np.stack([oy.ravel(), ox.ravel()], -1)
-        weights = np.exp(-(jitter**2).sum(-1) / (2 * s**2))
-        weights /= weights.sum()
-    else:
-        jitter, weights = np.zeros((1, 2)), np.ones(1)
+    jitter, weights = source_points(source_size, n_source)
     if tilt is not None:
         tilt = np.broadcast_to(np.asarray(tilt, dtype=float), (len(positions), 2))
 
@@ -173,6 +165,19 @@ def simulate_patterns(
         rng = rng or np.random.default_rng(0)
         out = rng.poisson(out * dose).astype(np.float64)
     return out.astype(np.float32)
+
+
+def source_points(fwhm: float, n_source: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """(probe offsets (P, 2) Å, weights (P,) summing to 1) sampling a Gaussian source of ``fwhm`` Å: ``n_source``²
+    points over ±2σ; one point at 0 for a coherent source (``fwhm`` ≤ 0)."""
+    if fwhm <= 0:
+        return np.zeros((1, 2)), np.ones(1)
+    s = fwhm / (2 * math.sqrt(2 * math.log(2)))
+    offs = np.linspace(-2 * s, 2 * s, n_source)
+    oy, ox = np.meshgrid(offs, offs, indexing="ij")
+    jitter = np.stack([oy.ravel(), ox.ravel()], -1)
+    weights = np.exp(-(jitter**2).sum(-1) / (2 * s**2))
+    return jitter, weights / weights.sum()
 
 
 def raster(shape: tuple[int, int], step: float, origin: tuple[float, float]) -> np.ndarray:

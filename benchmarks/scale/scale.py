@@ -31,11 +31,12 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "independent"))
 
-from numpy_multislice import atom_phase, electron_wavelength, probe_spectrum  # noqa: E402
+from numpy_multislice import atom_phase, electron_wavelength, probe_spectrum, source_points  # noqa: E402
 
 GEOM = dict(step=1.0, window=128, sampling=0.2, energy=300e3, semiangle=20.0, defocus=100.0)
-#: the specimens and their illumination: ``source`` (FWHM Å of a Gaussian source, 0: coherent; 5 × 5 source points as
-#: ``numpy_multislice.simulate_patterns`` samples it) and ``n_modes`` (the probe modes every tool is given)
+#: the specimens and their illumination: ``source`` (FWHM Å of a Gaussian source, 0: coherent; sampled by
+#: ``numpy_multislice.source_points``, 5 × 5 points, as ``simulate_patterns`` samples it) and ``n_modes`` (the probe
+#: modes every tool is given)
 SPECIMENS = {"thin": dict(n_slices=1, dz=10.0, max_phase=0.5, density=0.6, source=0.0, n_modes=1),
              "thick": dict(n_slices=8, dz=10.0, max_phase=0.5, density=0.15, source=0.0, n_modes=1),
              "coherent": dict(n_slices=1, dz=10.0, max_phase=0.5, density=0.6, source=0.6, n_modes=4)}
@@ -43,7 +44,6 @@ SPECIMENS = {"thin": dict(n_slices=1, dz=10.0, max_phase=0.5, density=0.6, sourc
 CASES = {"thin_128_memory": ("thin", 128, True), "thin_128_streamed": ("thin", 128, False),
          "thin_256_streamed": ("thin", 256, False), "thick_128_streamed": ("thick", 128, False),
          "coherent_128_streamed": ("coherent", 128, False)}
-N_SOURCE = 5  # source points per axis of a partially coherent case
 CHUNK = 256  # positions simulated at once
 
 
@@ -70,7 +70,7 @@ def simulate_windowed(out: Path, specimen: str, side: int, seed: int = 0) -> Pat
     ky, kx = np.meshgrid(k, k, indexing="ij")
     prop = np.exp(-1j * math.pi * lam * (ky**2 + kx**2) * spec["dz"]).astype(np.complex64)
     spec0 = probe_spectrum((n, n), samp, g["energy"], g["semiangle"], g["defocus"], 0.0, 0.0)
-    jitter, weights = source_points(spec.get("source", 0.0))
+    jitter, weights = source_points(spec["source"])
     pats = np.lib.format.open_memmap(out / "patterns.npy.tmp", mode="w+", dtype=np.float32,
                                      shape=(side, side, n, n))
     iy, ix = np.meshgrid(np.arange(side), np.arange(side), indexing="ij")
@@ -99,19 +99,6 @@ def simulate_windowed(out: Path, specimen: str, side: int, seed: int = 0) -> Pat
     os.replace(out / "patterns.npy.tmp", out / "patterns.npy")
     np.save(out / "truth.npy", phases.sum(0)[pad:pad + fov, pad:pad + fov].astype(np.float32))
     return out
-
-
-def source_points(fwhm: float) -> tuple[np.ndarray, np.ndarray]:
-    """(offsets (P, 2) Å, weights (P,) summing to 1) of a Gaussian source of ``fwhm`` Å: :data:`N_SOURCE`² points
-    over ±2σ; one point at 0 for a coherent source."""
-    if fwhm <= 0:
-        return np.zeros((1, 2)), np.ones(1)
-    sigma = fwhm / (2 * math.sqrt(2 * math.log(2)))
-    offs = np.linspace(-2 * sigma, 2 * sigma, N_SOURCE)
-    oy, ox = np.meshgrid(offs, offs, indexing="ij")
-    jitter = np.stack([oy.ravel(), ox.ravel()], -1)
-    weights = np.exp(-(jitter**2).sum(-1) / (2 * sigma**2))
-    return jitter, weights / weights.sum()
 
 
 def _run(folder: Path, n_slices: int, dz: float, epochs: int, in_memory: bool, result: Path,
