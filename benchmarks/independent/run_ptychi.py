@@ -143,6 +143,15 @@ def main() -> None:
         obj = task.get_data_to_cpu("object", as_numpy=True)  # (S, h, w)
         return np.angle(obj).sum(0)
 
+    # probe centre (pixel N/2 of the window) of the first position, in object pixels
+    origin_px = np.array([pos_y[0], pos_x[0]]) + origin - (np.array([H, W]) - 1) / 2 + np.array([H, W]) // 2
+    settings = {"tool": f"pty-chi {getattr(ptychi, '__version__', '2.2')}", "engine": "LSQML",
+                "noise_model": args.noise_model, "momentum": args.momentum, "batch": batch,
+                "batching": "random (default)",
+                "probe_modes": M, "slices": S, "initial_probe": "nominal, hard aperture, rescale_probe",
+                "positions": "exact, not optimisable", "position_origin": "SPECIFIED", "fft_shift": True,
+                "data_scale": scale, "data_note": "noise-free data scaled to counts" if dose <= 0 else "counts",
+                "torch": torch.__version__, "device": args.device, "iter_cpu": cpu_times, "iters_planned": c["iters"]}
     setup_s = None
     for _ in range(c["iters"]):
         t0, c0 = time.perf_counter(), time.process_time()
@@ -153,8 +162,9 @@ def main() -> None:
         times.append(time.perf_counter() - t0)
         cpu_times.append(time.process_time() - c0)
         history.append(phase_now())  # not timed
-    # probe centre (pixel N/2 of the window) of the first position, in object pixels
-    origin_px = np.array([pos_y[0], pos_x[0]]) + origin - (np.array([H, W]) - 1) / 2 + np.array([H, W]) // 2
+        # saved after every iteration (not timed): a run stopped at a wall-time budget keeps its r so far
+        settings.update(setup_s=setup_s, iters_done=len(times), cpu_s_per_iter=float(np.mean(cpu_times)))
+        save_result(args.result, history[-1], origin_px, times, settings, phase_history=history)
     losses = getattr(task.reconstructor, "loss_tracker", None)
     loss_list = None
     if losses is not None and hasattr(losses, "table"):
@@ -162,15 +172,7 @@ def main() -> None:
             loss_list = [float(v) for v in losses.table["loss"]]
         except Exception:  # noqa: BLE001 - a display nicety only
             loss_list = None
-    settings = {"tool": f"pty-chi {getattr(ptychi, '__version__', '2.2')}", "engine": "LSQML",
-                "noise_model": args.noise_model, "momentum": args.momentum, "batch": batch,
-                "batching": "random (default)",
-                "probe_modes": M, "slices": S, "initial_probe": "nominal, hard aperture, rescale_probe",
-                "positions": "exact, not optimisable", "position_origin": "SPECIFIED", "fft_shift": True,
-                "data_scale": scale, "data_note": "noise-free data scaled to counts" if dose <= 0 else "counts",
-                "torch": torch.__version__, "device": args.device, "iter_cpu": cpu_times,
-                "cpu_s_per_iter": float(np.mean(cpu_times)),
-                "loss_per_epoch": loss_list, "setup_s": setup_s}
+    settings["loss_per_epoch"] = loss_list
     save_result(args.result, history[-1], origin_px, times, settings, phase_history=history)
 
 

@@ -1,10 +1,12 @@
 """The peers at acquisition size (issue 52): phasestem, PtyRAD and pty-chi on the 128 × 128 scans of ``scale.py``, one
 tool at a time, 2 threads each, the patterns in memory (every runner loads the case file whole), scored after every
-iteration as ``benchmarks/independent/bench.py`` scores them.
+iteration as ``benchmarks/independent/bench.py`` scores them. A tool still running at ``--budget-min`` minutes is
+stopped; where its runner saves after every iteration (pty-chi's does), the iterations it finished are scored and the
+row says where it stopped.
 
     python benchmarks/scale/peers.py [--out runs/scale] [--cases thin_128 thick_128 coherent_128]
         [--tools phasestem ptyrad ptychi]
-        [--iters 10] [--python PY] [--args TOOL='...']
+        [--iters 10] [--budget-min 240] [--python PY] [--args TOOL='...']
 
 Each case is ``scale.py``'s simulation (run it first; ``simulate_windowed``) written once as a benchmark case file
 (``OUT/case_NAME.npz``, the layout of ``benchmarks/recon_peers/common.py``: 1 GiB of patterns). Each tool runs in its
@@ -64,11 +66,11 @@ def write_case(out: Path, name: str, iters: int) -> Path:
     return path
 
 
-def _child(tool: str, case: str, result: str, threads: int, python: str | None, extra: str) -> None:
+def _child(tool: str, case: str, result: str, threads: int, python: str | None, extra: str, budget_s: int) -> None:
     """``peers.py _child …``: one tool through bench.run_tool; prints its error (or nothing) and peak RSS (GiB)."""
     from bench import run_tool
 
-    err = run_tool(tool, Path(case), Path(result), Path(".bench_envs"), threads, 4 * 3600,
+    err = run_tool(tool, Path(case), Path(result), Path(".bench_envs"), threads, budget_s,
                    shlex.split(extra) or None, one_python=python)
     rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
     print(json.dumps({"error": err, "peak_rss_gib": rss}))
@@ -76,7 +78,8 @@ def _child(tool: str, case: str, result: str, threads: int, python: str | None, 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_child":
-        _child(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6] or None, sys.argv[7])
+        _child(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6] or None, sys.argv[7],
+               int(sys.argv[8]))
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("runs/scale"))
@@ -84,6 +87,7 @@ def main() -> None:
     ap.add_argument("--tools", nargs="+", default=["phasestem", "ptyrad", "ptychi"])
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--budget-min", type=float, default=240.0, help="wall-time budget per tool (minutes)")
     ap.add_argument("--python", default=None, help="one interpreter for every tool (else .bench_envs/TOOL)")
     ap.add_argument("--args", action="append", default=[], metavar="TOOL='...'",
                     help="options for one tool's runner, e.g. ptyrad='--obj-lr 2e-3'; repeatable")
@@ -100,23 +104,27 @@ def main() -> None:
         entry = results.setdefault(name, {"tools": {}})
         for tool in args.tools:
             rp = args.out / f"peers_{name}_{tool}.npz"
+            rp.unlink(missing_ok=True)  # a stale result must not stand for this run
             load = os.getloadavg()
             print(f"[{name}] {tool}: start, load average {load[0]:.2f}", flush=True)
             t0 = time.perf_counter()
             proc = subprocess.run([sys.executable, __file__, "_child", tool, str(case_path), str(rp),
-                                   str(args.threads), args.python or "", extra.get(tool, "")],
+                                   str(args.threads), args.python or "", extra.get(tool, ""),
+                                   str(int(args.budget_min * 60))],
                                   capture_output=True, text=True)
             lines = proc.stdout.strip().splitlines()
             rec = json.loads(lines[-1]) if proc.returncode == 0 and lines else {"error": proc.stderr[-500:]}
             rec.update(load_at_start=list(load), wall_s=time.perf_counter() - t0, args=extra.get(tool, ""),
                        when=time.strftime("%Y-%m-%d %H:%M:%S"))
-            if rec.get("error") is None and rp.exists():
+            if rp.exists():  # finished, or stopped with the iterations it saved
                 with np.load(rp) as z:
                     res = {k: z[k] for k in z.files}
                 sc = score(res, truth, fov)
                 st = json.loads(str(res["settings"]))
                 times = np.asarray(res["iter_times"], dtype=float)
-                rec.update(sc, **summarise(sc, (args.iters,)), setup_s=st.get("setup_s"),
+                if rec.get("error") is not None:
+                    rec["stopped"] = f"stopped after {len(times)} of {args.iters} iterations: {rec.pop('error')}"
+                rec.update(sc, **summarise(sc, (min(args.iters, len(times)),)), setup_s=st.get("setup_s"),
                            s_per_it=float(np.median(times[1:] if len(times) > 2 else times)), settings=st)
             entry["tools"][tool] = rec
             print(f"[{name}] {tool}: {rec.get('error') or 'ok'}, final r {rec.get('final_r')}, "
@@ -142,7 +150,8 @@ def main() -> None:
             reached = "not reached" if ttt is None else f"{ttt:.0f}"
             target = f" (target {tgt:.4f}, {entry.get('target_tool')})" if tgt else ""
             r_all = ", ".join(f"{x:.4f}" for x in v["r"])
-            lines.append(f"| {name} | {tool} | {v['s_per_it']:.1f} | {v.get('setup_s') or 0:.1f} | "
+            stopped = f" (stopped after {len(v['r'])} iterations at the budget)" if v.get("stopped") else ""
+            lines.append(f"| {name} | {tool} | {v['s_per_it']:.1f}{stopped} | {v.get('setup_s') or 0:.1f} | "
                          f"{v.get('peak_rss_gib', float('nan')):.2f} | {r_all} | {reached}{target} | "
                          f"{v['load_at_start'][0]:.1f} |")
     (args.out / "peers.md").write_text("\n".join(lines) + "\n")
