@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from phasestem.physics import fused as fused_op
-from phasestem.physics.multislice import WindowIndex, gather_patches
+from phasestem.physics.multislice import PolarTransmission, WindowIndex, gather_patches
 from phasestem.physics.operator import ForwardModel, farfield_intensity
 
 F64 = torch.float64
@@ -61,6 +61,42 @@ def test_fused_operator_equals_autograd_through_the_composed_steps(K, M, S, per_
     want = torch.autograd.grad((composed * weight).sum(), leaves)
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10 * b.abs().max().item())
+
+
+@pytest.mark.parametrize("K,M,S,per_tilt,wrap", [
+    (1, 1, 1, False, False),
+    (2, 3, 3, True, False),
+    (1, 2, 4, False, True),
+    (3, 1, 2, True, True),
+])
+@pytest.mark.parametrize("chunk_bytes", [1 << 30, 1])
+@pytest.mark.parametrize("learn", ["both", "phase", "amplitude"])
+def test_amplitude_and_phase_made_complex_on_the_windows_equal_the_whole_object_polar(K, M, S, per_tilt, wrap,
+                                                                                     chunk_bytes, learn, monkeypatch):
+    """The object as amplitude and phase (transmission made on the windows, gradients from the windows) gives the
+    intensities and gradients of autograd through a·cos φ + i·a·sin φ of the whole object, in both window paths
+    (slices inside the object; the periodic index where windows wrap) and both backward forms (held per chunk / per
+    slice). At zero amplitude the derivative e^{iφ} is kept (autograd's ``torch.polar`` gives 0 there, through sgn)."""
+    monkeypatch.setattr(fused_op, "CPU_CHUNK_BYTES", chunk_bytes)
+    fm, obj, probe, pos, tilt, weights = _problem(K, M, S, per_tilt, wrap)
+    amp, phase = obj.abs().clone(), obj.angle().clone()
+    amp[..., 3:5, 4:6] = 0.0  # a pixel of zero amplitude still gets its amplitude gradient
+    dz = torch.tensor(7.0, dtype=F64)
+    wanted = {"both": [amp, phase], "phase": [phase], "amplitude": [amp]}[learn]
+    leaves = [*wanted, probe] + ([dz, tilt] if S > 1 else []) + ([weights] if weights is not None else [])
+    for t in leaves:
+        t.requires_grad_(True)
+    got_i = fm(PolarTransmission(amp, phase), probe, pos, dz, tilt, weights)
+    want_i = fm(torch.complex(amp * torch.cos(phase), amp * torch.sin(phase)), probe, pos, dz, tilt, weights)
+    torch.testing.assert_close(got_i, want_i, rtol=1e-12, atol=1e-12 * want_i.abs().max().item())
+    weight = torch.rand(got_i.shape, dtype=F64, generator=torch.Generator().manual_seed(3))
+    got = torch.autograd.grad((got_i * weight).sum(), leaves)
+    want = torch.autograd.grad((want_i * weight).sum(), leaves)
+    for a, b in zip(got, want, strict=True):
+        assert float(b.abs().max()) > 0
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10 * b.abs().max().item())
+    exit_polar = fm.exit_waves(PolarTransmission(amp[0], phase[0]), probe, pos, dz, tilt)  # (S, Ny, Nx) form
+    torch.testing.assert_close(exit_polar, fm.exit_waves(torch.polar(amp[0], phase[0]), probe, pos, dz, tilt))
 
 
 def test_fused_gradcheck_with_frozen_positions_mode_weights_and_per_position_tilt(monkeypatch):

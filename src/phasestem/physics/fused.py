@@ -14,14 +14,19 @@ fewer full-size passes over memory than autograd through the separate steps:
   object gradient (window slices on CPU, one ``index_add_`` elsewhere); on CPU one window per
   position through every slice, B slicings and adds per step instead of B × S (with 20 slices
   an epoch took 26–28 % less, benchmarks/independent);
+* an object given as amplitude and phase (:class:`~phasestem.physics.multislice.PolarTransmission`, the
+  reconstruction's parameters) is made complex on the batch's windows only, and its gradients go to amplitude and
+  phase from the windows: no pass over the whole object forms ``a·exp(iφ)`` or its backward (each batch made and
+  differentiated the whole object's transmission before, whatever the share of it the batch lights; an epoch at
+  acquisition size now takes 13–35 % less, docs/benchmarks.md);
 * the probe shift is one multiplication by :func:`phasestem.physics.fourier.shift_ramp`, and its
   gradient is summed over the batch in place;
 * probe modes accumulate into the transmission gradient in place, and on CPU the batch runs
   in cache-sized chunks (:data:`CPU_CHUNK_BYTES`).
 
-Gradients flow to the object (K, S, Ny, Nx), the probe spectrum (M, ny, nx), the propagator
-(so Δz and tilt refine through it) and the object-mode weights; positions are not
-differentiated here (:meth:`ForwardModel.__call__` handles them through autograd).
+Gradients flow to the object (K, S, Ny, Nx) (complex, or amplitude and phase), the probe spectrum
+(M, ny, nx), the propagator (so Δz and tilt refine through it) and the object-mode weights; positions
+are not differentiated here (:meth:`ForwardModel.__call__` handles them through autograd).
 Measured on CPU with 2 threads, forward + backward of 32 patterns of 128² against autograd through
 the composed steps: 0.95× the time with 1 slice, 0.87× with 8 slices, 0.77× with 8 slices and 4
 probe modes.
@@ -35,7 +40,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .fourier import add_squared_modulus, fft2, ifft2, real_dtype, shift_ramp
-from .multislice import WindowIndex
+from .multislice import PolarTransmission, WindowIndex
 
 #: on CPU the batch is processed in chunks whose (b, M, K, ny, nx) waves take about this many bytes, so that the
 #: chain transmit → FFT → propagate → inverse FFT of one slice runs in cache (measured with 1024 patterns of
@@ -52,24 +57,40 @@ def chunk_size(n: int, wave_shape: tuple[int, ...], itemsize: int, device: torch
     return max(1, min(n, CPU_CHUNK_BYTES // per))
 
 
+def _window_grads(where: WindowIndex, amp: torch.Tensor, phase: torch.Tensor, gt: torch.Tensor,
+                  s: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of amplitude and phase (K, S, Ny, Nx) on the windows from ``gt``, the conjugated transmission
+    gradient there: (b, K, ny, nx) of slice ``s``, or (S, b, K, ny, nx) of every slice when ``s`` is None. For
+    T = a·exp(iφ) and q = gt·exp(iφ): ∂L/∂a = Re q, ∂L/∂φ = −a·Im q."""
+    a, phi = (where.gather(t.transpose(0, 1), dim=1) if s is None else where.gather(t[:, s]) for t in (amp, phase))
+    q = torch.view_as_real(gt * torch.polar(torch.ones_like(phi), phi))
+    return q[..., 0], q[..., 1].mul(a).neg_()
+
+
 class _FusedIntensity(torch.autograd.Function):
-    """I (B, ny, nx) from object (K, S, Ny, Nx), probe spectrum (M, ny, nx) or shifted probes
-    (B, M, ny, nx), propagator and object-mode weights; see the module docstring."""
+    """I (B, ny, nx) from object (K, S, Ny, Nx) — complex ``obj``, or ``amp`` and ``phase`` with ``obj`` None —,
+    probe spectrum (M, ny, nx) or shifted probes (B, M, ny, nx), propagator and object-mode weights; see the module
+    docstring."""
 
     @staticmethod
-    def forward(ctx, obj, probe_in, prop, weights, ramps, where: WindowIndex):
-        K, S = obj.shape[:2]
+    def forward(ctx, obj, amp, phase, probe_in, prop, weights, ramps, where: WindowIndex):
+        polar = obj is None
+        K, S = (amp if polar else obj).shape[:2]
         ny, nx = probe_in.shape[-2:]
         M = probe_in.shape[-3]
         B = where.n
         # one window per position over every slice, each slice's windows contiguous: S × (B, K, ny, nx)
-        patches = where.gather(obj.transpose(0, 1), dim=1).unbind(0)
-        keep_spectra = prop is not None and ctx.needs_input_grad[2]
+        if polar:  # the transmission on the windows only
+            patches = torch.polar(*(where.gather(t.transpose(0, 1), dim=1) for t in (amp, phase))).unbind(0)
+        else:
+            patches = where.gather(obj.transpose(0, 1), dim=1).unbind(0)
+        real = patches[0].real.dtype
+        keep_spectra = prop is not None and ctx.needs_input_grad[4]
         # the weights stay on the device (0-d tensors, no host sync): |F ψ|² · w_k, the same numbers as a scalar w_k
-        w = None if weights is None else weights.detach().to(obj.real.dtype).unbind(0)
-        inten = obj.real.new_zeros((B, ny, nx))
+        w = None if weights is None else weights.detach().to(real).unbind(0)
+        inten = patches[0].real.new_zeros((B, ny, nx))
         saved = []
-        step = chunk_size(B, (M, K, ny, nx), obj.element_size(), obj.device)
+        step = chunk_size(B, (M, K, ny, nx), patches[0].element_size(), patches[0].device)
         for c0 in range(0, B, step):
             c = slice(c0, min(B, c0 + step))
             # probe_in: the spectrum (M, ny, nx) shifted by the phase ramps (B, ny, nx), or shifted probes
@@ -94,21 +115,26 @@ class _FusedIntensity(torch.autograd.Function):
                 for k in range(K):
                     add_squared_modulus(inten[c], far[:, m, k], 1.0 if w is None else w[k])
             saved += [far, *incident, *spectra]
-        ctx.where, ctx.ramps, ctx.obj_shape, ctx.step = where, ramps, obj.shape, step
-        ctx.save_for_backward(prop, weights, *patches, *saved)
+        ctx.where, ctx.ramps, ctx.obj_shape, ctx.step = where, ramps, (amp if polar else obj).shape, step
+        ctx.polar = polar
+        ctx.save_for_backward(prop, weights, amp, phase, *patches, *saved)
         return inten
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_i):
-        prop, weights, *rest = ctx.saved_tensors
+        prop, weights, amp, phase, *rest = ctx.saved_tensors
         K, S = ctx.obj_shape[:2]
         patches, saved = rest[:S], rest[S:]
-        where, ramps, step = ctx.where, ctx.ramps, ctx.step
-        need_obj, need_probe, need_prop, need_w = ctx.needs_input_grad[:4]
+        where, ramps, step, polar = ctx.where, ctx.ramps, ctx.step, ctx.polar
+        need_cplx, need_amp, need_phase, need_probe, need_prop, need_w = ctx.needs_input_grad[:6]
+        need_obj = need_cplx or need_amp or need_phase
         B = where.n
         per_chunk = 1 + S + (S - 1 if need_prop and prop is not None else 0)
-        grad_obj = patches[0].new_zeros(ctx.obj_shape) if need_obj else None
+        grad_obj = patches[0].new_zeros(ctx.obj_shape) if need_cplx else None
+        # amplitude and phase: both gradients are made when either is asked for (the node's outputs, not computed twice)
+        grad_amp = amp.new_zeros(ctx.obj_shape) if polar and need_obj else None
+        grad_phase = phase.new_zeros(ctx.obj_shape) if polar and need_obj else None
         grad_w = weights.new_zeros(K) if weights is not None and need_w else None
         grad_probe = grad_prop_c = None
         for i, c0 in enumerate(range(0, B, step)):
@@ -153,12 +179,21 @@ class _FusedIntensity(torch.autograd.Function):
                     gt = torch.mul(inc[:, 0], chi[:, 0], out=grad_t[s]) if hold else inc[:, 0] * chi[:, 0]
                     for m in range(1, chi.shape[1]):
                         gt.addcmul_(inc[:, m], chi[:, m])
-                    if not hold:
+                    if not hold and polar:
+                        g_a, g_p = _window_grads(part, amp, phase, gt, s)
+                        part.add_into(grad_amp[:, s], g_a)
+                        part.add_into(grad_phase[:, s], g_p)
+                    elif not hold:
                         part.add_into(grad_obj[:, s], gt)
                     del gt
                 if s > 0 or need_probe:
                     chi.mul_(patches[s][c, None])
-            if hold:
+            if hold and polar:
+                g_a, g_p = _window_grads(part, amp, phase, grad_t)
+                part.add_into(grad_amp, g_a.permute(1, 2, 0, 3, 4))  # (b, K, S, ny, nx)
+                part.add_into(grad_phase, g_p.permute(1, 2, 0, 3, 4))
+                del grad_t, g_a, g_p
+            elif hold:
                 part.add_into(grad_obj, grad_t.permute(1, 2, 0, 3, 4))  # (b, K, S, ny, nx)
                 del grad_t
             if need_probe:
@@ -177,7 +212,11 @@ class _FusedIntensity(torch.autograd.Function):
         grad_prop = None
         if grad_prop_c is not None:
             grad_prop = grad_prop_c.conj().resolve_conj().reshape(prop.shape)
-        return grad_obj, grad_probe, grad_prop, grad_w, None, None
+        if not need_amp:
+            grad_amp = None
+        if not need_phase:
+            grad_phase = None
+        return grad_obj, grad_amp, grad_phase, grad_probe, grad_prop, grad_w, None, None
 
 
 #: :func:`fused_intensity` as :func:`torch.compiler.disable` wraps it, once :func:`run_eagerly_under_compile` made it
@@ -206,17 +245,19 @@ def _fused_intensity(
 ) -> torch.Tensor:
     """Far-field intensities (B, ny, nx), fftfreq order, of the mixed-state multislice model.
 
-    ``obj`` (K, S, Ny, Nx) complex transmission; ``probe`` (M, ny, nx) probe modes; ``corners``
+    ``obj`` (K, S, Ny, Nx) complex transmission, or its amplitude and phase as a :class:`PolarTransmission` (made
+    complex on the windows only, gradients to amplitude and phase); ``probe`` (M, ny, nx) probe modes; ``corners``
     (B, 2) long top-left window pixels and ``frac`` (B, 2) sub-pixel probe shifts (from
     :func:`phasestem.physics.multislice.window_origins`); ``prop`` (ny, nx) or (B, ny, nx) propagator for
     one slice (None for one slice); ``weights`` (K,) object-mode occupancies. Pass
     ``shifted_probe`` (B, M, ny, nx) instead of shifting here when the shifts need gradients.
     """
     where = WindowIndex(corners, probe.shape[-2:], obj.shape[-2:])
+    parts = (None, obj.amplitude, obj.phase) if isinstance(obj, PolarTransmission) else (obj, None, None)
     if shifted_probe is not None:
-        return _FusedIntensity.apply(obj, shifted_probe, prop, weights, None, where)
+        return _FusedIntensity.apply(*parts, shifted_probe, prop, weights, None, where)
     ramps = shift_ramp(frac.detach().to(real_dtype(probe)), probe.shape[-2:])  # (B, ny, nx)
-    return _FusedIntensity.apply(obj, fft2(probe), prop, weights, ramps, where)
+    return _FusedIntensity.apply(*parts, fft2(probe), prop, weights, ramps, where)
 
 
 @functools.wraps(_fused_intensity)

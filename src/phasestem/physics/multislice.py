@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+from typing import NamedTuple
 
 import torch
 
@@ -79,6 +80,30 @@ def positions_in_pixels(positions: torch.Tensor, sampling: tuple[float, float]) 
     if torch.compiler.is_compiling():  # a constant of the compiled graph
         return positions / torch.tensor(sampling, dtype=positions.dtype, device=positions.device)
     return positions / _pixel_scale(sampling, positions.dtype, positions.device)
+
+
+class PolarTransmission(NamedTuple):
+    """An object's transmission given as ``amplitude`` and ``phase`` (rad), each (K, S, Ny, Nx) or (S, Ny, Nx) real:
+    the reconstruction's parameters, which the fused operator (:mod:`phasestem.physics.fused`) makes complex on the
+    probe windows only."""
+
+    amplitude: torch.Tensor
+    phase: torch.Tensor
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.phase.shape
+
+    def dim(self) -> int:
+        return self.phase.dim()
+
+    def with_modes_axis(self) -> PolarTransmission:
+        """(S, Ny, Nx) → (1, S, Ny, Nx)."""
+        return PolarTransmission(self.amplitude[None], self.phase[None]) if self.dim() == 3 else self
+
+    def complex(self) -> torch.Tensor:
+        """The complex transmission amplitude · exp(i·phase) of the whole object."""
+        return torch.polar(self.amplitude, self.phase)
 
 
 class WindowIndex:

@@ -11,7 +11,15 @@ import torch
 
 from .fourier import detector_ramp, fft2, ifft2, real_dtype, squared_modulus
 from .fused import fused_intensity
-from .multislice import gather_patches, multislice, positions_in_pixels, propagator, shifted_probes, window_origins
+from .multislice import (
+    PolarTransmission,
+    gather_patches,
+    multislice,
+    positions_in_pixels,
+    propagator,
+    shifted_probes,
+    window_origins,
+)
 
 
 class _FarfieldIntensity(torch.autograd.Function):
@@ -79,7 +87,9 @@ class ForwardModel:
 
     def _prepare(self, obj, probe, positions):
         """(K, S, Ny, Nx) object, (M, ny, nx) probe, window corners and sub-pixel rests of ``positions`` (Å)."""
-        if obj.dim() == 3:
+        if isinstance(obj, PolarTransmission):
+            obj = obj.with_modes_axis()
+        elif obj.dim() == 3:
             obj = obj[None]
         if probe.dim() == 2:
             probe = probe[None]
@@ -94,9 +104,12 @@ class ForwardModel:
         dz: float | torch.Tensor = 1.0,
         tilt: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Exit waves (B, M, K, ny, nx) for transmission ``obj`` (K, S, Ny, Nx) (or (S, Ny, Nx)),
-        probe modes ``probe`` (M, ny, nx) (or (ny, nx)) and probe centres ``positions`` (B, 2) in Å."""
+        """Exit waves (B, M, K, ny, nx) for transmission ``obj`` (K, S, Ny, Nx) (or (S, Ny, Nx); complex or a
+        :class:`PolarTransmission`), probe modes ``probe`` (M, ny, nx) (or (ny, nx)) and probe centres ``positions``
+        (B, 2) in Å."""
         obj, probe, top_left, frac = self._prepare(obj, probe, positions)
+        if isinstance(obj, PolarTransmission):
+            obj = obj.complex()
         patches = gather_patches(obj, top_left, self.window)  # (B, K, S, ny, nx)
         psi = shifted_probes(probe, frac)
         prop = None
@@ -114,7 +127,8 @@ class ForwardModel:
         object_weights: torch.Tensor | None = None,
         detector_shifts: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Diffraction intensities (B, ny, nx); each sums to the probe's total intensity × |O|².
+        """Diffraction intensities (B, ny, nx); each sums to the probe's total intensity × |O|². ``obj``: complex
+        transmission (K, S, Ny, Nx) or (S, Ny, Nx), or a :class:`PolarTransmission` (made complex on the windows only).
 
         Computed by the fused operator :func:`phasestem.physics.fused.fused_intensity` (one autograd
         node with a hand-written backward; the same values as ``farfield_intensity(exit_waves(…))``).

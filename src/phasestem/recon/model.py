@@ -42,6 +42,7 @@ from torch import nn
 from ..base.errors import ConfigError, ShapeError
 from ..physics import optics
 from ..physics.experiment import Experiment
+from ..physics.multislice import PolarTransmission
 from .budget import check_object_memory
 from .inputs import load_phase_image
 from .model_options import ModelOptions
@@ -247,9 +248,9 @@ class Ptychography(nn.Module):
         """Complex transmission (K, S, Ny, Nx) = amplitude · exp(i·phase)."""
         return torch.polar(self.obj_amplitude, self.obj_phase)
 
-    def blurred_object(self, sigma: float) -> torch.Tensor:
-        """Complex transmission (K, S, Ny, Nx) from amplitude and phase each blurred laterally by a periodic
-        Gaussian of σ = ``sigma`` object pixels (differentiable; the object's padding absorbs the wrap-around)."""
+    def blurred_object(self, sigma: float) -> PolarTransmission:
+        """Amplitude and phase (K, S, Ny, Nx) each blurred laterally by a periodic Gaussian of σ = ``sigma`` object
+        pixels (differentiable; the object's padding absorbs the wrap-around)."""
         ny, nx = self.obj_phase.shape[-2:]
         u = torch.fft.fftfreq(ny, device=self.device)[:, None]
         v = torch.fft.rfftfreq(nx, device=self.device)[None, :]
@@ -258,7 +259,7 @@ class Ptychography(nn.Module):
         def blur(x: torch.Tensor) -> torch.Tensor:
             return torch.fft.irfft2(torch.fft.rfft2(x) * mtf, s=(ny, nx))
 
-        return torch.polar(blur(self.obj_amplitude), blur(self.obj_phase))
+        return PolarTransmission(blur(self.obj_amplitude), blur(self.obj_phase))
 
     def dataset_positions(self) -> torch.Tensor:
         """Current positions (N, 2) Å in the dataset frame."""
@@ -269,10 +270,12 @@ class Ptychography(nn.Module):
         """Model intensities (B, ny, nx), fftfreq order (unshifted), for flat scan indices ``index``.
 
         The intensities come from :meth:`Experiment.intensities` (the forward operator, the fused node of
-        :mod:`phasestem.physics.fused`, then the detector response).
+        :mod:`phasestem.physics.fused`, then the detector response). The object goes in as amplitude and phase, made
+        complex on the batch's windows only.
         """
         tilt = self.tilt if self.tilt.dim() == 1 else self.tilt[index]
-        obj = self.get_object() if self.obj_preblur <= 0 else self.blurred_object(self.obj_preblur)
+        obj = PolarTransmission(self.obj_amplitude, self.obj_phase) if self.obj_preblur <= 0 \
+            else self.blurred_object(self.obj_preblur)
         return self.experiment.intensities(obj, self.get_probe(), self.positions[index], index=index,
                                            dz=self.slice_thickness, tilt=tilt,
                                            object_weights=self.obj_weights if self.n_object_modes > 1 else None)
