@@ -127,7 +127,7 @@ def main() -> None:
                 rec.update(sc, **summarise(sc, (min(args.iters, len(times)),)), setup_s=st.get("setup_s"),
                            s_per_it=float(np.median(times[1:] if len(times) > 2 else times)), settings=st)
             entry["tools"][tool] = rec
-            print(f"[{name}] {tool}: {rec.get('error') or 'ok'}, final r {rec.get('final_r')}, "
+            print(f"[{name}] {tool}: {rec.get('error') or rec.get('stopped') or 'ok'}, final r {rec.get('final_r')}, "
                   f"{rec.get('s_per_it')} s / iteration, peak RSS {rec.get('peak_rss_gib')}", flush=True)
             path.write_text(json.dumps(results, indent=1, default=str))
         peers = {t: v for t, v in entry["tools"].items() if t != "phasestem" and "final_r" in v}
