@@ -137,6 +137,18 @@ class _FusedIntensity(torch.autograd.Function):
         grad_phase = phase.new_zeros(ctx.obj_shape) if polar and need_obj else None
         grad_w = weights.new_zeros(K) if weights is not None and need_w else None
         grad_probe = grad_prop_c = None
+
+        def add_object_grad(part: WindowIndex, gt: torch.Tensor, s: int | None = None) -> None:
+            """Add ``gt``, the conjugated transmission gradient on the windows of ``part`` — (b, K, ny, nx) of slice
+            ``s``, or (S, b, K, ny, nx) of every slice —, into the object's gradient: the complex one, or amplitude's
+            and phase's."""
+            pairs = (zip((grad_amp, grad_phase), _window_grads(part, amp, phase, gt, s), strict=True) if polar
+                     else ((grad_obj, gt),))
+            for target, values in pairs:
+                if s is None:
+                    part.add_into(target, values.permute(1, 2, 0, 3, 4))  # (b, K, S, ny, nx)
+                else:
+                    part.add_into(target[:, s], values)
         for i, c0 in enumerate(range(0, B, step)):
             c = slice(c0, min(B, c0 + step))
             far, *rest_c = saved[i * per_chunk : (i + 1) * per_chunk]
@@ -179,22 +191,13 @@ class _FusedIntensity(torch.autograd.Function):
                     gt = torch.mul(inc[:, 0], chi[:, 0], out=grad_t[s]) if hold else inc[:, 0] * chi[:, 0]
                     for m in range(1, chi.shape[1]):
                         gt.addcmul_(inc[:, m], chi[:, m])
-                    if not hold and polar:
-                        g_a, g_p = _window_grads(part, amp, phase, gt, s)
-                        part.add_into(grad_amp[:, s], g_a)
-                        part.add_into(grad_phase[:, s], g_p)
-                    elif not hold:
-                        part.add_into(grad_obj[:, s], gt)
+                    if not hold:
+                        add_object_grad(part, gt, s)
                     del gt
                 if s > 0 or need_probe:
                     chi.mul_(patches[s][c, None])
-            if hold and polar:
-                g_a, g_p = _window_grads(part, amp, phase, grad_t)
-                part.add_into(grad_amp, g_a.permute(1, 2, 0, 3, 4))  # (b, K, S, ny, nx)
-                part.add_into(grad_phase, g_p.permute(1, 2, 0, 3, 4))
-                del grad_t, g_a, g_p
-            elif hold:
-                part.add_into(grad_obj, grad_t.permute(1, 2, 0, 3, 4))  # (b, K, S, ny, nx)
+            if hold:
+                add_object_grad(part, grad_t)
                 del grad_t
             if need_probe:
                 chi = chi[:, :, 0] if K == 1 else chi.sum(2)  # (b, M, ny, nx): conj of ∂L/∂ψ

@@ -244,9 +244,13 @@ class Ptychography(nn.Module):
         probe = torch.view_as_complex(self.probe) / self.probe_scale
         return probe if self.probe_support is None else probe * self.probe_support
 
+    def transmission(self) -> PolarTransmission:
+        """The object's amplitude and phase (K, S, Ny, Nx), as the forward operator takes them."""
+        return PolarTransmission(self.obj_amplitude, self.obj_phase)
+
     def get_object(self) -> torch.Tensor:
         """Complex transmission (K, S, Ny, Nx) = amplitude · exp(i·phase)."""
-        return torch.polar(self.obj_amplitude, self.obj_phase)
+        return self.transmission().complex()
 
     def blurred_object(self, sigma: float) -> PolarTransmission:
         """Amplitude and phase (K, S, Ny, Nx) each blurred laterally by a periodic Gaussian of σ = ``sigma`` object
@@ -274,8 +278,7 @@ class Ptychography(nn.Module):
         complex on the batch's windows only.
         """
         tilt = self.tilt if self.tilt.dim() == 1 else self.tilt[index]
-        obj = PolarTransmission(self.obj_amplitude, self.obj_phase) if self.obj_preblur <= 0 \
-            else self.blurred_object(self.obj_preblur)
+        obj = self.transmission() if self.obj_preblur <= 0 else self.blurred_object(self.obj_preblur)
         return self.experiment.intensities(obj, self.get_probe(), self.positions[index], index=index,
                                            dz=self.slice_thickness, tilt=tilt,
                                            object_weights=self.obj_weights if self.n_object_modes > 1 else None)
