@@ -201,14 +201,21 @@ def test_every_params_file_of_the_installed_ptyrad_translates(tmp_path):
     if files is None:
         pytest.skip("ptyrad is not installed (pip install --no-deps ptyrad==1.0.0 to run this test; PtyRAD itself "
                     "is never imported)")
+    from phasestem.base.errors import ConfigError
+
     assert files, "the installed ptyrad ships no params files"
-    names = set()
+    names, stopped = set(), set()
     for f in files:
         data = yaml.safe_load(f.read_text())
-        tr = translate(data, str(f), cwd=tmp_path)
+        try:
+            tr = translate(data, str(f), cwd=tmp_path)
+        except ConfigError as err:  # positions from another reconstruction: a geometry the file does not hold
+            assert f"{f}: init_params.pos_source: " in str(err) and "\n" not in str(err), str(err)
+            stopped.add(f.name)
+            tr = translate(data, str(f), cwd=tmp_path, allow_untranslated=True)
         parse_params(tr.params, str(f))
         names.add(f.name)
-    assert "tBL_WSe2.yaml" in names
+    assert "tBL_WSe2.yaml" in names and "04_resume_reconstruction.yaml" in stopped
 
 
 def test_a_translated_run_reaches_the_hand_written_runs_r(tmp_path, monkeypatch):
@@ -251,3 +258,149 @@ def test_a_translated_run_reaches_the_hand_written_runs_r(tmp_path, monkeypatch)
     assert r["hand"] > 0.8, r
     assert r["ptyrad"] == pytest.approx(r["hand"], abs=2e-3), r
     print(f"Pearson r after 8 epochs: translated {r['ptyrad']:.4f}, hand-written {r['hand']:.4f}")
+
+
+def _ptyrad_affine(scale, asymmetry, rotation, shear):
+    """PtyRAD's [scale, asymmetry, rotation, shear] matrix, written here from its definition (PtychoShelves'
+    compose_affine_matrix; degrees), for row vectors (y, x): positions @ F."""
+    th, sh = np.radians(rotation), np.radians(shear)
+    return (np.diag([scale, scale]) @ np.diag([1 + asymmetry / 2, 1 - asymmetry / 2])
+            @ np.array([[np.cos(th), np.sin(th)], [-np.sin(th), np.cos(th)]]) @ np.array([[1, 0], [np.tan(sh), 1]]))
+
+
+def _ptyrad_positions(shape, step, affine, flip=None):
+    """PtyRAD's simulated positions (Å, (y, x) rows): the raster, its grid flipped ([ud, lr, transpose]; transpose
+    flips the (y, x) axis), centred on its mean, times F from the right."""
+    pos = step * np.array([(y, x) for y in range(shape[0]) for x in range(shape[1])], dtype=np.float64)
+    if flip is not None and any(flip):
+        pos = np.flip(pos.reshape(*shape, 2), tuple(np.nonzero(flip)[0])).reshape(-1, 2)
+    return (pos - pos.mean(0)) @ _ptyrad_affine(*affine)
+
+
+def _translated_positions(init: dict, tmp_path) -> np.ndarray:
+    from phasestem.recon.params import configured_scan
+    from phasestem.scan import GridScan
+
+    base = {"probe_kv": 300, "meas_Npix": 32, "meas_params": {"path": "d.h5"}, "pos_N_scan_slow": 5,
+            "pos_N_scan_fast": 7}
+    params = parse_params(translate({"init_params": {**base, **init}}, cwd=tmp_path).params, "translated")
+    file_step = 0.8 if params.scan.step is None else params.scan.step  # a square step from the data file
+    pos = configured_scan(params.scan, GridScan((5, 7), file_step, origin=(3.0, -2.0))).positions()
+    return pos - pos.mean(0)
+
+
+def test_the_scan_affine_gives_ptyrad_s_positions(tmp_path):
+    """Before: pos_scan_affine was 'not translated' and the run went on at rotation 0."""
+    from phasestem.base.errors import ConfigError
+
+    tr = translate({"init_params": {"probe_kv": 300, "meas_Npix": 32, "meas_params": {"path": "d.h5"},
+                                    "pos_N_scan_slow": 5, "pos_N_scan_fast": 7, "pos_scan_step_size": 0.6,
+                                    "pos_scan_affine": [1, 0, 23.7, 0]}}, cwd=tmp_path)
+    assert tr.params["scan"] == {"shape": [5, 7], "step": 0.6, "rotation": 23.7}  # a rotation is scan.rotation
+    assert not any("pos_scan_affine" in x for x in tr.report_lines())
+    cases = [([1, 0, 23.7, 0], None, 0.6), ([1.1, 0.2, -40.0, 7.5], None, 0.6), ([1, 0, 90, 0], [0, 1, 0], 0.6),
+             ([0.9, -0.3, 12.0, -5.0], [1, 0, 1], 0.6), ([1.05, 0.1, 30.0, 3.0], [1, 1, 0], None)]
+    for affine, flip, step in cases:
+        init = {"pos_scan_affine": affine, "pos_scan_flipT": flip, "pos_scan_step_size": step}
+        expected = _ptyrad_positions((5, 7), 0.8 if step is None else step, affine, flip)
+        np.testing.assert_allclose(_translated_positions(init, tmp_path), expected, atol=1e-9,
+                                   err_msg=str((affine, flip, step)))
+    with pytest.raises(ConfigError, match="^PtyRAD params: init_params.pos_scan_affine: .*singular"):
+        translate({"init_params": {"probe_kv": 300, "meas_Npix": 32, "meas_params": {"path": "d.h5"},
+                                   "pos_scan_affine": [1, 2, 0, 0]}}, cwd=tmp_path)
+
+
+def test_an_untranslated_geometry_stops_with_one_line_naming_it(tmp_path, monkeypatch, capsys):
+    from phasestem.base.errors import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    base = {"probe_kv": 300, "meas_Npix": 64, "meas_params": {"path": "d.h5"}}
+    for change, field in (({"pos_source": "PtyRAD", "pos_params": "old/model_iter0200.hdf5"}, "init_params.pos_source"),
+                          ({"meas_crop": [None, None, [0, 48], [8, 56]]}, "init_params.meas_crop"),
+                          ({"pos_params": {"dx": 0.2}}, "init_params.pos_params.dx")):
+        data = {"init_params": {**base, **change}}
+        with pytest.raises(ConfigError, match=f"^x.yaml: {field}: .*changes the geometry") as err:
+            translate(data, "x.yaml", cwd=tmp_path)
+        assert "\n" not in str(err.value)
+        lines = translate(data, "x.yaml", cwd=tmp_path, allow_untranslated=True).report_lines()  # the user goes on
+        assert sum(x.startswith(f"not translated: {field}: ") for x in lines) == 1, lines
+    path = tmp_path / "moved.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["reconstruct", str(path), "--dump-config"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "init_params.pos_params.dx" in err[0], err
+    assert main(["convert", "ptyrad", str(path), "--out-file", "p.yaml"]) == 1
+    assert main(["convert", "ptyrad", str(path), "--out-file", "p.yaml", "--allow-untranslated"]) == 0
+    assert "#   not translated: init_params.pos_params.dx" in (tmp_path / "p.yaml").read_text()
+
+
+def _rotated_scan(path, affine) -> tuple[np.ndarray, np.ndarray]:
+    """An independent NumPy multislice scan of 10 × 10 positions 0.6 Å apart placed as PtyRAD places them for
+    ``pos_scan_affine`` (about the scan's centre, here the object's), written to ``path`` as a generic HDF5 ``dp``
+    with its first position as ``scan_origin``. Returns the true phase (64², 0.3 Å pixels) and the positions."""
+    import h5py
+    from numpy_cases import atom_phase, simulate_patterns
+
+    rng = np.random.default_rng(3)
+    phase = atom_phase((64, 64), 0.3, rng, 8, 0.5)
+    positions = _ptyrad_positions((10, 10), 0.6, affine) + 32 * 0.3
+    patterns = simulate_patterns(phase[None], 0.3, positions, 32, 300e3, 20.0, 50.0)
+    with h5py.File(path, "w") as f:
+        f["dp"] = np.asarray(patterns, np.float32).reshape(10, 10, 32, 32)
+        f.attrs["scan_origin"] = positions[0]
+    return phase, positions
+
+
+def _scanned(positions, rotation, shape, sampling=0.3, step=0.6, inset=1.0) -> np.ndarray:
+    """Pixels (of ``shape``) inside the turned scan's field, ``inset`` positions in from its edge."""
+    iy, ix = np.mgrid[: shape[0], : shape[1]] * sampling
+    grid = np.stack([iy - positions[0, 0], ix - positions[0, 1]], -1) @ np.asarray(
+        [[np.cos(np.radians(rotation)), -np.sin(np.radians(rotation))],
+         [np.sin(np.radians(rotation)), np.cos(np.radians(rotation))]]) / step  # (y, x) → scan indices
+    return ((grid > inset) & (grid < 9 - inset)).all(-1)
+
+
+def test_a_rotated_ptyrad_file_reconstructs_as_the_same_scan_given_natively(tmp_path, monkeypatch):
+    """A scan turned by 23.7° (positions by PtyRAD's own formula): the PtyRAD file with pos_scan_affine
+    [1, 0, 23.7, 0] and a phasestem file with scan.rotation 23.7 build the same positions, PtyRAD's, and the same
+    reconstruction; the same PtyRAD file read at rotation 0 (as before) reconstructs worse."""
+    from numpy_cases import pearson
+
+    from phasestem.recon.params import build_dataset
+    from phasestem.recon.run import run_reconstruction
+
+    monkeypatch.chdir(tmp_path)
+    truth, positions = _rotated_scan(tmp_path / "scan.h5", [1, 0, 23.7, 0])
+    rates = {"obja": {"start_iter": 1, "lr": 2e-2}, "objp": {"start_iter": 1, "lr": 2e-2},
+             "probe": {"start_iter": None, "lr": 0}, "probe_pos_shifts": {"start_iter": None, "lr": 0}}
+    ptyrad = {"init_params": {"probe_kv": 300, "probe_conv_angle": 20.0, "probe_aberrations": {"defocus": -50},
+                              "meas_Npix": 32, "meas_calibration": {"mode": "dx", "value": 0.3},
+                              "pos_N_scan_slow": 10, "pos_N_scan_fast": 10, "pos_scan_step_size": 0.6,
+                              "pos_scan_affine": [1, 0, 23.7, 0], "pos_scan_rand_std": None,
+                              "probe_pmode_max": 1, "obj_Nlayer": 1, "meas_params": {"path": "scan.h5", "key": "dp"}},
+              "model_params": {"update_params": rates}, "constraint_params": {"obj_rblur": {"start_iter": None}},
+              "recon_params": {"NITER": 5, "BATCH_SIZE": {"size": 20}}}
+    unturned = {**ptyrad, "init_params": {**ptyrad["init_params"], "pos_scan_affine": None}}
+    native = {"data": {"file": "scan.h5", "patterns_key": "dp"},
+              "optics": {"energy": 300e3, "semiangle": 20.0, "sampling": 0.3, "aberrations": {"C10": 50.0}},
+              "scan": {"shape": [10, 10], "step": 0.6, "rotation": 23.7},
+              "model": {"learning_rates": {"obj_amplitude": 2e-2, "obj_phase": 2e-2, "probe": 0, "positions": 0,
+                                           "tilt": 0, "slice_thickness": 0}},
+              "run": {"optimizer": "adam", "n_epochs": 5, "batch_size": 20, "lr_decay": "none", "progress": False,
+                      "checkpoint_every": 0}}
+    mask = _scanned(positions, 23.7, truth.shape)
+    phase, r = {}, {}
+    for name, data in (("ptyrad", ptyrad), ("native", native), ("unturned", unturned)):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        params = load_params(path)
+        params.run.out_dir, params.run.progress, params.run.checkpoint_every = tmp_path / f"run_{name}", False, 0
+        if name != "unturned":
+            np.testing.assert_allclose(build_dataset(params).positions, positions, atol=1e-9, err_msg=name)
+        phase[name] = run_reconstruction(params).phase_in_dataset_frame(truth.shape)  # pixel (0, 0) at 0 Å
+        h, w = phase[name].shape  # the object's frame may end before the truth's
+        r[name] = pearson(phase[name][mask[:h, :w]], truth[:h, :w][mask[:h, :w]])
+    np.testing.assert_allclose(phase["ptyrad"], phase["native"], atol=1e-5)
+    assert r["native"] > 0.8 and r["unturned"] < r["native"] - 0.1, r
+    print(f"Pearson r of the phase over the scanned field: PtyRAD file {r['ptyrad']:.4f}, native "
+          f"{r['native']:.4f}, PtyRAD file at rotation 0 {r['unturned']:.4f}")

@@ -18,8 +18,9 @@ def register(sub, train_sub) -> None:
         "ptyrad", help="a PtyRAD 1.0 params file",
         description="Translates a PtyRAD 1.0 params file (init_params, model_params, loss_params, constraint_params, "
         "recon_params): energy, semi-angle, aberrations (C10 = −defocus, azimuths in rad), detector pixel, scan, "
-        "data file and key, detector flips/crop/pad/resample, slices, modes, learning rates and their epochs, "
-        "losses, constraints, batch and iterations. Lists, one line each, what it could not translate. The data "
+        "data file and key, detector flips/crop/pad/resample, scan rotation/affine/flips, slices, modes, learning "
+        "rates and their epochs, losses, constraints, batch and iterations. Lists, one line each, what it could not "
+        "translate; stops on an untranslated setting that changes the geometry (--allow-untranslated: go on). The data "
         "file's path is taken from the working directory, as PtyRAD does. Mapping: docs/coming_from.md.",
         epilog="Examples:\n  phasestem convert ptyrad tBL_WSe2.yaml --out-file phasestem_params.yaml\n"
                "  phasestem convert ptyrad tBL_WSe2.yaml --lsq --out recon/   # recon/tBL_WSe2_phasestem.yaml\n"
@@ -34,6 +35,10 @@ def register(sub, train_sub) -> None:
     t.add_argument("--lsq", action="store_true",
                    help="phasestem's default solver (lsq) instead of PtyRAD's optimizer: which parameters are "
                         "refined and from which epoch is kept, the learning rates left to lsq")
+    t.add_argument("--allow-untranslated", action="store_true",
+                   help="go on past a setting that changes the geometry and has no translation (positions from "
+                        "another reconstruction, an off-centre detector crop): listed as not translated instead "
+                        "of stopping")
     t.add_argument("--overwrite", action="store_true", help="replace the parameter file when it exists")
     t.set_defaults(func=_ptyrad)
     p.set_defaults(func=lambda args: _no_tool(p))
@@ -54,7 +59,7 @@ def _ptyrad(args) -> int:
     from .ptyrad import translate, translation_yaml
 
     data = read_yaml_mapping(args.params, "PtyRAD params file")
-    tr = translate(data, str(args.params), lsq=args.lsq)
+    tr = translate(data, str(args.params), lsq=args.lsq, allow_untranslated=args.allow_untranslated)
     parse_params(tr.params, f"{args.params} (translated)")  # the translation loads as a phasestem file
     if args.out is None and args.out_file is None:
         sys.stdout.write(translation_yaml(tr, str(args.params)))

@@ -4,12 +4,15 @@
 What has a phasestem meaning is translated with its units converted (kV → eV; aberration azimuths degrees → rad;
 ``defocus`` → ``C10 = −defocus``; PtyRAD's ``meas_calibration`` of the raw pattern → ``optics.angular_sampling``
 (mrad per detector pixel); positions' learning rate px → Å; ``obj_zblur`` layers → Å; ``tilt_smooth`` scan
-positions → Å; ``probe_mask_k`` fraction of kMax → mrad). A setting the file leaves out takes PtyRAD's default where
+positions → Å; ``probe_mask_k`` fraction of kMax → mrad; ``pos_scan_affine`` and ``pos_scan_flipT`` → ``scan.rotation``,
+``scan.step``, ``scan.affine``: :mod:`.ptyrad_scan`). A setting the file leaves out takes PtyRAD's default where
 it changes what runs (the learning rates of ``update_params``; the constraints PtyRAD applies by default:
 ``ortho_pmode``, ``obj_rblur``, ``obj_zblur``, ``fix_probe_int``, ``pos_recenter``). Everything else is listed,
 one line each: ``untranslated`` (a setting that changes the run and has no phasestem counterpart here),
 ``approximate`` (translated, with a difference stated), ``ignored`` (off, null, or PtyRAD's own output naming).
-Mapping tables: docs/coming_from.md. Nothing of PtyRAD is imported.
+An untranslated setting that changes the geometry stops the translation with one line naming it, unless
+``allow_untranslated`` (``phasestem convert ptyrad --allow-untranslated``). Mapping tables: docs/coming_from.md.
+Nothing of PtyRAD is imported.
 """
 from __future__ import annotations
 
@@ -347,16 +350,18 @@ class _Translator(ExperimentSections):
 
 
 def translate(data: dict, source: str = "PtyRAD params", cwd: str | Path | None = None,
-              lsq: bool = False) -> Translation:
+              lsq: bool = False, allow_untranslated: bool = False) -> Translation:
     """Translate a parsed PtyRAD params file. ``cwd``: the folder PtyRAD would run in (its ``meas_params.path`` is
     relative to it; default: the working directory); ``lsq``: phasestem's default solver instead of PtyRAD's
-    optimizer (the learning rates' schedules and frozen parameters kept, their values left to lsq; positions in Å)."""
+    optimizer (the learning rates' schedules and frozen parameters kept, their values left to lsq; positions in Å);
+    ``allow_untranslated``: a setting that changes the geometry and is not translated (positions from another
+    reconstruction, an off-centre detector crop) becomes a ``not translated`` line instead of a ConfigError."""
     if not is_ptyrad_params(data):
         from ..base.errors import ConfigError
 
         raise ConfigError(f"{source}: not a PtyRAD params file (expected an init_params section and no data/optics/"
                           "scan section)")
-    return _Translator(data, source, Path(cwd or Path.cwd()).resolve(), lsq).run()
+    return _Translator(data, source, Path(cwd or Path.cwd()).resolve(), lsq, allow_untranslated).run()
 
 
 def translation_yaml(tr: Translation, source: str, base: str | Path | None = None) -> str:

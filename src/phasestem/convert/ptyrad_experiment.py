@@ -114,6 +114,8 @@ class ExperimentSections(PtyradReader):
                             f"{', '.join(rules)} or fitRBF")
 
     def scan(self) -> None:
+        """scan.shape and scan.step; PtyRAD's flips and affine of the grid as scan.rotation, step and affine
+        (:mod:`.ptyrad_scan`); positions it would take from elsewhere stop the translation (:meth:`geometry`)."""
         s = self.out["scan"]
         slow, fast = self.get("init_params", "pos_N_scan_slow"), self.get("init_params", "pos_N_scan_fast")
         if slow and fast:
@@ -123,25 +125,58 @@ class ExperimentSections(PtyradReader):
             raise self.fail("init_params.pos_N_scans", f"{n} but pos_N_scan_slow × pos_N_scan_fast = "
                             f"{int(slow) * int(fast)}")
         step = self.get("init_params", "pos_scan_step_size")
+        if self.get("init_params", "pos_source", "simu") != "simu":
+            self.get("init_params", "pos_params")
+            self.geometry("init_params.pos_source", self.sections["init_params"]["pos_source"], "positions from "
+                          "another reconstruction (pos_params)", "give scan.positions_file (.npy of (N, 2) probe "
+                          "centres in Å)")
+        else:
+            step = self.simulated_step(step, s.get("shape"))
         self.step = None if step is None else float(step)
         if step is not None:
             s["step"] = self.step
-        affine = self.get("init_params", "pos_scan_affine")
-        if affine is not None and list(affine) != [1, 0, 0, 0]:
-            self.skip("init_params", "pos_scan_affine", "PtyRAD's [scale, asymmetry, rotation, shear] is not "
-                      "mapped: give scan.rotation (degrees, counter-clockwise as displayed) and scan.affine")
-        else:
-            self.get("init_params", "pos_scan_affine")
-        self.skip("init_params", "pos_scan_flipT", "flips the scan pattern; phasestem flips the detector "
-                  "(data.flip_y/flip_x/transpose) or takes scan.affine")
+        s.update(self.grid_geometry())
         self.skip("init_params", "pos_scan_rand_std", "phasestem starts from the given positions, without a "
                   "random jitter")
-        if self.get("init_params", "pos_source", "simu") != "simu":
-            self.skip("init_params", "pos_params", "positions from another reconstruction: give scan.positions_file "
-                      "(.npy of (N, 2) probe centres in Å)")
-            self.used.add(("init_params", "pos_source"))
-        else:
-            self.get("init_params", "pos_params")
+
+    def simulated_step(self, step: float | None, shape: list[int] | None) -> float | None:
+        """The step of PtyRAD's simulated raster: ``pos_params`` (source ``simu``) may give its own
+        ``scan_step_size`` (Å); its ``dx`` rescales the raster against the object pixel and is not translated;
+        its scan size must be the file's."""
+        given = self.get("init_params", "pos_params")
+        if not given:
+            return step
+        if not isinstance(given, dict):
+            raise self.fail("init_params.pos_params", f"{_short(given)}: with pos_source simu, expected null or a "
+                            "mapping (scan_step_size, N_scan_slow, N_scan_fast, dx, probe_shape)")
+        for key, ours in (("N_scan_slow", 0), ("N_scan_fast", 1)):
+            if given.get(key) is not None and shape is not None and int(given[key]) != shape[ours]:
+                raise self.fail(f"init_params.pos_params.{key}", f"{given[key]} but pos_{key} is {shape[ours]}: "
+                                "PtyRAD needs one position per pattern")
+        if given.get("dx") is not None:
+            self.geometry("init_params.pos_params.dx", given["dx"], "scales the simulated positions by PtyRAD's "
+                          "pixel / this dx", "give scan.step in Å")
+        return given.get("scan_step_size", step)
+
+    def grid_geometry(self) -> dict:
+        """scan.rotation / step / affine for ``pos_scan_flipT`` and ``pos_scan_affine`` (:func:`.scan_fields`)."""
+        from .ptyrad_scan import scan_fields
+
+        flip = self.get("init_params", "pos_scan_flipT")
+        affine = self.get("init_params", "pos_scan_affine")
+        if flip is not None and (not isinstance(flip, list | tuple) or len(flip) != 3
+                                 or any(v not in (0, 1) for v in flip)):
+            raise self.fail("init_params.pos_scan_flipT", f"expected [flipud, fliplr, transpose] (0 or 1), got "
+                            f"{_short(flip)}")
+        numbers = isinstance(affine, list | tuple) and all(isinstance(v, int | float) for v in affine)
+        if affine is not None and (not numbers or len(affine) != 4):
+            raise self.fail("init_params.pos_scan_affine", f"expected [scale, asymmetry, rotation, shear] "
+                            f"(rotation and shear in degrees), got {_short(affine)}")
+        flips = None if flip is None or not any(flip) else tuple(bool(v) for v in flip)
+        try:
+            return scan_fields(None if affine is None else [float(v) for v in affine], flips, self.step)
+        except ValueError as err:
+            raise self.fail("init_params.pos_scan_affine", f"{_short(affine)}: {err}") from None
 
     def data(self) -> None:
         d = self.out["data"]
@@ -236,8 +271,8 @@ class ExperimentSections(PtyradReader):
             h, w = ky[1] - ky[0], kx[1] - kx[0]
             centred = all(r[0] == self.npix // 2 - n // 2 for r, n in ((ky, h), (kx, w)))
             if not centred:
-                self.tr.untranslated.append(f"init_params.meas_crop: {_short(crop)}: an off-centre detector crop; "
-                                            "phasestem's data.crop keeps the central (H, W) pixels")
+                self.geometry("init_params.meas_crop", crop, "an off-centre detector crop moves the pattern's "
+                              "centre", "crop the file yourself (phasestem's data.crop keeps the central pixels)")
                 return
             d["crop"] = [int(h), int(w)]
             self.final_npix = int(w)

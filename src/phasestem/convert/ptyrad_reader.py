@@ -1,6 +1,7 @@
 """Reading a PtyRAD 1.0 params file for :mod:`phasestem.convert.ptyrad`: its sections, the keys read (every key
 not read is listed at the end), the three kinds of line about what did not carry over (:class:`Translation`), and
-the one-line refusal naming a field."""
+the one-line refusal naming a field (also for an untranslated setting that changes the geometry, unless the user
+allowed it)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -57,10 +58,11 @@ def _is_off(value: Any) -> bool:
 class PtyradReader:
     """A PtyRAD params file's sections, the keys read from them, and the lines of its :class:`Translation`."""
 
-    def __init__(self, data: dict, source: str, cwd: Path, lsq: bool):
+    def __init__(self, data: dict, source: str, cwd: Path, lsq: bool, allow_untranslated: bool = False):
         from ..base.errors import ConfigError
 
         self.source, self.cwd, self.lsq = source, cwd, lsq
+        self.allow_untranslated = allow_untranslated
         self.out: dict[str, Any] = {"data": {}, "optics": {}, "scan": {}, "model": {}, "losses": {},
                                     "constraints": {}, "run": {}}
         self.tr = Translation(self.out)
@@ -95,6 +97,16 @@ class PtyradReader:
         elif value is not None:
             default = "" if present else " (PtyRAD's default)"
             self.tr.untranslated.append(f"{section}.{key}: {_short(value)}{default}: {why}")
+
+    def geometry(self, field_name: str, value: Any, what: str, remedy: str) -> None:
+        """A setting that changes the geometry (where the probe is, what a detector pixel means) and is not
+        translated: a ConfigError naming it (``what`` it does, the ``remedy`` in phasestem's terms), or, when the
+        user allowed it, one ``not translated`` line."""
+        if not self.allow_untranslated:
+            raise self.fail(field_name, f"{_short(value)}: {what}: it changes the geometry and is not translated; "
+                            f"{remedy}, or go on without it: phasestem convert ptyrad {self.source} "
+                            "--allow-untranslated --out-file FILE")
+        self.tr.untranslated.append(f"{field_name}: {_short(value)}: {what} (changes the geometry): {remedy}")
 
     def fail(self, field_name: str, why: str):
         from ..base.errors import ConfigError
