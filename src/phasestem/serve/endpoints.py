@@ -172,7 +172,7 @@ async def submit(ws, request):
 
 def job(ws, request):
     j = ws.store.get(_job_id(request))
-    out = j.public(ws.root)
+    out = ws.described(j)
     run = ws.root / j.run_dir
     out["files"] = [relative(ws.root, p) for p in sorted(run.iterdir()) if p.is_file()
                     and not p.name.startswith(".")] if run.is_dir() else []

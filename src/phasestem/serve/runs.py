@@ -4,7 +4,8 @@
   reconstruction: :mod:`phasestem.recon.live`), ETA, GPU memory and the tail of its log. One rendering per new
   snapshot, shared by every page watching it.
 * :func:`compare_runs` — finished reconstructions side by side on one colour scale, their parameters' differences
-  and their metrics against a ground truth when the runs had one.
+  and their metrics against a ground truth when the runs had one; the difference map and the line profiles of
+  the runs aligned onto the first (:func:`aligned_grid`, :mod:`.align`).
 * :func:`params_form` / :func:`save_params_form` — a parameter file as a form of dotted fields, validated by the
   YAML's own schema before it is written.
 """
@@ -213,6 +214,8 @@ def _scanned_phase(res: dict) -> np.ndarray:
 
 #: finished runs' results kept read (their phase over the scanned field, pixel, loss, metrics)
 _RESULTS = DatasetCache(keep=8)
+#: sets of runs kept aligned (a line profile drawn again does not align them again)
+_ALIGNED = DatasetCache(keep=4)
 #: most points of a line profile
 MAX_PROFILE = 2000
 
@@ -249,7 +252,8 @@ def _run_results(root: Path, job: Job) -> dict[str, Any]:
                 "metrics": {k: float(np.asarray(v)) for k, v in res.get("metrics", {}).items()
                             if np.asarray(v).size == 1}}
 
-    return _RESULTS.get((str(path), st.st_mtime_ns, st.st_size), read)
+    key = (str(path), st.st_mtime_ns, st.st_size)
+    return {**_RESULTS.get(key, read), "key": key}
 
 
 def common_grid(phases: list[np.ndarray], samplings: list[float]) -> tuple[list[np.ndarray], float]:
@@ -276,10 +280,34 @@ def common_grid(phases: list[np.ndarray], samplings: list[float]) -> tuple[list[
     return crops, ref
 
 
+def aligned_grid(results: list[dict]) -> tuple[list[np.ndarray], float, list[list[float] | None]]:
+    """The runs' phases on their common grid (:func:`common_grid`), each moved onto the first's
+    (:func:`~.align.align_onto_first`: the pixels moved in from outside a field NaN); returns (phases, pixel Å,
+    the shift (dy, dx) px applied to each run, None where no match was found). ``results``: :func:`_run_results`'
+    (their ``key`` names the version of each file: a set is aligned once)."""
+    from .align import align_onto_first
+
+    def align():
+        grid, size = common_grid([r["phase"] for r in results], [r["sampling"] for r in results])
+        return (*align_onto_first(grid), size)
+
+    aligned, shifts, size = _ALIGNED.get(tuple(r["key"] for r in results), align)
+    return aligned, size, shifts
+
+
+def shift_record(shift: list[float] | None, size: float) -> dict[str, Any]:
+    """A shift Compare applied, as the page reports it: ``shift_px`` (dy, dx), ``shift_angstrom`` (None where the
+    pixel is unknown), ``aligned`` (False where no match was found and the run was left where it was)."""
+    known = np.isfinite(size) and size > 0
+    return {"aligned": shift is not None, "shift_px": shift,
+            "shift_angstrom": [v * size for v in shift] if shift is not None and known else None}
+
+
 def compare_runs(root: Path, jobs: list[Job]) -> dict[str, Any]:
     """Finished reconstructions side by side: phases on one colour scale (each with its ``scale`` for the colour and
     scale bars), differing parameters, metrics, and the ``difference`` of the second run's phase minus the first's
-    on the common grid of all the runs (:func:`common_grid`) in a diverging colour map about 0."""
+    on the common grid of all the runs, the second moved onto the first first (:func:`aligned_grid`; the shift
+    applied: :func:`shift_record`, also each run's own), in a diverging colour map about 0."""
     if len(jobs) < 2:
         raise Refused("compare: choose two or more runs", 400)
     runs, phases, configs, results = [], [], [], []
@@ -309,12 +337,16 @@ def compare_runs(root: Path, jobs: list[Job]) -> dict[str, Any]:
     keys = sorted(set().union(*configs))
     differ = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in configs}) > 1]
     diff = [{"key": k, "values": [c.get(k) for c in configs]} for k in differ if not k.startswith("run.out_dir")]
-    grid, size = common_grid(phases, [r["sampling"] for r in results])
+    grid, size, shifts = aligned_grid(results)
+    for run, shift in zip(runs, shifts, strict=True):
+        run.update(shift_record(shift, size))
     delta = grid[1] - grid[0]
+    delta -= np.nanmean(delta) if np.isfinite(delta).any() else 0.0
     lim = float(np.nanpercentile(np.abs(delta), 99.5)) if np.isfinite(delta).any() else 1.0
     lim = lim if lim > 0 else 1.0
     difference = {"jobs": [runs[0]["job"], runs[1]["job"]], "image": image(delta, CMAPS["signed"], -lim, lim),
-                  "rms": float(np.sqrt(np.nanmean(delta ** 2))),
+                  "rms": float(np.sqrt(np.nanmean(delta ** 2))) if np.isfinite(delta).any() else None,
+                  **shift_record(shifts[1], size),
                   "scale": scale_of(delta.shape, CMAPS["signed"], -lim, lim, unit="rad",
                                     label=f"job {runs[1]['job']} − job {runs[0]['job']}",
                                     px=pixel(size, "Å", "pixel unknown: in pixels"))}
@@ -323,8 +355,9 @@ def compare_runs(root: Path, jobs: list[Job]) -> dict[str, Any]:
 
 def line_profile(root: Path, jobs: list[Job], line: str | None) -> dict[str, Any]:
     """The phase of each run along ``line`` ("y0,x0,y1,x1", fractions 0–1 of the runs' common grid, that of
-    :func:`compare_runs`' difference image: :func:`common_grid`): distances (Å, or pixels where the pixel is unknown)
-    and values (rad, each run's mean removed), linear interpolation."""
+    :func:`compare_runs`' difference image: :func:`aligned_grid`, the runs moved onto the first): distances (Å, or
+    pixels where the pixel is unknown) and values (rad, each run's mean removed; None outside a moved run's field),
+    linear interpolation."""
     from scipy.ndimage import map_coordinates
 
     if len(jobs) < 2:
@@ -336,7 +369,7 @@ def line_profile(root: Path, jobs: list[Job], line: str | None) -> dict[str, Any
     if len(ends) != 4 or not all(np.isfinite(v) and 0.0 <= v <= 1.0 for v in ends):
         raise Refused("line: expected y0,x0,y1,x1 as fractions of the image from 0 to 1", 400)
     results = [_run_results(root, job) for job in jobs]
-    grid, size = common_grid([r["phase"] for r in results], [r["sampling"] for r in results])
+    grid, size, _ = aligned_grid(results)
     h, w = grid[0].shape
     y0, x0, y1, x1 = ends[0] * (h - 1), ends[1] * (w - 1), ends[2] * (h - 1), ends[3] * (w - 1)
     length = float(np.hypot(y1 - y0, x1 - x0))
@@ -344,7 +377,7 @@ def line_profile(root: Path, jobs: list[Job], line: str | None) -> dict[str, Any
     coords = np.stack([np.linspace(y0, y1, n), np.linspace(x0, x1, n)])
     known = np.isfinite(size) and size > 0
     distance = np.linspace(0.0, length, n) * (size if known else 1.0)
-    runs = [{"job": job.id, "values": _thin(map_coordinates(np.nan_to_num(phase), coords, order=1))}
+    runs = [{"job": job.id, "values": _thin(map_coordinates(phase, coords, order=1, cval=np.nan))}
             for job, phase in zip(jobs, grid, strict=True)]
     return {"line": ends, "unit": "Å" if known else "px", "distance": _thin(distance), "runs": runs,
             "shape": [h, w]}

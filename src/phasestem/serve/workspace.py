@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from .data import Datasets
-from .jobs import FINAL, SERVE_DIR, JobRunner, JobStore
+from .jobs import FINAL, SERVE_DIR, Job, JobRunner, JobStore
+from .outcome import job_outcome
 from .runs import LiveRuns
 from .security import public_message
 
@@ -89,8 +90,12 @@ class Workspace:
             self._devices = ["cpu"] + (["cuda"] + [f"cuda:{i}" for i in range(n)] if n else [])
         return self._devices
 
+    def described(self, job: Job) -> dict[str, Any]:
+        """``job`` as the pages show it, with how it ended (``outcome``: :func:`~.outcome.job_outcome`)."""
+        return {**job.public(self.root), "outcome": job_outcome(self.root, job)}
+
     def jobs_payload(self) -> tuple[dict, bool]:
-        return {"jobs": [j.public(self.root) for j in self.store.jobs()]}, False
+        return {"jobs": [self.described(j) for j in self.store.jobs()]}, False
 
     def jobs_signature(self):
         return [(j.id, j.state, j.returncode, j.note) for j in self.store.jobs()]
@@ -101,6 +106,6 @@ class Workspace:
 
         def payload():
             job = self.store.get(job_id)
-            return self.live.payload(job), job.state in FINAL
+            return {**self.live.payload(job), "outcome": job_outcome(self.root, job)}, job.state in FINAL
 
         return Channel(signature, payload)

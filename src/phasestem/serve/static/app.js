@@ -710,6 +710,10 @@ async function calibratePage() {
 
 // ---- jobs ------------------------------------------------------------------------------------------------------
 const CAN_CANCEL = ["queued", "running"], CAN_RESUME = ["failed", "cancelled"];
+function stateCell(j) {  // the state, with how the job ended (its outcome: "done · loss rising") in its colour
+  const o = j.outcome;
+  return el("td", { class: `state-${j.state}${o ? ` outcome-${o.kind}` : ""}`, title: o && o.detail ? o.detail : null }, o ? o.label : j.state);
+}
 function jobRow(j, selected, redraw) {
   const act = (label, path, id) => el("button", { id, onclick: async (e) => {
     e.target.disabled = true;
@@ -718,7 +722,7 @@ function jobRow(j, selected, redraw) {
   const box = el("input", { type: "checkbox", class: "compare-box", value: j.id, checked: selected.has(j.id), disabled: !(j.state === "done" && ["reconstruct", "tune"].includes(j.command)) });
   box.onchange = () => (box.checked ? selected.add(j.id) : selected.delete(j.id));
   return el("tr", { "data-job": j.id, "data-state": j.state },
-    el("td", {}, box), el("td", {}, j.id), el("td", {}, j.name || j.command), el("td", { class: `state-${j.state}` }, j.state),
+    el("td", {}, box), el("td", {}, j.id), el("td", {}, j.name || j.command), stateCell(j),
     el("td", {}, el("code", {}, j.command_line)),
     el("td", { class: "actions" }, j.command === "calibrate" ? el("a", { href: `#/calibrate?job=${j.id}` }, "open") : el("a", { href: `#/run/${j.id}` }, CAN_CANCEL.includes(j.state) ? "watch" : "open"), " ",
       CAN_CANCEL.includes(j.state) ? act("Cancel", `/api/jobs/${j.id}/cancel`, `cancel-${j.id}`) : "",
@@ -790,6 +794,7 @@ async function runPage(jobId) {
   const auto = !!(job.spec && job.spec.auto);
   const config = job.command === "reconstruct" || job.command === "tune" ? `${job.run_dir}/params.yaml` : job.spec.config;
   const state = el("strong", { id: "run-state" }, job.state);
+  const outcome = el("strong", { id: "run-outcome" }), outcomeDetail = el("p", { class: "muted", id: "run-outcome-detail" });
   const cancel = el("button", { id: "run-cancel" }, "Cancel");
   const resume = el("button", { id: "run-resume" }, "Resume");
   const rerunCard = el("div", { class: "card", id: "rerun-card" }, el("h3", {}, "Re-run with changed parameters"),
@@ -802,22 +807,27 @@ async function runPage(jobId) {
       const j = await postJSON("/api/jobs", spec);
       go(`#/run/${j.id}`);
     } }, "Re-run"));
-  const showState = (s, returncode) => {  // the state, and only the buttons that apply to it
+  const showState = (s, returncode, o) => {  // the state and how the run ended, and only the buttons that apply
     state.textContent = s + (s === "failed" && returncode ? ` (exit ${returncode})` : "");
-    state.className = `state-${s}`;
+    state.className = `state-${s}${o ? ` outcome-${o.kind}` : ""}`;
+    outcome.textContent = o && o.note ? ` · ${o.note}` : "";
+    outcome.className = o ? `outcome-${o.kind}` : "";
+    outcomeDetail.textContent = o && o.detail ? o.detail : "";
+    outcomeDetail.hidden = !outcomeDetail.textContent;
     cancel.hidden = !CAN_CANCEL.includes(s);
     resume.hidden = !CAN_RESUME.includes(s);
     rerunCard.hidden = !["done", "failed", "cancelled"].includes(s);
   };
   const act = (button, path) => { button.onclick = async () => { button.disabled = true; try { const j = await postJSON(path, {}); showState(j.state, j.returncode); } finally { button.disabled = false; } }; };
   act(cancel, `/api/jobs/${jobId}/cancel`); act(resume, `/api/jobs/${jobId}/resume`);
-  showState(job.state, job.returncode);
+  showState(job.state, job.returncode, job.outcome);
   view.replaceChildren(
     el("h2", {}, `Run ${jobId}`, job.name ? ` — ${job.name}` : ""),
     el("p", {}, el("code", { id: "run-command" }, job.command_line)),
-    el("p", {}, "state ", state, " · epoch ", el("strong", { id: "run-epoch" }, "–"),
+    el("p", {}, "state ", state, outcome, " · epoch ", el("strong", { id: "run-epoch" }, "–"),
       " · ETA ", el("span", { id: "run-eta" }, "–"), " · elapsed ", el("span", { id: "run-elapsed" }, "–"), el("span", { id: "run-gpu" }, ""),
       " ", cancel, " ", resume),
+    outcomeDetail,
     el("div", { class: "row" }, el("div", { class: "card" }, el("h3", {}, "loss"), svg), ...Object.values(figs).map((f) => el("div", { class: "card" }, f))),
     el("h3", {}, "log"), el("pre", { class: "log", id: "run-log" }),
     rerunCard);
@@ -826,7 +836,7 @@ async function runPage(jobId) {
   push(`/api/jobs/${jobId}/events`, (d) => {
     if (d.error) { showError(d.error); return; }
     if (job.command === "plan" && d.final && d.state === "done") showPlanFigures(job.run_dir, planFigures);
-    showState(d.state, d.returncode);
+    showState(d.state, d.returncode, d.outcome);
     document.getElementById("run-elapsed").textContent = fmtTime(d.elapsed_s);
     const logBox = document.getElementById("run-log");
     logBox.textContent = d.log.join("\n");
@@ -878,6 +888,11 @@ function lineEditor(fig, line, onRelease) {
   draw();
   return { mirror: (other) => { const m = svgEl("svg", { class: "overlay line-mirror", viewBox: "0 0 1 1", preserveAspectRatio: "none" }); mirrors.push(m); other.box.append(m); draw(); } };
 }
+function shiftText(r, onto) {  // the shift Compare applied to a run before subtracting (dy, dx: + moves down, right)
+  if (!r.aligned) return `not aligned: no match with job ${onto} within a quarter of the field (or a field under 8 px); subtracted as it is`;
+  const pair = (v, d) => `(${v.map((x) => (x >= 0 ? "+" : "") + x.toFixed(d)).join(", ")})`;
+  return `aligned: moved by ${pair(r.shift_px, 2)} px${r.shift_angstrom ? ` = ${pair(r.shift_angstrom, 3)} Å` : ""} (dy, dx) onto job ${onto}`;
+}
 async function comparePage() {
   const ids = params().get("jobs");
   if (!ids) {
@@ -897,8 +912,9 @@ async function comparePage() {
     f.querySelector(".fig-title").classList.add(`series-${k % COLORS.length}`);
     return { r, f };
   });
-  const cards = runFigs.map(({ r, f }) => el("div", { class: "card compare-run" }, f,
+  const cards = runFigs.map(({ r, f }, k) => el("div", { class: "card compare-run" }, f,
     el("div", {}, `${r.epochs} epochs, final loss ${r.final_loss === null ? "–" : fmt(r.final_loss)}`),
+    k > 0 ? el("div", { class: "muted compare-shift" }, shiftText(r, data.runs[0].job)) : "",
     Object.entries(r.metrics).map(([k, v]) => el("div", {}, `${k}: ${fmt(v)}`)),
     el("details", {}, el("summary", {}, `result files (${r.files.length})`), r.files.map((p) => el("div", {}, el("a", { href: `/api/file?download=1&path=${enc(p)}` }, p.split("/").pop()))))));
   const dd = data.difference;
@@ -921,7 +937,7 @@ async function comparePage() {
     el("p", {}, `one colour scale for every phase: ${fmt(data.vmin)} to ${fmt(data.vmax)} rad (mean removed, over each run's scanned field)`),
     el("div", { class: "row", id: "compare-runs" }, cards),
     el("div", { class: "row" },
-      el("div", { class: "card", id: "compare-difference" }, diffFig, el("div", { class: "muted" }, `rms ${fmt(dd.rms)} rad on the runs' common grid; drag on it to draw the profile line, or drag its ends`)),
+      el("div", { class: "card", id: "compare-difference" }, diffFig, el("p", { id: "compare-shift" }, shiftText(dd, dd.jobs[0])), el("div", { class: "muted" }, `rms ${fmt(dd.rms)} rad on the runs' common grid (blank: outside the moved run's field); drag on it to draw the profile line, or drag its ends`)),
       el("div", { class: "card" }, el("h3", {}, "line profile A → B"), profile, profileInfo),
       el("div", { class: "card" }, el("h3", {}, "loss"), loss)),
     el("h3", {}, "parameters that differ"),
