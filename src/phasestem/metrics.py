@@ -32,7 +32,7 @@ Reduction = Literal["mean", "none"]
 __all__ = [
     "mse", "psnr", "ssim", "ms_ssim", "ms_ssim_window", "ssim_window", "remove_offset", "shift_between",
     "apply_shift", "align_to", "aligned_error_map", "phase_error", "pearson", "frc", "frc_resolution",
-    "figures_of_merit", "truth_on_grid",
+    "figures_of_merit", "truth_on_grid", "chance_beyond",
 ]
 
 
@@ -427,3 +427,10 @@ def truth_on_grid(truth, truth_sampling: float | tuple[float, float], truth_posi
     where = np.column_stack([iy.ravel(), ix.ravel(), np.ones(iy.size)]) @ affine / ts  # truth pixels (N, 2)
     out = ndimage.map_coordinates(t, where.T, order=3, mode="grid-wrap" if periodic else "nearest")
     return out.reshape(shape)
+
+
+def chance_beyond(threshold: float) -> float:
+    """The share of a map of pure noise in units of its σ (a standard normal per pixel) beyond ±``threshold``:
+    erfc(t/√2), 0.0027 at 3 σ. The baseline of a "share of the field changed by more than t σ" (a restorer's or a
+    learned prior's change judged against the data's σ): more than this are features the data do not support."""
+    return math.erfc(float(threshold) / math.sqrt(2.0))

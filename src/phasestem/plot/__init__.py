@@ -6,6 +6,7 @@
 * :mod:`.dataset` — the first look at a 4D-STEM scan (``phasestem inspect``), with the pattern browser;
 * :mod:`.recon` — ``reconstruction.png`` and ``compare.png`` from plain arrays;
 * :mod:`.simulation` — simulated data, phase images side by side, one phase image with its diffractogram.
+* :mod:`.restoration` — ``phasestem restore``'s figure: input, restoration, difference and change / σ.
 
 The calibration figures (:mod:`phasestem.calibrate.figures`), the reconstruction's
 (:mod:`phasestem.recon.figures`) and the learned route's gather their numbers and draw with these.

@@ -104,6 +104,7 @@ def prior_disagreement(callbacks, model) -> str | None:
     :class:`RefreshedPrior` among ``callbacks``) lies from the final phase in units of the data's σ
     (``model.uncertainty``): the share of the pulled pixels beyond 3 σ, where the network asks for what the data do not
     support. None without a prior or σ maps."""
+    from ..metrics import chance_beyond
     from .uncertainty import SIGNIFICANT, change_in_sigma, unsupported_fraction
 
     priors = [c if isinstance(c, PhasePrior) else c.prior for c in callbacks
@@ -119,5 +120,5 @@ def prior_disagreement(callbacks, model) -> str | None:
     share = unsupported_fraction(change_in_sigma(phase, target, sigma, model.uncertainty.constrained[sy, sx]),
                                  SIGNIFICANT)
     return (f"learned prior: its last target differs from the final phase by more than {SIGNIFICANT:g} σ of the data "
-            f"on {100 * share:.2f} % of the constrained pixels it pulls (0.27 % would be chance; more: features of "
-            f"the network the data do not support)")
+            f"on {100 * share:.2f} % of the constrained pixels it pulls ({100 * chance_beyond(SIGNIFICANT):.2f} % "
+            "would be chance; more: features of the network the data do not support)")
