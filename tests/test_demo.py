@@ -99,3 +99,24 @@ def test_overwrite_clears_the_previous_run_first_and_keeps_other_files(tmp_path,
     assert seen["files"] == [".phasestem.lock", "my_notes.txt"], seen
     assert (out / "report.md").read_text() == "new" and not (out / "hybrid.png").exists()
     assert (out / "my_notes.txt").exists() and not (out / "runs").exists()
+
+
+def test_the_report_table_rounds_as_routes_png(tmp_path):
+    """Issue 64: report.md's table printed PSNR 23.46 and E_φ 0.046 where routes.png said 23.5 dB and 0.0457; both
+    now write each figure of merit with the same digits."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from phasestem.cli.demo import DemoRecon, _write_report
+    from phasestem.plot import phase_panels
+
+    fom = {"AD ptychography": {"psnr": 23.456, "ssim": 0.912345, "phase_error": 0.045678}}
+    report = _write_report(tmp_path, "a held-out sample", fom, {"AD ptychography": 1.23}, {"simulate": 0.5}, None,
+                           False, DemoRecon())
+    row = next(ln for ln in report.read_text().splitlines() if ln.startswith("| AD ptychography |"))
+    assert row == "| AD ptychography | 23.5 | 0.912 | 0.0457 | 1.2 |", row
+    image = np.random.default_rng(0).normal(size=(8, 8))
+    fig = phase_panels({"truth": image, "AD ptychography": image}, metrics=fom)
+    title = next(ax.get_title() for ax in fig.axes if ax.get_title().startswith("AD ptychography\n"))
+    plt.close(fig)
+    assert "E_φ = 0.0457" in title and "PSNR 23.5 dB" in title and "SSIM 0.912" in title, title

@@ -57,7 +57,8 @@ def test_mib_without_hdr_needs_scan_shape(tmp_path):
     frames = _frames(4, 4, seed=1)
     path = tmp_path / "nohdr.mib"
     _write_mib(path, frames)
-    with pytest.raises(ShapeError, match=r"nohdr\.mib: the file holds 12 frames and no scan shape; give scan_shape"):
+    with pytest.raises(ShapeError, match=r"nohdr\.mib: the file holds 12 frames and no scan shape; give the scan "
+                       r"shape, Sy·Sx = 12 \(--scan-shape Sy Sx on the command line"):
         io.load(path, energy=300e3, scan_step=0.5)
     ds = io.load(path, energy=300e3, scan_step=0.5, scan_shape=SCAN)
     np.testing.assert_array_equal(np.asarray(ds.patterns), frames[:, ::-1].reshape(*SCAN, 4, 4))

@@ -90,6 +90,50 @@ def test_dose_from_current_and_dwell_and_sampling_from_camera_length():
     assert q.angular_sampling == pytest.approx(1.0)  # 55 µm × 2 / 110 mm
 
 
+
+def test_a_dose_per_pattern_plans_as_the_same_dose_per_square_angstrom():
+    """Issue 64: the dose in e⁻ per pattern (what a detector frame counts) is the third way to give it; 2500 e⁻ per
+    pattern at a 0.5 Å step is GOOD's 10⁴ e⁻/Å² (physics.noise: per pattern = per Å² × step²), the same plan."""
+    from phasestem.plan.config import with_value
+    from phasestem.plan.quantities import format_quantities
+
+    per_area = plan_config(GOOD)
+    per_pattern = plan_config(settings(dose={"electrons_per_pattern": 2500.0}))
+    a, b = compute(per_pattern).to_dict(), compute(per_area).to_dict()
+    assert a.keys() == b.keys() and a["electrons_per_pattern"] == 2500.0
+    for key in a:
+        assert a[key] == (pytest.approx(b[key], rel=1e-12) if isinstance(b[key], float) else b[key]), key
+    assert format_quantities(compute(per_pattern), per_pattern) == format_quantities(compute(per_area), per_area)
+    with pytest.raises(Exception, match="give one dose: .* not electrons_per_area and electrons_per_pattern"):
+        plan_config(settings(dose={"electrons_per_area": 1e4, "electrons_per_pattern": 2500.0}))
+    swept = with_value(per_area, "dose.electrons_per_pattern", 625.0)  # a sweep of it replaces the other forms
+    assert swept.dose.electrons_per_area is None and compute(swept).dose == pytest.approx(2500.0)
+
+
+def test_plan_and_probe_extent_state_one_probe_size(capsys):
+    """Issue 64: plan said a 30 mrad, Cs 0.1 mm probe has a 27 Å radius while probe-extent said 3.7 Å across (the
+    seed's 5 %-of-peak rule, which sees the central peak). Both now print phasestem's one probe size, with its rule,
+    and probe-extent the share of the intensity a disk of that radius holds (most of it, for any of these optics)."""
+    from phasestem.cli import main
+    from phasestem.plan.quantities import format_quantities
+    from phasestem.simulate.probe_extent import illuminated_extent
+
+    for semiangle, aberrations in ((30.0, {"C10": 0.0, "C30": 1e6}), (20.0, {"C10": 100.0}), (20.0, {"C10": 0.0})):
+        cfg = plan_config(settings(**{"optics.semiangle": semiangle, "optics.aberrations": aberrations}))
+        plan_line = format_quantities(compute(cfg), cfg).splitlines()[0]
+        assert main(["probe-extent", "--energy", "300e3", "--semiangle", str(semiangle), "--C10",
+                     str(aberrations["C10"]), "--C30", str(aberrations.get("C30", 0.0)), "--block", "2"]) == 0
+        extent_line = capsys.readouterr().out.splitlines()[0]
+        stated = plan_line.split("probe: ")[1].split("; λ")[0]
+        assert extent_line.startswith(f"probe: {stated} (phasestem's probe size"), (plan_line, extent_line)
+        assert "√(r_aberr² + r_Airy²)" in stated
+        r = compute(cfg).probe_radius
+        assert stated.startswith(f"radius {r:.3g} Å")
+        inside = illuminated_extent(300e3, semiangle, aberrations, block=2).inside_probe_radius
+        assert 0.8 < inside < 1.0, (semiangle, aberrations, inside)
+    assert compute(plan_config(settings(**{"optics.semiangle": 30.0, "optics.aberrations": {"C10": 0.0, "C30": 1e6}}))
+                   ).probe_radius == pytest.approx(27.0, rel=0.01)  # Cs·α³, the halo the 5 % rule misses
+
 @pytest.mark.parametrize("changes, start", [
     ({"scan.step": 5.0}, "no overlap:"),
     ({"scan.step": 3.0}, "low overlap:"),

@@ -159,7 +159,7 @@ def test_a_run_on_counts_writes_sigma_maps_its_figure_and_says_what_it_leaves_ou
     names = []
     with h5py.File(out / "results.emd", "r") as f:
         f.visit(names.append)
-    assert any(n.endswith("sigma_phase") for n in names)
+    assert any(n.endswith("phase_sum_sigma") for n in names)
 
 
 def test_data_that_are_not_counts_need_a_stated_noise(counted_scan, tmp_path):

@@ -132,24 +132,31 @@ def test_cli_reconstruct_writes_results_emd_beside_results_h5(tmp_path, capsys):
 
 
 def test_the_sigma_map_reads_back_through_hyperspy_beside_the_phase(fitted, tmp_path):
-    """With σ maps (issue 53) results.emd holds ``sigma_phase`` on the phase's own field and axes, and RosettaSciIO
-    still reads every array as its own signal."""
+    """With σ maps (issue 53) results.emd holds them on the phase's own field and axes, and RosettaSciIO still reads
+    every array as its own signal. Issue 64: results.h5 and results.emd hold σ under the same names
+    (``phase_sum_sigma``, ``phase_sigma`` per slice), the same arrays (results.emd's over the scanned field), both
+    with the unit rad."""
     from phasestem.recon.uncertainty import phase_uncertainty
 
     model = fitted
     model.uncertainty = phase_uncertainty(model, 1e4)
     try:
         path = model.save_results(tmp_path / "res.emd")
-        ref = model.save_results()
+        h5_path = model.save_results(tmp_path / "res.h5")
     finally:
         model.uncertainty = None
     signals = {s["metadata"]["General"]["title"]: s for s in rsciio_emd.file_reader(str(path))}
-    assert set(signals) == {"object_phase", "object_amplitude", "slice_phases", "probe", "sigma_phase",
-                            "slice_sigmas"}
-    np.testing.assert_array_equal(np.asarray(signals["slice_sigmas"]["data"]).shape,
+    assert set(signals) == {"object_phase", "object_amplitude", "slice_phases", "probe", "phase_sum_sigma",
+                            "phase_sigma"}
+    np.testing.assert_array_equal(np.asarray(signals["phase_sigma"]["data"]).shape,
                                   np.asarray(signals["slice_phases"]["data"]).shape)
     y0, y1, x0, x1 = emdfile.read(path).metadata["phasestem"]["field"]
-    np.testing.assert_array_equal(np.asarray(signals["sigma_phase"]["data"]),
-                                  ref["uncertainty"]["phase_sum_sigma"][y0:y1, x0:x1])
-    axes = [(a["name"], a["scale"], a["offset"]) for a in signals["sigma_phase"]["axes"]]
+    with h5py.File(h5_path, "r") as h5:
+        for name in ("phase_sum_sigma", "phase_sigma"):
+            stored = h5[f"uncertainty/{name}"]
+            emd = emdfile.read(path, emdpath=f"{EMD_ROOT}/{name}")
+            assert stored.attrs["units"] == "rad" and emd.units == "rad", name
+            np.testing.assert_array_equal(emd.data, stored[...][..., y0:y1, x0:x1])
+            np.testing.assert_array_equal(np.asarray(signals[name]["data"]), emd.data)
+    axes = [(a["name"], a["scale"], a["offset"]) for a in signals["phase_sum_sigma"]["axes"]]
     assert axes == [(a["name"], a["scale"], a["offset"]) for a in signals["object_phase"]["axes"]]

@@ -110,7 +110,7 @@ def test_bad_input_errors_name_what_is_wrong(tmp_path):
         f["other"] = np.zeros((3, 3, 8, 8), np.float32)
     with pytest.raises(InputFileError, match="no dataset 'frames' \\(patterns_key\\).*data/frames"):
         io.load(tmp_path / "d.h5", patterns_key="frames", energy=3e5, scan_step=1.0)
-    with pytest.raises(ShapeError, match=r"holds 10 patterns but scan_shape \(3, 3\) needs 9"):
+    with pytest.raises(ShapeError, match=r"holds 10 patterns but scan_shape 3×3 needs 9"):
         io.load(tmp_path / "d.h5", patterns_key="data/frames", energy=3e5, scan_step=1.0, scan_shape=(3, 3))
     with pytest.raises(InputFileError, match="give patterns_key: several"):
         io.load(tmp_path / "d.h5")

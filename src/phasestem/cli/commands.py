@@ -49,7 +49,8 @@ def register(sub, train_sub) -> None:
                "  phasestem demo demo.yaml --device cuda",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_config(d, "demo settings YAML (default: the built-in configs/demo.yaml; see --dump-config)", optional=True)
+    add_config(d, "demo settings YAML (default: the built-in settings, shipped inside the package as "
+                  "phasestem/configs/demo.yaml: --dump-config > demo.yaml writes them out to edit)", optional=True)
     add_out(d, "demo_output", "output folder (default: demo_output)")
     d.add_argument("--quick", action="store_true",
                    help="the smallest size of every stage (the settings' quick section: an 8 × 8 scan, 4 training "

@@ -37,6 +37,7 @@ from ..base.configfile import StrictModel
 from ..base.safety import atomic_file
 from ..physics.resample import sample_on_grid
 from ..plot import _plt, save_figure, styled
+from ..plot.panels import format_metric
 
 log = logging.getLogger("phasestem.cli.demo")
 
@@ -303,9 +304,9 @@ def _write_report(out: Path, summary: str, fom: dict[str, dict[str, float]], rou
              "", "All routes on the scanned field of view, with the truth (top) and the aligned, offset-free error "
              "maps (bottom):", "", "![routes](routes.png)", "",
              "| route | PSNR (dB) | SSIM | phase error E_φ | time (s) |", "|---|---|---|---|---|"]
-    for name, m in fom.items():
-        lines.append(f"| {name} | {m['psnr']:.2f} | {m['ssim']:.3f} | {m['phase_error']:.3f} | "
-                     f"{route_seconds.get(name, float('nan')):.1f} |")
+    for name, m in fom.items():  # the numbers as routes.png prints them
+        cells = " | ".join(format_metric(k, m[k]) for k in ("psnr", "ssim", "phase_error"))
+        lines.append(f"| {name} | {cells} | {route_seconds.get(name, float('nan')):.1f} |")
     lines += ["", f"AD ptychography: the `{rc.optimizer}` solver"
               + (" (phasestem's default)" if rc.optimizer == "lsq" else "")
               + f", {rc.n_epochs} epochs of {rc.batch_size}-pattern batches from a flat object, the probe fixed at "
@@ -377,7 +378,7 @@ def run_demo(out: Path, quick: bool = False, config: str | Path | None = None, d
     """Run every stage into ``out`` (holding its lock, :mod:`phasestem.base.lock`); returns the report path
     (``out/report.md``). A folder holding another demo run is refused, or with ``overwrite`` cleared of that run's
     files first (:mod:`phasestem.cli.demo_folder`). ``config``: a :class:`DemoConfig` YAML (default: the built-in
-    ``configs/demo.yaml``);
+    ``phasestem/configs/demo.yaml`` inside the package);
     ``device``: torch device of simulation, the reconstructions and the training ('auto': a GPU when there is one);
     ``learned=False``: simulation of the held-out scan and AD ptychography only. Torch runs on
     ``cpu_threads`` threads of the settings meanwhile (restored after)."""

@@ -51,7 +51,7 @@ from ..base.extras import EXTRAS, install_hint
 from ..base.safety import check_readable, gb
 from ..dataset import FourDSTEM
 from ..physics.optics import wavelength
-from ._common import PRESETS, check_not_empty, dataset_from_reader
+from ._common import PRESETS, check_not_empty, dataset_from_reader, scan_shape_hint
 
 log = logging.getLogger("phasestem.io")
 
@@ -312,11 +312,8 @@ def _resolve_scan_shape(data, path: Path, given, from_file, order: str):
     shape, source = (given, "option") if given is not None else (from_file, "file")
     if shape is None:
         side = int(round(math.sqrt(n)))
-        if side * side != n:
-            raise ShapeError(f"{path}: the file holds {n} frames and no scan shape; give scan_shape=(Sy, Sx) "
-                             f"with Sy·Sx = {n}")
-        raise ShapeError(f"{path}: the file holds {n} frames and no scan shape; give scan_shape=(Sy, Sx) "
-                         f"(e.g. ({side}, {side}))")
+        square = f" (e.g. --scan-shape {side} {side})" if side * side == n else ""
+        raise ShapeError(f"{path}: the file holds {n} frames and no scan shape; {scan_shape_hint(n)}{square}")
     if shape[0] * shape[1] != n:
         raise ShapeError(f"{path}: the file holds {n} frames but scan_shape {shape[0]}×{shape[1]} needs "
                          f"{shape[0] * shape[1]}")

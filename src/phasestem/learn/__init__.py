@@ -1,8 +1,8 @@
-"""Learned phase retrieval (SPEC §3–5): five networks on one pipeline.
+"""Learned phase retrieval (SPEC §3–5): six networks on one pipeline.
 
-* :mod:`.registry` — the five networks by name (patch, stitch, end2end, autoencoder, phaseformer): run config,
-  ``build_run`` / ``train_run``, ``build_network``, ``load_model``; :mod:`.meta` — the one metadata schema of
-  saved models (older files converted when read).
+* :mod:`.registry` — the six networks by name (patch, stitch, end2end, autoencoder, phaseformer, restorer): run
+  config, ``build_run`` / ``train_run``, ``build_network``, ``load_model``; :mod:`.meta` — the one metadata schema
+  of saved models (older files converted when read).
 * Networks, one per file with their settings and loss, in :mod:`.nets`: :mod:`.nets.patch`, :mod:`.nets.stitch`,
   :mod:`.nets.end2end` (the user's ``patchRecovery.py`` / ``PhaseStiching.py`` / ``End2End.py``),
   :mod:`.nets.autoencoder`, :mod:`.nets.phaseformer`; :mod:`.losses` — the loss components; :mod:`.backbones`
@@ -36,6 +36,7 @@ API = {
     "End2End": "phasestem.learn.nets.end2end:End2End",
     "Autoencoder": "phasestem.learn.nets.autoencoder:Autoencoder",
     "Phaseformer": "phasestem.learn.nets.phaseformer:Phaseformer",
+    "Restorer": "phasestem.learn.nets.restorer:Restorer",
     "NETWORKS": "phasestem.learn.registry:NETWORKS",
     "load_model": "phasestem.learn.registry:load_model",
     "load_run_config": "phasestem.learn.registry:load_run_config",

@@ -1,4 +1,4 @@
-"""The five networks of the learned route by name: run config, network, trainer, loading — one registry.
+"""The six networks of the learned route by name: run config, network, trainer, loading — one registry.
 
 ===========  =========================================  ========================================
 name         network                                    trained from

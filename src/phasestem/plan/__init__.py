@@ -134,6 +134,8 @@ def _imperfections(cfg: PlanConfig) -> str:
 def _planned(cfg: PlanConfig, dotted: str) -> float:
     if dotted == "dose.electrons_per_area":
         return float(compute(cfg).dose or float("nan"))
+    if dotted == "dose.electrons_per_pattern":
+        return float(compute(cfg).electrons_per_pattern or float("nan"))
     if dotted == "detector.angular_sampling":
         return cfg.detector.mrad_per_pixel()
     node: Any = cfg

@@ -13,9 +13,9 @@ POOR_RESOLUTION = 1.0
 #: this fraction
 WORTHWHILE = 0.1
 
-_UNITS = {"scan.step": "Å step", "dose.electrons_per_area": "e⁻/Å²", "optics.aberrations.C10": "Å C10",
-          "optics.semiangle": "mrad semi-angle", "detector.angular_sampling": "mrad detector pixel",
-          "specimen.thickness": "Å thickness"}
+_UNITS = {"scan.step": "Å step", "dose.electrons_per_area": "e⁻/Å²", "dose.electrons_per_pattern": "e⁻ per pattern",
+          "optics.aberrations.C10": "Å C10", "optics.semiangle": "mrad semi-angle",
+          "detector.angular_sampling": "mrad detector pixel", "specimen.thickness": "Å thickness"}
 
 
 def _setting(names: list[str], values: dict[str, float]) -> str:

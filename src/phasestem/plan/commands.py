@@ -11,8 +11,9 @@ def register(sub, train_sub) -> None:
     p = sub.add_parser(
         "plan", help="before the session: overlap, sampling, dose, band limit, and the expected reconstruction",
         description="Reads acquisition settings (energy, semi-angle, defocus, scan step, detector pixel or camera "
-        "length, dose or current and dwell time, specimen and thickness) and prints the quantities ptychography "
-        "depends on, with one warning line for each outside the range where it is known to work. Then simulates a "
+        "length, dose per Å² or per pattern or current and dwell time, specimen and thickness) and prints the "
+        "quantities ptychography depends on (the probe's size by its stated rule, as probe-extent), with one "
+        "warning line for each outside the range where it is known to work. Then simulates a "
         "small field at those settings (Poisson noise at the planned dose), reconstructs it as 'phasestem "
         "reconstruct --auto' would, and prints the expected E_φ and FRC resolution with a figure (truth / "
         "reconstruction / error) in --out; expected.sweep varies one or two settings, plots the result against "

@@ -1,5 +1,5 @@
 """Schema of ``phasestem plan`` settings (YAML on disk): the acquisition a microscopist chooses, the specimen, and
-how the expected result is estimated. Units: Å, mrad, eV, e⁻/Å², pA, µs."""
+how the expected result is estimated. Units: Å, mrad, eV, e⁻/Å² or e⁻ per pattern, pA, µs."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,8 +11,10 @@ from ..base.configfile import CheckedModel, ConfigPath, apply_overrides, load_ya
 from ..simulate.config import Optics
 
 #: the settings a sweep may vary (dotted names of :class:`PlanConfig` fields)
-SWEEPABLE = ("scan.step", "dose.electrons_per_area", "optics.aberrations.C10", "optics.semiangle",
-             "detector.angular_sampling", "specimen.thickness")
+SWEEPABLE = ("scan.step", "dose.electrons_per_area", "dose.electrons_per_pattern", "optics.aberrations.C10",
+             "optics.semiangle", "detector.angular_sampling", "specimen.thickness")
+#: the three ways of giving the dose (:class:`PlanDose`); a sweep of one clears the others
+DOSE_FIELDS = ("electrons_per_area", "electrons_per_pattern", "beam_current", "dwell_time")
 
 
 class PlanScan(CheckedModel):
@@ -58,8 +60,15 @@ class PlanDetector(CheckedModel):
 
 
 class PlanDose(CheckedModel):
-    electrons_per_area: float | None = Field(None, gt=0, description="Dose in e⁻/Å²; null: from beam_current and "
-                                             "dwell_time (both null: noise-free).")
+    """One of three: e⁻/Å², e⁻ per pattern, or current × dwell time (none: noise-free); converted into each other
+    with the scan-step area (phasestem.physics.noise)."""
+
+    electrons_per_area: float | None = Field(None, gt=0, description="Dose in e⁻/Å²; null: from "
+                                             "electrons_per_pattern, or beam_current and dwell_time (all null: "
+                                             "noise-free).")
+    electrons_per_pattern: float | None = Field(
+        None, gt=0, description="Dose in electrons per pattern (what one detector frame holds; e⁻/Å² = this / "
+        "scan step²); instead of electrons_per_area.")
     beam_current: float | None = Field(None, gt=0, description="Probe current in pA (with dwell_time).")
     dwell_time: float | None = Field(None, gt=0, description="Dwell time per scan position in µs (with "
                                      "beam_current).")
@@ -69,8 +78,12 @@ class PlanDose(CheckedModel):
         pair = (self.beam_current is None, self.dwell_time is None)
         if pair[0] != pair[1]:
             raise ValueError("beam_current and dwell_time go together")
-        if self.electrons_per_area is not None and not pair[0]:
-            raise ValueError("give electrons_per_area or beam_current with dwell_time, not both")
+        given = [name for name, absent in (("electrons_per_area", self.electrons_per_area is None),
+                                           ("electrons_per_pattern", self.electrons_per_pattern is None),
+                                           ("beam_current with dwell_time", pair[0])) if not absent]
+        if len(given) > 1:
+            raise ValueError(f"give one dose: electrons_per_area, electrons_per_pattern or beam_current with "
+                             f"dwell_time, not {' and '.join(given)}")
         return self
 
 
@@ -189,8 +202,8 @@ def with_value(cfg: PlanConfig, dotted: str, value: float) -> PlanConfig:
     for key in head:
         node = node[key]
     node[last] = float(value)
-    if dotted == "dose.electrons_per_area":
-        data["dose"].update(beam_current=None, dwell_time=None)
+    if dotted.startswith("dose."):
+        data["dose"].update({k: None for k in DOSE_FIELDS if k != last})
     if dotted == "detector.angular_sampling":
         data["detector"].update(pixel_size=None, camera_length=None)
     return validate(PlanConfig, data, f"sweep {dotted}={value}")

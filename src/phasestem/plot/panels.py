@@ -15,9 +15,17 @@ PHASE_SUPPORT = 0.1
 #: scalars of a loss history drawn as data terms (dashed) beside the total
 LOSS_TERMS = ("gaussian", "poisson", "pacbed", "sparsity", "loss_ptyrad")
 
-#: what each figure-of-merit key is called on a figure (and its format)
-METRIC_LABELS = (("phase_error", "E_φ = {:.3g}"), ("frc_resolution", "FRC (1/7) {:.3g} Å"),
-                 ("psnr", "PSNR {:.3g} dB"), ("ssim", "SSIM {:.3f}"), ("pearson", "Pearson r {:.3f}"))
+#: how each figure of merit's number is written, on figures and in the tables beside them (:func:`format_metric`)
+METRIC_FORMATS = {"phase_error": "{:.3g}", "frc_resolution": "{:.3g}", "psnr": "{:.3g}", "ssim": "{:.3f}",
+                  "pearson": "{:.3f}"}
+#: what each figure-of-merit key is called on a figure ({} its number, :data:`METRIC_FORMATS`)
+METRIC_LABELS = (("phase_error", "E_φ = {}"), ("frc_resolution", "FRC (1/7) {} Å"),
+                 ("psnr", "PSNR {} dB"), ("ssim", "SSIM {}"), ("pearson", "Pearson r {}"))
+
+
+def format_metric(key: str, value: float) -> str:
+    """A figure of merit's number as figures print it (E_φ 0.0456, PSNR 23.5, SSIM 0.912)."""
+    return METRIC_FORMATS[key].format(float(value))
 
 
 def metrics_text(metrics: dict | None, prefix: str = "against the ground truth: ", per_line: int = 0) -> str:
@@ -25,7 +33,7 @@ def metrics_text(metrics: dict | None, prefix: str = "against the ground truth: 
     ``per_line`` to a line; '' when there are none."""
     if not metrics:
         return ""
-    parts = [fmt.format(float(metrics[k])) for k, fmt in METRIC_LABELS
+    parts = [label.format(format_metric(k, metrics[k])) for k, label in METRIC_LABELS
              if metrics.get(k) is not None and np.isfinite(float(metrics[k]))]
     if not parts:
         return ""

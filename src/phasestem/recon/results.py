@@ -24,7 +24,9 @@ Layout of ``results.h5``::
     uncertainty/fisher           (Ny, Nx)     float32  rad⁻², Fisher information of one slice pixel's phase
     uncertainty/constrained      (Ny, Nx)     uint8    1 where the scan lights the pixel enough to constrain it
                             (when computed, run.uncertainty; attrs: noise, band_fraction, seconds, leaves_out;
-                            phasestem.recon.uncertainty)
+                            each dataset's attr units; phasestem.recon.uncertainty). The σ maps are in the object
+                            frame, pixel for pixel with object/phase and object/phase_sum; results.emd holds the
+                            same arrays under the same names, cropped to the scanned field
     metrics/<name>          ()    final comparison with the ground truth (when given): psnr, ssim, phase_error,
                                   frc_resolution (Å); metrics/frc_frequencies, metrics/frc_curve (rings)
     provenance/<field>      group per setting of the run (scan.step, optics.energy, optics.aberrations.C10,
@@ -41,15 +43,18 @@ saves and reads (``py4DSTEM.read("results.emd")``); HyperSpy opens it through Ro
     object_phase      (fy, fx)     float32    rad, Σ over slices (results.h5 object/phase_sum), scanned field
     object_amplitude  (fy, fx)     float32    Π over slices (object/amplitude_prod), scanned field
     slice_phases      (S, fy, fx)  float32    rad, per slice (first object mode), only when S > 1
-    sigma_phase       (fy, fx)     float32    rad, standard deviation of object_phase (when computed)
-    slice_sigmas      (S, fy, fx)  float32    rad, standard deviation of slice_phases (when computed, S > 1)
+    phase_sum_sigma   (fy, fx)     float32    rad, standard deviation of object_phase (when computed)
+    phase_sigma       (S, fy, fx)  float32    rad, standard deviation of slice_phases (when computed, S > 1)
     probe             (ny, nx) or (M, ny, nx)  complex64  Σ|ψ|² ≈ 1 (one mode: 2-D)
     metadata "phasestem": energy (eV), sampling (Å), origin (Å), slice_thickness (Å), epoch, format,
                           field (y0, y1, x0, x1: the object pixels kept), object_shape (Ny, Nx)
 
 The object arrays hold the **scanned field**: the object pixels inside the bounding box of the probe positions,
 what the scan determines (``recon.truth.field_slices``). The padding the reconstruction needs around it (a probe
-window's worth on each side, often several times the field's area) is only in results.h5.
+window's worth on each side, often several times the field's area) is only in results.h5. The σ maps keep
+results.h5's names (``uncertainty/phase_sum_sigma``, ``uncertainty/phase_sigma``) and are those arrays over the
+same field, ``h5[..., y0:y1, x0:x1]`` with ``field`` of the metadata, on the axes of the phase they belong to
+(dataset frame), unit ``rad`` (each array's ``units``, as the results.h5 datasets' attribute).
 
 (No array's name contains another's: RosettaSciIO's reader stacks arrays whose paths contain one another.)
 An older ``results.h5`` converts with ``save_emd(load_results("results.h5"), "results.emd")``.
@@ -71,6 +76,8 @@ from .truth import field_slices
 from .uncertainty import LEAVES_OUT
 
 FORMAT = "phasestem-recon-results"
+#: unit of each array of results.h5's ``uncertainty`` group (its ``units`` attribute; results.emd's arrays alike)
+UNCERTAINTY_UNITS = {"phase_sigma": "rad", "phase_sum_sigma": "rad", "fisher": "rad^-2", "constrained": ""}
 #: name of the EMD tree in ``results.emd``
 EMD_ROOT = "phasestem_reconstruction"
 
@@ -152,7 +159,9 @@ def save_results(model, path, config_text: str | None = None, metrics: dict | No
             if group in r:
                 g = f.create_group(group)
                 for k, v in r[group].items():
-                    g.create_dataset(k, data=v, **({"compression": "gzip"} if np.ndim(v) > 1 else {}))
+                    d = g.create_dataset(k, data=v, **({"compression": "gzip"} if np.ndim(v) > 1 else {}))
+                    if group == "uncertainty" and k in UNCERTAINTY_UNITS:
+                        d.attrs["units"] = UNCERTAINTY_UNITS[k]
         if "uncertainty" in r:
             f["uncertainty"].attrs.update(r["uncertainty_attrs"])
         if provenance:
@@ -204,13 +213,14 @@ def save_emd(results: dict, path) -> Path:
                                        dim_names=["z", *yx], dim_units=["A", *angstrom]))
     if "uncertainty" in results:
         sigma = np.asarray(results["uncertainty"]["phase_sum_sigma"], dtype=np.float32)[fy, fx]
-        root.add_to_tree(emdfile.Array(data=sigma, name="sigma_phase", units="rad", dims=obj_dims(sigma.shape),
-                                       dim_names=yx, dim_units=angstrom))
+        sigma = np.asarray(results["uncertainty"]["phase_sum_sigma"], dtype=np.float32)[fy, fx]
+        root.add_to_tree(emdfile.Array(data=sigma, name="phase_sum_sigma", units=UNCERTAINTY_UNITS["phase_sum_sigma"],
+                                       dims=obj_dims(sigma.shape), dim_names=yx, dim_units=angstrom))
         per_slice = np.asarray(results["uncertainty"]["phase_sigma"], dtype=np.float32)[:, fy, fx]
         if per_slice.shape[0] > 1:
-            root.add_to_tree(emdfile.Array(data=per_slice, name="slice_sigmas", units="rad",
-                                           dims=[_axis(per_slice.shape[0], thickness, 0.0), *obj_dims(per_slice.shape)],
-                                           dim_names=["z", *yx], dim_units=["A", *angstrom]))
+            dims = [_axis(per_slice.shape[0], thickness, 0.0), *obj_dims(per_slice.shape)]
+            root.add_to_tree(emdfile.Array(data=per_slice, name="phase_sigma", units=UNCERTAINTY_UNITS["phase_sigma"],
+                                           dims=dims, dim_names=["z", *yx], dim_units=["A", *angstrom]))
     probe = np.asarray(results["probe"], dtype=np.complex64)
     ny, nx = probe.shape[-2:]
     pdims = [_axis(ny, dy, -(ny // 2) * dy), _axis(nx, dx, -(nx // 2) * dx)]

@@ -40,10 +40,12 @@ def register(sub, train_sub) -> None:
 
     q = sub.add_parser(
         "probe-extent", help="side of the area one 14×14 block of probe positions illuminates",
-        description="Prints the side (pixels at --px-per-angstrom) of the square holding every pixel above "
-        "--threshold × the maximum probe intensity over a --block × --block raster at --step Å; with --fraction, "
-        "of the square holding each probe's disk of that encircled intensity (the seed's 5 %% rule leaves much of "
-        "an aberrated probe's halo outside).",
+        description="Prints the probe's size as phasestem states it everywhere (phasestem plan too): radius "
+        "√(r_aberr² + r_Airy²), with the share of the intensity inside it; then the side (pixels at "
+        "--px-per-angstrom) of the square holding every pixel above --threshold × the maximum probe intensity over "
+        "a --block × --block raster at --step Å (the seed's patch rule); with --fraction, of the square holding each "
+        "probe's disk of that encircled intensity (the seed's 5 %% rule sees only the central peak of an aberrated "
+        "probe and leaves its halo outside).",
         epilog="Examples:\n  phasestem probe-extent --energy 300e3 --semiangle 30 --C30 1e6\n"
         "  phasestem probe-extent configs/simulate_seed.yaml --step 2",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -122,6 +124,7 @@ def _confirm_default_size(cfg, yes: bool) -> None:
 
 
 def _probe_extent(args) -> int:
+    from ..physics.optics import probe_size_text
     from .probe_extent import illuminated_extent
 
     energy, semiangle, ab = args.energy, args.semiangle, {"C10": args.C10, "C30": args.C30}
@@ -133,8 +136,10 @@ def _probe_extent(args) -> int:
         energy, semiangle, ab = cfg.optics.energy, cfg.optics.semiangle, cfg.optics.aberrations
     e = illuminated_extent(energy, semiangle, ab, sampling=args.sampling, block=args.block, step=args.step,
                            threshold=args.threshold, pixels_per_angstrom=args.px_per_angstrom, fraction=args.fraction)
-    what = f"above {args.threshold:.0%} of its peak" if args.fraction is None else \
-        f"holding {args.fraction:.0%} of its intensity"
+    print(f"probe: {probe_size_text(energy, semiangle, ab)} (phasestem's probe size, as in phasestem plan): "
+          f"{e.inside_probe_radius:.0%} of its intensity inside")
+    what = (f"above {args.threshold:.0%} of its peak (the seed's patch rule: the central peak)" if args.fraction is None
+            else f"holding {args.fraction:.0%} of its intensity")
     print(f"probe {what}: {e.probe_diameter_angstrom:.2f} Å across; over a "
           f"{args.block}×{args.block} block at {args.step:g} Å: {e.side_angstrom:.2f} Å = {e.side_px} px at "
           f"{args.px_per_angstrom:g} px/Å")

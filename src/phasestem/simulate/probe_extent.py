@@ -4,8 +4,10 @@ Seed 000 crops 76 × 76 px phase targets for a 14 × 14 block at 2 Å step, call
 bright area the probe illuminates", a pixel being bright above 5 % of the maximum probe
 intensity. :func:`illuminated_extent` computes that side from the probe itself. A threshold on the peak says
 little about where a probe's intensity is when aberrations spread it into a faint halo (at 30 mrad and Cs 0.1 mm
-the 5 % rule leaves much of it outside); ``fraction`` sizes the probe by its encircled intensity instead
-(:func:`encircled_diameter`).
+the 5 % rule sees a central peak 3.7 Å across and leaves most of the intensity outside); ``fraction`` sizes the
+probe by its encircled intensity instead (:func:`encircled_diameter`). The probe's size as phasestem states it
+(``phasestem plan`` too) is :func:`phasestem.physics.optics.probe_radius`; :attr:`Extent.inside_probe_radius` says
+how much of the intensity a disk of that radius holds.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..physics.optics import make_probe
+from ..physics.optics import make_probe, probe_radius
 from ..scan import GridScan
 
 
@@ -24,6 +26,21 @@ class Extent:
     side_angstrom: float
     probe_diameter_angstrom: float  # extent of one probe above the threshold
     pixels_per_angstrom: float
+    inside_probe_radius: float  # share of one probe's intensity within the probe radius (physics.optics.probe_radius)
+
+
+def _centred_radii(intensity: np.ndarray, sampling: float) -> np.ndarray:
+    """Distance (Å) of every pixel from the intensity's centroid, on pixels of ``sampling`` Å."""
+    yy, xx = np.indices(intensity.shape, dtype=np.float64)
+    total = intensity.sum()
+    cy, cx = (intensity * yy).sum() / total, (intensity * xx).sum() / total
+    return np.hypot(yy - cy, xx - cx) * sampling
+
+
+def encircled_fraction(intensity: np.ndarray, sampling: float, radius: float) -> float:
+    """Share of a 2-D ``intensity`` (pixels of ``sampling`` Å) within ``radius`` Å of its centroid."""
+    inten = np.asarray(intensity, np.float64)
+    return float(inten[_centred_radii(inten, sampling) <= radius].sum() / inten.sum())
 
 
 def encircled_diameter(intensity: np.ndarray, sampling: float, fraction: float) -> float:
@@ -32,12 +49,9 @@ def encircled_diameter(intensity: np.ndarray, sampling: float, fraction: float) 
     if not 0 < fraction < 1:
         raise ValueError(f"fraction must be in (0, 1), got {fraction}")
     inten = np.asarray(intensity, np.float64)
-    yy, xx = np.indices(inten.shape, dtype=np.float64)
-    total = inten.sum()
-    cy, cx = (inten * yy).sum() / total, (inten * xx).sum() / total
-    r = np.hypot(yy - cy, xx - cx).ravel()
+    r = _centred_radii(inten, 1.0).ravel()
     order = np.argsort(r)
-    held = np.cumsum(inten.ravel()[order]) / total
+    held = np.cumsum(inten.ravel()[order]) / inten.sum()
     return float(2 * (r[order][np.searchsorted(held, fraction)] + 0.5) * sampling)
 
 
@@ -63,7 +77,8 @@ def illuminated_extent(energy: float, semiangle: float, aberrations: dict | None
         # extent of one probe in Å, measured edge to edge of the bright pixels
         single = float(max((ys.max() - ys.min() + 1) * sampling, (xs.max() - xs.min() + 1) * sampling))
     side = single + (block - 1) * step
-    return Extent(int(round(side * pixels_per_angstrom)), side, single, pixels_per_angstrom)
+    inside = encircled_fraction(inten.numpy(), sampling, probe_radius(energy, semiangle, aberrations or {})[0])
+    return Extent(int(round(side * pixels_per_angstrom)), side, single, pixels_per_angstrom, inside)
 
 
 def illuminated_extent_on_grid(energy: float, semiangle: float, aberrations: dict | None, extent: float = 100.0,

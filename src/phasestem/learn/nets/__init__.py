@@ -1,4 +1,4 @@
-"""The five networks of the learned route, one per file, each with its settings and its loss.
+"""The six networks of the learned route, one per file, each with its settings and its loss.
 
 ===========  ===================  ===========================================================================
 name         module               holds
@@ -9,6 +9,7 @@ end2end      :mod:`.end2end`      End2End (the two chained), end2end_loss_fn, Fr
 autoencoder  :mod:`.autoencoder`  Autoencoder (its loss: compute_loss), AutoencoderModelConfig / LossConfig
 phaseformer  :mod:`.phaseformer`  Phaseformer, PhaseformerConfig, PhaseformerModelConfig / LossConfig,
                                   PhaseformerLoss
+restorer     :mod:`.restorer`     Restorer (U-Net or Phaseformer body), RestorerConfig, offset_free_loss
 ===========  ===================  ===========================================================================
 
 Run configs: :mod:`..config`; how each is trained: :mod:`..training` (``route``, ``autoencoder``,
