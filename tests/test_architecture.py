@@ -30,7 +30,6 @@ ROUTE_EDGES = (
     ("phasestem.calibrate.parallax", "phasestem.direct"),  # the tcBF image a calibration fits
     ("phasestem.calibrate.rotation", "phasestem.direct"),  # the iDPC integration
     ("phasestem.calibrate.pipeline", "phasestem.recon.params"),  # Calibration.to_params() validates its output
-    ("phasestem.calibrate.files", "phasestem.recon.losses"),  # counted data get the counted-data term's weights
     ("phasestem.convert.commands", "phasestem.recon.params"),  # a PtyRAD file becomes our parameter file
     ("phasestem.recon.params", "phasestem.convert.ptyrad"),  # ... and is read as one
     ("phasestem.recon.aperture_rule", "phasestem.calibrate.disk"),  # the aperture rule fits the disk

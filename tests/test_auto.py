@@ -55,7 +55,9 @@ def test_auto_reaches_the_truth_and_a_wrong_rotation_is_clearly_worse(tmp_path_f
                                            "scan.rotation", "optics.aberrations.C10")} == {
         "optics.energy": "flag", "optics.semiangle": "flag", "optics.angular_sampling": "calibration",
         "scan.rotation": "calibration", "optics.aberrations.C10": "calibration"}
-    assert prov["losses.poisson"]["source"] == "calibration (counted data)" and prov["losses.poisson"]["value"] == 0.5
+    assert prov["losses.poisson"]["source"] == "data" and prov["losses.poisson"]["value"] == 0.5  # io.counts' rule
+    assert prov["data.counts"]["source"] == "calibration" and prov["data.counts"]["value"] == "true"
+    assert "the patterns are stored as integers (int32)" in prov["data.counts"]["note"]  # abtem_scan: int32 .npy
 
     wrong = params.model_copy(deep=True)
     wrong.scan.rotation = 0.0  # the uncalibrated default; the truth is 23.7°

@@ -106,15 +106,24 @@ def test_dark_data_is_refused_in_one_line(tmp_path, capsys):
 
 
 def test_vacuum_data_is_refused_not_guessed():
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:48, 0:48]
-    disk = ((yy - 24) ** 2 + (xx - 24) ** 2 < 12**2) * 30.0
+    """Vacuum (a bare disk with Poisson noise) never gets a rotation: refused with NoContrastError, or calibrated
+    with the rotation declared undetermined (left at 0°, said). Which of the two is the noise's draw: the refusal
+    came on 1 of 8 seeds, and only while the dead-pixel rule flagged 8 pixels just outside the disk's edge, which it
+    no longer does (issue 64)."""
     from phasestem.dataset import FourDSTEM
 
-    ds = FourDSTEM(rng.poisson(np.broadcast_to(disk, (12, 12, 48, 48))).astype(np.float32), 300e3, (0.5, 0.5))
-    with pytest.raises(NoContrastError, match="no specimen contrast") as info:
-        calibrate(ds, semiangle=20.0)
-    assert isinstance(info.value, PhasestemError)
+    yy, xx = np.mgrid[0:48, 0:48]
+    disk = ((yy - 24) ** 2 + (xx - 24) ** 2 < 12**2) * 30.0
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        ds = FourDSTEM(rng.poisson(np.broadcast_to(disk, (12, 12, 48, 48))).astype(np.float32), 300e3, (0.5, 0.5))
+        try:
+            cal = calibrate(ds, semiangle=20.0)
+        except NoContrastError as exc:
+            assert isinstance(exc, PhasestemError) and "no specimen contrast" in str(exc)
+            continue
+        assert "rotation" in cal.undetermined and cal.rotation == 0.0, cal.summary()
+        assert cal.bad_pixels.count == 0  # the pixels just outside the aperture's edge are not dead
 
 
 def test_a_given_rotation_calibrates_data_too_weak_to_fit_it(abtem_data, monkeypatch, tmp_path):

@@ -12,8 +12,9 @@ from numpy_cases import numpy_scan, tiny_params
 from numpy_cases import pearson as _pearson
 
 from phasestem.io import hdf5
+from phasestem.io.counts import counts_decision
 from phasestem.recon import Ptychography
-from phasestem.recon.data_losses import counted_reason, losses_for_data
+from phasestem.recon.data_losses import losses_for_data
 from phasestem.recon.losses import COUNTED_WEIGHTS, LossConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -30,20 +31,32 @@ def scans():
     return clean, counted, truth
 
 
+def _why(dataset) -> str | None:
+    """The reason io.counts gives when ``dataset``'s patterns are counts, None when they are not."""
+    decision = counts_decision(dataset)
+    return decision.reason if decision.counted else None
+
+
 def test_counts_are_recognised_by_dose_dtype_or_whole_numbers_and_nothing_else(scans):
     clean, counted, _ = scans
-    assert counted_reason(clean) is None  # noise-free fractions
-    assert counted_reason(counted) == "the first 16 patterns hold whole numbers only (counts)"
+    assert _why(clean) is None  # noise-free fractions
+    assert _why(counted) == "the first 16 patterns hold whole numbers only"
     as_int = dataclasses.replace(counted, patterns=np.asarray(counted.patterns).astype(np.uint16))
-    assert counted_reason(as_int) == "the patterns are stored as integers (uint16)"
-    assert counted_reason(dataclasses.replace(clean, metadata={"dose": 250.0})) == \
+    assert _why(as_int) == "the patterns are stored as integers (uint16)"
+    stored = dataclasses.replace(clean, metadata={"stored_dtype": "uint16"})  # read as float32 from uint16 storage
+    assert _why(stored) == "the patterns are stored as integers (uint16)"
+    assert _why(dataclasses.replace(clean, metadata={"dose": 250.0})) == \
         "the file records a dose of 250 e⁻/Å²"
-    assert counted_reason(dataclasses.replace(clean, metadata={"dose": -1.0})) is None  # noise-free, recorded
+    assert _why(dataclasses.replace(clean, metadata={"dose": -1.0})) is None  # noise-free, recorded
     dark = dataclasses.replace(clean, patterns=np.zeros_like(np.asarray(clean.patterns)))
-    assert counted_reason(dark) is None  # whole numbers, but nothing counted
+    assert _why(dark) is None  # whole numbers, but nothing counted
     rounded = np.asarray(counted.patterns, np.float64)
     rounded[0, 3, 10, 10] += 0.5  # one fraction among the counts: not counts
-    assert counted_reason(dataclasses.replace(counted, patterns=rounded)) is None
+    assert _why(dataclasses.replace(counted, patterns=rounded)) is None
+    said = dataclasses.replace(clean, metadata={"counts": True})  # the parameter file's data.counts wins
+    assert _why(said) == "data.counts in the parameter file"
+    assert counts_decision(dataclasses.replace(as_int, metadata={"counts": False})).counted is False
+    assert counts_decision(clean).reason == "no dose recorded, stored as float32, values not whole counts"
 
 
 def test_a_named_term_is_kept_and_an_unnamed_one_on_counts_becomes_the_counted_term(scans):
@@ -70,7 +83,7 @@ def test_counted_data_naming_no_term_reconstruct_better_than_with_the_gaussian_t
         assert terms == ({"gaussian", "poisson"} if name == "default" else {"gaussian"})
         r[name] = _pearson(model.phase_in_dataset_frame(truth.shape), truth)
     assert "losses: gaussian 0.5, poisson 0.5 (chosen from the data: the first 16 patterns hold whole numbers " \
-           "only (counts); no term named)" in caplog.text
+           "only; no term named)" in caplog.text
     assert r["default"] > r["gaussian"] + 0.01, r
 
 
@@ -81,10 +94,14 @@ def test_the_run_log_and_results_say_the_data_chose_the_loss(scans, tmp_path, ca
     _, counted, _ = scans
     path = hdf5.write(tmp_path / "counted.h5", counted)
     model = run_reconstruction(tiny_params(path, STEP, tmp_path / "r", n_epochs=1))
-    line = ("losses: gaussian 0.5, poisson 0.5 (chosen from the data: the first 16 patterns hold whole numbers only "
-            "(counts); no term named), power 0.5")
-    assert line in (tmp_path / "r" / "reconstruct.log").read_text() and line in capsys.readouterr().out
+    line = ("losses: gaussian 0.5, poisson 0.5 (chosen from the data: the first 16 patterns hold whole numbers only; "
+            "no term named), power 0.5")
+    log_text = (tmp_path / "r" / "reconstruct.log").read_text()
+    assert line in log_text and line in capsys.readouterr().out
+    assert "data.counts" in log_text and "the first 16 patterns hold whole numbers only" in log_text  # the table
+    assert log_text.count("phase σ") == 1 and "counts because the first 16 patterns" in log_text  # σ: same decision
     assert {k for k in model.loss_history[-1] if k in ("gaussian", "poisson")} == {"gaussian", "poisson"}
     prov = load_results(tmp_path / "r" / "results.h5")["provenance"]
     assert prov["losses.poisson"]["source"] == "data" and "whole numbers" in prov["losses.poisson"]["note"]
     assert prov["losses.poisson"]["value"] == prov["losses.gaussian"]["value"] == 0.5
+    assert prov["data.counts"]["source"] == "data" and "whole numbers" in prov["data.counts"]["note"]

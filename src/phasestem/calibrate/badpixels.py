@@ -4,8 +4,11 @@ Counts are assumed (Poisson statistics on the pattern summed over the scan). A p
 when its summed count exceeds ``hot_factor`` × the second-largest of its 8 neighbours by more
 than ``sigma`` Poisson standard deviations (the second-largest, so that a pair of hot pixels
 does not hide each other and the edge of the bright-field disk is not flagged). A pixel is
-*dead* when it counted nothing over the whole scan while the median of its neighbours counted
-at least ``dead_min`` (a Poisson pixel with that mean reads zero with probability e^−dead_min).
+*dead* when it counted nothing over the whole scan while every neighbour but the weakest (the
+second-smallest of the 8, as for hot pixels) counted at least ``dead_min`` (a Poisson pixel with that
+mean reads zero with probability e^−dead_min): a pixel on the edge of a region that is dark in the data
+itself (the corner of a simulation's band limit, the shadow of a beam stop) has dark neighbours too and
+is not flagged; two dead pixels side by side still are.
 """
 from __future__ import annotations
 
@@ -45,8 +48,7 @@ def find_bad_pixels(total: np.ndarray, hot_factor: float = 3.0, sigma: float = 1
     nb = np.sort(_neighbours(total), axis=0)
     second = nb[-2]
     hot = (total > hot_factor * second) & (total - second > sigma * np.sqrt(np.maximum(second, 1.0)))
-    median = np.median(nb, axis=0)
-    dead = (total <= 0) & (median >= dead_min)
+    dead = (total <= 0) & (nb[1] >= dead_min)
     as_list = lambda m: [(int(y), int(x)) for y, x in zip(*np.nonzero(m), strict=True)]  # noqa: E731
     return BadPixels(mask=hot | dead, hot=as_list(hot), dead=as_list(dead))
 
@@ -70,8 +72,10 @@ def fill_plan(mask: np.ndarray) -> list[tuple[int, int, np.ndarray, np.ndarray]]
     return plan
 
 
-def fill_bad_pixels(patterns: np.ndarray, plan) -> np.ndarray:
-    """Replace bad pixels of (..., H, W) float patterns in place by the mean of their good neighbours."""
+def fill_bad_pixels(patterns: np.ndarray, plan, whole: bool = False) -> np.ndarray:
+    """Replace bad pixels of (..., H, W) float patterns in place by the mean of their good neighbours (``whole``:
+    rounded to a whole count, so that counted patterns stay counts)."""
     for y, x, ys, xs in plan:
-        patterns[..., y, x] = patterns[..., ys, xs].mean(-1) if len(ys) else 0.0
+        mean = patterns[..., ys, xs].mean(-1) if len(ys) else 0.0
+        patterns[..., y, x] = np.rint(mean) if whole else mean
     return patterns

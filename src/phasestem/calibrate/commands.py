@@ -31,12 +31,24 @@ def add_reader_arguments(p: argparse.ArgumentParser) -> None:
                    "with a warning)")
     p.add_argument("--semiangle", type=float, help="probe semi-angle in mrad (gives the angular sampling)")
     p.add_argument("--angular-sampling", type=float, help="detector pixel in mrad (gives the semi-angle instead)")
+    p.add_argument("--fit-detector-pixel", action="store_true",
+                   help="fit the detector pixel to the bright-field disk and the semi-angle even where the file "
+                        "records one (default: the file's pixel wins; a disk that disagrees is reported)")
     p.add_argument("--scan-step", type=float, nargs="+", help="scan step in Å (one value or dy dx; default: the "
                    "file's; a different value wins, with a warning)")
 
 
-def add_calibration_choices(p) -> None:
-    """What the user knows that the patterns cannot settle (``phasestem calibrate`` and ``reconstruct --auto``)."""
+#: what a given --rotation does to the detector transpose, by whether the command has a --transpose option
+ROTATION_TRANSPOSE = {
+    True: "the transpose: --transpose, else no",
+    False: "the transpose is then taken as no: for a transposed detector run 'phasestem calibrate FILE --rotation "
+           "DEG --transpose yes', then reconstruct the params.yaml it writes",
+}
+
+
+def add_calibration_choices(p, transpose_option: bool = False) -> None:
+    """What the user knows that the patterns cannot settle (``phasestem calibrate`` and ``reconstruct --auto``);
+    ``transpose_option``: the command also has ``--transpose`` (calibrate), which the --rotation help then names."""
     p.add_argument("--c10", "--c10-sign", dest="c10", type=float, default=None, metavar="C10",
                    help="the probe's C10 in Å as the microscope was set (= −defocus; C10 > 0 over-focus, "
                         "docs/conventions.md), if known: its sign fixes θ vs θ + 180° through the parallax (the "
@@ -45,7 +57,8 @@ def add_calibration_choices(p) -> None:
     p.add_argument("--rotation", type=float, default=None, metavar="DEG",
                    help="the scan rotation in degrees, if known from another calibration (a standard, a thicker area "
                         "of the session): the data's fit is skipped, only the defocus is fitted at it; for low-dose "
-                        "data whose centre-of-mass field is too weak to calibrate (transpose: --transpose, else no)")
+                        "data whose centre-of-mass field is too weak to calibrate "
+                        f"({ROTATION_TRANSPOSE[transpose_option]})")
     p.add_argument("--edge-threshold", type=float, default=0.5,
                    help="disk edge as a fraction of the disk level (0.5 real apertures; 0.25 simulations with a soft "
                         "amplitude edge, e.g. abTEM's default or phasestem simulate)")
@@ -53,7 +66,8 @@ def add_calibration_choices(p) -> None:
 
 def calibration_choices(args) -> dict[str, Any]:
     """:func:`add_calibration_choices`' options as keyword arguments of :func:`phasestem.calibrate.calibrate`."""
-    return {"c10": args.c10, "edge_threshold": args.edge_threshold, "rotation": args.rotation}
+    return {"c10": args.c10, "edge_threshold": args.edge_threshold, "rotation": args.rotation,
+            "fit_detector_pixel": bool(getattr(args, "fit_detector_pixel", False))}
 
 
 def reader_options(args) -> dict[str, Any]:
@@ -90,7 +104,7 @@ def register(subparsers, train_subparsers) -> None:
     p.add_argument("--transpose", choices=["auto", "yes", "no"], default="auto",
                    help="detector transpose: fit it (auto) or fix it")
     p.add_argument("--no-parallax", action="store_true", help="skip the tcBF defocus fit")
-    add_calibration_choices(p)
+    add_calibration_choices(p, transpose_option=True)
     p.add_argument("--resample-descan", action="store_true",
                    help="move every disk centre onto the central pixel by sub-pixel interpolation of the counts (for "
                         "tools that need centred data); default: whole pixels, the rest in detector_shifts.npy")

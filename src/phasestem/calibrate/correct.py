@@ -61,16 +61,17 @@ def whole_pixel_shifts(centres: np.ndarray, pattern_shape: tuple[int, int]) -> t
 
 
 def corrected_chunks(dataset, plan, centres: np.ndarray, transpose: bool = False, subpixel: bool = True,
-                     max_pixels: int = CHUNK_PIXELS) -> Iterator[tuple[slice, np.ndarray]]:
+                     max_pixels: int = CHUNK_PIXELS, whole: bool = False) -> Iterator[tuple[slice, np.ndarray]]:
     """Yield (rows, patterns) with bad pixels filled, each pattern's disk centre ``centres`` (Sy, Sx, 2) px
     moved to (H//2, W//2), and the detector axes swapped when ``transpose`` (phasestem's frame).
 
     ``subpixel=False`` moves each pattern by whole pixels only (:func:`whole_pixel_shifts`): the counts are
-    kept exactly and the rest of the descan is left for the model (``data.detector_shifts``)."""
+    kept exactly and the rest of the descan is left for the model (``data.detector_shifts``); ``whole``: bad pixels
+    are filled with whole counts (:func:`~phasestem.calibrate.badpixels.fill_bad_pixels`)."""
     H, W = dataset.pattern_shape
     centres = np.asarray(centres, dtype=np.float64)
     moves = np.array([H // 2, W // 2]) - centres if subpixel else whole_pixel_shifts(centres, (H, W))[0]
-    for rows, block in row_chunks(dataset, plan, max_pixels):
+    for rows, block in row_chunks(dataset, plan, max_pixels, whole):
         out = shift_images(block, moves[rows])
         yield rows, (np.swapaxes(out, -1, -2) if transpose else out)
 

@@ -69,24 +69,29 @@ def calibrate_file(path: str | Path, out_dir: str | Path, energy: float | None =
                    semiangle: float | None = None,
                    angular_sampling: float | None = None, reader_options: dict[str, Any] | None = None,
                    format: str | None = None, figures: bool = True, extra_params: dict[str, Any] | None = None,
-                   resample_descan: bool = False, **options) -> tuple[Calibration, dict[str, Path]]:
+                   resample_descan: bool = False, fit_detector_pixel: bool = False,
+                   **options) -> tuple[Calibration, dict[str, Path]]:
     """Calibrate ``path`` and write ``calibrated.npy``, ``params.yaml``, ``calibration.json`` and figures.
 
     ``energy``, ``scan_step``: see :func:`load_for_calibration`; with neither ``semiangle`` nor
-    ``angular_sampling`` the file's semi-angle (else its detector pixel) is taken.
+    ``angular_sampling`` the file's values are the truth: its detector pixel and semi-angle are kept, and the
+    bright-field disk only checks them (:func:`~phasestem.calibrate.held.check_file_pixel`: a disagreement beyond
+    the fit's error is a warning that asks, not a replacement); a file without a pixel gets it from its semi-angle
+    and the disk; ``fit_detector_pixel`` fits the pixel to the disk and the file's semi-angle all the same.
 
     ``options`` go to :func:`phasestem.calibrate.pipeline.calibrate` (transpose, parallax,
-    c10_range, edge_threshold); ``extra_params`` adds sections (model, run, …) to the YAML (integer data get
-    the counted-data term :data:`phasestem.recon.losses.COUNTED_WEIGHTS` unless it names ``losses``, named in
-    params.yaml since the calibrated patterns a run reads may no longer be whole numbers: on the abTEM scan of
-    tests/test_auto.py --auto r 0.950 → 0.969);
+    c10_range, edge_threshold); ``extra_params`` adds sections (model, run, …) to the YAML. Whether the patterns
+    are counts is decided once, by :func:`phasestem.io.counts.counts_decision` on the file as read, and written into
+    params.yaml with the file's dose (``data.counts``, ``data.dose``): counted patterns stay whole numbers (bad
+    pixels filled with whole counts, whole-pixel descan moves) in the file's integer type, and the run reads the
+    decision rather than guessing it again from the corrected patterns (a run then takes the counted data term
+    and computes its error bars);
     ``resample_descan``: see :func:`phasestem.calibrate.output.write_outputs`. ``out_dir`` is held for the whole
     call (:func:`phasestem.base.lock.hold_output`; FolderBusyError when another run holds it).
     """
     from ..base.lock import hold_output
-    from ..io._common import patterns_dtype
-    from ..recon.losses import COUNTED_WEIGHTS
-    from .held import merge_held
+    from ..io.counts import counts_decision
+    from .held import check_file_pixel, merge_held
     from .output import write_outputs
 
     check_complete(path, energy, scan_step, semiangle, angular_sampling, reader_options, format)  # one line, at once
@@ -96,23 +101,31 @@ def calibrate_file(path: str | Path, out_dir: str | Path, energy: float | None =
         sources = {"optics.energy": "flag" if found.get("energy") == "given" else "file",
                    "scan.step": "flag" if found.get("scan_step") == "given" else "file",
                    "optics.semiangle": "flag", "optics.angular_sampling": "calibration"}
-        if semiangle is None and angular_sampling is None:  # neither flag: the file's semi-angle, else its pixel
+        file_pixel = None if dataset.angular_sampling is None else float(np.mean(dataset.angular_sampling))
+        pixel_from_file = semiangle is None and angular_sampling is None and file_pixel is not None \
+            and not fit_detector_pixel
+        if pixel_from_file:  # neither flag: the file's pixel (and semi-angle, below) are the truth
+            angular_sampling = file_pixel
+            sources.update({"optics.angular_sampling": "file", "optics.semiangle":
+                            "file" if dataset.semiangle is not None else "calibration"})
+        elif semiangle is None and angular_sampling is None:  # the file's semi-angle and the disk give the pixel
             semiangle = dataset.semiangle
-            if semiangle is None and dataset.angular_sampling is not None:
-                angular_sampling = float(np.mean(dataset.angular_sampling))
+            if semiangle is None and file_pixel is not None:
+                angular_sampling = file_pixel
             sources["optics.semiangle"] = "file"
-        if semiangle is None:
+        if semiangle is None and not pixel_from_file:
             sources.update({"optics.angular_sampling": sources["optics.semiangle"], "optics.semiangle": "calibration"})
         calib = calibrate(dataset, semiangle=semiangle, angular_sampling=angular_sampling, **options)
+        if pixel_from_file and dataset.semiangle is not None:
+            check_file_pixel(calib, float(dataset.semiangle), file_pixel, str(path))
         sources.update({"scan.rotation": "flag" if calib.rotation_source == "given" else "calibration",
                         "scan.origin": "calibration"})
         sources.update({f"optics.aberrations.{k}": "flag" if calib.defocus_source == "given" else "calibration"
                         for k in calib.aberrations})
         merge_held(calib, dataset, sources)  # the file's values the data do not measure; a replacement warns
         calib.dose = dataset.metadata.get("dose")
-        if np.issubdtype(patterns_dtype(dataset.patterns), np.integer) and "losses" not in (extra_params or {}):
-            extra_params = {**(extra_params or {}), "losses": dict(COUNTED_WEIGHTS)}
-            sources["losses"] = "calibration (counted data)"
+        calib.counts = counts_decision(dataset)
+        sources["data.counts"] = "calibration"
         calib.source = str(path)
         calib.sources = sources
         calib.extra = dict(extra_params or {})

@@ -17,6 +17,35 @@ from ..base.provenance import format_value, same_value
 
 log = logging.getLogger("phasestem.calibrate")
 
+#: px: how well the bright-field disk's edge radius is known (half the 0.5 px over which its radial profile is
+#: averaged, :func:`phasestem.calibrate.disk.edge_radius`): the fit's own error, against which a file's detector
+#: pixel is checked
+DISK_RADIUS_ERROR_PX = 0.25
+
+
+def check_file_pixel(calib, file_semiangle: float, file_pixel: float, where: str) -> str:
+    """Keep a file's detector pixel and semi-angle (``calib`` was calibrated at ``file_pixel``) and check them
+    against the bright-field disk: the pixel the disk radius and ``file_semiangle`` imply, with its error from
+    :data:`DISK_RADIUS_ERROR_PX`. Within the error: a note; beyond it: a warning that asks (the file's values are
+    kept; ``--fit-detector-pixel`` takes the fit). Returns the line (also in ``calib.notes``)."""
+    radius = calib.disk.radius
+    fitted = file_semiangle / radius
+    error = fitted * DISK_RADIUS_ERROR_PX / radius
+    calib.semiangle = float(file_semiangle)
+    text = (f"the bright-field disk (radius {radius:.2f} px) and the file's semi-angle {file_semiangle:.4g} mrad give "
+            f"a detector pixel of {fitted:.6g} ± {error:.2g} mrad/px; {where} holds {file_pixel:.6g}")
+    if abs(fitted - file_pixel) <= error:
+        line = f"{text}: they agree within the fit's error; the file's pixel is used"
+        calib.notes.append(line)
+        log.info(line)
+        return line
+    line = (f"{text}, {abs(fitted - file_pixel) / error:.1f}× the fit's error apart: kept the file's values; is its "
+            "detector pixel or semi-angle right? (--fit-detector-pixel takes the fit, --angular-sampling or "
+            "--semiangle gives a value)")
+    calib.notes.append(line)
+    log.warning(line)
+    return line
+
 
 def merge_held(calib, dataset, sources: dict[str, str]) -> list[str]:
     """Take the file's aberrations where the calibration has none of its own and warn where it (or ``--c10``)

@@ -9,6 +9,8 @@ import numpy as np
 import yaml
 
 from ..base.safety import atomic_file
+from ..io._common import STORED_DTYPE_KEY
+from ..io.counts import holds_whole_counts
 from .correct import corrected_chunks, whole_pixel_shifts
 from .pipeline import Calibration
 
@@ -17,19 +19,25 @@ DETECTOR_SHIFTS = "detector_shifts.npy"
 
 
 def write_corrected(dataset, calib: Calibration, path: str | Path, subpixel: bool = False) -> Path:
-    """Patterns (Sy, Sx, H, W) float32 with bad pixels filled and the descan removed, in the file's
-    detector axes (the transpose is left to ``data.transpose``); written chunk by chunk.
+    """Patterns (Sy, Sx, H, W) with bad pixels filled and the descan removed, in the file's detector axes (the
+    transpose is left to ``data.transpose``); written chunk by chunk. Float32, except that counted patterns
+    (``calib.counts``) stored as whole counts and moved by whole pixels stay whole counts: bad pixels filled with
+    whole counts, and the file's own integer type kept where it has one (uint16 stays uint16).
 
     By default each pattern moves by whole pixels only, so the counts are not resampled (a sub-pixel
     interpolation blurs the disk edge by an amount that follows the descan's fractional part across the scan,
     a pattern the object then takes up as a phase: ``benchmarks/real_data``). The rest, within ±½ px, is what
     :func:`descan_rest` returns, for ``data.detector_shifts``. ``subpixel=True`` resamples the whole move."""
     path = Path(path)
+    whole = calib.counts is not None and calib.counts.counted and not subpixel and holds_whole_counts(dataset)
+    dtype = np.float32
+    if whole and np.issubdtype(stored := np.dtype(dataset.metadata.get(STORED_DTYPE_KEY, "float32")), np.integer):
+        dtype = stored
     with atomic_file(path) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype,
                                         shape=(*dataset.scan_shape, *dataset.pattern_shape))
-        for rows, block in corrected_chunks(dataset, calib.plan, calib.centres(), subpixel=subpixel):
-            out[rows] = block
+        for rows, block in corrected_chunks(dataset, calib.plan, calib.centres(), subpixel=subpixel, whole=whole):
+            out[rows] = np.rint(block) if whole else block  # whole-pixel moves: exact, rint only drops float dust
         out.flush()
         del out
     return path
@@ -57,6 +65,8 @@ def yaml_text(calib: Calibration, params: dict[str, Any], original: str | Path) 
         f"{np.round(calib.disk.plane[1], 4).tolist()} + ix·{np.round(calib.disk.plane[2], 4).tolist()}; "
         f"residual rms {d['residual_rms_px']:.3f} px, max {d['residual_max_px']:.3f} px",
     ]
+    if calib.counts is not None:
+        lines.append(f"# data.counts {str(calib.counts.counted).lower()}: {Path(original).name}: {calib.counts.reason}")
     lines += [f"# note: {n}" for n in calib.notes]
     return "\n".join(lines) + "\n" + yaml.safe_dump(params, sort_keys=False)
 

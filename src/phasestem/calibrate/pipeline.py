@@ -76,8 +76,11 @@ class Calibration:
     sources: dict[str, str] = field(default_factory=dict)
     #: sections added to the reconstruction parameters (e.g. the counted-data ``losses``), by section
     extra: dict[str, dict[str, Any]] = field(default_factory=dict)
-    #: the dose the data file records (e⁻/Å²; ≤ 0: noise-free; None: not recorded), for the run's settings table
+    #: the dose the data file records (e⁻/Å²; ≤ 0: noise-free; None: not recorded): ``data.dose`` of the run
     dose: float | None = None
+    #: whether the file's patterns are counts, and why (:func:`phasestem.io.counts.counts_decision`): ``data.counts``
+    #: of the run; counted patterns are written as whole counts (:func:`phasestem.calibrate.output.write_corrected`)
+    counts: Any = None
 
     @property
     def plan(self):
@@ -130,7 +133,8 @@ class Calibration:
                "parallax": None if self.parallax is None else self.parallax.to_dict(), "notes": list(self.notes),
                "undetermined": dict(self.undetermined),
                "scan": self.scan().to_dict(), "detector": self.detector().to_dict(), "sources": dict(self.sources),
-               "dose": self.dose}
+               "dose": self.dose, "counts": None if self.counts is None else self.counts.counted,
+               "counts_reason": None if self.counts is None else self.counts.reason}
         if "rotation" in self.undetermined:
             out["rotation_deg"] = None
         return out
@@ -157,6 +161,10 @@ class Calibration:
         }
         if detector_shifts:
             params["data"]["detector_shifts"] = str(detector_shifts)
+        if self.counts is not None:  # the original file's word: the corrected patterns need not show it
+            params["data"]["counts"] = bool(self.counts.counted)
+        if self.dose is not None:
+            params["data"]["dose"] = float(self.dose)
         for key, val in self.extra.items():
             params.setdefault(key, {}).update(val)
         return params

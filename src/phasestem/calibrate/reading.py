@@ -11,9 +11,10 @@ from .badpixels import fill_bad_pixels
 CHUNK_PIXELS = 2**24
 
 
-def row_chunks(dataset, plan=None, max_pixels: int = CHUNK_PIXELS) -> Iterator[tuple[slice, np.ndarray]]:
-    """Yield (rows, patterns) with patterns (r, Sx, H, W) float32, bad pixels filled by ``plan``;
-    whole scan rows, about ``max_pixels`` pixels at a time."""
+def row_chunks(dataset, plan=None, max_pixels: int = CHUNK_PIXELS,
+               whole: bool = False) -> Iterator[tuple[slice, np.ndarray]]:
+    """Yield (rows, patterns) with patterns (r, Sx, H, W) float32, bad pixels filled by ``plan`` (``whole``: with
+    whole counts); whole scan rows, about ``max_pixels`` pixels at a time."""
     sy, sx = dataset.scan_shape
     H, W = dataset.pattern_shape
     step = max(1, max_pixels // max(1, sx * H * W))
@@ -21,7 +22,7 @@ def row_chunks(dataset, plan=None, max_pixels: int = CHUNK_PIXELS) -> Iterator[t
         rows = slice(r0, min(sy, r0 + step))
         block = np.array(dataset.patterns[rows], dtype=np.float32)  # a copy: bad pixels are filled in place
         if plan:
-            fill_bad_pixels(block, plan)
+            fill_bad_pixels(block, plan, whole)
         yield rows, block
 
 

@@ -58,6 +58,16 @@ def pair(value, name: str, path: str | Path | None = None) -> tuple[float, float
     raise ConfigError(f"{where}{name} must be a number or a (y, x) pair, got {value!r}")
 
 
+#: metadata key of the patterns' type as stored in the file (a reader may hand them on as float32): io.counts reads it
+STORED_DTYPE_KEY = "stored_dtype"
+
+
+def scan_shape_hint(n: int) -> str:
+    """How to give the scan shape of ``n`` flat patterns, as typed where the user gives it (an error's tail)."""
+    return (f"give the scan shape, Sy·Sx = {n} (--scan-shape Sy Sx on the command line, "
+            "data.reader_options.scan_shape: [Sy, Sx] in a parameter file, scan_shape=(Sy, Sx) in Python)")
+
+
 #: raw-dump layouts of known detectors (``phasestem.io.raw``: ``detector=``; the EMPAD .xml reader)
 PRESETS = {"empad": {"shape": (128, 128), "dtype": "<f4", "footer_rows": 2}}
 
@@ -250,13 +260,11 @@ def dataset_from_reader(patterns, path: str | Path, file_values: Mapping[str, An
         if scan_shape is None:
             side = int(round(math.sqrt(n)))
             if side * side != n:
-                raise ShapeError(
-                    f"{path}: {n} patterns do not form a square scan; give scan_shape=(Sy, Sx) with Sy·Sx = {n}"
-                )
+                raise ShapeError(f"{path}: {n} patterns do not form a square scan; {scan_shape_hint(n)}")
             scan_shape, sources["scan_shape"] = (side, side), "default"
         if scan_shape[0] * scan_shape[1] != n:
             raise ShapeError(
-                f"{path}: the file holds {n} patterns but scan_shape {scan_shape} needs "
+                f"{path}: the file holds {n} patterns but scan_shape {scan_shape[0]}×{scan_shape[1]} needs "
                 f"{scan_shape[0] * scan_shape[1]}"
             )
         if isinstance(patterns, np.ndarray) and scan_order == "C":
@@ -336,7 +344,7 @@ def dataset_from_reader(patterns, path: str | Path, file_values: Mapping[str, An
     for key, value in given.get("aberrations", {}).items():
         if key in held.get("aberrations", {}) and not same_value(value, held["aberrations"][key]):
             conflicts.append(f"aberrations.{key}")
-    meta = {"source": str(path)}
+    meta = {"source": str(path), STORED_DTYPE_KEY: str(patterns_dtype(patterns4))}  # io.counts: counts by storage
     meta.update(dict(metadata or {}))
     meta.update(calibration_from_file=held, calibration_given=given, calibration_sources=sources,
                 calibration_conflicts=conflicts)

@@ -32,7 +32,7 @@ from ..base.safety import atomic_file, available_memory, check_readable, gb
 from ..dataset import FourDSTEM
 from ..physics.optics import wavelength
 from . import seed
-from ._common import check_real, dataset_from_reader
+from ._common import STORED_DTYPE_KEY, check_real, dataset_from_reader, patterns_dtype
 
 log = logging.getLogger("phasestem.io")
 
@@ -107,6 +107,7 @@ def dataset_with_truth(patterns, source: str, truth=None, lazy=None, metadata=No
     compressed zeros declaring GBs), and kept on disk otherwise.
     """
     check_real(patterns, source)
+    metadata = {STORED_DTYPE_KEY: str(patterns_dtype(patterns)), **(metadata or {})}  # before any float32 copy
     if not _is_lazy(patterns, lazy) and not isinstance(patterns, np.ndarray):
         patterns = read_float32(patterns)
     ds = dataset_from_reader(patterns, source, file_values=file_values, metadata=metadata, defaults=defaults,

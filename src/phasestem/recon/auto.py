@@ -33,7 +33,7 @@ AUTO_MODEL: dict[str, Any] = {
 #: steps of the whole data per epoch whatever the scan size, with small, fast batches. Measured on 64 × 64 positions
 #: of the 128 × 128 Merlin benchmark (0.45 Å step, 1e5 e⁻, 10 epochs from the same SSB start): batch 16 alone →
 #: phase r 0.9705; batch 256 → 0.9807 at 1.6× the time per epoch; batch 16 with precondition_batches 16 → 0.9810.
-AUTO_RUN: dict[str, Any] = {"n_epochs": 10, "batch_size": 16, "precondition_batches": 16, "checkpoint_every": 0,
+AUTO_RUN: dict[str, Any] = {"n_epochs": 10, "batch_size": 16, "precondition_batches": 16, "checkpoint_every": 1,
                             "check_optics": False}
 #: the scan positions --auto refines (Å per step of optimizers.RowAdam, from epoch 3) where the data can place them
 #: (:func:`refines_positions`), the affine part of the corrections removed each epoch (constraint position_affine).
@@ -118,7 +118,8 @@ def auto_params(calib, files: dict[str, Path], out_dir: Path, epochs: int | None
     shifts = files.get("detector_shifts")
     data = calib.params_dict(Path(files["patterns"]).resolve(), None if shifts is None else Path(shifts).resolve())
     data.setdefault("model", {}).update({k: v for k, v in AUTO_MODEL.items() if k not in data["model"]})
-    counts = float(calib.mean_pattern.sum()) if "losses" in data and calib.mean_pattern is not None else None
+    counted = calib.counts is not None and calib.counts.counted and calib.mean_pattern is not None
+    counts = float(calib.mean_pattern.sum()) if counted else None  # counts per pattern; None: not counts
     rates = data["model"]["learning_rates"] = dict(data["model"].get("learning_rates", {}))
     if "positions" not in rates:
         if refines_positions(counts):
@@ -153,23 +154,77 @@ def write_params(params: ReconstructParams, path: Path, header: str = "") -> Pat
 def run_auto(file: str | Path, out_dir: str | Path, energy: float | None, semiangle: float | None, scan_step,
              angular_sampling: float | None = None, init: str = "ssb", reader_options: dict | None = None,
              format: str | None = None, epochs: int | None = None, device: str | None = None,
-             run: bool = True, overrides: dict[str, Any] | None = None, **calibrate_options):
+             run: bool = True, overrides: dict[str, Any] | None = None, resume: bool = False, **calibrate_options):
     """Read → calibrate → direct-method start → AD, holding ``out_dir`` throughout (:mod:`phasestem.base.lock`).
-    ``overrides`` (``--set``) change fields of the parameters written. Returns (params, calibration, model or
-    None)."""
+    ``overrides`` (``--set``) change fields of the parameters written. Returns (params, calibration or None, model
+    or None).
+
+    An --auto run is a run like any other: it writes a checkpoint after every epoch; ``resume`` continues the run
+    in ``out_dir`` from its checkpoint (its OUT/params.yaml, no new calibration; ``epochs`` may extend it); an
+    ``out_dir`` that already holds a finished or interrupted --auto run is refused in one line rather than run
+    again from the start."""
     from ..base.lock import hold_output
     from .run import RECON_COMMAND
 
-    with hold_output(out_dir, RECON_COMMAND + " --auto"):
-        return _run_auto(file, Path(out_dir), energy, semiangle, scan_step, angular_sampling, init, reader_options,
+    out = Path(out_dir)
+    with hold_output(out, RECON_COMMAND + " --auto"):
+        if resume:
+            return resume_auto(out, epochs, device, overrides)
+        refuse_earlier_run(out)
+        return _run_auto(file, out, energy, semiangle, scan_step, angular_sampling, init, reader_options,
                          format, epochs, device, run, overrides, **calibrate_options)
+
+
+def refuse_earlier_run(out: Path) -> None:
+    """A one-line :class:`~phasestem.base.errors.ConfigError` when ``out`` holds an --auto run's results or
+    checkpoint: a finished run is not silently run again, an interrupted one is continued with ``--resume``."""
+    if (out / "results.h5").exists():
+        raise ConfigError(f"--out {out}: holds a finished --auto run (results.h5); continue it with --resume "
+                          "(--epochs N for more epochs), or give another --out")
+    if (out / "checkpoint.pt").exists():
+        raise ConfigError(f"--out {out}: holds an interrupted --auto run (checkpoint.pt); continue it with "
+                          "--resume, or give another --out")
+
+
+def resume_auto(out: Path, epochs: int | None = None, device: str | None = None,
+                overrides: dict[str, Any] | None = None):
+    """Continue the --auto run in ``out`` from OUT/checkpoint.pt with its OUT/params.yaml (``epochs``: the run's
+    new total; ``overrides``: ``--set``). Returns (params, None, model)."""
+    from .params import load_params
+    from .run import run_reconstruction
+
+    missing = [name for name in ("params.yaml", "checkpoint.pt") if not (out / name).exists()]
+    if missing:
+        raise ConfigError(f"--out {out}: nothing to resume: no {' and no '.join(missing)} of an --auto run there "
+                          "(run it without --resume)")
+    params = load_params(out / "params.yaml", overrides)
+    params.run.out_dir = out.resolve()
+    if epochs:
+        params.run.n_epochs = int(epochs)
+    if device:
+        params.run.device = device
+    log.info("--auto --resume: %s from %s", out / "params.yaml", out / "checkpoint.pt")
+    return params, None, run_reconstruction(params, resume=True, sources=calibration_sources(out))
+
+
+def calibration_sources(out: Path) -> dict[str, str] | None:
+    """The ``sources`` (field → who gave the value) that OUT/calibration/calibration.json records, None if it
+    cannot be read: a resumed --auto run labels its settings as the first part did."""
+    from ..base.configfile import loads_json
+
+    try:
+        record = loads_json((out / "calibration" / "calibration.json").read_text(), "calibration.json")
+    except (OSError, ValueError, ConfigError):
+        return None
+    sources = record.get("sources") if isinstance(record, dict) else None
+    return {str(k): str(v) for k, v in sources.items()} if isinstance(sources, dict) else None
 
 
 def _run_auto(file, out: Path, energy, semiangle, scan_step, angular_sampling, init, reader_options, format, epochs,
               device, run, overrides=None, **calibrate_options):
-    from ..base.provenance import dose_setting
     from ..calibrate.files import calibrate_file
     from ..calibrate.output import yaml_text
+    from ..io.counts import CountsDecision
     from .run import run_reconstruction
 
     calib, files = calibrate_file(file, out / "calibration", energy=energy, scan_step=scan_step,
@@ -185,10 +240,10 @@ def _run_auto(file, out: Path, energy, semiangle, scan_step, angular_sampling, i
         init = "ssb"
     # the corrected patterns are read once, here; the direct start and the run take this dataset and the start
     # phase in memory (OUT/params.yaml, calibration/params.yaml and init_<method>.npy are the record of the run)
-    dataset = build_dataset(params, calib.sources)
-    dose = dose_setting({"dose": calib.dose})  # the source file's record (calibrated.npy holds none)
-    if dose is not None:
-        dataset.metadata["settings"].append(dose)
+    dataset = build_dataset(params, calib.sources)  # data.dose and data.counts: the source file's record
+    if calib.counts is not None:  # the run's settings table says why, in the calibration's words
+        CountsDecision(calib.counts.counted, f"calibration of {Path(file).name}: {calib.counts.reason}"
+                       ).remember(dataset)
     optics = dict(params.optics.aberrations)
     params, start = direct_start(params, init, out, dataset)
     if params.optics.aberrations != optics:  # a fitted defocus: the run builds the dataset of its parameters

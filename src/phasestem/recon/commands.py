@@ -43,14 +43,16 @@ The parameter file needs a 'tune' section (C10, slice_thickness, learning_rates 
 
 def register(subparsers, train_subparsers) -> None:
     p = subparsers.add_parser(
-        "reconstruct", help="AD ptychography from a YAML parameter file",
+        "reconstruct", help="AD ptychography from a YAML parameter file, or from a 4D-STEM data file with --auto",
         description="Reconstruct object, probe, positions, tilt and thickness by automatic-differentiation "
-                    "ptychography as described by PARAMS.yaml.",
+                    "ptychography as described by PARAMS.yaml; with --auto, from a 4D-STEM data file instead "
+                    "(calibrated from its data, a params.yaml written into --out, then reconstructed).",
         epilog=RECON_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("params", type=Path, help="YAML parameter file (with --auto: the 4D-STEM data file)")
     p.add_argument("--out", type=Path, default=None, metavar="DIR", help="output folder (overrides run.out_dir)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (with --auto: the --auto "
+                   "run in OUT, from its params.yaml; --epochs N extends it)")
     add_dump_config(p)
     p.add_argument("--epochs", type=int, default=None, help="override run.n_epochs")
     add_device(p, what="overrides run.device")
@@ -143,7 +145,7 @@ def _reconstruct_cmd(args) -> int:
         run_auto(args.params, args.out or Path("recon_out"), energy=args.energy, semiangle=args.semiangle,
                  scan_step=scan_step(args), angular_sampling=args.angular_sampling, init=args.init or "ssb",
                  reader_options=reader_options(args), format=args.format, epochs=args.epochs, device=args.device,
-                 overrides=parse_set_options(args.set), **calibration_choices(args))
+                 overrides=parse_set_options(args.set), resume=args.resume, **calibration_choices(args))
         return 0
     params = _load(args)
     from .params import dump_params

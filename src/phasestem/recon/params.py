@@ -186,6 +186,14 @@ def build_dataset(params: ReconstructParams, sources: dict[str, str] | None = No
             field = CALIBRATION_FIELDS[name]
             also = " or optics.sampling (Å)" if name == "angular_sampling" else ""
             raise ConfigError(f"{field}: not given, and {d.file} does not hold it ({_WHAT[name]}); give {field}{also}")
+    if d.dose is not None:  # the original file's record, carried by calibrate (calibrated.npy holds none)
+        ds.metadata["dose"] = float(d.dose)
+    if d.counts is not None:  # io.counts: the parameter file's word wins
+        from ..io.counts import COUNTS_KEY, REASON_KEY
+
+        label = (sources or {}).get("data.counts", "YAML")
+        ds.metadata[COUNTS_KEY] = bool(d.counts)
+        ds.metadata[REASON_KEY] = f"data.counts: {str(bool(d.counts)).lower()} ({label})"
     ds.metadata["settings"] = geometry_settings(params, ds, sources)
     if s.rotation or s.affine is not None or s.positions_file is not None:
         ds = ds._replace(positions=configured_scan(s, ds.scan).positions())

@@ -126,6 +126,17 @@ def geometry_settings(params, dataset, sources=None) -> list:
     return rows
 
 
+def counts_setting(decision, params, sources=None):
+    """The row ``data.counts  true  data (the file records a dose of …)`` of the run's settings table: whether the run
+    took its patterns as detector counts (:class:`phasestem.io.counts.CountsDecision`) and why; the source is the
+    parameter file's (``sources['data.counts']`` or ``YAML``) where it says, ``data`` where the data decided."""
+    from ..base.provenance import Setting
+
+    given = params.data.counts is not None
+    source = (sources or {}).get("data.counts", "YAML") if given else "data"
+    return Setting("data.counts", "true" if decision.counted else "false", "", source, note=decision.reason)
+
+
 def loss_settings(params, sources=None, from_data: tuple | None = None) -> list:
     """The loss terms that run (weight > 0) as :class:`phasestem.base.provenance.Setting` rows: source ``YAML`` (or
     ``sources['losses']``) when the parameter file names terms, ``default`` when it names none, ``data`` when

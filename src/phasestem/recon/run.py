@@ -130,12 +130,21 @@ def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = Non
     import matplotlib.pyplot as plt
 
     from ..base.runtime import rank_and_world
+    from ..io.counts import counts_decision
     from .callbacks import Checkpoints, Figures, LiveSnapshots, LogFile
     from .checkpoint import load_checkpoint
     from .data_losses import losses_for_data
     from .distributed import is_main_process
     from .engine import optimize
-    from .report import auto_settings, log_settings, log_system_info, logging_to, loss_settings, losses_line
+    from .report import (
+        auto_settings,
+        counts_setting,
+        log_settings,
+        log_system_info,
+        logging_to,
+        loss_settings,
+        losses_line,
+    )
 
     if isinstance(params, dict):
         params = ReconstructParams.model_validate(params)
@@ -158,8 +167,10 @@ def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = Non
     if dataset is None:
         with logging_to(log_path) if main else contextlib.nullcontext():  # conflict warnings in the log too
             dataset = build_dataset(params, sources, warn=main)
-    from_data = losses_for_data(params.losses.resolved(), dataset)  # a run naming no term: its data decide
-    settings = dataset.metadata.get("settings", []) + loss_settings(params, sources, from_data)
+    counted = counts_decision(dataset).remember(dataset)  # once a run: the data term, σ and the log agree
+    from_data = losses_for_data(params.losses.resolved(), dataset, counted)  # a run naming no term: its data decide
+    settings = dataset.metadata.get("settings", []) + [counts_setting(counted, params, sources)] + \
+        loss_settings(params, sources, from_data)
     if main:
         log_settings(settings, losses_line(params, sources, from_data), dataset, log_path)
         print(losses_line(params, sources, from_data))
@@ -168,7 +179,8 @@ def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = Non
     if resume:
         wanted = {k: ParamSchedule(s.lr, s.start, s.end) for k, s in model.schedules.items()}
         load_checkpoint(ckpt, model)
-        log.info("resumed from %s after epoch %d", ckpt, model.epoch)
+        with logging_to(log_path) if main else contextlib.nullcontext():  # the run log says where it continued
+            log.info("resumed from %s after epoch %d", ckpt, model.epoch)
         _keep_configured_schedules(model, wanted)
     callbacks = [hook(model, dataset) for hook in callback_hooks]
     remaining = params.run.n_epochs - model.epoch

@@ -52,6 +52,14 @@ class DataConfig(StrictModel):
         "disk centre) sits relative to the detector's central pixel (H//2, W//2), (row, col) in the file's detector "
         "axes; the model displaces its patterns alike instead of the counts being resampled (the descan; written by "
         "phasestem calibrate). Transposes, flips, subsets and binning of the data apply to it too")
+    counts: bool | None = Field(
+        None, description="whether the patterns are detector counts (Poisson: the counted data term, error bars); "
+        "null: decided from the file (a dose recorded, integer storage or whole numbers: phasestem.io.counts). "
+        "phasestem calibrate and --auto write it, since their corrected patterns need not show it")
+    dose: float | None = Field(
+        None, allow_inf_nan=False, description="e⁻/Å² of the acquisition as the data file records it (≤ 0: "
+        "noise-free); null: the data file's record. phasestem calibrate and --auto copy it here from the original "
+        "file")
     ground_truth_key: str | None = Field(
         None, description="name of a ground-truth phase (rad, 2-D, dataset frame) in the data file (.npy/.npz/HDF5): "
         "PSNR, SSIM, E_φ and FRC resolution per epoch in the log and at the end in results.h5. Its pixel size comes "

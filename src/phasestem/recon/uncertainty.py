@@ -159,8 +159,9 @@ def unsupported_fraction(change: np.ndarray, threshold: float = SIGNIFICANT) -> 
 
 def run_uncertainty(model, dataset, mode: str = "auto", noise_sigma: float | None = None) -> str:
     """``run.uncertainty`` at the end of a run: sets ``model.uncertainty`` (Poisson when ``dataset``'s patterns are
-    counts, Gaussian with ``noise_sigma``) and returns the run log's line, or why it was not computed."""
-    from .data_losses import counted_reason
+    counts by :func:`phasestem.io.counts.counts_decision`, the run's own decision where it made one; Gaussian with
+    ``noise_sigma``) and returns the run log's line, or why it was not computed."""
+    from ..io.counts import counts_decision
 
     model.uncertainty = None
     if mode == "off":
@@ -168,9 +169,9 @@ def run_uncertainty(model, dataset, mode: str = "auto", noise_sigma: float | Non
     counts = model.counts_per_pattern
     if counts is None:
         return "phase σ not computed: the run made no epoch on the data"
-    why = counted_reason(dataset) if noise_sigma is None else None
-    if noise_sigma is None and why is None:
-        return ("phase σ not computed: the patterns are not counts (no dose, not integers) and run.noise_sigma is not "
-                "given, so there is no noise model")
+    decision = counts_decision(dataset) if noise_sigma is None else None
+    if decision is not None and not decision.counted:
+        return (f"phase σ not computed: the patterns are not counts ({decision.reason}) and run.noise_sigma is not "
+                "given, so there is no noise model (data.counts: true in the parameter file if they are counts)")
     model.uncertainty = phase_uncertainty(model, counts, noise_sigma)
-    return model.uncertainty.describe() + ("" if why is None else f"; counts because {why}")
+    return model.uncertainty.describe() + ("" if decision is None else f"; counts because {decision.reason}")
