@@ -64,11 +64,13 @@ def _run(args: list[str]) -> subprocess.CompletedProcess:
 def _killed_mid_run(args: list[str], out: Path, epochs: int) -> None:
     """Start ``args``, SIGKILL it once its checkpoint exists and before its results do."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    err = out.parent / "killed_run.stderr"
+    with open(err, "wb") as stderr:
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=stderr, env=env)
     deadline = time.monotonic() + 300
     try:
         while not (out / "checkpoint.pt").exists():
-            assert proc.poll() is None, "the run ended before its first checkpoint"
+            assert proc.poll() is None, f"the run ended before its first checkpoint: {err.read_text()[-2000:]}"
             assert time.monotonic() < deadline
             time.sleep(0.05)
     finally:
@@ -103,6 +105,14 @@ def test_auto_on_counted_files_runs_the_counted_term_with_error_bars_and_resumes
     assert "uncertainty" in results and np.isfinite(results["uncertainty"]["phase_sigma"]).any()
     assert (out / "uncertainty.png").exists() and (out / "checkpoint.pt").exists()
     assert results["provenance"]["data.counts"]["value"] == "true"
+
+    if name == "seed":  # a clean simulation: its band-limit corners are not dead pixels; the file's pixel is kept
+        import json
+
+        record = json.loads((out / "calibration" / "calibration.json").read_text())
+        assert record["bad_pixels"] == {"hot": [], "dead": []}  # was 3 dead: (33, 63), (35, 63), (61, 21)
+        with h5py.File(file) as f:
+            assert record["angular_sampling_mrad"] == pytest.approx(float(f.attrs["angular_sampling"][0]), rel=1e-9)
 
     finished = _run(_command(file, out, flags))
     assert finished.returncode != 0 and finished.stderr.strip().splitlines() == [

@@ -105,3 +105,20 @@ def test_the_run_log_and_results_say_the_data_chose_the_loss(scans, tmp_path, ca
     assert prov["losses.poisson"]["source"] == "data" and "whole numbers" in prov["losses.poisson"]["note"]
     assert prov["losses.poisson"]["value"] == prov["losses.gaussian"]["value"] == 0.5
     assert prov["data.counts"]["source"] == "data" and "whole numbers" in prov["data.counts"]["note"]
+
+
+def test_a_dosed_file_of_intensities_takes_its_counts_per_pattern_from_the_dose(scans):
+    """Normalised intensities whose file records a dose (counts by io.counts' rule): the noise model, its σ and the
+    low-dose rules take dose × step area electrons per pattern, not the patterns' total; whole counts keep theirs."""
+    from phasestem.recon.uncertainty import run_uncertainty
+
+    clean, counted, _ = scans
+    dosed = dataclasses.replace(clean, metadata={**clean.metadata, "dose": 250.0})
+    model = Ptychography.from_dataset(dosed)
+    list(model.LSQ_optimize(1, dosed, batch_size=64, progress=False))
+    assert model.counts_per_pattern == pytest.approx(250.0 * STEP * STEP)  # 62.5 e⁻, not the total of ≈ 1
+    assert "Poisson counts, 62.5 per pattern" in run_uncertainty(model, dosed)
+    model = Ptychography.from_dataset(counted)
+    list(model.LSQ_optimize(1, dataclasses.replace(counted, metadata={**counted.metadata, "dose": 1.0}),
+                            batch_size=64, progress=False))
+    assert model.counts_per_pattern == pytest.approx(np.asarray(counted.patterns).sum((-2, -1)).mean(), rel=1e-5)

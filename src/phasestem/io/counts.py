@@ -68,6 +68,20 @@ def holds_whole_counts(dataset) -> bool:
     return bool(np.issubdtype(_stored_dtype(dataset), np.integer) or _whole_numbers(dataset))
 
 
+def electrons_per_pattern(dataset, summed: float) -> float:
+    """How many electrons one of ``dataset``'s patterns stands for, ``summed`` being their mean total: that total
+    for whole counts; the recorded dose × the scan step's area (:func:`phasestem.physics.noise.electrons_per_pattern`)
+    for patterns that are not whole counts but whose file records a dose (normalised intensities of a counted
+    acquisition, whose total says nothing of the noise). The Poisson noise model, its error bars and the low-dose
+    rules take this number."""
+    from ..physics.noise import electrons_per_pattern as from_dose
+
+    dose = dataset.metadata.get("dose")
+    if dose is None or not float(dose) > 0 or holds_whole_counts(dataset):
+        return float(summed)
+    return from_dose(float(dose), dataset.scan_step)
+
+
 def counts_decision(dataset) -> CountsDecision:
     """The rule of this module for ``dataset`` (a :class:`phasestem.dataset.FourDSTEM`)."""
     given = dataset.metadata.get(COUNTS_KEY)

@@ -34,6 +34,7 @@ import torch
 from ..base.configfile import validate
 from ..base.errors import PhasestemError
 from ..base.runtime import flush_denormals, rank_and_world, retain_freed_memory
+from ..io.counts import electrons_per_pattern
 from .aperture_rule import resolve_probe_aperture
 from .batches import compact_groups, make_batches, shard_owners  # noqa: F401  (compact_groups: engine API)
 from .callbacks import (  # noqa: F401  (the errors and PHYSICAL_LIMIT: the engine's API)
@@ -138,19 +139,23 @@ def _epochs(loop: Loop, lbfgs_options: dict) -> Iterator[float]:
         data = loop.data = prepared_data(model, loop.dataset, losses.power, losses.eps, run.data_in_memory,
                                          run.memory_budget_gb)
         n = data.n
-        model.counts_per_pattern = data.counts  # the noise model's counts (recon.uncertainty)
+        counts = electrons_per_pattern(loop.dataset, data.counts)  # a dosed file of intensities: its dose's count
+        if counts != data.counts:
+            log.info("counts per pattern: %.4g from the recorded dose (the patterns are intensities, mean total "
+                     "%.4g)", counts, data.counts)
+        model.counts_per_pattern = counts  # the noise model's counts (recon.uncertainty)
         # probe_aperture 'auto': decided once per call from the data (the same data decide it again on resume)
         loop.constraints = resolve_probe_aperture(model, data.mean_pattern, loop.constraints)
         bs = n if not run.batch_size else min(int(run.batch_size), n)
-        train, held = split_positions(n, holdout_fraction(run.holdout, losses, data.counts, n, loop.world), run.seed)
+        train, held = split_positions(n, holdout_fraction(run.holdout, losses, counts, n, loop.world), run.seed)
         if held is not None:  # positions kept out of the fit: their loss decides where the run ends
             callbacks.insert(1, HeldOutStop(held, bs))
             log.info("held out of the fit: %d of %d positions (run.holdout %s)", len(held), n, run.holdout)
         fixed = frozenset()
-        if phase_only(losses.poisson > 0, data.counts, model.schedules["obj_amplitude"]):
+        if phase_only(losses.poisson > 0, counts, model.schedules["obj_amplitude"]):
             fixed = frozenset({"obj_amplitude"})
             log.info("low dose (%.4g counts per pattern ≤ %g, counted data): the object amplitude is held at its "
-                     "start (phase only); give model.learning_rates.obj_amplitude to refine it", data.counts,
+                     "start (phase only); give model.learning_rates.obj_amplitude to refine it", counts,
                      LOW_DOSE_COUNTS)
         refining = refined(model, run.optimizer, fixed)
         log.info("%s", refined_parameters(refining, run.optimizer, run.lr_scale))
