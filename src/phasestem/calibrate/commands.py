@@ -36,6 +36,10 @@ def add_reader_arguments(p: argparse.ArgumentParser) -> None:
                         "records one (default: the file's pixel wins; a disk that disagrees is reported)")
     p.add_argument("--scan-step", type=float, nargs="+", help="scan step in Å (one value or dy dx; default: the "
                    "file's; a different value wins, with a warning)")
+    p.add_argument("--allow-external-links", action="store_true",
+                   help="read an HDF5 file's external links, external storage and virtual-dataset sources even where "
+                        "they lie outside its folder (default: such a file is refused, naming the dataset; never "
+                        "honoured where PHASESTEM_READ_ROOT is set, as under phasestem serve)")
 
 
 #: what a given --rotation does to the detector transpose, by whether the command has a --transpose option
@@ -78,6 +82,8 @@ def reader_options(args) -> dict[str, Any]:
     if getattr(args, "scan_shape", None):
         opts["scan_shape"] = tuple(args.scan_shape)
     opts.update(parse_set_options(getattr(args, "reader_option", None), "--reader-option"))
+    if getattr(args, "allow_external_links", False):
+        opts["allow_external_links"] = True
     return opts
 
 

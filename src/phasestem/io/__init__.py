@@ -55,6 +55,8 @@ EXTENSIONS = {
 COMPANIONS = {".mib": ".hdr", ".xml": ".raw"}
 MASTER_SUFFIX = "_master.h5"
 FORMATS = sorted(set(EXTENSIONS.values()) | {"dectris"})
+#: the readers that may open HDF5 files: they take ``allow_external_links`` (:mod:`phasestem.base.hdf5_links`)
+HDF5_READERS = ("hdf5", "emd", "cxi", "mat", "rosetta", "dectris")
 
 
 def formats_line() -> str:
@@ -78,7 +80,7 @@ def reader_module(path: str | Path, format: str | None = None):
 
 
 def load(path: str | Path, format: str | None = None, bad_pixels: str = "refuse", screen: str = "auto",
-         **options) -> FourDSTEM:
+         allow_external_links: bool = False, **options) -> FourDSTEM:
     """Load a 4D-STEM file into a :class:`FourDSTEM` (lazily where the format allows).
 
     Pattern values are checked to be finite: NaN/Inf are refused naming the file, dataset and first
@@ -91,12 +93,18 @@ def load(path: str | Path, format: str | None = None, bad_pixels: str = "refuse"
     class whose one-line message names the file.
     ``require_calibration=False`` (an option of every reader) accepts a file without energy or scan step (a first
     look: ``phasestem inspect``); they are then NaN and ``metadata['uncalibrated']`` names them.
+    An HDF5 file whose external links, external storage or virtual sources reach outside its folder (or outside
+    ``PHASESTEM_READ_ROOT`` when set) is refused naming the dataset, unless ``allow_external_links`` (never honoured
+    under ``PHASESTEM_READ_ROOT``); so is one whose virtual sources are missing or whose datasets declare far more
+    than they hold (:mod:`phasestem.base.hdf5_links`).
     """
     from ._common import screen_patterns
 
     path = Path(path)
     check_input_file(path)
     module = reader_module(path, format)
+    if module.__name__.rsplit(".", 1)[-1] in HDF5_READERS:
+        options["allow_external_links"] = allow_external_links
     try:
         ds = module.read(path, **options)
         return screen_patterns(ds, bad_pixels, screen)

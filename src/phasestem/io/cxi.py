@@ -48,6 +48,7 @@ from ..dataset import FourDSTEM
 from ..physics.optics import energy_from_wavelength, wavelength
 from ..scan import GridScan
 from ._common import dataset_from_reader, decode, missing_key
+from .hdf5 import open_file
 
 _E = 1.602176634e-19
 _DATA_KEYS = ("entry_1/data_1/data", "entry_1/instrument_1/detector_1/data")
@@ -65,15 +66,14 @@ def _first(f: h5py.File, keys) -> str | None:
     return next((k for k in keys if k in f), None)
 
 
-def read(path: str | Path, position_sign: float = -1.0, recentre: bool = True, **options) -> FourDSTEM:
-    """Read a CXI file (lazy patterns) → :class:`FourDSTEM` (Å, mrad, eV)."""
+def read(path: str | Path, position_sign: float = -1.0, recentre: bool = True, allow_external_links: bool = False,
+         **options) -> FourDSTEM:
+    """Read a CXI file (lazy patterns) → :class:`FourDSTEM` (Å, mrad, eV); the file's structure is checked first
+    (:func:`phasestem.io.hdf5.open_file`)."""
     path = Path(path)
     if position_sign not in (-1, 1, -1.0, 1.0):
         raise ConfigError(f"{path}: position_sign must be -1 or +1, got {position_sign!r}")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as err:
-        raise InputFileError(f"{path}: not a readable CXI/HDF5 file ({err})") from None
+    f = open_file(path, "CXI/HDF5 file", allow_external_links)
     data_key = _first(f, _DATA_KEYS)
     if data_key is None:
         raise missing_key(path, _DATA_KEYS[0], _all_keys(f))

@@ -15,6 +15,9 @@ Metadata read from ``/entry/instrument`` when present (the user's options win):
 * ``detector/detectorSpecific/pixel_mask`` (non-zero = bad) and ``detector/beam_center_y/x`` (px) →
   ``metadata['detector']``, a :class:`phasestem.detector.PixelatedDetector` as a dict.
 
+Data files must sit in the master's folder (or under ``PHASESTEM_READ_ROOT``; ``allow_external_links=True`` for
+others): :mod:`phasestem.base.hdf5_links` checks every link, and the data files' own structure, before a frame is read.
+
 The scan step is never in a master file: give ``scan_step``. ``metadata['missing_from_file']`` lists what
 the file did not hold. Options: ``scan_shape``, ``scan_order`` and the common calibrations.
 """
@@ -29,6 +32,7 @@ import numpy as np
 
 from ..base.errors import InputFileError
 from ..base.extras import install_hint
+from ..base.hdf5_links import check_followed
 from ..dataset import FourDSTEM
 from ..detector import PixelatedDetector
 from ._common import dataset_from_reader, decode
@@ -59,7 +63,7 @@ def _scalar(group: h5py.Group, key: str):
     return value
 
 
-def _blocks(f: h5py.File, path: Path) -> list[h5py.Dataset]:
+def _blocks(f: h5py.File, path: Path, allow_external_links: bool = False) -> list[h5py.Dataset]:
     if "entry/data" not in f:
         raise InputFileError(f"{path}: not a Dectris master file: no /entry/data group")
     group = f["entry/data"]
@@ -75,6 +79,7 @@ def _blocks(f: h5py.File, path: Path) -> list[h5py.Dataset]:
             target = f"{link.filename}:{link.path}" if isinstance(link, h5py.ExternalLink) else name
             raise InputFileError(f"{path}: /entry/data/{name} links to {target}, which cannot be opened "
                                  f"(the data file must sit beside the master file)") from None
+        check_followed(ds, f"{path}: /entry/data/{name}", path, allow_external_links)
         if not isinstance(ds, h5py.Dataset) or ds.ndim != 3:
             raise InputFileError(f"{path}: /entry/data/{name} is not a (frames, H, W) dataset")
         check_written(ds, f"{path}: /entry/data/{name} ({ds.file.filename}:{ds.name})")
@@ -94,13 +99,15 @@ def _blocks(f: h5py.File, path: Path) -> list[h5py.Dataset]:
     return blocks
 
 
-def read(path: str | Path, **options) -> FourDSTEM:
-    """Open a Dectris master file → :class:`FourDSTEM` over its linked frames (lazy)."""
+def read(path: str | Path, allow_external_links: bool = False, **options) -> FourDSTEM:
+    """Open a Dectris master file → :class:`FourDSTEM` over its linked frames (lazy). Data files outside the
+    allowed folder (:mod:`phasestem.base.hdf5_links`: the master's own, or ``PHASESTEM_READ_ROOT``) are refused unless
+    ``allow_external_links``."""
     import dask.array as da
 
     path = Path(path)
-    f = open_file(path, "Dectris HDF5 master file")  # kept open: the dask graph reads from it
-    blocks = _blocks(f, path)
+    f = open_file(path, "Dectris HDF5 master file", allow_external_links)  # kept open: the dask graph reads from it
+    blocks = _blocks(f, path, allow_external_links)
     H, W = blocks[0].shape[1:]
     frames = da.concatenate([da.from_array(b, chunks=(max(1, min(b.shape[0], 64)), H, W)) for b in blocks])
 

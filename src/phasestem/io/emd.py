@@ -29,6 +29,7 @@ from ..base.errors import InputFileError
 from ..dataset import FourDSTEM
 from ..physics.optics import wavelength
 from ._common import dataset_from_reader, decode, missing_key
+from .hdf5 import open_file
 
 _LENGTH = {"a": 1.0, "å": 1.0, "angstrom": 1.0, "nm": 10.0, "pm": 0.01, "um": 1e4, "µm": 1e4}
 _ENERGY_NAMES = ("energy", "beam_energy", "accelerating_voltage", "voltage")
@@ -80,13 +81,12 @@ def _dim_step(ds: h5py.Dataset) -> tuple[float, str] | None:
     return float(vec[1] - vec[0]), units
 
 
-def read(path: str | Path, patterns_key: str | None = None, **options) -> FourDSTEM:
-    """Read the 4D datacube of a py4DSTEM/EMD file lazily → :class:`FourDSTEM`."""
+def read(path: str | Path, patterns_key: str | None = None, allow_external_links: bool = False,
+         **options) -> FourDSTEM:
+    """Read the 4D datacube of a py4DSTEM/EMD file lazily → :class:`FourDSTEM` (the file's structure checked first:
+    :func:`phasestem.io.hdf5.open_file`)."""
     path = Path(path)
-    try:
-        f = h5py.File(path, "r")
-    except OSError as err:
-        raise InputFileError(f"{path}: not a readable EMD/HDF5 file ({err})") from None
+    f = open_file(path, "EMD/HDF5 file", allow_external_links)
     keys: list[str] = []
     f.visit(keys.append)
     if patterns_key is not None:

@@ -12,13 +12,16 @@ Every patterns dataset must have been written: a dataset whose chunks (or contig
 only partly, allocated is refused naming the file, the dataset and how much is missing, before anything is
 read (its missing parts would read as the fill value, and screening them would read the whole declared
 size). :func:`open_file` and :func:`reading` are the one way the other modules open user HDF5 files: any
-failure is one :class:`~phasestem.base.errors.InputFileError` line naming the file.
+failure is one :class:`~phasestem.base.errors.InputFileError` line naming the file. :func:`open_file` first checks
+the file's structure (:mod:`phasestem.base.hdf5_links`): external links, external storage and virtual datasets whose
+targets leave the allowed folder (``PHASESTEM_READ_ROOT``, else the file's own), virtual sources that are missing
+and datasets declaring far more than they hold are refused, naming the dataset, before anything is read;
+``allow_external_links=True`` (a reader option) follows targets outside the file's folder.
 """
 from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,7 +31,8 @@ import numpy as np
 
 from ..base.configfile import loads_json
 from ..base.errors import InputFileError, PhasestemError
-from ..base.safety import atomic_file, available_memory, check_readable, gb
+from ..base.hdf5_links import check_file, check_written
+from ..base.safety import atomic_file, available_memory, check_readable
 from ..dataset import FourDSTEM
 from ..physics.optics import wavelength
 from . import seed
@@ -51,14 +55,23 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
-def open_file(path: str | Path, what: str = "HDF5 file") -> h5py.File:
-    """``h5py.File(path, 'r')``; a missing, looped, unreadable or non-HDF5 path is one :class:`InputFileError`
-    naming it and saying what was expected (``what``)."""
+def open_file(path: str | Path, what: str = "HDF5 file", allow_external_links: bool = False) -> h5py.File:
+    """``h5py.File(path, 'r')`` after :func:`phasestem.base.hdf5_links.check_file` (links, external storage and virtual
+    sources inside the allowed folder, declared sizes held; ``allow_external_links``: the user's opt-in); a missing,
+    looped, unreadable, non-HDF5 or refused path is one :class:`InputFileError` naming it and saying what was
+    expected (``what``)."""
     path = check_readable(path, what)
     try:
-        return h5py.File(path, "r")
+        f = h5py.File(path, "r")
     except OSError as exc:
         raise InputFileError(f"{path}: not a readable {what} ({_first_line(exc)})") from exc
+    try:
+        with reading(path, what):
+            check_file(f, path, allow_external_links)
+    except BaseException:
+        f.close()
+        raise
+    return f
 
 
 @contextmanager
@@ -72,29 +85,6 @@ def reading(path: str | Path, what: str = "HDF5 file") -> Iterator[None]:
     except (OSError, KeyError, TypeError, AttributeError, ValueError) as exc:
         raise InputFileError(f"{path}: not a readable {what}, damaged or of another layout? "
                              f"({_first_line(exc)})") from exc
-
-
-def check_written(dset: h5py.Dataset | h5py.Group, source: str) -> None:
-    """Refuse a group where a dataset is expected, or a dataset whose declared data were never or only partly
-    written (unallocated chunks or contiguous storage read as the fill value), naming ``source``, before any
-    value is read. Virtual and external datasets (their data live elsewhere) are not checked."""
-    if not isinstance(dset, h5py.Dataset):
-        raise InputFileError(f"{source}: is a group; expected a dataset")
-    if dset.size == 0 or dset.is_virtual or dset.external:
-        return
-    declared = f"{'×'.join(map(str, dset.shape))} {dset.dtype}, {gb(dset.size * dset.dtype.itemsize)}"
-    if dset.chunks is None:
-        if dset.id.get_storage_size() == 0:
-            raise InputFileError(f"{source}: declared as {declared} but never written (no storage allocated); "
-                                 "expected a dataset holding data")
-        return
-    total = math.prod(math.ceil(s / c) for s, c in zip(dset.shape, dset.chunks, strict=True))
-    written = dset.id.get_num_chunks()
-    if written < total:
-        fill = np.asarray(dset.fillvalue).tolist()
-        raise InputFileError(f"{source}: declared as {declared} but only {written:,} of its {total:,} chunks were "
-                             f"written ({gb(dset.id.get_storage_size())} stored); the rest would read as the fill "
-                             f"value {fill!r}. Expected a completely written dataset (an interrupted acquisition?)")
 
 
 def dataset_with_truth(patterns, source: str, truth=None, lazy=None, metadata=None, file_values=None, defaults=None,
@@ -156,10 +146,10 @@ def _attr(attrs, key, default=None):
 
 def read(path: str | Path, patterns_key: str | None = None, sample: int | None = None, lazy: bool | None = None,
          phase_key: str | None = None, positions_key: str | None = None, potential_energy: float | None = None,
-         **options) -> FourDSTEM:
+         allow_external_links: bool = False, **options) -> FourDSTEM:
     """Read a 4D-STEM HDF5 file (see the module docstring). ``options`` = calibrations for dataset_with_truth."""
     path = Path(path)
-    f = open_file(path)
+    f = open_file(path, allow_external_links=allow_external_links)
     fmt = _attr(f.attrs, "format")
     if fmt == OWN_FORMAT:
         return _read_own(f, path, lazy, **options)

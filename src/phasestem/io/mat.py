@@ -38,6 +38,7 @@ import numpy as np
 from ..base.errors import ConfigError, InputFileError
 from ..dataset import FourDSTEM
 from ._common import LazyView, dataset_from_reader, missing_key
+from .hdf5 import open_file
 
 PATTERN_KEYS = ("dp", "cbed", "data", "dps", "patterns", "dp_set")
 DEFAULT_KEYS = {"voltage": "voltage", "alpha": "alpha", "scan_step_size": "scan_step_size", "dk": "dk",
@@ -70,8 +71,9 @@ def _layout_axes(layout: str, ndim: int, path: Path) -> tuple[str, tuple[int, ..
 
 
 def read(path: str | Path, patterns_key: str | None = None, layout: str | None = None,
-         keys: dict[str, str] | None = None, **options) -> FourDSTEM:
-    """Read a .mat file (v5 eagerly, v7.3 lazily) → :class:`FourDSTEM`."""
+         keys: dict[str, str] | None = None, allow_external_links: bool = False, **options) -> FourDSTEM:
+    """Read a .mat file (v5 eagerly, v7.3 lazily, its HDF5 structure checked first:
+    :func:`phasestem.io.hdf5.open_file`) → :class:`FourDSTEM`."""
     path = Path(path)
     names = dict(DEFAULT_KEYS)
     if keys:
@@ -81,7 +83,7 @@ def read(path: str | Path, patterns_key: str | None = None, layout: str | None =
         names.update(keys)
     v73 = _is_v73(path)
     if v73:
-        f = h5py.File(path, "r")
+        f = open_file(path, "MATLAB v7.3 file", allow_external_links)
         present = [k for k in f.keys() if not k.startswith("#")]
         getter = f
     else:

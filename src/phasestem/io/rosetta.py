@@ -43,6 +43,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 
 from ..base.configfile import get_dotted
@@ -52,6 +53,7 @@ from ..base.safety import check_readable, gb
 from ..dataset import FourDSTEM
 from ..physics.optics import wavelength
 from ._common import PRESETS, check_not_empty, dataset_from_reader, scan_shape_hint
+from .hdf5 import open_file
 
 log = logging.getLogger("phasestem.io")
 
@@ -325,8 +327,9 @@ def _resolve_scan_shape(data, path: Path, given, from_file, order: str):
 
 
 def read(path: str | Path, plugin: str | None = None, reader_options: Mapping[str, Any] | None = None,
-         **options) -> FourDSTEM:
-    """Read a detector/vendor file with rsciio, lazily → :class:`FourDSTEM` (calibrations from the file)."""
+         allow_external_links: bool = False, **options) -> FourDSTEM:
+    """Read a detector/vendor file with rsciio, lazily → :class:`FourDSTEM` (calibrations from the file). An HDF5
+    file (.hspy) has its structure checked first (:func:`phasestem.io.hdf5.open_file`), rsciio following links."""
     path = Path(path)
     plugin = plugin or PLUGINS.get(path.suffix.lower())
     if plugin is None:
@@ -334,6 +337,8 @@ def read(path: str | Path, plugin: str | None = None, reader_options: Mapping[st
                           f"{sorted(set(PLUGINS.values()))}")
     kwargs = dict(reader_options or {})
     _check_magic(path, plugin)
+    if h5py.is_hdf5(path):
+        open_file(path, f"{plugin} HDF5 file", allow_external_links).close()
     check_declared_extent(path, plugin)
     file_scan = None
     if plugin == "quantumdetector":

@@ -303,16 +303,20 @@ def read_materials_h5(path: str | Path, numbers_key="atomic_numbers", positions_
     """Materials HDF5 (the user's layout): one group per material holding atomic numbers (N,),
     Cartesian coordinates (N, 3) Å, lattice matrix (3, 3) Å (rows = vectors) and periodic flags (3,).
 
-    Returns a list of ``(name, ase.Atoms)``. Key names are configurable.
+    Returns a list of ``(name, ase.Atoms)``. Key names are configurable. The file's structure is checked first
+    (:func:`phasestem.base.hdf5_links.check_file`: nothing read from outside its folder or ``PHASESTEM_READ_ROOT``).
     """
     import h5py
     from ase import Atoms
+
+    from ..base.hdf5_links import check_file
 
     path = Path(path)
     if not path.exists():
         raise InputFileError(f"{path}: no such materials file")
     out = []
     with h5py.File(path, "r") as f:
+        check_file(f, path)
         groups = [f] if numbers_key in f else [f[k] for k in f if isinstance(f[k], h5py.Group)]
         for g in groups:
             for key in (numbers_key, positions_key, lattice_key):

@@ -47,11 +47,16 @@ _SOURCES = ("results.h5", "live.npz", "reconstruct.log", "job.log")
 
 
 def _results_loss(path: Path) -> np.ndarray | None:
-    import h5py
+    """The loss history of a results.h5 (None where it holds none, is damaged, or its structure is refused:
+    :func:`phasestem.io.hdf5.open_file`)."""
+    from ..io.hdf5 import check_written, open_file
 
     try:
-        with h5py.File(path, "r") as f:
-            return np.asarray(f["loss/loss"][...], dtype=np.float64) if "loss/loss" in f else None
+        with open_file(path, "phasestem results file") as f:
+            if "loss/loss" not in f:
+                return None
+            check_written(f["loss/loss"], f"{path}:loss/loss")
+            return np.asarray(f["loss/loss"][...], dtype=np.float64)
     except (OSError, KeyError):
         return None
 
