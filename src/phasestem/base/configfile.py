@@ -42,6 +42,14 @@ class CheckedModel(StrictModel):
 
     model_config = ConfigDict(validate_assignment=True, allow_inf_nan=False)
 
+
+class FiniteModel(StrictModel):
+    """:class:`StrictModel` whose numbers must be finite: ``.inf`` or ``.nan`` in any float field is refused at load,
+    naming the key (``reconstruct``'s parameter file, where no field means anything by them)."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+
 #: most values (after expanding YAML aliases) a config may hold: anchors cannot blow up validation time
 MAX_VALUES = 100_000
 #: deepest nesting of lists/mappings a YAML or JSON text may have (the shipped configs use 4)
@@ -314,6 +322,20 @@ class ConfigPath:
 def path_marker(field: Any) -> ConfigPath | None:
     """The :class:`ConfigPath` of a pydantic field, or None."""
     return next((m for m in field.metadata if isinstance(m, ConfigPath)), None)
+
+
+def path_fields(model: type[BaseModel], prefix: str = "") -> dict[str, ConfigPath]:
+    """{dotted key: its :class:`ConfigPath`} of every path field of ``model``, sections walked as
+    :func:`map_config_paths` walks them."""
+    out: dict[str, ConfigPath] = {}
+    for name, field in model.model_fields.items():
+        marker = path_marker(field)
+        subs = _submodels(field.annotation)
+        if marker is not None:
+            out[prefix + name] = marker
+        elif subs:
+            out.update(path_fields(subs[0], f"{prefix}{name}."))
+    return out
 
 
 def map_config_paths(model: type[BaseModel], data: Any, fn: Callable[[str], str], defaults: bool = False) -> Any:

@@ -25,3 +25,8 @@ class MissingCalibrationError(ConfigError):
     def __init__(self, message: str, name: str = ""):
         super().__init__(message)
         self.name = name
+
+
+class DiskFullError(PhasestemError, OSError):
+    """A write found no room (no space left, a quota, the process's file-size limit): the file it would have replaced
+    is kept as it was (:func:`phasestem.base.safety.atomic_file`)."""

@@ -133,8 +133,11 @@ class OutputLock:
             os.close(fd)  # the holder before us deleted this lock file as we opened it: lock the new one
         record = {"command": self.command, "pid": os.getpid(), "host": socket.gethostname(),
                   "started": time.strftime("%Y-%m-%d %H:%M:%S %z"), "argv": sys.argv}
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps(record).encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps(record).encode())
+        except OSError:  # no room for the record (a full disk): the lock holds without it; the writes say why
+            pass
         self._fd, self._key = fd, key
         _held[key] = 1
 

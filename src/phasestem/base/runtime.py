@@ -55,6 +55,31 @@ def resolve_device(name, field: str = "device"):
     return device
 
 
+class RunLogHandler(logging.FileHandler):
+    """A run log's handler: a record it cannot write (no space left, a file-size limit) stops it with one line on
+    stderr naming the log (once per log, however many handlers write to it), instead of logging's traceback after
+    every record; the command goes on."""
+
+    failed: set[str] = set()  # the logs already said to be lost, in this process
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, OSError):
+            super().handleError(record)
+            return
+        if self.baseFilename not in RunLogHandler.failed:
+            RunLogHandler.failed.add(self.baseFilename)
+            print(f"phasestem: run log {self.baseFilename}: not written from here on ({exc.strerror or exc})",
+                  file=sys.stderr)
+        self.setLevel(logging.CRITICAL + 1)  # nothing more is tried
+        stream, self.stream = self.stream, None
+        try:
+            if stream is not None:
+                stream.close()  # the file is closed even when its buffer cannot be flushed
+        except OSError:
+            pass
+
+
 @contextmanager
 def log_to_file(logger: logging.Logger | str, path: str | Path | None,
                 level: int | None = logging.INFO) -> Iterator[None]:
@@ -67,7 +92,7 @@ def log_to_file(logger: logging.Logger | str, path: str | Path | None,
     logger = logging.getLogger(logger) if isinstance(logger, str) else logger
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path)
+    handler = RunLogHandler(path)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     old_level = logger.level
     logger.addHandler(handler)

@@ -4,7 +4,10 @@
   hard links and relative paths included).
 * :func:`atomic_file`: write under a per-process temporary name in the same folder (:func:`temporary_name`),
   rename on success, remove the temporary file on any failure; an existing folder is refused as a file output.
-  :func:`remove_stale_temporaries` deletes what killed writers of a locked folder left behind.
+  :func:`remove_stale_temporaries` deletes what killed writers of a locked folder left behind. A write that finds
+  no room (:data:`NO_ROOM`) is one :class:`~phasestem.base.errors.DiskFullError` line and the old file stays;
+  :func:`atomic_hdf5` builds an HDF5 file in memory first, :func:`check_room` refuses before a write that cannot
+  stop cleanly.
 * :func:`check_result_name` / :func:`figure_beside`: a result file never has a figure suffix, and the figure
   written next to it never has the result's path.
 * :func:`check_finite` / :func:`mask_nonfinite`: refuse NaN/Inf values with the source and the first
@@ -26,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError, InputFileError
+from .errors import ConfigError, DiskFullError, InputFileError
 
 BAD_PIXEL_MODES = ("refuse", "mask")
 #: files inside an input *folder* (a model run folder) that a command may read: an output must not be one of them
@@ -161,9 +164,68 @@ def atomic_file(path: PathLike, field: str = "--out",
             os.replace(tmp, path)
         else:
             _place_new(tmp, path)
+    except OSError as exc:
+        if exc.errno not in NO_ROOM or isinstance(exc, DiskFullError):
+            raise
+        raise DiskFullError(no_room_message(path, field, exc.errno)) from exc
     finally:
         if tmp.is_file() or tmp.is_symlink():
             tmp.unlink()
+
+
+#: the errnos of a write that found no room: no space left, a disk quota, the process's file-size limit
+NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def no_room_message(path: PathLike, field: str, code: int = errno.ENOSPC, needed: int | None = None) -> str:
+    """The one line of a write of ``path`` that found no room (``code``: its errno; ``needed``: the bytes it would
+    take, when known before), with what is free there and that the file it would have replaced is kept."""
+    import shutil
+
+    path = Path(path)
+    why = {errno.EDQUOT: "the disk quota is exceeded",
+           errno.EFBIG: "it would exceed this process's file-size limit (ulimit -f)"}.get(code, "no space left")
+    if needed is not None and code == errno.ENOSPC:
+        why = f"not enough space for about {gb(needed)}"
+    try:
+        free = f"{gb(shutil.disk_usage(path.parent).free)} free there"
+    except OSError:
+        free = "free space unknown"
+    kept = f"the previous {path.name} is kept as it was" if path.exists() else "nothing was written"
+    return f"{field} {path}: {why} ({free}); {kept}"
+
+
+def check_room(path: PathLike, needed: int, field: str = "--out") -> None:
+    """Refuse (:class:`~phasestem.base.errors.DiskFullError`) a write of about ``needed`` bytes to ``path`` before
+    it starts when the file system has less free or the process's file-size limit is lower: for writers that cannot
+    stop cleanly when the disk fills (HDF5 libraries written to a path)."""
+    import resource
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY and needed > limit:
+        raise DiskFullError(no_room_message(path, field, errno.EFBIG, needed))
+    if shutil.disk_usage(path.parent).free < needed:
+        raise DiskFullError(no_room_message(path, field, errno.ENOSPC, needed))
+
+
+@contextmanager
+def atomic_hdf5(path: PathLike, field: str = "--out", replace: bool = True) -> Iterator:
+    """Yield a new HDF5 file (``h5py.File``) built in memory; on success its bytes are written to ``path`` by
+    :func:`atomic_file`. The HDF5 library never writes to the disk itself, so a disk that fills mid-write is one
+    :class:`~phasestem.base.errors.DiskFullError` naming ``path`` (HDF5 2.0 crashes the process there) and the
+    file at ``path`` is kept. The whole file is held in memory once while it is written."""
+    import io
+
+    import h5py
+
+    image = io.BytesIO()
+    with h5py.File(image, "w") as f:
+        yield f
+    with atomic_file(path, field=field, replace=replace) as tmp, open(tmp, "wb") as fh:
+        fh.write(image.getbuffer())
 
 
 def _place_new(tmp: Path, path: Path) -> None:
@@ -180,7 +242,13 @@ def _place_new(tmp: Path, path: Path) -> None:
 
 
 def available_memory() -> int:
-    """Bytes the machine can still hand out (``MemAvailable``; psutil elsewhere; 4 GiB if unknown)."""
+    """Bytes this process can still be handed: what the machine has left (``MemAvailable``; psutil elsewhere; 4 GiB
+    if unknown), at most what its address-space limit (``RLIMIT_AS``, ``ulimit -v``: ``phasestem serve``'s data
+    readers) leaves it."""
+    return min(_machine_memory(), _address_space_left())
+
+
+def _machine_memory() -> int:
     try:
         with open("/proc/meminfo") as fh:
             for line in fh:
@@ -194,6 +262,21 @@ def available_memory() -> int:
         return int(psutil.virtual_memory().available)
     except ImportError:  # pragma: no cover - neither source present
         return 4 * 1024**3
+
+
+def _address_space_left() -> int:
+    """Bytes of address space this process may still map under ``RLIMIT_AS`` (no limit, or unknown: unbounded)."""
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if limit == resource.RLIM_INFINITY:
+            return 1 << 62
+        with open("/proc/self/statm") as fh:
+            mapped = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (ImportError, OSError, ValueError):
+        return 1 << 62
+    return max(0, limit - mapped)
 
 
 def gb(n: float) -> str:

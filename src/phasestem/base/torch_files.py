@@ -3,10 +3,12 @@
 :func:`torch_load` is ``torch.load(path, weights_only=True)``, which never runs code from the file; a file
 that is empty, truncated, not a torch file or holding other Python objects stops with one
 :class:`~phasestem.base.errors.InputFileError` line naming it (never with torch's advice to load it unsafely).
-:func:`state_dict_mismatch` says whether loaded tensors fit a module.
+:func:`state_dict_mismatch` says whether loaded tensors fit a module. :func:`torch_save` writes one so that a disk
+that fills mid-write is Python's ``OSError`` (torch's own writer reports it as an unrelated ``RuntimeError``).
 """
 from __future__ import annotations
 
+import io
 import pickle
 import warnings
 from collections.abc import Mapping
@@ -47,6 +49,45 @@ def torch_load(path: str | Path, map_location: str | torch.device = "cpu", what:
     except Exception as exc:
         raise InputFileError(f"{path}: not a readable {what}, truncated or corrupted? "
                              f"({type(exc).__name__}: {first_line(exc)})") from exc
+
+
+class _WriteErrors(io.RawIOBase):
+    """A binary file torch writes to that keeps the first ``OSError`` of its writes (torch's C++ writer turns it
+    into a ``RuntimeError`` that no longer says what happened)."""
+
+    def __init__(self, fh) -> None:
+        super().__init__()
+        self.fh, self.error = fh, None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def flush(self) -> None:
+        try:
+            self.fh.flush()
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+
+def torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save(obj, path)``, except that a write that fails (no space left, a file-size limit) raises its
+    ``OSError`` (with its errno) instead of torch's ``RuntimeError``."""
+    with open(path, "wb") as fh:
+        writer = _WriteErrors(fh)
+        try:
+            torch.save(obj, writer)
+        except RuntimeError:
+            if writer.error is not None:
+                raise writer.error from None
+            raise
 
 
 def state_dict_mismatch(own: Mapping[str, torch.Tensor], other: Mapping[str, torch.Tensor]) -> str:

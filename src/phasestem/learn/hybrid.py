@@ -9,7 +9,8 @@
 
 :func:`prior_hook`: ``phasestem reconstruct --prior MODEL``'s hook (the model read now, its geometry checked
 against the data once the reconstruction's model is built, then :func:`restorer_prior` attached).
-:func:`restore_results`: ``phasestem restore``: a restorer applied to a finished run's ``results.h5``.
+:func:`restore_results`: ``phasestem restore``: a restorer applied to a finished run's ``results.h5``;
+:func:`run_files`: the files of that run, which ``restore`` never writes over.
 
 :func:`ad_recipe_snapshots`: AD with the recorded recipe of ``make-pairs --inputs-from ad``
 (:func:`ad_recipe`: ``phasestem reconstruct``'s parameter-file defaults, probe refined), its phase, amplitude,
@@ -18,6 +19,7 @@ illumination and field on AD's own grid after chosen epochs (:mod:`phasestem.lea
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,7 +28,7 @@ from ..physics.resample import BAND_LIMITED, resample_image
 from ..recon import Ptychography
 
 __all__ = ["ad_phase", "ad_recipe", "ad_recipe_model", "ad_recipe_snapshots", "restorer_prior", "prior_hook",
-           "restore_results"]
+           "restore_results", "run_files"]
 
 
 def ad_phase(dataset, truth_shape: tuple[int, int], truth_sampling: tuple[float, float], epochs: int = 4,
@@ -149,3 +151,12 @@ def restore_results(results_path, model_path, device: str = "cpu") -> tuple[np.n
         out["change_sigma"] = change_in_sigma(channels["phase"], restored, info["sigma"], channels["field"])
         out["unsupported"] = unsupported_fraction(out["change_sigma"], SIGNIFICANT)
     return restored, out
+
+
+def run_files(results_path) -> list[Path]:
+    """The files ``phasestem reconstruct`` writes into the run folder of ``results_path``
+    (:data:`phasestem.recon.run.RUN_FILES`)."""
+    from ..recon.run import RUN_FILES
+
+    folder = Path(results_path).parent
+    return [folder / name for name in RUN_FILES]

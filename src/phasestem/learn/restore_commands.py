@@ -6,7 +6,9 @@ reconstruction (issue 48). Writes ``phase`` (the restored phase, rad, dataset fr
 input, offset removed) / σ over the field (NaN elsewhere), printed as the share of the field changed by more than
 3 σ beside the share pure noise gives (0.27 %, :func:`phasestem.metrics.chance_beyond`: more are features the
 network made or removed that the data do not support). Beside ``OUT.h5``: ``OUT.png`` (input, restoration,
-difference, change / σ) and ``OUT.log`` (what it printed and logged, appended per restore)."""
+difference, change / σ) and ``OUT.log`` (what it printed and logged, appended per restore). ``OUT.h5`` must end in
+.h5 / .hdf5, may not be one of the inputs, and replaces only a previous restoration, with ``--replace``
+(:func:`phasestem.learn.restore_output.refuse_unsafe_output`)."""
 from __future__ import annotations
 
 import argparse
@@ -22,14 +24,18 @@ def register(subparsers, train_subparsers) -> None:
         description="Apply a restorer (phasestem train restorer) to the phase of a phasestem reconstruct run "
                     "(RESULTS.h5): the run's phase, amplitude and illumination in, the restored phase out, on the "
                     "run's own grid. A model trained for another pixel or energy is refused. Beside OUT.h5: OUT.png "
-                    "(input, restoration, difference, change in σ of the data) and OUT.log.",
-        epilog="Example:\n  phasestem restore recon_out/results.h5 --model runs/restorer --out-file restored.h5",
+                    "(input, restoration, difference, change in σ of the data) and OUT.log. An existing file is "
+                    "never replaced, except a previous restoration with --replace.",
+        epilog="Examples:\n  phasestem restore recon_out/results.h5 --model runs/restorer --out-file restored.h5\n"
+               "  phasestem restore recon_out/results.h5 --model restore-seed --out-file restored.h5 --replace",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", type=Path, help="results.h5 of phasestem reconstruct")
     p.add_argument("--model", required=True, help="restorer: weights file, run folder or shipped name")
     p.add_argument("--out-file", type=Path, required=True, metavar="FILE",
-                   help="the restored phase (HDF5; OUT.png and OUT.log beside it)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+                   help="the restored phase: a new .h5/.hdf5 file (OUT.png and OUT.log beside it)")
+    p.add_argument("--replace", action="store_true",
+                   help="replace --out-file when it holds a previous restoration (any other file is never replaced)")
+    p.add_argument("--device", default="cpu", help="torch device: 'cpu' (default), 'cuda', 'cuda:1' or 'auto'")
     p.set_defaults(func=_restore)
 
 
@@ -45,14 +51,13 @@ def _say(line: str) -> None:
 
 
 def _restore(args) -> int:
-    from ..base.errors import ConfigError
     from ..base.lock import hold_output
-    from ..base.runtime import log_to_file
-    from .restore_output import change_line, companion_paths, placement_line, write_restored
+    from ..base.runtime import log_to_file, resolve_device
+    from .restore_output import change_line, companion_paths, placement_line, refuse_unsafe_output, write_restored
 
     out = Path(args.out_file)
-    if out.resolve() == Path(args.results).resolve():
-        raise ConfigError("--out-file: would overwrite the results file it reads")
+    refuse_unsafe_output(out, args.results, args.model, replace=args.replace)
+    args.device = str(resolve_device(args.device, field="--device"))
     figure, log_path = companion_paths(out)
     with hold_output(out, "phasestem restore", file=True), log_to_file("phasestem", log_path), \
             log_to_file(_summary, log_path):
@@ -60,7 +65,7 @@ def _restore(args) -> int:
                                                   out)
         try:
             phase, info = _restored(args)
-            placement = write_restored(out, phase, info, args.model, args.results)
+            placement = write_restored(out, phase, info, args.model, args.results, replace=args.replace)
         except Exception as exc:  # the log says how it ended; the terminal gets the one line of the error handler
             _summary.error("phasestem restore stopped: %s", exc)
             raise

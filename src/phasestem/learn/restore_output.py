@@ -3,11 +3,15 @@
 * :func:`write_restored`: ``OUT.h5`` with the restored phase, the run's phase, the field and the σ change, and
   where the crop sits in the run's object (:func:`crop_placement`);
 * :func:`companion_paths`: the figure ``OUT.png`` and the log ``OUT.log`` (appended, one block per restore);
+* :func:`refuse_unsafe_output`: what ``OUT.h5`` and its companions may never be: another suffix than HDF5's, one of
+  the inputs (the results file, the files of its run, the model or any file of its run folder: links resolved), or
+  an existing file that is not a previous restoration's (one is replaced only with ``--replace``);
 * :func:`change_line`: the share of the field changed by more than the threshold σ with the share pure noise
   gives (:func:`phasestem.metrics.chance_beyond`), or :func:`no_sigma_reason` when the run has no σ map.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +20,90 @@ import numpy as np
 from ..base.errors import ConfigError
 
 __all__ = ["companion_paths", "crop_placement", "write_restored", "placement_line", "change_line",
-           "no_sigma_reason", "figure_title"]
+           "no_sigma_reason", "figure_title", "refuse_unsafe_output", "is_restoration", "RESTORED_FORMAT"]
+
+#: the ``format`` attribute of a file ``restore`` wrote: the only kind of file it replaces (with ``--replace``)
+RESTORED_FORMAT = "phasestem-restored"
+#: the suffixes of the file ``restore`` writes (HDF5)
+OUTPUT_SUFFIXES = (".h5", ".hdf5")
+#: what the first line of a restore's log holds (:mod:`phasestem.learn.restore_commands`)
+_LOG_MARK = " INFO phasestem restore "
 
 
 def companion_paths(out_file: str | Path) -> tuple[Path, Path]:
-    """(figure ``OUT.png``, log ``OUT.log``) beside the output file; refused in one line when either is the output
-    file itself."""
+    """(figure ``OUT.png``, log ``OUT.log``) beside the output file; refused in one line unless the output file
+    ends in .h5 or .hdf5 (the file is HDF5, and a figure or log suffix would make it its own companion)."""
     out = Path(out_file)
-    figure, log = out.with_suffix(".png"), out.with_suffix(".log")
-    if out in (figure, log):
-        raise ConfigError(f"--out-file {out}: give an HDF5 name (OUT.h5): OUT.png and OUT.log are written beside it")
-    return figure, log
+    if out.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise ConfigError(f"--out-file {out}: restore writes HDF5; expected a name ending in .h5 or .hdf5 (e.g. "
+                          f"{out.with_suffix('.h5').name}; OUT.png and OUT.log are written beside OUT.h5)")
+    return out.with_suffix(".png"), out.with_suffix(".log")
+
+
+def is_restoration(path: str | Path) -> bool:
+    """True when ``path`` is an HDF5 file ``restore`` wrote (attrs format == :data:`RESTORED_FORMAT`)."""
+    import h5py
+
+    if not os.path.isfile(path):  # a folder, a pipe, a link to nothing
+        return False
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("format") == RESTORED_FORMAT
+    except (OSError, ValueError):  # not HDF5, a folder, unreadable
+        return False
+
+
+def _is_restore_log(path: Path) -> bool:
+    """True when ``path`` is a log an earlier ``restore`` began (its first line is a restore's)."""
+    if not path.is_file():
+        return False
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return _LOG_MARK in fh.readline(4096)
+    except OSError:
+        return False
+
+
+def _model_files(model: str) -> list[Path]:
+    """The files a ``--model`` value reads: the weights file, every file of a run folder, or a shipped name's
+    weights."""
+    from .pretrained import model_dir, registry
+
+    path = Path(model)
+    if path.is_dir():
+        return [path, *(p for p in path.rglob("*") if p.is_file())]
+    if os.path.lexists(path):
+        return [path]
+    entry = registry().get(str(model))
+    return [model_dir() / str(entry["file"])] if entry and entry.get("file") else []
+
+
+def refuse_unsafe_output(out_file: str | Path, results: str | Path, model: str, replace: bool = False) -> None:
+    """Refuse, in one line naming ``--out-file``, an output ``restore`` must not write: a suffix other than .h5 /
+    .hdf5 (:func:`companion_paths`); ``OUT.h5``, ``OUT.png`` or ``OUT.log`` being one of its inputs (the results
+    file, the other files of its run, the model's files: links and relative paths resolved); an existing ``OUT.h5``
+    that is not a previous restoration (:func:`is_restoration`), or is one without ``replace``; an existing
+    ``OUT.png`` not beside a previous restoration; an existing ``OUT.log`` that is not a restore's log."""
+    from ..base.safety import refuse_output_over_inputs
+    from .hybrid import run_files
+
+    out = Path(out_file)
+    figure, log = companion_paths(out)
+    refuse_output_over_inputs([out, figure, log], [results, *run_files(results), *_model_files(model)],
+                              field="--out-file")
+    previous = os.path.lexists(out) and is_restoration(out)
+    if os.path.lexists(out) and not previous:
+        raise ConfigError(f"--out-file {out}: exists and is not a restoration (HDF5 with attrs format "
+                          f"{RESTORED_FORMAT!r}); expected a new name: restore replaces only its own earlier output")
+    if previous and not replace:
+        raise ConfigError(f"--out-file {out}: holds a previous restoration; expected a new name, or --replace to "
+                          f"replace it (and {figure.name}; {log.name} is appended to)")
+    if os.path.lexists(figure) and not previous:
+        raise ConfigError(f"--out-file {out}: its figure {figure} exists and is not a restoration's (no restoration "
+                          f"{out.name} beside it); expected a name whose .png is free")
+    if os.path.lexists(log) and not _is_restore_log(log):
+        raise ConfigError(f"--out-file {out}: its log {log} exists and is not a restore's log; expected a name whose "
+                          ".log is free or an earlier restore's")
 
 
 def crop_placement(origin_px: tuple[int, int], shape: tuple[int, int]) -> dict[str, np.ndarray]:
@@ -38,20 +115,21 @@ def crop_placement(origin_px: tuple[int, int], shape: tuple[int, int]) -> dict[s
     return {"crop_offset": offset, "crop_shape": size, "object_shape": size + offset}
 
 
-def write_restored(path: str | Path, phase: np.ndarray, info: dict[str, Any], model: str, results: str) -> dict:
-    """Write ``OUT.h5`` (atomically): ``phase``, ``input``, ``field``, ``change_sigma`` when ``info`` has it, and the
-    attributes sampling (Å), model, results, units, format and :func:`crop_placement`. Returns the placement."""
-    import h5py
-
-    from ..base.safety import atomic_file
+def write_restored(path: str | Path, phase: np.ndarray, info: dict[str, Any], model: str, results: str,
+                   replace: bool = False) -> dict:
+    """Write ``OUT.h5`` (atomically, built in memory: a full disk is one line and the old file is kept):
+    ``phase``, ``input``, ``field``, ``change_sigma`` when ``info`` has it, and the attributes sampling (Å), model,
+    results, units, format and :func:`crop_placement`. ``replace`` False: a file that is at ``path`` by then is kept
+    (FileExistsError). Returns the placement."""
+    from ..base.safety import atomic_hdf5
 
     placement = crop_placement(info["origin_px"], phase.shape)
-    with atomic_file(Path(path)) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_hdf5(Path(path), field="--out-file", replace=replace) as f:
         f["phase"], f["input"], f["field"] = phase, info["input"], info["field"]
         if info.get("change_sigma") is not None:
             f["change_sigma"] = np.asarray(info["change_sigma"], np.float32)
         f.attrs.update({"sampling": np.asarray(info["sampling"]), "model": str(model), "results": str(results),
-                        "units": "rad", "format": "phasestem-restored", **placement})
+                        "units": "rad", "format": RESTORED_FORMAT, **placement})
     return placement
 
 

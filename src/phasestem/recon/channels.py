@@ -74,6 +74,27 @@ def _dataset_frame(plane: np.ndarray, origin_px: tuple[int, int]) -> np.ndarray:
     return out
 
 
+def _run_frame(attrs: dict, path) -> tuple[tuple[float, float], tuple[float, float]]:
+    """(sampling, origin) of a results file's attributes: two finite pixel sizes > 0 (Å) and a finite origin (Å),
+    else one line naming the file and the attribute."""
+    from ..base.errors import InputFileError
+
+    def pair(name: str) -> tuple[float, float]:
+        try:
+            values = tuple(float(v) for v in np.ravel(attrs[name]))
+        except (KeyError, TypeError, ValueError):
+            values = ()
+        if len(values) != 2 or not all(np.isfinite(values)):
+            raise InputFileError(f"{path}: attrs {name} {attrs.get(name)!r}; expected two finite numbers (y, x) in Å")
+        return values
+
+    sampling, origin = pair("sampling"), pair("origin")
+    if min(sampling) <= 0:
+        raise InputFileError(f"{path}: attrs sampling {list(sampling)} Å; expected two pixel sizes > 0 (a results "
+                             "file of phasestem reconstruct)")
+    return sampling, origin
+
+
 def channels_from_results(path) -> tuple[dict[str, np.ndarray], dict]:
     """The :func:`restorer_channels` of a finished run from its ``results.h5``: (channels, {"sampling": (dy, dx)
     Å, "energy": eV, "origin_px": (oy, ox), "sigma": the σ map of the summed phase or None}). The illumination
@@ -83,8 +104,7 @@ def channels_from_results(path) -> tuple[dict[str, np.ndarray], dict]:
     from .results import load_results
 
     r = load_results(path)
-    sampling = tuple(float(s) for s in r["attrs"]["sampling"])
-    origin = tuple(float(o) for o in r["attrs"]["origin"])
+    sampling, origin = _run_frame(r["attrs"], path)
     origin_px = (round(origin[0] / sampling[0]), round(origin[1] / sampling[1]))
     phase = _dataset_frame(np.asarray(r["phase_sum"], np.float32), origin_px)
     amplitude = _dataset_frame(np.asarray(r["amplitude_prod"], np.float32), origin_px)

@@ -10,7 +10,7 @@ import torch
 
 from ..base.errors import InputFileError, PhasestemError
 from ..base.safety import atomic_file
-from ..base.torch_files import first_line, state_dict_mismatch, torch_load
+from ..base.torch_files import first_line, state_dict_mismatch, torch_load, torch_save
 from .run_state import RunState
 
 log = logging.getLogger("phasestem.recon")
@@ -25,8 +25,8 @@ def save_checkpoint(path, model, optimizer=None, extra: dict | None = None, run_
     state["optimizer"] = None if optimizer is None else optimizer.state_dict()
     state["run"] = run_state or {}
     state["extra"] = extra or {}
-    with atomic_file(path, field="checkpoint") as tmp:  # CHECKPOINT.<pid>.tmp, removed on failure
-        torch.save(state, tmp)
+    with atomic_file(path, field="checkpoint") as tmp:  # CHECKPOINT.<pid>.tmp, removed on failure (a full disk too)
+        torch_save(state, tmp)
 
 
 #: what a reconstruction checkpoint must hold (besides the optional "optimizer", "run" and "extra")

@@ -71,7 +71,7 @@ import h5py
 import numpy as np
 import torch
 
-from ..base.safety import atomic_file
+from ..base.safety import atomic_file, atomic_hdf5, check_room
 from .truth import field_slices
 from .uncertainty import LEAVES_OUT
 
@@ -134,7 +134,7 @@ def save_results(model, path, config_text: str | None = None, metrics: dict | No
     if path.suffix.lower() == ".emd":
         return save_emd(results_dict(model), path)
     r = results_dict(model, metrics)
-    with atomic_file(path, field="results") as tmp, h5py.File(tmp, "w") as f:
+    with atomic_hdf5(path, field="results") as f:  # built in memory: a full disk is one line, the old file kept
         f.attrs["format"] = FORMAT
         f.attrs["sampling"] = model.sampling
         f.attrs["energy"] = model.energy
@@ -178,6 +178,15 @@ def _axis(n: int, step: float, offset: float) -> np.ndarray:
     """EMD dim vector of a linear axis of ``n`` points, ``step`` apart from ``offset``: its first two values (emdfile
     and the readers extend them linearly), or the one value of a single-point axis."""
     return np.array([offset, offset + step]) if n > 1 else np.array([offset])
+
+
+def _emd_bytes(results: dict) -> int:
+    """An upper bound of the size of :func:`save_emd`'s file: the arrays it writes uncompressed and uncropped, as
+    float32 / complex64, and 1 MiB of HDF5 structure and metadata."""
+    sigma = results.get("uncertainty", {})
+    arrays = [results["phase_sum"], results["amplitude_prod"], np.asarray(results["obj_phase"])[0],
+              sigma.get("phase_sum_sigma"), sigma.get("phase_sigma")]
+    return sum(4 * np.size(a) for a in arrays if a is not None) + 8 * np.size(results["probe"]) + (1 << 20)
 
 
 def save_emd(results: dict, path) -> Path:
@@ -240,35 +249,44 @@ def save_emd(results: dict, path) -> Path:
     meta["field"] = np.array([fy.start, fy.stop, fx.start, fx.stop])  # object pixels kept (y0, y1, x0, x1)
     meta["object_shape"] = np.array(full)  # (Ny, Nx) of the whole object in results.h5
     root.metadata = meta
+    check_room(path, _emd_bytes(results), field="results")  # emdfile's HDF5 writes to the disk itself
     with atomic_file(path, field="results") as tmp:
         emdfile.save(str(tmp), root, mode="w")
     return path
 
 
 def load_results(path) -> dict:
-    """Read a results file back into a dict of arrays (``object/phase`` → ``obj_phase`` etc.)."""
+    """Read a results file back into a dict of arrays (``object/phase`` → ``obj_phase`` etc.). The file's structure
+    is checked first (:func:`phasestem.io.hdf5.open_file`: no external link, external storage or virtual source
+    leaving its folder, or ``PHASESTEM_READ_ROOT``) and every array read must have been written whole
+    (:func:`phasestem.base.hdf5_links.check_written`); a refusal is one line naming the file and the dataset."""
     from ..base.errors import InputFileError
+    from ..io.hdf5 import open_file
 
     path = Path(path)
     if not path.exists():
         raise InputFileError(f"{path}: results file not found")
     out: dict = {}
-    with h5py.File(path, "r") as f:
+    with open_file(path, "phasestem results file") as f:
         if f.attrs.get("format") != FORMAT:
             raise InputFileError(f"{path}: not a phasestem reconstruction results file (attr format={FORMAT!r})")
+
+        def read(key: str) -> np.ndarray:
+            return _written(f, key, path)
+
         out["attrs"] = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in f.attrs.items()}
-        out["obj_phase"] = f["object/phase"][...]
-        out["obj_amplitude"] = f["object/amplitude"][...]
-        out["phase_sum"] = f["object/phase_sum"][...]
-        out["amplitude_prod"] = f["object/amplitude_prod"][...]
-        out["probe"] = f["probe/real_space"][...]
-        out["probe_fourier"] = f["probe/fourier_space"][...]
+        out["obj_phase"] = read("object/phase")
+        out["obj_amplitude"] = read("object/amplitude")
+        out["phase_sum"] = read("object/phase_sum")
+        out["amplitude_prod"] = read("object/amplitude_prod")
+        out["probe"] = read("probe/real_space")
+        out["probe_fourier"] = read("probe/fourier_space")
         for k in ("positions", "positions_initial", "tilt", "slice_thickness"):
-            out[k] = f[k][...]
-        out["loss"] = {k: f["loss"][k][...] for k in f["loss"]}
+            out[k] = read(k)
+        out["loss"] = {k: read(f"loss/{k}") for k in f["loss"]}
         for group in ("history", "metrics", "uncertainty"):
             if group in f:
-                out[group] = {k: f[group][k][...] for k in f[group]}
+                out[group] = {k: read(f"{group}/{k}") for k in f[group]}
         if "uncertainty" in f:
             out["uncertainty_attrs"] = {k: (v.tolist() if hasattr(v, "tolist") else v)
                                         for k, v in f["uncertainty"].attrs.items()}
@@ -276,3 +294,11 @@ def load_results(path) -> dict:
             out["provenance"] = {k: {a: (v.tolist() if hasattr(v, "tolist") else v) for a, v in g.attrs.items()}
                                  for k, g in f["provenance"].items()}
     return out
+
+
+def _written(f: h5py.File, key: str, path: Path) -> np.ndarray:
+    """Dataset ``key`` of the open results file ``f``, after checking it was written whole."""
+    from ..base.hdf5_links import check_written
+
+    check_written(f[key], f"{path}:{key}")
+    return f[key][...]

@@ -155,6 +155,7 @@ def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = Non
                                     None if params.model.initial_phase is None else params.model.initial_phase.file,
                                     None if params.model.initial_probe is None else params.model.initial_probe.file],
                               field="run.out_dir", written=RUN_FILES)
+    device = rank_device(params.run.device)  # a device that is not there: one line before anything is written
     config_text = dump_params(params)
     if main:  # the folder is held (run_reconstruction): what killed runs left mid-write is ours to remove
         out.mkdir(parents=True, exist_ok=True)
@@ -163,7 +164,7 @@ def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = Non
             tmp.write_text(config_text)
     log_path = out / "reconstruct.log"
     if main:
-        log_system_info(log_path, rank_device(params.run.device))
+        log_system_info(log_path, device)
     if dataset is None:
         with logging_to(log_path) if main else contextlib.nullcontext():  # conflict warnings in the log too
             dataset = build_dataset(params, sources, warn=main)
@@ -174,7 +175,7 @@ def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = Non
     if main:
         log_settings(settings, losses_line(params, sources, from_data), dataset, log_path)
         print(losses_line(params, sources, from_data))
-    model = build_model(params, dataset, start_phase).to(rank_device(params.run.device))
+    model = build_model(params, dataset, start_phase).to(device)
     ckpt = out / "checkpoint.pt"
     if resume:
         wanted = {k: ParamSchedule(s.lr, s.start, s.end) for k, s in model.schedules.items()}

@@ -10,10 +10,10 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from ..base.configfile import ConfigPath, StrictModel
+from ..base.configfile import ConfigPath, FiniteModel
 
 
-class RunConfig(StrictModel):
+class RunConfig(FiniteModel):
     """How to run."""
 
     optimizer: Literal["lsq", "adam", "sgd", "lbfgs"] = Field(

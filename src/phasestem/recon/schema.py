@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from ..base.configfile import ConfigPath, StrictModel
+from ..base.configfile import ConfigPath, FiniteModel
 from ..physics.optics import checked_aberrations
 from .constraints import Constraints
 from .losses import LossConfig
@@ -29,7 +29,7 @@ def _pair(v, name: str, positive: bool = False):
     return v
 
 
-class DataConfig(StrictModel):
+class DataConfig(FiniteModel):
     """Where the patterns come from and how to adapt them to phasestem's conventions."""
 
     file: Annotated[Path, ConfigPath()] = Field(
@@ -68,7 +68,7 @@ class DataConfig(StrictModel):
         "and must cover the scanned field")
 
 
-class OpticsConfig(StrictModel):
+class OpticsConfig(FiniteModel):
     """Beam and probe. A value left out (or null) is the data file's; one given here wins over the file's, with a
     warning naming both when they differ."""
 
@@ -93,7 +93,7 @@ class OpticsConfig(StrictModel):
         return _pair(v, info.field_name, positive=True)
 
 
-class ScanConfig(StrictModel):
+class ScanConfig(FiniteModel):
     """Scan geometry (positions are the probe centres in Å). A value left out (or null) is the data file's; one
     given here wins over the file's, with a warning naming both when they differ."""
 
@@ -115,7 +115,7 @@ class ScanConfig(StrictModel):
         return _pair(v, "step", positive=True)
 
 
-class ScheduleConfig(StrictModel):
+class ScheduleConfig(FiniteModel):
     """Learning rate and active epoch range of one parameter."""
 
     lr: float | None = Field(None, ge=0, description="learning rate: Adam/SGD units per update; for lsq (object, "
@@ -125,7 +125,7 @@ class ScheduleConfig(StrictModel):
     end: int | None = Field(None, description="last epoch (null: to the end)")
 
 
-class InitialPhase(StrictModel):
+class InitialPhase(FiniteModel):
     """Start the object from a phase image (hybrid: e.g. a learned prediction)."""
 
     file: Annotated[Path, ConfigPath()] = Field(
@@ -139,14 +139,14 @@ class InitialPhase(StrictModel):
         return _pair(v, "sampling", positive=True)
 
 
-class RandomPhase(StrictModel):
+class RandomPhase(FiniteModel):
     """Start the object phase from seeded uniform noise (PtyRAD's random start)."""
 
     scale: float = Field(0.1, gt=0, description="half-width of the uniform phase noise in rad ([−scale, scale])")
     seed: int = Field(0, description="seed of the noise (the same seed gives the same start)")
 
 
-class InitialProbe(StrictModel):
+class InitialProbe(FiniteModel):
     """Start the probe from a file instead of the nominal optics."""
 
     file: Annotated[Path, ConfigPath()] = Field(
@@ -155,7 +155,7 @@ class InitialProbe(StrictModel):
     key: str | None = Field(None, description="array/dataset name inside .npz/HDF5")
 
 
-class ModelConfig(StrictModel):
+class ModelConfig(FiniteModel):
     """The reconstruction model."""
 
     n_slices: int = Field(1, ge=1, description="number of object slices S")
@@ -190,7 +190,7 @@ class ModelConfig(StrictModel):
         return v
 
 
-class LossesConfig(StrictModel):
+class LossesConfig(FiniteModel):
     """Loss terms: exactly the terms named here run, at their weights (a term left out is off); with none named,
     the data choose: detector counts (a dose in the file, integer patterns, or whole numbers only) get gaussian 0.5 +
     poisson 0.5, anything else the Gaussian term on amplitudes alone at weight 1. The run log names the terms that
@@ -217,7 +217,7 @@ class LossesConfig(StrictModel):
         return LossConfig(**self.model_dump())
 
 
-class TuneParam(StrictModel):
+class TuneParam(FiniteModel):
     """One tuned quantity."""
 
     low: float = Field(description="lower bound")
@@ -225,7 +225,7 @@ class TuneParam(StrictModel):
     log: bool = Field(False, description="sample on a log scale")
 
 
-class TuneConfig(StrictModel):
+class TuneConfig(FiniteModel):
     """Optuna search (``phasestem tune``)."""
 
     n_trials: int = Field(20, ge=1, description="number of trials (added to those already stored)")
@@ -240,7 +240,7 @@ class TuneConfig(StrictModel):
     learning_rates: dict[str, TuneParam] = Field(default_factory=dict, description="search ranges of learning rates")
 
 
-class ReconstructParams(StrictModel):
+class ReconstructParams(FiniteModel):
     """A complete reconstruction parameter file."""
 
     data: DataConfig = Field(description="data source")
