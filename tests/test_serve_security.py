@@ -123,7 +123,7 @@ def test_a_job_takes_allowed_options_checked_by_the_commands_own_parser(workspac
     spec = {"command": "calibrate", "config": "data/scan.npz", "args": ["--c10", "-50", "--energy=300e3"]}
     status, job = workspace.request("/api/jobs", "POST", body=spec)
     assert status == 200, job
-    assert job["argv"][-3:] == ["--c10", "-50", "--energy=300e3"]
+    assert job["argv"][-5:] == ["--c10", "-50", "--energy=300e3", "--", "data/scan.npz"]  # the file after '--'
     workspace.request(f"/api/jobs/{job['id']}/cancel", "POST", body={})
     workspace.wait_job(job["id"], timeout=60)
 
@@ -361,11 +361,22 @@ def test_fuzzed_job_and_parameter_requests_never_answer_500_nor_write_outside(tm
     from phasestem.serve.app import create_app
 
     root = make_workspace(tmp_path / "ws")
-    (tmp_path / "outside").mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "sim_1.h5").write_bytes(b"\x89HDF\r\n\x1a\n")  # what an outside glob would read
+    (root / "experiments").mkdir()
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    (root / "configs" / "simulate.yaml").write_text((configs / "simulate_tiny.yaml").read_text())
+    (root / "configs" / "train.yaml").write_text((configs / "train_patch_tiny.yaml").read_text())
+    tune = yaml.safe_load((root / "configs" / "tiny.yaml").read_text())
+    tune["tune"] = {"n_trials": 1, "C10": {"low": 30.0, "high": 70.0}}
+    (root / "configs" / "tune.yaml").write_text(yaml.safe_dump(tune))
     app = create_app(root, TOKEN, max_upload=1 << 20, hosts=frozenset({"127.0.0.1"}))
 
-    def snapshot() -> list[str]:
-        return sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if root not in (p, *p.parents))
+    def snapshot() -> list[tuple[str, int, int]]:
+        """Every path outside the root with its size and modification time: nothing may be created or touched."""
+        return sorted((str(p.relative_to(tmp_path)), p.lstat().st_size, p.lstat().st_mtime_ns)
+                      for p in tmp_path.rglob("*") if root not in (p, *p.parents))
 
     before = snapshot()
     text = st.one_of(st.text(max_size=40), st.sampled_from(
@@ -380,11 +391,62 @@ def test_fuzzed_job_and_parameter_requests_never_answer_500_nor_write_outside(tm
     job = st.fixed_dictionaries({"command": st.one_of(commands, value)},
                                 optional={k: value for k in ("config", "set", "args", "device", "processes", "name",
                                                              "network", "auto")})
+    # set keys that name a host, a URL, a database or a path (phasestem.serve.config_keys), and values that reach out
+    places = st.sampled_from([
+        "tcp://127.0.0.1:1", "tcp://[::1]:8786", "127.0.0.1:8786", "tls://example.org:8786", "http://127.0.0.1:1/x",
+        "https://example.org/weights.pth", "file:///etc/passwd", f"file://{outside}/sim_1.h5", "sqlite://",
+        "sqlite:///runs/study.db", f"sqlite:///{outside}/x.db", "sqlite:///../outside/x.db", "sqlite:///runs/s.db?mode=rwc",
+        "sqlite:///%2e%2e/outside/x.db", f"sqlite:///file:{outside}/x.db?uri=true", "postgresql://u:p@127.0.0.1/x",
+        "e*/../../outside/sim_*.h5", "*/../../outside/*", "[e]x*/../../outside/*.h5", "data/*", "**/**/**/**/*",
+        "../outside/*", "~/*", "/etc/*", f"{outside}/sim_*.h5", "é/ü*/名前.h5", "\ud800.h5", ".phasestem-serve/*",
+        "runs/[", "x" * 5000, "a/" * 2000, "data/scan.npz", "auto"])
+    listed = ("compute.scheduler", "tune.storage", "data.file", "data.files", "specimen.files", "data.train",
+              "data.test", "model.allow_download", "stitch_model.allow_download", "model.initial_probe.file",
+              "scan.positions_file", "data.detector_shifts", "patch_checkpoint", "model.vit_pretrained",
+              "data.reader_options.header_file", "run.out_dir", "out")
+    place_keys = st.one_of(st.sampled_from(listed), st.sampled_from(["data.reader_options", "compute", "tune"]), text)
+    never = ("compute.scheduler", "model.allow_download", "stitch_model.allow_download", "run.out_dir", "out")
+
+    def leaves(value) -> bool:
+        """Whether a path or glob leaves the root (relative to it) or is no path at all."""
+        return value.startswith(("/", "~", "..", ".phasestem-serve")) or "/../" in value or "\ud800" in value \
+            or len(value) > 4096
+
+    def reaches_out(route: str, payload) -> bool:
+        """Whether a request gives a listed key a value that names a host, a database or a place outside the root."""
+        pairs = payload.get("set" if route == "/api/jobs" else "values") if isinstance(payload, dict) else None
+        if isinstance(pairs, list):
+            pairs = dict(str(item).partition("=")[::2] for item in pairs)
+        for key, value in (pairs or {}).items() if isinstance(pairs, dict) else ():
+            if key not in listed or not isinstance(value, str | list):
+                continue
+            if key in never or (key == "tune.storage" and value != "sqlite:///runs/study.db"):
+                return True
+            if any(leaves(v) for v in ([value] if isinstance(value, str) else value) if isinstance(v, str)):
+                return True
+        return False
+
+    place_values = st.one_of(places, st.lists(places, max_size=3), st.dictionaries(place_keys, places, max_size=2),
+                             scalar)
+    risky_set = st.one_of(st.dictionaries(place_keys, place_values, max_size=3),
+                          st.lists(st.builds("{}={}".format, place_keys, places), max_size=3))
+    own_config = st.sampled_from([("reconstruct", "tiny"), ("tune", "tune"), ("simulate", "simulate"), ("plan", "plan"),
+                                  ("train", "train"), ("simulate", "tiny"), ("calibrate", "tiny")])
+    risky_job = st.builds(
+        lambda pair, changes, extra: {"command": pair[0], "config": f"configs/{pair[1]}.yaml", "set": changes, **extra},
+        own_config, risky_set, st.fixed_dictionaries({}, optional={
+            "network": st.sampled_from(["patch", "stitch", "restorer"]),
+            "args": st.lists(st.one_of(places, st.sampled_from(["--set", "--scheduler", "--set=tune.storage=x"])),
+                             max_size=3)}))
+    risky_form = st.fixed_dictionaries({"path": st.sampled_from(["configs/tiny.yaml", "configs/tune.yaml"]),
+                                        "values": st.dictionaries(place_keys, st.one_of(places, scalar), min_size=1,
+                                                                  max_size=3)})
     body = st.one_of(job, st.dictionaries(keys, value, max_size=6), value,
                      st.fixed_dictionaries({"path": st.one_of(st.just("configs/tiny.yaml"), text),
-                                            "values": st.one_of(st.dictionaries(text, scalar, max_size=3), value)}))
+                                            "values": st.one_of(st.dictionaries(text, scalar, max_size=3), value)}),
+                     risky_job, risky_form)
 
-    @settings(max_examples=250, deadline=None, derandomize=True,
+    @settings(max_examples=500, deadline=None, derandomize=True,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(route=st.sampled_from(["/api/jobs", "/api/params"]), payload=body, raw=st.booleans())
     def check(route, payload, raw):
@@ -392,6 +454,7 @@ def test_fuzzed_job_and_parameter_requests_never_answer_500_nor_write_outside(tm
         status, answer = asgi_call(app, "POST", route, data)
         assert status is not None and status < 500, (route, payload, answer)
         assert 200 <= status < 300 or "error" in json.loads(answer), answer
+        assert raw or status >= 400 or not reaches_out(route, payload), (route, payload, answer)
 
     check()
     assert hypothesis is not None

@@ -12,6 +12,7 @@ An old spelling keeps working and prints one line on stderr (:func:`deprecation`
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 
@@ -177,13 +178,27 @@ def stem_name(path: str | Path, suffix: str) -> str:
     """``INPUT-STEM<suffix>`` (``scan.h5``, ``_phase.h5`` → ``scan_phase.h5``); a Dectris ``_master`` is kept."""
     return Path(path).with_suffix("").name + suffix
 
+def denial_behind(exc: BaseException) -> str:
+    """`` (because: [Errno 13] Permission denied)`` where ``exc`` was raised over a refusal by the system (EACCES,
+    EPERM: a file's permissions, or the kernel's confinement of a ``phasestem serve`` job) that its own message
+    does not show, as a library's "timed out trying to connect" over a connect that was denied; else ""."""
+    seen, cause = set(), exc.__cause__ or exc.__context__
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno in (errno.EACCES, errno.EPERM):
+            return "" if cause.strerror and cause.strerror in str(exc) else f" (because: {cause})"
+        cause = cause.__cause__ or cause.__context__
+    return ""
+
+
 def run_with_errors(fn, prefix: str, debug: bool = False) -> int:
-    """``fn()`` as a command: its return code, or 1 after one line ``PREFIX: error: …`` on a user error."""
+    """``fn()`` as a command: its return code, or 1 after one line ``PREFIX: error: …`` on a user error (with the
+    refusal by the system behind it, :func:`denial_behind`)."""
     try:
         return int(fn() or 0)
     except (PhasestemError, OSError, ValueError, KeyError) as exc:
         if debug:
             raise
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"{prefix}: error: {msg}", file=sys.stderr)
+        print(f"{prefix}: error: {msg}{denial_behind(exc)}", file=sys.stderr)
         return 1

@@ -17,6 +17,7 @@ from pathlib import Path
 from ..base.errors import PhasestemError
 from ..base.extras import require
 from .jobs import SERVE_DIR
+from .reader import ReaderLimits
 from .security import TokenGuard
 from .workspace import STATIC, Workspace
 
@@ -24,9 +25,12 @@ log = logging.getLogger("phasestem.serve")
 
 
 def create_app(root: Path, token: str, max_upload: int = 2 << 30, max_running: int = 1,
-               hosts: frozenset[str] | None = None):
+               hosts: frozenset[str] | None = None, kernel_confinement: bool = True,
+               reader_limits: ReaderLimits | None = None):
     """The ASGI application over the workspace ``root``: the routes of :data:`~.endpoints.ROUTES` and the static
-    files behind the token guard (``hosts``: the ``Host`` names it answers to, None: any)."""
+    files behind the token guard (``hosts``: the ``Host`` names it answers to, None: any; ``kernel_confinement``
+    False: jobs run without Landlock, ``--no-kernel-confinement``; ``reader_limits``: what one request may spend in
+    a data reader, :class:`~.reader.ReaderLimits`)."""
     require("starlette", "phasestem serve")
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
@@ -35,7 +39,8 @@ def create_app(root: Path, token: str, max_upload: int = 2 << 30, max_running: i
 
     from .endpoints import ROUTES, json_endpoint
 
-    ws = Workspace(root, token, max_upload, max_running)
+    ws = Workspace(root, token, max_upload, max_running, kernel_confinement=kernel_confinement,
+                   reader_limits=reader_limits)
 
     def mounted(fn, how):
         if how == "raw":
@@ -48,12 +53,14 @@ def create_app(root: Path, token: str, max_upload: int = 2 << 30, max_running: i
     @contextlib.asynccontextmanager
     async def lifespan(app):
         ws.runner.start()
+        ws.reader.start()
         try:
             yield
         finally:
             for channel in ws.channels.values():
                 if channel.task is not None:
                     channel.task.cancel()
+            await ws.reader.close()
             await run_in_threadpool(ws.runner.shutdown)
 
     routes = [Route(path, mounted(fn, how), methods=list(methods)) for path, fn, how, methods in ROUTES]
@@ -97,7 +104,8 @@ def allowed_hosts(host: str, extra: tuple[str, ...] = ()) -> frozenset[str]:
 
 
 def serve(root: Path, host: str = "127.0.0.1", port: int = 8888, token: str | None = None,
-          max_upload: int = 2 << 30, max_running: int = 1, allow_hosts: tuple[str, ...] = ()) -> int:
+          max_upload: int = 2 << 30, max_running: int = 1, allow_hosts: tuple[str, ...] = (),
+          kernel_confinement: bool = True, reader_limits: ReaderLimits | None = None) -> int:
     """Run the workspace until interrupted: hold ``root``'s serve lock, bind, print the URL with its token."""
     import socket
     import sys
@@ -106,9 +114,11 @@ def serve(root: Path, host: str = "127.0.0.1", port: int = 8888, token: str | No
     uvicorn = require("uvicorn", "phasestem serve")
 
     from ..base.lock import hold_output
+    from . import job_isolation
     from .security import new_token
 
     root = Path(root).resolve()
+    abi, confinement_line = job_isolation.kernel_confinement(kernel_confinement)  # no Landlock: refused here
     if not root.is_dir():
         raise PhasestemError(f"--root {root}: not a folder")
     token = token or os.environ.get("PHASESTEM_SERVE_TOKEN") or new_token()
@@ -123,8 +133,10 @@ def serve(root: Path, host: str = "127.0.0.1", port: int = 8888, token: str | No
     sock.listen(128)  # connections wait in the backlog from now on, before the first is accepted
     with hold_output(root / SERVE_DIR, "phasestem serve"):
         app = create_app(root, token, max_upload=max_upload, max_running=max_running,
-                         hosts=allowed_hosts(host, tuple(allow_hosts)))
+                         hosts=allowed_hosts(host, tuple(allow_hosts)), kernel_confinement=kernel_confinement,
+                         reader_limits=reader_limits)
         shown = f"[{host}]" if ":" in host else host
+        print(confinement_line, file=sys.stdout if abi else sys.stderr, flush=True)
         if not is_loopback(host):
             print(exposure_warning(host, port, root), file=sys.stderr, flush=True)
         print(f"phasestem serve: workspace {root}\n    http://{shown}:{port}/?token={token}", flush=True)

@@ -34,15 +34,29 @@ def register(subparsers, train_subparsers) -> None:
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                    help="another name this server may be reached by (the Host header; repeatable): every other is "
                         "refused, so that a web page whose DNS name points at this machine cannot use the server")
+    p.add_argument("--no-kernel-confinement", action="store_true",
+                   help="run jobs without the kernel's confinement (Landlock), kept inside the root by the path "
+                        "checks alone; the banner says so. Needed where the kernel has no Landlock: serve refuses "
+                        "to start there without it")
+    p.add_argument("--reader-seconds", type=float, default=60.0, metavar="S",
+                   help="seconds one request may spend reading a data or results file (the dataset page, Compare) "
+                        "before its reader process is stopped and the request refused (default 60)")
+    p.add_argument("--reader-memory-mb", type=int, default=4096, metavar="MB",
+                   help="memory (MiB of address space, beyond its libraries) a reader process may use for one "
+                        "request (default 4096)")
     p.set_defaults(func=_serve_cmd)
 
 
 def _serve_cmd(args) -> int:
     from ..base.errors import ConfigError
     from .app import serve
+    from .reader import ReaderLimits
 
     if args.max_jobs < 1 or args.max_upload_mb <= 0:
         raise ConfigError("--max-jobs must be ≥ 1 and --max-upload-mb > 0")
+    if not 0 < args.reader_seconds <= 86400 or args.reader_memory_mb < 256:
+        raise ConfigError("--reader-seconds must be > 0 (at most 86400) and --reader-memory-mb ≥ 256")
     return serve(args.root, host=args.host, port=args.port, token=args.token,
                  max_upload=int(args.max_upload_mb * 2**20), max_running=args.max_jobs,
-                 allow_hosts=tuple(args.allow_host))
+                 allow_hosts=tuple(args.allow_host), kernel_confinement=not args.no_kernel_confinement,
+                 reader_limits=ReaderLimits(seconds=args.reader_seconds, memory_mb=args.reader_memory_mb))

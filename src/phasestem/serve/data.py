@@ -2,7 +2,8 @@
 
 Reads through :func:`phasestem.io.load` (``require_calibration=False``) and measures with
 :func:`phasestem.calibrate.overview.first_look`: everything in detector and scan pixels unless the file says more.
-The last few opened datasets and looks are kept (the file's size and modification time are part of the key).
+The last few opened datasets and looks are kept (the file's size and modification time are part of the key). All of
+it runs in a confined reader process (:mod:`.reader_main`), never in the server, which keeps only the answers.
 """
 from __future__ import annotations
 

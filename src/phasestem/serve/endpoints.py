@@ -8,7 +8,6 @@ request; a JSON endpoint returns what becomes the JSON body (or a Response), and
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 
 from starlette.concurrency import run_in_threadpool
@@ -18,7 +17,11 @@ from ..base.errors import PhasestemError
 from ..io import EXTENSIONS
 from .job_spec import check_form_paths
 from .jobs import RUNS_DIR
-from .runs import compare_ids, compare_runs, line_profile, params_form, params_layout, save_params_form
+from .jobstore import parse_job_id
+from .jsontext import dumps, load_file
+from .params_form import params_form, save_params_form
+from .reader import file_identity, while_connected
+from .runs import compare_ids
 from .security import FILE_CSP, Refused, confine, public_message, read_json, refuse_size, relative
 from .workspace import KEEPALIVE, STATIC, Channel
 
@@ -44,15 +47,16 @@ def _query(request) -> dict[str, str]:
     return dict(request.query_params)
 
 
-#: the largest job id (SQLite's integer)
-MAX_JOB_ID = 2**63 - 1
-
-
 def _job_id(request) -> int:
-    text = str(request.path_params.get("job_id", ""))
-    if not text.isascii() or not text.isdigit() or len(text) > 19 or not 0 < int(text) <= MAX_JOB_ID:
-        raise Refused(f"job id {text[:30]!r}: expected a positive integer", 400 if not text.isdigit() else 404)
-    return int(text)
+    return parse_job_id(str(request.path_params.get("job_id", "")))
+
+
+class JSONAnswer(JSONResponse):
+    """A JSON answer whose NaN and ±Infinity are null (:func:`~.jsontext.dumps`): a diverged loss or a run's
+    ``calibration.json`` with NaN is an answer the page can read, never a 500."""
+
+    def render(self, content) -> bytes:
+        return dumps(content).encode("utf-8")
 
 
 def json_endpoint(ws, fn, threaded: bool = True):
@@ -62,10 +66,10 @@ def json_endpoint(ws, fn, threaded: bool = True):
         try:
             result = await (run_in_threadpool(fn, ws, request) if threaded else fn(ws, request))
         except Refused as exc:
-            return JSONResponse({"error": public_message(exc, ws.root)}, status_code=exc.status)
+            return JSONAnswer({"error": public_message(exc, ws.root)}, status_code=exc.status)
         except (PhasestemError, OSError, ValueError, RecursionError) as exc:
-            return JSONResponse({"error": public_message(exc, ws.root)}, status_code=400)
-        return result if isinstance(result, Response) else JSONResponse(result)
+            return JSONAnswer({"error": public_message(exc, ws.root)}, status_code=400)
+        return result if isinstance(result, Response) else JSONAnswer(result)
 
     return endpoint
 
@@ -139,22 +143,37 @@ async def upload(ws, request):
     return {"path": rel, "size": stored}
 
 
-# ---- dataset ----------------------------------------------------------------------------------------------
+# ---- dataset (read by the confined reader processes: serve.reader) -----------------------------------------
 
 
-def dataset(ws, request):
+async def dataset(ws, request):
+    return await _read_data_file(ws, request, "dataset")
+
+
+async def pattern(ws, request):
+    return await _read_data_file(ws, request, "pattern")
+
+
+async def virtual(ws, request):
+    return await _read_data_file(ws, request, "virtual")
+
+
+async def _read_data_file(ws, request, task: str):
+    """The dataset page's ``task`` on the file ``?path=`` (checked here), answered by a reader process."""
     q = _query(request)
-    return ws.datasets.overview(confine(ws.root, q.get("path"), must_exist=True), q)
+    path = await run_in_threadpool(confine, ws.root, q.get("path"), True)
+    key = (task, await run_in_threadpool(file_identity, [path]), tuple(sorted(q.items())))
+    return await _from_reader(ws, request, task, {"path": str(path), "query": q}, relative(ws.root, path),
+                              slot=str(path), key=key)
 
 
-def pattern(ws, request):
-    q = _query(request)
-    return ws.datasets.pattern(confine(ws.root, q.get("path"), must_exist=True), q)
-
-
-def virtual(ws, request):
-    q = _query(request)
-    return ws.datasets.virtual(confine(ws.root, q.get("path"), must_exist=True), q)
+async def _from_reader(ws, request, task: str, params: dict, what: str, slot, key) -> Response:
+    """A reader's answer (:meth:`~.reader.ReaderPool.answer`) as the response; the reader stops when the client
+    leaves first."""
+    body = await while_connected(request, ws.reader.answer(task, params, what, slot, key))
+    if body is None:
+        return Response(status_code=499)  # nobody is left to read it
+    return Response(body, media_type="application/json")
 
 
 # ---- jobs -------------------------------------------------------------------------------------------------
@@ -178,7 +197,7 @@ def job(ws, request):
                     and not p.name.startswith(".")] if run.is_dir() else []
     calib = run / "calibration.json"
     if calib.is_file():
-        out["calibration"] = json.loads(calib.read_text())
+        out["calibration"] = load_file(calib)  # NaN as null; None where it is not JSON
     return out
 
 
@@ -190,35 +209,52 @@ def resume(ws, request):
     return ws.runner.resume(_job_id(request)).public(ws.root)
 
 
-def compare(ws, request):
-    try:
-        ids = [int(v) for v in request.query_params.get("jobs", "").split(",") if v.strip()]
-    except ValueError:
-        raise Refused("jobs: expected job ids separated by commas", 400) from None
-    if len(ids) > 8:
-        raise Refused("compare: at most 8 runs at once", 400)
-    return compare_runs(ws.root, [ws.store.get(i) for i in ids])
-
-
-def compare_profile(ws, request):
+def _compared_jobs(ws, request) -> list:
     ids = compare_ids(request.query_params.get("jobs"))
-    return line_profile(ws.root, [ws.store.get(i) for i in ids], request.query_params.get("line"))
+    return [ws.store.get(i) for i in ids]
+
+
+async def compare(ws, request):
+    return await _read_runs(ws, request, "compare", {})
+
+
+async def compare_profile(ws, request):
+    return await _read_runs(ws, request, "profile", {"line": request.query_params.get("line")})
+
+
+async def _read_runs(ws, request, task: str, params: dict):
+    """Compare's ``task`` on the runs of ``?jobs=`` (their results.h5, config.yaml and folders), answered by a
+    reader process."""
+    jobs = await run_in_threadpool(_compared_jobs, ws, request)
+    runs = [ws.root / j.run_dir for j in jobs]
+    files = [p for run in runs for p in (run, run / "results.h5", run / "config.yaml")]
+    refs = [{"id": j.id, "name": j.name, "run_dir": j.run_dir} for j in jobs]
+    key = (task, tuple((j.id, j.name, j.run_dir) for j in jobs), await run_in_threadpool(file_identity, files),
+           tuple(sorted(params.items())))
+    what = "the runs of job" + ("s " if len(jobs) > 1 else " ") + ", ".join(str(j.id) for j in jobs)
+    return await _from_reader(ws, request, task, {**params, "jobs": refs}, what,
+                              slot=tuple(sorted(map(str, runs))), key=key)
 
 
 def params_get(ws, request):
     path = confine(ws.root, request.query_params.get("path"), must_exist=True)
-    fields = params_form(path)
-    return {"path": relative(ws.root, path), "fields": fields, "layout": params_layout(path, fields)}
+    return {"path": relative(ws.root, path), **params_form(path)}
 
 
 async def params_post(ws, request):
+    """Save the form: ``{"path", "values", "version"}`` (``version``: what the GET answered, optional). Answers
+    ``saved: true`` with the ``version`` of the exact text written; 409 when the file changed since ``version``."""
     body = await read_json(request)
     path = confine(ws.root, _text_field(body, "path"), must_exist=True)
     if not path.is_file() or path.suffix.lower() not in (".yaml", ".yml"):
         raise Refused(f"path {relative(ws.root, path)!r}: not a parameter file (.yaml)", 400)
-    await run_in_threadpool(check_form_paths, ws.root, path, body.get("values"))
-    await run_in_threadpool(save_params_form, path, body.get("values"))
-    return {"path": relative(ws.root, path), "saved": True}
+    version = body.get("version")
+    if version is not None and not isinstance(version, str):
+        raise Refused("version: expected the version string the form was read at", 400)
+    values = body.get("values")
+    saved = await run_in_threadpool(save_params_form, path, values, version,
+                                    lambda: check_form_paths(ws.root, path, values))
+    return {"path": relative(ws.root, path), "saved": True, "version": saved}
 
 
 def info(ws, request):
@@ -262,7 +298,7 @@ async def job_events(ws, request):
         job_id = _job_id(request)
         await run_in_threadpool(ws.store.get, job_id)  # 404 before the stream starts
     except Refused as exc:
-        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        return JSONAnswer({"error": str(exc)}, status_code=exc.status)
     return sse(stream(ws, ("job", job_id), lambda: ws.job_channel(job_id)))
 
 
@@ -282,9 +318,9 @@ ROUTES = (
     ("/api/files", files, "json", ("GET",)),
     ("/api/file", file, "json", ("GET",)),
     ("/api/upload", upload, "json_async", ("PUT", "POST")),
-    ("/api/dataset", dataset, "json", ("GET",)),
-    ("/api/pattern", pattern, "json", ("GET",)),
-    ("/api/virtual", virtual, "json", ("GET",)),
+    ("/api/dataset", dataset, "json_async", ("GET",)),
+    ("/api/pattern", pattern, "json_async", ("GET",)),
+    ("/api/virtual", virtual, "json_async", ("GET",)),
     ("/api/jobs", jobs, "json", ("GET",)),
     ("/api/jobs", submit, "json_async", ("POST",)),
     ("/api/events", jobs_events, "raw", ("GET",)),
@@ -292,8 +328,8 @@ ROUTES = (
     ("/api/jobs/{job_id}/cancel", cancel, "json", ("POST",)),
     ("/api/jobs/{job_id}/resume", resume, "json", ("POST",)),
     ("/api/jobs/{job_id}/events", job_events, "raw", ("GET",)),
-    ("/api/compare", compare, "json", ("GET",)),
-    ("/api/compare/profile", compare_profile, "json", ("GET",)),
+    ("/api/compare", compare, "json_async", ("GET",)),
+    ("/api/compare/profile", compare_profile, "json_async", ("GET",)),
     ("/api/params", params_get, "json", ("GET",)),
     ("/api/params", params_post, "json_async", ("POST",)),
 )

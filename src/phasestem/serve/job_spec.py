@@ -19,7 +19,8 @@ from ..base.configfile import (
     relative_to,
     resolve_config_paths,
 )
-from .jobstore import COMMANDS, RESERVED, RUNS_DIR, Job, JobStore
+from .config_keys import KEY_RULES, SET_BY_JOB, check_config_keys, check_set_keys, option_rule
+from .jobstore import COMMANDS, FILES_FOLLOW, RESERVED, RUNS_DIR, Job, JobStore
 from .security import Refused, confine, public_message, relative
 
 #: what a job's device and network fields may be
@@ -38,7 +39,8 @@ def _text(value, what: str, limit: int = 1000) -> str:
 
 #: per command, the options a job may add to it (each by its full name; the command's own parser checks them);
 #: everything else is set by the job (the run folder, device, resume) or has no place in a workspace (``--scheduler``:
-#: a Dask address elsewhere). ``--set`` and ``--auto`` are taken apart into the job's ``set`` and ``auto``.
+#: a Dask address elsewhere). ``--set`` and ``--auto`` are taken apart into the job's ``set`` and ``auto``. An option
+#: that sets a key of :data:`~.config_keys.KEY_RULES` is held to that key's rule (refused, whatever this list says).
 ALLOWED_OPTIONS = {
     "reconstruct": ("--epochs", "--init", "--key", "--patterns-key", "--format", "--scan-shape", "--reader-option",
                     "--energy", "--semiangle", "--angular-sampling", "--scan-step", "--c10", "--c10-sign",
@@ -53,7 +55,7 @@ ALLOWED_OPTIONS = {
                   "--rotation", "--edge-threshold", "--resample-descan"),
 }
 #: config fields a job sets itself (its run folder), refused among its ``set`` values: the last part of the key
-RESERVED_KEYS = ("out", "out_dir", "resume")
+RESERVED_KEYS = tuple(r.key.removeprefix("*.") for r in KEY_RULES if r.rule == SET_BY_JOB)
 _NUMBER = re.compile(r"^-(\d|\.\d|inf|nan)", re.IGNORECASE)
 
 
@@ -113,9 +115,11 @@ def check_arguments(root: Path, command: str, args, network: str | None = None
             option, eq, value = a.partition("=")
             if option in RESERVED:
                 raise Refused(f"args[{i}] {a!r}: {option} is set by the job itself (its run folder)", 403)
-            if option not in allowed:
+            rule = option_rule(option)
+            if option not in allowed or rule is not None:
+                why = f"; {option} sets {rule.key}, which names {rule.names}: {rule.why}" if rule is not None else ""
                 raise Refused(f"args[{i}] {a!r}: {command} jobs take only {', '.join(allowed)} (each by its full "
-                              "name)", 403)
+                              f"name){why}", 403)
             if option == "--auto":
                 if eq:
                     raise Refused(f"args[{i}] {a!r}: --auto takes no value", 400)
@@ -144,33 +148,23 @@ def check_arguments(root: Path, command: str, args, network: str | None = None
 
 
 def check_overrides(overrides: dict[str, Any]) -> None:
-    """``set`` values: none may name a field the job sets itself (:data:`RESERVED_KEYS`)."""
-    for key in overrides:
-        if key.rsplit(".", 1)[-1] in RESERVED_KEYS:
-            raise Refused(f"set {key!r}: the run folder and resuming are set by the job itself", 403)
+    """``set`` values: none may name a field the job sets itself (:data:`RESERVED_KEYS`), a host or the network
+    (:func:`~.config_keys.check_set_keys`; their paths and URLs: :func:`confine_config_paths`)."""
+    check_set_keys(overrides)
 
 
 def confine_config_paths(root: Path, schema, data: dict[str, Any], source: str) -> None:
-    """Every path field of ``data`` (a raw config of ``schema``: :class:`~phasestem.base.configfile.ConfigPath` fields,
-    relative paths already taken from their base, absolute or not) must lie inside ``root``; a glob counts by the
-    folder before its first wildcard. Refused (403) naming the file and the path's last part."""
-    root = Path(root).resolve()
-
-    def check(text: str) -> str:
-        head = re.split(r"[*?\[]", text, maxsplit=1)[0]
-        path = Path(os.path.expanduser(head or "."))
-        path = (root / path if not path.is_absolute() else path).resolve()
-        if path != root and root not in path.parents:
-            raise Refused(f"{source}: the path {Path(text).name or text!r} lies outside the workspace root; jobs read "
-                          "and write only under it", 403)
-        return text
-
-    map_config_paths(schema, data, check, defaults=True)
+    """Every key of ``data`` (a raw config of ``schema``, relative paths of its
+    :class:`~phasestem.base.configfile.ConfigPath` fields already taken from their base) that names a host, a URL, a
+    database or a path, held to its rule (:mod:`.config_keys`): paths and globs (in full) inside ``root``, no
+    scheduler, ``tune.storage`` a SQLite file inside ``root``. Refused (403) naming the file and the key."""
+    check_config_keys(root, schema, data, source)
 
 
 def check_form_paths(root: Path, path: Path, values: Any) -> None:
-    """The parameter form's ``values`` ({"section.key": YAML text}) over the file at ``path``: every path the saved
-    file would name stays inside the root (the params page writes what later runs read)."""
+    """The parameter form's ``values`` ({"section.key": YAML text}) over the file at ``path``: every path, glob and
+    database the saved file would name stays inside the root (the params page writes what later runs read), by the
+    rules of a job's ``set`` values (:func:`confine_config_paths`)."""
     from ..recon.params import ReconstructParams
 
     scalar = str | int | float | bool | None
@@ -328,21 +322,22 @@ def build_job(root: Path, store: JobStore, spec: dict[str, Any]) -> Job:
             raise Refused("set: reconstruct --auto takes its settings from the file and the args (--energy, "
                           "--semiangle, --scan-step, --epochs, ...); edit the params.yaml it writes to change more",
                           400)
-        argv = ["phasestem", "reconstruct", rel_config, "--auto", "--out", rel_run, "--device", device]
+        argv = ["phasestem", "reconstruct", "--auto", "--out", rel_run, "--device", device]
     elif command in ("reconstruct", "tune"):
         if command == "tune":
             overrides = {**overrides, "run.device": device}
         params, text = reconstruct_params(root, config, overrides, run_dir)
         files["params.yaml"] = text
-        argv = ["phasestem", command, f"{rel_run}/params.yaml", "--out", rel_run]
+        rel_config = f"{rel_run}/params.yaml"
+        argv = ["phasestem", command, "--out", rel_run]
         if command == "reconstruct":
             argv += ["--device", device]
             if processes > 1 and params.run.n_processes > 1:
                 raise Refused("processes > 1 and run.n_processes > 1: choose one way to start processes", 400)
     elif command == "plan":  # the expected result's figures and plan.json go to the run folder
-        argv = ["phasestem", "plan", rel_config, "--out", rel_run, "--device", device] + _set_options(overrides)
+        argv = ["phasestem", "plan", "--out", rel_run, "--device", device] + _set_options(overrides)
     elif command == "train":
-        argv = ["phasestem", "train", network, rel_config, "--out", rel_run, "--device", device]
+        argv = ["phasestem", "train", network, "--out", rel_run, "--device", device]
         argv += _set_options(overrides)
     elif command == "simulate":
         if overrides:
@@ -354,12 +349,12 @@ def build_job(root: Path, store: JobStore, spec: dict[str, Any]) -> Job:
             data = map_config_paths(SimulationConfig, apply_overrides(data, overrides), relative_to(root.resolve()))
             files["simulate.yaml"] = yaml.safe_dump(data, sort_keys=False)
             rel_config = f"{rel_run}/simulate.yaml"
-        argv = ["phasestem", "simulate", rel_config, "--out", f"{rel_run}/data", "--device", device]
+        argv = ["phasestem", "simulate", "--out", f"{rel_run}/data", "--device", device]
     else:  # calibrate: the data file and the reader options among args
         if overrides:
             raise Refused("set: calibrate takes its options as args (e.g. --energy 300e3)", 400)
-        argv = ["phasestem", "calibrate", rel_config, "--out", rel_run]
-    argv += args
+        argv = ["phasestem", "calibrate", "--out", rel_run]
+    argv += args + [FILES_FOLLOW, rel_config]  # the file last, after '--': a name beginning with '-' is no option
     if processes > 1:
         if command not in ("reconstruct", "train"):
             raise Refused(f"processes > 1: {command} does not run under torchrun", 400)

@@ -28,6 +28,7 @@ from typing import Any
 
 from ..base.errors import PhasestemError
 from ..base.lock import FolderBusyError, OutputLock, folder_lock_path
+from .job_isolation import isolated_argv, job_confinement, job_environment, uses_local_processes
 from .job_spec import build_job
 from .jobstore import (  # noqa: F401  (the queue's names, re-exported for the server and the tests)
     COMMANDS,
@@ -118,13 +119,16 @@ def lock_holder(run_dir: Path) -> int | None:
 
 
 class JobRunner:
-    """Starts queued jobs (at most ``max_running`` at once), watches them, cancels and resumes them."""
+    """Starts queued jobs (at most ``max_running`` at once), watches them, cancels and resumes them. Each job is
+    isolated (:mod:`.job_isolation`): ``python -I``, a cleaned environment and, unless ``confine`` is False, the
+    kernel's confinement to the root and its run folder."""
 
-    def __init__(self, root: Path, store: JobStore, max_running: int = 1, poll: float = 0.2):
+    def __init__(self, root: Path, store: JobStore, max_running: int = 1, poll: float = 0.2, confine: bool = True):
         self.root = Path(root)
         self.store = store
         self.max_running = max_running
         self.poll = poll
+        self.confine = confine
         self._procs: dict[int, subprocess.Popen] = {}
         self._cancel: set[int] = set()
         self._stop = threading.Event()
@@ -246,10 +250,16 @@ class JobRunner:
     def _start(self, job: Job) -> None:
         run_dir = self.root / job.run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONSAFEPATH="1")
+        rules = job_confinement(self.root, run_dir, uses_local_processes(self.root, job)) if self.confine else None
+        env = job_environment(self.root, run_dir, confinement=rules)
         line = job.command_line(self.root)
-        argv = exec_argv(line)
-        with open(run_dir / "job.log", "ab") as out:
+        argv = isolated_argv(exec_argv(line))
+        try:  # never through a link the job left in its run folder: the server itself is not confined
+            log_fd = os.open(run_dir / "job.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            self.store.update(job.id, state="failed", ended=time.time(), note=f"job.log: {exc.strerror}")
+            return
+        with open(log_fd, "ab") as out:
             out.write(f"\n$ {shlex.join(line)}\n".encode())
             out.flush()
             proc = subprocess.Popen(argv, cwd=self.root, stdout=out, stderr=subprocess.STDOUT,

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .security import Refused
+from .security import SERVE_DIR, Refused  # noqa: F401  (SERVE_DIR: the queue's names)
 
 log = logging.getLogger("phasestem.serve")
 
@@ -22,12 +22,25 @@ RESERVED = ("--out", "--out-dir", "--resume", "--restart", "--dump-config")
 #: job states; a job ends in one of :data:`FINAL`
 STATES = ("queued", "running", "cancelling", "done", "failed", "cancelled")
 FINAL = ("done", "failed", "cancelled")
-#: the server's own folder under the root (queue database, its lock)
-SERVE_DIR = ".phasestem-serve"
 #: the folder under the root that receives the run folders
 RUNS_DIR = "runs"
 #: seconds a stopped job has to exit after SIGTERM before SIGKILL
 STOP_GRACE = 10.0
+#: the largest job id (SQLite's integer)
+MAX_JOB_ID = 2**63 - 1
+#: the separator before a job's file arguments: what follows is a file, even a name that begins with '-'
+FILES_FOLLOW = "--"
+
+
+def parse_job_id(text: str | None) -> int:
+    """A job id as a request gives it (the route's ``{job_id}``, one of ``?jobs=``): ASCII digits of a positive
+    63-bit integer. Anything else is refused: 400 when it is not a number, 404 when no job can have it."""
+    text = (text or "").strip()
+    if not text.isascii() or not text.isdigit():
+        raise Refused(f"job id {text[:30]!r}: expected a positive integer", 400)
+    if len(text) > 19 or not 0 < int(text) <= MAX_JOB_ID:
+        raise Refused(f"job {text[:30]}: no such job (job ids are positive integers below 2**63)", 404)
+    return int(text)
 
 
 @dataclass
@@ -52,8 +65,13 @@ class Job:
     note: str = ""
 
     def command_line(self, root: Path) -> list[str]:
-        """The command as typed in ``root``, with ``--resume`` when the next start continues the run."""
-        return self.argv + resume_arguments(self, root)
+        """The command as typed in ``root``, with ``--resume`` when the next start continues the run (before the
+        file arguments' ``--``, where the job has one)."""
+        extra = resume_arguments(self, root)
+        if FILES_FOLLOW not in self.argv:
+            return self.argv + extra
+        at = self.argv.index(FILES_FOLLOW)
+        return self.argv[:at] + extra + self.argv[at:]
 
     def public(self, root: Path) -> dict[str, Any]:
         """The job as the pages show it (``command_line``: the command to type in the root)."""
@@ -120,6 +138,8 @@ class JobStore:
             db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", values + [job_id])
 
     def get(self, job_id: int) -> Job:
+        if not 0 < job_id <= MAX_JOB_ID:  # SQLite's integers end there (a larger one raised OverflowError: a 500)
+            raise Refused(f"job {job_id}: no such job", 404)
         with self._lock, self._connect() as db:
             row = db.execute(f"SELECT id, {', '.join(_COLUMNS)} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:

@@ -6,8 +6,8 @@
 * :func:`compare_runs` — finished reconstructions side by side on one colour scale, their parameters' differences
   and their metrics against a ground truth when the runs had one; the difference map and the line profiles of
   the runs aligned onto the first (:func:`aligned_grid`, :mod:`.align`).
-* :func:`params_form` / :func:`save_params_form` — a parameter file as a form of dotted fields, validated by the
-  YAML's own schema before it is written.
+
+The calibrate page's parameter form: :mod:`.params_form`.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from ..plot.core import CMAPS
 from .data import DatasetCache
 from .images import common_range, image, picture, pixel, scale_of
 from .jobs import FINAL, Job
+from .jobstore import parse_job_id
 from .security import Refused, relative
 
 #: lines of a job's log the live page shows
@@ -221,14 +222,14 @@ MAX_PROFILE = 2000
 
 
 def compare_ids(text: str | None) -> list[int]:
-    """The job ids of ``?jobs=3,4``: 2 to 8 of them."""
-    try:
-        ids = [int(v) for v in (text or "").split(",") if v.strip()]
-    except ValueError:
-        raise Refused("jobs: expected job ids separated by commas", 400) from None
-    if len(ids) > 8:
+    """The job ids of ``?jobs=3,4``: at most 8 of them, each a job id (:func:`~.jobstore.parse_job_id`)."""
+    items = [v for v in (text or "").split(",") if v.strip()]
+    if len(items) > 8:
         raise Refused("compare: at most 8 runs at once", 400)
-    return ids
+    try:
+        return [parse_job_id(v) for v in items]
+    except Refused as exc:
+        raise Refused(f"jobs: {exc}", exc.status) from None
 
 
 def _run_results(root: Path, job: Job) -> dict[str, Any]:
@@ -381,75 +382,3 @@ def line_profile(root: Path, jobs: list[Job], line: str | None) -> dict[str, Any
             for job, phase in zip(jobs, grid, strict=True)]
     return {"line": ends, "unit": "Å" if known else "px", "distance": _thin(distance), "runs": runs,
             "shape": [h, w]}
-
-
-# ---- the calibrate page's parameter form ------------------------------------------------------------------------
-def params_form(path: Path) -> dict[str, str]:
-    """A reconstruction parameter file as {"section.key": YAML text of the value} (the form's fields)."""
-    from ..recon.params import load_params
-
-    params = load_params(path)  # the file must be valid to be shown; its relative paths stay as written
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    defaults = flatten(params.model_dump(mode="json"))
-    written = flatten(data)
-    fields = {**{k: v for k, v in defaults.items() if not k.startswith("tune")}, **written}
-    return {k: yaml.safe_dump(v, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
-            for k, v in fields.items()}
-
-
-#: the fields users change first, shown on top of the form (in this order, where the file has them)
-FIRST_FIELDS = ("data.file", "optics.energy", "optics.semiangle", "optics.aberrations.C10", "scan.step",
-                "run.n_epochs", "run.batch_size", "run.device", "model.n_slices", "model.slice_thickness",
-                "losses.gaussian", "losses.poisson")
-
-
-def _descriptions(model, prefix: str = "") -> dict[str, str]:
-    """{"section.key": description} of a parameter model's fields (nested models walked)."""
-    from pydantic import BaseModel
-
-    out: dict[str, str] = {}
-    for name, info in type(model).model_fields.items():
-        key = f"{prefix}.{name}" if prefix else name
-        if info.description:
-            out[key] = info.description
-        value = getattr(model, name, None)
-        if isinstance(value, BaseModel):
-            out.update(_descriptions(value, key))
-    return out
-
-
-def params_layout(path: Path, fields: dict[str, str]) -> dict[str, Any]:
-    """How the form shows ``fields`` (:func:`params_form` of ``path``): ``first``, the fields users change first
-    (:data:`FIRST_FIELDS`, those the form has; ``optics.aberrations`` where it has no C10), then ``sections``, every
-    field by its section ({"name", "title", "keys"}, in the file's order), and ``help``, each field's description
-    from the schema."""
-    from ..recon.params import load_params
-
-    help_ = _descriptions(load_params(path))
-    first = [k for k in FIRST_FIELDS if k in fields]
-    if "optics.aberrations.C10" not in fields and "optics.aberrations" in fields:
-        first.insert(min(3, len(first)), "optics.aberrations")
-    sections: dict[str, list[str]] = {}
-    for key in fields:
-        sections.setdefault(key.split(".", 1)[0], []).append(key)
-    return {"first": first, "help": {k: v for k, v in help_.items() if k in fields or "." not in k},
-            "sections": [{"name": name, "title": help_.get(name, name), "keys": keys}
-                         for name, keys in sections.items()]}
-
-
-def save_params_form(path: Path, values: dict[str, Any]) -> None:
-    """Write the form's ``values`` ({"section.key": YAML text}) over the parameter file at ``path``, after they pass
-    the same schema as the YAML (:class:`~phasestem.recon.params.ReconstructParams`); the file's folder is locked
-    (:mod:`phasestem.base.lock`) while it is written, so a running job's folder is refused."""
-    from ..base.configfile import apply_overrides, parse_set_options, read_yaml_mapping
-    from ..base.lock import hold_output
-    from ..base.safety import atomic_file
-    from ..recon.params import parse_params
-
-    if not isinstance(values, dict) or not values:
-        raise Refused("values: expected the form's fields", 400)
-    overrides = parse_set_options([f"{k}={v}" for k, v in values.items()], "field")
-    data = apply_overrides(read_yaml_mapping(path, "parameter file"), overrides)
-    parse_params(data, path.name, path.parent)  # the YAML's own schema: one line naming each bad field
-    with hold_output(path.parent, "phasestem serve (saving a parameter file)"), atomic_file(path) as tmp:
-        tmp.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")

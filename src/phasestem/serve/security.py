@@ -26,6 +26,8 @@ from ..base.errors import PhasestemError
 
 #: the cookie that carries the token after the first visit
 TOKEN_COOKIE = "phasestem_token"
+#: the server's own folder under the root (its queue database, its lock): never reached through a request
+SERVE_DIR = ".phasestem-serve"
 #: largest JSON request body (bytes); uploads have their own limit (``--max-upload-mb``)
 MAX_JSON_BYTES = 1 << 20
 #: deepest nesting of a JSON request body (a job or a parameter form is 3 levels deep)
@@ -71,9 +73,18 @@ def confine(root: Path, rel: str | os.PathLike | None, must_exist: bool = False)
     path = (root / text).resolve()
     if path != root and root not in path.parents:
         raise Refused(f"path {text!r}: leads out of the workspace root (a symbolic link?); refused", 403)
+    refuse_state_folder(root, path, f"path {text!r}")
     if must_exist and not path.exists():
         raise Refused(f"path {text!r}: not found under the workspace root", 404)
     return path
+
+
+def refuse_state_folder(root: Path, path: Path, what: str) -> None:
+    """Refuse (403) ``path`` (resolved) when it is the server's own state folder (:data:`SERVE_DIR`) or inside it:
+    no listing, reading, upload, deletion or job argument reaches the queue database or the server's lock."""
+    state = Path(root).resolve() / SERVE_DIR
+    if path == state or state in path.parents:
+        raise Refused(f"{what}: {SERVE_DIR}/ is the server's own state folder; refused", 403)
 
 
 _ABSOLUTE = re.compile(r"(?<![\w.~])/(?:[^\s/'\"():,;]+/)+([^\s/'\"():,;]*)")
@@ -154,13 +165,36 @@ def request_token(scope) -> tuple[str | None, bool]:
     return None, False
 
 
+#: the port a scheme implies where a URL or ``Host`` names none
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin_of(scheme: str, host: str) -> tuple[str, str, int] | None:
+    """(scheme, host name, port) of an origin, the port implied by the scheme where ``host`` ("name[:port]",
+    "[v6]:port") names none; None where it cannot be read."""
+    from urllib.parse import urlsplit
+
+    scheme = {"ws": "http", "wss": "https"}.get(scheme.lower(), scheme.lower())
+    try:
+        parts = urlsplit(f"{scheme}://{host}")
+        port = parts.port
+    except ValueError:
+        return None
+    if scheme not in DEFAULT_PORTS or not parts.hostname or parts.path or parts.query or parts.username:
+        return None
+    return scheme, parts.hostname, port if port is not None else DEFAULT_PORTS[scheme]
+
+
 def _same_origin(scope) -> bool:
+    """Whether the request's ``Origin`` (when it has one) is the server's own: the same scheme, host and port as
+    the request came to (``https://`` to this ``http://`` server is another origin)."""
     headers = dict(scope.get("headers") or [])
     origin = headers.get(b"origin")
-    if origin is None or origin == b"null" and False:
+    if origin is None:
         return True
-    host = headers.get(b"host", b"").decode("latin-1")
-    return origin.decode("latin-1").split("://", 1)[-1] == host
+    scheme, sep, host = origin.decode("latin-1").partition("://")
+    own = origin_of(scope.get("scheme", "http"), headers.get(b"host", b"").decode("latin-1"))
+    return bool(sep) and own is not None and origin_of(scheme, host) == own
 
 
 class TokenGuard:

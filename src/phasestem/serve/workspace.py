@@ -1,17 +1,17 @@
-"""The state behind ``phasestem serve``'s pages (:class:`Workspace`: the root, the job queue and its runner, open
-datasets, push channels) and its push channels (:class:`Channel`)."""
+"""The state behind ``phasestem serve``'s pages (:class:`Workspace`: the root, the job queue and its runner, the
+data readers, push channels) and its push channels (:class:`Channel`)."""
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
-from .data import Datasets
 from .jobs import FINAL, SERVE_DIR, Job, JobRunner, JobStore
+from .jsontext import dumps
 from .outcome import job_outcome
+from .reader import ReaderLimits, ReaderPool
 from .runs import LiveRuns
 from .security import public_message
 
@@ -59,25 +59,30 @@ class Channel:
                 sig = await run_sync(self.signature)
                 if sig != last:
                     data, final = await run_sync(self.payload)
-                    self.publish(json.dumps(data), final)
+                    self.publish(dumps(data), final)  # NaN as null: the page's JSON.parse reads it
                     last = sig
                 if not self.final:
                     await asyncio.sleep(WATCH_PERIOD)
         except Exception as exc:  # noqa: BLE001 - a watcher that fails tells its pages once and stops
             log.exception("push channel")
-            self.publish(json.dumps({"error": f"{type(exc).__name__}: {public_message(exc, root)}"}), True)
+            self.publish(dumps({"error": f"{type(exc).__name__}: {public_message(exc, root)}"}), True)
 
 
 class Workspace:
-    """The state behind the pages: the root, the queue and its runner, open datasets, push channels."""
+    """The state behind the pages: the root, the queue and its runner, the data readers (``reader_limits``:
+    :class:`~.reader.ReaderLimits`), push channels."""
 
-    def __init__(self, root: Path, token: str, max_upload: int, max_running: int = 1):
+    def __init__(self, root: Path, token: str, max_upload: int, max_running: int = 1, kernel_confinement: bool = True,
+                 reader_limits: ReaderLimits | None = None):
         self.root = Path(root).resolve()
         self.token = token
         self.max_upload = max_upload
+        #: whether jobs (and data readers) confine themselves by the kernel (False: --no-kernel-confinement)
+        self.kernel_confinement = kernel_confinement
         self.store = JobStore(self.root / SERVE_DIR / "jobs.sqlite")
-        self.runner = JobRunner(self.root, self.store, max_running=max_running)
-        self.datasets = Datasets()
+        self.runner = JobRunner(self.root, self.store, max_running=max_running, confine=kernel_confinement)
+        #: the processes that read data and results files for the pages (:mod:`.reader`), confined like jobs
+        self.reader = ReaderPool(self.root, reader_limits, unconfined=not kernel_confinement)
         self.live = LiveRuns(self.root)
         self.channels: dict[Any, Channel] = {}
         self._devices: list[str] | None = None

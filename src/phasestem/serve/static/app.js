@@ -557,7 +557,10 @@ async function paramsForm(path, container) {
     for (const [k, i] of Object.entries(inputs)) if (i && i.value !== data.fields[k]) values[k] = i.value;
     if (!Object.keys(values).length) { status.textContent = "nothing changed"; return; }
     for (const i of Object.values(inputs)) if (i) i.classList.remove("invalid");
-    try { await postJSON("/api/params", { path, values }); status.textContent = "saved (valid)"; status.className = "ok"; showError(""); Object.assign(data.fields, values); }
+    try {  // the version read: a save over someone else's later save is refused (409), never lost silently
+      const saved = await postJSON("/api/params", { path, values, version: data.version });
+      status.textContent = "saved (valid)"; status.className = "ok"; showError(""); Object.assign(data.fields, values); data.version = saved.version;
+    }
     catch (e) {
       status.textContent = e.message; status.className = "field-error";
       for (const k of Object.keys(values)) if (e.message.includes(k) && inputs[k]) { inputs[k].classList.add("invalid"); const d = inputs[k].closest("details"); if (d) d.open = true; }
