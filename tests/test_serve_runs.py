@@ -159,3 +159,23 @@ def test_shift_found_between_fields_that_are_not_periodic():
     other = ndimage.gaussian_filter(rng.normal(size=(48, 48)), 2.0)
     found = phase_shift(other, ref)  # unrelated fields: no match, or a shift; never an error
     assert found is None or np.all(np.abs(found) <= 12)
+
+
+def test_the_server_reads_no_oversized_run_file_whole(tmp_path):
+    """The run files the server reads itself are bounded before they are unpacked: a live.npz declaring 64 MB
+    (a few kB compressed) and a results.h5 whose loss history is 2·10⁶ epochs are not read; real ones are."""
+    from phasestem.recon.live import read_snapshot
+    from phasestem.serve.outcome import loss_history
+
+    bomb = tmp_path / "bomb" / "live.npz"
+    bomb.parent.mkdir()
+    np.savez_compressed(bomb, loss=np.zeros(8 * 2**20))  # 64 MB of zeros, ~65 kB on disk
+    assert bomb.stat().st_size < 2**20 and read_snapshot(bomb) is None
+    np.savez_compressed(tmp_path / "live.npz", loss=np.array([3.0, 2.0, 1.0]))
+    assert read_snapshot(tmp_path / "live.npz")["loss"].tolist() == [3.0, 2.0, 1.0]
+    with h5py.File(bomb.parent / "results.h5", "w") as f:
+        f.create_dataset("loss/loss", data=np.ones(2_000_000), compression="gzip")
+    assert loss_history(bomb.parent) is None  # neither results.h5 (too long) nor live.npz (too large) is read
+    with h5py.File(tmp_path / "results.h5", "w") as f:
+        f["loss/loss"] = np.array([2.0, 1.5, 1.0])
+    assert loss_history(tmp_path).tolist() == [2.0, 1.5, 1.0]

@@ -210,10 +210,8 @@ def _train(args) -> int:
 
 
 def _predict(args) -> int:
-    from ..base.runtime import resolve_device
     from .apply import predict_file
 
-    args.device = str(resolve_device(args.device, field="--device"))  # before the data are read (restore's check)
     out = cliargs.result_file(args, cliargs.stem_name(args.input, _sample_part(args.sample) + "_phase.h5"),
                               (args.input, args.model, args.stitch_model))
     path = predict_file(args.input, args.model, out, stitch_path=args.stitch_model, device=args.device,

@@ -76,9 +76,20 @@ def snapshot(model, n_epochs: int, max_side: int = MAX_SIDE) -> dict[str, np.nda
             "time": np.asarray(time.time())}
 
 
+#: bytes a snapshot may unpack to (its arrays' sizes as the zip declares them): ours are below 0.5 MB; a file that
+#: declares more is not one (a zip bomb left in a run folder must not balloon the server that reads it)
+MAX_SNAPSHOT_BYTES = 16 * 2**20
+
+
 def read_snapshot(path: str | Path) -> dict[str, np.ndarray] | None:
-    """The arrays of a snapshot file, or None where there is none (yet) or it cannot be read."""
+    """The arrays of a snapshot file, or None where there is none (yet), it cannot be read, or it declares more than
+    :data:`MAX_SNAPSHOT_BYTES` (checked before anything is unpacked; zipfile reads no member past its declared
+    size)."""
     try:
+        with zipfile.ZipFile(path) as zf:
+            if sum(info.file_size for info in zf.infolist()) > MAX_SNAPSHOT_BYTES:
+                log.warning("%s: declares more than %d MB: not read as a live snapshot", path, MAX_SNAPSHOT_BYTES >> 20)
+                return None
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):

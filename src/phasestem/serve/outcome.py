@@ -31,6 +31,9 @@ from .runs import log_tail
 RISING_EPOCHS = 3
 #: and the least relative rise over them (plateau noise of a converged run is not a rise)
 RISING_TOLERANCE = 1e-3
+#: the longest loss history read (epochs) and the most of a run log read for one (bytes, from its end): the server
+#: reads these files itself, so a file that declares more is not read
+MAX_EPOCHS, MAX_LOG_BYTES = 1_000_000, 8 * 2**20
 #: the engine's line when its divergence check stops a run (phasestem.recon.callbacks.DivergenceGuard), as the run
 #: log ("ERROR …"), the console ("ERROR phasestem.recon: …") and the command ("…: error: …") write it
 DIVERGED = re.compile(r"(?:ERROR(?: [\w.]+:)? |error: )(?P<reason>.*?) in epoch (?P<epoch>\d+); stopped and restored "
@@ -55,16 +58,22 @@ def _results_loss(path: Path) -> np.ndarray | None:
         with open_file(path, "phasestem results file") as f:
             if "loss/loss" not in f:
                 return None
-            check_written(f["loss/loss"], f"{path}:loss/loss")
-            return np.asarray(f["loss/loss"][...], dtype=np.float64)
+            loss = f["loss/loss"]
+            if loss.ndim != 1 or loss.size > MAX_EPOCHS:  # not a loss history: never read whole into the server
+                return None
+            check_written(loss, f"{path}:loss/loss")
+            return np.asarray(loss[...], dtype=np.float64)
     except (OSError, KeyError):
         return None
 
 
 def _log_loss(path: Path) -> np.ndarray | None:
-    """The loss of each epoch in a run log (a resumed run's later line for an epoch wins)."""
+    """The loss of each epoch in a run log's last :data:`MAX_LOG_BYTES` (a resumed run's later line for an epoch
+    wins)."""
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        with open(path, "rb") as fh:
+            fh.seek(max(0, fh.seek(0, 2) - MAX_LOG_BYTES))
+            text = fh.read(MAX_LOG_BYTES).decode("utf-8", errors="replace")
     except OSError:
         return None
     by_epoch: dict[int, float] = {}

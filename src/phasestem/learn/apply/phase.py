@@ -201,9 +201,12 @@ def predict_file(input_path: str | Path, model_path: str | Path, out_path: str |
                  stitch_path: str | Path | None = None, device: str = "cpu", png: bool = True,
                  **load_options) -> Path:
     """4D-STEM file → phase HDF5 (+ PNG). ``load_options`` go to :func:`phasestem.io.load` (e.g. ``sample=``,
-    ``bad_pixels=``). The output may not resolve to an input; the data are read (and checked) first."""
+    ``bad_pixels=``). The output may not resolve to an input; ``device`` is checked before anything is read (one line
+    for ``banana`` or a GPU this machine lacks), then the data are read (and checked)."""
+    from ...base.runtime import resolve_device
     from ...io import load
 
+    device = str(resolve_device(device, field="--device"))
     refuse_output_over_inputs(prediction_outputs(out_path, png), [input_path, model_path, stitch_path])
     with hold_output(out_path, "phasestem predict", file=True):
         ds = load(input_path, **{k: v for k, v in load_options.items() if v is not None})
