@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..base.configfile import path_fields
+from ..base.configfile import get_dotted, path_fields
 from .security import Refused, refuse_state_folder
 
 #: what a workspace does with a key's value
@@ -117,7 +117,7 @@ def check_config_keys(root: Path, schema, data: dict[str, Any], source: str) -> 
     root = Path(root).resolve()
     marked = path_fields(schema)
     for key, marker in marked.items():
-        value = _dotted(data, key)
+        value = get_dotted(data, key)
         if value is not None:
             marker.map(value, lambda text, key=key: _confined(root, text, f"{source}: {key}"))
     for key, value in _items(data):
@@ -242,15 +242,6 @@ def _is_dir(entry: os.DirEntry) -> bool:
         return entry.is_dir()
     except OSError:
         return False
-
-
-def _dotted(data: Any, key: str) -> Any:
-    node = data
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
 
 
 def _items(data: Any, limit: int = 200_000) -> Iterator[tuple[str, Any]]:
