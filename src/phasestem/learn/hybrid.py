@@ -101,50 +101,57 @@ def restorer_prior(net, dataset, every: int = 2, weight: float = 0.5, start: int
     callback: ``model.LSQ_optimize(…, prior=…)`` or ``callbacks=[…]``."""
     from ..recon.channels import restorer_channels
     from ..recon.prior import RefreshedPrior
+    from .apply.phase import check_finite_phase, check_finite_prediction
     from .restore import restore_channels
 
     def target(model) -> np.ndarray:  # the restoration inside the scanned field, the phase itself outside it
         channels = restorer_channels(model, dataset)  # (the restorer is trained over the field only)
-        return np.where(channels["field"] > 0, restore_channels(net, channels), channels["phase"])
+        check_finite_phase(channels["phase"], f"{name}: the reconstruction after epoch {model.epoch}")
+        restored = restore_channels(net, channels)
+        check_finite_prediction(restored, name, f"the reconstruction after epoch {model.epoch}")
+        return np.where(channels["field"] > 0, restored, channels["phase"])
 
     return RefreshedPrior(target, every=every, weight=weight, start=start, name=name)
 
 
 def prior_hook(model_path, every: int = 2, weight: float = 0.5, start: int = 2, device: str = "cpu"):
     """``hook(model, dataset)`` for :func:`phasestem.recon.run.run_reconstruction`'s ``callback_hooks``: the
-    restorer ``model_path`` (read now: a corrupted file is refused before the run) checked against the data's
-    geometry and AD's pixel, then returned as the run's :func:`restorer_prior`."""
-    from .restore import check_pixel, load_restorer
+    restorer ``model_path`` (read now: a corrupted file is refused before the run) checked against the run's optics
+    (:func:`phasestem.learn.restore.check_geometry`, as ``restore`` checks them), then returned as the run's
+    :func:`restorer_prior`."""
+    from ..recon.results import optics_record
+    from .restore import check_geometry, load_restorer
 
     net, meta = load_restorer(model_path, device="cpu")
 
     def hook(model, dataset):
-        from .apply.phase import check_training_optics, dataset_optics
-
-        check_training_optics(meta, dataset_optics(dataset), str(model_path))
-        check_pixel(meta, tuple(float(s) for s in model.sampling), str(model_path))
+        geometry = getattr(model, "optics_record", None) or optics_record(dataset, model.sampling)
+        check_geometry(meta, geometry, str(model_path), "the data")
         return restorer_prior(net.to(model.device), dataset, every=every, weight=weight, start=start,
                               name=f"restorer {model_path}")
 
     return hook
 
 
-def restore_results(results_path, model_path, device: str = "cpu") -> tuple[np.ndarray, dict]:
+def restore_results(results_path, model_path, device: str = "cpu", trust: bool = False) -> tuple[np.ndarray, dict]:
     """A restorer applied to a finished run: (restored phase (H, W) float32 rad in the dataset frame at the run's
     pixel, {"sampling", "energy", "field", "input", "sigma"; "change_sigma": (restored − input) / σ
     (:func:`phasestem.recon.uncertainty.change_in_sigma`) and "unsupported": the share of the field beyond
-    "significant" σ, when the run has a σ map, else None}). The model is refused in one line for another pixel or
-    energy (the results file records no semi-angle or scan step: those are the user's to match)."""
+    "significant" σ, when the run has a σ map, else None}). The model is refused in one line for a run of other
+    optics (:func:`phasestem.learn.restore.check_geometry`; a file without the record unless ``trust``), and a
+    non-finite phase in or out is one line naming the file."""
     from ..recon.channels import channels_from_results
     from ..recon.uncertainty import SIGNIFICANT, change_in_sigma, unsupported_fraction
-    from .apply.phase import check_training_optics
-    from .restore import load_restorer, restore_channels
+    from .apply.phase import check_finite_phase, check_finite_prediction
+    from .restore import check_geometry, load_restorer, restore_channels
 
     channels, info = channels_from_results(results_path)
-    net, meta = load_restorer(model_path, sampling=info["sampling"], device=device)
-    trained = ((meta.get("data") or {}).get("optics") or {}).get("energy")  # the one optic results.h5 records
-    check_training_optics({"data": {"optics": {"energy": trained}}}, {"energy": info["energy"]}, str(model_path))
+    check_finite_phase(channels["phase"], f"{results_path}:object/phase_sum")
+    net, meta = load_restorer(model_path, device=device)
+    known = {"energy": info["energy"], "sampling": list(info["sampling"])}  # what every results.h5 holds
+    check_geometry(meta, info.get("geometry"), str(model_path), str(results_path), trust, known)
     restored = restore_channels(net, channels)
+    check_finite_prediction(restored, model_path, results_path)
     out = {**info, "field": channels["field"], "input": channels["phase"], "change_sigma": None,
            "significant": SIGNIFICANT, "unsupported": None}
     if info.get("sigma") is not None:  # the change in units of the data's σ (issue 53)

@@ -4,19 +4,49 @@
 pretrained`) read with safe loading (:func:`phasestem.learn.registry.load_model`: safetensors / ``weights_only``;
 a corrupted file is one line), refused in one line for data of another geometry: energy, semi-angle, aberrations,
 detector pixel and scan step (:func:`phasestem.learn.apply.phase.check_training_optics`) and AD's pixel.
+:func:`check_geometry`: the one check of a run's recorded optics against a restorer's card, for ``restore`` and
+``reconstruct --prior``.
 :func:`restore_channels`: the restored phase from the channels of :func:`phasestem.recon.channels.restorer_channels`.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..base.errors import ShapeError
+from ..base.errors import InputFileError, ShapeError
 
-__all__ = ["load_restorer", "check_pixel", "restore_channels"]
+__all__ = ["load_restorer", "check_pixel", "check_geometry", "restore_channels"]
+
+log = logging.getLogger("phasestem.learn")
+
+
+def check_geometry(meta: dict[str, Any], geometry: dict[str, Any] | None, model: str, run: str,
+                   trust: bool = False, known: dict[str, Any] | None = None) -> None:
+    """Refuse, in one line naming the quantity, the run's value and the trained value, a run whose optics
+    (``geometry``: energy, semi-angle, aberrations, detector sampling, scan step, pixel; results.h5's ``geometry``
+    group) differ from the restorer ``model``'s card beyond :data:`~phasestem.learn.apply.phase.OPTICS_TOLERANCE`
+    (1 % energy, step, pixel; 2 % semi-angle and detector sampling; 2 % + 1 Å aberrations). A run without the
+    record (None) is refused unless ``trust`` (the user vouches; a warning, and only ``known``, e.g. its energy and
+    pixel, is checked). A quantity the card lacks is not checked (one log line)."""
+    from .apply.phase import OPTICS_TOLERANCE, check_training_optics
+
+    if geometry is None:
+        if not trust:
+            raise InputFileError(f"{run}: records no geometry (the optics of the run, which phasestem reconstruct now "
+                                 f"writes), so {model} cannot be checked against it: rerun reconstruct, or "
+                                 "pass --trust-geometry to vouch that the run matches the model's card")
+        log.warning("%s records no geometry; --trust-geometry: only %s checked against %s", run,
+                    ", ".join(known or {}) or "nothing", model)
+        geometry = dict(known or {})
+    card = (meta.get("data") or {}).get("optics") or {}
+    lacks = [key for key in OPTICS_TOLERANCE if card.get(key) in (None, {}, [])]
+    if lacks:
+        log.info("%s: its card records no %s: not checked", model, ", ".join(lacks))
+    check_training_optics(meta, geometry, model)
 
 
 def check_pixel(meta: dict[str, Any], sampling: tuple[float, float], source: str = "", rel: float = 0.01) -> None:

@@ -23,7 +23,8 @@ def register(subparsers, train_subparsers) -> None:
         "restore", help="restore a finished reconstruction's phase with a trained restorer",
         description="Apply a restorer (phasestem train restorer) to the phase of a phasestem reconstruct run "
                     "(RESULTS.h5): the run's phase, amplitude and illumination in, the restored phase out, on the "
-                    "run's own grid. A model trained for another pixel or energy is refused. Beside OUT.h5: OUT.png "
+                    "run's own grid. A model trained for other optics (energy, semi-angle, aberrations, scan step, "
+                    "detector sampling, pixel: results.h5's geometry record) is refused. Beside OUT.h5: OUT.png "
                     "(input, restoration, difference, change in σ of the data) and OUT.log. An existing file is "
                     "never replaced, except a previous restoration with --replace.",
         epilog="Examples:\n  phasestem restore recon_out/results.h5 --model runs/restorer --out-file restored.h5\n"
@@ -35,6 +36,9 @@ def register(subparsers, train_subparsers) -> None:
                    help="the restored phase: a new .h5/.hdf5 file (OUT.png and OUT.log beside it)")
     p.add_argument("--replace", action="store_true",
                    help="replace --out-file when it holds a previous restoration (any other file is never replaced)")
+    p.add_argument("--trust-geometry", action="store_true",
+                   help="restore a results file that records no geometry (an older run): you vouch that its optics "
+                        "match the model's card; only its energy and pixel are checked")
     p.add_argument("--device", default="cpu", help="torch device: 'cpu' (default), 'cuda', 'cuda:1' or 'auto'")
     p.set_defaults(func=_restore)
 
@@ -78,7 +82,7 @@ def _restore(args) -> int:
 def _restored(args):
     from .hybrid import restore_results
 
-    return restore_results(args.results, args.model, args.device)
+    return restore_results(args.results, args.model, args.device, trust=args.trust_geometry)
 
 
 def _figure(phase, info: dict, args, path: Path) -> Path:

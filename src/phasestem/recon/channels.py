@@ -97,9 +97,10 @@ def _run_frame(attrs: dict, path) -> tuple[tuple[float, float], tuple[float, flo
 
 def channels_from_results(path) -> tuple[dict[str, np.ndarray], dict]:
     """The :func:`restorer_channels` of a finished run from its ``results.h5``: (channels, {"sampling": (dy, dx)
-    Å, "energy": eV, "origin_px": (oy, ox), "sigma": the σ map of the summed phase or None}). The illumination
-    uses the run's final probe and corrected positions, placed as the model places them (nearest whole pixel, the
-    window's centre at the position)."""
+    Å, "energy": eV, "origin_px": (oy, ox), "sigma": the σ map of the summed phase or None, "geometry": the optics
+    the run recorded (:func:`phasestem.recon.results.optics_record`) or None for a file without the record}). The
+    illumination uses the run's final probe and corrected positions, placed as the model places them (nearest whole
+    pixel, the window's centre at the position)."""
     from ..physics.multislice import window_origins
     from .results import load_results
 
@@ -128,4 +129,4 @@ def channels_from_results(path) -> tuple[dict[str, np.ndarray], dict]:
     if "uncertainty" in r:
         sigma = _dataset_frame(np.asarray(r["uncertainty"]["phase_sum_sigma"], np.float32), origin_px)
     return channels, {"sampling": sampling, "energy": float(r["attrs"]["energy"]), "origin_px": origin_px,
-                      "sigma": sigma}
+                      "sigma": sigma, "geometry": r.get("geometry")}

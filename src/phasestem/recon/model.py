@@ -160,6 +160,9 @@ class Ptychography(nn.Module):
         if o.learning_rates:
             model.set_learning_rates(**o.learning_rates)
         model.obj_preblur = float(o.obj_preblur)
+        from .results import optics_record
+
+        model.optics_record = optics_record(dataset, model.sampling)  # results.h5's geometry group
         return model
 
     def set_initial_phase(self, phase: np.ndarray, sampling: tuple[float, float] | None = None) -> None:

@@ -33,6 +33,10 @@ Layout of ``results.h5``::
                             losses.gaussian, …; constraints.<name>.enabled: what an 'auto' rule decided, its
                             reason in the note), attrs: value, unit, source (file, YAML, flag, calibration or
                             default), file (what the data file held, when it held something), note
+    geometry                group, attrs: the optics the run used (:func:`optics_record`): energy (eV), semiangle
+                            (mrad), angular_sampling (mrad/px, y x), scan_step (Å, y x), sampling (Å, the
+                            reconstruction pixel, y x); a field the data did not give is absent;
+                            geometry/aberrations attrs: C10, C30, … (Å). What a restorer is checked against
     attrs: sampling (Å), energy (eV), origin (Å: object-frame position of dataset 0 Å),
            epoch, format = "phasestem-recon-results", config (YAML text, when given)
 
@@ -80,6 +84,34 @@ FORMAT = "phasestem-recon-results"
 UNCERTAINTY_UNITS = {"phase_sigma": "rad", "phase_sum_sigma": "rad", "fisher": "rad^-2", "constrained": ""}
 #: name of the EMD tree in ``results.emd``
 EMD_ROOT = "phasestem_reconstruction"
+
+
+def optics_record(dataset, sampling) -> dict:
+    """The optics a run of ``dataset`` uses at the reconstruction pixel ``sampling`` (Å): energy eV, semiangle mrad,
+    aberrations {name: Å}, angular_sampling mrad/px, scan_step Å, sampling Å (None: the data do not say); what
+    ``results.h5``'s ``geometry`` group records and a restorer's card is compared with."""
+    def pair(v):
+        return None if v is None else [float(x) for x in v]
+
+    semiangle = None if dataset.semiangle is None else float(dataset.semiangle)
+    return {"energy": float(dataset.energy), "semiangle": semiangle,
+            "aberrations": {str(k): float(v) for k, v in dict(dataset.aberrations or {}).items()},
+            "angular_sampling": pair(dataset.angular_sampling), "scan_step": pair(dataset.scan_step),
+            "sampling": pair(sampling)}
+
+
+def _write_geometry(f: h5py.File, record: dict) -> None:
+    g = f.create_group("geometry")
+    for key, value in record.items():
+        if key != "aberrations" and value is not None:
+            g.attrs[key] = value
+    g.create_group("aberrations").attrs.update(record.get("aberrations") or {})
+
+
+def _read_geometry(g: h5py.Group) -> dict:
+    out = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in g.attrs.items()}
+    out["aberrations"] = {k: float(v) for k, v in g["aberrations"].attrs.items()} if "aberrations" in g else {}
+    return out
 
 
 def _np(t) -> np.ndarray:
@@ -164,6 +196,8 @@ def save_results(model, path, config_text: str | None = None, metrics: dict | No
                         d.attrs["units"] = UNCERTAINTY_UNITS[k]
         if "uncertainty" in r:
             f["uncertainty"].attrs.update(r["uncertainty_attrs"])
+        if getattr(model, "optics_record", None):
+            _write_geometry(f, {**model.optics_record, "sampling": [float(v) for v in model.sampling]})
         if provenance:
             g = f.create_group("provenance")
             for row in provenance:
@@ -290,6 +324,8 @@ def load_results(path) -> dict:
         if "uncertainty" in f:
             out["uncertainty_attrs"] = {k: (v.tolist() if hasattr(v, "tolist") else v)
                                         for k, v in f["uncertainty"].attrs.items()}
+        if "geometry" in f:
+            out["geometry"] = _read_geometry(f["geometry"])
         if "provenance" in f:
             out["provenance"] = {k: {a: (v.tolist() if hasattr(v, "tolist") else v) for a, v in g.attrs.items()}
                                  for k, g in f["provenance"].items()}

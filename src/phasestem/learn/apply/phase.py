@@ -76,7 +76,10 @@ def check_training_shapes(meta: dict[str, Any], scan_shape: tuple[int, int],
 #: how far data may be from a model's recorded training optics (``meta["data"]["optics"]``): (relative, absolute)
 #: tolerance per field; aberrations in Å
 OPTICS_TOLERANCE = {"energy": (0.01, 0.0), "semiangle": (0.02, 0.05), "angular_sampling": (0.02, 0.0),
-                    "scan_step": (0.01, 0.0), "aberrations": (0.02, 1.0)}
+                    "scan_step": (0.01, 0.0), "aberrations": (0.02, 1.0), "sampling": (0.01, 0.0)}
+#: unit and name in a refusal of each field of :data:`OPTICS_TOLERANCE` (``sampling``: a restorer's pixel)
+_UNITS = {"energy": ("eV", "energy"), "semiangle": ("mrad", "semiangle"), "scan_step": ("Å", "scan_step"),
+          "angular_sampling": ("mrad", "angular_sampling"), "sampling": ("Å", "pixel")}
 
 
 def dataset_optics(dataset: FourDSTEM) -> dict[str, Any]:
@@ -90,10 +93,11 @@ def _close(a: float, b: float, rel: float, atol: float) -> bool:
 
 
 def check_training_optics(meta: dict[str, Any], optics: dict[str, Any], source: str = "") -> None:
-    """Refuse, in one line, data whose energy, probe semi-angle, aberrations (defocus …), detector pixel or scan step
-    differ from the model's training data (:data:`OPTICS_TOLERANCE`): the network learned one probe at one
-    overlap. Models saved without ``meta["data"]["optics"]`` are not checked; a field the data do not record
-    (``None``, NaN, no aberrations at all) is logged as unchecked."""
+    """Refuse, in one line, data whose energy, probe semi-angle, aberrations (defocus …), detector pixel, scan step or
+    (a restorer's) reconstruction pixel ``sampling`` differ from the model's training data
+    (:data:`OPTICS_TOLERANCE`): the network learned one probe at one overlap. Models saved without
+    ``meta["data"]["optics"]`` are not checked; a field the data do not record (``None``, NaN, no aberrations at all)
+    is logged as unchecked."""
     trained = (meta.get("data") or {}).get("optics")
     if not trained:
         return
@@ -118,9 +122,9 @@ def check_training_optics(meta: dict[str, Any], optics: dict[str, Any], source: 
         if h is None or len(h) != len(w) or not np.all(np.isfinite(h)):
             unchecked.append(key)
         elif not all(_close(x, y, rel, atol) for x, y in zip(h, w, strict=True)):
-            unit = {"energy": "eV", "semiangle": "mrad", "angular_sampling": "mrad", "scan_step": "Å"}[key]
+            unit, name = _UNITS[key]
             fmt = lambda v: "×".join(f"{x:g}" for x in v)  # noqa: E731
-            bad.append(f"{key} {fmt(h)} {unit} (trained on {fmt(w)} {unit})")
+            bad.append(f"{name} {fmt(h)} {unit} (trained on {fmt(w)} {unit})")
     if bad:
         raise ShapeError(f"{where}the data differ from the model's training data: {'; '.join(bad)}; the network "
                          "learned one probe at one scan step and is not applied to another (train or fine-tune on "
@@ -230,6 +234,15 @@ def check_finite_prediction(phase: np.ndarray, model_path: str | Path, input_pat
         raise InputFileError(f"{model_path}: its prediction for {input_path} holds {bad} of {phase.size} non-finite "
                           "pixels (NaN or Inf); expected a finite phase: check the model (a diverged training?) and "
                           "that the data are of the kind it was trained on")
+
+
+def check_finite_phase(phase: np.ndarray, source: str) -> None:
+    """Refuse a phase going into a network that holds NaN or Inf, in one line naming where it is from."""
+    bad = int(np.size(phase) - np.count_nonzero(np.isfinite(phase)))
+    if bad:
+        raise InputFileError(f"{source}: the phase holds {bad} of {np.size(phase)} non-finite pixels (NaN or Inf); "
+                             "expected a finite phase: a diverged reconstruction? (rerun it, e.g. at a lower "
+                             "learning rate)")
 
 
 def log_calibrations(dataset: FourDSTEM) -> None:
