@@ -264,6 +264,12 @@ def _machine_memory() -> int:
         return 4 * 1024**3
 
 
+def mapped_bytes() -> int:
+    """Bytes of address space this process maps now (``/proc/self/statm``); OSError or ValueError where unknown."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+
+
 def _address_space_left() -> int:
     """Bytes of address space this process may still map under ``RLIMIT_AS`` (no limit, or unknown: unbounded)."""
     try:
@@ -272,8 +278,7 @@ def _address_space_left() -> int:
         limit = resource.getrlimit(resource.RLIMIT_AS)[0]
         if limit == resource.RLIM_INFINITY:
             return 1 << 62
-        with open("/proc/self/statm") as fh:
-            mapped = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        mapped = mapped_bytes()
     except (ImportError, OSError, ValueError):
         return 1 << 62
     return max(0, limit - mapped)

@@ -68,7 +68,7 @@ def holds_whole_counts(dataset) -> bool:
     return bool(np.issubdtype(_stored_dtype(dataset), np.integer) or _whole_numbers(dataset))
 
 
-def electrons_per_pattern(dataset, summed: float) -> float:
+def counts_per_pattern(dataset, summed: float) -> float:
     """How many electrons one of ``dataset``'s patterns stands for, ``summed`` being their mean total: that total
     for whole counts; the recorded dose × the scan step's area (:func:`phasestem.physics.noise.electrons_per_pattern`)
     for patterns that are not whole counts but whose file records a dose (normalised intensities of a counted

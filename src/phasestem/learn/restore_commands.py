@@ -57,7 +57,14 @@ def _say(line: str) -> None:
 def _restore(args) -> int:
     from ..base.lock import hold_output
     from ..base.runtime import log_to_file, resolve_device
-    from .restore_output import change_line, companion_paths, placement_line, refuse_unsafe_output, write_restored
+    from .restore_output import (
+        change_line,
+        companion_paths,
+        no_sigma_reason,
+        placement_line,
+        refuse_unsafe_output,
+        write_restored,
+    )
 
     out = Path(args.out_file)
     refuse_unsafe_output(out, args.results, args.model, replace=args.replace)
@@ -73,9 +80,10 @@ def _restore(args) -> int:
         except Exception as exc:  # the log says how it ended; the terminal gets the one line of the error handler
             _summary.error("phasestem restore stopped: %s", exc)
             raise
+        no_sigma = "" if info.get("change_sigma") is not None else no_sigma_reason(args.results)  # read once
         _say(placement_line(placement, info["sampling"], out))
-        _say(change_line(info, args.results, out))
-        _say(f"figure: {_figure(phase, info, args, figure)}")
+        _say(change_line(info, args.results, out, no_sigma))
+        _say(f"figure: {_figure(phase, info, args, figure, no_sigma)}")
     return 0
 
 
@@ -85,14 +93,14 @@ def _restored(args):
     return restore_results(args.results, args.model, args.device, trust=args.trust_geometry)
 
 
-def _figure(phase, info: dict, args, path: Path) -> Path:
+def _figure(phase, info: dict, args, path: Path, no_sigma: str) -> Path:
     """``OUT.png``: input, restoration, difference and the guard's σ map (:func:`phasestem.plot.restoration.
-    restoration_figure`), titled with the share beyond the threshold and its chance level."""
+    restoration_figure`; ``no_sigma``: why there is none), titled with the share beyond the threshold and its chance
+    level."""
     from ..plot.core import _plt
     from ..plot.restoration import restoration_figure
-    from .restore_output import figure_title, no_sigma_reason
+    from .restore_output import figure_title
 
-    no_sigma = "" if info.get("change_sigma") is not None else no_sigma_reason(args.results)
     fig = restoration_figure(info["input"], phase, info["field"], info["sampling"], info.get("change_sigma"),
                              threshold=float(info["significant"]), title=figure_title(info, args.model),
                              no_sigma=no_sigma, path=path)

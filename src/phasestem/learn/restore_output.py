@@ -169,13 +169,15 @@ def figure_title(info: dict[str, Any], model: str) -> str:
             f"{level:g} σ of the data ({100 * chance_beyond(level):.2f} % would be chance)")
 
 
-def change_line(info: dict[str, Any], results: str | Path, out_file) -> str:
+def change_line(info: dict[str, Any], results: str | Path, out_file, no_sigma: str | None = None) -> str:
     """The printed line judging the restorer's change against the data's σ: the share of the field beyond
-    ``info['significant']`` σ beside the share pure noise gives; or why it cannot be judged."""
+    ``info['significant']`` σ beside the share pure noise gives; or why it cannot be judged (``no_sigma``: the
+    :func:`no_sigma_reason` already read, else read now)."""
     from ..metrics import chance_beyond
 
     if info.get("change_sigma") is None:
-        return f"no σ map in {results}: {no_sigma_reason(results)}; the change is not judged against the data's noise"
+        reason = no_sigma or no_sigma_reason(results)
+        return f"no σ map in {results}: {reason}; the change is not judged against the data's noise"
     share, level = float(info["unsupported"]), float(info["significant"])
     chance = chance_beyond(level)
     verdict = ("features there are the network's, not the data's" if share > chance else "within the noise")

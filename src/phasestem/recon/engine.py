@@ -34,7 +34,7 @@ import torch
 from ..base.configfile import validate
 from ..base.errors import PhasestemError
 from ..base.runtime import flush_denormals, rank_and_world, retain_freed_memory
-from ..io.counts import electrons_per_pattern
+from ..io.counts import counts_per_pattern
 from .aperture_rule import resolve_probe_aperture
 from .batches import compact_groups, make_batches, shard_owners  # noqa: F401  (compact_groups: engine API)
 from .callbacks import (  # noqa: F401  (the errors and PHYSICAL_LIMIT: the engine's API)
@@ -139,7 +139,7 @@ def _epochs(loop: Loop, lbfgs_options: dict) -> Iterator[float]:
         data = loop.data = prepared_data(model, loop.dataset, losses.power, losses.eps, run.data_in_memory,
                                          run.memory_budget_gb)
         n = data.n
-        counts = electrons_per_pattern(loop.dataset, data.counts)  # a dosed file of intensities: its dose's count
+        counts = counts_per_pattern(loop.dataset, data.counts)  # a dosed file of intensities: its dose's count
         if counts != data.counts:
             log.info("counts per pattern: %.4g from the recorded dose (the patterns are intensities, mean total "
                      "%.4g)", counts, data.counts)

@@ -256,7 +256,6 @@ def save_emd(results: dict, path) -> Path:
                                        dim_names=["z", *yx], dim_units=["A", *angstrom]))
     if "uncertainty" in results:
         sigma = np.asarray(results["uncertainty"]["phase_sum_sigma"], dtype=np.float32)[fy, fx]
-        sigma = np.asarray(results["uncertainty"]["phase_sum_sigma"], dtype=np.float32)[fy, fx]
         root.add_to_tree(emdfile.Array(data=sigma, name="phase_sum_sigma", units=UNCERTAINTY_UNITS["phase_sum_sigma"],
                                        dims=obj_dims(sigma.shape), dim_names=yx, dim_units=angstrom))
         per_slice = np.asarray(results["uncertainty"]["phase_sigma"], dtype=np.float32)[:, fy, fx]

@@ -20,14 +20,14 @@ from typing import Any
 import yaml
 
 from ..base.errors import PhasestemError
+from ..base.hdf5_links import READ_ROOT_VARIABLE as READ_ROOT_ENV
 from ..base.landlock import abi_version
 from .job_main import CONFINEMENT_ENV, SCRATCH_VARIABLES
 from .jobstore import FILES_FOLLOW, Job
 
-#: the workspace root, for the HDF5 readers to refuse links that leave it
-READ_ROOT_ENV = "PHASESTEM_READ_ROOT"
-#: variables a job keeps from the server's environment, by name and by prefix
-KEPT_NAMES = ("PATH", "HOME", "LANG", "TZ", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+#: variables a job or a data reader keeps from the server's environment, by name and by prefix
+KEPT_NAMES = ("PATH", "HOME", "LANG", "TZ", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+              "HDF5_PLUGIN_PATH")
 KEPT_PREFIXES = ("LC_", "CUDA_", "NVIDIA_")
 #: the run folder's scratch folder: temporaries, caches and configuration of the libraries a job uses
 SCRATCH = ".job"
@@ -56,6 +56,13 @@ def scratch_folders(run_dir: Path) -> dict[str, Path]:
     return {name: scratch / sub for name, sub in SCRATCH_VARIABLES.items()}
 
 
+def kept_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The server's variables (``environ``, default ``os.environ``) a job or a data reader keeps: :data:`KEPT_NAMES`
+    and :data:`KEPT_PREFIXES`; everything else, the token included, is dropped."""
+    environ = os.environ if environ is None else environ
+    return {k: v for k, v in environ.items() if k in KEPT_NAMES or k.startswith(KEPT_PREFIXES)}
+
+
 def job_environment(root: Path, run_dir: Path, environ: Mapping[str, str] | None = None,
                     confinement: dict[str, Any] | None = None) -> dict[str, str]:
     """A job's environment: the server's :data:`KEPT_NAMES` and :data:`KEPT_PREFIXES` variables (``PATH`` less
@@ -63,7 +70,7 @@ def job_environment(root: Path, run_dir: Path, environ: Mapping[str, str] | None
     ``MPLBACKEND=Agg``, ``HF_HUB_OFFLINE=1``, :data:`READ_ROOT_ENV` and, where given, its confinement."""
     root = Path(root).resolve()
     environ = os.environ if environ is None else environ
-    env = {k: v for k, v in environ.items() if k in KEPT_NAMES or k.startswith(KEPT_PREFIXES)}
+    env = kept_environment(environ)
     env["PATH"] = os.pathsep.join(p for p in environ.get("PATH", os.defpath).split(os.pathsep) if _outside(p, root))
     env.update((name, str(folder)) for name, folder in scratch_folders(run_dir).items())
     env.update(WORKER_FLAGS, MPLBACKEND="Agg", HF_HUB_OFFLINE="1")  # no network: never try a download

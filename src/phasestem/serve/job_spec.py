@@ -19,7 +19,7 @@ from ..base.configfile import (
     relative_to,
     resolve_config_paths,
 )
-from .config_keys import KEY_RULES, SET_BY_JOB, check_config_keys, check_set_keys, option_rule
+from .config_keys import check_config_keys, check_set_keys, option_rule
 from .jobstore import COMMANDS, FILES_FOLLOW, RESERVED, RUNS_DIR, Job, JobStore
 from .security import Refused, confine, public_message, relative
 
@@ -54,8 +54,6 @@ ALLOWED_OPTIONS = {
                   "--angular-sampling", "--scan-step", "--transpose", "--no-parallax", "--c10", "--c10-sign",
                   "--rotation", "--edge-threshold", "--resample-descan"),
 }
-#: config fields a job sets itself (its run folder), refused among its ``set`` values: the last part of the key
-RESERVED_KEYS = tuple(r.key.removeprefix("*.") for r in KEY_RULES if r.rule == SET_BY_JOB)
 _NUMBER = re.compile(r"^-(\d|\.\d|inf|nan)", re.IGNORECASE)
 
 
@@ -147,20 +145,6 @@ def check_arguments(root: Path, command: str, args, network: str | None = None
     return out, overrides, auto
 
 
-def check_overrides(overrides: dict[str, Any]) -> None:
-    """``set`` values: none may name a field the job sets itself (:data:`RESERVED_KEYS`), a host or the network
-    (:func:`~.config_keys.check_set_keys`; their paths and URLs: :func:`confine_config_paths`)."""
-    check_set_keys(overrides)
-
-
-def confine_config_paths(root: Path, schema, data: dict[str, Any], source: str) -> None:
-    """Every key of ``data`` (a raw config of ``schema``, relative paths of its
-    :class:`~phasestem.base.configfile.ConfigPath` fields already taken from their base) that names a host, a URL, a
-    database or a path, held to its rule (:mod:`.config_keys`): paths and globs (in full) inside ``root``, no
-    scheduler, ``tune.storage`` a SQLite file inside ``root``. Refused (403) naming the file and the key."""
-    check_config_keys(root, schema, data, source)
-
-
 def check_form_paths(root: Path, path: Path, values: Any) -> None:
     """The parameter form's ``values`` ({"section.key": YAML text}) over the file at ``path``: every path, glob and
     database the saved file would name stays inside the root (the params page writes what later runs read), by the
@@ -177,7 +161,7 @@ def check_form_paths(root: Path, path: Path, values: Any) -> None:
         data = resolve_config_paths(ReconstructParams, data, path.parent)
     except ConfigError as exc:
         raise Refused(public_message(exc, root), 400) from None
-    confine_config_paths(root, ReconstructParams, data, relative(root, path))
+    check_config_keys(root, ReconstructParams, data, relative(root, path))
 
 
 def _config_schema(command: str, network: str | None):
@@ -214,7 +198,7 @@ def check_config(root: Path, command: str, config: Path, overrides: dict[str, An
         data = map_config_paths(schema, apply_overrides(data, overrides), relative_to(Path(root).resolve()))
     except ConfigError as exc:
         raise Refused(public_message(exc, root), 400) from None
-    confine_config_paths(root, schema, data, source)
+    check_config_keys(root, schema, data, source)
 
 
 def _device(spec: dict) -> tuple[str, int]:
@@ -247,7 +231,7 @@ def reconstruct_params(root: Path, config: Path, overrides: dict[str, Any], run_
 
     data = apply_overrides(read_yaml_mapping(config, "parameter file"), overrides)
     source = relative(root, config)
-    confine_config_paths(root, ReconstructParams, resolve_config_paths(ReconstructParams, data, config.parent), source)
+    check_config_keys(root, ReconstructParams, resolve_config_paths(ReconstructParams, data, config.parent), source)
     params = parse_params(data, source, config.parent)
     params.run.out_dir = run_dir.resolve()
     return params, dump_params(params, base=run_dir)  # paths relative to the run folder, run.out_dir: .
@@ -299,7 +283,7 @@ def build_job(root: Path, store: JobStore, spec: dict[str, Any]) -> Job:
     args, arg_overrides, auto = check_arguments(root, command, spec.get("args") or [],
                                                 network if command == "train" else None)
     overrides = {**overrides, **arg_overrides}
-    check_overrides(overrides)
+    check_set_keys(overrides)
     auto = auto or spec.get("auto", False)
     if not isinstance(auto, bool):
         raise Refused("auto: expected true or false", 400)

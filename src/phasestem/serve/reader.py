@@ -55,8 +55,6 @@ QUEUE_GRACE = 5.0
 REFUSAL_SECONDS = 120.0
 #: seconds between two looks at whether a waiting client has left
 DISCONNECT_POLL = 0.25
-#: environment variables a reader keeps from the server's (everything else, the token included, is dropped)
-KEPT_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "HDF5_PLUGIN_PATH")
 
 
 @dataclass(frozen=True)
@@ -198,15 +196,9 @@ class ReaderPool:
 
     def _confinement_refusal(self) -> str | None:
         """Why no reader may run (None: they may): no Landlock here and no ``unconfined`` leave to run without."""
-        if self.unconfined:
-            return None
-        try:
-            from ..base.landlock import abi_version
-        except ImportError:  # pragma: no cover - the module ships with phasestem
-            abi = 0
-        else:
-            abi = abi_version()
-        if abi:
+        from ..base.landlock import abi_version
+
+        if self.unconfined or abi_version():
             return None
         return ("reading data files needs the kernel's confinement (Landlock), which this machine lacks; "
                 "restart phasestem serve with its no-confinement option to read them unconfined")
@@ -262,12 +254,12 @@ class ReaderPool:
                 "--parent", str(os.getpid()), *(["--unconfined"] if self.unconfined else [])]
 
     def _environment(self) -> dict[str, str]:
-        """The reader's environment: a few of the server's variables, the root as the one folder the HDF5 readers
-        may follow links into, one BLAS thread (no thread may start before it confines itself), its temporary
-        folder for everything that caches."""
-        from .job_isolation import READ_ROOT_ENV
+        """The reader's environment: the server's variables a job keeps too (:func:`~.job_isolation.kept_environment`),
+        the root as the one folder the HDF5 readers may follow links into, one BLAS thread (no thread may start
+        before it confines itself), its temporary folder for everything that caches."""
+        from .job_isolation import READ_ROOT_ENV, kept_environment
 
-        env = {k: os.environ[k] for k in KEPT_ENVIRONMENT if k in os.environ}
+        env = kept_environment()
         env[READ_ROOT_ENV] = str(self.root)
         threads = str(self.limits.threads)
         env.update(OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS=threads, OMP_NUM_THREADS=threads,

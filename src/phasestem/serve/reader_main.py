@@ -75,15 +75,6 @@ def _set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _address_space() -> int:
-    """Bytes of address space this process maps now (``/proc/self/statm``; 0 where unknown)."""
-    try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError):
-        return 0
-
-
 def confine_reader(root: Path, tmp: Path, unconfined: bool = False) -> int:
     """Confine this process for good (Landlock): read the Python installation, the system's folders and ``root``,
     write only under ``tmp``, no TCP; returns the Landlock ABI used. Where the kernel has no Landlock: 0 when
@@ -102,7 +93,13 @@ def confine_reader(root: Path, tmp: Path, unconfined: bool = False) -> int:
 def _limit_memory(memory_mb: int) -> None:
     """``RLIMIT_AS``: what the process maps now plus ``memory_mb`` MiB (soft and hard: never raised again); no core
     files."""
-    limit = _address_space() + memory_mb * 2**20
+    from ..base.safety import mapped_bytes
+
+    try:
+        mapped = mapped_bytes()
+    except (OSError, ValueError):
+        mapped = 0
+    limit = mapped + memory_mb * 2**20
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
