@@ -101,7 +101,7 @@ def test_auto_on_counted_files_runs_the_counted_term_with_error_bars_and_resumes
     results = load_results(out / "results.h5")
     assert results["loss"]["epoch"].tolist() == list(range(1, epochs + 1))  # the first part and the rest: one run
     assert "losses: gaussian 0.5, poisson 0.5 (chosen from the data:" in log
-    assert "phase σ per pixel (Fisher information of the data, Poisson counts" in log
+    assert "phase σ per pixel (shape: Fisher information of the data, Poisson counts" in log
     assert "uncertainty" in results and np.isfinite(results["uncertainty"]["phase_sigma"]).any()
     assert (out / "uncertainty.png").exists() and (out / "checkpoint.pt").exists()
     assert results["provenance"]["data.counts"]["value"] == "true"

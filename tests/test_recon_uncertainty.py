@@ -145,8 +145,9 @@ def test_a_run_on_counts_writes_sigma_maps_its_figure_and_says_what_it_leaves_ou
     model = _run(tmp_path, hdf5.write(tmp_path / "counted.h5", counted_scan))
     out = tmp_path / "r"
     log = (out / "reconstruct.log").read_text()
-    assert "phase σ per pixel (Fisher information of the data, Poisson counts" in log
-    assert "leaves out the probe's and the positions' uncertainty" in log and "counts because" in log
+    assert "phase σ per pixel (shape: Fisher information of the data, Poisson counts" in log
+    assert "scaled by κ = " in log and "parametric-bootstrap realisations of the scan's central" in log
+    assert "leaves out model error" in log and "counts because" in log
     r = load_results(out / "results.h5")
     u = r["uncertainty"]
     assert u["phase_sigma"].shape == r["obj_phase"].shape[1:] and u["phase_sum_sigma"].shape == r["phase_sum"].shape
@@ -168,7 +169,7 @@ def test_data_that_are_not_counts_need_a_stated_noise(counted_scan, tmp_path):
     model = _run(tmp_path, path)
     assert model.uncertainty is None
     assert "phase σ not computed: the patterns are not counts" in (tmp_path / "r" / "reconstruct.log").read_text()
-    assert run_uncertainty(model, ds, "auto", noise_sigma=1e-6).startswith("phase σ per pixel (Fisher information "
+    assert run_uncertainty(model, ds, "auto", noise_sigma=1e-6).startswith("phase σ per pixel (shape: Fisher information "
                                                                           "of the data, Gaussian, σ 1e-06 counts")
     assert run_uncertainty(model, ds, "off") == "phase σ not computed (run.uncertainty: off)"
     assert model.uncertainty is None

@@ -21,6 +21,7 @@ from ..base.version import __version__
 COMMAND_MODULES = (
     "phasestem.simulate.commands",
     "phasestem.recon.commands",
+    "phasestem.recon.sigma_commands",
     "phasestem.calibrate.commands",
     "phasestem.learn.commands",
     "phasestem.learn.restore_commands",

@@ -144,6 +144,7 @@ def _epochs(loop: Loop, lbfgs_options: dict) -> Iterator[float]:
             log.info("counts per pattern: %.4g from the recorded dose (the patterns are intensities, mean total "
                      "%.4g)", counts, data.counts)
         model.counts_per_pattern = counts  # the noise model's counts (recon.uncertainty)
+        model.data_total = float(data.counts)  # the patterns' mean total, data units (the σ bootstrap's scale)
         # probe_aperture 'auto': decided once per call from the data (the same data decide it again on resume)
         loop.constraints = resolve_probe_aperture(model, data.mean_pattern, loop.constraints)
         bs = n if not run.batch_size else min(int(run.batch_size), n)

@@ -101,6 +101,7 @@ class Ptychography(nn.Module):
         self.coarse_note = ""  # what run.coarse_start did and why (phasestem.recon.engine), for the run's records
         self.solver: str | None = None  # the last solver that optimised the model (engine.optimize), for repr
         self.counts_per_pattern: float | None = None  # the measured patterns' mean total count (engine.optimize)
+        self.data_total: float | None = None  # the patterns' mean total in the data's units (engine.optimize)
         self.uncertainty = None  # the phase's σ maps (recon.uncertainty.PhaseUncertainty), when computed
         self._data_cache: tuple | None = None
 

@@ -23,7 +23,8 @@ Layout of ``results.h5``::
     uncertainty/phase_sum_sigma  (Ny, Nx)     float32  rad, of object/phase_sum
     uncertainty/fisher           (Ny, Nx)     float32  rad⁻², Fisher information of one slice pixel's phase
     uncertainty/constrained      (Ny, Nx)     uint8    1 where the scan lights the pixel enough to constrain it
-                            (when computed, run.uncertainty; attrs: noise, band_fraction, seconds, leaves_out;
+                            (when computed, run.uncertainty; attrs: noise, band_fraction, seconds, scale (κ),
+                            scale_note, leaves_out;
                             each dataset's attr units; phasestem.recon.uncertainty). The σ maps are in the object
                             frame, pixel for pixel with object/phase and object/phase_sum; results.emd holds the
                             same arrays under the same names, cropped to the scanned field
@@ -77,7 +78,6 @@ import torch
 
 from ..base.safety import atomic_file, atomic_hdf5, check_room
 from .truth import field_slices
-from .uncertainty import LEAVES_OUT
 
 FORMAT = "phasestem-recon-results"
 #: unit of each array of results.h5's ``uncertainty`` group (its ``units`` attribute; results.emd's arrays alike)
@@ -152,7 +152,7 @@ def results_dict(model, metrics: dict | None = None) -> dict:
     if u is not None:
         out["uncertainty"] = u.as_arrays()
         out["uncertainty_attrs"] = {"noise": u.noise, "band_fraction": u.band_fraction, "seconds": u.seconds,
-                                    "leaves_out": LEAVES_OUT}
+                                    "scale": u.scale, "scale_note": u.scale_note, "leaves_out": u.leaves_out}
     return out
 
 

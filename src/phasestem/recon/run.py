@@ -123,6 +123,22 @@ def run_reconstruction(params: ReconstructParams, resume: bool = False, sources:
         return _reconstruct_rank(params, resume, sources, dataset, start_phase, callback_hooks)
 
 
+def _recipe(params: ReconstructParams, losses, start_phase, device, n_epochs: int):
+    """The run's recipe as a function of a dataset (the σ bootstrap's reruns, :mod:`phasestem.recon.sigma_bootstrap`):
+    a fresh model of ``params`` from the same start, ``n_epochs`` epochs of the same solver, losses and constraints,
+    on this process alone, without progress bar, checkpoints or files."""
+    from .engine import optimize
+
+    run = params.run.model_copy(update={"progress": False})
+
+    def rerun(dataset):
+        model = build_model(params, dataset, start_phase).to(device)
+        for _ in optimize(model, dataset, n_epochs, run, losses, params.constraints, distributed=False):
+            pass
+        return model
+    return rerun
+
+
 def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = None, dataset=None, start_phase=None,
                       callback_hooks=()):
     import contextlib
@@ -204,7 +220,8 @@ def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = Non
         from .uncertainty import run_uncertainty
 
         with logging_to(log_path):
-            log.info("%s", run_uncertainty(model, dataset, params.run.uncertainty, params.run.noise_sigma))
+            rerun = _recipe(params, from_data[0], start_phase, device, model.epoch)
+            log.info("%s", run_uncertainty(model, dataset, params.run.uncertainty, params.run.noise_sigma, rerun))
             from .prior import prior_disagreement
 
             if (line := prior_disagreement(callbacks, model)) is not None:

@@ -78,11 +78,13 @@ class RunConfig(FiniteModel):
     figures_every: int = Field(0, ge=0, description="write a figure every N epochs (0: only at the end)")
     n_processes: int = Field(1, ge=1, description="data-parallel processes (torch.distributed, gloo on CPU)")
     progress: bool = Field(True, description="show a progress bar")
-    uncertainty: Literal["auto", "off"] = Field(
-        "auto", description="after the run, the phase's standard deviation per pixel from the Fisher information of "
-        "the data (results.h5 uncertainty/, uncertainty.png; phasestem.recon.uncertainty): auto: under Poisson "
-        "counts when the data are counts, under Gaussian noise when run.noise_sigma is given, else skipped with a "
-        "log line; off: not computed")
+    uncertainty: Literal["auto", "fisher", "off"] = Field(
+        "auto", description="after the run, the phase's standard deviation per pixel (results.h5 uncertainty/, "
+        "uncertainty.png; phasestem.recon.uncertainty), under Poisson counts when the data are counts, under "
+        "Gaussian noise when run.noise_sigma is given, else skipped with a log line. auto: the Fisher information's "
+        "map scaled by a parametric bootstrap of the scan's central 12 x 12 positions reconstructed by this run's "
+        "recipe three times (phasestem.recon.sigma_bootstrap; 3 x 144 positions' worth of the run's time); fisher: "
+        "the Fisher map alone (fast, but 1.6-3.3 x too small on a defocused probe); off: not computed")
     noise_sigma: float | None = Field(
         None, gt=0, description="Gaussian noise of the patterns, counts (the data's units) per detector pixel, for "
                                 "data that are not counts: the noise model of run.uncertainty")

@@ -21,17 +21,24 @@ reconstruction does not move outside it. The noise of the estimate is then sprea
 
 per slice. The slices' errors are counted as independent: σ of the summed phase is √(Σ_s σ_s²).
 
-What it leaves out (the run log says so): the probe's and the positions' own uncertainty, the error of the model
-(too few slices, partial coherence, a detector the forward model does not describe), correlations between pixels
-and between slices beyond the band, and the regularisation of a run stopped after a number of epochs (it has less
-noise than an estimate fitted to convergence at the frequencies it has not yet fitted). Calibration against the
-spread of independent noise realisations: ``benchmarks/uncertainty/`` and ``docs/benchmarks.md``.
+That is the map's shape. Its scale for the estimate a run returns is measured (issue 65): on a defocused probe the
+spread of independent noise realisations was 1.6–3.3 × this σ and grew with the epochs (the solver fits into the
+noise near the band's edge, where the Fisher bound is far from what a stopped solver reaches), so ``run.uncertainty:
+auto`` multiplies the map by κ from a parametric bootstrap of a block of the scan reconstructed by the run's own
+recipe (:mod:`phasestem.recon.sigma_bootstrap`); that κ includes the probe's and positions' share and the run's
+stopping. ``fisher`` keeps the unscaled map (fast; too small on defocused probes).
+
+What it leaves out (the run log says so): the error of the model (too few slices, partial coherence, a detector the
+forward model does not describe), the estimate's bias, correlations between pixels beyond the bootstrap's block and
+between slices. Calibration against the spread of independent noise realisations: ``benchmarks/uncertainty/`` and
+``docs/benchmarks.md``; on a user's own file: ``phasestem calibrate-sigma``.
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -43,9 +50,12 @@ SIGNIFICANT = 3.0
 #: the probe spectrum's pixels above this fraction of its peak intensity make the aperture (for the band)
 APERTURE_LEVEL = 1e-2
 
-LEAVES_OUT = ("the probe's and the positions' uncertainty (held at their final values), model error (slices, "
-              "partial coherence, detector), correlations between pixels beyond the transferred band and between "
-              "slices, and the regularisation of a run stopped before convergence")
+LEAVES_OUT = ("model error (slices, partial coherence, detector), the estimate's bias, correlations between pixels "
+              "beyond the bootstrap's block and between slices")
+#: LEAVES_OUT of a map the bootstrap did not scale
+UNSCALED_LEAVES_OUT = ("the probe's and the positions' uncertainty (held at their final values), the solver's stopping "
+                       "(measured: the spread of noise realisations 1.6–3.3 × this σ on a defocused probe), " +
+                       LEAVES_OUT)
 
 
 @dataclass
@@ -55,7 +65,8 @@ class PhaseUncertainty:
     ``sigma`` (S, Ny, Nx) rad per slice; ``sigma_sum`` (Ny, Nx) rad of the phase summed over slices; ``fisher``
     (Ny, Nx) rad⁻² per slice pixel; ``constrained`` (Ny, Nx) bool: lit by at least :data:`UNCONSTRAINED_FRACTION`
     of the brightest illumination (σ is inf where nothing lights a pixel); ``noise`` the noise model in words,
-    ``band_fraction`` b, ``seconds`` the time it took."""
+    ``band_fraction`` b, ``seconds`` the time it took; ``scale`` κ the maps were multiplied by and ``scale_note`` how
+    it was measured or why it was not, ``bootstrapped`` whether the bootstrap scaled them."""
 
     sigma: np.ndarray
     sigma_sum: np.ndarray
@@ -64,15 +75,29 @@ class PhaseUncertainty:
     noise: str
     band_fraction: float
     seconds: float
+    scale: float = 1.0
+    scale_note: str = ""
+    bootstrapped: bool = False
+
+    def scaled(self, factor: float, note: str, seconds: float) -> PhaseUncertainty:
+        """The same maps × ``factor`` (κ), ``note`` saying how it was measured, ``seconds`` more spent."""
+        return replace(self, sigma=self.sigma * factor, sigma_sum=self.sigma_sum * factor, scale=float(factor),
+                       scale_note=note, seconds=self.seconds + seconds, bootstrapped=True)
+
+    @property
+    def leaves_out(self) -> str:
+        return LEAVES_OUT if self.bootstrapped else UNSCALED_LEAVES_OUT
 
     def describe(self) -> str:
-        """One line for the run log: the model, the median σ over the constrained pixels, what it leaves out."""
+        """One line for the run log: the model, the median σ over the constrained pixels, its scale, what it leaves
+        out."""
         inside = self.sigma_sum[self.constrained]
         median = float(np.median(inside)) if inside.size else float("nan")
         n = int(self.constrained.sum())
-        return (f"phase σ per pixel (Fisher information of the data, {self.noise}; transferred band "
-                f"{self.band_fraction:.3f} of the frequencies): median {median:.4g} rad over the {n} constrained "
-                f"pixels, {self.seconds:.2f} s; leaves out {LEAVES_OUT}")
+        scale = self.scale_note or "not scaled (the Fisher σ alone)"
+        return (f"phase σ per pixel (shape: Fisher information of the data, {self.noise}; {scale}): median "
+                f"{median:.4g} rad over the {n} constrained pixels, {self.seconds:.2f} s; leaves out "
+                f"{self.leaves_out}")
 
     def as_arrays(self) -> dict[str, np.ndarray]:
         """The arrays of results.h5's ``uncertainty`` group."""
@@ -157,10 +182,12 @@ def unsupported_fraction(change: np.ndarray, threshold: float = SIGNIFICANT) -> 
     return float((np.abs(change[finite]) > threshold).mean()) if finite.any() else 0.0
 
 
-def run_uncertainty(model, dataset, mode: str = "auto", noise_sigma: float | None = None) -> str:
+def run_uncertainty(model, dataset, mode: str = "auto", noise_sigma: float | None = None, rerun=None) -> str:
     """``run.uncertainty`` at the end of a run: sets ``model.uncertainty`` (Poisson when ``dataset``'s patterns are
     counts by :func:`phasestem.io.counts.counts_decision`, the run's own decision where it made one; Gaussian with
-    ``noise_sigma``) and returns the run log's line, or why it was not computed."""
+    ``noise_sigma``) and returns the run log's line, or why it was not computed. ``auto`` with ``rerun(dataset) ->
+    model`` (the run's recipe on a part of the scan) scales the maps by the bootstrap's κ
+    (:mod:`phasestem.recon.sigma_bootstrap`); ``fisher`` (or no ``rerun``) leaves them unscaled."""
     from ..io.counts import counts_decision
 
     model.uncertainty = None
@@ -174,4 +201,39 @@ def run_uncertainty(model, dataset, mode: str = "auto", noise_sigma: float | Non
         return (f"phase σ not computed: the patterns are not counts ({decision.reason}) and run.noise_sigma is not "
                 "given, so there is no noise model (data.counts: true in the parameter file if they are counts)")
     model.uncertainty = phase_uncertainty(model, counts, noise_sigma)
+    if mode == "auto" and rerun is not None:
+        model.uncertainty = _bootstrap_scaled(model, dataset, rerun, noise_sigma)
+    elif mode == "fisher":
+        model.uncertainty = replace(model.uncertainty, scale_note="not scaled (run.uncertainty: fisher)")
     return model.uncertainty.describe() + ("" if decision is None else f"; counts because {decision.reason}")
+
+
+def _bootstrap_scaled(model, dataset, rerun, noise_sigma: float | None) -> PhaseUncertainty:
+    """``model.uncertainty`` × the bootstrap's κ, or unscaled with the reason in its note."""
+    from .sigma_bootstrap import bootstrap_scale
+
+    u = model.uncertainty
+    t0 = time.perf_counter()
+    recon_log = logging.getLogger("phasestem.recon")
+    level = recon_log.level
+    recon_log.setLevel(logging.WARNING)  # the realisations' own epochs and settings stay out of the run log
+    try:
+        total = float(model.data_total or model.counts_per_pattern)
+        result = bootstrap_scale(model, dataset, rerun, _sigma_of(noise_sigma), total, noise_sigma)
+    except (FloatingPointError, ValueError) as exc:  # a diverged realisation (recon.callbacks.DivergenceError)
+        result, why = None, f"not scaled: the bootstrap failed ({exc})"
+    else:
+        why = "not scaled: the scan or the model's patterns leave no block for the bootstrap"
+    finally:
+        recon_log.setLevel(level)
+    if result is None:
+        return replace(u, scale_note=why, seconds=u.seconds + time.perf_counter() - t0)
+    return u.scaled(result.factor, result.describe(), result.seconds)
+
+
+def _sigma_of(noise_sigma: float | None):
+    """The bootstrap's σ of a realisation's model: its Fisher σ of the summed phase and constrained pixels."""
+    def sigma_of(fitted):
+        u = phase_uncertainty(fitted, fitted.counts_per_pattern, noise_sigma)
+        return u.sigma_sum, u.constrained
+    return sigma_of

@@ -1,0 +1,112 @@
+"""The σ map's scale from a parametric bootstrap of a block of the scan (issue 65, phasestem.recon.sigma_bootstrap):
+on a defocused probe the Fisher σ alone is about twice too small against independent noise realisations of the
+independent NumPy multislice; scaled by the bootstrap's κ it predicts their spread."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from numpy_cases import numpy_scan
+
+from phasestem.recon import Ptychography
+from phasestem.recon.losses import LossConfig
+from phasestem.recon.sigma_bootstrap import bootstrap_scale, central_block, noise_realisation
+from phasestem.recon.uncertainty import phase_uncertainty, run_uncertainty
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+EPOCHS, DOSE = 30, 1e4
+
+
+def _recipe(ds) -> Ptychography:
+    """The run under test: flat start, Poisson term alone, the solver's defaults (the probe refined), 30 epochs."""
+    model = Ptychography.from_dataset(ds, n_slices=1)
+    for _ in model.LSQ_optimize(EPOCHS, ds, batch_size=32, losses=LossConfig(gaussian=0.0, poisson=1.0),
+                                progress=False):
+        pass
+    return model
+
+
+def _sigma_of(model):
+    u = phase_uncertainty(model, model.counts_per_pattern)
+    return u.sigma_sum, u.constrained
+
+
+def test_the_bootstrap_scale_makes_sigma_predict_the_spread_of_independent_realisations():
+    """12 × 12 positions at 1 Å, 100 Å defocus, 20 mrad, 10⁴ e⁻: four independent Poisson realisations of the NumPy
+    multislice, each reconstructed for 30 epochs. The Fisher σ alone is more than 1.5 × too small (rms of spread /
+    σ over the constrained field); × κ from three bootstrap realisations of the central 8 × 8 positions it is within
+    0.8–1.25, and |φ_a − φ_b| / (√2 σ) ≤ 2 on ≥ 90 % of the pixels for every pair."""
+    clean, truth, _ = numpy_scan(3, 64, 0.2, (12, 12), 1.0, 100.0, atoms_per_area=0.6)
+    expected = np.asarray(clean.patterns, dtype=np.float64)
+    phases = []
+    for k in range(4):
+        ds = clean._replace(patterns=np.random.default_rng(100 + k).poisson(expected * DOSE).astype(np.float32))
+        model = _recipe(ds)
+        phases.append(model.phase_in_dataset_frame(truth.shape))
+        if k == 0:
+            u = phase_uncertainty(model, model.counts_per_pattern)
+            frame = model.experiment.in_dataset_frame
+            sigma = frame(torch.as_tensor(u.sigma_sum), truth.shape).numpy()
+            lit = (frame(torch.as_tensor(u.constrained.astype(np.float32)), truth.shape).numpy() > 0) & \
+                np.isfinite(sigma)
+            scale = bootstrap_scale(model, ds, _recipe, _sigma_of, float(model.data_total), block=8)
+    assert scale is not None and scale.block == (8, 8) and scale.epochs == EPOCHS and scale.realisations == 3
+    assert "probe" in scale.refined and "κ = " in scale.describe()
+    p = np.array(phases)
+    p -= p[:, lit].mean(1)[:, None, None]
+    spread = p.std(0, ddof=1)[lit]
+
+    def rms_ratio(s: np.ndarray) -> float:
+        return float(np.sqrt(np.mean((spread / s[lit]) ** 2)))
+
+    assert rms_ratio(sigma) > 1.5, "the Fisher σ alone was expected to be too small on this defocused probe"
+    assert 0.8 <= rms_ratio(sigma * scale.factor) <= 1.25, (rms_ratio(sigma), scale.factor)
+    for a in range(4):
+        for b in range(a + 1, 4):
+            z = np.abs(p[a] - p[b])[lit] / (np.sqrt(2) * sigma[lit] * scale.factor)
+            assert (z <= 2).mean() >= 0.9
+
+
+def test_a_run_scales_its_sigma_maps_and_fisher_mode_does_not():
+    """run_uncertainty with the run's recipe multiplies both σ maps by κ and says so; ``fisher`` keeps the Fisher
+    map and says it is unscaled; a recipe that diverges leaves the map unscaled with the reason."""
+    clean, _, _ = numpy_scan(1, 64, 0.2, (10, 10), 1.0, 100.0, atoms_per_area=0.6)
+    ds = clean._replace(patterns=np.random.default_rng(0).poisson(np.asarray(clean.patterns) * DOSE)
+                        .astype(np.float32))
+    model = _recipe(ds)
+    line = run_uncertainty(model, ds, "fisher", rerun=_recipe)
+    fisher = model.uncertainty
+    assert fisher.scale == 1.0 and not fisher.bootstrapped and "not scaled (run.uncertainty: fisher)" in line
+    assert "the solver's stopping" in line  # what an unscaled map leaves out
+    line = run_uncertainty(model, ds, "auto", rerun=_recipe)
+    scaled = model.uncertainty
+    assert scaled.bootstrapped and scaled.scale > 1 and f"κ = {scaled.scale:.3g}" in line
+    lit = fisher.constrained
+    assert np.allclose(scaled.sigma_sum[lit], fisher.sigma_sum[lit] * scaled.scale, rtol=1e-6)
+
+    def diverges(sub):
+        raise FloatingPointError("the loss became NaN")
+
+    line = run_uncertainty(model, ds, "auto", rerun=diverges)
+    assert model.uncertainty.scale == 1.0 and "not scaled: the bootstrap failed (the loss became NaN)" in line
+
+
+def test_a_noise_realisation_keeps_whole_counts_and_the_data_units():
+    """Counts data (mean total = counts per pattern): whole Poisson counts with the right mean and variance;
+    intensities with a recorded dose (mean total 1, 10⁴ counts): the same draws in the data's units; Gaussian: the
+    stated σ in data units."""
+    predicted = np.full((4000, 4), 0.25)
+    rng = np.random.default_rng(5)
+    counts = noise_realisation(predicted, 400.0, 400.0, None, rng)
+    assert counts.dtype == np.float32 and np.array_equal(counts, np.round(counts))
+    assert counts.mean() == pytest.approx(100, rel=0.01) and counts.var() == pytest.approx(100, rel=0.05)
+    intensities = noise_realisation(predicted, 1e4, 1.0, None, rng)
+    assert intensities.mean() == pytest.approx(0.25, rel=0.01)
+    assert intensities.var() == pytest.approx(0.25 / 1e4, rel=0.05)  # Poisson at 2500 counts, in units of 1e4
+    gauss = noise_realisation(predicted, 1.0, 8.0, 0.5, rng)
+    assert gauss.mean() == pytest.approx(2.0, abs=0.01) and gauss.std() == pytest.approx(0.5, rel=0.03)
+
+
+def test_the_block_is_central_and_never_larger_than_the_scan():
+    assert central_block((20, 30), 12) == (slice(4, 16), slice(9, 21))
+    assert central_block((6, 40), 12) == (slice(0, 6), slice(14, 26))
