@@ -39,8 +39,14 @@ def test_reconstruct_with_the_shipped_prior_and_restore_by_name(seed_run, capsys
     assert main(["reconstruct", str(params), "--out", str(run), "--prior", "restore-seed", "--prior-every", "1",
                  "--prior-start", "1", "--prior-weight", "0.5"]) == 0
     with h5py.File(run / "results.h5") as f:
-        assert list(f["loss/prior_weight"][...]) == [0.5] * 4
-    assert "learned prior (restorer restore-seed): target after epoch 1" in (run / "reconstruct.log").read_text()
+        weights, returned = list(f["loss/prior_weight"][...]), int(f.attrs["epoch"])
+        assert int(f["provenance/prior.returned_epoch"].attrs["value"]) == returned
+    # the weight decays × 0.9 per refresh; the run returns its epoch with the lowest data loss (issue 68)
+    assert weights == pytest.approx([0.5 * 0.9**n for n in range(returned)])
+    text = (run / "reconstruct.log").read_text()
+    assert "learned prior (restorer restore-seed): target after epoch 1" in text
+    assert (f"learned prior: returned the state after epoch {returned} of 4 run" in text
+            or f"learned prior: epoch {returned}, the last, has the lowest data loss" in text)
     prior_line = next(line for line in (run / "reconstruct.log").read_text().splitlines() if "its last target" in line)
     assert "learned prior: its last target differs from the final phase by more than 3 σ of the data on" in (
         prior_line) and "(0.27 % would be chance" in prior_line  # judged against the run's σ map (issue 53)

@@ -55,7 +55,7 @@ def test_learned_prior_of_weight_zero_equals_plain_ad_and_pulls_otherwise(ds):
     pulled = _run(ds, RefreshedPrior(target, every=2, weight=0.5, start=1))
     assert calls == [1, 3]  # after epoch start, then every 2
     assert pulled.phase_in_dataset_frame().std() < plain.std()
-    assert pulled.loss_history[-1]["prior_weight"] == 0.5
+    assert [r["prior_weight"] for r in pulled.loss_history] == [0.5, 0.5, 0.45, 0.45]  # × 0.9 per refresh (issue 68)
 
 
 def test_restorer_files_of_another_geometry_or_corrupted_are_refused_in_one_line(ds, tmp_path):
@@ -142,7 +142,8 @@ def test_reconstruct_with_prior_and_restore_through_the_cli(tmp_path, capsys):
     assert main(["reconstruct", params, "--out", str(tmp_path / "pulled"), "--prior", str(model),
                  "--prior-weight", "0.5", "--prior-every", "1", "--prior-start", "1"]) == 0
     with h5py.File(tmp_path / "pulled" / "results.h5") as f:
-        assert list(f["loss/prior_weight"][...]) == [0.5] * 4
+        assert list(f["loss/prior_weight"][...]) == pytest.approx([0.5 * 0.9**n for n in range(4)])  # the decay
+        assert list(f["loss/prior_active"][...]) == [1.0] * 4
     capsys.readouterr()
     # another geometry, a corrupted file: one line each, before any epoch
     other = _restorer_file(tmp_path / "other.safetensors", params, energy=200e3)
@@ -182,7 +183,7 @@ def test_optimize_methods_take_a_prior_for_that_call_only(ds):
     for _ in model.LSQ_optimize(1, ds, progress=False):  # the next call runs without it
         pass
     assert calls == [1, 2]
-    assert [r.get("prior_weight") for r in model.loss_history] == [0.2, 0.2, None]
+    assert [r.get("prior_weight") for r in model.loss_history] == [0.2, pytest.approx(0.18), None]
 
 
 def test_learned_prior_pulls_only_inside_the_scanned_field(ds):

@@ -104,6 +104,14 @@ def _add_prior_arguments(p) -> None:
     g.add_argument("--prior-every", type=int, default=2, metavar="K", help="restore every K epochs (default 2)")
     g.add_argument("--prior-start", type=int, default=2, metavar="EPOCH",
                    help="first epoch after which the prior acts (default 2)")
+    g.add_argument("--prior-decay", type=float, default=None, metavar="GAMMA",
+                   help="the pull's weight is multiplied by GAMMA at every refresh, λ·GAMMA^n, so the pull converges "
+                   "(default 0.9; 1: no decay)")
+    g.add_argument("--prior-patience", type=int, default=None, metavar="N",
+                   help="stop the pull for good once the data loss (the held-out loss with run.holdout) lies more "
+                   "than 2 %% above its lowest N epochs in a row (default 2; 0: never). Either way the run returns its "
+                   "epoch with the lowest data loss from the prior's start when its last lies more than 2 %% above it, "
+                   "logged and in results.h5's provenance")
 
 
 def _prior_hooks(args, params) -> tuple:
@@ -115,7 +123,7 @@ def _prior_hooks(args, params) -> tuple:
     from ..learn.hybrid import prior_hook  # the command layer is where recon meets learn (docs/architecture.md)
 
     return (prior_hook(args.prior, every=args.prior_every, weight=args.prior_weight, start=args.prior_start,
-                       device=params.run.device),)
+                       device=params.run.device, decay=args.prior_decay, patience=args.prior_patience),)
 
 
 def _add_auto_arguments(p) -> None:

@@ -101,11 +101,18 @@ class HeldOutStop(Callback):
             return
         epoch, params = state.holdout_best
         ran = model.epoch
-        model.load_state_dict(params)
-        model.epoch = epoch
-        model.loss_history = [h for h in model.loss_history if int(h["epoch"]) <= epoch]
-        model.geometry_history = [g for g in getattr(model, "geometry_history", []) if int(g["epoch"]) <= epoch]
-        state.best = None  # the divergence check's best epoch may lie after the state now kept
+        rewind_to(model, state, epoch, params)
         log.info("held-out positions (%d): their loss was lowest after epoch %d of %d run (%.5g); %s, kept that "
                  "state", len(self.held), epoch, ran, state.holdout_best_loss,
                  "stopped" if loop.stop else "rewound")
+
+
+def rewind_to(model, state, epoch: int, params: dict) -> None:
+    """``model`` back to the kept state ``params`` of ``epoch``: its epoch count, loss and geometry histories cut
+    there, and the divergence check's best (in ``state``, the run's :class:`~phasestem.recon.run_state.RunState`)
+    dropped, since it may lie after the state now kept."""
+    model.load_state_dict(params)
+    model.epoch = epoch
+    model.loss_history = [h for h in model.loss_history if int(h["epoch"]) <= epoch]
+    model.geometry_history = [g for g in getattr(model, "geometry_history", []) if int(g["epoch"]) <= epoch]
+    state.best = None

@@ -16,8 +16,12 @@ Use: ``model.LSQ_optimize(…, prior=PhasePrior(model, prediction, sampling, wei
 Measured on abTEM held-out data (``benchmarks/learned/heldout.py``, 2 Å step, noise-free): it helps only as much as
 the prior is good. From the truth low-passed to E_φ 0.15, λ = 0.5 takes AD to 0.61 × the best E_φ AD reaches from a
 flat start (0.89 × without the pull); from the tiny End2End's predictions (E_φ 0.62–0.71) λ = 0.1, the
-development half's choice, gave 0.221 on the validation half against 0.217 without it. The pull lasts to the last
-epoch, so keep the best epoch rather than the final one.
+development half's choice, gave 0.221 on the validation half against 0.217 without it.
+
+A learned target refreshed during the run (:class:`RefreshedPrior`) may ask for what the data do not support: its
+pull then converges (a weight that decays per refresh, a pull that stops once the data term rises ``patience``
+epochs in a row) and the run ends on its epoch with the lowest data term from the prior's start, never a
+truth-picked one (:mod:`phasestem.recon.prior_stop`).
 """
 from __future__ import annotations
 
@@ -28,6 +32,19 @@ import torch
 
 from ..base.errors import ConfigError
 from .callbacks import Callback
+from .prior_stop import (
+    DEFAULT_DECAY,
+    DEFAULT_PATIENCE,
+    TOLERANCE,
+    PullStop,
+    after_stop,
+    check_schedule,
+    data_term,
+    decayed_weight,
+    finish,
+    resumed_line,
+    uses_heldout,
+)
 
 
 class PhasePrior(Callback):
@@ -62,41 +79,102 @@ class PhasePrior(Callback):
 
 
 class RefreshedPrior(Callback):
-    """A :class:`PhasePrior` whose target is recomputed by a callable during the run (a learned prior, issue 48).
+    """A :class:`PhasePrior` whose target is recomputed by a callable during the run (a learned prior, issue 48),
+    with a pull that converges and a run that ends on its best state by the data (issue 68; rules in
+    :mod:`phasestem.recon.prior_stop`).
 
     ``target_fn(model) -> (H, W)`` phase (rad) in the dataset frame at the object pixel (what
     :meth:`~phasestem.recon.model.Ptychography.phase_in_dataset_frame` gives) is called after epoch ``start`` and
     then every ``every`` epochs; from ``start`` on, every epoch is pulled towards the latest target with weight
-    ``weight`` (λ). The engine only sees a callback: the callable (e.g. a restoring network, built in
-    :mod:`phasestem.learn.hybrid`) stays outside recon. Records ``prior_weight`` and ``prior_refreshed``; the first
-    refresh is logged (``phasestem.recon``) with ``name``, what the target is."""
+    λ·``decay``^n after the n-th refresh (λ = ``weight``), until the data term has risen (above its lowest by more
+    than ``tolerance``) ``patience`` epochs in a row (0: never stops); at the end the run returns the epoch with the
+    lowest data term from ``start`` on when the last lies more than ``tolerance`` above it. The
+    engine only sees a callback: the callable (e.g. a restoring network, built in :mod:`phasestem.learn.hybrid`)
+    stays outside recon. Records ``prior_weight`` (the weight applied after the epoch), ``prior_active`` (1: pulled),
+    ``prior_refreshed`` and ``prior_target_change`` (rad, RMS change of the target at a refresh, its mean matched:
+    the fixed-point test); the first refresh and the end are logged (``phasestem.recon``) with ``name``, what the
+    target is; ``returned`` holds the note on the epoch the run returned (None before the end)."""
 
-    def __init__(self, target_fn, every: int = 2, weight: float = 0.1, start: int = 2, name: str = "a callable"):
+    def __init__(self, target_fn, every: int = 2, weight: float = 0.1, start: int = 2, name: str = "a callable",
+                 decay: float = DEFAULT_DECAY, patience: int = DEFAULT_PATIENCE, tolerance: float = TOLERANCE):
         if int(every) < 1 or int(start) < 0:
             raise ConfigError(f"prior: every must be ≥ 1 and start ≥ 0, got every {every}, start {start}")
         if not np.isfinite(weight) or weight < 0:
             raise ConfigError(f"prior weight must be a finite number ≥ 0, got {weight}")
+        check_schedule(decay, patience)
         self.target_fn, self.every, self.weight, self.start = target_fn, int(every), float(weight), int(start)
+        self.decay = float(decay)
         self.prior: PhasePrior | None = None
         self.name = name
+        self.stop = PullStop(self.start, int(patience), tolerance)
+        self.target_change: float | None = None
+        self.returned: str | None = None
+
+    def weight_at(self, epoch: int) -> float:
+        """The pull's weight after ``epoch``: 0 before the start and once the pull stopped, else λ·γ^n."""
+        if epoch < self.start or (self.stop.off_from is not None and epoch >= self.stop.off_from):
+            return 0.0
+        return decayed_weight(self.weight, self.decay, self.every, self.start, epoch)
+
+    def on_start(self, loop) -> None:
+        self.stop.replayed = False  # the history is read at this call's first epoch (after a resume's restore)
+        self.returned = None
 
     def on_record(self, loop) -> None:
-        self(loop.model, loop.record)
+        if self.weight == 0:
+            return
+        model, record = loop.model, loop.record
+        epoch, heldout = int(record["epoch"]), uses_heldout(loop)
+        if not self.stop.replayed and (last := self.stop.replay(model.loss_history[:-1], loop.losses, heldout)):
+            logging.getLogger("phasestem.recon").info("%s", resumed_line(self.stop, last, self.weight_at(last)))
+        if not heldout and epoch >= self.start:  # this epoch's data loss judges the state it started from
+            value = data_term(record, loop.losses, heldout=False)
+            self.stop.offer(epoch - 1, value, loop.snapshot)
+            if self.stop.observe(epoch, value):  # a stop acts at once: no pull after this epoch
+                after_stop(loop, self.stop)
+        self(model, record)
+
+    def on_epoch_end(self, loop) -> None:
+        if self.weight and uses_heldout(loop):  # the held-out loss comes after the pull: it stops the next one
+            self.stop.observe(int(loop.record["epoch"]), data_term(loop.record, loop.losses, heldout=True),
+                              pulled=True)
+
+    def on_end(self, loop) -> None:
+        if self.weight:
+            ran = int(loop.epoch)
+            last = ran if self.stop.off_from is None else min(ran, self.stop.off_from - 1)
+            weights = (self.weight_at(ran), decayed_weight(self.weight, self.decay, self.every, self.start, last))
+            self.returned = finish(loop, self.stop, weights, self.target_change)
+            loop.model.prior_returned = self.returned
 
     def __call__(self, model, record: dict) -> None:
         epoch = int(record["epoch"])
-        if epoch < self.start or self.weight == 0:
+        weight = self.weight_at(epoch)
+        record["prior_weight"], record["prior_active"] = weight, float(weight > 0)
+        if weight == 0:
             return
         refreshed = (epoch - self.start) % self.every == 0 or self.prior is None
         if refreshed:
             if self.prior is None:
                 logging.getLogger("phasestem.recon").info(
-                    "learned prior (%s): target after epoch %d, then every %d epochs; pull weight %g", self.name,
-                    epoch, self.every, self.weight)
-            self.prior = PhasePrior(model, self.target_fn(model), None, self.weight)
+                    "learned prior (%s): target after epoch %d, then every %d epochs; pull weight %g, × %g per "
+                    "refresh, stopped once the data term rises %d epochs in a row", self.name, epoch, self.every,
+                    weight, self.decay, self.stop.patience)
+            self.refresh(model, weight)
+            if self.target_change is not None:
+                record["prior_target_change"] = self.target_change
+        self.prior.weight = weight
         self.prior.apply(model)
-        record["prior_weight"] = self.weight
         record["prior_refreshed"] = float(refreshed)
+
+    def refresh(self, model, weight: float) -> None:
+        """A new target from ``target_fn``; ``target_change``: its RMS change (rad, means matched) from the last."""
+        old = None if self.prior is None else self.prior.prior
+        self.prior = PhasePrior(model, self.target_fn(model), None, weight)
+        new = self.prior.prior
+        if old is not None and old.shape == new.shape:
+            diff = (new - old) * model.n_slices
+            self.target_change = float((diff - diff.mean()).square().mean().sqrt())
 
 
 def prior_disagreement(callbacks, model) -> str | None:

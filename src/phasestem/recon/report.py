@@ -159,7 +159,8 @@ def auto_settings(model, params, sources=None) -> list:
     ``auto: `` and the rule's reason (``model.auto_reasons``). Rules that did not run (not yet due) give no row.
     ``run.coarse_start: auto`` gives one more row: the coarse epochs the run began with (from the loss history, so a
     resumed run tells it too) and why they were kept, or why there were none (``model.coarse_note``, also kept in
-    checkpoints)."""
+    checkpoints). A learned prior (``reconstruct --prior``) gives the row ``prior.returned_epoch``: the epoch the
+    run returned and why (``model.prior_returned``, :mod:`phasestem.recon.prior_stop`)."""
     from ..base.provenance import Setting
     from .run_state import COARSE_HISTORY_KEY
 
@@ -179,6 +180,8 @@ def auto_settings(model, params, sources=None) -> list:
         on = model.decided.get(name, why.startswith("on"))
         rows.append(Setting(field, bool(on), "", (sources or {}).get(field, "YAML") if given else "default",
                             note=f"auto: {why}"))
+    if getattr(model, "prior_returned", None):
+        rows.append(Setting("prior.returned_epoch", int(model.epoch), "", "flag", note=model.prior_returned))
     return rows
 
 
