@@ -10,7 +10,8 @@
 :func:`prior_hook`: ``phasestem reconstruct --prior MODEL``'s hook (the model read now, its geometry checked
 against the data once the reconstruction's model is built, then :func:`restorer_prior` attached).
 :func:`restore_results`: ``phasestem restore``: a restorer applied to a finished run's ``results.h5``;
-:func:`run_files`: the files of that run, which ``restore`` never writes over.
+:func:`run_files`: the files of that run, which ``restore`` never writes over; :func:`guard_run`: that
+run's model and patterns rebuilt for ``restore``'s data guard (:mod:`phasestem.learn.data_guard`).
 
 :func:`ad_recipe_snapshots`: AD with the recorded recipe of ``make-pairs --inputs-from ad``
 (:func:`ad_recipe`: ``phasestem reconstruct``'s parameter-file defaults, probe refined), its phase, amplitude,
@@ -28,7 +29,7 @@ from ..physics.resample import BAND_LIMITED, resample_image
 from ..recon import Ptychography
 
 __all__ = ["ad_phase", "ad_recipe", "ad_recipe_model", "ad_recipe_snapshots", "restorer_prior", "prior_hook",
-           "restore_results", "run_files"]
+           "restore_results", "run_files", "guard_run"]
 
 
 def ad_phase(dataset, truth_shape: tuple[int, int], truth_sampling: tuple[float, float], epochs: int = 4,
@@ -94,13 +95,17 @@ def ad_recipe_snapshots(dataset, snapshots: tuple[int, ...] = (2, 4, 8), n_epoch
     return out, model
 
 
-def restorer_prior(net, dataset, every: int = 2, weight: float = 0.5, start: int = 2, name: str = "a restorer"):
+def restorer_prior(net, dataset, every: int = 2, weight: float = 0.5, start: int = 2, name: str = "a restorer",
+                   decay: float | None = None, patience: int | None = None):
     """A :class:`~phasestem.recon.prior.RefreshedPrior` whose target is ``net``'s restoration of the model's
     phase (channels of :func:`phasestem.recon.channels.restorer_channels`) inside the scanned field and the phase
-    itself outside it (no pull where the restorer was never trained); ``name`` goes to the run's log. An engine
-    callback: ``model.LSQ_optimize(…, prior=…)`` or ``callbacks=[…]``."""
+    itself outside it (no pull where the restorer was never trained); ``name`` goes to the run's log; ``decay``
+    and ``patience`` (None: :mod:`phasestem.recon.prior_stop`'s defaults): the weight's factor per refresh and the
+    rises of the data term that stop the pull. An engine callback: ``model.LSQ_optimize(…, prior=…)`` or
+    ``callbacks=[…]``."""
     from ..recon.channels import restorer_channels
     from ..recon.prior import RefreshedPrior
+    from ..recon.prior_stop import DEFAULT_DECAY, DEFAULT_PATIENCE
     from .apply.phase import check_finite_phase, check_finite_prediction
     from .restore import restore_channels
 
@@ -111,24 +116,31 @@ def restorer_prior(net, dataset, every: int = 2, weight: float = 0.5, start: int
         check_finite_prediction(restored, name, f"the reconstruction after epoch {model.epoch}")
         return np.where(channels["field"] > 0, restored, channels["phase"])
 
-    return RefreshedPrior(target, every=every, weight=weight, start=start, name=name)
+    return RefreshedPrior(target, every=every, weight=weight, start=start, name=name,
+                          decay=DEFAULT_DECAY if decay is None else decay,
+                          patience=DEFAULT_PATIENCE if patience is None else patience)
 
 
-def prior_hook(model_path, every: int = 2, weight: float = 0.5, start: int = 2, device: str = "cpu"):
+def prior_hook(model_path, every: int = 2, weight: float = 0.5, start: int = 2, device: str = "cpu",
+               decay: float | None = None, patience: int | None = None):
     """``hook(model, dataset)`` for :func:`phasestem.recon.run.run_reconstruction`'s ``callback_hooks``: the
     restorer ``model_path`` (read now: a corrupted file is refused before the run) checked against the run's optics
     (:func:`phasestem.learn.restore.check_geometry`, as ``restore`` checks them), then returned as the run's
-    :func:`restorer_prior`."""
+    :func:`restorer_prior` (``decay``, ``patience``: its pull's schedule, checked now)."""
+    from ..recon.prior_stop import DEFAULT_DECAY, DEFAULT_PATIENCE, check_schedule
     from ..recon.results import optics_record
     from .restore import check_geometry, load_restorer
 
+    decay = DEFAULT_DECAY if decay is None else decay
+    patience = DEFAULT_PATIENCE if patience is None else patience
+    check_schedule(decay, patience)  # one line before the model is read
     net, meta = load_restorer(model_path, device="cpu")
 
     def hook(model, dataset):
         geometry = getattr(model, "optics_record", None) or optics_record(dataset, model.sampling)
         check_geometry(meta, geometry, str(model_path), "the data")
         return restorer_prior(net.to(model.device), dataset, every=every, weight=weight, start=start,
-                              name=f"restorer {model_path}")
+                              name=f"restorer {model_path}", decay=decay, patience=patience)
 
     return hook
 
@@ -167,3 +179,68 @@ def run_files(results_path) -> list[Path]:
 
     folder = Path(results_path).parent
     return [folder / name for name in RUN_FILES]
+
+
+def guard_run(results_path, data_file=None, device: str = "cpu"):
+    """A finished run rebuilt for ``restore``'s data guard (:class:`phasestem.learn.data_guard.GuardRun`): the run's
+    model (:func:`phasestem.recon.params.build_model` of the parameters ``results.h5`` records, attrs ``config``)
+    holding its final object, probe, positions, tilt, slice thickness and object-mode weights, and its patterns
+    read from ``data_file`` (None: the recorded ``data.file``) and transformed as the run read them (crop, bin, …),
+    with the run's counts rule (:mod:`phasestem.io.counts`). A file that is not there, a run without the record or
+    whose arrays do not fit the rebuilt model is one line."""
+    import os
+
+    import yaml
+
+    from ..base.errors import InputFileError
+    from ..io.counts import counts_decision, counts_per_pattern
+    from ..recon.params import build_dataset, build_model, parse_params
+    from ..recon.results import load_fitted_state, load_results
+    from .data_guard import GuardRun
+
+    r = load_results(results_path)
+    config = r["attrs"].get("config")
+    if not isinstance(config, str):
+        raise InputFileError(f"{results_path}: records no parameters (attrs config), so its model and patterns "
+                             "cannot be rebuilt for the data guard")
+    try:
+        recorded = yaml.safe_load(config)
+    except yaml.YAMLError:
+        recorded = None
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("data"), dict):
+        raise InputFileError(f"{results_path}: attrs config is not a parameter file with a data section; its model "
+                             "and patterns cannot be rebuilt for the data guard")
+    recorded.setdefault("model", {}).update(initial_phase=None, initial_probe=None)  # the results hold both
+    source = Path(data_file) if data_file is not None else Path(str(recorded["data"].get("file")))
+    where = "--data" if data_file is not None else f"{results_path}: attrs config data.file"
+    if not (source.is_file() and os.access(source, os.R_OK)):
+        raise InputFileError(f"{source}: the run's data file ({where}) is not readable; give --data FILE with the "
+                             "run's patterns, or --no-data-guard")
+    recorded["data"]["file"] = str(source)
+    params = parse_params(recorded, f"{results_path}: attrs config")
+    dataset = build_dataset(params, warn=False)
+    decision = counts_decision(dataset)
+    model = build_model(params, dataset).to(device)
+    load_fitted_state(model, r, Path(results_path))
+    patterns = torch.fft.ifftshift(dataset.get_patterns(), dim=(-2, -1))
+    total = float(patterns.sum((-2, -1)).mean())
+    patterns = patterns / total
+    original = model.obj_phase.detach().clone()
+
+    def forward(change, index):
+        with torch.no_grad():
+            if change is not None:
+                model.obj_phase.add_(change.to(original) / model.n_slices)
+            try:
+                return model.forward(index.to(model.device)).cpu()
+            finally:
+                model.obj_phase.copy_(original)
+
+    probe = model.get_probe().detach().cpu()
+    origin = np.asarray(r["attrs"]["origin"], np.float64)
+    sampling = tuple(float(s) for s in r["attrs"]["sampling"])
+    return GuardRun(forward, lambda index: patterns[index.cpu()],
+                    counts_per_pattern(dataset, total) if decision.counted else None, decision.line(),
+                    (np.asarray(r["positions"], np.float64) + origin) / np.asarray(sampling),
+                    (probe.abs() ** 2).sum(0).numpy(), tuple(model.object_shape),
+                    (round(origin[0] / sampling[0]), round(origin[1] / sampling[1])), sampling, str(source))

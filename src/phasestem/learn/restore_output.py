@@ -1,7 +1,7 @@
 """What ``phasestem restore`` leaves beside its output file ``OUT.h5``, and the lines it prints.
 
-* :func:`write_restored`: ``OUT.h5`` with the restored phase, the run's phase, the field and the σ change, and
-  where the crop sits in the run's object (:func:`crop_placement`);
+* :func:`write_restored`: ``OUT.h5`` with the restored phase, the run's phase, the field and the σ change, the data
+  guard's map and sites (:func:`write_guard`), and where the crop sits in the run's object (:func:`crop_placement`);
 * :func:`companion_paths`: the figure ``OUT.png`` and the log ``OUT.log`` (appended, one block per restore);
 * :func:`refuse_unsafe_output`: what ``OUT.h5`` and its companions may never be: another suffix than HDF5's, one of
   the inputs (the results file, the files of its run, the model or any file of its run folder: links resolved), or
@@ -19,7 +19,7 @@ import numpy as np
 
 from ..base.errors import ConfigError
 
-__all__ = ["companion_paths", "crop_placement", "write_restored", "placement_line", "change_line",
+__all__ = ["companion_paths", "crop_placement", "write_restored", "write_guard", "placement_line", "change_line",
            "no_sigma_reason", "figure_title", "refuse_unsafe_output", "is_restoration", "RESTORED_FORMAT"]
 
 #: the ``format`` attribute of a file ``restore`` wrote: the only kind of file it replaces (with ``--replace``)
@@ -116,11 +116,12 @@ def crop_placement(origin_px: tuple[int, int], shape: tuple[int, int]) -> dict[s
 
 
 def write_restored(path: str | Path, phase: np.ndarray, info: dict[str, Any], model: str, results: str,
-                   replace: bool = False) -> dict:
+                   replace: bool = False, guard=None) -> dict:
     """Write ``OUT.h5`` (atomically, built in memory: a full disk is one line and the old file is kept):
-    ``phase``, ``input``, ``field``, ``change_sigma`` when ``info`` has it, and the attributes sampling (Å), model,
-    results, units, format and :func:`crop_placement`. ``replace`` False: a file that is at ``path`` by then is kept
-    (FileExistsError). Returns the placement."""
+    ``phase``, ``input``, ``field``, ``change_sigma`` when ``info`` has it, the data guard's tables when ``guard``
+    (a :class:`phasestem.learn.data_guard.DataGuardResult`; :func:`write_guard`), and the attributes sampling (Å),
+    model, results, units, format and :func:`crop_placement`. ``replace`` False: a file that is at ``path`` by then
+    is kept (FileExistsError). Returns the placement."""
     from ..base.safety import atomic_hdf5
 
     placement = crop_placement(info["origin_px"], phase.shape)
@@ -128,9 +129,38 @@ def write_restored(path: str | Path, phase: np.ndarray, info: dict[str, Any], mo
         f["phase"], f["input"], f["field"] = phase, info["input"], info["field"]
         if info.get("change_sigma") is not None:
             f["change_sigma"] = np.asarray(info["change_sigma"], np.float32)
+        if guard is not None:
+            write_guard(f, guard)
         f.attrs.update({"sampling": np.asarray(info["sampling"]), "model": str(model), "results": str(results),
                         "units": "rad", "format": RESTORED_FORMAT, **placement})
     return placement
+
+
+#: the columns of ``flagged_sites`` and ``tested_sites``: dataset pixel (row, col), the site's z against its opposite
+#: state (``statistic``), its z against AD's disk (``change_z``) and which state was the opposite (0: AD's disk, 1: the
+#: disk emptied; :mod:`phasestem.learn.data_guard`)
+SITE_TABLE = np.dtype([("row", np.int32), ("col", np.int32), ("statistic", np.float32), ("change_z", np.float32),
+                       ("opposite", np.int8)])
+
+
+def write_guard(f, guard) -> None:
+    """The data guard's record in the open ``OUT.h5`` ``f``: ``data_support`` (H, W) float32 (σ-like, NaN outside
+    the field), ``tested_sites`` and ``flagged_sites`` (tables of :data:`SITE_TABLE`), their attributes the
+    threshold, the share chance flags and the noise model."""
+    def table(mask: np.ndarray) -> np.ndarray:
+        rows = np.zeros(int(mask.sum()), SITE_TABLE)
+        rows["row"], rows["col"] = guard.sites[mask, 0], guard.sites[mask, 1]
+        rows["statistic"], rows["change_z"] = guard.statistic[mask], guard.change_z[mask]
+        rows["opposite"] = guard.opposite[mask]
+        return rows
+
+    f["data_support"] = np.asarray(guard.support, np.float32)
+    f["data_support"].attrs.update({"units": "sign·sqrt(excess misfit), sigma-like", "noise": guard.noise})
+    every = np.ones(len(guard.sites), bool)
+    for name, mask in (("tested_sites", every), ("flagged_sites", np.asarray(guard.flagged, bool))):
+        f[name] = table(mask)
+        f[name].attrs.update({"threshold": guard.threshold, "chance": guard.chance, "noise": guard.noise,
+                              "tested": len(guard.sites), "positions": guard.positions})
 
 
 def placement_line(placement: dict[str, np.ndarray], sampling: tuple[float, float], out_file) -> str:

@@ -1,5 +1,6 @@
-"""The figure of ``phasestem restore`` from plain arrays: the run's phase, the restored phase, their difference and
-the guard's map (the change in units of the data's σ), over the scanned field."""
+"""The figure of ``phasestem restore`` from plain arrays: the run's phase, the restored phase, their difference, the
+guard's map (the change in units of the data's σ) and, when the data guard ran, its data-support map with the
+flagged sites circled, over the scanned field."""
 from __future__ import annotations
 
 import textwrap
@@ -46,14 +47,31 @@ def _guard_panel(ax, change_sigma: np.ndarray | None, pixel: tuple[float, float]
                    levels=[0.5], colors="white", linewidths=0.5)
 
 
+def _support_panel(ax, support, rows: slice, cols: slice, pixel: tuple[float, float]) -> None:
+    """The data-support map (σ-like, > 0: the restored phase fits the patterns worse than the run's) over the field,
+    its flagged sites circled (``support``: a :class:`phasestem.learn.data_guard.DataGuardResult`)."""
+    plt = _plt()
+    level = float(support.threshold)
+    cmap = plt.get_cmap(CMAPS["signed"]).with_extremes(bad="0.6")
+    show_image(ax, np.asarray(support.support)[rows, cols], pixel, cmap=cmap, label="√(excess misfit)",
+               vmin=-2 * level, vmax=2 * level, title=f"data support (circled: flagged, > {level:g} σ)")
+    y0, x0 = rows.start or 0, cols.start or 0
+    radius = 6 * max(pixel)
+    for (r, c), flagged in zip(np.asarray(support.sites), np.asarray(support.flagged), strict=True):
+        if flagged:
+            centre = ((c - x0 + 0.5) * pixel[1], (r - y0 + 0.5) * pixel[0])
+            ax.add_patch(plt.Circle(centre, radius, fill=False, color="black", linewidth=1.2))
+
+
 @styled
 def restoration_figure(before: np.ndarray, after: np.ndarray, field: np.ndarray, sampling: tuple[float, float],
                        change_sigma: np.ndarray | None = None, threshold: float = 3.0, title: str | None = None,
-                       no_sigma: str = "", path=None):
+                       no_sigma: str = "", support=None, path=None):
     """Four panels over the scanned field (the bounding box of ``field``): the run's phase ``before`` and the
     restored phase ``after`` (rad, one colour range), their difference (rad, offset removed over the field) and the
     guard's map |``change_sigma``| (the change in units of the data's σ, pixels beyond ``threshold`` outlined), or
-    ``no_sigma`` (why there is none) in its place. Arrays (H, W) on one grid of ``sampling`` (dy, dx) Å; ``path``:
+    ``no_sigma`` (why there is none) in its place; a fifth with ``support`` (the data guard's result): its
+    data-support map, the flagged sites circled. Arrays (H, W) on one grid of ``sampling`` (dy, dx) Å; ``path``:
     where to write the PNG. Returns the figure."""
     plt = _plt()
     rows, cols = field_box(field)
@@ -61,7 +79,8 @@ def restoration_figure(before: np.ndarray, after: np.ndarray, field: np.ndarray,
     before, after = np.asarray(before, np.float64), np.asarray(after, np.float64)
     h, w = before[rows, cols].shape
     aspect = (h * pixel[0]) / (w * pixel[1])  # of the field: the figure's height follows it (no empty band)
-    fig, axes = plt.subplots(1, 4, figsize=(16, 2.5 * min(max(aspect, 0.3), 3.0) + 0.9), squeeze=True)
+    n = 4 if support is None else 5
+    fig, axes = plt.subplots(1, n, figsize=(4 * n, 2.5 * min(max(aspect, 0.3), 3.0) + 0.9), squeeze=True)
     fig.subplots_adjust(wspace=0.4)
     lo, hi = robust_range(np.concatenate([before[rows, cols].ravel(), after[rows, cols].ravel()]))
     show_image(axes[0], before[rows, cols], pixel, label="phase (rad)", vmin=lo, vmax=hi,
@@ -72,5 +91,7 @@ def restoration_figure(before: np.ndarray, after: np.ndarray, field: np.ndarray,
                title="restored − input (offset removed)")
     _guard_panel(axes[3], None if change_sigma is None else np.asarray(change_sigma)[rows, cols], pixel, threshold,
                  no_sigma)
+    if support is not None:
+        _support_panel(axes[4], support, rows, cols, pixel)
     fig.suptitle(title or "restoration", fontsize=9)
     return _save(fig, path)

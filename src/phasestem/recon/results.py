@@ -337,3 +337,34 @@ def _written(f: h5py.File, key: str, path: Path) -> np.ndarray:
 
     check_written(f[key], f"{path}:{key}")
     return f[key][...]
+
+
+def load_fitted_state(model, results: dict, path: Path) -> None:
+    """Set ``model``'s object, probe, positions, tilt, thickness and object-mode weights to those of ``results``
+    (:func:`load_results`; ``path`` its file) into a model built from the run's parameters (``restore``'s data
+    guard, ``calibrate-sigma``); a shape the run's parameter file does not build is one line."""
+    from ..base.errors import InputFileError
+
+    origin = torch.tensor(model.origin, dtype=torch.float32)
+    values = {"obj_phase": results["obj_phase"], "obj_amplitude": results["obj_amplitude"],
+              "obj_weights": _object_weights(path), "tilt": results["tilt"],
+              "positions": torch.as_tensor(results["positions"], dtype=torch.float32) + origin,
+              "probe": torch.view_as_real(torch.as_tensor(results["probe"]) * model.probe_scale),
+              "slice_thickness": results["slice_thickness"]}
+    with torch.no_grad():
+        for name, value in values.items():
+            target = getattr(model, name)
+            value = torch.as_tensor(value).to(target.dtype)
+            if value.shape != target.shape:
+                raise InputFileError(f"{path}: {name} has shape {tuple(value.shape)}, the run's parameter file builds "
+                                     f"{tuple(target.shape)}: are the results and the parameter file of one run?")
+            target.copy_(value.to(target.device))
+    model.epoch = int(results["attrs"].get("epoch", 0))
+
+
+def _object_weights(path: Path) -> np.ndarray:
+    """results.h5's ``object/weights`` (K,), the object modes' occupancies (not among load_results' keys)."""
+    from ..io.hdf5 import open_file
+
+    with open_file(path, "phasestem results file") as f:
+        return np.asarray(f["object/weights"][...], dtype=np.float32)

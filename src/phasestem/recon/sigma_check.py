@@ -97,34 +97,6 @@ def _load_params(results: Path, params_file: Path | None, recorded: str | None):
     return parse_params(loads_yaml(recorded, source), source, results.parent), source
 
 
-def load_fitted_state(model, results: dict, path: Path) -> None:
-    """Set ``model``'s object, probe, positions, tilt, thickness and object-mode weights to those of ``results``
-    (:func:`phasestem.recon.results.load_results`); a shape the run's parameter file does not build is one line."""
-    origin = torch.tensor(model.origin, dtype=torch.float32)
-    values = {"obj_phase": results["obj_phase"], "obj_amplitude": results["obj_amplitude"],
-              "obj_weights": _object_weights(path), "tilt": results["tilt"],
-              "positions": torch.as_tensor(results["positions"], dtype=torch.float32) + origin,
-              "probe": torch.view_as_real(torch.as_tensor(results["probe"]) * model.probe_scale),
-              "slice_thickness": results["slice_thickness"]}
-    with torch.no_grad():
-        for name, value in values.items():
-            target = getattr(model, name)
-            value = torch.as_tensor(value).to(target.dtype)
-            if value.shape != target.shape:
-                raise InputFileError(f"{path}: {name} has shape {tuple(value.shape)}, the run's parameter file builds "
-                                     f"{tuple(target.shape)}: are the results and the parameter file of one run?")
-            target.copy_(value.to(target.device))
-    model.epoch = int(results["attrs"].get("epoch", 0))
-
-
-def _object_weights(path: Path) -> np.ndarray:
-    """results.h5's ``object/weights`` (K,), the object modes' occupancies (not among load_results' keys)."""
-    from ..io.hdf5 import open_file
-
-    with open_file(path, "phasestem results file") as f:
-        return np.asarray(f["object/weights"][...], dtype=np.float32)
-
-
 def mean_total(dataset) -> float:
     """The patterns' mean total count (data units), read one scan row at a time."""
     rows = (np.asarray(dataset.patterns[r], dtype=np.float64).sum() for r in range(dataset.scan_shape[0]))
@@ -138,7 +110,7 @@ def load_run(path: str | Path, device: str | None = None) -> FinishedRun:
     from ..io.counts import counts_decision, counts_per_pattern
     from .distributed import rank_device
     from .params import build_dataset, build_model
-    from .results import load_results
+    from .results import load_fitted_state, load_results
 
     results_path, params_file = locate_run(path)
     results = load_results(results_path)
