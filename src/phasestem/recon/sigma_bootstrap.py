@@ -21,7 +21,8 @@ refinements of the probe and positions, epochs, from the same start), and the fa
 includes the probe's and positions' share and the regularisation of stopping where the run stops; what it leaves
 out is the model error (the fitted model is the bootstrap's truth) and correlations longer than the block. The cost
 is ``realisations`` × block² / positions of the run (logged); a block of 12 × 12 positions with 3 realisations is
-2.6 % of a 128 × 128 scan's run.
+2.6 % of a 128 × 128 scan's run. A block spans at least :data:`MIN_SPAN` Å (26 × 26 positions at a 0.4 Å step), and
+only its pixels a probe radius and :data:`EDGE_MARGIN` inside its lit field are scored.
 """
 from __future__ import annotations
 
@@ -38,8 +39,10 @@ log = logging.getLogger("phasestem.recon")
 
 #: the bootstrap's default block side (positions) and number of realisations
 BLOCK, REALISATIONS = 12, 3
-#: pixels of the block's constrained field this far (Å) inside its edge are scored (the block's own edge is lit less
-#: than the run's field there)
+#: the block's positions span at least this many Å (a finer step takes more positions)
+MIN_SPAN = 10.0
+#: pixels of the block's lit field at least the probe's radius and this far (Å) inside its edge are scored (the
+#: block's own edge is lit by fewer positions than the run's field there)
 EDGE_MARGIN = 2.0
 
 
@@ -104,7 +107,7 @@ def bootstrap_scale(model, dataset, rerun: Callable, sigma_of: Callable, data_to
     if realisations < 2:
         raise ValueError(f"the bootstrap needs at least 2 realisations, got {realisations}")
     t0 = time.perf_counter()
-    rows, cols = central_block(dataset.scan_shape, block)
+    rows, cols = central_block(dataset.scan_shape, block_side(dataset, block))
     expected = block_predictions(model, dataset, rows, cols)
     if tuple(expected.shape[-2:]) != tuple(dataset.pattern_shape):
         log.info("σ bootstrap skipped: the model's patterns (%s) are not the data's (%s)", expected.shape[-2:],
@@ -123,7 +126,7 @@ def bootstrap_scale(model, dataset, rerun: Callable, sigma_of: Callable, data_to
         masks.append(lit)
         epochs = fitted.epoch
         refined = tuple(name for name in ("probe", "positions") if _was_refined(fitted, name))
-    inner = _inner(np.logical_and.reduce(masks), fitted)
+    inner = _inner(np.logical_and.reduce(masks), fitted, EDGE_MARGIN + _probe_radius(dataset))
     if inner.sum() < 16:
         log.info("σ bootstrap skipped: the block's constrained field is too small (%d pixels)", int(inner.sum()))
         return None
@@ -136,13 +139,27 @@ def bootstrap_scale(model, dataset, rerun: Callable, sigma_of: Callable, data_to
                           int(inner.sum()), time.perf_counter() - t0, refined)
 
 
-def _inner(mask: np.ndarray, model) -> np.ndarray:
-    """``mask`` eroded by :data:`EDGE_MARGIN` Å (the model's pixel)."""
+def block_side(dataset, block: int) -> int:
+    """The block's side in positions: ``block``, or more where that spans less than :data:`MIN_SPAN` Å."""
+    step = float(min(dataset.scan_step))
+    return max(int(block), int(math.ceil(MIN_SPAN / step)) + 1) if step > 0 else int(block)
+
+
+def _probe_radius(dataset) -> float:
+    """The probe's radius (Å, :func:`phasestem.physics.optics.probe_radius`); 0 when the semi-angle is unknown."""
+    from ..physics.optics import probe_radius
+
+    if not dataset.semiangle:
+        return 0.0
+    return probe_radius(float(dataset.energy), float(dataset.semiangle), dataset.aberrations or {})[0]
+
+
+def _inner(mask: np.ndarray, model, margin: float) -> np.ndarray:
+    """``mask`` eroded by ``margin`` Å (the model's pixel)."""
     from scipy.ndimage import binary_erosion
 
     px = float(min(model.experiment.sampling))
-    steps = max(1, int(round(EDGE_MARGIN / px)))
-    return binary_erosion(mask, iterations=steps)
+    return binary_erosion(mask, iterations=max(1, int(round(margin / px))))
 
 
 def _was_refined(model, name: str) -> bool:
