@@ -29,7 +29,8 @@ def seed_run(tmp_path_factory):
     (tmp / "sim.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["simulate", str(tmp / "sim.yaml"), "--out", str(tmp / "data")]) == 0
     params = {"data": {"file": str(tmp / "data" / "simulation_data1.h5")},  # noise-free: a stated noise for σ
-              "run": {"n_epochs": 4, "progress": False, "noise_sigma": 1e-3}}
+              "run": {"n_epochs": 4, "progress": False, "noise_sigma": 1e-3},
+              "model": {"upsampling": 1}}  # restore-seed restores AD phases at the detector's pixel, 0.3125 Å
     (tmp / "params.yaml").write_text(yaml.safe_dump(params))
     return tmp
 

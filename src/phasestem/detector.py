@@ -399,17 +399,21 @@ def sum_bins(window, factor: tuple[int, int]):
     return window.reshape(*window.shape[:-2], h, fy, w, fx).sum((-3, -1))
 
 
-def detector_response(far_field, binning: int = 1, blur: float = 0.0):
+def detector_response(far_field, binning: int = 1, blur: float = 0.0, shape: tuple[int, int] | None = None):
     """Model far-field intensities (..., f·h, f·w) on a grid ``binning`` = f times finer than the detector, fftfreq
     order (torch) → detector patterns (..., h, w), fftfreq order: summed into detector pixels by :func:`bin_pixels`
-    (the one bin rule, as the data are binned) and blurred by the detector's point spread, a periodic Gaussian of
-    σ = ``blur`` detector pixels (0: none). Differentiable."""
+    (the one bin rule, as the data are binned), the detector's ``shape`` (h, w) of them about the zero frequency
+    kept when the binned far field extends beyond it (an upsampled model's: what falls outside the detector is not
+    measured), and blurred by the detector's point spread, a periodic Gaussian of σ = ``blur`` detector pixels
+    (0: none). Differentiable."""
     import torch
 
     out = far_field
+    dims = (-2, -1)
     if binning > 1:
-        dims = (-2, -1)
         out = torch.fft.ifftshift(bin_pixels(torch.fft.fftshift(out, dim=dims), binning), dim=dims)
+    if shape is not None and tuple(out.shape[-2:]) != tuple(shape):
+        out = torch.fft.ifftshift(centre_window(torch.fft.fftshift(out, dim=dims), shape), dim=dims)
     if blur > 0:
         u = torch.fft.fftfreq(out.shape[-2], device=out.device)[:, None]
         v = torch.fft.fftfreq(out.shape[-1], device=out.device)[None, :]

@@ -195,7 +195,7 @@ def guard_run(results_path, data_file=None, device: str = "cpu"):
     from ..base.errors import InputFileError
     from ..io.counts import counts_decision, counts_per_pattern
     from ..recon.params import build_dataset, build_model, parse_params
-    from ..recon.results import load_fitted_state, load_results
+    from ..recon.results import keep_recorded_upsampling, load_fitted_state, load_results
     from .data_guard import GuardRun
 
     r = load_results(results_path)
@@ -218,6 +218,7 @@ def guard_run(results_path, data_file=None, device: str = "cpu"):
                              "run's patterns, or --no-data-guard")
     recorded["data"]["file"] = str(source)
     params = parse_params(recorded, f"{results_path}: attrs config")
+    keep_recorded_upsampling(params, r)
     dataset = build_dataset(params, warn=False)
     decision = counts_decision(dataset)
     model = build_model(params, dataset).to(device)

@@ -19,7 +19,7 @@ import torch
 
 from ..base.errors import InputFileError, ShapeError
 
-__all__ = ["load_restorer", "check_pixel", "check_geometry", "restore_channels"]
+__all__ = ["load_restorer", "check_pixel", "check_geometry", "check_upsampled_pixel", "restore_channels"]
 
 log = logging.getLogger("phasestem.learn")
 
@@ -31,7 +31,9 @@ def check_geometry(meta: dict[str, Any], geometry: dict[str, Any] | None, model:
     group) differ from the restorer ``model``'s card beyond :data:`~phasestem.learn.apply.phase.OPTICS_TOLERANCE`
     (1 % energy, step, pixel; 2 % semi-angle and detector sampling; 2 % + 1 Å aberrations). A run without the
     record (None) is refused unless ``trust`` (the user vouches; a warning, and only ``known``, e.g. its energy and
-    pixel, is checked). A quantity the card lacks is not checked (one log line)."""
+    pixel, is checked). A quantity the card lacks is not checked (one log line). A run on pixels finer than its
+    detector's (``model.upsampling``) is refused by a restorer trained at another pixel with the reason
+    (:func:`check_upsampled_pixel`)."""
     from .apply.phase import OPTICS_TOLERANCE, check_training_optics
 
     if geometry is None:
@@ -46,7 +48,29 @@ def check_geometry(meta: dict[str, Any], geometry: dict[str, Any] | None, model:
     lacks = [key for key in OPTICS_TOLERANCE if card.get(key) in (None, {}, [])]
     if lacks:
         log.info("%s: its card records no %s: not checked", model, ", ".join(lacks))
+    check_upsampled_pixel(meta, geometry, model)
     check_training_optics(meta, geometry, model)
+
+
+def check_upsampled_pixel(meta: dict[str, Any], geometry: dict[str, Any], model: str) -> None:
+    """Refuse, saying why, a run reconstructed on pixels ``upsampling`` times finer than its detector's (recorded in
+    ``geometry``) whose pixel is not the card's. Not resampled onto the card's pixel: the network learned to restore
+    AD phases at that pixel, whose band stopped at its 2/3 Nyquist; a finer run's phase carries the probe's whole
+    band, so resampled it would be an input unlike any the network was trained on."""
+    from .apply.phase import OPTICS_TOLERANCE
+
+    u = int(geometry.get("upsampling") or 1)
+    trained = ((meta.get("data") or {}).get("optics") or {}).get("sampling")
+    have = geometry.get("sampling")
+    rel = OPTICS_TOLERANCE["sampling"][0]
+    if u <= 1 or not trained or not have or all(abs(a - b) <= rel * abs(b) for a, b in zip(have, trained,
+                                                                                          strict=True)):
+        return
+    raise ShapeError(f"{model}: the run reconstructed on pixels of {have[0]:.4g} Å, {u} × finer than its detector's "
+                     f"{have[0] * u:.4g} Å (model.upsampling {u}, so that the probe's band is not truncated): pixel "
+                     f"{have[0]:.4g} Å (trained on {trained[0]:.4g} Å); the network restores AD phases of its own "
+                     "pixel only: rerun reconstruct with model.upsampling: 1 to restore with it, or train a restorer "
+                     "on runs at this pixel")
 
 
 def check_pixel(meta: dict[str, Any], sampling: tuple[float, float], source: str = "", rel: float = 0.01) -> None:

@@ -4,8 +4,9 @@ An :class:`Experiment` says what a measured pattern is, given an object: the nom
 given), the object frame (the scanned field plus a margin of half a window and ``object_padding`` pixels, with
 the dataset's 0 Å at ``origin``), the scan positions in that frame, the multislice forward model
 (:class:`~phasestem.physics.operator.ForwardModel`) and the detector response (the model's far field binned onto
-the detector by the one bin rule when the window is ``oversampling`` times the detector, the detector's blur, and
-the descan: a sub-pixel shift of each pattern). :meth:`Experiment.from_dataset` builds it from a
+the detector by the one bin rule when the window is ``oversampling`` times the detector, its central detector pixels
+kept when the object pixel is ``upsampling`` times finer than the detector's (:mod:`.upsampling`), the detector's
+blur, and the descan: a sub-pixel shift of each pattern). :meth:`Experiment.from_dataset` builds it from a
 :class:`~phasestem.dataset.FourDSTEM`; :meth:`Experiment.intensities` computes model patterns.
 
 Used by the reconstruction (:class:`phasestem.recon.model.Ptychography` optimises an object, probe and positions
@@ -27,6 +28,7 @@ from ..detector import detector_response
 from . import optics
 from .operator import ForwardModel
 from .resample import BAND_LIMITED, resample_image
+from .upsampling import choose_upsampling, finer_probe, padded_spectrum
 
 
 @dataclass(frozen=True)
@@ -34,8 +36,10 @@ class ExperimentOptions:
     """How an :class:`Experiment` is built from a dataset (:meth:`Experiment.from_dataset`): ``n_probe_modes`` M
     of a ``probe`` (M, ny, nx) given or nominal (``source_size`` Å FWHM or ``mode_power`` for the higher modes,
     ``on_band_limit``, ``aperture_edge`` 'soft' | 'hard' | 'measured'), ``object_padding`` px beyond every window
-    (default ⌈window/8⌉), the 2/3 band limit (``antialias``), a window ``oversampling`` × the detector, the
-    detector's Gaussian blur σ (detector px) and the per-pattern descan ``detector_shifts`` (N, 2) px."""
+    (default ⌈window/8⌉), the 2/3 band limit (``antialias``), a window ``oversampling`` × the detector, object
+    pixels ``upsampling`` × finer than the detector's ('auto': as many as the probe's band needs,
+    :func:`~phasestem.physics.upsampling.choose_upsampling`; 1: the detector's pixel), the detector's Gaussian
+    blur σ (detector px) and the per-pattern descan ``detector_shifts`` (N, 2) px."""
 
     n_probe_modes: int = 1
     probe: Any = None
@@ -46,6 +50,7 @@ class ExperimentOptions:
     on_band_limit: str = "warn"
     aperture_edge: str = "soft"
     oversampling: int = 1
+    upsampling: int | str = 1
     detector_blur: float = 0.0
     detector_shifts: Any = None
 
@@ -54,30 +59,38 @@ class ExperimentOptions:
         return tuple(f.name for f in fields(cls))
 
 
-def _oversampling(value) -> int:
+def _oversampling(value, name: str = "oversampling") -> int:
     if int(value) < 1:
-        raise ConfigError(f"oversampling must be a positive integer, got {value}")
+        raise ConfigError(f"{name} must be a positive integer, got {value}")
     return int(value)
 
 
 def nominal_probe(dataset, window: tuple[int, int], n_probe_modes: int = 1, probe=None,
                   source_size: float | None = None, mode_power: float = 0.02, on_band_limit: str = "warn",
-                  aperture_edge: str = "soft") -> torch.Tensor:
-    """Probe modes (M, ny, nx) complex64, Σ|ψ|² = 1, on a ``window`` at the dataset's real-space sampling.
+                  aperture_edge: str = "soft", upsampling: int = 1) -> torch.Tensor:
+    """Probe modes (M, ny, nx) complex64, Σ|ψ|² = 1, on a ``window`` at the dataset's real-space sampling divided
+    by ``upsampling``.
 
-    From the dataset optics (``optics.make_probe``; semiangle, aberrations) unless ``probe`` (M, ny, nx) is given;
-    more modes from ``source_size`` (Å FWHM, ``optics.partial_coherence_modes``) or ``optics.initial_probe_modes``
-    (``mode_power``). ``aperture_edge``: 'soft', 'hard' or 'measured' (:mod:`phasestem.physics.aperture`).
+    From the dataset optics (``optics.make_probe``; semiangle, aberrations) unless ``probe`` (M, ny, nx) is given
+    (on the ``window``, or on the detector's pixel: ``window`` / ``upsampling``, then interpolated onto the finer
+    pixels by :func:`~phasestem.physics.upsampling.finer_probe`); more modes from ``source_size`` (Å FWHM,
+    ``optics.partial_coherence_modes``) or ``optics.initial_probe_modes`` (``mode_power``). ``aperture_edge``:
+    'soft', 'hard' or 'measured' (:mod:`phasestem.physics.aperture`).
     """
-    sampling = tuple(float(s) for s in dataset.sampling)
+    u = int(upsampling)
+    sampling = tuple(float(s) / u for s in dataset.sampling)
     if probe is not None:
         probe_t = torch.as_tensor(probe)
         if probe_t.dim() == 2:
             probe_t = probe_t[None]
+        coarse = (window[0] // u, window[1] // u)
+        if u > 1 and tuple(probe_t.shape[-2:]) == coarse:
+            probe_t = finer_probe(probe_t, u)
         if tuple(probe_t.shape[-2:]) != tuple(window):
-            f = window[0] // dataset.pattern_shape[0]
+            f = coarse[0] // dataset.pattern_shape[0]
             what = "the pattern shape" if f == 1 else f"{f} × the pattern shape"
-            raise ShapeError(f"probe window {tuple(probe_t.shape[-2:])} must equal {what} {window}")
+            also = f" (or {coarse}, the detector's pixel, with upsampling {u})" if u > 1 else ""
+            raise ShapeError(f"probe window {tuple(probe_t.shape[-2:])} must equal {what} {window}{also}")
         probe_t = probe_t.to(torch.complex64)
         if probe_t.shape[0] < n_probe_modes:
             extra = optics.initial_probe_modes(probe_t[0], n_probe_modes - probe_t.shape[0] + 1, mode_power)[1:]
@@ -91,6 +104,8 @@ def nominal_probe(dataset, window: tuple[int, int], n_probe_modes: int = 1, prob
 
         ang = optics.angular_sampling_for(dataset.energy, sampling, window)
         amplitude = measured_aperture(dataset.mean_pattern(), dataset.semiangle / float(np.mean(ang)))
+        if u > 1:  # the detector's k-grid inside the finer window's (the same Δk)
+            amplitude = padded_spectrum(amplitude, window)
     elif aperture_edge not in ("soft", "hard"):
         raise ConfigError(f"aperture_edge must be 'soft', 'hard' or 'measured', got {aperture_edge!r}")
     nominal = optics.make_probe(window, sampling, dataset.energy, dataset.semiangle, dataset.aberrations,
@@ -139,14 +154,17 @@ class Experiment(nn.Module):
 
     Parameters
     ----------
-    probe : (M, ny, nx) or (ny, nx) complex nominal probe modes; (ny, nx) is the window, ``oversampling`` times
-        the detector's pattern shape.
+    probe : (M, ny, nx) or (ny, nx) complex nominal probe modes; (ny, nx) is the window, ``oversampling`` ×
+        ``upsampling`` times the detector's pattern shape.
     positions : (N, 2) probe centres in Å in the object frame (object pixel (0, 0) at 0 Å).
     object_shape : (Ny, Nx) object pixels (periodic: a cell may be smaller than the window); sampling : (dy, dx)
         Å; energy : eV.
     origin : (y, x) Å of the dataset's 0 Å in the object frame.
     antialias : band-limit each propagator (2/3 Nyquist).
     oversampling : the far field is binned by this factor onto the detector (the one bin rule).
+    upsampling : the object pixel ``sampling`` is this many times finer than the detector's (λ/(N·Δk)): the binned
+        far field is this many times the detector's extent, of which the detector measures the central part.
+    upsampling_reason : why (one line for the run log: :func:`~phasestem.physics.upsampling.choose_upsampling`).
     detector_blur : σ of the detector's Gaussian point spread, detector pixels (0: none).
     detector_shifts : (N, 2) detector px each measured pattern's zero frequency lies off the central pixel
         (the descan left in the data); the model's patterns are displaced alike (None: none).
@@ -154,7 +172,8 @@ class Experiment(nn.Module):
 
     def __init__(self, probe, positions, object_shape: tuple[int, int], sampling: tuple[float, float],
                  energy: float, origin: tuple[float, float] = (0.0, 0.0), antialias: bool = False,
-                 oversampling: int = 1, detector_blur: float = 0.0, detector_shifts=None):
+                 oversampling: int = 1, detector_blur: float = 0.0, detector_shifts=None, *, upsampling: int = 1,
+                 upsampling_reason: str = ""):
         super().__init__()
         probe = torch.as_tensor(probe)
         if probe.dim() == 2:
@@ -170,6 +189,12 @@ class Experiment(nn.Module):
         if positions.dim() != 2 or positions.shape[1] != 2:
             raise ShapeError(f"positions must be (N, 2) Å, got shape {tuple(positions.shape)}")
         self.oversampling = _oversampling(oversampling)
+        self.upsampling = _oversampling(upsampling, "upsampling")
+        self.upsampling_reason = str(upsampling_reason)
+        if self.window[0] % (self.oversampling * self.upsampling) or self.window[1] % (self.oversampling *
+                                                                                        self.upsampling):
+            raise ShapeError(f"probe window {self.window} is not a whole multiple of oversampling × upsampling "
+                             f"{self.oversampling} × {self.upsampling}")
         self.detector_blur = float(detector_blur)
         self.forward_model = ForwardModel(self.window, self.sampling, self.energy, antialias=antialias, centred=False)
         self.register_buffer("probe", probe, persistent=False)
@@ -181,19 +206,21 @@ class Experiment(nn.Module):
     def from_dataset(cls, dataset, options: ExperimentOptions | None = None, **keywords) -> Experiment:
         """The experiment of ``dataset`` (a :class:`~phasestem.dataset.FourDSTEM`) built as ``options`` say
         (:class:`ExperimentOptions`; its fields may also be given as keywords, which replace those of ``options``):
-        the probe of :func:`nominal_probe` on a window ``oversampling`` × the pattern shape, the frame of
-        :func:`object_frame` (``object_padding``), the dataset's positions moved into it, and the detector
-        response."""
+        the probe of :func:`nominal_probe` on a window ``oversampling`` × ``upsampling`` × the pattern shape, the
+        frame of :func:`object_frame` (``object_padding``), the dataset's positions moved into it, and the detector
+        response. Object pixels are the dataset's divided by u = ``upsampling`` ('auto': the optics decide,
+        :func:`~phasestem.physics.upsampling.choose_upsampling`), the window u × as many over the same extent."""
         o = replace(options or ExperimentOptions(), **keywords)
         oversampling = _oversampling(o.oversampling)
-        window = tuple(int(n) * oversampling for n in dataset.pattern_shape)
-        sampling = tuple(float(s) for s in dataset.sampling)
+        u, why = choose_upsampling(o.upsampling, dataset.semiangle, tuple(dataset.sampling), dataset.energy)
+        window = tuple(int(n) * oversampling * u for n in dataset.pattern_shape)
+        sampling = tuple(float(s) / u for s in dataset.sampling)
         probe_t = nominal_probe(dataset, window, o.n_probe_modes, o.probe, o.source_size, o.mode_power,
-                                o.on_band_limit, o.aperture_edge)
+                                o.on_band_limit, o.aperture_edge, u)
         pos = torch.as_tensor(dataset.positions_angstrom(), dtype=torch.float32)
         shape, origin = object_frame(pos, sampling, window, o.object_padding)
         return cls(probe_t, pos + torch.tensor(origin), shape, sampling, dataset.energy, origin, o.antialias,
-                   oversampling, o.detector_blur, o.detector_shifts)
+                   oversampling, o.detector_blur, o.detector_shifts, upsampling=u, upsampling_reason=why)
 
     # ---- geometry ------------------------------------------------------------------------------
     @property
@@ -202,8 +229,14 @@ class Experiment(nn.Module):
 
     @property
     def detector_shape(self) -> tuple[int, int]:
-        """Pattern shape on the detector: the window divided by :attr:`oversampling`."""
-        return (self.window[0] // self.oversampling, self.window[1] // self.oversampling)
+        """Pattern shape on the detector: the window divided by :attr:`oversampling` and :attr:`upsampling`."""
+        f = self.oversampling * self.upsampling
+        return (self.window[0] // f, self.window[1] // f)
+
+    @property
+    def detector_sampling(self) -> tuple[float, float]:
+        """The real-space pixel (Å) the detector's grid gives, λ/(N·Δk): :attr:`sampling` × :attr:`upsampling`."""
+        return (self.sampling[0] * self.upsampling, self.sampling[1] * self.upsampling)
 
     @property
     def origin_px(self) -> tuple[int, int]:
@@ -276,7 +309,8 @@ class Experiment(nn.Module):
             rows = self.detector_shifts if index is None else self.detector_shifts[index]
             shifts = rows * self.oversampling
         inten = self.forward_model(obj, probe, positions, dz, tilt, object_weights, shifts)
-        return detector_response(inten, self.oversampling, self.detector_blur)
+        shape = self.detector_shape if self.upsampling > 1 else None
+        return detector_response(inten, self.oversampling, self.detector_blur, shape)
 
     def patterns(self, obj: torch.Tensor, **options) -> torch.Tensor:
         """:meth:`intensities` fftshift-ed like measured data (zero frequency at (h//2, w//2))."""

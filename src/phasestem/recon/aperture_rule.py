@@ -13,6 +13,7 @@ import logging
 import numpy as np
 import torch
 
+from ..detector import centre_window
 from .constraints import Constraints
 
 log = logging.getLogger("phasestem.recon")
@@ -34,11 +35,13 @@ APERTURE_EDGE_TOLERANCE = 0.015
 MIN_DISK_RADIUS_PX = 15.0
 
 
-def probe_aperture_rule(mean_pattern: np.ndarray, nominal_probe: torch.Tensor) -> tuple[bool, str]:
+def probe_aperture_rule(mean_pattern: np.ndarray, nominal_probe: torch.Tensor, upsampling: int = 1
+                        ) -> tuple[bool, str]:
     """Whether ``probe_aperture: auto`` holds the aperture, and why (one line for the run log).
 
     ``mean_pattern`` (H, W): the data's mean pattern, zero frequency near the centre; ``nominal_probe`` (M, h, w):
-    the probe the hold keeps (:attr:`Experiment.probe`). On when the specimen scatters strongly (more than
+    the probe the hold keeps (:attr:`Experiment.probe`; on a window ``upsampling`` × the detector at its Δk, whose
+    spectrum's central detector pixels are compared). On when the specimen scatters strongly (more than
     :data:`STRONG_DARK_FIELD` of the mean intensity beyond :data:`DARK_FIELD_FROM` × the disk: there the free probe
     takes up the object's scattering) and the nominal aperture's edge is within :data:`APERTURE_EDGE_TOLERANCE` of
     the data's (a wrong semi-angle held costs more than a free probe), on a disk of at least
@@ -47,6 +50,9 @@ def probe_aperture_rule(mean_pattern: np.ndarray, nominal_probe: torch.Tensor) -
 
     mean = np.asarray(mean_pattern, dtype=np.float64)
     probe = torch.as_tensor(nominal_probe).detach().cpu()
+    if upsampling > 1 and tuple(probe.shape[-2:]) == (mean.shape[0] * upsampling, mean.shape[1] * upsampling):
+        spec = torch.fft.fftshift(torch.fft.fft2(probe.to(torch.complex128)), dim=(-2, -1))
+        probe = torch.fft.ifft2(torch.fft.ifftshift(centre_window(spec, mean.shape), dim=(-2, -1)))
     if tuple(probe.shape[-2:]) != mean.shape:
         return False, (f"off: the probe window {tuple(probe.shape[-2:])} is not the detector's {mean.shape} "
                        "(oversampling), so the data's disk is not compared with it")
@@ -82,7 +88,7 @@ def resolve_probe_aperture(model, mean_pattern: np.ndarray, constraints: Constra
     schedule = getattr(model, "schedules", {}).get("probe")
     on, why = False, "off: the probe is not refined"
     if model.probe.requires_grad and (schedule is None or schedule.lr != 0):
-        on, why = probe_aperture_rule(mean_pattern, model.experiment.probe)
+        on, why = probe_aperture_rule(mean_pattern, model.experiment.probe, model.experiment.upsampling)
         log.info("constraints.probe_aperture auto: %s", why)
     model.auto_reasons["probe_aperture"] = why  # for the run's records (results.h5 provenance)
     held = constraints.probe_aperture.model_copy(update={"enabled": on})

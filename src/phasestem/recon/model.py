@@ -32,6 +32,7 @@ from the scan's :class:`phasestem.physics.experiment.Experiment` (no second forw
 """
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -111,6 +112,7 @@ class Ptychography(nn.Module):
     origin = property(lambda self: self.experiment.origin, doc="(y, x) Å of the dataset's 0 Å in the object frame")
     forward_model = property(lambda self: self.experiment.forward_model, doc="the forward operator")
     oversampling = property(lambda self: self.experiment.oversampling, doc="window / detector pixels")
+    upsampling = property(lambda self: self.experiment.upsampling, doc="detector's pixel λ/(N·Δk) / object pixel")
     detector_shape = property(lambda self: self.experiment.detector_shape, doc="pattern shape the model produces")
     detector_shifts = property(lambda self: self.experiment.detector_shifts,
                                doc="(N, 2) px: each measured pattern's zero frequency off the central pixel, or None")
@@ -137,12 +139,16 @@ class Ptychography(nn.Module):
         more probe modes from ``source_size`` (``optics.partial_coherence_modes``) or ``mode_power``
         (``optics.initial_probe_modes``). As in CDTools' ``from_dataset``: ``oversampling`` (integer) makes the
         real-space probe window that many times the detector size at the same pixel, the model's far field binned
-        back onto the detector (:func:`bin_intensities`). ``detector_shifts`` (N, 2) detector px: each measured
+        back onto the detector (:func:`bin_intensities`); ``upsampling`` (integer or 'auto', logged with its reason)
+        divides the object pixel over the same window, the detector measuring the central part of the model's far
+        field. ``detector_shifts`` (N, 2) detector px: each measured
         pattern's zero frequency off the central pixel (descan left in the data); the model's patterns are
         displaced alike (:meth:`set_detector_shifts`).
         """
         o = ModelOptions.from_keywords(options, **keywords)
         experiment = Experiment.from_dataset(dataset, o.experiment)
+        if o.experiment.upsampling == "auto":
+            logging.getLogger("phasestem.recon").info("model.upsampling auto: %s", experiment.upsampling_reason)
         check_object_memory(experiment.object_shape, o.n_slices, o.n_object_modes)
         slice_thickness = o.slice_thickness
         if slice_thickness is None:
@@ -155,7 +161,7 @@ class Ptychography(nn.Module):
             phase = o.initial_phase
             if isinstance(phase, str | Path):
                 phase = load_phase_image(phase, o.initial_phase_key)
-            model.set_initial_phase(np.asarray(phase), o.initial_phase_sampling)
+            model.set_initial_phase(np.asarray(phase), o.initial_phase_sampling or experiment.detector_sampling)
         if o.random_phase:
             model.randomize_phase(o.random_phase, o.random_seed)
         if o.learning_rates:
@@ -163,7 +169,7 @@ class Ptychography(nn.Module):
         model.obj_preblur = float(o.obj_preblur)
         from .results import optics_record
 
-        model.optics_record = optics_record(dataset, model.sampling)  # results.h5's geometry group
+        model.optics_record = optics_record(dataset, model.sampling, model.upsampling)  # results.h5's geometry
         return model
 
     def set_initial_phase(self, phase: np.ndarray, sampling: tuple[float, float] | None = None) -> None:

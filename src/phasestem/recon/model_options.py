@@ -19,8 +19,8 @@ class ModelOptions:
 
     ``n_slices`` S of ``slice_thickness`` Å (default 10 Å; 1 slice: 1 Å, irrelevant without propagation);
     ``n_object_modes`` K; the start ``tilt`` (θy, θx) mrad, one per position with ``per_position_tilt``;
-    ``initial_phase`` (array or .npy/.npz/.h5 path, rad, dataset frame, at the object pixel or
-    ``initial_phase_sampling`` Å; ``initial_phase_key`` inside a file) starts the object phase, divided evenly over
+    ``initial_phase`` (array or .npy/.npz/.h5 path, rad, dataset frame, at ``initial_phase_sampling`` Å or the
+    detector's pixel λ/(N·Δk); ``initial_phase_key`` inside a file) starts the object phase, divided evenly over
     the slices; ``learning_rates`` ({name: lr or {"lr", "start", "end"}}); ``obj_preblur`` σ (object px; PtyRAD's
     ``obj_preblur_std``): the forward model sees the object blurred laterally, the stored object stays sharp;
     ``random_phase`` (rad) adds uniform noise in ±random_phase to the start phase, drawn with ``random_seed``;

@@ -249,6 +249,7 @@ def build_model(params: ReconstructParams, dataset, initial_phase: np.ndarray | 
     """The model of ``params.model`` for ``dataset`` (nominal probe from the optics). The input files
     (initial phase and probe) are read and checked first, each refusal naming its field; ``initial_phase``
     (2-D rad): the image of ``model.initial_phase`` already in memory (its file is then not read)."""
+    from ..physics.upsampling import choose_upsampling
     from .budget import ObjectSizeError
     from .inputs import check_phase_image, check_probe, field, load_phase_image, load_probe_file
 
@@ -257,7 +258,9 @@ def build_model(params: ReconstructParams, dataset, initial_phase: np.ndarray | 
     if m.initial_probe is not None:
         with field("model.initial_probe"):
             probe = load_probe_file(m.initial_probe.file, m.initial_probe.key)
-            check_probe(probe, m.initial_probe.file, dataset.pattern_shape)
+            u = choose_upsampling(m.upsampling, dataset.semiangle, tuple(dataset.sampling), dataset.energy)[0]
+            fine = tuple(n * u for n in dataset.pattern_shape)  # a probe of a run at the same upsampling
+            check_probe(probe, m.initial_probe.file, fine if probe.shape[-2:] == fine else dataset.pattern_shape)
     if ip is not None:
         with field("model.initial_phase"):
             phase = load_phase_image(ip.file, ip.key) if initial_phase is None else initial_phase

@@ -159,8 +159,9 @@ def auto_settings(model, params, sources=None) -> list:
     ``auto: `` and the rule's reason (``model.auto_reasons``). Rules that did not run (not yet due) give no row.
     ``run.coarse_start: auto`` gives one more row: the coarse epochs the run began with (from the loss history, so a
     resumed run tells it too) and why they were kept, or why there were none (``model.coarse_note``, also kept in
-    checkpoints). A learned prior (``reconstruct --prior``) gives the row ``prior.returned_epoch``: the epoch the
-    run returned and why (``model.prior_returned``, :mod:`phasestem.recon.prior_stop`)."""
+    checkpoints). ``model.upsampling: auto`` gives the row of the factor the optics chose and why. A learned prior
+    (``reconstruct --prior``) gives the row ``prior.returned_epoch``: the epoch the run returned and why
+    (``model.prior_returned``, :mod:`phasestem.recon.prior_stop`)."""
     from ..base.provenance import Setting
     from .run_state import COARSE_HISTORY_KEY
 
@@ -174,6 +175,11 @@ def auto_settings(model, params, sources=None) -> list:
         given = "coarse_start" in params.run.model_fields_set
         rows.append(Setting("run.coarse_start", len(coarse), "epochs",
                             (sources or {}).get("run.coarse_start", "YAML") if given else "default", note=note))
+    if params.model.upsampling == "auto":  # the object pixel the optics chose (model.upsampling)
+        given = "upsampling" in params.model.model_fields_set
+        rows.append(Setting("model.upsampling", int(model.upsampling), "",
+                            (sources or {}).get("model.upsampling", "YAML") if given else "default",
+                            note=f"auto: {model.experiment.upsampling_reason}"))
     for name, why in sorted(model.auto_reasons.items()):
         field = f"constraints.{name}.enabled"
         given = "enabled" in getattr(params.constraints, name).model_fields_set
@@ -284,9 +290,10 @@ def load_ground_truth(path: str | Path, key: str, model, energy: float | None = 
 
     A truth stored at another pixel size (:func:`truth_sampling`) is resampled to the model's with
     :func:`phasestem.physics.resample.resample_image`, and a log line (also to ``log_path``) says so; one with no
-    pixel size is taken at the model's. Refused with one line naming ``data.ground_truth_key`` when it is
-    missing, not a finite real 2-D image, or does not cover the scanned field at that pixel (a truth of another,
-    unknown pixel size). ``energy`` (eV): for the original seed generator's files, whose ``phase_{i}`` is σ·V."""
+    pixel size is taken at the detector's λ/(N·Δk) (the model's unless ``model.upsampling``). Refused with one line
+    naming ``data.ground_truth_key`` when it is missing, not a finite real 2-D image, or does not cover the scanned
+    field at that pixel (a truth of another, unknown pixel size). ``energy`` (eV): for the original seed
+    generator's files, whose ``phase_{i}`` is σ·V."""
     from ..physics.resample import resample_image
     from .inputs import field
 
@@ -298,8 +305,14 @@ def load_ground_truth(path: str | Path, key: str, model, energy: float | None = 
         except (InputFileError, ShapeError) as exc:
             raise type(exc)(str(exc).replace("initial phase", "ground truth")) from None
         stored = truth_sampling(path, key)
+        upsampled = stored is None and getattr(model, "upsampling", 1) > 1
+        if upsampled:  # a truth at the data's pixel, not the finer one the model chose
+            stored = model.experiment.detector_sampling
         shape = truth.shape
         with logging_to(log_path) if log_path is not None else contextlib.nullcontext():
+            if upsampled:
+                log.info("ground truth %s of %s: no pixel size stored with it; taken at the detector's %.4g Å",
+                         key, path.name, stored[0])
             if stored is None:
                 log.info("ground truth %s of %s: no pixel size stored with it (HDF5 attribute 'sampling'); taken at "
                          "the reconstruction's %.4g Å", key, path.name, target[0])

@@ -86,10 +86,11 @@ UNCERTAINTY_UNITS = {"phase_sigma": "rad", "phase_sum_sigma": "rad", "fisher": "
 EMD_ROOT = "phasestem_reconstruction"
 
 
-def optics_record(dataset, sampling) -> dict:
+def optics_record(dataset, sampling, upsampling: int = 1) -> dict:
     """The optics a run of ``dataset`` uses at the reconstruction pixel ``sampling`` (Å): energy eV, semiangle mrad,
-    aberrations {name: Å}, angular_sampling mrad/px, scan_step Å, sampling Å (None: the data do not say); what
-    ``results.h5``'s ``geometry`` group records and a restorer's card is compared with."""
+    aberrations {name: Å}, angular_sampling mrad/px, scan_step Å, sampling Å (None: the data do not say), and
+    ``upsampling``, the detector's pixel λ/(N·Δk) over ``sampling``; what ``results.h5``'s ``geometry`` group
+    records and a restorer's card is compared with."""
     def pair(v):
         return None if v is None else [float(x) for x in v]
 
@@ -97,7 +98,15 @@ def optics_record(dataset, sampling) -> dict:
     return {"energy": float(dataset.energy), "semiangle": semiangle,
             "aberrations": {str(k): float(v) for k, v in dict(dataset.aberrations or {}).items()},
             "angular_sampling": pair(dataset.angular_sampling), "scan_step": pair(dataset.scan_step),
-            "sampling": pair(sampling)}
+            "sampling": pair(sampling), "upsampling": int(upsampling)}
+
+
+def keep_recorded_upsampling(params, results: dict) -> None:
+    """A finished run rebuilt from its parameters (restore's data guard, calibrate-sigma) gets the object pixel it
+    ran at: ``params.model.upsampling`` from ``results``' geometry record (:func:`load_results`; 1 for a run that
+    predates the record, all of which ran on the detector's pixel) unless its parameter file names one."""
+    if "upsampling" not in params.model.model_fields_set:
+        params.model.upsampling = int((results.get("geometry") or {}).get("upsampling", 1))
 
 
 def _write_geometry(f: h5py.File, record: dict) -> None:

@@ -169,6 +169,13 @@ class ModelConfig(FiniteModel):
     per_position_tilt: bool = Field(False, description="one tilt per position instead of a global one")
     antialias: bool = Field(False, description="apply the 2/3 band limit in the propagator")
     detector_blur: float = Field(0.0, ge=0, description="Gaussian σ (detector pixels) of the detector blur")
+    upsampling: Annotated[int, Field(ge=1, le=4)] | Literal["auto"] = Field(
+        "auto", description="object pixels this many times finer than the detector's λ/(N·Δk), over the same window "
+        "extent: the model's far field on as many times the detector's grid at the same Δk, of which the detector "
+        "measures the central part (scattering beyond it is computed and dropped). auto (default): the smallest "
+        "factor whose anti-aliased band (2/3 Nyquist) holds the probe's semi-angle (at most 4; 300 keV, 30 mrad, "
+        "64 px of 0.984 mrad: 2, so the probe is not truncated), logged with its reason and recorded in results.h5's "
+        "geometry; 1 keeps the detector's grid. A restorer trained at another pixel refuses the run")
     obj_preblur: float = Field(0.0, ge=0, description="Gaussian σ (object pixels) by which the forward model sees "
                                "the object's amplitude and phase blurred (PtyRAD's obj_preblur_std; 0: off)")
     initial_phase: InitialPhase | None = Field(None, description="start the object phase from an image")

@@ -110,13 +110,14 @@ def load_run(path: str | Path, device: str | None = None) -> FinishedRun:
     from ..io.counts import counts_decision, counts_per_pattern
     from .distributed import rank_device
     from .params import build_dataset, build_model
-    from .results import load_fitted_state, load_results
+    from .results import keep_recorded_upsampling, load_fitted_state, load_results
 
     results_path, params_file = locate_run(path)
     results = load_results(results_path)
     params, source = _load_params(results_path, params_file, results["attrs"].get("config"))
     if device:
         params.run.device = device
+    keep_recorded_upsampling(params, results)
     dataset = build_dataset(params, warn=False)
     counted = counts_decision(dataset).remember(dataset)
     noise_sigma = params.run.noise_sigma
