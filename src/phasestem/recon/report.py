@@ -175,8 +175,9 @@ def auto_settings(model, params, sources=None) -> list:
         given = "coarse_start" in params.run.model_fields_set
         rows.append(Setting("run.coarse_start", len(coarse), "epochs",
                             (sources or {}).get("run.coarse_start", "YAML") if given else "default", note=note))
-    if params.model.upsampling == "auto":  # the object pixel the optics chose (model.upsampling)
-        given = "upsampling" in params.model.model_fields_set
+    model_section = getattr(params, "model", None)  # callers may pass only the sections they have
+    if getattr(model_section, "upsampling", None) == "auto":  # the object pixel the optics chose (model.upsampling)
+        given = "upsampling" in model_section.model_fields_set
         rows.append(Setting("model.upsampling", int(model.upsampling), "",
                             (sources or {}).get("model.upsampling", "YAML") if given else "default",
                             note=f"auto: {model.experiment.upsampling_reason}"))
