@@ -169,7 +169,7 @@ def test_data_that_are_not_counts_need_a_stated_noise(counted_scan, tmp_path):
     model = _run(tmp_path, path)
     assert model.uncertainty is None
     assert "phase σ not computed: the patterns are not counts" in (tmp_path / "r" / "reconstruct.log").read_text()
-    assert run_uncertainty(model, ds, "auto", noise_sigma=1e-6).startswith("phase σ per pixel (shape: Fisher information "
-                                                                          "of the data, Gaussian, σ 1e-06 counts")
+    line = run_uncertainty(model, ds, "auto", noise_sigma=1e-6)
+    assert line.startswith("phase σ per pixel (shape: Fisher information of the data, Gaussian, σ 1e-06 counts")
     assert run_uncertainty(model, ds, "off") == "phase σ not computed (run.uncertainty: off)"
     assert model.uncertainty is None

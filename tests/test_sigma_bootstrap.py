@@ -34,8 +34,8 @@ def _sigma_of(model):
 def test_the_bootstrap_scale_makes_sigma_predict_the_spread_of_independent_realisations():
     """12 × 12 positions at 1 Å, 100 Å defocus, 20 mrad, 10⁴ e⁻: four independent Poisson realisations of the NumPy
     multislice, each reconstructed for 30 epochs. The Fisher σ alone is more than 1.5 × too small (rms of spread /
-    σ over the constrained field); × κ from three bootstrap realisations of the central 11 × 11 positions (10 Å: the smallest block) it is within
-    0.8–1.25, and |φ_a − φ_b| / (√2 σ) ≤ 2 on ≥ 90 % of the pixels for every pair."""
+    σ over the constrained field); × κ from three bootstrap realisations of the central 11 × 11 positions (10 Å:
+    the smallest block) it is within 0.8–1.25, and |φ_a − φ_b| / (√2 σ) ≤ 2 on ≥ 90 % of the pixels for every pair."""
     clean, truth, _ = numpy_scan(3, 64, 0.2, (12, 12), 1.0, 100.0, atoms_per_area=0.6)
     expected = np.asarray(clean.patterns, dtype=np.float64)
     phases = []
