@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from phasestem.cli import main
-from phasestem.learn.nets.restorer import Restorer, RestorerConfig, offset_free_loss
+from phasestem.learn.nets.restorer import Restorer, RestorerConfig, invented_mass, offset_free_loss
 from phasestem.learn.restore_data import dihedral
 
 
@@ -32,6 +32,28 @@ def test_offset_free_loss_ignores_a_constant_and_the_outside_of_the_field():
     off = y + 3.0 + 5.0 * (1 - m)  # a constant offset, and anything outside the field
     assert float(offset_free_loss(off, y, m)) == pytest.approx(1e-3, rel=1e-4)
     assert float(offset_free_loss(y + 0.1 * torch.randn_like(y), y, m)) > 0.05
+
+
+def _lattice_with_a_vacancy(size=32, spacing=8):
+    """Gaussian columns of 1 rad on a square lattice, the one at (12, 12) missing: (lattice, truth), (1, 1, H, W)."""
+    yy, xx = np.mgrid[:size, :size].astype(float)
+    sites = [(y, x) for y in range(4, size, spacing) for x in range(4, size, spacing)]
+    column = [np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / 4.0) for y, x in sites]
+    full = sum(column)
+    truth = full - column[sites.index((12, 12))]
+    return [torch.as_tensor(a, dtype=torch.float32)[None, None] for a in (full, truth)]
+
+
+def test_invented_mass_costs_a_filled_vacancy_and_not_a_brighter_real_column():
+    full, truth = _lattice_with_a_vacancy()
+    assert float(invented_mass(truth + 2.0, truth)) == pytest.approx(0.0, abs=1e-6)  # an offset is free
+    filled = float(invented_mass(full, truth))  # the vacancy's column put back: all of it is invented
+    brighter = float(invented_mass(truth * 1.3, truth))  # real columns 30 % brighter: they are not empty pixels
+    assert filled > 0.01 and brighter < 0.1 * filled, (filled, brighter)
+    # the pixels of the filled column outside the field cost nothing
+    field = torch.ones_like(truth)
+    field[..., 8:17, 8:17] = 0
+    assert float(invented_mass(full, truth, field)) < 0.2 * filled
 
 
 def test_dihedral_covers_the_eight_symmetries():

@@ -174,8 +174,10 @@ def pairs_steps(target: Path, sim: Path, electrons: list[float | None], ad_epoch
 
 # ------------------------------------------------------------------------------------------ 3. train
 def restorer_config(out: Path, pairs: list[Path], arch: str, epochs: int, device: str, lr: float,
-                    crop: int | None, batch: int, width: int = 16, dim: int = 8, init: Path | None = None) -> dict:
-    """The ``phasestem train restorer`` config of the run ``OUT/runs/restorer_<arch>``. From 8 pairs files on,
+                    crop: int | None, batch: int, width: int = 16, dim: int = 8, init: Path | None = None,
+                    invented_mass: float = 0.0, name: str | None = None) -> dict:
+    """The ``phasestem train restorer`` config of the run ``OUT/runs/NAME`` (default ``restorer_<arch>``), the
+    invented mass weighted by ``invented_mass`` in its loss. From 8 pairs files on,
     every 8th is the test set (whole specimens held out: a sample's other AD epochs and noise copies would leak
     into an item split); else 10 % of the items."""
     model: dict[str, Any] = {"arch": arch, "init": None if init is None else str(Path(init).resolve())}
@@ -187,8 +189,8 @@ def restorer_config(out: Path, pairs: list[Path], arch: str, epochs: int, device
     test = [p for i, p in enumerate(pairs) if i % 8 == 7] if len(pairs) >= 8 else []
     data = {"train": [str(p) for p in pairs if p not in test], "test": [str(p) for p in test], "val_fraction": 0.1,
             "crop": crop, "batch_size": batch, "num_workers": 4 if device.startswith("cuda") else 0}
-    return {"network": "restorer", "out_dir": str(out / "runs" / f"restorer_{arch}"), "data": data,
-            "model": model,
+    return {"network": "restorer", "out_dir": str(out / "runs" / (name or f"restorer_{arch}")), "data": data,
+            "model": model, "loss": {"invented_mass": float(invented_mass)},
             "trainer": {"epochs": int(epochs), "lr": float(lr), "device": device, "progress": False,
                         "tensorboard": False, "monitor": "val/e_phi", "monitor_mode": "min"}}
 
@@ -415,6 +417,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dim", type=int, default=8, help="Phaseformer's first width")
     p.add_argument("--init", type=Path, default=None, help="fine-tune: start from this restorer (run folder or file)")
     p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--invented-mass", type=float, default=0.0,
+                   help="weight of the invented mass in the training loss (phase added where the truth is empty)")
+    p.add_argument("--run-name", default=None, help="the training run's folder in OUT/runs (default restorer_ARCH)")
     p.add_argument("--chunk", type=int, default=5, help="training epochs per step")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--crop", type=int, default=128)
@@ -441,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     out, budget = args.out.resolve(), Budget(args.max_minutes)
     out.mkdir(parents=True, exist_ok=True)
     base = yaml.safe_load(args.sim_config.read_text())
-    run = args.run.resolve() if args.run else out / "runs" / f"restorer_{args.arch}"
+    run = args.run.resolve() if args.run else out / "runs" / (args.run_name or f"restorer_{args.arch}")
     try:
         pairs: list[Path] = []
         if {"simulate", "pairs"} & set(args.steps):  # each part simulated, then its pairs made: one chain
@@ -459,8 +464,9 @@ def main(argv: list[str] | None = None) -> int:
             if not pairs:
                 raise SystemExit(f"{out / 'pairs'}: no pairs files to train on (run the pairs step first)")
             cfg = restorer_config(out, pairs, args.arch, args.epochs, args.device, args.lr, args.crop, args.batch,
-                                  args.width, args.dim, args.init)
-            while not train_stage(cfg, out / "configs" / f"restorer_{args.arch}.yaml", args.chunk, budget):
+                                  args.width, args.dim, args.init, args.invented_mass, args.run_name)
+            name = args.run_name or f"restorer_{args.arch}"
+            while not train_stage(cfg, out / "configs" / f"{name}.yaml", args.chunk, budget):
                 budget.check(0.0, "the next training chunk")
         held = []
         if "heldout" in args.steps:

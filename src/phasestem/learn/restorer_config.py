@@ -44,9 +44,12 @@ class RestorerModelConfig(StrictModel):
 
 
 class RestorerLossConfig(StrictModel):
-    """Offset-free Charbonnier loss over the scanned field."""
+    """Offset-free Charbonnier loss over the scanned field, plus the invented mass's cost."""
 
     charbonnier_eps: float = Field(1e-3, gt=0, description="ε of √(d² + ε²) (rad)")
+    invented_mass: float = Field(0.0, ge=0, description="weight of the invented mass (phase added where the truth "
+                                 "is empty: at or below its field median; nets.restorer.invented_mass) beside the "
+                                 "Charbonnier term; 0: off")
 
 
 class RestorerRunConfig(StrictModel):

@@ -174,7 +174,8 @@ def _bulk(proto: tuple, rng: np.random.Generator):
 def fill_cell(unit, extent: tuple[float, float], depth: float, rotation: np.ndarray, rng: np.random.Generator):
     """Tile ``unit`` (ase.Atoms, periodic) to cover the rotated box and cut it to (Ly, Lx, depth).
 
-    Returns an ase.Atoms with cell (Lx, Ly, depth), periodic in x and y; positions inside the box.
+    Returns an ase.Atoms with cell (Lx, Ly, depth), periodic in x and y; positions inside the box; ``info`` holds
+    ``unit_cell`` and ``orientation`` (3, 3), from which :mod:`phasestem.physics.defects` grows a second grain.
     """
     from ase import Atoms
 
@@ -192,7 +193,8 @@ def fill_cell(unit, extent: tuple[float, float], depth: float, rotation: np.ndar
     pos = big.positions + lo @ unit.cell.array - shift
     pos = pos @ rotation.T + box / 2
     inside = np.all((pos >= 0) & (pos < box), axis=1)
-    return Atoms(numbers=big.numbers[inside], positions=pos[inside], cell=np.diag(box), pbc=[True, True, False])
+    return Atoms(numbers=big.numbers[inside], positions=pos[inside], cell=np.diag(box), pbc=[True, True, False],
+                 info={"unit_cell": unit, "orientation": rotation})
 
 
 def random_crystal(rng: np.random.Generator, extent=(100.0, 100.0), depth: float = 15.0, max_tilt_deg: float = 3.0,

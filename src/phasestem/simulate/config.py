@@ -109,6 +109,105 @@ class Detector(CheckedModel):
         return v
 
 
+def _ordered_range(v: tuple, info) -> tuple:
+    """A (low, high) range: 0 <= low <= high."""
+    if not 0 <= v[0] <= v[1]:
+        raise ValueError("must be (low, high) with 0 <= low <= high")
+    return v
+
+
+def _share_range(v: tuple, info) -> tuple:
+    """A (low, high) share of something: 0 < low <= high < 1."""
+    if not 0 < v[0] <= v[1] < 1:
+        raise ValueError("must be (low, high) with 0 < low <= high < 1")
+    return v
+
+
+def _element_list(v: list[str], info) -> list[str]:
+    from ase.data import atomic_numbers
+
+    bad = [e for e in v if e not in atomic_numbers]
+    if not v or bad:
+        raise ValueError(f"expected a non-empty list of element symbols, unknown: {bad}")
+    return v
+
+
+class Defects(CheckedModel):
+    """What real specimens have besides vacancies (``specimen.vacancies``); all off by default, and a defect that is
+    off draws no random numbers, so the other draws stay as they were. Each sample's attributes record what was made
+    (:mod:`phasestem.physics.defects`)."""
+
+    substitutions: float = Field(0.0, ge=0, description="Substituted columns per nm² (Poisson) of crystals, "
+                                 "structures and materials: every atom of a column becomes one lighter or heavier "
+                                 "element. Sites in the attributes 'substitutions' ((K, 2) (y, x) Å), "
+                                 "'substitution_numbers' and 'substitution_heavier'.")
+    substitution_z_step: tuple[int, int] = Field(
+        (3, 20), description="Range (low, high) of the atomic-number step of a substitution, above the column's "
+        "heaviest atom or below its lightest (at most Bi, Z 83).")
+    adatoms: float = Field(0.0, ge=0, description="Single atoms per nm² (Poisson) 2 Å above the entrance surface at "
+                           "random (y, x), of any specimen kind. Sites in 'adatoms' ((K, 2) (y, x) Å) and "
+                           "'adatom_numbers'.")
+    adatom_elements: Annotated[list[str], AfterValidator(_element_list)] = Field(
+        ["C", "O", "Si", "Pt"], description="Elements of adatoms, drawn at even odds.")
+    film_probability: float = Field(0.0, ge=0, le=1, description="Chance that a sample carries an amorphous film on "
+                                    "its entrance or exit surface (attributes 'film': z range Å, 'film_patch').")
+    film_thickness: tuple[float, float] = Field((5.0, 20.0), description="Film thickness range in Å (uniform).")
+    film_elements: Annotated[list[str], AfterValidator(_element_list)] = Field(
+        ["C"], description="Elements of the film.")
+    film_density: float = Field(0.1003, gt=0, description="Film atom density in atoms/Å³ (0.1003: amorphous carbon "
+                                "at 2.0 g/cm³).")
+    film_surface: Literal["entrance", "exit", "either"] = Field(
+        "either", description="Which surface carries the film ('either': each at even odds).")
+    film_patch_probability: float = Field(
+        0.5, ge=0, le=1, description="Chance that a film covers only a random patch (a disk or a polygon) instead of "
+        "the whole cell; the patch's vertices go to 'film_patch' ((V, 2) (y, x) Å; empty: the whole cell).")
+    film_patch_fraction: tuple[float, float] = Field(
+        (0.2, 0.6), description="Share (low, high) of the cell a film patch covers.")
+    vacuum_probability: float = Field(
+        0.0, ge=0, le=1, description="Chance that a sample has a hole (a disk or a polygon) with every atom removed; "
+        "its vertices go to 'vacuum' ((V, 2) (y, x) Å).")
+    vacuum_fraction: tuple[float, float] = Field((0.05, 0.3), description="Share (low, high) of the cell a hole "
+                                                 "covers (high at most 0.5).")
+    grain_boundary_probability: float = Field(
+        0.0, ge=0, le=1, description="Chance that a crystal is split along a random line, one side the same crystal "
+        "turned about the beam axis; 'grain_boundary' = (y, x, n_y, n_x, angle °): the turned grain where "
+        "(r − (y, x))·n > 0.")
+    grain_boundary_angle: tuple[float, float] = Field((5.0, 45.0), description="Range (low, high) of the grain's "
+                                                      "turn in degrees (either sign).")
+    grain_boundary_min_distance: float = Field(1.0, ge=0, description="Atoms of the turned grain closer than this "
+                                               "(Å) to the other grain are removed.")
+    thickness_step_probability: float = Field(
+        0.0, ge=0, le=1, description="Chance of a terrace: on one side of a random line, the atoms deeper than a depth "
+        "removed (exit surface); 'thickness_step' = (y, x, n_y, n_x, z Å): gone where (r − (y, x))·n > 0 and deeper "
+        "than z.")
+    thickness_step_fraction: tuple[float, float] = Field(
+        (0.2, 0.6), description="Share (low, high) of the thickness a step removes.")
+
+    _ranges = field_validator("substitution_z_step", "film_thickness", "grain_boundary_angle")(_ordered_range)
+    _shares = field_validator("film_patch_fraction", "vacuum_fraction", "thickness_step_fraction")(_share_range)
+
+    @field_validator("substitution_z_step")
+    @classmethod
+    def _z_step(cls, v):
+        if v[0] < 1:
+            raise ValueError("must be (low, high) atomic-number steps with 1 <= low <= high")
+        return v
+
+    @field_validator("film_thickness")
+    @classmethod
+    def _thickness(cls, v):
+        if v[0] <= 0:
+            raise ValueError("must be (low, high) Å with 0 < low <= high")
+        return v
+
+    @field_validator("vacuum_fraction")
+    @classmethod
+    def _hole(cls, v):
+        if v[1] > 0.5:
+            raise ValueError("must be (low, high) with 0 < low <= high <= 0.5 (a hole within half a cell)")
+        return v
+
+
 class Specimen(CheckedModel):
     kind: Literal["crystal", "amorphous", "structures", "materials", "synthetic"] = Field(
         "crystal", description="Random crystals, random amorphous solids, structure files (ASE), the user's "
@@ -126,6 +225,8 @@ class Specimen(CheckedModel):
                              "(every atom within 1 Å of a random atom, in projection) taken out of crystals, "
                              "structures and materials; amorphous specimens have no columns and are left alone. The "
                              "sites go to each sample's attribute 'vacancies' ((K, 2) (y, x) Å).")
+    defects: Defects = Field(default_factory=Defects, description="Substitutions, adatoms, amorphous films, vacuum "
+                             "holes, grain boundaries and thickness steps (all off by default).")
     elements: list[str] = Field(["C", "Si"], description="Elements of amorphous specimens.")
     density: float = Field(0.08, gt=0, description="Atom density of amorphous specimens in atoms/Å³.")
     files: Annotated[list[Path], ConfigPath()] = Field(

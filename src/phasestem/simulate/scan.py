@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from ..base.errors import ConfigError
 from ..base.runtime import retain_freed_memory
 from ..detector import bin_pixels, bin_window, centre_window, sum_bins
+from ..physics import defects
 from ..physics import specimen as spec
 from ..physics.fourier import add_squared_modulus, fft2, ifft2
 from ..physics.multislice import multislice, propagator, shifted_probes
@@ -25,7 +26,7 @@ from ..physics.optics import (
     wavelength,
 )
 from ..scan import GridScan
-from .config import SimulationConfig
+from .config import Defects, SimulationConfig
 
 #: on CPU, the largest batch of waves (bytes) simulated at once; more gains nothing there and leaves the memory
 #: the C library keeps for reuse (measured, 400 positions of 512² × 10 phonons on 2 cores, medians of 3:
@@ -160,12 +161,44 @@ def _materials(path: str, keys: tuple) -> list:
 
 
 def make_atoms(cfg: SimulationConfig, rng: np.random.Generator, thickness: float):
-    """The specimen of one sample (ase.Atoms), drawn with ``rng``, with ``specimen.vacancies`` columns taken out
-    (:func:`phasestem.physics.specimen.remove_columns`; no draws at all when 0, so the other draws stay as they
-    were)."""
+    """The specimen of one sample (ase.Atoms), drawn with ``rng``, with its defects: a grain boundary, then
+    ``specimen.vacancies`` columns taken out (:func:`phasestem.physics.specimen.remove_columns`), then the rest of
+    ``specimen.defects`` (:func:`add_defects`). A defect that is off draws nothing, so the other draws stay as they
+    were."""
+    s = cfg.specimen
     atoms = _draw_atoms(cfg, rng, thickness)
-    if cfg.specimen.vacancies > 0 and cfg.specimen.kind != "amorphous":
-        atoms = spec.remove_columns(atoms, cfg.specimen.vacancies, rng)
+    crystalline = s.kind != "amorphous"
+    d = s.defects
+    if crystalline and d.grain_boundary_probability > 0 and rng.random() < d.grain_boundary_probability:
+        atoms = defects.add_grain_boundary(atoms, rng, d.grain_boundary_angle, d.grain_boundary_min_distance)
+    if s.vacancies > 0 and crystalline:
+        atoms = spec.remove_columns(atoms, s.vacancies, rng)
+    return add_defects(atoms, d, rng, crystalline)
+
+
+def _chance(p: float, rng: np.random.Generator) -> bool:
+    """True with probability ``p``; no draw when ``p`` is 0."""
+    return p > 0 and rng.random() < p
+
+
+def add_defects(atoms, d: Defects, rng: np.random.Generator, crystalline: bool):
+    """``atoms`` with the defects of ``d`` after the vacancies, in this order: substituted columns and a thickness step
+    (``crystalline`` specimens only), an amorphous film, a vacuum hole (through the film), adatoms
+    (:mod:`phasestem.physics.defects`)."""
+    if crystalline and d.substitutions > 0:
+        atoms = defects.substitute_columns(atoms, d.substitutions, rng, d.substitution_z_step)
+    if crystalline and _chance(d.thickness_step_probability, rng):
+        atoms = defects.cut_thickness_step(atoms, rng, d.thickness_step_fraction)
+    if _chance(d.film_probability, rng):
+        patch = None
+        if _chance(d.film_patch_probability, rng):
+            patch = defects.random_patch(rng, defects.cell_extent(atoms), d.film_patch_fraction)
+        atoms = defects.add_film(atoms, rng, d.film_thickness, tuple(d.film_elements), d.film_density,
+                                 d.film_surface, patch)
+    if _chance(d.vacuum_probability, rng):
+        atoms = defects.cut_vacuum(atoms, rng, d.vacuum_fraction)
+    if d.adatoms > 0:
+        atoms = defects.add_adatoms(atoms, d.adatoms, rng, tuple(d.adatom_elements))
     return atoms
 
 
@@ -247,8 +280,7 @@ def simulate_sample(cfg: SimulationConfig, index: int, progress: bool = False) -
         atoms = make_atoms(cfg, rng, thickness)
         attrs["specimen"] = str(atoms.info.get("name", "structure"))
         attrs["n_atoms"] = len(atoms)
-        if "vacancies" in atoms.info:
-            attrs["vacancies"] = atoms.info["vacancies"]
+        attrs.update({k: atoms.info[k] for k in defects.DEFECT_KEYS if k in atoms.info})
         confs = []
         for _ in range(s.phonons):
             xyz = atoms.positions

@@ -13,6 +13,8 @@ restorer role (its 1× output; ``residual`` off inside, the residual taken here)
 
 :func:`offset_free_loss`: Charbonnier √(d² + ε²) of d = (prediction − truth) − mean over the scanned field of
 (prediction − truth), averaged over the field (a (B, 1, H, W) mask): phase offsets are unobservable.
+:func:`invented_mass`: the same d's positive part where the truth is empty (at or below its field median, between
+and instead of atoms): phase the restoration adds where the specimen has none, the cost of an invented column.
 """
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ from .pixel_error import offset_free_difference
 
 CHANNELS = ("amplitude", "illumination")
 
-__all__ = ["RestorerConfig", "Restorer", "UNetBody", "offset_free_difference", "offset_free_loss", "CHANNELS"]
+__all__ = ["RestorerConfig", "Restorer", "UNetBody", "offset_free_difference", "offset_free_loss", "invented_mass",
+           "CHANNELS"]
 
 
 @dataclass
@@ -135,3 +138,22 @@ def offset_free_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tenso
     with its mean over the field removed per image (rad)."""
     d, m, n = offset_free_difference(pred, target, mask)
     return ((torch.sqrt(d * d + eps * eps) * m).sum(dim=(-2, -1)) / n[..., 0, 0]).mean()
+
+
+def empty_mask(target: torch.Tensor, mask: torch.Tensor | None = None, quantile: float = 0.5) -> torch.Tensor:
+    """1 where ``target`` (B, 1, H, W, rad) is at or below its ``quantile`` over the field ``mask`` per image (no atom
+    there: vacuum, the space between columns, a vacancy), else 0; (B, 1, H, W) in the target's dtype."""
+    m = torch.ones_like(target, dtype=torch.bool) if mask is None else mask > 0
+    level = torch.stack([torch.quantile(t[f].float(), quantile) if bool(f.any()) else t.new_tensor(float("inf"))
+                         for t, f in zip(target, m, strict=True)]).to(target.dtype)
+    return ((target <= level.view(-1, 1, 1, 1)) & m).to(target.dtype)
+
+
+def invented_mass(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
+                  quantile: float = 0.5) -> torch.Tensor:
+    """Mean over the field of max(d, 0) on the truth's empty pixels (:func:`empty_mask`), d the offset-free
+    difference (rad): a restoration that adds phase where the specimen has none (a filled vacancy, a column on an
+    amorphous film) pays it; one that restores real columns does not."""
+    d, m, n = offset_free_difference(pred, target, mask)
+    empty = empty_mask(target, mask, quantile)
+    return ((torch.relu(d) * empty * m).sum(dim=(-2, -1)) / n[..., 0, 0]).mean()

@@ -19,7 +19,7 @@ from torch import nn
 from ...base.errors import ConfigError
 from ..backbones import count_parameters
 from ..meta import make_meta
-from ..nets.restorer import Restorer, RestorerConfig, offset_free_difference, offset_free_loss
+from ..nets.restorer import Restorer, RestorerConfig, invented_mass, offset_free_difference, offset_free_loss
 from ..restore_data import RestorePairs, pairs_optics
 from ..restorer_config import RestorerRunConfig
 from ..trainer import Trainer, seed_everything
@@ -42,9 +42,16 @@ def field_error(pred: torch.Tensor, target: torch.Tensor, field: torch.Tensor) -
         dim=(-2, -1, -3)).clamp_min(1e-30))
 
 
-def _loss_fn(eps: float):
+def _loss_fn(eps: float, invented_weight: float = 0.0):
+    """The training loss: the offset-free Charbonnier term, plus ``invented_weight`` × the invented mass (logged
+    as its own term when on)."""
     def loss_fn(m: nn.Module, batch) -> dict[str, torch.Tensor]:
-        return {"loss": offset_free_loss(m(batch["input"]), batch["target"], batch["field"], eps)}
+        pred, target, field = m(batch["input"]), batch["target"], batch["field"]
+        fit = offset_free_loss(pred, target, field, eps)
+        if not invented_weight:
+            return {"loss": fit}
+        invented = invented_mass(pred, target, field)
+        return {"loss": fit + invented_weight * invented, "fit": fit.detach(), "invented": invented.detach()}
     return loss_fn
 
 
@@ -99,5 +106,6 @@ def build_restorer_trainer(cfg: RestorerRunConfig, out_dir: str | Path | None = 
                      cfg.loss.model_dump(mode="json"))
     log.info("restorer (%s): %d parameters; %d training items, %d test items", mc.arch, count_parameters(net),
              len(train_ds), 0 if val_ds is None else len(val_ds))
-    return Trainer(net, _loss_fn(cfg.loss.charbonnier_eps), train_loader, val_loader, metrics_fn=_metrics_fn,
+    loss = _loss_fn(cfg.loss.charbonnier_eps, cfg.loss.invented_mass)
+    return Trainer(net, loss, train_loader, val_loader, metrics_fn=_metrics_fn,
                    config=cfg.trainer, out_dir=out_dir if out_dir is not None else cfg.out_dir, meta=meta)
