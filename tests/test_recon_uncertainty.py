@@ -13,7 +13,7 @@ from numpy_cases import numpy_scan, tiny_params
 
 from phasestem.io import hdf5
 from phasestem.physics.optics import wavelength
-from phasestem.recon import Ptychography
+from phasestem.recon import Constraints, Ptychography
 from phasestem.recon.losses import COUNTED_WEIGHTS, LossConfig
 from phasestem.recon.uncertainty import (
     change_in_sigma,
@@ -29,9 +29,12 @@ WINDOW, SAMPLING, SCAN, STEP, DEFOCUS = 64, 0.2, (16, 16), 1.0, 100.0
 
 
 def _reconstruct(ds, epochs: int = 20) -> Ptychography:
+    """The unregularised estimate (the dose's blur off) whose spread the Fisher σ bounds: the blurred default's σ
+    is the bootstrap's (tests/test_sigma_bootstrap.py)."""
     model = Ptychography.from_dataset(ds, n_slices=1)
     model.set_learning_rates(positions=0.0)
-    for _ in model.LSQ_optimize(epochs, ds, batch_size=32, losses=LossConfig(**COUNTED_WEIGHTS), progress=False):
+    for _ in model.LSQ_optimize(epochs, ds, batch_size=32, losses=LossConfig(**COUNTED_WEIGHTS), progress=False,
+                                constraints=Constraints(obj_blur={"enabled": False})):
         pass
     return model
 

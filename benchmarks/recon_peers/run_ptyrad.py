@@ -15,7 +15,8 @@ object grid and cuts the exit wave to the window, so the nominal 128² probe (ex
 0.7 % with a learnt probe. At PtyRAD's probe lr 1e-4 the probe moves too slowly, the object takes the early mismatch
 up as a low-frequency ramp the data hardly constrain and keeps it (thin case: r 0.9456 at 20 iterations, 0.9924 once
 a plane is fitted away; probe never learnt: 0.860); probe lr 1e-3: 0.9973. ``--probe-start``, ``--obja-lr``,
-``--batch``, ``--no-fix-probe-int`` and ``--rblur`` (PtyRAD's template blur, std 0.4 px) are for tuning runs.
+``--batch``, ``--no-fix-probe-int``, ``--rblur`` and ``--zblur`` (PtyRAD's default blurs: lateral std 0.4 px, along z
+std 1 layer, every iteration) are for tuning runs and for PtyRAD with its own regularisation.
 
 ``--positivity``: PtyRAD's own object constraints from the first iteration, hard (relax 0): ``objp_postiv``
 (phase clipped at 0, as its documentation recommends) and ``obja_thresh`` [0, 1] (amplitude), the same object
@@ -45,6 +46,8 @@ def main() -> None:
     ap.add_argument("--no-fix-probe-int", action="store_true", help="turn off PtyRAD's default fix_probe_int")
     ap.add_argument("--rblur", type=float, default=0.0,
                     help="std (px) of PtyRAD's obj_rblur lateral blur (its template: 0.4); 0: off")
+    ap.add_argument("--zblur", type=float, default=0.0,
+                    help="std (layers) of PtyRAD's obj_zblur blur along z (its default: 1); 0: off")
     ap.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     ap.add_argument("--positivity", action="store_true",
                     help="objp_postiv and obja_thresh [0, 1] from iteration 1 (phasestem's obj_clamp bounds)")
@@ -98,7 +101,8 @@ def main() -> None:
         "constraint_params": {
             "ortho_pmode": {"start_iter": 1 if M > 1 else None},
             "obj_rblur": {"start_iter": 1, "std": args.rblur, "obj_type": "both"} if args.rblur > 0 else off,
-            "obj_zblur": off, "pos_recenter": off,
+            "obj_zblur": {"start_iter": 1, "std": args.zblur, "obj_type": "both"} if args.zblur > 0 else off,
+            "pos_recenter": off,
             **({"fix_probe_int": off} if args.no_fix_probe_int else {}),
             **({"objp_postiv": {"start_iter": 1, "relax": 0.0},
                 "obja_thresh": {"start_iter": 1, "relax": 0.0, "thresh": [0.0, 1.0]}} if args.positivity else {}),
@@ -148,7 +152,8 @@ def main() -> None:
                 "device": args.device, "probe_modes": M, "slices": c["n_slices"],
                 "constraints": ["ortho_pmode"] * (M > 1) + ["fix_probe_int (default)"] * (not args.no_fix_probe_int)
                 + ["objp_postiv", "obja_thresh [0, 1]"] * args.positivity
-                + [f"obj_rblur std {args.rblur}"] * (args.rblur > 0),
+                + [f"obj_rblur std {args.rblur}"] * (args.rblur > 0)
+                + [f"obj_zblur std {args.zblur}"] * (args.zblur > 0),
                 "loss": "loss_single (dp_pow 0.5)", "cpu_s_per_iter": cpu / c["iters"],
                 "iter_cpu": [marks[i + 1] - marks[i] for i in range(0, len(marks) - 1, 2)],
                 "setup_s": walls[0] - setup0}  # to recon_step's first clock (its iter_times)

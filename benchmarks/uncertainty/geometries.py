@@ -3,18 +3,22 @@ run's own bootstrap, ``phasestem.recon.sigma_bootstrap``) against the spread of 
 realisations, on data phasestem did not make, at the epoch the run returns by default.
 
     python benchmarks/uncertainty/geometries.py [--out runs/uncertainty_geometries] [--cases ...] [--realisations 6]
+        [--device cuda]
+    OUT=DIR bash benchmarks/uncertainty/gpu_geometries.sh     # every case at once on one GPU, merged into DIR
 
 Cases (``CASES``; development half chose nothing yet but is kept apart, validation half reported): the independent
 NumPy multislice of ``benchmarks/independent`` and abTEM 1.0, focused and defocused probes (0–300 Å), 15–30 mrad,
 steps 0.4–2 Å, 1–4 slices, 10³–10⁵ e⁻/pattern; each noise-free case simulated once, then ``--realisations`` Poisson
 draws, each reconstructed by phasestem's defaults (flat start, nominal probe refined, the counted-data loss the data
 choose, lsq, ``run.n_epochs`` 20, batch 32, 2 threads). ``issue65`` is the issue's own case (32 × 32 scan at 1 Å,
-20 mrad, 100 Å defocus, 10⁴ e⁻, the Poisson term alone, two realisations, 10 and 40 epochs).
+20 mrad, 100 Å defocus, 10⁴ e⁻, the Poisson term alone, four realisations, 10, 20 (the default) and 40 epochs).
 
 Per case, over the constrained pixels of the first realisation's run (``uncertainty.constrained``, dataset frame,
 σ of that run): the median over pixels of the spread (standard deviation over realisations, each one's constant
-removed) / σ and the root-mean-square of that ratio; for every pair of realisations the share of pixels with
-|φ_a − φ_b| / (√2 σ) ≤ 2 (minimum and mean); the same for the unscaled Fisher σ; κ and the seconds σ took beside
+removed) / σ, divided by the median a calibrated σ gives for that many realisations (0.67 for two, 0.93 for six:
+the sample standard deviation of few draws is skewed), and the root-mean-square of the ratio; for every pair of
+realisations the share of pixels with |φ_a − φ_b| / (√2 σ) ≤ 2 (minimum and mean); the same for the unscaled
+Fisher σ; κ and the seconds σ took beside
 the run's. Writes ``OUT/results.json`` and ``OUT/result.md``; simulations and phases are cached in OUT.
 """
 from __future__ import annotations
@@ -35,6 +39,8 @@ from cases import simulate_case  # noqa: E402
 
 BASE = dict(scan=(24, 24), step=1.0, window=128, sampling=0.2, energy=300e3, semiangle=20.0, defocus=100.0, batch=32)
 SPEC = dict(n_slices=1, dz=10.0, max_phase=0.5, iters=20, dose=0, source=0.0, density=0.6)
+#: the torch device of every reconstruction (``--device``)
+DEVICE = "cpu"
 CASES = {
     # development half
     "dev_20mrad_df100_1A_1e4": dict(half="development", dose=1e4),
@@ -56,7 +62,7 @@ CASES = {
                                             spec=dict(n_slices=2, density=0.3)),
     # the issue's case
     "issue65": dict(half="issue's case", dose=1e4, geom=dict(scan=(32, 32)), spec=dict(max_phase=0.6),
-                    loss="poisson", epochs=(10, 40), realisations=2),
+                    loss="poisson", epochs=(10, 20, 40), realisations=4),
 }
 
 
@@ -97,16 +103,21 @@ def recipe(case: dict, epochs: int, loss: str | None):
 
     losses = None if loss is None else LossConfig(gaussian=0.0, **{loss: 1.0})
 
-    def run(ds):
-        model = Ptychography.from_dataset(ds, n_slices=int(case["n_slices"]), slice_thickness=float(case["dz"]))
-        for _ in model.LSQ_optimize(epochs, ds, batch_size=32, losses=losses, progress=False):
+    def run(ds, position_share: float = 1.0):  # the σ bootstrap's blocks run in proportionally smaller batches
+        model = Ptychography.from_dataset(ds, n_slices=int(case["n_slices"]),
+                                          slice_thickness=float(case["dz"])).to(DEVICE)
+        batch = max(1, round(32 * position_share))
+        for _ in model.LSQ_optimize(epochs, ds, batch_size=batch, losses=losses, progress=False):
             pass
         return model
     return run
 
 
-def run_case(name: str, case: dict, epochs: int, realisations: int, out: Path) -> dict:
-    """The phases of ``realisations`` Poisson draws and the first run's σ maps (cached)."""
+def run_case(name: str, case: dict, epochs: int, realisations: int, out: Path, phases_from: Path | None = None
+             ) -> dict:
+    """The phases of ``realisations`` Poisson draws and the first run's σ maps (cached). ``phases_from``: a folder
+    holding this case's phases file of an earlier run (e.g. on a GPU, ``gpu_geometries.sh``): its realisations are
+    kept and only the first is reconstructed again here, for its σ (a new σ of the same estimator)."""
     import torch
 
     from phasestem.recon.uncertainty import run_uncertainty
@@ -121,6 +132,13 @@ def run_case(name: str, case: dict, epochs: int, realisations: int, out: Path) -
     shape = np.asarray(case["truth_phase"]).shape
     run = recipe(case, epochs, c.get("loss"))
     phases, arrays = [], {}
+    earlier = None
+    if phases_from is not None:
+        found = sorted(Path(phases_from).glob(f"**/phases_{name}_{epochs}.npz"))
+        if found:
+            with np.load(found[0]) as z:
+                earlier = z["phases"]
+            realisations = 1
     for k in range(realisations):
         ds = dataset_of(case, np.random.default_rng(1000 + k).poisson(clean * c["dose"]).astype(np.float32))
         t0 = time.perf_counter()
@@ -137,21 +155,32 @@ def run_case(name: str, case: dict, epochs: int, realisations: int, out: Path) -
                           line=np.array(line))
             print(f"[{name} {epochs}] {line}", flush=True)
         print(f"[{name} {epochs}] realisation {k + 1}/{realisations}: {run_s:.1f} s", flush=True)
-    arrays["phases"] = np.array(phases)
+    arrays["phases"] = np.array(phases) if earlier is None else earlier
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(tmp, **arrays)
     os.replace(tmp, path)
     return arrays
 
 
+def median_std_of_normal(n: int) -> float:
+    """The median of the sample standard deviation (ddof 1) of ``n`` draws of a unit normal: 0.674 for 2, 0.888 for
+    4, 0.933 for 6 (√(χ²₀.₅(n − 1) / (n − 1)))."""
+    from scipy.stats import chi2
+
+    return float(np.sqrt(chi2.ppf(0.5, n - 1) / (n - 1)))
+
+
 def calibration(phases: np.ndarray, sigma: np.ndarray, lit: np.ndarray) -> dict:
-    """Spread / σ (median, rms) and the pairs' |z| ≤ 2 shares over ``lit`` (module docstring)."""
+    """Spread / σ (median, rms) and the pairs' |z| ≤ 2 shares over ``lit`` (module docstring). The median is of
+    the per-pixel spread over the few realisations divided by :func:`median_std_of_normal`: a calibrated σ reads 1
+    whatever their number (``median_ratio_raw``: undivided, 0.67 for a calibrated σ and two realisations)."""
     p = phases.astype(np.float64)
     p = p - np.array([q[lit].mean() for q in p])[:, None, None]
     ratio = p.std(0, ddof=1)[lit] / sigma[lit]
     shares = [float(((np.abs(p[a] - p[b]) / (np.sqrt(2) * sigma))[lit] <= 2).mean())
               for a in range(len(p)) for b in range(a + 1, len(p))]
-    return {"median_ratio": float(np.median(ratio)), "rms_ratio": float(np.sqrt(np.mean(ratio**2))),
+    return {"median_ratio": float(np.median(ratio)) / median_std_of_normal(len(p)),
+            "median_ratio_raw": float(np.median(ratio)), "rms_ratio": float(np.sqrt(np.mean(ratio**2))),
             "pairs_within_2_min": min(shares), "pairs_within_2_mean": float(np.mean(shares))}
 
 
@@ -190,9 +219,27 @@ def main() -> None:
     ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     ap.add_argument("--realisations", type=int, default=6)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="torch device of the reconstructions (the σ bootstrap's too)")
+    ap.add_argument("--phases-from", type=Path, default=None,
+                    help="keep the realisations of an earlier run's phases files in this folder; rerun the first "
+                         "only, for σ (after a change to σ alone)")
+    ap.add_argument("--merge", nargs="+", type=Path, default=None,
+                    help="merge these results.json files (one per case, gpu_geometries.sh) into OUT; run nothing")
     args = ap.parse_args()
+    if args.merge:
+        merged: dict = {}
+        for path in args.merge:
+            merged.update(json.loads(path.read_text()))
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "results.json").write_text(json.dumps(merged, indent=1))
+        text = table(merged)
+        (args.out / "result.md").write_text(text + "\n")
+        print(text)
+        return
     import torch
 
+    global DEVICE
+    DEVICE = args.device
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = args.out / "results.json"
@@ -200,7 +247,8 @@ def main() -> None:
     for name in args.cases:
         case = clean_case(name, args.out)
         for epochs in CASES[name].get("epochs", (20,)):
-            arrays = run_case(name, case, epochs, CASES[name].get("realisations", args.realisations), args.out)
+            arrays = run_case(name, case, epochs, CASES[name].get("realisations", args.realisations), args.out,
+                              args.phases_from)
             results.setdefault(name, {})[str(epochs)] = score(arrays)
             results_path.write_text(json.dumps(results, indent=1))
     text = table(results)

@@ -67,10 +67,16 @@ class ObjClamp(AutoSchedule):
     phase_max: float | None = Field(None, description="highest object phase (rad); null: no limit")
 
 
-class ObjBlur(Schedule):
-    """Lateral Gaussian blur."""
+class ObjBlur(AutoSchedule):
+    """Lateral Gaussian blur of every slice; 'auto' decides from the data's dose when a run starts
+    (:func:`~phasestem.recon.dose_regularisation.obj_blur_rule`)."""
 
-    sigma: float = Field(0.5, gt=0, description="Gaussian standard deviation in object pixels")
+    enabled: bool | Literal["auto"] = Field(
+        "auto", description="true, false or auto: on for counted data (Poisson noise) every epoch, σ from the dose per "
+        "area: 0.4 px of 0.2 Å at 1e5 e⁻/Å², 0.8 at 1e3 (dose_regularisation.obj_blur_rule); off for noise-free data "
+        "and above 3e5 e⁻/Å²; the run log says which and why")
+    sigma: float = Field(0.5, gt=0, description="Gaussian standard deviation in object pixels (with enabled: auto, "
+                         "a σ given here replaces the rule's)")
 
 
 class KzFilter(Schedule):
@@ -143,8 +149,8 @@ class ProbeAperture(AutoSchedule):
 
 
 class Constraints(StrictModel):
-    """All constraints with their schedules (every one is off by default, but probe_aperture, obj_clamp and obj_shear:
-    auto)."""
+    """All constraints with their schedules (every one is off by default, but probe_aperture, obj_clamp, obj_blur and
+    obj_shear: auto)."""
 
     ortho_probe: Schedule = Field(default_factory=Schedule, description="probe-mode orthogonalisation")
     probe_mask: ProbeMask = Field(default_factory=ProbeMask, description="Fourier probe mask")
@@ -155,7 +161,8 @@ class Constraints(StrictModel):
         "the semi-angle to about 1 % (hold_probe_aperture, probe_aperture_rule)")
     obj_clamp: ObjClamp = Field(default_factory=ObjClamp, description="object amplitude/phase clamps: the slices' "
                                 "phase ≥ 0 and amplitude ≤ 1 by default, on ('auto') for a multislice crystal")
-    obj_blur: ObjBlur = Field(default_factory=ObjBlur, description="lateral object blur")
+    obj_blur: ObjBlur = Field(default_factory=ObjBlur, description="lateral object blur; 'auto' (the default): on "
+                              "for counted data, its σ from the dose (dose_regularisation)")
     kz_filter: KzFilter = Field(default_factory=KzFilter, description="k_z missing-wedge filter")
     rz_filter: RzFilter = Field(default_factory=RzFilter, description="r_z real-space Gaussian depth filter")
     tilt_smooth: TiltSmooth = Field(default_factory=TiltSmooth, description="tilt smoothing")

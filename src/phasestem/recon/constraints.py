@@ -2,8 +2,8 @@
 
 Each constraint has a schedule ``{start_iter, step, end_iter}`` (1-based epochs; the legacy key
 ``freq`` is accepted as ``step``): it runs at epochs ``start_iter, start_iter + step, …`` up
-to ``end_iter`` (``None`` = the end). A constraint is off unless ``enabled`` (``probe_aperture``, ``obj_clamp`` and
-``obj_shear``: 'auto', decided from the data).
+to ``end_iter`` (``None`` = the end). A constraint is off unless ``enabled`` (``probe_aperture``, ``obj_clamp``,
+``obj_blur`` and ``obj_shear``: 'auto', decided from the data).
 
 =====================  =====================================================================
 name                   effect
@@ -17,7 +17,8 @@ name                   effect
 ``obj_clamp``          clamp amplitude to [amp_min, amp_max] and phase to [phase_min, phase_max] (default
                        [0, 1] and ≥ 0: the physical object); 'auto' (the default): on for a multislice
                        crystal (:func:`~phasestem.recon.crystal.obj_clamp_rule`)
-``obj_blur``           lateral Gaussian blur of amplitude and phase, ``sigma`` px
+``obj_blur``           lateral Gaussian blur of amplitude and phase, ``sigma`` px; 'auto' (the default): on
+                       for counted data, σ from the dose (:mod:`phasestem.recon.dose_regularisation`)
 ``kz_filter``          missing-wedge filter W = 1 − (2/π)·atan(β²k_z²/(k_x²+k_y²+ε)) over slices
 ``rz_filter``          real-space Gaussian depth blur over slices, ``sigma`` Å (no wrap-around)
 ``tilt_smooth``        Gaussian smoothing of per-position tilts, ``sigma`` Å over the scan
@@ -150,9 +151,12 @@ def _gauss_kernel_fourier(shape, sigma_px: float, device) -> torch.Tensor:
 
 
 def blur_object(model, sigma_px: float) -> None:
-    """Lateral Gaussian blur (periodic) of amplitude and phase."""
+    """Lateral Gaussian blur (periodic) of amplitude and phase. A constant one (an amplitude held at its start) is
+    its own blur and is left bit-exact."""
     ker = _gauss_kernel_fourier(model.object_shape, sigma_px, model.device)
     for t in (model.obj_amplitude, model.obj_phase):
+        if bool(t.data.max() == t.data.min()):
+            continue
         t.data.copy_(torch.fft.ifft2(torch.fft.fft2(t.data) * ker).real)
 
 

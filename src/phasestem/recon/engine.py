@@ -55,6 +55,7 @@ from .checkpoint import load_checkpoint, reuse_optimizer_state, save_checkpoint 
 from .constraints import Constraints, apply_constraints
 from .data_losses import losses_for_data
 from .decided import resolve_decided
+from .dose_regularisation import resolve_obj_blur
 from .holdout import HeldOutStop, holdout_fraction, split_positions
 from .losses import LossConfig
 from .optimizers import build_optimizer, decay_factor, refuse_lbfgs
@@ -147,6 +148,7 @@ def _epochs(loop: Loop, lbfgs_options: dict) -> Iterator[float]:
         model.data_total = float(data.counts)  # the patterns' mean total, data units (the σ bootstrap's scale)
         # probe_aperture 'auto': decided once per call from the data (the same data decide it again on resume)
         loop.constraints = resolve_probe_aperture(model, data.mean_pattern, loop.constraints)
+        loop.constraints = resolve_obj_blur(model, loop.dataset, counts, loop.constraints)  # obj_blur 'auto': the dose
         bs = n if not run.batch_size else min(int(run.batch_size), n)
         train, held = split_positions(n, holdout_fraction(run.holdout, losses, counts, n, loop.world), run.seed)
         if held is not None:  # positions kept out of the fit: their loss decides where the run ends

@@ -131,9 +131,12 @@ def _recipe(params: ReconstructParams, losses, start_phase, device, n_epochs: in
 
     run = params.run.model_copy(update={"progress": False})
 
-    def rerun(dataset):
+    def rerun(dataset, position_share: float = 1.0):
+        """``dataset`` reconstructed by the recipe, in batches of ``position_share`` × the run's (at least 1)."""
+        batch = run.batch_size and max(1, round(run.batch_size * position_share))
         model = build_model(params, dataset, start_phase).to(device)
-        for _ in optimize(model, dataset, n_epochs, run, losses, params.constraints, distributed=False):
+        recipe = run.model_copy(update={"batch_size": batch})
+        for _ in optimize(model, dataset, n_epochs, recipe, losses, params.constraints, distributed=False):
             pass
         return model
     return rerun
