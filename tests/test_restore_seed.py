@@ -121,3 +121,27 @@ def test_the_point_defect_restorer_runs_by_name_at_the_seed_geometry_and_says_wh
         assert main(["restore", str(seed_run / "prior" / "results.h5"), "--model", "restore-seed", "--out-file",
                      str(seed_run / "restored_again.h5")]) == 0
     assert "fills in a missing atomic column" in caplog.text and "restore-seed-defects" in caplog.text
+
+
+def test_a_default_run_at_the_seed_geometry_restores_with_the_fine_grid_restorer(seed_run, capsys, caplog):
+    """``reconstruct``'s defaults put the seed geometry on the finer grid (model.upsampling auto → 2, issue 69):
+    ``restore-seed-fine`` restores that run by name and says what it is for; ``restore-seed`` (the detector's grid)
+    refuses it in one line naming the pixel."""
+    params = yaml.safe_load((seed_run / "params.yaml").read_text())
+    params["model"] = {}
+    params["run"]["n_epochs"] = 2
+    (seed_run / "params_default.yaml").write_text(yaml.safe_dump(params))
+    run = seed_run / "default"
+    assert main(["reconstruct", str(seed_run / "params_default.yaml"), "--out", str(run)]) == 0
+    out = seed_run / "restored_fine.h5"
+    with caplog.at_level("WARNING", logger="phasestem"):
+        assert main(["restore", str(run / "results.h5"), "--model", "restore-seed-fine", "--out-file", str(out)]) == 0
+    with h5py.File(out) as f:
+        phase, inp = f["phase"][...], f["input"][...]
+    assert np.isfinite(phase).all() and np.abs(phase - inp).max() > 1e-3
+    assert "finer grid" in caplog.text or "model.upsampling" in caplog.text
+    capsys.readouterr()
+    assert main(["restore", str(run / "results.h5"), "--model", "restore-seed", "--out-file",
+                 str(seed_run / "refused.h5")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "restore-seed" in err, err
