@@ -13,6 +13,7 @@ from numpy_cases import numpy_scan
 from phasestem.recon import Constraints, Ptychography
 from phasestem.recon.losses import LossConfig
 from phasestem.recon.sigma_bootstrap import (
+    block_batch_size,
     bootstrap_scale,
     central_block,
     noise_realisation,
@@ -30,8 +31,8 @@ def _recipe(ds, position_share: float = 1.0, blur: bool | str = False) -> Ptycho
     batches of 32 (× ``position_share`` for the bootstrap's block); ``blur``: ``constraints.obj_blur.enabled`` (off:
     the estimator that fits the noise, which the Fisher σ alone undercounts; 'auto': the default, the dose's blur)."""
     model = Ptychography.from_dataset(ds, n_slices=1)
-    batch = max(1, round(32 * position_share))
-    for _ in model.LSQ_optimize(EPOCHS, ds, batch_size=batch, losses=LossConfig(gaussian=0.0, poisson=1.0),
+    losses = LossConfig(gaussian=0.0, poisson=1.0)
+    for _ in model.LSQ_optimize(EPOCHS, ds, batch_size=block_batch_size(32, position_share), losses=losses,
                                 constraints=Constraints(obj_blur={"enabled": blur}), progress=False):
         pass
     return model

@@ -100,14 +100,15 @@ def recipe(case: dict, epochs: int, loss: str | None):
     """phasestem's defaults as a function of a dataset (flat start; the data's loss unless ``loss`` names one)."""
     from phasestem.recon import Ptychography
     from phasestem.recon.losses import LossConfig
+    from phasestem.recon.sigma_bootstrap import block_batch_size
 
     losses = None if loss is None else LossConfig(gaussian=0.0, **{loss: 1.0})
 
     def run(ds, position_share: float = 1.0):  # the σ bootstrap's blocks run in proportionally smaller batches
         model = Ptychography.from_dataset(ds, n_slices=int(case["n_slices"]),
                                           slice_thickness=float(case["dz"])).to(DEVICE)
-        batch = max(1, round(32 * position_share))
-        for _ in model.LSQ_optimize(epochs, ds, batch_size=batch, losses=losses, progress=False):
+        for _ in model.LSQ_optimize(epochs, ds, batch_size=block_batch_size(32, position_share), losses=losses,
+                                    progress=False):
             pass
         return model
     return run

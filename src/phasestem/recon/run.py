@@ -128,14 +128,14 @@ def _recipe(params: ReconstructParams, losses, start_phase, device, n_epochs: in
     a fresh model of ``params`` from the same start, ``n_epochs`` epochs of the same solver, losses and constraints,
     on this process alone, without progress bar, checkpoints or files."""
     from .engine import optimize
+    from .sigma_bootstrap import block_batch_size
 
     run = params.run.model_copy(update={"progress": False})
 
     def rerun(dataset, position_share: float = 1.0):
         """``dataset`` reconstructed by the recipe, in batches of ``position_share`` × the run's (at least 1)."""
-        batch = run.batch_size and max(1, round(run.batch_size * position_share))
         model = build_model(params, dataset, start_phase).to(device)
-        recipe = run.model_copy(update={"batch_size": batch})
+        recipe = run.model_copy(update={"batch_size": block_batch_size(run.batch_size, position_share)})
         for _ in optimize(model, dataset, n_epochs, recipe, losses, params.constraints, distributed=False):
             pass
         return model

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..detector import sum_bins
+
 log = logging.getLogger("phasestem.recon")
 
 #: the bootstrap's default block side (positions) and number of realisations
@@ -92,6 +94,13 @@ def block_predictions(model, dataset, rows: slice, cols: slice) -> np.ndarray:
     return sim.reshape(*index.shape, *sim.shape[-2:])
 
 
+def block_batch_size(batch_size: int | None, position_share: float) -> int | None:
+    """The batch a block rerun takes: the run's ``batch_size`` × ``position_share`` (the block's positions over the
+    run's), at least 1, so that every pixel is updated about as often per epoch as in the run (None: whole-scan
+    batches, as the run)."""
+    return batch_size and max(1, round(batch_size * position_share))
+
+
 def residual_share(expected: np.ndarray, measured: np.ndarray, noise_variance: float | None = None,
                    bin_side: int = BIN) -> tuple[float, float]:
     """(binned χ²/dof of ``measured`` against ``expected``, α = max(0, 1 − 1/χ²)): α is the share of the residual's
@@ -100,10 +109,9 @@ def residual_share(expected: np.ndarray, measured: np.ndarray, noise_variance: f
     noise of ``noise_variance`` per pixel (every bin); bins of ``bin_side`` × ``bin_side`` pixels. The draws' mean
     ``expected + α (measured − expected)`` is the usual shrinkage estimate of the truth's patterns: the model where it
     explains the data to their noise (α ≈ 0), the data where it does not (α → 1)."""
-    def binned(a: np.ndarray) -> np.ndarray:
-        *lead, h, w = a.shape
-        h, w = h - h % bin_side, w - w % bin_side
-        return a[..., :h, :w].reshape(*lead, h // bin_side, bin_side, w // bin_side, bin_side).sum((-3, -1))
+    def binned(a: np.ndarray) -> np.ndarray:  # whole bins from pixel (0, 0); the rest of the frame dropped
+        h, w = (n - n % bin_side for n in a.shape[-2:])
+        return sum_bins(a[..., :h, :w], (bin_side, bin_side))
 
     e, m = binned(np.asarray(expected, np.float64)), binned(np.asarray(measured, np.float64))
     if noise_variance is None:

@@ -169,7 +169,7 @@ def make_atoms(cfg: SimulationConfig, rng: np.random.Generator, thickness: float
     atoms = _draw_atoms(cfg, rng, thickness)
     crystalline = s.kind != "amorphous"
     d = s.defects
-    if crystalline and d.grain_boundary_probability > 0 and rng.random() < d.grain_boundary_probability:
+    if crystalline and _chance(d.grain_boundary_probability, rng):
         atoms = defects.add_grain_boundary(atoms, rng, d.grain_boundary_angle, d.grain_boundary_min_distance)
     if s.vacancies > 0 and crystalline:
         atoms = spec.remove_columns(atoms, s.vacancies, rng)
