@@ -26,9 +26,12 @@ TABLE = [
     ((True, 1e3, 1.0, 0.2), (0.798, "on: σ 0.798 px (0.16 Å)")),
     ((True, 1e3, 1.0, 0.1), (1.596, "on: σ 1.6 px (0.16 Å)")),  # the same blur in Å on pixels half the size
     ((True, 10.0, 1.0, 0.2), (1.0, "on: σ 1 px (0.2 Å)")),  # at most 0.2 Å
-    ((True, 1e5, 0.99, 0.2), (None, "off: 1e+05 counts per pattern over 0.99 Å² each: 1.01e+05 e⁻/Å²: above 1e+05")),
+    # a 1e5 e⁻ Poisson scan's measured counts (counted_default.py's val_w6_1e5): on, as at the nominal dose
+    ((True, 100004.17, 1.0, 0.2), (0.400, "on: σ 0.4 px (0.08 Å) every epoch, for 1e+05 counts per pattern")),
+    ((True, 1e5, 0.95, 0.2), (0.397, "on: σ 0.397 px")),  # 1.05e5 e⁻/Å²: a gain 5 % off
+    ((True, 1e5, 0.8, 0.2), (None, "off: 1e+05 counts per pattern over 0.8 Å² each: 1.25e+05 e⁻/Å²: above 1.2e+05")),
     ((True, 3e4, 0.2025, 0.24), (None, "off: 3e+04 counts per pattern over 0.203 Å² each")),  # tests/test_auto.py's
-    ((True, 1e6, 1.0, 0.2), (None, "off: 1e+06 counts per pattern over 1 Å² each: 1e+06 e⁻/Å²: above 1e+05 e⁻/Å²")),
+    ((True, 1e6, 1.0, 0.2), (None, "off: 1e+06 counts per pattern over 1 Å² each: 1e+06 e⁻/Å²: above 1.2e+05 e⁻/Å²")),
     ((False, 1e3, 1.0, 0.2), (None, "off: the patterns are not counts")),
     ((True, 0.0, 1.0, 0.2), (None, "off: no dose per area to read")),
     ((True, 1e3, float("nan"), 0.2), (None, "off: no dose per area to read")),

@@ -18,6 +18,9 @@ Geometry (unless the case says otherwise): 24 × 24 raster at 1 Å, 96² windows
   tiltvar    θx 2 → 5 mrad across x                      |θ| from 2.2 to 5.0 mrad, varying along y and x
   distort    σ 0.3 Å per axis + drift (0.8, −0.5) Å      σ 0.4 Å + drift (−0.6, 1.0) Å
   coherence  source 0.6 Å FWHM, 1e6 e⁻, 4 probe modes    source 0.8 Å FWHM, 1e6 e⁻, 4 probe modes
+  strongthick  issue 69's regime: 32 × 32 at 1 Å, 128² patterns, crossover 100 Å before the specimen, noise-free
+             8 × 10 Å, summed peak 2.4 rad                8 × 10 Å, atoms σ 0.35 Å, summed peak 2.9 rad
+             10 × 8 Å, summed peak 2.8 rad, c10 +60      7 × 12 Å, summed peak 2.6 rad, c10 +150
 
 Case names are ``HALF_KIND`` (``dev_strong``, ``val_thick``, ...). Besides the fields of
 ``cases.py``, each file records ``kind``, ``half`` and ``description``; the NumPy cases also store
@@ -30,11 +33,12 @@ from cases import GEOM, simulate_case
 HARD_GEOM = dict(GEOM, scan=(24, 24), window=96)
 HARD_QUICK = dict(GEOM, scan=(6, 6), window=64, batch=16)
 HALVES = ("dev", "val")
-KINDS = ("strong", "thick", "dose1e3", "dose1e4", "tilt", "tiltvar", "distort", "coherence")
+KINDS = ("strong", "thick", "dose1e3", "dose1e4", "tilt", "tiltvar", "distort", "coherence", "strongthick")
 
 _BASE = dict(iters=20, dose=0, source=0.0, keep_slices=True, margin=16)
 _LOWDOSE_GEOM = dict(scan=(32, 32), step=0.5)
 _QUICK_LOWDOSE_GEOM = dict(scan=(8, 8), step=0.5)
+_REGIME_GEOM = dict(scan=(32, 32), window=128)  # issue 69's strong-phase regime: the base cases' geometry
 
 
 def _crystal(material: str, reps: tuple[int, int, int], c10: float, recon_slices: int, seed: int,
@@ -118,6 +122,14 @@ HARD: dict[str, dict] = {
     "dev_coherence": dict(_BASE, n_slices=2, dz=10.0, max_phase=0.5, density=0.3, source=0.6, dose=1e6,
                           n_modes=4, seed=107,
                           description="2 × 10 Å, source 0.6 Å FWHM, 1e6 e⁻ (Poisson); recon given 4 probe modes"),
+    # added 2026-11-27 for issue 69's strong-phase regime (8 × 10 Å, summed peak 2.4 rad, 20 mrad, +100 Å, 1 Å step,
+    # 128² patterns of 0.2 Å, noise-free; r at 5 and 20 iterations); max_phase is per slice, set for the summed peak
+    "dev_strongthick": dict(_BASE, n_slices=8, dz=10.0, max_phase=1.35, density=0.15, seed=111, geom=_REGIME_GEOM,
+                            description="8 × 10 Å, 1.35 rad peak per slice (summed peak 2.4 rad), noise-free"),
+    "dev_strongthick_b": dict(_BASE, n_slices=10, dz=8.0, max_phase=1.35, density=0.12, seed=112,
+                              geom=dict(_REGIME_GEOM, defocus=60.0),
+                              description="10 × 8 Å, 1.35 rad peak per slice (summed peak 2.8 rad), crossover 60 Å "
+                                          "before the specimen, noise-free"),
     # -- validation half -------------------------------------------------------------------
     "val_strong": dict(_BASE, n_slices=12, dz=8.0, max_phase=2.5, density=0.12, width=0.35, seed=201,
                        geom=dict(defocus=-50.0),
@@ -238,6 +250,14 @@ HARD: dict[str, dict] = {
     "val_coherence": dict(_BASE, n_slices=3, dz=10.0, max_phase=0.4, density=0.25, width=0.35, source=0.8,
                           dose=1e6, n_modes=4, seed=207,
                           description="3 × 10 Å, source 0.8 Å FWHM, 1e6 e⁻ (Poisson); recon given 4 probe modes"),
+    "val_strongthick": dict(_BASE, n_slices=8, dz=10.0, max_phase=1.27, density=0.15, width=0.35, seed=211,
+                            geom=_REGIME_GEOM,
+                            description="8 × 10 Å, atoms σ 0.35 Å, 1.27 rad peak per slice (summed peak 2.9 rad), "
+                                        "noise-free"),
+    "val_strongthick_b": dict(_BASE, n_slices=7, dz=12.0, max_phase=1.15, density=0.13, seed=212,
+                              geom=dict(_REGIME_GEOM, defocus=150.0),
+                              description="7 × 12 Å, 1.15 rad peak per slice (summed peak 2.6 rad), crossover 150 Å "
+                                          "before the specimen, noise-free"),
 }
 
 
@@ -261,6 +281,8 @@ def make_hard_case(name: str, quick: bool = False) -> dict:
         over = dict(spec.get("geom", {}))
         if quick and "scan" in over:
             over["scan"] = _QUICK_LOWDOSE_GEOM["scan"]
+        if quick:
+            over.pop("window", None)
         geom.update(over)
         case = simulate_case(spec, geom, seed=spec["seed"])
     case.update(kind=kind, half=half, description=spec["description"])

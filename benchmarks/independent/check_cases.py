@@ -94,6 +94,11 @@ def check_case(name: str, c: dict) -> tuple[list[str], str]:
         info.append(f"slice peak {peak.min():.2f}–{peak.max():.2f} rad")
         if not (8 <= sim_slices <= 16 and peak.min() >= 2.0):
             bad.append("strong: needs 8–16 slices with ≥ 2 rad each")
+    elif kind.startswith("strongthick"):
+        peak = float(c["truth_phase"].max())
+        info.append(f"summed peak {peak:.2f} rad")
+        if not (6 <= sim_slices <= 12 and 2.0 <= peak <= 3.2):
+            bad.append("strongthick: needs 6–12 slices with a summed peak of 2–3.2 rad")
     elif kind.startswith("thick"):
         if not (200 <= thick <= 400 and sim_slices >= 20):
             bad.append("thick: needs 20–40 nm in ≥ 20 slices")

@@ -9,16 +9,17 @@ analogues of the issue's low-dose thick case.
 Cases (:data:`CASES`): the issue's geometry (32 × 32 raster at 1 Å, 128² patterns of 0.2 Å, 300 keV, 20 mrad, focus
 100 Å before the entrance surface), random atoms of 0.15 / Å² per slice, 4 Å slices, Poisson counts; the development
 half at 1e3 / 1e4 / 1e5 e⁻ per pattern on 4 / 6 / 8 slices, the validation half on other specimens, the issue's own
-case (6 slices, 1e5) among them. Issue 69 added weak specimens (``w`` cases: 0.4 atoms / Å² per slice of 0.06–0.08 rad,
-an amorphous film's analogue, where the data term alone fits the noise at 1e5 e⁻) to both halves, and the columns
-``noreg`` (no loss named, ``obj_blur`` off: the defaults before the dose's blur) and ``blur0.4`` (a fixed σ of 0.4
-px every epoch); ``none`` is the defaults as they are. Each run: ``recon_peers/run_phasestem.py`` (lsq, batch 32,
-nominal probe, exact positions, 2 threads), scored as ``bench.py`` scores (Pearson r of the summed phase over the
-scanned field after origin alignment) at 5 and ``--iters`` iterations (``result.json`` also holds r at 20 where
-``--iters`` is more). Peers (``--peers``): ``ptyrad`` as ``bench.py`` runs it (its tuned learning rates, no blur), and
-``ptyrad_defaults``, the same with PtyRAD's own default regularisation, ``obj_rblur`` σ 0.4 px and ``obj_zblur`` σ 1
-layer every iteration (:data:`PEER_VARIANTS`); a peer's learning rates do not decay, so its r at 20 of a 40-iteration
-run is its 20-iteration result. Writes ``OUT/result.json`` and ``OUT/result.md``.
+case (6 slices, 1e5) among them. Issue 69 added weak specimens (``w`` cases: 0.4 atoms / Å² per slice of 0.06–0.08
+rad, an amorphous film's analogue, where the data term alone fits the noise at 1e5 e⁻) to both halves, and the columns
+``noreg`` (no loss named, ``obj_blur`` off: the defaults before the dose's blur), ``blur0.4`` (a fixed σ of 0.4 px
+every epoch) and ``decay_whole_run`` (the learning-rate cosine over the whole run, as before ``lr_decay: auto`` ended
+it at epoch 20 for counted data); ``none`` is the defaults as they are. Each run: ``recon_peers/run_phasestem.py``
+(lsq, batch 32, nominal probe, exact positions, 2 threads), scored as ``bench.py`` scores (Pearson r of the summed
+phase over the scanned field after origin alignment) at 5 and ``--iters`` iterations (``result.json`` also holds r at
+20 where ``--iters`` is more). Peers (``--peers``): ``ptyrad`` as ``bench.py`` runs it (its tuned learning rates, no
+blur), and ``ptyrad_defaults``, the same with PtyRAD's own default regularisation, ``obj_rblur`` σ 0.4 px and
+``obj_zblur`` σ 1 layer every iteration (:data:`PEER_VARIANTS`); a peer's learning rates do not decay, so its r at 20
+of a 40-iteration run is its 20-iteration result. Writes ``OUT/result.json`` and ``OUT/result.md``.
 """
 from __future__ import annotations
 
@@ -59,7 +60,9 @@ PEER_VARIANTS = {"ptyrad_defaults": ("ptyrad", ["--rblur", "0.4", "--zblur", "1"
 #: regularisation (issue 69), and the issue's fixed lateral blur
 VARIANTS = {"noreg": ["--loss", "none", "--constraint", "obj_blur.enabled=false"],
             "blur0.4": ["--loss", "none", "--constraint", "obj_blur.enabled=true",
-                        "--constraint", "obj_blur.sigma=0.4"]}
+                        "--constraint", "obj_blur.sigma=0.4"],
+            # the cosine spanning the whole run (the default before lr_decay: auto spanned counted data's first 20)
+            "decay_whole_run": ["--loss", "none", "--lr-decay", "cosine"]}
 
 
 def case_file(out: Path, name: str, iters: int) -> Path:

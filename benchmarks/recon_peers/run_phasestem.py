@@ -220,6 +220,7 @@ def main() -> None:
                 "obj_clamp_auto": engine_log.after("constraints.obj_clamp auto "),
                 "probe_aperture": cons.probe_aperture.model_dump(), "per_position_tilt": args.per_position_tilt,
                 "probe_aperture_auto": engine_log.after("constraints.probe_aperture auto: "),
+                "lr_decay_auto": engine_log.after("run.lr_decay auto: "),
                 "coarse_start": engine_log.after("coarse start: "),
                 "coarse_start_auto": engine_log.after("coarse start (auto): "),
                 "tilt_mrad_per_epoch": [g["tilt"].double().reshape(-1, 2).mean(0).tolist()

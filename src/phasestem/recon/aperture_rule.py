@@ -62,9 +62,7 @@ def probe_aperture_rule(mean_pattern: np.ndarray, nominal_probe: torch.Tensor, u
         r_nominal = image_edge_radius(spec, (mean.shape[0] // 2, mean.shape[1] // 2), disk_of_mean(spec)[1])
     except NoDiskError:
         return False, "off: no bright-field disk in the mean pattern"
-    r_data = image_edge_radius(mean, centre, r0)
-    yy, xx = np.indices(mean.shape)
-    dark = float(mean[np.hypot(yy - centre[0], xx - centre[1]) > DARK_FIELD_FROM * r_data].sum() / mean.sum())
+    dark, r_data = dark_field_share(mean, centre, r0)
     edge = r_data / r_nominal - 1
     what = (f"{100 * dark:.2g} % of the mean pattern's intensity lies beyond {DARK_FIELD_FROM:g} × the disk; the "
             f"data's disk edge is {100 * edge:+.2g} % from the nominal aperture's")
@@ -77,6 +75,33 @@ def probe_aperture_rule(mean_pattern: np.ndarray, nominal_probe: torch.Tensor, u
         return False, (f"off: {what}, more than {100 * APERTURE_EDGE_TOLERANCE:g} %: give the measured semi-angle "
                        "(phasestem calibrate) to hold it")
     return True, f"on: {what}"
+
+
+def dark_field_share(mean_pattern: np.ndarray, centre: tuple[float, float] | None = None,
+                     r0: float | None = None) -> tuple[float, float]:
+    """(the share of ``mean_pattern``'s (H, W) intensity beyond :data:`DARK_FIELD_FROM` × its bright-field disk, the
+    disk's edge radius in px); ``centre`` and ``r0`` (px): the disk as :func:`~phasestem.calibrate.disk.disk_of_mean`
+    finds it, found here when not given (:class:`~phasestem.calibrate.disk.NoDiskError` without a disk)."""
+    from ..calibrate.disk import disk_of_mean, image_edge_radius
+
+    mean = np.asarray(mean_pattern, dtype=np.float64)
+    if centre is None or r0 is None:
+        centre, r0 = disk_of_mean(mean)
+    r_data = image_edge_radius(mean, centre, r0)
+    yy, xx = np.indices(mean.shape)
+    return float(mean[np.hypot(yy - centre[0], xx - centre[1]) > DARK_FIELD_FROM * r_data].sum() / mean.sum()), r_data
+
+
+def dark_field_or_none(mean_pattern: np.ndarray | None) -> float | None:
+    """:func:`dark_field_share`'s share, or None when there is no pattern or no bright-field disk in it."""
+    from ..calibrate.disk import NoDiskError
+
+    if mean_pattern is None:
+        return None
+    try:
+        return dark_field_share(mean_pattern)[0]
+    except NoDiskError:
+        return None
 
 
 def resolve_probe_aperture(model, mean_pattern: np.ndarray, constraints: Constraints) -> Constraints:

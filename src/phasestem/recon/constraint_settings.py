@@ -74,7 +74,8 @@ class ObjBlur(AutoSchedule):
     enabled: bool | Literal["auto"] = Field(
         "auto", description="true, false or auto: on for counted data (Poisson noise) every epoch, σ from the dose per "
         "area: 0.4 px of 0.2 Å at 1e5 e⁻/Å², 0.8 at 1e3 (dose_regularisation.obj_blur_rule); off for noise-free data "
-        "and above 1e5 e⁻/Å²; the run log says which and why")
+        "and above 1.2e5 e⁻/Å² (1e5, the highest dose it was chosen on, and the scatter of measured counts); the run "
+        "log says which and why")
     sigma: float = Field(0.5, gt=0, description="Gaussian standard deviation in object pixels (with enabled: auto, "
                          "a σ given here replaces the rule's)")
 

@@ -58,7 +58,7 @@ from .decided import resolve_decided
 from .dose_regularisation import resolve_obj_blur
 from .holdout import HeldOutStop, holdout_fraction, split_positions
 from .losses import LossConfig
-from .optimizers import build_optimizer, decay_factor, refuse_lbfgs
+from .optimizers import build_optimizer, decay_factor, refuse_lbfgs, resolve_lr_decay
 from .precondition import ScanCurvature, resolve_batches
 from .prepared import PreparedData, prepared_data  # noqa: F401  (PreparedData: engine API)
 from .run_config import RunConfig
@@ -105,7 +105,9 @@ def optimize(model, dataset, n_epochs: int, run: RunConfig | None = None, losses
     ``run`` section, :class:`RunConfig`); ``losses`` and ``constraints``
     as validated (``losses`` naming no term: the data choose it, :func:`~phasestem.recon.data_losses.losses_for_data`,
     logged). ``lr_decay`` 'cosine': every learning rate falls from 1× to ``lr_final``× over this call's epochs;
-    a call that continues a checkpoint continues its decay, so a resumed run takes the uninterrupted run's steps.
+    'auto': chosen from the data term and the mean pattern (:func:`~phasestem.recon.optimizers.resolve_lr_decay`,
+    logged); a call that continues a checkpoint continues its decay, so a resumed run takes the uninterrupted run's
+    steps.
     ``callbacks`` run after the engine's own (:mod:`phasestem.recon.callbacks`); a :class:`Checkpoints` among them
     also receives the divergence's last good state. ``lbfgs_options`` update torch's L-BFGS settings.
     ``distributed``: in an initialised process group, share the work with the other ranks (False: this rank
@@ -149,6 +151,10 @@ def _epochs(loop: Loop, lbfgs_options: dict) -> Iterator[float]:
         # probe_aperture 'auto': decided once per call from the data (the same data decide it again on resume)
         loop.constraints = resolve_probe_aperture(model, data.mean_pattern, loop.constraints)
         loop.constraints = resolve_obj_blur(model, loop.dataset, counts, loop.constraints)  # obj_blur 'auto': the dose
+        lr_decay, decay_span, why = resolve_lr_decay(run.lr_decay, losses, data.mean_pattern)
+        if why:
+            log.info("run.lr_decay auto: %s", why)
+            model.auto_reasons["run.lr_decay"] = why  # a run setting: its row in results.h5 (recon.report)
         bs = n if not run.batch_size else min(int(run.batch_size), n)
         train, held = split_positions(n, holdout_fraction(run.holdout, losses, counts, n, loop.world), run.seed)
         if held is not None:  # positions kept out of the fit: their loss decides where the run ends
@@ -212,8 +218,8 @@ def _epochs(loop: Loop, lbfgs_options: dict) -> Iterator[float]:
                     pending_state = None
                 state.optimizer_names = list(opt_names)
             if run.optimizer != "lbfgs":  # learning rates may have been changed between epochs
-                decay = decay_factor(run.lr_decay, epoch - state.decay_start, last_epoch - state.decay_start + 1,
-                                     run.lr_final)
+                decay = decay_factor(lr_decay, epoch - state.decay_start, last_epoch - state.decay_start + 1,
+                                     run.lr_final, decay_span)
                 for group in opt.param_groups:
                     group["lr"] = (model.schedules[group["name"]].resolved_lr(group["name"], run.optimizer)
                                    * run.lr_scale * decay * state.lr_backoff)

@@ -161,7 +161,8 @@ def auto_settings(model, params, sources=None) -> list:
     resumed run tells it too) and why they were kept, or why there were none (``model.coarse_note``, also kept in
     checkpoints). ``model.upsampling: auto`` gives the row of the factor the optics chose and why. A learned prior
     (``reconstruct --prior``) gives the row ``prior.returned_epoch``: the epoch the run returned and why
-    (``model.prior_returned``, :mod:`phasestem.recon.prior_stop`)."""
+    (``model.prior_returned``, :mod:`phasestem.recon.prior_stop`). ``run.lr_decay: auto`` gives the row of the decay
+    the data term chose (``model.auto_reasons['run.lr_decay']``)."""
     from ..base.provenance import Setting
     from .run_state import COARSE_HISTORY_KEY
 
@@ -182,6 +183,11 @@ def auto_settings(model, params, sources=None) -> list:
                             (sources or {}).get("model.upsampling", "YAML") if given else "default",
                             note=f"auto: {model.experiment.upsampling_reason}"))
     for name, why in sorted(model.auto_reasons.items()):
+        if name.startswith("run."):  # a run setting's 'auto' (run.lr_decay): the value it took, first in its reason
+            given = name[4:] in params.run.model_fields_set
+            rows.append(Setting(name, why.split(" ", 1)[0], "", (sources or {}).get(name, "YAML") if given else
+                                "default", note=f"auto: {why}"))
+            continue
         field = f"constraints.{name}.enabled"
         given = "enabled" in getattr(params.constraints, name).model_fields_set
         on = model.decided.get(name, why.startswith("on"))

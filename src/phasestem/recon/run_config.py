@@ -57,9 +57,13 @@ class RunConfig(FiniteModel):
     batch_mode: Literal["random", "compact"] = Field("random", description="random or spatially compact batches")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
     lr_scale: float = Field(1.0, gt=0, description="multiplies every learning rate")
-    lr_decay: Literal["none", "cosine"] = Field("cosine", description="cosine: every learning rate falls to lr_final "
-                                                "× its value over the run's epochs (--resume continues it), which "
-                                                "keeps noisy data from being over-fitted late in a run; none: constant")
+    lr_decay: Literal["auto", "none", "cosine"] = Field(
+        "auto", description="cosine: every learning rate falls to lr_final × its value over the run's epochs "
+        "(--resume continues it), which keeps noisy data from being over-fitted late in a run; none: constant; auto "
+        "(default): for counted data (a Poisson term in the data loss) the cosine over the first 20 epochs, then "
+        "lr_final (a longer run does not keep its steps high for longer); without counts none for a strong scatterer "
+        "(more than 1 % of the mean pattern beyond 1.1 × the disk), whose slices full steps fit further, and the "
+        "cosine otherwise (phasestem.recon.optimizers.resolve_lr_decay; logged)")
     lr_final: float = Field(0.1, gt=0, le=1, description="final learning-rate fraction of lr_decay: cosine")
     seed: int = Field(0, description="seed of the batch order")
     compile: Literal["auto", "none", "compile", "cuda_graph"] = Field(

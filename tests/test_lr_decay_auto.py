@@ -1,0 +1,101 @@
+"""run.lr_decay: auto (the default of a parameter file's run): counted data get a cosine over their first 20 epochs,
+a strong scatterer without counts none, any other data the whole run's cosine.
+
+The rule reads the data term the run uses (a Poisson part: counted data, whose noise full steps late in a run go on
+fitting) and the mean pattern's share beyond the disk (the probe-aperture rule's measure of a strong scatterer); the
+engine steps with the resolved decay, says so in the log and keeps the reason for results.h5's provenance.
+Plumbing on phasestem's own simulator (the accuracy it was chosen for is measured on independent data in
+``benchmarks/independent``, issue 69).
+"""
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from phasestem.recon.callbacks import Callback
+from phasestem.recon.constraints import Constraints
+from phasestem.recon.engine import optimize
+from phasestem.recon.losses import LossConfig
+from phasestem.recon.model import Ptychography
+from phasestem.recon.optimizers import COUNTED_DECAY_EPOCHS, decay_factor, resolve_lr_decay
+from phasestem.recon.params import RunConfig
+from phasestem.recon.report import auto_settings
+from phasestem.recon.synthetic import simulate_dataset
+
+COUNTED = LossConfig(gaussian=0.5, poisson=0.5)
+
+
+def _mean_pattern(halo: float) -> np.ndarray:
+    """A 64² mean pattern: a disk of radius 16 px holding 1 − ``halo`` of the intensity, a ring at 24–30 px the rest."""
+    yy, xx = np.indices((64, 64)) - 32
+    r = np.hypot(yy, xx)
+    disk, ring = (r <= 16).astype(float), ((r >= 24) & (r <= 30)).astype(float)
+    return (1 - halo) * disk / disk.sum() + halo * ring / ring.sum()
+
+
+def test_the_rule_reads_the_data_term_and_the_scattering():
+    assert RunConfig().lr_decay == "auto"
+    assert resolve_lr_decay("auto", COUNTED, _mean_pattern(0.05))[:2] == ("cosine", COUNTED_DECAY_EPOCHS)
+    assert resolve_lr_decay("auto", LossConfig(poisson=1.0))[:2] == ("cosine", COUNTED_DECAY_EPOCHS)
+    kind, span, why = resolve_lr_decay("auto", LossConfig(), _mean_pattern(0.05))
+    assert (kind, span) == ("none", None) and why.startswith("none (no Poisson term and a strong scatterer, 5 % ")
+    kind, span, why = resolve_lr_decay("auto", LossConfig(), _mean_pattern(0.002))
+    assert (kind, span) == ("cosine", None) and "0.2 % of the mean pattern" in why and "not a strong scatterer" in why
+    assert resolve_lr_decay("auto", LossConfig(), np.ones((64, 64)))[:2] == ("cosine", None)  # no disk to measure by
+    assert resolve_lr_decay("auto", LossConfig())[:2] == ("cosine", None)  # no pattern given
+    assert resolve_lr_decay("cosine", LossConfig(), _mean_pattern(0.05)) == ("cosine", None, None)  # named: kept
+    assert resolve_lr_decay("none", COUNTED) == ("none", None, None)
+
+
+def test_a_longer_counted_run_takes_the_shorter_runs_steps_then_holds_lr_final():
+    """The span: a 40-epoch run's first 20 factors are the 20-epoch run's, the rest lr_final; a run shorter than the
+    span decays over itself; 'cosine' without a span spans the whole run."""
+    twenty = [decay_factor("cosine", k, 20, 0.1) for k in range(20)]
+    forty = [decay_factor("cosine", k, 40, 0.1, 20) for k in range(40)]
+    assert forty[:20] == twenty and forty[20:] == [pytest.approx(0.1)] * 20
+    assert twenty[0] == 1.0 and twenty[-1] == pytest.approx(0.1)
+    assert all(a > b for a, b in zip(twenty[:-1], twenty[1:], strict=True))
+    assert [decay_factor("cosine", k, 8, 0.1, 20) for k in range(8)] == [decay_factor("cosine", k, 8, 0.1)
+                                                                          for k in range(8)]
+    assert decay_factor("cosine", 20, 40, 0.1) > 0.5  # the whole-run cosine is still high half-way
+    assert decay_factor("none", 30, 40, 0.1, 20) == 1.0
+
+
+class _Rates(Callback):
+    """The object phase's learning rate of every epoch."""
+
+    def __init__(self):
+        self.rates = []
+
+    def on_epoch_end(self, loop) -> None:
+        self.rates.append(next(g["lr"] for g in loop.optimizer.param_groups if g["name"] == "obj_phase"))
+
+
+CASES = [(LossConfig(), 0.5, "cosine"), (LossConfig(), 6.0, "none"),
+         (COUNTED, 0.5, "cosine over the first 20 epochs, then lr_final")]
+
+
+@pytest.mark.parametrize("losses, max_phase, expected", CASES)
+def test_the_run_steps_with_the_resolved_decay_and_records_why(losses, max_phase, expected, caplog):
+    """A weak and a strong scatterer without counts, and counted data (phasestem's simulator: plumbing)."""
+    caplog.set_level("INFO", logger="phasestem.recon")
+    counted = losses.poisson > 0
+    ds = simulate_dataset(window=(32, 32), sampling=0.4, scan_shape=(4, 4), max_phase=max_phase,
+                          dose=1e5 if counted else None, seed=2)
+    model = Ptychography.from_dataset(ds)
+    rates = _Rates()
+    run = RunConfig(n_epochs=4, batch_size=8, progress=False)
+    list(optimize(model, ds, 4, run, losses, callbacks=[rates]))
+    assert len(rates.rates) == 4
+    if expected == "none":
+        assert rates.rates == [rates.rates[0]] * 4
+    else:
+        assert rates.rates[-1] == pytest.approx(rates.rates[0] * run.lr_final)  # the cosine ends at lr_final
+    assert f"run.lr_decay auto: {expected} (" in caplog.text
+    rows = auto_settings(model, SimpleNamespace(run=run, constraints=Constraints()))
+    (row,) = [r for r in rows if r.field == "run.lr_decay"]
+    assert row.value == expected.split()[0] and row.source == "default" and row.note.startswith(f"auto: {expected} (")
+    named = RunConfig(n_epochs=4, lr_decay="auto")
+    (row,) = [r for r in auto_settings(model, SimpleNamespace(run=named, constraints=Constraints()))
+              if r.field == "run.lr_decay"]
+    assert row.source == "YAML"  # 'auto' written in the parameter file
