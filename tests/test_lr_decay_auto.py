@@ -11,13 +11,20 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 from phasestem.recon.callbacks import Callback
 from phasestem.recon.constraints import Constraints
 from phasestem.recon.engine import optimize
 from phasestem.recon.losses import LossConfig
 from phasestem.recon.model import Ptychography
-from phasestem.recon.optimizers import COUNTED_DECAY_EPOCHS, decay_factor, resolve_lr_decay
+from phasestem.recon.optimizers import (
+    COUNTED_DECAY_EPOCHS,
+    CRYSTAL_DECAY_KEY,
+    crystal_decay,
+    decay_factor,
+    resolve_lr_decay,
+)
 from phasestem.recon.params import RunConfig
 from phasestem.recon.report import auto_settings
 from phasestem.recon.synthetic import simulate_dataset
@@ -99,3 +106,29 @@ def test_the_run_steps_with_the_resolved_decay_and_records_why(losses, max_phase
     (row,) = [r for r in auto_settings(model, SimpleNamespace(run=named, constraints=Constraints()))
               if r.field == "run.lr_decay"]
     assert row.source == "YAML"  # 'auto' written in the parameter file
+
+
+def test_a_strong_crystal_keeps_the_cosine_from_its_second_epoch(caplog):
+    """crystal_decay: a lattice in the object after the first epoch switches 'none' to the run's cosine (logged, the
+    reason replaced, the decision kept for a resumed run); random atoms keep 'none'."""
+    caplog.set_level("INFO", logger="phasestem.recon")
+    ds = simulate_dataset(window=(32, 32), sampling=0.4, scan_shape=(8, 8), n_slices=2, seed=3)
+    lattice = Ptychography.from_dataset(ds, n_slices=2, slice_thickness=10.0)
+    ny, nx = lattice.object_shape
+    yy, xx = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
+    columns = 0.5 * (1 + np.cos(2 * np.pi * yy / 5.0) * np.cos(2 * np.pi * xx / 5.0))  # a 2 Å lattice of columns
+    with torch.no_grad():
+        lattice.obj_phase.copy_(torch.as_tensor(columns, dtype=lattice.obj_phase.dtype).expand_as(lattice.obj_phase))
+    assert crystal_decay(lattice, 2) == "cosine"
+    assert lattice.decided[CRYSTAL_DECAY_KEY] is True
+    assert lattice.auto_reasons["run.lr_decay"].startswith("cosine from epoch 2 (a strong scatterer without counts, "
+                                                           "but a crystal: ")
+    assert "run.lr_decay auto: cosine from epoch 2" in caplog.text
+    with torch.no_grad():
+        lattice.obj_phase.zero_()
+    assert crystal_decay(lattice, 3) == "cosine"  # decided once: the object no longer matters
+    random = Ptychography.from_dataset(ds, n_slices=2, slice_thickness=10.0)
+    with torch.no_grad():
+        random.obj_phase.copy_(torch.rand(random.obj_phase.shape, generator=torch.Generator().manual_seed(0)))
+    assert crystal_decay(random, 2) == "none" and random.decided[CRYSTAL_DECAY_KEY] is False
+    assert "run.lr_decay" not in random.auto_reasons

@@ -58,7 +58,14 @@ from .decided import resolve_decided
 from .dose_regularisation import resolve_obj_blur
 from .holdout import HeldOutStop, holdout_fraction, split_positions
 from .losses import LossConfig
-from .optimizers import build_optimizer, decay_factor, refuse_lbfgs, resolve_lr_decay
+from .optimizers import (
+    CRYSTAL_DECAY_KEY,
+    build_optimizer,
+    crystal_decay,
+    decay_factor,
+    refuse_lbfgs,
+    resolve_lr_decay,
+)
 from .precondition import ScanCurvature, resolve_batches
 from .prepared import PreparedData, prepared_data  # noqa: F401  (PreparedData: engine API)
 from .run_config import RunConfig
@@ -152,6 +159,9 @@ def _epochs(loop: Loop, lbfgs_options: dict) -> Iterator[float]:
         loop.constraints = resolve_probe_aperture(model, data.mean_pattern, loop.constraints)
         loop.constraints = resolve_obj_blur(model, loop.dataset, counts, loop.constraints)  # obj_blur 'auto': the dose
         lr_decay, decay_span, why = resolve_lr_decay(run.lr_decay, losses, data.mean_pattern)
+        crystal_check = run.lr_decay == "auto" and lr_decay == "none"  # a strong scatterer: unless it is a crystal
+        if crystal_check and model.decided.get(CRYSTAL_DECAY_KEY):  # a crystal already (coarse start, resume):
+            lr_decay, why = "cosine", None  # its reason stands
         if why:
             log.info("run.lr_decay auto: %s", why)
             model.auto_reasons["run.lr_decay"] = why  # a run setting: its row in results.h5 (recon.report)
@@ -217,6 +227,8 @@ def _epochs(loop: Loop, lbfgs_options: dict) -> Iterator[float]:
                     reuse_optimizer_state(opt, pending_state, state.optimizer_names, opt_names)
                     pending_state = None
                 state.optimizer_names = list(opt_names)
+            if crystal_check and epoch >= 2:
+                lr_decay = crystal_decay(model, epoch)
             if run.optimizer != "lbfgs":  # learning rates may have been changed between epochs
                 decay = decay_factor(lr_decay, epoch - state.decay_start, last_epoch - state.decay_start + 1,
                                      run.lr_final, decay_span)
