@@ -15,16 +15,11 @@ import torch
 
 from phasestem.recon.callbacks import Callback
 from phasestem.recon.constraints import Constraints
+from phasestem.recon.decay_rule import COUNTED_DECAY_EPOCHS, CRYSTAL_DECAY_KEY, crystal_decay, resolve_lr_decay
 from phasestem.recon.engine import optimize
 from phasestem.recon.losses import LossConfig
 from phasestem.recon.model import Ptychography
-from phasestem.recon.optimizers import (
-    COUNTED_DECAY_EPOCHS,
-    CRYSTAL_DECAY_KEY,
-    crystal_decay,
-    decay_factor,
-    resolve_lr_decay,
-)
+from phasestem.recon.optimizers import decay_factor
 from phasestem.recon.params import RunConfig
 from phasestem.recon.report import auto_settings
 from phasestem.recon.synthetic import simulate_dataset

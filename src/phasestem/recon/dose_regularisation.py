@@ -79,15 +79,18 @@ def obj_blur_rule(counted: bool, counts: float, area: float, pixel: float) -> tu
     return sigma / pixel, f"on: σ {sigma / pixel:.3g} px ({sigma:.3g} Å) every epoch, for {what}"
 
 
-def resolve_obj_blur(model, dataset, counts: float, constraints: Constraints) -> Constraints:
+def resolve_obj_blur(model, dataset, counts: float, constraints: Constraints, counted: bool | None = None
+                     ) -> Constraints:
     """``constraints`` with ``obj_blur: auto`` decided for this run by :func:`obj_blur_rule` on ``dataset`` (counts
-    by :func:`~phasestem.io.counts.counts_decision`, ``counts`` per pattern) and ``model``'s pixel: logged
+    by :func:`~phasestem.io.counts.counts_decision`, or ``counted`` when the caller has decided it, ``counts`` per
+    pattern) and ``model``'s pixel: logged
     for counted data, its reason kept in ``model.auto_reasons`` (results.h5 provenance). Unchanged when
     ``obj_blur.enabled`` is true or false; a ``sigma`` the user gave replaces the rule's where it turns the blur on."""
     blur = constraints.obj_blur
     if blur.enabled != "auto":
         return constraints
-    counted = counts_decision(dataset).counted
+    if counted is None:
+        counted = counts_decision(dataset).counted
     sigma, why = obj_blur_rule(counted, counts, area_per_pattern(dataset), min(model.sampling))
     if sigma is not None and "sigma" in blur.model_fields_set:
         sigma, why = blur.sigma, f"{why}; obj_blur.sigma {blur.sigma:g} px as given instead"

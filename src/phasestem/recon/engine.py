@@ -34,7 +34,7 @@ import torch
 from ..base.configfile import validate
 from ..base.errors import PhasestemError
 from ..base.runtime import flush_denormals, rank_and_world, retain_freed_memory
-from ..io.counts import counts_per_pattern
+from ..io.counts import counts_decision, counts_per_pattern
 from .aperture_rule import resolve_probe_aperture
 from .batches import compact_groups, make_batches, shard_owners  # noqa: F401  (compact_groups: engine API)
 from .callbacks import (  # noqa: F401  (the errors and PHYSICAL_LIMIT: the engine's API)
@@ -54,18 +54,12 @@ from .callbacks import (  # noqa: F401  (the errors and PHYSICAL_LIMIT: the engi
 from .checkpoint import load_checkpoint, reuse_optimizer_state, save_checkpoint  # noqa: F401  (engine API)
 from .constraints import Constraints, apply_constraints
 from .data_losses import losses_for_data
+from .decay_rule import crystal_decay, resolve_lr_decay
 from .decided import resolve_decided
 from .dose_regularisation import resolve_obj_blur
 from .holdout import HeldOutStop, holdout_fraction, split_positions
 from .losses import LossConfig
-from .optimizers import (
-    CRYSTAL_DECAY_KEY,
-    build_optimizer,
-    crystal_decay,
-    decay_factor,
-    refuse_lbfgs,
-    resolve_lr_decay,
-)
+from .optimizers import build_optimizer, decay_factor, refuse_lbfgs
 from .precondition import ScanCurvature, resolve_batches
 from .prepared import PreparedData, prepared_data  # noqa: F401  (PreparedData: engine API)
 from .run_config import RunConfig
@@ -89,6 +83,7 @@ class Loop:
         self.run, self.losses, self.constraints = run, losses, constraints
         self.rank, self.world = rank, world
         self.data = None  # PreparedData / StreamedData
+        self.counted: bool | None = None  # whether the data are counts (io.counts.counts_decision; None: not decided)
         self.state: RunState | None = None
         self.optimizer = None
         self.epoch = model.epoch
@@ -112,7 +107,7 @@ def optimize(model, dataset, n_epochs: int, run: RunConfig | None = None, losses
     ``run`` section, :class:`RunConfig`); ``losses`` and ``constraints``
     as validated (``losses`` naming no term: the data choose it, :func:`~phasestem.recon.data_losses.losses_for_data`,
     logged). ``lr_decay`` 'cosine': every learning rate falls from 1× to ``lr_final``× over this call's epochs;
-    'auto': chosen from the data term and the mean pattern (:func:`~phasestem.recon.optimizers.resolve_lr_decay`,
+    'auto': chosen from the data term and the mean pattern (:func:`~phasestem.recon.decay_rule.resolve_lr_decay`,
     logged); a call that continues a checkpoint continues its decay, so a resumed run takes the uninterrupted run's
     steps.
     ``callbacks`` run after the engine's own (:mod:`phasestem.recon.callbacks`); a :class:`Checkpoints` among them
@@ -121,7 +116,8 @@ def optimize(model, dataset, n_epochs: int, run: RunConfig | None = None, losses
     alone runs the whole call, e.g. a check on rank 0 only).
     """
     run = run or RunConfig()
-    losses, why = losses_for_data(losses, dataset)
+    decision = counts_decision(dataset)  # once per call: the data term and obj_blur's rule read it
+    losses, why = losses_for_data(losses, dataset, decision)
     if why:
         log.info("losses: %s (chosen from the data: %s; no term named)", losses.describe(), why)
     constraints = constraints or Constraints()
@@ -130,6 +126,7 @@ def optimize(model, dataset, n_epochs: int, run: RunConfig | None = None, losses
     model.solver = run.optimizer  # the last solver that ran (repr)
     path = next((c.path for c in callbacks if isinstance(c, Checkpoints)), None)
     loop = Loop(model, dataset, n_epochs, run, losses, constraints, rank, world)
+    loop.counted = decision.counted
     loop.callbacks = [DivergenceGuard(path), EpochLog(), ProgressBar(), *callbacks]
     yield from _epochs(loop, lbfgs_options or {})
 
@@ -157,11 +154,10 @@ def _epochs(loop: Loop, lbfgs_options: dict) -> Iterator[float]:
         model.data_total = float(data.counts)  # the patterns' mean total, data units (the σ bootstrap's scale)
         # probe_aperture 'auto': decided once per call from the data (the same data decide it again on resume)
         loop.constraints = resolve_probe_aperture(model, data.mean_pattern, loop.constraints)
-        loop.constraints = resolve_obj_blur(model, loop.dataset, counts, loop.constraints)  # obj_blur 'auto': the dose
-        lr_decay, decay_span, why = resolve_lr_decay(run.lr_decay, losses, data.mean_pattern)
+        # obj_blur 'auto': the dose
+        loop.constraints = resolve_obj_blur(model, loop.dataset, counts, loop.constraints, loop.counted)
+        lr_decay, decay_span, why = resolve_lr_decay(run.lr_decay, losses, data.mean_pattern, model.decided)
         crystal_check = run.lr_decay == "auto" and lr_decay == "none"  # a strong scatterer: unless it is a crystal
-        if crystal_check and model.decided.get(CRYSTAL_DECAY_KEY):  # a crystal already (coarse start, resume):
-            lr_decay, why = "cosine", None  # its reason stands
         if why:
             log.info("run.lr_decay auto: %s", why)
             model.auto_reasons["run.lr_decay"] = why  # a run setting: its row in results.h5 (recon.report)

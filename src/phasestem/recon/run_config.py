@@ -63,7 +63,7 @@ class RunConfig(FiniteModel):
         "(default): for counted data (a Poisson term in the data loss) the cosine over the first 20 epochs, then "
         "lr_final (a longer run does not keep its steps high for longer); without counts none for a strong scatterer "
         "(more than 1 % of the mean pattern beyond 1.1 × the disk), whose slices full steps fit further, unless its "
-        "first epoch shows a crystal, and the cosine otherwise (phasestem.recon.optimizers.resolve_lr_decay; logged)")
+        "first epoch shows a crystal, and the cosine otherwise (phasestem.recon.decay_rule.resolve_lr_decay; logged)")
     lr_final: float = Field(0.1, gt=0, le=1, description="final learning-rate fraction of lr_decay: cosine")
     seed: int = Field(0, description="seed of the batch order")
     compile: Literal["auto", "none", "compile", "cuda_graph"] = Field(
