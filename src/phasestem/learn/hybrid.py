@@ -49,25 +49,27 @@ def ad_phase(dataset, truth_shape: tuple[int, int], truth_sampling: tuple[float,
     return out
 
 
-def ad_recipe(n_epochs: int | None = None, device: str = "cpu"):
-    """The recorded AD recipe: ``phasestem reconstruct``'s parameter-file defaults (``lsq``, cosine decay, the
-    nominal probe refined, batch 32, one slice, flat start) with ``n_epochs`` (None: the default) and no
-    progress bar. Returns the validated :class:`~phasestem.recon.schema.ReconstructParams`."""
+def ad_recipe(n_epochs: int | None = None, device: str = "cpu", model: dict | None = None):
+    """The recorded AD recipe: ``phasestem reconstruct``'s parameter-file defaults (``lsq``, ``lr_decay`` auto, the
+    nominal probe refined, batch 32, one slice, flat start, ``model.upsampling`` auto) with ``n_epochs`` (None: the
+    default), no progress bar and the given ``model`` settings, if any. Returns the validated
+    :class:`~phasestem.recon.schema.ReconstructParams`."""
     from ..recon.params import parse_params
 
     run: dict = {"progress": False, "device": device}
     if n_epochs is not None:
         run["n_epochs"] = int(n_epochs)
-    return parse_params({"data": {"file": "in-memory.h5"}, "run": run}, "make-pairs AD recipe")
+    given = {"data": {"file": "in-memory.h5"}, "run": run} | ({"model": dict(model)} if model else {})
+    return parse_params(given, "make-pairs AD recipe")
 
 
-def ad_recipe_model(dataset, n_epochs: int | None = None, device: str = "cpu"):
+def ad_recipe_model(dataset, n_epochs: int | None = None, device: str = "cpu", model: dict | None = None):
     """(the :func:`ad_recipe`, its model of ``dataset`` on ``device``, seeded as every recipe run is): what AD
     with the recipe starts from; run it with ``optimize_with_options(model, dataset, params.run.n_epochs,
-    **optimizer_options(params))``."""
+    **optimizer_options(params))``. ``model``: the recipe's model section changed (e.g. ``{"upsampling": 1}``)."""
     from ..recon.params import build_model
 
-    params = ad_recipe(n_epochs, device)
+    params = ad_recipe(n_epochs, device, model)
     torch.manual_seed(0)
     return params, build_model(params, dataset).to(device)
 

@@ -80,6 +80,18 @@ class ObjBlur(AutoSchedule):
                          "a σ given here replaces the rule's)")
 
 
+class ObjBand(AutoSchedule):
+    """The object held to its grid's anti-aliased band (2/3 of Nyquist, raised-cosine edge), every slice;
+    'auto' decides when a run starts (:func:`~phasestem.recon.object_band.obj_band_rule`): on where the object is on
+    a grid finer than the detector's (``model.upsampling`` > 1)."""
+
+    enabled: bool | Literal["auto"] = Field(
+        "auto", description="true, false or auto: on where model.upsampling > 1 (the object on pixels finer than "
+        "the detector's λ/(N·Δk)), every epoch: beyond that band the detector sees the object only through the "
+        "corners of its dark field, and without it a run of uncounted data fills those frequencies with what the "
+        "model cannot explain (object_band.obj_band_rule); the run log says which and why")
+
+
 class KzFilter(Schedule):
     """Missing-wedge (k_z) filter."""
 
@@ -150,8 +162,8 @@ class ProbeAperture(AutoSchedule):
 
 
 class Constraints(StrictModel):
-    """All constraints with their schedules (every one is off by default, but probe_aperture, obj_clamp, obj_blur and
-    obj_shear: auto)."""
+    """All constraints with their schedules (every one is off by default, but probe_aperture, obj_clamp, obj_blur,
+    obj_band and obj_shear: auto)."""
 
     ortho_probe: Schedule = Field(default_factory=Schedule, description="probe-mode orthogonalisation")
     probe_mask: ProbeMask = Field(default_factory=ProbeMask, description="Fourier probe mask")
@@ -164,6 +176,8 @@ class Constraints(StrictModel):
                                 "phase ≥ 0 and amplitude ≤ 1 by default, on ('auto') for a multislice crystal")
     obj_blur: ObjBlur = Field(default_factory=ObjBlur, description="lateral object blur; 'auto' (the default): on "
                               "for counted data, its σ from the dose (dose_regularisation)")
+    obj_band: ObjBand = Field(default_factory=ObjBand, description="hold the object to its grid's anti-aliased "
+                              "band; 'auto' (the default): on where the object's grid is finer than the detector's")
     kz_filter: KzFilter = Field(default_factory=KzFilter, description="k_z missing-wedge filter")
     rz_filter: RzFilter = Field(default_factory=RzFilter, description="r_z real-space Gaussian depth filter")
     tilt_smooth: TiltSmooth = Field(default_factory=TiltSmooth, description="tilt smoothing")

@@ -3,7 +3,7 @@
 Each constraint has a schedule ``{start_iter, step, end_iter}`` (1-based epochs; the legacy key
 ``freq`` is accepted as ``step``): it runs at epochs ``start_iter, start_iter + step, …`` up
 to ``end_iter`` (``None`` = the end). A constraint is off unless ``enabled`` (``probe_aperture``, ``obj_clamp``,
-``obj_blur`` and ``obj_shear``: 'auto', decided from the data).
+``obj_blur``, ``obj_band`` and ``obj_shear``: 'auto', decided from the data and the grid).
 
 =====================  =====================================================================
 name                   effect
@@ -19,6 +19,9 @@ name                   effect
                        crystal (:func:`~phasestem.recon.crystal.obj_clamp_rule`)
 ``obj_blur``           lateral Gaussian blur of amplitude and phase, ``sigma`` px; 'auto' (the default): on
                        for counted data, σ from the dose (:mod:`phasestem.recon.dose_regularisation`)
+``obj_band``           hold amplitude and phase to the object grid's anti-aliased band; 'auto' (the
+                       default): on where the grid is finer than the detector's
+                       (:mod:`phasestem.recon.object_band`)
 ``kz_filter``          missing-wedge filter W = 1 − (2/π)·atan(β²k_z²/(k_x²+k_y²+ε)) over slices
 ``rz_filter``          real-space Gaussian depth blur over slices, ``sigma`` Å (no wrap-around)
 ``tilt_smooth``        Gaussian smoothing of per-position tilts, ``sigma`` Å over the scan
@@ -47,6 +50,7 @@ from .constraint_settings import (  # noqa: F401  (the settings: this module's A
     AutoSchedule,
     Constraints,
     KzFilter,
+    ObjBand,
     ObjBlur,
     ObjClamp,
     ObjRamp,
@@ -59,6 +63,7 @@ from .constraint_settings import (  # noqa: F401  (the settings: this module's A
     TiltSmooth,
     TotalVariation,
 )
+from .object_band import band_limit_object
 from .shear import transfer_slice_shear
 
 log = logging.getLogger("phasestem.recon")
@@ -328,6 +333,9 @@ def apply_constraints(model, c: Constraints, epoch: int) -> list[str]:
         if c.obj_blur.due(epoch):
             blur_object(model, c.obj_blur.sigma)
             done.append("obj_blur")
+        if c.obj_band.due(epoch):
+            band_limit_object(model)
+            done.append("obj_band")
         if c.kz_filter.due(epoch):
             kz_filter(model, c.kz_filter)
             done.append("kz_filter")

@@ -59,6 +59,7 @@ from .decided import resolve_decided
 from .dose_regularisation import resolve_obj_blur
 from .holdout import HeldOutStop, holdout_fraction, split_positions
 from .losses import LossConfig
+from .object_band import resolve_obj_band
 from .optimizers import build_optimizer, decay_factor, refuse_lbfgs
 from .precondition import ScanCurvature, resolve_batches
 from .prepared import PreparedData, prepared_data  # noqa: F401  (PreparedData: engine API)
@@ -156,6 +157,7 @@ def _epochs(loop: Loop, lbfgs_options: dict) -> Iterator[float]:
         loop.constraints = resolve_probe_aperture(model, data.mean_pattern, loop.constraints)
         # obj_blur 'auto': the dose
         loop.constraints = resolve_obj_blur(model, loop.dataset, counts, loop.constraints, loop.counted)
+        loop.constraints = resolve_obj_band(model, loop.constraints)  # obj_band 'auto': the object's grid
         lr_decay, decay_span, why = resolve_lr_decay(run.lr_decay, losses, data.mean_pattern, model.decided)
         crystal_check = run.lr_decay == "auto" and lr_decay == "none"  # a strong scatterer: unless it is a crystal
         if why:
