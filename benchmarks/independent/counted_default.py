@@ -62,7 +62,10 @@ VARIANTS = {"noreg": ["--loss", "none", "--constraint", "obj_blur.enabled=false"
             "blur0.4": ["--loss", "none", "--constraint", "obj_blur.enabled=true",
                         "--constraint", "obj_blur.sigma=0.4"],
             # the cosine spanning the whole run (the default before lr_decay: auto spanned counted data's first 20)
-            "decay_whole_run": ["--loss", "none", "--lr-decay", "cosine"]}
+            "decay_whole_run": ["--loss", "none", "--lr-decay", "cosine"],
+            # a lower floor after the decay (issue 69: no lower at 40 epochs than at 20)
+            "final0.03": ["--loss", "none", "--lr-final", "0.03"],
+            "final0.01": ["--loss", "none", "--lr-final", "0.01"]}
 
 
 def case_file(out: Path, name: str, iters: int) -> Path:

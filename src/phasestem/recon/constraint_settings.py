@@ -87,9 +87,10 @@ class ObjBand(AutoSchedule):
 
     enabled: bool | Literal["auto"] = Field(
         "auto", description="true, false or auto: on where model.upsampling > 1 (the object on pixels finer than "
-        "the detector's λ/(N·Δk)), every epoch: beyond that band the detector sees the object only through the "
-        "corners of its dark field, and without it a run of uncounted data fills those frequencies with what the "
-        "model cannot explain (object_band.obj_band_rule); the run log says which and why")
+        "the detector's λ/(N·Δk)), every epoch: beyond that band the detector sees the object only weakly (where "
+        "the probe's disks barely overlap, and in its dark field's corners), and without it a run of uncounted data "
+        "fills those frequencies with what the model cannot explain (object_band.obj_band_rule); the run log says "
+        "which and why")
 
 
 class KzFilter(Schedule):
