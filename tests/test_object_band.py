@@ -12,8 +12,8 @@ from test_upsampled_grid import ENERGY, SEED_PIXEL, _dataset, _r_against_truth
 
 from phasestem.physics.optics import band_limit_mrad, wavelength
 from phasestem.recon import Ptychography
-from phasestem.recon.constraints import Constraints, apply_constraints
-from phasestem.recon.object_band import band_limit_object, obj_band_rule, resolve_obj_band
+from phasestem.recon.constraints import Constraints, apply_constraints, band_limit_object
+from phasestem.recon.object_band import obj_band_rule, resolve_obj_band
 
 FINE = SEED_PIXEL / 2
 

@@ -63,7 +63,6 @@ from .constraint_settings import (  # noqa: F401  (the settings: this module's A
     TiltSmooth,
     TotalVariation,
 )
-from .object_band import band_limit_object
 from .shear import transfer_slice_shear
 
 log = logging.getLogger("phasestem.recon")
@@ -155,14 +154,27 @@ def _gauss_kernel_fourier(shape, sigma_px: float, device) -> torch.Tensor:
     return torch.exp(-2 * math.pi**2 * sigma_px**2 * (ky[:, None] ** 2 + kx[None, :] ** 2))
 
 
-def blur_object(model, sigma_px: float) -> None:
-    """Lateral Gaussian blur (periodic) of amplitude and phase. A constant one (an amplitude held at its start) is
-    its own blur and is left bit-exact."""
-    ker = _gauss_kernel_fourier(model.object_shape, sigma_px, model.device)
+def _filter_object(model, kernel: torch.Tensor) -> None:
+    """Amplitude and phase of every slice and mode multiplied in Fourier space (periodic) by ``kernel`` (Ny, Nx),
+    fftfreq order. A constant plane (an amplitude held at its start) passes a low-pass kernel unchanged and is left
+    bit-exact."""
     for t in (model.obj_amplitude, model.obj_phase):
         if bool(t.data.max() == t.data.min()):
             continue
-        t.data.copy_(torch.fft.ifft2(torch.fft.fft2(t.data) * ker).real)
+        t.data.copy_(torch.fft.ifft2(torch.fft.fft2(t.data) * kernel.to(t.dtype)).real)
+
+
+def blur_object(model, sigma_px: float) -> None:
+    """Lateral Gaussian blur (periodic) of amplitude and phase; a constant one is left bit-exact."""
+    _filter_object(model, _gauss_kernel_fourier(model.object_shape, sigma_px, model.device))
+
+
+def band_limit_object(model) -> None:
+    """Amplitude and phase held to the object grid's anti-aliased band (``constraints.obj_band``): the
+    anti-aliasing mask the propagator uses (:func:`phasestem.physics.optics.antialias_mask`: 1 inside 2/3 of
+    Nyquist, a raised-cosine edge just inside) on the object's grid; a constant plane is left bit-exact."""
+    _filter_object(model, optics.antialias_mask(model.object_shape, tuple(float(s) for s in model.sampling),
+                                                device=model.device))
 
 
 def kz_filter(model, c: KzFilter) -> None:

@@ -9,14 +9,13 @@ band the object's spectrum at 50–90 mrad grew about 30 × in 40 epochs and E_�
 0.23–0.43 at epoch 5 to 0.27–0.79 at 40, while on the detector's grid it moved by at most 0.03; held to the band
 E_φ falls with the epochs on both grids (benchmarks/learned/README.md, "AD's best before and after the finer
 grid"). Counted data, which the dose's blur already smooths, ran the same to three digits.
-:func:`obj_band_rule` decides ``obj_band: auto``; :func:`band_limit_object` applies it (the anti-aliasing mask of
-:func:`phasestem.physics.optics.antialias_mask`, the one the propagator uses, on the object's grid).
+:func:`obj_band_rule` decides ``obj_band: auto``; :func:`phasestem.recon.constraints.band_limit_object` applies it
+(the anti-aliasing mask of :func:`phasestem.physics.optics.antialias_mask`, the one the propagator uses, on the
+object's grid).
 """
 from __future__ import annotations
 
 import logging
-
-import torch
 
 from ..physics import optics
 from .constraint_settings import Constraints
@@ -49,13 +48,3 @@ def resolve_obj_band(model, constraints: Constraints) -> Constraints:
     model.auto_reasons["obj_band"] = why
     return constraints.model_copy(update={"obj_band": band.model_copy(update={"enabled": on})})
 
-
-def band_limit_object(model) -> None:
-    """Amplitude and phase of every slice and mode multiplied, in Fourier space (periodic), by the anti-aliasing
-    mask of the object's grid (1 inside 2/3 of Nyquist, a raised-cosine edge just inside). A constant plane (an
-    amplitude held at its start) is its own band limit and is left bit-exact."""
-    mask = optics.antialias_mask(model.object_shape, tuple(float(s) for s in model.sampling), device=model.device)
-    for t in (model.obj_amplitude, model.obj_phase):
-        if bool(t.data.max() == t.data.min()):
-            continue
-        t.data.copy_(torch.fft.ifft2(torch.fft.fft2(t.data) * mask.to(t.dtype)).real)
