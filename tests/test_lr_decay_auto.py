@@ -15,7 +15,13 @@ import torch
 
 from phasestem.recon.callbacks import Callback
 from phasestem.recon.constraints import Constraints
-from phasestem.recon.decay_rule import COUNTED_DECAY_EPOCHS, CRYSTAL_DECAY_KEY, crystal_decay, resolve_lr_decay
+from phasestem.recon.decay_rule import (
+    COUNTED_DECAY_EPOCHS,
+    COUNTED_SETTLE,
+    CRYSTAL_DECAY_KEY,
+    crystal_decay,
+    resolve_lr_decay,
+)
 from phasestem.recon.engine import optimize
 from phasestem.recon.losses import LossConfig
 from phasestem.recon.model import Ptychography
@@ -49,12 +55,13 @@ def test_the_rule_reads_the_data_term_and_the_scattering():
     assert resolve_lr_decay("none", COUNTED) == ("none", None, None)
 
 
-def test_a_longer_counted_run_takes_the_shorter_runs_steps_then_holds_lr_final():
-    """The span: a 40-epoch run's first 20 factors are the 20-epoch run's, the rest lr_final; a run shorter than the
-    span decays over itself; 'cosine' without a span spans the whole run."""
+def test_a_longer_counted_run_takes_the_shorter_runs_steps_then_settles():
+    """The span: a 40-epoch run's first 20 factors are the 20-epoch run's, then lr_final × settle^k (lr_final held
+    without a settle); a run shorter than the span decays over itself; 'cosine' without a span spans the whole run."""
     twenty = [decay_factor("cosine", k, 20, 0.1) for k in range(20)]
-    forty = [decay_factor("cosine", k, 40, 0.1, 20) for k in range(40)]
-    assert forty[:20] == twenty and forty[20:] == [pytest.approx(0.1)] * 20
+    forty = [decay_factor("cosine", k, 40, 0.1, 20, COUNTED_SETTLE) for k in range(40)]
+    assert forty[:20] == twenty and forty[20:] == pytest.approx([0.1 * COUNTED_SETTLE**k for k in range(1, 21)])
+    assert [decay_factor("cosine", k, 40, 0.1, 20) for k in range(20, 40)] == [pytest.approx(0.1)] * 20
     assert twenty[0] == 1.0 and twenty[-1] == pytest.approx(0.1)
     assert all(a > b for a, b in zip(twenty[:-1], twenty[1:], strict=True))
     assert [decay_factor("cosine", k, 8, 0.1, 20) for k in range(8)] == [decay_factor("cosine", k, 8, 0.1)
@@ -74,7 +81,7 @@ class _Rates(Callback):
 
 
 CASES = [(LossConfig(), 0.5, "cosine"), (LossConfig(), 6.0, "none"),
-         (COUNTED, 0.5, "cosine over the first 20 epochs, then lr_final")]
+         (COUNTED, 0.5, "cosine over the first 20 epochs to lr_final, then ×0.5 every epoch with the dose's blur")]
 
 
 @pytest.mark.parametrize("losses, max_phase, expected", CASES)
@@ -101,6 +108,20 @@ def test_the_run_steps_with_the_resolved_decay_and_records_why(losses, max_phase
     (row,) = [r for r in auto_settings(model, SimpleNamespace(run=named, constraints=Constraints()))
               if r.field == "run.lr_decay"]
     assert row.source == "YAML"  # 'auto' written in the parameter file
+
+
+def test_a_counted_run_beyond_its_decay_settles():
+    """Counted data, 22 epochs: the first 20 rates fall by the cosine to lr_final, then each epoch's is half the last
+    (the dose's blur shrinking with them, test_dose_regularisation)."""
+    ds = simulate_dataset(window=(32, 32), sampling=0.4, scan_shape=(4, 4), max_phase=0.5, dose=1e5, seed=2)
+    model = Ptychography.from_dataset(ds)
+    rates = _Rates()
+    run = RunConfig(n_epochs=22, batch_size=8, progress=False)
+    list(optimize(model, ds, 22, run, COUNTED, callbacks=[rates]))
+    first = rates.rates[0]
+    assert rates.rates[19] == pytest.approx(first * run.lr_final)
+    assert rates.rates[20:] == pytest.approx([first * run.lr_final * COUNTED_SETTLE, first * run.lr_final
+                                              * COUNTED_SETTLE**2])
 
 
 def test_a_strong_crystal_keeps_the_cosine_from_its_second_epoch(caplog):

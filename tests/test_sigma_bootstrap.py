@@ -13,11 +13,13 @@ from numpy_cases import numpy_scan
 from phasestem.recon import Constraints, Ptychography
 from phasestem.recon.losses import LossConfig
 from phasestem.recon.sigma_bootstrap import (
+    BootstrapScale,
     block_batch_size,
     bootstrap_scale,
     central_block,
     noise_realisation,
     residual_share,
+    shape_exponent,
     shrunk_towards_data,
 )
 from phasestem.recon.uncertainty import phase_uncertainty, run_uncertainty
@@ -99,7 +101,17 @@ def test_a_run_scales_its_sigma_maps_and_fisher_mode_does_not():
     scaled = model.uncertainty
     assert scaled.bootstrapped and scaled.scale > 1 and f"κ = {scaled.scale:.3g}" in line
     lit = fisher.constrained
-    assert np.allclose(scaled.sigma_sum[lit], fisher.sigma_sum[lit] * scaled.scale, rtol=1e-6)
+    assert np.allclose(scaled.fisher_sigma_sum, fisher.sigma_sum)
+    # σ = κ σ_ref (σ_F / σ_ref)^p (BootstrapScale.shape): a power of the Fisher map, never falling where it rises,
+    # each slice × alike
+    p = scaled.shape_exponent
+    assert 0.0 <= p <= 1.0 and (p == 1.0) == ("shaped as" not in line)
+    order = np.argsort(fisher.sigma_sum[lit])
+    assert (np.diff(scaled.sigma_sum[lit][order]) >= -1e-9).all()
+    if p == 1.0:
+        assert np.allclose(scaled.sigma_sum[lit], fisher.sigma_sum[lit] * scaled.scale, rtol=1e-6)
+    assert np.allclose(scaled.sigma[:, lit], fisher.sigma[:, lit] * (scaled.sigma_sum / fisher.sigma_sum)[lit],
+                       rtol=1e-6)
 
     def diverges(sub, share):
         raise FloatingPointError("the loss became NaN")
@@ -148,3 +160,32 @@ def test_the_draws_mean_moves_towards_the_data_only_where_the_model_misses_struc
     noisy = truth * counts + rng.normal(0.0, 3.0, truth.shape)
     assert residual_share(truth * counts, noisy, 9.0)[1] < 0.15
     assert residual_share(flat * counts, noisy, 9.0)[1] > 0.9
+
+
+@pytest.mark.parametrize("exponent", [0.0, 0.3, 1.0])
+def test_the_shape_exponent_is_the_power_of_the_fisher_sigma_the_spread_follows(exponent):
+    """Per-pixel variances of three draws (χ² with 2 degrees of freedom) around σ ∝ σ_F^p over σ_F spanning 2 ×:
+    the fitted p is within 0.1 of the truth; a slope beyond [0, 1] is clipped; σ_F spanning less than 15 % keeps
+    the Fisher shape (p = 1), too short a lever to fit."""
+    rng = np.random.default_rng(3)
+    sigma_f = rng.uniform(0.1, 0.2, 4000)
+    variance = (0.5 * sigma_f**exponent) ** 2 * rng.chisquare(2, sigma_f.size) / 2
+    p, reference = shape_exponent(variance, sigma_f)
+    assert abs(p - exponent) < 0.1 and reference == pytest.approx(np.median(sigma_f))
+    assert shape_exponent(sigma_f**3, sigma_f)[0] == 1.0 and shape_exponent(sigma_f**-1, sigma_f)[0] == 0.0
+    narrow = rng.uniform(0.1, 0.11, 4000)
+    assert shape_exponent(narrow**0, narrow)[0] == 1.0
+
+
+def test_the_shape_holds_up_to_the_least_lit_pixels_the_block_measured_and_the_fisher_shape_above():
+    """p = 0.2, the block's σ_F up to 0.2 rad: κ σ_ref (σ_F / σ_ref)^p below it; above, σ grows with σ_F as the Fisher
+    σ does (an unlit pixel's inf stays inf), so the scan's edges and its surround never read as well known as its
+    centre."""
+    result = BootstrapScale(0.5, (16, 16), 3, 20, 100, 1.0, ("probe",), exponent=0.2, reference=0.15, measured=0.2)
+    sigma_f = np.array([0.05, 0.1, 0.15, 0.2, 0.4, np.inf])
+    shaped = result.shape(sigma_f)
+    at = 0.5 * 0.15 * (sigma_f[:4] / 0.15) ** 0.2
+    assert np.allclose(shaped[:4], at)
+    assert shaped[4] == pytest.approx(at[3] * 2) and shaped[5] == np.inf
+    assert "up to σ_F 0.2 rad" in result.describe()
+    assert np.allclose(BootstrapScale(0.5, (16, 16), 3, 20, 100, 1.0, ()).shape(sigma_f), 0.5 * sigma_f)

@@ -1,6 +1,7 @@
 """Issue 65: what the default σ costs beside the run, on a 128 × 128 scan.
 
     python benchmarks/uncertainty/cost.py [--scan 128] [--epochs 20] [--out runs/uncertainty_cost.json]
+        [--cache runs/uncertainty_cost]
 
 One Poisson realisation (10⁴ e⁻/pattern) of the independent NumPy multislice (``benchmarks/independent``: 1 slice,
 300 keV, 20 mrad, 100 Å defocus, 1 Å step, 128² patterns of 0.2 Å), reconstructed by phasestem's defaults (lsq,
@@ -32,6 +33,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("runs/uncertainty_cost.json"))
+    ap.add_argument("--cache", type=Path, default=Path("runs/uncertainty_cost"),
+                    help="folder of the simulated counts, reused by later calls")
     args = ap.parse_args()
     import torch
 
@@ -39,12 +42,24 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    case = simulate_case(SPEC, {**BASE, "scan": (args.scan, args.scan)}, seed=11)
-    clean = np.asarray(case.pop("patterns"), dtype=np.float64)
-    clean /= clean.sum((-2, -1), keepdims=True).mean()
-    patterns = np.random.default_rng(0).poisson(clean * 1e4).astype(np.float32)
-    del clean
-    print(f"simulated {args.scan}² positions in {time.perf_counter() - t0:.0f} s", flush=True)
+    cached = args.cache / f"counts_{args.scan}.npz"
+    if cached.exists():  # the counts of an earlier call (the simulation takes ~10 minutes on two cores at 128²)
+        with np.load(cached) as z:
+            case = {k: z[k] for k in z.files if k != "counts"}
+            patterns = z["counts"].astype(np.float32)
+    else:
+        case = simulate_case(SPEC, {**BASE, "scan": (args.scan, args.scan)}, seed=11)
+        clean = np.asarray(case.pop("patterns"), dtype=np.float64)
+        clean /= clean.sum((-2, -1), keepdims=True).mean()
+        counts = np.random.default_rng(0).poisson(clean * 1e4)
+        del clean
+        args.cache.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name(cached.name + ".tmp.npz")
+        np.savez(tmp, counts=counts.astype(np.uint16), **case)
+        os.replace(tmp, cached)
+        patterns = counts.astype(np.float32)
+        del counts
+        print(f"simulated {args.scan}² positions in {time.perf_counter() - t0:.0f} s", flush=True)
     ds = dataset_of(case, patterns)
     run = recipe(case, args.epochs, None)
     t0 = time.perf_counter()

@@ -329,8 +329,11 @@ def _probe_refined(model, epoch: int) -> bool:
     return model.probe.requires_grad and (schedule is None or schedule.active(epoch))
 
 
-def apply_constraints(model, c: Constraints, epoch: int) -> list[str]:
-    """Apply every constraint due at ``epoch``; returns the names applied."""
+def apply_constraints(model, c: Constraints, epoch: int, step_share: float = 1.0) -> list[str]:
+    """Apply every constraint due at ``epoch``; returns the names applied. ``step_share``: this epoch's steps over
+    the steps the regularisation was set for (< 1 while a counted run settles after its decay,
+    :func:`phasestem.recon.optimizers.decay_factor`): ``obj_blur``'s variance shrinks with it, as a proximal
+    step's does, so that a run that takes smaller steps is also smoothed less."""
     done = []
     with torch.no_grad():
         if c.ortho_probe.due(epoch):
@@ -343,7 +346,7 @@ def apply_constraints(model, c: Constraints, epoch: int) -> list[str]:
             hold_probe_aperture(model)
             done.append("probe_aperture")
         if c.obj_blur.due(epoch):
-            blur_object(model, c.obj_blur.sigma)
+            blur_object(model, c.obj_blur.sigma * math.sqrt(min(1.0, step_share)))
             done.append("obj_blur")
         if c.obj_band.due(epoch):
             band_limit_object(model)

@@ -54,7 +54,7 @@ from .callbacks import (  # noqa: F401  (the errors and PHYSICAL_LIMIT: the engi
 from .checkpoint import load_checkpoint, reuse_optimizer_state, save_checkpoint  # noqa: F401  (engine API)
 from .constraints import Constraints, apply_constraints
 from .data_losses import losses_for_data
-from .decay_rule import crystal_decay, resolve_lr_decay
+from .decay_rule import COUNTED_SETTLE, crystal_decay, resolve_lr_decay
 from .decided import resolve_decided
 from .dose_regularisation import resolve_obj_blur
 from .holdout import HeldOutStop, holdout_fraction, split_positions
@@ -227,9 +227,10 @@ def _epochs(loop: Loop, lbfgs_options: dict) -> Iterator[float]:
                 state.optimizer_names = list(opt_names)
             if crystal_check and epoch >= 2:
                 lr_decay = crystal_decay(model, epoch)
+            decay = 1.0
             if run.optimizer != "lbfgs":  # learning rates may have been changed between epochs
                 decay = decay_factor(lr_decay, epoch - state.decay_start, last_epoch - state.decay_start + 1,
-                                     run.lr_final, decay_span)
+                                     run.lr_final, decay_span, COUNTED_SETTLE if decay_span else None)
                 for group in opt.param_groups:
                     group["lr"] = (model.schedules[group["name"]].resolved_lr(group["name"], run.optimizer)
                                    * run.lr_scale * decay * state.lr_backoff)
@@ -246,7 +247,9 @@ def _epochs(loop: Loop, lbfgs_options: dict) -> Iterator[float]:
                 named[name].requires_grad_(True)
             disabled.clear()
             loop.constraints = resolve_decided(model, loop.constraints, epoch)  # 'auto': decided once, logged
-            loop.applied = apply_constraints(model, loop.constraints, epoch)
+            # beyond a counted run's decay the steps settle, and the dose's blur with them
+            share = decay / run.lr_final
+            loop.applied = apply_constraints(model, loop.constraints, epoch, 1.0 if share > 1 - 1e-6 else share)
             model.epoch = epoch
             record = loop.record = {"epoch": epoch, "loss": mean_loss, "seconds": time.perf_counter() - t0}
             record.update({k: float(v) / n_batches for k, v in sums.items()})

@@ -24,7 +24,7 @@ Layout of ``results.h5``::
     uncertainty/fisher           (Ny, Nx)     float32  rad⁻², Fisher information of one slice pixel's phase
     uncertainty/constrained      (Ny, Nx)     uint8    1 where the scan lights the pixel enough to constrain it
                             (when computed, run.uncertainty; attrs: noise, band_fraction, seconds, scale (κ),
-                            scale_note, leaves_out;
+                            scale_note, leaves_out, shape_exponent (p: σ ∝ σ_Fisher^p);
                             each dataset's attr units; phasestem.recon.uncertainty). The σ maps are in the object
                             frame, pixel for pixel with object/phase and object/phase_sum; results.emd holds the
                             same arrays under the same names, cropped to the scanned field
@@ -161,7 +161,8 @@ def results_dict(model, metrics: dict | None = None) -> dict:
     if u is not None:
         out["uncertainty"] = u.as_arrays()
         out["uncertainty_attrs"] = {"noise": u.noise, "band_fraction": u.band_fraction, "seconds": u.seconds,
-                                    "scale": u.scale, "scale_note": u.scale_note, "leaves_out": u.leaves_out}
+                                    "scale": u.scale, "scale_note": u.scale_note, "leaves_out": u.leaves_out,
+                                    "shape_exponent": u.shape_exponent}
     return out
 
 

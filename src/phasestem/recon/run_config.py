@@ -60,8 +60,9 @@ class RunConfig(FiniteModel):
     lr_decay: Literal["auto", "none", "cosine"] = Field(
         "auto", description="cosine: every learning rate falls to lr_final × its value over the run's epochs "
         "(--resume continues it), which keeps noisy data from being over-fitted late in a run; none: constant; auto "
-        "(default): for counted data (a Poisson term in the data loss) the cosine over the first 20 epochs, then "
-        "lr_final (a longer run does not keep its steps high for longer); without counts none for a strong scatterer "
+        "(default): for counted data (a Poisson term in the data loss) the cosine over the first 20 epochs to "
+        "lr_final, then half the last epoch's steps every epoch, the dose's blur shrinking with them (a longer run "
+        "settles where its decay ended instead of fitting the noise); without counts none for a strong scatterer "
         "(more than 1 % of the mean pattern beyond 1.1 × the disk), whose slices full steps fit further, unless its "
         "first epoch shows a crystal, and the cosine otherwise (phasestem.recon.decay_rule.resolve_lr_decay; logged)")
     lr_final: float = Field(0.1, gt=0, le=1, description="final learning-rate fraction of lr_decay: cosine")
@@ -86,8 +87,9 @@ class RunConfig(FiniteModel):
         "auto", description="after the run, the phase's standard deviation per pixel (results.h5 uncertainty/, "
         "uncertainty.png; phasestem.recon.uncertainty), under Poisson counts when the data are counts, under "
         "Gaussian noise when run.noise_sigma is given, else skipped with a log line. auto: the Fisher information's "
-        "map scaled by a parametric bootstrap of the scan's central 12 x 12 positions reconstructed by this run's "
-        "recipe three times (phasestem.recon.sigma_bootstrap; 3 x 144 positions' worth of the run's time); fisher: "
+        "map scaled by a parametric bootstrap of the scan's central 16 x 16 positions reconstructed by this run's "
+        "recipe three times, shaped as the power of the Fisher map their spread follows "
+        "(phasestem.recon.sigma_bootstrap; 3 x 256 positions' worth of the run's time); fisher: "
         "the Fisher map alone (fast, but 1.6-3.3 x too small on a defocused probe); off: not computed")
     noise_sigma: float | None = Field(
         None, gt=0, description="Gaussian noise of the patterns, counts (the data's units) per detector pixel, for "

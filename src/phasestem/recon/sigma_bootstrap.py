@@ -17,12 +17,17 @@ refinements of the probe and positions, epochs, from the same start), and the fa
 
     κ = √( mean over the block's inner constrained pixels of  var_k(φ_k − mean φ_k) / σ_F² ),
 
-σ_F the Fisher σ of each realisation's own model, scales the whole map: σ = κ · σ_F. The block's σ therefore
-includes the probe's and positions' share and the regularisation of stopping where the run stops; what it leaves
-out is the model error (the fitted model is the bootstrap's truth) and correlations longer than the block. The cost
-is ``realisations`` × block² / positions of the run (logged); a block of 12 × 12 positions with 3 realisations is
-2.6 % of a 128 × 128 scan's run. A block spans at least :data:`MIN_SPAN` Å (26 × 26 positions at a 0.4 Å step), and
-only its pixels a probe radius and :data:`EDGE_MARGIN` inside its lit field are scored.
+σ_F the Fisher σ of each realisation's own model, scales the whole map: σ = κ · σ_F. Where the spread does not
+follow σ_F over the block's pixels (a regularised estimate: four slices at 10³ e⁻ spread alike where the Fisher σ
+differs 2.4 ×), the map takes the power of σ_F the spread follows (:func:`shape_exponent`), σ = κ σ_ref (σ_F /
+σ_ref)^p, κ then the scale of that shape. The block's σ therefore includes the probe's and positions' share and the
+regularisation of stopping where the run stops; what it leaves out is the model error (the fitted model is the
+bootstrap's truth) and correlations longer than the block. The block is 16 × 16 positions: the probe is refined
+from the block's patterns alone, and a smaller block's probe is noisier than the run's (12 × 12 made σ 1.2 × too large
+on three slices at 10⁴ e⁻ and on a 2 Å step at 10³ e⁻, 16 × 16 and 20 × 20 within 5 %). The cost is
+``realisations`` reruns of block² positions for the run's epochs (logged; at a 128 × 128 scan see
+``benchmarks/uncertainty/cost.py``). A block spans at least :data:`MIN_SPAN` Å (26 × 26 positions at a 0.4 Å
+step), and only its pixels a probe radius and :data:`EDGE_MARGIN` inside its lit field are scored.
 """
 from __future__ import annotations
 
@@ -40,7 +45,7 @@ from ..detector import sum_bins
 log = logging.getLogger("phasestem.recon")
 
 #: the bootstrap's default block side (positions) and number of realisations
-BLOCK, REALISATIONS = 12, 3
+BLOCK, REALISATIONS = 16, 3
 #: the block's positions span at least this many Å (a finer step takes more positions)
 MIN_SPAN = 10.0
 #: pixels of the block's lit field at least the probe's radius and this far (Å) inside its edge are scored (the
@@ -49,6 +54,11 @@ EDGE_MARGIN = 2.0
 #: the residual test bins BIN × BIN detector pixels (a bin holds enough counts for a χ² at low dose) and reads the
 #: bins whose expectation is at least MIN_BIN_COUNTS
 BIN, MIN_BIN_COUNTS = 8, 5.0
+#: the shape's exponent is fitted over this many quantile bins of the Fisher σ, where their outer bins' medians
+#: differ by at least this factor (:func:`shape_exponent`)
+SHAPE_BINS, SHAPE_MIN_SPAN = 5, 1.15
+#: the shape's power holds up to this quantile of the block's Fisher σ, the Fisher shape above it
+MEASURED_TOP = 0.98
 
 
 @dataclass
@@ -64,14 +74,33 @@ class BootstrapScale:
     refined: tuple[str, ...]
     chi2: float = float("nan")
     residual_share: float = 0.0
+    exponent: float = 1.0
+    reference: float = 1.0
+    measured: float = math.inf
+
+    def shape(self, fisher_sigma: np.ndarray) -> np.ndarray:
+        """σ from a Fisher σ map (any shape, rad): κ · σ_ref · (σ_F / σ_ref)^p (:func:`shape_exponent`) up to the
+        largest σ_F the block measured (``measured``, rad), the Fisher shape above it: pixels less lit than any the
+        block represents (the scan's edges, the unlit surround) keep σ growing as their information falls; better
+        lit ones spread as the regularised block does (on the development case of three slices at 10³ e⁻ the Fisher
+        shape below the block's range as well read the worst pair 91.6 % within 2 σ against 92.2 %)."""
+        sigma = np.asarray(fisher_sigma, np.float64)
+        if self.exponent == 1.0:
+            return self.factor * sigma
+        with np.errstate(divide="ignore", invalid="ignore"):
+            inside = np.minimum(sigma, self.measured)
+            return (self.factor * self.reference * (inside / self.reference) ** self.exponent) * (sigma / inside)
 
     def describe(self) -> str:
         """The run log's words for it."""
         what = ", ".join(self.refined) if self.refined else "the object alone"
-        mean = "the fitted model" if self.residual_share == 0 else (
+        mean = "the fitted model" if self.residual_share < 0.005 else (
             f"the fitted model + {self.residual_share:.2f} × its residual: its binned χ²/dof is {self.chi2:.3g}, "
             f"structure in the data it does not describe")
-        return (f"scaled by κ = {self.factor:.3g}, the spread of {self.realisations} parametric-bootstrap "
+        shape = ("" if self.exponent == 1.0 else
+                 f" and shaped as (σ_F / {self.reference:.3g} rad)^{self.exponent:.2f}, the power of the Fisher σ "
+                 f"the realisations' spread follows, up to σ_F {self.measured:.3g} rad (the Fisher shape above)")
+        return (f"scaled by κ = {self.factor:.3g}{shape}, the spread of {self.realisations} parametric-bootstrap "
                 f"realisations of the scan's central {self.block[0]} × {self.block[1]} positions (Poisson draws "
                 f"from {mean}, each reconstructed by this run's recipe: {self.epochs} epochs, refining "
                 f"{what}) over their Fisher σ on {self.pixels} pixels, {self.seconds:.1f} s")
@@ -181,9 +210,40 @@ def bootstrap_scale(model, dataset, rerun: Callable, sigma_of: Callable, data_to
     stack -= np.array([p[inner].mean() for p in stack])[:, None, None]  # each realisation's constant removed
     var = stack.var(0, ddof=1)
     sigma = np.mean(sigmas, axis=0)
-    factor = math.sqrt(float(np.mean(var[inner] / sigma[inner] ** 2)))
+    exponent, reference = shape_exponent(var[inner], sigma[inner])
+    shaped = reference * (sigma[inner] / reference) ** exponent
+    factor = math.sqrt(float(np.mean(var[inner] / shaped**2)))
+    measured = float(np.quantile(sigma[inner], MEASURED_TOP))
     return BootstrapScale(factor, (rows.stop - rows.start, cols.stop - cols.start), realisations, int(epochs),
-                          int(inner.sum()), time.perf_counter() - t0, refined, chi2, alpha)
+                          int(inner.sum()), time.perf_counter() - t0, refined, chi2, alpha, exponent, reference,
+                          measured)
+
+
+def shape_exponent(variance: np.ndarray, sigma: np.ndarray, bins: int = SHAPE_BINS) -> tuple[float, float]:
+    """(p, σ_ref): the exponent of the σ map's shape σ ∝ σ_F^p that the bootstrap's per-pixel ``variance`` follows
+    against the Fisher ``sigma`` (flat arrays over the scored pixels), and the median of ``sigma`` it is referred to.
+
+    The pixels are cut into ``bins`` quantile bins of σ_F; p is the least-squares slope of log √(mean variance) on
+    log (median σ_F) over the bins, clipped to [0, 1]. An estimator at the Fisher bound follows it (p = 1); a
+    regularised one (low dose, few slices fitted, the dose's blur) spreads alike where the data say more and where
+    they say less (p → 0: measured on four slices at 10³ e⁻, the spread 1.9 × the Fisher shape at the field's centre
+    and 1.5 × at its edge). p is 1 where σ_F spans less than :data:`SHAPE_MIN_SPAN` between its outer bins (too
+    narrow a lever: the slope would be noise)."""
+    sigma = np.asarray(sigma, np.float64)
+    variance = np.asarray(variance, np.float64)
+    reference = float(np.median(sigma))
+    edges = np.quantile(sigma, np.linspace(0.0, 1.0, bins + 1))
+    which = np.clip(np.searchsorted(edges, sigma, side="right") - 1, 0, bins - 1)
+    centres, spreads = [], []
+    for b in range(bins):
+        members = which == b
+        if members.sum() >= 4:
+            centres.append(float(np.median(sigma[members])))
+            spreads.append(math.sqrt(float(variance[members].mean())))
+    if len(centres) < 3 or centres[-1] < SHAPE_MIN_SPAN * centres[0] or min(spreads) <= 0:
+        return 1.0, reference
+    slope = float(np.polyfit(np.log(centres), np.log(spreads), 1)[0])
+    return float(np.clip(slope, 0.0, 1.0)), reference
 
 
 def shrunk_towards_data(predicted: np.ndarray, measured: np.ndarray, counts: float, data_total: float,

@@ -26,7 +26,10 @@ spread of independent noise realisations was 1.6–3.3 × this σ and grew with 
 noise near the band's edge, where the Fisher bound is far from what a stopped solver reaches), so ``run.uncertainty:
 auto`` multiplies the map by κ from a parametric bootstrap of a block of the scan reconstructed by the run's own
 recipe (:mod:`phasestem.recon.sigma_bootstrap`); that κ includes the probe's and positions' share and the run's
-stopping. ``fisher`` keeps the unscaled map (fast; too small on defocused probes).
+stopping. Where the realisations' spread does not follow the Fisher map's shape (a regularised estimate at low dose
+or of several slices spreads alike where the data say more and where they say less), the bootstrap also fits the
+power p of the Fisher σ it follows, σ = κ σ_ref (σ_F / σ_ref)^p with p in [0, 1]. ``fisher`` keeps the unscaled
+map (fast; too small on defocused probes).
 
 What it leaves out (the run log says so): the error of the model (too few slices, partial coherence, a detector the
 forward model does not describe), the estimate's bias, correlations between pixels beyond the bootstrap's block and
@@ -66,7 +69,8 @@ class PhaseUncertainty:
     (Ny, Nx) rad⁻² per slice pixel; ``constrained`` (Ny, Nx) bool: lit by at least :data:`UNCONSTRAINED_FRACTION`
     of the brightest illumination (σ is inf where nothing lights a pixel); ``noise`` the noise model in words,
     ``band_fraction`` b, ``seconds`` the time it took; ``scale`` κ the maps were multiplied by and ``scale_note`` how
-    it was measured or why it was not, ``bootstrapped`` whether the bootstrap scaled them."""
+    it was measured or why it was not, ``bootstrapped`` whether the bootstrap scaled them, ``shape_exponent`` p of
+    the bootstrap's shape κ σ_ref (σ_F / σ_ref)^p (1: the Fisher map × κ)."""
 
     sigma: np.ndarray
     sigma_sum: np.ndarray
@@ -78,11 +82,26 @@ class PhaseUncertainty:
     scale: float = 1.0
     scale_note: str = ""
     bootstrapped: bool = False
+    shape_exponent: float = 1.0
 
-    def scaled(self, factor: float, note: str, seconds: float) -> PhaseUncertainty:
-        """The same maps × ``factor`` (κ), ``note`` saying how it was measured, ``seconds`` more spent."""
-        return replace(self, sigma=self.sigma * factor, sigma_sum=self.sigma_sum * factor, scale=float(factor),
-                       scale_note=note, seconds=self.seconds + seconds, bootstrapped=True)
+    def scaled(self, factor: float, note: str, seconds: float, sigma_sum: np.ndarray | None = None,
+               exponent: float = 1.0) -> PhaseUncertainty:
+        """The same maps × ``factor`` (κ), ``note`` saying how it was measured, ``seconds`` more spent; or, with
+        ``sigma_sum`` (the summed phase's new σ map: the bootstrap's power ``exponent`` of the Fisher σ), each
+        slice's map × the same per-pixel ratio."""
+        if sigma_sum is None:
+            sigma_sum = self.sigma_sum * factor
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(np.isfinite(self.sigma_sum), sigma_sum / self.sigma_sum, factor)
+        return replace(self, sigma=self.sigma * ratio, sigma_sum=np.asarray(sigma_sum, np.float64),
+                       scale=float(factor), scale_note=note, seconds=self.seconds + seconds, bootstrapped=True,
+                       shape_exponent=float(exponent))
+
+    @property
+    def fisher_sigma_sum(self) -> np.ndarray:
+        """The summed phase's σ from the Fisher information alone (Ny, Nx) rad, before any bootstrap scale."""
+        with np.errstate(divide="ignore"):
+            return np.sqrt(self.band_fraction / self.fisher) * math.sqrt(self.sigma.shape[0])
 
     @property
     def leaves_out(self) -> str:
@@ -228,7 +247,7 @@ def _bootstrap_scaled(model, dataset, rerun, noise_sigma: float | None) -> Phase
         recon_log.setLevel(level)
     if result is None:
         return replace(u, scale_note=why, seconds=u.seconds + time.perf_counter() - t0)
-    return u.scaled(result.factor, result.describe(), result.seconds)
+    return u.scaled(result.factor, result.describe(), result.seconds, result.shape(u.sigma_sum), result.exponent)
 
 
 def _sigma_of(noise_sigma: float | None):
