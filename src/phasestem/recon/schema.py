@@ -3,10 +3,11 @@ tune sections and the whole :class:`ReconstructParams` (the ``run`` section: :mo
 Loading, dumping and building from it: :mod:`phasestem.recon.params`."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, field_validator, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
 
 from ..base.configfile import ConfigPath, FiniteModel
 from ..physics.optics import checked_aberrations
@@ -201,7 +202,10 @@ class LossesConfig(FiniteModel):
     """Loss terms: exactly the terms named here run, at their weights (a term left out is off); with none named,
     the data choose: detector counts (a dose in the file, integer patterns, or whole numbers only) get gaussian 0.5 +
     poisson 0.5, anything else the Gaussian term on amplitudes alone at weight 1. The run log names the terms that
-    ran and why."""
+    ran and why. A term added with :func:`phasestem.recon.losses.register_term` is named here by its name and
+    weight like the four below (no field to add); a name no term has is refused, naming the registered ones."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     gaussian: float | None = Field(None, ge=0, description="weight of the Gaussian term on intensity^power; left out "
                                    "(null): 0 when another term is named; when none is, 1 (0.5 on counted data)")
@@ -216,12 +220,18 @@ class LossesConfig(FiniteModel):
 
     @model_validator(mode="after")
     def _one_data_term(self):
+        for name, weight in (self.model_extra or {}).items():
+            if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight):
+                raise ValueError(f"losses.{name}: a weight must be a finite number, got {weight!r}")
         self.resolved()
         return self
 
     def resolved(self):
-        """The :class:`phasestem.recon.losses.LossConfig` of these weights (the terms that run)."""
-        return LossConfig(**self.model_dump())
+        """The :class:`phasestem.recon.losses.LossConfig` of these weights (the terms that run; a registered
+        term's weight in its ``extra``)."""
+        weights = self.model_dump()
+        extra = {name: float(weights.pop(name)) for name in (self.model_extra or {})}
+        return LossConfig(**weights, extra=extra)
 
 
 class TuneParam(FiniteModel):
