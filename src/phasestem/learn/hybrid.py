@@ -123,12 +123,12 @@ def restorer_prior(net, dataset, every: int = 2, weight: float = 0.5, start: int
                           patience=DEFAULT_PATIENCE if patience is None else patience)
 
 
-def prior_hook(model_path, every: int = 2, weight: float = 0.5, start: int = 2, device: str = "cpu",
-               decay: float | None = None, patience: int | None = None):
+def prior_hook(model_path, every: int = 2, weight: float = 0.5, start: int = 2, decay: float | None = None,
+               patience: int | None = None):
     """``hook(model, dataset)`` for :func:`phasestem.recon.run.run_reconstruction`'s ``callback_hooks``: the
     restorer ``model_path`` (read now: a corrupted file is refused before the run) checked against the run's optics
     (:func:`phasestem.learn.restore.check_geometry`, as ``restore`` checks them), then returned as the run's
-    :func:`restorer_prior` (``decay``, ``patience``: its pull's schedule, checked now)."""
+    :func:`restorer_prior` (``decay``, ``patience``: its pull's schedule, checked now), on the run model's device."""
     from ..recon.prior_stop import DEFAULT_DECAY, DEFAULT_PATIENCE, check_schedule
     from ..recon.results import optics_record
     from .restore import check_geometry, load_restorer

@@ -140,11 +140,6 @@ def log_norm(img: np.ndarray, floor: float = 1e-4):
     return LogNorm(vmin=min(vmin, vmax * 0.5), vmax=vmax)
 
 
-def fmt_value(value: float, digits: int = 3) -> str:
-    """A number for a title: ``digits`` significant digits, no trailing noise."""
-    return f"{value:.{digits}g}"
-
-
 # ---- building blocks ------------------------------------------------------------------------------
 def add_colorbar(im, ax, label: str | None = None, extend: str = "neither"):
     """A colour bar as tall as ``ax``'s image, right of it, labelled with the quantity and its unit."""

@@ -114,7 +114,7 @@ def _add_prior_arguments(p) -> None:
                    "logged and in results.h5's provenance")
 
 
-def _prior_hooks(args, params) -> tuple:
+def _prior_hooks(args) -> tuple:
     """The ``callback_hooks`` of :func:`~phasestem.recon.run.run_reconstruction` for ``--prior`` (none without it); the
     model file is read (and a corrupted one refused) now, its geometry checked against the data when the model is
     built."""
@@ -123,7 +123,7 @@ def _prior_hooks(args, params) -> tuple:
     from ..learn.hybrid import prior_hook  # the command layer is where recon meets learn (docs/architecture.md)
 
     return (prior_hook(args.prior, every=args.prior_every, weight=args.prior_weight, start=args.prior_start,
-                       device=params.run.device, decay=args.prior_decay, patience=args.prior_patience),)
+                       decay=args.prior_decay, patience=args.prior_patience),)
 
 
 def _add_auto_arguments(p) -> None:
@@ -178,7 +178,7 @@ def _reconstruct_cmd(args) -> int:
                 sys.stdout.write(dump_params(params))
                 return 0
             refuse_output_over_inputs(params.run.out_dir, [args.params], field="--out", written=RUN_FILES)
-            run_reconstruction(params, resume=args.resume, callback_hooks=_prior_hooks(args, params))
+            run_reconstruction(params, resume=args.resume, callback_hooks=_prior_hooks(args))
     except (ConfigError, FolderBusyError):
         if env_rank() != 0:  # every rank of a torchrun launch sees the same setting: rank 0 alone says so
             time.sleep(RANK_EXIT_DELAY)  # torchrun stops every rank once one exits: let rank 0 say it first

@@ -245,10 +245,6 @@ class StreamedData:
         with self._track_lock:
             self._held -= nbytes
 
-    @property
-    def held_bytes(self) -> int:
-        return self._held
-
     # ---- one pass: counts and the PACBED ----
     def _statistics(self) -> None:
         h, w = self.pattern_shape

@@ -71,18 +71,6 @@ def exec_argv(argv: list[str]) -> list[str]:
 
 
 # ---- running them -----------------------------------------------------------------------------------------------
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _stop_group(pid: int, grace: float = STOP_GRACE) -> None:
     """SIGTERM the process group led by ``pid`` (a job started in its own session; SIGCONT lets a stopped one
     receive it); SIGKILL after ``grace`` s."""

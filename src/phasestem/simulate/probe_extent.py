@@ -14,10 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from ..physics.optics import make_probe, probe_radius
-from ..scan import GridScan
 
 
 @dataclass
@@ -79,21 +77,3 @@ def illuminated_extent(energy: float, semiangle: float, aberrations: dict | None
     side = single + (block - 1) * step
     inside = encircled_fraction(inten.numpy(), sampling, probe_radius(energy, semiangle, aberrations or {})[0])
     return Extent(int(round(side * pixels_per_angstrom)), side, single, pixels_per_angstrom, inside)
-
-
-def illuminated_extent_on_grid(energy: float, semiangle: float, aberrations: dict | None, extent: float = 100.0,
-                               gpts: int = 256, block: int = 14, step: float = 2.0, threshold: float = 0.05,
-                               on_band_limit: str = "ignore") -> int:
-    """The literal count on the output grid: probes placed at the 196 block positions on a (gpts²)
-    grid over ``extent`` Å; returns the side in pixels of the bounding square of the pixels whose
-    maximum intensity over the block exceeds ``threshold`` × the maximum (as the seed's generator saw it)."""
-    from ..physics.fourier import fourier_shift
-
-    s = extent / gpts
-    probe = make_probe((gpts, gpts), (s, s), energy, semiangle, aberrations, on_band_limit=on_band_limit)
-    shifts = torch.tensor(GridScan((block, block), step).positions() / s, dtype=torch.float32)
-    stack = fourier_shift(probe.expand(len(shifts), gpts, gpts), shifts).abs().square()
-    peak = stack.amax(0)
-    mask = (peak > threshold * peak.max()).numpy()
-    ys, xs = np.nonzero(mask)
-    return int(max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1))

@@ -28,10 +28,6 @@ class Symmetry:
     def all(cls) -> list[Symmetry]:
         return [cls(t, fy, fx) for t in (False, True) for fy in (False, True) for fx in (False, True)]
 
-    @property
-    def is_identity(self) -> bool:
-        return not (self.transpose or self.flip_y or self.flip_x)
-
     def flips(self) -> tuple[bool, bool]:
         return self.flip_y, self.flip_x
 
