@@ -13,8 +13,7 @@ from detector_files import write_mib as _write_mib
 from phasestem import io
 from phasestem.base.errors import InputFileError, PhasestemError, ShapeError
 from phasestem.detector import PixelatedDetector
-from phasestem.io.dectris import energy_from_wavelength
-from phasestem.physics.optics import wavelength
+from phasestem.physics.optics import energy_from_wavelength, wavelength
 
 pytest.importorskip("rsciio")
 

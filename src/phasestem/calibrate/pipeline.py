@@ -16,7 +16,6 @@ focused probe it was not taken with.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -375,9 +374,3 @@ def calibrate(dataset, semiangle: float | None = None, angular_sampling: float |
 
 #: what ``params.yaml`` holds for a quantity the data leave undetermined
 DEFAULTS = {"rotation": "scan.rotation 0°", "transpose": "data.transpose false", "C10": "no optics.aberrations.C10"}
-
-
-def rotation_matrix(degrees: float) -> np.ndarray:
-    """R(θ) acting on (y, x) column vectors, counter-clockwise as displayed."""
-    th = math.radians(degrees)
-    return np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])

@@ -83,7 +83,8 @@ def read(path: str | Path, position_sign: float = -1.0, recentre: bool = True, a
 
     src = "entry_1/instrument_1/source_1"
     if f"{src}/wavelength" in f:
-        found["energy"] = energy_from_wavelength(float(np.asarray(f[f"{src}/wavelength"][()]).ravel()[0]))
+        found["energy"] = energy_from_wavelength(  # CXI stores λ in metres
+            float(np.asarray(f[f"{src}/wavelength"][()]).ravel()[0]) * 1e10)
     elif f"{src}/energy" in f:
         found["energy"] = float(np.asarray(f[f"{src}/energy"][()]).ravel()[0]) / _E
     energy = options.get("energy") or found.get("energy")

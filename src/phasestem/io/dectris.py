@@ -24,7 +24,6 @@ the file did not hold. Options: ``scan_shape``, ``scan_order`` and the common ca
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 import h5py
@@ -35,21 +34,12 @@ from ..base.extras import install_hint
 from ..base.hdf5_links import check_followed
 from ..dataset import FourDSTEM
 from ..detector import PixelatedDetector
+from ..physics.optics import energy_from_wavelength
 from ._common import dataset_from_reader, decode
 from .hdf5 import check_written, open_file
 from .rosetta import _resolve_scan_shape
 
 log = logging.getLogger("phasestem.io")
-
-_HC = 12398.419843320026  # eV·Å
-_MC2 = 510998.95000  # eV
-
-
-def energy_from_wavelength(wavelength_angstrom: float) -> float:
-    """Beam energy (eV) of electrons of relativistic wavelength λ (Å): E = √((hc/λ)² + (mc²)²) − mc²."""
-    pc = _HC / wavelength_angstrom
-    return math.sqrt(pc * pc + _MC2 * _MC2) - _MC2
-
 
 def _scalar(group: h5py.Group, key: str):
     if key not in group:

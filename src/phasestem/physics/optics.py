@@ -73,9 +73,9 @@ def wavelength(energy: float) -> float:
     return _H / p * 1e10
 
 
-def energy_from_wavelength(wavelength_m: float) -> float:
-    """Electron kinetic energy (eV) for a relativistic wavelength given in metres (CXI files store λ)."""
-    p = _H / wavelength_m
+def energy_from_wavelength(wavelength_angstrom: float) -> float:
+    """Electron kinetic energy (eV) for a relativistic wavelength in Å (the inverse of :func:`wavelength`)."""
+    p = _H / (wavelength_angstrom * 1e-10)
     mc2 = _M0 * _C**2
     return (math.sqrt((p * _C) ** 2 + mc2**2) - mc2) / _E
 
