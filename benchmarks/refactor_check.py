@@ -192,7 +192,7 @@ def compare(before: dict, after: dict, before_arr: dict, after_arr: dict) -> lis
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("action", choices=["record", "compare"])
-    ap.add_argument("dir", type=Path)
+    ap.add_argument("dir", type=lambda p: Path(p).resolve())  # the reconstruct step runs in a subfolder
     args = ap.parse_args()
     if args.action == "record":
         numbers, arr = compute(args.dir / "work")

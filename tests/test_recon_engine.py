@@ -147,6 +147,11 @@ def test_poisson_data_do_not_trigger_the_divergence_check():
     assert len(losses) == 3 and all(v >= 0 for v in losses)
 
 
+def test_every_constraint_setting_has_one_action_in_the_table():
+    """recon.constraints.ACTIONS, the one place a constraint is applied from: every Constraints field has its row."""
+    assert set(constraints.ACTIONS) == set(Constraints.model_fields)
+
+
 def test_constraints_schedule_and_effects(ds):
     s = constraints.Schedule.model_validate({"enabled": True, "start_iter": 2, "freq": 3, "end_iter": 8})
     assert s.step == 3 and [e for e in range(1, 12) if s.due(e)] == [2, 5, 8]
