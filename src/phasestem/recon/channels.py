@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .precondition import _illumination
+from .precondition import window_illumination
 
 __all__ = ["amplitude_in_dataset_frame", "illumination_map", "field_mask", "restorer_channels",
            "channels_from_results"]
@@ -36,7 +36,7 @@ def illumination_map(model, shape: tuple[int, int] | None = None) -> np.ndarray:
     """Σ_j Σ_m |P_m(r − r_j)|² over every scan position (current probe and positions) ÷ its maximum, (H, W)
     float32 in the dataset frame."""
     index = torch.arange(model.positions.shape[0], device=model.positions.device)
-    illum, _ = _illumination(model, index)
+    illum, _ = window_illumination(model, index)
     illum = illum.detach().cpu().float()
     illum = illum / illum.max().clamp_min(1e-30)
     return model.experiment.in_dataset_frame(illum, shape).numpy().astype(np.float32)

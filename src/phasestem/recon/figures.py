@@ -28,7 +28,8 @@ def ground_truth(model, dataset=None, truth: np.ndarray | None = None) -> np.nda
     return np.asarray(own["phase"])
 
 
-def _object(model) -> tuple[np.ndarray, np.ndarray]:
+def summed_object(model) -> tuple[np.ndarray, np.ndarray]:
+    """(phase summed over slices (Ny, Nx) rad, amplitude multiplied over slices (Ny, Nx)), object modes weighted."""
     with torch.no_grad():
         w = model.obj_weights / model.obj_weights.sum()
         phase = (model.obj_phase.sum(1) * w[:, None, None]).sum(0).cpu().numpy()
@@ -71,7 +72,7 @@ def plot_model(model, dataset=None, path=None, fig=None, truth: np.ndarray | Non
     (``truth`` or the dataset's own), E_φ / FRC printed and the FRC drawn. ``fig``: redraw that figure (cleared
     first) instead of making a new one. ``metrics``: :func:`phasestem.recon.truth.truth_metrics` with
     ``curve=True`` when already computed."""
-    phase, amp = _object(model)
+    phase, amp = summed_object(model)
     fy, fx = scanned_field(model.positions, model.sampling, model.object_shape)
     with torch.no_grad():
         probe = model.get_probe().cpu().numpy()
@@ -108,7 +109,7 @@ def plot_compare(model, dataset=None, truth=None, path=None, index: int | None =
             metrics, frc = _truth_comparison(model, truth, metrics)
             kw.update(reconstruction=aligned, truth=t, metrics=metrics, frc=frc)
     if "truth" not in kw:
-        phase, _ = _object(model)
+        phase, _ = summed_object(model)
         fy, fx = scanned_field(model.positions, model.sampling, model.object_shape)
         kw["reconstruction"] = phase[fy, fx]
     if dataset is not None:
@@ -131,7 +132,7 @@ def plot_uncertainty(model, path=None, scale: float = 2.0):
     u = model.uncertainty
     if u is None:
         return None
-    phase, _ = _object(model)
+    phase, _ = summed_object(model)
     fy, fx = scanned_field(model.positions, model.sampling, model.object_shape)
     z = significance(phase[fy, fx], u.sigma_sum[fy, fx], scale / float(np.mean(model.sampling)))
     z = np.where(u.constrained[fy, fx], z, np.nan)

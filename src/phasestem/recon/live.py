@@ -52,10 +52,10 @@ def snapshot(model, n_epochs: int, max_side: int = MAX_SIDE) -> dict[str, np.nda
     import torch
 
     from ..physics.experiment import scanned_field
-    from .figures import _object
+    from .figures import summed_object
 
     field = scanned_field(model.positions, model.sampling, model.object_shape)
-    phase, f = block_mean(_object(model)[0][field].astype(np.float32), max_side)
+    phase, f = block_mean(summed_object(model)[0][field].astype(np.float32), max_side)
     with torch.no_grad():
         probe = model.get_probe()[0].cpu().numpy()
     probe, fp = block_mean(probe, max_side)

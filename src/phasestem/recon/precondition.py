@@ -124,12 +124,12 @@ def scan_sums(model) -> tuple[torch.Tensor, torch.Tensor]:
     kernel[:ny, :nx] = p_int.to(wide)
     d_hat = torch.fft.rfft2(density)
     illum = torch.fft.irfft2(d_hat * torch.fft.rfft2(kernel), s=(Ny, Nx))
-    trans = torch.fft.irfft2(d_hat.conj() * torch.fft.rfft2(_mean_transmission(model).to(wide)), s=(Ny, Nx))
+    trans = torch.fft.irfft2(d_hat.conj() * torch.fft.rfft2(mean_transmission(model).to(wide)), s=(Ny, Nx))
     illum = illum.masked_fill_(illum < 1e-9 * float(illum.max()), 0.0)  # rounding where no window reaches
     return illum.to(p_int.dtype), trans[:ny, :nx].clamp_min_(0.0).to(p_int.dtype)
 
 
-def _mean_transmission(model) -> torch.Tensor:
+def mean_transmission(model) -> torch.Tensor:
     """Σ_k w_k Π_s a_ks² (Ny, Nx): the intensity the object passes, object modes weighted."""
     w = model.obj_weights.detach()
     w = w / w.sum() if model.n_object_modes > 1 else torch.ones_like(w)
@@ -137,7 +137,7 @@ def _mean_transmission(model) -> torch.Tensor:
     return (w[:, None, None] * a2).sum(0)
 
 
-def _illumination(model, index: torch.Tensor) -> tuple[torch.Tensor, WindowIndex]:
+def window_illumination(model, index: torch.Tensor) -> tuple[torch.Tensor, WindowIndex]:
     """Σ_j Σ_m |P_m(r − r_j)|² (Ny, Nx) of the positions ``index`` and their windows."""
     probe = model.get_probe().detach()
     top_left, _ = window_origins(positions_in_pixels(model.positions.detach()[index], model.sampling), model.window)
@@ -161,7 +161,7 @@ def precondition_gradients(model, index: torch.Tensor, n_total: int, losses: Los
     w = model.obj_weights.detach()
     w = w / w.sum() if model.n_object_modes > 1 else torch.ones_like(w)
     amp = model.obj_amplitude.detach()
-    illum, where = _illumination(model, index)
+    illum, where = window_illumination(model, index)
     if scan is not None:
         illum = illum + scan.illumination
     if model.obj_amplitude.grad is not None or model.obj_phase.grad is not None:
@@ -172,7 +172,7 @@ def precondition_gradients(model, index: torch.Tensor, n_total: int, losses: Los
             h_p = h_a * amp.square()
             model.obj_phase.grad.div_(h_p + _floor(h_p, reg))
     if model.probe.grad is not None:
-        trans = where.gather(_mean_transmission(model)).sum(0)  # (ny, nx): Σ_j Σ_k w_k Π_s a²
+        trans = where.gather(mean_transmission(model)).sum(0)  # (ny, nx): Σ_j Σ_k w_k Π_s a²
         if scan is not None:
             trans = trans + scan.transmission
         h_psi = trans * (c / model.probe_scale**2)  # (ny, nx)

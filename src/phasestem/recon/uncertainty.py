@@ -138,9 +138,9 @@ def transferred_band(probe: torch.Tensor, level: float = APERTURE_LEVEL) -> floa
 def fisher_diagonal(model, counts: float, noise_sigma: float | None = None) -> torch.Tensor:
     """The Fisher information of one slice pixel's phase (Ny, Nx) rad⁻² at ``model``'s state (module docstring):
     Poisson counts with ``counts`` per pattern, or, with ``noise_sigma`` (counts per detector pixel), Gaussian."""
-    from .precondition import _mean_transmission, scan_sums
+    from .precondition import mean_transmission, scan_sums
 
-    lit = scan_sums(model)[0] * _mean_transmission(model)  # Σ_j |ψ_j(r)|²
+    lit = scan_sums(model)[0] * mean_transmission(model)  # Σ_j |ψ_j(r)|²
     if noise_sigma is None:
         return 2.0 * float(counts) * lit
     pixels = math.prod(model.detector_shape)
