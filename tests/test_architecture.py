@@ -244,7 +244,7 @@ PRIVATE_IMPORTS_LEFT = {
     ("phasestem.learn.checkpoint", n) for n in ("_MISSING", "_check_state", "_first_difference", "_first_line",
                                                 "_jsonable", "_sha256", "_short", "_step_of", "_write_csv",
                                                 "_write_json")
-} | {("phasestem.plot.core", n) for n in ("_bare", "_plt", "_save")} | {("phasestem.plot", "_plt")} | {
+} | {
     ("phasestem.learn.losses", "_b1hw"), ("phasestem.convert.ptyrad_reader", "_short"),
     ("phasestem.io.rosetta", "_resolve_scan_shape"), ("phasestem.physics.specimen", "_kirkland_table"),
     ("phasestem.learn.training.autoencoder", "_bin"),

@@ -234,7 +234,7 @@ renames = []
 sys.addaudithook(lambda event, args: renames.append([str(args[0]), str(args[1])]) if event == "os.rename" else None)
 import torch
 from phasestem.learn.checkpoint import commit_folder, save_weights
-from phasestem.plot import _plt, save_figure
+from phasestem.plot import pyplot, save_figure
 from phasestem.recon import Ptychography
 from phasestem.recon.engine import save_checkpoint
 from phasestem.recon.synthetic import simulate_dataset, write_npz
@@ -245,7 +245,7 @@ save_checkpoint(out / "checkpoint.pt", model)
 model.save_results(out / "results.h5")
 save_weights({"w": torch.zeros(2)}, out / "model.safetensors")
 commit_folder(out / "last", lambda tmp: [(tmp / "a.txt").write_text("a") and "a.txt"])
-save_figure(_plt().figure(), out / "figure.png", close=True)
+save_figure(pyplot().figure(), out / "figure.png", close=True)
 write_npz(out / "data.npz", scan_shape=(3, 3), seed=1)
 print(json.dumps(renames))
 """

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..plot import CMAPS, _plt, draw_disk, save_figure, show_image, show_pattern, styled
+from ..plot import CMAPS, draw_disk, pyplot, save_figure, show_image, show_pattern, styled
 from .pipeline import Calibration
 
 
@@ -83,7 +83,7 @@ def _parallax_panels(calib: Calibration, ax_search, ax_shifts) -> None:
 @styled
 def write_figures(calib: Calibration, out_dir: str | Path) -> dict[str, Path]:
     """Write calibration_disk.png, calibration_rotation.png, calibration_parallax.png and calibration.png."""
-    plt = _plt()
+    plt = pyplot()
     out = Path(out_dir)
     files = {}
     for key, name, panels, n, width in (("figure_disk", "calibration_disk.png", _disk_panels, 3, 10),

@@ -36,7 +36,7 @@ from pydantic import Field
 from ..base.configfile import StrictModel
 from ..base.safety import atomic_file
 from ..physics.resample import sample_on_grid
-from ..plot import _plt, save_figure, styled
+from ..plot import pyplot, save_figure, styled
 from ..plot.panels import format_metric
 
 log = logging.getLogger("phasestem.cli.demo")
@@ -280,7 +280,7 @@ def iterations_to_reach(errors: list[float], target: float) -> int | None:
 # ------------------------------------------------------------------------------------------ report
 @styled
 def _hybrid_plot(flat: dict, hybrid: dict, path: Path) -> Path:
-    fig, axes = _plt().subplots(1, 2, figsize=(8, 3.0))
+    fig, axes = pyplot().subplots(1, 2, figsize=(8, 3.0))
     for run, name in ((flat, "flat start"), (hybrid, "learned start (hybrid)")):
         axes[0].plot(range(len(run["errors"])), run["errors"], marker=".", label=name)
         axes[1].plot(run["seconds"], run["errors"], marker=".", label=name)
@@ -405,7 +405,7 @@ def _run_demo(out: Path, quick: bool, cfg: DemoConfig, device: str, learned: boo
     from ..plot import phase_panels
     from ..simulate.overview import write_overview
 
-    plt = _plt()
+    plt = pyplot()
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -132,12 +132,12 @@ def _figure(phase, info: dict, args, path: Path, no_sigma: str, guard=None) -> P
     """``OUT.png``: input, restoration, difference, the guard's σ map (:func:`phasestem.plot.restoration.
     restoration_figure`; ``no_sigma``: why there is none) and, with ``guard``, the data-support map with the flagged
     sites circled, titled with the share beyond the threshold and its chance level."""
-    from ..plot.core import _plt
+    from ..plot.core import pyplot
     from ..plot.restoration import restoration_figure
     from .restore_output import figure_title
 
     fig = restoration_figure(info["input"], phase, info["field"], info["sampling"], info.get("change_sigma"),
                              threshold=float(info["significant"]), title=figure_title(info, args.model),
                              no_sigma=no_sigma, support=guard, path=path)
-    _plt().close(fig)
+    pyplot().close(fig)
     return path

@@ -14,14 +14,14 @@ The calibration figures (:mod:`phasestem.calibrate.figures`), the reconstruction
 from .core import (
                    CMAPS,
                    STYLE,
-                   _plt,
-                   _save,
                    add_colorbar,
                    add_scalebar,
                    draw_disk,
                    log_norm,
                    nice_length,
+                   pyplot,
                    save_figure,
+                   save_if_asked,
                    scalebars,
                    show_image,
                    show_pattern,
@@ -36,4 +36,4 @@ __all__ = ["CMAPS", "STYLE", "add_colorbar", "add_scalebar", "compare_figure", "
            "examples_figure",
            "frc_panel", "inspect_dataset", "log_norm", "loss_panel", "metrics_text", "nice_length", "phase_figure",
            "phase_panels", "probe_panels", "reconstruction_figure", "save_figure", "scalebars", "show_image",
-           "show_pattern", "simulation_overview", "styled", "_plt", "_save"]
+           "show_pattern", "simulation_overview", "styled", "pyplot", "save_if_asked"]

@@ -47,7 +47,7 @@ MASKED = "0.88"
 SCALEBAR_COLOR = "white"
 
 
-def _plt():
+def pyplot():
     """``matplotlib.pyplot`` on the Agg backend unless a display or a notebook backend is there."""
     import matplotlib
 
@@ -65,7 +65,7 @@ def styled(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        plt = _plt()
+        plt = pyplot()
         with plt.rc_context(STYLE):
             return fn(*args, **kwargs)
 
@@ -78,15 +78,16 @@ def save_figure(fig, path, dpi: int | None = None, close: bool = False) -> Path:
     from ..base.safety import atomic_file
 
     path = Path(path)
-    fmt = path.suffix[1:].lower() or _plt().rcParams["savefig.format"]
+    fmt = path.suffix[1:].lower() or pyplot().rcParams["savefig.format"]
     with atomic_file(path, field="figure") as tmp:
         fig.savefig(tmp, dpi=dpi or STYLE["savefig.dpi"], bbox_inches="tight", format=fmt)
     if close:
-        _plt().close(fig)
+        pyplot().close(fig)
     return path
 
 
-def _save(fig, path):
+def save_if_asked(fig, path):
+    """``fig`` written to ``path`` (:func:`save_figure`) when a path is given; ``fig`` returned either way."""
     if path is not None:
         save_figure(fig, path)
     return fig
@@ -195,7 +196,8 @@ def scalebars(ax) -> list:
     return [a for a in ax.artists if a.get_gid() == "scalebar"]
 
 
-def _bare(ax) -> None:
+def bare_axes(ax) -> None:
+    """An image panel's axes without ticks, its frame thin."""
     ax.set_xticks([])
     ax.set_yticks([])
     for s in ax.spines.values():
@@ -234,7 +236,7 @@ def show_image(ax, img, pixel: float | tuple[float, float] | None = None, unit: 
     if title:
         ax.set_title(title)
     if pixel is not None:
-        _bare(ax)
+        bare_axes(ax)
         if scalebar:
             length = nice_length(W * px)
             add_scalebar(ax, length, f"{length:g} {unit}", image=im)
@@ -285,7 +287,7 @@ def show_pattern(ax, pattern, pixel_mrad: float | None = None, title: str | None
     if title:
         ax.set_title(title)
     if pixel_mrad is not None:
-        _bare(ax)
+        bare_axes(ax)
         if scalebar:
             length = nice_length(p.shape[1] * pixel_mrad)
             add_scalebar(ax, length, f"{length:g} mrad", image=im)

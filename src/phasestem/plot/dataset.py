@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from .core import CMAPS, _plt, _save, add_colorbar, draw_disk, log_norm, show_image, show_pattern, styled
+from .core import CMAPS, add_colorbar, draw_disk, log_norm, pyplot, save_if_asked, show_image, show_pattern, styled
 
 
 def _known(values) -> bool:
@@ -26,7 +26,7 @@ def inspect_dataset(dataset, look, index: tuple[int, int] | None = None, path=No
     same happens from code with ``fig.select_position((row, col))``. The figure keeps ``look`` as
     ``fig.first_look``.
     """
-    plt = _plt()
+    plt = pyplot()
     sy, sx = dataset.scan_shape
     H, W = dataset.pattern_shape
     step = dataset.scan_step if _known(dataset.scan_step) else None
@@ -109,4 +109,4 @@ def inspect_dataset(dataset, look, index: tuple[int, int] | None = None, path=No
     fig.select_position = select_position
     fig.first_look = look
     fig.canvas.mpl_connect("button_press_event", on_click)
-    return _save(fig, path)
+    return save_if_asked(fig, path)

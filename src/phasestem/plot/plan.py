@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .core import _plt, save_figure, styled
+from .core import pyplot, save_figure, styled
 
 #: axis labels of the settings a plan sweeps
 SETTING_LABELS = {"scan.step": "scan step (Å)", "dose.electrons_per_area": "dose (e⁻/Å²)",
@@ -17,7 +17,7 @@ def sweep_figure(rows: list[dict], names: list[str], path: str | Path) -> Path:
     """E_φ and FRC resolution (Å) of each sweep row against ``names[0]``; one line per value of ``names[1]`` when
     two settings were swept. A dose axis is logarithmic, and so is the FRC axis where its values span more than a
     factor of 5 (a failed setting's 20 Å beside a good one's 0.5 Å)."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.1))
     x_name = names[0]
     groups = sorted({r[names[1]] for r in rows}) if len(names) > 1 else [None]

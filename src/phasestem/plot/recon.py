@@ -6,15 +6,15 @@ import numpy as np
 
 from .core import (
     CMAPS,
-    _bare,
-    _plt,
-    _save,
     add_colorbar,
     add_scalebar,
+    bare_axes,
     log_norm,
     nice_length,
     pattern_extent,
+    pyplot,
     remove_unused,
+    save_if_asked,
     show_image,
     show_pattern,
     styled,
@@ -28,7 +28,7 @@ COLUMNS = 4
 
 def _grid(fig, n_rows: int, width: float = 3.0, height: float = 2.7):
     if fig is None:
-        fig = _plt().figure(figsize=(width * COLUMNS, height * n_rows))
+        fig = pyplot().figure(figsize=(width * COLUMNS, height * n_rows))
     else:
         fig.clf()
     return fig, fig.subplots(n_rows, COLUMNS, squeeze=False)
@@ -87,7 +87,7 @@ def reconstruction_figure(phase: np.ndarray, amplitude: np.ndarray, sampling: tu
     if lines:
         fig.suptitle("\n".join(lines))
     fig.tight_layout(w_pad=2.5)
-    return _save(fig, path)
+    return save_if_asked(fig, path)
 
 
 def _positions_panel(ax, phase, sampling, start: np.ndarray, now: np.ndarray, arrows: int = 400) -> None:
@@ -173,7 +173,7 @@ def compare_figure(measured: np.ndarray | None = None, modelled: np.ndarray | No
     if lines:
         fig.suptitle("\n".join(lines))
     fig.tight_layout(w_pad=2.5)
-    return _save(fig, path)
+    return save_if_asked(fig, path)
 
 
 def _pattern_axes(ax, pixel, shape, image) -> None:
@@ -181,7 +181,7 @@ def _pattern_axes(ax, pixel, shape, image) -> None:
         ax.set_xlabel("detector x (px)")
         ax.set_ylabel("detector y (px)")
         return
-    _bare(ax)
+    bare_axes(ax)
     length = nice_length(shape[1] * pixel)
     add_scalebar(ax, length, f"{length:g} mrad", image=image)
 
@@ -210,7 +210,7 @@ def uncertainty_figure(phase: np.ndarray, sigma: np.ndarray, constrained: np.nda
     pixels of ``sampling`` Å."""
     from matplotlib.patches import Rectangle
 
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.9), squeeze=True)
     fig.subplots_adjust(wspace=0.5)
     pixel = tuple(float(s) for s in sampling)
@@ -235,5 +235,5 @@ def uncertainty_figure(phase: np.ndarray, sigma: np.ndarray, constrained: np.nda
     fig.suptitle(title or (f"phase error bars ({noise}); local mean over {scale:g} Å" if noise else
                            "phase error bars"), fontsize=9)
     if path is not None:
-        _save(fig, path)
+        save_if_asked(fig, path)
     return fig

@@ -7,7 +7,7 @@ import textwrap
 
 import numpy as np
 
-from .core import CMAPS, _plt, _save, robust_range, show_image, styled
+from .core import CMAPS, pyplot, robust_range, save_if_asked, show_image, styled
 
 
 def field_box(field: np.ndarray) -> tuple[slice, slice]:
@@ -35,7 +35,7 @@ def _guard_panel(ax, change_sigma: np.ndarray | None, pixel: tuple[float, float]
         ax.text(0.5, 0.5, textwrap.fill(no_sigma or "no σ map", 36), ha="center", va="center",
                 transform=ax.transAxes)
         return
-    plt = _plt()
+    plt = pyplot()
     magnitude = np.abs(change_sigma)
     cmap = plt.get_cmap(CMAPS["field"]).with_extremes(bad="0.6")
     show_image(ax, magnitude, pixel, cmap=cmap, label="|Δφ| / σ", vmin=0.0, vmax=max(2 * threshold, 1.0),
@@ -50,7 +50,7 @@ def _guard_panel(ax, change_sigma: np.ndarray | None, pixel: tuple[float, float]
 def _support_panel(ax, support, rows: slice, cols: slice, pixel: tuple[float, float]) -> None:
     """The data-support map (σ-like, > 0: the restored phase fits the patterns worse than the run's) over the field,
     its flagged sites circled (``support``: a :class:`phasestem.learn.data_guard.DataGuardResult`)."""
-    plt = _plt()
+    plt = pyplot()
     level = float(support.threshold)
     cmap = plt.get_cmap(CMAPS["signed"]).with_extremes(bad="0.6")
     show_image(ax, np.asarray(support.support)[rows, cols], pixel, cmap=cmap, label="√(excess misfit)",
@@ -73,7 +73,7 @@ def restoration_figure(before: np.ndarray, after: np.ndarray, field: np.ndarray,
     ``no_sigma`` (why there is none) in its place; a fifth with ``support`` (the data guard's result): its
     data-support map, the flagged sites circled. Arrays (H, W) on one grid of ``sampling`` (dy, dx) Å; ``path``:
     where to write the PNG. Returns the figure."""
-    plt = _plt()
+    plt = pyplot()
     rows, cols = field_box(field)
     pixel = (float(sampling[0]), float(sampling[1]))
     before, after = np.asarray(before, np.float64), np.asarray(after, np.float64)
@@ -94,4 +94,4 @@ def restoration_figure(before: np.ndarray, after: np.ndarray, field: np.ndarray,
     if support is not None:
         _support_panel(axes[4], support, rows, cols, pixel)
     fig.suptitle(title or "restoration", fontsize=9)
-    return _save(fig, path)
+    return save_if_asked(fig, path)

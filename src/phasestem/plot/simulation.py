@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .core import CMAPS, _plt, _save, log_norm, remove_unused, show_image, show_pattern, styled, to_numpy
+from .core import CMAPS, log_norm, pyplot, remove_unused, save_if_asked, show_image, show_pattern, styled, to_numpy
 from .panels import diffractogram_panel, metrics_text, probe_panels
 
 
@@ -18,7 +18,7 @@ def simulation_overview(phase: np.ndarray, phase_sampling: tuple[float, float], 
     ``pattern_mrad``)."""
     from matplotlib.patches import Rectangle
 
-    plt = _plt()
+    plt = pyplot()
     patterns = np.asarray(patterns, dtype=np.float64)
     sy, sx = patterns.shape[:2]
     fig, ax = plt.subplots(2, 4, figsize=(12, 5.8))
@@ -37,7 +37,7 @@ def simulation_overview(phase: np.ndarray, phase_sampling: tuple[float, float], 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_if_asked(fig, path)
 
 
 @styled
@@ -47,7 +47,7 @@ def phase_panels(images: dict[str, np.ndarray], path=None, cmap: str | None = No
     """Phase images (rad) side by side on one colour scale, with a second row of error maps (rad, on one
     symmetric scale) when ``errors`` are given; a scale bar when the pixel ``sampling`` (Å) is known;
     ``metrics[name]`` (E_φ, PSNR, …) under each name."""
-    plt = _plt()
+    plt = pyplot()
     names = list(images)
     rows = 2 if errors else 1
     fig, axes = plt.subplots(rows, len(names), figsize=(3.1 * len(names), 2.9 * rows), squeeze=False)
@@ -71,7 +71,7 @@ def phase_panels(images: dict[str, np.ndarray], path=None, cmap: str | None = No
     if suptitle:
         fig.suptitle(suptitle)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_if_asked(fig, path)
 
 
 @styled
@@ -79,7 +79,7 @@ def phase_figure(phase: np.ndarray, sampling: tuple[float, float] | None, label:
                  truth: np.ndarray | None = None, metrics: dict | None = None, title: str = "", path=None):
     """One phase image (a prediction, a refinement) with its diffractogram; with ``truth`` (same grid) also
     the truth and the difference, and the figures of merit ``metrics`` under the title."""
-    plt = _plt()
+    plt = pyplot()
     n = 4 if truth is not None else 2
     fig, ax = plt.subplots(1, n, figsize=(3.1 * n, 3.0), squeeze=False)
     ax = ax[0]
@@ -105,7 +105,7 @@ def phase_figure(phase: np.ndarray, sampling: tuple[float, float] | None, label:
     if lines:
         fig.suptitle("\n".join(lines))
     fig.tight_layout()
-    return _save(fig, path)
+    return save_if_asked(fig, path)
 
 
 @styled
@@ -114,7 +114,7 @@ def examples_figure(examples: list[tuple], label: str = "phase (rad)", metrics: 
     """One row per example (name, prediction, truth), same grid: the truth and the prediction on one colour scale
     and their difference on a symmetric one, each with a colour bar in ``label``'s unit; ``metrics[name]``
     (E_φ, PSNR, …) in the row's titles."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(len(examples), 3, figsize=(9.3, 2.9 * len(examples)), squeeze=False)
     for row, (name, pred, truth) in zip(axes, examples, strict=True):
         p, t = to_numpy(pred).astype(np.float64), to_numpy(truth).astype(np.float64)
@@ -129,4 +129,4 @@ def examples_figure(examples: list[tuple], label: str = "phase (rad)", metrics: 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_if_asked(fig, path)

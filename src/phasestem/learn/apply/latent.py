@@ -25,7 +25,7 @@ from ... import metrics
 from ...base.errors import ShapeError
 from ...base.safety import atomic_file
 from ...physics.resample import resize
-from ...plot import STYLE, _plt, save_figure, styled
+from ...plot import STYLE, pyplot, save_figure, styled
 from ..backbones import count_parameters
 from ..meta import normalize_meta, require_kind
 from ..nets.autoencoder import Autoencoder, scale_patterns
@@ -100,7 +100,7 @@ def write_latent_maps(path: str | Path, maps: np.ndarray, attrs: dict[str, Any] 
 
 @styled
 def _latent_png(maps: np.ndarray, path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     d = maps.shape[0]
     cols = int(np.ceil(np.sqrt(d)))
     rows = int(np.ceil(d / cols))
@@ -173,7 +173,7 @@ def autoencoder_report(model: Autoencoder, patterns: np.ndarray, meta: dict[str,
     res = {"psnr": float(metrics.psnr(rec, x, data_range=1.0)), "ssim": float(metrics.ssim(rec, x, data_range=1.0)),
            "mse": float(metrics.mse(rec, x)), "n": len(x)}
     if png is not None:
-        plt = _plt()
+        plt = pyplot()
         with plt.rc_context(STYLE):
             k = min(n_show, len(x))
             fig, axes = plt.subplots(3, k, figsize=(2.2 * k, 6.6), squeeze=False)
