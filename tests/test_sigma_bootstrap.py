@@ -110,7 +110,7 @@ def test_a_run_scales_its_sigma_maps_and_fisher_mode_does_not():
     assert (np.diff(scaled.sigma_sum[lit][order]) >= -1e-9).all()
     if p == 1.0:
         assert np.allclose(scaled.sigma_sum[lit], fisher.sigma_sum[lit] * scaled.scale, rtol=1e-6)
-    assert np.allclose(scaled.sigma[:, lit], fisher.sigma[:, lit] * (scaled.sigma_sum / fisher.sigma_sum)[lit],
+    assert np.allclose(scaled.sigma[:, lit], fisher.sigma[:, lit] * (scaled.sigma_sum[lit] / fisher.sigma_sum[lit]),
                        rtol=1e-6)
 
     def diverges(sub, share):
