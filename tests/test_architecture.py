@@ -241,15 +241,10 @@ def private_imports(src: Path = SRC) -> set[tuple[str, str]]:
 
 #: module-private names still imported across modules (issue 67 asks for none): this list may only shrink
 PRIVATE_IMPORTS_LEFT = {
-    ("phasestem.learn.checkpoint", n) for n in ("_MISSING", "_check_state", "_first_difference", "_first_line",
-                                                "_jsonable", "_sha256", "_short", "_step_of", "_write_csv",
-                                                "_write_json")
-} | {
     ("phasestem.learn.losses", "_b1hw"), ("phasestem.convert.ptyrad_reader", "_short"),
     ("phasestem.io.rosetta", "_resolve_scan_shape"), ("phasestem.physics.specimen", "_kirkland_table"),
     ("phasestem.learn.training.autoencoder", "_bin"),
-} | {("phasestem.learn.trainer_config", n) for n in ("_Averager", "_batch_size", "_float", "_launched_by_accelerate",
-                                                    "_rng_state", "_set_rng_state")}
+}
 
 
 def test_no_new_module_private_name_is_imported_across_modules():

@@ -17,9 +17,7 @@ from ..base.configfile import loads_json
 from ..base.errors import ConfigError, InputFileError
 from ..base.extras import require
 from ..base.safety import atomic_file, remove_stale_temporaries, temporary_name
-from ..base.torch_files import first_line as _first_line
-from ..base.torch_files import require_nonempty as _require_nonempty
-from ..base.torch_files import state_dict_mismatch, torch_load  # noqa: F401 (re-exported to the trainer)
+from ..base.torch_files import first_line, require_nonempty, state_dict_mismatch, torch_load  # noqa: F401 (re-exported to the trainer)
 from .pretrained import resolve, sha256_file
 
 log = logging.getLogger("phasestem.learn")
@@ -107,14 +105,14 @@ def read_safetensors(path: str | Path, map_location: str | torch.device = "cpu",
     tensors); an empty/truncated one raises InputFileError."""
     path = Path(path)
     safe_open = require("safetensors", f"reading {path.name}").safe_open
-    _require_nonempty(path, "safetensors weights file")
+    require_nonempty(path, "safetensors weights file")
     try:
         with safe_open(str(path), framework="pt", device=str(map_location)) as f:
             raw = (f.metadata() or {}).get("phasestem", "{}")
             out = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}  # noqa: SIM118 (no __iter__)
     except Exception as exc:  # safetensors raises its own SafetensorError (and OSError)
         raise InputFileError(f"{path}: not a readable safetensors file, truncated or corrupted? "
-                             f"({_first_line(exc)})") from exc
+                             f"({first_line(exc)})") from exc
     return out, _parse_meta(raw, path)
 
 
@@ -148,46 +146,48 @@ def resolve_weights_path(path: str | Path) -> Path:
     )
 
 
-_MISSING = object()
+#: a value absent from a checkpoint's state (told apart from a stored None)
+MISSING = object()
 _STATE_KEYS = ("epoch", "batch_in_epoch", "global_step", "best", "best_epoch", "bad_epochs", "history", "optimizer",
                "scheduler", "scaler", "rng")
 
 
-def _check_state(path: Path, state: Any) -> None:
+def check_state(path: Path, state: Any) -> None:
+    """Refuse, naming ``path``, a trainer state that lacks any of the keys a resume reads."""
     missing = [k for k in _STATE_KEYS if not isinstance(state, Mapping) or k not in state]
     if missing or not isinstance(state["scheduler"], Mapping) or "last_epoch" not in state["scheduler"]:
         raise CheckpointError(f"{path}: not a phasestem trainer state (missing {', '.join(missing) or 'scheduler'})")
 
 
-def _first_difference(key: str, old: Any, new: Any) -> tuple[str, Any, Any]:
+def first_difference(key: str, old: Any, new: Any) -> tuple[str, Any, Any]:
     """The first dotted key below ``key`` where two JSON values differ, with both values there."""
     if isinstance(old, dict) and isinstance(new, dict):
         for k in [*old, *(k for k in new if k not in old)]:
-            a, b = old.get(k, _MISSING), new.get(k, _MISSING)
+            a, b = old.get(k, MISSING), new.get(k, MISSING)
             if a != b:
-                if a is _MISSING or b is _MISSING:
-                    return f"{key}.{k}", "absent" if a is _MISSING else a, "absent" if b is _MISSING else b
-                return _first_difference(f"{key}.{k}", a, b)
+                if a is MISSING or b is MISSING:
+                    return f"{key}.{k}", "absent" if a is MISSING else a, "absent" if b is MISSING else b
+                return first_difference(f"{key}.{k}", a, b)
     return key, old, new
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """``value`` as JSON would read it back (anything JSON cannot hold as its string)."""
     return json.loads(json.dumps(value, default=str))
 
 
-def _short(value: Any, limit: int = 120) -> str:
-    text = json.dumps(_jsonable(value)) if not isinstance(value, str) else value
+def short(value: Any, limit: int = 120) -> str:
+    """``value`` as JSON text of at most ``limit`` characters, for a message."""
+    text = json.dumps(jsonable(value)) if not isinstance(value, str) else value
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def _step_of(row: Mapping[str, str]) -> float:
+def step_of(row: Mapping[str, str]) -> float:
+    """The global step of a metrics CSV row (0 where it has none or it is not a number)."""
     try:
         return float(row.get("step") or 0)
     except ValueError:
         return 0.0
-
-
-_sha256 = sha256_file  # the name trainer_state imports
 
 
 def _fsync(path: Path) -> None:
@@ -263,24 +263,25 @@ def verify_checkpoint(folder: str | Path) -> dict | None:
         files = dict(manifest["files"])
         int(manifest["global_step"])
     except (ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{folder / MANIFEST}: unreadable checkpoint manifest ({_first_line(exc)})") from exc
+        raise CheckpointError(f"{folder / MANIFEST}: unreadable checkpoint manifest ({first_line(exc)})") from exc
     for name, digest in files.items():
         if not (folder / name).is_file():
             raise CheckpointError(f"{folder}: incomplete checkpoint: {name} is missing (listed in {MANIFEST}, step "
                                   f"{manifest['global_step']}); resume from an intact copy or start a new out_dir")
-        if _sha256(folder / name) != digest:
+        if sha256_file(folder / name) != digest:
             raise CheckpointError(f"{folder}: torn or corrupted checkpoint: {name} does not match the sha256 in "
                                   f"{MANIFEST} (step {manifest['global_step']}); resume from an intact copy or "
                                   "start a new out_dir")
     return manifest
 
 
-def _write_json(path: Path, obj: Any) -> None:
+def write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically."""
     with atomic_file(path, field="json") as tmp:
         tmp.write_text(json.dumps(obj, indent=2, default=str))
 
 
-def _write_csv(path: Path, rows: list[dict[str, float]], fields: list[str] | None = None) -> None:
+def write_csv(path: Path, rows: list[dict[str, float]], fields: list[str] | None = None) -> None:
     """Write ``rows`` atomically; columns ``fields`` first (in their order), then any others the rows have."""
     keys: list[str] = list(fields or [])
     for r in rows:

@@ -69,7 +69,6 @@ from ..base.extras import require
 from ..base.schedules import lr_lambda
 from .checkpoint import (
     CheckpointError,
-    _write_json,
     checkpoint_folder,
     commit_folder,
     load_weights,
@@ -79,22 +78,23 @@ from .checkpoint import (
     state_dict_mismatch,
     torch_load,
     verify_checkpoint,
+    write_json,
 )
 from .trainer_config import (
+    Averager,
     LossFn,
     MetricsFn,
     TrainerConfig,
     TrainingDivergedError,
-    _Averager,
-    _batch_size,
-    _float,
-    _launched_by_accelerate,
-    _set_rng_state,
     amp_dtype,
+    as_float,
+    batch_size_of,
     build_optimizer,
     build_scheduler,
+    launched_by_accelerate,
     move_to,
     resolve_device,
+    restore_rng_state,
     seed_everything,
     seed_loader,
     steps_per_epoch,
@@ -136,7 +136,7 @@ class Trainer(RunFolderMixin):
         self.meta = dict(meta or {})
         self.callbacks = list(callbacks)
         self.accelerator = None
-        use_acc = cfg.accelerate == "on" or (cfg.accelerate == "auto" and _launched_by_accelerate())
+        use_acc = cfg.accelerate == "on" or (cfg.accelerate == "auto" and launched_by_accelerate())
         if use_acc:
             acc = require("accelerate", f"train.accelerate: {cfg.accelerate}")
             # find_unused_parameters: parameters frozen for a while (End2End's patch net) get no gradient,
@@ -264,10 +264,10 @@ class Trainer(RunFolderMixin):
         seed_loader(self.train_loader, self.config.seed, self.epoch)
         skip = self.batch_in_epoch
         if skip == 0 and self._resume_rng is not None:
-            _set_rng_state(self._resume_rng)
+            restore_rng_state(self._resume_rng)
             self._resume_rng = None
         n_batches = len(self.train_loader)  # type: ignore[arg-type]
-        avg = _Averager()
+        avg = Averager()
         bar = None
         if cfg.progress and self.is_main:
             from tqdm.auto import tqdm
@@ -278,19 +278,19 @@ class Trainer(RunFolderMixin):
         for _ in range(skip):  # replay the sampler to where the checkpoint was taken
             next(it)
         if self._resume_rng is not None:
-            _set_rng_state(self._resume_rng)  # the state captured right after batch `skip`
+            restore_rng_state(self._resume_rng)  # the state captured right after batch `skip`
             self._resume_rng = None
         for i, batch in enumerate(it, start=skip):
             sync = (i + 1) % cfg.grad_accum == 0 or i + 1 == n_batches
             out = self.train_micro_batch(batch, sync)
-            avg.add(out, weight=_batch_size(batch))
+            avg.add(out, weight=batch_size_of(batch))
             self.batch_in_epoch = i + 1
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{_float(out['loss']):.4g}", avg=f"{avg.means()['loss']:.4g}",
+                bar.set_postfix(loss=f"{as_float(out['loss']):.4g}", avg=f"{avg.means()['loss']:.4g}",
                                 lr=f"{self.lr:.2e}")
             if sync:
-                logs = {f"train/{k}": _float(v) for k, v in out.items()}
+                logs = {f"train/{k}": as_float(v) for k, v in out.items()}
                 logs.update(step=self.global_step, epoch=self.epoch + 1, lr=self.lr)
                 if self.global_step % cfg.log_every_steps == 0:
                     self._log_step(logs)
@@ -312,13 +312,13 @@ class Trainer(RunFolderMixin):
             return {}
         was_training = self.model.training
         self.model.eval()
-        avg = _Averager()
+        avg = Averager()
         for i, batch in enumerate(loader):
             if self.config.max_val_batches is not None and i >= self.config.max_val_batches:
                 break
             if self.accelerator is None:
                 batch = move_to(batch, self.device)
-            n = _batch_size(batch)
+            n = batch_size_of(batch)
             out = self._forward(batch)
             avg.add(out, weight=n)
             if self.metrics_fn is not None:
@@ -391,7 +391,7 @@ class Trainer(RunFolderMixin):
         }
         if self.out_dir is not None and self.is_main:
             summary.update(best_path=str(self.out_dir / "best"), last_path=str(self.out_dir / "last"))
-            _write_json(self.out_dir / "summary.json", summary)
+            write_json(self.out_dir / "summary.json", summary)
         if self._tb is not None:
             self._tb.close()
         self._hook("on_end", summary)

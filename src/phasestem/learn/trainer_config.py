@@ -84,7 +84,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _rng_state() -> dict[str, Any]:
+def rng_state() -> dict[str, Any]:
+    """The random generators' states (torch, NumPy, Python; CUDA where there is one), for a checkpoint."""
     np_state = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
@@ -97,7 +98,8 @@ def _rng_state() -> dict[str, Any]:
     return state
 
 
-def _set_rng_state(state: Mapping[str, Any]) -> None:
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Set the random generators to a :func:`rng_state`."""
     torch.set_rng_state(state["torch"])
     pos, has_gauss, cached = state["numpy_meta"]
     np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, cached))
@@ -118,33 +120,38 @@ def move_to(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def _batch_size(batch: Any) -> int:
+def batch_size_of(batch: Any) -> int:
+    """The number of samples in a batch (a tensor, or a tuple/mapping of them)."""
     if isinstance(batch, torch.Tensor):
         return int(batch.shape[0]) if batch.dim() else 1
     if isinstance(batch, Mapping):
         for v in batch.values():
-            return _batch_size(v)
+            return batch_size_of(v)
     if isinstance(batch, list | tuple) and batch:
-        return _batch_size(batch[0])
+        return batch_size_of(batch[0])
     return 1
 
 
-def _float(v: Any) -> float:
+def as_float(v: Any) -> float:
+    """A tensor's or number's value as a Python float."""
     return float(v.detach().float().cpu()) if isinstance(v, torch.Tensor) else float(v)
 
 
-def _launched_by_accelerate() -> bool:
+def launched_by_accelerate() -> bool:
+    """Whether this process was started by Accelerate or torchrun (several processes)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 or any(k.startswith("ACCELERATE_") for k in os.environ)
 
 
-class _Averager:
+class Averager:
+    """Running means of an epoch's scalars by name."""
+
     def __init__(self):
         self.sums: dict[str, float] = {}
         self.counts: dict[str, float] = {}
 
     def add(self, values: Mapping[str, Any], weight: float = 1.0) -> None:
         for k, v in values.items():
-            self.sums[k] = self.sums.get(k, 0.0) + _float(v) * weight
+            self.sums[k] = self.sums.get(k, 0.0) + as_float(v) * weight
             self.counts[k] = self.counts.get(k, 0.0) + weight
 
     def means(self, prefix: str = "") -> dict[str, float]:

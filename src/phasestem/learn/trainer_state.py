@@ -45,29 +45,29 @@ import torch
 
 from ..base.configfile import get_dotted, loads_json
 from ..base.lock import hold_output
+from ..base.torch_files import first_line
 from .checkpoint import (
-    _MISSING,
     MANIFEST,
+    MISSING,
     RESUME_MUST_MATCH,
     CheckpointError,
-    _check_state,
-    _first_difference,
-    _first_line,
-    _jsonable,
-    _sha256,
-    _short,
-    _step_of,
-    _write_csv,
-    _write_json,
+    check_state,
     commit_folder,
+    first_difference,
+    jsonable,
     load_weights,
     resolve_weights_path,
     save_weights,
+    short,
     state_dict_mismatch,
+    step_of,
     torch_load,
     verify_checkpoint,
+    write_csv,
+    write_json,
 )
-from .trainer_config import TrainingDivergedError, _rng_state
+from .pretrained import sha256_file
+from .trainer_config import TrainingDivergedError, rng_state
 
 log = logging.getLogger("phasestem.learn")
 
@@ -116,7 +116,7 @@ class RunFolderMixin:
                     log.info("early stop: %s has not improved for %d epochs", key, self.bad_epochs)
                     self.stop_training = True
         if self.out_dir is not None and self.is_main:
-            _write_csv(self.out_dir / "epochs.csv", self.history)
+            write_csv(self.out_dir / "epochs.csv", self.history)
             if self._tb is not None:
                 for k, v in logs.items():
                     if k not in ("epoch", "step"):
@@ -160,7 +160,7 @@ class RunFolderMixin:
 
     def _write_model(self, folder: Path) -> list[str]:
         save_weights(self.unwrapped_model.state_dict(), folder / self._weights_name(), self.meta)
-        _write_json(folder / "meta.json", self.meta)
+        write_json(folder / "meta.json", self.meta)
         return [self._weights_name(), "meta.json"]
 
     def save_checkpoint(self, folder: str | Path | None = None) -> Path | None:
@@ -190,14 +190,14 @@ class RunFolderMixin:
             "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "global_step": self.global_step,
             "best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
             "history": json.dumps(self.history), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "rng": _rng_state(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "rng": rng_state(),
             "config": self.config.model_dump_json(),
         }
         torch.save(state, folder / "trainer_state.pt")
         names.append("trainer_state.pt")
         manifest = {"format": 1, "global_step": self.global_step, "epoch": self.epoch,
-                    "batch_in_epoch": self.batch_in_epoch, "files": {n: _sha256(folder / n) for n in names}}
-        _write_json(folder / MANIFEST, manifest)
+                    "batch_in_epoch": self.batch_in_epoch, "files": {n: sha256_file(folder / n) for n in names}}
+        write_json(folder / MANIFEST, manifest)
         return [*names, MANIFEST]
 
     def load_checkpoint(self, folder: str | Path) -> None:
@@ -216,7 +216,7 @@ class RunFolderMixin:
         weights, meta = load_weights(resolve_weights_path(folder), map_location="cpu")
         self._check_resume_meta(folder, meta)
         state = torch_load(state_path, "cpu", "trainer state (trainer_state.pt)")
-        _check_state(state_path, state)
+        check_state(state_path, state)
         if manifest is not None and int(state.get("global_step", -1)) != int(manifest["global_step"]):
             raise CheckpointError(f"{folder}: torn checkpoint: trainer_state.pt is at step {state.get('global_step')}, "
                                   f"{MANIFEST} says step {manifest['global_step']}")
@@ -236,12 +236,12 @@ class RunFolderMixin:
 
     def _check_resume_meta(self, folder: Path, meta: Mapping[str, Any]) -> None:
         for key in RESUME_MUST_MATCH:
-            old, new = get_dotted(meta, key, _MISSING), get_dotted(self.meta, key, _MISSING)
-            if old is not _MISSING and new is not _MISSING and _jsonable(old) != _jsonable(new):
-                key, old, new = _first_difference(key, _jsonable(old), _jsonable(new))
+            old, new = get_dotted(meta, key, MISSING), get_dotted(self.meta, key, MISSING)
+            if old is not MISSING and new is not MISSING and jsonable(old) != jsonable(new):
+                key, old, new = first_difference(key, jsonable(old), jsonable(new))
                 raise CheckpointError(
-                    f"{folder}: checkpoint was trained with a different {key} ({_short(old)}; this run: "
-                    f"{_short(new)}); resume with the config it was trained with, or use a new out_dir")
+                    f"{folder}: checkpoint was trained with a different {key} ({short(old)}; this run: "
+                    f"{short(new)}); resume with the config it was trained with, or use a new out_dir")
 
     def _load_model_state(self, folder: Path, weights: Mapping[str, torch.Tensor]) -> None:
         problem = state_dict_mismatch(self.unwrapped_model.state_dict(), weights)
@@ -258,7 +258,7 @@ class RunFolderMixin:
             self.scaler.load_state_dict(state["scaler"])
         except (ValueError, KeyError, RuntimeError) as exc:
             raise CheckpointError(f"{folder}: the checkpoint's optimizer state does not fit this run "
-                                  f"({_first_line(exc)}); keep trainer.optimizer and trainer.lr_scale as they "
+                                  f"({first_line(exc)}); keep trainer.optimizer and trainer.lr_scale as they "
                                   "were, or use a new out_dir") from exc
         for group, settings in zip(self.optimizer.param_groups, fresh, strict=True):
             group.update(settings)  # the config's lr, weight decay, betas … win over the checkpoint's
@@ -280,7 +280,7 @@ class RunFolderMixin:
             return
         old = loads_json(old_json, f"{folder}: trainer_state.pt config")
         new = self.config.model_dump(mode="json")
-        changed = [f"trainer.{k}: {_short(old.get(k))} → {_short(v)}" for k, v in new.items()
+        changed = [f"trainer.{k}: {short(old.get(k))} → {short(v)}" for k, v in new.items()
                    if k in old and old[k] != v]
         if changed:
             log.info("resume from %s with changed settings (this run's values are used): %s", folder,
@@ -296,8 +296,8 @@ class RunFolderMixin:
         with open(path, newline="") as fh:
             reader = csv.DictReader(fh)
             fields = list(reader.fieldnames or [])
-            rows = [r for r in reader if _step_of(r) <= self.global_step]
-        _write_csv(path, rows, fields)
+            rows = [r for r in reader if step_of(r) <= self.global_step]
+        write_csv(path, rows, fields)
 
     # ---- finiteness ---------------------------------------------------------------------
     def check_finite_weights(self, when: str = "") -> None:
