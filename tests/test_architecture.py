@@ -239,12 +239,8 @@ def private_imports(src: Path = SRC) -> set[tuple[str, str]]:
     return found
 
 
-#: module-private names still imported across modules (issue 67 asks for none): this list may only shrink
-PRIVATE_IMPORTS_LEFT = {
-    ("phasestem.learn.losses", "_b1hw"), ("phasestem.convert.ptyrad_reader", "_short"),
-    ("phasestem.io.rosetta", "_resolve_scan_shape"), ("phasestem.physics.specimen", "_kirkland_table"),
-    ("phasestem.learn.training.autoencoder", "_bin"),
-}
+#: module-private names still imported across modules (issue 67 asks for none; none left on 2026-11-28)
+PRIVATE_IMPORTS_LEFT: set[tuple[str, str]] = set()
 
 
 def test_no_new_module_private_name_is_imported_across_modules():

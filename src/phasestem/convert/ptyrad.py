@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from .ptyrad_experiment import ExperimentSections
-from .ptyrad_reader import SECTIONS, Translation, _short, is_ptyrad_params
+from .ptyrad_reader import SECTIONS, Translation, is_ptyrad_params, short_value
 
 __all__ = ["SECTIONS", "Translation", "is_ptyrad_params", "translate", "translation_yaml"]
 
@@ -271,7 +271,7 @@ class _Translator(ExperimentSections):
             e = entry(name)
             if schedule(e) is not None:
                 default = "" if name in given else " (PtyRAD's default)"
-                self.tr.untranslated.append(f"constraint_params.{name}: {_short(e)}{default}: {why}")
+                self.tr.untranslated.append(f"constraint_params.{name}: {short_value(e)}{default}: {why}")
             elif name in given:
                 self.tr.ignored.append(f"constraint_params.{name}")
         for name in given:
@@ -290,7 +290,7 @@ class _Translator(ExperimentSections):
             r["optimizer"] = "adam"
             self.tr.approximate.append(f"model_params.optimizer_params.name {name!r}: phasestem runs adam")
         if opt.get("configs"):
-            self.tr.untranslated.append(f"model_params.optimizer_params.configs: {_short(opt['configs'])}: "
+            self.tr.untranslated.append(f"model_params.optimizer_params.configs: {short_value(opt['configs'])}: "
                                         "phasestem's optimizers take their default settings")
         if opt.get("load_state"):
             self.tr.untranslated.append("model_params.optimizer_params.load_state: phasestem resumes from its own "

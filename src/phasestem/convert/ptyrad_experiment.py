@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .ptyrad_reader import PtyradReader, _short
+from .ptyrad_reader import PtyradReader, short_value
 
 #: Haider name → (Krivanek name, Krivanek / Haider magnitude)
 HAIDER = {"C1": ("C10", 1), "A1": ("C12", 1), "B2": ("C21", 3), "A2": ("C23", 1), "C3": ("C30", 1),
@@ -25,7 +25,7 @@ class ExperimentSections(PtyradReader):
             raise self.fail("init_params.probe_illum_type", f"{kind!r}: phasestem reconstructs electron data only")
         kv = self.get("init_params", "probe_kv")
         if not isinstance(kv, int | float) or kv <= 0:
-            raise self.fail("init_params.probe_kv", f"expected the acceleration voltage in kV, got {_short(kv)}")
+            raise self.fail("init_params.probe_kv", f"expected the acceleration voltage in kV, got {short_value(kv)}")
         self.energy = float(kv) * 1e3
         self.wavelength = wavelength(self.energy)  # Å
         self.out["optics"]["energy"] = self.energy
@@ -35,7 +35,8 @@ class ExperimentSections(PtyradReader):
         self.conv = conv
         ab = self.get("init_params", "probe_aberrations") or {}
         if not isinstance(ab, dict):
-            raise self.fail("init_params.probe_aberrations", f"expected a mapping of coefficients, got {_short(ab)}")
+            raise self.fail("init_params.probe_aberrations",
+                            f"expected a mapping of coefficients, got {short_value(ab)}")
         aberrations = self.aberrations(ab)
         z = self.get("init_params", "probe_z_shift")
         if z and self.get("init_params", "probe_source", "simu") == "simu":
@@ -57,7 +58,7 @@ class ExperimentSections(PtyradReader):
             try:
                 v = float(value)
             except (TypeError, ValueError):
-                raise self.fail(f"init_params.probe_aberrations.{key}", f"expected a number, got {_short(value)}"
+                raise self.fail(f"init_params.probe_aberrations.{key}", f"expected a number, got {short_value(value)}"
                                 ) from None
             key = str(key)
             if key == "defocus":
@@ -91,7 +92,8 @@ class ExperimentSections(PtyradReader):
         """optics.angular_sampling (mrad per raw detector pixel) from meas_calibration, and the final geometry."""
         npix = self.get("init_params", "meas_Npix")
         if not isinstance(npix, int) or npix < 1:
-            raise self.fail("init_params.meas_Npix", f"expected the detector's pixels per side, got {_short(npix)}")
+            raise self.fail("init_params.meas_Npix",
+                            f"expected the detector's pixels per side, got {short_value(npix)}")
         self.npix = npix
         calib = self.get("init_params", "meas_calibration", {"mode": "fitRBF"}) or {"mode": "fitRBF"}
         mode, value = calib.get("mode", "fitRBF"), calib.get("value")
@@ -106,7 +108,7 @@ class ExperimentSections(PtyradReader):
         elif mode == "fitRBF" or mode in rules:
             default = "" if self.given("init_params", "meas_calibration") else " (PtyRAD's default)"
             self.tr.untranslated.append(
-                f"init_params.meas_calibration: {_short(calib)}{default}: phasestem does not fit the pixel size "
+                f"init_params.meas_calibration: {short_value(calib)}{default}: phasestem does not fit the pixel size "
                 "from the bright-field disk: the data file's calibration is used, else give "
                 "optics.angular_sampling (mrad) or optics.sampling (Å), or measure it with phasestem calibrate")
         else:
@@ -147,7 +149,7 @@ class ExperimentSections(PtyradReader):
         if not given:
             return step
         if not isinstance(given, dict):
-            raise self.fail("init_params.pos_params", f"{_short(given)}: with pos_source simu, expected null or a "
+            raise self.fail("init_params.pos_params", f"{short_value(given)}: with pos_source simu, expected null or a "
                             "mapping (scan_step_size, N_scan_slow, N_scan_fast, dx, probe_shape)")
         for key, ours in (("N_scan_slow", 0), ("N_scan_fast", 1)):
             if given.get(key) is not None and shape is not None and int(given[key]) != shape[ours]:
@@ -167,23 +169,23 @@ class ExperimentSections(PtyradReader):
         if flip is not None and (not isinstance(flip, list | tuple) or len(flip) != 3
                                  or any(v not in (0, 1) for v in flip)):
             raise self.fail("init_params.pos_scan_flipT", f"expected [flipud, fliplr, transpose] (0 or 1), got "
-                            f"{_short(flip)}")
+                            f"{short_value(flip)}")
         numbers = isinstance(affine, list | tuple) and all(isinstance(v, int | float) for v in affine)
         if affine is not None and (not numbers or len(affine) != 4):
             raise self.fail("init_params.pos_scan_affine", f"expected [scale, asymmetry, rotation, shear] "
-                            f"(rotation and shear in degrees), got {_short(affine)}")
+                            f"(rotation and shear in degrees), got {short_value(affine)}")
         flips = None if flip is None or not any(flip) else tuple(bool(v) for v in flip)
         try:
             return scan_fields(None if affine is None else [float(v) for v in affine], flips, self.step)
         except ValueError as err:
-            raise self.fail("init_params.pos_scan_affine", f"{_short(affine)}: {err}") from None
+            raise self.fail("init_params.pos_scan_affine", f"{short_value(affine)}: {err}") from None
 
     def data(self) -> None:
         d = self.out["data"]
         src = self.get("init_params", "meas_source", "file")
         meas = self.get("init_params", "meas_params")
         if src == "custom" or not isinstance(meas, dict) or not meas.get("path"):
-            raise self.fail("init_params.meas_params", f"{_short(meas)}: phasestem reads the patterns from a "
+            raise self.fail("init_params.meas_params", f"{short_value(meas)}: phasestem reads the patterns from a "
                             "file: expected {path: FILE, key: …}")
         path = Path(str(meas["path"])).expanduser()
         d["file"] = str(path if path.is_absolute() else self.cwd / path)
@@ -193,7 +195,7 @@ class ExperimentSections(PtyradReader):
             d["reader_options"] = {"detector": "empad"}
         for extra in ("shape", "offset", "gap", "selection", "zarr_kwargs"):
             if meas.get(extra) is not None:
-                self.tr.untranslated.append(f"init_params.meas_params.{extra}: {_short(meas[extra])}: give the "
+                self.tr.untranslated.append(f"init_params.meas_params.{extra}: {short_value(meas[extra])}: give the "
                                             "reader's own option in data.reader_options (phasestem.io)")
         flip = self.get("init_params", "meas_flipT")
         if flip is not None:
@@ -257,7 +259,7 @@ class ExperimentSections(PtyradReader):
         d = self.out["data"]
         if not isinstance(crop, list) or len(crop) != 4:
             raise self.fail("init_params.meas_crop", f"expected [[slow], [fast], [ky], [kx]] ranges, got "
-                            f"{_short(crop)}")
+                            f"{short_value(crop)}")
         slow, fast, ky, kx = crop
         if slow is not None or fast is not None:
             sy, sx = self.out["scan"].get("shape", [None, None])

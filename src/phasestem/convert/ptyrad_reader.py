@@ -37,7 +37,8 @@ class Translation:
         return lines
 
 
-def _short(value: Any) -> str:
+def short_value(value: Any) -> str:
+    """A value of PtyRAD's parameter file as one short line of YAML, for a message."""
     text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
     return text if len(text) <= 70 else text[:67] + "..."
 
@@ -96,17 +97,17 @@ class PtyradReader:
             self.tr.ignored.append(f"{section}.{key}")
         elif value is not None:
             default = "" if present else " (PtyRAD's default)"
-            self.tr.untranslated.append(f"{section}.{key}: {_short(value)}{default}: {why}")
+            self.tr.untranslated.append(f"{section}.{key}: {short_value(value)}{default}: {why}")
 
     def geometry(self, field_name: str, value: Any, what: str, remedy: str) -> None:
         """A setting that changes the geometry (where the probe is, what a detector pixel means) and is not
         translated: a ConfigError naming it (``what`` it does, the ``remedy`` in phasestem's terms), or, when the
         user allowed it, one ``not translated`` line."""
         if not self.allow_untranslated:
-            raise self.fail(field_name, f"{_short(value)}: {what}: it changes the geometry and is not translated; "
+            raise self.fail(field_name, f"{short_value(value)}: {what}: it changes the geometry and is not translated; "
                             f"{remedy}, or go on without it: phasestem convert ptyrad {self.source} "
                             "--allow-untranslated --out-file FILE")
-        self.tr.untranslated.append(f"{field_name}: {_short(value)}: {what} (changes the geometry): {remedy}")
+        self.tr.untranslated.append(f"{field_name}: {short_value(value)}: {what} (changes the geometry): {remedy}")
 
     def fail(self, field_name: str, why: str):
         from ..base.errors import ConfigError

@@ -37,7 +37,7 @@ from ..detector import PixelatedDetector
 from ..physics.optics import energy_from_wavelength
 from ._common import dataset_from_reader, decode
 from .hdf5 import check_written, open_file
-from .rosetta import _resolve_scan_shape
+from .rosetta import resolve_scan_shape
 
 log = logging.getLogger("phasestem.io")
 
@@ -125,7 +125,7 @@ def read(path: str | Path, allow_external_links: bool = False, **options) -> Fou
             file_scan = (int(ntrigger), int(nimages))
 
     order = str(options.get("scan_order", "C")).upper()
-    patterns, scan_shape, source = _resolve_scan_shape(frames, path, options.get("scan_shape"), file_scan, order)
+    patterns, scan_shape, source = resolve_scan_shape(frames, path, options.get("scan_shape"), file_scan, order)
     options = {k: v for k, v in options.items() if k not in ("scan_shape", "scan_order")}
 
     mask = _scalar(spec, "pixel_mask") if spec is not None else None

@@ -297,7 +297,7 @@ def _pick_signal(signals, path: Path) -> Mapping:
     return max(ok, key=lambda s: (len(s["axes"]), int(np.prod(np.shape(s["data"])))))
 
 
-def _resolve_scan_shape(data, path: Path, given, from_file, order: str):
+def resolve_scan_shape(data, path: Path, given, from_file, order: str):
     """(Sy, Sx, H, W) dask/ndarray from 3D or 4D data, checking the user's ``scan_shape`` against the file."""
     given = None if given is None else (int(given[0]), int(given[1]))
     check_not_empty(tuple(int(s) for s in data.shape), path)
@@ -382,7 +382,7 @@ def read(path: str | Path, plugin: str | None = None, reader_options: Mapping[st
     camera_length = _positive(get_dotted(md, "Acquisition_instrument.TEM.camera_length"))
 
     order = str(options.get("scan_order", "C")).upper()
-    data, scan_shape, scan_source = _resolve_scan_shape(data, path, options.get("scan_shape"), file_scan, order)
+    data, scan_shape, scan_source = resolve_scan_shape(data, path, options.get("scan_shape"), file_scan, order)
     options = {k: v for k, v in options.items() if k not in ("scan_shape", "scan_order")}
     missing = [k for k in ("energy", "scan_step", "angular_sampling") if k not in found]
     if scan_source != "file":

@@ -40,7 +40,8 @@ _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _b1hw(x: torch.Tensor) -> torch.Tensor:
+def as_b1hw(x: torch.Tensor) -> torch.Tensor:
+    """Images (B, H, W) or (B, 1, H, W) as (B, 1, H, W) in floating point."""
     x = x[:, None] if x.ndim == 3 else x
     return x.float()
 
@@ -64,7 +65,7 @@ class CharbonnierLoss(nn.Module):
 
 def laplacian(x: torch.Tensor) -> torch.Tensor:
     """5-point Laplacian [[0,1,0],[1,−4,1],[0,1,0]] of (B, 1, H, W) → (B, 1, H−2, W−2) (valid, no padding)."""
-    x = _b1hw(x)
+    x = as_b1hw(x)
     k = _LAPLACIAN.to(x.device, x.dtype)[None, None]
     with torch.autocast(device_type=x.device.type, enabled=False):
         return F.conv2d(x, k)
@@ -89,7 +90,7 @@ class MSSSIMLoss(nn.Module):
         self.data_range, self.win_size = data_range, win_size
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        p, t = _b1hw(pred), _b1hw(target)
+        p, t = as_b1hw(pred), as_b1hw(target)
         if min(p.shape[-2:]) > 32:
             s = metrics.ms_ssim(p, t, data_range=self.data_range, win_size=self.win_size)
         else:
@@ -178,7 +179,7 @@ class PerceptualLoss(nn.Module):
         return feats
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        p, t = _b1hw(pred), _b1hw(target)
+        p, t = as_b1hw(pred), as_b1hw(target)
         lo = t.detach().amin(dim=(-2, -1), keepdim=True)
         rng = (t.detach().amax(dim=(-2, -1), keepdim=True) - lo).clamp_min(1e-6)
         p, t = (p - lo) / rng, (t - lo) / rng

@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from .specimen import _kirkland_table, amorphous, column_mask, fill_cell
+from .specimen import amorphous, column_mask, fill_cell, kirkland_table
 
 #: the keys of ``atoms.info`` the functions here (and vacancies) write, each a plain array an HDF5 attribute can hold
 DEFECT_KEYS = ("vacancies", "substitutions", "substitution_numbers", "substitution_heavier", "adatoms",
@@ -134,7 +134,7 @@ def _random_plane(rng: np.random.Generator, extent) -> np.ndarray:
 def _substitute_number(z_column: np.ndarray, step: int, heavier: bool) -> int | None:
     """The new atomic number: ``step`` above the column's heaviest atom or below its lightest (None: out of range)."""
     z = int(z_column.max()) + step if heavier else int(z_column.min()) - step
-    return z if 1 <= z <= min(MAX_SUBSTITUTE_Z, len(_kirkland_table())) else None
+    return z if 1 <= z <= min(MAX_SUBSTITUTE_Z, len(kirkland_table())) else None
 
 
 def substitute_columns(atoms, per_nm2: float, rng: np.random.Generator, z_step: tuple[int, int] = (3, 20),

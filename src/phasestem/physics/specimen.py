@@ -31,7 +31,7 @@ A0_E = 0.529177210903 * 14.39964547842567
 
 
 @functools.lru_cache(maxsize=1)
-def _kirkland_table() -> dict[str, np.ndarray]:
+def kirkland_table() -> dict[str, np.ndarray]:
     """Element symbol → Kirkland coefficients (4, 3), from the package data file."""
     doc = json.loads((files("phasestem") / "data" / "kirkland.json").read_text(encoding="utf-8"))
     return {k: np.asarray(v, dtype=np.float64) for k, v in doc["elements"].items()}
@@ -42,7 +42,7 @@ def kirkland_parameters(element: int | str) -> np.ndarray:
     from ase.data import chemical_symbols
 
     symbol = chemical_symbols[element] if isinstance(element, int | np.integer) else str(element)
-    table = _kirkland_table()
+    table = kirkland_table()
     if symbol not in table:
         raise ValueError(f"element '{symbol}' has no Kirkland parameters")
     return table[symbol]

@@ -30,7 +30,7 @@ from ..backbones import count_parameters
 from ..meta import normalize_meta, require_kind
 from ..nets.autoencoder import Autoencoder, scale_patterns
 from ..trainer import load_weights, resolve_device
-from ..training.autoencoder import _bin, build_autoencoder
+from ..training.autoencoder import bin_patterns, build_autoencoder
 
 __all__ = ["load_autoencoder", "embed_patterns", "embed_scan", "write_latent_maps", "embed_file",
            "autoencoder_report", "show"]
@@ -62,7 +62,7 @@ def embed_patterns(model: Autoencoder, patterns: np.ndarray | torch.Tensor, meta
     it = range(0, n, batch_size)
     for s in tqdm(it, desc="embed", disable=not progress, leave=False):
         chunk = np.asarray(patterns[s:s + batch_size], dtype=np.float32)
-        chunk = _bin(chunk, int(pre.get("bin", 1)))
+        chunk = bin_patterns(chunk, int(pre.get("bin", 1)))
         x = scale_patterns(torch.from_numpy(chunk), pre.get("scaling", "log"), pre.get("log_floor", 1e-3))
         out[s:s + len(chunk)] = model.embed(x[:, None].to(dev)).float().cpu().numpy()
     return out
@@ -160,7 +160,7 @@ def autoencoder_report(model: Autoencoder, patterns: np.ndarray, meta: dict[str,
     and a comparison figure (input, reconstruction, difference) for ``n_show`` patterns."""
     pre = _preprocess(meta)
     dev = next(model.parameters()).device
-    pats = _bin(np.asarray(patterns, np.float32), int(pre.get("bin", 1)))
+    pats = bin_patterns(np.asarray(patterns, np.float32), int(pre.get("bin", 1)))
     x = scale_patterns(torch.from_numpy(pats), pre.get("scaling", "log"), pre.get("log_floor", 1e-3))[:, None]
     recs = []
     for s in range(0, len(x), 128):

@@ -36,7 +36,7 @@ from torch import nn
 
 from ...base.configfile import ConfigPath, StrictModel
 from ...base.errors import ConfigError, ShapeError
-from ..losses import COMPONENTS, CharbonnierLoss, GradientLoss, MSSSIMLoss, PerceptualLoss, WeightedLoss, _b1hw
+from ..losses import COMPONENTS, CharbonnierLoss, GradientLoss, MSSSIMLoss, PerceptualLoss, WeightedLoss, as_b1hw
 
 log = logging.getLogger("phasestem.learn.losses")
 
@@ -320,7 +320,7 @@ class PhaseformerLoss(nn.Module):
         return {c: self.terms[c](pred, target) for c in self.components}
 
     def forward(self, out_l: torch.Tensor, out_h: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        target = _b1hw(target)
+        target = as_b1hw(target)
         target_h = F.interpolate(target, scale_factor=2, mode="bilinear", align_corners=False)
         parts_l, parts_h = self.branch(out_l, target), self.branch(out_h, target_h)
         loss_l = self.weight_l(*parts_l.values())

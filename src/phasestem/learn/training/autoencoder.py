@@ -34,7 +34,8 @@ __all__ = ["load_patterns", "PatternSet", "build_autoencoder", "build_autoencode
 
 
 # ------------------------------------------------------------------------------------- data
-def _bin(p: np.ndarray, f: int) -> np.ndarray:
+def bin_patterns(p: np.ndarray, f: int) -> np.ndarray:
+    """Patterns (..., H, W) averaged over ``f`` × ``f`` pixel bins (edge pixels that fill no bin dropped)."""
     if f == 1:
         return p
     h, w = (p.shape[-2] // f) * f, (p.shape[-1] // f) * f
@@ -74,7 +75,7 @@ def load_patterns(files: list[str], patterns_key: str | None = None, per_scan: i
             arr = arr.reshape(-1, *arr.shape[-2:])
             if per_scan is not None and per_scan < len(arr):
                 arr = arr[np.sort(rng.choice(len(arr), per_scan, replace=False))]
-            arr = _bin(arr, bin)
+            arr = bin_patterns(arr, bin)
             if shape is not None and arr.shape[1:] != shape:
                 raise ShapeError(f"{name}: pattern shape {arr.shape[1:]} differs from {shape} of earlier files")
             shape = arr.shape[1:]
