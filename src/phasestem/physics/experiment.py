@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -27,8 +27,12 @@ from ..base.errors import ConfigError, ShapeError
 from ..detector import detector_response
 from . import optics
 from .operator import ForwardModel
+from .optics import BandLimitAction
 from .resample import BAND_LIMITED, resample_image
 from .upsampling import choose_upsampling, finer_probe, padded_spectrum
+
+#: the probe aperture's edge: soft, hard, or the edge measured from the data's mean pattern (physics.aperture)
+ApertureEdge = Literal["soft", "hard", "measured"]
 
 
 @dataclass(frozen=True)
@@ -47,8 +51,8 @@ class ExperimentOptions:
     mode_power: float = 0.02
     object_padding: int | None = None
     antialias: bool = False
-    on_band_limit: str = "warn"
-    aperture_edge: str = "soft"
+    on_band_limit: BandLimitAction = "warn"
+    aperture_edge: ApertureEdge = "soft"
     oversampling: int = 1
     upsampling: int | str = 1
     detector_blur: float = 0.0
@@ -66,8 +70,8 @@ def _oversampling(value, name: str = "oversampling") -> int:
 
 
 def nominal_probe(dataset, window: tuple[int, int], n_probe_modes: int = 1, probe=None,
-                  source_size: float | None = None, mode_power: float = 0.02, on_band_limit: str = "warn",
-                  aperture_edge: str = "soft", upsampling: int = 1) -> torch.Tensor:
+                  source_size: float | None = None, mode_power: float = 0.02, on_band_limit: BandLimitAction = "warn",
+                  aperture_edge: ApertureEdge = "soft", upsampling: int = 1) -> torch.Tensor:
     """Probe modes (M, ny, nx) complex64, Σ|ψ|² = 1, on a ``window`` at the dataset's real-space sampling divided
     by ``upsampling``.
 

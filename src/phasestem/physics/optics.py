@@ -34,10 +34,14 @@ import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 from ..base.lazy import LazyModule
 
 torch = LazyModule("torch")  # imported on first use: the constants and wavelength() need no torch (a light CLI)
+
+#: what a probe beyond the grid's anti-aliased band does: refuse, warn, or pass silently
+BandLimitAction = Literal["raise", "warn", "ignore"]
 
 # CODATA 2018
 _H = 6.62607015e-34  # J s
@@ -232,7 +236,8 @@ def aperture(shape, sampling, energy: float, semiangle: float, soft: bool = True
     return torch.clamp((semiangle - alpha) / dalpha + 0.5, 0.0, 1.0).float()
 
 
-def check_band_limit(semiangle: float, shape, sampling, energy: float, on_violation: str = "raise") -> None:
+def check_band_limit(semiangle: float, shape, sampling, energy: float, on_violation: BandLimitAction = "raise"
+                     ) -> None:
     """Refuse (or warn about) a probe semi-angle beyond the anti-aliased band limit."""
     limit = band_limit_mrad(sampling, energy)
     if semiangle <= limit + 1e-9:
@@ -253,7 +258,7 @@ def check_band_limit(semiangle: float, shape, sampling, energy: float, on_violat
 
 def probe_spectrum(
     shape, sampling, energy: float, semiangle: float, aberrations=None, soft: bool = True, device=None,
-    on_band_limit: str = "raise", amplitude: torch.Tensor | None = None,
+    on_band_limit: BandLimitAction = "raise", amplitude: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Probe in reciprocal space, complex64 (ny, nx), fftfreq order, centred at window pixel (ny//2, nx//2).
 
@@ -280,7 +285,7 @@ def probe_spectrum(
 
 def make_probe(
     shape: tuple[int, int], sampling: tuple[float, float], energy: float, semiangle: float,
-    aberrations=None, soft: bool = True, device=None, on_band_limit: str = "raise",
+    aberrations=None, soft: bool = True, device=None, on_band_limit: BandLimitAction = "raise",
     amplitude: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Real-space probe, complex64 (ny, nx), centre at pixel (ny//2, nx//2), Σ|ψ|² = 1 (``amplitude``:

@@ -27,6 +27,7 @@ epoch) gets its own compiled specialisation or its own graph, so no padding chan
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 import torch
 
@@ -37,6 +38,8 @@ from .optimizers import all_reduce_grads
 from .precondition import ScanCurvature, precondition_gradients
 
 COMPILE_MODES = ("auto", "none", "compile", "cuda_graph")
+#: how a batch step runs once ``run.compile`` is resolved (:func:`resolve_compile`)
+StepMode = Literal["none", "compile", "cuda_graph"]
 #: captures tried before cuda_graph gives up. On one H100, 2 of about 40 runs of the GPU equality tests (each captures
 #: several graphs) had a capture invalidated ("operation failed due to a previous error during capture"), with the
 #: same code and data passing in the other runs; cause not found
@@ -92,7 +95,7 @@ class BatchStep:
     calls :meth:`gradients` from its closure)."""
 
     def __init__(self, model, losses: LossConfig, optimizer: str, precondition_reg: float, world: int,
-                 mode: str = "none", fallback: bool = False):
+                 mode: StepMode = "none", fallback: bool = False):
         check_compile(mode, model.device, optimizer, world)
         self.model, self.losses, self.optimizer, self.mode = model, losses, optimizer, mode
         self.fallback = fallback  # run.compile auto: a graph that cannot be captured leaves the step eager

@@ -42,6 +42,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import numpy as np
 import torch
@@ -201,7 +202,8 @@ def unsupported_fraction(change: np.ndarray, threshold: float = SIGNIFICANT) -> 
     return float((np.abs(change[finite]) > threshold).mean()) if finite.any() else 0.0
 
 
-def run_uncertainty(model, dataset, mode: str = "auto", noise_sigma: float | None = None, rerun=None) -> str:
+def run_uncertainty(model, dataset, mode: Literal["auto", "fisher", "off"] = "auto", noise_sigma: float | None = None,
+                    rerun=None) -> str:
     """``run.uncertainty`` at the end of a run: sets ``model.uncertainty`` (Poisson when ``dataset``'s patterns are
     counts by :func:`phasestem.io.counts.counts_decision`, the run's own decision where it made one; Gaussian with
     ``noise_sigma``) and returns the run log's line, or why it was not computed. ``auto`` with ``rerun(dataset) ->

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..physics.optics import make_probe, probe_radius
+from ..physics.optics import BandLimitAction, make_probe, probe_radius
 
 
 @dataclass
@@ -55,7 +55,7 @@ def encircled_diameter(intensity: np.ndarray, sampling: float, fraction: float) 
 
 def illuminated_extent(energy: float, semiangle: float, aberrations: dict | None, sampling: float = 100 / 512,
                        window: int = 512, block: int = 14, step: float = 2.0, threshold: float = 0.05,
-                       pixels_per_angstrom: float = 2.56, on_band_limit: str = "raise",
+                       pixels_per_angstrom: float = 2.56, on_band_limit: BandLimitAction = "raise",
                        fraction: float | None = None) -> Extent:
     """Side (px at ``pixels_per_angstrom``) of the square holding every pixel above ``threshold`` × the
     maximum probe intensity, over a ``block`` × ``block`` raster at ``step`` Å; with ``fraction``, of the square
