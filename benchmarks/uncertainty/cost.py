@@ -38,6 +38,7 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
+    from phasestem.base.safety import atomic_file
     from phasestem.recon.uncertainty import run_uncertainty
 
     torch.set_num_threads(args.threads)
@@ -53,10 +54,8 @@ def main() -> None:
         clean /= clean.sum((-2, -1), keepdims=True).mean()
         counts = np.random.default_rng(0).poisson(clean * 1e4)
         del clean
-        args.cache.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(cached.name + ".tmp.npz")
-        np.savez(tmp, counts=counts.astype(np.uint16), **case)
-        os.replace(tmp, cached)
+        with atomic_file(cached, field="--cache") as tmp, open(tmp, "wb") as f:
+            np.savez(f, counts=counts.astype(np.uint16), **case)
         patterns = counts.astype(np.float32)
         del counts
         print(f"simulated {args.scan}² positions in {time.perf_counter() - t0:.0f} s", flush=True)

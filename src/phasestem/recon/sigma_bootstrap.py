@@ -84,12 +84,7 @@ class BootstrapScale:
         block represents (the scan's edges, the unlit surround) keep σ growing as their information falls; better
         lit ones spread as the regularised block does (on the development case of three slices at 10³ e⁻ the Fisher
         shape below the block's range as well read the worst pair 91.6 % within 2 σ against 92.2 %)."""
-        sigma = np.asarray(fisher_sigma, np.float64)
-        if self.exponent == 1.0:
-            return self.factor * sigma
-        with np.errstate(divide="ignore", invalid="ignore"):
-            inside = np.minimum(sigma, self.measured)
-            return (self.factor * self.reference * (inside / self.reference) ** self.exponent) * (sigma / inside)
+        return self.factor * power_shape(fisher_sigma, self.exponent, self.reference, self.measured)
 
     def describe(self) -> str:
         """The run log's words for it."""
@@ -211,12 +206,22 @@ def bootstrap_scale(model, dataset, rerun: Callable, sigma_of: Callable, data_to
     var = stack.var(0, ddof=1)
     sigma = np.mean(sigmas, axis=0)
     exponent, reference = shape_exponent(var[inner], sigma[inner])
-    shaped = reference * (sigma[inner] / reference) ** exponent
-    factor = math.sqrt(float(np.mean(var[inner] / shaped**2)))
+    factor = math.sqrt(float(np.mean(var[inner] / power_shape(sigma[inner], exponent, reference) ** 2)))
     measured = float(np.quantile(sigma[inner], MEASURED_TOP))
     return BootstrapScale(factor, (rows.stop - rows.start, cols.stop - cols.start), realisations, int(epochs),
                           int(inner.sum()), time.perf_counter() - t0, refined, chi2, alpha, exponent, reference,
                           measured)
+
+
+def power_shape(fisher_sigma: np.ndarray, exponent: float, reference: float, top: float = math.inf) -> np.ndarray:
+    """The σ map's shape from a Fisher σ map (any shape, rad): σ_ref (σ_F / σ_ref)^p up to σ_F = ``top``, growing
+    as σ_F above it (p = 1: σ_F itself; inf stays inf)."""
+    sigma = np.asarray(fisher_sigma, np.float64)
+    if exponent == 1.0:
+        return sigma
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inside = np.minimum(sigma, top)
+        return reference * (inside / reference) ** exponent * (sigma / inside)
 
 
 def shape_exponent(variance: np.ndarray, sigma: np.ndarray, bins: int = SHAPE_BINS) -> tuple[float, float]:

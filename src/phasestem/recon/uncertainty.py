@@ -85,13 +85,11 @@ class PhaseUncertainty:
     bootstrapped: bool = False
     shape_exponent: float = 1.0
 
-    def scaled(self, factor: float, note: str, seconds: float, sigma_sum: np.ndarray | None = None,
-               exponent: float = 1.0) -> PhaseUncertainty:
-        """The same maps × ``factor`` (κ), ``note`` saying how it was measured, ``seconds`` more spent; or, with
-        ``sigma_sum`` (the summed phase's new σ map: the bootstrap's power ``exponent`` of the Fisher σ), each
-        slice's map × the same per-pixel ratio."""
-        if sigma_sum is None:
-            sigma_sum = self.sigma_sum * factor
+    def scaled(self, sigma_sum: np.ndarray, factor: float, exponent: float, note: str, seconds: float
+               ) -> PhaseUncertainty:
+        """The maps with ``sigma_sum`` (the summed phase's new σ map: κ = ``factor`` times the power ``exponent``
+        of the Fisher σ) and each slice's map × the same per-pixel ratio; ``note`` saying how it was measured,
+        ``seconds`` more spent."""
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = np.where(np.isfinite(self.sigma_sum), sigma_sum / self.sigma_sum, factor)
         return replace(self, sigma=self.sigma * ratio, sigma_sum=np.asarray(sigma_sum, np.float64),
@@ -101,8 +99,7 @@ class PhaseUncertainty:
     @property
     def fisher_sigma_sum(self) -> np.ndarray:
         """The summed phase's σ from the Fisher information alone (Ny, Nx) rad, before any bootstrap scale."""
-        with np.errstate(divide="ignore"):
-            return np.sqrt(self.band_fraction / self.fisher) * math.sqrt(self.sigma.shape[0])
+        return fisher_sigma(self.band_fraction, self.fisher) * math.sqrt(self.sigma.shape[0])
 
     @property
     def leaves_out(self) -> str:
@@ -148,6 +145,13 @@ def fisher_diagonal(model, counts: float, noise_sigma: float | None = None) -> t
     return 2.0 * float(counts) ** 2 * lit / (pixels * float(noise_sigma) ** 2)
 
 
+def fisher_sigma(band_fraction: float, fisher: np.ndarray) -> np.ndarray:
+    """One slice pixel's phase σ (rad) from its Fisher information ``fisher`` (rad⁻²) spread over the transferred
+    band's share ``band_fraction`` of the frequencies: √(b / F), inf where nothing lights the pixel."""
+    with np.errstate(divide="ignore"):
+        return np.sqrt(band_fraction / np.asarray(fisher, np.float64))
+
+
 def phase_uncertainty(model, counts: float, noise_sigma: float | None = None) -> PhaseUncertainty:
     """σ maps of ``model``'s phase (:class:`PhaseUncertainty`) under Poisson counts (``counts`` per pattern, the
     mean total count) or Gaussian noise of ``noise_sigma`` counts per detector pixel."""
@@ -158,8 +162,7 @@ def phase_uncertainty(model, counts: float, noise_sigma: float | None = None) ->
     t0 = time.perf_counter()
     fisher = fisher_diagonal(model, counts, noise_sigma).double().cpu()
     band = transferred_band(model.get_probe())
-    with np.errstate(divide="ignore"):
-        per_slice = np.sqrt(band / fisher.numpy())  # inf where nothing lights the pixel
+    per_slice = fisher_sigma(band, fisher.numpy())
     S = model.n_slices
     sigma = np.broadcast_to(per_slice, (S, *per_slice.shape)).copy()
     sigma_sum = per_slice * math.sqrt(S)
@@ -249,7 +252,7 @@ def _bootstrap_scaled(model, dataset, rerun, noise_sigma: float | None) -> Phase
         recon_log.setLevel(level)
     if result is None:
         return replace(u, scale_note=why, seconds=u.seconds + time.perf_counter() - t0)
-    return u.scaled(result.factor, result.describe(), result.seconds, result.shape(u.sigma_sum), result.exponent)
+    return u.scaled(result.shape(u.sigma_sum), result.factor, result.exponent, result.describe(), result.seconds)
 
 
 def _sigma_of(noise_sigma: float | None):
