@@ -202,3 +202,51 @@ def test_a_schedule_that_cannot_converge_is_one_line():
 
     with pytest.raises(ConfigError, match="decay"):  # before the model file is read
         prior_hook("no-such-model.safetensors", decay=2.0)
+
+
+def test_with_a_twin_the_target_is_made_from_plain_ad_after_the_same_epoch(case, caplog):
+    """A :class:`TwinRun` (plain AD of the same recipe from the same start): the target function is given the twin's
+    model after the run's epoch, never the steered one; the twin's phase is exactly a plain run's of that many
+    epochs; it logs nothing of its own and ends with the run."""
+    from phasestem.recon.twin import TwinRun
+
+    ds, truth, _ = case
+    params = ad_recipe(6)
+    torch.manual_seed(0)
+    model = build_model(params, ds)
+    torch.manual_seed(0)
+    shadow = build_model(params, ds)
+    twin = TwinRun(shadow, optimize_with_options(shadow, ds, 6, **optimizer_options(params)))
+    given = []
+
+    def target(m):
+        given.append((m is shadow, int(m.epoch), m.obj_phase.detach().clone()))
+        return m.phase_in_dataset_frame(truth.shape)
+
+    prior = RefreshedPrior(target, every=EVERY, weight=WEIGHT, start=START, twin=twin)
+    with caplog.at_level(logging.INFO, logger="phasestem.recon"):
+        for _ in optimize_with_options(model, ds, 6, prior=prior, **optimizer_options(params)):
+            pass
+    assert [(is_twin, epoch) for is_twin, epoch, _ in given] == [(True, 2), (True, 4), (True, 6)]
+    assert len([m for m in caplog.messages if m.startswith("epoch ")]) == 6  # the run's six lines, none of the twin's
+    assert twin.done and shadow.epoch == 6
+    torch.manual_seed(0)
+    plain = build_model(params, ds)
+    epochs = optimize_with_options(plain, ds, 6, **optimizer_options(params))  # its decay spans 6 epochs too
+    for _ in range(4):
+        next(epochs)
+    epochs.close()
+    assert torch.allclose(given[1][2], plain.obj_phase.detach(), atol=1e-6)  # the twin after epoch 4 is plain AD's
+    assert not torch.allclose(model.obj_phase.detach(), shadow.obj_phase.detach(), atol=1e-3)  # the run was pulled
+
+
+def test_without_counting_noise_the_data_loss_does_not_judge_the_pull(caplog):
+    """Noise-free data (no Poisson term): a true phase raises the data loss of an imperfect model, so the pull is
+    neither stopped nor rewound by it: the run ends on its last epoch and says why."""
+    ds, truth, _ = numpy_scan(3, 32, 0.25, (14, 14), 0.75, 60.0, 0.15)
+    with caplog.at_level(logging.INFO, logger="phasestem.recon"):
+        model, rec = _run(ds, truth, lambda m: truth, 8)
+    assert model.epoch == 8 and torch.equal(model.obj_phase.detach(), rec.phases[8])
+    assert [r["prior_active"] for r in model.loss_history] == [0.0] + [1.0] * 7
+    assert "without counting noise the data loss measures the model's own misfit" in caplog.text
+    assert model.prior_returned.startswith("epoch 8, the last")

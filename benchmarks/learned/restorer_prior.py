@@ -6,11 +6,14 @@
 
 Each sample (and counted copy, drawn as ``make-pairs --inputs-from ad`` draws it, so the same data as the pairs
 files) is reconstructed with ``phasestem reconstruct``'s defaults (:func:`phasestem.learn.hybrid.ad_recipe`, the
-same recipe as the pairs) and the prior attached (:func:`phasestem.learn.hybrid.restorer_prior`); scored at the
-run's last epoch (a fixed epoch, never the truth-picked best): E_φ over the scanned field after alignment
-(``train_restorer.aligned_error``) of AD + prior's phase (``prior``) and of its restoration (``prior_restored``),
-and the wall seconds of the whole run (the restorer's refreshes included). The candidate with the lowest mean
-``prior`` E_φ over the development half (every dose) is the one run on the validation half.
+same recipe as the pairs) and the prior attached (:func:`phasestem.learn.hybrid.restorer_prior`, restoring a
+plain-AD twin's phase as ``reconstruct --prior`` does; ``--no-twin``: the steered phase); scored on the state the run
+returns (never the truth-picked best): E_φ over the scanned field after alignment (``train_restorer.aligned_error``)
+of AD + prior's phase (``prior``) and of its restoration (``prior_restored``), the wall seconds of the whole run (the
+twin's epochs and the restorer's refreshes included), and every epoch's E_φ (``curve``, scored outside the timed
+run; ``final_over_best``: the returned state's E_φ ÷ the best epoch's). The candidate with the lowest mean ``prior``
+E_φ over the development half (every dose) is the one run on the validation half; ``--defaults-only`` runs
+``reconstruct --prior``'s defaults on both halves (issue 68's acceptance run).
 """
 from __future__ import annotations
 
@@ -28,7 +31,8 @@ sys.path.insert(0, str(HERE))
 from layouts import write_json  # noqa: E402
 from train_restorer import aligned_error, parse_electrons  # noqa: E402
 
-#: (every, weight, start) candidates of the development half (each costs a run per sample and dose: few)
+#: (every, weight, start) candidates of the development half (each costs a run per sample and dose: few); the first
+#: is ``reconstruct --prior``'s defaults (its decay and patience are the defaults of :mod:`phasestem.recon.prior_stop`)
 CANDIDATES = [(2, 0.5, 2), (2, 2.0, 2)]
 
 
@@ -46,31 +50,50 @@ def samples(path: Path, electrons: list[float | None]):
 
 
 def run_prior(net, ds, truth: np.ndarray, truth_sampling, every: int, weight: float, start: int,
-              device: str = "cpu") -> dict:
-    """AD + prior of one dataset, scored at its last epoch (module docstring)."""
+              device: str = "cpu", curve_every: int = 1, twin: bool = True) -> dict:
+    """AD + prior of one dataset, scored on the state the run returns (``prior``; ``returned_epoch``, and why,
+    where the prior rewound it) and, every ``curve_every`` epochs (0: never), on each epoch's phase (``curve``;
+    ``best_epoch_error``, ``final_over_best``: the returned state's E_φ over the best epoch's; the scoring is
+    outside ``seconds``). ``twin``: the network restores a plain-AD twin's phase, as ``reconstruct --prior`` does
+    (:class:`phasestem.recon.twin.TwinRun`; False: the steered phase itself, as before issue 68)."""
     from phasestem.learn.ad_pairs import truth_on_ad_grid
     from phasestem.learn.hybrid import ad_recipe_model, restorer_prior
     from phasestem.learn.restore import restore_channels
     from phasestem.recon.channels import restorer_channels
     from phasestem.recon.engine import optimize_with_options
     from phasestem.recon.params import optimizer_options
+    from phasestem.recon.twin import TwinRun
 
     params, model = ad_recipe_model(ds, None, device)
-    prior = restorer_prior(net, ds, every=every, weight=weight, start=start)
-    t = time.perf_counter()
+    shadow = None
+    if twin:
+        _, plain = ad_recipe_model(ds, None, device)
+        shadow = TwinRun(plain, optimize_with_options(plain, ds, params.run.n_epochs, **optimizer_options(params)))
+    prior = restorer_prior(net, ds, every=every, weight=weight, start=start, twin=shadow)
+    sampling = tuple(float(s) for s in model.sampling)
+    curve, gt, seconds, t = {}, None, 0.0, time.perf_counter()
     for _ in optimize_with_options(model, ds, params.run.n_epochs, prior=prior, **optimizer_options(params)):
-        pass
-    seconds = time.perf_counter() - t
-    ch = restorer_channels(model, ds)
-    gt = truth_on_ad_grid(truth, truth_sampling, tuple(float(s) for s in model.sampling), ch["phase"].shape)
+        seconds += time.perf_counter() - t
+        if curve_every and (model.epoch % curve_every == 0):  # scored outside the timed run
+            ch = restorer_channels(model, ds)
+            gt = truth_on_ad_grid(truth, truth_sampling, sampling, ch["phase"].shape) if gt is None else gt
+            curve[str(int(model.epoch))] = aligned_error(ch["phase"], gt, ch["field"])
+        t = time.perf_counter()
+    ch = restorer_channels(model, ds)  # the state the run returns (the prior may have rewound it)
+    gt = truth_on_ad_grid(truth, truth_sampling, sampling, ch["phase"].shape) if gt is None else gt
     restored = restore_channels(net, ch)
-    return {"prior": aligned_error(ch["phase"], gt, ch["field"]),
-            "prior_restored": aligned_error(restored, gt, ch["field"]), "seconds": seconds,
-            "epochs": int(params.run.n_epochs)}
+    final = aligned_error(ch["phase"], gt, ch["field"])
+    out = {"prior": final, "prior_restored": aligned_error(restored, gt, ch["field"]), "seconds": seconds,
+           "epochs": int(params.run.n_epochs), "returned_epoch": int(model.epoch),
+           "returned_why": str(getattr(model, "prior_returned", "") or "")}
+    if curve:
+        best = min(curve.values())
+        out |= {"curve": curve, "best_epoch_error": best, "final_over_best": final / best}
+    return out
 
 
 def study(model: str, dev: Path, val: Path, electrons: list[float | None], device: str = "cpu",
-          candidates=CANDIDATES, out: Path | None = None) -> dict:
+          candidates=CANDIDATES, out: Path | None = None, twin: bool = True) -> dict:
     """Every candidate on the development half, the chosen one on the validation half (resumes from ``out``)."""
     from phasestem.learn.restore import load_restorer
 
@@ -82,7 +105,7 @@ def study(model: str, dev: Path, val: Path, electrons: list[float | None], devic
         rows = result["dev"].setdefault(key, {})
         for name, ds, truth, ts in samples(dev, electrons):
             if name not in rows:
-                rows[name] = run_prior(net, ds, truth, ts, every, weight, start, device)
+                rows[name] = run_prior(net, ds, truth, ts, every, weight, start, device, twin=twin)
                 print(key, name, rows[name], flush=True)
                 if out is not None:
                     write_json(out, result)
@@ -93,7 +116,7 @@ def study(model: str, dev: Path, val: Path, electrons: list[float | None], devic
     rows = result["val"].setdefault(chosen, {})
     for name, ds, truth, ts in samples(val, electrons):
         if name not in rows:
-            rows[name] = run_prior(net, ds, truth, ts, int(every), weight, int(start), device)
+            rows[name] = run_prior(net, ds, truth, ts, int(every), weight, int(start), device, twin=twin)
             print("val", chosen, name, rows[name], flush=True)
             if out is not None:
                 write_json(out, result)
@@ -107,9 +130,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val", type=Path, required=True)
     p.add_argument("--electrons", nargs="+", type=parse_electrons, default=[None, 1e4])
     p.add_argument("--device", default="cpu")
+    p.add_argument("--defaults-only", action="store_true",
+                   help="run reconstruct --prior's defaults only (the acceptance run: no choice on the "
+                        "development half)")
+    p.add_argument("--no-twin", action="store_true",
+                   help="restore the steered phase itself (the prior before issue 68's twin), not a plain-AD twin's")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
-    write_json(args.out, study(args.model, args.dev, args.val, args.electrons, args.device, out=args.out))
+    write_json(args.out, study(args.model, args.dev, args.val, args.electrons, args.device,
+                                   candidates=CANDIDATES[:1] if args.defaults_only else CANDIDATES, out=args.out,
+                                   twin=not args.no_twin))
     return 0
 
 

@@ -29,7 +29,7 @@ from ..physics.resample import BAND_LIMITED, resample_image
 from ..recon import Ptychography
 
 __all__ = ["ad_phase", "ad_recipe", "ad_recipe_model", "ad_recipe_snapshots", "restorer_prior", "prior_hook",
-           "restore_results", "run_files", "guard_run"]
+           "restore_results", "run_files", "guard_run", "fitted_guard_run"]
 
 
 def ad_phase(dataset, truth_shape: tuple[int, int], truth_sampling: tuple[float, float], epochs: int = 4,
@@ -98,16 +98,18 @@ def ad_recipe_snapshots(dataset, snapshots: tuple[int, ...] = (2, 4, 8), n_epoch
 
 
 def restorer_prior(net, dataset, every: int = 2, weight: float = 0.5, start: int = 2, name: str = "a restorer",
-                   decay: float | None = None, patience: int | None = None):
+                   decay: float | None = None, patience: int | None = None, twin=None):
     """A :class:`~phasestem.recon.prior.RefreshedPrior` whose target is ``net``'s restoration of the model's
     phase (channels of :func:`phasestem.recon.channels.restorer_channels`) inside the scanned field and the phase
     itself outside it (no pull where the restorer was never trained); ``name`` goes to the run's log; ``decay``
-    and ``patience`` (None: :mod:`phasestem.recon.prior_stop`'s defaults): the weight's factor per refresh and the
-    rises of the data term that stop the pull. An engine callback: ``model.LSQ_optimize(…, prior=…)`` or
+    and ``patience`` (None: :mod:`phasestem.recon.prior_stop`'s defaults, no decay with a ``twin``): the weight's
+    factor per refresh and the rises of the data term that stop the pull; ``twin``: a
+    :class:`~phasestem.recon.twin.TwinRun` of the run's recipe whose phase the network restores (the phase it
+    was trained on; None: the steered phase itself). An engine callback: ``model.LSQ_optimize(…, prior=…)`` or
     ``callbacks=[…]``."""
     from ..recon.channels import restorer_channels
     from ..recon.prior import RefreshedPrior
-    from ..recon.prior_stop import DEFAULT_DECAY, DEFAULT_PATIENCE
+    from ..recon.prior_stop import DEFAULT_PATIENCE
     from .apply.phase import check_finite_phase, check_finite_prediction
     from .restore import restore_channels
 
@@ -119,30 +121,30 @@ def restorer_prior(net, dataset, every: int = 2, weight: float = 0.5, start: int
         return np.where(channels["field"] > 0, restored, channels["phase"])
 
     return RefreshedPrior(target, every=every, weight=weight, start=start, name=name,
-                          decay=DEFAULT_DECAY if decay is None else decay,
-                          patience=DEFAULT_PATIENCE if patience is None else patience)
+                          decay=decay,
+                          patience=DEFAULT_PATIENCE if patience is None else patience, twin=twin)
 
 
 def prior_hook(model_path, every: int = 2, weight: float = 0.5, start: int = 2, decay: float | None = None,
                patience: int | None = None):
-    """``hook(model, dataset)`` for :func:`phasestem.recon.run.run_reconstruction`'s ``callback_hooks``: the
+    """``hook(model, dataset, twin)`` for :func:`phasestem.recon.run.run_reconstruction`'s ``callback_hooks``: the
     restorer ``model_path`` (read now: a corrupted file is refused before the run) checked against the run's optics
     (:func:`phasestem.learn.restore.check_geometry`, as ``restore`` checks them), then returned as the run's
     :func:`restorer_prior` (``decay``, ``patience``: its pull's schedule, checked now), on the run model's device."""
-    from ..recon.prior_stop import DEFAULT_DECAY, DEFAULT_PATIENCE, check_schedule
+    from ..recon.prior_stop import DEFAULT_PATIENCE, check_schedule, default_decay
     from ..recon.results import optics_record
     from .restore import check_geometry, load_restorer
 
-    decay = DEFAULT_DECAY if decay is None else decay
     patience = DEFAULT_PATIENCE if patience is None else patience
-    check_schedule(decay, patience)  # one line before the model is read
+    check_schedule(default_decay(decay, twin=True), patience)  # one line before the model is read
     net, meta = load_restorer(model_path, device="cpu")
 
-    def hook(model, dataset):
+    def hook(model, dataset, twin=None):
         geometry = getattr(model, "optics_record", None) or optics_record(dataset, model.sampling)
         check_geometry(meta, geometry, str(model_path), "the data")
         return restorer_prior(net.to(model.device), dataset, every=every, weight=weight, start=start,
-                              name=f"restorer {model_path}", decay=decay, patience=patience)
+                              name=f"restorer {model_path}", decay=decay, patience=patience,
+                              twin=None if twin is None else twin())
 
     return hook
 
@@ -195,10 +197,8 @@ def guard_run(results_path, data_file=None, device: str = "cpu"):
     import yaml
 
     from ..base.errors import InputFileError
-    from ..io.counts import counts_decision, counts_per_pattern
     from ..recon.params import build_dataset, build_model, parse_params
     from ..recon.results import keep_recorded_upsampling, load_fitted_state, load_results
-    from .data_guard import GuardRun
 
     r = load_results(results_path)
     config = r["attrs"].get("config")
@@ -222,9 +222,20 @@ def guard_run(results_path, data_file=None, device: str = "cpu"):
     params = parse_params(recorded, f"{results_path}: attrs config")
     keep_recorded_upsampling(params, r)
     dataset = build_dataset(params, warn=False)
-    decision = counts_decision(dataset)
     model = build_model(params, dataset).to(device)
     load_fitted_state(model, r, Path(results_path))
+    return fitted_guard_run(model, dataset, str(source))
+
+
+def fitted_guard_run(model, dataset, source: str):
+    """The :class:`phasestem.learn.data_guard.GuardRun` of a fitted ``model`` (its object, probe, positions as they
+    are now) and the ``dataset`` it was fitted to (patterns as the run read them; ``source`` names them in the guard's
+    lines), with the run's counts rule (:mod:`phasestem.io.counts`): what :func:`guard_run` rebuilds from a results
+    file, or a run still in memory (a benchmark's)."""
+    from ..io.counts import counts_decision, counts_per_pattern
+    from .data_guard import GuardRun
+
+    decision = counts_decision(dataset)
     patterns = torch.fft.ifftshift(dataset.get_patterns(), dim=(-2, -1))
     total = float(patterns.sum((-2, -1)).mean())
     patterns = patterns / total
@@ -240,10 +251,10 @@ def guard_run(results_path, data_file=None, device: str = "cpu"):
                 model.obj_phase.copy_(original)
 
     probe = model.get_probe().detach().cpu()
-    origin = np.asarray(r["attrs"]["origin"], np.float64)
-    sampling = tuple(float(s) for s in r["attrs"]["sampling"])
+    sampling = tuple(float(s) for s in model.sampling)
+    origin = np.asarray(model.origin, np.float64)
     return GuardRun(forward, lambda index: patterns[index.cpu()],
                     counts_per_pattern(dataset, total) if decision.counted else None, decision.line(),
-                    (np.asarray(r["positions"], np.float64) + origin) / np.asarray(sampling),
+                    model.positions.detach().cpu().numpy().astype(np.float64) / np.asarray(sampling),
                     (probe.abs() ** 2).sum(0).numpy(), tuple(model.object_shape),
-                    (round(origin[0] / sampling[0]), round(origin[1] / sampling[1])), sampling, str(source))
+                    (round(origin[0] / sampling[0]), round(origin[1] / sampling[1])), sampling, source)

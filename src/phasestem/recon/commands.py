@@ -106,7 +106,8 @@ def _add_prior_arguments(p) -> None:
                    help="first epoch after which the prior acts (default 2)")
     g.add_argument("--prior-decay", type=float, default=None, metavar="GAMMA",
                    help="the pull's weight is multiplied by GAMMA at every refresh, λ·GAMMA^n, so the pull converges "
-                   "(default 0.9; 1: no decay)")
+                   "(default 1: no decay, the network restoring a plain-AD twin of the run whose target converges "
+                   "with it; 0.9 was the default when it restored the steered phase)")
     g.add_argument("--prior-patience", type=int, default=None, metavar="N",
                    help="stop the pull for good once the data loss (the held-out loss with run.holdout) lies more "
                    "than 2 %% above its lowest N epochs in a row (default 2; 0: never). Either way the run returns its "

@@ -33,14 +33,15 @@ import torch
 from ..base.errors import ConfigError
 from .callbacks import Callback
 from .prior_stop import (
-    DEFAULT_DECAY,
     DEFAULT_PATIENCE,
     TOLERANCE,
     PullStop,
     after_stop,
     check_schedule,
+    data_can_judge,
     data_term,
     decayed_weight,
+    default_decay,
     finish,
     resumed_line,
     uses_heldout,
@@ -86,21 +87,28 @@ class RefreshedPrior(Callback):
     ``target_fn(model) -> (H, W)`` phase (rad) in the dataset frame at the object pixel (what
     :meth:`~phasestem.recon.model.Ptychography.phase_in_dataset_frame` gives) is called after epoch ``start`` and
     then every ``every`` epochs; from ``start`` on, every epoch is pulled towards the latest target with weight
-    λ·``decay``^n after the n-th refresh (λ = ``weight``), until the data term has risen (above its lowest by more
-    than ``tolerance``) ``patience`` epochs in a row (0: never stops); at the end the run returns the epoch with the
-    lowest data term from ``start`` on when the last lies more than ``tolerance`` above it. The
+    λ·``decay``^n after the n-th refresh (λ = ``weight``; ``decay`` None: 1 with a twin, 0.9 without), until the
+    data term has risen (above its lowest by more than ``tolerance``) ``patience`` epochs in a row (0: never stops);
+    at the end the run returns the epoch with the lowest data term from ``start`` on when the last lies more than
+    ``tolerance`` above it; both only where the data term can judge a pull (counted data or held-out positions:
+    :func:`~phasestem.recon.prior_stop.data_can_judge`). The
     engine only sees a callback: the callable (e.g. a restoring network, built in :mod:`phasestem.learn.hybrid`)
     stays outside recon. Records ``prior_weight`` (the weight applied after the epoch), ``prior_active`` (1: pulled),
     ``prior_refreshed`` and ``prior_target_change`` (rad, RMS change of the target at a refresh, its mean matched:
     the fixed-point test); the first refresh and the end are logged (``phasestem.recon``) with ``name``, what the
-    target is; ``returned`` holds the note on the epoch the run returned (None before the end)."""
+    target is; ``returned`` holds the note on the epoch the run returned (None before the end). ``twin``: a
+    :class:`~phasestem.recon.twin.TwinRun` (plain AD of the run's recipe): ``target_fn`` is then given the twin's
+    model after the same epoch, never the steered one (a network trained on AD's epochs sees only those), and the
+    twin ends with the run."""
 
     def __init__(self, target_fn, every: int = 2, weight: float = 0.1, start: int = 2, name: str = "a callable",
-                 decay: float = DEFAULT_DECAY, patience: int = DEFAULT_PATIENCE, tolerance: float = TOLERANCE):
+                 decay: float | None = None, patience: int = DEFAULT_PATIENCE, tolerance: float = TOLERANCE,
+                 twin=None):
         if int(every) < 1 or int(start) < 0:
             raise ConfigError(f"prior: every must be ≥ 1 and start ≥ 0, got every {every}, start {start}")
         if not np.isfinite(weight) or weight < 0:
             raise ConfigError(f"prior weight must be a finite number ≥ 0, got {weight}")
+        decay = default_decay(decay, twin is not None)
         check_schedule(decay, patience)
         self.target_fn, self.every, self.weight, self.start = target_fn, int(every), float(weight), int(start)
         self.decay = float(decay)
@@ -109,6 +117,7 @@ class RefreshedPrior(Callback):
         self.stop = PullStop(self.start, int(patience), tolerance)
         self.target_change: float | None = None
         self.returned: str | None = None
+        self.twin = twin
 
     def weight_at(self, epoch: int) -> float:
         """The pull's weight after ``epoch``: 0 before the start and once the pull stopped, else λ·γ^n."""
@@ -127,7 +136,7 @@ class RefreshedPrior(Callback):
         epoch, heldout = int(record["epoch"]), uses_heldout(loop)
         if not self.stop.replayed and (last := self.stop.replay(model.loss_history[:-1], loop.losses, heldout)):
             logging.getLogger("phasestem.recon").info("%s", resumed_line(self.stop, last, self.weight_at(last)))
-        if not heldout and epoch >= self.start:  # this epoch's data loss judges the state it started from
+        if not heldout and epoch >= self.start and data_can_judge(loop):  # its data loss judges where it started
             value = data_term(record, loop.losses, heldout=False)
             self.stop.offer(epoch - 1, value, loop.snapshot)
             if self.stop.observe(epoch, value):  # a stop acts at once: no pull after this epoch
@@ -140,6 +149,8 @@ class RefreshedPrior(Callback):
                               pulled=True)
 
     def on_end(self, loop) -> None:
+        if self.twin is not None:
+            self.twin.close()
         if self.weight:
             ran = int(loop.epoch)
             last = ran if self.stop.off_from is None else min(ran, self.stop.off_from - 1)
@@ -170,7 +181,8 @@ class RefreshedPrior(Callback):
     def refresh(self, model, weight: float) -> None:
         """A new target from ``target_fn``; ``target_change``: its RMS change (rad, means matched) from the last."""
         old = None if self.prior is None else self.prior.prior
-        self.prior = PhasePrior(model, self.target_fn(model), None, weight)
+        source = model if self.twin is None else self.twin.advance_to(int(model.epoch))
+        self.prior = PhasePrior(model, self.target_fn(source), None, weight)
         new = self.prior.prior
         if old is not None and old.shape == new.shape:
             diff = (new - old) * model.n_slices

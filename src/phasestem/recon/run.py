@@ -81,9 +81,10 @@ def run_reconstruction(params: ReconstructParams, resume: bool = False, sources:
     ``dataset`` (what :func:`~phasestem.recon.params.build_dataset` returns for ``params``) and ``start_phase``
     (the image of ``model.initial_phase``) hand what the caller already holds to a run in this one process
     (``--auto``): the data file and the start image are then not read again. Processes of their own build them.
-    ``callback_hooks``: functions ``hook(model, dataset)`` → an engine callback (:mod:`phasestem.recon.callbacks`),
-    called once the model is built (and resumed), before the epochs, e.g. the learned prior of ``reconstruct
-    --prior``; not with ``run.n_processes`` > 1.
+    ``callback_hooks``: functions ``hook(model, dataset, twin)`` → an engine callback
+    (:mod:`phasestem.recon.callbacks`), called once the model is built (and resumed), before the epochs, e.g. the
+    learned prior of ``reconstruct --prior``; ``twin()`` gives a :class:`~phasestem.recon.twin.TwinRun`, plain AD of
+    the same recipe beside the run (:func:`_twin`); not with ``run.n_processes`` > 1.
 
     Under ``torchrun`` (RANK, WORLD_SIZE, LOCAL_RANK in the environment) this process joins the process group
     itself (nccl on CUDA, gloo on CPU) and ``run.n_processes`` is ignored; ``run.n_processes`` > 1 otherwise
@@ -140,6 +141,19 @@ def _recipe(params: ReconstructParams, losses, start_phase, device, n_epochs: in
             pass
         return model
     return rerun
+
+
+def _twin(params: ReconstructParams, losses, start_phase, device, dataset):
+    """Plain AD of the run's recipe (its parameters, data terms and constraints, from the same start) on ``dataset`` to
+    ``run.n_epochs``, on this process alone, without progress bar, checkpoints or files, as a
+    :class:`~phasestem.recon.twin.TwinRun` that a learned prior advances beside the run."""
+    from .engine import optimize
+    from .twin import TwinRun
+
+    model = build_model(params, dataset, start_phase).to(device)
+    run = params.run.model_copy(update={"progress": False})
+    return TwinRun(model, optimize(model, dataset, params.run.n_epochs, run, losses, params.constraints,
+                                   distributed=False))
 
 
 def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = None, dataset=None, start_phase=None,
@@ -202,7 +216,8 @@ def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = Non
         with logging_to(log_path) if main else contextlib.nullcontext():  # the run log says where it continued
             log.info("resumed from %s after epoch %d", ckpt, model.epoch)
         _keep_configured_schedules(model, wanted)
-    callbacks = [hook(model, dataset) for hook in callback_hooks]
+    callbacks = [hook(model, dataset, lambda: _twin(params, from_data[0], start_phase, device, dataset))
+                 for hook in callback_hooks]
     remaining = params.run.n_epochs - model.epoch
     if main and not resume and params.run.check_optics and params.model.initial_phase is None:
         _check_optics(params, dataset, optimizer_options(params))

@@ -201,7 +201,7 @@ def _start_hook(fitted, fixed: bool, seen: dict):
     ``fixed``, holds both at the fitted model's values."""
     from .callbacks import Callback
 
-    def hook(model, dataset):
+    def hook(model, dataset, twin=None):  # (no learned prior here: the twin is not used)
         if fixed:
             with torch.no_grad():
                 model.probe.copy_(fitted.probe.to(model.device))
