@@ -38,11 +38,11 @@ from .prior_stop import (
     PullStop,
     after_stop,
     check_schedule,
-    data_can_judge,
     data_term,
     decayed_weight,
     default_decay,
     finish,
+    judging_tolerance,
     resumed_line,
     uses_heldout,
 )
@@ -90,8 +90,8 @@ class RefreshedPrior(Callback):
     λ·``decay``^n after the n-th refresh (λ = ``weight``; ``decay`` None: 1 with a twin, 0.9 without), until the
     data term has risen (above its lowest by more than ``tolerance``) ``patience`` epochs in a row (0: never stops);
     at the end the run returns the epoch with the lowest data term from ``start`` on when the last lies more than
-    ``tolerance`` above it; both only where the data term can judge a pull (counted data or held-out positions:
-    :func:`~phasestem.recon.prior_stop.data_can_judge`). The
+    ``tolerance`` above it (at least :data:`~phasestem.recon.prior_stop.MISFIT_TOLERANCE` on data without counting
+    noise: :func:`~phasestem.recon.prior_stop.judging_tolerance`). The
     engine only sees a callback: the callable (e.g. a restoring network, built in :mod:`phasestem.learn.hybrid`)
     stays outside recon. Records ``prior_weight`` (the weight applied after the epoch), ``prior_active`` (1: pulled),
     ``prior_refreshed`` and ``prior_target_change`` (rad, RMS change of the target at a refresh, its mean matched:
@@ -114,6 +114,7 @@ class RefreshedPrior(Callback):
         self.decay = float(decay)
         self.prior: PhasePrior | None = None
         self.name = name
+        self.tolerance = float(tolerance)
         self.stop = PullStop(self.start, int(patience), tolerance)
         self.target_change: float | None = None
         self.returned: str | None = None
@@ -126,6 +127,7 @@ class RefreshedPrior(Callback):
         return decayed_weight(self.weight, self.decay, self.every, self.start, epoch)
 
     def on_start(self, loop) -> None:
+        self.stop.tolerance = judging_tolerance(loop, self.tolerance)
         self.stop.replayed = False  # the history is read at this call's first epoch (after a resume's restore)
         self.returned = None
 
@@ -136,7 +138,7 @@ class RefreshedPrior(Callback):
         epoch, heldout = int(record["epoch"]), uses_heldout(loop)
         if not self.stop.replayed and (last := self.stop.replay(model.loss_history[:-1], loop.losses, heldout)):
             logging.getLogger("phasestem.recon").info("%s", resumed_line(self.stop, last, self.weight_at(last)))
-        if not heldout and epoch >= self.start and data_can_judge(loop):  # its data loss judges where it started
+        if not heldout and epoch >= self.start:  # this epoch's data loss judges the state it started from
             value = data_term(record, loop.losses, heldout=False)
             self.stop.offer(epoch - 1, value, loop.snapshot)
             if self.stop.observe(epoch, value):  # a stop acts at once: no pull after this epoch

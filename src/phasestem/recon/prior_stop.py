@@ -60,6 +60,13 @@ DEFAULT_PATIENCE = 2
 #: relative margin above the lowest data term since the prior's start that counts as a rise (and that the last
 #: epoch may lie above the lowest before the run is rewound)
 TOLERANCE = 0.02
+#: the margin of a rise on data without counting noise (noise-free simulations, intensities): their data term's floor
+#: is the forward model's misfit, which a truth-like phase raises as well. On abTEM crystals at the seed geometry
+#: (noise-free, restore-seed-fine restoring a plain-AD twin, λ 0.5) the pulled run's data loss lies up to 7 % above the
+#: twin's after 20 epochs while its E_φ falls 0.34 → 0.15–0.19, and three invented 0.6 rad columns move it by no
+#: more; on exact-model scans (``benchmarks/learned/prior_harmful.py``, noise-free) a harmful target raises it by
+#: far more (the engine's own back-off fires at 1.5 ×)
+MISFIT_TOLERANCE = 0.25
 #: the loss-history column that marks, in the record of a kept epoch, the later epoch that stopped the pull
 STOP_KEY = "prior_stopped_at"
 
@@ -153,12 +160,13 @@ class PullStop:
         return int(history[-1]["epoch"]) if earlier or marked else None
 
 
-def data_can_judge(loop) -> bool:
-    """Whether the data term can judge a pull: counted data (a Poisson term) or held-out positions. Without counting
-    noise its floor is the forward model's own misfit, which a true phase raises as well (abTEM crystals at the seed
-    geometry: the truth's residual 1.5–1.6 × AD's, ``benchmarks/learned/README.md``), so its rises say nothing of
-    the pull's worth."""
-    return loop.losses.poisson > 0 or uses_heldout(loop)
+def judging_tolerance(loop, tolerance: float = TOLERANCE) -> float:
+    """The margin above the lowest data term that counts as a rise in this run: ``tolerance`` where the data's floor
+    is their noise (counted data, or held-out positions), else at least :data:`MISFIT_TOLERANCE` (the floor is the
+    forward model's own misfit, which a truth-like phase raises too)."""
+    if loop.losses.poisson > 0 or uses_heldout(loop):
+        return float(tolerance)
+    return max(float(tolerance), MISFIT_TOLERANCE)
 
 
 def fits_noise(loop) -> bool:
@@ -219,11 +227,6 @@ def finish(loop, stop: PullStop, weights: tuple[float, float], target_change: fl
     final = f"final weight {weights[0]:g}" + (f" (the last pull's {weights[1]:g})" if weights[0] != weights[1] else "")
     ended = not heldout and loop.stop and stop.stopped_at == ran
     tail = f"{pull_ending(stop, 'held-out loss' if heldout else 'data loss', ended)}; {final}{change}"
-    if not data_can_judge(loop):
-        note = (f"epoch {ran}, the last: without counting noise the data loss measures the model's own misfit, which a "
-                "true phase raises too, so it cannot judge the pull (nothing rewound)")
-        log.info("learned prior: the run ends on %s; %s", note, tail)
-        return note
     if heldout:
         note = f"epoch {model.epoch} of {ran}, chosen by the held-out stop (lowest held-out loss)"
         log.info("learned prior: the run returns %s; %s", note, tail)
