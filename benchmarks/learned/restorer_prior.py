@@ -103,14 +103,15 @@ def study(model: str, dev: Path, val: Path, electrons: list[float | None], devic
     for every, weight, start in candidates:
         key = f"every={every} weight={weight:g} start={start}"
         rows = result["dev"].setdefault(key, {})
-        for name, ds, truth, ts in samples(dev, electrons):
+        for name, ds, truth, ts in samples(dev, electrons) if dev is not None else ():
             if name not in rows:
                 rows[name] = run_prior(net, ds, truth, ts, every, weight, start, device, twin=twin)
                 print(key, name, rows[name], flush=True)
                 if out is not None:
                     write_json(out, result)
-    means = {k: float(np.mean([r["prior"] for r in rows.values()])) for k, rows in result["dev"].items()}
-    chosen = min(means, key=means.get)
+    means = {k: float(np.mean([r["prior"] for r in rows.values()])) for k, rows in result["dev"].items() if rows}
+    chosen = min(means, key=means.get) if means else f"every={candidates[0][0]} weight={candidates[0][1]:g} " \
+        f"start={candidates[0][2]}"
     every, weight, start = (float(v.split("=")[1]) for v in chosen.split())
     result["chosen"], result["dev_means"] = chosen, means
     rows = result["val"].setdefault(chosen, {})
@@ -126,7 +127,8 @@ def study(model: str, dev: Path, val: Path, electrons: list[float | None], devic
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="restorer: a run folder, a model file or a shipped name")
-    p.add_argument("--dev", type=Path, required=True)
+    p.add_argument("--dev", type=Path, help="the development half (none: the first candidate runs on the validation "
+                   "half alone)")
     p.add_argument("--val", type=Path, required=True)
     p.add_argument("--electrons", nargs="+", type=parse_electrons, default=[None, 1e4])
     p.add_argument("--device", default="cpu")

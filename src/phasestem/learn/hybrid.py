@@ -97,11 +97,12 @@ def ad_recipe_snapshots(dataset, snapshots: tuple[int, ...] = (2, 4, 8), n_epoch
     return out, model
 
 
-def restorer_prior(net, dataset, every: int = 2, weight: float = 0.5, start: int = 2, name: str = "a restorer",
-                   decay: float | None = None, patience: int | None = None, twin=None):
+def restorer_prior(net, dataset, every: int = 2, weight: float | None = None, start: int = 2,
+                   name: str = "a restorer", decay: float | None = None, patience: int | None = None, twin=None):
     """A :class:`~phasestem.recon.prior.RefreshedPrior` whose target is ``net``'s restoration of the model's
     phase (channels of :func:`phasestem.recon.channels.restorer_channels`) inside the scanned field and the phase
-    itself outside it (no pull where the restorer was never trained); ``name`` goes to the run's log; ``decay``
+    itself outside it (no pull where the restorer was never trained), pulled with ``weight`` (None:
+    :data:`~phasestem.recon.prior_stop.DEFAULT_WEIGHT`); ``name`` goes to the run's log; ``decay``
     and ``patience`` (None: :mod:`phasestem.recon.prior_stop`'s defaults, no decay with a ``twin``): the weight's
     factor per refresh and the rises of the data term that stop the pull; ``twin``: a
     :class:`~phasestem.recon.twin.TwinRun` of the run's recipe whose phase the network restores (the phase it
@@ -109,7 +110,7 @@ def restorer_prior(net, dataset, every: int = 2, weight: float = 0.5, start: int
     ``callbacks=[…]``."""
     from ..recon.channels import restorer_channels
     from ..recon.prior import RefreshedPrior
-    from ..recon.prior_stop import DEFAULT_PATIENCE
+    from ..recon.prior_stop import DEFAULT_PATIENCE, DEFAULT_WEIGHT
     from .apply.phase import check_finite_phase, check_finite_prediction
     from .restore import restore_channels
 
@@ -120,12 +121,12 @@ def restorer_prior(net, dataset, every: int = 2, weight: float = 0.5, start: int
         check_finite_prediction(restored, name, f"the reconstruction after epoch {model.epoch}")
         return np.where(channels["field"] > 0, restored, channels["phase"])
 
-    return RefreshedPrior(target, every=every, weight=weight, start=start, name=name,
-                          decay=decay,
-                          patience=DEFAULT_PATIENCE if patience is None else patience, twin=twin)
+    return RefreshedPrior(target, every=every, weight=DEFAULT_WEIGHT if weight is None else weight, start=start,
+                          name=name, decay=decay, patience=DEFAULT_PATIENCE if patience is None else patience,
+                          twin=twin)
 
 
-def prior_hook(model_path, every: int = 2, weight: float = 0.5, start: int = 2, decay: float | None = None,
+def prior_hook(model_path, every: int = 2, weight: float | None = None, start: int = 2, decay: float | None = None,
                patience: int | None = None):
     """``hook(model, dataset, twin)`` for :func:`phasestem.recon.run.run_reconstruction`'s ``callback_hooks``: the
     restorer ``model_path`` (read now: a corrupted file is refused before the run) checked against the run's optics

@@ -98,9 +98,9 @@ def _add_prior_arguments(p) -> None:
     g = p.add_argument_group("a learned prior inside AD (--prior)")
     g.add_argument("--prior", metavar="MODEL", help="a restorer (phasestem train restorer: file, run folder or "
                    "shipped name) whose restoration of the current phase becomes the target of a proximal pull")
-    g.add_argument("--prior-weight", type=float, default=0.5, metavar="LAMBDA",
+    g.add_argument("--prior-weight", type=float, default=None, metavar="LAMBDA",
                    help="pull strength λ: φ ← (φ + λ·target) / (1 + λ) after every epoch (default 0.5: chosen with "
-                   "restore-seed on held-out data, benchmarks/learned/README.md)")
+                   "restore-seed-fine on held-out abTEM data, benchmarks/learned/README.md)")
     g.add_argument("--prior-every", type=int, default=2, metavar="K", help="restore every K epochs (default 2)")
     g.add_argument("--prior-start", type=int, default=2, metavar="EPOCH",
                    help="first epoch after which the prior acts (default 2)")

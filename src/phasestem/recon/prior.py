@@ -18,10 +18,11 @@ the prior is good. From the truth low-passed to E_φ 0.15, λ = 0.5 takes AD to 
 flat start (0.89 × without the pull); from the tiny End2End's predictions (E_φ 0.62–0.71) λ = 0.1, the
 development half's choice, gave 0.221 on the validation half against 0.217 without it.
 
-A learned target refreshed during the run (:class:`RefreshedPrior`) may ask for what the data do not support: its
-pull then converges (a weight that decays per refresh, a pull that stops once the data term rises ``patience``
-epochs in a row) and the run ends on its epoch with the lowest data term from the prior's start, never a
-truth-picked one (:mod:`phasestem.recon.prior_stop`).
+A learned target refreshed during the run (:class:`RefreshedPrior`) is the network's restoration of a plain-AD twin
+of the run (:mod:`phasestem.recon.twin`: the phase the network was trained on, never the steered one); it may ask
+for what the data do not support: its pull then stops once the data term rises ``patience`` epochs in a row (a
+target made from the steered phase also decays its weight per refresh) and the run ends on its epoch with the lowest
+data term from the prior's start, never a truth-picked one (:mod:`phasestem.recon.prior_stop`).
 """
 from __future__ import annotations
 

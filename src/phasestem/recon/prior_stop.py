@@ -5,12 +5,17 @@ A restorer refreshed inside AD (:class:`~phasestem.recon.prior.RefreshedPrior`) 
 structure the data do not support; the data term then rises while the pull goes on. The rules, from the data
 alone (never a truth):
 
-* the weight decays: λ_n = λ·γ^n after the n-th refresh (n = (epoch − start) // every; γ = ``decay``, default
-  :data:`DEFAULT_DECAY`), so Σλ_n = λ / (1 − γ) is finite and the iteration settles where the data put it;
+* the target is the network's restoration of a plain-AD twin of the run (:class:`~phasestem.recon.twin.TwinRun`,
+  ``reconstruct --prior``), what the network was trained on: it converges as the twin's AD converges, and the
+  weight is held (:data:`TWIN_DECAY`). A target made from the steered phase itself (no twin) moves with the pull,
+  so there the weight decays: λ_n = λ·γ^n after the n-th refresh (n = (epoch − start) // every; γ = ``decay``,
+  default :data:`DEFAULT_DECAY`), Σλ_n = λ / (1 − γ) is finite and the iteration settles where the data put it;
 * the pull stops for good once the data term has risen ``patience`` epochs in a row (default
   :data:`DEFAULT_PATIENCE`): an epoch counts as risen when its data term lies more than :data:`TOLERANCE` above the
   lowest since the prior's start (the epoch-to-epoch wobble of a plain run is ≈ 1 %; a good target, even the truth,
-  moves the data loss of noisy data by less, a harmful one by 3–50 %: ``benchmarks/learned/prior_harmful.py``);
+  moves the data loss of noisy data by less, a harmful one by 3–50 %: ``benchmarks/learned/prior_harmful.py``); on
+  data without counting noise the margin is :data:`MISFIT_TOLERANCE` (:func:`judging_tolerance`: there the data
+  term's floor is the model's misfit, which a truth-like phase raises too);
 * the state after epoch e is judged by the data term of epoch e + 1, which started from it. When the pull stops
   and the lowest so far is a state the prior pulled, a low-dose run (counted, ≤ 3e4 counts per pattern: where AD
   fits the noise, the rule of ``run.holdout: auto``) ends there: AD alone would go on from a state the data found
@@ -50,6 +55,12 @@ log = logging.getLogger("phasestem.recon")
 #: seeds): 0.8 ends a truth-pulled run at 1.5 × the E_φ of 0.9, and lets a harmful pull the data cannot see (the
 #: negated phase) end at 1.48–1.52 × the run's best epoch instead of 1.64–1.82 ×
 DEFAULT_DECAY = 0.9
+#: λ of a learned prior's pull (``reconstruct --prior``'s ``--prior-weight``), the network restoring a plain-AD twin.
+#: λ 2 ended lower on the abTEM development half with restore-seed-fine (first samples: E_φ 0.125 / 0.118 / 0.137
+#: noise-free against 0.153 / 0.192 / 0.194) but pulls noise-free data more than MISFIT_TOLERANCE from their fit, so
+#: the data term stops it (a validation crystal: stopped at epoch 19, the run back at AD's first epoch, 0.348);
+#: λ 0.5 moves the data term by at most 7 %
+DEFAULT_WEIGHT = 0.5
 #: the weight's factor per refresh when the network restores a plain-AD twin's phase
 #: (:class:`~phasestem.recon.twin.TwinRun`): no decay. Its target converges as the twin's AD does, so the pull needs
 #: no shrinking weight to settle; on the abTEM development half (restore-seed-fine, noise-free) λ held at 0.5 ended
