@@ -107,7 +107,7 @@ def _crafted(results: Path) -> dict:
 
 @pytest.mark.parametrize("kind", ["noise-free", "counted"])
 def test_a_filled_vacancy_is_flagged_and_intact_columns_moved_toward_the_data_are_not(runs, kind):
-    from phasestem.learn.data_guard import data_guard
+    from phasestem.learn.data_guard import data_guard, guard_line
     from phasestem.learn.hybrid import guard_run
 
     case = _crafted(runs[kind])
@@ -115,6 +115,8 @@ def test_a_filled_vacancy_is_flagged_and_intact_columns_moved_toward_the_data_ar
     assert ("Poisson deviance" in (g := data_guard(run, case["restored"], case["ad"], case["field"])).noise) == (
         kind == "counted")
     assert "floor = AD's own rms amplitude residual" in g.noise or kind == "counted"
+    assert g.counted == (kind == "counted")  # the printed line warns where the floor is AD's residual
+    assert ("trust it on counted data" in guard_line(g, "out.h5")) == (kind == "noise-free")
     # the sites it found: the vacancy is among them, flagged, and nothing else is
     nearest = np.hypot(*(g.sites - case["vacancy"]).T)
     assert nearest.min() <= 1.5 and g.flagged[np.argmin(nearest)] and g.statistic[np.argmin(nearest)] > 5

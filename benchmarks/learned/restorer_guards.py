@@ -224,8 +224,9 @@ def table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def guard_arguments(p: argparse.ArgumentParser, steps: bool = True) -> None:
+    """The arguments of the guard benchmarks on abTEM specimens made from the held-out halves' structures (this one,
+    ``vacancy_sites.py``, ``wrong_geometry_guard.py``); ``steps``: with ``--steps build score``."""
     p.add_argument("--heldout", type=Path, required=True, help="train_restorer.py's OUT/heldout")
     p.add_argument("--sim-config", type=Path, required=True)
     p.add_argument("--heldout-extent", type=float, default=None)
@@ -233,7 +234,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--electrons", nargs="+", type=parse_electrons, default=[None, 1e4])
     p.add_argument("--phonons", type=int, default=4)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--steps", nargs="+", choices=("build", "score"), default=["build", "score"])
+    if steps:
+        p.add_argument("--steps", nargs="+", choices=("build", "score"), default=["build", "score"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    guard_arguments(p)
     args = p.parse_args(argv)
     from phasestem.learn.restore import load_restorer
 

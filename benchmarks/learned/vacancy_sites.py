@@ -32,9 +32,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from layouts import log_seconds, write_json  # noqa: E402
-from restorer_guards import SITE_DISK, VACANCY_RADIUS, column_peaks  # noqa: E402
+from restorer_guards import SITE_DISK, VACANCY_RADIUS, column_peaks, guard_arguments  # noqa: E402
 from scaling import Budget  # noqa: E402
-from train_restorer import ABTEM_SEED, heldout_config, pairs_steps, parse_electrons, run_steps  # noqa: E402
+from train_restorer import ABTEM_SEED, heldout_config, pairs_steps, run_steps  # noqa: E402
 
 #: the sites keep this fraction of the cell from its edges (the scanned field covers its middle)
 INSIDE = 0.25
@@ -174,17 +174,10 @@ def table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--heldout", type=Path, required=True, help="train_restorer.py's OUT/heldout")
-    p.add_argument("--sim-config", type=Path, required=True)
-    p.add_argument("--heldout-extent", type=float, default=None)
+    guard_arguments(p)
     p.add_argument("--samples", nargs="+", type=int, default=[0, 2, 5],
                    help="validation samples to hold the vacancies (default: a crystal, wurtzite, 2H-MoS2)")
     p.add_argument("--sites", type=int, default=3, help="columns removed per specimen")
-    p.add_argument("--model", required=True, help="restorer: a run folder, a model file or a shipped name")
-    p.add_argument("--electrons", nargs="+", type=parse_electrons, default=[None, 1e4])
-    p.add_argument("--phonons", type=int, default=4)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--steps", nargs="+", choices=("build", "score"), default=["build", "score"])
     args = p.parse_args(argv)
     from phasestem.learn.restore import load_restorer
 

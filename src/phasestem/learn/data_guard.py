@@ -88,7 +88,8 @@ class DataGuardResult:
     pixels of the tested sites, ``statistic`` (M,) their z (the restored disk against its opposite state),
     ``change_z`` (M,) z of the restored disk against AD's, ``opposite`` (M,) int8 the opposite state (0: AD's disk,
     1: the disk emptied), ``flagged`` (M,) bool; ``threshold``, ``chance`` (the share of supported features chance
-    flags), ``noise`` (the misfit and its floor in words), ``positions`` (the patterns compared)."""
+    flags), ``noise`` (the misfit and its floor in words), ``positions`` (the patterns compared), ``counted``: whether
+    the misfit was the counts' (else the floor is AD's own residual, and :func:`guard_line` says what that means)."""
 
     support: np.ndarray
     sites: np.ndarray
@@ -100,6 +101,7 @@ class DataGuardResult:
     chance: float
     noise: str
     positions: int
+    counted: bool = True
 
 
 def chance_flagged(threshold: float) -> float:
@@ -321,7 +323,8 @@ def data_guard(run: GuardRun, restored: np.ndarray, ad_phase: np.ndarray, field:
              "restored vs AD over all %d patterns: excess misfit %.4g", len(sites), radius, int(flagged.sum()),
              threshold, len(every), float(excess.sum()))
     return DataGuardResult(support, sites, z.astype(np.float32), change_z.astype(np.float32), opposite, flagged,
-                           float(threshold), chance_flagged(threshold), misfit.describe(), len(every))
+                           float(threshold), chance_flagged(threshold), misfit.describe(), len(every),
+                           run.counts is not None)
 
 
 def guard_line(result: DataGuardResult, out_file) -> str:
@@ -330,7 +333,10 @@ def guard_line(result: DataGuardResult, out_file) -> str:
     verdict = ("features the data do not support (or columns they hold that the restoration removed)" if k else
                "every tested feature is in the data, or the patterns cannot tell")
     chance = 100 * result.chance
+    caveat = ("" if result.counted else "; without counting noise the floor is AD's own residual, far below the "
+              "model's error on data it cannot fully explain (frozen phonons, partial coherence): there most features "
+              "are flagged (abTEM crystals: 82-100 % of intact columns), so trust it on counted data")
     return (f"data guard: {n} site{'s' * (n != 1)} where the restoration differs most tested against "
             f"{result.positions} measured patterns, {k} flagged (the opposite state, column absent or present, fits "
             f"them better by more than {result.threshold:g} σ; {chance:.2f} % of true features would be by chance; "
-            f"data_support and flagged_sites in {out_file}): {verdict}")
+            f"data_support and flagged_sites in {out_file}): {verdict}{caveat}")
