@@ -45,18 +45,12 @@ def one(net, name: str, upsampling, ds, truth: np.ndarray, ts, spec: dict) -> di
     from phasestem.learn.ad_pairs import truth_on_ad_grid
     from phasestem.learn.data_guard import data_guard
     from phasestem.learn.guards import site_fraction
-    from phasestem.learn.hybrid import ad_recipe_model, fitted_guard_run
+    from phasestem.learn.hybrid import ad_recipe_snapshots, fitted_guard_run
     from phasestem.learn.restore import restore_channels
-    from phasestem.recon.channels import restorer_channels
-    from phasestem.recon.engine import optimize_with_options
-    from phasestem.recon.params import optimizer_options
 
-    t = time.perf_counter()
-    params, model = ad_recipe_model(ds, None, "cpu", {"upsampling": upsampling})
-    for _ in optimize_with_options(model, ds, params.run.n_epochs, **optimizer_options(params)):
-        pass
-    ad_seconds = time.perf_counter() - t
-    ch = restorer_channels(model, ds)
+    snapshots, model = ad_recipe_snapshots(ds, (), model={"upsampling": upsampling})
+    ch = snapshots[int(model.epoch)]
+    ad_seconds = float(ch["seconds"])
     restored = restore_channels(net, ch)
     px = np.asarray(model.sampling, float)
     field = ch["field"] > 0

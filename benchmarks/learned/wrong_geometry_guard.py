@@ -36,16 +36,11 @@ def one(net, name: str, ds, truth: np.ndarray, ts) -> dict:
     """AD (the card's pixel), the restoration without the geometry check, and the guard's shares."""
     from phasestem.learn.ad_pairs import truth_on_ad_grid
     from phasestem.learn.data_guard import data_guard
-    from phasestem.learn.hybrid import ad_recipe_model, fitted_guard_run
+    from phasestem.learn.hybrid import ad_recipe_snapshots, fitted_guard_run
     from phasestem.learn.restore import restore_channels
-    from phasestem.recon.channels import restorer_channels
-    from phasestem.recon.engine import optimize_with_options
-    from phasestem.recon.params import optimizer_options
 
-    params, model = ad_recipe_model(ds, None, "cpu", {"upsampling": 2})
-    for _ in optimize_with_options(model, ds, params.run.n_epochs, **optimizer_options(params)):
-        pass
-    ch = restorer_channels(model, ds)
+    snapshots, model = ad_recipe_snapshots(ds, (), model={"upsampling": 2})
+    ch = snapshots[int(model.epoch)]
     restored = restore_channels(net, ch)
     gt = truth_on_ad_grid(truth, ts, tuple(float(s) for s in model.sampling), ch["phase"].shape)
     g = data_guard(fitted_guard_run(model, ds, name), restored, ch["phase"], ch["field"])

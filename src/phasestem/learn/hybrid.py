@@ -75,26 +75,28 @@ def ad_recipe_model(dataset, n_epochs: int | None = None, device: str = "cpu", m
 
 
 def ad_recipe_snapshots(dataset, snapshots: tuple[int, ...] = (2, 4, 8), n_epochs: int | None = None,
-                        device: str = "cpu") -> tuple[dict[int, dict[str, np.ndarray]], object]:
-    """AD of ``dataset`` with :func:`ad_recipe`; after each epoch in ``snapshots`` (those ≤ the run's epochs) and
-    after the last, the :func:`phasestem.recon.channels.restorer_channels` of the model (phase, amplitude,
-    illumination, field; (H, W) float32 on AD's grid) and ``seconds``, the optimisation's wall seconds to that
-    epoch (the snapshots not counted). Returns ({epoch: channels}, the model)."""
+                        device: str = "cpu", model: dict | None = None) -> tuple[dict[int, dict[str, np.ndarray]],
+                                                                                 object]:
+    """AD of ``dataset`` with :func:`ad_recipe` (``model``: its model section changed, e.g. ``{"upsampling": 1}``);
+    after each epoch in ``snapshots`` (those ≤ the run's epochs) and after the last, the
+    :func:`phasestem.recon.channels.restorer_channels` of the model (phase, amplitude, illumination, field; (H, W)
+    float32 on AD's grid) and ``seconds``, the optimisation's wall seconds to that epoch (the snapshots not counted).
+    Returns ({epoch: channels}, the model)."""
     from ..recon.channels import restorer_channels
     from ..recon.engine import optimize_with_options
     from ..recon.params import optimizer_options
 
-    params, model = ad_recipe_model(dataset, n_epochs, device)
+    params, fitted = ad_recipe_model(dataset, n_epochs, device, model)
     total = params.run.n_epochs
     wanted = sorted({int(e) for e in snapshots if 0 < int(e) <= total} | {total})
     out: dict[int, dict[str, np.ndarray]] = {}
     seconds, t0 = 0.0, time.perf_counter()
-    for _ in optimize_with_options(model, dataset, total, **optimizer_options(params)):
+    for _ in optimize_with_options(fitted, dataset, total, **optimizer_options(params)):
         seconds += time.perf_counter() - t0  # the optimisation's wall seconds, the snapshots not counted
-        if model.epoch in wanted:
-            out[int(model.epoch)] = {**restorer_channels(model, dataset), "seconds": np.float64(seconds)}
+        if fitted.epoch in wanted:
+            out[int(fitted.epoch)] = {**restorer_channels(fitted, dataset), "seconds": np.float64(seconds)}
         t0 = time.perf_counter()
-    return out, model
+    return out, fitted
 
 
 def restorer_prior(net, dataset, every: int = 2, weight: float | None = None, start: int = 2,

@@ -124,36 +124,40 @@ def run_reconstruction(params: ReconstructParams, resume: bool = False, sources:
         return _reconstruct_rank(params, resume, sources, dataset, start_phase, callback_hooks)
 
 
+def _recipe_epochs(params: ReconstructParams, losses, start_phase, device, dataset, n_epochs: int,
+                   batch_size: int | None = None):
+    """(a fresh model of ``params`` on ``dataset`` from the run's start, the generator of its ``n_epochs`` epochs): the
+    run's recipe (solver, data terms, constraints) on this process alone, without progress bar, checkpoints or
+    files; ``batch_size``: another batch size (None: the run's)."""
+    from .engine import optimize
+
+    model = build_model(params, dataset, start_phase).to(device)
+    run = params.run.model_copy(update={"progress": False} | ({} if batch_size is None else
+                                                             {"batch_size": batch_size}))
+    return model, optimize(model, dataset, n_epochs, run, losses, params.constraints, distributed=False)
+
+
 def _recipe(params: ReconstructParams, losses, start_phase, device, n_epochs: int):
     """The run's recipe as a function of a dataset (the σ bootstrap's reruns, :mod:`phasestem.recon.sigma_bootstrap`):
-    a fresh model of ``params`` from the same start, ``n_epochs`` epochs of the same solver, losses and constraints,
-    on this process alone, without progress bar, checkpoints or files."""
-    from .engine import optimize
+    :func:`_recipe_epochs` run to its end."""
     from .sigma_bootstrap import block_batch_size
-
-    run = params.run.model_copy(update={"progress": False})
 
     def rerun(dataset, position_share: float = 1.0):
         """``dataset`` reconstructed by the recipe, in batches of ``position_share`` × the run's (at least 1)."""
-        model = build_model(params, dataset, start_phase).to(device)
-        recipe = run.model_copy(update={"batch_size": block_batch_size(run.batch_size, position_share)})
-        for _ in optimize(model, dataset, n_epochs, recipe, losses, params.constraints, distributed=False):
+        model, epochs = _recipe_epochs(params, losses, start_phase, device, dataset, n_epochs,
+                                       block_batch_size(params.run.batch_size, position_share))
+        for _ in epochs:
             pass
         return model
     return rerun
 
 
 def _twin(params: ReconstructParams, losses, start_phase, device, dataset):
-    """Plain AD of the run's recipe (its parameters, data terms and constraints, from the same start) on ``dataset`` to
-    ``run.n_epochs``, on this process alone, without progress bar, checkpoints or files, as a
-    :class:`~phasestem.recon.twin.TwinRun` that a learned prior advances beside the run."""
-    from .engine import optimize
+    """:func:`_recipe_epochs` to ``run.n_epochs`` as a :class:`~phasestem.recon.twin.TwinRun` that a learned prior
+    advances beside the run (plain AD of the same recipe from the same start)."""
     from .twin import TwinRun
 
-    model = build_model(params, dataset, start_phase).to(device)
-    run = params.run.model_copy(update={"progress": False})
-    return TwinRun(model, optimize(model, dataset, params.run.n_epochs, run, losses, params.constraints,
-                                   distributed=False))
+    return TwinRun(*_recipe_epochs(params, losses, start_phase, device, dataset, params.run.n_epochs))
 
 
 def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = None, dataset=None, start_phase=None,
