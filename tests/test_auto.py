@@ -33,8 +33,8 @@ def _central_r(results_file, positions, truth) -> float:
 def test_auto_reaches_the_truth_and_a_wrong_rotation_is_clearly_worse(tmp_path_factory, capsys):
     from phasestem.cli import main
     from phasestem.recon.auto import apply_init
-    from phasestem.recon.commands import run_reconstruction
     from phasestem.recon.params import load_params
+    from phasestem.recon.run import run_reconstruction
 
     data = abtem_scan.make(tmp_path_factory.getbasetemp() / "abtem_scan")
     out = tmp_path_factory.mktemp("auto")
@@ -107,7 +107,7 @@ def _record_opens(event: str, args) -> None:
 
 def test_auto_hands_its_calibration_dataset_and_start_on_in_memory(tmp_path_factory, capsys):
     """--auto reads the corrected patterns once (one io.load's opens) and neither reads back the start image
-    (init_ssb.npy) nor the calibrated parameter file it wrote: Calibration.to_params() and the dataset go on in
+    (init_ssb.npy) nor the calibrated parameter file it wrote: Calibration.params_dict() and the dataset go on in
     memory; the files stay as the record and reproduce the run's parameters."""
     global _OPENED
     from phasestem import io

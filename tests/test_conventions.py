@@ -261,7 +261,9 @@ OLD_PATHS = {
     "phasestem.learn.restore_apply": ("refine_phase", "phasestem.learn.apply.refine"),
     "phasestem.learn.restore_config": ("MakePairsConfig", "phasestem.learn.config"),
     "phasestem.learn.restore_train": ("train_autoencoder", "phasestem.learn.training.autoencoder"),
-    "phasestem.learn.commands_restore": ("register", "phasestem.learn.commands"),
+    "phasestem.learn.commands_restore": ("register", "phasestem.cli.learn"),
+    "phasestem.recon.commands": ("run_reconstruction", "phasestem.recon.run"),
+    "phasestem.calibrate.commands": ("add_reader_arguments", "phasestem.cli.calibrate"),
     "phasestem.simulate.lock": ("FolderBusyError", "phasestem.base.lock"),
 }
 

@@ -165,7 +165,7 @@ def test_the_seeds_three_scripts_train_through_the_one_pipeline(tmp_path, capsys
     import subprocess
     import sys
 
-    from phasestem.learn.commands import stage_script
+    from phasestem.cli.learn import stage_script
 
     for name in ("patchRecovery", "PhaseStiching", "End2End"):  # each file runs as a script
         proc = subprocess.run([sys.executable, str(ROOT / "scripts" / f"{name}.py"), "--help"], capture_output=True,
@@ -201,7 +201,7 @@ def test_the_seeds_scripts_take_the_flags_of_phasestem_train(tmp_path, capsys):
     directory (absolute in the dump)."""
     import os
 
-    from phasestem.learn.commands import stage_script
+    from phasestem.cli.learn import stage_script
 
     data = {"files": ["nowhere/*.h5"], **DATA}
     for stage in ("patch", "stitch", "end2end"):

@@ -88,8 +88,8 @@ def test_counted_data_naming_no_term_reconstruct_better_than_with_the_gaussian_t
 
 
 def test_the_run_log_and_results_say_the_data_chose_the_loss(scans, tmp_path, capsys):
-    from phasestem.recon.commands import run_reconstruction
     from phasestem.recon.results import load_results
+    from phasestem.recon.run import run_reconstruction
 
     _, counted, _ = scans
     path = hdf5.write(tmp_path / "counted.h5", counted)

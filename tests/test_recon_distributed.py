@@ -138,8 +138,8 @@ def _torchrun(*args, n=2):
 @pytest.fixture(scope="module")
 def torchrun_case(tmp_path_factory):
     """A 2-process torchrun reconstruction (2 epochs) and the same run in this one process."""
-    from phasestem.recon.commands import run_reconstruction
     from phasestem.recon.params import load_params
+    from phasestem.recon.run import run_reconstruction
 
     tmp = tmp_path_factory.mktemp("torchrun")
     write_npz(tmp / "tiny.npz", scan_shape=(6, 6), seed=7)
@@ -182,8 +182,8 @@ def test_torchrun_rank_0_alone_writes(torchrun_case):
 
 
 def test_two_process_checkpoint_resumes_in_one_process(torchrun_case):
-    from phasestem.recon.commands import run_reconstruction
     from phasestem.recon.params import load_params
+    from phasestem.recon.run import run_reconstruction
 
     tmp, proc = torchrun_case
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -237,8 +237,8 @@ def test_shards_are_compact_blocks_and_compact_batches_draw_from_every_block():
 
 def test_n_processes_shortcut_spawns_the_ranks_and_rank_0_alone_writes(tmp_path):
     """run.n_processes: 2 through spawn, with compact batches drawn from both ranks' blocks."""
-    from phasestem.recon.commands import run_reconstruction
     from phasestem.recon.params import load_params
+    from phasestem.recon.run import run_reconstruction
 
     write_npz(tmp_path / "tiny.npz", scan_shape=(6, 6), seed=7)
     path = _params(tmp_path, tmp_path / "tiny.npz", tmp_path / "out", n_processes=2, batch_mode="compact",

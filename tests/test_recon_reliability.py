@@ -61,8 +61,8 @@ def test_resume_takes_the_learning_rates_of_the_parameter_file(data, tmp_path, c
     cfg["run"]["n_epochs"] = 3
     path.write_text(yaml.safe_dump(cfg))
     caplog.set_level("INFO", logger="phasestem.recon")
-    from phasestem.recon.commands import run_reconstruction
     from phasestem.recon.params import load_params
+    from phasestem.recon.run import run_reconstruction
 
     model = run_reconstruction(load_params(path), resume=True)
     assert model.epoch == 3

@@ -24,11 +24,11 @@ import torch
 import yaml
 
 from phasestem.recon.callbacks import Checkpoints
-from phasestem.recon.commands import run_reconstruction
 from phasestem.recon.engine import optimize, optimize_with_options
 from phasestem.recon.model import Ptychography
 from phasestem.recon.params import build_dataset, build_model, load_params
 from phasestem.recon.results import load_results
+from phasestem.recon.run import run_reconstruction
 from phasestem.recon.synthetic import write_npz
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -137,7 +137,7 @@ def counted_scan():
 
 
 def _run(tmp_path, data_file, **run):
-    from phasestem.recon.commands import run_reconstruction
+    from phasestem.recon.run import run_reconstruction
 
     return run_reconstruction(tiny_params(data_file, STEP, tmp_path / "r", n_epochs=2, **run))
 

@@ -26,7 +26,15 @@ MOVED: dict[str, tuple[str, ...]] = {
                                       "phasestem.learn.pair_sources"),
     "phasestem.learn.restore_config": ("phasestem.learn.config", "phasestem.learn.registry"),
     "phasestem.learn.restore_train": ("phasestem.learn.training.autoencoder", "phasestem.learn.training.phaseformer"),
-    "phasestem.learn.commands_restore": ("phasestem.learn.commands",),
+    "phasestem.learn.commands_restore": ("phasestem.cli.learn",),
+    "phasestem.learn.commands": ("phasestem.cli.learn",),
+    "phasestem.learn.restore_commands": ("phasestem.cli.restore",),
+    "phasestem.recon.commands": ("phasestem.cli.reconstruct", "phasestem.recon.run"),
+    "phasestem.recon.sigma_commands": ("phasestem.cli.sigma",),
+    "phasestem.calibrate.commands": ("phasestem.cli.calibrate",),
+    "phasestem.convert.commands": ("phasestem.cli.convert",),
+    "phasestem.simulate.commands": ("phasestem.cli.simulate",),
+    "phasestem.plan.commands": ("phasestem.cli.plan",),
     "phasestem.simulate.lock": ("phasestem.base.lock",),
 }
 

@@ -83,7 +83,6 @@ def write_outputs(dataset, calib: Calibration, out_dir: str | Path, original: st
         with atomic_file(files["detector_shifts"]) as tmp, open(tmp, "wb") as fh:  # a file object: no suffix added
             np.save(fh, descan_rest(calib))
     params = calib.params_dict(CORRECTED, None if resample_descan else DETECTOR_SHIFTS)
-    calib.to_params(CORRECTED, None if resample_descan else DETECTOR_SHIFTS, out)  # the YAML loads as written
     files["params"] = out / "params.yaml"
     files["record"] = out / "calibration.json"
     for name, text in (("params", yaml_text(calib, params, original)),

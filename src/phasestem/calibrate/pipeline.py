@@ -168,15 +168,6 @@ class Calibration:
             params.setdefault(key, {}).update(val)
         return params
 
-    def to_params(self, data_file: str | Path, detector_shifts: str | Path | None = None,
-                  base_dir: str | Path | None = None):
-        """The validated :class:`~phasestem.recon.params.ReconstructParams` of :meth:`params_dict` (relative paths
-        taken from ``base_dir``): the reconstruction this calibration describes, in memory."""
-        from ..recon.params import parse_params
-
-        return parse_params(self.params_dict(data_file, detector_shifts), "calibrated params",
-                            None if base_dir is None else Path(base_dir))
-
     def rotation_text(self) -> str:
         """``rotation 29.32° (parallax)``, ``rotation 30.46° ± 4.1° (centre of mass)`` (± the halves' spread), or
         ``rotation undetermined (why; left at 0°)``."""

@@ -7,8 +7,8 @@ from pathlib import Path
 
 def register(sub, train_sub) -> None:
     from ..base.cliargs import add_config, add_device, add_dump_config, add_out
-    from ..calibrate.commands import add_reader_arguments
     from ..io import formats_line
+    from .calibrate import add_reader_arguments
 
     formats = formats_line()
     p = sub.add_parser(
@@ -78,8 +78,8 @@ def _inspect(args) -> int:
     from .. import io
     from ..base.cliargs import deprecation
     from ..base.safety import refuse_output_over_inputs
-    from ..calibrate.commands import reader_options, scan_step
     from ..calibrate.overview import inspect
+    from .calibrate import reader_options, scan_step
 
     opts = reader_options(args)
     for key, value in (("energy", args.energy), ("scan_step", scan_step(args)), ("semiangle", args.semiangle),

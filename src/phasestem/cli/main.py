@@ -1,7 +1,7 @@
 """The ``phasestem`` command: parse, call the library, report. Thin by design.
 
-Each area registers its own sub-commands through a ``register(subparsers, train_subparsers)``
-function; handlers are stored as ``func`` and return an exit code.
+Each command module (here in ``cli/``, ``serve``'s in its folder) registers its sub-commands through a
+``register(subparsers, train_subparsers)`` function; handlers are stored as ``func`` and return an exit code.
 """
 from __future__ import annotations
 
@@ -19,15 +19,15 @@ from ..base.version import __version__
 
 #: modules that add sub-commands, in the order they appear in ``--help``
 COMMAND_MODULES = (
-    "phasestem.simulate.commands",
-    "phasestem.recon.commands",
-    "phasestem.recon.sigma_commands",
-    "phasestem.calibrate.commands",
-    "phasestem.learn.commands",
-    "phasestem.learn.restore_commands",
+    "phasestem.cli.simulate",
+    "phasestem.cli.reconstruct",
+    "phasestem.cli.sigma",
+    "phasestem.cli.calibrate",
+    "phasestem.cli.learn",
+    "phasestem.cli.restore",
     "phasestem.cli.commands",
-    "phasestem.plan.commands",
-    "phasestem.convert.commands",
+    "phasestem.cli.plan",
+    "phasestem.cli.convert",
     "phasestem.serve.commands",
 )
 

@@ -18,7 +18,7 @@
   ``apply_file`` by the model's kind) and the in-memory steps, one module per network family:
   :mod:`.apply.phase` (end2end, patch + stitch), :mod:`.apply.latent` (autoencoder), :mod:`.apply.refine`
   (Phaseformer); :mod:`.evaluate`, :mod:`.consistency`; the commands (``train <network>``, ``predict``,
-  ``evaluate``, ``embed``, ``refine``, ``make-pairs``) in :mod:`.commands`.
+  ``evaluate``, ``embed``, ``refine``, ``make-pairs``) in :mod:`phasestem.cli.learn`.
 
 Sub-modules are imported on demand so ``import phasestem.learn.trainer`` does not pull in timm. The public names
 below load their module on first use (PEP 562), so ``import phasestem.learn`` stays light::

@@ -26,7 +26,7 @@ __all__ = ["companion_paths", "crop_placement", "write_restored", "write_guard",
 RESTORED_FORMAT = "phasestem-restored"
 #: the suffixes of the file ``restore`` writes (HDF5)
 OUTPUT_SUFFIXES = (".h5", ".hdf5")
-#: what the first line of a restore's log holds (:mod:`phasestem.learn.restore_commands`)
+#: what the first line of a restore's log holds (:mod:`phasestem.cli.restore`)
 _LOG_MARK = " INFO phasestem restore "
 
 

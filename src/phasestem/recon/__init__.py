@@ -10,8 +10,8 @@ Python interface::
 
 YAML interface: ``phasestem reconstruct PARAMS.yaml`` (schema in :mod:`phasestem.recon.params`).
 Modules: model (state), losses, constraints, engine (epoch generator), params (YAML schema),
-results (HDF5), figures, tune (Optuna), distributed (data parallel), commands (CLI), synthetic (small
-simulated datasets for tests and demos), prior (a phase image, e.g. a learned prediction, as a proximal pull on the
+results (HDF5), figures, tune (Optuna), distributed (data parallel), synthetic (small simulated
+datasets for tests and demos), prior (a phase image, e.g. a learned prediction, as a proximal pull on the
 object after every epoch).
 """
 from __future__ import annotations

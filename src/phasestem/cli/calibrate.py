@@ -128,7 +128,7 @@ CALIBRATE_FILES = ("calibrated.npy", "detector_shifts.npy", "params.yaml", "cali
 
 def _calibrate_cmd(args) -> int:
     from ..base.safety import refuse_output_over_inputs
-    from .files import calibrate_file
+    from ..calibrate.files import calibrate_file
 
     refuse_output_over_inputs(args.out, [args.file], field="--out", written=CALIBRATE_FILES)
     calib, files = calibrate_file(

@@ -38,8 +38,8 @@ def register(sub, train_sub) -> None:
 
 def _plan(args) -> int:
     from ..base.configfile import parse_set_options
-    from . import plan
-    from .config import load_plan_config
+    from ..plan import plan
+    from ..plan.config import load_plan_config
 
     overrides = parse_set_options(args.set)
     if args.device is not None:

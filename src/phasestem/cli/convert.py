@@ -55,8 +55,8 @@ def _ptyrad(args) -> int:
     from ..base.configfile import read_yaml_mapping
     from ..base.errors import ConfigError
     from ..base.safety import atomic_file
+    from ..convert.ptyrad import translate, translation_yaml
     from ..recon.params import parse_params
-    from .ptyrad import translate, translation_yaml
 
     data = read_yaml_mapping(args.params, "PtyRAD params file")
     tr = translate(data, str(args.params), lsq=args.lsq, allow_untranslated=args.allow_untranslated)

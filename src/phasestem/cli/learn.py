@@ -35,7 +35,7 @@ def _bad_pixels_flag(p, what: str) -> None:
 
 def register(subparsers, train_subparsers) -> None:
     """Add the learned-route sub-commands to the ``phasestem`` parser."""
-    from .registry import NETWORKS
+    from ..learn.registry import NETWORKS
 
     for name, e in NETWORKS.items():
         example = f"train_{name}_tiny.yaml"
@@ -181,7 +181,7 @@ def _register_embed_refine_pairs(subparsers) -> None:
 
 
 def _train(args) -> int:
-    from .registry import load_run_config, train_run
+    from ..learn.registry import load_run_config, train_run
 
     overrides = parse_set_options(args.set)
     if args.out:
@@ -210,7 +210,7 @@ def _train(args) -> int:
 
 
 def _predict(args) -> int:
-    from .apply import predict_file
+    from ..learn.apply import predict_file
 
     out = cliargs.result_file(args, cliargs.stem_name(args.input, _sample_part(args.sample) + "_phase.h5"),
                               (args.input, args.model, args.stitch_model))
@@ -223,8 +223,8 @@ def _predict(args) -> int:
 
 def _evaluate(args) -> int:
     from ..base.safety import refuse_output_over_inputs
-    from .apply import load_predictor
-    from .evaluate import REPORT_FILES, evaluate_model, format_table, test_index, write_report
+    from ..learn.apply import load_predictor
+    from ..learn.evaluate import REPORT_FILES, evaluate_model, format_table, test_index, write_report
 
     refuse_output_over_inputs(args.out, [args.model, args.stitch_model, *(args.files or [])], written=REPORT_FILES)
     from ..base.lock import hold_output
@@ -251,7 +251,7 @@ def _sample_part(sample: int | None) -> str:
 
 
 def _embed(args) -> int:
-    from .apply import embed_file
+    from ..learn.apply import embed_file
 
     out = cliargs.result_file(args, cliargs.stem_name(args.data, _sample_part(args.sample) + "_latent.h5"),
                               (args.data, args.model))
@@ -269,7 +269,7 @@ def _embed(args) -> int:
 
 
 def _refine(args) -> int:
-    from .apply import refine_file
+    from ..learn.apply import refine_file
 
     out = cliargs.result_file(args, cliargs.stem_name(args.image, "_refined.h5"), (args.image, args.model))
     res = refine_file(args.image, args.model, out, png=not args.no_png, device=args.device,
@@ -284,7 +284,7 @@ def _electrons(text: str) -> float | None:  # --ad-electrons: e⁻ per pattern, 
 
 
 def _make_pairs(args) -> int:
-    from .config import MakePairsConfig
+    from ..learn.config import MakePairsConfig
 
     config, files = cliargs.config_among(args.inputs, args.config_option)
     data = resolve_config_paths(MakePairsConfig, read_yaml_mapping(config), Path(config).parent) if config else {}
@@ -306,10 +306,10 @@ def _make_pairs(args) -> int:
         sys.stdout.write(config_yaml(cfg, "phasestem make-pairs"))
         return 0
     from ..base.safety import refuse_output_over_inputs
-    from .data import expand_paths
+    from ..learn.data import expand_paths
 
     refuse_output_over_inputs(cfg.out, [config, *expand_paths(cfg.files)])
-    from .pair_sources import make_measured_pairs, make_pairs, parse_inputs_from
+    from ..learn.pair_sources import make_measured_pairs, make_pairs, parse_inputs_from
 
     kind, _ = parse_inputs_from(cfg.inputs_from)
     if kind == "degrade":
@@ -371,8 +371,8 @@ def stage_script(name: str, argv: list[str] | None = None, configs: Path | None 
                             "(stitch_checkpoint)")
     args = p.parse_args(argv)
     from ..base.cliargs import run_with_errors
-    from .config import load_train_config
-    from .training.route import train_run
+    from ..learn.config import load_train_config
+    from ..learn.training.route import train_run
 
     config = Path(args.config) if args.config else (configs or Path.cwd() / "configs") / default_config
 

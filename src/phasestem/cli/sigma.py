@@ -1,4 +1,5 @@
-"""CLI: ``phasestem calibrate-sigma RUN``, the check of a run's σ on its own data (:mod:`.sigma_check`)."""
+"""CLI: ``phasestem calibrate-sigma RUN``, the check of a run's σ on its own data
+(:mod:`phasestem.recon.sigma_check`)."""
 from __future__ import annotations
 
 import argparse
@@ -46,7 +47,7 @@ def register(subparsers, train_subparsers) -> None:
 def summary_lines(report: dict) -> list[str]:
     """Three lines of a :func:`~phasestem.recon.sigma_check.calibrate_sigma` report: κ with its p10–p90 and the
     pairs within ±2 σ√2; the spread itself, σ and what the realisations refined; the verdict, cost and report."""
-    from .sigma_check import moved_words
+    from ..recon.sigma_check import moved_words
 
     r, s = report["spread_over_sigma"], report["spread_rad"]
     share = ("their share is in the spread" if report["probe_positions"] == "refine"
@@ -65,7 +66,7 @@ def summary_lines(report: dict) -> list[str]:
 
 
 def _calibrate_sigma(args) -> int:
-    from .sigma_check import calibrate_sigma
+    from ..recon.sigma_check import calibrate_sigma
 
     report = calibrate_sigma(args.run, realisations=args.realisations, epochs=args.epochs, out_file=args.out_file,
                              probe_positions=args.probe_positions, seed=args.seed, device=args.device,

@@ -67,9 +67,9 @@ def register(sub, train_sub) -> None:
 
 def _simulate(args) -> int:
     from ..base.configfile import parse_set_options
-    from .budget import check_memory
-    from .config import load_config
-    from .writer import simulate_dataset
+    from ..simulate.budget import check_memory
+    from ..simulate.config import load_config
+    from ..simulate.writer import simulate_dataset
 
     overrides = parse_set_options(args.set)
     for key, name in (("workers", "compute.workers"), ("scheduler", "compute.scheduler"), ("device", "compute.device")):
@@ -97,7 +97,7 @@ def _simulate(args) -> int:
     for p in paths:
         print(p)
     if paths:
-        from .overview import write_overview
+        from ..simulate.overview import write_overview
 
         print(write_overview(paths[0], out / "simulation.png"))
     return 0
@@ -109,7 +109,7 @@ DEFAULT_SIZE_LIMIT = 1e9
 
 def _confirm_default_size(cfg, yes: bool) -> None:
     """Refuse a large run whose size comes from the defaults (output.n_files/samples_per_file not set) without --yes."""
-    from .budget import gb, output_bytes
+    from ..simulate.budget import gb, output_bytes
 
     if yes or {"n_files", "samples_per_file"} & cfg.output.model_fields_set:
         return
@@ -125,12 +125,12 @@ def _confirm_default_size(cfg, yes: bool) -> None:
 
 def _probe_extent(args) -> int:
     from ..physics.optics import probe_size_text
-    from .probe_extent import illuminated_extent
+    from ..simulate.probe_extent import illuminated_extent
 
     energy, semiangle, ab = args.energy, args.semiangle, {"C10": args.C10, "C30": args.C30}
     config = config_argument(args)
     if config:
-        from .config import load_config
+        from ..simulate.config import load_config
 
         cfg = load_config(config)
         energy, semiangle, ab = cfg.optics.energy, cfg.optics.semiangle, cfg.optics.aberrations

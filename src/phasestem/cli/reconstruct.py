@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..base.cliargs import add_device, add_dump_config, add_set
-from ..base.lazy import lazy_getattr
 
 if TYPE_CHECKING:
-    from .params import ReconstructParams
+    from ..recon.params import ReconstructParams
 
 log = logging.getLogger("phasestem.recon")
 
@@ -74,14 +73,9 @@ def register(subparsers, train_subparsers) -> None:
     t.set_defaults(func=_tune_cmd)
 
 
-#: ``run_reconstruction`` (re-exported from :mod:`.run`), imported on first use: registering the sub-commands
-#: imports no torch
-__getattr__ = lazy_getattr({"run_reconstruction": "phasestem.recon.run:run_reconstruction"}, __name__)
-
-
 def _load(args) -> ReconstructParams:
     from ..base.configfile import parse_set_options
-    from .params import load_params
+    from ..recon.params import load_params
 
     params = load_params(args.params, parse_set_options(getattr(args, "set", None)))
     if args.out is not None:
@@ -129,7 +123,7 @@ def _prior_hooks(args) -> tuple:
 
 def _add_auto_arguments(p) -> None:
     """--auto (read → calibrate → direct start → AD) and --init (start the object from a direct method)."""
-    from ..calibrate.commands import add_calibration_choices, add_reader_arguments
+    from .calibrate import add_calibration_choices, add_reader_arguments
 
     g = p.add_argument_group("real data in one command (--auto) and direct-method starts (--init)")
     g.add_argument("--auto", action="store_true",
@@ -148,8 +142,8 @@ def _reconstruct_cmd(args) -> int:
                           "--prior MODEL")
     if args.auto:
         from ..base.configfile import parse_set_options
-        from ..calibrate.commands import calibration_choices, reader_options, scan_step
-        from .auto import run_auto
+        from ..recon.auto import run_auto
+        from .calibrate import calibration_choices, reader_options, scan_step
 
         run_auto(args.params, args.out or Path("recon_out"), energy=args.energy, semiangle=args.semiangle,
                  scan_step=scan_step(args), angular_sampling=args.angular_sampling, init=args.init or "ssb",
@@ -157,7 +151,7 @@ def _reconstruct_cmd(args) -> int:
                  overrides=parse_set_options(args.set), resume=args.resume, **calibration_choices(args))
         return 0
     params = _load(args)
-    from .params import dump_params
+    from ..recon.params import dump_params
 
     if args.dump_config and not args.init:
         sys.stdout.write(dump_params(params))
@@ -165,14 +159,14 @@ def _reconstruct_cmd(args) -> int:
     from ..base.errors import ConfigError
     from ..base.lock import FolderBusyError, hold_output
     from ..base.safety import refuse_output_over_inputs
-    from .distributed import env_rank
-    from .run import RECON_COMMAND, RUN_FILES, run_reconstruction
+    from ..recon.distributed import env_rank
+    from ..recon.run import RECON_COMMAND, RUN_FILES, run_reconstruction
 
     try:
         # the folder is held from the first file written (the --init start) to the last
         with hold_output(params.run.out_dir, RECON_COMMAND):
             if args.init:
-                from .auto import apply_init
+                from ..recon.auto import apply_init
 
                 params = apply_init(params, args.init, params.run.out_dir)
             if args.dump_config:
@@ -189,8 +183,8 @@ def _reconstruct_cmd(args) -> int:
 
 
 def _tune_cmd(args) -> int:
-    from .params import dump_params
-    from .tune import run_tuning
+    from ..recon.params import dump_params
+    from ..recon.tune import run_tuning
 
     params = _load(args)
     if args.n_trials and params.tune is not None:

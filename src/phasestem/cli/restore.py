@@ -70,8 +70,8 @@ def _say(line: str) -> None:
 def _restore(args) -> int:
     from ..base.lock import hold_output
     from ..base.runtime import log_to_file, resolve_device
-    from .data_guard import guard_line
-    from .restore_output import (
+    from ..learn.data_guard import guard_line
+    from ..learn.restore_output import (
         change_line,
         companion_paths,
         no_sigma_reason,
@@ -104,7 +104,7 @@ def _restore(args) -> int:
 
 
 def _restored(args):
-    from .hybrid import restore_results
+    from ..learn.hybrid import restore_results
 
     return restore_results(args.results, args.model, args.device, trust=args.trust_geometry)
 
@@ -114,8 +114,8 @@ def _data_guard(args, phase, info: dict):
     line saying why it did not run): ``--no-data-guard``, or a recorded data file that cannot be read (``--data``
     that cannot be read stops restore in one line)."""
     from ..base.errors import PhasestemError
-    from .data_guard import data_guard
-    from .hybrid import guard_run
+    from ..learn.data_guard import data_guard
+    from ..learn.hybrid import guard_run
 
     if args.no_data_guard:
         return None, "data guard: off (--no-data-guard); the restoration is not checked against the diffraction data"
@@ -132,9 +132,9 @@ def _figure(phase, info: dict, args, path: Path, no_sigma: str, guard=None) -> P
     """``OUT.png``: input, restoration, difference, the guard's σ map (:func:`phasestem.plot.restoration.
     restoration_figure`; ``no_sigma``: why there is none) and, with ``guard``, the data-support map with the flagged
     sites circled, titled with the share beyond the threshold and its chance level."""
+    from ..learn.restore_output import figure_title
     from ..plot.core import pyplot
     from ..plot.restoration import restoration_figure
-    from .restore_output import figure_title
 
     fig = restoration_figure(info["input"], phase, info["field"], info["sampling"], info.get("change_sigma"),
                              threshold=float(info["significant"]), title=figure_title(info, args.model),
