@@ -7,7 +7,6 @@ import logging
 
 import numpy as np
 import pytest
-import torch
 from numpy_cases import numpy_scan, pearson
 
 from phasestem.dataset import FourDSTEM
@@ -108,31 +107,6 @@ def test_the_run_log_says_it_for_counted_data_only(counted, caplog):
     if not counted:
         assert "constraints.obj_blur" not in caplog.text
         assert model.auto_reasons["obj_blur"].startswith("off: the patterns are not counts")
-
-
-def test_the_blur_shrinks_with_the_steps_as_a_counted_run_settles():
-    """apply_constraints' step_share: the blur's variance × the share (σ × √share), as a proximal step's; a share
-    of 1 or more is the blur as set."""
-    from phasestem.recon.constraints import apply_constraints, blur_object
-
-    ds = _tiny(True)
-    model = Ptychography.from_dataset(ds)
-    rng = np.random.default_rng(0)
-    start = rng.normal(0, 0.3, model.obj_phase.shape).astype(np.float32)
-
-    def blurred(step_share=None, sigma=None):
-        with torch.no_grad():
-            model.obj_phase.copy_(torch.as_tensor(start))
-            if sigma is None:
-                apply_constraints(model, Constraints(obj_blur={"enabled": True, "sigma": 1.2}), 1, step_share)
-            else:
-                blur_object(model, sigma)
-        return model.obj_phase.detach().numpy().copy()
-
-    assert np.allclose(blurred(0.25), blurred(sigma=0.6), atol=1e-6)
-    assert np.allclose(blurred(1.0), blurred(sigma=1.2), atol=1e-6)
-    assert np.allclose(blurred(3.0), blurred(sigma=1.2), atol=1e-6)
-    assert not np.allclose(blurred(0.25), blurred(1.0), atol=1e-3)
 
 
 def test_the_dose_blur_beats_no_blur_on_independent_low_dose_multislice():

@@ -17,7 +17,6 @@ from phasestem.recon.callbacks import Callback
 from phasestem.recon.constraints import Constraints
 from phasestem.recon.decay_rule import (
     COUNTED_DECAY_EPOCHS,
-    COUNTED_SETTLE,
     CRYSTAL_DECAY_KEY,
     crystal_decay,
     resolve_lr_decay,
@@ -55,13 +54,13 @@ def test_the_rule_reads_the_data_term_and_the_scattering():
     assert resolve_lr_decay("none", COUNTED) == ("none", None, None)
 
 
-def test_a_longer_counted_run_takes_the_shorter_runs_steps_then_settles():
-    """The span: a 40-epoch run's first 20 factors are the 20-epoch run's, then lr_final × settle^k (lr_final held
-    without a settle); a run shorter than the span decays over itself; 'cosine' without a span spans the whole run."""
+def test_a_longer_counted_run_takes_the_shorter_runs_steps():
+    """The span: a 40-epoch run's first 20 factors are the 20-epoch run's, lr_final held after them (the engine ends
+    an 'auto' run there: test_a_counted_run_ends_with_its_decay); a run shorter than the span decays over itself;
+    'cosine' without a span spans the whole run."""
     twenty = [decay_factor("cosine", k, 20, 0.1) for k in range(20)]
-    forty = [decay_factor("cosine", k, 40, 0.1, 20, COUNTED_SETTLE) for k in range(40)]
-    assert forty[:20] == twenty and forty[20:] == pytest.approx([0.1 * COUNTED_SETTLE**k for k in range(1, 21)])
-    assert [decay_factor("cosine", k, 40, 0.1, 20) for k in range(20, 40)] == [pytest.approx(0.1)] * 20
+    forty = [decay_factor("cosine", k, 40, 0.1, 20) for k in range(40)]
+    assert forty[:20] == twenty and forty[20:] == [pytest.approx(0.1)] * 20
     assert twenty[0] == 1.0 and twenty[-1] == pytest.approx(0.1)
     assert all(a > b for a, b in zip(twenty[:-1], twenty[1:], strict=True))
     assert [decay_factor("cosine", k, 8, 0.1, 20) for k in range(8)] == [decay_factor("cosine", k, 8, 0.1)
@@ -81,7 +80,7 @@ class _Rates(Callback):
 
 
 CASES = [(LossConfig(), 0.5, "cosine"), (LossConfig(), 6.0, "none"),
-         (COUNTED, 0.5, "cosine over the first 20 epochs to lr_final, then ×0.5 every epoch with the dose's blur")]
+         (COUNTED, 0.5, "cosine over the first 20 epochs to lr_final, where the run ends")]
 
 
 @pytest.mark.parametrize("losses, max_phase, expected", CASES)
@@ -110,18 +109,21 @@ def test_the_run_steps_with_the_resolved_decay_and_records_why(losses, max_phase
     assert row.source == "YAML"  # 'auto' written in the parameter file
 
 
-def test_a_counted_run_beyond_its_decay_settles():
-    """Counted data, 22 epochs: the first 20 rates fall by the cosine to lr_final, then each epoch's is half the last
-    (the dose's blur shrinking with them, test_dose_regularisation)."""
+def test_a_counted_run_ends_with_its_decay(caplog):
+    """Counted data asked for 23 epochs: the first 20 rates fall by the cosine to lr_final and the run ends there
+    (20 epochs yielded and recorded, the model at epoch 20, one log line); 'cosine' named runs all 23."""
+    caplog.set_level("INFO", logger="phasestem.recon")
     ds = simulate_dataset(window=(32, 32), sampling=0.4, scan_shape=(4, 4), max_phase=0.5, dose=1e5, seed=2)
     model = Ptychography.from_dataset(ds)
     rates = _Rates()
-    run = RunConfig(n_epochs=22, batch_size=8, progress=False)
-    list(optimize(model, ds, 22, run, COUNTED, callbacks=[rates]))
+    run = RunConfig(n_epochs=23, batch_size=8, progress=False)
+    losses = list(optimize(model, ds, 23, run, COUNTED, callbacks=[rates]))
     first = rates.rates[0]
+    assert len(losses) == len(rates.rates) == 20 and model.epoch == 20 and len(model.loss_history) == 20
     assert rates.rates[19] == pytest.approx(first * run.lr_final)
-    assert rates.rates[20:] == pytest.approx([first * run.lr_final * COUNTED_SETTLE, first * run.lr_final
-                                              * COUNTED_SETTLE**2])
+    assert "run ends after epoch 20 of 23: its learning-rate decay (run.lr_decay auto, counted data)" in caplog.text
+    named = Ptychography.from_dataset(ds)
+    assert len(list(optimize(named, ds, 23, run.model_copy(update={"lr_decay": "cosine"}), COUNTED))) == 23
 
 
 def test_a_strong_crystal_keeps_the_cosine_from_its_second_epoch(caplog):

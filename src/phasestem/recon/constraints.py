@@ -329,53 +329,50 @@ def _probe_refined(model, epoch: int) -> bool:
     return model.probe.requires_grad and (schedule is None or schedule.active(epoch))
 
 
-def _hold_probe_aperture(model, setting, epoch: int, step_share: float) -> bool:
+def _hold_probe_aperture(model, setting, epoch: int) -> bool:
     if not _probe_refined(model, epoch):  # a frozen or not yet started probe is left as it is
         return False
     hold_probe_aperture(model)
     return True
 
 
-def _blur(model, setting, epoch: int, step_share: float) -> None:
-    blur_object(model, setting.sigma * math.sqrt(min(1.0, step_share)))
+def _blur(model, setting, epoch: int) -> None:
+    blur_object(model, setting.sigma)
 
 
-def _shear(model, setting, epoch: int, step_share: float) -> None:
+def _shear(model, setting, epoch: int) -> None:
     dty, dtx = transfer_slice_shear(model, setting.min_coherence, setting.max_walk)
     log.info("constraints.obj_shear: tilt %+.2f, %+.2f mrad (now %s)", dty, dtx,
              ", ".join(f"{v:.2f}" for v in model.tilt.detach().reshape(-1, 2).mean(0).tolist()))
 
 
 #: every constraint, in the order they apply after an epoch: its ``Constraints`` field → action(model, setting,
-#: epoch, step_share), which returns False where it did not apply (a new constraint: its settings in
+#: epoch), which returns False where it did not apply (a new constraint: its settings in
 #: constraint_settings.py, its function here, one row)
 ACTIONS = {
-    "ortho_probe": lambda model, s, epoch, share: orthogonalize_probe(model),
-    "probe_mask": lambda model, s, epoch, share: probe_fourier_mask(model, s.radius_mrad, s.width_mrad),
+    "ortho_probe": lambda model, s, epoch: orthogonalize_probe(model),
+    "probe_mask": lambda model, s, epoch: probe_fourier_mask(model, s.radius_mrad, s.width_mrad),
     "probe_aperture": _hold_probe_aperture,
     "obj_blur": _blur,
-    "obj_band": lambda model, s, epoch, share: band_limit_object(model),
-    "kz_filter": lambda model, s, epoch, share: kz_filter(model, s),
-    "rz_filter": lambda model, s, epoch, share: rz_filter(model, s.sigma),
-    "tv": lambda model, s, epoch, share: tv_regularize(model, s),
-    "obj_ramp": lambda model, s, epoch, share: transfer_phase_ramp(model, s.smooth),
+    "obj_band": lambda model, s, epoch: band_limit_object(model),
+    "kz_filter": lambda model, s, epoch: kz_filter(model, s),
+    "rz_filter": lambda model, s, epoch: rz_filter(model, s.sigma),
+    "tv": lambda model, s, epoch: tv_regularize(model, s),
+    "obj_ramp": lambda model, s, epoch: transfer_phase_ramp(model, s.smooth),
     "obj_shear": _shear,
-    "obj_clamp": lambda model, s, epoch, share: clamp_object(model, s),
-    "tilt_smooth": lambda model, s, epoch, share: smooth_tilt(model, s.sigma),
-    "position_affine": lambda model, s, epoch, share: remove_affine_corrections(model),
-    "position_limit": lambda model, s, epoch, share: limit_positions(model, s.max_shift),
+    "obj_clamp": lambda model, s, epoch: clamp_object(model, s),
+    "tilt_smooth": lambda model, s, epoch: smooth_tilt(model, s.sigma),
+    "position_affine": lambda model, s, epoch: remove_affine_corrections(model),
+    "position_limit": lambda model, s, epoch: limit_positions(model, s.max_shift),
 }
 
 
-def apply_constraints(model, c: Constraints, epoch: int, step_share: float = 1.0) -> list[str]:
-    """Apply every constraint due at ``epoch`` (:data:`ACTIONS`, in its order); returns the names applied.
-    ``step_share``: this epoch's steps over the steps the regularisation was set for (< 1 while a counted run
-    settles after its decay, :func:`phasestem.recon.optimizers.decay_factor`): ``obj_blur``'s variance shrinks with
-    it, as a proximal step's does, so that a run that takes smaller steps is also smoothed less."""
+def apply_constraints(model, c: Constraints, epoch: int) -> list[str]:
+    """Apply every constraint due at ``epoch`` (:data:`ACTIONS`, in its order); returns the names applied."""
     done = []
     with torch.no_grad():
         for name, action in ACTIONS.items():
             setting = getattr(c, name)
-            if setting.due(epoch) and action(model, setting, epoch, step_share) is not False:
+            if setting.due(epoch) and action(model, setting, epoch) is not False:
                 done.append(name)
     return done

@@ -27,6 +27,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -54,7 +55,7 @@ from .callbacks import (  # noqa: F401  (the errors and PHYSICAL_LIMIT: the engi
 from .checkpoint import load_checkpoint, reuse_optimizer_state, save_checkpoint  # noqa: F401  (engine API)
 from .constraints import Constraints, apply_constraints
 from .data_losses import losses_for_data
-from .decay_rule import COUNTED_SETTLE, crystal_decay, resolve_lr_decay
+from .decay_rule import crystal_decay, resolve_lr_decay
 from .decided import resolve_decided
 from .dose_regularisation import resolve_obj_blur
 from .holdout import HeldOutStop, holdout_fraction, split_positions
@@ -133,9 +134,11 @@ def optimize(model, dataset, n_epochs: int, run: RunConfig | None = None, losses
 
 
 def _epochs(loop: Loop, lbfgs_options: dict) -> Iterator[float]:
-    model, run, losses = loop.model, loop.run, loop.losses
-    callbacks = loop.callbacks
-    precondition_batches = resolve_batches(run.precondition_batches, losses)
+    """The call's epochs: the callbacks' start, a coarse start, what the data decide (:func:`_prepare`), then one
+    :func:`_advance` per epoch until ``loop.n_epochs`` ran, a callback stopped the run, or a counted run's decay
+    ended (:func:`~phasestem.recon.decay_rule.resolve_lr_decay`); the parameters the engine switched off are
+    switched on again however the call ends."""
+    model, callbacks = loop.model, loop.callbacks
     named = dict(model.named_parameters())
     disabled: set[str] = set()  # parameters the engine switched off (not frozen by the user)
     flush_denormals(True)  # off again when the outermost call ends (a coarse start's call nests in this one)
@@ -144,124 +147,14 @@ def _epochs(loop: Loop, lbfgs_options: dict) -> Iterator[float]:
         for cb in callbacks:
             cb.on_start(loop)
         yield from _coarse_start(loop)  # run.coarse_start: a fresh run's first epochs on the detector's centre
-        data = loop.data = prepared_data(model, loop.dataset, losses.power, losses.eps, run.data_in_memory,
-                                         run.memory_budget_gb)
-        n = data.n
-        counts = counts_per_pattern(loop.dataset, data.counts)  # a dosed file of intensities: its dose's count
-        if counts != data.counts:
-            log.info("counts per pattern: %.4g from the recorded dose (the patterns are intensities, mean total "
-                     "%.4g)", counts, data.counts)
-        model.counts_per_pattern = counts  # the noise model's counts (recon.uncertainty)
-        model.data_total = float(data.counts)  # the patterns' mean total, data units (the σ bootstrap's scale)
-        # probe_aperture 'auto': decided once per call from the data (the same data decide it again on resume)
-        loop.constraints = resolve_probe_aperture(model, data.mean_pattern, loop.constraints)
-        # obj_blur 'auto': the dose
-        loop.constraints = resolve_obj_blur(model, loop.dataset, counts, loop.constraints, loop.counted)
-        loop.constraints = resolve_obj_band(model, loop.constraints)  # obj_band 'auto': the object's grid
-        lr_decay, decay_span, why = resolve_lr_decay(run.lr_decay, losses, data.mean_pattern, model.decided)
-        crystal_check = run.lr_decay == "auto" and lr_decay == "none"  # a strong scatterer: unless it is a crystal
-        if why:
-            log.info("run.lr_decay auto: %s", why)
-            model.auto_reasons["run.lr_decay"] = why  # a run setting: its row in results.h5 (recon.report)
-        bs = n if not run.batch_size else min(int(run.batch_size), n)
-        train, held = split_positions(n, holdout_fraction(run.holdout, losses, counts, n, loop.world), run.seed)
-        if held is not None:  # positions kept out of the fit: their loss decides where the run ends
-            callbacks.insert(1, HeldOutStop(held, bs))
-            log.info("held out of the fit: %d of %d positions (run.holdout %s)", len(held), n, run.holdout)
-        fixed = frozenset()
-        if phase_only(losses.poisson > 0, counts, model.schedules["obj_amplitude"]):
-            fixed = frozenset({"obj_amplitude"})
-            log.info("low dose (%.4g counts per pattern ≤ %g, counted data): the object amplitude is held at its "
-                     "start (phase only); give model.learning_rates.obj_amplitude to refine it", counts,
-                     LOW_DOSE_COUNTS)
-        refining = refined(model, run.optimizer, fixed)
-        log.info("%s", refined_parameters(refining, run.optimizer, run.lr_scale))
-        if "tilt" in refining:
-            log.info("%s", TILT_NOT_MEASURED)
-        resumed = getattr(model, "_resume_state", None)  # what load_checkpoint left for this call
-        model._resume_state = None
-        # decay window, divergence references and best state: carried on from a checkpoint, else new for this call
-        state = loop.state = RunState.new(model) if resumed is None else resumed["run"]
-        pending_state = None if resumed is None else resumed.get("optimizer")
-        last_epoch = model.epoch + loop.n_epochs  # the decay reaches lr_final there
-        owner = mine = None
-        if loop.world > 1:  # every rank evaluates the positions of its own compact block
-            owner = shard_owners(model.initial_positions.detach().cpu().numpy(), loop.world)
-            mine = torch.as_tensor(owner == loop.rank)
-        opt = None
-        opt_names: list[str] = []
-        mode, why = resolve_compile(run.compile, model.device, run.optimizer, loop.world,
-                                    isinstance(data, PreparedData))
-        if run.compile == "auto" and model.device.type == "cuda":
-            log.info("run.compile auto: the batch step runs %s (%s)", "as a CUDA graph" if mode == "cuda_graph"
-                     else "eagerly", why)
-        step = BatchStep(model, losses, run.optimizer, run.precondition_reg, loop.world, mode,
-                         fallback=run.compile == "auto")
+        plan = _prepare(loop)
         for _ in range(loop.n_epochs):
-            epoch = loop.epoch = model.epoch + 1
-            t0 = time.perf_counter()
-            active = []
-            for name, p in named.items():
-                if not p.requires_grad:
-                    continue  # frozen by the user
-                sched = model.schedules.get(name)
-                if sched is not None and sched.active(epoch) and name not in fixed:
-                    active.append(name)
-                else:
-                    p.requires_grad_(False)
-                    disabled.add(name)
-            if not active:
-                raise PhasestemError("no parameter is being optimised (all frozen or outside their schedules)")
-            # Adam/SGD hold every parameter that may be optimised, so moments survive schedule switches
-            # (a parameter outside its epochs has no gradient and is skipped); L-BFGS holds the active ones.
-            wanted = active if run.optimizer == "lbfgs" else [
-                k for k in named
-                if (k in active or k in disabled) and model.schedules[k].resolved_lr(k, run.optimizer) > 0]
-            if opt is None or wanted != opt_names:
-                opt = loop.optimizer = build_optimizer(run.optimizer, model, wanted, run.lr_scale, run.momentum,
-                                                       lbfgs_options)
-                opt_names = list(wanted)
-                if pending_state is not None:
-                    reuse_optimizer_state(opt, pending_state, state.optimizer_names, opt_names)
-                    pending_state = None
-                state.optimizer_names = list(opt_names)
-            if crystal_check and epoch >= 2:
-                lr_decay = crystal_decay(model, epoch)
-            decay = 1.0
-            if run.optimizer != "lbfgs":  # learning rates may have been changed between epochs
-                decay = decay_factor(lr_decay, epoch - state.decay_start, last_epoch - state.decay_start + 1,
-                                     run.lr_final, decay_span, COUNTED_SETTLE if decay_span else None)
-                for group in opt.param_groups:
-                    group["lr"] = (model.schedules[group["name"]].resolved_lr(group["name"], run.optimizer)
-                                   * run.lr_scale * decay * state.lr_backoff)
-            loop.snapshot = snapshot(model.state_dict())
-            mean_loss, first_loss, sums, n_batches = _epoch(loop, step, opt, data, bs, owner, mine,
-                                                            precondition_batches, None if held is None else train)
-            loop.mean_loss = mean_loss
-            if state.start_loss is None:  # the first mini-batch's loss (before any step) is where a new run starts
-                state.start_loss = float(first_loss) if math.isfinite(float(first_loss)) else math.inf
-                state.best_loss = min(state.best_loss, state.start_loss)
-            for cb in callbacks:
-                cb.after_loss(loop)
-            for name in disabled:  # between epochs the user sees (and may change) their own settings
-                named[name].requires_grad_(True)
-            disabled.clear()
-            loop.constraints = resolve_decided(model, loop.constraints, epoch)  # 'auto': decided once, logged
-            # beyond a counted run's decay the steps settle, and the dose's blur with them
-            share = decay / run.lr_final
-            loop.applied = apply_constraints(model, loop.constraints, epoch, 1.0 if share > 1 - 1e-6 else share)
-            model.epoch = epoch
-            record = loop.record = {"epoch": epoch, "loss": mean_loss, "seconds": time.perf_counter() - t0}
-            record.update({k: float(v) / n_batches for k, v in sums.items()})
-            loop.terms = sums
-            model.loss_history.append(record)
-            if hasattr(model, "record_epoch"):  # the geometry history (before the checkpoint)
-                model.record_epoch(record)
-            for cb in callbacks:
-                cb.on_record(loop)
-            for cb in callbacks:
-                cb.on_epoch_end(loop)
-            yield mean_loss
+            if plan.decay_span and model.epoch + 1 - plan.state.decay_start >= plan.decay_span:
+                log.info("run ends after epoch %d of %d: its learning-rate decay (run.lr_decay auto, counted data) "
+                         "ended there and later epochs would fit the noise; run.lr_decay: cosine decays over all "
+                         "the epochs asked for", model.epoch, plan.last_epoch)
+                break
+            yield _advance(loop, plan, named, disabled, lbfgs_options)
             if loop.stop:
                 break
         for cb in callbacks:
@@ -272,6 +165,162 @@ def _epochs(loop: Loop, lbfgs_options: dict) -> Iterator[float]:
             named[name].requires_grad_(True)
         for cb in callbacks:
             cb.on_close(loop)
+
+
+@dataclass
+class _Plan:
+    """What a call decides once, before its first epoch (:func:`_prepare`), and the optimizer it builds as the
+    parameters' schedules switch (``optimizer``, ``optimizer_names``; ``pending_state``: a checkpoint's optimizer
+    state, taken by the first one built)."""
+
+    data: object  # PreparedData / StreamedData
+    batch_size: int
+    train: torch.Tensor
+    held: torch.Tensor | None
+    fixed: frozenset[str]
+    lr_decay: str
+    decay_span: int | None
+    crystal_check: bool
+    state: RunState
+    pending_state: dict | None
+    last_epoch: int
+    owner: object
+    mine: torch.Tensor | None
+    step: BatchStep
+    precondition_batches: object
+    optimizer: object = None
+    optimizer_names: list[str] = field(default_factory=list)
+
+
+def _prepare(loop: Loop) -> _Plan:
+    """The data prepared and everything the call decides from them (counts, the 'auto' constraints, the decay, the
+    held-out positions, a low dose's phase-only fit, the batch step), each logged; the run state from a checkpoint
+    (``model._resume_state``) or new."""
+    model, run, losses = loop.model, loop.run, loop.losses
+    data = loop.data = prepared_data(model, loop.dataset, losses.power, losses.eps, run.data_in_memory,
+                                     run.memory_budget_gb)
+    n = data.n
+    counts = counts_per_pattern(loop.dataset, data.counts)  # a dosed file of intensities: its dose's count
+    if counts != data.counts:
+        log.info("counts per pattern: %.4g from the recorded dose (the patterns are intensities, mean total "
+                 "%.4g)", counts, data.counts)
+    model.counts_per_pattern = counts  # the noise model's counts (recon.uncertainty)
+    model.data_total = float(data.counts)  # the patterns' mean total, data units (the σ bootstrap's scale)
+    # probe_aperture 'auto': decided once per call from the data (the same data decide it again on resume)
+    loop.constraints = resolve_probe_aperture(model, data.mean_pattern, loop.constraints)
+    # obj_blur 'auto': the dose
+    loop.constraints = resolve_obj_blur(model, loop.dataset, counts, loop.constraints, loop.counted)
+    loop.constraints = resolve_obj_band(model, loop.constraints)  # obj_band 'auto': the object's grid
+    lr_decay, decay_span, why = resolve_lr_decay(run.lr_decay, losses, data.mean_pattern, model.decided)
+    if why:
+        log.info("run.lr_decay auto: %s", why)
+        model.auto_reasons["run.lr_decay"] = why  # a run setting: its row in results.h5 (recon.report)
+    bs = n if not run.batch_size else min(int(run.batch_size), n)
+    train, held = split_positions(n, holdout_fraction(run.holdout, losses, counts, n, loop.world), run.seed)
+    if held is not None:  # positions kept out of the fit: their loss decides where the run ends
+        loop.callbacks.insert(1, HeldOutStop(held, bs))
+        log.info("held out of the fit: %d of %d positions (run.holdout %s)", len(held), n, run.holdout)
+    fixed = frozenset()
+    if phase_only(losses.poisson > 0, counts, model.schedules["obj_amplitude"]):
+        fixed = frozenset({"obj_amplitude"})
+        log.info("low dose (%.4g counts per pattern ≤ %g, counted data): the object amplitude is held at its "
+                 "start (phase only); give model.learning_rates.obj_amplitude to refine it", counts,
+                 LOW_DOSE_COUNTS)
+    refining = refined(model, run.optimizer, fixed)
+    log.info("%s", refined_parameters(refining, run.optimizer, run.lr_scale))
+    if "tilt" in refining:
+        log.info("%s", TILT_NOT_MEASURED)
+    resumed = getattr(model, "_resume_state", None)  # what load_checkpoint left for this call
+    model._resume_state = None
+    # decay window, divergence references and best state: carried on from a checkpoint, else new for this call
+    state = loop.state = RunState.new(model) if resumed is None else resumed["run"]
+    owner = mine = None
+    if loop.world > 1:  # every rank evaluates the positions of its own compact block
+        owner = shard_owners(model.initial_positions.detach().cpu().numpy(), loop.world)
+        mine = torch.as_tensor(owner == loop.rank)
+    mode, why = resolve_compile(run.compile, model.device, run.optimizer, loop.world, isinstance(data, PreparedData))
+    if run.compile == "auto" and model.device.type == "cuda":
+        log.info("run.compile auto: the batch step runs %s (%s)", "as a CUDA graph" if mode == "cuda_graph"
+                 else "eagerly", why)
+    step = BatchStep(model, losses, run.optimizer, run.precondition_reg, loop.world, mode,
+                     fallback=run.compile == "auto")
+    return _Plan(data, bs, train, held, fixed, lr_decay, decay_span,
+                 crystal_check=run.lr_decay == "auto" and lr_decay == "none",  # a strong scatterer: unless a crystal
+                 state=state, pending_state=None if resumed is None else resumed.get("optimizer"),
+                 last_epoch=model.epoch + loop.n_epochs,  # the decay reaches lr_final there
+                 owner=owner, mine=mine, step=step,
+                 precondition_batches=resolve_batches(run.precondition_batches, losses))
+
+
+def _advance(loop: Loop, plan: _Plan, named: dict[str, torch.Tensor], disabled: set[str],
+             lbfgs_options: dict) -> float:
+    """One epoch: the parameters its schedules switch on (the others switched off into ``disabled``), the optimizer
+    (re)built when they change, the learning rates of the decay, the batches, the constraints, the record and the
+    callbacks. Returns the epoch's mean loss."""
+    model, run, callbacks, state = loop.model, loop.run, loop.callbacks, plan.state
+    epoch = loop.epoch = model.epoch + 1
+    t0 = time.perf_counter()
+    active = []
+    for name, p in named.items():
+        if not p.requires_grad:
+            continue  # frozen by the user
+        sched = model.schedules.get(name)
+        if sched is not None and sched.active(epoch) and name not in plan.fixed:
+            active.append(name)
+        else:
+            p.requires_grad_(False)
+            disabled.add(name)
+    if not active:
+        raise PhasestemError("no parameter is being optimised (all frozen or outside their schedules)")
+    # Adam/SGD hold every parameter that may be optimised, so moments survive schedule switches
+    # (a parameter outside its epochs has no gradient and is skipped); L-BFGS holds the active ones.
+    wanted = active if run.optimizer == "lbfgs" else [
+        k for k in named
+        if (k in active or k in disabled) and model.schedules[k].resolved_lr(k, run.optimizer) > 0]
+    if plan.optimizer is None or wanted != plan.optimizer_names:
+        plan.optimizer = loop.optimizer = build_optimizer(run.optimizer, model, wanted, run.lr_scale, run.momentum,
+                                                          lbfgs_options)
+        plan.optimizer_names = list(wanted)
+        if plan.pending_state is not None:
+            reuse_optimizer_state(plan.optimizer, plan.pending_state, state.optimizer_names, plan.optimizer_names)
+            plan.pending_state = None
+        state.optimizer_names = list(plan.optimizer_names)
+    opt = plan.optimizer
+    if plan.crystal_check and epoch >= 2:
+        plan.lr_decay = crystal_decay(model, epoch)
+    if run.optimizer != "lbfgs":  # learning rates may have been changed between epochs
+        decay = decay_factor(plan.lr_decay, epoch - state.decay_start, plan.last_epoch - state.decay_start + 1,
+                             run.lr_final, plan.decay_span)
+        for group in opt.param_groups:
+            group["lr"] = (model.schedules[group["name"]].resolved_lr(group["name"], run.optimizer)
+                           * run.lr_scale * decay * state.lr_backoff)
+    loop.snapshot = snapshot(model.state_dict())
+    mean_loss, first_loss, sums, n_batches = _epoch(loop, plan.step, opt, plan.data, plan.batch_size, plan.owner,
+                                                    plan.mine, plan.precondition_batches,
+                                                    None if plan.held is None else plan.train)
+    loop.mean_loss = mean_loss
+    if state.start_loss is None:  # the first mini-batch's loss (before any step) is where a new run starts
+        state.start_loss = float(first_loss) if math.isfinite(float(first_loss)) else math.inf
+        state.best_loss = min(state.best_loss, state.start_loss)
+    for cb in callbacks:
+        cb.after_loss(loop)
+    for name in disabled:  # between epochs the user sees (and may change) their own settings
+        named[name].requires_grad_(True)
+    disabled.clear()
+    loop.constraints = resolve_decided(model, loop.constraints, epoch)  # 'auto': decided once, logged
+    loop.applied = apply_constraints(model, loop.constraints, epoch)
+    model.epoch = epoch
+    record = loop.record = {"epoch": epoch, "loss": mean_loss, "seconds": time.perf_counter() - t0}
+    record.update({k: float(v) / n_batches for k, v in sums.items()})
+    loop.terms = sums
+    model.loss_history.append(record)
+    if hasattr(model, "record_epoch"):  # the geometry history (before the checkpoint)
+        model.record_epoch(record)
+    for cb in callbacks:
+        cb.on_record(loop)
+    for cb in callbacks:
+        cb.on_epoch_end(loop)
+    return mean_loss
 
 
 def _coarse_start(loop: Loop) -> Iterator[float]:

@@ -226,19 +226,16 @@ def build_optimizer(kind: str, model, names: list[str], lr_scale: float, momentu
     raise PhasestemError(f"optimizer must be 'lsq', 'adam', 'sgd' or 'lbfgs', got {kind!r}")
 
 
-def decay_factor(kind: str, step: int, n_steps: int, final: float, span: int | None = None,
-                 settle: float | None = None) -> float:
+def decay_factor(kind: str, step: int, n_steps: int, final: float, span: int | None = None) -> float:
     """Learning-rate factor of epoch ``step`` (0-based) of ``n_steps``: 'none' → 1; 'cosine' → 1 … ``final`` at
     the last epoch, or at epoch ``span`` − 1 when ``span`` is shorter than the run (the training schedule's shape,
-    :func:`phasestem.base.schedules.lr_lambda`), then ``final`` × ``settle``^k at the k-th epoch after it
-    (``final`` held where ``settle`` is None)."""
+    :func:`phasestem.base.schedules.lr_lambda`), ``final`` held after it (the engine ends a run with ``lr_decay:
+    auto``'s span there)."""
     if kind not in ("none", "cosine"):
         raise PhasestemError(f"run.lr_decay must be 'none' or 'cosine', got {kind!r}")
     n = min(n_steps, span) if span else n_steps
     if kind == "none" or n <= 1:
         return 1.0
-    if step >= n and settle is not None:
-        return final * settle ** (step - n + 1)
     return lr_lambda(min(step, n - 1), n - 1, 0, "cosine", final)
 
 

@@ -61,10 +61,10 @@ class RunConfig(FiniteModel):
         "auto", description="cosine: every learning rate falls to lr_final × its value over the run's epochs "
         "(--resume continues it), which keeps noisy data from being over-fitted late in a run; none: constant; auto "
         "(default): for counted data (a Poisson term in the data loss) the cosine over the first 20 epochs to "
-        "lr_final, then half the last epoch's steps every epoch, the dose's blur shrinking with them (a longer run "
-        "settles where its decay ended instead of fitting the noise); without counts none for a strong scatterer "
-        "(more than 1 % of the mean pattern beyond 1.1 × the disk), whose slices full steps fit further, unless its "
-        "first epoch shows a crystal, and the cosine otherwise (phasestem.recon.decay_rule.resolve_lr_decay; logged)")
+        "lr_final, where the run ends (a longer run would go on fitting the noise; logged); without counts none for "
+        "a strong scatterer (more than 1 % of the mean pattern beyond 1.1 × the disk), whose slices full steps fit "
+        "further, unless its first epoch shows a crystal, and the cosine otherwise "
+        "(phasestem.recon.decay_rule.resolve_lr_decay; logged)")
     lr_final: float = Field(0.1, gt=0, le=1, description="final learning-rate fraction of lr_decay: cosine")
     seed: int = Field(0, description="seed of the batch order")
     compile: Literal["auto", "none", "compile", "cuda_graph"] = Field(
