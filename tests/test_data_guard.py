@@ -176,7 +176,7 @@ def test_chance_flags_at_most_the_stated_share_of_true_features():
 def fake_restorer(runs, monkeypatch, tmp_path):
     """The crafted restoration of the counted run, handed out by ``restore`` in place of a network's (the
     restorer is not what is tested here), and an untrained restorer file with the run's card."""
-    import phasestem.learn.restore as restore
+    import phasestem.learn.apply.restorer as restore
 
     results = runs["counted"]
     case = _crafted(results)

@@ -11,8 +11,8 @@ import torch
 import yaml
 
 from phasestem.cli import main
+from phasestem.learn.data.restorer_pairs import dihedral
 from phasestem.learn.nets.restorer import Restorer, RestorerConfig, invented_mass, offset_free_loss
-from phasestem.learn.restore_data import dihedral
 
 
 @pytest.mark.parametrize("arch", ["unet", "phaseformer"])

@@ -60,7 +60,7 @@ def test_learned_prior_of_weight_zero_equals_plain_ad_and_pulls_otherwise(ds):
 
 def test_restorer_files_of_another_geometry_or_corrupted_are_refused_in_one_line(ds, tmp_path):
     from phasestem.learn.apply.phase import dataset_optics
-    from phasestem.learn.restore import load_restorer, restore_channels
+    from phasestem.learn.apply.restorer import load_restorer, restore_channels
 
     net = Restorer(RestorerConfig(width=4))
     optics = {**dataset_optics(ds), "sampling": list(ds.sampling)}

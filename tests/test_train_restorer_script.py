@@ -52,7 +52,7 @@ def test_train_restorer_script_end_to_end(tmp_path, monkeypatch):
     assert len(score["groups"]) == 1 and score["rows"][0]["electrons"] is None
     card = (tmp_path / "cards" / "restore-test.md").read_text()
     assert "restore-test" in card and "sha256" in card
-    from phasestem.learn.restore import load_restorer
+    from phasestem.learn.apply.restorer import load_restorer
 
     net, meta = load_restorer("restore-test")
     assert meta["model"]["kind"] == "restorer" and meta["pretrained"]["name"] == "restore-test"
@@ -132,7 +132,7 @@ def test_prior_study_and_ad_sweep_on_a_tiny_file(tmp_path):
     assert 0 < row["prior"] < 2 and row["prior_restored"] == pytest.approx(row["prior"], abs=1e-6)  # identity net
     import restorer_speed
 
-    from phasestem.learn.restore import load_restorer
+    from phasestem.learn.apply.restorer import load_restorer
 
     timed = restorer_speed.time_one(load_restorer(model)[0], ds, epochs=3)
     assert timed["seconds_per_epoch"] > 0 and timed["restore_seconds"] > 0

@@ -183,7 +183,7 @@ def test_a_default_parameter_file_run_chooses_it_records_it_and_one_flag_keeps_t
 
 
 def test_a_restorer_trained_on_the_detector_pixel_refuses_an_upsampled_run_saying_why():
-    from phasestem.learn.restore import check_geometry
+    from phasestem.learn.apply.restorer import check_geometry
 
     geometry = {"energy": ENERGY, "semiangle": 30.0, "aberrations": {"C30": 1e6},
                 "angular_sampling": [SEED_MRAD[0]] * 2, "scan_step": [2.0, 2.0], "sampling": [SEED_PIXEL / 2] * 2,

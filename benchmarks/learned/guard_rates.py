@@ -43,10 +43,10 @@ def one(net, name: str, upsampling, ds, truth: np.ndarray, ts, spec: dict) -> di
     from scipy import ndimage
 
     from phasestem.learn.ad_pairs import truth_on_ad_grid
+    from phasestem.learn.apply.restorer import restore_channels
     from phasestem.learn.data_guard import data_guard
     from phasestem.learn.guards import site_fraction
     from phasestem.learn.hybrid import ad_recipe_snapshots, fitted_guard_run
-    from phasestem.learn.restore import restore_channels
 
     snapshots, model = ad_recipe_snapshots(ds, (), model={"upsampling": upsampling})
     ch = snapshots[int(model.epoch)]
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--electrons", nargs="+", type=parse_electrons, default=[None, 1e4])
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
-    from phasestem.learn.restore import load_restorer
+    from phasestem.learn.apply.restorer import load_restorer
 
     layout = json.loads((args.vacancies / "layout.json").read_text())
     result = json.loads(args.out.read_text()) if args.out.exists() else {}

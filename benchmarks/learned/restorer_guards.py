@@ -133,8 +133,8 @@ def residual_rows(pairs: Path, sim: Path, electrons: list[float | None], net) ->
     import h5py
 
     from phasestem.learn.ad_pairs import stored_epochs
+    from phasestem.learn.apply.restorer import restore_channels
     from phasestem.learn.guards import residual_ratio
-    from phasestem.learn.restore import restore_channels
 
     epochs = stored_epochs(pairs)
     rows = []
@@ -157,8 +157,8 @@ def guard_rows(out: Path, layout: dict, net) -> list[dict]:
     import h5py
 
     from phasestem.learn.ad_pairs import stored_epochs
+    from phasestem.learn.apply.restorer import restore_channels
     from phasestem.learn.guards import site_fraction
-    from phasestem.learn.restore import restore_channels
 
     path = out / "pairs_guards.h5"
     epochs = stored_epochs(path)
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     guard_arguments(p)
     args = p.parse_args(argv)
-    from phasestem.learn.restore import load_restorer
+    from phasestem.learn.apply.restorer import load_restorer
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)

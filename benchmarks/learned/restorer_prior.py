@@ -57,8 +57,8 @@ def run_prior(net, ds, truth: np.ndarray, truth_sampling, every: int, weight: fl
     outside ``seconds``). ``twin``: the network restores a plain-AD twin's phase, as ``reconstruct --prior`` does
     (:class:`phasestem.recon.twin.TwinRun`; False: the steered phase itself, as before issue 68)."""
     from phasestem.learn.ad_pairs import truth_on_ad_grid
+    from phasestem.learn.apply.restorer import restore_channels
     from phasestem.learn.hybrid import ad_recipe_model, restorer_prior
-    from phasestem.learn.restore import restore_channels
     from phasestem.recon.channels import restorer_channels
     from phasestem.recon.engine import optimize_with_options
     from phasestem.recon.params import optimizer_options
@@ -95,7 +95,7 @@ def run_prior(net, ds, truth: np.ndarray, truth_sampling, every: int, weight: fl
 def study(model: str, dev: Path, val: Path, electrons: list[float | None], device: str = "cpu",
           candidates=CANDIDATES, out: Path | None = None, twin: bool = True) -> dict:
     """Every candidate on the development half, the chosen one on the validation half (resumes from ``out``)."""
-    from phasestem.learn.restore import load_restorer
+    from phasestem.learn.apply.restorer import load_restorer
 
     net, _ = load_restorer(model, device=device)
     result = json.loads(out.read_text()) if out is not None and out.exists() else {"dev": {}, "val": {}}

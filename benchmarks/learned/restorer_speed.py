@@ -31,8 +31,8 @@ def time_one(net, ds, epochs: int = 6, device: str = "cpu") -> dict:
     """AD's seconds per epoch and the restorer's seconds on this run's channels (module docstring)."""
     import torch
 
+    from phasestem.learn.apply.restorer import restore_channels
     from phasestem.learn.hybrid import ad_recipe_model
-    from phasestem.learn.restore import restore_channels
     from phasestem.recon.channels import restorer_channels
     from phasestem.recon.engine import optimize_with_options
     from phasestem.recon.params import optimizer_options
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
-    from phasestem.learn.restore import load_restorer
+    from phasestem.learn.apply.restorer import load_restorer
 
     net, _ = load_restorer(args.model, device=args.device)
     result = {}

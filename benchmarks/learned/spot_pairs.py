@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     import h5py
 
     from phasestem.learn.ad_pairs import stored_epochs
-    from phasestem.learn.restore import load_restorer, restore_channels
+    from phasestem.learn.apply.restorer import load_restorer, restore_channels
     from phasestem.physics.optics import wavelength
 
     net, meta = load_restorer(args.model)

@@ -290,8 +290,8 @@ def score_pairs(model: str | Path, pairs: list[Path], device: str = "cpu") -> di
     import torch
 
     from phasestem.learn.ad_pairs import stored_epochs
+    from phasestem.learn.apply.restorer import load_restorer
     from phasestem.learn.guards import new_peaks
-    from phasestem.learn.restore import load_restorer
     from phasestem.learn.training.restorer import field_error
 
     net, meta = load_restorer(model, device=device)

@@ -122,8 +122,8 @@ def score(out: Path, layout: dict, net) -> list[dict]:
     import h5py
 
     from phasestem.learn.ad_pairs import stored_epochs
+    from phasestem.learn.apply.restorer import restore_channels
     from phasestem.learn.guards import site_fraction
-    from phasestem.learn.restore import restore_channels
 
     path = out / "pairs_vacancies.h5"
     epochs = stored_epochs(path)
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="validation samples to hold the vacancies (default: a crystal, wurtzite, 2H-MoS2)")
     p.add_argument("--sites", type=int, default=3, help="columns removed per specimen")
     args = p.parse_args(argv)
-    from phasestem.learn.restore import load_restorer
+    from phasestem.learn.apply.restorer import load_restorer
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)

@@ -35,9 +35,9 @@ from train_restorer import ABTEM_SEED, aligned_error, heldout_config  # noqa: E4
 def one(net, name: str, ds, truth: np.ndarray, ts) -> dict:
     """AD (the card's pixel), the restoration without the geometry check, and the guard's shares."""
     from phasestem.learn.ad_pairs import truth_on_ad_grid
+    from phasestem.learn.apply.restorer import restore_channels
     from phasestem.learn.data_guard import data_guard
     from phasestem.learn.hybrid import ad_recipe_snapshots, fitted_guard_run
-    from phasestem.learn.restore import restore_channels
 
     snapshots, model = ad_recipe_snapshots(ds, (), model={"upsampling": 2})
     ch = snapshots[int(model.epoch)]
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from abtem_samples import write_abtem_file
 
-    from phasestem.learn.restore import load_restorer
+    from phasestem.learn.apply.restorer import load_restorer
     from phasestem.simulate.config import SimulationConfig
 
     args.out.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ SCHEMAS = [
     ("phasestem train patch | stitch | end2end", "phasestem.learn.config:TrainRunConfig"),
     ("phasestem train autoencoder", "phasestem.learn.config:AutoencoderRunConfig"),
     ("phasestem train phaseformer", "phasestem.learn.config:PhaseformerRunConfig"),
-    ("phasestem train restorer", "phasestem.learn.restorer_config:RestorerRunConfig"),
+    ("phasestem train restorer", "phasestem.learn.config:RestorerRunConfig"),
     ("phasestem make-pairs", "phasestem.learn.config:MakePairsConfig"),
     ("phasestem demo (built-in settings)", "phasestem.cli.demo:DemoConfig"),
     ("phasestem plan", "phasestem.plan.config:PlanConfig"),

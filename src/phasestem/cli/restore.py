@@ -14,7 +14,7 @@ skips it with a line saying why (``--data`` that cannot be read is refused; ``--
 ``OUT.h5``: ``OUT.png`` (input, restoration, difference, change / σ, data support with the flagged sites circled)
 and ``OUT.log`` (what it printed and logged, appended per restore). ``OUT.h5`` must end in
 .h5 / .hdf5, may not be one of the inputs, and replaces only a previous restoration, with ``--replace``
-(:func:`phasestem.learn.restore_output.refuse_unsafe_output`)."""
+(:func:`phasestem.learn.apply.restorer_output.refuse_unsafe_output`)."""
 from __future__ import annotations
 
 import argparse
@@ -57,7 +57,7 @@ def register(subparsers, train_subparsers) -> None:
 
 
 #: the lines ``restore`` prints, copied into its log file only (the terminal has them once, on stdout)
-_summary = logging.getLogger("phasestem.learn.restore.summary")
+_summary = logging.getLogger("phasestem.restore.summary")
 _summary.propagate = False
 
 
@@ -70,8 +70,7 @@ def _say(line: str) -> None:
 def _restore(args) -> int:
     from ..base.lock import hold_output
     from ..base.runtime import log_to_file, resolve_device
-    from ..learn.data_guard import guard_line
-    from ..learn.restore_output import (
+    from ..learn.apply.restorer_output import (
         change_line,
         companion_paths,
         no_sigma_reason,
@@ -79,6 +78,7 @@ def _restore(args) -> int:
         refuse_unsafe_output,
         write_restored,
     )
+    from ..learn.data_guard import guard_line
 
     out = Path(args.out_file)
     refuse_unsafe_output(out, args.results, args.model, replace=args.replace)
@@ -132,7 +132,7 @@ def _figure(phase, info: dict, args, path: Path, no_sigma: str, guard=None) -> P
     """``OUT.png``: input, restoration, difference, the guard's σ map (:func:`phasestem.plot.restoration.
     restoration_figure`; ``no_sigma``: why there is none) and, with ``guard``, the data-support map with the flagged
     sites circled, titled with the share beyond the threshold and its chance level."""
-    from ..learn.restore_output import figure_title
+    from ..learn.apply.restorer_output import figure_title
     from ..plot.core import pyplot
     from ..plot.restoration import restoration_figure
 

@@ -114,7 +114,7 @@ def restorer_prior(net, dataset, every: int = 2, weight: float | None = None, st
     from ..recon.prior import RefreshedPrior
     from ..recon.prior_stop import DEFAULT_PATIENCE, DEFAULT_WEIGHT
     from .apply.phase import check_finite_phase, check_finite_prediction
-    from .restore import restore_channels
+    from .apply.restorer import restore_channels
 
     def target(model) -> np.ndarray:  # the restoration inside the scanned field, the phase itself outside it
         channels = restorer_channels(model, dataset)  # (the restorer is trained over the field only)
@@ -132,11 +132,11 @@ def prior_hook(model_path, every: int = 2, weight: float | None = None, start: i
                patience: int | None = None):
     """``hook(model, dataset, twin)`` for :func:`phasestem.recon.run.run_reconstruction`'s ``callback_hooks``: the
     restorer ``model_path`` (read now: a corrupted file is refused before the run) checked against the run's optics
-    (:func:`phasestem.learn.restore.check_geometry`, as ``restore`` checks them), then returned as the run's
+    (:func:`phasestem.learn.apply.restorer.check_geometry`, as ``restore`` checks them), then returned as the run's
     :func:`restorer_prior` (``decay``, ``patience``: its pull's schedule, checked now), on the run model's device."""
     from ..recon.prior_stop import DEFAULT_PATIENCE, check_schedule, default_decay
     from ..recon.results import optics_record
-    from .restore import check_geometry, load_restorer
+    from .apply.restorer import check_geometry, load_restorer
 
     patience = DEFAULT_PATIENCE if patience is None else patience
     check_schedule(default_decay(decay, twin=True), patience)  # one line before the model is read
@@ -157,12 +157,12 @@ def restore_results(results_path, model_path, device: str = "cpu", trust: bool =
     pixel, {"sampling", "energy", "field", "input", "sigma"; "change_sigma": (restored − input) / σ
     (:func:`phasestem.recon.uncertainty.change_in_sigma`) and "unsupported": the share of the field beyond
     "significant" σ, when the run has a σ map, else None}). The model is refused in one line for a run of other
-    optics (:func:`phasestem.learn.restore.check_geometry`; a file without the record unless ``trust``), and a
+    optics (:func:`phasestem.learn.apply.restorer.check_geometry`; a file without the record unless ``trust``), and a
     non-finite phase in or out is one line naming the file."""
     from ..recon.channels import channels_from_results
     from ..recon.uncertainty import SIGNIFICANT, change_in_sigma, unsupported_fraction
     from .apply.phase import check_finite_phase, check_finite_prediction
-    from .restore import check_geometry, load_restorer, restore_channels
+    from .apply.restorer import check_geometry, load_restorer, restore_channels
 
     channels, info = channels_from_results(results_path)
     check_finite_phase(channels["phase"], f"{results_path}:object/phase_sum")

@@ -53,7 +53,7 @@ NETWORKS: dict[str, Entry] = {e.name: e for e in (
           "config:PhaseformerRunConfig", "training.phaseformer:build_phaseformer_trainer",
           "training.phaseformer:phaseformer_from_config"),
     Entry("restorer", "the restorer: AD's phase (+ amplitude, illumination) → restored phase on AD's grid",
-          "restorer_config:RestorerRunConfig", "training.restorer:build_restorer_trainer",
+          "config:RestorerRunConfig", "training.restorer:build_restorer_trainer",
           "training.restorer:restorer_from_config"),
 )}
 

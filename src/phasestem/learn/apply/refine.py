@@ -25,7 +25,7 @@ from ..meta import require_kind
 from ..nets.phaseformer import Phaseformer, PhaseformerConfig
 from ..trainer import load_weights, resolve_device
 
-log = logging.getLogger("phasestem.learn.restore")
+log = logging.getLogger("phasestem.learn")
 
 __all__ = ["load_phaseformer", "read_phase_image", "refine_phase", "write_refined", "refine_file"]
 

@@ -7,9 +7,9 @@ at zero, so an untrained restorer returns its input phase exactly. Any H, W: the
 reflection to a multiple of 8 and the correction is cropped back. The body sees the phase with its mean over
 the image removed (a constant phase is not measured; the loss ignores it too).
 
-Bodies (``arch``): ``unet``, a small residual U-Net (the baseline: two poolings, ``width``, 2·width, 4·width
-channels), and ``phaseformer``, :class:`~phasestem.learn.nets.phaseformer.Phaseformer` (SPEC §5, seed 002) in the
-restorer role (its 1× output; ``residual`` off inside, the residual taken here).
+Bodies (``arch``, the table :data:`BODIES`): ``unet``, a small residual U-Net (the baseline: two poolings,
+``width``, 2·width, 4·width channels), and ``phaseformer``, :class:`~phasestem.learn.nets.phaseformer.Phaseformer`
+(SPEC §5, seed 002) in the restorer role (its 1× output; ``residual`` off inside, the residual taken here).
 
 :func:`offset_free_loss`: Charbonnier √(d² + ε²) of d = (prediction − truth) − mean over the scanned field of
 (prediction − truth), averaged over the field (a (B, 1, H, W) mask): phase offsets are unobservable.
@@ -31,8 +31,8 @@ from .pixel_error import offset_free_difference
 
 CHANNELS = ("amplitude", "illumination")
 
-__all__ = ["RestorerConfig", "Restorer", "UNetBody", "offset_free_difference", "offset_free_loss", "invented_mass",
-           "CHANNELS"]
+__all__ = ["RestorerConfig", "Restorer", "UNetBody", "BODIES", "offset_free_difference", "offset_free_loss",
+           "invented_mass", "CHANNELS"]
 
 
 @dataclass
@@ -57,9 +57,9 @@ class RestorerConfig:
             d["extra_channels"] = tuple(d["extra_channels"])
         cfg = cls(**d)
         unknown = [c for c in cfg.extra_channels if c not in CHANNELS]
-        if cfg.arch not in ("unet", "phaseformer") or unknown:
-            raise ValueError(f"restorer: arch must be unet or phaseformer and extra channels of {CHANNELS}, got "
-                             f"{cfg.arch!r}, {list(cfg.extra_channels)}")
+        if cfg.arch not in BODIES or unknown:
+            raise ValueError(f"restorer: arch must be one of {', '.join(BODIES)} and extra channels of {CHANNELS}, "
+                             f"got {cfg.arch!r}, {list(cfg.extra_channels)}")
         return cfg
 
     @property
@@ -108,6 +108,14 @@ class _PhaseformerBody(nn.Module):
         return self.net(x)[0]
 
 
+#: the restorer's bodies by ``arch``: (input channels, :class:`RestorerConfig`) → a module (B, C, H, W) → (B, 1, H, W)
+#: whose output starts at zero; the one place a new body is added (the run config's ``model.arch`` reads it)
+BODIES = {
+    "unet": lambda channels, cfg: UNetBody(channels, cfg.width),
+    "phaseformer": lambda channels, cfg: _PhaseformerBody(channels, cfg.phaseformer),
+}
+
+
 class Restorer(nn.Module):
     """AD's phase (+ extra channels) → restored phase on the same grid (module docstring)."""
 
@@ -115,8 +123,7 @@ class Restorer(nn.Module):
         super().__init__()
         self.config = config or RestorerConfig()
         c = self.config.in_channels
-        self.body = UNetBody(c, self.config.width) if self.config.arch == "unet" else _PhaseformerBody(
-            c, self.config.phaseformer)
+        self.body = BODIES[self.config.arch](c, self.config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.config.in_channels:

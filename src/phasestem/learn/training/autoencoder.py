@@ -28,7 +28,7 @@ from ..nets.autoencoder import Autoencoder, scale_patterns
 from ..trainer import Trainer, seed_everything
 from . import split_indices
 
-log = logging.getLogger("phasestem.learn.restore")
+log = logging.getLogger("phasestem.learn")
 
 __all__ = ["load_patterns", "PatternSet", "build_autoencoder", "build_autoencoder_trainer", "train_autoencoder"]
 

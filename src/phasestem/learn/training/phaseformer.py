@@ -26,7 +26,7 @@ from ..pairs import paired_dataset
 from ..trainer import Trainer, seed_everything
 from . import split_indices
 
-log = logging.getLogger("phasestem.learn.restore")
+log = logging.getLogger("phasestem.learn")
 
 __all__ = ["PhaseformerTrainable", "build_phaseformer_trainer", "train_phaseformer"]
 

@@ -1,11 +1,11 @@
 """Training runs of the restorer (:mod:`phasestem.learn.nets.restorer`) on the shared trainer.
 
-``build_restorer_trainer(cfg)``: items of the pairs files of AD epochs (:class:`~phasestem.learn.restore_data.
+``build_restorer_trainer(cfg)``: items of the pairs files of AD epochs (:class:`~phasestem.learn.data.restorer_pairs.
 RestorePairs`, dihedral augmentation), the network, the offset-free loss over the scanned field. Validation logs
 ``e_phi`` (E_φ over the field, offsets removed: √(Σ d'² / Σ φ_true²)) and ``e_phi_identity`` (the same of AD's
 phase as it is: what an untrained restorer gives). The model file's ``meta["data"]`` keeps the geometry of the
 training pairs (``optics``: energy, semi-angle, detector pixel, aberrations, scan step and AD's pixel
-``sampling``), which :mod:`phasestem.learn.restore` checks before a model is applied.
+``sampling``), which :mod:`phasestem.learn.apply.restorer` checks before a model is applied.
 """
 from __future__ import annotations
 
@@ -18,14 +18,14 @@ from torch import nn
 
 from ...base.errors import ConfigError
 from ..backbones import count_parameters
+from ..config import RestorerRunConfig
+from ..data.restorer_pairs import RestorePairs, pairs_optics
 from ..meta import make_meta
 from ..nets.restorer import Restorer, RestorerConfig, invented_mass, offset_free_difference, offset_free_loss
-from ..restore_data import RestorePairs, pairs_optics
-from ..restorer_config import RestorerRunConfig
 from ..trainer import Trainer, seed_everything
 from . import split_indices
 
-log = logging.getLogger("phasestem.learn.restore")
+log = logging.getLogger("phasestem.learn")
 
 __all__ = ["restorer_from_config", "build_restorer_trainer", "field_error"]
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..base.errors import ConfigError
+from ...base.errors import ConfigError
 
 __all__ = ["companion_paths", "crop_placement", "write_restored", "write_guard", "placement_line", "change_line",
            "no_sigma_reason", "figure_title", "refuse_unsafe_output", "is_restoration", "RESTORED_FORMAT"]
@@ -67,7 +67,7 @@ def _is_restore_log(path: Path) -> bool:
 def _model_files(model: str) -> list[Path]:
     """The files a ``--model`` value reads: the weights file, every file of a run folder, or a shipped name's
     weights."""
-    from .pretrained import model_dir, registry
+    from ..pretrained import model_dir, registry
 
     path = Path(model)
     if path.is_dir():
@@ -84,8 +84,8 @@ def refuse_unsafe_output(out_file: str | Path, results: str | Path, model: str, 
     file, the other files of its run, the model's files: links and relative paths resolved); an existing ``OUT.h5``
     that is not a previous restoration (:func:`is_restoration`), or is one without ``replace``; an existing
     ``OUT.png`` not beside a previous restoration; an existing ``OUT.log`` that is not a restore's log."""
-    from ..base.safety import refuse_output_over_inputs
-    from .hybrid import run_files
+    from ...base.safety import refuse_output_over_inputs
+    from ..hybrid import run_files
 
     out = Path(out_file)
     figure, log = companion_paths(out)
@@ -122,7 +122,7 @@ def write_restored(path: str | Path, phase: np.ndarray, info: dict[str, Any], mo
     (a :class:`phasestem.learn.data_guard.DataGuardResult`; :func:`write_guard`), and the attributes sampling (Å),
     model, results, units, format and :func:`crop_placement`. ``replace`` False: a file that is at ``path`` by then
     is kept (FileExistsError). Returns the placement."""
-    from ..base.safety import atomic_hdf5
+    from ...base.safety import atomic_hdf5
 
     placement = crop_placement(info["origin_px"], phase.shape)
     with atomic_hdf5(Path(path), field="--out-file", replace=replace) as f:
@@ -190,7 +190,7 @@ def no_sigma_reason(results: str | Path) -> str:
 
 def figure_title(info: dict[str, Any], model: str) -> str:
     """The figure's title: the model, and the share of the field beyond the threshold σ beside chance's."""
-    from ..metrics import chance_beyond
+    from ...metrics import chance_beyond
 
     if info.get("change_sigma") is None:
         return f"restorer {model}: no σ map, the change is not judged against the data's noise"
@@ -203,7 +203,7 @@ def change_line(info: dict[str, Any], results: str | Path, out_file, no_sigma: s
     """The printed line judging the restorer's change against the data's σ: the share of the field beyond
     ``info['significant']`` σ beside the share pure noise gives; or why it cannot be judged (``no_sigma``: the
     :func:`no_sigma_reason` already read, else read now)."""
-    from ..metrics import chance_beyond
+    from ...metrics import chance_beyond
 
     if info.get("change_sigma") is None:
         reason = no_sigma or no_sigma_reason(results)

@@ -15,8 +15,8 @@ import h5py
 import numpy as np
 import torch
 
-from ..base.errors import ConfigError, ShapeError
-from .ad_pairs import stored_epochs
+from ...base.errors import ConfigError, ShapeError
+from ..ad_pairs import stored_epochs
 
 __all__ = ["RestorePairs", "dihedral", "pairs_optics"]
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..base.errors import InputFileError, ShapeError
+from ...base.errors import InputFileError, ShapeError
 
 __all__ = ["load_restorer", "check_pixel", "check_geometry", "check_upsampled_pixel", "restore_channels"]
 
@@ -34,7 +34,7 @@ def check_geometry(meta: dict[str, Any], geometry: dict[str, Any] | None, model:
     pixel, is checked). A quantity the card lacks is not checked (one log line). A run on pixels finer than its
     detector's (``model.upsampling``) is refused by a restorer trained at another pixel with the reason
     (:func:`check_upsampled_pixel`)."""
-    from .apply.phase import OPTICS_TOLERANCE, check_training_optics
+    from .phase import OPTICS_TOLERANCE, check_training_optics
 
     if geometry is None:
         if not trust:
@@ -57,7 +57,7 @@ def check_upsampled_pixel(meta: dict[str, Any], geometry: dict[str, Any], model:
     ``geometry``) whose pixel is not the card's. Not resampled onto the card's pixel: the network learned to restore
     AD phases at that pixel, whose band stopped at its 2/3 Nyquist; a finer run's phase carries the probe's whole
     band, so resampled it would be an input unlike any the network was trained on."""
-    from .apply.phase import OPTICS_TOLERANCE
+    from .phase import OPTICS_TOLERANCE
 
     u = int(geometry.get("upsampling") or 1)
     trained = ((meta.get("data") or {}).get("optics") or {}).get("sampling")
@@ -88,9 +88,9 @@ def check_pixel(meta: dict[str, Any], sampling: tuple[float, float], source: str
 def load_restorer(path: str | Path, dataset=None, sampling: tuple[float, float] | None = None,
                   device: str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
     """(restorer in eval mode on ``device``, meta); with ``dataset`` / ``sampling`` (Å) the geometry is checked."""
-    from .apply.phase import check_training_optics, dataset_optics
-    from .pretrained import resolve
-    from .registry import load_model
+    from ..pretrained import resolve
+    from ..registry import load_model
+    from .phase import check_training_optics, dataset_optics
 
     resolved = resolve(path) or Path(path)
     net, meta = load_model(resolved, kinds=("restorer",))
