@@ -93,7 +93,7 @@ def test_evaluate_ends_with_a_sentence_and_json_on_request(sim_and_model, tmp_pa
 
 def test_predict_says_when_the_sample_was_in_the_training_set(sim_and_model, tmp_path, caplog):
     from phasestem.learn.apply.seen import split_of
-    from phasestem.learn.checkpoint import read_meta
+    from phasestem.learn.trainer.checkpoint import read_meta
 
     sim, model = sim_and_model
     meta = read_meta(model)
@@ -113,6 +113,6 @@ def test_predict_says_when_the_sample_was_in_the_training_set(sim_and_model, tmp
 
 def _last_warning(sim, model, sample) -> str:
     from phasestem.learn.apply.seen import note_seen
-    from phasestem.learn.checkpoint import read_meta
+    from phasestem.learn.trainer.checkpoint import read_meta
 
     return note_seen(read_meta(model), sim, sample)

@@ -88,7 +88,7 @@ def test_missing_extra_is_one_line_naming_it(module, monkeypatch, tmp_path):
 
         call = lambda: create_cnn("resnet18")  # noqa: E731
     else:
-        from phasestem.learn.checkpoint import save_weights
+        from phasestem.learn.trainer.checkpoint import save_weights
 
         call = lambda: save_weights({"w": torch.zeros(2)}, tmp_path / "w.safetensors")  # noqa: E731
     with pytest.raises(MissingExtraError) as err:

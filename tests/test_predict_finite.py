@@ -30,7 +30,7 @@ def _one_line(capsys) -> str:
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_weights_with_nan_or_inf_are_refused_naming_the_file(sim_and_model, tmp_path, capsys, bad):
-    from phasestem.learn.checkpoint import load_weights, save_weights
+    from phasestem.learn.trainer.checkpoint import load_weights, save_weights
 
     sim, model = sim_and_model
     state, meta = load_weights(model)

@@ -14,7 +14,7 @@ import torch
 
 from phasestem.cli import main
 from phasestem.learn import pretrained
-from phasestem.learn.checkpoint import read_meta, resolve_weights_path, save_weights
+from phasestem.learn.trainer.checkpoint import read_meta, resolve_weights_path, save_weights
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -190,7 +190,7 @@ def test_deep_nesting_is_one_line_in_set_and_reader_option(tmp_path, capsys):
 
 def test_deep_json_in_data_and_model_files_is_one_line(tmp_path):
     from phasestem.base.configfile import loads_json
-    from phasestem.learn.checkpoint import load_weights
+    from phasestem.learn.trainer.checkpoint import load_weights
 
     with pytest.raises(PhasestemError, match="x: nested more than 100 levels deep"):
         loads_json(bombs.deep_flow(50000), "x")

@@ -233,7 +233,7 @@ from pathlib import Path
 renames = []
 sys.addaudithook(lambda event, args: renames.append([str(args[0]), str(args[1])]) if event == "os.rename" else None)
 import torch
-from phasestem.learn.checkpoint import commit_folder, save_weights
+from phasestem.learn.trainer.checkpoint import commit_folder, save_weights
 from phasestem.plot import pyplot, save_figure
 from phasestem.recon import Ptychography
 from phasestem.recon.engine import save_checkpoint

@@ -12,7 +12,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from phasestem.base.errors import InputFileError, PhasestemError
 from phasestem.cli import main
-from phasestem.learn import trainer as trainer_mod
 from phasestem.learn.trainer import (
     CheckpointError,
     Trainer,
@@ -21,6 +20,7 @@ from phasestem.learn.trainer import (
     load_weights,
     save_weights,
 )
+from phasestem.learn.trainer import loop as trainer_mod
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

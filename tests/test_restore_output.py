@@ -31,9 +31,9 @@ def _tiny_run(folder, **run) -> str:
 
 def _identity_restorer(path, results) -> str:
     """An untrained restorer (it returns its input phase) for the run's energy and pixel."""
-    from phasestem.learn.checkpoint import save_weights
     from phasestem.learn.meta import make_meta
     from phasestem.learn.nets.restorer import Restorer, RestorerConfig
+    from phasestem.learn.trainer.checkpoint import save_weights
 
     with h5py.File(results) as f:
         optics = {"energy": float(f.attrs["energy"]), "sampling": [float(s) for s in f.attrs["sampling"]]}

@@ -122,7 +122,7 @@ def test_train_restorer_from_another_restorers_weights(tmp_path, capsys):
     tuned = {**cfg, "out_dir": str(tmp_path / "tuned"), "model": {**cfg["model"], "init": str(tmp_path / "first")}}
     (tmp_path / "tuned.yaml").write_text(yaml.safe_dump(tuned))
     trainer = build_run(load_run_config(tmp_path / "tuned.yaml", "restorer"))
-    from phasestem.learn.checkpoint import load_weights
+    from phasestem.learn.trainer.checkpoint import load_weights
 
     state, _ = load_weights(tmp_path / "first")
     for k, v in trainer.model.state_dict().items():

@@ -28,9 +28,9 @@ WRONG = {"energy": (lambda g: {"energy": 200e3}, "energy 300000 eV (trained on 2
 
 def _card(path, geometry: dict, scale: float = 1.0) -> str:
     """An untrained (identity) restorer whose card records ``geometry``; ``scale`` multiplies every weight."""
-    from phasestem.learn.checkpoint import save_weights
     from phasestem.learn.meta import make_meta
     from phasestem.learn.nets.restorer import Restorer, RestorerConfig
+    from phasestem.learn.trainer.checkpoint import save_weights
 
     net = Restorer(RestorerConfig(width=4))
     state = {k: v * scale if v.is_floating_point() else v for k, v in net.state_dict().items()}

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from phasestem.base.errors import PhasestemError
-from phasestem.learn.checkpoint import save_weights
 from phasestem.learn.meta import make_meta
 from phasestem.learn.nets.restorer import Restorer, RestorerConfig
+from phasestem.learn.trainer.checkpoint import save_weights
 
 
 @pytest.fixture(scope="module")

@@ -103,10 +103,10 @@ def test_prior_study_and_ad_sweep_on_a_tiny_file(tmp_path):
     An untrained restorer (the identity) on a tiny scan: plumbing, not accuracy."""
     from phasestem.cli import main as phasestem
     from phasestem.learn.apply.phase import dataset_optics
-    from phasestem.learn.checkpoint import save_weights
     from phasestem.learn.hybrid import ad_recipe
     from phasestem.learn.meta import make_meta
     from phasestem.learn.nets.restorer import Restorer, RestorerConfig
+    from phasestem.learn.trainer.checkpoint import save_weights
     from phasestem.recon.params import build_model
 
     torch.set_num_threads(1)

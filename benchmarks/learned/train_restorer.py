@@ -476,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
             score = args.score_pairs or held or sorted((out / "heldout").glob("pairs_*.h5"))
             write_json(out / args.score_name, score_pairs(run, score, args.device))
         if "ship" in args.steps:
-            from phasestem.learn.checkpoint import load_weights
+            from phasestem.learn.trainer.checkpoint import load_weights
 
             trained_in = args.trained_in or out
             seconds = next((json.loads(p.read_text()) for p in (run.parent.parent / "seconds.json",  # its training's

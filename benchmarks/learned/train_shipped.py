@@ -58,8 +58,8 @@ def ship(name: str, run: Path, out: Path, card: str) -> Path:
     """The best weights of the run folder ``run`` as ``<name>.safetensors`` in the model folder
     (:func:`phasestem.learn.pretrained.model_dir`: the package's unless ``PHASESTEM_MODEL_DIR`` names another), the
     metadata's paths made relative and ``meta["pretrained"]`` added; returns the file."""
-    from phasestem.learn.checkpoint import load_weights, save_weights
     from phasestem.learn.pretrained import model_dir
+    from phasestem.learn.trainer.checkpoint import load_weights, save_weights
 
     state, meta = load_weights(run)
     meta = relative_meta(meta, out)

@@ -10,7 +10,7 @@
 * Runs: every run config (and ``make-pairs``'s) in :mod:`.config`; :mod:`.training` builds each run's data,
   network and loss for the one trainer, one module per network family (:mod:`.training.route` for patch, stitch
   and end2end, :mod:`.training.autoencoder`, :mod:`.training.phaseformer`, :mod:`.training.restorer`); the
-  trainer: :mod:`.trainer`, :mod:`.trainer_config`, :mod:`.trainer_state`, :mod:`.checkpoint`.
+  trainer: :mod:`.trainer` (its loop, settings, run folder and checkpoints).
 * Data: :mod:`.data` (geometry, preprocessing, augmentation, files, datasets, synthetic files, the restorer's
   pairs), :mod:`.pairs` (Phaseformer pairs) and :mod:`.pair_sources` (the pairs files of ``make-pairs``); the
   seed-000 file format is :mod:`phasestem.io.seed`.

@@ -140,7 +140,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         path = files[0]
     if not path.is_file():
         raise InputFileError(f"{path}: pretrained weights file not found")
-    from .checkpoint import read_safetensors, torch_load
+    from .trainer.checkpoint import read_safetensors, torch_load
 
     if path.suffix == ".safetensors":
         sd = read_safetensors(path)[0]

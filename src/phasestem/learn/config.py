@@ -50,7 +50,7 @@ from .nets.phaseformer import PhaseformerLossConfig, PhaseformerModelConfig
 from .nets.restorer import BODIES as RESTORER_BODIES
 from .nets.stitch import PhaseStitchingConfig
 from .pairs import Degrade
-from .trainer import TrainerConfig
+from .trainer.loop import TrainerConfig
 
 
 class TrainDataConfig(StrictModel):

@@ -27,7 +27,7 @@ from ..plot import save_figure
 from .consistency import MeasurementModel
 from .data import Preprocess, SampleDataset, SampleIndex, Symmetry
 from .data.files import recorded_index
-from .trainer import resolve_device
+from .trainer.loop import resolve_device
 
 log = logging.getLogger("phasestem.learn")
 

@@ -6,7 +6,7 @@ The registry is package data, ``phasestem/data/models/models.json``, one entry p
                    "card": "docs/models/seed-tiny.md", "summary": "…", "geometry": {…}}}
 
 with the weight files beside it (safetensors only: tensors and JSON metadata, nothing executable). A name is
-resolved wherever a model is read (:func:`phasestem.learn.checkpoint.resolve_weights_path`: ``predict``,
+resolved wherever a model is read (:func:`phasestem.learn.trainer.checkpoint.resolve_weights_path`: ``predict``,
 ``evaluate``, ``embed``, ``refine``, ``load_model``, ``predict_file``) before the value is taken as a path; a
 folder of that name is then reached as ``./seed-tiny``. The file's size and sha256 are checked against the registry
 every time it is resolved: a truncated or corrupted copy stops with one line naming the file, the expected and

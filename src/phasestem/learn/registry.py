@@ -165,8 +165,8 @@ def train_run(cfg) -> dict[str, Any]:
 
 def load_model(path: str | Path, kinds: tuple[str, ...] | None = None, map_location: str = "cpu"):
     """Any saved model (file or run folder) → (network in eval mode, meta); ``kinds`` limits what is accepted."""
-    from .checkpoint import load_weights, state_dict_mismatch
     from .meta import require_kind
+    from .trainer.checkpoint import load_weights, state_dict_mismatch
 
     state, meta = load_weights(path, map_location)
     kind = require_kind(meta, path, kinds or names())

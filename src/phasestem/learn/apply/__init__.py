@@ -55,8 +55,8 @@ __all__ = [
 
 def model_kind(path: str | Path) -> str:
     """The network kind a saved model (file or run folder) names in its metadata."""
-    from ..checkpoint import read_meta
     from ..meta import require_kind
+    from ..trainer.checkpoint import read_meta
 
     return require_kind(read_meta(path), path)
 

@@ -29,7 +29,7 @@ from ...plot import STYLE, pyplot, save_figure, styled
 from ..backbones import count_parameters
 from ..meta import normalize_meta, require_kind
 from ..nets.autoencoder import Autoencoder, scale_patterns
-from ..trainer import load_weights, resolve_device
+from ..trainer.loop import load_weights, resolve_device
 from ..training.autoencoder import bin_patterns, build_autoencoder
 
 __all__ = ["load_autoencoder", "embed_patterns", "embed_scan", "write_latent_maps", "embed_file",

@@ -29,7 +29,7 @@ from ...io.hdf5 import read_float32
 from ...plot import save_figure
 from ..data import BlockGeometry, Preprocess, blocks_from_scan
 from ..nets.end2end import End2End
-from ..trainer import resolve_device
+from ..trainer.loop import resolve_device
 from ..training.route import load_model
 from .seen import note_seen
 

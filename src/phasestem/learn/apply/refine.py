@@ -23,7 +23,7 @@ from ...physics.resample import resize
 from ...plot import save_figure
 from ..meta import require_kind
 from ..nets.phaseformer import Phaseformer, PhaseformerConfig
-from ..trainer import load_weights, resolve_device
+from ..trainer.loop import load_weights, resolve_device
 
 log = logging.getLogger("phasestem.learn")
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from ...base.errors import ConfigError
 from ...metrics import psnr
-from ..trainer import load_weights
+from ..trainer.loop import load_weights
 from .patch import PatchRecoveryConfig, PatchRecoveryNet
 from .pixel_error import pixel_error, without_offset
 from .stitch import PhaseStitchingConfig, PhaseStitchingNet

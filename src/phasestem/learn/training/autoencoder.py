@@ -25,7 +25,7 @@ from ..backbones import count_parameters
 from ..config import AutoencoderRunConfig
 from ..meta import make_meta
 from ..nets.autoencoder import Autoencoder, scale_patterns
-from ..trainer import Trainer, seed_everything
+from ..trainer.loop import Trainer, seed_everything
 from . import split_indices
 
 log = logging.getLogger("phasestem.learn")

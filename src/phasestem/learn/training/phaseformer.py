@@ -23,7 +23,7 @@ from ..config import PhaseformerRunConfig
 from ..meta import make_meta
 from ..nets.phaseformer import Phaseformer, PhaseformerConfig, PhaseformerLoss
 from ..pairs import paired_dataset
-from ..trainer import Trainer, seed_everything
+from ..trainer.loop import Trainer, seed_everything
 from . import split_indices
 
 log = logging.getLogger("phasestem.learn")

@@ -22,7 +22,7 @@ from ..config import RestorerRunConfig
 from ..data.restorer_pairs import RestorePairs, pairs_optics
 from ..meta import make_meta
 from ..nets.restorer import Restorer, RestorerConfig, invented_mass, offset_free_difference, offset_free_loss
-from ..trainer import Trainer, seed_everything
+from ..trainer.loop import Trainer, seed_everything
 from . import split_indices
 
 log = logging.getLogger("phasestem.learn")
@@ -64,7 +64,7 @@ def _start_from(net: Restorer, path: str, optics: dict[str, Any]) -> None:
     """``net`` given the weights of the restorer ``path`` (a model file or run folder) of the same body and inputs,
     trained at the geometry ``optics`` of this run's pairs (fine-tuning); anything else is one line."""
     from ..apply.phase import check_training_optics
-    from ..checkpoint import load_weights
+    from ..trainer.checkpoint import load_weights
 
     state, meta = load_weights(path)
     theirs = RestorerConfig.from_dict(((meta.get("model") or {}).get("config")) or {}).to_dict()

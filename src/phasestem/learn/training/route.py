@@ -22,7 +22,7 @@ from ..meta import make_meta, normalize_meta, require_kind
 from ..nets.end2end import End2End, FreezePatchNet, loss_fn_from_config
 from ..nets.patch import PatchRecoveryConfig, PatchRecoveryNet, patch_loss_fn
 from ..nets.stitch import PhaseStitchingConfig, PhaseStitchingNet, stitch_loss_fn
-from ..trainer import Trainer, seed_everything
+from ..trainer.loop import Trainer, seed_everything
 
 log = logging.getLogger("phasestem.learn")
 
@@ -61,7 +61,7 @@ def resumed_conventions(cfg: TrainRunConfig) -> dict[str, str]:
     not resuming or when there is no checkpoint yet; a setting the config gives itself is left to the resume
     check (a disagreement is refused there); an end2end run built from patch/stitch checkpoints follows their own
     metadata."""
-    from ..checkpoint import checkpoint_folder, read_meta
+    from ..trainer.checkpoint import checkpoint_folder, read_meta
 
     if not cfg.resume or cfg.patch_checkpoint:
         return {}

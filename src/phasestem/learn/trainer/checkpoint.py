@@ -13,12 +13,12 @@ from typing import Any
 
 import torch
 
-from ..base.configfile import loads_json
-from ..base.errors import ConfigError, InputFileError
-from ..base.extras import require
-from ..base.safety import atomic_file, remove_stale_temporaries, temporary_name
-from ..base.torch_files import first_line, require_nonempty, state_dict_mismatch, torch_load  # noqa: F401 (re-exported to the trainer)
-from .pretrained import resolve, sha256_file
+from ...base.configfile import loads_json
+from ...base.errors import ConfigError, InputFileError
+from ...base.extras import require
+from ...base.safety import atomic_file, remove_stale_temporaries, temporary_name
+from ...base.torch_files import first_line, require_nonempty, state_dict_mismatch, torch_load  # noqa: F401 (re-exported to the trainer)
+from ..pretrained import resolve, sha256_file
 
 log = logging.getLogger("phasestem.learn")
 
@@ -84,7 +84,7 @@ def check_finite_weights(state: Mapping[str, torch.Tensor], path: str | Path) ->
 
 def _parse_meta(meta: Any, path: Path) -> dict:
     """The ``phasestem`` metadata of a file as a dict in the current schema (older layouts converted)."""
-    from .meta import normalize_meta
+    from ..meta import normalize_meta
 
     if isinstance(meta, Mapping):
         return normalize_meta(dict(meta))

@@ -64,9 +64,9 @@ from typing import Any
 
 import torch
 
-from ..base.errors import ConfigError
-from ..base.extras import require
-from ..base.schedules import lr_lambda
+from ...base.errors import ConfigError
+from ...base.extras import require
+from ...base.schedules import lr_lambda
 from .checkpoint import (
     CheckpointError,
     checkpoint_folder,
@@ -80,7 +80,7 @@ from .checkpoint import (
     verify_checkpoint,
     write_json,
 )
-from .trainer_config import (
+from .config import (
     Averager,
     LossFn,
     MetricsFn,
@@ -99,7 +99,7 @@ from .trainer_config import (
     seed_loader,
     steps_per_epoch,
 )
-from .trainer_state import RunFolderMixin, holding_out_dir
+from .state import RunFolderMixin, holding_out_dir
 
 #: the names other modules (and users' scripts) import from here, wherever they are defined
 __all__ = ["Trainer", "TrainerConfig", "TrainingDivergedError", "CheckpointError", "save_weights", "load_weights",

@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from ..base.configfile import StrictModel, loads_json
-from ..base.errors import ConfigError, PhasestemError
-from ..base.runtime import resolve_device  # noqa: F401  (re-exported: learn.trainer)
-from ..base.schedules import lr_lambda
+from ...base.configfile import StrictModel, loads_json
+from ...base.errors import ConfigError, PhasestemError
+from ...base.runtime import resolve_device  # noqa: F401  (re-exported: learn.trainer)
+from ...base.schedules import lr_lambda
 
 log = logging.getLogger("phasestem.learn")
 

@@ -43,9 +43,10 @@ from typing import Any
 
 import torch
 
-from ..base.configfile import get_dotted, loads_json
-from ..base.lock import hold_output
-from ..base.torch_files import first_line
+from ...base.configfile import get_dotted, loads_json
+from ...base.lock import hold_output
+from ...base.torch_files import first_line
+from ..pretrained import sha256_file
 from .checkpoint import (
     MANIFEST,
     MISSING,
@@ -66,8 +67,7 @@ from .checkpoint import (
     write_csv,
     write_json,
 )
-from .pretrained import sha256_file
-from .trainer_config import TrainingDivergedError, rng_state
+from .config import TrainingDivergedError, rng_state
 
 log = logging.getLogger("phasestem.learn")
 
