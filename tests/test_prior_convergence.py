@@ -20,7 +20,7 @@ from phasestem.learn.hybrid import ad_recipe
 from phasestem.metrics import phase_error
 from phasestem.recon.callbacks import Callback
 from phasestem.recon.engine import optimize_with_options
-from phasestem.recon.params import build_model, optimizer_options
+from phasestem.recon.params import build_model, run_sections
 from phasestem.recon.prior import RefreshedPrior
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -62,7 +62,7 @@ def _run(ds, truth, target, epochs, **options):
     recorder = Recorder(truth)
     prior = RefreshedPrior(target, every=EVERY, weight=WEIGHT, start=START, name="stand-in")
     for _ in optimize_with_options(model, ds, epochs, callbacks=[recorder, prior],
-                                   **{**optimizer_options(params), **options}):
+                                   **{**run_sections(params), **options}):
         pass
     return model, recorder
 
@@ -140,7 +140,7 @@ def test_a_target_no_pull_ever_helped_restores_the_state_before_the_first_pull(c
     params = ad_recipe(20)
     torch.manual_seed(0)
     plain = build_model(params, ds)
-    for _ in optimize_with_options(plain, ds, 20, **optimizer_options(params)):
+    for _ in optimize_with_options(plain, ds, 20, **run_sections(params)):
         pass
     assert rec.error(model) <= 1.05 * rec.error(plain)  # as good as AD without the prior
 
@@ -159,7 +159,7 @@ def test_a_resumed_run_rebuilds_the_stop_from_its_history_and_says_so(case, tmp_
     model = build_model(params, ds)
     prior = RefreshedPrior(target, every=EVERY, weight=WEIGHT, start=START)
     run = optimize_with_options(model, ds, 8, prior=prior, checkpoint_path=ckpt, checkpoint_every=1,
-                                **optimizer_options(params))
+                                **run_sections(params))
     for _ in range(6):  # killed after epoch 6, the pull stopped before
         next(run)
     run.close()
@@ -169,7 +169,7 @@ def test_a_resumed_run_rebuilds_the_stop_from_its_history_and_says_so(case, tmp_
     again = RefreshedPrior(target, every=EVERY, weight=WEIGHT, start=START)
     with caplog.at_level(logging.INFO, logger="phasestem.recon"):
         for _ in optimize_with_options(resumed, ds, 2, prior=again, checkpoint_path=ckpt, resume=True,
-                                       **optimizer_options(params)):
+                                       **run_sections(params)):
             pass
     assert f"learned prior: continues after epoch 6: the pull stopped after epoch {stopped}" in caplog.text
     assert "searched again from epoch 6 on" in caplog.text
@@ -216,7 +216,7 @@ def test_with_a_twin_the_target_is_made_from_plain_ad_after_the_same_epoch(case,
     model = build_model(params, ds)
     torch.manual_seed(0)
     shadow = build_model(params, ds)
-    twin = TwinRun(shadow, optimize_with_options(shadow, ds, 8, **optimizer_options(params)))  # longer than the run
+    twin = TwinRun(shadow, optimize_with_options(shadow, ds, 8, **run_sections(params)))  # longer than the run
     given = []
 
     def target(m):
@@ -225,14 +225,14 @@ def test_with_a_twin_the_target_is_made_from_plain_ad_after_the_same_epoch(case,
 
     prior = RefreshedPrior(target, every=EVERY, weight=WEIGHT, start=START, twin=twin)
     with caplog.at_level(logging.INFO, logger="phasestem.recon"):
-        for _ in optimize_with_options(model, ds, 6, prior=prior, **optimizer_options(params)):
+        for _ in optimize_with_options(model, ds, 6, prior=prior, **run_sections(params)):
             pass
     assert [(is_twin, epoch) for is_twin, epoch, _ in given] == [(True, 2), (True, 4), (True, 6)]
     assert len([m for m in caplog.messages if m.startswith("epoch ")]) == 6  # the run's six lines, none of the twin's
     assert twin.done and shadow.epoch == 6  # closed with the run, not run out
     torch.manual_seed(0)
     plain = build_model(params, ds)
-    epochs = optimize_with_options(plain, ds, 8, **optimizer_options(params))  # its decay spans 8 epochs too
+    epochs = optimize_with_options(plain, ds, 8, **run_sections(params))  # its decay spans 8 epochs too
     for _ in range(4):
         next(epochs)
     epochs.close()

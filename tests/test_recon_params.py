@@ -205,6 +205,29 @@ def test_build_model_from_params(tiny):
     assert yaml.safe_load(text)["model"]["n_slices"] == 1
 
 
+def test_the_engine_takes_the_run_section_itself(tiny):
+    """run_sections hands the engine the validated ``run`` section (every field, none copied: a field the file sets
+    reaches the engine), keyword options replace its values, and an unknown one is one line naming it."""
+    from phasestem.recon.callbacks import Callback
+    from phasestem.recon.engine import optimize_with_options
+    from phasestem.recon.params import run_sections
+
+    class Seen(Callback):
+        def on_start(self, loop):
+            self.run = loop.run
+
+    params = load_params(tiny[0]).model_copy(deep=True)
+    params.run.batch_size, params.run.backoff_factor, params.run.compile = 5, 1.25, "none"
+    ds = build_dataset(params)
+    seen = Seen()
+    list(optimize_with_options(build_model(params, ds), ds, 1, callbacks=[seen], **run_sections(params)))
+    assert seen.run is params.run
+    list(optimize_with_options(build_model(params, ds), ds, 1, callbacks=[seen], seed=7, **run_sections(params)))
+    assert (seen.run.seed, seen.run.batch_size, seen.run.backoff_factor) == (7, 5, 1.25) and params.run.seed != 7
+    with pytest.raises(ConfigError, match="bogus"):
+        next(optimize_with_options(build_model(params, ds), ds, 1, bogus=1, **run_sections(params)))
+
+
 def _cli(capsys, *args):
     from phasestem.cli import main
 

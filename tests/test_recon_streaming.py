@@ -11,7 +11,7 @@ import yaml
 from phasestem.base.errors import ConfigError
 from phasestem.recon import LossConfig, Ptychography
 from phasestem.recon.engine import PreparedData, prepared_data
-from phasestem.recon.params import load_params, optimizer_options
+from phasestem.recon.params import load_params, run_sections
 from phasestem.recon.streaming import READ_SLACK, StreamedData, choose_in_memory
 from phasestem.recon.synthetic import simulate_dataset, write_npz
 
@@ -160,8 +160,8 @@ def test_data_in_memory_values(tiny, tmp_path, value, expected):
     cfg["run"].update(data_in_memory=value, memory_budget_gb=0.5)
     params = load_params(_write(tmp_path, cfg))
     assert params.run.data_in_memory == expected
-    opts = optimizer_options(params)
-    assert opts["data_in_memory"] == expected and opts["memory_budget_gb"] == 0.5
+    opts = run_sections(params)
+    assert opts["run"].data_in_memory == expected and opts["run"].memory_budget_gb == 0.5
 
 
 def test_bad_settings_give_one_clear_error(tiny, tmp_path, capsys):

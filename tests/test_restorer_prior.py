@@ -27,12 +27,12 @@ def ds(tmp_path_factory):
 def _run(ds, prior=None, epochs=4):
     from phasestem.learn.hybrid import ad_recipe
     from phasestem.recon.engine import optimize_with_options
-    from phasestem.recon.params import build_model, optimizer_options
+    from phasestem.recon.params import build_model, run_sections
 
     params = ad_recipe(epochs)
     torch.manual_seed(0)
     model = build_model(params, ds)
-    for _ in optimize_with_options(model, ds, epochs, prior=prior, **optimizer_options(params)):
+    for _ in optimize_with_options(model, ds, epochs, prior=prior, **run_sections(params)):
         pass
     return model
 

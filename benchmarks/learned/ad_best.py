@@ -67,11 +67,11 @@ def sweep_one(ds, truth: np.ndarray, truth_sampling, step: float | None, loss: s
     from phasestem.recon.channels import restorer_channels
     from phasestem.recon.engine import optimize_with_options
     from phasestem.recon.losses import LossConfig
-    from phasestem.recon.params import optimizer_options
+    from phasestem.recon.params import run_sections
 
     params, model = ad_recipe_model(ds, epochs, device, {"upsampling": upsampling})
     factor = int(round(max(ds.sampling) / max(float(s) for s in model.sampling)))
-    opts = optimizer_options(params)
+    opts = run_sections(params)
     if loss == "mixed":
         opts["losses"] = LossConfig(gaussian=0.5, poisson=0.5)
     if step is not None:

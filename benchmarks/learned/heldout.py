@@ -389,7 +389,7 @@ def ad_route(sample: Sample, ad: ADSetting, device: str = "cpu", initial_phase: 
 
     from phasestem.recon.engine import optimize_with_options
     from phasestem.recon.losses import LossConfig
-    from phasestem.recon.params import build_model, optimizer_options, parse_params
+    from phasestem.recon.params import build_model, parse_params, run_sections
     from phasestem.recon.prior import PhasePrior
 
     ds = sample.dataset
@@ -397,7 +397,7 @@ def ad_route(sample: Sample, ad: ADSetting, device: str = "cpu", initial_phase: 
                            "scan": {"step": list(ds.scan_step)},
                            "run": {"optimizer": ad.solver, "n_epochs": ad.epochs, "lr_decay": ad.decay,
                                    "progress": False, "device": device}})
-    opts = optimizer_options(params)
+    opts = run_sections(params)
     if ad.loss == "mixed":
         opts["losses"] = LossConfig(gaussian=0.5, poisson=0.5)
     torch.manual_seed(0)

@@ -34,7 +34,7 @@ from phasestem.metrics import phase_error  # noqa: E402
 from phasestem.physics.optics import angular_sampling_for  # noqa: E402
 from phasestem.recon.callbacks import Callback  # noqa: E402
 from phasestem.recon.engine import DivergenceError, optimize_with_options  # noqa: E402
-from phasestem.recon.params import build_model, optimizer_options  # noqa: E402
+from phasestem.recon.params import build_model, run_sections  # noqa: E402
 from phasestem.recon.prior import RefreshedPrior  # noqa: E402
 
 WINDOW, SAMPLING, SCAN, STEP, DEFOCUS, ENERGY, SEMIANGLE = 32, 0.25, (14, 14), 0.75, 60.0, 300e3, 20.0
@@ -96,7 +96,7 @@ def run(ds, truth, target, epochs: int = 20, **schedule) -> dict:
     callbacks = [scores] + ([] if target is None else
                             [RefreshedPrior(target, every=2, weight=0.5, start=2, **schedule)])
     try:
-        for _ in optimize_with_options(model, ds, epochs, callbacks=callbacks, **optimizer_options(params)):
+        for _ in optimize_with_options(model, ds, epochs, callbacks=callbacks, **run_sections(params)):
             pass
     except DivergenceError as err:
         print(f"  diverged: {str(err)[:100]}")

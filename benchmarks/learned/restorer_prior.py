@@ -61,18 +61,18 @@ def run_prior(net, ds, truth: np.ndarray, truth_sampling, every: int, weight: fl
     from phasestem.learn.hybrid import ad_recipe_model, restorer_prior
     from phasestem.recon.channels import restorer_channels
     from phasestem.recon.engine import optimize_with_options
-    from phasestem.recon.params import optimizer_options
+    from phasestem.recon.params import run_sections
     from phasestem.recon.twin import TwinRun
 
     params, model = ad_recipe_model(ds, None, device)
     shadow = None
     if twin:
         _, plain = ad_recipe_model(ds, None, device)
-        shadow = TwinRun(plain, optimize_with_options(plain, ds, params.run.n_epochs, **optimizer_options(params)))
+        shadow = TwinRun(plain, optimize_with_options(plain, ds, params.run.n_epochs, **run_sections(params)))
     prior = restorer_prior(net, ds, every=every, weight=weight, start=start, twin=shadow)
     sampling = tuple(float(s) for s in model.sampling)
     curve, gt, seconds, t = {}, None, 0.0, time.perf_counter()
-    for _ in optimize_with_options(model, ds, params.run.n_epochs, prior=prior, **optimizer_options(params)):
+    for _ in optimize_with_options(model, ds, params.run.n_epochs, prior=prior, **run_sections(params)):
         seconds += time.perf_counter() - t
         if curve_every and (model.epoch % curve_every == 0):  # scored outside the timed run
             ch = restorer_channels(model, ds)

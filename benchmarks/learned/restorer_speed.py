@@ -35,11 +35,11 @@ def time_one(net, ds, epochs: int = 6, device: str = "cpu") -> dict:
     from phasestem.learn.hybrid import ad_recipe_model
     from phasestem.recon.channels import restorer_channels
     from phasestem.recon.engine import optimize_with_options
-    from phasestem.recon.params import optimizer_options
+    from phasestem.recon.params import run_sections
 
     params, model = ad_recipe_model(ds, epochs, device)
     per_epoch, t = [], time.perf_counter()
-    for _ in optimize_with_options(model, ds, epochs, **optimizer_options(params)):
+    for _ in optimize_with_options(model, ds, epochs, **run_sections(params)):
         per_epoch.append(time.perf_counter() - t)
         t = time.perf_counter()
     channels = restorer_channels(model, ds)

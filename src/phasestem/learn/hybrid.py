@@ -66,7 +66,7 @@ def ad_recipe(n_epochs: int | None = None, device: str = "cpu", model: dict | No
 def ad_recipe_model(dataset, n_epochs: int | None = None, device: str = "cpu", model: dict | None = None):
     """(the :func:`ad_recipe`, its model of ``dataset`` on ``device``, seeded as every recipe run is): what AD
     with the recipe starts from; run it with ``optimize_with_options(model, dataset, params.run.n_epochs,
-    **optimizer_options(params))``. ``model``: the recipe's model section changed (e.g. ``{"upsampling": 1}``)."""
+    **run_sections(params))``. ``model``: the recipe's model section changed (e.g. ``{"upsampling": 1}``)."""
     from ..recon.params import build_model
 
     params = ad_recipe(n_epochs, device, model)
@@ -84,14 +84,14 @@ def ad_recipe_snapshots(dataset, snapshots: tuple[int, ...] = (2, 4, 8), n_epoch
     Returns ({epoch: channels}, the model)."""
     from ..recon.channels import restorer_channels
     from ..recon.engine import optimize_with_options
-    from ..recon.params import optimizer_options
+    from ..recon.params import run_sections
 
     params, fitted = ad_recipe_model(dataset, n_epochs, device, model)
     total = params.run.n_epochs
     wanted = sorted({int(e) for e in snapshots if 0 < int(e) <= total} | {total})
     out: dict[int, dict[str, np.ndarray]] = {}
     seconds, t0 = 0.0, time.perf_counter()
-    for _ in optimize_with_options(fitted, dataset, total, **optimizer_options(params)):
+    for _ in optimize_with_options(fitted, dataset, total, **run_sections(params)):
         seconds += time.perf_counter() - t0  # the optimisation's wall seconds, the snapshots not counted
         if fitted.epoch in wanted:
             out[int(fitted.epoch)] = {**restorer_channels(fitted, dataset), "seconds": np.float64(seconds)}

@@ -465,17 +465,23 @@ def optimize_with_options(model, dataset, n_epochs: int, losses: LossConfig | No
                           checkpoint_every: int = 0, resume: bool = False, out_dir: str | Path | None = None,
                           figures_every: int = 0, log_file: str | Path | None = None,
                           callbacks: Sequence[Callback] = (), lbfgs_options: dict | None = None,
-                          distributed: bool = True, prior=None, **run_options) -> Iterator[float]:
+                          distributed: bool = True, prior=None, run: RunConfig | None = None,
+                          **run_options) -> Iterator[float]:
     """:func:`optimize` with keyword options, as the model's ``*_optimize`` methods take them.
 
-    ``run_options``: the fields of :class:`RunConfig` that the engine reads (:func:`run_settings`).
+    ``run``: a parameter file's ``run`` section (:func:`phasestem.recon.params.run_sections`); ``run_options``:
+    fields of :class:`RunConfig` that replace its values, or without ``run`` the engine's settings
+    (:func:`run_settings`; an unknown or invalid one is one line).
     ``checkpoint_path``/``checkpoint_every``/``resume``: a :class:`~phasestem.recon.callbacks.Checkpoints`
     callback. ``out_dir``/``figures_every``: ``out_dir/epoch_NNNN.png`` figures
     (:class:`~phasestem.recon.callbacks.Figures`). ``log_file`` (default ``out_dir/reconstruct.log`` when
     ``out_dir`` is set): the run log (:class:`~phasestem.recon.callbacks.LogFile`). ``prior``: a
     :class:`~phasestem.recon.prior.PhasePrior` or :class:`~phasestem.recon.prior.RefreshedPrior` (e.g.
     :func:`phasestem.learn.hybrid.restorer_prior`), one more callback of this call."""
-    run = run_settings(dataset.n_patterns, **run_options)
+    if run is None:
+        run = run_settings(dataset.n_patterns, **run_options)
+    elif run_options:
+        run = validate(RunConfig, {**run.model_dump(), **run_options}, "optimize options")
     own: list[Callback] = []
     if resume and checkpoint_path is None:
         raise PhasestemError("resume needs a checkpoint_path")

@@ -284,17 +284,9 @@ def build_model(params: ReconstructParams, dataset, initial_phase: np.ndarray | 
     return model
 
 
-def optimizer_options(params: ReconstructParams) -> dict:
-    """Keyword arguments of :func:`phasestem.recon.engine.optimize_with_options` (the model's ``*_optimize``
-    methods) from the ``run``/``losses``/``constraints``; :func:`~phasestem.recon.engine.optimize` takes
-    ``params.run``, ``params.losses.resolved()`` and ``params.constraints`` themselves."""
-    r = params.run
-    return {"optimizer": r.optimizer, "batch_size": r.batch_size, "batch_mode": r.batch_mode,
-            "losses": params.losses.resolved(), "constraints": params.constraints,
-            "lr_scale": r.lr_scale, "momentum": r.momentum, "seed": r.seed, "progress": r.progress,
-            "precondition_reg": r.precondition_reg, "precondition_batches": r.precondition_batches,
-            "divergence_factor": r.divergence_factor, "backoff_factor": r.backoff_factor,
-            "holdout": r.holdout, "holdout_patience": r.holdout_patience,
-            "lr_decay": r.lr_decay, "lr_final": r.lr_final, "data_in_memory": r.data_in_memory,
-            "memory_budget_gb": r.memory_budget_gb, "coarse_start": r.coarse_start}
+def run_sections(params: ReconstructParams) -> dict:
+    """The parameter file's ``run`` section, its resolved ``losses`` and its ``constraints``, as the keywords
+    ``run``, ``losses`` and ``constraints`` of :func:`phasestem.recon.engine.optimize_with_options` (the model's
+    ``*_optimize`` methods): the validated sections themselves, no field copied."""
+    return {"run": params.run, "losses": params.losses.resolved(), "constraints": params.constraints}
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from ..base.lock import hold_output
 from ..base.safety import atomic_file, refuse_output_over_inputs, remove_stale_temporaries
 from .distributed import rank_device
-from .params import ReconstructParams, build_dataset, build_model, dump_params, optimizer_options
+from .params import ReconstructParams, build_dataset, build_model, dump_params, run_sections
 from .schedule import ParamSchedule
 
 log = logging.getLogger("phasestem.recon")
@@ -224,7 +224,7 @@ def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = Non
                  for hook in callback_hooks]
     remaining = params.run.n_epochs - model.epoch
     if main and not resume and params.run.check_optics and params.model.initial_phase is None:
-        _check_optics(params, dataset, optimizer_options(params))
+        _check_optics(params, dataset, run_sections(params))
     if rank_and_world()[1] > 1:
         log.info("rank %d of %d on %s", *rank_and_world(), model.device)
     truth, report = _setup_reports(params, dataset, model, out) if main else (None, None)
