@@ -47,7 +47,7 @@ from .data import OriginalLayout, Preprocess
 from .nets.autoencoder import AutoencoderLossConfig, AutoencoderModelConfig
 from .nets.patch import PatchRecoveryConfig
 from .nets.phaseformer import PhaseformerLossConfig, PhaseformerModelConfig
-from .nets.restorer import BODIES as RESTORER_BODIES
+from .nets.restorer import RestorerConfig
 from .nets.stitch import PhaseStitchingConfig
 from .pairs import Degrade
 from .trainer.loop import TrainerConfig
@@ -249,18 +249,10 @@ class RestorerDataConfig(StrictModel):
     seed: int = Field(0, description="seed of the split and the augmentation")
 
 
-class RestorerModelConfig(StrictModel):
-    """The restorer's body and inputs."""
+class RestorerModelConfig(RestorerConfig):
+    """The restorer's body and inputs (:class:`~phasestem.learn.nets.restorer.RestorerConfig`, what a model file
+    stores) and the weights it starts from."""
 
-    arch: Literal[tuple(RESTORER_BODIES)] = Field(  # type: ignore[valid-type]  (the table's names)
-        "unet", description="body (learn.nets.restorer.BODIES): unet, a small residual U-Net (baseline), or "
-        "phaseformer, Phaseformer (seed 002)")
-    extra_channels: list[Literal["amplitude", "illumination"]] = Field(
-        ["amplitude", "illumination"], description="inputs beside AD's phase")
-    width: int = Field(16, ge=2, description="U-Net channels of level 1 (levels: width, 2·width, 4·width)")
-    phaseformer: dict = Field(
-        default_factory=lambda: {"dim": 8, "blocks": [1, 1, 1, 1], "heads": [1, 1, 2, 2], "refinement_blocks": 1},
-        description="Phaseformer settings (dim, blocks, heads, refinement_blocks, …) when arch is phaseformer")
     init: Annotated[str | None, ConfigPath()] = Field(
         None, description="start from this restorer's weights (a model file or run folder: fine-tuning on new "
                           "specimens); its body, width and inputs must be this config's")

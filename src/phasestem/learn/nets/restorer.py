@@ -18,13 +18,14 @@ and instead of atoms): phase the restoration adds where the specimen has none, t
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
+from ...base.configfile import StrictModel
 from ...base.errors import ShapeError
 from .phaseformer import Phaseformer, PhaseformerConfig
 from .pixel_error import offset_free_difference
@@ -33,38 +34,6 @@ CHANNELS = ("amplitude", "illumination")
 
 __all__ = ["RestorerConfig", "Restorer", "UNetBody", "BODIES", "offset_free_difference", "offset_free_loss",
            "invented_mass", "CHANNELS"]
-
-
-@dataclass
-class RestorerConfig:
-    """Restorer settings (stored with every model file): body, its width, the extra input channels."""
-
-    arch: str = "unet"
-    extra_channels: tuple[str, ...] = ("amplitude", "illumination")
-    width: int = 16
-    phaseformer: dict[str, Any] = field(default_factory=lambda: {"dim": 8, "blocks": (1, 1, 1, 1),
-                                                                 "heads": (1, 1, 2, 2), "refinement_blocks": 1})
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["extra_channels"] = list(self.extra_channels)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RestorerConfig:
-        d = dict(d)
-        if "extra_channels" in d:
-            d["extra_channels"] = tuple(d["extra_channels"])
-        cfg = cls(**d)
-        unknown = [c for c in cfg.extra_channels if c not in CHANNELS]
-        if cfg.arch not in BODIES or unknown:
-            raise ValueError(f"restorer: arch must be one of {', '.join(BODIES)} and extra channels of {CHANNELS}, "
-                             f"got {cfg.arch!r}, {list(cfg.extra_channels)}")
-        return cfg
-
-    @property
-    def in_channels(self) -> int:
-        return 1 + len(self.extra_channels)
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
@@ -114,6 +83,31 @@ BODIES = {
     "unet": lambda channels, cfg: UNetBody(channels, cfg.width),
     "phaseformer": lambda channels, cfg: _PhaseformerBody(channels, cfg.phaseformer),
 }
+
+
+class RestorerConfig(StrictModel):
+    """Restorer settings (stored with every model file, ``to_dict``/``from_dict``; the run config's ``model``
+    section adds ``init``): body, its width, the extra input channels."""
+
+    arch: Literal[tuple(BODIES)] = Field(  # type: ignore[valid-type]  (the table's names)
+        "unet", description="body (learn.nets.restorer.BODIES): unet, a small residual U-Net (baseline), or "
+        "phaseformer, Phaseformer (seed 002)")
+    extra_channels: tuple[Literal[CHANNELS], ...] = Field(CHANNELS, description="inputs beside AD's phase")  # type: ignore[valid-type]
+    width: int = Field(16, ge=2, description="U-Net channels of level 1 (levels: width, 2·width, 4·width)")
+    phaseformer: dict[str, Any] = Field(
+        default_factory=lambda: {"dim": 8, "blocks": [1, 1, 1, 1], "heads": [1, 1, 2, 2], "refinement_blocks": 1},
+        description="Phaseformer settings (dim, blocks, heads, refinement_blocks, …) when arch is phaseformer")
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RestorerConfig:
+        return cls.model_validate(dict(d))
+
+    @property
+    def in_channels(self) -> int:
+        return 1 + len(self.extra_channels)
 
 
 class Restorer(nn.Module):
