@@ -263,7 +263,6 @@ OLD_PATHS = {
     "phasestem.learn.restore_train": ("train_autoencoder", "phasestem.learn.training.autoencoder"),
     "phasestem.learn.commands_restore": ("register", "phasestem.cli.learn"),
     "phasestem.recon.commands": ("run_reconstruction", "phasestem.recon.run"),
-    "phasestem.calibrate.commands": ("add_reader_arguments", "phasestem.cli.calibrate"),
     "phasestem.learn.restore": ("load_restorer", "phasestem.learn.apply.restorer"),
     "phasestem.learn.restorer_config": ("RestorerRunConfig", "phasestem.learn.config"),
     "phasestem.simulate.lock": ("FolderBusyError", "phasestem.base.lock"),
