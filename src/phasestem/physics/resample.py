@@ -27,7 +27,7 @@ applied as separable matrices); NumPy arrays come back as float32 arrays.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -36,7 +36,9 @@ import torch.nn.functional as F
 from ..base.errors import ConfigError
 
 Order = Literal["linear", "cubic", "fourier"]
-ORDERS: tuple[str, ...] = ("linear", "cubic", "fourier")
+#: how the cubic spline reads beyond the edges (scipy.ndimage's modes)
+SplineEdge = Literal["reflect", "nearest", "mirror", "wrap", "grid-wrap", "constant", "grid-constant"]
+ORDERS: tuple[str, ...] = get_args(Order)
 #: the order phasestem uses wherever a phase image changes grid
 BAND_LIMITED: Order = "fourier"
 
@@ -65,7 +67,7 @@ def _fourier_matrix(n_in: int, u: np.ndarray, n_band: int) -> np.ndarray:
     return out / n_in
 
 
-def _cubic_matrix(n_in: int, u: np.ndarray, mode: str) -> np.ndarray:
+def _cubic_matrix(n_in: int, u: np.ndarray, mode: SplineEdge) -> np.ndarray:
     """(len(u), n_in) weights of cubic B-spline interpolation (scipy.ndimage, ``mode`` at the edges) at ``u``."""
     from scipy import ndimage
 
@@ -75,13 +77,13 @@ def _cubic_matrix(n_in: int, u: np.ndarray, mode: str) -> np.ndarray:
 
 
 @lru_cache(maxsize=64)
-def _matrix(n_in: int, u: tuple[float, ...], order: str, n_band: int, mode: str) -> np.ndarray:
+def _matrix(n_in: int, u: tuple[float, ...], order: str, n_band: int, mode: SplineEdge) -> np.ndarray:
     ua = np.asarray(u, dtype=np.float64)
     return _fourier_matrix(n_in, ua, n_band) if order == "fourier" else _cubic_matrix(n_in, ua, mode)
 
 
 def interpolation_matrix(n_in: int, positions: np.ndarray, order: Order, n_band: int | None = None,
-                         mode: str = "reflect") -> np.ndarray:
+                         mode: SplineEdge = "reflect") -> np.ndarray:
     """The 1-D resampling of ``order`` ('cubic' or 'fourier') as a float64 matrix (len(positions), n_in):
     ``out = M @ x`` samples x (sample i at position i) at ``positions`` (input-pixel units). ``n_band``: the
     Fourier order's band in frequencies per ``n_in`` samples (default n_in); ``mode``: the spline's edges."""
