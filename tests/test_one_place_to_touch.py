@@ -270,7 +270,7 @@ def test_a_setting_is_one_field_of_its_section(copy):
     the engine reads it from the section itself, and the generated configuration reference documents it."""
     insert(copy, "recon/run_config.py", '    seed: int = Field(0, description="seed of the batch order")',
            '    planted_note: str = Field("", description="a planted setting: a line the run log writes")')
-    insert(copy, "recon/engine.py", '    bs = n if not run.batch_size else min(int(run.batch_size), n)',
+    insert(copy, "recon/engine.py", '    loop.precondition_batches = resolve_batches(run.precondition_batches, losses)',
            '    if run.planted_note:\n        log.info("planted: %s", run.planted_note)')
     out = run_copy(copy, '''
         import logging

@@ -27,7 +27,6 @@ import logging
 import math
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -96,6 +95,15 @@ class Loop:
         self.applied: list[str] = []
         self.callbacks: list[Callback] = []  # the engine's own, then the caller's
         self.stop = False  # set by a callback (the held-out stop): no further epoch
+        # what the call decides once, before its first epoch (engine._prepare), and the optimizer's parameters
+        self.batch_size, self.fixed = 0, frozenset()  # fixed: parameters held in this call (a low dose's amplitude)
+        self.train = self.held = None  # the fitted and the held-out positions (run.holdout; held None: none)
+        self.lr_decay, self.decay_span, self.crystal_check = "none", None, False
+        self.last_epoch = model.epoch + n_epochs  # where the decay reaches lr_final
+        self.owner = self.mine = None  # the ranks' compact blocks and this rank's (several processes)
+        self.step = self.precondition_batches = None
+        self.optimizer_names: list[str] = []
+        self.pending_optimizer: dict | None = None  # a checkpoint's optimizer state, for the first one built
 
 
 def optimize(model, dataset, n_epochs: int, run: RunConfig | None = None, losses: LossConfig | None = None,
@@ -147,14 +155,14 @@ def _epochs(loop: Loop, lbfgs_options: dict) -> Iterator[float]:
         for cb in callbacks:
             cb.on_start(loop)
         yield from _coarse_start(loop)  # run.coarse_start: a fresh run's first epochs on the detector's centre
-        plan = _prepare(loop)
+        _prepare(loop)
         for _ in range(loop.n_epochs):
-            if plan.decay_span and model.epoch + 1 - plan.state.decay_start >= plan.decay_span:
+            if loop.decay_span and model.epoch + 1 - loop.state.decay_start >= loop.decay_span:
                 log.info("run ends after epoch %d of %d: its learning-rate decay (run.lr_decay auto, counted data) "
                          "ended there and later epochs would fit the noise; run.lr_decay: cosine decays over all "
-                         "the epochs asked for", model.epoch, plan.last_epoch)
+                         "the epochs asked for", model.epoch, loop.last_epoch)
                 break
-            yield _advance(loop, plan, named, disabled, lbfgs_options)
+            yield _advance(loop, named, disabled, lbfgs_options)
             if loop.stop:
                 break
         for cb in callbacks:
@@ -167,35 +175,10 @@ def _epochs(loop: Loop, lbfgs_options: dict) -> Iterator[float]:
             cb.on_close(loop)
 
 
-@dataclass
-class _Plan:
-    """What a call decides once, before its first epoch (:func:`_prepare`), and the optimizer it builds as the
-    parameters' schedules switch (``optimizer``, ``optimizer_names``; ``pending_state``: a checkpoint's optimizer
-    state, taken by the first one built)."""
-
-    data: object  # PreparedData / StreamedData
-    batch_size: int
-    train: torch.Tensor
-    held: torch.Tensor | None
-    fixed: frozenset[str]
-    lr_decay: str
-    decay_span: int | None
-    crystal_check: bool
-    state: RunState
-    pending_state: dict | None
-    last_epoch: int
-    owner: object
-    mine: torch.Tensor | None
-    step: BatchStep
-    precondition_batches: object
-    optimizer: object = None
-    optimizer_names: list[str] = field(default_factory=list)
-
-
-def _prepare(loop: Loop) -> _Plan:
-    """The data prepared and everything the call decides from them (counts, the 'auto' constraints, the decay, the
-    held-out positions, a low dose's phase-only fit, the batch step), each logged; the run state from a checkpoint
-    (``model._resume_state``) or new."""
+def _prepare(loop: Loop) -> None:
+    """The data prepared and everything the call decides from them, each logged, into ``loop``: counts, the 'auto'
+    constraints, the decay, the held-out positions, a low dose's phase-only fit, the batch step; the run state from a
+    checkpoint (``model._resume_state``) or new."""
     model, run, losses = loop.model, loop.run, loop.losses
     data = loop.data = prepared_data(model, loop.dataset, losses.power, losses.eps, run.data_in_memory,
                                      run.memory_budget_gb)
@@ -211,53 +194,49 @@ def _prepare(loop: Loop) -> _Plan:
     # obj_blur 'auto': the dose
     loop.constraints = resolve_obj_blur(model, loop.dataset, counts, loop.constraints, loop.counted)
     loop.constraints = resolve_obj_band(model, loop.constraints)  # obj_band 'auto': the object's grid
-    lr_decay, decay_span, why = resolve_lr_decay(run.lr_decay, losses, data.mean_pattern, model.decided)
+    loop.lr_decay, loop.decay_span, why = resolve_lr_decay(run.lr_decay, losses, data.mean_pattern, model.decided)
+    loop.crystal_check = run.lr_decay == "auto" and loop.lr_decay == "none"  # a strong scatterer: unless a crystal
     if why:
         log.info("run.lr_decay auto: %s", why)
         model.auto_reasons["run.lr_decay"] = why  # a run setting: its row in results.h5 (recon.report)
-    bs = n if not run.batch_size else min(int(run.batch_size), n)
-    train, held = split_positions(n, holdout_fraction(run.holdout, losses, counts, n, loop.world), run.seed)
+    bs = loop.batch_size = n if not run.batch_size else min(int(run.batch_size), n)
+    loop.train, loop.held = split_positions(n, holdout_fraction(run.holdout, losses, counts, n, loop.world), run.seed)
+    held = loop.held
     if held is not None:  # positions kept out of the fit: their loss decides where the run ends
         loop.callbacks.insert(1, HeldOutStop(held, bs))
         log.info("held out of the fit: %d of %d positions (run.holdout %s)", len(held), n, run.holdout)
-    fixed = frozenset()
     if phase_only(losses.poisson > 0, counts, model.schedules["obj_amplitude"]):
-        fixed = frozenset({"obj_amplitude"})
+        loop.fixed = frozenset({"obj_amplitude"})
         log.info("low dose (%.4g counts per pattern ≤ %g, counted data): the object amplitude is held at its "
                  "start (phase only); give model.learning_rates.obj_amplitude to refine it", counts,
                  LOW_DOSE_COUNTS)
-    refining = refined(model, run.optimizer, fixed)
+    refining = refined(model, run.optimizer, loop.fixed)
     log.info("%s", refined_parameters(refining, run.optimizer, run.lr_scale))
     if "tilt" in refining:
         log.info("%s", TILT_NOT_MEASURED)
     resumed = getattr(model, "_resume_state", None)  # what load_checkpoint left for this call
     model._resume_state = None
     # decay window, divergence references and best state: carried on from a checkpoint, else new for this call
-    state = loop.state = RunState.new(model) if resumed is None else resumed["run"]
-    owner = mine = None
+    loop.state = RunState.new(model) if resumed is None else resumed["run"]
+    loop.pending_optimizer = None if resumed is None else resumed.get("optimizer")
+    loop.last_epoch = model.epoch + loop.n_epochs  # after a coarse start's epochs
     if loop.world > 1:  # every rank evaluates the positions of its own compact block
-        owner = shard_owners(model.initial_positions.detach().cpu().numpy(), loop.world)
-        mine = torch.as_tensor(owner == loop.rank)
+        loop.owner = shard_owners(model.initial_positions.detach().cpu().numpy(), loop.world)
+        loop.mine = torch.as_tensor(loop.owner == loop.rank)
     mode, why = resolve_compile(run.compile, model.device, run.optimizer, loop.world, isinstance(data, PreparedData))
     if run.compile == "auto" and model.device.type == "cuda":
         log.info("run.compile auto: the batch step runs %s (%s)", "as a CUDA graph" if mode == "cuda_graph"
                  else "eagerly", why)
-    step = BatchStep(model, losses, run.optimizer, run.precondition_reg, loop.world, mode,
-                     fallback=run.compile == "auto")
-    return _Plan(data, bs, train, held, fixed, lr_decay, decay_span,
-                 crystal_check=run.lr_decay == "auto" and lr_decay == "none",  # a strong scatterer: unless a crystal
-                 state=state, pending_state=None if resumed is None else resumed.get("optimizer"),
-                 last_epoch=model.epoch + loop.n_epochs,  # the decay reaches lr_final there
-                 owner=owner, mine=mine, step=step,
-                 precondition_batches=resolve_batches(run.precondition_batches, losses))
+    loop.step = BatchStep(model, losses, run.optimizer, run.precondition_reg, loop.world, mode,
+                          fallback=run.compile == "auto")
+    loop.precondition_batches = resolve_batches(run.precondition_batches, losses)
 
 
-def _advance(loop: Loop, plan: _Plan, named: dict[str, torch.Tensor], disabled: set[str],
-             lbfgs_options: dict) -> float:
+def _advance(loop: Loop, named: dict[str, torch.Tensor], disabled: set[str], lbfgs_options: dict) -> float:
     """One epoch: the parameters its schedules switch on (the others switched off into ``disabled``), the optimizer
     (re)built when they change, the learning rates of the decay, the batches, the constraints, the record and the
     callbacks. Returns the epoch's mean loss."""
-    model, run, callbacks, state = loop.model, loop.run, loop.callbacks, plan.state
+    model, run, callbacks, state = loop.model, loop.run, loop.callbacks, loop.state
     epoch = loop.epoch = model.epoch + 1
     t0 = time.perf_counter()
     active = []
@@ -265,7 +244,7 @@ def _advance(loop: Loop, plan: _Plan, named: dict[str, torch.Tensor], disabled: 
         if not p.requires_grad:
             continue  # frozen by the user
         sched = model.schedules.get(name)
-        if sched is not None and sched.active(epoch) and name not in plan.fixed:
+        if sched is not None and sched.active(epoch) and name not in loop.fixed:
             active.append(name)
         else:
             p.requires_grad_(False)
@@ -277,27 +256,26 @@ def _advance(loop: Loop, plan: _Plan, named: dict[str, torch.Tensor], disabled: 
     wanted = active if run.optimizer == "lbfgs" else [
         k for k in named
         if (k in active or k in disabled) and model.schedules[k].resolved_lr(k, run.optimizer) > 0]
-    if plan.optimizer is None or wanted != plan.optimizer_names:
-        plan.optimizer = loop.optimizer = build_optimizer(run.optimizer, model, wanted, run.lr_scale, run.momentum,
-                                                          lbfgs_options)
-        plan.optimizer_names = list(wanted)
-        if plan.pending_state is not None:
-            reuse_optimizer_state(plan.optimizer, plan.pending_state, state.optimizer_names, plan.optimizer_names)
-            plan.pending_state = None
-        state.optimizer_names = list(plan.optimizer_names)
-    opt = plan.optimizer
-    if plan.crystal_check and epoch >= 2:
-        plan.lr_decay = crystal_decay(model, epoch)
+    if loop.optimizer is None or wanted != loop.optimizer_names:
+        loop.optimizer = build_optimizer(run.optimizer, model, wanted, run.lr_scale, run.momentum, lbfgs_options)
+        loop.optimizer_names = list(wanted)
+        if loop.pending_optimizer is not None:
+            reuse_optimizer_state(loop.optimizer, loop.pending_optimizer, state.optimizer_names, loop.optimizer_names)
+            loop.pending_optimizer = None
+        state.optimizer_names = list(loop.optimizer_names)
+    opt = loop.optimizer
+    if loop.crystal_check and epoch >= 2:
+        loop.lr_decay = crystal_decay(model, epoch)
     if run.optimizer != "lbfgs":  # learning rates may have been changed between epochs
-        decay = decay_factor(plan.lr_decay, epoch - state.decay_start, plan.last_epoch - state.decay_start + 1,
-                             run.lr_final, plan.decay_span)
+        decay = decay_factor(loop.lr_decay, epoch - state.decay_start, loop.last_epoch - state.decay_start + 1,
+                             run.lr_final, loop.decay_span)
         for group in opt.param_groups:
             group["lr"] = (model.schedules[group["name"]].resolved_lr(group["name"], run.optimizer)
                            * run.lr_scale * decay * state.lr_backoff)
     loop.snapshot = snapshot(model.state_dict())
-    mean_loss, first_loss, sums, n_batches = _epoch(loop, plan.step, opt, plan.data, plan.batch_size, plan.owner,
-                                                    plan.mine, plan.precondition_batches,
-                                                    None if plan.held is None else plan.train)
+    mean_loss, first_loss, sums, n_batches = _epoch(loop, loop.step, opt, loop.data, loop.batch_size, loop.owner,
+                                                    loop.mine, loop.precondition_batches,
+                                                    None if loop.held is None else loop.train)
     loop.mean_loss = mean_loss
     if state.start_loss is None:  # the first mini-batch's loss (before any step) is where a new run starts
         state.start_loss = float(first_loss) if math.isfinite(float(first_loss)) else math.inf
