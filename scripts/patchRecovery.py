@@ -12,7 +12,7 @@ the training YAML (default: the repository's configs/, see docs/config_reference
 import sys
 from pathlib import Path
 
-from phasestem.learn.commands import stage_script
+from phasestem.cli.learn import stage_script
 
 if __name__ == "__main__":
     sys.exit(stage_script("patchRecovery", configs=Path(__file__).resolve().parents[1] / "configs"))
