@@ -292,8 +292,7 @@ def _advance(loop: Loop, named: dict[str, torch.Tensor], disabled: set[str], lbf
     record.update({k: float(v) / n_batches for k, v in sums.items()})
     loop.terms = sums
     model.loss_history.append(record)
-    if hasattr(model, "record_epoch"):  # the geometry history (before the checkpoint)
-        model.record_epoch(record)
+    model.record_epoch(record)  # the geometry history (before the checkpoint)
     for cb in callbacks:
         cb.on_record(loop)
     for cb in callbacks:
