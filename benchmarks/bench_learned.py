@@ -138,9 +138,9 @@ def bench(size: str, device: torch.device, repeats: int, pattern: int = 64, amp:
 def ad_seconds_per_epoch(epochs: int) -> float:
     """Minimum seconds of one AD-ptychography epoch over the seed-sized scan (2500 patterns of 64²)."""
     from phasestem.recon import Ptychography
-    from phasestem.recon.synthetic import simulate_dataset
+    from phasestem.recon.synthetic import synthetic_scan
 
-    ds = simulate_dataset(window=(64, 64), sampling=100 / 256, scan_shape=(50, 50), scan_step=2.0, energy=300e3,
+    ds = synthetic_scan(window=(64, 64), sampling=100 / 256, scan_shape=(50, 50), scan_step=2.0, energy=300e3,
                           semiangle=15.0, c10=50.0, max_phase=0.5, seed=0)
     model = Ptychography.from_dataset(ds)
     model.positions.requires_grad_(False)

@@ -29,7 +29,7 @@ import time
 import torch
 
 from phasestem.recon import Ptychography
-from phasestem.recon.synthetic import simulate_dataset
+from phasestem.recon.synthetic import synthetic_scan
 
 CASES = {"a": (1, 1), "b": (8, 1), "c": (8, 4), "d": (1, 4)}
 
@@ -42,7 +42,7 @@ def sync(device: torch.device) -> None:
 def case_dataset(case: str, scan: int = 32):
     """The simulated scan of ``case`` (CASES): scan × scan positions of 128² patterns."""
     S, _ = CASES[case]
-    return simulate_dataset(window=(128, 128), sampling=0.2, scan_shape=(scan, scan), scan_step=1.0, energy=300e3,
+    return synthetic_scan(window=(128, 128), sampling=0.2, scan_shape=(scan, scan), scan_step=1.0, energy=300e3,
                             semiangle=20.0, c10=-100.0, n_slices=S, slice_thickness=10.0,
                             max_phase=0.5 if S == 1 else 0.3, seed=0)
 

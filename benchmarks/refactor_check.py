@@ -67,7 +67,7 @@ def calibration(work: Path) -> dict[str, float]:
     import test_calibrate as t
 
     from phasestem.calibrate import calibrate, load_for_calibration
-    from phasestem.recon.synthetic import simulate_dataset
+    from phasestem.recon.synthetic import synthetic_scan
 
     data = abtem_scan.make(work / "abtem_scan")
     cal = calibrate(load_for_calibration(data["file"], abtem_scan.ENERGY, abtem_scan.STEP),
@@ -77,7 +77,7 @@ def calibration(work: Path) -> dict[str, float]:
     out.update({f"abtem_plane_{i}": float(v) for i, v in enumerate(np.asarray(cal.disk.plane).ravel())})
     ast = calibrate(t._phasestem_scan({"C10": 60.0, "C12": 20.0, "phi12": 0.6}), semiangle=20.0)
     out.update({f"astigmatism_{k}": float(v) for k, v in ast.aberrations.items()})
-    ds = simulate_dataset(window=(48, 48), sampling=0.3, scan_shape=(16, 16), scan_step=0.4, semiangle=20.0,
+    ds = synthetic_scan(window=(48, 48), sampling=0.3, scan_shape=(16, 16), scan_step=0.4, semiangle=20.0,
                           c10=60.0, max_phase=0.5, dose=2e4, seed=1)
     sign = calibrate(ds._replace(angular_sampling=None), semiangle=20.0)
     out["synthetic_C10"] = sign.aberrations["C10"]
@@ -125,14 +125,14 @@ def arrays(work: Path) -> dict[str, np.ndarray]:
     """Simulator patterns, the learned route's synthetic file and the measurement residual map."""
     from phasestem.learn.consistency import measurement_residual
     from phasestem.learn.data.synthetic import write_synthetic_file
-    from phasestem.recon.synthetic import simulate_dataset
+    from phasestem.recon.synthetic import synthetic_scan
     from phasestem.simulate.config import load_config
     from phasestem.simulate.scan import simulate_sample
 
     cfg = load_config(ROOT / "configs" / "simulate_tiny.yaml")
     sample = simulate_sample(cfg, 0)
     path = write_synthetic_file(work / "synthetic.h5", 2, scan=8, window=16, phase_px=32, extent=16.0, dose=None)
-    ds = simulate_dataset(window=(32, 32), sampling=0.4, scan_shape=(6, 6), scan_step=1.0, seed=3)
+    ds = synthetic_scan(window=(32, 32), sampling=0.4, scan_shape=(6, 6), scan_step=1.0, seed=3)
     res = measurement_residual(ds.truth["phase"], ds, phase_sampling=ds.truth["sampling"])
     out = {"simulator_patterns": sample["patterns"], "simulator_phase": sample["phase"],
            "recon_synthetic_patterns": np.asarray(ds.patterns), "residual_map": res["map"],

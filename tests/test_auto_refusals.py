@@ -11,7 +11,7 @@ import pytest
 from phasestem.calibrate import NoContrastError, calibrate
 from phasestem.calibrate.rotation import no_contrast_message
 from phasestem.cli import main
-from phasestem.recon.synthetic import simulate_dataset
+from phasestem.recon.synthetic import synthetic_scan
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -26,12 +26,12 @@ def test_the_message_names_the_undersampled_centre_of_mass_and_the_flag():
 
 
 def test_a_coarse_step_that_defeats_the_centre_of_mass_says_why_and_what_to_pass():
-    ds = simulate_dataset(scan_shape=(12, 12), scan_step=2.0, c10=0.0, max_phase=0.5, dose=1e4, seed=1)
+    ds = synthetic_scan(scan_shape=(12, 12), scan_step=2.0, c10=0.0, max_phase=0.5, dose=1e4, seed=1)
     with pytest.raises(NoContrastError, match=r"the scan step 2 Å is 1\.5× the probe's diameter .* the centre of "
                                               r"mass is undersampled, the likely cause here; give the scan rotation "
                                               r"if it is known \(--rotation DEG"):
         calibrate(ds, semiangle=15.0)
-    vacuum = simulate_dataset(scan_shape=(12, 12), scan_step=2.0, c10=0.0, max_phase=0.0, dose=1e4, seed=1)
+    vacuum = synthetic_scan(scan_shape=(12, 12), scan_step=2.0, c10=0.0, max_phase=0.0, dose=1e4, seed=1)
     calib = calibrate(vacuum, semiangle=15.0)  # the halves disagree: left at 0°, and the note says why
     assert "undersampled" in calib.undetermined["rotation"] and "--rotation DEG" in calib.undetermined["rotation"]
     assert calibrate(ds, semiangle=15.0, rotation=0.0).rotation_source == "given"  # the flag it names works

@@ -83,9 +83,9 @@ def test_calibrate_cli_writes_params_that_reconstruct_loads(abtem_data, tmp_path
 
 def test_parallax_defocus_sign_matches_phasestem_forward_model():
     """Over-focus (C10 > 0) simulated by phasestem's own physics is fitted as C10 > 0."""
-    from phasestem.recon.synthetic import simulate_dataset
+    from phasestem.recon.synthetic import synthetic_scan
 
-    ds = simulate_dataset(window=(48, 48), sampling=0.3, scan_shape=(16, 16), scan_step=0.4, semiangle=20.0,
+    ds = synthetic_scan(window=(48, 48), sampling=0.3, scan_shape=(16, 16), scan_step=0.4, semiangle=20.0,
                           c10=60.0, max_phase=0.5, dose=2e4, seed=1)
     cal = calibrate(ds._replace(angular_sampling=None), semiangle=20.0)
     assert cal.transpose is False and _angle_diff(cal.rotation, 0.0) < 1.0, cal.summary()

@@ -9,7 +9,7 @@ import pytest
 from phasestem.physics.experiment import scanned_field
 from phasestem.plot import scalebars
 from phasestem.recon import Ptychography
-from phasestem.recon.synthetic import simulate_dataset
+from phasestem.recon.synthetic import synthetic_scan
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -19,7 +19,7 @@ def run():
     import matplotlib
 
     matplotlib.use("Agg")
-    ds = simulate_dataset(scan_shape=(6, 6), seed=3, max_phase=0.4)
+    ds = synthetic_scan(scan_shape=(6, 6), seed=3, max_phase=0.4)
     model = Ptychography.from_dataset(ds)
     list(model.Adam_optimize(2, ds, batch_size=12, progress=False))
     return ds, model
@@ -94,7 +94,7 @@ def test_simulation_overview_masks_the_probe_phase_and_scales_patterns_logarithm
     from phasestem.physics.optics import make_probe, wavelength
     from phasestem.plot import simulation_overview
 
-    ds = simulate_dataset(scan_shape=(3, 3), seed=1)
+    ds = synthetic_scan(scan_shape=(3, 3), seed=1)
     probe = make_probe(ds.pattern_shape, ds.sampling, ds.energy, ds.semiangle, ds.aberrations)
     fig = simulation_overview(ds.truth["phase"], ds.sampling, probe, ds.sampling, wavelength(ds.energy),
                               np.asarray(ds.patterns), pattern_mrad=ds.angular_sampling[0], scan_box=(0, 0, 2, 2))

@@ -45,9 +45,9 @@ def test_a_moved_auto_run_folder_reruns(sim_and_model, tmp_path, capsys):
 def test_a_parameter_file_without_scan_or_optics_takes_the_files_values(tmp_path):
     from phasestem.io import numpy as io_numpy
     from phasestem.recon.params import build_dataset, parse_params
-    from phasestem.recon.synthetic import simulate_dataset
+    from phasestem.recon.synthetic import synthetic_scan
 
-    ds = simulate_dataset(scan_shape=(4, 4), scan_step=1.5, seed=2)
+    ds = synthetic_scan(scan_shape=(4, 4), scan_step=1.5, seed=2)
     io_numpy.write(tmp_path / "scan.npz", ds)  # energy, step, origin, pixel, semi-angle and C10 in the file
     got = build_dataset(parse_params({"data": {"file": str(tmp_path / "scan.npz")}}))  # was: scan required
     assert got.scan_step == (1.5, 1.5) and got.semiangle == ds.semiangle and got.aberrations == ds.aberrations
@@ -69,9 +69,9 @@ def test_no_help_text_names_the_internal_spec():
 
 def test_the_models_repr_says_what_it_is():
     from phasestem.recon.model import Ptychography
-    from phasestem.recon.synthetic import simulate_dataset
+    from phasestem.recon.synthetic import synthetic_scan
 
-    ds = simulate_dataset(scan_shape=(4, 4), seed=1)
+    ds = synthetic_scan(scan_shape=(4, 4), seed=1)
     model = Ptychography.from_dataset(ds, n_probe_modes=2)
     assert repr(model).startswith("Ptychography(object 1 mode(s) × 1 slice(s) × ")
     assert "probe 2 mode(s) × 32×32 px, 16 positions, 300 keV, solver none yet, device cpu, 0 epoch(s) run)" in \

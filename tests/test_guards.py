@@ -47,9 +47,9 @@ def test_vacuum_level():
 
 
 def test_residual_ratio_is_one_for_the_same_phase_and_larger_for_noise():
-    from phasestem.recon.synthetic import simulate_dataset
+    from phasestem.recon.synthetic import synthetic_scan
 
-    ds = simulate_dataset(scan_shape=(6, 6), window=(32, 32))
+    ds = synthetic_scan(scan_shape=(6, 6), window=(32, 32))
     phase = np.asarray(ds.truth["phase"], np.float32)
     s = tuple(ds.truth.get("sampling", ds.sampling))
     assert residual_ratio(phase, phase, ds, s) == pytest.approx(1.0)

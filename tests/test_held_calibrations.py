@@ -72,9 +72,9 @@ def test_a_key_and_another_sample_are_refused_in_one_line(seed_file):
 
 def test_generic_hdf5_and_npz_round_trip_aberrations_origin_and_semiangle(tmp_path):
     from phasestem.io import numpy as io_numpy
-    from phasestem.recon.synthetic import simulate_dataset
+    from phasestem.recon.synthetic import synthetic_scan
 
-    ds = simulate_dataset(scan_shape=(4, 4), scan_step=1.5, c10=-40.0, seed=2)
+    ds = synthetic_scan(scan_shape=(4, 4), scan_step=1.5, c10=-40.0, seed=2)
     ds = ds._replace(aberrations={"C10": -40.0, "C30": 1e4}, scan_origin=(0.5, 0.25))
     with h5py.File(tmp_path / "any.h5", "w") as f:  # any layout: root attributes by their reader names
         f["entry/data"] = ds.patterns

@@ -7,7 +7,7 @@ import torch
 
 from phasestem.cli.demo import DemoRecon, ad_run, field_of_view, hybrid_start, iterations_to_reach
 from phasestem.recon import Ptychography
-from phasestem.recon.synthetic import simulate_dataset
+from phasestem.recon.synthetic import synthetic_scan
 
 
 def _blurred(image: np.ndarray, sigma_px: float) -> np.ndarray:
@@ -19,7 +19,7 @@ def _blurred(image: np.ndarray, sigma_px: float) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def scan():
-    ds = simulate_dataset(scan_shape=(8, 8), scan_step=1.0, max_phase=0.5, seed=3)
+    ds = synthetic_scan(scan_shape=(8, 8), scan_step=1.0, max_phase=0.5, seed=3)
     truth = np.asarray(ds.truth["phase"], np.float32)
     return ds, truth, tuple(ds.truth["sampling"])
 

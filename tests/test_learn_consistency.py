@@ -50,9 +50,9 @@ def test_true_phase_explains_the_patterns_best(sim, kind):
 
 def test_resampled_and_non_periodic_phase():
     """An object padded beyond the scan (not periodic), the phase given on a 2x finer grid (resampled bilinearly)."""
-    from phasestem.recon.synthetic import simulate_dataset
+    from phasestem.recon.synthetic import synthetic_scan
 
-    ds = simulate_dataset(window=(32, 32), sampling=0.4, scan_shape=(8, 8), scan_step=1.0)
+    ds = synthetic_scan(window=(32, 32), sampling=0.4, scan_shape=(8, 8), scan_step=1.0)
     oy, ox = (round(o / 0.4) for o in ds.truth["object_origin"])
     truth = ds.truth["object_phase"][0][oy:, ox:]  # dataset frame: pixel 0 at 0 Å
     r = {name: measurement_residual(img, ds, (0.4, 0.4))["residual"] for name, img in _candidates(truth).items()}

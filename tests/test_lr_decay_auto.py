@@ -27,7 +27,7 @@ from phasestem.recon.model import Ptychography
 from phasestem.recon.optimizers import decay_factor
 from phasestem.recon.params import RunConfig
 from phasestem.recon.report import auto_settings
-from phasestem.recon.synthetic import simulate_dataset
+from phasestem.recon.synthetic import synthetic_scan
 
 COUNTED = LossConfig(gaussian=0.5, poisson=0.5)
 
@@ -88,7 +88,7 @@ def test_the_run_steps_with_the_resolved_decay_and_records_why(losses, max_phase
     """A weak and a strong scatterer without counts, and counted data (phasestem's simulator: plumbing)."""
     caplog.set_level("INFO", logger="phasestem.recon")
     counted = losses.poisson > 0
-    ds = simulate_dataset(window=(32, 32), sampling=0.4, scan_shape=(4, 4), max_phase=max_phase,
+    ds = synthetic_scan(window=(32, 32), sampling=0.4, scan_shape=(4, 4), max_phase=max_phase,
                           dose=1e5 if counted else None, seed=2)
     model = Ptychography.from_dataset(ds)
     rates = _Rates()
@@ -113,7 +113,7 @@ def test_a_counted_run_ends_with_its_decay(caplog):
     """Counted data asked for 23 epochs: the first 20 rates fall by the cosine to lr_final and the run ends there
     (20 epochs yielded and recorded, the model at epoch 20, one log line); 'cosine' named runs all 23."""
     caplog.set_level("INFO", logger="phasestem.recon")
-    ds = simulate_dataset(window=(32, 32), sampling=0.4, scan_shape=(4, 4), max_phase=0.5, dose=1e5, seed=2)
+    ds = synthetic_scan(window=(32, 32), sampling=0.4, scan_shape=(4, 4), max_phase=0.5, dose=1e5, seed=2)
     model = Ptychography.from_dataset(ds)
     rates = _Rates()
     run = RunConfig(n_epochs=23, batch_size=8, progress=False)
@@ -130,7 +130,7 @@ def test_a_strong_crystal_keeps_the_cosine_from_its_second_epoch(caplog):
     """crystal_decay: a lattice in the object after the first epoch switches 'none' to the run's cosine (logged, the
     reason replaced, the decision kept for a resumed run); random atoms keep 'none'."""
     caplog.set_level("INFO", logger="phasestem.recon")
-    ds = simulate_dataset(window=(32, 32), sampling=0.4, scan_shape=(8, 8), n_slices=2, seed=3)
+    ds = synthetic_scan(window=(32, 32), sampling=0.4, scan_shape=(8, 8), n_slices=2, seed=3)
     lattice = Ptychography.from_dataset(ds, n_slices=2, slice_thickness=10.0)
     ny, nx = lattice.object_shape
     yy, xx = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")

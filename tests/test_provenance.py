@@ -15,7 +15,7 @@ from phasestem.base.errors import ConfigError
 from phasestem.io import hdf5
 from phasestem.io import numpy as io_numpy
 from phasestem.recon.params import build_dataset, parse_params
-from phasestem.recon.synthetic import simulate_dataset, write_npz
+from phasestem.recon.synthetic import synthetic_scan, write_npz
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -27,7 +27,7 @@ STEP = 3.2  # Å, what the file records
 def recorded(tmp_path_factory):
     """A phasestem HDF5 file that records its calibrations (3.2 Å step, 300 keV, 15 mrad, C10 50 Å)."""
     tmp = tmp_path_factory.mktemp("provenance")
-    ds = simulate_dataset(scan_shape=(5, 5), scan_step=STEP, seed=3)
+    ds = synthetic_scan(scan_shape=(5, 5), scan_step=STEP, seed=3)
     return hdf5.write(tmp / "scan.h5", ds), ds
 
 

@@ -25,7 +25,7 @@ from phasestem.recon.model import Ptychography
 from phasestem.recon.params import RunConfig
 from phasestem.recon.report import auto_settings
 from phasestem.recon.run_state import COARSE_HISTORY_KEY, RunState
-from phasestem.recon.synthetic import simulate_dataset
+from phasestem.recon.synthetic import synthetic_scan
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -154,7 +154,7 @@ def test_a_smooth_object_goes_to_the_coarse_pixels_and_back_unchanged():
 @pytest.fixture(scope="module")
 def thick():
     """A 4 × 12 Å = 4.8 nm scan of phasestem's simulator (plumbing only: 64² patterns at 0.25 Å, 20 mrad)."""
-    return simulate_dataset(window=WINDOW, sampling=PIXEL, scan_shape=(5, 5), scan_step=1.0, semiangle=SEMIANGLE,
+    return synthetic_scan(window=WINDOW, sampling=PIXEL, scan_shape=(5, 5), scan_step=1.0, semiangle=SEMIANGLE,
                             c10=40.0, n_slices=4, slice_thickness=12.0, max_phase=0.4, seed=4)
 
 
@@ -266,7 +266,7 @@ def _lattice_stacks(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(scope="module")
 def thick12():
     """A 4 × 30 Å = 12 nm random-atom scan (phasestem's simulator: plumbing only), thick enough for ``auto``."""
-    return simulate_dataset(window=WINDOW, sampling=PIXEL, scan_shape=(5, 5), scan_step=1.0, semiangle=SEMIANGLE,
+    return synthetic_scan(window=WINDOW, sampling=PIXEL, scan_shape=(5, 5), scan_step=1.0, semiangle=SEMIANGLE,
                             c10=40.0, n_slices=4, slice_thickness=30.0, max_phase=0.4, seed=4)
 
 

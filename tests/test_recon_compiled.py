@@ -15,7 +15,7 @@ from phasestem.recon.engine import prepared_data
 from phasestem.recon.losses import LossConfig
 from phasestem.recon.model import Ptychography
 from phasestem.recon.step import BatchStep, resolve_compile
-from phasestem.recon.synthetic import simulate_dataset
+from phasestem.recon.synthetic import synthetic_scan
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 CASES = [("lsq", 1, 2, LossConfig(poisson=1.0)), ("adam", 2, 2, None)]  # optimizer, slices, probe modes, losses
@@ -25,7 +25,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA G
 
 
 def _scan(n_slices: int):
-    return simulate_dataset(window=(32, 32), sampling=0.2, scan_shape=(6, 6), scan_step=1.0, energy=300e3,
+    return synthetic_scan(window=(32, 32), sampling=0.2, scan_shape=(6, 6), scan_step=1.0, energy=300e3,
                             semiangle=20.0, c10=-100.0, n_slices=n_slices, slice_thickness=10.0, max_phase=0.3,
                             seed=0)
 

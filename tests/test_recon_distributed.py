@@ -16,11 +16,11 @@ import yaml
 from phasestem.recon import Ptychography
 from phasestem.recon.distributed import data_parallel_optimize
 from phasestem.recon.losses import TERMS, LossConfig, LossTerm, register_term
-from phasestem.recon.synthetic import simulate_dataset, write_npz
+from phasestem.recon.synthetic import synthetic_scan, write_npz
 
 
 def test_two_process_gloo_run_matches_one_process():
-    ds = simulate_dataset(scan_shape=(5, 5), seed=31, max_phase=0.4)
+    ds = synthetic_scan(scan_shape=(5, 5), seed=31, max_phase=0.4)
     model_options = {"n_probe_modes": 2}
     opts = {"batch_size": 10, "seed": 5}
     n = torch.get_num_threads()
@@ -56,7 +56,7 @@ def total_variation(cfg, batch):
 
 
 def test_a_loss_term_added_here_is_recorded_per_term_by_a_two_process_run():
-    ds = simulate_dataset(scan_shape=(5, 5), seed=31, max_phase=0.4)
+    ds = synthetic_scan(scan_shape=(5, 5), seed=31, max_phase=0.4)
     register_term(LossTerm("total_variation", total_variation, needs_phase=True))
     try:
         losses = LossConfig(gaussian=1.0, extra={"total_variation": 0.05})
@@ -88,7 +88,7 @@ def test_a_registered_term_named_in_the_parameter_file_runs():
         section = LossesConfig.model_validate(yaml.safe_load("gaussian: 1\ntotal_variation: 0.05\n"))
         resolved = section.resolved()
         assert resolved.active() == ["gaussian", "total_variation"] and resolved.weight("total_variation") == 0.05
-        ds = simulate_dataset(scan_shape=(4, 4), seed=31, max_phase=0.4)
+        ds = synthetic_scan(scan_shape=(4, 4), seed=31, max_phase=0.4)
         model = Ptychography.from_dataset(ds)
         list(model.LSQ_optimize(1, ds, batch_size=8, losses=resolved, progress=False))
         assert model.loss_history[-1]["total_variation"] > 0

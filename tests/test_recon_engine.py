@@ -9,14 +9,14 @@ from phasestem.dataset import FourDSTEM
 from phasestem.metrics import pearson
 from phasestem.recon import Constraints, LossConfig, NonFiniteLossError, Ptychography, constraints, engine
 from phasestem.recon.results import load_results
-from phasestem.recon.synthetic import simulate_dataset
+from phasestem.recon.synthetic import synthetic_scan
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def ds():
-    return simulate_dataset(scan_shape=(5, 5), seed=11, max_phase=0.4)
+    return synthetic_scan(scan_shape=(5, 5), seed=11, max_phase=0.4)
 
 
 def test_generator_yields_one_loss_per_epoch_and_history_grows(ds):

@@ -15,7 +15,7 @@ from phasestem.recon import Constraints, Ptychography, constraints
 from phasestem.recon.losses import ptyrad_gaussian_loss
 from phasestem.recon.params import build_dataset, build_model, load_params
 from phasestem.recon.results import load_results
-from phasestem.recon.synthetic import simulate_dataset, write_npz
+from phasestem.recon.synthetic import synthetic_scan, write_npz
 
 CONFIGS = __import__("pathlib").Path(__file__).resolve().parents[1] / "configs"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def ds():
-    return simulate_dataset(scan_shape=(5, 5), seed=11, max_phase=0.4)
+    return synthetic_scan(scan_shape=(5, 5), seed=11, max_phase=0.4)
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,11 @@ from phasestem.recon import Ptychography
 from phasestem.recon.callbacks import LiveSnapshots
 from phasestem.recon.engine import optimize_with_options
 from phasestem.recon.live import LIVE_FILE, block_mean, read_snapshot
-from phasestem.recon.synthetic import simulate_dataset
+from phasestem.recon.synthetic import synthetic_scan
 
 
 def test_a_snapshot_after_every_epoch_holds_the_state_of_that_epoch(tmp_path, one_torch_thread):
-    ds = simulate_dataset(scan_shape=(6, 6), seed=2)
+    ds = synthetic_scan(scan_shape=(6, 6), seed=2)
     model = Ptychography.from_dataset(ds)
     path = tmp_path / LIVE_FILE
     seen = []
@@ -44,7 +44,7 @@ def test_a_reduced_probe_keeps_its_pixel_for_the_scale_bar(tmp_path, one_torch_t
     model's times the block."""
     from phasestem.recon.live import snapshot
 
-    model = Ptychography.from_dataset(simulate_dataset(scan_shape=(3, 3), seed=2, max_phase=0.2))
+    model = Ptychography.from_dataset(synthetic_scan(scan_shape=(3, 3), seed=2, max_phase=0.2))
     snap = snapshot(model, 1, max_side=12)  # the 32-px probe averaged over 3 × 3 blocks
     assert snap["probe"].shape == (10, 10)
     np.testing.assert_allclose(snap["probe_sampling"], np.asarray(model.sampling) * 3)

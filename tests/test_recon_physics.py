@@ -6,7 +6,7 @@ import torch
 from phasestem.metrics import pearson
 from phasestem.recon import Constraints, Ptychography
 from phasestem.recon.constraints import apply_constraints
-from phasestem.recon.synthetic import simulate_dataset
+from phasestem.recon.synthetic import synthetic_scan
 
 SCANNED = (slice(0, 18), slice(0, 18))  # dataset-frame pixels covered by an 8×8 scan of 1 Å at 0.4 Å/px
 
@@ -23,7 +23,7 @@ def _run(model, ds, epochs, batch_size=16, **kw):
 
 
 def test_single_slice_phase_correlates_with_truth():
-    ds = simulate_dataset(scan_shape=(8, 8), seed=1, max_phase=0.5)
+    ds = synthetic_scan(scan_shape=(8, 8), seed=1, max_phase=0.5)
     model = Ptychography.from_dataset(ds)  # nominal probe from the dataset optics
     model.set_learning_rates(probe={"lr": 0.005, "start": 10})
     losses = _run(model, ds, 30)
@@ -34,7 +34,7 @@ def test_single_slice_phase_correlates_with_truth():
 
 
 def test_multislice_beats_single_slice_on_three_slice_data():
-    ds = simulate_dataset(scan_shape=(8, 8), n_slices=3, slice_thickness=30.0, max_phase=0.6, seed=2)
+    ds = synthetic_scan(scan_shape=(8, 8), n_slices=3, slice_thickness=30.0, max_phase=0.6, seed=2)
     result = {}
     for S in (1, 3):
         model = Ptychography.from_dataset(ds, n_slices=S, slice_thickness=30.0 if S == 3 else 1.0)
@@ -47,7 +47,7 @@ def test_multislice_beats_single_slice_on_three_slice_data():
 
 
 def test_position_correction_cuts_error_threefold():
-    ds = simulate_dataset(scan_shape=(8, 8), position_noise=0.3, seed=3, max_phase=0.5)  # ~1 px RMS (0.4 Å px)
+    ds = synthetic_scan(scan_shape=(8, 8), position_noise=0.3, seed=3, max_phase=0.5)  # ~1 px RMS (0.4 Å px)
     model = Ptychography.from_dataset(ds)
     model.probe.requires_grad_(False)
     # Å per step of optimizers.RowAdam: a position steps once an epoch (when its pattern is in the batch)
@@ -66,7 +66,7 @@ def test_position_correction_cuts_error_threefold():
 
 
 def test_three_probe_modes_fit_partially_coherent_data_better():
-    ds = simulate_dataset(scan_shape=(6, 6), seed=4, max_phase=0.4, source_size=1.5, n_modes=6)
+    ds = synthetic_scan(scan_shape=(6, 6), seed=4, max_phase=0.4, source_size=1.5, n_modes=6)
     err = {}
     for M in (1, 3):
         model = Ptychography.from_dataset(ds, n_probe_modes=M)  # default mode_power 0.02
@@ -93,7 +93,7 @@ def _known_object_model(ds, **kw):
 
 
 def test_thickness_refinement_recovers_true_value():
-    ds = simulate_dataset(scan_shape=(6, 6), n_slices=3, slice_thickness=30.0, max_phase=0.6, seed=5)
+    ds = synthetic_scan(scan_shape=(6, 6), n_slices=3, slice_thickness=30.0, max_phase=0.6, seed=5)
     model = _known_object_model(ds, slice_thickness=22.0)
     model.set_learning_rates(slice_thickness=0.5)
     _run(model, ds, 20, batch_size=12)
@@ -102,7 +102,7 @@ def test_thickness_refinement_recovers_true_value():
 
 
 def test_tilt_refinement_recovers_true_value():
-    ds = simulate_dataset(scan_shape=(6, 6), n_slices=3, slice_thickness=30.0, max_phase=0.6, seed=6,
+    ds = synthetic_scan(scan_shape=(6, 6), n_slices=3, slice_thickness=30.0, max_phase=0.6, seed=6,
                           tilt=(8.0, -5.0))
     model = _known_object_model(ds, slice_thickness=30.0)
     model.set_learning_rates(tilt=0.5)
@@ -116,7 +116,7 @@ def test_phase_ramp_moves_into_the_probe_without_changing_the_intensities():
 
     # 0.8 Å steps of 0.4 Å pixels: whole-pixel positions, where the symmetry is exact (a sub-pixel position shifts
     # the tilted probe in its periodic window: 0.2 % of the intensity here, invisible in the loss at 256 px)
-    ds = simulate_dataset(window=(64, 64), sampling=0.4, scan_shape=(8, 8), scan_step=0.8, energy=300e3,
+    ds = synthetic_scan(window=(64, 64), sampling=0.4, scan_shape=(8, 8), scan_step=0.8, energy=300e3,
                           semiangle=15.0, c10=50.0, max_phase=0.4, seed=2)
     model = Ptychography.from_dataset(ds)
     rng = np.random.default_rng(0)
@@ -151,7 +151,7 @@ def test_slice_shear_of_straight_columns_moves_into_the_tilt_without_changing_th
     from phasestem.recon.shear import transfer_slice_shear
 
     S, dz, walk = 6, 40.0, (0.35, -0.25)  # px per slice
-    ds = simulate_dataset(window=(64, 64), sampling=0.4, scan_shape=(8, 8), scan_step=0.8, energy=300e3,
+    ds = synthetic_scan(window=(64, 64), sampling=0.4, scan_shape=(8, 8), scan_step=0.8, energy=300e3,
                           semiangle=15.0, c10=-80.0, max_phase=0.4, seed=2)
     model = Ptychography.from_dataset(ds, n_slices=S, slice_thickness=dz)
     columns = _columns(model.object_shape, np.random.default_rng(4))
@@ -182,7 +182,7 @@ def test_slice_shear_leaves_independent_slices_alone():
     """Independent atoms in every slice have no column to straighten: nothing moves."""
     from phasestem.recon.shear import slice_shear, transfer_slice_shear
 
-    ds = simulate_dataset(window=(64, 64), sampling=0.4, scan_shape=(8, 8), scan_step=0.8, energy=300e3,
+    ds = synthetic_scan(window=(64, 64), sampling=0.4, scan_shape=(8, 8), scan_step=0.8, energy=300e3,
                           semiangle=15.0, c10=-80.0, max_phase=0.4, seed=2)
     model = Ptychography.from_dataset(ds, n_slices=6, slice_thickness=40.0)
     rng = np.random.default_rng(5)
@@ -218,7 +218,7 @@ def test_the_shear_is_measured_on_a_stack_grown_to_fast_fft_sizes_and_stays_the_
     assert (start, stop) == (128, 200)
 
     S, walk = 6, (0.35, -0.25)
-    ds = simulate_dataset(window=(64, 64), sampling=0.4, scan_shape=(11, 11), scan_step=0.8, energy=300e3,
+    ds = synthetic_scan(window=(64, 64), sampling=0.4, scan_shape=(11, 11), scan_step=0.8, energy=300e3,
                           semiangle=15.0, c10=-80.0, max_phase=0.4, seed=2)
     model = Ptychography.from_dataset(ds, n_slices=S, slice_thickness=40.0)
     columns = _columns(model.object_shape, np.random.default_rng(4))
@@ -281,7 +281,7 @@ def test_obj_shear_auto_turns_on_for_a_mistilted_crystal_only():
     from phasestem.recon.shear import obj_shear_rule
 
     S, walk = 6, (0.3, -0.2)  # px per slice
-    ds = simulate_dataset(window=(64, 64), sampling=0.4, scan_shape=(14, 14), scan_step=0.8, energy=300e3,
+    ds = synthetic_scan(window=(64, 64), sampling=0.4, scan_shape=(14, 14), scan_step=0.8, energy=300e3,
                           semiangle=15.0, c10=-80.0, max_phase=0.4, seed=2)
     model = Ptychography.from_dataset(ds, n_slices=S, slice_thickness=40.0)
     crystal = _lattice(model.object_shape)
@@ -327,7 +327,7 @@ def test_obj_clamp_auto_holds_a_multislice_crystal_positive_and_leaves_other_obj
     from phasestem.recon.decided import resolve_decided
 
     S = 4
-    ds = simulate_dataset(window=(64, 64), sampling=0.4, scan_shape=(14, 14), scan_step=0.8, energy=300e3,
+    ds = synthetic_scan(window=(64, 64), sampling=0.4, scan_shape=(14, 14), scan_step=0.8, energy=300e3,
                           semiangle=15.0, c10=-80.0, max_phase=0.4, seed=2)
     rng = np.random.default_rng(6)
 
@@ -376,7 +376,7 @@ def _spectral_power(probe: torch.Tensor) -> torch.Tensor:
 def test_held_aperture_restores_the_nominal_spectrum_amplitude_and_keeps_phase_and_intensity():
     from phasestem.recon.constraints import hold_probe_aperture
 
-    ds = simulate_dataset(window=(48, 48), scan_shape=(4, 4), seed=3)
+    ds = synthetic_scan(window=(48, 48), scan_shape=(4, 4), seed=3)
     model = Ptychography.from_dataset(ds)
     nominal = model.get_probe().detach()
     gen = torch.Generator().manual_seed(0)
@@ -407,7 +407,7 @@ def test_held_aperture_leaves_partially_coherent_modes_alone_as_their_number_gro
     # modes departs from it, less the more modes are kept
     from phasestem.recon.constraints import hold_probe_aperture
 
-    ds = simulate_dataset(window=(48, 48), scan_shape=(4, 4), seed=3)
+    ds = synthetic_scan(window=(48, 48), scan_shape=(4, 4), seed=3)
     single = Ptychography.from_dataset(ds).get_probe().detach()
     moved = []
     for n_modes in (2, 4, 12):
@@ -420,7 +420,7 @@ def test_held_aperture_leaves_partially_coherent_modes_alone_as_their_number_gro
 
 
 def test_held_aperture_runs_in_the_epochs_the_probe_is_refined_and_leaves_a_frozen_probe_alone():
-    ds = simulate_dataset(window=(48, 48), scan_shape=(5, 5), seed=4, max_phase=1.5)
+    ds = synthetic_scan(window=(48, 48), scan_shape=(5, 5), seed=4, max_phase=1.5)
     held = Constraints(probe_aperture={"enabled": True})
     model = Ptychography.from_dataset(ds)
     nominal = _spectral_power(model.get_probe().detach())

@@ -8,13 +8,13 @@ import torch
 from phasestem.base.errors import ConfigError
 from phasestem.recon import Ptychography
 from phasestem.recon.prior import PhasePrior
-from phasestem.recon.synthetic import simulate_dataset
+from phasestem.recon.synthetic import synthetic_scan
 
 
 @pytest.fixture(scope="module")
 def scan():
     torch.manual_seed(0)
-    ds = simulate_dataset(scan_shape=(8, 8), scan_step=1.0, max_phase=0.5, seed=3)
+    ds = synthetic_scan(scan_shape=(8, 8), scan_step=1.0, max_phase=0.5, seed=3)
     return ds, np.asarray(ds.truth["phase"], np.float32), tuple(ds.truth["sampling"])
 
 
@@ -60,7 +60,7 @@ def test_a_strong_pull_keeps_ad_near_a_good_prior_on_noisy_data(scan):
     from phasestem.physics.resample import sample_on_grid
 
     _, _, _ = scan
-    ds = simulate_dataset(scan_shape=(6, 6), scan_step=1.0, max_phase=0.5, seed=3, dose=200.0)
+    ds = synthetic_scan(scan_shape=(6, 6), scan_step=1.0, max_phase=0.5, seed=3, dose=200.0)
     truth = np.asarray(ds.truth["phase"], np.float32)
     samp = tuple(ds.truth["sampling"])
     fov = field_of_view(ds, samp, truth.shape)

@@ -260,10 +260,10 @@ def test_resume_from_a_file_that_is_no_checkpoint_is_one_line(data, tmp_path, ca
 def test_a_checkpoint_of_another_scan_is_one_line_naming_the_mismatch(tmp_path):
     from phasestem.base.errors import InputFileError
     from phasestem.recon.engine import load_checkpoint, save_checkpoint
-    from phasestem.recon.synthetic import simulate_dataset
+    from phasestem.recon.synthetic import synthetic_scan
 
-    save_checkpoint(tmp_path / "c.pt", Ptychography.from_dataset(simulate_dataset(scan_shape=(3, 3), seed=1)))
-    model = Ptychography.from_dataset(simulate_dataset(scan_shape=(6, 6), seed=5))
+    save_checkpoint(tmp_path / "c.pt", Ptychography.from_dataset(synthetic_scan(scan_shape=(3, 3), seed=1)))
+    model = Ptychography.from_dataset(synthetic_scan(scan_shape=(6, 6), seed=5))
     with pytest.raises(InputFileError, match=r"c\.pt: the checkpoint does not fit this reconstruction.*shape") as err:
         load_checkpoint(tmp_path / "c.pt", model)
     assert len(str(err.value).splitlines()) == 1
@@ -273,9 +273,9 @@ def test_a_divergence_after_a_resume_restores_the_best_epoch_as_the_uninterrupte
     """The divergence check's references (the first mini-batch's loss, the best loss and the best epoch's state,
     here epoch 2, one before the checkpoint) come back with the checkpoint."""
     from phasestem.recon.engine import DivergenceError, load_checkpoint
-    from phasestem.recon.synthetic import simulate_dataset
+    from phasestem.recon.synthetic import synthetic_scan
 
-    ds = simulate_dataset(scan_shape=(5, 5), seed=11, max_phase=0.4)
+    ds = synthetic_scan(scan_shape=(5, 5), seed=11, max_phase=0.4)
     ckpt = tmp_path / "checkpoint.pt"
 
     def run(model, epochs):  # no back-off: the stop itself is under test
@@ -305,9 +305,9 @@ def test_a_divergence_after_a_resume_restores_the_best_epoch_as_the_uninterrupte
 def test_a_run_resumed_after_a_step_size_back_off_continues_at_the_halved_rates(tmp_path):
     """The back-off (best state restored, every learning rate halved: ``RunState.lr_backoff``) comes back with the
     checkpoint: resumed after the epoch that backed off, the run ends bit-identical to the uninterrupted one."""
-    from phasestem.recon.synthetic import simulate_dataset
+    from phasestem.recon.synthetic import synthetic_scan
 
-    ds = simulate_dataset(scan_shape=(5, 5), seed=11, max_phase=0.4)
+    ds = synthetic_scan(scan_shape=(5, 5), seed=11, max_phase=0.4)
     ckpt = tmp_path / "checkpoint.pt"
 
     def run(model, epochs):
@@ -327,9 +327,9 @@ def test_a_run_resumed_after_a_step_size_back_off_continues_at_the_halved_rates(
 
 def test_a_run_resumed_with_held_out_positions_ends_as_the_uninterrupted_one(tmp_path):
     from phasestem.recon.engine import optimize_with_options
-    from phasestem.recon.synthetic import simulate_dataset
+    from phasestem.recon.synthetic import synthetic_scan
 
-    ds = simulate_dataset(scan_shape=(6, 6), seed=4, max_phase=0.4)
+    ds = synthetic_scan(scan_shape=(6, 6), seed=4, max_phase=0.4)
     ckpt = tmp_path / "checkpoint.pt"
 
     def run(model, epochs):

@@ -13,7 +13,7 @@ from phasestem.recon import LossConfig, Ptychography
 from phasestem.recon.engine import PreparedData, prepared_data
 from phasestem.recon.params import load_params, run_sections
 from phasestem.recon.streaming import READ_SLACK, StreamedData, choose_in_memory
-from phasestem.recon.synthetic import simulate_dataset, write_npz
+from phasestem.recon.synthetic import synthetic_scan, write_npz
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -22,7 +22,7 @@ GIB = 1024**3
 
 @pytest.fixture(scope="module")
 def ds():
-    return simulate_dataset(scan_shape=(16, 16), seed=5, max_phase=0.4)
+    return synthetic_scan(scan_shape=(16, 16), seed=5, max_phase=0.4)
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +204,7 @@ def test_two_processes_stream_their_shares_as_one_process_in_memory():
     """Under torch.distributed each rank streams the rows of its own share of every batch (gloo, 2 processes)."""
     from phasestem.recon.distributed import data_parallel_optimize
 
-    ds = simulate_dataset(scan_shape=(6, 6), seed=31, max_phase=0.4)
+    ds = synthetic_scan(scan_shape=(6, 6), seed=31, max_phase=0.4)
     opts = {"batch_size": 12, "seed": 5}
     single = Ptychography.from_dataset(ds)
     ref = list(single.Adam_optimize(2, ds, progress=False, **opts))

@@ -237,10 +237,10 @@ from phasestem.learn.trainer.checkpoint import commit_folder, save_weights
 from phasestem.plot import pyplot, save_figure
 from phasestem.recon import Ptychography
 from phasestem.recon.engine import save_checkpoint
-from phasestem.recon.synthetic import simulate_dataset, write_npz
+from phasestem.recon.synthetic import synthetic_scan, write_npz
 
 out = Path(sys.argv[1])
-model = Ptychography.from_dataset(simulate_dataset(scan_shape=(3, 3), seed=1))
+model = Ptychography.from_dataset(synthetic_scan(scan_shape=(3, 3), seed=1))
 save_checkpoint(out / "checkpoint.pt", model)
 model.save_results(out / "results.h5")
 save_weights({"w": torch.zeros(2)}, out / "model.safetensors")

@@ -8,7 +8,7 @@ import yaml
 
 from phasestem.base.errors import PhasestemError
 from phasestem.recon.params import build_dataset, build_model, load_params
-from phasestem.recon.synthetic import simulate_dataset, write_npz
+from phasestem.recon.synthetic import synthetic_scan, write_npz
 
 CONFIGS = __import__("pathlib").Path(__file__).resolve().parents[1] / "configs"
 FIELDS = ("data.detector_shifts", "scan.positions_file", "model.initial_phase", "model.initial_probe", "optics")
@@ -216,7 +216,7 @@ def fine_truth(tmp_path_factory):
     from phasestem.io import seed
 
     tmp = tmp_path_factory.mktemp("truth")
-    ds = simulate_dataset(window=(64, 64), sampling=0.2, scan_shape=(8, 8), scan_step=1.0, seed=21, c10=50.0)
+    ds = synthetic_scan(window=(64, 64), sampling=0.2, scan_shape=(8, 8), scan_step=1.0, seed=21, c10=50.0)
     phase = np.asarray(ds.truth["phase"], np.float64)[:72, :72]
     with h5py.File(tmp / "seed1.h5", "w") as f:
         f.attrs.update(format=seed.FORMAT, phase_convention=seed.PHASE_CONVENTION, energy=ds.energy,
@@ -287,7 +287,7 @@ def test_truth_pixel_size_is_read_from_the_file(tmp_path):
     from phasestem.io.hdf5 import write
     from phasestem.recon.report import truth_sampling
 
-    ds = simulate_dataset(window=(32, 32), sampling=0.4, scan_shape=(2, 2), seed=1)
+    ds = synthetic_scan(window=(32, 32), sampling=0.4, scan_shape=(2, 2), seed=1)
     write(tmp_path / "own.h5", ds._replace(truth={"phase": ds.truth["phase"], "sampling": (0.25, 0.3)}))
     assert truth_sampling(tmp_path / "own.h5", "truth/phase") == (0.25, 0.3)
     with h5py.File(tmp_path / "any.h5", "w") as f:

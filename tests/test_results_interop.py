@@ -7,7 +7,7 @@ import yaml
 
 from phasestem.recon import Ptychography
 from phasestem.recon.results import EMD_ROOT, load_results, save_emd
-from phasestem.recon.synthetic import simulate_dataset, write_npz
+from phasestem.recon.synthetic import synthetic_scan, write_npz
 
 emdfile = pytest.importorskip("emdfile")
 rsciio_emd = pytest.importorskip("rsciio.emd")
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def fitted():
-    ds = simulate_dataset(scan_shape=(4, 4), seed=5, max_phase=0.3)
+    ds = synthetic_scan(scan_shape=(4, 4), seed=5, max_phase=0.3)
     model = Ptychography.from_dataset(ds, n_slices=2, n_probe_modes=2)
     list(model.Adam_optimize(1, ds, batch_size=16, progress=False))
     return model
@@ -104,7 +104,7 @@ def test_hyperspy_reader_gives_signals_with_angstrom_axes(fitted, tmp_path):
 
 
 def test_single_mode_single_slice_gives_plain_images(tmp_path):
-    ds = simulate_dataset(scan_shape=(3, 3), seed=6, max_phase=0.3)
+    ds = synthetic_scan(scan_shape=(3, 3), seed=6, max_phase=0.3)
     model = Ptychography.from_dataset(ds)
     path = model.save_results(tmp_path / "r.emd")
     with h5py.File(path, "r") as f:

@@ -185,7 +185,7 @@ def test_former_raster_builders_equal_gridscan():
     from phasestem.direct.frame import scan_map
     from phasestem.direct.tcbf import scan_shift_per_angle
     from phasestem.learn.data import BlockGeometry
-    from phasestem.recon.synthetic import simulate_dataset
+    from phasestem.recon.synthetic import synthetic_scan
     from phasestem.scan import rotation_matrix
 
     for shape, step, origin in [((3, 4), (1 / 3, 0.7), (0.1, -2.3)), ((17, 9), (0.123456789, 1.1), (0.0, 0.0))]:
@@ -200,7 +200,7 @@ def test_former_raster_builders_equal_gridscan():
     assert GridScan.raster_from_positions(np.random.default_rng(0).random((12, 2))) is None
 
     # recon.synthetic: the nominal grid (no position noise) is the plain GridScan
-    syn = simulate_dataset(window=(16, 16), scan_shape=(3, 4), scan_step=0.7, max_phase=0.1)
+    syn = synthetic_scan(window=(16, 16), scan_shape=(3, 4), scan_step=0.7, max_phase=0.1)
     np.testing.assert_array_equal(syn.truth["positions"], GridScan((3, 4), 0.7).positions())
 
     # learn.data: a block's coordinates are its GridScan centred on 0 Å (float32)

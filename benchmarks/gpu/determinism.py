@@ -22,12 +22,12 @@ import torch  # noqa: E402
 
 from phasestem.recon.losses import LossConfig  # noqa: E402
 from phasestem.recon.model import Ptychography  # noqa: E402
-from phasestem.recon.synthetic import simulate_dataset  # noqa: E402
+from phasestem.recon.synthetic import synthetic_scan  # noqa: E402
 
 
 def dataset():
     """The test's scan: 6 × 6 positions at 1 Å, 32² patterns, one slice, noise-free."""
-    return simulate_dataset(window=(32, 32), sampling=0.2, scan_shape=(6, 6), scan_step=1.0, energy=300e3,
+    return synthetic_scan(window=(32, 32), sampling=0.2, scan_shape=(6, 6), scan_step=1.0, energy=300e3,
                             semiangle=20.0, c10=-100.0, n_slices=1, slice_thickness=10.0, max_phase=0.3, seed=0)
 
 

@@ -1,6 +1,6 @@
 """Small simulated ptychography datasets made with the physics core (for tests, demos, benchmarks).
 
-:func:`simulate_dataset` builds a phase object, a nominal probe and a raster scan and computes their patterns
+:func:`synthetic_scan` builds a phase object, a nominal probe and a raster scan and computes their patterns
 with a :class:`phasestem.physics.experiment.Experiment` once; it returns a :class:`FourDSTEM` whose ``truth``
 holds the phase (rad, dataset frame, summed over slices), the per-slice phases and the true
 positions.
@@ -20,7 +20,7 @@ from ..physics.specimen import synthetic_phase
 from ..scan import GridScan
 
 
-def simulate_dataset(
+def synthetic_scan(
     window: tuple[int, int] = (32, 32),
     sampling: float = 0.4,
     scan_shape: tuple[int, int] = (8, 8),
@@ -88,11 +88,11 @@ def simulate_dataset(
 
 
 def write_npz(path, **options) -> FourDSTEM:
-    """Simulate with :func:`simulate_dataset` (``options``) and write ``path`` (.npz: patterns, phase)
+    """Simulate with :func:`synthetic_scan` (``options``) and write ``path`` (.npz: patterns, phase)
     as read by ``phasestem.io.load(path, patterns_key="patterns")``; returns the dataset."""
     from ..base.safety import atomic_file
 
-    ds = simulate_dataset(**options)
+    ds = synthetic_scan(**options)
     with atomic_file(path, field="path") as tmp, open(tmp, "wb") as fh:  # a file object: savez adds no suffix
         np.savez(fh, patterns=np.asarray(ds.patterns, dtype=np.float32), phase=ds.truth["phase"],
                  positions=ds.truth["positions"])
