@@ -49,22 +49,15 @@ def field_square(image: np.ndarray, field: np.ndarray) -> np.ndarray:
 
 
 def spots(image: np.ndarray, k_max: float) -> np.ndarray:
-    """Spots (M, 2) (row, col) of the centred power spectrum of ``image`` (module docstring); ``k_max``: the band's
+    """Spots (M, 2) (fy, fx from the spectrum's centre) of the power spectrum of ``image`` (module docstring:
+    :func:`phasestem.learn.guards.power_peaks` against its ring's median, inside the band); ``k_max``: the band's
     edge as a fraction of Nyquist."""
-    from scipy import ndimage
+    from phasestem.learn.guards import power_peaks
 
     n = min(image.shape)
-    img = image[:n, :n] - image[:n, :n].mean()
-    window = np.outer(np.hanning(n), np.hanning(n))
-    power = np.abs(np.fft.fftshift(np.fft.fft2(img * window))) ** 2
-    yy, xx = np.mgrid[:n, :n] - n // 2
-    radius = np.hypot(yy, xx)
-    ring = np.rint(radius).astype(int)
-    medians = ndimage.median(power, labels=ring, index=np.arange(ring.max() + 1))
-    level = LEVEL * np.asarray(medians)[ring]
-    peak = (power == ndimage.maximum_filter(power, size=3)) & (power > level)
-    peak &= (radius > K_MIN * n / 2) & (radius < k_max * n / 2)
-    return np.argwhere(peak)
+    found = power_peaks(image[:n, :n], threshold=LEVEL, min_radius=0.0, ring=True)
+    radius = np.hypot(found[:, 0], found[:, 1])
+    return found[(radius > K_MIN * n / 2) & (radius < k_max * n / 2)]
 
 
 def new_pairs(image_spots: np.ndarray, truth_spots: np.ndarray) -> int:

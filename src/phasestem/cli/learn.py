@@ -1,7 +1,8 @@
 """The learned route's sub-commands: ``phasestem train patch|stitch|end2end|autoencoder|phaseformer``, ``predict``,
 ``evaluate``, ``embed``, ``refine`` and ``make-pairs``, and the seed's training scripts (:func:`stage_script`).
-Thin: parse, call the library (:mod:`.registry`, :mod:`.apply`, :mod:`.evaluate`, :mod:`.pair_sources`), report.
-Every network is trained by the same command with the same flags (:mod:`.registry`)."""
+Thin: parse, call the library (:mod:`phasestem.learn.registry`, :mod:`phasestem.learn.apply`,
+:mod:`phasestem.learn.evaluate`, :mod:`phasestem.learn.pair_sources`), report. Every network is trained by the same
+command with the same flags (its registry entry)."""
 from __future__ import annotations
 
 import argparse

@@ -104,9 +104,10 @@ def _add_prior_arguments(p) -> None:
                    "with it; 0.9 was the default when it restored the steered phase)")
     g.add_argument("--prior-patience", type=int, default=None, metavar="N",
                    help="stop the pull for good once the data loss (the held-out loss with run.holdout) lies more "
-                   "than 2 %% above its lowest N epochs in a row (default 2; 0: never). Either way the run returns its "
-                   "epoch with the lowest data loss from the prior's start when its last lies more than 2 %% above it, "
-                   "logged and in results.h5's provenance")
+                   "than 2 %% above its lowest N epochs in a row (25 %% on data without counting noise, whose floor is "
+                   "the model's misfit; default 2; 0: never). Either way the run returns its epoch with the lowest "
+                   "data loss from the prior's start when its last lies more than that margin above it, logged and in "
+                   "results.h5's provenance")
 
 
 def _prior_hooks(args) -> tuple:

@@ -41,20 +41,26 @@ def _crop(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
 
 
 def power_peaks(image: np.ndarray, field: np.ndarray | None = None, threshold: float = 30.0,
-                min_radius: float = 2.0) -> np.ndarray:
+                min_radius: float = 2.0, ring: bool = False) -> np.ndarray:
     """Peaks (M, 2) (fy, fx) in centred-spectrum pixels of the Hann-windowed power spectrum of ``image`` over the
-    field's bounding box: local maxima (3 × 3) above ``threshold`` × the spectrum's median, at least ``min_radius``
-    px from zero frequency."""
+    field's bounding box: local maxima (3 × 3) above ``threshold`` × the spectrum's median (``ring``: the median of
+    the pixels at the same rounded |k|, so a spectrum falling with |k| does not count its low-k speckle), at least
+    ``min_radius`` px from zero frequency."""
     img = _crop(image, field)
     img = img - img.mean()
     win = np.hanning(img.shape[0])[:, None] * np.hanning(img.shape[1])[None, :]
     power = np.abs(np.fft.fftshift(np.fft.fft2(img * win))) ** 2
-    level = threshold * max(float(np.median(power)), 1e-30)
-    peaks = (power == ndimage.maximum_filter(power, size=3)) & (power > level)
     cy, cx = power.shape[0] // 2, power.shape[1] // 2
-    yy, xx = np.nonzero(peaks)
-    keep = np.hypot(yy - cy, xx - cx) >= min_radius
-    return np.stack([yy[keep] - cy, xx[keep] - cx], 1)
+    yy, xx = np.mgrid[:power.shape[0], :power.shape[1]]
+    radius = np.hypot(yy - cy, xx - cx)
+    if ring:
+        rings = np.rint(radius).astype(int)
+        level = threshold * np.asarray(ndimage.median(power, labels=rings, index=np.arange(rings.max() + 1)))[rings]
+    else:
+        level = threshold * max(float(np.median(power)), 1e-30)
+    peaks = (power == ndimage.maximum_filter(power, size=3)) & (power > level) & (radius >= min_radius)
+    py, px = np.nonzero(peaks)
+    return np.stack([py - cy, px - cx], 1)
 
 
 def new_peaks(restored: np.ndarray, reference: np.ndarray, field: np.ndarray | None = None,
