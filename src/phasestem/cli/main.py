@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "phasestem.cli.commands",
     "phasestem.cli.plan",
     "phasestem.cli.convert",
+    "phasestem.cli.live",
     "phasestem.serve.commands",
 )
 

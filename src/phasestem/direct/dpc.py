@@ -13,9 +13,14 @@ from .integrate import integrate_gradient
 
 def gradient_field(dataset) -> np.ndarray:
     """∇φ over the scan indices (Sy, Sx, 2), rad per index, from a calibrated dataset (phasestem frame)."""
+    return gradient_from_com(dataset.center_of_mass(), dataset)
+
+
+def gradient_from_com(com_px: np.ndarray, dataset) -> np.ndarray:
+    """∇φ over the scan indices (…, 2), rad per index, from the patterns' centres of mass ``com_px`` (…, 2) px
+    about (H//2, W//2) and ``dataset``'s calibration and scan (a live scan's rows so far, :mod:`phasestem.live`)."""
     from ..physics.optics import wavelength
 
-    com_px = dataset.center_of_mass()  # (Sy, Sx, 2) px about (H//2, W//2)
     dk = np.asarray(dataset.angular_sampling) * 1e-3 / wavelength(dataset.energy)  # Å⁻¹ per px
     grad_obj = 2 * np.pi * com_px * dk  # rad / Å
     L, _ = scan_map(dataset)

@@ -57,6 +57,10 @@ class Callback:
     def on_start(self, loop) -> None:
         pass
 
+    def on_epoch_start(self, loop) -> None:
+        """Before an epoch's batches: ``loop.epoch`` is the epoch about to run; ``loop.fit_positions`` may be set to
+        the flat indices it fits (a live scan's positions received so far)."""
+
     def after_loss(self, loop) -> None:
         pass
 

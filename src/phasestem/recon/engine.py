@@ -98,6 +98,7 @@ class Loop:
         # what the call decides once, before its first epoch (engine._prepare), and the optimizer's parameters
         self.batch_size, self.fixed = 0, frozenset()  # fixed: parameters held in this call (a low dose's amplitude)
         self.train = self.held = None  # the fitted and the held-out positions (run.holdout; held None: none)
+        self.fit_positions: torch.Tensor | None = None  # this epoch's positions, set by a callback (None: train)
         self.lr_decay, self.decay_span, self.crystal_check = "none", None, False
         self.last_epoch = model.epoch + n_epochs  # where the decay reaches lr_final
         self.owner = self.mine = None  # the ranks' compact blocks and this rank's (several processes)
@@ -273,9 +274,11 @@ def _advance(loop: Loop, named: dict[str, torch.Tensor], disabled: set[str], lbf
             group["lr"] = (model.schedules[group["name"]].resolved_lr(group["name"], run.optimizer)
                            * run.lr_scale * decay * state.lr_backoff)
     loop.snapshot = snapshot(model.state_dict())
+    for cb in callbacks:
+        cb.on_epoch_start(loop)
+    fit = loop.fit_positions if loop.fit_positions is not None else None if loop.held is None else loop.train
     mean_loss, first_loss, sums, n_batches = _epoch(loop, loop.step, opt, loop.data, loop.batch_size, loop.owner,
-                                                    loop.mine, loop.precondition_batches,
-                                                    None if loop.held is None else loop.train)
+                                                    loop.mine, loop.precondition_batches, fit)
     loop.mean_loss = mean_loss
     if state.start_loss is None:  # the first mini-batch's loss (before any step) is where a new run starts
         state.start_loss = float(first_loss) if math.isfinite(float(first_loss)) else math.inf
@@ -379,7 +382,7 @@ def _epoch(loop: Loop, step: BatchStep, opt, data, bs: int, owner, mine, precond
     positions = model.positions.detach().cpu().numpy() if run.batch_mode == "compact" else None
     if train is None:
         batches = make_batches(data.n, bs, run.batch_mode, gen, positions, owner)
-    else:  # one process (run.holdout): batches of the fitted positions only
+    else:  # one process (run.holdout, a live scan): batches of the fitted positions only
         sub = None if positions is None else positions[train.numpy()]
         batches = [train[b] for b in make_batches(len(train), bs, run.batch_mode, gen, sub)]
     sums: dict[str, torch.Tensor] = {}

@@ -47,8 +47,9 @@ def block_mean(img: np.ndarray, max_side: int = MAX_SIDE) -> tuple[np.ndarray, i
     return out, f
 
 
-def snapshot(model, n_epochs: int, max_side: int = MAX_SIDE) -> dict[str, np.ndarray]:
-    """The arrays of one snapshot of ``model`` (see the module docstring)."""
+def snapshot(model, n_epochs: int, max_side: int = MAX_SIDE, extra: dict | None = None) -> dict[str, np.ndarray]:
+    """The arrays of one snapshot of ``model`` (see the module docstring), with ``extra``'s (a detector stream's
+    counters and images, :mod:`phasestem.live.session`)."""
     import torch
 
     from ..physics.experiment import scanned_field
@@ -62,11 +63,12 @@ def snapshot(model, n_epochs: int, max_side: int = MAX_SIDE) -> dict[str, np.nda
     device = getattr(model, "device", torch.device("cpu"))
     gpu = torch.cuda.max_memory_allocated(device) if torch.device(device).type == "cuda" else -1
     history = model.loss_history
-    extra = {}
+    more, extra = extra, {}
     u = getattr(model, "uncertainty", None)
     if u is not None:  # σ where the data constrain the phase (recon.uncertainty), NaN elsewhere
         sigma = np.where(u.constrained, u.sigma_sum, np.nan)[field].astype(np.float32)
         extra["phase_sigma"] = block_mean(sigma, max_side)[0]
+    extra.update({k: np.asarray(v) for k, v in (more or {}).items()})
     return {**extra, "epoch": np.asarray(model.epoch), "n_epochs": np.asarray(max(n_epochs, model.epoch)),
             "loss": np.array([h["loss"] for h in history], dtype=np.float64),
             "seconds": np.array([h.get("seconds", np.nan) for h in history], dtype=np.float64),
@@ -96,9 +98,10 @@ def read_snapshot(path: str | Path) -> dict[str, np.ndarray] | None:
         return None
 
 
-def write_snapshot(path: str | Path, model, n_epochs: int, max_side: int = MAX_SIDE) -> None:
-    """Replace ``path`` with a :func:`snapshot` of ``model``, atomically."""
+def write_snapshot(path: str | Path, model, n_epochs: int, max_side: int = MAX_SIDE, extra: dict | None = None
+                   ) -> None:
+    """Replace ``path`` with a :func:`snapshot` of ``model`` (and ``extra``'s arrays), atomically."""
     from ..base.safety import atomic_file
 
     with atomic_file(Path(path), field="live snapshot") as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **snapshot(model, n_epochs, max_side))
+        np.savez(fh, **snapshot(model, n_epochs, max_side, extra))

@@ -148,7 +148,6 @@ def build_dataset(params: ReconstructParams, sources: dict[str, str] | None = No
     ``YAML``; e.g. ``{"optics.semiangle": "calibration"}`` for a file written by ``phasestem calibrate``)."""
     from .. import io
     from ..base.errors import MissingCalibrationError
-    from ..base.provenance import conflict_messages
 
     d, o, s = params.data, params.optics, params.scan
     if "defocus" in o.aberrations:
@@ -174,6 +173,15 @@ def build_dataset(params: ReconstructParams, sources: dict[str, str] | None = No
     except InputFileError as exc:
         field = "data.patterns_key" if d.patterns_key is not None and d.patterns_key in str(exc) else "data.file"
         raise InputFileError(f"{field}: {exc}") from None
+    return configured_dataset(params, ds, sources, warn)
+
+
+def configured_dataset(params: ReconstructParams, ds, sources: dict[str, str] | None = None, warn: bool = True):
+    """The second half of :func:`build_dataset`: ``ds`` as a reader returned it (``data.file``'s, or a detector
+    stream's, :mod:`phasestem.live`) with the parameter file's checks, records, scan and data transforms applied."""
+    from ..base.provenance import conflict_messages
+
+    d, s = params.data, params.scan
     if s.shape is not None and tuple(ds.scan_shape) != tuple(s.shape):
         raise ConfigError(f"scan.shape: {tuple(s.shape)} = {s.shape[0] * s.shape[1]} positions but {d.file} has "
                           f"{ds.n_patterns} patterns in a {ds.scan_shape[0]}×{ds.scan_shape[1]} scan")
@@ -201,6 +209,18 @@ def build_dataset(params: ReconstructParams, sources: dict[str, str] | None = No
     if d.scan_subset is not None:
         r0, r1, c0, c1 = d.scan_subset
         ds = ds.scan_subset(slice(r0, r1), slice(c0, c1))
+    ds = data_transforms(ds, d)
+    if ds.detector_shifts is not None:
+        from .inputs import check_shifts_on_detector, field
+
+        with field("data.detector_shifts"):
+            check_shifts_on_detector(ds.detector_shifts, Path(d.detector_shifts), ds.pattern_shape)
+    return ds
+
+
+def data_transforms(ds, d: DataConfig):
+    """``ds`` with the ``data`` section's detector transforms, in their order: transpose and flips, crop, bin,
+    resample, pad (each pattern alone: a live scan's new frames take the same path as a file's)."""
     if d.transpose or d.flip_y or d.flip_x:
         ds = ds.transformed(flip_y=d.flip_y, flip_x=d.flip_x, transpose=d.transpose)
     if d.crop is not None:
@@ -211,11 +231,6 @@ def build_dataset(params: ReconstructParams, sources: dict[str, str] | None = No
         ds = _resampled(ds, tuple(d.resample))
     if d.pad is not None:
         ds = ds.padded(tuple(d.pad))
-    if ds.detector_shifts is not None:
-        from .inputs import check_shifts_on_detector, field
-
-        with field("data.detector_shifts"):
-            check_shifts_on_detector(ds.detector_shifts, Path(d.detector_shifts), ds.pattern_shape)
     return ds
 
 

@@ -39,11 +39,20 @@ class PreparedData:
         del pats
         self.meas = meas.to(device)
         del meas
-        self.power = power
+        self.power, self.eps = power, eps
         self.meas_p = self.meas.clamp_min(0).add_(eps).pow_(power)
         self.mean_pattern = total / n
         self.pacbed_p = pacbed_power(total, n, self.counts, power, device)
         self.n = self.meas.shape[0]
+
+    def put(self, index, patterns: torch.Tensor) -> None:
+        """Rows ``index`` (k,) replaced by ``patterns`` (k, H, W), in the form ``dataset.get_patterns()`` gives
+        (fftshift-ed), normalised like the others (the counts of construction): a live scan's frames as they
+        arrive (:mod:`phasestem.live`)."""
+        index = torch.as_tensor(index, device=self.meas.device)
+        meas = torch.fft.ifftshift(patterns.to(self.meas.device, torch.float32), dim=(-2, -1)).div_(self.counts)
+        self.meas[index] = meas
+        self.meas_p[index] = meas.clamp_min_(0).add_(self.eps).pow_(self.power)
 
     def schedule(self, batches) -> None:
         """The coming batches' order (used by :class:`~phasestem.recon.streaming.StreamedData` to read ahead)."""

@@ -1,0 +1,71 @@
+"""CLI: ``phasestem live PARAMS.yaml --out DIR [--host H] [--data-port P]``: a reconstruction that follows the
+detector's stream (:mod:`phasestem.live`)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..base.cliargs import add_device, add_set
+
+EPILOG = """examples:
+  phasestem live params.yaml --out runs/live1                      # Merlin on this machine, data port 6342
+  phasestem live params.yaml --out runs/live1 --host 10.0.0.5 --data-port 6342
+  libertem-live-mib-sim scan.hdr --cached=MEM --dwelltime 1000     # rehearse: replay last night's .mib at 1 kHz
+
+PARAMS is a reconstruct parameter file without data.file: the optics (energy, semiangle, angular_sampling or
+sampling, aberrations) and the scan (step, rotation; shape when the detector does not announce it) the stream
+carries no record of. Writes OUT/stream.h5 (the recording, phasestem's 4D-STEM HDF5), OUT/live.npz (the page of
+phasestem serve), OUT/live.log, OUT/live.json (frames expected, received, fitted live; lag) and, when the stream
+ends, what phasestem reconstruct writes (results.h5 with σ, results.emd, figures, reconstruct.log)."""
+
+
+def register(subparsers, train_subparsers) -> None:
+    p = subparsers.add_parser(
+        "live", help="reconstruct while the detector streams (Merlin, through LiberTEM-live): virtual images, iCoM "
+                     "and the AD phase growing, then the offline result",
+        description="Connect to a detector's stream (Quantum Detectors Merlin, through LiberTEM-live; pip install "
+                    "'phasestem[live]'), record it into OUT/stream.h5, fit the positions by AD as their frames "
+                    "arrive (OUT/live.npz: what phasestem serve's page shows), and when the scan ends continue to "
+                    "convergence as phasestem reconstruct of the recording.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("params", type=Path, help="reconstruct parameter file (optics, scan, model, run)")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR", help="run folder (overrides run.out_dir)")
+    p.add_argument("--detector", choices=("merlin",), default="merlin", help="the detector's stream (default merlin)")
+    p.add_argument("--host", default="127.0.0.1", help="the detector's data host (default 127.0.0.1)")
+    p.add_argument("--data-port", type=int, default=6342, help="the detector's data port (default 6342, Merlin's)")
+    p.add_argument("--arm-timeout", type=float, default=60.0, metavar="S",
+                   help="seconds to wait for the detector to be armed (default 60)")
+    p.add_argument("--stall-timeout", type=float, default=30.0, metavar="S",
+                   help="seconds without a frame after which the scan counts as ended (default 30); the page says "
+                        "so from 2 s")
+    p.add_argument("--epochs", type=int, default=None, help="epochs after the scan (overrides run.n_epochs)")
+    add_device(p, what="overrides run.device")
+    add_set(p, "model.n_slices=2")
+    p.set_defaults(func=_live_cmd)
+
+
+def _live_cmd(args) -> int:
+    from ..base.configfile import parse_set_options, read_yaml_mapping
+    from ..base.errors import ConfigError
+    from ..live.merlin import MerlinStream
+    from ..live.recording import RECORDING_NAME
+    from ..live.session import run_live
+    from ..recon.params import parse_params
+
+    data = read_yaml_mapping(args.params, "parameter file")
+    if isinstance(data.get("data"), dict) and data["data"].get("file"):
+        raise ConfigError(f"{args.params}: data.file: a live run records the stream into OUT/{RECORDING_NAME}; "
+                          "leave data.file out")
+    overrides = parse_set_options(args.set)
+    overrides["data.file"] = RECORDING_NAME  # the recording; set below, once the run folder is known
+    params = parse_params(data, str(args.params), args.params.parent, overrides)
+    if args.out is not None:
+        params.run.out_dir = args.out
+    params.data.file = Path(params.run.out_dir) / RECORDING_NAME
+    if args.epochs:
+        params.run.n_epochs = args.epochs
+    if args.device:
+        params.run.device = args.device
+    run_live(params, MerlinStream(args.host, args.data_port), args.arm_timeout, args.stall_timeout)
+    return 0

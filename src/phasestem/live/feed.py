@@ -1,0 +1,143 @@
+"""The engine callback of a live scan: arrived frames join the fit, and the page sees it.
+
+Before each update (an engine "epoch", :func:`phasestem.recon.engine.optimize`) :class:`StreamFeed` takes the
+frames that arrived since the last one, applies the parameter file's detector transforms
+(:func:`phasestem.recon.params.data_transforms`), puts them into the engine's patterns
+(:meth:`phasestem.recon.prepared.PreparedData.put`) and into the virtual images, and chooses the positions the
+update fits: every new one, and received ones drawn at random up to the **budget**. The budget is what the
+measured speed fits into :data:`UPDATE_SECONDS` (at least one batch, at least the new positions: nothing
+received is left out of the fit). After each update it records which rows entered the AD phase and when (the lag
+from a row's last frame to its first update), and replaces the page's snapshot (``live.npz``,
+:func:`phasestem.recon.live.write_snapshot`) at most every :data:`SNAPSHOT_SECONDS`. The updates end once every
+frame of a finished stream has been fitted at least once.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..recon.callbacks import Callback
+from ..recon.live import write_snapshot
+
+log = logging.getLogger("phasestem.live")
+
+#: seconds one update should take (its positions are chosen to fit this, from the speed measured so far)
+UPDATE_SECONDS = 0.5
+#: the page's snapshot is replaced at most this often (s), and after the last update
+SNAPSHOT_SECONDS = 0.5
+
+
+class StreamFeed(Callback):
+    """Feeds ``receiver``'s frames into a running :func:`~phasestem.recon.engine.optimize` call; ``transform``:
+    raw frames (k, H, W) and their first flat index → a :class:`~phasestem.dataset.FourDSTEM` of scan shape
+    (1, k), as the engine's dataset holds its patterns; ``views``: the :class:`~phasestem.live.views.ScanViews`;
+    ``snapshot_path``: the page's ``live.npz``."""
+
+    def __init__(self, receiver, transform, views, snapshot_path: str | Path, batch_size: int, seed: int = 0):
+        self.receiver, self.transform, self.views = receiver, transform, views
+        self.snapshot_path = Path(snapshot_path)
+        self.batch_size = batch_size
+        self.fed = 0  # frames in the engine's patterns (raster order)
+        self.fitted = np.zeros(receiver.n, bool)  # positions that entered at least one update
+        self.sx = receiver.scan_shape[1]
+        self.row_used = np.full(receiver.scan_shape[0], np.nan)  # perf_counter() of each row's first update's end
+        self.budget = 4 * batch_size
+        self.updates = 0
+        self.fit_seconds: list[tuple[int, float]] = []  # (positions, s) of each update
+        self.rng = np.random.default_rng(seed)
+        self.last_snapshot = 0.0
+        self.stage = "streaming"  # then "finishing" (the reconstruction of the recording), "done"
+        self.n_epochs = 0  # the epochs the snapshot announces (the finishing reconstruction's)
+        self.message = ""
+        self._chosen: np.ndarray | None = None
+        self._t0 = 0.0
+
+    # ---- engine hooks ------------------------------------------------------------------------------------------
+    def on_epoch_start(self, loop) -> None:
+        self._put_new(loop)
+        n = self.fed
+        new = np.flatnonzero(~self.fitted[:n])
+        older = np.flatnonzero(self.fitted[:n])
+        room = max(0, max(self.budget, self.batch_size) - len(new))
+        pick = self.rng.choice(older, size=min(room, len(older)), replace=False) if room and len(older) else []
+        self._chosen = np.sort(np.concatenate([new, np.asarray(pick, dtype=np.int64)]))
+        loop.fit_positions = torch.as_tensor(self._chosen, dtype=torch.long)
+        self._t0 = time.perf_counter()
+
+    def on_record(self, loop) -> None:
+        now = time.perf_counter()
+        seconds = now - self._t0
+        self.fit_seconds.append((len(self._chosen), seconds))
+        self.fitted[self._chosen] = True
+        self.updates += 1
+        rows_done = self.fed // self.sx
+        fresh = np.flatnonzero(np.isnan(self.row_used[:rows_done]))
+        for r in fresh:  # a row is in the AD phase once all its positions were fitted
+            if self.fitted[r * self.sx:(r + 1) * self.sx].all():
+                self.row_used[r] = now
+        per_position = sum(s for _, s in self.fit_seconds[-5:]) / max(1, sum(k for k, _ in self.fit_seconds[-5:]))
+        self.budget = max(self.batch_size, int(UPDATE_SECONDS / max(per_position, 1e-6)))
+        if self.finished:
+            loop.stop = True
+        if self.finished or now - self.last_snapshot >= SNAPSHOT_SECONDS:
+            self.write_snapshot(loop.model)
+
+    # ---- state ---------------------------------------------------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        """The stream is over and every frame it gave has been fitted at least once."""
+        r = self.receiver
+        return r.done and self.fed == r.received and bool(self.fitted[:self.fed].all())
+
+    def _put_new(self, loop) -> None:
+        r = self.receiver
+        n = r.received
+        if n > self.fed:
+            frames = self.transform(r.frames[self.fed:n], self.fed)
+            loop.data.put(torch.arange(self.fed, n), frames.get_patterns())
+            self.views.add(self.fed, frames)
+            self.fed = n
+        self.message = self.stream_message()
+
+    def stream_message(self) -> str:
+        """What the page says of the stream: empty while frames flow."""
+        r = self.receiver
+        if r.error is not None:
+            return str(r.error)
+        if r.ended:
+            return f"the stream ended after {r.received} of {r.n} frames"
+        quiet = time.perf_counter() - r.last_frame
+        if not r.done and quiet > 2.0:
+            return f"no frame from the detector for {quiet:.0f} s (stalled?)"
+        return ""
+
+    def lags(self) -> np.ndarray:
+        """Seconds from each row's last frame to the end of the first update that held all its positions."""
+        ok = np.isfinite(self.row_used) & np.isfinite(self.receiver.row_arrival)
+        return (self.row_used - self.receiver.row_arrival)[ok]
+
+    def counters(self) -> dict:
+        """Frames expected, received, in the fit, not yet fitted; lag median and 95th percentile (s)."""
+        r = self.receiver
+        lag = self.lags()
+        return {"frames_expected": r.n, "frames_received": r.received, "frames_fitted": int(self.fitted.sum()),
+                "frames_waiting": int(r.received - self.fitted.sum()), "updates": self.updates,
+                "lag_median": float(np.median(lag)) if len(lag) else float("nan"),
+                "lag_p95": float(np.percentile(lag, 95)) if len(lag) else float("nan"),
+                "seconds": time.perf_counter() - r.started}
+
+    def write_snapshot(self, model) -> None:
+        """Replace the page's snapshot: ``model``'s phase and probe, the stream's counters and images."""
+        extra = {k: np.asarray(v) for k, v in self.counters().items()}
+        extra.update(stage=np.asarray(self.stage), message=np.asarray(self.message),
+                     scan_shape=np.asarray(self.receiver.scan_shape), virtual_bf=self.views.bf,
+                     virtual_adf=self.views.adf, icom_phase=self.views.icom())
+        try:
+            write_snapshot(self.snapshot_path, model, self.n_epochs, extra=extra)
+        except OSError as exc:
+            log.warning("live snapshot %s not written (%s)", self.snapshot_path, exc)
+        self.last_snapshot = time.perf_counter()

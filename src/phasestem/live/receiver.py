@@ -1,0 +1,79 @@
+"""The thread that takes a scan's frames off the detector stream, into memory and into the recording.
+
+It owns the stream's reads and the recording's writes; the session reads ``received`` (frames in memory, raster
+order) and the frames below it, which never change once counted. A broken connection ends the thread with
+``error`` set; a stream that ends before the scan is full sets ``ended``; :meth:`Receiver.stop` ends it early
+(the operator stopped: everything received is kept).
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from .merlin import FRAME_STACK, StreamError
+
+
+class Receiver(threading.Thread):
+    """Frames of ``stream`` for a scan of ``scan_shape`` and frames of ``frame_shape`` into :attr:`frames`
+    (N, H, W), and whole rows into :attr:`recording`, made by ``make_recording(dtype)`` with the first frames
+    (a :class:`~phasestem.live.recording.Recording`; None: not recorded)."""
+
+    def __init__(self, stream, scan_shape: tuple[int, int], frame_shape: tuple[int, int], make_recording=None):
+        super().__init__(name="phasestem-live-receiver", daemon=True)
+        self.stream, self.make_recording, self.recording = stream, make_recording, None
+        self.scan_shape, self.frame_shape = tuple(scan_shape), tuple(frame_shape)
+        self.n = self.scan_shape[0] * self.scan_shape[1]
+        self.frames: np.ndarray | None = None  # allocated with the first frames, in their type
+        self.received = 0
+        self.row_arrival = np.full(self.scan_shape[0], np.nan)  # perf_counter() when each row's last frame came
+        self.started = self.last_frame = time.perf_counter()
+        self.error: StreamError | None = None
+        self.ended = False  # the stream ended before the scan was full
+        self.stalled = False  # ended by the session: no frame for its stall timeout
+        self._stopping = threading.Event()
+
+    @property
+    def done(self) -> bool:
+        """No more frames will come (full, ended, broken or stopped)."""
+        return not self.is_alive() and (self.received == self.n or self.ended or self.error is not None
+                                        or self._stopping.is_set())
+
+    def run(self) -> None:
+        sx = self.scan_shape[1]
+        try:
+            while self.received < self.n and not self._stopping.is_set():
+                block = self.stream.read(min(FRAME_STACK, self.n - self.received))
+                if block is None:
+                    self.ended = True
+                    break
+                if self.frames is None:
+                    self.frames = np.empty((self.n, *self.frame_shape), block.dtype)
+                    if self.make_recording is not None:
+                        self.recording = self.make_recording(block.dtype)
+                a, k = self.received, len(block)
+                self.frames[a:a + k] = block
+                now = time.perf_counter()
+                self.received, self.last_frame = a + k, now
+                rows_before, rows_now = a // sx, (a + k) // sx
+                if rows_now > rows_before:
+                    self.row_arrival[rows_before:rows_now] = now
+                    if self.recording is not None:
+                        self.recording.write_rows(self.frames[rows_before * sx:rows_now * sx].reshape(
+                            rows_now - rows_before, sx, *self.frame_shape))
+        except StreamError as exc:
+            if not self._stopping.is_set():
+                self.error = exc
+
+    def stop(self) -> None:
+        """Stop reading (the connection is closed by its owner, which wakes a blocked read)."""
+        self._stopping.set()
+
+    def incomplete_row(self) -> np.ndarray:
+        """The frames of the unfinished last row (k, H, W), k may be 0."""
+        sx = self.scan_shape[1]
+        if self.frames is None:
+            return np.zeros((0, *self.frame_shape), np.uint16)
+        a = (self.received // sx) * sx
+        return self.frames[a:self.received].copy()

@@ -1,0 +1,261 @@
+"""One live run, from an armed detector to the reconstruction ``phasestem reconstruct`` writes.
+
+:func:`run_live`:
+
+1. waits for the detector to be armed (:mod:`.merlin`), checks its scan against the parameter file's, and starts
+   the recording (:mod:`.recording`) and the receiver thread (:mod:`.receiver`);
+2. once the first scan row is in, builds the dataset of the whole scan the engine fits (the parameter file's
+   calibrations, checks and transforms, :func:`phasestem.recon.params.configured_dataset`; the rows not yet
+   received hold copies of the first, outside the fit) and the model (:func:`phasestem.recon.params.build_model`);
+3. runs the engine while the frames arrive (:func:`phasestem.recon.engine.optimize` with
+   :class:`~phasestem.live.feed.StreamFeed`: updates over the positions received so far, the object growing with
+   the scan), the page's ``live.npz`` replaced as it goes; the run log is ``live.log``;
+4. when the stream ends (whole, broken off, stalled past ``stall_timeout`` or stopped), closes the recording as
+   ``stream.h5`` and continues to convergence as ``phasestem reconstruct`` of that file
+   (:func:`phasestem.recon.run.run_reconstruction`) from the live state, writing the same ``results.h5``,
+   ``results.emd`` (σ included), figures and ``reconstruct.log``; ``live.json`` holds the stream's account
+   (frames expected, received, fitted live, lag).
+
+A stream that broke off keeps every frame received (the whole rows reconstructed, the last row's frames in the
+recording) and raises :class:`~phasestem.live.merlin.StreamError` after the results are written.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..base.errors import ConfigError
+from ..base.lock import hold_output
+from ..base.safety import atomic_file
+from ..recon.callbacks import Callback
+from .merlin import StreamError
+from .receiver import Receiver
+from .recording import Recording
+
+log = logging.getLogger("phasestem.live")
+run_log = logging.getLogger("phasestem.recon")  # the run log of the finishing reconstruction (reconstruct.log)
+
+#: how the live run names itself in its output folder's lock
+LIVE_COMMAND = "phasestem live"
+#: the stream's account, beside the reconstruction's files
+SUMMARY_NAME = "live.json"
+#: the run log of the streaming part
+LOG_NAME = "live.log"
+
+
+def _stream_calibrations(params) -> dict:
+    """The parameter file's calibrations as reader options for frames without a file (no scan shape: rows come
+    alone)."""
+    from ..recon.params import given_calibrations
+
+    options = given_calibrations(params)
+    options.pop("scan_shape", None)
+    return options
+
+
+def _raw_dataset(params, frames: np.ndarray):
+    """A :class:`~phasestem.dataset.FourDSTEM` of ``frames`` (Sy, Sx, H, W) as a reader returns a file's, the
+    calibrations the parameter file's (:func:`phasestem.io._common.dataset_from_reader`)."""
+    from ..base.errors import MissingCalibrationError
+    from ..io._common import dataset_from_reader
+
+    try:
+        return dataset_from_reader(frames, "detector stream", **_stream_calibrations(params))
+    except MissingCalibrationError as exc:
+        raise ConfigError(f"a detector stream carries no calibration: give {exc.name} in the parameter file "
+                          "(optics.energy, optics.semiangle, optics.angular_sampling or optics.sampling, scan.step)"
+                          ) from None
+
+
+def scan_shape_for(params, acquisition) -> tuple[int, int]:
+    """The scan's (rows, cols): the parameter file's ``scan.shape``, checked against what the detector announced."""
+    given = None if params.scan.shape is None else tuple(params.scan.shape)
+    announced = acquisition.nav_shape
+    shape = given or announced
+    per_row = acquisition.frames_per_trigger
+    if shape is None and per_row > 1 and acquisition.n_frames % per_row == 0:
+        shape = (acquisition.n_frames // per_row, per_row)
+    if shape is None:
+        raise ConfigError(f"scan.shape: not given, and the detector announced {acquisition.n_frames} frames without a "
+                          "scan shape; give scan.shape")
+    if acquisition.n_frames and shape[0] * shape[1] != acquisition.n_frames:
+        raise ConfigError(f"scan.shape: {shape[0]}×{shape[1]} = {shape[0] * shape[1]} positions, but the detector "
+                          f"was armed for {acquisition.n_frames} frames")
+    return (int(shape[0]), int(shape[1]))
+
+
+def _wait_first_row(receiver: Receiver, stall_timeout: float) -> None:
+    while receiver.received < receiver.scan_shape[1]:
+        if receiver.error is not None:
+            raise receiver.error
+        if receiver.ended or not receiver.is_alive():
+            raise StreamError(f"{receiver.stream.address}: the stream ended after {receiver.received} frames, before "
+                              "a whole scan row")
+        if time.perf_counter() - receiver.last_frame > stall_timeout:
+            raise StreamError(f"{receiver.stream.address}: no frame for {stall_timeout:g} s before a whole scan row "
+                              "(stalled detector)")
+        time.sleep(0.01)
+
+
+def _live_engine(params, receiver: Receiver, out: Path, sources, stall_timeout: float):
+    """Steps 2–3 of the module: the model fitted while the frames arrive; returns (model, feed)."""
+    from ..io.counts import counts_decision
+    from ..recon.data_losses import losses_for_data
+    from ..recon.distributed import rank_device
+    from ..recon.engine import optimize
+    from ..recon.params import build_model, configured_dataset, data_transforms
+    from .feed import StreamFeed
+    from .views import ScanViews
+
+    sy, sx = receiver.scan_shape
+    first = receiver.frames[:sx]
+    placeholder = np.broadcast_to(first[None], (sy, sx, *first.shape[1:]))  # integer counts: the data decide
+    raw = _raw_dataset(params, placeholder)
+    dataset = configured_dataset(params, raw, sources, warn=True)
+    decision = counts_decision(dataset).remember(dataset)
+    losses = losses_for_data(params.losses.resolved(), dataset, decision)[0]
+    model = build_model(params, dataset).to(rank_device(params.run.device))
+    views = ScanViews(dataset)
+
+    def transform(frames: np.ndarray, start: int):
+        return data_transforms(_raw_dataset(params, frames[None]), params.data)
+
+    feed = StreamFeed(receiver, transform, views, out / "live.npz", params.run.batch_size, params.run.seed)
+    run = params.run.model_copy(update={"progress": False, "lr_decay": "none", "holdout": 0.0, "coarse_start": 0,
+                                        "divergence_factor": 0.0, "data_in_memory": True, "check_optics": False})
+    log.info("live: fitting the scan's positions as they arrive (%d × %d, %s)", sy, sx, losses.describe())
+    for _ in optimize(model, dataset, 10**9, run, losses, params.constraints, [feed, StallStop(receiver,
+                                                                                                 stall_timeout)]):
+        pass
+    return model, feed
+
+
+class StallStop(Callback):
+    """Ends the stream when no frame came for ``stall_timeout`` s (the scan counts as ended there, logged)."""
+
+    def __init__(self, receiver: Receiver, stall_timeout: float):
+        self.receiver, self.stall_timeout = receiver, stall_timeout
+
+    def on_epoch_end(self, loop) -> None:
+        r = self.receiver
+        if not r.done and time.perf_counter() - r.last_frame > self.stall_timeout:
+            log.warning("%s: no frame for %g s: the scan is taken as ended (stalled detector)", r.stream.address,
+                        self.stall_timeout)
+            r.stalled = True
+            r.stop()
+            r.stream.close()
+
+
+class _Finishing(Callback):
+    """The page's snapshot after every epoch of the finishing reconstruction, with the stream's counters and images
+    (written after the reconstruction's own, which has neither)."""
+
+    def __init__(self, feed, note: str):
+        self.feed, self.note = feed, note
+
+    def on_epoch_end(self, loop) -> None:
+        if self.note:  # in the run log (reconstruct.log), once its file handler is on
+            run_log.info("%s", self.note)
+            self.note = ""
+        self.feed.write_snapshot(loop.model)
+
+
+def _continue_from(live_model, feed):
+    """A ``callback_hooks`` entry of :func:`~phasestem.recon.run.run_reconstruction`: the new model starts from the
+    live model's object, probe and positions (same scan and grid), then runs as a reconstruction; its snapshots
+    keep the stream's account (:class:`_Finishing`)."""
+
+    def hook(model, dataset, twin):
+        state = live_model.state_dict()
+        mine = model.state_dict()
+        if all(k in mine and mine[k].shape == v.shape for k, v in state.items()):
+            model.load_state_dict(state)
+            note = "the reconstruction of the recording started from the live run's object, probe and positions"
+        else:
+            note = "the reconstruction of the recording started afresh: the received scan differs from the live one"
+        return _Finishing(feed, note)
+
+    return hook
+
+
+def run_live(params, stream, arm_timeout: float = 60.0, stall_timeout: float = 30.0,
+             sources: dict[str, str] | None = None):
+    """Run a live reconstruction of ``stream`` (a :class:`~phasestem.live.merlin.MerlinStream`, not yet open) with
+    ``params`` (:class:`~phasestem.recon.params.ReconstructParams`; ``data.file`` the recording,
+    ``run.out_dir`` the run folder). Returns the final model; see the module for the steps."""
+    from ..recon.report import logging_to
+    from ..recon.run import run_reconstruction
+
+    out = Path(params.run.out_dir)
+    if Path(params.data.file).resolve() != (out / "stream.h5").resolve():
+        raise ConfigError(f"data.file: a live run records into {out / 'stream.h5'}, got {params.data.file}")
+    if params.data.scan_subset is not None:
+        raise ConfigError("data.scan_subset: a live run fits the whole scan (leave it out)")
+    with hold_output(out, LIVE_COMMAND):
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in ("results.h5", "results.emd", "live.npz", SUMMARY_NAME):
+            if (out / stale).exists():
+                raise ConfigError(f"run.out_dir: {out} holds {stale} of an earlier run: choose a new folder")
+        log_path = out / LOG_NAME
+        with logging_to(log_path), _live_logging(log_path):
+            acquisition = stream.open(arm_timeout)
+            shape = scan_shape_for(params, acquisition)
+            log.info("%s armed: %d frames of %d × %d pixels, scan %d × %d", stream.address, acquisition.n_frames,
+                     *acquisition.frame_shape, *shape)
+            raw = _raw_dataset(params, np.zeros((1, 1, *acquisition.frame_shape), np.uint16))
+            receiver = Receiver(stream, shape, acquisition.frame_shape, lambda dtype: Recording(
+                out, raw, shape, acquisition.frame_shape, dtype, stream.address))
+            try:
+                receiver.start()
+                _wait_first_row(receiver, stall_timeout)
+                model, feed = _live_engine(params, receiver, out, sources, stall_timeout)
+            except BaseException:
+                receiver.stop()
+                stream.close()
+                receiver.join(timeout=5)
+                if receiver.recording is not None:
+                    receiver.recording.close()
+                raise
+            receiver.stop()
+            receiver.join(timeout=5)
+            stream.close()
+            reason = ("complete" if receiver.received == receiver.n else str(receiver.error) if receiver.error
+                      else "stalled" if receiver.stalled else "the stream ended early")
+            recording = receiver.recording
+            path = recording.finish(receiver.incomplete_row(), reason)
+            counters = feed.counters()
+            log.info("stream: %d of %d frames received (%s), recorded in %s; %d live updates, lag median %.3g s, "
+                     "95th percentile %.3g s", receiver.received, receiver.n, reason, path, feed.updates,
+                     counters["lag_median"], counters["lag_p95"])
+        rows = recording.rows_written
+        if rows < 2:
+            raise StreamError(f"{stream.address}: {reason} after {receiver.received} frames, fewer than two scan rows: "
+                              f"the frames are kept in {path}, nothing to reconstruct")
+        final = params.model_copy(deep=True)
+        final.scan.shape = (rows, shape[1])
+        summary = {"source": stream.address, "frames_expected": receiver.n, "frames_received": receiver.received,
+                   "stop_reason": reason, "rows_recorded": rows, "recording": path.name,
+                   "live_seconds": counters["seconds"], **{k: v for k, v in counters.items() if k != "seconds"}}
+        t_final = time.perf_counter()
+        feed.stage, feed.n_epochs = "finishing", final.run.n_epochs
+        model = run_reconstruction(final, sources=sources, callback_hooks=[_continue_from(model, feed)])
+        summary["final_seconds"] = time.perf_counter() - t_final
+        feed.stage = "done"
+        feed.write_snapshot(model)  # with σ (results.h5's) and the stream's account
+        with atomic_file(out / SUMMARY_NAME, field="live summary") as tmp:
+            tmp.write_text(json.dumps(summary, indent=1, allow_nan=True))
+        if reason != "complete":
+            raise StreamError(f"{stream.address}: {reason} after {receiver.received} of {receiver.n} frames; the "
+                              f"received rows are recorded in {path} and reconstructed in {out}")
+        return model
+
+
+def _live_logging(path: Path):
+    """The ``phasestem.live`` log into ``path`` too (the engine's ``phasestem.recon`` goes there by logging_to)."""
+    from ..base.runtime import log_to_file
+
+    return log_to_file(log, path)

@@ -1,0 +1,79 @@
+"""A Merlin ``.mib`` scan replayed over TCP by LiberTEM-live's own simulator (``libertem-live-mib-sim``, a process of
+its own on 127.0.0.1), for the tests of ``phasestem live`` and its page."""
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+from detector_files import mib_hdr, write_mib
+
+#: detector pixels on the wire per pattern pixel: Merlin hands frames over in stacks of ≈ 2 MB (LiberTEM-live's
+#: connection), so small frames would all come in one; 128² frames come in stacks of 64
+UPSAMPLE = 4
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.create_server(("127.0.0.1", 0)) for _ in range(n)]
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def write_scan(folder: Path, scan_shape=(12, 12)) -> tuple[Path, Path, np.ndarray]:
+    """A small counted scan (phasestem's simulator: plumbing only) as ``folder/mib/scan.mib`` (its own folder:
+    LiberTEM's reader takes every ``.mib`` of a prefix) and a parameter file for ``phasestem live`` (optics and
+    scan, ``data.bin`` undoing the upsampling). Returns (mib, params, frames as the readers present them)."""
+    from phasestem.recon.synthetic import synthetic_scan
+
+    ds = synthetic_scan(window=(32, 32), scan_shape=scan_shape, scan_step=0.8, dose=2000, seed=1)
+    counts = np.round(np.asarray(ds.patterns).reshape(-1, 32, 32)).astype(np.uint16)
+    frames = np.kron(counts, np.ones((UPSAMPLE, UPSAMPLE), np.uint16))
+    (folder / "mib").mkdir(parents=True)
+    mib = folder / "mib" / "scan.mib"
+    write_mib(mib, frames[:, ::-1], mib_hdr(len(frames), scan_shape[1]))  # a .mib stores its rows upside down
+    params = folder / "params.yaml"
+    params.write_text(yaml.safe_dump({
+        "data": {"bin": UPSAMPLE},
+        "optics": {"energy": float(ds.energy), "semiangle": float(ds.semiangle),
+                   "angular_sampling": [float(a) / UPSAMPLE for a in ds.angular_sampling],
+                   "aberrations": {"C10": 50.0}},
+        "scan": {"step": 0.8, "shape": list(scan_shape)},
+        "run": {"n_epochs": 4, "batch_size": 16, "out_dir": "out", "progress": False}}))
+    return mib, params, frames.reshape(*scan_shape, *frames.shape[1:])
+
+
+class ReplayedScan:
+    """``libertem-live-mib-sim MIB`` serving on free ports of 127.0.0.1 at one frame per ``dwell_us`` µs."""
+
+    def __init__(self, mib: Path, scan_shape, dwell_us: int, log: Path):
+        self.data_port, control, trigger = free_ports(3)
+        exe = shutil.which("libertem-live-mib-sim") or str(Path(sys.executable).parent / "libertem-live-mib-sim")
+        self.log = open(log, "wb")
+        self.proc = subprocess.Popen(
+            [exe, str(mib), "--nav-shape", *map(str, scan_shape), "--cached", "MEM", "--host", "127.0.0.1",
+             "--data-port", str(self.data_port), "--control-port", str(control), "--trigger-port", str(trigger),
+             "--dwelltime", str(dwell_us)], stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", control), timeout=0.2).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"the simulator did not start: {Path(log).read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.log.close()
