@@ -23,7 +23,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("data", ("phasestem.dataset", "phasestem.io", "phasestem.plot")),
     ("routes", ("phasestem.simulate", "phasestem.recon", "phasestem.learn", "phasestem.calibrate",
                 "phasestem.direct", "phasestem.convert")),
-    ("front", ("phasestem.cli", "phasestem.serve", "phasestem.plan", "phasestem", "phasestem._moved")),
+    ("front", ("phasestem.cli", "phasestem.serve", "phasestem.live", "phasestem.plan", "phasestem",
+               "phasestem._moved")),
 )
 #: where two routes meet (importer prefix, imported prefix): every other import between routes is an error
 ROUTE_EDGES = (
@@ -225,7 +226,7 @@ def test_no_source_file_is_longer_than_500_lines():
 #: moved to cli with their budget
 ROOM_BUDGETS = {"(top)": 1700, "base": 2700, "calibrate": 2250, "cli": 2400, "convert": 1000, "direct": 400,
                 "io": 3000, "learn": 9550, "physics": 2800, "plan": 1140, "plot": 1300, "recon": 10220,
-                "serve": 4700, "simulate": 1450}
+                "serve": 4700, "simulate": 1450, "live": 820}
 
 
 def test_every_room_stays_within_its_size_budget():
