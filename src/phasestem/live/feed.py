@@ -4,10 +4,12 @@ Before each update (an engine "epoch", :func:`phasestem.recon.engine.optimize`) 
 frames that arrived since the last one, applies the parameter file's detector transforms
 (:func:`phasestem.recon.params.data_transforms`), puts them into the engine's patterns
 (:meth:`phasestem.recon.prepared.PreparedData.put`) and into the virtual images, and chooses the positions the
-update fits: every new one, and received ones drawn at random up to the **budget**. The budget is what the
-measured speed fits into :data:`UPDATE_SECONDS` (at least one batch, at least the new positions: nothing
-received is left out of the fit). After each update it records which rows entered the AD phase and when (the lag
-from a row's last frame to its first update), and replaces the page's snapshot (``live.npz``,
+update fits: the positions not fitted yet and received ones drawn at random, up to the **budget**: what the
+measured speed fits into :data:`UPDATE_SECONDS` (at least one batch), :data:`NEW_SHARE` of it for positions not
+fitted yet. When the stream comes faster than AD fits, those wait (spread evenly, counted on the page as
+waiting) and the lag grows, said, never hidden; all are fitted before the updates end. After each update it
+records which rows entered the AD phase and when (the lag from a row's last frame to the end of the first update
+that had fitted all its positions), and replaces the page's snapshot (``live.npz``,
 :func:`phasestem.recon.live.write_snapshot`) at most every :data:`SNAPSHOT_SECONDS`. The updates end once every
 frame of a finished stream has been fitted at least once.
 """
@@ -27,6 +29,8 @@ log = logging.getLogger("phasestem.live")
 
 #: seconds one update should take (its positions are chosen to fit this, from the speed measured so far)
 UPDATE_SECONDS = 0.5
+#: the share of an update's positions given to positions not fitted yet (when more are waiting than that)
+NEW_SHARE = 0.75
 #: the page's snapshot is replaced at most this often (s), and after the last update
 SNAPSHOT_SECONDS = 0.5
 
@@ -59,14 +63,25 @@ class StreamFeed(Callback):
     # ---- engine hooks ------------------------------------------------------------------------------------------
     def on_epoch_start(self, loop) -> None:
         self._put_new(loop)
-        n = self.fed
-        new = np.flatnonzero(~self.fitted[:n])
-        older = np.flatnonzero(self.fitted[:n])
-        room = max(0, max(self.budget, self.batch_size) - len(new))
-        pick = self.rng.choice(older, size=min(room, len(older)), replace=False) if room and len(older) else []
-        self._chosen = np.sort(np.concatenate([new, np.asarray(pick, dtype=np.int64)]))
+        self._chosen = self.choose()
         loop.fit_positions = torch.as_tensor(self._chosen, dtype=torch.long)
         self._t0 = time.perf_counter()
+
+    def choose(self) -> np.ndarray:
+        """The positions of the next update (sorted flat indices): the received ones not fitted yet, all of them
+        while they fit into :data:`NEW_SHARE` of the budget, else that many spread evenly over them (the others
+        wait for the next updates: counted on the page, fitted before the stream's reconstruction ends); the rest
+        of the budget refits received ones drawn at random."""
+        n = self.fed
+        new = np.flatnonzero(~self.fitted[:n])
+        budget = max(self.budget, self.batch_size)
+        room = max(1, int(NEW_SHARE * budget))
+        if len(new) > room:
+            new = new[np.linspace(0, len(new) - 1, room).round().astype(np.int64)]
+        older = np.flatnonzero(self.fitted[:n])
+        extra = min(max(0, budget - len(new)), len(older))
+        pick = self.rng.choice(older, size=extra, replace=False) if extra else np.zeros(0, np.int64)
+        return np.unique(np.concatenate([new, pick]))
 
     def on_record(self, loop) -> None:
         now = time.perf_counter()

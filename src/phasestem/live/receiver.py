@@ -29,6 +29,7 @@ class Receiver(threading.Thread):
         self.received = 0
         self.row_arrival = np.full(self.scan_shape[0], np.nan)  # perf_counter() when each row's last frame came
         self.started = self.last_frame = time.perf_counter()
+        self.first_frame: float | None = None  # perf_counter() of the first frames' arrival
         self.error: StreamError | None = None
         self.ended = False  # the stream ended before the scan was full
         self.stalled = False  # ended by the session: no frame for its stall timeout
@@ -55,6 +56,8 @@ class Receiver(threading.Thread):
                 a, k = self.received, len(block)
                 self.frames[a:a + k] = block
                 now = time.perf_counter()
+                if self.first_frame is None:
+                    self.first_frame = now
                 self.received, self.last_frame = a + k, now
                 rows_before, rows_now = a // sx, (a + k) // sx
                 if rows_now > rows_before:
@@ -65,6 +68,11 @@ class Receiver(threading.Thread):
         except StreamError as exc:
             if not self._stopping.is_set():
                 self.error = exc
+
+    @property
+    def scan_seconds(self) -> float:
+        """Seconds from the first frames' arrival to the last's (0 before two stacks came)."""
+        return 0.0 if self.first_frame is None else self.last_frame - self.first_frame
 
     def stop(self) -> None:
         """Stop reading (the connection is closed by its owner, which wakes a blocked read)."""

@@ -228,9 +228,10 @@ def run_live(params, stream, arm_timeout: float = 60.0, stall_timeout: float = 3
             recording = receiver.recording
             path = recording.finish(receiver.incomplete_row(), reason)
             counters = feed.counters()
-            log.info("stream: %d of %d frames received (%s), recorded in %s; %d live updates, lag median %.3g s, "
-                     "95th percentile %.3g s", receiver.received, receiver.n, reason, path, feed.updates,
-                     counters["lag_median"], counters["lag_p95"])
+            rate = (receiver.received - 1) / receiver.scan_seconds if receiver.scan_seconds else float("nan")
+            log.info("stream: %d of %d frames received (%s) in %.3g s (%.4g frames/s), recorded in %s; %d live "
+                     "updates, lag median %.3g s, 95th percentile %.3g s", receiver.received, receiver.n, reason,
+                     receiver.scan_seconds, rate, path, feed.updates, counters["lag_median"], counters["lag_p95"])
         rows = recording.rows_written
         if rows < 2:
             raise StreamError(f"{stream.address}: {reason} after {receiver.received} frames, fewer than two scan rows: "
@@ -239,6 +240,7 @@ def run_live(params, stream, arm_timeout: float = 60.0, stall_timeout: float = 3
         final.scan.shape = (rows, shape[1])
         summary = {"source": stream.address, "frames_expected": receiver.n, "frames_received": receiver.received,
                    "stop_reason": reason, "rows_recorded": rows, "recording": path.name,
+                   "scan_seconds": receiver.scan_seconds, "frames_per_second": rate,
                    "live_seconds": counters["seconds"], **{k: v for k, v in counters.items() if k != "seconds"}}
         t_final = time.perf_counter()
         feed.stage, feed.n_epochs = "finishing", final.run.n_epochs
