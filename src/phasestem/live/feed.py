@@ -130,6 +130,10 @@ class StreamFeed(Callback):
             return f"no frame from the detector for {quiet:.0f} s (stalled?)"
         return ""
 
+    def epochs_fitted(self) -> float:
+        """The positions the updates fitted, in whole scans (epochs' worth)."""
+        return sum(k for k, _ in self.fit_seconds) / self.receiver.n
+
     def lags(self) -> np.ndarray:
         """Seconds from each row's last frame to the end of the first update that held all its positions."""
         ok = np.isfinite(self.row_used) & np.isfinite(self.receiver.row_arrival)

@@ -30,6 +30,7 @@ class Receiver(threading.Thread):
         self.row_arrival = np.full(self.scan_shape[0], np.nan)  # perf_counter() when each row's last frame came
         self.started = self.last_frame = time.perf_counter()
         self.first_frame: float | None = None  # perf_counter() of the first frames' arrival
+        self.first_count = 0  # frames that came with them
         self.error: StreamError | None = None
         self.ended = False  # the stream ended before the scan was full
         self.stalled = False  # ended by the session: no frame for its stall timeout
@@ -57,7 +58,7 @@ class Receiver(threading.Thread):
                 self.frames[a:a + k] = block
                 now = time.perf_counter()
                 if self.first_frame is None:
-                    self.first_frame = now
+                    self.first_frame, self.first_count = now, k
                 self.received, self.last_frame = a + k, now
                 rows_before, rows_now = a // sx, (a + k) // sx
                 if rows_now > rows_before:
@@ -73,6 +74,12 @@ class Receiver(threading.Thread):
     def scan_seconds(self) -> float:
         """Seconds from the first frames' arrival to the last's (0 before two stacks came)."""
         return 0.0 if self.first_frame is None else self.last_frame - self.first_frame
+
+    @property
+    def frame_rate(self) -> float:
+        """Frames per second after the first stack (NaN before a second one came)."""
+        t = self.scan_seconds
+        return (self.received - self.first_count) / t if t > 0 else float("nan")
 
     def stop(self) -> None:
         """Stop reading (the connection is closed by its owner, which wakes a blocked read)."""

@@ -182,6 +182,20 @@ def _continue_from(live_model, feed):
     return hook
 
 
+def finishing_params(params, scan_shape: tuple[int, int], epochs_done: float):
+    """The parameter file of the reconstruction of the recording: the scan received (``scan_shape``), the epochs
+    ``run.n_epochs`` leaves after the live updates' ``epochs_done`` (a continuation, logged), no optics check (the
+    live state carries the C10 it fitted; the check would start from nothing)."""
+    final = params.model_copy(deep=True)
+    final.scan.shape = scan_shape
+    final.run.n_epochs = max(1, params.run.n_epochs - int(epochs_done))
+    final.run.check_optics = False
+    log.info("the live updates fitted %.2f epochs' worth of positions; the reconstruction of the recording runs the "
+             "remaining %d of run.n_epochs %d, from the live state", epochs_done, final.run.n_epochs,
+             params.run.n_epochs)
+    return final
+
+
 def run_live(params, stream, arm_timeout: float = 60.0, stall_timeout: float = 30.0,
              sources: dict[str, str] | None = None):
     """Run a live reconstruction of ``stream`` (a :class:`~phasestem.live.merlin.MerlinStream`, not yet open) with
@@ -228,7 +242,7 @@ def run_live(params, stream, arm_timeout: float = 60.0, stall_timeout: float = 3
             recording = receiver.recording
             path = recording.finish(receiver.incomplete_row(), reason)
             counters = feed.counters()
-            rate = (receiver.received - 1) / receiver.scan_seconds if receiver.scan_seconds else float("nan")
+            rate = receiver.frame_rate
             log.info("stream: %d of %d frames received (%s) in %.3g s (%.4g frames/s), recorded in %s; %d live "
                      "updates, lag median %.3g s, 95th percentile %.3g s", receiver.received, receiver.n, reason,
                      receiver.scan_seconds, rate, path, feed.updates, counters["lag_median"], counters["lag_p95"])
@@ -236,8 +250,8 @@ def run_live(params, stream, arm_timeout: float = 60.0, stall_timeout: float = 3
         if rows < 2:
             raise StreamError(f"{stream.address}: {reason} after {receiver.received} frames, fewer than two scan rows: "
                               f"the frames are kept in {path}, nothing to reconstruct")
-        final = params.model_copy(deep=True)
-        final.scan.shape = (rows, shape[1])
+        with _live_logging(log_path):
+            final = finishing_params(params, (rows, shape[1]), feed.epochs_fitted())
         summary = {"source": stream.address, "frames_expected": receiver.n, "frames_received": receiver.received,
                    "stop_reason": reason, "rows_recorded": rows, "recording": path.name,
                    "scan_seconds": receiver.scan_seconds, "frames_per_second": rate,
