@@ -21,14 +21,18 @@ from phasestem.recon.live import read_snapshot  # noqa: E402
 SCAN = (12, 12)
 
 
-def _run(tmp_path, dwell_us: int, kill_after: float | None = None, extra=()):
+def _run(tmp_path, dwell_us: int, kill_after: float | None = None, extra=(), signal_after: float | None = None):
+    import os
+    import signal
+    import threading
+
     mib, params, frames = write_scan(tmp_path, SCAN)
     sim = ReplayedScan(mib, SCAN, dwell_us, tmp_path / "sim.log")
     try:
         if kill_after is not None:
-            import threading
-
             threading.Timer(kill_after, sim.stop).start()
+        if signal_after is not None:  # the operator (or serve's cancel) stops the run
+            threading.Timer(signal_after, os.kill, (os.getpid(), signal.SIGTERM)).start()
         code = main(["live", str(params), "--data-port", str(sim.data_port), "--arm-timeout", "30",
                      "--out", str(tmp_path / "out"), *extra])
     finally:
@@ -85,6 +89,20 @@ def test_a_connection_broken_mid_scan_is_reported_and_the_received_part_kept(tmp
     summary = json.loads((out / "live.json").read_text()) if rows >= 2 else None
     if summary is not None:
         assert summary["frames_received"] == received and summary["stop_reason"] != "complete"
+        assert (out / "results.h5").exists()
+
+
+def test_stopping_mid_scan_keeps_and_reconstructs_what_was_received(tmp_path, capsys):
+    code, frames, out = _run(tmp_path, dwell_us=30000, signal_after=2.5)
+    assert code != 0 and "stopped by the operator" in capsys.readouterr().err
+    with h5py.File(out / "stream.h5") as f:
+        received = int(f.attrs["frames_received"])
+        assert f.attrs["stop_reason"] == "stopped by the operator" and 0 < received < 144
+        kept = np.asarray(f["patterns"][...]).reshape(-1, *frames.shape[2:])
+        tail = np.asarray(f["incomplete_row"][...]) if "incomplete_row" in f else np.zeros((0,) + kept.shape[1:])
+    np.testing.assert_array_equal(np.concatenate([kept, tail]), frames.reshape(-1, *frames.shape[2:])[:received])
+    assert "SIGTERM received: the scan ends here" in (out / "live.log").read_text()
+    if len(kept) >= 2 * SCAN[1]:
         assert (out / "results.h5").exists()
 
 

@@ -79,20 +79,23 @@ class MerlinStream:
     def read(self, max_frames: int) -> np.ndarray | None:
         """The next frames (k ≤ ``max_frames``, H, W) in the detector's integer type, rows flipped (see the module);
         None when the stream ended; StreamError when it broke off."""
+        conn, client = self._conn, self._client  # close() from another thread may clear them meanwhile
+        if conn is None or client is None:
+            return None
         try:
-            stack = self._conn.get_next_stack(max_size=max_frames)
-        except Exception as exc:  # noqa: BLE001 - PyConnectionError and kin
+            stack = conn.get_next_stack(max_size=max_frames)
+            if stack is None or len(stack) == 0:
+                return None
+            shape = tuple(int(s) for s in stack.get_shape())
+            self.dtype = np.dtype(stack.get_dtype_string())
+            out = np.empty((len(stack), *shape), self.dtype)
+            try:
+                client.decode_range_into_buffer(stack, out, 0, len(stack))
+            finally:
+                client.done(stack)
+        except Exception as exc:  # noqa: BLE001 - PyConnectionError and kin, or a connection closed under us
             raise StreamError(f"{self.address}: the detector connection broke off ({type(exc).__name__}: {exc})"
                               ) from None
-        if stack is None or len(stack) == 0:
-            return None
-        shape = tuple(int(s) for s in stack.get_shape())
-        self.dtype = np.dtype(stack.get_dtype_string())
-        out = np.empty((len(stack), *shape), self.dtype)
-        try:
-            self._client.decode_range_into_buffer(stack, out, 0, len(stack))
-        finally:
-            self._client.done(stack)
         return out[:, ::-1, :]
 
     def close(self) -> None:

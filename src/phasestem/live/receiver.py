@@ -34,6 +34,7 @@ class Receiver(threading.Thread):
         self.error: StreamError | None = None
         self.ended = False  # the stream ended before the scan was full
         self.stalled = False  # ended by the session: no frame for its stall timeout
+        self.stopped = False  # ended by the operator (a signal)
         self._stopping = threading.Event()
 
     @property

@@ -21,8 +21,11 @@ recording) and raises :class:`~phasestem.live.merlin.StreamError` after the resu
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -225,8 +228,9 @@ def run_live(params, stream, arm_timeout: float = 60.0, stall_timeout: float = 3
                 out, raw, shape, acquisition.frame_shape, dtype, stream.address))
             try:
                 receiver.start()
-                _wait_first_row(receiver, stall_timeout)
-                model, feed = _live_engine(params, receiver, out, sources, stall_timeout)
+                with _operator_stop(receiver):
+                    _wait_first_row(receiver, stall_timeout)
+                    model, feed = _live_engine(params, receiver, out, sources, stall_timeout)
             except BaseException:
                 receiver.stop()
                 stream.close()
@@ -238,7 +242,8 @@ def run_live(params, stream, arm_timeout: float = 60.0, stall_timeout: float = 3
             receiver.join(timeout=5)
             stream.close()
             reason = ("complete" if receiver.received == receiver.n else str(receiver.error) if receiver.error
-                      else "stalled" if receiver.stalled else "the stream ended early")
+                      else "stalled" if receiver.stalled else "stopped by the operator" if receiver.stopped
+                      else "the stream ended early")
             recording = receiver.recording
             path = recording.finish(receiver.incomplete_row(), reason)
             counters = feed.counters()
@@ -268,6 +273,34 @@ def run_live(params, stream, arm_timeout: float = 60.0, stall_timeout: float = 3
             raise StreamError(f"{stream.address}: {reason} after {receiver.received} of {receiver.n} frames; the "
                               f"received rows are recorded in {path} and reconstructed in {out}")
         return model
+
+
+@contextlib.contextmanager
+def _operator_stop(receiver: Receiver):
+    """While the stream runs, SIGINT (Ctrl-C) and SIGTERM (``serve``'s cancel) end the scan where it is, as a
+    stall would: everything received is recorded and reconstructed. A second signal acts as usual. In the main
+    thread only (signal handlers live there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def stop(signum, frame):
+        log.warning("%s received: the scan ends here; the frames received are kept and reconstructed (send it "
+                    "again to stop at once)", signal.Signals(signum).name)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        receiver.stopped = True
+        receiver.stop()
+        receiver.stream.close()
+
+    for sig in previous:
+        signal.signal(sig, stop)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _live_logging(path: Path):
