@@ -191,7 +191,7 @@ def finishing_params(params, scan_shape: tuple[int, int], epochs_done: float):
     live state carries the C10 it fitted; the check would start from nothing)."""
     final = params.model_copy(deep=True)
     final.scan.shape = scan_shape
-    final.run.n_epochs = max(1, params.run.n_epochs - int(epochs_done))
+    final.run.n_epochs = max(1, params.run.n_epochs - round(epochs_done))
     final.run.check_optics = False
     log.info("the live updates fitted %.2f epochs' worth of positions; the reconstruction of the recording runs the "
              "remaining %d of run.n_epochs %d, from the live state", epochs_done, final.run.n_epochs,
