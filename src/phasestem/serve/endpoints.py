@@ -259,7 +259,7 @@ async def params_post(ws, request):
 
 def info(ws, request):
     return {"root": ws.root.name, "devices": ws.devices(), "max_upload": ws.max_upload,
-            "runs": RUNS_DIR, "commands": ["calibrate", "reconstruct", "simulate", "train", "tune"]}
+            "runs": RUNS_DIR, "commands": ["calibrate", "live", "reconstruct", "simulate", "train", "tune"]}
 
 
 # ---- push channels (Server-Sent Events) --------------------------------------------------------------------

@@ -17,8 +17,9 @@ import os
 import runpy
 import sys
 
-#: the environment variable that carries the job's confinement (JSON: ``data``, ``write``, ``local_tcp``); read
-#: once and removed, so that what the job starts inherits the confinement rather than applying it again
+#: the environment variable that carries the job's confinement (JSON: ``data``, ``write``, ``local_tcp``,
+#: ``tcp_connect``); read once and removed, so that what the job starts inherits the confinement rather than
+#: applying it again
 CONFINEMENT_ENV = "PHASESTEM_JOB_CONFINEMENT"
 #: the variables that point the libraries a job uses at its run folder's scratch folder (``.job/``), and which
 #: folder of it each names: temporaries, caches, configuration (matplotlib, fontconfig, triton, CUDA's JIT cache)
@@ -34,7 +35,8 @@ def _clean_path() -> None:
 def _confine() -> None:
     """Apply the server's rules (:data:`CONFINEMENT_ENV`; absent: the server runs jobs unconfined): read the
     Python installation and the system, read but not execute the root, write the run folder and the system's
-    devices; TCP only between the job's own processes (``local_tcp``: ephemeral ports), else none."""
+    devices; TCP only between the job's own processes (``local_tcp``: ephemeral ports) and out to the ports of
+    ``tcp_connect`` (a live job's detector data port), else none."""
     text = os.environ.pop(CONFINEMENT_ENV, None)
     if not text:
         return
@@ -42,8 +44,9 @@ def _confine() -> None:
 
     rules = json.loads(text)
     local = bool(rules.get("local_tcp"))
+    connect = [*(ephemeral_ports() if local else ()), *(int(p) for p in rules.get("tcp_connect", ()))]
     confine(system_read_paths(), [*system_write_paths(), *rules["write"]], data=rules["data"],
-            tcp_connect=ephemeral_ports() if local else (), tcp_bind=(0,) if local else ())
+            tcp_connect=connect, tcp_bind=(0,) if local else ())
 
 
 def _make_scratch_folders() -> None:

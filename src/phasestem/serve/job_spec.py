@@ -2,6 +2,8 @@
 the workspace root, and the validated parameter file for its run folder (:func:`build_job`)."""
 from __future__ import annotations
 
+import copy
+import math
 import os
 import re
 import time
@@ -20,12 +22,14 @@ from ..base.configfile import (
     resolve_config_paths,
 )
 from .config_keys import check_config_keys, check_set_keys, option_rule
-from .jobstore import COMMANDS, FILES_FOLLOW, RESERVED, RUNS_DIR, Job, JobStore
+from .jobstore import COMMANDS, FILES_FOLLOW, RESERVED, RUNS_DIR, STREAMED, Job, JobStore
 from .security import Refused, confine, public_message, relative
 
 #: what a job's device and network fields may be
 DEVICE_NAME = re.compile(r"^(cpu|auto|mps|cuda(:\d{1,2})?)$")
 NETWORK_NAME = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
+#: a live job's detector host (``--host``): a host name, an IPv4 or an IPv6 address, nothing else
+HOST_NAME = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9-]{1,63})*\.?|[0-9A-Fa-f:.]{2,45})$")
 
 
 def _text(value, what: str, limit: int = 1000) -> str:
@@ -53,6 +57,7 @@ ALLOWED_OPTIONS = {
     "calibrate": ("--key", "--patterns-key", "--format", "--scan-shape", "--reader-option", "--energy", "--semiangle",
                   "--angular-sampling", "--scan-step", "--transpose", "--no-parallax", "--c10", "--c10-sign",
                   "--rotation", "--edge-threshold", "--resample-descan"),
+    "live": ("--detector", "--host", "--data-port", "--arm-timeout", "--stall-timeout", "--epochs", "--set"),
 }
 _NUMBER = re.compile(r"^-(\d|\.\d|inf|nan)", re.IGNORECASE)
 
@@ -165,7 +170,7 @@ def check_form_paths(root: Path, path: Path, values: Any) -> None:
 
 
 def _config_schema(command: str, network: str | None):
-    if command in ("reconstruct", "tune"):
+    if command in ("reconstruct", "tune", "live"):
         from ..recon.params import ReconstructParams
 
         return ReconstructParams
@@ -199,6 +204,54 @@ def check_config(root: Path, command: str, config: Path, overrides: dict[str, An
     except ConfigError as exc:
         raise Refused(public_message(exc, root), 400) from None
     check_config_keys(root, schema, data, source)
+
+
+def live_endpoint(args: list[str]) -> tuple[str, int]:
+    """(host, data port) of a live job's command line (the arguments after ``phasestem live``, its parameter file
+    among them), read by the command's own parser: its defaults where they are not given."""
+    ns = _RefusingParser.get("live", None).parse_args(args)
+    return ns.host, ns.data_port
+
+
+def detector_ports(job: Job) -> list[int]:
+    """The TCP ports ``job`` connects to on another machine: a live job's detector data port (its command line,
+    read as :func:`live_endpoint` reads it); none for every other job, and none for a command line that does not
+    parse (the job then fails to connect, on its page)."""
+    if job.command not in STREAMED:
+        return []
+    try:
+        return [live_endpoint(job.argv[2:])[1]]
+    except Refused:
+        return []
+
+
+def check_live(root: Path, config: Path, overrides: dict[str, Any], args: list[str]) -> None:
+    """A live job: its parameter file (with ``overrides``) has no ``data.file`` (the job records the stream into
+    its run folder) and is valid for ``phasestem live``; its detector host is a host name or address, its data
+    port a TCP port, its timeouts positive."""
+    from ..live.recording import RECORDING_NAME
+    from ..recon.params import parse_params
+
+    source = relative(root, config)
+    try:
+        data = read_yaml_mapping(config, "parameter file")
+        section = apply_overrides(copy.deepcopy(data), overrides).get("data")
+        if "data.file" in overrides or (isinstance(section, dict) and section.get("file")):
+            raise Refused(f"{source}: data.file: a live job records the detector's stream into its run folder "
+                          f"({RECORDING_NAME}); leave data.file out", 400)
+        parse_params(data, source, config.parent, {**overrides, "data.file": RECORDING_NAME})
+    except ConfigError as exc:
+        raise Refused(public_message(exc, root), 400) from None
+    ns = _RefusingParser.get("live", None).parse_args(["placeholder", *args])
+    if not HOST_NAME.match(ns.host):
+        raise Refused(f"--host {ns.host[:60]!r}: expected the detector's host name or address", 400)
+    if not 1 <= ns.data_port <= 65535:
+        raise Refused(f"--data-port {ns.data_port}: expected a TCP port from 1 to 65535", 400)
+    for name, value in (("--arm-timeout", ns.arm_timeout), ("--stall-timeout", ns.stall_timeout)):
+        if not (math.isfinite(value) and 0 < value <= 86400):
+            raise Refused(f"{name} {value}: expected seconds, more than 0 and at most 86400", 400)
+    if ns.epochs is not None and ns.epochs < 1:
+        raise Refused(f"--epochs {ns.epochs}: expected at least 1", 400)
 
 
 def _device(spec: dict) -> tuple[str, int]:
@@ -254,8 +307,10 @@ def build_job(root: Path, store: JobStore, spec: dict[str, Any]) -> Job:
          "args": ["--init", "ssb"], "device": "cpu", "processes": 1, "name": "first try"}
 
     (``network`` too for ``train``; for ``calibrate`` ``config`` is the data file, and for ``reconstruct`` with
-    ``"auto": true`` too: ``phasestem reconstruct DATA --auto``). Its run folder is created and receives the
-    validated parameter file. Refusals (:class:`Refused`) say which field and why."""
+    ``"auto": true`` too: ``phasestem reconstruct DATA --auto``; for ``live`` the parameter file without
+    ``data.file``, the detector among ``args``: ``["--host", "10.0.0.5", "--data-port", "6342"]``). Its run
+    folder is created and receives the validated parameter file. Refusals (:class:`Refused`) say which field and
+    why."""
     if not isinstance(spec, dict):
         raise Refused("expected a JSON object describing the job", 400)
     unknown = set(spec) - {"command", "config", "set", "args", "device", "processes", "name", "network", "auto"}
@@ -318,6 +373,9 @@ def build_job(root: Path, store: JobStore, spec: dict[str, Any]) -> Job:
             argv += ["--device", device]
             if processes > 1 and params.run.n_processes > 1:
                 raise Refused("processes > 1 and run.n_processes > 1: choose one way to start processes", 400)
+    elif command == "live":  # the stream recorded and reconstructed in the run folder; the file read as it is
+        check_live(root, config, overrides, args)
+        argv = ["phasestem", "live", "--out", rel_run, "--device", device] + _set_options(overrides)
     elif command == "plan":  # the expected result's figures and plan.json go to the run folder
         argv = ["phasestem", "plan", "--out", rel_run, "--device", device] + _set_options(overrides)
     elif command == "train":

@@ -9,7 +9,8 @@ Only phasestem's own commands (:data:`COMMANDS`) can be queued, as argument list
 path-like argument confined to the root and the output options reserved to the job. The queue lives in
 ``ROOT/.phasestem-serve/jobs.sqlite``: a server that restarts finds its jobs again, and a job that was running
 when the server stopped is stopped if it is still alive and queued again with ``--resume`` (reconstruct, train;
-simulate and tune continue by running again).
+simulate and tune continue by running again). A live job (:data:`~.jobstore.STREAMED`) is never queued again: the
+detector's stream does not come twice; it ends cancelled, what it received kept in its run folder.
 """
 from __future__ import annotations
 
@@ -28,8 +29,15 @@ from typing import Any
 
 from ..base.errors import PhasestemError
 from ..base.lock import FolderBusyError, OutputLock, folder_lock_path
-from .job_isolation import isolated_argv, job_confinement, job_environment, uses_local_processes
-from .job_spec import build_job
+from .job_isolation import (
+    isolated_argv,
+    job_confinement,
+    job_environment,
+    remove_scratch,
+    short_scratch,
+    uses_local_processes,
+)
+from .job_spec import build_job, detector_ports
 from .jobstore import (  # noqa: F401  (the queue's names, re-exported for the server and the tests)
     COMMANDS,
     FINAL,
@@ -38,6 +46,7 @@ from .jobstore import (  # noqa: F401  (the queue's names, re-exported for the s
     SERVE_DIR,
     STATES,
     STOP_GRACE,
+    STREAMED,
     Job,
     JobStore,
     resume_arguments,
@@ -45,6 +54,9 @@ from .jobstore import (  # noqa: F401  (the queue's names, re-exported for the s
 from .security import Refused
 
 log = logging.getLogger("phasestem.serve")
+#: the note of a live job the server's stop or restart interrupted
+STREAM_INTERRUPTED = ("interrupted by the server's {}: a detector stream cannot be resumed; what was received is kept "
+                      "in its run folder")
 
 
 #: the script a job's process starts with (:mod:`phasestem.serve.job_main`): phasestem without the workspace root
@@ -71,13 +83,15 @@ def exec_argv(argv: list[str]) -> list[str]:
 
 
 # ---- running them -----------------------------------------------------------------------------------------------
-def _stop_group(pid: int, grace: float = STOP_GRACE) -> None:
+def _stop_group(pid: int, grace: float | None = STOP_GRACE) -> None:
     """SIGTERM the process group led by ``pid`` (a job started in its own session; SIGCONT lets a stopped one
-    receive it); SIGKILL after ``grace`` s."""
+    receive it); SIGKILL after ``grace`` s (None: never)."""
     try:
         os.killpg(pid, signal.SIGTERM)
         os.killpg(pid, signal.SIGCONT)
     except (ProcessLookupError, PermissionError):
+        return
+    if grace is None:
         return
     end = time.monotonic() + grace
     while time.monotonic() < end:
@@ -119,6 +133,7 @@ class JobRunner:
         self.confine = confine
         self._procs: dict[int, subprocess.Popen] = {}
         self._cancel: set[int] = set()
+        self._scratch: dict[int, Path] = {}  # live jobs' temporary folders (short_scratch), removed when they end
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -142,8 +157,9 @@ class JobRunner:
                     _stop_group(os.getpgid(holder))
                 except ProcessLookupError:
                     pass
-            if job.state == "cancelling":
-                self.store.update(job.id, state="cancelled", ended=time.time(), pid=None)
+            if job.state == "cancelling" or job.command in STREAMED:
+                self.store.update(job.id, state="cancelled", ended=time.time(), pid=None,
+                                  **({"note": STREAM_INTERRUPTED.format("restart")} if job.command in STREAMED else {}))
                 continue
             self.store.update(job.id, state="queued", resume=True, pid=None,
                               note="interrupted by a server restart: resumed where it stopped")
@@ -167,8 +183,11 @@ class JobRunner:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-            if job_id in self._cancel:
-                self.store.update(job_id, state="cancelled", ended=time.time(), returncode=proc.returncode, pid=None)
+            remove_scratch(self._scratch.pop(job_id, None))
+            if job_id in self._cancel or self.store.get(job_id).command in STREAMED:
+                note = {} if job_id in self._cancel else {"note": STREAM_INTERRUPTED.format("shutdown")}
+                self.store.update(job_id, state="cancelled", ended=time.time(), returncode=proc.returncode, pid=None,
+                                  **note)
             else:
                 self.store.update(job_id, state="queued", resume=True, pid=None,
                                   note="interrupted by the server's shutdown: resumed where it stopped")
@@ -181,16 +200,21 @@ class JobRunner:
         return job
 
     def cancel(self, job_id: int) -> Job:
+        """Stop a job: a queued one never starts; a running one receives SIGTERM, then SIGKILL after
+        :data:`STOP_GRACE` s. A live job's first stop ends its scan where it is, and ``phasestem live`` records and
+        reconstructs what it received, for as long as that takes (no SIGKILL); a second stop ends it at once."""
         job = self.store.get(job_id)
+        streamed = job.command in STREAMED
         if job.state == "queued":
             self.store.update(job_id, state="cancelled", ended=time.time())
-        elif job.state == "running":
+        elif job.state == "running" or (streamed and job.state == "cancelling"):
             with self._mutex:
                 proc = self._procs.get(job_id)
                 self._cancel.add(job_id)
+            grace = None if streamed and job.state == "running" else STOP_GRACE
             self.store.update(job_id, state="cancelling")
             if proc is not None:
-                threading.Thread(target=_stop_group, args=(proc.pid,), daemon=True).start()
+                threading.Thread(target=_stop_group, args=(proc.pid, grace), daemon=True).start()
         else:
             raise Refused(f"job {job_id} is {job.state}: nothing to cancel", 409)
         return self.store.get(job_id)
@@ -199,6 +223,10 @@ class JobRunner:
         job = self.store.get(job_id)
         if job.state not in ("failed", "cancelled"):
             raise Refused(f"job {job_id} is {job.state}: only a failed or cancelled job can be resumed", 409)
+        if job.command in STREAMED:
+            raise Refused(f"job {job_id} read a detector's stream, which does not come again: it cannot be resumed. "
+                          "What it received is in its run folder (stream.h5, or stream.partial.h5 when it was "
+                          "stopped): reconstruct that file, or start a new live job for the next scan", 409)
         self.store.update(job_id, state="queued", resume=True, returncode=None, ended=None, note="resumed")
         self._wake.set()
         return self.store.get(job_id)
@@ -220,6 +248,7 @@ class JobRunner:
             for job_id, _ in done:
                 del self._procs[job_id]
         for job_id, proc in done:
+            remove_scratch(self._scratch.pop(job_id, None))
             if self._stop.is_set():
                 return
             cancelled = job_id in self._cancel
@@ -238,13 +267,16 @@ class JobRunner:
     def _start(self, job: Job) -> None:
         run_dir = self.root / job.run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
-        rules = job_confinement(self.root, run_dir, uses_local_processes(self.root, job)) if self.confine else None
-        env = job_environment(self.root, run_dir, confinement=rules)
+        rules = job_confinement(self.root, run_dir, uses_local_processes(self.root, job),
+                                detector_ports(job)) if self.confine else None
+        tmpdir = short_scratch() if job.command in STREAMED else None
+        env = job_environment(self.root, run_dir, confinement=rules, tmpdir=tmpdir)
         line = job.command_line(self.root)
         argv = isolated_argv(exec_argv(line))
         try:  # never through a link the job left in its run folder: the server itself is not confined
             log_fd = os.open(run_dir / "job.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError as exc:
+            remove_scratch(tmpdir)
             self.store.update(job.id, state="failed", ended=time.time(), note=f"job.log: {exc.strerror}")
             return
         with open(log_fd, "ab") as out:
@@ -254,4 +286,6 @@ class JobRunner:
                                     stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         with self._mutex:
             self._procs[job.id] = proc
+        if tmpdir is not None:
+            self._scratch[job.id] = tmpdir
         self.store.update(job.id, state="running", started=time.time(), pid=proc.pid, ended=None, returncode=None)

@@ -16,7 +16,10 @@ from .security import SERVE_DIR, Refused  # noqa: F401  (SERVE_DIR: the queue's 
 log = logging.getLogger("phasestem.serve")
 
 #: the commands a job may run
-COMMANDS = ("calibrate", "reconstruct", "simulate", "train", "tune", "plan")
+COMMANDS = ("calibrate", "reconstruct", "simulate", "train", "tune", "plan", "live")
+#: the commands that read a detector's stream, which does not come again: such a job is never resumed (what it
+#: received stays in its run folder: its recording, stream.h5 or stream.partial.h5)
+STREAMED = ("live",)
 #: options the job sets itself (its run folder); refused among a job's extra arguments
 RESERVED = ("--out", "--out-dir", "--resume", "--restart", "--dump-config")
 #: job states; a job ends in one of :data:`FINAL`

@@ -153,7 +153,15 @@ def _stopped_detail(run_dir: Path) -> str:
     loss = loss_history(run_dir)
     done = f"after epoch {len(loss)}" if loss is not None and len(loss) else "before its first epoch"
     resume = "; Resume continues from checkpoint.pt" if (run_dir / "checkpoint.pt").is_file() else ""
+    kept = _recording(run_dir)
+    if kept:  # a live job: the stream does not come again, what was received is its recording
+        resume = f"; the frames received are kept in {kept} (reconstruct it with phasestem reconstruct)"
     return f"stopped {done}, no results.h5{resume}"
+
+
+def _recording(run_dir: Path) -> str | None:
+    """A live job's recording in ``run_dir`` (``stream.h5``, else ``stream.partial.h5``), None where it has none."""
+    return next((name for name in ("stream.h5", "stream.partial.h5") if (run_dir / name).is_file()), None)
 
 
 def _read_outcome(run_dir: Path, job: Job) -> dict[str, Any]:
@@ -162,7 +170,9 @@ def _read_outcome(run_dir: Path, job: Job) -> dict[str, Any]:
         why = loss_trend(loss_history(run_dir))
         return {"kind": "rising" if why else "done", "detail": why or ""}
     if job.state == "cancelled":
-        return {"kind": "cancelled", "detail": ""} if has_results else \
+        kept = _recording(run_dir)
+        detail = f"stopped by the operator: the frames received are kept in {kept} and reconstructed" if kept else ""
+        return {"kind": "cancelled", "detail": detail} if has_results else \
             {"kind": "stopped", "detail": _stopped_detail(run_dir)}
     why = divergence(run_dir)
     if why:

@@ -1,8 +1,9 @@
 """What the live-run, compare and calibrate pages show of run folders.
 
 * :class:`LiveRuns` — a running job's state for the push channel: its epoch snapshot (``live.npz``, written by the
-  reconstruction: :mod:`phasestem.recon.live`), ETA, GPU memory and the tail of its log. One rendering per new
-  snapshot, shared by every page watching it.
+  reconstruction: :mod:`phasestem.recon.live`), ETA, GPU memory and the tail of its log; for a live job
+  (``phasestem live``) also the stream's account and images (:func:`stream_view`) and its recording. One rendering
+  per new snapshot, shared by every page watching it.
 * :func:`compare_runs` — finished reconstructions side by side on one colour scale, their parameters' differences
   and their metrics against a ground truth when the runs had one; the difference map and the line profiles of
   the runs aligned onto the first (:func:`aligned_grid`, :mod:`.align`).
@@ -26,7 +27,7 @@ from ..plot.core import CMAPS
 from .data import DatasetCache
 from .images import common_range, image, picture, pixel, scale_of
 from .jobs import FINAL, Job
-from .jobstore import parse_job_id
+from .jobstore import STREAMED, parse_job_id
 from .security import Refused, relative
 
 #: lines of a job's log the live page shows
@@ -94,10 +95,51 @@ def snapshot_view(snap: dict[str, np.ndarray]) -> dict[str, Any]:
         top = float(np.percentile(finite, 99.5)) if finite.size else 1.0
         pictures["phase_sigma"] = picture(sigma, CMAPS["intensity"], 0.0, top or 1.0, unit="rad",
                                           label="phase σ (blank: not constrained)", px=obj_px)
-    return {"epoch": epoch, "n_epochs": n_epochs, "loss": _thin(snap["loss"]),
-            "eta_s": eta_seconds(snap["seconds"], epoch, n_epochs), "written": float(snap["time"]),
-            "gpu_memory_gb": gpu / 1024**3 if gpu >= 0 else None,
-            "images": {k: v.pop("src") for k, v in pictures.items()}, "scales": pictures}
+    stream = stream_view(snap, pictures) if "frames_expected" in snap else None
+    eta = eta_seconds(snap["seconds"], epoch, n_epochs) if stream is None or stream["stage"] == "finishing" else None
+    return {"epoch": epoch, "n_epochs": n_epochs, "loss": _thin(snap["loss"]), "eta_s": eta,
+            "written": float(snap["time"]), "gpu_memory_gb": gpu / 1024**3 if gpu >= 0 else None,
+            "images": {k: v.pop("src") for k, v in pictures.items()}, "scales": pictures, "stream": stream}
+
+
+#: the counters of a live job's snapshot the page shows (:mod:`phasestem.live.feed`)
+STREAM_COUNTS = ("frames_expected", "frames_received", "frames_fitted", "frames_waiting", "updates")
+STREAM_LAGS = ("lag_median", "lag_p95")
+
+
+def stream_view(snap: dict[str, np.ndarray], pictures: dict[str, dict]) -> dict[str, Any]:
+    """A live job's snapshot (``phasestem live``): the stream's stage, message, counters and lag, and its virtual
+    bright and dark field and iCoM phase over the scan added to ``pictures`` (blank where no frame came yet; in Å
+    where the snapshot has the scan step, else in scan positions)."""
+    def scalar(key):
+        value = np.asarray(snap[key], dtype=np.float64).reshape(-1)
+        return float(value[0]) if value.size and np.isfinite(value[0]) else None
+
+    step = np.asarray(snap.get("scan_step", [np.nan]), dtype=np.float64)
+    px = pixel(float(step.mean()) if step.size and np.all(np.isfinite(step)) else None, "Å",
+               "scan positions: in pixels")
+    for key, label, cmap, unit in (("virtual_bf", "virtual bright field", "gray", "counts"),
+                                   ("virtual_adf", "virtual annular dark field", "gray", "counts"),
+                                   ("icom_phase", "iCoM phase", CMAPS["phase"], "rad")):
+        if key in snap:
+            pictures[key] = picture(snap[key], cmap, unit=unit, label=f"{label} (blank: no frame yet)", px=px)
+    counts = {k: None if (v := scalar(k)) is None else int(v) for k in STREAM_COUNTS if k in snap}
+    return {"stage": str(snap.get("stage", "")), "message": str(snap.get("message", "")), **counts,
+            **{k: scalar(k) for k in STREAM_LAGS if k in snap},
+            "scan_shape": [int(v) for v in np.asarray(snap.get("scan_shape", [])).reshape(-1)]}
+
+
+def recording_of(run_dir: Path) -> dict[str, Any] | None:
+    """A live job's recording in ``run_dir``: the file (``stream.h5`` once the stream ended, ``stream.partial.h5``
+    while it runs or when it was stopped) and its size, or None before the first frames."""
+    from ..live.recording import PARTIAL_NAME, RECORDING_NAME
+
+    for name in (RECORDING_NAME, PARTIAL_NAME):
+        try:
+            return {"name": name, "bytes": (Path(run_dir) / name).stat().st_size}
+        except OSError:
+            continue
+    return None
 
 
 def live_pixels(snap: dict[str, np.ndarray]) -> tuple[dict, dict]:
@@ -158,6 +200,8 @@ class LiveRuns:
                "elapsed_s": (job.ended or time.time()) - job.started if job.started else None,
                "live": self._view(job)}
         out["command_line"] = job.public(self.root)["command_line"]
+        if job.command in STREAMED:
+            out["recording"] = recording_of(self.root / job.run_dir)
         return out
 
     def signature(self, job: Job) -> tuple:

@@ -713,6 +713,8 @@ async function calibratePage() {
 
 // ---- jobs ------------------------------------------------------------------------------------------------------
 const CAN_CANCEL = ["queued", "running"], CAN_RESUME = ["failed", "cancelled"];
+const STREAMED = ["live"];  // jobs that read a detector's stream: never resumed (the stream does not come again)
+const RECONSTRUCTIONS = ["reconstruct", "tune", "live"];  // jobs whose results.h5 Compare reads
 function stateCell(j) {  // the state, with how the job ended (its outcome: "done · loss rising") in its colour
   const o = j.outcome;
   return el("td", { class: `state-${j.state}${o ? ` outcome-${o.kind}` : ""}`, title: o && o.detail ? o.detail : null }, o ? o.label : j.state);
@@ -722,18 +724,18 @@ function jobRow(j, selected, redraw) {
     e.target.disabled = true;
     try { redraw(await postJSON(path, {})); } finally { e.target.disabled = false; }  // the new state at once
   } }, label);
-  const box = el("input", { type: "checkbox", class: "compare-box", value: j.id, checked: selected.has(j.id), disabled: !(j.state === "done" && ["reconstruct", "tune"].includes(j.command)) });
+  const box = el("input", { type: "checkbox", class: "compare-box", value: j.id, checked: selected.has(j.id), disabled: !(j.state === "done" && RECONSTRUCTIONS.includes(j.command)) });
   box.onchange = () => (box.checked ? selected.add(j.id) : selected.delete(j.id));
   return el("tr", { "data-job": j.id, "data-state": j.state },
     el("td", {}, box), el("td", {}, j.id), el("td", {}, j.name || j.command), stateCell(j),
     el("td", {}, el("code", {}, j.command_line)),
     el("td", { class: "actions" }, j.command === "calibrate" ? el("a", { href: `#/calibrate?job=${j.id}` }, "open") : el("a", { href: `#/run/${j.id}` }, CAN_CANCEL.includes(j.state) ? "watch" : "open"), " ",
       CAN_CANCEL.includes(j.state) ? act("Cancel", `/api/jobs/${j.id}/cancel`, `cancel-${j.id}`) : "",
-      CAN_RESUME.includes(j.state) ? act("Resume", `/api/jobs/${j.id}/resume`, `resume-${j.id}`) : ""));
+      CAN_RESUME.includes(j.state) && !STREAMED.includes(j.command) ? act("Resume", `/api/jobs/${j.id}/resume`, `resume-${j.id}`) : ""));
 }
 function newJobForm(prefill = {}) {
   const sel = (id, options, value) => el("select", { id }, options.map((o) => el("option", { value: o, selected: o === value }, o)));
-  const command = sel("job-command", ["reconstruct", "tune", "train", "simulate", "calibrate", "plan"], prefill.command || "reconstruct");
+  const command = sel("job-command", ["reconstruct", "tune", "train", "simulate", "calibrate", "plan", "live"], prefill.command || "reconstruct");
   const card = el("div", { class: "card", id: "new-job" }, el("h3", {}, "New job"),
     el("div", {}, el("label", {}, "command ", command),
       el("label", {}, "parameter file ", fileField("job-config", prefill.config, () => (command.value === "calibrate" ? ["data"] : ["yaml"]), 40)),
@@ -784,14 +786,96 @@ async function showPlanFigures(runDir, container) {
   }));
 }
 
+// ---- a live job's stream (phasestem live): its stage, what was received, fitted and dropped, the lag ----------------
+const STAGES = { streaming: "streaming: frames arriving, fitted as they come", finishing: "finishing: the reconstruction of the recording", done: "done" };
+function streamCard() {
+  const cell = (id) => el("td", { class: "num", id });
+  const rows = [["frames expected", "stream-expected"], ["frames received", "stream-received"], ["frames fitted (AD)", "stream-fitted"],
+    ["frames waiting for AD", "stream-waiting"], ["not received", "stream-missing"], ["live updates", "stream-updates"],
+    ["lag, median", "stream-lag-median"], ["lag, 95th percentile", "stream-lag-p95"], ["recording", "stream-recording"]];
+  const message = el("div", { class: "stream-message", id: "stream-message", role: "alert", hidden: true });
+  const card = el("div", { class: "card stream-card", id: "live-stream" }, el("h3", {}, "detector stream"),
+    el("p", {}, "stage ", el("strong", { id: "stream-stage" }, "waiting for the detector")), message,
+    el("table", { id: "stream-counts" }, rows.map(([label, id]) => el("tr", { "data-key": id }, el("td", {}, label), cell(id)))));
+  const put = (id, text) => { document.getElementById(id).textContent = text; };
+  const secs = (v) => (v === null || v === undefined ? "–" : `${v.toFixed(2)} s`);
+  card.show = (s, d) => {  // s: the snapshot's stream (null before the first); d: the job's payload
+    const r = d.recording;
+    put("stream-recording", r ? `${r.name} (${(r.bytes / 2 ** 20).toFixed(1)} MiB)` : "–");
+    let text = s ? s.message : "";
+    if (d.state === "cancelling" && !d.final) text = [text, "stopping: the scan ends here; the frames received are recorded and reconstructed (Stop now ends that at once)"].filter(Boolean).join(" — ");
+    if (d.final && (!s || s.stage !== "done")) {  // ended before its reconstruction: say what stays
+      const kept = r ? `what was received is kept in ${r.name}` : "no frame was recorded";
+      text = [text, `the job ended (${d.state}) while ${s ? s.stage : "waiting for the detector"}: ${kept}`].filter(Boolean).join(" — ");
+    }
+    message.textContent = text;
+    message.hidden = !text;
+    if (!s) return;
+    put("stream-stage", STAGES[s.stage] || s.stage);
+    document.getElementById("stream-stage").className = `stage-${s.stage}`;
+    for (const [id, key] of [["stream-expected", "frames_expected"], ["stream-received", "frames_received"], ["stream-fitted", "frames_fitted"], ["stream-waiting", "frames_waiting"], ["stream-updates", "updates"]]) put(id, s[key] ?? "–");
+    const missing = s.frames_expected - s.frames_received;
+    put("stream-missing", s.stage === "streaming" && !d.final ? `${missing} still to come` : String(missing));
+    document.getElementById("stream-missing").classList.toggle("dropped", missing > 0 && (s.stage !== "streaming" || d.final));
+    put("stream-lag-median", secs(s.lag_median)); put("stream-lag-p95", secs(s.lag_p95));
+  };
+  return card;
+}
+
+// ---- live: reconstruct while the detector streams (phasestem live PARAMS --host H --data-port P) ------------------
+function liveArgs(v) {  // the detector and run options of the Live form, as the command's arguments
+  const args = ["--host", v.host.trim() || "127.0.0.1", "--data-port", v.port.trim() || "6342"];
+  for (const [flag, text] of [["--epochs", v.epochs], ["--arm-timeout", v.arm], ["--stall-timeout", v.stall]]) if (text.trim()) args.push(flag, text.trim());
+  return args;
+}
+async function livePage() {
+  const q = params(), id = (n) => `live-${n}`;
+  const field = (n, label, value, size, hint) => el("label", { title: hint }, label + " ", el("input", { type: "text", id: id(n), value: value ?? "", size }));
+  const device = el("select", { id: id("device") }, info.devices.map((d) => el("option", { value: d, selected: d === (info.devices[1] || info.devices[0]) }, d)));
+  const file = fileField(id("config"), q.get("config") || "", ["yaml"], 34);
+  const sets = el("textarea", { id: id("set") }, (q.get("set") || "").split(";").filter(Boolean).join("\n"));
+  const preview = el("code", { id: id("command") });
+  const values = () => Object.fromEntries(["host", "port", "epochs", "arm", "stall", "name"].map((n) => [n, document.getElementById(id(n)).value]));
+  const lines = () => sets.value.split("\n").map((t) => t.trim()).filter(Boolean);
+  const update = () => { preview.textContent = ["phasestem live", file.firstChild.value.trim() || "PARAMS.yaml", ...liveArgs(values()), ...lines().flatMap((t) => ["--set", t]), "--device", device.value].join(" "); };
+  const start = el("button", { id: id("start"), class: "primary", onclick: async () => {
+    const v = values(), config = file.firstChild.value.trim();
+    const job = await postJSON("/api/jobs", { command: "live", config, args: liveArgs(v), set: lines(), device: device.value, name: v.name.trim() || `live ${config.split("/").pop()}` });
+    showError("");
+    go(`#/run/${job.id}`);
+  } }, "Start");
+  const card = el("div", { class: "card auto-form", id: id("form") },
+    el("h3", {}, "Reconstruct while the detector streams (Merlin)"),
+    el("div", {}, el("label", { title: "optics (energy, semi-angle, angular sampling, aberrations) and scan (step, rotation, shape); no data.file" }, "parameter file ", file)),
+    el("div", {}, field("host", "detector host", q.get("host") || "127.0.0.1", 16, "the Merlin data host (--host)"),
+      field("port", "data port", q.get("port") || "6342", 6, "the Merlin data port (--data-port; Merlin's is 6342)"),
+      field("epochs", "epochs", q.get("epochs") || "", 4, "epochs of the reconstruction once the scan is in (--epochs; default: the file's run.n_epochs)")),
+    el("div", {}, field("arm", "arm timeout (s)", "", 5, "seconds to wait for the detector to be armed (--arm-timeout, default 60)"),
+      field("stall", "stall timeout (s)", "", 5, "seconds without a frame after which the scan counts as ended (--stall-timeout, default 30); the page says so from 2 s"),
+      el("label", {}, "device ", device), field("name", "name", "", 16, "the job's name")),
+    el("label", {}, "changed parameters (key=value, one a line: optics.energy=300e3, scan.shape=[256, 256], …)", el("br"), sets),
+    el("p", {}, start, " ", el("span", { class: "muted" }, "runs: "), preview));
+  card.addEventListener("input", update);
+  card.addEventListener("change", update);
+  view.replaceChildren(el("h2", {}, "Live"),
+    el("p", { class: "hint" }, "Start this, then the scan: the job waits for the detector to be armed, records the stream into its run folder (stream.h5), shows the virtual images, the iCoM phase and the AD phase as the rows arrive, and reconstructs the recording once the scan ends. Stopping it keeps every whole row received."),
+    card);
+  update();
+}
+
 // ---- live run ----------------------------------------------------------------------------------------------------
 async function runPage(jobId) {
   const job = await api(`/api/jobs/${jobId}`);
   window.__liveUpdates = [];
+  const streamed = STREAMED.includes(job.command);
   const svg = svgEl("svg", { class: "loss", id: "loss-curve" });
-  const figs = { object_phase: figure("live-phase", "object phase", 240, { imgClass: "live" }),
+  const figs = { object_phase: figure("live-phase", streamed ? "AD phase (the scanned part)" : "object phase", 240, { imgClass: "live" }),
+    ...(streamed ? { virtual_bf: figure("live-bf", "virtual bright field", 200, { imgClass: "live" }),
+      virtual_adf: figure("live-adf", "virtual annular dark field", 200, { imgClass: "live" }),
+      icom_phase: figure("live-icom", "iCoM phase (direct)", 200, { imgClass: "live" }) } : {}),
     probe_amplitude: figure("live-probe-amp", "probe amplitude", 200, { imgClass: "live" }),
     probe_phase: figure("live-probe-phase", "probe phase", 200, { imgClass: "live" }) };
+  const stream = streamed ? streamCard() : null;
   const rerunSet = el("textarea", { id: "rerun-set" });
   rerunSet.value = (job.spec.set || []).join("\n");
   const auto = !!(job.spec && job.spec.auto);
@@ -817,8 +901,12 @@ async function runPage(jobId) {
     outcome.className = o ? `outcome-${o.kind}` : "";
     outcomeDetail.textContent = o && o.detail ? o.detail : "";
     outcomeDetail.hidden = !outcomeDetail.textContent;
-    cancel.hidden = !CAN_CANCEL.includes(s);
-    resume.hidden = !CAN_RESUME.includes(s);
+    cancel.hidden = !(CAN_CANCEL.includes(s) || (streamed && s === "cancelling"));
+    if (streamed) {  // phasestem live: a first stop ends the scan (what came is recorded and reconstructed), a second stops at once
+      cancel.textContent = s === "cancelling" ? "Stop now" : s === "queued" ? "Cancel" : "Stop the scan";
+      cancel.title = s === "cancelling" ? "end the reconstruction of what was received at once (the recording stays)" : "the scan ends here: every frame received is kept in stream.h5 and reconstructed";
+    }
+    resume.hidden = !CAN_RESUME.includes(s) || streamed;
     rerunCard.hidden = !["done", "failed", "cancelled"].includes(s);
   };
   const act = (button, path) => { button.onclick = async () => { button.disabled = true; try { const j = await postJSON(path, {}); showState(j.state, j.returncode); } finally { button.disabled = false; } }; };
@@ -827,11 +915,13 @@ async function runPage(jobId) {
   view.replaceChildren(
     el("h2", {}, `Run ${jobId}`, job.name ? ` — ${job.name}` : ""),
     el("p", {}, el("code", { id: "run-command" }, job.command_line)),
-    el("p", {}, "state ", state, outcome, " · epoch ", el("strong", { id: "run-epoch" }, "–"),
+    el("p", {}, "state ", state, outcome, " · ", el("span", { id: "run-epoch-label" }, "epoch"), " ", el("strong", { id: "run-epoch" }, "–"),
       " · ETA ", el("span", { id: "run-eta" }, "–"), " · elapsed ", el("span", { id: "run-elapsed" }, "–"), el("span", { id: "run-gpu" }, ""),
       " ", cancel, " ", resume),
     outcomeDetail,
-    el("div", { class: "row" }, el("div", { class: "card" }, el("h3", {}, "loss"), svg), ...Object.values(figs).map((f) => el("div", { class: "card" }, f))),
+    ...(streamed ? [el("div", { class: "row" }, stream, el("div", { class: "card" }, el("h3", {}, "loss"), svg)),  // the stream, its images side by side, then the probe
+      ...[["object_phase", "virtual_bf", "virtual_adf", "icom_phase"], ["probe_amplitude", "probe_phase"]].map((keys) => el("div", { class: "row" }, keys.map((k) => el("div", { class: "card" }, figs[k]))))]
+      : [el("div", { class: "row" }, el("div", { class: "card" }, el("h3", {}, "loss"), svg), ...Object.values(figs).map((f) => el("div", { class: "card" }, f)))]),
     el("h3", {}, "log"), el("pre", { class: "log", id: "run-log" }),
     rerunCard);
   const planFigures = el("div", { class: "row", id: "plan-figures" });
@@ -845,8 +935,11 @@ async function runPage(jobId) {
     logBox.textContent = d.log.join("\n");
     logBox.scrollTop = logBox.scrollHeight;
     const live = d.live;
+    if (streamed) stream.show(live && live.stream, d);
     if (live) {
-      document.getElementById("run-epoch").textContent = `${live.epoch} / ${live.n_epochs}`;
+      const streaming = live.stream && live.stream.stage === "streaming";
+      document.getElementById("run-epoch-label").textContent = streaming ? "live updates" : "epoch";
+      document.getElementById("run-epoch").textContent = streaming ? live.stream.updates : `${live.epoch} / ${live.n_epochs}`;
       document.getElementById("run-eta").textContent = d.final ? "–" : fmtTime(live.eta_s);
       document.getElementById("run-gpu").textContent = live.gpu_memory_gb !== null ? ` · GPU memory ${live.gpu_memory_gb.toFixed(2)} GiB` : "";
       drawLoss(svg, [{ values: live.loss }]);
@@ -855,7 +948,8 @@ async function runPage(jobId) {
         document.getElementById("live-phase").closest(".card").after(el("div", { class: "card" }, figs.phase_sigma));
       }
       for (const [k, f] of Object.entries(figs)) f.update(live.images[k], live.scales && live.scales[k]);
-      window.__liveUpdates.push({ epoch: live.epoch, state: d.state, points: live.loss.length, phase: live.images.object_phase });
+      window.__liveUpdates.push({ epoch: live.epoch, state: d.state, points: live.loss.length, phase: live.images.object_phase,
+        stream: live.stream, bf: live.images.virtual_bf, adf: live.images.virtual_adf, icom: live.images.icom_phase });
     }
   });
 }
@@ -899,7 +993,7 @@ function shiftText(r, onto) {  // the shift Compare applied to a run before subt
 async function comparePage() {
   const ids = params().get("jobs");
   if (!ids) {
-    const jobs = (await api("/api/jobs")).jobs.filter((j) => j.state === "done" && ["reconstruct", "tune"].includes(j.command));
+    const jobs = (await api("/api/jobs")).jobs.filter((j) => j.state === "done" && RECONSTRUCTIONS.includes(j.command));
     const boxes = jobs.map((j) => el("label", {}, el("input", { type: "checkbox", class: "compare-pick", value: j.id }), ` ${j.id} ${j.name || j.command}`));
     view.replaceChildren(el("h2", {}, "Compare"), el("p", {}, jobs.length ? "Finished reconstructions (the first two chosen give the difference map):" : "No finished reconstruction yet."), el("div", {}, boxes),
       el("button", { id: "compare-go", class: "primary", onclick: () => go(`#/compare?jobs=${[...document.querySelectorAll(".compare-pick:checked")].map((b) => b.value).join(",")}`) }, "Compare"));
@@ -951,7 +1045,7 @@ async function comparePage() {
 }
 
 // ---- router ----------------------------------------------------------------------------------------------------
-const PAGES = { files: filesPage, dataset: datasetPage, calibrate: calibratePage, jobs: jobsPage, compare: comparePage, params: paramsPage };
+const PAGES = { files: filesPage, dataset: datasetPage, calibrate: calibratePage, jobs: jobsPage, live: livePage, compare: comparePage, params: paramsPage };
 async function route() {
   const seq = ++routeSeq;
   for (const close of closers) close();
