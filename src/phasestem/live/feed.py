@@ -37,8 +37,8 @@ SNAPSHOT_SECONDS = 0.5
 
 class StreamFeed(Callback):
     """Feeds ``receiver``'s frames into a running :func:`~phasestem.recon.engine.optimize` call; ``transform``:
-    raw frames (k, H, W) and their first flat index → a :class:`~phasestem.dataset.FourDSTEM` of scan shape
-    (1, k), as the engine's dataset holds its patterns; ``views``: the :class:`~phasestem.live.views.ScanViews`;
+    raw frames (k, H, W) → a :class:`~phasestem.dataset.FourDSTEM` of scan shape (1, k), as the engine's dataset
+    holds its patterns; ``views``: the :class:`~phasestem.live.views.ScanViews`;
     ``snapshot_path``: the page's ``live.npz``."""
 
     def __init__(self, receiver, transform, views, snapshot_path: str | Path, batch_size: int, seed: int = 0):
@@ -112,7 +112,7 @@ class StreamFeed(Callback):
         r = self.receiver
         n = r.received
         if n > self.fed:
-            frames = self.transform(r.frames[self.fed:n], self.fed)
+            frames = self.transform(r.frames[self.fed:n])
             loop.data.put(torch.arange(self.fed, n), frames.get_patterns())
             self.views.add(self.fed, frames)
             self.fed = n
@@ -140,20 +140,22 @@ class StreamFeed(Callback):
         return (self.row_used - self.receiver.row_arrival)[ok]
 
     def counters(self) -> dict:
-        """Frames expected, received, in the fit, not yet fitted; lag median and 95th percentile (s)."""
+        """Frames expected, received, in the fit, not yet fitted; lag median and 95th percentile, seconds since the
+        detector was armed."""
         r = self.receiver
         lag = self.lags()
         return {"frames_expected": r.n, "frames_received": r.received, "frames_fitted": int(self.fitted.sum()),
                 "frames_waiting": int(r.received - self.fitted.sum()), "updates": self.updates,
                 "lag_median": float(np.median(lag)) if len(lag) else float("nan"),
                 "lag_p95": float(np.percentile(lag, 95)) if len(lag) else float("nan"),
-                "seconds": time.perf_counter() - r.started}
+                "stream_seconds": time.perf_counter() - r.started}
 
     def write_snapshot(self, model) -> None:
         """Replace the page's snapshot: ``model``'s phase and probe, the stream's counters and images."""
         extra = {k: np.asarray(v) for k, v in self.counters().items()}
         extra.update(stage=np.asarray(self.stage), message=np.asarray(self.message),
-                     scan_shape=np.asarray(self.receiver.scan_shape), virtual_bf=self.views.bf,
+                     scan_shape=np.asarray(self.receiver.scan_shape),
+                     scan_step=np.asarray(self.views.dataset.scan_step, dtype=np.float64), virtual_bf=self.views.bf,
                      virtual_adf=self.views.adf, icom_phase=self.views.icom())
         try:
             write_snapshot(self.snapshot_path, model, self.n_epochs, extra=extra)

@@ -124,7 +124,7 @@ def _live_engine(params, receiver: Receiver, out: Path, sources, stall_timeout: 
     model = build_model(params, dataset).to(rank_device(params.run.device))
     views = ScanViews(dataset)
 
-    def transform(frames: np.ndarray, start: int):
+    def transform(frames: np.ndarray):
         return data_transforms(_raw_dataset(params, frames[None]), params.data)
 
     feed = StreamFeed(receiver, transform, views, out / "live.npz", params.run.batch_size, params.run.seed)
@@ -238,29 +238,18 @@ def run_live(params, stream, arm_timeout: float = 60.0, stall_timeout: float = 3
                 if receiver.recording is not None:
                     receiver.recording.close()
                 raise
-            receiver.stop()
-            receiver.join(timeout=5)
-            stream.close()
-            reason = ("complete" if receiver.received == receiver.n else str(receiver.error) if receiver.error
-                      else "stalled" if receiver.stalled else "stopped by the operator" if receiver.stopped
-                      else "the stream ended early")
-            recording = receiver.recording
-            path = recording.finish(receiver.incomplete_row(), reason)
-            counters = feed.counters()
-            rate = receiver.frame_rate
-            log.info("stream: %d of %d frames received (%s) in %.3g s (%.4g frames/s), recorded in %s; %d live "
-                     "updates, lag median %.3g s, 95th percentile %.3g s", receiver.received, receiver.n, reason,
-                     receiver.scan_seconds, rate, path, feed.updates, counters["lag_median"], counters["lag_p95"])
-        rows = recording.rows_written
+            path, reason, counters = _end_stream(receiver, feed)
+        rows, rate = receiver.recording.rows_written, receiver.frame_rate
         if rows < 2:
             raise StreamError(f"{stream.address}: {reason} after {receiver.received} frames, fewer than two scan rows: "
                               f"the frames are kept in {path}, nothing to reconstruct")
         with _live_logging(log_path):
-            final = finishing_params(params, (rows, shape[1]), feed.epochs_fitted())
+            # a whole scan continues the live state; a part of one starts afresh (another object), nothing done
+            final = finishing_params(params, (rows, shape[1]), feed.epochs_fitted() if rows == shape[0] else 0.0)
         summary = {"source": stream.address, "frames_expected": receiver.n, "frames_received": receiver.received,
                    "stop_reason": reason, "rows_recorded": rows, "recording": path.name,
                    "scan_seconds": receiver.scan_seconds, "frames_per_second": rate,
-                   "live_seconds": counters["seconds"], **{k: v for k, v in counters.items() if k != "seconds"}}
+                   **counters}
         t_final = time.perf_counter()
         feed.stage, feed.n_epochs = "finishing", final.run.n_epochs
         model = run_reconstruction(final, sources=sources, callback_hooks=[_continue_from(model, feed)])
@@ -273,6 +262,24 @@ def run_live(params, stream, arm_timeout: float = 60.0, stall_timeout: float = 3
             raise StreamError(f"{stream.address}: {reason} after {receiver.received} of {receiver.n} frames; the "
                               f"received rows are recorded in {path} and reconstructed in {out}")
         return model
+
+
+def _end_stream(receiver: Receiver, feed) -> tuple[Path, str, dict]:
+    """Close the stream and the recording (``stream.h5``); log and return (its path, why the stream ended, the
+    feed's counters)."""
+    receiver.stop()
+    receiver.join(timeout=5)
+    receiver.stream.close()
+    reason = ("complete" if receiver.received == receiver.n else str(receiver.error) if receiver.error
+              else "stalled" if receiver.stalled else "stopped by the operator" if receiver.stopped
+              else "the stream ended early")
+    path = receiver.recording.finish(receiver.incomplete_row(), reason)
+    counters = feed.counters()
+    log.info("stream: %d of %d frames received (%s) in %.3g s (%.4g frames/s), recorded in %s; %d live updates, "
+             "lag median %.3g s, 95th percentile %.3g s", receiver.received, receiver.n, reason,
+             receiver.scan_seconds, receiver.frame_rate, path, feed.updates, counters["lag_median"],
+             counters["lag_p95"])
+    return path, reason, counters
 
 
 @contextlib.contextmanager
