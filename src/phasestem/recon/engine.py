@@ -274,6 +274,7 @@ def _advance(loop: Loop, named: dict[str, torch.Tensor], disabled: set[str], lbf
             group["lr"] = (model.schedules[group["name"]].resolved_lr(group["name"], run.optimizer)
                            * run.lr_scale * decay * state.lr_backoff)
     loop.snapshot = snapshot(model.state_dict())
+    loop.fit_positions = None  # a callback sets it for this epoch
     for cb in callbacks:
         cb.on_epoch_start(loop)
     fit = loop.fit_positions if loop.fit_positions is not None else None if loop.held is None else loop.train

@@ -16,6 +16,9 @@ so a reader always finds a whole file. It holds, small by design (at most ≈ 0.
                                      (the snapshot written after the last epoch)
     gpu_memory               ()      peak bytes allocated on the run's CUDA device (-1 on CPU)
     time                     ()      when it was written (s since the epoch)
+
+A live run of a detector stream (:mod:`phasestem.live`) adds its counters, state and virtual images
+(:meth:`phasestem.live.feed.StreamFeed.write_snapshot`).
 """
 from __future__ import annotations
 
@@ -63,13 +66,12 @@ def snapshot(model, n_epochs: int, max_side: int = MAX_SIDE, extra: dict | None 
     device = getattr(model, "device", torch.device("cpu"))
     gpu = torch.cuda.max_memory_allocated(device) if torch.device(device).type == "cuda" else -1
     history = model.loss_history
-    more, extra = extra, {}
+    arrays = {k: np.asarray(v) for k, v in (extra or {}).items()}
     u = getattr(model, "uncertainty", None)
     if u is not None:  # σ where the data constrain the phase (recon.uncertainty), NaN elsewhere
         sigma = np.where(u.constrained, u.sigma_sum, np.nan)[field].astype(np.float32)
-        extra["phase_sigma"] = block_mean(sigma, max_side)[0]
-    extra.update({k: np.asarray(v) for k, v in (more or {}).items()})
-    return {**extra, "epoch": np.asarray(model.epoch), "n_epochs": np.asarray(max(n_epochs, model.epoch)),
+        arrays["phase_sigma"] = block_mean(sigma, max_side)[0]
+    return {**arrays, "epoch": np.asarray(model.epoch), "n_epochs": np.asarray(max(n_epochs, model.epoch)),
             "loss": np.array([h["loss"] for h in history], dtype=np.float64),
             "seconds": np.array([h.get("seconds", np.nan) for h in history], dtype=np.float64),
             "object_phase": phase.astype(np.float32), "probe": probe.astype(np.complex64),
