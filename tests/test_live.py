@@ -165,3 +165,55 @@ def test_an_epoch_fits_only_the_positions_a_callback_chooses():
     last = int(np.argmax(rows_sub)) + int(round(top[-1] - top[0]))
     assert rows_all[last - 3:last + 4].max() > 0.2 * rows_all.max()
     assert rows_sub[last - 3:last + 4].max() < 0.01 * rows_sub.max()
+
+
+def _restorer_for(tmp_path, params_file, name: str, **change):
+    """An untrained restorer (the identity) whose card holds the live scan's optics (``change``: others)."""
+    import yaml
+
+    from phasestem.learn.apply.phase import dataset_optics
+    from phasestem.learn.meta import make_meta
+    from phasestem.learn.nets.restorer import Restorer, RestorerConfig
+    from phasestem.learn.trainer.checkpoint import save_weights
+    from phasestem.recon.params import build_dataset, build_model, load_params
+
+    offline = yaml.safe_load(params_file.read_text())
+    offline["data"]["file"] = str(tmp_path / "mib" / "scan.mib")
+    (tmp_path / "offline.yaml").write_text(yaml.safe_dump(offline))
+    params = load_params(tmp_path / "offline.yaml")
+    data = build_dataset(params, warn=False)
+    optics = {**dataset_optics(data), "sampling": list(build_model(params, data).sampling)}
+    optics = {k: list(v) if isinstance(v, tuple) else v for k, v in {**optics, **change}.items()}
+    net = Restorer(RestorerConfig(width=4))
+    return save_weights(net.state_dict(), tmp_path / name, make_meta("restorer", net.config.to_dict(),
+                                                                      {"optics": optics}))
+
+
+def test_a_restorer_preview_where_its_card_fits_and_a_line_where_it_does_not(tmp_path, capsys):
+    mib, params, frames = write_scan(tmp_path / "a", SCAN)
+    fits = _restorer_for(tmp_path / "a", params, "fits.safetensors")
+    other = _restorer_for(tmp_path / "a", params, "other.safetensors", energy=200e3)
+    sim = ReplayedScan(mib, SCAN, 8000, tmp_path / "sim.log")
+    try:
+        assert main(["live", str(params), "--data-port", str(sim.data_port), "--out", str(tmp_path / "out"),
+                     "--preview", str(fits)]) == 0
+    finally:
+        sim.stop()
+    snap = read_snapshot(tmp_path / "out" / "live.npz")
+    assert "restorer preview" in str(snap["preview_note"])
+    restored = snap["restored_phase"]
+    assert restored.ndim == 2 and np.isfinite(restored).mean() > 0.5  # NaN only outside the scanned field
+    # an untrained restorer is the identity: its preview is the AD phase of the dataset frame over the field
+    assert np.nanstd(restored) > 0
+    # another energy on the card: no preview, the scan goes on, the page and the log say why
+    sim = ReplayedScan(mib, SCAN, 8000, tmp_path / "sim2.log")
+    try:
+        assert main(["live", str(params), "--data-port", str(sim.data_port), "--out", str(tmp_path / "out2"),
+                     "--preview", str(other)]) == 0
+    finally:
+        sim.stop()
+    snap = read_snapshot(tmp_path / "out2" / "live.npz")
+    assert "restored_phase" not in snap
+    note = str(snap["preview_note"])
+    assert note.startswith("no restorer preview") and "energy" in note, note
+    assert "no restorer preview" in (tmp_path / "out2" / "live.log").read_text()

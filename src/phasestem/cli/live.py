@@ -40,6 +40,9 @@ def register(subparsers, train_subparsers) -> None:
                    help="seconds without a frame after which the scan counts as ended (default 30); the page says "
                         "so from 2 s")
     p.add_argument("--epochs", type=int, default=None, help="epochs after the scan (overrides run.n_epochs)")
+    p.add_argument("--preview", metavar="MODEL", default=None,
+                   help="a restorer (file, run folder or shipped name) whose restoration of the growing phase the page "
+                        "shows, where its card fits the stream's optics (else the page says why; the scan goes on)")
     add_device(p, what="overrides run.device")
     add_set(p, "model.n_slices=2")
     p.set_defaults(func=_live_cmd)
@@ -67,5 +70,6 @@ def _live_cmd(args) -> int:
         params.run.n_epochs = args.epochs
     if args.device:
         params.run.device = args.device
-    run_live(params, MerlinStream(args.host, args.data_port), args.arm_timeout, args.stall_timeout)
+    run_live(params, MerlinStream(args.host, args.data_port), args.arm_timeout, args.stall_timeout,
+             preview=args.preview)
     return 0

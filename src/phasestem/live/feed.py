@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..base.errors import PhasestemError
 from ..recon.callbacks import Callback
-from ..recon.live import write_snapshot
+from ..recon.live import MAX_SIDE, write_snapshot
 
 log = logging.getLogger("phasestem.live")
 
@@ -41,8 +42,10 @@ class StreamFeed(Callback):
     holds its patterns; ``views``: the :class:`~phasestem.live.views.ScanViews`;
     ``snapshot_path``: the page's ``live.npz``."""
 
-    def __init__(self, receiver, transform, views, snapshot_path: str | Path, batch_size: int, seed: int = 0):
+    def __init__(self, receiver, transform, views, snapshot_path: str | Path, batch_size: int, seed: int = 0,
+                 preview=None, preview_note: str = ""):
         self.receiver, self.transform, self.views = receiver, transform, views
+        self.preview, self.preview_note = preview, preview_note  # a RestorerPreview (live.preview) or None
         self.snapshot_path = Path(snapshot_path)
         self.batch_size = batch_size
         self.fed = 0  # frames in the engine's patterns (raster order)
@@ -150,9 +153,27 @@ class StreamFeed(Callback):
                 "lag_p95": float(np.percentile(lag, 95)) if len(lag) else float("nan"),
                 "stream_seconds": time.perf_counter() - r.started}
 
+    def _preview(self, model) -> dict:
+        """The restorer's preview for the snapshot (made while streaming when due, and at the end)."""
+        p = self.preview
+        if p is None:
+            return {"preview_note": np.asarray(self.preview_note)} if self.preview_note else {}
+        if (self.stage == "streaming" and p.due()) or (self.stage == "done" and p.image is not None):
+            try:
+                p(model, MAX_SIDE)
+            except PhasestemError as exc:
+                self.preview, self.preview_note = None, f"restorer preview stopped: {exc}"
+                log.warning("%s", self.preview_note)
+                return {"preview_note": np.asarray(self.preview_note)}
+        out = {"preview_note": np.asarray(self.preview_note)}
+        if p.image is not None:
+            out["restored_phase"] = p.image
+        return out
+
     def write_snapshot(self, model) -> None:
         """Replace the page's snapshot: ``model``'s phase and probe, the stream's counters and images."""
         extra = {k: np.asarray(v) for k, v in self.counters().items()}
+        extra.update(self._preview(model))
         extra.update(stage=np.asarray(self.stage), message=np.asarray(self.message),
                      scan_shape=np.asarray(self.receiver.scan_shape),
                      scan_step=np.asarray(self.views.dataset.scan_step, dtype=np.float64), virtual_bf=self.views.bf,

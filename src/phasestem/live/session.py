@@ -104,7 +104,7 @@ def _wait_first_row(receiver: Receiver, stall_timeout: float) -> None:
         time.sleep(0.01)
 
 
-def _live_engine(params, receiver: Receiver, out: Path, sources, stall_timeout: float):
+def _live_engine(params, receiver: Receiver, out: Path, sources, stall_timeout: float, preview: str | None):
     """Steps 2–3 of the module: the model fitted while the frames arrive; returns (model, feed)."""
     from ..io.counts import counts_decision
     from ..recon.data_losses import losses_for_data
@@ -112,6 +112,7 @@ def _live_engine(params, receiver: Receiver, out: Path, sources, stall_timeout: 
     from ..recon.engine import optimize
     from ..recon.params import build_model, configured_dataset, data_transforms
     from .feed import StreamFeed
+    from .preview import make_preview
     from .views import ScanViews
 
     sy, sx = receiver.scan_shape
@@ -127,7 +128,8 @@ def _live_engine(params, receiver: Receiver, out: Path, sources, stall_timeout: 
     def transform(frames: np.ndarray):
         return data_transforms(_raw_dataset(params, frames[None]), params.data)
 
-    feed = StreamFeed(receiver, transform, views, out / "live.npz", params.run.batch_size, params.run.seed)
+    feed = StreamFeed(receiver, transform, views, out / "live.npz", params.run.batch_size, params.run.seed,
+                      *make_preview(preview, dataset, model))
     run = params.run.model_copy(update={"progress": False, "lr_decay": "none", "holdout": 0.0, "coarse_start": 0,
                                         "divergence_factor": 0.0, "data_in_memory": True, "check_optics": False})
     log.info("live: fitting the scan's positions as they arrive (%d × %d, %s)", sy, sx, losses.describe())
@@ -200,10 +202,12 @@ def finishing_params(params, scan_shape: tuple[int, int], epochs_done: float):
 
 
 def run_live(params, stream, arm_timeout: float = 60.0, stall_timeout: float = 30.0,
-             sources: dict[str, str] | None = None):
+             sources: dict[str, str] | None = None, preview: str | None = None):
     """Run a live reconstruction of ``stream`` (a :class:`~phasestem.live.merlin.MerlinStream`, not yet open) with
     ``params`` (:class:`~phasestem.recon.params.ReconstructParams`; ``data.file`` the recording,
-    ``run.out_dir`` the run folder). Returns the final model; see the module for the steps."""
+    ``run.out_dir`` the run folder). ``preview``: a restorer whose restoration of the growing phase the page shows
+    where it fits the stream's optics (:mod:`phasestem.live.preview`). Returns the final model; see the module for
+    the steps."""
     from ..recon.report import logging_to
     from ..recon.run import run_reconstruction
 
@@ -230,7 +234,7 @@ def run_live(params, stream, arm_timeout: float = 60.0, stall_timeout: float = 3
                 receiver.start()
                 with _operator_stop(receiver):
                     _wait_first_row(receiver, stall_timeout)
-                    model, feed = _live_engine(params, receiver, out, sources, stall_timeout)
+                    model, feed = _live_engine(params, receiver, out, sources, stall_timeout, preview)
             except BaseException:
                 receiver.stop()
                 stream.close()
