@@ -2,11 +2,6 @@
 its own on 127.0.0.1), for the tests of ``phasestem live`` and its page."""
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +11,6 @@ from detector_files import mib_hdr, write_mib
 #: detector pixels on the wire per pattern pixel: Merlin hands frames over in stacks of ≈ 2 MB (LiberTEM-live's
 #: connection), so small frames would all come in one; 128² frames come in stacks of 64
 UPSAMPLE = 4
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.create_server(("127.0.0.1", 0)) for _ in range(n)]
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def write_scan(folder: Path, scan_shape=(12, 12)) -> tuple[Path, Path, np.ndarray]:
@@ -49,31 +36,9 @@ def write_scan(folder: Path, scan_shape=(12, 12)) -> tuple[Path, Path, np.ndarra
     return mib, params, frames.reshape(*scan_shape, *frames.shape[1:])
 
 
-class ReplayedScan:
-    """``libertem-live-mib-sim MIB`` serving on free ports of 127.0.0.1 at one frame per ``dwell_us`` µs."""
+def ReplayedScan(mib: Path, scan_shape, dwell_us: int, log: Path):
+    """``libertem-live-mib-sim MIB`` on free ports of 127.0.0.1 at one frame per ``dwell_us`` µs
+    (:class:`phasestem.live.replay.MibReplay`)."""
+    from phasestem.live.replay import MibReplay
 
-    def __init__(self, mib: Path, scan_shape, dwell_us: int, log: Path):
-        self.data_port, control, trigger = free_ports(3)
-        exe = shutil.which("libertem-live-mib-sim") or str(Path(sys.executable).parent / "libertem-live-mib-sim")
-        self.log = open(log, "wb")
-        self.proc = subprocess.Popen(
-            [exe, str(mib), "--nav-shape", *map(str, scan_shape), "--cached", "MEM", "--host", "127.0.0.1",
-             "--data-port", str(self.data_port), "--control-port", str(control), "--trigger-port", str(trigger),
-             "--dwelltime", str(dwell_us)], stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", control), timeout=0.2).close()
-                return
-            except OSError:
-                if self.proc.poll() is not None:
-                    break
-                time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"the simulator did not start: {Path(log).read_text()[-2000:]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self.log.close()
+    return MibReplay(mib, scan_shape, 1e6 / dwell_us, log)

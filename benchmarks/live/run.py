@@ -27,9 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -43,36 +40,6 @@ from make_mib import load_truth  # noqa: E402
 #: a route reaches the offline accuracy when its E_φ is within this factor of the offline final E_φ; the second
 #: factor marks a phase good enough to judge the specimen by (reported beside it)
 WITHIN, ROUGH = 1.05, 1.25
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.create_server(("127.0.0.1", 0)) for _ in range(n)]
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def start_simulator(mib: Path, scan_shape, fps: float, log: Path):
-    """``libertem-live-mib-sim`` serving ``mib`` on free ports; returns (process, data port)."""
-    data, control, trigger = free_ports(3)
-    exe = shutil.which("libertem-live-mib-sim") or str(Path(sys.executable).parent / "libertem-live-mib-sim")
-    dwell = max(1, int(round(1e6 / fps)))
-    cached = ["--cached", "MEM"] if dwell < 1000 else []  # the simulator drops its cache at ≥ 1000 µs
-    proc = subprocess.Popen([exe, str(mib), "--nav-shape", *map(str, scan_shape), *cached, "--host", "127.0.0.1",
-                             "--data-port", str(data), "--control-port", str(control), "--trigger-port", str(trigger),
-                             "--dwelltime", str(dwell)], stdout=open(log, "wb"), stderr=subprocess.STDOUT)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", control), timeout=0.2).close()
-            return proc, data
-        except OSError:
-            if proc.poll() is not None:
-                break
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"the simulator did not start; see {log}")
 
 
 def live_params(data: Path, out: Path, epochs: int):
@@ -107,13 +74,15 @@ def run_live_route(data: Path, out: Path, fps: float, epochs: int, scan_shape) -
         return original(self, model)
 
     feed_module.StreamFeed.write_snapshot = capturing
-    proc, port = start_simulator(data / "scan.mib", scan_shape, fps, out.parent / "simulator.log")
+    from phasestem.live.replay import MibReplay
+
     try:
-        t_call = time.perf_counter()
-        model = run_live(live_params(data, out, epochs), MerlinStream("127.0.0.1", port), arm_timeout=120)
+        with MibReplay(data / "scan.mib", scan_shape, fps, out.parent / "simulator.log") as sim:
+            t_call = time.perf_counter()
+            model = run_live(live_params(data, out, epochs), MerlinStream("127.0.0.1", sim.data_port),
+                             arm_timeout=120)
     finally:
         feed_module.StreamFeed.write_snapshot = original
-        proc.kill()
     summary = json.loads((out / "live.json").read_text())
     import h5py
 

@@ -10,7 +10,8 @@ from ..base.cliargs import add_device, add_set
 EPILOG = """examples:
   phasestem live params.yaml --out runs/live1                      # Merlin on this machine, data port 6342
   phasestem live params.yaml --out runs/live1 --host 10.0.0.5 --data-port 6342
-  libertem-live-mib-sim scan.hdr --cached=MEM --dwelltime 1000     # rehearse: replay last night's .mib at 1 kHz
+  phasestem live params.yaml --out runs/rehearsal --replay night/scan.mib --fps 1000   # rehearse with last night's
+                                                                   # .mib, replayed by LiberTEM-live's simulator
 
 PARAMS is a reconstruct parameter file without data.file: the optics (energy, semiangle, angular_sampling or
 sampling, aberrations) and the scan (step, rotation; shape when the detector does not announce it) the stream
@@ -34,6 +35,10 @@ def register(subparsers, train_subparsers) -> None:
     p.add_argument("--detector", choices=("merlin",), default="merlin", help="the detector's stream (default merlin)")
     p.add_argument("--host", default="127.0.0.1", help="the detector's data host (default 127.0.0.1)")
     p.add_argument("--data-port", type=int, default=6342, help="the detector's data port (default 6342, Merlin's)")
+    p.add_argument("--replay", type=Path, default=None, metavar="SCAN.mib",
+                   help="rehearse: replay a recorded Merlin .mib (in a folder of its own) over the detector's protocol "
+                        "with LiberTEM-live's simulator on this machine, and follow it (needs scan.shape)")
+    p.add_argument("--fps", type=float, default=1000.0, help="frames per second of --replay (default 1000)")
     p.add_argument("--arm-timeout", type=float, default=60.0, metavar="S",
                    help="seconds to wait for the detector to be armed (default 60)")
     p.add_argument("--stall-timeout", type=float, default=30.0, metavar="S",
@@ -70,6 +75,16 @@ def _live_cmd(args) -> int:
         params.run.n_epochs = args.epochs
     if args.device:
         params.run.device = args.device
-    run_live(params, MerlinStream(args.host, args.data_port), args.arm_timeout, args.stall_timeout,
-             preview=args.preview)
+    if args.replay is None:
+        run_live(params, MerlinStream(args.host, args.data_port), args.arm_timeout, args.stall_timeout,
+                 preview=args.preview)
+        return 0
+    from ..live.replay import MibReplay
+
+    if params.scan.shape is None:
+        raise ConfigError("scan.shape: --replay needs the scan's shape (rows, cols) in the parameter file")
+    Path(params.run.out_dir).mkdir(parents=True, exist_ok=True)
+    with MibReplay(args.replay, tuple(params.scan.shape), args.fps, Path(params.run.out_dir) / "replay.log") as sim:
+        run_live(params, MerlinStream("127.0.0.1", sim.data_port), args.arm_timeout, args.stall_timeout,
+                 preview=args.preview)
     return 0
