@@ -57,8 +57,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "independent"))
 sys.path.insert(0, str(HERE.parent / "real_data"))
 import make_mib  # noqa: E402
-from make_mib import geometry, load_truth, mib_header, write_hdr  # noqa: E402
-from numpy_multislice import atom_phase, electron_wavelength, simulate_patterns  # noqa: E402
+from make_mib import geometry, load_truth, mib_header, specimen, write_hdr  # noqa: E402
+from numpy_multislice import electron_wavelength, simulate_patterns  # noqa: E402
 
 FULL = dict(scan=(128, 128))
 QUICK = dict(scan=(24, 24))
@@ -131,10 +131,7 @@ def make(out: Path, quick: bool = False, workers: int = 2, setup: dict | None = 
     setup = dict(SETUP if setup is None else setup)
     scan = (QUICK if quick else FULL)["scan"]
     geom = geometry(scan, DETECTOR * SUB, setup)  # margins for the 256-px cut; no bad pixels (n_hot = n_dead = 0)
-    rng = np.random.default_rng(setup["seed"])
-    area = geom["shape"][0] * geom["shape"][1] * setup["sampling"] ** 2
-    phase = atom_phase(geom["shape"], setup["sampling"], rng, int(setup["atom_density"] * area), setup["max_phase"],
-                       width=setup["atom_width"])
+    phase = specimen(geom, setup)
     t0 = time.perf_counter()
     tmp = mib.with_name(mib.name + ".partial")
     with open(tmp, "wb") as f, get_context("fork").Pool(workers, _init, (phase, geom, scan, setup)) as pool:

@@ -158,10 +158,7 @@ def make(out: Path, quick: bool = False, workers: int = 2, setup: dict | None = 
     size = QUICK if quick else FULL
     scan, n = size["scan"], size["window"]
     geom = geometry(scan, n, setup)
-    rng = np.random.default_rng(setup["seed"])
-    area = geom["shape"][0] * geom["shape"][1] * setup["sampling"] ** 2
-    phase = atom_phase(geom["shape"], setup["sampling"], rng, int(setup["atom_density"] * area), setup["max_phase"],
-                       width=setup["atom_width"])
+    phase = specimen(geom, setup)
     t0 = time.perf_counter()
     tmp = mib.with_name(mib.name + ".partial")
     with open(tmp, "wb") as f, get_context("fork").Pool(workers, _init, (phase, geom, scan, n, setup)) as pool:
@@ -177,6 +174,14 @@ def make(out: Path, quick: bool = False, workers: int = 2, setup: dict | None = 
     np.savez(truth_file, phase=phase.astype(np.float32), positions=geom["positions"],
              meta=json.dumps(truth))
     return load_truth(truth_file)
+
+
+def specimen(geom: dict, setup: dict) -> np.ndarray:
+    """The weak-phase film of random Gaussian atoms on the simulation grid (rad), drawn with ``setup['seed']``."""
+    rng = np.random.default_rng(setup["seed"])
+    area = geom["shape"][0] * geom["shape"][1] * setup["sampling"] ** 2
+    return atom_phase(geom["shape"], setup["sampling"], rng, int(setup["atom_density"] * area), setup["max_phase"],
+                      width=setup["atom_width"])
 
 
 def load_truth(path: Path) -> dict:

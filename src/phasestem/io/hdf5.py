@@ -283,20 +283,26 @@ def _read_own(f, path, lazy, **options) -> FourDSTEM:
                               file_values=held, **options)
 
 
+def write_calibrations(f: h5py.File, dataset: FourDSTEM) -> None:
+    """The root attributes of phasestem's own 4D-STEM file: its format and ``dataset``'s calibrations (also the
+    layout of a live recording, :mod:`phasestem.live.recording`)."""
+    f.attrs["format"] = OWN_FORMAT
+    f.attrs["energy"] = dataset.energy
+    f.attrs["scan_step"] = dataset.scan_step
+    f.attrs["scan_origin"] = dataset.scan_origin
+    if dataset.angular_sampling is not None:
+        f.attrs["angular_sampling"] = dataset.angular_sampling
+    if dataset.semiangle is not None:
+        f.attrs["semiangle"] = dataset.semiangle
+    f.attrs["aberrations"] = json.dumps(dataset.aberrations)
+
+
 def write(path: str | Path, dataset: FourDSTEM, compression: int = 4) -> Path:
     """Write ``dataset`` as phasestem's own HDF5 (atomically: temporary name, then rename)."""
     path = Path(path)
     H, W = dataset.pattern_shape
     with atomic_file(path, "path") as tmp, h5py.File(tmp, "w") as f:
-        f.attrs["format"] = OWN_FORMAT
-        f.attrs["energy"] = dataset.energy
-        f.attrs["scan_step"] = dataset.scan_step
-        f.attrs["scan_origin"] = dataset.scan_origin
-        if dataset.angular_sampling is not None:
-            f.attrs["angular_sampling"] = dataset.angular_sampling
-        if dataset.semiangle is not None:
-            f.attrs["semiangle"] = dataset.semiangle
-        f.attrs["aberrations"] = json.dumps(dataset.aberrations)
+        write_calibrations(f, dataset)
         d = f.create_dataset("patterns", shape=(*dataset.scan_shape, H, W), dtype=np.float32,
                              chunks=(1, min(8, dataset.scan_shape[1]), H, W), compression="gzip",
                              compression_opts=compression, shuffle=True)

@@ -11,14 +11,13 @@ unfinished row in ``incomplete_row`` (k, H, W); the attributes ``frames_expected
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from ..io.hdf5 import OWN_FORMAT
+from ..io.hdf5 import write_calibrations
 
 #: the recording while the scan runs, and once it ended
 PARTIAL_NAME, RECORDING_NAME = "stream.partial.h5", "stream.h5"
@@ -37,15 +36,7 @@ class Recording:
         self.scan_shape, self.frame_shape = tuple(scan_shape), tuple(frame_shape)
         self.rows_written = 0
         self._file = f = h5py.File(self.partial, "w")
-        f.attrs["format"] = OWN_FORMAT
-        f.attrs["energy"] = raw.energy
-        f.attrs["scan_step"] = raw.scan_step
-        f.attrs["scan_origin"] = raw.scan_origin
-        if raw.angular_sampling is not None:
-            f.attrs["angular_sampling"] = raw.angular_sampling
-        if raw.semiangle is not None:
-            f.attrs["semiangle"] = raw.semiangle
-        f.attrs["aberrations"] = json.dumps(raw.aberrations)
+        write_calibrations(f, raw)
         f.attrs["source"] = source
         sy, sx = self.scan_shape
         f.attrs["frames_expected"] = sy * sx
