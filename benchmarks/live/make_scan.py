@@ -45,10 +45,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +55,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "independent"))
 sys.path.insert(0, str(HERE.parent / "real_data"))
 import make_mib  # noqa: E402
-from make_mib import geometry, load_truth, mib_header, specimen, write_hdr  # noqa: E402
+from make_mib import geometry, load_truth, mib_header, specimen, write_hdr, write_rows  # noqa: E402
 from numpy_multislice import electron_wavelength, simulate_patterns  # noqa: E402
 
 FULL = dict(scan=(128, 128))
@@ -133,13 +131,7 @@ def make(out: Path, quick: bool = False, workers: int = 2, setup: dict | None = 
     geom = geometry(scan, DETECTOR * SUB, setup)  # margins for the 256-px cut; no bad pixels (n_hot = n_dead = 0)
     phase = specimen(geom, setup)
     t0 = time.perf_counter()
-    tmp = mib.with_name(mib.name + ".partial")
-    with open(tmp, "wb") as f, get_context("fork").Pool(workers, _init, (phase, geom, scan, setup)) as pool:
-        for row, block in enumerate(pool.imap(simulate_row, range(scan[0]))):
-            f.write(block)
-            if row % 16 == 15:
-                print(f"  row {row + 1}/{scan[0]} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    os.replace(tmp, mib)
+    write_rows(mib, scan[0], workers, simulate_row, _init, (phase, geom, scan, setup))
     write_hdr(out / "scan.hdr", scan)
     dk = electron_wavelength(setup["energy"]) / (DETECTOR * setup["sampling"]) * 1e3  # mrad per detector pixel
     truth = dict(setup, scan=list(scan), window=DETECTOR, sub_pixels=SUB, transpose=False, angular_sampling=dk,

@@ -160,13 +160,7 @@ def make(out: Path, quick: bool = False, workers: int = 2, setup: dict | None = 
     geom = geometry(scan, n, setup)
     phase = specimen(geom, setup)
     t0 = time.perf_counter()
-    tmp = mib.with_name(mib.name + ".partial")
-    with open(tmp, "wb") as f, get_context("fork").Pool(workers, _init, (phase, geom, scan, n, setup)) as pool:
-        for row, block in enumerate(pool.imap(simulate_row, range(scan[0]))):
-            f.write(block)
-            if row % 16 == 15:
-                print(f"  row {row + 1}/{scan[0]} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    os.replace(tmp, mib)
+    write_rows(mib, scan[0], workers, simulate_row, _init, (phase, geom, scan, n, setup))
     write_hdr(out / "scan.hdr", scan)
     truth = dict(setup, scan=list(scan), window=n, transpose=True, angular_sampling=geom["dk"],
                  disk_radius_px=geom["radius"], hot=geom["hot"], dead=geom["dead"], grid=list(geom["shape"]),
@@ -174,6 +168,19 @@ def make(out: Path, quick: bool = False, workers: int = 2, setup: dict | None = 
     np.savez(truth_file, phase=phase.astype(np.float32), positions=geom["positions"],
              meta=json.dumps(truth))
     return load_truth(truth_file)
+
+
+def write_rows(mib: Path, rows: int, workers: int, simulate, init, init_args: tuple) -> None:
+    """``mib`` from ``simulate(row)`` → the row's frame bytes, in ``workers`` forked processes (each set up by
+    ``init(*init_args)``), written through ``MIB.partial`` and renamed when whole; progress every 16 rows."""
+    t0 = time.perf_counter()
+    tmp = mib.with_name(mib.name + ".partial")
+    with open(tmp, "wb") as f, get_context("fork").Pool(workers, init, init_args) as pool:
+        for row, block in enumerate(pool.imap(simulate, range(rows))):
+            f.write(block)
+            if row % 16 == 15:
+                print(f"  row {row + 1}/{rows} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    os.replace(tmp, mib)
 
 
 def specimen(geom: dict, setup: dict) -> np.ndarray:
