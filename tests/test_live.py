@@ -21,24 +21,30 @@ from phasestem.recon.live import read_snapshot  # noqa: E402
 SCAN = (12, 12)
 
 
-def _run(tmp_path, dwell_us: int, kill_after: float | None = None, extra=(), signal_after: float | None = None):
-    import os
-    import signal
+def _run(tmp_path, dwell_us: int, interrupt=None):
+    """``phasestem live`` of the scan replayed at one frame per ``dwell_us`` µs; ``interrupt(sim)`` is called
+    once the recording holds its first rows (the first stack came), e.g. to kill the simulator or signal the run."""
     import threading
+    import time
 
     mib, params, frames = write_scan(tmp_path, SCAN)
+    out = tmp_path / "out"
     sim = ReplayedScan(mib, SCAN, dwell_us, tmp_path / "sim.log")
+
+    def watch():
+        deadline = time.monotonic() + 120
+        while not (out / "stream.partial.h5").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        interrupt(sim)
+
     try:
-        if kill_after is not None:
-            threading.Timer(kill_after, sim.stop).start()
-        if signal_after is not None:  # the operator (or serve's cancel) stops the run
-            threading.Timer(signal_after, os.kill, (os.getpid(), signal.SIGTERM)).start()
-        code = main(["live", str(params), "--data-port", str(sim.data_port), "--arm-timeout", "30",
-                     "--out", str(tmp_path / "out"), *extra])
+        if interrupt is not None:
+            threading.Thread(target=watch, daemon=True).start()
+        code = main(["live", str(params), "--data-port", str(sim.data_port), "--arm-timeout", "30", "--out",
+                     str(out)])
     finally:
-        if kill_after is None:
-            sim.stop()
-    return code, frames, tmp_path / "out"
+        sim.stop()
+    return code, frames, out
 
 
 def test_a_replayed_mib_is_reconstructed_live_with_every_frame_accounted(tmp_path, capsys):
@@ -75,7 +81,8 @@ def test_a_replayed_mib_is_reconstructed_live_with_every_frame_accounted(tmp_pat
 
 
 def test_a_connection_broken_mid_scan_is_reported_and_the_received_part_kept(tmp_path, capsys):
-    code, frames, out = _run(tmp_path, dwell_us=30000, kill_after=2.5)  # 144 frames in 4.3 s, stacks of 64
+    # 144 frames in 4.3 s in stacks of 64 (1.9 s apart): the simulator killed once the first stack is recorded
+    code, frames, out = _run(tmp_path, dwell_us=30000, interrupt=lambda sim: sim.stop())
     err = capsys.readouterr().err
     assert code != 0
     assert "broke off" in err or "ended" in err, err
@@ -86,14 +93,17 @@ def test_a_connection_broken_mid_scan_is_reported_and_the_received_part_kept(tmp
         tail = np.asarray(f["incomplete_row"][...]) if "incomplete_row" in f else np.zeros((0,) + kept.shape[1:])
     flat = frames.reshape(-1, *frames.shape[2:])
     np.testing.assert_array_equal(np.concatenate([kept, tail]), flat[:received])  # every received frame, in order
-    summary = json.loads((out / "live.json").read_text()) if rows >= 2 else None
-    if summary is not None:
-        assert summary["frames_received"] == received and summary["stop_reason"] != "complete"
-        assert (out / "results.h5").exists()
+    assert rows >= 2  # the first stack held five rows: reconstructed
+    summary = json.loads((out / "live.json").read_text())
+    assert summary["frames_received"] == received and "broke off" in summary["stop_reason"]
+    assert summary["rows_recorded"] == rows and (out / "results.h5").exists()
 
 
 def test_stopping_mid_scan_keeps_and_reconstructs_what_was_received(tmp_path, capsys):
-    code, frames, out = _run(tmp_path, dwell_us=30000, signal_after=2.5)
+    import os
+    import signal
+
+    code, frames, out = _run(tmp_path, dwell_us=30000, interrupt=lambda sim: os.kill(os.getpid(), signal.SIGTERM))
     assert code != 0 and "stopped by the operator" in capsys.readouterr().err
     with h5py.File(out / "stream.h5") as f:
         received = int(f.attrs["frames_received"])
@@ -102,8 +112,7 @@ def test_stopping_mid_scan_keeps_and_reconstructs_what_was_received(tmp_path, ca
         tail = np.asarray(f["incomplete_row"][...]) if "incomplete_row" in f else np.zeros((0,) + kept.shape[1:])
     np.testing.assert_array_equal(np.concatenate([kept, tail]), frames.reshape(-1, *frames.shape[2:])[:received])
     assert "SIGTERM received: the scan ends here" in (out / "live.log").read_text()
-    if len(kept) >= 2 * SCAN[1]:
-        assert (out / "results.h5").exists()
+    assert len(kept) >= 2 * SCAN[1] and (out / "results.h5").exists()  # the first stack's rows, reconstructed
 
 
 def test_prepared_data_put_matches_construction():
