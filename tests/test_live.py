@@ -115,6 +115,18 @@ def test_stopping_mid_scan_keeps_and_reconstructs_what_was_received(tmp_path, ca
     assert len(kept) >= 2 * SCAN[1] and (out / "results.h5").exists()  # the first stack's rows, reconstructed
 
 
+def test_no_detector_at_the_address_is_one_line_naming_it(tmp_path, capsys):
+    from phasestem.live.replay import free_ports as ports
+
+    _, params, _ = write_scan(tmp_path, SCAN)
+    port = ports(1)[0]
+    assert main(["live", str(params), "--data-port", str(port), "--arm-timeout", "1", "--out",
+                 str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert f"merlin://127.0.0.1:{port}: nothing accepted a connection" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out" / "stream.h5").exists()
+
+
 def test_prepared_data_put_matches_construction():
     """A frame put into the engine's patterns equals the same frame prepared at construction."""
     from phasestem.recon.prepared import PreparedData

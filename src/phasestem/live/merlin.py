@@ -10,6 +10,8 @@ for last night's ``.mib`` (``data.flip_y`` …) then reads the stream the same w
 """
 from __future__ import annotations
 
+import socket
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,6 +55,7 @@ class MerlinStream:
         """Connect and wait at most ``timeout`` s for an armed acquisition; StreamError when none comes."""
         require("libertem_qd_mpx", "phasestem live (a Merlin stream)")
         connection = require("libertem_live.detectors.merlin.connection", "phasestem live (a Merlin stream)")
+        self._wait_for_listener(timeout)  # LiberTEM-live's connection would wait for one forever
         try:
             self._merlin = connection.MerlinDetectorConnection(data_host=self.host, data_port=self.data_port)
             pending = self._merlin.wait_for_acquisition(timeout=timeout)
@@ -75,6 +78,21 @@ class MerlinStream:
                            frame_shape=tuple(int(s) for s in config.detector_shape()),
                            nav_shape=None if not nav else (int(nav[0]), int(nav[1])),
                            frames_per_trigger=int(config.frames_per_trigger()))
+
+    def _wait_for_listener(self, timeout: float) -> None:
+        """Return once the data port accepts a TCP connection (opened and closed again, as LiberTEM-live's own
+        connection reconnects before an acquisition); StreamError after ``timeout`` s of refusals."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                socket.create_connection((self.host, self.data_port), timeout=1.0).close()
+                return
+            except OSError as exc:
+                if time.monotonic() >= deadline:
+                    raise StreamError(f"{self.address}: nothing accepted a connection there within {timeout:g} s "
+                                      f"({exc}); is the Merlin software (or libertem-live-mib-sim) serving data on "
+                                      "this port?") from None
+                time.sleep(0.2)
 
     def read(self, max_frames: int) -> np.ndarray | None:
         """The next frames (k ≤ ``max_frames``, H, W) in the detector's integer type, rows flipped (see the module);
