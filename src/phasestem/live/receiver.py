@@ -1,9 +1,9 @@
 """The thread that takes a scan's frames off the detector stream, into memory and into the recording.
 
 It owns the stream's reads and the recording's writes; the session reads ``received`` (frames in memory, raster
-order) and the frames below it, which never change once counted. A broken connection ends the thread with
-``error`` set; a stream that ends before the scan is full sets ``ended``; :meth:`Receiver.stop` ends it early
-(the operator stopped: everything received is kept).
+order) and the frames below it, which never change once counted. A broken connection (or a failure of its own,
+e.g. the recording's disk full) ends the thread with ``error`` set; a stream that ends before the scan is full
+sets ``ended``; :meth:`Receiver.stop` ends it early (the operator stopped: everything received is kept).
 """
 from __future__ import annotations
 
@@ -70,6 +70,9 @@ class Receiver(threading.Thread):
         except StreamError as exc:
             if not self._stopping.is_set():
                 self.error = exc
+        except Exception as exc:  # noqa: BLE001 - e.g. the recording's disk full: the stream ends, said, not a hang
+            self.error = StreamError(f"{self.stream.address}: receiving stopped after {self.received} frames "
+                                     f"({type(exc).__name__}: {exc})")
 
     @property
     def scan_seconds(self) -> float:
