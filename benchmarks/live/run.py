@@ -37,23 +37,27 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "real_data"))
 from make_mib import load_truth  # noqa: E402
 
+sys.path.insert(0, str(HERE))
+from check_scan import Scorer  # noqa: E402
+
 #: a route reaches the offline accuracy when its E_φ is within this factor of the offline final E_φ; the second
 #: factor marks a phase good enough to judge the specimen by (reported beside it)
 WITHIN, ROUGH = 1.05, 1.25
 
 
 def live_params(data: Path, out: Path, epochs: int):
-    from phasestem.base.configfile import read_yaml_mapping
-    from phasestem.live.recording import RECORDING_NAME
-    from phasestem.recon.params import parse_params
+    """``phasestem live``'s parameters (:func:`phasestem.live.session.live_params`) from make_scan's parameter
+    file less its ``data.file``, copied into the benchmark's folder (it names no other file)."""
+    import yaml
 
-    raw = read_yaml_mapping(data / "params.yaml", "parameter file")
+    from phasestem.live.session import live_params as parse
+
+    raw = yaml.safe_load((data / "params.yaml").read_text())
     raw.get("data", {}).pop("file", None)
-    params = parse_params(raw, "params.yaml", data, {"data.file": RECORDING_NAME, "run.n_epochs": epochs,
-                                                     "run.progress": False})
-    params.run.out_dir = out
-    params.data.file = out / RECORDING_NAME
-    return params
+    out.parent.mkdir(parents=True, exist_ok=True)
+    copy = out.parent / "params_live.yaml"
+    copy.write_text(yaml.safe_dump(raw))
+    return parse(copy, {"run.n_epochs": epochs, "run.progress": False}, out)
 
 
 def run_live_route(data: Path, out: Path, fps: float, epochs: int, scan_shape) -> dict:
@@ -107,31 +111,6 @@ def run_offline_route(data: Path, out: Path, epochs: int) -> dict:
     t0 = time.perf_counter()
     model = run_reconstruction(params, callback_hooks=[lambda model, dataset, twin: Capture()])
     return {"model": model, "captures": captures, "t0": t0, "seconds": time.perf_counter() - t0}
-
-
-class Scorer:
-    """E_φ of a route's object phases against the truth over the scanned field, as ``check_scan.py`` scores a
-    results file (the truth put on the object grid by the affine fit of its positions,
-    :func:`phasestem.metrics.truth_on_grid`; :func:`phasestem.metrics.figures_of_merit`)."""
-
-    def __init__(self, results: Path, truth: dict):
-        from phasestem.metrics import truth_on_grid
-        from phasestem.recon.results import load_results
-
-        r = load_results(results)
-        self.reference = np.asarray(r["phase_sum"], dtype=np.float64)
-        s = np.broadcast_to(np.asarray(r["attrs"]["sampling"], dtype=np.float64), (2,))
-        pos = np.asarray(r["positions_initial"], dtype=np.float64) + np.asarray(r["attrs"]["origin"])
-        t = truth_on_grid(truth["phase"], truth["sampling"], truth["positions"], pos, s, self.reference.shape)
-        lo = np.ceil(pos.min(0) / s).astype(int)
-        hi = np.floor(pos.max(0) / s).astype(int) + 1
-        self.field = (slice(lo[0], hi[0]), slice(lo[1], hi[1]))
-        self.truth, self.sampling = t[self.field], tuple(s)
-
-    def __call__(self, phase_sum: np.ndarray) -> float:
-        from phasestem.metrics import figures_of_merit
-
-        return float(figures_of_merit(phase_sum[self.field], self.truth, sampling=self.sampling)["phase_error"])
 
 
 def errors(model, captures, scorer: Scorer) -> list[float]:

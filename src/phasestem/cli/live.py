@@ -46,31 +46,21 @@ def register(subparsers, train_subparsers) -> None:
                         "so from 2 s")
     p.add_argument("--epochs", type=int, default=None, help="epochs after the scan (overrides run.n_epochs)")
     p.add_argument("--preview", metavar="MODEL", default=None,
-                   help="a restorer (file, run folder or shipped name) whose restoration of the growing phase the page "
-                        "shows, where its card fits the stream's optics (else the page says why; the scan goes on)")
+                   help="a restorer (file, run folder or shipped name) whose restoration of the growing phase goes "
+                        "into OUT/live.npz (restored_phase), where its card fits the stream's optics (else "
+                        "preview_note and the log say why; the scan goes on)")
     add_device(p, what="overrides run.device")
     add_set(p, "model.n_slices=2")
     p.set_defaults(func=_live_cmd)
 
 
 def _live_cmd(args) -> int:
-    from ..base.configfile import parse_set_options, read_yaml_mapping
+    from ..base.configfile import parse_set_options
     from ..base.errors import ConfigError
     from ..live.merlin import MerlinStream
-    from ..live.recording import RECORDING_NAME
-    from ..live.session import run_live
-    from ..recon.params import parse_params
+    from ..live.session import live_params, run_live
 
-    data = read_yaml_mapping(args.params, "parameter file")
-    if isinstance(data.get("data"), dict) and data["data"].get("file"):
-        raise ConfigError(f"{args.params}: data.file: a live run records the stream into OUT/{RECORDING_NAME}; "
-                          "leave data.file out")
-    overrides = parse_set_options(args.set)
-    overrides["data.file"] = RECORDING_NAME  # the recording; set below, once the run folder is known
-    params = parse_params(data, str(args.params), args.params.parent, overrides)
-    if args.out is not None:
-        params.run.out_dir = args.out
-    params.data.file = Path(params.run.out_dir) / RECORDING_NAME
+    params = live_params(args.params, parse_set_options(args.set), args.out)
     if args.epochs:
         params.run.n_epochs = args.epochs
     if args.device:

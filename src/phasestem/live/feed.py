@@ -128,9 +128,8 @@ class StreamFeed(Callback):
             return str(r.error)
         if r.ended:
             return f"the stream ended after {r.received} of {r.n} frames"
-        quiet = time.perf_counter() - r.last_frame
-        if not r.done and quiet > 2.0:
-            return f"no frame from the detector for {quiet:.0f} s (stalled?)"
+        if not r.done and r.quiet_seconds > 2.0:
+            return f"no frame from the detector for {r.quiet_seconds:.0f} s (stalled?)"
         return ""
 
     def epochs_fitted(self) -> float:
@@ -170,16 +169,21 @@ class StreamFeed(Callback):
             out["restored_phase"] = p.image
         return out
 
-    def write_snapshot(self, model) -> None:
-        """Replace the page's snapshot: ``model``'s phase and probe, the stream's counters and images."""
+    def page_arrays(self, model) -> dict:
+        """What the page's snapshot adds to ``model``'s: the stream's stage, message, counters and images, and the
+        restorer's preview (also every snapshot of the recording's reconstruction: ``snapshot_extra``)."""
         extra = {k: np.asarray(v) for k, v in self.counters().items()}
         extra.update(self._preview(model))
         extra.update(stage=np.asarray(self.stage), message=np.asarray(self.message),
                      scan_shape=np.asarray(self.receiver.scan_shape),
                      scan_step=np.asarray(self.views.dataset.scan_step, dtype=np.float64), virtual_bf=self.views.bf,
                      virtual_adf=self.views.adf, icom_phase=self.views.icom())
+        return extra
+
+    def write_snapshot(self, model) -> None:
+        """Replace the page's snapshot: ``model``'s phase and probe with :meth:`page_arrays`."""
         try:
-            write_snapshot(self.snapshot_path, model, self.n_epochs, extra=extra)
+            write_snapshot(self.snapshot_path, model, self.n_epochs, extra=self.page_arrays(model))
         except OSError as exc:
             log.warning("live snapshot %s not written (%s)", self.snapshot_path, exc)
         self.last_snapshot = time.perf_counter()

@@ -40,12 +40,9 @@ class Acquisition:
 class MerlinStream:
     """The data connection to a Merlin detector (or LiberTEM-live's simulator) at ``host``:``data_port``."""
 
-    kind = "merlin"
-
     def __init__(self, host: str = "127.0.0.1", data_port: int = 6342):
         self.host, self.data_port = host, int(data_port)
         self._merlin = self._conn = self._client = None
-        self.dtype: np.dtype | None = None
 
     @property
     def address(self) -> str:
@@ -105,8 +102,7 @@ class MerlinStream:
             if stack is None or len(stack) == 0:
                 return None
             shape = tuple(int(s) for s in stack.get_shape())
-            self.dtype = np.dtype(stack.get_dtype_string())
-            out = np.empty((len(stack), *shape), self.dtype)
+            out = np.empty((len(stack), *shape), np.dtype(stack.get_dtype_string()))
             try:
                 client.decode_range_into_buffer(stack, out, 0, len(stack))
             finally:

@@ -3,11 +3,12 @@
 A restorer (:mod:`phasestem.learn.nets.restorer`; a file, run folder or shipped name) is checked against the
 stream's optics with the one geometry check of ``restore`` and ``reconstruct --prior``
 (:func:`phasestem.learn.apply.restorer.check_geometry`): a model trained for other optics gives no preview, and
-the page and the log say why; the acquisition goes on. Where it fits, the page's snapshot carries
-``restored_phase``: the network's restoration of the AD phase so far over the scanned field (dataset frame, NaN
-outside the field, reduced like the other images). A restoration costs a forward pass of the network, so it is
-made at most once every :data:`MIN_INTERVAL` s and never more than a tenth of the time; it is a preview, without
-the data's guard (``phasestem restore`` on the finished ``results.h5`` gives the guarded restoration).
+the snapshot (``preview_note``) and the log say why; the acquisition goes on. Where it fits, the snapshot carries
+``restored_phase`` (serve's Live page does not draw it yet): the network's restoration of the AD phase so far over
+the scanned field (dataset frame, NaN outside the field, reduced like the other images). A restoration costs a
+forward pass of the network, so it is made at most once every :data:`MIN_INTERVAL` s and never more than a tenth
+of the time; it is a preview, without the data's guard (``phasestem restore`` on the finished ``results.h5`` gives
+the guarded restoration).
 """
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ class RestorerPreview:
 
 
 def make_preview(model_path: str | None, dataset, model) -> tuple[RestorerPreview | None, str]:
-    """(the preview, or None; the line the page and the log show about it)."""
+    """(the preview, or None; the line the snapshot and the log carry about it)."""
     if model_path is None:
         return None, ""
     try:

@@ -33,8 +33,7 @@ class Receiver(threading.Thread):
         self.first_count = 0  # frames that came with them
         self.error: StreamError | None = None
         self.ended = False  # the stream ended before the scan was full
-        self.stalled = False  # ended by the session: no frame for its stall timeout
-        self.stopped = False  # ended by the operator (a signal)
+        self.stopped_because: str | None = None  # why the session ended it (a stall, the operator)
         self._stopping = threading.Event()
 
     @property
@@ -85,9 +84,29 @@ class Receiver(threading.Thread):
         t = self.scan_seconds
         return (self.received - self.first_count) / t if t > 0 else float("nan")
 
-    def stop(self) -> None:
-        """Stop reading (the connection is closed by its owner, which wakes a blocked read)."""
+    @property
+    def quiet_seconds(self) -> float:
+        """Seconds since the last frames came (or since the receiver was made)."""
+        return time.perf_counter() - self.last_frame
+
+    def stop(self, because: str | None = None) -> None:
+        """Stop reading and close the stream (which wakes a blocked read); ``because``: why the scan ends here
+        (:meth:`end_reason`), None when it is over anyway."""
+        if because is not None and self.stopped_because is None:
+            self.stopped_because = because
         self._stopping.set()
+        self.stream.close()
+
+    def end_reason(self) -> str | None:
+        """Why no more frames come: ``complete``, the broken connection's error, why the session stopped it, or
+        ``the stream ended early``; None while frames may still come."""
+        if self.received == self.n:
+            return "complete"
+        if self.error is not None:
+            return str(self.error)
+        if self.stopped_because is not None:
+            return self.stopped_because
+        return "the stream ended early" if self.ended else None
 
     def incomplete_row(self) -> np.ndarray:
         """The frames of the unfinished last row (k, H, W), k may be 0."""

@@ -23,6 +23,12 @@ from ..io.hdf5 import write_calibrations
 PARTIAL_NAME, RECORDING_NAME = "stream.partial.h5", "stream.h5"
 
 
+def find_recording(folder: str | Path) -> Path | None:
+    """A run folder's recording: ``stream.h5`` once the stream ended, else ``stream.partial.h5`` (while it runs,
+    or a run stopped at once), else None."""
+    return next((Path(folder) / n for n in (RECORDING_NAME, PARTIAL_NAME) if (Path(folder) / n).is_file()), None)
+
+
 class Recording:
     """``folder/stream.partial.h5`` for a scan of ``scan_shape`` frames of ``frame_shape`` and ``dtype``, with
     the calibrations of ``raw`` (a :class:`~phasestem.dataset.FourDSTEM` of the parameter file's values) and the

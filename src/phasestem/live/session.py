@@ -22,6 +22,7 @@ recording) and raises :class:`~phasestem.live.merlin.StreamError` after the resu
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import signal
@@ -48,6 +49,27 @@ LIVE_COMMAND = "phasestem live"
 SUMMARY_NAME = "live.json"
 #: the run log of the streaming part
 LOG_NAME = "live.log"
+
+
+def live_params(path: str | Path, overrides: dict | None = None, out: str | Path | None = None):
+    """The :class:`~phasestem.recon.params.ReconstructParams` of a live run from the parameter file ``path``
+    (``overrides``: ``--set``; ``out``: the run folder instead of ``run.out_dir``), ``data.file`` the recording in
+    the run folder. A file or an override naming ``data.file`` is refused in one line (the stream is the data)."""
+    from ..base.configfile import apply_overrides, read_yaml_mapping
+    from ..recon.params import parse_params
+    from .recording import RECORDING_NAME
+
+    path, overrides = Path(path), dict(overrides or {})
+    data = read_yaml_mapping(path, "parameter file")
+    section = apply_overrides(copy.deepcopy(data), overrides).get("data")
+    if "data.file" in overrides or (isinstance(section, dict) and section.get("file")):
+        raise ConfigError(f"{path}: data.file: a live run records the detector's stream into its run folder "
+                          f"({RECORDING_NAME}); leave data.file out")
+    params = parse_params(data, str(path), path.parent, {**overrides, "data.file": RECORDING_NAME})
+    if out is not None:
+        params.run.out_dir = Path(out)
+    params.data.file = Path(params.run.out_dir) / RECORDING_NAME
+    return params
 
 
 def _stream_calibrations(params) -> dict:
@@ -98,7 +120,7 @@ def _wait_first_row(receiver: Receiver, stall_timeout: float) -> None:
         if receiver.ended or not receiver.is_alive():
             raise StreamError(f"{receiver.stream.address}: the stream ended after {receiver.received} frames, before "
                               "a whole scan row")
-        if time.perf_counter() - receiver.last_frame > stall_timeout:
+        if receiver.quiet_seconds > stall_timeout:
             raise StreamError(f"{receiver.stream.address}: no frame for {stall_timeout:g} s before a whole scan row "
                               "(stalled detector)")
         time.sleep(0.01)
@@ -147,42 +169,38 @@ class StallStop(Callback):
 
     def on_epoch_end(self, loop) -> None:
         r = self.receiver
-        if not r.done and time.perf_counter() - r.last_frame > self.stall_timeout:
+        if not r.done and r.quiet_seconds > self.stall_timeout:
             log.warning("%s: no frame for %g s: the scan is taken as ended (stalled detector)", r.stream.address,
                         self.stall_timeout)
-            r.stalled = True
-            r.stop()
-            r.stream.close()
+            r.stop("stalled")
 
 
-class _Finishing(Callback):
-    """The page's snapshot after every epoch of the finishing reconstruction, with the stream's counters and images
-    (written after the reconstruction's own, which has neither)."""
+class _Note(Callback):
+    """One line into the run log of the recording's reconstruction (``reconstruct.log``), once its file handler is
+    on (after the first epoch)."""
 
-    def __init__(self, feed, note: str):
-        self.feed, self.note = feed, note
+    def __init__(self, note: str):
+        self.note = note
 
     def on_epoch_end(self, loop) -> None:
-        if self.note:  # in the run log (reconstruct.log), once its file handler is on
+        if self.note:
             run_log.info("%s", self.note)
             self.note = ""
-        self.feed.write_snapshot(loop.model)
 
 
-def _continue_from(live_model, feed):
+def _continue_from(live_model):
     """A ``callback_hooks`` entry of :func:`~phasestem.recon.run.run_reconstruction`: the new model starts from the
-    live model's object, probe and positions (same scan and grid), then runs as a reconstruction; its snapshots
-    keep the stream's account (:class:`_Finishing`)."""
+    live model's object, probe and positions where they fit it (the same scan and grid,
+    :func:`~phasestem.base.torch_files.state_dict_mismatch`), then runs as a reconstruction."""
+    from ..base.torch_files import state_dict_mismatch
 
     def hook(model, dataset, twin):
         state = live_model.state_dict()
-        mine = model.state_dict()
-        if all(k in mine and mine[k].shape == v.shape for k, v in state.items()):
+        if not state_dict_mismatch(model.state_dict(), state):
             model.load_state_dict(state)
-            note = "the reconstruction of the recording started from the live run's object, probe and positions"
-        else:
-            note = "the reconstruction of the recording started afresh: the received scan differs from the live one"
-        return _Finishing(feed, note)
+            return _Note("the reconstruction of the recording started from the live run's object, probe and "
+                         "positions")
+        return _Note("the reconstruction of the recording started afresh: the received scan differs from the live one")
 
     return hook
 
@@ -237,7 +255,6 @@ def run_live(params, stream, arm_timeout: float = 60.0, stall_timeout: float = 3
                     model, feed = _live_engine(params, receiver, out, sources, stall_timeout, preview)
             except BaseException:
                 receiver.stop()
-                stream.close()
                 receiver.join(timeout=5)
                 if receiver.recording is not None:
                     receiver.recording.close()
@@ -256,7 +273,8 @@ def run_live(params, stream, arm_timeout: float = 60.0, stall_timeout: float = 3
                    **counters}
         t_final = time.perf_counter()
         feed.stage, feed.n_epochs = "finishing", final.run.n_epochs
-        model = run_reconstruction(final, sources=sources, callback_hooks=[_continue_from(model, feed)])
+        model = run_reconstruction(final, sources=sources, callback_hooks=[_continue_from(model)],
+                                   snapshot_extra=feed.page_arrays)  # the page keeps the stream's account
         summary["final_seconds"] = time.perf_counter() - t_final
         feed.stage = "done"
         feed.write_snapshot(model)  # with σ (results.h5's) and the stream's account
@@ -273,10 +291,7 @@ def _end_stream(receiver: Receiver, feed) -> tuple[Path, str, dict]:
     feed's counters)."""
     receiver.stop()
     receiver.join(timeout=5)
-    receiver.stream.close()
-    reason = ("complete" if receiver.received == receiver.n else str(receiver.error) if receiver.error
-              else "stalled" if receiver.stalled else "stopped by the operator" if receiver.stopped
-              else "the stream ended early")
+    reason = receiver.end_reason() or "the stream ended early"
     path = receiver.recording.finish(receiver.incomplete_row(), reason)
     counters = feed.counters()
     log.info("stream: %d of %d frames received (%s) in %.3g s (%.4g frames/s), recorded in %s; %d live updates, "
@@ -301,9 +316,7 @@ def _operator_stop(receiver: Receiver):
                     "again to stop at once)", signal.Signals(signum).name)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        receiver.stopped = True
-        receiver.stop()
-        receiver.stream.close()
+        receiver.stop("stopped by the operator")
 
     for sig in previous:
         signal.signal(sig, stop)

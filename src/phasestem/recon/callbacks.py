@@ -282,16 +282,17 @@ class LogFile(Callback):
 
 class LiveSnapshots(Callback):
     """Replaces ``path`` with a :func:`~phasestem.recon.live.snapshot` (the live page of ``phasestem serve``) after
-    every epoch, once its record is complete. A snapshot that cannot be written is logged once and the run goes
-    on."""
+    every epoch, once its record is complete, with ``extra(model)``'s arrays where given (a live run's stream,
+    :mod:`phasestem.live`). A snapshot that cannot be written is logged once and the run goes on."""
 
-    def __init__(self, path: str | Path, n_epochs: int, max_side: int = LIVE_MAX_SIDE):
-        self.path, self.n_epochs, self.max_side = Path(path), n_epochs, max_side
+    def __init__(self, path: str | Path, n_epochs: int, max_side: int = LIVE_MAX_SIDE, extra=None):
+        self.path, self.n_epochs, self.max_side, self.extra = Path(path), n_epochs, max_side, extra
         self.failed: list[OSError] = []
 
     def on_record(self, loop) -> None:
         try:
-            write_snapshot(self.path, loop.model, self.n_epochs, self.max_side)
+            write_snapshot(self.path, loop.model, self.n_epochs, self.max_side,
+                           None if self.extra is None else self.extra(loop.model))
         except OSError as exc:
             if not self.failed:
                 log.warning("live snapshot %s not written (%s); the run goes on without it", self.path, exc)

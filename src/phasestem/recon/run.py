@@ -73,7 +73,7 @@ def _setup_reports(params: ReconstructParams, dataset, model, out: Path):
 
 
 def run_reconstruction(params: ReconstructParams, resume: bool = False, sources: dict[str, str] | None = None,
-                       dataset=None, start_phase=None, callback_hooks=()):
+                       dataset=None, start_phase=None, callback_hooks=(), snapshot_extra=None):
     """Run a reconstruction described by ``params``; returns the model (None in the parent of
     ``run.n_processes`` > 1 spawned processes). ``sources`` labels values of the parameter file by field in the
     run log and results.h5 (default ``YAML``; see :func:`phasestem.recon.params.build_dataset`).
@@ -84,7 +84,8 @@ def run_reconstruction(params: ReconstructParams, resume: bool = False, sources:
     ``callback_hooks``: functions ``hook(model, dataset, twin)`` → an engine callback
     (:mod:`phasestem.recon.callbacks`), called once the model is built (and resumed), before the epochs, e.g. the
     learned prior of ``reconstruct --prior``; ``twin()`` gives a :class:`~phasestem.recon.twin.TwinRun`, plain AD of
-    the same recipe beside the run (:func:`_twin`); not with ``run.n_processes`` > 1.
+    the same recipe beside the run (:func:`_twin`); not with ``run.n_processes`` > 1. ``snapshot_extra(model)``:
+    arrays added to every ``OUT/live.npz`` snapshot (a live run's stream, :mod:`phasestem.live.session`).
 
     Under ``torchrun`` (RANK, WORLD_SIZE, LOCAL_RANK in the environment) this process joins the process group
     itself (nccl on CUDA, gloo on CPU) and ``run.n_processes`` is ignored; ``run.n_processes`` > 1 otherwise
@@ -121,7 +122,7 @@ def run_reconstruction(params: ReconstructParams, resume: bool = False, sources:
             launch(params.run.n_processes, _reconstruct_rank, params.model_dump(mode="json"), resume, sources,
                    backend=backend_for(params.run.device))
             return None
-        return _reconstruct_rank(params, resume, sources, dataset, start_phase, callback_hooks)
+        return _reconstruct_rank(params, resume, sources, dataset, start_phase, callback_hooks, snapshot_extra)
 
 
 def _recipe_epochs(params: ReconstructParams, losses, start_phase, device, dataset, n_epochs: int,
@@ -161,7 +162,7 @@ def _twin(params: ReconstructParams, losses, start_phase, device, dataset):
 
 
 def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = None, dataset=None, start_phase=None,
-                      callback_hooks=()):
+                      callback_hooks=(), snapshot_extra=None):
     import contextlib
 
     import matplotlib.pyplot as plt
@@ -232,7 +233,7 @@ def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = Non
         callbacks.append(report)
     if main:  # OUT/live.npz after every epoch: the live page of phasestem serve
         from .live import LIVE_FILE
-        callbacks.append(LiveSnapshots(out / LIVE_FILE, params.run.n_epochs))
+        callbacks.append(LiveSnapshots(out / LIVE_FILE, params.run.n_epochs, extra=snapshot_extra))
     callbacks += [Checkpoints(ckpt, params.run.checkpoint_every), LogFile(log_path)]
     if params.run.figures_every:
         callbacks.append(Figures(out, params.run.figures_every))
@@ -252,7 +253,8 @@ def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = Non
             from .live import LIVE_FILE, write_snapshot
 
             try:
-                write_snapshot(out / LIVE_FILE, model, params.run.n_epochs)
+                write_snapshot(out / LIVE_FILE, model, params.run.n_epochs,
+                               extra=None if snapshot_extra is None else snapshot_extra(model))
             except OSError as exc:  # as after every epoch: the results matter, the live page can do without
                 log.warning("live snapshot with the σ map not written (%s)", exc)
         metrics = None

@@ -2,7 +2,6 @@
 the workspace root, and the validated parameter file for its run folder (:func:`build_job`)."""
 from __future__ import annotations
 
-import copy
 import math
 import os
 import re
@@ -229,17 +228,10 @@ def check_live(root: Path, config: Path, overrides: dict[str, Any], args: list[s
     """A live job: its parameter file (with ``overrides``) has no ``data.file`` (the job records the stream into
     its run folder) and is valid for ``phasestem live``; its detector host is a host name or address, its data
     port a TCP port, its timeouts positive."""
-    from ..live.recording import RECORDING_NAME
-    from ..recon.params import parse_params
+    from ..live.session import live_params
 
-    source = relative(root, config)
     try:
-        data = read_yaml_mapping(config, "parameter file")
-        section = apply_overrides(copy.deepcopy(data), overrides).get("data")
-        if "data.file" in overrides or (isinstance(section, dict) and section.get("file")):
-            raise Refused(f"{source}: data.file: a live job records the detector's stream into its run folder "
-                          f"({RECORDING_NAME}); leave data.file out", 400)
-        parse_params(data, source, config.parent, {**overrides, "data.file": RECORDING_NAME})
+        live_params(config, overrides)
     except ConfigError as exc:
         raise Refused(public_message(exc, root), 400) from None
     ns = _RefusingParser.get("live", None).parse_args(["placeholder", *args])

@@ -160,8 +160,11 @@ def _stopped_detail(run_dir: Path) -> str:
 
 
 def _recording(run_dir: Path) -> str | None:
-    """A live job's recording in ``run_dir`` (``stream.h5``, else ``stream.partial.h5``), None where it has none."""
-    return next((name for name in ("stream.h5", "stream.partial.h5") if (run_dir / name).is_file()), None)
+    """The name of a live job's recording in ``run_dir`` (:func:`phasestem.live.recording.find_recording`)."""
+    from ..live.recording import find_recording
+
+    found = find_recording(run_dir)
+    return None if found is None else found.name
 
 
 def _read_outcome(run_dir: Path, job: Job) -> dict[str, Any]:

@@ -130,16 +130,16 @@ def stream_view(snap: dict[str, np.ndarray], pictures: dict[str, dict]) -> dict[
 
 
 def recording_of(run_dir: Path) -> dict[str, Any] | None:
-    """A live job's recording in ``run_dir``: the file (``stream.h5`` once the stream ended, ``stream.partial.h5``
-    while it runs or when it was stopped) and its size, or None before the first frames."""
-    from ..live.recording import PARTIAL_NAME, RECORDING_NAME
+    """A live job's recording in ``run_dir`` (:func:`phasestem.live.recording.find_recording`: ``stream.h5`` once
+    the stream ended, ``stream.partial.h5`` while it runs or when it was stopped) and its size, or None before the
+    first frames."""
+    from ..live.recording import find_recording
 
-    for name in (RECORDING_NAME, PARTIAL_NAME):
-        try:
-            return {"name": name, "bytes": (Path(run_dir) / name).stat().st_size}
-        except OSError:
-            continue
-    return None
+    found = find_recording(run_dir)
+    try:
+        return None if found is None else {"name": found.name, "bytes": found.stat().st_size}
+    except OSError:  # renamed between the look and the size
+        return None
 
 
 def live_pixels(snap: dict[str, np.ndarray]) -> tuple[dict, dict]:
