@@ -59,8 +59,8 @@ def engine_step(model, dataset, batch: int, mode: str = "none"):
     """One engine batch step of the first ``batch`` positions (forward, loss, backward, Adam; ``mode``:
     ``run.compile``) as a callable, with its data prepared once."""
     from phasestem.recon.engine import prepared_data
-    from phasestem.recon.losses import LossConfig
     from phasestem.recon.optimizers import build_optimizer
+    from phasestem.recon.settings.losses import LossConfig
     from phasestem.recon.step import BatchStep
 
     cfg = LossConfig()

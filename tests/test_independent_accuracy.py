@@ -127,7 +127,7 @@ def test_small_amplitude_step_keeps_noise_out_of_a_phase_object(one_torch_thread
     pos = raster(SCAN, STEP, (margin * SAMPLING, margin * SAMPLING))
     pats = simulate_patterns(phases, SAMPLING, pos, WINDOW, ENERGY, SEMIANGLE, DEFOCUS, dose=1e4, rng=rng)
     pats, truth = pats.reshape(*SCAN, WINDOW, WINDOW), phases[0, margin:, margin:]
-    from phasestem.recon.losses import LossConfig
+    from phasestem.recon.settings.losses import LossConfig
 
     def final_r(amplitude_lr):
         ds = _dataset(pats, DEFOCUS)
@@ -246,9 +246,9 @@ def test_whole_scan_curvature_averages_the_noise_of_a_dense_scan(one_torch_threa
 
 def test_whole_scan_curvature_is_on_for_counted_data_only():
     from phasestem.base.errors import PhasestemError
-    from phasestem.recon.losses import LossConfig
     from phasestem.recon.params import parse_params
     from phasestem.recon.precondition import COUNTED_DATA_BATCHES, resolve_batches
+    from phasestem.recon.settings.losses import LossConfig
 
     assert RunConfig().precondition_batches == "auto"
     assert resolve_batches("auto", LossConfig(gaussian=0.5, poisson=0.5)) == COUNTED_DATA_BATCHES

@@ -148,7 +148,7 @@ def test_an_epoch_fits_only_the_positions_a_callback_chooses():
     from phasestem.recon.callbacks import Callback
     from phasestem.recon.engine import optimize
     from phasestem.recon.model import Ptychography
-    from phasestem.recon.run_config import RunConfig
+    from phasestem.recon.settings.run import RunConfig
     from phasestem.recon.synthetic import synthetic_scan
 
     ds = synthetic_scan(scan_shape=(8, 8), scan_step=1.5, seed=3)

@@ -22,11 +22,11 @@ from phasestem.recon.decay_rule import (
     resolve_lr_decay,
 )
 from phasestem.recon.engine import optimize
-from phasestem.recon.losses import LossConfig
 from phasestem.recon.model import Ptychography
 from phasestem.recon.optimizers import decay_factor
 from phasestem.recon.params import RunConfig
 from phasestem.recon.report import auto_settings
+from phasestem.recon.settings.losses import LossConfig
 from phasestem.recon.synthetic import synthetic_scan
 
 COUNTED = LossConfig(gaussian=0.5, poisson=0.5)
@@ -87,7 +87,7 @@ CASES = [(LossConfig(), 0.5, "cosine"), (LossConfig(), 6.0, "none"),
 def test_the_run_steps_with_the_resolved_decay_and_records_why(losses, max_phase, expected, caplog):
     """A weak and a strong scatterer without counts, and counted data (phasestem's simulator: plumbing)."""
     caplog.set_level("INFO", logger="phasestem.recon")
-    counted = losses.poisson > 0
+    counted = losses.weight("poisson") > 0
     ds = synthetic_scan(window=(32, 32), sampling=0.4, scan_shape=(4, 4), max_phase=max_phase,
                           dose=1e5 if counted else None, seed=2)
     model = Ptychography.from_dataset(ds)

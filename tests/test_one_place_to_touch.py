@@ -83,8 +83,8 @@ def run_copy(root: Path, code: str, timeout: int = 300) -> str:
 def test_a_loss_term_is_one_function_and_one_registration(copy):
     """recon/losses.py: a function and register_term; the parameter file's losses section names it, and it runs
     (its column in every epoch's record)."""
-    insert(copy, "recon/losses.py", "#: the terms that are fields of :class:`LossConfig` (and of the parameter file's "
-           "``losses`` section)", '''
+    insert(copy, "recon/losses.py", "#: the terms that are fields of the parameter file's ``losses`` section "
+           "(:class:`~.settings.losses.LossConfig`)", '''
         def _planted(cfg, b):
             return (b.model_i * 0).sum() + 0.25
 
@@ -99,9 +99,9 @@ def test_a_loss_term_is_one_function_and_one_registration(copy):
 
 
 def test_a_constraint_is_its_settings_and_one_row(copy):
-    """recon/constraint_settings.py: a Schedule subclass as a field of Constraints; recon/constraints.py: its
+    """recon/settings/constraints.py: a Schedule subclass as a field of Constraints; recon/constraints.py: its
     function and one row of ACTIONS. The parameter file's constraints section turns it on with its schedule."""
-    insert(copy, "recon/constraint_settings.py", "class Constraints(StrictModel):", '''
+    insert(copy, "recon/settings/constraints.py", "class Constraints(StrictModel):", '''
         class PlantedMark(Schedule):
             """A planted constraint: marks the epochs it ran at."""
 
@@ -109,7 +109,7 @@ def test_a_constraint_is_its_settings_and_one_row(copy):
 
 
     ''', before=True)
-    insert(copy, "recon/constraint_settings.py", '    tv: TotalVariation = Field(default_factory=TotalVariation, '
+    insert(copy, "recon/settings/constraints.py", '    tv: TotalVariation = Field(default_factory=TotalVariation, '
            'description="total-variation regularisation")',
            '    planted: PlantedMark = Field(default_factory=PlantedMark, description="a planted constraint")')
     insert(copy, "recon/constraints.py", '    "tv": lambda model, s, epoch: tv_regularize(model, s),',
@@ -266,9 +266,9 @@ def test_a_serve_page_is_its_endpoint_and_one_route(copy):
 
 
 def test_a_setting_is_one_field_of_its_section(copy):
-    """recon/run_config.py: one field of the run section (and the line that reads it): the parameter file sets it,
+    """recon/settings/run.py: one field of the run section (and the line that reads it): the parameter file sets it,
     the engine reads it from the section itself, and the generated configuration reference documents it."""
-    insert(copy, "recon/run_config.py", '    seed: int = Field(0, description="seed of the batch order")',
+    insert(copy, "recon/settings/run.py", '    seed: int = Field(0, description="seed of the batch order")',
            '    planted_note: str = Field("", description="a planted setting: a line the run log writes")')
     insert(copy, "recon/engine.py", '    loop.precondition_batches = resolve_batches(run.precondition_batches, losses)',
            '    if run.planted_note:\n        log.info("planted: %s", run.planted_note)')
@@ -282,20 +282,19 @@ def test_a_setting_is_one_field_of_its_section(copy):
     assert "planted: hello" in out and out.strip().endswith("True")
 
 
-def test_a_model_option_is_a_field_of_the_section_and_of_model_options(copy):
-    """recon/schema.py's ModelConfig and recon/model_options.py's ModelOptions (the same field, declared twice: the
-    section and the options the model is built from) and the line that reads it: the parameter file sets it and the
-    model has it; ModelOptions.from_config places the section whole."""
-    insert(copy, "recon/schema.py", '    initial_phase: InitialPhase | None = Field(None, description="start the '
-           'object phase from an image")', '    planted_gain: float = Field(1.0, description="a planted model option")',
-           before=True)
-    insert(copy, "recon/model_options.py", "    probe_support_radius: float | None = None",
-           "    planted_gain: float = 1.0")
+def test_a_model_option_is_one_field_of_the_model_section(copy):
+    """recon/settings/model.py: one field of ModelSettings (the parameter file's section and the options a model is
+    built from both take it) and the line that reads it: the parameter file sets it, a program's keyword too."""
+    insert(copy, "recon/settings/model.py", '    per_position_tilt: bool = Field(False, description="one tilt per '
+           'position instead of a global one")', '    planted_gain: float = Field(1.0, description="a planted option")')
     insert(copy, "recon/model.py", "        model.obj_preblur = float(o.obj_preblur)",
            "        model.planted_gain = float(o.planted_gain)")
     out = run_copy(copy, '''
+        from phasestem.recon.model import Ptychography
         from phasestem.recon.params import build_dataset, build_model
         params = tiny_params(model={"planted_gain": 2.5})
-        print(build_model(params, build_dataset(params)).planted_gain)
+        dataset = build_dataset(params)
+        print(build_model(params, dataset).planted_gain,
+              Ptychography.from_dataset(dataset, planted_gain=3).planted_gain)
     ''')
-    assert out.strip() == "2.5"
+    assert out.strip() == "2.5 3.0"

@@ -150,8 +150,8 @@ def test_calibrate_takes_the_files_energy_and_step_and_a_different_flag_warns(re
 
 # ---- loss terms ---------------------------------------------------------------------------------
 def test_the_loss_terms_that_run_are_exactly_those_named(recorded, tmp_path, capsys):
-    from phasestem.recon.losses import LossConfig
     from phasestem.recon.run import run_reconstruction
+    from phasestem.recon.settings.losses import LossConfig
 
     assert LossConfig(poisson=1.0).active() == ["poisson"] and LossConfig().active() == ["gaussian"]
     path, _ = recorded

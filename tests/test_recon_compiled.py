@@ -12,8 +12,8 @@ import torch
 
 from phasestem.base.errors import ConfigError
 from phasestem.recon.engine import prepared_data
-from phasestem.recon.losses import LossConfig
 from phasestem.recon.model import Ptychography
+from phasestem.recon.settings.losses import LossConfig
 from phasestem.recon.step import BatchStep, resolve_compile
 from phasestem.recon.synthetic import synthetic_scan
 

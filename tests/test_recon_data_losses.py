@@ -15,7 +15,8 @@ from phasestem.io import hdf5
 from phasestem.io.counts import counts_decision
 from phasestem.recon import Ptychography
 from phasestem.recon.data_losses import losses_for_data
-from phasestem.recon.losses import COUNTED_WEIGHTS, LossConfig
+from phasestem.recon.losses import COUNTED_WEIGHTS
+from phasestem.recon.settings.losses import LossConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 WINDOW, SAMPLING, SCAN, STEP, DEFOCUS = 64, 0.2, (16, 16), 0.5, 80.0

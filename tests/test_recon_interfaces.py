@@ -263,26 +263,30 @@ def test_object_preblur_blurs_what_the_forward_model_sees_not_the_object():
 def test_model_options_are_one_object_that_the_keywords_and_the_yaml_section_fill_alike(ds, tmp_path):
     from types import SimpleNamespace
 
-    from phasestem.recon.model_options import ModelOptions
+    from phasestem.base.errors import ConfigError
+    from phasestem.recon.settings.model import ModelConfig, ModelOptions
 
     kw = {"n_slices": 2, "slice_thickness": 5.0, "n_probe_modes": 2, "obj_preblur": 0.5, "object_padding": 3,
           "learning_rates": {"probe": 0.0}}
     by_keywords = Ptychography.from_dataset(ds, **kw)
-    options = ModelOptions.from_keywords(**kw)
-    assert options.experiment.n_probe_modes == 2 and options.experiment.object_padding == 3
+    options = ModelOptions().replaced(**kw)
+    assert options.n_probe_modes == 2 and options.object_padding == 3
     by_options = Ptychography.from_dataset(ds, options)
     for k, v in by_keywords.state_dict().items():
         torch.testing.assert_close(by_options.state_dict()[k], v)
     assert by_options.schedules["probe"].lr == 0.0 and by_options.obj_preblur == 0.5
-    # keywords replace the fields of the options they are given with
+    # keywords replace the fields of the options they are given with; an unknown one is a TypeError naming it, a
+    # value the section would refuse is refused alike
     assert Ptychography.from_dataset(ds, options, n_slices=3).n_slices == 3
     with pytest.raises(TypeError, match="'n_slice'"):
         Ptychography.from_dataset(ds, n_slice=2)
-    # the parameter file's section passes whole: a field with no place is an error, not a silent drop
-    section = {"initial_phase": None, "random_phase": None, "initial_probe": None, "learning_rates": {},
-               "n_slices": 2, "antialias": True}
-    optics = SimpleNamespace(aperture_edge="hard")
-    built = ModelOptions.from_config(section, optics)
-    assert built.n_slices == 2 and built.experiment.antialias and built.experiment.aperture_edge == "hard"
-    with pytest.raises(AssertionError, match="model.brand_new"):
-        ModelOptions.from_config({**section, "brand_new": 1}, optics)
+    with pytest.raises(ConfigError, match="n_probe_modes"):
+        Ptychography.from_dataset(ds, n_probe_modes=0)
+    # the parameter file's section passes whole, each setting declared once (the section's field is the option's);
+    # a program's default pixel is the detector's, the section's the one the optics choose
+    section = ModelConfig(n_slices=2, antialias=True, learning_rates={"probe": {"lr": 0.5, "start": 3}})
+    built = ModelOptions.from_config(section, SimpleNamespace(aperture_edge="hard"))
+    assert built.n_slices == 2 and built.antialias and built.aperture_edge == "hard" and built.upsampling == "auto"
+    assert ModelOptions().upsampling == 1 and ModelOptions.model_fields["n_slices"] is not None
+    model = Ptychography.from_dataset(ds, built.replaced(upsampling=1))
+    assert (model.schedules["probe"].lr, model.schedules["probe"].start) == (0.5, 3)

@@ -14,8 +14,8 @@ from numpy_cases import pearson as _pearson
 
 from phasestem.recon import Constraints, Ptychography
 from phasestem.recon.holdout import holdout_fraction, split_positions
-from phasestem.recon.losses import LossConfig
 from phasestem.recon.schedule import ParamSchedule, phase_only
+from phasestem.recon.settings.losses import LossConfig
 
 WINDOW, SAMPLING, ENERGY, SEMIANGLE, DEFOCUS, SCAN, STEP, DOSE = 64, 0.2, 300e3, 20.0, 80.0, (20, 20), 0.5, 1e3
 COUNTED = LossConfig(gaussian=0.5, poisson=0.5)

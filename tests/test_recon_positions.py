@@ -13,7 +13,7 @@ from numpy_cases import pearson as _pearson
 from phasestem.metrics import align_to
 from phasestem.recon import Constraints, Ptychography
 from phasestem.recon.auto import AUTO_POSITIONS, refines_positions
-from phasestem.recon.losses import LossConfig
+from phasestem.recon.settings.losses import LossConfig
 
 WINDOW, SAMPLING, ENERGY, SEMIANGLE, DEFOCUS, SCAN, STEP = 64, 0.2, 300e3, 20.0, 80.0, (16, 16), 0.5
 ERROR = 0.3  # Å

@@ -14,7 +14,8 @@ from numpy_cases import numpy_scan, tiny_params
 from phasestem.io import hdf5
 from phasestem.physics.optics import wavelength
 from phasestem.recon import Constraints, Ptychography
-from phasestem.recon.losses import COUNTED_WEIGHTS, LossConfig
+from phasestem.recon.losses import COUNTED_WEIGHTS
+from phasestem.recon.settings.losses import LossConfig
 from phasestem.recon.uncertainty import (
     change_in_sigma,
     phase_uncertainty,

@@ -11,7 +11,7 @@ import torch
 from numpy_cases import numpy_scan
 
 from phasestem.recon import Constraints, Ptychography
-from phasestem.recon.losses import LossConfig
+from phasestem.recon.settings.losses import LossConfig
 from phasestem.recon.sigma_bootstrap import (
     BootstrapScale,
     block_batch_size,

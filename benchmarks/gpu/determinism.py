@@ -20,8 +20,8 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 import torch  # noqa: E402
 
-from phasestem.recon.losses import LossConfig  # noqa: E402
 from phasestem.recon.model import Ptychography  # noqa: E402
+from phasestem.recon.settings.losses import LossConfig  # noqa: E402
 from phasestem.recon.synthetic import synthetic_scan  # noqa: E402
 
 

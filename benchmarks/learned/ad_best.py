@@ -66,8 +66,8 @@ def sweep_one(ds, truth: np.ndarray, truth_sampling, step: float | None, loss: s
     from phasestem.learn.hybrid import ad_recipe_model
     from phasestem.recon.channels import restorer_channels
     from phasestem.recon.engine import optimize_with_options
-    from phasestem.recon.losses import LossConfig
     from phasestem.recon.params import run_sections
+    from phasestem.recon.settings.losses import LossConfig
 
     params, model = ad_recipe_model(ds, epochs, device, {"upsampling": upsampling})
     factor = int(round(max(ds.sampling) / max(float(s) for s in model.sampling)))

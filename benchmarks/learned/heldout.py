@@ -388,9 +388,9 @@ def ad_route(sample: Sample, ad: ADSetting, device: str = "cpu", initial_phase: 
     import torch
 
     from phasestem.recon.engine import optimize_with_options
-    from phasestem.recon.losses import LossConfig
     from phasestem.recon.params import build_model, parse_params, run_sections
     from phasestem.recon.prior import PhasePrior
+    from phasestem.recon.settings.losses import LossConfig
 
     ds = sample.dataset
     params = parse_params({"data": {"file": "unused.h5"}, "optics": {"energy": ds.energy, "semiangle": ds.semiangle},

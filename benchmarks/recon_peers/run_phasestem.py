@@ -102,10 +102,10 @@ def main() -> None:
     from phasestem.physics.optics import angular_sampling_for
     from phasestem.recon import Constraints, Ptychography
     from phasestem.recon.data_losses import losses_for_data
-    from phasestem.recon.losses import LossConfig
     from phasestem.recon.params import RunConfig
     from phasestem.recon.precondition import resolve_batches
     from phasestem.recon.schedule import phase_only
+    from phasestem.recon.settings.losses import LossConfig
 
     c = load_case(args.case)
     setup0 = time.perf_counter()  # the tool's set-up from here to its first iteration's clock
@@ -225,8 +225,8 @@ def main() -> None:
                 "coarse_start_auto": engine_log.after("coarse start (auto): "),
                 "tilt_mrad_per_epoch": [g["tilt"].double().reshape(-1, 2).mean(0).tolist()
                                         for g in model.geometry_history], "device": str(model.device),
-                "amplitude_held_low_dose": bool(phase_only(ran.poisson > 0, float(np.asarray(c["patterns"]).sum(
-                    (-2, -1)).mean()), model.schedules["obj_amplitude"])),
+                "amplitude_held_low_dose": bool(phase_only(ran.weight("poisson") > 0, float(np.asarray(
+                    c["patterns"]).sum((-2, -1)).mean()), model.schedules["obj_amplitude"])),
                 "losses": {"gaussian": "gaussian on sqrt(I)", "poisson": "poisson NLL",
                            "counted": "0.5 gaussian on sqrt(I) + 0.5 poisson NLL",
                            "none": f"none named; ran {ran.describe()} ({why or 'the default'})"}[loss_name],

@@ -104,7 +104,7 @@ def recipe(case: dict, epochs: int, loss: str | None):
     """phasestem's defaults as a function of a dataset (flat start; the data's loss unless ``loss`` names one; a
     parameter file's ``run.lr_decay: auto``, which the keyword front-end leaves at none)."""
     from phasestem.recon import Ptychography
-    from phasestem.recon.losses import LossConfig
+    from phasestem.recon.settings.losses import LossConfig
     from phasestem.recon.sigma_bootstrap import block_batch_size
 
     losses = None if loss is None else LossConfig(gaussian=0.0, **{loss: 1.0})

@@ -33,6 +33,12 @@ MOVED: dict[str, tuple[str, ...]] = {
     "phasestem.learn.commands": ("phasestem.cli.learn",),
     "phasestem.recon.commands": ("phasestem.cli.reconstruct", "phasestem.recon.run"),
     "phasestem.simulate.lock": ("phasestem.base.lock",),
+    "phasestem.recon.schema": ("phasestem.recon.settings", "phasestem.recon.settings.data",
+                               "phasestem.recon.settings.optics", "phasestem.recon.settings.scan",
+                               "phasestem.recon.settings.model", "phasestem.recon.settings.tune"),
+    "phasestem.recon.run_config": ("phasestem.recon.settings.run",),
+    "phasestem.recon.constraint_settings": ("phasestem.recon.settings.constraints",),
+    "phasestem.recon.model_options": ("phasestem.recon.settings.model",),
 }
 
 

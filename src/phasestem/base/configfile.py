@@ -50,6 +50,18 @@ class FiniteModel(StrictModel):
     model_config = ConfigDict(allow_inf_nan=False)
 
 
+
+def number_pair(v, name: str, positive: bool = False) -> tuple[float, float] | None:
+    """A field's one number or two (y, x) as two floats (None stays None); ``positive``: both > 0."""
+    if v is None:
+        return None
+    v = (float(v), float(v)) if isinstance(v, int | float) else tuple(v)
+    if len(v) != 2:
+        raise ValueError(f"{name} must be one number or two (y, x), got {len(v)} values")
+    if positive and min(v) <= 0:
+        raise ValueError(f"{name} must be positive, got {v}")
+    return v
+
 #: most values (after expanding YAML aliases) a config may hold: anchors cannot blow up validation time
 MAX_VALUES = 100_000
 #: deepest nesting of lists/mappings a YAML or JSON text may have (the shipped configs use 4)

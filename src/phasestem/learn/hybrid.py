@@ -53,7 +53,7 @@ def ad_recipe(n_epochs: int | None = None, device: str = "cpu", model: dict | No
     """The recorded AD recipe: ``phasestem reconstruct``'s parameter-file defaults (``lsq``, ``lr_decay`` auto, the
     nominal probe refined, batch 32, one slice, flat start, ``model.upsampling`` auto) with ``n_epochs`` (None: the
     default), no progress bar and the given ``model`` settings, if any. Returns the validated
-    :class:`~phasestem.recon.schema.ReconstructParams`."""
+    :class:`~phasestem.recon.settings.ReconstructParams`."""
     from ..recon.params import parse_params
 
     run: dict = {"progress": False, "device": device}

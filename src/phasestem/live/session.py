@@ -143,7 +143,7 @@ def _live_engine(params, receiver: Receiver, out: Path, sources, stall_timeout: 
     raw = _raw_dataset(params, placeholder)
     dataset = configured_dataset(params, raw, sources, warn=True)
     decision = counts_decision(dataset).remember(dataset)
-    losses = losses_for_data(params.losses.resolved(), dataset, decision)[0]
+    losses = losses_for_data(params.losses, dataset, decision)[0]
     model = build_model(params, dataset).to(rank_device(params.run.device))
     views = ScanViews(dataset)
 

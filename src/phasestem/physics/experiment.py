@@ -16,13 +16,14 @@ simulators of tests and demos. Intensities are in normalised units: the nominal 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
+from pydantic import ConfigDict, Field
 from torch import nn
 
+from ..base.configfile import FiniteModel, validate
 from ..base.errors import ConfigError, ShapeError
 from ..detector import detector_response
 from . import optics
@@ -35,32 +36,50 @@ from .upsampling import choose_upsampling, finer_probe, padded_spectrum
 ApertureEdge = Literal["soft", "hard", "measured"]
 
 
-@dataclass(frozen=True)
-class ExperimentOptions:
-    """How an :class:`Experiment` is built from a dataset (:meth:`Experiment.from_dataset`): ``n_probe_modes`` M
-    of a ``probe`` (M, ny, nx) given or nominal (``source_size`` Å FWHM or ``mode_power`` for the higher modes,
-    ``on_band_limit``, ``aperture_edge`` 'soft' | 'hard' | 'measured'), ``object_padding`` px beyond every window
-    (default ⌈window/8⌉), the 2/3 band limit (``antialias``), a window ``oversampling`` × the detector, object
-    pixels ``upsampling`` × finer than the detector's ('auto': as many as the probe's band needs,
-    :func:`~phasestem.physics.upsampling.choose_upsampling`; 1: the detector's pixel), the detector's Gaussian
-    blur σ (detector px) and the per-pattern descan ``detector_shifts`` (N, 2) px."""
+class ExperimentSettings(FiniteModel):
+    """The experiment's settings a parameter file's ``model`` section names: declared here once, the section
+    (:class:`phasestem.recon.settings.model.ModelConfig`) extends it and :class:`ExperimentOptions` adds what a
+    program gives beside them."""
 
-    n_probe_modes: int = 1
+    n_probe_modes: int = Field(1, ge=1, le=64, description="number of probe modes M (mixed state), at most 64")
+    source_size: float | None = Field(None, gt=0, description="source FWHM in Å to seed the probe modes")
+    mode_power: float = Field(0.02, ge=0, lt=1, description="start intensity fraction of the higher probe modes")
+    object_padding: int | None = Field(None, ge=0, description="object pixels beyond every window (default ⌈N/8⌉)")
+    antialias: bool = Field(False, description="apply the 2/3 band limit in the propagator")
+    detector_blur: float = Field(0.0, ge=0, description="Gaussian σ (detector pixels) of the detector blur")
+    upsampling: Annotated[int, Field(ge=1, le=4)] | Literal["auto"] = Field(
+        "auto", description="object pixels this many times finer than the detector's λ/(N·Δk), over the same window "
+        "extent: the model's far field on as many times the detector's grid at the same Δk, of which the detector "
+        "measures the central part (scattering beyond it is computed and dropped). auto (default): the smallest "
+        "factor whose anti-aliased band (2/3 Nyquist) holds the probe's semi-angle (at most 4; 300 keV, 30 mrad, "
+        "64 px of 0.984 mrad: 2, so the probe is not truncated), logged with its reason and recorded in results.h5's "
+        "geometry; 1 keeps the detector's grid (a program's default: Ptychography.from_dataset(ds) keeps it unless "
+        "told). A restorer trained at another pixel refuses the run")
+
+
+class ExperimentOptions(ExperimentSettings):
+    """How an :class:`Experiment` is built from a dataset (:meth:`Experiment.from_dataset`): the settings, and a
+    ``probe`` (M, ny, nx) to start from instead of the nominal one, what a band-limited probe does
+    (``on_band_limit``), the aperture's edge, a window ``oversampling`` × the detector and the per-pattern descan
+    ``detector_shifts`` (N, 2) px. Frozen; a program's default pixel is the detector's (``upsampling`` 1)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    upsampling: Annotated[int, Field(ge=1, le=4)] | Literal["auto"] = 1
     probe: Any = None
-    source_size: float | None = None
-    mode_power: float = 0.02
-    object_padding: int | None = None
-    antialias: bool = False
     on_band_limit: BandLimitAction = "warn"
     aperture_edge: ApertureEdge = "soft"
-    oversampling: int = 1
-    upsampling: int | str = 1
-    detector_blur: float = 0.0
+    oversampling: int = Field(1, ge=1)
     detector_shifts: Any = None
 
-    @classmethod
-    def names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls))
+    def replaced(self, **keywords):
+        """These options with ``keywords`` replacing fields: an unknown name is a TypeError naming it (as a call's
+        is), a bad value one ConfigError line."""
+        unknown = sorted(set(keywords) - set(type(self).model_fields))
+        if unknown:
+            raise TypeError(f"unexpected keyword argument {unknown[0]!r} (the options: "
+                            f"{', '.join(type(self).model_fields)})")
+        return validate(type(self), {**dict(self), **keywords}, "model options") if keywords else self
 
 
 def _oversampling(value, name: str = "oversampling") -> int:
@@ -214,8 +233,8 @@ class Experiment(nn.Module):
         frame of :func:`object_frame` (``object_padding``), the dataset's positions moved into it, and the detector
         response. Object pixels are the dataset's divided by u = ``upsampling`` ('auto': the optics decide,
         :func:`~phasestem.physics.upsampling.choose_upsampling`), the window u × as many over the same extent."""
-        o = replace(options or ExperimentOptions(), **keywords)
-        oversampling = _oversampling(o.oversampling)
+        o = (options or ExperimentOptions()).replaced(**keywords)
+        oversampling = o.oversampling
         u, why = choose_upsampling(o.upsampling, dataset.semiangle, tuple(dataset.sampling), dataset.energy)
         window = tuple(int(n) * oversampling * u for n in dataset.pattern_shape)
         sampling = tuple(float(s) / u for s in dataset.sampling)

@@ -22,7 +22,7 @@ from ..base.lazy import lazy_getattr
 #: to register its sub-commands without torch
 API = {
     "Constraints": "phasestem.recon.constraints:Constraints",
-    "LossConfig": "phasestem.recon.losses:LossConfig",
+    "LossConfig": "phasestem.recon.settings.losses:LossConfig",
     "NonFiniteLossError": "phasestem.recon.engine:NonFiniteLossError",
     "ParamSchedule": "phasestem.recon.schedule:ParamSchedule",
     "Ptychography": "phasestem.recon.model:Ptychography",

@@ -46,7 +46,7 @@ import torch
 
 from ..physics import optics
 from ..physics.fourier import fft2, ifft2
-from .constraint_settings import (  # noqa: F401  (the settings: this module's API too)
+from .settings.constraints import (  # noqa: F401  (the settings: this module's API too)
     AutoSchedule,
     Constraints,
     KzFilter,

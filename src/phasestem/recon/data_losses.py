@@ -10,7 +10,8 @@ the Gaussian term after 20 epochs.
 from __future__ import annotations
 
 from ..io.counts import CountsDecision, counts_decision
-from .losses import COUNTED_WEIGHTS, LossConfig
+from .losses import COUNTED_WEIGHTS
+from .settings.losses import LossConfig
 
 
 def losses_for_data(losses: LossConfig | None, dataset,
@@ -24,4 +25,4 @@ def losses_for_data(losses: LossConfig | None, dataset,
     decision = decision or counts_decision(dataset)
     if not decision.counted:
         return losses, None
-    return LossConfig(**COUNTED_WEIGHTS, power=losses.power, eps=losses.eps), decision.reason
+    return LossConfig(**COUNTED_WEIGHTS, power=losses.power), decision.reason

@@ -46,7 +46,7 @@ def resolve_lr_decay(kind: str, losses, mean_pattern: np.ndarray | None = None, 
     beyond the disk; r at 20 lsq iterations 0.9971 → 0.9979 and 0.9918 → 0.9943; issue 69)."""
     if kind != "auto":
         return kind, None, None
-    if losses.poisson > 0:
+    if losses.weight("poisson") > 0:
         return "cosine", COUNTED_DECAY_EPOCHS, (
             f"cosine over the first {COUNTED_DECAY_EPOCHS} epochs to lr_final, where the run ends (a Poisson term: "
             "counted data, whose noise later epochs go on fitting; run.lr_decay: cosine spans the whole run)")

@@ -58,14 +58,14 @@ from .decay_rule import crystal_decay, resolve_lr_decay
 from .decided import resolve_decided
 from .dose_regularisation import resolve_obj_blur
 from .holdout import HeldOutStop, holdout_fraction, split_positions
-from .losses import LossConfig
 from .object_band import resolve_obj_band
 from .optimizers import build_optimizer, decay_factor, refuse_lbfgs
 from .precondition import ScanCurvature, resolve_batches
 from .prepared import PreparedData, prepared_data  # noqa: F401  (PreparedData: engine API)
-from .run_config import RunConfig
 from .run_state import RunState, snapshot
 from .schedule import LOW_DOSE_COUNTS, TILT_NOT_MEASURED, phase_only
+from .settings.losses import LossConfig
+from .settings.run import RunConfig
 from .step import BatchStep, resolve_compile
 
 log = logging.getLogger("phasestem.recon")
@@ -206,7 +206,7 @@ def _prepare(loop: Loop) -> None:
     if held is not None:  # positions kept out of the fit: their loss decides where the run ends
         loop.callbacks.insert(1, HeldOutStop(held, bs))
         log.info("held out of the fit: %d of %d positions (run.holdout %s)", len(held), n, run.holdout)
-    if phase_only(losses.poisson > 0, counts, model.schedules["obj_amplitude"]):
+    if phase_only(losses.weight("poisson") > 0, counts, model.schedules["obj_amplitude"]):
         loop.fixed = frozenset({"obj_amplitude"})
         log.info("low dose (%.4g counts per pattern ≤ %g, counted data): the object amplitude is held at its "
                  "start (phase only); give model.learning_rates.obj_amplitude to refine it", counts,
@@ -396,8 +396,8 @@ def _epoch(loop: Loop, step: BatchStep, opt, data, bs: int, owner, mine, precond
                                           _to_device(shares, model.device), strict=True):
         n_total = len(idx)
         # the Gaussian term needs D^p only
-        meas, meas_p = data.batch(share_d if on_device else share, need_meas=losses.poisson > 0) if len(share) \
-            else (None, None)
+        meas, meas_p = data.batch(share_d if on_device else share, need_meas=losses.weight("poisson") > 0) \
+            if len(share) else (None, None)
         if run.optimizer == "lbfgs":
             def closure(share_d=share_d, idx_d=idx_d, n_total=n_total, meas=meas, meas_p=meas_p):
                 loss, parts = step.gradients(data, share_d, idx_d, n_total, meas, meas_p)

@@ -44,7 +44,7 @@ def holdout_fraction(setting, losses, counts: float, n: int, world: int = 1) -> 
     if world > 1:
         return 0.0
     if setting == "auto":
-        counted = losses.poisson > 0
+        counted = losses.weight("poisson") > 0
         return AUTO_FRACTION if counted and counts <= LOW_DOSE_COUNTS and n >= AUTO_MIN_POSITIONS else 0.0
     return float(setting)
 
@@ -69,7 +69,8 @@ def heldout_loss(model, data, losses, held: torch.Tensor, batch_size: int) -> fl
     total = 0.0
     for idx in held.split(batch_size):
         idx_d = idx.to(model.device)
-        meas, meas_p = data.batch(idx_d if isinstance(data, PreparedData) else idx, need_meas=losses.poisson > 0)
+        meas, meas_p = data.batch(idx_d if isinstance(data, PreparedData) else idx,
+                                  need_meas=losses.weight("poisson") > 0)
         _, parts = total_loss(losses, model(idx_d), meas, meas_p, None, None, data.counts, len(idx))
         total += float(sum(losses.weight(k) * v for k, v in parts.items() if losses.terms[k].data_term)) * len(idx)
     return total / len(held)

@@ -17,19 +17,17 @@ processes add up to the single-process loss (see :mod:`phasestem.recon.distribut
 * ``sparsity``: mean |φ| of the object phase (L1), once per batch (weighted by B / n_total).
 
 The terms are one table, :data:`TERMS` (:class:`LossTerm`: name, function, whether it fits the patterns); a new
-term is one :func:`register_term` call (and a field of the parameter file's ``losses`` section,
-``recon/schema.py``). Everything that lists terms (the run log, the multi-process per-term record, the held-out
-loss) reads the table.
+term is one :func:`register_term` call (the parameter file's ``losses`` section,
+:class:`~phasestem.recon.settings.losses.LossConfig`, then names it). Everything that lists terms (the run log, the
+multi-process per-term record, the held-out loss) reads the table.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import NamedTuple
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
 
 import torch
-
-from ..base.errors import ConfigError
 
 #: the loss when no term is named: the Gaussian term on amplitudes (power 0.5) alone
 DEFAULT_WEIGHTS = {"gaussian": 1.0}
@@ -40,55 +38,6 @@ DEFAULT_WEIGHTS = {"gaussian": 1.0}
 COUNTED_WEIGHTS = {"gaussian": 0.5, "poisson": 0.5}
 #: shift (in counts) of measured and model counts inside the Poisson likelihood
 POISSON_EPS_COUNTS = 0.5
-
-
-@dataclass
-class LossConfig:
-    """Weights of the loss terms and their parameters. Exactly the terms named run: a weight left out (None) is 0
-    when another term is named; with none named, :data:`DEFAULT_WEIGHTS` (the Gaussian term at weight 1).
-    ``LossConfig(poisson=1.0)`` is the Poisson term alone; ``named`` says whether any term was named."""
-
-    gaussian: float | None = None
-    poisson: float | None = None
-    pacbed: float | None = None
-    sparsity: float | None = None
-    power: float = 0.5  # exponent p of the Gaussian / PACBED terms
-    eps: float = 1e-8  # floor inside the power / logarithm
-    extra: Mapping[str, float] = field(default_factory=dict)  # weights of registered terms beyond the four fields
-    named: bool = field(default=True, init=False)
-    terms: dict[str, LossTerm] = field(default_factory=dict, init=False)  # the active terms (they travel with it)
-
-    def __post_init__(self):
-        unknown = sorted(set(self.extra) - set(TERMS))
-        if unknown:
-            raise ConfigError(f"losses.{unknown[0]}: no such loss term (registered: {', '.join(TERMS)})")
-        given = {n: float(w) for n in TERMS if (w := self.extra.get(n, getattr(self, n, None))) is not None}
-        self.named = bool(given)
-        weights = given or DEFAULT_WEIGHTS
-        bad = [n for n, w in weights.items() if w < 0]
-        if bad:
-            raise ConfigError(f"losses.{bad[0]}: a weight must be ≥ 0, got {weights[bad[0]]}")
-        self.extra = {n: float(weights.get(n, 0.0)) for n in TERMS if n not in BUILTIN}
-        for name in BUILTIN:
-            setattr(self, name, float(weights.get(name, 0.0)))
-        self.terms = {n: TERMS[n] for n in TERMS if self.weight(n) > 0}
-        if not any(t.data_term for t in self.terms.values()):
-            raise ConfigError("losses: no data term; give gaussian or poisson a weight > 0 (pacbed and sparsity only "
-                              "add to one)")
-
-    def weight(self, name: str) -> float:
-        return float(getattr(self, name)) if name in BUILTIN else float(self.extra.get(name, 0.0))
-
-    def active(self) -> list[str]:
-        """The terms that run, in the table's order (the same on every process of a run)."""
-        return list(self.terms)
-
-    def needs_phase(self) -> bool:
-        return any(t.needs_phase for t in self.terms.values())
-
-    def describe(self) -> str:
-        """The terms that run with their weights, e.g. ``gaussian 0.5, poisson 0.5``."""
-        return ", ".join(f"{n} {self.weight(n):g}" for n in self.active())
 
 
 def gaussian_loss(model_i: torch.Tensor, meas_p: torch.Tensor, power: float, eps: float, n_total: int) -> torch.Tensor:
@@ -122,6 +71,17 @@ def sparsity_loss(phase: torch.Tensor, batch: int, n_total: int) -> torch.Tensor
     return phase.abs().mean() * (batch / n_total)
 
 
+class LossWeights(Protocol):
+    """What the terms read of the loss settings (the parameter file's ``losses`` section,
+    :class:`phasestem.recon.settings.losses.LossConfig`)."""
+
+    power: float
+    eps: float
+    terms: dict[str, LossTerm]
+
+    def weight(self, name: str) -> float: ...
+
+
 class LossBatch(NamedTuple):
     """What a term may read of one mini-batch: model and measured intensities (B, ny, nx), ``meas_p`` = (D + ε)^p,
     the PACBED^p (ny, nx) or None, the object phase or None (given when an active term ``needs_phase``), the counts
@@ -143,24 +103,24 @@ class LossTerm:
     the step hands it the object phase."""
 
     name: str
-    compute: Callable[[LossConfig, LossBatch], torch.Tensor | None]
+    compute: Callable[[LossWeights, LossBatch], torch.Tensor | None]
     data_term: bool = False
     needs_phase: bool = False
 
 
-def _gaussian(cfg: LossConfig, b: LossBatch):
+def _gaussian(cfg: LossWeights, b: LossBatch):
     return gaussian_loss(b.model_i, b.meas_p, cfg.power, cfg.eps, b.n_total)
 
 
-def _poisson(cfg: LossConfig, b: LossBatch):
+def _poisson(cfg: LossWeights, b: LossBatch):
     return poisson_loss(b.model_i, b.meas, b.counts, cfg.eps, b.n_total)
 
 
-def _pacbed(cfg: LossConfig, b: LossBatch):
+def _pacbed(cfg: LossWeights, b: LossBatch):
     return None if b.pacbed_p is None else pacbed_loss(b.model_i, b.pacbed_p, cfg.power, cfg.eps, b.n_total)
 
 
-def _sparsity(cfg: LossConfig, b: LossBatch):
+def _sparsity(cfg: LossWeights, b: LossBatch):
     return None if b.phase is None else sparsity_loss(b.phase, b.model_i.shape[0], b.n_total)
 
 
@@ -169,9 +129,8 @@ TERMS: dict[str, LossTerm] = {}
 
 
 def register_term(term: LossTerm) -> LossTerm:
-    """Add ``term`` to :data:`TERMS` (a name already there is refused); ``LossConfig(extra={name: weight})`` runs
-    it."""
-    if term.name in TERMS or term.name in LossConfig.__dataclass_fields__:
+    """Add ``term`` to :data:`TERMS` (a name already there is refused); ``LossConfig(name=weight)`` runs it."""
+    if term.name in TERMS or term.name == "power":
         raise ValueError(f"loss term {term.name!r} is already registered")
     TERMS[term.name] = term
     return term
@@ -180,12 +139,12 @@ def register_term(term: LossTerm) -> LossTerm:
 for _term in (LossTerm("gaussian", _gaussian, data_term=True), LossTerm("poisson", _poisson, data_term=True),
               LossTerm("pacbed", _pacbed), LossTerm("sparsity", _sparsity, needs_phase=True)):
     TERMS[_term.name] = _term
-#: the terms that are fields of :class:`LossConfig` (and of the parameter file's ``losses`` section)
+#: the terms that are fields of the parameter file's ``losses`` section (:class:`~.settings.losses.LossConfig`)
 BUILTIN = tuple(TERMS)
 
 
 def total_loss(
-    cfg: LossConfig,
+    cfg: LossWeights,
     model_i: torch.Tensor,
     meas: torch.Tensor | None,
     meas_p: torch.Tensor | None,
@@ -202,7 +161,7 @@ def total_loss(
     torch.compile detaches them outside: returned beside the total, torch 2.14's compiled detached copies lose the
     total's gradient).
     """
-    if meas_p is None and cfg.gaussian > 0:
+    if meas_p is None and cfg.weight("gaussian") > 0:
         meas_p = (meas.clamp_min(0) + cfg.eps).pow(cfg.power)
     batch = LossBatch(model_i, meas, meas_p, pacbed_p, phase, counts, n_total)
     parts: dict[str, torch.Tensor] = {}

@@ -46,9 +46,9 @@ from ..physics.experiment import Experiment
 from ..physics.multislice import PolarTransmission
 from .budget import check_object_memory
 from .inputs import load_phase_image
-from .model_options import ModelOptions
 from .report import describe
 from .schedule import PARAM_NAMES, ParamSchedule, default_schedules
+from .settings.model import ModelOptions
 
 
 class Ptychography(nn.Module):
@@ -130,9 +130,8 @@ class Ptychography(nn.Module):
     @classmethod
     def from_dataset(cls, dataset, options: ModelOptions | None = None, **keywords) -> Ptychography:
         """Build a model matched to ``dataset`` (a :class:`phasestem.dataset.FourDSTEM`) as ``options`` say
-        (:class:`~phasestem.recon.model_options.ModelOptions`, with its
-        :class:`~phasestem.physics.experiment.ExperimentOptions`); CDTools-style keywords name any field of either
-        and replace it (``from_dataset(ds, n_slices=8, n_probe_modes=4)``).
+        (:class:`~phasestem.recon.settings.model.ModelOptions`); CDTools-style keywords name any of its fields and
+        replace it (``from_dataset(ds, n_slices=8, n_probe_modes=4)``).
 
         The nominal probe comes from the dataset optics (``optics.make_probe`` on the pattern window at
         ``dataset.sampling``; defocus etc. from ``dataset.aberrations``) unless a ``probe`` (M, ny, nx) is given;
@@ -145,9 +144,9 @@ class Ptychography(nn.Module):
         pattern's zero frequency off the central pixel (descan left in the data); the model's patterns are
         displaced alike (:meth:`set_detector_shifts`).
         """
-        o = ModelOptions.from_keywords(options, **keywords)
-        experiment = Experiment.from_dataset(dataset, o.experiment)
-        if o.experiment.upsampling == "auto":
+        o = (options or ModelOptions()).replaced(**keywords)
+        experiment = Experiment.from_dataset(dataset, o)
+        if o.upsampling == "auto":
             logging.getLogger("phasestem.recon").info("model.upsampling auto: %s", experiment.upsampling_reason)
         check_object_memory(experiment.object_shape, o.n_slices, o.n_object_modes)
         slice_thickness = o.slice_thickness
@@ -213,12 +212,12 @@ class Ptychography(nn.Module):
 
     def set_learning_rates(self, **rates) -> None:
         """Set learning rates, e.g. ``set_learning_rates(probe=1e-3, positions=0)``; also accepts
-        ``{name: {"lr": .., "start": .., "end": ..}}`` dicts for the full schedule."""
+        ``{name: {"lr": .., "start": .., "end": ..}}`` (or a ``model.learning_rates`` entry) for the full schedule."""
         for name, val in rates.items():
             if name not in self.schedules:
                 raise ConfigError(f"unknown parameter '{name}' for a learning rate: expected one of {PARAM_NAMES}")
-            if isinstance(val, dict):
-                sched = self.schedules[name]
+            if val is not None and not isinstance(val, int | float):
+                val, sched = dict(val), self.schedules[name]
                 lr = val.get("lr", sched.lr)
                 self.schedules[name] = ParamSchedule(None if lr is None else float(lr),
                                                      int(val.get("start", sched.start)), val.get("end", sched.end))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 
 from ..physics import optics
-from .constraint_settings import Constraints
+from .settings.constraints import Constraints
 
 log = logging.getLogger("phasestem.recon")
 

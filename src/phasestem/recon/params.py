@@ -1,5 +1,5 @@
 """The YAML parameter file of ``phasestem reconstruct`` / ``phasestem tune``: loading, dumping, and building the
-dataset and the model from it (the schema: :mod:`phasestem.recon.schema`, re-exported here).
+dataset and the model from it (the sections: :mod:`phasestem.recon.settings`).
 
 Sections: ``data`` (file, keys, detector flips/transposes, crop/bin/pad/resample), ``optics``,
 ``scan`` (shape, step, origin, rotation/affine), ``model``, ``losses``, ``constraints``, ``run``
@@ -24,23 +24,11 @@ import numpy as np
 from ..base.configfile import apply_overrides, read_yaml_mapping, resolve_config_paths, validate
 from ..base.errors import ConfigError, InputFileError, PhasestemError, ShapeError
 from .model import Ptychography
-from .model_options import ModelOptions
 from .report import CALIBRATION_FIELDS, geometry_settings
-from .run_config import RunConfig  # noqa: F401  (re-exported with the schema)
-from .schema import (  # noqa: F401  (the schema's classes, re-exported: from phasestem.recon.params import …)
-    DataConfig,
-    InitialPhase,
-    InitialProbe,
-    LossesConfig,
-    ModelConfig,
-    OpticsConfig,
-    RandomPhase,
-    ReconstructParams,
-    ScanConfig,
-    ScheduleConfig,
-    TuneConfig,
-    TuneParam,
-)
+from .settings import ReconstructParams, RunConfig  # noqa: F401  (re-exported: from phasestem.recon.params import …)
+from .settings.data import DataConfig
+from .settings.model import InitialPhase, ModelOptions, ScheduleConfig  # noqa: F401  (re-exported likewise)
+from .settings.scan import ScanConfig  # noqa: F401  (re-exported likewise)
 
 log = logging.getLogger("phasestem.recon")
 
@@ -303,5 +291,5 @@ def run_sections(params: ReconstructParams) -> dict:
     """The parameter file's ``run`` section, its resolved ``losses`` and its ``constraints``, as the keywords
     ``run``, ``losses`` and ``constraints`` of :func:`phasestem.recon.engine.optimize_with_options` (the model's
     ``*_optimize`` methods): the validated sections themselves, no field copied."""
-    return {"run": params.run, "losses": params.losses.resolved(), "constraints": params.constraints}
+    return {"run": params.run, "losses": params.losses, "constraints": params.constraints}
 

@@ -50,7 +50,7 @@ from __future__ import annotations
 import torch
 
 from ..physics.multislice import WindowIndex, positions_in_pixels, window_origins
-from .losses import LossConfig
+from .settings.losses import LossConfig
 
 #: parameters the lsq solver scales (the rest are stepped by Adam)
 PRECONDITIONED = ("obj_amplitude", "obj_phase", "probe")
@@ -59,7 +59,7 @@ PRECONDITIONED = ("obj_amplitude", "obj_phase", "probe")
 def curvature_scale(losses: LossConfig) -> float:
     """Curvature of the data terms relative to the amplitude loss of weight 1 (Poisson: twice; the Gaussian term
     is counted as the amplitude loss whatever its power)."""
-    return max(losses.gaussian + 2.0 * losses.poisson, 1e-12)
+    return max(losses.weight("gaussian") + 2.0 * losses.weight("poisson"), 1e-12)
 
 
 #: steps per epoch that ``precondition_batches: auto`` takes for counted data (a Poisson term in the loss)
@@ -73,7 +73,7 @@ def resolve_batches(value: int | str | None, losses: LossConfig) -> int | None:
     noisy 0.9928 → 0.9933, partially coherent 0.9846 → 0.9849, abTEM 0.9955 → 0.9968; the noise-free ones
     lose speed and, thick, accuracy (thin 0.9992 → 0.9978, thick 0.9967 → 0.9955), so they keep None."""
     if value == "auto":
-        return COUNTED_DATA_BATCHES if losses.poisson > 0 else None
+        return COUNTED_DATA_BATCHES if losses.weight("poisson") > 0 else None
     if value is None or isinstance(value, int):
         return value
     raise ValueError(f"precondition_batches must be a positive integer, 'auto' or None, got {value!r}")

@@ -175,7 +175,7 @@ def judging_tolerance(loop, tolerance: float = TOLERANCE) -> float:
     """The margin above the lowest data term that counts as a rise in this run: ``tolerance`` where the data's floor
     is their noise (counted data, or held-out positions), else at least :data:`MISFIT_TOLERANCE` (the floor is the
     forward model's own misfit, which a truth-like phase raises too)."""
-    if loop.losses.poisson > 0 or uses_heldout(loop):
+    if loop.losses.weight("poisson") > 0 or uses_heldout(loop):
         return float(tolerance)
     return max(float(tolerance), MISFIT_TOLERANCE)
 
@@ -183,7 +183,8 @@ def judging_tolerance(loop, tolerance: float = TOLERANCE) -> float:
 def fits_noise(loop) -> bool:
     """Whether AD is expected to fit the noise: counted data (a Poisson term) of at most
     :data:`~phasestem.recon.schedule.LOW_DOSE_COUNTS` per pattern (the rule of ``run.holdout: auto``)."""
-    return loop.losses.poisson > 0 and getattr(loop.model, "counts_per_pattern", math.inf) <= LOW_DOSE_COUNTS
+    return loop.losses.weight("poisson") > 0 and getattr(loop.model, "counts_per_pattern", math.inf) \
+        <= LOW_DOSE_COUNTS
 
 
 def after_stop(loop, stop: PullStop) -> None:

@@ -143,7 +143,7 @@ def loss_settings(params, sources=None, from_data: tuple | None = None) -> list:
     ``from_data`` = (the loss, why) says the data chose it (:func:`phasestem.recon.data_losses.losses_for_data`)."""
     from ..base.provenance import Setting
 
-    cfg = params.losses.resolved()
+    cfg = params.losses
     if from_data and from_data[1]:
         return [Setting(f"losses.{n}", from_data[0].weight(n), "", "data", note=f"no term named; {from_data[1]}")
                 for n in from_data[0].active()]
@@ -202,7 +202,7 @@ def losses_line(params, sources=None, from_data: tuple | None = None) -> str:
     """``losses: poisson 1 (named in the parameter file)`` / ``losses: gaussian 1 (default; no term named)`` /
     ``losses: gaussian 0.5, poisson 0.5 (chosen from the data: …; no term named)`` (``from_data``: the loss and why,
     :func:`phasestem.recon.data_losses.losses_for_data`)."""
-    cfg = params.losses.resolved()
+    cfg = params.losses
     if from_data and from_data[1]:
         return f"losses: {from_data[0].describe()} (chosen from the data: {from_data[1]}; no term named), power " \
                f"{from_data[0].power:g}"

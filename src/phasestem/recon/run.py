@@ -207,7 +207,7 @@ def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = Non
         with logging_to(log_path) if main else contextlib.nullcontext():  # conflict warnings in the log too
             dataset = build_dataset(params, sources, warn=main)
     counted = counts_decision(dataset).remember(dataset)  # once a run: the data term, σ and the log agree
-    from_data = losses_for_data(params.losses.resolved(), dataset, counted)  # a run naming no term: its data decide
+    from_data = losses_for_data(params.losses, dataset, counted)  # a run naming no term: its data decide
     settings = dataset.metadata.get("settings", []) + [counts_setting(counted, params, sources)] + \
         loss_settings(params, sources, from_data)
     if main:

@@ -33,9 +33,10 @@ import torch
 
 from ..base.errors import ConfigError
 from ..physics.fused import run_eagerly_under_compile
-from .losses import LossConfig, total_loss
+from .losses import total_loss
 from .optimizers import all_reduce_grads
 from .precondition import ScanCurvature, precondition_gradients
+from .settings.losses import LossConfig
 
 COMPILE_MODES = ("auto", "none", "compile", "cuda_graph")
 #: how a batch step runs once ``run.compile`` is resolved (:func:`resolve_compile`)

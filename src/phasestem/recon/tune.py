@@ -72,7 +72,7 @@ def run_tuning(params: ReconstructParams, out_dir: str | Path | None = None, n_t
             quiet = p.run.model_copy(update={"progress": False})
             err = float("inf")
             try:
-                for i, loss in enumerate(optimize(model, ds, t.n_epochs, quiet, p.losses.resolved(), p.constraints)):
+                for i, loss in enumerate(optimize(model, ds, t.n_epochs, quiet, p.losses, p.constraints)):
                     err = model.loss_history[-1].get("gaussian", loss)
                     trial.report(err, i)
                     if trial.should_prune():

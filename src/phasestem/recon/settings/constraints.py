@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from ..base.configfile import StrictModel
+from ...base.configfile import StrictModel
 
 
 class Schedule(StrictModel):

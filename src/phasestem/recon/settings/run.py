@@ -1,4 +1,4 @@
-"""The ``run`` section of a reconstruction's parameter file: the solver and how to run it (pydantic schema).
+"""The ``run`` section of a reconstruction's parameter file: the solver and how to run it.
 
 :func:`phasestem.recon.engine.optimize` takes it as validated; the rest of the parameter file is
 :mod:`phasestem.recon.params`.
@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from ..base.configfile import ConfigPath, FiniteModel
+from ...base.configfile import ConfigPath, FiniteModel
 
 
 class RunConfig(FiniteModel):
