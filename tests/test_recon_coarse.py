@@ -197,9 +197,9 @@ def test_a_run_resumed_after_its_coarse_epochs_is_bit_identical(thick, tmp_path)
     list(run)
     ckpt.write_bytes(kept)
     resumed = _fresh(thick)
-    load_checkpoint(ckpt, resumed)
+    state = load_checkpoint(ckpt, resumed)
     assert resumed.epoch == 3
-    list(optimize(resumed, thick, 3, RUN))
+    list(optimize(resumed, thick, 3, RUN, state=state))
     for name, value in ref.state_dict().items():
         assert torch.equal(resumed.state_dict()[name], value), name
     keep = [{k: v for k, v in h.items() if k != "seconds"} for h in ref.loss_history]

@@ -113,7 +113,7 @@ def _optimize(path: Path, resume: bool, seed: int):
     done = torch.load(ckpt, weights_only=True)["epoch"] if resume else 0
     torch.manual_seed(seed)
     np.random.seed(seed)
-    for _ in optimize(model, dataset, EPOCHS - done, params.run, params.losses.resolved(), params.constraints,
+    for _ in optimize(model, dataset, EPOCHS - done, params.run, params.losses, params.constraints,
                       [Checkpoints(ckpt, params.run.checkpoint_every, resume=resume)]):
         pass
     return model
@@ -138,8 +138,7 @@ def _resumed_from_now(gen, ckpt: Path, ds, run, remaining: int):
     list(gen)
     ckpt.write_bytes(saved)
     model = Ptychography.from_dataset(ds)
-    load_checkpoint(ckpt, model)
-    list(run(model, remaining))
+    list(run(model, remaining, state=load_checkpoint(ckpt, model)))  # the checkpoint's run state continues
     return model
 
 
@@ -278,9 +277,9 @@ def test_a_divergence_after_a_resume_restores_the_best_epoch_as_the_uninterrupte
     ds = synthetic_scan(scan_shape=(5, 5), seed=11, max_phase=0.4)
     ckpt = tmp_path / "checkpoint.pt"
 
-    def run(model, epochs):  # no back-off: the stop itself is under test
+    def run(model, epochs, **resumed):  # no back-off: the stop itself is under test
         return optimize_with_options(model, ds, epochs, optimizer="adam", batch_size=10, progress=False,
-                                     checkpoint_path=ckpt, checkpoint_every=1, backoff_factor=0)
+                                     checkpoint_path=ckpt, checkpoint_every=1, backoff_factor=0, **resumed)
 
     ref = Ptychography.from_dataset(ds)
     gen = run(ref, 4)
@@ -293,10 +292,10 @@ def test_a_divergence_after_a_resume_restores_the_best_epoch_as_the_uninterrupte
         next(gen)
     ckpt.write_bytes(after3)
     model = Ptychography.from_dataset(ds)
-    load_checkpoint(ckpt, model)
+    state = load_checkpoint(ckpt, model)
     model.set_learning_rates(obj_phase=1.0)
     with pytest.raises(DivergenceError) as again:
-        list(run(model, 1))
+        list(run(model, 1, state=state))
     assert str(again.value) == str(first.value)  # the same epoch restored, the same best and start losses
     assert model.epoch == 2 and _history(model.loss_history) == _history(ref.loss_history)
     _assert_same_state(ref, model)
@@ -310,9 +309,9 @@ def test_a_run_resumed_after_a_step_size_back_off_continues_at_the_halved_rates(
     ds = synthetic_scan(scan_shape=(5, 5), seed=11, max_phase=0.4)
     ckpt = tmp_path / "checkpoint.pt"
 
-    def run(model, epochs):
+    def run(model, epochs, **resumed):
         return optimize_with_options(model, ds, epochs, optimizer="adam", batch_size=10, progress=False,
-                                     checkpoint_path=ckpt, checkpoint_every=1, lr_decay="cosine")
+                                     checkpoint_path=ckpt, checkpoint_every=1, lr_decay="cosine", **resumed)
 
     ref = Ptychography.from_dataset(ds)
     gen = run(ref, 5)
@@ -332,10 +331,10 @@ def test_a_run_resumed_with_held_out_positions_ends_as_the_uninterrupted_one(tmp
     ds = synthetic_scan(scan_shape=(6, 6), seed=4, max_phase=0.4)
     ckpt = tmp_path / "checkpoint.pt"
 
-    def run(model, epochs):
+    def run(model, epochs, **resumed):
         return optimize_with_options(model, ds, epochs, optimizer="lsq", batch_size=8, progress=False,
                                      checkpoint_path=ckpt, checkpoint_every=1, holdout=0.1, holdout_patience=50,
-                                     lr_decay="cosine")
+                                     lr_decay="cosine", **resumed)
 
     ref = Ptychography.from_dataset(ds)
     gen = run(ref, 6)

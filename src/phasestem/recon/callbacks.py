@@ -238,7 +238,7 @@ class Checkpoints(Callback):
 
     def on_start(self, loop) -> None:
         if self.resume:
-            load_checkpoint(self.path, loop.model)
+            loop.state = load_checkpoint(self.path, loop.model)
 
     def on_epoch_end(self, loop) -> None:
         if loop.rank == 0 and self.every and loop.epoch % self.every == 0:

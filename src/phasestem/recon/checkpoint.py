@@ -33,10 +33,12 @@ def save_checkpoint(path, model, optimizer=None, extra: dict | None = None, run_
 CHECKPOINT_KEYS = ("params", "epoch", "loss_history", "schedules")
 
 
-def load_checkpoint(path, model) -> dict:
-    """Restore ``model`` from a checkpoint written by :func:`save_checkpoint`; returns the raw state. A file that is
-    not such a checkpoint, or one written for another model (shapes), raises a one-line
-    :class:`~phasestem.base.errors.InputFileError` naming it; nothing in it is unpickled but tensors and containers."""
+def load_checkpoint(path, model) -> RunState:
+    """Restore ``model`` from a checkpoint written by :func:`save_checkpoint`; returns the run's state with the
+    optimiser's, which ``optimize(..., state=)`` continues from (a call without it starts a new run state on the
+    restored model). A file that is not such a checkpoint, or one written for another model (shapes), raises a
+    one-line :class:`~phasestem.base.errors.InputFileError` naming it; nothing in it is unpickled but tensors and
+    containers."""
     path = Path(path)
     if not path.exists():
         raise PhasestemError(f"{path}: checkpoint not found (nothing to resume)")
@@ -55,15 +57,14 @@ def load_checkpoint(path, model) -> dict:
                              "for another scan, object or probe?")
     try:
         model.load_checkpoint_state(state)
-        run = RunState.from_checkpoint(state.get("run"), model)
+        run = RunState.from_checkpoint(state.get("run"), model, state.get("optimizer"))
         best_misfit = run.best is not None and state_dict_mismatch(model.state_dict(), run.best[1])
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise InputFileError(f"{path}: {expected}; an entry is malformed "
                              f"({type(exc).__name__}: {first_line(exc)})") from exc
     if best_misfit:
         raise InputFileError(f"{path}: {expected}; its run state's best parameters do not fit ({best_misfit})")
-    model._resume_state = {"optimizer": state.get("optimizer"), "run": run}  # for the next optimize() call
-    return state
+    return run
 
 
 def reuse_optimizer_state(opt, state: dict, saved_names: list[str], names: list[str]) -> None:

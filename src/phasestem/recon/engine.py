@@ -85,7 +85,7 @@ class Loop:
         self.rank, self.world = rank, world
         self.data = None  # PreparedData / StreamedData
         self.counted: bool | None = None  # whether the data are counts (io.counts.counts_decision; None: not decided)
-        self.state: RunState | None = None
+        self.state: RunState | None = None  # a checkpoint's (optimize(state=), Checkpoints(resume=True)) or new
         self.optimizer = None
         self.epoch = model.epoch
         self.mean_loss = math.nan
@@ -104,12 +104,12 @@ class Loop:
         self.owner = self.mine = None  # the ranks' compact blocks and this rank's (several processes)
         self.step = self.precondition_batches = None
         self.optimizer_names: list[str] = []
-        self.pending_optimizer: dict | None = None  # a checkpoint's optimizer state, for the first one built
 
 
 def optimize(model, dataset, n_epochs: int, run: RunConfig | None = None, losses: LossConfig | None = None,
              constraints: Constraints | None = None, callbacks: Sequence[Callback] = (), *,
-             lbfgs_options: dict | None = None, distributed: bool = True) -> Iterator[float]:
+             lbfgs_options: dict | None = None, distributed: bool = True, state: RunState | None = None
+             ) -> Iterator[float]:
     """Run ``n_epochs`` more epochs of ``model`` on ``dataset``; yield each epoch's mean total loss (float).
 
     ``run``: the solver and its settings (optimizer, batch_size, batch_mode, lr_scale, momentum, seed, progress,
@@ -124,7 +124,8 @@ def optimize(model, dataset, n_epochs: int, run: RunConfig | None = None, losses
     ``callbacks`` run after the engine's own (:mod:`phasestem.recon.callbacks`); a :class:`Checkpoints` among them
     also receives the divergence's last good state. ``lbfgs_options`` update torch's L-BFGS settings.
     ``distributed``: in an initialised process group, share the work with the other ranks (False: this rank
-    alone runs the whole call, e.g. a check on rank 0 only).
+    alone runs the whole call, e.g. a check on rank 0 only). ``state``: the run state to continue
+    (:func:`~phasestem.recon.checkpoint.load_checkpoint`'s; None: new for this call).
     """
     run = run or RunConfig()
     decision = counts_decision(dataset)  # once per call: the data term and obj_blur's rule read it
@@ -137,7 +138,7 @@ def optimize(model, dataset, n_epochs: int, run: RunConfig | None = None, losses
     model.solver = run.optimizer  # the last solver that ran (repr)
     path = next((c.path for c in callbacks if isinstance(c, Checkpoints)), None)
     loop = Loop(model, dataset, n_epochs, run, losses, constraints, rank, world)
-    loop.counted = decision.counted
+    loop.counted, loop.state = decision.counted, state
     loop.callbacks = [DivergenceGuard(path), EpochLog(), ProgressBar(), *callbacks]
     yield from _epochs(loop, lbfgs_options or {})
 
@@ -178,8 +179,8 @@ def _epochs(loop: Loop, lbfgs_options: dict) -> Iterator[float]:
 
 def _prepare(loop: Loop) -> None:
     """The data prepared and everything the call decides from them, each logged, into ``loop``: counts, the 'auto'
-    constraints, the decay, the held-out positions, a low dose's phase-only fit, the batch step; the run state from a
-    checkpoint (``model._resume_state``) or new."""
+    constraints, the decay, the held-out positions, a low dose's phase-only fit, the batch step; the run state new
+    unless the call continues one (a checkpoint's)."""
     model, run, losses = loop.model, loop.run, loop.losses
     data = loop.data = prepared_data(model, loop.dataset, losses.power, losses.eps, run.data_in_memory,
                                      run.memory_budget_gb)
@@ -215,11 +216,8 @@ def _prepare(loop: Loop) -> None:
     log.info("%s", refined_parameters(refining, run.optimizer, run.lr_scale))
     if "tilt" in refining:
         log.info("%s", TILT_NOT_MEASURED)
-    resumed = getattr(model, "_resume_state", None)  # what load_checkpoint left for this call
-    model._resume_state = None
     # decay window, divergence references and best state: carried on from a checkpoint, else new for this call
-    loop.state = RunState.new(model) if resumed is None else resumed["run"]
-    loop.pending_optimizer = None if resumed is None else resumed.get("optimizer")
+    loop.state = loop.state or RunState.new(model)
     loop.last_epoch = model.epoch + loop.n_epochs  # after a coarse start's epochs
     if loop.world > 1:  # every rank evaluates the positions of its own compact block
         loop.owner = shard_owners(model.initial_positions.detach().cpu().numpy(), loop.world)
@@ -260,9 +258,9 @@ def _advance(loop: Loop, named: dict[str, torch.Tensor], disabled: set[str], lbf
     if loop.optimizer is None or wanted != loop.optimizer_names:
         loop.optimizer = build_optimizer(run.optimizer, model, wanted, run.lr_scale, run.momentum, lbfgs_options)
         loop.optimizer_names = list(wanted)
-        if loop.pending_optimizer is not None:
-            reuse_optimizer_state(loop.optimizer, loop.pending_optimizer, state.optimizer_names, loop.optimizer_names)
-            loop.pending_optimizer = None
+        if state.optimizer is not None:
+            reuse_optimizer_state(loop.optimizer, state.optimizer, state.optimizer_names, loop.optimizer_names)
+            state.optimizer = None
         state.optimizer_names = list(loop.optimizer_names)
     opt = loop.optimizer
     if loop.crystal_check and epoch >= 2:
@@ -447,7 +445,7 @@ def optimize_with_options(model, dataset, n_epochs: int, losses: LossConfig | No
                           figures_every: int = 0, log_file: str | Path | None = None,
                           callbacks: Sequence[Callback] = (), lbfgs_options: dict | None = None,
                           distributed: bool = True, prior=None, run: RunConfig | None = None,
-                          **run_options) -> Iterator[float]:
+                          state: RunState | None = None, **run_options) -> Iterator[float]:
     """:func:`optimize` with keyword options, as the model's ``*_optimize`` methods take them.
 
     ``run``: a parameter file's ``run`` section (:func:`phasestem.recon.params.run_sections`); ``run_options``:
@@ -458,7 +456,7 @@ def optimize_with_options(model, dataset, n_epochs: int, losses: LossConfig | No
     (:class:`~phasestem.recon.callbacks.Figures`). ``log_file`` (default ``out_dir/reconstruct.log`` when
     ``out_dir`` is set): the run log (:class:`~phasestem.recon.callbacks.LogFile`). ``prior``: a
     :class:`~phasestem.recon.prior.PhasePrior` or :class:`~phasestem.recon.prior.RefreshedPrior` (e.g.
-    :func:`phasestem.learn.hybrid.restorer_prior`), one more callback of this call."""
+    :func:`phasestem.learn.hybrid.restorer_prior`), one more callback of this call. ``state``: as :func:`optimize`'s."""
     if run is None:
         run = run_settings(dataset.n_patterns, **run_options)
     elif run_options:
@@ -474,5 +472,5 @@ def optimize_with_options(model, dataset, n_epochs: int, losses: LossConfig | No
         own.append(Figures(out_dir, figures_every))
     yield from optimize(model, dataset, n_epochs, run, losses, constraints,
                         [*([] if prior is None else [prior]), *own, *callbacks], lbfgs_options=lbfgs_options,
-                        distributed=distributed)
+                        distributed=distributed, state=state)
 

@@ -214,10 +214,10 @@ def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = Non
         log_settings(settings, losses_line(params, sources, from_data), dataset, log_path)
         print(losses_line(params, sources, from_data))
     model = build_model(params, dataset, start_phase).to(device)
-    ckpt = out / "checkpoint.pt"
+    ckpt, state = out / "checkpoint.pt", None
     if resume:
         wanted = {k: ParamSchedule(s.lr, s.start, s.end) for k, s in model.schedules.items()}
-        load_checkpoint(ckpt, model)
+        state = load_checkpoint(ckpt, model)
         with logging_to(log_path) if main else contextlib.nullcontext():  # the run log says where it continued
             log.info("resumed from %s after epoch %d", ckpt, model.epoch)
         _keep_configured_schedules(model, wanted)
@@ -237,7 +237,8 @@ def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = Non
     callbacks += [Checkpoints(ckpt, params.run.checkpoint_every), LogFile(log_path)]
     if params.run.figures_every:
         callbacks.append(Figures(out, params.run.figures_every))
-    for _ in optimize(model, dataset, max(0, remaining), params.run, from_data[0], params.constraints, callbacks):
+    for _ in optimize(model, dataset, max(0, remaining), params.run, from_data[0], params.constraints, callbacks,
+                      state=state):
         pass
     if main:
         from .uncertainty import run_uncertainty

@@ -56,7 +56,8 @@ class RunState:
     learning rate carries after the step-size back-offs so far (``backoffs`` of them; see
     :class:`~phasestem.recon.callbacks.DivergenceGuard`); ``holdout_best_loss``, ``holdout_best`` (epoch,
     state_dict) and ``holdout_waited``: the held-out stop's lowest loss, its state and the epochs since
-    (:mod:`phasestem.recon.holdout`)."""
+    (:mod:`phasestem.recon.holdout`); ``optimizer``: a checkpoint's optimiser state, for the first optimiser the
+    call builds."""
 
     decay_start: int
     start_loss: float | None = None
@@ -68,6 +69,7 @@ class RunState:
     holdout_best_loss: float = math.inf
     holdout_best: tuple[int, dict[str, torch.Tensor]] | None = None
     holdout_waited: int = 0
+    optimizer: dict | None = None
 
     @classmethod
     def new(cls, model) -> RunState:
@@ -91,12 +93,13 @@ class RunState:
         return out
 
     @classmethod
-    def from_checkpoint(cls, entry: dict | None, model) -> RunState:
-        """The state stored by :meth:`to_checkpoint`, for ``model`` already restored from the same checkpoint.
-        A checkpoint without it (written before it existed) continues a decay that started at epoch 1."""
+    def from_checkpoint(cls, entry: dict | None, model, optimizer: dict | None = None) -> RunState:
+        """The state stored by :meth:`to_checkpoint`, for ``model`` already restored from the same checkpoint, with
+        its ``optimizer`` state. A checkpoint without it (written before it existed) continues a decay that started
+        at epoch 1."""
         if not entry:
             state = cls.new(model)
-            state.decay_start = 1
+            state.decay_start, state.optimizer = 1, optimizer
             return state
         start = entry.get("start_loss")
         return cls(decay_start=int(entry["decay_start"]), start_loss=None if start is None else float(start),
@@ -105,4 +108,4 @@ class RunState:
                    lr_backoff=float(entry.get("lr_backoff", 1.0)), backoffs=int(entry.get("backoffs", 0)),
                    holdout_best_loss=float(entry.get("holdout_best_loss", math.inf)),
                    holdout_best=_unpack(entry, model, "holdout_best"),
-                   holdout_waited=int(entry.get("holdout_waited", 0)))
+                   holdout_waited=int(entry.get("holdout_waited", 0)), optimizer=optimizer)
