@@ -206,7 +206,7 @@ def _restorer_for(tmp_path, params_file, name: str, **change):
     optics = {**dataset_optics(data), "sampling": list(build_model(params, data).sampling)}
     optics = {k: list(v) if isinstance(v, tuple) else v for k, v in {**optics, **change}.items()}
     net = Restorer(RestorerConfig(width=4))
-    return save_weights(net.state_dict(), tmp_path / name, make_meta("restorer", net.config.to_dict(),
+    return save_weights(net.state_dict(), tmp_path / name, make_meta("restorer", net.config,
                                                                       {"optics": optics}))
 
 

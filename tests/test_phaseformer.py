@@ -181,7 +181,7 @@ def test_checkpoint_round_trip(tmp_path, one_thread):
     torch.manual_seed(0)
     net = Phaseformer(**TINY, residual=False).eval()
     wrapped = PhaseformerTrainable(net, PhaseformerLoss(("charbonnier",)))
-    meta = {"network": "phaseformer", "model": net.config.to_dict()}
+    meta = {"network": "phaseformer", "model": net.config.model_dump(mode="json")}
     path = save_weights(wrapped.state_dict(), tmp_path / "run" / "best" / "model.safetensors", meta)
     loaded, _ = load_phaseformer(tmp_path / "run", device="cpu")
     x = torch.randn(1, 1, 32, 32)

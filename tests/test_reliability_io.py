@@ -69,7 +69,7 @@ def models(tmp_path_factory):
                  {"network": "autoencoder", "model": ae_cfg, "preprocess": {"scaling": "log"}})
     pf_cfg = PhaseformerConfig(dim=8, blocks=(1, 1, 1, 1), heads=(1, 1, 2, 2), refinement_blocks=1)
     save_weights(Phaseformer(pf_cfg).state_dict(), tmp / "pf.safetensors",
-                 {"network": "phaseformer", "model": pf_cfg.to_dict()})
+                 {"network": "phaseformer", "model": pf_cfg.model_dump(mode="json")})
     return {"dir": tmp, "sim": sim, "sim32": sim32, "e2e": tmp / "e2e", "ae": tmp / "ae.safetensors",
             "pf": tmp / "pf.safetensors"}
 

@@ -38,7 +38,7 @@ def _identity_restorer(path, results) -> str:
     with h5py.File(results) as f:
         optics = {"energy": float(f.attrs["energy"]), "sampling": [float(s) for s in f.attrs["sampling"]]}
     net = Restorer(RestorerConfig(width=4))
-    return str(save_weights(net.state_dict(), path, make_meta("restorer", net.config.to_dict(), {"optics": optics})))
+    return str(save_weights(net.state_dict(), path, make_meta("restorer", net.config, {"optics": optics})))
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ def _card(path, geometry: dict, scale: float = 1.0) -> str:
 
     net = Restorer(RestorerConfig(width=4))
     state = {k: v * scale if v.is_floating_point() else v for k, v in net.state_dict().items()}
-    return str(save_weights(state, path, make_meta("restorer", net.config.to_dict(), {"optics": geometry})))
+    return str(save_weights(state, path, make_meta("restorer", net.config, {"optics": geometry})))
 
 
 @pytest.fixture(scope="module")

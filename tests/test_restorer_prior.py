@@ -66,13 +66,13 @@ def test_restorer_files_of_another_geometry_or_corrupted_are_refused_in_one_line
     optics = {**dataset_optics(ds), "sampling": list(ds.sampling)}
     optics = {k: list(v) if isinstance(v, tuple) else v for k, v in optics.items()}
     good = save_weights(net.state_dict(), tmp_path / "r.safetensors",
-                        make_meta("restorer", net.config.to_dict(), {"optics": optics}))
+                        make_meta("restorer", net.config, {"optics": optics}))
     loaded, meta = load_restorer(good, ds, ds.sampling)
     ch = {"phase": np.random.default_rng(0).standard_normal((20, 20)).astype(np.float32),
           "amplitude": np.ones((20, 20), np.float32), "illumination": np.ones((20, 20), np.float32)}
     np.testing.assert_array_equal(restore_channels(loaded, ch), ch["phase"])  # untrained: the identity
     other = save_weights(net.state_dict(), tmp_path / "o.safetensors",
-                         make_meta("restorer", net.config.to_dict(), {"optics": {**optics, "energy": 200e3}}))
+                         make_meta("restorer", net.config, {"optics": {**optics, "energy": 200e3}}))
     with pytest.raises(PhasestemError) as err:
         load_restorer(other, ds)
     assert "energy" in str(err.value) and "\n" not in str(err.value)
@@ -124,7 +124,7 @@ def _restorer_file(path, params_file, **change):
     optics = {**dataset_optics(data), "sampling": list(build_model(params, data).sampling)}
     optics = {k: list(v) if isinstance(v, tuple) else v for k, v in {**optics, **change}.items()}
     net = Restorer(RestorerConfig(width=4))
-    return save_weights(net.state_dict(), path, make_meta("restorer", net.config.to_dict(), {"optics": optics}))
+    return save_weights(net.state_dict(), path, make_meta("restorer", net.config, {"optics": optics}))
 
 
 def test_reconstruct_with_prior_and_restore_through_the_cli(tmp_path, capsys):

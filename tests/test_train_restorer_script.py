@@ -123,7 +123,7 @@ def test_prior_study_and_ad_sweep_on_a_tiny_file(tmp_path):
     optics = {k: list(v) if isinstance(v, tuple) else v for k, v in optics.items()}
     net = Restorer(RestorerConfig(width=4))
     model = save_weights(net.state_dict(), tmp_path / "r.safetensors",
-                         make_meta("restorer", net.config.to_dict(), {"optics": optics}))
+                         make_meta("restorer", net.config, {"optics": optics}))
     out = tmp_path / "prior.json"
     result = restorer_prior.study(str(model), sim, sim, [None], candidates=[(2, 0.5, 2), (1, 1.0, 1)], out=out)
     assert set(result["dev"]) == {"every=2 weight=0.5 start=2", "every=1 weight=1 start=1"}

@@ -24,17 +24,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
+
 from ..base.errors import InputFileError
 
 SCHEMA = 2
 KINDS = ("patch", "stitch", "end2end", "autoencoder", "phaseformer")
 
 
-def make_meta(kind: str, config: dict[str, Any], data: dict[str, Any] | None = None,
+def make_meta(kind: str, config: dict[str, Any] | BaseModel, data: dict[str, Any] | None = None,
               loss: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
-    """Metadata of a ``kind`` network (schema 2)."""
+    """Metadata of a ``kind`` network (schema 2); a pydantic ``config`` is stored as its JSON-mode dump."""
     from ..base.version import __version__
 
+    if isinstance(config, BaseModel):
+        config = config.model_dump(mode="json")
     meta: dict[str, Any] = {"schema": SCHEMA, "model": {"kind": kind, "config": config}, "data": data or {}}
     if loss is not None:
         meta["loss"] = loss

@@ -38,7 +38,7 @@ def load_phaseformer(path: str | Path, device: str | None = None) -> tuple[Phase
     state, meta = load_weights(path)
     if meta:  # a bare state_dict file (no metadata) is taken as a default-size Phaseformer
         require_kind(meta, path, ("phaseformer",))
-    net = Phaseformer(PhaseformerConfig.from_dict(meta["model"]["config"] if meta else {}))
+    net = Phaseformer(PhaseformerConfig.model_validate(meta["model"]["config"] if meta else {}))
     if any(k.startswith("net.") for k in state):
         state = {k[4:]: v for k, v in state.items() if k.startswith("net.")}
     net.load_state_dict(state)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -44,31 +43,24 @@ __all__ = ["Phaseformer", "PhaseformerConfig", "phase_only", "ECA", "MDTA", "GDF
            "PhaseformerLoss", "PhaseformerModelConfig", "PhaseformerLossConfig"]
 
 
-@dataclass
-class PhaseformerConfig:
-    """Architecture hyper-parameters (stored with every checkpoint)."""
+class PhaseformerModelConfig(StrictModel):
+    """Phaseformer architecture (defaults = the published model, ≈ 1.8 M parameters)."""
 
-    in_channels: int = 1
-    out_channels: int = 1
-    dim: int = 16
-    blocks: tuple[int, int, int, int] = (2, 3, 3, 4)
-    heads: tuple[int, int, int, int] = (1, 2, 4, 8)
-    refinement_blocks: int = 4
-    ffn_expansion: float = 2.66
-    phase_attention: bool = True
-    phase_skips: bool = True
-    residual: bool = True
+    dim: int = Field(16, ge=2, description="channels of level 1 (levels: dim, 2·dim, 4·dim, 8·dim)")
+    blocks: tuple[int, int, int, int] = Field((2, 3, 3, 4), description="transformer blocks per level")
+    heads: tuple[int, int, int, int] = Field((1, 2, 4, 8), description="attention heads per level")
+    refinement_blocks: int = Field(4, ge=0, description="refinement blocks at full resolution")
+    ffn_expansion: float = Field(2.66, gt=0, description="GDFN hidden-channel expansion")
+    phase_attention: bool = Field(True, description="phase-only transform on the attention queries/keys")
+    phase_skips: bool = Field(True, description="phase-only transform + ECA on the encoder skips")
+    residual: bool = Field(True, description="predict a correction added to the (up-sampled) input")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> PhaseformerConfig:
-        d = dict(d)
-        for k in ("blocks", "heads"):
-            if k in d:
-                d[k] = tuple(d[k])
-        return cls(**d)
+class PhaseformerConfig(PhaseformerModelConfig):
+    """The architecture and its channels (the data's, not the run config's): what every checkpoint stores."""
+
+    in_channels: int = Field(1, ge=1, description="input channels")
+    out_channels: int = Field(1, ge=1, description="output channels")
 
 
 def phase_only(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -197,7 +189,7 @@ class Phaseformer(nn.Module):
         super().__init__()
         cfg = config or PhaseformerConfig()
         if overrides:
-            cfg = PhaseformerConfig.from_dict({**cfg.to_dict(), **overrides})
+            cfg = PhaseformerConfig.model_validate({**cfg.model_dump(), **overrides})
         self.config = cfg
         d, nb, nh = cfg.dim, cfg.blocks, cfg.heads
         self.embed = nn.Conv2d(cfg.in_channels, d, 3, padding=1, bias=False)
@@ -247,19 +239,6 @@ class Phaseformer(nn.Module):
             out_l = out_l + x
             out_h = out_h + F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
         return out_l, out_h
-
-
-class PhaseformerModelConfig(StrictModel):
-    """Phaseformer architecture (defaults = the published model, ≈ 1.8 M parameters)."""
-
-    dim: int = Field(16, ge=2, description="channels of level 1 (levels: dim, 2·dim, 4·dim, 8·dim)")
-    blocks: tuple[int, int, int, int] = Field((2, 3, 3, 4), description="transformer blocks per level")
-    heads: tuple[int, int, int, int] = Field((1, 2, 4, 8), description="attention heads per level")
-    refinement_blocks: int = Field(4, ge=0, description="refinement blocks at full resolution")
-    ffn_expansion: float = Field(2.66, gt=0, description="GDFN hidden-channel expansion")
-    phase_attention: bool = Field(True, description="phase-only transform on the attention queries/keys")
-    phase_skips: bool = Field(True, description="phase-only transform + ECA on the encoder skips")
-    residual: bool = Field(True, description="predict a correction added to the (up-sampled) input")
 
 
 class PhaseformerLossConfig(StrictModel):

@@ -18,7 +18,7 @@ and instead of atoms): phase the restoration adds where the specimen has none, t
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +27,7 @@ from torch import nn
 
 from ...base.configfile import StrictModel
 from ...base.errors import ShapeError
-from .phaseformer import Phaseformer, PhaseformerConfig
+from .phaseformer import Phaseformer, PhaseformerConfig, PhaseformerModelConfig
 from .pixel_error import offset_free_difference
 
 CHANNELS = ("amplitude", "illumination")
@@ -65,10 +65,9 @@ class UNetBody(nn.Module):
 class _PhaseformerBody(nn.Module):
     """Phaseformer's 1× output as a correction (its out_low head zero-initialised)."""
 
-    def __init__(self, in_channels: int, settings: dict[str, Any]):
+    def __init__(self, in_channels: int, settings: PhaseformerModelConfig):
         super().__init__()
-        cfg = PhaseformerConfig.from_dict({**settings, "in_channels": in_channels, "out_channels": 1,
-                                           "residual": False})
+        cfg = PhaseformerConfig(**{**dict(settings), "in_channels": in_channels, "out_channels": 1, "residual": False})
         self.net = Phaseformer(cfg)
         nn.init.zeros_(self.net.out_low.weight)
         nn.init.zeros_(self.net.out_low.bias)
@@ -86,7 +85,7 @@ BODIES = {
 
 
 class RestorerConfig(StrictModel):
-    """Restorer settings (stored with every model file, ``to_dict``/``from_dict``; the run config's ``model``
+    """Restorer settings (stored with every model file as ``model_dump(mode="json")``; the run config's ``model``
     section adds ``init``): body, its width, the extra input channels."""
 
     arch: Literal[tuple(BODIES)] = Field(  # type: ignore[valid-type]  (the table's names)
@@ -94,16 +93,11 @@ class RestorerConfig(StrictModel):
         "phaseformer, Phaseformer (seed 002)")
     extra_channels: tuple[Literal[CHANNELS], ...] = Field(CHANNELS, description="inputs beside AD's phase")  # type: ignore[valid-type]
     width: int = Field(16, ge=2, description="U-Net channels of level 1 (levels: width, 2·width, 4·width)")
-    phaseformer: dict[str, Any] = Field(
-        default_factory=lambda: {"dim": 8, "blocks": [1, 1, 1, 1], "heads": [1, 1, 2, 2], "refinement_blocks": 1},
-        description="Phaseformer settings (dim, blocks, heads, refinement_blocks, …) when arch is phaseformer")
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RestorerConfig:
-        return cls.model_validate(dict(d))
+    phaseformer: PhaseformerModelConfig = Field(
+        default_factory=lambda: PhaseformerModelConfig(dim=8, blocks=(1, 1, 1, 1), heads=(1, 1, 2, 2),
+                                                       refinement_blocks=1),
+        description="the Phaseformer body's settings when arch is phaseformer (its residual is off: the restorer "
+        "adds AD's phase itself)")
 
     @property
     def in_channels(self) -> int:

@@ -101,7 +101,7 @@ class PatternSet(torch.utils.data.Dataset):
 
 def autoencoder_meta(cfg: AutoencoderRunConfig, pattern_shape: tuple[int, int]) -> dict[str, Any]:
     d = cfg.data
-    return make_meta("autoencoder", cfg.model.model_dump(mode="json"),
+    return make_meta("autoencoder", cfg.model,
                      {"preprocess": {"scaling": d.scaling, "log_floor": d.log_floor, "bin": d.bin},
                       "pattern_shape": list(pattern_shape)}, cfg.loss.model_dump(mode="json"))
 

@@ -33,7 +33,7 @@ __all__ = ["PhaseformerTrainable", "build_phaseformer_trainer", "train_phaseform
 
 def phaseformer_from_config(kind: str, config: dict[str, Any]) -> Phaseformer:
     """Registry entry: a Phaseformer with random weights from its settings."""
-    return Phaseformer(PhaseformerConfig.from_dict(config))
+    return Phaseformer(PhaseformerConfig.model_validate(config))
 
 
 class PhaseformerTrainable(nn.Module):
@@ -88,11 +88,11 @@ def build_phaseformer_trainer(cfg: PhaseformerRunConfig, out_dir: str | Path | N
                                                drop_last=len(train_ds) > d.batch_size)
     val_loader = None if val_ds is None or len(val_ds) == 0 else torch.utils.data.DataLoader(
         val_ds, batch_size=d.val_batch_size or d.batch_size, num_workers=d.num_workers)
-    net = Phaseformer(PhaseformerConfig.from_dict(cfg.model.model_dump()))
+    net = Phaseformer(PhaseformerConfig.model_validate(cfg.model.model_dump()))
     lc = cfg.loss
     criterion = PhaseformerLoss(lc.components, lc.perceptual_weights, lc.charbonnier_eps, lc.perceptual_max_size)
     model = PhaseformerTrainable(net, criterion)
-    meta = make_meta("phaseformer", net.config.to_dict(), {}, lc.model_dump(mode="json"),
+    meta = make_meta("phaseformer", net.config, {}, lc.model_dump(mode="json"),
                      perceptual_source=getattr(criterion.terms["perceptual"], "source", None)
                      if "perceptual" in criterion.terms else None)
     log.info("phaseformer: %d parameters; %d training pairs, %d test pairs", count_parameters(net), len(train_ds),

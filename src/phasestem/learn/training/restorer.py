@@ -32,7 +32,7 @@ __all__ = ["restorer_from_config", "build_restorer_trainer", "field_error"]
 
 def restorer_from_config(kind: str, config: dict[str, Any]) -> Restorer:
     """Registry entry: a restorer with random weights (an identity: its last layer is zero)."""
-    return Restorer(RestorerConfig.from_dict(config))
+    return Restorer(RestorerConfig.model_validate(config))
 
 
 def field_error(pred: torch.Tensor, target: torch.Tensor, field: torch.Tensor) -> torch.Tensor:
@@ -67,10 +67,10 @@ def _start_from(net: Restorer, path: str, optics: dict[str, Any]) -> None:
     from ..trainer.checkpoint import load_weights
 
     state, meta = load_weights(path)
-    theirs = RestorerConfig.from_dict(((meta.get("model") or {}).get("config")) or {}).to_dict()
-    if meta.get("model", {}).get("kind") != "restorer" or theirs != net.config.to_dict():
+    theirs = RestorerConfig.model_validate(((meta.get("model") or {}).get("config")) or {})
+    if meta.get("model", {}).get("kind") != "restorer" or theirs != net.config:
         raise ConfigError(f"model.init: {path} is not a restorer of this config's body and inputs "
-                          f"({net.config.to_dict()})")
+                          f"({net.config.model_dump(mode='json')})")
     check_training_optics(meta, optics, f"model.init {path}")
     net.load_state_dict(state)
     log.info("restorer: starting from the weights of %s", path)
@@ -98,10 +98,10 @@ def build_restorer_trainer(cfg: RestorerRunConfig, out_dir: str | Path | None = 
                                                drop_last=len(train_ds) > d.batch_size)
     val_loader = None if val_ds is None or len(val_ds) == 0 else torch.utils.data.DataLoader(
         val_ds, batch_size=d.batch_size, num_workers=d.num_workers)
-    net = Restorer(RestorerConfig.from_dict(mc.model_dump(exclude={"init"})))
+    net = Restorer(RestorerConfig.model_validate(mc.model_dump(exclude={"init"})))
     if mc.init:
         _start_from(net, mc.init, optics[0])
-    meta = make_meta("restorer", net.config.to_dict(), {"optics": optics[0], "epochs": d.epochs,
+    meta = make_meta("restorer", net.config, {"optics": optics[0], "epochs": d.epochs,
                                                         "pairs": [str(p) for p in d.train]},
                      cfg.loss.model_dump(mode="json"))
     log.info("restorer (%s): %d parameters; %d training items, %d test items", mc.arch, count_parameters(net),
