@@ -59,10 +59,10 @@ def _run(ds, truth, epochs, amplitude=None, **options):
 
 
 def test_low_dose_counted_data_hold_the_amplitude_unless_the_user_sets_its_rate():
-    assert phase_only(True, 1e3, ParamSchedule(None)) and phase_only(True, 3e4, ParamSchedule(None))
-    assert not phase_only(True, 1e5, ParamSchedule(None))  # enough counts to determine the amplitude
-    assert not phase_only(False, 1e3, ParamSchedule(None))  # not counted data
-    assert not phase_only(True, 1e3, ParamSchedule(0.1))  # the user's rate is kept
+    assert phase_only(True, 1e3, ParamSchedule()) and phase_only(True, 3e4, ParamSchedule())
+    assert not phase_only(True, 1e5, ParamSchedule())  # enough counts to determine the amplitude
+    assert not phase_only(False, 1e3, ParamSchedule())  # not counted data
+    assert not phase_only(True, 1e3, ParamSchedule(lr=0.1))  # the user's rate is kept
 
 
 def test_phase_only_at_1e3_counts_beats_refining_the_amplitude(low_dose, caplog):

@@ -217,10 +217,7 @@ class Ptychography(nn.Module):
             if name not in self.schedules:
                 raise ConfigError(f"unknown parameter '{name}' for a learning rate: expected one of {PARAM_NAMES}")
             if val is not None and not isinstance(val, int | float):
-                val, sched = dict(val), self.schedules[name]
-                lr = val.get("lr", sched.lr)
-                self.schedules[name] = ParamSchedule(None if lr is None else float(lr),
-                                                     int(val.get("start", sched.start)), val.get("end", sched.end))
+                self.schedules[name] = ParamSchedule.model_validate({**dict(self.schedules[name]), **dict(val)})
             else:
                 self.schedules[name].lr = None if val is None else float(val)
 
@@ -416,5 +413,5 @@ class Ptychography(nn.Module):
         self.auto_reasons = {str(k): str(v) for k, v in state.get("auto_reasons", {}).items()}
         self.coarse_note = str(state.get("coarse_note", ""))
         for k, (lr, start, end) in state["schedules"].items():
-            self.schedules[k] = ParamSchedule(None if float(lr) < 0 else float(lr), int(start),
-                                              None if int(end) < 0 else int(end))
+            self.schedules[k] = ParamSchedule(lr=None if float(lr) < 0 else float(lr), start=int(start),
+                                              end=None if int(end) < 0 else int(end))

@@ -27,7 +27,7 @@ from .model import Ptychography
 from .report import CALIBRATION_FIELDS, geometry_settings
 from .settings import ReconstructParams, RunConfig  # noqa: F401  (re-exported: from phasestem.recon.params import …)
 from .settings.data import DataConfig
-from .settings.model import InitialPhase, ModelOptions, ScheduleConfig  # noqa: F401  (re-exported likewise)
+from .settings.model import InitialPhase, ModelOptions  # noqa: F401  (re-exported likewise)
 from .settings.scan import ScanConfig  # noqa: F401  (re-exported likewise)
 
 log = logging.getLogger("phasestem.recon")

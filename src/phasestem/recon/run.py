@@ -13,7 +13,6 @@ from ..base.lock import hold_output
 from ..base.safety import atomic_file, refuse_output_over_inputs, remove_stale_temporaries
 from .distributed import rank_device
 from .params import ReconstructParams, build_dataset, build_model, dump_params, run_sections
-from .schedule import ParamSchedule
 
 log = logging.getLogger("phasestem.recon")
 
@@ -29,7 +28,7 @@ def _keep_configured_schedules(model, wanted: dict) -> None:
     """After a resume, the learning rates and epochs of this run's parameter file win over the checkpoint's."""
     for name, sched in wanted.items():
         old = model.schedules[name]
-        if (old.lr, old.start, old.end) != (sched.lr, sched.start, sched.end):
+        if old != sched:
             log.info("learning rate of %s: checkpoint %s -> parameter file %s", name,
                      _describe(old), _describe(sched))
         model.schedules[name] = sched
@@ -216,7 +215,7 @@ def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = Non
     model = build_model(params, dataset, start_phase).to(device)
     ckpt, state = out / "checkpoint.pt", None
     if resume:
-        wanted = {k: ParamSchedule(s.lr, s.start, s.end) for k, s in model.schedules.items()}
+        wanted = {k: s.model_copy() for k, s in model.schedules.items()}
         state = load_checkpoint(ckpt, model)
         with logging_to(log_path) if main else contextlib.nullcontext():  # the run log says where it continued
             log.info("resumed from %s after epoch %d", ckpt, model.epoch)

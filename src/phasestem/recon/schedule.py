@@ -1,7 +1,9 @@
 """Learning-rate schedules of the reconstruction's parameters: names, defaults, and what ``None`` means per solver."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pydantic import Field
+
+from ..base.configfile import FiniteModel
 
 PARAM_NAMES = ("obj_amplitude", "obj_phase", "probe", "positions", "tilt", "slice_thickness", "obj_weights")
 
@@ -63,17 +65,16 @@ def phase_only(counted: bool, counts: float, amplitude_schedule) -> bool:
     return counted and counts <= LOW_DOSE_COUNTS and amplitude_schedule.lr is None
 
 
-@dataclass
-class ParamSchedule:
-    """Learning rate and active epoch range (1-based, ``end=None`` = to the end) of one parameter.
+class ParamSchedule(FiniteModel):
+    """Learning rate and active epoch range of one parameter: a model's schedule and an entry of the parameter
+    file's ``model.learning_rates``. A learning rate of 0 freezes the parameter (as ``requires_grad = False``
+    does); ``None`` takes the solver's default (:data:`SOLVER_DEFAULTS`)."""
 
-    A learning rate of 0 freezes the parameter (as ``requires_grad = False`` does); ``None`` takes
-    the solver's default (:data:`SOLVER_DEFAULTS`).
-    """
-
-    lr: float | None
-    start: int = 1
-    end: int | None = None
+    lr: float | None = Field(None, ge=0, description="learning rate: Adam/SGD units per update; for lsq (object, "
+                             "probe) a fraction of the Gauss–Newton step; 0 freezes the parameter; null: the "
+                             "solver's default")
+    start: int = Field(1, ge=1, description="first epoch (1-based) in which the parameter is optimised")
+    end: int | None = Field(None, description="last epoch (null: to the end)")
 
     def active(self, epoch: int) -> bool:
         return (self.lr is None or self.lr > 0) and epoch >= self.start and (self.end is None or epoch <= self.end)
@@ -88,7 +89,7 @@ class ParamSchedule:
 def default_schedules(n_slices: int, slice_thickness: float, pixel: float) -> dict[str, ParamSchedule]:
     """A new model's schedules (:data:`DEFAULT_SCHEDULES`); the tilt frozen where :func:`tilt_matters` says a tilt
     would only move what the data cannot see."""
-    schedules = {name: ParamSchedule(lr, start) for name, (lr, start) in DEFAULT_SCHEDULES.items()}
+    schedules = {name: ParamSchedule(lr=lr, start=start) for name, (lr, start) in DEFAULT_SCHEDULES.items()}
     if not tilt_matters(n_slices, slice_thickness, pixel):
         schedules["tilt"].lr = 0.0
     return schedules

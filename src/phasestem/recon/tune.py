@@ -22,7 +22,8 @@ from ..base.extras import require
 from ..base.lock import hold_output
 from .distributed import rank_device
 from .engine import DivergenceError, optimize
-from .params import ReconstructParams, ScheduleConfig, build_dataset, build_model
+from .params import ReconstructParams, build_dataset, build_model
+from .schedule import ParamSchedule
 
 log = logging.getLogger("phasestem.recon")
 
@@ -66,8 +67,8 @@ def run_tuning(params: ReconstructParams, out_dir: str | Path | None = None, n_t
             for name, rng in t.learning_rates.items():
                 lr = trial.suggest_float(f"lr_{name}", rng.low, rng.high, log=rng.log)
                 old = p.model.learning_rates.get(name)
-                p.model.learning_rates[name] = (ScheduleConfig(lr=lr, start=old.start, end=old.end)
-                                                if isinstance(old, ScheduleConfig) else ScheduleConfig(lr=lr))
+                p.model.learning_rates[name] = (old.model_copy(update={"lr": lr}) if isinstance(old, ParamSchedule)
+                                                else ParamSchedule(lr=lr))
             model = build_model(p, ds).to(rank_device(p.run.device))
             quiet = p.run.model_copy(update={"progress": False})
             err = float("inf")

@@ -15,17 +15,7 @@ from pydantic import Field, field_validator
 
 from ...base.configfile import ConfigPath, FiniteModel, number_pair
 from ...physics.experiment import ExperimentOptions, ExperimentSettings
-from ..schedule import PARAM_NAMES
-
-
-class ScheduleConfig(FiniteModel):
-    """Learning rate and active epoch range of one parameter."""
-
-    lr: float | None = Field(None, ge=0, description="learning rate: Adam/SGD units per update; for lsq (object, "
-                             "probe) a fraction of the Gauss–Newton step; 0 freezes the parameter; null: the "
-                             "solver's default")
-    start: int = Field(1, ge=1, description="first epoch (1-based) in which the parameter is optimised")
-    end: int | None = Field(None, description="last epoch (null: to the end)")
+from ..schedule import PARAM_NAMES, ParamSchedule
 
 
 class InitialPhase(FiniteModel):
@@ -68,7 +58,7 @@ class ModelSettings(ExperimentSettings):
     per_position_tilt: bool = Field(False, description="one tilt per position instead of a global one")
     obj_preblur: float = Field(0.0, ge=0, description="Gaussian σ (object pixels) by which the forward model sees "
                                "the object's amplitude and phase blurred (PtyRAD's obj_preblur_std; 0: off)")
-    learning_rates: dict[str, ScheduleConfig | float] = Field(
+    learning_rates: dict[str, ParamSchedule | float] = Field(
         default_factory=dict, description=f"per-parameter lr or {{lr, start, end}}; keys: {', '.join(PARAM_NAMES)}. "
         "Left out: the solver's default, except obj_amplitude, held at 1 on counted data of at most 3e4 counts per "
         "pattern, and tilt, refined only where the specimen is ≥ 10 nm at 0.2 Å pixels (see the run log's "
