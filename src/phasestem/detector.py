@@ -36,21 +36,11 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .base.configfile import number_pair
 from .base.errors import ConfigError, ShapeError
 from .scan import rotation_matrix
 
 _OFFSETS = np.array([(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)])
-
-
-def _pair(value, name: str, cast=float):
-    if value is None:
-        return None
-    arr = np.atleast_1d(np.asarray(value, dtype=np.float64)).ravel()
-    if arr.size == 1:
-        arr = np.array([arr[0], arr[0]])
-    if arr.size != 2:
-        raise ConfigError(f"detector.{name} must be one number or two (y, x), got {value!r}")
-    return (cast(arr[0]), cast(arr[1]))
 
 
 @dataclass(frozen=True)
@@ -87,14 +77,14 @@ class PixelatedDetector:
     bad_pixel_fill: Literal["neighbours", "zero"] = "neighbours"
 
     def __post_init__(self):
-        shape = _pair(self.shape, "shape", int)
+        shape = number_pair(self.shape, "detector.shape", cast=int)
         if shape is None or min(shape) <= 0:
             raise ConfigError(f"detector.shape must be two positive integers (H, W), got {self.shape!r}")
         set_ = lambda k, v: object.__setattr__(self, k, v)
         set_("shape", shape)
-        set_("angular_sampling", _pair(self.angular_sampling, "angular_sampling"))
-        set_("centre", _pair(self.centre, "centre"))
-        set_("crop", _pair(self.crop, "crop", int))
+        set_("angular_sampling", number_pair(self.angular_sampling, "detector.angular_sampling"))
+        set_("centre", number_pair(self.centre, "detector.centre"))
+        set_("crop", number_pair(self.crop, "detector.crop", cast=int))
         set_("rotation", float(self.rotation))
         if int(self.binning) < 1:
             raise ConfigError(f"detector.binning must be a positive integer, got {self.binning!r}")
@@ -132,7 +122,7 @@ class PixelatedDetector:
             if arr.size == 0:
                 kw["bad_pixels"] = None
             elif arr.dtype != bool:  # a list of [y, x] pixels; a mask is boolean
-                kw["bad_pixels"] = pixel_list_to_mask(arr, _pair(kw["shape"], "shape", int))
+                kw["bad_pixels"] = pixel_list_to_mask(arr, number_pair(kw["shape"], "detector.shape", cast=int))
         return cls(**kw)
 
     @classmethod

@@ -21,16 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from .base.configfile import number_pair
 from .base.errors import ConfigError, ShapeError
-
-
-def _pair(value, name: str) -> tuple[float, float]:
-    arr = np.atleast_1d(np.asarray(value, dtype=np.float64)).ravel()
-    if arr.size == 1:
-        return (float(arr[0]), float(arr[0]))
-    if arr.size != 2:
-        raise ConfigError(f"scan.{name} must be one number or two (y, x), got {value!r}")
-    return (float(arr[0]), float(arr[1]))
 
 
 def rotation_matrix(degrees: float) -> np.ndarray:
@@ -67,8 +59,9 @@ class GridScan:
         object.__setattr__(self, "shape", shape)
         if self.step is None:
             raise ConfigError("scan.step: missing; give the scan step (dy, dx) in Å")
-        object.__setattr__(self, "step", _pair(self.step, "step"))
-        object.__setattr__(self, "origin", _pair((0.0, 0.0) if self.origin is None else self.origin, "origin"))
+        object.__setattr__(self, "step", number_pair(self.step, "scan.step"))
+        object.__setattr__(self, "origin", number_pair((0.0, 0.0) if self.origin is None else self.origin,
+                                                       "scan.origin"))
         object.__setattr__(self, "rotation", float(self.rotation))
         if self.affine is not None:
             a = np.asarray(self.affine, dtype=np.float64)

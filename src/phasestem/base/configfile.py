@@ -51,16 +51,23 @@ class FiniteModel(StrictModel):
 
 
 
-def number_pair(v, name: str, positive: bool = False) -> tuple[float, float] | None:
-    """A field's one number or two (y, x) as two floats (None stays None); ``positive``: both > 0."""
-    if v is None:
+def number_pair(value: Any, name: str, positive: bool = False, cast: type = float) -> tuple | None:
+    """One number or two (y, x) as a pair of ``cast`` (None stays None): the one reader of such a value (a parameter
+    file's field, a data file's calibration, a detector's). Anything else, or with ``positive`` a value ≤ 0, is one
+    :class:`~phasestem.base.errors.ConfigError` line naming ``name`` (a ValueError, so a pydantic validator's
+    error too)."""
+    if value is None:
         return None
-    v = (float(v), float(v)) if isinstance(v, int | float) else tuple(v)
-    if len(v) != 2:
-        raise ValueError(f"{name} must be one number or two (y, x), got {len(v)} values")
-    if positive and min(v) <= 0:
-        raise ValueError(f"{name} must be positive, got {v}")
-    return v
+    try:
+        arr = np.atleast_1d(np.asarray(value, dtype=np.float64)).ravel()
+        got = f"{arr.size} values"
+    except (TypeError, ValueError):
+        arr, got = np.zeros(0), repr(value)
+    if arr.size not in (1, 2):
+        raise ConfigError(f"{name} must be one number or two (y, x), got {got}")
+    if positive and arr.min() <= 0:
+        raise ConfigError(f"{name} must be positive, got {value!r}")
+    return (cast(arr[0]), cast(arr[-1]))
 
 #: most values (after expanding YAML aliases) a config may hold: anchors cannot blow up validation time
 MAX_VALUES = 100_000

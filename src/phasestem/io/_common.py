@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ..base.configfile import number_pair
 from ..base.errors import ConfigError, InputFileError, MissingCalibrationError, ShapeError
 from ..base.provenance import same_value
 from ..base.safety import check_bad_pixel_mode, check_finite, mask_nonfinite
@@ -44,19 +45,6 @@ UNKNOWN = float("nan")
 
 COMMON_OPTIONS = ("energy", "scan_step", "scan_shape", "scan_order", "angular_sampling", "sampling", "semiangle",
                   "aberrations", "scan_origin", "positions")
-
-def pair(value, name: str, path: str | Path | None = None) -> tuple[float, float] | None:
-    """A number or a 2-sequence → (y, x) floats (None stays None)."""
-    if value is None:
-        return None
-    arr = np.atleast_1d(np.asarray(value, dtype=np.float64)).ravel()
-    if arr.size == 1:
-        return (float(arr[0]), float(arr[0]))
-    if arr.size == 2:
-        return (float(arr[0]), float(arr[1]))
-    where = f"{path}: " if path else ""
-    raise ConfigError(f"{where}{name} must be a number or a (y, x) pair, got {value!r}")
-
 
 #: metadata key of the patterns' type as stored in the file (a reader may hand them on as float32): io.counts reads it
 STORED_DTYPE_KEY = "stored_dtype"
@@ -188,7 +176,7 @@ def normalised_calibrations(values: Mapping[str, Any] | None, path: str | Path) 
         if v is None:
             continue
         if key in ("scan_step", "angular_sampling", "sampling", "scan_origin"):
-            out[key] = pair(v, key, path)
+            out[key] = number_pair(v, f"{path}: {key}")
         elif key in ("energy", "semiangle", "dose"):
             out[key] = float(v)
         elif key == "scan_shape":
