@@ -69,18 +69,18 @@ def test_auto_by_default_and_an_explicit_setting_wins():
     assert Constraints().obj_blur.enabled == "auto" and not Constraints().obj_blur.due(1)  # nothing before the rule
     auto = resolve_obj_blur(model, ds, 1e3, Constraints())
     assert auto.obj_blur.enabled is True and auto.obj_blur.sigma == pytest.approx(0.798, abs=1e-3)
-    assert model.auto_reasons["obj_blur"].startswith("on: σ 0.798 px")
-    model.auto_reasons.clear()
+    assert model.history.notes["obj_blur"].startswith("on: σ 0.798 px")
+    model.history.notes.clear()
     for given in ({"enabled": False}, {"enabled": True, "sigma": 1.3}, {"enabled": True}):
         constraints = Constraints(obj_blur=given)
         assert resolve_obj_blur(model, ds, 1e3, constraints) is constraints  # as the user set it
-    assert "obj_blur" not in model.auto_reasons
+    assert "obj_blur" not in model.history.notes
     own_sigma = resolve_obj_blur(model, ds, 1e3, Constraints(obj_blur={"sigma": 0.3, "start_iter": 4}))
     assert own_sigma.obj_blur.enabled is True and own_sigma.obj_blur.sigma == 0.3
     assert own_sigma.obj_blur.start_iter == 4 and own_sigma.obj_blur.due(4) and not own_sigma.obj_blur.due(3)
-    assert model.auto_reasons["obj_blur"].endswith("obj_blur.sigma 0.3 px as given instead")
+    assert model.history.notes["obj_blur"].endswith("obj_blur.sigma 0.3 px as given instead")
     noise_free = resolve_obj_blur(model, _tiny(False), 1e3, Constraints(obj_blur={"sigma": 0.3}))
-    assert noise_free.obj_blur.enabled is False and model.auto_reasons["obj_blur"].startswith("off: the patterns")
+    assert noise_free.obj_blur.enabled is False and model.history.notes["obj_blur"].startswith("off: the patterns")
 
 
 class _Applied(Callback):
@@ -106,7 +106,7 @@ def test_the_run_log_says_it_for_counted_data_only(counted, caplog):
     assert all(("obj_blur" in applied) == counted for applied in seen.applied) and len(seen.applied) == 2
     if not counted:
         assert "constraints.obj_blur" not in caplog.text
-        assert model.auto_reasons["obj_blur"].startswith("off: the patterns are not counts")
+        assert model.history.notes["obj_blur"].startswith("off: the patterns are not counts")
 
 
 def test_the_dose_blur_beats_no_blur_on_independent_low_dose_multislice():

@@ -138,8 +138,8 @@ def test_a_strong_crystal_keeps_the_cosine_from_its_second_epoch(caplog):
     with torch.no_grad():
         lattice.obj_phase.copy_(torch.as_tensor(columns, dtype=lattice.obj_phase.dtype).expand_as(lattice.obj_phase))
     assert crystal_decay(lattice, 2) == "cosine"
-    assert lattice.decided[CRYSTAL_DECAY_KEY] is True
-    assert lattice.auto_reasons["run.lr_decay"].startswith("cosine from epoch 2 (a strong scatterer without counts, "
+    assert lattice.history.decided[CRYSTAL_DECAY_KEY] is True
+    assert lattice.history.notes["run.lr_decay"].startswith("cosine from epoch 2 (a strong scatterer without counts, "
                                                            "but a crystal: ")
     assert "run.lr_decay auto: cosine from epoch 2" in caplog.text
     with torch.no_grad():
@@ -148,5 +148,5 @@ def test_a_strong_crystal_keeps_the_cosine_from_its_second_epoch(caplog):
     random = Ptychography.from_dataset(ds, n_slices=2, slice_thickness=10.0)
     with torch.no_grad():
         random.obj_phase.copy_(torch.rand(random.obj_phase.shape, generator=torch.Generator().manual_seed(0)))
-    assert crystal_decay(random, 2) == "none" and random.decided[CRYSTAL_DECAY_KEY] is False
-    assert "run.lr_decay" not in random.auto_reasons
+    assert crystal_decay(random, 2) == "none" and random.history.decided[CRYSTAL_DECAY_KEY] is False
+    assert "run.lr_decay" not in random.history.notes

@@ -48,7 +48,7 @@ def test_the_band_keeps_what_is_inside_it_removes_what_is_beyond_and_leaves_a_he
         model.obj_phase.copy_((0.3 * _cosine(shape, inside) + 0.2 * _cosine(shape, beyond))[None, None])
     amplitude = model.obj_amplitude.detach().clone()
     resolved = resolve_obj_band(model, Constraints())
-    assert resolved.obj_band.enabled is True and model.auto_reasons["obj_band"].startswith("on: ")
+    assert resolved.obj_band.enabled is True and model.history.notes["obj_band"].startswith("on: ")
     assert "obj_band" in apply_constraints(model, resolved, 1)
     got = model.obj_phase.detach()[0, 0]
     assert torch.allclose(got, 0.3 * _cosine(shape, inside), atol=1e-5)

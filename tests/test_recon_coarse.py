@@ -82,7 +82,7 @@ def test_auto_starts_coarse_on_thick_multislice_models_only(slices, dz, setting,
     if expected:  # a run of n epochs keeps its last on the whole detector; a run of one has no coarse start
         assert coarse_plan(setting, model, ds, optimizer, run_epochs=2)[:2] == (1, (40, 40))
         assert coarse_plan(setting, model, ds, optimizer, run_epochs=1) == (0, None, "off: the run has one epoch")
-    model.epoch = 3
+    model.history.epoch = 3
     assert coarse_plan(setting, model, ds, optimizer)[0] == 0  # never on a model that has run already
 
 
@@ -131,14 +131,14 @@ def test_a_smooth_object_goes_to_the_coarse_pixels_and_back_unchanged():
         full.obj_phase.copy_(torch.from_numpy(phase))
         full.obj_amplitude.copy_(torch.from_numpy(1 - np.abs(_smooth(shape, PIXEL, 0.15, 3, 0.2))))
         full.tilt.copy_(torch.tensor([1.5, -2.0]))
-    full.decided["obj_clamp"] = True
+    full.history.decided["obj_clamp"] = True
     coarse = coarse_model(full, (40, 40))
-    assert torch.equal(coarse.tilt, full.tilt) and coarse.decided == {"obj_clamp": True}
+    assert torch.equal(coarse.tilt, full.tilt) and coarse.history.decided == {"obj_clamp": True}
     with torch.no_grad():
         coarse.positions[7] += torch.tensor([0.3, -0.2])
         full.obj_phase.zero_()
         full.obj_amplitude.fill_(1.0)
-    coarse.epoch, coarse.loss_history = 1, [{"epoch": 1, "loss": 0.5}]
+    coarse.history.epoch, coarse.history.losses = 1, [{"epoch": 1, "loss": 0.5}]
     take_coarse(full, coarse)
     oy, ox = full.experiment.origin_px
     field = (slice(None), slice(None), slice(oy, oy + 21), slice(ox, ox + 21))  # the scanned 5 Å
@@ -173,7 +173,7 @@ def test_the_coarse_epochs_are_the_runs_first_and_say_so(thick, caplog):
     assert [COARSE_HISTORY_KEY in h for h in model.loss_history] == [True, True, False, False, False, False]
     assert "coarse start: 2 epoch(s) on the central 40 × 40 of 64 × 64 detector px" in caplog.text
     assert all(math.isfinite(x) for x in losses) and model.loss_history[-1]["loss"] < model.loss_history[2]["loss"]
-    model.auto_reasons.clear()  # only the coarse start's row: what results.h5's provenance/ records of it
+    model.history.notes.clear()  # only the coarse start's row: what results.h5's provenance/ records of it
     (row,) = auto_settings(model, SimpleNamespace(run=RunConfig(n_epochs=6, coarse_start="auto")))
     assert (row.field, row.value, row.source) == ("run.coarse_start", 2, "YAML")
     assert row.note == "auto: 2 epoch(s) on the central 40 detector px"
@@ -287,11 +287,11 @@ def test_an_auto_coarse_start_not_kept_leaves_the_run_as_without_one(thick12, ca
     for name, value in off.state_dict().items():
         assert torch.equal(auto.state_dict()[name], value), name
     assert not any(COARSE_HISTORY_KEY in h for h in auto.loss_history) and auto.epoch == 3
-    assert auto.decided == off.decided and auto.auto_reasons == off.auto_reasons
-    assert auto.coarse_note.startswith("not kept: not a crystal") and off.coarse_note == ""
+    assert auto.history.decided == off.history.decided and auto.history.notes == off.history.notes
+    assert auto.history.coarse_note.startswith("not kept: not a crystal") and off.history.coarse_note == ""
     resumed = Ptychography.from_dataset(thick12, n_slices=4, slice_thickness=30.0)
     resumed.load_checkpoint_state(auto.state_for_checkpoint())  # the reason travels with the checkpoint
-    assert resumed.coarse_note == auto.coarse_note
+    assert resumed.history.coarse_note == auto.history.coarse_note
 
 
 def test_an_auto_coarse_start_kept_is_the_runs_first_epochs(thick12, monkeypatch, caplog):
@@ -306,7 +306,7 @@ def test_an_auto_coarse_start_kept_is_the_runs_first_epochs(thick12, monkeypatch
     model, losses = _auto_run(thick12, "auto")
     assert calls == [1]
     assert "coarse start (auto): kept: for the test" in caplog.text
-    assert model.coarse_note == "kept: for the test"
+    assert model.history.coarse_note == "kept: for the test"
     assert len(losses) == 3 and model.epoch == 3
     assert [COARSE_HISTORY_KEY in h for h in model.loss_history] == [True, True, False]
     assert losses[:2] == [h["loss"] for h in model.loss_history[:2]]
@@ -340,9 +340,9 @@ def test_a_mistilted_crystals_coarse_start_is_straightened_on_the_coarse_model(t
     losses += list(epochs)
     note = ("a mistilted crystal (test); its slices straightened, the tilt +0.50, -0.25 mrad; "
             "constraints.obj_shear auto: on")
-    assert f"coarse start (auto): kept: {note}" in caplog.text and model.coarse_note == f"kept: {note}"
-    assert model.decided["obj_shear"] is True
-    assert model.auto_reasons["obj_shear"] == "on: the coarse start found a mistilted crystal (test) (epoch 1)"
+    assert f"coarse start (auto): kept: {note}" in caplog.text and model.history.coarse_note == f"kept: {note}"
+    assert model.history.decided["obj_shear"] is True
+    assert model.history.notes["obj_shear"] == "on: the coarse start found a mistilted crystal (test) (epoch 1)"
     assert "constraints.obj_shear auto (epoch 2)" not in caplog.text  # decided already, not measured again
     assert len(losses) == 3
     (row,) = [r for r in auto_settings(model, SimpleNamespace(run=run, constraints=Constraints()))

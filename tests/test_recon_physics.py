@@ -350,17 +350,17 @@ def test_obj_clamp_auto_holds_a_multislice_crystal_positive_and_leaves_other_obj
     assert c.obj_clamp.enabled == "auto" and c.obj_clamp.phase_min == 0.0 and c.obj_clamp.amp_max == 1.0
     for model, want in ((crystal, True), (atoms, False)):
         decided = resolve_decided(model, c, 1)
-        assert decided.obj_clamp.enabled is want and model.decided["obj_clamp"] is want
+        assert decided.obj_clamp.enabled is want and model.history.decided["obj_clamp"] is want
         applied = apply_constraints(model, decided, 1)
         assert ("obj_clamp" in applied) is want
-    assert crystal.auto_reasons["obj_clamp"].startswith("on: ") and crystal.auto_reasons["obj_clamp"].endswith(
-        "(epoch 1)") and atoms.auto_reasons["obj_clamp"].startswith("off: ")  # for results.h5's provenance
+    assert crystal.history.notes["obj_clamp"].startswith("on: ") and crystal.history.notes["obj_clamp"].endswith(
+        "(epoch 1)") and atoms.history.notes["obj_clamp"].startswith("off: ")  # for results.h5's provenance
     assert float(crystal.obj_phase.detach().min()) == 0.0 and float(crystal.obj_amplitude.detach().max()) == 1.0
     assert float(atoms.obj_phase.detach().min()) < -0.05 and float(atoms.obj_amplitude.detach().max()) > 1.0
     resumed = Ptychography.from_dataset(ds, n_slices=S, slice_thickness=40.0)
     resumed.load_checkpoint_state(crystal.state_for_checkpoint())
     assert resolve_decided(resumed, c, 5).obj_clamp.enabled is True  # goes on as decided, though not due anew
-    assert resumed.auto_reasons["obj_clamp"] == crystal.auto_reasons["obj_clamp"]  # and its reason goes on with it
+    assert resumed.history.notes["obj_clamp"] == crystal.history.notes["obj_clamp"]  # and its reason goes on with it
     one = Ptychography.from_dataset(ds)
     with torch.no_grad():
         one.obj_phase.copy_(torch.as_tensor(_lattice(one.object_shape)[None, None] - 0.1, dtype=torch.float32))

@@ -224,7 +224,7 @@ def main() -> None:
                 "coarse_start": engine_log.after("coarse start: "),
                 "coarse_start_auto": engine_log.after("coarse start (auto): "),
                 "tilt_mrad_per_epoch": [g["tilt"].double().reshape(-1, 2).mean(0).tolist()
-                                        for g in model.geometry_history], "device": str(model.device),
+                                        for g in model.history.geometry], "device": str(model.device),
                 "amplitude_held_low_dose": bool(phase_only(ran.weight("poisson") > 0, float(np.asarray(
                     c["patterns"]).sum((-2, -1)).mean()), model.schedules["obj_amplitude"])),
                 "losses": {"gaussian": "gaussian on sqrt(I)", "poisson": "poisson NLL",

@@ -115,6 +115,6 @@ def resolve_probe_aperture(model, mean_pattern: np.ndarray, constraints: Constra
     if model.probe.requires_grad and (schedule is None or schedule.lr != 0):
         on, why = probe_aperture_rule(mean_pattern, model.experiment.probe, model.experiment.upsampling)
         log.info("constraints.probe_aperture auto: %s", why)
-    model.auto_reasons["probe_aperture"] = why  # for the run's records (results.h5 provenance)
+    model.history.notes["probe_aperture"] = why  # for the run's records (results.h5 provenance)
     held = constraints.probe_aperture.model_copy(update={"enabled": on})
     return constraints.model_copy(update={"probe_aperture": held})

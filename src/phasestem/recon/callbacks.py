@@ -151,8 +151,8 @@ class DivergenceGuard(Callback):
         if reason is not None:
             snapshot = loop.snapshot
             if state.best is not None and math.isfinite(loop.mean_loss):  # back to the best epoch, not the last
-                model.epoch, snapshot = state.best
-                model.loss_history = model.loss_history[: model.epoch]
+                epoch, snapshot = state.best
+                model.history.rewind(epoch)
             model.load_state_dict(snapshot)
             state.best = (model.epoch, snapshot)
             msg = (f"{reason} in epoch {loop.epoch}; stopped and restored the state after epoch {model.epoch}. "

@@ -74,9 +74,9 @@ def straighten(coarse, constraints, why: str) -> str:
 
     dty, dtx = transfer_slice_shear(coarse)
     done = f"its slices straightened, the tilt {dty:+.2f}, {dtx:+.2f} mrad"
-    if constraints.obj_shear.enabled == "auto" and "obj_shear" not in coarse.decided:
-        coarse.decided["obj_shear"] = True
-        coarse.auto_reasons["obj_shear"] = f"on: the coarse start found {why} (epoch {coarse.epoch})"
+    if constraints.obj_shear.enabled == "auto" and "obj_shear" not in coarse.history.decided:
+        coarse.history.decided["obj_shear"] = True
+        coarse.history.notes["obj_shear"] = f"on: the coarse start found {why} (epoch {coarse.epoch})"
         done += "; constraints.obj_shear auto: on"
     return done
 
@@ -188,11 +188,11 @@ def coarse_model(model, window: tuple[int, int]):
         coarse.positions.copy_(coarse_exp.positions + moved)
     for name, p in model.named_parameters():  # a parameter the user froze stays frozen
         getattr(coarse, name).requires_grad_(p.requires_grad)
-    coarse.schedules = {k: type(s)(s.lr, s.start, s.end) for k, s in model.schedules.items()}
+    coarse.schedules = {k: s.model_copy() for k, s in model.schedules.items()}
     if coarse.schedules["tilt"].lr is None and not tilt_matters(model.n_slices, float(model.slice_thickness.detach()),
                                                                   min(sampling)):
         coarse.schedules["tilt"].lr = 0.0  # the default tilt rule at the coarse pixel: too small a walk to see
-    coarse.decided, coarse.auto_reasons = dict(model.decided), dict(model.auto_reasons)
+    coarse.history.decided, coarse.history.notes = dict(model.history.decided), dict(model.history.notes)
     coarse.obj_preblur = model.obj_preblur * exp.sampling[0] / sampling[0]
     return coarse.to(model.device)
 
@@ -214,9 +214,9 @@ def take_coarse(model, coarse) -> None:
         model.tilt.copy_(coarse.tilt.detach().to(model.device))
         model.slice_thickness.copy_(coarse.slice_thickness.detach().to(model.device))
         model.obj_weights.copy_(coarse.obj_weights.detach().to(model.device))
-    model.decided.update(coarse.decided)
-    model.auto_reasons.update(coarse.auto_reasons)
+    model.history.decided.update(coarse.history.decided)
+    model.history.notes.update(coarse.history.notes)
     window = float(cexp.window[1])
-    model.loss_history = [{**h, COARSE_HISTORY_KEY: window} for h in coarse.loss_history]
-    model.geometry_history = [dict(g) for g in coarse.geometry_history]
-    model.epoch = coarse.epoch
+    model.history.losses = [{**h, COARSE_HISTORY_KEY: window} for h in coarse.history.losses]
+    model.history.geometry = [dict(g) for g in coarse.history.geometry]
+    model.history.epoch = coarse.epoch

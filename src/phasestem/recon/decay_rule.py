@@ -14,7 +14,7 @@ log = logging.getLogger("phasestem.recon")
 
 #: epochs over which ``lr_decay: auto`` lowers the steps of counted data to ``lr_final``
 COUNTED_DECAY_EPOCHS = 20
-#: ``model.decided`` key of :func:`crystal_decay`'s decision (kept in checkpoints)
+#: ``model.history.decided`` key of :func:`crystal_decay`'s decision (kept in checkpoints)
 CRYSTAL_DECAY_KEY = "run.lr_decay_crystal"
 
 
@@ -22,7 +22,7 @@ def resolve_lr_decay(kind: str, losses, mean_pattern: np.ndarray | None = None, 
                      ) -> tuple[str, int | None, str | None]:
     """``run.lr_decay`` for this run as (kind, the epochs the decay spans, None: the whole run; for 'auto', why),
     from the data term ``losses`` (a :class:`~phasestem.recon.losses.LossConfig`) and the data's mean pattern (H, W).
-    ``decided``: the model's earlier decisions (``model.decided``); a strong scatterer :func:`crystal_decay` has
+    ``decided``: the model's earlier decisions (``model.history.decided``); a strong scatterer :func:`crystal_decay` has
     already found a crystal (a coarse start's epochs, a resumed run) goes on with the cosine, its reason kept (why
     None).
 
@@ -66,18 +66,18 @@ def resolve_lr_decay(kind: str, losses, mean_pattern: np.ndarray | None = None, 
 def crystal_decay(model, epoch: int) -> str:
     """The decay of a strong scatterer whose ``lr_decay: auto`` resolved to 'none', from epoch ``epoch`` (≥ 2): the
     whole run's 'cosine' when the object its first epoch left is a crystal (:func:`~phasestem.recon.crystal.
-    crystal_test`), else 'none'. Decided once and kept in ``model.decided`` (a resumed run goes on as decided); the
-    switch is logged and replaces the run's reason. The cosine's first epoch is 1 × as no decay's, so a crystal runs
-    as it did before 'auto'. Chosen on the development crystals of ``benchmarks/independent`` (abTEM, 20 iterations,
-    r at 20 without the decay against with it): dev_thick_gaas 0.643 against 0.696, dev_thick_crystal 0.554 against
+    crystal_test`), else 'none'. Decided once and kept in ``model.history.decided`` (a resumed run goes on as decided);
+    the switch is logged and replaces the run's reason. The cosine's first epoch is 1 × as no decay's, so a crystal runs
+    as it did before 'auto'. Chosen on the development crystals of ``benchmarks/independent`` (abTEM, 20 iterations, r
+    at 20 without the decay against with it): dev_thick_gaas 0.643 against 0.696, dev_thick_crystal 0.554 against
     0.559 (dev_tilt_crystal 0.665 against 0.624 and dev_thick_near_axis 0.552 against 0.545 went the other way): runs
     on thick crystals peak early and then drift, and full steps let them drift further."""
-    if CRYSTAL_DECAY_KEY not in model.decided:
+    if CRYSTAL_DECAY_KEY not in model.history.decided:
         crystal, words = crystal_test(model)
-        model.decided[CRYSTAL_DECAY_KEY] = bool(crystal)
+        model.history.decided[CRYSTAL_DECAY_KEY] = bool(crystal)
         if crystal:
             why = (f"cosine from epoch {epoch} (a strong scatterer without counts, but a crystal: {words}; full steps "
                    "let a thick crystal's run drift from where its first epochs led)")
             log.info("run.lr_decay auto: %s", why)
-            model.auto_reasons["run.lr_decay"] = why
-    return "cosine" if model.decided[CRYSTAL_DECAY_KEY] else "none"
+            model.history.notes["run.lr_decay"] = why
+    return "cosine" if model.history.decided[CRYSTAL_DECAY_KEY] else "none"

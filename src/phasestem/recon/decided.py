@@ -21,22 +21,22 @@ RULES: dict[str, tuple[Callable, int]] = {
 
 
 def resolve_decided(model, constraints, epoch: int):
-    """``constraints`` with each 'auto' of :data:`RULES` decided: by its rule (logged, for runs of enough slices to
-    have a say) at the first epoch it is due, on the object the epochs so far left, and kept in ``model.decided``
+    """``constraints`` with each 'auto' of :data:`RULES` decided: by its rule (logged, for runs of enough slices to have
+    a say) at the first epoch it is due, on the object the epochs so far left, and kept in ``model.history.decided``
     (and so in its checkpoints): a resumed run, or another call on the same model, goes on as decided, since the
-    constraint changes what the rule measured (a straightened or positive object). Unchanged where nothing is 'auto'
-    or not yet due; the caller's settings are never modified."""
+    constraint changes what the rule measured (a straightened or positive object). Unchanged where nothing is 'auto' or
+    not yet due; the caller's settings are never modified."""
     updates = {}
     for name, (rule, logged_from) in RULES.items():
         settings = getattr(constraints, name)
         if settings.enabled != "auto":
             continue
-        if name not in model.decided:
+        if name not in model.history.decided:
             if not settings.scheduled(epoch):
                 continue
-            model.decided[name], why = rule(model, settings)
-            model.auto_reasons[name] = f"{why} (epoch {epoch})"
+            model.history.decided[name], why = rule(model, settings)
+            model.history.notes[name] = f"{why} (epoch {epoch})"
             if model.n_slices >= logged_from:
                 log.info("constraints.%s auto (epoch %d): %s", name, epoch, why)
-        updates[name] = settings.model_copy(update={"enabled": model.decided[name]})
+        updates[name] = settings.model_copy(update={"enabled": model.history.decided[name]})
     return constraints.model_copy(update=updates) if updates else constraints

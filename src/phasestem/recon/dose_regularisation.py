@@ -84,7 +84,7 @@ def resolve_obj_blur(model, dataset, counts: float, constraints: Constraints, co
     """``constraints`` with ``obj_blur: auto`` decided for this run by :func:`obj_blur_rule` on ``dataset`` (counts
     by :func:`~phasestem.io.counts.counts_decision`, or ``counted`` when the caller has decided it, ``counts`` per
     pattern) and ``model``'s pixel: logged
-    for counted data, its reason kept in ``model.auto_reasons`` (results.h5 provenance). Unchanged when
+    for counted data, its reason kept in ``model.history.notes`` (results.h5 provenance). Unchanged when
     ``obj_blur.enabled`` is true or false; a ``sigma`` the user gave replaces the rule's where it turns the blur on."""
     blur = constraints.obj_blur
     if blur.enabled != "auto":
@@ -97,6 +97,6 @@ def resolve_obj_blur(model, dataset, counts: float, constraints: Constraints, co
     if counted:
         log.info("constraints.obj_blur auto: %s (counted data: the blur keeps the Poisson noise out of the finest "
                  "pixels; obj_blur.enabled: false turns it off)", why)
-    model.auto_reasons["obj_blur"] = why
+    model.history.notes["obj_blur"] = why
     update = {"enabled": sigma is not None} | ({"sigma": sigma} if sigma is not None else {})
     return constraints.model_copy(update={"obj_blur": blur.model_copy(update=update)})

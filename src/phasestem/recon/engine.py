@@ -27,6 +27,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -196,11 +197,12 @@ def _prepare(loop: Loop) -> None:
     # obj_blur 'auto': the dose
     loop.constraints = resolve_obj_blur(model, loop.dataset, counts, loop.constraints, loop.counted)
     loop.constraints = resolve_obj_band(model, loop.constraints)  # obj_band 'auto': the object's grid
-    loop.lr_decay, loop.decay_span, why = resolve_lr_decay(run.lr_decay, losses, data.mean_pattern, model.decided)
+    loop.lr_decay, loop.decay_span, why = resolve_lr_decay(run.lr_decay, losses, data.mean_pattern,
+                                                           model.history.decided)
     loop.crystal_check = run.lr_decay == "auto" and loop.lr_decay == "none"  # a strong scatterer: unless a crystal
     if why:
         log.info("run.lr_decay auto: %s", why)
-        model.auto_reasons["run.lr_decay"] = why  # a run setting: its row in results.h5 (recon.report)
+        model.history.notes["run.lr_decay"] = why  # a run setting: its row in results.h5 (recon.report)
     bs = loop.batch_size = n if not run.batch_size else min(int(run.batch_size), n)
     loop.train, loop.held = split_positions(n, holdout_fraction(run.holdout, losses, counts, n, loop.world), run.seed)
     held = loop.held
@@ -289,12 +291,10 @@ def _advance(loop: Loop, named: dict[str, torch.Tensor], disabled: set[str], lbf
     disabled.clear()
     loop.constraints = resolve_decided(model, loop.constraints, epoch)  # 'auto': decided once, logged
     loop.applied = apply_constraints(model, loop.constraints, epoch)
-    model.epoch = epoch
     record = loop.record = {"epoch": epoch, "loss": mean_loss, "seconds": time.perf_counter() - t0}
     record.update({k: float(v) / n_batches for k, v in sums.items()})
     loop.terms = sums
-    model.loss_history.append(record)
-    model.record_epoch(record)  # the geometry history (before the checkpoint)
+    model.history.record(record, model.slice_thickness, model.tilt)  # losses and geometry (before the checkpoint)
     for cb in callbacks:
         cb.on_record(loop)
     for cb in callbacks:
@@ -319,17 +319,16 @@ def _coarse_start(loop: Loop) -> Iterator[float]:
     epochs, window, why = coarse_plan(run.coarse_start, model, loop.dataset, run.optimizer,
                                       lambda: budget_bytes(run.memory_budget_gb), run_epochs=loop.n_epochs)
     if model.epoch == 0:
-        model.coarse_note = why
+        model.history.coarse_note = why
         log.info("coarse start: %s", why)
     if epochs <= 0:
         return
     coarse = coarse_model(model, window)
-    start = snapshot(model.state_dict()), dict(model.decided), dict(model.auto_reasons)
+    start = snapshot(model.state_dict()), model.history.copy()
 
-    def drop() -> None:  # the model as it was before the coarse start
+    def drop() -> None:  # the model as it was before the coarse start (what the coarse start did noted)
         model.load_state_dict(start[0])
-        model.decided, model.auto_reasons = start[1], start[2]
-        model.epoch, model.loss_history, model.geometry_history = 0, [], []
+        model.history = replace(start[1], coarse_note=model.history.coarse_note)
 
     bars = [cb for cb in loop.callbacks if isinstance(cb, ProgressBar)]
     inner = run.model_copy(update={"coarse_start": 0, "holdout": 0.0, "progress": False})
@@ -349,7 +348,7 @@ def _coarse_start(loop: Loop) -> Iterator[float]:
                 kept = verdict != "drop"
                 log.info("coarse start (auto): %s: %s", "kept" if kept else
                          "not kept, the run starts on the full detector", why)
-                model.coarse_note = f"{'kept' if kept else 'not kept'}: {why}"
+                model.history.coarse_note = f"{'kept' if kept else 'not kept'}: {why}"
                 if not kept:
                     coarse_epochs.close()
                     drop()
@@ -361,7 +360,7 @@ def _coarse_start(loop: Loop) -> Iterator[float]:
     except DivergenceError as err:
         log.warning("coarse start dropped (%s): the run starts on the full detector", err)
         drop()
-        model.coarse_note = f"dropped: {err}"
+        model.history.coarse_note = f"dropped: {err}"
         return
     loop.n_epochs -= done
     loop.epoch = model.epoch

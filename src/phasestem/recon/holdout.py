@@ -113,7 +113,5 @@ def rewind_to(model, state, epoch: int, params: dict) -> None:
     there, and the divergence check's best (in ``state``, the run's :class:`~phasestem.recon.run_state.RunState`)
     dropped, since it may lie after the state now kept."""
     model.load_state_dict(params)
-    model.epoch = epoch
-    model.loss_history = [h for h in model.loss_history if int(h["epoch"]) <= epoch]
-    model.geometry_history = [g for g in getattr(model, "geometry_history", []) if int(g["epoch"]) <= epoch]
+    model.history.rewind(epoch)
     state.best = None

@@ -45,6 +45,7 @@ from ..physics import optics
 from ..physics.experiment import Experiment
 from ..physics.multislice import PolarTransmission
 from .budget import check_object_memory
+from .history import RunHistory
 from .inputs import load_phase_image
 from .report import describe
 from .schedule import PARAM_NAMES, ParamSchedule, default_schedules
@@ -93,13 +94,7 @@ class Ptychography(nn.Module):
         self.obj_preblur = 0.0  # Gaussian σ in object pixels applied to the object the forward model sees (0: off)
         self.register_buffer("probe_support", None, persistent=False)  # real-space probe support (ny, nx) or None
         self._inspect_figure = None
-        self.epoch = 0  # completed epochs
-        self.loss_history: list[dict[str, float]] = []
-        #: per epoch: {"epoch", "slice_thickness" (), "tilt" (2,) or (N, 2)} (see :meth:`record_epoch`)
-        self.geometry_history: list[dict[str, torch.Tensor]] = []
-        self.decided: dict[str, bool] = {}  # what an 'auto' rule decided, for all epochs (e.g. {"obj_shear": True})
-        self.auto_reasons: dict[str, str] = {}  # why each 'auto' constraint is on or off, for the run's records
-        self.coarse_note = ""  # what run.coarse_start did and why (phasestem.recon.engine), for the run's records
+        self.history = RunHistory()  # epochs, losses, geometry, decisions: what the engine records
         self.solver: str | None = None  # the last solver that optimised the model (engine.optimize), for repr
         self.counts_per_pattern: float | None = None  # the measured patterns' mean total count (engine.optimize)
         self.data_total: float | None = None  # the patterns' mean total in the data's units (engine.optimize)
@@ -374,20 +369,13 @@ class Ptychography(nn.Module):
         return results_dict(self, metrics=metrics)
 
     # ---- per-epoch history -------------------------------------------------------------
-    def record_epoch(self, record: dict) -> None:
-        """Called by the engine after each epoch (constraints applied, ``record`` appended to the loss
-        history): stores the slice thickness and tilt of this epoch in :attr:`geometry_history` (what else runs
-        after an epoch is an engine callback, :mod:`phasestem.recon.callbacks`)."""
-        epoch = int(record["epoch"])
-        self.geometry_history = [g for g in self.geometry_history if int(g["epoch"]) < epoch]
-        self.geometry_history.append({"epoch": torch.tensor(epoch),
-                                      "slice_thickness": self.slice_thickness.detach().cpu().clone(),
-                                      "tilt": self.tilt.detach().cpu().clone()})
+    epoch = property(lambda self: self.history.epoch, doc="completed epochs (the history's)")
+    loss_history = property(lambda self: self.history.losses, doc="one record per epoch (the history's)")
 
     def geometry_arrays(self) -> dict[str, np.ndarray]:
         """Per-epoch history as arrays: ``epoch`` (E,), ``slice_thickness`` (E,) Å, ``tilt`` (E, 2) or (E, N, 2) mrad
         (epochs up to :attr:`epoch`, one row each)."""
-        rows = [g for g in self.geometry_history if int(g["epoch"]) <= self.epoch]
+        rows = [g for g in self.history.geometry if int(g["epoch"]) <= self.epoch]
         if not rows:
             return {"epoch": np.zeros(0, np.int64), "slice_thickness": np.zeros(0),
                     "tilt": np.zeros((0, *self.tilt.shape))}
@@ -397,21 +385,13 @@ class Ptychography(nn.Module):
 
     # ---- checkpoints -------------------------------------------------------------------
     def state_for_checkpoint(self) -> dict:
-        return {"params": {k: v.detach().clone() for k, v in self.state_dict().items()}, "epoch": self.epoch,
-                "loss_history": [dict(h) for h in self.loss_history],
-                "geometry_history": [dict(g) for g in self.geometry_history], "decided": dict(self.decided),
-                "auto_reasons": dict(self.auto_reasons), "coarse_note": self.coarse_note,
+        return {"params": {k: v.detach().clone() for k, v in self.state_dict().items()}, **self.history.to_checkpoint(),
                 "schedules": {k: [-1.0 if s.lr is None else s.lr, s.start, -1 if s.end is None else s.end]
                               for k, s in self.schedules.items()}}
 
     def load_checkpoint_state(self, state: dict) -> None:
         self.load_state_dict(state["params"])
-        self.epoch = int(state["epoch"])
-        self.loss_history = [dict(h) for h in state["loss_history"]]
-        self.geometry_history = [dict(g) for g in state.get("geometry_history", [])]
-        self.decided = {str(k): bool(v) for k, v in state.get("decided", {}).items()}
-        self.auto_reasons = {str(k): str(v) for k, v in state.get("auto_reasons", {}).items()}
-        self.coarse_note = str(state.get("coarse_note", ""))
+        self.history = RunHistory.from_checkpoint(state)
         for k, (lr, start, end) in state["schedules"].items():
             self.schedules[k] = ParamSchedule(lr=None if float(lr) < 0 else float(lr), start=int(start),
                                               end=None if int(end) < 0 else int(end))

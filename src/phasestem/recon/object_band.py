@@ -37,7 +37,7 @@ def obj_band_rule(upsampling: int, sampling: tuple[float, float], energy: float)
 
 def resolve_obj_band(model, constraints: Constraints) -> Constraints:
     """``constraints`` with ``obj_band: auto`` decided for ``model`` by :func:`obj_band_rule`: logged where it is
-    on, its reason kept in ``model.auto_reasons`` (results.h5 provenance). Unchanged when ``obj_band.enabled`` is
+    on, its reason kept in ``model.history.notes`` (results.h5 provenance). Unchanged when ``obj_band.enabled`` is
     true or false."""
     band = constraints.obj_band
     if band.enabled != "auto":
@@ -45,6 +45,6 @@ def resolve_obj_band(model, constraints: Constraints) -> Constraints:
     on, why = obj_band_rule(model.upsampling, tuple(float(s) for s in model.sampling), float(model.energy))
     if on:
         log.info("constraints.obj_band auto: %s (obj_band.enabled: false turns it off)", why)
-    model.auto_reasons["obj_band"] = why
+    model.history.notes["obj_band"] = why
     return constraints.model_copy(update={"obj_band": band.model_copy(update={"enabled": on})})
 

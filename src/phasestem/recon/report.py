@@ -156,23 +156,23 @@ def auto_settings(model, params, sources=None) -> list:
     """What each 'auto' constraint rule decided in this run, as :class:`phasestem.base.provenance.Setting` rows
     (``constraints.obj_clamp.enabled``: true or false) for ``provenance/`` in results.h5: the source is where 'auto'
     came from (``YAML``, or ``sources[field]``, when the parameter file sets it; ``default`` otherwise), the note
-    ``auto: `` and the rule's reason (``model.auto_reasons``). Rules that did not run (not yet due) give no row.
+    ``auto: `` and the rule's reason (``model.history.notes``). Rules that did not run (not yet due) give no row.
     ``run.coarse_start: auto`` gives one more row: the coarse epochs the run began with (from the loss history, so a
-    resumed run tells it too) and why they were kept, or why there were none (``model.coarse_note``, also kept in
-    checkpoints). ``model.upsampling: auto`` gives the row of the factor the optics chose and why. A learned prior
+    resumed run tells it too) and why they were kept, or why there were none (``model.history.coarse_note``, also kept
+    in checkpoints). ``model.upsampling: auto`` gives the row of the factor the optics chose and why. A learned prior
     (``reconstruct --prior``) gives the row ``prior.returned_epoch``: the epoch the run returned and why
     (``model.prior_returned``, :mod:`phasestem.recon.prior_stop`). ``run.lr_decay: auto`` gives the row of the decay
-    the data term chose (``model.auto_reasons['run.lr_decay']``)."""
+    the data term chose (``model.history.notes['run.lr_decay']``)."""
     from ..base.provenance import Setting
     from .run_state import COARSE_HISTORY_KEY
 
     rows = []
     if params.run.coarse_start == "auto":
         coarse = [h for h in model.loss_history if COARSE_HISTORY_KEY in h]
-        note = f"auto: {model.coarse_note or 'none'}"
+        note = f"auto: {model.history.coarse_note or 'none'}"
         if coarse:  # what was kept, and how (a mistilted crystal's straightened slices)
             note = f"auto: {len(coarse)} epoch(s) on the central {int(coarse[0][COARSE_HISTORY_KEY])} detector px" + (
-                f"; {model.coarse_note}" if model.coarse_note.startswith("kept") else "")
+                f"; {model.history.coarse_note}" if model.history.coarse_note.startswith("kept") else "")
         given = "coarse_start" in params.run.model_fields_set
         rows.append(Setting("run.coarse_start", len(coarse), "epochs",
                             (sources or {}).get("run.coarse_start", "YAML") if given else "default", note=note))
@@ -182,7 +182,7 @@ def auto_settings(model, params, sources=None) -> list:
         rows.append(Setting("model.upsampling", int(model.upsampling), "",
                             (sources or {}).get("model.upsampling", "YAML") if given else "default",
                             note=f"auto: {model.experiment.upsampling_reason}"))
-    for name, why in sorted(model.auto_reasons.items()):
+    for name, why in sorted(model.history.notes.items()):
         if name.startswith("run."):  # a run setting's 'auto' (run.lr_decay): the value it took, first in its reason
             given = name[4:] in params.run.model_fields_set
             rows.append(Setting(name, why.split(" ", 1)[0], "", (sources or {}).get(name, "YAML") if given else
@@ -190,7 +190,7 @@ def auto_settings(model, params, sources=None) -> list:
             continue
         field = f"constraints.{name}.enabled"
         given = "enabled" in getattr(params.constraints, name).model_fields_set
-        on = model.decided.get(name, why.startswith("on"))
+        on = model.history.decided.get(name, why.startswith("on"))
         rows.append(Setting(field, bool(on), "", (sources or {}).get(field, "YAML") if given else "default",
                             note=f"auto: {why}"))
     if getattr(model, "prior_returned", None):

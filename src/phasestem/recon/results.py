@@ -369,7 +369,7 @@ def load_fitted_state(model, results: dict, path: Path) -> None:
                 raise InputFileError(f"{path}: {name} has shape {tuple(value.shape)}, the run's parameter file builds "
                                      f"{tuple(target.shape)}: are the results and the parameter file of one run?")
             target.copy_(value.to(target.device))
-    model.epoch = int(results["attrs"].get("epoch", 0))
+    model.history.epoch = int(results["attrs"].get("epoch", 0))
 
 
 def _object_weights(path: Path) -> np.ndarray:

@@ -58,7 +58,7 @@ class ModelSettings(ExperimentSettings):
     per_position_tilt: bool = Field(False, description="one tilt per position instead of a global one")
     obj_preblur: float = Field(0.0, ge=0, description="Gaussian σ (object pixels) by which the forward model sees "
                                "the object's amplitude and phase blurred (PtyRAD's obj_preblur_std; 0: off)")
-    learning_rates: dict[str, ParamSchedule | float] = Field(
+    learning_rates: dict[str, ParamSchedule | float | None] = Field(
         default_factory=dict, description=f"per-parameter lr or {{lr, start, end}}; keys: {', '.join(PARAM_NAMES)}. "
         "Left out: the solver's default, except obj_amplitude, held at 1 on counted data of at most 3e4 counts per "
         "pattern, and tilt, refined only where the specimen is ≥ 10 nm at 0.2 Å pixels (see the run log's "
