@@ -92,7 +92,19 @@ class TrainLossConfig(StrictModel):
         "the sample's own patterns (phasestem.learn.consistency; needs the files' optics attributes); 0: off")
 
 
-class TrainRunConfig(StrictModel):
+def trainer_field(**monitor: str) -> Any:
+    """A run file's ``trainer`` section (the shared trainer), watching the network's ``monitor`` (``monitor_mode``)."""
+    return Field(default_factory=lambda: TrainerConfig(**monitor), description="optimisation and checkpoints (the "
+                 "shared trainer)")
+
+
+class TrainingRun(StrictModel):
+    """What every network's run file has beside its own sections."""
+
+    resume: bool = Field(False, description="continue from out_dir/last when it exists")
+
+
+class TrainRunConfig(TrainingRun):
     """One training run of one stage."""
 
     network: Literal["patch", "stitch", "end2end"] = Field(
@@ -113,8 +125,7 @@ class TrainRunConfig(StrictModel):
     grad_checkpoint: bool = Field(False, description="end2end: recompute patch-net activations in the backward pass "
                                   "(much less memory, ~30 % more time)")
     loss: TrainLossConfig = Field(default_factory=TrainLossConfig, description="loss settings")
-    trainer: TrainerConfig = Field(default_factory=TrainerConfig, description="optimisation and checkpoints")
-    resume: bool = Field(False, description="continue from out_dir/last when it exists")
+    trainer: TrainerConfig = trainer_field()
 
     @property
     def stage(self) -> str:
@@ -141,7 +152,7 @@ class AutoencoderDataConfig(StrictModel):
     seed: int = Field(0, description="seed of the pattern subset and the split")
 
 
-class AutoencoderRunConfig(StrictModel):
+class AutoencoderRunConfig(TrainingRun):
     """One autoencoder training run."""
 
     network: Literal["autoencoder"] = Field("autoencoder", description="which network this file trains")
@@ -150,9 +161,7 @@ class AutoencoderRunConfig(StrictModel):
     data: AutoencoderDataConfig = Field(..., description="training patterns")
     model: AutoencoderModelConfig = Field(default_factory=AutoencoderModelConfig, description="architecture")
     loss: AutoencoderLossConfig = Field(default_factory=AutoencoderLossConfig, description="loss weights")
-    trainer: TrainerConfig = Field(default_factory=lambda: TrainerConfig(monitor="val/psnr", monitor_mode="max"),
-                                   description="optimisation and checkpoints (the shared trainer)")
-    resume: bool = Field(False, description="continue from out_dir/last when it exists")
+    trainer: TrainerConfig = trainer_field(monitor="val/psnr", monitor_mode="max")
 
 
 # ------------------------------------------------------------------------------------- phaseformer
@@ -175,7 +184,7 @@ class PhaseformerDataConfig(StrictModel):
     seed: int = Field(0, description="seed of the split and of the fixed test degradations")
 
 
-class PhaseformerRunConfig(StrictModel):
+class PhaseformerRunConfig(TrainingRun):
     """One Phaseformer training run."""
 
     network: Literal["phaseformer"] = Field("phaseformer", description="which network this file trains")
@@ -184,9 +193,7 @@ class PhaseformerRunConfig(StrictModel):
     data: PhaseformerDataConfig = Field(..., description="paired data")
     model: PhaseformerModelConfig = Field(default_factory=PhaseformerModelConfig, description="architecture")
     loss: PhaseformerLossConfig = Field(default_factory=PhaseformerLossConfig, description="loss")
-    trainer: TrainerConfig = Field(default_factory=lambda: TrainerConfig(monitor="val/psnr", monitor_mode="max"),
-                                   description="optimisation and checkpoints (the shared trainer)")
-    resume: bool = Field(False, description="continue from out_dir/last when it exists")
+    trainer: TrainerConfig = trainer_field(monitor="val/psnr", monitor_mode="max")
 
 
 class MakePairsConfig(StrictModel):
@@ -267,7 +274,7 @@ class RestorerLossConfig(StrictModel):
                                  "Charbonnier term; 0: off")
 
 
-class RestorerRunConfig(StrictModel):
+class RestorerRunConfig(TrainingRun):
     """One restorer training run."""
 
     network: Literal["restorer"] = Field("restorer", description="which network this file trains")
@@ -275,6 +282,4 @@ class RestorerRunConfig(StrictModel):
     data: RestorerDataConfig = Field(..., description="pairs of AD epochs")
     model: RestorerModelConfig = Field(default_factory=RestorerModelConfig, description="architecture")
     loss: RestorerLossConfig = Field(default_factory=RestorerLossConfig, description="loss")
-    trainer: TrainerConfig = Field(default_factory=lambda: TrainerConfig(monitor="val/e_phi", monitor_mode="min"),
-                                   description="optimisation and checkpoints (the shared trainer)")
-    resume: bool = Field(False, description="continue from out_dir/last when it exists")
+    trainer: TrainerConfig = trainer_field(monitor="val/e_phi", monitor_mode="min")
