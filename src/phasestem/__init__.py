@@ -13,7 +13,7 @@ earlier releases still import, with a DeprecationWarning naming the new one (:mo
 from __future__ import annotations
 
 from . import _moved
-from .base.lazy import lazy_getattr
+from .base.lazy import lazy_exports
 from .base.version import __version__
 
 #: public name -> "module:attribute" (the one table of the top-level API; README "Python API")
@@ -45,8 +45,4 @@ __all__ = ["__version__", *API]
 _moved.install()
 
 
-__getattr__ = lazy_getattr(API, __name__)
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *API})
+__getattr__, __dir__ = lazy_exports(API, __name__)

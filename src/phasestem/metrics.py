@@ -147,30 +147,28 @@ def _per_range_call(fn, p: torch.Tensor, t: torch.Tensor, r: torch.Tensor, **kw)
                           for i in range(x.shape[0])])
 
 
-def ssim(pred, target, data_range: float | None = None, win_size: int | None = None,
-         reduction: Reduction = "mean"):
-    """Structural similarity (Gaussian window, K = (0.01, 0.03)) via pytorch-msssim; 1 = identical."""
+def _structural(name: str, window, pred, target, data_range, win_size, reduction: Reduction):
+    """pytorch-msssim's ``name`` (ssim or ms_ssim) per image at its ``window`` (size, σ) for the image side."""
     import pytorch_msssim  # the [learn] extra; imported here so the other metrics work without it
 
     p, t, is_torch = _pair(pred, target)
-    win, sigma = ssim_window(min(p.shape[-2:]), win_size)
+    win, sigma = window(min(p.shape[-2:]), win_size)
     r = _ranges(t, data_range)
     p, t = _shift_to_target_min(p, t)
-    vals = _per_range_call(pytorch_msssim.ssim, p, t, r, win_size=win, win_sigma=sigma)
+    vals = _per_range_call(getattr(pytorch_msssim, name), p, t, r, win_size=win, win_sigma=sigma)
     return _reduce(vals, reduction, is_torch)
+
+
+def ssim(pred, target, data_range: float | None = None, win_size: int | None = None,
+         reduction: Reduction = "mean"):
+    """Structural similarity (Gaussian window, K = (0.01, 0.03)) via pytorch-msssim; 1 = identical."""
+    return _structural("ssim", ssim_window, pred, target, data_range, win_size, reduction)
 
 
 def ms_ssim(pred, target, data_range: float | None = None, win_size: int | None = None,
             reduction: Reduction = "mean"):
     """Multi-scale SSIM (5 scales, standard weights) via pytorch-msssim; window from :func:`ms_ssim_window`."""
-    import pytorch_msssim
-
-    p, t, is_torch = _pair(pred, target)
-    win, sigma = ms_ssim_window(min(p.shape[-2:]), win_size)
-    r = _ranges(t, data_range)
-    p, t = _shift_to_target_min(p, t)
-    vals = _per_range_call(pytorch_msssim.ms_ssim, p, t, r, win_size=win, win_sigma=sigma)
-    return _reduce(vals, reduction, is_torch)
+    return _structural("ms_ssim", ms_ssim_window, pred, target, data_range, win_size, reduction)
 
 
 def pearson(pred, target, reduction: Reduction = "mean"):

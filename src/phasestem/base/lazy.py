@@ -35,13 +35,13 @@ def lazy_attribute(api: dict[str, str], module_name: str, name: str):
     return getattr(importlib.import_module(module), attr)
 
 
-def lazy_getattr(api: dict[str, str], module_name: str):
-    """A package's module ``__getattr__`` (PEP 562) that imports each name of ``api`` on first use and keeps it in
-    the package: ``__getattr__ = lazy_getattr(API, __name__)``."""
+def lazy_exports(api: dict[str, str], module_name: str):
+    """A package's module ``__getattr__`` and ``__dir__`` (PEP 562): each name of ``api`` imported on first use and
+    kept in the package, and listed with the package's own: ``__getattr__, __dir__ = lazy_exports(API, __name__)``."""
 
     def __getattr__(name: str):  # noqa: N807 - the module hook's own name
         value = lazy_attribute(api, module_name, name)
         setattr(sys.modules[module_name], name, value)  # resolved once
         return value
 
-    return __getattr__
+    return __getattr__, lambda: sorted({*vars(sys.modules[module_name]), *api})

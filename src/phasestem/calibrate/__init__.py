@@ -7,7 +7,7 @@ pixels, scan–detector rotation and transpose (CoM curl), defocus and astigmati
 """
 from __future__ import annotations
 
-from ..base.lazy import lazy_getattr
+from ..base.lazy import lazy_exports
 
 #: public name -> "module:attribute", imported on first use (PEP 562): the command line imports this package
 #: to register its sub-commands without torch
@@ -23,4 +23,4 @@ API = {
 __all__ = sorted(API)
 
 
-__getattr__ = lazy_getattr(API, __name__)
+__getattr__, __dir__ = lazy_exports(API, __name__)

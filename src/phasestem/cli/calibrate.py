@@ -6,8 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..base.cliargs import add_key
-from ..base.configfile import parse_set_options
-from ..base.errors import ConfigError
+from ..base.configfile import number_pair, parse_set_options
 
 EPILOG = """examples:
   phasestem calibrate scan.npy --energy 300e3 --semiangle 21.4 --scan-step 0.4 --out calib
@@ -88,12 +87,7 @@ def reader_options(args) -> dict[str, Any]:
 
 
 def scan_step(args):
-    step = args.scan_step
-    if step is None:
-        return None
-    if len(step) not in (1, 2):
-        raise ConfigError("--scan-step: give one value or two (dy dx) in Å")
-    return (step[0], step[0]) if len(step) == 1 else tuple(step)
+    return number_pair(args.scan_step, "--scan-step (Å)", positive=True)
 
 
 def register(subparsers, train_subparsers) -> None:

@@ -28,7 +28,7 @@ below load their module on first use (PEP 562), so ``import phasestem.learn`` st
 """
 from __future__ import annotations
 
-from ..base.lazy import lazy_getattr
+from ..base.lazy import lazy_exports
 
 #: public name -> "module:attribute" (README "Python API")
 API = {
@@ -59,8 +59,4 @@ API = {
 __all__ = list(API)
 
 
-__getattr__ = lazy_getattr(API, __name__)
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *API})
+__getattr__, __dir__ = lazy_exports(API, __name__)

@@ -93,6 +93,14 @@ def save_if_asked(fig, path):
     return fig
 
 
+def finished(fig, path, *titles: str, w_pad: float | None = None):
+    """``fig`` with its non-empty ``titles`` as the title (a line each), laid out and :func:`save_if_asked`."""
+    if any(titles):
+        fig.suptitle("\n".join(t for t in titles if t))
+    fig.tight_layout(w_pad=w_pad)
+    return save_if_asked(fig, path)
+
+
 def to_numpy(x) -> np.ndarray:
     """A torch tensor or array-like as a NumPy array."""
     if hasattr(x, "detach"):

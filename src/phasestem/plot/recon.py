@@ -9,6 +9,7 @@ from .core import (
     add_colorbar,
     add_scalebar,
     bare_axes,
+    finished,
     log_norm,
     nice_length,
     pattern_extent,
@@ -83,11 +84,7 @@ def reconstruction_figure(phase: np.ndarray, amplitude: np.ndarray, sampling: tu
             show_image(a, amp / max(amp.max(), 1e-30), pixel=sampling, cmap=CMAPS["intensity"], label="|ψ| / peak",
                        title=f"probe mode {m} amplitude ({power[m]:.0%})", robust=False, vmin=0, vmax=1)
     remove_unused(ax)
-    lines = [t for t in (title, metrics_text(metrics)) if t]
-    if lines:
-        fig.suptitle("\n".join(lines))
-    fig.tight_layout(w_pad=2.5)
-    return save_if_asked(fig, path)
+    return finished(fig, path, title, metrics_text(metrics), w_pad=2.5)
 
 
 def _positions_panel(ax, phase, sampling, start: np.ndarray, now: np.ndarray, arrows: int = 400) -> None:
@@ -169,11 +166,7 @@ def compare_figure(measured: np.ndarray | None = None, modelled: np.ndarray | No
                 show_image(a[0], reconstruction, pixel=sampling, label="phase (rad)", title="object phase")
                 diffractogram_panel(a[1], reconstruction, sampling)
     remove_unused(ax)
-    lines = [t for t in (title, metrics_text(metrics)) if t]
-    if lines:
-        fig.suptitle("\n".join(lines))
-    fig.tight_layout(w_pad=2.5)
-    return save_if_asked(fig, path)
+    return finished(fig, path, title, metrics_text(metrics), w_pad=2.5)
 
 
 def _pattern_axes(ax, pixel, shape, image) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .core import CMAPS, log_norm, pyplot, remove_unused, save_if_asked, show_image, show_pattern, styled, to_numpy
+from .core import CMAPS, finished, log_norm, pyplot, remove_unused, show_image, show_pattern, styled, to_numpy
 from .panels import diffractogram_panel, metrics_text, probe_panels
 
 
@@ -34,10 +34,7 @@ def simulation_overview(phase: np.ndarray, phase_sampling: tuple[float, float], 
     show_pattern(ax[1, 0], mean, pattern_mrad, title="mean pattern (PACBED)", label="intensity")
     for a, (r, c) in zip(ax[1, 1:], picks, strict=True):
         show_pattern(a, patterns[r, c], pattern_mrad, title=f"pattern at scan ({r}, {c})", norm=norm)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return save_if_asked(fig, path)
+    return finished(fig, path, title)
 
 
 @styled
@@ -68,10 +65,7 @@ def phase_panels(images: dict[str, np.ndarray], path=None, cmap: str | None = No
             show_image(axes[1, j], errors[name], pixel=sampling, cmap=CMAPS["signed"], vmin=-err_lim, vmax=err_lim,
                        label="error (rad)", title=f"{name} − truth")
     remove_unused(axes)
-    if suptitle:
-        fig.suptitle(suptitle)
-    fig.tight_layout()
-    return save_if_asked(fig, path)
+    return finished(fig, path, suptitle)
 
 
 @styled
@@ -101,11 +95,7 @@ def phase_figure(phase: np.ndarray, sampling: tuple[float, float] | None, label:
         show_image(ax[2], t, pixel=sampling, label=label, title="ground truth", vmin=lo, vmax=hi)
         show_image(ax[3], img - t - np.mean(img - t), pixel=sampling, cmap=CMAPS["signed"], symmetric=True,
                    label="difference (rad)" if "rad" in label else "difference", title="phase − truth (offset removed)")
-    lines = [x for x in (title, metrics_text(metrics)) if x]
-    if lines:
-        fig.suptitle("\n".join(lines))
-    fig.tight_layout()
-    return save_if_asked(fig, path)
+    return finished(fig, path, title, metrics_text(metrics))
 
 
 @styled
@@ -126,7 +116,4 @@ def examples_figure(examples: list[tuple], label: str = "phase (rad)", metrics: 
         unit = label[label.rfind("("):] if label.endswith(")") and "(" in label else ""
         show_image(row[2], p - t, pixel=sampling, cmap=CMAPS["signed"], symmetric=True, robust=False,
                    label=f"difference {unit}".strip(), title="prediction − truth")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return save_if_asked(fig, path)
+    return finished(fig, path, title)

@@ -16,7 +16,7 @@ object after every epoch).
 """
 from __future__ import annotations
 
-from ..base.lazy import lazy_getattr
+from ..base.lazy import lazy_exports
 
 #: public name -> "module:attribute", imported on first use (PEP 562): the command line imports this package
 #: to register its sub-commands without torch
@@ -34,4 +34,4 @@ API = {
 __all__ = sorted(API)
 
 
-__getattr__ = lazy_getattr(API, __name__)
+__getattr__, __dir__ = lazy_exports(API, __name__)

@@ -27,6 +27,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator, Sequence
+from copy import deepcopy
 from dataclasses import replace
 from pathlib import Path
 
@@ -324,7 +325,7 @@ def _coarse_start(loop: Loop) -> Iterator[float]:
     if epochs <= 0:
         return
     coarse = coarse_model(model, window)
-    start = snapshot(model.state_dict()), model.history.copy()
+    start = snapshot(model.state_dict()), deepcopy(model.history)
 
     def drop() -> None:  # the model as it was before the coarse start (what the coarse start did noted)
         model.load_state_dict(start[0])

@@ -1,13 +1,7 @@
-"""A reconstruction's history: what the engine and its rules record on the model they fit, epoch by epoch.
-
-:class:`RunHistory` (``Ptychography.history``) is the one record: the completed epochs, each epoch's losses (a dict
-per epoch: ``epoch``, ``loss``, ``seconds``, the loss terms), its geometry (slice thickness and tilt), what an 'auto'
-rule decided for all epochs (``decided``), why each was on or off (``notes``) and what the coarse start did
-(``coarse_note``). Checkpoints and ``results.h5`` store it; a held-out stop or a divergence rewinds it.
-"""
+"""A reconstruction's history (``Ptychography.history``): what the engine and its rules record, epoch by epoch, on
+the model they fit; checkpoints and ``results.h5`` store it, a held-out stop or a divergence rewinds it."""
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -15,9 +9,10 @@ import torch
 
 @dataclass
 class RunHistory:
-    """``epoch``: completed epochs; ``losses``: one record per epoch; ``geometry``: per epoch {"epoch",
-    "slice_thickness" (), "tilt" (2,) or (N, 2)}; ``decided``: an 'auto' rule's decision by name (e.g.
-    {"obj_shear": True}); ``notes``: why each 'auto' setting is on or off, for the run's records."""
+    """``epoch``: completed epochs; ``losses``: one record per epoch (``epoch``, ``loss``, ``seconds``, the terms);
+    ``geometry``: per epoch {"epoch", "slice_thickness" (), "tilt" (2,) or (N, 2)}; ``decided``: an 'auto' rule's
+    decision by name (e.g. {"obj_shear": True}); ``notes``: why each 'auto' setting is on or off; ``coarse_note``:
+    what the coarse start did."""
 
     epoch: int = 0
     losses: list[dict[str, float]] = field(default_factory=list)
@@ -39,9 +34,6 @@ class RunHistory:
         self.epoch = int(epoch)
         self.losses = [h for h in self.losses if int(h["epoch"]) <= epoch]
         self.geometry = [g for g in self.geometry if int(g["epoch"]) <= epoch]
-
-    def copy(self) -> RunHistory:
-        return copy.deepcopy(self)
 
     def to_checkpoint(self) -> dict:
         """The checkpoint's entries (their names as checkpoints have always had them)."""

@@ -126,19 +126,9 @@ class Ptychography(nn.Module):
     def from_dataset(cls, dataset, options: ModelOptions | None = None, **keywords) -> Ptychography:
         """Build a model matched to ``dataset`` (a :class:`phasestem.dataset.FourDSTEM`) as ``options`` say
         (:class:`~phasestem.recon.settings.model.ModelOptions`); CDTools-style keywords name any of its fields and
-        replace it (``from_dataset(ds, n_slices=8, n_probe_modes=4)``).
-
-        The nominal probe comes from the dataset optics (``optics.make_probe`` on the pattern window at
-        ``dataset.sampling``; defocus etc. from ``dataset.aberrations``) unless a ``probe`` (M, ny, nx) is given;
-        more probe modes from ``source_size`` (``optics.partial_coherence_modes``) or ``mode_power``
-        (``optics.initial_probe_modes``). As in CDTools' ``from_dataset``: ``oversampling`` (integer) makes the
-        real-space probe window that many times the detector size at the same pixel, the model's far field binned
-        back onto the detector (:func:`bin_intensities`); ``upsampling`` (integer or 'auto', logged with its reason)
-        divides the object pixel over the same window, the detector measuring the central part of the model's far
-        field. ``detector_shifts`` (N, 2) detector px: each measured
-        pattern's zero frequency off the central pixel (descan left in the data); the model's patterns are
-        displaced alike (:meth:`set_detector_shifts`).
-        """
+        replace it (``from_dataset(ds, n_slices=8, n_probe_modes=4)``). The experiment (probe, frame, detector) is
+        :meth:`phasestem.physics.experiment.Experiment.from_dataset`'s of the same options; each option says what it
+        does where it is declared (its field's description)."""
         o = (options or ModelOptions()).replaced(**keywords)
         experiment = Experiment.from_dataset(dataset, o)
         if o.upsampling == "auto":
