@@ -37,6 +37,21 @@ class Acquisition:
     frames_per_trigger: int
 
 
+def wait_for_listener(host: str, port: int, timeout: float, gone=lambda: False) -> OSError | None:
+    """Wait until ``host``:``port`` accepts a TCP connection (opened and closed again, as LiberTEM-live's own
+    connection reconnects before an acquisition): None then, else the last refusal after ``timeout`` s or once
+    ``gone()`` says the server will not come."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=1.0).close()
+            return None
+        except OSError as exc:
+            if time.monotonic() >= deadline or gone():
+                return exc
+            time.sleep(0.2)
+
+
 class MerlinStream:
     """The data connection to a Merlin detector (or LiberTEM-live's simulator) at ``host``:``data_port``."""
 
@@ -52,7 +67,11 @@ class MerlinStream:
         """Connect and wait at most ``timeout`` s for an armed acquisition; StreamError when none comes."""
         require("libertem_qd_mpx", "phasestem live (a Merlin stream)")
         connection = require("libertem_live.detectors.merlin.connection", "phasestem live (a Merlin stream)")
-        self._wait_for_listener(timeout)  # LiberTEM-live's connection would wait for one forever
+        refused = wait_for_listener(self.host, self.data_port, timeout)  # LiberTEM-live's would wait forever
+        if refused is not None:
+            raise StreamError(f"{self.address}: nothing accepted a connection there within {timeout:g} s "
+                              f"({refused}); is the Merlin software (or libertem-live-mib-sim) serving data on this "
+                              "port?")
         try:
             self._merlin = connection.MerlinDetectorConnection(data_host=self.host, data_port=self.data_port)
             pending = self._merlin.wait_for_acquisition(timeout=timeout)
@@ -75,21 +94,6 @@ class MerlinStream:
                            frame_shape=tuple(int(s) for s in config.detector_shape()),
                            nav_shape=None if not nav else (int(nav[0]), int(nav[1])),
                            frames_per_trigger=int(config.frames_per_trigger()))
-
-    def _wait_for_listener(self, timeout: float) -> None:
-        """Return once the data port accepts a TCP connection (opened and closed again, as LiberTEM-live's own
-        connection reconnects before an acquisition); StreamError after ``timeout`` s of refusals."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                socket.create_connection((self.host, self.data_port), timeout=1.0).close()
-                return
-            except OSError as exc:
-                if time.monotonic() >= deadline:
-                    raise StreamError(f"{self.address}: nothing accepted a connection there within {timeout:g} s "
-                                      f"({exc}); is the Merlin software (or libertem-live-mib-sim) serving data on "
-                                      "this port?") from None
-                time.sleep(0.2)
 
     def read(self, max_frames: int) -> np.ndarray | None:
         """The next frames (k ≤ ``max_frames``, H, W) in the detector's integer type, rows flipped (see the module);

@@ -13,11 +13,11 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from ..base.errors import PhasestemError
 from ..base.extras import require
+from .merlin import wait_for_listener
 
 #: seconds the simulator may take to listen (it loads LiberTEM and indexes the file first)
 START_SECONDS = 120.0
@@ -50,15 +50,9 @@ class MibReplay:
             [exe, str(mib), "--nav-shape", *map(str, scan_shape), *cached, "--host", "127.0.0.1",
              "--data-port", str(self.data_port), "--control-port", str(control), "--trigger-port", str(trigger),
              "--dwelltime", str(dwell)], stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + START_SECONDS
-        while time.monotonic() < deadline:  # its control port answers once it listens (the data port would send)
-            try:
-                socket.create_connection(("127.0.0.1", control), timeout=0.2).close()
-                return
-            except OSError:
-                if self.proc.poll() is not None:
-                    break
-                time.sleep(0.2)
+        # its control port answers once it listens (the data port would start sending)
+        if wait_for_listener("127.0.0.1", control, START_SECONDS, lambda: self.proc.poll() is not None) is None:
+            return
         self.stop()
         raise PhasestemError(f"{mib}: LiberTEM-live's simulator did not start (see {log})")
 
