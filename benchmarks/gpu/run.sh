@@ -9,7 +9,8 @@
 #            test suite's cuda part (pytest -m cuda: compiled and CUDA-graph steps equal the eager one, no host sync)
 #   speed    AD seconds per iteration ÷ the FFT bound, peak GPU memory (recon_speed.py): batch 32 (1024 patterns)
 #            and 256 (4096), cases a (1 slice), b (8 slices), c (8 slices, 4 probe modes), d (1 slice, 4 modes),
-#            each with the eager, compiled and CUDA-graph step (run.compile none / compile / cuda_graph); then
+#            each with the eager, compiled and CUDA-graph step (run.compile none / compile / cuda_graph;
+#            SPEED_BATCHES="32" and SPEED_MODES="none cuda_graph" pick fewer, for a short lease); then
 #            profile_step.py: kernels per step and their device time, eager and graph, at batch 32
 #   learned  network training throughput and prediction time, AMP bf16 and fp32, peak memory (bench_learned.py)
 #   sim      one seed-spec sample vs abTEM on the GPU (sim_abtem/bench_abtem.py) and 64 samples of the
@@ -68,9 +69,10 @@ print(json.dumps(d)); open('$RESULTS/env.json', 'w').write(json.dumps(d))"
         part cuda_tests "$PYTHON" -m pytest -q -p no:cacheprovider --continue-on-collection-errors -m cuda tests ;;
     speed)
         # one part per batch size and step (each under PART_TIMEOUT); the first epoch compiles / captures, untimed
-        modes=(none compile cuda_graph)
-        [ "$DEVICE" = cuda ] || modes=(none compile)
-        for b in 32 256; do
+        read -r -a modes <<<"${SPEED_MODES:-none compile cuda_graph}"
+        [ "$DEVICE" = cuda ] || modes=(${modes[@]/cuda_graph/})
+        read -r -a batches <<<"${SPEED_BATCHES:-32 256}"
+        for b in "${batches[@]}"; do
             if [ -n "$QUICK" ]; then scan=6; iters=1; repeats=1; else
                 scan=$([ $b = 32 ] && echo 32 || echo 64); iters=3; repeats=10; fi
             for m in "${modes[@]}"; do
