@@ -241,3 +241,34 @@ def test_a_restorer_preview_where_its_card_fits_and_a_line_where_it_does_not(tmp
     note = str(snap["preview_note"])
     assert note.startswith("no restorer preview") and "energy" in note, note
     assert "no restorer preview" in (tmp_path / "out2" / "live.log").read_text()
+
+
+def test_a_rehearsal_refused_on_a_held_folder_leaves_its_files_alone(tmp_path):
+    """``--replay`` starts the simulator, whose log goes into the run folder, only once the folder is held: a
+    second rehearsal into a folder another run holds is refused in one line and the first run's log stays."""
+    import subprocess
+    import sys
+
+    from phasestem.base.lock import OutputLock
+
+    mib, params, _ = write_scan(tmp_path, SCAN)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "replay.log").write_text("the first rehearsal's simulator log\n")
+    with OutputLock(out, "phasestem live (the first rehearsal)"):
+        refused = subprocess.run([sys.executable, "-m", "phasestem.cli", "live", str(params), "--replay", str(mib),
+                                  "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and "another run is writing this folder" in refused.stderr, refused.stderr
+    assert "phasestem live (the first rehearsal)" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    assert (out / "replay.log").read_text() == "the first rehearsal's simulator log\n"
+
+
+def test_a_rehearsal_appends_to_the_simulators_log(tmp_path):
+    from phasestem.live.replay import MibReplay
+
+    mib, _, _ = write_scan(tmp_path, SCAN)
+    log = tmp_path / "replay.log"
+    log.write_text("an earlier rehearsal\n")
+    with MibReplay(mib, SCAN, 125.0, log):
+        pass
+    assert log.read_text().startswith("an earlier rehearsal\n")

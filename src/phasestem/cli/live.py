@@ -69,12 +69,15 @@ def _live_cmd(args) -> int:
         run_live(params, MerlinStream(args.host, args.data_port), args.arm_timeout, args.stall_timeout,
                  preview=args.preview)
         return 0
+    from ..base.lock import hold_output
     from ..live.replay import MibReplay
+    from ..live.session import LIVE_COMMAND
 
     if params.scan.shape is None:
         raise ConfigError("scan.shape: --replay needs the scan's shape (rows, cols) in the parameter file")
-    Path(params.run.out_dir).mkdir(parents=True, exist_ok=True)
-    with MibReplay(args.replay, tuple(params.scan.shape), args.fps, Path(params.run.out_dir) / "replay.log") as sim:
-        run_live(params, MerlinStream("127.0.0.1", sim.data_port), args.arm_timeout, args.stall_timeout,
-                 preview=args.preview)
+    out = Path(params.run.out_dir)
+    with hold_output(out, LIVE_COMMAND):  # the simulator's log goes into the folder: held first (run_live nests)
+        with MibReplay(args.replay, tuple(params.scan.shape), args.fps, out / "replay.log") as sim:
+            run_live(params, MerlinStream("127.0.0.1", sim.data_port), args.arm_timeout, args.stall_timeout,
+                     preview=args.preview)
     return 0

@@ -34,7 +34,7 @@ def free_ports(n: int) -> list[int]:
 
 class MibReplay:
     """``libertem-live-mib-sim MIB`` serving a ``scan_shape`` scan at ``fps`` frames/s on free ports of
-    127.0.0.1 (:attr:`data_port`), its output in ``log``; a context manager (the process is killed on exit)."""
+    127.0.0.1 (:attr:`data_port`), its output appended to ``log``; a context manager (the process is killed on exit)."""
 
     def __init__(self, mib: str | Path, scan_shape: tuple[int, int], fps: float, log: str | Path):
         require("libertem_live", "phasestem live --replay")
@@ -45,7 +45,7 @@ class MibReplay:
         exe = shutil.which("libertem-live-mib-sim") or str(Path(sys.executable).parent / "libertem-live-mib-sim")
         dwell = max(1, int(round(1e6 / fps)))
         cached = ["--cached", "MEM"] if dwell < 1000 else []  # LiberTEM-live drops the cache at ≥ 1 ms a frame
-        self._log = open(log, "wb")
+        self._log = open(log, "ab")  # an earlier rehearsal's lines stay
         self.proc = subprocess.Popen(
             [exe, str(mib), "--nav-shape", *map(str, scan_shape), *cached, "--host", "127.0.0.1",
              "--data-port", str(self.data_port), "--control-port", str(control), "--trigger-port", str(trigger),
