@@ -50,7 +50,6 @@ class FiniteModel(StrictModel):
     model_config = ConfigDict(allow_inf_nan=False)
 
 
-
 def number_pair(value: Any, name: str, positive: bool = False, cast: type = float) -> tuple | None:
     """One number or two (y, x) as a pair of ``cast`` (None stays None): the one reader of such a value (a parameter
     file's field, a data file's calibration, a detector's). Anything else, or with ``positive`` a value ≤ 0, is one
@@ -68,6 +67,7 @@ def number_pair(value: Any, name: str, positive: bool = False, cast: type = floa
     if positive and arr.min() <= 0:
         raise ConfigError(f"{name} must be positive, got {value!r}")
     return (cast(arr[0]), cast(arr[-1]))
+
 
 #: most values (after expanding YAML aliases) a config may hold: anchors cannot blow up validation time
 MAX_VALUES = 100_000

@@ -38,7 +38,7 @@ class LossConfig(FiniteModel):
                          "amplitudes)")
 
     @model_validator(mode="after")
-    def _terms(self):
+    def _resolve_weights(self):
         for name, weight in (self.model_extra or {}).items():
             if name not in TERMS:
                 raise ValueError(f"losses.{name}: no such loss term (registered: {', '.join(TERMS)})")
