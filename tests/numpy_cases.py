@@ -20,10 +20,25 @@ def pearson(a, b) -> float:
     return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
 
 
+def lattice_phase(shape: tuple[int, int], sampling: float, spacing: float, max_phase: float = 0.5,
+                  width: float = 0.15) -> np.ndarray:
+    """A crystal's phase (rad) on ``shape`` pixels of ``sampling`` Å: Gaussian columns (σ ``width`` Å) on a square
+    lattice ``spacing`` Å apart, the corner columns ``max_phase`` and the centred ones half of it."""
+    y = np.arange(shape[0])[:, None] * sampling
+    x = np.arange(shape[1])[None, :] * sampling
+    out = np.zeros(shape)
+    for (oy, ox), a in (((0.0, 0.0), 1.0), ((spacing / 2, spacing / 2), 0.5)):
+        dy = (y - oy + spacing / 2) % spacing - spacing / 2
+        dx = (x - ox + spacing / 2) % spacing - spacing / 2
+        out += a * np.exp(-(dy**2 + dx**2) / (2 * width**2))
+    return out * max_phase
+
+
 def numpy_scan(seed: int, window: int, sampling: float, scan: tuple[int, int], step: float, defocus: float,
                atoms_per_area: float, margin: int = 4, n_slices: int = 1, position_error: float = 0.0,
-               energy: float = 300e3, semiangle: float = 20.0, **simulate_options):
+               energy: float = 300e3, semiangle: float = 20.0, lattice: float | None = None, **simulate_options):
     """A scan of ``scan`` positions ``step`` Å apart over atoms of ``atoms_per_area`` per Å² per slice (0.5 rad),
+    or with ``lattice`` (Å) over a crystal's columns that far apart (:func:`lattice_phase`, each slice alike),
     the object ``window // 2 + margin`` px wider than the scan on each side; ``position_error`` (Å σ) moves the
     probe off the raster; ``simulate_options`` (dose, dz, tilt, …) go to the simulator, with the seed's generator.
     Returns the dataset (C10 = ``defocus``), the truth (phase summed over slices, over the scanned field, pixel
@@ -32,7 +47,8 @@ def numpy_scan(seed: int, window: int, sampling: float, scan: tuple[int, int], s
     pad = window // 2 + margin
     shape = tuple(int((s - 1) * step / sampling) + 2 * pad for s in scan)
     count = int(atoms_per_area * shape[0] * shape[1] * sampling**2)
-    phases = np.stack([atom_phase(shape, sampling, rng, count, 0.5) for _ in range(n_slices)])
+    phases = np.stack([atom_phase(shape, sampling, rng, count, 0.5) if lattice is None else
+                       lattice_phase(shape, sampling, lattice) for _ in range(n_slices)])
     nominal = raster(scan, step, (pad * sampling, pad * sampling))
     errors = rng.normal(0, position_error, nominal.shape) if position_error else np.zeros_like(nominal)
     if "dose" in simulate_options:

@@ -218,6 +218,7 @@ def main() -> None:
                 "obj_shear": cons.obj_shear.model_dump(include={"enabled", "start_iter"}),
                 "obj_shear_auto": engine_log.after("constraints.obj_shear auto "),
                 "obj_clamp_auto": engine_log.after("constraints.obj_clamp auto "),
+                "obj_blur_auto": engine_log.after("constraints.obj_blur auto "),
                 "probe_aperture": cons.probe_aperture.model_dump(), "per_position_tilt": args.per_position_tilt,
                 "probe_aperture_auto": engine_log.after("constraints.probe_aperture auto: "),
                 "lr_decay_auto": engine_log.after("run.lr_decay auto: "),

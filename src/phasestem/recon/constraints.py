@@ -18,7 +18,7 @@ name                   effect
                        [0, 1] and ≥ 0: the physical object); 'auto' (the default): on for a multislice
                        crystal (:func:`~phasestem.recon.crystal.obj_clamp_rule`)
 ``obj_blur``           lateral Gaussian blur of amplitude and phase, ``sigma`` px; 'auto' (the default): on
-                       for counted data, σ from the dose (:mod:`phasestem.recon.dose_regularisation`)
+                       for counted data but crystals, σ from the dose (:mod:`phasestem.recon.dose_regularisation`)
 ``obj_band``           hold amplitude and phase to the object grid's anti-aliased band; 'auto' (the
                        default): on where the grid is finer than the detector's
                        (:mod:`phasestem.recon.object_band`)
@@ -337,7 +337,7 @@ def _hold_probe_aperture(model, setting, epoch: int) -> bool:
 
 
 def _blur(model, setting, epoch: int) -> None:
-    blur_object(model, setting.sigma)
+    blur_object(model, setting.sigma_px())
 
 
 def _shear(model, setting, epoch: int) -> None:

@@ -91,11 +91,11 @@ def lattice_fraction(image: torch.Tensor, window: torch.Tensor | None = None) ->
     return float(power[peaks].sum()) / total
 
 
-def crystal_test(model, stack: torch.Tensor | None = None,
-                 inner: tuple[slice, slice] | None = None) -> tuple[bool | None, str]:
+def crystal_test(model, stack: torch.Tensor | None = None, inner: tuple[slice, slice] | None = None,
+                 threshold: float = CRYSTAL_FRACTION) -> tuple[bool | None, str]:
     """(whether the object is a crystal, the measurement in words): :func:`lattice_fraction` of the projected phase
-    over the scanned field ≥ :data:`CRYSTAL_FRACTION`. None when the scanned field is under 8 px across. ``stack``,
-    ``inner``: :func:`field_slices`' result when the caller has it."""
+    over the scanned field ≥ ``threshold`` (default :data:`CRYSTAL_FRACTION`). None when the scanned field is under
+    8 px across. ``stack``, ``inner``: :func:`field_slices`' result when the caller has it."""
     if stack is None:
         field = field_slices(model)
         if field is None:
@@ -103,8 +103,8 @@ def crystal_test(model, stack: torch.Tensor | None = None,
         stack, inner = field
     fraction = lattice_fraction(stack[(slice(None), *inner)].sum(0))
     words = (f"{fraction:.2f} of the projected phase's spectral power (beyond {LATTICE_MIN_CYCLES} cycles across the "
-             f"scanned field) is in Bragg peaks (a crystal: {CRYSTAL_FRACTION:g} or more)")
-    return fraction >= CRYSTAL_FRACTION, words
+             f"scanned field) is in Bragg peaks (a crystal: {threshold:g} or more)")
+    return fraction >= threshold, words
 
 
 def obj_clamp_rule(model) -> tuple[bool, str]:

@@ -1,6 +1,8 @@
 """Constraints whose ``enabled`` is 'auto' and that a rule decides on the object, where each is first due:
-``obj_clamp`` (positivity, for a multislice crystal: :func:`~phasestem.recon.crystal.obj_clamp_rule`) and
-``obj_shear`` (the slices' shear into the tilt, for a mistilted crystal: :func:`~phasestem.recon.shear.obj_shear_rule`).
+``obj_clamp`` (positivity, for a multislice crystal: :func:`~phasestem.recon.crystal.obj_clamp_rule`),
+``obj_shear`` (the slices' shear into the tilt, for a mistilted crystal: :func:`~phasestem.recon.shear.obj_shear_rule`)
+and ``obj_blur`` (the dose's blur, left 'auto' by :func:`~phasestem.recon.dose_regularisation.resolve_obj_blur`
+where the dose asks for one: off for a crystal, :func:`~phasestem.recon.dose_regularisation.obj_blur_crystal_rule`).
 ``probe_aperture: auto`` is decided from the data before the first epoch instead
 (:mod:`phasestem.recon.aperture_rule`)."""
 from __future__ import annotations
@@ -9,6 +11,7 @@ import logging
 from collections.abc import Callable
 
 from .crystal import obj_clamp_rule
+from .dose_regularisation import obj_blur_crystal_rule
 from .shear import obj_shear_rule
 
 log = logging.getLogger("phasestem.recon")
@@ -17,6 +20,7 @@ log = logging.getLogger("phasestem.recon")
 RULES: dict[str, tuple[Callable, int]] = {
     "obj_clamp": (lambda model, s: obj_clamp_rule(model), 2),
     "obj_shear": (lambda model, s: obj_shear_rule(model, s.max_walk), 3),
+    "obj_blur": (lambda model, s: obj_blur_crystal_rule(model, s.sigma), 1),
 }
 
 

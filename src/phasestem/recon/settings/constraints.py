@@ -67,17 +67,28 @@ class ObjClamp(AutoSchedule):
     phase_max: float | None = Field(None, description="highest object phase (rad); null: no limit")
 
 
+#: the blur's σ in object pixels where ``obj_blur.enabled`` is true and no σ is given
+BLUR_SIGMA_PX = 0.5
+
+
 class ObjBlur(AutoSchedule):
-    """Lateral Gaussian blur of every slice; 'auto' decides from the data's dose when a run starts
-    (:func:`~phasestem.recon.dose_regularisation.obj_blur_rule`)."""
+    """Lateral Gaussian blur of every slice; 'auto' decides its σ from the data's dose when a run starts
+    (:func:`~phasestem.recon.dose_regularisation.obj_blur_rule`) and whether it applies from the first epoch's object
+    (:func:`~phasestem.recon.dose_regularisation.obj_blur_crystal_rule`)."""
 
     enabled: bool | Literal["auto"] = Field(
         "auto", description="true, false or auto: on for counted data (Poisson noise) every epoch, σ from the dose per "
-        "area: 0.4 px of 0.2 Å at 1e5 e⁻/Å², 0.8 at 1e3 (dose_regularisation.obj_blur_rule); off for noise-free data "
-        "and above 1.2e5 e⁻/Å² (1e5, the highest dose it was chosen on, and the scatter of measured counts); the run "
-        "log says which and why")
-    sigma: float = Field(0.5, gt=0, description="Gaussian standard deviation in object pixels (with enabled: auto, "
-                         "a σ given here replaces the rule's)")
+        "area: 0.4 px of 0.2 Å at 1e5 e⁻/Å², 0.8 at 1e3 (dose_regularisation.obj_blur_rule), unless the first "
+        "epoch's object is a crystal (Bragg peaks hold ≥ 10 % of its spectral power: a blur takes its columns' "
+        "detail; dose_regularisation.obj_blur_crystal_rule); off for noise-free data and above 1.2e5 e⁻/Å² (1e5, the "
+        "highest dose it was chosen on, and the scatter of measured counts); the run log says which and why")
+    sigma: float | None = Field(None, gt=0, description="Gaussian standard deviation in object pixels; null: the "
+                                "dose rule's with enabled: auto, 0.5 px with enabled: true (a σ given here replaces "
+                                "the rule's)")
+
+    def sigma_px(self) -> float:
+        """The σ in object pixels the blur applies: the one given or decided, else :data:`BLUR_SIGMA_PX`."""
+        return BLUR_SIGMA_PX if self.sigma is None else self.sigma
 
 
 class ObjBand(AutoSchedule):
@@ -176,7 +187,7 @@ class Constraints(StrictModel):
     obj_clamp: ObjClamp = Field(default_factory=ObjClamp, description="object amplitude/phase clamps: the slices' "
                                 "phase ≥ 0 and amplitude ≤ 1 by default, on ('auto') for a multislice crystal")
     obj_blur: ObjBlur = Field(default_factory=ObjBlur, description="lateral object blur; 'auto' (the default): on "
-                              "for counted data, its σ from the dose (dose_regularisation)")
+                              "for counted data but crystals, its σ from the dose (dose_regularisation)")
     obj_band: ObjBand = Field(default_factory=ObjBand, description="hold the object to its grid's anti-aliased "
                               "band; 'auto' (the default): on where the object's grid is finer than the detector's")
     kz_filter: KzFilter = Field(default_factory=KzFilter, description="k_z missing-wedge filter")
