@@ -47,6 +47,11 @@ def make_workspace(root: Path, n_epochs: int = 12, scan: int = 8, batch_size: in
     return root
 
 
+#: seconds a test waits for an event of a server or its jobs before failing: generous enough for a 2-core machine at
+#: load 8 (everything there runs about 4-8 × slower than on a quiet one); a test that passes waits only for the event
+PATIENCE = 300
+
+
 class Server:
     """``phasestem serve --root ROOT --port 0 --token TOKEN …`` as a subprocess; ``url`` once it listens."""
 
@@ -57,7 +62,7 @@ class Server:
                                       "0", "--token", token, *args], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, env=env)
         self.url = None
-        end = time.monotonic() + 90
+        end = time.monotonic() + PATIENCE
         while time.monotonic() < end:
             line = self.proc.stdout.readline()
             if not line:
@@ -71,7 +76,7 @@ class Server:
             raise RuntimeError(f"phasestem serve did not start: {self.proc.stderr.read()}")
 
     def request(self, path: str, method: str = "GET", body=None, token: str | None = "default",
-                headers: dict | None = None, timeout: float = 30) -> tuple[int, object]:
+                headers: dict | None = None, timeout: float = 120) -> tuple[int, object]:
         """(status, JSON answer or bytes); ``token`` None: none sent; else sent as ``Authorization: token …``."""
         data = json.dumps(body).encode() if isinstance(body, dict | list) else body
         req = urllib.request.Request(self.url + path, data=data, method=method)
@@ -88,7 +93,8 @@ class Server:
             status, raw, ctype = exc.code, exc.read(), exc.headers.get("content-type", "")
         return status, (json.loads(raw) if "json" in ctype else raw)
 
-    def wait_job(self, job_id: int, states=("done", "failed", "cancelled"), timeout: float = 120) -> dict:
+    def wait_job(self, job_id: int, states=("done", "failed", "cancelled"), timeout: float = PATIENCE) -> dict:
+        """The job once its state is one of ``states`` (polled every 0.2 s); TimeoutError after ``timeout`` s."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             status, job = self.request(f"/api/jobs/{job_id}")

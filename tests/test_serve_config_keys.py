@@ -114,7 +114,7 @@ def submit_and_wait(server, spec: dict, until=lambda: False, timeout: float = 12
                 break
             time.sleep(0.3)
         server.request(f"/api/jobs/{answer['id']}/cancel", "POST", body={})
-        server.wait_job(answer["id"], timeout=60)
+        server.wait_job(answer["id"], timeout=300)
     return status, answer
 
 
@@ -186,7 +186,7 @@ def test_a_tune_study_may_live_in_a_sqlite_file_inside_the_root_and_nowhere_else
     status, job = workspace.request("/api/jobs", "POST", body=spec)
     assert status == 200, job
     workspace.request(f"/api/jobs/{job['id']}/cancel", "POST", body={})
-    workspace.wait_job(job["id"], timeout=60)
+    workspace.wait_job(job["id"], timeout=300)
 
 
 def test_the_parameter_form_saves_no_database_outside_the_root(workspace):

@@ -168,7 +168,7 @@ def _finished_plan(server, config: str = "configs/plan.yaml") -> dict:
     status, job = server.request("/api/jobs", "POST", body={"command": "plan", "config": config,
                                                             "args": ["--quantities-only"]})
     assert status == 200, job
-    job = server.wait_job(job["id"], timeout=240)
+    job = server.wait_job(job["id"], timeout=300)
     assert job["state"] == "done", (server.root / job["run_dir"] / "job.log").read_text()
     return job
 
@@ -198,7 +198,7 @@ def test_a_file_whose_name_begins_with_a_dash_is_the_jobs_file(server):
     args = ["--energy", "300e3", "--semiangle", "15", "--scan-step", "1.0"]  # the simulated scan's (write_npz)
     status, job = server.request("/api/jobs", "POST", body={"command": "calibrate", "config": "-x.npz", "args": args})
     assert status == 200, job
-    job = server.wait_job(job["id"], timeout=240)
+    job = server.wait_job(job["id"], timeout=300)
     assert job["argv"][-2:] == ["--", "-x.npz"]
     assert job["state"] == "done", (server.root / job["run_dir"] / "job.log").read_text()
     assert (server.root / job["run_dir"] / "params.yaml").is_file()

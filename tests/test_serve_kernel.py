@@ -328,7 +328,7 @@ def test_an_uploaded_sitecustomize_never_runs_even_with_pythonpath_dot(tmp_path,
         status, job = server.request("/api/jobs", "POST", body={"command": "plan", "config": "configs/plan.yaml",
                                                                 "args": ["--quantities-only"]})
         assert status == 200, job
-        job = server.wait_job(job["id"], timeout=180)
+        job = server.wait_job(job["id"], timeout=300)
     finally:
         server.stop()
     assert job["state"] == "done", (root / job["run_dir"] / "job.log").read_text()

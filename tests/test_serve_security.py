@@ -27,7 +27,7 @@ import yaml
 pytest.importorskip("starlette", reason="phasestem serve needs the serve extra (starlette, uvicorn)")
 pytest.importorskip("uvicorn", reason="phasestem serve needs the serve extra (starlette, uvicorn)")
 
-from serve_workspace import TOKEN, Server, make_workspace  # noqa: E402
+from serve_workspace import PATIENCE, TOKEN, Server, make_workspace  # noqa: E402
 
 #: modules a job imports at its start; planted in the root, each would write a file outside it when imported
 PLANTED = ("yaml", "numpy", "h5py", "torch")
@@ -67,7 +67,7 @@ def test_a_job_never_imports_code_planted_in_the_workspace(workspace):
     status, job = workspace.request("/api/jobs", "POST", body={"command": "plan", "config": "configs/plan.yaml",
                                                                "args": ["--quantities-only"]})
     assert status == 200, job
-    job = workspace.wait_job(job["id"], timeout=180)
+    job = workspace.wait_job(job["id"], timeout=300)
     log = (workspace.root / job["run_dir"] / "job.log").read_text()
     assert job["state"] == "done", log
     assert "planted module imported" not in log
@@ -125,7 +125,7 @@ def test_a_job_takes_allowed_options_checked_by_the_commands_own_parser(workspac
     assert status == 200, job
     assert job["argv"][-5:] == ["--c10", "-50", "--energy=300e3", "--", "data/scan.npz"]  # the file after '--'
     workspace.request(f"/api/jobs/{job['id']}/cancel", "POST", body={})
-    workspace.wait_job(job["id"], timeout=60)
+    workspace.wait_job(job["id"], timeout=300)
 
 
 def test_a_prior_model_outside_the_root_is_refused(workspace):
@@ -272,7 +272,7 @@ def test_malformed_requests_are_one_line_never_a_server_error(workspace):
                                                                "args": ["--quantities-only"]})
     assert status == 200, job
     assert job["run_dir"] == f"runs/{next_id:04d}-plan-2"
-    workspace.wait_job(job["id"], timeout=180)
+    workspace.wait_job(job["id"], timeout=300)
     assert sorted(p.name for p in squatter.iterdir()) == ["keep.txt"]
 
 
@@ -283,7 +283,7 @@ def test_watchers_leaving_a_push_channel_leave_it_working(tmp_path):
     try:
         def watch_and_leave(route):
             req = urllib.request.Request(server.url + route, headers={"Authorization": f"token {TOKEN}"})
-            with urllib.request.urlopen(req, timeout=10) as res:
+            with urllib.request.urlopen(req, timeout=120) as res:
                 res.readline()
 
         status, job = server.request("/api/jobs", "POST", body={"command": "plan", "config": "configs/plan.yaml",
@@ -295,13 +295,13 @@ def test_watchers_leaving_a_push_channel_leave_it_working(tmp_path):
             for t in threads:
                 t.start()
             for t in threads:
-                t.join(30)
+                t.join(PATIENCE)
             time.sleep(0.3)
         req = urllib.request.Request(server.url + "/api/events", headers={"Authorization": f"token {TOKEN}"})
-        with urllib.request.urlopen(req, timeout=10) as res:
+        with urllib.request.urlopen(req, timeout=120) as res:
             assert res.readline().startswith(b"data: {\"jobs\"")
         assert server.proc.poll() is None
-        server.wait_job(job["id"], timeout=180)
+        server.wait_job(job["id"], timeout=300)
         server.proc.send_signal(signal.SIGTERM)
         _, log = server.proc.communicate(timeout=60)
     finally:
