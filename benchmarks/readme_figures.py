@@ -93,17 +93,21 @@ def job_live_offline(work: Path) -> dict:
 
 
 def job_guard(work: Path) -> dict:
-    """The regression guard's line for this commit in ``benchmarks/history.jsonl`` (the guard runs the independent
-    benchmark's phasestem cases with the defaults: ``benchmarks/independent/regression.py``), not rerun here."""
+    """The regression guard's newest line in ``benchmarks/history.jsonl`` (the guard runs the independent benchmark's
+    phasestem cases with the defaults: ``benchmarks/independent/regression.py``), not rerun here: valid where it ran
+    on a clean checkout whose ``src/`` is this one's."""
     import json
 
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     lines = [json.loads(s) for s in (ROOT / "benchmarks" / "history.jsonl").read_text().splitlines() if s.strip()]
-    for line in reversed(lines):
-        if line.get("guard") == "regimes-v2" and line["commit"] == head.stdout.strip():
-            return line["cases"]
-    raise RuntimeError(f"benchmarks/history.jsonl has no regression-guard line for {head.stdout.strip()}: run "
-                       "python benchmarks/independent/regression.py first")
+    line = next((line for line in reversed(lines) if line.get("guard") == "regimes-v2"), None)
+    if line is None or line["commit"].endswith("-dirty"):
+        raise RuntimeError("benchmarks/history.jsonl has no regression-guard line of a clean checkout: run "
+                           "python benchmarks/independent/regression.py first")
+    changed = subprocess.run(["git", "diff", "--quiet", line["commit"], "HEAD", "--", "src"], cwd=ROOT)
+    if changed.returncode:
+        raise RuntimeError(f"src/ changed since the regression guard's last line ({line['commit']}): run "
+                           "python benchmarks/independent/regression.py again")
+    return line["cases"]
 
 
 #: job → (what produces its outputs, heavy: only with --all)
