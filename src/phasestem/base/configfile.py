@@ -16,14 +16,15 @@ from __future__ import annotations
 import json
 import os
 import re
+import types
 import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, Union
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from .errors import ConfigError, InputFileError
 from .safety import check_readable
@@ -31,10 +32,65 @@ from .safety import check_readable
 M = TypeVar("M", bound=BaseModel)
 
 
+#: the words YAML 1.1 reads as booleans, and a quoted one, as the switch each means
+SWITCH_WORDS = {"on": True, "yes": True, "true": True, "off": False, "no": False, "false": False}
+
+
+def switch_words(annotation: Any) -> frozenset[str] | None:
+    """The words 'off' and 'on' among the values of ``annotation`` (a ``Literal``, also inside an Optional, a union
+    or ``Annotated``); None where a boolean is itself allowed (``bool | Literal['auto']``: a boolean stays one)."""
+    origin = typing.get_origin(annotation)
+    if annotation is bool or (origin is Literal and any(isinstance(v, bool) for v in typing.get_args(annotation))):
+        return None
+    if origin is Literal:
+        return frozenset(v for v in typing.get_args(annotation) if v in ("off", "on"))
+    if origin in (Union, types.UnionType, Annotated):
+        args = typing.get_args(annotation)[:1] if origin is Annotated else typing.get_args(annotation)
+        words = [switch_words(a) for a in args]
+        return None if None in words else frozenset().union(*words)
+    return frozenset()
+
+
+_SWITCH_FIELDS: dict[type, dict[str, frozenset[str]]] = {}
+
+
+def _switch_fields(model: type[BaseModel]) -> dict[str, frozenset[str]]:
+    """Key (name and alias) → the switch words of every field of ``model`` that takes 'off' or 'on' and no boolean."""
+    if model not in _SWITCH_FIELDS:
+        fields: dict[str, frozenset[str]] = {}
+        for name, info in model.model_fields.items():
+            words = switch_words(info.annotation)
+            if words:
+                fields.update({key: words for key in {name, info.alias} if key})
+        _SWITCH_FIELDS[model] = fields
+    return _SWITCH_FIELDS[model]
+
+
+def switch_value(value: Any, words: frozenset[str]) -> Any:
+    """``value`` as the word it means where ``words`` (a field's 'off'/'on') takes it: YAML's ``off``, ``no`` and
+    ``false`` (booleans) → 'off', ``on``/``yes``/``true`` → 'on', likewise quoted; anything else unchanged."""
+    switch = SWITCH_WORDS.get(value.strip().lower()) if isinstance(value, str) else value
+    if isinstance(switch, bool) and ("on" if switch else "off") in words:
+        return "on" if switch else "off"
+    return value
+
+
 class StrictModel(BaseModel):
-    """The base of every configuration section: an unknown key is an error naming it (``extra="forbid"``)."""
+    """The base of every configuration section: an unknown key is an error naming it (``extra="forbid"``); a field
+    whose allowed words include 'off' or 'on' takes them as YAML writes them (:func:`switch_value`)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _switch_words_as_written(cls, data: Any) -> Any:
+        """YAML reads ``off``/``on``/``yes``/``no`` as booleans: turn them back into the word a field takes."""
+        fields = _switch_fields(cls)
+        if not fields or not isinstance(data, dict):
+            return data
+        changed = {key: switch_value(data[key], fields[key]) for key in fields.keys() & data.keys()}
+        changed = {k: v for k, v in changed.items() if v is not data[k]}
+        return {**data, **changed} if changed else data
 
 
 class CheckedModel(StrictModel):

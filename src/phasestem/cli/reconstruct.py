@@ -39,6 +39,20 @@ TUNE_EPILOG = """examples:
 
 The parameter file needs a 'tune' section (C10, slice_thickness, learning_rates ranges)."""
 
+#: the flags only --auto reads (they say how to read and calibrate a data file), by dest: (flag, the parameter file's
+#: field that says the same, None where only a calibration takes it)
+AUTO_ONLY: dict[str, tuple[str, str | None]] = {
+    "patterns_key": ("--key", "data.patterns_key"), "format": ("--format", "data.format"),
+    "scan_shape": ("--scan-shape", "scan.shape"), "reader_option": ("--reader-option", "data.reader_options.KEY"),
+    "energy": ("--energy", "optics.energy"), "semiangle": ("--semiangle", "optics.semiangle"),
+    "angular_sampling": ("--angular-sampling", "optics.angular_sampling"), "scan_step": ("--scan-step", "scan.step"),
+    "c10": ("--c10", "optics.aberrations.C10"), "rotation": ("--rotation", "scan.rotation"),
+    "fit_detector_pixel": ("--fit-detector-pixel", None), "edge_threshold": ("--edge-threshold", None),
+}
+#: the flags only --prior reads, by dest
+PRIOR_ONLY = {"prior_weight": "--prior-weight", "prior_every": "--prior-every", "prior_start": "--prior-start",
+              "prior_decay": "--prior-decay", "prior_patience": "--prior-patience"}
+
 
 def register(subparsers, train_subparsers) -> None:
     p = subparsers.add_parser(
@@ -58,7 +72,7 @@ def register(subparsers, train_subparsers) -> None:
     add_set(p, "model.n_slices=4 (with --auto: a field of the params.yaml it writes)")
     _add_auto_arguments(p)
     _add_prior_arguments(p)
-    p.set_defaults(func=_reconstruct_cmd)
+    p.set_defaults(func=_reconstruct_cmd, edge_threshold=None)  # None: not given (calibrate's default with --auto)
     t = subparsers.add_parser(
         "tune", help="Optuna search of defocus, thickness and learning rates",
         description="Hyper-parameter search for a reconstruction (objective: data error).",
@@ -74,16 +88,17 @@ def register(subparsers, train_subparsers) -> None:
 
 
 def _load(args) -> ReconstructParams:
+    """The parameter file with ``--set``, then ``--out``, ``--epochs`` and ``--device`` over it, all validated as
+    its fields are (a bad value: one line naming the field)."""
     from ..base.configfile import parse_set_options
     from ..recon.params import load_params
 
-    params = load_params(args.params, parse_set_options(getattr(args, "set", None)))
-    if args.out is not None:
-        params.run.out_dir = args.out
-    if getattr(args, "epochs", None):
-        params.run.n_epochs = args.epochs
-    if getattr(args, "device", None):
-        params.run.device = args.device
+    flags = {"run.out_dir": args.out, "run.n_epochs": getattr(args, "epochs", None),
+             "run.device": getattr(args, "device", None)}
+    overrides = {**parse_set_options(getattr(args, "set", None)), **{k: v for k, v in flags.items() if v is not None}}
+    params = load_params(args.params, overrides)
+    if getattr(args, "allow_external_links", False):  # the data file and its ground truth: one permission
+        params.data.reader_options["allow_external_links"] = True
     return params
 
 
@@ -95,8 +110,8 @@ def _add_prior_arguments(p) -> None:
     g.add_argument("--prior-weight", type=float, default=None, metavar="LAMBDA",
                    help="pull strength λ: φ ← (φ + λ·target) / (1 + λ) after every epoch (default 0.5: chosen with "
                    "restore-seed-fine on held-out abTEM data, benchmarks/learned/README.md)")
-    g.add_argument("--prior-every", type=int, default=2, metavar="K", help="restore every K epochs (default 2)")
-    g.add_argument("--prior-start", type=int, default=2, metavar="EPOCH",
+    g.add_argument("--prior-every", type=int, default=None, metavar="K", help="restore every K epochs (default 2)")
+    g.add_argument("--prior-start", type=int, default=None, metavar="EPOCH",
                    help="first epoch after which the prior acts (default 2)")
     g.add_argument("--prior-decay", type=float, default=None, metavar="GAMMA",
                    help="the pull's weight is multiplied by GAMMA at every refresh, λ·GAMMA^n, so the pull converges "
@@ -118,7 +133,8 @@ def _prior_hooks(args) -> tuple:
         return ()
     from ..learn.hybrid import prior_hook  # the command layer is where recon meets learn (docs/architecture.md)
 
-    return (prior_hook(args.prior, every=args.prior_every, weight=args.prior_weight, start=args.prior_start,
+    every, start = (2 if v is None else v for v in (args.prior_every, args.prior_start))
+    return (prior_hook(args.prior, every=every, weight=args.prior_weight, start=start,
                        decay=args.prior_decay, patience=args.prior_patience),)
 
 
@@ -126,7 +142,9 @@ def _add_auto_arguments(p) -> None:
     """--auto (read → calibrate → direct start → AD) and --init (start the object from a direct method)."""
     from .calibrate import add_calibration_choices, add_reader_arguments
 
-    g = p.add_argument_group("real data in one command (--auto) and direct-method starts (--init)")
+    g = p.add_argument_group("real data in one command (--auto) and direct-method starts (--init)",
+                             "--init and --allow-external-links also act on a parameter file; the reader and "
+                             "calibration options are read with --auto alone (a parameter file gives their fields)")
     g.add_argument("--auto", action="store_true",
                    help="PARAMS is a data file: calibrate it, start from --init, reconstruct; writes OUT/params.yaml")
     g.add_argument("--init", choices=["none", "dpc", "parallax", "ssb"], default=None,
@@ -135,21 +153,47 @@ def _add_auto_arguments(p) -> None:
     add_calibration_choices(g)
 
 
-def _reconstruct_cmd(args) -> int:
-    if args.auto and getattr(args, "prior", None):
-        from ..base.errors import ConfigError
+def refuse_flags_that_would_not_act(args) -> None:
+    """One :class:`~phasestem.base.errors.ConfigError` line for flags given where they would do nothing: the reader
+    and calibration flags (:data:`AUTO_ONLY`) without --auto, --prior's schedule (:data:`PRIOR_ONLY`) without
+    --prior, --prior or --dump-config with --auto."""
+    from ..base.errors import ConfigError
 
+    if args.auto and getattr(args, "prior", None):
         raise ConfigError("--prior cannot be combined with --auto yet: run --auto, then reconstruct OUT/params.yaml "
                           "--prior MODEL")
+    if args.auto and args.dump_config:
+        raise ConfigError("--dump-config cannot be combined with --auto: its parameters come from calibrating the "
+                          "data (phasestem calibrate FILE writes them without reconstructing; an --auto run writes "
+                          "OUT/params.yaml)")
+    unread = [PRIOR_ONLY[d] for d in PRIOR_ONLY if getattr(args, d, None) is not None]
+    if unread and not getattr(args, "prior", None):
+        raise ConfigError(f"{', '.join(unread)}: the learned prior's schedule, read only with --prior MODEL")
+    given = [d for d in AUTO_ONLY if getattr(args, d, None) not in (None, False, [])]
+    if given and not args.auto:
+        flags = ", ".join(AUTO_ONLY[d][0] for d in given)
+        fields = [AUTO_ONLY[d][1] for d in given if AUTO_ONLY[d][1]]
+        calibration = [AUTO_ONLY[d][0] for d in given if not AUTO_ONLY[d][1]]
+        instead = [f"give {', '.join(fields)} in the parameter file (or --set KEY=VALUE)"] if fields else []
+        instead += [f"calibrate with {', '.join(calibration)}: phasestem calibrate FILE"] if calibration else []
+        raise ConfigError(f"{flags}: read only with --auto (PARAMS a 4D-STEM data file), not with the parameter file "
+                          f"{args.params}; {'; '.join(instead)}")
+
+
+def _reconstruct_cmd(args) -> int:
+    refuse_flags_that_would_not_act(args)
     if args.auto:
         from ..base.configfile import parse_set_options
         from ..recon.auto import run_auto
         from .calibrate import calibration_choices, reader_options, scan_step
 
+        choices = calibration_choices(args)
+        if choices["edge_threshold"] is None:  # not given: calibrate's default
+            del choices["edge_threshold"]
         run_auto(args.params, args.out or Path("recon_out"), energy=args.energy, semiangle=args.semiangle,
                  scan_step=scan_step(args), angular_sampling=args.angular_sampling, init=args.init or "ssb",
                  reader_options=reader_options(args), format=args.format, epochs=args.epochs, device=args.device,
-                 overrides=parse_set_options(args.set), resume=args.resume, **calibration_choices(args))
+                 overrides=parse_set_options(args.set), resume=args.resume, **choices)
         return 0
     params = _load(args)
     from ..recon.params import dump_params

@@ -31,10 +31,11 @@ def _check_size(nbytes: int, source: str) -> None:
 
 
 def load_array(path: str | Path, key: str | None = None, what: str = "array file",
-               default_h5_key: str | None = None) -> np.ndarray:
+               default_h5_key: str | None = None, allow_external_links: bool = False) -> np.ndarray:
     """One array, in memory and writable, from ``.npy``, ``.npz`` (``key``, or its only array) or HDF5 (``key``,
     else ``default_h5_key``), told apart by the extension, else by the content (``.npy`` unless the file starts
-    like a zip or an HDF5 file). ``what`` says what was expected, in messages."""
+    like a zip or an HDF5 file). ``what`` says what was expected, in messages; ``allow_external_links``: an HDF5
+    file's links and sources may leave its folder (:func:`phasestem.io.hdf5.open_file`)."""
     path = check_readable(path, what)
     suffix = path.suffix.lower()
     if suffix not in (".npy", ".npz", ".h5", ".hdf5", ".hdf"):
@@ -57,7 +58,7 @@ def load_array(path: str | Path, key: str | None = None, what: str = "array file
         except zipfile.BadZipFile as exc:
             raise InputFileError(f"{path}: not a readable .npz file ({exc})") from None
     else:
-        with open_file(path, what) as f, reading(path, what):
+        with open_file(path, what, allow_external_links) as f, reading(path, what):
             k = key if key is not None else (default_h5_key if default_h5_key in f else None)
             if k is None or k not in f:
                 raise InputFileError(f"{path}: key {key!r} not found; the file holds {sorted(f.keys())}")

@@ -11,6 +11,7 @@ Everything measured is written beside the results, so the run can be repeated wi
 """
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Any
@@ -141,6 +142,23 @@ def auto_params(calib, files: dict[str, Path], out_dir: Path, epochs: int | None
     return parse_params(data, "calibrated params", overrides=overrides)
 
 
+def check_overrides(file: str | Path, out_dir: str | Path, epochs: int | None = None, device: str | None = None,
+                    overrides: dict[str, Any] | None = None) -> None:
+    """Refuse bad ``--set`` overrides (an unknown key, a value the field does not take), ``--epochs`` or
+    ``--device`` in one line before anything is read or calibrated: they are validated on a parameter file of the
+    shape :func:`auto_params` writes, with the sections calibration fills left at their defaults (no field of
+    those depends on another), so a value refused here would be refused after calibration too."""
+    if not overrides and not epochs and not device:
+        return
+    run = {**AUTO_RUN, "out_dir": str(Path(out_dir).resolve())}
+    if epochs:
+        run["n_epochs"] = int(epochs)
+    if device:
+        run["device"] = device
+    data = {"data": {"file": str(Path(file).resolve())}, "model": copy.deepcopy(AUTO_MODEL), "run": run}
+    parse_params(data, "--set" if overrides else "--auto", overrides=overrides)
+
+
 def write_params(params: ReconstructParams, path: Path, header: str = "") -> Path:
     """The resolved parameter file, with a comment header (written atomically); its paths relative to its folder
     (the run folder, which holds the calibrated data and the start), so that a moved run folder reruns."""
@@ -167,6 +185,8 @@ def run_auto(file: str | Path, out_dir: str | Path, energy: float | None, semian
     from .run import RECON_COMMAND
 
     out = Path(out_dir)
+    if not resume:  # a resumed run validates them on its params.yaml at once
+        check_overrides(file, out, epochs, device, overrides)
     with hold_output(out, RECON_COMMAND + " --auto"):
         if resume:
             return resume_auto(out, epochs, device, overrides)

@@ -38,24 +38,27 @@ def field(name: str) -> Iterator[None]:
         raise type(exc)(f"{name}: {exc}") from None
 
 
-def _load(path: Path, key: str | None, what: str, default_h5_key: str | None) -> np.ndarray:
+def _load(path: Path, key: str | None, what: str, default_h5_key: str | None,
+          allow_external_links: bool = False) -> np.ndarray:
     """The array as stored, through :func:`phasestem.io.arrays.load_array` (declared sizes checked against the
     file, memory bounded, nothing unpickled)."""
-    return load_array(path, key, what, default_h5_key)
+    return load_array(path, key, what, default_h5_key, allow_external_links)
 
 
 def read_array(path: str | Path, key: str | None = None, what: str = "array", *,
-               default_h5_key: str | None = None, complex_ok: bool = False) -> np.ndarray:
+               default_h5_key: str | None = None, complex_ok: bool = False,
+               allow_external_links: bool = False) -> np.ndarray:
     """One finite, non-empty numeric array from ``.npy``, ``.npz`` (``key``, or its only array) or HDF5 (``key``,
     else ``default_h5_key``), as stored (no cast). ``complex_ok``: complex values are allowed (a probe);
-    otherwise the array must be real (integers or floats)."""
+    otherwise the array must be real (integers or floats). ``allow_external_links``: an HDF5 file's links and
+    sources may leave its folder (the user's opt-in, :mod:`phasestem.base.hdf5_links`)."""
     path = Path(path)
     if not path.exists():
         raise InputFileError(f"{path} not found ({what})")
     if path.is_dir():
         raise InputFileError(f"{path}: {what} must be a file, got a folder")
     try:
-        arr = np.asarray(_load(path, key, what, default_h5_key))
+        arr = np.asarray(_load(path, key, what, default_h5_key, allow_external_links))
     except PhasestemError:
         raise
     except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
@@ -139,9 +142,10 @@ def check_probe(probe: np.ndarray, path: str | Path, window: tuple[int, int]) ->
                          f"{hi:g} (it is normalised to 1: any scale in that range works)")
 
 
-def load_phase_image(path: str | Path, key: str | None = None) -> np.ndarray:
-    """Read a 2-D phase image (rad) from ``.npy``, ``.npz`` (``key``) or HDF5 (``key``)."""
-    arr = read_array(path, key, "initial phase image")
+def load_phase_image(path: str | Path, key: str | None = None, allow_external_links: bool = False) -> np.ndarray:
+    """Read a 2-D phase image (rad) from ``.npy``, ``.npz`` (``key``) or HDF5 (``key``; ``allow_external_links``:
+    as :func:`read_array`)."""
+    arr = read_array(path, key, "initial phase image", allow_external_links=allow_external_links)
     if arr.ndim != 2:
         raise ShapeError(f"{path}: initial phase must be a 2-D image (y, x), got shape {arr.shape}")
     return arr.astype(np.float32)

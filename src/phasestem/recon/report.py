@@ -273,25 +273,26 @@ def truth_sampling(path: str | Path, key: str) -> tuple[float, float] | None:
     return None
 
 
-def _read_truth(path: Path, key: str, energy: float | None) -> np.ndarray:
+def _read_truth(path: Path, key: str, energy: float | None, allow_external_links: bool = False) -> np.ndarray:
     """The truth as rad: a seed-000 ``phase_{i}`` through :func:`phasestem.io.seed.read_phase` (the original
-    generator's stores σ·V, not the phase), anything else as stored."""
+    generator's stores σ·V, not the phase), anything else as stored. The file is checked (links, sources: as its
+    data file with ``allow_external_links``) before anything is read."""
     from ..io import seed
     from .inputs import load_phase_image
 
+    image = load_phase_image(path, key, allow_external_links)  # the checks (real, finite, 2-D) of every phase image
     parsed = seed.parse_key(key.strip("/"))
     if path.suffix.lower() in (".h5", ".hdf5", ".hdf") and parsed is not None and parsed[0] == "phase":
         import h5py
 
         with h5py.File(path, "r") as f:
-            if key in f and seed.patterns_key(parsed[1]) in f:
-                load_phase_image(path, key)  # the checks (real, finite, 2-D) of every phase image
+            if seed.patterns_key(parsed[1]) in f:
                 return seed.read_phase(f, key, energy)
-    return load_phase_image(path, key)
+    return image
 
 
 def load_ground_truth(path: str | Path, key: str, model, energy: float | None = None,
-                      log_path: str | Path | None = None) -> np.ndarray:
+                      log_path: str | Path | None = None, allow_external_links: bool = False) -> np.ndarray:
     """The ground-truth phase (rad, 2-D, dataset frame) stored under ``key`` in the data file ``path``, at the
     pixel of ``model`` (a :class:`~phasestem.recon.model.Ptychography`).
 
@@ -300,7 +301,8 @@ def load_ground_truth(path: str | Path, key: str, model, energy: float | None = 
     pixel size is taken at the detector's λ/(N·Δk) (the model's unless ``model.upsampling``). Refused with one line
     naming ``data.ground_truth_key`` when it is missing, not a finite real 2-D image, or does not cover the scanned
     field at that pixel (a truth of another, unknown pixel size). ``energy`` (eV): for the original seed
-    generator's files, whose ``phase_{i}`` is σ·V."""
+    generator's files, whose ``phase_{i}`` is σ·V. ``allow_external_links``: the permission of its data file
+    (``data.reader_options.allow_external_links``, ``reconstruct --allow-external-links``), one decision for both."""
     from ..physics.resample import resample_image
     from .inputs import field
 
@@ -308,7 +310,7 @@ def load_ground_truth(path: str | Path, key: str, model, energy: float | None = 
     target = tuple(float(s) for s in model.sampling)
     with field("data.ground_truth_key"):
         try:
-            truth = _read_truth(path, key, energy)
+            truth = _read_truth(path, key, energy, allow_external_links)
         except (InputFileError, ShapeError) as exc:
             raise type(exc)(str(exc).replace("initial phase", "ground truth")) from None
         stored = truth_sampling(path, key)

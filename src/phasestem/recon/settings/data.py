@@ -46,3 +46,10 @@ class DataConfig(FiniteModel):
         "from the file (HDF5 attribute 'sampling' of the dataset or its group, a seed file's phase_sampling) and it "
         "is resampled to the reconstruction's pixel (logged); without one it is taken at the reconstruction's pixel "
         "and must cover the scanned field")
+
+    @property
+    def allow_external_links(self) -> bool:
+        """Whether the data file, and the ground truth in it, may be read through HDF5 links, external storage and
+        virtual sources outside its folder: ``reader_options.allow_external_links`` (``reconstruct
+        --allow-external-links`` sets it; never honoured under ``PHASESTEM_READ_ROOT``)."""
+        return bool(self.reader_options.get("allow_external_links", False))  # as the reader takes it
