@@ -137,9 +137,12 @@ def _first_hour_commands() -> list[list[str]]:
     return [shlex.split(line) for line in block[:block.index("```")].strip().splitlines()]
 
 
-def test_the_readme_first_hour_at_the_seed_geometry_runs_clean_and_shows_sigma(tmp_path, monkeypatch, capsys):
+def test_the_readme_first_hour_at_the_seed_geometry_runs_clean_and_shows_sigma(tmp_path, monkeypatch, capsys,
+                                                                              caplog):
     """simulate → --auto --rotation 0 → restore → --prior, as README writes them (the simulation smaller, fewer
-    epochs): every command exits 0, the run has σ, restore prints its share beyond 3 σ against chance."""
+    epochs): every command exits 0, the run has σ, scaled by its bootstrap (the seed's Cs probe once eroded the
+    whole block away: issue 86), no truncation warning (the 30 mrad probe fits model.upsampling=1's grid), restore
+    prints its share beyond 3 σ against chance."""
     monkeypatch.chdir(tmp_path)
     commands = _first_hour_commands()
     assert [c[:2] for c in commands] == [["phasestem", "simulate"], ["phasestem", "reconstruct"],
@@ -158,5 +161,7 @@ def test_the_readme_first_hour_at_the_seed_geometry_runs_clean_and_shows_sigma(t
     assert "% of the scanned field by more than 3 σ of the data (0.27 % would be chance" in out
     run = tmp_path / "runs" / "scan1"
     assert (run / "uncertainty.png").exists() and (run / "restored.png").exists()
-    assert "phase σ per pixel" in (run / "reconstruct.log").read_text()
+    log = (run / "reconstruct.log").read_text()
+    assert "phase σ per pixel" in log and "scaled by κ = " in log and "not scaled" not in log
+    assert "silently truncated" not in caplog.text + log
     assert "phase σ per pixel" in (tmp_path / "runs" / "scan1_prior" / "reconstruct.log").read_text()

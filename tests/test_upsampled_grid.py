@@ -59,12 +59,27 @@ def test_at_the_seed_geometry_auto_doubles_the_grid_without_a_truncation_warning
     assert "model.upsampling auto: 2" in caplog.text
     assert model.optics_record["upsampling"] == 2 and np.allclose(model.optics_record["sampling"], SEED_PIXEL / 2)
     assert tuple(model.simulate().shape) == (9, 64, 64) and model.detector_shape == (64, 64)
-    with pytest.warns(UserWarning, match="silently truncated"):  # the detector's grid cuts the probe
-        kept = Ptychography.from_dataset(ds, upsampling=1)
+    kept = _model(ds, upsampling=1)  # the 30 mrad aperture fits the grid's 31.5 mrad: no truncation, no warning
     assert kept.upsampling == 1 and kept.window == (64, 64)
+    fine = torch.fft.fftshift(torch.fft.fft2(model.experiment.probe[0].to(torch.complex128), norm="ortho"))
+    assert float(fine[32:96, 32:96].abs().square().sum()) > 1 - 1e-6  # all of the probe lies on the detector's grid
     narrow = _model(_dataset(np.ones((3, 3, 64, 64), np.float32), 2.0, {"C10": 50.0}, semiangle=20.0),
                     upsampling="auto")
     assert narrow.upsampling == 1 and np.allclose(narrow.sampling, SEED_PIXEL)
+
+
+def test_the_truncation_warning_comes_only_where_the_model_cuts_the_probe(recwarn):
+    """On the detector's grid (u = 1) the model's band is the grid's Nyquist frequency, 31.5 mrad at the seed's
+    pixel: a 30 mrad probe is whole (no warning), a 33 mrad one loses its aperture's edge (one warning saying so).
+    With ``antialias`` the propagator keeps 2/3 of Nyquist (21 mrad): there the 30 mrad probe is cut (one warning)."""
+    ones = np.ones((3, 3, 64, 64), np.float32)
+    _model(_dataset(ones, 2.0, {"C30": 1e6}), upsampling=1)
+    with pytest.warns(UserWarning, match=r"33 mrad exceeds the band limit \(its Nyquist frequency\) 31\.5 mrad"):
+        Ptychography.from_dataset(_dataset(ones, 2.0, {"C30": 1e6}, semiangle=33.0), upsampling=1)
+    with pytest.warns(UserWarning, match=r"30 mrad exceeds the anti-aliased band limit 21\.0 mrad") as caught:
+        Ptychography.from_dataset(_dataset(ones, 2.0, {"C30": 1e6}), upsampling=1, antialias=True, n_slices=2)
+    assert len([w for w in caught if "silently truncated" in str(w.message)]) == 1
+    _model(_dataset(ones, 2.0, {"C30": 1e6}), upsampling=2, antialias=True, n_slices=2)  # 42 mrad hold it
 
 
 def test_a_probe_given_on_the_detector_grid_is_carried_onto_the_finer_one():
@@ -152,7 +167,7 @@ def test_a_reconstruction_on_the_finer_grid_is_closer_to_the_truth():
     for u in (1, 2):
         torch.manual_seed(0)
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # u = 1 warns of the truncated probe
+            warnings.simplefilter("error")  # u = 1 holds the 30 mrad probe whole: no warning either
             model = Ptychography.from_dataset(ds, upsampling=u)
         for _ in model.LSQ_optimize(4, ds, batch_size=16, seed=0, progress=False, lr_decay="cosine"):
             pass
@@ -174,7 +189,8 @@ def test_a_default_parameter_file_run_chooses_it_records_it_and_one_flag_keeps_t
     row = next(s for s in auto_settings(model, params) if s.field == "model.upsampling")
     assert row.value == 2 and row.source == "default" and "exceeds the 21 mrad" in row.note, row
     kept = parse_params({"data": {"file": "in-memory.h5"}, "model": {"upsampling": 1}})
-    with pytest.warns(UserWarning, match="silently truncated"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the README's first hour (model.upsampling=1): the probe is whole, no warning
         kept_model = build_model(kept, ds)
     assert kept_model.upsampling == 1
     assert not any(s.field == "model.upsampling" for s in auto_settings(kept_model, kept))

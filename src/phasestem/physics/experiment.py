@@ -52,7 +52,8 @@ class ExperimentSettings(FiniteModel):
         "extent: the model's far field on as many times the detector's grid at the same Δk, of which the detector "
         "measures the central part (scattering beyond it is computed and dropped). auto (default): the smallest "
         "factor whose anti-aliased band (2/3 Nyquist) holds the probe's semi-angle (at most 4; 300 keV, 30 mrad, "
-        "64 px of 0.984 mrad: 2, so the probe is not truncated), logged with its reason and recorded in results.h5's "
+        "64 px of 0.984 mrad: 2, so scattering past the detector is dropped, not wrapped back in; the probe itself "
+        "fits the detector's grid up to its Nyquist 31.5 mrad), logged with its reason and recorded in results.h5's "
         "geometry; 1 keeps the detector's grid (a program's default: Ptychography.from_dataset(ds) keeps it unless "
         "told). A restorer trained at another pixel refuses the run")
 
@@ -90,9 +91,16 @@ def _oversampling(value, name: str = "oversampling") -> int:
 
 def nominal_probe(dataset, window: tuple[int, int], n_probe_modes: int = 1, probe=None,
                   source_size: float | None = None, mode_power: float = 0.02, on_band_limit: BandLimitAction = "warn",
-                  aperture_edge: ApertureEdge = "soft", upsampling: int = 1) -> torch.Tensor:
+                  aperture_edge: ApertureEdge = "soft", upsampling: int = 1, antialias: bool = False
+                  ) -> torch.Tensor:
     """Probe modes (M, ny, nx) complex64, Σ|ψ|² = 1, on a ``window`` at the dataset's real-space sampling divided
     by ``upsampling``.
+
+    ``on_band_limit`` says what a semi-angle beyond the band the model keeps does (:func:`model_band`: the grid's
+    Nyquist frequency, 2/3 of it with ``antialias``, whose propagator masks the wave beyond): only there is the
+    probe truncated. The 30 mrad probe on the 0.3125 Å pixel of 64 px of 0.984 mrad at 300 keV lies inside the
+    grid's 31.5 mrad and is whole; its scattering beyond the detector is what ``upsampling`` adds
+    (:mod:`.upsampling`), not the probe.
 
     From the dataset optics (``optics.make_probe``; semiangle, aberrations) unless ``probe`` (M, ny, nx) is given
     (on the ``window``, or on the detector's pixel: ``window`` / ``upsampling``, then interpolated onto the finer
@@ -131,11 +139,20 @@ def nominal_probe(dataset, window: tuple[int, int], n_probe_modes: int = 1, prob
             amplitude = padded_spectrum(amplitude, window)
     elif aperture_edge not in ("soft", "hard"):
         raise ConfigError(f"aperture_edge must be 'soft', 'hard' or 'measured', got {aperture_edge!r}")
+    optics.check_band_limit(dataset.semiangle, window, sampling, dataset.energy, on_band_limit,
+                            model_band(antialias))
     nominal = optics.make_probe(window, sampling, dataset.energy, dataset.semiangle, dataset.aberrations,
-                                soft=aperture_edge == "soft", on_band_limit=on_band_limit, amplitude=amplitude)
+                                soft=aperture_edge == "soft", on_band_limit="ignore", amplitude=amplitude)
     if n_probe_modes > 1 and source_size:
         return optics.partial_coherence_modes(nominal, sampling, source_size, n_probe_modes)[0]
     return optics.initial_probe_modes(nominal, n_probe_modes, mode_power)
+
+
+def model_band(antialias: bool) -> float:
+    """The share of the grid's Nyquist frequency a model's probe must lie in to be whole: all of it (the grid holds
+    every frequency up to Nyquist, and nothing in the model masks the wave), 2/3 with ``antialias`` (the propagator
+    masks the wave beyond :data:`~phasestem.physics.optics.ANTIALIAS_FRACTION` of Nyquist)."""
+    return optics.ANTIALIAS_FRACTION if antialias else 1.0
 
 
 def object_frame(positions: np.ndarray, sampling: tuple[float, float], window: tuple[int, int],
@@ -239,7 +256,7 @@ class Experiment(nn.Module):
         window = tuple(int(n) * oversampling * u for n in dataset.pattern_shape)
         sampling = tuple(float(s) / u for s in dataset.sampling)
         probe_t = nominal_probe(dataset, window, o.n_probe_modes, o.probe, o.source_size, o.mode_power,
-                                o.on_band_limit, o.aperture_edge, u)
+                                o.on_band_limit, o.aperture_edge, u, o.antialias)
         pos = torch.as_tensor(dataset.positions_angstrom(), dtype=torch.float32)
         shape, origin = object_frame(pos, sampling, window, o.object_padding)
         return cls(probe_t, pos + torch.tensor(origin), shape, sampling, dataset.energy, origin, o.antialias,

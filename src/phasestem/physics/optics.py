@@ -236,15 +236,19 @@ def aperture(shape, sampling, energy: float, semiangle: float, soft: bool = True
     return torch.clamp((semiangle - alpha) / dalpha + 0.5, 0.0, 1.0).float()
 
 
-def check_band_limit(semiangle: float, shape, sampling, energy: float, on_violation: BandLimitAction = "raise"
-                     ) -> None:
-    """Refuse (or warn about) a probe semi-angle beyond the anti-aliased band limit."""
-    limit = band_limit_mrad(sampling, energy)
+def check_band_limit(semiangle: float, shape, sampling, energy: float, on_violation: BandLimitAction = "raise",
+                     fraction: float = ANTIALIAS_FRACTION) -> None:
+    """Refuse (or warn about) a probe semi-angle beyond the band a grid keeps: ``fraction`` of its Nyquist frequency
+    (the anti-aliased band, 2/3, where the propagation masks the wave beyond it, as the simulator's does; 1 where
+    nothing does: the grid itself, whose frequencies stop at Nyquist)."""
+    limit = band_limit_mrad(sampling, energy, fraction)
     if semiangle <= limit + 1e-9:
         return
-    need = wavelength(energy) * ANTIALIAS_FRACTION / (2 * semiangle * 1e-3)
+    need = wavelength(energy) * fraction / (2 * semiangle * 1e-3)
+    band = "anti-aliased band limit" if fraction == ANTIALIAS_FRACTION else (
+        "band limit (its Nyquist frequency)" if fraction == 1.0 else f"band limit ({fraction:.3g} × Nyquist)")
     msg = (
-        f"probe semi-angle {semiangle:g} mrad exceeds the anti-aliased band limit {limit:.1f} mrad of a grid "
+        f"probe semi-angle {semiangle:g} mrad exceeds the {band} {limit:.1f} mrad of a grid "
         f"with {max(sampling):.4g} Å pixels at {energy / 1e3:g} keV; the probe would be silently truncated. "
         f"Use pixels of at most {need:.4g} Å (more grid points over the same extent)"
     )

@@ -24,10 +24,18 @@ differs 2.4 ×), the map takes the power of σ_F the spread follows (:func:`shap
 regularisation of stopping where the run stops; what it leaves out is the model error (the fitted model is the
 bootstrap's truth) and correlations longer than the block. The block is 16 × 16 positions: the probe is refined
 from the block's patterns alone, and a smaller block's probe is noisier than the run's (12 × 12 made σ 1.2 × too large
-on three slices at 10⁴ e⁻ and on a 2 Å step at 10³ e⁻, 16 × 16 and 20 × 20 within 5 %). The cost is
-``realisations`` reruns of block² positions for the run's epochs (logged; at a 128 × 128 scan see
-``benchmarks/uncertainty/cost.py``). A block spans at least :data:`MIN_SPAN` Å (26 × 26 positions at a 0.4 Å
-step), and only its pixels a probe radius and :data:`EDGE_MARGIN` inside its lit field are scored.
+on three slices at 10⁴ e⁻ and on a 2 Å step at 10³ e⁻, 16 × 16 and 20 × 20 within 5 %). A block spans at least
+:data:`MIN_SPAN` Å (26 × 26 positions at a 0.4 Å step), and only its pixels a probe radius (at most half the model's
+window: :func:`lit_radius`) and :data:`EDGE_MARGIN` inside its lit field are scored.
+
+The cost (issue 86): two realisations (the variance of a pair is unbiased; κ is a mean over thousands of pixels),
+each in :func:`block_schedule`'s steps (as many Gauss–Newton moves per epoch as the run's, in fewer, wider batches
+where the lsq solver's whole-scan share allows), and, for a run whose steps decay over all its epochs, in
+:func:`bootstrap_epochs`' epochs, the decay compressed to keep the realisations within :data:`BUDGET` of the run's
+work, unless their spread still grew over their last epoch. On the README's first hour (the seed's 50 × 50 scan at
+2 Å, 20 epochs) σ took 38 s beside the run's 38 s of epochs and left σ unscaled; now 3.5 s (7 epochs of 32 steps)
+beside 41 s, κ 1.03. On six slices of 32 × 32 at 1e5 counts 117 s beside 122 s (κ 0.309), now 14.5 s beside 129 s
+(4 epochs, κ 0.331); one core each, load about 1.
 """
 from __future__ import annotations
 
@@ -45,7 +53,11 @@ from ..detector import sum_bins
 log = logging.getLogger("phasestem.recon")
 
 #: the bootstrap's default block side (positions) and number of realisations
-BLOCK, REALISATIONS = 16, 3
+BLOCK, REALISATIONS = 16, 2
+#: the realisations' work (positions × epochs, all together) is at most this share of the run's: a run whose steps
+#: decay over all its epochs is repeated on the block in fewer epochs (its decay compressed) where the run's own
+#: would exceed it, never fewer than MIN_EPOCHS (:func:`bootstrap_epochs`)
+BUDGET, MIN_EPOCHS = 0.08, 4
 #: the block's positions span at least this many Å (a finer step takes more positions)
 MIN_SPAN = 10.0
 #: pixels of the block's lit field at least the probe's radius and this far (Å) inside its edge are scored (the
@@ -57,8 +69,14 @@ BIN, MIN_BIN_COUNTS = 8, 5.0
 #: the shape's exponent is fitted over this many quantile bins of the Fisher σ, where their outer bins' medians
 #: differ by at least this factor (:func:`shape_exponent`)
 SHAPE_BINS, SHAPE_MIN_SPAN = 5, 1.15
+#: the fewest scored pixels κ is measured on
+MIN_PIXELS = 16
 #: the shape's power holds up to this quantile of the block's Fisher σ, the Fisher shape above it
 MEASURED_TOP = 0.98
+
+
+class NoBlock(Exception):
+    """The bootstrap cannot measure κ on this run: one line saying why (the run's σ then stays the Fisher σ)."""
 
 
 @dataclass
@@ -77,6 +95,8 @@ class BootstrapScale:
     exponent: float = 1.0
     reference: float = 1.0
     measured: float = math.inf
+    run_epochs: int = 0
+    grew_at: int = 0
 
     def shape(self, fisher_sigma: np.ndarray) -> np.ndarray:
         """σ from a Fisher σ map (any shape, rad): κ · σ_ref · (σ_F / σ_ref)^p (:func:`shape_exponent`) up to the
@@ -95,9 +115,15 @@ class BootstrapScale:
         shape = ("" if self.exponent == 1.0 else
                  f" and shaped as (σ_F / {self.reference:.3g} rad)^{self.exponent:.2f}, the power of the Fisher σ "
                  f"the realisations' spread follows, up to σ_F {self.measured:.3g} rad (the Fisher shape above)")
+        epochs = f"{self.epochs} epochs" if self.run_epochs in (0, self.epochs) else (
+            f"{self.epochs} epochs, its decay over the run's {self.run_epochs} compressed into them, over whose last "
+            "the spread fell")
+        if self.grew_at:
+            epochs += (f" (compressed into {self.grew_at} their spread still grew over the last epoch: the run's own "
+                       "epochs)")
         return (f"scaled by κ = {self.factor:.3g}{shape}, the spread of {self.realisations} parametric-bootstrap "
                 f"realisations of the scan's central {self.block[0]} × {self.block[1]} positions (Poisson draws "
-                f"from {mean}, each reconstructed by this run's recipe: {self.epochs} epochs, refining "
+                f"from {mean}, each reconstructed by this run's recipe: {epochs}, refining "
                 f"{what}) over their Fisher σ on {self.pixels} pixels, {self.seconds:.1f} s")
 
 
@@ -123,6 +149,47 @@ def block_batch_size(batch_size: int | None, position_share: float) -> int | Non
     run's), at least 1, so that every pixel is updated about as often per epoch as in the run (None: whole-scan
     batches, as the run)."""
     return batch_size and max(1, round(batch_size * position_share))
+
+
+def block_schedule(batch_size: int | None, precondition_batches: int | None, n_block: int, n_total: int
+                   ) -> tuple[int | None, int | None]:
+    """(batch size, ``run.precondition_batches``) of a block rerun of ``n_block`` positions for a run of
+    ``n_total`` in batches of ``batch_size`` with the lsq solver's whole-scan share T = ``precondition_batches``
+    (:mod:`phasestem.recon.precondition`; None: none, or another solver).
+
+    Without T: :func:`block_batch_size` (each pixel updated as often per epoch as in the run). With T an lsq epoch
+    moves a pixel by T / (1 + ρ) Gauss–Newton steps of the whole data, ρ = batch × T / positions the batch's own
+    curvature over the scan's share, whatever the number of steps: the block takes batches of up to
+    n_block / (2 G), G = T / (1 + ρ_run) the run's steps (its own ρ at most 1), and the T that gives it the same G.
+    Its steps then cost far less than the run's batches scaled down (the seed's 16 × 16 block at a 2 Å step: 32
+    steps of 8 patterns per epoch instead of 128 of 2, κ 1.035 against 1.031 and 1.043 for two draws of the
+    latter), where a step's fixed cost, not its patterns, set the time."""
+    scaled = block_batch_size(batch_size, n_block / n_total)
+    if not (batch_size and precondition_batches):
+        return scaled, precondition_batches
+    steps = precondition_batches / (1.0 + batch_size * precondition_batches / n_total)
+    widest = min(int(batch_size), int(n_block / (2.0 * steps)))
+    if widest <= scaled:
+        return scaled, precondition_batches
+    return widest, max(1, round(steps / (1.0 - steps * widest / n_block)))
+
+
+def bootstrap_epochs(run_epochs: int, decays: bool, n_block: int, n_total: int, realisations: int) -> int:
+    """The epochs of a block rerun: the run's ``run_epochs``, or, for a run whose steps decay over all its epochs
+    (``decays``: counted data's default, the cosine to lr_final where the run ends), as many as keep the
+    realisations' work (``realisations`` × ``n_block`` positions × epochs) within :data:`BUDGET` of the run's
+    (``n_total`` × ``run_epochs``), at least :data:`MIN_EPOCHS`, the decay compressed into them. Where the decay's
+    averaging sets the spread (it falls over a decayed run's last epochs), its length hardly matters: κ of the decay
+    compressed into 4, 5, 7 of 20 epochs against the run's own, with the same draws, on the seed at 1e4 counts
+    (unblurred: a crystal) 1.055, 1.040, 1.033 against 1.051; six slices of 32 × 32 at 1e5 (the dose's blur) 0.331,
+    0.328 (10: 0.317) against 0.316; 12 × 12 at 1e4 with the blur 0.491, 0.498 (10: 0.474) against 0.459 (σ errs
+    large, by 0–9 %). Where the estimate fits the noise further every epoch (no blur on a dense defocused scan: the
+    spread grew to the last epoch, 0.80 → 1.84 × the Fisher σ) a compressed decay understates it (1.26 from 5):
+    :func:`bootstrap_scale` sees the spread still growing over the last epoch and takes the run's own epochs."""
+    if not decays or run_epochs <= MIN_EPOCHS:
+        return int(run_epochs)
+    fits = int(BUDGET * n_total * run_epochs / (realisations * n_block))
+    return int(min(run_epochs, max(MIN_EPOCHS, fits)))
 
 
 def residual_share(expected: np.ndarray, measured: np.ndarray, noise_variance: float | None = None,
@@ -161,56 +228,109 @@ def noise_realisation(predicted: np.ndarray, counts: float, data_total: float, n
 
 def bootstrap_scale(model, dataset, rerun: Callable, sigma_of: Callable, data_total: float,
                     noise_sigma: float | None = None, block: int = BLOCK, realisations: int = REALISATIONS,
-                    seed: int = 0) -> BootstrapScale | None:
+                    seed: int = 0) -> BootstrapScale:
     """κ of the σ map (module docstring) for ``model`` fitted to ``dataset``.
 
-    ``rerun(sub_dataset, position_share) -> model``: a fresh model reconstructed by the run's recipe, its batches
-    ``position_share`` (the block's positions over the run's) of the run's, so that every object pixel is updated
-    as often per epoch as in the run (a block run in the run's batches of 32 would take a fraction of the run's
-    steps and stop short of where the run stopped); ``sigma_of(model) ->
-    (sigma (Ny, Nx), constrained (Ny, Nx) bool)`` the Fisher σ of a model's summed phase (object frame);
-    ``data_total`` the data's mean pattern total (data units) and ``model.counts_per_pattern`` the counts it stands
-    for. None (logged) when the scan or the model's patterns do not allow it."""
+    ``rerun(sub_dataset, position_share) -> model``: a fresh model reconstructed by the run's recipe, each object
+    pixel moved as far per epoch as in the run (its batches ``position_share``, the block's positions over the
+    run's, of the run's, or :func:`block_schedule`'s: a block run in the run's batches of 32 would take a fraction
+    of the run's steps and stop short of where the run stopped). A recipe whose ``decays`` attribute is true (its
+    steps decay over all its ``epochs``) is called ``rerun(sub_dataset, position_share, epochs=E, on_epoch=f)``
+    with :func:`bootstrap_epochs`' E and ``f(model)`` after every epoch: where the realisations' spread still grew
+    over their last epoch (the estimate fits the noise further with every epoch, as an unregularised one on a
+    dense scan does), the compressed decay would understate it, and they are reconstructed again over the run's
+    own epochs. ``sigma_of(model) -> (sigma (Ny, Nx), constrained (Ny, Nx) bool)`` the Fisher σ of a model's
+    summed phase (object frame); ``data_total`` the data's mean pattern total (data units) and
+    ``model.counts_per_pattern`` the counts it stands for. :class:`NoBlock` (saying why) when the scan or the
+    model's patterns leave nothing to measure on."""
     if realisations < 2:
         raise ValueError(f"the bootstrap needs at least 2 realisations, got {realisations}")
     t0 = time.perf_counter()
     rows, cols = central_block(dataset.scan_shape, block_side(dataset, block))
+    _check_span(dataset, rows, cols, model)
     expected = block_predictions(model, dataset, rows, cols)
     if tuple(expected.shape[-2:]) != tuple(dataset.pattern_shape):
-        log.info("σ bootstrap skipped: the model's patterns (%s) are not the data's (%s)", expected.shape[-2:],
-                 dataset.pattern_shape)
-        return None
+        raise NoBlock(f"the model's patterns {tuple(expected.shape[-2:])} are not the data's "
+                      f"{tuple(dataset.pattern_shape)}")
     counts = float(model.counts_per_pattern)
     sub = dataset.scan_subset(rows, cols)
     share = sub.n_patterns / dataset.n_patterns
     measured = np.asarray(sub.patterns, np.float64).reshape(expected.shape)
     expected, chi2, alpha = shrunk_towards_data(expected, measured, counts,
                                                 float(data_total), noise_sigma)
-    phases, sigmas, masks, epochs, refined = [], [], [], 0, ()
-    for k in range(realisations):
-        draw = noise_realisation(expected, counts, float(data_total), noise_sigma, np.random.default_rng(seed + k))
-        fitted = rerun(sub._replace(patterns=draw), share)
+    draws = [sub._replace(patterns=noise_realisation(expected, counts, float(data_total), noise_sigma,
+                                                     np.random.default_rng(seed + k))) for k in range(realisations)]
+    run_epochs = int(getattr(rerun, "epochs", 0) or 0)
+    shorter = run_epochs
+    if getattr(rerun, "decays", False) and run_epochs:
+        shorter = bootstrap_epochs(run_epochs, True, sub.n_patterns, dataset.n_patterns, realisations)
+    grew = False
+    if 0 < shorter < run_epochs:
+        fits = _realisations(rerun, draws, share, sigma_of, dataset, epochs=shorter)
+        grew = fits.grew
+    if not 0 < shorter < run_epochs or grew:
+        fits = _realisations(rerun, draws, share, sigma_of, dataset)
+    var, sigma, inner = fits.var, fits.sigma, fits.inner
+    exponent, reference = shape_exponent(var[inner], sigma[inner])
+    factor = math.sqrt(float(np.mean(var[inner] / power_shape(sigma[inner], exponent, reference) ** 2)))
+    top = float(np.quantile(sigma[inner], MEASURED_TOP))
+    return BootstrapScale(factor, (rows.stop - rows.start, cols.stop - cols.start), realisations, fits.epochs,
+                          int(inner.sum()), time.perf_counter() - t0, fits.refined, chi2, alpha, exponent, reference,
+                          top, run_epochs or fits.epochs, shorter if grew else 0)
+
+
+@dataclass
+class _Fits:
+    """The realisations' per-pixel variance of the summed phase (each one's constant removed), mean Fisher σ and
+    scored pixels (:func:`_realisations`), their epochs, what they refined, and whether their spread grew over their
+    last epoch."""
+
+    var: np.ndarray
+    sigma: np.ndarray
+    inner: np.ndarray
+    epochs: int
+    refined: tuple[str, ...]
+    grew: bool
+
+
+def _realisations(rerun: Callable, draws: list, share: float, sigma_of: Callable, dataset,
+                  epochs: int | None = None) -> _Fits:
+    """``draws`` reconstructed by ``rerun`` (over ``epochs``, its decay compressed into them; None: the run's own),
+    measured over the block's scored pixels (:class:`NoBlock` when too few)."""
+    phases, before, sigmas, masks = [], [], [], []
+    fitted = None
+    for draw in draws:
+        seen: list[np.ndarray] = []
+
+        def keep(m, seen=seen):  # the summed phase after each epoch: the last two are kept
+            with torch.no_grad():
+                seen[:] = seen[-1:] + [m.obj_phase[0].sum(0).double().cpu().numpy()]
+        fitted = rerun(draw, share) if epochs is None else rerun(draw, share, epochs=epochs, on_epoch=keep)
         sigma, lit = sigma_of(fitted)
         with torch.no_grad():
             phases.append(fitted.obj_phase[0].sum(0).double().cpu().numpy())
+        before.append(seen[0] if len(seen) == 2 else None)
         sigmas.append(sigma)
         masks.append(lit)
-        epochs = fitted.epoch
-        refined = tuple(name for name in ("probe", "positions") if _was_refined(fitted, name))
-    inner = _inner(np.logical_and.reduce(masks), fitted, EDGE_MARGIN + _probe_radius(dataset))
-    if inner.sum() < 16:
-        log.info("σ bootstrap skipped: the block's constrained field is too small (%d pixels)", int(inner.sum()))
-        return None
-    stack = np.stack(phases)
-    stack -= np.array([p[inner].mean() for p in stack])[:, None, None]  # each realisation's constant removed
-    var = stack.var(0, ddof=1)
+    inner = _inner(np.logical_and.reduce(masks), fitted, EDGE_MARGIN + lit_radius(dataset, fitted))
+    if inner.sum() < MIN_PIXELS:
+        raise NoBlock(f"{int(inner.sum())} pixels of the block's constrained field lie {EDGE_MARGIN:g} Å and a probe "
+                      f"radius inside its edge, fewer than the {MIN_PIXELS} it scores")
     sigma = np.mean(sigmas, axis=0)
-    exponent, reference = shape_exponent(var[inner], sigma[inner])
-    factor = math.sqrt(float(np.mean(var[inner] / power_shape(sigma[inner], exponent, reference) ** 2)))
-    measured = float(np.quantile(sigma[inner], MEASURED_TOP))
-    return BootstrapScale(factor, (rows.stop - rows.start, cols.stop - cols.start), realisations, int(epochs),
-                          int(inner.sum()), time.perf_counter() - t0, refined, chi2, alpha, exponent, reference,
-                          measured)
+    var = _variance(phases, inner)
+    grew = False
+    if epochs is not None and all(b is not None for b in before):
+        grew = bool(np.mean(var[inner] / sigma[inner] ** 2) > np.mean(_variance(before, inner)[inner] /
+                                                                       sigma[inner] ** 2))
+    refined = tuple(name for name in ("probe", "positions") if _was_refined(fitted, name))
+    return _Fits(var, sigma, inner, int(fitted.epoch), refined, grew)
+
+
+def _variance(phases: list[np.ndarray], inner: np.ndarray) -> np.ndarray:
+    """The per-pixel variance (ddof 1) over ``phases``, each one's mean over ``inner`` removed."""
+    stack = np.stack(phases)
+    stack -= np.array([p[inner].mean() for p in stack])[:, None, None]
+    return stack.var(0, ddof=1)
 
 
 def power_shape(fisher_sigma: np.ndarray, exponent: float, reference: float, top: float = math.inf) -> np.ndarray:
@@ -275,13 +395,31 @@ def block_side(dataset, block: int) -> int:
     return max(int(block), int(math.ceil(MIN_SPAN / step)) + 1) if step > 0 else int(block)
 
 
-def _probe_radius(dataset) -> float:
-    """The probe's radius (Å, :func:`phasestem.physics.optics.probe_radius`); 0 when the semi-angle is unknown."""
+def _check_span(dataset, rows: slice, cols: slice, model) -> None:
+    """:class:`NoBlock` before any rerun where the block's positions span too little for a scored field: its
+    pixels lie :data:`EDGE_MARGIN` inside the outermost positions (the lit field eroded by a probe radius and the
+    margin), at least 2 pixels of the model across."""
+    step = np.asarray(dataset.scan_step, np.float64)
+    span = np.array([rows.stop - rows.start - 1, cols.stop - cols.start - 1]) * step
+    pixel = float(max(model.experiment.sampling))
+    if float(span.min()) - 2 * EDGE_MARGIN < 2 * pixel:
+        raise NoBlock(f"the scan's central {rows.stop - rows.start} × {cols.stop - cols.start} positions span "
+                      f"{span[0]:.3g} × {span[1]:.3g} Å; the scored field lies {EDGE_MARGIN:g} Å inside them")
+
+
+def lit_radius(dataset, model) -> float:
+    """How far (Å) a probe of ``model`` lights the object from its centre: the probe's radius
+    (:func:`phasestem.physics.optics.probe_radius`; 0 when the semi-angle is unknown), at most half the model's
+    window, beyond which the model's probe lights nothing. The seed's 30 mrad probe at Gaussian focus with Cs 0.1 mm
+    has a radius of 27 Å by the rays at its aperture's edge, its window 20 Å: an erosion by the ray radius removed the
+    whole lit field of a 16 × 16 block at its 2 Å step (30 Å across), and σ went unscaled."""
     from ..physics.optics import probe_radius
 
+    half_window = 0.5 * max(n * float(s) for n, s in zip(model.window, model.experiment.sampling, strict=True))
     if not dataset.semiangle:
         return 0.0
-    return probe_radius(float(dataset.energy), float(dataset.semiangle), dataset.aberrations or {})[0]
+    return min(probe_radius(float(dataset.energy), float(dataset.semiangle), dataset.aberrations or {})[0],
+               half_window)
 
 
 def _inner(mask: np.ndarray, model, margin: float) -> np.ndarray:

@@ -23,13 +23,14 @@ per slice. The slices' errors are counted as independent: σ of the summed phase
 
 That is the map's shape. Its scale for the estimate a run returns is measured (issue 65): on a defocused probe the
 spread of independent noise realisations was 1.6–3.3 × this σ and grew with the epochs (the solver fits into the
-noise near the band's edge, where the Fisher bound is far from what a stopped solver reaches), so ``run.uncertainty:
-auto`` multiplies the map by κ from a parametric bootstrap of a block of the scan reconstructed by the run's own
-recipe (:mod:`phasestem.recon.sigma_bootstrap`); that κ includes the probe's and positions' share and the run's
-stopping. Where the realisations' spread does not follow the Fisher map's shape (a regularised estimate at low dose
-or of several slices spreads alike where the data say more and where they say less), the bootstrap also fits the
-power p of the Fisher σ it follows, σ = κ σ_ref (σ_F / σ_ref)^p with p in [0, 1]. ``fisher`` keeps the unscaled
-map (fast; too small on defocused probes).
+noise near the band's edge, where the Fisher bound is far from what a stopped solver reaches); with the dose's blur
+and the counted decay of the default recipe it was 0.13–1.5 × on nine geometries, so no one factor fits. So
+``run.uncertainty: auto`` multiplies the map by κ from a parametric bootstrap of a block of the scan reconstructed
+by the run's own recipe (:mod:`phasestem.recon.sigma_bootstrap`); that κ includes the probe's and positions' share
+and the run's stopping. Where the realisations' spread does not follow the Fisher map's shape (a regularised
+estimate at low dose or of several slices spreads alike where the data say more and where they say less), the
+bootstrap also fits the power p of the Fisher σ it follows, σ = κ σ_ref (σ_F / σ_ref)^p with p in [0, 1].
+``fisher`` keeps the unscaled map (fast; off by 0.13–3.3 × as above).
 
 What it leaves out (the run log says so): the error of the model (too few slices, partial coherence, a detector the
 forward model does not describe), the estimate's bias, correlations between pixels beyond the bootstrap's block and
@@ -56,10 +57,14 @@ APERTURE_LEVEL = 1e-2
 
 LEAVES_OUT = ("model error (slices, partial coherence, detector), the estimate's bias, correlations between pixels "
               "beyond the bootstrap's block and between slices")
+#: what the Fisher σ alone is off by (docs/benchmarks.md, "σ on every geometry"): the spread of independent noise
+#: realisations over it, with the default recipe (the dose's blur, the counted decay) and without the blur
+UNSCALED_FACTOR = ("expect the true spread at 0.13–1.5 × this σ (nine geometries, default recipe: less on several "
+                   "slices and at low dose, more on a focused probe), 1.6–3.3 × on a defocused probe without the "
+                   "dose's blur")
 #: LEAVES_OUT of a map the bootstrap did not scale
-UNSCALED_LEAVES_OUT = ("the probe's and the positions' uncertainty (held at their final values), the solver's stopping "
-                       "(measured: the spread of noise realisations 1.6–3.3 × this σ on a defocused probe), " +
-                       LEAVES_OUT)
+UNSCALED_LEAVES_OUT = ("the probe's and the positions' uncertainty (held at their final values), the solver's "
+                       "stopping, " + LEAVES_OUT)
 
 
 @dataclass
@@ -111,7 +116,7 @@ class PhaseUncertainty:
         inside = self.sigma_sum[self.constrained]
         median = float(np.median(inside)) if inside.size else float("nan")
         n = int(self.constrained.sum())
-        scale = self.scale_note or "not scaled (the Fisher σ alone)"
+        scale = self.scale_note or f"not scaled (the Fisher σ alone); {UNSCALED_FACTOR}"
         return (f"phase σ per pixel (shape: Fisher information of the data, {self.noise}; {scale}): median "
                 f"{median:.4g} rad over the {n} constrained pixels, {self.seconds:.2f} s; leaves out "
                 f"{self.leaves_out}")
@@ -228,26 +233,32 @@ def run_uncertainty(model, dataset, mode: Literal["auto", "fisher", "off"] = "au
     if mode == "auto" and rerun is not None:
         model.uncertainty = _bootstrap_scaled(model, dataset, rerun, noise_sigma)
     elif mode == "fisher":
-        model.uncertainty = replace(model.uncertainty, scale_note="not scaled (run.uncertainty: fisher)")
+        model.uncertainty = replace(model.uncertainty,
+                                    scale_note=f"not scaled (run.uncertainty: fisher); {UNSCALED_FACTOR}")
     return model.uncertainty.describe() + ("" if decision is None else f"; counts because {decision.reason}")
 
 
 def _bootstrap_scaled(model, dataset, rerun, noise_sigma: float | None) -> PhaseUncertainty:
     """``model.uncertainty`` × the bootstrap's κ, or unscaled with the reason in its note."""
-    from .sigma_bootstrap import bootstrap_scale
+    import warnings
+
+    from .sigma_bootstrap import NoBlock, bootstrap_scale
 
     u = model.uncertainty
     t0 = time.perf_counter()
     recon_log = logging.getLogger("phasestem.recon")
     level = recon_log.level
     recon_log.setLevel(logging.WARNING)  # the realisations' own epochs and settings stay out of the run log
+    result, why = None, ""
     try:
         total = float(model.data_total or model.counts_per_pattern)
-        result = bootstrap_scale(model, dataset, rerun, _sigma_of(noise_sigma), total, noise_sigma)
+        with warnings.catch_warnings():  # the realisations' warnings repeat the run's (the same recipe, settings)
+            warnings.simplefilter("ignore")
+            result = bootstrap_scale(model, dataset, rerun, _sigma_of(noise_sigma), total, noise_sigma)
+    except NoBlock as exc:
+        why = f"not scaled: the bootstrap has no block to measure on ({exc}); {UNSCALED_FACTOR}"
     except (FloatingPointError, ValueError) as exc:  # a diverged realisation (recon.callbacks.DivergenceError)
-        result, why = None, f"not scaled: the bootstrap failed ({exc})"
-    else:
-        why = "not scaled: the scan or the model's patterns leave no block for the bootstrap"
+        why = f"not scaled: the bootstrap failed ({exc}); {UNSCALED_FACTOR}"
     finally:
         recon_log.setLevel(level)
     if result is None:
