@@ -10,11 +10,13 @@ import functools
 import importlib
 import importlib.util
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
 
 from ..base.cliargs import Parser, run_with_errors
+from ..base.threads import prefer_passive_wait
 from ..base.version import __version__
 
 #: modules that add sub-commands, in the order they appear in ``--help``
@@ -92,9 +94,16 @@ def main(argv: list[str] | None = None) -> int:
     if func is None:
         parser.print_help()
         return 2
-    with warnings.catch_warnings():  # restored on return: library use of phasestem keeps Python's own display
-        warnings.showwarning = log_warning
-        return run_with_errors(lambda: func(args), f"phasestem {args.command}", args.debug)
+    # idle OpenMP threads sleep instead of spinning (before torch is imported; phasestem.base.threads): on a busy
+    # machine two spinning threads that wait on each other took 2-3x the time of one (benchmarks/threads)
+    passive = prefer_passive_wait()
+    try:
+        with warnings.catch_warnings():  # restored on return: library use of phasestem keeps Python's own display
+            warnings.showwarning = log_warning
+            return run_with_errors(lambda: func(args), f"phasestem {args.command}", args.debug)
+    finally:
+        if passive:  # an in-process caller's environment as it was (a torch loaded meanwhile keeps the policy)
+            os.environ.pop("OMP_WAIT_POLICY", None)
 
 
 def log_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -64,7 +64,7 @@ def _setup_reports(params: ReconstructParams, dataset, model, out: Path):
     truth = None
     if params.data.ground_truth_key is not None:
         truth = load_ground_truth(params.data.file, params.data.ground_truth_key, model, params.optics.energy,
-                                  out / "reconstruct.log")
+                                  out / "reconstruct.log", params.data.allow_external_links)
     report = None
     if params.run.ptyrad_loss or truth is not None:
         report = EpochReport(dataset, truth, params.run.ptyrad_loss, params.losses.power, params.run.batch_size)
@@ -125,30 +125,46 @@ def run_reconstruction(params: ReconstructParams, resume: bool = False, sources:
 
 
 def _recipe_epochs(params: ReconstructParams, losses, start_phase, device, dataset, n_epochs: int,
-                   batch_size: int | None = None):
+                   batch_size: int | None = None, **run_settings):
     """(a fresh model of ``params`` on ``dataset`` from the run's start, the generator of its ``n_epochs`` epochs): the
     run's recipe (solver, data terms, constraints) on this process alone, without progress bar, checkpoints or
-    files; ``batch_size``: another batch size (None: the run's)."""
+    files; ``batch_size``: another batch size (None: the run's); ``run_settings``: other fields of ``run``."""
     from .engine import optimize
 
     model = build_model(params, dataset, start_phase).to(device)
     run = params.run.model_copy(update={"progress": False} | ({} if batch_size is None else
-                                                             {"batch_size": batch_size}))
+                                                             {"batch_size": batch_size}) | run_settings)
     return model, optimize(model, dataset, n_epochs, run, losses, params.constraints, distributed=False)
 
 
-def _recipe(params: ReconstructParams, losses, start_phase, device, n_epochs: int):
+def _recipe(params: ReconstructParams, losses, start_phase, device, n_epochs: int, dataset=None):
     """The run's recipe as a function of a dataset (the σ bootstrap's reruns, :mod:`phasestem.recon.sigma_bootstrap`):
-    :func:`_recipe_epochs` run to its end."""
-    from .sigma_bootstrap import block_batch_size
+    :func:`_recipe_epochs` run to its end, each object pixel moved as far per epoch as in the run
+    (:func:`~phasestem.recon.sigma_bootstrap.block_schedule`), ``on_epoch(model)`` after each epoch. Its ``epochs``
+    are the run's ``n_epochs``; ``decays`` says whether the run's steps decay over all of them (``run.lr_decay``
+    cosine, or auto's on the run's ``dataset``): the bootstrap may then compress the decay into fewer epochs."""
+    from .decay_rule import resolve_lr_decay
+    from .precondition import resolve_batches
+    from .sigma_bootstrap import block_schedule
 
-    def rerun(dataset, position_share: float = 1.0):
-        """``dataset`` reconstructed by the recipe, in batches of ``position_share`` × the run's (at least 1)."""
-        model, epochs = _recipe_epochs(params, losses, start_phase, device, dataset, n_epochs,
-                                       block_batch_size(params.run.batch_size, position_share))
-        for _ in epochs:
-            pass
+    lsq_share = resolve_batches(params.run.precondition_batches, losses) if params.run.optimizer == "lsq" else None
+    kind, span = "none", None
+    if dataset is not None:  # the mean pattern only where auto's rule reads it (no Poisson term)
+        auto_reads = params.run.lr_decay == "auto" and not losses.weight("poisson") > 0
+        kind, span, _ = resolve_lr_decay(params.run.lr_decay, losses, dataset.mean_pattern() if auto_reads else None)
+
+    def rerun(sub, position_share: float = 1.0, epochs: int | None = None, on_epoch=None):
+        """``sub`` reconstructed by the recipe for ``epochs`` (the run's), in the block's batches."""
+        total = max(sub.n_patterns, round(sub.n_patterns / position_share))
+        batch, share = block_schedule(params.run.batch_size, lsq_share, sub.n_patterns, total)
+        model, steps = _recipe_epochs(params, losses, start_phase, device, sub, epochs or n_epochs, batch,
+                                      **({} if share == lsq_share else {"precondition_batches": share}))
+        for _ in steps:
+            if on_epoch is not None:
+                on_epoch(model)
         return model
+    rerun.epochs = n_epochs
+    rerun.decays = kind == "cosine" and (span is None or span >= n_epochs)
     return rerun
 
 
@@ -162,6 +178,23 @@ def _twin(params: ReconstructParams, losses, start_phase, device, dataset):
 
 def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = None, dataset=None, start_phase=None,
                       callback_hooks=(), snapshot_extra=None):
+    """One process's run (:func:`_run_rank`) on the CPU threads ``run.cpu_threads`` decides
+    (:func:`phasestem.base.threads.cpu_threads`; torch's count restored after; a GPU run left as it is)."""
+    import torch
+
+    from ..base.threads import cpu_threads
+
+    if isinstance(params, dict):
+        params = ReconstructParams.model_validate(params)
+    device = str(params.run.device)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    with cpu_threads(params.run.cpu_threads, device) as threads:
+        return _run_rank(params, resume, sources, dataset, start_phase, callback_hooks, snapshot_extra, threads)
+
+
+def _run_rank(params, resume: bool, sources: dict[str, str] | None = None, dataset=None, start_phase=None,
+              callback_hooks=(), snapshot_extra=None, threads=None):
     import contextlib
 
     import matplotlib.pyplot as plt
@@ -202,6 +235,9 @@ def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = Non
     log_path = out / "reconstruct.log"
     if main:
         log_system_info(log_path, device)
+        if threads is not None:  # the thread count of the run and why (phasestem.base.threads)
+            with logging_to(log_path):
+                log.info("%s", threads.line)
     if dataset is None:
         with logging_to(log_path) if main else contextlib.nullcontext():  # conflict warnings in the log too
             dataset = build_dataset(params, sources, warn=main)
@@ -243,7 +279,7 @@ def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = Non
         from .uncertainty import run_uncertainty
 
         with logging_to(log_path):
-            rerun = _recipe(params, from_data[0], start_phase, device, model.epoch)
+            rerun = _recipe(params, from_data[0], start_phase, device, model.epoch, dataset)
             log.info("%s", run_uncertainty(model, dataset, params.run.uncertainty, params.run.noise_sigma, rerun))
             from .prior import prior_disagreement
 
