@@ -166,11 +166,14 @@ def cpu_threads(setting: int | str = "auto", device: str = "cpu",
             torch.set_num_threads(before)
 
 
-def prefer_passive_wait(environ: dict | None = None) -> bool:
-    """Ask OpenMP to let idle threads sleep (``OMP_WAIT_POLICY=PASSIVE``) unless the environment names a policy; True
-    when set. Only before torch is imported: OpenMP reads it once, when torch loads it."""
+def prefer_passive_wait(environ: dict | None = None, busy: float | None = None) -> bool:
+    """Ask OpenMP to let idle threads sleep (``OMP_WAIT_POLICY=PASSIVE``) where other work takes at least half a core
+    (``busy`` cores, None: unknown, taken as busy) and the environment names no policy; True when set. On a machine
+    that is idle at start OpenMP's own wait (a short spin) is kept: passive threads cost the plan case 5-8 % there,
+    spinning ones 2-7 x where another process shares the cores (benchmarks/threads). Only before torch is imported:
+    OpenMP reads it once, when torch loads it."""
     environ = os.environ if environ is None else environ
-    if "OMP_WAIT_POLICY" in environ or "torch" in sys.modules:
+    if "OMP_WAIT_POLICY" in environ or "torch" in sys.modules or (busy is not None and busy < 0.5):
         return False
     environ["OMP_WAIT_POLICY"] = WAIT_POLICY
     return True

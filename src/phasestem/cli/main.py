@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 
 from ..base.cliargs import Parser, run_with_errors
-from ..base.threads import prefer_passive_wait
+from ..base.threads import current_load, prefer_passive_wait
 from ..base.version import __version__
 
 #: modules that add sub-commands, in the order they appear in ``--help``
@@ -94,9 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     if func is None:
         parser.print_help()
         return 2
-    # idle OpenMP threads sleep instead of spinning (before torch is imported; phasestem.base.threads): on a busy
-    # machine two spinning threads that wait on each other took 2-3x the time of one (benchmarks/threads)
-    passive = prefer_passive_wait()
+    # on a busy machine idle OpenMP threads sleep instead of spinning (before torch is imported; the measurement is
+    # the one run.cpu_threads then reads; phasestem.base.threads): two spinning threads that wait on each other took
+    # 2-3x the time of one there (benchmarks/threads)
+    passive = "OMP_WAIT_POLICY" not in os.environ and prefer_passive_wait(busy=current_load().busy)
     try:
         with warnings.catch_warnings():  # restored on return: library use of phasestem keeps Python's own display
             warnings.showwarning = log_warning

@@ -87,9 +87,9 @@ class RunConfig(FiniteModel):
         "(default): the cores of this process that other work (niced too) leaves free when the run starts, measured "
         "over 0.2 s (a core more than half busy counts as taken), at least 1 and at most torch's own count; N: N "
         "threads. An OMP_NUM_THREADS in the environment wins over both; the run log says which and why "
-        "(phasestem.base.threads). The phasestem command also lets idle OpenMP threads sleep "
-        "(OMP_WAIT_POLICY=PASSIVE unless the environment names a policy): with one of 2 cores busy, spinning threads "
-        "took about 3x the time of passive ones (benchmarks/threads/results.md)")
+        "(phasestem.base.threads). On a machine busy at start the phasestem command also lets idle OpenMP threads "
+        "sleep (OMP_WAIT_POLICY=PASSIVE unless the environment names a policy): with one of 2 cores busy, spinning "
+        "threads took about 3x the time of passive ones (benchmarks/threads/results.md)")
     progress: bool = Field(True, description="show a progress bar")
     uncertainty: Literal["auto", "fisher", "off"] = Field(
         "auto", description="after the run, the phase's standard deviation per pixel (results.h5 uncertainty/, "
