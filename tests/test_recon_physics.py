@@ -301,7 +301,7 @@ def test_obj_shear_auto_turns_on_for_a_mistilted_crystal_only():
 
     with torch.no_grad():
         model.obj_phase.copy_(torch.as_tensor(stacks["sheared"][None], dtype=torch.float32))
-    c = Constraints(obj_clamp={"enabled": False})
+    c = Constraints(obj_clamp={"enabled": False}, obj_blur={"enabled": False})  # the shear's rule alone
     assert c.obj_shear.enabled == "auto" and c.obj_shear.start_iter == 2
     assert resolve_decided(model, c, 1) is c  # not due yet: undecided
     on = resolve_decided(model, c, 2)
@@ -346,7 +346,7 @@ def test_obj_clamp_auto_holds_a_multislice_crystal_positive_and_leaves_other_obj
     assert on and why.startswith("on: ") and "Bragg peaks" in why, why
     off, why = obj_clamp_rule(atoms)
     assert not off and why.startswith("off: "), why
-    c = Constraints()
+    c = Constraints(obj_blur={"enabled": False})  # the clamp's rule alone (a dose decides the blur's)
     assert c.obj_clamp.enabled == "auto" and c.obj_clamp.phase_min == 0.0 and c.obj_clamp.amp_max == 1.0
     for model, want in ((crystal, True), (atoms, False)):
         decided = resolve_decided(model, c, 1)

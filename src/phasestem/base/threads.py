@@ -4,9 +4,8 @@ Torch takes every core, and its OpenMP threads spin while they wait for each oth
 plan case's 10 epochs: 12-14 s on one thread, 81-143 s on two while other work kept both cores busy). Hence
 (benchmarks/threads/results.md, the shared 2-core machine):
 
-- :func:`prefer_passive_wait` (the ``phasestem`` command, before torch is loaded): idle OpenMP threads sleep
-  (``OMP_WAIT_POLICY=PASSIVE``) and give their core back to the thread they wait for. One core kept busy: two threads
-  a median 31 s instead of 97 s spinning (one thread 41 s); other jobs only: 18 s instead of 36 s;
+- :func:`prefer_passive_wait` (the ``phasestem`` command, before torch loads): on a busy machine idle OpenMP threads
+  sleep (``OMP_WAIT_POLICY=PASSIVE``); one core kept busy, two threads: a median 31 s, not 97 s spinning;
 - :func:`cpu_threads` (a reconstruction's ``run.cpu_threads``): ``auto`` takes the cores of this process's affinity
   that other work leaves free, measured over :data:`PROBE_SECONDS` from ``/proc/stat`` (the 1-minute load average
   lags: it still counts a run just ended, not yet one just started), at least one, at most torch's count now; an

@@ -20,7 +20,7 @@ log = logging.getLogger("phasestem.recon")
 RULES: dict[str, tuple[Callable, int]] = {
     "obj_clamp": (lambda model, s: obj_clamp_rule(model), 2),
     "obj_shear": (lambda model, s: obj_shear_rule(model, s.max_walk), 3),
-    "obj_blur": (lambda model, s: obj_blur_crystal_rule(model, s.sigma), 1),
+    "obj_blur": (lambda model, s: obj_blur_crystal_rule(model, s.sigma_px()), 1),
 }
 
 
