@@ -2,7 +2,7 @@
 README shows, read each number from the README itself and from the fresh run, and list what moved beyond its
 tolerance. Exit 1 when anything moved (or a number is no longer where the README says it is).
 
-    python benchmarks/readme_figures.py                   # every job but the heavy ones, ~12 min on 2 CPU cores
+    python benchmarks/readme_figures.py                   # every job but the heavy ones, ~15 min on 2 CPU cores
     python benchmarks/readme_figures.py --jobs plan       # one job
     python benchmarks/readme_figures.py --all             # also the heavy jobs (the live benchmark's offline route)
     python benchmarks/readme_figures.py --stamp           # when nothing moved: write the date into the README
@@ -92,6 +92,41 @@ def job_live_offline(work: Path) -> dict:
     return out
 
 
+#: where the README's first-hour block starts (the ```bash block after it is run as written)
+FIRST_HOUR = "The first hour at this geometry"
+#: what the README says the first hour does not print (a job that finds one fails)
+FIRST_HOUR_ABSENT = ("truncated", "not scaled")
+
+
+def first_hour_commands(work: Path) -> list[list[str]]:
+    """The README's first-hour commands as written, their ``data/`` and ``runs/`` folders moved under ``work``."""
+    import shlex
+
+    text = README.read_text()
+    block = re.search(r"```bash\n(.*?)```", text[text.index(FIRST_HOUR):], re.S)
+    commands = []
+    for line in block.group(1).splitlines():
+        words = shlex.split(line)
+        if not words or words[0] != "phasestem":
+            raise LookupError(f"README.md: the first hour's block holds {line!r}, not a phasestem command")
+        commands.append([str(work / w) if w.startswith(("data/", "runs/")) else w for w in words[1:]])
+    return commands
+
+
+def job_first_hour(work: Path) -> dict:
+    """The README's first hour (simulate the seed geometry at 2500 e⁻/Å², ``reconstruct --auto``, ``restore``,
+    ``--prior``) as written: the κ its σ was scaled by, from the run's log. Fails where the log holds what the README
+    says it does not (a truncation warning, an unscaled σ)."""
+    for k, command in enumerate(first_hour_commands(work)):
+        _run(_cli(*command), work / f"step{k + 1}_{command[0]}.log")
+    log = (work / "runs" / "scan1" / "reconstruct.log").read_text()
+    for words in FIRST_HOUR_ABSENT:
+        if words in log:
+            line = next(s for s in log.splitlines() if words in s)
+            raise RuntimeError(f"the first hour's reconstruct.log says {words!r}: {line.strip()[:200]}")
+    return {"stdout": log}
+
+
 def job_guard(work: Path) -> dict:
     """The regression guard's newest line in ``benchmarks/history.jsonl`` (the guard runs the independent benchmark's
     phasestem cases with the defaults: ``benchmarks/independent/regression.py``), not rerun here: valid where it ran
@@ -115,6 +150,7 @@ JOBS: dict[str, tuple[Callable[[Path], dict], bool]] = {
     "guard": (job_guard, False),
     "plan": (job_plan, False),
     "demo": (job_demo, False),
+    "first_hour": (job_first_hour, False),
     "live_offline": (job_live_offline, True),
 }
 
@@ -171,6 +207,8 @@ FIGURES: list[Figure] = [
           ("PSNR (dB)", "psnr", r" ([\d.]+) \|", 0.2),
           ("SSIM", "ssim", r" [\d.]+ \| ([\d.]+) \|", 0.003),
           ("E_φ", "phase_error", r" [\d.]+ \| [\d.]+ \| ([\d.]+) \|", 0.003))),
+    Figure("first hour: σ scaled by κ", "README.md", r"on the first hour below\s*\(κ ([\d.]+)\)", "first_hour",
+           _printed(r"scaled by κ = ([\d.]+)"), 0.1),
     Figure("live: offline final E_φ, development", "README.md",
            r"\| development \(seed 7[^\n]*\n\| \| offline[^\n]*?\| ([\d.]+) \| [\d.]+ / [\d.]+ \|", "live_offline",
            lambda out: out["dev"], 0.005),

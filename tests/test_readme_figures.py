@@ -55,3 +55,10 @@ def test_the_guard_names_a_case_worse_by_either_tolerance():
     assert [d.split(":")[0] for d in regression.drops(before, worse_plan)] == ["plan at 10 epochs"]
     table = regression.table(before, worse_plan)
     assert "| plan | dev |" in table and "**worse**" in table and "| thin | dev |" in table
+
+
+def test_the_first_hour_runs_the_readmes_own_commands_in_its_work_folder(tmp_path):
+    commands = readme_figures.first_hour_commands(tmp_path)
+    assert [c[0] for c in commands] == ["simulate", "reconstruct", "restore", "reconstruct"]
+    assert "--auto" in commands[1] and commands[1][1] == str(tmp_path / "data/seed/simulation_data1.h5")
+    assert all(not w.startswith(("data/", "runs/")) for c in commands for w in c)  # nothing written beside the repo
