@@ -51,6 +51,29 @@ def _sigma_of(model):
     return u.sigma_sum, u.constrained
 
 
+def _four_realisations(recipe):
+    """12 × 12 positions at 1 Å, 100 Å defocus, 10⁴ e⁻: four Poisson realisations of the NumPy multislice, each
+    reconstructed by ``recipe``. The first's model, the four phases (mean over the lit field removed), the first's
+    Fisher σ and lit field in the dataset's frame, and its bootstrap scale (block 8)."""
+    clean, truth, _ = numpy_scan(3, 64, 0.2, (12, 12), 1.0, 100.0, atoms_per_area=0.6)
+    expected = np.asarray(clean.patterns, dtype=np.float64)
+    phases = []
+    for k in range(4):
+        ds = clean._replace(patterns=np.random.default_rng(100 + k).poisson(expected * DOSE).astype(np.float32))
+        model = recipe(ds)
+        phases.append(model.phase_in_dataset_frame(truth.shape))
+        if k == 0:
+            first = model
+            u = phase_uncertainty(model, model.counts_per_pattern)
+            frame = model.experiment.in_dataset_frame
+            sigma = frame(torch.as_tensor(u.sigma_sum), truth.shape).numpy()
+            lit = (frame(torch.as_tensor(u.constrained.astype(np.float32)), truth.shape).numpy() > 0) & \
+                np.isfinite(sigma)
+            scale = bootstrap_scale(model, ds, recipe, _sigma_of, float(model.data_total), block=8)
+    p = np.array(phases)
+    return first, p - p[:, lit].mean(1)[:, None, None], sigma, lit, scale
+
+
 @pytest.mark.parametrize("blur", [False, "auto"])
 def test_the_bootstrap_scale_makes_sigma_predict_the_spread_of_independent_realisations(blur):
     """12 × 12 positions at 1 Å, 100 Å defocus, 20 mrad, 10⁴ e⁻: four independent Poisson realisations of the NumPy
@@ -60,24 +83,9 @@ def test_the_bootstrap_scale_makes_sigma_predict_the_spread_of_independent_reali
     With the dose's blur (the default) the estimate no longer fits the noise and the Fisher σ is no longer too
     small: κ follows it there too."""
     recipe = functools.partial(_recipe, blur=blur)
-    clean, truth, _ = numpy_scan(3, 64, 0.2, (12, 12), 1.0, 100.0, atoms_per_area=0.6)
-    expected = np.asarray(clean.patterns, dtype=np.float64)
-    phases = []
-    for k in range(4):
-        ds = clean._replace(patterns=np.random.default_rng(100 + k).poisson(expected * DOSE).astype(np.float32))
-        model = recipe(ds)
-        phases.append(model.phase_in_dataset_frame(truth.shape))
-        if k == 0:
-            u = phase_uncertainty(model, model.counts_per_pattern)
-            frame = model.experiment.in_dataset_frame
-            sigma = frame(torch.as_tensor(u.sigma_sum), truth.shape).numpy()
-            lit = (frame(torch.as_tensor(u.constrained.astype(np.float32)), truth.shape).numpy() > 0) & \
-                np.isfinite(sigma)
-            scale = bootstrap_scale(model, ds, recipe, _sigma_of, float(model.data_total), block=8)
+    model, p, sigma, lit, scale = _four_realisations(recipe)
     assert scale.block == (11, 11) and scale.epochs == EPOCHS and scale.realisations == REALISATIONS == 2
     assert "probe" in scale.refined and "κ = " in scale.describe()
-    p = np.array(phases)
-    p -= p[:, lit].mean(1)[:, None, None]
     spread = p.std(0, ddof=1)[lit]
 
     def rms_ratio(s: np.ndarray) -> float:
@@ -117,27 +125,12 @@ def test_a_decaying_run_is_repeated_in_fewer_epochs_only_where_its_spread_stops_
     (measured rms ratio 0.92 and 1.05; pairs ≥ 94 % within 2 σ)."""
     recipe = functools.partial(_decaying_recipe, blur=blur)
     recipe.epochs, recipe.decays = 20, True
-    clean, truth, _ = numpy_scan(3, 64, 0.2, (12, 12), 1.0, 100.0, atoms_per_area=0.6)
-    expected = np.asarray(clean.patterns, dtype=np.float64)
-    phases = []
-    for k in range(4):
-        ds = clean._replace(patterns=np.random.default_rng(100 + k).poisson(expected * DOSE).astype(np.float32))
-        model = recipe(ds)
-        phases.append(model.phase_in_dataset_frame(truth.shape))
-        if k == 0:
-            u = phase_uncertainty(model, model.counts_per_pattern)
-            frame = model.experiment.in_dataset_frame
-            sigma = frame(torch.as_tensor(u.sigma_sum), truth.shape).numpy()
-            lit = (frame(torch.as_tensor(u.constrained.astype(np.float32)), truth.shape).numpy() > 0) & \
-                np.isfinite(sigma)
-            scale = bootstrap_scale(model, ds, recipe, _sigma_of, float(model.data_total), block=8)
+    model, p, sigma, lit, scale = _four_realisations(recipe)
     assert model.epoch == 20 and scale.run_epochs == 20
     if blur:
         assert scale.epochs == MIN_EPOCHS and not scale.grew_at and "compressed into them" in scale.describe()
     else:
         assert scale.epochs == 20 and scale.grew_at == MIN_EPOCHS and "still grew" in scale.describe()
-    p = np.array(phases)
-    p -= p[:, lit].mean(1)[:, None, None]
     spread = p.std(0, ddof=1)[lit]
     rms = float(np.sqrt(np.mean((spread / (sigma[lit] * scale.factor)) ** 2)))
     assert 0.8 <= rms <= 1.25, (rms, scale.factor)
