@@ -5,7 +5,7 @@ tolerance. Exit 1 when anything moved (or a number is no longer where the README
     python benchmarks/readme_figures.py                   # every job but the heavy ones, ~15 min on 2 CPU cores
     python benchmarks/readme_figures.py --jobs plan       # one job
     python benchmarks/readme_figures.py --all             # also the heavy jobs (the live benchmark's offline route)
-    python benchmarks/readme_figures.py --stamp           # when nothing moved: write the date into the README
+    python benchmarks/readme_figures.py --stamp           # when nothing moved: the date into README and docs
 
 Run it before a change to ``src/`` is committed to main, beside the regression guard
 (``benchmarks/independent/regression.py``). Each figure (:data:`FIGURES`) names the README text that holds it (a
@@ -28,7 +28,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-#: the README line that says when this check last passed (rewritten by --stamp)
+#: the documents whose line says when this check last passed (rewritten by --stamp)
+STAMPED = (README, ROOT / "docs" / "benchmarks.md")
 STAMP = re.compile(r"(README figures checked: )[^\n]*")
 
 
@@ -265,9 +266,9 @@ def report(rows: list[dict]) -> str:
 
 
 def stamp(text: str, when: str) -> str:
-    """``text`` (the README) with its check line saying ``when``."""
+    """``text`` (a document of :data:`STAMPED`) with its check line saying ``when``."""
     if not STAMP.search(text):
-        raise LookupError("README.md has no 'README figures checked: …' line to stamp")
+        raise LookupError("no 'README figures checked: …' line to stamp")
     return STAMP.sub(lambda m: m.group(1) + when, text, count=1)
 
 
@@ -289,10 +290,12 @@ def main() -> int:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
         from phasestem.base.safety import atomic_file
 
-        text = stamp(README.read_text(), f"{time.strftime('%Y-%m-%d')} on {head.stdout.strip()} "
-                     f"(`python benchmarks/readme_figures.py`: {len(rows)} figures of {', '.join(jobs)})")
-        with atomic_file(README, "README") as tmp:
-            tmp.write_text(text)
+        when = (f"{time.strftime('%Y-%m-%d')} on {head.stdout.strip()} "
+                f"(`python benchmarks/readme_figures.py`: {len(rows)} figures of {', '.join(jobs)})")
+        for doc in STAMPED:
+            text = stamp(doc.read_text(), when)
+            with atomic_file(doc, doc.name) as tmp:
+                tmp.write_text(text)
     return 1 if moved else 0
 
 

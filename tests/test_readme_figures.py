@@ -20,8 +20,9 @@ def test_every_checked_number_is_where_the_readme_prints_it(figure):
     assert value > 0 and figure.job in readme_figures.JOBS
 
 
-def test_the_readme_says_when_its_figures_were_last_checked():
-    text = readme_figures.README.read_text()
+@pytest.mark.parametrize("doc", readme_figures.STAMPED, ids=lambda p: p.name)
+def test_the_readme_and_docs_say_when_its_figures_were_last_checked(doc):
+    text = doc.read_text()
     stamped = readme_figures.stamp(text, "2030-01-01 on abc1234")
     assert "README figures checked: 2030-01-01 on abc1234" in stamped and stamped != text
     with pytest.raises(LookupError, match="README figures checked"):
