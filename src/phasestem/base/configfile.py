@@ -13,6 +13,7 @@ given on the command line (``--out``, ``--set KEY=VALUE``) is relative to the wo
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -51,19 +52,15 @@ def switch_words(annotation: Any) -> frozenset[str] | None:
     return frozenset()
 
 
-_SWITCH_FIELDS: dict[type, dict[str, frozenset[str]]] = {}
-
-
+@functools.cache
 def _switch_fields(model: type[BaseModel]) -> dict[str, frozenset[str]]:
     """Key (name and alias) → the switch words of every field of ``model`` that takes 'off' or 'on' and no boolean."""
-    if model not in _SWITCH_FIELDS:
-        fields: dict[str, frozenset[str]] = {}
-        for name, info in model.model_fields.items():
-            words = switch_words(info.annotation)
-            if words:
-                fields.update({key: words for key in {name, info.alias} if key})
-        _SWITCH_FIELDS[model] = fields
-    return _SWITCH_FIELDS[model]
+    fields: dict[str, frozenset[str]] = {}
+    for name, info in model.model_fields.items():
+        words = switch_words(info.annotation)
+        if words:
+            fields.update({key: words for key in {name, info.alias} if key})
+    return fields
 
 
 def switch_value(value: Any, words: frozenset[str]) -> Any:

@@ -180,21 +180,18 @@ def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = Non
                       callback_hooks=(), snapshot_extra=None):
     """One process's run (:func:`_run_rank`) on the CPU threads ``run.cpu_threads`` decides
     (:func:`phasestem.base.threads.cpu_threads`; torch's count restored after; a GPU run left as it is)."""
-    import torch
-
     from ..base.threads import cpu_threads
 
     if isinstance(params, dict):
         params = ReconstructParams.model_validate(params)
-    device = str(params.run.device)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = rank_device(params.run.device)  # a device that is not there: one line before anything is written
     with cpu_threads(params.run.cpu_threads, device) as threads:
-        return _run_rank(params, resume, sources, dataset, start_phase, callback_hooks, snapshot_extra, threads)
+        return _run_rank(params, device, resume, sources, dataset, start_phase, callback_hooks, snapshot_extra,
+                         threads)
 
 
-def _run_rank(params, resume: bool, sources: dict[str, str] | None = None, dataset=None, start_phase=None,
-              callback_hooks=(), snapshot_extra=None, threads=None):
+def _run_rank(params: ReconstructParams, device: str, resume: bool, sources: dict[str, str] | None = None,
+              dataset=None, start_phase=None, callback_hooks=(), snapshot_extra=None, threads=None):
     import contextlib
 
     import matplotlib.pyplot as plt
@@ -216,8 +213,6 @@ def _run_rank(params, resume: bool, sources: dict[str, str] | None = None, datas
         losses_line,
     )
 
-    if isinstance(params, dict):
-        params = ReconstructParams.model_validate(params)
     main = is_main_process()  # only rank 0 writes files
     out = Path(params.run.out_dir)
     refuse_output_over_inputs(out, [params.data.file, params.data.detector_shifts,
@@ -225,7 +220,6 @@ def _run_rank(params, resume: bool, sources: dict[str, str] | None = None, datas
                                     None if params.model.initial_phase is None else params.model.initial_phase.file,
                                     None if params.model.initial_probe is None else params.model.initial_probe.file],
                               field="run.out_dir", written=RUN_FILES)
-    device = rank_device(params.run.device)  # a device that is not there: one line before anything is written
     config_text = dump_params(params)
     if main:  # the folder is held (run_reconstruction): what killed runs left mid-write is ours to remove
         out.mkdir(parents=True, exist_ok=True)

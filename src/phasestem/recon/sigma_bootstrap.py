@@ -261,9 +261,8 @@ def bootstrap_scale(model, dataset, rerun: Callable, sigma_of: Callable, data_to
     draws = [sub._replace(patterns=noise_realisation(expected, counts, float(data_total), noise_sigma,
                                                      np.random.default_rng(seed + k))) for k in range(realisations)]
     run_epochs = int(getattr(rerun, "epochs", 0) or 0)
-    shorter = run_epochs
-    if getattr(rerun, "decays", False) and run_epochs:
-        shorter = bootstrap_epochs(run_epochs, True, sub.n_patterns, dataset.n_patterns, realisations)
+    shorter = bootstrap_epochs(run_epochs, getattr(rerun, "decays", False), sub.n_patterns, dataset.n_patterns,
+                               realisations)
     grew = False
     if 0 < shorter < run_epochs:
         fits = _realisations(rerun, draws, share, sigma_of, dataset, epochs=shorter)
