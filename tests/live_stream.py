@@ -8,8 +8,7 @@ import numpy as np
 import yaml
 from detector_files import mib_hdr, write_mib
 
-#: detector pixels on the wire per pattern pixel: Merlin hands frames over in stacks of ≈ 2 MB (LiberTEM-live's
-#: connection), so small frames would all come in one; 128² frames come in stacks of 64
+#: detector pixels on the wire per pattern pixel: 128² frames, as a binned Merlin would send (a quarter of its side)
 UPSAMPLE = 4
 
 
@@ -38,7 +37,20 @@ def write_scan(folder: Path, scan_shape=(12, 12)) -> tuple[Path, Path, np.ndarra
 
 def ReplayedScan(mib: Path, scan_shape, dwell_us: int, log: Path):
     """``libertem-live-mib-sim MIB`` on free ports of 127.0.0.1 at one frame per ``dwell_us`` µs
-    (:class:`phasestem.live.replay.MibReplay`)."""
+    (:class:`phasestem.live.replay.MibReplay`), armed and triggered at once: a detector whose scan starts when its
+    client connects (``phasestem live --data-port``)."""
     from phasestem.live.replay import MibReplay
 
-    return MibReplay(mib, scan_shape, 1e6 / dwell_us, log)
+    sim = MibReplay(mib, scan_shape, 1e6 / dwell_us, log)
+    sim.start_scan()
+    return sim
+
+
+def sent_by_simulator(log: Path) -> int:
+    """Frames LiberTEM-live's simulator sent, by its own log (:func:`phasestem.live.replay.simulator_account`); a
+    log of several acquisitions is refused: a rehearsal replays one."""
+    from phasestem.live.replay import simulator_account
+
+    account = simulator_account(log)
+    assert account["acquisitions"] <= 1, f"{log}: the simulator started {account['acquisitions']} acquisitions"
+    return account["sent"]

@@ -1,6 +1,7 @@
 """``phasestem live``: a ``.mib`` replayed over Merlin's TCP protocol by LiberTEM-live's own simulator is
-reconstructed while it streams, every frame accounted for, the recording equal to the replayed file, a broken-off
-stream reported with what was received kept; and the engine hooks the live run stands on."""
+reconstructed while it streams, every frame accounted for, the recording equal to the replayed file; a stop at
+any time (a signal, the detector's end) keeps every frame the simulator sent; the stream's reader and receiver on
+scripted streams (a frame cut off, raw frames, the stall alarm); and the engine hooks the live run stands on."""
 from __future__ import annotations
 
 import json
@@ -21,45 +22,67 @@ from phasestem.recon.live import read_snapshot  # noqa: E402
 SCAN = (12, 12)
 
 
-def _run(tmp_path, dwell_us: int, interrupt=None):
-    """``phasestem live`` of the scan replayed at one frame per ``dwell_us`` µs; ``interrupt(sim)`` is called
-    once the recording holds two whole rows (its file is that large: the frames arrive in stacks of at most 16, so
-    its mere existence may mean one row), e.g. to kill the simulator or signal the run."""
+def _recorded(out) -> np.ndarray:
+    """Every frame of ``out/stream.h5`` in raster order: its whole rows, then its partial last row."""
+    with h5py.File(out / "stream.h5") as f:
+        rows = np.asarray(f["patterns"][...])
+        kept = rows.reshape(-1, *rows.shape[2:])
+        if "incomplete_row" in f:
+            assert f.attrs["incomplete_row_frames"] == len(f["incomplete_row"])
+            kept = np.concatenate([kept, np.asarray(f["incomplete_row"][...])])
+        assert f.attrs["frames_recorded"] == len(kept)
+    return kept
+
+
+def _sim_rate(log) -> float:
+    """The frame rate LiberTEM-live's simulator reports for its scan."""
+    from phasestem.live.replay import simulator_account
+
+    return simulator_account(log)["fps"]
+
+
+def _stop_when_armed(out, delay: float, stop) -> None:
+    """``stop()`` ``delay`` s after ``out/live.log`` says the detector was armed (in a thread of its own)."""
     import threading
     import time
 
-    mib, params, frames = write_scan(tmp_path, SCAN)
-    out = tmp_path / "out"
-    sim = ReplayedScan(mib, SCAN, dwell_us, tmp_path / "sim.log")
-
-    def recorded_bytes() -> int:
-        partial = out / "stream.partial.h5"
-        return partial.stat().st_size if partial.exists() else 0
-
     def watch():
-        deadline = time.monotonic() + 120
-        while recorded_bytes() < 2 * frames[0].nbytes and time.monotonic() < deadline:
-            time.sleep(0.02)
-        interrupt(sim)
+        deadline = time.monotonic() + 180
+        log = out / "live.log"
+        while time.monotonic() < deadline and not (log.exists() and " armed: " in log.read_text()):
+            time.sleep(0.01)
+        time.sleep(delay)
+        stop()
 
-    try:
-        if interrupt is not None:
-            threading.Thread(target=watch, daemon=True).start()
-        code = main(["live", str(params), "--data-port", str(sim.data_port), "--arm-timeout", "30", "--out",
-                     str(out)])
-    finally:
-        sim.stop()
-    return code, frames, out
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def test_a_replayed_mib_is_reconstructed_live_with_every_frame_accounted(tmp_path, capsys):
-    code, frames, out = _run(tmp_path, dwell_us=8000)  # 144 frames of 128² in ≈ 1.2 s, stacks of 64 frames
-    assert code == 0
-    summary = json.loads((out / "live.json").read_text())
+    """A steady stream at 50 frames/s (a detector armed for the client, ``--data-port``): every frame sent is
+    received and recorded (the simulator's own count), the rate and duration by the frames' clock within 5 % of
+    the simulator's, no stall alarm, and ``--epochs 4`` counts the live epochs and the recording's together."""
+    from live_stream import sent_by_simulator
+
+    mib, params, frames = write_scan(tmp_path, SCAN)
     n = SCAN[0] * SCAN[1]
-    assert summary["frames_expected"] == summary["frames_received"] == summary["frames_fitted"] == n
-    assert summary["frames_waiting"] == 0 and summary["stop_reason"] == "complete"
+    out = tmp_path / "out"
+    sim = ReplayedScan(mib, SCAN, 20000, tmp_path / "sim.log")
+    try:
+        code = main(["live", str(params), "--data-port", str(sim.data_port), "--arm-timeout", "60", "--epochs", "4",
+                     "--out", str(out)])
+    finally:
+        sim.stop()
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert f"live: the whole scan, {n} frames sent by the detector, {n} received, {n} recorded" in printed
+    summary = json.loads((out / "live.json").read_text())
+    assert sent_by_simulator(tmp_path / "sim.log") == summary["frames_sent"] == n
+    assert summary["frames_expected"] == summary["frames_received"] == summary["frames_recorded"] == n
+    assert summary["frames_fitted"] == n and summary["frames_waiting"] == 0 and summary["complete"]
     assert summary["updates"] >= 2  # the fit ran while frames were still coming
+    rate = _sim_rate(tmp_path / "sim.log")
+    assert abs(summary["frames_per_second"] / rate - 1) < 0.05, (summary["frames_per_second"], rate)
+    assert abs(summary["scan_seconds"] / (n / rate) - 1) < 0.05, (summary["scan_seconds"], n / rate)
     assert 0 < summary["lag_median"] <= summary["lag_p95"] < 30
     # the recording is the replayed scan, through phasestem's readers (orientation included)
     replayed = io.load(tmp_path / "mib" / "scan.mib", scan_shape=SCAN, energy=300e3, scan_step=0.8)
@@ -67,57 +90,90 @@ def test_a_replayed_mib_is_reconstructed_live_with_every_frame_accounted(tmp_pat
     np.testing.assert_array_equal(np.asarray(recorded.patterns[...]), np.asarray(replayed.patterns[...]))
     np.testing.assert_array_equal(np.asarray(recorded.patterns[...]), frames)
     with h5py.File(out / "stream.h5") as f:
-        assert f.attrs["complete"] and f.attrs["frames_received"] == n and f["patterns"].dtype == np.uint16
-    # the page's snapshot: counters and the images of the whole scan
+        assert f.attrs["complete"] and f.attrs["frames_sent"] == n and f["patterns"].dtype == np.uint16
+        assert "incomplete_row" not in f and f.attrs["incomplete_row_frames"] == 0
+    # epochs counted once: the live epochs and the recording's reconstruction's are run.n_epochs, in the page,
+    # the results and the log alike, the loss one value per epoch from the first live one
+    live_epochs = summary["epochs_live"]
+    assert 1 <= live_epochs <= 3
     snap = read_snapshot(out / "live.npz")
-    assert int(snap["frames_received"]) == n and str(snap["stage"]) == "done"
-    assert "phase_sigma" in snap
+    assert int(snap["epoch"]) == int(snap["n_epochs"]) == 4 and len(snap["loss"]) == 4
+    assert int(snap["frames_received"]) == n and str(snap["stage"]) == "done" and "phase_sigma" in snap
+    with h5py.File(out / "results.h5") as f:
+        loss = np.asarray(f["loss/loss"][...])
+        assert list(f["loss/epoch"][...]) == [1, 2, 3, 4]
+    np.testing.assert_allclose(snap["loss"], loss)
+    assert np.all(np.abs(np.diff(np.log(loss))) < 0.5)  # one curve: the reconstruction goes on where the live one was
+    log = (out / "live.log").read_text()
+    assert f"run.n_epochs 4 counts {live_epochs} live epochs" in log and "stalled" not in log
+    assert f"armed: {n} frames of 128 × 128 pixels (U16)" in log and f"{n} of {n} received (complete)" in log
+    run_log = (out / "reconstruct.log").read_text()
+    assert f"started from the live run's object, probe and positions after its {live_epochs} live epochs" in run_log
+    assert "reconstruction: 4 epochs" in printed
     for key in ("virtual_bf", "virtual_adf", "icom_phase"):
         assert snap[key].shape == SCAN and np.isfinite(snap[key]).all(), key
     # bright field: the disk's counts (≈ 16 × 2000 on the upsampled detector) in every position
     assert 0.5 * 16 * 2000 < float(np.median(snap["virtual_bf"])) < 1.05 * 16 * 2000
-    # then the offline route's files, σ included, from the recording
-    with h5py.File(out / "results.h5") as f:
-        assert "uncertainty" in f or any("sigma" in k for k in f.keys())
     assert "stream.h5" in (out / "config.yaml").read_text()
-    log = (out / "live.log").read_text()
-    assert "armed: 144 frames of 128 × 128 pixels" in log and "144 of 144 frames received (complete)" in log
-    assert "started from the live run's object, probe and positions" in (out / "reconstruct.log").read_text()
 
 
-def test_a_connection_broken_mid_scan_is_reported_and_the_received_part_kept(tmp_path, capsys):
-    # 144 frames in 4.3 s: the simulator killed once two rows are recorded
-    code, frames, out = _run(tmp_path, dwell_us=30000, interrupt=lambda sim: sim.stop())
-    err = capsys.readouterr().err
-    assert code != 0
-    assert "broke off" in err or "ended" in err, err
-    with h5py.File(out / "stream.h5") as f:
-        received, rows = int(f.attrs["frames_received"]), f["patterns"].shape[0]
-        assert not f.attrs["complete"] and 0 < received < 144
-        kept = np.asarray(f["patterns"][...]).reshape(-1, *frames.shape[2:])
-        tail = np.asarray(f["incomplete_row"][...]) if "incomplete_row" in f else np.zeros((0,) + kept.shape[1:])
-    flat = frames.reshape(-1, *frames.shape[2:])
-    np.testing.assert_array_equal(np.concatenate([kept, tail]), flat[:received])  # every received frame, in order
-    assert rows >= 2  # reconstructed
-    summary = json.loads((out / "live.json").read_text())
-    assert summary["frames_received"] == received and "broke off" in summary["stop_reason"]
-    assert summary["rows_recorded"] == rows and (out / "results.h5").exists()
+#: (how the scan is stopped, frames/s, scan, seconds after arming when it is stopped: a seeded random draw in
+#: [low, high)); a stop in the first second, before the first whole row, at 20 frames/s among them
+STOPS = [("signal", 20, (12, 12), (0.1, 0.5)), ("signal", 50, (12, 12), (1.0, 2.5)),
+         ("signal", 500, (24, 24), (0.1, 0.9)), ("cut", 20, (12, 12), (1.5, 6.0)), ("cut", 500, (24, 24), (0.2, 0.9))]
 
 
-def test_stopping_mid_scan_keeps_and_reconstructs_what_was_received(tmp_path, capsys):
+@pytest.mark.parametrize("how, fps, scan, window", STOPS, ids=[f"{h}-{f}fps" for h, f, _, _ in STOPS])
+def test_a_stop_at_any_time_keeps_every_frame_the_detector_sent(tmp_path, capsys, how, fps, scan, window):
+    """Stopped at a random time — by a signal (Ctrl-C, serve's Stop: a rehearsal, ``--replay``, whose simulator
+    is stopped first) or by the detector's end closing the connection (``cut``) — the run records every frame the
+    simulator says it sent, the number the command prints, partial last row included."""
     import os
+    import random
     import signal
 
-    code, frames, out = _run(tmp_path, dwell_us=30000, interrupt=lambda sim: os.kill(os.getpid(), signal.SIGTERM))
-    assert code != 0 and "stopped by the operator" in capsys.readouterr().err
-    with h5py.File(out / "stream.h5") as f:
-        received = int(f.attrs["frames_received"])
-        assert f.attrs["stop_reason"] == "stopped by the operator" and 0 < received < 144
-        kept = np.asarray(f["patterns"][...]).reshape(-1, *frames.shape[2:])
-        tail = np.asarray(f["incomplete_row"][...]) if "incomplete_row" in f else np.zeros((0,) + kept.shape[1:])
-    np.testing.assert_array_equal(np.concatenate([kept, tail]), frames.reshape(-1, *frames.shape[2:])[:received])
-    assert "SIGTERM received: the scan ends here" in (out / "live.log").read_text()
-    assert len(kept) >= 2 * SCAN[1] and (out / "results.h5").exists()  # the rows received, reconstructed
+    from live_stream import sent_by_simulator
+
+    delay = random.Random(f"{how}{fps}").uniform(*window)
+    mib, params, frames = write_scan(tmp_path, scan)
+    flat = frames.reshape(-1, *frames.shape[2:])
+    out = tmp_path / "out"
+    if how == "signal":
+        sim_log = out / "replay.log"
+        _stop_when_armed(out, delay, lambda: os.kill(os.getpid(), signal.SIGTERM))
+        code = main(["live", str(params), "--replay", str(mib), "--fps", str(fps), "--epochs", "2", "--out",
+                     str(out)])
+    else:
+        sim_log = tmp_path / "sim.log"
+        sim = ReplayedScan(mib, scan, int(1e6 / fps), sim_log)
+        _stop_when_armed(out, delay, sim.stop_sending)
+        try:
+            code = main(["live", str(params), "--data-port", str(sim.data_port), "--epochs", "2", "--out", str(out)])
+        finally:
+            sim.stop()
+    captured = capsys.readouterr()
+    sent = sent_by_simulator(sim_log)
+    kept = _recorded(out)
+    summary = json.loads((out / "live.json").read_text())
+    context = f"stopped {delay:.2f} s after arming: sent {sent}, {summary}"
+    assert 0 < sent < scan[0] * scan[1], context
+    assert len(kept) == summary["frames_recorded"] == summary["frames_received"] == summary["frames_sent"] == sent, \
+        context
+    np.testing.assert_array_equal(kept, flat[:sent])  # every frame sent, in order, as replayed
+    assert summary["incomplete_row_frames"] == sent % scan[1]
+    said = f"{sent} frames sent by the detector, {sent} received, {sent} recorded"
+    rows = sent // scan[1]
+    if how == "signal":
+        assert summary["stop_reason"] == "stopped by the operator", context
+        assert "SIGTERM received: the scan ends here" in (out / "live.log").read_text()
+        if rows >= 2:  # a finished run with a partial scan
+            assert code == 0 and f"live: stopped by the operator: {said}" in captured.out, captured
+    else:
+        assert summary["stop_reason"] == "the stream ended early", context
+        assert code == 1 and said in captured.err
+    assert (out / "results.h5").exists() == (rows >= 2), context
+    if rows < 2:
+        assert code == 1 and said in captured.err and "nothing to reconstruct" in captured.err, captured.err
 
 
 def test_no_detector_at_the_address_is_one_line_naming_it(tmp_path, capsys):

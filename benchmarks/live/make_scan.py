@@ -36,7 +36,8 @@ Written into OUT_DIR:
   ``positions`` (N, 2) Å (probe centres on that grid, row-major) and ``meta`` (JSON: every true parameter,
   ``angular_sampling`` mrad, ``simulate_s``); ``make_mib.load_truth`` reads it back;
 * ``params.yaml``: ``phasestem reconstruct`` parameters for these data (true optics and scan, run.out_dir
-  ``recon`` beside it; model, losses and the rest of run at phasestem's defaults).
+  ``recon`` beside it; model, losses and the rest of run at phasestem's defaults);
+* ``live.yaml``: the same for ``phasestem live`` (no ``data.file``: ``phasestem live live.yaml --replay scan.mib``).
 
 Simulated row by row in ``--workers`` processes (one FFT of the 480² object grid and one of the 256² cut per
 pattern): the full scan took 190 s with 2 workers on a 2-core machine (the quick one 2 s).
@@ -108,11 +109,23 @@ run:
 """
 
 
+#: the first lines of ``live.yaml``: the same parameters without ``data.file`` (the stream is the data)
+LIVE_HEAD = """\
+# phasestem live parameters for the scan beside this file (benchmarks/live/make_scan.py): params.yaml without
+# data.file. Rehearse:  phasestem live live.yaml --replay scan.mib --fps 1000 --out runs/rehearsal
+"""
+
+
 def write_params(path: Path, truth: dict) -> None:
+    """``params.yaml`` (``phasestem reconstruct``) at ``path`` and ``live.yaml`` (``phasestem live``) beside it."""
     sy, sx = truth["scan"]
-    path.write_text(PARAMS.format(energy=truth["energy"], semiangle=truth["semiangle"], c10=truth["c10"],
-                                  dk=truth["angular_sampling"], sampling=truth["sampling"], sy=sy, sx=sx,
-                                  step=truth["step"], rotation=truth["rotation"]))
+    text = PARAMS.format(energy=truth["energy"], semiangle=truth["semiangle"], c10=truth["c10"],
+                         dk=truth["angular_sampling"], sampling=truth["sampling"], sy=sy, sx=sx, step=truth["step"],
+                         rotation=truth["rotation"])
+    path.write_text(text)
+    body = text[text.index("optics:"):].replace("  out_dir: recon  # relative to this file\n",
+                                                "  out_dir: live  # relative to this file (--out overrides)\n")
+    (path.parent / "live.yaml").write_text(LIVE_HEAD + body)
 
 
 def make(out: Path, quick: bool = False, workers: int = 2, setup: dict | None = None) -> dict:
@@ -122,7 +135,7 @@ def make(out: Path, quick: bool = False, workers: int = 2, setup: dict | None = 
     mib, truth_file = out / "scan.mib", out / "truth.npz"
     if mib.exists() and truth_file.exists():
         truth = load_truth(truth_file)
-        if not (out / "params.yaml").exists():
+        if not (out / "params.yaml").exists() or not (out / "live.yaml").exists():
             write_params(out / "params.yaml", truth)
         return truth
     out.mkdir(parents=True, exist_ok=True)

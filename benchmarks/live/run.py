@@ -8,7 +8,8 @@ Both routes run in this process, one after the other, with ``--threads`` torch t
 ``make_scan.py`` (``scan.mib``, ``truth.npz``, ``params.yaml``: phasestem's defaults, nothing tuned here).
 
 * **live**: ``libertem-live-mib-sim DATA/scan.mib --dwelltime 1e6/fps`` (a process of its own, 127.0.0.1) and
-  :func:`phasestem.live.session.run_live` with the parameter file (``run.n_epochs`` = ``--epochs`` after the scan).
+  :func:`phasestem.live.session.run_live` with make_scan's ``live.yaml`` (``run.n_epochs`` = ``--epochs``: the
+  live epochs and the recording's reconstruction's together, as the offline route's).
   The scan starts when the detector is armed (the receiver's clock).
 * **offline**: the acquisition takes the scan's duration as the live route measured it (first to last frame at
   the same rate), then :func:`phasestem.recon.run.run_reconstruction` of ``DATA/scan.mib`` with the same
@@ -18,7 +19,7 @@ Each route's object phase is copied at every page snapshot (live: at most every 
 the finishing reconstruction; offline: after every epoch) with its time; E_φ against the truth is computed
 afterwards (:func:`phasestem.recon.truth.truth_metrics`, the scanned field, offsets removed, sub-pixel aligned),
 so measuring costs the routes nothing. Reported (``OUT/live_benchmark.json``, and a Markdown table on stdout): the
-frame rate the simulator achieved, frames expected / received / left out, the lag from a row's last frame to its
+frame rate by the frames' clock, frames expected / received / left out, the lag from a frame's arrival to its
 first AD update (median, 95th percentile), the offline route's final E_φ and **the time from scan start until
 each route's phase is within 5 % of it**, with the load average.
 """
@@ -46,18 +47,15 @@ WITHIN, ROUGH = 1.05, 1.25
 
 
 def live_params(data: Path, out: Path, epochs: int):
-    """``phasestem live``'s parameters (:func:`phasestem.live.session.live_params`) from make_scan's parameter
-    file less its ``data.file``, copied into the benchmark's folder (it names no other file)."""
-    import yaml
+    """``phasestem live``'s parameters (:func:`phasestem.live.session.live_params`) from make_scan's ``live.yaml``
+    (written beside the scan when missing), ``run.n_epochs`` = ``epochs``, the run folder ``out``."""
+    from make_scan import write_params
 
     from phasestem.live.session import live_params as parse
 
-    raw = yaml.safe_load((data / "params.yaml").read_text())
-    raw.get("data", {}).pop("file", None)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    copy = out.parent / "params_live.yaml"
-    copy.write_text(yaml.safe_dump(raw))
-    return parse(copy, {"run.n_epochs": epochs, "run.progress": False}, out)
+    if not (data / "live.yaml").exists():
+        write_params(data / "params.yaml", load_truth(data / "truth.npz"))
+    return parse(data / "live.yaml", {"run.n_epochs": epochs, "run.progress": False}, out)
 
 
 def run_live_route(data: Path, out: Path, fps: float, epochs: int, scan_shape) -> dict:
@@ -84,7 +82,7 @@ def run_live_route(data: Path, out: Path, fps: float, epochs: int, scan_shape) -
         with MibReplay(data / "scan.mib", scan_shape, fps, out.parent / "simulator.log") as sim:
             t_call = time.perf_counter()
             model = run_live(live_params(data, out, epochs), MerlinStream("127.0.0.1", sim.data_port),
-                             arm_timeout=120)
+                             arm_timeout=120, rehearsal=sim)
     finally:
         feed_module.StreamFeed.write_snapshot = original
     summary = json.loads((out / "live.json").read_text())
@@ -142,7 +140,8 @@ def main(argv=None) -> int:
     p.add_argument("data", type=Path, help="the folder make_scan.py wrote")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--fps", type=float, default=1000.0, help="frames per second the simulator sends (default 1000)")
-    p.add_argument("--epochs", type=int, default=20, help="epochs after the scan, both routes (default 20)")
+    p.add_argument("--epochs", type=int, default=20,
+                   help="epochs of each route, the live updates' whole scans counted (default 20)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     args = p.parse_args(argv)
     import torch

@@ -8,10 +8,16 @@ update fits: the positions not fitted yet and received ones drawn at random, up 
 measured speed fits into :data:`UPDATE_SECONDS` (at least one batch), :data:`NEW_SHARE` of it for positions not
 fitted yet. When the stream comes faster than AD fits, those wait (spread evenly, counted on the page as
 waiting) and the lag grows, said, never hidden; all are fitted before the updates end. After each update it
-records which rows entered the AD phase and when (the lag from a row's last frame to the end of the first update
-that had fitted all its positions), and replaces the page's snapshot (``live.npz``,
-:func:`phasestem.recon.live.write_snapshot`) at most every :data:`SNAPSHOT_SECONDS`. The updates end once every
-frame of a finished stream has been fitted at least once.
+records the lag of each frame it fitted for the first time (from the frame's arrival to the end of that update),
+and replaces the page's snapshot (``live.npz``, :func:`phasestem.recon.live.write_snapshot`) at most every
+:data:`SNAPSHOT_SECONDS`. The updates end once every frame of a finished stream has been fitted at least once.
+
+**Epochs, counted once.** The updates' positions are counted in whole scans (an epoch's worth: ``n`` positions);
+the run's ``run.n_epochs`` is the live epochs and the recording's reconstruction's together. Refits of received
+positions stop where they would leave less than one epoch for the recording's reconstruction (each frame still to
+come is fitted once when it comes): the live part counts at most ``n_epochs − 1`` whole epochs
+(:meth:`StreamFeed.whole_epochs`), each with the mean loss of its updates (:meth:`StreamFeed.epoch_records`), and
+the reconstruction of the recording continues from there (:func:`phasestem.live.session.continue_from`).
 """
 from __future__ import annotations
 
@@ -42,31 +48,41 @@ class StreamFeed(Callback):
     holds its patterns; ``views``: the :class:`~phasestem.live.views.ScanViews`;
     ``snapshot_path``: the page's ``live.npz``."""
 
-    def __init__(self, receiver, transform, views, snapshot_path: str | Path, batch_size: int, seed: int = 0,
-                 preview=None, preview_note: str = ""):
+    def __init__(self, receiver, transform, views, snapshot_path: str | Path, batch_size: int, n_epochs: int,
+                 seed: int = 0, preview=None, preview_note: str = ""):
         self.receiver, self.transform, self.views = receiver, transform, views
         self.preview, self.preview_note = preview, preview_note  # a RestorerPreview (live.preview) or None
         self.snapshot_path = Path(snapshot_path)
         self.batch_size = batch_size
         self.fed = 0  # frames in the engine's patterns (raster order)
         self.fitted = np.zeros(receiver.n, bool)  # positions that entered at least one update
-        self.sx = receiver.scan_shape[1]
-        self.row_used = np.full(receiver.scan_shape[0], np.nan)  # perf_counter() of each row's first update's end
+        self.lag = np.full(receiver.n, np.nan)  # s from each frame's arrival to the end of its first update
         self.budget = 4 * batch_size
         self.updates = 0
         self.fit_seconds: list[tuple[int, float]] = []  # (positions, s) of each update
+        self.update_losses: list[float] = []  # the mean loss of each update
         self.rng = np.random.default_rng(seed)
         self.last_snapshot = 0.0
         self.stage = "streaming"  # then "finishing" (the reconstruction of the recording), "done"
-        self.n_epochs = 0  # the epochs the snapshot announces (the finishing reconstruction's)
+        self.n_epochs = int(n_epochs)  # the run's epochs: the live ones and the recording's reconstruction's
         self.message = ""
         self._chosen: np.ndarray | None = None
         self._t0 = 0.0
+        self._alarm = False  # the stall alarm is on
 
     # ---- engine hooks ------------------------------------------------------------------------------------------
+    def on_start(self, loop) -> None:
+        loop.unit = "live update"  # an update is not an epoch: the log says which
+
     def on_epoch_start(self, loop) -> None:
         self._put_new(loop)
         self._chosen = self.choose()
+        while not len(self._chosen) and not self.receiver.done:  # the refits' epochs spent: wait for frames
+            time.sleep(0.02)
+            self._put_new(loop)
+            self._chosen = self.choose()
+        if not len(self._chosen):  # nothing left (the stream ended meanwhile): one batch refitted
+            self._chosen = np.arange(min(self.fed, self.batch_size))
         loop.fit_positions = torch.as_tensor(self._chosen, dtype=torch.long)
         self._t0 = time.perf_counter()
 
@@ -82,21 +98,26 @@ class StreamFeed(Callback):
         if len(new) > room:
             new = new[np.linspace(0, len(new) - 1, room).round().astype(np.int64)]
         older = np.flatnonzero(self.fitted[:n])
-        extra = min(max(0, budget - len(new)), len(older))
+        extra = min(max(0, budget - len(new)), len(older), self.refits_left())
         pick = self.rng.choice(older, size=extra, replace=False) if extra else np.zeros(0, np.int64)
         return np.unique(np.concatenate([new, pick]))
+
+    def refits_left(self) -> int:
+        """Refits of received positions the epochs allow now: ``n_epochs − 1`` scans' worth, less what the updates
+        fitted and one fit of each frame not fitted yet (received or still to come)."""
+        n = self.receiver.n
+        fitted = sum(k for k, _ in self.fit_seconds)
+        return max(0, (self.n_epochs - 1) * n - fitted - int(n - self.fitted.sum()))
 
     def on_record(self, loop) -> None:
         now = time.perf_counter()
         seconds = now - self._t0
         self.fit_seconds.append((len(self._chosen), seconds))
+        self.update_losses.append(float(loop.mean_loss))
+        first = self._chosen[~self.fitted[self._chosen]]
+        self.lag[first] = self.receiver.lags_from(first, now)
         self.fitted[self._chosen] = True
         self.updates += 1
-        rows_done = self.fed // self.sx
-        fresh = np.flatnonzero(np.isnan(self.row_used[:rows_done]))
-        for r in fresh:  # a row is in the AD phase once all its positions were fitted
-            if self.fitted[r * self.sx:(r + 1) * self.sx].all():
-                self.row_used[r] = now
         per_position = sum(s for _, s in self.fit_seconds[-5:]) / max(1, sum(k for k, _ in self.fit_seconds[-5:]))
         self.budget = max(self.batch_size, int(UPDATE_SECONDS / max(per_position, 1e-6)))
         if self.finished:
@@ -128,26 +149,54 @@ class StreamFeed(Callback):
             return str(r.error)
         if r.ended:
             return f"the stream ended after {r.received} of {r.n} frames"
-        if not r.done and r.quiet_seconds > 2.0:
-            return f"no frame from the detector for {r.quiet_seconds:.0f} s (stalled?)"
+        if r.stalled:
+            return (f"no frame from the detector for {r.quiet_seconds:.1f} s (stalled? frames came every "
+                    f"{1 / r.frame_rate:.3g} s)" if np.isfinite(r.frame_rate) else
+                    f"no frame from the detector for {r.quiet_seconds:.1f} s (stalled?)")
         return ""
+
+    def _log_alarm(self, stalled: bool) -> None:
+        """The stall alarm's changes into the log (the page shows it while it lasts)."""
+        r = self.receiver
+        if stalled and not self._alarm:
+            log.warning("no frame from the detector for %.2f s, more than %.2f s (three frame intervals and the "
+                        "stack bound): stalled?", r.quiet_seconds, r.stall_seconds)
+        elif self._alarm and not stalled:
+            log.info("frames again (%d received)", r.received)
+        self._alarm = stalled
 
     def epochs_fitted(self) -> float:
         """The positions the updates fitted, in whole scans (epochs' worth)."""
         return sum(k for k, _ in self.fit_seconds) / self.receiver.n
 
-    def lags(self) -> np.ndarray:
-        """Seconds from each row's last frame to the end of the first update that held all its positions."""
-        ok = np.isfinite(self.row_used) & np.isfinite(self.receiver.row_arrival)
-        return (self.row_used - self.receiver.row_arrival)[ok]
+    def whole_epochs(self) -> int:
+        """The live epochs the run counts: whole scans' worth fitted, at most ``n_epochs − 1``."""
+        return max(0, min(int(self.epochs_fitted() + 1e-9), self.n_epochs - 1))
+
+    def epoch_records(self) -> list[dict]:
+        """One record per counted live epoch (:meth:`whole_epochs`): ``epoch``, the mean ``loss`` of the updates
+        that fitted its positions, their ``seconds``."""
+        n, records, done, losses, seconds = self.receiver.n, [], 0, [], 0.0
+        for (k, s), loss in zip(self.fit_seconds, self.update_losses, strict=True):
+            done, seconds = done + k, seconds + s
+            losses.append(loss)
+            if done >= (len(records) + 1) * n and len(records) < self.whole_epochs():
+                records.append({"epoch": len(records) + 1, "loss": float(np.mean(losses)), "seconds": seconds})
+                losses, seconds = [], 0.0
+        return records
 
     def counters(self) -> dict:
-        """Frames expected, received, in the fit, not yet fitted; lag median and 95th percentile, seconds since the
-        detector was armed."""
+        """Frames expected, sent (by the detector's count), received, recorded, in the fit, not yet fitted; rate and
+        duration by the frames' clock, the stall alarm's threshold; the lag from a frame's arrival to its first
+        update (median, 95th percentile); the live epochs; seconds since the detector was armed."""
         r = self.receiver
-        lag = self.lags()
-        return {"frames_expected": r.n, "frames_received": r.received, "frames_fitted": int(self.fitted.sum()),
-                "frames_waiting": int(r.received - self.fitted.sum()), "updates": self.updates,
+        lag = self.lag[np.isfinite(self.lag)]
+        recorded = 0 if r.recording is None else r.recording.rows_written * r.scan_shape[1]
+        return {"frames_expected": r.n, "frames_sent": r.sent, "frames_received": r.received,
+                "frames_recorded": recorded + (len(r.incomplete_row()) if r.done else 0),
+                "frames_fitted": int(self.fitted.sum()), "frames_waiting": int(r.received - self.fitted.sum()),
+                "updates": self.updates, "frames_per_second": r.frame_rate, "scan_seconds": r.scan_seconds,
+                "stall_seconds": r.stall_seconds, "epochs_live": self.epochs_fitted(),
                 "lag_median": float(np.median(lag)) if len(lag) else float("nan"),
                 "lag_p95": float(np.percentile(lag, 95)) if len(lag) else float("nan"),
                 "stream_seconds": time.perf_counter() - r.started}
@@ -174,6 +223,14 @@ class StreamFeed(Callback):
         restorer's preview (also every snapshot of the recording's reconstruction: ``snapshot_extra``)."""
         extra = {k: np.asarray(v) for k, v in self.counters().items()}
         extra.update(self._preview(model))
+        if self.stage == "streaming":  # the epochs so far: whole scans' worth of the updates (the model's are updates)
+            records = self.epoch_records()
+            extra.update(epoch=np.asarray(len(records)), n_epochs=np.asarray(self.n_epochs),
+                         loss=np.array([h["loss"] for h in records], np.float64),
+                         seconds=np.array([h["seconds"] for h in records], np.float64))
+        if self.stage == "streaming":
+            self._log_alarm(self.receiver.stalled)
+            self.message = self.stream_message()
         extra.update(stage=np.asarray(self.stage), message=np.asarray(self.message),
                      scan_shape=np.asarray(self.receiver.scan_shape),
                      scan_step=np.asarray(self.views.dataset.scan_step, dtype=np.float64), virtual_bf=self.views.bf,

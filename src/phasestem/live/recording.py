@@ -6,7 +6,8 @@ integer type as it sent the counts, frames oriented as a ``.mib`` reader present
 reader of phasestem takes it (``reconstruct``, ``calibrate``, ``inspect``, ``serve``). Whole scan rows are written
 as they complete, each flushed; while the scan runs the file is ``stream.partial.h5``, renamed to ``stream.h5``
 when the stream ends. A scan that ended early keeps its whole rows in ``patterns`` and the frames of its last,
-unfinished row in ``incomplete_row`` (k, H, W); the attributes ``frames_expected``, ``frames_received``,
+unfinished row in ``incomplete_row`` (k, H, W), marked by the attribute ``incomplete_row_frames``; the attributes
+``frames_expected``, ``frames_sent`` (by the detector's own count), ``frames_received``, ``frames_recorded``,
 ``complete`` and ``stop_reason`` say what happened.
 """
 from __future__ import annotations
@@ -58,14 +59,18 @@ class Recording:
         self.rows_written += r
         self._file.flush()
 
-    def finish(self, incomplete_row: np.ndarray, reason: str) -> Path:
-        """Close the file with the frames of an unfinished last row (k, H, W; k may be 0) and why the stream ended;
-        rename it to ``stream.h5``. Returns its path."""
+    def finish(self, incomplete_row: np.ndarray, reason: str, sent: int, received: int) -> Path:
+        """Close the file with the frames of an unfinished last row (k, H, W; k may be 0), why the stream ended, the
+        frames the detector reports ``sent`` and the frames ``received``; rename it to ``stream.h5``. Returns its
+        path."""
         f = self._file
         if len(incomplete_row):
             f.create_dataset("incomplete_row", data=incomplete_row)
         sy, sx = self.scan_shape
-        f.attrs["frames_received"] = self.rows_written * sx + len(incomplete_row)
+        f.attrs["incomplete_row_frames"] = len(incomplete_row)
+        f.attrs["frames_sent"] = sent
+        f.attrs["frames_received"] = received
+        f.attrs["frames_recorded"] = self.rows_written * sx + len(incomplete_row)
         f.attrs["complete"] = self.rows_written == sy
         f.attrs["stop_reason"] = reason
         f.close()

@@ -21,7 +21,6 @@ recording) and raises :class:`~phasestem.live.merlin.StreamError` after the resu
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
@@ -37,7 +36,7 @@ from ..base.lock import hold_output
 from ..base.safety import atomic_file
 from ..recon.callbacks import Callback
 from .merlin import StreamError
-from .receiver import Receiver
+from .receiver import DRAIN_SECONDS, Receiver
 from .recording import Recording
 
 log = logging.getLogger("phasestem.live")
@@ -113,17 +112,18 @@ def scan_shape_for(params, acquisition) -> tuple[int, int]:
     return (int(shape[0]), int(shape[1]))
 
 
-def _wait_first_row(receiver: Receiver, stall_timeout: float) -> None:
+def _wait_first_row(receiver: Receiver, stall_timeout: float) -> bool:
+    """Wait for a whole scan row: True once it is in, False when the stream ended, broke off or was stopped before
+    (the frames received are kept all the same); a stream quiet for ``stall_timeout`` s is stopped as stalled."""
     while receiver.received < receiver.scan_shape[1]:
-        if receiver.error is not None:
-            raise receiver.error
-        if receiver.ended or not receiver.is_alive():
-            raise StreamError(f"{receiver.stream.address}: the stream ended after {receiver.received} frames, before "
-                              "a whole scan row")
-        if receiver.quiet_seconds > stall_timeout:
-            raise StreamError(f"{receiver.stream.address}: no frame for {stall_timeout:g} s before a whole scan row "
-                              "(stalled detector)")
+        if receiver.done:
+            return False
+        if receiver.quiet_seconds > stall_timeout and receiver.stopped_because is None:
+            log.warning("%s: no frame for %g s before a whole scan row: the scan is taken as ended (stalled "
+                        "detector)", receiver.stream.address, stall_timeout)
+            receiver.stop("stalled")
         time.sleep(0.01)
+    return True
 
 
 def _live_engine(params, receiver: Receiver, out: Path, sources, stall_timeout: float, preview: str | None):
@@ -150,8 +150,8 @@ def _live_engine(params, receiver: Receiver, out: Path, sources, stall_timeout: 
     def transform(frames: np.ndarray):
         return data_transforms(_raw_dataset(params, frames[None]), params.data)
 
-    feed = StreamFeed(receiver, transform, views, out / "live.npz", params.run.batch_size, params.run.seed,
-                      *make_preview(preview, dataset, model))
+    feed = StreamFeed(receiver, transform, views, out / "live.npz", params.run.batch_size, params.run.n_epochs,
+                      params.run.seed, *make_preview(preview, dataset, model))
     run = params.run.model_copy(update={"progress": False, "lr_decay": "none", "holdout": 0.0, "coarse_start": 0,
                                         "divergence_factor": 0.0, "data_in_memory": True, "check_optics": False})
     log.info("live: fitting the scan's positions as they arrive (%d × %d, %s)", sy, sx, losses.describe())
@@ -188,44 +188,62 @@ class _Note(Callback):
             self.note = ""
 
 
-def _continue_from(live_model):
+def continue_from(live_model, feed):
     """A ``callback_hooks`` entry of :func:`~phasestem.recon.run.run_reconstruction`: the new model starts from the
     live model's object, probe and positions where they fit it (the same scan and grid,
-    :func:`~phasestem.base.torch_files.state_dict_mismatch`), then runs as a reconstruction."""
+    :func:`~phasestem.base.torch_files.state_dict_mismatch`), its history holding the live epochs the run counts
+    (:meth:`~phasestem.live.feed.StreamFeed.epoch_records`): the reconstruction runs the epochs ``run.n_epochs``
+    leaves, and its loss curve, log and figures span the live updates and after."""
     from ..base.torch_files import state_dict_mismatch
 
     def hook(model, dataset, twin):
         state = live_model.state_dict()
         if not state_dict_mismatch(model.state_dict(), state):
             model.load_state_dict(state)
-            return _Note("the reconstruction of the recording started from the live run's object, probe and "
-                         "positions")
+            records = feed.epoch_records()
+            for record in records:
+                model.history.record(record, model.slice_thickness, model.tilt)
+            return _Note(f"the reconstruction of the recording started from the live run's object, probe and "
+                         f"positions after its {len(records)} live epochs")
         return _Note("the reconstruction of the recording started afresh: the received scan differs from the live one")
 
     return hook
 
 
-def finishing_params(params, scan_shape: tuple[int, int], epochs_done: float):
-    """The parameter file of the reconstruction of the recording: the scan received (``scan_shape``), the epochs
-    ``run.n_epochs`` leaves after the live updates' ``epochs_done`` (a continuation, logged), no optics check (the
-    live state carries the C10 it fitted; the check would start from nothing)."""
+def finishing_params(params, scan_shape: tuple[int, int], live_epochs: int, epochs_fitted: float):
+    """The parameter file of the reconstruction of the recording: the scan received (``scan_shape``), no optics
+    check (the live state carries the C10 it fitted; the check would start from nothing). ``run.n_epochs`` is the
+    run's: the reconstruction runs what the ``live_epochs`` it continues leave (logged)."""
     final = params.model_copy(deep=True)
     final.scan.shape = scan_shape
-    final.run.n_epochs = max(1, params.run.n_epochs - round(epochs_done))
     final.run.check_optics = False
-    log.info("the live updates fitted %.2f epochs' worth of positions; the reconstruction of the recording runs the "
-             "remaining %d of run.n_epochs %d, from the live state", epochs_done, final.run.n_epochs,
-             params.run.n_epochs)
+    if live_epochs:
+        log.info("the live updates fitted %.2f scans' worth of positions; run.n_epochs %d counts %d live epochs, and "
+                 "the reconstruction of the recording runs epochs %d–%d from the live state", epochs_fitted,
+                 params.run.n_epochs, live_epochs, live_epochs + 1, params.run.n_epochs)
+    else:
+        log.info("the reconstruction of the recording runs run.n_epochs %d (%s)", params.run.n_epochs,
+                 "a partial scan: started afresh" if epochs_fitted else "no live epoch to continue")
     return final
 
 
+def check_new_folder(out: Path) -> None:
+    """A live run writes a new folder: one holding an earlier run's results is refused in one line (before any
+    simulator or connection starts)."""
+    for stale in ("results.h5", "results.emd", "live.npz", SUMMARY_NAME, "stream.h5"):
+        if (out / stale).exists():
+            raise ConfigError(f"run.out_dir: {out} holds {stale} of an earlier run: choose a new folder")
+
+
 def run_live(params, stream, arm_timeout: float = 60.0, stall_timeout: float = 30.0,
-             sources: dict[str, str] | None = None, preview: str | None = None):
+             sources: dict[str, str] | None = None, preview: str | None = None, rehearsal=None):
     """Run a live reconstruction of ``stream`` (a :class:`~phasestem.live.merlin.MerlinStream`, not yet open) with
     ``params`` (:class:`~phasestem.recon.params.ReconstructParams`; ``data.file`` the recording,
     ``run.out_dir`` the run folder). ``preview``: a restorer whose restoration of the growing phase the page shows
-    where it fits the stream's optics (:mod:`phasestem.live.preview`). Returns the final model; see the module for
-    the steps."""
+    where it fits the stream's optics (:mod:`phasestem.live.preview`). ``rehearsal``: a
+    :class:`~phasestem.live.replay.MibReplay` serving the stream (armed once connected, stopped before a stop
+    drains the connection). Returns the final model (None when fewer than two rows came: StreamError); see the
+    module for the steps."""
     from ..recon.report import logging_to
     from ..recon.run import run_reconstruction
 
@@ -236,94 +254,132 @@ def run_live(params, stream, arm_timeout: float = 60.0, stall_timeout: float = 3
         raise ConfigError("data.scan_subset: a live run fits the whole scan (leave it out)")
     with hold_output(out, LIVE_COMMAND):
         out.mkdir(parents=True, exist_ok=True)
-        for stale in ("results.h5", "results.emd", "live.npz", SUMMARY_NAME):
-            if (out / stale).exists():
-                raise ConfigError(f"run.out_dir: {out} holds {stale} of an earlier run: choose a new folder")
+        check_new_folder(out)
         log_path = out / LOG_NAME
         with logging_to(log_path), _live_logging(log_path):
-            acquisition = stream.open(arm_timeout)
-            shape = scan_shape_for(params, acquisition)
-            log.info("%s armed: %d frames of %d × %d pixels, scan %d × %d", stream.address, acquisition.n_frames,
-                     *acquisition.frame_shape, *shape)
-            raw = _raw_dataset(params, np.zeros((1, 1, *acquisition.frame_shape), np.uint16))
-            receiver = Receiver(stream, shape, acquisition.frame_shape, lambda dtype: Recording(
-                out, raw, shape, acquisition.frame_shape, dtype, stream.address))
+            log.info("waiting up to %g s for the detector at %s to be armed", arm_timeout, stream.address)
+            model = feed = receiver = None
             try:
-                receiver.start()
-                with _operator_stop(receiver):
-                    _wait_first_row(receiver, stall_timeout)
-                    model, feed = _live_engine(params, receiver, out, sources, stall_timeout, preview)
-            except BaseException:
-                receiver.stop()
-                receiver.join(timeout=5)
-                if receiver.recording is not None:
-                    receiver.recording.close()
+                with OperatorStop() as operator:
+                    acquisition = stream.open(arm_timeout, None if rehearsal is None else rehearsal.start_scan)
+                    shape = scan_shape_for(params, acquisition)
+                    log.info("%s armed: %d frames of %d × %d pixels (%s), scan %d × %d", stream.address,
+                             acquisition.n_frames, *acquisition.frame_shape, acquisition.pixel_type, *shape)
+                    raw = _raw_dataset(params, np.zeros((1, 1, *acquisition.frame_shape), np.uint16))
+                    receiver = operator.receiver = Receiver(
+                        stream, shape, acquisition.frame_shape, lambda dtype: Recording(
+                            out, raw, shape, acquisition.frame_shape, dtype, stream.address),
+                        None if rehearsal is None else rehearsal.stop_sending)
+                    receiver.start()
+                    if _wait_first_row(receiver, stall_timeout):
+                        model, feed = _live_engine(params, receiver, out, sources, stall_timeout, preview)
+            except BaseException as exc:
+                if isinstance(exc, StreamError):
+                    log.error("%s", exc)
+                stream.close()
+                if receiver is not None:
+                    receiver.stop()
+                    receiver.join(timeout=DRAIN_SECONDS + 5)
+                    if receiver.recording is not None:
+                        receiver.recording.close()
                 raise
-            path, reason, counters = _end_stream(receiver, feed)
-        rows, rate = receiver.recording.rows_written, receiver.frame_rate
+            path, reason = _end_stream(receiver, feed)
+        rows = 0 if receiver.recording is None else receiver.recording.rows_written
+        summary = {"source": stream.address, "frames_expected": receiver.n, "frames_sent": receiver.sent,
+                   "frames_received": receiver.received,
+                   "frames_recorded": 0 if path is None else rows * shape[1] + len(receiver.incomplete_row()),
+                   "incomplete_row_frames": len(receiver.incomplete_row()), "complete": reason == "complete",
+                   "stop_reason": reason, "rows_recorded": rows, "recording": None if path is None else path.name,
+                   "scan_seconds": receiver.scan_seconds, "frames_per_second": receiver.frame_rate,
+                   "n_epochs": params.run.n_epochs,
+                   **({} if feed is None else feed.counters())}
+        account = (f"{receiver.sent} frames sent by the detector, {receiver.received} received, "
+                   f"{summary['frames_recorded']} recorded" + ("" if path is None else f" in {path}"))
         if rows < 2:
-            raise StreamError(f"{stream.address}: {reason} after {receiver.received} frames, fewer than two scan rows: "
-                              f"the frames are kept in {path}, nothing to reconstruct")
+            _write_summary(out, summary)
+            raise StreamError(f"{stream.address}: {reason} after {receiver.received} of {receiver.n} frames "
+                              f"({account}): fewer than two scan rows, nothing to reconstruct")
+        whole = rows == shape[0]  # a whole scan continues the live state; a part of one starts afresh
+        live_epochs = feed.whole_epochs() if whole else 0
+        summary["epochs_live"] = live_epochs
         with _live_logging(log_path):
-            # a whole scan continues the live state; a part of one starts afresh (another object), nothing done
-            final = finishing_params(params, (rows, shape[1]), feed.epochs_fitted() if rows == shape[0] else 0.0)
-        summary = {"source": stream.address, "frames_expected": receiver.n, "frames_received": receiver.received,
-                   "stop_reason": reason, "rows_recorded": rows, "recording": path.name,
-                   "scan_seconds": receiver.scan_seconds, "frames_per_second": rate,
-                   **counters}
+            final = finishing_params(params, (rows, shape[1]), live_epochs, feed.epochs_fitted())
         t_final = time.perf_counter()
-        feed.stage, feed.n_epochs = "finishing", final.run.n_epochs
-        model = run_reconstruction(final, sources=sources, callback_hooks=[_continue_from(model)],
+        feed.stage = "finishing"
+        hooks = [continue_from(model, feed)] if whole else []
+        model = run_reconstruction(final, sources=sources, callback_hooks=hooks,
                                    snapshot_extra=feed.page_arrays)  # the page keeps the stream's account
         summary["final_seconds"] = time.perf_counter() - t_final
         feed.stage = "done"
         feed.write_snapshot(model)  # with σ (results.h5's) and the stream's account
-        with atomic_file(out / SUMMARY_NAME, field="live summary") as tmp:
-            tmp.write_text(json.dumps(summary, indent=1, allow_nan=True))
-        if reason != "complete":
-            raise StreamError(f"{stream.address}: {reason} after {receiver.received} of {receiver.n} frames; the "
-                              f"received rows are recorded in {path} and reconstructed in {out}")
+        summary.update({k: v for k, v in feed.counters().items() if k.startswith("lag")})
+        _write_summary(out, summary)
+        if reason == "complete":
+            print(f"live: the whole scan, {account}")
+        elif reason == "stopped by the operator":
+            print(f"live: stopped by the operator: {account}; {rows} whole rows"
+                  f"{' and a partial one' if summary['incomplete_row_frames'] else ''} reconstructed in {out}")
+        else:
+            raise StreamError(f"{stream.address}: {reason} after {receiver.received} of {receiver.n} frames "
+                              f"({account}); the received rows are reconstructed in {out}")
         return model
 
 
-def _end_stream(receiver: Receiver, feed) -> tuple[Path, str, dict]:
-    """Close the stream and the recording (``stream.h5``); log and return (its path, why the stream ended, the
-    feed's counters)."""
+def _write_summary(out: Path, summary: dict) -> None:
+    with atomic_file(out / SUMMARY_NAME, field="live summary") as tmp:
+        tmp.write_text(json.dumps(summary, indent=1, allow_nan=True))
+
+
+def _end_stream(receiver: Receiver, feed) -> tuple[Path | None, str]:
+    """Wait for the receiver's drain, close the recording (``stream.h5``); log and return (its path, None when no
+    frame came; why the stream ended)."""
     receiver.stop()
-    receiver.join(timeout=5)
+    receiver.join(timeout=DRAIN_SECONDS + 5)
     reason = receiver.end_reason() or "the stream ended early"
-    path = receiver.recording.finish(receiver.incomplete_row(), reason)
-    counters = feed.counters()
-    log.info("stream: %d of %d frames received (%s) in %.3g s (%.4g frames/s), recorded in %s; %d live updates, "
-             "lag median %.3g s, 95th percentile %.3g s", receiver.received, receiver.n, reason,
-             receiver.scan_seconds, receiver.frame_rate, path, feed.updates, counters["lag_median"],
-             counters["lag_p95"])
-    return path, reason, counters
+    recording = receiver.recording
+    path = None if recording is None else recording.finish(receiver.incomplete_row(), reason, receiver.sent,
+                                                           receiver.received)
+    log.info("stream: %d frames sent by the detector, %d of %d received (%s) in %.3g s (%.4g frames/s by the "
+             "frames' clock), %s%s", receiver.sent, receiver.received, receiver.n, reason, receiver.scan_seconds,
+             receiver.frame_rate, f"recorded in {path}" if path else "nothing recorded",
+             f"; {receiver.drained} of them drained after the stop" if receiver.drained else "")
+    if feed is not None:
+        counters = feed.counters()
+        log.info("%d live updates; lag from a frame's arrival to its first update: median %.3g s, 95th percentile "
+                 "%.3g s", feed.updates, counters["lag_median"], counters["lag_p95"])
+    return path, reason
 
 
-@contextlib.contextmanager
-def _operator_stop(receiver: Receiver):
-    """While the stream runs, SIGINT (Ctrl-C) and SIGTERM (``serve``'s cancel) end the scan where it is, as a
-    stall would: everything received is recorded and reconstructed. A second signal acts as usual. In the main
-    thread only (signal handlers live there)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+class OperatorStop:
+    """SIGINT (Ctrl-C) and SIGTERM (``serve``'s first Stop) end the scan where it is, as a stall would: the
+    receiver (:attr:`receiver`, once there is one) drains and records everything sent, and it is reconstructed.
+    Before the detector was armed, the wait ends (StreamError: nothing was received). A second signal acts as usual.
+    A context manager; in the main thread only (signal handlers live there)."""
 
-    def stop(signum, frame):
-        log.warning("%s received: the scan ends here; the frames received are kept and reconstructed (send it "
-                    "again to stop at once)", signal.Signals(signum).name)
-        for sig, handler in previous.items():
+    REASON = "stopped by the operator"
+
+    def __init__(self):
+        self.receiver: Receiver | None = None
+        self._previous: dict = {}
+
+    def _stop(self, signum, frame) -> None:
+        log.warning("%s received: the scan ends here; every frame the detector sent is kept and reconstructed (send "
+                    "it again to stop at once)", signal.Signals(signum).name)
+        for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-        receiver.stop("stopped by the operator")
+        if self.receiver is None:
+            raise StreamError(f"{self.REASON} before the detector was armed: nothing was received")
+        self.receiver.stop(self.REASON)
 
-    for sig in previous:
-        signal.signal(sig, stop)
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
+    def __enter__(self) -> OperatorStop:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+            for sig in self._previous:
+                signal.signal(sig, self._stop)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
 

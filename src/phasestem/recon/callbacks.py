@@ -197,7 +197,7 @@ class EpochLog(Callback):
 
     def on_epoch_end(self, loop) -> None:
         record, terms = loop.record, sorted(loop.terms)
-        log.info("epoch %d loss %.6g %s%s%s (%.2f s)", loop.epoch, loop.mean_loss,
+        log.info("%s %d loss %.6g %s%s%s (%.2f s)", loop.unit, loop.epoch, loop.mean_loss,
                  " ".join(f"{k}={record[k]:.4g}" for k in terms),
                  f" heldout={record['heldout']:.4g}" if "heldout" in record else "",
                  f" constraints: {','.join(loop.applied)}" if loop.applied else "", record["seconds"])

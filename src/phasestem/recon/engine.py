@@ -97,6 +97,7 @@ class Loop:
         self.applied: list[str] = []
         self.callbacks: list[Callback] = []  # the engine's own, then the caller's
         self.stop = False  # set by a callback (the held-out stop): no further epoch
+        self.unit = "epoch"  # what the run log calls a pass (a live stream's: "live update")
         # what the call decides once, before its first epoch (engine._prepare), and the optimizer's parameters
         self.batch_size, self.fixed = 0, frozenset()  # fixed: parameters held in this call (a low dose's amplitude)
         self.train = self.held = None  # the fitted and the held-out positions (run.holdout; held None: none)

@@ -17,7 +17,8 @@ so a reader always finds a whole file. It holds, small by design (at most ≈ 0.
     gpu_memory               ()      peak bytes allocated on the run's CUDA device (-1 on CPU)
     time                     ()      when it was written (s since the epoch)
 
-A live run of a detector stream (:mod:`phasestem.live`) adds its counters, state and virtual images
+A live run of a detector stream (:mod:`phasestem.live`) adds its counters, state and virtual images, and while
+it streams counts ``epoch``/``loss`` in whole scans' worth of its updates
 (:meth:`phasestem.live.feed.StreamFeed.write_snapshot`).
 """
 from __future__ import annotations
@@ -71,9 +72,10 @@ def snapshot(model, n_epochs: int, max_side: int = MAX_SIDE, extra: dict | None 
     if u is not None:  # σ where the data constrain the phase (recon.uncertainty), NaN elsewhere
         sigma = np.where(u.constrained, u.sigma_sum, np.nan)[field].astype(np.float32)
         arrays["phase_sigma"] = block_mean(sigma, max_side)[0]
-    return {**arrays, "epoch": np.asarray(model.epoch), "n_epochs": np.asarray(max(n_epochs, model.epoch)),
-            "loss": np.array([h["loss"] for h in history], dtype=np.float64),
-            "seconds": np.array([h.get("seconds", np.nan) for h in history], dtype=np.float64),
+    counts = {"epoch": np.asarray(model.epoch), "n_epochs": np.asarray(max(n_epochs, model.epoch)),
+              "loss": np.array([h["loss"] for h in history], dtype=np.float64),
+              "seconds": np.array([h.get("seconds", np.nan) for h in history], dtype=np.float64)}
+    return {**counts, **arrays,  # a stream's snapshot counts its epochs itself (live.feed)
             "object_phase": phase.astype(np.float32), "probe": probe.astype(np.complex64),
             "sampling": np.asarray(model.sampling, dtype=np.float64) * f,
             "probe_sampling": np.asarray(model.sampling, dtype=np.float64) * fp, "gpu_memory": np.asarray(gpu),
