@@ -10,7 +10,7 @@ extras (``pip install 'phasestem[learn,tune]'``; ``all`` is every one, ``dev`` a
     abtem      abTEM                                                        the independent simulations of the
                                                                             tests and benchmarks
     serve      Starlette, uvicorn                                           phasestem serve (browser workspace)
-    live       libertem-live, libertem-qd-mpx                               phasestem live (detector streams)
+    live       libertem-live                                                phasestem live --replay (the Merlin simulator)
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ EXTRAS = {
     "timm": "learn", "torchvision": "learn", "safetensors": "learn", "accelerate": "learn",
     "huggingface_hub": "learn", "optuna": "tune", "distributed": "cluster", "hdf5plugin": "detectors",
     "skimage": "detectors", "abtem": "abtem", "starlette": "serve", "uvicorn": "serve",
-    "libertem_live": "live", "libertem_qd_mpx": "live",
+    "libertem_live": "live",
 }
 
 

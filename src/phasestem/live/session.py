@@ -10,14 +10,17 @@
 3. runs the engine while the frames arrive (:func:`phasestem.recon.engine.optimize` with
    :class:`~phasestem.live.feed.StreamFeed`: updates over the positions received so far, the object growing with
    the scan), the page's ``live.npz`` replaced as it goes; the run log is ``live.log``;
-4. when the stream ends (whole, broken off, stalled past ``stall_timeout`` or stopped), closes the recording as
-   ``stream.h5`` and continues to convergence as ``phasestem reconstruct`` of that file
-   (:func:`phasestem.recon.run.run_reconstruction`) from the live state, writing the same ``results.h5``,
+4. when the stream ends (whole, broken off, stalled past ``stall_timeout`` or stopped: :class:`OperatorStop`),
+   waits for the receiver's drain, closes the recording as ``stream.h5`` and continues to convergence as
+   ``phasestem reconstruct`` of that file (:func:`phasestem.recon.run.run_reconstruction`) from the live state
+   (:func:`continue_from`: the live epochs counted in ``run.n_epochs``), writing the same ``results.h5``,
    ``results.emd`` (σ included), figures and ``reconstruct.log``; ``live.json`` holds the stream's account
-   (frames expected, received, fitted live, lag).
+   (frames expected, sent by the detector, received, recorded; rate, lag, epochs).
 
-A stream that broke off keeps every frame received (the whole rows reconstructed, the last row's frames in the
-recording) and raises :class:`~phasestem.live.merlin.StreamError` after the results are written.
+Every frame received is kept whatever ended the stream (the whole rows reconstructed, the last row's frames in the
+recording). An operator's stop returns like a whole scan (a finished run with a partial scan); a broken or stalled
+stream raises :class:`~phasestem.live.merlin.StreamError` after the results are written, and fewer than two rows
+raise it with the recording alone.
 """
 from __future__ import annotations
 
