@@ -4,10 +4,10 @@ Before each update (an engine "epoch", :func:`phasestem.recon.engine.optimize`) 
 frames that arrived since the last one, applies the parameter file's detector transforms
 (:func:`phasestem.recon.params.data_transforms`), puts them into the engine's patterns
 (:meth:`phasestem.recon.prepared.PreparedData.put`) and into the virtual images, and chooses the positions the
-update fits: the positions not fitted yet and received ones drawn at random, up to the **budget**: what the
-measured speed fits into :data:`UPDATE_SECONDS` (at least one batch), :data:`NEW_SHARE` of it for positions not
-fitted yet. When the stream comes faster than AD fits, those wait (spread evenly, counted on the page as
-waiting) and the lag grows, said, never hidden; all are fitted before the updates end. After each update it
+update fits, up to the **budget** (what the measured speed fits into :data:`UPDATE_SECONDS`, at least one batch):
+the positions not fitted yet first, in the order their frames came, then received ones drawn at random. When the
+stream comes faster than AD fits, the newest wait (counted on the page as waiting) and the lag grows, said, never
+hidden; all are fitted before the updates end. After each update it
 records the lag of each frame it fitted for the first time (from the frame's arrival to the end of that update),
 and replaces the page's snapshot (``live.npz``, :func:`phasestem.recon.live.write_snapshot`) at most every
 :data:`SNAPSHOT_SECONDS`. The updates end once every frame of a finished stream has been fitted at least once.
@@ -36,8 +36,6 @@ log = logging.getLogger("phasestem.live")
 
 #: seconds one update should take (its positions are chosen to fit this, from the speed measured so far)
 UPDATE_SECONDS = 0.5
-#: the share of an update's positions given to positions not fitted yet (when more are waiting than that)
-NEW_SHARE = 0.75
 #: the page's snapshot is replaced at most this often (s), and after the last update
 SNAPSHOT_SECONDS = 0.5
 
@@ -87,16 +85,13 @@ class StreamFeed(Callback):
         self._t0 = time.perf_counter()
 
     def choose(self) -> np.ndarray:
-        """The positions of the next update (sorted flat indices): the received ones not fitted yet, all of them
-        while they fit into :data:`NEW_SHARE` of the budget, else that many spread evenly over them (the others
-        wait for the next updates: counted on the page, fitted before the stream's reconstruction ends); the rest
-        of the budget refits received ones drawn at random."""
+        """The positions of the next update (sorted flat indices): the received ones not fitted yet, the earliest
+        first, up to the budget (the others wait for the next updates: counted on the page, fitted before the
+        stream's reconstruction ends); the rest of the budget refits received ones drawn at random, as many as the
+        run's epochs leave (:meth:`refits_left`)."""
         n = self.fed
-        new = np.flatnonzero(~self.fitted[:n])
         budget = max(self.budget, self.batch_size)
-        room = max(1, int(NEW_SHARE * budget))
-        if len(new) > room:
-            new = new[np.linspace(0, len(new) - 1, room).round().astype(np.int64)]
+        new = np.flatnonzero(~self.fitted[:n])[:budget]  # raster order is arrival order
         older = np.flatnonzero(self.fitted[:n])
         extra = min(max(0, budget - len(new)), len(older), self.refits_left())
         pick = self.rng.choice(older, size=extra, replace=False) if extra else np.zeros(0, np.int64)

@@ -129,6 +129,14 @@ def _wait_first_row(receiver: Receiver, stall_timeout: float) -> bool:
     return True
 
 
+def _import_the_fit() -> None:
+    """Import what the first live update needs (SciPy's ndimage among it: ≈ 0.5 s) before the detector is armed,
+    not while its frames queue."""
+    from ..calibrate import disk  # noqa: F401
+    from ..recon import data_losses, engine, params  # noqa: F401
+    from . import feed, preview, views  # noqa: F401
+
+
 def _live_engine(params, receiver: Receiver, out: Path, sources, stall_timeout: float, preview: str | None):
     """Steps 2–3 of the module: the model fitted while the frames arrive; returns (model, feed)."""
     from ..io.counts import counts_decision
@@ -260,6 +268,7 @@ def run_live(params, stream, arm_timeout: float = 60.0, stall_timeout: float = 3
         check_new_folder(out)
         log_path = out / LOG_NAME
         with logging_to(log_path), _live_logging(log_path):
+            _import_the_fit()
             log.info("waiting up to %g s for the detector at %s to be armed", arm_timeout, stream.address)
             model = feed = receiver = None
             try:
