@@ -10,7 +10,7 @@ extras (``pip install 'phasestem[learn,tune]'``; ``all`` is every one, ``dev`` a
     abtem      abTEM                                                        the independent simulations of the
                                                                             tests and benchmarks
     serve      Starlette, uvicorn                                           phasestem serve (browser workspace)
-    live       libertem-live                                                phasestem live --replay (the Merlin simulator)
+    live       libertem-live                                                phasestem live --replay (the simulator)
 """
 from __future__ import annotations
 

@@ -142,6 +142,10 @@ class StreamFeed(Callback):
         r = self.receiver
         if r.error is not None:
             return str(r.error)
+        if r.stopped_because == "stalled":
+            return f"the detector stalled: the scan was taken as ended after {r.received} of {r.n} frames"
+        if r.stopped_because is not None:  # the operator's stop: a partial scan, no alarm
+            return ""
         if r.ended:
             return f"the stream ended after {r.received} of {r.n} frames"
         if r.stalled:

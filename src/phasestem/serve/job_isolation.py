@@ -5,27 +5,28 @@ itself in :mod:`.job_main` before anything else is imported.
 The confinement a job receives (:func:`job_confinement`): read and execute the Python installation and the
 system's libraries (:func:`~phasestem.base.landlock.system_read_paths`, computed by the job under ``-I``); read,
 never execute, the workspace root; write its run folder, the null device, shared memory and the GPUs' device
-nodes; no TCP at all, except for a job of several local processes (torchrun, ``run.n_processes``, Dask workers),
-whose processes bind ephemeral ports and connect to the ephemeral range (gloo, NCCL's bootstrap and Dask connect
-to one another's ephemeral ports, which no rule can name in advance), and for a live job (``phasestem live``),
-which connects to its detector's data port.
+nodes; no TCP at all, except for a job of several local processes (torchrun, ``run.n_processes``, Dask workers,
+a live job's rehearsal), whose processes bind ports of the ephemeral range and connect to the ephemeral range
+(gloo, NCCL's bootstrap and Dask connect to one another's ephemeral ports, which no rule can name in advance), and
+for a live job (``phasestem live``), which connects to its detector's data port.
+
+A rehearsal (``phasestem live --replay SCAN.mib``, :func:`~.job_spec.rehearses`) is a job of several local
+processes: ``phasestem live`` starts LiberTEM-live's simulator (``libertem-live-mib-sim``, run from the Python
+installation, which jobs read and execute), which binds three ports on 127.0.0.1 that ``phasestem live`` found free
+a moment before (ports of the ephemeral range, named on the simulator's command line: a bind to that port, not to
+port 0), and connects to its data and control ports. It gets the same rule (``local_tcp``), and no detector port.
 
 The live job's rule: connect, never bind, to the one TCP port its command line names (``--data-port``, read by the
 command's own parser: :func:`~.job_spec.detector_ports`). Landlock's network rules name a port, not an address, so
 the kernel lets the job connect to that port on any host; the host is the one its command line names (``--host``,
 checked at submission to be a host name or address, :func:`~.job_spec.check_live`), and the job runs phasestem's
-own code, which connects there only. LiberTEM-live's Merlin connection needs nothing more: it reads the data port
-passively (the control port stays with the Merlin software) and hands frames to its decoder through a unix socket
-in a temporary folder (``TMPDIR``) and shared memory. A socket's path must be shorter than 108 bytes (``sun_path``),
-which a run folder deep in a workspace can exceed: a live job's ``TMPDIR`` is a private folder the server makes in
-``/dev/shm`` (writable by every job already) and removes when the job ends (:func:`short_scratch`).
+own code (:mod:`phasestem.live.merlin`), which connects there only and reads the data port passively (the control
+port stays with the Merlin software); it needs no unix socket, shared memory or temporary folder of its own.
 """
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from ..base.errors import PhasestemError
 from ..base.hdf5_links import READ_ROOT_VARIABLE as READ_ROOT_ENV
 from ..base.landlock import abi_version
 from .job_main import CONFINEMENT_ENV, SCRATCH_VARIABLES
+from .job_spec import rehearses
 from .jobstore import FILES_FOLLOW, Job
 
 #: variables a job or a data reader keeps from the server's environment, by name and by prefix
@@ -46,8 +48,6 @@ KEPT_PREFIXES = ("LC_", "CUDA_", "NVIDIA_")
 SCRATCH = ".job"
 #: Python's own flags for what torchrun starts (its workers run without ``-I``)
 WORKER_FLAGS = {"PYTHONSAFEPATH": "1", "PYTHONNOUSERSITE": "1", "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
-#: where a live job's temporary folder is made (:func:`short_scratch`)
-SHORT_SCRATCH = Path("/dev/shm")
 #: the flag of ``phasestem serve`` that runs jobs without the kernel's confinement
 NO_KERNEL_FLAG = "--no-kernel-confinement"
 
@@ -71,21 +71,6 @@ def scratch_folders(run_dir: Path) -> dict[str, Path]:
     return {name: scratch / sub for name, sub in SCRATCH_VARIABLES.items()}
 
 
-def short_scratch() -> Path | None:
-    """A new private folder (0700) of :data:`SHORT_SCRATCH` for a live job's ``TMPDIR``: a short path for the unix
-    socket LiberTEM-live makes there (see the module); None where it cannot be made (the run folder's then)."""
-    try:
-        return Path(tempfile.mkdtemp(prefix="phasestem-job-", dir=SHORT_SCRATCH))
-    except OSError:
-        return None
-
-
-def remove_scratch(folder: Path | None) -> None:
-    """Remove a folder of :func:`short_scratch` once its job has ended (never a link the job put in its place)."""
-    if folder is not None and not os.path.islink(folder):
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 def kept_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The server's variables (``environ``, default ``os.environ``) a job or a data reader keeps: :data:`KEPT_NAMES`
     and :data:`KEPT_PREFIXES`; everything else, the token included, is dropped."""
@@ -94,18 +79,15 @@ def kept_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]
 
 
 def job_environment(root: Path, run_dir: Path, environ: Mapping[str, str] | None = None,
-                    confinement: dict[str, Any] | None = None, tmpdir: Path | None = None) -> dict[str, str]:
+                    confinement: dict[str, Any] | None = None) -> dict[str, str]:
     """A job's environment: the server's :data:`KEPT_NAMES` and :data:`KEPT_PREFIXES` variables (``PATH`` less
-    relative folders and folders under the root), its scratch folders (``TMPDIR`` ``tmpdir`` where given: a live
-    job's, :func:`short_scratch`), :data:`WORKER_FLAGS`, ``MPLBACKEND=Agg``, ``HF_HUB_OFFLINE=1``,
-    :data:`READ_ROOT_ENV` and, where given, its confinement."""
+    relative folders and folders under the root), its scratch folders, :data:`WORKER_FLAGS`, ``MPLBACKEND=Agg``,
+    ``HF_HUB_OFFLINE=1``, :data:`READ_ROOT_ENV` and, where given, its confinement."""
     root = Path(root).resolve()
     environ = os.environ if environ is None else environ
     env = kept_environment(environ)
     env["PATH"] = os.pathsep.join(p for p in environ.get("PATH", os.defpath).split(os.pathsep) if _outside(p, root))
     env.update((name, str(folder)) for name, folder in scratch_folders(run_dir).items())
-    if tmpdir is not None:
-        env["TMPDIR"] = str(tmpdir)
     env.update(WORKER_FLAGS, MPLBACKEND="Agg", HF_HUB_OFFLINE="1")  # no network: never try a download
     env[READ_ROOT_ENV] = str(root)
     if confinement is not None:
@@ -147,8 +129,9 @@ def _count(value) -> int:
 def uses_local_processes(root: Path, job: Job) -> bool:
     """Whether ``job`` runs several processes that talk over loopback TCP: torchrun (``processes`` > 1), a
     reconstruction whose ``params.yaml`` (written by the server) has ``run.n_processes`` > 1, a simulation with
-    local Dask workers (``--workers`` or ``compute.workers``) and no ``compute.scheduler``."""
-    if job.processes > 1:
+    local Dask workers (``--workers`` or ``compute.workers``) and no ``compute.scheduler``, a live job's rehearsal
+    (``--replay``: LiberTEM-live's simulator)."""
+    if job.processes > 1 or rehearses(job):
         return True
     if job.command in ("reconstruct", "tune") and "--auto" not in job.argv:
         run = _section(_yaml(Path(root) / job.run_dir / "params.yaml"), "run")
@@ -162,8 +145,8 @@ def uses_local_processes(root: Path, job: Job) -> bool:
 
 def job_confinement(root: Path, run_dir: Path, local_processes: bool, connect: Iterable[int] = ()) -> dict[str, Any]:
     """The rules a job confines itself with (JSON for :data:`CONFINEMENT_ENV`): ``data`` (read, never execute):
-    the root; ``write``: the run folder; ``local_tcp``: whether it binds ephemeral ports and connects to them;
-    ``tcp_connect``: the ports it may connect to besides (a live job's detector data port, see the module).
+    the root; ``write``: the run folder; ``local_tcp``: whether it binds ports of the ephemeral range and connects
+    to them; ``tcp_connect``: the ports it may connect to besides (a live job's detector data port, see the module).
     The Python installation, the system's folders and devices are added by the job (:mod:`.job_main`)."""
     return {"data": [str(Path(root).resolve())], "write": [str(Path(run_dir).resolve())],
             "local_tcp": bool(local_processes), "tcp_connect": sorted({int(p) for p in connect})}

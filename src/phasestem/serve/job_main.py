@@ -35,7 +35,8 @@ def _clean_path() -> None:
 def _confine() -> None:
     """Apply the server's rules (:data:`CONFINEMENT_ENV`; absent: the server runs jobs unconfined): read the
     Python installation and the system, read but not execute the root, write the run folder and the system's
-    devices; TCP only between the job's own processes (``local_tcp``: ephemeral ports) and out to the ports of
+    devices; TCP only between the job's own processes (``local_tcp``: bind port 0 or a port of the ephemeral range,
+    as a simulator started on ports found free does; connect to the ephemeral range) and out to the ports of
     ``tcp_connect`` (a live job's detector data port), else none."""
     text = os.environ.pop(CONFINEMENT_ENV, None)
     if not text:
@@ -43,10 +44,10 @@ def _confine() -> None:
     from phasestem.base.landlock import confine, ephemeral_ports, system_read_paths, system_write_paths
 
     rules = json.loads(text)
-    local = bool(rules.get("local_tcp"))
-    connect = [*(ephemeral_ports() if local else ()), *(int(p) for p in rules.get("tcp_connect", ()))]
+    local = ephemeral_ports() if rules.get("local_tcp") else ()
+    connect = [*local, *(int(p) for p in rules.get("tcp_connect", ()))]
     confine(system_read_paths(), [*system_write_paths(), *rules["write"]], data=rules["data"],
-            tcp_connect=connect, tcp_bind=(0,) if local else ())
+            tcp_connect=connect, tcp_bind=(0, *local) if local else ())
 
 
 def _make_scratch_folders() -> None:

@@ -29,6 +29,8 @@ DEVICE_NAME = re.compile(r"^(cpu|auto|mps|cuda(:\d{1,2})?)$")
 NETWORK_NAME = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
 #: a live job's detector host (``--host``): a host name, an IPv4 or an IPv6 address, nothing else
 HOST_NAME = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9-]{1,63})*\.?|[0-9A-Fa-f:.]{2,45})$")
+#: the most frames per second a rehearsal (``--replay``) may ask of the simulator
+MAX_FPS = 100_000
 
 
 def _text(value, what: str, limit: int = 1000) -> str:
@@ -56,7 +58,8 @@ ALLOWED_OPTIONS = {
     "calibrate": ("--key", "--patterns-key", "--format", "--scan-shape", "--reader-option", "--energy", "--semiangle",
                   "--angular-sampling", "--scan-step", "--transpose", "--no-parallax", "--c10", "--c10-sign",
                   "--rotation", "--edge-threshold", "--resample-descan"),
-    "live": ("--detector", "--host", "--data-port", "--arm-timeout", "--stall-timeout", "--epochs", "--set"),
+    "live": ("--detector", "--host", "--data-port", "--replay", "--fps", "--arm-timeout", "--stall-timeout",
+             "--epochs", "--set"),
 }
 _NUMBER = re.compile(r"^-(\d|\.\d|inf|nan)", re.IGNORECASE)
 
@@ -205,36 +208,89 @@ def check_config(root: Path, command: str, config: Path, overrides: dict[str, An
     check_config_keys(root, schema, data, source)
 
 
-def live_endpoint(args: list[str]) -> tuple[str, int]:
-    """(host, data port) of a live job's command line (the arguments after ``phasestem live``, its parameter file
-    among them), read by the command's own parser: its defaults where they are not given."""
-    ns = _RefusingParser.get("live", None).parse_args(args)
-    return ns.host, ns.data_port
+def _live_options(args: list[str]):
+    """A live job's command line (the arguments after ``phasestem live``, its parameter file among them), read by
+    the command's own parser: its defaults where they are not given."""
+    return _RefusingParser.get("live", None).parse_args(args)
+
+
+def live_endpoint(args: list[str]) -> tuple[str, int] | None:
+    """(host, data port) of a live job's command line (:func:`_live_options`); None for a rehearsal (``--replay``),
+    which follows the simulator it starts on 127.0.0.1 (:func:`rehearses`)."""
+    ns = _live_options(args)
+    return None if ns.replay is not None else (ns.host, ns.data_port)
 
 
 def detector_ports(job: Job) -> list[int]:
     """The TCP ports ``job`` connects to on another machine: a live job's detector data port (its command line,
-    read as :func:`live_endpoint` reads it); none for every other job, and none for a command line that does not
-    parse (the job then fails to connect, on its page)."""
+    read as :func:`live_endpoint` reads it); none for a rehearsal, for every other job, and for a command line that
+    does not parse (the job then fails on its page)."""
     if job.command not in STREAMED:
         return []
     try:
-        return [live_endpoint(job.argv[2:])[1]]
+        endpoint = live_endpoint(job.argv[2:])
     except Refused:
         return []
+    return [] if endpoint is None else [endpoint[1]]
 
 
-def check_live(root: Path, config: Path, overrides: dict[str, Any], args: list[str]) -> None:
+def rehearses(job: Job) -> bool:
+    """Whether ``job`` is a live job's rehearsal (``--replay``): ``phasestem live`` starts LiberTEM-live's simulator,
+    which binds ports of the ephemeral range on 127.0.0.1, and connects to them (its confinement:
+    :func:`~.job_isolation.uses_local_processes`)."""
+    if job.command not in STREAMED:
+        return False
+    try:
+        return live_endpoint(job.argv[2:]) is None
+    except Refused:
+        return False
+
+
+def _replay_file(root: Path, value: str) -> str:
+    """``--replay``'s file, checked: inside the root, an existing ``.mib`` (a ``.hdr`` names the ``.mib`` beside it,
+    :data:`phasestem.io.COMPANIONS`); returned as the job replays it (relative to the root)."""
+    from ..io import COMPANIONS
+
+    data_of = {companion: data for data, companion in COMPANIONS.items()}
+    path, suffix = confine(root, value, must_exist=True), Path(value).suffix.lower()
+    if suffix == ".hdr":
+        value = Path(value).with_suffix(data_of[".hdr"]).as_posix()
+        if not confine(root, value).is_file():
+            raise Refused(f"--replay: no {Path(value).name} beside its .hdr (a rehearsal replays the .mib)", 400)
+    elif suffix != ".mib" or not path.is_file():
+        raise Refused(f"--replay {value[:60]!r}: expected a Merlin .mib file (or its .hdr)", 400)
+    return value
+
+
+def check_live(root: Path, config: Path, overrides: dict[str, Any], args: list[str]) -> list[str]:
     """A live job: its parameter file (with ``overrides``) has no ``data.file`` (the job records the stream into
-    its run folder) and is valid for ``phasestem live``; its detector host is a host name or address, its data
-    port a TCP port, its timeouts positive."""
+    its run folder) and is valid for ``phasestem live``; its detector host is a host name or address and its data
+    port a TCP port, or it rehearses (``--replay``: :func:`_replay_file`, ``--fps`` frames/s above 0 and at most
+    :data:`MAX_FPS`; no ``--host`` nor ``--data-port``); its timeouts positive. Returns ``args`` with ``--replay``'s
+    file as the job replays it."""
     from ..live.session import live_params
 
     try:
         live_params(config, overrides)
     except ConfigError as exc:
         raise Refused(public_message(exc, root), 400) from None
-    ns = _RefusingParser.get("live", None).parse_args(["placeholder", *args])
+    ns = _live_options(["placeholder", *args])
+    given = {a.split("=", 1)[0] for a in args if a.startswith("--")}
+    if ns.replay is not None:
+        detector = sorted(given & {"--host", "--data-port"})
+        if detector:
+            raise Refused(f"--replay with {' and '.join(detector)}: a rehearsal follows the simulator it starts on "
+                          "this machine; give either --replay or the detector's --host and --data-port", 400)
+        if not (math.isfinite(ns.fps) and 0 < ns.fps <= MAX_FPS):
+            raise Refused(f"--fps {ns.fps}: expected frames per second, more than 0 and at most {MAX_FPS}", 400)
+        args = list(args)
+        for i, a in enumerate(args):
+            if a == "--replay" and i + 1 < len(args):
+                args[i + 1] = _replay_file(root, args[i + 1])
+            elif a.startswith("--replay="):
+                args[i] = "--replay=" + _replay_file(root, a.split("=", 1)[1])
+    elif "--fps" in given:
+        raise Refused("--fps: the frame rate of a rehearsal; give it with --replay", 400)
     if not HOST_NAME.match(ns.host):
         raise Refused(f"--host {ns.host[:60]!r}: expected the detector's host name or address", 400)
     if not 1 <= ns.data_port <= 65535:
@@ -244,6 +300,7 @@ def check_live(root: Path, config: Path, overrides: dict[str, Any], args: list[s
             raise Refused(f"{name} {value}: expected seconds, more than 0 and at most 86400", 400)
     if ns.epochs is not None and ns.epochs < 1:
         raise Refused(f"--epochs {ns.epochs}: expected at least 1", 400)
+    return args
 
 
 def _device(spec: dict) -> tuple[str, int]:
@@ -300,7 +357,8 @@ def build_job(root: Path, store: JobStore, spec: dict[str, Any]) -> Job:
 
     (``network`` too for ``train``; for ``calibrate`` ``config`` is the data file, and for ``reconstruct`` with
     ``"auto": true`` too: ``phasestem reconstruct DATA --auto``; for ``live`` the parameter file without
-    ``data.file``, the detector among ``args``: ``["--host", "10.0.0.5", "--data-port", "6342"]``). Its run
+    ``data.file``, the detector among ``args``: ``["--host", "10.0.0.5", "--data-port", "6342"]``, or a rehearsal:
+``["--replay", "mib/scan.mib", "--fps", "100"]``). Its run
     folder is created and receives the validated parameter file. Refusals (:class:`Refused`) say which field and
     why."""
     if not isinstance(spec, dict):
@@ -366,7 +424,7 @@ def build_job(root: Path, store: JobStore, spec: dict[str, Any]) -> Job:
             if processes > 1 and params.run.n_processes > 1:
                 raise Refused("processes > 1 and run.n_processes > 1: choose one way to start processes", 400)
     elif command == "live":  # the stream recorded and reconstructed in the run folder; the file read as it is
-        check_live(root, config, overrides, args)
+        args = check_live(root, config, overrides, args)
         argv = ["phasestem", "live", "--out", rel_run, "--device", device] + _set_options(overrides)
     elif command == "plan":  # the expected result's figures and plan.json go to the run folder
         argv = ["phasestem", "plan", "--out", rel_run, "--device", device] + _set_options(overrides)

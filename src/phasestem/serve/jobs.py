@@ -10,7 +10,9 @@ path-like argument confined to the root and the output options reserved to the j
 ``ROOT/.phasestem-serve/jobs.sqlite``: a server that restarts finds its jobs again, and a job that was running
 when the server stopped is stopped if it is still alive and queued again with ``--resume`` (reconstruct, train;
 simulate and tune continue by running again). A live job (:data:`~.jobstore.STREAMED`) is never queued again: the
-detector's stream does not come twice; it ends cancelled, what it received kept in its run folder.
+detector's stream does not come twice; it ends cancelled, what it received kept in its run folder. A live job whose
+scan the operator ended (its first stop) and that then reconstructed what came (exit 0, ``results.h5``) is a
+finished run with a partial scan: ``done``, its note saying so (:func:`~.outcome.partial_scan`).
 """
 from __future__ import annotations
 
@@ -33,8 +35,6 @@ from .job_isolation import (
     isolated_argv,
     job_confinement,
     job_environment,
-    remove_scratch,
-    short_scratch,
     uses_local_processes,
 )
 from .job_spec import build_job, detector_ports
@@ -51,6 +51,7 @@ from .jobstore import (  # noqa: F401  (the queue's names, re-exported for the s
     JobStore,
     resume_arguments,
 )
+from .outcome import partial_scan
 from .security import Refused
 
 log = logging.getLogger("phasestem.serve")
@@ -132,8 +133,8 @@ class JobRunner:
         self.poll = poll
         self.confine = confine
         self._procs: dict[int, subprocess.Popen] = {}
-        self._cancel: set[int] = set()
-        self._scratch: dict[int, Path] = {}  # live jobs' temporary folders (short_scratch), removed when they end
+        self._cancel: set[int] = set()  # jobs stopped for good (cancelled)
+        self._scan_ended: set[int] = set()  # live jobs whose scan the operator ended (a first stop)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -183,7 +184,6 @@ class JobRunner:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-            remove_scratch(self._scratch.pop(job_id, None))
             if job_id in self._cancel or self.store.get(job_id).command in STREAMED:
                 note = {} if job_id in self._cancel else {"note": STREAM_INTERRUPTED.format("shutdown")}
                 self.store.update(job_id, state="cancelled", ended=time.time(), returncode=proc.returncode, pid=None,
@@ -202,16 +202,18 @@ class JobRunner:
     def cancel(self, job_id: int) -> Job:
         """Stop a job: a queued one never starts; a running one receives SIGTERM, then SIGKILL after
         :data:`STOP_GRACE` s. A live job's first stop ends its scan where it is, and ``phasestem live`` records and
-        reconstructs what it received, for as long as that takes (no SIGKILL); a second stop ends it at once."""
+        reconstructs what it received, for as long as that takes (no SIGKILL; the job ends ``done`` where it then
+        exits 0 with its results, see the module); a second stop ends it at once."""
         job = self.store.get(job_id)
         streamed = job.command in STREAMED
         if job.state == "queued":
             self.store.update(job_id, state="cancelled", ended=time.time())
         elif job.state == "running" or (streamed and job.state == "cancelling"):
+            scan_only = streamed and job.state == "running"
             with self._mutex:
                 proc = self._procs.get(job_id)
-                self._cancel.add(job_id)
-            grace = None if streamed and job.state == "running" else STOP_GRACE
+                (self._scan_ended if scan_only else self._cancel).add(job_id)
+            grace = None if scan_only else STOP_GRACE
             self.store.update(job_id, state="cancelling")
             if proc is not None:
                 threading.Thread(target=_stop_group, args=(proc.pid, grace), daemon=True).start()
@@ -225,8 +227,8 @@ class JobRunner:
             raise Refused(f"job {job_id} is {job.state}: only a failed or cancelled job can be resumed", 409)
         if job.command in STREAMED:
             raise Refused(f"job {job_id} read a detector's stream, which does not come again: it cannot be resumed. "
-                          "What it received is in its run folder (stream.h5, or stream.partial.h5 when it was "
-                          "stopped): reconstruct that file, or start a new live job for the next scan", 409)
+                          "What it received is in its run folder (stream.h5, or stream.partial.h5 where it was "
+                          "killed): reconstruct that file, or start a new live job for the next scan", 409)
         self.store.update(job_id, state="queued", resume=True, returncode=None, ended=None, note="resumed")
         self._wake.set()
         return self.store.get(job_id)
@@ -248,13 +250,21 @@ class JobRunner:
             for job_id, _ in done:
                 del self._procs[job_id]
         for job_id, proc in done:
-            remove_scratch(self._scratch.pop(job_id, None))
             if self._stop.is_set():
                 return
-            cancelled = job_id in self._cancel
+            cancelled, scan_ended = job_id in self._cancel, job_id in self._scan_ended
             self._cancel.discard(job_id)
-            state = "cancelled" if cancelled else ("done" if proc.returncode == 0 else "failed")
-            self.store.update(job_id, state=state, ended=time.time(), returncode=proc.returncode, pid=None)
+            self._scan_ended.discard(job_id)
+            state, note = ("done" if proc.returncode == 0 else "failed"), {}
+            if cancelled:
+                state = "cancelled"
+            elif scan_ended:  # a live job's first stop: done where it reconstructed what came (exit 0, results)
+                run_dir = self.root / self.store.get(job_id).run_dir
+                if proc.returncode == 0 and (run_dir / "results.h5").is_file():
+                    note = {"note": partial_scan(run_dir) or ""}
+                else:
+                    state = "cancelled"
+            self.store.update(job_id, state=state, ended=time.time(), returncode=proc.returncode, pid=None, **note)
 
     def _launch(self) -> None:
         with self._mutex:
@@ -269,14 +279,12 @@ class JobRunner:
         run_dir.mkdir(parents=True, exist_ok=True)
         rules = job_confinement(self.root, run_dir, uses_local_processes(self.root, job),
                                 detector_ports(job)) if self.confine else None
-        tmpdir = short_scratch() if job.command in STREAMED else None
-        env = job_environment(self.root, run_dir, confinement=rules, tmpdir=tmpdir)
+        env = job_environment(self.root, run_dir, confinement=rules)
         line = job.command_line(self.root)
         argv = isolated_argv(exec_argv(line))
         try:  # never through a link the job left in its run folder: the server itself is not confined
             log_fd = os.open(run_dir / "job.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError as exc:
-            remove_scratch(tmpdir)
             self.store.update(job.id, state="failed", ended=time.time(), note=f"job.log: {exc.strerror}")
             return
         with open(log_fd, "ab") as out:
@@ -286,6 +294,4 @@ class JobRunner:
                                     stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         with self._mutex:
             self._procs[job.id] = proc
-        if tmpdir is not None:
-            self._scratch[job.id] = tmpdir
         self.store.update(job.id, state="running", started=time.time(), pid=proc.pid, ended=None, returncode=None)

@@ -3,6 +3,8 @@
 A job's state says only whether its command exited 0. The outcome reads its run folder:
 
 * ``done`` — exited 0 and the loss did not rise at the end (or the command keeps no loss history);
+* ``partial`` — a live job that exited 0 with the reconstruction of a partial scan (its ``live.json`` says the scan
+  was not complete: the operator's first stop ended it, :func:`partial_scan`); a finished run all the same;
 * ``rising`` — exited 0, but the loss rose at the end (:func:`rising_epochs`, :data:`RISING_EPOCHS`): the result is
   not the run's best, the learning rate is likely too high for its last epochs;
 * ``diverged`` — the divergence check stopped it (the engine's ``… in epoch N; stopped and restored the state after
@@ -24,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from .data import DatasetCache
-from .jobstore import FINAL, Job
+from .jobstore import FINAL, STREAMED, Job
+from .jsontext import load_file
 from .runs import log_tail
 
 #: consecutive epoch-on-epoch rises at the end of a loss history that make a finished run "loss rising"
@@ -41,12 +44,14 @@ DIVERGED = re.compile(r"(?:ERROR(?: [\w.]+:)? |error: )(?P<reason>.*?) in epoch 
 #: a loss line of reconstruct.log (phasestem.recon.callbacks.EpochLog)
 EPOCH_LINE = re.compile(r"\bepoch (\d+) loss (\S+)")
 #: the words each outcome adds to the job's state on the page ("done · loss rising"; its colour: ``outcome-KIND``)
-NOTES = {"done": "", "rising": "loss rising", "diverged": "diverged", "killed": "killed, no results", "failed": "",
-         "stopped": "no results", "cancelled": ""}
+NOTES = {"done": "", "rising": "loss rising", "partial": "partial scan", "diverged": "diverged",
+         "killed": "killed, no results", "failed": "", "stopped": "no results", "cancelled": ""}
 #: outcomes kept (the key holds the job's state and its run files' sizes and times)
 _OUTCOMES = DatasetCache(keep=512)
 #: the run files an outcome is read from
-_SOURCES = ("results.h5", "live.npz", "reconstruct.log", "job.log")
+_SOURCES = ("results.h5", "live.npz", "reconstruct.log", "job.log", "live.json")
+#: the most of a live job's account (``live.json``) read (bytes): the server reads it itself
+MAX_SUMMARY_BYTES = 1 << 20
 
 
 def _results_loss(path: Path) -> np.ndarray | None:
@@ -167,10 +172,33 @@ def _recording(run_dir: Path) -> str | None:
     return None if found is None else found.name
 
 
+def partial_scan(run_dir: Path) -> str | None:
+    """What a live job's account (``live.json``, :mod:`phasestem.live.session`) says of a scan that did not complete:
+    ``partial scan: stopped by the operator after N of M frames`` (N the frames recorded); None where the scan was
+    complete or the run holds no readable account."""
+    from ..live.session import SUMMARY_NAME
+
+    path = Path(run_dir) / SUMMARY_NAME
+    try:  # a regular file of a bounded size only (never a FIFO or a device a job put in its place)
+        summary = load_file(path) if path.is_file() and path.stat().st_size <= MAX_SUMMARY_BYTES else None
+    except OSError:
+        summary = None
+    if not isinstance(summary, dict) or summary.get("complete", True) is not False:
+        return None
+    reason = str(summary.get("stop_reason") or "ended early")[:200]
+    got = summary.get("frames_recorded", summary.get("frames_received"))
+    of = summary.get("frames_expected")
+    counts = f" after {got} of {of} frames" if isinstance(got, int) and isinstance(of, int) else ""
+    return f"partial scan: {reason}{counts}"
+
+
 def _read_outcome(run_dir: Path, job: Job) -> dict[str, Any]:
     has_results = (run_dir / "results.h5").is_file()
     if job.state == "done":
         why = loss_trend(loss_history(run_dir))
+        partial = partial_scan(run_dir) if job.command in STREAMED else None
+        if partial:
+            return {"kind": "partial", "detail": "; ".join(filter(None, (partial, why)))}
         return {"kind": "rising" if why else "done", "detail": why or ""}
     if job.state == "cancelled":
         kept = _recording(run_dir)

@@ -26,8 +26,7 @@ import yaml
 from ..plot.core import CMAPS
 from .data import DatasetCache
 from .images import common_range, image, picture, pixel, scale_of
-from .jobs import FINAL, Job
-from .jobstore import STREAMED, parse_job_id
+from .jobstore import FINAL, STREAMED, Job, parse_job_id
 from .security import Refused, relative
 
 #: lines of a job's log the live page shows
@@ -102,17 +101,22 @@ def snapshot_view(snap: dict[str, np.ndarray]) -> dict[str, Any]:
             "images": {k: v.pop("src") for k, v in pictures.items()}, "scales": pictures, "stream": stream}
 
 
-#: the counters of a live job's snapshot the page shows (:mod:`phasestem.live.feed`)
-STREAM_COUNTS = ("frames_expected", "frames_received", "frames_fitted", "frames_waiting", "updates")
-STREAM_LAGS = ("lag_median", "lag_p95")
+#: the counters of a live job's snapshot the page shows (:mod:`phasestem.live.feed`): frames expected, sent by the
+#: detector, received, recorded, fitted, waiting for the fit; the live updates
+STREAM_COUNTS = ("frames_expected", "frames_sent", "frames_received", "frames_recorded", "frames_fitted",
+                 "frames_waiting", "updates")
+#: and its measures: rate (frames/s) and duration (s) by the frames' own clock, the stall alarm's threshold (s), the
+#: epochs' worth fitted while streaming, the lag from a frame's arrival to its first update (s)
+STREAM_MEASURES = ("frames_per_second", "scan_seconds", "stall_seconds", "epochs_live", "lag_median", "lag_p95")
 
 
 def stream_view(snap: dict[str, np.ndarray], pictures: dict[str, dict]) -> dict[str, Any]:
-    """A live job's snapshot (``phasestem live``): the stream's stage, message, counters and lag, and its virtual
-    bright and dark field and iCoM phase over the scan added to ``pictures`` (blank where no frame came yet; in Å
-    where the snapshot has the scan step, else in scan positions)."""
+    """A live job's snapshot (``phasestem live``): the stream's stage, message, counters and measures (None where
+    the snapshot has none: written before it had them, or not known yet), and its virtual bright and dark field
+    and iCoM phase over the scan added to ``pictures`` (blank where no frame came yet; in Å where the snapshot has
+    the scan step, else in scan positions)."""
     def scalar(key):
-        value = np.asarray(snap[key], dtype=np.float64).reshape(-1)
+        value = np.asarray(snap.get(key, np.nan), dtype=np.float64).reshape(-1)
         return float(value[0]) if value.size and np.isfinite(value[0]) else None
 
     step = np.asarray(snap.get("scan_step", [np.nan]), dtype=np.float64)
@@ -123,9 +127,9 @@ def stream_view(snap: dict[str, np.ndarray], pictures: dict[str, dict]) -> dict[
                                    ("icom_phase", "iCoM phase", CMAPS["phase"], "rad")):
         if key in snap:
             pictures[key] = picture(snap[key], cmap, unit=unit, label=f"{label} (blank: no frame yet)", px=px)
-    counts = {k: None if (v := scalar(k)) is None else int(v) for k in STREAM_COUNTS if k in snap}
+    counts = {k: None if (v := scalar(k)) is None else int(v) for k in STREAM_COUNTS}
     return {"stage": str(snap.get("stage", "")), "message": str(snap.get("message", "")), **counts,
-            **{k: scalar(k) for k in STREAM_LAGS if k in snap},
+            **{k: scalar(k) for k in STREAM_MEASURES},
             "scan_shape": [int(v) for v in np.asarray(snap.get("scan_shape", [])).reshape(-1)]}
 
 

@@ -159,6 +159,14 @@ function lightbox(src, title) {  // a figure enlarged over the page; a click or 
   dialog.onclick = () => dialog.close();
   dialog.showModal();
 }
+function figureThumbs(paths) {  // a run's figures (paths under the root) as thumbnails that enlarge on a click
+  return paths.map((p) => {
+    const src = `/api/file?path=${enc(p)}`, title = p.split("/").pop();
+    const img = el("img", { src, alt: title, class: "thumb", title: "click to enlarge" });
+    img.onclick = () => lightbox(src, title);
+    return el("figure", { class: "card thumb-card" }, img, el("figcaption", {}, title));
+  });
+}
 function plot(svg, series, opts) {  // line plots: series [{x, y, label}] with axes, ticks and a legend
   svg.replaceChildren();
   const W = opts.width || 440, H = opts.height || 250, L = 58, B = 36, T = 10, R = 10;
@@ -696,13 +704,7 @@ async function calibratePage() {
     document.getElementById("calib-state").textContent = `${d.command_line} — ${d.state}`;
     if (!d.final) return;
     const job = await api(`/api/jobs/${jobId}`);
-    const figs = job.files.filter((p) => /calibration.*\.png$/.test(p));
-    const thumbs = figs.map((p) => {
-      const src = `/api/file?path=${enc(p)}`, title = p.split("/").pop();
-      const img = el("img", { src, alt: title, class: "thumb", title: "click to enlarge" });
-      img.onclick = () => lightbox(src, title);
-      return el("figure", { class: "card thumb-card" }, img, el("figcaption", {}, title));
-    });
+    const thumbs = figureThumbs(job.files.filter((p) => /calibration.*\.png$/.test(p)));
     view.append(el("div", { class: "row", id: "calib-figures" }, thumbs),
       job.calibration ? el("div", { class: "card" }, el("h3", {}, "calibrated values (", el("code", {}, "calibration.json"), ")"), calibrationTable(job.calibration)) : el("p", { id: "calib-numbers" }, "no calibration.json"),
       d.state !== "done" ? el("pre", { class: "log" }, d.log.join("\n")) : "");
@@ -786,23 +788,38 @@ async function showPlanFigures(runDir, container) {
   }));
 }
 
-// ---- a live job's stream (phasestem live): its stage, what was received, fitted and dropped, the lag ----------------
+// ---- a finished reconstruction's figures (reconstruction.png, compare.png, uncertainty.png, … of its run folder) --------
+async function showRunFigures(jobId, container) {
+  const job = await api(`/api/jobs/${jobId}`);
+  container.replaceChildren(...figureThumbs(job.files.filter((p) => p.endsWith(".png"))));
+}
+
+// ---- a live job's stream (phasestem live): its stage, what was sent, received, recorded, fitted, the rate, the lag ----
 const STAGES = { streaming: "streaming: frames arriving, fitted as they come", finishing: "finishing: the reconstruction of the recording", done: "done" };
 function streamCard() {
   const cell = (id) => el("td", { class: "num", id });
-  const rows = [["frames expected", "stream-expected"], ["frames received", "stream-received"], ["frames fitted (AD)", "stream-fitted"],
-    ["frames waiting for AD", "stream-waiting"], ["not received", "stream-missing"], ["live updates", "stream-updates"],
+  // [label, cell id, the snapshot's field (a row whose field the snapshot lacks is hidden), how its value reads]
+  const num = (v) => String(v), secs = (v) => `${v.toFixed(2)} s`;
+  const rows = [["frames expected", "stream-expected", "frames_expected", num], ["frames sent by the detector", "stream-sent", "frames_sent", num],
+    ["frames received", "stream-received", "frames_received", num], ["frames recorded (stream.h5)", "stream-recorded", "frames_recorded", num],
+    ["frames fitted (AD)", "stream-fitted", "frames_fitted", num], ["frames waiting for AD", "stream-waiting", "frames_waiting", num],
+    ["not received", "stream-missing"], ["not sent (the scan ended early)", "stream-unsent"],
+    ["frame rate", "stream-rate", "frames_per_second", (v) => `${v.toFixed(1)} frames/s`], ["scan duration", "stream-duration", "scan_seconds", (v) => `${v.toFixed(1)} s`],
+    ["stall alarm after", "stream-stall", "stall_seconds", secs], ["live updates", "stream-updates", "updates", num],
+    ["epochs fitted while streaming", "stream-epochs-live", "epochs_live", (v) => v.toFixed(2)],
     ["lag, median", "stream-lag-median"], ["lag, 95th percentile", "stream-lag-p95"], ["recording", "stream-recording"]];
   const message = el("div", { class: "stream-message", id: "stream-message", role: "alert", hidden: true });
+  const cells = Object.fromEntries(rows.map(([, id]) => [id, cell(id)])), stage = el("strong", { id: "stream-stage" }, "waiting for the detector");
   const card = el("div", { class: "card stream-card", id: "live-stream" }, el("h3", {}, "detector stream"),
-    el("p", {}, "stage ", el("strong", { id: "stream-stage" }, "waiting for the detector")), message,
-    el("table", { id: "stream-counts" }, rows.map(([label, id]) => el("tr", { "data-key": id }, el("td", {}, label), cell(id)))));
-  const put = (id, text) => { document.getElementById(id).textContent = text; };
-  const secs = (v) => (v === null || v === undefined ? "–" : `${v.toFixed(2)} s`);
+    el("p", {}, "stage ", stage), message,
+    el("table", { id: "stream-counts" }, rows.map(([label, id, key]) => el("tr", { "data-key": id, hidden: !!key || id === "stream-unsent" }, el("td", {}, label), cells[id]))));
+  const put = (id, text) => { cells[id].textContent = text; };
+  const shown = (id, yes) => { cells[id].parentElement.hidden = !yes; };
+  const maybeSecs = (v) => (v === null || v === undefined ? "–" : secs(v));
   card.show = (s, d) => {  // s: the snapshot's stream (null before the first); d: the job's payload
     const r = d.recording;
     put("stream-recording", r ? `${r.name} (${(r.bytes / 2 ** 20).toFixed(1)} MiB)` : "–");
-    let text = s ? s.message : "";
+    let text = s ? s.message : "";  // what phasestem live says is wrong (a stall, a broken connection), never guessed here
     if (d.state === "cancelling" && !d.final) text = [text, "stopping: the scan ends here; the frames received are recorded and reconstructed (Stop now ends that at once)"].filter(Boolean).join(" — ");
     if (d.final && (!s || s.stage !== "done")) {  // ended before its reconstruction: say what stays
       const kept = r ? `what was received is kept in ${r.name}` : "no frame was recorded";
@@ -811,20 +828,31 @@ function streamCard() {
     message.textContent = text;
     message.hidden = !text;
     if (!s) return;
-    put("stream-stage", STAGES[s.stage] || s.stage);
-    document.getElementById("stream-stage").className = `stage-${s.stage}`;
-    for (const [id, key] of [["stream-expected", "frames_expected"], ["stream-received", "frames_received"], ["stream-fitted", "frames_fitted"], ["stream-waiting", "frames_waiting"], ["stream-updates", "updates"]]) put(id, s[key] ?? "–");
-    const missing = s.frames_expected - s.frames_received;
-    put("stream-missing", s.stage === "streaming" && !d.final ? `${missing} still to come` : String(missing));
-    document.getElementById("stream-missing").classList.toggle("dropped", missing > 0 && (s.stage !== "streaming" || d.final));
-    put("stream-lag-median", secs(s.lag_median)); put("stream-lag-p95", secs(s.lag_p95));
+    stage.textContent = STAGES[s.stage] || s.stage;
+    stage.className = `stage-${s.stage}`;
+    for (const [, id, key, show] of rows) {
+      if (!key) continue;
+      const v = s[key];
+      shown(id, v !== null && v !== undefined);
+      if (v !== null && v !== undefined) put(id, show(v));
+    }
+    const streaming = s.stage === "streaming" && !d.final, sent = s.frames_sent;
+    const lost = sent === null || sent === undefined ? s.frames_expected - s.frames_received : sent - s.frames_received;
+    put("stream-missing", streaming ? `${s.frames_expected - s.frames_received} still to come` : String(lost));
+    cells["stream-missing"].classList.toggle("dropped", !streaming && lost > 0);
+    const unsent = sent === null || sent === undefined ? 0 : s.frames_expected - sent;
+    shown("stream-unsent", !streaming && unsent > 0);
+    put("stream-unsent", String(unsent));
+    put("stream-lag-median", maybeSecs(s.lag_median)); put("stream-lag-p95", maybeSecs(s.lag_p95));
   };
   return card;
 }
 
-// ---- live: reconstruct while the detector streams (phasestem live PARAMS --host H --data-port P) ------------------
-function liveArgs(v) {  // the detector and run options of the Live form, as the command's arguments
-  const args = ["--host", v.host.trim() || "127.0.0.1", "--data-port", v.port.trim() || "6342"];
+// ---- live: reconstruct while the detector streams (phasestem live PARAMS --host H --data-port P), or rehearse ----
+// (phasestem live PARAMS --replay SCAN.mib --fps F: a recorded scan replayed by LiberTEM-live's simulator)
+function liveArgs(v) {  // the detector (or the rehearsal) and run options of the Live form, as the command's arguments
+  const args = v.source === "replay" ? ["--replay", v.replay.trim() || "SCAN.mib", "--fps", v.fps.trim() || "100"]
+    : ["--host", v.host.trim() || "127.0.0.1", "--data-port", v.port.trim() || "6342"];
   for (const [flag, text] of [["--epochs", v.epochs], ["--arm-timeout", v.arm], ["--stall-timeout", v.stall]]) if (text.trim()) args.push(flag, text.trim());
   return args;
 }
@@ -833,32 +861,44 @@ async function livePage() {
   const field = (n, label, value, size, hint) => el("label", { title: hint }, label + " ", el("input", { type: "text", id: id(n), value: value ?? "", size }));
   const device = el("select", { id: id("device") }, info.devices.map((d) => el("option", { value: d, selected: d === (info.devices[1] || info.devices[0]) }, d)));
   const file = fileField(id("config"), q.get("config") || "", ["yaml"], 34);
+  const replay = fileField(id("replay"), q.get("replay") || "", ["data"], 30);
+  const rehearse = !!q.get("replay");
+  const source = el("select", { id: id("source") }, [["detector", "the detector (Merlin)"], ["replay", "a rehearsal: a recorded .mib replayed"]]
+    .map(([value, label]) => el("option", { value, selected: (value === "replay") === rehearse }, label)));
   const sets = el("textarea", { id: id("set") }, (q.get("set") || "").split(";").filter(Boolean).join("\n"));
   const preview = el("code", { id: id("command") });
-  const values = () => Object.fromEntries(["host", "port", "epochs", "arm", "stall", "name"].map((n) => [n, document.getElementById(id(n)).value]));
+  const values = () => ({ source: source.value, ...Object.fromEntries(["host", "port", "replay", "fps", "epochs", "arm", "stall", "name"].map((n) => [n, document.getElementById(id(n)).value])) });
   const lines = () => sets.value.split("\n").map((t) => t.trim()).filter(Boolean);
-  const update = () => { preview.textContent = ["phasestem live", file.firstChild.value.trim() || "PARAMS.yaml", ...liveArgs(values()), ...lines().flatMap((t) => ["--set", t]), "--device", device.value].join(" "); };
+  const detector = el("div", { id: id("detector") }, field("host", "detector host", q.get("host") || "127.0.0.1", 16, "the Merlin data host (--host)"),
+    field("port", "data port", q.get("port") || "6342", 6, "the Merlin data port (--data-port; Merlin's is 6342)"));
+  const rehearsal = el("div", { id: id("rehearsal") }, el("label", { title: "a Merlin .mib of the workspace, in a folder of its own (or its .hdr: the .mib beside it is replayed)" }, "recorded scan ", replay),
+    field("fps", "frames/s", q.get("fps") || "100", 6, "the rate at which LiberTEM-live's simulator sends the frames (--fps)"));
+  const update = () => {
+    detector.hidden = source.value === "replay";
+    rehearsal.hidden = source.value !== "replay";
+    preview.textContent = ["phasestem live", file.firstChild.value.trim() || "PARAMS.yaml", ...liveArgs(values()), ...lines().flatMap((t) => ["--set", t]), "--device", device.value].join(" ");
+  };
   const start = el("button", { id: id("start"), class: "primary", onclick: async () => {
     const v = values(), config = file.firstChild.value.trim();
-    const job = await postJSON("/api/jobs", { command: "live", config, args: liveArgs(v), set: lines(), device: device.value, name: v.name.trim() || `live ${config.split("/").pop()}` });
+    const name = v.name.trim() || (v.source === "replay" ? `rehearsal ${v.replay.trim().split("/").pop()}` : `live ${config.split("/").pop()}`);
+    const job = await postJSON("/api/jobs", { command: "live", config, args: liveArgs(v), set: lines(), device: device.value, name });
     showError("");
     go(`#/run/${job.id}`);
   } }, "Start");
   const card = el("div", { class: "card auto-form", id: id("form") },
-    el("h3", {}, "Reconstruct while the detector streams (Merlin)"),
+    el("h3", {}, "Reconstruct while the detector streams (Merlin), or rehearse with a recorded scan"),
     el("div", {}, el("label", { title: "optics (energy, semi-angle, angular sampling, aberrations) and scan (step, rotation, shape); no data.file" }, "parameter file ", file)),
-    el("div", {}, field("host", "detector host", q.get("host") || "127.0.0.1", 16, "the Merlin data host (--host)"),
-      field("port", "data port", q.get("port") || "6342", 6, "the Merlin data port (--data-port; Merlin's is 6342)"),
-      field("epochs", "epochs", q.get("epochs") || "", 4, "epochs of the reconstruction once the scan is in (--epochs; default: the file's run.n_epochs)")),
-    el("div", {}, field("arm", "arm timeout (s)", "", 5, "seconds to wait for the detector to be armed (--arm-timeout, default 60)"),
-      field("stall", "stall timeout (s)", "", 5, "seconds without a frame after which the scan counts as ended (--stall-timeout, default 30); the page says so from 2 s"),
+    el("div", {}, el("label", {}, "frames from ", source)), detector, rehearsal,
+    el("div", {}, field("epochs", "epochs", q.get("epochs") || "", 4, "the run's epochs, the live updates' whole scans included (--epochs; default: the file's run.n_epochs)"),
+      field("arm", "arm timeout (s)", "", 5, "seconds to wait for the detector to be armed (--arm-timeout, default 60)"),
+      field("stall", "stall timeout (s)", "", 5, "seconds without a frame after which the scan counts as ended (--stall-timeout, default 30); the page warns earlier, when phasestem live finds the frames late for the rate they came at"),
       el("label", {}, "device ", device), field("name", "name", "", 16, "the job's name")),
     el("label", {}, "changed parameters (key=value, one a line: optics.energy=300e3, scan.shape=[256, 256], …)", el("br"), sets),
     el("p", {}, start, " ", el("span", { class: "muted" }, "runs: "), preview));
   card.addEventListener("input", update);
   card.addEventListener("change", update);
   view.replaceChildren(el("h2", {}, "Live"),
-    el("p", { class: "hint" }, "Start this, then the scan: the job waits for the detector to be armed, records the stream into its run folder (stream.h5), shows the virtual images, the iCoM phase and the AD phase as the rows arrive, and reconstructs the recording once the scan ends. Stopping it keeps every whole row received."),
+    el("p", { class: "hint" }, "Start this, then the scan: the job waits for the detector to be armed, records the stream into its run folder (stream.h5), shows the virtual images, the iCoM phase and the AD phase as the rows arrive, and reconstructs the recording once the scan ends. Stopping it ends the scan there: every frame received is recorded and reconstructed, a finished run with a partial scan. A rehearsal replays a recorded .mib of the workspace over the detector's protocol (LiberTEM-live's simulator, on this machine) at the frame rate you choose."),
     card);
   update();
 }
@@ -926,9 +966,13 @@ async function runPage(jobId) {
     rerunCard);
   const planFigures = el("div", { class: "row", id: "plan-figures" });
   if (job.command === "plan") view.insertBefore(planFigures, document.getElementById("run-log").previousSibling);
+  const runFigures = el("div", { class: "row", id: "run-figures" });  // a finished reconstruction's figures
+  let figuresShown = false;
+  view.insertBefore(runFigures, document.getElementById("run-log").previousSibling);
   push(`/api/jobs/${jobId}/events`, (d) => {
     if (d.error) { showError(d.error); return; }
     if (job.command === "plan" && d.final && d.state === "done") showPlanFigures(job.run_dir, planFigures);
+    if (RECONSTRUCTIONS.includes(job.command) && d.final && d.state === "done" && !figuresShown) { figuresShown = true; showRunFigures(jobId, runFigures); }
     showState(d.state, d.returncode, d.outcome);
     document.getElementById("run-elapsed").textContent = fmtTime(d.elapsed_s);
     const logBox = document.getElementById("run-log");
@@ -937,9 +981,7 @@ async function runPage(jobId) {
     const live = d.live;
     if (streamed) stream.show(live && live.stream, d);
     if (live) {
-      const streaming = live.stream && live.stream.stage === "streaming";
-      document.getElementById("run-epoch-label").textContent = streaming ? "live updates" : "epoch";
-      document.getElementById("run-epoch").textContent = streaming ? live.stream.updates : `${live.epoch} / ${live.n_epochs}`;
+      document.getElementById("run-epoch").textContent = `${live.epoch} / ${live.n_epochs}`;  // a stream's too: the run's epochs
       document.getElementById("run-eta").textContent = d.final ? "–" : fmtTime(live.eta_s);
       document.getElementById("run-gpu").textContent = live.gpu_memory_gb !== null ? ` · GPU memory ${live.gpu_memory_gb.toFixed(2)} GiB` : "";
       drawLoss(svg, [{ values: live.loss }]);
