@@ -15,8 +15,9 @@ Both routes run in this process, one after the other, with ``--threads`` torch t
   the same rate), then :func:`phasestem.recon.run.run_reconstruction` of ``DATA/scan.mib`` with the same
   parameter file and ``--epochs``.
 
-Each route's object phase is copied at every page snapshot (live: at most every 0.5 s and after every epoch of
-the finishing reconstruction; offline: after every epoch) with its time; E_φ against the truth is computed
+Each route's object phase is copied at every page snapshot (live: at most every 0.5 s while streaming and after
+every epoch of the finishing reconstruction, :meth:`~phasestem.live.feed.StreamFeed.page_arrays`; offline: after
+every epoch) with its time; E_φ against the truth is computed
 afterwards (:func:`phasestem.recon.truth.truth_metrics`, the scanned field, offsets removed, sub-pixel aligned),
 so measuring costs the routes nothing. Reported (``OUT/live_benchmark.json``, and a Markdown table on stdout): the
 frame rate by the frames' clock, frames expected / received / left out, the lag from a frame's arrival to its
@@ -68,14 +69,14 @@ def run_live_route(data: Path, out: Path, fps: float, epochs: int, scan_shape) -
 
     captures: list[tuple[float, str, torch.Tensor]] = []
     armed = {}
-    original = feed_module.StreamFeed.write_snapshot
+    original = feed_module.StreamFeed.page_arrays
 
-    def capturing(self, model):
+    def capturing(self, model):  # every page snapshot: streaming, the recording's reconstruction's epochs, done
         captures.append((time.perf_counter(), self.stage, model.obj_phase.detach().clone()))
         armed["at"] = self.receiver.started
         return original(self, model)
 
-    feed_module.StreamFeed.write_snapshot = capturing
+    feed_module.StreamFeed.page_arrays = capturing
     from phasestem.live.replay import MibReplay
 
     try:
@@ -84,7 +85,7 @@ def run_live_route(data: Path, out: Path, fps: float, epochs: int, scan_shape) -
             model = run_live(live_params(data, out, epochs), MerlinStream("127.0.0.1", sim.data_port),
                              arm_timeout=120, rehearsal=sim)
     finally:
-        feed_module.StreamFeed.write_snapshot = original
+        feed_module.StreamFeed.page_arrays = original
     summary = json.loads((out / "live.json").read_text())
     import h5py
 
