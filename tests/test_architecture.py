@@ -223,10 +223,12 @@ def test_no_source_file_is_longer_than_500_lines():
 
 #: lines of source per room (top-level package; "(top)" the loose modules): the sizes of 2026-11-28 + 10 %. Growing
 #: past a budget is a decision, stated in the commit that raises it here (issue 67); the command modules' lines
-#: moved to cli with their budget
+#: moved to cli with their budget; live 1100 → 1550 on 2026-11-29 (issue 82: Merlin's protocol read in-house, since
+#: LiberTEM-live's connection held frames back and dropped the stack in flight at a stop; the drain, the frames'
+#: clock and the epochs counted once)
 ROOM_BUDGETS = {"(top)": 1700, "base": 2700, "calibrate": 2250, "cli": 2400, "convert": 1000, "direct": 400,
                 "io": 3000, "learn": 9550, "physics": 2800, "plan": 1140, "plot": 1300, "recon": 10220,
-                "serve": 4700, "simulate": 1450, "live": 1100}
+                "serve": 4700, "simulate": 1450, "live": 1550}
 
 
 def test_every_room_stays_within_its_size_budget():
