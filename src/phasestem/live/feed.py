@@ -59,6 +59,7 @@ class StreamFeed(Callback):
         self.updates = 0
         self.fit_seconds: list[tuple[int, float]] = []  # (positions, s) of each update
         self.update_losses: list[float] = []  # the mean loss of each update
+        self.positions_fitted = 0  # positions the updates fitted, refits counted
         self.rng = np.random.default_rng(seed)
         self.last_snapshot = 0.0
         self.stage = "streaming"  # then "finishing" (the reconstruction of the recording), "done"
@@ -101,13 +102,13 @@ class StreamFeed(Callback):
         """Refits of received positions the epochs allow now: ``n_epochs − 1`` scans' worth, less what the updates
         fitted and one fit of each frame not fitted yet (received or still to come)."""
         n = self.receiver.n
-        fitted = sum(k for k, _ in self.fit_seconds)
-        return max(0, (self.n_epochs - 1) * n - fitted - int(n - self.fitted.sum()))
+        return max(0, (self.n_epochs - 1) * n - self.positions_fitted - int(n - self.fitted.sum()))
 
     def on_record(self, loop) -> None:
         now = time.perf_counter()
         seconds = now - self._t0
         self.fit_seconds.append((len(self._chosen), seconds))
+        self.positions_fitted += len(self._chosen)
         self.update_losses.append(float(loop.mean_loss))
         first = self._chosen[~self.fitted[self._chosen]]
         self.lag[first] = self.receiver.lags_from(first, now)
@@ -166,7 +167,7 @@ class StreamFeed(Callback):
 
     def epochs_fitted(self) -> float:
         """The positions the updates fitted, in whole scans (epochs' worth)."""
-        return sum(k for k, _ in self.fit_seconds) / self.receiver.n
+        return self.positions_fitted / self.receiver.n
 
     def whole_epochs(self) -> int:
         """The live epochs the run counts: whole scans' worth fitted, at most ``n_epochs − 1``."""
@@ -175,11 +176,11 @@ class StreamFeed(Callback):
     def epoch_records(self) -> list[dict]:
         """One record per counted live epoch (:meth:`whole_epochs`): ``epoch``, the mean ``loss`` of the updates
         that fitted its positions, their ``seconds``."""
-        n, records, done, losses, seconds = self.receiver.n, [], 0, [], 0.0
+        n, whole, records, done, losses, seconds = self.receiver.n, self.whole_epochs(), [], 0, [], 0.0
         for (k, s), loss in zip(self.fit_seconds, self.update_losses, strict=True):
             done, seconds = done + k, seconds + s
             losses.append(loss)
-            if done >= (len(records) + 1) * n and len(records) < self.whole_epochs():
+            if done >= (len(records) + 1) * n and len(records) < whole:
                 records.append({"epoch": len(records) + 1, "loss": float(np.mean(losses)), "seconds": seconds})
                 losses, seconds = [], 0.0
         return records
@@ -190,9 +191,8 @@ class StreamFeed(Callback):
         update (median, 95th percentile); the live epochs; seconds since the detector was armed."""
         r = self.receiver
         lag = self.lag[np.isfinite(self.lag)]
-        recorded = 0 if r.recording is None else r.recording.rows_written * r.scan_shape[1]
         return {"frames_expected": r.n, "frames_sent": r.sent, "frames_received": r.received,
-                "frames_recorded": recorded + (len(r.incomplete_row()) if r.done else 0),
+                "frames_recorded": 0 if r.recording is None else r.recording.frames_recorded,
                 "frames_fitted": int(self.fitted.sum()), "frames_waiting": int(r.received - self.fitted.sum()),
                 "updates": self.updates, "frames_per_second": r.frame_rate, "scan_seconds": r.scan_seconds,
                 "stall_seconds": r.stall_seconds, "epochs_live": self.epochs_fitted(),

@@ -42,6 +42,7 @@ class Recording:
         self.path = self.folder / RECORDING_NAME
         self.scan_shape, self.frame_shape = tuple(scan_shape), tuple(frame_shape)
         self.rows_written = 0
+        self.frames_recorded = 0  # whole rows' frames, and the unfinished row's once finished
         self._file = f = h5py.File(self.partial, "w")
         write_calibrations(f, raw)
         f.attrs["source"] = source
@@ -57,6 +58,7 @@ class Recording:
         self._patterns.resize(self.rows_written + r, axis=0)
         self._patterns[self.rows_written:] = rows
         self.rows_written += r
+        self.frames_recorded += r * self.scan_shape[1]
         self._file.flush()
 
     def finish(self, incomplete_row: np.ndarray, reason: str, sent: int, received: int) -> Path:
@@ -70,7 +72,8 @@ class Recording:
         f.attrs["incomplete_row_frames"] = len(incomplete_row)
         f.attrs["frames_sent"] = sent
         f.attrs["frames_received"] = received
-        f.attrs["frames_recorded"] = self.rows_written * sx + len(incomplete_row)
+        self.frames_recorded += len(incomplete_row)
+        f.attrs["frames_recorded"] = self.frames_recorded
         f.attrs["complete"] = self.rows_written == sy
         f.attrs["stop_reason"] = reason
         f.close()

@@ -296,11 +296,12 @@ def run_live(params, stream, arm_timeout: float = 60.0, stall_timeout: float = 3
                         receiver.recording.close()
                 raise
             path, reason = _end_stream(receiver, feed)
-        rows = 0 if receiver.recording is None else receiver.recording.rows_written
+        recording = receiver.recording
+        rows = 0 if recording is None else recording.rows_written
         summary = {"source": stream.address, "frames_expected": receiver.n, "frames_sent": receiver.sent,
                    "frames_received": receiver.received,
-                   "frames_recorded": 0 if path is None else rows * shape[1] + len(receiver.incomplete_row()),
-                   "incomplete_row_frames": len(receiver.incomplete_row()), "complete": reason == "complete",
+                   "frames_recorded": 0 if recording is None else recording.frames_recorded,
+                   "incomplete_row_frames": receiver.received - rows * shape[1], "complete": reason == "complete",
                    "stop_reason": reason, "rows_recorded": rows, "recording": None if path is None else path.name,
                    "scan_seconds": receiver.scan_seconds, "frames_per_second": receiver.frame_rate,
                    "n_epochs": params.run.n_epochs,
