@@ -50,7 +50,8 @@ def free_ports(n: int) -> list[int]:
 def simulator_account(log_file: str | Path) -> dict:
     """What LiberTEM-live's simulator says in its log (its progress bar's last figures, written once more when the
     acquisition ends or it is stopped): ``sent`` frames and ``fps`` of the last acquisition (0 and NaN before it
-    sent any), ``acquisitions`` started."""
+    sent any; frames over the seconds since its trigger, so a wait for the client to connect counts in it),
+    ``acquisitions`` started."""
     text = Path(log_file).read_text(errors="replace")
     bars = re.findall(r"(\d+)/\d+,\s+([\d.]+) fps", text)
     return {"sent": int(bars[-1][0]) if bars else 0, "fps": float(bars[-1][1]) if bars else float("nan"),
