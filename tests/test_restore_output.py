@@ -1,6 +1,7 @@
 """What ``phasestem restore`` leaves beside its output (issue 64, item 7), with an untrained (identity) restorer on a
-tiny run: a four-panel figure, where the crop sits in the run's object, the share beyond 3 σ beside chance's, a
-log file that holds the model's warning, and the true reason when the run has no σ map."""
+tiny run: a five-panel figure (the last a zoom where columns can be seen), where the crop sits in the run's object,
+the share beyond 3 σ beside chance's, a log file that holds the model's warning, and the true reason when the run
+has no σ map."""
 from __future__ import annotations
 
 import json
@@ -84,7 +85,7 @@ def test_restore_records_where_its_crop_sits_and_writes_a_four_panel_figure(with
     assert f"figure: {tmp_path / 'restored.png'}" in printed
 
 
-def test_the_figure_has_four_panels_with_colour_bars_in_rad():
+def test_the_figure_has_five_panels_with_colour_bars_in_rad_the_last_a_zoom():
     from phasestem.plot.restoration import restoration_figure
 
     rng = np.random.default_rng(1)
@@ -97,11 +98,12 @@ def test_the_figure_has_four_panels_with_colour_bars_in_rad():
         fig = restoration_figure(before, after, field, (0.4, 0.4), sigma_map, no_sigma="the run computed no σ")
         panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
         bars = [ax.get_ylabel() for ax in fig.axes if ax.get_label() == "<colorbar>"]
-        assert len(panels) == 4
+        assert len(panels) == 5
         assert bars[:3] == ["phase (rad)", "phase (rad)", "Δφ (rad)"]
+        assert panels[4].images[0].get_array().shape == (16, 20)  # a 16 Å zoom of a 6.4 x 8 Å field: the field
         assert [im.get_array().shape for ax in panels[:3] for im in ax.images] == [(16, 20)] * 3  # the field only
         if sigma_map is None:
-            assert "the run computed no σ" in panels[3].texts[0].get_text() and len(bars) == 3
+            assert "the run computed no σ" in panels[3].texts[0].get_text() and len(bars) == 4
         else:
             assert bars[3] == "|Δφ| / σ"
 

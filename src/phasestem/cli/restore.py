@@ -10,7 +10,10 @@ diffraction patterns themselves, read from the run's data file (results.h5's rec
 ``data_support`` (the excess misfit of the restored phase over AD's, mapped onto the object, σ-like) and the sites
 where the restoration differs most, each tested against the patterns around it (``tested_sites``, ``flagged_sites``:
 row, col, statistic), printed as one line with the share chance would flag; a recorded data file that cannot be read
-skips it with a line saying why (``--data`` that cannot be read is refused; ``--no-data-guard`` skips it). Beside
+skips it with a line saying why (``--data`` that cannot be read is refused; ``--no-data-guard`` skips it).
+``--verdict`` judges every restored column (:mod:`phasestem.learn.verdict`) against specimens simulated at the run's
+geometry and dose, reconstructed and restored the same way (:mod:`phasestem.trust.calibration`, cached per geometry,
+dose and model): ``verdict_sites`` in ``OUT.h5``, the unsupported columns circled in the figure, one line. Beside
 ``OUT.h5``: ``OUT.png`` (input, restoration, difference, change / σ, data support with the flagged sites circled)
 and ``OUT.log`` (what it printed and logged, appended per restore). ``OUT.h5`` must end in
 .h5 / .hdf5, may not be one of the inputs, and replaces only a previous restoration, with ``--replace``
@@ -52,6 +55,15 @@ def register(subparsers, train_subparsers) -> None:
                         "results.h5's data.file)")
     p.add_argument("--no-data-guard", action="store_true",
                    help="do not check the restoration against the diffraction patterns")
+    p.add_argument("--verdict", action="store_true",
+                   help="judge every restored column against specimens simulated at the run's geometry and dose, "
+                        "reconstructed and restored the same way (minutes on the CPU the first time, cached)")
+    p.add_argument("--fdr", type=float, default=0.05, help="the verdict's false-discovery rate (default 0.05)")
+    p.add_argument("--calibration", type=Path, metavar="DIR", help="the verdict's calibration folder (default: "
+                   "one per geometry, dose and model under $PHASESTEM_CACHE or ~/.cache/phasestem)")
+    p.add_argument("--calibration-samples", type=int, default=4, metavar="N", help="specimens simulated (default 4)")
+    p.add_argument("--calibration-cell", type=float, default=40.0, metavar="Å",
+                   help="the simulated specimens' least width (default 40 Å)")
     p.add_argument("--device", default="cpu", help="torch device: 'cpu' (default), 'cuda', 'cuda:1' or 'auto'")
     p.set_defaults(func=_restore)
 
@@ -90,8 +102,10 @@ def _restore(args) -> int:
                                                   out)
         try:
             phase, info = _restored(args)
-            guard, guard_note = _data_guard(args, phase, info)
-            placement = write_restored(out, phase, info, args.model, args.results, replace=args.replace, guard=guard)
+            guard, guard_note, counts = _data_guard(args, phase, info)
+            judged = _verdict(args, phase, info, counts, guard_note)
+            placement = write_restored(out, phase, info, args.model, args.results, replace=args.replace, guard=guard,
+                                       verdict=judged)
         except Exception as exc:  # the log says how it ended; the terminal gets the one line of the error handler
             _summary.error("phasestem restore stopped: %s", exc)
             raise
@@ -99,7 +113,9 @@ def _restore(args) -> int:
         _say(placement_line(placement, info["sampling"], out))
         _say(change_line(info, args.results, out, no_sigma))
         _say(guard_note or guard_line(guard, out))
-        _say(f"figure: {_figure(phase, info, args, figure, no_sigma, guard)}")
+        if judged is not None:
+            _say(judged.line())
+        _say(f"figure: {_figure(phase, info, args, figure, no_sigma, guard, judged)}")
     return 0
 
 
@@ -110,25 +126,41 @@ def _restored(args):
 
 
 def _data_guard(args, phase, info: dict):
-    """(the :func:`phasestem.learn.data_guard.data_guard` of the restoration on the run's patterns, "") or (None, the
-    line saying why it did not run): ``--no-data-guard``, or a recorded data file that cannot be read (``--data``
-    that cannot be read stops restore in one line)."""
+    """(the :func:`phasestem.learn.data_guard.data_guard` of the restoration on the run's patterns, "", the
+    patterns' electrons per pattern or None) or (None, the line saying why it did not run, None): ``--no-data-guard``,
+    or a recorded data file that cannot be read (``--data`` that cannot be read stops restore in one line)."""
     from ..base.errors import PhasestemError
     from ..learn.data_guard import data_guard
     from ..learn.hybrid import guard_run
 
     if args.no_data_guard:
-        return None, "data guard: off (--no-data-guard); the restoration is not checked against the diffraction data"
+        off = "data guard: off (--no-data-guard); the restoration is not checked against the diffraction data"
+        return None, off, None
     try:
         run = guard_run(args.results, args.data, args.device)
     except PhasestemError as exc:
         if args.data is not None:
             raise
-        return None, f"data guard skipped: {exc}; the restoration is not checked against the diffraction data"
-    return data_guard(run, phase, info["input"], info["field"]), ""
+        return None, f"data guard skipped: {exc}; the restoration is not checked against the diffraction data", None
+    return data_guard(run, phase, info["input"], info["field"]), "", run.counts
 
 
-def _figure(phase, info: dict, args, path: Path, no_sigma: str, guard=None) -> Path:
+def _verdict(args, phase, info: dict, counts: float | None, guard_note: str):
+    """``--verdict``: :func:`phasestem.trust.judge.judge` at the run's dose, which only its patterns tell (the data
+    guard's reading of them); None without ``--verdict``."""
+    from ..base.errors import ConfigError
+    from ..trust.judge import judge
+
+    if not args.verdict:
+        return None
+    if guard_note:
+        raise ConfigError("--verdict calibrates at the run's dose, which its patterns tell: give --data FILE (and "
+                          "leave --no-data-guard out)")
+    return judge(phase, info, args.model, counts, args.fdr, args.calibration, args.calibration_samples, args.device,
+                 cell=args.calibration_cell)
+
+
+def _figure(phase, info: dict, args, path: Path, no_sigma: str, guard=None, judged=None) -> Path:
     """``OUT.png``: input, restoration, difference, the guard's σ map (:func:`phasestem.plot.restoration.
     restoration_figure`; ``no_sigma``: why there is none) and, with ``guard``, the data-support map with the flagged
     sites circled, titled with the share beyond the threshold and its chance level."""
@@ -138,6 +170,6 @@ def _figure(phase, info: dict, args, path: Path, no_sigma: str, guard=None) -> P
 
     fig = restoration_figure(info["input"], phase, info["field"], info["sampling"], info.get("change_sigma"),
                              threshold=float(info["significant"]), title=figure_title(info, args.model),
-                             no_sigma=no_sigma, support=guard, path=path)
+                             no_sigma=no_sigma, support=guard, verdict=judged, path=path)
     pyplot().close(fig)
     return path

@@ -335,7 +335,8 @@ def guard_line(result: DataGuardResult, out_file) -> str:
     chance = 100 * result.chance
     caveat = ("" if result.counted else "; without counting noise the floor is AD's own residual, far below the "
               "model's error on data it cannot fully explain (frozen phonons, partial coherence): there most features "
-              "are flagged (abTEM crystals: 82-100 % of intact columns), so trust it on counted data")
+              "are flagged (abTEM crystals: 82-100 % of intact columns), so trust it on counted data; restore "
+              "--verdict judges every column against specimens simulated at this geometry, noise-free too")
     return (f"data guard: {n} site{'s' * (n != 1)} where the restoration differs most tested against "
             f"{result.positions} measured patterns, {k} flagged (the opposite state, column absent or present, fits "
             f"them better by more than {result.threshold:g} σ; {chance:.2f} % of true features would be by chance; "

@@ -63,23 +63,60 @@ def _support_panel(ax, support, rows: slice, cols: slice, pixel: tuple[float, fl
             ax.add_patch(plt.Circle(centre, radius, fill=False, color="black", linewidth=1.2))
 
 
+#: Å: the side of the verdict's zoomed panel (columns 1-3 Å apart stay apart on a 4-inch panel)
+ZOOM = 16.0
+
+
+def _verdict_marks(ax, verdict, y0: int, x0: int, pixel: tuple[float, float], big: bool) -> None:
+    """Unsupported sites circled in red, supported ones dotted in white (pixel sites, offset by the panel's
+    corner ``y0``, ``x0``)."""
+    plt = pyplot()
+    for (r, c), ok in zip(np.asarray(verdict.sites), np.asarray(verdict.supported, bool), strict=True):
+        centre = ((c - x0 + 0.5) * pixel[1], (r - y0 + 0.5) * pixel[0])
+        if ok:
+            ax.plot(*centre, ".", color="white", markersize=2 if big else 1)
+        else:
+            ax.add_patch(plt.Circle(centre, 0.8 if big else 1.2, fill=False, color="red",
+                                    linewidth=1.2 if big else 0.8))
+
+
+def _zoom_panel(ax, after: np.ndarray, verdict, rows: slice, cols: slice, pixel: tuple[float, float]) -> None:
+    """A :data:`ZOOM` Å square of the restoration, where columns can be seen: around the verdict's first unsupported
+    site, the verdict marked, or the field's centre (no verdict, or every site supported)."""
+    bad = np.zeros((0, 2)) if verdict is None else np.asarray(verdict.sites)[~np.asarray(verdict.supported, bool)]
+    y0, y1, x0, x1 = rows.start or 0, rows.stop or after.shape[0], cols.start or 0, cols.stop or after.shape[1]
+    centre = bad[0] if len(bad) else np.array([(y0 + y1) / 2, (x0 + x1) / 2])
+    hy, hx = (int(round(ZOOM / 2 / p)) for p in pixel)
+    r0 = int(np.clip(centre[0] - hy, y0, max(y0, y1 - 2 * hy)))
+    c0 = int(np.clip(centre[1] - hx, x0, max(x0, x1 - 2 * hx)))
+    crop = after[r0:min(r0 + 2 * hy, y1), c0:min(c0 + 2 * hx, x1)]
+    show_image(ax, crop, pixel, label="phase (rad)",
+               title=f"restored, {ZOOM:g} Å" + ("" if verdict is None else " (red: not supported by the data)"))
+    if verdict is not None:
+        _verdict_marks(ax, verdict, r0, c0, pixel, big=True)
+    ax.set_xlim(0, crop.shape[1] * pixel[1])  # marks of sites beyond the crop stay outside it
+    ax.set_ylim(crop.shape[0] * pixel[0], 0)
+
+
 @styled
 def restoration_figure(before: np.ndarray, after: np.ndarray, field: np.ndarray, sampling: tuple[float, float],
                        change_sigma: np.ndarray | None = None, threshold: float = 3.0, title: str | None = None,
-                       no_sigma: str = "", support=None, path=None):
+                       no_sigma: str = "", support=None, verdict=None, path=None):
     """Four panels over the scanned field (the bounding box of ``field``): the run's phase ``before`` and the
     restored phase ``after`` (rad, one colour range), their difference (rad, offset removed over the field) and the
     guard's map |``change_sigma``| (the change in units of the data's σ, pixels beyond ``threshold`` outlined), or
     ``no_sigma`` (why there is none) in its place; a fifth with ``support`` (the data guard's result): its
-    data-support map, the flagged sites circled. Arrays (H, W) on one grid of ``sampling`` (dy, dx) Å; ``path``:
-    where to write the PNG. Returns the figure."""
+    data-support map, the flagged sites circled; the last zooms onto the restoration (:data:`ZOOM` Å, columns
+    visible), and with ``verdict`` (a :class:`phasestem.learn.verdict.Verdict`) onto its first unsupported site, the
+    restored panel and the zoom marking the unsupported sites in red. Arrays (H, W) on one grid of ``sampling``
+    (dy, dx) Å; ``path``: where to write the PNG. Returns the figure."""
     plt = pyplot()
     rows, cols = field_box(field)
     pixel = (float(sampling[0]), float(sampling[1]))
     before, after = np.asarray(before, np.float64), np.asarray(after, np.float64)
     h, w = before[rows, cols].shape
     aspect = (h * pixel[0]) / (w * pixel[1])  # of the field: the figure's height follows it (no empty band)
-    n = 4 if support is None else 5
+    n = 5 + (support is not None)
     fig, axes = plt.subplots(1, n, figsize=(4 * n, 2.5 * min(max(aspect, 0.3), 3.0) + 0.9), squeeze=True)
     fig.subplots_adjust(wspace=0.4)
     lo, hi = robust_range(np.concatenate([before[rows, cols].ravel(), after[rows, cols].ravel()]))
@@ -93,5 +130,10 @@ def restoration_figure(before: np.ndarray, after: np.ndarray, field: np.ndarray,
                  no_sigma)
     if support is not None:
         _support_panel(axes[4], support, rows, cols, pixel)
+    if verdict is not None:
+        _verdict_marks(axes[1], verdict, rows.start or 0, cols.start or 0, pixel, big=False)
+        axes[1].set_xlim(0, w * pixel[1])
+        axes[1].set_ylim(h * pixel[0], 0)
+    _zoom_panel(axes[-1], after, verdict, rows, cols, pixel)
     fig.suptitle(title or "restoration", fontsize=9)
     return save_if_asked(fig, path)

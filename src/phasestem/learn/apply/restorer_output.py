@@ -116,10 +116,11 @@ def crop_placement(origin_px: tuple[int, int], shape: tuple[int, int]) -> dict[s
 
 
 def write_restored(path: str | Path, phase: np.ndarray, info: dict[str, Any], model: str, results: str,
-                   replace: bool = False, guard=None) -> dict:
+                   replace: bool = False, guard=None, verdict=None) -> dict:
     """Write ``OUT.h5`` (atomically, built in memory: a full disk is one line and the old file is kept):
     ``phase``, ``input``, ``field``, ``change_sigma`` when ``info`` has it, the data guard's tables when ``guard``
-    (a :class:`phasestem.learn.data_guard.DataGuardResult`; :func:`write_guard`), and the attributes sampling (Å),
+    (a :class:`phasestem.learn.data_guard.DataGuardResult`; :func:`write_guard`), the site table of ``verdict`` (a
+    :class:`phasestem.learn.verdict.Verdict`; :func:`write_verdict`), and the attributes sampling (Å),
     model, results, units, format and :func:`crop_placement`. ``replace`` False: a file that is at ``path`` by then
     is kept (FileExistsError). Returns the placement."""
     from ...base.safety import atomic_hdf5
@@ -131,6 +132,8 @@ def write_restored(path: str | Path, phase: np.ndarray, info: dict[str, Any], mo
             f["change_sigma"] = np.asarray(info["change_sigma"], np.float32)
         if guard is not None:
             write_guard(f, guard)
+        if verdict is not None:
+            write_verdict(f, verdict)
         f.attrs.update({"sampling": np.asarray(info["sampling"]), "model": str(model), "results": str(results),
                         "units": "rad", "format": RESTORED_FORMAT, **placement})
     return placement
@@ -213,3 +216,16 @@ def change_line(info: dict[str, Any], results: str | Path, out_file, no_sigma: s
     verdict = ("features there are the network's, not the data's" if share > chance else "within the noise")
     return (f"the restorer changed {100 * share:.2f} % of the scanned field by more than {level:g} σ of the data "
             f"({100 * chance:.2f} % would be chance; change_sigma in {out_file}): {verdict}")
+
+
+def write_verdict(f, verdict) -> None:
+    """The verdict in the open ``OUT.h5`` ``f``: ``verdict_sites`` (:data:`phasestem.learn.verdict.SITE_TABLE`: pixel
+    (row, col) of ``phase``, AD's and the restored height in column scales, score, p-value, supported), its
+    attributes the false-discovery rate and the calibration (specimens, empty sites, dose, CPU seconds, the share of
+    true columns supported, folder); ``verdict_absent`` (K, 2): AD's columns the restoration does not show."""
+    from ..verdict import site_table
+
+    f["verdict_sites"] = site_table(verdict)
+    f["verdict_sites"].attrs.update({"fdr": verdict.alpha, "unsupported": verdict.unsupported,
+                                     **{f"calibration_{k}": v for k, v in verdict.calibration.items()}})
+    f["verdict_absent"] = np.asarray(verdict.absent, np.float32).reshape(-1, 2)
