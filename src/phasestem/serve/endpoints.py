@@ -21,6 +21,7 @@ from .jobstore import parse_job_id
 from .jsontext import dumps, load_file
 from .params_form import params_form, save_params_form
 from .reader import file_identity, while_connected
+from .restored import FIGURE, LOG, RESTORED, restorer_names
 from .runs import compare_ids
 from .security import FILE_CSP, Refused, confine, public_message, read_json, refuse_size, relative
 from .workspace import KEEPALIVE, STATIC, Channel
@@ -222,6 +223,18 @@ async def compare_profile(ws, request):
     return await _read_runs(ws, request, "profile", {"line": request.query_params.get("line")})
 
 
+async def restored(ws, request):
+    """A restore job's printed lines, figure and verdict (:func:`~.restored.restore_view`), read by a reader
+    process."""
+    job = await run_in_threadpool(ws.store.get, _job_id(request))
+    if job.command != "restore":
+        raise Refused(f"job {job.id}: a {job.command} job, not a restore", 400)
+    run = ws.root / job.run_dir
+    key = ("restored", await run_in_threadpool(file_identity, [run / n for n in (RESTORED, FIGURE, LOG)]))
+    return await _from_reader(ws, request, "restored", {"path": str(run)}, f"the restoration of job {job.id}",
+                              slot=str(run), key=key)
+
+
 async def _read_runs(ws, request, task: str, params: dict):
     """Compare's ``task`` on the runs of ``?jobs=`` (their results.h5, config.yaml and folders), answered by a
     reader process."""
@@ -259,7 +272,8 @@ async def params_post(ws, request):
 
 def info(ws, request):
     return {"root": ws.root.name, "devices": ws.devices(), "max_upload": ws.max_upload,
-            "runs": RUNS_DIR, "commands": ["calibrate", "live", "reconstruct", "simulate", "train", "tune"]}
+            "runs": RUNS_DIR, "commands": ["calibrate", "live", "reconstruct", "restore", "simulate", "train", "tune"],
+            "restorers": restorer_names()}
 
 
 # ---- push channels (Server-Sent Events) --------------------------------------------------------------------
@@ -328,6 +342,7 @@ ROUTES = (
     ("/api/jobs/{job_id}/cancel", cancel, "json", ("POST",)),
     ("/api/jobs/{job_id}/resume", resume, "json", ("POST",)),
     ("/api/jobs/{job_id}/events", job_events, "raw", ("GET",)),
+    ("/api/jobs/{job_id}/restored", restored, "json_async", ("GET",)),
     ("/api/compare", compare, "json_async", ("GET",)),
     ("/api/compare/profile", compare_profile, "json_async", ("GET",)),
     ("/api/params", params_get, "json", ("GET",)),

@@ -22,6 +22,7 @@ from ..base.configfile import (
 )
 from .config_keys import check_config_keys, check_set_keys, option_rule
 from .jobstore import COMMANDS, FILES_FOLLOW, RESERVED, RUNS_DIR, STREAMED, Job, JobStore
+from .restored import CALIBRATION, RESTORED, check_restore
 from .security import Refused, confine, public_message, relative
 
 #: what a job's device and network fields may be
@@ -60,8 +61,11 @@ ALLOWED_OPTIONS = {
                   "--rotation", "--edge-threshold", "--resample-descan"),
     "live": ("--detector", "--host", "--data-port", "--replay", "--fps", "--arm-timeout", "--stall-timeout",
              "--epochs", "--set"),
+    "restore": ("--model", "--data", "--verdict", "--fdr", "--calibration-samples", "--calibration-cell"),
 }
 _NUMBER = re.compile(r"^-(\d|\.\d|inf|nan)", re.IGNORECASE)
+#: the options a job sets that its command's parser requires (a restore job's output in its run folder)
+_SET_BY_JOB = {"restore": ["--out-file", RESTORED]}
 
 
 class _RefusingParser:
@@ -144,7 +148,7 @@ def check_arguments(root: Path, command: str, args, network: str | None = None
         out.append(a)
         i += 1
     parser = _RefusingParser.get(command, network)
-    parser.parse_args(["placeholder"] + out + (["--auto"] if auto else []))
+    parser.parse_args(["placeholder"] + out + (["--auto"] if auto else []) + _SET_BY_JOB.get(command, []))
     try:
         overrides = parse_set_options(sets, "--set")
     except ConfigError as exc:
@@ -358,7 +362,8 @@ def build_job(root: Path, store: JobStore, spec: dict[str, Any]) -> Job:
     (``network`` too for ``train``; for ``calibrate`` ``config`` is the data file, and for ``reconstruct`` with
     ``"auto": true`` too: ``phasestem reconstruct DATA --auto``; for ``live`` the parameter file without
     ``data.file``, the detector among ``args``: ``["--host", "10.0.0.5", "--data-port", "6342"]``, or a rehearsal:
-``["--replay", "mib/scan.mib", "--fps", "100"]``). Its run
+``["--replay", "mib/scan.mib", "--fps", "100"]``; for ``restore`` the run's results.h5, the model and the verdict
+among ``args``: ``["--model", "restore-seed-fine", "--verdict", "--fdr", "0.05"]``). Its run
     folder is created and receives the validated parameter file. Refusals (:class:`Refused`) say which field and
     why."""
     if not isinstance(spec, dict):
@@ -397,7 +402,8 @@ def build_job(root: Path, store: JobStore, spec: dict[str, Any]) -> Job:
     name = _text(spec.get("name", ""), "name", 200)
     config_rel = spec.get("config")
     if not config_rel:
-        raise Refused("config: give the parameter file (for calibrate and reconstruct --auto: the data file)", 400)
+        raise Refused("config: give the parameter file (for calibrate and reconstruct --auto: the data file; for "
+                      "restore: the run's results.h5)", 400)
     config = confine(root, _text(config_rel, "config"), must_exist=True)
     if not config.is_file():
         raise Refused(f"config {relative(root, config)!r}: not a file", 400)
@@ -442,6 +448,12 @@ def build_job(root: Path, store: JobStore, spec: dict[str, Any]) -> Job:
             files["simulate.yaml"] = yaml.safe_dump(data, sort_keys=False)
             rel_config = f"{rel_run}/simulate.yaml"
         argv = ["phasestem", "simulate", "--out", f"{rel_run}/data", "--device", device]
+    elif command == "restore":  # the run's results.h5 read; the restoration, its figure, log, calibration written
+        if overrides:  # in the run folder (--replace: a previous restoration of this job's own, when it runs again)
+            raise Refused("set: restore takes its options as args (--model NAME, --verdict, --fdr 0.05, ...)", 400)
+        argv = ["phasestem", "restore", "--out-file", f"{rel_run}/{RESTORED}", "--replace", "--device", device]
+        ns = _RefusingParser.get("restore", None).parse_args(["placeholder", *args, *_SET_BY_JOB["restore"]])
+        argv += ["--calibration", f"{rel_run}/{CALIBRATION}"] if check_restore(root, ns, args) else []
     else:  # calibrate: the data file and the reader options among args
         if overrides:
             raise Refused("set: calibrate takes its options as args (e.g. --energy 300e3)", 400)

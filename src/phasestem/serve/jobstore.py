@@ -16,12 +16,13 @@ from .security import SERVE_DIR, Refused  # noqa: F401  (SERVE_DIR: the queue's 
 log = logging.getLogger("phasestem.serve")
 
 #: the commands a job may run
-COMMANDS = ("calibrate", "reconstruct", "simulate", "train", "tune", "plan", "live")
+COMMANDS = ("calibrate", "reconstruct", "simulate", "train", "tune", "plan", "live", "restore")
 #: the commands that read a detector's stream, which does not come again: such a job is never resumed (what it
 #: received stays in its run folder: its recording, stream.h5 or stream.partial.h5)
 STREAMED = ("live",)
-#: options the job sets itself (its run folder); refused among a job's extra arguments
-RESERVED = ("--out", "--out-dir", "--resume", "--restart", "--dump-config")
+#: options the job sets itself (its run folder; a restore job's output and calibration folder in it); refused among a
+#: job's extra arguments
+RESERVED = ("--out", "--out-dir", "--resume", "--restart", "--dump-config", "--out-file", "--calibration")
 #: job states; a job ends in one of :data:`FINAL`
 STATES = ("queued", "running", "cancelling", "done", "failed", "cancelled")
 FINAL = ("done", "failed", "cancelled")

@@ -27,7 +27,8 @@ PR_SET_PDEATHSIG = 1
 #: the modules a reader uses, imported before it confines itself (one thread: no thread may run at confine)
 READER_MODULES = ("numpy", "h5py", "torch", "scipy.ndimage", "matplotlib", "phasestem.io", "phasestem.io.hdf5",
                   "phasestem.calibrate.overview", "phasestem.recon.results", "phasestem.serve.data",
-                  "phasestem.serve.runs", "phasestem.serve.align", "phasestem.serve.jsontext")
+                  "phasestem.serve.runs", "phasestem.serve.align", "phasestem.serve.jsontext",
+                  "phasestem.serve.restored")
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -115,7 +116,8 @@ def _limit_cpu(seconds: int) -> None:
 
 class Tasks:
     """What a reader answers: the dataset page's requests (:class:`~.data.Datasets`, whose caches live here) and
-    Compare's (:func:`~.runs.compare_runs`, :func:`~.runs.line_profile`)."""
+    Compare's (:func:`~.runs.compare_runs`, :func:`~.runs.line_profile`), a restore job's run page
+    (:func:`~.restored.restore_view`)."""
 
     def __init__(self, root: Path):
         from .data import Datasets
@@ -136,6 +138,10 @@ class Tasks:
             return compare_runs(self.root, self._runs(params))
         if task == "profile":
             return line_profile(self.root, self._runs(params), params.get("line"))
+        if task == "restored":
+            from .restored import restore_view
+
+            return restore_view(self.root, self._path(params))
         raise ValueError(f"unknown task {task!r}")
 
     def _path(self, params: dict[str, Any]) -> Path:

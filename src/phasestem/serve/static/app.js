@@ -737,10 +737,10 @@ function jobRow(j, selected, redraw) {
 }
 function newJobForm(prefill = {}) {
   const sel = (id, options, value) => el("select", { id }, options.map((o) => el("option", { value: o, selected: o === value }, o)));
-  const command = sel("job-command", ["reconstruct", "tune", "train", "simulate", "calibrate", "plan", "live"], prefill.command || "reconstruct");
+  const command = sel("job-command", ["reconstruct", "tune", "train", "simulate", "calibrate", "plan", "live", "restore"], prefill.command || "reconstruct");
   const card = el("div", { class: "card", id: "new-job" }, el("h3", {}, "New job"),
     el("div", {}, el("label", {}, "command ", command),
-      el("label", {}, "parameter file ", fileField("job-config", prefill.config, () => (command.value === "calibrate" ? ["data"] : ["yaml"]), 40)),
+      el("label", { title: "calibrate: the data file; restore: the run's results.h5, with --model NAME among the arguments" }, "parameter file ", fileField("job-config", prefill.config, () => (["calibrate", "restore"].includes(command.value) ? ["data"] : ["yaml"]), 40)),
       el("label", {}, "network (train) ", el("input", { type: "text", id: "job-network", value: prefill.network || "", size: 10 }))),
     el("div", {}, el("label", {}, "device ", sel("job-device", info.devices, prefill.device || info.devices[0])),
       el("label", {}, "processes ", el("input", { type: "number", id: "job-processes", value: prefill.processes || 1, min: 1, max: 64, class: "narrow" })),
@@ -792,6 +792,36 @@ async function showPlanFigures(runDir, container) {
 async function showRunFigures(jobId, container) {
   const job = await api(`/api/jobs/${jobId}`);
   container.replaceChildren(...figureThumbs(job.files.filter((p) => p.endsWith(".png"))));
+  return job;
+}
+
+// ---- restore: a finished run's phase through a trained restorer (phasestem restore RESULTS --model M [--verdict …]) ----
+function restoreCard(job) {  // queue a restore of this run's results.h5, with or without the verdict
+  const id = (n) => `restore-${n}`, v = (n) => document.getElementById(id(n)).value.trim();
+  const field = (n, label, value, size, hint) => el("label", { title: hint }, label + " ", el("input", { type: "text", id: id(n), value, size }));
+  const model = el("select", { id: id("model") }, (info.restorers || []).map((n) => el("option", { value: n }, n)));
+  const verdict = el("input", { type: "checkbox", id: id("verdict") });
+  const queue = el("button", { id: id("queue"), class: "primary", onclick: async () => {
+    const args = ["--model", v("path") || model.value];
+    if (verdict.checked) args.push("--verdict", "--fdr", v("fdr") || "0.05", "--calibration-samples", v("samples") || "4", "--calibration-cell", v("cell") || "40");
+    const j = await postJSON("/api/jobs", { command: "restore", config: `${job.run_dir}/results.h5`, args, device: job.device, name: `restore of ${job.id}` });
+    go(`#/run/${j.id}`);
+  } }, "Restore");
+  return el("div", { class: "card auto-form", id: id("card") }, el("h3", {}, "Restore this run's phase with a trained restorer"),
+    el("div", {}, el("label", {}, "shipped restorer ", model), field("path", "or a model", "", 28, "a weights file or a training run folder under the workspace root, used instead of the shipped restorer")),
+    el("div", {}, el("label", { title: "judge every restored column against specimens simulated at this run's geometry and dose, reconstructed and restored the same way (minutes of CPU; the calibration stays in the restore job's run folder)" }, verdict, " verdict: which columns do the data support?"),
+      field("fdr", "FDR", "0.05", 5, "the verdict's false-discovery rate"), field("samples", "calibration specimens", "4", 3, "specimens simulated for the calibration (1 to 64)"),
+      field("cell", "cell (Å)", "40", 4, "the simulated specimens' least width (at most 200 Å)")),
+    el("p", {}, queue));
+}
+async function showRestored(jobId, container) {  // a finished restore job: its verdict, its figure and the lines it printed
+  const r = await api(`/api/jobs/${jobId}/restored`), v = r.verdict;
+  const img = r.figure ? el("img", { class: "plan-figure", id: "restored-figure", src: `/api/file?path=${enc(r.figure)}`, alt: "restoration", title: "click to enlarge" }) : "";
+  if (img) img.onclick = () => lightbox(img.src, "restoration: unsupported columns in red");
+  const judged = v ? el("div", { id: "verdict", class: v.unsupported ? "verdict-unsupported" : "verdict-supported" }, el("p", {}, el("strong", { id: "verdict-summary" }, v.summary)),
+    el("p", { class: "muted", id: "verdict-calibration" }, v.calibration), el("p", { id: "verdict-advice" }, v.advice))
+    : el("p", { class: "muted", id: "verdict" }, "no verdict: queue the restore with the verdict to have every restored column judged against the data");
+  container.replaceChildren(el("div", { class: "card", id: "restored" }, el("h3", {}, "restoration"), judged, img, el("pre", { class: "log", id: "restored-lines" }, r.lines.join("\n"))));
 }
 
 // ---- a live job's stream (phasestem live): its stage, what was sent, received, recorded, fitted, the rate, the lag ----
@@ -907,7 +937,7 @@ async function livePage() {
 async function runPage(jobId) {
   const job = await api(`/api/jobs/${jobId}`);
   window.__liveUpdates = [];
-  const streamed = STREAMED.includes(job.command);
+  const streamed = STREAMED.includes(job.command), restoring = job.command === "restore";
   const svg = svgEl("svg", { class: "loss", id: "loss-curve" });
   const figs = { object_phase: figure("live-phase", streamed ? "AD phase (the scanned part)" : "object phase", 240, { imgClass: "live" }),
     ...(streamed ? { virtual_bf: figure("live-bf", "virtual bright field", 200, { imgClass: "live" }),
@@ -917,7 +947,8 @@ async function runPage(jobId) {
     probe_phase: figure("live-probe-phase", "probe phase", 200, { imgClass: "live" }) };
   const stream = streamed ? streamCard() : null;
   const rerunSet = el("textarea", { id: "rerun-set" });
-  rerunSet.value = (job.spec.set || []).join("\n");
+  const sets = job.spec.set || [];  // as the request gave them: ["key=value", …] or {key: value}
+  rerunSet.value = (Array.isArray(sets) ? sets : Object.entries(sets).map(([k, v]) => `${k}=${JSON.stringify(v)}`)).join("\n");
   const auto = !!(job.spec && job.spec.auto);
   const config = job.command === "reconstruct" || job.command === "tune" ? `${job.run_dir}/params.yaml` : job.spec.config;
   const state = el("strong", { id: "run-state" }, job.state);
@@ -961,18 +992,24 @@ async function runPage(jobId) {
     outcomeDetail,
     ...(streamed ? [el("div", { class: "row" }, stream, el("div", { class: "card" }, el("h3", {}, "loss"), svg)),  // the stream, its images side by side, then the probe
       ...[["object_phase", "virtual_bf", "virtual_adf", "icom_phase"], ["probe_amplitude", "probe_phase"]].map((keys) => el("div", { class: "row" }, keys.map((k) => el("div", { class: "card" }, figs[k]))))]
-      : [el("div", { class: "row" }, el("div", { class: "card" }, el("h3", {}, "loss"), svg), ...Object.values(figs).map((f) => el("div", { class: "card" }, f)))]),
+      : restoring ? [] : [el("div", { class: "row" }, el("div", { class: "card" }, el("h3", {}, "loss"), svg), ...Object.values(figs).map((f) => el("div", { class: "card" }, f)))]),
     el("h3", {}, "log"), el("pre", { class: "log", id: "run-log" }),
     rerunCard);
   const planFigures = el("div", { class: "row", id: "plan-figures" });
   if (job.command === "plan") view.insertBefore(planFigures, document.getElementById("run-log").previousSibling);
-  const runFigures = el("div", { class: "row", id: "run-figures" });  // a finished reconstruction's figures
+  const runFigures = el("div", { class: "row", id: "run-figures" });  // a finished reconstruction's figures, or restoration
+  const restoreForm = el("div", { id: "restore-form" });  // a finished reconstruction: queue a restore of it
   let figuresShown = false;
   view.insertBefore(runFigures, document.getElementById("run-log").previousSibling);
+  view.insertBefore(restoreForm, document.getElementById("run-log").previousSibling);
   push(`/api/jobs/${jobId}/events`, (d) => {
     if (d.error) { showError(d.error); return; }
     if (job.command === "plan" && d.final && d.state === "done") showPlanFigures(job.run_dir, planFigures);
-    if (RECONSTRUCTIONS.includes(job.command) && d.final && d.state === "done" && !figuresShown) { figuresShown = true; showRunFigures(jobId, runFigures); }
+    if ((RECONSTRUCTIONS.includes(job.command) || restoring) && d.final && d.state === "done" && !figuresShown) {
+      figuresShown = true;
+      if (restoring) showRestored(jobId, runFigures);
+      else showRunFigures(jobId, runFigures).then((j) => { if (j.files.includes(`${j.run_dir}/results.h5`)) restoreForm.replaceChildren(restoreCard(j)); });
+    }
     showState(d.state, d.returncode, d.outcome);
     document.getElementById("run-elapsed").textContent = fmtTime(d.elapsed_s);
     const logBox = document.getElementById("run-log");
