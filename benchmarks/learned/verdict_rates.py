@@ -112,12 +112,18 @@ def one(net, model_name: str, upsampling, ds, truth, ts, spec: dict, electrons, 
         return np.asarray(out)
 
     at_removed, at_columns = judged(removed), judged(columns)
+    from phasestem.learn.verdict import column_heights, column_scale
+    from phasestem.trust.calibration import TRUTH_EMPTY
+
+    truth_at = column_heights(gt, v.sites, tuple(px)) / max(column_scale(gt, ch["field"], tuple(px)), 1e-12)
+    empty = truth_at < TRUTH_EMPTY  # the realised false discoveries: supported sites where the truth is flat
     return {"upsampling": up, "site_fraction": [float(f) for f in fractions],
             "filled": [bool(f > FILLED) for f in fractions], "removed_verdict": at_removed.tolist(),
             "removed_p": [float(v.p_value[np.argmin(np.hypot(*(v.sites - q).T))]) for q in removed],
             "intact": int(len(columns)), "intact_marked": int((at_columns == 1).sum()),
             "intact_unclaimed": int((at_columns == -1).sum()), "candidates": int(len(v.sites)),
-            "unsupported": v.unsupported, "line": v.line(), "null_sites": cal["null_sites"],
+            "unsupported": v.unsupported, "line": v.line(), "supported_empty": int((v.supported & empty).sum()),
+            "supported": int(v.supported.sum()), "empty_candidates": int(empty.sum()), "null_sites": cal["null_sites"],
             "calibration_cpu_seconds": cal["cpu_seconds"], "power": power(cal, alpha),
             "verdict_seconds": time.process_time() - t}
 
@@ -167,10 +173,13 @@ def main(argv: list[str] | None = None) -> int:
             unclaimed = sum(m == -1 for _, m in filled)
             intact = sum(r["intact"] for r in sel)
             wrong = sum(r["intact_marked"] for r in sel)
+            fd = [(r.get("supported_empty"), r.get("supported")) for r in sel if "supported_empty" in r]
+            fdp = (f"; realised FDP {sum(a for a, _ in fd)}/{sum(b for _, b in fd)} supported sites on a flat truth"
+                   if fd else "")
             print(f"{name} {args.half} {dose}: filled sites marked unsupported {marked}/{len(filled)} (unclaimed "
                   f"{unclaimed}); intact columns marked {wrong}/{intact} ({100 * wrong / max(intact, 1):.1f} %), "
                   f"unclaimed {sum(r['intact_unclaimed'] for r in sel)}; calibration CPU "
-                  f"{max(r['calibration_cpu_seconds'] for r in sel):.0f} s")
+                  f"{max(r['calibration_cpu_seconds'] for r in sel):.0f} s{fdp}")
     return 0
 
 
