@@ -73,7 +73,8 @@ def build_half(out: Path, half: str) -> Path:
     return folder
 
 
-def one(net, model_name: str, upsampling, ds, truth, ts, spec: dict, electrons, samples_: int, alpha: float) -> dict:
+def one(net, model_name: str, upsampling, ds, truth, ts, spec: dict, electrons, samples_: int, alpha: float,
+        figure: Path | None = None) -> dict:
     from scipy import ndimage
 
     from phasestem.learn.ad_pairs import truth_on_ad_grid
@@ -112,6 +113,13 @@ def one(net, model_name: str, upsampling, ds, truth, ts, spec: dict, electrons, 
         return np.asarray(out)
 
     at_removed, at_columns = judged(removed), judged(columns)
+    if figure is not None:  # restore's own figure, the verdict marked
+        from phasestem.plot.core import pyplot
+        from phasestem.plot.restoration import restoration_figure
+
+        figure.parent.mkdir(parents=True, exist_ok=True)
+        pyplot().close(restoration_figure(ch["phase"], restored, ch["field"], tuple(px), verdict=v,
+                                          title=f"{model_name}: {v.line()}", path=figure))
     from phasestem.learn.verdict import column_heights, column_scale
     from phasestem.trust.calibration import TRUTH_EMPTY
 
@@ -158,8 +166,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             spec = layout["specimens"][i // len(electrons)]
             dose = electrons[i % len(electrons)]
+            picture = out / "figures" / f"{name}_{row.replace(':', '_').replace('|', '_')}.png"
             rows[row] = one(net, name, "auto" if up == "auto" else int(up), ds, truth, ts, spec, dose, args.samples,
-                            args.fdr)
+                            args.fdr, picture)
             print(name, row, {k: v for k, v in rows[row].items() if k != "line"}, flush=True)
             print("   ", rows[row]["line"], flush=True)
             write_json(result_file, result)

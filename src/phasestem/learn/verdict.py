@@ -15,7 +15,7 @@ Images are (H, W) phases in rad on one grid of pixel ``sampling`` (dy, dx) Å; s
   where the restoration put a column that AD's phase does not show. A fixed function: it needs no counting noise
   and works on noise-free data.
 * **p-value** (:func:`conformal_p`): against the scores of calibration sites whose truth holds no column
-  (:mod:`phasestem.verdict.calibration`: the project's simulator at the run's optics, scan and dose, reconstructed
+  (:mod:`phasestem.trust.calibration`: the project's simulator at the run's optics, scan and dose, reconstructed
   by the same AD recipe and restored by the same model): ``p = (1 + #{null ≥ s}) / (1 + n)``, the chance that a
   site without a column in the truth scores at least ``s``. A truth-empty calibration site that the restoration
   left empty (a vacancy not filled) made no claim and scores −∞. Valid as far as the run's empty sites and the
