@@ -38,14 +38,31 @@ FILLED = 0.15
 EDGE = 2.0
 
 
-def one(net, name: str, upsampling, ds, truth: np.ndarray, ts, spec: dict) -> dict:
-    """AD, the restoration and the guard at the removed sites and the intact columns of one specimen and dose."""
+def sites_to_judge(ch: dict, restored: np.ndarray, truth: np.ndarray, ts, px: np.ndarray, spec: dict):
+    """(the truth on AD's grid, the removed sites (n, 2) px, the intact columns (m, 2) px: the truth's columns inside
+    the field ≥ :data:`EDGE` Å from its edge and > 1.5 Å from a removed site, the restored site fraction at each
+    removed site) of one specimen's run (``ch``: AD's channels, ``px``: its pixel Å)."""
     from scipy import ndimage
 
     from phasestem.learn.ad_pairs import truth_on_ad_grid
+    from phasestem.learn.guards import site_fraction
+
+    field = ch["field"] > 0
+    gt = truth_on_ad_grid(truth, ts, tuple(px), ch["phase"].shape)
+    inner = ndimage.binary_erosion(field, iterations=int(round(EDGE / px.min())))
+    removed = np.asarray(spec["sites"]) / px
+    columns = column_peaks(gt, tuple(px)) / px
+    far = np.min([np.hypot(*(columns - s).T) for s in removed], axis=0) > 1.5 / px.min()
+    columns = columns[far & inner[tuple(np.clip(np.round(columns).astype(int), 0, np.asarray(field.shape) - 1).T)]]
+    fractions = [site_fraction(restored, s[None], np.asarray(c) / px, SITE_DISK / px.min())
+                 for s, c in zip(removed, spec["neighbours"], strict=True)]
+    return gt, removed, columns, fractions
+
+
+def one(net, name: str, upsampling, ds, truth: np.ndarray, ts, spec: dict) -> dict:
+    """AD, the restoration and the guard at the removed sites and the intact columns of one specimen and dose."""
     from phasestem.learn.apply.restorer import restore_channels
     from phasestem.learn.data_guard import data_guard
-    from phasestem.learn.guards import site_fraction
     from phasestem.learn.hybrid import ad_recipe_snapshots, fitted_guard_run
 
     snapshots, model = ad_recipe_snapshots(ds, (), model={"upsampling": upsampling})
@@ -53,16 +70,7 @@ def one(net, name: str, upsampling, ds, truth: np.ndarray, ts, spec: dict) -> di
     ad_seconds = float(ch["seconds"])
     restored = restore_channels(net, ch)
     px = np.asarray(model.sampling, float)
-    field = ch["field"] > 0
-    gt = truth_on_ad_grid(truth, ts, tuple(px), ch["phase"].shape)
-    inner = ndimage.binary_erosion(field, iterations=int(round(EDGE / px.min())))
-    removed = np.asarray(spec["sites"]) / px
-    columns = column_peaks(gt, tuple(px)) / px
-    far = np.min([np.hypot(*(columns - s).T) for s in removed], axis=0) > 1.5 / px.min()
-    columns = columns[far & inner[tuple(np.clip(np.round(columns).astype(int), 0,
-                                                np.asarray(field.shape) - 1).T)]]
-    fractions = [site_fraction(restored, s[None], np.asarray(c) / px, SITE_DISK / px.min())
-                 for s, c in zip(removed, spec["neighbours"], strict=True)]
+    gt, removed, columns, fractions = sites_to_judge(ch, restored, truth, ts, px, spec)
     sites = np.round(np.concatenate([removed, columns])).astype(int)
     t = time.perf_counter()
     result = data_guard(fitted_guard_run(model, ds, name), restored, ch["phase"], ch["field"], sites=sites)

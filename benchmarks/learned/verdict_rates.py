@@ -11,11 +11,11 @@ back at removed sites does ``restore --verdict`` mark unsupported, and which sha
    grid (``NAME:UPSAMPLING``), restored at the run's end and judged by :func:`phasestem.learn.verdict.verdict`
    against the calibration :func:`phasestem.trust.calibration.calibrate` makes at that geometry and dose (phasestem's
    simulator: the calibration and the test never share a simulator).
-3. Rates: a removed site is **filled** when the restoration reads more than :data:`FILLED` of a column there
+3. Rates: a removed site is **filled** when the restoration reads more than ``guard_rates.FILLED`` of a column there
    (``vacancy_sites.py``'s site fraction); it is **marked** when the verdict's candidate within :data:`NEAR` Å is
    unsupported, and **unclaimed** when the restoration has no candidate there. Intact columns: every column of the
-   truth (its maxima, ``restorer_guards.column_peaks``) inside the field (≥ :data:`EDGE` Å from its edge), > 1.5 Å
-   from a removed site: **marked** when its candidate is unsupported, **unclaimed** without one.
+   truth inside the field, > 1.5 Å from a removed site (``guard_rates.sites_to_judge``, as the data guard's rates count
+   them): **marked** when its candidate is unsupported, **unclaimed** without one.
 """
 from __future__ import annotations
 
@@ -32,13 +32,12 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
+from guard_rates import FILLED, sites_to_judge  # noqa: E402
 from layouts import write_json  # noqa: E402
-from restorer_guards import SITE_DISK, column_peaks  # noqa: E402
 from restorer_prior import samples  # noqa: E402
 
-FILLED = 0.15
+#: Å: a removed site or an intact column is judged by the verdict's candidate this close to it
 NEAR = 0.8
-EDGE = 2.0
 
 
 def build_half(out: Path, half: str) -> Path:
@@ -75,11 +74,7 @@ def build_half(out: Path, half: str) -> Path:
 
 def one(net, model_name: str, upsampling, ds, truth, ts, spec: dict, electrons, samples_: int, alpha: float,
         figure: Path | None = None) -> dict:
-    from scipy import ndimage
-
-    from phasestem.learn.ad_pairs import truth_on_ad_grid
     from phasestem.learn.apply.restorer import restore_channels
-    from phasestem.learn.guards import site_fraction
     from phasestem.learn.hybrid import ad_recipe_snapshots
     from phasestem.learn.verdict import verdict
     from phasestem.recon.results import optics_record
@@ -94,15 +89,7 @@ def one(net, model_name: str, upsampling, ds, truth, ts, spec: dict, electrons, 
     t = time.process_time()
     cal = calibrate(geometry, model_name, electrons, samples=samples_, progress=False)
     v = verdict(ch["phase"], restored, ch["field"], tuple(px), cal["null"], alpha)
-    field = ch["field"] > 0
-    gt = truth_on_ad_grid(truth, ts, tuple(px), ch["phase"].shape)
-    inner = ndimage.binary_erosion(field, iterations=int(round(EDGE / px.min())))
-    removed = np.asarray(spec["sites"]) / px
-    columns = column_peaks(gt, tuple(px)) / px
-    far = np.min([np.hypot(*(columns - s).T) for s in removed], axis=0) > 1.5 / px.min()
-    columns = columns[far & inner[tuple(np.clip(np.round(columns).astype(int), 0, np.asarray(field.shape) - 1).T)]]
-    fractions = [site_fraction(restored, s[None], np.asarray(c) / px, SITE_DISK / px.min())
-                 for s, c in zip(removed, spec["neighbours"], strict=True)]
+    gt, removed, columns, fractions = sites_to_judge(ch, restored, truth, ts, px, spec)
 
     def judged(points):  # per point: 1 unsupported, 0 supported, -1 no candidate within NEAR
         out = []
