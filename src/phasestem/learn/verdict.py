@@ -113,11 +113,14 @@ def find_sites(image: np.ndarray, field: np.ndarray, sampling: tuple[float, floa
 
 
 def evidence(ad: np.ndarray, restored: np.ndarray, sites: np.ndarray, field: np.ndarray,
-             sampling: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+             sampling: tuple[float, float], scales: tuple[float, float] | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(score, AD's height, the restored height) at ``sites``, heights in units of each image's own
-    :func:`column_scale`; score = AD's ÷ max(restored, :data:`FLOOR`) (module docstring)."""
-    a = column_heights(ad, sites, sampling) / max(column_scale(ad, field, sampling), 1e-12)
-    r = column_heights(restored, sites, sampling) / max(column_scale(restored, field, sampling), 1e-12)
+    :func:`column_scale` (``scales``: the two, when already known); score = AD's ÷ max(restored, :data:`FLOOR`)
+    (module docstring)."""
+    scale_ad, scale_restored = scales or (column_scale(ad, field, sampling), column_scale(restored, field, sampling))
+    a = column_heights(ad, sites, sampling) / max(scale_ad, 1e-12)
+    r = column_heights(restored, sites, sampling) / max(scale_restored, 1e-12)
     return a / np.maximum(r, FLOOR), a, r
 
 
@@ -187,10 +190,11 @@ def verdict(ad: np.ndarray, restored: np.ndarray, field: np.ndarray, sampling: t
     if not 0 < alpha < 1:
         raise ValueError(f"the false-discovery rate must be in (0, 1), got {alpha}")
     sites = find_sites(restored, field, sampling)
-    score, a, r = evidence(ad, restored, sites, field, sampling)
+    scales = (column_scale(ad, field, sampling), column_scale(restored, field, sampling))  # once for both site sets
+    score, a, r = evidence(ad, restored, sites, field, sampling, scales)
     p = conformal_p(score, null)
     ad_sites = find_sites(ad, field, sampling)
-    _, _, r_at_ad = evidence(ad, restored, ad_sites, field, sampling)
+    _, _, r_at_ad = evidence(ad, restored, ad_sites, field, sampling, scales)
     absent = ad_sites[r_at_ad < CANDIDATE_LEVEL]
     return Verdict(sites, a, r, score, p, benjamini_hochberg(p, alpha), float(alpha), absent, dict(calibration or {}))
 

@@ -109,16 +109,6 @@ def calibration_config(geometry: dict, samples: int = SAMPLES, seed: int = 0, ce
     })
 
 
-def _model_digest(model_path) -> str:
-    from ..learn.trainer.checkpoint import resolve_weights_path
-
-    h = hashlib.sha256()
-    with open(resolve_weights_path(model_path), "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _cache_root() -> Path:
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV])
@@ -127,10 +117,15 @@ def _cache_root() -> Path:
 
 def cache_folder(geometry: dict, model_path, electrons: float | None, samples: int = SAMPLES,
                  cell: float = CELL) -> Path:
-    """The calibration's folder for this geometry, dose (2 significant digits), model, sample count and cell."""
+    """The calibration's folder for this geometry, dose (2 significant digits), model (its weights' sha256), sample
+    count and cell."""
+    from ..learn.pretrained import sha256_file
+    from ..learn.trainer.checkpoint import resolve_weights_path
+
     key = {"geometry": {k: geometry.get(k) for k in ("energy", "semiangle", "aberrations", "angular_sampling",
                                                       "scan_step", "sampling", "upsampling")},
-           "electrons": None if electrons is None else float(f"{electrons:.2g}"), "model": _model_digest(model_path),
+           "electrons": None if electrons is None else float(f"{electrons:.2g}"),
+           "model": sha256_file(resolve_weights_path(model_path)),
            "samples": int(samples), "cell": float(cell), "version": VERSION}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return _cache_root() / "verdict" / digest
