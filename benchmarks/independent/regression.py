@@ -161,8 +161,10 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
 
 
-def run_case(name: str, epochs: int, data: Path, work: Path, tree: Path, threads: int) -> dict:
-    """{"r", "E"} of one fresh run of ``name`` for ``epochs`` epochs in ``work``, phasestem from ``tree``."""
+def run_case(name: str, epochs: int, data: Path, work: Path, tree: Path, threads: int,
+             runner_args: tuple[str, ...] = ()) -> dict:
+    """{"r", "E"} of one fresh run of ``name`` for ``epochs`` epochs in ``work``, phasestem from ``tree``;
+    ``runner_args``: more options of ``run_phasestem.py`` (runner cases only, e.g. ``--holdout-counts 0.1``)."""
     kind = CASES[name][1]
     source = case_file(data, name)
     out = work / f"{name}_{epochs}"
@@ -174,7 +176,7 @@ def run_case(name: str, epochs: int, data: Path, work: Path, tree: Path, threads
         result = out / "result.npz"
         result.unlink(missing_ok=True)
         _run([sys.executable, str(PEERS / "run_phasestem.py"), str(source), str(result), "--threads", str(threads),
-              "--loss", "none", "--iters", str(epochs)], env, out / "run.log")
+              "--loss", "none", "--iters", str(epochs), *runner_args], env, out / "run.log")
         with np.load(source) as c, np.load(result) as z:
             s = score({k: z[k] for k in z.files}, c["truth_phase"], case_fov(c))
         r = [float(v) for v in s["r"]]  # r after every epoch of this run: r at 5 of a 20-epoch run is the README's
@@ -293,6 +295,9 @@ def main() -> int:
     ap.add_argument("--history", default=str(HISTORY))
     ap.add_argument("--json", type=Path, default=None, help="also write the line to this file")
     ap.add_argument("--no-record", action="store_true", help="compare, but do not append the line")
+    ap.add_argument("--runner-arg", action="append", default=[], metavar="ARG",
+                    help="one more option of run_phasestem.py for the runner cases (repeat it: --runner-arg=--holdout-"
+                    "counts --runner-arg=0.1); with it no line is recorded")
     ap.add_argument("--table", nargs=2, type=Path, metavar=("BEFORE", "AFTER"),
                     help="print the before/after table of two --json files and exit")
     args = ap.parse_args()
@@ -308,10 +313,12 @@ def main() -> int:
     t0 = time.perf_counter()
     entry = {"guard": GUARD, "commit": label, "date": time.strftime("%Y-%m-%d %H:%M"),
              "load_average": round(os.getloadavg()[0], 2), "cases": {}}
+    if args.runner_arg:  # another recipe than the defaults: compared, never the guard's record
+        entry["runner_args"] = list(args.runner_arg)
     for name in args.cases:
         entry["cases"][name] = {}
         for epochs in args.epochs:
-            got = run_case(name, epochs, data, work, tree, args.threads)
+            got = run_case(name, epochs, data, work, tree, args.threads, tuple(args.runner_arg))
             entry["cases"][name][str(epochs)] = got
             print(f"{name} ({CASES[name][0]}) at {epochs} epochs: r {got['r']:.4f}, E_φ {got['E']:.4f}", flush=True)
     entry["seconds"] = round(time.perf_counter() - t0, 1)
@@ -321,7 +328,7 @@ def main() -> int:
     history = Path(args.history)
     previous = last_line(history)
     found = drops(previous, entry) if previous else []
-    if not args.no_record:
+    if not args.no_record and not args.runner_arg:
         append(history, entry)
     print(f"{len(entry['cases'])} cases × {len(args.epochs)} epoch counts in {entry['seconds']:.0f} s; " + (
         f"no case worse than {previous['commit']} (r −{R_TOLERANCE}, E_φ +{E_TOLERANCE:.0%})"

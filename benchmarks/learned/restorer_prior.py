@@ -50,12 +50,16 @@ def samples(path: Path, electrons: list[float | None]):
 
 
 def run_prior(net, ds, truth: np.ndarray, truth_sampling, every: int, weight: float, start: int,
-              device: str = "cpu", curve_every: int = 1, twin: bool = True) -> dict:
+              device: str = "cpu", curve_every: int = 1, twin: bool = True, holdout_counts: float = 0.0,
+              after_min: str = "none") -> dict:
     """AD + prior of one dataset, scored on the state the run returns (``prior``; ``returned_epoch``, and why,
     where the prior rewound it) and, every ``curve_every`` epochs (0: never), on each epoch's phase (``curve``;
     ``best_epoch_error``, ``final_over_best``: the returned state's E_φ over the best epoch's; the scoring is
     outside ``seconds``). ``twin``: the network restores a plain-AD twin's phase, as ``reconstruct --prior`` does
-    (:class:`phasestem.recon.twin.TwinRun`; False: the steered phase itself, as before issue 68)."""
+    (:class:`phasestem.recon.twin.TwinRun`; False: the steered phase itself, as before issue 68).
+    ``holdout_counts`` q > 0: counted data split as ``run.holdout_counts`` splits them
+    (:func:`phasestem.recon.count_split.split_counts`, seed 0): the run, its twin and its prior see the fitted part,
+    the held part's deviance after each epoch (``heldout_curve``) chooses the epoch the run returns."""
     from phasestem.learn.ad_pairs import truth_on_ad_grid
     from phasestem.learn.apply.restorer import restore_channels
     from phasestem.learn.hybrid import ad_recipe_model, restorer_prior
@@ -64,16 +68,31 @@ def run_prior(net, ds, truth: np.ndarray, truth_sampling, every: int, weight: fl
     from phasestem.recon.params import run_sections
     from phasestem.recon.twin import TwinRun
 
+    held = None
+    if holdout_counts:
+        from phasestem.io.counts import counts_decision
+        from phasestem.recon.count_split import split_counts
+
+        decision = counts_decision(ds)  # not remembered on ds: its noise-free original shares the metadata's copy
+        if decision.counted:
+            ds, held = split_counts(ds, holdout_counts, 0, decision, float("inf"))
+            decision.remember(ds)
     params, model = ad_recipe_model(ds, None, device)
     shadow = None
     if twin:
         _, plain = ad_recipe_model(ds, None, device)
         shadow = TwinRun(plain, optimize_with_options(plain, ds, params.run.n_epochs, **run_sections(params)))
-    prior = restorer_prior(net, ds, every=every, weight=weight, start=start, twin=shadow)
+    prior = restorer_prior(net, ds, every=every, weight=weight, start=start, twin=shadow, after_min=after_min)
     sampling = tuple(float(s) for s in model.sampling)
     curve, gt, seconds, t = {}, None, 0.0, time.perf_counter()
-    for _ in optimize_with_options(model, ds, params.run.n_epochs, prior=prior, **run_sections(params)):
+    heldout_curve = {}
+    for _ in optimize_with_options(model, ds, params.run.n_epochs, prior=prior, heldout_counts=held,
+                                   **run_sections(params)):
         seconds += time.perf_counter() - t
+        last = model.loss_history[-1] if model.loss_history else {}
+        for key in ("heldout", "prior_target_heldout"):  # the run's held counts, or its prior's twin's at a refresh
+            if key in last:
+                heldout_curve.setdefault(key, {})[str(int(model.epoch))] = float(last[key])
         if curve_every and (model.epoch % curve_every == 0):  # scored outside the timed run
             ch = restorer_channels(model, ds)
             gt = truth_on_ad_grid(truth, truth_sampling, sampling, ch["phase"].shape) if gt is None else gt
@@ -86,6 +105,9 @@ def run_prior(net, ds, truth: np.ndarray, truth_sampling, every: int, weight: fl
     out = {"prior": final, "prior_restored": aligned_error(restored, gt, ch["field"]), "seconds": seconds,
            "epochs": int(params.run.n_epochs), "returned_epoch": int(model.epoch),
            "returned_why": str(getattr(model, "prior_returned", "") or "")}
+    if held is not None:
+        out |= {"holdout_counts": holdout_counts, "heldout_curve": heldout_curve, "after_min": after_min,
+                "heldout_why": str(getattr(model, "heldout_returned", "") or ""), "target_frozen_at": prior.frozen_at}
     if curve:
         best = min(curve.values())
         out |= {"curve": curve, "best_epoch_error": best, "final_over_best": final / best}
@@ -93,7 +115,8 @@ def run_prior(net, ds, truth: np.ndarray, truth_sampling, every: int, weight: fl
 
 
 def study(model: str, dev: Path, val: Path, electrons: list[float | None], device: str = "cpu",
-          candidates=CANDIDATES, out: Path | None = None, twin: bool = True) -> dict:
+          candidates=CANDIDATES, out: Path | None = None, twin: bool = True, holdout_counts: float = 0.0,
+          after_min: str = "none") -> dict:
     """Every candidate on the development half, the chosen one on the validation half (resumes from ``out``)."""
     from phasestem.learn.apply.restorer import load_restorer
 
@@ -105,7 +128,8 @@ def study(model: str, dev: Path, val: Path, electrons: list[float | None], devic
         rows = result["dev"].setdefault(key, {})
         for name, ds, truth, ts in samples(dev, electrons) if dev is not None else ():
             if name not in rows:
-                rows[name] = run_prior(net, ds, truth, ts, every, weight, start, device, twin=twin)
+                rows[name] = run_prior(net, ds, truth, ts, every, weight, start, device, twin=twin,
+                                       holdout_counts=holdout_counts, after_min=after_min)
                 print(key, name, rows[name], flush=True)
                 if out is not None:
                     write_json(out, result)
@@ -117,7 +141,8 @@ def study(model: str, dev: Path, val: Path, electrons: list[float | None], devic
     rows = result["val"].setdefault(chosen, {})
     for name, ds, truth, ts in samples(val, electrons):
         if name not in rows:
-            rows[name] = run_prior(net, ds, truth, ts, int(every), weight, int(start), device, twin=twin)
+            rows[name] = run_prior(net, ds, truth, ts, int(every), weight, int(start), device, twin=twin,
+                                   holdout_counts=holdout_counts, after_min=after_min)
             print("val", chosen, name, rows[name], flush=True)
             if out is not None:
                 write_json(out, result)
@@ -137,11 +162,16 @@ def main(argv: list[str] | None = None) -> int:
                         "development half)")
     p.add_argument("--no-twin", action="store_true",
                    help="restore the steered phase itself (the prior before issue 68's twin), not a plain-AD twin's")
+    p.add_argument("--holdout-counts", type=float, default=0.0,
+                   help="share of every counted pattern's counts held out of the fit (run.holdout_counts; 0: off)")
+    p.add_argument("--after-min", choices=["freeze", "none"], default="none",
+                   help="with --holdout-counts: the prior's target once its held-count deviance passes its minimum")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     write_json(args.out, study(args.model, args.dev, args.val, args.electrons, args.device,
                                    candidates=CANDIDATES[:1] if args.defaults_only else CANDIDATES, out=args.out,
-                                   twin=not args.no_twin))
+                                   twin=not args.no_twin, holdout_counts=args.holdout_counts,
+                                   after_min=args.after_min))
     return 0
 
 

@@ -37,6 +37,9 @@ def main() -> None:
     ap.add_argument("--holdout", default=None,
                     help="run.holdout: fraction of positions held out to stop on their lowest loss, or auto "
                          "(default: the engine's, off); a stopped run's last history entry is the state it kept")
+    ap.add_argument("--holdout-counts", type=float, default=0.0,
+                    help="run.holdout_counts: share of every counted pattern's counts held out of the fit, whose "
+                         "Poisson deviance chooses the epoch returned (default 0: off; not counted: ignored)")
     ap.add_argument("--rate", action="append", default=[], metavar="NAME=LR",
                     help="one parameter's learning rate (obj_amplitude, obj_phase, probe, tilt, …), or LR@START to "
                          "start it at epoch START; repeatable")
@@ -123,6 +126,15 @@ def main() -> None:
                    angular_sampling=angular_sampling_for(c["energy"], c["sampling"], (H, W)),
                    semiangle=float(c["semiangle"]) * args.semiangle_scale,
                    aberrations={"C10": float(c["c10"]) + args.c10_error}).binned(args.bin)
+    held = None
+    if args.holdout_counts:  # run.holdout_counts: a share of every counted pattern's counts held out of the fit
+        from phasestem.io.counts import counts_decision
+        from phasestem.recon.count_split import split_counts
+
+        decision = counts_decision(ds)
+        if decision.counted:
+            ds, held = split_counts(ds, args.holdout_counts, 0, decision, float("inf"))
+            decision.remember(ds)
     ran, why = losses_for_data(losses, ds)  # what the engine runs (--loss none: the data's choice)
     # nominal probe from the optics (never the true one); positions exact → frozen
     n_slices = args.slices or int(c["n_slices"])
@@ -190,8 +202,9 @@ def main() -> None:
         defaults["coarse_start"] = args.coarse_start if args.coarse_start == "auto" else int(args.coarse_start)
     if args.holdout is not None:
         defaults["holdout"] = args.holdout if args.holdout == "auto" else float(args.holdout)
+    split = {} if held is None else {"heldout_counts": held}
     for loss in method(c["iters"], ds, batch_size=c["batch"], constraints=cons, losses=losses, progress=False,
-                        **defaults):
+                        **defaults, **split):
         if model.device.type == "cuda":
             torch.cuda.synchronize(model.device)
         t1 = time.perf_counter()
@@ -209,7 +222,8 @@ def main() -> None:
 
     settings = {"tool": f"phasestem {phasestem.__version__}", "optimizer": args.optimizer,
                 "learning_rates": {k: s.resolved_lr(k, args.optimizer) for k, s in model.schedules.items()},
-                **defaults, "batch": c["batch"], "probe_modes": model.n_probe_modes, "slices": model.n_slices,
+                **defaults, **({} if held is None else {"holdout_counts": held.fraction}),
+                "batch": c["batch"], "probe_modes": model.n_probe_modes, "slices": model.n_slices,
                 "ortho_probe": c["n_modes"] > 1, "tilt_start": args.tilt_start,
                 "aperture_edge": args.aperture_edge or "soft (the engine's default)", "c10_error": args.c10_error,
                 "semiangle_scale": args.semiangle_scale,

@@ -100,7 +100,8 @@ def ad_recipe_snapshots(dataset, snapshots: tuple[int, ...] = (2, 4, 8), n_epoch
 
 
 def restorer_prior(net, dataset, every: int = 2, weight: float | None = None, start: int = 2,
-                   name: str = "a restorer", decay: float | None = None, patience: int | None = None, twin=None):
+                   name: str = "a restorer", decay: float | None = None, patience: int | None = None, twin=None,
+                   after_min: str = "none"):
     """A :class:`~phasestem.recon.prior.RefreshedPrior` whose target is ``net``'s restoration of the model's
     phase (channels of :func:`phasestem.recon.channels.restorer_channels`) inside the scanned field and the phase
     itself outside it (no pull where the restorer was never trained), pulled with ``weight`` (None:
@@ -108,7 +109,9 @@ def restorer_prior(net, dataset, every: int = 2, weight: float | None = None, st
     and ``patience`` (None: :mod:`phasestem.recon.prior_stop`'s defaults, no decay with a ``twin``): the weight's
     factor per refresh and the rises of the data term that stop the pull; ``twin``: a
     :class:`~phasestem.recon.twin.TwinRun` of the run's recipe whose phase the network restores (the phase it
-    was trained on; None: the steered phase itself). An engine callback: ``model.LSQ_optimize(…, prior=…)`` or
+    was trained on; None: the steered phase itself); ``after_min``: with held-out counts, 'freeze' keeps the target
+    whose held-count deviance was lowest once a refresh scores above it, 'none' goes on refreshing
+    (:class:`~phasestem.recon.prior.RefreshedPrior`). An engine callback: ``model.LSQ_optimize(…, prior=…)`` or
     ``callbacks=[…]``."""
     from ..recon.channels import restorer_channels
     from ..recon.prior import RefreshedPrior
@@ -125,7 +128,7 @@ def restorer_prior(net, dataset, every: int = 2, weight: float | None = None, st
 
     return RefreshedPrior(target, every=every, weight=DEFAULT_WEIGHT if weight is None else weight, start=start,
                           name=name, decay=decay, patience=DEFAULT_PATIENCE if patience is None else patience,
-                          twin=twin)
+                          twin=twin, after_min=after_min)
 
 
 def prior_hook(model_path, every: int = 2, weight: float | None = None, start: int = 2, decay: float | None = None,
@@ -193,7 +196,8 @@ def guard_run(results_path, data_file=None, device: str = "cpu"):
     model (:func:`phasestem.recon.params.build_model` of the parameters ``results.h5`` records, attrs ``config``)
     holding its final object, probe, positions, tilt, slice thickness and object-mode weights, and its patterns
     read from ``data_file`` (None: the recorded ``data.file``) and transformed as the run read them (crop, bin, …),
-    with the run's counts rule (:mod:`phasestem.io.counts`). A file that is not there, a run without the record or
+    with the run's counts rule (:mod:`phasestem.io.counts`) and the run's count split (``run.holdout_counts``: the
+    part it fitted). A file that is not there, a run without the record or
     whose arrays do not fit the rebuilt model is one line."""
     import os
 
@@ -225,6 +229,12 @@ def guard_run(results_path, data_file=None, device: str = "cpu"):
     params = parse_params(recorded, f"{results_path}: attrs config")
     keep_recorded_upsampling(params, r)
     dataset = build_dataset(params, warn=False)
+    if params.run.holdout_counts:  # the run fitted a share of the counts: the guard sees the same (the same split)
+        from ..io.counts import counts_decision
+        from ..recon.count_split import split_counts
+
+        dataset, _ = split_counts(dataset, params.run.holdout_counts, params.run.seed,
+                                  counts_decision(dataset).remember(dataset), float("inf"))
     model = build_model(params, dataset).to(device)
     load_fitted_state(model, r, Path(results_path))
     return fitted_guard_run(model, dataset, str(source))

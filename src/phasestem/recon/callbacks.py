@@ -199,7 +199,7 @@ class EpochLog(Callback):
         record, terms = loop.record, sorted(loop.terms)
         log.info("%s %d loss %.6g %s%s%s (%.2f s)", loop.unit, loop.epoch, loop.mean_loss,
                  " ".join(f"{k}={record[k]:.4g}" for k in terms),
-                 f" heldout={record['heldout']:.4g}" if "heldout" in record else "",
+                 f" heldout={record['heldout']:.7g}" if "heldout" in record else "",
                  f" constraints: {','.join(loop.applied)}" if loop.applied else "", record["seconds"])
 
 

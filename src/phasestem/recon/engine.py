@@ -55,6 +55,7 @@ from .callbacks import (  # noqa: F401  (the errors and PHYSICAL_LIMIT: the engi
 )
 from .checkpoint import load_checkpoint, reuse_optimizer_state, save_checkpoint  # noqa: F401  (engine API)
 from .constraints import Constraints, apply_constraints
+from .count_split import HeldCountsStop, check_split
 from .data_losses import losses_for_data
 from .decay_rule import crystal_decay, resolve_lr_decay
 from .decided import resolve_decided
@@ -101,6 +102,7 @@ class Loop:
         # what the call decides once, before its first epoch (engine._prepare), and the optimizer's parameters
         self.batch_size, self.fixed = 0, frozenset()  # fixed: parameters held in this call (a low dose's amplitude)
         self.train = self.held = None  # the fitted and the held-out positions (run.holdout; held None: none)
+        self.heldout_counts = None  # the counts held out of the fit (recon.count_split.HeldCounts; None: none)
         self.fit_positions: torch.Tensor | None = None  # this epoch's positions, set by a callback (None: train)
         self.lr_decay, self.decay_span, self.crystal_check = "none", None, False
         self.last_epoch = model.epoch + n_epochs  # where the decay reaches lr_final
@@ -111,8 +113,8 @@ class Loop:
 
 def optimize(model, dataset, n_epochs: int, run: RunConfig | None = None, losses: LossConfig | None = None,
              constraints: Constraints | None = None, callbacks: Sequence[Callback] = (), *,
-             lbfgs_options: dict | None = None, distributed: bool = True, state: RunState | None = None
-             ) -> Iterator[float]:
+             lbfgs_options: dict | None = None, distributed: bool = True, state: RunState | None = None,
+             heldout_counts=None) -> Iterator[float]:
     """Run ``n_epochs`` more epochs of ``model`` on ``dataset``; yield each epoch's mean total loss (float).
 
     ``run``: the solver and its settings (optimizer, batch_size, batch_mode, lr_scale, momentum, seed, progress,
@@ -128,7 +130,9 @@ def optimize(model, dataset, n_epochs: int, run: RunConfig | None = None, losses
     also receives the divergence's last good state. ``lbfgs_options`` update torch's L-BFGS settings.
     ``distributed``: in an initialised process group, share the work with the other ranks (False: this rank
     alone runs the whole call, e.g. a check on rank 0 only). ``state``: the run state to continue
-    (:func:`~phasestem.recon.checkpoint.load_checkpoint`'s; None: new for this call).
+    (:func:`~phasestem.recon.checkpoint.load_checkpoint`'s; None: new for this call). ``heldout_counts``: the
+    counts held out of ``dataset``'s (:func:`~phasestem.recon.count_split.split_counts`, ``run.holdout_counts``):
+    their Poisson deviance after each epoch decides where the run ends (one process).
     """
     run = run or RunConfig()
     decision = counts_decision(dataset)  # once per call: the data term and obj_blur's rule read it
@@ -141,7 +145,7 @@ def optimize(model, dataset, n_epochs: int, run: RunConfig | None = None, losses
     model.solver = run.optimizer  # the last solver that ran (repr)
     path = next((c.path for c in callbacks if isinstance(c, Checkpoints)), None)
     loop = Loop(model, dataset, n_epochs, run, losses, constraints, rank, world)
-    loop.counted, loop.state = decision.counted, state
+    loop.counted, loop.state, loop.heldout_counts = decision.counted, state, heldout_counts
     loop.callbacks = [DivergenceGuard(path), EpochLog(), ProgressBar(), *callbacks]
     yield from _epochs(loop, lbfgs_options or {})
 
@@ -206,7 +210,9 @@ def _prepare(loop: Loop) -> None:
         log.info("run.lr_decay auto: %s", why)
         model.history.notes["run.lr_decay"] = why  # a run setting: its row in results.h5 (recon.report)
     bs = loop.batch_size = n if not run.batch_size else min(int(run.batch_size), n)
-    loop.train, loop.held = split_positions(n, holdout_fraction(run.holdout, losses, counts, n, loop.world), run.seed)
+    split = loop.heldout_counts  # a share of every pattern's counts held out instead of positions
+    fraction = 0.0 if split is not None else holdout_fraction(run.holdout, losses, counts, n, loop.world)
+    loop.train, loop.held = split_positions(n, fraction, run.seed)
     held = loop.held
     if held is not None:  # positions kept out of the fit: their loss decides where the run ends
         loop.callbacks.insert(1, HeldOutStop(held, bs))
@@ -221,7 +227,18 @@ def _prepare(loop: Loop) -> None:
     if "tilt" in refining:
         log.info("%s", TILT_NOT_MEASURED)
     # decay window, divergence references and best state: carried on from a checkpoint, else new for this call
+    resumed = loop.state is not None
     loop.state = loop.state or RunState.new(model)
+    if split is not None:  # before the log and the prior (index 1), as the held-out positions' stop
+        check_split(split, n, loop.world, run.holdout, loop.state, resumed)
+        taken = [cb for cb in loop.callbacks if getattr(cb, "uses_held_counts", False)]
+        if taken:  # a learned prior judges its target by them (recon.prior.RefreshedPrior)
+            log.info("%s: they judge the learned prior's target; the run's epoch is chosen by the prior's rules",
+                     split.what())
+        else:
+            loop.callbacks.insert(1, HeldCountsStop(split, bs))
+            log.info("%s: the run returns the epoch where their Poisson deviance is lowest and stops after %d "
+                     "epochs without a new lowest (run.holdout_patience)", split.what(), run.holdout_patience)
     loop.last_epoch = model.epoch + loop.n_epochs  # after a coarse start's epochs
     if loop.world > 1:  # every rank evaluates the positions of its own compact block
         loop.owner = shard_owners(model.initial_positions.detach().cpu().numpy(), loop.world)
@@ -446,7 +463,7 @@ def optimize_with_options(model, dataset, n_epochs: int, losses: LossConfig | No
                           figures_every: int = 0, log_file: str | Path | None = None,
                           callbacks: Sequence[Callback] = (), lbfgs_options: dict | None = None,
                           distributed: bool = True, prior=None, run: RunConfig | None = None,
-                          state: RunState | None = None, **run_options) -> Iterator[float]:
+                          state: RunState | None = None, heldout_counts=None, **run_options) -> Iterator[float]:
     """:func:`optimize` with keyword options, as the model's ``*_optimize`` methods take them.
 
     ``run``: a parameter file's ``run`` section (:func:`phasestem.recon.params.run_sections`); ``run_options``:
@@ -457,7 +474,8 @@ def optimize_with_options(model, dataset, n_epochs: int, losses: LossConfig | No
     (:class:`~phasestem.recon.callbacks.Figures`). ``log_file`` (default ``out_dir/reconstruct.log`` when
     ``out_dir`` is set): the run log (:class:`~phasestem.recon.callbacks.LogFile`). ``prior``: a
     :class:`~phasestem.recon.prior.PhasePrior` or :class:`~phasestem.recon.prior.RefreshedPrior` (e.g.
-    :func:`phasestem.learn.hybrid.restorer_prior`), one more callback of this call. ``state``: as :func:`optimize`'s."""
+    :func:`phasestem.learn.hybrid.restorer_prior`), one more callback of this call. ``state``,
+    ``heldout_counts``: as :func:`optimize`'s."""
     if run is None:
         run = run_settings(dataset.n_patterns, **run_options)
     elif run_options:
@@ -473,5 +491,5 @@ def optimize_with_options(model, dataset, n_epochs: int, losses: LossConfig | No
         own.append(Figures(out_dir, figures_every))
     yield from optimize(model, dataset, n_epochs, run, losses, constraints,
                         [*([] if prior is None else [prior]), *own, *callbacks], lbfgs_options=lbfgs_options,
-                        distributed=distributed, state=state)
+                        distributed=distributed, state=state, heldout_counts=heldout_counts)
 

@@ -83,9 +83,13 @@ class HeldOutStop(Callback):
     def __init__(self, held: torch.Tensor, batch_size: int):
         self.held, self.batch_size = held, batch_size
 
+    def score(self, loop) -> float:
+        """The held-out loss of the model as it stands (lower: better)."""
+        return heldout_loss(loop.model, loop.data, loop.losses, self.held, self.batch_size)
+
     def on_epoch_end(self, loop) -> None:
         model, state = loop.model, loop.state
-        value = heldout_loss(model, loop.data, loop.losses, self.held, self.batch_size)
+        value = self.score(loop)
         loop.record["heldout"] = value
         if math.isfinite(value) and value < state.holdout_best_loss:
             state.holdout_best_loss = value

@@ -80,7 +80,17 @@ class PhasePrior(Callback):
         record["prior_weight"] = self.weight
 
 
+#: what a learned prior does with its target once its twin's held-count deviance passes its minimum
+#: (``run.holdout_counts``): keep the best target ('freeze') or go on refreshing ('none')
+AFTER_MIN = ("freeze", "none")
+
+
 class RefreshedPrior(Callback):
+    #: with held-out counts the prior takes them (they judge its target: :meth:`refresh`) and the engine adds no stop
+    #: of its own: the pull moves the phase off the data's best fit on purpose (on abTEM crystals at 10⁴ e⁻ the held
+    #: counts' deviance of the pulled run was lowest at epoch 3 while its E_φ fell from 0.457 to 0.432 by epoch 8), so
+    #: the pulled run's own deviance cannot choose its epoch
+    uses_held_counts = True
     """A :class:`PhasePrior` whose target is recomputed by a callable during the run (a learned prior, issue 48),
     with a pull that converges and a run that ends on its best state by the data (issue 68; rules in
     :mod:`phasestem.recon.prior_stop`).
@@ -104,7 +114,7 @@ class RefreshedPrior(Callback):
 
     def __init__(self, target_fn, every: int = 2, weight: float = 0.1, start: int = 2, name: str = "a callable",
                  decay: float | None = None, patience: int = DEFAULT_PATIENCE, tolerance: float = TOLERANCE,
-                 twin=None):
+                 twin=None, after_min: str = "freeze"):
         if int(every) < 1 or int(start) < 0:
             raise ConfigError(f"prior: every must be ≥ 1 and start ≥ 0, got every {every}, start {start}")
         if not np.isfinite(weight) or weight < 0:
@@ -120,6 +130,11 @@ class RefreshedPrior(Callback):
         self.target_change: float | None = None
         self.returned: str | None = None
         self.twin = twin
+        if after_min not in AFTER_MIN:
+            raise ConfigError(f"prior: after_min must be one of {', '.join(AFTER_MIN)}, got {after_min!r}")
+        self.after_min, self.held, self.batch_size = after_min, None, 1
+        self.target_best: tuple[float, int, PhasePrior] | None = None  # (held deviance, epoch, target) of the best
+        self.frozen_at: int | None = None
 
     def weight_at(self, epoch: int) -> float:
         """The pull's weight after ``epoch``: 0 before the start and once the pull stopped, else λ·γ^n."""
@@ -129,6 +144,7 @@ class RefreshedPrior(Callback):
 
     def on_start(self, loop) -> None:
         self.stop.tolerance = judging_tolerance(loop, self.tolerance)
+        self.held, self.batch_size = getattr(loop, "heldout_counts", None), int(loop.run.batch_size)
         self.stop.replayed = False  # the history is read at this call's first epoch (after a resume's restore)
         self.returned = None
 
@@ -174,22 +190,50 @@ class RefreshedPrior(Callback):
                     "learned prior (%s): target after epoch %d, then every %d epochs; pull weight %g, × %g per "
                     "refresh, stopped once the data term rises %d epochs in a row", self.name, epoch, self.every,
                     weight, self.decay, self.stop.patience)
-            self.refresh(model, weight)
+            score = self.refresh(model, weight)
             if self.target_change is not None:
                 record["prior_target_change"] = self.target_change
+            if score is not None:
+                record["prior_target_heldout"] = score
+        if self.frozen_at is not None:
+            record["prior_target_frozen"] = float(self.frozen_at)
         self.prior.weight = weight
         self.prior.apply(model)
         record["prior_refreshed"] = float(refreshed)
 
-    def refresh(self, model, weight: float) -> None:
-        """A new target from ``target_fn``; ``target_change``: its RMS change (rad, means matched) from the last."""
+    def refresh(self, model, weight: float) -> float | None:
+        """A new target from ``target_fn``; ``target_change``: its RMS change (rad, means matched) from the last.
+        With held-out counts (``run.holdout_counts``) and ``after_min`` 'freeze', each refresh scores its source (the
+        twin, plain AD of the same recipe) by the held counts' deviance
+        (:func:`~phasestem.recon.count_split.held_counts_nll`): once a refresh scores above the lowest so far, the
+        twin has begun to fit the noise, so the target of the lowest is kept for the rest of the run and the twin
+        stops. Returns the score (None: not scored)."""
+        if self.frozen_at is not None:
+            return None
         old = None if self.prior is None else self.prior.prior
-        source = model if self.twin is None else self.twin.advance_to(int(model.epoch))
+        epoch = int(model.epoch)
+        source = model if self.twin is None else self.twin.advance_to(epoch)
         self.prior = PhasePrior(model, self.target_fn(source), None, weight)
         new = self.prior.prior
         if old is not None and old.shape == new.shape:
             diff = (new - old) * model.n_slices
             self.target_change = float((diff - diff.mean()).square().mean().sqrt())
+        if self.held is None or self.after_min == "none" or self.twin is None:
+            return None
+        from .count_split import held_counts_nll
+
+        score = held_counts_nll(source, self.held, self.batch_size)
+        if self.target_best is None or score <= self.target_best[0]:
+            self.target_best = (score, epoch, self.prior)
+            return score
+        best, best_epoch, self.prior = self.target_best
+        self.frozen_at = epoch
+        self.twin.close()
+        logging.getLogger("phasestem.recon").info(
+            "learned prior: the twin's held-count deviance was lowest after epoch %d (%.7g per pattern) and rose by "
+            "epoch %d (%.7g): it fits the noise from there, so the target stays the restoration of its epoch %d and "
+            "the twin stops", best_epoch, best, epoch, score, best_epoch)
+        return score
 
 
 def prior_disagreement(callbacks, model) -> str | None:

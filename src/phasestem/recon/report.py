@@ -195,6 +195,9 @@ def auto_settings(model, params, sources=None) -> list:
                             note=f"auto: {why}"))
     if getattr(model, "prior_returned", None):
         rows.append(Setting("prior.returned_epoch", int(model.epoch), "", "flag", note=model.prior_returned))
+    if getattr(model, "heldout_returned", None):  # run.holdout_counts: the epoch its held counts chose
+        rows.append(Setting("run.holdout_counts.returned_epoch", int(model.epoch), "",
+                            (sources or {}).get("run.holdout_counts", "YAML"), note=model.heldout_returned))
     return rows
 
 

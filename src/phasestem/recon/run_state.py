@@ -57,7 +57,8 @@ class RunState:
     :class:`~phasestem.recon.callbacks.DivergenceGuard`); ``holdout_best_loss``, ``holdout_best`` (epoch,
     state_dict) and ``holdout_waited``: the held-out stop's lowest loss, its state and the epochs since
     (:mod:`phasestem.recon.holdout`); ``optimizer``: a checkpoint's optimiser state, for the first optimiser the
-    call builds."""
+    call builds; ``count_split``: the fingerprint of the run's count split (:mod:`phasestem.recon.count_split`;
+    None: none)."""
 
     decay_start: int
     start_loss: float | None = None
@@ -70,6 +71,7 @@ class RunState:
     holdout_best: tuple[int, dict[str, torch.Tensor]] | None = None
     holdout_waited: int = 0
     optimizer: dict | None = None
+    count_split: list | None = None
 
     @classmethod
     def new(cls, model) -> RunState:
@@ -87,7 +89,8 @@ class RunState:
                "start_loss": None if self.start_loss is None else float(self.start_loss),
                "best_loss": float(self.best_loss), "optimizer_names": list(self.optimizer_names),
                "lr_backoff": float(self.lr_backoff), "backoffs": int(self.backoffs),
-               "holdout_best_loss": float(self.holdout_best_loss), "holdout_waited": int(self.holdout_waited)}
+               "holdout_best_loss": float(self.holdout_best_loss), "holdout_waited": int(self.holdout_waited),
+               "count_split": None if self.count_split is None else list(self.count_split)}
         _pack(self.best, model, out, "best")
         _pack(self.holdout_best, model, out, "holdout_best")
         return out
@@ -108,4 +111,10 @@ class RunState:
                    lr_backoff=float(entry.get("lr_backoff", 1.0)), backoffs=int(entry.get("backoffs", 0)),
                    holdout_best_loss=float(entry.get("holdout_best_loss", math.inf)),
                    holdout_best=_unpack(entry, model, "holdout_best"),
-                   holdout_waited=int(entry.get("holdout_waited", 0)), optimizer=optimizer)
+                   holdout_waited=int(entry.get("holdout_waited", 0)), optimizer=optimizer,
+                   count_split=_split(entry.get("count_split")))
+
+
+def _split(value) -> list | None:
+    """A checkpoint's count-split fingerprint as [q, seed, held total] (None: none)."""
+    return None if value is None else [float(value[0]), int(value[1]), float(value[2])]

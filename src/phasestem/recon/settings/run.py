@@ -41,8 +41,17 @@ class RunConfig(FiniteModel):
         "benchmark's low-dose cases it kept the peak, on a small 1e3 e⁻ scan it stopped at epoch 1 while the phase "
         "still improved (phasestem.recon.holdout). auto: 0.05 for counted data (a Poisson term) of at most 3e4 counts "
         "per pattern and at least 400 positions, else 0; 0: off (default); one process only")
+    holdout_counts: float = Field(
+        0.0, ge=0, lt=0.5, description="share q of every pattern's counts held out of the fit by a binomial split "
+        "(held ~ Binomial(counts, q), drawn per scan row with run.seed; the rest is fitted, so every position stays "
+        "in the fit at (1 − q) × the counts): after each epoch the held counts' Poisson deviance under the model is "
+        "log column 'heldout'; the run returns the epoch where it was lowest and stops after run.holdout_patience "
+        "epochs without a new lowest; with --prior they judge the prior's plain-AD twin instead, whose restoration "
+        "stays the target once the twin's deviance rises (phasestem.recon.count_split). Whole counts of a Poisson "
+        "detector only (gain or charge sharing correlate the parts), one process, not with run.holdout; 0: off "
+        "(default)")
     holdout_patience: int = Field(3, ge=1, description="epochs without a new lowest held-out loss before the run "
-                                  "stops (run.holdout)")
+                                  "stops (run.holdout, run.holdout_counts)")
     n_epochs: int = Field(20, ge=1, description="number of epochs (iterations over all patterns)")
     coarse_start: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
         "auto", description="the first epochs of a fresh run on the detector's centre (the bright-field disk and a "
@@ -66,7 +75,7 @@ class RunConfig(FiniteModel):
         "further, unless its first epoch shows a crystal, and the cosine otherwise "
         "(phasestem.recon.decay_rule.resolve_lr_decay; logged)")
     lr_final: float = Field(0.1, gt=0, le=1, description="final learning-rate fraction of lr_decay: cosine")
-    seed: int = Field(0, description="seed of the batch order")
+    seed: int = Field(0, description="seed of the batch order, the held-out positions and the count split")
     compile: Literal["auto", "none", "compile", "cuda_graph"] = Field(
         "auto", description="the mini-batch step: auto: cuda_graph on a CUDA device in one process with the data "
         "on the device and a solver other than lbfgs (the eager step if the graph cannot be captured, with a "
