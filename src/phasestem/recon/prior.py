@@ -86,11 +86,6 @@ AFTER_MIN = ("freeze", "none")
 
 
 class RefreshedPrior(Callback):
-    #: with held-out counts the prior takes them (they judge its target: :meth:`refresh`) and the engine adds no stop
-    #: of its own: the pull moves the phase off the data's best fit on purpose (on abTEM crystals at 10⁴ e⁻ the held
-    #: counts' deviance of the pulled run was lowest at epoch 3 while its E_φ fell from 0.457 to 0.432 by epoch 8), so
-    #: the pulled run's own deviance cannot choose its epoch
-    uses_held_counts = True
     """A :class:`PhasePrior` whose target is recomputed by a callable during the run (a learned prior, issue 48),
     with a pull that converges and a run that ends on its best state by the data (issue 68; rules in
     :mod:`phasestem.recon.prior_stop`).
@@ -110,7 +105,9 @@ class RefreshedPrior(Callback):
     target is; ``returned`` holds the note on the epoch the run returned (None before the end). ``twin``: a
     :class:`~phasestem.recon.twin.TwinRun` (plain AD of the run's recipe): ``target_fn`` is then given the twin's
     model after the same epoch, never the steered one (a network trained on AD's epochs sees only those), and the
-    twin ends with the run."""
+    twin ends with the run. ``after_min`` 'freeze' (with a twin and held-out counts, ``run.holdout_counts``): the
+    target of the refresh whose twin predicted the held counts best is kept once a later one predicts them worse
+    (:meth:`refresh`); 'none': the target is refreshed to the end."""
 
     def __init__(self, target_fn, every: int = 2, weight: float = 0.1, start: int = 2, name: str = "a callable",
                  decay: float | None = None, patience: int = DEFAULT_PATIENCE, tolerance: float = TOLERANCE,
@@ -135,6 +132,15 @@ class RefreshedPrior(Callback):
         self.after_min, self.held, self.batch_size = after_min, None, 1
         self.target_best: tuple[float, int, PhasePrior] | None = None  # (held deviance, epoch, target) of the best
         self.frozen_at: int | None = None
+
+    @property
+    def uses_held_counts(self) -> bool:
+        """Whether held-out counts (``run.holdout_counts``) judge this prior's twin (:meth:`refresh`), so that the
+        engine adds no stop of its own: the pull moves the phase off the data's best fit on purpose (on abTEM
+        crystals at 10⁴ e⁻ the held deviance of the pulled run was lowest at epoch 3 while its E_φ fell from 0.457
+        to 0.432 by epoch 8), so the pulled run's own deviance cannot choose its epoch. Without a twin, or with
+        ``after_min`` 'none', the engine's held-count stop applies."""
+        return self.twin is not None and self.after_min != "none"
 
     def weight_at(self, epoch: int) -> float:
         """The pull's weight after ``epoch``: 0 before the start and once the pull stopped, else λ·γ^n."""
@@ -183,7 +189,7 @@ class RefreshedPrior(Callback):
         record["prior_weight"], record["prior_active"] = weight, float(weight > 0)
         if weight == 0:
             return
-        refreshed = (epoch - self.start) % self.every == 0 or self.prior is None
+        refreshed = ((epoch - self.start) % self.every == 0 or self.prior is None) and self.frozen_at is None
         if refreshed:
             if self.prior is None:
                 logging.getLogger("phasestem.recon").info(
