@@ -268,7 +268,9 @@ def test_a_serve_page_is_its_endpoint_and_one_route(copy):
 def test_a_setting_is_one_field_of_its_section(copy):
     """recon/settings/run.py: one field of the run section (and the line that reads it): the parameter file sets it,
     the engine reads it from the section itself, and the generated configuration reference documents it."""
-    insert(copy, "recon/settings/run.py", '    seed: int = Field(0, description="seed of the batch order")',
+    insert(copy, "recon/settings/run.py",
+           '    seed: int = Field(0, description="seed of the batch order, the held-out positions and the count '
+           'split")',
            '    planted_note: str = Field("", description="a planted setting: a line the run log writes")')
     insert(copy, "recon/engine.py", '    loop.precondition_batches = resolve_batches(run.precondition_batches, losses)',
            '    if run.planted_note:\n        log.info("planted: %s", run.planted_note)')
