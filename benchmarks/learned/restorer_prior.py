@@ -51,7 +51,7 @@ def samples(path: Path, electrons: list[float | None]):
 
 def run_prior(net, ds, truth: np.ndarray, truth_sampling, every: int, weight: float, start: int,
               device: str = "cpu", curve_every: int = 1, twin: bool = True, holdout_counts: float = 0.0,
-              after_min: str = "none") -> dict:
+              after_min: str | None = None) -> dict:
     """AD + prior of one dataset, scored on the state the run returns (``prior``; ``returned_epoch``, and why,
     where the prior rewound it) and, every ``curve_every`` epochs (0: never), on each epoch's phase (``curve``;
     ``best_epoch_error``, ``final_over_best``: the returned state's E_φ over the best epoch's; the scoring is
@@ -116,7 +116,7 @@ def run_prior(net, ds, truth: np.ndarray, truth_sampling, every: int, weight: fl
 
 def study(model: str, dev: Path, val: Path, electrons: list[float | None], device: str = "cpu",
           candidates=CANDIDATES, out: Path | None = None, twin: bool = True, holdout_counts: float = 0.0,
-          after_min: str = "none") -> dict:
+          after_min: str | None = None) -> dict:
     """Every candidate on the development half, the chosen one on the validation half (resumes from ``out``)."""
     from phasestem.learn.apply.restorer import load_restorer
 
@@ -164,8 +164,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="restore the steered phase itself (the prior before issue 68's twin), not a plain-AD twin's")
     p.add_argument("--holdout-counts", type=float, default=0.0,
                    help="share of every counted pattern's counts held out of the fit (run.holdout_counts; 0: off)")
-    p.add_argument("--after-min", choices=["freeze", "none"], default="none",
-                   help="with --holdout-counts: the prior's target once its held-count deviance passes its minimum")
+    p.add_argument("--after-min", choices=["freeze", "none"], default=None,
+                   help="with --holdout-counts: the prior's target once its twin's held-count deviance passes its "
+                   "minimum (default: the library's, recon.prior.DEFAULT_AFTER_MIN)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     write_json(args.out, study(args.model, args.dev, args.val, args.electrons, args.device,

@@ -101,7 +101,7 @@ def ad_recipe_snapshots(dataset, snapshots: tuple[int, ...] = (2, 4, 8), n_epoch
 
 def restorer_prior(net, dataset, every: int = 2, weight: float | None = None, start: int = 2,
                    name: str = "a restorer", decay: float | None = None, patience: int | None = None, twin=None,
-                   after_min: str = "none"):
+                   after_min: str | None = None):
     """A :class:`~phasestem.recon.prior.RefreshedPrior` whose target is ``net``'s restoration of the model's
     phase (channels of :func:`phasestem.recon.channels.restorer_channels`) inside the scanned field and the phase
     itself outside it (no pull where the restorer was never trained), pulled with ``weight`` (None:
@@ -110,11 +110,11 @@ def restorer_prior(net, dataset, every: int = 2, weight: float | None = None, st
     factor per refresh and the rises of the data term that stop the pull; ``twin``: a
     :class:`~phasestem.recon.twin.TwinRun` of the run's recipe whose phase the network restores (the phase it
     was trained on; None: the steered phase itself); ``after_min``: with held-out counts, 'freeze' keeps the target
-    whose held-count deviance was lowest once a refresh scores above it, 'none' goes on refreshing
-    (:class:`~phasestem.recon.prior.RefreshedPrior`). An engine callback: ``model.LSQ_optimize(…, prior=…)`` or
-    ``callbacks=[…]``."""
+    of the refresh whose twin predicted them best once a later one predicts them worse, 'none' goes on refreshing
+    (None: :data:`~phasestem.recon.prior.DEFAULT_AFTER_MIN`; :class:`~phasestem.recon.prior.RefreshedPrior`). An
+    engine callback: ``model.LSQ_optimize(…, prior=…)`` or ``callbacks=[…]``."""
     from ..recon.channels import restorer_channels
-    from ..recon.prior import RefreshedPrior
+    from ..recon.prior import DEFAULT_AFTER_MIN, RefreshedPrior
     from ..recon.prior_stop import DEFAULT_PATIENCE, DEFAULT_WEIGHT
     from .apply.phase import check_finite_phase, check_finite_prediction
     from .apply.restorer import restore_channels
@@ -128,7 +128,7 @@ def restorer_prior(net, dataset, every: int = 2, weight: float | None = None, st
 
     return RefreshedPrior(target, every=every, weight=DEFAULT_WEIGHT if weight is None else weight, start=start,
                           name=name, decay=decay, patience=DEFAULT_PATIENCE if patience is None else patience,
-                          twin=twin, after_min=after_min)
+                          twin=twin, after_min=DEFAULT_AFTER_MIN if after_min is None else after_min)
 
 
 def prior_hook(model_path, every: int = 2, weight: float | None = None, start: int = 2, decay: float | None = None,
@@ -231,10 +231,9 @@ def guard_run(results_path, data_file=None, device: str = "cpu"):
     dataset = build_dataset(params, warn=False)
     if params.run.holdout_counts:  # the run fitted a share of the counts: the guard sees the same (the same split)
         from ..io.counts import counts_decision
-        from ..recon.count_split import split_counts
+        from ..recon.count_split import run_split
 
-        dataset, _ = split_counts(dataset, params.run.holdout_counts, params.run.seed,
-                                  counts_decision(dataset).remember(dataset), float("inf"))
+        dataset, _ = run_split(params.run, dataset, counts_decision(dataset).remember(dataset))
     model = build_model(params, dataset).to(device)
     load_fitted_state(model, r, Path(results_path))
     return fitted_guard_run(model, dataset, str(source))

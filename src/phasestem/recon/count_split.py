@@ -123,6 +123,33 @@ def split_counts(dataset, fraction: float, seed: int, counted, budget_bytes: flo
                            float(held.sum(dtype=np.float64)) / n)
 
 
+def run_split(run, dataset, counted):
+    """(the dataset a run fits, its :class:`HeldCounts` or None): the split ``run`` (the parameter file's run
+    section) asks for, ``run.holdout_counts`` of every pattern drawn with ``run.seed`` within
+    ``run.memory_budget_gb``: what ``reconstruct`` fits and what ``restore``'s data guard replays."""
+    if not run.holdout_counts:
+        return dataset, None
+    from .streaming import budget_bytes
+
+    return split_counts(dataset, run.holdout_counts, run.seed, counted, budget_bytes(run.memory_budget_gb))
+
+
+def refuse_processes(world: int) -> None:
+    """One line when a split run would take several processes (the held score is not summed across ranks)."""
+    if world > 1:
+        raise ConfigError("run.holdout_counts works in one process only; set run.n_processes: 1 or "
+                          "run.holdout_counts: 0")
+
+
+def split_setting(held: HeldCounts, sources: dict[str, str] | None = None):
+    """The run's settings row ``run.holdout_counts`` (source ``YAML`` or ``sources['run.holdout_counts']``)."""
+    from ..base.provenance import Setting
+
+    return Setting("run.holdout_counts", held.fraction, "", (sources or {}).get("run.holdout_counts", "YAML"),
+                   note=f"binomial split, seed {held.seed}: fit {held.fit_per_pattern:.4g}, held "
+                   f"{held.held_per_pattern:.4g} counts per pattern")
+
+
 def split_line(held: HeldCounts, low_dose_counts: float) -> str:
     """The run log's line on the split."""
     low = (f"; the fit's counts are ≤ {low_dose_counts:g} per pattern: the low-dose rules apply to it"
@@ -155,9 +182,7 @@ def check_split(held: HeldCounts, n: int, world: int, holdout, state, resumed: b
     split's fingerprint."""
     if held.counts.shape[0] != n:
         raise ConfigError(f"run.holdout_counts: the held counts have {held.counts.shape[0]} patterns, the data {n}")
-    if world > 1:
-        raise ConfigError("run.holdout_counts works in one process only; set run.n_processes: 1 or "
-                          "run.holdout_counts: 0")
+    refuse_processes(world)
     if holdout != "auto" and float(holdout) > 0:
         raise ConfigError("run.holdout and run.holdout_counts are two held-out rules: set one of them to 0")
     if resumed and state.count_split != held.fingerprint:

@@ -231,8 +231,7 @@ def _prepare(loop: Loop) -> None:
     loop.state = loop.state or RunState.new(model)
     if split is not None:  # before the log and the prior (index 1), as the held-out positions' stop
         check_split(split, n, loop.world, run.holdout, loop.state, resumed)
-        taken = [cb for cb in loop.callbacks if getattr(cb, "uses_held_counts", False)]
-        if taken:  # a learned prior judges its target by them (recon.prior.RefreshedPrior)
+        if any(getattr(cb, "uses_held_counts", False) for cb in loop.callbacks):  # a learned prior's twin judged
             log.info("%s: they judge the learned prior's target; the run's epoch is chosen by the prior's rules",
                      split.what())
         else:

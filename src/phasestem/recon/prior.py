@@ -83,6 +83,8 @@ class PhasePrior(Callback):
 #: what a learned prior does with its target once its twin's held-count deviance passes its minimum
 #: (``run.holdout_counts``): keep the best target ('freeze') or go on refreshing ('none')
 AFTER_MIN = ("freeze", "none")
+#: the default of :class:`RefreshedPrior` and of :func:`phasestem.learn.hybrid.restorer_prior`
+DEFAULT_AFTER_MIN = "freeze"
 
 
 class RefreshedPrior(Callback):
@@ -111,7 +113,7 @@ class RefreshedPrior(Callback):
 
     def __init__(self, target_fn, every: int = 2, weight: float = 0.1, start: int = 2, name: str = "a callable",
                  decay: float | None = None, patience: int = DEFAULT_PATIENCE, tolerance: float = TOLERANCE,
-                 twin=None, after_min: str = "freeze"):
+                 twin=None, after_min: str = DEFAULT_AFTER_MIN):
         if int(every) < 1 or int(start) < 0:
             raise ConfigError(f"prior: every must be ≥ 1 and start ≥ 0, got every {every}, start {start}")
         if not np.isfinite(weight) or weight < 0:
@@ -224,7 +226,7 @@ class RefreshedPrior(Callback):
         if old is not None and old.shape == new.shape:
             diff = (new - old) * model.n_slices
             self.target_change = float((diff - diff.mean()).square().mean().sqrt())
-        if self.held is None or self.after_min == "none" or self.twin is None:
+        if self.held is None or not self.uses_held_counts:
             return None
         from .count_split import held_counts_nll
 

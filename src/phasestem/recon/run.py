@@ -111,11 +111,10 @@ def run_reconstruction(params: ReconstructParams, resume: bool = False, sources:
                 import torch.distributed as dist
 
                 dist.destroy_process_group()
-    if world > 1 and params.run.holdout_counts:
-        from ..base.errors import ConfigError
+    if params.run.holdout_counts:  # before any process starts
+        from .count_split import refuse_processes
 
-        raise ConfigError("run.holdout_counts works in one process only; set run.n_processes: 1 or "
-                          "run.holdout_counts: 0")
+        refuse_processes(world)
     with hold_output(params.run.out_dir, RECON_COMMAND):
         if params.run.n_processes > 1:  # the spawned ranks write into the folder this process holds
             if callback_hooks:
@@ -181,24 +180,6 @@ def _twin(params: ReconstructParams, losses, start_phase, device, dataset):
     return TwinRun(*_recipe_epochs(params, losses, start_phase, device, dataset, params.run.n_epochs))
 
 
-def _split_counts(params: ReconstructParams, dataset, counted, sources: dict[str, str] | None = None):
-    """(the dataset the run fits, None or (the held counts, their settings row, the log line)):
-    ``run.holdout_counts`` > 0 splits every pattern's counts (:func:`~phasestem.recon.count_split.split_counts`)."""
-    q = params.run.holdout_counts
-    if not q:
-        return dataset, None
-    from ..base.provenance import Setting
-    from .count_split import split_counts, split_line
-    from .schedule import LOW_DOSE_COUNTS
-    from .streaming import budget_bytes
-
-    fit, held = split_counts(dataset, q, params.run.seed, counted, budget_bytes(params.run.memory_budget_gb))
-    row = Setting("run.holdout_counts", q, "", (sources or {}).get("run.holdout_counts", "YAML"),
-                  note=f"binomial split, seed {held.seed}: fit {held.fit_per_pattern:.4g}, held "
-                  f"{held.held_per_pattern:.4g} counts per pattern")
-    return fit, (held, row, split_line(held, LOW_DOSE_COUNTS))
-
-
 def _reconstruct_rank(params, resume: bool, sources: dict[str, str] | None = None, dataset=None, start_phase=None,
                       callback_hooks=(), snapshot_extra=None):
     """One process's run (:func:`_run_rank`) on the CPU threads ``run.cpu_threads`` decides
@@ -223,6 +204,7 @@ def _run_rank(params: ReconstructParams, device: str, resume: bool, sources: dic
     from ..io.counts import counts_decision
     from .callbacks import Checkpoints, Figures, LiveSnapshots, LogFile
     from .checkpoint import load_checkpoint
+    from .count_split import run_split, split_line, split_setting
     from .data_losses import losses_for_data
     from .distributed import is_main_process
     from .engine import optimize
@@ -235,6 +217,7 @@ def _run_rank(params: ReconstructParams, device: str, resume: bool, sources: dic
         loss_settings,
         losses_line,
     )
+    from .schedule import LOW_DOSE_COUNTS
 
     main = is_main_process()  # only rank 0 writes files
     out = Path(params.run.out_dir)
@@ -259,17 +242,16 @@ def _run_rank(params: ReconstructParams, device: str, resume: bool, sources: dic
         with logging_to(log_path) if main else contextlib.nullcontext():  # conflict warnings in the log too
             dataset = build_dataset(params, sources, warn=main)
     counted = counts_decision(dataset).remember(dataset)  # once a run: the data term, σ and the log agree
-    dataset, held = _split_counts(params, dataset, counted, sources)  # from here on the run sees the fit's counts
+    dataset, held = run_split(params.run, dataset, counted)  # from here on the run sees the fit's counts
     from_data = losses_for_data(params.losses, dataset, counted)  # a run naming no term: its data decide
     settings = dataset.metadata.get("settings", []) + [counts_setting(counted, params, sources)] + \
-        loss_settings(params, sources, from_data) + ([] if held is None else [held[1]])
+        loss_settings(params, sources, from_data) + ([] if held is None else [split_setting(held, sources)])
     if main:
         log_settings(settings, losses_line(params, sources, from_data), dataset, log_path)
         print(losses_line(params, sources, from_data))
         if held is not None:
             with logging_to(log_path):
-                log.info("%s", held[2])
-    held = None if held is None else held[0]
+                log.info("%s", split_line(held, LOW_DOSE_COUNTS))
     model = build_model(params, dataset, start_phase).to(device)
     ckpt, state = out / "checkpoint.pt", None
     if resume:
